@@ -1,0 +1,44 @@
+"""Build of the C extension tinymp._tinymp: the binding plus the portable core that runs on the
+board, compiled warning-free. Metadata lives in pyproject.toml.
+
+Extra flags for a sanitizer build, e.g.:
+    TINYMP_CFLAGS="-fsanitize=address,undefined -fno-sanitize-recover=all -O1 -g" \
+    TINYMP_LDFLAGS="-fsanitize=address,undefined" pip install -e .
+"""
+import glob
+import os
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+CORE = os.path.join("micropython_modules", "tinymp", "core")
+SOURCES = [os.path.join("host", "tinymp", "_tinymp.c")] + sorted(
+    glob.glob(os.path.join(CORE, "**", "*.c"), recursive=True)
+)
+HEADERS = sorted(glob.glob(os.path.join(CORE, "**", "*.h"), recursive=True))
+WARN = ["-std=c99", "-Wall", "-Wextra", "-Werror"]
+
+
+class BuildExt(build_ext):
+    """gcc/clang get the core's warning flags; MSVC its own defaults."""
+
+    def build_extensions(self):
+        if self.compiler.compiler_type != "msvc":
+            for ext in self.extensions:
+                ext.extra_compile_args = WARN + os.environ.get("TINYMP_CFLAGS", "").split()
+                ext.extra_link_args = os.environ.get("TINYMP_LDFLAGS", "").split()
+        super().build_extensions()
+
+
+setup(
+    package_dir={"": "host"},
+    ext_modules=[
+        Extension(
+            "tinymp._tinymp",
+            sources=SOURCES,
+            depends=HEADERS,
+            include_dirs=[CORE],
+        )
+    ],
+    cmdclass={"build_ext": BuildExt},
+)
