@@ -68,15 +68,12 @@ INT32_MAX = (1 << 31) - 1
 def _i64(a) -> np.ndarray:
     """Exact conversion to an int64 array (refuses floats and out-of-range Python ints)."""
     arr = np.asarray(a)
-    if arr.dtype == object or arr.dtype.kind not in "iub":
-        # Python ints beyond int64 or floats: convert element-wise and exactly, or refuse.
-        flat = [int(v) for v in arr.reshape(-1).tolist()] if arr.dtype == object else None
-        if flat is None:
-            raise TypeError(f"integer array expected, got dtype {arr.dtype}")
-        if any(v < -(1 << 63) or v >= (1 << 63) for v in flat):
-            raise OverflowError("value does not fit in int64")
-        return np.array(flat, dtype=np.int64).reshape(arr.shape)
-    return arr.astype(np.int64)
+    if arr.dtype.kind in "iub":
+        return arr.astype(np.int64)
+    if arr.dtype == object:                     # e.g. Python ints: converted exactly or refused
+        return np.array([int(v) for v in arr.reshape(-1).tolist()],
+                        dtype=np.int64).reshape(arr.shape)
+    raise TypeError(f"integer array expected, got dtype {arr.dtype}")
 
 
 def _assert_int32(a: np.ndarray, what: str) -> None:
