@@ -125,7 +125,7 @@ static int guard_intact(const ModelObject *self) {
     return 1;
 }
 
-/* Get the input buffer `x` (C-contiguous, itemsize 1, exactly H*W*C bytes). */
+/* Get the input buffer `x` (itemsize 1, exactly H*W*C bytes; strided views are copied). */
 static int get_input(ModelObject *self, PyObject *x, Py_buffer *v) {
     const tmp_dims *d = &self->input.dims;
     if (!PyObject_CheckBuffer(x)) {
@@ -134,8 +134,23 @@ static int get_input(ModelObject *self, PyObject *x, Py_buffer *v) {
             (int)(d->h * d->w * d->c), Py_TYPE(x)->tp_name);
         return -1;
     }
-    if (PyObject_GetBuffer(x, v, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) {
-        return -1; /* BufferError from the exporter, e.g. a non-contiguous array */
+    if (PyObject_GetBuffer(x, v, PyBUF_FULL_RO) < 0) {
+        return -1;
+    }
+    if (v->itemsize == 1 && !PyBuffer_IsContiguous(v, 'C')) {
+        /* A strided view (e.g. a numpy slice) is copied once into a contiguous bytes object. */
+        PyObject *copy = PyBytes_FromStringAndSize(NULL, v->len);
+        if (copy == NULL || PyBuffer_ToContiguous(PyBytes_AS_STRING(copy), v, v->len, 'C') < 0) {
+            Py_XDECREF(copy);
+            PyBuffer_Release(v);
+            return -1;
+        }
+        PyBuffer_Release(v);
+        int r = PyObject_GetBuffer(copy, v, PyBUF_FULL_RO); /* v keeps the copy alive */
+        Py_DECREF(copy);
+        if (r < 0) {
+            return -1;
+        }
     }
     if (v->itemsize != 1) {
         PyErr_Format(PyExc_TypeError,

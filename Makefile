@@ -1,0 +1,82 @@
+# tinymp — top-level make targets. `make help` lists them.
+#
+# Host side: a virtualenv in .venv with the PC package installed in editable mode.
+# Cortex-M7 side: Debian's gcc-arm-none-eabi, libnewlib-arm-none-eabi and qemu-system-arm.
+
+PYTHON ?= python3
+VENV ?= .venv
+VPY := $(VENV)/bin/python
+CORE := micropython_modules/tinymp/core
+CORE_SRC := $(sort $(wildcard $(CORE)/*.c $(CORE)/kernels/*.c))
+BUILD := build
+ARM_CC ?= arm-none-eabi-gcc
+ARM_SIZE ?= arm-none-eabi-size
+M7_FLAGS := -mcpu=cortex-m7 -mthumb -mfpu=fpv5-sp-d16 -mfloat-abi=hard
+CORE_WARN := -std=c99 -Wall -Wextra -Werror
+DEBIAN_PKGS := gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm
+
+.PHONY: help venv debian-deps test demo plan size core-check fuzz clean
+
+help:
+	@echo "make test        install what is needed (venv, Debian packages when root) and run every test"
+	@echo "make demo        the demo model run by the engine: accuracy on real digits and its memory plan"
+	@echo "make plan        inference arena of every zoo model"
+	@echo "make size        Cortex-M7 code size of the core (arm-none-eabi-gcc)"
+	@echo "make core-check  host -Werror build of the core and the no-allocator check (nm)"
+	@echo "make fuzz        the model-parser fuzz test under AddressSanitizer + UBSan"
+
+$(VENV)/.installed: pyproject.toml setup.py $(CORE_SRC) $(wildcard $(CORE)/*.h) host/tinymp/_tinymp.c
+	$(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+# The Cortex-M7 tests need three Debian packages. As root we install them; otherwise we say which.
+debian-deps:
+	@if command -v $(ARM_CC) >/dev/null && command -v qemu-system-arm >/dev/null \
+	    && echo 'int main(void){return 0;}' | $(ARM_CC) $(M7_FLAGS) --specs=nano.specs -x c - -o /dev/null -lc -lnosys 2>/dev/null; then \
+	  true; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing $(DEBIAN_PKGS)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBIAN_PKGS) >/dev/null; \
+	else \
+	  echo "note: install $(DEBIAN_PKGS) (as root: apt-get install $(DEBIAN_PKGS)); the Cortex-M7 build tests will skip"; \
+	fi
+
+# pytest exits 5 when it collected nothing: that is a broken checkout, not a pass.
+test: venv debian-deps
+	@$(VPY) -m pytest tests -q -ra; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests"; exit 1; fi; exit $$rc
+
+demo: venv
+	$(VPY) -m tinymp.cli demo
+
+plan: venv
+	$(VPY) -m tinymp.cli plan --zoo
+
+$(BUILD)/m7/%.o: $(CORE)/%.c
+	@mkdir -p $(dir $@)
+	$(ARM_CC) $(CORE_WARN) -O2 $(M7_FLAGS) -ffunction-sections -fdata-sections -I$(CORE) -c $< -o $@
+
+M7_OBJ := $(patsubst $(CORE)/%.c,$(BUILD)/m7/%.o,$(CORE_SRC))
+
+size: $(M7_OBJ)
+	@$(ARM_SIZE) -t $(M7_OBJ)
+
+core-check:
+	@mkdir -p $(BUILD)/host
+	@for f in $(CORE_SRC); do \
+	  gcc $(CORE_WARN) -O2 -I$(CORE) -c $$f -o $(BUILD)/host/$$(basename $$f .c).o || exit 1; \
+	done
+	@if nm -u $(BUILD)/host/*.o | grep -E '\b(malloc|calloc|realloc|free)\b'; then \
+	  echo "core references an allocator"; exit 1; else echo "core: warning-free, no allocator"; fi
+
+fuzz: venv
+	$(VPY) -m pytest tests/test_fuzz.py -q -ra
+
+clean:
+	rm -rf $(BUILD) $(VENV) *.egg-info host/*.egg-info
+
+include firmware/firmware.mk

@@ -1,0 +1,177 @@
+"""The `tinymp` command.
+
+    tinymp info MODEL [--layers] [--json]     what a .tmpm model is and what it costs
+    tinymp plan [MODEL ...] [--zoo] [--budget KB] [--json]
+                                               inference arena of models (every zoo model with --zoo)
+    tinymp demo                                the shipped demo model: accuracy on real digits and
+                                               its memory plan
+
+Errors in user input (a missing or corrupted model, a bad argument) print one line starting with
+"tinymp:" and exit with status 2; nothing is written.
+"""
+import argparse
+import json
+import os
+import sys
+
+from . import summary
+
+
+class UserError(Exception):
+    """A problem with what the user asked for: printed as one line, exit status 2."""
+
+
+def _load(path):
+    import tinymp
+    if not os.path.exists(path):
+        raise UserError(f"tinymp: no such model file: {path}")
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        return tinymp.Model(data), data
+    except ValueError as e:
+        raise UserError(f"{e} (in {path})") from None
+
+
+def cmd_info(args):
+    m, data = _load(args.model)
+    s = summary.model_summary(m, len(data))
+    if args.json:
+        s["class_names"] = m.class_names
+        if args.layers:
+            s["layer_table"] = summary.layer_rows(m)
+        print(json.dumps(s, indent=2))
+        return 0
+    h, w, c = s["input_shape"]
+    print(f"model        {args.model}")
+    print(f"input        {h}x{w}x{c} int8 (scale {m.input_scale:.6g}, zero point {m.input_zero_point})")
+    names = m.class_names
+    print(f"classes      {m.num_classes}" + (f": {', '.join(names)}" if names else ""))
+    print(f"layers       {s['layers']}   parameters {s['params']:,}   MACs {s['macs']:,}")
+    print(f"flash        {summary.kib(len(data))} (weights are read in place)")
+    print(f"RAM arena    {s['arena_bytes']:,} bytes ({summary.kib(s['arena_bytes'])}) for one inference; "
+          f"lower bound {s['lower_bound_bytes']:,}; {s['in_place_layers']} layers in place")
+    if args.layers:
+        rows = [(r["index"], r["type"], "x".join(map(str, r["in"])), "x".join(map(str, r["out"])),
+                 r["kernel"], f"{r['params']:,}", f"{r['macs']:,}", "yes" if r["in_place"] else "",
+                 r["scratch"] or "")
+                for r in summary.layer_rows(m)]
+        print()
+        print(summary.format_table(["#", "type", "in", "out", "k/s", "params", "MACs", "in place", "scratch"],
+                                   rows, "rllllrrlr"))
+    return 0
+
+
+def _zoo_entries():
+    from . import zoo
+    entries = [("demo", zoo.demo)]
+    for name, kwargs in zoo.models():
+        label = name + "".join(f" {k}={v}" for k, v in kwargs.items())
+        entries.append((label, lambda name=name, kwargs=kwargs: getattr(zoo, name)(**kwargs)))
+    return entries
+
+
+def cmd_plan(args):
+    import tinymp
+    if not args.models and not args.zoo:
+        raise UserError("tinymp: give model files or --zoo")
+    if args.budget is not None and args.budget <= 0:
+        raise UserError("tinymp: --budget must be a positive number of KB")
+    items = []
+    for path in args.models:
+        m, data = _load(path)
+        items.append((path, m, data))
+    if args.zoo:
+        for label, build in _zoo_entries():
+            data = build()
+            items.append((label, tinymp.Model(data), data))
+    out = []
+    for label, m, data in items:
+        s = summary.model_summary(m, len(data))
+        s["model"] = label
+        if args.budget is not None:
+            s["fits"] = s["arena_bytes"] <= args.budget * 1024
+        out.append(s)
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    headers = ["model", "input", "params", "MACs", "flash", "arena (bytes)", "lower bound"]
+    if args.budget is not None:
+        headers.append(f"fits {args.budget:g} KB")
+    rows = []
+    for s in out:
+        row = [s["model"], "x".join(map(str, s["input_shape"])), f"{s['params']:,}", f"{s['macs']:,}",
+               summary.kib(s["file_bytes"]), f"{s['arena_bytes']:,}", f"{s['lower_bound_bytes']:,}"]
+        if args.budget is not None:
+            row.append("yes" if s["fits"] else "NO")
+        rows.append(row)
+    print(summary.format_table(headers, rows, "llrrrrrl"))
+    print("\narena: RAM for activations and kernel scratch of one inference, as planned by the engine "
+          "(weights stay in flash)")
+    return 0
+
+
+def cmd_demo(args):
+    import numpy as np
+
+    import tinymp
+    from . import zoo
+    from .builder import quantize_input
+    try:
+        from .datasets import digits
+        x, y = digits(split="test")
+    except ImportError:
+        raise UserError("tinymp: the demo needs scikit-learn for its digits data "
+                        "(pip install scikit-learn)") from None
+    data = zoo.demo()
+    m = tinymp.Model(data)
+    q = quantize_input(x, (m.input_scale, m.input_zero_point))
+    preds = np.array([m.predict(img) for img in q])
+    acc = float((preds == y).mean())
+    s = summary.model_summary(m, len(data))
+    h, w, c = m.input_shape
+    print("tinymp demo: a small MobileNetV2-style CNN trained on scikit-learn's handwritten digits,")
+    print("run by the tinymp C engine (PC build of the same core that runs on the board).\n")
+    print(f"model      {h}x{w}x{c} int8 input, {m.num_classes} classes, {s['layers']} layers, "
+          f"{s['params']:,} parameters, {s['macs']:,} MACs per image")
+    print(f"accuracy   {acc * 100:.1f}% on {len(y)} held-out digit images")
+    shown = " ".join(f"{int(t)}->{int(p)}" for t, p in zip(y[:12], preds[:12]))
+    print(f"examples   true->predicted: {shown}")
+    print(f"flash      {summary.kib(len(data))} of weights, read in place")
+    print(f"RAM        {s['arena_bytes']:,} bytes of inference arena (lower bound {s['lower_bound_bytes']:,}), "
+          f"{s['in_place_layers']} layers in place")
+    print("\nOn-device personalisation (training) and the simulated-board session are not built yet.")
+    return 0
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="tinymp", description="tinymp: on-device CNN personalisation "
+                                "for microcontrollers (PC tools)")
+    sub = p.add_subparsers(dest="command", required=True)
+    info = sub.add_parser("info", help="describe a .tmpm model and what it costs")
+    info.add_argument("model")
+    info.add_argument("--layers", action="store_true", help="per-layer table")
+    info.add_argument("--json", action="store_true")
+    info.set_defaults(func=cmd_info)
+    plan = sub.add_parser("plan", help="inference arena of models")
+    plan.add_argument("models", nargs="*")
+    plan.add_argument("--zoo", action="store_true", help="every zoo model")
+    plan.add_argument("--budget", type=float, help="RAM budget in KB: say whether each model fits")
+    plan.add_argument("--json", action="store_true")
+    plan.set_defaults(func=cmd_plan)
+    demo = sub.add_parser("demo", help="the demo model on real digits, with its memory plan")
+    demo.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as e:
+        print(e, file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""The `tinymp` command: info, plan and demo print what the engine computed, and bad input gets
+one clear line and exit status 2."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import tinymp
+from tinymp import cli, zoo
+
+
+def run(*args):
+    r = subprocess.run([sys.executable, "-m", "tinymp.cli", *args], capture_output=True, text=True)
+    return r.returncode, r.stdout, r.stderr
+
+
+@pytest.fixture
+def demo_file(tmp_path):
+    p = tmp_path / "demo.tmpm"
+    p.write_bytes(zoo.demo())
+    return str(p)
+
+
+def test_info_reports_the_engine_plan(demo_file, capsys):
+    assert cli.main(["info", demo_file, "--json", "--layers"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    m = tinymp.Model(zoo.demo())
+    assert out["arena_bytes"] == m.inference_arena_bytes
+    assert out["num_classes"] == 10 and out["input_shape"] == [32, 32, 1]
+    assert len(out["layer_table"]) == out["layers"] == len(m._layers())
+    # MACs of the first layer (3x3 conv, 1->8 channels, 16x16 output) computed by hand
+    first = out["layer_table"][0]
+    assert first["type"] == "conv" and first["macs"] == 16 * 16 * 8 * 3 * 3 * 1
+    assert out["class_names"] == [str(d) for d in range(10)]
+
+
+def test_info_text(demo_file):
+    code, out, err = run("info", demo_file, "--layers")
+    assert code == 0, err
+    assert "RAM arena" in out and "dwconv" in out
+
+
+def test_plan_json_budget(demo_file, capsys):
+    assert cli.main(["plan", demo_file, "--budget", "8", "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["arena_bytes"] == tinymp.Model(zoo.demo()).inference_arena_bytes
+    assert row["fits"] == (row["arena_bytes"] <= 8 * 1024)
+
+
+@pytest.mark.parametrize("make_bad, needle", [
+    (lambda p: None, "no such model file"),
+    (lambda p: p.write_bytes(b"not a model at all, clearly" * 4), "bad magic"),
+    (lambda p: p.write_bytes(zoo.demo()[:1000]), "truncated"),
+    (lambda p: p.write_bytes(zoo.demo()[:500] + bytes([zoo.demo()[500] ^ 0xFF]) + zoo.demo()[501:]), "CRC"),
+])
+def test_bad_model_file_one_line_exit_2(tmp_path, make_bad, needle):
+    p = tmp_path / "bad.tmpm"
+    make_bad(p)
+    code, out, err = run("info", str(p))
+    assert code == 2
+    assert out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tinymp:") and needle in lines[0], err
+
+
+def test_plan_needs_something(capsys):
+    assert cli.main(["plan"]) == 2
+    assert "give model files or --zoo" in capsys.readouterr().err
+
+
+def test_demo_runs():
+    code, out, err = run("demo")
+    assert code == 0, err
+    acc = float(out.split("accuracy")[1].split("%")[0])
+    assert acc >= 90.0
+    assert "inference arena" in out
