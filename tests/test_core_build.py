@@ -10,8 +10,8 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CORE = os.path.join(ROOT, "micropython_modules", "tinymp", "core")
-SOURCES = sorted(glob.glob(os.path.join(CORE, "*.c")) + glob.glob(os.path.join(CORE, "kernels", "*.c")))
-HEADERS = sorted(glob.glob(os.path.join(CORE, "*.h")) + glob.glob(os.path.join(CORE, "kernels", "*.h")))
+SOURCES = sorted(glob.glob(os.path.join(CORE, "**", "*.c"), recursive=True))
+HEADERS = sorted(glob.glob(os.path.join(CORE, "**", "*.h"), recursive=True))
 WARN = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic"]
 M7 = ["-mcpu=cortex-m7", "-mthumb", "-mfpu=fpv5-sp-d16", "-mfloat-abi=hard"]
 ALLOWED_INCLUDES = {"stdint.h", "stddef.h", "string.h", "math.h"}
