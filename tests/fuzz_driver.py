@@ -62,7 +62,7 @@ def main():
     seed, iterations = int(sys.argv[1]), int(sys.argv[2])
     seeds = [open(p, "rb").read() for p in sys.argv[3:]]
     rnd = random.Random(seed)
-    loaded = rejected = 0
+    loaded = rejected = edited_ok = edited_rejected = 0
     for it in range(iterations):
         data = mutate(rnd, rnd.choice(seeds))
         try:
@@ -77,7 +77,23 @@ def main():
         n = m.input_shape[0] * m.input_shape[1] * m.input_shape[2]
         m.predict(bytes(n))
         m.logits(rnd.randbytes(n))
-    print(f"fuzz: {iterations} inputs, {rejected} rejected with ValueError, {loaded} loaded and ran")
+        # a model used in place from a bytearray that the caller edits after loading:
+        # the engine re-validates what it decodes and checks the plan still holds
+        buf = bytearray(data)
+        m = tinymp.Model(buf)
+        for _ in range(rnd.randint(1, 6)):
+            i = rnd.randrange(16, len(buf))
+            buf[i] = rnd.randrange(256)
+        try:
+            m.predict(bytes(n))
+            edited_ok += 1
+        except ValueError:
+            edited_rejected += 1
+        except Exception as e:  # noqa: BLE001
+            print(f"iteration {it} (edited after load): {type(e).__name__}: {e}")
+            sys.exit(1)
+    print(f"fuzz: {iterations} inputs, {rejected} rejected with ValueError, {loaded} loaded and ran; "
+          f"edited after loading: {edited_ok} ran, {edited_rejected} rejected with ValueError")
 
 
 if __name__ == "__main__":

@@ -183,6 +183,12 @@ static int run(ModelObject *self, PyObject *x, int32_t last_layer, const int8_t 
         PyErr_SetString(PyExc_RuntimeError, "tinymp: arena overrun (engine bug)");
         return -1;
     }
+    if (st == TMP_ERR_FORMAT || st == TMP_ERR_SIZE) {
+        /* the model's bytes were edited after loading and no longer match its validation/plan */
+        PyErr_Format(PyExc_ValueError, "tinymp: the model data changed after loading (inference: %s)",
+            status_name(st));
+        return -1;
+    }
     if (st != TMP_OK) {
         PyErr_Format(PyExc_RuntimeError, "tinymp: inference failed (status %d: %s)", (int)st,
             status_name(st));

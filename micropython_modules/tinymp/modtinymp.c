@@ -88,6 +88,11 @@ static MP_NORETURN void raise_model_error(const tmp_error *err) {
 }
 
 static MP_NORETURN void raise_status(const char *what, tmp_status st) {
+    if (st == TMP_ERR_FORMAT || st == TMP_ERR_SIZE) {
+        // the model's bytes were edited after loading and no longer match its validation/plan
+        mp_raise_msg_varg(&mp_type_ValueError,
+            MP_ERROR_TEXT("tinymp: the model data changed after loading (%s: %s)"), what, status_name(st));
+    }
     mp_raise_msg_varg(&mp_type_RuntimeError, MP_ERROR_TEXT("tinymp: %s failed (status %d: %s)"),
         what, (int)st, status_name(st));
 }

@@ -25,6 +25,16 @@ static int fits(const tmp_plan *plan, uint32_t off, uint64_t bytes) {
     return (uint64_t)off + bytes <= plan->arena_bytes;
 }
 
+/* Tensor `t` fits its planned place: the arena for t >= 1, the caller's input for t == 0. */
+static int tensor_fits(const tmp_model *m, const tmp_plan *plan, uint16_t t) {
+    tmp_tensor tt;
+    if (tmp_model_tensor(m, t, &tt, NULL) != TMP_OK) {
+        return 0;
+    }
+    const uint64_t bytes = (uint64_t)tt.dims.h * tt.dims.w * tt.dims.c;
+    return t == 0 ? bytes == plan->input_bytes : fits(plan, plan->tensor_offset[t], bytes);
+}
+
 static tmp_status run_layer(const tmp_model *m, const tmp_plan *plan, int32_t i, const int8_t *input,
     int8_t *arena) {
     tmp_layer l;
@@ -34,8 +44,12 @@ static tmp_status run_layer(const tmp_model *m, const tmp_plan *plan, int32_t i,
     }
     tmp_model_tensor(m, l.in0, &tin, NULL);
     tmp_model_tensor(m, l.out, &tout, NULL);
-    const uint64_t out_bytes = (uint64_t)tout.dims.h * tout.dims.w * tout.dims.c;
-    if (!fits(plan, plan->tensor_offset[l.out], out_bytes) ||
+    /* The model buffer may have changed since planning (a bytearray the caller edits): every
+     * tensor this layer touches must still fit where the plan put it, and the kernel's scratch
+     * must still be what the plan reserved. */
+    if (!tensor_fits(m, plan, l.in0) || !tensor_fits(m, plan, l.out) ||
+        (l.type == TMP_LAYER_ADD && !tensor_fits(m, plan, l.in1)) ||
+        tmp_plan_layer_scratch(m, &l, plan->in_place[i]) > plan->scratch_bytes[i] ||
         !fits(plan, plan->scratch_offset[i], plan->scratch_bytes[i])) {
         return TMP_ERR_SIZE;
     }

@@ -78,8 +78,7 @@ static uint32_t tensor_bytes(const tmp_model *m, int32_t t) {
     return (uint32_t)tt.dims.h * (uint32_t)tt.dims.w * (uint32_t)tt.dims.c;
 }
 
-/* Kernel scratch of layer `i` for the given in-place choice (0: none). */
-static uint32_t scratch_for(const tmp_model *m, const tmp_layer *l, int in_place) {
+uint32_t tmp_plan_layer_scratch(const tmp_model *m, const tmp_layer *l, int in_place) {
     tmp_tensor tin, tout;
     tmp_model_tensor(m, l->in0, &tin, NULL);
     tmp_model_tensor(m, l->out, &tout, NULL);
@@ -125,7 +124,7 @@ static tmp_status build_buffers(const tmp_model *m, ws_t *w) {
         if (tmp_model_layer(m, i, &l, NULL) != TMP_OK) {
             return TMP_ERR_FORMAT;
         }
-        uint32_t sb = scratch_for(m, &l, w->in_place[i]);
+        uint32_t sb = tmp_plan_layer_scratch(m, &l, w->in_place[i]);
         w->scratch_bytes[i] = sb;
         buf_t *b = &w->bufs[T + i];
         b->size = (uint32_t)align4(sb);
@@ -305,6 +304,7 @@ tmp_status tmp_plan_inference(const tmp_model *m, void *ws, size_t ws_size, tmp_
         }
     }
     plan->arena_bytes = (uint32_t)best;
+    plan->input_bytes = tensor_bytes(m, 0);
     plan->peak_live_bytes = (uint32_t)peak;
     plan->activation_bytes = (uint32_t)act;
     plan->num_layers = (uint16_t)L;

@@ -18,6 +18,7 @@ extern "C" {
 /** The plan; its arrays live in the caller's workspace, which must outlive the plan. */
 typedef struct {
     uint32_t arena_bytes;      /**< exact arena size for one inference */
+    uint32_t input_bytes;      /**< bytes of the input (tensor 0) the plan was made for */
     uint32_t peak_live_bytes;  /**< lower bound: largest sum of simultaneously live bytes */
     uint32_t activation_bytes; /**< arena bytes used by activations alone (no scratch) */
     uint16_t num_layers;
@@ -26,6 +27,9 @@ typedef struct {
     uint32_t *scratch_bytes;   /**< [num_layers] bytes of each layer's kernel scratch */
     uint8_t *in_place;         /**< [num_layers] 0, or 1/2: the output is written over in0/in1 */
 } tmp_plan;
+
+/** Kernel scratch bytes layer `l` needs (in_place: 0 or the plan's in-place choice). */
+uint32_t tmp_plan_layer_scratch(const tmp_model *m, const tmp_layer *l, int in_place);
 
 /** Bytes of workspace tmp_plan_inference() needs for this model (4-byte aligned buffer). */
 size_t tmp_plan_workspace_size(const tmp_model *m);
