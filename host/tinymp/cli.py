@@ -5,6 +5,9 @@
                                                inference arena of models (every zoo model with --zoo)
     tinymp demo                                the shipped demo model: accuracy on real digits and
                                                its memory plan
+    tinymp convert SOURCE -o OUT.tmpm [--calib X.npy] [--layout NCHW|NHWC] [--classes a,b,...]
+                                               an int8 .tflite or an .onnx model to .tmpm
+                                               (PyTorch modules: tinymp.convert.convert in Python)
 
 Errors in user input (a missing or corrupted model, a bad argument) print one line starting with
 "tinymp:" and exit with status 2; nothing is written.
@@ -144,6 +147,58 @@ def cmd_demo(args):
     return 0
 
 
+def _write_atomically(path, data):
+    """Write to a temporary file beside `path`, then rename: a failure leaves nothing half-written."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise UserError(f"tinymp: cannot write {path}: {e.strerror or e}") from None
+
+
+def cmd_convert(args):
+    import numpy as np
+
+    import tinymp
+    from . import convert as conv
+    if not os.path.exists(args.source):
+        raise UserError(f"tinymp: no such model file: {args.source}")
+    calib = None
+    if args.calib is not None:
+        try:
+            calib = np.load(args.calib)
+        except (OSError, ValueError) as e:
+            raise UserError(f"tinymp: cannot read calibration samples {args.calib}: {e}") from None
+        if calib.ndim != 4 or calib.shape[0] < 1:
+            raise UserError(f"tinymp: calibration samples must be a 4-D array [N, ...], got shape {calib.shape}")
+    names = [n.strip() for n in args.classes.split(",")] if args.classes else None
+    kw = {}
+    if calib is not None:
+        kw["input_layout"] = args.layout
+    try:
+        data = conv.convert(args.source, calib=calib, class_names=names, **kw)
+    except conv.ConversionError as e:
+        raise UserError(str(e)) from None
+    except ImportError as e:
+        raise UserError(f"tinymp: converting this model needs an optional package ({e.name or e}); "
+                        "pip install 'tinymp[tflite]' or 'tinymp[onnx]'") from None
+    except (TypeError, ValueError) as e:
+        raise UserError(f"tinymp convert: {e}") from None
+    m = tinymp.Model(data)  # the engine validates what it will run
+    _write_atomically(args.output, data)
+    s = summary.model_summary(m, len(data))
+    h, w, c = m.input_shape
+    print(f"wrote {args.output}: {h}x{w}x{c} int8 input, {m.num_classes} classes, {s['layers']} layers, "
+          f"{s['params']:,} parameters, {summary.kib(len(data))}, inference arena {s['arena_bytes']:,} bytes")
+    return 0
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog="tinymp", description="tinymp: on-device CNN personalisation "
                                 "for microcontrollers (PC tools)")
@@ -161,6 +216,13 @@ def build_parser():
     plan.set_defaults(func=cmd_plan)
     demo = sub.add_parser("demo", help="the demo model on real digits, with its memory plan")
     demo.set_defaults(func=cmd_demo)
+    conv = sub.add_parser("convert", help="convert an int8 .tflite or an .onnx model to .tmpm")
+    conv.add_argument("source", help="model file: .tflite (int8) or .onnx (float, needs --calib)")
+    conv.add_argument("-o", "--output", required=True, help="the .tmpm file to write")
+    conv.add_argument("--calib", help=".npy float array of calibration samples [N, C, H, W] (or NHWC)")
+    conv.add_argument("--layout", choices=["NCHW", "NHWC"], default="NCHW", help="layout of --calib")
+    conv.add_argument("--classes", help="comma-separated class names")
+    conv.set_defaults(func=cmd_convert)
     return p
 
 

@@ -1,0 +1,694 @@
+"""Model importers: PyTorch, ONNX and TFLite models to ``.tmpm``.
+
+::
+
+    import tinymp.convert as tc
+    blob = tc.convert(torch_module, calib)          # calib float [N, C, H, W] (NCHW)
+    blob = tc.convert("model.onnx", calib)          # bytes or path; ONNX is NCHW too
+    blob = tc.convert("model.tflite")               # an int8 TFLite model (already quantised)
+
+``convert(source, calib=None, class_names=None, input_range=None, **kw) -> bytes`` dispatches on
+the source: a ``torch.nn.Module`` goes to :func:`from_torch`, an ONNX model (``onnx.ModelProto``,
+bytes, or a path ending in ``.onnx``) to :func:`from_onnx`, a TFLite flatbuffer (bytes with
+``TFL3`` at offset 4, or a path ending in ``.tflite``) to :func:`from_tflite`. Paths with another
+extension are recognised by their first bytes. Extra keywords go to the chosen importer
+(e.g. ``input_layout='NHWC'``, ``float_tolerance=...``).
+
+``tinymp.convert.torch.to_graph`` and ``tinymp.convert.onnx.to_graph`` return the checked float
+:class:`tinymp.builder.Graph` without quantising it.
+
+``from_torch``, ``from_onnx`` and ``from_tflite`` are attributes of this package that are
+imported on first use, and PyTorch / onnx / onnxruntime are imported only when a model of that
+kind is converted: ``import tinymp.convert`` needs numpy only. Every failure to convert raises
+:class:`ConversionError` (a ``ValueError``) naming the layer, its op and a hint.
+
+PyTorch and ONNX models are float models: the importers map them onto a float
+:class:`tinymp.builder.Graph` (BatchNorm folded into the convolution before it, ReLU / ReLU6
+fused into the layer before it, zero padding merged into the following convolution), check that
+the graph's float forward pass agrees with the source framework's on the calibration samples
+(within ``FLOAT_TOLERANCE * max(1, max |output|)``, 1e-3 by default, on up to 128 samples: a
+mapping bug never passes silently), then quantise with post-training quantisation
+(:meth:`tinymp.builder.Graph.quantize`) on those samples.
+
+The rest of this module is the framework-independent part shared by the PyTorch and ONNX
+importers: a small intermediate graph (:class:`_Net`) in the NCHW terms of those frameworks,
+its fusion passes and its lowering onto a :class:`tinymp.builder.Graph`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from .errors import ConversionError
+
+__all__ = ["convert", "ConversionError"]
+_LAZY = {"from_torch": "torch", "from_onnx": "onnx", "from_tflite": "tflite"}
+
+# Float agreement required between the source framework and the tinymp float graph:
+# max |graph - source| <= FLOAT_TOLERANCE * max(1, max |source|) over the checked samples.
+FLOAT_TOLERANCE = 1e-3
+# at most this many calibration samples are used for that check
+FLOAT_CHECK_SAMPLES = 128
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+        mod = importlib.import_module("." + _LAZY[name], __name__)
+        return getattr(mod, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_LAZY))
+
+
+# --------------------------------------------------------------------------------------------
+# dispatch
+# --------------------------------------------------------------------------------------------
+
+def _looks_like_tflite(head: bytes) -> bool:
+    return len(head) >= 8 and head[4:8] == b"TFL3"
+
+
+def _looks_like_onnx(head: bytes) -> bool:
+    # An ONNX file is a protobuf ModelProto; every exporter writes field 1 (ir_version, varint)
+    # first: tag byte 0x08 followed by a small version number.
+    return len(head) >= 2 and head[0] == 0x08 and 1 <= head[1] < 0x80
+
+
+def _kind_of(source) -> str:
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(source, torch.nn.Module):
+        return "torch"
+    onnx = sys.modules.get("onnx")
+    if onnx is not None and isinstance(source, onnx.ModelProto):
+        return "onnx"
+    if isinstance(source, (str, os.PathLike)):
+        path = os.fspath(source)
+        ext = os.path.splitext(path)[1].lower()
+        if ext == ".onnx":
+            return "onnx"
+        if ext == ".tflite":
+            return "tflite"
+        try:
+            with open(path, "rb") as f:
+                head = f.read(8)
+        except OSError as e:
+            raise ConversionError(f"tinymp convert: cannot read {path!r}: {e}") from None
+        where = repr(path)
+    elif isinstance(source, (bytes, bytearray, memoryview)):
+        head = bytes(memoryview(source)[:8])
+        where = "the given bytes"
+    else:
+        raise ConversionError(
+            f"tinymp convert: cannot convert a {type(source).__name__}: expected a "
+            "torch.nn.Module, an onnx.ModelProto, model bytes or a path to a .onnx / .tflite file")
+    if _looks_like_tflite(head):
+        return "tflite"
+    if _looks_like_onnx(head):
+        return "onnx"
+    raise ConversionError(f"tinymp convert: {where} is neither a TFLite flatbuffer ('TFL3' at "
+                          "offset 4) nor an ONNX model")
+
+
+def convert(source, calib=None, class_names=None, input_range=None, **kw) -> bytes:
+    """Convert a PyTorch module, an ONNX model or a TFLite model to ``.tmpm`` bytes.
+
+    ``calib`` (float calibration samples, NCHW unless ``input_layout='NHWC'``) is required for
+    PyTorch and ONNX models, which are quantised here; a TFLite model is already quantised
+    (``calib`` is ignored, ``input_range`` refused). See the module documentation.
+    """
+    kind = _kind_of(source)
+    if kind == "tflite":
+        try:
+            from .tflite import from_tflite
+        except ImportError as e:
+            raise ConversionError(f"tinymp convert: the TFLite importer is not available ({e})") \
+                from None
+        if input_range is not None:
+            raise ConversionError("tinymp convert: input_range does not apply to a TFLite model "
+                                  "(it is already quantised)")
+        return from_tflite(source, class_names=class_names, **kw)
+    if calib is None:
+        what = "PyTorch" if kind == "torch" else "ONNX"
+        raise ConversionError(f"tinymp convert: converting a {what} model needs calibration "
+                              "samples (calib=...)")
+    if kind == "torch":
+        from .torch import from_torch
+        return from_torch(source, calib, input_range=input_range, class_names=class_names, **kw)
+    from .onnx import from_onnx
+    return from_onnx(source, calib, input_range=input_range, class_names=class_names, **kw)
+
+
+# --------------------------------------------------------------------------------------------
+# helpers shared by the importers
+# --------------------------------------------------------------------------------------------
+
+def _err(name, op, what="is not supported", hint=None) -> ConversionError:
+    msg = f"tinymp convert: layer '{name}' (op {op}) {what}"
+    if hint:
+        msg += f": {hint}"
+    return ConversionError(msg)
+
+
+_ACT_HINT = "tinymp supports ReLU and ReLU6 activations only; replace it with ReLU6 and fine-tune"
+_DEFAULT_HINT = ("tinymp supports Conv2d (full and depthwise), BatchNorm (folded), ReLU / ReLU6, "
+                 "residual add, zero padding, global average pooling, flatten, Linear and "
+                 "Dropout / Identity")
+_HINTS = [
+    (("hardswish", "hard_swish", "silu", "swish", "gelu", "sigmoid", "hardsigmoid", "mish",
+      "elu", "selu", "celu", "leaky", "prelu", "tanh", "softplus", "softsign", "rrelu",
+      "logsigmoid", "thresholdedrelu"), _ACT_HINT),
+    (("maxpool", "max_pool", "lppool"),
+     "max pooling is not supported: use a stride-2 (depthwise) convolution instead"),
+    (("avgpool", "avg_pool", "averagepool"),
+     "only global average pooling (to 1x1) is supported: use a stride-2 convolution"),
+    (("cat", "concat", "stack", "split", "chunk"),
+     "concatenation and splitting are not supported: tinymp graphs combine branches with "
+     "residual adds only"),
+    (("upsample", "interpolate", "resize", "convtranspose", "conv_transpose", "pixel_shuffle"),
+     "upsampling is not supported (tinymp runs classification CNNs)"),
+    (("layernorm", "layer_norm", "groupnorm", "group_norm", "instancenorm", "instance_norm",
+      "localresponse", "lrn", "normalize"),
+     "only BatchNorm (folded into the preceding convolution) is supported"),
+    (("softmax", "logsoftmax", "log_softmax"),
+     "remove the final softmax: tinymp models output logits (the argmax is the same)"),
+    (("transpose", "permute"),
+     "layout changes are not supported: tinymp takes NCHW models (it converts to HWC itself)"),
+]
+
+
+def _hint_for(op: str) -> str:
+    low = op.lower().replace(".", "_")
+    for keys, hint in _HINTS:
+        if any(k in low for k in keys):
+            return hint
+    return _DEFAULT_HINT
+
+
+def _unsupported(name, op, hint=None) -> ConversionError:
+    return _err(name, op, "is not supported", hint or _hint_for(str(op)))
+
+
+def _compose_act(a: Optional[str], b: Optional[str]) -> Optional[str]:
+    """Activation equivalent to ``b(a(x))`` for a, b in (None, 'relu', 'relu6')."""
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return "relu6" if "relu6" in (a, b) else "relu"
+
+
+def _check_float(graph, x_nhwc: np.ndarray, ref: np.ndarray, tolerance: float, source: str
+                 ) -> float:
+    """Raise ConversionError unless Graph.forward(x) agrees with the source model's output
+    ``ref`` ([N, num_classes]); returns max |diff|."""
+    got = np.asarray(graph.forward(x_nhwc), dtype=np.float64).reshape(len(x_nhwc), -1)
+    ref = np.asarray(ref, dtype=np.float64).reshape(len(x_nhwc), -1)
+    if got.shape != ref.shape:
+        raise ConversionError(f"tinymp convert: the converted graph outputs {got.shape[1]} "
+                              f"values per sample, the {source} model {ref.shape[1]}")
+    if not np.isfinite(ref).all():
+        raise ConversionError(f"tinymp convert: the {source} model outputs non-finite values on "
+                              "the calibration samples")
+    diff = float(np.max(np.abs(got - ref))) if got.size else 0.0
+    tol = tolerance * max(1.0, float(np.max(np.abs(ref))) if ref.size else 1.0)
+    if not (diff <= tol):
+        raise ConversionError(
+            f"tinymp convert: the converted float graph disagrees with the {source} model "
+            f"(max |difference| of the outputs {diff:.3g}, tolerance {tol:.3g}); an operator was "
+            "mapped wrongly — please report this with the model")
+    return diff
+
+
+def _as_batch(calib, layout: str, what: str) -> np.ndarray:
+    """Calibration samples as float32 NCHW numpy [N, C, H, W]."""
+    if layout not in ("NCHW", "NHWC"):
+        raise ConversionError(f"tinymp convert: input_layout must be 'NCHW' or 'NHWC', "
+                              f"got {layout!r}")
+    if hasattr(calib, "detach"):          # a torch tensor, without importing torch
+        calib = calib.detach().cpu().numpy()
+    x = np.asarray(calib, dtype=np.float32)
+    if x.ndim == 3:
+        x = x[None]
+    if x.ndim != 4 or x.shape[0] < 1 or min(x.shape) < 1:
+        raise ConversionError(f"tinymp convert: {what} must be a float batch [N, C, H, W] "
+                              f"({layout}), got shape {tuple(np.shape(calib))}")
+    if layout == "NHWC":
+        x = x.transpose(0, 3, 1, 2)
+    if not np.isfinite(x).all():
+        raise ConversionError(f"tinymp convert: {what} contains non-finite values")
+    return np.ascontiguousarray(x)
+
+
+def _quantize(graph, calib_nchw: np.ndarray, class_names, input_range) -> bytes:
+    """Graph.quantize with the converter's error handling."""
+    nc = graph.output.c
+    if class_names is not None:
+        class_names = [str(c) for c in class_names]
+        if len(class_names) != nc:
+            raise ConversionError(f"tinymp convert: {len(class_names)} class names given, the "
+                                  f"model has {nc} outputs")
+    try:
+        return graph.quantize(calib_nchw.transpose(0, 2, 3, 1), num_classes=nc,
+                              class_names=class_names, input_range=input_range)
+    except ValueError as e:
+        raise ConversionError(f"tinymp convert: quantisation failed: {e}") from None
+
+
+# --------------------------------------------------------------------------------------------
+# intermediate graph
+# --------------------------------------------------------------------------------------------
+
+class _Op:
+    """A value of the source model (the op that produces it).
+
+    ``shape`` leaves out the batch: ``(C, H, W)`` for a feature map, ``(n,)`` for a vector.
+    ``src`` is the ``(C, H, W)`` feature map that holds the data in tinymp (a vector is the
+    NCHW flattening of ``src``; for a map ``src == shape``).
+    kinds: input, conv, linear, affine (per-channel x*scale+shift), act, pad, add, gap (global
+    average pool), view (reshape; no data movement).
+    """
+
+    def __init__(self, kind, inputs, shape, name, optype, src=None, **attrs):
+        self.kind = kind
+        self.inputs = list(inputs)
+        self.shape = tuple(int(s) for s in shape)
+        self.name = name
+        self.optype = optype
+        self.act = None
+        self.src = tuple(src) if src is not None else (
+            self.shape if len(self.shape) == 3 else (self.shape[0], 1, 1))
+        self.__dict__.update(attrs)
+
+    @property
+    def is_map(self):
+        return len(self.shape) == 3
+
+    def __repr__(self):
+        return f"<_Op {self.kind} {self.name!r} {self.shape}>"
+
+
+def _vec(v, n, what, name, optype):
+    a = np.asarray(v, dtype=np.float64)
+    try:
+        return np.broadcast_to(a.reshape(-1) if a.size == n else a, (n,)).astype(np.float64)
+    except ValueError:
+        raise _err(name, optype, f"has a {what} of shape {a.shape}, expected {n} values") \
+            from None
+
+
+class _Net:
+    """The intermediate graph the PyTorch and ONNX front ends build (NCHW terms, no batch).
+
+    Every method takes ``name`` / ``optype`` for error messages and returns the new value. Ops
+    must be created in a topological order (inputs first). :meth:`build` fuses and lowers it.
+    """
+
+    def __init__(self, input_chw: Sequence[int], name="input"):
+        self.ops: List[_Op] = []
+        self.input = self._new("input", [], tuple(input_chw), name, "input")
+
+    def _new(self, kind, inputs, shape, name, optype, **attrs) -> _Op:
+        op = _Op(kind, inputs, shape, name, optype, **attrs)
+        op.index = len(self.ops)
+        self.ops.append(op)
+        return op
+
+    @staticmethod
+    def _need_map(x, name, optype):
+        if not isinstance(x, _Op):
+            raise _err(name, optype, "has a constant as its data input",
+                       "only weights may be constant")
+        if not x.is_map:
+            raise _err(name, optype, f"gets a {len(x.shape) + 1}-D tensor {('N',) + x.shape}",
+                       "expected an [N, C, H, W] feature map")
+        return x
+
+    # -- ops ------------------------------------------------------------------------------
+
+    def conv(self, x, w, b, stride, pad, groups, name, optype, dilation=(1, 1)) -> _Op:
+        """w float [Cout, Cin/groups, kh, kw] (torch / ONNX layout); pad (t, l, b, r)."""
+        x = self._need_map(x, name, optype)
+        w = np.asarray(w, dtype=np.float64)
+        if w.ndim != 4:
+            raise _err(name, optype, f"has {w.ndim - 2}-D kernels", "only 2-D convolutions "
+                       "(Conv2d) are supported")
+        cout, cin_g, kh, kw = w.shape
+        c, h, wd = x.shape
+        groups = int(groups)
+        dil = tuple(int(d) for d in (dilation if isinstance(dilation, (list, tuple))
+                                     else (dilation, dilation)))
+        if dil != (1, 1) and (kh, kw) != (1, 1):
+            raise _err(name, optype, f"has dilation {dil}", "dilated convolutions are not "
+                       "supported")
+        if groups == 1:
+            if cin_g != c:
+                raise _err(name, optype, f"has weights for {cin_g} input channels, its input "
+                           f"has {c}")
+            depthwise = False
+        elif groups == c and cout == c and cin_g == 1:
+            depthwise = True
+        else:
+            raise _err(name, optype, f"(groups={groups}, {c} -> {cout} channels) is not "
+                       "supported", "tinymp has full convolutions (groups=1) and depthwise "
+                       "ones (groups = in channels = out channels); replace the grouped "
+                       "convolution")
+        b = np.zeros(cout) if b is None else _vec(b, cout, "bias", name, optype)
+        sh, sw = (int(s) for s in (stride if isinstance(stride, (list, tuple))
+                                   else (stride, stride)))
+        pad = tuple(int(p) for p in pad)
+        if len(pad) != 4 or min(pad) < 0:
+            raise _err(name, optype, f"has padding {pad}", "padding must be non-negative")
+        if min(sh, sw) < 1:
+            raise _err(name, optype, f"has stride {(sh, sw)}")
+        t, l, bo, r = pad
+        oh = (h + t + bo - kh) // sh + 1
+        ow = (wd + l + r - kw) // sw + 1
+        if h + t + bo < kh or wd + l + r < kw:
+            raise _err(name, optype, f"has a {kh}x{kw} kernel larger than its padded input "
+                       f"{h + t + bo}x{wd + l + r}")
+        return self._new("conv", [x], (cout, oh, ow), name, optype, w=w, b=b, stride=(sh, sw),
+                         pad=pad, depthwise=depthwise)
+
+    def linear(self, x, w, b, name, optype) -> _Op:
+        """y = x @ w.T + b; x a vector [n], w [O, n]."""
+        if not isinstance(x, _Op):
+            raise _err(name, optype, "has a constant as its data input")
+        if x.is_map:
+            raise _err(name, optype, f"is applied to a 4-D tensor {('N',) + x.shape}",
+                       "flatten the feature map first (torch.flatten(x, 1) / nn.Flatten)")
+        w = np.asarray(w, dtype=np.float64)
+        if w.ndim != 2 or w.shape[1] != x.shape[0]:
+            raise _err(name, optype, f"has weights {w.shape} for an input of {x.shape[0]} "
+                       "features")
+        o = w.shape[0]
+        b = np.zeros(o) if b is None else _vec(b, o, "bias", name, optype)
+        return self._new("linear", [x], (o,), name, optype, w=w, b=b)
+
+    def affine(self, x, scale, shift, name, optype) -> _Op:
+        """Per-channel (per-feature for vectors) x * scale + shift (BatchNorm, constant ops)."""
+        if not isinstance(x, _Op):
+            raise _err(name, optype, "has a constant as its data input")
+        n = x.shape[0]
+        scale = _vec(scale, n, "scale", name, optype)
+        shift = _vec(shift, n, "shift", name, optype)
+        if not (np.isfinite(scale).all() and np.isfinite(shift).all()):
+            raise _err(name, optype, "has non-finite parameters")
+        return self._new("affine", [x], x.shape, name, optype, src=x.src, scale=scale,
+                         shift=shift)
+
+    def act(self, x, kind, name, optype) -> _Op:
+        if not isinstance(x, _Op):
+            raise _err(name, optype, "has a constant as its data input")
+        assert kind in ("relu", "relu6")
+        op = self._new("act", [x], x.shape, name, optype, src=x.src)
+        op.act = kind
+        return op
+
+    def pad(self, x, pad, name, optype) -> _Op:
+        """Zero padding (t, l, b, r) of a feature map."""
+        x = self._need_map(x, name, optype)
+        pad = tuple(int(p) for p in pad)
+        if min(pad) < 0:
+            raise _err(name, optype, f"has negative padding {pad}", "cropping is not supported")
+        if pad == (0, 0, 0, 0):
+            return x
+        c, h, w = x.shape
+        return self._new("pad", [x], (c, h + pad[0] + pad[2], w + pad[1] + pad[3]), name,
+                         optype, pad=pad)
+
+    def add(self, a, b, name, optype) -> _Op:
+        if a.shape != b.shape:
+            raise _err(name, optype, f"adds tensors of shapes {('N',) + a.shape} and "
+                       f"{('N',) + b.shape}", "broadcasting adds are not supported; both "
+                       "inputs of a residual add must have the same shape")
+        if a.src != b.src:
+            raise _err(name, optype, "adds vectors flattened from differently shaped maps")
+        return self._new("add", [a, b], a.shape, name, optype, src=a.src)
+
+    def gap(self, x, keepdims, name, optype) -> _Op:
+        """Global average pool: [C, H, W] -> [C, 1, 1] (keepdims) or [C]."""
+        x = self._need_map(x, name, optype)
+        c = x.shape[0]
+        if x.shape[1:] == (1, 1):
+            g = x
+        else:
+            g = self._new("gap", [x], (c, 1, 1), name, optype)
+        return g if keepdims else self.reshape(g, (c,), name, optype)
+
+    def reshape(self, x, shape, name, optype) -> _Op:
+        """Reshape (flatten, unflatten, squeeze ...) without the batch dimension."""
+        if not isinstance(x, _Op):
+            raise _err(name, optype, "has a constant as its data input")
+        shape = tuple(int(s) for s in shape)
+        if shape == x.shape:
+            return x
+        n = int(np.prod(x.shape))
+        if shape == (n,):
+            return self._new("view", [x], shape, name, optype, src=x.src)
+        if shape == x.src:          # back to the feature map it was flattened from
+            return self._new("view", [x], shape, name, optype, src=x.src)
+        raise _err(name, optype, f"reshapes {('N',) + x.shape} to {('N',) + shape}",
+                   "only flattening ([N, C, H, W] -> [N, C*H*W]) and adding / removing 1x1 "
+                   "spatial dimensions are supported (the batch dimension must stay first)")
+
+    def binary(self, kind, a, b, name, optype, alpha=1.0) -> _Op:
+        """Elementwise add / sub / mul / div of two values, or of a value and a constant
+        (which must be a scalar or per-channel; it becomes an affine op)."""
+        ia, ib = isinstance(a, _Op), isinstance(b, _Op)
+        if ia and ib:
+            if kind == "add" and alpha == 1:
+                return self.add(a, b, name, optype)
+            if kind == "sub" and alpha == 1:
+                raise _err(name, optype, "subtracts two activations", "only residual adds of "
+                           "two activations are supported")
+            raise _err(name, optype, f"combines two activations ({kind})",
+                       "elementwise products of activations (e.g. squeeze-and-excitation or "
+                       "gating) are not supported; only residual adds are")
+        if not (ia or ib):
+            raise _err(name, optype, "has no activation input")
+        x, c = (a, b) if ia else (b, a)
+        c = self._per_channel(x, c, name, optype)
+        alpha = float(alpha)
+        if kind == "add":
+            scale, shift = (1.0, alpha * c) if ia else (alpha, c)
+        elif kind == "sub":
+            scale, shift = (1.0, -alpha * c) if ia else (-alpha, c)
+        elif kind == "mul":
+            scale, shift = c, 0.0
+        elif kind == "div":
+            if not ia:
+                raise _err(name, optype, "divides a constant by an activation")
+            if np.any(c == 0):
+                raise _err(name, optype, "divides by zero")
+            scale, shift = 1.0 / c, 0.0
+        else:  # pragma: no cover
+            raise AssertionError(kind)
+        return self.affine(x, scale, shift, name, optype)
+
+    @staticmethod
+    def _per_channel(x, c, name, optype) -> np.ndarray:
+        c = np.asarray(c, dtype=np.float64)
+        full = (1,) + x.shape
+        if c.ndim > len(full):
+            raise _err(name, optype, f"has a constant of shape {c.shape}")
+        try:
+            cb = np.broadcast_to(c, full)
+        except ValueError:
+            raise _err(name, optype, f"has a constant of shape {c.shape} that does not "
+                       f"broadcast to {('N',) + x.shape}") from None
+        if x.is_map:
+            per = cb[0, :, 0, 0]
+            if not np.array_equal(cb[0], np.broadcast_to(per[:, None, None], x.shape)):
+                raise _err(name, optype, "has a constant that varies over H and W",
+                           "only scalar or per-channel constants are supported")
+            return per.copy()
+        return cb[0].copy()
+
+    # -- fusion and lowering ----------------------------------------------------------------
+
+    def _reachable(self, out: _Op) -> List[_Op]:
+        seen = {out.index}
+        stack = [out]
+        while stack:
+            op = stack.pop()
+            for i in op.inputs:
+                if i.index not in seen:
+                    seen.add(i.index)
+                    stack.append(i)
+        return [op for op in self.ops if op.index in seen]
+
+    @staticmethod
+    def _uses(ops) -> Dict[int, int]:
+        uses = {op.index: 0 for op in ops}
+        for op in ops:
+            for i in op.inputs:
+                uses[i.index] = uses.get(i.index, 0) + 1
+        return uses
+
+    @staticmethod
+    def _take_over(op: _Op, p: _Op, name_sep="+"):
+        """op (sole user of p) becomes a copy of p (keeping its own index and shape)."""
+        keep = dict(index=op.index, name=f"{p.name}{name_sep}{op.name}", shape=op.shape,
+                    src=op.src)
+        attrs = dict(p.__dict__)
+        attrs.update(keep)
+        attrs["inputs"] = list(p.inputs)
+        op.__dict__.clear()
+        op.__dict__.update(attrs)
+
+    def _fuse(self, out: _Op) -> None:
+        ops = self._reachable(out)
+        uses = self._uses(ops)
+        for op in ops:
+            if op.kind == "conv" and op.inputs[0].kind == "pad":
+                p = op.inputs[0]
+                kh, kw = op.w.shape[2:]
+                merged = tuple(a + b for a, b in zip(op.pad, p.pad))
+                if merged[0] < kh and merged[2] < kh and merged[1] < kw and merged[3] < kw:
+                    op.pad = merged
+                    op.inputs = [p.inputs[0]]
+                    uses[p.index] -= 1
+                    uses[p.inputs[0].index] += 1
+                    op.name = f"{p.name}+{op.name}"
+            elif op.kind == "affine":
+                self._fuse_affine(op, uses)
+            elif op.kind == "act":
+                self._fuse_act(op, uses)
+
+    def _fuse_affine(self, op, uses):
+        p = op.inputs[0]
+        via_view = None
+        if p.kind == "view" and uses[p.index] == 1 and p.src[1:] == (1, 1):
+            via_view, p = p, p.inputs[0]
+        if uses[p.index] != 1 or p.act is not None:
+            return
+        s, t = op.scale, op.shift
+        if p.kind == "conv":
+            w = p.w * s[:, None, None, None]
+            b = p.b * s + t
+        elif p.kind == "linear":
+            w = p.w * s[:, None]
+            b = p.b * s + t
+        elif p.kind == "affine":
+            w = p.scale * s
+            b = p.shift * s + t
+        else:
+            return
+        if via_view is not None:
+            # p (single user: the view) absorbs the affine; op becomes the view
+            if p.kind == "affine":
+                p.scale, p.shift = w, b
+            else:
+                p.w, p.b = w, b
+            p.name = f"{p.name}+{op.name}"
+            op.kind, op.inputs = "view", [p]
+            del op.scale, op.shift
+            uses[via_view.index] = 0
+            return
+        self._take_over(op, p)
+        if p.kind == "affine":
+            op.scale, op.shift = w, b
+        else:
+            op.w, op.b = w, b
+        uses[p.index] = 0
+
+    def _fuse_act(self, op, uses):
+        p = op.inputs[0]
+        via_view = None
+        if p.kind == "view" and uses[p.index] == 1:
+            via_view, p = p, p.inputs[0]
+        if uses[p.index] != 1 or p.kind not in ("conv", "linear", "affine", "add", "gap", "act"):
+            return
+        if via_view is not None:
+            p.act = _compose_act(p.act, op.act)
+            p.name = f"{p.name}+{op.name}"
+            op.kind, op.inputs, op.act = "view", [p], None
+            uses[via_view.index] = 0
+            return
+        act = _compose_act(p.act, op.act)
+        self._take_over(op, p)
+        op.act = act
+        uses[p.index] = 0
+
+    def build(self, out: _Op):
+        """Fuse and lower onto a :class:`tinymp.builder.Graph` whose output is ``out``."""
+        from .. import builder
+        if not isinstance(out, _Op) or out is self.input:
+            raise ConversionError("tinymp convert: the model output does not depend on its "
+                                  "input through any layer")
+        if out.src[1:] != (1, 1) or out.shape not in ((out.src[0],), out.src):
+            raise _err(out.name, out.optype, f"produces the model output with shape "
+                       f"{('N',) + out.shape}", "a tinymp model ends in [N, num_classes] logits "
+                       "(e.g. global average pool, flatten and Linear)")
+        self._fuse(out)
+        c, h, w = self.input.shape
+        g = builder.Graph(input_shape=(h, w, c))
+        node = {}
+        for op in self._reachable(out):
+            try:
+                node[op.index] = self._lower(g, op, node)
+            except ValueError as e:
+                if isinstance(e, ConversionError):
+                    raise
+                raise _err(op.name, op.optype, f"cannot be mapped onto tinymp: {e}") from None
+        if len(g.nodes) < 2:
+            raise ConversionError("tinymp convert: the model has no layers that tinymp runs")
+        if node[out.index] is not g.output:    # pragma: no cover - reachability guarantees it
+            raise ConversionError("tinymp convert: internal error: output is not the last layer")
+        return g
+
+    def _lower(self, g, op, node):
+        if op.kind == "input":
+            return g.input
+        x = node[op.inputs[0].index]
+        if op.kind == "view":
+            return x
+        if op.kind == "conv":
+            w = op.w.astype(np.float32)
+            b = op.b.astype(np.float32)
+            kh, kw = w.shape[2:]
+            if op.depthwise:
+                return g.dwconv(x, w[:, 0].transpose(1, 2, 0), b, stride=op.stride,
+                                padding=op.pad, act=op.act)
+            if (kh, kw) == (1, 1) and op.stride == (1, 1) and op.pad == (0, 0, 0, 0):
+                return g.pwconv(x, w[:, :, 0, 0], b, act=op.act)
+            return g.conv(x, w.transpose(0, 2, 3, 1), b, stride=op.stride, padding=op.pad,
+                          act=op.act)
+        if op.kind == "linear":
+            c, h, wd = op.inputs[0].src
+            w = op.w
+            if h * wd > 1:   # NCHW flattening -> tinymp's HWC flattening
+                w = w.reshape(w.shape[0], c, h, wd).transpose(0, 2, 3, 1).reshape(w.shape[0], -1)
+            return g.fc(x, w.astype(np.float32), op.b.astype(np.float32), act=op.act)
+        if op.kind in ("affine", "act"):
+            c, h, wd = op.src
+            if op.kind == "affine":
+                if op.is_map or (h, wd) == (1, 1):
+                    scale, shift = op.scale, op.shift
+                else:
+                    per = op.scale.reshape(c, h * wd), op.shift.reshape(c, h * wd)
+                    if not all(np.all(a == a[:, :1]) for a in per):
+                        raise _err(op.name, op.optype, "scales a flattened feature map "
+                                   "element by element", "apply it before flattening")
+                    scale, shift = per[0][:, 0], per[1][:, 0]
+            else:
+                scale, shift = np.ones(c), np.zeros(c)
+            # a standalone per-channel affine / activation: a 1x1 depthwise convolution
+            return g.dwconv(x, scale.astype(np.float32).reshape(1, 1, c),
+                            shift.astype(np.float32), stride=1, padding="valid", act=op.act)
+        if op.kind == "add":
+            return g.add(x, node[op.inputs[1].index], act=op.act)
+        if op.kind == "gap":
+            return g.avgpool(x, act=op.act)
+        if op.kind == "pad":
+            raise _err(op.name, op.optype, "is zero padding that cannot be merged into a "
+                       "following convolution", "tinymp has no padding layer; padding must "
+                       "feed convolutions only and stay smaller than their kernel")
+        raise AssertionError(op.kind)  # pragma: no cover
