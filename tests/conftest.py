@@ -2,6 +2,7 @@
 reference, and small model factories built with the low-level writer."""
 import os
 import sys
+import zlib
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ if HOST not in sys.path:
 
 @pytest.fixture
 def rng(request):
-    # a per-test seed derived from the test name: reproducible, different across tests
-    seed = abs(hash(request.node.nodeid)) % (2**32)
+    # a per-test seed derived from the test name: reproducible (crc32, not the per-process salted
+    # hash()), different across tests
+    seed = zlib.crc32(request.node.nodeid.encode())
     return np.random.default_rng(seed)
