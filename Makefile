@@ -56,7 +56,9 @@ demo: venv
 plan: venv
 	$(VPY) -m tinymp.cli plan --zoo
 
-$(BUILD)/m7/%.o: $(CORE)/%.c
+CORE_HDR := $(wildcard $(CORE)/*.h $(CORE)/*/*.h)
+
+$(BUILD)/m7/%.o: $(CORE)/%.c $(CORE_HDR)
 	@mkdir -p $(dir $@)
 	$(ARM_CC) $(CORE_WARN) -O2 $(M7_FLAGS) -ffunction-sections -fdata-sections -I$(CORE) -c $< -o $@
 
@@ -80,3 +82,4 @@ clean:
 	rm -rf $(BUILD) $(VENV) *.egg-info host/*.egg-info
 
 include firmware/firmware.mk
+include firmware/bench/bench.mk

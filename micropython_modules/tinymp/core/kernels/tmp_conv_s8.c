@@ -17,7 +17,9 @@
  * Scratch: 2 * kh * kw * in.c bytes (4-byte aligned): the im2col patch of one output pixel as
  * int16 in the weights' [kh][kw][in.c] order, with the input offset already added and 0 at
  * padding positions, so that each output channel is one plain int16 x int8 dot product
- * (conv_dot_s16_s8(), the place where an optimised inner loop goes).
+ * (conv_dot_s16_s8()). The DSP path (TMP_DSP, Cortex-M4/M7) then reorders each group of 4
+ * patch values to the SXTB16 lane order (p0,p2)(p1,p3) (tmp_dsp.h) and computes 4 output
+ * channels per pass over the patch with SMLAD.
  *
  * Preconditions not checked (guaranteed by the model format): |bias[o]| <= 2^31 - 1 - 32640*L
  * with L = kh*kw*in.c, so the int32 accumulator cannot overflow.
@@ -28,6 +30,7 @@
 
 #include "../tmp_common.h"
 #include "../tmp_kernels.h"
+#include "tmp_dsp.h"
 
 /* One axis of the geometry: exactly the shapes out = (in + pad + pad_end - k) / stride + 1
  * (floor) for some 0 <= pad, pad_end < k, as docs/FORMAT.md allows. */
@@ -81,7 +84,8 @@ int32_t tmp_conv_s8_get_buffer_size(const tmp_dims *in, const tmp_filter_dims *f
     return len < 0 ? 0 : len * (int32_t)sizeof(int16_t);
 }
 
-/* sum a[i] * b[i], i < n. Swap point for an optimised (SIMD) inner loop. */
+#if !TMP_DSP
+/* sum a[i] * b[i], i < n. */
 static int32_t conv_dot_s16_s8(const int16_t *a, const int8_t *b, int32_t n) {
     int32_t acc = 0;
     int32_t i = 0;
@@ -93,6 +97,25 @@ static int32_t conv_dot_s16_s8(const int16_t *a, const int8_t *b, int32_t n) {
         acc += (int32_t)a[i] * b[i];
     }
     return acc;
+}
+#endif
+
+/* dst[i] = src[i] + in_off, i < n */
+static void conv_copy_s16(int16_t *dst, const int8_t *src, int32_t n, int32_t in_off) {
+    int32_t i = 0;
+#if TMP_DSP
+    const int32_t offp = tmp_pack16x2(in_off);
+    for (; i + 4 <= n; i += 4) {
+        const int32_t x4 = tmp_ld4(src + i);
+        const uint32_t a = (uint32_t)tmp_sxtab16(offp, x4);      /* (x0, x2) */
+        const uint32_t b = (uint32_t)tmp_sxtab16_ror8(offp, x4); /* (x1, x3) */
+        tmp_st4(dst + i, (int32_t)((a & 0xFFFFu) | (b << 16)));
+        tmp_st4(dst + i + 2, (int32_t)((b & 0xFFFF0000u) | (a >> 16)));
+    }
+#endif
+    for (; i < n; i++) {
+        dst[i] = (int16_t)(src[i] + in_off);
+    }
 }
 
 /* Fill `col` with the [kh][kw][ic] patch whose top-left input position is (iy0, ix0). */
@@ -114,9 +137,7 @@ static void conv_im2col(int16_t *col, const int8_t *in, const tmp_dims *d, int32
             if (v_lo > 0) {
                 memset(col, 0, (size_t)(v_lo * ic) * sizeof(int16_t));
             }
-            for (int32_t i = 0; i < n; i++) {
-                dst[i] = (int16_t)(src[i] + in_off);
-            }
+            conv_copy_s16(dst, src, n, in_off);
             if (v_hi < kw) {
                 memset(dst + n, 0, (size_t)((kw - v_hi) * ic) * sizeof(int16_t));
             }
@@ -124,6 +145,86 @@ static void conv_im2col(int16_t *col, const int8_t *in, const tmp_dims *d, int32
         col += row_len;
     }
 }
+
+#if TMP_DSP
+/* Reorder every whole group of 4 patch values (p0,p1,p2,p3) to the words (p0,p2), (p1,p3). */
+static void conv_dsp_reorder(int16_t *col, int32_t len) {
+    uint32_t *w = (uint32_t *)(void *)col;
+    for (int32_t g = len >> 2; g > 0; g--) {
+        const uint32_t a = w[0]; /* (p0, p1) */
+        const uint32_t b = w[1]; /* (p2, p3) */
+        w[0] = (a & 0xFFFFu) | (b << 16);
+        w[1] = (b & 0xFFFF0000u) | (a >> 16);
+        w += 2;
+    }
+}
+
+/* All output channels of one pixel from its reordered patch, 2 channels per pass. */
+static void conv_dsp_pixel(const int16_t *col, int32_t len, const int8_t *weights,
+    const int32_t *bias, const tmp_per_channel_quant *q, int32_t oc, int32_t out_off, uint32_t lo4,
+    uint32_t hi4, int8_t *dst) {
+    const int32_t ng = len >> 2;
+    const int32_t tail = len & 3;
+    const int16_t *xt = col + 4 * ng;
+    for (int32_t o = 0; o < oc; o += 2) {
+        const int32_t o1 = o + 1 < oc ? o + 1 : o;
+        const int8_t *w0 = weights + (size_t)o * (size_t)len;
+        const int8_t *w1 = weights + (size_t)o1 * (size_t)len;
+        int32_t a0 = 0, a1 = 0;
+        if (bias != NULL) {
+            a0 = bias[o];
+            a1 = bias[o1];
+        }
+        const int32_t *x = (const int32_t *)(const void *)col;
+        for (int32_t g = ng; g > 0; g--) {
+            int32_t x02, x13;
+            x = tmp_ld2w(x, &x02, &x13);
+            const int32_t wa = tmp_ld4(w0);
+            const int32_t wb = tmp_ld4(w1);
+            w0 += 4;
+            w1 += 4;
+            a0 = tmp_smlad(x02, tmp_sxtb16(wa), a0);
+            a0 = tmp_smlad(x13, tmp_sxtb16_ror8(wa), a0);
+            a1 = tmp_smlad(x02, tmp_sxtb16(wb), a1);
+            a1 = tmp_smlad(x13, tmp_sxtb16_ror8(wb), a1);
+        }
+        if (tail > 0) {
+            a0 = tmp_smlabb(xt[0], w0[0], a0);
+            a1 = tmp_smlabb(xt[0], w1[0], a1);
+            if (tail > 1) {
+                a0 = tmp_smlabb(xt[1], w0[1], a0);
+                a1 = tmp_smlabb(xt[1], w1[1], a1);
+                if (tail > 2) {
+                    a0 = tmp_smlabb(xt[2], w0[2], a0);
+                    a1 = tmp_smlabb(xt[2], w1[2], a1);
+                }
+            }
+        }
+        const int32_t s0 = q->shift[o];
+        const int32_t s1 = q->shift[o1];
+        int32_t t0, t1;
+        if (s0 <= -1 && s1 <= -1) { /* the usual case: one 64-bit step each */
+            int32_t klo, khi, sh;
+            tmp_rq_prep_neg(s0, &klo, &khi, &sh);
+            t0 = tmp_rq_neg(a0, q->multiplier[o], klo, khi, sh);
+            tmp_rq_prep_neg(s1, &klo, &khi, &sh);
+            t1 = tmp_rq_neg(a1, q->multiplier[o1], klo, khi, sh);
+        } else {
+            t0 = tmp_rq_apply(a0, tmp_rq_prep(q->multiplier[o], s0));
+            t1 = tmp_rq_apply(a1, tmp_rq_prep(q->multiplier[o1], s1));
+        }
+        const int32_t r0 = tmp_ssat8(tmp_qadd(t0, out_off));
+        const int32_t r1 = tmp_ssat8(tmp_qadd(t1, out_off));
+        const uint32_t v2 = tmp_clamp8x4(tmp_pack4(r0, r1, 0, 0), lo4, hi4);
+        if (o1 != o) {
+            const uint16_t h = (uint16_t)v2;
+            memcpy(dst + o, &h, 2);
+        } else {
+            dst[o] = (int8_t)v2;
+        }
+    }
+}
+#endif
 
 tmp_status tmp_conv_s8(const tmp_conv_params *p, const tmp_per_channel_quant *q,
     const tmp_dims *in_dims, const int8_t *in,
@@ -158,6 +259,13 @@ tmp_status tmp_conv_s8(const tmp_conv_params *p, const tmp_per_channel_quant *q,
         for (int32_t x = 0; x < out_dims->w; x++) {
             const int32_t ix0 = x * p->stride_w - p->pad_l;
             conv_im2col(col, in, in_dims, iy0, ix0, f->kh, f->kw, p->input_offset);
+#if TMP_DSP
+            conv_dsp_reorder(col, patch_len);
+            conv_dsp_pixel(col, patch_len, weights, bias, q, oc, p->output_offset,
+                tmp_pack8x4(p->act_min), tmp_pack8x4(p->act_max), dst);
+            (void)mult;
+            (void)shift;
+#else
             const int8_t *w = weights;
             for (int32_t o = 0; o < oc; o++) {
                 int32_t acc = conv_dot_s16_s8(col, w, patch_len);
@@ -168,6 +276,7 @@ tmp_status tmp_conv_s8(const tmp_conv_params *p, const tmp_per_channel_quant *q,
                     p->act_min, p->act_max);
                 w += patch_len;
             }
+#endif
             dst += oc;
         }
     }

@@ -25,6 +25,13 @@
  *    count, i.e. to channel-c input slots already copied, so no input still needed is ever
  *    overwritten, for any stride and padding.
  *
+ * DSP path (TMP_DSP, Cortex-M4/M7; kh*kw <= 25): out of place, channels in groups of 4 over the
+ * whole output plane (weights widened and requantisation constants hoisted once per group, one
+ * word of input per tap with SXTAB16 adding the offset, 3x3 windows inside the input unrolled,
+ * one word store of 4 outputs), the in.c % 4 remaining channels by the portable code; in place,
+ * the same plane-by-plane algorithm as below with 3x3 rows as one word load + SMLAD + SMLABB.
+ * Same scratch, same write order, same results.
+ *
  * Preconditions not checked (guaranteed by the model format): |bias[c]| <= 2^31 - 1 - 32640*L
  * with L = kh*kw, so the int32 accumulator cannot overflow.
  */
@@ -34,6 +41,7 @@
 
 #include "../tmp_common.h"
 #include "../tmp_kernels.h"
+#include "tmp_dsp.h"
 
 /** Channels accumulated together per output pixel in the out-of-place path (stack: 4*DW_BLOCK). */
 #define DW_BLOCK 32
@@ -93,10 +101,10 @@ static void dwconv_window(int32_t i0, int32_t k, int32_t in, int32_t *lo, int32_
     *hi = i0 + k > in ? in - i0 : k;
 }
 
-/* out != in: pixel by pixel, DW_BLOCK channels at a time. */
-static void dwconv_out_of_place(const tmp_conv_params *p, const tmp_per_channel_quant *q,
+/* out != in: pixel by pixel, DW_BLOCK channels at a time, channels c_begin .. ch-1. */
+TMP_NOINLINE static void dwconv_out_of_place(const tmp_conv_params *p, const tmp_per_channel_quant *q,
     const tmp_dims *id, const int8_t *in, const tmp_filter_dims *f, const int8_t *weights,
-    const int32_t *bias, const tmp_dims *od, int8_t *out) {
+    const int32_t *bias, const tmp_dims *od, int8_t *out, int32_t c_begin) {
     const int32_t ch = id->c;
     const int32_t kw = f->kw;
     int32_t acc[DW_BLOCK];
@@ -109,7 +117,7 @@ static void dwconv_out_of_place(const tmp_conv_params *p, const tmp_per_channel_
             const int32_t ix0 = x * p->stride_w - p->pad_l;
             int32_t v_lo, v_hi;
             dwconv_window(ix0, kw, id->w, &v_lo, &v_hi);
-            for (int32_t c0 = 0; c0 < ch; c0 += DW_BLOCK) {
+            for (int32_t c0 = c_begin; c0 < ch; c0 += DW_BLOCK) {
                 const int32_t nb = ch - c0 < DW_BLOCK ? ch - c0 : DW_BLOCK;
                 for (int32_t j = 0; j < nb; j++) {
                     acc[j] = bias != NULL ? bias[c0 + j] : 0;
@@ -134,8 +142,151 @@ static void dwconv_out_of_place(const tmp_conv_params *p, const tmp_per_channel_
     }
 }
 
+#if TMP_DSP
+/** Largest kh * kw of the DSP path (its expanded weights live on the stack: 8 bytes a tap). */
+#define DW_DSP_MAX_TAPS 25
+
+/* One tap for 4 channels: x4 = 4 input bytes, w = (w_c0, w_c2), (w_c1, w_c3). */
+static inline void dw_tap4(int32_t x4, const int32_t *w, int32_t offp, int32_t *a0, int32_t *a1,
+    int32_t *a2, int32_t *a3) {
+    const int32_t x13 = tmp_sxtab16_ror8(offp, x4);
+    const int32_t x02 = tmp_sxtab16(offp, x4);
+    const int32_t w02 = w[0];
+    const int32_t w13 = w[1];
+    *a0 = tmp_smlabb(x02, w02, *a0);
+    *a2 = tmp_smlatt(x02, w02, *a2);
+    *a1 = tmp_smlabb(x13, w13, *a1);
+    *a3 = tmp_smlatt(x13, w13, *a3);
+}
+
+/* One channel's output before the activation clamp from its 4 constants: `neg` (compile-time):
+ * shift <= -1 and rc = (M, klo, khi, sh) of tmp_rq_neg; else rc = (M, rsh, mask, shift). */
+__attribute__((always_inline)) static inline int32_t dw_rq(int32_t acc, const int32_t *rc,
+    int32_t out_off, const int neg) {
+    const int32_t t = neg ? tmp_rq_neg(acc, rc[0], rc[1], rc[2], rc[3]) :
+                            tmp_rq_apply_v(acc, rc[0], rc[1], rc[2], rc[3]);
+    return tmp_ssat8(tmp_qadd(t, out_off));
+}
+
+/* Requantise 4 channels' accumulators, clamp, store one word. */
+__attribute__((always_inline)) static inline void dw_store4(int8_t *dst, int32_t a0, int32_t a1,
+    int32_t a2, int32_t a3, const int32_t (*rc)[4], int32_t out_off, uint32_t lo4, uint32_t hi4,
+    const int neg) {
+    const uint32_t v = tmp_pack4(dw_rq(a0, rc[0], out_off, neg), dw_rq(a1, rc[1], out_off, neg),
+        dw_rq(a2, rc[2], out_off, neg), dw_rq(a3, rc[3], out_off, neg));
+    tmp_st4(dst, (int32_t)tmp_clamp8x4(v, lo4, hi4));
+}
+
+/* out != in, channels c0 .. c0+3: every output pixel of these 4 channels, one int32 word of
+ * input per tap (SXTAB16 adds the input offset to two lanes at once), weights expanded once,
+ * 3x3 windows inside the input unrolled. `neg` (compile-time): every shift of the 4 channels is
+ * <= -1, so the requantisation is the single-step tmp_rq_neg. */
+__attribute__((always_inline)) static inline void dwconv_dsp_group4_k(const tmp_conv_params *p,
+    const tmp_per_channel_quant *q, const tmp_dims *id, const int8_t *in, const tmp_filter_dims *f,
+    const int8_t *weights, const int32_t *bias, const tmp_dims *od, int8_t *out, int32_t c0,
+    const int neg) {
+    const int32_t ch = id->c;
+    const int32_t kh = f->kh;
+    const int32_t kw = f->kw;
+    const int32_t sw = p->stride_w;
+    int32_t wx[2 * DW_DSP_MAX_TAPS]; /* per tap: (w_c0, w_c2), (w_c1, w_c3) */
+    for (int32_t t = 0; t < kh * kw; t++) {
+        const int32_t w4 = tmp_ld4(weights + (size_t)t * (size_t)ch + (size_t)c0);
+        wx[2 * t] = tmp_sxtb16(w4);
+        wx[2 * t + 1] = tmp_sxtb16_ror8(w4);
+    }
+    int32_t rc[4][4];
+    int32_t b[4];
+    for (int32_t j = 0; j < 4; j++) {
+        const tmp_rq r = tmp_rq_prep(q->multiplier[c0 + j], q->shift[c0 + j]);
+        rc[j][0] = r.mult;
+        rc[j][1] = neg ? r.klo : r.rsh;
+        rc[j][2] = neg ? r.khi : r.mask;
+        rc[j][3] = neg ? r.sh : r.lsh;
+        b[j] = bias != NULL ? bias[c0 + j] : 0;
+    }
+    const int32_t offp = tmp_pack16x2(p->input_offset);
+    const int32_t out_off = p->output_offset;
+    const uint32_t lo4 = tmp_pack8x4(p->act_min);
+    const uint32_t hi4 = tmp_pack8x4(p->act_max);
+    const size_t cs = (size_t)ch;
+    const size_t rs = (size_t)id->w * cs;
+    /* output columns whose window lies inside the input: [xa, xb) */
+    const int32_t xa = (p->pad_l + sw - 1) / sw;
+    const int32_t xb_raw = (id->w - kw + p->pad_l) / sw + 1;
+    const int32_t xb = id->w >= kw ? (xb_raw < od->w ? xb_raw : od->w) : 0;
+    const int fast3 = kh == 3 && kw == 3;
+    int8_t *dst = out + c0;
+    for (int32_t y = 0; y < od->h; y++) {
+        const int32_t iy0 = y * p->stride_h - p->pad_t;
+        int32_t u_lo, u_hi;
+        dwconv_window(iy0, kh, id->h, &u_lo, &u_hi);
+        const int fast_row = fast3 && u_lo == 0 && u_hi == 3;
+        for (int32_t x = 0; x < od->w; x++) {
+            const int32_t ix0 = x * sw - p->pad_l;
+            int32_t a0 = b[0], a1 = b[1], a2 = b[2], a3 = b[3];
+            if (fast_row && x >= xa && x < xb) {
+                const int8_t *s0 = in + (size_t)iy0 * rs + (size_t)ix0 * cs + (size_t)c0;
+                const int8_t *s1 = s0 + rs;
+                const int8_t *s2 = s1 + rs;
+                dw_tap4(tmp_ld4(s0), wx + 0, offp, &a0, &a1, &a2, &a3);
+                dw_tap4(tmp_ld4(s0 + cs), wx + 2, offp, &a0, &a1, &a2, &a3);
+                dw_tap4(tmp_ld4(s0 + 2 * cs), wx + 4, offp, &a0, &a1, &a2, &a3);
+                dw_tap4(tmp_ld4(s1), wx + 6, offp, &a0, &a1, &a2, &a3);
+                dw_tap4(tmp_ld4(s1 + cs), wx + 8, offp, &a0, &a1, &a2, &a3);
+                dw_tap4(tmp_ld4(s1 + 2 * cs), wx + 10, offp, &a0, &a1, &a2, &a3);
+                dw_tap4(tmp_ld4(s2), wx + 12, offp, &a0, &a1, &a2, &a3);
+                dw_tap4(tmp_ld4(s2 + cs), wx + 14, offp, &a0, &a1, &a2, &a3);
+                dw_tap4(tmp_ld4(s2 + 2 * cs), wx + 16, offp, &a0, &a1, &a2, &a3);
+            } else {
+                int32_t v_lo, v_hi;
+                dwconv_window(ix0, kw, id->w, &v_lo, &v_hi);
+                const int8_t *row = in + (size_t)(iy0 + u_lo) * rs + (size_t)(ix0 + v_lo) * cs +
+                    (size_t)c0;
+                const int32_t *wrow = wx + 2 * (u_lo * kw + v_lo);
+                for (int32_t u = u_lo; u < u_hi; u++) {
+                    const int8_t *src = row;
+                    for (int32_t v = 0; v < v_hi - v_lo; v++) {
+                        dw_tap4(tmp_ld4(src), wrow + 2 * v, offp, &a0, &a1, &a2, &a3);
+                        src += cs;
+                    }
+                    row += rs;
+                    wrow += 2 * kw;
+                }
+            }
+            dw_store4(dst, a0, a1, a2, a3, (const int32_t(*)[4])rc, out_off, lo4, hi4, neg);
+            dst += ch;
+        }
+    }
+}
+
+/* the two instances in separate frames (the stack peak is one of them, not both) */
+__attribute__((noinline)) static void dwconv_dsp_group4_neg(const tmp_conv_params *p,
+    const tmp_per_channel_quant *q, const tmp_dims *id, const int8_t *in, const tmp_filter_dims *f,
+    const int8_t *weights, const int32_t *bias, const tmp_dims *od, int8_t *out, int32_t c0) {
+    dwconv_dsp_group4_k(p, q, id, in, f, weights, bias, od, out, c0, 1);
+}
+
+__attribute__((noinline)) static void dwconv_dsp_group4_any(const tmp_conv_params *p,
+    const tmp_per_channel_quant *q, const tmp_dims *id, const int8_t *in, const tmp_filter_dims *f,
+    const int8_t *weights, const int32_t *bias, const tmp_dims *od, int8_t *out, int32_t c0) {
+    dwconv_dsp_group4_k(p, q, id, in, f, weights, bias, od, out, c0, 0);
+}
+
+static void dwconv_dsp_group4(const tmp_conv_params *p, const tmp_per_channel_quant *q,
+    const tmp_dims *id, const int8_t *in, const tmp_filter_dims *f, const int8_t *weights,
+    const int32_t *bias, const tmp_dims *od, int8_t *out, int32_t c0) {
+    const int32_t *s = q->shift + c0;
+    if (s[0] <= -1 && s[1] <= -1 && s[2] <= -1 && s[3] <= -1) {
+        dwconv_dsp_group4_neg(p, q, id, in, f, weights, bias, od, out, c0);
+    } else {
+        dwconv_dsp_group4_any(p, q, id, in, f, weights, bias, od, out, c0);
+    }
+}
+#endif
+
 /* out == in: channel by channel through one input plane in `plane` (in.h * in.w bytes). */
-static void dwconv_in_place(const tmp_conv_params *p, const tmp_per_channel_quant *q,
+TMP_NOINLINE static void dwconv_in_place(const tmp_conv_params *p, const tmp_per_channel_quant *q,
     const tmp_dims *id, const int8_t *in, const tmp_filter_dims *f, const int8_t *weights,
     const int32_t *bias, const tmp_dims *od, int8_t *out, int8_t *plane) {
     const int32_t ch = id->c;
@@ -178,6 +329,144 @@ static void dwconv_in_place(const tmp_conv_params *p, const tmp_per_channel_quan
     }
 }
 
+#if TMP_DSP
+typedef struct {
+    int32_t w02[3]; /* per kernel row u: (w[u][0], w[u][2]) */
+    int32_t w1[3];  /* w[u][1] */
+    int32_t offp;
+    int32_t bias;
+    tmp_rq r;
+    int32_t out_off, act_min, act_max;
+} dw_ip_chan;
+
+/* n consecutive output pixels of one channel whose 3x3 windows lie inside the plane (and whose
+ * 4-byte row loads too): row = top-left input of the first window, step = stride_w. */
+__attribute__((noinline)) static void dw_ip_run3(const int8_t *row, int32_t iw, int32_t step,
+    int32_t n, int8_t *dst, int32_t ch, const dw_ip_chan *k) {
+    /* locals: the int8 stores below may alias anything, *k would be reloaded every pixel */
+    const int32_t offp = k->offp;
+    const int32_t w02a = k->w02[0], w02b = k->w02[1], w02c = k->w02[2];
+    const int32_t w1a = k->w1[0], w1b = k->w1[1], w1c = k->w1[2];
+    const int32_t bias = k->bias;
+    const int32_t mult = k->r.mult, rsh = k->r.rsh, mask = k->r.mask, lsh = k->r.lsh;
+    const int32_t klo = k->r.klo, khi = k->r.khi, sh = k->r.sh;
+    const int neg = lsh <= -1;
+    const int32_t out_off = k->out_off;
+    const uint32_t lo4 = tmp_pack8x4(k->act_min);
+    const uint32_t hi4 = tmp_pack8x4(k->act_max);
+    const size_t cs = (size_t)ch;
+    for (; n > 0; n--) {
+        const int32_t xa = tmp_ld4(row);
+        const int32_t xb = tmp_ld4(row + iw);
+        const int32_t xc = tmp_ld4(row + 2 * iw);
+        int32_t acc = tmp_smlad(tmp_sxtab16(offp, xa), w02a, bias);
+        acc = tmp_smlabb(tmp_sxtab16_ror8(offp, xa), w1a, acc);
+        acc = tmp_smlad(tmp_sxtab16(offp, xb), w02b, acc);
+        acc = tmp_smlabb(tmp_sxtab16_ror8(offp, xb), w1b, acc);
+        acc = tmp_smlad(tmp_sxtab16(offp, xc), w02c, acc);
+        acc = tmp_smlabb(tmp_sxtab16_ror8(offp, xc), w1c, acc);
+        const int32_t t = neg ? tmp_rq_neg(acc, mult, klo, khi, sh) :
+                                tmp_rq_apply_v(acc, mult, rsh, mask, lsh);
+        const int32_t v = tmp_ssat8(tmp_qadd(t, out_off));
+        *dst = (int8_t)tmp_clamp8x4((uint32_t)v & 0xFFu, lo4, hi4);
+        dst += cs;
+        row += step;
+    }
+}
+
+/* out == in on the DSP path: as dwconv_in_place (one channel plane gathered at a time, same
+ * write order), with the channel's weights and requantisation constants hoisted, and 3x3
+ * windows inside the plane as 3 x (one word load, SXTAB16 x2, SMLAD, SMLABB). */
+TMP_NOINLINE static void dwconv_dsp_in_place(const tmp_conv_params *p, const tmp_per_channel_quant *q,
+    const tmp_dims *id, const int8_t *in, const tmp_filter_dims *f, const int8_t *weights,
+    const int32_t *bias, const tmp_dims *od, int8_t *out, int8_t *plane) {
+    const int32_t ch = id->c;
+    const int32_t ih = id->h;
+    const int32_t iw = id->w;
+    const int32_t kh = f->kh;
+    const int32_t kw = f->kw;
+    const int32_t sw = p->stride_w;
+    const int32_t plane_len = ih * iw;
+    const int32_t in_off = p->input_offset;
+    const int32_t offp = tmp_pack16x2(in_off);
+    const int fast3 = kh == 3 && kw == 3;
+    /* output columns whose 3-wide window lies inside the input: [xa, xb) */
+    const int32_t xa = (p->pad_l + sw - 1) / sw;
+    const int32_t xb_raw = (iw - kw + p->pad_l) / sw + 1;
+    const int32_t xb = iw >= kw ? (xb_raw < od->w ? xb_raw : od->w) : 0;
+    for (int32_t c = 0; c < ch; c++) {
+        const int8_t *src = in + c;
+        for (int32_t i = 0; i < plane_len; i++) {
+            plane[i] = *src;
+            src += ch;
+        }
+        int32_t wc[DW_DSP_MAX_TAPS];
+        for (int32_t t = 0; t < kh * kw; t++) {
+            wc[t] = weights[(size_t)t * (size_t)ch + (size_t)c];
+        }
+        int32_t w02[3] = {0, 0, 0};
+        if (fast3) {
+            for (int32_t u = 0; u < 3; u++) {
+                w02[u] = (int32_t)(((uint32_t)wc[3 * u] & 0xFFFFu) | ((uint32_t)wc[3 * u + 2] << 16));
+            }
+        }
+        const int32_t b = bias != NULL ? bias[c] : 0;
+        const tmp_rq r = tmp_rq_prep(q->multiplier[c], q->shift[c]);
+        dw_ip_chan k;
+        k.w02[0] = w02[0];
+        k.w02[1] = w02[1];
+        k.w02[2] = w02[2];
+        k.w1[0] = wc[1];
+        k.w1[1] = wc[4];
+        k.w1[2] = wc[7];
+        k.offp = offp;
+        k.bias = b;
+        k.r = r;
+        k.out_off = p->output_offset;
+        k.act_min = p->act_min;
+        k.act_max = p->act_max;
+        int8_t *dst = out + c;
+        for (int32_t y = 0; y < od->h; y++) {
+            const int32_t iy0 = y * p->stride_h - p->pad_t;
+            int32_t u_lo, u_hi;
+            dwconv_window(iy0, kh, ih, &u_lo, &u_hi);
+            /* fast: whole 3x3 window inside, and the 4-byte loads stay inside the plane */
+            int32_t x_end_fast = xb;
+            if (fast3 && u_lo == 0 && u_hi == 3 && (iy0 + 3) * iw >= plane_len) {
+                /* last plane row: the 4th byte of the bottom row must exist */
+                const int32_t lim = (iw - 4 + p->pad_l) / sw + 1; /* ix0 + 3 <= iw - 1 */
+                x_end_fast = iw >= 4 ? (lim < xb ? lim : xb) : 0;
+            }
+            const int fast_row = fast3 && u_lo == 0 && u_hi == 3;
+            for (int32_t x = 0; x < od->w; x++) {
+                const int32_t ix0 = x * sw - p->pad_l;
+                int32_t acc = b;
+                if (fast_row && x >= xa && x < x_end_fast) {
+                    /* the run of fast pixels of this row, in one call */
+                    const int32_t nrun = x_end_fast - x;
+                    dw_ip_run3(plane + iy0 * iw + ix0, iw, sw, nrun, dst, ch, &k);
+                    dst += (size_t)nrun * (size_t)ch;
+                    x += nrun - 1;
+                    continue;
+                } else {
+                    int32_t v_lo, v_hi;
+                    dwconv_window(ix0, kw, iw, &v_lo, &v_hi);
+                    for (int32_t u = u_lo; u < u_hi; u++) {
+                        const int8_t *row = plane + (iy0 + u) * iw + ix0;
+                        const int32_t *wu = wc + u * kw;
+                        for (int32_t v = v_lo; v < v_hi; v++) {
+                            acc = tmp_smlabb(row[v] + in_off, wu[v], acc);
+                        }
+                    }
+                }
+                *dst = tmp_rq_out(acc, r, p->output_offset, p->act_min, p->act_max);
+                dst += ch;
+            }
+        }
+    }
+}
+#endif
+
 tmp_status tmp_dwconv_s8(const tmp_conv_params *p, const tmp_per_channel_quant *q,
     const tmp_dims *in_dims, const int8_t *in,
     const tmp_filter_dims *f, const int8_t *weights, const int32_t *bias,
@@ -199,9 +488,27 @@ tmp_status tmp_dwconv_s8(const tmp_conv_params *p, const tmp_per_channel_quant *
         return TMP_ERR_ARG;
     }
     if (in_place) {
+#if TMP_DSP
+        if (f->kh * f->kw <= DW_DSP_MAX_TAPS) {
+            dwconv_dsp_in_place(p, q, in_dims, in, f, weights, bias, out_dims, out,
+                (int8_t *)scratch);
+            return TMP_OK;
+        }
+#endif
         dwconv_in_place(p, q, in_dims, in, f, weights, bias, out_dims, out, (int8_t *)scratch);
     } else {
-        dwconv_out_of_place(p, q, in_dims, in, f, weights, bias, out_dims, out);
+        int32_t c_begin = 0;
+#if TMP_DSP
+        if (f->kh * f->kw <= DW_DSP_MAX_TAPS) {
+            c_begin = in_dims->c & ~(int32_t)3;
+            for (int32_t c0 = 0; c0 < c_begin; c0 += 4) {
+                dwconv_dsp_group4(p, q, in_dims, in, f, weights, bias, out_dims, out, c0);
+            }
+        }
+#endif
+        if (c_begin < in_dims->c) {
+            dwconv_out_of_place(p, q, in_dims, in, f, weights, bias, out_dims, out, c_begin);
+        }
     }
     return TMP_OK;
 }

@@ -13,7 +13,10 @@
  *
  * Scratch: 2 * in.c bytes (4-byte aligned): the current input pixel as int16 with the input
  * offset already added, so that each output channel is one plain int16 x int8 dot product
- * (pwconv_dot_s16_s8(), the place where an optimised inner loop goes).
+ * (pwconv_dot_s16_s8()). The DSP path (TMP_DSP, Cortex-M4/M7) uses the same 2 * in.c bytes for
+ * one weight row widened to int16 pairs in SXTB16 lane order (tmp_dsp.h) and computes 2 pixels x
+ * 2 output channels per pass over the input channels with SMLAD, the input offset folded into a
+ * per-channel constant (pwconv_dsp()).
  *
  * Preconditions not checked (guaranteed by the model format): |bias[o]| <= 2^31 - 1 - 32640*in.c,
  * so the int32 accumulator cannot overflow.
@@ -24,6 +27,7 @@
 
 #include "../tmp_common.h"
 #include "../tmp_kernels.h"
+#include "tmp_dsp.h"
 
 static int pwconv_dims_size_ok(const tmp_dims *d) {
     return d->h >= 1 && d->w >= 1 && d->c >= 1 && (int64_t)d->h * d->w * d->c <= INT32_MAX;
@@ -37,7 +41,152 @@ int32_t tmp_pwconv_s8_get_buffer_size(const tmp_dims *in, const tmp_dims *out) {
     return in->c * (int32_t)sizeof(int16_t);
 }
 
-/* sum a[i] * b[i], i < n. Swap point for an optimised (SIMD) inner loop. */
+#if TMP_DSP
+/* Row w (n weights) into buf: per group of 4 the words (w0,w2), (w1,w3) (SXTB16); returns the
+ * sum of the whole row (tail included). */
+static int32_t pwconv_dsp_row(int32_t *buf, const int8_t *w, int32_t n) {
+    const int32_t ones = 0x00010001;
+    int32_t s = 0;
+    int32_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        const int32_t wv = tmp_ld4(w + i);
+        const int32_t w02 = tmp_sxtb16(wv);
+        const int32_t w13 = tmp_sxtb16_ror8(wv);
+        buf[0] = w02;
+        buf[1] = w13;
+        buf += 2;
+        s = tmp_smlad(w02, ones, s);
+        s = tmp_smlad(w13, ones, s);
+    }
+    for (; i < n; i++) {
+        s += w[i];
+    }
+    return s;
+}
+
+/* sum of w[i], i < n */
+static int32_t pwconv_dsp_wsum(const int8_t *w, int32_t n) {
+    const int32_t ones = 0x00010001;
+    int32_t s = 0;
+    int32_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        const int32_t wv = tmp_ld4(w + i);
+        s = tmp_smlad(tmp_sxtb16(wv), ones, s);
+        s = tmp_smlad(tmp_sxtb16_ror8(wv), ones, s);
+    }
+    for (; i < n; i++) {
+        s += w[i];
+    }
+    return s;
+}
+
+/* Output channels in pairs (outer loop), then pixels in pairs: 2 x 2 outputs per pass over the
+ * input channels. The first row of the pair is widened once into the scratch; the second row and
+ * both pixels are read straight from memory and widened with SXTB16. The input offset is folded
+ * into a per-channel constant, sum (x + off) w = sum x w + off * sum w (exact: partial sums
+ * wrap modulo 2^32 and the total fits, as the format guarantees), so neither the offset nor the
+ * requantisation constants are redone per pixel. */
+static void pwconv_dsp(const tmp_conv_params *p, const tmp_per_channel_quant *q,
+    const tmp_dims *in_dims, const int8_t *in, const int8_t *weights, const int32_t *bias,
+    const tmp_dims *out_dims, int8_t *out, int32_t *wbuf) {
+    const int32_t ic = in_dims->c;
+    const int32_t oc = out_dims->c;
+    const int32_t npix = in_dims->h * in_dims->w;
+    const int32_t ng = ic >> 2;
+    const int32_t tail = ic & 3;
+    const int32_t in_off = p->input_offset;
+    const int32_t out_off = p->output_offset;
+    const uint32_t lo4 = tmp_pack8x4(p->act_min);
+    const uint32_t hi4 = tmp_pack8x4(p->act_max);
+    for (int32_t o = 0; o < oc; o += 2) {
+        /* an odd last channel is paired with itself and stored once */
+        const int32_t o1 = o + 1 < oc ? o + 1 : o;
+        const int8_t *w0 = weights + (size_t)o * (size_t)ic;
+        const int8_t *w1 = weights + (size_t)o1 * (size_t)ic;
+        const int32_t c0 = (int32_t)((uint32_t)(bias != NULL ? bias[o] : 0) +
+            (uint32_t)in_off * (uint32_t)pwconv_dsp_row(wbuf, w0, ic));
+        const int32_t c1 = (int32_t)((uint32_t)(bias != NULL ? bias[o1] : 0) +
+            (uint32_t)in_off * (uint32_t)pwconv_dsp_wsum(w1, ic));
+        const int32_t m0 = q->multiplier[o], s0 = q->shift[o];
+        const int32_t m1 = q->multiplier[o1], s1 = q->shift[o1];
+        const int neg = s0 <= -1 && s1 <= -1;
+        int32_t klo0 = 0, khi0 = 0, sh0 = 0, klo1 = 0, khi1 = 0, sh1 = 0;
+        if (neg) {
+            tmp_rq_prep_neg(s0, &klo0, &khi0, &sh0);
+            tmp_rq_prep_neg(s1, &klo1, &khi1, &sh1);
+        }
+        const tmp_rq r0 = tmp_rq_prep(m0, s0);
+        const tmp_rq r1 = tmp_rq_prep(m1, s1);
+        for (int32_t n = 0; n < npix; n += 2) {
+            /* an odd last pixel is paired with itself (same result twice, same place) */
+            const int8_t *xa = in + (size_t)n * (size_t)ic;
+            const int8_t *xb = n + 1 < npix ? xa + ic : xa;
+            int8_t *dst_a = out + (size_t)n * (size_t)oc + (size_t)o;
+            int8_t *dst_b = n + 1 < npix ? dst_a + oc : dst_a;
+            int32_t a0 = c0, a1 = c1, b0 = c0, b1 = c1;
+            const int32_t *wx = wbuf;
+            const int8_t *wb = w1;
+            for (int32_t g = ng; g > 0; g--) {
+                int32_t w02, w13;
+                wx = tmp_ld2w(wx, &w02, &w13);
+                const int32_t va = tmp_ld4(xa);
+                xa += 4;
+                const int32_t xa02 = tmp_sxtb16(va);
+                const int32_t xa13 = tmp_sxtb16_ror8(va);
+                a0 = tmp_smlad(xa02, w02, a0);
+                a0 = tmp_smlad(xa13, w13, a0);
+                const int32_t vb = tmp_ld4(xb);
+                xb += 4;
+                const int32_t xb02 = tmp_sxtb16(vb);
+                const int32_t xb13 = tmp_sxtb16_ror8(vb);
+                b0 = tmp_smlad(xb02, w02, b0);
+                b0 = tmp_smlad(xb13, w13, b0);
+                const int32_t wv = tmp_ld4(wb);
+                wb += 4;
+                w02 = tmp_sxtb16(wv);
+                w13 = tmp_sxtb16_ror8(wv);
+                a1 = tmp_smlad(xa02, w02, a1);
+                a1 = tmp_smlad(xa13, w13, a1);
+                b1 = tmp_smlad(xb02, w02, b1);
+                b1 = tmp_smlad(xb13, w13, b1);
+            }
+            const int8_t *wt = w0 + 4 * ng;
+            for (int32_t t = 0; t < tail; t++) {
+                a0 = tmp_smlabb(xa[t], wt[t], a0);
+                b0 = tmp_smlabb(xb[t], wt[t], b0);
+                a1 = tmp_smlabb(xa[t], wb[t], a1);
+                b1 = tmp_smlabb(xb[t], wb[t], b1);
+            }
+            int32_t ta0, ta1, tb0, tb1;
+            if (neg) { /* the usual case: one 64-bit step each */
+                ta0 = tmp_rq_neg(a0, m0, klo0, khi0, sh0);
+                tb0 = tmp_rq_neg(b0, m0, klo0, khi0, sh0);
+                ta1 = tmp_rq_neg(a1, m1, klo1, khi1, sh1);
+                tb1 = tmp_rq_neg(b1, m1, klo1, khi1, sh1);
+            } else {
+                ta0 = tmp_rq_apply(a0, r0);
+                tb0 = tmp_rq_apply(b0, r0);
+                ta1 = tmp_rq_apply(a1, r1);
+                tb1 = tmp_rq_apply(b1, r1);
+            }
+            /* lanes: a[o], a[o1], b[o], b[o1] */
+            const uint32_t v = tmp_clamp8x4(tmp_pack4(tmp_ssat8(tmp_qadd(ta0, out_off)),
+                tmp_ssat8(tmp_qadd(ta1, out_off)), tmp_ssat8(tmp_qadd(tb0, out_off)),
+                tmp_ssat8(tmp_qadd(tb1, out_off))), lo4, hi4);
+            if (o1 != o) {
+                const uint16_t va16 = (uint16_t)v;
+                const uint16_t vb16 = (uint16_t)(v >> 16);
+                memcpy(dst_a, &va16, 2);
+                memcpy(dst_b, &vb16, 2);
+            } else {
+                dst_a[0] = (int8_t)v;
+                dst_b[0] = (int8_t)(v >> 16);
+            }
+        }
+    }
+}
+#else
+/* sum a[i] * b[i], i < n. */
 static int32_t pwconv_dot_s16_s8(const int16_t *a, const int8_t *b, int32_t n) {
     int32_t acc = 0;
     int32_t i = 0;
@@ -50,6 +199,7 @@ static int32_t pwconv_dot_s16_s8(const int16_t *a, const int8_t *b, int32_t n) {
     }
     return acc;
 }
+#endif
 
 tmp_status tmp_pwconv_s8(const tmp_conv_params *p, const tmp_per_channel_quant *q,
     const tmp_dims *in_dims, const int8_t *in,
@@ -79,6 +229,10 @@ tmp_status tmp_pwconv_s8(const tmp_conv_params *p, const tmp_per_channel_quant *
         }
     }
 
+#if TMP_DSP
+    (void)ic;
+    pwconv_dsp(p, q, in_dims, in, weights, bias, out_dims, out, (int32_t *)scratch);
+#else
     int16_t *px = (int16_t *)scratch;
     const int32_t npix = in_dims->h * in_dims->w;
     const int8_t *src = in;
@@ -100,5 +254,6 @@ tmp_status tmp_pwconv_s8(const tmp_conv_params *p, const tmp_per_channel_quant *
         src += ic;
         dst += oc;
     }
+#endif
     return TMP_OK;
 }

@@ -1,0 +1,83 @@
+# tinymp — bare-metal Cortex-M7 bench programs on QEMU mps2-an500 (see firmware/bench/README.md).
+# Included by the top-level Makefile; paths are relative to the repository root.
+#
+#   make bench-kernels   instructions per MAC of every int8 forward kernel, DSP path and portable C
+#                        path, counted under QEMU -icount (build/bench/)
+#   make kernel-check    the same randomised kernel cases on the M7 (DSP path, and portable path)
+#                        and on the host (portable path): the output digests must be identical
+#
+# Needs Debian's gcc-arm-none-eabi, libnewlib-arm-none-eabi and qemu-system-arm.
+
+BENCH_DIR := firmware/bench
+BENCH_BUILD := build/bench
+BENCH_CORE := micropython_modules/tinymp/core
+BENCH_ARM_CC ?= arm-none-eabi-gcc
+BENCH_HOST_CC ?= gcc
+BENCH_M7 := -mcpu=cortex-m7 -mthumb -mfpu=fpv5-sp-d16 -mfloat-abi=hard
+BENCH_WARN := -std=c99 -Wall -Wextra -Werror
+BENCH_CFLAGS := $(BENCH_WARN) -O2 $(BENCH_M7) -ffunction-sections -fdata-sections \
+    -I$(BENCH_CORE) -I$(BENCH_DIR)
+BENCH_LDFLAGS := $(BENCH_M7) -T $(BENCH_DIR)/link.ld --specs=nano.specs --specs=rdimon.specs \
+    -Wl,--gc-sections
+BENCH_QEMU ?= qemu-system-arm
+BENCH_QEMU_RUN := $(BENCH_QEMU) -M mps2-an500 -nographic -monitor null -serial null -semihosting \
+    -icount shift=0,sleep=off -kernel
+
+BENCH_KERNEL_SRC := $(sort $(wildcard $(BENCH_CORE)/kernels/*.c))
+BENCH_KERNEL_HDR := $(wildcard $(BENCH_CORE)/*.h $(BENCH_CORE)/kernels/*.h)
+BENCH_HARNESS_HDR := $(wildcard $(BENCH_DIR)/*.h) $(BENCH_DIR)/bench.mk
+BENCH_START := $(BENCH_DIR)/startup.S $(BENCH_DIR)/bench_timer.S
+BENCH_HARNESS_SRC := $(BENCH_DIR)/bench.c $(BENCH_DIR)/bench_main.c $(BENCH_DIR)/bench_kernels.c
+
+# The kernels twice for the M7: the default build (DSP path where __ARM_FEATURE_DSP) and the
+# portable C path (-DTMP_NO_DSP), to compare both.
+BENCH_OBJ_DSP := $(patsubst $(BENCH_CORE)/kernels/%.c,$(BENCH_BUILD)/dsp/%.o,$(BENCH_KERNEL_SRC))
+BENCH_OBJ_PORT := $(patsubst $(BENCH_CORE)/kernels/%.c,$(BENCH_BUILD)/portable/%.o,$(BENCH_KERNEL_SRC))
+
+$(BENCH_BUILD)/dsp/%.o: $(BENCH_CORE)/kernels/%.c $(BENCH_KERNEL_HDR) $(BENCH_DIR)/bench.mk
+	@mkdir -p $(dir $@)
+	$(BENCH_ARM_CC) $(BENCH_CFLAGS) -c $< -o $@
+
+$(BENCH_BUILD)/portable/%.o: $(BENCH_CORE)/kernels/%.c $(BENCH_KERNEL_HDR) $(BENCH_DIR)/bench.mk
+	@mkdir -p $(dir $@)
+	$(BENCH_ARM_CC) $(BENCH_CFLAGS) -DTMP_NO_DSP -c $< -o $@
+
+$(BENCH_BUILD)/bench_kernels.elf: $(BENCH_START) $(BENCH_HARNESS_SRC) $(BENCH_HARNESS_HDR) $(BENCH_OBJ_DSP) $(BENCH_DIR)/link.ld
+	$(BENCH_ARM_CC) $(BENCH_CFLAGS) $(BENCH_LDFLAGS) $(BENCH_START) $(BENCH_HARNESS_SRC) $(BENCH_OBJ_DSP) -o $@
+
+$(BENCH_BUILD)/bench_kernels_portable.elf: $(BENCH_START) $(BENCH_HARNESS_SRC) $(BENCH_HARNESS_HDR) $(BENCH_OBJ_PORT) $(BENCH_DIR)/link.ld
+	$(BENCH_ARM_CC) $(BENCH_CFLAGS) -DTMP_NO_DSP $(BENCH_LDFLAGS) $(BENCH_START) $(BENCH_HARNESS_SRC) $(BENCH_OBJ_PORT) -o $@
+
+$(BENCH_BUILD)/kernel_check.elf: $(BENCH_START) $(BENCH_DIR)/kernel_check.c $(BENCH_HARNESS_HDR) $(BENCH_OBJ_DSP) $(BENCH_DIR)/link.ld
+	$(BENCH_ARM_CC) $(BENCH_CFLAGS) $(BENCH_LDFLAGS) $(BENCH_START) $(BENCH_DIR)/kernel_check.c $(BENCH_OBJ_DSP) -o $@
+
+$(BENCH_BUILD)/kernel_check_portable.elf: $(BENCH_START) $(BENCH_DIR)/kernel_check.c $(BENCH_HARNESS_HDR) $(BENCH_OBJ_PORT) $(BENCH_DIR)/link.ld
+	$(BENCH_ARM_CC) $(BENCH_CFLAGS) -DTMP_NO_DSP $(BENCH_LDFLAGS) $(BENCH_START) $(BENCH_DIR)/kernel_check.c $(BENCH_OBJ_PORT) -o $@
+
+# the host copy: the same kernel_check.c with the portable kernels, built by the host compiler
+$(BENCH_BUILD)/kernel_check_host: $(BENCH_DIR)/kernel_check.c $(BENCH_KERNEL_SRC) $(BENCH_KERNEL_HDR) $(BENCH_HARNESS_HDR)
+	@mkdir -p $(dir $@)
+	$(BENCH_HOST_CC) $(BENCH_WARN) -O2 -I$(BENCH_CORE) -I$(BENCH_DIR) $(BENCH_DIR)/kernel_check.c $(BENCH_KERNEL_SRC) -o $@
+
+.PHONY: bench-build bench-kernels kernel-check bench-tools
+
+bench-tools:
+	@command -v $(BENCH_ARM_CC) >/dev/null || { echo "error: $(BENCH_ARM_CC) not found (apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi)"; exit 1; }
+	@command -v $(BENCH_QEMU) >/dev/null || { echo "error: $(BENCH_QEMU) not found (apt-get install qemu-system-arm)"; exit 1; }
+
+bench-build: bench-tools $(BENCH_BUILD)/bench_kernels.elf $(BENCH_BUILD)/bench_kernels_portable.elf \
+    $(BENCH_BUILD)/kernel_check.elf $(BENCH_BUILD)/kernel_check_portable.elf $(BENCH_BUILD)/kernel_check_host
+
+bench-kernels: bench-tools $(BENCH_BUILD)/bench_kernels.elf $(BENCH_BUILD)/bench_kernels_portable.elf
+	@echo "== bench-kernels: Cortex-M7 (arm-none-eabi-gcc $$($(BENCH_ARM_CC) -dumpversion) -O2), QEMU $$($(BENCH_QEMU) --version | head -1 | sed 's/.*version //') mps2-an500 =="
+	@$(BENCH_QEMU_RUN) $(BENCH_BUILD)/bench_kernels.elf
+	@$(BENCH_QEMU_RUN) $(BENCH_BUILD)/bench_kernels_portable.elf
+
+kernel-check: bench-tools $(BENCH_BUILD)/kernel_check.elf $(BENCH_BUILD)/kernel_check_portable.elf $(BENCH_BUILD)/kernel_check_host
+	@$(BENCH_QEMU_RUN) $(BENCH_BUILD)/kernel_check.elf > $(BENCH_BUILD)/kernel_check.m7-dsp.txt
+	@$(BENCH_QEMU_RUN) $(BENCH_BUILD)/kernel_check_portable.elf > $(BENCH_BUILD)/kernel_check.m7-portable.txt
+	@$(BENCH_BUILD)/kernel_check_host > $(BENCH_BUILD)/kernel_check.host.txt
+	@cmp -s $(BENCH_BUILD)/kernel_check.m7-dsp.txt $(BENCH_BUILD)/kernel_check.host.txt && \
+	  cmp -s $(BENCH_BUILD)/kernel_check.m7-portable.txt $(BENCH_BUILD)/kernel_check.host.txt && \
+	  { tail -n 1 $(BENCH_BUILD)/kernel_check.host.txt; echo "kernel-check: M7 DSP path, M7 portable path and host portable path agree"; } || \
+	  { diff $(BENCH_BUILD)/kernel_check.m7-dsp.txt $(BENCH_BUILD)/kernel_check.host.txt | head -20; echo "kernel-check: outputs differ"; exit 1; }

@@ -1,0 +1,444 @@
+/*
+ * kernel_check: the same seeded, randomised cases of every int8 forward kernel, built twice -
+ * for the Cortex-M7 (the kernels' DSP path, run under QEMU) and for the host (the portable C
+ * path) - printing one digest per kernel of every output byte and status. The two printouts must
+ * be identical (tests/test_m7_kernels.py, `make kernel-check`).
+ *
+ * Cases cover odd and even channel counts, tails of 1-3 channels, odd pixel counts, strides,
+ * paddings, kernel sizes, in-place depthwise, zero and extreme multipliers, shifts of both signs
+ * (left shifts saturate), offsets and activation ranges at their limits, and biases at the
+ * format's bound. Every call gets scratch of exactly get_buffer_size() bytes filled with junk;
+ * guard bytes after the output and the scratch, and the input, are checked to be untouched.
+ *
+ * Portable C99 + stdio only: the same file compiles with the host compiler.
+ */
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "tmp_kernels.h"
+
+#define CASES_PER_KERNEL 300
+#define GUARD 16
+#define GUARD_BYTE 0xA5
+
+static uint32_t g_rng;
+
+static uint32_t rnd(void) {
+    uint32_t x = g_rng;
+    x ^= x << 13;
+    x ^= x >> 17;
+    x ^= x << 5;
+    g_rng = x;
+    return x;
+}
+
+/* uniform in [lo, hi] */
+static int32_t rr(int32_t lo, int32_t hi) {
+    return lo + (int32_t)(rnd() % (uint32_t)(hi - lo + 1));
+}
+
+static int chance(int percent) {
+    return (int32_t)(rnd() % 100u) < percent;
+}
+
+static void fill(int8_t *p, int32_t n) {
+    /* mostly uniform, sometimes all-extreme, so that saturations happen */
+    const int mode = rr(0, 9);
+    for (int32_t i = 0; i < n; i++) {
+        int32_t v = (int32_t)(rnd() >> 24) - 128;
+        if (mode == 0) {
+            v = (rnd() & 1u) ? 127 : -128;
+        } else if (mode == 1) {
+            v = 127;
+        } else if (mode == 2) {
+            v = -128;
+        }
+        p[i] = (int8_t)v;
+    }
+}
+
+/* ---- digest (FNV-1a, 32 bits) ---- */
+static uint32_t g_hash;
+static int g_errors;
+
+static void hash_bytes(const void *p, size_t n) {
+    const uint8_t *b = (const uint8_t *)p;
+    for (size_t i = 0; i < n; i++) {
+        g_hash = (g_hash ^ b[i]) * 16777619u;
+    }
+}
+
+static void hash_i32(int32_t v) {
+    uint8_t b[4] = {(uint8_t)v, (uint8_t)(v >> 8), (uint8_t)(v >> 16), (uint8_t)(v >> 24)};
+    hash_bytes(b, 4);
+}
+
+/* ---- buffers ---- */
+#define IN_MAX 65536
+#define W_MAX 65536
+#define OUT_MAX 65536
+#define SCRATCH_MAX 65536
+#define CH_MAX 2048
+
+static int8_t g_in[IN_MAX + GUARD];
+static int8_t g_in_copy[IN_MAX];
+static int8_t g_in2[IN_MAX];
+static int8_t g_w[W_MAX];
+static int8_t g_out[OUT_MAX + GUARD];
+static int32_t g_scratch[(SCRATCH_MAX + GUARD) / 4];
+static int32_t g_bias[CH_MAX];
+static int32_t g_mult[CH_MAX];
+static int32_t g_shift[CH_MAX];
+
+static void quant(int32_t n, int32_t reduction) {
+    /* the model format bounds the bias so that the accumulator cannot overflow */
+    const int64_t bmax64 = (int64_t)INT32_MAX - (int64_t)32640 * reduction;
+    const int32_t bmax = bmax64 > 0 ? (int32_t)bmax64 : 0;
+    const int mode = rr(0, 5);
+    for (int32_t i = 0; i < n; i++) {
+        int32_t m;
+        int32_t s;
+        switch (mode) {
+        case 0: /* anything valid */
+            m = (int32_t)(rnd() >> 1);
+            s = rr(-31, 30);
+            break;
+        case 1: /* multipliers above 1: left shifts, saturation */
+            m = (int32_t)(0x40000000u | (rnd() >> 2));
+            s = rr(0, 12);
+            break;
+        case 2: /* extremes */
+            m = chance(30) ? 0 : chance(50) ? INT32_MAX : 0x40000000;
+            s = chance(50) ? -31 : chance(50) ? 30 : rr(-31, 30);
+            break;
+        default: /* realistic: M in [2^30, 2^31), m in 2^-12 .. 2^-4 */
+            m = (int32_t)(0x40000000u | (rnd() >> 2));
+            s = rr(-12, -4);
+            break;
+        }
+        g_mult[i] = m;
+        g_shift[i] = s;
+        if (chance(10)) {
+            g_bias[i] = chance(50) ? bmax : -bmax;
+        } else {
+            g_bias[i] = rr(-40000, 40000);
+        }
+    }
+}
+
+static void act_range(int32_t *lo, int32_t *hi) {
+    if (chance(40)) {
+        *lo = -128;
+        *hi = 127;
+    } else {
+        int32_t a = rr(-128, 127);
+        int32_t b = rr(-128, 127);
+        *lo = a < b ? a : b;
+        *hi = a < b ? b : a;
+    }
+}
+
+static int32_t in_offset(void) {
+    return chance(20) ? (chance(50) ? -127 : 128) : rr(-127, 128);
+}
+
+static int32_t out_offset(void) {
+    return chance(20) ? (chance(50) ? -128 : 127) : rr(-128, 127);
+}
+
+static void prepare_call(int32_t out_len, int32_t scratch_len) {
+    memset(g_out, 0x11, (size_t)out_len);
+    memset(g_out + out_len, GUARD_BYTE, GUARD);
+    uint8_t *s = (uint8_t *)g_scratch;
+    for (int32_t i = 0; i < scratch_len; i++) {
+        s[i] = (uint8_t)rnd();
+    }
+    memset(s + scratch_len, GUARD_BYTE, GUARD);
+}
+
+static void finish_call(const char *what, int case_no, tmp_status st, int32_t out_len,
+    int32_t scratch_len, const int8_t *in, const int8_t *in_copy, int32_t in_len) {
+    hash_i32((int32_t)st);
+    hash_bytes(g_out, (size_t)out_len);
+    const uint8_t *s = (const uint8_t *)g_scratch;
+    for (int32_t i = 0; i < GUARD; i++) {
+        if ((uint8_t)g_out[out_len + i] != GUARD_BYTE || s[scratch_len + i] != GUARD_BYTE) {
+            printf("error: %s case %d wrote past its output or scratch\n", what, case_no);
+            g_errors++;
+            break;
+        }
+    }
+    if (in != NULL && memcmp(in, in_copy, (size_t)in_len) != 0) {
+        printf("error: %s case %d modified its input\n", what, case_no);
+        g_errors++;
+    }
+}
+
+/* one axis: in, k, stride -> pad and out with the format's constraints (conv_axis_ok) */
+static void axis(int32_t in_max, int32_t k, int32_t stride, int32_t *in, int32_t *out, int32_t *pad) {
+    for (;;) {
+        const int32_t i = rr(1, in_max);
+        const int32_t pt = rr(0, k - 1);
+        const int32_t pb = rr(0, k - 1);
+        if (i + pt + pb < k) {
+            continue;
+        }
+        const int32_t o = (i + pt + pb - k) / stride + 1;
+        if ((int64_t)(o - 1) * stride - pt > i - 1 || (int64_t)o * stride - pt + k - 1 < i) {
+            continue;
+        }
+        *in = i;
+        *out = o;
+        *pad = pt;
+        return;
+    }
+}
+
+static const int32_t ksizes[] = {1, 2, 3, 3, 3, 5, 7};
+
+static void check_conv(int depthwise) {
+    const char *what = depthwise ? "dwconv" : "conv";
+    for (int n = 0; n < CASES_PER_KERNEL; n++) {
+        tmp_conv_params p;
+        tmp_filter_dims f;
+        tmp_dims id, od;
+        f.kh = ksizes[rr(0, 6)];
+        f.kw = chance(70) ? f.kh : ksizes[rr(0, 6)];
+        p.stride_h = rr(1, 3);
+        p.stride_w = chance(70) ? p.stride_h : rr(1, 3);
+        const int big = chance(15);
+        axis(big ? 24 : 12, f.kh, p.stride_h, &id.h, &od.h, &p.pad_t);
+        axis(big ? 24 : 12, f.kw, p.stride_w, &id.w, &od.w, &p.pad_l);
+        if (depthwise) {
+            id.c = chance(50) ? rr(1, 12) : 4 * rr(1, 16) + (chance(30) ? rr(1, 3) : 0);
+            od.c = id.c;
+        } else {
+            id.c = chance(30) ? rr(1, 4) : rr(1, 24);
+            od.c = rr(1, 20);
+        }
+        p.input_offset = in_offset();
+        p.output_offset = out_offset();
+        act_range(&p.act_min, &p.act_max);
+        const int32_t in_len = id.h * id.w * id.c;
+        const int32_t out_len = od.h * od.w * od.c;
+        const int32_t wlen = depthwise ? f.kh * f.kw * id.c : od.c * f.kh * f.kw * id.c;
+        const int in_place = depthwise && od.h * od.w <= id.h * id.w && chance(40);
+        if (in_len > IN_MAX || out_len > OUT_MAX || wlen > W_MAX) {
+            n--;
+            continue;
+        }
+        fill(g_in, in_len);
+        fill(g_w, wlen);
+        quant(od.c, depthwise ? f.kh * f.kw : f.kh * f.kw * id.c);
+        tmp_per_channel_quant q = {g_mult, g_shift};
+        const int32_t *bias = chance(10) ? NULL : g_bias;
+        tmp_status st;
+        int32_t scratch_len;
+        if (depthwise) {
+            scratch_len = tmp_dwconv_s8_get_buffer_size(&id, &f, &od, in_place);
+            prepare_call(in_place ? in_len : out_len, scratch_len);
+            if (in_place) {
+                memcpy(g_out, g_in, (size_t)in_len);
+                memset(g_out + in_len, GUARD_BYTE, GUARD);
+                st = tmp_dwconv_s8(&p, &q, &id, g_out, &f, g_w, bias, &od, g_out,
+                    scratch_len ? (void *)g_scratch : NULL);
+            } else {
+                memcpy(g_in_copy, g_in, (size_t)in_len);
+                st = tmp_dwconv_s8(&p, &q, &id, g_in, &f, g_w, bias, &od, g_out,
+                    scratch_len ? (void *)g_scratch : NULL);
+            }
+            /* in place, bytes past out_len of the input buffer are the input's: digest them too */
+            finish_call(what, n, st, in_place ? in_len : out_len, scratch_len,
+                in_place ? NULL : g_in, g_in_copy, in_len);
+        } else {
+            scratch_len = tmp_conv_s8_get_buffer_size(&id, &f, &od);
+            prepare_call(out_len, scratch_len);
+            memcpy(g_in_copy, g_in, (size_t)in_len);
+            st = tmp_conv_s8(&p, &q, &id, g_in, &f, g_w, bias, &od, g_out, g_scratch);
+            finish_call(what, n, st, out_len, scratch_len, g_in, g_in_copy, in_len);
+        }
+        if (st != TMP_OK) {
+            printf("error: %s case %d returned %d\n", what, n, (int)st);
+            g_errors++;
+        }
+    }
+}
+
+static void check_pwconv(void) {
+    for (int n = 0; n < CASES_PER_KERNEL; n++) {
+        tmp_conv_params p = {0, 0, 1, 1, 0, 0, -128, 127};
+        tmp_dims id, od;
+        id.h = rr(1, 9);
+        id.w = rr(1, 9);
+        id.c = chance(50) ? rr(1, 12) : rr(1, 80);
+        od.h = id.h;
+        od.w = id.w;
+        od.c = chance(30) ? rr(1, 5) : rr(1, 64);
+        p.input_offset = in_offset();
+        p.output_offset = out_offset();
+        act_range(&p.act_min, &p.act_max);
+        const int32_t in_len = id.h * id.w * id.c;
+        const int32_t out_len = od.h * od.w * od.c;
+        fill(g_in, in_len);
+        fill(g_w, od.c * id.c);
+        quant(od.c, id.c);
+        tmp_per_channel_quant q = {g_mult, g_shift};
+        const int32_t *bias = chance(10) ? NULL : g_bias;
+        const int32_t scratch_len = tmp_pwconv_s8_get_buffer_size(&id, &od);
+        prepare_call(out_len, scratch_len);
+        memcpy(g_in_copy, g_in, (size_t)in_len);
+        tmp_status st = tmp_pwconv_s8(&p, &q, &id, g_in, g_w, bias, &od, g_out, g_scratch);
+        finish_call("pwconv", n, st, out_len, scratch_len, g_in, g_in_copy, in_len);
+        if (st != TMP_OK) {
+            printf("error: pwconv case %d returned %d\n", n, (int)st);
+            g_errors++;
+        }
+    }
+}
+
+static void check_fc(void) {
+    for (int n = 0; n < CASES_PER_KERNEL; n++) {
+        tmp_fc_params p;
+        const int32_t len = chance(50) ? rr(1, 40) : rr(1, 1300);
+        const int32_t outs = chance(30) ? rr(1, 5) : rr(1, 40);
+        if (len * outs + 3 > W_MAX) {
+            n--;
+            continue;
+        }
+        p.input_offset = in_offset();
+        p.output_offset = out_offset();
+        act_range(&p.act_min, &p.act_max);
+        /* odd start addresses too: the input and weights need no alignment */
+        int8_t *in = g_in + rr(0, 3);
+        const int8_t *w = g_w + rr(0, 3);
+        fill(in, len);
+        fill(g_w, len * outs + 3);
+        quant(outs, len);
+        tmp_per_channel_quant q = {g_mult, g_shift};
+        const int32_t *bias = chance(10) ? NULL : g_bias;
+        prepare_call(outs, 0);
+        memcpy(g_in_copy, in, (size_t)len);
+        tmp_status st = tmp_fc_s8(&p, &q, len, in, w, bias, outs, g_out, NULL);
+        finish_call("fc", n, st, outs, 0, in, g_in_copy, len);
+        if (st != TMP_OK) {
+            printf("error: fc case %d returned %d\n", n, (int)st);
+            g_errors++;
+        }
+    }
+}
+
+static void check_add(void) {
+    for (int n = 0; n < CASES_PER_KERNEL; n++) {
+        tmp_add_params p;
+        const int32_t count = chance(50) ? rr(1, 20) : rr(1, 3000);
+        p.input0_offset = in_offset();
+        p.input1_offset = in_offset();
+        p.output_offset = out_offset();
+        act_range(&p.act_min, &p.act_max);
+        /* as the converter makes them (multipliers <= 1 for the inputs), or anything valid */
+        if (chance(60)) {
+            p.input0_mult = (int32_t)(0x40000000u | (rnd() >> 2));
+            p.input0_shift = rr(-3, 0);
+            p.input1_mult = (int32_t)(0x40000000u | (rnd() >> 2));
+            p.input1_shift = rr(-3, 0);
+            p.output_mult = (int32_t)(0x40000000u | (rnd() >> 2));
+            p.output_shift = rr(-22, -14);
+        } else {
+            p.input0_mult = (int32_t)(rnd() >> 1);
+            p.input0_shift = rr(-31, 30);
+            p.input1_mult = (int32_t)(rnd() >> 1);
+            p.input1_shift = rr(-31, 30);
+            p.output_mult = (int32_t)(rnd() >> 1);
+            p.output_shift = rr(-31, 30);
+        }
+        fill(g_in, count);
+        fill(g_in2, count);
+        const int alias = rr(0, 2); /* 0: separate output, 1: out == in0, 2: out == in1 */
+        prepare_call(count, 0);
+        tmp_status st;
+        if (alias == 0) {
+            st = tmp_add_s8(&p, count, g_in, g_in2, g_out, NULL);
+        } else if (alias == 1) {
+            memcpy(g_out, g_in, (size_t)count);
+            st = tmp_add_s8(&p, count, g_out, g_in2, g_out, NULL);
+        } else {
+            memcpy(g_out, g_in2, (size_t)count);
+            st = tmp_add_s8(&p, count, g_in, g_out, g_out, NULL);
+        }
+        finish_call("add", n, st, count, 0, NULL, NULL, 0);
+        if (st != TMP_OK) {
+            printf("error: add case %d returned %d\n", n, (int)st);
+            g_errors++;
+        }
+    }
+}
+
+static void check_avgpool(void) {
+    for (int n = 0; n < CASES_PER_KERNEL; n++) {
+        tmp_avgpool_params p;
+        tmp_dims id;
+        if (chance(20)) { /* many pixels: long sums */
+            id.h = rr(10, 40);
+            id.w = rr(10, 40);
+            id.c = rr(1, 24);
+        } else {
+            id.h = rr(1, 9);
+            id.w = rr(1, 9);
+            id.c = chance(50) ? rr(1, 12) : rr(1, 300);
+        }
+        p.input_offset = in_offset();
+        p.output_offset = out_offset();
+        act_range(&p.act_min, &p.act_max);
+        p.mult = chance(70) ? (int32_t)(0x40000000u | (rnd() >> 2)) : (int32_t)(rnd() >> 1);
+        p.shift = chance(70) ? rr(-12, 0) : rr(-31, 30);
+        const int32_t in_len = id.h * id.w * id.c;
+        fill(g_in, in_len);
+        const int32_t scratch_len = tmp_avgpool_s8_get_buffer_size(&id);
+        prepare_call(id.c, scratch_len);
+        memcpy(g_in_copy, g_in, (size_t)in_len);
+        tmp_status st = tmp_avgpool_s8(&p, &id, g_in, g_out, g_scratch);
+        finish_call("avgpool", n, st, id.c, scratch_len, g_in, g_in_copy, in_len);
+        if (st != TMP_OK) {
+            printf("error: avgpool case %d returned %d\n", n, (int)st);
+            g_errors++;
+        }
+    }
+}
+
+typedef struct {
+    const char *name;
+    void (*run)(void);
+} check;
+
+static void run_conv(void) {
+    check_conv(0);
+}
+
+static void run_dwconv(void) {
+    check_conv(1);
+}
+
+static const check checks[] = {
+    {"conv", run_conv},
+    {"dwconv", run_dwconv},
+    {"pwconv", check_pwconv},
+    {"fc", check_fc},
+    {"add", check_add},
+    {"avgpool", check_avgpool},
+};
+
+int main(void) {
+    uint32_t all = 2166136261u;
+    for (size_t k = 0; k < sizeof checks / sizeof checks[0]; k++) {
+        g_rng = 0x9E3779B9u ^ (uint32_t)(k * 0x85EBCA6Bu);
+        g_hash = 2166136261u;
+        checks[k].run();
+        printf("%-8s %d cases  digest %08lx\n", checks[k].name, CASES_PER_KERNEL,
+            (unsigned long)g_hash);
+        all = (all ^ g_hash) * 16777619u;
+    }
+    printf("all kernels: digest %08lx, %d errors\n", (unsigned long)all, g_errors);
+    fflush(stdout);
+    return g_errors != 0;
+}
