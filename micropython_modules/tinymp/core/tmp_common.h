@@ -86,6 +86,40 @@ typedef struct {
     int32_t act_max;
 } tmp_avgpool_params;
 
+/* ---- argument checks shared by the kernels (forward and backward) ---- */
+
+/** One spatial axis of a k-tap window: exactly the shapes out = (in + pad + pad_end - k) / stride
+ * + 1 (floor) for some 0 <= pad, pad_end < k, as docs/FORMAT.md allows: the last window starts
+ * inside the input, and one more window would need padding at the end. */
+static inline int tmp_conv_axis_ok(int32_t in, int32_t out, int32_t k, int32_t stride, int32_t pad) {
+    if (in < 1 || out < 1 || k < 1 || stride < 1 || pad < 0 || pad >= k ||
+        (int64_t)in + k > INT32_MAX || (int64_t)out * stride > INT32_MAX) {
+        return 0;
+    }
+    if ((int64_t)(out - 1) * stride - pad > (int64_t)in - 1) {
+        return 0;
+    }
+    if ((int64_t)out * stride - pad + k - 1 < (int64_t)in) {
+        return 0;
+    }
+    return 1;
+}
+
+/** Dimensions are positive and their product fits int32. */
+static inline int tmp_dims_ok(const tmp_dims *d) {
+    return d->h >= 1 && d->w >= 1 && d->c >= 1 && (int64_t)d->h * d->w * d->c <= INT32_MAX;
+}
+
+/** Every per-channel multiplier is non-negative and every shift in [-31, 30]. */
+static inline int tmp_quant_ok(const tmp_per_channel_quant *q, int32_t n) {
+    for (int32_t o = 0; o < n; o++) {
+        if (q->multiplier[o] < 0 || q->shift[o] < -31 || q->shift[o] > 30) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
 /* ---- requantisation (docs/KERNELS.md), shared by all kernels ---- */
 
 static inline int32_t tmp_sat32(int64_t v) {

@@ -32,37 +32,6 @@
 #include "../tmp_kernels.h"
 #include "tmp_dsp.h"
 
-/* One axis of the geometry: exactly the shapes out = (in + pad + pad_end - k) / stride + 1
- * (floor) for some 0 <= pad, pad_end < k, as docs/FORMAT.md allows. */
-static int conv_axis_ok(int32_t in, int32_t out, int32_t k, int32_t stride, int32_t pad) {
-    if (in < 1 || out < 1 || k < 1 || stride < 1 || pad < 0 || pad >= k ||
-        (int64_t)in + k > INT32_MAX) {
-        return 0;
-    }
-    /* the last window starts inside the input ... */
-    if ((int64_t)(out - 1) * stride - pad > (int64_t)in - 1) {
-        return 0;
-    }
-    /* ... and one more window would need padding at the end (no whole window left out) */
-    if ((int64_t)out * stride - pad + k - 1 < (int64_t)in) {
-        return 0;
-    }
-    return 1;
-}
-
-static int conv_dims_size_ok(const tmp_dims *d) {
-    return d->h >= 1 && d->w >= 1 && d->c >= 1 && (int64_t)d->h * d->w * d->c <= INT32_MAX;
-}
-
-static int conv_quant_ok(const tmp_per_channel_quant *q, int32_t n) {
-    for (int32_t o = 0; o < n; o++) {
-        if (q->multiplier[o] < 0 || q->shift[o] < -31 || q->shift[o] > 30) {
-            return 0;
-        }
-    }
-    return 1;
-}
-
 /* Patch length kh*kw*in.c, or -1 when invalid or its int16 buffer would not fit an int32 size. */
 static int32_t conv_patch_len(const tmp_dims *in, const tmp_filter_dims *f) {
     if (in->c < 1 || f->kh < 1 || f->kw < 1) {
@@ -235,16 +204,16 @@ tmp_status tmp_conv_s8(const tmp_conv_params *p, const tmp_per_channel_quant *q,
         scratch == NULL || ((uintptr_t)scratch & 3u) != 0) {
         return TMP_ERR_ARG;
     }
-    if (!conv_dims_size_ok(in_dims) || !conv_dims_size_ok(out_dims) ||
-        !conv_axis_ok(in_dims->h, out_dims->h, f->kh, p->stride_h, p->pad_t) ||
-        !conv_axis_ok(in_dims->w, out_dims->w, f->kw, p->stride_w, p->pad_l) ||
+    if (!tmp_dims_ok(in_dims) || !tmp_dims_ok(out_dims) ||
+        !tmp_conv_axis_ok(in_dims->h, out_dims->h, f->kh, p->stride_h, p->pad_t) ||
+        !tmp_conv_axis_ok(in_dims->w, out_dims->w, f->kw, p->stride_w, p->pad_l) ||
         p->input_offset < -127 || p->input_offset > 128 ||
         p->output_offset < -128 || p->output_offset > 127 ||
         p->act_min < -128 || p->act_max > 127 || p->act_min > p->act_max) {
         return TMP_ERR_ARG;
     }
     const int32_t patch_len = conv_patch_len(in_dims, f);
-    if (patch_len < 0 || !conv_quant_ok(q, out_dims->c)) {
+    if (patch_len < 0 || !tmp_quant_ok(q, out_dims->c)) {
         return TMP_ERR_ARG;
     }
 

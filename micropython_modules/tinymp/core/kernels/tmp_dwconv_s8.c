@@ -46,37 +46,6 @@
 /** Channels accumulated together per output pixel in the out-of-place path (stack: 4*DW_BLOCK). */
 #define DW_BLOCK 32
 
-/* One axis of the geometry: exactly the shapes out = (in + pad + pad_end - k) / stride + 1
- * (floor) for some 0 <= pad, pad_end < k, as docs/FORMAT.md allows. */
-static int dwconv_axis_ok(int32_t in, int32_t out, int32_t k, int32_t stride, int32_t pad) {
-    if (in < 1 || out < 1 || k < 1 || stride < 1 || pad < 0 || pad >= k ||
-        (int64_t)in + k > INT32_MAX) {
-        return 0;
-    }
-    /* the last window starts inside the input ... */
-    if ((int64_t)(out - 1) * stride - pad > (int64_t)in - 1) {
-        return 0;
-    }
-    /* ... and one more window would need padding at the end (no whole window left out) */
-    if ((int64_t)out * stride - pad + k - 1 < (int64_t)in) {
-        return 0;
-    }
-    return 1;
-}
-
-static int dwconv_dims_size_ok(const tmp_dims *d) {
-    return d->h >= 1 && d->w >= 1 && d->c >= 1 && (int64_t)d->h * d->w * d->c <= INT32_MAX;
-}
-
-static int dwconv_quant_ok(const tmp_per_channel_quant *q, int32_t n) {
-    for (int32_t o = 0; o < n; o++) {
-        if (q->multiplier[o] < 0 || q->shift[o] < -31 || q->shift[o] > 30) {
-            return 0;
-        }
-    }
-    return 1;
-}
-
 int32_t tmp_dwconv_s8_get_buffer_size(const tmp_dims *in, const tmp_filter_dims *f, const tmp_dims *out,
     int in_place) {
     (void)f;
@@ -476,15 +445,15 @@ tmp_status tmp_dwconv_s8(const tmp_conv_params *p, const tmp_per_channel_quant *
         return TMP_ERR_ARG;
     }
     const int in_place = (const int8_t *)out == in;
-    if ((in_place && scratch == NULL) || !dwconv_dims_size_ok(in_dims) ||
-        !dwconv_dims_size_ok(out_dims) || out_dims->c != in_dims->c ||
-        !dwconv_axis_ok(in_dims->h, out_dims->h, f->kh, p->stride_h, p->pad_t) ||
-        !dwconv_axis_ok(in_dims->w, out_dims->w, f->kw, p->stride_w, p->pad_l) ||
+    if ((in_place && scratch == NULL) || !tmp_dims_ok(in_dims) ||
+        !tmp_dims_ok(out_dims) || out_dims->c != in_dims->c ||
+        !tmp_conv_axis_ok(in_dims->h, out_dims->h, f->kh, p->stride_h, p->pad_t) ||
+        !tmp_conv_axis_ok(in_dims->w, out_dims->w, f->kw, p->stride_w, p->pad_l) ||
         (int64_t)f->kh * f->kw * in_dims->c > INT32_MAX ||
         p->input_offset < -127 || p->input_offset > 128 ||
         p->output_offset < -128 || p->output_offset > 127 ||
         p->act_min < -128 || p->act_max > 127 || p->act_min > p->act_max ||
-        !dwconv_quant_ok(q, in_dims->c)) {
+        !tmp_quant_ok(q, in_dims->c)) {
         return TMP_ERR_ARG;
     }
     if (in_place) {

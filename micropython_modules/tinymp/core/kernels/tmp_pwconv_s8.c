@@ -29,10 +29,6 @@
 #include "../tmp_kernels.h"
 #include "tmp_dsp.h"
 
-static int pwconv_dims_size_ok(const tmp_dims *d) {
-    return d->h >= 1 && d->w >= 1 && d->c >= 1 && (int64_t)d->h * d->w * d->c <= INT32_MAX;
-}
-
 int32_t tmp_pwconv_s8_get_buffer_size(const tmp_dims *in, const tmp_dims *out) {
     (void)out;
     if (in == NULL || in->c < 1 || in->c > INT32_MAX / (int32_t)sizeof(int16_t)) {
@@ -210,7 +206,7 @@ tmp_status tmp_pwconv_s8(const tmp_conv_params *p, const tmp_per_channel_quant *
         ((uintptr_t)scratch & 3u) != 0) {
         return TMP_ERR_ARG;
     }
-    if (!pwconv_dims_size_ok(in_dims) || !pwconv_dims_size_ok(out_dims) ||
+    if (!tmp_dims_ok(in_dims) || !tmp_dims_ok(out_dims) ||
         out_dims->h != in_dims->h || out_dims->w != in_dims->w ||
         in_dims->c > INT32_MAX / (int32_t)sizeof(int16_t) ||
         p->stride_h != 1 || p->stride_w != 1 || p->pad_t != 0 || p->pad_l != 0 ||

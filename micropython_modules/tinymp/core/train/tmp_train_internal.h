@@ -22,8 +22,7 @@ static inline int32_t tmp_tr_ceil_div(int32_t a, int32_t b) {
 
 /** h, w, c >= 1 and h*w*c fits in int32. */
 static inline int tmp_tr_dims_ok(const tmp_dims *d) {
-    return d != NULL && d->h >= 1 && d->w >= 1 && d->c >= 1 &&
-        (int64_t)d->h * d->w * d->c <= INT32_MAX;
+    return d != NULL && tmp_dims_ok(d);
 }
 
 /** Patch size usable on dims d: 1 <= r and the grid cell count fits. */
@@ -31,31 +30,12 @@ static inline int tmp_tr_r_ok(int32_t r) {
     return r >= 1 && r <= 0x7fff;
 }
 
-/**
- * One axis of a conv geometry, exactly as the forward kernels accept it:
- * out = (in + pad + pad_end - k) / stride + 1 (floor) for some 0 <= pad, pad_end < k.
- */
-static inline int tmp_tr_axis_ok(int32_t in, int32_t out, int32_t k, int32_t stride,
-    int32_t pad) {
-    if (in < 1 || out < 1 || k < 1 || stride < 1 || pad < 0 || pad >= k ||
-        (int64_t)in + k > INT32_MAX || (int64_t)out * stride > INT32_MAX) {
-        return 0;
-    }
-    if ((int64_t)(out - 1) * stride - pad > (int64_t)in - 1) {
-        return 0;
-    }
-    if ((int64_t)out * stride - pad + k - 1 < (int64_t)in) {
-        return 0;
-    }
-    return 1;
-}
-
 /** The conv-family backward params and geometry are consistent (kh x kw filter). */
 static inline int tmp_tr_conv_geom_ok(const tmp_grad_conv_params *p, const tmp_dims *in,
     int32_t kh, int32_t kw, const tmp_dims *out) {
     return p != NULL && tmp_tr_r_ok(p->r) && tmp_tr_dims_ok(in) && tmp_tr_dims_ok(out) &&
-        tmp_tr_axis_ok(in->h, out->h, kh, p->stride_h, p->pad_t) &&
-        tmp_tr_axis_ok(in->w, out->w, kw, p->stride_w, p->pad_l) &&
+        tmp_conv_axis_ok(in->h, out->h, kh, p->stride_h, p->pad_t) &&
+        tmp_conv_axis_ok(in->w, out->w, kw, p->stride_w, p->pad_l) &&
         (int64_t)kh * kw <= INT32_MAX / 256;
 }
 
