@@ -77,20 +77,6 @@ static PyObject *array_type; /* array.array */
 
 /* ---------------------------------------------------------------- helpers */
 
-static const char *status_name(tmp_status st) {
-    switch (st) {
-    case TMP_OK:
-        return "ok";
-    case TMP_ERR_ARG:
-        return "invalid argument";
-    case TMP_ERR_FORMAT:
-        return "malformed model data";
-    case TMP_ERR_SIZE:
-        return "buffer too small";
-    }
-    return "unknown status";
-}
-
 static void set_model_error(const tmp_error *err) {
     const char *msg = err->msg != NULL ? err->msg : "invalid model";
     if (err->layer >= 0) {
@@ -186,12 +172,12 @@ static int run(ModelObject *self, PyObject *x, int32_t last_layer, const int8_t 
     if (st == TMP_ERR_FORMAT || st == TMP_ERR_SIZE) {
         /* the model's bytes were edited after loading and no longer match its validation/plan */
         PyErr_Format(PyExc_ValueError, "tinymp: the model data changed after loading (inference: %s)",
-            status_name(st));
+            tmp_status_name(st));
         return -1;
     }
     if (st != TMP_OK) {
         PyErr_Format(PyExc_RuntimeError, "tinymp: inference failed (status %d: %s)", (int)st,
-            status_name(st));
+            tmp_status_name(st));
         return -1;
     }
     return 0;
@@ -366,7 +352,7 @@ static PyObject *Model_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
     tmp_status st = tmp_plan_inference(&self->model, self->workspace, ws_size, &self->plan);
     if (st != TMP_OK) {
         PyErr_Format(PyExc_RuntimeError, "tinymp: planner failed (status %d: %s)", (int)st,
-            status_name(st));
+            tmp_status_name(st));
         goto fail;
     }
 
@@ -553,7 +539,7 @@ static PyObject *Model_probe(ModelObject *self, PyObject *x) {
     fill_guard(self);
     if (st != TMP_OK) {
         PyErr_Format(PyExc_RuntimeError, "tinymp: inference failed (status %d: %s)", (int)st,
-            status_name(st));
+            tmp_status_name(st));
         return NULL;
     }
     uint32_t hw = n;

@@ -60,20 +60,6 @@ typedef struct _tinymp_model_obj_t {
 
 /* ---------------------------------------------------------------- helpers */
 
-static const char *status_name(tmp_status st) {
-    switch (st) {
-        case TMP_OK:
-            return "ok";
-        case TMP_ERR_ARG:
-            return "invalid argument";
-        case TMP_ERR_FORMAT:
-            return "malformed model data";
-        case TMP_ERR_SIZE:
-            return "buffer too small";
-    }
-    return "unknown status";
-}
-
 static MP_NORETURN void raise_model_error(const tmp_error *err) {
     const char *msg = err->msg != NULL ? err->msg : "invalid model";
     if (err->layer >= 0) {
@@ -91,10 +77,10 @@ static MP_NORETURN void raise_status(const char *what, tmp_status st) {
     if (st == TMP_ERR_FORMAT || st == TMP_ERR_SIZE) {
         // the model's bytes were edited after loading and no longer match its validation/plan
         mp_raise_msg_varg(&mp_type_ValueError,
-            MP_ERROR_TEXT("tinymp: the model data changed after loading (%s: %s)"), what, status_name(st));
+            MP_ERROR_TEXT("tinymp: the model data changed after loading (%s: %s)"), what, tmp_status_name(st));
     }
     mp_raise_msg_varg(&mp_type_RuntimeError, MP_ERROR_TEXT("tinymp: %s failed (status %d: %s)"),
-        what, (int)st, status_name(st));
+        what, (int)st, tmp_status_name(st));
 }
 
 // The format character CPython's memoryview would report (bytearray's internal code is 1).

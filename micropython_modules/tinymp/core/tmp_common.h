@@ -22,6 +22,21 @@ typedef enum {
     TMP_ERR_SIZE = -3,   /**< a caller buffer is too small */
 } tmp_status;
 
+/** A short English description of a status ("invalid argument", ...), for error messages. */
+static inline const char *tmp_status_name(tmp_status st) {
+    switch (st) {
+        case TMP_OK:
+            return "ok";
+        case TMP_ERR_ARG:
+            return "invalid argument";
+        case TMP_ERR_FORMAT:
+            return "malformed model data";
+        case TMP_ERR_SIZE:
+            return "buffer too small";
+    }
+    return "unknown status";
+}
+
 /** Activation tensor dimensions, layout [H][W][C] (channels fastest), batch 1. */
 typedef struct {
     int32_t h;
