@@ -5,10 +5,10 @@ so on-board scripts run unchanged here. Helpers (tinymp.reference, .builder, .zo
 .cli) are imported on demand, e.g. `import tinymp.zoo`.
 """
 try:
-    from ._tinymp import Model, __version__
+    from ._tinymp import Model, Plan, Trainer, crc32, __version__
 except ImportError as e:  # pragma: no cover - depends on the build
     raise ImportError(
         "tinymp: the C extension is not built; run `pip install -e .` (%s)" % e
     ) from e
 
-__all__ = ["Model", "__version__"]
+__all__ = ["Model", "Plan", "Trainer", "crc32", "__version__"]

@@ -734,7 +734,14 @@ static PyGetSetDef Model_getset[] = {
     {NULL, NULL, NULL, NULL, NULL},
 };
 
+static PyObject *Model_train_plan(ModelObject *self, PyObject *args, PyObject *kwds);
+PyDoc_STRVAR(model_plan_short_doc,
+"plan(method='tinymp', budget=None, r=None, ratio=None, storage='int8', momentum=0.0,\n"
+"     n_bias=None, layers=None, ratios=None, macs=None, support=None) -> Plan\n\n"
+"A training plan (docs/API.md).");
+
 static PyMethodDef Model_methods[] = {
+    {"plan", (PyCFunction)(void (*)(void))Model_train_plan, METH_VARARGS | METH_KEYWORDS, model_plan_short_doc},
     {"predict", (PyCFunction)Model_predict, METH_O, predict_doc},
     {"logits", (PyCFunction)(void (*)(void))Model_logits, METH_VARARGS | METH_KEYWORDS, logits_doc},
     {"_run_to", (PyCFunction)Model_run_to, METH_VARARGS, run_to_doc},
@@ -764,6 +771,1176 @@ static PyTypeObject Model_Type = {
     .tp_new = Model_new,
 };
 
+/* ================================================================ training: Plan and Trainer */
+
+/* A training plan: the core's tmp_train_plan, its workspace, and the model it belongs to. */
+typedef struct {
+    PyObject_HEAD
+    ModelObject *model;
+    void *workspace;
+    tmp_train_plan plan;
+} PlanObject;
+
+static PyTypeObject Plan_Type;
+
+static const char *storage_name(int32_t s) {
+    return s == TMP_STORAGE_FP32 ? "fp32" : "int8";
+}
+
+/* Parse an optional non-negative integer keyword (None -> dflt). */
+static int opt_long(PyObject *v, const char *name, long long lo, long long hi, long long dflt, long long *out) {
+    if (v == NULL || v == Py_None) {
+        *out = dflt;
+        return 0;
+    }
+    if (!PyLong_Check(v) || PyBool_Check(v)) {
+        PyErr_Format(PyExc_TypeError, "tinymp: %s must be an int, not '%.200s'", name, Py_TYPE(v)->tp_name);
+        return -1;
+    }
+    long long x = PyLong_AsLongLong(v);
+    if (x == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        x = hi + 1;
+    }
+    if (x < lo || x > hi) {
+        PyErr_Format(PyExc_ValueError, "tinymp: %s must be between %lld and %lld, got %S", name, lo, hi, v);
+        return -1;
+    }
+    *out = x;
+    return 0;
+}
+
+static int opt_float(PyObject *v, const char *name, double lo, double hi, int lo_open, double dflt, double *out) {
+    if (v == NULL || v == Py_None) {
+        *out = dflt;
+        return 0;
+    }
+    if (!PyFloat_Check(v) && !(PyLong_Check(v) && !PyBool_Check(v))) {
+        PyErr_Format(PyExc_TypeError, "tinymp: %s must be a number, not '%.200s'", name, Py_TYPE(v)->tp_name);
+        return -1;
+    }
+    double x = PyFloat_AsDouble(v);
+    if (x == -1.0 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (!(x <= hi) || !(lo_open ? x > lo : x >= lo)) {
+        PyErr_Format(PyExc_ValueError, "tinymp: %s must be in %s%g, %g], got %S", name, lo_open ? "(" : "[", lo, hi, v);
+        return -1;
+    }
+    *out = x;
+    return 0;
+}
+
+/* The core's clock for per-phase times: microseconds from a monotonic clock. */
+#include <time.h>
+static uint32_t clock_us(void *ctx) {
+    (void)ctx;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint32_t)((uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u);
+}
+
+/* Run the TinyTrain selection pass over support = (samples, labels). On success *ws, *arena hold
+ * the pass's memory (the caller frees them after planning) and t is ready to be read. */
+static int run_selection(ModelObject *model, const tmp_train_options *o, PyObject *support, tmp_trainer *t,
+    void **ws, uint8_t **arena, tmp_train_plan *fp) {
+    PyObject *samples = NULL, *labels = NULL;
+    if (!PyTuple_Check(support) || PyTuple_GET_SIZE(support) != 2) {
+        PyErr_SetString(PyExc_TypeError, "tinymp: support must be a tuple (samples, labels)");
+        return -1;
+    }
+    samples = PySequence_Fast(PyTuple_GET_ITEM(support, 0), "tinymp: support samples must be a sequence");
+    if (samples == NULL) {
+        return -1;
+    }
+    labels = PySequence_Fast(PyTuple_GET_ITEM(support, 1), "tinymp: support labels must be a sequence");
+    if (labels == NULL) {
+        Py_DECREF(samples);
+        return -1;
+    }
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(samples);
+    int rc = -1;
+    if (n == 0 || n != PySequence_Fast_GET_SIZE(labels)) {
+        PyErr_Format(PyExc_ValueError, "tinymp: support needs as many labels as samples and at least one "
+            "(got %zd samples, %zd labels)", n, PySequence_Fast_GET_SIZE(labels));
+        goto done;
+    }
+    tmp_train_options fo = tmp_train_options_default(TMP_METHOD_FISHER);
+    fo.r = o->r != 0 ? o->r : 4;
+    fo.budget = o->budget;
+    size_t wsz = tmp_train_workspace_size(&model->model);
+    *ws = PyMem_Malloc(wsz);
+    if (*ws == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    tmp_train_error err;
+    tmp_status st = tmp_train_plan_make(&model->model, &fo, *ws, wsz, fp, &err);
+    if (st == TMP_ERR_SIZE && err.min_budget != 0) {
+        PyErr_Format(PyExc_ValueError, "tinymp: the TinyTrain selection pass does not fit a budget of %lu bytes: "
+            "it needs at least %lu bytes", (unsigned long)o->budget, (unsigned long)err.min_budget);
+        goto done;
+    }
+    if (st != TMP_OK) {
+        PyErr_Format(PyExc_ValueError, "tinymp: selection pass: %s", err.msg != NULL ? err.msg : tmp_status_name(st));
+        goto done;
+    }
+    *arena = (uint8_t *)PyMem_Malloc(fp->arena_bytes > 0 ? fp->arena_bytes : 4u);
+    if (*arena == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (tmp_trainer_init(t, &model->model, fp, *arena, fp->arena_bytes, 0.0f, 1u) != TMP_OK) {
+        PyErr_SetString(PyExc_RuntimeError, "tinymp: cannot start the selection pass");
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_buffer v;
+        long y = PyLong_AsLong(PySequence_Fast_GET_ITEM(labels, i));
+        if (y == -1 && PyErr_Occurred()) {
+            goto done;
+        }
+        if (y < 0 || y >= (long)model->model.num_classes) {
+            PyErr_Format(PyExc_ValueError, "tinymp: support label %ld is outside [0, %d)", y,
+                (int)model->model.num_classes);
+            goto done;
+        }
+        if (get_input(model, PySequence_Fast_GET_ITEM(samples, i), &v) < 0) {
+            goto done;
+        }
+        st = tmp_trainer_step(t, (const int8_t *)v.buf, (int32_t)y, NULL);
+        PyBuffer_Release(&v);
+        if (st != TMP_OK) {
+            PyErr_Format(PyExc_ValueError, "tinymp: the model data changed after loading (selection: %s)",
+                tmp_status_name(st));
+            goto done;
+        }
+    }
+    rc = 0;
+done:
+    Py_XDECREF(samples);
+    Py_XDECREF(labels);
+    return rc;
+}
+
+static PyObject *Model_train_plan(ModelObject *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"method", "budget", "r", "ratio", "storage", "momentum", "n_bias", "layers",
+        "ratios", "macs", "support", NULL};
+    const char *method = "tinymp";
+    PyObject *budget = NULL, *r = NULL, *ratio = NULL, *storage = NULL, *momentum = NULL, *n_bias = NULL;
+    PyObject *layers = NULL, *ratios = NULL, *macs = NULL, *support = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|sOOOOOOOOOO:plan", kwlist, &method, &budget, &r, &ratio,
+            &storage, &momentum, &n_bias, &layers, &ratios, &macs, &support)) {
+        return NULL;
+    }
+    if (check_ready(self) < 0) {
+        return NULL;
+    }
+    int32_t mi = tmp_method_from_name(method);
+    if (mi < 0) {
+        PyErr_Format(PyExc_ValueError,
+            "tinymp: unknown method '%s' (none, last, bias, sparse, tinytrain, full, tinymp)", method);
+        return NULL;
+    }
+    tmp_train_options o = tmp_train_options_default(mi);
+    long long v;
+    double d;
+    if (opt_long(budget, "budget", 1, 0xFFFFFFFFLL, 0, &v) < 0) {
+        return NULL;
+    }
+    o.budget = (uint32_t)v;
+    if (opt_long(r, "r", 1, TMP_MAX_R, 0, &v) < 0) {
+        return NULL;
+    }
+    o.r = (int32_t)v;
+    if (opt_float(ratio, "ratio", 0.0, 1.0, 1, 0.0, &d) < 0) {
+        return NULL;
+    }
+    o.ratio = (float)d;
+    if (opt_float(momentum, "momentum", 0.0, 0.999, 0, 0.0, &d) < 0) {
+        return NULL;
+    }
+    o.momentum = (float)d;
+    if (opt_long(n_bias, "n_bias", -1, 65535, -2, &v) < 0) {
+        return NULL;
+    }
+    o.n_bias = (int32_t)v;
+    if (opt_long(macs, "macs", 1, (long long)1 << 62, 0, &v) < 0) {
+        return NULL;
+    }
+    o.mac_budget = (uint64_t)v;
+    if (storage != NULL && storage != Py_None) {
+        const char *sname = PyUnicode_Check(storage) ? PyUnicode_AsUTF8(storage) : NULL;
+        if (sname == NULL || (strcmp(sname, "int8") != 0 && strcmp(sname, "fp32") != 0)) {
+            PyErr_Clear();
+            PyErr_SetString(PyExc_ValueError, "tinymp: storage must be 'int8' or 'fp32'");
+            return NULL;
+        }
+        o.storage = strcmp(sname, "fp32") == 0 ? TMP_STORAGE_FP32 : TMP_STORAGE_INT8;
+    }
+    uint16_t *lay = NULL;
+    float *rat = NULL;
+    PyObject *result = NULL;
+    void *fws = NULL;
+    uint8_t *farena = NULL;
+    tmp_trainer fisher;
+    tmp_train_plan fplan;
+    PlanObject *po = NULL;
+    if (layers != NULL && layers != Py_None) {
+        if (mi != TMP_METHOD_SPARSE) {
+            PyErr_SetString(PyExc_ValueError, "tinymp: layers= is for method 'sparse'");
+            return NULL;
+        }
+        PyObject *ls = PySequence_Fast(layers, "tinymp: layers must be a sequence of layer indices");
+        if (ls == NULL) {
+            return NULL;
+        }
+        Py_ssize_t n = PySequence_Fast_GET_SIZE(ls);
+        lay = (uint16_t *)PyMem_Malloc(sizeof(uint16_t) * (size_t)(n + 1));
+        rat = (float *)PyMem_Malloc(sizeof(float) * (size_t)(n + 1));
+        if (lay == NULL || rat == NULL) {
+            Py_DECREF(ls);
+            PyErr_NoMemory();
+            goto out;
+        }
+        for (Py_ssize_t j = 0; j < n; j++) {
+            if (opt_long(PySequence_Fast_GET_ITEM(ls, j), "a sparse layer index", 0,
+                    (long long)self->model.num_layers - 1, 0, &v) < 0) {
+                Py_DECREF(ls);
+                goto out;
+            }
+            lay[j] = (uint16_t)v;
+            rat[j] = 1.0f;
+        }
+        Py_DECREF(ls);
+        if (ratios != NULL && ratios != Py_None) {
+            PyObject *rs = PySequence_Fast(ratios, "tinymp: ratios must be a sequence of numbers");
+            if (rs == NULL) {
+                goto out;
+            }
+            if (PySequence_Fast_GET_SIZE(rs) != n) {
+                Py_DECREF(rs);
+                PyErr_Format(PyExc_ValueError, "tinymp: %zd layers but %zd ratios", n, PySequence_Fast_GET_SIZE(rs));
+                goto out;
+            }
+            for (Py_ssize_t j = 0; j < n; j++) {
+                if (opt_float(PySequence_Fast_GET_ITEM(rs, j), "a sparse ratio", 0.0, 1.0, 1, 1.0, &d) < 0) {
+                    Py_DECREF(rs);
+                    goto out;
+                }
+                rat[j] = (float)d;
+            }
+            Py_DECREF(rs);
+        }
+        o.n_layers = (int32_t)n;
+        o.layers = lay;
+        o.ratios = rat;
+    } else if (mi == TMP_METHOD_SPARSE) {
+        PyErr_SetString(PyExc_ValueError, "tinymp: method 'sparse' needs layers=[...] (and optionally ratios=[...])");
+        return NULL;
+    } else if (ratios != NULL && ratios != Py_None) {
+        PyErr_SetString(PyExc_ValueError, "tinymp: ratios= is for method 'sparse' (use ratio=)");
+        return NULL;
+    }
+    if (support != NULL && support != Py_None) {
+        if (mi != TMP_METHOD_TINYTRAIN && mi != TMP_METHOD_TINYMP) {
+            PyErr_SetString(PyExc_ValueError, "tinymp: support= is for methods 'tinytrain' and 'tinymp'");
+            goto out;
+        }
+        if (run_selection(self, &o, support, &fisher, &fws, &farena, &fplan) < 0) {
+            goto out;
+        }
+        o.fisher = &fisher;
+    } else if (mi == TMP_METHOD_TINYTRAIN) {
+        PyErr_SetString(PyExc_ValueError,
+            "tinymp: method 'tinytrain' needs support=(samples, labels) for its selection pass");
+        goto out;
+    }
+    po = PyObject_GC_New(PlanObject, &Plan_Type);
+    if (po == NULL) {
+        goto out;
+    }
+    po->workspace = NULL;
+    Py_INCREF(self);
+    po->model = self;
+    PyObject_GC_Track(po);
+    size_t wsz = tmp_train_workspace_size(&self->model);
+    po->workspace = PyMem_Malloc(wsz);
+    if (po->workspace == NULL) {
+        PyErr_NoMemory();
+        goto out;
+    }
+    tmp_train_error err;
+    tmp_status st = tmp_train_plan_make(&self->model, &o, po->workspace, wsz, &po->plan, &err);
+    if (st == TMP_ERR_SIZE && err.min_budget != 0) {
+        if (o.budget != 0 && err.min_budget > o.budget) {
+            PyErr_Format(PyExc_ValueError,
+                "tinymp: method '%s' does not fit a budget of %lu bytes: its smallest setting needs %lu bytes "
+                "(largest part: %s, %lu bytes)", method, (unsigned long)o.budget, (unsigned long)err.min_budget,
+                tmp_category_name(err.largest_cat), (unsigned long)err.largest_bytes);
+        } else {
+            PyErr_Format(PyExc_ValueError,
+                "tinymp: method '%s' exceeds the backward MAC budget of %llu even at its smallest setting "
+                "(%llu MACs)", method, (unsigned long long)o.mac_budget,
+                (unsigned long long)po->plan.backward_macs);
+        }
+        goto out;
+    }
+    if (st == TMP_ERR_FORMAT) {
+        PyErr_SetString(PyExc_ValueError, "tinymp: the model data changed after loading (planning)");
+        goto out;
+    }
+    if (st != TMP_OK) {
+        if (err.msg != NULL && err.layer >= 0) {
+            PyErr_Format(PyExc_ValueError, "tinymp: layer %d: %s", (int)err.layer, err.msg);
+        } else {
+            PyErr_Format(PyExc_ValueError, "tinymp: %s", err.msg != NULL ? err.msg : tmp_status_name(st));
+        }
+        goto out;
+    }
+    result = (PyObject *)po;
+    po = NULL;
+out:
+    Py_XDECREF(po);
+    PyMem_Free(lay);
+    PyMem_Free(rat);
+    PyMem_Free(fws);
+    PyMem_Free(farena);
+    return result;
+}
+
+static int Plan_traverse(PlanObject *self, visitproc visit, void *arg) {
+    Py_VISIT(self->model);
+    return 0;
+}
+
+static int Plan_clear(PlanObject *self) {
+    Py_CLEAR(self->model);
+    return 0;
+}
+
+static void Plan_dealloc(PlanObject *self) {
+    PyObject_GC_UnTrack(self);
+    Plan_clear(self);
+    PyMem_Free(self->workspace);
+    PyObject_GC_Del(self);
+}
+
+static PyObject *Plan_get_arena_bytes(PlanObject *self, void *c) {
+    (void)c;
+    return PyLong_FromUnsignedLong(self->plan.arena_bytes);
+}
+
+static PyObject *Plan_get_peak_live_bytes(PlanObject *self, void *c) {
+    (void)c;
+    return PyLong_FromUnsignedLong(self->plan.peak_live_bytes);
+}
+
+static PyObject *Plan_get_breakdown(PlanObject *self, void *c) {
+    (void)c;
+    PyObject *d = PyDict_New();
+    if (d == NULL) {
+        return NULL;
+    }
+    for (int32_t k = 0; k < TMP_CAT_COUNT; k++) {
+        if (dict_steal(d, tmp_category_name(k), PyLong_FromUnsignedLong(self->plan.breakdown[k])) < 0) {
+            Py_DECREF(d);
+            return NULL;
+        }
+    }
+    return d;
+}
+
+static PyObject *Plan_get_method(PlanObject *self, void *c) {
+    (void)c;
+    return PyUnicode_FromString(tmp_method_name(self->plan.method));
+}
+
+static PyObject *Plan_get_storage(PlanObject *self, void *c) {
+    (void)c;
+    return PyUnicode_FromString(storage_name(self->plan.storage));
+}
+
+static PyObject *Plan_get_r(PlanObject *self, void *c) {
+    (void)c;
+    return PyLong_FromLong(self->plan.r);
+}
+
+static PyObject *Plan_get_ratio(PlanObject *self, void *c) {
+    (void)c;
+    return PyFloat_FromDouble((double)self->plan.ratio);
+}
+
+static PyObject *Plan_get_momentum(PlanObject *self, void *c) {
+    (void)c;
+    return PyFloat_FromDouble((double)self->plan.momentum);
+}
+
+static PyObject *Plan_get_first(PlanObject *self, void *c) {
+    (void)c;
+    return PyLong_FromLong(self->plan.first);
+}
+
+static PyObject *Plan_get_forward_macs(PlanObject *self, void *c) {
+    (void)c;
+    return PyLong_FromUnsignedLongLong(self->plan.forward_macs);
+}
+
+static PyObject *Plan_get_backward_macs(PlanObject *self, void *c) {
+    (void)c;
+    return PyLong_FromUnsignedLongLong(self->plan.backward_macs);
+}
+
+static PyObject *Plan_get_layers(PlanObject *self, void *c) {
+    (void)c;
+    PyObject *l = PyList_New(0);
+    if (l == NULL) {
+        return NULL;
+    }
+    for (int32_t i = 0; i < self->plan.num_layers; i++) {
+        if (self->plan.flags[i] & (TMP_TL_W | TMP_TL_B)) {
+            PyObject *v = PyLong_FromLong(i);
+            if (v == NULL || PyList_Append(l, v) < 0) {
+                Py_XDECREF(v);
+                Py_DECREF(l);
+                return NULL;
+            }
+            Py_DECREF(v);
+        }
+    }
+    return l;
+}
+
+static PyObject *channel_list(const uint16_t *ch, int32_t k) {
+    PyObject *l = PyList_New(k);
+    if (l == NULL) {
+        return NULL;
+    }
+    for (int32_t j = 0; j < k; j++) {
+        PyObject *v = PyLong_FromLong(ch[j]);
+        if (v == NULL) {
+            Py_DECREF(l);
+            return NULL;
+        }
+        PyList_SET_ITEM(l, j, v);
+    }
+    return l;
+}
+
+static PyObject *Plan_get_channels(PlanObject *self, void *c) {
+    (void)c;
+    PyObject *d = PyDict_New();
+    if (d == NULL) {
+        return NULL;
+    }
+    for (int32_t i = 0; i < self->plan.num_layers; i++) {
+        if (!(self->plan.flags[i] & TMP_TL_W)) {
+            continue;
+        }
+        PyObject *key = PyLong_FromLong(i);
+        PyObject *val = channel_list(self->plan.channels + self->plan.chan_off[i], self->plan.k[i]);
+        if (key == NULL || val == NULL || PyDict_SetItem(d, key, val) < 0) {
+            Py_XDECREF(key);
+            Py_XDECREF(val);
+            Py_DECREF(d);
+            return NULL;
+        }
+        Py_DECREF(key);
+        Py_DECREF(val);
+    }
+    return d;
+}
+
+static PyObject *Plan_describe(PlanObject *self, PyObject *Py_UNUSED(ignored)) {
+    size_t n = tmp_train_plan_describe(&self->model->model, &self->plan, NULL, 0);
+    char *buf = (char *)PyMem_Malloc(n + 1);
+    if (buf == NULL) {
+        return PyErr_NoMemory();
+    }
+    tmp_train_plan_describe(&self->model->model, &self->plan, buf, n + 1);
+    PyObject *s = PyUnicode_FromStringAndSize(buf, (Py_ssize_t)n);
+    PyMem_Free(buf);
+    return s;
+}
+
+PyDoc_STRVAR(plan_layers_doc,
+"_layers() -> list of dict\n\n(test hook) Per layer: flags (region, w, b, dx, apu), k, r, fwd/bwd MACs,\n"
+"potential and score (TinyTrain), and the bytes of each of its buffers.");
+
+static PyObject *Plan_layer_info(PlanObject *self, PyObject *Py_UNUSED(ignored)) {
+    static const char *const bnames[TMP_LB_COUNT] = {"fscratch", "saved", "mask", "asum", "dw", "db",
+        "bscratch", "w", "b", "wm", "bm", "vw", "vb", "sel", "fish"};
+    const tmp_train_plan *p = &self->plan;
+    PyObject *l = PyList_New(p->num_layers);
+    if (l == NULL) {
+        return NULL;
+    }
+    for (int32_t i = 0; i < p->num_layers; i++) {
+        const uint8_t f = p->flags[i];
+        PyObject *bytes = PyDict_New();
+        PyObject *d = Py_BuildValue("{s:O,s:O,s:O,s:O,s:O,s:O,s:i,s:k,s:k,s:d,s:d,s:i}", "region",
+            (f & TMP_TL_REGION) ? Py_True : Py_False, "w", (f & TMP_TL_W) ? Py_True : Py_False, "b",
+            (f & TMP_TL_B) ? Py_True : Py_False, "dx", (f & TMP_TL_DX) ? Py_True : Py_False, "apu",
+            (f & TMP_TL_APU) ? Py_True : Py_False, "candidate", (f & TMP_TL_CANDIDATE) ? Py_True : Py_False,
+            "k", (int)p->k[i], "fwd_macs", (unsigned long)p->fwd_macs[i], "bwd_macs",
+            (unsigned long)p->bwd_macs[i], "potential", (double)p->potential[i], "score", (double)p->score[i],
+            "in_place", (int)p->in_place[i]);
+        if (d == NULL || bytes == NULL) {
+            Py_XDECREF(d);
+            Py_XDECREF(bytes);
+            Py_DECREF(l);
+            return NULL;
+        }
+        for (int b = 0; b < TMP_LB_COUNT; b++) {
+            const tmp_buf *bb = &p->bufs[b * p->num_layers + i];
+            if (dict_steal(bytes, bnames[b], Py_BuildValue("(kkii)", (unsigned long)bb->size,
+                    (unsigned long)bb->offset, (int)bb->first, (int)bb->last)) < 0) {
+                Py_DECREF(d);
+                Py_DECREF(bytes);
+                Py_DECREF(l);
+                return NULL;
+            }
+        }
+        if (dict_steal(d, "buffers", bytes) < 0) {
+            Py_DECREF(d);
+            Py_DECREF(l);
+            return NULL;
+        }
+        PyList_SET_ITEM(l, i, d);
+    }
+    return l;
+}
+
+PyDoc_STRVAR(plan_tensors_doc,
+"_tensors() -> list of dict\n\n(test hook) Per tensor: activation (size, offset, first, last) and\n"
+"gradient map (size, offset, first, last) buffers, act_offset, grad_birth.");
+
+static PyObject *Plan_tensor_info(PlanObject *self, PyObject *Py_UNUSED(ignored)) {
+    const tmp_train_plan *p = &self->plan;
+    PyObject *l = PyList_New(p->num_tensors);
+    if (l == NULL) {
+        return NULL;
+    }
+    for (int32_t t = 0; t < p->num_tensors; t++) {
+        const tmp_buf *a = &p->bufs[TMP_LB_COUNT * p->num_layers + t];
+        const tmp_buf *g = &p->bufs[TMP_LB_COUNT * p->num_layers + p->num_tensors + t];
+        PyObject *d = Py_BuildValue("{s:(kkii),s:(kkii),s:k,s:i}", "act", (unsigned long)a->size,
+            (unsigned long)a->offset, (int)a->first, (int)a->last, "grad", (unsigned long)g->size,
+            (unsigned long)g->offset, (int)g->first, (int)g->last, "act_offset", (unsigned long)p->act_offset[t],
+            "grad_birth", (int)p->grad_birth[t]);
+        if (d == NULL) {
+            Py_DECREF(l);
+            return NULL;
+        }
+        PyList_SET_ITEM(l, t, d);
+    }
+    return l;
+}
+
+static PyObject *Plan_repr(PlanObject *self) {
+    return PyUnicode_FromFormat("<tinymp.Plan method=%s r=%d arena=%lu bytes>", tmp_method_name(self->plan.method),
+        (int)self->plan.r, (unsigned long)self->plan.arena_bytes);
+}
+
+static PyGetSetDef Plan_getset[] = {
+    {"arena_bytes", (getter)Plan_get_arena_bytes, NULL, "exact arena bytes of one training step", NULL},
+    {"peak_live_bytes", (getter)Plan_get_peak_live_bytes, NULL, "largest sum of live bytes (lower bound)", NULL},
+    {"breakdown", (getter)Plan_get_breakdown, NULL, "live bytes per part at the peak step", NULL},
+    {"method", (getter)Plan_get_method, NULL, "the method", NULL},
+    {"storage", (getter)Plan_get_storage, NULL, "'int8' or 'fp32'", NULL},
+    {"r", (getter)Plan_get_r, NULL, "Gradient Condensing patch size", NULL},
+    {"ratio", (getter)Plan_get_ratio, NULL, "channel ratio", NULL},
+    {"momentum", (getter)Plan_get_momentum, NULL, "SGD momentum", NULL},
+    {"first", (getter)Plan_get_first, NULL, "first layer of the backward region", NULL},
+    {"layers", (getter)Plan_get_layers, NULL, "trainable layer indices", NULL},
+    {"channels", (getter)Plan_get_channels, NULL, "dict layer -> initial input channels", NULL},
+    {"forward_macs", (getter)Plan_get_forward_macs, NULL, "forward MACs of one step", NULL},
+    {"backward_macs", (getter)Plan_get_backward_macs, NULL, "backward MACs of one step", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMethodDef Plan_methods[] = {
+    {"describe", (PyCFunction)Plan_describe, METH_NOARGS, "describe() -> str: a per-layer table"},
+    {"_layers", (PyCFunction)Plan_layer_info, METH_NOARGS, plan_layers_doc},
+    {"_tensors", (PyCFunction)Plan_tensor_info, METH_NOARGS, plan_tensors_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject Plan_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "tinymp.Plan",
+    .tp_basicsize = sizeof(PlanObject),
+    .tp_dealloc = (destructor)Plan_dealloc,
+    .tp_repr = (reprfunc)Plan_repr,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "A training plan; made by Model.plan(...).",
+    .tp_traverse = (traverseproc)Plan_traverse,
+    .tp_clear = (inquiry)Plan_clear,
+    .tp_methods = Plan_methods,
+    .tp_getset = Plan_getset,
+};
+
+/* ---------------------------------------------------------------- Trainer */
+
+typedef struct {
+    PyObject_HEAD
+    ModelObject *model;
+    PlanObject *plan;
+    PyObject *arena_owner; /* the caller's buffer object, or NULL */
+    Py_buffer arena_view;
+    int has_view;
+    uint8_t *own_arena;    /* PyMem arena + guard when the Trainer allocated it */
+    uint8_t *arena;
+    size_t arena_size;
+    tmp_trainer t;
+    float *logits_buf;
+    PyObject *grads;       /* dict filled by the gradient hook (test hook), or NULL */
+    int ready;
+} TrainerObject;
+
+static PyTypeObject Trainer_Type;
+
+static int Trainer_check(TrainerObject *self) {
+    if (!self->ready || self->model == NULL || !self->model->ready) {
+        PyErr_SetString(PyExc_RuntimeError, "tinymp: trainer is not initialised");
+        return -1;
+    }
+    return 0;
+}
+
+static int trainer_guard_intact(TrainerObject *self) {
+    if (self->own_arena == NULL) {
+        return 1;
+    }
+    const uint8_t *g = self->own_arena + self->plan->plan.arena_bytes;
+    for (int i = 0; i < GUARD_BYTES; i++) {
+        if (g[i] != GUARD_FILL) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static PyObject *Trainer_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"model", "plan", "lr", "arena", "seed", "period", NULL};
+    PyObject *model, *plan, *arena = Py_None, *lr_o = NULL, *seed_o = NULL, *period_o = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|OOOO:Trainer", kwlist, &model, &plan, &lr_o, &arena, &seed_o,
+            &period_o)) {
+        return NULL;
+    }
+    if (!PyObject_TypeCheck(model, &Model_Type)) {
+        PyErr_Format(PyExc_TypeError, "tinymp: Trainer() needs a tinymp.Model, not '%.200s'", Py_TYPE(model)->tp_name);
+        return NULL;
+    }
+    if (!PyObject_TypeCheck(plan, &Plan_Type)) {
+        PyErr_Format(PyExc_TypeError, "tinymp: Trainer() needs a tinymp.Plan (from model.plan()), not '%.200s'",
+            Py_TYPE(plan)->tp_name);
+        return NULL;
+    }
+    ModelObject *m = (ModelObject *)model;
+    PlanObject *p = (PlanObject *)plan;
+    if (check_ready(m) < 0) {
+        return NULL;
+    }
+    if (p->model != m) {
+        PyErr_SetString(PyExc_ValueError, "tinymp: this plan was made for another model");
+        return NULL;
+    }
+    double lr;
+    long long seed, period;
+    if (opt_float(lr_o, "lr", 0.0, 1e6, 0, 0.01, &lr) < 0 || opt_long(seed_o, "seed", 0, 0xFFFFFFFFLL, 1, &seed) < 0 ||
+        opt_long(period_o, "period", 0, 0xFFFFFFFFLL, 0, &period) < 0) {
+        return NULL;
+    }
+    TrainerObject *self = PyObject_GC_New(TrainerObject, type);
+    if (self == NULL) {
+        return NULL;
+    }
+    memset((char *)self + sizeof(PyObject), 0, sizeof(TrainerObject) - sizeof(PyObject));
+    PyObject_GC_Track(self);
+    Py_INCREF(m);
+    self->model = m;
+    Py_INCREF(p);
+    self->plan = p;
+    const uint32_t need = p->plan.arena_bytes;
+    if (arena != Py_None) {
+        if (PyObject_GetBuffer(arena, &self->arena_view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_TypeError, "tinymp: arena must be a writable contiguous buffer (e.g. bytearray), "
+                "not '%.200s'", Py_TYPE(arena)->tp_name);
+            goto fail;
+        }
+        self->has_view = 1;
+        Py_INCREF(arena);
+        self->arena_owner = arena;
+        uintptr_t a = (uintptr_t)self->arena_view.buf;
+        size_t skip = (size_t)((4u - (a & 3u)) & 3u); /* use the 4-byte aligned part */
+        if ((size_t)self->arena_view.len < skip + need) {
+            PyErr_Format(PyExc_MemoryError, "tinymp: the arena has %zd bytes, the plan needs %lu%s",
+                self->arena_view.len, (unsigned long)need, skip ? " (after 4-byte alignment)" : "");
+            goto fail;
+        }
+        self->arena = (uint8_t *)self->arena_view.buf + skip;
+        self->arena_size = (size_t)self->arena_view.len - skip;
+    } else {
+        self->own_arena = (uint8_t *)PyMem_Malloc((size_t)need + GUARD_BYTES);
+        if (self->own_arena == NULL) {
+            PyErr_Format(PyExc_MemoryError, "tinymp: cannot allocate a training arena of %lu bytes", (unsigned long)need);
+            goto fail;
+        }
+        memset(self->own_arena + need, GUARD_FILL, GUARD_BYTES);
+        self->arena = self->own_arena;
+        self->arena_size = need;
+    }
+    self->logits_buf = (float *)PyMem_Malloc(sizeof(float) * (m->model.num_classes + 1u));
+    if (self->logits_buf == NULL) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    tmp_status st = tmp_trainer_init(&self->t, &m->model, &p->plan, self->arena, self->arena_size, (float)lr,
+        (uint32_t)seed);
+    if (st != TMP_OK) {
+        if (st == TMP_ERR_SIZE) {
+            PyErr_Format(PyExc_MemoryError, "tinymp: the arena is smaller than the plan's %lu bytes", (unsigned long)need);
+        } else {
+            PyErr_Format(PyExc_ValueError, "tinymp: cannot start the trainer (%s)", tmp_status_name(st));
+        }
+        goto fail;
+    }
+    self->t.period = (uint32_t)period;
+    self->t.clock = clock_us;
+    self->ready = 1;
+    return (PyObject *)self;
+fail:
+    Py_DECREF(self);
+    return NULL;
+}
+
+static int Trainer_traverse(TrainerObject *self, visitproc visit, void *arg) {
+    Py_VISIT(self->model);
+    Py_VISIT(self->plan);
+    Py_VISIT(self->arena_owner);
+    Py_VISIT(self->grads);
+    return 0;
+}
+
+static int Trainer_clear(TrainerObject *self) {
+    self->ready = 0;
+    if (self->has_view) {
+        self->has_view = 0;
+        PyBuffer_Release(&self->arena_view);
+    }
+    Py_CLEAR(self->arena_owner);
+    Py_CLEAR(self->grads);
+    Py_CLEAR(self->plan);
+    Py_CLEAR(self->model);
+    return 0;
+}
+
+static void Trainer_dealloc(TrainerObject *self) {
+    PyObject_GC_UnTrack(self);
+    Trainer_clear(self);
+    PyMem_Free(self->own_arena);
+    PyMem_Free(self->logits_buf);
+    PyObject_GC_Del(self);
+}
+
+/* Map a core status of a step to an exception. */
+static int step_error(TrainerObject *self, tmp_status st, const char *what) {
+    if (!trainer_guard_intact(self)) {
+        PyErr_SetString(PyExc_RuntimeError, "tinymp: arena overrun (engine bug)");
+        return -1;
+    }
+    if (st == TMP_OK) {
+        return 0;
+    }
+    if (st == TMP_ERR_FORMAT || st == TMP_ERR_SIZE) {
+        PyErr_Format(PyExc_ValueError, "tinymp: the model data changed after loading (%s: %s)", what,
+            tmp_status_name(st));
+    } else {
+        PyErr_Format(PyExc_RuntimeError, "tinymp: %s failed (%s)", what, tmp_status_name(st));
+    }
+    return -1;
+}
+
+static int get_label(TrainerObject *self, PyObject *y, int32_t *label) {
+    if (!PyLong_Check(y) || PyBool_Check(y)) {
+        PyErr_Format(PyExc_TypeError, "tinymp: label must be an int, not '%.200s'", Py_TYPE(y)->tp_name);
+        return -1;
+    }
+    long v = PyLong_AsLong(y);
+    if (v == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        v = -1;
+    }
+    if (v < 0 || v >= (long)self->model->model.num_classes) {
+        PyErr_Format(PyExc_ValueError, "tinymp: label %S is outside [0, %d)", y, (int)self->model->model.num_classes);
+        return -1;
+    }
+    *label = (int32_t)v;
+    return 0;
+}
+
+static PyObject *Trainer_step(TrainerObject *self, PyObject *args) {
+    PyObject *x, *y;
+    if (!PyArg_ParseTuple(args, "OO:step", &x, &y) || Trainer_check(self) < 0) {
+        return NULL;
+    }
+    int32_t label;
+    Py_buffer v;
+    if (get_label(self, y, &label) < 0 || get_input(self->model, x, &v) < 0) {
+        return NULL;
+    }
+    float loss = 0.0f;
+    tmp_status st = tmp_trainer_step(&self->t, (const int8_t *)v.buf, label, &loss);
+    PyBuffer_Release(&v);
+    if (step_error(self, st, "training step") < 0) {
+        return NULL;
+    }
+    return PyFloat_FromDouble((double)loss);
+}
+
+static int trainer_forward(TrainerObject *self, PyObject *x, const int8_t **out) {
+    Py_buffer v;
+    if (Trainer_check(self) < 0 || get_input(self->model, x, &v) < 0) {
+        return -1;
+    }
+    tmp_status st = tmp_trainer_forward(&self->t, (const int8_t *)v.buf, out);
+    PyBuffer_Release(&v);
+    return step_error(self, st, "inference");
+}
+
+static PyObject *Trainer_predict(TrainerObject *self, PyObject *x) {
+    const int8_t *out;
+    if (trainer_forward(self, x, &out) < 0) {
+        return NULL;
+    }
+    return PyLong_FromLong((long)tmp_argmax_s8(out, (int32_t)self->model->model.num_classes));
+}
+
+static PyObject *Trainer_logits(TrainerObject *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"x", "out", NULL};
+    PyObject *x, *out = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|O:logits", kwlist, &x, &out) || Trainer_check(self) < 0) {
+        return NULL;
+    }
+    Py_buffer ov;
+    int have_out = out != Py_None;
+    if (have_out && get_out(self->model, out, &ov) < 0) {
+        return NULL;
+    }
+    const int8_t *q;
+    if (trainer_forward(self, x, &q) < 0) {
+        if (have_out) {
+            PyBuffer_Release(&ov);
+        }
+        return NULL;
+    }
+    const int n = (int)self->model->model.num_classes;
+    tmp_dequantize_output(&self->model->model, q, self->logits_buf);
+    if (have_out) {
+        memcpy(ov.buf, self->logits_buf, sizeof(float) * (size_t)n);
+        PyBuffer_Release(&ov);
+        Py_INCREF(out);
+        return out;
+    }
+    PyObject *bytes = PyBytes_FromStringAndSize((const char *)self->logits_buf, (Py_ssize_t)(sizeof(float) * n));
+    if (bytes == NULL) {
+        return NULL;
+    }
+    PyObject *arr = PyObject_CallFunction(array_type, "sO", "f", bytes);
+    Py_DECREF(bytes);
+    return arr;
+}
+
+static PyObject *Trainer_end_period(TrainerObject *self, PyObject *Py_UNUSED(ignored)) {
+    if (Trainer_check(self) < 0) {
+        return NULL;
+    }
+    if (step_error(self, tmp_trainer_end_period(&self->t), "end of period") < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *Trainer_reset(TrainerObject *self, PyObject *Py_UNUSED(ignored)) {
+    if (Trainer_check(self) < 0) {
+        return NULL;
+    }
+    if (step_error(self, tmp_trainer_reset(&self->t), "reset") < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *call_files(const char *fn, PyObject *a, PyObject *b) {
+    PyObject *mod = PyImport_ImportModule("tinymp._files");
+    if (mod == NULL) {
+        return NULL;
+    }
+    PyObject *r = b != NULL ? PyObject_CallMethod(mod, fn, "OO", a, b) : PyObject_CallMethod(mod, fn, "O", a);
+    Py_DECREF(mod);
+    return r;
+}
+
+static PyObject *Trainer_save(TrainerObject *self, PyObject *path) {
+    if (Trainer_check(self) < 0) {
+        return NULL;
+    }
+    uint32_t n = tmp_trainer_params_size(&self->t);
+    PyObject *bytes = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)n);
+    if (bytes == NULL) {
+        return NULL;
+    }
+    if (tmp_trainer_params_save(&self->t, (uint8_t *)PyBytes_AS_STRING(bytes), n) != TMP_OK) {
+        Py_DECREF(bytes);
+        PyErr_SetString(PyExc_RuntimeError, "tinymp: cannot serialise the parameters");
+        return NULL;
+    }
+    PyObject *r = call_files("atomic_write", path, bytes);
+    Py_DECREF(bytes);
+    return r;
+}
+
+static PyObject *Trainer_load(TrainerObject *self, PyObject *path) {
+    if (Trainer_check(self) < 0) {
+        return NULL;
+    }
+    PyObject *data = call_files("read_bytes", path, NULL);
+    if (data == NULL) {
+        return NULL;
+    }
+    const char *msg = NULL;
+    tmp_status st = tmp_trainer_params_load(&self->t, (const uint8_t *)PyBytes_AS_STRING(data),
+        (uint32_t)PyBytes_GET_SIZE(data), &msg);
+    Py_DECREF(data);
+    if (st != TMP_OK) {
+        PyErr_Format(PyExc_ValueError, "tinymp: cannot load %R: %s", path, msg != NULL ? msg : tmp_status_name(st));
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *Trainer_stats(TrainerObject *self, PyObject *Py_UNUSED(ignored)) {
+    if (Trainer_check(self) < 0) {
+        return NULL;
+    }
+    const tmp_trainer *t = &self->t;
+    return Py_BuildValue("{s:k,s:k,s:K,s:K,s:K,s:K,s:K,s:k,s:k,s:s}", "steps", (unsigned long)t->steps, "periods",
+        (unsigned long)t->periods, "forward_macs", (unsigned long long)t->macs[TMP_PHASE_FORWARD], "backward_macs",
+        (unsigned long long)t->macs[TMP_PHASE_BACKWARD], "forward_us", (unsigned long long)t->ticks[TMP_PHASE_FORWARD],
+        "backward_us", (unsigned long long)t->ticks[TMP_PHASE_BACKWARD], "update_us",
+        (unsigned long long)t->ticks[TMP_PHASE_UPDATE], "high_water", (unsigned long)tmp_trainer_high_water(t),
+        "arena_bytes", (unsigned long)self->plan->plan.arena_bytes, "clock", "host");
+}
+
+static PyObject *Trainer_get_high_water(TrainerObject *self, void *c) {
+    (void)c;
+    if (Trainer_check(self) < 0) {
+        return NULL;
+    }
+    return PyLong_FromUnsignedLong(tmp_trainer_high_water(&self->t));
+}
+
+static PyObject *Trainer_get_selection(TrainerObject *self, void *c) {
+    (void)c;
+    if (Trainer_check(self) < 0) {
+        return NULL;
+    }
+    PyObject *d = PyDict_New();
+    if (d == NULL) {
+        return NULL;
+    }
+    for (int32_t i = 0; i < self->plan->plan.num_layers; i++) {
+        const uint16_t *ch = NULL;
+        int32_t k = tmp_trainer_channels(&self->t, i, &ch);
+        if (k == 0) {
+            continue;
+        }
+        PyObject *key = PyLong_FromLong(i);
+        PyObject *val = channel_list(ch, k);
+        if (key == NULL || val == NULL || PyDict_SetItem(d, key, val) < 0) {
+            Py_XDECREF(key);
+            Py_XDECREF(val);
+            Py_DECREF(d);
+            return NULL;
+        }
+        Py_DECREF(key);
+        Py_DECREF(val);
+    }
+    return d;
+}
+
+/* The gradient hook of _grads(): dict layer -> {o: bytes of float32 slice, "db": bytes}. */
+static void grad_hook(void *ctx, int32_t layer, int32_t o, const float *dw, int32_t n, const float *db, int32_t nb) {
+    TrainerObject *self = (TrainerObject *)ctx;
+    if (self->grads == NULL || PyErr_Occurred()) {
+        return;
+    }
+    PyObject *key = PyLong_FromLong(layer);
+    if (key == NULL) {
+        return;
+    }
+    PyObject *ld = PyDict_GetItemWithError(self->grads, key);
+    if (ld == NULL && !PyErr_Occurred()) {
+        ld = PyDict_New();
+        if (ld == NULL || PyDict_SetItem(self->grads, key, ld) < 0) {
+            Py_XDECREF(ld);
+            Py_DECREF(key);
+            return;
+        }
+        Py_DECREF(ld);
+    }
+    Py_DECREF(key);
+    if (ld == NULL) {
+        return;
+    }
+    if (dw != NULL) {
+        PyObject *k2 = PyLong_FromLong(o);
+        PyObject *b = PyBytes_FromStringAndSize((const char *)dw, (Py_ssize_t)(sizeof(float) * (size_t)n));
+        if (k2 != NULL && b != NULL) {
+            PyDict_SetItem(ld, k2, b);
+        }
+        Py_XDECREF(k2);
+        Py_XDECREF(b);
+    } else if (db != NULL) {
+        dict_steal(ld, "db", PyBytes_FromStringAndSize((const char *)db, (Py_ssize_t)(sizeof(float) * (size_t)nb)));
+    }
+}
+
+PyDoc_STRVAR(grads_doc,
+"_grads(x, y, apply=False) -> (loss, dict)\n\n(test hook) One step whose weight-gradient slices are\n"
+"captured: dict layer -> {o: float32 bytes of dW slice o, 'db': float32 bytes}. Unless apply, lr is\n"
+"0 for the step (nothing changes but the stochastic-rounding state and momentum).");
+
+static PyObject *Trainer_grads(TrainerObject *self, PyObject *args) {
+    PyObject *x, *y;
+    int apply = 0;
+    if (!PyArg_ParseTuple(args, "OO|p:_grads", &x, &y, &apply) || Trainer_check(self) < 0) {
+        return NULL;
+    }
+    int32_t label;
+    Py_buffer v;
+    if (get_label(self, y, &label) < 0 || get_input(self->model, x, &v) < 0) {
+        return NULL;
+    }
+    self->grads = PyDict_New();
+    if (self->grads == NULL) {
+        PyBuffer_Release(&v);
+        return NULL;
+    }
+    float lr = self->t.lr;
+    if (!apply) {
+        self->t.lr = 0.0f;
+    }
+    self->t.hook = grad_hook;
+    self->t.hook_ctx = self;
+    float loss = 0.0f;
+    tmp_status st = tmp_trainer_step(&self->t, (const int8_t *)v.buf, label, &loss);
+    self->t.hook = NULL;
+    self->t.lr = lr;
+    PyBuffer_Release(&v);
+    PyObject *g = self->grads;
+    self->grads = NULL;
+    if (PyErr_Occurred() || step_error(self, st, "training step") < 0) {
+        Py_DECREF(g);
+        return NULL;
+    }
+    PyObject *r = Py_BuildValue("(dO)", (double)loss, g);
+    Py_DECREF(g);
+    return r;
+}
+
+static PyObject *Trainer_get_lr(TrainerObject *self, void *c) {
+    (void)c;
+    return PyFloat_FromDouble((double)self->t.lr);
+}
+
+static int Trainer_set_lr(TrainerObject *self, PyObject *v, void *c) {
+    (void)c;
+    double lr;
+    if (v == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "tinymp: cannot delete lr");
+        return -1;
+    }
+    if (opt_float(v, "lr", 0.0, 1e6, 0, 0.0, &lr) < 0) {
+        return -1;
+    }
+    self->t.lr = (float)lr;
+    return 0;
+}
+
+static PyObject *Trainer_get_plan(TrainerObject *self, void *c) {
+    (void)c;
+    Py_INCREF(self->plan);
+    return (PyObject *)self->plan;
+}
+
+static PyGetSetDef Trainer_getset[] = {
+    {"high_water", (getter)Trainer_get_high_water, NULL, "arena bytes actually touched so far", NULL},
+    {"selection", (getter)Trainer_get_selection, NULL, "dict layer -> input channels updated this period", NULL},
+    {"lr", (getter)Trainer_get_lr, (setter)Trainer_set_lr, "learning rate", NULL},
+    {"plan", (getter)Trainer_get_plan, NULL, "the plan", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMethodDef Trainer_methods[] = {
+    {"step", (PyCFunction)Trainer_step, METH_VARARGS, "step(x, y) -> loss: one SGD step"},
+    {"predict", (PyCFunction)Trainer_predict, METH_O, "predict(x) -> int, with the trained parameters"},
+    {"logits", (PyCFunction)(void (*)(void))Trainer_logits, METH_VARARGS | METH_KEYWORDS,
+        "logits(x, out=None) -> array('f'), with the trained parameters"},
+    {"end_period", (PyCFunction)Trainer_end_period, METH_NOARGS, "close an APU period: re-select channels"},
+    {"reset", (PyCFunction)Trainer_reset, METH_NOARGS, "back to the pretrained parameters"},
+    {"save", (PyCFunction)Trainer_save, METH_O, "save(path): the personalised parameters, atomically"},
+    {"load", (PyCFunction)Trainer_load, METH_O, "load(path): parameters saved by save() for this plan"},
+    {"stats", (PyCFunction)Trainer_stats, METH_NOARGS, "stats() -> dict of counters"},
+    {"_grads", (PyCFunction)Trainer_grads, METH_VARARGS, grads_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyObject *Trainer_repr(TrainerObject *self) {
+    if (!self->ready) {
+        return PyUnicode_FromString("<tinymp.Trainer (uninitialised)>");
+    }
+    return PyUnicode_FromFormat("<tinymp.Trainer method=%s steps=%lu arena=%lu bytes>",
+        tmp_method_name(self->plan->plan.method), (unsigned long)self->t.steps,
+        (unsigned long)self->plan->plan.arena_bytes);
+}
+
+static PyTypeObject Trainer_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "tinymp.Trainer",
+    .tp_basicsize = sizeof(TrainerObject),
+    .tp_dealloc = (destructor)Trainer_dealloc,
+    .tp_repr = (reprfunc)Trainer_repr,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "Trainer(model, plan, lr=0.01, arena=None, seed=1, period=0): on-device training (docs/API.md).",
+    .tp_traverse = (traverseproc)Trainer_traverse,
+    .tp_clear = (inquiry)Trainer_clear,
+    .tp_methods = Trainer_methods,
+    .tp_getset = Trainer_getset,
+    .tp_new = Trainer_new,
+};
+
+/* ---------------------------------------------------------------- crc32 */
+
+static PyObject *mod_crc32(PyObject *mod, PyObject *args) {
+    (void)mod;
+    Py_buffer v;
+    unsigned long crc = 0;
+    if (!PyArg_ParseTuple(args, "y*|k:crc32", &v, &crc)) {
+        return NULL;
+    }
+    uint32_t r = tmp_crc32((uint32_t)crc, (const uint8_t *)v.buf, (size_t)v.len);
+    PyBuffer_Release(&v);
+    return PyLong_FromUnsignedLong(r);
+}
+
+static PyMethodDef module_methods[] = {
+    {"crc32", (PyCFunction)mod_crc32, METH_VARARGS, "crc32(data, crc=0) -> int: CRC-32 (as zlib)"},
+    {NULL, NULL, 0, NULL},
+};
+
 /* ---------------------------------------------------------------- module */
 
 static struct PyModuleDef tinymp_module = {
@@ -771,10 +1948,11 @@ static struct PyModuleDef tinymp_module = {
     .m_name = "tinymp._tinymp",
     .m_doc = module_doc,
     .m_size = -1,
+    .m_methods = module_methods,
 };
 
 PyMODINIT_FUNC PyInit__tinymp(void) {
-    if (PyType_Ready(&Model_Type) < 0) {
+    if (PyType_Ready(&Model_Type) < 0 || PyType_Ready(&Plan_Type) < 0 || PyType_Ready(&Trainer_Type) < 0) {
         return NULL;
     }
     if (array_type == NULL) {
@@ -795,6 +1973,13 @@ PyMODINIT_FUNC PyInit__tinymp(void) {
     Py_INCREF(&Model_Type);
     if (PyModule_AddObject(m, "Model", (PyObject *)&Model_Type) < 0) {
         Py_DECREF(&Model_Type);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&Plan_Type);
+    Py_INCREF(&Trainer_Type);
+    if (PyModule_AddObject(m, "Plan", (PyObject *)&Plan_Type) < 0 ||
+        PyModule_AddObject(m, "Trainer", (PyObject *)&Trainer_Type) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -9,5 +9,6 @@
 #include "tmp_model.h"
 #include "tmp_plan.h"
 #include "tmp_infer.h"
+#include "tmp_train.h"
 
 #endif /* TINYMP_H */

@@ -38,12 +38,9 @@ static int tensor_fits(const tmp_model *m, const tmp_plan *plan, uint16_t t) {
 static tmp_status run_layer(const tmp_model *m, const tmp_plan *plan, int32_t i, const int8_t *input,
     int8_t *arena) {
     tmp_layer l;
-    tmp_tensor tin, tin1, tout;
     if (tmp_model_layer(m, i, &l, NULL) != TMP_OK) {
         return TMP_ERR_FORMAT;
     }
-    tmp_model_tensor(m, l.in0, &tin, NULL);
-    tmp_model_tensor(m, l.out, &tout, NULL);
     /* The model buffer may have changed since planning (a bytearray the caller edits): every
      * tensor this layer touches must still fit where the plan put it, and the kernel's scratch
      * must still be what the plan reserved. */
@@ -54,8 +51,22 @@ static tmp_status run_layer(const tmp_model *m, const tmp_plan *plan, int32_t i,
         return TMP_ERR_SIZE;
     }
     const int8_t *in = l.in0 == 0 ? input : arena + plan->tensor_offset[l.in0];
+    const int8_t *in1 = NULL;
+    if (l.type == TMP_LAYER_ADD) {
+        in1 = l.in1 == 0 ? input : arena + plan->tensor_offset[l.in1];
+    }
     int8_t *out = arena + plan->tensor_offset[l.out];
     void *scratch = plan->scratch_bytes[i] ? (void *)(arena + plan->scratch_offset[i]) : NULL;
+    return tmp_layer_forward(m, &l, in, in1, out, scratch);
+}
+
+tmp_status tmp_layer_forward(const tmp_model *m, const tmp_layer *lp, const int8_t *in,
+    const int8_t *in1, int8_t *out, void *scratch) {
+    const tmp_layer l = *lp;
+    tmp_tensor tin, tin1, tout;
+    if (tmp_model_tensor(m, l.in0, &tin, NULL) != TMP_OK || tmp_model_tensor(m, l.out, &tout, NULL) != TMP_OK) {
+        return TMP_ERR_FORMAT;
+    }
     tmp_per_channel_quant q = { l.mult, l.shift };
     tmp_filter_dims f = { l.kh, l.kw };
 
@@ -78,8 +89,9 @@ static tmp_status run_layer(const tmp_model *m, const tmp_plan *plan, int32_t i,
                 tout.dims.c, out, scratch);
         }
         case TMP_LAYER_ADD: {
-            tmp_model_tensor(m, l.in1, &tin1, NULL);
-            const int8_t *in1 = l.in1 == 0 ? input : arena + plan->tensor_offset[l.in1];
+            if (tmp_model_tensor(m, l.in1, &tin1, NULL) != TMP_OK) {
+                return TMP_ERR_FORMAT;
+            }
             tmp_add_params p;
             p.input0_offset = -tin.zero_point;
             p.input1_offset = -tin1.zero_point;

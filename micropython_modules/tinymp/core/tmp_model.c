@@ -416,6 +416,7 @@ tmp_status tmp_model_init(tmp_model *m, const void *data, size_t size, tmp_error
     m->num_classes = rd16(d + 22);
     m->num_tensors = rd16(d + 32);
     m->num_layers = rd16(d + 34);
+    m->crc = rd32(d + 12);
     m->tensor_table_off = rd32(d + 36);
     m->layer_table_off = rd32(d + 40);
     m->class_names_off = rd32(d + 44);

@@ -44,6 +44,7 @@ typedef struct {
 typedef struct {
     const uint8_t *data;
     uint32_t size; /**< total_size from the header */
+    uint32_t crc;  /**< the header's CRC-32 of the file: identifies the model */
     uint16_t num_tensors;
     uint16_t num_layers;
     uint16_t num_classes;

@@ -16,14 +16,9 @@
 
 #include "tmp_kernels.h"
 #include "tmp_plan.h"
+#include "tmp_place.h"
 
-/* A buffer to place: [first, last] layer lifetime, size rounded up to 4 bytes. */
-typedef struct {
-    uint32_t size;
-    uint32_t offset;
-    int32_t first;
-    int32_t last;
-} buf_t;
+typedef tmp_buf buf_t;
 
 /* Views of the workspace. */
 typedef struct {
@@ -145,64 +140,9 @@ static tmp_status build_buffers(const tmp_model *m, ws_t *w) {
     return TMP_OK;
 }
 
-static int live_together(const buf_t *a, const buf_t *b) {
-    return a->first <= b->last && b->first <= a->last;
-}
-
 /* Greedy-by-size placement; returns the arena size. */
 static uint64_t place(const tmp_model *m, ws_t *w) {
-    const int32_t B = (int32_t)m->num_tensors + (int32_t)m->num_layers;
-    int32_t n = 0;
-    for (int32_t i = 0; i < B; i++) {
-        if (w->bufs[i].size == 0) {
-            continue;
-        }
-        /* insertion sort: larger first, then earlier first, then lower index */
-        int32_t j = n++;
-        while (j > 0) {
-            const buf_t *p = &w->bufs[w->order[j - 1]];
-            const buf_t *q = &w->bufs[i];
-            if (p->size > q->size || (p->size == q->size && p->first <= q->first)) {
-                break;
-            }
-            w->order[j] = w->order[j - 1];
-            j--;
-        }
-        w->order[j] = (uint16_t)i;
-    }
-    uint64_t arena = 0;
-    int32_t np = 0;
-    for (int32_t k = 0; k < n; k++) {
-        buf_t *b = &w->bufs[w->order[k]];
-        uint64_t cand = 0;
-        for (int32_t j = 0; j < np; j++) {
-            const buf_t *p = &w->bufs[w->placed[j]];
-            if (!live_together(p, b)) {
-                continue;
-            }
-            if ((uint64_t)p->offset >= cand + b->size) {
-                break; /* the gap below p holds b */
-            }
-            if ((uint64_t)p->offset + p->size > cand) {
-                cand = (uint64_t)p->offset + p->size;
-            }
-        }
-        if (cand > UINT32_MAX) {
-            return UINT64_MAX;
-        }
-        b->offset = (uint32_t)cand;
-        if (cand + b->size > arena) {
-            arena = cand + b->size;
-        }
-        /* keep `placed` sorted by offset */
-        int32_t j = np++;
-        while (j > 0 && w->bufs[w->placed[j - 1]].offset > b->offset) {
-            w->placed[j] = w->placed[j - 1];
-            j--;
-        }
-        w->placed[j] = w->order[k];
-    }
-    return arena;
+    return tmp_place(w->bufs, (int32_t)m->num_tensors + (int32_t)m->num_layers, w->order, w->placed);
 }
 
 static tmp_status plan_once(const tmp_model *m, ws_t *w, uint64_t *arena) {

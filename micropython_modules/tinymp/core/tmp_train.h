@@ -1,0 +1,261 @@
+/*
+ * tinymp core: the training planner and the trainer (docs/TRAINING.md).
+ *
+ * tmp_train_plan() turns a method and its options into a per-layer table (what is trained, which
+ * input channels, the Gradient Condensing patch size r) and places every buffer of one training
+ * step -- forward activations, tensors saved for the backward pass, clamp masks, gradient maps,
+ * one layer's weight-gradient slice, trainable parameters, optimizer state, scratch -- in one
+ * arena over the step's timeline (forward steps 0..L-1, backward steps L..2L-1 in reverse layer
+ * order). Given a budget it shrinks the method until the arena fits.
+ *
+ * A tmp_trainer runs steps over a caller's arena of plan->arena_bytes: forward with saving,
+ * softmax cross-entropy, backward with the core/train kernels, SGD applied in place as soon as a
+ * layer's gradient exists. It never allocates and keeps all state in the tmp_trainer struct and
+ * the arena.
+ */
+#ifndef TMP_TRAIN_H
+#define TMP_TRAIN_H
+
+#include "tmp_model.h"
+#include "tmp_place.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/** Largest Gradient Condensing patch size (uint8 count masks hold r*r <= 255). */
+#define TMP_MAX_R 15
+
+typedef enum {
+    TMP_METHOD_NONE = 0,
+    TMP_METHOD_LAST = 1,
+    TMP_METHOD_BIAS = 2,
+    TMP_METHOD_SPARSE = 3,
+    TMP_METHOD_TINYTRAIN = 4,
+    TMP_METHOD_FULL = 5,
+    TMP_METHOD_TINYMP = 6,
+    TMP_METHOD_FISHER = 7, /**< internal: the TinyTrain selection pass (no updates) */
+    TMP_METHOD_COUNT = 8,
+} tmp_method;
+
+typedef enum {
+    TMP_STORAGE_INT8 = 0, /**< int8 weights in RAM, QAS updates with stochastic rounding */
+    TMP_STORAGE_FP32 = 1, /**< fp32 master copies, re-quantised after each update */
+} tmp_storage;
+
+/** Breakdown categories (the keys of plan.breakdown). */
+typedef enum {
+    TMP_CAT_ACTIVATIONS = 0,
+    TMP_CAT_SAVED,
+    TMP_CAT_MASKS,
+    TMP_CAT_GRADIENTS,
+    TMP_CAT_PARAMS,
+    TMP_CAT_OPTIMIZER,
+    TMP_CAT_SCRATCH,
+    TMP_CAT_COUNT,
+} tmp_category;
+
+/** Per-layer buffers of the training timeline (internal indices, documented for the bindings'
+ *  tests and describe()). */
+typedef enum {
+    TMP_LB_FSCRATCH = 0, /**< forward kernel scratch */
+    TMP_LB_SAVED,        /**< xs (r >= 2) or saved input channels (r = 1) or fc input */
+    TMP_LB_MASK,         /**< clamp mask of the output */
+    TMP_LB_ASUM,         /**< selection pass: r x r patch sums of the output (int32) */
+    TMP_LB_DW,           /**< one output channel's weight-gradient slice (fp32) */
+    TMP_LB_DB,           /**< bias gradient (fp32, Cout) */
+    TMP_LB_BSCRATCH,     /**< backward scratch: dx kernel scratch and update gathers */
+    TMP_LB_W,            /**< int8 weights in RAM */
+    TMP_LB_B,            /**< int32 biases in RAM */
+    TMP_LB_WM,           /**< fp32 master weights */
+    TMP_LB_BM,           /**< fp32 master biases */
+    TMP_LB_VW,           /**< momentum of the weights */
+    TMP_LB_VB,           /**< momentum of the biases */
+    TMP_LB_SEL,          /**< selected channels (uint16) and APU state */
+    TMP_LB_FISH,         /**< selection pass: Fisher potential of the output channels */
+    TMP_LB_COUNT,
+} tmp_layer_buffer;
+
+/** Per-layer flags of a plan. */
+#define TMP_TL_REGION 0x01u   /**< in the backward region (layer >= first) */
+#define TMP_TL_W 0x02u        /**< weights trained */
+#define TMP_TL_B 0x04u        /**< bias trained */
+#define TMP_TL_DX 0x08u       /**< the gradient of its input is propagated */
+#define TMP_TL_APU 0x10u      /**< channels re-selected every period (APU) */
+#define TMP_TL_CANDIDATE 0x20u /**< a candidate the selection may add (tinytrain / tinymp) */
+
+/** Options of tmp_train_plan(); start from tmp_train_options_default(). */
+typedef struct {
+    int32_t method;      /**< tmp_method */
+    int32_t storage;     /**< tmp_storage */
+    int32_t r;           /**< GC patch size; 0 = the method's default (tinymp 4, else 1) */
+    float ratio;         /**< channel ratio in (0, 1]; 0 = the method's default (tinymp and
+                              tinytrain 1/4, else 1) */
+    int32_t n_bias;      /**< biases of the last n_bias conv-like layers; -1 = all; -2 = the
+                              method's default (bias: all, tinymp: 2, others 0) */
+    float momentum;      /**< SGD momentum, >= 0 and < 1; 0 = none (no buffers) */
+    uint32_t budget;     /**< arena budget in bytes; 0 = none */
+    uint64_t mac_budget; /**< backward MAC budget (tinytrain, tinymp); 0 = none */
+    int32_t n_layers;    /**< sparse: number of entries in layers/ratios */
+    const uint16_t *layers; /**< sparse: layer indices (weighted layers) */
+    const float *ratios;    /**< sparse: their channel ratios, NULL = all 1 */
+    const struct tmp_trainer_s *fisher; /**< a trainer that ran the selection pass, or NULL */
+} tmp_train_options;
+
+/** Where planning failed, for a clear message. */
+typedef struct {
+    const char *msg;       /**< string literal, or NULL */
+    int32_t layer;         /**< offending layer or -1 */
+    uint32_t min_budget;   /**< budget error: the smallest arena any setting reached */
+    int32_t largest_cat;   /**< budget error: largest breakdown part of that smallest plan */
+    uint32_t largest_bytes;
+} tmp_train_error;
+
+/** A training plan; its arrays live in the caller's workspace (tmp_train_workspace_size()). */
+typedef struct {
+    uint32_t arena_bytes;     /**< the placed arena: exactly what one step needs */
+    uint32_t peak_live_bytes; /**< largest sum of live bytes over the steps (lower bound) */
+    int32_t peak_step;        /**< the step where it occurs */
+    uint32_t breakdown[TMP_CAT_COUNT]; /**< live bytes per category at peak_step */
+    uint64_t forward_macs, backward_macs;
+    uint32_t model_crc;       /**< identifies the model the plan was made for */
+    int32_t method, storage, r, n_bias;
+    float ratio, momentum;
+    uint32_t budget;
+    int32_t first;            /**< first layer of the backward region (num_layers: none) */
+    int32_t num_layers, num_tensors;
+    uint32_t num_channels;    /**< entries used in channels[] */
+    uint8_t *flags;           /**< [L] TMP_TL_* */
+    uint8_t *in_place;        /**< [L] forward in-place choice (as tmp_plan) */
+    uint16_t *k;              /**< [L] selected input channels (weights trained) */
+    uint32_t *chan_off;       /**< [L] start of the layer's initial channels in channels[] */
+    uint16_t *channels;       /**< initial selections, ascending per layer */
+    uint32_t *fwd_macs;       /**< [L] */
+    uint32_t *bwd_macs;       /**< [L] */
+    float *potential;         /**< [L] Fisher potential P_i of the output (selection; else 0) */
+    float *score;             /**< [L] TinyTrain score s_i (0 when not a candidate) */
+    tmp_buf *bufs;            /**< [TMP_LB_COUNT * L + 2 * T]: layer i buffer b at
+                                   bufs[b * L + i]; activation t at [LB*L + t]; grad t at
+                                   [LB*L + T + t] */
+    uint8_t *cat;             /**< [same] category of each buffer */
+    uint32_t *act_offset;     /**< [T] arena offset of each activation (aliases resolved) */
+    int32_t *grad_birth;      /**< [T] layer whose backward step first writes grad t (-1: none) */
+} tmp_train_plan;
+
+/** Default options for `method` (every other field zero / default). */
+tmp_train_options tmp_train_options_default(int32_t method);
+
+/** Bytes of workspace tmp_train_plan() needs for this model (the plan's arrays live there). */
+size_t tmp_train_workspace_size(const tmp_model *m);
+
+/**
+ * Make a training plan. Returns TMP_OK; TMP_ERR_ARG for invalid options (err->msg says which);
+ * TMP_ERR_SIZE when the method cannot fit o->budget (err->min_budget, err->largest_cat; the plan
+ * then describes that smallest setting, so its memory can still be reported).
+ */
+tmp_status tmp_train_plan_make(const tmp_model *m, const tmp_train_options *o, void *ws,
+    size_t ws_size, tmp_train_plan *plan, tmp_train_error *err);
+
+/** Name of a method / storage / category ("tinymp", "int8", "activations", ...). */
+const char *tmp_method_name(int32_t method);
+const char *tmp_category_name(int32_t cat);
+/** Method from its name; -1 when unknown. */
+int32_t tmp_method_from_name(const char *name);
+
+/**
+ * Write a per-layer table of the plan (NUL-terminated text) into buf. Returns the length the
+ * whole table needs (excluding the NUL); when that is >= size, the text is truncated.
+ */
+size_t tmp_train_plan_describe(const tmp_model *m, const tmp_train_plan *p, char *buf, size_t size);
+
+/* ---------------------------------------------------------------------------------------- */
+/* Trainer                                                                                   */
+/* ---------------------------------------------------------------------------------------- */
+
+#define TMP_PHASE_FORWARD 0
+#define TMP_PHASE_BACKWARD 1
+#define TMP_PHASE_UPDATE 2
+#define TMP_PHASE_COUNT 3
+
+/** Optional hook that sees every weight-gradient slice before it is applied (tests). */
+typedef void (*tmp_grad_hook)(void *ctx, int32_t layer, int32_t o, const float *dw, int32_t n,
+    const float *db, int32_t nb);
+
+/** A monotonic clock for the per-phase counters (any unit; NULL = no timing). */
+typedef uint32_t (*tmp_clock_fn)(void *ctx);
+
+typedef struct tmp_trainer_s {
+    const tmp_model *m;
+    const tmp_train_plan *p;
+    uint8_t *arena;
+    float lr;
+    float beta, tau;        /**< APU smoothing and age weight */
+    uint32_t rng;           /**< xorshift32 state of the stochastic rounding */
+    uint32_t seed;
+    uint32_t period;        /**< steps per APU period (0: only tmp_trainer_end_period) */
+    uint32_t period_steps;  /**< steps since the period started */
+    uint32_t periods;       /**< periods ended */
+    uint32_t steps;
+    uint32_t fisher_samples; /**< selection pass: samples accumulated */
+    uint32_t tables_crc;    /**< CRC of the model's tensor and layer tables at init */
+    uint64_t macs[TMP_PHASE_COUNT];
+    uint64_t ticks[TMP_PHASE_COUNT];
+    tmp_clock_fn clock;
+    void *clock_ctx;
+    tmp_grad_hook hook;
+    void *hook_ctx;
+} tmp_trainer;
+
+/** The byte written over the whole arena at init; high water = highest byte that differs. */
+#define TMP_ARENA_PAINT 0xA5u
+
+/**
+ * Set up a trainer: paints the arena, copies the trainable parameters from the model, the
+ * initial channel selections, zeroes optimizer and APU state. `arena` must be 4-byte aligned and
+ * hold at least p->arena_bytes. TMP_ERR_ARG when the plan was made for another model or an
+ * argument is invalid, TMP_ERR_SIZE when the arena is too small.
+ */
+tmp_status tmp_trainer_init(tmp_trainer *t, const tmp_model *m, const tmp_train_plan *p,
+    void *arena, size_t arena_size, float lr, uint32_t seed);
+
+/** Back to the pretrained parameters and the plan's initial selection (counters are kept). */
+tmp_status tmp_trainer_reset(tmp_trainer *t);
+
+/**
+ * One step on an int8 input (H*W*C of tensor 0) with `label` in [0, num_classes): forward,
+ * loss, backward, updates (the selection pass: forward, backward, Fisher accumulation only).
+ * TMP_ERR_ARG for a bad label; TMP_ERR_FORMAT/SIZE when the model bytes changed after loading.
+ */
+tmp_status tmp_trainer_step(tmp_trainer *t, const int8_t *x, int32_t label, float *loss);
+
+/** Inference with the trained parameters; *out = the int8 output inside the arena. */
+tmp_status tmp_trainer_forward(tmp_trainer *t, const int8_t *x, const int8_t **out);
+
+/** Close an APU period: smooth importances, re-select channels (layers with TMP_TL_APU). */
+tmp_status tmp_trainer_end_period(tmp_trainer *t);
+
+/** Current selection of layer `layer` (k entries at *channels, inside the arena), or k = 0. */
+int32_t tmp_trainer_channels(const tmp_trainer *t, int32_t layer, const uint16_t **channels);
+
+/** Highest arena offset written so far + 1 (bytes that differ from TMP_ARENA_PAINT). */
+uint32_t tmp_trainer_high_water(const tmp_trainer *t);
+
+/** Fisher sums of the output channels of `layer` after a selection pass (NULL if the layer was
+ *  not in the pass): Delta[o] = scale * sums[o], scale = 1/(2N); n = its output channels. */
+const float *tmp_trainer_fisher(const tmp_trainer *t, int32_t layer, int32_t *n, float *scale);
+
+/* Personalised parameters as a self-checking blob (docs/TRAINING.md, "saved parameters"). */
+
+/** Bytes of the blob of this trainer's parameters. */
+uint32_t tmp_trainer_params_size(const tmp_trainer *t);
+/** Serialise the parameters into buf (size >= tmp_trainer_params_size()). */
+tmp_status tmp_trainer_params_save(const tmp_trainer *t, uint8_t *buf, uint32_t size);
+/** Check a blob completely, then load it. On any error nothing changes; *msg says why. */
+tmp_status tmp_trainer_params_load(tmp_trainer *t, const uint8_t *buf, uint32_t size,
+    const char **msg);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* TMP_TRAIN_H */

@@ -1,0 +1,961 @@
+/*
+ * tinymp core: the trainer (docs/TRAINING.md sections 2, 3, 6).
+ *
+ * One step: the forward pass over every layer with the planned arena, saving what the backward
+ * pass needs for the layers of the backward region (window sums or input channels of the trained
+ * layers, clamp masks; the selection pass also saves patch sums of every output); softmax
+ * cross-entropy on the dequantised logits; the backward pass from the last layer down to the
+ * first layer of the region, with each trained layer's bias and weights updated as soon as their
+ * gradient exists (weights one output channel at a time, through a slice buffer that is reused).
+ * Every pointer comes from the plan's buffer offsets; nothing outside [arena, arena +
+ * plan->arena_bytes) is written.
+ */
+#include <math.h>
+#include <string.h>
+
+#include "tmp_infer.h"
+#include "tmp_plan.h"
+#include "tmp_train.h"
+#include "train/tmp_train_kernels.h"
+
+#define LBN TMP_LB_COUNT
+
+static const tmp_buf *lbuf(const tmp_trainer *t, int b, int32_t i) {
+    return &t->p->bufs[b * t->p->num_layers + i];
+}
+
+static void *lb_ptr(const tmp_trainer *t, int b, int32_t i) {
+    const tmp_buf *bb = lbuf(t, b, i);
+    return bb->size ? (void *)(t->arena + bb->offset) : NULL;
+}
+
+static float *grad_ptr(const tmp_trainer *t, int32_t tensor) {
+    const tmp_buf *bb = &t->p->bufs[LBN * t->p->num_layers + t->p->num_tensors + tensor];
+    return bb->size ? (float *)(void *)(t->arena + bb->offset) : NULL;
+}
+
+static int8_t *act_ptr(const tmp_trainer *t, int32_t tensor, const int8_t *x) {
+    return tensor == 0 ? (int8_t *)(uintptr_t)x : (int8_t *)(t->arena + t->p->act_offset[tensor]);
+}
+
+static uint32_t now(const tmp_trainer *t) {
+    return t->clock != NULL ? t->clock(t->clock_ctx) : 0u;
+}
+
+static uint32_t cin_of(const tmp_layer *l, const tmp_tensor *tin) {
+    return l->type == TMP_LAYER_FC ? (uint32_t)(tin->dims.h * tin->dims.w * tin->dims.c) : (uint32_t)tin->dims.c;
+}
+
+static uint32_t weights_of(const tmp_layer *l, uint32_t cin, uint32_t cout) {
+    switch (l->type) {
+        case TMP_LAYER_CONV:
+            return cout * l->kh * l->kw * cin;
+        case TMP_LAYER_DWCONV:
+            return (uint32_t)l->kh * l->kw * cin;
+        default:
+            return cout * cin;
+    }
+}
+
+/* |bias| bound that keeps the int32 accumulator safe (as tmp_model.c validates). */
+static int32_t bias_limit(const tmp_layer *l, uint32_t cin) {
+    uint32_t red = l->type == TMP_LAYER_CONV ? (uint32_t)l->kh * l->kw * cin
+        : l->type == TMP_LAYER_DWCONV ? (uint32_t)l->kh * l->kw : cin;
+    int64_t lim = (int64_t)INT32_MAX - (int64_t)32640 * red;
+    return lim < 0 ? 0 : (int32_t)lim;
+}
+
+static void clamp_bias(int32_t *b, uint32_t n, int32_t lim) {
+    for (uint32_t o = 0; o < n; o++) {
+        if (b[o] > lim) {
+            b[o] = lim;
+        } else if (b[o] < -lim) {
+            b[o] = -lim;
+        }
+    }
+}
+
+/* APU state inside the SEL buffer: channels u16[k] | ibar f32[C] | iacc f32[C] | age u16[C] |
+ * excl u8[C], each part 4-byte aligned. */
+typedef struct {
+    uint16_t *ch;
+    float *ibar, *iacc;
+    uint16_t *age;
+    uint8_t *excl;
+} sel_t;
+
+static size_t al4(size_t n) {
+    return (n + 3u) & ~(size_t)3u;
+}
+
+static sel_t sel_of(const tmp_trainer *t, int32_t i, uint32_t cin) {
+    sel_t s;
+    memset(&s, 0, sizeof s);
+    uint8_t *q = (uint8_t *)lb_ptr(t, TMP_LB_SEL, i);
+    if (q == NULL) {
+        return s;
+    }
+    s.ch = (uint16_t *)(void *)q;
+    if (t->p->flags[i] & TMP_TL_APU) {
+        q += al4(2u * t->p->k[i]);
+        s.ibar = (float *)(void *)q;
+        q += 4u * cin;
+        s.iacc = (float *)(void *)q;
+        q += 4u * cin;
+        s.age = (uint16_t *)(void *)q;
+        q += al4(2u * cin);
+        s.excl = q;
+    }
+    return s;
+}
+
+/* APU window m = ceil(1 / ratio). */
+static uint32_t apu_window(float ratio) {
+    float m = ceilf(1.0f / ratio - 1e-4f);
+    return m < 1.0f ? 1u : (uint32_t)m;
+}
+
+static uint32_t tables_crc(const tmp_model *m) {
+    uint32_t c = tmp_crc32(0, m->data + m->tensor_table_off, (size_t)m->num_tensors * TMP_TENSOR_RECORD_SIZE);
+    return tmp_crc32(c, m->data + m->layer_table_off, (size_t)m->num_layers * TMP_LAYER_RECORD_SIZE);
+}
+
+/* ---------------------------------------------------------------- set-up */
+
+tmp_status tmp_trainer_reset(tmp_trainer *t) {
+    if (t == NULL || t->p == NULL) {
+        return TMP_ERR_ARG;
+    }
+    const tmp_train_plan *p = t->p;
+    tmp_layer l;
+    tmp_tensor tin, tout;
+    for (int32_t i = 0; i < p->num_layers; i++) {
+        const uint8_t f = p->flags[i];
+        if (!(f & (TMP_TL_W | TMP_TL_B | TMP_TL_REGION))) {
+            continue;
+        }
+        if (tmp_model_layer(t->m, i, &l, NULL) != TMP_OK || tmp_model_tensor(t->m, l.in0, &tin, NULL) != TMP_OK ||
+            tmp_model_tensor(t->m, l.out, &tout, NULL) != TMP_OK) {
+            return TMP_ERR_FORMAT;
+        }
+        const uint32_t cin = cin_of(&l, &tin), cout = (uint32_t)tout.dims.c;
+        if (f & TMP_TL_W) {
+            const uint32_t wc = weights_of(&l, cin, cout);
+            int8_t *w = (int8_t *)lb_ptr(t, TMP_LB_W, i);
+            memcpy(w, l.weights, wc);
+            float *wm = (float *)lb_ptr(t, TMP_LB_WM, i);
+            if (wm != NULL) {
+                const uint32_t per_o = wc / (l.type == TMP_LAYER_DWCONV ? 1u : cout);
+                for (uint32_t e = 0; e < wc; e++) {
+                    float s = l.type == TMP_LAYER_DWCONV ? l.wscale[e % cin] : l.wscale[e / per_o];
+                    wm[e] = (float)w[e] * s;
+                }
+            }
+            float *vw = (float *)lb_ptr(t, TMP_LB_VW, i);
+            if (vw != NULL) {
+                memset(vw, 0, 4u * wc);
+            }
+            sel_t s = sel_of(t, i, cin);
+            const uint32_t k = p->k[i];
+            memcpy(s.ch, p->channels + p->chan_off[i], 2u * k);
+            if (s.ibar != NULL) {
+                const uint32_t m = apu_window(p->ratio);
+                memset(s.ibar, 0, 4u * cin);
+                memset(s.iacc, 0, 4u * cin);
+                memset(s.age, 0, 2u * cin);
+                memset(s.excl, 0, cin);
+                for (uint32_t j = 0; j < k; j++) {
+                    s.excl[s.ch[j]] = (uint8_t)(m > 1 ? (m - 1 > 255 ? 255 : m - 1) : 0);
+                }
+            }
+        }
+        if (f & TMP_TL_B) {
+            int32_t *b = (int32_t *)lb_ptr(t, TMP_LB_B, i);
+            memcpy(b, l.bias, 4u * cout);
+            float *bm = (float *)lb_ptr(t, TMP_LB_BM, i);
+            if (bm != NULL) {
+                for (uint32_t o = 0; o < cout; o++) {
+                    bm[o] = (float)b[o] * tin.scale * l.wscale[o];
+                }
+            }
+            float *vb = (float *)lb_ptr(t, TMP_LB_VB, i);
+            if (vb != NULL) {
+                memset(vb, 0, 4u * cout);
+            }
+        }
+        float *fish = (float *)lb_ptr(t, TMP_LB_FISH, i);
+        if (fish != NULL) {
+            memset(fish, 0, 4u * cout);
+        }
+    }
+    t->rng = t->seed != 0 ? t->seed : 0x9E3779B9u;
+    t->period_steps = 0;
+    t->periods = 0;
+    t->fisher_samples = 0;
+    return TMP_OK;
+}
+
+tmp_status tmp_trainer_init(tmp_trainer *t, const tmp_model *m, const tmp_train_plan *p, void *arena,
+    size_t arena_size, float lr, uint32_t seed) {
+    if (t == NULL || m == NULL || p == NULL || arena == NULL || ((uintptr_t)arena & 3u) != 0 ||
+        !(lr >= 0.0f) || !isfinite(lr)) {
+        return TMP_ERR_ARG;
+    }
+    if (p->model_crc != m->crc || p->num_layers != (int32_t)m->num_layers ||
+        p->num_tensors != (int32_t)m->num_tensors) {
+        return TMP_ERR_ARG;
+    }
+    if (arena_size < p->arena_bytes) {
+        return TMP_ERR_SIZE;
+    }
+    memset(t, 0, sizeof *t);
+    t->m = m;
+    t->p = p;
+    t->arena = (uint8_t *)arena;
+    t->lr = lr;
+    t->beta = 0.9f;
+    t->tau = 0.1f;
+    t->seed = seed;
+    t->tables_crc = tables_crc(m);
+    memset(t->arena, TMP_ARENA_PAINT, p->arena_bytes);
+    return tmp_trainer_reset(t);
+}
+
+uint32_t tmp_trainer_high_water(const tmp_trainer *t) {
+    if (t == NULL || t->p == NULL) {
+        return 0;
+    }
+    uint32_t n = t->p->arena_bytes;
+    while (n > 0 && t->arena[n - 1] == TMP_ARENA_PAINT) {
+        n--;
+    }
+    return n;
+}
+
+int32_t tmp_trainer_channels(const tmp_trainer *t, int32_t layer, const uint16_t **channels) {
+    if (t == NULL || layer < 0 || layer >= t->p->num_layers || !(t->p->flags[layer] & TMP_TL_W)) {
+        return 0;
+    }
+    *channels = (const uint16_t *)lb_ptr(t, TMP_LB_SEL, layer);
+    return t->p->k[layer];
+}
+
+const float *tmp_trainer_fisher(const tmp_trainer *t, int32_t layer, int32_t *n, float *scale) {
+    if (t == NULL || t->p == NULL || layer < 0 || layer >= t->p->num_layers || t->fisher_samples == 0) {
+        return NULL;
+    }
+    const float *d = (const float *)lb_ptr(t, TMP_LB_FISH, layer);
+    if (d == NULL) {
+        return NULL;
+    }
+    *n = (int32_t)(lbuf(t, TMP_LB_FISH, layer)->size / 4u);
+    *scale = 1.0f / (2.0f * (float)t->fisher_samples);
+    return d;
+}
+
+/* ---------------------------------------------------------------- forward */
+
+static tmp_status save_for_backward(tmp_trainer *t, int32_t i, const tmp_layer *l, const tmp_tensor *tin,
+    const tmp_tensor *tout, const int8_t *in) {
+    const tmp_train_plan *p = t->p;
+    const uint32_t k = p->k[i];
+    const uint16_t *ch = (const uint16_t *)lb_ptr(t, TMP_LB_SEL, i);
+    void *saved = lb_ptr(t, TMP_LB_SAVED, i);
+    if (l->type == TMP_LAYER_FC) {
+        tmp_dims d = { 1, 1, tin->dims.h * tin->dims.w * tin->dims.c };
+        return tmp_save_channels_s8(&d, in, ch, (int32_t)k, (int8_t *)saved);
+    }
+    if (p->r == 1) {
+        return tmp_save_channels_s8(&tin->dims, in, ch, (int32_t)k, (int8_t *)saved);
+    }
+    tmp_grad_conv_params gp = { p->r, l->stride_h, l->stride_w, l->pad_t, l->pad_l };
+    return tmp_gc_sums_s8(&gp, &tin->dims, in, -tin->zero_point, &tout->dims, ch, (int32_t)k,
+        tmp_gc_xs_type(p->r, l->stride_h, l->stride_w), saved);
+}
+
+static tmp_status forward(tmp_trainer *t, const int8_t *x, int save) {
+    const tmp_train_plan *p = t->p;
+    tmp_layer l;
+    tmp_tensor tin, tout;
+    for (int32_t i = 0; i < p->num_layers; i++) {
+        if (tmp_model_layer(t->m, i, &l, NULL) != TMP_OK || tmp_model_tensor(t->m, l.in0, &tin, NULL) != TMP_OK ||
+            tmp_model_tensor(t->m, l.out, &tout, NULL) != TMP_OK) {
+            return TMP_ERR_FORMAT;
+        }
+        const uint8_t f = p->flags[i];
+        const int8_t *in0 = act_ptr(t, l.in0, x);
+        const int8_t *in1 = l.type == TMP_LAYER_ADD ? act_ptr(t, l.in1, x) : NULL;
+        int8_t *out = act_ptr(t, l.out, x);
+        if (p->in_place[i]) {
+            /* the output shares its victim's buffer: same offset by construction */
+            out = (int8_t *)(uintptr_t)(p->in_place[i] == 2 ? in1 : in0);
+        }
+        tmp_status s;
+        if (save && (f & TMP_TL_W)) {
+            s = save_for_backward(t, i, &l, &tin, &tout, in0);
+            if (s != TMP_OK) {
+                return s;
+            }
+        }
+        if (f & TMP_TL_W) {
+            l.weights = (const int8_t *)lb_ptr(t, TMP_LB_W, i);
+        }
+        if (f & TMP_TL_B) {
+            l.bias = (const int32_t *)lb_ptr(t, TMP_LB_B, i);
+        }
+        s = tmp_layer_forward(t->m, &l, in0, in1, out, lb_ptr(t, TMP_LB_FSCRATCH, i));
+        if (s != TMP_OK) {
+            return s;
+        }
+        if (save && (f & TMP_TL_REGION)) {
+            s = tmp_mask_s8(&tout.dims, out, l.act_min, l.act_max, p->r, tmp_mask_kind_for(p->r),
+                (uint8_t *)lb_ptr(t, TMP_LB_MASK, i));
+            if (s != TMP_OK) {
+                return s;
+            }
+            void *asum = lb_ptr(t, TMP_LB_ASUM, i);
+            if (asum != NULL) {
+                tmp_grad_conv_params gp = { p->r, 1, 1, 0, 0 };
+                s = tmp_gc_sums_s8(&gp, &tout.dims, out, -tout.zero_point, &tout.dims, NULL, tout.dims.c,
+                    tmp_gc_xs_type(p->r, 1, 1), asum);
+                if (s != TMP_OK) {
+                    return s;
+                }
+            }
+        }
+    }
+    return TMP_OK;
+}
+
+/* ---------------------------------------------------------------- backward */
+
+static uint32_t grid_n(tmp_dims d, int32_t r) {
+    return (uint32_t)((d.h + r - 1) / r) * (uint32_t)((d.w + r - 1) / r) * (uint32_t)d.c;
+}
+
+/* The gradient map of tensor `ti` for writing by layer i: zeroed when i writes it first. */
+static float *dx_for(tmp_trainer *t, int32_t i, int32_t ti, int *zeroed) {
+    float *dx = grad_ptr(t, ti);
+    if (dx != NULL && t->p->grad_birth[ti] == i && !*zeroed) {
+        tmp_tensor tt;
+        tmp_model_tensor(t->m, ti, &tt, NULL);
+        memset(dx, 0, 4u * grid_n(tt.dims, t->p->r));
+        *zeroed = 1;
+    }
+    return dx;
+}
+
+static int needs_grad(const tmp_trainer *t, int32_t ti) {
+    return ti >= 1 && ti - 1 >= t->p->first;
+}
+
+/* Weight element index of slice element e. */
+typedef struct {
+    int type;
+    uint32_t kh, kw, cin, k;
+    const uint16_t *ch;
+} slice_geom;
+
+static uint32_t slice_index(const slice_geom *g, uint32_t o, uint32_t e) {
+    switch (g->type) {
+        case TMP_LAYER_CONV: {
+            uint32_t j = e % g->k, uv = e / g->k;
+            return (o * g->kh * g->kw + uv) * g->cin + g->ch[j];
+        }
+        case TMP_LAYER_DWCONV: /* o is the channel, e the tap */
+            return e * g->cin + o;
+        default:
+            return o * g->cin + g->ch[e];
+    }
+}
+
+static tmp_status apply_slice(tmp_trainer *t, int32_t i, const slice_geom *g, uint32_t o, uint32_t n,
+    const float *dw, float wscale, uint8_t *gather) {
+    const float mom = t->p->momentum;
+    int8_t *w = (int8_t *)lb_ptr(t, TMP_LB_W, i);
+    float *wm = (float *)lb_ptr(t, TMP_LB_WM, i);
+    float *vw = (float *)lb_ptr(t, TMP_LB_VW, i);
+    int8_t *g8 = (int8_t *)gather;
+    float *gm = (float *)(void *)(gather + al4(n));
+    float *gv = gm + (wm != NULL ? n : 0u);
+    for (uint32_t e = 0; e < n; e++) {
+        uint32_t x = slice_index(g, o, e);
+        g8[e] = w[x];
+        if (wm != NULL) {
+            gm[e] = wm[x];
+        }
+        if (vw != NULL) {
+            gv[e] = vw[x];
+        }
+    }
+    tmp_status s;
+    if (wm != NULL) {
+        s = tmp_sgd_f32((int32_t)n, gm, dw, t->lr, mom, vw != NULL ? gv : NULL);
+        if (s == TMP_OK) {
+            s = tmp_requant_s8_f32((int32_t)n, gm, wscale, g8);
+        }
+    } else {
+        s = tmp_sgd_s8_stochastic((int32_t)n, g8, dw, t->lr, wscale, mom, vw != NULL ? gv : NULL, &t->rng);
+    }
+    if (s != TMP_OK) {
+        return s;
+    }
+    for (uint32_t e = 0; e < n; e++) {
+        uint32_t x = slice_index(g, o, e);
+        w[x] = g8[e];
+        if (wm != NULL) {
+            wm[x] = gm[e];
+        }
+        if (vw != NULL) {
+            vw[x] = gv[e];
+        }
+    }
+    return TMP_OK;
+}
+
+static tmp_status backward_layer(tmp_trainer *t, int32_t i, uint32_t *upd) {
+    const tmp_train_plan *p = t->p;
+    const int32_t r = p->r;
+    const uint8_t f = p->flags[i];
+    tmp_layer l;
+    tmp_tensor tin, tout;
+    if (tmp_model_layer(t->m, i, &l, NULL) != TMP_OK || tmp_model_tensor(t->m, l.in0, &tin, NULL) != TMP_OK ||
+        tmp_model_tensor(t->m, l.out, &tout, NULL) != TMP_OK) {
+        return TMP_ERR_FORMAT;
+    }
+    float *G = grad_ptr(t, l.out);
+    if (G == NULL) {
+        return TMP_ERR_SIZE;
+    }
+    const tmp_mask_kind kind = tmp_mask_kind_for(r);
+    const uint8_t *mask = (const uint8_t *)lb_ptr(t, TMP_LB_MASK, i);
+    const uint32_t cout = (uint32_t)tout.dims.c, cin = cin_of(&l, &tin);
+    uint8_t *bscratch = (uint8_t *)lb_ptr(t, TMP_LB_BSCRATCH, i);
+    tmp_status s;
+
+    /* selection pass: Fisher sums of the output, from g = dL/da before the clamp mask */
+    float *fish = (float *)lb_ptr(t, TMP_LB_FISH, i);
+    if (fish != NULL) {
+        const void *asum = lb_ptr(t, TMP_LB_ASUM, i);
+        const tmp_xs_type at = tmp_gc_xs_type(r, 1, 1);
+        const uint32_t P = grid_n(tout.dims, r) / cout;
+        float *acc = (float *)(void *)(bscratch + lbuf(t, TMP_LB_BSCRATCH, i)->size - 4u * cout);
+        for (uint32_t o = 0; o < cout; o++) {
+            acc[o] = 0.0f;
+        }
+        for (uint32_t q = 0; q < P; q++) {
+            for (uint32_t o = 0; o < cout; o++) {
+                float a = at == TMP_XS_S16 ? (float)((const int16_t *)asum)[q * cout + o]
+                                           : (float)((const int32_t *)asum)[q * cout + o];
+                acc[o] += G[q * cout + o] * a;
+            }
+        }
+        for (uint32_t o = 0; o < cout; o++) {
+            float v = acc[o] * tout.scale;
+            fish[o] += v * v;
+        }
+    }
+
+    float *db = (float *)lb_ptr(t, TMP_LB_DB, i);
+    if (db != NULL) {
+        memset(db, 0, 4u * cout);
+    }
+    s = tmp_grad_gbar_f32(&tout.dims, r, G, mask != NULL ? kind : TMP_MASK_NONE, mask, G, db);
+    if (s != TMP_OK) {
+        return s;
+    }
+    int zeroed0 = 0, zeroed1 = 0;
+    if (l.type == TMP_LAYER_ADD) {
+        const uint32_t n = grid_n(tout.dims, r);
+        if (needs_grad(t, l.in0)) {
+            float *dx = dx_for(t, i, l.in0, &zeroed0);
+            for (uint32_t e = 0; e < n; e++) {
+                dx[e] += G[e];
+            }
+        }
+        if (needs_grad(t, l.in1)) {
+            float *dx = l.in1 == l.in0 ? grad_ptr(t, l.in1) : dx_for(t, i, l.in1, &zeroed1);
+            for (uint32_t e = 0; e < n; e++) {
+                dx[e] += G[e];
+            }
+        }
+        return TMP_OK;
+    }
+    if (l.type == TMP_LAYER_AVGPOOL) {
+        if (needs_grad(t, l.in0)) {
+            s = tmp_avgpool_dx_f32(&tin.dims, r, G, dx_for(t, i, l.in0, &zeroed0));
+        }
+        return s;
+    }
+    const int8_t *w = (f & TMP_TL_W) ? (const int8_t *)lb_ptr(t, TMP_LB_W, i) : l.weights;
+    tmp_grad_conv_params gp = { r, l.stride_h, l.stride_w, l.pad_t, l.pad_l };
+    tmp_filter_dims fd = { l.kh, l.kw };
+    if (f & TMP_TL_DX) {
+        float *dx = dx_for(t, i, l.in0, &zeroed0);
+        switch (l.type) {
+            case TMP_LAYER_CONV:
+                s = tmp_conv_dx_f32(&gp, &tin.dims, &fd, w, l.wscale, &tout.dims, G, dx, bscratch);
+                break;
+            case TMP_LAYER_DWCONV:
+                s = tmp_dwconv_dx_f32(&gp, &tin.dims, &fd, w, l.wscale, &tout.dims, G, dx, bscratch);
+                break;
+            case TMP_LAYER_PWCONV:
+                s = tmp_pwconv_dx_f32(r, &tin.dims, w, l.wscale, &tout.dims, G, dx);
+                break;
+            default:
+                s = tmp_fc_dx_f32((int32_t)cin, (int32_t)cout, w, l.wscale, G, dx);
+                break;
+        }
+        if (s != TMP_OK) {
+            return s;
+        }
+    }
+    uint32_t t0 = now(t);
+    if (f & TMP_TL_B) {
+        int32_t *b = (int32_t *)lb_ptr(t, TMP_LB_B, i);
+        float *bm = (float *)lb_ptr(t, TMP_LB_BM, i);
+        float *vb = (float *)lb_ptr(t, TMP_LB_VB, i);
+        if (t->hook != NULL) {
+            t->hook(t->hook_ctx, i, -1, NULL, 0, db, (int32_t)cout);
+        }
+        if (bm != NULL) {
+            s = tmp_sgd_f32((int32_t)cout, bm, db, t->lr, p->momentum, vb);
+            if (s == TMP_OK) {
+                s = tmp_requant_s32_f32((int32_t)cout, bm, tin.scale, l.wscale, b);
+            }
+        } else {
+            s = tmp_sgd_s32_stochastic((int32_t)cout, b, db, t->lr, tin.scale, l.wscale, p->momentum, vb, &t->rng);
+        }
+        if (s != TMP_OK) {
+            return s;
+        }
+        clamp_bias(b, cout, bias_limit(&l, cin));
+    }
+    *upd += (uint32_t)(now(t) - t0);
+    if (!(f & TMP_TL_W)) {
+        return TMP_OK;
+    }
+    const uint32_t k = p->k[i];
+    sel_t sel = sel_of(t, i, cin);
+    const void *saved = lb_ptr(t, TMP_LB_SAVED, i);
+    float *dw = (float *)lb_ptr(t, TMP_LB_DW, i);
+    const uint32_t n = l.type == TMP_LAYER_CONV ? (uint32_t)l.kh * l.kw * k
+        : l.type == TMP_LAYER_DWCONV ? (uint32_t)l.kh * l.kw : k;
+    /* the gathers sit at the end of the backward scratch: int8 slice, fp32 master, momentum */
+    const uint32_t gather_bytes = (uint32_t)al4(n) + (lb_ptr(t, TMP_LB_WM, i) != NULL ? 4u * n : 0u) +
+        (lb_ptr(t, TMP_LB_VW, i) != NULL ? 4u * n : 0u);
+    uint8_t *gather = bscratch + (lbuf(t, TMP_LB_BSCRATCH, i)->size - gather_bytes);
+    const float s_x = tin.scale;
+    const int32_t in_off = -tin.zero_point;
+    const tmp_xs_type xt = tmp_gc_xs_type(r, l.stride_h, l.stride_w);
+    slice_geom g = { l.type, (uint32_t)l.kh, (uint32_t)l.kw, cin, k, sel.ch };
+    const uint32_t outer = l.type == TMP_LAYER_DWCONV ? k : cout;
+    for (uint32_t oo = 0; oo < outer; oo++) {
+        const uint32_t o = l.type == TMP_LAYER_DWCONV ? sel.ch[oo] : oo;
+        switch (l.type) {
+            case TMP_LAYER_CONV:
+            case TMP_LAYER_PWCONV:
+                if (l.type == TMP_LAYER_PWCONV) {
+                    gp.stride_h = gp.stride_w = 1;
+                    gp.pad_t = gp.pad_l = 0;
+                }
+                s = r == 1 ? tmp_conv_dw_f32(&gp, &tin.dims, (const int8_t *)saved, (int32_t)k, in_off, s_x, &fd,
+                                 &tout.dims, G, (int32_t)o, dw)
+                           : tmp_conv_dw_gc_f32(&gp, &tout.dims, G, (int32_t)o, xt, saved, (int32_t)k, s_x, &fd, dw);
+                break;
+            case TMP_LAYER_DWCONV:
+                s = r == 1 ? tmp_dwconv_dw_f32(&gp, &tin.dims, (const int8_t *)saved, (int32_t)k, (int32_t)oo, in_off,
+                                 s_x, &fd, &tout.dims, G, (int32_t)o, dw)
+                           : tmp_dwconv_dw_gc_f32(&gp, &tout.dims, G, (int32_t)o, xt, saved, (int32_t)k, (int32_t)oo, s_x,
+                                 &fd, dw);
+                break;
+            default:
+                s = tmp_fc_dw_f32((int32_t)k, (const int8_t *)saved, in_off, s_x, NULL, (int32_t)k, G[o], dw);
+                break;
+        }
+        if (s != TMP_OK) {
+            return s;
+        }
+        if (t->hook != NULL) {
+            t->hook(t->hook_ctx, i, (int32_t)o, dw, (int32_t)n, NULL, 0);
+        }
+        if (sel.iacc != NULL) {
+            for (uint32_t e = 0; e < n; e++) {
+                uint32_t c = l.type == TMP_LAYER_DWCONV ? o : sel.ch[l.type == TMP_LAYER_CONV ? e % k : e];
+                sel.iacc[c] += dw[e] * dw[e];
+            }
+        }
+        uint32_t u0 = now(t);
+        s = apply_slice(t, i, &g, o, n, dw, l.wscale[o], gather);
+        *upd += (uint32_t)(now(t) - u0);
+        if (s != TMP_OK) {
+            return s;
+        }
+    }
+    return TMP_OK;
+}
+
+/* ---------------------------------------------------------------- step */
+
+static tmp_status check_model(const tmp_trainer *t) {
+    return tables_crc(t->m) == t->tables_crc ? TMP_OK : TMP_ERR_FORMAT;
+}
+
+tmp_status tmp_trainer_step(tmp_trainer *t, const int8_t *x, int32_t label, float *loss) {
+    if (t == NULL || t->p == NULL || x == NULL) {
+        return TMP_ERR_ARG;
+    }
+    if (label < 0 || label >= (int32_t)t->m->num_classes) {
+        return TMP_ERR_ARG;
+    }
+    tmp_status s = check_model(t);
+    if (s != TMP_OK) {
+        return s;
+    }
+    const tmp_train_plan *p = t->p;
+    const int32_t L = p->num_layers, T = p->num_tensors;
+    uint32_t t0 = now(t);
+    s = forward(t, x, 1);
+    if (s != TMP_OK) {
+        return s;
+    }
+    tmp_tensor to;
+    tmp_model_tensor(t->m, T - 1, &to, NULL);
+    const int8_t *logits = act_ptr(t, T - 1, x);
+    float l = 0.0f;
+    if (p->first < L) {
+        s = tmp_softmax_xent_s8(to.dims.c, logits, to.zero_point, to.scale, label, &l, grad_ptr(t, T - 1));
+    } else {
+        /* nothing trainable: the loss only, into the forward scratch of nothing: compute directly */
+        float mx = -INFINITY;
+        for (int32_t c = 0; c < to.dims.c; c++) {
+            float z = (float)(logits[c] - to.zero_point) * to.scale;
+            mx = z > mx ? z : mx;
+        }
+        float sum = 0.0f;
+        for (int32_t c = 0; c < to.dims.c; c++) {
+            sum += expf((float)(logits[c] - to.zero_point) * to.scale - mx);
+        }
+        l = logf(sum) + mx - (float)(logits[label] - to.zero_point) * to.scale;
+    }
+    if (s != TMP_OK) {
+        return s;
+    }
+    uint32_t t1 = now(t);
+    t->ticks[TMP_PHASE_FORWARD] += (uint32_t)(t1 - t0);
+    for (int32_t i = L - 1; i >= p->first; i--) {
+        uint32_t a = now(t), upd = 0;
+        s = backward_layer(t, i, &upd);
+        uint32_t total = (uint32_t)(now(t) - a);
+        t->ticks[TMP_PHASE_BACKWARD] += total - (upd < total ? upd : total);
+        t->ticks[TMP_PHASE_UPDATE] += upd;
+        if (s != TMP_OK) {
+            return s;
+        }
+    }
+    t->macs[TMP_PHASE_FORWARD] += p->forward_macs;
+    t->macs[TMP_PHASE_BACKWARD] += p->backward_macs;
+    t->steps++;
+    if (p->method == TMP_METHOD_FISHER) {
+        t->fisher_samples++;
+    }
+    if (loss != NULL) {
+        *loss = l;
+    }
+    t->period_steps++;
+    if (t->period != 0 && t->period_steps >= t->period) {
+        return tmp_trainer_end_period(t);
+    }
+    return TMP_OK;
+}
+
+tmp_status tmp_trainer_forward(tmp_trainer *t, const int8_t *x, const int8_t **out) {
+    if (t == NULL || t->p == NULL || x == NULL || out == NULL) {
+        return TMP_ERR_ARG;
+    }
+    tmp_status s = check_model(t);
+    if (s != TMP_OK) {
+        return s;
+    }
+    s = forward(t, x, 0);
+    if (s != TMP_OK) {
+        return s;
+    }
+    *out = act_ptr(t, t->p->num_tensors - 1, x);
+    return TMP_OK;
+}
+
+/* ---------------------------------------------------------------- APU */
+
+tmp_status tmp_trainer_end_period(tmp_trainer *t) {
+    if (t == NULL || t->p == NULL) {
+        return TMP_ERR_ARG;
+    }
+    const tmp_train_plan *p = t->p;
+    const uint32_t m = apu_window(p->ratio);
+    tmp_layer l;
+    tmp_tensor tin;
+    for (int32_t i = 0; i < p->num_layers; i++) {
+        if (!(p->flags[i] & TMP_TL_APU)) {
+            continue;
+        }
+        if (tmp_model_layer(t->m, i, &l, NULL) != TMP_OK || tmp_model_tensor(t->m, l.in0, &tin, NULL) != TMP_OK) {
+            return TMP_ERR_FORMAT;
+        }
+        const uint32_t cin = cin_of(&l, &tin), k = p->k[i];
+        sel_t s = sel_of(t, i, cin);
+        /* smooth the importance of the channels updated this period; others keep their score */
+        for (uint32_t j = 0; j < k; j++) {
+            uint16_t c = s.ch[j];
+            s.ibar[c] = t->beta * s.ibar[c] + (1.0f - t->beta) * s.iacc[c];
+        }
+        /* chosen: k best by ibar * (1 + tau * age) among the channels not selected in the last
+         * m - 1 periods (excl > 0), filled from the excluded ones when too few are eligible */
+        uint32_t taken = 0;
+        for (int pass = 0; pass < 2 && taken < k; pass++) {
+            while (taken < k) {
+                int32_t best = -1;
+                float bs = 0.0f;
+                for (uint32_t c = 0; c < cin; c++) {
+                    if ((s.age[c] & 0x8000u) || (pass == 0 && s.excl[c] > 0)) {
+                        continue; /* high bit marks "taken in this selection" */
+                    }
+                    float sc = s.ibar[c] * (1.0f + t->tau * (float)s.age[c]);
+                    if (best < 0 || sc > bs) {
+                        best = (int32_t)c;
+                        bs = sc;
+                    }
+                }
+                if (best < 0) {
+                    break;
+                }
+                s.age[best] |= 0x8000u;
+                taken++;
+            }
+        }
+        uint32_t w = 0;
+        for (uint32_t c = 0; c < cin; c++) {
+            if (s.age[c] & 0x8000u) {
+                s.ch[w++] = (uint16_t)c;
+                s.age[c] = 0;
+                s.excl[c] = (uint8_t)(m > 1 ? (m - 1 > 255 ? 255 : m - 1) : 0);
+            } else {
+                if (s.age[c] < 0x7FFFu) {
+                    s.age[c]++;
+                }
+                if (s.excl[c] > 0) {
+                    s.excl[c]--;
+                }
+            }
+            s.iacc[c] = 0.0f;
+        }
+    }
+    t->periods++;
+    t->period_steps = 0;
+    return TMP_OK;
+}
+
+/* ---------------------------------------------------------------- saved parameters */
+
+#define PARAMS_MAGIC "TMPP"
+#define PARAMS_VERSION 1u
+#define PARAMS_HEADER 32u
+#define REC_W 1u
+#define REC_B 2u
+#define REC_WM 3u
+#define REC_BM 4u
+
+static void wr16(uint8_t *d, uint32_t v) {
+    d[0] = (uint8_t)v;
+    d[1] = (uint8_t)(v >> 8);
+}
+
+static void wr32(uint8_t *d, uint32_t v) {
+    d[0] = (uint8_t)v;
+    d[1] = (uint8_t)(v >> 8);
+    d[2] = (uint8_t)(v >> 16);
+    d[3] = (uint8_t)(v >> 24);
+}
+
+static uint32_t rd32(const uint8_t *d) {
+    return (uint32_t)d[0] | ((uint32_t)d[1] << 8) | ((uint32_t)d[2] << 16) | ((uint32_t)d[3] << 24);
+}
+
+static uint32_t rd16(const uint8_t *d) {
+    return (uint32_t)d[0] | ((uint32_t)d[1] << 8);
+}
+
+/* The records this trainer's plan holds, in order: (layer, kind, buffer, bytes). */
+typedef struct {
+    int32_t layer;
+    uint32_t kind;
+    uint8_t *data;
+    uint32_t bytes;
+} rec_t;
+
+static int32_t next_record(const tmp_trainer *t, int32_t pos, rec_t *r) {
+    /* pos enumerates (layer, kind) pairs: layer = pos / 4, kind = pos % 4 + 1 */
+    const tmp_train_plan *p = t->p;
+    for (; pos < 4 * p->num_layers; pos++) {
+        int32_t i = pos / 4;
+        uint32_t kind = (uint32_t)(pos % 4) + 1u;
+        int b = kind == REC_W ? TMP_LB_W : kind == REC_B ? TMP_LB_B : kind == REC_WM ? TMP_LB_WM : TMP_LB_BM;
+        if (p->storage == TMP_STORAGE_FP32 && (kind == REC_W || kind == REC_B)) {
+            continue; /* fp32 storage saves the masters; the int8 copies follow from them */
+        }
+        const tmp_buf *bb = lbuf(t, b, i);
+        if (bb->size == 0) {
+            continue;
+        }
+        r->layer = i;
+        r->kind = kind;
+        r->data = t->arena + bb->offset;
+        r->bytes = bb->size;
+        return pos + 1;
+    }
+    return -1;
+}
+
+uint32_t tmp_trainer_params_size(const tmp_trainer *t) {
+    if (t == NULL || t->p == NULL) {
+        return 0;
+    }
+    uint32_t n = PARAMS_HEADER + 4u;
+    rec_t r;
+    for (int32_t pos = next_record(t, 0, &r); pos >= 0; pos = next_record(t, pos, &r)) {
+        n += 8u + r.bytes;
+    }
+    return n;
+}
+
+tmp_status tmp_trainer_params_save(const tmp_trainer *t, uint8_t *buf, uint32_t size) {
+    const uint32_t need = tmp_trainer_params_size(t);
+    if (buf == NULL || need == 0) {
+        return TMP_ERR_ARG;
+    }
+    if (size < need) {
+        return TMP_ERR_SIZE;
+    }
+    memset(buf, 0, PARAMS_HEADER);
+    memcpy(buf, PARAMS_MAGIC, 4);
+    wr16(buf + 4, PARAMS_VERSION);
+    buf[6] = (uint8_t)t->p->storage;
+    wr32(buf + 8, t->m->crc);
+    uint32_t n = 0, off = PARAMS_HEADER;
+    rec_t r;
+    for (int32_t pos = next_record(t, 0, &r); pos >= 0; pos = next_record(t, pos, &r)) {
+        wr16(buf + off, (uint32_t)r.layer);
+        buf[off + 2] = (uint8_t)r.kind;
+        buf[off + 3] = 0;
+        wr32(buf + off + 4, r.bytes);
+        memcpy(buf + off + 8, r.data, r.bytes);
+        off += 8u + r.bytes;
+        n++;
+    }
+    wr32(buf + 12, n);
+    wr32(buf + 16, off - PARAMS_HEADER);
+    wr32(buf + off, tmp_crc32(0, buf, off));
+    return TMP_OK;
+}
+
+static tmp_status bad(const char **msg, const char *why) {
+    if (msg != NULL) {
+        *msg = why;
+    }
+    return TMP_ERR_FORMAT;
+}
+
+tmp_status tmp_trainer_params_load(tmp_trainer *t, const uint8_t *buf, uint32_t size, const char **msg) {
+    if (t == NULL || t->p == NULL || buf == NULL) {
+        return TMP_ERR_ARG;
+    }
+    if (size < PARAMS_HEADER + 4u || memcmp(buf, PARAMS_MAGIC, 4) != 0) {
+        return bad(msg, "not a tinymp parameters file");
+    }
+    if (rd16(buf + 4) != PARAMS_VERSION) {
+        return bad(msg, "unsupported parameters file version");
+    }
+    const uint32_t payload = rd32(buf + 16);
+    if (payload > size - PARAMS_HEADER - 4u || PARAMS_HEADER + payload + 4u != size) {
+        return bad(msg, "truncated or oversized parameters file");
+    }
+    if (tmp_crc32(0, buf, PARAMS_HEADER + payload) != rd32(buf + PARAMS_HEADER + payload)) {
+        return bad(msg, "CRC-32 mismatch: the parameters file is corrupted");
+    }
+    if (rd32(buf + 8) != t->m->crc) {
+        return bad(msg, "the parameters were saved for another model");
+    }
+    if (buf[6] != (uint8_t)t->p->storage) {
+        return bad(msg, "the parameters were saved with another storage mode (int8 / fp32)");
+    }
+    /* every record must be exactly what this plan holds, in order */
+    uint32_t off = PARAMS_HEADER, n = 0;
+    rec_t r;
+    tmp_layer l;
+    tmp_tensor tin;
+    for (int32_t pos = next_record(t, 0, &r); pos >= 0; pos = next_record(t, pos, &r)) {
+        if (off + 8u > PARAMS_HEADER + payload || rd16(buf + off) != (uint32_t)r.layer || buf[off + 2] != r.kind ||
+            rd32(buf + off + 4) != r.bytes || off + 8u + r.bytes > PARAMS_HEADER + payload) {
+            return bad(msg, "the parameters were saved with another plan (other trainable layers)");
+        }
+        const uint8_t *d = buf + off + 8u;
+        if (tmp_model_layer(t->m, r.layer, &l, NULL) != TMP_OK || tmp_model_tensor(t->m, l.in0, &tin, NULL) != TMP_OK) {
+            return TMP_ERR_FORMAT;
+        }
+        if (r.kind == REC_B) {
+            const int32_t lim = bias_limit(&l, cin_of(&l, &tin));
+            for (uint32_t e = 0; e < r.bytes / 4u; e++) {
+                int32_t v = (int32_t)rd32(d + 4u * e);
+                if (v > lim || v < -lim) {
+                    return bad(msg, "a saved bias is out of range");
+                }
+            }
+        } else if (r.kind == REC_WM || r.kind == REC_BM) {
+            for (uint32_t e = 0; e < r.bytes / 4u; e++) {
+                float v;
+                memcpy(&v, d + 4u * e, 4);
+                if (!isfinite(v)) {
+                    return bad(msg, "a saved parameter is not finite");
+                }
+            }
+        }
+        off += 8u + r.bytes;
+        n++;
+    }
+    if (off != PARAMS_HEADER + payload || rd32(buf + 12) != n) {
+        return bad(msg, "the parameters were saved with another plan (other trainable layers)");
+    }
+    /* all checked: copy */
+    off = PARAMS_HEADER;
+    for (int32_t pos = next_record(t, 0, &r); pos >= 0; pos = next_record(t, pos, &r)) {
+        memcpy(r.data, buf + off + 8u, r.bytes);
+        off += 8u + r.bytes;
+        if (r.kind == REC_WM || r.kind == REC_BM) {
+            tmp_model_layer(t->m, r.layer, &l, NULL);
+            tmp_model_tensor(t->m, l.in0, &tin, NULL);
+            tmp_tensor tout;
+            tmp_model_tensor(t->m, l.out, &tout, NULL);
+            const uint32_t cin = cin_of(&l, &tin), cout = (uint32_t)tout.dims.c;
+            const float *v = (const float *)(void *)r.data;
+            if (r.kind == REC_BM) {
+                int32_t *b = (int32_t *)lb_ptr(t, TMP_LB_B, r.layer);
+                tmp_requant_s32_f32((int32_t)cout, v, tin.scale, l.wscale, b);
+                clamp_bias(b, cout, bias_limit(&l, cin));
+            } else {
+                int8_t *w = (int8_t *)lb_ptr(t, TMP_LB_W, r.layer);
+                const uint32_t wc = weights_of(&l, cin, cout);
+                if (l.type == TMP_LAYER_DWCONV) {
+                    for (uint32_t e = 0; e < wc; e++) {
+                        tmp_requant_s8_f32(1, v + e, l.wscale[e % cin], w + e);
+                    }
+                } else {
+                    const uint32_t per_o = wc / cout;
+                    for (uint32_t o = 0; o < cout; o++) {
+                        tmp_requant_s8_f32((int32_t)per_o, v + o * per_o, l.wscale[o], w + o * per_o);
+                    }
+                }
+            }
+        }
+    }
+    return TMP_OK;
+}
