@@ -1151,6 +1151,21 @@ static PyObject *Plan_get_breakdown(PlanObject *self, void *c) {
     return d;
 }
 
+static PyObject *Plan_get_category_peaks(PlanObject *self, void *c) {
+    (void)c;
+    PyObject *d = PyDict_New();
+    if (d == NULL) {
+        return NULL;
+    }
+    for (int32_t k = 0; k < TMP_CAT_COUNT; k++) {
+        if (dict_steal(d, tmp_category_name(k), PyLong_FromUnsignedLong(self->plan.category_peak[k])) < 0) {
+            Py_DECREF(d);
+            return NULL;
+        }
+    }
+    return d;
+}
+
 static PyObject *Plan_get_method(PlanObject *self, void *c) {
     (void)c;
     return PyUnicode_FromString(tmp_method_name(self->plan.method));
@@ -1217,7 +1232,7 @@ static PyObject *channel_list(const uint16_t *ch, int32_t k) {
         return NULL;
     }
     for (int32_t j = 0; j < k; j++) {
-        PyObject *v = PyLong_FromLong(ch[j]);
+        PyObject *v = PyLong_FromLong(ch != NULL ? ch[j] : j); /* NULL: every channel */
         if (v == NULL) {
             Py_DECREF(l);
             return NULL;
@@ -1346,6 +1361,7 @@ static PyGetSetDef Plan_getset[] = {
     {"arena_bytes", (getter)Plan_get_arena_bytes, NULL, "exact arena bytes of one training step", NULL},
     {"peak_live_bytes", (getter)Plan_get_peak_live_bytes, NULL, "largest sum of live bytes (lower bound)", NULL},
     {"breakdown", (getter)Plan_get_breakdown, NULL, "live bytes per part at the peak step", NULL},
+    {"category_peaks", (getter)Plan_get_category_peaks, NULL, "each part's own peak over the step", NULL},
     {"method", (getter)Plan_get_method, NULL, "the method", NULL},
     {"storage", (getter)Plan_get_storage, NULL, "'int8' or 'fp32'", NULL},
     {"r", (getter)Plan_get_r, NULL, "Gradient Condensing patch size", NULL},

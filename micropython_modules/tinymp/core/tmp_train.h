@@ -117,6 +117,7 @@ typedef struct {
     uint32_t peak_live_bytes; /**< largest sum of live bytes over the steps (lower bound) */
     int32_t peak_step;        /**< the step where it occurs */
     uint32_t breakdown[TMP_CAT_COUNT]; /**< live bytes per category at peak_step */
+    uint32_t category_peak[TMP_CAT_COUNT]; /**< each category's own peak over the steps */
     uint64_t forward_macs, backward_macs;
     uint32_t model_crc;       /**< identifies the model the plan was made for */
     int32_t method, storage, r, n_bias;
@@ -234,7 +235,8 @@ tmp_status tmp_trainer_forward(tmp_trainer *t, const int8_t *x, const int8_t **o
 /** Close an APU period: smooth importances, re-select channels (layers with TMP_TL_APU). */
 tmp_status tmp_trainer_end_period(tmp_trainer *t);
 
-/** Current selection of layer `layer` (k entries at *channels, inside the arena), or k = 0. */
+/** Current selection of layer `layer`: k entries at *channels (inside the arena; NULL when all
+ *  k == Cin channels are selected for good), or k = 0 when the layer's weights are not trained. */
 int32_t tmp_trainer_channels(const tmp_trainer *t, int32_t layer, const uint16_t **channels);
 
 /** Highest arena offset written so far + 1 (bytes that differ from TMP_ARENA_PAINT). */

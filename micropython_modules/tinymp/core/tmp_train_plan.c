@@ -429,7 +429,8 @@ static tmp_status build(ctx_t *c) {
             if (mom) {
                 set_buf(c, TMP_LB_VW * L + i, 4u * wc, 0, END, TMP_CAT_OPTIMIZER);
             }
-            size_t sel = align4(2u * k);
+            /* the channel list; none when every channel is selected for good */
+            size_t sel = (k < cin || (f & TMP_TL_APU)) ? align4(2u * k) : 0u;
             if (f & TMP_TL_APU) {
                 sel += 4u * cin * 2u + align4(2u * cin) + align4(cin);
             }
@@ -489,6 +490,20 @@ static void measure(ctx_t *c, uint64_t arena) {
         }
     }
     memset(p->breakdown, 0, sizeof p->breakdown);
+    memset(p->category_peak, 0, sizeof p->category_peak);
+    for (int32_t s = 0; s < steps; s++) {
+        uint32_t live[TMP_CAT_COUNT];
+        memset(live, 0, sizeof live);
+        for (int32_t i = 0; i < c->NB; i++) {
+            const tmp_buf *b = &p->bufs[i];
+            if (b->size && b->first <= s && s <= b->last) {
+                live[p->cat[i]] += b->size;
+            }
+        }
+        for (int32_t k = 0; k < TMP_CAT_COUNT; k++) {
+            p->category_peak[k] = live[k] > p->category_peak[k] ? live[k] : p->category_peak[k];
+        }
+    }
     for (int32_t i = 0; i < c->NB; i++) {
         const tmp_buf *b = &p->bufs[i];
         if (b->size && b->first <= best_step && best_step <= b->last) {

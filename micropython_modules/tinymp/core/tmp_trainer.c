@@ -157,7 +157,9 @@ tmp_status tmp_trainer_reset(tmp_trainer *t) {
             }
             sel_t s = sel_of(t, i, cin);
             const uint32_t k = p->k[i];
-            memcpy(s.ch, p->channels + p->chan_off[i], 2u * k);
+            if (s.ch != NULL) {
+                memcpy(s.ch, p->channels + p->chan_off[i], 2u * k);
+            }
             if (s.ibar != NULL) {
                 const uint32_t m = apu_window(p->ratio);
                 memset(s.ibar, 0, 4u * cin);
@@ -360,12 +362,12 @@ static uint32_t slice_index(const slice_geom *g, uint32_t o, uint32_t e) {
     switch (g->type) {
         case TMP_LAYER_CONV: {
             uint32_t j = e % g->k, uv = e / g->k;
-            return (o * g->kh * g->kw + uv) * g->cin + g->ch[j];
+            return (o * g->kh * g->kw + uv) * g->cin + (g->ch != NULL ? g->ch[j] : j);
         }
         case TMP_LAYER_DWCONV: /* o is the channel, e the tap */
             return e * g->cin + o;
         default:
-            return o * g->cin + g->ch[e];
+            return o * g->cin + (g->ch != NULL ? g->ch[e] : e);
     }
 }
 
@@ -551,7 +553,7 @@ static tmp_status backward_layer(tmp_trainer *t, int32_t i, uint32_t *upd) {
     slice_geom g = { l.type, (uint32_t)l.kh, (uint32_t)l.kw, cin, k, sel.ch };
     const uint32_t outer = l.type == TMP_LAYER_DWCONV ? k : cout;
     for (uint32_t oo = 0; oo < outer; oo++) {
-        const uint32_t o = l.type == TMP_LAYER_DWCONV ? sel.ch[oo] : oo;
+        const uint32_t o = l.type == TMP_LAYER_DWCONV ? (sel.ch != NULL ? sel.ch[oo] : oo) : oo;
         switch (l.type) {
             case TMP_LAYER_CONV:
             case TMP_LAYER_PWCONV:
