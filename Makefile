@@ -15,12 +15,13 @@ M7_FLAGS := -mcpu=cortex-m7 -mthumb -mfpu=fpv5-sp-d16 -mfloat-abi=hard
 CORE_WARN := -std=c99 -Wall -Wextra -Werror
 DEBIAN_PKGS := gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm
 
-.PHONY: help venv debian-deps test demo plan size core-check fuzz clean
+.PHONY: help venv debian-deps test demo plan bench-plan size core-check fuzz clean
 
 help:
 	@echo "make test        install what is needed (venv, Debian packages when root) and run every test"
 	@echo "make demo        the demo model run by the engine: accuracy on real digits and its memory plan"
 	@echo "make plan        inference arena of every zoo model"
+	@echo "make bench-plan  training memory and backward MACs of every method on MobileNetV2 / MCUNet"
 	@echo "make size        Cortex-M7 code size of the core (arm-none-eabi-gcc)"
 	@echo "make core-check  host -Werror build of the core and the no-allocator check (nm)"
 	@echo "make fuzz        the model-parser fuzz test under AddressSanitizer + UBSan"
@@ -55,6 +56,11 @@ demo: venv
 
 plan: venv
 	$(VPY) -m tinymp.cli plan --zoo
+
+# Peak training SRAM (with its breakdown) and backward MACs of every method on MobileNetV2-w0.35
+# and MCUNet at 128x128, and issue 3's targets for tinymp in 256 KB (planner figures).
+bench-plan: venv
+	$(VPY) tools/bench_plan.py
 
 CORE_HDR := $(wildcard $(CORE)/*.h $(CORE)/*/*.h)
 
