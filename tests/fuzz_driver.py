@@ -4,9 +4,11 @@ exception other than ValueError is printed and makes the exit status non-zero.
 
 usage: python fuzz_driver.py SEED ITERATIONS MODEL_FILE...
 """
+import os
 import random
 import struct
 import sys
+import tempfile
 import zlib
 
 import tinymp
@@ -58,11 +60,66 @@ def mutate(rnd, seed_model):
     return bytes(b)
 
 
+METHODS = ["last", "bias", "full", "tinymp", "sparse"]
+
+
+def exercise_training(rnd, data, n, tmpdir):
+    """Plan, train, save, mutate the saved parameters and load them back; then edit the model's
+    bytes under a live trainer. Only ValueError is acceptable."""
+    buf = bytearray(data)
+    m = tinymp.Model(buf)
+    method = rnd.choice(METHODS)
+    kw = {"r": rnd.choice([1, 2, 3, 4, 7]) if method != "full" else 1,
+          "storage": rnd.choice(["int8", "fp32"])}
+    if method == "sparse":
+        weighted = [i for i, l in enumerate(m._layers()) if l["type"] in ("conv", "dwconv", "pwconv")]
+        if not weighted:
+            return
+        kw["layers"] = [rnd.choice(weighted)]
+        kw["ratios"] = [rnd.choice([0.125, 0.5, 1.0])]
+    try:
+        plan = m.plan(method=method, **kw)
+    except ValueError:
+        return
+    t = tinymp.Trainer(m, plan, lr=rnd.choice([0.0, 0.01, 1.0, 1e3]), period=rnd.choice([0, 1, 3]))
+    for _ in range(2):
+        t.step(rnd.randbytes(n), rnd.randrange(m.num_classes))
+    assert t.high_water <= plan.arena_bytes
+    path = os.path.join(tmpdir, "p.bin")
+    t.save(path)
+    blob = bytearray(open(path, "rb").read())
+    for _ in range(rnd.randint(1, 4)):
+        what = rnd.randrange(3)
+        if what == 0 and len(blob) > 1:
+            blob = blob[: rnd.randrange(len(blob))]
+        elif what == 1 and blob:
+            blob[rnd.randrange(len(blob))] ^= 1 << rnd.randrange(8)
+        else:  # a body byte changed and the trailing CRC repaired: the checks must go deeper
+            if len(blob) > 36:
+                blob[rnd.randrange(32, len(blob) - 4)] = rnd.randrange(256)
+                struct.pack_into("<I", blob, len(blob) - 4, zlib.crc32(bytes(blob[:-4])))
+    with open(path, "wb") as f:
+        f.write(blob)
+    try:
+        t.load(path)
+    except ValueError:
+        pass
+    t.predict(rnd.randbytes(n))
+    for _ in range(rnd.randint(1, 6)):
+        buf[rnd.randrange(16, len(buf))] = rnd.randrange(256)
+    try:
+        t.step(rnd.randbytes(n), rnd.randrange(m.num_classes))
+        t.predict(rnd.randbytes(n))
+    except ValueError:
+        pass
+
+
 def main():
     seed, iterations = int(sys.argv[1]), int(sys.argv[2])
     seeds = [open(p, "rb").read() for p in sys.argv[3:]]
     rnd = random.Random(seed)
-    loaded = rejected = edited_ok = edited_rejected = 0
+    tmpdir = tempfile.mkdtemp()
+    loaded = rejected = edited_ok = edited_rejected = trained = 0
     for it in range(iterations):
         data = mutate(rnd, rnd.choice(seeds))
         try:
@@ -92,8 +149,16 @@ def main():
         except Exception as e:  # noqa: BLE001
             print(f"iteration {it} (edited after load): {type(e).__name__}: {e}")
             sys.exit(1)
+        if rnd.random() < 0.6:
+            try:
+                exercise_training(rnd, data, n, tmpdir)
+                trained += 1
+            except Exception as e:  # noqa: BLE001
+                print(f"iteration {it} (training): {type(e).__name__}: {e}")
+                sys.exit(1)
     print(f"fuzz: {iterations} inputs, {rejected} rejected with ValueError, {loaded} loaded and ran; "
-          f"edited after loading: {edited_ok} ran, {edited_rejected} rejected with ValueError")
+          f"edited after loading: {edited_ok} ran, {edited_rejected} rejected with ValueError; "
+          f"{trained} trained (plan, steps, save, mutated load, edits under a trainer)")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
-"""Thousands of mutated and truncated model files through tinymp.Model, in a build of the engine
-with AddressSanitizer and UndefinedBehaviorSanitizer: only ValueError, never a crash, an
-out-of-bounds read or undefined behaviour."""
+"""Thousands of mutated and truncated model files through tinymp.Model, and through planning,
+training, saving and loading mutated parameter files, and editing a model's bytes under a live
+trainer, in a build of the engine with AddressSanitizer and UndefinedBehaviorSanitizer: only
+ValueError, never a crash, an out-of-bounds read or undefined behaviour."""
 import os
 import shutil
 import subprocess
@@ -71,3 +72,5 @@ def test_fuzz_models_under_sanitizers(asan_build, tmp_path, seed):
     assert r.returncode == 0, (r.stdout + r.stderr)[-6000:]
     loaded = int(r.stdout.split(" rejected with ValueError, ")[1].split()[0])
     assert loaded > 100, "too few mutants got past validation to exercise inference"
+    trained = int(r.stdout.split("; ")[-1].split()[0])
+    assert trained > 50, "too few mutants reached the trainer"
