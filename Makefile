@@ -19,7 +19,8 @@ DEBIAN_PKGS := gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm
 
 help:
 	@echo "make test        install what is needed (venv, Debian packages when root) and run every test"
-	@echo "make demo        the demo model run by the engine: accuracy on real digits and its memory plan"
+	@echo "make demo        the whole personalisation session against a simulated OpenMV Cam H7"
+	@echo "make bench-push  push rate of a 500 KB model to the simulated board"
 	@echo "make plan        inference arena of every zoo model"
 	@echo "make bench-plan  training memory and backward MACs of every method on MobileNetV2 / MCUNet"
 	@echo "make size        Cortex-M7 code size of the core (arm-none-eabi-gcc)"
@@ -52,7 +53,12 @@ test: venv debian-deps
 	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests"; exit 1; fi; exit $$rc
 
 demo: venv
-	$(VPY) -m tinymp.cli demo
+	$(VPY) -m tinymp.cli demo --session $(BUILD)/demo
+
+# push rate of a 500 KB model to the simulated board (target: at least 200 KB/s)
+.PHONY: bench-push
+bench-push: venv
+	$(VPY) tools/bench_push.py
 
 plan: venv
 	$(VPY) -m tinymp.cli plan --zoo

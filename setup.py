@@ -10,6 +10,7 @@ import os
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
+from setuptools.command.build_py import build_py
 
 CORE = os.path.join("micropython_modules", "tinymp", "core")
 SOURCES = [os.path.join("host", "tinymp", "_tinymp.c")] + sorted(
@@ -30,6 +31,19 @@ class BuildExt(build_ext):
         super().build_extensions()
 
 
+class BuildPy(build_py):
+    """Package data from outside host/: the board profiles (boards/<NAME>/profile.json, read by
+    tinymp.boards and the simulated board) install as tinymp/board_profiles/<NAME>/profile.json."""
+
+    def run(self):
+        super().run()
+        for src in sorted(glob.glob(os.path.join("boards", "*", "profile.json"))):
+            dst = os.path.join(self.build_lib, "tinymp", "board_profiles",
+                               os.path.relpath(src, "boards"))
+            self.mkpath(os.path.dirname(dst))
+            self.copy_file(src, dst)
+
+
 setup(
     package_dir={"": "host"},
     ext_modules=[
@@ -40,5 +54,5 @@ setup(
             include_dirs=[CORE],
         )
     ],
-    cmdclass={"build_ext": BuildExt},
+    cmdclass={"build_ext": BuildExt, "build_py": BuildPy},
 )

@@ -71,7 +71,7 @@ def test_plan_needs_something(capsys):
 
 
 def test_demo_runs():
-    code, out, err = run("demo")
+    code, out, err = run("demo", "--inference")
     assert code == 0, err
     acc = float(out.split("accuracy")[1].split("%")[0])
     assert acc >= 90.0

@@ -3,14 +3,30 @@
     tinymp info MODEL [--layers] [--json]     what a .tmpm model is and what it costs
     tinymp plan [MODEL ...] [--zoo] [--budget KB] [--json]
                                                inference arena of models (every zoo model with --zoo)
-    tinymp demo                                the shipped demo model: accuracy on real digits and
-                                               its memory plan
+    tinymp demo [--inference]                  the whole session against the simulated board:
+                                               push the demo model, collect shifted digits with
+                                               the simulated camera, train on the board, report
+                                               (--inference: the demo model on real digits only)
     tinymp convert SOURCE -o OUT.tmpm [--calib X.npy] [--layout NCHW|NHWC] [--classes a,b,...]
                                                an int8 .tflite or an .onnx model to .tmpm
                                                (PyTorch modules: tinymp.convert.convert in Python)
 
+The personalisation session (docs/SESSION.md; the work is in tinymp.session):
+
+    tinymp devices                             serial ports with a board, 'sim' and 'qemu'
+    tinymp push MODEL [--port P]               push a model to the board
+    tinymp collect --label L --count N | --from FILE [--eval]
+    tinymp train [--method M] [--budget KB] [--epochs E]
+    tinymp eval [--data FILE] [--pretrained|--both]
+    tinymp params save|rollback|reset
+    tinymp report [--png DIR]
+    tinymp session CONFIG.json                 the whole flow from one config file
+
+--port is a serial device, 'sim' (the default when no board is attached) or 'qemu'.
+
 Errors in user input (a missing or corrupted model, a bad argument) print one line starting with
-"tinymp:" and exit with status 2; nothing is written.
+"tinymp:" and exit with status 2; nothing is written. A failure of the board or the link prints
+one line and exits with status 1.
 """
 import argparse
 import json
@@ -115,6 +131,13 @@ def cmd_plan(args):
 
 
 def cmd_demo(args):
+    if not args.inference:
+        from .session import run
+        return run.cmd_demo(args)
+    return cmd_demo_inference(args)
+
+
+def cmd_demo_inference(args):
     import numpy as np
 
     import tinymp
@@ -143,7 +166,7 @@ def cmd_demo(args):
     print(f"flash      {summary.kib(len(data))} of weights, read in place")
     print(f"RAM        {s['arena_bytes']:,} bytes of inference arena (lower bound {s['lower_bound_bytes']:,}), "
           f"{s['in_place_layers']} layers in place")
-    print("\nOn-device personalisation (training) and the simulated-board session are not built yet.")
+    print("\nThe whole personalisation session against a simulated board: tinymp demo")
     return 0
 
 
@@ -214,8 +237,6 @@ def build_parser():
     plan.add_argument("--budget", type=float, help="RAM budget in KB: say whether each model fits")
     plan.add_argument("--json", action="store_true")
     plan.set_defaults(func=cmd_plan)
-    demo = sub.add_parser("demo", help="the demo model on real digits, with its memory plan")
-    demo.set_defaults(func=cmd_demo)
     conv = sub.add_parser("convert", help="convert an int8 .tflite or an .onnx model to .tmpm")
     conv.add_argument("source", help="model file: .tflite (int8) or .onnx (float, needs --calib)")
     conv.add_argument("-o", "--output", required=True, help="the .tmpm file to write")
@@ -223,13 +244,17 @@ def build_parser():
     conv.add_argument("--layout", choices=["NCHW", "NHWC"], default="NCHW", help="layout of --calib")
     conv.add_argument("--classes", help="comma-separated class names")
     conv.set_defaults(func=cmd_convert)
+    from .session import run
+    run.add_parsers(sub)
+    sub.choices["demo"].set_defaults(func=cmd_demo)
     return p
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    from .session import run
     try:
-        return args.func(args)
+        return run.handle_errors(args.func, args)
     except UserError as e:
         print(e, file=sys.stderr)
         return 2

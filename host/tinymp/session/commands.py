@@ -1,0 +1,465 @@
+"""What `tinymp push|collect|train|eval|params|report|session|demo` do, against a connected
+`Board` (link.py) and a session folder on the PC:
+
+    SESSION/session.json     the model last pushed, the board, what has been run
+    SESSION/dataset/         the collected samples (dataset.py): what the board trains on
+    SESSION/eval/            held-out samples to evaluate on (never sent to the board's store)
+    SESSION/runs/            one JSON per train / eval run (events, plan, timings)
+    SESSION/sim/<BOARD>/     the simulated board's flash, when --port sim
+
+Failures raise `SessionError` (one line; `code` 2 for what the user gave, 1 for the board or the
+link); the CLI prints it and exits with that status.
+"""
+import hashlib
+import json
+import os
+import time
+
+import numpy as np
+
+from . import protocol as P
+from .dataset import Dataset, DatasetError, disk_full, load_samples
+from .link import BoardError, LinkError
+
+
+class SessionError(Exception):
+    def __init__(self, msg, code=1):
+        super().__init__(msg)
+        self.code = code
+
+
+def user_error(msg):
+    return SessionError(msg, 2)
+
+
+class _NoBar:
+    def __init__(self, *a, **kw):
+        pass
+
+    def update(self, n=1):
+        pass
+
+    def set_postfix_str(self, s):
+        pass
+
+    def close(self):
+        pass
+
+
+def progress(total, desc, unit="it", enabled=True, unit_scale=False):
+    """A tqdm progress bar on stderr (only on a terminal), or a silent stand-in."""
+    if not enabled:
+        return _NoBar()
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover
+        return _NoBar()
+    return tqdm(total=total, desc=desc, unit=unit, unit_scale=unit_scale, disable=None,
+                leave=False, dynamic_ncols=True)
+
+
+# --- the session folder ---------------------------------------------------------------------
+
+class Session:
+    def __init__(self, path):
+        self.path = os.path.abspath(path)
+        self.state_path = os.path.join(self.path, "session.json")
+        self.state = {}
+        if os.path.exists(self.state_path):
+            try:
+                with open(self.state_path) as f:
+                    self.state = json.load(f)
+            except (OSError, ValueError) as e:
+                raise user_error(f"tinymp: cannot read {self.state_path}: {e}") from None
+
+    @property
+    def dataset_dir(self):
+        return os.path.join(self.path, "dataset")
+
+    @property
+    def eval_dir(self):
+        return os.path.join(self.path, "eval")
+
+    @property
+    def runs_dir(self):
+        return os.path.join(self.path, "runs")
+
+    def sim_dir(self, profile):
+        return os.path.join(self.path, "sim", profile)
+
+    def save(self):
+        os.makedirs(self.path, exist_ok=True)
+        tmp = self.state_path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.state, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.state_path)
+
+    def new_run(self, kind, record):
+        os.makedirs(self.runs_dir, exist_ok=True)
+        n = len([f for f in os.listdir(self.runs_dir) if f.startswith(kind + "-")]) + 1
+        path = os.path.join(self.runs_dir, f"{kind}-{n:04d}.json")
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(record, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        return path
+
+    def runs(self, kind):
+        if not os.path.isdir(self.runs_dir):
+            return []
+        out = []
+        for name in sorted(os.listdir(self.runs_dir)):
+            if name.startswith(kind + "-") and name.endswith(".json"):
+                with open(os.path.join(self.runs_dir, name)) as f:
+                    rec = json.load(f)
+                rec["file"] = name
+                out.append(rec)
+        return out
+
+
+def model_meta(info):
+    """The board's model (from INFO), or SessionError when it has none."""
+    m = info.get("model")
+    if not m:
+        raise SessionError("tinymp: the board has no model: run `tinymp push MODEL` first")
+    if m.get("error"):
+        raise SessionError(f"tinymp: the model on the board is unusable: {m['error']}")
+    return m
+
+
+def slow_timeout(board):
+    """Seconds to wait for a request whose duration is not known yet (commit, plan, first
+    training step): the host runs the simulated board fast; a real board may take long."""
+    return 4 * board.link.timeout if board.simulated else max(board.link.timeout, 60.0)
+
+
+def refresh_info(board):
+    board.info = board.request(P.INFO)
+    return board.info
+
+
+# --- push -----------------------------------------------------------------------------------
+
+def read_model(path):
+    """(bytes, tinymp.Model) of a model file; SessionError(2) naming what is wrong."""
+    import tinymp
+    if not os.path.exists(path):
+        raise user_error(f"tinymp: no such model file: {path}")
+    if os.path.isdir(path):
+        raise user_error(f"tinymp: {path} is a folder, not a model file")
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        return data, tinymp.Model(data)
+    except ValueError as e:
+        raise user_error(f"{e} (in {path})") from None
+
+
+def check_fits(board, data, m):
+    """Refuse before sending a byte what the board could not hold or run."""
+    info = board.info
+    name = info.get("board", "the board")
+    limit = info.get("model_flash")
+    if limit is not None and len(data) > limit:
+        raise user_error(f"tinymp: the model ({len(data):,} bytes) does not fit the "
+                         f"{limit:,} bytes of model flash of {name}")
+    budget = info.get("arena_budget")
+    if budget is not None and m.inference_arena_bytes > budget:
+        raise user_error(f"tinymp: the model needs {m.inference_arena_bytes:,} bytes of RAM for "
+                         f"one inference; {name} has {budget:,} bytes for the arena")
+
+
+def push(board, data, show=True, chunk=None):
+    """Send a model and commit it. Returns {sha256, bytes, seconds, resumed_from, skipped}."""
+    sha = hashlib.sha256(data).hexdigest()
+    cur = (board.info.get("model") or {}).get("sha256")
+    if cur == sha:
+        return {"sha256": sha, "bytes": len(data), "seconds": 0.0, "resumed_from": None,
+                "skipped": True}
+    maxp = board.link.max_payload or 4096
+    chunk = chunk or max(256, min(maxp - 64, 32768))
+    t0 = time.perf_counter()
+    try:
+        rep = board.request(P.PUSH_BEGIN, {"size": len(data), "sha256": sha})
+    except BoardError as e:
+        raise SessionError(f"tinymp: the board refused the model: {e.msg}",
+                           2 if e.code == "too_big" else 1) from None
+    off = rep["offset"]
+    start = off
+    bar = progress(len(data), "push", "B", show, unit_scale=True)
+    bar.update(off)
+    mv = memoryview(data)
+    while off < len(data):
+        n = min(chunk, len(data) - off)
+        rep = board.request(P.PUSH_DATA, {"offset": off, "data": mv[off:off + n]})
+        new = rep["offset"]
+        bar.update(new - off)
+        off = new
+    bar.close()
+    try:
+        rep = board.request(P.PUSH_COMMIT, timeout=slow_timeout(board))
+    except BoardError as e:
+        raise SessionError(f"tinymp: the board did not commit the model: {e.msg}",
+                           2 if e.code in ("too_big", "bad_model") else 1) from None
+    dt = time.perf_counter() - t0
+    refresh_info(board)
+    return {"sha256": rep["sha256"], "bytes": rep["bytes"], "seconds": dt,
+            "resumed_from": start or None, "skipped": False}
+
+
+def push_link_error(e, board_name="the board"):
+    return SessionError(f"tinymp: push interrupted: {e}; {board_name} keeps its previous model; "
+                        "run push again to resume")
+
+
+# --- samples --------------------------------------------------------------------------------
+
+def open_dataset(session, meta, board_name, path=None):
+    path = path or session.dataset_dir
+    try:
+        return Dataset.open_or_create(
+            path, shape=meta["input_shape"], scale=meta["input_scale"],
+            zero_point=meta["input_zero_point"], num_classes=meta["num_classes"],
+            class_names=meta.get("class_names"), board=board_name,
+            model_sha256=meta.get("sha256"))
+    except DatasetError as e:
+        raise user_error(str(e)) from None
+
+
+def sync_samples(board, ds, show=True):
+    """Make the board's sample store hold every sample of `ds` (resumes where it stopped).
+    Returns how many were sent."""
+    st = board.request(P.SAMPLES_STATUS)
+    have = st["last_id"] + 1
+    if st["dataset"] != ds.uid or st["bytes"] != ds.sample_bytes or have > len(ds):
+        board.request(P.SAMPLES_CLEAR)
+        have = 0
+    todo = len(ds) - have
+    if todo <= 0:
+        return 0
+    maxp = board.link.max_payload or 4096
+    per = max(1, min(64, (maxp - 128) // (ds.sample_bytes + 9)))  # 9: a label's encoding
+    bar = progress(todo, "send samples", "sample", show)
+    labels = ds.labels
+    i = have
+    while i < len(ds):
+        n = min(per, len(ds) - i)
+        x = ds.samples(i, i + n)
+        rep = board.request(P.SAMPLES_PUT, {"dataset": ds.uid, "first": i,
+                                            "labels": [int(v) for v in labels[i:i + n]],
+                                            "data": x.tobytes()})
+        done = rep["last_id"] + 1
+        bar.update(done - i)
+        i = done
+    bar.close()
+    return todo
+
+
+def collect_capture(board, ds, label, count, show=True, board_name=None):
+    """Capture with the board's camera until `ds` holds `count` samples of `label`. Each sample is
+    on the PC's disk before the board is told to keep it. Returns {"added", "total"}."""
+    nc = ds.num_classes
+    if not 0 <= label < nc:
+        raise user_error(f"tinymp: label {label} is out of range 0..{nc - 1}")
+    if not board.info.get("camera"):
+        raise user_error(f"tinymp: {board.info.get('board')} has no camera; collect with --from FILE")
+    sync_samples(board, ds, show)
+    have = int(ds.counts()[label])
+    todo = max(0, count - have)
+    added = 0
+    bar = progress(todo, f"capture label {label}", "sample", show)
+    try:
+        for _ in range(todo):
+            i = len(ds)
+            if board.sim is not None:
+                board.sim.show(label)
+            rep = board.request(P.CAPTURE, {"label": label, "id": i, "dataset": ds.uid})
+            try:
+                ds.append(rep["data"], label, source="capture", board=board_name)
+                added += 1
+            except OSError as e:
+                why = "the disk is full" if disk_full(e) else (e.strerror or str(e))
+                raise SessionError(
+                    f"tinymp: cannot save sample {i} in {ds.path}: {why}; {added} new samples "
+                    f"saved ({len(ds)} in all), none lost; make room and run collect again to "
+                    "resume") from None
+            board.request(P.CAPTURE_KEEP, {"id": i})
+            bar.update()
+    except (LinkError, BoardError) as e:
+        msg = e.msg if isinstance(e, BoardError) else str(e)
+        raise SessionError(f"tinymp: collect interrupted: {msg}; {added} new samples saved "
+                           f"({len(ds)} in {ds.path}), none lost; run collect again to resume") from None
+    finally:
+        bar.close()
+        _manifest(ds)
+    return {"added": added, "total": len(ds), "label_total": int(ds.counts()[label])}
+
+
+def _manifest(ds):
+    try:
+        ds.write_manifest()
+    except OSError:
+        pass  # the log is the truth; the summary is refreshed next time
+
+
+def import_samples(ds, x, y, sources, board_name=None, show=True):
+    """Append samples not already in `ds` (by source id). Returns how many were added."""
+    seen = ds.sources()
+    bar = progress(len(y), "save samples", "sample", show)
+    added = 0
+    try:
+        for xi, yi, src in zip(x, y, sources):
+            if src not in seen:
+                try:
+                    ds.append(xi.tobytes(), int(yi), source=src, board=board_name)
+                except OSError as e:
+                    why = "the disk is full" if disk_full(e) else (e.strerror or str(e))
+                    raise SessionError(
+                        f"tinymp: cannot save a sample in {ds.path}: {why}; {added} new samples "
+                        f"saved ({len(ds)} in all), none lost; make room and run collect again "
+                        "to resume") from None
+                added += 1
+            bar.update()
+    finally:
+        bar.close()
+        _manifest(ds)
+    return added
+
+
+# --- train ----------------------------------------------------------------------------------
+
+TRAIN_KEYS = ("method", "budget", "r", "ratio", "storage", "momentum", "n_bias", "macs", "lr",
+              "seed", "period", "fresh", "track_accuracy")
+
+
+def train(board, ds, options, steps=None, epochs=None, save=True, show=True, session=None):
+    """Train on the board over its sample store (synced from `ds` first). Returns the run record
+    (options, plan, events, report)."""
+    sync_samples(board, ds, show)
+    n = len(ds)
+    if n == 0:
+        raise user_error("tinymp: no samples to train on: run `tinymp collect` first")
+    if steps is None:
+        steps = (epochs or 1) * n
+    opts = {k: v for k, v in options.items() if k in TRAIN_KEYS and v is not None}
+    opts["steps"] = int(steps)
+    try:
+        start = board.request(P.TRAIN_START, opts, timeout=slow_timeout(board))
+    except BoardError as e:
+        code = 2 if e.code in ("budget", "bad_request") else 1
+        raise SessionError(f"tinymp: the board cannot train: {e.msg}", code) from None
+    events = []
+    bar = progress(steps, "train", "step", show)
+    per_step = None
+    k = 1
+    window = max(10, min(n, 100))
+    while len(events) < steps:
+        t0 = time.perf_counter()
+        # a lost frame costs one timeout: keep it near the expected duration
+        wait = slow_timeout(board) if per_step is None else board.link.timeout + 3 * per_step * k
+        rep = board.request(P.TRAIN_STEPS, {"n": k}, timeout=wait)
+        dt = time.perf_counter() - t0
+        got = rep["events"]
+        if not got:
+            break
+        events.extend(got)
+        per_step = dt / len(got)
+        k = int(max(1, min(64, 0.2 / max(per_step, 1e-6))))
+        last = events[-window:]
+        acc = sum(1 for e in last if e[3] == e[2]) / len(last)
+        loss = sum(e[4] for e in last) / len(last)
+        bar.update(len(got))
+        bar.set_postfix_str(f"loss {loss:.3f} acc {acc * 100:.0f}%")
+    bar.close()
+    end = board.request(P.TRAIN_END, {"save": bool(save)}, timeout=slow_timeout(board))
+    rec = {"kind": "train", "time": time.time(), "options": opts, "start": start,
+           "fields": list(P.EVENT_FIELDS), "events": events, "end": end,
+           "board": _board_summary(board), "dataset": ds.path, "samples": n}
+    if session is not None:
+        rec["file"] = session.new_run("train", rec)
+    return rec
+
+
+def _board_summary(board):
+    i = board.info
+    keys = ("board", "simulated", "implementation", "firmware", "tinymp", "clock", "arena_budget",
+            "mem_free", "mem_total", "model_flash", "romfs", "camera")
+    out = {k: i.get(k) for k in keys}
+    m = i.get("model") or {}
+    out["model_bytes"] = m.get("bytes")
+    out["model_sha256"] = m.get("sha256")
+    out["inference_arena_bytes"] = m.get("inference_arena_bytes")
+    return out
+
+
+# --- evaluate -------------------------------------------------------------------------------
+
+def evaluate(board, x, y, params="personalised", show=True, num_classes=None, stage=None,
+             session=None, source=None):
+    """Predictions of the board on samples x (int8 [N, H, W, C]) against labels y."""
+    x = np.ascontiguousarray(x, dtype=np.int8)
+    size = int(np.prod(x.shape[1:]))
+    maxp = board.link.max_payload or 4096
+    most = max(1, min(128, (maxp - 64) // size))
+    preds = []
+    used = None
+    us = 0
+    per_sample = None
+    bar = progress(len(y), f"evaluate ({params})", "sample", show)
+    i = 0
+    while i < len(y):
+        # the first batch is small and measures the board; then batches of about 0.2 s
+        per = min(most, 4 if per_sample is None else max(1, int(0.2 / max(per_sample, 1e-6))))
+        wait = slow_timeout(board) if per_sample is None else \
+            board.link.timeout + 3 * per_sample * per
+        t0 = time.perf_counter()
+        rep = board.request(P.PREDICT, {"data": x[i:i + per].tobytes(), "params": params},
+                            timeout=wait)
+        n = len(rep["pred"])
+        per_sample = (time.perf_counter() - t0) / max(1, n)
+        preds.extend(rep["pred"])
+        used = rep["params"]
+        us += rep["us"]
+        bar.update(n)
+        i += n
+    bar.close()
+    preds = np.array(preds, dtype=np.int64)
+    nc = num_classes or int(max(y.max(), preds.max()) + 1)
+    conf = np.zeros((nc, nc), dtype=np.int64)
+    np.add.at(conf, (y, preds), 1)
+    rec = {"kind": "eval", "time": time.time(), "n": int(len(y)),
+           "accuracy": float((preds == y).mean()) if len(y) else 0.0,
+           "params": used, "asked": params, "stage": stage, "confusion": conf.tolist(),
+           "predict_us_per_sample": us / max(1, len(y)), "source": source,
+           "board": _board_summary(board)}
+    if session is not None:
+        rec["file"] = session.new_run("eval", rec)
+    return rec
+
+
+def eval_data(session, meta, path=None):
+    """(x, y, description) to evaluate on: `path` (a dataset folder or .npz), else the session's
+    eval/ folder, else its dataset/ (then it is training accuracy, and says so)."""
+    shape, nc = meta["input_shape"], meta["num_classes"]
+    if path:
+        try:
+            x, y, _ = load_samples(path, shape, meta["input_scale"], meta["input_zero_point"], nc)
+        except DatasetError as e:
+            raise user_error(str(e)) from None
+        return x, y, path
+    for d, what in ((session.eval_dir, "held-out samples"), (session.dataset_dir, "training samples")):
+        if os.path.exists(os.path.join(d, "manifest.json")):
+            try:
+                ds = Dataset.open(d)
+                ds.check_compatible(shape, nc)
+            except DatasetError as e:
+                raise user_error(str(e)) from None
+            if len(ds):
+                x, y = ds.arrays()
+                return x, y, f"{d} ({what})"
+    raise user_error("tinymp: nothing to evaluate on: give --data FILE.npz|DIR, or collect "
+                     "with --eval first")

@@ -1,0 +1,362 @@
+"""The serial link to a board running `tinymp_agent`: requests with retries, and opening a port.
+
+`Link.request(type, value)` sends one request frame and returns the decoded reply value. Damaged
+or lost frames in either direction are retransmitted (the agent answers a retransmission with its
+cached reply, never by running the request twice); a refusal by the board raises `BoardError`;
+a link that stays silent through every retry, or a board that goes away, raises `LinkError`.
+
+`open_board(port, ...)` gives a connected `Board`: `sim` starts the simulated board (a CPython
+process on a pseudo-terminal, see simboard.py), `qemu` the QEMU Cortex-M7 firmware, anything else
+is a serial device where mpremote's transport enters the raw REPL and starts the agent.
+"""
+import os
+import random
+import time
+
+from . import protocol as P
+
+
+class LinkError(Exception):
+    """The link failed: no answer, or the board went away. The message is one line."""
+
+
+class BoardError(Exception):
+    """The board refused a request. `code` is the agent's error code, `msg` its message."""
+
+    def __init__(self, code, msg):
+        super().__init__(msg)
+        self.code, self.msg = code, msg
+
+
+class Link:
+    """Request/reply over a pyserial-like port (write, read, in_waiting)."""
+
+    def __init__(self, port, name="board", timeout=2.0, retries=8, alive=None, max_payload=None):
+        self.port = port
+        self.name = name
+        self.timeout = timeout
+        self.retries = retries
+        self.alive = alive  # callable -> None while the board lives, else a reason string
+        self.dec = P.Decoder()
+        self.queue = []
+        self.seq = random.randrange(0, 0xFFFF)
+        self.max_payload = max_payload
+        self.stats = {"requests": 0, "retransmissions": 0, "bad_frames": 0, "stale": 0,
+                      "bytes_out": 0, "bytes_in": 0}
+
+    def _next_seq(self):
+        self.seq = (self.seq + 1) % 0xFFFF  # 0xFFFF is NO_SEQ
+        return self.seq
+
+    def _write(self, data):
+        try:
+            self.port.write(data)
+            if hasattr(self.port, "flush"):
+                self.port.flush()
+        except Exception as e:  # serial.SerialException, OSError
+            raise LinkError(self._gone(f"cannot write to the link ({e})")) from None
+        self.stats["bytes_out"] += len(data)
+
+    def _gone(self, fallback):
+        why = self.alive() if self.alive else None
+        if why:
+            return f"{self.name}: {why}"
+        noise = bytes(self.dec.noise).decode("utf-8", "replace").strip()
+        tail = noise.splitlines()[-1] if noise else ""
+        if "Error" in tail or "Traceback" in noise:
+            return f"{self.name}: the board printed: {tail}"
+        return f"{self.name}: {fallback}"
+
+    def _event(self, deadline):
+        """The next frame or BadFrame, or None at the deadline."""
+        while not self.queue:
+            if time.monotonic() >= deadline:
+                return None
+            try:
+                n = self.port.in_waiting
+                data = self.port.read(n if n else 1)
+            except Exception as e:
+                raise LinkError(self._gone(f"the link closed ({e})")) from None
+            if data:
+                self.stats["bytes_in"] += len(data)
+                self.queue.extend(self.dec.feed(data))
+            elif self.alive is not None:
+                why = self.alive()
+                if why:
+                    raise LinkError(f"{self.name}: {why}")
+        return self.queue.pop(0)
+
+    def request(self, ftype, value=None, timeout=None, retries=None):
+        payload = P.pack(value) if value is not None else b""
+        seq = self._next_seq()
+        data = P.encode_frame(ftype, seq, payload)
+        timeout = self.timeout if timeout is None else timeout
+        retries = self.retries if retries is None else retries
+        self.stats["requests"] += 1
+        for attempt in range(retries + 1):
+            if attempt:
+                self.stats["retransmissions"] += 1
+            self._write(data)
+            deadline = time.monotonic() + timeout
+            while True:
+                ev = self._event(deadline)
+                if ev is None:
+                    break  # lost: send again
+                if isinstance(ev, P.BadFrame):
+                    self.stats["bad_frames"] += 1
+                    if ev.seq in (None, seq):
+                        break  # possibly our reply, damaged: ask again
+                    continue
+                if ev.seq != seq:
+                    self.stats["stale"] += 1
+                    continue  # a late answer to an earlier (re)transmission
+                try:
+                    value = ev.value()
+                except P.ProtocolError:
+                    self.stats["bad_frames"] += 1
+                    break
+                if ev.type == P.ERROR:
+                    code = value.get("code") if isinstance(value, dict) else None
+                    msg = value.get("msg") if isinstance(value, dict) else repr(value)
+                    if code in P.TRANSPORT_ERRORS:
+                        break  # the board saw our request damaged
+                    raise BoardError(code, msg)
+                if ev.type != (ftype | P.REPLY):
+                    self.stats["bad_frames"] += 1
+                    continue
+                return value
+            # the board answered nothing usable for seq
+            if self.alive is not None:
+                why = self.alive()
+                if why:
+                    raise LinkError(f"{self.name}: {why}")
+        raise LinkError(self._gone(f"no answer to {P.NAMES.get(ftype, hex(ftype))} after "
+                                   f"{retries + 1} tries ({timeout:g} s each)"))
+
+    def close(self):
+        try:
+            self.port.close()
+        except Exception:
+            pass
+
+
+class FaultyPort:
+    """Wraps a port and damages what the PC sends, frame by frame (one write = one frame):
+    `flip`, `drop`, `dup` are probabilities; `before_write(n, data)` is called before the n-th
+    write (from 1) and may kill a board, raise, ... Used by the tests and by --faults."""
+
+    def __init__(self, port, flip=0.0, drop=0.0, dup=0.0, seed=0, before_write=None):
+        self.port = port
+        self.flip, self.drop, self.dup = flip, drop, dup
+        self.rng = random.Random(seed)
+        self.before_write = before_write
+        self.writes = 0
+        self.injected = {"flip": 0, "drop": 0, "dup": 0}
+
+    def write(self, data):
+        self.writes += 1
+        if self.before_write is not None:
+            self.before_write(self.writes, bytes(data))
+        r = self.rng.random()
+        if r < self.drop:
+            self.injected["drop"] += 1
+            return len(data)
+        data = bytearray(data)
+        if r < self.drop + self.flip:
+            self.injected["flip"] += 1
+            i = self.rng.randrange(len(data) * 8)
+            data[i // 8] ^= 1 << (i % 8)
+        self.port.write(bytes(data))
+        if self.rng.random() < self.dup:
+            self.injected["dup"] += 1
+            self.port.write(bytes(data))
+        return len(data)
+
+    def __getattr__(self, name):
+        return getattr(self.port, name)
+
+
+# --- boards ---------------------------------------------------------------------------------
+
+class Board:
+    """A connected board: `link`, `info` (the agent's INFO reply), `kind` ('sim', 'qemu',
+    'serial'), `sim` (the SimBoard when simulated). Use as a context manager."""
+
+    def __init__(self, link, kind, info, closer=None, sim=None, port_name=None):
+        self.link, self.kind, self.info = link, kind, info
+        self.closer, self.sim, self.port_name = closer, sim, port_name
+
+    @property
+    def simulated(self):
+        return bool(self.info.get("simulated")) or self.kind == "sim"
+
+    def request(self, *a, **kw):
+        return self.link.request(*a, **kw)
+
+    def close(self, bye=True):
+        if bye:
+            try:
+                self.link.request(P.BYE, timeout=1.0, retries=1)
+            except (LinkError, BoardError):
+                pass
+        self.link.close()
+        if self.closer:
+            self.closer()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close(bye=exc[0] is None)
+
+
+MICROPYTHON_USB_IDS = {
+    (0xF055, None): "MicroPython (pyboard and others)",
+    (0x1209, 0xABD1): "OpenMV Cam",
+    (0x37C5, None): "OpenMV Cam",
+    (0x2E8A, None): "Raspberry Pi RP2",
+    (0x303A, None): "Espressif ESP32-S3 (USB)",
+    (0x0483, 0x374B): "ST-LINK (NUCLEO board)",
+    (0x0483, 0x374E): "ST-LINK (NUCLEO board)",
+    (0x0483, 0x5740): "STM32 virtual COM port",
+}
+
+
+def _usb_kind(vid, pid):
+    if vid is None:
+        return None
+    return MICROPYTHON_USB_IDS.get((vid, pid)) or MICROPYTHON_USB_IDS.get((vid, None))
+
+
+def serial_devices():
+    """[(device, description, likely board kind or None)] of this PC's serial ports."""
+    try:
+        from serial.tools import list_ports
+    except ImportError:  # pragma: no cover
+        return []
+    out = []
+    for p in sorted(list_ports.comports(), key=lambda p: p.device):
+        out.append((p.device, p.description or "", _usb_kind(p.vid, p.pid)))
+    return out
+
+
+def qemu_firmware():
+    """Path of the QEMU Cortex-M7 firmware (make firmware BOARD=QEMU_M7), or None."""
+    env = os.environ.get("TINYMP_QEMU_FIRMWARE")
+    if env:
+        return env if os.path.isfile(env) else None
+    here = os.path.dirname(os.path.abspath(__file__))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(here)))
+    for cand in (os.path.join(root, "build", "qemu-m7", "firmware.elf"),
+                 os.path.join(os.getcwd(), "build", "qemu-m7", "firmware.elf")):
+        if os.path.isfile(cand):
+            return cand
+    return None
+
+
+def resolve_port(port):
+    """'auto' -> the one attached MicroPython board, else 'sim'."""
+    if port not in (None, "", "auto"):
+        return port
+    boards = [d for d, _, kind in serial_devices() if kind]
+    return boards[0] if len(boards) == 1 else "sim"
+
+
+def _hello(link, kind):
+    try:
+        info = link.request(P.INFO)
+    except LinkError as e:
+        raise LinkError(f"{e} (is the tinymp agent running on the {kind}?)") from None
+    if not isinstance(info, dict) or info.get("protocol") != 1:
+        raise LinkError(f"{link.name}: the agent speaks protocol {info.get('protocol')!r}, "
+                        "this tinymp speaks 1")
+    return info
+
+
+def open_board(port="auto", profile=None, sim_dir=None, timeout=None, faults=None,
+               board_faults=None, scene=None, before_write=None):
+    """Connect to a board and say hello. `faults` (dict for FaultyPort) damages what the PC
+    sends; `board_faults` (dict) makes the simulated board damage what it sends."""
+    import serial  # pyserial: the same code path for real and simulated boards
+
+    port = resolve_port(port)
+    if port == "sim" or port.startswith("sim:"):
+        from .simboard import SimBoard
+        prof = port[4:] if port.startswith("sim:") else profile
+        sim = SimBoard(profile=prof, sim_dir=sim_dir, scene=scene, faults=board_faults)
+        path = sim.start()
+        try:
+            ser = serial.Serial(path, baudrate=115200, timeout=0.02, exclusive=True)
+            sim.release_slave()
+            raw = ser
+            if faults or before_write:
+                raw = FaultyPort(ser, before_write=before_write, **(faults or {}))
+            link = Link(raw, name=f"simulated board {sim.profile['name']}",
+                        timeout=timeout or 1.0, alive=sim.why_dead)
+            info = _hello(link, "simulated board")
+        except BaseException:
+            sim.kill()
+            raise
+        link.max_payload = info.get("max_payload")
+        return Board(link, "sim", info, closer=sim.close, sim=sim, port_name="sim")
+    if port == "qemu":
+        from .qemu import start_qemu
+        return start_qemu(timeout=timeout, faults=faults, before_write=before_write)
+    return open_serial(port, timeout=timeout, faults=faults, before_write=before_write)
+
+
+def _agent_source():
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(here, "tinymp_agent.py"), "rb") as f:
+        return f.read()
+
+
+def start_agent(transport, soft_reset=True):
+    """Through mpremote's transport: enter the raw REPL and start the agent (the frozen
+    `tinymp_agent` when the firmware has it, else the PC's copy pasted in). Returns whether the
+    agent was pasted."""
+    transport.enter_raw_repl(soft_reset=soft_reset)
+    probe = transport.exec("try:\n import tinymp_agent\n print('TMA1')\nexcept ImportError:\n"
+                           " print('TMA0')\n")
+    if b"TMA1" in probe:
+        transport.exec_raw_no_follow("import tinymp_agent\ntinymp_agent.main()\n")
+        return False
+    transport.exec_raw_no_follow(_agent_source() + b"\nmain()\n")
+    return True
+
+
+def open_serial(device, timeout=None, faults=None, before_write=None):
+    try:
+        from mpremote.transport import TransportError
+        from mpremote.transport_serial import SerialTransport
+    except ImportError:  # pragma: no cover
+        raise LinkError("tinymp: talking to a board needs mpremote (pip install mpremote)") from None
+    if not os.path.exists(device) and not device.upper().startswith("COM"):
+        raise LinkError(f"tinymp: no such port {device!r}: give a serial device (see "
+                        "`tinymp devices`), 'sim' or 'qemu'")
+    try:
+        t = SerialTransport(device, baudrate=115200)
+    except (TransportError, OSError) as e:
+        raise LinkError(f"tinymp: cannot open {device}: {e}") from None
+    try:
+        start_agent(t)
+    except Exception as e:
+        t.close()
+        raise LinkError(f"tinymp: could not start the agent on {device}: {e}") from None
+    ser = t.serial
+    ser.timeout = 0.02
+    raw = FaultyPort(ser, before_write=before_write, **(faults or {})) if (faults or before_write) else ser
+    link = Link(raw, name=device, timeout=timeout or 5.0)
+    info = _hello(link, "board")
+    link.max_payload = info.get("max_payload")
+
+    def closer():
+        try:
+            t.exit_raw_repl()
+        except Exception:
+            pass
+        try:
+            t.close()
+        except Exception:
+            pass
+    return Board(link, "serial", info, closer=closer, port_name=device)

@@ -1,0 +1,250 @@
+"""The PC side of the session protocol (docs/SESSION.md): frames and values.
+
+Written independently of the board's `tinymp_agent` (which must stay MicroPython-only); the tests
+check each side against the other. A frame is
+
+    magic b"\\xa5T" | type u8 | flags u8 | seq u16 | length u32 | header check u16 |
+    payload | CRC-32 u32
+
+little-endian; the header check is the low 16 bits of the CRC-32 of the first 10 bytes, the final
+CRC-32 covers header and payload. The payload is one value: None, bool, int (int64), float
+(float64), str, bytes, list, dict with str keys.
+"""
+import struct
+import zlib
+
+MAGIC = b"\xa5T"
+HEADER = 12
+HEAD = struct.Struct("<2sBBHI")
+MAX_PAYLOAD = 1 << 20  # what the PC accepts from a board
+
+# request types (replies: type | REPLY; errors: ERROR)
+INFO, BYE = 0x01, 0x02
+PUSH_BEGIN, PUSH_DATA, PUSH_COMMIT = 0x10, 0x11, 0x12
+SAMPLES_STATUS, SAMPLES_PUT, CAPTURE, CAPTURE_KEEP, SAMPLES_CLEAR = 0x20, 0x21, 0x22, 0x23, 0x24
+TRAIN_START, TRAIN_STEPS, TRAIN_END = 0x30, 0x31, 0x32
+PREDICT = 0x40
+REPORT = 0x50
+PARAMS_SAVE, PARAMS_ROLLBACK, PARAMS_RESET = 0x60, 0x61, 0x62
+REPLY = 0x80
+ERROR = 0xFF
+NO_SEQ = 0xFFFF  # the seq of a frame that answers no particular request
+
+NAMES = {v: k for k, v in dict(
+    INFO=INFO, BYE=BYE, PUSH_BEGIN=PUSH_BEGIN, PUSH_DATA=PUSH_DATA, PUSH_COMMIT=PUSH_COMMIT,
+    SAMPLES_STATUS=SAMPLES_STATUS, SAMPLES_PUT=SAMPLES_PUT, CAPTURE=CAPTURE,
+    CAPTURE_KEEP=CAPTURE_KEEP, SAMPLES_CLEAR=SAMPLES_CLEAR, TRAIN_START=TRAIN_START,
+    TRAIN_STEPS=TRAIN_STEPS, TRAIN_END=TRAIN_END, PREDICT=PREDICT, REPORT=REPORT,
+    PARAMS_SAVE=PARAMS_SAVE, PARAMS_ROLLBACK=PARAMS_ROLLBACK, PARAMS_RESET=PARAMS_RESET).items()}
+
+# the columns of a training event row (TRAIN_STEPS reply "events")
+EVENT_FIELDS = ("step", "sample", "label", "pred", "loss", "forward_us", "backward_us",
+                "update_us", "step_us", "step_cycles", "high_water")
+
+# error codes the link layer retries (the frame was damaged on the way, not refused)
+TRANSPORT_ERRORS = frozenset({"crc", "header", "too_long"})
+
+
+class ProtocolError(ValueError):
+    """Bytes that do not follow the protocol."""
+
+
+# --- values ---------------------------------------------------------------------------------
+
+def pack(value) -> bytes:
+    out = bytearray()
+    _pack(value, out)
+    return bytes(out)
+
+
+def _pack(v, out):
+    if v is None:
+        out += b"N"
+    elif v is True:
+        out += b"T"
+    elif v is False:
+        out += b"F"
+    elif isinstance(v, int):
+        if not -(1 << 63) <= v < (1 << 63):
+            raise ProtocolError(f"integer {v} does not fit 64 bits")
+        out += b"i" + struct.pack("<q", v)
+    elif isinstance(v, float):
+        out += b"f" + struct.pack("<d", v)
+    elif isinstance(v, str):
+        b = v.encode("utf-8")
+        out += b"s" + struct.pack("<I", len(b)) + b
+    elif isinstance(v, (bytes, bytearray, memoryview)):
+        b = bytes(v)
+        out += b"b" + struct.pack("<I", len(b)) + b
+    elif isinstance(v, (list, tuple)):
+        out += b"l" + struct.pack("<I", len(v))
+        for x in v:
+            _pack(x, out)
+    elif isinstance(v, dict):
+        out += b"d" + struct.pack("<I", len(v))
+        for k, x in v.items():
+            if not isinstance(k, str):
+                raise ProtocolError("dict keys must be str")
+            _pack(k, out)
+            _pack(x, out)
+    else:
+        # numpy scalars and the like
+        try:
+            import numpy as np
+            if isinstance(v, np.integer):
+                return _pack(int(v), out)
+            if isinstance(v, np.floating):
+                return _pack(float(v), out)
+        except ImportError:  # pragma: no cover
+            pass
+        raise ProtocolError(f"cannot send a {type(v).__name__}")
+
+
+def unpack(data):
+    """The value in `data` (all of it); ProtocolError when malformed."""
+    mv = memoryview(bytes(data))
+    value, end = _unpack(mv, 0, 0)
+    if end != len(mv):
+        raise ProtocolError(f"{len(mv) - end} trailing bytes after the value")
+    return value
+
+
+def _take(mv, pos, n):
+    if n < 0 or pos + n > len(mv):
+        raise ProtocolError("value truncated")
+    return pos + n
+
+
+def _unpack(mv, pos, depth):
+    end = _take(mv, pos, 1)
+    tag = chr(mv[pos])
+    pos = end
+    if tag == "N":
+        return None, pos
+    if tag == "T":
+        return True, pos
+    if tag == "F":
+        return False, pos
+    if tag in "if":
+        end = _take(mv, pos, 8)
+        return struct.unpack("<q" if tag == "i" else "<d", mv[pos:end])[0], end
+    if tag not in "sbld":
+        raise ProtocolError(f"unknown value tag {ord(tag):#04x}")
+    end = _take(mv, pos, 4)
+    (n,) = struct.unpack("<I", mv[pos:end])
+    pos = end
+    if tag in "sb":
+        end = _take(mv, pos, n)
+        raw = bytes(mv[pos:end])
+        if tag == "b":
+            return raw, end
+        try:
+            return raw.decode("utf-8"), end
+        except UnicodeDecodeError:
+            raise ProtocolError("string is not UTF-8") from None
+    if depth >= 8:
+        raise ProtocolError("values nested too deeply")
+    if n > len(mv) - pos:
+        raise ProtocolError("item count larger than the data")
+    if tag == "l":
+        items = []
+        for _ in range(n):
+            x, pos = _unpack(mv, pos, depth + 1)
+            items.append(x)
+        return items, pos
+    d = {}
+    for _ in range(n):
+        k, pos = _unpack(mv, pos, depth + 1)
+        if not isinstance(k, str):
+            raise ProtocolError("dict key is not a string")
+        d[k], pos = _unpack(mv, pos, depth + 1)
+    return d, pos
+
+
+# --- frames ---------------------------------------------------------------------------------
+
+def crc32(data, start=0) -> int:
+    return zlib.crc32(data, start) & 0xFFFFFFFF
+
+
+def encode_frame(ftype: int, seq: int, payload: bytes = b"") -> bytes:
+    head = HEAD.pack(MAGIC, ftype, 0, seq & 0xFFFF, len(payload))
+    head += struct.pack("<H", crc32(head) & 0xFFFF)
+    return head + payload + struct.pack("<I", crc32(payload, crc32(head)))
+
+
+class Frame:
+    __slots__ = ("type", "seq", "payload", "crc")
+
+    def __init__(self, ftype, seq, payload, crc):
+        self.type, self.seq, self.payload, self.crc = ftype, seq, payload, crc
+
+    def value(self):
+        return unpack(self.payload) if self.payload else None
+
+    def __repr__(self):
+        return f"Frame({NAMES.get(self.type & 0x7F, hex(self.type))}, seq={self.seq}, {len(self.payload)} B)"
+
+
+class BadFrame:
+    """A damaged frame the decoder skipped: `reason` is 'header', 'crc' or 'too_long'."""
+    __slots__ = ("reason", "seq")
+
+    def __init__(self, reason, seq=None):
+        self.reason, self.seq = reason, seq
+
+    def __repr__(self):
+        return f"BadFrame({self.reason}, seq={self.seq})"
+
+
+class Decoder:
+    """Incremental frame decoder: `feed(bytes)` returns the frames and damaged frames completed by
+    those bytes. Bytes outside frames (a board's REPL text, a traceback) are kept in `noise`
+    (the last 4 KB) so a failure can show what the board printed."""
+
+    def __init__(self, max_payload=MAX_PAYLOAD):
+        self.buf = bytearray()
+        self.max_payload = max_payload
+        self.noise = bytearray()
+
+    def _drop(self, n):
+        self.noise += self.buf[:n]
+        del self.noise[:-4096]
+        del self.buf[:n]
+
+    def feed(self, data):
+        self.buf += data
+        out = []
+        while True:
+            i = self.buf.find(MAGIC)
+            if i < 0:
+                # keep a trailing first magic byte: the second may come next
+                self._drop(len(self.buf) - (1 if self.buf[-1:] == MAGIC[:1] else 0))
+                return out
+            if i:
+                self._drop(i)
+            if len(self.buf) < HEADER:
+                return out
+            _, ftype, _flags, seq, n = HEAD.unpack_from(self.buf, 0)
+            (check,) = struct.unpack_from("<H", self.buf, 10)
+            if crc32(bytes(self.buf[:10])) & 0xFFFF != check:
+                self._drop(1)
+                out.append(BadFrame("header"))
+                continue
+            if n > self.max_payload:
+                self._drop(1)
+                out.append(BadFrame("too_long", seq))
+                continue
+            total = HEADER + n + 4
+            if len(self.buf) < total:
+                return out
+            raw = bytes(self.buf[:total])
+            del self.buf[:total]
+            c = crc32(raw[HEADER:HEADER + n], crc32(raw[:HEADER]))
+            if c != struct.unpack_from("<I", raw, HEADER + n)[0]:
+                out.append(BadFrame("crc", seq))
+                # a damaged frame may hide the start of the next one: rescan its bytes
+                self.buf[:0] = raw[1:]
+                self.noise += raw[:1]
+                continue
+            out.append(Frame(ftype, seq, raw[HEADER:HEADER + n], c))

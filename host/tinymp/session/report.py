@@ -1,0 +1,221 @@
+"""The session report: accuracy before and after, memory (plan, breakdown, high water, heap,
+flash) and latency per phase, as a table, a dict (--json) and PNG plots.
+
+Times from a simulated board are the host CPU's and every output says so; times from a real
+board are its `time.ticks_us` / `time.ticks_cpu` readings.
+"""
+import os
+
+from .. import summary
+
+SIM_NOTE = "simulated board, host CPU times (not measured on the board)"
+
+
+def _stats(values):
+    vals = sorted(v for v in values if v is not None)
+    if not vals:
+        return None
+    n = len(vals)
+    mid = vals[n // 2] if n % 2 else (vals[n // 2 - 1] + vals[n // 2]) / 2
+    return {"mean": sum(vals) / n, "median": mid, "min": vals[0], "max": vals[-1], "n": n}
+
+
+def train_summary(run):
+    """Figures of one train run record (commands.train)."""
+    f = {name: i for i, name in enumerate(run["fields"])}
+    ev = run["events"]
+    col = lambda name: [e[f[name]] for e in ev]  # noqa: E731
+    end = run.get("end") or {}
+    plan = end.get("plan") or run["start"].get("plan") or {}
+    board = run.get("board") or {}
+    simulated = bool(board.get("simulated"))
+    window = max(1, min(len(ev), max(10, run.get("samples", 10))))
+    tail = ev[-window:]
+    lat = {ph: _stats(col(ph + "_us")) for ph in ("forward", "backward", "update", "step")}
+    cycles = _stats(col("step_cycles")) if not simulated else None
+    return {
+        "steps": len(ev),
+        "samples": run.get("samples"),
+        "options": run.get("options"),
+        "plan": plan,
+        "resumed": run["start"].get("resumed"),
+        "final_loss": sum(e[f["loss"]] for e in tail) / len(tail) if tail else None,
+        "final_running_accuracy": (sum(1 for e in tail if e[f["pred"]] == e[f["label"]]) / len(tail)
+                                   if tail and tail[0][f["pred"]] >= 0 else None),
+        "first_running_accuracy": (sum(1 for e in ev[:window] if e[f["pred"]] == e[f["label"]])
+                                   / len(ev[:window]) if ev and ev[0][f["pred"]] >= 0 else None),
+        "latency_us": lat,
+        "step_cycles": cycles,
+        "clock": "host" if simulated else "board",
+        "timing_note": SIM_NOTE if simulated else "measured on the board (time.ticks_us, "
+                                                  "time.ticks_cpu)",
+        "arena_bytes": plan.get("arena_bytes"),
+        "breakdown": plan.get("breakdown"),
+        "high_water": end.get("high_water"),
+        "heap_before": end.get("heap_before"),
+        "heap_after": end.get("heap_after"),
+        "heap_end": end.get("heap_end"),
+        "saved": end.get("saved"),
+    }
+
+
+def build(session):
+    """The report of a session folder: its latest train run and its eval runs."""
+    trains = session.runs("train")
+    evals = session.runs("eval")
+    st = session.state
+    rep = {"session": session.path, "model": st.get("model"), "board": st.get("board")}
+    if trains:
+        t = trains[-1]
+        rep["train"] = train_summary(t)
+        rep["train"]["file"] = t.get("file")
+        rep["board"] = t.get("board") or rep["board"]
+    before = [e for e in evals if e.get("params") == "pretrained"]
+    after = [e for e in evals if e.get("params") == "personalised"]
+    pick = lambda lst: {k: lst[-1][k] for k in ("accuracy", "n", "params", "source", "file",  # noqa: E731
+                                                 "predict_us_per_sample")} if lst else None
+    rep["accuracy_before"] = pick(before)
+    rep["accuracy_after"] = pick(after)
+    b = rep.get("board") or {}
+    rep["simulated"] = bool(b.get("simulated"))
+    rep["timing_note"] = SIM_NOTE if rep["simulated"] else "measured on the board"
+    return rep
+
+
+def _pct(x):
+    return "-" if x is None else f"{x * 100:.1f}%"
+
+
+def _num(x):
+    return "-" if x is None else f"{int(round(x)):,}"
+
+
+def format_text(rep):
+    lines = []
+    b = rep.get("board") or {}
+    m = rep.get("model") or {}
+    sim = rep.get("simulated")
+    lines.append(f"board      {b.get('board', '?')}" + (f"  ({SIM_NOTE})" if sim else ""))
+    if m:
+        lines.append(f"model      {m.get('name', '?')}: {summary.kib(m.get('bytes') or 0)} of flash, "
+                     f"inference arena {_num(m.get('inference_arena_bytes'))} bytes, sha256 "
+                     f"{(m.get('sha256') or '')[:12]}")
+    ab, aa = rep.get("accuracy_before"), rep.get("accuracy_after")
+    if ab or aa:
+        src = (aa or ab).get("source")
+        lines.append(f"accuracy   before {_pct(ab and ab['accuracy'])} (pretrained)  ->  after "
+                     f"{_pct(aa and aa['accuracy'])} (personalised), on {(aa or ab)['n']} samples"
+                     + (f" of {src}" if src else ""))
+    t = rep.get("train")
+    if t:
+        o = t.get("options") or {}
+        p = t.get("plan") or {}
+        loss = "-" if t["final_loss"] is None else f"{t['final_loss']:.3f}"
+        lines.append(f"training   method {p.get('method', o.get('method'))}, {t['steps']} steps over "
+                     f"{t['samples']} samples, lr {o.get('lr', '-')}; running accuracy "
+                     f"{_pct(t['first_running_accuracy'])} -> {_pct(t['final_running_accuracy'])}, "
+                     f"final loss {loss}"
+                     + ("" if t.get("saved") else "; parameters not saved"))
+        lines.append("")
+        rows = []
+        budget = (rep.get("board") or {}).get("arena_budget")
+        rows.append(["training arena (planned)", _num(t["arena_bytes"]),
+                     f"budget {_num(budget)}" if budget else ""])
+        for k, v in (t.get("breakdown") or {}).items():
+            rows.append([f"  {k}", _num(v), "at the peak step"])
+        hw = t.get("high_water")
+        share = f"{hw / t['arena_bytes'] * 100:.0f}% of the plan" if hw and t["arena_bytes"] else ""
+        rows.append(["arena high water (touched)", _num(hw), share])
+        if m:
+            rows.append(["inference arena", _num(m.get("inference_arena_bytes")), ""])
+            rows.append(["model flash", _num(m.get("bytes")), "weights read in place"])
+        if t.get("heap_before") is not None:
+            note = "simulated: the profile's budget" if sim else "gc.mem_free()"
+            rows.append(["heap free before / after Trainer",
+                         f"{_num(t['heap_before'])} / {_num(t['heap_after'])}", note])
+        lines.append(summary.format_table(["memory", "bytes", ""], rows, "lrl"))
+        lines.append("")
+        rows = []
+        for ph in ("forward", "backward", "update", "step"):
+            s = t["latency_us"].get(ph)
+            if s:
+                rows.append([ph if ph != "step" else "whole step", _num(s["mean"]),
+                             _num(s["median"]), _num(s["max"])])
+        if t.get("step_cycles"):
+            s = t["step_cycles"]
+            rows.append(["step (CPU cycles)", _num(s["mean"]), _num(s["median"]), _num(s["max"])])
+        head = "latency per step, us" + (" (host CPU, simulated board)" if sim else " (board)")
+        lines.append(summary.format_table([head, "mean", "median", "max"], rows, "lrrr"))
+        if sim:
+            lines.append(f"times: {SIM_NOTE}; no Cortex-M7 estimate is shown")
+    return "\n".join(lines)
+
+
+def plots(rep, train_run, outdir):
+    """loss/accuracy curves and a memory breakdown as PNGs in outdir; returns their paths.
+    Needs matplotlib (pip install 'tinymp[plot]')."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    os.makedirs(outdir, exist_ok=True)
+    paths = []
+    t = rep.get("train")
+    if train_run and t:
+        f = {name: i for i, name in enumerate(train_run["fields"])}
+        ev = train_run["events"]
+        steps = [e[f["step"]] for e in ev]
+        loss = [e[f["loss"]] for e in ev]
+        w = max(1, min(len(ev), max(10, train_run.get("samples", 10))))
+        smooth, acc = [], []
+        for i in range(len(ev)):
+            part = ev[max(0, i - w + 1):i + 1]
+            smooth.append(sum(e[f["loss"]] for e in part) / len(part))
+            acc.append(sum(1 for e in part if e[f["pred"]] == e[f["label"]]) / len(part) * 100)
+        fig, ax = plt.subplots(figsize=(7, 4))
+        ax.plot(steps, loss, color="0.8", lw=0.8, label="loss per step")
+        ax.plot(steps, smooth, color="C0", label=f"loss (mean of {w})")
+        ax.set_xlabel("step")
+        ax.set_ylabel("cross-entropy loss")
+        ax2 = ax.twinx()
+        ax2.plot(steps, acc, color="C1", label=f"running accuracy (last {w})")
+        ax2.set_ylabel("running accuracy, %")
+        ax2.set_ylim(0, 100)
+        h1, l1 = ax.get_legend_handles_labels()
+        h2, l2 = ax2.get_legend_handles_labels()
+        ax.legend(h1 + h2, l1 + l2, loc="center right", fontsize=8)
+        ab, aa = rep.get("accuracy_before"), rep.get("accuracy_after")
+        title = f"on-board training ({(t.get('plan') or {}).get('method', '')})"
+        if ab and aa:
+            title += f": held-out accuracy {_pct(ab['accuracy'])} -> {_pct(aa['accuracy'])}"
+        ax.set_title(title, fontsize=10)
+        fig.tight_layout()
+        p = os.path.join(outdir, "training.png")
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        paths.append(p)
+    if t and t.get("breakdown"):
+        bd = {k: v for k, v in t["breakdown"].items() if v}
+        fig, ax = plt.subplots(figsize=(8, 2.6))
+        left = 0
+        for i, (k, v) in enumerate(bd.items()):
+            ax.barh([0], [v / 1024], left=left / 1024, color=f"C{i}", label=f"{k}: {v:,} B")
+            left += v
+        if t.get("high_water"):
+            ax.axvline(t["high_water"] / 1024, color="k", ls="--", lw=1,
+                       label=f"high water: {t['high_water']:,} B")
+        budget = (rep.get("board") or {}).get("arena_budget")
+        if budget:
+            ax.axvline(budget / 1024, color="r", lw=1.5, label=f"board budget: {budget:,} B")
+        ax.set_yticks([])
+        ax.set_xlabel("KB of the training arena (live bytes at the peak step)")
+        ax.set_xlim(0, max(left, budget or 0) / 1024 * 1.05)
+        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+        ax.set_title(f"training memory: planned arena {t['arena_bytes']:,} B "
+                     f"({(t.get('plan') or {}).get('method', '')})", fontsize=10)
+        fig.tight_layout()
+        p = os.path.join(outdir, "memory.png")
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        paths.append(p)
+    return paths

@@ -1,0 +1,647 @@
+"""The session sub-commands of `tinymp` (argument parsing and printing; the work is in
+commands.py): devices, push, collect, train, eval, params, report, session, demo."""
+import json
+import os
+import shutil
+import sys
+import time
+
+from .. import boards, summary
+from . import commands as C
+from . import protocol as P
+from .dataset import DatasetError
+from .link import BoardError, LinkError
+
+
+def _say(args, *lines):
+    if not getattr(args, "json", False) and not getattr(args, "quiet", False):
+        for line in lines:
+            print(line)
+
+
+def _show(args):
+    return not getattr(args, "json", False) and not getattr(args, "quiet", False)
+
+
+def _session(args):
+    return C.Session(args.session)
+
+
+def _open(args, session, scene=None):
+    """Connect to the board --port names (sim: the --board profile, its flash in the session)."""
+    from . import link
+    port = link.resolve_port(args.port)
+    if port == "sim" or port.startswith("sim:"):
+        prof = port[4:] if port.startswith("sim:") else args.board
+        try:
+            boards.load(prof)
+        except boards.ProfileError as e:
+            raise C.user_error(str(e)) from None
+        if scene is None:
+            scene = getattr(args, "scene", None) or default_scene()
+        if scene and not os.path.isfile(scene):
+            raise C.user_error(f"tinymp: no such scene file: {scene}")
+        return link.open_board("sim:" + prof, sim_dir=session.sim_dir(prof), timeout=args.timeout,
+                               scene=scene)
+    if port == "qemu":
+        return link.open_board("qemu", timeout=args.timeout)
+    if not os.path.exists(port):
+        raise C.user_error(f"tinymp: no such port {port!r}: give a serial device (see "
+                           "`tinymp devices`), 'sim' or 'qemu'")
+    return link.open_board(port, timeout=args.timeout)
+
+
+def default_scene():
+    p = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models",
+                     "digits_shifted.npz")
+    return p if os.path.isfile(p) else None
+
+
+def _board_name(board):
+    return board.info.get("board")
+
+
+def _emit(args, obj):
+    if getattr(args, "json", False):
+        print(json.dumps(obj, indent=2, default=str))
+
+
+# --- devices --------------------------------------------------------------------------------
+
+def cmd_devices(args):
+    from . import link
+    rows = []
+    for dev, desc, kind in link.serial_devices():
+        rows.append({"port": dev, "description": desc, "board": kind})
+    rows.append({"port": "sim", "description": "simulated board (CPython process on a pty), "
+                 f"profiles: {', '.join(boards.names())}", "board": "simulated"})
+    fw = link.qemu_firmware()
+    rows.append({"port": "qemu", "description": ("QEMU MPS2-AN500 Cortex-M7: " + fw) if fw else
+                 "QEMU Cortex-M7: firmware not built (make firmware BOARD=QEMU_M7)",
+                 "board": "emulated" if fw else None})
+    default = link.resolve_port("auto")
+    for r in rows:
+        r["default"] = r["port"] == default
+    if args.json:
+        _emit(args, rows)
+        return 0
+    print(summary.format_table(["port", "board", "description", "default"],
+                               [[r["port"], r["board"] or "-", r["description"],
+                                 "yes" if r["default"] else ""] for r in rows], "llll"))
+    return 0
+
+
+# --- push -----------------------------------------------------------------------------------
+
+def cmd_push(args):
+    data, m = C.read_model(args.model)
+    session = _session(args)
+    with _open(args, session) as board:
+        C.check_fits(board, data, m)
+        try:
+            res = C.push(board, data, show=_show(args))
+        except LinkError as e:
+            raise C.push_link_error(e, _board_name(board)) from None
+        info = C.refresh_info(board)
+    meta = dict(info["model"])
+    meta["name"] = os.path.basename(args.model)
+    meta["path"] = os.path.abspath(args.model)
+    session.state["model"] = meta
+    session.state["board"] = C._board_summary(board)
+    session.save()
+    res["board"] = _board_name(board)
+    if args.json:
+        _emit(args, res)
+    elif res["skipped"]:
+        print(f"{args.model} is already the model on {res['board']} (sha256 {res['sha256'][:12]})")
+    else:
+        rate = res["bytes"] / res["seconds"] / 1024 if res["seconds"] > 0 else float("inf")
+        resumed = f", resumed at byte {res['resumed_from']:,}" if res["resumed_from"] else ""
+        print(f"pushed {args.model} ({summary.kib(res['bytes'])}) to {res['board']} in "
+              f"{res['seconds']:.2f} s ({rate:.0f} KB/s{resumed}); sha256 {res['sha256'][:12]}, "
+              "committed")
+    return 0
+
+
+# --- collect --------------------------------------------------------------------------------
+
+def cmd_collect(args):
+    session = _session(args)
+    if args.source is None and (args.label is None or args.count is None):
+        raise C.user_error("tinymp: collect needs --from FILE|DIR, or --label L and --count N "
+                           "(capture with the board's camera)")
+    if args.count is not None and args.count < 0:
+        raise C.user_error("tinymp: --count must be >= 0")
+    with _open(args, session) as board:
+        meta = C.model_meta(board.info)
+        name = _board_name(board)
+        if args.source is not None:
+            try:
+                x, y, src = C.load_samples(args.source, meta["input_shape"], meta["input_scale"],
+                                           meta["input_zero_point"], meta["num_classes"])
+            except DatasetError as e:
+                raise C.user_error(str(e)) from None
+            ds = C.open_dataset(session, meta, name, session.eval_dir if args.eval else None)
+            added = C.import_samples(ds, x, y, src, board_name=name, show=_show(args))
+            sent = 0
+            if not args.eval:
+                try:
+                    sent = C.sync_samples(board, ds, show=_show(args))
+                except (LinkError, BoardError) as e:
+                    msg = e.msg if isinstance(e, BoardError) else str(e)
+                    raise C.SessionError(f"tinymp: sending samples interrupted: {msg}; all "
+                                         f"{len(ds)} samples are saved in {ds.path}; run collect "
+                                         "again to resume") from None
+            res = {"added": added, "total": len(ds), "sent_to_board": sent, "dataset": ds.path,
+                   "per_class": [int(c) for c in ds.counts()]}
+            _say(args, f"{added} new samples from {args.source} ({len(y) - added} already there); "
+                       f"{ds.path} holds {len(ds)}" +
+                       ("" if args.eval else f"; {sent} sent to the board"))
+        else:
+            if not 0 <= args.label < meta["num_classes"]:
+                raise C.user_error(f"tinymp: label {args.label} is out of range "
+                                   f"0..{meta['num_classes'] - 1}")
+            if not board.info.get("camera"):
+                raise C.user_error(f"tinymp: {name} has no camera; collect with --from FILE")
+            ds = C.open_dataset(session, meta, name)
+            res = C.collect_capture(board, ds, args.label, args.count, show=_show(args),
+                                    board_name=name)
+            res["dataset"] = ds.path
+            _say(args, f"captured {res['added']} samples of label {args.label} on {name}; "
+                       f"{ds.path} holds {res['label_total']} of that label, {res['total']} in all")
+    _emit(args, res)
+    return 0
+
+
+# --- train ----------------------------------------------------------------------------------
+
+def _train_options(args):
+    o = {"method": args.method, "lr": args.lr, "seed": args.seed, "r": args.r,
+         "ratio": args.ratio, "storage": args.storage, "momentum": args.momentum,
+         "period": args.period, "fresh": args.fresh or None}
+    if args.budget is not None:
+        if args.budget <= 0:
+            raise C.user_error("tinymp: --budget must be a positive number of KB")
+        o["budget"] = int(args.budget * 1024)
+    if args.lr is not None and not args.lr > 0:
+        raise C.user_error("tinymp: --lr must be > 0")
+    return o
+
+
+def cmd_train(args):
+    session = _session(args)
+    opts = _train_options(args)
+    if args.steps is not None and args.steps < 1:
+        raise C.user_error("tinymp: --steps must be >= 1")
+    if args.epochs is not None and args.epochs < 1:
+        raise C.user_error("tinymp: --epochs must be >= 1")
+    with _open(args, session) as board:
+        meta = C.model_meta(board.info)
+        ds = C.open_dataset(session, meta, _board_name(board))
+        try:
+            run = C.train(board, ds, opts, steps=args.steps, epochs=args.epochs,
+                          save=not args.no_save, show=_show(args), session=session)
+        except (LinkError, BoardError) as e:
+            msg = e.msg if isinstance(e, BoardError) else str(e)
+            raise C.SessionError(f"tinymp: training interrupted: {msg}; the board keeps its last "
+                                 "saved parameters") from None
+    from . import report
+    t = report.train_summary(run)
+    if args.json:
+        _emit(args, t)
+        return 0
+    print(f"trained {t['steps']} steps on {_board_name(board)}: running accuracy "
+          f"{report._pct(t['first_running_accuracy'])} -> {report._pct(t['final_running_accuracy'])}, "
+          f"loss {t['final_loss']:.3f}; arena {report._num(t['arena_bytes'])} bytes planned, "
+          f"{report._num(t['high_water'])} touched; "
+          + ("parameters saved on the board" if t["saved"] else "parameters NOT saved"))
+    print(f"log: {run.get('file')}")
+    if t["clock"] == "host":
+        print(f"times: {report.SIM_NOTE}")
+    return 0
+
+
+# --- eval -----------------------------------------------------------------------------------
+
+def cmd_eval(args):
+    session = _session(args)
+    with _open(args, session) as board:
+        meta = C.model_meta(board.info)
+        x, y, what = C.eval_data(session, meta, args.data)
+        kinds = ["pretrained", "personalised"] if args.both else \
+            ["pretrained" if args.pretrained else "personalised"]
+        out = []
+        for k in kinds:
+            rec = C.evaluate(board, x, y, params=k, show=_show(args),
+                             num_classes=meta["num_classes"], session=session, source=what)
+            out.append(rec)
+    if args.json:
+        _emit(args, [{k: r[k] for k in ("accuracy", "n", "params", "confusion", "source", "file")}
+                     for r in out])
+        return 0
+    for r in out:
+        note = " (the board holds no personalised parameters)" \
+            if r["asked"] == "personalised" and r["params"] == "pretrained" else ""
+        print(f"accuracy {r['accuracy'] * 100:.1f}% ({r['params']} parameters{note}) on {r['n']} "
+              f"samples of {what}")
+        if args.confusion:
+            nc = len(r["confusion"])
+            print(summary.format_table(["true\\pred"] + [str(i) for i in range(nc)],
+                                       [[str(i)] + [str(v) for v in row]
+                                        for i, row in enumerate(r["confusion"])], "r" * (nc + 1)))
+    return 0
+
+
+# --- params ---------------------------------------------------------------------------------
+
+def cmd_params(args):
+    session = _session(args)
+    req = {"save": P.PARAMS_SAVE, "rollback": P.PARAMS_ROLLBACK, "reset": P.PARAMS_RESET}[args.action]
+    with _open(args, session) as board:
+        try:
+            rep = board.request(req)
+        except BoardError as e:
+            raise C.SessionError(f"tinymp: {args.action}: {e.msg}") from None
+    if args.json:
+        _emit(args, rep)
+    else:
+        print({"save": "personalised parameters saved on the board",
+               "rollback": "the board's personalised parameters are back to their previous "
+                           "saved version",
+               "reset": "the board is back to the pretrained weights (rollback undoes this)"}
+              [args.action])
+    return 0
+
+
+# --- report ---------------------------------------------------------------------------------
+
+def cmd_report(args):
+    from . import report
+    session = _session(args)
+    if not os.path.exists(session.state_path) and not session.runs("train"):
+        raise C.user_error(f"tinymp: {session.path} holds no session (push, collect, train first)")
+    rep = report.build(session)
+    pngs = []
+    if args.png:
+        trains = session.runs("train")
+        try:
+            pngs = report.plots(rep, trains[-1] if trains else None, args.png)
+        except ImportError:
+            raise C.user_error("tinymp: plots need matplotlib (pip install 'tinymp[plot]')") from None
+    rep["plots"] = pngs
+    if args.json:
+        _emit(args, rep)
+        return 0
+    print(report.format_text(rep))
+    for p in pngs:
+        print(f"plot: {p}")
+    return 0
+
+
+# --- session (one config file) and demo -----------------------------------------------------
+
+CONFIG_KEYS = {"model", "port", "board", "session", "collect", "eval", "train", "plots", "scene"}
+
+
+def load_config(path):
+    if not os.path.isfile(path):
+        raise C.user_error(f"tinymp: no such session config: {path}")
+    try:
+        if path.endswith(".toml"):
+            import tomllib
+            with open(path, "rb") as f:
+                cfg = tomllib.load(f)
+        else:
+            with open(path) as f:
+                cfg = json.load(f)
+    except ImportError:
+        raise C.user_error("tinymp: TOML configs need Python 3.11; use JSON") from None
+    except (OSError, ValueError) as e:
+        raise C.user_error(f"tinymp: cannot read {path}: {e}") from None
+    if not isinstance(cfg, dict):
+        raise C.user_error(f"tinymp: {path} must hold an object")
+    unknown = set(cfg) - CONFIG_KEYS
+    if unknown:
+        raise C.user_error(f"tinymp: {path}: unknown keys {', '.join(sorted(unknown))} "
+                           f"(known: {', '.join(sorted(CONFIG_KEYS))})")
+    if "model" not in cfg:
+        raise C.user_error(f"tinymp: {path} names no model")
+    base = os.path.dirname(os.path.abspath(path))
+    rel = lambda p: p if p is None or os.path.isabs(p) else os.path.join(base, p)  # noqa: E731
+    cfg["model"] = rel(cfg["model"])
+    cfg["scene"] = rel(cfg.get("scene"))
+    if isinstance(cfg.get("eval"), str):
+        cfg["eval"] = rel(cfg["eval"])
+    coll = cfg.get("collect") or []
+    if not isinstance(coll, list):
+        raise C.user_error(f"tinymp: {path}: 'collect' must be a list")
+    for c in coll:
+        if not isinstance(c, dict) or not (("from" in c) or ("label" in c and "count" in c)):
+            raise C.user_error(f"tinymp: {path}: each 'collect' item needs 'from', or 'label' "
+                               "and 'count'")
+        if "from" in c:
+            c["from"] = rel(c["from"])
+    if "session" in cfg:
+        cfg["session"] = rel(cfg["session"])
+    tr = cfg.get("train") or {}
+    if not isinstance(tr, dict):
+        raise C.user_error(f"tinymp: {path}: 'train' must be an object")
+    allowed = set(C.TRAIN_KEYS) | {"epochs", "steps", "budget_kb", "save"}
+    bad = set(tr) - allowed
+    if bad:
+        raise C.user_error(f"tinymp: {path}: unknown train options {', '.join(sorted(bad))}")
+    return cfg
+
+
+def run_session(cfg, args, out=print):
+    """The whole flow: push, collect, evaluate, train, evaluate, report."""
+    from . import report
+    show = _show(args)
+    session = C.Session(cfg.get("session") or args.session)
+    data, m = C.read_model(cfg["model"])
+    tr = dict(cfg.get("train") or {})
+    if "budget_kb" in tr:
+        tr["budget"] = int(tr.pop("budget_kb") * 1024)
+    epochs, steps = tr.pop("epochs", None), tr.pop("steps", None)
+    save = tr.pop("save", True)
+    eval_src = cfg.get("eval")
+    for c in cfg.get("collect") or []:  # check every input before the board is touched
+        if "from" in c and not os.path.exists(c["from"]):
+            raise C.user_error(f"tinymp: no such samples file: {c['from']}")
+    if eval_src and not os.path.exists(eval_src):
+        raise C.user_error(f"tinymp: no such samples file: {eval_src}")
+    ns = _ns(args, port=cfg.get("port", getattr(args, "port", "auto")),
+             board=cfg.get("board", getattr(args, "board", boards.DEFAULT_SIM)),
+             scene=cfg.get("scene"))
+    t_all = time.perf_counter()
+    with _open(ns, session, scene=cfg.get("scene")) as board:
+        name = _board_name(board)
+        i = board.info
+        out(f"board      {name}: {i['implementation']} {i['firmware']}, tinymp {i['tinymp']}, "
+            f"arena budget {report._num(i.get('arena_budget'))} B, model flash "
+            f"{report._num(i.get('model_flash'))} B, camera {'yes' if i.get('camera') else 'no'}"
+            + (" [simulated]" if board.simulated else ""))
+        C.check_fits(board, data, m)
+        try:
+            res = C.push(board, data, show=show)
+        except LinkError as e:
+            raise C.push_link_error(e, name) from None
+        rate = res["bytes"] / res["seconds"] / 1024 if res["seconds"] else 0
+        out(f"push       {os.path.basename(cfg['model'])}: {res['bytes']:,} bytes"
+            + (" (already on the board)" if res["skipped"] else
+               f" in {res['seconds']:.2f} s ({rate:.0f} KB/s), SHA-256 checked, committed"))
+        info = C.refresh_info(board)
+        meta = dict(info["model"])
+        meta["name"] = os.path.basename(cfg["model"])
+        meta["path"] = cfg["model"]
+        session.state.update({"model": meta, "board": C._board_summary(board)})
+        session.save()
+        ds = C.open_dataset(session, meta, name)
+        for c in cfg.get("collect") or []:
+            if "from" in c:
+                try:
+                    x, y, src = C.load_samples(c["from"], meta["input_shape"], meta["input_scale"],
+                                               meta["input_zero_point"], meta["num_classes"])
+                except DatasetError as e:
+                    raise C.user_error(str(e)) from None
+                added = C.import_samples(ds, x, y, src, board_name=name, show=show)
+                out(f"collect    {added} samples from {os.path.basename(c['from'])}")
+            else:
+                labels = c["label"] if isinstance(c["label"], list) else [c["label"]]
+                t0 = time.perf_counter()
+                added = 0
+                for lab in labels:
+                    added += C.collect_capture(board, ds, int(lab), int(c["count"]), show=show,
+                                               board_name=name)["added"]
+                out(f"collect    {added} samples captured with the board's camera "
+                    f"({'simulated, ' if board.simulated else ''}{time.perf_counter() - t0:.1f} s); "
+                    f"dataset {ds.path}: {len(ds)} samples, per class "
+                    f"{' '.join(str(int(v)) for v in ds.counts())}")
+        C.sync_samples(board, ds, show=show)
+        if eval_src:
+            try:
+                xe, ye, srce = C.load_samples(eval_src, meta["input_shape"], meta["input_scale"],
+                                              meta["input_zero_point"], meta["num_classes"])
+            except DatasetError as e:
+                raise C.user_error(str(e)) from None
+            eds = C.open_dataset(session, meta, name, session.eval_dir)
+            C.import_samples(eds, xe, ye, srce, board_name=name, show=show)
+        x, y, what = C.eval_data(session, meta, None)
+        before = C.evaluate(board, x, y, "pretrained", show, meta["num_classes"], "before",
+                            session, what)
+        out(f"evaluate   before: {before['accuracy'] * 100:.1f}% (pretrained weights) on "
+            f"{before['n']} samples of {what}")
+        run = C.train(board, ds, tr, steps=steps, epochs=epochs, save=save, show=show,
+                      session=session)
+        t = report.train_summary(run)
+        out(f"train      {t['steps']} steps of method {t['plan'].get('method')} on the board: "
+            f"running accuracy {report._pct(t['first_running_accuracy'])} -> "
+            f"{report._pct(t['final_running_accuracy'])}"
+            + (", parameters saved" if t["saved"] else ""))
+        after = C.evaluate(board, x, y, "personalised", show, meta["num_classes"], "after",
+                           session, what)
+        out(f"evaluate   after:  {after['accuracy'] * 100:.1f}% ({after['params']} weights) on "
+            f"{after['n']} samples")
+    rep = report.build(session)
+    pngs = []
+    if cfg.get("plots", True):
+        try:
+            pngs = report.plots(rep, run, os.path.join(session.path, "plots"))
+        except ImportError:
+            out("(no plots: pip install 'tinymp[plot]' for PNGs)")
+    rep["plots"] = pngs
+    rep["seconds"] = time.perf_counter() - t_all
+    return rep
+
+
+def _ns(args, **kw):
+    import argparse
+    d = dict(vars(args))
+    d.update(kw)
+    d.setdefault("timeout", None)
+    return argparse.Namespace(**d)
+
+
+def cmd_session(args):
+    from . import report
+    cfg = load_config(args.config)
+    out = (lambda *a: None) if args.json else print
+    rep = run_session(cfg, args, out)
+    if args.json:
+        _emit(args, rep)
+        return 0
+    print()
+    print(report.format_text(rep))
+    for p in rep["plots"]:
+        print(f"plot: {p}")
+    return 0
+
+
+def demo_config(session_dir):
+    here = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models")
+    return {
+        "model": os.path.join(here, "demo.tmpm"),
+        "port": "sim", "board": boards.DEFAULT_SIM, "session": session_dir,
+        "scene": os.path.join(here, "digits_shifted.npz"),
+        "collect": [{"label": list(range(10)), "count": DEMO_PER_CLASS}],
+        "eval": os.path.join(here, "digits_shifted_test.npz"),
+        "train": dict(DEMO_TRAIN),
+        "plots": True,
+    }
+
+
+DEMO_PER_CLASS = 20
+DEMO_TRAIN = {"method": "tinymp", "epochs": 3, "lr": 0.002, "seed": 1}
+
+
+def cmd_demo(args):
+    from . import report
+    session_dir = os.path.abspath(args.session or "tinymp-demo")
+    marker = os.path.join(session_dir, ".tinymp-demo")
+    if os.path.exists(session_dir):
+        if not os.path.exists(marker):
+            raise C.user_error(f"tinymp: {session_dir} exists and is not a demo folder; give "
+                               "another --session")
+        shutil.rmtree(session_dir)
+    os.makedirs(session_dir)
+    open(marker, "w").close()
+    cfg = demo_config(session_dir)
+    out = (lambda *a: None) if args.json else print
+    out("tinymp demo: personalise the shipped digits model on a simulated OpenMV Cam H7.")
+    out("The camera sees digits rotated, shrunk and shifted (a 'shifted' copy of scikit-learn's")
+    out(f"digits, shipped with tinymp); {DEMO_PER_CLASS} photos per digit are taken with the "
+        "simulated camera and the board trains on them.\n")
+    rep = run_session(cfg, args, out)
+    if args.json:
+        _emit(args, rep)
+        return 0
+    print()
+    print(report.format_text(rep))
+    for p in rep["plots"]:
+        print(f"plot: {p}")
+    ab, aa = rep["accuracy_before"], rep["accuracy_after"]
+    print(f"\ndone in {rep['seconds']:.1f} s: accuracy {ab['accuracy'] * 100:.1f}% -> "
+          f"{aa['accuracy'] * 100:.1f}% on {aa['n']} held-out shifted digits; session folder "
+          f"{session_dir}")
+    return 0
+
+
+# --- parsers --------------------------------------------------------------------------------
+
+def _board_args(p, json_flag=True):
+    p.add_argument("--port", default="auto",
+                   help="serial device, 'sim' (simulated board; the default when no board is "
+                        "attached) or 'qemu'")
+    p.add_argument("--board", default=boards.DEFAULT_SIM,
+                   help=f"board profile of the simulated board (default {boards.DEFAULT_SIM})")
+    p.add_argument("--session", default="tinymp-session",
+                   help="session folder (dataset, runs, simulated board); default ./tinymp-session")
+    p.add_argument("--timeout", type=float, default=None, help="seconds per try of a request")
+    if json_flag:
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+def add_parsers(sub):
+    p = sub.add_parser("devices", help="serial ports with a board, the simulated board and QEMU")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_devices)
+
+    p = sub.add_parser("push", help="push a model to the board (chunked, resumable, SHA-256 "
+                                    "checked, committed atomically)")
+    p.add_argument("model")
+    _board_args(p)
+    p.set_defaults(func=cmd_push)
+
+    p = sub.add_parser("collect", help="collect labelled samples: capture with the board's "
+                                       "camera, or import from a file")
+    p.add_argument("--from", dest="source", help=".npz with x (samples) and y (labels), or a "
+                                                 "dataset folder")
+    p.add_argument("--label", type=int, help="class being shown to the camera")
+    p.add_argument("--count", type=int, help="capture until the dataset holds this many "
+                                             "samples of --label")
+    p.add_argument("--eval", action="store_true", help="put imported samples in the held-out "
+                                                       "set (not trained on)")
+    p.add_argument("--scene", help="simulated camera: .npz of uint8 images x and labels y")
+    _board_args(p)
+    p.set_defaults(func=cmd_collect)
+
+    p = sub.add_parser("train", help="train on the board over the collected samples")
+    p.add_argument("--method", default="tinymp",
+                   choices=["none", "last", "bias", "sparse", "tinytrain", "full", "tinymp"])
+    p.add_argument("--budget", type=float, help="KB of RAM the training step may use "
+                                                "(default: the board's)")
+    p.add_argument("--epochs", type=int, help="passes over the samples (default 1)")
+    p.add_argument("--steps", type=int, help="number of steps (instead of --epochs)")
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--r", type=int, help="Gradient Condensing patch size")
+    p.add_argument("--ratio", type=float, help="fraction of channels updated per period")
+    p.add_argument("--storage", choices=["int8", "fp32"])
+    p.add_argument("--momentum", type=float)
+    p.add_argument("--period", type=int, help="APU period in steps")
+    p.add_argument("--fresh", action="store_true", help="start from the pretrained weights")
+    p.add_argument("--no-save", action="store_true", help="keep the result in RAM only")
+    _board_args(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="accuracy of the board's model on samples")
+    p.add_argument("--data", help=".npz or dataset folder (default: the session's eval/ set)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--pretrained", action="store_true", help="the pretrained weights")
+    g.add_argument("--both", action="store_true", help="pretrained and personalised")
+    p.add_argument("--confusion", action="store_true", help="print the confusion matrix")
+    _board_args(p)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("params", help="save, roll back or reset the personalised parameters")
+    p.add_argument("action", choices=["save", "rollback", "reset"])
+    _board_args(p)
+    p.set_defaults(func=cmd_params)
+
+    p = sub.add_parser("report", help="accuracy, memory and latency of the session")
+    p.add_argument("--session", default="tinymp-session")
+    p.add_argument("--png", metavar="DIR", help="write loss/accuracy and memory plots there")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("session", help="the whole flow from one config file (JSON or TOML)")
+    p.add_argument("config")
+    _board_args(p)
+    p.set_defaults(func=cmd_session)
+
+    p = sub.add_parser("demo", help="the whole session against the simulated board with the "
+                                    "shipped demo model and shifted digits")
+    p.add_argument("--session", default=None, help="folder for the demo (default ./tinymp-demo, "
+                                                   "replaced)")
+    p.add_argument("--inference", action="store_true",
+                   help="only run the demo model on real digits and show its memory plan")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("--timeout", type=float, default=None)
+    p.set_defaults(func=cmd_demo, port="sim", board=boards.DEFAULT_SIM)
+
+
+def handle_errors(func, args):
+    """Run a sub-command; map its failures to one line on stderr and an exit status."""
+    try:
+        return func(args)
+    except C.SessionError as e:
+        print(e, file=sys.stderr)
+        return e.code
+    except boards.ProfileError as e:
+        print(e, file=sys.stderr)
+        return 2
+    except DatasetError as e:
+        print(e, file=sys.stderr)
+        return 2
+    except LinkError as e:
+        msg = str(e)
+        print(msg if msg.startswith("tinymp:") else f"tinymp: {msg}", file=sys.stderr)
+        return 1
+    except BoardError as e:
+        print(f"tinymp: the board refused: {e.msg}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("tinymp: interrupted", file=sys.stderr)
+        return 130

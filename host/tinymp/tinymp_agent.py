@@ -1,0 +1,1226 @@
+# tinymp_agent: the on-board side of the tinymp personalisation session (docs/SESSION.md).
+#
+# One self-contained file that runs unchanged under MicroPython (frozen into the firmware as
+# module `tinymp_agent`, or pasted through the raw REPL) and under CPython (the simulated board,
+# with the PC package's `tinymp`). It serves a binary framed protocol on the board's USB serial:
+#
+#     import tinymp_agent; tinymp_agent.main()
+#
+# Frame (all integers little-endian):
+#     0  2  magic  b"\xa5T"
+#     2  1  type   (requests < 0x80; reply = request | 0x80; 0xFF = error reply)
+#     3  1  flags  (0)
+#     4  2  seq    (a reply carries its request's seq)
+#     6  4  length of the payload
+#    10  2  header check: CRC-32 of bytes 0..9, low 16 bits (a corrupted length is never trusted)
+#    12  n  payload: one value in the tagged encoding below
+#  12+n  4  CRC-32 of bytes 0..12+n-1
+#
+# Values: N None, T True, F False, i int64, f float64, s str, b bytes (u32 length), l list and
+# d dict (u32 count). Only the modules sys, struct, os, time, gc, micropython, hashlib, binascii,
+# tinymp and (on a camera) sensor are used; each except struct, sys and os is optional.
+
+import os
+import struct
+import sys
+
+try:
+    import time
+except ImportError:  # pragma: no cover
+    time = None
+try:
+    import gc
+except ImportError:  # pragma: no cover
+    gc = None
+try:
+    import binascii
+except ImportError:  # pragma: no cover
+    binascii = None
+try:
+    import hashlib
+except ImportError:  # pragma: no cover
+    hashlib = None
+
+AGENT_VERSION = "1"
+PROTOCOL = 1
+MAGIC = b"\xa5T"
+HEADER = 12
+MAX_PAYLOAD = 65536  # the largest frame payload the agent ever accepts; INFO says what it takes
+
+# request types
+T_INFO = 0x01
+T_BYE = 0x02
+T_PUSH_BEGIN = 0x10
+T_PUSH_DATA = 0x11
+T_PUSH_COMMIT = 0x12
+T_SAMPLES_STATUS = 0x20
+T_SAMPLES_PUT = 0x21
+T_CAPTURE = 0x22
+T_CAPTURE_KEEP = 0x23
+T_SAMPLES_CLEAR = 0x24
+T_TRAIN_START = 0x30
+T_TRAIN_STEPS = 0x31
+T_TRAIN_END = 0x32
+T_PREDICT = 0x40
+T_REPORT = 0x50
+T_PARAMS_SAVE = 0x60
+T_PARAMS_ROLLBACK = 0x61
+T_PARAMS_RESET = 0x62
+T_ERROR = 0xFF
+REPLY = 0x80
+
+# the fields of one training event (a row of TRAIN_STEPS' "events")
+EVENT_FIELDS = ("step", "sample", "label", "pred", "loss", "forward_us", "backward_us",
+                "update_us", "step_us", "step_cycles", "high_water")
+
+
+# ---------------------------------------------------------------------------------------------
+# CRC-32 (IEEE 802.3, as zlib/binascii): binascii.crc32 when the firmware has it, else bitwise.
+
+def _crc32_bitwise(data, crc=0):
+    crc = crc ^ 0xFFFFFFFF
+    for b in data:
+        crc ^= b
+        for _ in range(8):
+            if crc & 1:
+                crc = (crc >> 1) ^ 0xEDB88320
+            else:
+                crc >>= 1
+    return crc ^ 0xFFFFFFFF
+
+
+if binascii is not None and hasattr(binascii, "crc32"):
+    def crc32(data, crc=0):
+        return binascii.crc32(data, crc) & 0xFFFFFFFF
+else:  # pragma: no cover - exercised by tests through _crc32_bitwise
+    crc32 = _crc32_bitwise
+
+
+def _hex(b):
+    if binascii is not None and hasattr(binascii, "hexlify"):
+        return binascii.hexlify(b).decode()
+    return "".join("%02x" % x for x in b)
+
+
+# ---------------------------------------------------------------------------------------------
+# Value encoding
+
+class ProtocolError(Exception):
+    """A frame or value that does not follow the protocol. args: (code, message, seq)."""
+
+
+def encode(v, out=None):
+    if out is None:
+        out = bytearray()
+    if v is None:
+        out.extend(b"N")
+    elif v is True:
+        out.extend(b"T")
+    elif v is False:
+        out.extend(b"F")
+    elif isinstance(v, int):
+        out.extend(b"i")
+        out.extend(struct.pack("<q", v))
+    elif isinstance(v, float):
+        out.extend(b"f")
+        out.extend(struct.pack("<d", v))
+    elif isinstance(v, str):
+        s = v.encode()
+        out.extend(b"s")
+        out.extend(struct.pack("<I", len(s)))
+        out.extend(s)
+    elif isinstance(v, (bytes, bytearray, memoryview)):
+        out.extend(b"b")
+        out.extend(struct.pack("<I", len(v)))
+        out.extend(v)
+    elif isinstance(v, (list, tuple)):
+        out.extend(b"l")
+        out.extend(struct.pack("<I", len(v)))
+        for x in v:
+            encode(x, out)
+    elif isinstance(v, dict):
+        out.extend(b"d")
+        out.extend(struct.pack("<I", len(v)))
+        for k in v:
+            encode(str(k), out)
+            encode(v[k], out)
+    else:
+        raise TypeError("cannot encode %s" % type(v))
+    return out
+
+
+def _dec(buf, pos, depth):
+    if pos >= len(buf):
+        raise ValueError("value truncated")
+    tag = buf[pos]
+    pos += 1
+    if tag == 78:  # N
+        return None, pos
+    if tag == 84:  # T
+        return True, pos
+    if tag == 70:  # F
+        return False, pos
+    if tag == 105 or tag == 102:  # i f
+        if pos + 8 > len(buf):
+            raise ValueError("number truncated")
+        v = struct.unpack_from("<q" if tag == 105 else "<d", buf, pos)[0]
+        return v, pos + 8
+    if pos + 4 > len(buf):
+        raise ValueError("length truncated")
+    n = struct.unpack_from("<I", buf, pos)[0]
+    pos += 4
+    if tag == 115 or tag == 98:  # s b
+        if pos + n > len(buf):
+            raise ValueError("string or bytes past the end")
+        v = bytes(buf[pos:pos + n])
+        if tag == 115:
+            try:
+                v = v.decode()
+            except UnicodeError:
+                raise ValueError("string is not UTF-8")
+        return v, pos + n
+    if tag == 108 or tag == 100:  # l d
+        if depth >= 8:
+            raise ValueError("values nested too deeply")
+        if n > len(buf) - pos:  # every item takes at least one byte
+            raise ValueError("count past the end")
+        if tag == 108:
+            v = []
+            for _ in range(n):
+                x, pos = _dec(buf, pos, depth + 1)
+                v.append(x)
+            return v, pos
+        v = {}
+        for _ in range(n):
+            k, pos = _dec(buf, pos, depth + 1)
+            if not isinstance(k, str):
+                raise ValueError("dict key is not a string")
+            x, pos = _dec(buf, pos, depth + 1)
+            v[k] = x
+        return v, pos
+    raise ValueError("unknown value tag %d" % tag)
+
+
+def decode(buf):
+    """One value from `buf` (all of it); ValueError when malformed."""
+    v, pos = _dec(buf, 0, 0)
+    if pos != len(buf):
+        raise ValueError("trailing bytes after the value")
+    return v
+
+
+# ---------------------------------------------------------------------------------------------
+# Frames
+
+def frame(ftype, seq, payload=b""):
+    """The bytes of one frame."""
+    n = len(payload)
+    h = bytearray(MAGIC)
+    h.extend(struct.pack("<BBHI", ftype, 0, seq & 0xFFFF, n))
+    h.extend(struct.pack("<H", crc32(h) & 0xFFFF))
+    c = crc32(payload, crc32(h))
+    h.extend(payload)
+    h.extend(struct.pack("<I", c))
+    return h
+
+
+class FrameReader:
+    """Reads frames from a blocking byte stream. `read()` returns (type, seq, payload, crc) or
+    raises ProtocolError (after consuming the bad bytes, resynchronised on the next magic) or
+    EOFError when the stream ends."""
+
+    def __init__(self, stream, max_payload=MAX_PAYLOAD):
+        self.stream = stream
+        self.max_payload = max_payload
+        self.pending = b""  # bytes read but given back (resynchronisation)
+        self.skipped = 0    # bytes dropped while looking for a magic
+
+    def _read(self, n):
+        if self.pending:
+            out = self.pending[:n]
+            self.pending = self.pending[n:]
+        else:
+            out = self._chunk(n)  # usually all n bytes at once: no copy
+        while len(out) < n:
+            out += self._chunk(n - len(out))
+        return out
+
+    def _chunk(self, n):
+        try:
+            chunk = self.stream.read(n)
+        except OSError:  # e.g. EIO on a pseudo-terminal whose other side closed
+            raise EOFError
+        if not chunk:
+            raise EOFError
+        return chunk
+
+    def read(self):
+        # 1. find the magic
+        b = self._read(1)
+        while True:
+            if b[0] == MAGIC[0]:
+                b2 = self._read(1)
+                if b2[0] == MAGIC[1]:
+                    break
+                self.skipped += 1
+                b = b2
+                continue
+            self.skipped += 1
+            b = self._read(1)
+        rest = self._read(HEADER - 2)
+        head = MAGIC + rest
+        ftype, _flags, seq, n = struct.unpack_from("<BBHI", head, 2)
+        check = struct.unpack_from("<H", head, 10)[0]
+        if crc32(head[:10]) & 0xFFFF != check:
+            # not a trustworthy header: look for a magic again from the byte after this one
+            self.pending = head[1:] + self.pending
+            raise ProtocolError("header", "corrupted frame header", None)
+        if n > self.max_payload:
+            # never swallow what may be the next frames: resynchronise after this header
+            raise ProtocolError("too_long", "frame payload of %d bytes is over the limit of %d"
+                                % (n, self.max_payload), seq)
+        body = self._read(n + 4)
+        payload = memoryview(body)[:n]  # no copy of a large payload on a small heap
+        c = crc32(payload, crc32(head))
+        if c != struct.unpack_from("<I", body, n)[0]:
+            raise ProtocolError("crc", "frame CRC-32 mismatch", seq)
+        return ftype, seq, payload, c
+
+
+# ---------------------------------------------------------------------------------------------
+# Board helpers
+
+def _ticks_us():
+    if hasattr(time, "ticks_us"):
+        return time.ticks_us()
+    return time.perf_counter_ns() // 1000
+
+
+def _ticks_diff(a, b):
+    if hasattr(time, "ticks_diff"):
+        return time.ticks_diff(a, b)
+    return a - b
+
+
+def _ticks_cpu():
+    if hasattr(time, "ticks_cpu"):
+        return time.ticks_cpu()
+    return None
+
+
+def _now():
+    try:
+        return int(time.time())
+    except Exception:  # pragma: no cover
+        return 0
+
+
+def _exists(path):
+    try:
+        os.stat(path)
+        return True
+    except OSError:
+        return False
+
+
+def _size(path):
+    try:
+        return os.stat(path)[6]
+    except OSError:
+        return -1
+
+
+def _remove(path):
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+def _sync(f):
+    f.flush()
+    fsync = getattr(os, "fsync", None)
+    if fsync is not None and hasattr(f, "fileno"):
+        try:
+            fsync(f.fileno())
+        except (OSError, ValueError):
+            pass
+    elif hasattr(os, "sync"):
+        os.sync()
+
+
+def _replace(src, dst):
+    """Rename src over dst. POSIX and littlefs replace atomically; FAT refuses an existing dst, so
+    there dst is removed first and `Agent._recover` finishes a rename cut short by a reset."""
+    try:
+        os.rename(src, dst)
+    except OSError:
+        _remove(dst)
+        os.rename(src, dst)
+
+
+def _write_file(path, data):
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        _sync(f)
+    _replace(tmp, path)
+
+
+def _sha256_file(path):
+    h = hashlib.sha256()
+    buf = bytearray(4096)
+    mv = memoryview(buf)
+    with open(path, "rb") as f:
+        while True:
+            n = f.readinto(buf)
+            if not n:
+                break
+            h.update(mv[:n])
+    return h.digest()
+
+
+def _mem_free():
+    if gc is not None and hasattr(gc, "mem_free"):
+        gc.collect()
+        return gc.mem_free()
+    return None
+
+
+class Rng:
+    """xorshift32: the same sequence on every port."""
+
+    def __init__(self, seed):
+        self.s = (seed & 0xFFFFFFFF) or 0x9E3779B9
+
+    def next(self):
+        s = self.s
+        s ^= (s << 13) & 0xFFFFFFFF
+        s ^= s >> 17
+        s ^= (s << 5) & 0xFFFFFFFF
+        self.s = s
+        return s
+
+    def below(self, n):
+        return self.next() % n
+
+
+class Fail(Exception):
+    """A request the board cannot carry out. args: (code, message)."""
+
+
+def _need(req, key, kind=None):
+    if not isinstance(req, dict) or key not in req:
+        raise Fail("bad_request", "request lacks '%s'" % key)
+    v = req[key]
+    if kind is not None and not isinstance(v, kind):
+        raise Fail("bad_request", "'%s' has the wrong type" % key)
+    return v
+
+
+# ---------------------------------------------------------------------------------------------
+# The sample store: samples.bin = 16-byte header (b"TMPS", version, sample bytes, dataset id)
+# then records of (u32 id, u16 label, u16 0, sample bytes), appended in id order.
+
+STORE_HEAD = 16
+
+
+class Store:
+    def __init__(self, path):
+        self.path = path
+        self.size = 0
+        self.uid = 0
+        self.count = 0
+        self.last_id = -1
+        self._open()
+
+    def _open(self):
+        self.size = self.uid = self.count = 0
+        self.last_id = -1
+        try:
+            with open(self.path, "rb") as f:
+                h = f.read(STORE_HEAD)
+                if len(h) < STORE_HEAD or h[:4] != b"TMPS":
+                    return
+                _v, self.size, self.uid = struct.unpack_from("<III", h, 4)
+                rec = 8 + self.size
+                total = _size(self.path) - STORE_HEAD
+                self.count = total // rec
+                if self.count:
+                    f.seek(STORE_HEAD + (self.count - 1) * rec)
+                    self.last_id = struct.unpack("<I", f.read(4))[0]
+        except OSError:
+            pass
+
+    def reset(self, size, uid):
+        with open(self.path, "wb") as f:
+            f.write(b"TMPS" + struct.pack("<III", 1, size, uid))
+            _sync(f)
+        self._open()
+
+    def append(self, sid, label, data):
+        rec = 8 + self.size
+        # drop a record cut short by a reset, then append
+        want = STORE_HEAD + self.count * rec
+        if _size(self.path) != want:
+            self._truncate(want)
+        with open(self.path, "ab") as f:
+            f.write(struct.pack("<IHH", sid, label, 0))
+            f.write(data)
+            _sync(f)
+        self.count += 1
+        self.last_id = sid
+
+    def _truncate(self, n):
+        with open(self.path, "rb") as f:
+            data = f.read(n)
+        _write_file(self.path, data)
+
+    def get(self, i, buf):
+        rec = 8 + self.size
+        with open(self.path, "rb") as f:
+            f.seek(STORE_HEAD + i * rec)
+            h = f.read(8)
+            n = f.readinto(buf)
+        if len(h) < 8 or n != self.size:
+            raise Fail("io", "sample %d of the store is unreadable" % i)
+        sid, label, _ = struct.unpack("<IHH", h)
+        return sid, label
+
+
+# ---------------------------------------------------------------------------------------------
+# The agent
+
+class Agent:
+    def __init__(self, root=None, board=None):
+        try:
+            import tinymp
+        except ImportError:
+            tinymp = None
+        self.tinymp = tinymp
+        self.board = board or {}
+        if root is None:
+            root = self.board.get("root") or self._default_root()
+        self.root = root
+        try:
+            os.mkdir(root)
+        except OSError:
+            pass
+        self.store = Store(self._p("samples.bin"))
+        self.model = None        # tinymp.Model of the committed model (loaded on demand)
+        self.model_data = None
+        self.model_sha = None
+        self.trainer = None
+        self.trainer_opts = None
+        self.push = None
+        self.train = None        # state of the current training run
+        self.pending = None      # a captured sample waiting for the PC's "kept"
+        self.sensor = None
+        self.last = None         # (seq, crc, reply bytes) of the last request served
+        self.report = None
+        self.heap0 = _mem_free()
+        self.running = True
+        # frames up to an eighth of the free heap, between 1 KB and MAX_PAYLOAD
+        free = self.board.get("mem_free", self.heap0)
+        self.max_payload = MAX_PAYLOAD if free is None else \
+            max(1024, min(MAX_PAYLOAD, (free // 8) & ~1023))
+        self.storage = self._probe_storage()
+        if self.storage:
+            self._recover()
+
+    # --- files
+    def _default_root(self):
+        for base in ("/sd", "/flash"):
+            if _exists(base):
+                return base + "/tinymp"
+        return "tinymp"
+
+    def _p(self, name):
+        return self.root + "/" + name
+
+    def _probe_storage(self):
+        probe = self._p("probe.tmp")
+        try:
+            with open(probe, "wb") as f:
+                f.write(b"1")
+            os.remove(probe)
+            return True
+        except OSError:
+            return False
+
+    def _need_storage(self):
+        if not self.storage:
+            raise Fail("no_storage", "this board has no writable filesystem for models and "
+                       "samples")
+
+    def _recover(self):
+        # a commit cut short between removing the old model and renaming the new one (FAT)
+        new, cur = self._p("model.new"), self._p("model.tmpm")
+        if _exists(new):
+            _replace(new, cur)
+        for name in ("params.bin", "params.opt"):
+            p = self._p(name)
+            if _exists(p + ".tmp") and not _exists(p):
+                _remove(p + ".tmp")
+
+    # --- engine
+    def _need_engine(self):
+        if self.tinymp is None:
+            raise Fail("no_engine", "this firmware has no tinymp module")
+
+    def _load_model(self):
+        self._need_engine()
+        if self.model is None:
+            path = self._p("model.tmpm")
+            if not _exists(path):
+                raise Fail("no_model", "no model on the board: push one first")
+            try:
+                self.model = self.tinymp.Model(path)
+            except (ValueError, OSError) as e:
+                raise Fail("bad_model", "the model on the board does not load: %s" % e)
+        return self.model
+
+    def _model_sha(self):
+        if self.model_sha is None and _exists(self._p("model.tmpm")):
+            if hashlib is not None:
+                self.model_sha = _hex(_sha256_file(self._p("model.tmpm")))
+        return self.model_sha
+
+    def _sample_bytes(self, m):
+        h, w, c = m.input_shape
+        return h * w * c
+
+    def _budget(self):
+        b = self.board.get("arena_budget")
+        if b is None:
+            free = _mem_free()
+            b = max(0, free - 32768) if free is not None else None
+        return b
+
+    # --- requests
+    def do_info(self, req):
+        model = None
+        if _exists(self._p("model.tmpm")):
+            try:
+                m = self._load_model()
+                h, w, c = m.input_shape
+                model = {"bytes": _size(self._p("model.tmpm")), "sha256": self._model_sha(),
+                         "input_shape": [h, w, c], "num_classes": m.num_classes,
+                         "class_names": m.class_names, "input_scale": m.input_scale,
+                         "input_zero_point": m.input_zero_point,
+                         "inference_arena_bytes": m.inference_arena_bytes}
+            except Fail as e:
+                model = {"bytes": _size(self._p("model.tmpm")), "error": e.args[1]}
+        impl = sys.implementation
+        uname = getattr(os, "uname", None)
+        machine = getattr(impl, "_machine", None)
+        if uname is not None:
+            try:
+                machine = uname().machine
+            except Exception:
+                pass
+        b = self.board
+        romfs = b.get("romfs")
+        if romfs is None:
+            romfs = _exists("/rom")
+        params = self._read_opt()
+        return {
+            "agent": AGENT_VERSION, "protocol": PROTOCOL,
+            "board": b.get("name") or machine or sys.platform,
+            "simulated": bool(b.get("simulated")),
+            "implementation": impl.name,
+            "firmware": ".".join(str(x) for x in impl.version[:3]),
+            "platform": sys.platform,
+            "tinymp": getattr(self.tinymp, "__version__", None) if self.tinymp else None,
+            "trainer": self.tinymp is not None and hasattr(self.tinymp, "Trainer"),
+            "mem_free": b.get("mem_free", _mem_free()),
+            "mem_total": b.get("mem_total"),
+            "arena_budget": self._budget(),
+            "model_flash": b.get("model_flash"),
+            "romfs": romfs,
+            "camera": self._has_camera(),
+            "clock": b.get("clock", "board"),
+            "crc": "binascii" if crc32 is not _crc32_bitwise else "bitwise",
+            "max_payload": self.max_payload,
+            "root": self.root,
+            "storage": self.storage,
+            "model": model,
+            "samples": {"count": self.store.count, "last_id": self.store.last_id,
+                        "dataset": self.store.uid, "bytes": self.store.size},
+            "params": params,
+        }
+
+    def do_bye(self, req):
+        self.running = False
+        return {"ok": True}
+
+    # push: PUSH_BEGIN {size, sha256} -> {offset}; PUSH_DATA {offset, data} -> {offset};
+    # PUSH_COMMIT {} -> {sha256, bytes}
+    def _part(self, sha):
+        return self._p("push-" + sha[:16] + ".part")
+
+    def do_push_begin(self, req):
+        size = _need(req, "size", int)
+        sha = _need(req, "sha256", str)
+        self._need_storage()
+        if hashlib is None or not hasattr(hashlib, "sha256"):
+            raise Fail("no_sha256", "this firmware has no hashlib.sha256")
+        if len(sha) != 64:
+            raise Fail("bad_request", "sha256 must be 64 hex digits")
+        limit = self.board.get("model_flash")
+        if limit is not None and size > limit:
+            raise Fail("too_big", "model of %d bytes is larger than the %d bytes of model flash "
+                       "on this board" % (size, limit))
+        if size < 1:
+            raise Fail("bad_request", "empty model")
+        # one push at a time: drop other partial pushes
+        keep = "push-" + sha[:16] + ".part"
+        for name in os.listdir(self.root):
+            if name.startswith("push-") and name != keep:
+                _remove(self._p(name))
+        part = self._part(sha)
+        have = _size(part)
+        if have < 0 or have > size:
+            with open(part, "wb") as f:
+                _sync(f)
+            have = 0
+        self.push = {"size": size, "sha": sha, "part": part, "offset": have}
+        return {"offset": have, "resumed": have > 0}
+
+    def do_push_data(self, req):
+        p = self.push
+        if not p:
+            raise Fail("state", "no push in progress")
+        off = _need(req, "offset", int)
+        data = _need(req, "data", bytes)
+        if off != p["offset"]:
+            # a retransmission of data already written, or a gap: say where we are
+            return {"offset": p["offset"]}
+        if off + len(data) > p["size"]:
+            raise Fail("bad_request", "data past the declared model size")
+        with open(p["part"], "ab") as f:
+            f.write(data)
+            _sync(f)
+        p["offset"] = off + len(data)
+        return {"offset": p["offset"]}
+
+    def do_push_commit(self, req):
+        p = self.push
+        if not p:
+            raise Fail("state", "no push in progress")
+        if _size(p["part"]) != p["size"]:
+            raise Fail("incomplete", "the model is incomplete: %d of %d bytes"
+                       % (max(0, _size(p["part"])), p["size"]))
+        got = _hex(_sha256_file(p["part"]))
+        if got != p["sha"]:
+            _remove(p["part"])
+            self.push = None
+            raise Fail("sha256", "SHA-256 of the received model does not match; push again")
+        if self.tinymp is not None:
+            try:
+                m = self.tinymp.Model(p["part"])
+            except (ValueError, OSError) as e:
+                _remove(p["part"])
+                self.push = None
+                raise Fail("bad_model", "the engine refuses the model: %s" % e)
+            budget = self._budget()
+            if budget is not None and m.inference_arena_bytes > budget:
+                _remove(p["part"])
+                self.push = None
+                raise Fail("too_big", "the model needs %d bytes of RAM for one inference; this "
+                           "board has %d" % (m.inference_arena_bytes, budget))
+            m = None
+        # commit: the previous model stays in place until this rename
+        self.model = self.trainer = self.train = None
+        if gc is not None:
+            gc.collect()
+        new = self._p("model.new")
+        _replace(p["part"], new)
+        _replace(new, self._p("model.tmpm"))
+        self.model_sha = p["sha"]
+        self.push = None
+        # personalised parameters belong to the previous model
+        for name in ("params.bin", "params.prev", "params.opt", "train.rep"):
+            _remove(self._p(name))
+        return {"sha256": self.model_sha, "bytes": p["size"]}
+
+    # samples
+    def do_samples_status(self, req):
+        return {"count": self.store.count, "last_id": self.store.last_id,
+                "dataset": self.store.uid, "bytes": self.store.size}
+
+    def _store_for(self, uid):
+        self._need_storage()
+        m = self._load_model()
+        size = self._sample_bytes(m)
+        if self.store.uid != uid or self.store.size != size:
+            self.store.reset(size, uid)
+        return m, size
+
+    def _check_label(self, m, label):
+        if not isinstance(label, int) or label < 0 or label >= m.num_classes:
+            raise Fail("bad_label", "label %r is out of range 0..%d" % (label, m.num_classes - 1))
+
+    def do_samples_put(self, req):
+        uid = _need(req, "dataset", int)
+        first = _need(req, "first", int)
+        labels = _need(req, "labels", list)
+        data = _need(req, "data", bytes)
+        m, size = self._store_for(uid)
+        if len(data) != size * len(labels):
+            raise Fail("bad_shape", "%d bytes for %d samples of %d bytes"
+                       % (len(data), len(labels), size))
+        for lab in labels:
+            self._check_label(m, lab)
+        mv = memoryview(data)
+        for k in range(len(labels)):
+            sid = first + k
+            if sid <= self.store.last_id:
+                continue  # already stored (a retransmission)
+            if sid != self.store.last_id + 1:
+                raise Fail("gap", "sample %d after %d" % (sid, self.store.last_id))
+            self.store.append(sid, labels[k], mv[k * size:(k + 1) * size])
+        return {"count": self.store.count, "last_id": self.store.last_id}
+
+    def do_samples_clear(self, req):
+        _remove(self.store.path)
+        self.store = Store(self.store.path)
+        return {"count": 0}
+
+    def _has_camera(self):
+        if self.board.get("camera") is False:
+            return False
+        try:
+            import sensor  # noqa: F401
+            return True
+        except ImportError:
+            return False
+
+    def _camera(self):
+        if self.sensor is None:
+            try:
+                import sensor
+            except ImportError:
+                raise Fail("no_camera", "this board has no camera (no sensor module)")
+            m = self._load_model()
+            c = m.input_shape[2]
+            sensor.reset()
+            sensor.set_pixformat(sensor.GRAYSCALE if c == 1 else sensor.RGB565)
+            sensor.set_framesize(sensor.QQVGA)
+            if hasattr(sensor, "skip_frames"):
+                sensor.skip_frames(time=500)
+            self.sensor = sensor
+        return self.sensor
+
+    def _frame_to_input(self, img, m):
+        """A camera frame -> the model's int8 input: centre square crop, box-average resize to
+        H x W, quantised with the model's input scale and zero point (pixel 0..255 -> 0..1)."""
+        h, w, c = m.input_shape
+        fw, fh = img.width(), img.height()
+        raw = img.bytearray()
+        gray = len(raw) == fw * fh
+        side = min(fw, fh)
+        x0, y0 = (fw - side) // 2, (fh - side) // 2
+        scale, zp = m.input_scale, m.input_zero_point
+        lut = []
+        for v in range(256):
+            q = int(v / 255.0 / scale + 0.5) + zp  # round half away from zero (v >= 0)
+            lut.append(-128 if q < -128 else 127 if q > 127 else q)
+        out = bytearray(h * w * c)
+        k = 0
+        for oy in range(h):
+            ya, yb = y0 + oy * side // h, y0 + max((oy + 1) * side // h, oy * side // h + 1)
+            for ox in range(w):
+                xa, xb = x0 + ox * side // w, x0 + max((ox + 1) * side // w, ox * side // w + 1)
+                acc = [0, 0, 0]
+                n = 0
+                for yy in range(ya, yb):
+                    row = yy * fw
+                    for xx in range(xa, xb):
+                        if gray:
+                            v = raw[row + xx]
+                            acc[0] += v
+                        else:  # RGB565, big-endian
+                            i = 2 * (row + xx)
+                            p = (raw[i] << 8) | raw[i + 1]
+                            acc[0] += ((p >> 11) & 31) * 255 // 31
+                            acc[1] += ((p >> 5) & 63) * 255 // 63
+                            acc[2] += (p & 31) * 255 // 31
+                        n += 1
+                if c == 1:
+                    if not gray:
+                        acc[0] = (acc[0] * 77 + acc[1] * 150 + acc[2] * 29) >> 8
+                    out[k] = lut[(acc[0] + n // 2) // n] & 0xFF
+                    k += 1
+                else:
+                    for ch in range(c):
+                        v = acc[0] if gray else acc[ch]
+                        out[k] = lut[(v + n // 2) // n] & 0xFF
+                        k += 1
+        return out
+
+    def do_capture(self, req):
+        label = _need(req, "label", int)
+        sid = _need(req, "id", int)
+        uid = _need(req, "dataset", int)
+        m, size = self._store_for(uid)
+        self._check_label(m, label)
+        cam = self._camera()
+        t0 = _ticks_us()
+        img = cam.snapshot()
+        x = self._frame_to_input(img, m)
+        self.pending = (sid, label, x)
+        return {"id": sid, "label": label, "data": bytes(x),
+                "capture_us": _ticks_diff(_ticks_us(), t0)}
+
+    def do_capture_keep(self, req):
+        sid = _need(req, "id", int)
+        if sid <= self.store.last_id:
+            return {"count": self.store.count, "last_id": self.store.last_id}
+        if self.pending is None or self.pending[0] != sid:
+            raise Fail("state", "no captured sample %d waiting" % sid)
+        if sid != self.store.last_id + 1:
+            raise Fail("gap", "sample %d after %d" % (sid, self.store.last_id))
+        _, label, x = self.pending
+        self.store.append(sid, label, x)
+        self.pending = None
+        return {"count": self.store.count, "last_id": self.store.last_id}
+
+    # training
+    def _read_opt(self):
+        try:
+            with open(self._p("params.opt"), "rb") as f:
+                v = decode(f.read())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(v, dict):
+            return None
+        v["saved"] = _exists(self._p("params.bin"))
+        v["previous"] = _exists(self._p("params.prev"))
+        return v
+
+    def _plan_options(self, opts):
+        kw = {}
+        for k in ("method", "budget", "r", "ratio", "storage", "momentum", "n_bias", "macs"):
+            if opts.get(k) is not None:
+                kw[k] = opts[k]
+        budget = self._budget()
+        if budget is not None:
+            kw["budget"] = min(kw.get("budget", budget), budget)
+        return kw
+
+    def _support(self, m, n=32):
+        size = self._sample_bytes(m)
+        xs, ys = [], []
+        buf = bytearray(size)
+        for i in range(min(n, self.store.count)):
+            _, lab = self.store.get(i, buf)
+            xs.append(bytes(buf))
+            ys.append(lab)
+        return xs, ys
+
+    def _make_trainer(self, opts):
+        self._need_engine()
+        if not hasattr(self.tinymp, "Trainer"):
+            raise Fail("no_trainer", "this tinymp has no Trainer (training engine not built)")
+        m = self._load_model()
+        kw = self._plan_options(opts)
+        if kw.get("method") == "tinytrain" or (opts.get("support") and self.store.count):
+            kw["support"] = self._support(m)
+        heap0 = _mem_free()
+        try:
+            plan = m.plan(**kw)
+        except ValueError as e:
+            raise Fail("budget", "no training plan: %s" % e)
+        try:
+            arena = bytearray(plan.arena_bytes)
+        except MemoryError:
+            raise Fail("memory", "cannot allocate the %d-byte training arena" % plan.arena_bytes)
+        try:
+            tr = self.tinymp.Trainer(m, plan, lr=opts.get("lr", 0.01), arena=arena,
+                                     seed=opts.get("seed", 1), period=opts.get("period", 0))
+        except (ValueError, MemoryError) as e:
+            raise Fail("trainer", "cannot start training: %s" % e)
+        heap1 = _mem_free()
+        return plan, tr, heap0, heap1
+
+    def _plan_dict(self, plan):
+        d = {}
+        for k in ("arena_bytes", "method", "r", "ratio", "storage", "forward_macs",
+                  "backward_macs"):
+            v = getattr(plan, k, None)
+            if isinstance(v, (int, float, str)) or v is None:
+                d[k] = v
+        bd = getattr(plan, "breakdown", None)
+        if isinstance(bd, dict):
+            d["breakdown"] = dict(bd)
+        lay = getattr(plan, "layers", None)
+        if lay is not None:
+            d["layers"] = [int(x) for x in lay]
+        return d
+
+    def do_train_start(self, req):
+        opts = req if isinstance(req, dict) else {}
+        if self.store.count == 0:
+            raise Fail("no_samples", "the board holds no samples: collect some first")
+        self.trainer = self.train = None
+        if gc is not None:
+            gc.collect()
+        plan, tr, heap0, heap1 = self._make_trainer(opts)
+        resumed = False
+        saved = self._read_opt()
+        if not opts.get("fresh") and saved and saved.get("saved") and \
+                saved.get("model") == self._model_sha() and \
+                saved.get("options", {}).get("method") == opts.get("method"):
+            try:
+                tr.load(self._p("params.bin"))
+                resumed = True
+            except (ValueError, OSError):
+                resumed = False
+        steps = _need(opts, "steps", int)
+        if steps < 0:
+            raise Fail("bad_request", "steps must be >= 0")
+        self.trainer = tr
+        self.trainer_opts = opts
+        self.train = {"plan": plan, "opts": opts, "done": 0, "total": steps,
+                      "rng": Rng(opts.get("seed", 1)), "order": [], "heap0": heap0,
+                      "heap1": heap1, "buf": bytearray(self._sample_bytes(self.model)),
+                      "stats": self._stats(tr)}
+        self.report = None
+        return {"plan": self._plan_dict(plan), "resumed": resumed, "heap_before": heap0,
+                "heap_after": heap1, "samples": self.store.count, "steps": steps}
+
+    def _stats(self, tr):
+        try:
+            s = tr.stats()
+        except Exception:  # pragma: no cover
+            return {}
+        return s if isinstance(s, dict) else {}
+
+    def _next_index(self, t):
+        if not t["order"]:
+            n = self.store.count
+            order = list(range(n))
+            rng = t["rng"]
+            for i in range(n - 1, 0, -1):
+                j = rng.below(i + 1)
+                order[i], order[j] = order[j], order[i]
+            t["order"] = order
+        return t["order"].pop()
+
+    def do_train_steps(self, req):
+        t = self.train
+        if t is None or self.trainer is None:
+            raise Fail("state", "no training run: send TRAIN_START first")
+        n = _need(req, "n", int)
+        tr = self.trainer
+        track = t["opts"].get("track_accuracy", True)
+        events = []
+        buf = t["buf"]
+        while n > 0 and t["done"] < t["total"]:
+            sid, label = self.store.get(self._next_index(t), buf)
+            pred = tr.predict(buf) if track else -1
+            before = t["stats"]
+            c0 = _ticks_cpu()
+            t0 = _ticks_us()
+            loss = tr.step(buf, label)
+            t1 = _ticks_us()
+            c1 = _ticks_cpu()
+            s = self._stats(tr)
+            t["stats"] = s
+            cyc = None
+            if c0 is not None and c1 is not None:
+                cyc = _ticks_diff(c1, c0) if hasattr(time, "ticks_diff") else c1 - c0
+            events.append([t["done"], sid, label, pred, float(loss),
+                           s.get("forward_us", 0) - before.get("forward_us", 0),
+                           s.get("backward_us", 0) - before.get("backward_us", 0),
+                           s.get("update_us", 0) - before.get("update_us", 0),
+                           _ticks_diff(t1, t0), cyc, tr.high_water])
+            t["done"] += 1
+            n -= 1
+        return {"events": events, "done": t["done"], "total": t["total"]}
+
+    def _save_params(self, opts):
+        p, prev = self._p("params.bin"), self._p("params.prev")
+        if _exists(p):
+            _replace(p, prev)
+        self.trainer.save(p)
+        o = {}
+        for k in opts:
+            if k not in ("support",):
+                o[k] = opts[k]
+        _write_file(self._p("params.opt"), encode({"model": self._model_sha(), "options": o,
+                                                   "time": _now()}))
+
+    def do_train_end(self, req):
+        t = self.train
+        if t is None or self.trainer is None:
+            raise Fail("state", "no training run")
+        tr = self.trainer
+        rep = {"plan": self._plan_dict(t["plan"]), "stats": self._stats(tr),
+               "high_water": tr.high_water, "steps": t["done"],
+               "heap_before": t["heap0"], "heap_after": t["heap1"], "heap_end": _mem_free(),
+               "clock": self.board.get("clock", "board"), "saved": False}
+        if isinstance(req, dict) and req.get("save", True):
+            self._save_params(t["opts"])
+            rep["saved"] = True
+        self.report = rep
+        try:
+            _write_file(self._p("train.rep"), encode(rep))
+        except OSError:
+            pass
+        self.train = None
+        return rep
+
+    def _trainer_for_eval(self):
+        if self.trainer is not None:
+            return self.trainer, "personalised"
+        saved = self._read_opt()
+        if not saved or not saved.get("saved") or saved.get("model") != self._model_sha():
+            return None, "pretrained"
+        opts = saved.get("options") or {}
+        plan, tr, _, _ = self._make_trainer(opts)
+        try:
+            tr.load(self._p("params.bin"))
+        except (ValueError, OSError) as e:
+            raise Fail("params", "the saved parameters do not load: %s" % e)
+        self.trainer = tr
+        self.trainer_opts = opts
+        return tr, "personalised"
+
+    def do_predict(self, req):
+        m = self._load_model()
+        size = self._sample_bytes(m)
+        data = _need(req, "data", bytes)
+        if len(data) % size:
+            raise Fail("bad_shape", "%d bytes is not a whole number of %d-byte samples"
+                       % (len(data), size))
+        use = req.get("params", "personalised")
+        runner, used = m, "pretrained"
+        if use != "pretrained":
+            tr, used = self._trainer_for_eval()
+            if tr is not None:
+                runner = tr
+        mv = memoryview(data)
+        preds = bytearray(len(data) // size)
+        t0 = _ticks_us()
+        for k in range(len(preds)):
+            preds[k] = runner.predict(mv[k * size:(k + 1) * size])
+        return {"pred": bytes(preds), "params": used, "us": _ticks_diff(_ticks_us(), t0)}
+
+    def do_report(self, req):
+        rep = self.report
+        if rep is None:
+            try:
+                with open(self._p("train.rep"), "rb") as f:
+                    rep = decode(f.read())
+            except (OSError, ValueError):
+                rep = None
+        return {"train": rep, "params": self._read_opt(), "mem_free": _mem_free(),
+                "heap_at_start": self.heap0, "model_bytes": _size(self._p("model.tmpm")),
+                "clock": self.board.get("clock", "board")}
+
+    def do_params_save(self, req):
+        if self.trainer is None:
+            raise Fail("state", "no personalised parameters in RAM to save: train first")
+        self._save_params(self.trainer_opts or {})
+        return {"saved": True}
+
+    def do_params_rollback(self, req):
+        p, prev = self._p("params.bin"), self._p("params.prev")
+        if not _exists(prev):
+            raise Fail("nothing", "no earlier parameters to roll back to")
+        _replace(prev, p)
+        self.trainer = self.train = None
+        return {"restored": True}
+
+    def do_params_reset(self, req):
+        p, prev = self._p("params.bin"), self._p("params.prev")
+        if self.trainer is not None:
+            self.trainer.reset()
+        if _exists(p):
+            _replace(p, prev)
+        self.trainer = self.train = None
+        return {"reset": True, "can_roll_back": _exists(prev)}
+
+    HANDLERS = {
+        T_INFO: "do_info", T_BYE: "do_bye",
+        T_PUSH_BEGIN: "do_push_begin", T_PUSH_DATA: "do_push_data",
+        T_PUSH_COMMIT: "do_push_commit",
+        T_SAMPLES_STATUS: "do_samples_status", T_SAMPLES_PUT: "do_samples_put",
+        T_CAPTURE: "do_capture", T_CAPTURE_KEEP: "do_capture_keep",
+        T_SAMPLES_CLEAR: "do_samples_clear",
+        T_TRAIN_START: "do_train_start", T_TRAIN_STEPS: "do_train_steps",
+        T_TRAIN_END: "do_train_end", T_PREDICT: "do_predict", T_REPORT: "do_report",
+        T_PARAMS_SAVE: "do_params_save", T_PARAMS_ROLLBACK: "do_params_rollback",
+        T_PARAMS_RESET: "do_params_reset",
+    }
+
+    def handle(self, ftype, seq, payload, crc):
+        """The reply frame (bytes) to one request frame."""
+        if ftype != T_INFO and self.last is not None and self.last[0] == seq and \
+                self.last[1] == crc:
+            return self.last[2]  # a retransmission: the same reply, not a second execution
+        name = self.HANDLERS.get(ftype)
+        if name is None:
+            if ftype & REPLY:
+                return self.error(seq, "unexpected", "the board got a reply-type frame 0x%02x"
+                                  % ftype)
+            return self.error(seq, "unknown_type", "unknown request type 0x%02x" % ftype)
+        try:
+            req = decode(payload) if len(payload) else None
+        except ValueError as e:
+            return self.error(seq, "bad_payload", "undecodable request: %s" % e)
+        try:
+            rep = getattr(self, name)(req)
+            out = frame(ftype | REPLY, seq, encode(rep))
+        except Fail as e:
+            out = self.error(seq, e.args[0], e.args[1])
+        except MemoryError:
+            out = self.error(seq, "memory", "out of memory on the board")
+        except Exception as e:  # noqa: BLE001 - the link must survive any failure
+            out = self.error(seq, "internal", "%s: %s" % (type(e).__name__, e))
+        self.last = (seq, crc, out)
+        return out
+
+    def error(self, seq, code, msg):
+        return frame(T_ERROR, 0xFFFF if seq is None else seq, encode({"code": code, "msg": msg}))
+
+
+def serve(inp, out, agent):
+    """Serve requests until BYE or the end of the input stream."""
+    reader = FrameReader(inp, agent.max_payload)
+    while agent.running:
+        try:
+            ftype, seq, payload, crc = reader.read()
+            rep = agent.handle(ftype, seq, payload, crc)
+        except EOFError:
+            break
+        except ProtocolError as e:
+            rep = agent.error(e.args[2], e.args[0], e.args[1])
+        out.write(rep)
+        if hasattr(out, "flush"):
+            out.flush()
+
+
+def main(inp=None, out=None, root=None, board=None):
+    """Run the agent on this board's console (USB serial) until the PC says goodbye."""
+    try:
+        import micropython
+    except ImportError:
+        micropython = None
+    if inp is None:
+        inp = sys.stdin.buffer
+    if out is None:
+        out = sys.stdout.buffer
+    if micropython is not None and hasattr(micropython, "kbd_intr"):
+        micropython.kbd_intr(-1)  # a 0x03 byte in a frame is data, not Ctrl-C
+    try:
+        agent = Agent(root, board)
+        out.write(frame(T_INFO | REPLY, 0xFFFF, encode({"hello": AGENT_VERSION})))
+        if hasattr(out, "flush"):
+            out.flush()
+        serve(inp, out, agent)
+    finally:
+        if micropython is not None and hasattr(micropython, "kbd_intr"):
+            micropython.kbd_intr(3)

@@ -1,0 +1,251 @@
+"""The session commands of `tinymp` against the simulated board: the whole demo (accuracy after >
+before), a session from a config file, report/--json/--png, devices, and bad user input: one
+clear line, a non-zero exit, nothing half-written."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import tinymp
+from tinymp import cli, zoo
+from tinymp.session import dataset as D
+
+MODELS = os.path.join(os.path.dirname(tinymp.__file__), "models")
+SCENE = os.path.join(MODELS, "digits_shifted.npz")
+HELD = os.path.join(MODELS, "digits_shifted_test.npz")
+DEMO = os.path.join(MODELS, "demo.tmpm")
+
+
+def tinymp_cmd(*args, cwd=None):
+    r = subprocess.run([sys.executable, "-m", "tinymp.cli", *args], capture_output=True,
+                       text=True, cwd=cwd, timeout=300)
+    return r.returncode, r.stdout, r.stderr
+
+
+def one_line(err):
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tinymp:"), err
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    """`tinymp demo` once, as a person runs it (text); its session folder for the checks."""
+    folder = tmp_path_factory.mktemp("demo") / "demo"
+    code, out, err = tinymp_cmd("demo", "--session", str(folder))
+    assert code == 0, err
+    return folder, out
+
+
+def test_demo_personalises_the_model(demo_run):
+    folder, out = demo_run
+    for needle in ("evaluate   before:", "evaluate   after:", "latency per step", "memory",
+                   "host CPU", "plot:"):
+        assert needle in out, needle
+    code, js, err = tinymp_cmd("report", "--session", str(folder), "--json")
+    assert code == 0, err
+    rep = json.loads(js)
+    before, after = rep["accuracy_before"], rep["accuracy_after"]
+    assert before["params"] == "pretrained" and after["params"] == "personalised"
+    assert before["n"] == after["n"] == 339
+    assert after["accuracy"] > before["accuracy"] + 0.1
+    assert f"after {after['accuracy'] * 100:.1f}%" in out
+    t = rep["train"]
+    assert t["clock"] == "host" and "simulated board, host CPU times" in t["timing_note"]
+    assert t["high_water"] <= t["arena_bytes"] <= 262144
+    assert sum(t["breakdown"].values()) <= t["arena_bytes"]
+    assert t["heap_before"] is None  # the simulated board measures no heap: none is shown
+    assert rep["simulated"] and rep["board"]["board"] == "OPENMV_H7 (simulated)"
+    plots = sorted(os.listdir(folder / "plots"))
+    assert plots == ["memory.png", "training.png"]
+    assert all(os.path.getsize(folder / "plots" / p) > 5000 for p in plots)
+    ds = D.Dataset.open(str(folder / "dataset"))
+    assert len(ds) == 200 and list(ds.counts()) == [20] * 10
+    assert {r["source"] for r in ds.records} == {"capture"}
+
+
+def test_demo_folder_rules(demo_run, tmp_path):
+    # the demo folder is replaced on a second run (--json prints the report); another folder is
+    # never touched
+    folder, _ = demo_run
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "keep.txt").write_text("x")
+    code, out, err = tinymp_cmd("demo", "--session", str(other))
+    assert code == 2 and "is not a demo folder" in one_line(err)
+    assert sorted(os.listdir(other)) == ["keep.txt"]
+
+
+def test_demo_inference_only():
+    code, out, err = tinymp_cmd("demo", "--inference")
+    assert code == 0, err
+    assert "inference arena" in out
+
+
+def test_step_by_step_commands(tmp_path):
+    s = str(tmp_path / "s")
+    code, out, err = tinymp_cmd("push", DEMO, "--port", "sim", "--session", s, "--json")
+    assert code == 0, err
+    assert json.loads(out)["bytes"] == os.path.getsize(DEMO)
+    code, out, err = tinymp_cmd("collect", "--from", SCENE, "--port", "sim", "--session", s, "-q")
+    assert code == 0, err
+    code, out, err = tinymp_cmd("collect", "--from", HELD, "--eval", "--port", "sim",
+                                "--session", s, "--json")
+    assert code == 0, err and json.loads(out)["total"] == 339
+    code, out, err = tinymp_cmd("train", "--port", "sim", "--session", s, "--epochs", "2",
+                                "--lr", "0.002", "--json")
+    assert code == 0, err
+    t = json.loads(out)
+    assert t["steps"] == 400 and t["saved"]
+    code, out, err = tinymp_cmd("eval", "--both", "--port", "sim", "--session", s, "--json")
+    assert code == 0, err
+    pre, post = json.loads(out)
+    assert pre["params"] == "pretrained" and post["params"] == "personalised"
+    assert post["accuracy"] > pre["accuracy"]
+    code, out, err = tinymp_cmd("report", "--session", s, "--png", str(tmp_path / "png"), "--json")
+    assert code == 0, err
+    rep = json.loads(out)
+    assert rep["accuracy_after"]["accuracy"] == post["accuracy"]
+    assert sorted(os.listdir(tmp_path / "png")) == ["memory.png", "training.png"]
+    code, out, err = tinymp_cmd("params", "reset", "--port", "sim", "--session", s)
+    assert code == 0, err
+    code, out, err = tinymp_cmd("eval", "--port", "sim", "--session", s, "--json")
+    assert json.loads(out)[0]["accuracy"] == pre["accuracy"]
+
+
+def test_session_from_a_config_file(tmp_path):
+    cfg = {"model": DEMO, "port": "sim", "board": "NUCLEO_H743ZI2", "session": "sess",
+           "collect": [{"from": SCENE}], "eval": HELD,
+           "train": {"method": "full", "epochs": 1, "lr": 0.001, "budget_kb": 128},
+           "plots": False}
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps(cfg))
+    code, out, err = tinymp_cmd("session", str(path), "--json")
+    assert code == 0, err
+    rep = json.loads(out)
+    assert rep["board"]["board"] == "NUCLEO_H743ZI2 (simulated)"
+    assert rep["train"]["arena_bytes"] <= 128 * 1024
+    assert rep["accuracy_after"]["accuracy"] > rep["accuracy_before"]["accuracy"]
+    assert os.path.isdir(tmp_path / "sess" / "sim" / "NUCLEO_H743ZI2" / "flash")
+
+
+def test_devices_lists_sim_and_qemu():
+    code, out, err = tinymp_cmd("devices", "--json")
+    assert code == 0, err
+    rows = json.loads(out)
+    ports = [r["port"] for r in rows]
+    assert "sim" in ports and "qemu" in ports
+    assert sum(r["default"] for r in rows) == 1
+
+
+# --- bad input ------------------------------------------------------------------------------
+
+def _tree(path):
+    out = []
+    for root, _, files in os.walk(path):
+        for f in files:
+            out.append(os.path.relpath(os.path.join(root, f), path))
+    return sorted(out)
+
+
+@pytest.fixture(scope="module")
+def ready(tmp_path_factory):
+    """A session whose simulated board holds the demo model and a few samples."""
+    s = str(tmp_path_factory.mktemp("ready") / "s")
+    assert cli.main(["push", DEMO, "--port", "sim", "--session", s, "-q"]) == 0
+    return s
+
+
+def test_missing_and_invalid_model_files(tmp_path, ready, capsys):
+    bad = tmp_path / "bad.tmpm"
+    bad.write_bytes(zoo.demo()[:3000])
+    before = _tree(ready)
+    for path, needle in ((str(tmp_path / "none.tmpm"), "no such model file"),
+                         (str(bad), "truncated"), (str(tmp_path), "is a folder")):
+        assert cli.main(["push", path, "--port", "sim", "--session", ready]) == 2
+        assert needle in one_line(capsys.readouterr().err)
+    assert _tree(ready) == before
+
+
+def test_model_too_big_for_the_board(tmp_path, ready, capsys):
+    big = tmp_path / "big.tmpm"
+    big.write_bytes(zoo.mobilenetv2(width=0.35, resolution=32, num_classes=10))
+    flash = os.path.join(ready, "sim", "OPENMV_H7", "flash")
+    before = _tree(flash)
+    assert cli.main(["push", str(big), "--port", "sim", "--session", ready]) == 2
+    line = one_line(capsys.readouterr().err)
+    assert "does not fit the 131,072 bytes of model flash of OPENMV_H7 (simulated)" in line
+    assert _tree(flash) == before
+
+
+def test_unknown_port_and_board(ready, capsys):
+    assert cli.main(["push", DEMO, "--port", "/dev/ttyNOPE9", "--session", ready]) == 2
+    assert "no such port '/dev/ttyNOPE9'" in one_line(capsys.readouterr().err)
+    assert cli.main(["push", DEMO, "--port", "sim", "--board", "PDP11", "--session", ready]) == 2
+    assert "no board profile 'PDP11'" in one_line(capsys.readouterr().err)
+
+
+def test_bad_samples(tmp_path, ready, capsys):
+    ds_dir = os.path.join(ready, "dataset")
+    before = _tree(ready)
+    x = np.zeros((5, 32, 32), np.uint8)
+    cases = {
+        "labels.npz": (dict(x=x, y=np.array([0, 1, 2, 3, 10])), "label 10 of sample 4 is out of range 0..9"),
+        "shape.npz": (dict(x=np.zeros((5, 28, 28), np.uint8), y=np.zeros(5, int)), "have shape (28, 28, 1)"),
+        "count.npz": (dict(x=x, y=np.zeros(4, int)), "one label per sample"),
+        "float_labels.npz": (dict(x=x, y=np.zeros(5)), "labels must be integers"),
+        "nokeys.npz": (dict(images=x), "must hold arrays 'x'"),
+        "nan.npz": (dict(x=np.full((5, 32, 32), np.nan, np.float32), y=np.zeros(5, int)), "NaN"),
+    }
+    for name, (arrays, needle) in cases.items():
+        p = tmp_path / name
+        np.savez(p, **arrays)
+        assert cli.main(["collect", "--from", str(p), "--port", "sim", "--session", ready]) == 2
+        assert needle in one_line(capsys.readouterr().err), name
+    (tmp_path / "junk.npz").write_bytes(b"not numpy")
+    assert cli.main(["collect", "--from", str(tmp_path / "junk.npz"), "--port", "sim",
+                     "--session", ready]) == 2
+    assert "cannot read samples" in one_line(capsys.readouterr().err)
+    assert cli.main(["collect", "--from", str(tmp_path / "none.npz"), "--port", "sim",
+                     "--session", ready]) == 2
+    assert "no such samples file" in one_line(capsys.readouterr().err)
+    assert cli.main(["collect", "--label", "12", "--count", "3", "--port", "sim",
+                     "--session", ready]) == 2
+    assert "label 12 is out of range 0..9" in one_line(capsys.readouterr().err)
+    assert cli.main(["collect", "--port", "sim", "--session", ready]) == 2
+    assert "--label L and --count N" in one_line(capsys.readouterr().err)
+    assert _tree(ready) == before  # nothing written: not even an empty dataset
+    assert not os.path.exists(ds_dir) or len(D.Dataset.open(ds_dir)) == 0
+
+
+def test_bad_train_and_eval_requests(tmp_path, ready, capsys):
+    assert cli.main(["train", "--port", "sim", "--session", ready]) == 2
+    assert "no samples to train on" in one_line(capsys.readouterr().err)
+    assert cli.main(["train", "--budget", "-3", "--port", "sim", "--session", ready]) == 2
+    assert "--budget must be a positive" in one_line(capsys.readouterr().err)
+    assert cli.main(["eval", "--port", "sim", "--session", ready]) == 2
+    assert "nothing to evaluate on" in one_line(capsys.readouterr().err)
+    empty = str(tmp_path / "empty")
+    assert cli.main(["eval", "--port", "sim", "--session", empty]) == 1
+    assert "the board has no model" in one_line(capsys.readouterr().err)
+    assert cli.main(["report", "--session", empty]) == 2
+    assert "holds no session" in one_line(capsys.readouterr().err)
+
+
+def test_bad_session_configs(tmp_path, capsys):
+    for cfg, needle in (({"port": "sim"}, "names no model"),
+                        ({"model": DEMO, "colect": []}, "unknown keys colect"),
+                        ({"model": DEMO, "collect": [{"count": 3}]}, "needs 'from'"),
+                        ({"model": DEMO, "train": {"epoch": 3}}, "unknown train options epoch"),
+                        ({"model": "nope.tmpm", "session": "s"}, "no such model file")):
+        p = tmp_path / "c.json"
+        p.write_text(json.dumps(cfg))
+        assert cli.main(["session", str(p)]) == 2
+        assert needle in one_line(capsys.readouterr().err)
+    (tmp_path / "c.json").write_text("{nope")
+    assert cli.main(["session", str(tmp_path / "c.json")]) == 2
+    assert "cannot read" in one_line(capsys.readouterr().err)
+    assert not os.path.exists(tmp_path / "s")

@@ -1,0 +1,145 @@
+"""The PC's dataset folder: durable appends, recovery from what a crash leaves, shards, and the
+checks on samples imported from files (against tinymp.builder's quantiser)."""
+import errno
+import json
+import os
+
+import numpy as np
+import pytest
+
+from tinymp.builder import quantize_input
+from tinymp.session import dataset as D
+
+SHAPE = (4, 4, 1)
+SCALE, ZP = 1 / 255, -128
+
+
+def make(tmp_path, name="ds"):
+    return D.Dataset.create(str(tmp_path / name), shape=SHAPE, scale=SCALE, zero_point=ZP,
+                            num_classes=3, board="test board", model_sha256="ab" * 32)
+
+
+def sample(i):
+    return bytes((i + k) % 256 for k in range(16))
+
+
+def test_append_reopen_and_manifest(tmp_path):
+    ds = make(tmp_path)
+    for i in range(7):
+        assert ds.append(sample(i), i % 3, source=f"s{i}", board="b") == i
+    ds.write_manifest()
+    again = D.Dataset.open(ds.path)
+    assert len(again) == 7 and list(again.labels) == [0, 1, 2, 0, 1, 2, 0]
+    assert again.sample(5) == sample(5)
+    x, y = again.arrays()
+    assert x.shape == (7, 4, 4, 1) and x.dtype == np.int8
+    assert x[3].tobytes() == sample(3)
+    with open(os.path.join(ds.path, "manifest.json")) as f:
+        man = json.load(f)
+    assert man["count"] == 7 and man["per_class"] == [3, 2, 2] and man["board"] == "test board"
+    assert man["sample"] == {"shape": [4, 4, 1], "dtype": "int8", "layout": "HWC",
+                             "scale": SCALE, "zero_point": ZP, "bytes": 16}
+    lines = open(os.path.join(ds.path, "samples.jsonl")).read().splitlines()
+    rec = json.loads(lines[2])
+    assert rec["i"] == 2 and rec["label"] == 2 and rec["board"] == "b" and rec["t"] > 0
+
+
+def test_shards_roll_over(tmp_path, monkeypatch):
+    monkeypatch.setattr(D, "SHARD", 3)
+    ds = make(tmp_path)
+    for i in range(8):
+        ds.append(sample(i), 1)
+    assert sorted(f for f in os.listdir(ds.path) if f.startswith("shard")) == \
+        ["shard-00000.bin", "shard-00001.bin", "shard-00002.bin"]
+    again = D.Dataset.open(ds.path)
+    assert [again.sample(i) for i in range(8)] == [sample(i) for i in range(8)]
+    assert again.samples(2, 7).tobytes() == b"".join(sample(i) for i in range(2, 7))
+
+
+def test_a_crash_mid_append_is_undone_on_reopen(tmp_path):
+    ds = make(tmp_path)
+    for i in range(3):
+        ds.append(sample(i), 0)
+    # what a crash can leave: the 4th sample's bytes without its line, and half a line
+    with open(os.path.join(ds.path, "shard-00000.bin"), "ab") as f:
+        f.write(sample(3)[:9])
+    with open(os.path.join(ds.path, "samples.jsonl"), "ab") as f:
+        f.write(b'{"i": 3, "lab')
+    again = D.Dataset.open(ds.path)
+    assert len(again) == 3
+    assert os.path.getsize(os.path.join(ds.path, "shard-00000.bin")) == 3 * 16
+    assert again.append(sample(9), 2) == 3 and D.Dataset.open(ds.path).sample(3) == sample(9)
+
+
+@pytest.mark.parametrize("fail_at", [1, 2])
+def test_a_full_disk_leaves_the_dataset_as_it_was(tmp_path, monkeypatch, fail_at):
+    ds = make(tmp_path)
+    ds.append(sample(0), 0)
+    calls = {"n": 0}
+    real = D._write_all
+
+    def writer(f, data):
+        calls["n"] += 1
+        if calls["n"] == fail_at:  # 1: the sample's bytes, 2: its line
+            f.write(data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(f, data)
+
+    monkeypatch.setattr(D, "_write_all", writer)
+    with pytest.raises(OSError) as e:
+        ds.append(sample(1), 1)
+    assert D.disk_full(e.value)
+    assert len(ds) == 1
+    assert os.path.getsize(os.path.join(ds.path, "shard-00000.bin")) == 16
+    assert len(open(os.path.join(ds.path, "samples.jsonl")).read().splitlines()) == 1
+    monkeypatch.setattr(D, "_write_all", real)
+    assert len(D.Dataset.open(ds.path)) == 1
+
+
+def test_refusals(tmp_path):
+    ds = make(tmp_path)
+    with pytest.raises(D.DatasetError, match="must be 16 bytes"):
+        ds.append(b"short", 0)
+    with pytest.raises(D.DatasetError, match="out of range 0..2"):
+        ds.append(sample(0), 3)
+    with pytest.raises(D.DatasetError, match="already holds a dataset"):
+        make(tmp_path)
+    with pytest.raises(D.DatasetError, match="not a dataset folder"):
+        D.Dataset.open(str(tmp_path))
+    with pytest.raises(D.DatasetError, match="holds 4x4x1 samples of 3 classes"):
+        ds.check_compatible((32, 32, 1), 10)
+    man = os.path.join(ds.path, "manifest.json")
+    with open(man) as f:
+        m = json.load(f)
+    m["version"] = 99
+    with open(man, "w") as f:
+        json.dump(m, f)
+    with pytest.raises(D.DatasetError, match="has version 99"):
+        D.Dataset.open(ds.path)
+    # a shard shorter than its samples is damage, not something to paper over
+    ds2 = make(tmp_path, "two")
+    ds2.append(sample(0), 0)
+    with open(os.path.join(ds2.path, "shard-00000.bin"), "r+b") as f:
+        f.truncate(5)
+    with pytest.raises(D.DatasetError, match="damaged"):
+        D.Dataset.open(ds2.path)
+
+
+def test_load_samples_quantises_like_the_builder(tmp_path):
+    rng = np.random.default_rng(0)
+    u8 = rng.integers(0, 256, size=(6, 4, 4), dtype=np.uint8)
+    y = np.array([0, 1, 2, 2, 1, 0])
+    scale, zp = 0.0123, -7
+    np.savez(tmp_path / "u8.npz", x=u8, y=y)
+    np.savez(tmp_path / "f.npz", x=u8.astype(np.float32)[..., None] / 255, y=y)
+    np.savez(tmp_path / "i8.npz", x=(u8.astype(np.int16) - 128).astype(np.int8), y=y)
+    xq, yq, src = D.load_samples(str(tmp_path / "u8.npz"), SHAPE, scale, zp, 3)
+    want = quantize_input(u8.astype(np.float64)[..., None] / 255.0, (scale, zp))
+    assert np.array_equal(xq, want) and list(yq) == list(y)
+    assert src[0].startswith("u8.npz@") and src[5].endswith(":5")
+    xf, _, _ = D.load_samples(str(tmp_path / "f.npz"), SHAPE, scale, zp, 3)
+    assert np.array_equal(xf, quantize_input(u8.astype(np.float32)[..., None] / 255, (scale, zp)))
+    xi, _, _ = D.load_samples(str(tmp_path / "i8.npz"), SHAPE, scale, zp, 3)
+    assert np.array_equal(xi[..., 0], (u8.astype(np.int16) - 128).astype(np.int8))
+    lut = D.quantize_lut(scale, zp)
+    assert np.array_equal(lut[u8][..., None], want)

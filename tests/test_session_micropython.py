@@ -1,0 +1,126 @@
+"""tinymp_agent under real MicroPython: the unix port with the tinymp module
+(make firmware BOARD=UNIX -> build/unix/micropython) on a pty, and the QEMU Cortex-M7 firmware
+(`--port qemu`, the agent pasted through mpremote's raw REPL). Skipped when not built."""
+import hashlib
+import os
+import subprocess
+import tty
+
+import numpy as np
+import pytest
+
+import tinymp
+from tinymp import zoo
+from tinymp.session import commands as C
+from tinymp.session import dataset as D
+from tinymp.session import link
+from tinymp.session import protocol as P
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MICROPYTHON = os.environ.get("TINYMP_MICROPYTHON", os.path.join(ROOT, "build", "unix", "micropython"))
+AGENT_DIR = os.path.join(ROOT, "host", "tinymp")
+HELD = os.path.join(AGENT_DIR, "models", "digits_shifted_test.npz")
+
+
+def _has_tinymp():
+    if not os.path.isfile(MICROPYTHON):
+        return False
+    r = subprocess.run([MICROPYTHON, "-c", "import tinymp"], capture_output=True, timeout=30)
+    return r.returncode == 0
+
+
+needs_mp = pytest.mark.skipif(not _has_tinymp(), reason="needs build/unix/micropython with tinymp "
+                              "(make firmware BOARD=UNIX MICROPY_DIR=...)")
+
+
+class MicroPythonBoard:
+    """build/unix/micropython running the agent on a pty: a board without a simulator."""
+
+    def __init__(self, root, bitwise_crc=False):
+        import serial
+        master, slave = os.openpty()
+        tty.setraw(slave)
+        code = ("import sys\nsys.path.insert(0, %r)\nimport tinymp_agent\n" % AGENT_DIR
+                + ("tinymp_agent.crc32 = tinymp_agent._crc32_bitwise\n" if bitwise_crc else "")
+                + "tinymp_agent.main(root=%r, board={'name': 'unix MicroPython', "
+                  "'arena_budget': 262144})\n" % root)
+        self.proc = subprocess.Popen([MICROPYTHON, "-X", "heapsize=8M", "-c", code],
+                                     stdin=master, stdout=master, stderr=subprocess.DEVNULL)
+        os.close(master)
+        ser = serial.Serial(os.ttyname(slave), timeout=0.02)
+        os.close(slave)
+        self.port = ser
+
+    def board(self, faults=None):
+        port = link.FaultyPort(self.port, **faults) if faults else self.port
+        lk = link.Link(port, "unix MicroPython", timeout=2.0,
+                       alive=lambda: None if self.proc.poll() is None else "micropython exited")
+        info = lk.request(P.INFO)
+        lk.max_payload = info["max_payload"]
+        return link.Board(lk, "serial", info, closer=lambda: self.proc.wait(5))
+
+
+@needs_mp
+@pytest.mark.parametrize("bitwise_crc", [False, True])
+def test_agent_on_micropython(tmp_path, bitwise_crc):
+    data = zoo.demo()
+    mp = MicroPythonBoard(str(tmp_path / "flash"), bitwise_crc)
+    with mp.board(faults={"flip": 0.05, "dup": 0.05, "drop": 0.03, "seed": 4}) as b:
+        assert b.info["implementation"] == "micropython" and b.info["firmware"] == "1.28.0"
+        assert b.info["crc"] == ("bitwise" if bitwise_crc else "binascii")
+        res = C.push(b, data, show=False, chunk=4000)
+        assert res["sha256"] == hashlib.sha256(data).hexdigest()  # hashed by MicroPython
+        meta = C.model_meta(b.info)
+        assert meta["inference_arena_bytes"] == tinymp.Model(data).inference_arena_bytes
+        x, y, src = D.load_samples(HELD, meta["input_shape"], meta["input_scale"],
+                                   meta["input_zero_point"], meta["num_classes"])
+        x, y = x[:60], y[:60]
+        ev = C.evaluate(b, x, y, "pretrained", show=False, num_classes=10)
+        ds = C.open_dataset(C.Session(str(tmp_path / "s")), meta, "mp")
+        C.import_samples(ds, x[:20], y[:20], src[:20], show=False)
+        assert C.sync_samples(b, ds, show=False) == 20
+        trainer = b.info["trainer"]
+        rec = None
+        if trainer:
+            rec = C.train(b, ds, {"method": "tinymp", "lr": 0.002, "seed": 5}, steps=30,
+                          show=False)
+            ev_after = C.evaluate(b, x, y, "personalised", show=False, num_classes=10)
+    with open(tmp_path / "flash" / "model.tmpm", "rb") as f:
+        assert f.read() == data
+    m = tinymp.Model(data)
+    here = np.array([m.predict(v.tobytes()) for v in x])
+    assert ev["accuracy"] == pytest.approx(float((here == y).mean()))
+    with open(tmp_path / "flash" / "samples.bin", "rb") as f:
+        raw = f.read()[16:]
+    assert len(raw) == 20 * (8 + 1024) and raw[8:8 + 1024] == x[0].tobytes()
+    if not trainer:
+        pytest.skip("this MicroPython build has no tinymp.Trainer yet: training not run")
+    # the same training with the PC build of the engine, in the board's sample order
+    from test_session_sim import _replica_order
+    plan = m.plan(method="tinymp", budget=262144)
+    tr = tinymp.Trainer(m, plan, lr=0.002, seed=5)
+    f = {k: i for i, k in enumerate(rec["fields"])}
+    for e, i in zip(rec["events"], _replica_order(20, 5, 30)):
+        assert e[f["sample"]] == i
+        assert e[f["pred"]] == tr.predict(x[i].tobytes())
+        assert e[f["loss"]] == pytest.approx(tr.step(x[i].tobytes(), int(y[i])), rel=1e-5)
+    assert rec["end"]["plan"]["arena_bytes"] == plan.arena_bytes
+    assert rec["end"]["clock"] == "board"  # measured with time.ticks_us on this "board"
+    assert all(e[f["step_us"]] > 0 and e[f["step_cycles"]] is not None for e in rec["events"])
+    here = np.array([tr.predict(v.tobytes()) for v in x])
+    assert ev_after["params"] == "personalised"
+    assert ev_after["accuracy"] == pytest.approx(float((here == y).mean()))
+
+
+@pytest.mark.skipif(link.qemu_firmware() is None or not os.path.exists("/usr/bin/qemu-system-arm"),
+                    reason="needs the QEMU firmware (make firmware BOARD=QEMU_M7) and qemu-system-arm")
+def test_agent_pasted_into_qemu_cortex_m7():
+    with link.open_board("qemu") as b:
+        i = b.info
+        assert i["implementation"] == "micropython" and "Cortex-M7" in i["board"]
+        assert i["max_payload"] <= 16384  # sized from the emulated board's free heap
+        assert b.request(P.SAMPLES_STATUS)["count"] == 0
+        if not i["storage"]:
+            with pytest.raises(link.BoardError) as e:
+                b.request(P.PUSH_BEGIN, {"size": 100, "sha256": "0" * 64})
+            assert e.value.code == "no_storage"
