@@ -76,3 +76,19 @@ def test_demo_runs():
     acc = float(out.split("accuracy")[1].split("%")[0])
     assert acc >= 90.0
     assert "inference arena" in out
+
+
+def test_plan_training_method_prints_the_plan_and_fits_the_budget():
+    import tinymp
+    from tinymp import zoo
+    code, out, err = run("plan", zoo.DEMO_PATH, "--method", "tinymp", "--budget", "20")
+    assert code == 0, err
+    expected = tinymp.Model(zoo.demo()).plan(method="tinymp", budget=20 * 1024)
+    assert f"arena {expected.arena_bytes:,} bytes" in out
+    assert expected.arena_bytes <= 20 * 1024
+    assert "W+b" in out and "APU" in out
+    code, out, err = run("plan", zoo.DEMO_PATH, "--method", "tinymp", "--budget", "5", "--json")
+    assert code == 2 and "does not fit a budget of 5120 bytes" in err and out == ""
+    code, out, err = run("plan", zoo.DEMO_PATH, "--method", "full", "--json")
+    assert code == 0
+    assert json.loads(out)[0]["arena_bytes"] == tinymp.Model(zoo.demo()).plan(method="full").arena_bytes

@@ -3,6 +3,8 @@
     tinymp info MODEL [--layers] [--json]     what a .tmpm model is and what it costs
     tinymp plan [MODEL ...] [--zoo] [--budget KB] [--json]
                                                inference arena of models (every zoo model with --zoo)
+    tinymp plan MODEL --method M [--budget KB] [--r R] [--ratio X] [--storage int8|fp32] [--json]
+                                               a training plan: per-layer table, memory by part
     tinymp demo [--inference]                  the whole session against the simulated board:
                                                push the demo model, collect shifted digits with
                                                the simulated camera, train on the board, report
@@ -104,6 +106,8 @@ def cmd_plan(args):
         for label, build in _zoo_entries():
             data = build()
             items.append((label, tinymp.Model(data), data))
+    if args.method is not None:
+        return _training_plans(args, items)
     out = []
     for label, m, data in items:
         s = summary.model_summary(m, len(data))
@@ -127,6 +131,38 @@ def cmd_plan(args):
     print(summary.format_table(headers, rows, "llrrrrrl"))
     print("\narena: RAM for activations and kernel scratch of one inference, as planned by the engine "
           "(weights stay in flash)")
+    return 0
+
+
+def _training_plans(args, items):
+    """tinymp plan --method: the training plan of each model (Model.plan, docs/API.md)."""
+    if args.method == "tinytrain":
+        raise UserError("tinymp: method 'tinytrain' needs support samples; use it from Python "
+                        "(m.plan(method='tinytrain', support=(samples, labels))) or `tinymp train`")
+    kw = {"method": args.method, "storage": args.storage}
+    if args.budget is not None:
+        kw["budget"] = int(args.budget * 1024)
+    if args.r is not None:
+        kw["r"] = args.r
+    if args.ratio is not None:
+        kw["ratio"] = args.ratio
+    out = []
+    for label, m, _ in items:
+        try:
+            p = m.plan(**kw)
+        except ValueError as e:
+            raise UserError(f"{e} ({label})") from None
+        out.append((label, p))
+    if args.json:
+        print(json.dumps([{"model": label, "method": p.method, "r": p.r, "ratio": p.ratio,
+                           "storage": p.storage, "arena_bytes": p.arena_bytes,
+                           "breakdown": p.breakdown, "layers": p.layers,
+                           "forward_macs": p.forward_macs, "backward_macs": p.backward_macs}
+                          for label, p in out], indent=2))
+        return 0
+    for label, p in out:
+        print(f"{label}:")
+        print(p.describe())
     return 0
 
 
@@ -234,7 +270,13 @@ def build_parser():
     plan = sub.add_parser("plan", help="inference arena of models")
     plan.add_argument("models", nargs="*")
     plan.add_argument("--zoo", action="store_true", help="every zoo model")
-    plan.add_argument("--budget", type=float, help="RAM budget in KB: say whether each model fits")
+    plan.add_argument("--budget", type=float, help="RAM budget in KB: say whether each model fits "
+                      "(with --method: the budget the training plan must fit)")
+    plan.add_argument("--method", choices=["none", "last", "bias", "sparse", "tinytrain", "full", "tinymp"],
+                      help="plan training instead of inference (sparse: use Python for its layer list)")
+    plan.add_argument("--r", type=int, help="Gradient Condensing patch size (1 = exact)")
+    plan.add_argument("--ratio", type=float, help="fraction of input channels updated per period")
+    plan.add_argument("--storage", choices=["int8", "fp32"], default="int8")
     plan.add_argument("--json", action="store_true")
     plan.set_defaults(func=cmd_plan)
     conv = sub.add_parser("convert", help="convert an int8 .tflite or an .onnx model to .tmpm")
