@@ -824,7 +824,10 @@ static int opt_float(PyObject *v, const char *name, double lo, double hi, int lo
         return -1;
     }
     if (!(x <= hi) || !(lo_open ? x > lo : x >= lo)) {
-        PyErr_Format(PyExc_ValueError, "tinymp: %s must be in %s%g, %g], got %S", name, lo_open ? "(" : "[", lo, hi, v);
+        /* PyErr_Format has no %g: format the bounds here */
+        char range[96];
+        PyOS_snprintf(range, sizeof range, "%s%g, %g]", lo_open ? "(" : "[", lo, hi);
+        PyErr_Format(PyExc_ValueError, "tinymp: %s must be in %s, got %R", name, range, v);
         return -1;
     }
     *out = x;
@@ -838,6 +841,71 @@ static uint32_t clock_us(void *ctx) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint32_t)((uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u);
+}
+
+/* A class label: an int (or an object with __index__, e.g. numpy.int64), not a bool, in
+ * [0, num_classes). `what` names it in messages ("label", "support label"). */
+static int parse_label(ModelObject *model, PyObject *y, const char *what, int32_t *label) {
+    const int n = (int)model->model.num_classes;
+    if (PyBool_Check(y) || !PyIndex_Check(y)) {
+        PyErr_Format(PyExc_TypeError, "tinymp: %s must be an int, not '%.200s'", what, Py_TYPE(y)->tp_name);
+        return -1;
+    }
+    PyObject *i = PyNumber_Index(y);
+    if (i == NULL) {
+        return -1;
+    }
+    int overflow = 0;
+    long long v = PyLong_AsLongLongAndOverflow(i, &overflow);
+    Py_DECREF(i);
+    if (v == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (overflow != 0 || v < 0 || v >= n) {
+        PyErr_Format(PyExc_ValueError, "tinymp: %s %S is outside [0, %d)", what, y, n);
+        return -1;
+    }
+    *label = (int32_t)v;
+    return 0;
+}
+
+/* The smallest budget the selection pass of these options needs (0 when it cannot tell). */
+static uint32_t selection_min_budget(ModelObject *model, const tmp_train_options *o) {
+    tmp_train_options fo = tmp_train_options_default(TMP_METHOD_FISHER);
+    fo.r = o->r != 0 ? o->r : 4;
+    fo.budget = 1;
+    size_t wsz = tmp_train_workspace_size(&model->model);
+    void *ws = PyMem_Malloc(wsz);
+    if (ws == NULL) {
+        return 0;
+    }
+    tmp_train_plan fp;
+    tmp_train_error err;
+    tmp_status st = tmp_train_plan_make(&model->model, &fo, ws, wsz, &fp, &err);
+    PyMem_Free(ws);
+    return st == TMP_ERR_SIZE ? err.min_budget : 0;
+}
+
+/* The smallest budget the training table of these options needs without a selection pass:
+ * tinymp's own smallest setting, or (tinytrain) its base -- the classifier and the biases. */
+static int training_min_budget(ModelObject *model, const tmp_train_options *o, tmp_train_error *err) {
+    tmp_train_options t = *o;
+    t.fisher = NULL;
+    t.budget = 1;
+    if (t.method == TMP_METHOD_TINYTRAIN) {
+        t.method = TMP_METHOD_LAST;
+        t.r = o->r != 0 ? o->r : 1;
+        t.n_bias = o->n_bias != -2 ? o->n_bias : 0;
+    }
+    size_t wsz = tmp_train_workspace_size(&model->model);
+    void *ws = PyMem_Malloc(wsz);
+    if (ws == NULL) {
+        return -1;
+    }
+    tmp_train_plan p;
+    tmp_status st = tmp_train_plan_make(&model->model, &t, ws, wsz, &p, err);
+    PyMem_Free(ws);
+    return st == TMP_ERR_SIZE ? 0 : -1;
 }
 
 /* Run the TinyTrain selection pass over support = (samples, labels). On success *ws, *arena hold
@@ -877,8 +945,19 @@ static int run_selection(ModelObject *model, const tmp_train_options *o, PyObjec
     tmp_train_error err;
     tmp_status st = tmp_train_plan_make(&model->model, &fo, *ws, wsz, fp, &err);
     if (st == TMP_ERR_SIZE && err.min_budget != 0) {
-        PyErr_Format(PyExc_ValueError, "tinymp: the TinyTrain selection pass does not fit a budget of %lu bytes: "
-            "it needs at least %lu bytes", (unsigned long)o->budget, (unsigned long)err.min_budget);
+        /* the smallest budget that holds both the selection pass and the smallest training table */
+        tmp_train_error terr;
+        uint32_t need = err.min_budget;
+        const char *part = tmp_category_name(err.largest_cat);
+        uint32_t part_bytes = err.largest_bytes;
+        if (training_min_budget(model, o, &terr) == 0 && terr.min_budget > need) {
+            need = terr.min_budget;
+            part = tmp_category_name(terr.largest_cat);
+            part_bytes = terr.largest_bytes;
+        }
+        PyErr_Format(PyExc_ValueError, "tinymp: method '%s' does not fit a budget of %lu bytes: its smallest setting "
+            "needs %lu bytes (largest part: %s, %lu bytes), its selection pass included", tmp_method_name(o->method),
+            (unsigned long)o->budget, (unsigned long)need, part, (unsigned long)part_bytes);
         goto done;
     }
     if (st != TMP_OK) {
@@ -896,13 +975,8 @@ static int run_selection(ModelObject *model, const tmp_train_options *o, PyObjec
     }
     for (Py_ssize_t i = 0; i < n; i++) {
         Py_buffer v;
-        long y = PyLong_AsLong(PySequence_Fast_GET_ITEM(labels, i));
-        if (y == -1 && PyErr_Occurred()) {
-            goto done;
-        }
-        if (y < 0 || y >= (long)model->model.num_classes) {
-            PyErr_Format(PyExc_ValueError, "tinymp: support label %ld is outside [0, %d)", y,
-                (int)model->model.num_classes);
+        int32_t y;
+        if (parse_label(model, PySequence_Fast_GET_ITEM(labels, i), "support label", &y) < 0) {
             goto done;
         }
         if (get_input(model, PySequence_Fast_GET_ITEM(samples, i), &v) < 0) {
@@ -1074,9 +1148,15 @@ static PyObject *Model_train_plan(ModelObject *self, PyObject *args, PyObject *k
     tmp_status st = tmp_train_plan_make(&self->model, &o, po->workspace, wsz, &po->plan, &err);
     if (st == TMP_ERR_SIZE && err.min_budget != 0) {
         if (o.budget != 0 && err.min_budget > o.budget) {
+            uint32_t need = err.min_budget;
+            if (o.fisher != NULL) {
+                /* passing `need` back must fit the selection pass as well */
+                uint32_t sel = selection_min_budget(self, &o);
+                need = sel > need ? sel : need;
+            }
             PyErr_Format(PyExc_ValueError,
                 "tinymp: method '%s' does not fit a budget of %lu bytes: its smallest setting needs %lu bytes "
-                "(largest part: %s, %lu bytes)", method, (unsigned long)o.budget, (unsigned long)err.min_budget,
+                "(largest part: %s, %lu bytes)", method, (unsigned long)o.budget, (unsigned long)need,
                 tmp_category_name(err.largest_cat), (unsigned long)err.largest_bytes);
         } else {
             PyErr_Format(PyExc_ValueError,
@@ -1580,21 +1660,7 @@ static int step_error(TrainerObject *self, tmp_status st, const char *what) {
 }
 
 static int get_label(TrainerObject *self, PyObject *y, int32_t *label) {
-    if (!PyLong_Check(y) || PyBool_Check(y)) {
-        PyErr_Format(PyExc_TypeError, "tinymp: label must be an int, not '%.200s'", Py_TYPE(y)->tp_name);
-        return -1;
-    }
-    long v = PyLong_AsLong(y);
-    if (v == -1 && PyErr_Occurred()) {
-        PyErr_Clear();
-        v = -1;
-    }
-    if (v < 0 || v >= (long)self->model->model.num_classes) {
-        PyErr_Format(PyExc_ValueError, "tinymp: label %S is outside [0, %d)", y, (int)self->model->model.num_classes);
-        return -1;
-    }
-    *label = (int32_t)v;
-    return 0;
+    return parse_label(self->model, y, "label", label);
 }
 
 static PyObject *Trainer_step(TrainerObject *self, PyObject *args) {

@@ -999,6 +999,10 @@ class Agent:
 
     def _next_index(self, t):
         if not t["order"]:
+            # a new epoch over the samples: the default APU period is one epoch (docs/TRAINING.md)
+            if t.get("epochs", 0) > 0 and not t["opts"].get("period") and self.trainer is not None:
+                self.trainer.end_period()
+            t["epochs"] = t.get("epochs", 0) + 1
             n = self.store.count
             order = list(range(n))
             rng = t["rng"]

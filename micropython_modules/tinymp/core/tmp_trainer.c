@@ -192,8 +192,7 @@ tmp_status tmp_trainer_reset(tmp_trainer *t) {
     }
     t->rng = t->seed != 0 ? t->seed : 0x9E3779B9u;
     t->period_steps = 0;
-    t->periods = 0;
-    t->fisher_samples = 0;
+    t->fisher_samples = 0; /* the Fisher sums were zeroed above */
     return TMP_OK;
 }
 
