@@ -15,6 +15,7 @@ pyserial for run-tests.py's serial link).
 """
 import glob
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -34,6 +35,9 @@ MAY_SKIP = {
 }
 
 TARGETS = ["UNIX", "UNIX_FLOAT", "QEMU_M7", "QEMU_M7_FLOAT"]
+# build/<dir> of each target (firmware/firmware.mk); run-tests.py writes its results there
+RESULT_DIRS = {"UNIX": "unix", "UNIX_FLOAT": "unix-float", "QEMU_M7": "qemu-m7",
+               "QEMU_M7_FLOAT": "qemu-m7-float"}
 
 
 def _device_tests():
@@ -66,17 +70,27 @@ def test_device_scripts_on_micropython(board, micropy_dir):
                         "(pip install pyserial)")
     cmd = ["make", "-C", ROOT, "firmware-test", f"BOARD={board}", f"MICROPY_DIR={micropy_dir}",
            f"FW_PYTHON={sys.executable}"]
+    results_json = os.path.join(ROOT, "build", RESULT_DIRS[board], "test-results", "_results.json")
+    if os.path.exists(results_json):
+        os.remove(results_json)
     r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=1800)
     log = r.stdout.decode("utf-8", "replace")
     errors = [ln for ln in log.splitlines() if re.search(r"error|FAIL|Traceback", ln)][:20]
     tail = "\n".join(errors + ["..."] + log.splitlines()[-40:])
     assert r.returncode == 0, f"{' '.join(cmd)} failed:\n{tail}"
 
+    # run-tests.py runs the unix tests in parallel, so its "pass NAME" lines can interleave on a
+    # pipe: read the per-test results from the file it writes (-r DIR), else from the log
     results = {}
-    for line in log.splitlines():
-        m = re.match(r"^(pass|skip|FAIL)\s+(\S+)", line)
-        if m:
-            results[os.path.basename(m.group(2))] = m.group(1)
+    if os.path.exists(results_json):
+        with open(results_json, encoding="utf-8") as f:
+            for path, status, _reason in json.load(f)["results"]:
+                results[os.path.basename(path)] = {"pass": "pass", "skip": "skip"}.get(status, "FAIL")
+    else:
+        for line in log.splitlines():
+            m = re.match(r"^(pass|skip|FAIL)\s+(\S+)", line)
+            if m:
+                results[os.path.basename(m.group(2))] = m.group(1)
     expected = _device_tests()
     assert expected
     for name in expected:

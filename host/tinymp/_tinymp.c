@@ -1663,21 +1663,70 @@ static int get_label(TrainerObject *self, PyObject *y, int32_t *label) {
     return parse_label(self->model, y, "label", label);
 }
 
-static PyObject *Trainer_step(TrainerObject *self, PyObject *args) {
-    PyObject *x, *y;
-    if (!PyArg_ParseTuple(args, "OO:step", &x, &y) || Trainer_check(self) < 0) {
+/* `out` of step(): a writable buffer of exactly one float32 (array('f', [0.0]), bytearray(4)). */
+static int get_loss_out(PyObject *out, Py_buffer *v) {
+    if (!PyObject_CheckBuffer(out) ||
+        PyObject_GetBuffer(out, v, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) {
+        if (PyErr_Occurred() && !PyErr_ExceptionMatches(PyExc_BufferError) &&
+            !PyErr_ExceptionMatches(PyExc_TypeError) && !PyErr_ExceptionMatches(PyExc_ValueError)) {
+            return -1;
+        }
+        PyErr_Clear();
+        PyErr_Format(PyExc_TypeError,
+            "tinymp: out must be a writable C-contiguous buffer of 1 float32, not '%.200s'", Py_TYPE(out)->tp_name);
+        return -1;
+    }
+    const char *fmt = v->format != NULL ? v->format : "B";
+    size_t fl = strlen(fmt);
+    int is_f32 = v->itemsize == 4 && fl >= 1 && fmt[fl - 1] == 'f' && fmt[0] != '>' && fmt[0] != '!';
+    if (!(is_f32 || v->itemsize == 1)) {
+        PyErr_Format(PyExc_TypeError, "tinymp: out must hold float32 (format 'f'), got format '%s'", fmt);
+        PyBuffer_Release(v);
+        return -1;
+    }
+    if (v->len != (Py_ssize_t)sizeof(float)) {
+        PyErr_Format(PyExc_ValueError, "tinymp: out has %zd bytes, expected 4 (1 float32)", v->len);
+        PyBuffer_Release(v);
+        return -1;
+    }
+    return 0;
+}
+
+/* step(x, y, out=None) -> float. With `out` the loss is stored in out[0] and `out` is returned
+ * (as logits(x, out=...)): nothing is allocated, which the board needs under heap_lock(). */
+static PyObject *Trainer_step(TrainerObject *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"x", "y", "out", NULL};
+    PyObject *x, *y, *out = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|O:step", kwlist, &x, &y, &out) || Trainer_check(self) < 0) {
+        return NULL;
+    }
+    Py_buffer ov;
+    int have_out = out != Py_None;
+    if (have_out && get_loss_out(out, &ov) < 0) {
         return NULL;
     }
     int32_t label;
     Py_buffer v;
     if (get_label(self, y, &label) < 0 || get_input(self->model, x, &v) < 0) {
+        if (have_out) {
+            PyBuffer_Release(&ov);
+        }
         return NULL;
     }
     float loss = 0.0f;
     tmp_status st = tmp_trainer_step(&self->t, (const int8_t *)v.buf, label, &loss);
     PyBuffer_Release(&v);
     if (step_error(self, st, "training step") < 0) {
+        if (have_out) {
+            PyBuffer_Release(&ov);
+        }
         return NULL;
+    }
+    if (have_out) {
+        memcpy(ov.buf, &loss, sizeof loss); /* `out` may be misaligned */
+        PyBuffer_Release(&ov);
+        Py_INCREF(out);
+        return out;
     }
     return PyFloat_FromDouble((double)loss);
 }
@@ -1945,6 +1994,10 @@ static int Trainer_set_lr(TrainerObject *self, PyObject *v, void *c) {
         PyErr_SetString(PyExc_AttributeError, "tinymp: cannot delete lr");
         return -1;
     }
+    if (v == Py_None) { /* opt_float() would read None as "the default" */
+        PyErr_SetString(PyExc_TypeError, "tinymp: lr must be a number, not 'NoneType'");
+        return -1;
+    }
     if (opt_float(v, "lr", 0.0, 1e6, 0, 0.0, &lr) < 0) {
         return -1;
     }
@@ -1967,7 +2020,9 @@ static PyGetSetDef Trainer_getset[] = {
 };
 
 static PyMethodDef Trainer_methods[] = {
-    {"step", (PyCFunction)Trainer_step, METH_VARARGS, "step(x, y) -> loss: one SGD step"},
+    {"step", (PyCFunction)(void (*)(void))Trainer_step, METH_VARARGS | METH_KEYWORDS,
+        "step(x, y, out=None) -> loss: one SGD step (with out, a buffer of one float32: the loss is\n"
+        "stored in out[0] and out is returned; nothing is allocated)"},
     {"predict", (PyCFunction)Trainer_predict, METH_O, "predict(x) -> int, with the trained parameters"},
     {"logits", (PyCFunction)(void (*)(void))Trainer_logits, METH_VARARGS | METH_KEYWORDS,
         "logits(x, out=None) -> array('f'), with the trained parameters"},

@@ -2,10 +2,10 @@
  * tinymp: the MicroPython binding of the portable tinymp C core (core/tinymp.h).
  *
  * This file only converts between MicroPython objects and the core's C API: argument checks,
- * the buffer protocol, exceptions and object lifetimes. Every rule about what a valid model or
- * a valid inference is lives in the core, the same code the PC package (host/tinymp/_tinymp.c)
- * wraps. The public API and the error messages are the PC binding's, so a board script runs
- * unchanged on a PC:
+ * the buffer protocol, exceptions and object lifetimes. Every rule about what a valid model, a
+ * valid inference or a valid training step is lives in the core, the same code the PC package
+ * (host/tinymp/_tinymp.c) wraps. The public API and the error messages are the PC binding's
+ * (docs/API.md), so a board script runs unchanged on a PC:
  *
  *   Model(data)      data: bytes-like (bytes, bytearray, memoryview, array, any object with the
  *                    buffer protocol), used in place and kept alive by the model (copied once if
@@ -15,15 +15,28 @@
  *     .class_names
  *     .predict(x) -> int
  *     .logits(x, out=None) -> array('f')
+ *     .plan(method='tinymp', budget=None, r=None, ratio=None, storage='int8', momentum=0.0,
+ *           n_bias=None, layers=None, ratios=None, macs=None, support=None) -> Plan
  *     ._plan() -> dict                     (test hook, as on the PC)
+ *   Plan             .arena_bytes, .peak_live_bytes, .breakdown, .category_peaks, .method,
+ *                    .storage, .r, .ratio, .momentum, .first, .layers, .channels,
+ *                    .forward_macs, .backward_macs, .describe() -> str
+ *   Trainer(model, plan, lr=0.01, arena=None, seed=1, period=0)
+ *     .step(x, y, out=None) -> float (or `out`), .predict(x), .logits(x, out=None),
+ *     .end_period(), .reset(), .save(path), .load(path), .stats() -> dict,
+ *     .high_water, .selection, .lr (settable), .plan
+ *   crc32(data, crc=0) -> int
  *   __version__
  *
  * Memory: the planner workspace, the arena (+ 16 guard bytes) and a logits scratch are taken
  * from the GC heap once, in Model(); predict() allocates nothing and logits() allocates only
  * the array it returns (nothing at all when `out` is given), so both run under
  * micropython.heap_lock(). Everything the model points at is reachable from the Model object,
- * so the GC keeps it alive for as long as the model lives; nothing needs a finaliser.
+ * so the GC keeps it alive for as long as the model lives; nothing needs a finaliser. Training
+ * follows the same rules (see "training: Plan and Trainer" below): memory is taken in plan()
+ * and Trainer(), a step allocates nothing.
  */
+#include <stdarg.h> // before py/mpprint.h, which declares mp_vprintf() only then
 #include <string.h>
 
 #include "py/runtime.h"
@@ -32,6 +45,11 @@
 #include "py/objstr.h"
 #include "py/builtin.h"
 #include "py/stream.h"
+#include "py/objint.h"
+#include "py/smallint.h"
+#include "py/mphal.h"
+#include "py/mperrno.h"
+#include "py/gc.h"
 
 #include "tinymp.h"
 
@@ -41,6 +59,20 @@
 
 #define GUARD_BYTES 16
 #define GUARD_FILL 0xA5
+
+#if MICROPY_FLOAT_IMPL == MICROPY_FLOAT_IMPL_DOUBLE && !defined(__unix__) && !defined(__APPLE__) && !defined(_WIN32)
+// The core's training loss calls expf() and logf(). Bare-metal MicroPython ports built with
+// double floats (e.g. qemu MPS2_AN500, stm32 boards set to double) link only MicroPython's double
+// libm (lib/libm_dbl), which has exp() and log() but no float versions: these fill the gap. Weak,
+// so a C library that has them (newlib's libm) wins.
+#include <math.h>
+MP_WEAK float expf(float x) {
+    return (float)exp((double)x);
+}
+MP_WEAK float logf(float x) {
+    return (float)log((double)x);
+}
+#endif
 
 typedef struct _tinymp_model_obj_t {
     mp_obj_base_t base;
@@ -455,7 +487,1097 @@ static mp_obj_t tinymp_model_plan(mp_obj_t self_in) {
 }
 static MP_DEFINE_CONST_FUN_OBJ_1(tinymp_model_plan_obj, tinymp_model_plan);
 
-/* ---------------------------------------------------------------- attributes */
+/* ================================================================ training: Plan and Trainer */
+
+/*
+ * Memory and lifetimes. A Plan holds its model object and the planner workspace its arrays point
+ * into (GC heap, taken once in Model.plan()). A Trainer holds its model, its plan and its arena:
+ * the caller's buffer object, or one GC block taken in Trainer(). The core structs sit inside
+ * these objects and point at each other and into those blocks; MicroPython's GC only follows
+ * pointers to the start of a block, so each object also stores the objects / block heads
+ * themselves, and nothing a Trainer uses can be freed while it is reachable. No global state:
+ * any number of models, plans and trainers coexist.
+ *
+ * A step allocates nothing on the heap: step(x, y, out) writes the loss into `out` (one float32)
+ * instead of returning a new float object (boxed on most ports), so training runs under
+ * micropython.heap_lock(); predict(x) and logits(x, out=...) likewise.
+ */
+
+// An exception of `type` whose message mp_printf formats (error paths only: it allocates).
+static MP_NORETURN void raise_fmt(const mp_obj_type_t *type, const char *fmt, ...) {
+    vstr_t v;
+    mp_print_t pr;
+    vstr_init_print(&v, 64, &pr);
+    va_list ap;
+    va_start(ap, fmt);
+    mp_vprintf(&pr, fmt, ap);
+    va_end(ap);
+    nlr_raise(mp_obj_new_exception_arg1(type, mp_obj_new_str_from_vstr(&v)));
+}
+
+// str(o) or repr(o) as a C string (error paths only: it allocates).
+static const char *obj_text(mp_obj_t o, mp_print_kind_t kind) {
+    vstr_t v;
+    mp_print_t pr;
+    vstr_init_print(&v, 16, &pr);
+    mp_obj_print_helper(&pr, o, kind);
+    return vstr_null_terminated_str(&v);
+}
+
+// Decimal text of a 64-bit value (mp_printf has no %lld on 32-bit ports).
+static const char *ll_text(char buf[24], long long v) {
+    char tmp[24];
+    unsigned long long u = v < 0 ? 0ull - (unsigned long long)v : (unsigned long long)v;
+    int n = 0;
+    do {
+        tmp[n++] = (char)('0' + (int)(u % 10u));
+        u /= 10u;
+    } while (u != 0);
+    int k = 0;
+    if (v < 0) {
+        buf[k++] = '-';
+    }
+    while (n > 0) {
+        buf[k++] = tmp[--n];
+    }
+    buf[k] = '\0';
+    return buf;
+}
+
+static mp_obj_t new_u64(uint64_t v) {
+    return v <= (uint64_t)MP_SMALL_INT_MAX ? MP_OBJ_NEW_SMALL_INT((mp_int_t)v)
+                                           : mp_obj_new_int_from_ull((unsigned long long)v);
+}
+
+// A dict that keeps insertion order (as CPython's dicts do) so printed dicts read the same on
+// both bindings; its type is still dict.
+static mp_obj_t new_ordered_dict(size_t n) {
+    mp_obj_t d = mp_obj_new_dict(n);
+    ((mp_obj_dict_t *)MP_OBJ_TO_PTR(d))->map.is_ordered = 1;
+    return d;
+}
+
+static void dict_store_str(mp_obj_t d, const char *key, mp_obj_t value) {
+    mp_obj_dict_store(d, mp_obj_new_str(key, strlen(key)), value);
+}
+
+// An optional integer option (None or absent -> dflt), as the PC binding's opt_long().
+static long long opt_long(mp_obj_t v, const char *name, long long lo, long long hi, long long dflt) {
+    if (v == MP_OBJ_NULL || v == mp_const_none) {
+        return dflt;
+    }
+    if (!mp_obj_is_int(v) || mp_obj_is_bool(v)) {
+        raise_fmt(&mp_type_TypeError, "tinymp: %s must be an int, not '%s'", name, mp_obj_get_type_str(v));
+    }
+    long long x = 0;
+    bool ok = false;
+    if (mp_obj_is_small_int(v)) {
+        x = MP_OBJ_SMALL_INT_VALUE(v);
+        ok = x >= lo && x <= hi;
+    }
+    #if MICROPY_LONGINT_IMPL != MICROPY_LONGINT_IMPL_NONE
+    else if (mp_obj_int_sign(v) > 0 &&
+             !mp_obj_is_true(mp_binary_op(MP_BINARY_OP_MORE, v, mp_obj_new_int_from_ll(hi)))) {
+        x = mp_obj_get_ll(v);
+        ok = x >= lo;
+    }
+    #endif
+    if (!ok) {
+        char a[24], b[24];
+        raise_fmt(&mp_type_ValueError, "tinymp: %s must be between %s and %s, got %s", name, ll_text(a, lo),
+            ll_text(b, hi), obj_text(v, PRINT_STR));
+    }
+    return x;
+}
+
+// An optional number option (None or absent -> dflt), as the PC binding's opt_float(); `range`
+// is the interval as the PC binding prints it ("%s%g, %g]").
+static mp_float_t opt_float(mp_obj_t v, const char *name, mp_float_t lo, mp_float_t hi, bool lo_open,
+    mp_float_t dflt, const char *range) {
+    if (v == MP_OBJ_NULL || v == mp_const_none) {
+        return dflt;
+    }
+    if (!mp_obj_is_float(v) && !(mp_obj_is_int(v) && !mp_obj_is_bool(v))) {
+        raise_fmt(&mp_type_TypeError, "tinymp: %s must be a number, not '%s'", name, mp_obj_get_type_str(v));
+    }
+    mp_float_t x = mp_obj_get_float(v);
+    if (!(x <= hi) || !(lo_open ? x > lo : x >= lo)) {
+        raise_fmt(&mp_type_ValueError, "tinymp: %s must be in %s, got %s", name, range, obj_text(v, PRINT_REPR));
+    }
+    return x;
+}
+
+// Items of a sequence argument: a tuple or list in place, any other iterable as a new list;
+// not iterable -> TypeError(msg) (CPython's PySequence_Fast()).
+static void get_sequence(mp_obj_t o, const char *msg, size_t *n, mp_obj_t **items) {
+    if (!mp_obj_is_type(o, &mp_type_tuple) && !mp_obj_is_type(o, &mp_type_list)) {
+        nlr_buf_t nlr;
+        if (nlr_push(&nlr) == 0) {
+            o = mp_call_function_1(MP_OBJ_FROM_PTR(&mp_type_list), o);
+            nlr_pop();
+        } else {
+            if (mp_obj_is_subclass_fast(MP_OBJ_FROM_PTR(((mp_obj_base_t *)nlr.ret_val)->type),
+                    MP_OBJ_FROM_PTR(&mp_type_TypeError))) {
+                raise_fmt(&mp_type_TypeError, "%s", msg);
+            }
+            nlr_jump(nlr.ret_val);
+        }
+    }
+    mp_obj_get_array(o, n, items);
+}
+
+static const char *storage_name(int32_t s) {
+    return s == TMP_STORAGE_FP32 ? "fp32" : "int8";
+}
+
+/* ---------------------------------------------------------------- Plan */
+
+typedef struct _tinymp_plan_obj_t {
+    mp_obj_base_t base;
+    mp_obj_t model;          // the tinymp_model_obj_t it was made for
+    uint8_t *workspace;      // head of the GC block the plan's arrays point into
+    size_t workspace_size;
+    uint8_t *sel_ws;         // during Model.plan(support=...): the selection pass's workspace
+    size_t sel_ws_size;
+    uint8_t *sel_arena;      // and arena (released before plan() returns)
+    size_t sel_arena_size;
+    tmp_train_plan plan;
+} tinymp_plan_obj_t;
+
+extern const mp_obj_type_t tinymp_type_model;
+extern const mp_obj_type_t tinymp_type_plan;
+
+// A class label: an int (not a bool) in [0, num_classes); `what` names it in messages ("label",
+// "support label"). Allocates nothing: its errors are raised with mp_raise_msg_varg(), which
+// works under heap_lock() too (from the emergency exception buffer), so a bad label is a
+// ValueError there as well.
+static int32_t parse_label(tinymp_model_obj_t *model, mp_obj_t y, const char *what) {
+    if (!mp_obj_is_int(y) || mp_obj_is_bool(y)) {
+        mp_raise_msg_varg(&mp_type_TypeError, MP_ERROR_TEXT("tinymp: %s must be an int, not '%s'"), what,
+            mp_obj_get_type_str(y));
+    }
+    const mp_int_t nc = (mp_int_t)model->model.num_classes;
+    mp_int_t v = mp_obj_is_small_int(y) ? MP_OBJ_SMALL_INT_VALUE(y) : -1;
+    if (v >= 0 && v < nc) {
+        return (int32_t)v;
+    }
+    if (mp_obj_is_small_int(y) && v >= INT32_MIN && v <= INT32_MAX) {
+        mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("tinymp: %s %d is outside [0, %d)"), what, (int)v,
+            (int)nc);
+    }
+    // a label that %d cannot print: format it as str() does (this allocates)
+    raise_fmt(&mp_type_ValueError, "tinymp: %s %s is outside [0, %d)", what, obj_text(y, PRINT_STR), (int)nc);
+}
+
+// A scratch planner workspace for the budget messages below (freed by the caller).
+static uint8_t *scratch_workspace(tinymp_model_obj_t *model, size_t *size) {
+    *size = tmp_train_workspace_size(&model->model);
+    if (*size == 0) {
+        *size = 4;
+    }
+    return m_new_maybe(uint8_t, *size);
+}
+
+// The smallest budget the selection pass of these options needs (0 when it cannot tell).
+static uint32_t selection_min_budget(tinymp_model_obj_t *model, const tmp_train_options *o) {
+    tmp_train_options fo = tmp_train_options_default(TMP_METHOD_FISHER);
+    fo.r = o->r != 0 ? o->r : 4;
+    fo.budget = 1;
+    size_t wsz;
+    uint8_t *ws = scratch_workspace(model, &wsz);
+    if (ws == NULL) {
+        return 0;
+    }
+    tmp_train_plan fp;
+    tmp_train_error err;
+    memset(&err, 0, sizeof err);
+    tmp_status st = tmp_train_plan_make(&model->model, &fo, ws, wsz, &fp, &err);
+    m_del(uint8_t, ws, wsz);
+    return st == TMP_ERR_SIZE ? err.min_budget : 0;
+}
+
+// The smallest budget the training table of these options needs without a selection pass:
+// tinymp's own smallest setting, or (tinytrain) its base -- the classifier and the biases.
+static bool training_min_budget(tinymp_model_obj_t *model, const tmp_train_options *o, tmp_train_error *err) {
+    tmp_train_options t = *o;
+    t.fisher = NULL;
+    t.budget = 1;
+    if (t.method == TMP_METHOD_TINYTRAIN) {
+        t.method = TMP_METHOD_LAST;
+        t.r = o->r != 0 ? o->r : 1;
+        t.n_bias = o->n_bias != -2 ? o->n_bias : 0;
+    }
+    size_t wsz;
+    uint8_t *ws = scratch_workspace(model, &wsz);
+    if (ws == NULL) {
+        return false;
+    }
+    tmp_train_plan p;
+    memset(err, 0, sizeof *err);
+    tmp_status st = tmp_train_plan_make(&model->model, &t, ws, wsz, &p, err);
+    m_del(uint8_t, ws, wsz);
+    return st == TMP_ERR_SIZE;
+}
+
+// The TinyTrain selection pass over support = (samples, labels), in a temporary workspace and
+// arena (held by `po` meanwhile). On return `t` holds the Fisher sums the planner reads.
+static void run_selection(tinymp_model_obj_t *model, tinymp_plan_obj_t *po, const tmp_train_options *o,
+    mp_obj_t support, tmp_trainer *t, tmp_train_plan *fp) {
+    if (!mp_obj_is_type(support, &mp_type_tuple) || MP_OBJ_SMALL_INT_VALUE(mp_obj_len(support)) != 2) {
+        mp_raise_TypeError(MP_ERROR_TEXT("tinymp: support must be a tuple (samples, labels)"));
+    }
+    size_t n, nl;
+    mp_obj_t *sup, *samples, *labels;
+    mp_obj_tuple_get(support, &n, &sup);
+    get_sequence(sup[0], "tinymp: support samples must be a sequence", &n, &samples);
+    get_sequence(sup[1], "tinymp: support labels must be a sequence", &nl, &labels);
+    if (n == 0 || n != nl) {
+        raise_fmt(&mp_type_ValueError, "tinymp: support needs as many labels as samples and at least one "
+            "(got %u samples, %u labels)", (unsigned)n, (unsigned)nl);
+    }
+    tmp_train_options fo = tmp_train_options_default(TMP_METHOD_FISHER);
+    fo.r = o->r != 0 ? o->r : 4;
+    fo.budget = o->budget;
+    po->sel_ws_size = tmp_train_workspace_size(&model->model);
+    po->sel_ws = m_new(uint8_t, po->sel_ws_size > 0 ? po->sel_ws_size : 4);
+    tmp_train_error err;
+    memset(&err, 0, sizeof err);
+    tmp_status st = tmp_train_plan_make(&model->model, &fo, po->sel_ws, po->sel_ws_size, fp, &err);
+    if (st == TMP_ERR_SIZE && err.min_budget != 0) {
+        // the smallest budget that holds both the selection pass and the smallest training table
+        tmp_train_error terr;
+        uint32_t need = err.min_budget;
+        const char *part = tmp_category_name(err.largest_cat);
+        uint32_t part_bytes = err.largest_bytes;
+        if (training_min_budget(model, o, &terr) && terr.min_budget > need) {
+            need = terr.min_budget;
+            part = tmp_category_name(terr.largest_cat);
+            part_bytes = terr.largest_bytes;
+        }
+        raise_fmt(&mp_type_ValueError, "tinymp: method '%s' does not fit a budget of %u bytes: its smallest setting "
+            "needs %u bytes (largest part: %s, %u bytes), its selection pass included", tmp_method_name(o->method),
+            (unsigned)o->budget, (unsigned)need, part, (unsigned)part_bytes);
+    }
+    if (st != TMP_OK) {
+        raise_fmt(&mp_type_ValueError, "tinymp: selection pass: %s", err.msg != NULL ? err.msg : tmp_status_name(st));
+    }
+    po->sel_arena_size = fp->arena_bytes > 0 ? fp->arena_bytes : 4u;
+    po->sel_arena = m_new(uint8_t, po->sel_arena_size);
+    if (tmp_trainer_init(t, &model->model, fp, po->sel_arena, fp->arena_bytes, 0.0f, 1u) != TMP_OK) {
+        mp_raise_msg(&mp_type_RuntimeError, MP_ERROR_TEXT("tinymp: cannot start the selection pass"));
+    }
+    for (size_t i = 0; i < n; i++) {
+        int32_t y = parse_label(model, labels[i], "support label");
+        mp_buffer_info_t bi;
+        get_input(model, samples[i], &bi);
+        st = tmp_trainer_step(t, (const int8_t *)bi.buf, (int32_t)y, NULL);
+        if (st != TMP_OK) {
+            raise_fmt(&mp_type_ValueError, "tinymp: the model data changed after loading (selection: %s)",
+                tmp_status_name(st));
+        }
+    }
+}
+
+// Model.plan(method='tinymp', budget=None, r=None, ratio=None, storage='int8', momentum=0.0,
+//            n_bias=None, layers=None, ratios=None, macs=None, support=None) -> Plan
+static mp_obj_t tinymp_model_train_plan(size_t n_args, const mp_obj_t *pos_args, mp_map_t *kw_args) {
+    enum { ARG_method, ARG_budget, ARG_r, ARG_ratio, ARG_storage, ARG_momentum, ARG_n_bias, ARG_layers,
+           ARG_ratios, ARG_macs, ARG_support };
+    static const mp_arg_t allowed_args[] = {
+        { MP_QSTR_method, MP_ARG_OBJ, {.u_obj = MP_OBJ_NULL} },
+        { MP_QSTR_budget, MP_ARG_OBJ, {.u_obj = mp_const_none} },
+        { MP_QSTR_r, MP_ARG_OBJ, {.u_obj = mp_const_none} },
+        { MP_QSTR_ratio, MP_ARG_OBJ, {.u_obj = mp_const_none} },
+        { MP_QSTR_storage, MP_ARG_OBJ, {.u_obj = mp_const_none} },
+        { MP_QSTR_momentum, MP_ARG_OBJ, {.u_obj = mp_const_none} },
+        { MP_QSTR_n_bias, MP_ARG_OBJ, {.u_obj = mp_const_none} },
+        { MP_QSTR_layers, MP_ARG_OBJ, {.u_obj = mp_const_none} },
+        { MP_QSTR_ratios, MP_ARG_OBJ, {.u_obj = mp_const_none} },
+        { MP_QSTR_macs, MP_ARG_OBJ, {.u_obj = mp_const_none} },
+        { MP_QSTR_support, MP_ARG_OBJ, {.u_obj = mp_const_none} },
+    };
+    tinymp_model_obj_t *self = MP_OBJ_TO_PTR(pos_args[0]);
+    mp_arg_val_t args[MP_ARRAY_SIZE(allowed_args)];
+    mp_arg_parse_all(n_args - 1, pos_args + 1, kw_args, MP_ARRAY_SIZE(allowed_args), allowed_args, args);
+
+    const char *method = "tinymp";
+    if (args[ARG_method].u_obj != MP_OBJ_NULL) {
+        if (!mp_obj_is_str(args[ARG_method].u_obj)) {
+            raise_fmt(&mp_type_TypeError, "tinymp: method must be a str, not '%s'",
+                mp_obj_get_type_str(args[ARG_method].u_obj));
+        }
+        method = mp_obj_str_get_str(args[ARG_method].u_obj);
+    }
+    int32_t mi = tmp_method_from_name(method);
+    if (mi < 0) {
+        raise_fmt(&mp_type_ValueError,
+            "tinymp: unknown method '%s' (none, last, bias, sparse, tinytrain, full, tinymp)", method);
+    }
+    tmp_train_options o = tmp_train_options_default(mi);
+    o.budget = (uint32_t)opt_long(args[ARG_budget].u_obj, "budget", 1, 0xFFFFFFFFLL, 0);
+    o.r = (int32_t)opt_long(args[ARG_r].u_obj, "r", 1, TMP_MAX_R, 0);
+    o.ratio = (float)opt_float(args[ARG_ratio].u_obj, "ratio", 0, 1, true, 0, "(0, 1]");
+    o.momentum = (float)opt_float(args[ARG_momentum].u_obj, "momentum", 0, (mp_float_t)0.999, false, 0,
+        "[0, 0.999]");
+    o.n_bias = (int32_t)opt_long(args[ARG_n_bias].u_obj, "n_bias", -1, 65535, -2);
+    o.mac_budget = (uint64_t)opt_long(args[ARG_macs].u_obj, "macs", 1, (long long)1 << 62, 0);
+    mp_obj_t storage = args[ARG_storage].u_obj;
+    if (storage != mp_const_none) {
+        const char *sname = mp_obj_is_str(storage) ? mp_obj_str_get_str(storage) : NULL;
+        if (sname == NULL || (strcmp(sname, "int8") != 0 && strcmp(sname, "fp32") != 0)) {
+            mp_raise_ValueError(MP_ERROR_TEXT("tinymp: storage must be 'int8' or 'fp32'"));
+        }
+        o.storage = strcmp(sname, "fp32") == 0 ? TMP_STORAGE_FP32 : TMP_STORAGE_INT8;
+    }
+    mp_obj_t layers = args[ARG_layers].u_obj, ratios = args[ARG_ratios].u_obj;
+    uint16_t *lay = NULL;
+    float *rat = NULL;
+    size_t n_lay = 0;
+    if (layers != mp_const_none) {
+        if (mi != TMP_METHOD_SPARSE) {
+            mp_raise_ValueError(MP_ERROR_TEXT("tinymp: layers= is for method 'sparse'"));
+        }
+        mp_obj_t *items;
+        get_sequence(layers, "tinymp: layers must be a sequence of layer indices", &n_lay, &items);
+        lay = m_new(uint16_t, n_lay + 1);
+        rat = m_new(float, n_lay + 1);
+        for (size_t j = 0; j < n_lay; j++) {
+            lay[j] = (uint16_t)opt_long(items[j], "a sparse layer index", 0, (long long)self->model.num_layers - 1, 0);
+            rat[j] = 1.0f;
+        }
+        if (ratios != mp_const_none) {
+            size_t nr;
+            get_sequence(ratios, "tinymp: ratios must be a sequence of numbers", &nr, &items);
+            if (nr != n_lay) {
+                raise_fmt(&mp_type_ValueError, "tinymp: %u layers but %u ratios", (unsigned)n_lay, (unsigned)nr);
+            }
+            for (size_t j = 0; j < n_lay; j++) {
+                rat[j] = (float)opt_float(items[j], "a sparse ratio", 0, 1, true, 1, "(0, 1]");
+            }
+        }
+        o.n_layers = (int32_t)n_lay;
+        o.layers = lay;
+        o.ratios = rat;
+    } else if (mi == TMP_METHOD_SPARSE) {
+        mp_raise_ValueError(MP_ERROR_TEXT("tinymp: method 'sparse' needs layers=[...] (and optionally ratios=[...])"));
+    } else if (ratios != mp_const_none) {
+        mp_raise_ValueError(MP_ERROR_TEXT("tinymp: ratios= is for method 'sparse' (use ratio=)"));
+    }
+    check_model_buffer(self);
+
+    // The Plan object first: it holds every block allocated below, so the GC sees them.
+    tinymp_plan_obj_t *po = mp_obj_malloc(tinymp_plan_obj_t, &tinymp_type_plan);
+    po->model = MP_OBJ_FROM_PTR(self);
+    po->workspace = NULL;
+    po->sel_ws = NULL;
+    po->sel_arena = NULL;
+    tmp_trainer fisher;
+    tmp_train_plan fplan;
+    mp_obj_t support = args[ARG_support].u_obj;
+    if (support != mp_const_none) {
+        if (mi != TMP_METHOD_TINYTRAIN && mi != TMP_METHOD_TINYMP) {
+            mp_raise_ValueError(MP_ERROR_TEXT("tinymp: support= is for methods 'tinytrain' and 'tinymp'"));
+        }
+        run_selection(self, po, &o, support, &fisher, &fplan);
+        o.fisher = &fisher;
+    } else if (mi == TMP_METHOD_TINYTRAIN) {
+        mp_raise_ValueError(MP_ERROR_TEXT("tinymp: method 'tinytrain' needs support=(samples, labels) for its selection pass"));
+    }
+    po->workspace_size = tmp_train_workspace_size(&self->model);
+    po->workspace = m_new(uint8_t, po->workspace_size > 0 ? po->workspace_size : 4);
+    tmp_train_error err;
+    memset(&err, 0, sizeof err);
+    tmp_status st = tmp_train_plan_make(&self->model, &o, po->workspace, po->workspace_size, &po->plan, &err);
+    // the selection pass and the option arrays are no longer needed
+    if (po->sel_ws != NULL) {
+        m_del(uint8_t, po->sel_ws, po->sel_ws_size > 0 ? po->sel_ws_size : 4);
+        m_del(uint8_t, po->sel_arena, po->sel_arena_size);
+        po->sel_ws = NULL;
+        po->sel_arena = NULL;
+    }
+    if (lay != NULL) {
+        m_del(uint16_t, lay, n_lay + 1);
+        m_del(float, rat, n_lay + 1);
+    }
+    if (st == TMP_ERR_SIZE && err.min_budget != 0) {
+        if (o.budget != 0 && err.min_budget > o.budget) {
+            uint32_t need = err.min_budget;
+            if (o.fisher != NULL) {
+                // passing `need` back must fit the selection pass as well
+                uint32_t sel = selection_min_budget(self, &o);
+                need = sel > need ? sel : need;
+            }
+            raise_fmt(&mp_type_ValueError,
+                "tinymp: method '%s' does not fit a budget of %u bytes: its smallest setting needs %u bytes "
+                "(largest part: %s, %u bytes)", method, (unsigned)o.budget, (unsigned)need,
+                tmp_category_name(err.largest_cat), (unsigned)err.largest_bytes);
+        }
+        char a[24], b[24];
+        raise_fmt(&mp_type_ValueError,
+            "tinymp: method '%s' exceeds the backward MAC budget of %s even at its smallest setting (%s MACs)",
+            method, ll_text(a, (long long)o.mac_budget), ll_text(b, (long long)po->plan.backward_macs));
+    }
+    if (st == TMP_ERR_FORMAT) {
+        mp_raise_ValueError(MP_ERROR_TEXT("tinymp: the model data changed after loading (planning)"));
+    }
+    if (st != TMP_OK) {
+        if (err.msg != NULL && err.layer >= 0) {
+            raise_fmt(&mp_type_ValueError, "tinymp: layer %d: %s", (int)err.layer, err.msg);
+        }
+        raise_fmt(&mp_type_ValueError, "tinymp: %s", err.msg != NULL ? err.msg : tmp_status_name(st));
+    }
+    return MP_OBJ_FROM_PTR(po);
+}
+static MP_DEFINE_CONST_FUN_OBJ_KW(tinymp_model_train_plan_obj, 1, tinymp_model_train_plan);
+
+static tinymp_model_obj_t *plan_model(const tinymp_plan_obj_t *self) {
+    return MP_OBJ_TO_PTR(self->model);
+}
+
+static mp_obj_t channel_list(const uint16_t *ch, int32_t k) {
+    mp_obj_t l = mp_obj_new_list((size_t)k, NULL);
+    mp_obj_list_t *lo = MP_OBJ_TO_PTR(l);
+    for (int32_t j = 0; j < k; j++) {
+        lo->items[j] = MP_OBJ_NEW_SMALL_INT(ch != NULL ? ch[j] : j); // NULL: every channel
+    }
+    return l;
+}
+
+static mp_obj_t category_dict(const uint32_t *v) {
+    mp_obj_t d = new_ordered_dict(TMP_CAT_COUNT);
+    for (int32_t k = 0; k < TMP_CAT_COUNT; k++) {
+        dict_store_str(d, tmp_category_name(k), mp_obj_new_int_from_uint(v[k]));
+    }
+    return d;
+}
+
+// describe() -> str: a per-layer table.
+static mp_obj_t tinymp_plan_describe(mp_obj_t self_in) {
+    tinymp_plan_obj_t *self = MP_OBJ_TO_PTR(self_in);
+    const tmp_model *m = &plan_model(self)->model;
+    size_t n = tmp_train_plan_describe(m, &self->plan, NULL, 0);
+    vstr_t v;
+    vstr_init_len(&v, n + 1);
+    tmp_train_plan_describe(m, &self->plan, v.buf, n + 1);
+    v.len = n;
+    return mp_obj_new_str_from_vstr(&v);
+}
+static MP_DEFINE_CONST_FUN_OBJ_1(tinymp_plan_describe_obj, tinymp_plan_describe);
+
+static void tinymp_plan_attr(mp_obj_t self_in, qstr attr, mp_obj_t *dest) {
+    if (dest[0] != MP_OBJ_NULL) {
+        return; // read-only: the runtime raises AttributeError
+    }
+    tinymp_plan_obj_t *self = MP_OBJ_TO_PTR(self_in);
+    const tmp_train_plan *p = &self->plan;
+    switch (attr) {
+        case MP_QSTR_arena_bytes:
+            dest[0] = mp_obj_new_int_from_uint(p->arena_bytes);
+            break;
+        case MP_QSTR_peak_live_bytes:
+            dest[0] = mp_obj_new_int_from_uint(p->peak_live_bytes);
+            break;
+        case MP_QSTR_breakdown:
+            dest[0] = category_dict(p->breakdown);
+            break;
+        case MP_QSTR_category_peaks:
+            dest[0] = category_dict(p->category_peak);
+            break;
+        case MP_QSTR_method: {
+            const char *s = tmp_method_name(p->method);
+            dest[0] = mp_obj_new_str(s, strlen(s));
+            break;
+        }
+        case MP_QSTR_storage: {
+            const char *s = storage_name(p->storage);
+            dest[0] = mp_obj_new_str(s, strlen(s));
+            break;
+        }
+        case MP_QSTR_r:
+            dest[0] = mp_obj_new_int(p->r);
+            break;
+        case MP_QSTR_ratio:
+            dest[0] = mp_obj_new_float((mp_float_t)p->ratio);
+            break;
+        case MP_QSTR_momentum:
+            dest[0] = mp_obj_new_float((mp_float_t)p->momentum);
+            break;
+        case MP_QSTR_first:
+            dest[0] = mp_obj_new_int(p->first);
+            break;
+        case MP_QSTR_forward_macs:
+            dest[0] = new_u64(p->forward_macs);
+            break;
+        case MP_QSTR_backward_macs:
+            dest[0] = new_u64(p->backward_macs);
+            break;
+        case MP_QSTR_layers: {
+            mp_obj_t l = mp_obj_new_list(0, NULL);
+            for (int32_t i = 0; i < p->num_layers; i++) {
+                if (p->flags[i] & (TMP_TL_W | TMP_TL_B)) {
+                    mp_obj_list_append(l, MP_OBJ_NEW_SMALL_INT(i));
+                }
+            }
+            dest[0] = l;
+            break;
+        }
+        case MP_QSTR_channels: {
+            mp_obj_t d = new_ordered_dict(4);
+            for (int32_t i = 0; i < p->num_layers; i++) {
+                if (p->flags[i] & TMP_TL_W) {
+                    mp_obj_dict_store(d, MP_OBJ_NEW_SMALL_INT(i), channel_list(p->channels + p->chan_off[i], p->k[i]));
+                }
+            }
+            dest[0] = d;
+            break;
+        }
+        default:
+            dest[1] = MP_OBJ_SENTINEL; // continue the lookup in locals_dict
+            break;
+    }
+}
+
+static void tinymp_plan_print(const mp_print_t *print, mp_obj_t self_in, mp_print_kind_t kind) {
+    (void)kind;
+    tinymp_plan_obj_t *self = MP_OBJ_TO_PTR(self_in);
+    mp_printf(print, "<tinymp.Plan method=%s r=%d arena=%u bytes>", tmp_method_name(self->plan.method),
+        (int)self->plan.r, (unsigned)self->plan.arena_bytes);
+}
+
+static const mp_rom_map_elem_t tinymp_plan_locals_dict_table[] = {
+    { MP_ROM_QSTR(MP_QSTR_describe), MP_ROM_PTR(&tinymp_plan_describe_obj) },
+};
+static MP_DEFINE_CONST_DICT(tinymp_plan_locals_dict, tinymp_plan_locals_dict_table);
+
+MP_DEFINE_CONST_OBJ_TYPE(
+    tinymp_type_plan,
+    MP_QSTR_Plan,
+    MP_TYPE_FLAG_NONE,
+    print, tinymp_plan_print,
+    attr, tinymp_plan_attr,
+    locals_dict, &tinymp_plan_locals_dict
+    );
+
+/* ---------------------------------------------------------------- Trainer */
+
+typedef struct _tinymp_trainer_obj_t {
+    mp_obj_base_t base;
+    mp_obj_t model;          // tinymp_model_obj_t
+    mp_obj_t plan;           // tinymp_plan_obj_t
+    mp_obj_t arena_owner;    // the caller's buffer object, or None
+    uint8_t *own_arena;      // head of our GC block (arena + guard), or NULL
+    size_t arena_skip;       // bytes skipped at the start of the caller's buffer (4-byte alignment)
+    uint8_t *arena;
+    size_t arena_size;
+    float *logits_buf;       // num_classes float32 (dequantisation scratch)
+    tmp_trainer t;
+} tinymp_trainer_obj_t;
+
+static uint32_t clock_us(void *ctx) {
+    (void)ctx;
+    return (uint32_t)mp_hal_ticks_us();
+}
+
+static tinymp_model_obj_t *trainer_model(const tinymp_trainer_obj_t *self) {
+    return MP_OBJ_TO_PTR(self->model);
+}
+
+static tinymp_plan_obj_t *trainer_plan(const tinymp_trainer_obj_t *self) {
+    return MP_OBJ_TO_PTR(self->plan);
+}
+
+static bool trainer_guard_intact(const tinymp_trainer_obj_t *self) {
+    if (self->own_arena == NULL) {
+        return true;
+    }
+    const uint8_t *g = self->own_arena + trainer_plan(self)->plan.arena_bytes;
+    for (int i = 0; i < GUARD_BYTES; i++) {
+        if (g[i] != GUARD_FILL) {
+            return false;
+        }
+    }
+    return true;
+}
+
+// Before every use: the model's buffer (check_model_buffer) and a caller's arena buffer may have
+// been resized since Trainer() (MicroPython does not lock exported buffers). A moved arena is
+// followed when its contents keep their alignment; a shrunk one is refused. Allocates nothing.
+static void trainer_check(tinymp_trainer_obj_t *self) {
+    check_model_buffer(trainer_model(self));
+    if (self->own_arena != NULL) {
+        return;
+    }
+    mp_buffer_info_t bi;
+    const size_t need = trainer_plan(self)->plan.arena_bytes;
+    if (!mp_get_buffer(self->arena_owner, &bi, MP_BUFFER_WRITE) || bi.len < self->arena_skip + need ||
+        (((uintptr_t)bi.buf + self->arena_skip) & 3u) != 0) {
+        mp_raise_ValueError(MP_ERROR_TEXT("tinymp: the arena buffer was resized after Trainer()"));
+    }
+    uint8_t *a = (uint8_t *)bi.buf + self->arena_skip;
+    if (a != self->arena) {
+        self->arena = a;
+        self->arena_size = bi.len - self->arena_skip;
+        self->t.arena = a;
+    }
+}
+
+// Map a core status of a trainer call to an exception (and check the guard of our arena).
+static void trainer_status(tinymp_trainer_obj_t *self, tmp_status st, const char *what) {
+    if (!trainer_guard_intact(self)) {
+        memset(self->own_arena + trainer_plan(self)->plan.arena_bytes, GUARD_FILL, GUARD_BYTES);
+        mp_raise_msg(&mp_type_RuntimeError, MP_ERROR_TEXT("tinymp: arena overrun (engine bug)"));
+    }
+    if (st == TMP_OK) {
+        return;
+    }
+    if (st == TMP_ERR_FORMAT || st == TMP_ERR_SIZE) {
+        mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("tinymp: the model data changed after loading (%s: %s)"),
+            what, tmp_status_name(st));
+    }
+    mp_raise_msg_varg(&mp_type_RuntimeError, MP_ERROR_TEXT("tinymp: %s failed (%s)"), what, tmp_status_name(st));
+}
+
+// Trainer(model, plan, lr=0.01, arena=None, seed=1, period=0)
+static mp_obj_t tinymp_trainer_make_new(const mp_obj_type_t *type, size_t n_args, size_t n_kw,
+    const mp_obj_t *all_args) {
+    enum { ARG_model, ARG_plan, ARG_lr, ARG_arena, ARG_seed, ARG_period };
+    static const mp_arg_t allowed_args[] = {
+        { MP_QSTR_model, MP_ARG_REQUIRED | MP_ARG_OBJ, {.u_obj = MP_OBJ_NULL} },
+        { MP_QSTR_plan, MP_ARG_REQUIRED | MP_ARG_OBJ, {.u_obj = MP_OBJ_NULL} },
+        { MP_QSTR_lr, MP_ARG_OBJ, {.u_obj = mp_const_none} },
+        { MP_QSTR_arena, MP_ARG_OBJ, {.u_obj = mp_const_none} },
+        { MP_QSTR_seed, MP_ARG_OBJ, {.u_obj = mp_const_none} },
+        { MP_QSTR_period, MP_ARG_OBJ, {.u_obj = mp_const_none} },
+    };
+    mp_arg_val_t args[MP_ARRAY_SIZE(allowed_args)];
+    mp_arg_parse_all_kw_array(n_args, n_kw, all_args, MP_ARRAY_SIZE(allowed_args), allowed_args, args);
+    mp_obj_t model = args[ARG_model].u_obj, plan = args[ARG_plan].u_obj, arena = args[ARG_arena].u_obj;
+    if (!mp_obj_is_type(model, &tinymp_type_model)) {
+        raise_fmt(&mp_type_TypeError, "tinymp: Trainer() needs a tinymp.Model, not '%s'", mp_obj_get_type_str(model));
+    }
+    if (!mp_obj_is_type(plan, &tinymp_type_plan)) {
+        raise_fmt(&mp_type_TypeError, "tinymp: Trainer() needs a tinymp.Plan (from model.plan()), not '%s'",
+            mp_obj_get_type_str(plan));
+    }
+    tinymp_model_obj_t *m = MP_OBJ_TO_PTR(model);
+    tinymp_plan_obj_t *p = MP_OBJ_TO_PTR(plan);
+    if (p->model != model) {
+        mp_raise_ValueError(MP_ERROR_TEXT("tinymp: this plan was made for another model"));
+    }
+    float lr = (float)opt_float(args[ARG_lr].u_obj, "lr", 0, (mp_float_t)1e6, false, (mp_float_t)0.01, "[0, 1e+06]");
+    uint32_t seed = (uint32_t)opt_long(args[ARG_seed].u_obj, "seed", 0, 0xFFFFFFFFLL, 1);
+    uint32_t period = (uint32_t)opt_long(args[ARG_period].u_obj, "period", 0, 0xFFFFFFFFLL, 0);
+
+    // Not yet reachable from Python: if anything below raises, the GC reclaims it all.
+    tinymp_trainer_obj_t *self = mp_obj_malloc(tinymp_trainer_obj_t, type);
+    self->model = model;
+    self->plan = plan;
+    self->arena_owner = mp_const_none;
+    self->own_arena = NULL;
+    self->arena_skip = 0;
+    self->logits_buf = NULL;
+    memset(&self->t, 0, sizeof self->t);
+    const uint32_t need = p->plan.arena_bytes;
+    if (arena != mp_const_none) {
+        mp_buffer_info_t bi;
+        if (!mp_get_buffer(arena, &bi, MP_BUFFER_WRITE)) {
+            raise_fmt(&mp_type_TypeError, "tinymp: arena must be a writable contiguous buffer (e.g. bytearray), "
+                "not '%s'", mp_obj_get_type_str(arena));
+        }
+        size_t skip = (size_t)((4u - ((uintptr_t)bi.buf & 3u)) & 3u); // use the 4-byte aligned part
+        if (bi.len < skip + need) {
+            raise_fmt(&mp_type_MemoryError, "tinymp: the arena has %u bytes, the plan needs %u%s", (unsigned)bi.len,
+                (unsigned)need, skip ? " (after 4-byte alignment)" : "");
+        }
+        self->arena_owner = arena;
+        self->arena_skip = skip;
+        self->arena = (uint8_t *)bi.buf + skip;
+        self->arena_size = bi.len - skip;
+    } else {
+        // one GC block: the arena, then the guard (GC blocks are >= 8-byte aligned)
+        self->own_arena = m_new_maybe(uint8_t, (size_t)need + GUARD_BYTES);
+        if (self->own_arena == NULL) {
+            raise_fmt(&mp_type_MemoryError, "tinymp: cannot allocate a training arena of %u bytes", (unsigned)need);
+        }
+        memset(self->own_arena + need, GUARD_FILL, GUARD_BYTES);
+        self->arena = self->own_arena;
+        self->arena_size = need;
+    }
+    self->logits_buf = m_new(float, m->model.num_classes + 1u);
+    check_model_buffer(m);
+    tmp_status st = tmp_trainer_init(&self->t, &m->model, &p->plan, self->arena, self->arena_size, lr, seed);
+    if (st != TMP_OK) {
+        if (st == TMP_ERR_SIZE) {
+            raise_fmt(&mp_type_MemoryError, "tinymp: the arena is smaller than the plan's %u bytes", (unsigned)need);
+        }
+        raise_fmt(&mp_type_ValueError, "tinymp: cannot start the trainer (%s)", tmp_status_name(st));
+    }
+    self->t.period = period;
+    self->t.clock = clock_us;
+    return MP_OBJ_FROM_PTR(self);
+}
+
+// step(x, y, out=None) -> float: one SGD step; returns the loss. With `out` (a writable buffer
+// of one float32, e.g. array('f', [0.0])) the loss is stored in out[0] and `out` is returned:
+// then nothing is allocated (micropython.heap_lock()).
+static mp_obj_t tinymp_trainer_step(size_t n_args, const mp_obj_t *pos_args, mp_map_t *kw_args) {
+    enum { ARG_x, ARG_y, ARG_out };
+    static const mp_arg_t allowed_args[] = {
+        { MP_QSTR_x, MP_ARG_REQUIRED | MP_ARG_OBJ, {.u_obj = MP_OBJ_NULL} },
+        { MP_QSTR_y, MP_ARG_REQUIRED | MP_ARG_OBJ, {.u_obj = MP_OBJ_NULL} },
+        { MP_QSTR_out, MP_ARG_OBJ, {.u_obj = mp_const_none} },
+    };
+    tinymp_trainer_obj_t *self = MP_OBJ_TO_PTR(pos_args[0]);
+    mp_arg_val_t args[MP_ARRAY_SIZE(allowed_args)];
+    mp_arg_parse_all(n_args - 1, pos_args + 1, kw_args, MP_ARRAY_SIZE(allowed_args), allowed_args, args);
+    mp_obj_t out = args[ARG_out].u_obj;
+    mp_buffer_info_t ob, xb;
+    if (out != mp_const_none) {
+        if (!mp_get_buffer(out, &ob, MP_BUFFER_WRITE)) {
+            mp_raise_msg_varg(&mp_type_TypeError,
+                MP_ERROR_TEXT("tinymp: out must be a writable C-contiguous buffer of 1 float32, not '%s'"),
+                mp_obj_get_type_str(out));
+        }
+        size_t isz = item_size(&ob);
+        if (!((isz == 4 && ob.typecode == 'f') || isz == 1)) {
+            mp_raise_msg_varg(&mp_type_TypeError,
+                MP_ERROR_TEXT("tinymp: out must hold float32 (format 'f'), got format '%c'"), format_char(&ob));
+        }
+        if (ob.len != sizeof(float)) {
+            mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("tinymp: out has %u bytes, expected 4 (1 float32)"),
+                (unsigned)ob.len);
+        }
+    }
+    int32_t label = parse_label(trainer_model(self), args[ARG_y].u_obj, "label");
+    get_input(trainer_model(self), args[ARG_x].u_obj, &xb);
+    trainer_check(self);
+    #if MICROPY_ENABLE_GC && MICROPY_OBJ_REPR != MICROPY_OBJ_REPR_C && MICROPY_OBJ_REPR != MICROPY_OBJ_REPR_D
+    // Floats are boxed on this port: returning the loss allocates. Under heap_lock() fail before
+    // the step rather than after it has changed the parameters.
+    if (out == mp_const_none && gc_is_locked()) {
+        mp_raise_msg(&mp_type_MemoryError,
+            MP_ERROR_TEXT("tinymp: step() returns a new float, which the locked heap cannot hold: pass out=array('f', [0.0])"));
+    }
+    #endif
+    float loss = 0.0f;
+    tmp_status st = tmp_trainer_step(&self->t, (const int8_t *)xb.buf, label, &loss);
+    trainer_status(self, st, "training step");
+    if (out != mp_const_none) {
+        memcpy(ob.buf, &loss, sizeof loss); // `out` may be misaligned
+        return out;
+    }
+    return mp_obj_new_float((mp_float_t)loss);
+}
+static MP_DEFINE_CONST_FUN_OBJ_KW(tinymp_trainer_step_obj, 3, tinymp_trainer_step);
+
+// Inference with the trained parameters; returns the int8 output inside the arena.
+static const int8_t *trainer_forward(tinymp_trainer_obj_t *self, mp_obj_t x) {
+    mp_buffer_info_t bi;
+    get_input(trainer_model(self), x, &bi);
+    trainer_check(self);
+    const int8_t *out = NULL;
+    tmp_status st = tmp_trainer_forward(&self->t, (const int8_t *)bi.buf, &out);
+    trainer_status(self, st, "inference");
+    return out;
+}
+
+// predict(x) -> int. Allocates nothing.
+static mp_obj_t tinymp_trainer_predict(mp_obj_t self_in, mp_obj_t x) {
+    tinymp_trainer_obj_t *self = MP_OBJ_TO_PTR(self_in);
+    const int8_t *q = trainer_forward(self, x);
+    return MP_OBJ_NEW_SMALL_INT(tmp_argmax_s8(q, (int32_t)trainer_model(self)->model.num_classes));
+}
+static MP_DEFINE_CONST_FUN_OBJ_2(tinymp_trainer_predict_obj, tinymp_trainer_predict);
+
+// logits(x, out=None) -> array('f'). With `out` it allocates nothing.
+static mp_obj_t tinymp_trainer_logits(size_t n_args, const mp_obj_t *pos_args, mp_map_t *kw_args) {
+    enum { ARG_x, ARG_out };
+    static const mp_arg_t allowed_args[] = {
+        { MP_QSTR_x, MP_ARG_REQUIRED | MP_ARG_OBJ, {.u_obj = MP_OBJ_NULL} },
+        { MP_QSTR_out, MP_ARG_OBJ, {.u_obj = mp_const_none} },
+    };
+    tinymp_trainer_obj_t *self = MP_OBJ_TO_PTR(pos_args[0]);
+    mp_arg_val_t args[MP_ARRAY_SIZE(allowed_args)];
+    mp_arg_parse_all(n_args - 1, pos_args + 1, kw_args, MP_ARRAY_SIZE(allowed_args), allowed_args, args);
+    tinymp_model_obj_t *m = trainer_model(self);
+    mp_obj_t out = args[ARG_out].u_obj;
+    const size_t n = m->model.num_classes;
+    mp_buffer_info_t ob;
+    if (out != mp_const_none) {
+        get_out(m, out, &ob);
+    }
+    const int8_t *q = trainer_forward(self, args[ARG_x].u_obj);
+    tmp_dequantize_output(&m->model, q, self->logits_buf);
+    if (out != mp_const_none) {
+        memcpy(ob.buf, self->logits_buf, sizeof(float) * n);
+        return out;
+    }
+    mp_obj_array_t *arr = mp_obj_malloc(mp_obj_array_t, &mp_type_array);
+    arr->typecode = 'f';
+    arr->free = 0;
+    arr->len = n;
+    arr->items = m_new(float, n > 0 ? n : 1);
+    memcpy(arr->items, self->logits_buf, sizeof(float) * n);
+    return MP_OBJ_FROM_PTR(arr);
+}
+static MP_DEFINE_CONST_FUN_OBJ_KW(tinymp_trainer_logits_obj, 2, tinymp_trainer_logits);
+
+// end_period(): close an APU period (re-select the channels).
+static mp_obj_t tinymp_trainer_end_period(mp_obj_t self_in) {
+    tinymp_trainer_obj_t *self = MP_OBJ_TO_PTR(self_in);
+    trainer_check(self);
+    trainer_status(self, tmp_trainer_end_period(&self->t), "end of period");
+    return mp_const_none;
+}
+static MP_DEFINE_CONST_FUN_OBJ_1(tinymp_trainer_end_period_obj, tinymp_trainer_end_period);
+
+// reset(): back to the pretrained parameters and the plan's initial selection.
+static mp_obj_t tinymp_trainer_reset(mp_obj_t self_in) {
+    tinymp_trainer_obj_t *self = MP_OBJ_TO_PTR(self_in);
+    trainer_check(self);
+    trainer_status(self, tmp_trainer_reset(&self->t), "reset");
+    return mp_const_none;
+}
+static MP_DEFINE_CONST_FUN_OBJ_1(tinymp_trainer_reset_obj, tinymp_trainer_reset);
+
+/* Files, through the VFS: the builtin open() and the os module, called as from Python, so any
+ * filesystem this port mounts works (FAT, littlefs, the unix port's files, a VFS written in
+ * Python). Only plain method calls are used on the file objects. */
+
+static void check_path(mp_obj_t path) {
+    if (!mp_obj_is_str(path)) {
+        raise_fmt(&mp_type_TypeError, "tinymp: path must be a str, not '%s'", mp_obj_get_type_str(path));
+    }
+}
+
+#if MICROPY_PY_IO
+static mp_obj_t call_method(mp_obj_t obj, qstr name, size_t n_args, const mp_obj_t *a) {
+    mp_obj_t dest[2 + 2];
+    mp_load_method(obj, name, dest);
+    for (size_t i = 0; i < n_args; i++) {
+        dest[2 + i] = a[i];
+    }
+    return mp_call_method_n_kw(n_args, 0, dest);
+}
+
+static mp_obj_t os_call(qstr fn, size_t n_args, const mp_obj_t *a) {
+    mp_obj_t os = mp_import_name(MP_QSTR_os, mp_const_none, MP_OBJ_NEW_SMALL_INT(0));
+    return mp_call_function_n_kw(mp_load_attr(os, fn), n_args, 0, a);
+}
+
+// Write `data` (n bytes) to `path` so that a crash leaves either the old file or the new one
+// whole: write path + '.tmp', close it, then os.rename() it over `path` (each VFS's rename
+// replaces an existing file). On any error the temporary file is removed and the error raised.
+static void atomic_write(mp_obj_t path, const uint8_t *data, size_t n) {
+    mp_obj_t tmp = mp_binary_op(MP_BINARY_OP_ADD, path, mp_obj_new_str(".tmp", 4));
+    // volatile: read after an nlr_jump out of the block that changes it
+    mp_obj_t volatile f = mp_call_function_2(MP_OBJ_FROM_PTR(&mp_builtin_open_obj), tmp, MP_OBJ_NEW_QSTR(MP_QSTR_wb));
+    nlr_buf_t nlr;
+    if (nlr_push(&nlr) == 0) {
+        mp_obj_t buf = mp_obj_new_bytearray_by_ref(n, (void *)data);
+        mp_obj_t w = call_method(f, MP_QSTR_write, 1, &buf);
+        if (w != mp_const_none && mp_obj_get_int(w) != (mp_int_t)n) {
+            mp_raise_OSError(MP_EIO); // a short write: the medium is full
+        }
+        mp_obj_t fo = f;
+        f = MP_OBJ_NULL;
+        call_method(fo, MP_QSTR_close, 0, NULL);
+        mp_obj_t ab[2] = { tmp, path };
+        os_call(MP_QSTR_rename, 2, ab);
+        nlr_pop();
+    } else {
+        nlr_buf_t nlr2;
+        if (nlr_push(&nlr2) == 0) {
+            if (f != MP_OBJ_NULL) {
+                call_method(f, MP_QSTR_close, 0, NULL);
+            }
+            nlr_pop();
+        }
+        if (nlr_push(&nlr2) == 0) {
+            os_call(MP_QSTR_remove, 1, &tmp);
+            nlr_pop();
+        }
+        nlr_jump(nlr.ret_val);
+    }
+}
+#endif
+
+// save(path): the personalised parameters (versioned, CRC-checked), written atomically.
+static mp_obj_t tinymp_trainer_save(mp_obj_t self_in, mp_obj_t path) {
+    tinymp_trainer_obj_t *self = MP_OBJ_TO_PTR(self_in);
+    check_path(path);
+    trainer_check(self);
+    uint32_t n = tmp_trainer_params_size(&self->t);
+    uint8_t *buf = m_new(uint8_t, n > 0 ? n : 1);
+    if (tmp_trainer_params_save(&self->t, buf, n) != TMP_OK) {
+        mp_raise_msg(&mp_type_RuntimeError, MP_ERROR_TEXT("tinymp: cannot serialise the parameters"));
+    }
+    #if MICROPY_PY_IO
+    // `buf` is left to the GC, not freed here: the file object's write() saw it as a bytearray
+    // and a VFS written in Python may have kept that object
+    atomic_write(path, buf, n);
+    #else
+    mp_raise_OSError(MP_EROFS); // no filesystem on this port
+    #endif
+    return mp_const_none;
+}
+static MP_DEFINE_CONST_FUN_OBJ_2(tinymp_trainer_save_obj, tinymp_trainer_save);
+
+// load(path): parameters saved by save() for this plan. A file that is not such a blob (corrupt,
+// truncated, another model or plan) raises ValueError and changes nothing.
+static mp_obj_t tinymp_trainer_load(mp_obj_t self_in, mp_obj_t path) {
+    tinymp_trainer_obj_t *self = MP_OBJ_TO_PTR(self_in);
+    check_path(path);
+    #if MICROPY_PY_IO
+    mp_obj_t f = mp_call_function_2(MP_OBJ_FROM_PTR(&mp_builtin_open_obj), path, MP_OBJ_NEW_QSTR(MP_QSTR_rb));
+    mp_obj_t content = MP_OBJ_NULL;
+    nlr_buf_t nlr;
+    if (nlr_push(&nlr) == 0) {
+        mp_buffer_info_t fb;
+        // a ROMFS file exports its bytes in place; others are read whole
+        content = mp_get_buffer(f, &fb, MP_BUFFER_READ) ? f : call_method(f, MP_QSTR_read, 0, NULL);
+        nlr_pop();
+    }
+    if (content != f) {
+        call_method(f, MP_QSTR_close, 0, NULL);
+    }
+    if (content == MP_OBJ_NULL) {
+        nlr_jump(nlr.ret_val); // the error of read(), the file now closed
+    }
+    mp_buffer_info_t bi;
+    if (mp_obj_is_str(content) || !mp_get_buffer(content, &bi, MP_BUFFER_READ)) {
+        mp_raise_TypeError(MP_ERROR_TEXT("tinymp: file read did not return bytes"));
+    }
+    trainer_check(self);
+    const char *msg = NULL;
+    tmp_status st = tmp_trainer_params_load(&self->t, (const uint8_t *)bi.buf, (uint32_t)bi.len, &msg);
+    if (content == f) {
+        call_method(f, MP_QSTR_close, 0, NULL);
+    }
+    if (st != TMP_OK) {
+        raise_fmt(&mp_type_ValueError, "tinymp: cannot load %s: %s", obj_text(path, PRINT_REPR),
+            msg != NULL ? msg : tmp_status_name(st));
+    }
+    return mp_const_none;
+    #else
+    (void)self;
+    mp_raise_OSError(MP_ENOENT); // no filesystem on this port
+    #endif
+}
+static MP_DEFINE_CONST_FUN_OBJ_2(tinymp_trainer_load_obj, tinymp_trainer_load);
+
+// stats() -> dict: counters of the steps so far (times in microseconds of mp_hal_ticks_us()).
+static mp_obj_t tinymp_trainer_stats(mp_obj_t self_in) {
+    tinymp_trainer_obj_t *self = MP_OBJ_TO_PTR(self_in);
+    const tmp_trainer *t = &self->t;
+    mp_obj_t d = new_ordered_dict(10);
+    dict_store_str(d, "steps", mp_obj_new_int_from_uint(t->steps));
+    dict_store_str(d, "periods", mp_obj_new_int_from_uint(t->periods));
+    dict_store_str(d, "forward_macs", new_u64(t->macs[TMP_PHASE_FORWARD]));
+    dict_store_str(d, "backward_macs", new_u64(t->macs[TMP_PHASE_BACKWARD]));
+    dict_store_str(d, "forward_us", new_u64(t->ticks[TMP_PHASE_FORWARD]));
+    dict_store_str(d, "backward_us", new_u64(t->ticks[TMP_PHASE_BACKWARD]));
+    dict_store_str(d, "update_us", new_u64(t->ticks[TMP_PHASE_UPDATE]));
+    dict_store_str(d, "high_water", mp_obj_new_int_from_uint(tmp_trainer_high_water(t)));
+    dict_store_str(d, "arena_bytes", mp_obj_new_int_from_uint(trainer_plan(self)->plan.arena_bytes));
+    dict_store_str(d, "clock", MP_OBJ_NEW_QSTR(MP_QSTR_ticks_us));
+    return d;
+}
+static MP_DEFINE_CONST_FUN_OBJ_1(tinymp_trainer_stats_obj, tinymp_trainer_stats);
+
+static mp_obj_t trainer_selection(tinymp_trainer_obj_t *self) {
+    mp_obj_t d = new_ordered_dict(4);
+    const int32_t nl = trainer_plan(self)->plan.num_layers;
+    for (int32_t i = 0; i < nl; i++) {
+        const uint16_t *ch = NULL;
+        int32_t k = tmp_trainer_channels(&self->t, i, &ch);
+        if (k != 0) {
+            mp_obj_dict_store(d, MP_OBJ_NEW_SMALL_INT(i), channel_list(ch, k));
+        }
+    }
+    return d;
+}
+
+static void tinymp_trainer_attr(mp_obj_t self_in, qstr attr, mp_obj_t *dest) {
+    tinymp_trainer_obj_t *self = MP_OBJ_TO_PTR(self_in);
+    if (dest[0] != MP_OBJ_NULL) {
+        // store (dest[1] = value) or delete (dest[1] = NULL): only lr is writable
+        if (attr == MP_QSTR_lr) {
+            if (dest[1] == MP_OBJ_NULL) {
+                mp_raise_msg(&mp_type_AttributeError, MP_ERROR_TEXT("tinymp: cannot delete lr"));
+            }
+            if (dest[1] == mp_const_none) { // opt_float() would read None as "the default"
+                mp_raise_TypeError(MP_ERROR_TEXT("tinymp: lr must be a number, not 'NoneType'"));
+            }
+            self->t.lr = (float)opt_float(dest[1], "lr", 0, (mp_float_t)1e6, false, 0, "[0, 1e+06]");
+            dest[0] = MP_OBJ_NULL; // done
+        }
+        return;
+    }
+    switch (attr) {
+        case MP_QSTR_high_water:
+            dest[0] = mp_obj_new_int_from_uint(tmp_trainer_high_water(&self->t));
+            break;
+        case MP_QSTR_selection:
+            dest[0] = trainer_selection(self);
+            break;
+        case MP_QSTR_lr:
+            dest[0] = mp_obj_new_float((mp_float_t)self->t.lr);
+            break;
+        case MP_QSTR_plan:
+            dest[0] = self->plan;
+            break;
+        default:
+            dest[1] = MP_OBJ_SENTINEL; // continue the lookup in locals_dict
+            break;
+    }
+}
+
+static void tinymp_trainer_print(const mp_print_t *print, mp_obj_t self_in, mp_print_kind_t kind) {
+    (void)kind;
+    tinymp_trainer_obj_t *self = MP_OBJ_TO_PTR(self_in);
+    mp_printf(print, "<tinymp.Trainer method=%s steps=%u arena=%u bytes>",
+        tmp_method_name(trainer_plan(self)->plan.method), (unsigned)self->t.steps,
+        (unsigned)trainer_plan(self)->plan.arena_bytes);
+}
+
+static const mp_rom_map_elem_t tinymp_trainer_locals_dict_table[] = {
+    { MP_ROM_QSTR(MP_QSTR_step), MP_ROM_PTR(&tinymp_trainer_step_obj) },
+    { MP_ROM_QSTR(MP_QSTR_predict), MP_ROM_PTR(&tinymp_trainer_predict_obj) },
+    { MP_ROM_QSTR(MP_QSTR_logits), MP_ROM_PTR(&tinymp_trainer_logits_obj) },
+    { MP_ROM_QSTR(MP_QSTR_end_period), MP_ROM_PTR(&tinymp_trainer_end_period_obj) },
+    { MP_ROM_QSTR(MP_QSTR_reset), MP_ROM_PTR(&tinymp_trainer_reset_obj) },
+    { MP_ROM_QSTR(MP_QSTR_save), MP_ROM_PTR(&tinymp_trainer_save_obj) },
+    { MP_ROM_QSTR(MP_QSTR_load), MP_ROM_PTR(&tinymp_trainer_load_obj) },
+    { MP_ROM_QSTR(MP_QSTR_stats), MP_ROM_PTR(&tinymp_trainer_stats_obj) },
+};
+static MP_DEFINE_CONST_DICT(tinymp_trainer_locals_dict, tinymp_trainer_locals_dict_table);
+
+MP_DEFINE_CONST_OBJ_TYPE(
+    tinymp_type_trainer,
+    MP_QSTR_Trainer,
+    MP_TYPE_FLAG_NONE,
+    make_new, tinymp_trainer_make_new,
+    print, tinymp_trainer_print,
+    attr, tinymp_trainer_attr,
+    locals_dict, &tinymp_trainer_locals_dict
+    );
+
+/* ---------------------------------------------------------------- crc32 */
+
+// crc32(data, crc=0) -> int: CRC-32 (IEEE, as zlib.crc32 / binascii.crc32), continuing from crc.
+static mp_obj_t tinymp_crc32(size_t n_args, const mp_obj_t *args) {
+    mp_buffer_info_t bi;
+    if (mp_obj_is_str(args[0]) || !mp_get_buffer(args[0], &bi, MP_BUFFER_READ)) {
+        raise_fmt(&mp_type_TypeError, "tinymp: crc32() needs a bytes-like object, not '%s'",
+            mp_obj_get_type_str(args[0]));
+    }
+    uint32_t crc = n_args > 1 ? (uint32_t)mp_obj_get_int_truncated(args[1]) : 0u;
+    return mp_obj_new_int_from_uint(tmp_crc32(crc, (const uint8_t *)bi.buf, bi.len));
+}
+static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(tinymp_crc32_obj, 1, 2, tinymp_crc32);
+
+/* ================================================================ Model: attributes and type */
 
 // Read-only attributes; methods are found in the locals dict.
 static void tinymp_model_attr(mp_obj_t self_in, qstr attr, mp_obj_t *dest) {
@@ -495,6 +1617,7 @@ static void tinymp_model_attr(mp_obj_t self_in, qstr attr, mp_obj_t *dest) {
 }
 
 static const mp_rom_map_elem_t tinymp_model_locals_dict_table[] = {
+    { MP_ROM_QSTR(MP_QSTR_plan), MP_ROM_PTR(&tinymp_model_train_plan_obj) },
     { MP_ROM_QSTR(MP_QSTR_predict), MP_ROM_PTR(&tinymp_model_predict_obj) },
     { MP_ROM_QSTR(MP_QSTR_logits), MP_ROM_PTR(&tinymp_model_logits_obj) },
     { MP_ROM_QSTR(MP_QSTR__plan), MP_ROM_PTR(&tinymp_model_plan_obj) },
@@ -518,6 +1641,9 @@ static const MP_DEFINE_STR_OBJ(tinymp_version_obj, TINYMP_VERSION);
 static const mp_rom_map_elem_t tinymp_module_globals_table[] = {
     { MP_ROM_QSTR(MP_QSTR___name__), MP_ROM_QSTR(MP_QSTR_tinymp) },
     { MP_ROM_QSTR(MP_QSTR_Model), MP_ROM_PTR(&tinymp_type_model) },
+    { MP_ROM_QSTR(MP_QSTR_Plan), MP_ROM_PTR(&tinymp_type_plan) },
+    { MP_ROM_QSTR(MP_QSTR_Trainer), MP_ROM_PTR(&tinymp_type_trainer) },
+    { MP_ROM_QSTR(MP_QSTR_crc32), MP_ROM_PTR(&tinymp_crc32_obj) },
     { MP_ROM_QSTR(MP_QSTR___version__), MP_ROM_PTR(&tinymp_version_obj) },
 };
 static MP_DEFINE_CONST_DICT(tinymp_module_globals, tinymp_module_globals_table);
