@@ -1,17 +1,34 @@
-# tinymp — MicroPython firmware with the tinymp user C module built in.
-# Included by the top-level Makefile; paths are relative to the repository root.
+# tinymp — MicroPython firmware with the tinymp user C module built in, flashing, and the native
+# module. Included by the top-level Makefile; paths are relative to the repository root.
 #
-#   make firmware BOARD=UNIX          unix port, double-precision floats  -> build/unix/micropython
-#   make firmware BOARD=UNIX_FLOAT    unix port, single-precision floats  -> build/unix-float/micropython
-#                                     (as on the OpenMV Cam H7)
-#   make firmware BOARD=QEMU_M7       qemu port, MPS2_AN500 (Cortex-M7)   -> build/qemu-m7/firmware.elf
-#   make firmware BOARD=QEMU_M7_FLOAT the same with single-precision floats (the OpenMV Cam H7's
-#                                     setting)                           -> build/qemu-m7-float/firmware.elf
-#   make firmware-test BOARD=...      build, then run MicroPython's tests/run-tests.py on tests/device
+#   make firmware BOARD=UNIX            unix port, double-precision floats  -> build/unix/micropython
+#   make firmware BOARD=UNIX_FLOAT      unix port, single-precision floats  -> build/unix-float/micropython
+#                                       (as on the OpenMV Cam H7)
+#   make firmware BOARD=QEMU_M7         qemu port, MPS2_AN500 (Cortex-M7)   -> build/qemu-m7/firmware.elf
+#   make firmware BOARD=QEMU_M7_FLOAT   the same with single-precision floats (the OpenMV Cam H7's
+#                                       setting)                           -> build/qemu-m7-float/firmware.elf
+#   make firmware BOARD=NUCLEO_H743ZI2  stm32 port, board folder boards/NUCLEO_H743ZI2
+#                                                                -> build/nucleo-h743zi2/firmware.{elf,bin,dfu}
+#   make firmware BOARD=OPENMV_H7       OpenMV's firmware (OPENMV_VERSION, OPENMV_DIR) with tinymp
+#                                       built in                         -> build/openmv-h7/firmware.bin
+#   make firmware BOARD=ESP32_S3        esp32 port (CMake, ESP-IDF), board folder boards/ESP32_S3
+#                                                                -> build/esp32-s3/firmware.bin
+#   make firmware-test BOARD=...        build, then run MicroPython's tests/run-tests.py on tests/device
+#                                       (UNIX, UNIX_FLOAT, QEMU_M7, QEMU_M7_FLOAT)
+#   make firmware-size BOARD=NUCLEO_H743ZI2   arm-none-eabi-size, flash/RAM use and tinymp's share
+#   make flash BOARD=NUCLEO_H743ZI2     DFU (FLASH_TOOL=pydfu|dfu-util|st-flash)
+#   make flash BOARD=ESP32_S3 PORT=/dev/ttyACM0   esptool
+#   make flash BOARD=OPENMV_H7          prints what to do in OpenMV IDE (or FLASH_TOOL=dfu-util)
+#   make natmod ARCH=armv7emsp|x64      tinymp.mpy, a dynamic native module -> build/natmod-ARCH/tinymp.mpy
 #
 # MICROPY_DIR: a MicroPython source tree (default build/micropython, cloned at MICROPY_VERSION when
-# absent; set it to an existing tree to build offline). None of the ports above needs a git
-# submodule with the options used here. FW_PYTHON runs run-tests.py (QEMU_M7 needs pyserial).
+# absent; set it to an existing tree to build offline). The unix and qemu builds need no git
+# submodule with the options used here; NUCLEO_H743ZI2 needs lib/stm32lib, lib/tinyusb and
+# lib/micropython-lib, ESP32_S3 lib/berkeley-db-1.xx and lib/micropython-lib (FW_SUBMODULES): in
+# the cloned tree the Makefile fetches them, in a tree of yours it names the command. FW_PYTHON
+# runs MicroPython's Python tools (run-tests.py and pydfu need pyserial / pyusb; mpy_ld.py for
+# natmod needs pyelftools). DRY_RUN=1 prints the commands of firmware/flash for NUCLEO_H743ZI2, OPENMV_H7 and
+# ESP32_S3 instead of running them (no tree, toolchain or device needed).
 
 MICROPY_VERSION ?= v1.28.0
 MICROPY_REPO ?= https://github.com/micropython/micropython
@@ -19,39 +36,70 @@ MICROPY_DIR ?= build/micropython
 BOARD ?= UNIX
 FW_PYTHON ?= python3
 FW_JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+# FW_PYTHON as an absolute path when it is a path (recipes cd into the MicroPython tree)
+FW_PY := $(if $(findstring /,$(FW_PYTHON)),$(abspath $(FW_PYTHON)),$(FW_PYTHON))
 
 FW_MODULES := $(abspath micropython_modules)
 FW_MP := $(abspath $(MICROPY_DIR))
 FW_TESTS := $(abspath tests/device)
+FW_BOARDS := UNIX UNIX_FLOAT QEMU_M7 QEMU_M7_FLOAT NUCLEO_H743ZI2 OPENMV_H7 ESP32_S3
+
+# DRY_RUN=1: echo a command instead of running it.
+FW_DRY := $(filter 1 yes true,$(DRY_RUN))
+FW_RUN := $(if $(FW_DRY),@echo,)
 
 # Options shared by both unix builds: no network stack, no btree, no ffi (so no submodule), no
 # frozen modules (so no micropython-lib).
 FW_UNIX_OPTS := MICROPY_PY_SSL=0 MICROPY_PY_BTREE=0 MICROPY_PY_FFI=0 FROZEN_MANIFEST=
 
-# Per BOARD: the build directory, the output, the sub-make arguments and the run-tests target.
+# Per BOARD: the build directory, the output, the sub-make arguments (FW_MAKE; the user C modules
+# are added by the recipe as FW_USERMOD), the MicroPython submodules it needs and the run-tests
+# target.
+FW_USERMOD := $(FW_MODULES)
+FW_SUBMODULES :=
+FW_KIND := micropython
 ifeq ($(BOARD),UNIX)
 FW_BUILD := $(abspath build/unix)
 FW_OUT := $(FW_BUILD)/micropython
 FW_MAKE := -C $(FW_MP)/ports/unix $(FW_UNIX_OPTS)
-FW_RUN_TESTS := MICROPY_MICROPYTHON=$(FW_OUT) $(FW_PYTHON) ./run-tests.py -t unix
+FW_RUN_TESTS := MICROPY_MICROPYTHON=$(FW_OUT) $(FW_PY) ./run-tests.py -t unix
 else ifeq ($(BOARD),UNIX_FLOAT)
 FW_BUILD := $(abspath build/unix-float)
 FW_OUT := $(FW_BUILD)/micropython
 FW_MAKE := -C $(FW_MP)/ports/unix $(FW_UNIX_OPTS) \
     CFLAGS_EXTRA=-DMICROPY_FLOAT_IMPL=MICROPY_FLOAT_IMPL_FLOAT
-FW_RUN_TESTS := MICROPY_MICROPYTHON=$(FW_OUT) $(FW_PYTHON) ./run-tests.py -t unix
+FW_RUN_TESTS := MICROPY_MICROPYTHON=$(FW_OUT) $(FW_PY) ./run-tests.py -t unix
 else ifneq ($(filter QEMU_M7 QEMU_M7_FLOAT,$(BOARD)),)
 FW_BUILD := $(abspath build/$(if $(filter QEMU_M7,$(BOARD)),qemu-m7,qemu-m7-float))
 FW_OUT := $(FW_BUILD)/firmware.elf
 FW_MAKE := -C $(FW_MP)/ports/qemu BOARD=MPS2_AN500 FROZEN_MANIFEST= \
     $(if $(filter QEMU_M7_FLOAT,$(BOARD)),MICROPY_FLOAT_IMPL=float)
 FW_QEMU := qemu-system-arm -machine mps2-an500 -nographic -monitor null -semihosting
-FW_RUN_TESTS := $(FW_PYTHON) ./run-tests.py -t execpty:"$(FW_QEMU) -serial pty -kernel $(FW_OUT)"
+FW_RUN_TESTS := $(FW_PY) ./run-tests.py -t execpty:"$(FW_QEMU) -serial pty -kernel $(FW_OUT)"
+FW_NEEDS_ARM := 1
+else ifeq ($(BOARD),NUCLEO_H743ZI2)
+# stm32 port with our out-of-tree board folder (flash layout with a ROMFS partition, frozen
+# helpers). No networking: stm32lib, tinyusb and micropython-lib (which freezing always checks for)
+# are the only submodules needed.
+FW_BUILD := $(abspath build/nucleo-h743zi2)
+FW_OUT := $(FW_BUILD)/firmware.dfu
+FW_MAKE := -C $(FW_MP)/ports/stm32 BOARD_DIR=$(abspath boards/NUCLEO_H743ZI2)
+FW_SUBMODULES := lib/stm32lib lib/tinyusb lib/micropython-lib
+FW_NEEDS_ARM := 1
+else ifeq ($(BOARD),ESP32_S3)
+# esp32 port (CMake under ESP-IDF's idf.py): USER_C_MODULES names the top-level CMake file.
+FW_BUILD := $(abspath build/esp32-s3)
+FW_OUT := $(FW_BUILD)/firmware.bin
+FW_MAKE := -C $(FW_MP)/ports/esp32 BOARD_DIR=$(abspath boards/ESP32_S3)
+FW_USERMOD := $(FW_MODULES)/micropython.cmake
+FW_SUBMODULES := lib/berkeley-db-1.xx lib/micropython-lib
+else ifeq ($(BOARD),OPENMV_H7)
+FW_KIND := openmv
 else
 FW_BAD_BOARD := 1
 endif
 
-.PHONY: firmware firmware-test micropython-tree
+.PHONY: firmware firmware-test firmware-size flash natmod micropython-tree micropython-submodules
 
 micropython-tree:
 	@if [ -f "$(FW_MP)/py/mkenv.mk" ]; then \
@@ -69,21 +117,78 @@ micropython-tree:
 	    exit 1; }; \
 	fi
 
+# The submodules a port needs: fetched into the tree the Makefile cloned; in a tree of yours, the
+# missing ones are named with the command that fetches them.
+micropython-submodules: micropython-tree
+	@missing=""; for s in $(FW_SUBMODULES); do \
+	  [ -n "$$(ls -A $(FW_MP)/$$s 2>/dev/null)" ] || missing="$$missing $$s"; \
+	done; \
+	if [ -z "$$missing" ]; then \
+	  true; \
+	elif [ "$(MICROPY_DIR)" = "build/micropython" ]; then \
+	  echo "fetching MicroPython submodules:$$missing"; \
+	  git -C $(FW_MP) submodule update --init --depth 1 $$missing || { \
+	    echo "error: could not fetch$$missing (no network?)"; exit 1; }; \
+	else \
+	  echo "error: BOARD=$(BOARD) needs the MicroPython submodules$$missing in MICROPY_DIR=$(MICROPY_DIR)."; \
+	  echo "       Fetch them with: git -C $(FW_MP) submodule update --init$$missing"; \
+	  exit 1; \
+	fi
+
 # The sub-makes get all their variables on their own command line: `env -u MAKEFLAGS` keeps this
 # make's command-line variables (BOARD=UNIX, ...) away from MicroPython's Makefiles.
-firmware: micropython-tree
 ifdef FW_BAD_BOARD
-	@echo "error: unknown BOARD=$(BOARD); use UNIX, UNIX_FLOAT, QEMU_M7 or QEMU_M7_FLOAT"; exit 1
+firmware firmware-test firmware-size flash:
+	@echo "error: unknown BOARD=$(BOARD); use one of $(FW_BOARDS)"; exit 1
+else ifeq ($(FW_KIND),openmv)
+include firmware/openmv.mk
 else
-	@if [ -n "$(filter QEMU_%,$(BOARD))" ] && ! command -v arm-none-eabi-gcc >/dev/null; then \
-	  echo "error: BOARD=QEMU_M7 needs arm-none-eabi-gcc (apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi)"; \
+
+firmware: $(if $(FW_DRY),,micropython-submodules)
+ifndef FW_DRY
+	@if [ -n "$(FW_NEEDS_ARM)" ] && ! command -v arm-none-eabi-gcc >/dev/null; then \
+	  echo "error: BOARD=$(BOARD) needs arm-none-eabi-gcc (apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi)"; \
 	  exit 1; fi
-	env -u MAKEFLAGS $(MAKE) -j$(FW_JOBS) -C $(FW_MP)/mpy-cross
-	env -u MAKEFLAGS $(MAKE) -j$(FW_JOBS) $(FW_MAKE) USER_C_MODULES=$(FW_MODULES) BUILD=$(FW_BUILD)
-	@echo "firmware BOARD=$(BOARD): $(FW_OUT)"
+	@if [ "$(BOARD)" = ESP32_S3 ] && ! command -v idf.py >/dev/null; then \
+	  echo "error: BOARD=ESP32_S3 needs ESP-IDF v5.5.1 (idf.py): install it, then run"; \
+	  echo "       '. <esp-idf>/export.sh' in this shell (see the README's firmware section)"; \
+	  exit 1; fi
 endif
+	$(FW_RUN) env -u MAKEFLAGS $(MAKE) -j$(FW_JOBS) -C $(FW_MP)/mpy-cross
+	$(FW_RUN) env -u MAKEFLAGS $(MAKE) -j$(FW_JOBS) $(FW_MAKE) USER_C_MODULES=$(FW_USERMOD) BUILD=$(FW_BUILD)
+	@echo "firmware BOARD=$(BOARD): $(FW_OUT)"
 
 # run-tests.py runs every tests/device/*.py on the target and compares with its .py.exp
 # (make_models.py is the generator of the embedded models, not a test).
+ifdef FW_RUN_TESTS
 firmware-test: firmware
 	cd $(FW_MP)/tests && $(FW_RUN_TESTS) -r $(FW_BUILD)/test-results -e make_models -d $(FW_TESTS)
+else
+firmware-test:
+	@echo "error: firmware-test runs on UNIX, UNIX_FLOAT, QEMU_M7 and QEMU_M7_FLOAT (BOARD=$(BOARD) needs its device)"; exit 1
+endif
+
+# Flash and RAM use of a built firmware, and tinymp's share of it (from the linker map).
+firmware-size:
+	@test -f $(FW_BUILD)/firmware.elf || { \
+	  echo "error: $(FW_BUILD)/firmware.elf not found: make firmware BOARD=$(BOARD) first"; exit 1; }
+	@$(FW_PY) firmware/fw_size.py --board $(BOARD) $(FW_BUILD)/firmware.elf
+
+include firmware/flash.mk
+endif
+
+# ------------------------------------------------------------------ dynamic native module
+
+ARCH ?= armv7emsp
+NATMOD_BUILD := $(abspath build/natmod-$(ARCH))
+NATMOD_MAKEFILE := $(abspath micropython_modules/tinymp/natmod/Makefile)
+
+natmod: micropython-tree
+	@if [ "$(ARCH)" != x64 ] && [ "$(ARCH)" != x86 ] && ! command -v arm-none-eabi-gcc >/dev/null; then \
+	  echo "error: ARCH=$(ARCH) needs its cross compiler (for armv7emsp: apt-get install gcc-arm-none-eabi)"; exit 1; fi
+	@$(FW_PY) -c "import elftools" 2>/dev/null || { \
+	  echo "error: MicroPython's mpy_ld.py needs pyelftools: $(FW_PY) -m pip install pyelftools"; exit 1; }
+	@mkdir -p $(NATMOD_BUILD)
+	env -u MAKEFLAGS $(MAKE) -C $(NATMOD_BUILD) -f $(NATMOD_MAKEFILE) MPY_DIR=$(FW_MP) ARCH=$(ARCH) \
+	    PYTHON=$(FW_PY)
+	@echo "natmod ARCH=$(ARCH): $(NATMOD_BUILD)/tinymp.mpy"

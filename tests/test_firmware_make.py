@@ -1,0 +1,292 @@
+"""The make targets of firmware/firmware.mk that need a device, ESP-IDF or OpenMV's SDK, checked
+through their command lines (DRY_RUN=1 prints a command instead of running it): the build and
+flash commands of NUCLEO_H743ZI2, ESP32_S3 and OPENMV_H7, and the error messages of bad requests.
+Also the CMake glue of the user C module (micropython_modules/micropython.cmake), which the esp32
+port includes: configured with cmake (when installed) in a stand-in project.
+"""
+import os
+import re
+import shlex
+import shutil
+import subprocess
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINYMP = os.path.join(ROOT, "micropython_modules", "tinymp")
+
+pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+
+
+def make(*args, ok=True):
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "BOARD", "PORT")}
+    r = subprocess.run(["make", "--no-print-directory", "-C", ROOT] + list(args),
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, timeout=120)
+    out = r.stdout.decode()
+    if ok:
+        assert r.returncode == 0, out
+    else:
+        assert r.returncode != 0, out
+    return out
+
+
+def line_with(out, word):
+    lines = [ln for ln in out.splitlines() if word in ln.split()[:4] or ln.startswith(word)]
+    assert lines, f"no command line with {word!r} in:\n{out}"
+    return shlex.split(lines[0])
+
+
+# ------------------------------------------------------------------ NUCLEO-H743ZI2
+
+
+def test_nucleo_build_command():
+    out = make("firmware", "BOARD=NUCLEO_H743ZI2", "MICROPY_DIR=/opt/mp", "DRY_RUN=1")
+    cmds = [shlex.split(ln) for ln in out.splitlines() if ln.startswith("env -u MAKEFLAGS")]
+    assert len(cmds) == 2
+    assert "/opt/mp/mpy-cross" in cmds[0]
+    stm = cmds[1]
+    assert stm[stm.index("-C") + 1] == "/opt/mp/ports/stm32"
+    assert f"BOARD_DIR={ROOT}/boards/NUCLEO_H743ZI2" in stm
+    assert f"USER_C_MODULES={ROOT}/micropython_modules" in stm
+    assert f"BUILD={ROOT}/build/nucleo-h743zi2" in stm
+
+
+@pytest.mark.parametrize("tool,expect", [
+    ("pydfu", ["tools/pydfu.py", "--vid", "0x0483", "--pid", "0xDF11", "-u", "firmware.dfu"]),
+    ("dfu-util", ["dfu-util", "-a", "0", "-d", "0483:DF11", "-D", "firmware.dfu", "-s", ":leave"]),
+    ("st-flash", ["st-flash", "--reset", "write", "firmware.bin", "0x08000000"]),
+])
+def test_nucleo_flash_command(tool, expect):
+    out = make("flash", "BOARD=NUCLEO_H743ZI2", "MICROPY_DIR=/opt/mp", f"FLASH_TOOL={tool}",
+               "DRY_RUN=1")
+    cmd = [ln for ln in out.splitlines() if ln.strip()][-1].split()
+    # the tokens in this order, with the build folder's file
+    pos = 0
+    for tok in expect:
+        hits = [i for i, c in enumerate(cmd) if c == tok or c.endswith("/" + tok)]
+        hits = [i for i in hits if i >= pos]
+        assert hits, f"{tok} missing or out of order in {cmd}"
+        pos = hits[0]
+    files = [c for c in cmd if c.endswith((".dfu", ".bin"))]
+    assert files and files[0].startswith(os.path.join(ROOT, "build", "nucleo-h743zi2") + "/")
+    if tool == "pydfu":
+        assert cmd[1] == "/opt/mp/tools/pydfu.py"
+
+
+def test_nucleo_flash_refuses_unknown_tool_and_missing_firmware(tmp_path):
+    out = make("flash", "BOARD=NUCLEO_H743ZI2", "FLASH_TOOL=jtag", "DRY_RUN=1", ok=False)
+    assert "FLASH_TOOL=jtag is not one of pydfu, dfu-util, st-flash" in out
+    # without DRY_RUN the firmware must exist (MICROPY_DIR points at an empty folder here, so the
+    # build folder of this checkout is used: only check the message when it is absent)
+    if not os.path.exists(os.path.join(ROOT, "build", "nucleo-h743zi2", "firmware.dfu")):
+        out = make("flash", "BOARD=NUCLEO_H743ZI2", ok=False)
+        assert "make firmware BOARD=NUCLEO_H743ZI2 first" in out
+
+
+# ------------------------------------------------------------------ ESP32-S3
+
+
+def test_esp32_build_command_uses_the_cmake_glue():
+    out = make("firmware", "BOARD=ESP32_S3", "MICROPY_DIR=/opt/mp", "DRY_RUN=1")
+    cmd = [shlex.split(ln) for ln in out.splitlines() if "ports/esp32" in ln][0]
+    assert cmd[cmd.index("-C") + 1] == "/opt/mp/ports/esp32"
+    assert f"BOARD_DIR={ROOT}/boards/ESP32_S3" in cmd
+    usermod = [c for c in cmd if c.startswith("USER_C_MODULES=")][0].split("=", 1)[1]
+    assert usermod == os.path.join(ROOT, "micropython_modules", "micropython.cmake")
+    assert os.path.isfile(usermod)
+    assert f"BUILD={ROOT}/build/esp32-s3" in cmd
+
+
+def test_esp32_build_needs_esp_idf(tmp_path):
+    if shutil.which("idf.py"):
+        pytest.skip("ESP-IDF is installed here: the missing-IDF message cannot be shown")
+    mp = tmp_path / "mp"
+    (mp / "py").mkdir(parents=True)
+    (mp / "py" / "mkenv.mk").write_text("")
+    for sub in ("lib/berkeley-db-1.xx", "lib/micropython-lib"):
+        (mp / sub).mkdir(parents=True)
+        (mp / sub / "README.md").write_text("x")
+    out = make("firmware", "BOARD=ESP32_S3", f"MICROPY_DIR={mp}", ok=False)
+    assert "needs ESP-IDF" in out and "export.sh" in out
+
+
+def test_esp32_flash_command():
+    out = make("flash", "BOARD=ESP32_S3", "PORT=/dev/ttyACM0", "DRY_RUN=1", "FW_PYTHON=python3")
+    cmd = shlex.split([ln for ln in out.splitlines() if "esptool" in ln][-1])
+    assert cmd[:3] == ["python3", "-m", "esptool"]
+    assert cmd[cmd.index("--chip") + 1] == "esp32s3"
+    assert cmd[cmd.index("--port") + 1] == "/dev/ttyACM0"
+    assert cmd[cmd.index("--baud") + 1] == "460800"
+    i = cmd.index("write_flash")
+    assert cmd[i + 1] == "0"   # the merged image (bootloader, partition table, app) at offset 0
+    assert cmd[i + 2] == os.path.join(ROOT, "build", "esp32-s3", "firmware.bin")
+
+
+def test_esp32_flash_command_is_accepted_by_esptool():
+    """esptool's own argument parser takes the command (it then fails to open the missing port)."""
+    try:
+        import esptool  # noqa: F401
+    except ImportError:
+        pytest.skip("esptool is not installed (pip install esptool)")
+    import sys
+    out = make("flash", "BOARD=ESP32_S3", "PORT=/nonexistent/tty", "DRY_RUN=1",
+               f"FW_PYTHON={sys.executable}")
+    cmd = shlex.split([ln for ln in out.splitlines() if "esptool" in ln][-1])
+    fw = cmd[-1]
+    r = subprocess.run(cmd[:-1] + [os.devnull if not os.path.exists(fw) else fw],
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120)
+    text = r.stdout.decode()
+    assert r.returncode != 0
+    assert "usage:" not in text.lower() or "error: argument" not in text.lower(), text
+    assert re.search(r"nonexistent|could not open|No such file|port", text, re.I), text
+
+
+def test_esp32_flash_needs_a_port():
+    out = make("flash", "BOARD=ESP32_S3", "DRY_RUN=1", ok=False)
+    assert "needs PORT=" in out
+
+
+# ------------------------------------------------------------------ OpenMV Cam H7
+
+
+def test_openmv_build_commands():
+    out = make("firmware", "BOARD=OPENMV_H7", "OPENMV_DIR=/opt/openmv", "DRY_RUN=1")
+    lines = out.splitlines()
+    sdk = [ln for ln in lines if ln.endswith(" sdk")]
+    assert sdk and "-C /opt/openmv" in sdk[0]
+    link = shlex.split([ln for ln in lines if ln.startswith("ln ")][0])
+    assert link == ["ln", "-sfn", TINYMP, "/opt/openmv/tinymp"]
+    build = shlex.split([ln for ln in lines if "TARGET=OPENMV4" in ln][0])
+    assert build[build.index("-C") + 1] == "/opt/openmv"
+    assert f"FROZEN_MANIFEST={ROOT}/boards/OPENMV_H7/manifest.py" in build
+    cp = shlex.split([ln for ln in lines if ln.startswith("cp ")][0])
+    assert "/opt/openmv/build/OPENMV4/bin/firmware.bin" in cp
+    assert cp[-1] == os.path.join(ROOT, "build", "openmv-h7") + "/"
+    # order: SDK, link, mpy-cross, firmware, copy
+    order = [lines.index(x) for x in (sdk[0], [ln for ln in lines if ln.startswith("ln ")][0],
+                                      [ln for ln in lines if "mpy-cross" in ln][0],
+                                      [ln for ln in lines if "TARGET=OPENMV4" in ln][0],
+                                      [ln for ln in lines if ln.startswith("cp ")][0])]
+    assert order == sorted(order)
+
+
+def test_openmv_pinned_version_and_module_glue():
+    mk = open(os.path.join(ROOT, "firmware", "openmv.mk")).read()
+    assert re.search(r"^OPENMV_VERSION \?= v\d+\.\d+\.\d+$", mk, re.M)
+    # OpenMV builds USER_C_MODULES=<its top folder>: it includes <top>/*/micropython.mk
+    assert os.path.isfile(os.path.join(TINYMP, "micropython.mk"))
+
+
+def test_openmv_flash_says_what_to_do():
+    out = make("flash", "BOARD=OPENMV_H7")
+    assert "Tools > Run Bootloader" in out
+    assert os.path.join(ROOT, "build", "openmv-h7", "firmware.bin") in out
+    out = make("flash", "BOARD=OPENMV_H7", "FLASH_TOOL=dfu-util", "DRY_RUN=1")
+    cmd = shlex.split(out.strip().splitlines()[-1])
+    assert cmd[:5] == ["dfu-util", "-a", "0", "-d", "0483:df11"]
+    assert cmd[cmd.index("-s") + 1] == "0x08040000:leave"
+
+
+# ------------------------------------------------------------------ errors
+
+
+def test_unknown_board_and_nothing_to_flash():
+    out = make("firmware", "BOARD=ARDUINO_UNO", ok=False)
+    assert "unknown BOARD=ARDUINO_UNO" in out and "NUCLEO_H743ZI2" in out
+    out = make("flash", "BOARD=UNIX", ok=False)
+    assert "nothing to flash" in out
+
+
+def test_user_tree_without_submodules_is_named(tmp_path):
+    mp = tmp_path / "mp"
+    (mp / "py").mkdir(parents=True)
+    (mp / "py" / "mkenv.mk").write_text("")
+    out = make("firmware", "BOARD=NUCLEO_H743ZI2", f"MICROPY_DIR={mp}", ok=False)
+    assert "lib/stm32lib lib/tinyusb lib/micropython-lib" in out
+    assert f"git -C {mp} submodule update --init" in out
+
+
+# ------------------------------------------------------------------ CMake glue
+
+
+CMAKE_PROJECT = """
+cmake_minimum_required(VERSION 3.12)
+project(glue C)
+add_library(usermod INTERFACE)
+include(${GLUE})
+get_target_property(SRC usermod_tinymp INTERFACE_SOURCES)
+get_target_property(INC usermod_tinymp INTERFACE_INCLUDE_DIRECTORIES)
+get_target_property(LINKED usermod INTERFACE_LINK_LIBRARIES)
+file(WRITE ${CMAKE_BINARY_DIR}/sources.txt "${SRC}")
+file(WRITE ${CMAKE_BINARY_DIR}/includes.txt "${INC}")
+file(WRITE ${CMAKE_BINARY_DIR}/linked.txt "${LINKED}")
+"""
+
+
+def test_cmake_glue_lists_the_binding_and_every_core_file(tmp_path):
+    if shutil.which("cmake") is None:
+        pytest.skip("cmake is not installed")
+    (tmp_path / "CMakeLists.txt").write_text(CMAKE_PROJECT)
+    glue = os.path.join(ROOT, "micropython_modules", "micropython.cmake")
+    r = subprocess.run(["cmake", "-S", str(tmp_path), "-B", str(tmp_path / "b"), f"-DGLUE={glue}"],
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120)
+    assert r.returncode == 0, r.stdout.decode()
+    srcs = set((tmp_path / "b" / "sources.txt").read_text().split(";"))
+    core = set()
+    for d, _, files in os.walk(os.path.join(TINYMP, "core")):
+        core |= {os.path.join(d, f) for f in files if f.endswith(".c")}
+    assert core and core <= srcs, core - srcs
+    assert os.path.join(TINYMP, "modtinymp.c") in srcs
+    assert not any("natmod" in s for s in srcs), "the natmod binding must not enter the firmware"
+    assert os.path.join(TINYMP, "core") in (tmp_path / "b" / "includes.txt").read_text().split(";")
+    assert "usermod_tinymp" in (tmp_path / "b" / "linked.txt").read_text()
+
+
+ESP_SCRIPT = """
+set(MICROPY_BOARD_DIR "${BOARD_DIR}")
+set(CMAKE_BINARY_DIR "${OUT}")
+include("${BOARD_DIR}/mpconfigboard.cmake")
+file(WRITE "${OUT}/defaults.txt" "${SDKCONFIG_DEFAULTS}")
+file(WRITE "${OUT}/manifest.txt" "${MICROPY_FROZEN_MANIFEST}")
+file(WRITE "${OUT}/target.txt" "${IDF_TARGET}")
+"""
+
+
+def test_esp32_board_cmake_and_the_sdkconfig_it_makes(tmp_path):
+    """Run boards/ESP32_S3/mpconfigboard.cmake as the esp32 port's CMakeLists does (cmake -P), then
+    concatenate its sdkconfig defaults in order, as the port does before ESP-IDF reads them (the
+    last setting of a key wins): the result selects our partition table, 8 MB flash, octal PSRAM,
+    240 MHz. The port's own fragments are read from MICROPY_DIR when it is set."""
+    if shutil.which("cmake") is None:
+        pytest.skip("cmake is not installed")
+    board = os.path.join(ROOT, "boards", "ESP32_S3")
+    script = tmp_path / "board.cmake"
+    script.write_text(ESP_SCRIPT)
+    r = subprocess.run(["cmake", f"-DBOARD_DIR={board}", f"-DOUT={tmp_path}", "-P", str(script)],
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)
+    assert r.returncode == 0, r.stdout.decode()
+    assert (tmp_path / "target.txt").read_text() == "esp32s3"
+    assert (tmp_path / "manifest.txt").read_text() == os.path.join(board, "manifest.py")
+    defaults = (tmp_path / "defaults.txt").read_text().split(";")
+    frag = (tmp_path / "sdkconfig.tinymp_partitions").read_text()
+    csv_path = os.path.join(board, "partitions-8MiB-romfs.csv")
+    assert f'CONFIG_PARTITION_TABLE_CUSTOM_FILENAME="{csv_path}"' in frag
+    assert defaults[-1] == str(tmp_path / "sdkconfig.tinymp_partitions")
+    port = os.path.join(os.environ["MICROPY_DIR"], "ports", "esp32") if os.environ.get("MICROPY_DIR") else None
+    settings = {}
+    for d in defaults:
+        path = d if os.path.isabs(d) else (os.path.join(port, d) if port else None)
+        if path is None:
+            continue
+        assert os.path.isfile(path), f"{d} does not exist"
+        for line in open(path).read().splitlines():
+            if line.startswith("CONFIG_") and "=" in line:
+                k, v = line.split("=", 1)
+                settings[k] = v
+    assert settings["CONFIG_PARTITION_TABLE_CUSTOM_FILENAME"] == f'"{csv_path}"'
+    assert settings["CONFIG_ESPTOOLPY_FLASHSIZE_8MB"] == "y"
+    if port:
+        assert settings["CONFIG_ESPTOOLPY_FLASHSIZE_4MB"] == ""
+        assert settings["CONFIG_SPIRAM_MODE_OCT"] == "y" and settings["CONFIG_SPIRAM_MODE_QUAD"] == ""
+        assert settings["CONFIG_ESP_DEFAULT_CPU_FREQ_MHZ"] == "240"
+        assert settings["CONFIG_SPIRAM"] == "y"
