@@ -869,43 +869,17 @@ static int parse_label(ModelObject *model, PyObject *y, const char *what, int32_
     return 0;
 }
 
-/* The smallest budget the selection pass of these options needs (0 when it cannot tell). */
-static uint32_t selection_min_budget(ModelObject *model, const tmp_train_options *o) {
-    tmp_train_options fo = tmp_train_options_default(TMP_METHOD_FISHER);
-    fo.r = o->r != 0 ? o->r : 4;
-    fo.budget = 1;
+/* The smallest budget of these options, the selection pass included (tmp_train_min_budget);
+ * 0 when it cannot tell. */
+static uint32_t min_budget_with_selection(ModelObject *model, const tmp_train_options *o, tmp_train_error *err) {
     size_t wsz = tmp_train_workspace_size(&model->model);
     void *ws = PyMem_Malloc(wsz);
     if (ws == NULL) {
         return 0;
     }
-    tmp_train_plan fp;
-    tmp_train_error err;
-    tmp_status st = tmp_train_plan_make(&model->model, &fo, ws, wsz, &fp, &err);
+    tmp_status st = tmp_train_min_budget(&model->model, o, 1, ws, wsz, err);
     PyMem_Free(ws);
-    return st == TMP_ERR_SIZE ? err.min_budget : 0;
-}
-
-/* The smallest budget the training table of these options needs without a selection pass:
- * tinymp's own smallest setting, or (tinytrain) its base -- the classifier and the biases. */
-static int training_min_budget(ModelObject *model, const tmp_train_options *o, tmp_train_error *err) {
-    tmp_train_options t = *o;
-    t.fisher = NULL;
-    t.budget = 1;
-    if (t.method == TMP_METHOD_TINYTRAIN) {
-        t.method = TMP_METHOD_LAST;
-        t.r = o->r != 0 ? o->r : 1;
-        t.n_bias = o->n_bias != -2 ? o->n_bias : 0;
-    }
-    size_t wsz = tmp_train_workspace_size(&model->model);
-    void *ws = PyMem_Malloc(wsz);
-    if (ws == NULL) {
-        return -1;
-    }
-    tmp_train_plan p;
-    tmp_status st = tmp_train_plan_make(&model->model, &t, ws, wsz, &p, err);
-    PyMem_Free(ws);
-    return st == TMP_ERR_SIZE ? 0 : -1;
+    return st == TMP_OK ? err->min_budget : 0;
 }
 
 /* Run the TinyTrain selection pass over support = (samples, labels). On success *ws, *arena hold
@@ -933,9 +907,7 @@ static int run_selection(ModelObject *model, const tmp_train_options *o, PyObjec
             "(got %zd samples, %zd labels)", n, PySequence_Fast_GET_SIZE(labels));
         goto done;
     }
-    tmp_train_options fo = tmp_train_options_default(TMP_METHOD_FISHER);
-    fo.r = o->r != 0 ? o->r : 4;
-    fo.budget = o->budget;
+    tmp_train_options fo = tmp_train_selection_options(o);
     size_t wsz = tmp_train_workspace_size(&model->model);
     *ws = PyMem_Malloc(wsz);
     if (*ws == NULL) {
@@ -946,18 +918,16 @@ static int run_selection(ModelObject *model, const tmp_train_options *o, PyObjec
     tmp_status st = tmp_train_plan_make(&model->model, &fo, *ws, wsz, fp, &err);
     if (st == TMP_ERR_SIZE && err.min_budget != 0) {
         /* the smallest budget that holds both the selection pass and the smallest training table */
-        tmp_train_error terr;
-        uint32_t need = err.min_budget;
-        const char *part = tmp_category_name(err.largest_cat);
-        uint32_t part_bytes = err.largest_bytes;
-        if (training_min_budget(model, o, &terr) == 0 && terr.min_budget > need) {
-            need = terr.min_budget;
-            part = tmp_category_name(terr.largest_cat);
-            part_bytes = terr.largest_bytes;
+        tmp_train_error all;
+        uint32_t need = min_budget_with_selection(model, o, &all);
+        if (need == 0) {
+            all = err;
+            need = err.min_budget;
         }
         PyErr_Format(PyExc_ValueError, "tinymp: method '%s' does not fit a budget of %lu bytes: its smallest setting "
             "needs %lu bytes (largest part: %s, %lu bytes), its selection pass included", tmp_method_name(o->method),
-            (unsigned long)o->budget, (unsigned long)need, part, (unsigned long)part_bytes);
+            (unsigned long)o->budget, (unsigned long)need, tmp_category_name(all.largest_cat),
+            (unsigned long)all.largest_bytes);
         goto done;
     }
     if (st != TMP_OK) {
@@ -1151,8 +1121,9 @@ static PyObject *Model_train_plan(ModelObject *self, PyObject *args, PyObject *k
             uint32_t need = err.min_budget;
             if (o.fisher != NULL) {
                 /* passing `need` back must fit the selection pass as well */
-                uint32_t sel = selection_min_budget(self, &o);
-                need = sel > need ? sel : need;
+                tmp_train_error all;
+                uint32_t both = min_budget_with_selection(self, &o, &all);
+                need = both > need ? both : need;
             }
             PyErr_Format(PyExc_ValueError,
                 "tinymp: method '%s' does not fit a budget of %lu bytes: its smallest setting needs %lu bytes "

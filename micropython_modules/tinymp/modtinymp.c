@@ -678,45 +678,19 @@ static uint8_t *scratch_workspace(tinymp_model_obj_t *model, size_t *size) {
     return m_new_maybe(uint8_t, *size);
 }
 
-// The smallest budget the selection pass of these options needs (0 when it cannot tell).
-static uint32_t selection_min_budget(tinymp_model_obj_t *model, const tmp_train_options *o) {
-    tmp_train_options fo = tmp_train_options_default(TMP_METHOD_FISHER);
-    fo.r = o->r != 0 ? o->r : 4;
-    fo.budget = 1;
+// The smallest budget of these options, the selection pass included (tmp_train_min_budget);
+// 0 when it cannot tell.
+static uint32_t min_budget_with_selection(tinymp_model_obj_t *model, const tmp_train_options *o,
+    tmp_train_error *err) {
     size_t wsz;
     uint8_t *ws = scratch_workspace(model, &wsz);
     if (ws == NULL) {
         return 0;
     }
-    tmp_train_plan fp;
-    tmp_train_error err;
-    memset(&err, 0, sizeof err);
-    tmp_status st = tmp_train_plan_make(&model->model, &fo, ws, wsz, &fp, &err);
-    m_del(uint8_t, ws, wsz);
-    return st == TMP_ERR_SIZE ? err.min_budget : 0;
-}
-
-// The smallest budget the training table of these options needs without a selection pass:
-// tinymp's own smallest setting, or (tinytrain) its base -- the classifier and the biases.
-static bool training_min_budget(tinymp_model_obj_t *model, const tmp_train_options *o, tmp_train_error *err) {
-    tmp_train_options t = *o;
-    t.fisher = NULL;
-    t.budget = 1;
-    if (t.method == TMP_METHOD_TINYTRAIN) {
-        t.method = TMP_METHOD_LAST;
-        t.r = o->r != 0 ? o->r : 1;
-        t.n_bias = o->n_bias != -2 ? o->n_bias : 0;
-    }
-    size_t wsz;
-    uint8_t *ws = scratch_workspace(model, &wsz);
-    if (ws == NULL) {
-        return false;
-    }
-    tmp_train_plan p;
     memset(err, 0, sizeof *err);
-    tmp_status st = tmp_train_plan_make(&model->model, &t, ws, wsz, &p, err);
+    tmp_status st = tmp_train_min_budget(&model->model, o, 1, ws, wsz, err);
     m_del(uint8_t, ws, wsz);
-    return st == TMP_ERR_SIZE;
+    return st == TMP_OK ? err->min_budget : 0;
 }
 
 // The TinyTrain selection pass over support = (samples, labels), in a temporary workspace and
@@ -735,9 +709,7 @@ static void run_selection(tinymp_model_obj_t *model, tinymp_plan_obj_t *po, cons
         raise_fmt(&mp_type_ValueError, "tinymp: support needs as many labels as samples and at least one "
             "(got %u samples, %u labels)", (unsigned)n, (unsigned)nl);
     }
-    tmp_train_options fo = tmp_train_options_default(TMP_METHOD_FISHER);
-    fo.r = o->r != 0 ? o->r : 4;
-    fo.budget = o->budget;
+    tmp_train_options fo = tmp_train_selection_options(o);
     po->sel_ws_size = tmp_train_workspace_size(&model->model);
     po->sel_ws = m_new(uint8_t, po->sel_ws_size > 0 ? po->sel_ws_size : 4);
     tmp_train_error err;
@@ -745,18 +717,15 @@ static void run_selection(tinymp_model_obj_t *model, tinymp_plan_obj_t *po, cons
     tmp_status st = tmp_train_plan_make(&model->model, &fo, po->sel_ws, po->sel_ws_size, fp, &err);
     if (st == TMP_ERR_SIZE && err.min_budget != 0) {
         // the smallest budget that holds both the selection pass and the smallest training table
-        tmp_train_error terr;
-        uint32_t need = err.min_budget;
-        const char *part = tmp_category_name(err.largest_cat);
-        uint32_t part_bytes = err.largest_bytes;
-        if (training_min_budget(model, o, &terr) && terr.min_budget > need) {
-            need = terr.min_budget;
-            part = tmp_category_name(terr.largest_cat);
-            part_bytes = terr.largest_bytes;
+        tmp_train_error all;
+        uint32_t need = min_budget_with_selection(model, o, &all);
+        if (need == 0) {
+            all = err;
+            need = err.min_budget;
         }
         raise_fmt(&mp_type_ValueError, "tinymp: method '%s' does not fit a budget of %u bytes: its smallest setting "
             "needs %u bytes (largest part: %s, %u bytes), its selection pass included", tmp_method_name(o->method),
-            (unsigned)o->budget, (unsigned)need, part, (unsigned)part_bytes);
+            (unsigned)o->budget, (unsigned)need, tmp_category_name(all.largest_cat), (unsigned)all.largest_bytes);
     }
     if (st != TMP_OK) {
         raise_fmt(&mp_type_ValueError, "tinymp: selection pass: %s", err.msg != NULL ? err.msg : tmp_status_name(st));
@@ -904,8 +873,9 @@ static mp_obj_t tinymp_model_train_plan(size_t n_args, const mp_obj_t *pos_args,
             uint32_t need = err.min_budget;
             if (o.fisher != NULL) {
                 // passing `need` back must fit the selection pass as well
-                uint32_t sel = selection_min_budget(self, &o);
-                need = sel > need ? sel : need;
+                tmp_train_error all;
+                uint32_t both = min_budget_with_selection(self, &o, &all);
+                need = both > need ? both : need;
             }
             raise_fmt(&mp_type_ValueError,
                 "tinymp: method '%s' does not fit a budget of %u bytes: its smallest setting needs %u bytes "

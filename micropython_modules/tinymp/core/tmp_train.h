@@ -157,6 +157,21 @@ size_t tmp_train_workspace_size(const tmp_model *m);
 tmp_status tmp_train_plan_make(const tmp_model *m, const tmp_train_options *o, void *ws,
     size_t ws_size, tmp_train_plan *plan, tmp_train_error *err);
 
+/** Options of the TinyTrain selection pass that goes with `o` (method fisher; r = o->r, or 4
+ *  when o->r is 0; o's budget). */
+tmp_train_options tmp_train_selection_options(const tmp_train_options *o);
+
+/**
+ * The smallest budget a plan with options `o` can reach, counting the selection pass when
+ * `with_selection` (tinytrain, or tinymp given support samples): the larger of the pass's
+ * smallest arena and the smallest training table (for tinytrain, whose candidates come from the
+ * pass: its base, the classifier and the biases). Fills err->min_budget, err->largest_cat and
+ * err->largest_bytes (of the larger part) and returns TMP_OK; `ws` as for tmp_train_plan_make()
+ * (overwritten).
+ */
+tmp_status tmp_train_min_budget(const tmp_model *m, const tmp_train_options *o, int with_selection, void *ws,
+    size_t ws_size, tmp_train_error *err);
+
 /** Name of a method / storage / category ("tinymp", "int8", "activations", ...). */
 const char *tmp_method_name(int32_t method);
 const char *tmp_category_name(int32_t cat);

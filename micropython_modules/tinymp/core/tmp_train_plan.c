@@ -1100,6 +1100,53 @@ tmp_status tmp_train_plan_make(const tmp_model *m, const tmp_train_options *o, v
     return TMP_ERR_SIZE;
 }
 
+tmp_train_options tmp_train_selection_options(const tmp_train_options *o) {
+    tmp_train_options fo = tmp_train_options_default(TMP_METHOD_FISHER);
+    fo.r = o->r != 0 ? o->r : 4;
+    fo.budget = o->budget;
+    return fo;
+}
+
+tmp_status tmp_train_min_budget(const tmp_model *m, const tmp_train_options *o, int with_selection, void *ws,
+    size_t ws_size, tmp_train_error *err) {
+    if (m == NULL || o == NULL || err == NULL) {
+        return TMP_ERR_ARG;
+    }
+    tmp_train_plan p;
+    tmp_train_error e;
+    /* the training table alone (a budget of 1 byte makes the planner report its smallest) */
+    tmp_train_options t = *o;
+    t.fisher = NULL;
+    t.budget = 1;
+    if (t.method == TMP_METHOD_TINYTRAIN) {
+        t.method = TMP_METHOD_LAST;
+        t.r = o->r != 0 ? o->r : 1;
+        t.n_bias = o->n_bias != -2 ? o->n_bias : 0;
+    }
+    tmp_status st = tmp_train_plan_make(m, &t, ws, ws_size, &p, &e);
+    if (st != TMP_ERR_SIZE) {
+        if (err != NULL) {
+            *err = e;
+        }
+        return st == TMP_OK ? TMP_ERR_ARG : st;
+    }
+    *err = e;
+    if (with_selection) {
+        tmp_train_options fo = tmp_train_selection_options(o);
+        fo.budget = 1;
+        st = tmp_train_plan_make(m, &fo, ws, ws_size, &p, &e);
+        if (st != TMP_ERR_SIZE) {
+            return st == TMP_OK ? TMP_ERR_ARG : st;
+        }
+        if (e.min_budget > err->min_budget) {
+            err->min_budget = e.min_budget;
+            err->largest_cat = e.largest_cat;
+            err->largest_bytes = e.largest_bytes;
+        }
+    }
+    return TMP_OK;
+}
+
 /* ---------------------------------------------------------------- describe */
 
 typedef struct {
