@@ -182,12 +182,11 @@ static uint32_t fwd_macs(const tmp_model *m, const tmp_layer *l) {
 
 /* Backward MACs of layer l: dx (if propagated) and dW (if trained) at patch size r. */
 static uint32_t bwd_macs(const tmp_model *m, const tmp_layer *l, uint8_t flags, uint32_t k, int32_t r) {
-    tmp_dims in = tensor_dims(m, l->in0), out = tensor_dims(m, l->out);
+    const tmp_dims out = tensor_dims(m, l->out);
     const uint64_t P = (uint64_t)((out.h + r - 1) / r) * (uint64_t)((out.w + r - 1) / r);
     const uint64_t HW = (uint64_t)out.h * out.w;
     const uint64_t cin = layer_cin(m, l), cout = (uint64_t)out.c, taps = (uint64_t)l->kh * l->kw;
     uint64_t dx = 0, dw = 0;
-    (void)in;
     switch (l->type) {
         case TMP_LAYER_CONV:
             dx = r == 1 ? HW * cout * taps * cin : cout * taps * cin + P * cout * cin;
