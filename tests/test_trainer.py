@@ -849,7 +849,7 @@ def test_full_reports_its_memory_without_a_budget(zoo_models, mid, name, kw):
     m = _model(zoo_models, name, kw)
     p = m.plan(method="full")
     assert p.method == "full" and p.r == 1 and p.ratio == 1.0
-    assert set(p.breakdown) == {"activations", "saved", "masks", "gradients", "params", "optimizer", "scratch"}
+    assert set(p.breakdown) == {"activations", "saved", "masks", "gradients", "params", "optimizer", "scratch", "cache"}
     assert p.arena_bytes >= p.peak_live_bytes == sum(p.breakdown.values()) > m.inference_arena_bytes
     assert p.breakdown["gradients"] > 0 and p.breakdown["saved"] > 0
     assert p.layers == H.weighted_layers(m)

@@ -25,7 +25,7 @@ import tinymp.zoo as zoo
 from tinymp.builder import quantize_input
 
 BUDGET = 256 * 1024
-CATS = ("activations", "saved", "masks", "gradients", "params", "optimizer", "scratch")
+CATS = ("activations", "saved", "masks", "gradients", "params", "optimizer", "scratch", "cache")
 
 
 def support_set(m, n=8):

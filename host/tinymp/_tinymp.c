@@ -969,12 +969,12 @@ done:
 
 static PyObject *Model_train_plan(ModelObject *self, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"method", "budget", "r", "ratio", "storage", "momentum", "n_bias", "layers",
-        "ratios", "macs", "support", NULL};
+        "ratios", "macs", "support", "cache", NULL};
     const char *method = "tinymp";
     PyObject *budget = NULL, *r = NULL, *ratio = NULL, *storage = NULL, *momentum = NULL, *n_bias = NULL;
-    PyObject *layers = NULL, *ratios = NULL, *macs = NULL, *support = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|sOOOOOOOOOO:plan", kwlist, &method, &budget, &r, &ratio,
-            &storage, &momentum, &n_bias, &layers, &ratios, &macs, &support)) {
+    PyObject *layers = NULL, *ratios = NULL, *macs = NULL, *support = NULL, *cache = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|sOOOOOOOOOOO:plan", kwlist, &method, &budget, &r, &ratio,
+            &storage, &momentum, &n_bias, &layers, &ratios, &macs, &support, &cache)) {
         return NULL;
     }
     if (check_ready(self) < 0) {
@@ -1013,6 +1013,10 @@ static PyObject *Model_train_plan(ModelObject *self, PyObject *args, PyObject *k
         return NULL;
     }
     o.mac_budget = (uint64_t)v;
+    if (opt_long(cache, "cache", 0, 0xFFFFFFFFLL, 0, &v) < 0) {
+        return NULL;
+    }
+    o.cache_samples = (uint32_t)v;
     if (storage != NULL && storage != Py_None) {
         const char *sname = PyUnicode_Check(storage) ? PyUnicode_AsUTF8(storage) : NULL;
         if (sname == NULL || (strcmp(sname, "int8") != 0 && strcmp(sname, "fp32") != 0)) {
@@ -1180,6 +1184,16 @@ static void Plan_dealloc(PlanObject *self) {
 static PyObject *Plan_get_arena_bytes(PlanObject *self, void *c) {
     (void)c;
     return PyLong_FromUnsignedLong(self->plan.arena_bytes);
+}
+
+static PyObject *Plan_get_cache_bytes(PlanObject *self, void *c) {
+    (void)c;
+    return PyLong_FromUnsignedLong(self->plan.cache_bytes);
+}
+
+static PyObject *Plan_get_cache_samples(PlanObject *self, void *c) {
+    (void)c;
+    return PyLong_FromUnsignedLong(self->plan.cache_samples);
 }
 
 static PyObject *Plan_get_peak_live_bytes(PlanObject *self, void *c) {
@@ -1410,6 +1424,9 @@ static PyObject *Plan_repr(PlanObject *self) {
 
 static PyGetSetDef Plan_getset[] = {
     {"arena_bytes", (getter)Plan_get_arena_bytes, NULL, "exact arena bytes of one training step", NULL},
+    {"cache_bytes", (getter)Plan_get_cache_bytes, NULL,
+        "bytes of one sample's frozen-prefix features (0: nothing to cache)", NULL},
+    {"cache_samples", (getter)Plan_get_cache_samples, NULL, "samples whose features the arena holds", NULL},
     {"peak_live_bytes", (getter)Plan_get_peak_live_bytes, NULL, "largest sum of live bytes (lower bound)", NULL},
     {"breakdown", (getter)Plan_get_breakdown, NULL, "live bytes per part at the peak step", NULL},
     {"category_peaks", (getter)Plan_get_category_peaks, NULL, "each part's own peak over the step", NULL},
@@ -1982,6 +1999,293 @@ static PyObject *Trainer_get_plan(TrainerObject *self, void *c) {
     return (PyObject *)self->plan;
 }
 
+
+/* ---- fit(): a whole personalisation run in the core (tmp_trainer_fit) */
+
+typedef struct {
+    TrainerObject *self;
+    PyObject *xs, *ys;
+    Py_buffer cur;          /* the current sample's input */
+    int has_cur;
+    Py_buffer cache;        /* caller's or our buffer cache */
+    int has_cache;
+    PyObject *file;         /* a file-like cache (seek/write/readinto) */
+    PyObject *progress;
+    uint32_t cache_bytes;
+    uint32_t epochs;
+    double *loss_sum;
+    uint32_t *correct, *count;
+    int error;              /* a Python exception is pending */
+} fit_ctx;
+
+static const int8_t *fit_sample(void *ctx, uint32_t i, int32_t *label) {
+    fit_ctx *f = (fit_ctx *)ctx;
+    if (f->has_cur) {
+        PyBuffer_Release(&f->cur);
+        f->has_cur = 0;
+    }
+    PyObject *x = PySequence_GetItem(f->xs, (Py_ssize_t)i);
+    PyObject *y = x != NULL ? PySequence_GetItem(f->ys, (Py_ssize_t)i) : NULL;
+    int ok = y != NULL && get_label(f->self, y, label) == 0 && get_input(f->self->model, x, &f->cur) == 0;
+    Py_XDECREF(x);
+    Py_XDECREF(y);
+    if (!ok) {
+        f->error = 1;
+        return NULL;
+    }
+    f->has_cur = 1;
+    return (const int8_t *)f->cur.buf;
+}
+
+static int fit_file_seek(fit_ctx *f, uint32_t i, uint32_t offset) {
+    PyObject *r = PyObject_CallMethod(f->file, "seek", "K",
+        (unsigned long long)i * f->cache_bytes + offset);
+    Py_XDECREF(r);
+    return r == NULL ? -1 : 0;
+}
+
+static int fit_store(void *ctx, uint32_t i, uint32_t offset, const int8_t *src, uint32_t n) {
+    fit_ctx *f = (fit_ctx *)ctx;
+    if (f->has_cache) {
+        memcpy((uint8_t *)f->cache.buf + (size_t)i * f->cache_bytes + offset, src, n);
+        return 0;
+    }
+    if (fit_file_seek(f, i, offset) < 0) {
+        f->error = 1;
+        return -1;
+    }
+    PyObject *r = PyObject_CallMethod(f->file, "write", "y#", (const char *)src, (Py_ssize_t)n);
+    int ok = r != NULL && PyLong_Check(r) && PyLong_AsLongLong(r) == (long long)n;
+    Py_XDECREF(r);
+    if (!ok) {
+        f->error = 1;
+        return -1;
+    }
+    return 0;
+}
+
+static int fit_load(void *ctx, uint32_t i, uint32_t offset, int8_t *dst, uint32_t n) {
+    fit_ctx *f = (fit_ctx *)ctx;
+    if (f->has_cache) {
+        memcpy(dst, (const uint8_t *)f->cache.buf + (size_t)i * f->cache_bytes + offset, n);
+        return 0;
+    }
+    if (fit_file_seek(f, i, offset) < 0) {
+        f->error = 1;
+        return -1;
+    }
+    PyObject *mv = PyMemoryView_FromMemory((char *)dst, (Py_ssize_t)n, PyBUF_WRITE);
+    PyObject *r = mv != NULL ? PyObject_CallMethod(f->file, "readinto", "O", mv) : NULL;
+    int ok = r != NULL && PyLong_Check(r) && PyLong_AsLongLong(r) == (long long)n;
+    if (mv != NULL) {
+        PyObject *rel = PyObject_CallMethod(mv, "release", NULL);
+        Py_XDECREF(rel);
+        Py_DECREF(mv);
+    }
+    if (r != NULL && !ok) {
+        PyErr_SetString(PyExc_OSError, "tinymp: the feature cache file returned fewer bytes than were stored");
+    }
+    Py_XDECREF(r);
+    if (!ok) {
+        f->error = 1;
+        return -1;
+    }
+    return 0;
+}
+
+static int fit_progress(void *ctx, uint32_t epoch, uint32_t done, float loss, int correct) {
+    fit_ctx *f = (fit_ctx *)ctx;
+    f->loss_sum[epoch] += (double)loss;
+    f->correct[epoch] += correct ? 1u : 0u;
+    f->count[epoch]++;
+    if (f->progress == NULL || f->progress == Py_None) {
+        return 0;
+    }
+    PyObject *r = PyObject_CallFunction(f->progress, "IIdO", epoch, done, (double)loss,
+        correct ? Py_True : Py_False);
+    if (r == NULL) {
+        f->error = 1;
+        return 1;
+    }
+    int stop = PyObject_IsTrue(r);
+    Py_DECREF(r);
+    if (stop < 0) {
+        f->error = 1;
+        return 1;
+    }
+    return stop;
+}
+
+/* fit(xs, ys, epochs=1, cache=True, shuffle=True, progress=None) -> dict */
+static PyObject *Trainer_fit(TrainerObject *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"xs", "ys", "epochs", "cache", "shuffle", "progress", NULL};
+    PyObject *xs, *ys, *epochs_o = NULL, *cache = Py_True, *progress = Py_None;
+    int shuffle = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|OOpO:fit", kwlist, &xs, &ys, &epochs_o, &cache, &shuffle,
+            &progress) || Trainer_check(self) < 0) {
+        return NULL;
+    }
+    long long ep;
+    if (opt_long(epochs_o, "epochs", 1, 100000, 1, &ep) < 0) {
+        return NULL;
+    }
+    if (progress != Py_None && !PyCallable_Check(progress)) {
+        PyErr_SetString(PyExc_TypeError, "tinymp: progress must be callable or None");
+        return NULL;
+    }
+    if (!PySequence_Check(xs) || !PySequence_Check(ys) || PyUnicode_Check(xs) || PyBytes_Check(xs)) {
+        PyErr_SetString(PyExc_TypeError, "tinymp: fit() takes a sequence of inputs and a sequence of labels");
+        return NULL;
+    }
+    Py_ssize_t n = PySequence_Size(xs), ny = PySequence_Size(ys);
+    if (n < 0 || ny < 0) {
+        return NULL;
+    }
+    if (n != ny) {
+        PyErr_Format(PyExc_ValueError, "tinymp: %zd inputs but %zd labels", n, ny);
+        return NULL;
+    }
+    if (n == 0 || n > 0x7FFFFFFF) {
+        PyErr_SetString(PyExc_ValueError, "tinymp: fit() needs at least one sample");
+        return NULL;
+    }
+    fit_ctx f;
+    memset(&f, 0, sizeof f);
+    f.self = self;
+    f.xs = xs;
+    f.ys = ys;
+    f.progress = progress;
+    f.epochs = (uint32_t)ep;
+    const tmp_train_plan *p = &self->plan->plan;
+    f.cache_bytes = p->cache_bytes;
+    /* every sample is checked before the first step: bad input changes nothing */
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int32_t label;
+        if (fit_sample(&f, (uint32_t)i, &label) == NULL) {
+            /* the same exception, naming the sample */
+            PyObject *et, *ev, *tb;
+            PyErr_Fetch(&et, &ev, &tb);
+            PyErr_NormalizeException(&et, &ev, &tb);
+            PyObject *msg = ev != NULL ? PyObject_Str(ev) : NULL;
+            const char *text = msg != NULL ? PyUnicode_AsUTF8(msg) : NULL;
+            if (text != NULL && strncmp(text, "tinymp: ", 8) == 0) {
+                text += 8;
+            }
+            PyErr_Format(et != NULL ? et : PyExc_ValueError, "tinymp: fit() sample %zd: %s", i,
+                text != NULL ? text : "invalid");
+            Py_XDECREF(msg);
+            Py_XDECREF(et);
+            Py_XDECREF(ev);
+            Py_XDECREF(tb);
+            goto fail;
+        }
+    }
+    uint32_t flags = shuffle ? 0u : TMP_FIT_NO_SHUFFLE;
+    tmp_fit_io io = { fit_sample, NULL, NULL, fit_progress, &f };
+    int want_outside = p->cache_bytes != 0 && (uint32_t)n > p->cache_samples && ep > 1;
+    if (cache == Py_False || cache == Py_None) {
+        flags |= TMP_FIT_NO_CACHE;
+    } else if (cache == Py_True) {
+        if (want_outside) {
+            /* the PC has the room: a buffer for the samples the arena does not hold */
+            PyObject *buf = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)n * (Py_ssize_t)p->cache_bytes);
+            if (buf == NULL) {
+                goto fail;
+            }
+            int r = PyObject_GetBuffer(buf, &f.cache, PyBUF_WRITABLE);
+            Py_DECREF(buf); /* the view keeps it alive */
+            if (r < 0) {
+                goto fail;
+            }
+            f.has_cache = 1;
+        }
+    } else if (PyObject_CheckBuffer(cache)) {
+        if (PyObject_GetBuffer(cache, &f.cache, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) {
+            PyErr_Clear();
+            PyErr_SetString(PyExc_TypeError, "tinymp: cache must be True, False, a writable buffer or a file");
+            goto fail;
+        }
+        f.has_cache = 1;
+        if (f.cache.len < (Py_ssize_t)n * (Py_ssize_t)p->cache_bytes) {
+            PyErr_Format(PyExc_ValueError, "tinymp: the cache buffer has %zd bytes; %zd samples need %zd "
+                "(plan.cache_bytes = %u per sample)", f.cache.len, n, n * (Py_ssize_t)p->cache_bytes,
+                (unsigned)p->cache_bytes);
+            goto fail;
+        }
+    } else if (PyObject_HasAttrString(cache, "readinto") && PyObject_HasAttrString(cache, "write") &&
+               PyObject_HasAttrString(cache, "seek")) {
+        f.file = cache;
+    } else {
+        PyErr_SetString(PyExc_TypeError, "tinymp: cache must be True, False, a writable buffer or a file");
+        goto fail;
+    }
+    if (f.has_cache || f.file != NULL) {
+        io.cache_store = fit_store;
+        io.cache_load = fit_load;
+    }
+    f.loss_sum = (double *)PyMem_Calloc((size_t)ep, sizeof(double));
+    f.correct = (uint32_t *)PyMem_Calloc((size_t)ep, sizeof(uint32_t));
+    f.count = (uint32_t *)PyMem_Calloc((size_t)ep, sizeof(uint32_t));
+    if (f.loss_sum == NULL || f.correct == NULL || f.count == NULL) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    tmp_fit_stats st;
+    tmp_status s = tmp_trainer_fit(&self->t, (uint32_t)n, (uint32_t)ep, flags, &io, &st);
+    if (f.error) {
+        goto fail;
+    }
+    if (step_error(self, s, "fit") < 0) {
+        goto fail;
+    }
+    PyObject *losses = PyList_New(0), *accs = PyList_New(0);
+    if (losses == NULL || accs == NULL) {
+        Py_XDECREF(losses);
+        Py_XDECREF(accs);
+        goto fail;
+    }
+    for (uint32_t e = 0; e < (uint32_t)ep; e++) {
+        if (f.count[e] == 0) {
+            break;
+        }
+        PyObject *a = PyFloat_FromDouble(f.loss_sum[e] / f.count[e]);
+        PyObject *b = PyFloat_FromDouble((double)f.correct[e] / f.count[e]);
+        int bad = a == NULL || b == NULL || PyList_Append(losses, a) < 0 || PyList_Append(accs, b) < 0;
+        Py_XDECREF(a);
+        Py_XDECREF(b);
+        if (bad) {
+            Py_DECREF(losses);
+            Py_DECREF(accs);
+            goto fail;
+        }
+    }
+    PyObject *result = Py_BuildValue("{s:I,s:I,s:N,s:N,s:I,s:I,s:I,s:I,s:O}", "epochs", st.epochs, "steps",
+        st.steps, "loss", losses, "accuracy", accs, "cached_steps", st.cached_steps, "cache_in_arena",
+        st.in_arena, "cache_outside", st.outside, "cache_bytes", p->cache_bytes, "stopped",
+        st.stopped ? Py_True : Py_False);
+    if (f.has_cur) {
+        PyBuffer_Release(&f.cur);
+    }
+    if (f.has_cache) {
+        PyBuffer_Release(&f.cache);
+    }
+    PyMem_Free(f.loss_sum);
+    PyMem_Free(f.correct);
+    PyMem_Free(f.count);
+    return result;
+fail:
+    if (f.has_cur) {
+        PyBuffer_Release(&f.cur);
+    }
+    if (f.has_cache) {
+        PyBuffer_Release(&f.cache);
+    }
+    PyMem_Free(f.loss_sum);
+    PyMem_Free(f.correct);
+    PyMem_Free(f.count);
+    return NULL;
+}
+
 static PyGetSetDef Trainer_getset[] = {
     {"high_water", (getter)Trainer_get_high_water, NULL, "arena bytes actually touched so far", NULL},
     {"selection", (getter)Trainer_get_selection, NULL, "dict layer -> input channels updated this period", NULL},
@@ -1995,6 +2299,12 @@ static PyMethodDef Trainer_methods[] = {
         "step(x, y, out=None) -> loss: one SGD step (with out, a buffer of one float32: the loss is\n"
         "stored in out[0] and out is returned; nothing is allocated)"},
     {"predict", (PyCFunction)Trainer_predict, METH_O, "predict(x) -> int, with the trained parameters"},
+    {"fit", (PyCFunction)(void (*)(void))Trainer_fit, METH_VARARGS | METH_KEYWORDS,
+        "fit(xs, ys, epochs=1, cache=True, shuffle=True, progress=None) -> dict: a personalisation run\n"
+        "(epochs over the samples; the frozen prefix runs once per sample when the plan has one).\n"
+        "cache: True (the arena's cache region, then a buffer), False, a writable buffer of\n"
+        "len(xs) * plan.cache_bytes, or a binary file (seek/write/readinto). progress(epoch, done,\n"
+        "loss, correct) is called after every step; a true return value stops the run."},
     {"logits", (PyCFunction)(void (*)(void))Trainer_logits, METH_VARARGS | METH_KEYWORDS,
         "logits(x, out=None) -> array('f'), with the trained parameters"},
     {"end_period", (PyCFunction)Trainer_end_period, METH_NOARGS, "close an APU period: re-select channels"},

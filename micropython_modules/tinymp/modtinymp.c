@@ -748,10 +748,10 @@ static void run_selection(tinymp_model_obj_t *model, tinymp_plan_obj_t *po, cons
 }
 
 // Model.plan(method='tinymp', budget=None, r=None, ratio=None, storage='int8', momentum=0.0,
-//            n_bias=None, layers=None, ratios=None, macs=None, support=None) -> Plan
+//            n_bias=None, layers=None, ratios=None, macs=None, support=None, cache=None) -> Plan
 static mp_obj_t tinymp_model_train_plan(size_t n_args, const mp_obj_t *pos_args, mp_map_t *kw_args) {
     enum { ARG_method, ARG_budget, ARG_r, ARG_ratio, ARG_storage, ARG_momentum, ARG_n_bias, ARG_layers,
-           ARG_ratios, ARG_macs, ARG_support };
+           ARG_ratios, ARG_macs, ARG_support, ARG_cache };
     static const mp_arg_t allowed_args[] = {
         { MP_QSTR_method, MP_ARG_OBJ, {.u_obj = MP_OBJ_NULL} },
         { MP_QSTR_budget, MP_ARG_OBJ, {.u_obj = mp_const_none} },
@@ -764,6 +764,7 @@ static mp_obj_t tinymp_model_train_plan(size_t n_args, const mp_obj_t *pos_args,
         { MP_QSTR_ratios, MP_ARG_OBJ, {.u_obj = mp_const_none} },
         { MP_QSTR_macs, MP_ARG_OBJ, {.u_obj = mp_const_none} },
         { MP_QSTR_support, MP_ARG_OBJ, {.u_obj = mp_const_none} },
+        { MP_QSTR_cache, MP_ARG_OBJ, {.u_obj = mp_const_none} },
     };
     tinymp_model_obj_t *self = MP_OBJ_TO_PTR(pos_args[0]);
     mp_arg_val_t args[MP_ARRAY_SIZE(allowed_args)];
@@ -790,6 +791,7 @@ static mp_obj_t tinymp_model_train_plan(size_t n_args, const mp_obj_t *pos_args,
         "[0, 0.999]");
     o.n_bias = (int32_t)opt_long(args[ARG_n_bias].u_obj, "n_bias", -1, 65535, -2);
     o.mac_budget = (uint64_t)opt_long(args[ARG_macs].u_obj, "macs", 1, (long long)1 << 62, 0);
+    o.cache_samples = (uint32_t)opt_long(args[ARG_cache].u_obj, "cache", 0, 0xFFFFFFFFLL, 0);
     mp_obj_t storage = args[ARG_storage].u_obj;
     if (storage != mp_const_none) {
         const char *sname = mp_obj_is_str(storage) ? mp_obj_str_get_str(storage) : NULL;
@@ -946,6 +948,12 @@ static void tinymp_plan_attr(mp_obj_t self_in, qstr attr, mp_obj_t *dest) {
             break;
         case MP_QSTR_peak_live_bytes:
             dest[0] = mp_obj_new_int_from_uint(p->peak_live_bytes);
+            break;
+        case MP_QSTR_cache_bytes:
+            dest[0] = mp_obj_new_int_from_uint(p->cache_bytes);
+            break;
+        case MP_QSTR_cache_samples:
+            dest[0] = mp_obj_new_int_from_uint(p->cache_samples);
             break;
         case MP_QSTR_breakdown:
             dest[0] = category_dict(p->breakdown);
@@ -1503,6 +1511,175 @@ static void tinymp_trainer_attr(mp_obj_t self_in, qstr attr, mp_obj_t *dest) {
     }
 }
 
+
+// ---- fit(): a whole personalisation run in the core (tmp_trainer_fit)
+
+typedef struct {
+    tinymp_trainer_obj_t *self;
+    mp_obj_t xs, ys, file, progress;
+    uint8_t *cache;          // a buffer cache (caller's or ours), or NULL
+    uint32_t cache_bytes;
+    mp_float_t *loss_sum;
+    uint32_t *correct, *count;
+} fit_ctx;
+
+static const int8_t *fit_sample(void *ctx, uint32_t i, int32_t *label) {
+    fit_ctx *f = (fit_ctx *)ctx;
+    mp_obj_t idx = MP_OBJ_NEW_SMALL_INT(i);
+    *label = parse_label(trainer_model(f->self), mp_obj_subscr(f->ys, idx, MP_OBJ_SENTINEL), "label");
+    mp_buffer_info_t bi;
+    get_input(trainer_model(f->self), mp_obj_subscr(f->xs, idx, MP_OBJ_SENTINEL), &bi);
+    return (const int8_t *)bi.buf; // the sequence keeps the object alive
+}
+
+static void fit_seek(fit_ctx *f, uint32_t i, uint32_t offset) {
+    mp_obj_t dest[3];
+    mp_load_method(f->file, MP_QSTR_seek, dest);
+    dest[2] = mp_obj_new_int_from_ull((unsigned long long)i * f->cache_bytes + offset);
+    mp_call_method_n_kw(1, 0, dest);
+}
+
+static int fit_store(void *ctx, uint32_t i, uint32_t offset, const int8_t *src, uint32_t n) {
+    fit_ctx *f = (fit_ctx *)ctx;
+    if (f->cache != NULL) {
+        memcpy(f->cache + (size_t)i * f->cache_bytes + offset, src, n);
+        return 0;
+    }
+    fit_seek(f, i, offset);
+    mp_obj_t dest[3];
+    mp_load_method(f->file, MP_QSTR_write, dest);
+    dest[2] = mp_obj_new_memoryview('B', n, (void *)(uintptr_t)src);
+    mp_obj_t r = mp_call_method_n_kw(1, 0, dest);
+    return (r != mp_const_none && mp_obj_get_int(r) == (mp_int_t)n) ? 0 : -1;
+}
+
+static int fit_load(void *ctx, uint32_t i, uint32_t offset, int8_t *dst, uint32_t n) {
+    fit_ctx *f = (fit_ctx *)ctx;
+    if (f->cache != NULL) {
+        memcpy(dst, f->cache + (size_t)i * f->cache_bytes + offset, n);
+        return 0;
+    }
+    fit_seek(f, i, offset);
+    mp_obj_t dest[3];
+    mp_load_method(f->file, MP_QSTR_readinto, dest);
+    dest[2] = mp_obj_new_memoryview('B' | MP_OBJ_ARRAY_TYPECODE_FLAG_RW, n, dst);
+    mp_obj_t r = mp_call_method_n_kw(1, 0, dest);
+    if (r == mp_const_none || mp_obj_get_int(r) != (mp_int_t)n) {
+        mp_raise_msg(&mp_type_OSError, MP_ERROR_TEXT("tinymp: the feature cache file returned fewer bytes than were stored"));
+    }
+    return 0;
+}
+
+static int fit_progress(void *ctx, uint32_t epoch, uint32_t done, float loss, int correct) {
+    fit_ctx *f = (fit_ctx *)ctx;
+    f->loss_sum[epoch] += (mp_float_t)loss;
+    f->correct[epoch] += correct ? 1u : 0u;
+    f->count[epoch]++;
+    if (f->progress == mp_const_none) {
+        return 0;
+    }
+    mp_obj_t a[4] = { mp_obj_new_int_from_uint(epoch), mp_obj_new_int_from_uint(done),
+                      mp_obj_new_float((mp_float_t)loss), mp_obj_new_bool(correct) };
+    return mp_obj_is_true(mp_call_function_n_kw(f->progress, 4, 0, a)) ? 1 : 0;
+}
+
+// fit(xs, ys, epochs=1, cache=True, shuffle=True, progress=None) -> dict: a personalisation run.
+// cache: True (the arena's cache region, then a heap buffer if one can be had), False, a
+// writable buffer of len(xs) * plan.cache_bytes, or a file opened 'w+b' (seek/write/readinto).
+static mp_obj_t tinymp_trainer_fit(size_t n_args, const mp_obj_t *pos_args, mp_map_t *kw_args) {
+    enum { ARG_xs, ARG_ys, ARG_epochs, ARG_cache, ARG_shuffle, ARG_progress };
+    static const mp_arg_t allowed_args[] = {
+        { MP_QSTR_xs, MP_ARG_REQUIRED | MP_ARG_OBJ, {.u_obj = MP_OBJ_NULL} },
+        { MP_QSTR_ys, MP_ARG_REQUIRED | MP_ARG_OBJ, {.u_obj = MP_OBJ_NULL} },
+        { MP_QSTR_epochs, MP_ARG_OBJ, {.u_obj = mp_const_none} },
+        { MP_QSTR_cache, MP_ARG_OBJ, {.u_obj = mp_const_true} },
+        { MP_QSTR_shuffle, MP_ARG_BOOL, {.u_bool = true} },
+        { MP_QSTR_progress, MP_ARG_OBJ, {.u_obj = mp_const_none} },
+    };
+    tinymp_trainer_obj_t *self = MP_OBJ_TO_PTR(pos_args[0]);
+    mp_arg_val_t args[MP_ARRAY_SIZE(allowed_args)];
+    mp_arg_parse_all(n_args - 1, pos_args + 1, kw_args, MP_ARRAY_SIZE(allowed_args), allowed_args, args);
+    trainer_check(self);
+    uint32_t epochs = (uint32_t)opt_long(args[ARG_epochs].u_obj, "epochs", 1, 100000, 1);
+    mp_obj_t progress = args[ARG_progress].u_obj;
+    if (progress != mp_const_none && !mp_obj_is_callable(progress)) {
+        mp_raise_TypeError(MP_ERROR_TEXT("tinymp: progress must be callable or None"));
+    }
+    mp_obj_t xs = args[ARG_xs].u_obj, ys = args[ARG_ys].u_obj;
+    if (mp_obj_is_str_or_bytes(xs)) {
+        mp_raise_TypeError(MP_ERROR_TEXT("tinymp: fit() takes a sequence of inputs and a sequence of labels"));
+    }
+    mp_int_t n = mp_obj_get_int(mp_obj_len(xs)), ny = mp_obj_get_int(mp_obj_len(ys));
+    if (n != ny) {
+        mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("tinymp: %d inputs but %d labels"), (int)n, (int)ny);
+    }
+    if (n <= 0) {
+        mp_raise_ValueError(MP_ERROR_TEXT("tinymp: fit() needs at least one sample"));
+    }
+    const tmp_train_plan *p = &trainer_plan(self)->plan;
+    fit_ctx f = { self, xs, ys, MP_OBJ_NULL, progress, NULL, p->cache_bytes, NULL, NULL, NULL };
+    // every sample is checked before the first step: bad input changes nothing
+    for (mp_int_t i = 0; i < n; i++) {
+        int32_t label;
+        fit_sample(&f, (uint32_t)i, &label);
+    }
+    uint32_t flags = args[ARG_shuffle].u_bool ? 0u : TMP_FIT_NO_SHUFFLE;
+    tmp_fit_io io = { fit_sample, NULL, NULL, fit_progress, &f };
+    mp_obj_t cache = args[ARG_cache].u_obj;
+    const size_t need = (size_t)n * p->cache_bytes;
+    if (cache == mp_const_false || cache == mp_const_none) {
+        flags |= TMP_FIT_NO_CACHE;
+    } else if (cache == mp_const_true) {
+        if (p->cache_bytes != 0 && (uint32_t)n > p->cache_samples && epochs > 1) {
+            f.cache = m_new_maybe(uint8_t, need); // no room: those samples run the prefix again
+        }
+    } else {
+        mp_buffer_info_t cb;
+        if (mp_get_buffer(cache, &cb, MP_BUFFER_WRITE)) {
+            if (cb.len < need) {
+                mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("tinymp: the cache buffer has %u bytes; "
+                    "%d samples need %u (plan.cache_bytes = %u per sample)"), (unsigned)cb.len, (int)n,
+                    (unsigned)need, (unsigned)p->cache_bytes);
+            }
+            f.cache = (uint8_t *)cb.buf;
+        } else {
+            mp_obj_t dest[2];
+            mp_load_method_maybe(cache, MP_QSTR_readinto, dest);
+            if (dest[0] == MP_OBJ_NULL) {
+                mp_raise_TypeError(MP_ERROR_TEXT("tinymp: cache must be True, False, a writable buffer or a file"));
+            }
+            f.file = cache;
+        }
+    }
+    if (f.cache != NULL || f.file != MP_OBJ_NULL) {
+        io.cache_store = fit_store;
+        io.cache_load = fit_load;
+    }
+    f.loss_sum = m_new0(mp_float_t, epochs);
+    f.correct = m_new0(uint32_t, epochs);
+    f.count = m_new0(uint32_t, epochs);
+    tmp_fit_stats st;
+    tmp_status s = tmp_trainer_fit(&self->t, (uint32_t)n, epochs, flags, &io, &st);
+    trainer_status(self, s, "fit");
+    mp_obj_t losses = mp_obj_new_list(0, NULL), accs = mp_obj_new_list(0, NULL);
+    for (uint32_t e = 0; e < epochs && f.count[e] != 0; e++) {
+        mp_obj_list_append(losses, mp_obj_new_float(f.loss_sum[e] / (mp_float_t)f.count[e]));
+        mp_obj_list_append(accs, mp_obj_new_float((mp_float_t)f.correct[e] / (mp_float_t)f.count[e]));
+    }
+    mp_obj_t d = mp_obj_new_dict(9);
+    mp_obj_dict_store(d, MP_OBJ_NEW_QSTR(MP_QSTR_epochs), mp_obj_new_int_from_uint(st.epochs));
+    mp_obj_dict_store(d, MP_OBJ_NEW_QSTR(MP_QSTR_steps), mp_obj_new_int_from_uint(st.steps));
+    mp_obj_dict_store(d, MP_OBJ_NEW_QSTR(MP_QSTR_loss), losses);
+    mp_obj_dict_store(d, MP_OBJ_NEW_QSTR(MP_QSTR_accuracy), accs);
+    mp_obj_dict_store(d, MP_OBJ_NEW_QSTR(MP_QSTR_cached_steps), mp_obj_new_int_from_uint(st.cached_steps));
+    mp_obj_dict_store(d, MP_OBJ_NEW_QSTR(MP_QSTR_cache_in_arena), mp_obj_new_int_from_uint(st.in_arena));
+    mp_obj_dict_store(d, MP_OBJ_NEW_QSTR(MP_QSTR_cache_outside), mp_obj_new_int_from_uint(st.outside));
+    mp_obj_dict_store(d, MP_OBJ_NEW_QSTR(MP_QSTR_cache_bytes), mp_obj_new_int_from_uint(p->cache_bytes));
+    mp_obj_dict_store(d, MP_OBJ_NEW_QSTR(MP_QSTR_stopped), mp_obj_new_bool(st.stopped));
+    return d;
+}
+static MP_DEFINE_CONST_FUN_OBJ_KW(tinymp_trainer_fit_obj, 3, tinymp_trainer_fit);
+
 static void tinymp_trainer_print(const mp_print_t *print, mp_obj_t self_in, mp_print_kind_t kind) {
     (void)kind;
     tinymp_trainer_obj_t *self = MP_OBJ_TO_PTR(self_in);
@@ -1514,6 +1691,7 @@ static void tinymp_trainer_print(const mp_print_t *print, mp_obj_t self_in, mp_p
 static const mp_rom_map_elem_t tinymp_trainer_locals_dict_table[] = {
     { MP_ROM_QSTR(MP_QSTR_step), MP_ROM_PTR(&tinymp_trainer_step_obj) },
     { MP_ROM_QSTR(MP_QSTR_predict), MP_ROM_PTR(&tinymp_trainer_predict_obj) },
+    { MP_ROM_QSTR(MP_QSTR_fit), MP_ROM_PTR(&tinymp_trainer_fit_obj) },
     { MP_ROM_QSTR(MP_QSTR_logits), MP_ROM_PTR(&tinymp_trainer_logits_obj) },
     { MP_ROM_QSTR(MP_QSTR_end_period), MP_ROM_PTR(&tinymp_trainer_end_period_obj) },
     { MP_ROM_QSTR(MP_QSTR_reset), MP_ROM_PTR(&tinymp_trainer_reset_obj) },

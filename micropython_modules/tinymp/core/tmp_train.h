@@ -52,6 +52,7 @@ typedef enum {
     TMP_CAT_PARAMS,
     TMP_CAT_OPTIMIZER,
     TMP_CAT_SCRATCH,
+    TMP_CAT_CACHE, /**< frozen-prefix feature cache kept in the arena (options.cache_samples) */
     TMP_CAT_COUNT,
 } tmp_category;
 
@@ -100,6 +101,8 @@ typedef struct {
     const uint16_t *layers; /**< sparse: layer indices (weighted layers) */
     const float *ratios;    /**< sparse: their channel ratios, NULL = all 1 */
     const struct tmp_trainer_s *fisher; /**< a trainer that ran the selection pass, or NULL */
+    uint32_t cache_samples; /**< frozen-prefix features of up to this many samples to keep in the
+                                 arena, as far as the budget leaves room (0: none) */
 } tmp_train_options;
 
 /** Where planning failed, for a clear message. */
@@ -141,6 +144,13 @@ typedef struct {
     uint8_t *cat;             /**< [same] category of each buffer */
     uint32_t *act_offset;     /**< [T] arena offset of each activation (aliases resolved) */
     int32_t *grad_birth;      /**< [T] layer whose backward step first writes grad t (-1: none) */
+    /* The frozen-prefix feature cache (docs/TRAINING.md, "feature cache"): layers before `first`
+     * never change, so the tensors they produce that layers >= first read (the "boundary") can be
+     * kept per sample and the prefix skipped in later epochs. */
+    uint32_t cache_bytes;     /**< bytes of one sample's boundary tensors (0: nothing to cache) */
+    uint32_t cache_samples;   /**< samples the arena's cache region holds (at cache_offset) */
+    uint32_t cache_offset;    /**< arena offset of that region (arena_bytes includes it) */
+    uint8_t *cache_t;         /**< [T] 1 when tensor t is a boundary tensor */
 } tmp_train_plan;
 
 /** Default options for `method` (every other field zero / default). */
@@ -260,6 +270,62 @@ uint32_t tmp_trainer_high_water(const tmp_trainer *t);
 /** Fisher sums of the output channels of `layer` after a selection pass (NULL if the layer was
  *  not in the pass): Delta[o] = scale * sums[o], scale = 1/(2N); n = its output channels. */
 const float *tmp_trainer_fisher(const tmp_trainer *t, int32_t layer, int32_t *n, float *scale);
+
+/* ---------------------------------------------------------------------------------------- */
+/* Whole personalisation runs and the frozen-prefix feature cache                             */
+/* ---------------------------------------------------------------------------------------- */
+
+/**
+ * A training step that also writes the sample's boundary tensors (plan->cache_bytes, in the
+ * order of the tensor index) to `cache` -- identical to tmp_trainer_step otherwise.
+ */
+tmp_status tmp_trainer_step_fill(tmp_trainer *t, const int8_t *x, int32_t label, int8_t *cache, float *loss);
+
+/**
+ * A training step from a sample's cached boundary tensors (written by tmp_trainer_step_fill with
+ * the same plan): the frozen prefix is skipped; the result is identical to tmp_trainer_step on
+ * the sample. TMP_ERR_ARG when the plan has nothing to cache.
+ */
+tmp_status tmp_trainer_step_cached(tmp_trainer *t, const int8_t *cache, int32_t label, float *loss);
+
+/** Where tmp_trainer_fit gets samples and keeps the features the arena has no room for. */
+typedef struct {
+    /** Sample i: its int8 input (valid until the next call) and *label; NULL stops the fit with
+     *  TMP_ERR_ARG. */
+    const int8_t *(*sample)(void *ctx, uint32_t i, int32_t *label);
+    /** Optional caller-side cache (a buffer, a file): store / load `n` bytes at byte `offset` of
+     *  sample i's cache entry (plan->cache_bytes per sample). 0 on success; a failing store turns
+     *  caching off for that sample, a failing load stops the fit with TMP_ERR_ARG. */
+    int (*cache_store)(void *ctx, uint32_t i, uint32_t offset, const int8_t *src, uint32_t n);
+    int (*cache_load)(void *ctx, uint32_t i, uint32_t offset, int8_t *dst, uint32_t n);
+    /** Optional, after every step: epoch, steps done in the epoch, loss, whether the forward
+     *  pass predicted the label. Non-zero stops the fit (it returns TMP_OK). */
+    int (*progress)(void *ctx, uint32_t epoch, uint32_t done, float loss, int correct);
+    void *ctx;
+} tmp_fit_io;
+
+#define TMP_FIT_NO_CACHE 0x1u   /**< never use the cache (the reference path) */
+#define TMP_FIT_NO_SHUFFLE 0x2u /**< visit samples in order every epoch */
+
+typedef struct {
+    uint32_t epochs;          /**< epochs completed */
+    uint32_t steps;           /**< steps run */
+    uint32_t cached_steps;    /**< steps that started from cached features (prefix skipped) */
+    uint32_t in_arena;        /**< samples whose features the arena's cache region held */
+    uint32_t outside;         /**< samples whose features the caller's cache held */
+    uint32_t stopped;         /**< 1 when progress() stopped the run */
+} tmp_fit_stats;
+
+/**
+ * A personalisation run: `epochs` passes over samples 0..n-1 (shuffled per epoch by the trainer's
+ * seed unless TMP_FIT_NO_SHUFFLE), one training step each; closes an APU period after every
+ * epoch when the trainer has no step period. In the first epoch each sample's boundary tensors go
+ * into the arena's cache region (plan->cache_samples) or the caller's cache; later epochs start
+ * from them and skip the frozen prefix. The cache is used only when it pays (epochs > 1, a
+ * non-empty prefix); the parameters, losses and predictions are identical with and without it.
+ */
+tmp_status tmp_trainer_fit(tmp_trainer *t, uint32_t n, uint32_t epochs, uint32_t flags, const tmp_fit_io *io,
+    tmp_fit_stats *stats);
 
 /* Personalised parameters as a self-checking blob (docs/TRAINING.md, "saved parameters"). */
 

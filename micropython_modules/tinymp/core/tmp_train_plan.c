@@ -89,6 +89,8 @@ const char *tmp_category_name(int32_t cat) {
             return "optimizer";
         case TMP_CAT_SCRATCH:
             return "scratch";
+        case TMP_CAT_CACHE:
+            return "cache";
         default:
             return "unknown";
     }
@@ -239,7 +241,7 @@ size_t tmp_train_workspace_size(const tmp_model *m) {
     uint32_t sum_c, max_c;
     model_channel_sums(m, &sum_c, &max_c);
     return align4(L) * 2 + align4(2 * L) + 4 * L + align4(2 * (size_t)sum_c) + 4 * L * 4 +
-        sizeof(tmp_buf) * NB + align4(NB) + 4 * T + 4 * T +
+        sizeof(tmp_buf) * NB + align4(NB) + 4 * T + 4 * T + align4(T) +
         /* temporaries */
         align4(2 * NB) * 2 + 4 * T + align4(2 * T) + align4(L) + align4(2 * L) + 4 * (size_t)max_c +
         align4(max_c) + align4(2 * L);
@@ -272,6 +274,7 @@ static int carve(ctx_t *c, const tmp_model *m, void *ws, tmp_train_plan *p) {
     TAKE(p->cat, uint8_t *, align4((size_t)c->NB));
     TAKE(p->act_offset, uint32_t *, 4 * T);
     TAKE(p->grad_birth, int32_t *, 4 * T);
+    TAKE(p->cache_t, uint8_t *, align4(T));
     TAKE(c->order, uint16_t *, align4(2 * (size_t)c->NB));
     TAKE(c->placed, uint16_t *, align4(2 * (size_t)c->NB));
     TAKE(c->last_use, int32_t *, 4 * T);
@@ -572,6 +575,52 @@ static tmp_status evaluate(ctx_t *c, uint64_t *arena_out) {
     measure(c, best);
     *arena_out = best;
     return TMP_OK;
+}
+
+/* The frozen-prefix feature cache: the boundary tensors (produced before `first`, read at or
+ * after it) and a region of the arena for as many samples' copies as the budget leaves room for.
+ * No cache when the input itself is read inside the region (the step reads it from the caller). */
+static void add_cache(ctx_t *c) {
+    tmp_train_plan *p = c->p;
+    p->cache_bytes = 0;
+    p->cache_samples = 0;
+    p->cache_offset = p->arena_bytes;
+    memset(p->cache_t, 0, (size_t)(uint32_t)c->T);
+    if (p->method == TMP_METHOD_FISHER || p->first <= 0 || p->first >= c->L) {
+        return;
+    }
+    uint64_t sum = 0;
+    for (int32_t t = 0; t <= p->first && t < c->T; t++) {
+        if (c->last_use[t] >= p->first) {
+            if (t == 0) {
+                memset(p->cache_t, 0, (size_t)(uint32_t)c->T);
+                return;
+            }
+            p->cache_t[t] = 1;
+            sum += dims_count(tensor_dims(c->m, t));
+        }
+    }
+    if (sum == 0 || sum > INT32_MAX) {
+        memset(p->cache_t, 0, (size_t)(uint32_t)c->T);
+        return;
+    }
+    p->cache_bytes = (uint32_t)align4((size_t)sum);
+    uint64_t n = c->o->cache_samples;
+    const uint64_t base = align4(p->arena_bytes);
+    if (c->o->budget != 0) {
+        uint64_t room = c->o->budget > base ? c->o->budget - base : 0;
+        n = n < room / p->cache_bytes ? n : room / p->cache_bytes;
+    }
+    if (n == 0 || base + n * p->cache_bytes > INT32_MAX) {
+        return;
+    }
+    const uint32_t bytes = (uint32_t)(n * p->cache_bytes);
+    p->cache_samples = (uint32_t)n;
+    p->cache_offset = (uint32_t)base;
+    p->arena_bytes = (uint32_t)base + bytes;
+    p->breakdown[TMP_CAT_CACHE] += bytes;
+    p->category_peak[TMP_CAT_CACHE] = bytes;
+    p->peak_live_bytes += bytes;
 }
 
 /* ---------------------------------------------------------------- methods */
@@ -1079,6 +1128,7 @@ tmp_status tmp_train_plan_make(const tmp_model *m, const tmp_train_options *o, v
             if (fits(&c, a)) {
                 p->ratio = ratio;
                 choose_channels(&c);
+                add_cache(&c);
                 return TMP_OK;
             }
         }
@@ -1278,6 +1328,15 @@ size_t tmp_train_plan_describe(const tmp_model *m, const tmp_train_plan *p, char
         put(&o, tmp_category_name(k));
         put(&o, " ");
         put_u(&o, p->breakdown[k], 0, 1);
+    }
+    if (p->cache_bytes != 0) {
+        put(&o, "\nfeature cache ");
+        put_u(&o, p->cache_bytes, 0, 1);
+        put(&o, " bytes per sample (frozen prefix: layers 0-");
+        put_u(&o, (uint64_t)(p->first - 1), 0, 0);
+        put(&o, "), ");
+        put_u(&o, p->cache_samples, 0, 1);
+        put(&o, " sample(s) in the arena");
     }
     put(&o, "\nforward MACs ");
     put_u(&o, p->forward_macs, 0, 1);

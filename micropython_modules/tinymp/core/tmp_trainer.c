@@ -274,11 +274,12 @@ static tmp_status save_for_backward(tmp_trainer *t, int32_t i, const tmp_layer *
         tmp_gc_xs_type(p->r, l->stride_h, l->stride_w), saved);
 }
 
-static tmp_status forward(tmp_trainer *t, const int8_t *x, int save) {
+/* Layers [from, to) of the forward pass. */
+static tmp_status forward_range(tmp_trainer *t, const int8_t *x, int save, int32_t from, int32_t to) {
     const tmp_train_plan *p = t->p;
     tmp_layer l;
     tmp_tensor tin, tout;
-    for (int32_t i = 0; i < p->num_layers; i++) {
+    for (int32_t i = from; i < to; i++) {
         if (tmp_model_layer(t->m, i, &l, NULL) != TMP_OK || tmp_model_tensor(t->m, l.in0, &tin, NULL) != TMP_OK ||
             tmp_model_tensor(t->m, l.out, &tout, NULL) != TMP_OK) {
             return TMP_ERR_FORMAT;
@@ -326,6 +327,61 @@ static tmp_status forward(tmp_trainer *t, const int8_t *x, int save) {
         }
     }
     return TMP_OK;
+}
+
+static tmp_status forward(tmp_trainer *t, const int8_t *x, int save) {
+    return forward_range(t, x, save, 0, t->p->num_layers);
+}
+
+/* ---------------------------------------------------------------- feature cache */
+
+/* How a step uses the cache: where one sample's entry is (memory, or the caller's io). */
+enum { CACHE_NONE = 0, CACHE_FILL, CACHE_FROM };
+
+typedef struct {
+    int mode;
+    int8_t *mem;          /* the entry in memory, or NULL: through io */
+    const tmp_fit_io *io;
+    uint32_t index;       /* sample index for io */
+    int failed;           /* CACHE_FILL through io: a store failed */
+} cache_op;
+
+/* Copy the boundary tensors between their arena slots and the cache entry. */
+static tmp_status cache_move(const tmp_trainer *t, cache_op *op) {
+    const tmp_train_plan *p = t->p;
+    uint32_t off = 0;
+    tmp_tensor tt;
+    for (int32_t k = 1; k <= p->first && k < p->num_tensors; k++) {
+        if (!p->cache_t[k]) {
+            continue;
+        }
+        if (tmp_model_tensor(t->m, k, &tt, NULL) != TMP_OK) {
+            return TMP_ERR_FORMAT;
+        }
+        const uint32_t n = (uint32_t)(tt.dims.h * tt.dims.w * tt.dims.c);
+        int8_t *slot = (int8_t *)(t->arena + p->act_offset[k]);
+        if (op->mode == CACHE_FILL) {
+            if (op->mem != NULL) {
+                memcpy(op->mem + off, slot, n);
+            } else if (!op->failed && op->io->cache_store(op->io->ctx, op->index, off, slot, n) != 0) {
+                op->failed = 1;
+            }
+        } else if (op->mem != NULL) {
+            memcpy(slot, op->mem + off, n);
+        } else if (op->io->cache_load(op->io->ctx, op->index, off, slot, n) != 0) {
+            return TMP_ERR_ARG;
+        }
+        off += n;
+    }
+    return TMP_OK;
+}
+
+static uint64_t prefix_macs(const tmp_train_plan *p) {
+    uint64_t s = 0;
+    for (int32_t i = 0; i < p->first && i < p->num_layers; i++) {
+        s += p->fwd_macs[i];
+    }
+    return s;
 }
 
 /* ---------------------------------------------------------------- backward */
@@ -602,8 +658,15 @@ static tmp_status check_model(const tmp_trainer *t) {
     return tables_crc(t->m) == t->tables_crc ? TMP_OK : TMP_ERR_FORMAT;
 }
 
-tmp_status tmp_trainer_step(tmp_trainer *t, const int8_t *x, int32_t label, float *loss) {
-    if (t == NULL || t->p == NULL || x == NULL) {
+/* One step; op (may be NULL) fills or uses the sample's cache entry; *pred = argmax of the
+ * forward pass's logits. */
+static tmp_status step_impl(tmp_trainer *t, const int8_t *x, int32_t label, float *loss, cache_op *op,
+    int32_t *pred) {
+    const int from_cache = op != NULL && op->mode == CACHE_FROM;
+    if (t == NULL || t->p == NULL || (x == NULL && !from_cache)) {
+        return TMP_ERR_ARG;
+    }
+    if (op != NULL && op->mode != CACHE_NONE && t->p->cache_bytes == 0) {
         return TMP_ERR_ARG;
     }
     if (label < 0 || label >= (int32_t)t->m->num_classes) {
@@ -616,13 +679,35 @@ tmp_status tmp_trainer_step(tmp_trainer *t, const int8_t *x, int32_t label, floa
     const tmp_train_plan *p = t->p;
     const int32_t L = p->num_layers, T = p->num_tensors;
     uint32_t t0 = now(t);
-    s = forward(t, x, 1);
+    if (op == NULL || op->mode == CACHE_NONE) {
+        s = forward(t, x, 1);
+    } else if (from_cache) {
+        s = cache_move(t, op);
+        if (s == TMP_OK) {
+            s = forward_range(t, NULL, 1, p->first, L);
+        }
+    } else {
+        s = forward_range(t, x, 1, 0, p->first);
+        if (s == TMP_OK) {
+            s = cache_move(t, op);
+        }
+        if (s == TMP_OK) {
+            s = forward_range(t, x, 1, p->first, L);
+        }
+    }
     if (s != TMP_OK) {
         return s;
     }
     tmp_tensor to;
     tmp_model_tensor(t->m, T - 1, &to, NULL);
     const int8_t *logits = act_ptr(t, T - 1, x);
+    if (pred != NULL) {
+        int32_t best = 0;
+        for (int32_t c = 1; c < to.dims.c; c++) {
+            best = logits[c] > logits[best] ? c : best;
+        }
+        *pred = best;
+    }
     float l = 0.0f;
     if (p->first < L) {
         s = tmp_softmax_xent_s8(to.dims.c, logits, to.zero_point, to.scale, label, &l, grad_ptr(t, T - 1));
@@ -654,7 +739,7 @@ tmp_status tmp_trainer_step(tmp_trainer *t, const int8_t *x, int32_t label, floa
             return s;
         }
     }
-    t->macs[TMP_PHASE_FORWARD] += p->forward_macs;
+    t->macs[TMP_PHASE_FORWARD] += p->forward_macs - (from_cache ? prefix_macs(p) : 0u);
     t->macs[TMP_PHASE_BACKWARD] += p->backward_macs;
     t->steps++;
     if (p->method == TMP_METHOD_FISHER) {
@@ -668,6 +753,130 @@ tmp_status tmp_trainer_step(tmp_trainer *t, const int8_t *x, int32_t label, floa
         return tmp_trainer_end_period(t);
     }
     return TMP_OK;
+}
+
+tmp_status tmp_trainer_step(tmp_trainer *t, const int8_t *x, int32_t label, float *loss) {
+    return step_impl(t, x, label, loss, NULL, NULL);
+}
+
+tmp_status tmp_trainer_step_fill(tmp_trainer *t, const int8_t *x, int32_t label, int8_t *cache, float *loss) {
+    if (cache == NULL) {
+        return TMP_ERR_ARG;
+    }
+    cache_op op = { CACHE_FILL, cache, NULL, 0, 0 };
+    return step_impl(t, x, label, loss, &op, NULL);
+}
+
+tmp_status tmp_trainer_step_cached(tmp_trainer *t, const int8_t *cache, int32_t label, float *loss) {
+    if (cache == NULL) {
+        return TMP_ERR_ARG;
+    }
+    cache_op op = { CACHE_FROM, (int8_t *)(uintptr_t)cache, NULL, 0, 0 };
+    return step_impl(t, NULL, label, loss, &op, NULL);
+}
+
+static uint32_t gcd_u32(uint32_t a, uint32_t b) {
+    while (b != 0) {
+        uint32_t r = a % b;
+        a = b;
+        b = r;
+    }
+    return a;
+}
+
+static uint32_t xorshift(uint32_t *s) {
+    uint32_t x = *s;
+    x ^= x << 13;
+    x ^= x >> 17;
+    x ^= x << 5;
+    return *s = x;
+}
+
+tmp_status tmp_trainer_fit(tmp_trainer *t, uint32_t n, uint32_t epochs, uint32_t flags, const tmp_fit_io *io,
+    tmp_fit_stats *stats) {
+    tmp_fit_stats st;
+    memset(&st, 0, sizeof st);
+    if (stats != NULL) {
+        *stats = st;
+    }
+    if (t == NULL || t->p == NULL || io == NULL || io->sample == NULL) {
+        return TMP_ERR_ARG;
+    }
+    const tmp_train_plan *p = t->p;
+    int apu = 0;
+    for (int32_t i = 0; i < p->num_layers; i++) {
+        apu |= (p->flags[i] & TMP_TL_APU) != 0;
+    }
+    /* the cache pays when a later epoch can skip a non-empty prefix */
+    const int use = !(flags & TMP_FIT_NO_CACHE) && p->cache_bytes != 0 && epochs > 1 &&
+        p->method != TMP_METHOD_FISHER;
+    int ext = use && io->cache_store != NULL && io->cache_load != NULL;
+    tmp_status s = TMP_OK;
+    for (uint32_t e = 0; e < epochs && !st.stopped; e++) {
+        uint32_t a = 1, b = 0;
+        if (!(flags & TMP_FIT_NO_SHUFFLE) && n > 1) {
+            uint32_t rs = (t->seed ^ 0x5EEDF17Du) * 2654435761u + (e + 1u) * 0x9E3779B9u;
+            rs = rs != 0 ? rs : 1u;
+            a = 1u + xorshift(&rs) % (n - 1u);
+            while (gcd_u32(a, n) != 1u) {
+                a = a % (n - 1u) + 1u;
+            }
+            b = xorshift(&rs) % n;
+        }
+        for (uint32_t j = 0; j < n; j++) {
+            const uint32_t i = (uint32_t)(((uint64_t)a * j + b) % n);
+            int32_t label = -1;
+            const int8_t *x = io->sample(io->ctx, i, &label);
+            if (x == NULL) {
+                s = TMP_ERR_ARG;
+                break;
+            }
+            cache_op op = { CACHE_NONE, NULL, io, i, 0 };
+            const int in_arena = use && i < p->cache_samples;
+            if (in_arena || ext) {
+                op.mode = e == 0 ? CACHE_FILL : CACHE_FROM;
+                op.mem = in_arena ? (int8_t *)(t->arena + p->cache_offset + (size_t)i * p->cache_bytes) : NULL;
+            }
+            float loss = 0.0f;
+            int32_t pred = -1;
+            s = step_impl(t, x, label, &loss, &op, &pred);
+            if (s != TMP_OK) {
+                break;
+            }
+            if (op.failed) {
+                ext = 0; /* the caller's cache refused a store: recompute from now on */
+            }
+            if (e == 0 && op.mode == CACHE_FILL && !op.failed) {
+                if (in_arena) {
+                    st.in_arena++;
+                } else {
+                    st.outside++;
+                }
+            }
+            st.cached_steps += op.mode == CACHE_FROM;
+            st.steps++;
+            if (io->progress != NULL && io->progress(io->ctx, e, j + 1u, loss, pred == label) != 0) {
+                st.stopped = 1;
+                break;
+            }
+        }
+        if (s != TMP_OK) {
+            break;
+        }
+        if (!st.stopped) {
+            st.epochs++;
+            if (apu && t->period == 0 && p->method != TMP_METHOD_FISHER) {
+                s = tmp_trainer_end_period(t);
+                if (s != TMP_OK) {
+                    break;
+                }
+            }
+        }
+    }
+    if (stats != NULL) {
+        *stats = st;
+    }
+    return s;
 }
 
 tmp_status tmp_trainer_forward(tmp_trainer *t, const int8_t *x, const int8_t **out) {

@@ -1,0 +1,185 @@
+"""Trainer.fit(): whole personalisation runs and the frozen-prefix feature cache (issue 7).
+
+The references are independent of fit(): the same run written as a plain loop of Trainer.step()
+calls (and end_period() after every epoch, as fit() documents), and the boundary of the frozen
+prefix worked out from the model's layer table in Python.
+"""
+import io
+import math
+
+import numpy as np
+import pytest
+
+import tinymp
+import trainer_helpers as H
+
+BUDGET = 256 * 1024
+
+
+def logits_of(t, xs):
+    return np.stack([np.frombuffer(t.logits(x).tobytes(), dtype=np.float32) for x in xs])
+
+
+def samples(m, n, seed=1):
+    xs = H.random_inputs(m, n, seed=seed)
+    ys = [(3 * i + 1) % m.num_classes for i in range(n)]
+    return xs, ys
+
+
+def boundary_bytes(m, first):
+    """Bytes of the tensors made before layer `first` and read at or after it (Python)."""
+    lay = m._layers()
+    shapes = [m.input_shape] + [l["out_shape"] for l in lay]
+    reads = {}
+    for i, l in enumerate(lay):
+        srcs = [l["in0"]] + ([l["in1"]] if l["type"] == "add" else [])
+        for src in srcs:
+            reads.setdefault(src, []).append(i)
+    total = 0
+    for t in range(1, first + 1):
+        if any(j >= first for j in reads.get(t, [])):
+            total += int(np.prod(shapes[t]))
+    return (total + 3) & ~3
+
+
+def manual_run(m, plan, xs, ys, epochs, apu):
+    t = tinymp.Trainer(m, plan, lr=0.002, seed=5)
+    losses = []
+    for _ in range(epochs):
+        s = 0.0
+        for x, y in zip(xs, ys):
+            s += t.step(x, y)
+        losses.append(s / len(xs))
+        if apu:
+            t.end_period()
+    return t, losses
+
+
+CASES = [
+    ("demo", "last", {}),
+    ("demo", "sparse", {"layers": [12, 15], "ratios": [0.5, 0.25]}),
+    ("demo", "tinymp", {"budget": 16 * 1024}),
+    ("demo", "full", {}),
+    ("mbv2", "tinymp", {"budget": BUDGET}),
+]
+
+
+def model_of(kind):
+    if kind == "demo":
+        return H.demo_model()
+    return H.zoo_model("mobilenetv2", {"width": 0.35, "resolution": 64})
+
+
+@pytest.mark.parametrize("kind,method,opts", CASES, ids=["-".join((c[0], c[1])) for c in CASES])
+def test_fit_equals_a_loop_of_steps_with_and_without_cache(kind, method, opts):
+    m = model_of(kind)
+    n, epochs = (12, 3) if kind == "demo" else (4, 2)
+    xs, ys = samples(m, n)
+    plan = m.plan(method=method, **opts)
+    apu = any(l["apu"] for l in plan._layers())
+    ref, ref_losses = manual_run(m, plan, xs, ys, epochs, apu)
+    want = logits_of(ref, xs)
+    assert plan.cache_bytes == (boundary_bytes(m, plan.first) if 0 < plan.first < len(m._layers()) else 0)
+    for cache in (False, True, "arena", "buffer", "file"):
+        p = plan if cache != "arena" else m.plan(method=method, cache=n, **opts)
+        t = tinymp.Trainer(m, p, lr=0.002, seed=5)
+        c = {"arena": True, "buffer": bytearray(n * p.cache_bytes), "file": io.BytesIO()}.get(cache, cache)
+        r = t.fit(xs, ys, epochs=epochs, cache=c, shuffle=False)
+        assert r["steps"] == n * epochs and r["epochs"] == epochs
+        np.testing.assert_array_equal(logits_of(t, xs), want)
+        assert np.allclose(r["loss"], ref_losses, rtol=1e-6, atol=1e-6)
+        if cache is False or p.cache_bytes == 0:
+            assert r["cached_steps"] == 0
+        else:
+            assert r["cached_steps"] == n * (epochs - 1)
+            if cache == "arena":
+                # as many samples as the budget leaves room for, the rest in the binding's buffer
+                room = n if "budget" not in opts else \
+                    (opts["budget"] - ((plan.arena_bytes + 3) & ~3)) // plan.cache_bytes
+                k = max(0, min(n, room))
+                assert p.cache_samples == k and r["cache_in_arena"] == k and r["cache_outside"] == n - k
+                assert p.breakdown["cache"] == k * p.cache_bytes
+                assert p.arena_bytes <= opts.get("budget", p.arena_bytes)
+                if k:  # the cache region is used: the high water reaches into it
+                    assert t.high_water > p.arena_bytes - k * p.cache_bytes
+
+
+def test_cache_skips_the_prefix_macs():
+    m = H.demo_model()
+    xs, ys = samples(m, 8)
+    p = m.plan(method="last")
+    assert p.first > 0 and p.cache_bytes > 0
+    a = tinymp.Trainer(m, p, lr=0.002, seed=1)
+    a.fit(xs, ys, epochs=3, cache=False)
+    b = tinymp.Trainer(m, p, lr=0.002, seed=1)
+    b.fit(xs, ys, epochs=3)
+    prefix = sum(l["fwd_macs"] for l in p._layers()[:p.first])
+    fa, fb = a.stats()["forward_macs"], b.stats()["forward_macs"]
+    assert prefix > 0 and fa - fb == 8 * 2 * prefix
+
+
+def test_shuffled_fit_is_deterministic_and_visits_every_sample():
+    m = H.demo_model()
+    xs, ys = samples(m, 10)
+    p = m.plan(method="last")
+    seen = []
+    t = tinymp.Trainer(m, p, lr=0.002, seed=9)
+    r1 = t.fit(xs, ys, epochs=2, progress=lambda e, d, loss, ok: seen.append((e, d)))
+    assert seen == [(e, d) for e in range(2) for d in range(1, 11)]
+    t2 = tinymp.Trainer(m, p, lr=0.002, seed=9)
+    r2 = t2.fit(xs, ys, epochs=2)
+    assert r1["loss"] == r2["loss"]
+    np.testing.assert_array_equal(logits_of(t, xs), logits_of(t2, xs))
+    # shuffling changes the order: the run differs from the in-order one
+    t3 = tinymp.Trainer(m, p, lr=0.002, seed=9)
+    r3 = t3.fit(xs, ys, epochs=2, shuffle=False)
+    assert r3["loss"] != r1["loss"]
+    # the running accuracy is the share of steps whose forward pass predicted the label
+    assert all(0.0 <= a <= 1.0 for a in r1["accuracy"]) and all(math.isfinite(v) for v in r1["loss"])
+
+
+def test_cache_under_a_budget_takes_what_fits():
+    m = H.demo_model()
+    base = m.plan(method="last")
+    for extra in (0, 1, 5):
+        budget = base.arena_bytes + extra * base.cache_bytes + 2
+        p = m.plan(method="last", cache=100, budget=budget)
+        assert p.cache_samples == extra and p.arena_bytes <= budget
+        assert p.arena_bytes - base.arena_bytes in (extra * base.cache_bytes, extra * base.cache_bytes + 2)
+
+
+@pytest.mark.parametrize("args,kw,exc", [
+    (lambda xs, ys: (xs, ys[:-1]), {}, ValueError),
+    (lambda xs, ys: (xs[:-1] + [b"\x00" * 5], ys), {}, ValueError),
+    (lambda xs, ys: (xs, ys[:-1] + [99]), {}, ValueError),
+    (lambda xs, ys: (xs, ys), {"epochs": 0}, ValueError),
+    (lambda xs, ys: (xs, ys), {"cache": bytearray(3)}, ValueError),
+    (lambda xs, ys: (xs, ys), {"cache": "a path"}, TypeError),
+    (lambda xs, ys: (xs, ys), {"progress": 3}, TypeError),
+    (lambda xs, ys: (b"abc", [1]), {}, TypeError),
+    (lambda xs, ys: ([], []), {}, ValueError),
+])
+def test_bad_input_changes_nothing(args, kw, exc):
+    m = H.demo_model()
+    xs, ys = samples(m, 6)
+    t = tinymp.Trainer(m, m.plan(method="last"), lr=0.01, seed=1)
+    before = logits_of(t, xs)
+    kw = dict(kw)
+    kw.setdefault("epochs", 2)
+    with pytest.raises(exc, match="tinymp: "):
+        t.fit(*args(list(xs), list(ys)), **kw)
+    np.testing.assert_array_equal(logits_of(t, xs), before)
+    assert t.stats()["steps"] == 0
+
+
+def test_progress_exception_propagates_after_whole_steps():
+    m = H.demo_model()
+    xs, ys = samples(m, 6)
+    t = tinymp.Trainer(m, m.plan(method="last"), lr=0.01, seed=1)
+
+    def boom(e, d, loss, ok):
+        if d == 3:
+            raise KeyError("stop here")
+    with pytest.raises(KeyError):
+        t.fit(xs, ys, epochs=2, progress=boom)
+    assert t.stats()["steps"] == 3
