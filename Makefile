@@ -23,6 +23,7 @@ help:
 	@echo "make bench-push  push rate of a 500 KB model to the simulated board"
 	@echo "make plan        inference arena of every zoo model"
 	@echo "make bench-plan  training memory and backward MACs of every method on MobileNetV2 / MCUNet"
+	@echo "make bench       every method on an emulated Cortex-M7: instructions, peak SRAM (bench/RESULTS.md)"
 	@echo "make size        Cortex-M7 code size of the core (arm-none-eabi-gcc)"
 	@echo "make core-check  host -Werror build of the core and the no-allocator check (nm)"
 	@echo "make fuzz        the model-parser fuzz test under AddressSanitizer + UBSan"

@@ -28,10 +28,15 @@ static int32_t g_offset;     /* calibrated constant: raw count - true count */
 static uint32_t g_stack_base; /* stack bytes the harness itself uses below bench_measure */
 static int32_t g_resolution; /* +- this many instructions per measurement */
 
-static uint32_t raw_count(void (*fn)(const void *), const void *arg) {
+static uint64_t raw_count64(void (*fn)(const void *), const void *arg) {
     uint32_t t[3];
     bench_run_timed(fn, arg, t);
-    return (t[0] - t[1]) * INSNS_PER_TICK - 4u * t[2];
+    /* the 32-bit timer wraps after 2^32 ticks (about 1.7e11 instructions) */
+    return (uint64_t)(t[0] - t[1]) * INSNS_PER_TICK - 4u * (uint64_t)t[2];
+}
+
+static uint32_t raw_count(void (*fn)(const void *), const void *arg) {
+    return (uint32_t)raw_count64(fn, arg);
 }
 
 int bench_init(void) {
@@ -97,8 +102,9 @@ bench_result bench_measure(void (*fn)(const void *), const void *arg) {
     for (uint32_t *p = lim; p < end; p++) {
         *p = STACK_PAINT;
     }
-    uint32_t raw = raw_count(fn, arg);
-    r.instructions = raw - (uint32_t)g_offset;
+    uint64_t raw = raw_count64(fn, arg);
+    r.instructions64 = raw - (uint64_t)(int64_t)g_offset;
+    r.instructions = (uint32_t)r.instructions64;
     uint32_t *p = lim;
     while (p < end && *p == STACK_PAINT) {
         p++;

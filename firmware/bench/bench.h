@@ -35,7 +35,8 @@ typedef struct {
 } bench_suite;
 
 typedef struct {
-    uint32_t instructions;
+    uint32_t instructions;   /* the count modulo 2^32 (kernel cases stay far below) */
+    uint64_t instructions64; /* the full count (training steps and whole runs) */
     uint32_t stack_bytes;
 } bench_result;
 

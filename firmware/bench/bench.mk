@@ -59,7 +59,22 @@ $(BENCH_BUILD)/kernel_check_host: $(BENCH_DIR)/kernel_check.c $(BENCH_KERNEL_SRC
 	@mkdir -p $(dir $@)
 	$(BENCH_HOST_CC) $(BENCH_WARN) -O2 -I$(BENCH_CORE) -I$(BENCH_DIR) $(BENCH_DIR)/kernel_check.c $(BENCH_KERNEL_SRC) -o $@
 
-.PHONY: bench-build bench-kernels kernel-check bench-tools
+# The training bench: the whole core (model, planners, trainer, kernels, backward kernels) for the
+# M7 with the DSP paths, and bench_train.c; driven by tools/bench_train.py (make bench).
+BENCH_CORE_SRC := $(sort $(wildcard $(BENCH_CORE)/*.c) $(wildcard $(BENCH_CORE)/train/*.c))
+BENCH_CORE_HDR := $(BENCH_KERNEL_HDR) $(wildcard $(BENCH_CORE)/train/*.h)
+BENCH_OBJ_CORE := $(patsubst $(BENCH_CORE)/%.c,$(BENCH_BUILD)/core/%.o,$(BENCH_CORE_SRC))
+
+$(BENCH_BUILD)/core/%.o: $(BENCH_CORE)/%.c $(BENCH_CORE_HDR) $(BENCH_DIR)/bench.mk
+	@mkdir -p $(dir $@)
+	$(BENCH_ARM_CC) $(BENCH_CFLAGS) -c $< -o $@
+
+$(BENCH_BUILD)/bench_train.elf: $(BENCH_START) $(BENCH_DIR)/bench.c $(BENCH_DIR)/bench_train.c $(BENCH_HARNESS_HDR) $(BENCH_OBJ_CORE) $(BENCH_OBJ_DSP) $(BENCH_DIR)/link.ld
+	$(BENCH_ARM_CC) $(BENCH_CFLAGS) $(BENCH_LDFLAGS) $(BENCH_START) $(BENCH_DIR)/bench.c $(BENCH_DIR)/bench_train.c $(BENCH_OBJ_CORE) $(BENCH_OBJ_DSP) -lm -o $@
+
+.PHONY: bench-build bench-kernels kernel-check bench-tools bench-train-elf
+
+bench-train-elf: bench-tools $(BENCH_BUILD)/bench_train.elf
 
 bench-tools:
 	@command -v $(BENCH_ARM_CC) >/dev/null || { echo "error: $(BENCH_ARM_CC) not found (apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi)"; exit 1; }
@@ -81,3 +96,10 @@ kernel-check: bench-tools $(BENCH_BUILD)/kernel_check.elf $(BENCH_BUILD)/kernel_
 	  cmp -s $(BENCH_BUILD)/kernel_check.m7-portable.txt $(BENCH_BUILD)/kernel_check.host.txt && \
 	  { tail -n 1 $(BENCH_BUILD)/kernel_check.host.txt; echo "kernel-check: M7 DSP path, M7 portable path and host portable path agree"; } || \
 	  { diff $(BENCH_BUILD)/kernel_check.m7-dsp.txt $(BENCH_BUILD)/kernel_check.host.txt | head -20; echo "kernel-check: outputs differ"; exit 1; }
+
+# make bench: every method on MobileNetV2-w0.35@128, MCUNet@128 and the demo model under QEMU,
+# compared with the host build; writes bench/results.json, bench/RESULTS.md, bench/RESULTS.png.
+# BENCH_ARGS passes options to tinymp.bench (e.g. --models demo, --full-runs).
+.PHONY: bench
+bench: venv bench-tools $(BENCH_BUILD)/bench_train.elf
+	$(VPY) -m tinymp.bench --out bench $(BENCH_ARGS)

@@ -1,0 +1,440 @@
+"""`make bench` / `tinymp bench`: every method side by side on an emulated Cortex-M7.
+
+Runs firmware/bench/bench_train.c (built by `make bench-train-elf` into build/bench/) under QEMU's
+mps2-an500 with ``-icount shift=0`` once per (model, method): instructions of inference, of
+training steps and their phases, of steps that fill and use the frozen-prefix feature cache, of
+the selection pass and APU period ends, and of whole personalisation runs; arena high water, peak
+stack and flash. Every configuration is also run on the host build (the same core through the
+Python binding, the same samples, seeds and calls) and the two are compared: the high water must be
+equal and the trained logits equal to within float rounding. Writes ``results.json``,
+``RESULTS.md`` and ``RESULTS.png`` and prints the headline as its last line.
+
+Everything here is an **emulated instruction count**, not Cortex-M7 cycles; the cost model
+(tinymp.costmodel) turns them into an estimate and says so.
+
+Whole runs (N samples x E epochs): the demo model's run is executed in the emulator; for the
+128x128 models the run is composed from measured parts (``--full-runs`` executes them too, several
+minutes per method): N steps that fill the cache + N*(E-1) steps from the cache + E period ends,
+each part the mean of measured calls. tests/test_bench.py checks on the demo model that the
+composition equals the executed run to within 0.1 %.
+"""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from . import costmodel
+
+# Peak SRAM is the arena plus the stack: the planner's arena budget leaves 4 KiB of the 256 KiB for
+# the stack (the bench measures about 1.7 KB), so arena + stack stays within 256 KiB.
+SRAM_TARGET = 256 * 1024
+STACK_RESERVE = 4 * 1024
+BUDGET = SRAM_TARGET - STACK_RESERVE
+RUN_CLASSES, RUN_PER_CLASS, RUN_EPOCHS = 10, 10, 10
+LR, SEED = 0.002, 1
+# The M7 and host builds run the same calls; their trained logits may differ by a few int8 steps
+# after a long run: GCC contracts a*b+c into the M7's VFMA (one rounding instead of two) and
+# newlib's expf/logf differ from glibc's in the last bit, which now and then flips a
+# stochastic-rounding decision of an int8 update. Short runs agree exactly.
+LOGIT_TOLERANCE_LSB = 2.0
+
+MODELS = {
+    "mbv2": ("MobileNetV2-w0.35@128", "mobilenetv2", {"width": 0.35, "resolution": 128}),
+    "mcunet": ("MCUNet@128", "mcunet", {"resolution": 128, "config": "5fps"}),
+    "demo": ("demo (32x32 digits)", None, None),
+}
+
+
+class BenchError(Exception):
+    """A clear one-line reason the bench cannot run."""
+
+
+def repo_root():
+    here = os.path.dirname(os.path.abspath(__file__))
+    return os.path.dirname(os.path.dirname(here))
+
+
+def model_bytes(key):
+    from . import zoo
+    _, name, kw = MODELS[key]
+    return zoo.demo() if name is None else zoo.build(name, **kw)
+
+
+def make_samples(m, n, seed=0):
+    """n random int8 inputs with labels i % num_classes (the kernels' cost does not depend on the
+    values; the run only needs labels in range)."""
+    rng = np.random.default_rng(seed)
+    size = int(np.prod(m.input_shape))
+    xs = [rng.integers(-128, 128, size=size, dtype=np.int8).tobytes() for _ in range(n)]
+    ys = [i % m.num_classes for i in range(n)]
+    return xs, ys
+
+
+def _pointwise(m):
+    return [i for i, l in enumerate(m._layers()) if l["type"] == "pwconv"]
+
+
+def sparse_options(m, budget):
+    """SparseUpdate-style: the four late pointwise layers before the head at 1/4 of their
+    channels, plus 8 biases. Returns (options, budget): the given budget when the planner can fit
+    the set into it (shrinking its ratios), else no budget (the set's own size) -- the caller then
+    also runs tinymp at that size, so the two are compared at the same memory."""
+    pw = _pointwise(m)
+    layers = pw[-5:-1] if len(pw) > 4 else pw[:-1] or pw
+    opts = {"layers": layers, "ratios": [0.25] * len(layers), "n_bias": 8}
+    if budget is not None:
+        try:
+            m.plan(method="sparse", budget=budget, **opts)
+            return opts, budget
+        except ValueError:
+            pass
+    return opts, None
+
+
+def exact_twin_options(m, plan):
+    """Exact backprop (r = 1) over the same trained layers, channels and biases as `plan`."""
+    info = plan._layers()
+    lay = m._layers()
+    cls = max(plan.layers)
+    layers = [i for i in plan.layers if info[i]["w"] and i != cls]
+
+    def cin(i):
+        src = lay[i]["in0"]
+        shape = m.input_shape if src == 0 else lay[src - 1]["out_shape"]
+        return shape[2] if lay[i]["type"] != "fc" else shape[0] * shape[1] * shape[2]
+    ratios = [info[i]["k"] / cin(i) for i in layers]
+    n_bias = sum(1 for i in plan.layers if info[i]["b"] and i != cls)
+    return {"method": "sparse", "layers": layers, "ratios": ratios, "n_bias": n_bias, "r": 1}
+
+
+def configs(m, key, quick=False):
+    """(label, plan options, support count) of every configuration for model m."""
+    budget = BUDGET if key != "demo" else 16 * 1024
+    out = []
+    if quick:
+        return [("last", {"method": "last"}, 0),
+                ("tinymp r=4", {"method": "tinymp", "budget": budget}, 0)]
+    out.append(("full", {"method": "full"}, 0))
+    out.append(("last", {"method": "last"}, 0))
+    out.append(("bias", {"method": "bias"}, 0))
+    sopts, sbudget = sparse_options(m, budget)
+    if sbudget is not None:
+        out.append(("sparse", dict(method="sparse", budget=sbudget, **sopts), 0))
+    else:
+        sp = m.plan(method="sparse", **sopts)
+        out.append(("sparse", dict(method="sparse", **sopts), 0))
+        # sparse does not fit the budget: tinymp at sparse's own size, for the same-memory run
+        out.append(("tinymp r=4 @ sparse's size", {"method": "tinymp", "budget": sp.arena_bytes}, 0))
+    out.append(("tinytrain", {"method": "tinytrain", "budget": budget}, 8))
+    for r in (1, 2, 4):
+        out.append(("tinymp r=%d" % r, {"method": "tinymp", "budget": budget, "r": r}, 0))
+    p = m.plan(method="tinymp", budget=budget)
+    out.append(("exact (tinymp r=4's set)", exact_twin_options(m, p), 0))
+    return out
+
+
+def _args_for(opts):
+    a = []
+    for k, v in opts.items():
+        if isinstance(v, (list, tuple)):
+            v = ",".join(("%.6f" % x) if isinstance(x, float) else str(x) for x in v)
+        a.append("%s=%s" % (k, v))
+    return a
+
+
+def find_tools(root):
+    elf = os.path.join(root, "build", "bench", "bench_train.elf")
+    qemu = shutil.which(os.environ.get("BENCH_QEMU", "qemu-system-arm"))
+    if qemu is None:
+        raise BenchError("qemu-system-arm not found (apt-get install qemu-system-arm)")
+    if not os.path.exists(elf):
+        raise BenchError("%s is missing: run `make bench` (or `make bench-train-elf`) from the "
+                         "repository first" % os.path.relpath(elf))
+    return qemu, elf
+
+
+def run_m7(qemu, elf, model_path, samples_path, opts, support, steps, cached, run, timeout=3600):
+    args = ["model=" + model_path, "samples=" + samples_path, "steps=%d" % steps,
+            "cached=%d" % cached, "lr=%g" % LR, "seed=%d" % SEED] + _args_for(opts)
+    if support:
+        args.append("support=%d" % support)
+    if run:
+        args += ["run_samples=%d" % run[0], "run_epochs=%d" % run[1]]
+    argfile = samples_path + ".args"
+    with open(argfile, "w") as f:
+        f.write("\n".join(args) + "\n")
+    cmd = [qemu, "-M", "mps2-an500", "-nographic", "-monitor", "null", "-serial", "null",
+           "-semihosting", "-icount", "shift=0,sleep=off", "-kernel", elf, "-append", "@" + argfile]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    line = next((l for l in p.stdout.splitlines() if l.startswith('{"bench"')), None)
+    if p.returncode != 0 or line is None:
+        tail = (p.stdout + p.stderr).strip().splitlines()[-3:]
+        raise BenchError("the M7 bench failed for %s: %s" % (opts.get("method"), " | ".join(tail)))
+    return json.loads(line)
+
+
+def run_host(m, opts, support, xs, ys, steps, cached, run, apu):
+    """The same calls on the host build: returns high water and trained float logits."""
+    import tinymp
+    kw = dict(opts)
+    if support:
+        kw["support"] = (xs[:support], ys[:support])
+    plan = m.plan(**kw)
+    t = tinymp.Trainer(m, plan, lr=LR, seed=SEED)
+    t.logits(xs[0])
+    for i in range(steps):
+        t.step(xs[i % len(xs)], ys[i % len(ys)])
+    if plan.cache_bytes and cached:
+        for _ in range(2):  # fill steps then cached steps: the same updates as plain steps
+            for i in range(cached):
+                t.step(xs[i % len(xs)], ys[i % len(ys)])
+    if apu:
+        t.end_period()
+    if run:
+        t.reset()
+        t.fit(xs[:run[0]], ys[:run[0]], epochs=run[1])
+    logits = [np.frombuffer(t.logits(x).tobytes(), dtype=np.float32) for x in xs[:4]]
+    return {"high_water": t.high_water, "logits": logits, "arena_bytes": plan.arena_bytes}
+
+
+def compose_run(r, n, epochs):
+    """Instructions of a whole run from the measured parts (see the module docstring)."""
+    per_fill = r.get("fill_step", r["step"])["mean"]
+    per_cached = r.get("cached_step", r["step"])["mean"]
+    period = r.get("end_period", 0)
+    return n * per_fill + n * (epochs - 1) * per_cached + epochs * period
+
+
+def compare(r, host):
+    zp, scale = r["out_zero_point"], r["out_scale_e12"] / 1e12
+    worst = 0.0
+    for q, f in zip(r["logits"], host["logits"]):
+        m7 = (np.asarray(q, dtype=np.float64) - zp) * scale
+        worst = max(worst, float(np.max(np.abs(m7 - f))) / scale)
+    return {"high_water_equal": r["high_water"] == host["high_water"],
+            "host_high_water": host["high_water"], "logits_max_diff_lsb": round(worst, 3)}
+
+
+def bench_model(key, root, qemu, elf, workdir, quick=False, full_runs=False, progress=print):
+    import tinymp
+    title = MODELS[key][0]
+    data = model_bytes(key)
+    m = tinymp.Model(data)
+    n_run = RUN_CLASSES * RUN_PER_CLASS
+    xs, ys = make_samples(m, n_run)
+    if m.num_classes < RUN_CLASSES:
+        raise BenchError("%s has %d classes; the run needs %d" % (title, m.num_classes, RUN_CLASSES))
+    mpath = os.path.join(workdir, key + ".tmpm")
+    spath = os.path.join(workdir, key + ".samples")
+    with open(mpath, "wb") as f:
+        f.write(data)
+    with open(spath, "wb") as f:
+        for x, y in zip(xs, ys):
+            f.write(bytes([y]) + x)
+    rows = []
+    epochs = RUN_EPOCHS if not quick else 2
+    n = n_run if not quick else 10
+    for label, opts, support in configs(m, key, quick):
+        t0 = time.time()
+        execute = key == "demo" or full_runs
+        run = (n, epochs) if execute else None
+        r = run_m7(qemu, elf, mpath, spath, opts, support, steps=3, cached=3, run=run)
+        apu = "end_period" in r
+        host = run_host(m, opts, support, xs, ys, 3, 3, run, apu)
+        r.update(label=label, options={k: v for k, v in opts.items()}, support=support)
+        r["composed_run"] = compose_run(r, n, epochs)
+        r["run_samples"], r["run_epochs"] = n, epochs
+        r["run_instructions"] = r["run"]["instructions"] if "run" in r else r["composed_run"]
+        r["run_executed"] = "run" in r
+        r["host"] = compare(r, host)
+        r["peak_sram"] = r["high_water"] + r["stack_bytes"]
+        r["estimate"] = costmodel.estimate_step(r)
+        rows.append(r)
+        progress("  %-26s arena %9s B  step %13s instr  run %15s instr%s  (%.1fs)" % (
+            label, format(r["arena_bytes"], ","), format(r["step"]["mean"], ","),
+            format(r["run_instructions"], ","), "" if r["run_executed"] else " (composed)",
+            time.time() - t0))
+    return {"title": title, "key": key, "model_bytes": len(data), "configs": rows,
+            "run": {"samples": n, "epochs": epochs}}
+
+
+def core_flash(root):
+    """Bytes of the core's code and constants for the M7 (text + data of the bench objects)."""
+    size = shutil.which("arm-none-eabi-size")
+    objs = []
+    for base in ("core", "dsp"):
+        d = os.path.join(root, "build", "bench", base)
+        for dirpath, _, files in os.walk(d):
+            objs += [os.path.join(dirpath, f) for f in files if f.endswith(".o")]
+    if size is None or not objs:
+        return None
+    out = subprocess.run([size, "-t"] + sorted(objs), capture_output=True, text=True).stdout
+    last = out.strip().splitlines()[-1].split()
+    return int(last[0]) + int(last[1])
+
+
+def _by_label(res, label):
+    return next((c for c in res["configs"] if c["label"] == label), None)
+
+
+def headline(res):
+    tm = _by_label(res, "tinymp r=4")
+    ex = _by_label(res, "exact (tinymp r=4's set)")
+    sp = _by_label(res, "sparse")
+    if tm is None or ex is None or sp is None:
+        return None
+    # the run at the same memory: tinymp at sparse's size when sparse does not fit the budget
+    same = _by_label(res, "tinymp r=4 @ sparse's size") or tm
+    bwd = ex["step"]["phases"][1] / max(1, tm["step"]["phases"][1])
+    run = sp["run_instructions"] / max(1, same["run_instructions"])
+    kb = tm["peak_sram"] / 1024.0
+    return "%s: backward %.2fx fewer instructions than exact, run %.2fx fewer than sparse, " \
+           "peak SRAM %d KB (emulated)" % (res["title"], bwd, run, round(kb))
+
+
+def write_markdown(results, path, command):
+    L = []
+    L.append("# Training on an emulated Cortex-M7: every method side by side\n")
+    L.append("Produced by `%s` (%s). **Emulated instruction counts** (QEMU %s, mps2-an500, "
+             "`-icount shift=0`; %s), not cycles measured on a board; the time column is the cost "
+             "model's estimate (below).\n" % (command, results["meta"]["date"], results["meta"]["qemu"],
+                                              results["meta"]["gcc"]))
+    for res in results["models"]:
+        L.append("\n## %s (model %s bytes; runs: %d samples x %d epochs)\n" % (
+            res["title"], format(res["model_bytes"], ","), res["run"]["samples"], res["run"]["epochs"]))
+        L.append("| method | r | ratio | first | arena B | high water B | stack B | peak SRAM KB | "
+                 "inference | step | forward | backward | update | step from cache | run | est. step ms | host |")
+        L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        for c in res["configs"]:
+            ph = c["step"]["phases"]
+            cs = c.get("cached_step", {}).get("mean")
+            L.append("| %s | %d | 1/%d | %d | %s | %s | %s | %.0f | %s | %s | %s | %s | %s | %s | %s%s | %.1f | %s |" % (
+                c["label"], c["r"], round(1e6 / max(1, c["ratio_x1e6"])), c["first"],
+                format(c["arena_bytes"], ","), format(c["high_water"], ","), format(c["stack_bytes"], ","),
+                c["peak_sram"] / 1024.0, format(c["inference"], ","), format(c["step"]["mean"], ","),
+                format(ph[0], ","), format(ph[1], ","), format(ph[2], ","),
+                format(cs, ",") if cs else "-", format(c["run_instructions"], ","),
+                "" if c["run_executed"] else " *", c["estimate"]["step_ms"],
+                "same HW, logits ±%g LSB" % c["host"]["logits_max_diff_lsb"] if c["host"]["high_water_equal"]
+                else "HW differs (%d)" % c["host"]["host_high_water"]))
+        h = headline(res)
+        if h:
+            L.append("\n**%s**\n" % h)
+    L.append("\nColumns: instructions of one call (inference: the trainer's forward pass; step: forward "
+             "with saving, loss, backward, updates; the phase split comes from a 40-instruction timer "
+             "through the trainer's clock hook, so it is within ±40 per phase boundary); *step from "
+             "cache*: a step whose frozen prefix comes from the feature cache; *run*: a whole "
+             "personalisation run with `Trainer.fit` (the cache on), executed in the emulator or, "
+             "marked \\*, composed from the measured fill steps, cached steps and period ends. Peak "
+             "SRAM = arena high water + peak stack. *host*: the same calls on the host build: equal "
+             "high water and trained logits within the stated int8 steps.\n")
+    L.append("\n%s\n" % costmodel.DESCRIPTION)
+    L.append("\nFlash: core code and constants %s bytes (M7, -O2, every kernel and the trainer); the "
+             "model's bytes are listed per model.\n" % (format(results["meta"]["core_flash"], ",")
+                                                        if results["meta"]["core_flash"] else "?"))
+    with open(path, "w") as f:
+        f.write("\n".join(L))
+
+
+def write_png(results, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, axes = plt.subplots(1, len(results["models"]), figsize=(6 * len(results["models"]), 4.5),
+                             squeeze=False)
+    for ax, res in zip(axes[0], results["models"]):
+        for c in res["configs"]:
+            ax.scatter(c["peak_sram"] / 1024.0, c["run_instructions"] / 1e9)
+            ax.annotate(c["label"], (c["peak_sram"] / 1024.0, c["run_instructions"] / 1e9), fontsize=7)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("peak SRAM, KB (emulated)")
+        ax.set_ylabel("whole run, 10^9 instructions (emulated)")
+        ax.set_title(res["title"])
+        ax.axvline(256, color="grey", lw=0.5, ls="--")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _versions(qemu):
+    q = subprocess.run([qemu, "--version"], capture_output=True, text=True).stdout.splitlines()
+    g = shutil.which("arm-none-eabi-gcc")
+    gv = subprocess.run([g, "-dumpversion"], capture_output=True, text=True).stdout.strip() if g else "?"
+    return (q[0].replace("QEMU emulator version ", "") if q else "?"), "arm-none-eabi-gcc %s -O2" % gv
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="tinymp bench", description=(
+        "every method on an emulated Cortex-M7 (QEMU mps2-an500): instructions, peak SRAM, stack, "
+        "flash; build first with `make bench-train-elf` (make bench does both)"))
+    ap.add_argument("--models", default="mbv2,mcunet,demo",
+                    help="comma-separated: mbv2, mcunet, demo (default: all three)")
+    ap.add_argument("--out", default="bench", help="output directory (default: bench)")
+    ap.add_argument("--quick", action="store_true", help="two methods, short runs (the test suite's)")
+    ap.add_argument("--full-runs", action="store_true",
+                    help="execute every whole run in the emulator instead of composing the 128x128 ones")
+    ap.add_argument("--json", action="store_true", help="print results.json to stdout as well")
+    a = ap.parse_args(argv)
+    keys = [k.strip() for k in a.models.split(",") if k.strip()]
+    bad = [k for k in keys if k not in MODELS]
+    if bad or not keys:
+        print("tinymp bench: unknown model %s (choose from %s)" % (",".join(bad) or "''", ", ".join(MODELS)),
+              file=sys.stderr)
+        return 2
+    root = repo_root()
+    try:
+        qemu, elf = find_tools(root)
+        qv, gv = _versions(qemu)
+        results = {"meta": {"date": time.strftime("%Y-%m-%d"), "qemu": qv, "gcc": gv,
+                            "method": "QEMU -icount shift=0, CMSDK timer0 (1 tick = 40 instructions), "
+                                      "edge-synchronised; emulated instruction counts",
+                            "budget": BUDGET, "lr": LR, "seed": SEED,
+                            "cost_model": costmodel.ASSUMPTIONS, "core_flash": core_flash(root)},
+                   "models": []}
+        with tempfile.TemporaryDirectory() as wd:
+            for k in keys:
+                print("== %s" % MODELS[k][0], flush=True)
+                results["models"].append(bench_model(k, root, qemu, elf, wd, quick=a.quick,
+                                                     full_runs=a.full_runs))
+    except (BenchError, subprocess.TimeoutExpired, OSError) as e:
+        print("tinymp bench: %s" % e, file=sys.stderr)
+        return 1
+    os.makedirs(a.out, exist_ok=True)
+    from ._files import atomic_write
+    atomic_write(os.path.join(a.out, "results.json"), (json.dumps(results, indent=1) + "\n").encode())
+    cmd = "tinymp bench" + ("" if a.models == "mbv2,mcunet,demo" else " --models " + a.models) + \
+        (" --quick" if a.quick else "") + (" --full-runs" if a.full_runs else "")
+    write_markdown(results, os.path.join(a.out, "RESULTS.md"), cmd)
+    png = write_png(results, os.path.join(a.out, "RESULTS.png"))
+    bad_host = [(r["title"], c["label"]) for r in results["models"] for c in r["configs"]
+                if not c["host"]["high_water_equal"] or c["host"]["logits_max_diff_lsb"] > LOGIT_TOLERANCE_LSB]
+    print("wrote %s/results.json, %s/RESULTS.md%s" % (a.out, a.out, ", %s" % png if png else
+                                                     " (no PNG: pip install matplotlib)"))
+    if a.json:
+        print(json.dumps(results))
+    if bad_host:
+        print("tinymp bench: the M7 and host builds disagree on %s" % bad_host, file=sys.stderr)
+        return 1
+    for res in results["models"]:
+        h = headline(res)
+        if h and res["key"] != "mbv2":
+            print(h)
+    mb = next((r for r in results["models"] if r["key"] == "mbv2"), None)
+    if mb is not None and headline(mb):
+        print(headline(mb))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
