@@ -1,5 +1,6 @@
 """Board profiles: `boards/<NAME>/profile.json` (SRAM and arena budget, flash for models, clock,
-camera, ROMFS). The simulated board enforces the chosen profile's budgets.
+camera, ROMFS). The simulated board enforces the chosen profile's budgets and simulates its ROMFS
+segment.
 
 A normal install carries them as package data, `tinymp/board_profiles/<NAME>/profile.json` (copied
 there by setup.py); an editable install reads the repository's `boards/` folder beside `host/`.
@@ -15,6 +16,12 @@ KEYS = {
     "arena_budget_bytes": int, "flash_bytes": int, "model_flash_bytes": int, "romfs": bool,
     "camera": bool, "notes": str,
 }
+
+# Optional keys and their defaults (from the profile): the size of the ROMFS segment the session
+# agent writes models into (default: the model flash, when the board has ROMFS), and whether the
+# agent can write it through `vfs.rom_ioctl` (MicroPython's stm32 port can; esp32's segment is a
+# partition object the agent does not write).
+OPTIONAL = {"romfs_bytes": int, "romfs_write": bool}
 
 
 class ProfileError(ValueError):
@@ -69,4 +76,20 @@ def load(name):
             raise ProfileError(f"tinymp: board profile {path}: '{key}' must be >= 0")
     if prof["name"] != name:
         raise ProfileError(f"tinymp: board profile {path} names itself {prof['name']!r}")
+    for key, kind in OPTIONAL.items():
+        v = prof.get(key)
+        if v is not None and (not isinstance(v, kind) or (kind is int and isinstance(v, bool))):
+            raise ProfileError(f"tinymp: board profile {path}: '{key}' must be {kind.__name__}")
+    romfs = prof["romfs"]
+    prof.setdefault("romfs_bytes", prof["model_flash_bytes"] if romfs else 0)
+    prof.setdefault("romfs_write", romfs)
+    if romfs and prof["romfs_bytes"] < 1:
+        raise ProfileError(f"tinymp: board profile {path}: 'romfs_bytes' must be > 0 when "
+                           "'romfs' is true")
+    if not romfs and (prof["romfs_bytes"] or prof["romfs_write"]):
+        raise ProfileError(f"tinymp: board profile {path}: 'romfs_bytes' and 'romfs_write' need "
+                           "'romfs': true")
+    if prof["flash_bytes"] and prof["romfs_bytes"] > prof["flash_bytes"]:
+        raise ProfileError(f"tinymp: board profile {path}: 'romfs_bytes' is larger than "
+                           "'flash_bytes'")
     return prof

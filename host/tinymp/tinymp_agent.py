@@ -18,7 +18,8 @@
 #
 # Values: N None, T True, F False, i int64, f float64, s str, b bytes (u32 length), l list and
 # d dict (u32 count). Only the modules sys, struct, os, time, gc, micropython, hashlib, binascii,
-# tinymp and (on a camera) sensor are used; each except struct, sys and os is optional.
+# tinymp, tinymp_romfs (ROMFS writes) and (on a camera) sensor are used; each except struct, sys
+# and os is optional.
 
 import os
 import struct
@@ -53,6 +54,7 @@ T_BYE = 0x02
 T_PUSH_BEGIN = 0x10
 T_PUSH_DATA = 0x11
 T_PUSH_COMMIT = 0x12
+T_PUSH_ROMFS = 0x13
 T_SAMPLES_STATUS = 0x20
 T_SAMPLES_PUT = 0x21
 T_CAPTURE = 0x22
@@ -380,6 +382,33 @@ def _sha256_file(path):
     return h.digest()
 
 
+def _free_bytes(path):
+    """Free bytes of the filesystem holding `path`, or None when the port cannot say."""
+    statvfs = getattr(os, "statvfs", None)
+    if statvfs is None:
+        return None
+    try:
+        st = statvfs(path)
+        return st[1] * st[4]  # fragment size x blocks available
+    except (OSError, IndexError, TypeError):
+        return None
+
+
+def _romfs_module():
+    """tinymp_romfs (ROMFS writes): frozen beside this module on the board, in the PC package
+    for the simulated board; None where it is absent (an agent pasted through the raw REPL)."""
+    try:
+        import tinymp_romfs
+        return tinymp_romfs
+    except ImportError:
+        pass
+    try:
+        from tinymp import tinymp_romfs
+        return tinymp_romfs
+    except ImportError:
+        return None
+
+
 def _mem_free():
     if gc is not None and hasattr(gc, "mem_free"):
         gc.collect()
@@ -508,6 +537,7 @@ class Agent:
             pass
         self.store = Store(self._p("samples.bin"))
         self.model = None        # tinymp.Model of the committed model (loaded on demand)
+        self.model_from = None   # where self.model reads its bytes: "romfs" or "filesystem"
         self.model_data = None
         self.model_sha = None
         self.trainer = None
@@ -527,6 +557,10 @@ class Agent:
         self.storage = self._probe_storage()
         if self.storage:
             self._recover()
+        self.rom = None          # tinymp_romfs.Store: the board's ROMFS segment, when writable
+        romfs = _romfs_module() if self.storage else None
+        if romfs is not None:
+            self.rom = romfs.open_store(self.board, self._p("romfs.rec"))
 
     # --- files
     def _default_root(self):
@@ -574,10 +608,21 @@ class Agent:
             path = self._p("model.tmpm")
             if not _exists(path):
                 raise Fail("no_model", "no model on the board: push one first")
-            try:
-                self.model = self.tinymp.Model(path)
-            except (ValueError, OSError) as e:
-                raise Fail("bad_model", "the model on the board does not load: %s" % e)
+            # the committed model is the file; ROMFS serves it in place when it holds a copy
+            # whose bytes were read back and match the file's SHA-256
+            rom = self.rom.copy(self._model_sha()) if self.rom is not None else None
+            if rom is not None:
+                try:
+                    self.model = self.tinymp.Model(rom)
+                    self.model_from = "romfs"
+                except (ValueError, OSError):
+                    self.model = None
+            if self.model is None:
+                try:
+                    self.model = self.tinymp.Model(path)
+                    self.model_from = "filesystem"
+                except (ValueError, OSError) as e:
+                    raise Fail("bad_model", "the model on the board does not load: %s" % e)
         return self.model
 
     def _model_sha(self):
@@ -597,6 +642,24 @@ class Agent:
             b = max(0, free - 32768) if free is not None else None
         return b
 
+    # --- ROMFS: the committed model's copy in the board's ROMFS segment (tinymp_romfs)
+    def _romfs_present(self):
+        romfs = self.rom is not None or self.board.get("romfs")
+        return _exists("/rom") if romfs is None else bool(romfs)
+
+    def _romfs_commit(self, sha, size):
+        """After the filesystem commit: the copy in ROMFS, which may fail on its own (the
+        reply's warning) and then leaves the filesystem serving the model."""
+        if self.rom is None:  # none, or one the agent cannot map or reach
+            present = self._romfs_present()
+            return {"present": present, "written": False, "in_place": False,
+                    "state": "unwritable" if present else "absent", "warning": None,
+                    "image_bytes": None, "segment_bytes": None}
+        self.model = self.trainer = self.train = None  # nothing may read the segment meanwhile
+        if gc is not None:
+            gc.collect()
+        return self.rom.commit(sha, size, self._p("model.tmpm"))
+
     # --- requests
     def do_info(self, req):
         model = None
@@ -608,7 +671,8 @@ class Agent:
                          "input_shape": [h, w, c], "num_classes": m.num_classes,
                          "class_names": m.class_names, "input_scale": m.input_scale,
                          "input_zero_point": m.input_zero_point,
-                         "inference_arena_bytes": m.inference_arena_bytes}
+                         "inference_arena_bytes": m.inference_arena_bytes,
+                         "served_from": self.model_from}
             except Fail as e:
                 model = {"bytes": _size(self._p("model.tmpm")), "error": e.args[1]}
         impl = sys.implementation
@@ -620,9 +684,10 @@ class Agent:
             except Exception:
                 pass
         b = self.board
-        romfs = b.get("romfs")
-        if romfs is None:
-            romfs = _exists("/rom")
+        rom_state = None
+        if self.rom is not None:
+            rom_state = self.rom.state(_size(self._p("model.tmpm")),
+                                       self.model is not None and self.model_from == "romfs")
         params = self._read_opt()
         return {
             "agent": AGENT_VERSION, "protocol": PROTOCOL,
@@ -637,7 +702,8 @@ class Agent:
             "mem_total": b.get("mem_total"),
             "arena_budget": self._budget(),
             "model_flash": b.get("model_flash"),
-            "romfs": romfs,
+            "romfs": self._romfs_present(),
+            "romfs_state": rom_state,
             "camera": self._has_camera(),
             "clock": b.get("clock", "board"),
             "crc": "binascii" if crc32 is not _crc32_bitwise else "bitwise",
@@ -684,6 +750,11 @@ class Agent:
             with open(part, "wb") as f:
                 _sync(f)
             have = 0
+        free = _free_bytes(self.root)
+        if free is not None and size - have > free:
+            raise Fail("no_space", "the model (%d bytes) needs %d more bytes on the board's "
+                       "filesystem, which has %d free (a model is committed there first, even "
+                       "on a board with ROMFS)" % (size, size - have, free))
         self.push = {"size": size, "sha": sha, "part": part, "offset": have}
         return {"offset": have, "resumed": have > 0}
 
@@ -742,7 +813,21 @@ class Agent:
         # personalised parameters belong to the previous model
         for name in ("params.bin", "params.prev", "params.opt", "train.rep"):
             _remove(self._p(name))
-        return {"sha256": self.model_sha, "bytes": p["size"]}
+        # the model is committed; a copy in ROMFS is an addition that may fail on its own
+        rom = self._romfs_commit(p["sha"], p["size"])
+        return {"sha256": self.model_sha, "bytes": p["size"], "romfs": rom}
+
+    def do_push_romfs(self, req):
+        """Write the committed model into ROMFS (PUSH_COMMIT does; this finishes one that a
+        reset or a failure cut short). The reply is PUSH_COMMIT's "romfs"."""
+        self._need_storage()
+        size = _size(self._p("model.tmpm"))
+        if size < 0:
+            raise Fail("no_model", "no model on the board: push one first")
+        sha = self._model_sha()
+        if sha is None:
+            raise Fail("no_sha256", "this firmware has no hashlib.sha256")
+        return self._romfs_commit(sha, size)
 
     # samples
     def do_samples_status(self, req):
@@ -1150,7 +1235,7 @@ class Agent:
     HANDLERS = {
         T_INFO: "do_info", T_BYE: "do_bye",
         T_PUSH_BEGIN: "do_push_begin", T_PUSH_DATA: "do_push_data",
-        T_PUSH_COMMIT: "do_push_commit",
+        T_PUSH_COMMIT: "do_push_commit", T_PUSH_ROMFS: "do_push_romfs",
         T_SAMPLES_STATUS: "do_samples_status", T_SAMPLES_PUT: "do_samples_put",
         T_CAPTURE: "do_capture", T_CAPTURE_KEEP: "do_capture_keep",
         T_SAMPLES_CLEAR: "do_samples_clear",

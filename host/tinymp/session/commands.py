@@ -174,12 +174,13 @@ def check_fits(board, data, m):
 
 
 def push(board, data, show=True, chunk=None):
-    """Send a model and commit it. Returns {sha256, bytes, seconds, resumed_from, skipped}."""
+    """Send a model and commit it. Returns {sha256, bytes, seconds, resumed_from, skipped,
+    romfs}; `romfs` says whether the board also holds it in ROMFS (romfs_text)."""
     sha = hashlib.sha256(data).hexdigest()
     cur = (board.info.get("model") or {}).get("sha256")
     if cur == sha:
         return {"sha256": sha, "bytes": len(data), "seconds": 0.0, "resumed_from": None,
-                "skipped": True}
+                "skipped": True, "romfs": finish_romfs(board)}
     maxp = board.link.max_payload or 4096
     chunk = chunk or max(256, min(maxp - 64, 32768))
     t0 = time.perf_counter()
@@ -187,7 +188,7 @@ def push(board, data, show=True, chunk=None):
         rep = board.request(P.PUSH_BEGIN, {"size": len(data), "sha256": sha})
     except BoardError as e:
         raise SessionError(f"tinymp: the board refused the model: {e.msg}",
-                           2 if e.code == "too_big" else 1) from None
+                           2 if e.code in ("too_big", "no_space") else 1) from None
     off = rep["offset"]
     start = off
     bar = progress(len(data), "push", "B", show, unit_scale=True)
@@ -208,7 +209,59 @@ def push(board, data, show=True, chunk=None):
     dt = time.perf_counter() - t0
     refresh_info(board)
     return {"sha256": rep["sha256"], "bytes": rep["bytes"], "seconds": dt,
-            "resumed_from": start or None, "skipped": False}
+            "resumed_from": start or None, "skipped": False, "romfs": rep.get("romfs")}
+
+
+# what INFO's romfs_state "state" means, when the model is not in ROMFS
+ROMFS_STATES = {
+    "absent": "not present",
+    "unwritable": "present, not writable by the agent on this board",
+    "empty": "not written yet; run push again",
+    "stale": "holds an earlier model; run push again",
+    "interrupted": "a write was cut short; run push again",
+    "failed": "the last write failed; run push again",
+    "too_big": "the model does not fit the ROMFS segment",
+    "foreign": "the segment holds other files, left as they are",
+}
+
+
+def finish_romfs(board):
+    """For a model the board already has: the ROMFS part of a push. When the board says an
+    earlier ROMFS write was cut short (or never ran), write it now (PUSH_ROMFS)."""
+    st = board.info.get("romfs_state")
+    if st is None:
+        return {"present": bool(board.info.get("romfs")), "in_place": False,
+                "state": "unwritable" if board.info.get("romfs") else "absent", "warning": None}
+    if st.get("retry"):
+        try:
+            rep = board.request(P.PUSH_ROMFS, timeout=slow_timeout(board))
+        except BoardError as e:
+            raise SessionError(f"tinymp: the board did not write the model into ROMFS: {e.msg}")
+        refresh_info(board)
+        return rep
+    return {"present": True, "in_place": bool(st.get("serving")), "state": st.get("state"),
+            "warning": st.get("note"), "segment_bytes": st.get("bytes")}
+
+
+def romfs_text(r):
+    """One clause: where the committed model is used from, ROMFS (in place) or the filesystem,
+    and why not ROMFS."""
+    if not r or not r.get("present"):
+        return "committed to the filesystem (ROMFS: not present)"
+    if r.get("in_place"):
+        return "committed to ROMFS (in place)"
+    if r.get("warning"):
+        return f"committed to the filesystem (warning: {r['warning']})"
+    why = ROMFS_STATES.get(r.get("state"), r.get("state") or "not used")
+    return f"committed to the filesystem (ROMFS: {why})"
+
+
+def romfs_board_text(info):
+    """The board's ROMFS in a few words, for the board line."""
+    st = info.get("romfs_state")
+    if st:
+        return f"ROMFS {st['bytes']:,} B"
+    return "ROMFS (not writable by the agent)" if info.get("romfs") else "no ROMFS"
 
 
 def push_link_error(e, board_name="the board"):
@@ -387,10 +440,11 @@ def train(board, ds, options, steps=None, epochs=None, save=True, show=True, ses
 def _board_summary(board):
     i = board.info
     keys = ("board", "simulated", "implementation", "firmware", "tinymp", "clock", "arena_budget",
-            "mem_free", "mem_total", "model_flash", "romfs", "camera")
+            "mem_free", "mem_total", "model_flash", "romfs", "romfs_state", "camera")
     out = {k: i.get(k) for k in keys}
     m = i.get("model") or {}
     out["model_bytes"] = m.get("bytes")
+    out["model_served_from"] = m.get("served_from")
     out["model_sha256"] = m.get("sha256")
     out["inference_arena_bytes"] = m.get("inference_arena_bytes")
     return out

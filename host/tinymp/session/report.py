@@ -97,9 +97,11 @@ def format_text(rep):
     sim = rep.get("simulated")
     lines.append(f"board      {b.get('board', '?')}" + (f"  ({SIM_NOTE})" if sim else ""))
     if m:
-        lines.append(f"model      {m.get('name', '?')}: {summary.kib(m.get('bytes') or 0)} of flash, "
-                     f"inference arena {_num(m.get('inference_arena_bytes'))} bytes, sha256 "
-                     f"{(m.get('sha256') or '')[:12]}")
+        src = {"romfs": ", in ROMFS (used in place)",
+               "filesystem": ", on the filesystem (read into RAM)"}.get(m.get("served_from"), "")
+        lines.append(f"model      {m.get('name', '?')}: {summary.kib(m.get('bytes') or 0)} of "
+                     f"flash{src}, inference arena {_num(m.get('inference_arena_bytes'))} bytes, "
+                     f"sha256 {(m.get('sha256') or '')[:12]}")
     ab, aa = rep.get("accuracy_before"), rep.get("accuracy_after")
     if ab or aa:
         src = (aa or ab).get("source")
@@ -128,7 +130,11 @@ def format_text(rep):
         rows.append(["arena high water (touched)", _num(hw), share])
         if m:
             rows.append(["inference arena", _num(m.get("inference_arena_bytes")), ""])
-            rows.append(["model flash", _num(m.get("bytes")), "weights read in place"])
+            if m.get("served_from") == "filesystem":
+                rows.append(["model (in RAM)", _num(m.get("bytes")),
+                             "read from the filesystem: no ROMFS copy"])
+            else:
+                rows.append(["model flash", _num(m.get("bytes")), "weights read in place"])
         if t.get("heap_before") is not None:
             note = "simulated: the profile's budget" if sim else "gc.mem_free()"
             rows.append(["heap free before / after Trainer",

@@ -113,13 +113,14 @@ def cmd_push(args):
     if args.json:
         _emit(args, res)
     elif res["skipped"]:
-        print(f"{args.model} is already the model on {res['board']} (sha256 {res['sha256'][:12]})")
+        print(f"{args.model} is already the model on {res['board']} (sha256 "
+              f"{res['sha256'][:12]}), {C.romfs_text(res['romfs'])}")
     else:
         rate = res["bytes"] / res["seconds"] / 1024 if res["seconds"] > 0 else float("inf")
         resumed = f", resumed at byte {res['resumed_from']:,}" if res["resumed_from"] else ""
         print(f"pushed {args.model} ({summary.kib(res['bytes'])}) to {res['board']} in "
               f"{res['seconds']:.2f} s ({rate:.0f} KB/s{resumed}); sha256 {res['sha256'][:12]}, "
-              "committed")
+              f"{C.romfs_text(res['romfs'])}")
     return 0
 
 
@@ -379,8 +380,8 @@ def run_session(cfg, args, out=print):
         i = board.info
         out(f"board      {name}: {i['implementation']} {i['firmware']}, tinymp {i['tinymp']}, "
             f"arena budget {report._num(i.get('arena_budget'))} B, model flash "
-            f"{report._num(i.get('model_flash'))} B, camera {'yes' if i.get('camera') else 'no'}"
-            + (" [simulated]" if board.simulated else ""))
+            f"{report._num(i.get('model_flash'))} B, {C.romfs_board_text(i)}, camera "
+            f"{'yes' if i.get('camera') else 'no'}" + (" [simulated]" if board.simulated else ""))
         C.check_fits(board, data, m)
         try:
             res = C.push(board, data, show=show)
@@ -388,8 +389,9 @@ def run_session(cfg, args, out=print):
             raise C.push_link_error(e, name) from None
         rate = res["bytes"] / res["seconds"] / 1024 if res["seconds"] else 0
         out(f"push       {os.path.basename(cfg['model'])}: {res['bytes']:,} bytes"
-            + (" (already on the board)" if res["skipped"] else
-               f" in {res['seconds']:.2f} s ({rate:.0f} KB/s), SHA-256 checked, committed"))
+            + (" (already on the board), " if res["skipped"] else
+               f" in {res['seconds']:.2f} s ({rate:.0f} KB/s), SHA-256 checked, ")
+            + C.romfs_text(res["romfs"]))
         info = C.refresh_info(board)
         meta = dict(info["model"])
         meta["name"] = os.path.basename(cfg["model"])

@@ -7,13 +7,20 @@ profile's model flash is refused, and the inference arena and every training pla
 profile's arena budget. Its "flash" is a folder (`<sim_dir>/flash`) that outlives the process, as
 a board's flash outlives a reset; its times are host CPU times and are labelled so.
 
+A profile with ROMFS gets a ROMFS segment of `romfs_bytes`: the file `<sim_dir>/romfs0.bin`,
+memory-mapped (so the agent uses a model in it in place, and it outlives the process), written
+through a stand-in for the stm32 port's `vfs.rom_ioctl` (simromfs.py; read-only when the profile
+says `romfs_write: false`).
+
 When the profile has a camera, the process gets a simulated `sensor` module whose snapshots are
 images of a "scene" (an .npz of uint8 images `x` [N, H, W] and labels `y`), shown 3x enlarged; the
 PC side says which label is in front of the camera (`SimBoard.show`), as a person would hold up
 an object of the class being collected.
 
     python -m tinymp.session.simboard --profile OPENMV_H7 --dir DIR [--scene S.npz] [--faults JSON]
-runs the board on its standard input and output (the PC side starts it on a pty).
+runs the board on its standard input and output (the PC side starts it on a pty). --faults holds
+FaultyWriter's arguments and "romfs_crash": [op, n, how] (simromfs.Stm32Romfs: the process kills
+itself at that flash operation, as a board reset there).
 """
 import argparse
 import json
@@ -43,6 +50,11 @@ class SimBoard:
         self.proc = None
         self.slave = None
         self.log = None
+
+    @property
+    def romfs_path(self):
+        """The file holding the simulated ROMFS segment (when the profile has ROMFS)."""
+        return romfs_file(self.dir)
 
     def start(self):
         """Spawn the board on a new pseudo-terminal; return the path of the PC's end."""
@@ -219,6 +231,38 @@ class FaultyWriter:
         self.out.flush()
 
 
+def romfs_file(sim_dir, segment=0):
+    return os.path.join(sim_dir, f"romfs{segment}.bin")
+
+
+def romfs_memory(path, size):
+    """The simulated ROMFS segment: `size` bytes of the file at `path` (created erased, 0xFF),
+    memory-mapped, so what the agent writes outlives the process as flash outlives a reset."""
+    import mmap
+    if not os.path.exists(path) or os.path.getsize(path) != size:
+        tmp = path + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(b"\xff" * size)
+        os.replace(tmp, path)
+    with open(path, "r+b") as f:
+        return mmap.mmap(f.fileno(), size)  # the mapping keeps its own handle
+
+
+def sim_romfs(profile, sim_dir, crash=None):
+    """The stand-in for vfs.rom_ioctl of a profile with ROMFS (None without)."""
+    from .simromfs import Stm32Romfs
+    if not profile["romfs"]:
+        return None
+    mem = romfs_memory(romfs_file(sim_dir), profile["romfs_bytes"])
+
+    def reset():  # a board reset in the middle of a flash operation
+        sys.stderr.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    return Stm32Romfs(mem, writable=profile["romfs_write"],
+                      crash=tuple(crash) if crash else None, on_crash=reset)
+
+
 def board_config(profile):
     p = profile
     return {
@@ -250,11 +294,16 @@ def run(argv=None):
 
     inp = os.fdopen(0, "rb", buffering=0)
     out = os.fdopen(1, "wb")
-    if args.faults:
-        out = FaultyWriter(out, **json.loads(args.faults))
+    faults = json.loads(args.faults) if args.faults else {}
+    crash = faults.pop("romfs_crash", None)
+    if faults:
+        out = FaultyWriter(out, **faults)
     root = os.path.join(args.dir, "flash")
     os.makedirs(root, exist_ok=True)
     cfg = board_config(profile)
+    rom = sim_romfs(profile, args.dir, crash)
+    if rom is not None:
+        cfg["rom_ioctl"] = rom.rom_ioctl
     print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} simulated board {profile['name']} up, flash {root}",
           file=sys.stderr, flush=True)
     tinymp_agent.main(inp, out, root=root, board=cfg)
