@@ -69,6 +69,12 @@ plan: venv
 bench-plan: venv
 	$(VPY) tools/bench_plan.py
 
+# The personalisation-accuracy harness (issue 6, docs/EXPERIMENT.md): every training method on
+# shifted and new-class digits, about 11 min of a 2-core machine; writes experiments/RESULTS.md
+.PHONY: experiment
+experiment: venv
+	$(VPY) -m tinymp.cli experiment --out experiments --notes experiments/READING.md
+
 CORE_HDR := $(wildcard $(CORE)/*.h $(CORE)/*/*.h)
 
 $(BUILD)/m7/%.o: $(CORE)/%.c $(CORE_HDR)

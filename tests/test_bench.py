@@ -97,3 +97,12 @@ def test_bad_arguments_fail_cleanly(tmp_path):
                        capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert p.returncode == 2 and "unknown model nosuch" in p.stderr
     assert not os.listdir(tmp_path)
+
+
+def test_tinymp_command_runs_the_bench(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "tinymp.cli", "bench", "--models", "nosuch", "--out",
+                        str(tmp_path)], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert p.returncode == 2 and "unknown model nosuch" in p.stderr
+    h = subprocess.run([sys.executable, "-m", "tinymp.cli", "bench", "--help"], capture_output=True,
+                       text=True, timeout=60, cwd=ROOT)
+    assert h.returncode == 0 and "--full-runs" in h.stdout

@@ -12,6 +12,14 @@
     tinymp convert SOURCE -o OUT.tmpm [--calib X.npy] [--layout NCHW|NHWC] [--classes a,b,...]
                                                an int8 .tflite or an .onnx model to .tmpm
                                                (PyTorch modules: tinymp.convert.convert in Python)
+    tinymp experiment [--quick] [--out DIR] [--seeds N] [--shots 5,10,20] [--tasks ...]
+                      [--methods ...] [--epochs E] [--lr X] [--jobs J] [--notes FILE] [--json]
+                                               the personalisation-accuracy harness: every
+                                               training method of the engine on shifted and
+                                               new-class digit tasks (docs/EXPERIMENT.md)
+    tinymp bench [--models mbv2,mcunet,demo] [--quick] [--out DIR] [--full-runs]
+                                               every method on an emulated Cortex-M7
+                                               (make bench builds the program first)
 
 The personalisation session (docs/SESSION.md; the work is in tinymp.session):
 
@@ -258,6 +266,129 @@ def cmd_convert(args):
     return 0
 
 
+def _csv(text, what, conv=str):
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise UserError(f"tinymp: --{what} needs a comma-separated list")
+    try:
+        return [conv(t) for t in items]
+    except ValueError:
+        raise UserError(f"tinymp: --{what}: {text!r} is not a list of whole numbers") from None
+
+
+def _experiment_command(args):
+    """The canonical command line of an experiment run (recorded in RESULTS.md)."""
+    parts = ["tinymp", "experiment"]
+    if args.quick:
+        parts.append("--quick")
+    for opt in ("out", "seeds", "shots", "tasks", "methods", "epochs", "lr", "jobs", "notes"):
+        v = getattr(args, opt)
+        if v is not None:
+            parts += [f"--{opt}", str(v)]
+    return " ".join(parts)
+
+
+def cmd_experiment(args):
+    from . import experiment as ex
+    if args.list:
+        print("tasks:")
+        for t in ex.TASKS:
+            print(f"  {t.name:12s} {t.model:11s} {t.spec:26s} {t.text}")
+        print("methods:")
+        for m in ex.METHODS:
+            print(f"  {m.name:14s} {m.text}")
+        return 0
+    q = ex.QUICK if args.quick else {}
+    tasks = _csv(args.tasks, "tasks") if args.tasks is not None else q.get("tasks", ex.TASK_NAMES)
+    methods = _csv(args.methods, "methods") if args.methods is not None else q.get("methods", ex.METHOD_NAMES)
+    shots = _csv(args.shots, "shots", int) if args.shots is not None else q.get("shots", list(ex.SHOTS))
+    seeds = args.seeds if args.seeds is not None else q.get("seeds", ex.SEEDS)
+    epochs = args.epochs if args.epochs is not None else q.get("epochs", ex.EPOCHS)
+    lr = args.lr if args.lr is not None else q.get("lr")
+    jobs = args.jobs if args.jobs is not None else (1 if args.quick else min(4, os.cpu_count() or 1))
+    try:
+        for t in tasks:
+            ex.task_by_name(t)
+        for m in methods:
+            ex.method_by_name(m)
+    except ex.ExperimentError as e:
+        raise UserError(str(e)) from None
+    if len(set(tasks)) != len(tasks) or len(set(methods)) != len(methods) or len(set(shots)) != len(shots):
+        raise UserError("tinymp: --tasks, --methods and --shots must not repeat a value")
+    bad = [k for k in shots if not 1 <= k <= ex.POOL]
+    if bad:
+        raise UserError(f"tinymp: --shots must be between 1 and {ex.POOL} per class, got {bad[0]}")
+    if not 1 <= seeds <= 100:
+        raise UserError(f"tinymp: --seeds must be between 1 and 100, got {seeds}")
+    if not 1 <= epochs <= 1000:
+        raise UserError(f"tinymp: --epochs must be between 1 and 1000, got {epochs}")
+    if lr is not None and not 0 < lr <= 1:
+        raise UserError(f"tinymp: --lr must be in (0, 1], got {lr:g}")
+    if jobs < 1:
+        raise UserError(f"tinymp: --jobs must be at least 1, got {jobs}")
+    out = args.out or os.path.join("build", "experiment")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UserError(f"tinymp: --out {out} exists and is not a directory")
+    notes = None
+    if args.notes is not None:
+        try:
+            with open(args.notes, encoding="utf-8") as f:
+                notes = f.read()
+        except OSError as e:
+            raise UserError(f"tinymp: cannot read --notes {args.notes}: {e.strerror or e}") from None
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"tinymp: cannot create {out}: {e.strerror or e}") from None
+    if "clutter" in tasks:
+        try:
+            import PIL  # noqa: F401  (scikit-learn decodes its sample photographs with Pillow)
+        except ImportError:
+            raise UserError("tinymp: task 'clutter' needs Pillow (pip install pillow)") from None
+    try:
+        import sklearn  # noqa: F401
+    except ImportError:
+        raise UserError("tinymp: the experiment needs scikit-learn for its digits "
+                        "(pip install scikit-learn)") from None
+    command = _experiment_command(args)
+    print(f"{command}: {len(tasks)} task(s), {len(methods)} method(s), shots {shots}, "
+          f"{seeds} seed(s), {epochs} passes, {jobs} worker(s)", file=sys.stderr, flush=True)
+    try:
+        res = ex.run(tasks=tasks, methods=methods, shots=shots, seeds=seeds, epochs=epochs, lr=lr,
+                     jobs=jobs)
+        paths = ex.write_outputs(res, out, command, notes)
+    except ex.ExperimentError as e:
+        raise UserError(str(e)) from None
+    except OSError as e:
+        raise UserError(f"tinymp: cannot write the results in {out}: {e.strerror or e}") from None
+    if args.json:
+        res["command"] = command
+        print(json.dumps(res, indent=1))
+        return 0
+    summ = res["summary"]
+    print(f"wall time {res['wall_seconds']:.0f} s")
+    for t in tasks:
+        d = summ["per_task"][t]
+        rows = []
+        for mn, p in d.items():
+            rows.append([mn] + [f"{p['acc'][str(k)][0]:.1f} ± {p['acc'][str(k)][1]:.1f}" for k in shots]
+                        + [f"{p['arena_bytes']:,}", f"{p['backward_macs']:,}"])
+        print(f"\ntask {t} (accuracy %, mean ± std over {seeds} seeds)")
+        print(summary.format_table(["method"] + [f"{k}-shot" for k in shots] + ["arena B", "bwd MACs"],
+                                   rows, "l" + "r" * (len(shots) + 2)))
+    v = res["verdict"]
+    if v:
+        r = v["rows"][-1]
+        print(f"\nshifted domains: tinymp {r['tinymp']:.1f} %, full {r['full']:.1f} %, last {r['last']:.1f} % "
+              f"(all shot counts); tinymp at {100 * v['memory_fraction_of_full']:.0f} % of full's memory; "
+              f"criterion {'met' if v['met'] else 'not met'}")
+    print()
+    for k in ("markdown", "json", "png"):
+        if k in paths:
+            print(f"wrote {paths[k]}")
+    return 0
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog="tinymp", description="tinymp: on-device CNN personalisation "
                                 "for microcontrollers (PC tools)")
@@ -286,6 +417,27 @@ def build_parser():
     conv.add_argument("--layout", choices=["NCHW", "NHWC"], default="NCHW", help="layout of --calib")
     conv.add_argument("--classes", help="comma-separated class names")
     conv.set_defaults(func=cmd_convert)
+    exp = sub.add_parser("experiment", help="personalisation accuracy of every training method "
+                         "(the C engine on shifted and new-class digits)")
+    exp.add_argument("--quick", action="store_true", help="a small task (one shift, 5 shots, 2 seeds, "
+                     "4 methods, one lr): seconds")
+    exp.add_argument("--out", help="directory for RESULTS.md, results.json, accuracy_memory.png "
+                     "(default build/experiment)")
+    exp.add_argument("--seeds", type=int, help="seeds per configuration (default 3; --quick 2)")
+    exp.add_argument("--shots", help="shots per class, comma-separated, each 1-20 (default 5,10,20)")
+    exp.add_argument("--tasks", help="comma-separated task names (default all; --list shows them)")
+    exp.add_argument("--methods", help="comma-separated method names (default all)")
+    exp.add_argument("--epochs", type=int, help="passes over the support set (default 10)")
+    exp.add_argument("--lr", type=float, help="one learning rate for every method (default: each "
+                     "method's best on a validation split)")
+    exp.add_argument("--jobs", type=int, help="worker processes (default: up to 4 CPUs; --quick 1)")
+    exp.add_argument("--notes", help="a Markdown file appended to RESULTS.md (the reading)")
+    exp.add_argument("--json", action="store_true", help="print every result as JSON on stdout")
+    exp.add_argument("--list", action="store_true", help="list the tasks and methods, run nothing")
+    exp.set_defaults(func=cmd_experiment)
+    # `tinymp bench ...` is handed whole to tinymp.bench.main (its own options; see main())
+    sub.add_parser("bench", help="every method on an emulated Cortex-M7 (QEMU): instructions, peak "
+                   "SRAM, stack, flash; `tinymp bench --help` (needs `make bench-train-elf` first)")
     from .session import run
     run.add_parsers(sub)
     sub.choices["demo"].set_defaults(func=cmd_demo)
@@ -293,6 +445,10 @@ def build_parser():
 
 
 def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        from . import bench
+        return bench.main(argv[1:])
     args = build_parser().parse_args(argv)
     from .session import run
     try:
