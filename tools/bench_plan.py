@@ -22,6 +22,7 @@ import numpy as np
 
 import tinymp
 import tinymp.zoo as zoo
+from tinymp.bench import exact_twin_options
 from tinymp.builder import quantize_input
 
 BUDGET = 256 * 1024
@@ -60,20 +61,7 @@ def fmt(n):
 
 def exact_twin(m, plan):
     """Exact backprop (r = 1) over the same trained layers, channels and biases."""
-    info = plan._layers()
-    cls = max(plan.layers)
-    layers = [i for i in plan.layers if info[i]["w"] and i != cls]
-    ratios = [info[i]["k"] / cin_of(m, i) for i in layers]
-    n_bias = sum(1 for i in plan.layers if info[i]["b"] and i != cls)
-    return m.plan(method="sparse", layers=layers, ratios=ratios, n_bias=n_bias, r=1,
-                  storage=plan.storage)
-
-
-def cin_of(m, i):
-    lay = m._layers()
-    src = lay[i]["in0"]
-    shape = m.input_shape if src == 0 else lay[src - 1]["out_shape"]
-    return shape[2] if lay[i]["type"] != "fc" else shape[0] * shape[1] * shape[2]
+    return m.plan(storage=plan.storage, **exact_twin_options(m, plan))
 
 
 def main(argv=None):
