@@ -426,6 +426,53 @@ static uint32_t slice_index(const slice_geom *g, uint32_t o, uint32_t e) {
     }
 }
 
+/* Gather (to_slice != 0) or scatter the slice of output channel o between the layer's array
+ * `a` of `size`-byte elements and the contiguous `buf`. The common geometries get their own
+ * loops: this runs for every trained weight of every step. */
+static void move_slice(const slice_geom *g, uint32_t o, uint32_t n, void *a, void *buf, uint32_t size,
+    int to_slice) {
+    uint8_t *A = (uint8_t *)a, *B = (uint8_t *)buf;
+    if (g->type != TMP_LAYER_CONV && g->type != TMP_LAYER_DWCONV && size == 1u) {
+        /* pointwise / fc int8: row o, input channels ch[e] (or e) */
+        uint8_t *row = A + (size_t)o * g->cin;
+        if (g->ch == NULL) {
+            if (to_slice) {
+                memcpy(B, row, n);
+            } else {
+                memcpy(row, B, n);
+            }
+        } else if (to_slice) {
+            for (uint32_t e = 0; e < n; e++) {
+                B[e] = row[g->ch[e]];
+            }
+        } else {
+            for (uint32_t e = 0; e < n; e++) {
+                row[g->ch[e]] = B[e];
+            }
+        }
+        return;
+    }
+    if (g->type == TMP_LAYER_DWCONV && size == 1u) {
+        /* depthwise int8: channel o of every tap */
+        for (uint32_t e = 0; e < n; e++) {
+            if (to_slice) {
+                B[e] = A[(size_t)e * g->cin + o];
+            } else {
+                A[(size_t)e * g->cin + o] = B[e];
+            }
+        }
+        return;
+    }
+    for (uint32_t e = 0; e < n; e++) {
+        size_t x = (size_t)slice_index(g, o, e) * size;
+        if (to_slice) {
+            memcpy(B + (size_t)e * size, A + x, size);
+        } else {
+            memcpy(A + x, B + (size_t)e * size, size);
+        }
+    }
+}
+
 static tmp_status apply_slice(tmp_trainer *t, int32_t i, const slice_geom *g, uint32_t o, uint32_t n,
     const float *dw, float wscale, uint8_t *gather) {
     const float mom = t->p->momentum;
@@ -435,15 +482,12 @@ static tmp_status apply_slice(tmp_trainer *t, int32_t i, const slice_geom *g, ui
     int8_t *g8 = (int8_t *)gather;
     float *gm = (float *)(void *)(gather + al4(n));
     float *gv = gm + (wm != NULL ? n : 0u);
-    for (uint32_t e = 0; e < n; e++) {
-        uint32_t x = slice_index(g, o, e);
-        g8[e] = w[x];
-        if (wm != NULL) {
-            gm[e] = wm[x];
-        }
-        if (vw != NULL) {
-            gv[e] = vw[x];
-        }
+    move_slice(g, o, n, w, g8, 1u, 1);
+    if (wm != NULL) {
+        move_slice(g, o, n, wm, gm, 4u, 1);
+    }
+    if (vw != NULL) {
+        move_slice(g, o, n, vw, gv, 4u, 1);
     }
     tmp_status s;
     if (wm != NULL) {
@@ -457,15 +501,12 @@ static tmp_status apply_slice(tmp_trainer *t, int32_t i, const slice_geom *g, ui
     if (s != TMP_OK) {
         return s;
     }
-    for (uint32_t e = 0; e < n; e++) {
-        uint32_t x = slice_index(g, o, e);
-        w[x] = g8[e];
-        if (wm != NULL) {
-            wm[x] = gm[e];
-        }
-        if (vw != NULL) {
-            vw[x] = gv[e];
-        }
+    move_slice(g, o, n, w, g8, 1u, 0);
+    if (wm != NULL) {
+        move_slice(g, o, n, wm, gm, 4u, 0);
+    }
+    if (vw != NULL) {
+        move_slice(g, o, n, vw, gv, 4u, 0);
     }
     return TMP_OK;
 }

@@ -26,6 +26,7 @@ tmp_status tmp_sgd_s32_stochastic(int32_t n, int32_t *b, const float *g, float l
         !(s_x > 0.0f)) {
         return TMP_ERR_ARG;
     }
+    uint32_t st = *state; /* a local: b may alias it (see tmp_sgd_s8_stochastic) */
     for (int32_t i = 0; i < n; i++) {
         float d = g[i];
         if (v != NULL) {
@@ -34,7 +35,7 @@ tmp_status tmp_sgd_s32_stochastic(int32_t n, int32_t *b, const float *g, float l
         }
         float t = -lr * d / (s_x * wscale[i]);
         if (!isfinite(t)) {
-            (void)tmp_tr_xorshift32(state);
+            (void)tmp_tr_xorshift32(&st);
             continue;
         }
         /* |step| > 2^32 saturates anyway */
@@ -43,7 +44,8 @@ tmp_status tmp_sgd_s32_stochastic(int32_t n, int32_t *b, const float *g, float l
         } else if (t < -4294967296.0f) {
             t = -4294967296.0f;
         }
-        b[i] = tmp_sat32((int64_t)b[i] + tmp_tr_stochastic_round(t, state));
+        b[i] = tmp_sat32((int64_t)b[i] + tmp_tr_stochastic_round(t, &st));
     }
+    *state = st;
     return TMP_OK;
 }

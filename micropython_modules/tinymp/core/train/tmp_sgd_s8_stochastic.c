@@ -30,6 +30,9 @@ tmp_status tmp_sgd_s8_stochastic(int32_t n, int8_t *w, const float *g, float lr,
     if (w == NULL || g == NULL || state == NULL || *state == 0u || n < 1 || !(scale > 0.0f)) {
         return TMP_ERR_ARG;
     }
+    /* the generator's state in a local: w (int8) may alias it, which would force a store and a
+     * reload per element */
+    uint32_t st = *state;
     for (int32_t i = 0; i < n; i++) {
         float d = g[i];
         if (v != NULL) {
@@ -38,7 +41,7 @@ tmp_status tmp_sgd_s8_stochastic(int32_t n, int8_t *w, const float *g, float lr,
         }
         float t = -lr * d / scale;
         if (!isfinite(t)) {
-            (void)tmp_tr_xorshift32(state);
+            (void)tmp_tr_xorshift32(&st);
             continue;
         }
         if (t > 512.0f) {
@@ -46,7 +49,7 @@ tmp_status tmp_sgd_s8_stochastic(int32_t n, int8_t *w, const float *g, float lr,
         } else if (t < -512.0f) {
             t = -512.0f;
         }
-        int32_t q = (int32_t)w[i] + tmp_tr_stochastic_round_small(t, state);
+        int32_t q = (int32_t)w[i] + tmp_tr_stochastic_round_small(t, &st);
         if (q > 127) {
             q = 127;
         } else if (q < -127) {
@@ -54,5 +57,6 @@ tmp_status tmp_sgd_s8_stochastic(int32_t n, int8_t *w, const float *g, float lr,
         }
         w[i] = (int8_t)q;
     }
+    *state = st;
     return TMP_OK;
 }
