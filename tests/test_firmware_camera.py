@@ -339,7 +339,7 @@ def test_examples_capture_personalise_and_restore(tmp_path, monkeypatch):
     store = tc.SampleStore("tinymp_samples.bin", model)
     assert store.counts(model.num_classes)[:2] == [12, 12] and len(store) == 24
 
-    trainer = run_example("2_personalise", monkeypatch, fake_sensor([]), epochs=3)
+    trainer = run_example("2_personalise", monkeypatch, fake_sensor([]))  # the example's own 5 epochs
     assert os.path.isfile("tinymp_personal.bin")
     acc = sum(trainer.predict(x) == y for x, y in store) / len(store)
     assert acc >= 0.9, acc

@@ -969,12 +969,12 @@ done:
 
 static PyObject *Model_train_plan(ModelObject *self, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"method", "budget", "r", "ratio", "storage", "momentum", "n_bias", "layers",
-        "ratios", "macs", "support", "cache", NULL};
+        "ratios", "macs", "support", "cache", "step_share", NULL};
     const char *method = "tinymp";
     PyObject *budget = NULL, *r = NULL, *ratio = NULL, *storage = NULL, *momentum = NULL, *n_bias = NULL;
-    PyObject *layers = NULL, *ratios = NULL, *macs = NULL, *support = NULL, *cache = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|sOOOOOOOOOOO:plan", kwlist, &method, &budget, &r, &ratio,
-            &storage, &momentum, &n_bias, &layers, &ratios, &macs, &support, &cache)) {
+    PyObject *layers = NULL, *ratios = NULL, *macs = NULL, *support = NULL, *cache = NULL, *step_share = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|sOOOOOOOOOOOO:plan", kwlist, &method, &budget, &r, &ratio,
+            &storage, &momentum, &n_bias, &layers, &ratios, &macs, &support, &cache, &step_share)) {
         return NULL;
     }
     if (check_ready(self) < 0) {
@@ -1013,6 +1013,10 @@ static PyObject *Model_train_plan(ModelObject *self, PyObject *args, PyObject *k
         return NULL;
     }
     o.mac_budget = (uint64_t)v;
+    if (opt_float(step_share, "step_share", 0.0, Py_HUGE_VAL, 1, 0.0, &d) < 0) {
+        return NULL;
+    }
+    o.step_share = d >= 8.0 ? 8.0f : (float)d;
     if (opt_long(cache, "cache", 0, 0xFFFFFFFFLL, 0, &v) < 0) {
         return NULL;
     }
@@ -1271,6 +1275,19 @@ static PyObject *Plan_get_backward_macs(PlanObject *self, void *c) {
     return PyLong_FromUnsignedLongLong(self->plan.backward_macs);
 }
 
+static PyObject *Plan_get_step_macs(PlanObject *self, void *c) {
+    (void)c;
+    return PyLong_FromUnsignedLongLong(self->plan.step_macs);
+}
+
+static PyObject *Plan_get_step_share(PlanObject *self, void *c) {
+    (void)c;
+    if (self->plan.step_share == 0.0f) {
+        Py_RETURN_NONE;
+    }
+    return PyFloat_FromDouble((double)self->plan.step_share);
+}
+
 static PyObject *Plan_get_layers(PlanObject *self, void *c) {
     (void)c;
     PyObject *l = PyList_New(0);
@@ -1440,6 +1457,10 @@ static PyGetSetDef Plan_getset[] = {
     {"channels", (getter)Plan_get_channels, NULL, "dict layer -> initial input channels", NULL},
     {"forward_macs", (getter)Plan_get_forward_macs, NULL, "forward MACs of one step", NULL},
     {"backward_macs", (getter)Plan_get_backward_macs, NULL, "backward MACs of one step", NULL},
+    {"step_macs", (getter)Plan_get_step_macs, NULL,
+        "MACs of a step whose frozen prefix comes from the feature cache (forward over the region + backward)", NULL},
+    {"step_share", (getter)Plan_get_step_share, NULL,
+        "the region limit the selection used, as a share of forward_macs (None: no limit)", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

@@ -106,6 +106,9 @@ METHODS = [
     Method("tinymp-r2", {"method": "tinymp", "r": 2}, text="tinymp, r = 2"),
     Method("tinymp", {"method": "tinymp"},
            text="tinymp defaults: r = 4, ratio 1/4, APU period = one pass, channels by |W|"),
+    Method("tinymp-nolimit", {"method": "tinymp", "step_share": float("inf")},
+           text="tinymp defaults without the region limit (step_share = inf: every candidate "
+                "that fits, however early the backward region starts)"),
     Method("tinymp-fisher", {"method": "tinymp"}, support=True,
            text="tinymp defaults with the Fisher initial selection (support set)"),
     Method("tinymp-p10", {"method": "tinymp"}, apu=10,

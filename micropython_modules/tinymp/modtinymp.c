@@ -20,7 +20,7 @@
  *     ._plan() -> dict                     (test hook, as on the PC)
  *   Plan             .arena_bytes, .peak_live_bytes, .breakdown, .category_peaks, .method,
  *                    .storage, .r, .ratio, .momentum, .first, .layers, .channels,
- *                    .forward_macs, .backward_macs, .describe() -> str
+ *                    .forward_macs, .backward_macs, .step_macs, .step_share, .describe() -> str
  *   Trainer(model, plan, lr=0.01, arena=None, seed=1, period=0)
  *     .step(x, y, out=None) -> float (or `out`), .predict(x), .logits(x, out=None),
  *     .end_period(), .reset(), .save(path), .load(path), .stats() -> dict,
@@ -37,6 +37,7 @@
  * and Trainer(), a step allocates nothing.
  */
 #include <stdarg.h> // before py/mpprint.h, which declares mp_vprintf() only then
+#include <math.h>
 #include <string.h>
 
 #include "py/runtime.h"
@@ -748,10 +749,11 @@ static void run_selection(tinymp_model_obj_t *model, tinymp_plan_obj_t *po, cons
 }
 
 // Model.plan(method='tinymp', budget=None, r=None, ratio=None, storage='int8', momentum=0.0,
-//            n_bias=None, layers=None, ratios=None, macs=None, support=None, cache=None) -> Plan
+//            n_bias=None, layers=None, ratios=None, macs=None, support=None, cache=None,
+//            step_share=None) -> Plan
 static mp_obj_t tinymp_model_train_plan(size_t n_args, const mp_obj_t *pos_args, mp_map_t *kw_args) {
     enum { ARG_method, ARG_budget, ARG_r, ARG_ratio, ARG_storage, ARG_momentum, ARG_n_bias, ARG_layers,
-           ARG_ratios, ARG_macs, ARG_support, ARG_cache };
+           ARG_ratios, ARG_macs, ARG_support, ARG_cache, ARG_step_share };
     static const mp_arg_t allowed_args[] = {
         { MP_QSTR_method, MP_ARG_OBJ, {.u_obj = MP_OBJ_NULL} },
         { MP_QSTR_budget, MP_ARG_OBJ, {.u_obj = mp_const_none} },
@@ -765,6 +767,7 @@ static mp_obj_t tinymp_model_train_plan(size_t n_args, const mp_obj_t *pos_args,
         { MP_QSTR_macs, MP_ARG_OBJ, {.u_obj = mp_const_none} },
         { MP_QSTR_support, MP_ARG_OBJ, {.u_obj = mp_const_none} },
         { MP_QSTR_cache, MP_ARG_OBJ, {.u_obj = mp_const_none} },
+        { MP_QSTR_step_share, MP_ARG_OBJ, {.u_obj = mp_const_none} },
     };
     tinymp_model_obj_t *self = MP_OBJ_TO_PTR(pos_args[0]);
     mp_arg_val_t args[MP_ARRAY_SIZE(allowed_args)];
@@ -792,6 +795,9 @@ static mp_obj_t tinymp_model_train_plan(size_t n_args, const mp_obj_t *pos_args,
     o.n_bias = (int32_t)opt_long(args[ARG_n_bias].u_obj, "n_bias", -1, 65535, -2);
     o.mac_budget = (uint64_t)opt_long(args[ARG_macs].u_obj, "macs", 1, (long long)1 << 62, 0);
     o.cache_samples = (uint32_t)opt_long(args[ARG_cache].u_obj, "cache", 0, 0xFFFFFFFFLL, 0);
+    mp_float_t share = opt_float(args[ARG_step_share].u_obj, "step_share", 0, (mp_float_t)INFINITY, true, 0,
+        "(0, inf]");
+    o.step_share = share >= 8 ? 8.0f : (float)share;
     mp_obj_t storage = args[ARG_storage].u_obj;
     if (storage != mp_const_none) {
         const char *sname = mp_obj_is_str(storage) ? mp_obj_str_get_str(storage) : NULL;
@@ -988,6 +994,12 @@ static void tinymp_plan_attr(mp_obj_t self_in, qstr attr, mp_obj_t *dest) {
             break;
         case MP_QSTR_backward_macs:
             dest[0] = new_u64(p->backward_macs);
+            break;
+        case MP_QSTR_step_macs:
+            dest[0] = new_u64(p->step_macs);
+            break;
+        case MP_QSTR_step_share:
+            dest[0] = p->step_share == 0.0f ? mp_const_none : mp_obj_new_float((mp_float_t)p->step_share);
             break;
         case MP_QSTR_layers: {
             mp_obj_t l = mp_obj_new_list(0, NULL);

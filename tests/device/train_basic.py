@@ -99,7 +99,7 @@ def show_plan(p):
     print("  breakdown", p.breakdown)
     print("  category_peaks", p.category_peaks)
     print("  channels", p.channels)
-    print("  macs", p.forward_macs, p.backward_macs)
+    print("  macs", p.forward_macs, p.backward_macs, "step", p.step_macs, "share", p.step_share)
     print("  sums", sum(p.breakdown.values()) == p.peak_live_bytes,
           p.peak_live_bytes <= p.arena_bytes)
 
@@ -149,6 +149,10 @@ train(p, lr=0.05)
 p = m.plan()
 show_plan(p)
 print(p.describe())
+# the region limit lifted: the first layer joins (a cached step then costs more than the limit)
+q = m.plan(step_share=float("inf"))
+print("  no limit: first", q.first, "layers", q.layers, "share", q.step_share,
+      "step", q.step_macs, q.step_macs > p.step_share * q.forward_macs)
 t = train(p, lr=0.1, period=4)
 k = dict((layer, len(ch)) for layer, ch in t.selection.items())
 print("  selection sizes", k)

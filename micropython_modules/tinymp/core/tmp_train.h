@@ -97,6 +97,11 @@ typedef struct {
     float momentum;      /**< SGD momentum, >= 0 and < 1; 0 = none (no buffers) */
     uint32_t budget;     /**< arena budget in bytes; 0 = none */
     uint64_t mac_budget; /**< backward MAC budget (tinytrain, tinymp); 0 = none */
+    float step_share;    /**< tinymp: a candidate that moves the backward region earlier is added
+                              only while a step from the feature cache (forward over the region
+                              plus backward) costs at most this share of an inference's MACs;
+                              0 = the method's default (tinymp 1/4, others no limit); >= 8 = no
+                              limit */
     int32_t n_layers;    /**< sparse: number of entries in layers/ratios */
     const uint16_t *layers; /**< sparse: layer indices (weighted layers) */
     const float *ratios;    /**< sparse: their channel ratios, NULL = all 1 */
@@ -122,6 +127,9 @@ typedef struct {
     uint32_t breakdown[TMP_CAT_COUNT]; /**< live bytes per category at peak_step */
     uint32_t category_peak[TMP_CAT_COUNT]; /**< each category's own peak over the steps */
     uint64_t forward_macs, backward_macs;
+    uint64_t step_macs;       /**< MACs of a step whose frozen prefix comes from the feature
+                                   cache: forward over the region plus backward */
+    float step_share;         /**< the region limit used (0: none) */
     uint32_t model_crc;       /**< identifies the model the plan was made for */
     int32_t method, storage, r, n_bias;
     float ratio, momentum;

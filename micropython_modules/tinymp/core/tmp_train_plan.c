@@ -517,6 +517,7 @@ static void measure(ctx_t *c, uint64_t arena) {
     p->peak_step = best_step;
     p->forward_macs = 0;
     p->backward_macs = 0;
+    p->step_macs = 0;
     tmp_layer l;
     for (int32_t i = 0; i < c->L; i++) {
         tmp_model_layer(c->m, i, &l, NULL);
@@ -524,6 +525,9 @@ static void measure(ctx_t *c, uint64_t arena) {
         p->bwd_macs[i] = (p->flags[i] & TMP_TL_REGION) ? bwd_macs(c->m, &l, p->flags[i], p->k[i], p->r) : 0;
         p->forward_macs += p->fwd_macs[i];
         p->backward_macs += p->bwd_macs[i];
+        if (p->flags[i] & TMP_TL_REGION) {
+            p->step_macs += (uint64_t)p->fwd_macs[i] + p->bwd_macs[i];
+        }
     }
     for (int32_t t = 0; t < c->T; t++) {
         p->act_offset[t] = t == 0 ? 0u : p->bufs[LBN * c->L + c->owner[t]].offset;
@@ -702,6 +706,16 @@ static int fits(ctx_t *c, uint64_t arena) {
     return 1;
 }
 
+/* The region limit of tinymp: a candidate that moves the backward region earlier than
+ * `kept_first` must keep a step from the feature cache within step_share of an inference. Every
+ * layer the region gains is run forward in every cached epoch and carries the gradient back, so
+ * a small layer far from the others can cost more time than all the others together. */
+static int too_slow(ctx_t *c, int32_t kept_first) {
+    const tmp_train_plan *p = c->p;
+    return p->first < kept_first && p->step_share > 0.0f &&
+        (double)p->step_macs > (double)p->step_share * (double)p->forward_macs;
+}
+
 /* Candidate order for tinytrain / tinymp: by score (descending, ties lower index) when
  * there are scores, else deepest first. Returns the count. */
 static int32_t candidates(ctx_t *c) {
@@ -787,7 +801,8 @@ static tmp_status table_for(ctx_t *c, float ratio, uint64_t *arena) {
         return TMP_OK; /* fixed table, or the base does not fit: the caller tries the next setting */
     }
     const int32_t n = candidates(c);
-    const int unbounded = c->o->budget == 0 && c->o->mac_budget == 0;
+    const int unbounded = c->o->budget == 0 && c->o->mac_budget == 0 && p->step_share == 0.0f;
+    int32_t kept_first = p->first;
     for (int32_t j = 0; j < n; j++) {
         const int32_t i = c->rank[j];
         const uint8_t old_f = p->flags[i];
@@ -798,9 +813,11 @@ static tmp_status table_for(ctx_t *c, float ratio, uint64_t *arena) {
             continue;
         }
         uint64_t a;
-        if (evaluate(c, &a) != TMP_OK || !fits(c, a)) {
+        if (evaluate(c, &a) != TMP_OK || !fits(c, a) || too_slow(c, kept_first)) {
             p->flags[i] = old_f;
             p->k[i] = old_k;
+        } else {
+            kept_first = p->first;
         }
     }
     return evaluate(c, arena);
@@ -1008,6 +1025,8 @@ tmp_status tmp_train_plan_make(const tmp_model *m, const tmp_train_options *o, v
         : ((o->method == TMP_METHOD_TINYMP || o->method == TMP_METHOD_TINYTRAIN) ? 0.25f : 1.0f);
     p->n_bias = o->n_bias != -2 ? o->n_bias
         : (o->method == TMP_METHOD_BIAS ? -1 : (o->method == TMP_METHOD_TINYMP ? 2 : 0));
+    p->step_share = o->step_share != 0.0f ? (o->step_share >= 8.0f ? 0.0f : o->step_share)
+        : (o->method == TMP_METHOD_TINYMP ? 0.25f : 0.0f);
     if (o->method == TMP_METHOD_FULL && p->r != 1) {
         return fail(err, "method 'full' is exact backprop: r must be 1", -1);
     }
@@ -1342,6 +1361,10 @@ size_t tmp_train_plan_describe(const tmp_model *m, const tmp_train_plan *p, char
     put_u(&o, p->forward_macs, 0, 1);
     put(&o, ", backward MACs ");
     put_u(&o, p->backward_macs, 0, 1);
+    if (p->first < p->num_layers) {
+        put(&o, ", a step from the feature cache ");
+        put_u(&o, p->step_macs, 0, 1);
+    }
     put(&o, "\n");
     if (size > 0) {
         buf[o.len < size ? o.len : size - 1] = 0;
