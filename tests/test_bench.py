@@ -32,8 +32,11 @@ def quick(tmp_path_factory):
     outs = []
     for k in range(2):
         out = tmp_path_factory.mktemp("bench%d" % k)
+        notes = out / "READING.md"
+        notes.write_text("## Reading\n\nwritten by hand %d\n" % k)
         p = subprocess.run([sys.executable, "-m", "tinymp.bench", "--quick", "--models", "demo",
-                            "--out", str(out)], capture_output=True, text=True, timeout=900, cwd=ROOT)
+                            "--out", str(out), "--notes", str(notes)], capture_output=True, text=True,
+                           timeout=900, cwd=ROOT)
         assert p.returncode == 0, p.stdout + p.stderr
         outs.append((out, p.stdout))
     return outs
@@ -87,6 +90,8 @@ def test_outputs_and_headline(quick):
     out, stdout = quick[0]
     text = open(os.path.join(out, "RESULTS.md")).read()
     assert "Emulated instruction counts" in text and "tinymp-m7-cpi-v1" in text
+    # the hand-written reading (--notes) closes the file, as given
+    assert text.endswith("\n## Reading\n\nwritten by hand 0\n")
     res, _ = configs(out)
     assert res["meta"]["cost_model"]["name"] == "tinymp-m7-cpi-v1"
     assert stdout.strip().splitlines()[-1].startswith("wrote ")  # --quick has no exact twin: no headline
@@ -96,6 +101,10 @@ def test_bad_arguments_fail_cleanly(tmp_path):
     p = subprocess.run([sys.executable, "-m", "tinymp.bench", "--models", "nosuch", "--out", str(tmp_path)],
                        capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert p.returncode == 2 and "unknown model nosuch" in p.stderr
+    assert not os.listdir(tmp_path)
+    p = subprocess.run([sys.executable, "-m", "tinymp.bench", "--notes", str(tmp_path / "none.md"), "--out",
+                        str(tmp_path)], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert p.returncode == 2 and "cannot read --notes" in p.stderr
     assert not os.listdir(tmp_path)
 
 

@@ -102,4 +102,4 @@ kernel-check: bench-tools $(BENCH_BUILD)/kernel_check.elf $(BENCH_BUILD)/kernel_
 # BENCH_ARGS passes options to tinymp.bench (e.g. --models demo, --full-runs).
 .PHONY: bench
 bench: venv bench-tools $(BENCH_BUILD)/bench_train.elf
-	$(VPY) -m tinymp.bench --out bench $(BENCH_ARGS)
+	$(VPY) -m tinymp.bench --out bench --notes bench/READING.md $(BENCH_ARGS)

@@ -298,7 +298,9 @@ def headline(res):
            "peak SRAM %d KB (emulated)" % (res["title"], bwd, run, round(kb))
 
 
-def write_markdown(results, path, command):
+def write_markdown(results, path, command, notes=None):
+    """RESULTS.md: the tables, headlines and definitions; `notes` (text, e.g. a hand-written
+    reading kept in its own file) is appended as is, so a re-run keeps it."""
     L = []
     L.append("# Training on an emulated Cortex-M7: every method side by side\n")
     L.append("Produced by `%s` (%s). **Emulated instruction counts** (QEMU %s, mps2-an500, "
@@ -338,6 +340,8 @@ def write_markdown(results, path, command):
     L.append("\nFlash: core code and constants %s bytes (M7, -O2, every kernel and the trainer); the "
              "model's bytes are listed per model.\n" % (format(results["meta"]["core_flash"], ",")
                                                         if results["meta"]["core_flash"] else "?"))
+    if notes:
+        L.append("\n" + notes.rstrip() + "\n")
     with open(path, "w") as f:
         f.write("\n".join(L))
 
@@ -385,6 +389,8 @@ def main(argv=None):
     ap.add_argument("--full-runs", action="store_true",
                     help="execute every whole run in the emulator instead of composing the 128x128 ones")
     ap.add_argument("--json", action="store_true", help="print results.json to stdout as well")
+    ap.add_argument("--notes", help="a Markdown file appended to RESULTS.md (the hand-written reading; "
+                                    "make bench passes bench/READING.md)")
     a = ap.parse_args(argv)
     keys = [k.strip() for k in a.models.split(",") if k.strip()]
     bad = [k for k in keys if k not in MODELS]
@@ -392,6 +398,14 @@ def main(argv=None):
         print("tinymp bench: unknown model %s (choose from %s)" % (",".join(bad) or "''", ", ".join(MODELS)),
               file=sys.stderr)
         return 2
+    notes = None
+    if a.notes:
+        try:
+            with open(a.notes, encoding="utf-8") as f:
+                notes = f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            print("tinymp bench: cannot read --notes %s: %s" % (a.notes, e), file=sys.stderr)
+            return 2
     root = repo_root()
     try:
         qemu, elf = find_tools(root)
@@ -415,7 +429,7 @@ def main(argv=None):
     atomic_write(os.path.join(a.out, "results.json"), (json.dumps(results, indent=1) + "\n").encode())
     cmd = "tinymp bench" + ("" if a.models == "mbv2,mcunet,demo" else " --models " + a.models) + \
         (" --quick" if a.quick else "") + (" --full-runs" if a.full_runs else "")
-    write_markdown(results, os.path.join(a.out, "RESULTS.md"), cmd)
+    write_markdown(results, os.path.join(a.out, "RESULTS.md"), cmd, notes)
     png = write_png(results, os.path.join(a.out, "RESULTS.png"))
     bad_host = [(r["title"], c["label"]) for r in results["models"] for c in r["configs"]
                 if not c["host"]["high_water_equal"] or c["host"]["logits_max_diff_lsb"] > LOGIT_TOLERANCE_LSB]
