@@ -124,3 +124,30 @@ def test_bench_kernels_runs_and_is_deterministic():
             assert table[row] > 0
     assert first == second, "two runs of make bench-kernels printed different counts"
     print(first)
+
+
+def test_bench_kernels_reports_the_backward_target_from_its_rows():
+    """The fp32 condensed backward suites (r = 4, r = 2): every kernel the trainer runs has rows,
+    and each TARGET summary equals the figure recomputed here from the table's own rows
+    (total instructions / total MACs per kernel; PASS exactly when that is <= 2.00)."""
+    text = make("bench-kernels")
+    for r in (4, 2):
+        block = text.split("fp32 condensed backward kernels (core/train, GC r = %d)" % r)[1]
+        block = block.split("TARGET (issue 7)")[0], block.split("TARGET (issue 7)")[1]
+        rows = {}
+        for line in block[0].splitlines():
+            m = re.match(r"^(\w+)\s+(.+?)\s+(\d+) (MAC|elem)\s+(\d+)\s+(\d+\.\d\d)\s", line)
+            if m:
+                k = rows.setdefault(m.group(1), [0, 0, m.group(4)])
+                k[0] += int(m.group(5))
+                k[1] += int(m.group(3))
+        assert {"pwconv_dx", "conv_dw_gc", "dwconv_dx", "dwconv_dw_gc", "grad_gbar"} <= set(rows), block[0]
+        summary = block[1].split("\n\n")[0]
+        for kernel, (instr, work, unit) in rows.items():
+            if unit != "MAC":
+                continue
+            m = re.search(r"^\s+%s\s+\d+ of\s+\d+ shapes <= 2.00; MAC-weighted over its shapes "
+                          r"(\d+\.\d\d)\s+(PASS|FAIL)$" % kernel, summary, re.M)
+            assert m, (kernel, summary)
+            assert float(m.group(1)) == pytest.approx(instr / work, abs=0.006)
+            assert m.group(2) == ("PASS" if instr <= 2.0 * work else "FAIL")

@@ -122,17 +122,20 @@ static void print_x100(uint32_t v) {
 int bench_run_suite(const bench_suite *s) {
     int failed = 0;
     printf("\n%s\n", s->title);
-    printf("%-10s %-26s %12s %12s %8s %11s %6s %8s\n", "kernel", "shape", "work", "instructions",
-        "per unit", "CMSIS-NN", "vs ref", "stack B");
+    printf("%-12s %-24s %12s %12s %8s %11s %6s %8s\n", "kernel", "shape", "work", "instructions",
+        "per unit", s->ref_label != NULL ? s->ref_label : "CMSIS-NN", "vs ref", "stack B");
     for (int i = 0; i < s->count; i++) {
         const bench_case *c = &s->cases[i];
         if (c->setup) {
             c->setup(c->arg);
         }
         bench_result r = bench_measure(c->run, c->arg);
+        if (s->results != NULL) {
+            s->results[i] = r;
+        }
         /* instructions per unit x 100, rounded */
         uint32_t per = (uint32_t)(((uint64_t)r.instructions * 100u + c->work / 2u) / c->work);
-        printf("%-10s %-26s %7lu %-4s %12lu ", c->name, c->shape, (unsigned long)c->work, c->unit,
+        printf("%-12s %-24s %7lu %-4s %12lu ", c->name, c->shape, (unsigned long)c->work, c->unit,
             (unsigned long)r.instructions);
         print_x100(per);
         char ref[24] = "-";
@@ -158,6 +161,9 @@ int bench_run_suite(const bench_suite *s) {
             printf("error: case %s %s failed\n", c->name, c->shape);
             failed = 1;
         }
+    }
+    if (s->summary != NULL) {
+        s->summary(s);
     }
     return failed;
 }

@@ -7,7 +7,9 @@
  * reference figure, and the peak stack below the harness during the run.
  *
  * Adding a suite (e.g. training phases): write a `const bench_suite bench_suite_xxx` with its
- * cases in its own file and list it in bench_main.c's suite table.
+ * cases in its own file and list it in bench_main.c's suite table. A suite may name its
+ * reference column (ref_label), keep the results (results) and print a summary after its table
+ * (summary), e.g. a target check.
  */
 #ifndef TMP_BENCH_H
 #define TMP_BENCH_H
@@ -26,19 +28,24 @@ typedef struct {
     const void *arg;                /* passed to both */
 } bench_case;
 
-typedef struct {
-    const char *name;
-    const char *title;
-    const bench_case *cases;
-    int count;
-    int (*last_error)(void); /* non-zero when the last run failed (e.g. a kernel's status) */
-} bench_suite;
+typedef struct bench_suite_s bench_suite;
 
 typedef struct {
     uint32_t instructions;   /* the count modulo 2^32 (kernel cases stay far below) */
     uint64_t instructions64; /* the full count (training steps and whole runs) */
     uint32_t stack_bytes;
 } bench_result;
+
+struct bench_suite_s {
+    const char *name;
+    const char *title;
+    const bench_case *cases;
+    int count;
+    int (*last_error)(void); /* non-zero when the last run failed (e.g. a kernel's status) */
+    const char *ref_label;   /* header of the reference column; NULL: "CMSIS-NN" */
+    bench_result *results;   /* NULL, or `count` entries: each case's result is stored there */
+    void (*summary)(const bench_suite *s); /* printed after the table (NULL: nothing) */
+};
 
 /** Initialise the timer and calibrate; returns 0, or -1 (with a message) when the program is not
  *  running under QEMU with -icount shift=0. */

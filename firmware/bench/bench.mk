@@ -2,7 +2,8 @@
 # Included by the top-level Makefile; paths are relative to the repository root.
 #
 #   make bench-kernels   instructions per MAC of every int8 forward kernel, DSP path and portable C
-#                        path, counted under QEMU -icount (build/bench/)
+#                        path, and of the fp32 condensed backward kernels (r = 4, r = 2; in the
+#                        DSP program only), counted under QEMU -icount (build/bench/)
 #   make kernel-check    the same randomised kernel cases on the M7 (DSP path, and portable path)
 #                        and on the host (portable path): the output digests must be identical
 #
@@ -42,8 +43,18 @@ $(BENCH_BUILD)/portable/%.o: $(BENCH_CORE)/kernels/%.c $(BENCH_KERNEL_HDR) $(BEN
 	@mkdir -p $(dir $@)
 	$(BENCH_ARM_CC) $(BENCH_CFLAGS) -DTMP_NO_DSP -c $< -o $@
 
-$(BENCH_BUILD)/bench_kernels.elf: $(BENCH_START) $(BENCH_HARNESS_SRC) $(BENCH_HARNESS_HDR) $(BENCH_OBJ_DSP) $(BENCH_DIR)/link.ld
-	$(BENCH_ARM_CC) $(BENCH_CFLAGS) $(BENCH_LDFLAGS) $(BENCH_START) $(BENCH_HARNESS_SRC) $(BENCH_OBJ_DSP) -o $@
+# The DSP program also runs the fp32 backward kernels (core/train; they have no DSP path):
+# suites train-r4 and train-r2 of bench_train_kernels.c.
+BENCH_TRAIN_KERNEL_SRC := $(sort $(wildcard $(BENCH_CORE)/train/*.c))
+BENCH_TRAIN_KERNEL_HDR := $(wildcard $(BENCH_CORE)/train/*.h)
+BENCH_TRAIN_KERNEL_OBJ := $(patsubst $(BENCH_CORE)/train/%.c,$(BENCH_BUILD)/train/%.o,$(BENCH_TRAIN_KERNEL_SRC))
+
+$(BENCH_BUILD)/train/%.o: $(BENCH_CORE)/train/%.c $(BENCH_KERNEL_HDR) $(BENCH_TRAIN_KERNEL_HDR) $(BENCH_DIR)/bench.mk
+	@mkdir -p $(dir $@)
+	$(BENCH_ARM_CC) $(BENCH_CFLAGS) -c $< -o $@
+
+$(BENCH_BUILD)/bench_kernels.elf: $(BENCH_START) $(BENCH_HARNESS_SRC) $(BENCH_DIR)/bench_train_kernels.c $(BENCH_HARNESS_HDR) $(BENCH_OBJ_DSP) $(BENCH_TRAIN_KERNEL_OBJ) $(BENCH_DIR)/link.ld
+	$(BENCH_ARM_CC) $(BENCH_CFLAGS) -DBENCH_TRAIN_KERNELS $(BENCH_LDFLAGS) $(BENCH_START) $(BENCH_HARNESS_SRC) $(BENCH_DIR)/bench_train_kernels.c $(BENCH_OBJ_DSP) $(BENCH_TRAIN_KERNEL_OBJ) -lm -o $@
 
 $(BENCH_BUILD)/bench_kernels_portable.elf: $(BENCH_START) $(BENCH_HARNESS_SRC) $(BENCH_HARNESS_HDR) $(BENCH_OBJ_PORT) $(BENCH_DIR)/link.ld
 	$(BENCH_ARM_CC) $(BENCH_CFLAGS) -DTMP_NO_DSP $(BENCH_LDFLAGS) $(BENCH_START) $(BENCH_HARNESS_SRC) $(BENCH_OBJ_PORT) -o $@

@@ -199,4 +199,7 @@ const bench_suite bench_suite_kernels = {
     cases,
     (int)(sizeof cases / sizeof cases[0]),
     last_error,
+    NULL,
+    NULL,
+    NULL,
 };
