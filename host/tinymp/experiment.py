@@ -555,7 +555,7 @@ def verdict(summary, tasks, shots):
 # ------------------------------------------------------------------------------ Markdown
 
 def _pm(ms):
-    return "—" if ms is None else "%.1f ± %.1f" % ms
+    return "—" if ms is None else "%.1f ± %.1f" % tuple(ms)
 
 
 def markdown(res, command, notes=None):
