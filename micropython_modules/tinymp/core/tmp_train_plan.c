@@ -706,7 +706,7 @@ static int fits(ctx_t *c, uint64_t arena) {
     return 1;
 }
 
-/* The region limit of tinymp: a candidate that moves the backward region earlier than
+/* The region limit of the selection (tinymp by default): a candidate that moves the backward region earlier than
  * `kept_first` must keep a step from the feature cache within step_share of an inference. Every
  * layer the region gains is run forward in every cached epoch and carries the gradient back, so
  * a small layer far from the others can cost more time than all the others together. */
@@ -1004,6 +1004,9 @@ tmp_status tmp_train_plan_make(const tmp_model *m, const tmp_train_options *o, v
     }
     if (o->n_bias < -2) {
         return fail(err, "n_bias must be >= 0 or -1 (all)", -1);
+    }
+    if (!(o->step_share >= 0.0f)) {
+        return fail(err, "step_share must be > 0", -1);
     }
     memset(p, 0, sizeof *p);
     ctx_t c;
