@@ -247,3 +247,23 @@ def test_list_runs_nothing(capsys):
     out = capsys.readouterr().out
     for name in ex.TASK_NAMES + ex.METHOD_NAMES:
         assert name in out
+
+
+def test_notes_edited_during_the_run_are_the_ones_written(tmp_path, monkeypatch):
+    """--notes is checked at the start (a bad path fails before minutes of work) and read again
+    at the end, so a reading edited while the run goes on is the one RESULTS.md gets."""
+    from tinymp import cli, experiment
+    notes = tmp_path / "READING.md"
+    notes.write_text("## Reading\n\nold\n")
+    real_run = experiment.run
+
+    def run_and_edit(**kw):
+        res = real_run(**kw)
+        notes.write_text("## Reading\n\nnew\n")
+        return res
+    monkeypatch.setattr(experiment, "run", run_and_edit)
+    out = tmp_path / "out"
+    assert cli.main(["experiment", "--quick", "--tasks", "invert", "--methods", "none", "--seeds", "1",
+                     "--out", str(out), "--notes", str(notes)]) == 0
+    text = (out / "RESULTS.md").read_text()
+    assert "\nnew\n" in text and "\nold\n" not in text

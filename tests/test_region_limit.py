@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 tinymp = pytest.importorskip("tinymp")
-from tinymp import bench, zoo  # noqa: E402
+from tinymp import bench  # noqa: E402
 
 
 def fwd_macs(m, layer):

@@ -356,6 +356,13 @@ def cmd_experiment(args):
     try:
         res = ex.run(tasks=tasks, methods=methods, shots=shots, seeds=seeds, epochs=epochs, lr=lr,
                      jobs=jobs)
+        if args.notes is not None:
+            # read again: the reading may have been edited while the run went on (minutes)
+            try:
+                with open(args.notes, encoding="utf-8") as f:
+                    notes = f.read()
+            except OSError:
+                pass  # keep the copy read at the start
         paths = ex.write_outputs(res, out, command, notes)
     except ex.ExperimentError as e:
         raise UserError(str(e)) from None
