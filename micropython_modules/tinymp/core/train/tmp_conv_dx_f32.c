@@ -115,12 +115,14 @@ static void conv_dx_condensed(const tmp_grad_conv_params *p, const tmp_dims *id,
                 }
                 int32_t qx0, qx1;
                 tmp_tr_window_cells(px, p->stride_w, qw, &qx0, &qx1);
+                /* the window's cells of one grid row are consecutive in dx: one run of
+                 * (qx1 - qx0) * cin floats, ws repeating every cin */
+                const int32_t run = (qx1 - qx0) * cin;
                 for (int32_t qy = qy0; qy < qy1; qy++) {
-                    for (int32_t qx = qx0; qx < qx1; qx++) {
-                        float *d = dx + ((size_t)qy * (size_t)qw + (size_t)qx) * (size_t)cin;
-                        for (int32_t i = 0; i < cin; i++) {
-                            d[i] += g * ws[i];
-                        }
+                    float *d = dx + ((size_t)qy * (size_t)qw + (size_t)qx0) * (size_t)cin;
+                    for (int32_t e = 0, i = 0; e < run; e++) {
+                        d[e] = tmp_tr_mla(d[e], g, ws[i]);
+                        i = i + 1 == cin ? 0 : i + 1;
                     }
                 }
             }

@@ -8,6 +8,7 @@
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "../tmp_common.h"
 #include "tmp_train_kernels.h"
@@ -15,9 +16,236 @@
 /** Largest GC patch size a uint8 count mask can hold (15*15 = 225 <= 255). */
 #define TMP_TRAIN_MAX_COUNT_R 15
 
-/** ceil(a / b) for a >= 0, b >= 1. */
+/** ceil(a / b) for b >= 1 (the same value as (a + b - 1) / b in 64 bits, for every a), with
+ *  32-bit divisions only: a 64-bit one is a library call of ~100 instructions on a Cortex-M. */
 static inline int32_t tmp_tr_ceil_div(int32_t a, int32_t b) {
-    return (int32_t)(((int64_t)a + b - 1) / b);
+    return a > 0 ? (a - 1) / b + 1 : (a + b - 1) / b;
+}
+
+/**
+ * acc + a * b, the product rounded before the addition (not fused), i.e. exactly the C
+ * expression as the core compiles it (-std=c99: no contraction into an fma). With a
+ * single-precision VFP/FPv4/FPv5 unit this is one VMLA.F32, which the architecture defines as
+ * FPAdd(acc, FPMul(a, b)) with both roundings, so the result is bit-identical (GCC does not emit
+ * VMLA by itself). -DTMP_NO_VMLA forces the C expression (to compare both on the M7).
+ */
+#if defined(__GNUC__) && defined(__ARM_FP) && (__ARM_FP & 4) && !defined(TMP_NO_VMLA)
+#define TMP_TR_VMLA 1
+static inline float tmp_tr_mla(float acc, float a, float b) {
+    __asm__("vmla.f32 %0, %1, %2" : "+t"(acc) : "t"(a), "t"(b));
+    return acc;
+}
+#else
+#define TMP_TR_VMLA 0
+static inline float tmp_tr_mla(float acc, float a, float b) {
+    return acc + a * b;
+}
+#endif
+
+/** Fully unroll the next loop (its bound is a compile-time constant after inlining): GCC's -O2
+ *  does not, and an unrolled register tile is the point of the blocked kernels. */
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 8
+#define TMP_TR_UNROLL _Pragma("GCC unroll 32")
+#define TMP_TR_UNROLL4 _Pragma("GCC unroll 4") /* by 4, for a loop of any trip count */
+#else
+#define TMP_TR_UNROLL
+#define TMP_TR_UNROLL4
+#endif
+
+/** (float)p[0] for a 4-byte aligned p (one VLDR of the pair p[0..1] and a VCVT.F32.S16 of its
+ *  low half on the M7: two instructions instead of LDRSH, VMOV, VCVT). Exact either way. */
+static inline float tmp_tr_s16_lo(const int16_t *p) {
+#if TMP_TR_VMLA && defined(__GNUC__)
+    float f;
+    memcpy(&f, __builtin_assume_aligned(p, 4), sizeof f);
+    __asm__("vcvt.f32.s16 %0, %0, #0" : "+t"(f));
+    return f;
+#else
+    return (float)p[0];
+#endif
+}
+
+/**
+ * d[i] = d[i] + a[i] * b[i] for i < n (each product and sum rounded: tmp_tr_mla). On the M7,
+ * 8 elements per step in one asm block (two steps per loop iteration): three VLDM, eight VMLA,
+ * one VSTM (d, a, b 4-byte aligned, as float arrays are); the remainder and other targets in C.
+ */
+static inline void tmp_tr_vmla_rows(float *d, const float *a, const float *b, int32_t n) {
+    int32_t i = 0;
+#if TMP_TR_VMLA && defined(__GNUC__)
+    if (n >= 8) {
+        float *dd = d;
+        const float *aa = a, *bb = b;
+        const float *a_end16 = a + (n & ~(int32_t)15);
+        const float *a_end8 = a + (n & ~(int32_t)7);
+        __asm__ volatile(
+            "cmp      %[a], %[end16]\n\t"
+            "beq      2f\n\t"
+            "1:\n\t"
+            "vldm     %[d], {s0-s7}\n\t"
+            "vldmia   %[a]!, {s8-s15}\n\t"
+            "vldmia   %[b]!, {s16-s23}\n\t"
+            "vmla.f32 s0, s8, s16\n\t"
+            "vmla.f32 s1, s9, s17\n\t"
+            "vmla.f32 s2, s10, s18\n\t"
+            "vmla.f32 s3, s11, s19\n\t"
+            "vmla.f32 s4, s12, s20\n\t"
+            "vmla.f32 s5, s13, s21\n\t"
+            "vmla.f32 s6, s14, s22\n\t"
+            "vmla.f32 s7, s15, s23\n\t"
+            "vstmia   %[d]!, {s0-s7}\n\t"
+            "vldm     %[d], {s0-s7}\n\t"
+            "vldmia   %[a]!, {s8-s15}\n\t"
+            "vldmia   %[b]!, {s16-s23}\n\t"
+            "vmla.f32 s0, s8, s16\n\t"
+            "vmla.f32 s1, s9, s17\n\t"
+            "vmla.f32 s2, s10, s18\n\t"
+            "vmla.f32 s3, s11, s19\n\t"
+            "vmla.f32 s4, s12, s20\n\t"
+            "vmla.f32 s5, s13, s21\n\t"
+            "vmla.f32 s6, s14, s22\n\t"
+            "vmla.f32 s7, s15, s23\n\t"
+            "vstmia   %[d]!, {s0-s7}\n\t"
+            "cmp      %[a], %[end16]\n\t"
+            "bne      1b\n\t"
+            "2:\n\t"
+            "cmp      %[a], %[end8]\n\t"
+            "beq      3f\n\t"
+            "vldm     %[d], {s0-s7}\n\t"
+            "vldmia   %[a]!, {s8-s15}\n\t"
+            "vldmia   %[b]!, {s16-s23}\n\t"
+            "vmla.f32 s0, s8, s16\n\t"
+            "vmla.f32 s1, s9, s17\n\t"
+            "vmla.f32 s2, s10, s18\n\t"
+            "vmla.f32 s3, s11, s19\n\t"
+            "vmla.f32 s4, s12, s20\n\t"
+            "vmla.f32 s5, s13, s21\n\t"
+            "vmla.f32 s6, s14, s22\n\t"
+            "vmla.f32 s7, s15, s23\n\t"
+            "vstmia   %[d]!, {s0-s7}\n\t"
+            "3:"
+            : [d] "+r"(dd), [a] "+r"(aa), [b] "+r"(bb)
+            : [end16] "r"(a_end16), [end8] "r"(a_end8)
+            : "cc", "memory", "s0", "s1", "s2", "s3", "s4", "s5", "s6", "s7", "s8", "s9", "s10",
+              "s11", "s12", "s13", "s14", "s15", "s16", "s17", "s18", "s19", "s20", "s21", "s22",
+              "s23");
+        i = n & ~(int32_t)7;
+    }
+#endif
+    for (; i < n; i++) {
+        d[i] = tmp_tr_mla(d[i], a[i], b[i]);
+    }
+}
+
+/**
+ * tmp_tr_vmla_rows(d + r*n, a, b + r*n, n) for r < rows: d and b are `rows` consecutive rows of
+ * n floats, a one row reused (on the M7 with n a multiple of 8, one asm block for all rows).
+ */
+static inline void tmp_tr_vmla_rows_rep(float *d, const float *a, const float *b, int32_t n,
+    size_t rows) {
+#if TMP_TR_VMLA && defined(__GNUC__)
+    if (rows > 0 && n >= 8 && (n & 7) == 0) {
+        float *dd = d;
+        const float *aa, *bb = b;
+        size_t left = rows;
+        const float *e16 = a + (n & ~(int32_t)15), *e8 = a + n;
+        __asm__ volatile(
+            "0:\n\t"
+            "mov      %[a], %[a0]\n\t"
+            "cmp      %[a], %[e16]\n\t"
+            "beq      2f\n\t"
+            "1:\n\t"
+            "vldm     %[d], {s0-s7}\n\t"
+            "vldmia   %[a]!, {s8-s15}\n\t"
+            "vldmia   %[b]!, {s16-s23}\n\t"
+            "vmla.f32 s0, s8, s16\n\t"
+            "vmla.f32 s1, s9, s17\n\t"
+            "vmla.f32 s2, s10, s18\n\t"
+            "vmla.f32 s3, s11, s19\n\t"
+            "vmla.f32 s4, s12, s20\n\t"
+            "vmla.f32 s5, s13, s21\n\t"
+            "vmla.f32 s6, s14, s22\n\t"
+            "vmla.f32 s7, s15, s23\n\t"
+            "vstmia   %[d]!, {s0-s7}\n\t"
+            "vldm     %[d], {s0-s7}\n\t"
+            "vldmia   %[a]!, {s8-s15}\n\t"
+            "vldmia   %[b]!, {s16-s23}\n\t"
+            "vmla.f32 s0, s8, s16\n\t"
+            "vmla.f32 s1, s9, s17\n\t"
+            "vmla.f32 s2, s10, s18\n\t"
+            "vmla.f32 s3, s11, s19\n\t"
+            "vmla.f32 s4, s12, s20\n\t"
+            "vmla.f32 s5, s13, s21\n\t"
+            "vmla.f32 s6, s14, s22\n\t"
+            "vmla.f32 s7, s15, s23\n\t"
+            "vstmia   %[d]!, {s0-s7}\n\t"
+            "cmp      %[a], %[e16]\n\t"
+            "bne      1b\n\t"
+            "2:\n\t"
+            "cmp      %[a], %[e8]\n\t"
+            "beq      3f\n\t"
+            "vldm     %[d], {s0-s7}\n\t"
+            "vldmia   %[a]!, {s8-s15}\n\t"
+            "vldmia   %[b]!, {s16-s23}\n\t"
+            "vmla.f32 s0, s8, s16\n\t"
+            "vmla.f32 s1, s9, s17\n\t"
+            "vmla.f32 s2, s10, s18\n\t"
+            "vmla.f32 s3, s11, s19\n\t"
+            "vmla.f32 s4, s12, s20\n\t"
+            "vmla.f32 s5, s13, s21\n\t"
+            "vmla.f32 s6, s14, s22\n\t"
+            "vmla.f32 s7, s15, s23\n\t"
+            "vstmia   %[d]!, {s0-s7}\n\t"
+            "3:\n\t"
+            "subs     %[left], %[left], #1\n\t"
+            "bne      0b"
+            : [d] "+r"(dd), [b] "+r"(bb), [a] "=&r"(aa), [left] "+r"(left)
+            : [a0] "r"(a), [e16] "r"(e16), [e8] "r"(e8)
+            : "cc", "memory", "s0", "s1", "s2", "s3", "s4", "s5", "s6", "s7", "s8", "s9", "s10",
+              "s11", "s12", "s13", "s14", "s15", "s16", "s17", "s18", "s19", "s20", "s21", "s22",
+              "s23");
+        return;
+    }
+#endif
+    for (size_t r = 0; r < rows; r++) {
+        tmp_tr_vmla_rows(d + r * (size_t)n, a, b + r * (size_t)n, n);
+    }
+}
+
+/** Bit pattern of a float. */
+static inline uint32_t tmp_tr_fbits(float x) {
+    uint32_t b;
+    memcpy(&b, &x, sizeof b);
+    return b;
+}
+
+/**
+ * 1 when adding a product that is +-0 to the accumulator x might change its bits: x is -0
+ * (-0 + +0 = +0), a subnormal (flushed when the FPU runs flush-to-zero) or a NaN (payload
+ * rules); 0 for +0, normal numbers and infinities, for which x + (+-0) == x bit for bit. A
+ * kernel that skips the terms of a zero gradient may instead add them (a product of a +-0 and a
+ * finite value is +-0) when none of its accumulators is such an x: it starts with none, and a
+ * sum x + y is -0 only when x and y are -0 (round to nearest), so it never creates one.
+ */
+static inline int tmp_tr_zero_add_unsafe(float x) {
+    const uint32_t b = tmp_tr_fbits(x);
+    return (b << 1) > 0xFF000000u || ((b & 0x7F800000u) == 0 && b != 0);
+}
+
+/** 1 when x is finite (not an infinity, not a NaN). */
+static inline int tmp_tr_finite(float x) {
+    return (tmp_tr_fbits(x) & 0x7F800000u) != 0x7F800000u;
+}
+
+/** Patch count P = ceil(h/r) * ceil(w/r) of the output dims d (validated: tmp_tr_dims_ok) for a
+ *  valid r, when an xs tensor [P][k] of `type` is valid (k >= 1, type TMP_XS_S16 or TMP_XS_S32,
+ *  size <= INT32_MAX: the conditions of tmp_gc_sums_size() >= 0); -1 otherwise. */
+static inline int32_t tmp_tr_gc_patches(int32_t r, const tmp_dims *d, int32_t k, tmp_xs_type type) {
+    if (k < 1 || (type != TMP_XS_S16 && type != TMP_XS_S32)) {
+        return -1;
+    }
+    const int32_t np = tmp_tr_ceil_div(d->h, r) * tmp_tr_ceil_div(d->w, r); /* <= h * w */
+    return (int64_t)np * k * (int64_t)type > INT32_MAX ? -1 : np;
 }
 
 /** h, w, c >= 1 and h*w*c fits in int32. */
