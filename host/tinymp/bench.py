@@ -298,6 +298,20 @@ def headline(res):
            "peak SRAM %d KB (emulated)" % (res["title"], bwd, run, round(kb))
 
 
+def run_bound(res):
+    """(ratio, label): the largest run ratio against `sparse` that tinymp's same-memory row could
+    reach if its backward and update phases cost nothing -- its run with only the forward phases
+    of its fill steps and cached steps (and its period ends) left. None without the rows."""
+    sp = _by_label(res, "sparse")
+    same = _by_label(res, "tinymp r=4 @ sparse's size") or _by_label(res, "tinymp r=4")
+    if sp is None or same is None or "cached_step" not in same:
+        return None
+    n, epochs = same["run_samples"], same["run_epochs"]
+    fwd = (n * same["fill_step"]["phases"][0] + n * (epochs - 1) * same["cached_step"]["phases"][0]
+           + epochs * same.get("end_period", 0))
+    return sp["run_instructions"] / max(1, fwd), same["label"]
+
+
 def write_markdown(results, path, command, notes=None):
     """RESULTS.md: the tables, headlines and definitions; `notes` (text, e.g. a hand-written
     reading kept in its own file) is appended as is, so a re-run keeps it."""
@@ -328,6 +342,11 @@ def write_markdown(results, path, command, notes=None):
         h = headline(res)
         if h:
             L.append("\n**%s**\n" % h)
+        b = run_bound(res)
+        if b:
+            L.append("Forward-pass bound: were the backward and update phases of `%s` free, its run "
+                     "would be %.2fx fewer instructions than `sparse`'s (its fill steps' and cached "
+                     "steps' forward phases and its period ends alone).\n" % (b[1], b[0]))
     L.append("\nColumns: instructions of one call (inference: the trainer's forward pass; step: forward "
              "with saving, loss, backward, updates; the phase split comes from a 40-instruction timer "
              "through the trainer's clock hook, so it is within ±40 per phase boundary); *step from "
