@@ -65,67 +65,83 @@ static inline float tmp_tr_s16_lo(const int16_t *p) {
 #endif
 }
 
+/* One step of the row kernels below: d[0..7] += a[0..7] * b[0..7] (VMLA each), a and b
+ * post-incremented by 8 floats, d by 8 after the store. */
+#define TMP_TR_VMLA8_STEP                                                                         \
+    "vldm     %[d], {s0-s7}\n\t"                                                                  \
+    "vldmia   %[a]!, {s8-s15}\n\t"                                                                \
+    "vldmia   %[b]!, {s16-s23}\n\t"                                                               \
+    "vmla.f32 s0, s8, s16\n\t"                                                                    \
+    "vmla.f32 s1, s9, s17\n\t"                                                                    \
+    "vmla.f32 s2, s10, s18\n\t"                                                                   \
+    "vmla.f32 s3, s11, s19\n\t"                                                                   \
+    "vmla.f32 s4, s12, s20\n\t"                                                                   \
+    "vmla.f32 s5, s13, s21\n\t"                                                                   \
+    "vmla.f32 s6, s14, s22\n\t"                                                                   \
+    "vmla.f32 s7, s15, s23\n\t"                                                                   \
+    "vstmia   %[d]!, {s0-s7}\n\t"
+
+#if TMP_TR_VMLA && defined(__GNUC__)
+/* For r < rows: d[r*n + i] += a[i] * b[r*n + i] (VMLA), i < n, for n >= 8 a multiple of 8 and
+ * rows >= 1: one asm block for all rows, two steps of 8 per loop iteration. */
+static inline void tmp_tr_vmla8_asm(float *d, const float *a, const float *b, int32_t n, size_t rows) {
+    float *dd = d;
+    const float *aa, *bb = b;
+    size_t left = rows;
+    const float *e16 = a + (n & ~(int32_t)15), *e8 = a + n;
+    __asm__ volatile(
+        "0:\n\t"
+        "mov      %[a], %[a0]\n\t"
+        "cmp      %[a], %[e16]\n\t"
+        "beq      2f\n\t"
+        "1:\n\t"
+        TMP_TR_VMLA8_STEP
+        TMP_TR_VMLA8_STEP
+        "cmp      %[a], %[e16]\n\t"
+        "bne      1b\n\t"
+        "2:\n\t"
+        "cmp      %[a], %[e8]\n\t"
+        "beq      3f\n\t"
+        TMP_TR_VMLA8_STEP
+        "3:\n\t"
+        "subs     %[left], %[left], #1\n\t"
+        "bne      0b"
+        : [d] "+r"(dd), [b] "+r"(bb), [a] "=&r"(aa), [left] "+r"(left)
+        : [a0] "r"(a), [e16] "r"(e16), [e8] "r"(e8)
+        : "cc", "memory", "s0", "s1", "s2", "s3", "s4", "s5", "s6", "s7", "s8", "s9", "s10", "s11",
+          "s12", "s13", "s14", "s15", "s16", "s17", "s18", "s19", "s20", "s21", "s22", "s23");
+}
+#endif
+
 /**
- * d[i] = d[i] + a[i] * b[i] for i < n (each product and sum rounded: tmp_tr_mla). On the M7,
- * 8 elements per step in one asm block (two steps per loop iteration): three VLDM, eight VMLA,
- * one VSTM (d, a, b 4-byte aligned, as float arrays are); the remainder and other targets in C.
+ * d[i] = d[i] + a[i] * b[i] for i < n (each product and sum rounded: tmp_tr_mla). On the M7 the
+ * whole multiples of 8 in the asm block (three VLDM, eight VMLA, one VSTM per 8 elements; d, a,
+ * b 4-byte aligned, as float arrays are), the remainder and other targets in C.
  */
 static inline void tmp_tr_vmla_rows(float *d, const float *a, const float *b, int32_t n) {
     int32_t i = 0;
 #if TMP_TR_VMLA && defined(__GNUC__)
     if (n >= 8) {
+        /* one row: the loop of tmp_tr_vmla8_asm without its per-row set-up (3 instructions a
+         * call, which the many short rows of a strided dwconv_dx would feel) */
         float *dd = d;
         const float *aa = a, *bb = b;
-        const float *a_end16 = a + (n & ~(int32_t)15);
-        const float *a_end8 = a + (n & ~(int32_t)7);
+        const float *e16 = a + (n & ~(int32_t)15), *e8 = a + (n & ~(int32_t)7);
         __asm__ volatile(
-            "cmp      %[a], %[end16]\n\t"
+            "cmp      %[a], %[e16]\n\t"
             "beq      2f\n\t"
             "1:\n\t"
-            "vldm     %[d], {s0-s7}\n\t"
-            "vldmia   %[a]!, {s8-s15}\n\t"
-            "vldmia   %[b]!, {s16-s23}\n\t"
-            "vmla.f32 s0, s8, s16\n\t"
-            "vmla.f32 s1, s9, s17\n\t"
-            "vmla.f32 s2, s10, s18\n\t"
-            "vmla.f32 s3, s11, s19\n\t"
-            "vmla.f32 s4, s12, s20\n\t"
-            "vmla.f32 s5, s13, s21\n\t"
-            "vmla.f32 s6, s14, s22\n\t"
-            "vmla.f32 s7, s15, s23\n\t"
-            "vstmia   %[d]!, {s0-s7}\n\t"
-            "vldm     %[d], {s0-s7}\n\t"
-            "vldmia   %[a]!, {s8-s15}\n\t"
-            "vldmia   %[b]!, {s16-s23}\n\t"
-            "vmla.f32 s0, s8, s16\n\t"
-            "vmla.f32 s1, s9, s17\n\t"
-            "vmla.f32 s2, s10, s18\n\t"
-            "vmla.f32 s3, s11, s19\n\t"
-            "vmla.f32 s4, s12, s20\n\t"
-            "vmla.f32 s5, s13, s21\n\t"
-            "vmla.f32 s6, s14, s22\n\t"
-            "vmla.f32 s7, s15, s23\n\t"
-            "vstmia   %[d]!, {s0-s7}\n\t"
-            "cmp      %[a], %[end16]\n\t"
+            TMP_TR_VMLA8_STEP
+            TMP_TR_VMLA8_STEP
+            "cmp      %[a], %[e16]\n\t"
             "bne      1b\n\t"
             "2:\n\t"
-            "cmp      %[a], %[end8]\n\t"
+            "cmp      %[a], %[e8]\n\t"
             "beq      3f\n\t"
-            "vldm     %[d], {s0-s7}\n\t"
-            "vldmia   %[a]!, {s8-s15}\n\t"
-            "vldmia   %[b]!, {s16-s23}\n\t"
-            "vmla.f32 s0, s8, s16\n\t"
-            "vmla.f32 s1, s9, s17\n\t"
-            "vmla.f32 s2, s10, s18\n\t"
-            "vmla.f32 s3, s11, s19\n\t"
-            "vmla.f32 s4, s12, s20\n\t"
-            "vmla.f32 s5, s13, s21\n\t"
-            "vmla.f32 s6, s14, s22\n\t"
-            "vmla.f32 s7, s15, s23\n\t"
-            "vstmia   %[d]!, {s0-s7}\n\t"
+            TMP_TR_VMLA8_STEP
             "3:"
             : [d] "+r"(dd), [a] "+r"(aa), [b] "+r"(bb)
-            : [end16] "r"(a_end16), [end8] "r"(a_end8)
+            : [e16] "r"(e16), [e8] "r"(e8)
             : "cc", "memory", "s0", "s1", "s2", "s3", "s4", "s5", "s6", "s7", "s8", "s9", "s10",
               "s11", "s12", "s13", "s14", "s15", "s16", "s17", "s18", "s19", "s20", "s21", "s22",
               "s23");
@@ -145,65 +161,7 @@ static inline void tmp_tr_vmla_rows_rep(float *d, const float *a, const float *b
     size_t rows) {
 #if TMP_TR_VMLA && defined(__GNUC__)
     if (rows > 0 && n >= 8 && (n & 7) == 0) {
-        float *dd = d;
-        const float *aa, *bb = b;
-        size_t left = rows;
-        const float *e16 = a + (n & ~(int32_t)15), *e8 = a + n;
-        __asm__ volatile(
-            "0:\n\t"
-            "mov      %[a], %[a0]\n\t"
-            "cmp      %[a], %[e16]\n\t"
-            "beq      2f\n\t"
-            "1:\n\t"
-            "vldm     %[d], {s0-s7}\n\t"
-            "vldmia   %[a]!, {s8-s15}\n\t"
-            "vldmia   %[b]!, {s16-s23}\n\t"
-            "vmla.f32 s0, s8, s16\n\t"
-            "vmla.f32 s1, s9, s17\n\t"
-            "vmla.f32 s2, s10, s18\n\t"
-            "vmla.f32 s3, s11, s19\n\t"
-            "vmla.f32 s4, s12, s20\n\t"
-            "vmla.f32 s5, s13, s21\n\t"
-            "vmla.f32 s6, s14, s22\n\t"
-            "vmla.f32 s7, s15, s23\n\t"
-            "vstmia   %[d]!, {s0-s7}\n\t"
-            "vldm     %[d], {s0-s7}\n\t"
-            "vldmia   %[a]!, {s8-s15}\n\t"
-            "vldmia   %[b]!, {s16-s23}\n\t"
-            "vmla.f32 s0, s8, s16\n\t"
-            "vmla.f32 s1, s9, s17\n\t"
-            "vmla.f32 s2, s10, s18\n\t"
-            "vmla.f32 s3, s11, s19\n\t"
-            "vmla.f32 s4, s12, s20\n\t"
-            "vmla.f32 s5, s13, s21\n\t"
-            "vmla.f32 s6, s14, s22\n\t"
-            "vmla.f32 s7, s15, s23\n\t"
-            "vstmia   %[d]!, {s0-s7}\n\t"
-            "cmp      %[a], %[e16]\n\t"
-            "bne      1b\n\t"
-            "2:\n\t"
-            "cmp      %[a], %[e8]\n\t"
-            "beq      3f\n\t"
-            "vldm     %[d], {s0-s7}\n\t"
-            "vldmia   %[a]!, {s8-s15}\n\t"
-            "vldmia   %[b]!, {s16-s23}\n\t"
-            "vmla.f32 s0, s8, s16\n\t"
-            "vmla.f32 s1, s9, s17\n\t"
-            "vmla.f32 s2, s10, s18\n\t"
-            "vmla.f32 s3, s11, s19\n\t"
-            "vmla.f32 s4, s12, s20\n\t"
-            "vmla.f32 s5, s13, s21\n\t"
-            "vmla.f32 s6, s14, s22\n\t"
-            "vmla.f32 s7, s15, s23\n\t"
-            "vstmia   %[d]!, {s0-s7}\n\t"
-            "3:\n\t"
-            "subs     %[left], %[left], #1\n\t"
-            "bne      0b"
-            : [d] "+r"(dd), [b] "+r"(bb), [a] "=&r"(aa), [left] "+r"(left)
-            : [a0] "r"(a), [e16] "r"(e16), [e8] "r"(e8)
-            : "cc", "memory", "s0", "s1", "s2", "s3", "s4", "s5", "s6", "s7", "s8", "s9", "s10",
-              "s11", "s12", "s13", "s14", "s15", "s16", "s17", "s18", "s19", "s20", "s21", "s22",
-              "s23");
+        tmp_tr_vmla8_asm(d, a, b, n, rows);
         return;
     }
 #endif
