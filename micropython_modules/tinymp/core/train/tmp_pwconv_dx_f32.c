@@ -10,7 +10,8 @@
  *
  * (Wsum = W for a 1x1 kernel.) Every element is computed as
  *     d = dx[p][i];  for o ascending, gbar[p][o] != 0:  d = d + (gbar[p][o] * wscale[o]) * w[o][i]
- * with each product and sum rounded to float, in this order. No scratch.
+ * with each product and sum rounded to float, in this order. No scratch from the caller (the
+ * blocked path keeps 288 bytes on the stack).
  *
  * Three paths compute exactly that, bit for bit:
  *  - blocked (4 or more patches): for each block of 8 input channels and chunk of 8 output
