@@ -306,9 +306,11 @@ def run_bound(res):
     same = _by_label(res, "tinymp r=4 @ sparse's size") or _by_label(res, "tinymp r=4")
     if sp is None or same is None or "cached_step" not in same:
         return None
-    n, epochs = same["run_samples"], same["run_epochs"]
-    fwd = (n * same["fill_step"]["phases"][0] + n * (epochs - 1) * same["cached_step"]["phases"][0]
-           + epochs * same.get("end_period", 0))
+    forward_only = {"step": {"mean": same["fill_step"]["phases"][0]},
+                    "fill_step": {"mean": same["fill_step"]["phases"][0]},
+                    "cached_step": {"mean": same["cached_step"]["phases"][0]},
+                    "end_period": same.get("end_period", 0)}
+    fwd = compose_run(forward_only, same["run_samples"], same["run_epochs"])
     return sp["run_instructions"] / max(1, fwd), same["label"]
 
 
