@@ -492,6 +492,9 @@ def sr_model(w, t, state, lo, hi):
     for wi, ti in zip(w, t):
         state = xorshift32(state)
         ti = np.float32(ti)
+        if not np.isfinite(ti):  # a non-finite step leaves the weight (the draw is still made)
+            out.append(int(wi))
+            continue
         fl = np.floor(ti)
         frac = np.float32(ti - fl)
         up = np.float32(state >> 8) < np.float32(frac * np.float32(16777216.0))
@@ -521,6 +524,43 @@ def test_sgd_s8_stochastic_exact_model_and_determinism(tk, rng):
     assert ok.all()
     with pytest.raises(tkc.KernelError):
         tk.sgd_s8(w, g, lr, scale, 0)
+
+
+@pytest.mark.parametrize("geometry", ["index", "stride", "contiguous"])
+def test_sgd_s8_stochastic_at_in_place(tk, rng, geometry):
+    """The in-place variant gives, element for element, the rounding model's result for the
+    elements it addresses (the same draws in the same order) and leaves every other byte alone;
+    steps past the clamp and non-finite ones included."""
+    n, size = 57, 600
+    base = rng.integers(-127, 128, size=size).astype(np.int8)
+    if geometry == "index":
+        idx, stride = rng.choice(size, n, replace=False).astype(np.uint16), 0
+        pos = idx.astype(np.int64)
+    else:
+        idx, stride = None, (7 if geometry == "stride" else 1)
+        pos = np.arange(n) * stride + 3
+    g = (rng.standard_normal(n) * 3).astype(np.float32)
+    g[5], g[9], g[11], g[20] = np.inf, np.nan, 1e6, -1e6
+    lr, scale = np.float32(0.01), np.float32(0.004)
+    seed = 0x9E3779B9
+    w0 = base if idx is not None else base[3:]
+    got, st = tk.sgd_s8_at(w0, idx, stride, g, lr, scale, seed)
+    if idx is None:
+        got = np.concatenate([base[:3], got])
+    with np.errstate(invalid="ignore", over="ignore"):
+        t = np.clip((-lr * g) / scale, -512, 512)
+    t[~np.isfinite((-lr * g) / scale)] = np.nan
+    want_vals, wst = sr_model(base[pos], t, seed, -127, 127)
+    want = base.copy()
+    want[pos] = want_vals
+    np.testing.assert_array_equal(got, want)
+    assert st == wst
+    # the same as the row kernel on the gathered elements
+    row, rst, _ = tk.sgd_s8(base[pos], g, lr, scale, seed)
+    np.testing.assert_array_equal(got[pos], row)
+    assert rst == st
+    with pytest.raises(tkc.KernelError):
+        tk.sgd_s8_at(base, None, 0, g, lr, scale, seed)
 
 
 @pytest.mark.parametrize("step", [0.01, 0.3, 0.5, -0.77, 2.25, -3.9])

@@ -479,6 +479,14 @@ static tmp_status apply_slice(tmp_trainer *t, int32_t i, const slice_geom *g, ui
     int8_t *w = (int8_t *)lb_ptr(t, TMP_LB_W, i);
     float *wm = (float *)lb_ptr(t, TMP_LB_WM, i);
     float *vw = (float *)lb_ptr(t, TMP_LB_VW, i);
+    if (wm == NULL && vw == NULL && g->type != TMP_LAYER_CONV) {
+        /* int8 weights without momentum (the default): the step where the weights are, no
+         * gather and scatter; the same draws, so the same result */
+        if (g->type == TMP_LAYER_DWCONV) {
+            return tmp_sgd_s8_stochastic_at((int32_t)n, w + o, NULL, (int32_t)g->cin, dw, t->lr, wscale, &t->rng);
+        }
+        return tmp_sgd_s8_stochastic_at((int32_t)n, w + (size_t)o * g->cin, g->ch, 1, dw, t->lr, wscale, &t->rng);
+    }
     int8_t *g8 = (int8_t *)gather;
     float *gm = (float *)(void *)(gather + al4(n));
     float *gv = gm + (wm != NULL ? n : 0u);
@@ -677,10 +685,21 @@ static tmp_status backward_layer(tmp_trainer *t, int32_t i, uint32_t *upd) {
         if (t->hook != NULL) {
             t->hook(t->hook_ctx, i, (int32_t)o, dw, (int32_t)n, NULL, 0);
         }
-        if (sel.iacc != NULL) {
-            for (uint32_t e = 0; e < n; e++) {
-                uint32_t c = l.type == TMP_LAYER_DWCONV ? o : sel.ch[l.type == TMP_LAYER_CONV ? e % k : e];
-                sel.iacc[c] += dw[e] * dw[e];
+        if (sel.iacc != NULL) { /* APU importance: one loop per geometry, as this runs per weight */
+            if (l.type == TMP_LAYER_DWCONV) {
+                float a = sel.iacc[o];
+                for (uint32_t e = 0; e < n; e++) {
+                    a += dw[e] * dw[e];
+                }
+                sel.iacc[o] = a;
+            } else if (l.type == TMP_LAYER_CONV) {
+                for (uint32_t e = 0; e < n; e++) {
+                    sel.iacc[sel.ch[e % k]] += dw[e] * dw[e];
+                }
+            } else {
+                for (uint32_t e = 0; e < n; e++) {
+                    sel.iacc[sel.ch[e]] += dw[e] * dw[e];
+                }
             }
         }
         uint32_t u0 = now(t);

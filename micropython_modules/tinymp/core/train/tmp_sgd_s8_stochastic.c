@@ -15,6 +15,11 @@
  * (non-zero, advanced in place). A non-finite step leaves the weight unchanged.
  *
  * Layouts: w [n] int8 (typically one output channel's weights: one scale), g [n], v [n] or NULL.
+ *
+ * tmp_sgd_s8_stochastic_at: the same step without momentum on weights left where they are, so
+ * the trainer need not gather a slice and scatter it back: element i is w[idx[i]] (idx != NULL)
+ * or w[i * stride]. The same draws in the same order, so the same results as gathering the
+ * elements into a row, calling tmp_sgd_s8_stochastic, and scattering them.
  */
 #include <math.h>
 #include <stddef.h>
@@ -33,29 +38,38 @@ tmp_status tmp_sgd_s8_stochastic(int32_t n, int8_t *w, const float *g, float lr,
     /* the generator's state in a local: w (int8) may alias it, which would force a store and a
      * reload per element */
     uint32_t st = *state;
+    const float nlr = -lr;
     for (int32_t i = 0; i < n; i++) {
         float d = g[i];
         if (v != NULL) {
             v[i] = momentum * v[i] + d;
             d = v[i];
         }
-        float t = -lr * d / scale;
-        if (!isfinite(t)) {
-            (void)tmp_tr_xorshift32(&st);
-            continue;
+        w[i] = (int8_t)tmp_tr_sgd_s8_one(w[i], d, nlr, scale, &st);
+    }
+    *state = st;
+    return TMP_OK;
+}
+
+tmp_status tmp_sgd_s8_stochastic_at(int32_t n, int8_t *w, const uint16_t *idx, int32_t stride,
+    const float *g, float lr, float scale, uint32_t *state) {
+    if (w == NULL || g == NULL || state == NULL || *state == 0u || n < 1 || !(scale > 0.0f) ||
+        (idx == NULL && stride < 1)) {
+        return TMP_ERR_ARG;
+    }
+    uint32_t st = *state;
+    const float nlr = -lr;
+    if (idx != NULL) {
+        for (int32_t i = 0; i < n; i++) {
+            int8_t *p = w + idx[i];
+            *p = (int8_t)tmp_tr_sgd_s8_one(*p, g[i], nlr, scale, &st);
         }
-        if (t > 512.0f) {
-            t = 512.0f;
-        } else if (t < -512.0f) {
-            t = -512.0f;
+    } else {
+        int8_t *p = w;
+        for (int32_t i = 0; i < n; i++) {
+            *p = (int8_t)tmp_tr_sgd_s8_one(*p, g[i], nlr, scale, &st);
+            p += stride;
         }
-        int32_t q = (int32_t)w[i] + tmp_tr_stochastic_round_small(t, &st);
-        if (q > 127) {
-            q = 127;
-        } else if (q < -127) {
-            q = -127;
-        }
-        w[i] = (int8_t)q;
     }
     *state = st;
     return TMP_OK;

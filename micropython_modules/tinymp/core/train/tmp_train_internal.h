@@ -295,6 +295,31 @@ static inline int32_t tmp_tr_stochastic_round_small(float t, uint32_t *state) {
     return (int32_t)fl + (((float)u < frac * 16777216.0f) ? 1 : 0);
 }
 
+/**
+ * One weight of tmp_sgd_s8_stochastic (TRAINING.md section 2): w + SR(nlr * d / scale) clamped
+ * to [-127, 127], nlr = -lr, with one draw from *st; a non-finite step leaves w (the draw is
+ * still made). The test |t| <= 512 takes the usual case in one compare: a NaN or infinite t and
+ * one that the +-512 clamp changes both fail it.
+ */
+static inline int32_t tmp_tr_sgd_s8_one(int32_t w, float d, float nlr, float scale, uint32_t *st) {
+    float t = nlr * d / scale;
+    if (!(fabsf(t) <= 512.0f)) {
+        if (!isfinite(t)) {
+            (void)tmp_tr_xorshift32(st);
+            return w;
+        }
+        t = t > 0.0f ? 512.0f : -512.0f;
+    }
+    const float fl = floorf(t);
+    const float frac = t - fl;
+    const uint32_t u = tmp_tr_xorshift32(st) >> 8;
+    int32_t q = w + (int32_t)fl;
+    if ((float)u < frac * 16777216.0f) { /* tmp_tr_stochastic_round_small, spelled out */
+        q++;
+    }
+    return q > 127 ? 127 : (q < -127 ? -127 : q);
+}
+
 /** round half away from zero of a float, clamped to [lo, hi] (NaN -> 0). */
 static inline int64_t tmp_tr_round_clamp(float t, float lo, float hi) {
     if (!(t == t)) {
