@@ -612,6 +612,16 @@ def test_sgd_s32_stochastic(tk, rng):
     b = np.array([2**31 - 10, -2**31 + 10], np.int32)
     got, _, _ = tk.sgd_s32(b, np.array([-1e9, 1e9], np.float32), 1.0, 1.0, np.ones(2, np.float32), 3)
     np.testing.assert_array_equal(got, [2**31 - 1, -2**31])
+    # steps beyond the int32 range (the kernel's 64-bit path) that the sum brings back in range,
+    # and steps past its +-2^32 clamp
+    b = np.array([-2**31 + 5, 2**31 - 7, 0, -2**31 + 1], np.int32)
+    g = np.array([-3e9, 3e9, -1e12, 2.5e9 + 0.5], np.float32)
+    got, st, _ = tk.sgd_s32(b, g, 1.0, 1.0, np.ones(4, np.float32), 11)
+    t = np.clip(-g, -2.0**32, 2.0**32)
+    want, wst = sr_model(b, t, 11, -2**31, 2**31 - 1)
+    np.testing.assert_array_equal(got, want)
+    assert got[0] == -2**31 + 5 + 3 * 10**9 and got[1] == 2**31 - 7 - 3 * 10**9
+    assert st == wst
     # unbiased
     n = 40000
     got, _, _ = tk.sgd_s32(np.zeros(n, np.int32), np.full(n, -0.37, np.float32), 1.0, 1.0,

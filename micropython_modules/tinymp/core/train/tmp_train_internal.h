@@ -284,7 +284,10 @@ static inline int64_t tmp_tr_stochastic_round(float t, uint32_t *state) {
     const float fl = floorf(t);
     const float frac = t - fl; /* exact for |t| < 2^24; 0 beyond, where t is an integer */
     const uint32_t u = tmp_tr_xorshift32(state) >> 8; /* uniform in [0, 2^24) */
-    return (int64_t)fl + (((float)u < frac * 16777216.0f) ? 1 : 0);
+    /* through int32 when it fits: one FPU conversion instead of a library call (the M7 has no
+     * float -> int64 instruction); the same value */
+    const int64_t base = (fl >= -2147483648.0f && fl < 2147483648.0f) ? (int64_t)(int32_t)fl : (int64_t)fl;
+    return base + (((float)u < frac * 16777216.0f) ? 1 : 0);
 }
 
 /** The same for |t| <= 2^23 (int8 weights: no 64-bit conversion on the FPU). */
@@ -331,7 +334,8 @@ static inline int64_t tmp_tr_round_clamp(float t, float lo, float hi) {
     if (t > hi) {
         t = hi;
     }
-    return (int64_t)roundf(t);
+    const float r = roundf(t);
+    return (r >= -2147483648.0f && r < 2147483648.0f) ? (int64_t)(int32_t)r : (int64_t)r;
 }
 
 #endif /* TMP_TRAIN_INTERNAL_H */
