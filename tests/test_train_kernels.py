@@ -544,7 +544,8 @@ def test_sgd_s8_stochastic_at_in_place(tk, rng, geometry):
     lr, scale = np.float32(0.01), np.float32(0.004)
     seed = 0x9E3779B9
     w0 = base if idx is not None else base[3:]
-    got, st = tk.sgd_s8_at(w0, idx, stride, g, lr, scale, seed)
+    sq0 = rng.uniform(0, 1, size=size).astype(np.float32)
+    got, st, sq = tk.sgd_s8_at(w0, idx, stride, g, lr, scale, seed, sq=sq0)
     if idx is None:
         got = np.concatenate([base[:3], got])
     with np.errstate(invalid="ignore", over="ignore"):
@@ -559,6 +560,19 @@ def test_sgd_s8_stochastic_at_in_place(tk, rng, geometry):
     row, rst, _ = tk.sgd_s8(base[pos], g, lr, scale, seed)
     np.testing.assert_array_equal(got[pos], row)
     assert rst == st
+    # the squared gradients: per element at its index, or one running sum in element order
+    want_sq = sq0.copy()
+    if idx is not None:
+        for x, d in zip(idx, g):
+            want_sq[x] = np.float32(want_sq[x] + np.float32(d * d))
+    else:
+        for d in g:
+            want_sq[0] = np.float32(want_sq[0] + np.float32(d * d))
+    np.testing.assert_array_equal(sq, want_sq)
+    # without sums: the same weights
+    plain, pst, _ = tk.sgd_s8_at(w0, idx, stride, g, lr, scale, seed)
+    np.testing.assert_array_equal(plain, got if idx is not None else got[3:])
+    assert pst == st
     with pytest.raises(tkc.KernelError):
         tk.sgd_s8_at(base, None, 0, g, lr, scale, seed)
 

@@ -111,7 +111,7 @@ SIGNATURES = {
     "tmp_softmax_xent_f32": (I32, [I32, P, I32, P, P]),
     "tmp_softmax_xent_s8": (I32, [I32, P, I32, F32, I32, P, P]),
     "tmp_sgd_s8_stochastic": (I32, [I32, P, P, F32, F32, F32, P, P]),
-    "tmp_sgd_s8_stochastic_at": (I32, [I32, P, P, I32, P, F32, F32, P]),
+    "tmp_sgd_s8_stochastic_at": (I32, [I32, P, P, I32, P, F32, F32, P, P]),
     "tmp_sgd_s32_stochastic": (I32, [I32, P, P, F32, F32, P, F32, P, P]),
     "tmp_sgd_f32": (I32, [I32, P, P, F32, F32, P]),
     "tmp_requant_s8_f32": (I32, [I32, P, F32, P]),
@@ -330,16 +330,17 @@ class TrainKernels:
                    momentum, _ptr(vv), C.cast(C.pointer(st), C.c_void_p))
         return w, st.value, vv
 
-    def sgd_s8_at(self, w, idx, stride, g, lr, scale, state):
-        """The in-place variant: element i is w[idx[i]] (idx not None) or w[i * stride].
-        Returns (new w, new state)."""
+    def sgd_s8_at(self, w, idx, stride, g, lr, scale, state, sq=None):
+        """The in-place variant: element i is w[idx[i]] (idx not None) or w[i * stride]; sq (float32
+        array or None) gets the squared gradients added. Returns (new w, new state, new sq)."""
         w = _arr(w, np.int8).copy()
         ix = None if idx is None else _arr(idx, np.uint16)
         g = _arr(g, np.float32)
+        sqa = None if sq is None else _arr(sq, np.float32).copy()
         st = C.c_uint32(state)
         self._call("tmp_sgd_s8_stochastic_at", g.size, _ptr(w), _ptr(ix), stride, _ptr(g), lr, scale,
-                   C.cast(C.pointer(st), C.c_void_p))
-        return w, st.value
+                   _ptr(sqa), C.cast(C.pointer(st), C.c_void_p))
+        return w, st.value, sqa
 
     def sgd_s32(self, b, g, lr, s_x, wscale, state, momentum=0.0, v=None):
         b = _arr(b, np.int32).copy()

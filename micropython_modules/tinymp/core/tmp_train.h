@@ -345,6 +345,15 @@ tmp_status tmp_trainer_params_save(const tmp_trainer *t, uint8_t *buf, uint32_t 
 tmp_status tmp_trainer_params_load(tmp_trainer *t, const uint8_t *buf, uint32_t size,
     const char **msg);
 
+/**
+ * Whether the trainer steps a layer's trained int8 weights where they are (the default: int8
+ * storage, no momentum, not a standard conv) rather than through a slice gathered into the end of
+ * the layer's backward scratch. The planner sizes that scratch by the same rule.
+ */
+static inline int tmp_train_update_in_place(tmp_layer_type type, int fp32, int momentum) {
+    return type != TMP_LAYER_CONV && !fp32 && !momentum;
+}
+
 #ifdef __cplusplus
 }
 #endif

@@ -437,7 +437,9 @@ static tmp_status build(ctx_t *c) {
                 sel += 4u * cin * 2u + align4(2u * cin) + align4(cin);
             }
             set_buf(c, TMP_LB_SEL * L + i, sel, 0, END, TMP_CAT_PARAMS);
-            bscratch += align4(sl) + (fp32 ? 4u * sl : 0u) + (mom ? 4u * sl : 0u);
+            if (!tmp_train_update_in_place(l.type, fp32, mom)) { /* the gathered slice */
+                bscratch += align4(sl) + (fp32 ? 4u * sl : 0u) + (mom ? 4u * sl : 0u);
+            }
         }
         if (f & TMP_TL_B) {
             set_buf(c, TMP_LB_DB * L + i, 4u * cout, bw, bw, TMP_CAT_GRADIENTS);

@@ -479,14 +479,6 @@ static tmp_status apply_slice(tmp_trainer *t, int32_t i, const slice_geom *g, ui
     int8_t *w = (int8_t *)lb_ptr(t, TMP_LB_W, i);
     float *wm = (float *)lb_ptr(t, TMP_LB_WM, i);
     float *vw = (float *)lb_ptr(t, TMP_LB_VW, i);
-    if (wm == NULL && vw == NULL && g->type != TMP_LAYER_CONV) {
-        /* int8 weights without momentum (the default): the step where the weights are, no
-         * gather and scatter; the same draws, so the same result */
-        if (g->type == TMP_LAYER_DWCONV) {
-            return tmp_sgd_s8_stochastic_at((int32_t)n, w + o, NULL, (int32_t)g->cin, dw, t->lr, wscale, &t->rng);
-        }
-        return tmp_sgd_s8_stochastic_at((int32_t)n, w + (size_t)o * g->cin, g->ch, 1, dw, t->lr, wscale, &t->rng);
-    }
     int8_t *g8 = (int8_t *)gather;
     float *gm = (float *)(void *)(gather + al4(n));
     float *gv = gm + (wm != NULL ? n : 0u);
@@ -650,12 +642,14 @@ static tmp_status backward_layer(tmp_trainer *t, int32_t i, uint32_t *upd) {
     /* the gathers sit at the end of the backward scratch: int8 slice, fp32 master, momentum */
     const uint32_t gather_bytes = (uint32_t)al4(n) + (lb_ptr(t, TMP_LB_WM, i) != NULL ? 4u * n : 0u) +
         (lb_ptr(t, TMP_LB_VW, i) != NULL ? 4u * n : 0u);
-    uint8_t *gather = bscratch + (lbuf(t, TMP_LB_BSCRATCH, i)->size - gather_bytes);
+    const int in_place = tmp_train_update_in_place(l.type, p->storage == TMP_STORAGE_FP32, p->momentum > 0.0f);
+    uint8_t *gather = in_place ? NULL : bscratch + (lbuf(t, TMP_LB_BSCRATCH, i)->size - gather_bytes);
     const float s_x = tin.scale;
     const int32_t in_off = -tin.zero_point;
     const tmp_xs_type xt = tmp_gc_xs_type(r, l.stride_h, l.stride_w);
     slice_geom g = { l.type, (uint32_t)l.kh, (uint32_t)l.kw, cin, k, sel.ch };
     const uint32_t outer = l.type == TMP_LAYER_DWCONV ? k : cout;
+    int8_t *w8 = (int8_t *)lb_ptr(t, TMP_LB_W, i);
     for (uint32_t oo = 0; oo < outer; oo++) {
         const uint32_t o = l.type == TMP_LAYER_DWCONV ? (sel.ch != NULL ? sel.ch[oo] : oo) : oo;
         switch (l.type) {
@@ -685,25 +679,27 @@ static tmp_status backward_layer(tmp_trainer *t, int32_t i, uint32_t *upd) {
         if (t->hook != NULL) {
             t->hook(t->hook_ctx, i, (int32_t)o, dw, (int32_t)n, NULL, 0);
         }
-        if (sel.iacc != NULL) { /* APU importance: one loop per geometry, as this runs per weight */
+        uint32_t u0 = now(t);
+        if (in_place) {
+            /* int8 weights without momentum (the default): the step where the weights are, no
+             * gather and scatter, and the APU importance sum_o dw^2 of each input channel on the
+             * way; the same draws and sums in the same order as the general path below */
             if (l.type == TMP_LAYER_DWCONV) {
-                float a = sel.iacc[o];
-                for (uint32_t e = 0; e < n; e++) {
-                    a += dw[e] * dw[e];
-                }
-                sel.iacc[o] = a;
-            } else if (l.type == TMP_LAYER_CONV) {
-                for (uint32_t e = 0; e < n; e++) {
-                    sel.iacc[sel.ch[e % k]] += dw[e] * dw[e];
-                }
+                s = tmp_sgd_s8_stochastic_at((int32_t)n, w8 + o, NULL, (int32_t)cin, dw, t->lr, l.wscale[o],
+                    sel.iacc != NULL ? sel.iacc + o : NULL, &t->rng);
             } else {
+                s = tmp_sgd_s8_stochastic_at((int32_t)n, w8 + (size_t)o * cin, g.ch, 1, dw, t->lr, l.wscale[o],
+                    sel.iacc, &t->rng);
+            }
+        } else {
+            if (sel.iacc != NULL) { /* APU importance of each input channel */
                 for (uint32_t e = 0; e < n; e++) {
-                    sel.iacc[sel.ch[e]] += dw[e] * dw[e];
+                    uint32_t c = l.type == TMP_LAYER_DWCONV ? o : sel.ch[l.type == TMP_LAYER_CONV ? e % k : e];
+                    sel.iacc[c] += dw[e] * dw[e];
                 }
             }
+            s = apply_slice(t, i, &g, o, n, dw, l.wscale[o], gather);
         }
-        uint32_t u0 = now(t);
-        s = apply_slice(t, i, &g, o, n, dw, l.wscale[o], gather);
         *upd += (uint32_t)(now(t) - u0);
         if (s != TMP_OK) {
             return s;

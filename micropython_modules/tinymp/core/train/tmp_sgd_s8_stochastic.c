@@ -19,7 +19,8 @@
  * tmp_sgd_s8_stochastic_at: the same step without momentum on weights left where they are, so
  * the trainer need not gather a slice and scatter it back: element i is w[idx[i]] (idx != NULL)
  * or w[i * stride]. The same draws in the same order, so the same results as gathering the
- * elements into a row, calling tmp_sgd_s8_stochastic, and scattering them.
+ * elements into a row, calling tmp_sgd_s8_stochastic, and scattering them. It can also add the
+ * squared gradients to the caller's sums on the way (APU importance, sq).
  */
 #include <math.h>
 #include <stddef.h>
@@ -52,18 +53,34 @@ tmp_status tmp_sgd_s8_stochastic(int32_t n, int8_t *w, const float *g, float lr,
 }
 
 tmp_status tmp_sgd_s8_stochastic_at(int32_t n, int8_t *w, const uint16_t *idx, int32_t stride,
-    const float *g, float lr, float scale, uint32_t *state) {
+    const float *g, float lr, float scale, float *sq, uint32_t *state) {
     if (w == NULL || g == NULL || state == NULL || *state == 0u || n < 1 || !(scale > 0.0f) ||
         (idx == NULL && stride < 1)) {
         return TMP_ERR_ARG;
     }
     uint32_t st = *state;
     const float nlr = -lr;
-    if (idx != NULL) {
+    if (idx != NULL && sq != NULL) {
+        for (int32_t i = 0; i < n; i++) {
+            const uint32_t x = idx[i];
+            const float d = g[i];
+            sq[x] += d * d;
+            w[x] = (int8_t)tmp_tr_sgd_s8_one(w[x], d, nlr, scale, &st);
+        }
+    } else if (idx != NULL) {
         for (int32_t i = 0; i < n; i++) {
             int8_t *p = w + idx[i];
             *p = (int8_t)tmp_tr_sgd_s8_one(*p, g[i], nlr, scale, &st);
         }
+    } else if (sq != NULL) {
+        float a = *sq;
+        int8_t *p = w;
+        for (int32_t i = 0; i < n; i++) {
+            a += g[i] * g[i];
+            *p = (int8_t)tmp_tr_sgd_s8_one(*p, g[i], nlr, scale, &st);
+            p += stride;
+        }
+        *sq = a;
     } else {
         int8_t *p = w;
         for (int32_t i = 0; i < n; i++) {

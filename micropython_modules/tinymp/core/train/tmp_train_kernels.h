@@ -291,11 +291,12 @@ tmp_status tmp_sgd_s8_stochastic(int32_t n, int8_t *w, const float *g, float lr,
  * tmp_sgd_s8_stochastic without momentum on weights in place: element i is w[idx[i]]
  * (idx != NULL) or w[i * stride] (stride >= 1). The same draws in the same order, so the same
  * result as gathering the n elements, tmp_sgd_s8_stochastic on them, and scattering them back.
- * The elements must be distinct.
+ * The elements must be distinct. sq (NULL: none) accumulates the squared gradients in element
+ * order: sq[idx[i]] += g[i]^2 with idx, else sq[0] += g[i]^2 (one sum).
  * @param w int8 base, idx [n] or NULL, g [n]
  */
 tmp_status tmp_sgd_s8_stochastic_at(int32_t n, int8_t *w, const uint16_t *idx, int32_t stride,
-    const float *g, float lr, float scale, uint32_t *state);
+    const float *g, float lr, float scale, float *sq, uint32_t *state);
 
 /**
  * The same for int32 biases in units of s_x * wscale[o]:
