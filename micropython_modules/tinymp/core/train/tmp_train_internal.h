@@ -290,14 +290,6 @@ static inline int64_t tmp_tr_stochastic_round(float t, uint32_t *state) {
     return base + (((float)u < frac * 16777216.0f) ? 1 : 0);
 }
 
-/** The same for |t| <= 2^23 (int8 weights: no 64-bit conversion on the FPU). */
-static inline int32_t tmp_tr_stochastic_round_small(float t, uint32_t *state) {
-    const float fl = floorf(t);
-    const float frac = t - fl;
-    const uint32_t u = tmp_tr_xorshift32(state) >> 8;
-    return (int32_t)fl + (((float)u < frac * 16777216.0f) ? 1 : 0);
-}
-
 /**
  * One weight of tmp_sgd_s8_stochastic (TRAINING.md section 2): w + SR(nlr * d / scale) clamped
  * to [-127, 127], nlr = -lr, with one draw from *st; a non-finite step leaves w (the draw is
@@ -317,7 +309,7 @@ static inline int32_t tmp_tr_sgd_s8_one(int32_t w, float d, float nlr, float sca
     const float frac = t - fl;
     const uint32_t u = tmp_tr_xorshift32(st) >> 8;
     int32_t q = w + (int32_t)fl;
-    if ((float)u < frac * 16777216.0f) { /* tmp_tr_stochastic_round_small, spelled out */
+    if ((float)u < frac * 16777216.0f) { /* SR as in tmp_tr_stochastic_round, in int32 */
         q++;
     }
     return q > 127 ? 127 : (q < -127 ? -127 : q);
