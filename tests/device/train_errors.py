@@ -143,7 +143,7 @@ show("support label bool", m.plan, "tinytrain", support=(xs, [0, True, 2, 3]))
 show("support sample", m.plan, "tinytrain", support=([x[:10]], [0]))
 show("support budget", m.plan, "tinymp", support=(xs, ys), budget=200)
 show("support budget tinytrain", m.plan, "tinytrain", support=(xs, ys), budget=440)
-print("tinytrain in 460 bytes", m.plan("tinytrain", support=(xs, ys), budget=460).layers)
+print("tinytrain in 476 bytes", m.plan("tinytrain", support=(xs, ys), budget=476).layers)
 p = m.plan("full")
 print("plan still works", p.arena_bytes, m.plan("tinytrain", support=(tuple(xs), tuple(ys))).layers)
 try:

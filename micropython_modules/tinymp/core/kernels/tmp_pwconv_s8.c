@@ -11,12 +11,13 @@
  * (NULL = zero), out [h][w][out.c] (out.h == in.h, out.w == in.w). `out` must not overlap `in`.
  * p->stride_h/stride_w must be 1 and p->pad_t/pad_l 0.
  *
- * Scratch: 2 * in.c bytes (4-byte aligned): the current input pixel as int16 with the input
- * offset already added, so that each output channel is one plain int16 x int8 dot product
- * (pwconv_dot_s16_s8()). The DSP path (TMP_DSP, Cortex-M4/M7) uses the same 2 * in.c bytes for
- * one weight row widened to int16 pairs in SXTB16 lane order (tmp_dsp.h) and computes 2 pixels x
- * 2 output channels per pass over the input channels with SMLAD, the input offset folded into a
- * per-channel constant (pwconv_dsp()).
+ * Scratch: 4 * in.c bytes (4-byte aligned). The portable path uses the first 2 * in.c: the current
+ * input pixel as int16 with the input offset already added, so that each output channel is one
+ * plain int16 x int8 dot product (pwconv_dot_s16_s8()). The DSP path (TMP_DSP, Cortex-M4/M7)
+ * uses all of it for two weight rows widened to int16 pairs in SXTB16 lane order (tmp_dsp.h),
+ * interleaved per group of 4 input channels, and computes 2 pixels x 2 output channels per pass
+ * over the input channels with SMLAD, the input offset folded into a per-channel constant
+ * (pwconv_dsp()). Both builds report the same size, so a plan is the same on the host and the M7.
  *
  * Preconditions not checked (guaranteed by the model format): |bias[o]| <= 2^31 - 1 - 32640*in.c,
  * so the int32 accumulator cannot overflow.
@@ -31,57 +32,52 @@
 
 int32_t tmp_pwconv_s8_get_buffer_size(const tmp_dims *in, const tmp_dims *out) {
     (void)out;
-    if (in == NULL || in->c < 1 || in->c > INT32_MAX / (int32_t)sizeof(int16_t)) {
+    if (in == NULL || in->c < 1 || in->c > INT32_MAX / (2 * (int32_t)sizeof(int16_t))) {
         return 0;
     }
-    return in->c * (int32_t)sizeof(int16_t);
+    return 2 * in->c * (int32_t)sizeof(int16_t);
 }
 
 #if TMP_DSP
-/* Row w (n weights) into buf: per group of 4 the words (w0,w2), (w1,w3) (SXTB16); returns the
- * sum of the whole row (tail included). */
-static int32_t pwconv_dsp_row(int32_t *buf, const int8_t *w, int32_t n) {
+/* Rows w0 and w1 (n weights each) into buf, per group of 4 weights the words
+ * (w0: b0,b2), (w0: b1,b3), (w1: b0,b2), (w1: b1,b3) in SXTB16 lane order, so that the inner loop
+ * reads all four with one post-incremented pointer; *s0, *s1 = the sums of the whole rows (tails
+ * included). */
+static void pwconv_dsp_rows(int32_t *buf, const int8_t *w0, const int8_t *w1, int32_t n,
+    int32_t *s0, int32_t *s1) {
     const int32_t ones = 0x00010001;
-    int32_t s = 0;
+    int32_t a = 0, b = 0;
     int32_t i = 0;
     for (; i + 4 <= n; i += 4) {
-        const int32_t wv = tmp_ld4(w + i);
-        const int32_t w02 = tmp_sxtb16(wv);
-        const int32_t w13 = tmp_sxtb16_ror8(wv);
-        buf[0] = w02;
-        buf[1] = w13;
-        buf += 2;
-        s = tmp_smlad(w02, ones, s);
-        s = tmp_smlad(w13, ones, s);
+        const int32_t v0 = tmp_ld4(w0 + i);
+        const int32_t v1 = tmp_ld4(w1 + i);
+        const int32_t x02 = tmp_sxtb16(v0), x13 = tmp_sxtb16_ror8(v0);
+        const int32_t y02 = tmp_sxtb16(v1), y13 = tmp_sxtb16_ror8(v1);
+        buf[0] = x02;
+        buf[1] = x13;
+        buf[2] = y02;
+        buf[3] = y13;
+        buf += 4;
+        a = tmp_smlad(x02, ones, a);
+        a = tmp_smlad(x13, ones, a);
+        b = tmp_smlad(y02, ones, b);
+        b = tmp_smlad(y13, ones, b);
     }
     for (; i < n; i++) {
-        s += w[i];
+        a += w0[i];
+        b += w1[i];
     }
-    return s;
-}
-
-/* sum of w[i], i < n */
-static int32_t pwconv_dsp_wsum(const int8_t *w, int32_t n) {
-    const int32_t ones = 0x00010001;
-    int32_t s = 0;
-    int32_t i = 0;
-    for (; i + 4 <= n; i += 4) {
-        const int32_t wv = tmp_ld4(w + i);
-        s = tmp_smlad(tmp_sxtb16(wv), ones, s);
-        s = tmp_smlad(tmp_sxtb16_ror8(wv), ones, s);
-    }
-    for (; i < n; i++) {
-        s += w[i];
-    }
-    return s;
+    *s0 = a;
+    *s1 = b;
 }
 
 /* Output channels in pairs (outer loop), then pixels in pairs: 2 x 2 outputs per pass over the
- * input channels. The first row of the pair is widened once into the scratch; the second row and
- * both pixels are read straight from memory and widened with SXTB16. The input offset is folded
- * into a per-channel constant, sum (x + off) w = sum x w + off * sum w (exact: partial sums
- * wrap modulo 2^32 and the total fits, as the format guarantees), so neither the offset nor the
- * requantisation constants are redone per pixel. */
+ * input channels. Both rows of the pair are widened once into the scratch (4 words per 4 input
+ * channels); each pixel's 4 input bytes are widened with SXTB16 and feed 4 SMLAD (17 instructions
+ * per 16 MACs in the loop). The input offset is folded into a per-channel constant,
+ * sum (x + off) w = sum x w + off * sum w (exact: partial sums wrap modulo 2^32 and the total
+ * fits, as the format guarantees), so neither the offset nor the requantisation constants are
+ * redone per pixel. */
 static void pwconv_dsp(const tmp_conv_params *p, const tmp_per_channel_quant *q,
     const tmp_dims *in_dims, const int8_t *in, const int8_t *weights, const int32_t *bias,
     const tmp_dims *out_dims, int8_t *out, int32_t *wbuf) {
@@ -99,10 +95,12 @@ static void pwconv_dsp(const tmp_conv_params *p, const tmp_per_channel_quant *q,
         const int32_t o1 = o + 1 < oc ? o + 1 : o;
         const int8_t *w0 = weights + (size_t)o * (size_t)ic;
         const int8_t *w1 = weights + (size_t)o1 * (size_t)ic;
+        int32_t sw0, sw1;
+        pwconv_dsp_rows(wbuf, w0, w1, ic, &sw0, &sw1);
         const int32_t c0 = (int32_t)((uint32_t)(bias != NULL ? bias[o] : 0) +
-            (uint32_t)in_off * (uint32_t)pwconv_dsp_row(wbuf, w0, ic));
+            (uint32_t)in_off * (uint32_t)sw0);
         const int32_t c1 = (int32_t)((uint32_t)(bias != NULL ? bias[o1] : 0) +
-            (uint32_t)in_off * (uint32_t)pwconv_dsp_wsum(w1, ic));
+            (uint32_t)in_off * (uint32_t)sw1);
         const int32_t m0 = q->multiplier[o], s0 = q->shift[o];
         const int32_t m1 = q->multiplier[o1], s1 = q->shift[o1];
         const int neg = s0 <= -1 && s1 <= -1;
@@ -113,6 +111,8 @@ static void pwconv_dsp(const tmp_conv_params *p, const tmp_per_channel_quant *q,
         }
         const tmp_rq r0 = tmp_rq_prep(m0, s0);
         const tmp_rq r1 = tmp_rq_prep(m1, s1);
+        const int8_t *wt0 = w0 + 4 * ng;
+        const int8_t *wt1 = w1 + 4 * ng;
         for (int32_t n = 0; n < npix; n += 2) {
             /* an odd last pixel is paired with itself (same result twice, same place) */
             const int8_t *xa = in + (size_t)n * (size_t)ic;
@@ -121,37 +121,32 @@ static void pwconv_dsp(const tmp_conv_params *p, const tmp_per_channel_quant *q,
             int8_t *dst_b = n + 1 < npix ? dst_a + oc : dst_a;
             int32_t a0 = c0, a1 = c1, b0 = c0, b1 = c1;
             const int32_t *wx = wbuf;
-            const int8_t *wb = w1;
             for (int32_t g = ng; g > 0; g--) {
-                int32_t w02, w13;
-                wx = tmp_ld2w(wx, &w02, &w13);
+                int32_t u02, u13, v02, v13;
+                wx = tmp_ld2w(wx, &u02, &u13);
                 const int32_t va = tmp_ld4(xa);
                 xa += 4;
                 const int32_t xa02 = tmp_sxtb16(va);
                 const int32_t xa13 = tmp_sxtb16_ror8(va);
-                a0 = tmp_smlad(xa02, w02, a0);
-                a0 = tmp_smlad(xa13, w13, a0);
+                a0 = tmp_smlad(xa02, u02, a0);
+                a0 = tmp_smlad(xa13, u13, a0);
+                wx = tmp_ld2w(wx, &v02, &v13);
+                a1 = tmp_smlad(xa02, v02, a1);
+                a1 = tmp_smlad(xa13, v13, a1);
                 const int32_t vb = tmp_ld4(xb);
                 xb += 4;
                 const int32_t xb02 = tmp_sxtb16(vb);
                 const int32_t xb13 = tmp_sxtb16_ror8(vb);
-                b0 = tmp_smlad(xb02, w02, b0);
-                b0 = tmp_smlad(xb13, w13, b0);
-                const int32_t wv = tmp_ld4(wb);
-                wb += 4;
-                w02 = tmp_sxtb16(wv);
-                w13 = tmp_sxtb16_ror8(wv);
-                a1 = tmp_smlad(xa02, w02, a1);
-                a1 = tmp_smlad(xa13, w13, a1);
-                b1 = tmp_smlad(xb02, w02, b1);
-                b1 = tmp_smlad(xb13, w13, b1);
+                b0 = tmp_smlad(xb02, u02, b0);
+                b0 = tmp_smlad(xb13, u13, b0);
+                b1 = tmp_smlad(xb02, v02, b1);
+                b1 = tmp_smlad(xb13, v13, b1);
             }
-            const int8_t *wt = w0 + 4 * ng;
             for (int32_t t = 0; t < tail; t++) {
-                a0 = tmp_smlabb(xa[t], wt[t], a0);
-                b0 = tmp_smlabb(xb[t], wt[t], b0);
-                a1 = tmp_smlabb(xa[t], wb[t], a1);
-                b1 = tmp_smlabb(xb[t], wb[t], b1);
+                a0 = tmp_smlabb(xa[t], wt0[t], a0);
+                b0 = tmp_smlabb(xb[t], wt0[t], b0);
+                a1 = tmp_smlabb(xa[t], wt1[t], a1);
+                b1 = tmp_smlabb(xb[t], wt1[t], b1);
             }
             int32_t ta0, ta1, tb0, tb1;
             if (neg) { /* the usual case: one 64-bit step each */
@@ -208,7 +203,7 @@ tmp_status tmp_pwconv_s8(const tmp_conv_params *p, const tmp_per_channel_quant *
     }
     if (!tmp_dims_ok(in_dims) || !tmp_dims_ok(out_dims) ||
         out_dims->h != in_dims->h || out_dims->w != in_dims->w ||
-        in_dims->c > INT32_MAX / (int32_t)sizeof(int16_t) ||
+        in_dims->c > INT32_MAX / (2 * (int32_t)sizeof(int16_t)) ||
         p->stride_h != 1 || p->stride_w != 1 || p->pad_t != 0 || p->pad_l != 0 ||
         p->input_offset < -127 || p->input_offset > 128 ||
         p->output_offset < -128 || p->output_offset > 127 ||
