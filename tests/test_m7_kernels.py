@@ -73,7 +73,8 @@ def digests(text):
 
 def test_kernel_check_runs_every_kernel_without_errors(kernel_check_outputs):
     for name, out in kernel_check_outputs.items():
-        assert set(digests(out)) == {"conv", "dwconv", "pwconv", "fc", "add", "avgpool"}, (name, out)
+        assert set(digests(out)) == {"conv", "dwconv", "pwconv", "fc", "add", "avgpool",
+                                         "mask"}, (name, out)
         assert re.search(r"^all kernels: digest [0-9a-f]{8}, 0 errors$", out, re.M), (name, out)
 
 
@@ -97,6 +98,11 @@ def test_the_m7_build_really_takes_the_dsp_path():
         port = run([objdump, "-d", os.path.join(BUILD, "portable", f"tmp_{kernel}_s8.o")])
         assert "smla" in dsp, kernel
         assert "smlad" not in port, kernel
+    # the clamp mask (a training kernel, linked from source): SSUB8/SEL on the DSP path only
+    for elf, want in (("kernel_check.elf", True), ("kernel_check_portable.elf", False)):
+        text = run([objdump, "-d", os.path.join(BUILD, elf)])
+        body = text.split("<tmp_mask_s8>:", 1)[1].split("\n\n", 1)[0]
+        assert ("ssub8" in body) == want, elf
 
 
 def parse_tables(text):

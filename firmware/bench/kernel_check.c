@@ -1,5 +1,6 @@
 /*
- * kernel_check: the same seeded, randomised cases of every int8 forward kernel, built twice -
+ * kernel_check: the same seeded, randomised cases of every int8 forward kernel (and of the
+ * backward pass's clamp mask, the one training kernel with a DSP path), built twice -
  * for the Cortex-M7 (the kernels' DSP path, run under QEMU) and for the host (the portable C
  * path) - printing one digest per kernel of every output byte and status. The two printouts must
  * be identical (tests/test_m7_kernels.py, `make kernel-check`).
@@ -17,6 +18,7 @@
 #include <string.h>
 
 #include "tmp_kernels.h"
+#include "train/tmp_train_kernels.h"
 
 #define CASES_PER_KERNEL 300
 #define GUARD 16
@@ -406,6 +408,41 @@ static void check_avgpool(void) {
     }
 }
 
+/* the clamp mask of the backward pass (core/train/tmp_mask_s8.c: its DSP path on the M7), bits
+ * and per-patch counts, with limits inside, at and beyond the int8 range */
+static void check_mask(void) {
+    for (int n = 0; n < CASES_PER_KERNEL; n++) {
+        tmp_dims d;
+        d.h = rr(1, 12);
+        d.w = rr(1, 12);
+        d.c = chance(50) ? rr(1, 9) : rr(1, 70);
+        const int32_t r = chance(40) ? rr(1, 2) : rr(1, 15); /* counts: r <= 15 */
+        const tmp_mask_kind kind = chance(10) ? TMP_MASK_NONE : tmp_mask_kind_for(r);
+        int32_t lo, hi;
+        act_range(&lo, &hi);
+        if (chance(10)) {
+            lo = chance(50) ? -1000 : 127;
+        }
+        if (chance(10)) {
+            hi = chance(50) ? 1000 : -128;
+        }
+        if (lo > hi) {
+            hi = lo;
+        }
+        const int32_t in_len = d.h * d.w * d.c;
+        const int32_t out_len = tmp_mask_s8_size(&d, r, kind);
+        fill(g_in, in_len);
+        prepare_call(out_len, 0);
+        memcpy(g_in_copy, g_in, (size_t)in_len);
+        const tmp_status st = tmp_mask_s8(&d, g_in, lo, hi, r, kind, (uint8_t *)g_out);
+        finish_call("mask", n, st, out_len, 0, g_in, g_in_copy, in_len);
+        if (st != TMP_OK) {
+            printf("error: mask case %d returned %d\n", n, (int)st);
+            g_errors++;
+        }
+    }
+}
+
 typedef struct {
     const char *name;
     void (*run)(void);
@@ -426,6 +463,7 @@ static const check checks[] = {
     {"fc", check_fc},
     {"add", check_add},
     {"avgpool", check_avgpool},
+    {"mask", check_mask},
 };
 
 int main(void) {

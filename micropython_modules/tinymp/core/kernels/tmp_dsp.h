@@ -129,6 +129,22 @@ static inline uint32_t tmp_pack8x4(int32_t v) {
     return ((uint32_t)v & 0xFFu) * 0x01010101u;
 }
 
+/** per uint8 lane: a + b (modulo 256) */
+static inline uint32_t tmp_uadd8(uint32_t a, uint32_t b) {
+    return __builtin_arm_uadd8(a, b);
+}
+
+/** per int8 lane: 1 when lo <= v <= hi (signed), else 0 (lo4, hi4 from tmp_pack8x4) */
+static inline uint32_t tmp_inside8x4(uint32_t v, uint32_t lo4, uint32_t hi4) {
+    const uint32_t ones = 0x01010101u;
+    uint32_t t, r;
+    __asm__("ssub8 %0, %2, %3\n\tsel %1, %4, %5"
+            : "=&r"(t), "=&r"(r) : "r"(v), "r"(lo4), "r"(ones), "r"(0u) : "cc");
+    __asm__("ssub8 %0, %2, %3\n\tsel %1, %4, %5"
+            : "=&r"(t), "=&r"(v) : "r"(hi4), "r"(v), "r"(r), "r"(0u) : "cc");
+    return v;
+}
+
 /** (v, v) as an int16 pair; v in int16 range */
 static inline int32_t tmp_pack16x2(int32_t v) {
     return (int32_t)(((uint32_t)v & 0xFFFFu) * 0x10001u);
