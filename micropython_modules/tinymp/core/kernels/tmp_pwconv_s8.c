@@ -11,9 +11,10 @@
  * (NULL = zero), out [h][w][out.c] (out.h == in.h, out.w == in.w). `out` must not overlap `in`.
  * p->stride_h/stride_w must be 1 and p->pad_t/pad_l 0.
  *
- * Scratch: 4 * in.c bytes (4-byte aligned). The portable path uses the first 2 * in.c: the current
- * input pixel as int16 with the input offset already added, so that each output channel is one
- * plain int16 x int8 dot product (pwconv_dot_s16_s8()). The DSP path (TMP_DSP, Cortex-M4/M7)
+ * Scratch: 4 * in.c bytes (4-byte aligned), all of it written by both paths (so that the painted
+ * arena high water is the same on the host and the M7). The portable path widens two input pixels
+ * to int16 with the input offset already added, so that each output channel is two plain
+ * int16 x int8 dot products over one weight row (pwconv_dot2_s16_s8()). The DSP path (TMP_DSP, Cortex-M4/M7)
  * uses all of it for two weight rows widened to int16 pairs in SXTB16 lane order (tmp_dsp.h),
  * interleaved per group of 4 input channels, and computes 2 pixels x 2 output channels per pass
  * over the input channels with SMLAD, the input offset folded into a per-channel constant
@@ -39,10 +40,10 @@ int32_t tmp_pwconv_s8_get_buffer_size(const tmp_dims *in, const tmp_dims *out) {
 }
 
 #if TMP_DSP
-/* Rows w0 and w1 (n weights each) into buf, per group of 4 weights the words
- * (w0: b0,b2), (w0: b1,b3), (w1: b0,b2), (w1: b1,b3) in SXTB16 lane order, so that the inner loop
- * reads all four with one post-incremented pointer; *s0, *s1 = the sums of the whole rows (tails
- * included). */
+/* Rows w0 and w1 (n weights each) into buf (4 * n bytes, all written): per group of 4 weights
+ * the words (w0: b0,b2), (w0: b1,b3), (w1: b0,b2), (w1: b1,b3) in SXTB16 lane order, so that the
+ * inner loop reads all four with one post-incremented pointer, then the n & 3 tail weights as
+ * int16 pairs (w0, w1); *s0, *s1 = the sums of the whole rows. */
 static void pwconv_dsp_rows(int32_t *buf, const int8_t *w0, const int8_t *w1, int32_t n,
     int32_t *s0, int32_t *s1) {
     const int32_t ones = 0x00010001;
@@ -63,7 +64,10 @@ static void pwconv_dsp_rows(int32_t *buf, const int8_t *w0, const int8_t *w1, in
         b = tmp_smlad(y02, ones, b);
         b = tmp_smlad(y13, ones, b);
     }
-    for (; i < n; i++) {
+    int16_t *t = (int16_t *)buf; /* the tail (n & 3 weights) as int16 pairs (w0, w1) */
+    for (; i < n; i++, t += 2) {
+        t[0] = w0[i];
+        t[1] = w1[i];
         a += w0[i];
         b += w1[i];
     }
@@ -111,8 +115,7 @@ static void pwconv_dsp(const tmp_conv_params *p, const tmp_per_channel_quant *q,
         }
         const tmp_rq r0 = tmp_rq_prep(m0, s0);
         const tmp_rq r1 = tmp_rq_prep(m1, s1);
-        const int8_t *wt0 = w0 + 4 * ng;
-        const int8_t *wt1 = w1 + 4 * ng;
+        const int16_t *wt = (const int16_t *)(wbuf + 4 * ng);
         for (int32_t n = 0; n < npix; n += 2) {
             /* an odd last pixel is paired with itself (same result twice, same place) */
             const int8_t *xa = in + (size_t)n * (size_t)ic;
@@ -143,10 +146,10 @@ static void pwconv_dsp(const tmp_conv_params *p, const tmp_per_channel_quant *q,
                 b1 = tmp_smlad(xb13, v13, b1);
             }
             for (int32_t t = 0; t < tail; t++) {
-                a0 = tmp_smlabb(xa[t], wt0[t], a0);
-                b0 = tmp_smlabb(xb[t], wt0[t], b0);
-                a1 = tmp_smlabb(xa[t], wt1[t], a1);
-                b1 = tmp_smlabb(xb[t], wt1[t], b1);
+                a0 = tmp_smlabb(xa[t], wt[2 * t], a0);
+                b0 = tmp_smlabb(xb[t], wt[2 * t], b0);
+                a1 = tmp_smlabb(xa[t], wt[2 * t + 1], a1);
+                b1 = tmp_smlabb(xb[t], wt[2 * t + 1], b1);
             }
             int32_t ta0, ta1, tb0, tb1;
             if (neg) { /* the usual case: one 64-bit step each */
@@ -177,18 +180,21 @@ static void pwconv_dsp(const tmp_conv_params *p, const tmp_per_channel_quant *q,
     }
 }
 #else
-/* sum a[i] * b[i], i < n. */
-static int32_t pwconv_dot_s16_s8(const int16_t *a, const int8_t *b, int32_t n) {
-    int32_t acc = 0;
+/* *sa = sum a[i] * w[i], *sb = sum b[i] * w[i], i < n. */
+static void pwconv_dot2_s16_s8(const int16_t *a, const int16_t *b, const int8_t *w, int32_t n,
+    int32_t *sa, int32_t *sb) {
+    int32_t x = 0, y = 0;
     int32_t i = 0;
-    for (; i + 4 <= n; i += 4) {
-        acc += (int32_t)a[i] * b[i] + (int32_t)a[i + 1] * b[i + 1] + (int32_t)a[i + 2] * b[i + 2] +
-            (int32_t)a[i + 3] * b[i + 3];
+    for (; i + 2 <= n; i += 2) {
+        x += (int32_t)a[i] * w[i] + (int32_t)a[i + 1] * w[i + 1];
+        y += (int32_t)b[i] * w[i] + (int32_t)b[i + 1] * w[i + 1];
     }
     for (; i < n; i++) {
-        acc += (int32_t)a[i] * b[i];
+        x += (int32_t)a[i] * w[i];
+        y += (int32_t)b[i] * w[i];
     }
-    return acc;
+    *sa = x;
+    *sb = y;
 }
 #endif
 
@@ -224,26 +230,33 @@ tmp_status tmp_pwconv_s8(const tmp_conv_params *p, const tmp_per_channel_quant *
     (void)ic;
     pwconv_dsp(p, q, in_dims, in, weights, bias, out_dims, out, (int32_t *)scratch);
 #else
-    int16_t *px = (int16_t *)scratch;
+    /* pixels in pairs (an odd last one paired with itself), both widened into the scratch */
+    int16_t *pa = (int16_t *)scratch;
+    int16_t *pb = pa + ic;
     const int32_t npix = in_dims->h * in_dims->w;
-    const int8_t *src = in;
-    int8_t *dst = out;
-    for (int32_t n = 0; n < npix; n++) {
+    for (int32_t n = 0; n < npix; n += 2) {
+        const int8_t *xa = in + (size_t)n * (size_t)ic;
+        const int8_t *xb = n + 1 < npix ? xa + ic : xa;
+        int8_t *da = out + (size_t)n * (size_t)oc;
+        int8_t *db = n + 1 < npix ? da + oc : da;
         for (int32_t i = 0; i < ic; i++) {
-            px[i] = (int16_t)(src[i] + p->input_offset);
+            pa[i] = (int16_t)(xa[i] + p->input_offset);
+            pb[i] = (int16_t)(xb[i] + p->input_offset);
         }
         const int8_t *w = weights;
         for (int32_t o = 0; o < oc; o++) {
-            int32_t acc = pwconv_dot_s16_s8(px, w, ic);
+            int32_t acc_a, acc_b;
+            pwconv_dot2_s16_s8(pa, pb, w, ic, &acc_a, &acc_b);
             if (bias != NULL) {
-                acc += bias[o];
+                acc_a += bias[o];
+                acc_b += bias[o];
             }
-            dst[o] = tmp_clamp_out(tmp_requant(acc, mult[o], shift[o]), p->output_offset, p->act_min,
-                p->act_max);
+            db[o] = tmp_clamp_out(tmp_requant(acc_b, mult[o], shift[o]), p->output_offset,
+                p->act_min, p->act_max);
+            da[o] = tmp_clamp_out(tmp_requant(acc_a, mult[o], shift[o]), p->output_offset,
+                p->act_min, p->act_max);
             w += ic;
         }
-        src += ic;
-        dst += oc;
     }
 #endif
     return TMP_OK;
