@@ -11,14 +11,23 @@
  * (NULL = zero), out [h][w][out.c] (out.h == in.h, out.w == in.w). `out` must not overlap `in`.
  * p->stride_h/stride_w must be 1 and p->pad_t/pad_l 0.
  *
- * Scratch: 4 * in.c bytes (4-byte aligned), all of it written by both paths, so that the painted
- * arena high water is the same on the host and the M7 (and so is the plan: one size for both).
+ * Scratch (tmp_pwconv_s8_get_buffer_size(), 4-byte aligned): 4 * in.c bytes for two weight rows
+ * (or two input pixels), then, on layers with small maps, a block of up to 64 input pixels
+ * widened to int16 (pw_xblock_pixels(): 2 bytes per pixel and input channel in groups of 4, at
+ * most 4 KiB and a quarter of the layer's input + output, none where those exceed 64 KiB). Both
+ * paths write all of it, so that the painted arena high water is the same on the host and the M7
+ * (and so is the plan: one size for both).
+ *
  * The portable path widens two input pixels to int16 with the input offset already added, so
  * that each output channel is two plain int16 x int8 dot products over one weight row
- * (pwconv_dot2_s16_s8()). The DSP path (TMP_DSP, Cortex-M4/M7) widens two weight rows to int16
- * pairs in SXTB16 lane order (tmp_dsp.h), interleaved per group of 4 input channels, and computes
- * 2 pixels x 2 output channels per pass over the input channels with SMLAD, the input offset
- * folded into a per-channel constant (pwconv_dsp()).
+ * (pwconv_dot2_s16_s8()); it zeroes the block it does not use. The DSP path (TMP_DSP,
+ * Cortex-M4/M7) widens two weight rows to int16 pairs in SXTB16 lane order (tmp_dsp.h),
+ * interleaved per group of 4 input channels, and computes 2 pixels x 2 output channels per pass
+ * over the input channels with SMLAD, the input offset folded into a per-channel constant. With a
+ * block, the input pixels are widened once per block as well and every output-channel pair reads
+ * them (pwconv_dsp_wide(): 13 instructions per 16 MACs); without one, each pixel pair is widened
+ * in the loop (pwconv_dsp(): 18). The tile's requantisation is one asm block in the usual case
+ * (both shifts negative).
  *
  * Preconditions not checked (guaranteed by the model format): |bias[o]| <= 2^31 - 1 - 32640*in.c,
  * so the int32 accumulator cannot overflow.
@@ -31,12 +40,43 @@
 #include "../tmp_kernels.h"
 #include "tmp_dsp.h"
 
-int32_t tmp_pwconv_s8_get_buffer_size(const tmp_dims *in, const tmp_dims *out) {
-    (void)out;
-    if (in == NULL || in->c < 1 || in->c > INT32_MAX / (2 * (int32_t)sizeof(int16_t))) {
+/* Pixels per block of the DSP path's widened input (an even number; 0: no block, each pixel
+ * pair is widened on the fly). A block is widened once and then read by every output-channel
+ * pair, so it pays when it holds all the pixels (the weights are widened once per block) or at
+ * least 8 of them. It takes 2 bytes per input channel (in groups of 4) and pixel, and is kept
+ * where it is unlikely to raise a plan's peak: only on layers whose input and output together are
+ * at most PW_XBLOCK_LAYER bytes (a CNN's peak is at its large maps), at most a quarter of those
+ * bytes (tiny models: none), PW_XBLOCK_BYTES and PW_XBLOCK_PIX pixels. The same function on
+ * every build: the scratch size, and so the plan, does not depend on the path. */
+#define PW_XBLOCK_PIX 64
+#define PW_XBLOCK_BYTES 4096
+#define PW_XBLOCK_LAYER 65536
+static int32_t pw_xblock_pixels(const tmp_dims *in, const tmp_dims *out) {
+    if (in->h < 1 || in->w < 1 || in->c < 4 || out->c < 1 ||
+        (int64_t)in->h * in->w * ((int64_t)in->c + out->c) > PW_XBLOCK_LAYER) {
         return 0;
     }
-    return 2 * in->c * (int32_t)sizeof(int16_t);
+    /* from here every product fits in 32 bits (no 64-bit division: natmod has no libgcc) */
+    const int32_t g4 = in->c & ~3;
+    const int32_t npix = in->h * in->w;
+    const int32_t layer = npix * (in->c + out->c);
+    const int32_t cap = layer / 4 < PW_XBLOCK_BYTES ? layer / 4 : PW_XBLOCK_BYTES;
+    const int32_t all = npix + (npix & 1);
+    int32_t b = all < PW_XBLOCK_PIX ? all : PW_XBLOCK_PIX;
+    if (2 * b * g4 > cap) {
+        b = (cap / (2 * g4)) & ~1;
+    }
+    return (b == all || b >= 8) ? b : 0;
+}
+
+int32_t tmp_pwconv_s8_get_buffer_size(const tmp_dims *in, const tmp_dims *out) {
+    if (in == NULL || out == NULL || in->c < 1 ||
+        in->c > INT32_MAX / (2 * (int32_t)sizeof(int16_t)) - PW_XBLOCK_BYTES || in->h < 1 ||
+        in->w < 1) {
+        return 0;
+    }
+    /* the weight rows (both paths), then the widened input block */
+    return 2 * in->c * (int32_t)sizeof(int16_t) + 2 * pw_xblock_pixels(in, out) * (in->c & ~3);
 }
 
 #if TMP_DSP
@@ -75,13 +115,153 @@ static void pwconv_dsp_rows(int32_t *buf, const int8_t *w0, const int8_t *w1, in
     *s1 = b;
 }
 
+/* The constants of one output-channel pair (o, o1): the folded bias + offset terms and the
+ * requantisation, as pw_out_neg_asm() reads them (both shifts <= -1, the usual case) or for
+ * tmp_rq_apply() (any shifts). */
+typedef struct {
+    int32_t c0, c1;
+    int neg;
+    /* neg: m0, klo0, khi0, sh0, m1, klo1, khi1, sh1, output offset, the clamp bounds as 4 int8
+     * lanes (tmp_pack8x4) */
+    int32_t kq[11];
+    tmp_rq r0, r1; /* !neg */
+} pw_pair;
+
+#if defined(__GNUC__)
+#define PW_INLINE __attribute__((always_inline)) static inline
+#else
+#define PW_INLINE static inline
+#endif
+
+/* Widens rows o and o1 into wbuf and prepares the pair's constants. The input offset is folded
+ * into a per-channel constant, sum (x + off) w = sum x w + off * sum w (exact: partial sums wrap
+ * modulo 2^32 and the total fits, as the format guarantees), so neither the offset nor the
+ * requantisation constants are redone per pixel. */
+PW_INLINE void pw_pair_prep(pw_pair *k, const tmp_conv_params *p, const tmp_per_channel_quant *q,
+    const int8_t *weights, const int32_t *bias, int32_t ic, int32_t o, int32_t o1, int32_t *wbuf) {
+    int32_t sw0, sw1;
+    pwconv_dsp_rows(wbuf, weights + (size_t)o * (size_t)ic, weights + (size_t)o1 * (size_t)ic,
+        ic, &sw0, &sw1);
+    const uint32_t in_off = (uint32_t)p->input_offset;
+    k->c0 = (int32_t)((uint32_t)(bias != NULL ? bias[o] : 0) + in_off * (uint32_t)sw0);
+    k->c1 = (int32_t)((uint32_t)(bias != NULL ? bias[o1] : 0) + in_off * (uint32_t)sw1);
+    const int32_t s0 = q->shift[o], s1 = q->shift[o1];
+    k->neg = s0 <= -1 && s1 <= -1;
+    if (k->neg) {
+        k->kq[0] = q->multiplier[o];
+        tmp_rq_prep_neg(s0, &k->kq[1], &k->kq[2], &k->kq[3]);
+        k->kq[4] = q->multiplier[o1];
+        tmp_rq_prep_neg(s1, &k->kq[5], &k->kq[6], &k->kq[7]);
+        k->kq[8] = p->output_offset;
+        k->kq[9] = (int32_t)tmp_pack8x4(p->act_min);
+        k->kq[10] = (int32_t)tmp_pack8x4(p->act_max);
+    } else {
+        k->r0 = tmp_rq_prep(q->multiplier[o], s0);
+        k->r1 = tmp_rq_prep(q->multiplier[o1], s1);
+    }
+}
+
+/* tmp_rq_neg of (a0, b0) with channel o's constants and of (a1, b1) with o1's, then + output
+ * offset (QADD), SSAT to int8, packed as lanes a0, a1, b0, b1 and clamped to the activation
+ * range: the end of pw_tile_end() in the neg case, as one asm block (41 instructions; GCC kept
+ * the constants on the stack and reloaded them several times). kq as in pw_pair. */
+static inline uint32_t pw_out_neg_asm(int32_t a0, int32_t a1, int32_t b0, int32_t b1,
+    const int32_t *kq) {
+    uint32_t v;
+    __asm__(
+        "ldmia    %[k], {r4, r5, r6, r8}\n\t"
+        "and      r9, %[a0], #0x80000000\n\t"
+        "adds     r9, r9, r5\n\t"
+        "adc      r10, r6, %[a0], asr #31\n\t"
+        "smlal    r9, r10, %[a0], r4\n\t"
+        "asr      %[a0], r10, r8\n\t"
+        "and      r9, %[b0], #0x80000000\n\t"
+        "adds     r9, r9, r5\n\t"
+        "adc      r10, r6, %[b0], asr #31\n\t"
+        "smlal    r9, r10, %[b0], r4\n\t"
+        "asr      %[b0], r10, r8\n\t"
+        "ldrd     r4, r5, [%[k], #16]\n\t"
+        "ldrd     r6, r8, [%[k], #24]\n\t"
+        "and      r9, %[a1], #0x80000000\n\t"
+        "adds     r9, r9, r5\n\t"
+        "adc      r10, r6, %[a1], asr #31\n\t"
+        "smlal    r9, r10, %[a1], r4\n\t"
+        "asr      %[a1], r10, r8\n\t"
+        "and      r9, %[b1], #0x80000000\n\t"
+        "adds     r9, r9, r5\n\t"
+        "adc      r10, r6, %[b1], asr #31\n\t"
+        "smlal    r9, r10, %[b1], r4\n\t"
+        "asr      %[b1], r10, r8\n\t"
+        "ldrd     r4, r5, [%[k], #32]\n\t"
+        "ldr      r6, [%[k], #40]\n\t"
+        "qadd     %[a0], %[a0], r4\n\t"
+        "qadd     %[a1], %[a1], r4\n\t"
+        "qadd     %[b0], %[b0], r4\n\t"
+        "qadd     %[b1], %[b1], r4\n\t"
+        "ssat     %[a0], #8, %[a0]\n\t"
+        "ssat     %[a1], #8, %[a1]\n\t"
+        "ssat     %[b0], #8, %[b0]\n\t"
+        "ssat     %[b1], #8, %[b1]\n\t"
+        "uxtb     %[v], %[a0]\n\t"
+        "bfi      %[v], %[a1], #8, #8\n\t"
+        "bfi      %[v], %[b0], #16, #8\n\t"
+        "bfi      %[v], %[b1], #24, #8\n\t"
+        "ssub8    r9, %[v], r5\n\t"
+        "sel      %[v], %[v], r5\n\t"
+        "ssub8    r9, %[v], r6\n\t"
+        "sel      %[v], r6, %[v]"
+        : [v] "=&r"(v), [a0] "+&r"(a0), [a1] "+&r"(a1), [b0] "+&r"(b0), [b1] "+&r"(b1)
+        : [k] "r"(kq), "m"(*(const int32_t(*)[11])kq)
+        : "cc", "r4", "r5", "r6", "r8", "r9", "r10");
+    return v;
+}
+
+static uint32_t pw_out_any(const pw_pair *k, int32_t a0, int32_t a1, int32_t b0, int32_t b1,
+    int32_t out_off, uint32_t lo4, uint32_t hi4);
+
+/* The input-channel tail (in.c & 3, weights as int16 pairs after the groups), requantisation,
+ * clamping and the stores of one 2 x 2 tile: outputs (pixel a, o), (a, o1), (b, o), (b, o1). */
+PW_INLINE void pw_tile_end(const pw_pair *k, int32_t a0, int32_t a1, int32_t b0, int32_t b1,
+    const int8_t *xa, const int8_t *xb, const int16_t *wt, int32_t tail, int32_t out_off,
+    uint32_t lo4, uint32_t hi4, int8_t *dst_a, int8_t *dst_b, int two) {
+    for (int32_t t = 0; t < tail; t++) {
+        a0 = tmp_smlabb(xa[t], wt[2 * t], a0);
+        b0 = tmp_smlabb(xb[t], wt[2 * t], b0);
+        a1 = tmp_smlabb(xa[t], wt[2 * t + 1], a1);
+        b1 = tmp_smlabb(xb[t], wt[2 * t + 1], b1);
+    }
+    uint32_t v;
+    if (k->neg) { /* the usual case */
+        v = pw_out_neg_asm(a0, a1, b0, b1, k->kq);
+    } else {
+        v = pw_out_any(k, a0, a1, b0, b1, out_off, lo4, hi4);
+    }
+    if (two) {
+        const uint16_t va16 = (uint16_t)v;
+        const uint16_t vb16 = (uint16_t)(v >> 16);
+        memcpy(dst_a, &va16, 2);
+        memcpy(dst_b, &vb16, 2);
+    } else {
+        dst_a[0] = (int8_t)v;
+        dst_b[0] = (int8_t)(v >> 16);
+    }
+}
+
+/* The outputs of a tile for any shifts (!k->neg), packed and clamped as pw_out_neg_asm() does. */
+static uint32_t pw_out_any(const pw_pair *k, int32_t a0, int32_t a1, int32_t b0, int32_t b1,
+    int32_t out_off, uint32_t lo4, uint32_t hi4) {
+    /* lanes: a[o], a[o1], b[o], b[o1] */
+    return tmp_clamp8x4(tmp_pack4(tmp_ssat8(tmp_qadd(tmp_rq_apply(a0, k->r0), out_off)),
+        tmp_ssat8(tmp_qadd(tmp_rq_apply(a1, k->r1), out_off)),
+        tmp_ssat8(tmp_qadd(tmp_rq_apply(b0, k->r0), out_off)),
+        tmp_ssat8(tmp_qadd(tmp_rq_apply(b1, k->r1), out_off))), lo4, hi4);
+}
+
 /* Output channels in pairs (outer loop), then pixels in pairs: 2 x 2 outputs per pass over the
  * input channels. Both rows of the pair are widened once into the scratch (4 words per 4 input
  * channels); each pixel's 4 input bytes are widened with SXTB16 and feed 4 SMLAD (18 instructions
- * per 16 MACs, loop control included, no register spilled on the M7 with GCC 12 -O2). The input offset is folded into a per-channel constant,
- * sum (x + off) w = sum x w + off * sum w (exact: partial sums wrap modulo 2^32 and the total
- * fits, as the format guarantees), so neither the offset nor the requantisation constants are
- * redone per pixel. */
+ * per 16 MACs, loop control included, no register spilled on the M7 with GCC 12 -O2). Used when
+ * the widened input block does not fit (pw_xblock_pixels() == 0). */
 static void pwconv_dsp(const tmp_conv_params *p, const tmp_per_channel_quant *q,
     const tmp_dims *in_dims, const int8_t *in, const int8_t *weights, const int32_t *bias,
     const tmp_dims *out_dims, int8_t *out, int32_t *wbuf) {
@@ -90,31 +270,14 @@ static void pwconv_dsp(const tmp_conv_params *p, const tmp_per_channel_quant *q,
     const int32_t npix = in_dims->h * in_dims->w;
     const int32_t ng = ic >> 2;
     const int32_t tail = ic & 3;
-    const int32_t in_off = p->input_offset;
     const int32_t out_off = p->output_offset;
     const uint32_t lo4 = tmp_pack8x4(p->act_min);
     const uint32_t hi4 = tmp_pack8x4(p->act_max);
     for (int32_t o = 0; o < oc; o += 2) {
         /* an odd last channel is paired with itself and stored once */
         const int32_t o1 = o + 1 < oc ? o + 1 : o;
-        const int8_t *w0 = weights + (size_t)o * (size_t)ic;
-        const int8_t *w1 = weights + (size_t)o1 * (size_t)ic;
-        int32_t sw0, sw1;
-        pwconv_dsp_rows(wbuf, w0, w1, ic, &sw0, &sw1);
-        const int32_t c0 = (int32_t)((uint32_t)(bias != NULL ? bias[o] : 0) +
-            (uint32_t)in_off * (uint32_t)sw0);
-        const int32_t c1 = (int32_t)((uint32_t)(bias != NULL ? bias[o1] : 0) +
-            (uint32_t)in_off * (uint32_t)sw1);
-        const int32_t m0 = q->multiplier[o], s0 = q->shift[o];
-        const int32_t m1 = q->multiplier[o1], s1 = q->shift[o1];
-        const int neg = s0 <= -1 && s1 <= -1;
-        int32_t klo0 = 0, khi0 = 0, sh0 = 0, klo1 = 0, khi1 = 0, sh1 = 0;
-        if (neg) {
-            tmp_rq_prep_neg(s0, &klo0, &khi0, &sh0);
-            tmp_rq_prep_neg(s1, &klo1, &khi1, &sh1);
-        }
-        const tmp_rq r0 = tmp_rq_prep(m0, s0);
-        const tmp_rq r1 = tmp_rq_prep(m1, s1);
+        pw_pair k;
+        pw_pair_prep(&k, p, q, weights, bias, ic, o, o1, wbuf);
         const int16_t *wt = (const int16_t *)(wbuf + 4 * ng);
         for (int32_t n = 0; n < npix; n += 2) {
             /* an odd last pixel is paired with itself (same result twice, same place) */
@@ -122,7 +285,7 @@ static void pwconv_dsp(const tmp_conv_params *p, const tmp_per_channel_quant *q,
             const int8_t *xb = n + 1 < npix ? xa + ic : xa;
             int8_t *dst_a = out + (size_t)n * (size_t)oc + (size_t)o;
             int8_t *dst_b = n + 1 < npix ? dst_a + oc : dst_a;
-            int32_t a0 = c0, a1 = c1, b0 = c0, b1 = c1;
+            int32_t a0 = k.c0, a1 = k.c1, b0 = k.c0, b1 = k.c1;
             const int32_t *wx = wbuf;
             for (int32_t g = ng; g > 0; g--) {
                 int32_t u02, u13, v02, v13;
@@ -145,37 +308,108 @@ static void pwconv_dsp(const tmp_conv_params *p, const tmp_per_channel_quant *q,
                 b1 = tmp_smlad(xb02, v02, b1);
                 b1 = tmp_smlad(xb13, v13, b1);
             }
-            for (int32_t t = 0; t < tail; t++) {
-                a0 = tmp_smlabb(xa[t], wt[2 * t], a0);
-                b0 = tmp_smlabb(xb[t], wt[2 * t], b0);
-                a1 = tmp_smlabb(xa[t], wt[2 * t + 1], a1);
-                b1 = tmp_smlabb(xb[t], wt[2 * t + 1], b1);
+            pw_tile_end(&k, a0, a1, b0, b1, xa, xb, wt, tail, out_off, lo4, hi4, dst_a, dst_b,
+                o1 != o);
+        }
+    }
+}
+
+/* a0 += xa . u, a1 += xa . v, b0 += xb . u, b1 += xb . v over the groups of 4 input channels,
+ * x: the pixel pair's widened groups [xa02, xa13, xb02, xb13], w: the channel pair's
+ * [u02, u13, v02, v13], x_end: x past its last group (at least one group). 13 instructions per
+ * 16 MACs: one LDM, two LDRD, 8 SMLAD, the loop test. */
+PW_INLINE void pw_dot_2x2_wide(const int32_t *x, const int32_t *x_end, const int32_t *w,
+    int32_t *a0, int32_t *a1, int32_t *b0, int32_t *b1) {
+    int32_t ra0 = *a0, ra1 = *a1, rb0 = *b0, rb1 = *b1;
+    __asm__ volatile(
+        "1:\n\t"
+        "ldmia    %[x]!, {r4, r5, r6, r8}\n\t"
+        "ldrd     r9, r10, [%[w]], #8\n\t"
+        "smlad    %[a0], r4, r9, %[a0]\n\t"
+        "smlad    %[a0], r5, r10, %[a0]\n\t"
+        "smlad    %[b0], r6, r9, %[b0]\n\t"
+        "smlad    %[b0], r8, r10, %[b0]\n\t"
+        "ldrd     r9, r10, [%[w]], #8\n\t"
+        "smlad    %[a1], r4, r9, %[a1]\n\t"
+        "smlad    %[a1], r5, r10, %[a1]\n\t"
+        "smlad    %[b1], r6, r9, %[b1]\n\t"
+        "smlad    %[b1], r8, r10, %[b1]\n\t"
+        "cmp      %[x], %[xe]\n\t"
+        "bne      1b"
+        : [x] "+r"(x), [w] "+r"(w), [a0] "+r"(ra0), [a1] "+r"(ra1), [b0] "+r"(rb0),
+          [b1] "+r"(rb1)
+        : [xe] "r"(x_end)
+        : "cc", "memory", "r4", "r5", "r6", "r8", "r9", "r10");
+    *a0 = ra0;
+    *a1 = ra1;
+    *b0 = rb0;
+    *b1 = rb1;
+}
+
+/* The tiles of one output-channel pair over one block of np pixels (np >= 1) starting at pixel
+ * n0: xbuf holds the block's widened pixel pairs, wbuf the pair's widened rows (k prepared).
+ * Running pointers; out of line so that the compiler allocates its registers on its own. */
+static TMP_NOINLINE void pw_wide_tiles(const pw_pair *k, const tmp_conv_params *p,
+    const int8_t *in, int32_t ic, int8_t *out, int32_t oc, const int32_t *xbuf,
+    const int32_t *wbuf, int32_t n0, int32_t np, int32_t o, int two) {
+    const int32_t ng = ic >> 2;
+    const int32_t tail = ic & 3;
+    const int16_t *wt = (const int16_t *)(wbuf + 4 * ng);
+    const size_t pair_words = 4u * (size_t)ng;
+    const int32_t out_off = p->output_offset;
+    const uint32_t lo4 = tmp_pack8x4(p->act_min);
+    const uint32_t hi4 = tmp_pack8x4(p->act_max);
+    const int8_t *xa = in + (size_t)n0 * (size_t)ic + 4 * (size_t)ng; /* the tail's inputs */
+    int8_t *dst = out + (size_t)n0 * (size_t)oc + (size_t)o;
+    const int32_t *xp = xbuf;
+    for (int32_t left = np; left > 0; left -= 2) {
+        /* an odd last pixel is paired with itself (same result twice, same place) */
+        const int32_t step_x = left > 1 ? ic : 0;
+        const int32_t step_d = left > 1 ? oc : 0;
+        int32_t a0 = k->c0, a1 = k->c1, b0 = k->c0, b1 = k->c1;
+        pw_dot_2x2_wide(xp, xp + pair_words, wbuf, &a0, &a1, &b0, &b1);
+        xp += pair_words;
+        pw_tile_end(k, a0, a1, b0, b1, xa, xa + step_x, wt, tail, out_off, lo4, hi4, dst,
+            dst + step_d, two);
+        xa += 2 * (size_t)ic;
+        dst += 2 * (size_t)oc;
+    }
+}
+
+/* The same outputs with the input widened too: pixels in blocks of nb (pw_xblock_pixels()),
+ * each block widened once into xbuf as pixel pairs [xa02, xa13, xb02, xb13] per group of 4
+ * input channels, then read by every output-channel pair (13 instructions per 16 MACs instead
+ * of 18). The first block holds nb pixels or all of them (nb is even, the last odd pixel is
+ * paired with itself), so it writes all of xbuf. */
+static void pwconv_dsp_wide(const tmp_conv_params *p, const tmp_per_channel_quant *q,
+    const tmp_dims *in_dims, const int8_t *in, const int8_t *weights, const int32_t *bias,
+    const tmp_dims *out_dims, int8_t *out, int32_t *wbuf, int32_t *xbuf, int32_t nb) {
+    const int32_t ic = in_dims->c;
+    const int32_t oc = out_dims->c;
+    const int32_t npix = in_dims->h * in_dims->w;
+    const int32_t ng = ic >> 2;
+    for (int32_t n0 = 0; n0 < npix; n0 += nb) {
+        const int32_t left = npix - n0;
+        const int32_t np = left < nb ? left : nb; /* pixels in this block */
+        int32_t *xw = xbuf;
+        for (int32_t j = 0; j < np; j += 2) {
+            const int8_t *xa = in + (size_t)(n0 + j) * (size_t)ic;
+            const int8_t *xb = j + 1 < np ? xa + ic : xa;
+            for (int32_t g = 0; g < ng; g++) {
+                const int32_t va = tmp_ld4(xa + 4 * g);
+                const int32_t vb = tmp_ld4(xb + 4 * g);
+                xw[0] = tmp_sxtb16(va);
+                xw[1] = tmp_sxtb16_ror8(va);
+                xw[2] = tmp_sxtb16(vb);
+                xw[3] = tmp_sxtb16_ror8(vb);
+                xw += 4;
             }
-            int32_t ta0, ta1, tb0, tb1;
-            if (neg) { /* the usual case: one 64-bit step each */
-                ta0 = tmp_rq_neg(a0, m0, klo0, khi0, sh0);
-                tb0 = tmp_rq_neg(b0, m0, klo0, khi0, sh0);
-                ta1 = tmp_rq_neg(a1, m1, klo1, khi1, sh1);
-                tb1 = tmp_rq_neg(b1, m1, klo1, khi1, sh1);
-            } else {
-                ta0 = tmp_rq_apply(a0, r0);
-                tb0 = tmp_rq_apply(b0, r0);
-                ta1 = tmp_rq_apply(a1, r1);
-                tb1 = tmp_rq_apply(b1, r1);
-            }
-            /* lanes: a[o], a[o1], b[o], b[o1] */
-            const uint32_t v = tmp_clamp8x4(tmp_pack4(tmp_ssat8(tmp_qadd(ta0, out_off)),
-                tmp_ssat8(tmp_qadd(ta1, out_off)), tmp_ssat8(tmp_qadd(tb0, out_off)),
-                tmp_ssat8(tmp_qadd(tb1, out_off))), lo4, hi4);
-            if (o1 != o) {
-                const uint16_t va16 = (uint16_t)v;
-                const uint16_t vb16 = (uint16_t)(v >> 16);
-                memcpy(dst_a, &va16, 2);
-                memcpy(dst_b, &vb16, 2);
-            } else {
-                dst_a[0] = (int8_t)v;
-                dst_b[0] = (int8_t)(v >> 16);
-            }
+        }
+        for (int32_t o = 0; o < oc; o += 2) {
+            const int32_t o1 = o + 1 < oc ? o + 1 : o;
+            pw_pair k;
+            pw_pair_prep(&k, p, q, weights, bias, ic, o, o1, wbuf);
+            pw_wide_tiles(&k, p, in, ic, out, oc, xbuf, wbuf, n0, np, o, o1 != o);
         }
     }
 }
@@ -209,7 +443,7 @@ tmp_status tmp_pwconv_s8(const tmp_conv_params *p, const tmp_per_channel_quant *
     }
     if (!tmp_dims_ok(in_dims) || !tmp_dims_ok(out_dims) ||
         out_dims->h != in_dims->h || out_dims->w != in_dims->w ||
-        in_dims->c > INT32_MAX / (2 * (int32_t)sizeof(int16_t)) ||
+        in_dims->c > INT32_MAX / (2 * (int32_t)sizeof(int16_t)) - PW_XBLOCK_BYTES ||
         p->stride_h != 1 || p->stride_w != 1 || p->pad_t != 0 || p->pad_l != 0 ||
         p->input_offset < -127 || p->input_offset > 128 ||
         p->output_offset < -128 || p->output_offset > 127 ||
@@ -226,10 +460,17 @@ tmp_status tmp_pwconv_s8(const tmp_conv_params *p, const tmp_per_channel_quant *
         }
     }
 
+    const int32_t nb = pw_xblock_pixels(in_dims, out_dims);
 #if TMP_DSP
-    (void)ic;
-    pwconv_dsp(p, q, in_dims, in, weights, bias, out_dims, out, (int32_t *)scratch);
+    if (nb > 0) {
+        pwconv_dsp_wide(p, q, in_dims, in, weights, bias, out_dims, out, (int32_t *)scratch,
+            (int32_t *)scratch + ic, nb);
+    } else {
+        pwconv_dsp(p, q, in_dims, in, weights, bias, out_dims, out, (int32_t *)scratch);
+    }
 #else
+    /* the widened input block is the DSP path's; written here too (the painted high water) */
+    memset((int32_t *)scratch + ic, 0, 2u * (size_t)nb * (size_t)(ic & ~3));
     /* pixels in pairs (an odd last one paired with itself), both widened into the scratch */
     int16_t *pa = (int16_t *)scratch;
     int16_t *pb = pa + ic;
