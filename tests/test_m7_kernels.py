@@ -74,7 +74,7 @@ def digests(text):
 def test_kernel_check_runs_every_kernel_without_errors(kernel_check_outputs):
     for name, out in kernel_check_outputs.items():
         assert set(digests(out)) == {"conv", "dwconv", "pwconv", "fc", "add", "avgpool",
-                                         "mask"}, (name, out)
+                                         "mask", "sgd"}, (name, out)
         assert re.search(r"^all kernels: digest [0-9a-f]{8}, 0 errors$", out, re.M), (name, out)
 
 
@@ -103,6 +103,9 @@ def test_the_m7_build_really_takes_the_dsp_path():
         text = run([objdump, "-d", os.path.join(BUILD, elf)])
         body = text.split("<tmp_mask_s8>:", 1)[1].split("\n\n", 1)[0]
         assert ("ssub8" in body) == want, elf
+        # the int8 weight update's asm block (round-to-nearest conversion, SSAT clamps)
+        body = text.split("<tmp_sgd_s8_stochastic_at>:", 1)[1].split("\n\n", 1)[0]
+        assert ("vcvtr.s32.f32" in body and "ssat" in body) == want, elf
 
 
 def parse_tables(text):

@@ -492,8 +492,8 @@ def sr_model(w, t, state, lo, hi):
     for wi, ti in zip(w, t):
         state = xorshift32(state)
         ti = np.float32(ti)
-        if not np.isfinite(ti):  # a non-finite step leaves the weight (the draw is still made)
-            out.append(int(wi))
+        if not np.isfinite(ti):  # a non-finite step moves nothing (the draw is still made)
+            out.append(min(max(int(wi), lo), hi))
             continue
         fl = np.floor(ti)
         frac = np.float32(ti - fl)
@@ -729,3 +729,15 @@ def test_under_sanitizers(tmp_path):
                         os.path.abspath(__file__)],
                        capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=300)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+
+
+def test_sgd_s8_every_stepped_weight_ends_in_range(tk):
+    """-128 is a valid int8 weight in a model file, but no stepped weight stays there: a zero
+    step, a non-finite one (which moves nothing) and a negative one all end at -127."""
+    w = np.array([-128, -128, -128, -128, -128], np.int8)
+    g = np.array([0.0, np.nan, np.inf, -np.inf, 1.0], np.float32)
+    got, st, _ = tk.sgd_s8(w, g, 0.01, 0.004, 99)
+    np.testing.assert_array_equal(got, [-127] * 5)
+    want, wst = sr_model(w, (-np.float32(0.01) * g) / np.float32(0.004), 99, -127, 127)
+    np.testing.assert_array_equal(got, want)
+    assert st == wst

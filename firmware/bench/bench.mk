@@ -59,20 +59,21 @@ $(BENCH_BUILD)/bench_kernels.elf: $(BENCH_START) $(BENCH_HARNESS_SRC) $(BENCH_DI
 $(BENCH_BUILD)/bench_kernels_portable.elf: $(BENCH_START) $(BENCH_HARNESS_SRC) $(BENCH_HARNESS_HDR) $(BENCH_OBJ_PORT) $(BENCH_DIR)/link.ld
 	$(BENCH_ARM_CC) $(BENCH_CFLAGS) -DTMP_NO_DSP $(BENCH_LDFLAGS) $(BENCH_START) $(BENCH_HARNESS_SRC) $(BENCH_OBJ_PORT) -o $@
 
-# kernel_check also covers the training kernels with a DSP path (the clamp mask)
-BENCH_CHECK_TRAIN_SRC := $(BENCH_CORE)/train/tmp_mask_s8.c
+# kernel_check also covers the training kernels with a Cortex-M path (the clamp mask, the int8
+# weight update)
+BENCH_CHECK_TRAIN_SRC := $(BENCH_CORE)/train/tmp_mask_s8.c $(BENCH_CORE)/train/tmp_sgd_s8_stochastic.c
 BENCH_CHECK_TRAIN_HDR := $(wildcard $(BENCH_CORE)/train/*.h)
 
 $(BENCH_BUILD)/kernel_check.elf: $(BENCH_START) $(BENCH_DIR)/kernel_check.c $(BENCH_HARNESS_HDR) $(BENCH_OBJ_DSP) $(BENCH_CHECK_TRAIN_SRC) $(BENCH_CHECK_TRAIN_HDR) $(BENCH_DIR)/link.ld
-	$(BENCH_ARM_CC) $(BENCH_CFLAGS) $(BENCH_LDFLAGS) $(BENCH_START) $(BENCH_DIR)/kernel_check.c $(BENCH_CHECK_TRAIN_SRC) $(BENCH_OBJ_DSP) -o $@
+	$(BENCH_ARM_CC) $(BENCH_CFLAGS) $(BENCH_LDFLAGS) $(BENCH_START) $(BENCH_DIR)/kernel_check.c $(BENCH_CHECK_TRAIN_SRC) $(BENCH_OBJ_DSP) -lm -o $@
 
 $(BENCH_BUILD)/kernel_check_portable.elf: $(BENCH_START) $(BENCH_DIR)/kernel_check.c $(BENCH_HARNESS_HDR) $(BENCH_OBJ_PORT) $(BENCH_CHECK_TRAIN_SRC) $(BENCH_CHECK_TRAIN_HDR) $(BENCH_DIR)/link.ld
-	$(BENCH_ARM_CC) $(BENCH_CFLAGS) -DTMP_NO_DSP $(BENCH_LDFLAGS) $(BENCH_START) $(BENCH_DIR)/kernel_check.c $(BENCH_CHECK_TRAIN_SRC) $(BENCH_OBJ_PORT) -o $@
+	$(BENCH_ARM_CC) $(BENCH_CFLAGS) -DTMP_NO_DSP $(BENCH_LDFLAGS) $(BENCH_START) $(BENCH_DIR)/kernel_check.c $(BENCH_CHECK_TRAIN_SRC) $(BENCH_OBJ_PORT) -lm -o $@
 
 # the host copy: the same kernel_check.c with the portable kernels, built by the host compiler
 $(BENCH_BUILD)/kernel_check_host: $(BENCH_DIR)/kernel_check.c $(BENCH_KERNEL_SRC) $(BENCH_KERNEL_HDR) $(BENCH_CHECK_TRAIN_SRC) $(BENCH_CHECK_TRAIN_HDR) $(BENCH_HARNESS_HDR)
 	@mkdir -p $(dir $@)
-	$(BENCH_HOST_CC) $(BENCH_WARN) -O2 -I$(BENCH_CORE) -I$(BENCH_DIR) $(BENCH_DIR)/kernel_check.c $(BENCH_CHECK_TRAIN_SRC) $(BENCH_KERNEL_SRC) -o $@
+	$(BENCH_HOST_CC) $(BENCH_WARN) -O2 -I$(BENCH_CORE) -I$(BENCH_DIR) $(BENCH_DIR)/kernel_check.c $(BENCH_CHECK_TRAIN_SRC) $(BENCH_KERNEL_SRC) -lm -o $@
 
 # The training bench: the whole core (model, planners, trainer, kernels, backward kernels) for the
 # M7 with the DSP paths, and bench_train.c; driven by tools/bench_train.py (make bench).

@@ -15,7 +15,9 @@
  * runs it, so the per-call overhead (argument checks, patch count) is included.
  * gbar and gc_sums do no MACs: they are reported per element (gbar: gradient-map elements
  * P * C of the layer's output; gc_sums: input elements H * W * k summed into the window sums)
- * and are not part of the target.
+ * and are not part of the target. Nor is the int8 weight update (sgd_s8_at, per weight updated:
+ * tmp_sgd_s8_stochastic_at as the trainer calls it, one row of k selected input channels per
+ * output channel by index, or one strided depthwise channel, with APU's importance sums).
  *
  * Data: gradients uniform in (-1, 1) with no zeros (the kernels skip zero gradients: this is the
  * full work), int8 weights and activations uniform, wscale in [0.002, 0.02), window sums int16
@@ -29,10 +31,10 @@
 #include "bench.h"
 #include "train/tmp_train_kernels.h"
 
-enum { T_PW_DX, T_DW_GC, T_DW_DX, T_DWDW_GC, T_CONV_DX, T_GBAR, T_SUMS, T_KINDS };
+enum { T_PW_DX, T_DW_GC, T_DW_DX, T_DWDW_GC, T_CONV_DX, T_GBAR, T_SUMS, T_SGD, T_KINDS };
 
 static const char *const kind_name[T_KINDS] = {"pwconv_dx", "conv_dw_gc", "dwconv_dx",
-    "dwconv_dw_gc", "conv_dx", "grad_gbar", "gc_sums"};
+    "dwconv_dw_gc", "conv_dx", "grad_gbar", "gc_sums", "sgd_s8_at"};
 
 typedef struct {
     int kind;
@@ -53,6 +55,7 @@ static float g_dw[4096];
 static uint8_t g_mask[16384];
 static float g_db[512];
 static float g_scratch[512];
+static uint16_t g_idx[512];
 static tmp_status g_status;
 
 /* uniform in (-1, 1), never 0 */
@@ -71,6 +74,10 @@ static tmp_mask_kind mask_kind(int32_t r) {
 
 /* a case whose data would not fit the buffers above runs nothing and reports an error */
 static int fits(const tcase *c) {
+    if (c->kind == T_SGD) {
+        return (uint32_t)(c->ic * (c->stride == 0 ? c->oc : 9)) <= sizeof g_w && c->k <= c->ic &&
+            c->k <= 512 && c->oc <= 512;
+    }
     const uint32_t P = (uint32_t)(cdiv(c->oh, c->r) * cdiv(c->ow, c->r));
     const uint32_t Q = (uint32_t)(cdiv(c->ih, c->r) * cdiv(c->iw, c->r));
     const uint32_t taps = (uint32_t)(c->k * c->k);
@@ -81,7 +88,8 @@ static int fits(const tcase *c) {
         nw <= sizeof g_w && (uint32_t)c->oc <= 512u &&
         (uint32_t)c->ic <= 512u && P * (uint32_t)c->oc <= 16384u && Q * (uint32_t)c->ic <= 16384u &&
         P * (uint32_t)c->ic <= 16384u && taps * (uint32_t)c->ic <= 4096u &&
-        P * (uint32_t)c->oc <= sizeof g_mask;
+        P * (uint32_t)c->oc <= sizeof g_mask &&
+        (c->kind != T_SGD || ((uint32_t)(c->ic * c->oc) <= sizeof g_w && c->k <= c->ic));
 }
 
 static void setup(const void *arg) {
@@ -106,6 +114,12 @@ static void setup(const void *arg) {
     }
     memset(g_dx, 0, sizeof g_dx);
     memset(g_dw, 0, sizeof g_dw);
+    if (c->kind == T_SGD) { /* gradients of the k selected channels, every 4th channel selected */
+        for (int32_t i = 0; i < c->k; i++) {
+            g_dw[i] = rand_grad();
+            g_idx[i] = (uint16_t)((i * 4) % c->ic);
+        }
+    }
     /* window sums: int16 in +-4000 (a 4x4 window of int8 + offset is within +-4080) */
     int16_t *xs = (int16_t *)(void *)g_xs;
     const int32_t nxs = P * c->ic;
@@ -162,6 +176,22 @@ static void run(const void *arg) {
     case T_SUMS:
         s = tmp_gc_sums_s8(&gp, &id, g_in, 5, &od, NULL, c->ic, TMP_XS_S16, g_xs);
         break;
+    case T_SGD: { /* as backward_layer() updates a layer in place; lr 0.01 */
+        uint32_t state = 0x9E3779B9u;
+        if (c->stride == 0) { /* pointwise: one row of k selected input channels per output */
+            for (int32_t o = 0; o < c->oc && s == TMP_OK; o++) {
+                s = tmp_sgd_s8_stochastic_at(c->k, g_w + o * c->ic, g_idx, 1, g_dw, 0.01f,
+                    g_wscale[o], g_dx, &state);
+            }
+        } else { /* depthwise: the taps of each of k channels, strided by the channel count */
+            for (int32_t j = 0; j < c->k && s == TMP_OK; j++) {
+                const int32_t ch = g_idx[j];
+                s = tmp_sgd_s8_stochastic_at(c->oc, g_w + ch, NULL, c->ic, g_dw, 0.01f,
+                    g_wscale[ch], g_dx + ch, &state);
+            }
+        }
+        break;
+    }
     default:
         s = TMP_ERR_ARG;
         break;
@@ -217,6 +247,15 @@ static int last_error(void) {
         (uint32_t)(h) * (w) * (c), NOREF, setup, run,                                           \
         &(const tcase){T_SUMS, r, h, w, c, SO(h, s), SO(w, s), c, 3, s, SPAD(h, s)}}
 
+/* the update of a pointwise layer ci -> co with k input channels selected, and of a depthwise
+ * 3x3 layer of c channels with k selected (ic = c, oc = 9 taps, stride != 0 marks it) */
+#define SGD_PW(ci, co, k)                                                                         \
+    {"sgd_s8_at", "1x1 " STR(ci) "->" STR(co) " k" STR(k), "weight", (uint32_t)(co) * (k), NOREF, \
+        setup, run, &(const tcase){T_SGD, 1, 1, 1, ci, 1, 1, co, k, 0, 0}}
+#define SGD_DW(c, k)                                                                              \
+    {"sgd_s8_at", "3x3 dw " STR(c) " k" STR(k), "weight", 9u * (k), NOREF, setup, run,           \
+        &(const tcase){T_SGD, 1, 1, 1, c, 1, 1, 9, k, 1, 0}}
+
 /* MobileNetV2-w0.35@128-like layers (first conv, depthwise, pointwise expand and project) */
 #define LAYERS(r)                                                                                 \
     PW_DX(32, 32, 8, 48, r), PW_DX(16, 16, 48, 16, r), PW_DX(16, 16, 16, 96, r),                  \
@@ -232,7 +271,8 @@ static int last_error(void) {
     CV_DX(128, 128, 3, 16, 2, r), CV_DW(128, 128, 3, 16, 2, r),                                   \
     GBAR(64, 64, 16, r), GBAR(32, 32, 48, r), GBAR(16, 16, 96, r), GBAR(4, 4, 112, r),            \
     SUMS(128, 128, 3, 2, r), SUMS(32, 32, 8, 1, r), SUMS(32, 32, 48, 2, r),                       \
-    SUMS(8, 8, 192, 1, r)
+    SUMS(8, 8, 192, 1, r),                                                                        \
+    SGD_PW(336, 112, 84), SGD_PW(56, 336, 14), SGD_DW(336, 84)
 
 static const bench_case cases_r4[] = {LAYERS(4)};
 static const bench_case cases_r2[] = {LAYERS(2)};
@@ -273,10 +313,11 @@ static void summary(const bench_suite *s) {
         if (n == 0) {
             continue;
         }
-        if (kind == T_GBAR || kind == T_SUMS) {
+        if (kind == T_GBAR || kind == T_SUMS || kind == T_SGD) {
             printf("  %-13s (no MACs)        %2d shapes, element-weighted ", kind_name[kind], n);
             print_ratio(ki, kw);
-            printf(" instructions per element: not part of the target\n");
+            printf(" instructions per %s: not part of the target\n",
+                kind == T_SGD ? "weight" : "element");
             continue;
         }
         tot_i += ki;

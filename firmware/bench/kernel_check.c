@@ -1,6 +1,7 @@
 /*
  * kernel_check: the same seeded, randomised cases of every int8 forward kernel (and of the
- * backward pass's clamp mask, the one training kernel with a DSP path), built twice -
+ * training kernels with a Cortex-M path: the backward pass's clamp mask and the int8 weight
+ * update's stochastic rounding), built twice -
  * for the Cortex-M7 (the kernels' DSP path, run under QEMU) and for the host (the portable C
  * path) - printing one digest per kernel of every output byte and status. The two printouts must
  * be identical (tests/test_m7_kernels.py, `make kernel-check`).
@@ -13,6 +14,7 @@
  *
  * Portable C99 + stdio only: the same file compiles with the host compiler.
  */
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -74,6 +76,14 @@ static void hash_bytes(const void *p, size_t n) {
 static void hash_i32(int32_t v) {
     uint8_t b[4] = {(uint8_t)v, (uint8_t)(v >> 8), (uint8_t)(v >> 16), (uint8_t)(v >> 24)};
     hash_bytes(b, 4);
+}
+
+/* floats by value, every NaN as one (x86 and Arm make different NaNs for inf - inf) */
+static void hash_f32(const float *p, int32_t n) {
+    for (int32_t i = 0; i < n; i++) {
+        const float f = isnan(p[i]) ? NAN : p[i];
+        hash_bytes(&f, sizeof f);
+    }
 }
 
 /* ---- buffers ---- */
@@ -443,6 +453,93 @@ static void check_mask(void) {
     }
 }
 
+/* a float for the update's gradients: mostly ordinary, sometimes the values its rounding path
+ * treats specially (NaN, infinities, huge, tiny, exact integers, steps at and past +-512 LSB) */
+static float sgd_value(float lr, float scale) {
+    const float unit = scale / lr; /* g = -unit * t gives a step of t LSB */
+    switch (rr(0, 19)) {
+        case 0:
+            return NAN;
+        case 1:
+            return chance(50) ? INFINITY : -INFINITY;
+        case 2:
+            return (chance(50) ? 1.0f : -1.0f) * 3.0e38f;
+        case 3:
+            return (chance(50) ? 1e-30f : -1e-30f) * (float)rr(1, 1000);
+        case 4:
+            return -unit * (float)rr(-600, 600); /* a whole number of LSB */
+        case 5:
+            return -unit * (chance(50) ? 512.0f : -512.0f) * (chance(50) ? 1.0f : 1.0000001f);
+        case 6:
+            return -unit * ((float)rr(-1000, 1000) * 1e-6f); /* tiny steps, both signs */
+        default: {
+            const float m = (float)((int32_t)(rnd() >> 8) - (1 << 23)) / (float)(1 << 23);
+            return -unit * m * (chance(70) ? 2.0f : 300.0f);
+        }
+    }
+}
+
+/* the int8 weight update (core/train/tmp_sgd_s8_stochastic.c: one asm block per weight on the
+ * M7): every variant - a row with and without momentum, by index and by stride, with and without
+ * the APU sums - on weights including -128 and 127; digests the weights, the generator's state
+ * and the sums */
+static void check_sgd(void) {
+    float *g = (float *)(void *)g_scratch;
+    float *v = g + 1024;
+    float *sq = v + 1024; /* by index: one sum per weight position (the trainer's per channel) */
+    uint16_t *idx = (uint16_t *)(void *)(sq + 6144);
+    for (int n = 0; n < CASES_PER_KERNEL; n++) {
+        const int32_t len = rr(1, 600);
+        const float lr = chance(10) ? 1e-6f : (float)rr(1, 1000) * 1e-4f;
+        const float scale = chance(10) ? 1e-7f : (float)rr(1, 1000) * 1e-5f;
+        uint32_t state = rnd() | 1u;
+        const int variant = rr(0, 5);
+        const int32_t stride = rr(1, 9);
+        fill(g_w, len * stride);
+        for (int32_t i = 0; i < len; i++) {
+            g[i] = sgd_value(lr, scale);
+            v[i] = chance(90) ? sgd_value(lr, scale) * 0.5f : 0.0f;
+            idx[i] = (uint16_t)(i * stride);
+        }
+        for (int32_t i = 0; i < len * stride; i++) {
+            sq[i] = (float)rr(0, 100) * 0.25f;
+        }
+        for (int32_t i = len - 1; i > 0; i--) { /* a permutation: distinct indices */
+            const int32_t j = rr(0, i);
+            const uint16_t t = idx[i];
+            idx[i] = idx[j];
+            idx[j] = t;
+        }
+        tmp_status st;
+        if (variant == 0) {
+            st = tmp_sgd_s8_stochastic(len, g_w, g, lr, scale, 0.0f, NULL, &state);
+        } else if (variant == 1) {
+            st = tmp_sgd_s8_stochastic(len, g_w, g, lr, scale, 0.9f, v, &state);
+        } else {
+            const int by_index = variant & 1, sums = variant >= 4;
+            st = tmp_sgd_s8_stochastic_at(len, g_w, by_index ? idx : NULL, stride, g, lr, scale,
+                sums ? sq : NULL, &state);
+        }
+        hash_i32((int32_t)st);
+        hash_i32((int32_t)state);
+        hash_bytes(g_w, (size_t)(len * stride));
+        hash_f32(sq, len * stride);
+        hash_f32(v, len);
+        if (st != TMP_OK) {
+            printf("error: sgd case %d returned %d\n", n, (int)st);
+            g_errors++;
+        }
+        const int32_t step = variant < 2 ? 1 : stride; /* the weights this call stepped */
+        for (int32_t i = 0; i < len; i++) {
+            if (g_w[i * step] == -128) { /* every stepped weight ends in [-127, 127] */
+                printf("error: sgd case %d left -128 at %ld\n", n, (long)(i * step));
+                g_errors++;
+                break;
+            }
+        }
+    }
+}
+
 typedef struct {
     const char *name;
     void (*run)(void);
@@ -464,6 +561,7 @@ static const check checks[] = {
     {"add", check_add},
     {"avgpool", check_avgpool},
     {"mask", check_mask},
+    {"sgd", check_sgd},
 };
 
 int main(void) {

@@ -29,6 +29,15 @@
 #define TMP_DSP 0
 #endif
 
+/* TMP_DSP_FP is 1 when TMP_DSP also has a single-precision FPU (hard-float or softfp ABI): the
+ * training kernels' inline asm that mixes integer and VFP instructions (FPv4-SP's instruction
+ * set, so Cortex-M4F and M7 alike). */
+#if TMP_DSP && defined(__ARM_FP) && (__ARM_FP & 4)
+#define TMP_DSP_FP 1
+#else
+#define TMP_DSP_FP 0
+#endif
+
 /** keeps a large-framed helper out of its caller's frame (stack peak = max, not sum) */
 #if defined(__GNUC__)
 #define TMP_NOINLINE __attribute__((noinline))

@@ -12,7 +12,9 @@
  * SR(t) = floor(t) + (u < t - floor(t)) with u = (xorshift32(state) >> 8) / 2^24, one draw per
  * element (also for a skipped element, so the stream depends on n only): E[SR(t)] = t within
  * 2^-24, so updates far below one LSB survive on average. Deterministic for a given *state
- * (non-zero, advanced in place). A non-finite step leaves the weight unchanged.
+ * (non-zero, advanced in place). A non-finite step moves nothing: the weight is only clamped to
+ * [-127, 127] like every stepped weight. The M7 build runs each element as one asm block
+ * (tmp_tr_sgd_s8_one in tmp_train_internal.h), with the same results.
  *
  * Layouts: w [n] int8 (typically one output channel's weights: one scale), g [n], v [n] or NULL.
  *

@@ -281,7 +281,7 @@ tmp_status tmp_softmax_xent_s8(int32_t n, const int8_t *logits, int32_t zero_poi
  * SR(t) = floor(t) + (u < t - floor(t)), u uniform in [0, 1) from 24 bits of xorshift32
  * (x ^= x << 13; x ^= x >> 17; x ^= x << 5) on *state, one draw per element, so the result is
  * unbiased (E[SR(t)] = t up to 2^-24) and deterministic for a given state. *state must be
- * non-zero and is advanced. A non-finite step leaves the weight unchanged.
+ * non-zero and is advanced. A non-finite step moves nothing (the weight is only clamped).
  * @param w [n] int8 (one output channel's row: one scale), g [n], v [n] or NULL
  */
 tmp_status tmp_sgd_s8_stochastic(int32_t n, int8_t *w, const float *g, float lr, float scale,
