@@ -60,8 +60,9 @@ $(BENCH_BUILD)/bench_kernels_portable.elf: $(BENCH_START) $(BENCH_HARNESS_SRC) $
 	$(BENCH_ARM_CC) $(BENCH_CFLAGS) -DTMP_NO_DSP $(BENCH_LDFLAGS) $(BENCH_START) $(BENCH_HARNESS_SRC) $(BENCH_OBJ_PORT) -o $@
 
 # kernel_check also covers the training kernels with a Cortex-M path (the clamp mask, the int8
-# weight update)
-BENCH_CHECK_TRAIN_SRC := $(BENCH_CORE)/train/tmp_mask_s8.c $(BENCH_CORE)/train/tmp_sgd_s8_stochastic.c
+# weight update, the pointwise input gradient)
+BENCH_CHECK_TRAIN_SRC := $(BENCH_CORE)/train/tmp_mask_s8.c $(BENCH_CORE)/train/tmp_sgd_s8_stochastic.c \
+    $(BENCH_CORE)/train/tmp_pwconv_dx_f32.c
 BENCH_CHECK_TRAIN_HDR := $(wildcard $(BENCH_CORE)/train/*.h)
 
 $(BENCH_BUILD)/kernel_check.elf: $(BENCH_START) $(BENCH_DIR)/kernel_check.c $(BENCH_HARNESS_HDR) $(BENCH_OBJ_DSP) $(BENCH_CHECK_TRAIN_SRC) $(BENCH_CHECK_TRAIN_HDR) $(BENCH_DIR)/link.ld

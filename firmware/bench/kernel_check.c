@@ -540,6 +540,47 @@ static void check_sgd(void) {
     }
 }
 
+/* the pointwise input gradient (core/train/tmp_pwconv_dx_f32.c: asm tiles and rows on the M7),
+ * fp32: every path (1-3 patches: rows, 4 or more: blocked, zero gradients with a dx that needs
+ * them skipped: plain), channel counts around the blocks of 8 and 16 */
+static void check_pwconv_dx(void) {
+    float *wscale = (float *)(void *)g_scratch;
+    float *gbar = wscale + 512;
+    float *dx = gbar + 4096;
+    for (int n = 0; n < CASES_PER_KERNEL; n++) {
+        const int32_t r = rr(1, 4);
+        tmp_dims d;
+        d.h = rr(1, 8);
+        d.w = rr(1, 8);
+        d.c = chance(50) ? 16 * rr(1, 4) + rr(-1, 1) : rr(1, 70);
+        tmp_dims o = d;
+        o.c = chance(30) ? rr(1, 3) : rr(1, 60);
+        const int32_t np = ((d.h + r - 1) / r) * ((d.w + r - 1) / r);
+        fill(g_w, d.c * o.c);
+        for (int32_t i = 0; i < o.c; i++) {
+            wscale[i] = (float)rr(1, 1000) * 1e-4f;
+        }
+        const int zeros = chance(30);
+        for (int32_t i = 0; i < np * o.c; i++) {
+            gbar[i] = zeros && chance(30) ? 0.0f : (float)((int32_t)(rnd() >> 8) - (1 << 23)) * 1e-7f;
+        }
+        const int dx_kind = rr(0, 2); /* +0 (the trainer's usual), random, random with a -0 */
+        for (int32_t i = 0; i < np * d.c; i++) {
+            dx[i] = dx_kind == 0 ? 0.0f : (float)((int32_t)(rnd() >> 16) - 32768) * 1e-5f;
+        }
+        if (dx_kind == 2) {
+            dx[rr(0, np * d.c - 1)] = -0.0f;
+        }
+        const tmp_status st = tmp_pwconv_dx_f32(r, &d, g_w, wscale, &o, gbar, dx);
+        hash_i32((int32_t)st);
+        hash_f32(dx, np * d.c);
+        if (st != TMP_OK) {
+            printf("error: pwconv_dx case %d returned %d\n", n, (int)st);
+            g_errors++;
+        }
+    }
+}
+
 typedef struct {
     const char *name;
     void (*run)(void);
@@ -562,6 +603,7 @@ static const check checks[] = {
     {"avgpool", check_avgpool},
     {"mask", check_mask},
     {"sgd", check_sgd},
+    {"pwconv_dx", check_pwconv_dx},
 };
 
 int main(void) {
