@@ -218,7 +218,7 @@ static inline void pwdx_rows8_asm(const int8_t *w, size_t wstride, const float *
  * with four LDR (rows need not be aligned), put in the low halves with SXTB16 and its
  * rotations, moved in pairs and converted exactly (VCVT.F32.S16) in two halves of 8 (s17-s24),
  * then 16 VMLA: 66 instructions per 16 MACs instead of about 80. The same operations in the same
- * order as the C row. */
+ * order as the C row. cout >= 1 (tmp_dims_ok), which the count-down loop relies on. */
 static inline void pwdx_row16_asm(const int8_t *w, size_t cin, const float *ws, const float *gp,
     float *d, int32_t cout) {
     uint32_t a, b, c, e, t0, t1;

@@ -297,8 +297,9 @@ static inline int64_t tmp_tr_stochastic_round(float t, uint32_t *state) {
  * still made; w is only clamped, like every stepped weight). The test |t| <= 512 takes the usual
  * case in one compare: a NaN or infinite t and one that the +-512 clamp changes both fail it.
  *
- * The Cortex-M path (TMP_DSP_FP) gives the same result for every input with about 11 fewer
- * instructions per weight (21 in the asm block, which also replaces the range test):
+ * The Cortex-M path (TMP_DSP_FP) gives the same result for every input with about 7 fewer
+ * instructions per weight (21 in the asm block, which also replaces the range test; `make
+ * bench-kernels`, sgd_s8_at: 43.6 -> 36.6 per weight with the loop and the call):
  * - floor(t) becomes an integer as round-to-nearest(t - frac), which is floor(t) itself for a
  *   finite t (t - frac is within half an ulp of frac of the integer floor(t)) and NaN -> 0 for a
  *   non-finite one (frac = inf - inf or NaN), where frac * 2^24 is NaN and never beats u either:
