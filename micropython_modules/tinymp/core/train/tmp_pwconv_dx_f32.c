@@ -213,6 +213,38 @@ static inline void pwdx_rows8_asm(const int8_t *w, size_t wstride, const float *
         : "cc", "memory", "s0", "s1", "s2", "s3", "s4", "s5", "s6", "s7", "s8");
 }
 
+/* half of pwdx_row16_asm: the 8 weights in words %[wa], %[wb] converted into s17-s24, then
+ * accumulated into a0..a7 with the gradient product in s16 */
+#define PWDX_ROW16_HALF(wa, wb, a0, a1, a2, a3, a4, a5, a6, a7)                                  \
+    "sxtb16   %[t0], %[" wa "]\n\t"                                                            \
+    "sxtb16   %[t1], %[" wa "], ror #8\n\t"                                                    \
+    "vmov     s17, s18, %[t0], %[t1]\n\t"                                                       \
+    "sxtb16   %[t0], %[" wa "], ror #16\n\t"                                                   \
+    "sxtb16   %[t1], %[" wa "], ror #24\n\t"                                                   \
+    "vmov     s19, s20, %[t0], %[t1]\n\t"                                                       \
+    "sxtb16   %[t0], %[" wb "]\n\t"                                                            \
+    "sxtb16   %[t1], %[" wb "], ror #8\n\t"                                                    \
+    "vmov     s21, s22, %[t0], %[t1]\n\t"                                                       \
+    "sxtb16   %[t0], %[" wb "], ror #16\n\t"                                                   \
+    "sxtb16   %[t1], %[" wb "], ror #24\n\t"                                                   \
+    "vmov     s23, s24, %[t0], %[t1]\n\t"                                                       \
+    "vcvt.f32.s16 s17, s17, #0\n\t"                                                            \
+    "vcvt.f32.s16 s18, s18, #0\n\t"                                                            \
+    "vcvt.f32.s16 s19, s19, #0\n\t"                                                            \
+    "vcvt.f32.s16 s20, s20, #0\n\t"                                                            \
+    "vcvt.f32.s16 s21, s21, #0\n\t"                                                            \
+    "vcvt.f32.s16 s22, s22, #0\n\t"                                                            \
+    "vcvt.f32.s16 s23, s23, #0\n\t"                                                            \
+    "vcvt.f32.s16 s24, s24, #0\n\t"                                                            \
+    "vmla.f32 " a0 ", s16, s17\n\t"                                                            \
+    "vmla.f32 " a1 ", s16, s18\n\t"                                                            \
+    "vmla.f32 " a2 ", s16, s19\n\t"                                                            \
+    "vmla.f32 " a3 ", s16, s20\n\t"                                                            \
+    "vmla.f32 " a4 ", s16, s21\n\t"                                                            \
+    "vmla.f32 " a5 ", s16, s22\n\t"                                                            \
+    "vmla.f32 " a6 ", s16, s23\n\t"                                                            \
+    "vmla.f32 " a7 ", s16, s24\n\t"
+
 /* pwdx_row(16, ...) for one patch as one asm block: dx[i0 .. i0+16) in s0-s15 across all
  * `cout` output channels; per output channel g = gbar[o] * wscale[o] (s16), 16 weights read
  * with four LDR (rows need not be aligned), put in the low halves with SXTB16 and its
@@ -233,62 +265,8 @@ static inline void pwdx_row16_asm(const int8_t *w, size_t cin, const float *ws, 
         "ldr      %[e], [%[w], #12]\n\t"
         "add      %[w], %[w], %[cin]\n\t"
         "vmul.f32 s16, s16, s17\n\t"
-        "sxtb16   %[t0], %[a]\n\t"
-        "sxtb16   %[t1], %[a], ror #8\n\t"
-        "vmov     s17, s18, %[t0], %[t1]\n\t"
-        "sxtb16   %[t0], %[a], ror #16\n\t"
-        "sxtb16   %[t1], %[a], ror #24\n\t"
-        "vmov     s19, s20, %[t0], %[t1]\n\t"
-        "sxtb16   %[t0], %[b]\n\t"
-        "sxtb16   %[t1], %[b], ror #8\n\t"
-        "vmov     s21, s22, %[t0], %[t1]\n\t"
-        "sxtb16   %[t0], %[b], ror #16\n\t"
-        "sxtb16   %[t1], %[b], ror #24\n\t"
-        "vmov     s23, s24, %[t0], %[t1]\n\t"
-        "vcvt.f32.s16 s17, s17, #0\n\t"
-        "vcvt.f32.s16 s18, s18, #0\n\t"
-        "vcvt.f32.s16 s19, s19, #0\n\t"
-        "vcvt.f32.s16 s20, s20, #0\n\t"
-        "vcvt.f32.s16 s21, s21, #0\n\t"
-        "vcvt.f32.s16 s22, s22, #0\n\t"
-        "vcvt.f32.s16 s23, s23, #0\n\t"
-        "vcvt.f32.s16 s24, s24, #0\n\t"
-        "vmla.f32 s0, s16, s17\n\t"
-        "vmla.f32 s1, s16, s18\n\t"
-        "vmla.f32 s2, s16, s19\n\t"
-        "vmla.f32 s3, s16, s20\n\t"
-        "vmla.f32 s4, s16, s21\n\t"
-        "vmla.f32 s5, s16, s22\n\t"
-        "vmla.f32 s6, s16, s23\n\t"
-        "vmla.f32 s7, s16, s24\n\t"
-        "sxtb16   %[t0], %[c]\n\t"
-        "sxtb16   %[t1], %[c], ror #8\n\t"
-        "vmov     s17, s18, %[t0], %[t1]\n\t"
-        "sxtb16   %[t0], %[c], ror #16\n\t"
-        "sxtb16   %[t1], %[c], ror #24\n\t"
-        "vmov     s19, s20, %[t0], %[t1]\n\t"
-        "sxtb16   %[t0], %[e]\n\t"
-        "sxtb16   %[t1], %[e], ror #8\n\t"
-        "vmov     s21, s22, %[t0], %[t1]\n\t"
-        "sxtb16   %[t0], %[e], ror #16\n\t"
-        "sxtb16   %[t1], %[e], ror #24\n\t"
-        "vmov     s23, s24, %[t0], %[t1]\n\t"
-        "vcvt.f32.s16 s17, s17, #0\n\t"
-        "vcvt.f32.s16 s18, s18, #0\n\t"
-        "vcvt.f32.s16 s19, s19, #0\n\t"
-        "vcvt.f32.s16 s20, s20, #0\n\t"
-        "vcvt.f32.s16 s21, s21, #0\n\t"
-        "vcvt.f32.s16 s22, s22, #0\n\t"
-        "vcvt.f32.s16 s23, s23, #0\n\t"
-        "vcvt.f32.s16 s24, s24, #0\n\t"
-        "vmla.f32 s8, s16, s17\n\t"
-        "vmla.f32 s9, s16, s18\n\t"
-        "vmla.f32 s10, s16, s19\n\t"
-        "vmla.f32 s11, s16, s20\n\t"
-        "vmla.f32 s12, s16, s21\n\t"
-        "vmla.f32 s13, s16, s22\n\t"
-        "vmla.f32 s14, s16, s23\n\t"
-        "vmla.f32 s15, s16, s24\n\t"
+        PWDX_ROW16_HALF("a", "b", "s0", "s1", "s2", "s3", "s4", "s5", "s6", "s7")
+        PWDX_ROW16_HALF("c", "e", "s8", "s9", "s10", "s11", "s12", "s13", "s14", "s15")
         "subs     %[n], %[n], #1\n\t"
         "bne      1b\n\t"
         "vstm     %[d], {s0-s15}"
