@@ -10,8 +10,11 @@
  * or `@FILE` naming a file that holds them, since semihosting command lines are short):
  *
  *   model=PATH samples=PATH method=NAME [r=N] [ratio=F] [n_bias=N] [budget=BYTES]
- *   [layers=I,J,..] [ratios=F,G,..] [support=N] [storage=int8|fp32] [steps=N] [cached=N]
- *   [run_samples=N] [run_epochs=N] [lr=F] [seed=N] [logits=N]
+ *   [layers=I,J,..] [ratios=F,G,..] [support=N] [storage=int8|fp32] [momentum=F] [macs=N]
+ *   [steps=N] [cached=N] [run_samples=N] [run_epochs=N] [lr=F] [seed=N] [logits=N]
+ *
+ * (momentum and macs are the plan options of the same names: SGD momentum and the backward MAC
+ * budget; the session's `tinymp report --m7` passes every plan option the board was given.)
  *
  * The sample file holds records of 1 label byte + H*W*C int8 input bytes.
  *
@@ -36,7 +39,8 @@
 typedef struct {
     const char *model, *samples, *method, *storage;
     int32_t r, n_bias, n_layers, n_ratios;
-    float ratio, lr;
+    float ratio, lr, momentum;
+    uint64_t macs;
     uint32_t budget, support, steps, cached, run_samples, run_epochs, seed, logits;
     uint16_t layers[MAX_LIST];
     float ratios[MAX_LIST];
@@ -180,6 +184,8 @@ static int parse_args(int argc, char **argv, args_t *a) {
         else if (!strcmp(k, "n_bias")) a->n_bias = atoi(v);
         else if (!strcmp(k, "ratio")) a->ratio = strtof(v, NULL);
         else if (!strcmp(k, "lr")) a->lr = strtof(v, NULL);
+        else if (!strcmp(k, "momentum")) a->momentum = strtof(v, NULL);
+        else if (!strcmp(k, "macs")) a->macs = strtoull(v, NULL, 10);
         else if (!strcmp(k, "budget")) a->budget = (uint32_t)strtoul(v, NULL, 10);
         else if (!strcmp(k, "support")) a->support = (uint32_t)strtoul(v, NULL, 10);
         else if (!strcmp(k, "steps")) a->steps = (uint32_t)strtoul(v, NULL, 10);
@@ -352,6 +358,8 @@ int main(int argc, char **argv) {
     o.ratio = a.ratio;
     o.n_bias = a.n_bias;
     o.budget = a.budget;
+    o.momentum = a.momentum;
+    o.mac_budget = a.macs;
     o.storage = strcmp(a.storage, "fp32") == 0 ? TMP_STORAGE_FP32 : TMP_STORAGE_INT8;
     o.n_layers = a.n_layers;
     o.layers = a.n_layers ? a.layers : NULL;

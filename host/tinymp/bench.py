@@ -203,6 +203,50 @@ def run_host(m, opts, support, xs, ys, steps, cached, run, apu):
     return {"high_water": t.high_water, "logits": logits, "arena_bytes": plan.arena_bytes}
 
 
+# The plan options a board is given (the session's TRAIN_START) that the M7 bench takes too.
+ESTIMATE_KEYS = ("method", "budget", "r", "ratio", "storage", "momentum", "n_bias", "macs",
+                 "lr", "seed")
+
+
+def estimate_training(model_data, options, samples, support=0, steps=3, root=None, timeout=600):
+    """The emulated Cortex-M7 cost of one training configuration of one model: runs the bench
+    program under QEMU with these plan options over `samples` (a list of (int8 input bytes,
+    label); at least one) and returns its instruction counts per phase, the plan it made (arena,
+    MACs: the caller checks that it is the plan it trained with), its peak stack, and the cost
+    model's time estimate. `support` > 0 runs TinyTrain's selection pass over the first samples
+    first, as a board does. Raises BenchError with one line when the tools are missing or the
+    bench fails."""
+    if not samples:
+        raise BenchError("no samples to run the bench on")
+    qemu, elf = find_tools(root or repo_root())
+    opts = {k: options[k] for k in ESTIMATE_KEYS if options.get(k) is not None}
+    with tempfile.TemporaryDirectory() as wd:
+        mpath = os.path.join(wd, "model.tmpm")
+        spath = os.path.join(wd, "samples.bin")
+        with open(mpath, "wb") as f:
+            f.write(bytes(model_data))
+        with open(spath, "wb") as f:
+            for x, y in samples:
+                f.write(bytes([int(y)]) + bytes(x))
+        r = run_m7(qemu, elf, mpath, spath, opts, min(int(support), len(samples)), steps=steps,
+                   cached=steps, run=None, timeout=timeout)
+    if not r.get("guard_ok", False):
+        raise BenchError("the M7 bench wrote outside its arena")
+    ph = r["step"]["phases"]
+    instr = {"inference": r["inference"], "forward": ph[0], "backward": ph[1], "update": ph[2],
+             "step": r["step"]["mean"]}
+    if "cached_step" in r:
+        instr["cached_step"] = r["cached_step"]["mean"]
+    plan = {k: r[k] for k in ("method", "r", "arena_bytes", "forward_macs", "backward_macs",
+                              "cache_bytes")}
+    est = {k: {"ms": round(1e3 * costmodel.seconds(v), 3),
+               "ms_range": [round(1e3 * costmodel.seconds(v, c), 3) for c in costmodel.CPI_RANGE]}
+           for k, v in instr.items()}
+    return {"instructions": instr, "estimate": est, "plan": plan, "high_water": r["high_water"],
+            "stack_bytes": r["stack_bytes"], "peak_sram": r["high_water"] + r["stack_bytes"],
+            "steps": steps, "cost_model": costmodel.ASSUMPTIONS, "emulator": _versions(qemu)[0]}
+
+
 def compose_run(r, n, epochs):
     """Instructions of a whole run from the measured parts (see the module docstring)."""
     per_fill = r.get("fill_step", r["step"])["mean"]

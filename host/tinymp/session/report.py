@@ -2,9 +2,16 @@
 flash) and latency per phase, as a table, a dict (--json) and PNG plots.
 
 Times from a simulated board are the host CPU's and every output says so; times from a real
-board are its `time.ticks_us` / `time.ticks_cpu` readings.
+board are its `time.ticks_us` / `time.ticks_cpu` readings. With `m7=True` (`tinymp report --m7`)
+the report adds a Cortex-M7 estimate: the session's model and training options run through the
+bench program on the emulated Cortex-M7 (tinymp.bench.estimate_training), whose instruction
+counts the cost model (tinymp.costmodel) turns into times. It is labelled an estimate
+everywhere, and it is shown only when the emulator made the same plan as the board.
 """
+import hashlib
 import os
+import subprocess
+import textwrap
 
 from .. import summary
 
@@ -59,8 +66,58 @@ def train_summary(run):
     }
 
 
-def build(session):
-    """The report of a session folder: its latest train run and its eval runs."""
+def m7_estimate(session, rep, train_run):
+    """The Cortex-M7 estimate of the session's latest training configuration, or
+    {"error": reason} (one line) when it cannot be made."""
+    from .. import bench
+    from .dataset import Dataset, DatasetError
+
+    t = rep.get("train")
+    if not t or not train_run:
+        return {"error": "the session has no training run to estimate"}
+    model = rep.get("model") or {}
+    board = train_run.get("board") or {}
+    path = model.get("path")
+    want = board.get("model_sha256") or model.get("sha256")
+    if not path:
+        return {"error": "the session does not record the model file"}
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        return {"error": f"cannot read the model file {path}: {e.strerror or e}"}
+    if want and hashlib.sha256(data).hexdigest() != want:
+        return {"error": f"{path} is no longer the model the board trained (sha256 differs)"}
+    try:
+        ds = Dataset.open(train_run.get("dataset") or session.dataset_dir)
+        n = min(len(ds), 32)  # a board's TinyTrain selection pass uses its first 32 samples
+        samples = [(ds.sample(i), int(ds.labels[i])) for i in range(n)]
+    except (DatasetError, OSError, IndexError) as e:
+        return {"error": f"cannot read the session's samples: {e}"}
+    opts = dict(train_run.get("options") or {})
+    budget = board.get("arena_budget")  # the board plans within its budget, as the agent does
+    if budget is not None:
+        opts["budget"] = min(opts.get("budget", budget), budget)
+    support = n if opts.get("method") == "tinytrain" else 0
+    try:
+        est = bench.estimate_training(data, opts, samples, support=support)
+    except bench.BenchError as e:
+        return {"error": str(e)}
+    except (OSError, ValueError, subprocess.SubprocessError) as e:  # cannot start, timeout, bad output
+        return {"error": f"the emulator run failed: {e}"}
+    plan = t.get("plan") or {}
+    diff = [k for k in ("arena_bytes", "forward_macs", "backward_macs")
+            if plan.get(k) is not None and plan.get(k) != est["plan"][k]]
+    if diff:
+        k = diff[0]
+        return {"error": f"the emulated plan differs from the board's ({k} {est['plan'][k]:,} "
+                         f"against {plan[k]:,}), so no estimate is shown"}
+    return est
+
+
+def build(session, m7=False):
+    """The report of a session folder: its latest train run and its eval runs (and, with m7, the
+    Cortex-M7 estimate of its training configuration)."""
     trains = session.runs("train")
     evals = session.runs("eval")
     st = session.state
@@ -79,6 +136,8 @@ def build(session):
     b = rep.get("board") or {}
     rep["simulated"] = bool(b.get("simulated"))
     rep["timing_note"] = SIM_NOTE if rep["simulated"] else "measured on the board"
+    if m7:
+        rep["m7_estimate"] = m7_estimate(session, rep, trains[-1] if trains else None)
     return rep
 
 
@@ -153,8 +212,43 @@ def format_text(rep):
         head = "latency per step, us" + (" (host CPU, simulated board)" if sim else " (board)")
         lines.append(summary.format_table([head, "mean", "median", "max"], rows, "lrrr"))
         if sim:
-            lines.append(f"times: {SIM_NOTE}; no Cortex-M7 estimate is shown")
+            lines.append(f"times: {SIM_NOTE}")
+    lines += _m7_lines(rep)
     return "\n".join(lines)
+
+
+M7_HINT = ("Cortex-M7 estimate: run `tinymp report --m7` (emulated; needs qemu-system-arm, "
+           "`make bench-train-elf`)")
+
+
+def _m7_lines(rep):
+    est = rep.get("m7_estimate")
+    if not rep.get("train"):
+        return []
+    if est is None:
+        return [M7_HINT]
+    if "error" in est:
+        return ["", f"Cortex-M7 estimate: not available: {est['error']}"]
+    ins, ms = est["instructions"], est["estimate"]
+    rows = []
+    for k, name in (("inference", "inference"), ("forward", "forward"), ("backward", "backward"),
+                    ("update", "update"), ("step", "whole step"),
+                    ("cached_step", "step from the feature cache (fit)")):
+        if k in ins:
+            lo, hi = ms[k]["ms_range"]
+            rows.append([name, _num(ins[k]), f"{ms[k]['ms']:.2f}", f"{lo:.2f}-{hi:.2f}"])
+    cm = est["cost_model"]
+    head = "Cortex-M7 estimate (emulated)"
+    lines = ["", summary.format_table(
+        [head, "instructions", "ms", f"ms at CPI {cm['cpi_range'][0]}-{cm['cpi_range'][1]}"],
+        rows, "lrrr")]
+    note = (f"estimate: the board's model and plan on an emulated Cortex-M7 (QEMU "
+            f"{est['emulator']}, mean of {est['steps']} steps), time = instructions x CPI "
+            f"{cm['cpi']} / {cm['clock_hz'] / 1e6:.0f} MHz (cost model {cm['name']}); not "
+            f"measured on a board. Emulated arena high water {_num(est['high_water'])} B + "
+            f"stack {_num(est['stack_bytes'])} B.")
+    lines += textwrap.wrap(note, 100, subsequent_indent="  ")
+    return lines
 
 
 def plots(rep, train_run, outdir):

@@ -281,7 +281,7 @@ def cmd_report(args):
     session = _session(args)
     if not os.path.exists(session.state_path) and not session.runs("train"):
         raise C.user_error(f"tinymp: {session.path} holds no session (push, collect, train first)")
-    rep = report.build(session)
+    rep = report.build(session, m7=args.m7)
     pngs = []
     if args.png:
         trains = session.runs("train")
@@ -444,7 +444,7 @@ def run_session(cfg, args, out=print):
                            session, what)
         out(f"evaluate   after:  {after['accuracy'] * 100:.1f}% ({after['params']} weights) on "
             f"{after['n']} samples")
-    rep = report.build(session)
+    rep = report.build(session, m7=bool(getattr(args, "m7", False)))
     pngs = []
     if cfg.get("plots", True):
         try:
@@ -605,11 +605,13 @@ def add_parsers(sub):
     p.add_argument("--session", default="tinymp-session")
     p.add_argument("--png", metavar="DIR", help="write loss/accuracy and memory plots there")
     p.add_argument("--json", action="store_true")
+    _m7_arg(p)
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("session", help="the whole flow from one config file (JSON or TOML)")
     p.add_argument("config")
     _board_args(p)
+    _m7_arg(p)
     p.set_defaults(func=cmd_session)
 
     p = sub.add_parser("demo", help="the whole session against the simulated board with the "
@@ -621,7 +623,15 @@ def add_parsers(sub):
     p.add_argument("--json", action="store_true")
     p.add_argument("-q", "--quiet", action="store_true")
     p.add_argument("--timeout", type=float, default=None)
+    _m7_arg(p)
     p.set_defaults(func=cmd_demo, port="sim", board=boards.DEFAULT_SIM)
+
+
+def _m7_arg(p):
+    p.add_argument("--m7", action="store_true",
+                   help="add a Cortex-M7 estimate: the training configuration on an emulated "
+                        "Cortex-M7 (needs qemu-system-arm and `make bench-train-elf`), times from "
+                        "the cost model; an estimate, not a measurement")
 
 
 def handle_errors(func, args):
