@@ -113,9 +113,11 @@ def exact_twin_options(m, plan):
     return {"method": "sparse", "layers": layers, "ratios": ratios, "n_bias": n_bias, "r": 1}
 
 
-def configs(m, key, quick=False):
-    """(label, plan options, support count) of every configuration for model m."""
-    budget = BUDGET if key != "demo" else 16 * 1024
+def configs(m, key, quick=False, budget=None):
+    """(label, plan options, support count) of every configuration for model m (a user's model:
+    `budget` given, else BUDGET)."""
+    if budget is None:
+        budget = BUDGET if key != "demo" else 16 * 1024
     out = []
     if quick:
         return [("last", {"method": "last"}, 0),
@@ -265,14 +267,16 @@ def compare(r, host):
             "host_high_water": host["high_water"], "logits_max_diff_lsb": round(worst, 3)}
 
 
-def bench_model(key, root, qemu, elf, workdir, quick=False, full_runs=False, progress=print):
+def bench_model(key, root, qemu, elf, workdir, quick=False, full_runs=False, progress=print,
+                user=None, budget=None):
+    """Every configuration of one model. `user` = (title, model bytes) benches a model file of
+    the user's (key "file"); its run has min(classes, 10) x 10 samples."""
     import tinymp
-    title = MODELS[key][0]
-    data = model_bytes(key)
+    title, data = user if user is not None else (MODELS[key][0], model_bytes(key))
     m = tinymp.Model(data)
-    n_run = RUN_CLASSES * RUN_PER_CLASS
+    n_run = min(RUN_CLASSES, m.num_classes) * RUN_PER_CLASS
     xs, ys = make_samples(m, n_run)
-    if m.num_classes < RUN_CLASSES:
+    if m.num_classes < RUN_CLASSES and user is None:
         raise BenchError("%s has %d classes; the run needs %d" % (title, m.num_classes, RUN_CLASSES))
     mpath = os.path.join(workdir, key + ".tmpm")
     spath = os.path.join(workdir, key + ".samples")
@@ -284,13 +288,27 @@ def bench_model(key, root, qemu, elf, workdir, quick=False, full_runs=False, pro
     rows = []
     epochs = RUN_EPOCHS if not quick else 2
     n = n_run if not quick else 10
-    for label, opts, support in configs(m, key, quick):
+    try:
+        todo = configs(m, key, quick, budget)
+    except ValueError as e:  # a user's model: no plan within the budget
+        raise BenchError("%s: %s" % (title, e)) from None
+    skipped = []
+    for label, opts, support in todo:
         t0 = time.time()
         execute = key == "demo" or full_runs
         run = (n, epochs) if execute else None
-        r = run_m7(qemu, elf, mpath, spath, opts, support, steps=3, cached=3, run=run)
-        apu = "end_period" in r
-        host = run_host(m, opts, support, xs, ys, 3, 3, run, apu)
+        try:
+            r = run_m7(qemu, elf, mpath, spath, opts, support, steps=3, cached=3, run=run)
+            apu = "end_period" in r
+            host = run_host(m, opts, support, xs, ys, 3, 3, run, apu)
+        except (BenchError, ValueError) as e:
+            if user is None:
+                raise
+            # a user's model may not suit every method (e.g. no plan within the budget): the
+            # others are still worth a table
+            skipped.append({"label": label, "why": str(e)})
+            progress("  %-26s skipped: %s" % (label, e))
+            continue
         r.update(label=label, options={k: v for k, v in opts.items()}, support=support)
         r["composed_run"] = compose_run(r, n, epochs)
         r["run_samples"], r["run_epochs"] = n, epochs
@@ -304,8 +322,10 @@ def bench_model(key, root, qemu, elf, workdir, quick=False, full_runs=False, pro
             label, format(r["arena_bytes"], ","), format(r["step"]["mean"], ","),
             format(r["run_instructions"], ","), "" if r["run_executed"] else " (composed)",
             time.time() - t0))
+    if not rows:
+        raise BenchError("%s: no method could run (%s)" % (title, skipped[0]["why"] if skipped else "-"))
     return {"title": title, "key": key, "model_bytes": len(data), "configs": rows,
-            "run": {"samples": n, "epochs": epochs}}
+            "run": {"samples": n, "epochs": epochs}, "skipped": skipped}
 
 
 def core_flash(root):
@@ -321,6 +341,21 @@ def core_flash(root):
     out = subprocess.run([size, "-t"] + sorted(objs), capture_output=True, text=True).stdout
     last = out.strip().splitlines()[-1].split()
     return int(last[0]) + int(last[1])
+
+
+def load_user_model(path):
+    """The bytes of a user's .tmpm file, checked by the engine; BenchError with one line if not."""
+    import tinymp
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise BenchError("cannot read %s: %s" % (path, e.strerror or e)) from None
+    try:
+        tinymp.Model(data)
+    except ValueError as e:
+        raise BenchError("%s is not a usable tinymp model: %s" % (path, e)) from None
+    return data
 
 
 def _by_label(res, label):
@@ -447,8 +482,15 @@ def main(argv=None):
     ap = argparse.ArgumentParser(prog="tinymp bench", description=(
         "every method on an emulated Cortex-M7 (QEMU mps2-an500): instructions, peak SRAM, stack, "
         "flash; build first with `make bench-train-elf` (make bench does both)"))
-    ap.add_argument("--models", default="mbv2,mcunet,demo",
-                    help="comma-separated: mbv2, mcunet, demo (default: all three)")
+    ap.add_argument("--models", default=None,
+                    help="comma-separated: mbv2, mcunet, demo (default: all three, or none "
+                         "when --model is given)")
+    ap.add_argument("--model", action="append", default=[], metavar="FILE",
+                    help="also a .tmpm model file of your own (repeatable): every method on it, "
+                         "planned within --budget")
+    ap.add_argument("--budget", type=int, default=BUDGET, metavar="BYTES",
+                    help="arena budget for --model files (default %d: 256 KiB less 4 KiB of "
+                         "stack)" % BUDGET)
     ap.add_argument("--out", default="bench", help="output directory (default: bench)")
     ap.add_argument("--quick", action="store_true", help="two methods, short runs (the test suite's)")
     ap.add_argument("--full-runs", action="store_true",
@@ -457,12 +499,23 @@ def main(argv=None):
     ap.add_argument("--notes", help="a Markdown file appended to RESULTS.md (the hand-written reading; "
                                     "make bench passes bench/READING.md)")
     a = ap.parse_args(argv)
-    keys = [k.strip() for k in a.models.split(",") if k.strip()]
+    models = a.models if a.models is not None else ("" if a.model else "mbv2,mcunet,demo")
+    keys = [k.strip() for k in models.split(",") if k.strip()]
     bad = [k for k in keys if k not in MODELS]
-    if bad or not keys:
+    if bad or (not keys and not a.model):
         print("tinymp bench: unknown model %s (choose from %s)" % (",".join(bad) or "''", ", ".join(MODELS)),
               file=sys.stderr)
         return 2
+    if a.budget < 1:
+        print("tinymp bench: --budget must be a positive number of bytes", file=sys.stderr)
+        return 2
+    users = []
+    for path in a.model:
+        try:
+            users.append((os.path.basename(path), load_user_model(path)))
+        except BenchError as e:
+            print("tinymp bench: %s" % e, file=sys.stderr)
+            return 2
     notes = None
     if a.notes:
         try:
@@ -486,13 +539,20 @@ def main(argv=None):
                 print("== %s" % MODELS[k][0], flush=True)
                 results["models"].append(bench_model(k, root, qemu, elf, wd, quick=a.quick,
                                                      full_runs=a.full_runs))
+            for user in users:
+                print("== %s (budget %s bytes)" % (user[0], format(a.budget, ",")), flush=True)
+                results["models"].append(bench_model("file", root, qemu, elf, wd, quick=a.quick,
+                                                     full_runs=a.full_runs, user=user,
+                                                     budget=a.budget))
     except (BenchError, subprocess.TimeoutExpired, OSError) as e:
         print("tinymp bench: %s" % e, file=sys.stderr)
         return 1
     os.makedirs(a.out, exist_ok=True)
     from ._files import atomic_write
     atomic_write(os.path.join(a.out, "results.json"), (json.dumps(results, indent=1) + "\n").encode())
-    cmd = "tinymp bench" + ("" if a.models == "mbv2,mcunet,demo" else " --models " + a.models) + \
+    cmd = "tinymp bench" + ("" if a.models is None else " --models " + a.models) + \
+        "".join(" --model " + p for p in a.model) + \
+        (" --budget %d" % a.budget if a.model and a.budget != BUDGET else "") + \
         (" --quick" if a.quick else "") + (" --full-runs" if a.full_runs else "")
     write_markdown(results, os.path.join(a.out, "RESULTS.md"), cmd, notes)
     png = write_png(results, os.path.join(a.out, "RESULTS.png"))

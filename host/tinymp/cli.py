@@ -17,8 +17,10 @@
                                                the personalisation-accuracy harness: every
                                                training method of the engine on shifted and
                                                new-class digit tasks (docs/EXPERIMENT.md)
-    tinymp bench [--models mbv2,mcunet,demo] [--quick] [--out DIR] [--full-runs]
-                                               every method on an emulated Cortex-M7
+    tinymp bench [--models mbv2,mcunet,demo] [--model FILE] [--budget BYTES] [--quick]
+                 [--out DIR] [--full-runs]
+                                               every method on an emulated Cortex-M7, on the
+                                               zoo models or a model file of yours
                                                (make bench builds the program first)
 
 The personalisation session (docs/SESSION.md; the work is in tinymp.session):
@@ -29,7 +31,7 @@ The personalisation session (docs/SESSION.md; the work is in tinymp.session):
     tinymp train [--method M] [--budget KB] [--epochs E]
     tinymp eval [--data FILE] [--pretrained|--both]
     tinymp params save|rollback|reset
-    tinymp report [--png DIR]
+    tinymp report [--png DIR] [--m7]           --m7: a Cortex-M7 estimate (emulated)
     tinymp session CONFIG.json                 the whole flow from one config file
 
 --port is a serial device, 'sim' (the default when no board is attached) or 'qemu'.
