@@ -140,6 +140,21 @@ def test_a_different_plan_shows_no_estimate(session_copy):
     assert est["error"].startswith("the emulated plan differs from the board's (arena_bytes")
 
 
+@needs_tools
+def test_a_moved_session_uses_its_own_samples(session_copy):
+    # the run recorded the dataset's absolute path; a session folder that was moved (here: a
+    # copy whose record points elsewhere) still finds its samples
+    (run,) = [p for p in os.listdir(session_copy / "runs") if p.startswith("train-")]
+    path = session_copy / "runs" / run
+    rec = json.loads(path.read_text())
+    rec["dataset"] = str(session_copy / "gone" / "dataset")
+    path.write_text(json.dumps(rec))
+    assert "error" not in _report(session_copy)
+    shutil.rmtree(session_copy / "dataset")
+    est = _report(session_copy)
+    assert est["error"].startswith("cannot read the session's samples: ") and "tinymp:" not in est["error"]
+
+
 def test_a_session_without_training(tmp_path):
     # a session that only pushed a model: the report has no training, so no estimate line either
     folder = tmp_path / "s"

@@ -89,11 +89,18 @@ def m7_estimate(session, rep, train_run):
     if want and hashlib.sha256(data).hexdigest() != want:
         return {"error": f"{path} is no longer the model the board trained (sha256 differs)"}
     try:
-        ds = Dataset.open(train_run.get("dataset") or session.dataset_dir)
+        # the session folder's own dataset (it may have moved since the run recorded its path)
+        where = session.dataset_dir
+        if not os.path.isdir(where) and train_run.get("dataset"):
+            where = train_run["dataset"]
+        ds = Dataset.open(where)
         n = min(len(ds), 32)  # a board's TinyTrain selection pass uses its first 32 samples
         samples = [(ds.sample(i), int(ds.labels[i])) for i in range(n)]
     except (DatasetError, OSError, IndexError) as e:
-        return {"error": f"cannot read the session's samples: {e}"}
+        why = str(e).removeprefix("tinymp: ")
+        return {"error": f"cannot read the session's samples: {why}"}
+    if not samples:
+        return {"error": "the session's dataset holds no samples"}
     opts = dict(train_run.get("options") or {})
     budget = board.get("arena_budget")  # the board plans within its budget, as the agent does
     if budget is not None:
