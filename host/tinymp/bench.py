@@ -241,12 +241,10 @@ def estimate_training(model_data, options, samples, support=0, steps=3, root=Non
         instr["cached_step"] = r["cached_step"]["mean"]
     plan = {k: r[k] for k in ("method", "r", "arena_bytes", "forward_macs", "backward_macs",
                               "cache_bytes")}
-    est = {k: {"ms": round(1e3 * costmodel.seconds(v), 3),
-               "ms_range": [round(1e3 * costmodel.seconds(v, c), 3) for c in costmodel.CPI_RANGE]}
-           for k, v in instr.items()}
+    est = {k: costmodel.estimate_ms(v) for k, v in instr.items()}
     return {"instructions": instr, "estimate": est, "plan": plan, "high_water": r["high_water"],
             "stack_bytes": r["stack_bytes"], "peak_sram": r["high_water"] + r["stack_bytes"],
-            "steps": steps, "cost_model": costmodel.ASSUMPTIONS, "emulator": _versions(qemu)[0]}
+            "steps": steps, "cost_model": costmodel.ASSUMPTIONS, "emulator": _qemu_version(qemu)}
 
 
 def compose_run(r, n, epochs):
@@ -471,11 +469,15 @@ def write_png(results, path):
     return path
 
 
-def _versions(qemu):
+def _qemu_version(qemu):
     q = subprocess.run([qemu, "--version"], capture_output=True, text=True).stdout.splitlines()
+    return q[0].replace("QEMU emulator version ", "") if q else "?"
+
+
+def _versions(qemu):
     g = shutil.which("arm-none-eabi-gcc")
     gv = subprocess.run([g, "-dumpversion"], capture_output=True, text=True).stdout.strip() if g else "?"
-    return (q[0].replace("QEMU emulator version ", "") if q else "?"), "arm-none-eabi-gcc %s -O2" % gv
+    return _qemu_version(qemu), "arm-none-eabi-gcc %s -O2" % gv
 
 
 def main(argv=None):

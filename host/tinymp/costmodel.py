@@ -44,6 +44,12 @@ def seconds(instructions, cpi=CPI, clock_hz=CLOCK_HZ):
     return cycles(instructions, cpi) / float(clock_hz)
 
 
+def estimate_ms(instructions):
+    """{"ms": the estimate, "ms_range": [at the low CPI, at the high CPI]} of one count."""
+    return {"ms": round(1e3 * seconds(instructions), 3),
+            "ms_range": [round(1e3 * seconds(instructions, c), 3) for c in CPI_RANGE]}
+
+
 def estimate_step(r):
     """Estimated times of one bench configuration (a dict from bench_train.c)."""
     step = r["step"]["mean"]
