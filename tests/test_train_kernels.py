@@ -400,6 +400,47 @@ def test_condensed_geometry_partial_and_empty_windows(tk, rng):
     assert np.all(dx[2] == 0) and np.all(dx[:, 2] == 0) and np.any(dx[:2, :2] != 0)
 
 
+def test_conv_dw_gc_bits_follow_the_documented_order(tk, rng):
+    """tmp_conv_dw_gc_f32 bit for bit as numpy's float32 arithmetic computes the documented
+    order (each operation rounded to float32): gs = gbar * (s_x / (sh*sw)), dw = gs[0] * x[0],
+    then dw = dw + gs[p] * x[p] for p ascending. k around the M7's blocks of 16 and 8 and the C
+    remainders, 1 to 12 patches, -0 and 0 gradients, int16 and int32 sums."""
+    for k in (1, 2, 3, 4, 7, 8, 9, 15, 16, 17, 24, 31, 32, 40, 51):
+        for oh, ow, r, stride in ((4, 4, 4, (1, 1)), (8, 8, 4, (1, 1)), (5, 7, 2, (2, 1)),
+                                  (6, 8, 2, (2, 2)), (3, 3, 1, (1, 1))):
+            P = -(-oh // r) * -(-ow // r)
+            cout = 3
+            gbar = rand_grad(rng, (-(-oh // r), -(-ow // r), cout))
+            gbar[0, 0, 0] = -0.0
+            dt = np.int16 if rng.random() < 0.5 else np.int32
+            xs = rng.integers(-4000, 4001, size=(P, k)).astype(dt)
+            xf = tk.gc_sums_f32(xs)
+            assert xf.dtype == np.float32 and np.array_equal(xf, xs.astype(np.float32))
+            s_x = np.float32(rng.uniform(0.001, 0.1))
+            sc = np.float32(s_x / (np.float32(stride[0]) * np.float32(stride[1])))
+            for o in range(cout):
+                gs = gbar.reshape(P, cout)[:, o] * sc
+                want = gs[0] * xf[0]
+                for p in range(1, P):
+                    want = want + gs[p] * xf[p]
+                got = tk.conv_dw_gc(gbar, (oh, ow, cout), o, xs, float(s_x), (3, 3), stride, r)
+                assert got.dtype == np.float32
+                for t in range(9):
+                    assert np.array_equal(got.reshape(9, k)[t].view(np.uint32),
+                                          want.view(np.uint32)), (k, oh, ow, r, o, t)
+
+
+def test_conv_dw_gc_and_sums_f32_reject_bad_arguments(tk):
+    xs = np.zeros((1, 4), np.int16)
+    xf = np.zeros((1, 4), np.float32)
+    lib = tk.lib
+    assert lib.tmp_gc_sums_f32(3, tkc._ptr(xs), 4, tkc._ptr(xf)) != 0      # no such type
+    assert lib.tmp_gc_sums_f32(2, tkc._ptr(xs), -1, tkc._ptr(xf)) != 0     # negative count
+    assert lib.tmp_gc_sums_f32(2, None, 4, tkc._ptr(xf)) != 0
+    with pytest.raises(tkc.KernelError):
+        tk.conv_dw_gc(np.zeros((1, 1, 2), np.float32), (4, 4, 2), 2, xs, 0.1, (1, 1), r=4)  # o >= cout
+
+
 def test_pwconv_formula_at_r1_equals_exact(tk, rng):
     """At r = 1 the condensed formula (xs sums of single pixels) is exact for a pointwise layer."""
     L = make_layer(rng, "pwconv", 6, 5, 7, 4, 1, (1, 1), nsel=3)

@@ -101,7 +101,8 @@ SIGNATURES = {
     "tmp_dwconv_dx_f32_get_buffer_size": (I32, [PGP, PDIMS, PFD, PDIMS]),
     "tmp_dwconv_dx_f32": (I32, [PGP, PDIMS, PFD, P, P, PDIMS, P, P, P]),
     "tmp_pwconv_dx_f32": (I32, [I32, PDIMS, P, P, PDIMS, P, P]),
-    "tmp_conv_dw_gc_f32": (I32, [PGP, PDIMS, P, I32, I32, P, I32, F32, PFD, P]),
+    "tmp_conv_dw_gc_f32": (I32, [PGP, PDIMS, P, I32, P, I32, F32, PFD, P]),
+    "tmp_gc_sums_f32": (I32, [I32, P, I32, P]),
     "tmp_conv_dw_f32": (I32, [PGP, PDIMS, P, I32, I32, F32, PFD, PDIMS, P, I32, P]),
     "tmp_dwconv_dw_gc_f32": (I32, [PGP, PDIMS, P, I32, I32, P, I32, I32, F32, PFD, P]),
     "tmp_dwconv_dw_f32": (I32, [PGP, PDIMS, P, I32, I32, I32, F32, PFD, PDIMS, P, I32, P]),
@@ -247,12 +248,22 @@ class TrainKernels:
                    _ptr(_arr(gbar, np.float32)), _ptr(dxv))
         return dxv
 
-    def conv_dw_gc(self, gbar, out_shape, o, xs, s_x, kernel_hw, stride=(1, 1), r=2):
+    def gc_sums_f32(self, xs):
+        """The window sums as float32, converted by the core (tmp_gc_sums_f32)."""
         xs = np.ascontiguousarray(xs)
+        xf = np.full(xs.shape, np.nan, np.float32)
+        self._call("tmp_gc_sums_f32", XS_TYPES[xs.dtype], _ptr(xs), xs.size, _ptr(xf))
+        return xf
+
+    def conv_dw_gc(self, gbar, out_shape, o, xs, s_x, kernel_hw, stride=(1, 1), r=2):
+        """dW of output channel o from int window sums xs [P][k] (converted by the core, as the
+        trainer does) or from float32 sums given directly."""
+        xs = np.ascontiguousarray(xs)
+        xf = xs if xs.dtype == np.float32 else self.gc_sums_f32(xs)
         k = xs.shape[1]
         dw = np.full((kernel_hw[0], kernel_hw[1], k), np.nan, np.float32)
         self._call("tmp_conv_dw_gc_f32", C.byref(_gp(r, stride)), C.byref(_dims(out_shape)),
-                   _ptr(_arr(gbar, np.float32)), o, XS_TYPES[xs.dtype], _ptr(xs), k, s_x,
+                   _ptr(_arr(gbar, np.float32)), o, _ptr(xf), k, s_x,
                    C.byref(FilterDims(*kernel_hw)), _ptr(dw))
         return dw
 

@@ -60,9 +60,10 @@ $(BENCH_BUILD)/bench_kernels_portable.elf: $(BENCH_START) $(BENCH_HARNESS_SRC) $
 	$(BENCH_ARM_CC) $(BENCH_CFLAGS) -DTMP_NO_DSP $(BENCH_LDFLAGS) $(BENCH_START) $(BENCH_HARNESS_SRC) $(BENCH_OBJ_PORT) -o $@
 
 # kernel_check also covers the training kernels with a Cortex-M path (the clamp mask, the int8
-# weight update, the pointwise input gradient)
+# weight update, the pointwise input gradient, the conv / pointwise weight gradient)
 BENCH_CHECK_TRAIN_SRC := $(BENCH_CORE)/train/tmp_mask_s8.c $(BENCH_CORE)/train/tmp_sgd_s8_stochastic.c \
-    $(BENCH_CORE)/train/tmp_pwconv_dx_f32.c
+    $(BENCH_CORE)/train/tmp_pwconv_dx_f32.c $(BENCH_CORE)/train/tmp_conv_dw_gc_f32.c \
+    $(BENCH_CORE)/train/tmp_gc_sums_s8.c
 BENCH_CHECK_TRAIN_HDR := $(wildcard $(BENCH_CORE)/train/*.h)
 
 $(BENCH_BUILD)/kernel_check.elf: $(BENCH_START) $(BENCH_DIR)/kernel_check.c $(BENCH_HARNESS_HDR) $(BENCH_OBJ_DSP) $(BENCH_CHECK_TRAIN_SRC) $(BENCH_CHECK_TRAIN_HDR) $(BENCH_DIR)/link.ld

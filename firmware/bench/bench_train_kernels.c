@@ -153,9 +153,12 @@ static void run(const void *arg) {
     case T_PW_DX:
         s = tmp_pwconv_dx_f32(c->r, &id, g_w, g_wscale, &od, g_gbar, g_dx);
         break;
-    case T_DW_GC: /* conv / pointwise weight gradient: one call per output channel */
+    case T_DW_GC: /* conv / pointwise weight gradient: the sums as floats once (in g_dx, unused
+                   * here), then one call per output channel, as backward_layer() does */
+        s = tmp_gc_sums_f32(TMP_XS_S16, g_xs,
+            cdiv(c->oh, c->r) * cdiv(c->ow, c->r) * c->ic, g_dx);
         for (int32_t o = 0; o < c->oc && s == TMP_OK; o++) {
-            s = tmp_conv_dw_gc_f32(&gp, &od, g_gbar, o, TMP_XS_S16, g_xs, c->ic, 0.05f, &fd, g_dw);
+            s = tmp_conv_dw_gc_f32(&gp, &od, g_gbar, o, g_dx, c->ic, 0.05f, &fd, g_dw);
         }
         break;
     case T_DW_DX:

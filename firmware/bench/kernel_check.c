@@ -1,7 +1,8 @@
 /*
  * kernel_check: the same seeded, randomised cases of every int8 forward kernel (and of the
- * training kernels with a Cortex-M path: the backward pass's clamp mask and the int8 weight
- * update's stochastic rounding), built twice -
+ * training kernels with a Cortex-M path: the backward pass's clamp mask, the int8 weight
+ * update's stochastic rounding, the pointwise input gradient and the conv / pointwise weight
+ * gradient), built twice -
  * for the Cortex-M7 (the kernels' DSP path, run under QEMU) and for the host (the portable C
  * path) - printing one digest per kernel of every output byte and status. The two printouts must
  * be identical (tests/test_m7_kernels.py, `make kernel-check`).
@@ -581,6 +582,60 @@ static void check_pwconv_dx(void) {
     }
 }
 
+/* the conv / pointwise weight gradient (core/train/tmp_conv_dw_gc_f32.c: asm blocks of 16 and 8
+ * channels on the M7), fp32, from window sums converted by tmp_gc_sums_f32 (int16 and int32):
+ * k around the blocks, 1 to 20 patches, zero and -0 gradients, 1x1 and 3x3 taps, strides 1-2 */
+static void check_conv_dw_gc(void) {
+    float *gbar = (float *)(void *)g_scratch; /* [P][cout], P * cout <= 20 * 8 */
+    float *xf = gbar + 256;                    /* [P][k], P * k <= 20 * 70 */
+    float *dw = xf + 1536;                     /* [taps][k] */
+    int32_t *xs = (int32_t *)(void *)(dw + 9 * 70);
+    for (int n = 0; n < CASES_PER_KERNEL; n++) {
+        const int32_t r = rr(1, 4);
+        tmp_dims o;
+        o.h = rr(1, 9);
+        o.w = rr(1, 9);
+        o.c = rr(1, 8);
+        const int32_t np = ((o.h + r - 1) / r) * ((o.w + r - 1) / r);
+        if (np > 20) {
+            o.h = r; /* keep P * k within the buffers */
+        }
+        const int32_t P = ((o.h + r - 1) / r) * ((o.w + r - 1) / r);
+        const int32_t k = chance(50) ? 8 * rr(1, 8) + rr(-1, 1) : rr(1, 70);
+        const int32_t kk = k < 1 ? 1 : k > 70 ? 70 : k;
+        const int is16 = chance(50);
+        for (int32_t i = 0; i < P * kk; i++) {
+            const int32_t v = (int32_t)(rnd() % 8001u) - 4000;
+            if (is16) {
+                ((int16_t *)(void *)xs)[i] = (int16_t)v;
+            } else {
+                xs[i] = v * rr(1, 3);
+            }
+        }
+        const int zeros = chance(30);
+        for (int32_t i = 0; i < P * o.c; i++) {
+            gbar[i] = zeros && chance(30) ? (chance(50) ? 0.0f : -0.0f)
+                                          : (float)((int32_t)(rnd() >> 8) - (1 << 23)) * 1e-7f;
+        }
+        const int32_t taps = chance(70) ? 1 : 3;
+        const tmp_grad_conv_params gp = {r, rr(1, 2), rr(1, 2), 0, 0};
+        const tmp_filter_dims fd = {taps, taps};
+        const float s_x = (float)rr(1, 1000) * 1e-4f;
+        tmp_status st = tmp_gc_sums_f32(is16 ? TMP_XS_S16 : TMP_XS_S32, xs, P * kk, xf);
+        hash_i32((int32_t)st);
+        hash_f32(xf, P * kk);
+        for (int32_t oc = 0; oc < o.c && st == TMP_OK; oc++) {
+            st = tmp_conv_dw_gc_f32(&gp, &o, gbar, oc, xf, kk, s_x, &fd, dw);
+            hash_i32((int32_t)st);
+            hash_f32(dw, taps * taps * kk);
+        }
+        if (st != TMP_OK) {
+            printf("error: conv_dw_gc case %d returned %d\n", n, (int)st);
+            g_errors++;
+        }
+    }
+}
+
 typedef struct {
     const char *name;
     void (*run)(void);
@@ -604,6 +659,7 @@ static const check checks[] = {
     {"mask", check_mask},
     {"sgd", check_sgd},
     {"pwconv_dx", check_pwconv_dx},
+    {"conv_dw_gc", check_conv_dw_gc},
 };
 
 int main(void) {

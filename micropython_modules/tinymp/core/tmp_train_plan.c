@@ -403,6 +403,15 @@ static tmp_status build(ctx_t *c) {
                 bscratch += align4((size_t)tmp_dwconv_dx_f32_get_buffer_size(&gp, &in, &fd, &out));
             }
         }
+        if ((f & TMP_TL_W) && r > 1 && (l.type == TMP_LAYER_CONV || l.type == TMP_LAYER_PWCONV)) {
+            /* the window sums as floats [P][k] for the condensed dW, after dx: they share the
+             * start of the scratch with the dx kernel's */
+            int32_t nb = tmp_gc_sums_size(r, &out, (int32_t)k, TMP_XS_S32);
+            size_t xfb = nb > 0 ? (size_t)nb : 0u;
+            if (xfb > bscratch) {
+                bscratch = xfb;
+            }
+        }
         if (fisher) {
             tmp_xs_type at = tmp_gc_xs_type(r, 1, 1);
             int32_t ab = tmp_gc_sums_size(r, &out, out.c, at);

@@ -650,6 +650,17 @@ static tmp_status backward_layer(tmp_trainer *t, int32_t i, uint32_t *upd) {
     slice_geom g = { l.type, (uint32_t)l.kh, (uint32_t)l.kw, cin, k, sel.ch };
     const uint32_t outer = l.type == TMP_LAYER_DWCONV ? k : cout;
     int8_t *w8 = (int8_t *)lb_ptr(t, TMP_LB_W, i);
+    /* condensed conv / pointwise: the window sums as floats once for all output channels, at
+     * the start of the backward scratch (the dx kernel's scratch there is done with) */
+    const float *xf = NULL;
+    if (r > 1 && (l.type == TMP_LAYER_CONV || l.type == TMP_LAYER_PWCONV)) {
+        const int32_t nx = tmp_gc_sums_size(r, &tout.dims, (int32_t)k, xt) / (int32_t)xt;
+        s = tmp_gc_sums_f32(xt, saved, nx, (float *)(void *)bscratch);
+        if (s != TMP_OK) {
+            return s;
+        }
+        xf = (const float *)(const void *)bscratch;
+    }
     for (uint32_t oo = 0; oo < outer; oo++) {
         const uint32_t o = l.type == TMP_LAYER_DWCONV ? (sel.ch != NULL ? sel.ch[oo] : oo) : oo;
         switch (l.type) {
@@ -661,7 +672,7 @@ static tmp_status backward_layer(tmp_trainer *t, int32_t i, uint32_t *upd) {
                 }
                 s = r == 1 ? tmp_conv_dw_f32(&gp, &tin.dims, (const int8_t *)saved, (int32_t)k, in_off, s_x, &fd,
                                  &tout.dims, G, (int32_t)o, dw)
-                           : tmp_conv_dw_gc_f32(&gp, &tout.dims, G, (int32_t)o, xt, saved, (int32_t)k, s_x, &fd, dw);
+                           : tmp_conv_dw_gc_f32(&gp, &tout.dims, G, (int32_t)o, xf, (int32_t)k, s_x, &fd, dw);
                 break;
             case TMP_LAYER_DWCONV:
                 s = r == 1 ? tmp_dwconv_dw_f32(&gp, &tin.dims, (const int8_t *)saved, (int32_t)k, (int32_t)oo, in_off,

@@ -127,3 +127,64 @@ tmp_status tmp_gc_sums_s8(const tmp_grad_conv_params *p, const tmp_dims *in_dims
     }
     return TMP_OK;
 }
+
+tmp_status tmp_gc_sums_f32(tmp_xs_type type, const void *xs, int32_t n, float *xf) {
+    if (xs == NULL || xf == NULL || n < 0 || (type != TMP_XS_S16 && type != TMP_XS_S32)) {
+        return TMP_ERR_ARG;
+    }
+    if (type == TMP_XS_S16) {
+        const int16_t *x = (const int16_t *)xs;
+        int32_t i = 0;
+#if TMP_TR_VMLA && defined(__GNUC__)
+        /* M7: 8 sums per iteration from two LDRD (4-byte aligned sums), each word split by SXTH
+         * and ASR, moved to the FPU in pairs and converted by VCVT: exact, as the C below */
+        if (((uintptr_t)x & 3u) == 0 && n >= 8) {
+            const int16_t *xp = x;
+            float *fp = xf;
+            int32_t left = n / 8;
+            uint32_t a, b, c, d, t;
+            __asm__ volatile(
+                "1:\n\t"
+                "ldrd     %[a], %[b], [%[x]], #8\n\t"
+                "ldrd     %[c], %[d], [%[x]], #8\n\t"
+                "sxth     %[t], %[a]\n\t"
+                "asr      %[a], %[a], #16\n\t"
+                "vmov     s0, s1, %[t], %[a]\n\t"
+                "sxth     %[t], %[b]\n\t"
+                "asr      %[b], %[b], #16\n\t"
+                "vmov     s2, s3, %[t], %[b]\n\t"
+                "sxth     %[t], %[c]\n\t"
+                "asr      %[c], %[c], #16\n\t"
+                "vmov     s4, s5, %[t], %[c]\n\t"
+                "sxth     %[t], %[d]\n\t"
+                "asr      %[d], %[d], #16\n\t"
+                "vmov     s6, s7, %[t], %[d]\n\t"
+                "vcvt.f32.s32 s0, s0\n\t"
+                "vcvt.f32.s32 s1, s1\n\t"
+                "vcvt.f32.s32 s2, s2\n\t"
+                "vcvt.f32.s32 s3, s3\n\t"
+                "vcvt.f32.s32 s4, s4\n\t"
+                "vcvt.f32.s32 s5, s5\n\t"
+                "vcvt.f32.s32 s6, s6\n\t"
+                "vcvt.f32.s32 s7, s7\n\t"
+                "vstmia   %[f]!, {s0-s7}\n\t"
+                "subs     %[n], %[n], #1\n\t"
+                "bne      1b"
+                : [x] "+r"(xp), [f] "+r"(fp), [n] "+r"(left), [a] "=&r"(a), [b] "=&r"(b),
+                  [c] "=&r"(c), [d] "=&r"(d), [t] "=&r"(t)
+                :
+                : "cc", "memory", "s0", "s1", "s2", "s3", "s4", "s5", "s6", "s7");
+            i = n & ~(int32_t)7;
+        }
+#endif
+        for (; i < n; i++) {
+            xf[i] = (float)x[i];
+        }
+    } else {
+        const int32_t *x = (const int32_t *)xs;
+        for (int32_t i = 0; i < n; i++) {
+            xf[i] = (float)x[i];
+        }
+    }
+    return TMP_OK;
+}

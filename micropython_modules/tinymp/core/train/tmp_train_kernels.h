@@ -97,6 +97,13 @@ tmp_status tmp_gc_sums_s8(const tmp_grad_conv_params *p, const tmp_dims *in_dims
     tmp_xs_type type, void *xs);
 
 /**
+ * xf[i] = (float)xs[i] for i < n: the window sums of tmp_gc_sums_s8 as floats, once per layer
+ * and step, for tmp_conv_dw_gc_f32 (exact for every sum a window of up to 2^16 pixels can make).
+ * @param xs [n] int16 or int32 (`type`); xf [n] fp32, must not overlap xs
+ */
+tmp_status tmp_gc_sums_f32(tmp_xs_type type, const void *xs, int32_t n, float *xf);
+
+/**
  * Exact-mode saver: out[y][x][j] = in[y][x][channels[j]].
  * @param in   [in.h][in.w][in.c] int8
  * @param out  [in.h][in.w][k] int8; must not overlap `in`
@@ -194,13 +201,16 @@ tmp_status tmp_pwconv_dx_f32(int32_t r, const tmp_dims *in_dims, const int8_t *w
 /**
  * Condensed weight gradient of ONE output channel o of a conv or pointwise layer (a pointwise
  * layer is the 1x1 case, stride 1), for the k selected input channels:
- *     dw[u][v][j] = s_x / (sh*sw) * sum_p gbar[p][o] * xs[p][j]   (the same for every (u, v)).
- * Any r >= 1 (the formula; at r = 1 exact for a 1x1 stride-1 layer only).
- * @param gbar [ceil(H'/r)][ceil(W'/r)][out.c], xs [P][k] of `type` (tmp_gc_sums_s8)
- * @param dw   [kh][kw][k] fp32, overwritten
+ *     dw[u][v][j] = sum_p (gbar[p][o] * s_x / (sh*sw)) * xf[p][j]   (the same for every (u, v)),
+ * the scaled gradient first, then the products summed over p ascending (each product and sum
+ * rounded to float). Any r >= 1 (the formula; at r = 1 exact for a 1x1 stride-1 layer only).
+ * @param gbar [ceil(H'/r)][ceil(W'/r)][out.c]
+ * @param xf   [P][k] fp32: the window sums of tmp_gc_sums_s8 as floats (tmp_gc_sums_f32),
+ *             converted once for all output channels
+ * @param dw   [kh][kw][k] fp32, overwritten; must not overlap xf
  */
 tmp_status tmp_conv_dw_gc_f32(const tmp_grad_conv_params *p, const tmp_dims *out_dims,
-    const float *gbar, int32_t o, tmp_xs_type type, const void *xs, int32_t k, float s_x,
+    const float *gbar, int32_t o, const float *xf, int32_t k, float s_x,
     const tmp_filter_dims *f, float *dw);
 
 /**
