@@ -407,9 +407,11 @@ static tmp_status build(ctx_t *c) {
             /* the window sums as floats [P][k] for the condensed dW, after dx: they share the
              * start of the scratch with the dx kernel's */
             int32_t nb = tmp_gc_sums_size(r, &out, (int32_t)k, TMP_XS_S32);
-            size_t xfb = nb > 0 ? (size_t)nb : 0u;
-            if (xfb > bscratch) {
-                bscratch = xfb;
+            if (nb < 0) {
+                return TMP_ERR_SIZE; /* [P][k] floats beyond 2 GiB */
+            }
+            if ((size_t)nb > bscratch) {
+                bscratch = (size_t)nb;
             }
         }
         if (fisher) {
