@@ -601,8 +601,7 @@ static void check_conv_dw_gc(void) {
             o.h = r; /* keep P * k within the buffers */
         }
         const int32_t P = ((o.h + r - 1) / r) * ((o.w + r - 1) / r);
-        const int32_t k = chance(50) ? 8 * rr(1, 8) + rr(-1, 1) : rr(1, 70);
-        const int32_t kk = k < 1 ? 1 : k > 70 ? 70 : k;
+        const int32_t kk = chance(50) ? 8 * rr(1, 8) + rr(-1, 1) : rr(1, 70); /* 1..70 */
         const int is16 = chance(50);
         for (int32_t i = 0; i < P * kk; i++) {
             const int32_t v = (int32_t)(rnd() % 8001u) - 4000;
