@@ -192,3 +192,36 @@ def test_every_plan_option_reaches_the_emulator(demo_session, opts):
     assert (est["plan"]["arena_bytes"], est["plan"]["forward_macs"], est["plan"]["backward_macs"]) == \
         (p.arena_bytes, p.forward_macs, p.backward_macs)
     assert est["high_water"] <= p.arena_bytes
+
+
+@needs_tools
+def test_a_tinytrain_run_replays_the_boards_support_samples(session_copy):
+    # TinyTrain's plan depends on the samples its selection pass read on the board; the board
+    # reports how many (support_samples) and the estimate replays the same ones, so the emulated
+    # plan is the board's. A run recorded before boards reported it falls back to their old rule.
+    code, _, err = tinymp_cmd("train", "--port", "sim", "--session", str(session_copy),
+                              "--method", "tinytrain", "--steps", "3")
+    assert code == 0, err
+    runs = sorted(p for p in os.listdir(session_copy / "runs") if p.startswith("train-"))
+    path = session_copy / "runs" / runs[-1]
+    rec = json.loads(path.read_text())
+    assert rec["options"]["method"] == "tinytrain"
+    from tinymp.session.dataset import Dataset
+    n = len(Dataset.open(str(session_copy / "dataset")))
+    assert rec["start"]["support_samples"] == min(32, n) > 0
+    est = _report(session_copy)
+    assert "error" not in est, est
+    assert est["plan"]["arena_bytes"] == rec["start"]["plan"]["arena_bytes"]
+    assert est["support_samples"] == rec["start"]["support_samples"]
+    # a board that read fewer samples: the estimate reads as many
+    rec["start"]["support_samples"] = 2
+    path.write_text(json.dumps(rec))
+    assert _report(session_copy)["support_samples"] == 2
+    # a legacy record (no support_samples): the old rule, 32 samples for tinytrain
+    del rec["start"]["support_samples"]
+    path.write_text(json.dumps(rec))
+    assert _report(session_copy)["support_samples"] == min(32, n)
+    rec["start"]["support_samples"] = n + 1
+    path.write_text(json.dumps(rec))
+    assert _report(session_copy)["error"] == (f"the board's plan read {n + 1} samples; the "
+                                              f"session's dataset holds {n}")

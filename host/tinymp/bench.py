@@ -216,7 +216,7 @@ def estimate_training(model_data, options, samples, support=0, steps=3, root=Non
     label); at least one) and returns its instruction counts per phase, the plan it made (arena,
     MACs: the caller checks that it is the plan it trained with), its peak stack, and the cost
     model's time estimate. `support` > 0 runs TinyTrain's selection pass over the first samples
-    first, as a board does. Raises BenchError with one line when the tools are missing or the
+    first, as a board does (support_samples in the result: how many it read). Raises BenchError with one line when the tools are missing or the
     bench fails."""
     if not samples:
         raise BenchError("no samples to run the bench on")
@@ -230,7 +230,8 @@ def estimate_training(model_data, options, samples, support=0, steps=3, root=Non
         with open(spath, "wb") as f:
             for x, y in samples:
                 f.write(bytes([int(y)]) + bytes(x))
-        r = run_m7(qemu, elf, mpath, spath, opts, min(int(support), len(samples)), steps=steps,
+        support = min(int(support), len(samples))
+        r = run_m7(qemu, elf, mpath, spath, opts, support, steps=steps,
                    cached=steps, run=None, timeout=timeout)
     if not r.get("guard_ok", False):
         raise BenchError("the M7 bench wrote outside its arena")
@@ -244,7 +245,8 @@ def estimate_training(model_data, options, samples, support=0, steps=3, root=Non
     est = {k: costmodel.estimate_ms(v) for k, v in instr.items()}
     return {"instructions": instr, "estimate": est, "plan": plan, "high_water": r["high_water"],
             "stack_bytes": r["stack_bytes"], "peak_sram": r["high_water"] + r["stack_bytes"],
-            "steps": steps, "cost_model": costmodel.ASSUMPTIONS, "emulator": _qemu_version(qemu)}
+            "steps": steps, "support_samples": support, "cost_model": costmodel.ASSUMPTIONS,
+            "emulator": _qemu_version(qemu)}
 
 
 def compose_run(r, n, epochs):

@@ -541,6 +541,7 @@ class Agent:
         self.model_data = None
         self.model_sha = None
         self.trainer = None
+        self.support_used = 0
         self.trainer_opts = None
         self.push = None
         self.train = None        # state of the current training run
@@ -1010,8 +1011,10 @@ class Agent:
             raise Fail("no_trainer", "this tinymp has no Trainer (training engine not built)")
         m = self._load_model()
         kw = self._plan_options(opts)
+        self.support_used = 0
         if kw.get("method") == "tinytrain" or (opts.get("support") and self.store.count):
             kw["support"] = self._support(m)
+            self.support_used = len(kw["support"][0])
         heap0 = _mem_free()
         try:
             plan = m.plan(**kw)
@@ -1072,8 +1075,11 @@ class Agent:
                       "heap1": heap1, "buf": bytearray(self._sample_bytes(self.model)),
                       "stats": self._stats(tr)}
         self.report = None
+        # support_samples: how many of the first samples the plan's selection pass read (the
+        # host's Cortex-M7 estimate replays the same ones)
         return {"plan": self._plan_dict(plan), "resumed": resumed, "heap_before": heap0,
-                "heap_after": heap1, "samples": self.store.count, "steps": steps}
+                "heap_after": heap1, "samples": self.store.count, "steps": steps,
+                "support_samples": self.support_used}
 
     def _stats(self, tr):
         try:

@@ -15,6 +15,11 @@ import textwrap
 
 from .. import summary
 
+# the estimate runs the bench over the session's first ESTIMATE_SAMPLES samples (or more, when the
+# board's plan read more for its selection pass)
+ESTIMATE_SAMPLES = 32
+# runs recorded before boards reported support_samples: the agent's TinyTrain pass read this many
+LEGACY_SUPPORT = 32
 SIM_NOTE = "simulated board, host CPU times (not measured on the board)"
 
 
@@ -46,6 +51,8 @@ def train_summary(run):
         "options": run.get("options"),
         "plan": plan,
         "resumed": run["start"].get("resumed"),
+        # None: a run recorded before boards reported it
+        "support_samples": run["start"].get("support_samples"),
         "final_loss": sum(e[f["loss"]] for e in tail) / len(tail) if tail else None,
         "final_running_accuracy": (sum(1 for e in tail if e[f["pred"]] == e[f["label"]]) / len(tail)
                                    if tail and tail[0][f["pred"]] >= 0 else None),
@@ -88,24 +95,31 @@ def m7_estimate(session, rep, train_run):
         return {"error": f"cannot read the model file {path}: {e.strerror or e}"}
     if want and hashlib.sha256(data).hexdigest() != want:
         return {"error": f"{path} is no longer the model the board trained (sha256 differs)"}
+    opts = dict(train_run.get("options") or {})
     try:
         # the session folder's own dataset (it may have moved since the run recorded its path)
         where = session.dataset_dir
         if not os.path.isdir(where) and train_run.get("dataset"):
             where = train_run["dataset"]
         ds = Dataset.open(where)
-        n = min(len(ds), 32)  # a board's TinyTrain selection pass uses its first 32 samples
+        # the board reports how many of its first samples its plan's selection pass read; runs
+        # recorded before it did: its TinyTrain pass read up to LEGACY_SUPPORT
+        support = t.get("support_samples")
+        if support is None:
+            support = min(len(ds), LEGACY_SUPPORT) if opts.get("method") == "tinytrain" else 0
+        if support > len(ds):
+            return {"error": f"the board's plan read {support} samples; the session's dataset "
+                             f"holds {len(ds)}"}
+        n = max(support, min(len(ds), ESTIMATE_SAMPLES))
         samples = [(ds.sample(i), int(ds.labels[i])) for i in range(n)]
     except (DatasetError, OSError, IndexError) as e:
         why = str(e).removeprefix("tinymp: ")
         return {"error": f"cannot read the session's samples: {why}"}
     if not samples:
         return {"error": "the session's dataset holds no samples"}
-    opts = dict(train_run.get("options") or {})
     budget = board.get("arena_budget")  # the board plans within its budget, as the agent does
     if budget is not None:
         opts["budget"] = min(opts.get("budget", budget), budget)
-    support = n if opts.get("method") == "tinytrain" else 0
     try:
         est = bench.estimate_training(data, opts, samples, support=support)
     except bench.BenchError as e:
