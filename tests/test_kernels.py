@@ -1,6 +1,7 @@
 """Every int8 kernel of the C engine matches the independent numpy reference bit for bit, on
 randomised shapes, strides, paddings, zero points, multipliers and activation ranges."""
 import numpy as np
+import pytest
 from hypothesis import given, settings, strategies as st
 
 import tinymp
@@ -37,6 +38,25 @@ def test_conv(seed, h, w, cin, cout, k, sh, sw, data):
     if h + pads[0] + pads[2] < k or w + pads[1] + pads[3] < k:
         pads = (k - 1,) * 4
     model, layer = km.conv_like(rng, "conv", h, w, cin, cout, k, (sh, sw), pads)
+    check(model, layer, rng)
+
+
+@pytest.mark.parametrize("h, w, cin, cout, k, stride, pads", [
+    # blocks of patches (tmp_conv_s8.c, conv_block_pixels()): 27-byte patches, a 30-pixel block
+    # cap from the layer's 3,259 bytes, so 121 output pixels are 4 blocks and a 1-pixel one;
+    # padding on every side, an odd channel count (a channel paired with itself)
+    (21, 21, 3, 16, 3, (2, 2), (1, 1, 1, 1)),
+    (21, 21, 3, 15, 3, (2, 2), (1, 0, 1, 0)),
+    # a first layer's shape: blocks of 32 pixels, zero points at the padding of all four edges
+    (64, 64, 3, 16, 3, (2, 2), (1, 1, 1, 1)),
+    # patches of 72 bytes (3x3x8): blocks of 14, 16x16 pixels
+    (16, 16, 8, 16, 3, (1, 1), (1, 1, 1, 1)),
+    # 225-byte patches on a small layer: one patch at a time
+    (6, 6, 9, 5, 5, (1, 1), (2, 2, 2, 2)),
+])
+def test_conv_paths(h, w, cin, cout, k, stride, pads):
+    rng = np.random.default_rng(h * 1000 + cout)
+    model, layer = km.conv_like(rng, "conv", h, w, cin, cout, k, stride, pads)
     check(model, layer, rng)
 
 

@@ -14,12 +14,22 @@
  * Layouts (int8 unless noted): in [in.h][in.w][in.c], weights [out.c][kh][kw][in.c],
  * bias int32 [out.c] (NULL = zero), out [out.h][out.w][out.c]. `out` must not overlap `in`.
  *
- * Scratch: 2 * kh * kw * in.c bytes (4-byte aligned): the im2col patch of one output pixel as
- * int16 in the weights' [kh][kw][in.c] order, with the input offset already added and 0 at
- * padding positions, so that each output channel is one plain int16 x int8 dot product
- * (conv_dot_s16_s8()). The DSP path (TMP_DSP, Cortex-M4/M7) then reorders each group of 4
- * patch values to the SXTB16 lane order (p0,p2)(p1,p3) (tmp_dsp.h) and computes 4 output
- * channels per pass over the patch with SMLAD.
+ * Two paths, chosen from the shapes alone (conv_block_pixels(), the same on every build, so the
+ * scratch size and the plan do not depend on the build):
+ *  - patch blocks (short patches on layers that are not tiny, conv_block_pixels(); the usual
+ *    case: a first layer's 3x3x3 patch is 27 bytes): the int8 im2col patches of a block of up to
+ *    CONV_BLOCK_PIX consecutive output pixels, with the input zero point at padding positions,
+ *    are a 1 x nb x (kh*kw*in.c) map, and the convolution of the block is the pointwise
+ *    convolution of that map with the same weights, bias and requantisation (tmp_pwconv_s8):
+ *    a zero-point byte x gives x + input_offset = 0, so padding still contributes nothing. The
+ *    pointwise kernel's DSP path then widens each weight pair once per block, not once per
+ *    pixel. Scratch: the block, then the pointwise kernel's scratch;
+ *  - one patch at a time (long patches): the im2col patch of one output pixel as int16 in the
+ *    weights' [kh][kw][in.c] order, with the input offset already added and 0 at padding
+ *    positions, so that each output channel is one plain int16 x int8 dot product
+ *    (conv_dot_s16_s8()). The DSP path (TMP_DSP, Cortex-M4/M7) then reorders each group of 4
+ *    patch values to the SXTB16 lane order (p0,p2)(p1,p3) (tmp_dsp.h) and computes 2 output
+ *    channels per pass over the patch with SMLAD. Scratch: 2 * kh * kw * in.c bytes.
  *
  * Preconditions not checked (guaranteed by the model format): |bias[o]| <= 2^31 - 1 - 32640*L
  * with L = kh*kw*in.c, so the int32 accumulator cannot overflow.
@@ -44,13 +54,64 @@ static int32_t conv_patch_len(const tmp_dims *in, const tmp_filter_dims *f) {
     return (int32_t)len;
 }
 
+/* Output pixels per block of the patch-block path, or 0 for the one-patch path: blocks of
+ * CONV_BLOCK_PIX pixels or as many as fit in CONV_BLOCK_BYTES and in a quarter of the layer's
+ * input and output bytes (so the block never dominates a small layer's memory: a CNN's peak is
+ * at its large maps), at least CONV_BLOCK_MIN pixels (fewer would widen the weights too often
+ * for too few pixels) unless that is every pixel. A function of the shapes only, the same on
+ * every build. */
+#define CONV_BLOCK_PIX 32
+#define CONV_BLOCK_BYTES 1024
+#define CONV_BLOCK_MIN 8
+static int32_t conv_block_pixels(int32_t len, const tmp_dims *in, const tmp_dims *out) {
+    if (len < 1 || in->h < 1 || in->w < 1 || in->c < 1 || out->h < 1 || out->w < 1 ||
+        out->c < 1 || (int64_t)out->h * out->w > INT32_MAX) {
+        return 0;
+    }
+    /* 32-bit divisions only (natmod links no libgcc); the layer's bytes only matter below 4 KiB */
+    const int32_t npix = out->h * out->w;
+    const int64_t layer = (int64_t)in->h * in->w * in->c + (int64_t)npix * out->c;
+    const int32_t cap = layer < 4 * CONV_BLOCK_BYTES ? (int32_t)layer / 4 : CONV_BLOCK_BYTES;
+    int32_t b = cap / len;
+    if (b > CONV_BLOCK_PIX) {
+        b = CONV_BLOCK_PIX;
+    }
+    if (b >= npix) {
+        return npix;
+    }
+    return b >= CONV_BLOCK_MIN ? b : 0;
+}
+
+/* The pointwise kernel's scratch for a block of n pixels of patches of len bytes. */
+static int32_t conv_block_pw_bytes(int32_t n, int32_t len, int32_t oc) {
+    const tmp_dims bi = { 1, n, len }, bo = { 1, n, oc };
+    return tmp_pwconv_s8_get_buffer_size(&bi, &bo);
+}
+
+/* Bytes of the block itself (4-byte aligned, so the pointwise scratch after it is too). */
+static int32_t conv_block_bytes(int32_t nb, int32_t len) {
+    return (nb * len + 3) & ~3;
+}
+
 int32_t tmp_conv_s8_get_buffer_size(const tmp_dims *in, const tmp_filter_dims *f, const tmp_dims *out) {
-    (void)out;
-    if (in == NULL || f == NULL) {
+    if (in == NULL || f == NULL || out == NULL) {
         return 0;
     }
     int32_t len = conv_patch_len(in, f);
-    return len < 0 ? 0 : len * (int32_t)sizeof(int16_t);
+    if (len < 0) {
+        return 0;
+    }
+    const int32_t nb = conv_block_pixels(len, in, out);
+    if (nb == 0) {
+        return len * (int32_t)sizeof(int16_t);
+    }
+    /* the pointwise scratch of a whole block or of the last, shorter one, whichever is larger */
+    int32_t pw = conv_block_pw_bytes(nb, len, out->c);
+    const int32_t last = (out->h * out->w) % nb; /* fits: nb > 0 */
+    if (last > 0 && conv_block_pw_bytes(last, len, out->c) > pw) {
+        pw = conv_block_pw_bytes(last, len, out->c);
+    }
+    return pw > 0 ? conv_block_bytes(nb, len) + pw : 0;
 }
 
 #if !TMP_DSP
@@ -113,6 +174,81 @@ static void conv_im2col(int16_t *col, const int8_t *in, const tmp_dims *d, int32
         }
         col += row_len;
     }
+}
+
+/* dst[i] = src[i], i < n: words (a memcpy of 4 bytes, which compilers turn into one load and
+ * one store where unaligned access is allowed), then bytes. Inline: a patch row is a few bytes,
+ * and a library memcpy call costs more than the copy. */
+static inline void conv_copy_s8(int8_t *dst, const int8_t *src, int32_t n) {
+    int32_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        uint32_t v;
+        memcpy(&v, src + i, 4);
+        memcpy(dst + i, &v, 4);
+    }
+    for (; i < n; i++) {
+        dst[i] = src[i];
+    }
+}
+
+/* The int8 [kh][kw][ic] patch whose top-left input position is (iy0, ix0), zp at padding. */
+static void conv_im2col_s8(int8_t *col, const int8_t *in, const tmp_dims *d, int32_t iy0,
+    int32_t ix0, int32_t kh, int32_t kw, int8_t zp) {
+    const int32_t ic = d->c;
+    const int32_t v_lo = ix0 < 0 ? -ix0 : 0;
+    const int32_t v_hi = ix0 + kw > d->w ? d->w - ix0 : kw;
+    const int32_t row_len = kw * ic;
+    for (int32_t u = 0; u < kh; u++) {
+        const int32_t iy = iy0 + u;
+        if (iy < 0 || iy >= d->h || v_lo >= v_hi) {
+            memset(col, zp, (size_t)row_len);
+        } else {
+            const int8_t *src = in + ((size_t)iy * (size_t)d->w + (size_t)(ix0 + v_lo)) * (size_t)ic;
+            const int32_t n = (v_hi - v_lo) * ic;
+            if (v_lo > 0) {
+                memset(col, zp, (size_t)(v_lo * ic));
+            }
+            conv_copy_s8(col + v_lo * ic, src, n);
+            if (v_hi < kw) {
+                memset(col + v_lo * ic + n, zp, (size_t)((kw - v_hi) * ic));
+            }
+        }
+        col += row_len;
+    }
+}
+
+/* The patch-block path (see the file comment): blocks of nb output pixels in raster order. */
+static tmp_status conv_blocks(const tmp_conv_params *p, const tmp_per_channel_quant *q,
+    const tmp_dims *in_dims, const int8_t *in, const tmp_filter_dims *f, const int8_t *weights,
+    const int32_t *bias, const tmp_dims *out_dims, int8_t *out, int8_t *col, int32_t len,
+    int32_t nb) {
+    void *pws = col + conv_block_bytes(nb, len);
+    /* the same requantisation and offsets; stride 1 and no padding over the patch map */
+    const tmp_conv_params pp = { p->input_offset, p->output_offset, 1, 1, 0, 0, p->act_min,
+        p->act_max };
+    const int8_t zp = (int8_t)(-p->input_offset);
+    const int32_t npix = out_dims->h * out_dims->w, oc = out_dims->c;
+    int32_t y = 0, x = 0;
+    for (int32_t n0 = 0; n0 < npix; n0 += nb) {
+        const int32_t cnt = npix - n0 < nb ? npix - n0 : nb;
+        int8_t *c = col;
+        for (int32_t k = 0; k < cnt; k++) {
+            conv_im2col_s8(c, in, in_dims, y * p->stride_h - p->pad_t, x * p->stride_w - p->pad_l,
+                f->kh, f->kw, zp);
+            c += len;
+            if (++x == out_dims->w) {
+                x = 0;
+                y++;
+            }
+        }
+        const tmp_dims bi = { 1, cnt, len }, bo = { 1, cnt, oc };
+        const tmp_status s = tmp_pwconv_s8(&pp, q, &bi, col, weights, bias, &bo,
+            out + (size_t)n0 * (size_t)oc, pws);
+        if (s != TMP_OK) {
+            return s;
+        }
+    }
+    return TMP_OK;
 }
 
 #if TMP_DSP
@@ -217,6 +353,11 @@ tmp_status tmp_conv_s8(const tmp_conv_params *p, const tmp_per_channel_quant *q,
         return TMP_ERR_ARG;
     }
 
+    const int32_t nb = conv_block_pixels(patch_len, in_dims, out_dims);
+    if (nb > 0) {
+        return conv_blocks(p, q, in_dims, in, f, weights, bias, out_dims, out, (int8_t *)scratch,
+            patch_len, nb);
+    }
     const int32_t oc = out_dims->c;
     const int32_t *mult = q->multiplier;
     const int32_t *shift = q->shift;
