@@ -216,8 +216,8 @@ def estimate_training(model_data, options, samples, support=0, steps=3, root=Non
     label); at least one) and returns its instruction counts per phase, the plan it made (arena,
     MACs: the caller checks that it is the plan it trained with), its peak stack, and the cost
     model's time estimate. `support` > 0 runs TinyTrain's selection pass over the first samples
-    first, as a board does (support_samples in the result: how many it read). Raises BenchError with one line when the tools are missing or the
-    bench fails."""
+    first, as a board does (support_samples in the result: how many it read). Raises BenchError
+    with one line when the tools are missing or the bench fails."""
     if not samples:
         raise BenchError("no samples to run the bench on")
     qemu, elf = find_tools(root or repo_root())
