@@ -148,34 +148,6 @@ static void conv_copy_s16(int16_t *dst, const int8_t *src, int32_t n, int32_t in
     }
 }
 
-/* Fill `col` with the [kh][kw][ic] patch whose top-left input position is (iy0, ix0). */
-static void conv_im2col(int16_t *col, const int8_t *in, const tmp_dims *d, int32_t iy0, int32_t ix0,
-    int32_t kh, int32_t kw, int32_t in_off) {
-    const int32_t ic = d->c;
-    const int32_t v_lo = ix0 < 0 ? -ix0 : 0;
-    const int32_t v_hi = ix0 + kw > d->w ? d->w - ix0 : kw;
-    const int32_t row_len = kw * ic;
-    for (int32_t u = 0; u < kh; u++) {
-        const int32_t iy = iy0 + u;
-        if (iy < 0 || iy >= d->h || v_lo >= v_hi) {
-            memset(col, 0, (size_t)row_len * sizeof(int16_t));
-        } else {
-            /* columns v_lo .. v_hi-1 are one contiguous run of the input row */
-            const int8_t *src = in + ((size_t)iy * (size_t)d->w + (size_t)(ix0 + v_lo)) * (size_t)ic;
-            const int32_t n = (v_hi - v_lo) * ic;
-            int16_t *dst = col + v_lo * ic;
-            if (v_lo > 0) {
-                memset(col, 0, (size_t)(v_lo * ic) * sizeof(int16_t));
-            }
-            conv_copy_s16(dst, src, n, in_off);
-            if (v_hi < kw) {
-                memset(dst + n, 0, (size_t)((kw - v_hi) * ic) * sizeof(int16_t));
-            }
-        }
-        col += row_len;
-    }
-}
-
 /* dst[i] = src[i], i < n: words (a memcpy of 4 bytes, which compilers turn into one load and
  * one store where unaligned access is allowed), then bytes. Inline: a patch row is a few bytes,
  * and a library memcpy call costs more than the copy. */
@@ -215,6 +187,17 @@ static void conv_im2col_s8(int8_t *col, const int8_t *in, const tmp_dims *d, int
         }
         col += row_len;
     }
+}
+
+/* The int16 [kh][kw][ic] patch with the input offset added (0 at padding): the int8 patch in
+ * the upper half of col's 2 * len bytes, then widened in place from the front. Element i is
+ * written to bytes [2i, 2i+2) after source bytes up to len + i (+3 in a group of 4) are read,
+ * and 2i + 7 < len + i + 4 for every group (i + 4 <= len), so no unread byte is overwritten. */
+static void conv_im2col(int16_t *col, const int8_t *in, const tmp_dims *d, int32_t iy0, int32_t ix0,
+    int32_t kh, int32_t kw, int32_t len, int32_t in_off) {
+    int8_t *b = (int8_t *)col + len;
+    conv_im2col_s8(b, in, d, iy0, ix0, kh, kw, (int8_t)(-in_off));
+    conv_copy_s16(col, b, len, in_off);
 }
 
 /* The patch-block path (see the file comment): blocks of nb output pixels in raster order. */
@@ -368,7 +351,7 @@ tmp_status tmp_conv_s8(const tmp_conv_params *p, const tmp_per_channel_quant *q,
         const int32_t iy0 = y * p->stride_h - p->pad_t;
         for (int32_t x = 0; x < out_dims->w; x++) {
             const int32_t ix0 = x * p->stride_w - p->pad_l;
-            conv_im2col(col, in, in_dims, iy0, ix0, f->kh, f->kw, p->input_offset);
+            conv_im2col(col, in, in_dims, iy0, ix0, f->kh, f->kw, patch_len, p->input_offset);
 #if TMP_DSP
             conv_dsp_reorder(col, patch_len);
             conv_dsp_pixel(col, patch_len, weights, bias, q, oc, p->output_offset,
