@@ -34,10 +34,10 @@ typedef struct {
 } kcase;
 
 /* data of the current case (static: the programs' RAM is 4 MiB) */
-static int8_t g_in[32768] __attribute__((aligned(8)));
+static int8_t g_in[65536] __attribute__((aligned(8)));
 static int8_t g_in2[16384] __attribute__((aligned(8)));
 static int8_t g_w[147456] __attribute__((aligned(8))); /* up to 112 x 1280 */
-static int8_t g_out[32768] __attribute__((aligned(8)));
+static int8_t g_out[196608] __attribute__((aligned(8)));
 static int32_t g_bias[2048];
 static int32_t g_mult[2048];
 static int32_t g_shift[2048];
@@ -163,6 +163,8 @@ static const kcase c_pw4 = {K_PW, 8, 8, 96, 8, 8, 24, 1, 1, 0, 0, 0};
 /* MobileNetV2-w0.35@128's last expansion: the layer a cached training step spends most of its
  * forward pass in (the widened-input block path) */
 static const kcase c_pw5 = {K_PW, 4, 4, 112, 4, 4, 1280, 1, 1, 0, 0, 0};
+static const kcase c_pw6 = {K_PW, 64, 64, 8, 64, 64, 48, 1, 1, 0, 0, 0};
+static const kcase c_pw7 = {K_PW, 64, 64, 16, 64, 64, 8, 1, 1, 0, 0, 0};
 static const kcase c_dw1 = {K_DW, 16, 16, 48, 16, 16, 48, 3, 1, 1, 1, 0};
 static const kcase c_dw2 = {K_DW, 16, 16, 48, 8, 8, 48, 3, 2, 0, 0, 0};
 static const kcase c_dw3 = {K_DW, 8, 8, 96, 8, 8, 96, 3, 1, 1, 1, 0};
@@ -185,6 +187,8 @@ static const bench_case cases[] = {
     {"pwconv", "1x1 8x8x16->96", "MAC", MACS(8, 8, 96, 16), -1, -1, setup, run, &c_pw3},
     {"pwconv", "1x1 8x8x96->24", "MAC", MACS(8, 8, 24, 96), -1, -1, setup, run, &c_pw4},
     {"pwconv", "1x1 4x4x112->1280", "MAC", MACS(4, 4, 1280, 112), -1, -1, setup, run, &c_pw5},
+    {"pwconv", "1x1 64x64x8->48", "MAC", MACS(64, 64, 48, 8), -1, -1, setup, run, &c_pw6},
+    {"pwconv", "1x1 64x64x16->8", "MAC", MACS(64, 64, 8, 16), -1, -1, setup, run, &c_pw7},
     {"dwconv", "3x3 16x16x48 s1", "MAC", MACS(16, 16, 48, 9), 790, 810, setup, run, &c_dw1},
     {"dwconv", "3x3 16x16x48 s2", "MAC", MACS(8, 8, 48, 9), 790, 810, setup, run, &c_dw2},
     {"dwconv", "3x3 8x8x96 s1", "MAC", MACS(8, 8, 96, 9), 790, 810, setup, run, &c_dw3},

@@ -278,7 +278,10 @@ static void check_conv(int depthwise) {
     }
 }
 
-static void check_pwconv(void) {
+/* small: shapes aimed at the DSP path's small-input tiles (in.c 8, 16 or 24, even pixel and
+ * output-channel counts, every shift <= -1), with near misses (other channel counts, odd
+ * counts, one channel's shift >= 0) that must take the other paths */
+static void check_pwconv_cases(int small) {
     for (int n = 0; n < CASES_PER_KERNEL; n++) {
         tmp_conv_params p = {0, 0, 1, 1, 0, 0, -128, 127};
         tmp_dims id, od;
@@ -288,6 +291,15 @@ static void check_pwconv(void) {
         od.h = id.h;
         od.w = id.w;
         od.c = chance(30) ? rr(1, 5) : rr(1, 64);
+        if (small) {
+            static const int32_t ics[] = {8, 16, 24, 8, 16, 24, 4, 12, 20, 28};
+            id.c = ics[rr(0, 9)];
+            if (chance(85) && (id.h * id.w) % 2 != 0) {
+                id.w = id.w < 9 ? id.w + 1 : id.w - 1;
+                od.w = id.w;
+            }
+            od.c = 2 * rr(1, 40) - (chance(15) ? 1 : 0);
+        }
         p.input_offset = in_offset();
         p.output_offset = out_offset();
         act_range(&p.act_min, &p.act_max);
@@ -296,6 +308,16 @@ static void check_pwconv(void) {
         fill(g_in, in_len);
         fill(g_w, od.c * id.c);
         quant(od.c, id.c);
+        if (small) {
+            /* realistic requantisation (shifts -12 .. -4), all channels */
+            for (int32_t i = 0; i < od.c; i++) {
+                g_mult[i] = (int32_t)(0x40000000u | (rnd() >> 2));
+                g_shift[i] = chance(20) ? -1 : rr(-12, -2);
+            }
+            if (chance(10)) {
+                g_shift[rr(0, od.c - 1)] = rr(0, 2);
+            }
+        }
         tmp_per_channel_quant q = {g_mult, g_shift};
         const int32_t *bias = chance(10) ? NULL : g_bias;
         const int32_t scratch_len = tmp_pwconv_s8_get_buffer_size(&id, &od);
@@ -308,6 +330,14 @@ static void check_pwconv(void) {
             g_errors++;
         }
     }
+}
+
+static void check_pwconv(void) {
+    check_pwconv_cases(0);
+}
+
+static void check_pwconv_small(void) {
+    check_pwconv_cases(1);
 }
 
 static void check_fc(void) {
@@ -652,6 +682,7 @@ static const check checks[] = {
     {"conv", run_conv},
     {"dwconv", run_dwconv},
     {"pwconv", check_pwconv},
+    {"pwconv_small", check_pwconv_small},
     {"fc", check_fc},
     {"add", check_add},
     {"avgpool", check_avgpool},

@@ -27,7 +27,10 @@
  * block, the input pixels are widened once per block as well and every output-channel pair reads
  * them (pwconv_dsp_wide(): 13 instructions per 16 MACs); without one, each pixel pair is widened
  * in the loop (pwconv_dsp(): 18). The tile's requantisation is one asm block in the usual case
- * (both shifts negative).
+ * (both shifts negative). Layers with 8, 16 or 24 input channels (the large early maps of
+ * MobileNetV2 and MCUNet), where that per-tile work outweighs the few MACs, take neither: their
+ * whole pixel loop is one asm block per output-channel pair (pwconv_dsp_small(); it leaves the
+ * block unused and zeroes it).
  *
  * Preconditions not checked (guaranteed by the model format): |bias[o]| <= 2^31 - 1 - 32640*in.c,
  * so the int32 accumulator cannot overflow.
@@ -120,11 +123,15 @@ static void pwconv_dsp_rows(int32_t *buf, const int8_t *w0, const int8_t *w1, in
  * tmp_rq_apply() (any shifts). */
 typedef struct {
     int32_t c0, c1;
+    union {
+        /* neg: m0, klo0, khi0, sh0, m1, klo1, khi1, sh1, output offset, the clamp bounds as 4
+         * int8 lanes (tmp_pack8x4) */
+        int32_t kq[11];
+        struct {
+            tmp_rq r0, r1;
+        } any; /* !neg */
+    } u;
     int neg;
-    /* neg: m0, klo0, khi0, sh0, m1, klo1, khi1, sh1, output offset, the clamp bounds as 4 int8
-     * lanes (tmp_pack8x4) */
-    int32_t kq[11];
-    tmp_rq r0, r1; /* !neg */
 } pw_pair;
 
 #if defined(__GNUC__)
@@ -148,16 +155,16 @@ PW_INLINE void pw_pair_prep(pw_pair *k, const tmp_conv_params *p, const tmp_per_
     const int32_t s0 = q->shift[o], s1 = q->shift[o1];
     k->neg = s0 <= -1 && s1 <= -1;
     if (k->neg) {
-        k->kq[0] = q->multiplier[o];
-        tmp_rq_prep_neg(s0, &k->kq[1], &k->kq[2], &k->kq[3]);
-        k->kq[4] = q->multiplier[o1];
-        tmp_rq_prep_neg(s1, &k->kq[5], &k->kq[6], &k->kq[7]);
-        k->kq[8] = p->output_offset;
-        k->kq[9] = (int32_t)tmp_pack8x4(p->act_min);
-        k->kq[10] = (int32_t)tmp_pack8x4(p->act_max);
+        k->u.kq[0] = q->multiplier[o];
+        tmp_rq_prep_neg(s0, &k->u.kq[1], &k->u.kq[2], &k->u.kq[3]);
+        k->u.kq[4] = q->multiplier[o1];
+        tmp_rq_prep_neg(s1, &k->u.kq[5], &k->u.kq[6], &k->u.kq[7]);
+        k->u.kq[8] = p->output_offset;
+        k->u.kq[9] = (int32_t)tmp_pack8x4(p->act_min);
+        k->u.kq[10] = (int32_t)tmp_pack8x4(p->act_max);
     } else {
-        k->r0 = tmp_rq_prep(q->multiplier[o], s0);
-        k->r1 = tmp_rq_prep(q->multiplier[o1], s1);
+        k->u.any.r0 = tmp_rq_prep(q->multiplier[o], s0);
+        k->u.any.r1 = tmp_rq_prep(q->multiplier[o1], s1);
     }
 }
 
@@ -232,7 +239,7 @@ PW_INLINE void pw_tile_end(const pw_pair *k, int32_t a0, int32_t a1, int32_t b0,
     }
     uint32_t v;
     if (k->neg) { /* the usual case */
-        v = pw_out_neg_asm(a0, a1, b0, b1, k->kq);
+        v = pw_out_neg_asm(a0, a1, b0, b1, k->u.kq);
     } else {
         v = pw_out_any(k, a0, a1, b0, b1, out_off, lo4, hi4);
     }
@@ -251,10 +258,165 @@ PW_INLINE void pw_tile_end(const pw_pair *k, int32_t a0, int32_t a1, int32_t b0,
 static uint32_t pw_out_any(const pw_pair *k, int32_t a0, int32_t a1, int32_t b0, int32_t b1,
     int32_t out_off, uint32_t lo4, uint32_t hi4) {
     /* lanes: a[o], a[o1], b[o], b[o1] */
-    return tmp_clamp8x4(tmp_pack4(tmp_ssat8(tmp_qadd(tmp_rq_apply(a0, k->r0), out_off)),
-        tmp_ssat8(tmp_qadd(tmp_rq_apply(a1, k->r1), out_off)),
-        tmp_ssat8(tmp_qadd(tmp_rq_apply(b0, k->r0), out_off)),
-        tmp_ssat8(tmp_qadd(tmp_rq_apply(b1, k->r1), out_off))), lo4, hi4);
+    return tmp_clamp8x4(tmp_pack4(tmp_ssat8(tmp_qadd(tmp_rq_apply(a0, k->u.any.r0), out_off)),
+        tmp_ssat8(tmp_qadd(tmp_rq_apply(a1, k->u.any.r1), out_off)),
+        tmp_ssat8(tmp_qadd(tmp_rq_apply(b0, k->u.any.r0), out_off)),
+        tmp_ssat8(tmp_qadd(tmp_rq_apply(b1, k->u.any.r1), out_off))), lo4, hi4);
+}
+
+/* The small-input path (in.c = 8, 16 or 24, both shifts negative, two distinct channels): the
+ * pixel-pair loop of one output-channel pair as one asm block, groups unrolled, so that nothing
+ * is spilled. It reads everything at fixed offsets from one base register: the pair's pw_pair
+ * (c0, c1, kq first), oc, the end of the input, and the widened rows as pwconv_dsp_rows() writes
+ * them. Outputs are the C tile's bit for bit: the same SMLAD sums (integer, any order), then
+ * pw_out_neg_asm()'s requantisation and clamp. Per 2 x 2 tile: 16 instructions per group of 4
+ * input channels, 42 for the requantisation, 12 for the set-up, stores and loop (in.c = 8: 2.69
+ * instructions per MAC in `make bench-kernels`, against 4.25 for the C tile, whose pointers and
+ * constants GCC keeps on the stack there). */
+#define PWS_MAX_G 6
+typedef struct {
+    pw_pair k;
+    int32_t oc;
+    const int8_t *xend;         /* the input past the last pixel pair */
+    int32_t w[4 * PWS_MAX_G];   /* the pair's widened rows */
+} pw_small;
+/* the asm below reads c0, c1 at offsets 0, 4 and kq at 8 .. 48 */
+typedef char pws_layout_check[(offsetof(pw_small, k.c1) == 4 && offsetof(pw_small, k.u.kq) == 8) ?
+    1 : -1];
+
+/* Group J of 4 input channels (IC of them): xa's and xb's 4 bytes widened, 8 SMLAD with the
+ * rows' group J (u02, u13 for channel o, v02, v13 for o1). Accumulators: %[a0] (pixel a, o),
+ * r11 (a, o1), r12 (b, o), lr (b, o1). */
+#define PWS_GROUP(J, IC) \
+    "ldr      r4, [%[xa], #(" #J "*4)]\n\t" \
+    "ldr      r6, [%[xa], #(" #IC "+" #J "*4)]\n\t" \
+    "sxtb16   r5, r4\n\t" \
+    "sxtb16   r4, r4, ror #8\n\t" \
+    "sxtb16   r8, r6\n\t" \
+    "sxtb16   r6, r6, ror #8\n\t" \
+    "ldrd     r9, r10, [%[k], #(%c[wo]+" #J "*16)]\n\t" \
+    "smlad    %[a0], r5, r9, %[a0]\n\t" \
+    "smlad    %[a0], r4, r10, %[a0]\n\t" \
+    "smlad    r12, r8, r9, r12\n\t" \
+    "smlad    r12, r6, r10, r12\n\t" \
+    "ldrd     r9, r10, [%[k], #(%c[wo]+8+" #J "*16)]\n\t" \
+    "smlad    r11, r5, r9, r11\n\t" \
+    "smlad    r11, r4, r10, r11\n\t" \
+    "smlad    lr, r8, r9, lr\n\t" \
+    "smlad    lr, r6, r10, lr\n\t"
+
+/* requantisation of accumulator X with the constants in r4 (mult), r5 (klo), r6 (khi), r8
+ * (shift): pw_out_neg_asm()'s step */
+#define PWS_RQ(X) \
+    "and      r9, " X ", #0x80000000\n\t" \
+    "adds     r9, r9, r5\n\t" \
+    "adc      r10, r6, " X ", asr #31\n\t" \
+    "smlal    r9, r10, " X ", r4\n\t" \
+    "asr      " X ", r10, r8\n\t"
+
+#define PWS_TILES(GROUPS) \
+    __asm__ volatile( \
+        "1:\n\t" \
+        "ldrd     %[a0], r11, [%[k]]\n\t" \
+        "mov      r12, %[a0]\n\t" \
+        "mov      lr, r11\n\t" \
+        GROUPS \
+        "ldrd     r4, r5, [%[k], #8]\n\t" \
+        "ldrd     r6, r8, [%[k], #16]\n\t" \
+        PWS_RQ("%[a0]") PWS_RQ("r12") \
+        "ldrd     r4, r5, [%[k], #24]\n\t" \
+        "ldrd     r6, r8, [%[k], #32]\n\t" \
+        PWS_RQ("r11") PWS_RQ("lr") \
+        "ldrd     r4, r5, [%[k], #40]\n\t" \
+        "ldr      r6, [%[k], #48]\n\t" \
+        "qadd     %[a0], %[a0], r4\n\t" \
+        "qadd     r11, r11, r4\n\t" \
+        "qadd     r12, r12, r4\n\t" \
+        "qadd     lr, lr, r4\n\t" \
+        "ssat     %[a0], #8, %[a0]\n\t" \
+        "ssat     r11, #8, r11\n\t" \
+        "ssat     r12, #8, r12\n\t" \
+        "ssat     lr, #8, lr\n\t" \
+        "uxtb     r8, %[a0]\n\t" \
+        "bfi      r8, r11, #8, #8\n\t" \
+        "bfi      r8, r12, #16, #8\n\t" \
+        "bfi      r8, lr, #24, #8\n\t" \
+        "ssub8    r9, r8, r5\n\t" \
+        "sel      r8, r8, r5\n\t" \
+        "ssub8    r9, r8, r6\n\t" \
+        "sel      r8, r6, r8\n\t" \
+        "ldr      r9, [%[k], %[oco]]\n\t" \
+        "strh     r8, [%[d]]\n\t" \
+        "lsrs     r8, r8, #16\n\t" \
+        "strh     r8, [%[d], r9]\n\t" \
+        "add      %[d], %[d], r9, lsl #1\n\t" \
+        "add      %[xa], %[xa], %[step]\n\t" \
+        "ldr      r9, [%[k], %[xeo]]\n\t" \
+        "cmp      %[xa], r9\n\t" \
+        "bne      1b" \
+        : [xa] "+r"(xa), [d] "+r"(dst), [a0] "=&r"(a0) \
+        : [k] "r"(s), [step] "I"(PWS_STEP), [wo] "i"(offsetof(pw_small, w)), \
+          [oco] "i"(offsetof(pw_small, oc)), [xeo] "i"(offsetof(pw_small, xend)), "m"(*s) \
+        : "cc", "memory", "r4", "r5", "r6", "r8", "r9", "r10", "r11", "r12", "lr")
+
+/* The outputs (pixels 0 .. 2 * floor(npix / 2) - 1) x (o, o + 1) of a layer with in.c = 4 * ng,
+ * ng in {2, 4, 6}: tiles of 2 pixels x 2 channels, s prepared. */
+static TMP_NOINLINE void pw_small_tiles(const pw_small *s, int32_t ng, const int8_t *xa,
+    int8_t *dst) {
+    int32_t a0;
+    switch (ng) {
+    case 2:
+#define PWS_STEP 16
+        PWS_TILES(PWS_GROUP(0, 8) PWS_GROUP(1, 8));
+#undef PWS_STEP
+        break;
+    case 4:
+#define PWS_STEP 32
+        PWS_TILES(PWS_GROUP(0, 16) PWS_GROUP(1, 16) PWS_GROUP(2, 16) PWS_GROUP(3, 16));
+#undef PWS_STEP
+        break;
+    default:
+#define PWS_STEP 48
+        PWS_TILES(PWS_GROUP(0, 24) PWS_GROUP(1, 24) PWS_GROUP(2, 24) PWS_GROUP(3, 24)
+            PWS_GROUP(4, 24) PWS_GROUP(5, 24));
+#undef PWS_STEP
+        break;
+    }
+    (void)a0;
+}
+
+/* 1 when the small-input path takes the layer: in.c = 8, 16 or 24, an even number of pixels and
+ * of output channels, every shift <= -1 (then every tile is a pair of distinct channels and two
+ * distinct pixels, and the requantisation is pw_out_neg_asm()'s). */
+static int pw_small_ok(const tmp_per_channel_quant *q, int32_t ic, int32_t oc, int32_t npix) {
+    if (!(ic == 8 || ic == 16 || ic == 24) || (npix & 1) != 0 || (oc & 1) != 0) {
+        return 0;
+    }
+    for (int32_t o = 0; o < oc; o++) {
+        if (q->shift[o] > -1) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* The layer through pw_small_tiles(), one output-channel pair at a time (pw_small_ok()). The
+ * rows are widened into the scratch as on the other paths (so that it is all written), then
+ * copied next to the constants. */
+static TMP_NOINLINE void pwconv_dsp_small(const tmp_conv_params *p, const tmp_per_channel_quant *q,
+    const tmp_dims *in_dims, const int8_t *in, const int8_t *weights, const int32_t *bias,
+    const tmp_dims *out_dims, int8_t *out, int32_t *wbuf) {
+    const int32_t ic = in_dims->c;
+    const int32_t oc = out_dims->c;
+    const int32_t ng = ic >> 2;
+    pw_small s;
+    s.oc = oc;
+    s.xend = in + (size_t)(in_dims->h * in_dims->w) * (size_t)ic;
+    for (int32_t o = 0; o < oc; o += 2) {
+        pw_pair_prep(&s.k, p, q, weights, bias, ic, o, o + 1, wbuf);
+        memcpy(s.w, wbuf, 16u * (size_t)ng);
+        pw_small_tiles(&s, ng, in, out + o);
+    }
 }
 
 /* Output channels in pairs (outer loop), then pixels in pairs: 2 x 2 outputs per pass over the
@@ -262,7 +424,7 @@ static uint32_t pw_out_any(const pw_pair *k, int32_t a0, int32_t a1, int32_t b0,
  * channels); each pixel's 4 input bytes are widened with SXTB16 and feed 4 SMLAD (18 instructions
  * per 16 MACs, loop control included, no register spilled on the M7 with GCC 12 -O2). Used when
  * the widened input block does not fit (pw_xblock_pixels() == 0). */
-static void pwconv_dsp(const tmp_conv_params *p, const tmp_per_channel_quant *q,
+static TMP_NOINLINE void pwconv_dsp(const tmp_conv_params *p, const tmp_per_channel_quant *q,
     const tmp_dims *in_dims, const int8_t *in, const int8_t *weights, const int32_t *bias,
     const tmp_dims *out_dims, int8_t *out, int32_t *wbuf) {
     const int32_t ic = in_dims->c;
@@ -381,7 +543,7 @@ static TMP_NOINLINE void pw_wide_tiles(const pw_pair *k, const tmp_conv_params *
  * input channels, then read by every output-channel pair (13 instructions per 16 MACs instead
  * of 18). The first block holds nb pixels or all of them (nb is even, the last odd pixel is
  * paired with itself), so it writes all of xbuf. */
-static void pwconv_dsp_wide(const tmp_conv_params *p, const tmp_per_channel_quant *q,
+static TMP_NOINLINE void pwconv_dsp_wide(const tmp_conv_params *p, const tmp_per_channel_quant *q,
     const tmp_dims *in_dims, const int8_t *in, const int8_t *weights, const int32_t *bias,
     const tmp_dims *out_dims, int8_t *out, int32_t *wbuf, int32_t *xbuf, int32_t nb) {
     const int32_t ic = in_dims->c;
@@ -462,7 +624,11 @@ tmp_status tmp_pwconv_s8(const tmp_conv_params *p, const tmp_per_channel_quant *
 
     const int32_t nb = pw_xblock_pixels(in_dims, out_dims);
 #if TMP_DSP
-    if (nb > 0) {
+    if (pw_small_ok(q, ic, oc, in_dims->h * in_dims->w)) {
+        /* the block (if any) is not used: written all the same (the painted high water) */
+        memset((int32_t *)scratch + ic, 0, 2u * (size_t)nb * (size_t)(ic & ~3));
+        pwconv_dsp_small(p, q, in_dims, in, weights, bias, out_dims, out, (int32_t *)scratch);
+    } else if (nb > 0) {
         pwconv_dsp_wide(p, q, in_dims, in, weights, bias, out_dims, out, (int32_t *)scratch,
             (int32_t *)scratch + ic, nb);
     } else {
