@@ -210,8 +210,10 @@ static void axis(int32_t in_max, int32_t k, int32_t stride, int32_t *in, int32_t
 
 static const int32_t ksizes[] = {1, 2, 3, 3, 3, 5, 7};
 
+/* depthwise: 1 for any shape, 2 for shapes aimed at the DSP path's 3x3 asm runs (3x3, every
+ * shift <= -1, longer rows), with near misses (kw 5 or kh 5, one channel's shift >= 0) */
 static void check_conv(int depthwise) {
-    const char *what = depthwise ? "dwconv" : "conv";
+    const char *what = depthwise == 2 ? "dwconv3" : depthwise ? "dwconv" : "conv";
     for (int n = 0; n < CASES_PER_KERNEL; n++) {
         tmp_conv_params p;
         tmp_filter_dims f;
@@ -220,7 +222,13 @@ static void check_conv(int depthwise) {
         f.kw = chance(70) ? f.kh : ksizes[rr(0, 6)];
         p.stride_h = rr(1, 3);
         p.stride_w = chance(70) ? p.stride_h : rr(1, 3);
-        const int big = chance(15);
+        if (depthwise == 2) {
+            f.kh = chance(90) ? 3 : 5;
+            f.kw = chance(90) ? 3 : 5;
+            p.stride_h = chance(20) ? 3 : rr(1, 2);
+            p.stride_w = chance(80) ? p.stride_h : rr(1, 3);
+        }
+        const int big = depthwise == 2 ? chance(50) : chance(15);
         axis(big ? 24 : 12, f.kh, p.stride_h, &id.h, &od.h, &p.pad_t);
         axis(big ? 24 : 12, f.kw, p.stride_w, &id.w, &od.w, &p.pad_l);
         if (depthwise) {
@@ -236,7 +244,7 @@ static void check_conv(int depthwise) {
         const int32_t in_len = id.h * id.w * id.c;
         const int32_t out_len = od.h * od.w * od.c;
         const int32_t wlen = depthwise ? f.kh * f.kw * id.c : od.c * f.kh * f.kw * id.c;
-        const int in_place = depthwise && od.h * od.w <= id.h * id.w && chance(40);
+        const int in_place = depthwise && od.h * od.w <= id.h * id.w && chance(depthwise == 2 ? 10 : 40);
         if (in_len > IN_MAX || out_len > OUT_MAX || wlen > W_MAX) {
             n--;
             continue;
@@ -244,6 +252,14 @@ static void check_conv(int depthwise) {
         fill(g_in, in_len);
         fill(g_w, wlen);
         quant(od.c, depthwise ? f.kh * f.kw : f.kh * f.kw * id.c);
+        if (depthwise == 2) {
+            for (int32_t c = 0; c < od.c; c++) {
+                g_shift[c] = rr(-31, -1);
+            }
+            if (chance(15)) {
+                g_shift[rr(0, od.c - 1)] = rr(0, 4);
+            }
+        }
         tmp_per_channel_quant q = {g_mult, g_shift};
         const int32_t *bias = chance(10) ? NULL : g_bias;
         tmp_status st;
@@ -678,6 +694,10 @@ static void run_dwconv(void) {
     check_conv(1);
 }
 
+static void run_dwconv3(void) {
+    check_conv(2);
+}
+
 static const check checks[] = {
     {"conv", run_conv},
     {"dwconv", run_dwconv},
@@ -690,6 +710,7 @@ static const check checks[] = {
     {"sgd", check_sgd},
     {"pwconv_dx", check_pwconv_dx},
     {"conv_dw_gc", check_conv_dw_gc},
+    {"dwconv3", run_dwconv3},
 };
 
 int main(void) {

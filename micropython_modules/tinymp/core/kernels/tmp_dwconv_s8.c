@@ -229,6 +229,181 @@ __attribute__((always_inline)) static inline void dwconv_dsp_group4_k(const tmp_
     }
 }
 
+/* The 3x3 path for 4 channels whose shifts are all <= -1: the run of output pixels of one row
+ * whose windows lie inside the input, as one asm block (dw3_run). Everything it reads sits at
+ * fixed offsets from one base register, so that its 13 registers hold the 4 accumulators, the
+ * pointers and the temporaries and nothing is spilled. The input offset is folded into the
+ * bias: with all 9 taps inside, sum (x + off) * w = sum x * w + off * sum w, so a tap is one
+ * word load, two SXTB16 and 4 SMLAxy (the int32 sums wrap, and the true accumulator fits:
+ * the same value as the C tile's, bit for bit). Requantisation, clamp and store as
+ * dw_store4() with `neg`. Per pixel of 4 channels (36 MACs): 72 instructions for the taps, 28
+ * for the requantisation, about 35 for the rest. */
+typedef struct {
+    int32_t w[18];         /* per tap t = 3u + v: (w_c0, w_c2), (w_c1, w_c3), as wx */
+    int32_t b[4];          /* bias + input_offset * (sum of the channel's 9 weights) */
+    int32_t rq[4][4];      /* per channel: M, klo, khi, sh (tmp_rq_neg) */
+    int32_t out_off;
+    uint32_t lo4, hi4;
+    int32_t cs;            /* bytes from one pixel to the next: the channel count */
+    int32_t rs;            /* bytes from one input row to the next */
+    int32_t step;          /* bytes from one window to the next: stride_w * cs */
+    const int8_t *end;     /* the first window past the run */
+} dw3_k;
+/* the offsets the asm below uses */
+typedef char dw3_layout_check[(offsetof(dw3_k, b) == 72 && offsetof(dw3_k, rq) == 88 &&
+    offsetof(dw3_k, out_off) == 152 && offsetof(dw3_k, cs) == 164 &&
+    offsetof(dw3_k, end) == 176) ? 1 : -1];
+
+/* tap T at ADDR: accumulators %[a0] (channel 0), r11 (1), r12 (2), lr (3) */
+#define DW3_TAP(T, ADDR) \
+    "ldr      r4, " ADDR "\n\t" \
+    "ldrd     r9, r10, [%[k], #(" #T "*8)]\n\t" \
+    "sxtb16   r5, r4, ror #8\n\t" \
+    "sxtb16   r4, r4\n\t" \
+    "smlabb   %[a0], r4, r9, %[a0]\n\t" \
+    "smlatt   r12, r4, r9, r12\n\t" \
+    "smlabb   r11, r5, r10, r11\n\t" \
+    "smlatt   lr, r5, r10, lr\n\t"
+
+/* channel J's requantisation of accumulator X (tmp_rq_neg, as PWS_RQ in tmp_pwconv_s8.c) */
+#define DW3_RQ(J, X) \
+    "ldrd     r4, r5, [%[k], #(88+16*" #J ")]\n\t" \
+    "ldrd     r6, r8, [%[k], #(96+16*" #J ")]\n\t" \
+    "and      r9, " X ", #0x80000000\n\t" \
+    "adds     r9, r9, r5\n\t" \
+    "adc      r10, r6, " X ", asr #31\n\t" \
+    "smlal    r9, r10, " X ", r4\n\t" \
+    "asr      " X ", r10, r8\n\t"
+
+/* windows at src, src + step, ... before k->end (at least one), outputs at dst, dst + cs, ... */
+static TMP_NOINLINE void dw3_run(const dw3_k *k, const int8_t *src, int8_t *dst) {
+    int32_t a0;
+    __asm__ volatile(
+        "1:\n\t"
+        "ldrd     %[a0], r11, [%[k], #72]\n\t"
+        "ldrd     r12, lr, [%[k], #80]\n\t"
+        "ldrd     r6, r8, [%[k], #164]\n\t"
+        "add      r8, r8, %[src]\n\t"
+        DW3_TAP(0, "[%[src]]") DW3_TAP(1, "[%[src], r6]") DW3_TAP(2, "[%[src], r6, lsl #1]")
+        DW3_TAP(3, "[r8]") DW3_TAP(4, "[r8, r6]") DW3_TAP(5, "[r8, r6, lsl #1]")
+        "ldr      r9, [%[k], #168]\n\t"
+        "add      r8, r8, r9\n\t"
+        DW3_TAP(6, "[r8]") DW3_TAP(7, "[r8, r6]") DW3_TAP(8, "[r8, r6, lsl #1]")
+        DW3_RQ(0, "%[a0]") DW3_RQ(1, "r11") DW3_RQ(2, "r12") DW3_RQ(3, "lr")
+        "ldrd     r4, r5, [%[k], #152]\n\t"
+        "ldr      r6, [%[k], #160]\n\t"
+        "qadd     %[a0], %[a0], r4\n\t"
+        "qadd     r11, r11, r4\n\t"
+        "qadd     r12, r12, r4\n\t"
+        "qadd     lr, lr, r4\n\t"
+        "ssat     %[a0], #8, %[a0]\n\t"
+        "ssat     r11, #8, r11\n\t"
+        "ssat     r12, #8, r12\n\t"
+        "ssat     lr, #8, lr\n\t"
+        "uxtb     r8, %[a0]\n\t"
+        "bfi      r8, r11, #8, #8\n\t"
+        "bfi      r8, r12, #16, #8\n\t"
+        "bfi      r8, lr, #24, #8\n\t"
+        "ssub8    r9, r8, r5\n\t"
+        "sel      r8, r8, r5\n\t"
+        "ssub8    r9, r8, r6\n\t"
+        "sel      r8, r6, r8\n\t"
+        "ldr      r6, [%[k], #164]\n\t"
+        "str      r8, [%[dst]]\n\t"
+        "add      %[dst], %[dst], r6\n\t"
+        "ldrd     r9, r10, [%[k], #172]\n\t"
+        "add      %[src], %[src], r9\n\t"
+        "cmp      %[src], r10\n\t"
+        "bne      1b"
+        : [src] "+r"(src), [dst] "+r"(dst), [a0] "=&r"(a0)
+        : [k] "r"(k), "m"(*k)
+        : "cc", "memory", "r4", "r5", "r6", "r8", "r9", "r10", "r11", "r12", "lr");
+    (void)a0;
+}
+
+/* out != in, 3x3, channels c0 .. c0+3 with every shift <= -1: dwconv_dsp_group4_k's outputs
+ * (neg), a row's run of windows inside the input through dw3_run() in one call, the windows over
+ * the border through dw_tap4() as there (with the unfolded bias). A padded copy of a border
+ * window through dw3_run() was tried and measured slower (copying the words and switching the
+ * geometry cost more than the C taps). */
+__attribute__((noinline)) static void dwconv_dsp_group4_neg3(const tmp_conv_params *p,
+    const tmp_per_channel_quant *q, const tmp_dims *id, const int8_t *in, const int8_t *weights,
+    const int32_t *bias, const tmp_dims *od, int8_t *out, int32_t c0) {
+    const int32_t ch = id->c;
+    const int32_t sw = p->stride_w;
+    const int32_t in_off = p->input_offset;
+    dw3_k k;
+    int32_t b[4];
+    for (int32_t j = 0; j < 4; j++) {
+        b[j] = bias != NULL ? bias[c0 + j] : 0;
+        int32_t wsum = 0;
+        for (int32_t t = 0; t < 9; t++) {
+            wsum += weights[(size_t)t * (size_t)ch + (size_t)(c0 + j)];
+        }
+        /* |in_off * wsum| <= 128 * 1152: the sum in uint32 wraps like the asm's */
+        k.b[j] = (int32_t)((uint32_t)b[j] + (uint32_t)(in_off * wsum));
+        const tmp_rq r = tmp_rq_prep(q->multiplier[c0 + j], q->shift[c0 + j]);
+        k.rq[j][0] = r.mult;
+        k.rq[j][1] = r.klo;
+        k.rq[j][2] = r.khi;
+        k.rq[j][3] = r.sh;
+    }
+    for (int32_t t = 0; t < 9; t++) {
+        const int32_t w4 = tmp_ld4(weights + (size_t)t * (size_t)ch + (size_t)c0);
+        k.w[2 * t] = tmp_sxtb16(w4);
+        k.w[2 * t + 1] = tmp_sxtb16_ror8(w4);
+    }
+    k.out_off = p->output_offset;
+    k.lo4 = tmp_pack8x4(p->act_min);
+    k.hi4 = tmp_pack8x4(p->act_max);
+    const size_t cs = (size_t)ch;
+    const size_t rs = (size_t)id->w * cs;
+    k.cs = ch;
+    k.rs = (int32_t)rs;
+    k.step = sw * ch;
+    const int32_t offp = tmp_pack16x2(in_off);
+    /* output columns whose window lies inside the input: [xa, xb) */
+    const int32_t xa = (p->pad_l + sw - 1) / sw;
+    const int32_t xb_raw = (id->w - 3 + p->pad_l) / sw + 1;
+    const int32_t xb = id->w >= 3 ? (xb_raw < od->w ? xb_raw : od->w) : 0;
+    int8_t *dst = out + c0;
+    for (int32_t y = 0; y < od->h; y++) {
+        const int32_t iy0 = y * p->stride_h - p->pad_t;
+        int32_t u_lo, u_hi;
+        dwconv_window(iy0, 3, id->h, &u_lo, &u_hi);
+        const int inside_row = u_lo == 0 && u_hi == 3;
+        for (int32_t x = 0; x < od->w; x++) {
+            const int32_t ix0 = x * sw - p->pad_l;
+            if (inside_row && x >= xa && x < xb) {
+                const int8_t *src = in + (size_t)iy0 * rs + (size_t)ix0 * cs + (size_t)c0;
+                const int32_t n = xb - x;
+                k.end = src + (size_t)n * (size_t)k.step;
+                dw3_run(&k, src, dst);
+                dst += (size_t)n * cs;
+                x += n - 1;
+                continue;
+            }
+            int32_t a0 = b[0], a1 = b[1], a2 = b[2], a3 = b[3];
+            int32_t v_lo, v_hi;
+            dwconv_window(ix0, 3, id->w, &v_lo, &v_hi);
+            const int8_t *row = in + (size_t)(iy0 + u_lo) * rs + (size_t)(ix0 + v_lo) * cs +
+                (size_t)c0;
+            const int32_t *wrow = k.w + 2 * (u_lo * 3 + v_lo);
+            for (int32_t u = u_lo; u < u_hi; u++) {
+                const int8_t *src = row;
+                for (int32_t v = 0; v < v_hi - v_lo; v++) {
+                    dw_tap4(tmp_ld4(src), wrow + 2 * v, offp, &a0, &a1, &a2, &a3);
+                    src += cs;
+                }
+                row += rs;
+                wrow += 6;
+            }
+            dw_store4(dst, a0, a1, a2, a3, (const int32_t(*)[4])k.rq, k.out_off, k.lo4, k.hi4, 1);
+            dst += ch;
+        }
+    }
+}
+
 /* the two instances in separate frames (the stack peak is one of them, not both) */
 __attribute__((noinline)) static void dwconv_dsp_group4_neg(const tmp_conv_params *p,
     const tmp_per_channel_quant *q, const tmp_dims *id, const int8_t *in, const tmp_filter_dims *f,
@@ -246,7 +421,9 @@ static void dwconv_dsp_group4(const tmp_conv_params *p, const tmp_per_channel_qu
     const tmp_dims *id, const int8_t *in, const tmp_filter_dims *f, const int8_t *weights,
     const int32_t *bias, const tmp_dims *od, int8_t *out, int32_t c0) {
     const int32_t *s = q->shift + c0;
-    if (s[0] <= -1 && s[1] <= -1 && s[2] <= -1 && s[3] <= -1) {
+    if (s[0] <= -1 && s[1] <= -1 && s[2] <= -1 && s[3] <= -1 && f->kh == 3 && f->kw == 3) {
+        dwconv_dsp_group4_neg3(p, q, id, in, weights, bias, od, out, c0);
+    } else if (s[0] <= -1 && s[1] <= -1 && s[2] <= -1 && s[3] <= -1) {
         dwconv_dsp_group4_neg(p, q, id, in, f, weights, bias, od, out, c0);
     } else {
         dwconv_dsp_group4_any(p, q, id, in, f, weights, bias, od, out, c0);
