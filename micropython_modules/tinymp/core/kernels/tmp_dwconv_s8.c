@@ -128,6 +128,22 @@ static inline void dw_tap4(int32_t x4, const int32_t *w, int32_t offp, int32_t *
     *a3 = tmp_smlatt(x13, w13, *a3);
 }
 
+/* The nu x nv taps of a window that is partly outside the input, for 4 channels: the first at
+ * row (rows rs bytes apart, pixels cs), its widened weights at w (kw taps per kernel row). */
+__attribute__((always_inline)) static inline void dw_window4(const int8_t *row, size_t cs,
+    size_t rs, const int32_t *w, int32_t kw, int32_t nu, int32_t nv, int32_t offp, int32_t *a0,
+    int32_t *a1, int32_t *a2, int32_t *a3) {
+    for (int32_t u = 0; u < nu; u++) {
+        const int8_t *src = row;
+        for (int32_t v = 0; v < nv; v++) {
+            dw_tap4(tmp_ld4(src), w + 2 * v, offp, a0, a1, a2, a3);
+            src += cs;
+        }
+        row += rs;
+        w += 2 * kw;
+    }
+}
+
 /* One channel's output before the activation clamp from its 4 constants: `neg` (compile-time):
  * shift <= -1 and rc = (M, klo, khi, sh) of tmp_rq_neg; else rc = (M, rsh, mask, shift). */
 __attribute__((always_inline)) static inline int32_t dw_rq(int32_t acc, const int32_t *rc,
@@ -210,18 +226,9 @@ __attribute__((always_inline)) static inline void dwconv_dsp_group4_k(const tmp_
             } else {
                 int32_t v_lo, v_hi;
                 dwconv_window(ix0, kw, id->w, &v_lo, &v_hi);
-                const int8_t *row = in + (size_t)(iy0 + u_lo) * rs + (size_t)(ix0 + v_lo) * cs +
-                    (size_t)c0;
-                const int32_t *wrow = wx + 2 * (u_lo * kw + v_lo);
-                for (int32_t u = u_lo; u < u_hi; u++) {
-                    const int8_t *src = row;
-                    for (int32_t v = 0; v < v_hi - v_lo; v++) {
-                        dw_tap4(tmp_ld4(src), wrow + 2 * v, offp, &a0, &a1, &a2, &a3);
-                        src += cs;
-                    }
-                    row += rs;
-                    wrow += 2 * kw;
-                }
+                dw_window4(in + (size_t)(iy0 + u_lo) * rs + (size_t)(ix0 + v_lo) * cs + (size_t)c0,
+                    cs, rs, wx + 2 * (u_lo * kw + v_lo), kw, u_hi - u_lo, v_hi - v_lo, offp, &a0,
+                    &a1, &a2, &a3);
             }
             dw_store4(dst, a0, a1, a2, a3, (const int32_t(*)[4])rc, out_off, lo4, hi4, neg);
             dst += ch;
@@ -386,18 +393,9 @@ __attribute__((noinline)) static void dwconv_dsp_group4_neg3(const tmp_conv_para
             int32_t a0 = b[0], a1 = b[1], a2 = b[2], a3 = b[3];
             int32_t v_lo, v_hi;
             dwconv_window(ix0, 3, id->w, &v_lo, &v_hi);
-            const int8_t *row = in + (size_t)(iy0 + u_lo) * rs + (size_t)(ix0 + v_lo) * cs +
-                (size_t)c0;
-            const int32_t *wrow = k.w + 2 * (u_lo * 3 + v_lo);
-            for (int32_t u = u_lo; u < u_hi; u++) {
-                const int8_t *src = row;
-                for (int32_t v = 0; v < v_hi - v_lo; v++) {
-                    dw_tap4(tmp_ld4(src), wrow + 2 * v, offp, &a0, &a1, &a2, &a3);
-                    src += cs;
-                }
-                row += rs;
-                wrow += 6;
-            }
+            dw_window4(in + (size_t)(iy0 + u_lo) * rs + (size_t)(ix0 + v_lo) * cs + (size_t)c0, cs,
+                rs, k.w + 2 * (u_lo * 3 + v_lo), 3, u_hi - u_lo, v_hi - v_lo, offp, &a0, &a1, &a2,
+                &a3);
             dw_store4(dst, a0, a1, a2, a3, (const int32_t(*)[4])k.rq, k.out_off, k.lo4, k.hi4, 1);
             dst += ch;
         }
