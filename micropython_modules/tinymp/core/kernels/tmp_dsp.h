@@ -159,6 +159,16 @@ static inline int32_t tmp_pack16x2(int32_t v) {
     return (int32_t)(((uint32_t)v & 0xFFFFu) * 0x10001u);
 }
 
+/* tmp_rq_neg() as asm text for the kernels' asm blocks: accumulator X (a register name, or an
+ * operand such as "%[a0]") <- requant(X) with M in r4, klo in r5, khi in r6, sh in r8;
+ * clobbers r9 and r10. AND, ADDS, ADC, SMLAL, ASR (the proof is above tmp_rq_neg). */
+#define TMP_ASM_RQ_NEG(X) \
+    "and      r9, " X ", #0x80000000\n\t" \
+    "adds     r9, r9, r5\n\t" \
+    "adc      r10, r6, " X ", asr #31\n\t" \
+    "smlal    r9, r10, " X ", r4\n\t" \
+    "asr      " X ", r10, r8\n\t"
+
 #endif /* TMP_DSP */
 
 /*

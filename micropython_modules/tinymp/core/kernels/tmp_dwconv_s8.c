@@ -272,15 +272,11 @@ typedef char dw3_layout_check[(offsetof(dw3_k, b) == 72 && offsetof(dw3_k, rq) =
     "smlabb   r11, r5, r10, r11\n\t" \
     "smlatt   lr, r5, r10, lr\n\t"
 
-/* channel J's requantisation of accumulator X (tmp_rq_neg, as PWS_RQ in tmp_pwconv_s8.c) */
+/* channel J's requantisation of accumulator X: its constants into r4-r6, r8, then tmp_rq_neg */
 #define DW3_RQ(J, X) \
     "ldrd     r4, r5, [%[k], #(88+16*" #J ")]\n\t" \
     "ldrd     r6, r8, [%[k], #(96+16*" #J ")]\n\t" \
-    "and      r9, " X ", #0x80000000\n\t" \
-    "adds     r9, r9, r5\n\t" \
-    "adc      r10, r6, " X ", asr #31\n\t" \
-    "smlal    r9, r10, " X ", r4\n\t" \
-    "asr      " X ", r10, r8\n\t"
+    TMP_ASM_RQ_NEG(X)
 
 /* windows at src, src + step, ... before k->end (at least one), outputs at dst, dst + cs, ... */
 static TMP_NOINLINE void dw3_run(const dw3_k *k, const int8_t *src, int8_t *dst) {

@@ -177,28 +177,12 @@ static inline uint32_t pw_out_neg_asm(int32_t a0, int32_t a1, int32_t b0, int32_
     uint32_t v;
     __asm__(
         "ldmia    %[k], {r4, r5, r6, r8}\n\t"
-        "and      r9, %[a0], #0x80000000\n\t"
-        "adds     r9, r9, r5\n\t"
-        "adc      r10, r6, %[a0], asr #31\n\t"
-        "smlal    r9, r10, %[a0], r4\n\t"
-        "asr      %[a0], r10, r8\n\t"
-        "and      r9, %[b0], #0x80000000\n\t"
-        "adds     r9, r9, r5\n\t"
-        "adc      r10, r6, %[b0], asr #31\n\t"
-        "smlal    r9, r10, %[b0], r4\n\t"
-        "asr      %[b0], r10, r8\n\t"
+        TMP_ASM_RQ_NEG("%[a0]")
+        TMP_ASM_RQ_NEG("%[b0]")
         "ldrd     r4, r5, [%[k], #16]\n\t"
         "ldrd     r6, r8, [%[k], #24]\n\t"
-        "and      r9, %[a1], #0x80000000\n\t"
-        "adds     r9, r9, r5\n\t"
-        "adc      r10, r6, %[a1], asr #31\n\t"
-        "smlal    r9, r10, %[a1], r4\n\t"
-        "asr      %[a1], r10, r8\n\t"
-        "and      r9, %[b1], #0x80000000\n\t"
-        "adds     r9, r9, r5\n\t"
-        "adc      r10, r6, %[b1], asr #31\n\t"
-        "smlal    r9, r10, %[b1], r4\n\t"
-        "asr      %[b1], r10, r8\n\t"
+        TMP_ASM_RQ_NEG("%[a1]")
+        TMP_ASM_RQ_NEG("%[b1]")
         "ldrd     r4, r5, [%[k], #32]\n\t"
         "ldr      r6, [%[k], #40]\n\t"
         "qadd     %[a0], %[a0], r4\n\t"
@@ -305,15 +289,6 @@ typedef char pws_layout_check[(offsetof(pw_small, k.c1) == 4 && offsetof(pw_smal
     "smlad    lr, r8, r9, lr\n\t" \
     "smlad    lr, r6, r10, lr\n\t"
 
-/* requantisation of accumulator X with the constants in r4 (mult), r5 (klo), r6 (khi), r8
- * (shift): pw_out_neg_asm()'s step */
-#define PWS_RQ(X) \
-    "and      r9, " X ", #0x80000000\n\t" \
-    "adds     r9, r9, r5\n\t" \
-    "adc      r10, r6, " X ", asr #31\n\t" \
-    "smlal    r9, r10, " X ", r4\n\t" \
-    "asr      " X ", r10, r8\n\t"
-
 #define PWS_TILES(GROUPS) \
     __asm__ volatile( \
         "1:\n\t" \
@@ -323,10 +298,10 @@ typedef char pws_layout_check[(offsetof(pw_small, k.c1) == 4 && offsetof(pw_smal
         GROUPS \
         "ldrd     r4, r5, [%[k], #8]\n\t" \
         "ldrd     r6, r8, [%[k], #16]\n\t" \
-        PWS_RQ("%[a0]") PWS_RQ("r12") \
+        TMP_ASM_RQ_NEG("%[a0]") TMP_ASM_RQ_NEG("r12") \
         "ldrd     r4, r5, [%[k], #24]\n\t" \
         "ldrd     r6, r8, [%[k], #32]\n\t" \
-        PWS_RQ("r11") PWS_RQ("lr") \
+        TMP_ASM_RQ_NEG("r11") TMP_ASM_RQ_NEG("lr") \
         "ldrd     r4, r5, [%[k], #40]\n\t" \
         "ldr      r6, [%[k], #48]\n\t" \
         "qadd     %[a0], %[a0], r4\n\t" \
