@@ -34,7 +34,7 @@ typedef struct {
 } kcase;
 
 /* data of the current case (static: the programs' RAM is 4 MiB) */
-static int8_t g_in[65536] __attribute__((aligned(8)));
+static int8_t g_in[196608] __attribute__((aligned(8)));
 static int8_t g_in2[16384] __attribute__((aligned(8)));
 static int8_t g_w[147456] __attribute__((aligned(8))); /* up to 112 x 1280 */
 static int8_t g_out[196608] __attribute__((aligned(8)));
@@ -79,6 +79,11 @@ static void setup(const void *arg) {
     g_fd.kh = c->k;
     g_fd.kw = c->k;
     const uint32_t n_in = (uint32_t)(c->ih * c->iw * c->ic);
+    if (n_in > sizeof g_in || (uint32_t)(c->oh * c->ow * c->oc) > sizeof g_out) {
+        printf("error: the case %dx%dx%d->%dx%dx%d outgrows g_in or g_out\n", (int)c->ih,
+            (int)c->iw, (int)c->ic, (int)c->oh, (int)c->ow, (int)c->oc);
+        exit(1);
+    }
     bench_fill_s8(g_in, n_in);
     bench_fill_s8(g_in2, (uint32_t)sizeof g_in2);
     bench_fill_s8(g_w, (uint32_t)sizeof g_w);
@@ -170,6 +175,12 @@ static const kcase c_dw2 = {K_DW, 16, 16, 48, 8, 8, 48, 3, 2, 0, 0, 0};
 static const kcase c_dw3 = {K_DW, 8, 8, 96, 8, 8, 96, 3, 1, 1, 1, 0};
 static const kcase c_dw4 = {K_DW, 16, 16, 48, 16, 16, 48, 3, 1, 1, 1, 1};
 static const kcase c_dw5 = {K_DW, 8, 8, 96, 4, 4, 96, 3, 2, 0, 0, 1};
+/* MobileNetV2-w0.35@128's layer 4, which its plan runs in place */
+static const kcase c_dw6 = {K_DW, 64, 64, 48, 32, 32, 48, 3, 2, 0, 0, 1};
+/* MCUNet@128's 7x7 and 5x5 depthwise layers 11, 21 and 25 */
+static const kcase c_dw7 = {K_DW, 32, 32, 48, 16, 16, 48, 7, 2, 2, 2, 0};
+static const kcase c_dw8 = {K_DW, 8, 8, 160, 8, 8, 160, 7, 1, 3, 3, 0};
+static const kcase c_dw9 = {K_DW, 8, 8, 160, 8, 8, 160, 5, 1, 2, 2, 0};
 static const kcase c_cv1 = {K_CONV, 64, 64, 3, 32, 32, 16, 3, 2, 0, 0, 0};
 static const kcase c_cv2 = {K_CONV, 16, 16, 8, 16, 16, 16, 3, 1, 1, 1, 0};
 static const kcase c_fc1 = {K_FC, 1, 1, 1280, 1, 1, 10, 1, 1, 0, 0, 0};
@@ -194,6 +205,10 @@ static const bench_case cases[] = {
     {"dwconv", "3x3 8x8x96 s1", "MAC", MACS(8, 8, 96, 9), 790, 810, setup, run, &c_dw3},
     {"dwconv", "3x3 16x16x48 s1 in-place", "MAC", MACS(16, 16, 48, 9), -1, -1, setup, run, &c_dw4},
     {"dwconv", "3x3 8x8x96 s2 in-place", "MAC", MACS(4, 4, 96, 9), -1, -1, setup, run, &c_dw5},
+    {"dwconv", "3x3 64x64x48 s2 in-place", "MAC", MACS(32, 32, 48, 9), -1, -1, setup, run, &c_dw6},
+    {"dwconv", "7x7 32x32x48 s2", "MAC", MACS(16, 16, 48, 49), -1, -1, setup, run, &c_dw7},
+    {"dwconv", "7x7 8x8x160 s1", "MAC", MACS(8, 8, 160, 49), -1, -1, setup, run, &c_dw8},
+    {"dwconv", "5x5 8x8x160 s1", "MAC", MACS(8, 8, 160, 25), -1, -1, setup, run, &c_dw9},
     {"conv", "3x3 64x64x3->16 s2", "MAC", MACS(32, 32, 16, 27), 488, 488, setup, run, &c_cv1},
     {"conv", "3x3 16x16x8->16 s1", "MAC", MACS(16, 16, 16, 72), -1, -1, setup, run, &c_cv2},
     {"fc", "1280->10", "MAC", 1280u * 10u, 190, 240, setup, run, &c_fc1},

@@ -19,18 +19,22 @@
  *  - out != in (no overlap allowed): no scratch. Each output pixel is computed for blocks of
  *    DW_BLOCK channels at once with int32 accumulators on the stack, reading input and weights
  *    channel-contiguously (dwconv_mac_block(), the place where an optimised inner loop goes).
- *  - out == in (in place): scratch of in.h * in.w bytes (any alignment). For each channel c, the
+ *  - out == in (in place): scratch of in.h * in.w bytes (any alignment). When no output pixel's
+ *    window reaches back to an input pixel that an earlier output pixel overwrites (stride 2
+ *    with the usual padding, or no padding: dw_direct_ok()), the out-of-place code runs on the
+ *    buffer directly and the scratch is not touched. Otherwise, for each channel c, the
  *    channel's input plane is first gathered into the scratch, then output channel c is computed
  *    from it. Output channel c is written only to bytes whose index is c modulo the channel
  *    count, i.e. to channel-c input slots already copied, so no input still needed is ever
  *    overwritten, for any stride and padding.
  *
- * DSP path (TMP_DSP, Cortex-M4/M7; kh*kw <= 25): out of place, channels in groups of 4 over the
- * whole output plane (weights widened and requantisation constants hoisted once per group, one
- * word of input per tap with SXTAB16 adding the offset, 3x3 windows inside the input unrolled,
- * one word store of 4 outputs), the in.c % 4 remaining channels by the portable code; in place,
- * the same plane-by-plane algorithm as below with 3x3 rows as one word load + SMLAD + SMLABB.
- * Same scratch, same write order, same results.
+ * DSP path (TMP_DSP, Cortex-M4/M7): out of place, channels in groups of 4 over the whole output
+ * plane (requantisation constants hoisted once per group, weights widened once per group up to
+ * 5x5 and tap by tap beyond, one word of input per tap with SXTAB16 adding the offset, 3x3
+ * windows inside the input in asm, one word store of 4 outputs), the in.c % 4 remaining channels
+ * by the portable code; in place with the plane (kh*kw <= 25), the same plane-by-plane algorithm
+ * as below with 3x3 rows as one word load + SMLAD + SMLABB. Same scratch, same write order,
+ * same results.
  *
  * Preconditions not checked (guaranteed by the model format): |bias[c]| <= 2^31 - 1 - 32640*L
  * with L = kh*kw, so the int32 accumulator cannot overflow.
@@ -68,6 +72,29 @@ static void dwconv_mac_block(int32_t *acc, const int8_t *src, const int8_t *w, i
 static void dwconv_window(int32_t i0, int32_t k, int32_t in, int32_t *lo, int32_t *hi) {
     *lo = i0 < 0 ? -i0 : 0;
     *hi = i0 + k > in ? in - i0 : k;
+}
+
+/* Whether out == in can run as out != in, without the plane. Output pixel n = y * out.w + x is
+ * stored over input pixel n (the same bytes, the same channels). The out-of-place paths visit a
+ * channel's output pixels in increasing n and read a whole window before storing its output, so
+ * they are exact in place when no window reads an input pixel below its own n: for every (y, x),
+ * the window's first pixel inside the input, flat index max(iy0, 0) * in.w + max(ix0, 0), is
+ * >= n. Holds for stride 2 with padding 1 (MobileNetV2's strided layers) and for no padding;
+ * fails for stride 1 with padding. */
+TMP_NOINLINE static int dw_direct_ok(const tmp_conv_params *p, const tmp_dims *id, const tmp_dims *od) {
+    int64_t gx = INT64_MAX; /* min over x of max(ix0, 0) - x */
+    for (int32_t x = 0; x < od->w; x++) {
+        const int64_t ix0 = (int64_t)x * p->stride_w - p->pad_l;
+        const int64_t g = (ix0 > 0 ? ix0 : 0) - x;
+        gx = g < gx ? g : gx;
+    }
+    for (int32_t y = 0; y < od->h; y++) {
+        const int64_t iy0 = (int64_t)y * p->stride_h - p->pad_t;
+        if ((iy0 > 0 ? iy0 : 0) * id->w + gx < (int64_t)y * od->w) {
+            return 0;
+        }
+    }
+    return 1;
 }
 
 /* out != in: pixel by pixel, DW_BLOCK channels at a time, channels c_begin .. ch-1. */
@@ -112,35 +139,44 @@ TMP_NOINLINE static void dwconv_out_of_place(const tmp_conv_params *p, const tmp
 }
 
 #if TMP_DSP
-/** Largest kh * kw of the DSP path (its expanded weights live on the stack: 8 bytes a tap). */
+/** Largest kh * kw whose widened weights the DSP path keeps on the stack (8 bytes a tap); larger
+ * kernels (7x7) widen each tap's weights as they go. */
 #define DW_DSP_MAX_TAPS 25
 
-/* One tap for 4 channels: x4 = 4 input bytes, w = (w_c0, w_c2), (w_c1, w_c3). */
-static inline void dw_tap4(int32_t x4, const int32_t *w, int32_t offp, int32_t *a0, int32_t *a1,
-    int32_t *a2, int32_t *a3) {
+/* One tap for 4 channels: x4 = 4 input bytes, widened weights (w_c0, w_c2) and (w_c1, w_c3). */
+static inline void dw_tap4(int32_t x4, int32_t w02, int32_t w13, int32_t offp, int32_t *a0,
+    int32_t *a1, int32_t *a2, int32_t *a3) {
     const int32_t x13 = tmp_sxtab16_ror8(offp, x4);
     const int32_t x02 = tmp_sxtab16(offp, x4);
-    const int32_t w02 = w[0];
-    const int32_t w13 = w[1];
     *a0 = tmp_smlabb(x02, w02, *a0);
     *a2 = tmp_smlatt(x02, w02, *a2);
     *a1 = tmp_smlabb(x13, w13, *a1);
     *a3 = tmp_smlatt(x13, w13, *a3);
 }
 
-/* The nu x nv taps of a window that is partly outside the input, for 4 channels: the first at
- * row (rows rs bytes apart, pixels cs), its widened weights at w (kw taps per kernel row). */
+/* The nu x nv taps of a window for 4 channels: the first at row (rows rs bytes apart, pixels
+ * cs), its weights at w, kw taps per kernel row: widened (2 words a tap) or, with `raw`
+ * (compile-time), the int8 weights themselves at w8 (taps cs bytes apart), widened tap by tap. */
 __attribute__((always_inline)) static inline void dw_window4(const int8_t *row, size_t cs,
-    size_t rs, const int32_t *w, int32_t kw, int32_t nu, int32_t nv, int32_t offp, int32_t *a0,
-    int32_t *a1, int32_t *a2, int32_t *a3) {
+    size_t rs, const int32_t *w, const int8_t *w8, int32_t kw, int32_t nu, int32_t nv,
+    int32_t offp, int32_t *a0, int32_t *a1, int32_t *a2, int32_t *a3, const int raw) {
     for (int32_t u = 0; u < nu; u++) {
         const int8_t *src = row;
         for (int32_t v = 0; v < nv; v++) {
-            dw_tap4(tmp_ld4(src), w + 2 * v, offp, a0, a1, a2, a3);
+            if (raw) {
+                const int32_t w4 = tmp_ld4(w8 + (size_t)v * cs);
+                dw_tap4(tmp_ld4(src), tmp_sxtb16(w4), tmp_sxtb16_ror8(w4), offp, a0, a1, a2, a3);
+            } else {
+                dw_tap4(tmp_ld4(src), w[2 * v], w[2 * v + 1], offp, a0, a1, a2, a3);
+            }
             src += cs;
         }
         row += rs;
-        w += 2 * kw;
+        if (raw) {
+            w8 += (size_t)kw * cs;
+        } else {
+            w += 2 * kw;
+        }
     }
 }
 
@@ -169,14 +205,15 @@ __attribute__((always_inline)) static inline void dw_store4(int8_t *dst, int32_t
 __attribute__((always_inline)) static inline void dwconv_dsp_group4_k(const tmp_conv_params *p,
     const tmp_per_channel_quant *q, const tmp_dims *id, const int8_t *in, const tmp_filter_dims *f,
     const int8_t *weights, const int32_t *bias, const tmp_dims *od, int8_t *out, int32_t c0,
-    const int neg) {
+    int32_t *wx, const int neg, const int raw) {
     const int32_t ch = id->c;
     const int32_t kh = f->kh;
     const int32_t kw = f->kw;
     const int32_t sw = p->stride_w;
-    int32_t wx[2 * DW_DSP_MAX_TAPS]; /* per tap: (w_c0, w_c2), (w_c1, w_c3) */
-    for (int32_t t = 0; t < kh * kw; t++) {
-        const int32_t w4 = tmp_ld4(weights + (size_t)t * (size_t)ch + (size_t)c0);
+    /* the group's weights at w8; widened into wx unless `raw` (compile-time; wx is NULL then) */
+    const int8_t *w8 = weights + c0;
+    for (int32_t t = 0; !raw && t < kh * kw; t++) {
+        const int32_t w4 = tmp_ld4(w8 + (size_t)t * (size_t)ch);
         wx[2 * t] = tmp_sxtb16(w4);
         wx[2 * t + 1] = tmp_sxtb16_ror8(w4);
     }
@@ -200,7 +237,7 @@ __attribute__((always_inline)) static inline void dwconv_dsp_group4_k(const tmp_
     const int32_t xa = (p->pad_l + sw - 1) / sw;
     const int32_t xb_raw = (id->w - kw + p->pad_l) / sw + 1;
     const int32_t xb = id->w >= kw ? (xb_raw < od->w ? xb_raw : od->w) : 0;
-    const int fast3 = kh == 3 && kw == 3;
+    const int fast3 = !raw && kh == 3 && kw == 3;
     int8_t *dst = out + c0;
     for (int32_t y = 0; y < od->h; y++) {
         const int32_t iy0 = y * p->stride_h - p->pad_t;
@@ -214,21 +251,22 @@ __attribute__((always_inline)) static inline void dwconv_dsp_group4_k(const tmp_
                 const int8_t *s0 = in + (size_t)iy0 * rs + (size_t)ix0 * cs + (size_t)c0;
                 const int8_t *s1 = s0 + rs;
                 const int8_t *s2 = s1 + rs;
-                dw_tap4(tmp_ld4(s0), wx + 0, offp, &a0, &a1, &a2, &a3);
-                dw_tap4(tmp_ld4(s0 + cs), wx + 2, offp, &a0, &a1, &a2, &a3);
-                dw_tap4(tmp_ld4(s0 + 2 * cs), wx + 4, offp, &a0, &a1, &a2, &a3);
-                dw_tap4(tmp_ld4(s1), wx + 6, offp, &a0, &a1, &a2, &a3);
-                dw_tap4(tmp_ld4(s1 + cs), wx + 8, offp, &a0, &a1, &a2, &a3);
-                dw_tap4(tmp_ld4(s1 + 2 * cs), wx + 10, offp, &a0, &a1, &a2, &a3);
-                dw_tap4(tmp_ld4(s2), wx + 12, offp, &a0, &a1, &a2, &a3);
-                dw_tap4(tmp_ld4(s2 + cs), wx + 14, offp, &a0, &a1, &a2, &a3);
-                dw_tap4(tmp_ld4(s2 + 2 * cs), wx + 16, offp, &a0, &a1, &a2, &a3);
+                dw_tap4(tmp_ld4(s0), wx[0], wx[1], offp, &a0, &a1, &a2, &a3);
+                dw_tap4(tmp_ld4(s0 + cs), wx[2], wx[3], offp, &a0, &a1, &a2, &a3);
+                dw_tap4(tmp_ld4(s0 + 2 * cs), wx[4], wx[5], offp, &a0, &a1, &a2, &a3);
+                dw_tap4(tmp_ld4(s1), wx[6], wx[7], offp, &a0, &a1, &a2, &a3);
+                dw_tap4(tmp_ld4(s1 + cs), wx[8], wx[9], offp, &a0, &a1, &a2, &a3);
+                dw_tap4(tmp_ld4(s1 + 2 * cs), wx[10], wx[11], offp, &a0, &a1, &a2, &a3);
+                dw_tap4(tmp_ld4(s2), wx[12], wx[13], offp, &a0, &a1, &a2, &a3);
+                dw_tap4(tmp_ld4(s2 + cs), wx[14], wx[15], offp, &a0, &a1, &a2, &a3);
+                dw_tap4(tmp_ld4(s2 + 2 * cs), wx[16], wx[17], offp, &a0, &a1, &a2, &a3);
             } else {
                 int32_t v_lo, v_hi;
                 dwconv_window(ix0, kw, id->w, &v_lo, &v_hi);
+                const int32_t t0 = u_lo * kw + v_lo;
                 dw_window4(in + (size_t)(iy0 + u_lo) * rs + (size_t)(ix0 + v_lo) * cs + (size_t)c0,
-                    cs, rs, wx + 2 * (u_lo * kw + v_lo), kw, u_hi - u_lo, v_hi - v_lo, offp, &a0,
-                    &a1, &a2, &a3);
+                    cs, rs, raw ? NULL : wx + 2 * t0, w8 + (size_t)t0 * cs, kw, u_hi - u_lo,
+                    v_hi - v_lo, offp, &a0, &a1, &a2, &a3, raw);
             }
             dw_store4(dst, a0, a1, a2, a3, (const int32_t(*)[4])rc, out_off, lo4, hi4, neg);
             dst += ch;
@@ -390,37 +428,55 @@ __attribute__((noinline)) static void dwconv_dsp_group4_neg3(const tmp_conv_para
             int32_t v_lo, v_hi;
             dwconv_window(ix0, 3, id->w, &v_lo, &v_hi);
             dw_window4(in + (size_t)(iy0 + u_lo) * rs + (size_t)(ix0 + v_lo) * cs + (size_t)c0, cs,
-                rs, k.w + 2 * (u_lo * 3 + v_lo), 3, u_hi - u_lo, v_hi - v_lo, offp, &a0, &a1, &a2,
-                &a3);
+                rs, k.w + 2 * (u_lo * 3 + v_lo), NULL, 3, u_hi - u_lo, v_hi - v_lo, offp, &a0, &a1,
+                &a2, &a3, 0);
             dw_store4(dst, a0, a1, a2, a3, (const int32_t(*)[4])k.rq, k.out_off, k.lo4, k.hi4, 1);
             dst += ch;
         }
     }
 }
 
-/* the two instances in separate frames (the stack peak is one of them, not both) */
+/* the instances in separate frames (the stack peak is one of them, not all); kernels of more
+ * than DW_DSP_MAX_TAPS taps without the widened copy */
 __attribute__((noinline)) static void dwconv_dsp_group4_neg(const tmp_conv_params *p,
     const tmp_per_channel_quant *q, const tmp_dims *id, const int8_t *in, const tmp_filter_dims *f,
     const int8_t *weights, const int32_t *bias, const tmp_dims *od, int8_t *out, int32_t c0) {
-    dwconv_dsp_group4_k(p, q, id, in, f, weights, bias, od, out, c0, 1);
+    int32_t wx[2 * DW_DSP_MAX_TAPS]; /* per tap: (w_c0, w_c2), (w_c1, w_c3) */
+    dwconv_dsp_group4_k(p, q, id, in, f, weights, bias, od, out, c0, wx, 1, 0);
 }
 
 __attribute__((noinline)) static void dwconv_dsp_group4_any(const tmp_conv_params *p,
     const tmp_per_channel_quant *q, const tmp_dims *id, const int8_t *in, const tmp_filter_dims *f,
     const int8_t *weights, const int32_t *bias, const tmp_dims *od, int8_t *out, int32_t c0) {
-    dwconv_dsp_group4_k(p, q, id, in, f, weights, bias, od, out, c0, 0);
+    int32_t wx[2 * DW_DSP_MAX_TAPS];
+    dwconv_dsp_group4_k(p, q, id, in, f, weights, bias, od, out, c0, wx, 0, 0);
+}
+
+__attribute__((noinline)) static void dwconv_dsp_group4_big_neg(const tmp_conv_params *p,
+    const tmp_per_channel_quant *q, const tmp_dims *id, const int8_t *in, const tmp_filter_dims *f,
+    const int8_t *weights, const int32_t *bias, const tmp_dims *od, int8_t *out, int32_t c0) {
+    dwconv_dsp_group4_k(p, q, id, in, f, weights, bias, od, out, c0, NULL, 1, 1);
+}
+
+__attribute__((noinline)) static void dwconv_dsp_group4_big_any(const tmp_conv_params *p,
+    const tmp_per_channel_quant *q, const tmp_dims *id, const int8_t *in, const tmp_filter_dims *f,
+    const int8_t *weights, const int32_t *bias, const tmp_dims *od, int8_t *out, int32_t c0) {
+    dwconv_dsp_group4_k(p, q, id, in, f, weights, bias, od, out, c0, NULL, 0, 1);
 }
 
 static void dwconv_dsp_group4(const tmp_conv_params *p, const tmp_per_channel_quant *q,
     const tmp_dims *id, const int8_t *in, const tmp_filter_dims *f, const int8_t *weights,
     const int32_t *bias, const tmp_dims *od, int8_t *out, int32_t c0) {
     const int32_t *s = q->shift + c0;
-    if (s[0] <= -1 && s[1] <= -1 && s[2] <= -1 && s[3] <= -1 && f->kh == 3 && f->kw == 3) {
+    const int neg = s[0] <= -1 && s[1] <= -1 && s[2] <= -1 && s[3] <= -1;
+    if (f->kh * f->kw > DW_DSP_MAX_TAPS) {
+        (neg ? dwconv_dsp_group4_big_neg : dwconv_dsp_group4_big_any)(p, q, id, in, f, weights, bias,
+            od, out, c0);
+    } else if (neg && f->kh == 3 && f->kw == 3) {
         dwconv_dsp_group4_neg3(p, q, id, in, weights, bias, od, out, c0);
-    } else if (s[0] <= -1 && s[1] <= -1 && s[2] <= -1 && s[3] <= -1) {
-        dwconv_dsp_group4_neg(p, q, id, in, f, weights, bias, od, out, c0);
     } else {
-        dwconv_dsp_group4_any(p, q, id, in, f, weights, bias, od, out, c0);
+        (neg ? dwconv_dsp_group4_neg : dwconv_dsp_group4_any)(p, q, id, in, f, weights, bias, od,
+            out, c0);
     }
 }
 #endif
@@ -627,7 +683,7 @@ tmp_status tmp_dwconv_s8(const tmp_conv_params *p, const tmp_per_channel_quant *
         !tmp_quant_ok(q, in_dims->c)) {
         return TMP_ERR_ARG;
     }
-    if (in_place) {
+    if (in_place && !dw_direct_ok(p, in_dims, out_dims)) {
 #if TMP_DSP
         if (f->kh * f->kw <= DW_DSP_MAX_TAPS) {
             dwconv_dsp_in_place(p, q, in_dims, in, f, weights, bias, out_dims, out,
@@ -639,11 +695,9 @@ tmp_status tmp_dwconv_s8(const tmp_conv_params *p, const tmp_per_channel_quant *
     } else {
         int32_t c_begin = 0;
 #if TMP_DSP
-        if (f->kh * f->kw <= DW_DSP_MAX_TAPS) {
-            c_begin = in_dims->c & ~(int32_t)3;
-            for (int32_t c0 = 0; c0 < c_begin; c0 += 4) {
-                dwconv_dsp_group4(p, q, in_dims, in, f, weights, bias, out_dims, out, c0);
-            }
+        c_begin = in_dims->c & ~(int32_t)3;
+        for (int32_t c0 = 0; c0 < c_begin; c0 += 4) {
+            dwconv_dsp_group4(p, q, in_dims, in, f, weights, bias, out_dims, out, c0);
         }
 #endif
         if (c_begin < in_dims->c) {
