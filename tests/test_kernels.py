@@ -112,9 +112,15 @@ def test_in_place_depthwise_is_used_and_exact(rng):
     input dies there and one plane of scratch is smaller than a whole output), and the result
     still matches the reference exactly, for stride 1 and 2. The map is large enough (48 x 48
     x 16) that the pwconv takes no widened-input block (tmp_pwconv_s8.c keeps it off layers
-    above 64 KiB), which on a small map would make the pwconv the peak instead."""
-    for stride in (1, 2):
+    above 64 KiB), which on a small map would make the pwconv the peak instead.
+    Stride 1 with padding needs one channel plane of scratch (a window reads the pixel left of
+    and above its own, which an earlier output has overwritten); stride 2 and an unpadded
+    stride 1 write over the input directly, with no scratch."""
+    for stride, pads, scratch in ((1, (1, 1, 1, 1), 48 * 48), (2, (1, 1, 1, 1), 0),
+                                  (2, (0, 0, 1, 1), 0), (1, (0, 0, 0, 0), 0)):
         model, layer = km.conv_like(rng, "dwconv", 48, 48, 16, 16, 3, (stride, stride),
-                                    (1, 1, 1, 1), prefix_pw=True)
+                                    pads, prefix_pw=True)
         m = check(model, layer, rng)
-        assert m._plan()["in_place"][layer], "the dwconv was expected to run in place"
+        plan = m._plan()
+        assert plan["in_place"][layer], "the dwconv was expected to run in place"
+        assert plan["scratch_bytes"][layer] == scratch, (stride, pads)

@@ -265,7 +265,7 @@ static void check_conv(int depthwise) {
         tmp_status st;
         int32_t scratch_len;
         if (depthwise) {
-            scratch_len = tmp_dwconv_s8_get_buffer_size(&id, &f, &od, in_place);
+            scratch_len = tmp_dwconv_s8_get_buffer_size(&p, &id, &f, &od, in_place);
             prepare_call(in_place ? in_len : out_len, scratch_len);
             if (in_place) {
                 memcpy(g_out, g_in, (size_t)in_len);

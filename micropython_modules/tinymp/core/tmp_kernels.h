@@ -37,11 +37,13 @@ tmp_status tmp_conv_s8(const tmp_conv_params *p, const tmp_per_channel_quant *q,
  * any stride and padding.
  * @param weights [f->kh][f->kw][c]
  * @param out     may be the same pointer as `in` (in-place): then the scratch must hold
- *                tmp_dwconv_s8_get_buffer_size(..., 1) bytes (one input channel plane); out may
- *                not otherwise overlap in.
+ *                tmp_dwconv_s8_get_buffer_size(p, ..., 1) bytes: one input channel plane, or
+ *                none (scratch may be NULL) when the geometry lets the output overwrite the
+ *                input directly (no padding, or stride >= 2 with the usual padding; p's strides
+ *                and paddings decide, p == NULL counts as not); out may not otherwise overlap in.
  */
-int32_t tmp_dwconv_s8_get_buffer_size(const tmp_dims *in, const tmp_filter_dims *f, const tmp_dims *out,
-    int in_place);
+int32_t tmp_dwconv_s8_get_buffer_size(const tmp_conv_params *p, const tmp_dims *in,
+    const tmp_filter_dims *f, const tmp_dims *out, int in_place);
 tmp_status tmp_dwconv_s8(const tmp_conv_params *p, const tmp_per_channel_quant *q,
     const tmp_dims *in_dims, const int8_t *in,
     const tmp_filter_dims *f, const int8_t *weights, const int32_t *bias,

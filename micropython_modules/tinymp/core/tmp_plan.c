@@ -83,9 +83,16 @@ uint32_t tmp_plan_layer_scratch(const tmp_model *m, const tmp_layer *l, int in_p
         case TMP_LAYER_CONV:
             s = tmp_conv_s8_get_buffer_size(&tin.dims, &f, &tout.dims);
             break;
-        case TMP_LAYER_DWCONV:
-            s = tmp_dwconv_s8_get_buffer_size(&tin.dims, &f, &tout.dims, in_place != 0);
+        case TMP_LAYER_DWCONV: {
+            tmp_conv_params p; /* only the geometry matters here */
+            memset(&p, 0, sizeof p);
+            p.stride_h = l->stride_h;
+            p.stride_w = l->stride_w;
+            p.pad_t = l->pad_t;
+            p.pad_l = l->pad_l;
+            s = tmp_dwconv_s8_get_buffer_size(&p, &tin.dims, &f, &tout.dims, in_place != 0);
             break;
+        }
         case TMP_LAYER_PWCONV:
             s = tmp_pwconv_s8_get_buffer_size(&tin.dims, &tout.dims);
             break;

@@ -19,10 +19,11 @@
  *  - out != in (no overlap allowed): no scratch. Each output pixel is computed for blocks of
  *    DW_BLOCK channels at once with int32 accumulators on the stack, reading input and weights
  *    channel-contiguously (dwconv_mac_block(), the place where an optimised inner loop goes).
- *  - out == in (in place): scratch of in.h * in.w bytes (any alignment). When no output pixel's
- *    window reaches back to an input pixel that an earlier output pixel overwrites (stride 2
- *    with the usual padding, or no padding: dw_direct_ok()), the out-of-place code runs on the
- *    buffer directly and the scratch is not touched. Otherwise, for each channel c, the
+ *  - out == in (in place): when no output pixel's window reaches back to an input pixel that an
+ *    earlier output pixel overwrites (stride 2 with the usual padding, or no padding:
+ *    dw_direct_ok()), the out-of-place code runs on the buffer itself, without scratch
+ *    (tmp_dwconv_s8_get_buffer_size() is 0). Otherwise scratch of in.h * in.w bytes (any
+ *    alignment): for each channel c, the
  *    channel's input plane is first gathered into the scratch, then output channel c is computed
  *    from it. Output channel c is written only to bytes whose index is c modulo the channel
  *    count, i.e. to channel-c input slots already copied, so no input still needed is ever
@@ -50,12 +51,16 @@
 /** Channels accumulated together per output pixel in the out-of-place path (stack: 4*DW_BLOCK). */
 #define DW_BLOCK 32
 
-int32_t tmp_dwconv_s8_get_buffer_size(const tmp_dims *in, const tmp_filter_dims *f, const tmp_dims *out,
-    int in_place) {
+static int dw_direct_ok(const tmp_conv_params *p, const tmp_dims *id, const tmp_dims *od);
+
+int32_t tmp_dwconv_s8_get_buffer_size(const tmp_conv_params *p, const tmp_dims *in,
+    const tmp_filter_dims *f, const tmp_dims *out, int in_place) {
     (void)f;
-    (void)out;
     if (!in_place || in == NULL || in->h < 1 || in->w < 1 || (int64_t)in->h * in->w > INT32_MAX) {
         return 0;
+    }
+    if (p != NULL && out != NULL && dw_direct_ok(p, in, out)) {
+        return 0; /* in place without the plane */
     }
     return in->h * in->w;
 }
@@ -672,7 +677,7 @@ tmp_status tmp_dwconv_s8(const tmp_conv_params *p, const tmp_per_channel_quant *
         return TMP_ERR_ARG;
     }
     const int in_place = (const int8_t *)out == in;
-    if ((in_place && scratch == NULL) || !tmp_dims_ok(in_dims) ||
+    if (!tmp_dims_ok(in_dims) ||
         !tmp_dims_ok(out_dims) || out_dims->c != in_dims->c ||
         !tmp_conv_axis_ok(in_dims->h, out_dims->h, f->kh, p->stride_h, p->pad_t) ||
         !tmp_conv_axis_ok(in_dims->w, out_dims->w, f->kw, p->stride_w, p->pad_l) ||
@@ -684,6 +689,9 @@ tmp_status tmp_dwconv_s8(const tmp_conv_params *p, const tmp_per_channel_quant *
         return TMP_ERR_ARG;
     }
     if (in_place && !dw_direct_ok(p, in_dims, out_dims)) {
+        if (scratch == NULL) {
+            return TMP_ERR_ARG;
+        }
 #if TMP_DSP
         if (f->kh * f->kw <= DW_DSP_MAX_TAPS) {
             dwconv_dsp_in_place(p, q, in_dims, in, f, weights, bias, out_dims, out,
