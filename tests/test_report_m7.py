@@ -70,6 +70,9 @@ def test_estimate_is_the_boards_plan_on_the_emulated_m7(demo_session):
     assert abs(ins["forward"] + ins["backward"] + ins["update"] - ins["step"]) <= \
         40 * 8 + 0.01 * ins["step"]
     assert 0 < ins["backward"] < ins["forward"] and ins["inference"] <= ins["forward"]
+    # the demo trains with tinymp, whose APU re-selects channels at each period end: that call is
+    # measured too (a method without APU has no such row: test_every_plan_option...)
+    assert est["plan"]["method"] == "tinymp" and ins["end_period"] > 0
     for k, v in ins.items():
         e = est["estimate"][k]
         assert e["ms"] == pytest.approx(v / 480e3, abs=1e-3)
@@ -84,7 +87,8 @@ def test_text_report_labels_the_estimate(session_copy):
     assert "Cortex-M7 estimate (emulated)" in out
     flat = " ".join(out.split())  # the note is wrapped
     assert "not measured on a board" in flat and "cost model tinymp-m7-cpi-v1" in flat
-    for row in ("inference", "forward", "backward", "update", "whole step"):
+    for row in ("inference", "forward", "backward", "update", "whole step",
+                "APU period end (once per epoch)"):
         assert any(line.startswith(row) for line in out.splitlines()), row
     # without --m7 the report says how to get one and runs nothing
     code, out, err = tinymp_cmd("report", "--session", str(session_copy))
@@ -192,6 +196,8 @@ def test_every_plan_option_reaches_the_emulator(demo_session, opts):
     assert (est["plan"]["arena_bytes"], est["plan"]["forward_macs"], est["plan"]["backward_macs"]) == \
         (p.arena_bytes, p.forward_macs, p.backward_macs)
     assert est["high_water"] <= p.arena_bytes
+    # the APU period end is measured for tinymp only
+    assert ("end_period" in est["instructions"]) == (opts["method"] == "tinymp")
 
 
 @needs_tools

@@ -240,6 +240,8 @@ def estimate_training(model_data, options, samples, support=0, steps=3, root=Non
              "step": r["step"]["mean"]}
     if "cached_step" in r:
         instr["cached_step"] = r["cached_step"]["mean"]
+    if "end_period" in r:  # tinymp: the channel re-selection at the end of an APU period
+        instr["end_period"] = r["end_period"]
     plan = {k: r[k] for k in ("method", "r", "arena_bytes", "forward_macs", "backward_macs",
                               "cache_bytes")}
     est = {k: costmodel.estimate_ms(v) for k, v in instr.items()}

@@ -251,10 +251,13 @@ def _m7_lines(rep):
     if "error" in est:
         return ["", f"Cortex-M7 estimate: not available: {est['error']}"]
     ins, ms = est["instructions"], est["estimate"]
+    period = ((rep["train"].get("options") or {}).get("period") or 0)
     rows = []
     for k, name in (("inference", "inference"), ("forward", "forward"), ("backward", "backward"),
                     ("update", "update"), ("step", "whole step"),
-                    ("cached_step", "step from the feature cache (fit)")):
+                    ("cached_step", "step from the feature cache (fit)"),
+                    ("end_period", f"APU period end (every {period} steps)" if period else
+                     "APU period end (once per epoch)")):
         if k in ins:
             lo, hi = ms[k]["ms_range"]
             rows.append([name, _num(ins[k]), f"{ms[k]['ms']:.2f}", f"{lo:.2f}-{hi:.2f}"])
