@@ -23,9 +23,8 @@
  *    earlier output pixel overwrites (stride 2 with the usual padding, or no padding:
  *    dw_direct_ok()), the out-of-place code runs on the buffer itself, without scratch
  *    (tmp_dwconv_s8_get_buffer_size() is 0). Otherwise scratch of in.h * in.w bytes (any
- *    alignment): for each channel c, the
- *    channel's input plane is first gathered into the scratch, then output channel c is computed
- *    from it. Output channel c is written only to bytes whose index is c modulo the channel
+ *    alignment): for each channel c, the channel's input plane is first gathered into the
+ *    scratch, then output channel c is computed from it. Output channel c is written only to bytes whose index is c modulo the channel
  *    count, i.e. to channel-c input slots already copied, so no input still needed is ever
  *    overwritten, for any stride and padding.
  *
@@ -84,8 +83,8 @@ static void dwconv_window(int32_t i0, int32_t k, int32_t in, int32_t *lo, int32_
  * channel's output pixels in increasing n and read a whole window before storing its output, so
  * they are exact in place when no window reads an input pixel below its own n: for every (y, x),
  * the window's first pixel inside the input, flat index max(iy0, 0) * in.w + max(ix0, 0), is
- * >= n. Holds for stride 2 with padding 1 (MobileNetV2's strided layers) and for no padding;
- * fails for stride 1 with padding. */
+ * >= n. Holds for stride 2 with a leading padding of 0 or 1 (the zoo's MobileNetV2 pads its
+ * strided layers 0 before, 1 after) and for no padding; fails for stride 1 with padding. */
 TMP_NOINLINE static int dw_direct_ok(const tmp_conv_params *p, const tmp_dims *id, const tmp_dims *od) {
     int64_t gx = INT64_MAX; /* min over x of max(ix0, 0) - x */
     for (int32_t x = 0; x < od->w; x++) {
