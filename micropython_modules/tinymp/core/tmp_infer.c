@@ -8,19 +8,6 @@
 #include "tmp_infer.h"
 #include "tmp_kernels.h"
 
-static tmp_conv_params conv_params(const tmp_layer *l, const tmp_tensor *in, const tmp_tensor *out) {
-    tmp_conv_params p;
-    p.input_offset = -in->zero_point;
-    p.output_offset = out->zero_point;
-    p.stride_h = l->stride_h;
-    p.stride_w = l->stride_w;
-    p.pad_t = l->pad_t;
-    p.pad_l = l->pad_l;
-    p.act_min = l->act_min;
-    p.act_max = l->act_max;
-    return p;
-}
-
 static int fits(const tmp_plan *plan, uint32_t off, uint64_t bytes) {
     return (uint64_t)off + bytes <= plan->arena_bytes;
 }
@@ -72,15 +59,15 @@ tmp_status tmp_layer_forward(const tmp_model *m, const tmp_layer *lp, const int8
 
     switch (l.type) {
         case TMP_LAYER_CONV: {
-            tmp_conv_params p = conv_params(&l, &tin, &tout);
+            tmp_conv_params p = tmp_layer_conv_params(&l, &tin, &tout);
             return tmp_conv_s8(&p, &q, &tin.dims, in, &f, l.weights, l.bias, &tout.dims, out, scratch);
         }
         case TMP_LAYER_DWCONV: {
-            tmp_conv_params p = conv_params(&l, &tin, &tout);
+            tmp_conv_params p = tmp_layer_conv_params(&l, &tin, &tout);
             return tmp_dwconv_s8(&p, &q, &tin.dims, in, &f, l.weights, l.bias, &tout.dims, out, scratch);
         }
         case TMP_LAYER_PWCONV: {
-            tmp_conv_params p = conv_params(&l, &tin, &tout);
+            tmp_conv_params p = tmp_layer_conv_params(&l, &tin, &tout);
             return tmp_pwconv_s8(&p, &q, &tin.dims, in, l.weights, l.bias, &tout.dims, out, scratch);
         }
         case TMP_LAYER_FC: {

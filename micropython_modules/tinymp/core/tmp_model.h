@@ -75,6 +75,22 @@ typedef struct {
     int32_t params[6];
 } tmp_layer;
 
+/* The kernel parameters of a conv, dwconv or pwconv layer from its record and its tensors (the
+ * planner takes the geometry from it, inference all of it). */
+static inline tmp_conv_params tmp_layer_conv_params(const tmp_layer *l, const tmp_tensor *in,
+    const tmp_tensor *out) {
+    tmp_conv_params p;
+    p.input_offset = -in->zero_point;
+    p.output_offset = out->zero_point;
+    p.stride_h = l->stride_h;
+    p.stride_w = l->stride_w;
+    p.pad_t = l->pad_t;
+    p.pad_l = l->pad_l;
+    p.act_min = l->act_min;
+    p.act_max = l->act_max;
+    return p;
+}
+
 /** Name of a layer type ("conv", "dwconv", ...), "unknown" for anything else. */
 const char *tmp_layer_type_name(int32_t type);
 

@@ -84,12 +84,7 @@ uint32_t tmp_plan_layer_scratch(const tmp_model *m, const tmp_layer *l, int in_p
             s = tmp_conv_s8_get_buffer_size(&tin.dims, &f, &tout.dims);
             break;
         case TMP_LAYER_DWCONV: {
-            tmp_conv_params p; /* only the geometry matters here */
-            memset(&p, 0, sizeof p);
-            p.stride_h = l->stride_h;
-            p.stride_w = l->stride_w;
-            p.pad_t = l->pad_t;
-            p.pad_l = l->pad_l;
+            const tmp_conv_params p = tmp_layer_conv_params(l, &tin, &tout);
             s = tmp_dwconv_s8_get_buffer_size(&p, &tin.dims, &f, &tout.dims, in_place != 0);
             break;
         }
