@@ -587,6 +587,50 @@ static void check_sgd(void) {
     }
 }
 
+/* the update's rounding decision at its edge: with lr = scale = 1 the step is t = -g exactly,
+ * and t is set so that frac(t) * 2^24 is u, u - 1/2 or u + 1/2, u being the draw the call makes
+ * (the top 24 bits of the next xorshift32 state). Stochastic rounding goes up only when u is
+ * below frac(t) * 2^24: for t >= 0 only the third one adds 1. Checked against that rule
+ * directly, not only by the digest. t in [0, 1) for draws below 2^23, t in [-1, 0) above. */
+static void check_sgd_round(void) {
+    for (int n = 0; n < CASES_PER_KERNEL * 4; n++) {
+        const uint32_t state = rnd() | 1u;
+        uint32_t x = state;
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        const int32_t u = (int32_t)(x >> 8);
+        if (u == 0 || u == (1 << 23)) {
+            continue;
+        }
+        const int neg = u > (1 << 23);
+        for (int d = -1; d <= 1; d++) {
+            const int32_t whole = neg ? u - (1 << 24) : u; /* t * 2^24 - d / 2, |.| < 2^23 */
+            const float t = ((float)whole + 0.5f * (float)d) / 16777216.0f;
+            if ((double)t * 16777216.0 != (double)whole + 0.5 * (double)d) {
+                printf("error: sgd_round case %d: t not exact\n", n);
+                g_errors++;
+                return;
+            }
+            /* the rule of tmp_sgd_s8_stochastic.c with frac = t - floor(t) in float: exact for
+             * t >= 0; for t < 0 it rounds u +- 1/2 to an even integer, which is the edge too */
+            const float fr = t - floorf(t);
+            int8_t w = (int8_t)rr(-100, 100);
+            const int32_t want = w + (neg ? -1 : 0) + ((double)u < (double)fr * 16777216.0 ? 1 : 0);
+            const float g = -t;
+            uint32_t st = state;
+            const tmp_status r = tmp_sgd_s8_stochastic(1, &w, &g, 1.0f, 1.0f, 0.0f, NULL, &st);
+            hash_i32((int32_t)r);
+            hash_i32((int32_t)w);
+            if (r != TMP_OK || st != x || w != want) {
+                printf("error: sgd_round case %d (u %ld, %+d/2): %d, want %ld\n", n, (long)u, d,
+                    (int)w, (long)want);
+                g_errors++;
+            }
+        }
+    }
+}
+
 /* the pointwise input gradient (core/train/tmp_pwconv_dx_f32.c: asm tiles and rows on the M7),
  * fp32: every path (1-3 patches: rows, 4 or more: blocked, zero gradients with a dx that needs
  * them skipped: plain), channel counts around the blocks of 8 and 16 */
@@ -711,6 +755,7 @@ static const check checks[] = {
     {"pwconv_dx", check_pwconv_dx},
     {"conv_dw_gc", check_conv_dw_gc},
     {"dwconv3", run_dwconv3},
+    {"sgd_round", check_sgd_round},
 };
 
 int main(void) {

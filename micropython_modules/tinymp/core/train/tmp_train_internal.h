@@ -298,14 +298,20 @@ static inline int64_t tmp_tr_stochastic_round(float t, uint32_t *state) {
  * case in one compare: a NaN or infinite t and one that the +-512 clamp changes both fail it.
  *
  * The Cortex-M path (TMP_DSP_FP) gives the same result for every input with about 7 fewer
- * instructions per weight (21 in the asm block, which also replaces the range test; `make
- * bench-kernels`, sgd_s8_at: 43.6 -> 36.6 per weight with the loop and the call):
+ * instructions per weight, 10 on FPv5 (21 or 18 in the asm block, which also replaces the range
+ * test; `make bench-kernels`, sgd_s8_at: 43.6 -> 36.6, and 33.6 with FPv5, per weight with the
+ * loop and the call):
  * - floor(t) becomes an integer as round-to-nearest(t - frac), which is floor(t) itself for a
  *   finite t (t - frac is within half an ulp of frac of the integer floor(t)) and NaN -> 0 for a
  *   non-finite one (frac = inf - inf or NaN), where frac * 2^24 is NaN and never beats u either:
  *   the weight is only clamped, as above;
  * - VCVT saturates and SSAT #10 brings that integer to [-512, 511], which cannot change a clamped
  *   result: w + 511 >= 383 and w - 512 + 1 <= -384 (the C clamps t at +-512 instead);
+ * - on FPv5 (TMP_DSP_FPV5) the round-up test u < frac * 2^24 (u an integer below 2^24,
+ *   frac * 2^24 exact) is u < c with c = ceil(frac * 2^24) from VCVTP, taken as the sign bit of
+ *   u - c in the integer registers, with no FPU compare and flag transfer; a NaN frac gives
+ *   c = 0, never up (kernel-check's sgd_round batch tries u at and next to frac * 2^24, on both
+ *   variants);
  * - the clamp is SSAT #8 with -128 moved to -127.
  * It assumes the FPU's default round-to-nearest mode, as all of the core's float code does.
  */
@@ -320,7 +326,19 @@ static inline int32_t tmp_tr_sgd_s8_one(int32_t w, float d, float nlr, float sca
         "vsub.f32 %[fr], %[t], %[fl]\n\t"      /* frac */
         "vsub.f32 %[bk], %[t], %[fr]\n\t"      /* floor(t) again, or NaN */
         "vcvtr.s32.f32 %[bk], %[bk]\n\t"
-        "vmul.f32 %[fr], %[fr], %[two24]\n\t"  /* frac * 2^24 */
+        "vmul.f32 %[fr], %[fr], %[two24]\n\t"  /* frac * 2^24, exact */
+#if TMP_DSP_FPV5
+        "vcvtp.u32.f32 %[fr], %[fr]\n\t"       /* c = its ceiling (NaN -> 0) */
+        "vmov %[q], %[bk]\n\t"
+        "vmov %[u], %[fr]\n\t"
+        "eor %[x], %[x], %[x], lsl #13\n\t"    /* xorshift32 */
+        "eor %[x], %[x], %[x], lsr #17\n\t"
+        "eor %[x], %[x], %[x], lsl #5\n\t"
+        "ssat %[q], #10, %[q]\n\t"
+        "rsb %[u], %[u], %[x], lsr #8\n\t"     /* (x >> 8) - c, both in [0, 2^24] */
+        "add %[q], %[q], %[w]\n\t"
+        "add %[q], %[q], %[u], lsr #31\n\t"    /* u < frac * 2^24, i.e. u < c: round up */
+#else
         "vmov %[q], %[bk]\n\t"
         "eor %[x], %[x], %[x], lsl #13\n\t"    /* xorshift32 */
         "eor %[x], %[x], %[x], lsr #17\n\t"
@@ -334,6 +352,7 @@ static inline int32_t tmp_tr_sgd_s8_one(int32_t w, float d, float nlr, float sca
         "vmrs APSR_nzcv, fpscr\n\t"
         "it mi\n\t"
         "addmi %[q], %[q], #1\n\t"
+#endif
         "ssat %[q], #8, %[q]\n\t"
         "cmn %[q], #128\n\t"
         "it eq\n\t"
