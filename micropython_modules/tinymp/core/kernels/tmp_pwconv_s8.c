@@ -24,8 +24,9 @@
  * Cortex-M4/M7) widens two weight rows to int16 pairs in SXTB16 lane order (tmp_dsp.h),
  * interleaved per group of 4 input channels, and computes 2 pixels x 2 output channels per pass
  * over the input channels with SMLAD, the input offset folded into a per-channel constant. With a
- * block, the input pixels are widened once per block as well and every output-channel pair reads
- * them (pwconv_dsp_wide(): 13 instructions per 16 MACs); without one, each pixel pair is widened
+ * block, the input pixels are widened once per block as well, the input offset added there (so
+ * the rows need no sums), and every output-channel pair reads them (pwconv_dsp_wide(): 13
+ * instructions per 16 MACs); without one, each pixel pair is widened
  * in the loop (pwconv_dsp(): 18). The tile's requantisation is one asm block in the usual case
  * (both shifts negative). Layers with 8, 16 or 24 input channels (the large early maps of
  * MobileNetV2 and MCUNet), where that per-tile work outweighs the few MACs, take neither: their
@@ -86,29 +87,54 @@ int32_t tmp_pwconv_s8_get_buffer_size(const tmp_dims *in, const tmp_dims *out) {
 /* Rows w0 and w1 (n weights each) into buf (4 * n bytes, all written): per group of 4 weights
  * the words (w0: b0,b2), (w0: b1,b3), (w1: b0,b2), (w1: b1,b3) in SXTB16 lane order, so that the
  * inner loop reads all four with one post-incremented pointer, then the n & 3 tail weights as
- * int16 pairs (w0, w1); *s0, *s1 = the sums of the whole rows. */
-static void pwconv_dsp_rows(int32_t *buf, const int8_t *w0, const int8_t *w1, int32_t n,
+ * int16 pairs (w0, w1). *s0, *s1 = the sums of the whole rows (all != 0), or of their tails only
+ * (all == 0: for the widened-input block, whose pixels carry the input offset themselves). One
+ * asm loop per group: two loads, four SXTB16, one STM (9 instructions per 8 weights, 13 with the
+ * sums; GCC's code took 17). */
+static void pwconv_dsp_rows(int32_t *buf, const int8_t *w0, const int8_t *w1, int32_t n, int all,
     int32_t *s0, int32_t *s1) {
-    const int32_t ones = 0x00010001;
     int32_t a = 0, b = 0;
-    int32_t i = 0;
-    for (; i + 4 <= n; i += 4) {
-        const int32_t v0 = tmp_ld4(w0 + i);
-        const int32_t v1 = tmp_ld4(w1 + i);
-        const int32_t x02 = tmp_sxtb16(v0), x13 = tmp_sxtb16_ror8(v0);
-        const int32_t y02 = tmp_sxtb16(v1), y13 = tmp_sxtb16_ror8(v1);
-        buf[0] = x02;
-        buf[1] = x13;
-        buf[2] = y02;
-        buf[3] = y13;
-        buf += 4;
-        a = tmp_smlad(x02, ones, a);
-        a = tmp_smlad(x13, ones, a);
-        b = tmp_smlad(y02, ones, b);
-        b = tmp_smlad(y13, ones, b);
+    const int32_t ng = n >> 2;
+    if (ng > 0) {
+        const int8_t *end = w0 + 4 * ng;
+        if (all) {
+            __asm__ volatile(
+                "1:\n\t"
+                "ldr      r4, [%[p0]], #4\n\t"
+                "ldr      r6, [%[p1]], #4\n\t"
+                "sxtb16   r5, r4, ror #8\n\t"
+                "sxtb16   r4, r4\n\t"
+                "sxtb16   r8, r6, ror #8\n\t"
+                "sxtb16   r6, r6\n\t"
+                "stmia    %[d]!, {r4, r5, r6, r8}\n\t"
+                "smlad    %[a], r4, %[ones], %[a]\n\t"
+                "smlad    %[a], r5, %[ones], %[a]\n\t"
+                "smlad    %[b], r6, %[ones], %[b]\n\t"
+                "smlad    %[b], r8, %[ones], %[b]\n\t"
+                "cmp      %[p0], %[e]\n\t"
+                "bne      1b"
+                : [p0] "+r"(w0), [p1] "+r"(w1), [d] "+r"(buf), [a] "+r"(a), [b] "+r"(b)
+                : [e] "r"(end), [ones] "r"(0x00010001)
+                : "cc", "memory", "r4", "r5", "r6", "r8");
+        } else {
+            __asm__ volatile(
+                "1:\n\t"
+                "ldr      r4, [%[p0]], #4\n\t"
+                "ldr      r6, [%[p1]], #4\n\t"
+                "sxtb16   r5, r4, ror #8\n\t"
+                "sxtb16   r4, r4\n\t"
+                "sxtb16   r8, r6, ror #8\n\t"
+                "sxtb16   r6, r6\n\t"
+                "stmia    %[d]!, {r4, r5, r6, r8}\n\t"
+                "cmp      %[p0], %[e]\n\t"
+                "bne      1b"
+                : [p0] "+r"(w0), [p1] "+r"(w1), [d] "+r"(buf)
+                : [e] "r"(end)
+                : "cc", "memory", "r4", "r5", "r6", "r8");
+        }
     }
     int16_t *t = (int16_t *)buf; /* the tail (n & 3 weights) as int16 pairs (w0, w1) */
-    for (; i < n; i++, t += 2) {
+    for (int32_t i = 0; i < (n & 3); i++, t += 2) {
         t[0] = w0[i];
         t[1] = w1[i];
         a += w0[i];
@@ -143,12 +169,14 @@ typedef struct {
 /* Widens rows o and o1 into wbuf and prepares the pair's constants. The input offset is folded
  * into a per-channel constant, sum (x + off) w = sum x w + off * sum w (exact: partial sums wrap
  * modulo 2^32 and the total fits, as the format guarantees), so neither the offset nor the
- * requantisation constants are redone per pixel. */
+ * requantisation constants are redone per pixel. With xoff the widened inputs already carry the
+ * offset (the input block) and only the tail's inputs, read as bytes, need it here. */
 PW_INLINE void pw_pair_prep(pw_pair *k, const tmp_conv_params *p, const tmp_per_channel_quant *q,
-    const int8_t *weights, const int32_t *bias, int32_t ic, int32_t o, int32_t o1, int32_t *wbuf) {
+    const int8_t *weights, const int32_t *bias, int32_t ic, int32_t o, int32_t o1, int32_t *wbuf,
+    int xoff) {
     int32_t sw0, sw1;
     pwconv_dsp_rows(wbuf, weights + (size_t)o * (size_t)ic, weights + (size_t)o1 * (size_t)ic,
-        ic, &sw0, &sw1);
+        ic, !xoff, &sw0, &sw1);
     const uint32_t in_off = (uint32_t)p->input_offset;
     k->c0 = (int32_t)((uint32_t)(bias != NULL ? bias[o] : 0) + in_off * (uint32_t)sw0);
     k->c1 = (int32_t)((uint32_t)(bias != NULL ? bias[o1] : 0) + in_off * (uint32_t)sw1);
@@ -388,7 +416,7 @@ static TMP_NOINLINE void pwconv_dsp_small(const tmp_conv_params *p, const tmp_pe
     s.oc = oc;
     s.xend = in + (size_t)(in_dims->h * in_dims->w) * (size_t)ic;
     for (int32_t o = 0; o < oc; o += 2) {
-        pw_pair_prep(&s.k, p, q, weights, bias, ic, o, o + 1, wbuf);
+        pw_pair_prep(&s.k, p, q, weights, bias, ic, o, o + 1, wbuf, 0);
         memcpy(s.w, wbuf, 16u * (size_t)ng);
         pw_small_tiles(&s, ng, in, out + o);
     }
@@ -414,7 +442,7 @@ static TMP_NOINLINE void pwconv_dsp(const tmp_conv_params *p, const tmp_per_chan
         /* an odd last channel is paired with itself and stored once */
         const int32_t o1 = o + 1 < oc ? o + 1 : o;
         pw_pair k;
-        pw_pair_prep(&k, p, q, weights, bias, ic, o, o1, wbuf);
+        pw_pair_prep(&k, p, q, weights, bias, ic, o, o1, wbuf, 0);
         const int16_t *wt = (const int16_t *)(wbuf + 4 * ng);
         for (int32_t n = 0; n < npix; n += 2) {
             /* an odd last pixel is paired with itself (same result twice, same place) */
@@ -515,7 +543,7 @@ static TMP_NOINLINE void pw_wide_tiles(const pw_pair *k, const tmp_conv_params *
 
 /* The same outputs with the input widened too: pixels in blocks of nb (pw_xblock_pixels()),
  * each block widened once into xbuf as pixel pairs [xa02, xa13, xb02, xb13] per group of 4
- * input channels, then read by every output-channel pair (13 instructions per 16 MACs instead
+ * input channels, the input offset added (SXTAB16), then read by every output-channel pair (13 instructions per 16 MACs instead
  * of 18). The first block holds nb pixels or all of them (nb is even, the last odd pixel is
  * paired with itself), so it writes all of xbuf. */
 static TMP_NOINLINE void pwconv_dsp_wide(const tmp_conv_params *p, const tmp_per_channel_quant *q,
@@ -525,6 +553,7 @@ static TMP_NOINLINE void pwconv_dsp_wide(const tmp_conv_params *p, const tmp_per
     const int32_t oc = out_dims->c;
     const int32_t npix = in_dims->h * in_dims->w;
     const int32_t ng = ic >> 2;
+    const int32_t off2 = tmp_pack16x2(p->input_offset); /* |x + offset| <= 255 */
     for (int32_t n0 = 0; n0 < npix; n0 += nb) {
         const int32_t left = npix - n0;
         const int32_t np = left < nb ? left : nb; /* pixels in this block */
@@ -535,17 +564,17 @@ static TMP_NOINLINE void pwconv_dsp_wide(const tmp_conv_params *p, const tmp_per
             for (int32_t g = 0; g < ng; g++) {
                 const int32_t va = tmp_ld4(xa + 4 * g);
                 const int32_t vb = tmp_ld4(xb + 4 * g);
-                xw[0] = tmp_sxtb16(va);
-                xw[1] = tmp_sxtb16_ror8(va);
-                xw[2] = tmp_sxtb16(vb);
-                xw[3] = tmp_sxtb16_ror8(vb);
+                xw[0] = tmp_sxtab16(off2, va);
+                xw[1] = tmp_sxtab16_ror8(off2, va);
+                xw[2] = tmp_sxtab16(off2, vb);
+                xw[3] = tmp_sxtab16_ror8(off2, vb);
                 xw += 4;
             }
         }
         for (int32_t o = 0; o < oc; o += 2) {
             const int32_t o1 = o + 1 < oc ? o + 1 : o;
             pw_pair k;
-            pw_pair_prep(&k, p, q, weights, bias, ic, o, o1, wbuf);
+            pw_pair_prep(&k, p, q, weights, bias, ic, o, o1, wbuf, 1);
             pw_wide_tiles(&k, p, in, ic, out, oc, xbuf, wbuf, n0, np, o, o1 != o);
         }
     }
