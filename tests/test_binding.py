@@ -37,8 +37,10 @@ def _align(n, a=16):
     return (n + a - 1) // a * a
 
 
-def tiny_model(class_names=None, tensor2_scale=0.1, fc_flags=0, raw_names=None):
-    """input 4x4x2 -> avgpool -> 1x1x2 -> fc -> 1x1x3, written per docs/FORMAT.md."""
+def tiny_model(class_names=None, tensor2_scale=0.1, fc_flags=0, raw_names=None, fc_bias=None,
+               fc_mult=None, fc_shift=None, fc_wscale=None):
+    """input 4x4x2 -> avgpool -> 1x1x2 -> fc -> 1x1x3, written per docs/FORMAT.md; the fc's
+    per-channel arrays may be given (3 values each)."""
     tensors = [((H, W, C), IN_SCALE, IN_ZP), ((1, 1, C), IN_SCALE, IN_ZP), ((1, 1, NCLS), tensor2_scale, 0)]
     t_off = 64
     l_off = t_off + 16 * len(tensors)
@@ -53,10 +55,11 @@ def tiny_model(class_names=None, tensor2_scale=0.1, fc_flags=0, raw_names=None):
         return off
 
     w = put(np.array([[10, -20], [-30, 40], [5, 5]], np.int8).tobytes())
-    bias = put(np.array([100, -100, 0], "<i4").tobytes())
-    mult = put(np.array([1 << 30] * NCLS, "<i4").tobytes())
-    shift = put(np.array([-6] * NCLS, "<i4").tobytes())
-    wscale = put(np.array([0.01] * NCLS, "<f4").tobytes())
+    bias = put(np.array([100, -100, 0] if fc_bias is None else fc_bias, "<i4").tobytes())
+    mult = put(np.array([1 << 30] * NCLS if fc_mult is None else fc_mult, "<i4").tobytes())
+    shift = put(np.array([-6] * NCLS if fc_shift is None else fc_shift, "<i4").tobytes())
+    wscale = put(np.array([0.01] * NCLS, "<f4").tobytes() if fc_wscale is None else
+                 struct.pack("<3I", *fc_wscale))  # fc_wscale: the floats' bit patterns
     names = raw_names
     if names is None and class_names is not None:
         names = b"".join(n.encode() + b"\0" for n in class_names)
@@ -151,6 +154,49 @@ def test_model_bad_crc(data):
 def test_model_layer_error_names_layer():
     with pytest.raises(ValueError, match=r"^tinymp: layer 1 \(fc\): "):
         tinymp.Model(tiny_model(fc_flags=1))
+
+
+# The per-channel arrays' limits (docs/FORMAT.md), at and just past each bound. The fc reads 2
+# input channels, so |bias| <= 2^31 - 1 - 32640 * 2.
+_BIAS_LIMIT = 2**31 - 1 - 32640 * 2
+_OK_BITS = struct.unpack("<I", struct.pack("<f", 0.01))[0]
+
+
+@pytest.mark.parametrize("kw", [
+    dict(fc_bias=[_BIAS_LIMIT, -_BIAS_LIMIT, 0]),
+    dict(fc_mult=[0, 2**31 - 1, 1]),
+    dict(fc_shift=[-31, 30, 0]),
+    # the smallest subnormal, the largest finite float, an ordinary scale
+    dict(fc_wscale=[0x00000001, 0x7F7FFFFF, _OK_BITS]),
+])
+def test_model_channel_arrays_at_their_bounds_load(kw):
+    tinymp.Model(tiny_model(**kw))
+
+
+@pytest.mark.parametrize("kw, msg", [
+    (dict(fc_bias=[0, _BIAS_LIMIT + 1, 0]), "bias too large"),
+    (dict(fc_bias=[0, 0, -_BIAS_LIMIT - 1]), "bias too large"),
+    (dict(fc_bias=[2**31 - 1, 0, 0]), "bias too large"),
+    (dict(fc_bias=[-2**31, 0, 0]), "bias too large"),
+    (dict(fc_mult=[1, -1, 1]), "negative requantisation multiplier"),
+    (dict(fc_mult=[1, 1, -2**31]), "negative requantisation multiplier"),
+    (dict(fc_shift=[0, -32, 0]), r"shift outside \[-31, 30\]"),
+    (dict(fc_shift=[0, 0, 31]), r"shift outside \[-31, 30\]"),
+    (dict(fc_shift=[2**31 - 1, 0, 0]), r"shift outside \[-31, 30\]"),
+    (dict(fc_shift=[-2**31, 0, 0]), r"shift outside \[-31, 30\]"),
+] + [(dict(fc_wscale=[_OK_BITS, bits, _OK_BITS]), "weight scale") for bits in (
+    0x00000000,  # +0
+    0x80000000,  # -0
+    0x80000001,  # the smallest negative subnormal
+    0xBF800000,  # -1
+    0x7F800000,  # +inf
+    0xFF800000,  # -inf
+    0x7FC00000,  # NaN
+    0x7F800001,  # a signalling NaN
+)])
+def test_model_channel_arrays_past_their_bounds_are_one_clear_error(kw, msg):
+    with pytest.raises(ValueError, match=r"^tinymp: layer 1 \(fc\): .*" + msg):
+        tinymp.Model(tiny_model(**kw))
 
 
 def test_model_tensor_error_names_tensor():

@@ -162,20 +162,29 @@ static tmp_status channel_arrays(const tmp_model *m, int32_t idx, const uint8_t 
     l->mult = (const int32_t *)(const void *)(m->data + m_off);
     l->shift = (const int32_t *)(const void *)(m->data + s_off);
     l->wscale = (const float *)(const void *)(m->data + ws_off);
-    /* |x - zp| <= 255 and |w| <= 128: the accumulator stays in int32 when |bias| is bounded. */
+    /* |x - zp| <= 255 and |w| <= 128: the accumulator stays in int32 when |bias| <= limit.
+     * Every inference and training step runs these checks on every channel, so each one is an
+     * unsigned range test: bias + limit in [0, 2 * limit] (no wrap-around, limit < 2^31), shift
+     * + 31 in [0, 61], and the scale's bits - 1 in [0, 0x7F7FFFFE], i.e. a positive, non-zero,
+     * finite float (zeros, negatives, infinities and NaNs all fall outside). */
     const int64_t bias_limit = (int64_t)INT32_MAX - (int64_t)32640 * reduction;
+    if (bias_limit < 0 && cout > 0) {
+        return fail(err, idx, type, -1, "bias too large: the int32 accumulator could overflow");
+    }
+    const uint32_t lim = (uint32_t)bias_limit;
     for (int32_t o = 0; o < cout; o++) {
-        int64_t b = l->bias[o];
-        if (b > bias_limit || -b > bias_limit) {
+        if ((uint32_t)l->bias[o] + lim > 2u * lim) {
             return fail(err, idx, type, -1, "bias too large: the int32 accumulator could overflow");
         }
         if (l->mult[o] < 0) {
             return fail(err, idx, type, -1, "negative requantisation multiplier");
         }
-        if (l->shift[o] < -31 || l->shift[o] > 30) {
+        if ((uint32_t)l->shift[o] + 31u > 61u) {
             return fail(err, idx, type, -1, "requantisation shift outside [-31, 30]");
         }
-        if (!isfinite(l->wscale[o]) || !(l->wscale[o] > 0.0f)) {
+        uint32_t bits;
+        memcpy(&bits, &l->wscale[o], sizeof bits);
+        if (bits - 1u > 0x7F7FFFFEu) {
             return fail(err, idx, type, -1, "weight scale is not a finite positive number");
         }
     }
