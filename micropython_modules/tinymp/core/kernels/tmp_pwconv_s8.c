@@ -91,6 +91,14 @@ int32_t tmp_pwconv_s8_get_buffer_size(const tmp_dims *in, const tmp_dims *out) {
  * (all == 0: for the widened-input block, whose pixels carry the input offset themselves). One
  * asm loop per group: two loads, four SXTB16, one STM (9 instructions per 8 weights, 13 with the
  * sums; GCC's code took 17). */
+#define PW_ROWS_GROUP /* one group of both rows: r4, r5 = w0's lanes, r6, r8 = w1's, stored */ \
+    "ldr      r4, [%[p0]], #4\n\t" \
+    "ldr      r6, [%[p1]], #4\n\t" \
+    "sxtb16   r5, r4, ror #8\n\t" \
+    "sxtb16   r4, r4\n\t" \
+    "sxtb16   r8, r6, ror #8\n\t" \
+    "sxtb16   r6, r6\n\t" \
+    "stmia    %[d]!, {r4, r5, r6, r8}\n\t"
 static void pwconv_dsp_rows(int32_t *buf, const int8_t *w0, const int8_t *w1, int32_t n, int all,
     int32_t *s0, int32_t *s1) {
     int32_t a = 0, b = 0;
@@ -100,13 +108,7 @@ static void pwconv_dsp_rows(int32_t *buf, const int8_t *w0, const int8_t *w1, in
         if (all) {
             __asm__ volatile(
                 "1:\n\t"
-                "ldr      r4, [%[p0]], #4\n\t"
-                "ldr      r6, [%[p1]], #4\n\t"
-                "sxtb16   r5, r4, ror #8\n\t"
-                "sxtb16   r4, r4\n\t"
-                "sxtb16   r8, r6, ror #8\n\t"
-                "sxtb16   r6, r6\n\t"
-                "stmia    %[d]!, {r4, r5, r6, r8}\n\t"
+                PW_ROWS_GROUP
                 "smlad    %[a], r4, %[ones], %[a]\n\t"
                 "smlad    %[a], r5, %[ones], %[a]\n\t"
                 "smlad    %[b], r6, %[ones], %[b]\n\t"
@@ -119,13 +121,7 @@ static void pwconv_dsp_rows(int32_t *buf, const int8_t *w0, const int8_t *w1, in
         } else {
             __asm__ volatile(
                 "1:\n\t"
-                "ldr      r4, [%[p0]], #4\n\t"
-                "ldr      r6, [%[p1]], #4\n\t"
-                "sxtb16   r5, r4, ror #8\n\t"
-                "sxtb16   r4, r4\n\t"
-                "sxtb16   r8, r6, ror #8\n\t"
-                "sxtb16   r6, r6\n\t"
-                "stmia    %[d]!, {r4, r5, r6, r8}\n\t"
+                PW_ROWS_GROUP
                 "cmp      %[p0], %[e]\n\t"
                 "bne      1b"
                 : [p0] "+r"(w0), [p1] "+r"(w1), [d] "+r"(buf)
