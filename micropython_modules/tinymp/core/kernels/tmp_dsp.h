@@ -42,7 +42,8 @@
  * conversions (VCVTP and the like). GCC's macros do not tell a single-precision FPv5
  * (-mfpu=fpv5-sp-d16, the bench's flags) from FPv4 (Cortex-M4F): both give __ARM_FP 4, so such
  * a build says so with -DTMP_FPV5. A double-precision FPU on an M-profile core is FPv5 or later
- * (MicroPython's stm32 port builds the H7 and F7 with -mfpu=fpv5-d16), so that needs nothing. */
+ * (MicroPython's stm32 port builds the H7 and the F76x with -mfpu=fpv5-d16), so that needs
+ * nothing. */
 #if TMP_DSP_FP && (defined(TMP_FPV5) || ((__ARM_FP & 8) && defined(__ARM_ARCH_PROFILE) && \
     __ARM_ARCH_PROFILE == 'M'))
 #define TMP_DSP_FPV5 1
