@@ -177,6 +177,40 @@ def test_openmv_pinned_version_and_module_glue():
     assert os.path.isfile(os.path.join(TINYMP, "micropython.mk"))
 
 
+def usermod_cflags(tmp_path, env_cflags=None, *args):
+    """CFLAGS_USERMOD as micropython.mk sets it, read by a make that includes it the way
+    MicroPython's py/py.mk does (USERMOD_DIR set), with CFLAGS in the environment as OpenMV's
+    top-level make exports them to MicroPython's."""
+    probe = tmp_path / "probe.mk"
+    probe.write_text("USERMOD_DIR := /mod/tinymp\ninclude %s\n"
+                     "$(info CFLAGS_USERMOD=$(CFLAGS_USERMOD))\nall: ;\n"
+                     % os.path.join(TINYMP, "micropython.mk"))
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MAKEFLAGS", "MFLAGS", "CFLAGS", "TINYMP_FPV5")}
+    if env_cflags is not None:
+        env["CFLAGS"] = env_cflags
+    r = subprocess.run(["make", "--no-print-directory", "-s", "-f", str(probe), *args],
+                       capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    line = [ln for ln in r.stdout.splitlines() if ln.startswith("CFLAGS_USERMOD=")][0]
+    return line.split("=", 1)[1].split()
+
+
+def test_usermod_tells_the_core_about_an_fpv5_fpu(tmp_path):
+    # OpenMV's H7 build: FPU=fpv5-sp-d16, exported in CFLAGS (GCC's macros cannot tell it from
+    # FPv4, so without the flag the core would take its FPv4 code on the OpenMV Cam)
+    omv = "-mthumb -mcpu=cortex-m7 -mtune=cortex-m7 -mfpu=fpv5-sp-d16 -mfloat-abi=hard"
+    assert "-DTMP_FPV5" in usermod_cflags(tmp_path, omv)
+    assert "-DTMP_FPV5" in usermod_cflags(tmp_path, "-mfpu=fpv5-d16")
+    # a Cortex-M4F, the unix port, no flags: not FPv5
+    for flags in ("-mthumb -mcpu=cortex-m4 -mfpu=fpv4-sp-d16 -mfloat-abi=hard", "-O2", None):
+        got = usermod_cflags(tmp_path, flags)
+        assert "-DTMP_FPV5" not in got and "-I/mod/tinymp/core" in got, (flags, got)
+    # the build's own say, on the command line
+    assert "-DTMP_FPV5" in usermod_cflags(tmp_path, None, "TINYMP_FPV5=1")
+    assert "-DTMP_FPV5" not in usermod_cflags(tmp_path, omv, "TINYMP_FPV5=0")
+
+
 def test_openmv_flash_says_what_to_do():
     out = make("flash", "BOARD=OPENMV_H7")
     assert "Tools > Run Bootloader" in out
