@@ -100,6 +100,7 @@ def test_step_by_step_commands(tmp_path):
     assert code == 0, err
     t = json.loads(out)
     assert t["steps"] == 400 and t["saved"]
+    assert t["stalled_steps"] == 0 and "warning" not in err
     code, out, err = tinymp_cmd("eval", "--both", "--port", "sim", "--session", s, "--json")
     assert code == 0, err
     pre, post = json.loads(out)
@@ -142,6 +143,27 @@ def test_devices_lists_sim_and_qemu():
 
 
 # --- bad input ------------------------------------------------------------------------------
+
+def test_train_says_when_steps_trained_nothing(tmp_path, capsys):
+    # a far too high learning rate drives the logits to their int8 limits, where the clamp mask
+    # passes no gradient: the run finishes, and says so on stderr (text and JSON alike)
+    s = str(tmp_path / "s")
+    assert cli.main(["push", DEMO, "--port", "sim", "--session", s, "-q"]) == 0
+    assert cli.main(["collect", "--from", SCENE, "--port", "sim", "--session", s, "-q"]) == 0
+    capsys.readouterr()
+    assert cli.main(["train", "--port", "sim", "--session", s, "--epochs", "2", "--lr", "50",
+                     "--fresh", "--json"]) == 0
+    cap = capsys.readouterr()
+    t = json.loads(cap.out)
+    assert 0 < t["stalled_steps"] <= t["steps"] == 400
+    warn = [ln for ln in cap.err.splitlines() if ln.startswith("warning:")]
+    assert len(warn) == 1 and f"{t['stalled_steps']} of 400 steps" in warn[0]
+    assert "--lr" in warn[0] and "this run: 50" in warn[0]
+    assert cli.main(["train", "--port", "sim", "--session", s, "--epochs", "1", "--lr", "0.002",
+                     "--fresh"]) == 0
+    cap = capsys.readouterr()
+    assert "warning" not in cap.err and "trained 200 steps" in cap.out
+
 
 def _tree(path):
     out = []

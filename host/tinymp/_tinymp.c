@@ -1866,8 +1866,8 @@ static PyObject *Trainer_stats(TrainerObject *self, PyObject *Py_UNUSED(ignored)
         return NULL;
     }
     const tmp_trainer *t = &self->t;
-    return Py_BuildValue("{s:k,s:k,s:K,s:K,s:K,s:K,s:K,s:k,s:k,s:s}", "steps", (unsigned long)t->steps, "periods",
-        (unsigned long)t->periods, "forward_macs", (unsigned long long)t->macs[TMP_PHASE_FORWARD], "backward_macs",
+    return Py_BuildValue("{s:k,s:k,s:k,s:K,s:K,s:K,s:K,s:K,s:k,s:k,s:s}", "steps", (unsigned long)t->steps,
+        "stalled_steps", (unsigned long)t->stalled_steps, "periods", (unsigned long)t->periods, "forward_macs", (unsigned long long)t->macs[TMP_PHASE_FORWARD], "backward_macs",
         (unsigned long long)t->macs[TMP_PHASE_BACKWARD], "forward_us", (unsigned long long)t->ticks[TMP_PHASE_FORWARD],
         "backward_us", (unsigned long long)t->ticks[TMP_PHASE_BACKWARD], "update_us",
         (unsigned long long)t->ticks[TMP_PHASE_UPDATE], "high_water", (unsigned long)tmp_trainer_high_water(t),
@@ -2280,10 +2280,10 @@ static PyObject *Trainer_fit(TrainerObject *self, PyObject *args, PyObject *kwds
             goto fail;
         }
     }
-    PyObject *result = Py_BuildValue("{s:I,s:I,s:N,s:N,s:I,s:I,s:I,s:I,s:O}", "epochs", st.epochs, "steps",
+    PyObject *result = Py_BuildValue("{s:I,s:I,s:N,s:N,s:I,s:I,s:I,s:I,s:O,s:I}", "epochs", st.epochs, "steps",
         st.steps, "loss", losses, "accuracy", accs, "cached_steps", st.cached_steps, "cache_in_arena",
         st.in_arena, "cache_outside", st.outside, "cache_bytes", p->cache_bytes, "stopped",
-        st.stopped ? Py_True : Py_False);
+        st.stopped ? Py_True : Py_False, "stalled_steps", st.stalled);
     if (f.has_cur) {
         PyBuffer_Release(&f.cur);
     }

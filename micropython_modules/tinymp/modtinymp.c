@@ -1460,8 +1460,9 @@ static MP_DEFINE_CONST_FUN_OBJ_2(tinymp_trainer_load_obj, tinymp_trainer_load);
 static mp_obj_t tinymp_trainer_stats(mp_obj_t self_in) {
     tinymp_trainer_obj_t *self = MP_OBJ_TO_PTR(self_in);
     const tmp_trainer *t = &self->t;
-    mp_obj_t d = new_ordered_dict(10);
+    mp_obj_t d = new_ordered_dict(11);
     dict_store_str(d, "steps", mp_obj_new_int_from_uint(t->steps));
+    dict_store_str(d, "stalled_steps", mp_obj_new_int_from_uint(t->stalled_steps));
     dict_store_str(d, "periods", mp_obj_new_int_from_uint(t->periods));
     dict_store_str(d, "forward_macs", new_u64(t->macs[TMP_PHASE_FORWARD]));
     dict_store_str(d, "backward_macs", new_u64(t->macs[TMP_PHASE_BACKWARD]));
@@ -1678,7 +1679,7 @@ static mp_obj_t tinymp_trainer_fit(size_t n_args, const mp_obj_t *pos_args, mp_m
         mp_obj_list_append(losses, mp_obj_new_float(f.loss_sum[e] / (mp_float_t)f.count[e]));
         mp_obj_list_append(accs, mp_obj_new_float((mp_float_t)f.correct[e] / (mp_float_t)f.count[e]));
     }
-    mp_obj_t d = mp_obj_new_dict(9);
+    mp_obj_t d = mp_obj_new_dict(10);
     mp_obj_dict_store(d, MP_OBJ_NEW_QSTR(MP_QSTR_epochs), mp_obj_new_int_from_uint(st.epochs));
     mp_obj_dict_store(d, MP_OBJ_NEW_QSTR(MP_QSTR_steps), mp_obj_new_int_from_uint(st.steps));
     mp_obj_dict_store(d, MP_OBJ_NEW_QSTR(MP_QSTR_loss), losses);
@@ -1688,6 +1689,7 @@ static mp_obj_t tinymp_trainer_fit(size_t n_args, const mp_obj_t *pos_args, mp_m
     mp_obj_dict_store(d, MP_OBJ_NEW_QSTR(MP_QSTR_cache_outside), mp_obj_new_int_from_uint(st.outside));
     mp_obj_dict_store(d, MP_OBJ_NEW_QSTR(MP_QSTR_cache_bytes), mp_obj_new_int_from_uint(p->cache_bytes));
     mp_obj_dict_store(d, MP_OBJ_NEW_QSTR(MP_QSTR_stopped), mp_obj_new_bool(st.stopped));
+    mp_obj_dict_store(d, MP_OBJ_NEW_QSTR(MP_QSTR_stalled_steps), mp_obj_new_int_from_uint(st.stalled));
     return d;
 }
 static MP_DEFINE_CONST_FUN_OBJ_KW(tinymp_trainer_fit_obj, 3, tinymp_trainer_fit);

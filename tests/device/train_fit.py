@@ -142,3 +142,13 @@ def progress(epoch, done, loss, correct):
 
 r = t.fit(xs, ys, epochs=3, progress=progress)
 print("stopped", r["stopped"], r["steps"], r["epochs"], seen[-1], len(seen))
+
+# stalled steps: at a far too high learning rate the logits end up at their int8 limits, where
+# the clamp mask stops the whole gradient; fit() and stats() count such steps
+t = tinymp.Trainer(m, m.plan("last"), lr=50.0, seed=7)
+a = t.fit(xs, ys, epochs=2)
+b = t.fit(xs, ys, epochs=2)
+print("stalled", a["stalled_steps"] + b["stalled_steps"] == t.stats()["stalled_steps"],
+      b["stalled_steps"] == b["steps"], b["loss"][0] == b["loss"][-1])
+ok = tinymp.Trainer(m, m.plan("last"), lr=0.05, seed=7).fit(xs, ys, epochs=2)
+print("not stalled", ok["stalled_steps"])

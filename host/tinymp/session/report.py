@@ -70,6 +70,9 @@ def train_summary(run):
         "heap_after": end.get("heap_after"),
         "heap_end": end.get("heap_end"),
         "saved": end.get("saved"),
+        # steps whose gradient the logits' int8 limits stopped whole (None: a board that does
+        # not report it)
+        "stalled_steps": (end.get("stats") or {}).get("stalled_steps"),
     }
 
 

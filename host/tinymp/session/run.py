@@ -208,6 +208,13 @@ def cmd_train(args):
                                  "saved parameters") from None
     from . import report
     t = report.train_summary(run)
+    stalled = t.get("stalled_steps")
+    if stalled:  # on stderr, in text and JSON mode alike
+        lr = (t.get("options") or {}).get("lr")
+        print(f"warning: {stalled} of {t['steps']} steps trained nothing: the model's outputs sat "
+              "at their int8 limits, where no gradient passes; a high learning rate drives them "
+              "there. Try a smaller --lr" + (f" (this run: {lr:g})" if lr else "") +
+              " with --fresh.", file=sys.stderr)
     if args.json:
         _emit(args, t)
         return 0

@@ -230,6 +230,7 @@ typedef struct tmp_trainer_s {
     uint32_t period_steps;  /**< steps since the period started */
     uint32_t periods;       /**< periods ended */
     uint32_t steps;
+    uint32_t stalled_steps; /**< steps whose loss gradient the logits' clamp mask stopped whole */
     uint32_t fisher_samples; /**< selection pass: samples accumulated */
     uint32_t tables_crc;    /**< CRC of the model's tensor and layer tables at init */
     uint64_t macs[TMP_PHASE_COUNT];
@@ -322,6 +323,7 @@ typedef struct {
     uint32_t in_arena;        /**< samples whose features the arena's cache region held */
     uint32_t outside;         /**< samples whose features the caller's cache held */
     uint32_t stopped;         /**< 1 when progress() stopped the run */
+    uint32_t stalled;         /**< steps of the run that passed no gradient (tmp_trainer.stalled_steps) */
 } tmp_fit_stats;
 
 /**

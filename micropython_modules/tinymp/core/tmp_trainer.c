@@ -796,6 +796,15 @@ static tmp_status step_impl(tmp_trainer *t, const int8_t *x, int32_t label, floa
     }
     uint32_t t1 = now(t);
     t->ticks[TMP_PHASE_FORWARD] += (uint32_t)(t1 - t0);
+    /* A stalled step: the loss has a gradient at the logits, but the last layer's clamp mask
+     * (the logits' int8 limits) passes none of it, so nothing can train (too high a learning
+     * rate drives logits there). Counted for the caller; the step is run as usual. */
+    float *gl = p->first < L ? grad_ptr(t, T - 1) : NULL;
+    const int32_t nl = to.dims.h * to.dims.w * to.dims.c;
+    int wants = 0;
+    for (int32_t c = 0; gl != NULL && c < nl; c++) {
+        wants |= gl[c] != 0.0f;
+    }
     for (int32_t i = L - 1; i >= p->first; i--) {
         uint32_t a = now(t), upd = 0;
         s = backward_layer(t, i, &upd);
@@ -804,6 +813,13 @@ static tmp_status step_impl(tmp_trainer *t, const int8_t *x, int32_t label, floa
         t->ticks[TMP_PHASE_UPDATE] += upd;
         if (s != TMP_OK) {
             return s;
+        }
+        if (i == L - 1 && wants) { /* the logits' gradient after the mask, before it is reused */
+            int any = 0;
+            for (int32_t c = 0; c < nl; c++) {
+                any |= gl[c] != 0.0f;
+            }
+            t->stalled_steps += any == 0;
         }
     }
     t->macs[TMP_PHASE_FORWARD] += p->forward_macs - (from_cache ? prefix_macs(p) : 0u);
@@ -879,6 +895,7 @@ tmp_status tmp_trainer_fit(tmp_trainer *t, uint32_t n, uint32_t epochs, uint32_t
         p->method != TMP_METHOD_FISHER;
     int ext = use && io->cache_store != NULL && io->cache_load != NULL;
     tmp_status s = TMP_OK;
+    const uint32_t stalled0 = t->stalled_steps;
     for (uint32_t e = 0; e < epochs && !st.stopped; e++) {
         uint32_t a = 1, b = 0;
         if (!(flags & TMP_FIT_NO_SHUFFLE) && n > 1) {
@@ -940,6 +957,7 @@ tmp_status tmp_trainer_fit(tmp_trainer *t, uint32_t n, uint32_t epochs, uint32_t
             }
         }
     }
+    st.stalled = t->stalled_steps - stalled0;
     if (stats != NULL) {
         *stats = st;
     }
