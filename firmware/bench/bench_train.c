@@ -516,7 +516,7 @@ int main(int argc, char **argv) {
         if (s != TMP_OK) {
             return fail("reset", s);
         }
-        fit_arg f = { a.run_samples, a.run_epochs, { 0, 0, 0, 0, 0, 0 } };
+        fit_arg f = { a.run_samples, a.run_epochs, { 0, 0, 0, 0, 0, 0, 0 } };
         if (plan.cache_bytes != 0) {
             g_cache = (int8_t *)big_alloc((size_t)plan.cache_bytes * a.run_samples);
             if (g_cache == NULL) {
