@@ -1867,7 +1867,8 @@ static PyObject *Trainer_stats(TrainerObject *self, PyObject *Py_UNUSED(ignored)
     }
     const tmp_trainer *t = &self->t;
     return Py_BuildValue("{s:k,s:k,s:k,s:K,s:K,s:K,s:K,s:K,s:k,s:k,s:s}", "steps", (unsigned long)t->steps,
-        "stalled_steps", (unsigned long)t->stalled_steps, "periods", (unsigned long)t->periods, "forward_macs", (unsigned long long)t->macs[TMP_PHASE_FORWARD], "backward_macs",
+        "stalled_steps", (unsigned long)t->stalled_steps, "periods", (unsigned long)t->periods,
+        "forward_macs", (unsigned long long)t->macs[TMP_PHASE_FORWARD], "backward_macs",
         (unsigned long long)t->macs[TMP_PHASE_BACKWARD], "forward_us", (unsigned long long)t->ticks[TMP_PHASE_FORWARD],
         "backward_us", (unsigned long long)t->ticks[TMP_PHASE_BACKWARD], "update_us",
         (unsigned long long)t->ticks[TMP_PHASE_UPDATE], "high_water", (unsigned long)tmp_trainer_high_water(t),
