@@ -485,6 +485,25 @@ static tmp_status place_once(ctx_t *c, uint64_t *arena) {
     return *arena == UINT64_MAX ? TMP_ERR_SIZE : TMP_OK;
 }
 
+/* MACs per layer and of the step, from the table and the region (derive_region); no placement. */
+static void count_macs(ctx_t *c) {
+    tmp_train_plan *p = c->p;
+    p->forward_macs = 0;
+    p->backward_macs = 0;
+    p->step_macs = 0;
+    tmp_layer l;
+    for (int32_t i = 0; i < c->L; i++) {
+        tmp_model_layer(c->m, i, &l, NULL);
+        p->fwd_macs[i] = fwd_macs(c->m, &l);
+        p->bwd_macs[i] = (p->flags[i] & TMP_TL_REGION) ? bwd_macs(c->m, &l, p->flags[i], p->k[i], p->r) : 0;
+        p->forward_macs += p->fwd_macs[i];
+        p->backward_macs += p->bwd_macs[i];
+        if (p->flags[i] & TMP_TL_REGION) {
+            p->step_macs += (uint64_t)p->fwd_macs[i] + p->bwd_macs[i];
+        }
+    }
+}
+
 /* Live bytes per category at the peak step; MACs. */
 static void measure(ctx_t *c, uint64_t arena) {
     tmp_train_plan *p = c->p;
@@ -528,20 +547,7 @@ static void measure(ctx_t *c, uint64_t arena) {
     p->arena_bytes = (uint32_t)arena;
     p->peak_live_bytes = (uint32_t)best;
     p->peak_step = best_step;
-    p->forward_macs = 0;
-    p->backward_macs = 0;
-    p->step_macs = 0;
-    tmp_layer l;
-    for (int32_t i = 0; i < c->L; i++) {
-        tmp_model_layer(c->m, i, &l, NULL);
-        p->fwd_macs[i] = fwd_macs(c->m, &l);
-        p->bwd_macs[i] = (p->flags[i] & TMP_TL_REGION) ? bwd_macs(c->m, &l, p->flags[i], p->k[i], p->r) : 0;
-        p->forward_macs += p->fwd_macs[i];
-        p->backward_macs += p->bwd_macs[i];
-        if (p->flags[i] & TMP_TL_REGION) {
-            p->step_macs += (uint64_t)p->fwd_macs[i] + p->bwd_macs[i];
-        }
-    }
+    count_macs(c);
     for (int32_t t = 0; t < c->T; t++) {
         p->act_offset[t] = t == 0 ? 0u : p->bufs[LBN * c->L + c->owner[t]].offset;
     }
@@ -825,8 +831,13 @@ static tmp_status table_for(ctx_t *c, float ratio, uint64_t *arena) {
         if (unbounded) {
             continue;
         }
+        /* The region limit and the MAC budget depend on the table alone (derive_region,
+         * count_macs): a candidate that breaks either is rejected before any placement. */
+        derive_region(c);
+        count_macs(c);
         uint64_t a;
-        if (evaluate(c, &a) != TMP_OK || !fits(c, a) || too_slow(c, kept_first)) {
+        if (too_slow(c, kept_first) || (c->o->mac_budget != 0 && p->backward_macs > c->o->mac_budget) ||
+            evaluate(c, &a) != TMP_OK || !fits(c, a)) {
             p->flags[i] = old_f;
             p->k[i] = old_k;
         } else {
