@@ -130,9 +130,10 @@ static int axis_ok(int32_t in, int32_t out, int32_t k, int32_t stride, int32_t p
     return out == (span - k) / stride + 1;
 }
 
-/* Checks of the per-output-channel arrays of conv/dwconv/pwconv/fc. */
+/* Checks of the per-output-channel arrays of conv/dwconv/pwconv/fc: their bounds, and with
+ * `values` each channel's bias, multiplier, shift and weight scale. */
 static tmp_status channel_arrays(const tmp_model *m, int32_t idx, const uint8_t *r, int32_t cout,
-    uint64_t weight_count, uint32_t reduction, tmp_layer *l, tmp_error *err) {
+    uint64_t weight_count, uint32_t reduction, int values, tmp_layer *l, tmp_error *err) {
     const int32_t type = r[0];
     uint32_t w_off = rd32(r + 20), b_off = rd32(r + 24), m_off = rd32(r + 28);
     uint32_t s_off = rd32(r + 32), ws_off = rd32(r + 36);
@@ -172,7 +173,7 @@ static tmp_status channel_arrays(const tmp_model *m, int32_t idx, const uint8_t 
         return fail(err, idx, type, -1, "bias too large: the int32 accumulator could overflow");
     }
     const uint32_t lim = (uint32_t)bias_limit;
-    for (int32_t o = 0; o < cout; o++) {
+    for (int32_t o = 0; values && o < cout; o++) {
         if ((uint32_t)l->bias[o] + lim > 2u * lim) {
             return fail(err, idx, type, -1, "bias too large: the int32 accumulator could overflow");
         }
@@ -213,7 +214,7 @@ static int requant_ok(int32_t mult, int32_t shift) {
     return mult >= 0 && shift >= -31 && shift <= 30;
 }
 
-tmp_status tmp_model_layer(const tmp_model *m, int32_t idx, tmp_layer *l, tmp_error *err) {
+static tmp_status layer_read(const tmp_model *m, int32_t idx, int values, tmp_layer *l, tmp_error *err) {
     if (idx < 0 || idx >= (int32_t)m->num_layers) {
         return fail(err, idx, -1, -1, "layer index out of range");
     }
@@ -281,13 +282,13 @@ tmp_status tmp_model_layer(const tmp_model *m, int32_t idx, tmp_layer *l, tmp_er
                 if (out.c != in.c) {
                     return fail(err, idx, type, -1, "output channels differ from input channels");
                 }
-                return channel_arrays(m, idx, r, out.c, (uint64_t)taps * in.c, taps, l, err);
+                return channel_arrays(m, idx, r, out.c, (uint64_t)taps * in.c, taps, values, l, err);
             }
             if ((uint64_t)taps * in.c > 65536u) {
                 return fail(err, idx, type, -1, "reduction length kh*kw*cin exceeds 65536");
             }
             return channel_arrays(m, idx, r, out.c, (uint64_t)out.c * taps * in.c, taps * (uint32_t)in.c,
-                l, err);
+                values, l, err);
         }
         case TMP_LAYER_PWCONV:
             if (l->kh != 1 || l->kw != 1 || l->stride_h != 1 || l->stride_w != 1 || l->pad_t != 0 ||
@@ -297,7 +298,7 @@ tmp_status tmp_model_layer(const tmp_model *m, int32_t idx, tmp_layer *l, tmp_er
             if (out.h != in.h || out.w != in.w) {
                 return fail(err, idx, type, -1, "output height/width differ from the input's");
             }
-            return channel_arrays(m, idx, r, out.c, (uint64_t)out.c * in.c, (uint32_t)in.c, l, err);
+            return channel_arrays(m, idx, r, out.c, (uint64_t)out.c * in.c, (uint32_t)in.c, values, l, err);
         case TMP_LAYER_FC: {
             if (!geometry_is_zero(r)) {
                 return fail(err, idx, type, -1, "kernel/stride/padding fields must be zero");
@@ -309,7 +310,7 @@ tmp_status tmp_model_layer(const tmp_model *m, int32_t idx, tmp_layer *l, tmp_er
             if (out.h != 1 || out.w != 1) {
                 return fail(err, idx, type, -1, "output must be 1x1xC");
             }
-            return channel_arrays(m, idx, r, out.c, (uint64_t)out.c * n, (uint32_t)n, l, err);
+            return channel_arrays(m, idx, r, out.c, (uint64_t)out.c * n, (uint32_t)n, values, l, err);
         }
         case TMP_LAYER_ADD: {
             tmp_tensor tin1;
@@ -352,6 +353,14 @@ tmp_status tmp_model_layer(const tmp_model *m, int32_t idx, tmp_layer *l, tmp_er
         default:
             return fail(err, idx, type, -1, "unknown layer type");
     }
+}
+
+tmp_status tmp_model_layer(const tmp_model *m, int32_t idx, tmp_layer *l, tmp_error *err) {
+    return layer_read(m, idx, 1, l, err);
+}
+
+tmp_status tmp_model_layer_shape(const tmp_model *m, int32_t idx, tmp_layer *l) {
+    return layer_read(m, idx, 0, l, NULL);
 }
 
 static tmp_status table_ok(const tmp_model *m, uint32_t off, uint32_t count, uint32_t rec) {

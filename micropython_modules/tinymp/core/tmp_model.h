@@ -109,6 +109,15 @@ tmp_status tmp_model_tensor(const tmp_model *m, int32_t idx, tmp_tensor *t, tmp_
 /** Decode and validate layer `idx` (its record, arrays and shapes). `err` may be NULL. */
 tmp_status tmp_model_layer(const tmp_model *m, int32_t idx, tmp_layer *l, tmp_error *err);
 
+/**
+ * tmp_model_layer() without the per-channel value checks (bias bound, requantisation multiplier
+ * and shift, weight scale of every output channel); the record, the shapes and the bounds of
+ * every array are checked as there. For code that uses only a layer's geometry, such as the
+ * planners, which read each layer many times: anything that computes with the layer's
+ * parameters uses tmp_model_layer().
+ */
+tmp_status tmp_model_layer_shape(const tmp_model *m, int32_t idx, tmp_layer *l);
+
 /** Input dims/quantisation (tensor 0) and the output tensor (that of the last layer). */
 tmp_status tmp_model_input(const tmp_model *m, tmp_tensor *t);
 tmp_status tmp_model_output(const tmp_model *m, tmp_tensor *t);

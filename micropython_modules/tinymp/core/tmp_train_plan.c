@@ -220,7 +220,7 @@ static void model_channel_sums(const tmp_model *m, uint32_t *sum_c, uint32_t *ma
     *sum_c = 0;
     *max_c = 1;
     for (int32_t i = 0; i < (int32_t)m->num_layers; i++) {
-        if (tmp_model_layer(m, i, &l, NULL) != TMP_OK) {
+        if (tmp_model_layer_shape(m, i, &l) != TMP_OK) {
             continue;
         }
         uint32_t c = layer_cin(m, &l), co = layer_cout(m, &l);
@@ -321,7 +321,7 @@ static void derive_region(ctx_t *c) {
     tmp_layer l;
     for (int32_t i = 0; i < L; i++) {
         p->flags[i] &= (uint8_t)~(TMP_TL_REGION | TMP_TL_DX);
-        if (i < first || tmp_model_layer(c->m, i, &l, NULL) != TMP_OK) {
+        if (i < first || tmp_model_layer_shape(c->m, i, &l) != TMP_OK) {
             continue;
         }
         p->flags[i] |= TMP_TL_REGION;
@@ -366,7 +366,7 @@ static tmp_status build(ctx_t *c) {
     }
     tmp_layer l;
     for (int32_t i = 0; i < L; i++) {
-        if (tmp_model_layer(m, i, &l, NULL) != TMP_OK) {
+        if (tmp_model_layer_shape(m, i, &l) != TMP_OK) {
             return TMP_ERR_FORMAT;
         }
         const int32_t bw = END - i;
@@ -493,7 +493,7 @@ static void count_macs(ctx_t *c) {
     p->step_macs = 0;
     tmp_layer l;
     for (int32_t i = 0; i < c->L; i++) {
-        tmp_model_layer(c->m, i, &l, NULL);
+        tmp_model_layer_shape(c->m, i, &l);
         p->fwd_macs[i] = fwd_macs(c->m, &l);
         p->bwd_macs[i] = (p->flags[i] & TMP_TL_REGION) ? bwd_macs(c->m, &l, p->flags[i], p->k[i], p->r) : 0;
         p->forward_macs += p->fwd_macs[i];
@@ -508,40 +508,42 @@ static void count_macs(ctx_t *c) {
 static void measure(ctx_t *c, uint64_t arena) {
     tmp_train_plan *p = c->p;
     const int32_t steps = 2 * c->L;
+    /* the buffers that exist (most of the table is empty), listed once in the placement's
+     * workspace, which is free until the next placement */
+    uint16_t *nz = c->order;
+    int32_t n = 0;
+    for (int32_t i = 0; i < c->NB; i++) {
+        if (p->bufs[i].size) {
+            nz[n++] = (uint16_t)i;
+        }
+    }
     uint64_t best = 0;
     int32_t best_step = 0;
+    memset(p->breakdown, 0, sizeof p->breakdown);
+    memset(p->category_peak, 0, sizeof p->category_peak);
     for (int32_t s = 0; s < steps; s++) {
         uint64_t tot = 0;
-        for (int32_t i = 0; i < c->NB; i++) {
-            const tmp_buf *b = &p->bufs[i];
-            if (b->size && b->first <= s && s <= b->last) {
+        uint32_t live[TMP_CAT_COUNT];
+        memset(live, 0, sizeof live);
+        for (int32_t j = 0; j < n; j++) {
+            const tmp_buf *b = &p->bufs[nz[j]];
+            if (b->first <= s && s <= b->last) {
                 tot += b->size;
+                live[p->cat[nz[j]]] += b->size;
             }
         }
         if (tot > best) {
             best = tot;
             best_step = s;
         }
-    }
-    memset(p->breakdown, 0, sizeof p->breakdown);
-    memset(p->category_peak, 0, sizeof p->category_peak);
-    for (int32_t s = 0; s < steps; s++) {
-        uint32_t live[TMP_CAT_COUNT];
-        memset(live, 0, sizeof live);
-        for (int32_t i = 0; i < c->NB; i++) {
-            const tmp_buf *b = &p->bufs[i];
-            if (b->size && b->first <= s && s <= b->last) {
-                live[p->cat[i]] += b->size;
-            }
-        }
         for (int32_t k = 0; k < TMP_CAT_COUNT; k++) {
             p->category_peak[k] = live[k] > p->category_peak[k] ? live[k] : p->category_peak[k];
         }
     }
-    for (int32_t i = 0; i < c->NB; i++) {
-        const tmp_buf *b = &p->bufs[i];
-        if (b->size && b->first <= best_step && best_step <= b->last) {
-            p->breakdown[p->cat[i]] += b->size;
+    for (int32_t j = 0; j < n; j++) {
+        const tmp_buf *b = &p->bufs[nz[j]];
+        if (b->first <= best_step && best_step <= b->last) {
+            p->breakdown[p->cat[nz[j]]] += b->size;
         }
     }
     p->arena_bytes = (uint32_t)arena;
@@ -566,7 +568,7 @@ static tmp_status evaluate(ctx_t *c, uint64_t *arena_out) {
     }
     tmp_layer l;
     for (int32_t i = 0; i < c->L; i++) {
-        tmp_model_layer(c->m, i, &l, NULL);
+        tmp_model_layer_shape(c->m, i, &l);
         uint8_t choice = 0;
         if (l.type == TMP_LAYER_DWCONV && l.in0 != 0 && c->last_use[l.in0] == i) {
             choice = 1;
@@ -651,7 +653,7 @@ static void add_cache(ctx_t *c) {
 static int32_t classifier(ctx_t *c) {
     tmp_layer l;
     for (int32_t i = c->L - 1; i >= 0; i--) {
-        if (tmp_model_layer(c->m, i, &l, NULL) == TMP_OK && is_weighted(l.type)) {
+        if (tmp_model_layer_shape(c->m, i, &l) == TMP_OK && is_weighted(l.type)) {
             return i;
         }
     }
@@ -660,7 +662,7 @@ static int32_t classifier(ctx_t *c) {
 
 static void set_w(ctx_t *c, int32_t i, float ratio, int apu) {
     tmp_layer l;
-    tmp_model_layer(c->m, i, &l, NULL);
+    tmp_model_layer_shape(c->m, i, &l);
     uint32_t cin = layer_cin(c->m, &l), k = k_of(ratio, cin);
     c->p->flags[i] |= TMP_TL_W;
     c->p->k[i] = (uint16_t)k;
@@ -682,7 +684,7 @@ static tmp_status base_table(ctx_t *c, float ratio) {
     tmp_layer l;
     if (p->method == TMP_METHOD_FULL) {
         for (int32_t i = 0; i < L; i++) {
-            tmp_model_layer(c->m, i, &l, NULL);
+            tmp_model_layer_shape(c->m, i, &l);
             if (is_weighted(l.type)) {
                 set_w(c, i, 1.0f, 0);
                 p->flags[i] |= TMP_TL_B;
@@ -695,7 +697,7 @@ static tmp_status base_table(ctx_t *c, float ratio) {
     /* biases of the last n_bias conv-like layers */
     int32_t nb = p->n_bias;
     for (int32_t i = L - 1; i >= 0 && nb != 0; i--) {
-        tmp_model_layer(c->m, i, &l, NULL);
+        tmp_model_layer_shape(c->m, i, &l);
         if (is_conv_like(l.type)) {
             p->flags[i] |= TMP_TL_B;
             if (nb > 0) {
@@ -743,7 +745,7 @@ static int32_t candidates(ctx_t *c) {
     int32_t n = 0;
     tmp_layer l;
     for (int32_t i = c->L - 1; i >= 0; i--) {
-        if (i == cls || tmp_model_layer(c->m, i, &l, NULL) != TMP_OK || !is_conv_like(l.type)) {
+        if (i == cls || tmp_model_layer_shape(c->m, i, &l) != TMP_OK || !is_conv_like(l.type)) {
             continue;
         }
         if (c->o->fisher != NULL && !(p->score[i] > 0.0f) && p->method == TMP_METHOD_TINYTRAIN) {
@@ -788,7 +790,7 @@ static tmp_status table_for(ctx_t *c, float ratio, uint64_t *arena) {
         /* drop the earliest biases: keep the classifier, add biases back deepest first */
         tmp_layer l;
         for (int32_t i = 0; i < c->L; i++) {
-            tmp_model_layer(c->m, i, &l, NULL);
+            tmp_model_layer_shape(c->m, i, &l);
             if (is_conv_like(l.type)) {
                 p->flags[i] &= (uint8_t)~TMP_TL_B;
             }
@@ -801,7 +803,7 @@ static tmp_status table_for(ctx_t *c, float ratio, uint64_t *arena) {
         }
         int32_t nb = p->n_bias;
         for (int32_t i = c->L - 1; i >= 0 && nb != 0; i--) {
-            tmp_model_layer(c->m, i, &l, NULL);
+            tmp_model_layer_shape(c->m, i, &l);
             if (!is_conv_like(l.type)) {
                 continue;
             }
@@ -952,7 +954,7 @@ static void fisher_scores(ctx_t *c) {
         for (int32_t i = 0; i < c->L; i++) {
             int32_t n = 0;
             float sc;
-            if (i == cls || tmp_model_layer(c->m, i, &l, NULL) != TMP_OK || !is_conv_like(l.type)) {
+            if (i == cls || tmp_model_layer_shape(c->m, i, &l) != TMP_OK || !is_conv_like(l.type)) {
                 continue;
             }
             const float *d = tmp_trainer_fisher(c->o->fisher, i, &n, &sc);
