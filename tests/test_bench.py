@@ -64,7 +64,8 @@ def test_two_runs_count_the_same_instructions(quick):
     _, ca = configs(a)
     _, cb = configs(b)
     for x, y in zip(ca, cb):
-        for key in ("inference", "step", "fill_step", "cached_step", "run", "end_period", "stack_bytes"):
+        for key in ("inference", "plan_instructions", "step", "fill_step", "cached_step", "run",
+                    "end_period", "stack_bytes"):
             assert x.get(key) == y.get(key), key
 
 
@@ -77,8 +78,11 @@ def test_parts_add_up(quick):
         assert c["run_executed"]
         run = c["run"]
         assert run["steps"] == c["run_samples"] * c["run_epochs"]
-        # the whole run equals the sum of its measured parts (fit's loop costs next to nothing)
+        # the whole fit equals the sum of its measured parts (fit's loop costs next to nothing)
         assert abs(c["composed_run"] - run["instructions"]) <= 0.001 * run["instructions"]
+        # a run starts from the model: plan() is counted and belongs to it
+        assert c["plan_instructions"] > 0 and c["setup_instructions"] == c["plan_instructions"]
+        assert c["run_instructions"] == c["setup_instructions"] + run["instructions"]
         if c["cache_bytes"]:
             assert run["cached_steps"] == c["run_samples"] * (c["run_epochs"] - 1)
             # a step from the cache skips the prefix: its forward phase is smaller

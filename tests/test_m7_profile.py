@@ -71,6 +71,11 @@ def test_profile_total_equals_the_bench_count(tmp_path):
     # the profile counts a block again when QEMU restarts it for a device access (the timer reads
     # of the trainer's phase clock), so it may run a little high, never low
     assert want <= total <= want * 1.01, (total, want)
+    # plan(): the planner's own code, counted on the M7 (its set-up of a run)
+    prof, calls = m7profile.run("demo", "tinymp r=4", "plan", progress=lambda s: None)
+    assert calls == 1 and prof["tmp_place"] > 0 and "tmp_pwconv_s8" not in prof
+    plan = sum(prof.values())
+    assert res["plan_instructions"] <= plan <= res["plan_instructions"] * 1.01, (plan, res["plan_instructions"])
 
 
 def test_cli_rejects_bad_arguments():

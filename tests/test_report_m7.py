@@ -73,6 +73,8 @@ def test_estimate_is_the_boards_plan_on_the_emulated_m7(demo_session):
     # the demo trains with tinymp, whose APU re-selects channels at each period end: that call is
     # measured too (a method without APU has no such row: test_every_plan_option...)
     assert est["plan"]["method"] == "tinymp" and ins["end_period"] > 0
+    # and so is plan(), which the board runs before its first step
+    assert ins["plan"] > 0
     for k, v in ins.items():
         e = est["estimate"][k]
         assert e["ms"] == pytest.approx(v / 480e3, abs=1e-3)
@@ -87,7 +89,7 @@ def test_text_report_labels_the_estimate(session_copy):
     assert "Cortex-M7 estimate (emulated)" in out
     flat = " ".join(out.split())  # the note is wrapped
     assert "not measured on a board" in flat and "cost model tinymp-m7-cpi-v1" in flat
-    for row in ("inference", "forward", "backward", "update", "whole step",
+    for row in ("plan()", "inference", "forward", "backward", "update", "whole step",
                 "APU period end (once per epoch)"):
         assert any(line.startswith(row) for line in out.splitlines()), row
     # without --m7 the report says how to get one and runs nothing

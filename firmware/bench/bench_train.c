@@ -1,8 +1,9 @@
 /*
  * Bare-metal training bench (QEMU mps2-an500, -icount shift=0): one method on one model per run.
  *
- * Reads a .tmpm model and a sample file over semihosting, plans the method, and counts the
- * instructions of: inference (the trainer's forward pass, nothing saved), training steps with
+ * Reads a .tmpm model and a sample file over semihosting and counts the instructions of: the
+ * plan (tmp_train_plan_make, as a board's plan() runs it; with support samples also the selection
+ * pass's plan), inference (the trainer's forward pass, nothing saved), training steps with
  * their phases (forward, backward, update), steps that fill and use the frozen-prefix feature
  * cache, the selection pass (tinytrain), APU period ends, and optionally a whole personalisation
  * run (tmp_trainer_fit). Prints one JSON object (the line starting with {"bench":) that
@@ -238,6 +239,19 @@ static void run_step_cached(const void *arg) {
     g_status = tmp_trainer_step_cached(&g_t, g_cache + (size_t)i * g_t.p->cache_bytes, label, &g_loss);
 }
 
+typedef struct {
+    const tmp_train_options *o;
+    void *ws;
+    size_t wsz;
+    tmp_train_plan *plan;
+    tmp_train_error *err;
+} plan_arg;
+
+static void run_plan(const void *arg) {
+    const plan_arg *pa = (const plan_arg *)arg;
+    g_status = tmp_train_plan_make(&g_model, pa->o, pa->ws, pa->wsz, pa->plan, pa->err);
+}
+
 static void run_end_period(const void *arg) {
     (void)arg;
     g_status = tmp_trainer_end_period(&g_t);
@@ -373,14 +387,16 @@ int main(int argc, char **argv) {
     tmp_train_error err;
 
     /* the TinyTrain selection pass over `support` samples, counted */
-    uint64_t sel_insns = 0;
+    uint64_t sel_insns = 0, sel_plan_insns = 0;
     uint32_t sel_arena = 0, sel_hw = 0;
     tmp_trainer fisher;
     tmp_train_plan fplan;
     if (a.support > 0) {
         tmp_train_options fo = tmp_train_selection_options(&o);
         void *fws = big_alloc(wsz);
-        s = tmp_train_plan_make(&g_model, &fo, fws, wsz, &fplan, &err);
+        plan_arg fpa = { &fo, fws, wsz, &fplan, &err };
+        sel_plan_insns = measure(run_plan, &fpa);
+        s = g_status;
         if (s != TMP_OK) {
             return fail(err.msg != NULL ? err.msg : "selection plan", s);
         }
@@ -406,7 +422,9 @@ int main(int argc, char **argv) {
         sel_hw = tmp_trainer_high_water(&fisher);
         o.fisher = &fisher;
     }
-    s = tmp_train_plan_make(&g_model, &o, ws, wsz, &plan, &err);
+    plan_arg pa = { &o, ws, wsz, &plan, &err };
+    uint64_t plan_insns = measure(run_plan, &pa);
+    s = g_status;
     if (s != TMP_OK) {
         printf("error: plan: %s (smallest %lu bytes)\n", err.msg != NULL ? err.msg : tmp_status_name(s),
             (unsigned long)err.min_budget);
@@ -430,9 +448,12 @@ int main(int argc, char **argv) {
         tmp_method_name(plan.method), (long)plan.r, (unsigned long)(plan.ratio * 1e6f + 0.5f), a.storage, (unsigned long)plan.budget,
         (unsigned long)plan.arena_bytes, (long)plan.first, (long)plan.num_layers, (unsigned long)plan.cache_bytes,
         u64s(plan.forward_macs), u64s(plan.backward_macs), (unsigned long)model_size);
+    printf(",\"plan_instructions\":%s,\"workspace_bytes\":%lu", u64s(plan_insns), (unsigned long)wsz);
     if (a.support > 0) {
-        printf(",\"selection\":{\"samples\":%lu,\"instructions\":%s,\"arena_bytes\":%lu,\"high_water\":%lu}",
-            (unsigned long)a.support, u64s(sel_insns), (unsigned long)sel_arena, (unsigned long)sel_hw);
+        printf(",\"selection\":{\"samples\":%lu,\"instructions\":%s,\"plan_instructions\":%s,"
+               "\"arena_bytes\":%lu,\"high_water\":%lu}",
+            (unsigned long)a.support, u64s(sel_insns), u64s(sel_plan_insns), (unsigned long)sel_arena,
+            (unsigned long)sel_hw);
     }
 
     /* inference with the pretrained parameters */

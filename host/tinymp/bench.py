@@ -12,11 +12,14 @@ equal and the trained logits equal to within float rounding. Writes ``results.js
 Everything here is an **emulated instruction count**, not Cortex-M7 cycles; the cost model
 (tinymp.costmodel) turns them into an estimate and says so.
 
-Whole runs (N samples x E epochs): the demo model's run is executed in the emulator; for the
-128x128 models the run is composed from measured parts (``--full-runs`` executes them too, several
-minutes per method): N steps that fill the cache + N*(E-1) steps from the cache + E period ends,
-each part the mean of measured calls. tests/test_bench.py checks on the demo model that the
-composition equals the executed run to within 0.1 %.
+Whole runs (N samples x E epochs) start where a board starts: from the model. A run is the
+*set-up* -- `plan()` (the method's layer and channel selection and the memory plan, counted on the
+M7 like everything else) and, for methods given support samples, TinyTrain's selection pass and its
+own plan -- then `Trainer.fit`. The demo model's fit is executed in the emulator; for the 128x128
+models it is composed from measured parts (``--full-runs`` executes them too, several minutes per
+method): N steps that fill the cache + N*(E-1) steps from the cache + E period ends, each part the
+mean of measured calls. tests/test_bench.py checks on the demo model that the composition equals
+the executed fit to within 0.1 %.
 """
 import argparse
 import json
@@ -236,8 +239,8 @@ def estimate_training(model_data, options, samples, support=0, steps=3, root=Non
     if not r.get("guard_ok", False):
         raise BenchError("the M7 bench wrote outside its arena")
     ph = r["step"]["phases"]
-    instr = {"inference": r["inference"], "forward": ph[0], "backward": ph[1], "update": ph[2],
-             "step": r["step"]["mean"]}
+    instr = {"plan": setup_instructions(r), "inference": r["inference"], "forward": ph[0],
+             "backward": ph[1], "update": ph[2], "step": r["step"]["mean"]}
     if "cached_step" in r:
         instr["cached_step"] = r["cached_step"]["mean"]
     if "end_period" in r:  # tinymp: the channel re-selection at the end of an APU period
@@ -251,8 +254,16 @@ def estimate_training(model_data, options, samples, support=0, steps=3, root=Non
             "emulator": _qemu_version(qemu)}
 
 
+def setup_instructions(r):
+    """Instructions a board spends before the first step: plan() and, with support samples, the
+    selection pass and its plan."""
+    sel = r.get("selection") or {}
+    return r.get("plan_instructions", 0) + sel.get("instructions", 0) + sel.get("plan_instructions", 0)
+
+
 def compose_run(r, n, epochs):
-    """Instructions of a whole run from the measured parts (see the module docstring)."""
+    """Instructions of a whole fit from the measured parts (see the module docstring); the run is
+    this plus setup_instructions()."""
     per_fill = r.get("fill_step", r["step"])["mean"]
     per_cached = r.get("cached_step", r["step"])["mean"]
     period = r.get("end_period", 0)
@@ -314,7 +325,9 @@ def bench_model(key, root, qemu, elf, workdir, quick=False, full_runs=False, pro
         r.update(label=label, options={k: v for k, v in opts.items()}, support=support)
         r["composed_run"] = compose_run(r, n, epochs)
         r["run_samples"], r["run_epochs"] = n, epochs
-        r["run_instructions"] = r["run"]["instructions"] if "run" in r else r["composed_run"]
+        r["setup_instructions"] = setup_instructions(r)
+        r["run_instructions"] = r["setup_instructions"] + (
+            r["run"]["instructions"] if "run" in r else r["composed_run"])
         r["run_executed"] = "run" in r
         r["host"] = compare(r, host)
         r["peak_sram"] = r["high_water"] + r["stack_bytes"]
@@ -381,8 +394,9 @@ def headline(res):
 
 def run_bound(res):
     """(ratio, label): the largest run ratio against `sparse` that tinymp's same-memory row could
-    reach if its backward and update phases cost nothing -- its run with only the forward phases
-    of its fill steps and cached steps (and its period ends) left. None without the rows."""
+    reach if its backward and update phases cost nothing -- its run with only its set-up, the
+    forward phases of its fill steps and cached steps, and its period ends left. None without the
+    rows."""
     sp = _by_label(res, "sparse")
     same = _by_label(res, "tinymp r=4 @ sparse's size") or _by_label(res, "tinymp r=4")
     if sp is None or same is None or "cached_step" not in same:
@@ -391,7 +405,7 @@ def run_bound(res):
                     "fill_step": {"mean": same["fill_step"]["phases"][0]},
                     "cached_step": {"mean": same["cached_step"]["phases"][0]},
                     "end_period": same.get("end_period", 0)}
-    fwd = compose_run(forward_only, same["run_samples"], same["run_epochs"])
+    fwd = setup_instructions(same) + compose_run(forward_only, same["run_samples"], same["run_epochs"])
     return sp["run_instructions"] / max(1, fwd), same["label"]
 
 
@@ -407,16 +421,17 @@ def write_markdown(results, path, command, notes=None):
     for res in results["models"]:
         L.append("\n## %s (model %s bytes; runs: %d samples x %d epochs)\n" % (
             res["title"], format(res["model_bytes"], ","), res["run"]["samples"], res["run"]["epochs"]))
-        L.append("| method | r | ratio | first | arena B | high water B | stack B | peak SRAM KB | "
-                 "inference | step | forward | backward | update | step from cache | run | est. step ms | host |")
-        L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        L.append("| method | r | ratio | first | arena B | high water B | stack B | peak SRAM KB | plan workspace B | "
+                 "inference | plan | step | forward | backward | update | step from cache | run | est. step ms | host |")
+        L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for c in res["configs"]:
             ph = c["step"]["phases"]
             cs = c.get("cached_step", {}).get("mean")
-            L.append("| %s | %d | 1/%d | %d | %s | %s | %s | %.0f | %s | %s | %s | %s | %s | %s | %s%s | %.1f | %s |" % (
+            L.append("| %s | %d | 1/%d | %d | %s | %s | %s | %.0f | %s | %s | %s | %s | %s | %s | %s | %s | %s%s | %.1f | %s |" % (
                 c["label"], c["r"], round(1e6 / max(1, c["ratio_x1e6"])), c["first"],
                 format(c["arena_bytes"], ","), format(c["high_water"], ","), format(c["stack_bytes"], ","),
-                c["peak_sram"] / 1024.0, format(c["inference"], ","), format(c["step"]["mean"], ","),
+                c["peak_sram"] / 1024.0, format(c.get("workspace_bytes", 0), ","), format(c["inference"], ","),
+                format(c.get("setup_instructions", 0), ","), format(c["step"]["mean"], ","),
                 format(ph[0], ","), format(ph[1], ","), format(ph[2], ","),
                 format(cs, ",") if cs else "-", format(c["run_instructions"], ","),
                 "" if c["run_executed"] else " *", c["estimate"]["step_ms"],
@@ -428,15 +443,18 @@ def write_markdown(results, path, command, notes=None):
         b = run_bound(res)
         if b:
             L.append("Forward-pass bound: were the backward and update phases of `%s` free, its run "
-                     "would be %.2fx fewer instructions than `sparse`'s (its fill steps' and cached "
-                     "steps' forward phases and its period ends alone).\n" % (b[1], b[0]))
+                     "would be %.2fx fewer instructions than `sparse`'s (its set-up, its fill steps' and "
+                     "cached steps' forward phases and its period ends alone).\n" % (b[1], b[0]))
     L.append("\nColumns: instructions of one call (inference: the trainer's forward pass; step: forward "
              "with saving, loss, backward, updates; the phase split comes from a 40-instruction timer "
              "through the trainer's clock hook, so it is within ±40 per phase boundary); *step from "
-             "cache*: a step whose frozen prefix comes from the feature cache; *run*: a whole "
-             "personalisation run with `Trainer.fit` (the cache on), executed in the emulator or, "
-             "marked \\*, composed from the measured fill steps, cached steps and period ends. Peak "
-             "SRAM = arena high water + peak stack. *host*: the same calls on the host build: equal "
+             "cache*: a step whose frozen prefix comes from the feature cache; *plan*: the set-up on "
+             "the board before the first step, `plan()` (layer and channel selection, memory plan) "
+             "and, with support samples, the selection pass and its plan; *run*: that set-up plus a "
+             "whole personalisation run with `Trainer.fit` (the cache on), executed in the emulator "
+             "or, marked \\*, composed from the measured fill steps, cached steps and period ends. "
+             "Peak SRAM = arena high water + peak stack; *plan workspace*: the planner's tables, "
+             "which a board keeps (with the plan) beside the arena for as long as it trains. *host*: the same calls on the host build: equal "
              "high water and trained logits within the stated int8 steps.\n")
     L.append("\n%s\n" % costmodel.DESCRIPTION)
     L.append("\nFlash: core code and constants %s bytes (M7, -O2, every kernel and the trainer); the "

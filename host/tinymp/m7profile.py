@@ -5,7 +5,9 @@ bench (firmware/bench/bench_train.c, built by `make bench-train-elf`) for one co
 `tinymp bench` under QEMU with translation-block logging (``-d in_asm,exec,nochain``), and counts
 the guest instructions of every block executed inside the chosen call, per function (the ELF's
 symbols). The counted call is the bench's wrapper of `tmp_trainer_forward`, `tmp_trainer_step`,
-`tmp_trainer_step_fill` or `tmp_trainer_step_cached`; the figure is the mean over its calls.
+`tmp_trainer_step_fill`, `tmp_trainer_step_cached` or `tmp_train_plan_make` (``--call plan``, the
+configuration's own plan; with support samples also the selection pass's plan); the figure is
+the mean over its calls.
 
 Its total is an independent count of what `tinymp bench` measures with the timer (tests check that
 the two agree within 1 %). It runs a little high: QEMU restarts a block that reads a device (the
@@ -25,7 +27,7 @@ import tempfile
 from . import bench
 
 CALLS = {"forward": "run_forward", "step": "run_step", "fill": "run_step_fill",
-         "cached": "run_step_cached"}
+         "cached": "run_step_cached", "plan": "run_plan"}
 CALLER = "bench_run_timed"  # the harness routine that calls the wrappers (bench_timer.S)
 _TRACE = re.compile(r"\[[0-9a-f]+/([0-9a-f]+)/")
 
@@ -87,7 +89,7 @@ def profile_lines(lines, syms, call):
 
 
 def run(key, label, call, root=None, n_calls=2, progress=print):
-    """Profile `call` ("forward", "step", "fill", "cached") of configuration `label` of
+    """Profile `call` ("forward", "step", "fill", "cached", "plan") of configuration `label` of
     `tinymp bench` on model `key`. Returns (Counter name -> instructions per call, calls)."""
     import tinymp
     root = root or bench.repo_root()

@@ -256,7 +256,8 @@ def _m7_lines(rep):
     ins, ms = est["instructions"], est["estimate"]
     period = ((rep["train"].get("options") or {}).get("period") or 0)
     rows = []
-    for k, name in (("inference", "inference"), ("forward", "forward"), ("backward", "backward"),
+    for k, name in (("plan", "plan() (and the selection pass, if any)"), ("inference", "inference"),
+                    ("forward", "forward"), ("backward", "backward"),
                     ("update", "update"), ("step", "whole step"),
                     ("cached_step", "step from the feature cache (fit)"),
                     ("end_period", f"APU period end (every {period} steps)" if period else
