@@ -55,6 +55,9 @@ def test_m7_and_host_builds_agree(quick):
     for c in cs:
         assert c["guard_ok"]
         assert c["host"]["high_water_equal"], c["host"]
+        # the board keeps the compact tables, the same bytes as the host build's plan
+        assert c["host"]["table_bytes_equal"], c["host"]
+        assert 0 < c["table_bytes"] < c["workspace_bytes"]
         assert c["host"]["logits_max_diff_lsb"] <= 2.0
         assert 0 < c["high_water"] <= c["arena_bytes"]
 

@@ -245,11 +245,16 @@ typedef struct {
     size_t wsz;
     tmp_train_plan *plan;
     tmp_train_error *err;
+    void *tables;           /* wsz bytes for the compact tables, or NULL: keep the workspace */
 } plan_arg;
 
 static void run_plan(const void *arg) {
     const plan_arg *pa = (const plan_arg *)arg;
     g_status = tmp_train_plan_make(&g_model, pa->o, pa->ws, pa->wsz, pa->plan, pa->err);
+    if (g_status == TMP_OK && pa->tables != NULL) {
+        /* as the bindings do: keep the compact tables, free the workspace */
+        g_status = tmp_train_plan_compact(pa->plan, pa->tables, pa->wsz);
+    }
 }
 
 static void run_end_period(const void *arg) {
@@ -394,7 +399,7 @@ int main(int argc, char **argv) {
     if (a.support > 0) {
         tmp_train_options fo = tmp_train_selection_options(&o);
         void *fws = big_alloc(wsz);
-        plan_arg fpa = { &fo, fws, wsz, &fplan, &err };
+        plan_arg fpa = { &fo, fws, wsz, &fplan, &err, NULL };
         sel_plan_insns = measure(run_plan, &fpa);
         s = g_status;
         if (s != TMP_OK) {
@@ -422,7 +427,11 @@ int main(int argc, char **argv) {
         sel_hw = tmp_trainer_high_water(&fisher);
         o.fisher = &fisher;
     }
-    plan_arg pa = { &o, ws, wsz, &plan, &err };
+    void *tables = big_alloc(wsz);
+    if (tables == NULL) {
+        return 1;
+    }
+    plan_arg pa = { &o, ws, wsz, &plan, &err, tables };
     uint64_t plan_insns = measure(run_plan, &pa);
     s = g_status;
     if (s != TMP_OK) {
@@ -448,7 +457,8 @@ int main(int argc, char **argv) {
         tmp_method_name(plan.method), (long)plan.r, (unsigned long)(plan.ratio * 1e6f + 0.5f), a.storage, (unsigned long)plan.budget,
         (unsigned long)plan.arena_bytes, (long)plan.first, (long)plan.num_layers, (unsigned long)plan.cache_bytes,
         u64s(plan.forward_macs), u64s(plan.backward_macs), (unsigned long)model_size);
-    printf(",\"plan_instructions\":%s,\"workspace_bytes\":%lu", u64s(plan_insns), (unsigned long)wsz);
+    printf(",\"plan_instructions\":%s,\"workspace_bytes\":%lu,\"table_bytes\":%lu", u64s(plan_insns),
+        (unsigned long)wsz, (unsigned long)plan.table_bytes);
     if (a.support > 0) {
         printf(",\"selection\":{\"samples\":%lu,\"instructions\":%s,\"plan_instructions\":%s,"
                "\"arena_bytes\":%lu,\"high_water\":%lu}",

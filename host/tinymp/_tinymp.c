@@ -1157,6 +1157,20 @@ static PyObject *Model_train_plan(ModelObject *self, PyObject *args, PyObject *k
         }
         goto out;
     }
+    /* keep only the tables training and reporting read; the planning workspace goes */
+    size_t csz = tmp_train_plan_compact_size(&po->plan);
+    void *tables = PyMem_Malloc(csz > 0 ? csz : 1);
+    if (tables == NULL) {
+        PyErr_NoMemory();
+        goto out;
+    }
+    if (tmp_train_plan_compact(&po->plan, tables, csz) != TMP_OK) {
+        PyMem_Free(tables);
+        PyErr_SetString(PyExc_RuntimeError, "tinymp: could not compact the plan's tables");
+        goto out;
+    }
+    PyMem_Free(po->workspace);
+    po->workspace = tables;
     result = (PyObject *)po;
     po = NULL;
 out:
@@ -1193,6 +1207,11 @@ static PyObject *Plan_get_arena_bytes(PlanObject *self, void *c) {
 static PyObject *Plan_get_cache_bytes(PlanObject *self, void *c) {
     (void)c;
     return PyLong_FromUnsignedLong(self->plan.cache_bytes);
+}
+
+static PyObject *Plan_get_table_bytes(PlanObject *self, void *c) {
+    (void)c;
+    return PyLong_FromUnsignedLong(self->plan.table_bytes);
 }
 
 static PyObject *Plan_get_cache_samples(PlanObject *self, void *c) {
@@ -1389,7 +1408,7 @@ static PyObject *Plan_layer_info(PlanObject *self, PyObject *Py_UNUSED(ignored))
             return NULL;
         }
         for (int b = 0; b < TMP_LB_COUNT; b++) {
-            const tmp_buf *bb = &p->bufs[b * p->num_layers + i];
+            const tmp_buf *bb = tmp_train_plan_buf(p, b * p->num_layers + i);
             if (dict_steal(bytes, bnames[b], Py_BuildValue("(kkii)", (unsigned long)bb->size,
                     (unsigned long)bb->offset, (int)bb->first, (int)bb->last)) < 0) {
                 Py_DECREF(d);
@@ -1419,8 +1438,8 @@ static PyObject *Plan_tensor_info(PlanObject *self, PyObject *Py_UNUSED(ignored)
         return NULL;
     }
     for (int32_t t = 0; t < p->num_tensors; t++) {
-        const tmp_buf *a = &p->bufs[TMP_LB_COUNT * p->num_layers + t];
-        const tmp_buf *g = &p->bufs[TMP_LB_COUNT * p->num_layers + p->num_tensors + t];
+        const tmp_buf *a = tmp_train_plan_buf(p, TMP_LB_COUNT * p->num_layers + t);
+        const tmp_buf *g = tmp_train_plan_buf(p, TMP_LB_COUNT * p->num_layers + p->num_tensors + t);
         PyObject *d = Py_BuildValue("{s:(kkii),s:(kkii),s:k,s:i}", "act", (unsigned long)a->size,
             (unsigned long)a->offset, (int)a->first, (int)a->last, "grad", (unsigned long)g->size,
             (unsigned long)g->offset, (int)g->first, (int)g->last, "act_offset", (unsigned long)p->act_offset[t],
@@ -1444,6 +1463,8 @@ static PyGetSetDef Plan_getset[] = {
     {"cache_bytes", (getter)Plan_get_cache_bytes, NULL,
         "bytes of one sample's frozen-prefix features (0: nothing to cache)", NULL},
     {"cache_samples", (getter)Plan_get_cache_samples, NULL, "samples whose features the arena holds", NULL},
+    {"table_bytes", (getter)Plan_get_table_bytes, NULL,
+        "bytes of the plan's own tables, kept beside the arena while the plan lives", NULL},
     {"peak_live_bytes", (getter)Plan_get_peak_live_bytes, NULL, "largest sum of live bytes (lower bound)", NULL},
     {"breakdown", (getter)Plan_get_breakdown, NULL, "live bytes per part at the peak step", NULL},
     {"category_peaks", (getter)Plan_get_category_peaks, NULL, "each part's own peak over the step", NULL},

@@ -205,7 +205,8 @@ def run_host(m, opts, support, xs, ys, steps, cached, run, apu):
         t.reset()
         t.fit(xs[:run[0]], ys[:run[0]], epochs=run[1])
     logits = [np.frombuffer(t.logits(x).tobytes(), dtype=np.float32) for x in xs[:4]]
-    return {"high_water": t.high_water, "logits": logits, "arena_bytes": plan.arena_bytes}
+    return {"high_water": t.high_water, "logits": logits, "arena_bytes": plan.arena_bytes,
+            "table_bytes": plan.table_bytes}
 
 
 # The plan options a board is given (the session's TRAIN_START) that the M7 bench takes too.
@@ -277,7 +278,8 @@ def compare(r, host):
         m7 = (np.asarray(q, dtype=np.float64) - zp) * scale
         worst = max(worst, float(np.max(np.abs(m7 - f))) / scale)
     return {"high_water_equal": r["high_water"] == host["high_water"],
-            "host_high_water": host["high_water"], "logits_max_diff_lsb": round(worst, 3)}
+            "host_high_water": host["high_water"], "logits_max_diff_lsb": round(worst, 3),
+            "table_bytes_equal": r.get("table_bytes") == host["table_bytes"]}
 
 
 def bench_model(key, root, qemu, elf, workdir, quick=False, full_runs=False, progress=print,
@@ -419,9 +421,11 @@ def write_markdown(results, path, command, notes=None):
              "model's estimate (below).\n" % (command, results["meta"]["date"], results["meta"]["qemu"],
                                               results["meta"]["gcc"]))
     for res in results["models"]:
-        L.append("\n## %s (model %s bytes; runs: %d samples x %d epochs)\n" % (
-            res["title"], format(res["model_bytes"], ","), res["run"]["samples"], res["run"]["epochs"]))
-        L.append("| method | r | ratio | first | arena B | high water B | stack B | peak SRAM KB | plan workspace B | "
+        ws = max((c.get("workspace_bytes", 0) for c in res["configs"]), default=0)
+        L.append("\n## %s (model %s bytes; runs: %d samples x %d epochs; planning workspace %s bytes)\n" % (
+            res["title"], format(res["model_bytes"], ","), res["run"]["samples"], res["run"]["epochs"],
+            format(ws, ",")))
+        L.append("| method | r | ratio | first | arena B | high water B | stack B | peak SRAM KB | plan tables B | "
                  "inference | plan | step | forward | backward | update | step from cache | run | est. step ms | host |")
         L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for c in res["configs"]:
@@ -430,7 +434,7 @@ def write_markdown(results, path, command, notes=None):
             L.append("| %s | %d | 1/%d | %d | %s | %s | %s | %.0f | %s | %s | %s | %s | %s | %s | %s | %s | %s%s | %.1f | %s |" % (
                 c["label"], c["r"], round(1e6 / max(1, c["ratio_x1e6"])), c["first"],
                 format(c["arena_bytes"], ","), format(c["high_water"], ","), format(c["stack_bytes"], ","),
-                c["peak_sram"] / 1024.0, format(c.get("workspace_bytes", 0), ","), format(c["inference"], ","),
+                c["peak_sram"] / 1024.0, format(c.get("table_bytes", 0), ","), format(c["inference"], ","),
                 format(c.get("setup_instructions", 0), ","), format(c["step"]["mean"], ","),
                 format(ph[0], ","), format(ph[1], ","), format(ph[2], ","),
                 format(cs, ",") if cs else "-", format(c["run_instructions"], ","),
@@ -453,9 +457,12 @@ def write_markdown(results, path, command, notes=None):
              "and, with support samples, the selection pass and its plan; *run*: that set-up plus a "
              "whole personalisation run with `Trainer.fit` (the cache on), executed in the emulator "
              "or, marked \\*, composed from the measured fill steps, cached steps and period ends. "
-             "Peak SRAM = arena high water + peak stack; *plan workspace*: the planner's tables, "
-             "which a board keeps (with the plan) beside the arena for as long as it trains. *host*: the same calls on the host build: equal "
-             "high water and trained logits within the stated int8 steps.\n")
+             "Peak SRAM = arena high water + peak stack; *plan tables*: what the plan keeps beside "
+             "the arena for as long as the board trains (per-layer choices, channel selections, buffer "
+             "offsets), not included in peak SRAM; the *planning workspace* (in each heading) is "
+             "needed only while `plan()` runs and is freed before the arena is taken. *host*: the "
+             "same calls on the host build: equal high water and trained logits within the stated "
+             "int8 steps.\n")
     L.append("\n%s\n" % costmodel.DESCRIPTION)
     L.append("\nFlash: core code and constants %s bytes (M7, -O2, every kernel and the trainer); the "
              "model's bytes are listed per model.\n" % (format(results["meta"]["core_flash"], ",")
@@ -581,7 +588,8 @@ def main(argv=None):
     write_markdown(results, os.path.join(a.out, "RESULTS.md"), cmd, notes)
     png = write_png(results, os.path.join(a.out, "RESULTS.png"))
     bad_host = [(r["title"], c["label"]) for r in results["models"] for c in r["configs"]
-                if not c["host"]["high_water_equal"] or c["host"]["logits_max_diff_lsb"] > LOGIT_TOLERANCE_LSB]
+                if not c["host"]["high_water_equal"] or not c["host"]["table_bytes_equal"]
+                or c["host"]["logits_max_diff_lsb"] > LOGIT_TOLERANCE_LSB]
     print("wrote %s/results.json, %s/RESULTS.md%s" % (a.out, a.out, ", %s" % png if png else
                                                      " (no PNG: pip install matplotlib)"))
     if a.json:

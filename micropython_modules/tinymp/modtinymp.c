@@ -491,8 +491,9 @@ static MP_DEFINE_CONST_FUN_OBJ_1(tinymp_model_plan_obj, tinymp_model_plan);
 /* ================================================================ training: Plan and Trainer */
 
 /*
- * Memory and lifetimes. A Plan holds its model object and the planner workspace its arrays point
- * into (GC heap, taken once in Model.plan()). A Trainer holds its model, its plan and its arena:
+ * Memory and lifetimes. A Plan holds its model object and the block its arrays point into (GC
+ * heap): Model.plan() plans in a workspace, then moves the tables it keeps into a small block of
+ * their own (tmp_train_plan_compact) and frees the workspace. A Trainer holds its model, its plan and its arena:
  * the caller's buffer object, or one GC block taken in Trainer(). The core structs sit inside
  * these objects and point at each other and into those blocks; MicroPython's GC only follows
  * pointers to the start of a block, so each object also stores the objects / block heads
@@ -636,8 +637,8 @@ static const char *storage_name(int32_t s) {
 typedef struct _tinymp_plan_obj_t {
     mp_obj_base_t base;
     mp_obj_t model;          // the tinymp_model_obj_t it was made for
-    uint8_t *workspace;      // head of the GC block the plan's arrays point into
-    size_t workspace_size;
+    uint8_t *workspace;      // head of the GC block the plan's arrays point into (the planning
+    size_t workspace_size;   // workspace while planning, then the compact tables)
     uint8_t *sel_ws;         // during Model.plan(support=...): the selection pass's workspace
     size_t sel_ws_size;
     uint8_t *sel_arena;      // and arena (released before plan() returns)
@@ -904,6 +905,16 @@ static mp_obj_t tinymp_model_train_plan(size_t n_args, const mp_obj_t *pos_args,
         }
         raise_fmt(&mp_type_ValueError, "tinymp: %s", err.msg != NULL ? err.msg : tmp_status_name(st));
     }
+    // Keep only the tables training and reporting read (a few KB) and free the planning
+    // workspace (tens of KB), so the arena has that room.
+    size_t csz = tmp_train_plan_compact_size(&po->plan);
+    uint8_t *tables = m_new(uint8_t, csz > 0 ? csz : 4);
+    if (tmp_train_plan_compact(&po->plan, tables, csz > 0 ? csz : 4) != TMP_OK) {
+        mp_raise_msg(&mp_type_RuntimeError, MP_ERROR_TEXT("tinymp: could not compact the plan's tables"));
+    }
+    m_del(uint8_t, po->workspace, po->workspace_size > 0 ? po->workspace_size : 4);
+    po->workspace = tables;
+    po->workspace_size = csz;
     return MP_OBJ_FROM_PTR(po);
 }
 static MP_DEFINE_CONST_FUN_OBJ_KW(tinymp_model_train_plan_obj, 1, tinymp_model_train_plan);
@@ -960,6 +971,9 @@ static void tinymp_plan_attr(mp_obj_t self_in, qstr attr, mp_obj_t *dest) {
             break;
         case MP_QSTR_cache_samples:
             dest[0] = mp_obj_new_int_from_uint(p->cache_samples);
+            break;
+        case MP_QSTR_table_bytes:
+            dest[0] = mp_obj_new_int_from_uint(p->table_bytes);
             break;
         case MP_QSTR_breakdown:
             dest[0] = category_dict(p->breakdown);

@@ -159,6 +159,15 @@ typedef struct {
     uint32_t cache_samples;   /**< samples the arena's cache region holds (at cache_offset) */
     uint32_t cache_offset;    /**< arena offset of that region (arena_bytes includes it) */
     uint8_t *cache_t;         /**< [T] 1 when tensor t is a boundary tensor */
+    /* As planned, bufs is dense (every entry, most of them empty) and the arrays fill the
+     * workspace, planning temporaries included. tmp_train_plan_compact() moves what training and
+     * reporting read into a small block: bufs then holds only the entries that exist, in index
+     * order, and buf_bits/buf_rank find them. Read entries with tmp_train_plan_buf(). */
+    uint32_t *buf_bits;       /**< NULL: bufs is dense; else bit j % 32 of word j / 32 is set when
+                                   entry j exists */
+    uint32_t *buf_rank;       /**< entries that exist before each word of buf_bits */
+    uint32_t table_bytes;     /**< bytes the arrays above occupy: the workspace as planned, the
+                                   compact block after tmp_train_plan_compact() */
 } tmp_train_plan;
 
 /** Default options for `method` (every other field zero / default). */
@@ -174,6 +183,27 @@ size_t tmp_train_workspace_size(const tmp_model *m);
  */
 tmp_status tmp_train_plan_make(const tmp_model *m, const tmp_train_options *o, void *ws,
     size_t ws_size, tmp_train_plan *plan, tmp_train_error *err);
+
+/**
+ * Entry `idx` of the plan's buffer table: layer i's buffer b at b * num_layers + i, activation t
+ * at TMP_LB_COUNT * num_layers + t, gradient t at TMP_LB_COUNT * num_layers + num_tensors + t.
+ * A buffer the plan does not have reads as size 0, offset 0, first and last -1. Dense and compact
+ * plans read the same.
+ */
+const tmp_buf *tmp_train_plan_buf(const tmp_train_plan *p, int32_t idx);
+
+/** Bytes tmp_train_plan_compact() needs for this plan (at most tmp_train_workspace_size()). */
+size_t tmp_train_plan_compact_size(const tmp_train_plan *p);
+
+/**
+ * Copy the tables that training, describe() and the bindings read into `dst` (4-byte aligned,
+ * tmp_train_plan_compact_size() bytes, not overlapping the plan's current block) and point the
+ * plan at them: the planning temporaries, the empty buffer entries, the unused channel entries
+ * and the buffer categories (p->cat becomes NULL; the breakdown is already summed) are left
+ * behind, so the caller can free the planning workspace. Returns TMP_ERR_ARG / TMP_ERR_SIZE
+ * for bad arguments (the plan is unchanged then).
+ */
+tmp_status tmp_train_plan_compact(tmp_train_plan *p, void *dst, size_t size);
 
 /** Options of the TinyTrain selection pass that goes with `o` (method fisher; r = o->r, or 4
  *  when o->r is 0; o's budget). */

@@ -1042,6 +1042,7 @@ tmp_status tmp_train_plan_make(const tmp_model *m, const tmp_train_options *o, v
         return TMP_ERR_SIZE;
     }
     const int32_t L = c.L, T = c.T;
+    p->table_bytes = (uint32_t)tmp_train_workspace_size(m);
     p->model_crc = m->crc;
     p->num_layers = L;
     p->num_tensors = T;
@@ -1291,8 +1292,111 @@ static void put_s(out_t *o, const char *s, int width) {
     }
 }
 
+/* ---------------------------------------------------------------- the compact tables */
+
+static uint32_t bit_count(uint32_t v) {
+    v = v - ((v >> 1) & 0x55555555u);
+    v = (v & 0x33333333u) + ((v >> 2) & 0x33333333u);
+    return (((v + (v >> 4)) & 0x0F0F0F0Fu) * 0x01010101u) >> 24;
+}
+
+static size_t table_entries(const tmp_train_plan *p) {
+    return (size_t)LBN * (size_t)p->num_layers + 2u * (size_t)p->num_tensors;
+}
+
+const tmp_buf *tmp_train_plan_buf(const tmp_train_plan *p, int32_t idx) {
+    static const tmp_buf none = { 0u, 0u, -1, -1 };
+    if (p == NULL || p->bufs == NULL || idx < 0 || (size_t)idx >= table_entries(p)) {
+        return &none;
+    }
+    if (p->buf_bits == NULL) {
+        return p->bufs[idx].size ? &p->bufs[idx] : &none;
+    }
+    const uint32_t w = (uint32_t)idx >> 5, bit = 1u << ((uint32_t)idx & 31u), word = p->buf_bits[w];
+    return (word & bit) ? &p->bufs[p->buf_rank[w] + bit_count(word & (bit - 1u))] : &none;
+}
+
+/* The compact block, in this order: flags, in_place [L]; k [L]; chan_off, fwd_macs, bwd_macs,
+ * potential, score [L]; act_offset, grad_birth [T]; cache_t [T]; buf_bits, buf_rank [words];
+ * channels [num_channels]; bufs [entries that exist]. */
+static size_t compact_layout(const tmp_train_plan *p, size_t *n_bufs) {
+    const size_t L = (size_t)p->num_layers, T = (size_t)p->num_tensors, NB = table_entries(p);
+    size_t n = 0;
+    for (size_t i = 0; i < NB; i++) {
+        n += tmp_train_plan_buf(p, (int32_t)i)->size != 0u;
+    }
+    *n_bufs = n;
+    return align4(L) * 2 + align4(2 * L) + 4 * L * 5 + 4 * T * 2 + align4(T) + 4 * ((NB + 31) / 32) * 2 +
+        align4(2 * (size_t)p->num_channels) + sizeof(tmp_buf) * n;
+}
+
+size_t tmp_train_plan_compact_size(const tmp_train_plan *p) {
+    size_t n;
+    return p == NULL || p->bufs == NULL ? 0u : compact_layout(p, &n);
+}
+
+tmp_status tmp_train_plan_compact(tmp_train_plan *p, void *dst, size_t size) {
+    if (p == NULL || p->bufs == NULL || dst == NULL || ((uintptr_t)dst & 3u) != 0) {
+        return TMP_ERR_ARG;
+    }
+    size_t n_bufs;
+    const size_t need = compact_layout(p, &n_bufs);
+    (void)n_bufs; /* the layout ends with them */
+    if (size < need) {
+        return TMP_ERR_SIZE;
+    }
+    const size_t L = (size_t)p->num_layers, T = (size_t)p->num_tensors, NB = table_entries(p);
+    const size_t words = (NB + 31) / 32;
+    uint8_t *q = (uint8_t *)dst;
+    tmp_train_plan n = *p;
+#define MOVE(field, type, count, bytes) \
+    do { \
+        n.field = (type)(void *)q; \
+        memcpy(q, p->field, (count) * sizeof *p->field); \
+        q += (bytes); \
+    } while (0)
+    MOVE(flags, uint8_t *, L, align4(L));
+    MOVE(in_place, uint8_t *, L, align4(L));
+    MOVE(k, uint16_t *, L, align4(2 * L));
+    MOVE(chan_off, uint32_t *, L, 4 * L);
+    MOVE(fwd_macs, uint32_t *, L, 4 * L);
+    MOVE(bwd_macs, uint32_t *, L, 4 * L);
+    MOVE(potential, float *, L, 4 * L);
+    MOVE(score, float *, L, 4 * L);
+    MOVE(act_offset, uint32_t *, T, 4 * T);
+    MOVE(grad_birth, int32_t *, T, 4 * T);
+    MOVE(cache_t, uint8_t *, T, align4(T));
+#undef MOVE
+    n.buf_bits = (uint32_t *)(void *)q;
+    q += 4 * words;
+    n.buf_rank = (uint32_t *)(void *)q;
+    q += 4 * words;
+    n.channels = (uint16_t *)(void *)q;
+    memcpy(q, p->channels, 2u * (size_t)p->num_channels);
+    q += align4(2 * (size_t)p->num_channels);
+    n.bufs = (tmp_buf *)(void *)q;
+    uint32_t kept = 0;
+    for (size_t w = 0; w < words; w++) {
+        uint32_t word = 0;
+        for (size_t j = 0; j < 32 && w * 32 + j < NB; j++) {
+            const tmp_buf *b = tmp_train_plan_buf(p, (int32_t)(w * 32 + j));
+            if (b->size) {
+                n.bufs[kept + bit_count(word)] = *b;
+                word |= 1u << j;
+            }
+        }
+        n.buf_bits[w] = word;
+        n.buf_rank[w] = kept;
+        kept += bit_count(word);
+    }
+    n.cat = NULL;
+    n.table_bytes = (uint32_t)need;
+    *p = n;
+    return TMP_OK;
+}
+
 static uint32_t lb_size(const tmp_train_plan *p, int b, int32_t i) {
-    return p->bufs[b * p->num_layers + i].size;
+    return tmp_train_plan_buf(p, b * p->num_layers + i)->size;
 }
 
 size_t tmp_train_plan_describe(const tmp_model *m, const tmp_train_plan *p, char *buf, size_t size) {
@@ -1351,7 +1455,7 @@ size_t tmp_train_plan_describe(const tmp_model *m, const tmp_train_plan *p, char
         uint32_t saved = lb_size(p, TMP_LB_SAVED, i) + lb_size(p, TMP_LB_ASUM, i);
         uint32_t grads = lb_size(p, TMP_LB_DW, i) + lb_size(p, TMP_LB_DB, i);
         if (p->grad_birth[l.out] >= 0) {
-            grads += p->bufs[TMP_LB_COUNT * p->num_layers + p->num_tensors + l.out].size;
+            grads += tmp_train_plan_buf(p, TMP_LB_COUNT * p->num_layers + p->num_tensors + l.out)->size;
         }
         uint32_t params = lb_size(p, TMP_LB_W, i) + lb_size(p, TMP_LB_B, i) + lb_size(p, TMP_LB_WM, i) +
             lb_size(p, TMP_LB_BM, i) + lb_size(p, TMP_LB_SEL, i) + lb_size(p, TMP_LB_VW, i) +

@@ -21,7 +21,7 @@
 #define LBN TMP_LB_COUNT
 
 static const tmp_buf *lbuf(const tmp_trainer *t, int b, int32_t i) {
-    return &t->p->bufs[b * t->p->num_layers + i];
+    return tmp_train_plan_buf(t->p, b * t->p->num_layers + i);
 }
 
 static void *lb_ptr(const tmp_trainer *t, int b, int32_t i) {
@@ -30,7 +30,7 @@ static void *lb_ptr(const tmp_trainer *t, int b, int32_t i) {
 }
 
 static float *grad_ptr(const tmp_trainer *t, int32_t tensor) {
-    const tmp_buf *bb = &t->p->bufs[LBN * t->p->num_layers + t->p->num_tensors + tensor];
+    const tmp_buf *bb = tmp_train_plan_buf(t->p, LBN * t->p->num_layers + t->p->num_tensors + tensor);
     return bb->size ? (float *)(void *)(t->arena + bb->offset) : NULL;
 }
 

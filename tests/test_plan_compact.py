@@ -1,0 +1,60 @@
+"""The compact plan (tmp_train_plan_compact) against the planner's own dense plan, in C: the
+program tests/plan_compact_check.c is built with the whole core under the address and
+undefined-behaviour sanitizers and run on the demo model, MCUNet and MobileNetV2. For every
+method it compares every table entry, array, channel selection and describe() line of the two
+plans, then trains one trainer on each (plain steps, APU period ends, feature-cache fill and
+cached steps) and requires equal losses and arenas bit for bit, with the planning workspace
+poisoned before the compact plan's trainer runs. The bindings keep only the compact tables:
+their size is what Plan.table_bytes reports."""
+import os
+import subprocess
+
+import pytest
+
+import train_kernels_ctypes as tkc
+from tinymp import bench
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+@pytest.fixture(scope="module")
+def checker(tmp_path_factory):
+    out = tmp_path_factory.mktemp("compact")
+    exe = str(out / "plan_compact_check")
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    r = subprocess.run(["gcc", "-std=c99", "-Wall", "-Wextra", "-Werror", "-O1", *tkc.SANITIZE,
+                        "-I", tkc.CORE, os.path.join(HERE, "plan_compact_check.c"), *tkc.SOURCES,
+                        "-lm", "-o", exe], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    return out, exe, env
+
+
+@pytest.mark.parametrize("key,steps", [("demo", 12), ("mcunet", 2), ("mbv2", 2)])
+def test_compact_plan_reads_and_trains_as_the_dense_plan(checker, key, steps):
+    out, exe, env = checker
+    path = out / (key + ".tmpm")
+    path.write_bytes(bench.model_bytes(key))
+    r = subprocess.run([exe, str(path), str(steps)], capture_output=True, text=True, env=env, timeout=1200)
+    assert r.returncode == 0 and "FAIL" not in r.stdout, r.stdout + r.stderr
+    lines = [l for l in r.stdout.splitlines() if not l.startswith(" ")]
+    assert len(lines) == 9, r.stdout
+    ok = [l for l in lines if " ok: " in l]
+    # every method plans on these models (no budget is given)
+    assert len(ok) == 9, r.stdout
+    for l in ok:
+        ws = int(l.split("workspace ")[1].split(" B")[0])
+        tables = int(l.split("tables ")[1].split(" B")[0])
+        assert 0 < tables < ws, l
+
+
+def test_bindings_keep_only_the_compact_tables():
+    import tinymp
+    m = tinymp.Model(bench.model_bytes("demo"))
+    for kw in (dict(method="tinymp"), dict(method="last"), dict(method="full", r=1)):
+        p = m.plan(**kw)
+        # the tables are a small part of the planning workspace, and training works on them
+        assert 0 < p.table_bytes < 8000, (kw, p.table_bytes)
+        t = tinymp.Trainer(m, p, lr=0.01)
+        xs, ys = bench.make_samples(m, 3)
+        for x, y in zip(xs, ys):
+            t.step(x, y)
