@@ -57,6 +57,13 @@ def test_demo_personalises_the_model(demo_run):
     assert t["clock"] == "host" and "simulated board, host CPU times" in t["timing_note"]
     assert t["high_water"] <= t["arena_bytes"] <= 262144
     assert sum(t["breakdown"].values()) <= t["arena_bytes"]
+    # the plan's tables, as the board's Plan reports them: the same plan made here has them
+    with open(DEMO, "rb") as f:
+        m = tinymp.Model(f.read())
+    o = t["options"]
+    here = m.plan(o["method"], budget=rep["board"]["arena_budget"])
+    assert (here.arena_bytes, here.table_bytes) == (t["arena_bytes"], t["table_bytes"])
+    assert "plan tables" in out and f"{t['table_bytes']:,}" in out
     assert t["heap_before"] is None  # the simulated board measures no heap: none is shown
     assert rep["simulated"] and rep["board"]["board"] == "OPENMV_H7 (simulated)"
     plots = sorted(os.listdir(folder / "plots"))

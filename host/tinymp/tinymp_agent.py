@@ -1035,7 +1035,7 @@ class Agent:
     def _plan_dict(self, plan):
         d = {}
         for k in ("arena_bytes", "method", "r", "ratio", "storage", "forward_macs",
-                  "backward_macs"):
+                  "backward_macs", "table_bytes"):
             v = getattr(plan, k, None)
             if isinstance(v, (int, float, str)) or v is None:
                 d[k] = v

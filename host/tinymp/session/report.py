@@ -65,6 +65,8 @@ def train_summary(run):
                                                   "time.ticks_cpu)",
         "arena_bytes": plan.get("arena_bytes"),
         "breakdown": plan.get("breakdown"),
+        # the plan's own tables, kept beside the arena (None: a board that does not report them)
+        "table_bytes": plan.get("table_bytes"),
         "high_water": end.get("high_water"),
         "heap_before": end.get("heap_before"),
         "heap_after": end.get("heap_after"),
@@ -211,6 +213,8 @@ def format_text(rep):
         hw = t.get("high_water")
         share = f"{hw / t['arena_bytes'] * 100:.0f}% of the plan" if hw and t["arena_bytes"] else ""
         rows.append(["arena high water (touched)", _num(hw), share])
+        if t.get("table_bytes") is not None:
+            rows.append(["plan tables", _num(t["table_bytes"]), "kept beside the arena"])
         if m:
             rows.append(["inference arena", _num(m.get("inference_arena_bytes")), ""])
             if m.get("served_from") == "filesystem":
