@@ -119,7 +119,8 @@ typedef struct {
     uint32_t largest_bytes;
 } tmp_train_error;
 
-/** A training plan; its arrays live in the caller's workspace (tmp_train_workspace_size()). */
+/** A training plan; its arrays live in the caller's workspace (tmp_train_workspace_size()), or,
+ *  after tmp_train_plan_compact(), in the caller's smaller block. */
 typedef struct {
     uint32_t arena_bytes;     /**< the placed arena: exactly what one step needs */
     uint32_t peak_live_bytes; /**< largest sum of live bytes over the steps (lower bound) */

@@ -1341,7 +1341,7 @@ tmp_status tmp_train_plan_compact(tmp_train_plan *p, void *dst, size_t size) {
     }
     size_t n_bufs;
     const size_t need = compact_layout(p, &n_bufs);
-    (void)n_bufs; /* the layout ends with them */
+    (void)n_bufs; /* counted into `need`; the copy below finds them again */
     if (size < need) {
         return TMP_ERR_SIZE;
     }
