@@ -1319,29 +1319,25 @@ const tmp_buf *tmp_train_plan_buf(const tmp_train_plan *p, int32_t idx) {
 /* The compact block, in this order: flags, in_place [L]; k [L]; chan_off, fwd_macs, bwd_macs,
  * potential, score [L]; act_offset, grad_birth [T]; cache_t [T]; buf_bits, buf_rank [words];
  * channels [num_channels]; bufs [entries that exist]. */
-static size_t compact_layout(const tmp_train_plan *p, size_t *n_bufs) {
+static size_t compact_layout(const tmp_train_plan *p) {
     const size_t L = (size_t)p->num_layers, T = (size_t)p->num_tensors, NB = table_entries(p);
     size_t n = 0;
     for (size_t i = 0; i < NB; i++) {
         n += tmp_train_plan_buf(p, (int32_t)i)->size != 0u;
     }
-    *n_bufs = n;
     return align4(L) * 2 + align4(2 * L) + 4 * L * 5 + 4 * T * 2 + align4(T) + 4 * ((NB + 31) / 32) * 2 +
         align4(2 * (size_t)p->num_channels) + sizeof(tmp_buf) * n;
 }
 
 size_t tmp_train_plan_compact_size(const tmp_train_plan *p) {
-    size_t n;
-    return p == NULL || p->bufs == NULL ? 0u : compact_layout(p, &n);
+    return p == NULL || p->bufs == NULL ? 0u : compact_layout(p);
 }
 
 tmp_status tmp_train_plan_compact(tmp_train_plan *p, void *dst, size_t size) {
     if (p == NULL || p->bufs == NULL || dst == NULL || ((uintptr_t)dst & 3u) != 0) {
         return TMP_ERR_ARG;
     }
-    size_t n_bufs;
-    const size_t need = compact_layout(p, &n_bufs);
-    (void)n_bufs; /* counted into `need`; the copy below finds them again */
+    const size_t need = compact_layout(p);
     if (size < need) {
         return TMP_ERR_SIZE;
     }
