@@ -1369,19 +1369,38 @@ static mp_obj_t os_call(qstr fn, size_t n_args, const mp_obj_t *a) {
     return mp_call_function_n_kw(mp_load_attr(os, fn), n_args, 0, a);
 }
 
-// Write `data` (n bytes) to `path` so that a crash leaves either the old file or the new one
-// whole: write path + '.tmp', close it, then os.rename() it over `path` (each VFS's rename
-// replaces an existing file). On any error the temporary file is removed and the error raised.
-static void atomic_write(mp_obj_t path, const uint8_t *data, size_t n) {
+// Saved parameters go to and come from files through a buffer of this many bytes: the blob, as
+// large as the trained parameters, is never held whole on the heap beside the arena.
+#define PARAMS_PIECE 512
+
+// Write the trainer's parameters to `path` so that a crash leaves either the old file or the new
+// one whole: write path + '.tmp' piece by piece, close it, then os.rename() it over `path` (each
+// VFS's rename replaces an existing file). On any error the temporary file is removed and the
+// error raised.
+static void params_write_file(tinymp_trainer_obj_t *self, mp_obj_t path) {
     mp_obj_t tmp = mp_binary_op(MP_BINARY_OP_ADD, path, mp_obj_new_str(".tmp", 4));
+    // the piece is a heap block the bytearray points to: a VFS written in Python that kept the
+    // object would still hold valid memory
+    uint8_t *piece = m_new(uint8_t, PARAMS_PIECE);
+    mp_obj_t whole = mp_obj_new_bytearray_by_ref(PARAMS_PIECE, piece);
     // volatile: read after an nlr_jump out of the block that changes it
     mp_obj_t volatile f = mp_call_function_2(MP_OBJ_FROM_PTR(&mp_builtin_open_obj), tmp, MP_OBJ_NEW_QSTR(MP_QSTR_wb));
     nlr_buf_t nlr;
     if (nlr_push(&nlr) == 0) {
-        mp_obj_t buf = mp_obj_new_bytearray_by_ref(n, (void *)data);
-        mp_obj_t w = call_method(f, MP_QSTR_write, 1, &buf);
-        if (w != mp_const_none && mp_obj_get_int(w) != (mp_int_t)n) {
-            mp_raise_OSError(MP_EIO); // a short write: the medium is full
+        tmp_params_writer w = { 0u, 0u };
+        for (;;) {
+            uint32_t k = 0;
+            if (tmp_trainer_params_write(&self->t, &w, piece, PARAMS_PIECE, &k) != TMP_OK) {
+                mp_raise_msg(&mp_type_RuntimeError, MP_ERROR_TEXT("tinymp: cannot serialise the parameters"));
+            }
+            if (k == 0) {
+                break;
+            }
+            mp_obj_t buf = k == PARAMS_PIECE ? whole : mp_obj_new_bytearray_by_ref(k, piece);
+            mp_obj_t r = call_method(f, MP_QSTR_write, 1, &buf);
+            if (r != mp_const_none && mp_obj_get_int(r) != (mp_int_t)k) {
+                mp_raise_OSError(MP_EIO); // a short write: the medium is full
+            }
         }
         mp_obj_t fo = f;
         f = MP_OBJ_NULL;
@@ -1404,6 +1423,59 @@ static void atomic_write(mp_obj_t path, const uint8_t *data, size_t n) {
         nlr_jump(nlr.ret_val);
     }
 }
+
+// One pass over the file at `path` through the piecewise reader (copy: 0 checks, 1 loads). A
+// file that exports its bytes (a ROMFS file) is read in place; others in pieces, with readinto()
+// where the file has it, else read(). Errors of the file raise, the file closed.
+static tmp_status params_read_file(tinymp_trainer_obj_t *self, mp_obj_t path, int copy, uint8_t *piece,
+    const char **msg) {
+    tmp_params_reader r;
+    tmp_trainer_params_begin(&self->t, &r, copy);
+    mp_obj_t f = mp_call_function_2(MP_OBJ_FROM_PTR(&mp_builtin_open_obj), path, MP_OBJ_NEW_QSTR(MP_QSTR_rb));
+    nlr_buf_t nlr;
+    if (nlr_push(&nlr) == 0) {
+        mp_buffer_info_t bi;
+        if (mp_get_buffer(f, &bi, MP_BUFFER_READ)) {
+            tmp_trainer_params_feed(&self->t, &r, (const uint8_t *)bi.buf, (uint32_t)bi.len);
+        } else {
+            mp_obj_t into[3];
+            mp_load_method_maybe(f, MP_QSTR_readinto, into);
+            mp_obj_t view = mp_obj_new_bytearray_by_ref(PARAMS_PIECE, piece);
+            for (;;) {
+                mp_obj_t got;
+                if (into[0] != MP_OBJ_NULL) {
+                    mp_obj_t call[3] = { into[0], into[1], view };
+                    got = mp_call_method_n_kw(1, 0, call);
+                    bi.buf = piece;
+                    bi.len = got == mp_const_none ? 0 : (size_t)mp_obj_get_int(got);
+                    if (bi.len > PARAMS_PIECE) {
+                        mp_raise_OSError(MP_EIO);
+                    }
+                } else {
+                    mp_obj_t n = MP_OBJ_NEW_SMALL_INT(PARAMS_PIECE);
+                    got = call_method(f, MP_QSTR_read, 1, &n);
+                    if (mp_obj_is_str(got) || !mp_get_buffer(got, &bi, MP_BUFFER_READ)) {
+                        mp_raise_TypeError(MP_ERROR_TEXT("tinymp: file read did not return bytes"));
+                    }
+                }
+                if (bi.len == 0) {
+                    break;
+                }
+                tmp_trainer_params_feed(&self->t, &r, (const uint8_t *)bi.buf, (uint32_t)bi.len);
+            }
+        }
+        nlr_pop();
+    } else {
+        nlr_buf_t nlr2;
+        if (nlr_push(&nlr2) == 0) {
+            call_method(f, MP_QSTR_close, 0, NULL);
+            nlr_pop();
+        }
+        nlr_jump(nlr.ret_val);
+    }
+    call_method(f, MP_QSTR_close, 0, NULL);
+    return tmp_trainer_params_end(&self->t, &r, msg);
+}
 #endif
 
 // save(path): the personalised parameters (versioned, CRC-checked), written atomically.
@@ -1411,15 +1483,8 @@ static mp_obj_t tinymp_trainer_save(mp_obj_t self_in, mp_obj_t path) {
     tinymp_trainer_obj_t *self = MP_OBJ_TO_PTR(self_in);
     check_path(path);
     trainer_check(self);
-    uint32_t n = tmp_trainer_params_size(&self->t);
-    uint8_t *buf = m_new(uint8_t, n > 0 ? n : 1);
-    if (tmp_trainer_params_save(&self->t, buf, n) != TMP_OK) {
-        mp_raise_msg(&mp_type_RuntimeError, MP_ERROR_TEXT("tinymp: cannot serialise the parameters"));
-    }
     #if MICROPY_PY_IO
-    // `buf` is left to the GC, not freed here: the file object's write() saw it as a bytearray
-    // and a VFS written in Python may have kept that object
-    atomic_write(path, buf, n);
+    params_write_file(self, path);
     #else
     mp_raise_OSError(MP_EROFS); // no filesystem on this port
     #endif
@@ -1427,36 +1492,31 @@ static mp_obj_t tinymp_trainer_save(mp_obj_t self_in, mp_obj_t path) {
 }
 static MP_DEFINE_CONST_FUN_OBJ_2(tinymp_trainer_save_obj, tinymp_trainer_save);
 
-// load(path): parameters saved by save() for this plan. A file that is not such a blob (corrupt,
-// truncated, another model or plan) raises ValueError and changes nothing.
+// load(path): parameters saved by save() for this plan. The file is read twice: a first pass
+// checks all of it (a file that is not such a blob -- corrupt, truncated, another model or plan
+// -- raises ValueError and changes nothing), a second copies it in. Should the second pass fail
+// (a read error, or a file changed in between), the trainer goes back to the pretrained
+// parameters before the error is raised, so it is never left half loaded.
 static mp_obj_t tinymp_trainer_load(mp_obj_t self_in, mp_obj_t path) {
     tinymp_trainer_obj_t *self = MP_OBJ_TO_PTR(self_in);
     check_path(path);
     #if MICROPY_PY_IO
-    mp_obj_t f = mp_call_function_2(MP_OBJ_FROM_PTR(&mp_builtin_open_obj), path, MP_OBJ_NEW_QSTR(MP_QSTR_rb));
-    mp_obj_t content = MP_OBJ_NULL;
-    nlr_buf_t nlr;
-    if (nlr_push(&nlr) == 0) {
-        mp_buffer_info_t fb;
-        // a ROMFS file exports its bytes in place; others are read whole
-        content = mp_get_buffer(f, &fb, MP_BUFFER_READ) ? f : call_method(f, MP_QSTR_read, 0, NULL);
-        nlr_pop();
-    }
-    if (content != f) {
-        call_method(f, MP_QSTR_close, 0, NULL);
-    }
-    if (content == MP_OBJ_NULL) {
-        nlr_jump(nlr.ret_val); // the error of read(), the file now closed
-    }
-    mp_buffer_info_t bi;
-    if (mp_obj_is_str(content) || !mp_get_buffer(content, &bi, MP_BUFFER_READ)) {
-        mp_raise_TypeError(MP_ERROR_TEXT("tinymp: file read did not return bytes"));
-    }
     trainer_check(self);
+    uint8_t *piece = m_new(uint8_t, PARAMS_PIECE);
     const char *msg = NULL;
-    tmp_status st = tmp_trainer_params_load(&self->t, (const uint8_t *)bi.buf, (uint32_t)bi.len, &msg);
-    if (content == f) {
-        call_method(f, MP_QSTR_close, 0, NULL);
+    tmp_status st = params_read_file(self, path, 0, piece, &msg);
+    if (st == TMP_OK) {
+        nlr_buf_t nlr;
+        if (nlr_push(&nlr) == 0) {
+            st = params_read_file(self, path, 1, piece, &msg);
+            nlr_pop();
+        } else {
+            tmp_trainer_reset(&self->t);
+            nlr_jump(nlr.ret_val);
+        }
+        if (st != TMP_OK) {
+            tmp_trainer_reset(&self->t);
+        }
     }
     if (st != TMP_OK) {
         raise_fmt(&mp_type_ValueError, "tinymp: cannot load %s: %s", obj_text(path, PRINT_REPR),

@@ -3,6 +3,8 @@
 # changes anything, so a corrupted or foreign file raises ValueError and the trainer keeps its
 # parameters. Where no writable filesystem is mounted (the qemu port) the script mounts a small
 # filesystem written in Python (vfs.mount) and uses that: the output is the same everywhere.
+# save() and load() go through a 512-byte buffer, never the whole file: on MicroPython, with the
+# port's own filesystem, the heap grows by less than the file's size.
 try:
     import tinymp
 
@@ -11,7 +13,9 @@ except (ImportError, AttributeError):
     print("SKIP")
     raise SystemExit
 
+import gc
 import os
+import sys
 
 # BEGIN MODEL (written by make_models.py)
 MODEL = (
@@ -166,6 +170,7 @@ if BASE is None:
     raise SystemExit
 PATH = BASE + ".params"
 OTHER = BASE + "_other.params"
+BIG = BASE + "_fp32.params"
 
 
 def exists(p):
@@ -261,6 +266,67 @@ try:
     t.step(xs[0], ys[0])
     print("still trains", logits(t) != trained)
 
+    # the heap while saving and loading: less than the file, so never a copy of it (where the GC
+    # can say, and the file system is the port's own, not the Python one mounted above)
+    tb = tinymp.Trainer(m, m.plan("full", storage="fp32"), lr=0.1)
+    tb.step(xs[0], ys[0])
+    tb.save(BIG)
+    size = len(read(BIG))
+    small = True
+    if hasattr(gc, "mem_alloc") and not BIG.startswith("/ram"):
+        gc.collect()
+        a = gc.mem_alloc()
+        tb.save(BIG)
+        grew_save = gc.mem_alloc() - a
+        gc.collect()
+        a = gc.mem_alloc()
+        tb.load(BIG)
+        grew_load = gc.mem_alloc() - a
+        small = grew_save < size and grew_load < size
+        if not small:
+            print("heap grew by", grew_save, "and", grew_load, "for a file of", size)
+    print("fp32 file > 1 KB", size > 1024, "saved and loaded in pieces", small)
+
+    # on the board load() reads the file twice, to check it and then to copy it in: should the
+    # second read fail or differ, the trainer goes back to the pretrained parameters rather than
+    # stay half loaded (the PC reads the file once, so there is nothing to show there)
+    if sys.implementation.name == "micropython":
+        import vfs
+
+        class TwoReadFS(RamFS):
+            # the first open for reading sees `first`, later ones `then` (None: an I/O error)
+            def __init__(self, first, then):
+                RamFS.__init__(self)
+                self.reads = [first, then]
+
+            def open(self, path, mode):
+                if "r" in mode:
+                    data = self.reads[0] if len(self.reads) == 1 else self.reads.pop(0)
+                    if data is None:
+                        raise OSError(5)
+                    self.files[path] = data
+                return RamFile(self, path, mode)
+
+        flipped = bytearray(blob)
+        flipped[len(flipped) // 2] ^= 0x40
+        twice = []
+        for then in (bytes(flipped), None):
+            t.load(PATH)
+            vfs.mount(TwoReadFS(blob, then), "/tinymp_two")
+            try:
+                t.load("/tinymp_two/p.params")
+                r = "no error"
+            except ValueError:
+                r = "ValueError"
+            except OSError:
+                r = "OSError"
+            finally:
+                vfs.umount("/tinymp_two")
+            twice.append((r, logits(t) == pre))
+    else:
+        twice = [("ValueError", True), ("OSError", True)]
+    print("second read differs, fails -> (error, pretrained):", twice)
+
     # files that are not there, and a path that is not a str
     show("missing", t.load, BASE + "_missing.params")
     show("no such dir", t.save, BASE + "_no_dir/x.params")
@@ -272,7 +338,7 @@ try:
             print("save", v, "-> TypeError")
     print("no stray files", not exists(BASE + "_no_dir/x.params.tmp"))
 finally:
-    for q in (PATH, OTHER, PATH + ".tmp", OTHER + ".tmp"):
+    for q in (PATH, OTHER, BIG, PATH + ".tmp", OTHER + ".tmp", BIG + ".tmp"):
         try:
             os.remove(q)
         except OSError:

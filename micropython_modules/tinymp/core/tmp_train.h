@@ -378,6 +378,64 @@ tmp_status tmp_trainer_params_save(const tmp_trainer *t, uint8_t *buf, uint32_t 
 tmp_status tmp_trainer_params_load(tmp_trainer *t, const uint8_t *buf, uint32_t size,
     const char **msg);
 
+/*
+ * The same blob in pieces, for a binding that writes or reads a file through a small buffer
+ * instead of holding the whole blob (on the board it is as large as the trained parameters).
+ */
+
+/** Where a piecewise write is: zero it, then call tmp_trainer_params_write until *n is 0. */
+typedef struct {
+    uint32_t off; /**< bytes of the blob produced so far */
+    uint32_t crc; /**< CRC-32 of those bytes (up to the trailer) */
+} tmp_params_writer;
+
+/**
+ * The next bytes of the blob (at most cap) into dst; *n = how many (0: the blob is complete).
+ * The concatenated pieces equal what tmp_trainer_params_save writes, provided the parameters do
+ * not change between the calls.
+ */
+tmp_status tmp_trainer_params_write(const tmp_trainer *t, tmp_params_writer *w, uint8_t *dst,
+    uint32_t cap, uint32_t *n);
+
+/** A piecewise read's state (tmp_trainer_params_begin sets every field). */
+typedef struct {
+    uint8_t head[32];     /**< the blob's header */
+    uint8_t rec[8];       /**< the current record's header */
+    uint8_t word[4];      /**< a checked value split between two pieces */
+    uint8_t tail[4];      /**< the CRC trailer */
+    uint64_t total;       /**< bytes fed */
+    uint64_t end;         /**< header + payload (known once the header is whole) */
+    uint32_t crc;         /**< CRC-32 of the bytes before `end` fed so far */
+    uint32_t roff;        /**< bytes of the current record fed, its header included */
+    uint32_t nrec;        /**< records complete */
+    int32_t pos;          /**< the record expected next (internal cursor; < 0: none left) */
+    int32_t layer;        /**< the expected record: layer, kind, bytes, where it goes */
+    uint32_t kind;
+    uint32_t bytes;
+    uint8_t *data;
+    int32_t limit;        /**< |value| bound of an int32 bias record */
+    int copy;             /**< 1: records are written into the arena as they arrive */
+    int parse;            /**< 0: the header is not this format's, later bytes are only counted */
+    tmp_status err_st;    /**< the first error found in the records (TMP_OK: none so far) */
+    const char *err;      /**< its message */
+} tmp_params_reader;
+
+/**
+ * Start reading a blob in pieces. copy = 0 checks only; copy = 1 also writes each record into
+ * the arena as it arrives, so run it only after a checking pass over the same bytes succeeded:
+ * tmp_trainer_params_load is exactly that, on one buffer. Then tmp_trainer_params_feed with the
+ * blob's bytes in order, in pieces of any size, and tmp_trainer_params_end.
+ */
+tmp_status tmp_trainer_params_begin(const tmp_trainer *t, tmp_params_reader *r, int copy);
+tmp_status tmp_trainer_params_feed(tmp_trainer *t, tmp_params_reader *r, const uint8_t *data,
+    uint32_t n);
+/**
+ * The verdict on everything fed: TMP_OK, or the error tmp_trainer_params_load would give for the
+ * same bytes (*msg says why). After a copying pass that succeeds, the masters' int8 copies are
+ * requantised: the parameters are loaded. Any piece boundaries give the same results.
+ */
+tmp_status tmp_trainer_params_end(tmp_trainer *t, tmp_params_reader *r, const char **msg);
+
 /**
  * Whether the trainer steps a layer's trained int8 weights where they are (the default: int8
  * storage, no momentum, not a standard conv) rather than through a slice gathered into the end of

@@ -1123,6 +1123,87 @@ uint32_t tmp_trainer_params_size(const tmp_trainer *t) {
     return n;
 }
 
+/* The header of this trainer's blob: records and payload bytes. */
+static void params_header(const tmp_trainer *t, uint8_t *h, uint32_t *payload) {
+    uint32_t n = 0, bytes = 0;
+    rec_t r;
+    for (int32_t pos = next_record(t, 0, &r); pos >= 0; pos = next_record(t, pos, &r)) {
+        bytes += 8u + r.bytes;
+        n++;
+    }
+    memset(h, 0, PARAMS_HEADER);
+    memcpy(h, PARAMS_MAGIC, 4);
+    wr16(h + 4, PARAMS_VERSION);
+    h[6] = (uint8_t)t->p->storage;
+    wr32(h + 8, t->m->crc);
+    wr32(h + 12, n);
+    wr32(h + 16, bytes);
+    *payload = bytes;
+}
+
+tmp_status tmp_trainer_params_write(const tmp_trainer *t, tmp_params_writer *w, uint8_t *dst,
+    uint32_t cap, uint32_t *n) {
+    if (t == NULL || t->p == NULL || w == NULL || n == NULL || (dst == NULL && cap > 0)) {
+        return TMP_ERR_ARG;
+    }
+    *n = 0;
+    uint8_t h[PARAMS_HEADER];
+    uint32_t payload;
+    params_header(t, h, &payload);
+    const uint32_t body = PARAMS_HEADER + payload, total = body + 4u;
+    if (w->off > total) {
+        return TMP_ERR_ARG;
+    }
+    while (*n < cap && w->off < total) {
+        const uint32_t off = w->off;
+        const uint8_t *src = NULL;
+        uint32_t k = 0;
+        uint8_t small[8];
+        if (off < PARAMS_HEADER) {
+            src = h + off;
+            k = PARAMS_HEADER - off;
+        } else if (off < body) {
+            /* the record (its 8-byte header, then its bytes in the arena) that holds off */
+            uint32_t at = PARAMS_HEADER;
+            rec_t r;
+            for (int32_t pos = next_record(t, 0, &r); pos >= 0; pos = next_record(t, pos, &r)) {
+                if (off < at + 8u) {
+                    wr16(small, (uint32_t)r.layer);
+                    small[2] = (uint8_t)r.kind;
+                    small[3] = 0;
+                    wr32(small + 4, r.bytes);
+                    src = small + (off - at);
+                    k = at + 8u - off;
+                    break;
+                }
+                if (off < at + 8u + r.bytes) {
+                    src = r.data + (off - at - 8u);
+                    k = at + 8u + r.bytes - off;
+                    break;
+                }
+                at += 8u + r.bytes;
+            }
+            if (src == NULL) {
+                return TMP_ERR_ARG; /* cannot happen: the records add up to the payload */
+            }
+        } else {
+            wr32(small, w->crc);
+            src = small + (off - body);
+            k = total - off;
+        }
+        if (k > cap - *n) {
+            k = cap - *n;
+        }
+        memcpy(dst + *n, src, k);
+        if (off < body) {
+            w->crc = tmp_crc32(w->crc, src, k);
+        }
+        w->off += k;
+        *n += k;
+    }
+    return TMP_OK;
+}
+
 tmp_status tmp_trainer_params_save(const tmp_trainer *t, uint8_t *buf, uint32_t size) {
     const uint32_t need = tmp_trainer_params_size(t);
     if (buf == NULL || need == 0) {
@@ -1131,26 +1212,10 @@ tmp_status tmp_trainer_params_save(const tmp_trainer *t, uint8_t *buf, uint32_t 
     if (size < need) {
         return TMP_ERR_SIZE;
     }
-    memset(buf, 0, PARAMS_HEADER);
-    memcpy(buf, PARAMS_MAGIC, 4);
-    wr16(buf + 4, PARAMS_VERSION);
-    buf[6] = (uint8_t)t->p->storage;
-    wr32(buf + 8, t->m->crc);
-    uint32_t n = 0, off = PARAMS_HEADER;
-    rec_t r;
-    for (int32_t pos = next_record(t, 0, &r); pos >= 0; pos = next_record(t, pos, &r)) {
-        wr16(buf + off, (uint32_t)r.layer);
-        buf[off + 2] = (uint8_t)r.kind;
-        buf[off + 3] = 0;
-        wr32(buf + off + 4, r.bytes);
-        memcpy(buf + off + 8, r.data, r.bytes);
-        off += 8u + r.bytes;
-        n++;
-    }
-    wr32(buf + 12, n);
-    wr32(buf + 16, off - PARAMS_HEADER);
-    wr32(buf + off, tmp_crc32(0, buf, off));
-    return TMP_OK;
+    tmp_params_writer w = { 0u, 0u };
+    uint32_t n = 0;
+    tmp_status st = tmp_trainer_params_write(t, &w, buf, need, &n);
+    return st != TMP_OK ? st : n == need ? TMP_OK : TMP_ERR_SIZE;
 }
 
 static tmp_status bad(const char **msg, const char *why) {
@@ -1160,96 +1225,240 @@ static tmp_status bad(const char **msg, const char *why) {
     return TMP_ERR_FORMAT;
 }
 
+static const char *const PARAMS_OTHER_PLAN = "the parameters were saved with another plan (other trainable layers)";
+
+/* The first error found in the records wins; later bytes are only counted and CRC'd. */
+static void reader_fail(tmp_params_reader *r, tmp_status st, const char *why) {
+    if (r->err_st == TMP_OK) {
+        r->err_st = st;
+        r->err = why;
+    }
+}
+
+/* Expect the next record of the plan (r->pos), or none. */
+static void reader_next(const tmp_trainer *t, tmp_params_reader *r) {
+    rec_t rec;
+    r->pos = r->pos < 0 ? -1 : next_record(t, r->pos, &rec);
+    r->roff = 0;
+    if (r->pos >= 0) {
+        r->layer = rec.layer;
+        r->kind = rec.kind;
+        r->bytes = rec.bytes;
+        r->data = rec.data;
+    }
+}
+
+/* A record's header is whole: is it the record this plan expects, inside the payload? */
+static void reader_record_header(const tmp_trainer *t, tmp_params_reader *r, uint64_t at) {
+    if (rd16(r->rec) != (uint32_t)r->layer || r->rec[2] != r->kind || rd32(r->rec + 4) != r->bytes ||
+        at + 8u + r->bytes > r->end) {
+        reader_fail(r, TMP_ERR_FORMAT, PARAMS_OTHER_PLAN);
+        return;
+    }
+    if (r->kind == REC_B) {
+        tmp_layer l;
+        tmp_tensor tin;
+        if (tmp_model_layer(t->m, r->layer, &l, NULL) != TMP_OK || tmp_model_tensor(t->m, l.in0, &tin, NULL) != TMP_OK) {
+            reader_fail(r, TMP_ERR_FORMAT, NULL);
+            return;
+        }
+        r->limit = bias_limit(&l, cin_of(&l, &tin));
+    }
+}
+
+/* One whole 4-byte value of an int32 bias or fp32 master record. */
+static void reader_value(tmp_params_reader *r, const uint8_t *v) {
+    if (r->kind == REC_B) {
+        const int32_t x = (int32_t)rd32(v);
+        if (x > r->limit || x < -r->limit) {
+            reader_fail(r, TMP_ERR_FORMAT, "a saved bias is out of range");
+        }
+    } else {
+        float x;
+        memcpy(&x, v, 4);
+        if (!isfinite(x)) {
+            reader_fail(r, TMP_ERR_FORMAT, "a saved parameter is not finite");
+        }
+    }
+}
+
+/* n payload bytes (the header is whole and this format's): the record structure and values. */
+static void reader_records(const tmp_trainer *t, tmp_params_reader *r, const uint8_t *d, uint32_t n) {
+    uint64_t at = r->total; /* blob offset of d[0] */
+    while (n > 0 && r->err_st == TMP_OK) {
+        if (r->pos < 0) {
+            reader_fail(r, TMP_ERR_FORMAT, PARAMS_OTHER_PLAN); /* more payload than records */
+            return;
+        }
+        uint32_t k;
+        if (r->roff < 8u) {
+            k = 8u - r->roff < n ? 8u - r->roff : n;
+            memcpy(r->rec + r->roff, d, k);
+            if (r->roff + k == 8u) {
+                reader_record_header(t, r, at - r->roff);
+            }
+        } else {
+            const uint32_t i = r->roff - 8u; /* offset in the record's data */
+            k = r->bytes - i < n ? r->bytes - i : n;
+            if (r->kind != REC_W) {
+                uint32_t j = 0;
+                for (; j < k && ((i + j) & 3u) != 0; j++) { /* finish a value split by a piece */
+                    r->word[(i + j) & 3u] = d[j];
+                    if (((i + j) & 3u) == 3u) {
+                        reader_value(r, r->word);
+                    }
+                }
+                for (; j + 4u <= k; j += 4u) {
+                    reader_value(r, d + j);
+                }
+                for (; j < k; j++) { /* the start of a value the next piece finishes */
+                    r->word[(i + j) & 3u] = d[j];
+                }
+            }
+            if (r->copy && r->err_st == TMP_OK) {
+                memcpy(r->data + i, d, k);
+            }
+        }
+        r->roff += k;
+        d += k;
+        n -= k;
+        at += k;
+        if (r->err_st == TMP_OK && r->roff == 8u + r->bytes) {
+            r->nrec++;
+            reader_next(t, r);
+        }
+    }
+}
+
+tmp_status tmp_trainer_params_begin(const tmp_trainer *t, tmp_params_reader *r, int copy) {
+    if (t == NULL || t->p == NULL || r == NULL) {
+        return TMP_ERR_ARG;
+    }
+    memset(r, 0, sizeof(*r));
+    r->copy = copy != 0;
+    r->err_st = TMP_OK;
+    r->err = NULL;
+    r->data = NULL;
+    r->pos = 0;
+    reader_next(t, r);
+    return TMP_OK;
+}
+
+tmp_status tmp_trainer_params_feed(tmp_trainer *t, tmp_params_reader *r, const uint8_t *d, uint32_t n) {
+    if (t == NULL || t->p == NULL || r == NULL || (d == NULL && n > 0)) {
+        return TMP_ERR_ARG;
+    }
+    while (n > 0) {
+        uint64_t k;
+        if (r->total < PARAMS_HEADER) {
+            k = PARAMS_HEADER - r->total < n ? PARAMS_HEADER - r->total : n;
+            memcpy(r->head + r->total, d, (size_t)k);
+            if (r->total + k == PARAMS_HEADER) {
+                /* parse the records only under a header of this format's version */
+                r->parse = memcmp(r->head, PARAMS_MAGIC, 4) == 0 && rd16(r->head + 4) == PARAMS_VERSION;
+                r->end = PARAMS_HEADER + (uint64_t)rd32(r->head + 16);
+                r->crc = tmp_crc32(0, r->head, PARAMS_HEADER);
+            }
+        } else if (r->parse && r->total < r->end) {
+            k = r->end - r->total < n ? r->end - r->total : n;
+            r->crc = tmp_crc32(r->crc, d, (size_t)k);
+            reader_records(t, r, d, (uint32_t)k);
+        } else if (r->parse && r->total < r->end + 4u) {
+            k = r->end + 4u - r->total < n ? r->end + 4u - r->total : n;
+            memcpy(r->tail + (r->total - r->end), d, (size_t)k);
+        } else {
+            k = n; /* bytes past the blob, or under a foreign header: counted only */
+        }
+        r->total += k;
+        d += k;
+        n -= (uint32_t)k;
+    }
+    return TMP_OK;
+}
+
+/* After a successful copy: the int8 copies of fp32 masters follow from them. */
+static void params_requant(tmp_trainer *t) {
+    rec_t r;
+    tmp_layer l;
+    tmp_tensor tin, tout;
+    for (int32_t pos = next_record(t, 0, &r); pos >= 0; pos = next_record(t, pos, &r)) {
+        if (r.kind != REC_WM && r.kind != REC_BM) {
+            continue;
+        }
+        tmp_model_layer(t->m, r.layer, &l, NULL);
+        tmp_model_tensor(t->m, l.in0, &tin, NULL);
+        tmp_model_tensor(t->m, l.out, &tout, NULL);
+        const uint32_t cin = cin_of(&l, &tin), cout = (uint32_t)tout.dims.c;
+        const float *v = (const float *)(void *)r.data;
+        if (r.kind == REC_BM) {
+            int32_t *b = (int32_t *)lb_ptr(t, TMP_LB_B, r.layer);
+            tmp_requant_s32_f32((int32_t)cout, v, tin.scale, l.wscale, b);
+            clamp_bias(b, cout, bias_limit(&l, cin));
+        } else {
+            int8_t *w = (int8_t *)lb_ptr(t, TMP_LB_W, r.layer);
+            const uint32_t wc = weights_of(&l, cin, cout);
+            if (l.type == TMP_LAYER_DWCONV) {
+                for (uint32_t e = 0; e < wc; e++) {
+                    tmp_requant_s8_f32(1, v + e, l.wscale[e % cin], w + e);
+                }
+            } else {
+                const uint32_t per_o = wc / cout;
+                for (uint32_t o = 0; o < cout; o++) {
+                    tmp_requant_s8_f32((int32_t)per_o, v + o * per_o, l.wscale[o], w + o * per_o);
+                }
+            }
+        }
+    }
+}
+
+tmp_status tmp_trainer_params_end(tmp_trainer *t, tmp_params_reader *r, const char **msg) {
+    if (t == NULL || t->p == NULL || r == NULL) {
+        return TMP_ERR_ARG;
+    }
+    /* the checks in this order, whatever order the bytes revealed them in */
+    if (r->total < PARAMS_HEADER + 4u || memcmp(r->head, PARAMS_MAGIC, 4) != 0) {
+        return bad(msg, "not a tinymp parameters file");
+    }
+    if (rd16(r->head + 4) != PARAMS_VERSION) {
+        return bad(msg, "unsupported parameters file version");
+    }
+    if (r->end + 4u != r->total) {
+        return bad(msg, "truncated or oversized parameters file");
+    }
+    if (r->crc != rd32(r->tail)) {
+        return bad(msg, "CRC-32 mismatch: the parameters file is corrupted");
+    }
+    if (rd32(r->head + 8) != t->m->crc) {
+        return bad(msg, "the parameters were saved for another model");
+    }
+    if (r->head[6] != (uint8_t)t->p->storage) {
+        return bad(msg, "the parameters were saved with another storage mode (int8 / fp32)");
+    }
+    if (r->err_st != TMP_OK) {
+        return r->err != NULL ? bad(msg, r->err) : r->err_st;
+    }
+    /* every record of the plan came, and nothing else */
+    if (r->pos >= 0 || r->nrec != rd32(r->head + 12)) {
+        return bad(msg, PARAMS_OTHER_PLAN);
+    }
+    if (r->copy) {
+        params_requant(t);
+    }
+    return TMP_OK;
+}
+
 tmp_status tmp_trainer_params_load(tmp_trainer *t, const uint8_t *buf, uint32_t size, const char **msg) {
     if (t == NULL || t->p == NULL || buf == NULL) {
         return TMP_ERR_ARG;
     }
-    if (size < PARAMS_HEADER + 4u || memcmp(buf, PARAMS_MAGIC, 4) != 0) {
-        return bad(msg, "not a tinymp parameters file");
-    }
-    if (rd16(buf + 4) != PARAMS_VERSION) {
-        return bad(msg, "unsupported parameters file version");
-    }
-    const uint32_t payload = rd32(buf + 16);
-    if (payload > size - PARAMS_HEADER - 4u || PARAMS_HEADER + payload + 4u != size) {
-        return bad(msg, "truncated or oversized parameters file");
-    }
-    if (tmp_crc32(0, buf, PARAMS_HEADER + payload) != rd32(buf + PARAMS_HEADER + payload)) {
-        return bad(msg, "CRC-32 mismatch: the parameters file is corrupted");
-    }
-    if (rd32(buf + 8) != t->m->crc) {
-        return bad(msg, "the parameters were saved for another model");
-    }
-    if (buf[6] != (uint8_t)t->p->storage) {
-        return bad(msg, "the parameters were saved with another storage mode (int8 / fp32)");
-    }
-    /* every record must be exactly what this plan holds, in order */
-    uint32_t off = PARAMS_HEADER, n = 0;
-    rec_t r;
-    tmp_layer l;
-    tmp_tensor tin;
-    for (int32_t pos = next_record(t, 0, &r); pos >= 0; pos = next_record(t, pos, &r)) {
-        if (off + 8u > PARAMS_HEADER + payload || rd16(buf + off) != (uint32_t)r.layer || buf[off + 2] != r.kind ||
-            rd32(buf + off + 4) != r.bytes || off + 8u + r.bytes > PARAMS_HEADER + payload) {
-            return bad(msg, "the parameters were saved with another plan (other trainable layers)");
-        }
-        const uint8_t *d = buf + off + 8u;
-        if (tmp_model_layer(t->m, r.layer, &l, NULL) != TMP_OK || tmp_model_tensor(t->m, l.in0, &tin, NULL) != TMP_OK) {
-            return TMP_ERR_FORMAT;
-        }
-        if (r.kind == REC_B) {
-            const int32_t lim = bias_limit(&l, cin_of(&l, &tin));
-            for (uint32_t e = 0; e < r.bytes / 4u; e++) {
-                int32_t v = (int32_t)rd32(d + 4u * e);
-                if (v > lim || v < -lim) {
-                    return bad(msg, "a saved bias is out of range");
-                }
-            }
-        } else if (r.kind == REC_WM || r.kind == REC_BM) {
-            for (uint32_t e = 0; e < r.bytes / 4u; e++) {
-                float v;
-                memcpy(&v, d + 4u * e, 4);
-                if (!isfinite(v)) {
-                    return bad(msg, "a saved parameter is not finite");
-                }
-            }
-        }
-        off += 8u + r.bytes;
-        n++;
-    }
-    if (off != PARAMS_HEADER + payload || rd32(buf + 12) != n) {
-        return bad(msg, "the parameters were saved with another plan (other trainable layers)");
-    }
-    /* all checked: copy */
-    off = PARAMS_HEADER;
-    for (int32_t pos = next_record(t, 0, &r); pos >= 0; pos = next_record(t, pos, &r)) {
-        memcpy(r.data, buf + off + 8u, r.bytes);
-        off += 8u + r.bytes;
-        if (r.kind == REC_WM || r.kind == REC_BM) {
-            tmp_model_layer(t->m, r.layer, &l, NULL);
-            tmp_model_tensor(t->m, l.in0, &tin, NULL);
-            tmp_tensor tout;
-            tmp_model_tensor(t->m, l.out, &tout, NULL);
-            const uint32_t cin = cin_of(&l, &tin), cout = (uint32_t)tout.dims.c;
-            const float *v = (const float *)(void *)r.data;
-            if (r.kind == REC_BM) {
-                int32_t *b = (int32_t *)lb_ptr(t, TMP_LB_B, r.layer);
-                tmp_requant_s32_f32((int32_t)cout, v, tin.scale, l.wscale, b);
-                clamp_bias(b, cout, bias_limit(&l, cin));
-            } else {
-                int8_t *w = (int8_t *)lb_ptr(t, TMP_LB_W, r.layer);
-                const uint32_t wc = weights_of(&l, cin, cout);
-                if (l.type == TMP_LAYER_DWCONV) {
-                    for (uint32_t e = 0; e < wc; e++) {
-                        tmp_requant_s8_f32(1, v + e, l.wscale[e % cin], w + e);
-                    }
-                } else {
-                    const uint32_t per_o = wc / cout;
-                    for (uint32_t o = 0; o < cout; o++) {
-                        tmp_requant_s8_f32((int32_t)per_o, v + o * per_o, l.wscale[o], w + o * per_o);
-                    }
-                }
-            }
+    /* all checked, then copied: nothing changes on an error */
+    tmp_params_reader r;
+    for (int copy = 0; copy <= 1; copy++) {
+        tmp_trainer_params_begin(t, &r, copy);
+        tmp_trainer_params_feed(t, &r, buf, size);
+        tmp_status st = tmp_trainer_params_end(t, &r, msg);
+        if (st != TMP_OK) {
+            return st;
         }
     }
     return TMP_OK;
