@@ -5,20 +5,24 @@
  * pin (tests/test_params_stream.py builds this with the whole core under the address and
  * undefined-behaviour sanitizers).
  *
- * For every configuration below a trainer takes a few steps, so its parameters differ from the
- * model's. Then:
- * - the writer, at every piece size tried, produces exactly the bytes of tmp_trainer_params_save
- *   and then nothing more;
+ * The reference is an independent reading of the format (docs/TRAINING.md, "saved parameters"):
+ * ref_blob() lays out a trainer's parameters as the format says, ref_verdict() applies the
+ * checks in their documented order. For every configuration below a trainer takes a few steps,
+ * so its parameters differ from the model's. Then:
+ * - tmp_trainer_params_save writes ref_blob()'s bytes, and the writer, at every piece size
+ *   tried, produces exactly those bytes and then nothing more;
  * - for each of many damaged copies of the blob (bit flips, bytes set, cuts, bytes appended,
  *   header and record fields edited, values set out of range or to NaN, a record left out or
  *   all of them twice, each also with its CRC
- *   made valid again), reading it in random pieces gives the same status and message as
- *   tmp_trainer_params_load on the whole buffer; the checking pass never changes the arena, a
+ *   made valid again), tmp_trainer_params_load on the whole buffer gives ref_verdict()'s status
+ *   and message, and so does reading it in random pieces; the checking pass never changes the arena, a
  *   failed load changes nothing, and a load that succeeds leaves the same arena both ways.
  *
  * usage: params_stream_check MODEL.tmpm STEPS   one line per configuration, exit 0 when all
  * agree, 1 with "FAIL ..." otherwise.
  */
+#include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -78,6 +82,136 @@ static void fix_crc(uint8_t *b, uint32_t n) {
     }
 }
 
+/* ---------------------------------------------------------------- the reference */
+
+typedef struct {
+    int32_t layer;
+    uint32_t kind, bytes, offset;
+} ref_rec;
+
+/* The arrays a plan saves, in order: per layer int8 weights (kind 1), int32 biases (2), or with
+ * fp32 storage only their fp32 masters (3, 4) -- the arrays the plan gives bytes. */
+static uint32_t ref_records(const tmp_trainer *t, ref_rec *out) {
+    const tmp_train_plan *p = t->p;
+    static const int lb[4] = { TMP_LB_W, TMP_LB_B, TMP_LB_WM, TMP_LB_BM };
+    uint32_t n = 0;
+    for (int32_t i = 0; i < p->num_layers; i++) {
+        for (uint32_t kind = 1; kind <= 4u; kind++) {
+            if (p->storage == TMP_STORAGE_FP32 && kind <= 2u) {
+                continue;
+            }
+            const tmp_buf *bb = tmp_train_plan_buf(p, lb[kind - 1u] * p->num_layers + i);
+            if (bb->size != 0) {
+                out[n].layer = i;
+                out[n].kind = kind;
+                out[n].bytes = bb->size;
+                out[n].offset = bb->offset;
+                n++;
+            }
+        }
+    }
+    return n;
+}
+
+static uint32_t get32(const uint8_t *d) {
+    return (uint32_t)d[0] | (uint32_t)d[1] << 8 | (uint32_t)d[2] << 16 | (uint32_t)d[3] << 24;
+}
+
+/* Header (magic TMPP, version 1 (u16), storage (u8), 0, model CRC, records, payload bytes, 12
+ * zero bytes), the records (layer u16, kind u8, 0, bytes u32, data), CRC-32 of all that. */
+static uint32_t ref_blob(const tmp_trainer *t, const ref_rec *rec, uint32_t nrec, uint8_t *out) {
+    uint32_t off = 32u;
+    memset(out, 0, 32);
+    memcpy(out, "TMPP", 4);
+    out[4] = 1;
+    out[6] = (uint8_t)t->p->storage;
+    put32(out + 8, t->m->crc);
+    put32(out + 12, nrec);
+    for (uint32_t j = 0; j < nrec; j++) {
+        out[off] = (uint8_t)rec[j].layer;
+        out[off + 1] = (uint8_t)(rec[j].layer >> 8);
+        out[off + 2] = (uint8_t)rec[j].kind;
+        out[off + 3] = 0;
+        put32(out + off + 4, rec[j].bytes);
+        memcpy(out + off + 8, t->arena + rec[j].offset, rec[j].bytes);
+        off += 8u + rec[j].bytes;
+    }
+    put32(out + 16, off - 32u);
+    put32(out + off, tmp_crc32(0, out, off));
+    return off + 4u;
+}
+
+/* The largest |bias| a layer may hold: its int32 accumulator must not overflow when every
+ * product is at most 32640 (127 * 257) in magnitude (the bound the model loader applies). */
+static int64_t ref_bias_limit(const tmp_layer *l) {
+    tmp_tensor tin;
+    tmp_model_tensor(&g_m, l->in0, &tin, NULL);
+    const int64_t cin = l->type == TMP_LAYER_FC ? (int64_t)tin.dims.h * tin.dims.w * tin.dims.c : tin.dims.c;
+    const int64_t red = l->type == TMP_LAYER_CONV ? (int64_t)l->kh * l->kw * cin
+        : l->type == TMP_LAYER_DWCONV ? (int64_t)l->kh * l->kw : cin;
+    const int64_t lim = (int64_t)INT32_MAX - 32640 * red;
+    return lim < 0 ? 0 : lim;
+}
+
+#define PLAN_MSG "the parameters were saved with another plan (other trainable layers)"
+
+/* The verdict on n bytes, the checks in the documented order. */
+static tmp_status ref_verdict(const tmp_trainer *t, const ref_rec *rec, uint32_t nrec, const uint8_t *b, uint32_t n,
+    const char **msg) {
+    if (n < 36u || memcmp(b, "TMPP", 4) != 0) {
+        *msg = "not a tinymp parameters file";
+    } else if ((b[4] | b[5] << 8) != 1) {
+        *msg = "unsupported parameters file version";
+    } else if ((uint64_t)get32(b + 16) + 36u != n) {
+        *msg = "truncated or oversized parameters file";
+    } else if (tmp_crc32(0, b, n - 4u) != get32(b + n - 4u)) {
+        *msg = "CRC-32 mismatch: the parameters file is corrupted";
+    } else if (get32(b + 8) != t->m->crc) {
+        *msg = "the parameters were saved for another model";
+    } else if (b[6] != (uint8_t)t->p->storage) {
+        *msg = "the parameters were saved with another storage mode (int8 / fp32)";
+    } else {
+        const uint32_t end = n - 4u;
+        uint32_t off = 32u;
+        for (uint32_t j = 0; j < nrec; j++) {
+            if (off + 8u > end || (uint32_t)(b[off] | b[off + 1] << 8) != (uint32_t)rec[j].layer ||
+                b[off + 2] != rec[j].kind || get32(b + off + 4) != rec[j].bytes || off + 8u + rec[j].bytes > end) {
+                *msg = PLAN_MSG;
+                return TMP_ERR_FORMAT;
+            }
+            const uint8_t *d = b + off + 8u;
+            tmp_layer l;
+            tmp_model_layer(&g_m, rec[j].layer, &l, NULL);
+            for (uint32_t e = 0; rec[j].kind != 1u && e < rec[j].bytes / 4u; e++) {
+                const uint32_t v = get32(d + 4u * e);
+                float f;
+                memcpy(&f, &v, 4);
+                if (rec[j].kind == 2u && llabs((long long)(int32_t)v) > ref_bias_limit(&l)) {
+                    *msg = "a saved bias is out of range";
+                    return TMP_ERR_FORMAT;
+                }
+                if (rec[j].kind >= 3u && !isfinite(f)) {
+                    *msg = "a saved parameter is not finite";
+                    return TMP_ERR_FORMAT;
+                }
+            }
+            off += 8u + rec[j].bytes;
+        }
+        if (off != end || get32(b + 12) != nrec) {
+            *msg = PLAN_MSG;
+            return TMP_ERR_FORMAT;
+        }
+        *msg = NULL;
+        return TMP_OK;
+    }
+    return TMP_ERR_FORMAT;
+}
+
+/* ---------------------------------------------------------------- the checks */
+
+static ref_rec g_rec[4 * 256];
+static uint32_t g_nrec;
+
 static const char *text(const char *msg) {
     return msg != NULL ? msg : "(none)";
 }
@@ -113,6 +247,10 @@ static int check_blob(tmp_trainer *t, const uint8_t *b, uint32_t n, const uint8_
     memcpy(t->arena, orig_arena, arena_bytes);
     const char *m0 = NULL;
     tmp_status s0 = tmp_trainer_params_load(t, b, n, &m0);
+    const char *mr = NULL;
+    tmp_status sr = ref_verdict(t, g_rec, g_nrec, b, n, &mr);
+    CHECK(s0 == sr && strcmp(text(m0), text(mr)) == 0, "%s: %d '%s', the format says %d '%s'", what, (int)s0,
+        text(m0), (int)sr, text(mr));
     CHECK(expect == NULL || (s0 == TMP_ERR_FORMAT && strcmp(text(m0), expect) == 0), "%s: '%s', not '%s'", what,
         text(m0), expect);
     if (s0 != TMP_OK) {
@@ -168,6 +306,10 @@ static int check(const char *name, tmp_train_options o, uint32_t steps, uint32_t
     const uint32_t size = tmp_trainer_params_size(&t);
     uint8_t *whole = malloc(size + 64u), *out = malloc(size + 64u), *b = malloc(2u * size + 64u);
     CHECK(size > 36u && tmp_trainer_params_save(&t, whole, size) == TMP_OK, "%s: save", name);
+    CHECK(p.num_layers <= 256, "layers");
+    g_nrec = ref_records(&t, g_rec);
+    CHECK(ref_blob(&t, g_rec, g_nrec, b) == size && memcmp(b, whole, size) == 0, "%s: the saved bytes are not "
+        "the format's", name);
     CHECK(tmp_trainer_params_save(&t, out, size - 1u) == TMP_ERR_SIZE, "%s: short save", name);
     const uint32_t caps[] = { 1, 2, 3, 4, 5, 7, 8, 9, 31, 32, 33, 35, 36, 37, 40, 63, 64, 65, 511, 512, 513, 4096, 0, 0 };
     for (size_t c = 0; c < sizeof caps / sizeof caps[0]; c++) {
@@ -184,11 +326,12 @@ static int check(const char *name, tmp_train_options o, uint32_t steps, uint32_t
             (unsigned)cap, (unsigned)got, (unsigned)size);
         CHECK(tmp_trainer_params_write(&t, &w, out, cap, &k) == TMP_OK && k == 0, "%s: past the end", name);
     }
-    tmp_params_writer wbad = { size + 1u, 0u };
+    tmp_params_writer wbad = { size + 1u, 0u }, wnull = { 0u, 0u };
     uint32_t k;
     CHECK(tmp_trainer_params_write(&t, &wbad, out, 8, &k) == TMP_ERR_ARG && tmp_trainer_params_write(NULL, &wbad, out, 8, &k) ==
         TMP_ERR_ARG && tmp_trainer_params_write(&t, NULL, out, 8, &k) == TMP_ERR_ARG &&
-        tmp_trainer_params_write(&t, &wbad, NULL, 8, &k) == TMP_ERR_ARG, "%s: writer arguments", name);
+        tmp_trainer_params_write(&t, &wnull, NULL, 8, &k) == TMP_ERR_ARG && wnull.off == 0, "%s: writer arguments",
+        name);
     tmp_params_reader rbad;
     CHECK(tmp_trainer_params_begin(NULL, &rbad, 0) == TMP_ERR_ARG && tmp_trainer_params_begin(&t, NULL, 0) == TMP_ERR_ARG &&
         tmp_trainer_params_begin(&t, &rbad, 0) == TMP_OK && tmp_trainer_params_feed(&t, &rbad, NULL, 1) == TMP_ERR_ARG,

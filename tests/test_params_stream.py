@@ -1,11 +1,11 @@
 """Saved parameters written and read in pieces, in C: the program tests/params_stream_check.c is
 built with the whole core under the address and undefined-behaviour sanitizers and run on the
 demo model. The board's Trainer.save / load go through these calls with a 512-byte buffer, so
-they never hold the whole blob (as large as the trained parameters). The piecewise writer must
-produce the bytes of the one-buffer save at every piece size, and the piecewise reader must give
-the one-buffer load's verdict and message on thousands of damaged blobs, never touching the
-arena in its checking pass (the one-buffer messages are pinned in tests/test_trainer.py and
-tests/device/train_file.py)."""
+they never hold the whole blob (as large as the trained parameters). The reference is the
+program's own reading of the format (docs/TRAINING.md): the save and the piecewise writer, at
+every piece size, must write its bytes; on thousands of damaged blobs the one-buffer load and the
+piecewise reader must give its verdict and message, the reader never touching the arena in its
+checking pass."""
 import os
 import subprocess
 

@@ -1379,10 +1379,10 @@ static mp_obj_t os_call(qstr fn, size_t n_args, const mp_obj_t *a) {
 // error raised.
 static void params_write_file(tinymp_trainer_obj_t *self, mp_obj_t path) {
     mp_obj_t tmp = mp_binary_op(MP_BINARY_OP_ADD, path, mp_obj_new_str(".tmp", 4));
-    // the piece is a heap block the bytearray points to: a VFS written in Python that kept the
-    // object would still hold valid memory
+    // write() gets a memoryview of a heap block, which Python can neither resize nor free (a
+    // VFS must copy what it keeps, as from any caller that reuses its buffer)
     uint8_t *piece = m_new(uint8_t, PARAMS_PIECE);
-    mp_obj_t whole = mp_obj_new_bytearray_by_ref(PARAMS_PIECE, piece);
+    mp_obj_t whole = mp_obj_new_memoryview('B', PARAMS_PIECE, piece);
     // volatile: read after an nlr_jump out of the block that changes it
     mp_obj_t volatile f = mp_call_function_2(MP_OBJ_FROM_PTR(&mp_builtin_open_obj), tmp, MP_OBJ_NEW_QSTR(MP_QSTR_wb));
     nlr_buf_t nlr;
@@ -1390,13 +1390,14 @@ static void params_write_file(tinymp_trainer_obj_t *self, mp_obj_t path) {
         tmp_params_writer w = { 0u, 0u };
         for (;;) {
             uint32_t k = 0;
+            trainer_check(self); // Python ran: the arena may have moved, the model changed
             if (tmp_trainer_params_write(&self->t, &w, piece, PARAMS_PIECE, &k) != TMP_OK) {
                 mp_raise_msg(&mp_type_RuntimeError, MP_ERROR_TEXT("tinymp: cannot serialise the parameters"));
             }
             if (k == 0) {
                 break;
             }
-            mp_obj_t buf = k == PARAMS_PIECE ? whole : mp_obj_new_bytearray_by_ref(k, piece);
+            mp_obj_t buf = k == PARAMS_PIECE ? whole : mp_obj_new_memoryview('B', k, piece);
             mp_obj_t r = call_method(f, MP_QSTR_write, 1, &buf);
             if (r != mp_const_none && mp_obj_get_int(r) != (mp_int_t)k) {
                 mp_raise_OSError(MP_EIO); // a short write: the medium is full
@@ -1426,7 +1427,8 @@ static void params_write_file(tinymp_trainer_obj_t *self, mp_obj_t path) {
 
 // One pass over the file at `path` through the piecewise reader (copy: 0 checks, 1 loads). A
 // file that exports its bytes (a ROMFS file) is read in place; others in pieces, with readinto()
-// where the file has it, else read(). Errors of the file raise, the file closed.
+// (into a memoryview, which Python cannot resize) where the file has it, else read(). Errors of
+// the file raise, the file closed. The trainer is checked after every call into Python.
 static tmp_status params_read_file(tinymp_trainer_obj_t *self, mp_obj_t path, int copy, uint8_t *piece,
     const char **msg) {
     tmp_params_reader r;
@@ -1436,11 +1438,12 @@ static tmp_status params_read_file(tinymp_trainer_obj_t *self, mp_obj_t path, in
     if (nlr_push(&nlr) == 0) {
         mp_buffer_info_t bi;
         if (mp_get_buffer(f, &bi, MP_BUFFER_READ)) {
+            trainer_check(self);
             tmp_trainer_params_feed(&self->t, &r, (const uint8_t *)bi.buf, (uint32_t)bi.len);
         } else {
             mp_obj_t into[3];
             mp_load_method_maybe(f, MP_QSTR_readinto, into);
-            mp_obj_t view = mp_obj_new_bytearray_by_ref(PARAMS_PIECE, piece);
+            mp_obj_t view = mp_obj_new_memoryview('B' | MP_OBJ_ARRAY_TYPECODE_FLAG_RW, PARAMS_PIECE, piece);
             for (;;) {
                 mp_obj_t got;
                 if (into[0] != MP_OBJ_NULL) {
@@ -1461,6 +1464,7 @@ static tmp_status params_read_file(tinymp_trainer_obj_t *self, mp_obj_t path, in
                 if (bi.len == 0) {
                     break;
                 }
+                trainer_check(self);
                 tmp_trainer_params_feed(&self->t, &r, (const uint8_t *)bi.buf, (uint32_t)bi.len);
             }
         }
@@ -1474,6 +1478,7 @@ static tmp_status params_read_file(tinymp_trainer_obj_t *self, mp_obj_t path, in
         nlr_jump(nlr.ret_val);
     }
     call_method(f, MP_QSTR_close, 0, NULL);
+    trainer_check(self);
     return tmp_trainer_params_end(&self->t, &r, msg);
 }
 #endif
@@ -1492,11 +1497,22 @@ static mp_obj_t tinymp_trainer_save(mp_obj_t self_in, mp_obj_t path) {
 }
 static MP_DEFINE_CONST_FUN_OBJ_2(tinymp_trainer_save_obj, tinymp_trainer_save);
 
+// Back to the pretrained parameters after a failed copying pass, unless the trainer itself is
+// no longer usable (its model or arena changed: then that is what later calls report).
+static void params_reset_after_failure(tinymp_trainer_obj_t *self) {
+    nlr_buf_t nlr;
+    if (nlr_push(&nlr) == 0) {
+        trainer_check(self);
+        tmp_trainer_reset(&self->t);
+        nlr_pop();
+    }
+}
+
 // load(path): parameters saved by save() for this plan. The file is read twice: a first pass
 // checks all of it (a file that is not such a blob -- corrupt, truncated, another model or plan
 // -- raises ValueError and changes nothing), a second copies it in. Should the second pass fail
-// (a read error, or a file changed in between), the trainer goes back to the pretrained
-// parameters before the error is raised, so it is never left half loaded.
+// (a read error, or bytes that no longer pass the checks), the trainer goes back to the
+// pretrained parameters before the error is raised, so it is never left half loaded.
 static mp_obj_t tinymp_trainer_load(mp_obj_t self_in, mp_obj_t path) {
     tinymp_trainer_obj_t *self = MP_OBJ_TO_PTR(self_in);
     check_path(path);
@@ -1511,11 +1527,11 @@ static mp_obj_t tinymp_trainer_load(mp_obj_t self_in, mp_obj_t path) {
             st = params_read_file(self, path, 1, piece, &msg);
             nlr_pop();
         } else {
-            tmp_trainer_reset(&self->t);
+            params_reset_after_failure(self);
             nlr_jump(nlr.ret_val);
         }
         if (st != TMP_OK) {
-            tmp_trainer_reset(&self->t);
+            params_reset_after_failure(self);
         }
     }
     if (st != TMP_OK) {

@@ -383,14 +383,16 @@ tmp_status tmp_trainer_params_load(tmp_trainer *t, const uint8_t *buf, uint32_t 
  * instead of holding the whole blob (on the board it is as large as the trained parameters).
  */
 
-/** Where a piecewise write is: zero it, then call tmp_trainer_params_write until *n is 0. */
+/** Where a piecewise write is: zero it, then call tmp_trainer_params_write until *n is 0 (with
+ *  cap > 0). t->arena may change between the calls (a moved arena), its contents may not. */
 typedef struct {
     uint32_t off; /**< bytes of the blob produced so far */
     uint32_t crc; /**< CRC-32 of those bytes (up to the trailer) */
 } tmp_params_writer;
 
 /**
- * The next bytes of the blob (at most cap) into dst; *n = how many (0: the blob is complete).
+ * The next bytes of the blob (at most cap) into dst; *n = how many (0 with cap > 0: the blob is
+ * complete).
  * The concatenated pieces equal what tmp_trainer_params_save writes, provided the parameters do
  * not change between the calls.
  */
@@ -409,10 +411,10 @@ typedef struct {
     uint32_t roff;        /**< bytes of the current record fed, its header included */
     uint32_t nrec;        /**< records complete */
     int32_t pos;          /**< the record expected next (internal cursor; < 0: none left) */
-    int32_t layer;        /**< the expected record: layer, kind, bytes, where it goes */
+    int32_t layer;        /**< the expected record: layer, kind, bytes, its arena offset */
     uint32_t kind;
     uint32_t bytes;
-    uint8_t *data;
+    uint32_t offset;      /**< (an offset, not a pointer: the arena may move between pieces) */
     int32_t limit;        /**< |value| bound of an int32 bias record */
     int copy;             /**< 1: records are written into the arena as they arrive */
     int parse;            /**< 0: the header is not this format's, later bytes are only counted */
@@ -424,7 +426,8 @@ typedef struct {
  * Start reading a blob in pieces. copy = 0 checks only; copy = 1 also writes each record into
  * the arena as it arrives, so run it only after a checking pass over the same bytes succeeded:
  * tmp_trainer_params_load is exactly that, on one buffer. Then tmp_trainer_params_feed with the
- * blob's bytes in order, in pieces of any size, and tmp_trainer_params_end.
+ * blob's bytes in order, in pieces of any size, and tmp_trainer_params_end. t->arena may move
+ * between the calls (records are kept as arena offsets).
  */
 tmp_status tmp_trainer_params_begin(const tmp_trainer *t, tmp_params_reader *r, int copy);
 tmp_status tmp_trainer_params_feed(tmp_trainer *t, tmp_params_reader *r, const uint8_t *data,

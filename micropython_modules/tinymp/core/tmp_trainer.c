@@ -1244,7 +1244,7 @@ static void reader_next(const tmp_trainer *t, tmp_params_reader *r) {
         r->layer = rec.layer;
         r->kind = rec.kind;
         r->bytes = rec.bytes;
-        r->data = rec.data;
+        r->offset = (uint32_t)(rec.data - t->arena);
     }
 }
 
@@ -1316,7 +1316,7 @@ static void reader_records(const tmp_trainer *t, tmp_params_reader *r, const uin
                 }
             }
             if (r->copy && r->err_st == TMP_OK) {
-                memcpy(r->data + i, d, k);
+                memcpy(t->arena + r->offset + i, d, k);
             }
         }
         r->roff += k;
@@ -1338,7 +1338,6 @@ tmp_status tmp_trainer_params_begin(const tmp_trainer *t, tmp_params_reader *r, 
     r->copy = copy != 0;
     r->err_st = TMP_OK;
     r->err = NULL;
-    r->data = NULL;
     r->pos = 0;
     reader_next(t, r);
     return TMP_OK;
