@@ -30,36 +30,7 @@
 #include "tmp_model.h"
 #include "tmp_train.h"
 
-static int g_fail;
-
-#define CHECK(cond, ...) \
-    do { \
-        if (!(cond)) { \
-            printf("FAIL %s:%d: ", __FILE__, __LINE__); \
-            printf(__VA_ARGS__); \
-            printf("\n"); \
-            g_fail = 1; \
-            return 1; \
-        } \
-    } while (0)
-
-static uint8_t *read_file(const char *path, size_t *size) {
-    FILE *f = fopen(path, "rb");
-    if (f == NULL) {
-        return NULL;
-    }
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    uint8_t *buf = malloc(n > 0 ? (size_t)n : 1u);
-    if (buf != NULL && fread(buf, 1, (size_t)n, f) != (size_t)n) {
-        free(buf);
-        buf = NULL;
-    }
-    fclose(f);
-    *size = (size_t)n;
-    return buf;
-}
+#include "check_common.h"
 
 static tmp_model g_m;
 static uint32_t g_seed = 2024u;
@@ -448,18 +419,12 @@ static int check(const char *name, tmp_train_options o, uint32_t steps, uint32_t
 }
 
 int main(int argc, char **argv) {
-    if (argc != 3) {
-        fprintf(stderr, "usage: %s MODEL.tmpm STEPS\n", argv[0]);
-        return 2;
+    uint8_t *data = NULL;
+    uint32_t steps = 0;
+    const int rc = load_model_args(argc, argv, &g_m, &data, &steps);
+    if (rc >= 0) {
+        return rc;
     }
-    size_t size;
-    uint8_t *data = read_file(argv[1], &size);
-    tmp_error merr;
-    if (data == NULL || tmp_model_init(&g_m, data, size, &merr) != TMP_OK) {
-        printf("FAIL: cannot load %s\n", argv[1]);
-        return 1;
-    }
-    const uint32_t steps = (uint32_t)atoi(argv[2]);
     struct {
         const char *name;
         int32_t method, r;

@@ -17,11 +17,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 def test_params_in_pieces_agree_with_the_whole_blob(tmp_path):
     exe = str(tmp_path / "params_stream_check")
-    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
-    r = subprocess.run(["gcc", "-std=c99", "-Wall", "-Wextra", "-Werror", "-O1", *tkc.SANITIZE,
-                        "-I", tkc.CORE, os.path.join(HERE, "params_stream_check.c"), *tkc.SOURCES,
-                        "-lm", "-o", exe], capture_output=True, text=True, env=env)
-    assert r.returncode == 0, r.stderr
+    env = tkc.build_check_program(os.path.join(HERE, "params_stream_check.c"), exe)
     model = tmp_path / "demo.tmpm"
     model.write_bytes(bench.model_bytes("demo"))
     r = subprocess.run([exe, str(model), "6"], capture_output=True, text=True, env=env, timeout=600)

@@ -21,11 +21,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def checker(tmp_path_factory):
     out = tmp_path_factory.mktemp("compact")
     exe = str(out / "plan_compact_check")
-    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
-    r = subprocess.run(["gcc", "-std=c99", "-Wall", "-Wextra", "-Werror", "-O1", *tkc.SANITIZE,
-                        "-I", tkc.CORE, os.path.join(HERE, "plan_compact_check.c"), *tkc.SOURCES,
-                        "-lm", "-o", exe], capture_output=True, text=True, env=env)
-    assert r.returncode == 0, r.stderr
+    env = tkc.build_check_program(os.path.join(HERE, "plan_compact_check.c"), exe)
     return out, exe, env
 
 

@@ -31,6 +31,18 @@ XS_TYPES = {np.dtype(np.int16): 2, np.dtype(np.int32): 4}
 MASK_NONE, MASK_BITS, MASK_COUNTS = 0, 1, 2
 
 
+def build_check_program(source, exe, cc="gcc"):
+    """Compile a C test program (tests/..._check.c) with the whole core under the address and
+    undefined-behaviour sanitizers into exe; returns the environment to run it in."""
+    # the compiler and the program must not run under a sanitizer runtime preloaded here
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    r = subprocess.run([cc, *CFLAGS[2:], *SANITIZE, "-I", CORE, source, *SOURCES, "-lm", "-o", exe],
+                       capture_output=True, text=True, env=env)
+    if r.returncode != 0:
+        raise RuntimeError("building %s failed:\n%s" % (os.path.basename(source), r.stderr))
+    return env
+
+
 def build_library(outdir, sanitize=False, cc="gcc", sources=None):
     """Compile core .c files (default: every one; the training kernels need only train/) into
     one shared library in outdir, one compiler process per file in parallel; returns its path."""
