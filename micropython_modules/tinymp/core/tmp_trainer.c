@@ -1111,18 +1111,6 @@ static int32_t next_record(const tmp_trainer *t, int32_t pos, rec_t *r) {
     return -1;
 }
 
-uint32_t tmp_trainer_params_size(const tmp_trainer *t) {
-    if (t == NULL || t->p == NULL) {
-        return 0;
-    }
-    uint32_t n = PARAMS_HEADER + 4u;
-    rec_t r;
-    for (int32_t pos = next_record(t, 0, &r); pos >= 0; pos = next_record(t, pos, &r)) {
-        n += 8u + r.bytes;
-    }
-    return n;
-}
-
 /* The header of this trainer's blob: records and payload bytes. */
 static void params_header(const tmp_trainer *t, uint8_t *h, uint32_t *payload) {
     uint32_t n = 0, bytes = 0;
@@ -1139,6 +1127,16 @@ static void params_header(const tmp_trainer *t, uint8_t *h, uint32_t *payload) {
     wr32(h + 12, n);
     wr32(h + 16, bytes);
     *payload = bytes;
+}
+
+uint32_t tmp_trainer_params_size(const tmp_trainer *t) {
+    if (t == NULL || t->p == NULL) {
+        return 0;
+    }
+    uint8_t h[PARAMS_HEADER];
+    uint32_t payload;
+    params_header(t, h, &payload);
+    return PARAMS_HEADER + payload + 4u;
 }
 
 tmp_status tmp_trainer_params_write(const tmp_trainer *t, tmp_params_writer *w, uint8_t *dst,
