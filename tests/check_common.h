@@ -47,6 +47,8 @@ static uint8_t *read_file(const char *path, size_t *size) {
 /* Load the model named by argv[1] into *m (its bytes, malloc'd, in *data; free them at the end)
  * and read STEPS from argv[2]. Returns -1 to go on, else the exit status for main. */
 static int load_model_args(int argc, char **argv, tmp_model *m, uint8_t **data, uint32_t *steps) {
+    /* unbuffered: a FAIL line must survive the leak checker's exit after an early return */
+    setvbuf(stdout, NULL, _IONBF, 0);
     if (argc != 3) {
         fprintf(stderr, "usage: %s MODEL.tmpm STEPS\n", argv[0]);
         return 2;

@@ -424,6 +424,27 @@ def test_training_on_the_board_matches_the_engine_here(sess):
     assert end["stats"]["steps"] == 120 and end["clock"] == "host"
 
 
+def test_a_second_run_goes_on_from_the_saved_training_state(sess):
+    """A second `train` with the same method resumes: the board loads the saved file, which holds
+    the APU state and counters too. The second run's report counts its own steps only."""
+    pushed(sess)
+    with open_sim(sess) as b:
+        meta = meta_of(b)
+        x, y, src = D.load_samples(SCENE, meta["input_shape"], meta["input_scale"],
+                                   meta["input_zero_point"], meta["num_classes"])
+        ds = C.open_dataset(sess, meta, "sim")
+        C.import_samples(ds, x[:30], y[:30], src[:30], show=False)
+        opts = {"method": "tinymp", "lr": 0.002, "seed": 3, "period": 7}
+        one = C.train(b, ds, opts, steps=25, show=False)
+        two = C.train(b, ds, opts, steps=10, show=False)
+    assert not one["start"]["resumed"] and two["start"]["resumed"]
+    s1, s2 = one["end"]["stats"], two["end"]["stats"]
+    assert (s1["steps"], s1["periods"]) == (25, 3)
+    # the saved period position (25 = 3 x 7 + 4) carries over: 4 + 10 steps end 2 periods
+    assert (s2["steps"], s2["periods"]) == (10, 2)
+    assert 0 <= s2["stalled_steps"] <= 10
+
+
 def test_save_rollback_reset(sess):
     pushed(sess)
     with open_sim(sess) as b:

@@ -340,6 +340,114 @@ def test_reset_trains_exactly_like_a_fresh_trainer(storage):
     assert np.array_equal(logits_of(t, PROBES[:20]), logits_of(fresh, PROBES[:20]))
 
 
+def _records(blob):
+    """The records of a TMPP blob as the format describes them (docs/TRAINING.md): (layer, kind,
+    data)."""
+    out, at, end = [], 32, len(blob) - 4
+    while at < end:
+        layer, kind, _, n = struct.unpack_from("<HBBI", blob, at)
+        out.append((layer, kind, blob[at + 8:at + 8 + n]))
+        at += 8 + n
+    return out
+
+
+def _blob(version, storage_byte, model_crc, records):
+    body = b"".join(struct.pack("<HBBI", layer, kind, 0, len(d)) + d for layer, kind, d in records)
+    head = b"TMPP" + struct.pack("<HBBIII", version, storage_byte, 0, model_crc, len(records), len(body))
+    head += b"\0" * (32 - len(head))
+    return head + body + struct.pack("<I", zlib.crc32(head + body))
+
+
+@pytest.mark.parametrize("storage,momentum", [("int8", 0.0), ("int8", 0.5), ("fp32", 0.5)])
+def test_a_loaded_trainer_goes_on_exactly_like_the_saved_one(tmp_path, storage, momentum):
+    """The reference is the run that was never interrupted: saved mid-period (27 steps, period
+    5), then 40 more steps on both; a second trainer (other seed) that loaded the file must give
+    the same losses, selections, counters and logits."""
+    m = H.demo_model()
+    xs, ys = H.digits_q("train", "invert")
+    plan = m.plan(method="tinymp", storage=storage, momentum=momentum)
+    t = tinymp.Trainer(m, plan, lr=LR, seed=SEED, period=5)
+    for x, y in zip(xs[:27], ys[:27]):
+        t.step(x, y)
+    path = str(tmp_path / "p.tmpp")
+    t.save(path)
+    t2 = tinymp.Trainer(m, plan, lr=LR, seed=SEED + 1, period=5)
+    t2.load(path)
+    assert t2.selection == t.selection != plan.channels
+    assert {k: t2.stats()[k] for k in ("steps", "periods")} == {"steps": 27, "periods": 5}
+    losses = []
+    for x, y in zip(xs[27:67], ys[27:67]):
+        losses.append(t.step(x, y))
+        assert t2.step(x, y) == losses[-1]
+    assert t2.selection == t.selection
+    assert t2.stats()["periods"] == t.stats()["periods"] == 13
+    assert np.array_equal(logits_of(t2, PROBES[:20]), logits_of(t, PROBES[:20]))
+    # without the state (only the parameters loaded) the run would have gone another way
+    t3 = tinymp.Trainer(m, plan, lr=LR, seed=SEED, period=5)
+    recs = [r for r in _records(open(path, "rb").read()) if r[1] <= 4]
+    blob = open(path, "rb").read()
+    open(path, "wb").write(_blob(1, blob[6], struct.unpack_from("<I", blob, 8)[0], recs))
+    t3.load(path)
+    assert t3.selection == plan.channels and t3.stats()["steps"] == 0
+    assert [t3.step(x, y) for x, y in zip(xs[27:67], ys[27:67])] != losses
+
+
+def test_a_version_1_file_loads_the_parameters_only(tmp_path):
+    """Files of the first format (parameters only) still load: the parameters become the saved
+    ones, the loading trainer's selection, counters and momentum stay its own."""
+    m = H.demo_model()
+    saved = trained(steps=40, period=10)
+    path = str(tmp_path / "p.tmpp")
+    saved.save(path)
+    blob = open(path, "rb").read()
+    recs = _records(blob)
+    assert [k for _, k, _ in recs if k > 4] == [7] * sum(1 for _, k, _ in recs if k == 7) + [8]
+    open(path, "wb").write(_blob(1, blob[6], struct.unpack_from("<I", blob, 8)[0], [r for r in recs if r[1] <= 4]))
+    t = tinymp.Trainer(m, m.plan(method="tinymp"), lr=LR, seed=SEED, period=3)
+    xs, ys = H.digits_q("train", "invert")
+    for x, y in zip(xs[100:107], ys[100:107]):
+        t.step(x, y)
+    sel, stats = t.selection, t.stats()
+    t.load(path)
+    assert np.array_equal(logits_of(t, PROBES[:20]), logits_of(saved, PROBES[:20]))
+    assert t.selection == sel != saved.selection
+    assert (t.stats()["steps"], t.stats()["periods"]) == (stats["steps"], stats["periods"]) == (7, 2)
+
+
+def _edit_record(blob, kind, fn):
+    """The blob with the first record of `kind` edited by fn(bytearray) and its CRC made valid."""
+    recs = _records(blob)
+    i = next(j for j, r in enumerate(recs) if r[1] == kind)
+    d = bytearray(recs[i][2])
+    fn(d)
+    recs[i] = (recs[i][0], kind, bytes(d))
+    return _blob(2, blob[6], struct.unpack_from("<I", blob, 8)[0], recs)
+
+
+STATE_DAMAGE = [
+    ("a channel out of range", 7, lambda d: struct.pack_into("<H", d, 0, 0xFFFF), "channel selection"),
+    ("channels not ascending", 7, lambda d: d.__setitem__(slice(0, 4), bytes(d[2:4] + d[0:2])), "channel selection"),
+    ("a negative importance", 7, lambda d: struct.pack_into("<f", d, len(d) // 3 // 4 * 4, -1.0), "channel selection"),
+    ("no rounding state", 8, lambda d: struct.pack_into("<I", d, 0, 0), "training state"),
+    ("more stalled steps than steps", 8, lambda d: struct.pack_into("<I", d, 8, 1 << 30), "training state"),
+]
+
+
+@pytest.mark.parametrize("what,kind,fn,msg", STATE_DAMAGE, ids=[c[0] for c in STATE_DAMAGE])
+def test_load_of_a_damaged_training_state_raises_and_changes_nothing(tmp_path, saved_blob, what, kind, fn, msg):
+    path = str(tmp_path / "p.tmpp")
+    open(path, "wb").write(_edit_record(saved_blob, kind, fn))
+    t = trained(steps=20, period=4)
+    before, sel, steps = logits_of(t, PROBES[:3]), t.selection, t.stats()["steps"]
+    with pytest.raises(ValueError, match=msg):
+        t.load(path)
+    assert np.array_equal(logits_of(t, PROBES[:3]), before)
+    assert t.selection == sel and t.stats()["steps"] == steps
+    # the undamaged blob, rebuilt the same way, loads
+    open(path, "wb").write(_edit_record(saved_blob, kind, lambda d: None))
+    t.load(path)
+
+
 def _no_tmp_left(directory):
     return [f for f in os.listdir(directory) if f.endswith(".tmp")]
 

@@ -1073,7 +1073,7 @@ class Agent:
         self.train = {"plan": plan, "opts": opts, "done": 0, "total": steps,
                       "rng": Rng(opts.get("seed", 1)), "order": [], "heap0": heap0,
                       "heap1": heap1, "buf": bytearray(self._sample_bytes(self.model)),
-                      "stats": self._stats(tr)}
+                      "stats": self._stats(tr), "stats0": self._stats(tr)}
         self.report = None
         # support_samples: how many of the first samples the plan's selection pass read (the
         # host's Cortex-M7 estimate replays the same ones)
@@ -1152,7 +1152,12 @@ class Agent:
         if t is None or self.trainer is None:
             raise Fail("state", "no training run")
         tr = self.trainer
-        rep = {"plan": self._plan_dict(t["plan"]), "stats": self._stats(tr),
+        # this run's counts: a resumed trainer's counters go on from the saved file's
+        stats, start = self._stats(tr), t.get("stats0") or {}
+        for k in ("steps", "stalled_steps", "periods"):
+            if isinstance(stats.get(k), int) and isinstance(start.get(k), int):
+                stats[k] -= start[k]
+        rep = {"plan": self._plan_dict(t["plan"]), "stats": stats,
                "high_water": tr.high_water, "steps": t["done"],
                "heap_before": t["heap0"], "heap_after": t["heap1"], "heap_end": _mem_free(),
                "clock": self.board.get("clock", "board"), "saved": False}

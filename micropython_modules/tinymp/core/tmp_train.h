@@ -368,7 +368,10 @@ typedef struct {
 tmp_status tmp_trainer_fit(tmp_trainer *t, uint32_t n, uint32_t epochs, uint32_t flags, const tmp_fit_io *io,
     tmp_fit_stats *stats);
 
-/* Personalised parameters as a self-checking blob (docs/TRAINING.md, "saved parameters"). */
+/* Personalised parameters as a self-checking blob (docs/TRAINING.md, "saved parameters"): the
+ * trained arrays and, from format version 2 on, the training state (momentum, the APU selections
+ * and importances, the counters and the rounding generator), so a loaded trainer goes on exactly
+ * as the saved one would have. Version 1 blobs (parameters only) still load. */
 
 /** Bytes of the blob of this trainer's parameters. */
 uint32_t tmp_trainer_params_size(const tmp_trainer *t);
@@ -416,6 +419,11 @@ typedef struct {
     uint32_t bytes;
     uint32_t offset;      /**< (an offset, not a pointer: the arena may move between pieces) */
     int32_t limit;        /**< |value| bound of an int32 bias record */
+    uint32_t version;     /**< the blob's format version (once the header is whole) */
+    uint32_t k, cin;      /**< a selection record's geometry: selected and input channels */
+    uint32_t excl_max;    /**< and its largest exclusion count */
+    int32_t prev;         /**< the last selected channel read (-1: none yet) */
+    uint8_t state[20];    /**< the state record, applied at the end of a copying pass */
     int copy;             /**< 1: records are written into the arena as they arrive */
     int parse;            /**< 0: the header is not this format's, later bytes are only counted */
     tmp_status err_st;    /**< the first error found in the records (TMP_OK: none so far) */

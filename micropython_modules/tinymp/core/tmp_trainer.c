@@ -158,6 +158,8 @@ tmp_status tmp_trainer_reset(tmp_trainer *t) {
             sel_t s = sel_of(t, i, cin);
             const uint32_t k = p->k[i];
             if (s.ch != NULL) {
+                /* padding included, so a saved selection's bytes are defined (zero) */
+                memset(s.ch, 0, lbuf(t, TMP_LB_SEL, i)->size);
                 memcpy(s.ch, p->channels + p->chan_off[i], 2u * k);
             }
             if (s.ibar != NULL) {
@@ -1053,12 +1055,20 @@ tmp_status tmp_trainer_end_period(tmp_trainer *t) {
 /* ---------------------------------------------------------------- saved parameters */
 
 #define PARAMS_MAGIC "TMPP"
-#define PARAMS_VERSION 1u
+#define PARAMS_VERSION 2u /* written; version 1 (parameters only) still loads */
 #define PARAMS_HEADER 32u
 #define REC_W 1u
 #define REC_B 2u
 #define REC_WM 3u
 #define REC_BM 4u
+#define REC_VW 5u    /* v2: momentum of the weights */
+#define REC_VB 6u    /* v2: momentum of the biases */
+#define REC_SEL 7u   /* v2: an APU layer's selection and importances (the SEL buffer) */
+#define REC_STATE 8u /* v2: last record, the trainer's counters (layer 0xFFFF) */
+#define REC_KINDS 7
+#define STATE_LAYER 0xFFFF
+#define STATE_BYTES 20u /* rng, steps, stalled_steps, periods, period_steps: u32 each */
+typedef char params_state_fits[sizeof(((tmp_params_reader *)0)->state) == STATE_BYTES ? 1 : -1];
 
 static void wr16(uint8_t *d, uint32_t v) {
     d[0] = (uint8_t)v;
@@ -1080,7 +1090,8 @@ static uint32_t rd16(const uint8_t *d) {
     return (uint32_t)d[0] | ((uint32_t)d[1] << 8);
 }
 
-/* The records this trainer's plan holds, in order: (layer, kind, buffer, bytes). */
+/* The records a blob of `version` holds for this trainer's plan, in order: (layer, kind, buffer,
+ * bytes); the state record has no buffer (data NULL). */
 typedef struct {
     int32_t layer;
     uint32_t kind;
@@ -1088,17 +1099,21 @@ typedef struct {
     uint32_t bytes;
 } rec_t;
 
-static int32_t next_record(const tmp_trainer *t, int32_t pos, rec_t *r) {
-    /* pos enumerates (layer, kind) pairs: layer = pos / 4, kind = pos % 4 + 1 */
+static int32_t next_record(const tmp_trainer *t, uint32_t version, int32_t pos, rec_t *r) {
+    /* pos enumerates (layer, kind) pairs: layer = pos / REC_KINDS, kind = pos % REC_KINDS + 1,
+     * then (v2) the state record at pos = REC_KINDS * layers */
     const tmp_train_plan *p = t->p;
-    for (; pos < 4 * p->num_layers; pos++) {
-        int32_t i = pos / 4;
-        uint32_t kind = (uint32_t)(pos % 4) + 1u;
-        int b = kind == REC_W ? TMP_LB_W : kind == REC_B ? TMP_LB_B : kind == REC_WM ? TMP_LB_WM : TMP_LB_BM;
+    static const uint8_t lb[REC_KINDS] = { TMP_LB_W, TMP_LB_B, TMP_LB_WM, TMP_LB_BM, TMP_LB_VW, TMP_LB_VB, TMP_LB_SEL };
+    for (; pos < REC_KINDS * p->num_layers; pos++) {
+        int32_t i = pos / REC_KINDS;
+        uint32_t kind = (uint32_t)(pos % REC_KINDS) + 1u;
         if (p->storage == TMP_STORAGE_FP32 && (kind == REC_W || kind == REC_B)) {
             continue; /* fp32 storage saves the masters; the int8 copies follow from them */
         }
-        const tmp_buf *bb = lbuf(t, b, i);
+        if (kind > REC_BM && (version < 2u || (kind == REC_SEL && !(p->flags[i] & TMP_TL_APU)))) {
+            continue; /* v1 holds parameters only; a fixed selection is the plan's */
+        }
+        const tmp_buf *bb = lbuf(t, lb[kind - 1u], i);
         if (bb->size == 0) {
             continue;
         }
@@ -1108,14 +1123,30 @@ static int32_t next_record(const tmp_trainer *t, int32_t pos, rec_t *r) {
         r->bytes = bb->size;
         return pos + 1;
     }
+    if (version >= 2u && pos == REC_KINDS * p->num_layers) {
+        r->layer = STATE_LAYER;
+        r->kind = REC_STATE;
+        r->data = NULL;
+        r->bytes = STATE_BYTES;
+        return pos + 1;
+    }
     return -1;
+}
+
+/* The state record's bytes. */
+static void state_bytes(const tmp_trainer *t, uint8_t *d) {
+    wr32(d, t->rng);
+    wr32(d + 4, t->steps);
+    wr32(d + 8, t->stalled_steps);
+    wr32(d + 12, t->periods);
+    wr32(d + 16, t->period_steps);
 }
 
 /* The header of this trainer's blob: records and payload bytes. */
 static void params_header(const tmp_trainer *t, uint8_t *h, uint32_t *payload) {
     uint32_t n = 0, bytes = 0;
     rec_t r;
-    for (int32_t pos = next_record(t, 0, &r); pos >= 0; pos = next_record(t, pos, &r)) {
+    for (int32_t pos = next_record(t, PARAMS_VERSION, 0, &r); pos >= 0; pos = next_record(t, PARAMS_VERSION, pos, &r)) {
         bytes += 8u + r.bytes;
         n++;
     }
@@ -1156,7 +1187,7 @@ tmp_status tmp_trainer_params_write(const tmp_trainer *t, tmp_params_writer *w, 
         const uint32_t off = w->off;
         const uint8_t *src = NULL;
         uint32_t k = 0;
-        uint8_t small[8];
+        uint8_t small[8], state[STATE_BYTES];
         if (off < PARAMS_HEADER) {
             src = h + off;
             k = PARAMS_HEADER - off;
@@ -1164,7 +1195,8 @@ tmp_status tmp_trainer_params_write(const tmp_trainer *t, tmp_params_writer *w, 
             /* the record (its 8-byte header, then its bytes in the arena) that holds off */
             uint32_t at = PARAMS_HEADER;
             rec_t r;
-            for (int32_t pos = next_record(t, 0, &r); pos >= 0; pos = next_record(t, pos, &r)) {
+            for (int32_t pos = next_record(t, PARAMS_VERSION, 0, &r); pos >= 0;
+                 pos = next_record(t, PARAMS_VERSION, pos, &r)) {
                 if (off < at + 8u) {
                     wr16(small, (uint32_t)r.layer);
                     small[2] = (uint8_t)r.kind;
@@ -1175,6 +1207,10 @@ tmp_status tmp_trainer_params_write(const tmp_trainer *t, tmp_params_writer *w, 
                     break;
                 }
                 if (off < at + 8u + r.bytes) {
+                    if (r.data == NULL) { /* the state record */
+                        state_bytes(t, state);
+                        r.data = state;
+                    }
                     src = r.data + (off - at - 8u);
                     k = at + 8u + r.bytes - off;
                     break;
@@ -1233,16 +1269,18 @@ static void reader_fail(tmp_params_reader *r, tmp_status st, const char *why) {
     }
 }
 
-/* Expect the next record of the plan (r->pos), or none. */
+static const char *const PARAMS_BAD_SEL = "the saved channel selection is invalid";
+
+/* Expect the next record of the plan (r->pos) for the blob's version, or none. */
 static void reader_next(const tmp_trainer *t, tmp_params_reader *r) {
     rec_t rec;
-    r->pos = r->pos < 0 ? -1 : next_record(t, r->pos, &rec);
+    r->pos = r->pos < 0 ? -1 : next_record(t, r->version, r->pos, &rec);
     r->roff = 0;
     if (r->pos >= 0) {
         r->layer = rec.layer;
         r->kind = rec.kind;
         r->bytes = rec.bytes;
-        r->offset = (uint32_t)(rec.data - t->arena);
+        r->offset = rec.data != NULL ? (uint32_t)(rec.data - t->arena) : 0u;
     }
 }
 
@@ -1253,7 +1291,7 @@ static void reader_record_header(const tmp_trainer *t, tmp_params_reader *r, uin
         reader_fail(r, TMP_ERR_FORMAT, PARAMS_OTHER_PLAN);
         return;
     }
-    if (r->kind == REC_B) {
+    if (r->kind == REC_B || r->kind == REC_SEL) {
         tmp_layer l;
         tmp_tensor tin;
         if (tmp_model_layer(t->m, r->layer, &l, NULL) != TMP_OK || tmp_model_tensor(t->m, l.in0, &tin, NULL) != TMP_OK) {
@@ -1261,10 +1299,15 @@ static void reader_record_header(const tmp_trainer *t, tmp_params_reader *r, uin
             return;
         }
         r->limit = bias_limit(&l, cin_of(&l, &tin));
+        r->cin = cin_of(&l, &tin);
+        r->k = t->p->k[r->layer];
+        const uint32_t m = apu_window(t->p->ratio);
+        r->excl_max = m > 1 ? (m - 1 > 255 ? 255 : m - 1) : 0;
+        r->prev = -1;
     }
 }
 
-/* One whole 4-byte value of an int32 bias or fp32 master record. */
+/* One whole 4-byte value of an int32 bias, fp32 master or momentum record. */
 static void reader_value(tmp_params_reader *r, const uint8_t *v) {
     if (r->kind == REC_B) {
         const int32_t x = (int32_t)rd32(v);
@@ -1277,6 +1320,60 @@ static void reader_value(tmp_params_reader *r, const uint8_t *v) {
         if (!isfinite(x)) {
             reader_fail(r, TMP_ERR_FORMAT, "a saved parameter is not finite");
         }
+    }
+}
+
+/* Byte i of a selection record, laid out as the SEL buffer (sel_of): channels u16[k] ascending
+ * below cin | importances f32[2 cin] finite and >= 0 | ages u16[cin] below 0x8000 | exclusion
+ * counts u8[cin] at most excl_max; each part padded with zeros to 4 bytes. */
+static void reader_sel_byte(tmp_params_reader *r, uint32_t i, uint8_t b) {
+    const uint32_t k = r->k, cin = r->cin, a = (uint32_t)al4(2u * k), g = a + 8u * cin,
+                   e = g + (uint32_t)al4(2u * cin);
+    uint32_t start, size;
+    if (i < 2u * k) {
+        start = 0, size = 2;
+    } else if (i >= a && i < g) {
+        start = a, size = 4;
+    } else if (i >= g && i < g + 2u * cin) {
+        start = g, size = 2;
+    } else if (i >= e && i < e + cin) {
+        start = e, size = 1;
+    } else { /* padding */
+        if (b != 0) {
+            reader_fail(r, TMP_ERR_FORMAT, PARAMS_BAD_SEL);
+        }
+        return;
+    }
+    const uint32_t j = (i - start) % size;
+    r->word[j] = b;
+    if (j != size - 1u) {
+        return;
+    }
+    int ok;
+    if (start == 0) {
+        const uint32_t c = rd16(r->word);
+        ok = c < cin && (int32_t)c > r->prev;
+        r->prev = (int32_t)c;
+    } else if (size == 4) {
+        float x;
+        memcpy(&x, r->word, 4);
+        ok = isfinite(x) && x >= 0.0f;
+    } else if (size == 2) {
+        ok = rd16(r->word) < 0x8000u;
+    } else {
+        ok = b <= r->excl_max;
+    }
+    if (!ok) {
+        reader_fail(r, TMP_ERR_FORMAT, PARAMS_BAD_SEL);
+    }
+}
+
+/* The state record is whole. */
+static void reader_state(tmp_params_reader *r) {
+    const uint32_t rng = rd32(r->state), steps = rd32(r->state + 4), stalled = rd32(r->state + 8),
+                   period_steps = rd32(r->state + 16);
+    if (rng == 0 || stalled > steps || period_steps > steps) {
+        reader_fail(r, TMP_ERR_FORMAT, "the saved training state is invalid");
     }
 }
 
@@ -1298,7 +1395,16 @@ static void reader_records(const tmp_trainer *t, tmp_params_reader *r, const uin
         } else {
             const uint32_t i = r->roff - 8u; /* offset in the record's data */
             k = r->bytes - i < n ? r->bytes - i : n;
-            if (r->kind != REC_W) {
+            if (r->kind == REC_SEL) {
+                for (uint32_t j = 0; j < k; j++) {
+                    reader_sel_byte(r, i + j, d[j]);
+                }
+            } else if (r->kind == REC_STATE) {
+                memcpy(r->state + i, d, k);
+                if (i + k == STATE_BYTES) {
+                    reader_state(r);
+                }
+            } else if (r->kind != REC_W) {
                 uint32_t j = 0;
                 for (; j < k && ((i + j) & 3u) != 0; j++) { /* finish a value split by a piece */
                     r->word[(i + j) & 3u] = d[j];
@@ -1313,7 +1419,7 @@ static void reader_records(const tmp_trainer *t, tmp_params_reader *r, const uin
                     r->word[(i + j) & 3u] = d[j];
                 }
             }
-            if (r->copy && r->err_st == TMP_OK) {
+            if (r->copy && r->err_st == TMP_OK && r->kind != REC_STATE) {
                 memcpy(t->arena + r->offset + i, d, k);
             }
         }
@@ -1337,6 +1443,7 @@ tmp_status tmp_trainer_params_begin(const tmp_trainer *t, tmp_params_reader *r, 
     r->err_st = TMP_OK;
     r->err = NULL;
     r->pos = 0;
+    r->version = PARAMS_VERSION; /* until the header says */
     reader_next(t, r);
     return TMP_OK;
 }
@@ -1351,10 +1458,15 @@ tmp_status tmp_trainer_params_feed(tmp_trainer *t, tmp_params_reader *r, const u
             k = PARAMS_HEADER - r->total < n ? PARAMS_HEADER - r->total : n;
             memcpy(r->head + r->total, d, (size_t)k);
             if (r->total + k == PARAMS_HEADER) {
-                /* parse the records only under a header of this format's version */
-                r->parse = memcmp(r->head, PARAMS_MAGIC, 4) == 0 && rd16(r->head + 4) == PARAMS_VERSION;
+                /* parse the records only under a header of a version this reader knows */
+                r->version = rd16(r->head + 4);
+                r->parse = memcmp(r->head, PARAMS_MAGIC, 4) == 0 && r->version >= 1u && r->version <= PARAMS_VERSION;
                 r->end = PARAMS_HEADER + (uint64_t)rd32(r->head + 16);
                 r->crc = tmp_crc32(0, r->head, PARAMS_HEADER);
+                if (r->parse) {
+                    r->pos = 0; /* the records of that version */
+                    reader_next(t, r);
+                }
             }
         } else if (r->parse && r->total < r->end) {
             k = r->end - r->total < n ? r->end - r->total : n;
@@ -1378,7 +1490,7 @@ static void params_requant(tmp_trainer *t) {
     rec_t r;
     tmp_layer l;
     tmp_tensor tin, tout;
-    for (int32_t pos = next_record(t, 0, &r); pos >= 0; pos = next_record(t, pos, &r)) {
+    for (int32_t pos = next_record(t, 1u, 0, &r); pos >= 0; pos = next_record(t, 1u, pos, &r)) {
         if (r.kind != REC_WM && r.kind != REC_BM) {
             continue;
         }
@@ -1416,7 +1528,7 @@ tmp_status tmp_trainer_params_end(tmp_trainer *t, tmp_params_reader *r, const ch
     if (r->total < PARAMS_HEADER + 4u || memcmp(r->head, PARAMS_MAGIC, 4) != 0) {
         return bad(msg, "not a tinymp parameters file");
     }
-    if (rd16(r->head + 4) != PARAMS_VERSION) {
+    if (rd16(r->head + 4) < 1u || rd16(r->head + 4) > PARAMS_VERSION) {
         return bad(msg, "unsupported parameters file version");
     }
     if (r->end + 4u != r->total) {
@@ -1440,6 +1552,13 @@ tmp_status tmp_trainer_params_end(tmp_trainer *t, tmp_params_reader *r, const ch
     }
     if (r->copy) {
         params_requant(t);
+        if (r->version >= 2u) { /* the counters: the run goes on where it was saved */
+            t->rng = rd32(r->state);
+            t->steps = rd32(r->state + 4);
+            t->stalled_steps = rd32(r->state + 8);
+            t->periods = rd32(r->state + 12);
+            t->period_steps = rd32(r->state + 16);
+        }
     }
     return TMP_OK;
 }
