@@ -267,6 +267,17 @@ def test_full_disk_on_the_pc_mid_collect(sess, capsys, monkeypatch):
     assert len(D.Dataset.open(sess.dataset_dir)) == 10
 
 
+def _import(sess, b, n):
+    """The scene's samples in the board model's format, the first n imported into the session's
+    dataset: (the model's meta, the dataset)."""
+    meta = meta_of(b)
+    x, y, src = D.load_samples(SCENE, meta["input_shape"], meta["input_scale"],
+                               meta["input_zero_point"], meta["num_classes"])
+    ds = C.open_dataset(sess, meta, "sim")
+    C.import_samples(ds, x[:n], y[:n], src[:n], show=False)
+    return meta, ds
+
+
 def test_import_and_sync_resume(sess):
     pushed(sess)
     with open_sim(sess) as b:
@@ -301,11 +312,7 @@ def _session_run(sess, faults=None, board_faults=None, timeout=None):
     kw = dict(faults=faults, board_faults=board_faults, timeout=timeout)
     with open_sim(sess, **kw) as b:
         C.push(b, DEMO, show=False, chunk=2048)
-        meta = meta_of(b)
-        x, y, src = D.load_samples(SCENE, meta["input_shape"], meta["input_scale"],
-                                   meta["input_zero_point"], meta["num_classes"])
-        ds = C.open_dataset(sess, meta, "sim")
-        C.import_samples(ds, x[:40], y[:40], src[:40], show=False)
+        meta, ds = _import(sess, b, 40)
         C.collect_capture(b, ds, 3, int(ds.counts()[3]) + 3, show=False)
         rec = C.train(b, ds, {"method": "tinymp", "lr": 0.002, "seed": 3}, steps=40, show=False)
         xe, ye = held_out(meta, 60)
@@ -389,11 +396,7 @@ def test_training_on_the_board_matches_the_engine_here(sess):
     pushed(sess)
     opts = {"method": "tinymp", "lr": 0.002, "seed": 5}
     with open_sim(sess) as b:
-        meta = meta_of(b)
-        x, y, src = D.load_samples(SCENE, meta["input_shape"], meta["input_scale"],
-                                   meta["input_zero_point"], meta["num_classes"])
-        ds = C.open_dataset(sess, meta, "sim")
-        C.import_samples(ds, x[:60], y[:60], src[:60], show=False)
+        meta, ds = _import(sess, b, 60)
         rec = C.train(b, ds, opts, epochs=2, show=False, session=sess)
         xe, ye = held_out(meta, 120)
         after = C.evaluate(b, xe, ye, "personalised", show=False)
@@ -429,11 +432,7 @@ def test_a_second_run_goes_on_from_the_saved_training_state(sess):
     the APU state and counters too. The second run's report counts its own steps only."""
     pushed(sess)
     with open_sim(sess) as b:
-        meta = meta_of(b)
-        x, y, src = D.load_samples(SCENE, meta["input_shape"], meta["input_scale"],
-                                   meta["input_zero_point"], meta["num_classes"])
-        ds = C.open_dataset(sess, meta, "sim")
-        C.import_samples(ds, x[:30], y[:30], src[:30], show=False)
+        meta, ds = _import(sess, b, 30)
         opts = {"method": "tinymp", "lr": 0.002, "seed": 3, "period": 7}
         one = C.train(b, ds, opts, steps=25, show=False)
         two = C.train(b, ds, opts, steps=10, show=False)
@@ -448,11 +447,7 @@ def test_a_second_run_goes_on_from_the_saved_training_state(sess):
 def test_save_rollback_reset(sess):
     pushed(sess)
     with open_sim(sess) as b:
-        meta = meta_of(b)
-        x, y, src = D.load_samples(SCENE, meta["input_shape"], meta["input_scale"],
-                                   meta["input_zero_point"], meta["num_classes"])
-        ds = C.open_dataset(sess, meta, "sim")
-        C.import_samples(ds, x[:80], y[:80], src[:80], show=False)
+        meta, ds = _import(sess, b, 80)
         xe, ye = held_out(meta, 80)
         pre = C.evaluate(b, xe, ye, "personalised", show=False)
         assert pre["params"] == "pretrained"  # nothing trained yet
@@ -478,11 +473,7 @@ def test_save_rollback_reset(sess):
 def test_training_budget_is_the_profiles(sess):
     pushed(sess)
     with open_sim(sess) as b:
-        meta = meta_of(b)
-        x, y, src = D.load_samples(SCENE, meta["input_shape"], meta["input_scale"],
-                                   meta["input_zero_point"], meta["num_classes"])
-        ds = C.open_dataset(sess, meta, "sim")
-        C.import_samples(ds, x[:10], y[:10], src[:10], show=False)
+        meta, ds = _import(sess, b, 10)
         # asking for more than the board has gives the board's budget
         rec = C.train(b, ds, {"method": "full", "budget": 10 << 20}, steps=2, show=False,
                       save=False)
