@@ -25,8 +25,6 @@ def test_params_in_pieces_agree_with_the_whole_blob(tmp_path):
     assert r.returncode == 0 and "FAIL" not in r.stdout, r.stdout + r.stderr
     ok = [l for l in r.stdout.splitlines() if " ok: " in l]
     assert len(ok) == 9, r.stdout
-    # the selection records' checks were reached where there are selection records
-    assert all(" 0 selection records" in l or "(0 bad selections" not in l for l in ok), r.stdout
     for l in ok:
         # every configuration had damaged copies that loaded (a value edit in int8 weights, say)
         # and many that did not

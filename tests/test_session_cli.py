@@ -172,6 +172,21 @@ def test_train_says_when_steps_trained_nothing(tmp_path, capsys):
     assert "warning" not in cap.err and "trained 200 steps" in cap.out
 
 
+def test_train_says_when_the_saved_run_cannot_go_on(tmp_path, capsys):
+    # the saved file's training state belongs to its plan: another momentum starts afresh, and
+    # the command says so on stderr
+    s = str(tmp_path / "s")
+    assert cli.main(["push", DEMO, "--port", "sim", "--session", s, "-q"]) == 0
+    assert cli.main(["collect", "--from", SCENE, "--port", "sim", "--session", s, "-q"]) == 0
+    assert cli.main(["train", "--port", "sim", "--session", s, "--steps", "5", "-q"]) == 0
+    capsys.readouterr()
+    assert cli.main(["train", "--port", "sim", "--session", s, "--steps", "5"]) == 0
+    assert "warning" not in capsys.readouterr().err  # the same options: it goes on
+    assert cli.main(["train", "--port", "sim", "--session", s, "--steps", "5", "--momentum", "0.9"]) == 0
+    warn = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("warning:")]
+    assert len(warn) == 1 and "not from the saved run" in warn[0] and "another plan" in warn[0]
+
+
 def _tree(path):
     out = []
     for root, _, files in os.walk(path):

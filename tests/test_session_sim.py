@@ -14,7 +14,7 @@ from tinymp import tinymp_agent as A
 from tinymp import zoo
 from tinymp.session import commands as C
 from tinymp.session import dataset as D
-from tinymp.session import link, run
+from tinymp.session import link, report, run
 from tinymp.session import protocol as P
 
 MODELS = os.path.join(os.path.dirname(tinymp.__file__), "models")
@@ -442,6 +442,11 @@ def test_a_second_run_goes_on_from_the_saved_training_state(sess):
     # the saved period position (25 = 3 x 7 + 4) carries over: 4 + 10 steps end 2 periods
     assert (s2["steps"], s2["periods"]) == (10, 2)
     assert 0 <= s2["stalled_steps"] <= 10
+    # other momentum: the file's training state is another plan's; the run says so
+    with open_sim(sess) as b:
+        three = C.train(b, ds, dict(opts, momentum=0.9), steps=3, show=False)
+    assert not three["start"]["resumed"]
+    assert "another plan" in report.train_summary(three)["resume_error"]
 
 
 def test_save_rollback_reset(sess):

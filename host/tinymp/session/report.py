@@ -51,6 +51,8 @@ def train_summary(run):
         "options": run.get("options"),
         "plan": plan,
         "resumed": run["start"].get("resumed"),
+        # why the saved run could not be continued (None: it was, or there was none)
+        "resume_error": run["start"].get("resume_error"),
         # None: a run recorded before boards reported it
         "support_samples": run["start"].get("support_samples"),
         "final_loss": sum(e[f["loss"]] for e in tail) / len(tail) if tail else None,

@@ -208,6 +208,11 @@ def cmd_train(args):
                                  "saved parameters") from None
     from . import report
     t = report.train_summary(run)
+    if t.get("resume_error"):  # on stderr, in text and JSON mode alike
+        print(f"warning: started from the pretrained model, not from the saved run: "
+              f"{t['resume_error']}. Train with the saved run's options to go on from it; "
+              "once this run has saved, `tinymp params rollback` brings the saved run back",
+              file=sys.stderr)
     stalled = t.get("stalled_steps")
     if stalled:  # on stderr, in text and JSON mode alike
         lr = (t.get("options") or {}).get("lr")
