@@ -115,6 +115,12 @@ static uint32_t apu_window(float ratio) {
     return m < 1.0f ? 1u : (uint32_t)m;
 }
 
+/* The exclusion count of a channel just selected: the periods it sits out, m - 1 (at most 255). */
+static uint8_t excl_full(const tmp_train_plan *p) {
+    const uint32_t m = apu_window(p->ratio);
+    return (uint8_t)(m > 1 ? (m - 1 > 255 ? 255 : m - 1) : 0);
+}
+
 static uint32_t tables_crc(const tmp_model *m) {
     uint32_t c = tmp_crc32(0, m->data + m->tensor_table_off, (size_t)m->num_tensors * TMP_TENSOR_RECORD_SIZE);
     return tmp_crc32(c, m->data + m->layer_table_off, (size_t)m->num_layers * TMP_LAYER_RECORD_SIZE);
@@ -163,13 +169,13 @@ tmp_status tmp_trainer_reset(tmp_trainer *t) {
                 memcpy(s.ch, p->channels + p->chan_off[i], 2u * k);
             }
             if (s.ibar != NULL) {
-                const uint32_t m = apu_window(p->ratio);
+                const uint8_t full = excl_full(p);
                 memset(s.ibar, 0, 4u * cin);
                 memset(s.iacc, 0, 4u * cin);
                 memset(s.age, 0, 2u * cin);
                 memset(s.excl, 0, cin);
                 for (uint32_t j = 0; j < k; j++) {
-                    s.excl[s.ch[j]] = (uint8_t)(m > 1 ? (m - 1 > 255 ? 255 : m - 1) : 0);
+                    s.excl[s.ch[j]] = full;
                 }
             }
         }
@@ -989,7 +995,7 @@ tmp_status tmp_trainer_end_period(tmp_trainer *t) {
         return TMP_ERR_ARG;
     }
     const tmp_train_plan *p = t->p;
-    const uint32_t m = apu_window(p->ratio);
+    const uint8_t full = excl_full(p);
     tmp_layer l;
     tmp_tensor tin;
     for (int32_t i = 0; i < p->num_layers; i++) {
@@ -1035,7 +1041,7 @@ tmp_status tmp_trainer_end_period(tmp_trainer *t) {
             if (s.age[c] & 0x8000u) {
                 s.ch[w++] = (uint16_t)c;
                 s.age[c] = 0;
-                s.excl[c] = (uint8_t)(m > 1 ? (m - 1 > 255 ? 255 : m - 1) : 0);
+                s.excl[c] = full;
             } else {
                 if (s.age[c] < 0x7FFFu) {
                     s.age[c]++;
@@ -1298,12 +1304,14 @@ static void reader_record_header(const tmp_trainer *t, tmp_params_reader *r, uin
             reader_fail(r, TMP_ERR_FORMAT, NULL);
             return;
         }
-        r->limit = bias_limit(&l, cin_of(&l, &tin));
-        r->cin = cin_of(&l, &tin);
-        r->k = t->p->k[r->layer];
-        const uint32_t m = apu_window(t->p->ratio);
-        r->excl_max = m > 1 ? (m - 1 > 255 ? 255 : m - 1) : 0;
-        r->prev = -1;
+        if (r->kind == REC_B) {
+            r->limit = bias_limit(&l, cin_of(&l, &tin));
+        } else {
+            r->cin = cin_of(&l, &tin);
+            r->k = t->p->k[r->layer];
+            r->excl_max = excl_full(t->p);
+            r->prev = -1;
+        }
     }
 }
 
