@@ -12,17 +12,21 @@
  * steps, so its parameters and state differ from the model's and the plan's. Then:
  * - a second trainer that loads the blob and the saved one take the same five further steps:
  *   equal losses and equal blobs after (the uninterrupted run is the reference);
- * - a version-1 blob writes only its records (and their int8 copies) and keeps the counters;
+ * - a version-1 blob, loaded into that trainer, writes only its records (and their int8 copies)
+ *   and gives it a fresh trainer's momentum and selections, its counters going on in a new
+ *   period; so do blobs of the same method saved with other momentum or another ratio;
  * - tmp_trainer_params_save writes ref_blob()'s bytes, and the writer, at every piece size
  *   tried, produces exactly those bytes and then nothing more;
  * - for each of many damaged copies of the blob (bit flips, bytes set, cuts, bytes appended,
- *   header and record fields edited, values set out of range or to NaN, a record left out or
- *   all of them twice, values in the momentum, selection and state records, damage to the
- *   version-1 blob, each also with its CRC made valid again; every padding byte of a
+ *   header and record fields edited, reserved bytes set, values set out of range or to NaN, a
+ *   record left out or all of them twice, values in the momentum, selection and state records,
+ *   a momentum or selection record resized or repeated, a record of an unknown kind, damage to
+ *   the version-1 blob, each also with its CRC made valid again; every padding byte of a
  *   selection), tmp_trainer_params_load on the whole buffer gives ref_verdict()'s status and
  *   message, and so does reading it in random pieces; the checking pass never changes the
- *   trainer, a failed load changes nothing, and a load that succeeds leaves the same arena and
- *   counters both ways.
+ *   trainer, a failed load changes nothing, and a load that succeeds writes what the format
+ *   says (the records it takes, the training state or a fresh one, the counters) and the same
+ *   arena and counters both ways.
  *
  * usage: params_stream_check MODEL.tmpm STEPS   one line per configuration, exit 0 when all
  * agree, 1 with "FAIL ..." otherwise.
@@ -217,12 +221,40 @@ static int ref_sel_ok(const tmp_trainer *t, int32_t layer, const uint8_t *d, uin
 }
 
 #define PLAN_MSG "the parameters were saved with another plan (other trainable layers)"
+#define RESERVED_MSG "a reserved byte of the parameters file is not zero"
 
 static ref_rec g_rec[8 * 256 + 1];
 
-/* The verdict on n bytes, the checks in the documented order. */
-static tmp_status ref_verdict(const tmp_trainer *t, const uint8_t *b, uint32_t n, const char **msg) {
+/* What a load that succeeds takes: the records whose bytes it copies (the data's blob offset,
+ * kind, arena offset, bytes), and whether the training state comes with them (state: version
+ * 2, and every momentum / selection record of the plan in the blob at the plan's size, none
+ * else). */
+typedef struct {
+    uint32_t n;
+    uint32_t from[8 * 256 + 1], kind[8 * 256 + 1], to[8 * 256 + 1], bytes[8 * 256 + 1];
+    int state;
+} ref_take;
+
+static ref_take g_take;
+
+/* The fresh trainer's arena (tmp_trainer_init): its momentum and selection buffers are what a
+ * load without the training state must leave. */
+static const uint8_t *g_init;
+
+/* Loads that took the parameters without the training state (all configurations so far). */
+static uint32_t g_fresh;
+
+static int ref_state_kind(uint32_t kind) {
+    return kind == 5u || kind == 6u || kind == 7u;
+}
+
+/* The verdict on n bytes, the checks in the documented order: the header's, then the records in
+ * the blob's order, the first error found winning; a record that is neither the plan's next
+ * nor a skippable training-state record is "another plan". */
+static tmp_status ref_verdict(const tmp_trainer *t, const uint8_t *b, uint32_t n, const char **msg, ref_take *take) {
     const uint32_t version = n >= 6u ? get16(b + 4) : 0u;
+    take->n = 0;
+    take->state = 0;
     if (n < 36u || memcmp(b, "TMPP", 4) != 0) {
         *msg = "not a tinymp parameters file";
     } else if (version != 1u && version != 2u) {
@@ -231,53 +263,96 @@ static tmp_status ref_verdict(const tmp_trainer *t, const uint8_t *b, uint32_t n
         *msg = "truncated or oversized parameters file";
     } else if (tmp_crc32(0, b, n - 4u) != get32(b + n - 4u)) {
         *msg = "CRC-32 mismatch: the parameters file is corrupted";
+    } else if (b[7] != 0 || memcmp(b + 20, "\0\0\0\0\0\0\0\0\0\0\0\0", 12) != 0) {
+        *msg = RESERVED_MSG;
     } else if (get32(b + 8) != t->m->crc) {
         *msg = "the parameters were saved for another model";
     } else if (b[6] != (uint8_t)t->p->storage) {
         *msg = "the parameters were saved with another storage mode (int8 / fp32)";
     } else {
         const ref_rec *rec = g_rec;
-        const uint32_t nrec = ref_records(t, version, g_rec);
-        const uint32_t end = n - 4u;
-        uint32_t off = 32u;
-        for (uint32_t j = 0; j < nrec; j++) {
-            if (off + 8u > end || get16(b + off) != (uint32_t)rec[j].layer ||
-                b[off + 2] != rec[j].kind || get32(b + off + 4) != rec[j].bytes || off + 8u + rec[j].bytes > end) {
+        const uint32_t nexp = ref_records(t, version, g_rec);
+        const uint64_t end = n - 4u;
+        uint64_t off = 32u;
+        uint32_t c = 0, prev = 0, nfile = 0; /* c: the plan's first record not yet met */
+        int fresh = 0;
+        while (off < end) {
+            if (c == nexp) { /* payload after the plan's last record */
                 *msg = PLAN_MSG;
                 return TMP_ERR_FORMAT;
             }
+            if (off + 8u > end) {
+                break;
+            }
+            const uint32_t layer = get16(b + off), kind = b[off + 2], bytes = get32(b + off + 4);
+            const uint32_t key = layer * 256u + kind;
+            if (b[off + 3] != 0) {
+                *msg = RESERVED_MSG;
+                return TMP_ERR_FORMAT;
+            }
+            if (key <= prev || off + 8u + bytes > end) {
+                *msg = PLAN_MSG;
+                return TMP_ERR_FORMAT;
+            }
+            prev = key;
+            /* the plan's momentum and selection records the blob went past: not in it */
+            while (c < nexp && (uint32_t)rec[c].layer * 256u + rec[c].kind < key && ref_state_kind(rec[c].kind)) {
+                fresh = 1;
+                c++;
+            }
+            const int same = c < nexp && (uint32_t)rec[c].layer * 256u + rec[c].kind == key;
+            if (!same || rec[c].bytes != bytes) {
+                if (version < 2u || !ref_state_kind(kind) || layer >= (uint32_t)t->p->num_layers) {
+                    *msg = PLAN_MSG;
+                    return TMP_ERR_FORMAT;
+                }
+                fresh = 1; /* another plan's training state: passed over */
+                off += 8u + bytes;
+                nfile++;
+                continue;
+            }
             const uint8_t *d = b + off + 8u;
-            if (rec[j].kind == 7u && !ref_sel_ok(t, rec[j].layer, d, rec[j].bytes)) {
+            if (rec[c].kind == 7u && !ref_sel_ok(t, rec[c].layer, d, rec[c].bytes)) {
                 *msg = "the saved channel selection is invalid";
                 return TMP_ERR_FORMAT;
             }
-            if (rec[j].kind == 8u && (get32(d) == 0 || get32(d + 8) > get32(d + 4) || get32(d + 16) > get32(d + 4))) {
+            if (rec[c].kind == 8u && (get32(d) == 0 || get32(d + 8) > get32(d + 4) || get32(d + 16) > get32(d + 4))) {
                 *msg = "the saved training state is invalid";
                 return TMP_ERR_FORMAT;
             }
             tmp_layer l;
-            if (rec[j].kind <= 6u) {
-                tmp_model_layer(&g_m, rec[j].layer, &l, NULL);
+            if (rec[c].kind <= 6u) {
+                tmp_model_layer(&g_m, rec[c].layer, &l, NULL);
             }
-            for (uint32_t e = 0; rec[j].kind >= 2u && rec[j].kind <= 6u && e < rec[j].bytes / 4u; e++) {
+            for (uint32_t e = 0; rec[c].kind >= 2u && rec[c].kind <= 6u && e < rec[c].bytes / 4u; e++) {
                 const uint32_t v = get32(d + 4u * e);
                 float f;
                 memcpy(&f, &v, 4);
-                if (rec[j].kind == 2u && llabs((long long)(int32_t)v) > ref_bias_limit(&l)) {
+                if (rec[c].kind == 2u && llabs((long long)(int32_t)v) > ref_bias_limit(&l)) {
                     *msg = "a saved bias is out of range";
                     return TMP_ERR_FORMAT;
                 }
-                if (rec[j].kind >= 3u && !isfinite(f)) {
+                if (rec[c].kind >= 3u && !isfinite(f)) {
                     *msg = "a saved parameter is not finite";
                     return TMP_ERR_FORMAT;
                 }
             }
-            off += 8u + rec[j].bytes;
+            if (rec[c].kind != 8u) {
+                take->from[take->n] = (uint32_t)off + 8u;
+                take->kind[take->n] = rec[c].kind;
+                take->to[take->n] = rec[c].offset;
+                take->bytes[take->n] = rec[c].bytes;
+                take->n++;
+            }
+            c++;
+            off += 8u + bytes;
+            nfile++;
         }
-        if (off != end || get32(b + 12) != nrec) {
+        if (off != end || c != nexp || get32(b + 12) != nfile) {
             *msg = PLAN_MSG;
             return TMP_ERR_FORMAT;
         }
+        take->state = version >= 2u && !fresh;
         *msg = NULL;
         return TMP_OK;
     }
@@ -293,7 +368,7 @@ static const char *text(const char *msg) {
 
 /* Read `b` in pieces of 1..maxpiece bytes (0: byte by byte) through one pass. */
 static tmp_status read_pieces(tmp_trainer *t, const uint8_t *b, uint32_t n, int copy, uint32_t maxpiece,
-    const char **msg) {
+    const char **msg, int *state_loaded) {
     tmp_params_reader r;
     if (tmp_trainer_params_begin(t, &r, copy) != TMP_OK) {
         return TMP_ERR_ARG;
@@ -312,7 +387,11 @@ static tmp_status read_pieces(tmp_trainer *t, const uint8_t *b, uint32_t n, int 
         }
         at += k;
     }
-    return tmp_trainer_params_end(t, &r, msg);
+    const tmp_status st = tmp_trainer_params_end(t, &r, msg);
+    if (st == TMP_OK && state_loaded != NULL) {
+        *state_loaded = r.state_loaded;
+    }
+    return st;
 }
 
 /* The trainer's counters (a version-2 blob's state record carries them). */
@@ -320,6 +399,51 @@ static int same_counters(const tmp_trainer *a, const tmp_trainer *b) {
     return a->rng == b->rng && a->steps == b->steps && a->stalled_steps == b->stalled_steps &&
         a->periods == b->periods && a->period_steps == b->period_steps;
 }
+
+/* What a load that succeeds must leave, by the format: the arena `from` with the records the
+ * reference takes (the state records only with the state), the fresh trainer's momentum and
+ * selections when the state does not come, the int8 copies of fp32 masters as loaded (`got`:
+ * test_trainer.py checks their values); and the counters: the state record's, or else the ones
+ * before with a new period. */
+static int check_loaded(const tmp_trainer *t, const tmp_trainer *before, const uint8_t *b, uint32_t n,
+    const uint8_t *from, const uint8_t *got, uint8_t *want, size_t arena_bytes, const ref_take *take,
+    int state_loaded, const char *what) {
+    CHECK(state_loaded == take->state, "%s: the load says the state %s taken, the format says it %s", what,
+        state_loaded ? "was" : "was not", take->state ? "is" : "is not");
+    memcpy(want, from, arena_bytes);
+    for (uint32_t j = 0; j < take->n; j++) {
+        if (take->kind[j] <= 4u || take->state) {
+            memcpy(want + take->to[j], b + take->from[j], take->bytes[j]);
+        }
+    }
+    const tmp_train_plan *p = t->p;
+    for (int32_t i = 0; i < p->num_layers; i++) {
+        static const int st[3] = { TMP_LB_VW, TMP_LB_VB, TMP_LB_SEL }, cp[2] = { TMP_LB_W, TMP_LB_B };
+        for (int q = 0; q < 3 && !take->state; q++) {
+            const tmp_buf *bb = tmp_train_plan_buf(p, st[q] * p->num_layers + i);
+            memcpy(want + bb->offset, g_init + bb->offset, bb->size);
+        }
+        for (int q = 0; q < 2 && p->storage == TMP_STORAGE_FP32; q++) {
+            const tmp_buf *bb = tmp_train_plan_buf(p, cp[q] * p->num_layers + i);
+            memcpy(want + bb->offset, got + bb->offset, bb->size);
+        }
+    }
+    CHECK(memcmp(got, want, arena_bytes) == 0, "%s: the load wrote other bytes than the format's", what);
+    if (take->state) {
+        uint8_t sb[20];
+        ref_state(t, sb);
+        CHECK(memcmp(sb, b + n - 24u, 20) == 0, "%s: the counters are not the saved ones", what);
+    } else {
+        CHECK(t->rng == before->rng && t->steps == before->steps && t->stalled_steps == before->stalled_steps &&
+            t->periods == before->periods && t->period_steps == 0, "%s: without the state the counters go on, "
+            "in a new period", what);
+    }
+    return 0;
+}
+
+/* A damaged blob's expected outcome besides the format's verdict: this message, or LOADS_FRESH
+ * (loads, without the training state), or NULL (no expectation). */
+#define LOADS_FRESH "(loads the parameters only)"
 
 /* One damaged blob: the pieces must agree with the one-buffer load and with the format. *t is
  * left as it came (arena orig_arena, its counters); *verdict = the message (NULL: loaded). */
@@ -329,32 +453,37 @@ static int check_blob(tmp_trainer *t, const uint8_t *b, uint32_t n, const uint8_
     /* the reference: the whole buffer */
     memcpy(t->arena, orig_arena, arena_bytes);
     const char *m0 = NULL;
-    tmp_status s0 = tmp_trainer_params_load(t, b, n, &m0);
+    int state0 = -1;
+    tmp_status s0 = tmp_trainer_params_load(t, b, n, &m0, &state0);
     const char *mr = NULL;
-    tmp_status sr = ref_verdict(t, b, n, &mr);
+    tmp_status sr = ref_verdict(t, b, n, &mr, &g_take);
     *verdict = mr;
     CHECK(s0 == sr && strcmp(text(m0), text(mr)) == 0, "%s: %d '%s', the format says %d '%s'", what, (int)s0,
         text(m0), (int)sr, text(mr));
-    CHECK(expect == NULL || (s0 == TMP_ERR_FORMAT && strcmp(text(m0), expect) == 0), "%s: '%s', not '%s'", what,
-        text(m0), expect);
-    if (s0 != TMP_OK) {
-        CHECK(memcmp(t->arena, orig_arena, arena_bytes) == 0 && same_counters(t, &keep),
-            "%s: a failed load changed the trainer", what);
-    } else if (get16(b + 4) >= 2u) { /* the counters are the state record's (the last one) */
-        uint8_t st[20];
-        ref_state(t, st);
-        CHECK(memcmp(st, b + n - 24u, 20) == 0, "%s: the counters are not the saved ones", what);
+    if (expect != NULL && strcmp(expect, LOADS_FRESH) == 0) {
+        CHECK(s0 == TMP_OK && state0 == 0, "%s: '%s', state %d: the parameters should have loaded alone", what,
+            text(m0), state0);
     } else {
-        CHECK(same_counters(t, &keep), "%s: a version-1 load changed the counters", what);
+        CHECK(expect == NULL || (s0 == TMP_ERR_FORMAT && strcmp(text(m0), expect) == 0), "%s: '%s', not '%s'", what,
+            text(m0), expect);
+    }
+    uint8_t *got = malloc(arena_bytes + 1u);
+    CHECK(got != NULL, "memory");
+    memcpy(got, t->arena, arena_bytes);
+    if (s0 != TMP_OK) {
+        CHECK(memcmp(t->arena, orig_arena, arena_bytes) == 0 && same_counters(t, &keep) && state0 == -1,
+            "%s: a failed load changed the trainer", what);
+    } else if (check_loaded(t, &keep, b, n, orig_arena, got, want, arena_bytes, &g_take, state0, what)) {
+        free(got);
+        return 1;
     }
     const tmp_trainer after = *t;
-    memcpy(want, t->arena, arena_bytes);
     *t = keep;
     memcpy(t->arena, orig_arena, arena_bytes);
     /* pieces: a checking pass, at a random piece size (sometimes byte by byte) */
     const uint32_t maxpiece = lcg() % 8u == 0u ? 0u : 1u + lcg() % 97u;
     const char *m1 = NULL;
-    tmp_status s1 = read_pieces(t, b, n, 0, maxpiece, &m1);
+    tmp_status s1 = read_pieces(t, b, n, 0, maxpiece, &m1, NULL);
     CHECK(s1 == s0 && strcmp(text(m1), text(m0)) == 0, "%s (pieces of up to %u): %d '%s' against %d '%s'", what,
         (unsigned)maxpiece, (int)s1, text(m1), (int)s0, text(m0));
     CHECK(memcmp(t->arena, orig_arena, arena_bytes) == 0 && same_counters(t, &keep),
@@ -362,11 +491,15 @@ static int check_blob(tmp_trainer *t, const uint8_t *b, uint32_t n, const uint8_
     if (s0 == TMP_OK) {
         /* then the copying pass, in other pieces */
         const char *m2 = NULL;
-        CHECK(read_pieces(t, b, n, 1, 1u + lcg() % 500u, &m2) == TMP_OK, "%s: copying pass: %s", what, text(m2));
-        CHECK(memcmp(t->arena, want, arena_bytes) == 0 && same_counters(t, &after),
+        int state2 = -1;
+        CHECK(read_pieces(t, b, n, 1, 1u + lcg() % 500u, &m2, &state2) == TMP_OK, "%s: copying pass: %s", what,
+            text(m2));
+        CHECK(memcmp(t->arena, got, arena_bytes) == 0 && same_counters(t, &after) && state2 == state0,
             "%s: the pieces loaded other bytes or counters", what);
         (*loaded)++;
+        g_fresh += state0 == 0;
     }
+    free(got);
     *t = keep;
     memcpy(t->arena, orig_arena, arena_bytes);
     return 0;
@@ -423,6 +556,9 @@ static int check(const char *name, tmp_train_options o, uint32_t steps, uint32_t
     uint8_t *arena = calloc(1, p.arena_bytes + 8u), *orig = malloc(p.arena_bytes + 1u), *want = malloc(p.arena_bytes + 1u);
     tmp_trainer t;
     CHECK(tmp_trainer_init(&t, &g_m, &p, arena, p.arena_bytes, 0.05f, 11u) == TMP_OK, "%s: init", name);
+    uint8_t *init = malloc(p.arena_bytes + 1u);
+    memcpy(init, arena, p.arena_bytes);
+    g_init = init;
     t.period = period; /* APU re-selects now and then, so its state is not the initial one */
     if (run_steps(&t, steps, NULL)) {
         return 1;
@@ -480,7 +616,9 @@ static int check(const char *name, tmp_train_options o, uint32_t steps, uint32_t
     const char *m = NULL;
     CHECK(tmp_trainer_init(&t2, &g_m, &p, arena2, p.arena_bytes, 0.05f, 99u) == TMP_OK, "%s: init 2", name);
     t2.period = period;
-    CHECK(tmp_trainer_params_load(&t2, whole, size, &m) == TMP_OK, "%s: load: %s", name, text(m));
+    int state = 0;
+    CHECK(tmp_trainer_params_load(&t2, whole, size, &m, &state) == TMP_OK && state == 1, "%s: load: %s", name,
+        text(m));
     g_seed = seed0;
     if (run_steps(&t2, 5, lb)) {
         return 1;
@@ -488,35 +626,32 @@ static int check(const char *name, tmp_train_options o, uint32_t steps, uint32_t
     CHECK(memcmp(la, lb, sizeof la) == 0, "%s: the loaded trainer's losses differ from the saved one's", name);
     CHECK(tmp_trainer_params_save(&t, out, size) == TMP_OK && tmp_trainer_params_save(&t2, blob2, size) == TMP_OK &&
         memcmp(out, blob2, size) == 0, "%s: after 5 more steps the trainers differ", name);
-    /* a version-1 blob (parameters only) loads its records and nothing else */
-    CHECK(tmp_trainer_reset(&t2) == TMP_OK, "reset 2");
-    memcpy(want, arena2, p.arena_bytes);
+    /* a version-1 blob (parameters only) into that trainer, its state now its own: the
+     * parameters become the blob's, the training state a fresh trainer's */
     const tmp_trainer before = t2;
-    CHECK(tmp_trainer_params_load(&t2, v1, size1, &m) == TMP_OK, "%s: version 1: %s", name, text(m));
-    CHECK(same_counters(&t2, &before), "%s: a version-1 load changed the counters", name);
-    for (uint32_t j = 0; j < nrec1; j++) { /* the parameters: the saved trainer's */
-        CHECK(memcmp(arena2 + g_rec[j].offset, orig + g_rec[j].offset, g_rec[j].bytes) == 0, "%s: v1 record %u",
-            name, (unsigned)j);
-        memcpy(want + g_rec[j].offset, orig + g_rec[j].offset, g_rec[j].bytes);
+    memcpy(want, arena2, p.arena_bytes);
+    uint8_t *prior = malloc(p.arena_bytes + 1u), *got = malloc(p.arena_bytes + 1u);
+    memcpy(prior, arena2, p.arena_bytes);
+    CHECK(tmp_trainer_params_load(&t2, v1, size1, &m, &state) == TMP_OK && state == 0, "%s: version 1: %s", name,
+        text(m));
+    const char *vv = NULL;
+    CHECK(ref_verdict(&t2, v1, size1, &vv, &g_take) == TMP_OK && g_take.n == nrec1 && !g_take.state, "%s: v1 "
+        "reference: %s", name, text(vv));
+    memcpy(got, arena2, p.arena_bytes);
+    if (check_loaded(&t2, &before, v1, size1, prior, got, want, p.arena_bytes, &g_take, state, "version 1")) {
+        return 1;
     }
-    if (p.storage == TMP_STORAGE_FP32) { /* and their int8 copies, requantised */
-        for (int32_t i = 0; i < p.num_layers; i++) {
-            static const int lbs[2] = { TMP_LB_W, TMP_LB_B };
-            for (int q = 0; q < 2; q++) {
-                const tmp_buf *bb = tmp_train_plan_buf(&p, lbs[q] * p.num_layers + i);
-                memcpy(want + bb->offset, arena2 + bb->offset, bb->size);
-            }
-        }
-    }
-    CHECK(memcmp(arena2, want, p.arena_bytes) == 0, "%s: a version-1 load wrote outside its records", name);
+    CHECK(memcmp(prior, got, p.arena_bytes) != 0, "%s: the version-1 load changed nothing", name);
+    free(prior);
+    free(got);
     free(arena2);
     free(blob2);
 
-    /* the blob itself, then damaged copies; the reference loads start from a fresh trainer's
-     * parameters, so a successful load changes something */
-    CHECK(tmp_trainer_reset(&t) == TMP_OK, "reset");
+    /* the blob itself, then damaged copies; the loads start from the trainer five steps on
+     * (other parameters, momentum and selections than the blob's), so a load changes something */
     memcpy(orig, arena, p.arena_bytes);
     uint32_t loaded = 0, tried = 0, bad_sel = 0, bad_state = 0, n_sel = 0;
+    const uint32_t fresh0 = g_fresh;
     char what[96];
     const char *verdict;
     CHECK(check_blob(&t, whole, size, orig, want, p.arena_bytes, "the blob", NULL, &loaded, &verdict) == 0 &&
@@ -535,7 +670,8 @@ static int check(const char *name, tmp_train_options o, uint32_t steps, uint32_t
     for (uint32_t i = 0; i < mutants; i++) {
         uint32_t n = size;
         memcpy(b, whole, size);
-        const uint32_t kind = lcg() % 13u, at = lcg() % size;
+        const uint32_t kind = lcg() % 16u, at = lcg() % size;
+        const char *expect = NULL;
         switch (kind) {
             case 0: /* one bit */
                 b[at] ^= (uint8_t)(1u << (lcg() % 8u));
@@ -550,16 +686,17 @@ static int check(const char *name, tmp_train_options o, uint32_t steps, uint32_t
                 n = size + 1u + lcg() % 40u;
                 memset(b + size, (int)(lcg() & 0xFF), n - size);
                 break;
-            case 4: { /* a header field: version, storage, model CRC, record count, payload */
-                static const uint8_t offs[] = { 4, 6, 8, 12, 16 };
-                const uint32_t o = offs[lcg() % 5u];
+            case 4: { /* a header field: version, storage, model CRC, record count, payload, or
+                       * a reserved byte */
+                static const uint8_t offs[] = { 4, 6, 8, 12, 16, 7, 20, 23, 27, 31 };
+                const uint32_t o = offs[lcg() % 10u];
                 const uint32_t vals[] = { 0u, 1u, 2u, 0xFFFFFFFFu, size, size - 36u, size - 40u, lcg() };
                 const uint32_t v = vals[lcg() % 8u];
                 if (o == 4u) {
                     b[4] = (uint8_t)v;
                     b[5] = (uint8_t)(v >> 8);
-                } else if (o == 6u) {
-                    b[6] = (uint8_t)v;
+                } else if (o == 6u || o == 7u || o >= 20u) {
+                    b[o] = (uint8_t)v;
                 } else {
                     put32(b + o, v);
                 }
@@ -595,6 +732,8 @@ static int check(const char *name, tmp_train_options o, uint32_t steps, uint32_t
                         off += len;
                     }
                 }
+                /* a momentum or selection record: the parameters load, the state is fresh */
+                expect = b[off + 2] >= 5u && b[off + 2] <= 7u ? LOADS_FRESH : PLAN_MSG;
                 memmove(b + off, b + off + len, size - off - len);
                 n = size - len;
                 put32(b + 12, recs - 1u);
@@ -605,7 +744,30 @@ static int check(const char *name, tmp_train_options o, uint32_t steps, uint32_t
                 memcpy(b + size - 4u, whole + 32u, size - 36u);
                 n = 2u * size - 36u;
                 put32(b + 16, n - 36u);
+                expect = PLAN_MSG;
                 break;
+            case 12: { /* a momentum or selection record four bytes longer or shorter (another
+                        * plan's size): skipped, the state fresh */
+                const uint32_t j = extra[lcg() % nextra];
+                if (rkind[j] == 8u) {
+                    expect = PLAN_MSG; /* the state record's size is fixed */
+                } else {
+                    expect = LOADS_FRESH;
+                }
+                const int longer = lcg() % 2u == 0u || rbytes[j] < 4u;
+                const uint32_t cut = roff[j] + rbytes[j]; /* where the record ends */
+                if (longer) {
+                    memmove(b + cut + 4u, b + cut, size - cut);
+                    memset(b + cut, (int)(lcg() & 0xFF), 4);
+                    n = size + 4u;
+                } else {
+                    memmove(b + cut - 4u, b + cut, size - cut);
+                    n = size - 4u;
+                }
+                put32(b + roff[j] - 4u, longer ? rbytes[j] + 4u : rbytes[j] - 4u);
+                put32(b + 16, n - 36u);
+                break;
+            }
             case 10:
             case 11: { /* a value in a momentum, selection or state record */
                 const uint32_t j = extra[lcg() % nextra], len = rbytes[j];
@@ -618,6 +780,30 @@ static int check(const char *name, tmp_train_options o, uint32_t steps, uint32_t
                 }
                 break;
             }
+            case 13: { /* a momentum, selection or state record twice in a row: records ascend */
+                const uint32_t j = extra[lcg() % nextra], len = 8u + rbytes[j], cut = roff[j] + rbytes[j];
+                memmove(b + cut + len, b + cut, size - cut);
+                memcpy(b + cut, b + roff[j] - 8u, len);
+                n = size + len;
+                put32(b + 12, get32(b + 12) + 1u);
+                put32(b + 16, n - 36u);
+                expect = PLAN_MSG;
+                break;
+            }
+            case 14: { /* a record of a kind the format does not have, or the state record's
+                        * kind at a layer, placed in order before the state record */
+                static const uint8_t kinds[] = { 8, 9, 16, 255 };
+                const uint32_t cut = size - 32u; /* the state record (28 bytes), the CRC */
+                memmove(b + cut + 12u, b + cut, 32u);
+                put32(b + cut, (uint32_t)(g_m.num_layers - 1u) | (uint32_t)kinds[lcg() % 4u] << 16);
+                put32(b + cut + 4u, 4u);
+                put32(b + cut + 8u, 0u);
+                n = size + 12u;
+                put32(b + 12, get32(b + 12) + 1u);
+                put32(b + 16, n - 36u);
+                expect = PLAN_MSG;
+                break;
+            }
             default: /* damage to the version-1 blob */
                 memcpy(b, v1, size1);
                 n = size1;
@@ -628,8 +814,6 @@ static int check(const char *name, tmp_train_options o, uint32_t steps, uint32_t
             fix_crc(b, n); /* reach the checks behind the CRC */
         }
         snprintf(what, sizeof what, "%s, damage %u at %u, %u bytes", name, (unsigned)kind, (unsigned)at, (unsigned)n);
-        /* a record left out or repeated, the header made to agree: never this plan's records */
-        const char *expect = kind == 8u || kind == 9u ? PLAN_MSG : NULL;
         if (check_blob(&t, b, n, orig, want, p.arena_bytes, what, expect, &loaded, &verdict)) {
             return 1;
         }
@@ -637,6 +821,57 @@ static int check(const char *name, tmp_train_options o, uint32_t steps, uint32_t
         bad_state += verdict != NULL && strcmp(verdict, "the saved training state is invalid") == 0;
         tried++;
     }
+    const uint32_t damaged_loaded = loaded - 2u;
+    if (nextra > 1u) {
+        /* version 1 holds parameters only: the version-2 blob, its state record cut, relabelled */
+        memcpy(b, whole, size - 28u);
+        b[4] = 1u;
+        put32(b + 12, nr - 1u);
+        put32(b + 16, size - 28u - 36u);
+        fix_crc(b, size - 28u);
+        if (check_blob(&t, b, size - 28u, orig, want, p.arena_bytes, "a version-1 blob with training state",
+            PLAN_MSG, &loaded, &verdict)) {
+            return 1;
+        }
+    }
+    /* blobs of the same method saved with other momentum, or another ratio (other selection
+     * sizes): the parameters load, the training state starts afresh */
+    uint32_t foreign = 0;
+    for (int other = 0; other < 2; other++) {
+        tmp_train_options o2 = o;
+        if (other == 0) {
+            o2.momentum = o.momentum > 0.0f ? 0.0f : 0.9f;
+        } else {
+            o2.ratio = o.ratio == 0.5f ? 0.3f : 0.5f;
+        }
+        tmp_train_plan p2;
+        void *ws2 = calloc(1, wsz + 8u);
+        CHECK(tmp_train_plan_make(&g_m, &o2, ws2, wsz, &p2, &err) == TMP_OK, "%s: other plan", name);
+        uint8_t *arena3 = calloc(1, p2.arena_bytes + 8u);
+        tmp_trainer t3;
+        CHECK(tmp_trainer_init(&t3, &g_m, &p2, arena3, p2.arena_bytes, 0.05f, 5u) == TMP_OK, "%s: init 3", name);
+        t3.period = period;
+        if (run_steps(&t3, steps, NULL)) {
+            return 1;
+        }
+        const uint32_t size3 = tmp_trainer_params_size(&t3);
+        uint8_t *blob3 = malloc(size3 + 4u);
+        CHECK(tmp_trainer_params_save(&t3, blob3, size3) == TMP_OK, "%s: save 3", name);
+        /* another plan's state is another set of records, unless that option changes nothing */
+        const int differs = size3 != size || memcmp(blob3, whole, 32) != 0 ||
+            blob_records(blob3, size3, roff, rkind, rbytes, 8 * 256 + 1) != nr;
+        snprintf(what, sizeof what, "%s, saved with %s", name, other == 0 ? "other momentum" : "another ratio");
+        if (check_blob(&t, blob3, size3, orig, want, p.arena_bytes, what, differs ? LOADS_FRESH : NULL, &loaded,
+            &verdict)) {
+            return 1;
+        }
+        foreign += differs;
+        free(blob3);
+        free(arena3);
+        free(ws2);
+    }
+    blob_records(whole, size, roff, rkind, rbytes, 8 * 256 + 1);
+    CHECK(foreign >= 1, "%s: no other plan's blob", name);
     /* every padding byte of a selection record must be zero */
     const uint32_t nrec2 = ref_records(&t, 2u, g_rec);
     for (uint32_t j = 0, at = 32u; j < nrec2; at += 8u + g_rec[j].bytes, j++) {
@@ -667,11 +902,16 @@ static int check(const char *name, tmp_train_options o, uint32_t steps, uint32_t
     CHECK(bad_state > 0 && (n_sel == 0 || bad_sel > 0), "%s: %u bad selections, %u bad states", name,
         (unsigned)bad_sel, (unsigned)bad_state);
     /* nothing fed at all */
-    CHECK(read_pieces(&t, b, 0, 0, 1, &m) == TMP_ERR_FORMAT && strcmp(text(m), "not a tinymp parameters file") == 0,
+    CHECK(read_pieces(&t, b, 0, 0, 1, &m, NULL) == TMP_ERR_FORMAT && strcmp(text(m), "not a tinymp parameters file") == 0,
         "%s: empty", name);
+    /* loads without the state: other plans' blobs, and damaged copies without a momentum or
+     * selection record or with one of another size (when the blob has any) */
+    CHECK(g_fresh - fresh0 > foreign + (nextra > 1u ? 1u : 0u), "%s: %u loads without the state", name,
+        (unsigned)(g_fresh - fresh0));
     printf("%-28s ok: blob %u B, %u selection records, %u damaged copies (%u bad selections, %u bad states), "
-        "%u of them loaded\n", name, (unsigned)size, (unsigned)n_sel, (unsigned)tried, (unsigned)bad_sel,
-        (unsigned)bad_state, (unsigned)(loaded - 2u));
+        "%u of them loaded, %u loads without the training state\n", name, (unsigned)size, (unsigned)n_sel,
+        (unsigned)tried, (unsigned)bad_sel, (unsigned)bad_state, (unsigned)damaged_loaded,
+        (unsigned)(g_fresh - fresh0));
     free(whole);
     free(v1);
     free(out);
@@ -679,6 +919,7 @@ static int check(const char *name, tmp_train_options o, uint32_t steps, uint32_t
     free(arena);
     free(orig);
     free(want);
+    free(init);
     free(ws);
     return 0;
 }

@@ -372,7 +372,7 @@ def test_a_loaded_trainer_goes_on_exactly_like_the_saved_one(tmp_path, storage, 
     path = str(tmp_path / "p.tmpp")
     t.save(path)
     t2 = tinymp.Trainer(m, plan, lr=LR, seed=SEED + 1, period=5)
-    t2.load(path)
+    assert t2.load(path) is True
     assert t2.selection == t.selection != plan.channels
     assert {k: t2.stats()[k] for k in ("steps", "periods")} == {"steps": 27, "periods": 5}
     losses = []
@@ -387,14 +387,15 @@ def test_a_loaded_trainer_goes_on_exactly_like_the_saved_one(tmp_path, storage, 
     recs = [r for r in _records(open(path, "rb").read()) if r[1] <= 4]
     blob = open(path, "rb").read()
     open(path, "wb").write(_blob(1, blob[6], struct.unpack_from("<I", blob, 8)[0], recs))
-    t3.load(path)
+    assert t3.load(path) is False
     assert t3.selection == plan.channels and t3.stats()["steps"] == 0
     assert [t3.step(x, y) for x, y in zip(xs[27:67], ys[27:67])] != losses
 
 
 def test_a_version_1_file_loads_the_parameters_only(tmp_path):
     """Files of the first format (parameters only) still load: the parameters become the saved
-    ones, the loading trainer's selection, counters and momentum stay its own."""
+    ones, and the loading trainer starts a new run's state on them (the plan's selection, a new
+    period) while its counters go on."""
     m = H.demo_model()
     saved = trained(steps=40, period=10)
     path = str(tmp_path / "p.tmpp")
@@ -408,10 +409,55 @@ def test_a_version_1_file_loads_the_parameters_only(tmp_path):
     for x, y in zip(xs[100:107], ys[100:107]):
         t.step(x, y)
     sel, stats = t.selection, t.stats()
-    t.load(path)
+    assert sel != t.plan.channels  # two periods re-selected
+    assert t.load(path) is False
     assert np.array_equal(logits_of(t, PROBES[:20]), logits_of(saved, PROBES[:20]))
-    assert t.selection == sel != saved.selection
+    assert t.selection == t.plan.channels
     assert (t.stats()["steps"], t.stats()["periods"]) == (stats["steps"], stats["periods"]) == (7, 2)
+    # a new period: the next re-selection comes after `period` (3) more steps, not 2
+    for x, y in zip(xs[107:109], ys[107:109]):
+        t.step(x, y)
+    assert t.stats()["periods"] == 2
+    t.step(xs[109], ys[109])
+    assert t.stats()["periods"] == 3
+
+
+# the same method with other momentum or ratio: other training-state records, the same parameters
+OTHER_OPTIONS = [
+    ("momentum off", dict(momentum=0.5), dict()),
+    ("momentum on", dict(), dict(momentum=0.5)),
+    ("other ratio", dict(), dict(ratio=0.5)),
+    ("fp32, momentum on", dict(storage="fp32"), dict(storage="fp32", momentum=0.9)),
+]
+
+
+@pytest.mark.parametrize("what,saved_with,loaded_into", OTHER_OPTIONS, ids=[c[0] for c in OTHER_OPTIONS])
+def test_a_file_of_other_momentum_or_ratio_loads_its_parameters(tmp_path, what, saved_with, loaded_into):
+    """The reference is the parameters-only (version 1) copy of the same file, built here from the
+    format: loading either gives the same trainer, which then trains alike; and both are a fresh
+    trainer's state on the saved parameters."""
+    m = H.demo_model()
+    xs, ys = H.digits_q("train", "invert")
+    saved = tinymp.Trainer(m, m.plan(method="tinymp", **saved_with), lr=LR, seed=SEED, period=4)
+    for x, y in zip(xs[:30], ys[:30]):
+        saved.step(x, y)
+    path, v1 = str(tmp_path / "p.tmpp"), str(tmp_path / "v1.tmpp")
+    saved.save(path)
+    blob = open(path, "rb").read()
+    recs = _records(blob)
+    open(v1, "wb").write(_blob(1, blob[6], struct.unpack_from("<I", blob, 8)[0], [r for r in recs if r[1] <= 4]))
+    plan = m.plan(method="tinymp", **loaded_into)
+    a = tinymp.Trainer(m, plan, lr=LR, seed=SEED, period=4)
+    b = tinymp.Trainer(m, plan, lr=LR, seed=SEED, period=4)
+    assert a.load(path) is False and b.load(v1) is False
+    assert np.array_equal(logits_of(a, PROBES[:20]), logits_of(saved, PROBES[:20]))
+    assert a.selection == plan.channels != saved.selection and a.stats()["steps"] == 0
+    for x, y in zip(xs[30:50], ys[30:50]):
+        assert a.step(x, y) == b.step(x, y)
+    assert a.selection == b.selection and a.stats()["periods"] == b.stats()["periods"] == 5
+    assert np.array_equal(logits_of(a, PROBES[:20]), logits_of(b, PROBES[:20]))
+    # and the file still goes on exactly in a trainer of the plan that saved it
+    assert tinymp.Trainer(m, saved.plan, lr=LR, seed=SEED, period=4).load(path) is True
 
 
 def _edit_record(blob, kind, fn):

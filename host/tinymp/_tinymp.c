@@ -1872,14 +1872,15 @@ static PyObject *Trainer_load(TrainerObject *self, PyObject *path) {
         return NULL;
     }
     const char *msg = NULL;
+    int state = 0;
     tmp_status st = tmp_trainer_params_load(&self->t, (const uint8_t *)PyBytes_AS_STRING(data),
-        (uint32_t)PyBytes_GET_SIZE(data), &msg);
+        (uint32_t)PyBytes_GET_SIZE(data), &msg, &state);
     Py_DECREF(data);
     if (st != TMP_OK) {
         PyErr_Format(PyExc_ValueError, "tinymp: cannot load %R: %s", path, msg != NULL ? msg : tmp_status_name(st));
         return NULL;
     }
-    Py_RETURN_NONE;
+    return PyBool_FromLong(state);
 }
 
 static PyObject *Trainer_stats(TrainerObject *self, PyObject *Py_UNUSED(ignored)) {

@@ -1429,8 +1429,9 @@ static void params_write_file(tinymp_trainer_obj_t *self, mp_obj_t path) {
 // file that exports its bytes (a ROMFS file) is read in place; others in pieces, with readinto()
 // (into a memoryview, which Python cannot resize) where the file has it, else read(). Errors of
 // the file raise, the file closed. The trainer is checked after every call into Python.
+// *state_loaded: whether the file's training state was (or, checking, would be) taken.
 static tmp_status params_read_file(tinymp_trainer_obj_t *self, mp_obj_t path, int copy, uint8_t *piece,
-    const char **msg) {
+    const char **msg, int *state_loaded) {
     tmp_params_reader r;
     tmp_trainer_params_begin(&self->t, &r, copy);
     mp_obj_t f = mp_call_function_2(MP_OBJ_FROM_PTR(&mp_builtin_open_obj), path, MP_OBJ_NEW_QSTR(MP_QSTR_rb));
@@ -1479,7 +1480,9 @@ static tmp_status params_read_file(tinymp_trainer_obj_t *self, mp_obj_t path, in
     }
     call_method(f, MP_QSTR_close, 0, NULL);
     trainer_check(self);
-    return tmp_trainer_params_end(&self->t, &r, msg);
+    tmp_status st = tmp_trainer_params_end(&self->t, &r, msg);
+    *state_loaded = r.state_loaded;
+    return st;
 }
 #endif
 
@@ -1513,6 +1516,9 @@ static void params_reset_after_failure(tinymp_trainer_obj_t *self) {
 // -- raises ValueError and changes nothing), a second copies it in. Should the second pass fail
 // (a read error, or bytes that no longer pass the checks), the trainer goes back to the
 // pretrained parameters before the error is raised, so it is never left half loaded.
+// Returns True when the file's training state came too (same plan), False when only the
+// parameters did (a version-1 file, or one saved with other momentum or ratio: the trainer
+// starts a new run's state on them).
 static mp_obj_t tinymp_trainer_load(mp_obj_t self_in, mp_obj_t path) {
     tinymp_trainer_obj_t *self = MP_OBJ_TO_PTR(self_in);
     check_path(path);
@@ -1520,11 +1526,12 @@ static mp_obj_t tinymp_trainer_load(mp_obj_t self_in, mp_obj_t path) {
     trainer_check(self);
     uint8_t *piece = m_new(uint8_t, PARAMS_PIECE);
     const char *msg = NULL;
-    tmp_status st = params_read_file(self, path, 0, piece, &msg);
+    int state = 0;
+    tmp_status st = params_read_file(self, path, 0, piece, &msg, &state);
     if (st == TMP_OK) {
         nlr_buf_t nlr;
         if (nlr_push(&nlr) == 0) {
-            st = params_read_file(self, path, 1, piece, &msg);
+            st = params_read_file(self, path, 1, piece, &msg, &state);
             nlr_pop();
         } else {
             params_reset_after_failure(self);
@@ -1538,7 +1545,7 @@ static mp_obj_t tinymp_trainer_load(mp_obj_t self_in, mp_obj_t path) {
         raise_fmt(&mp_type_ValueError, "tinymp: cannot load %s: %s", obj_text(path, PRINT_REPR),
             msg != NULL ? msg : tmp_status_name(st));
     }
-    return mp_const_none;
+    return mp_obj_new_bool(state);
     #else
     (void)self;
     mp_raise_OSError(MP_ENOENT); // no filesystem on this port

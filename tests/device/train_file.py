@@ -246,8 +246,14 @@ try:
           t.selection != p.channels)
     t.reset()
     print("reset", logits(t) == pre)
-    t.load(PATH)
-    print("reloaded", logits(t) == trained)
+    print("reloaded", t.load(PATH), logits(t) == trained)
+    # the same method with momentum: the parameters load, the training state starts afresh
+    pm = m.plan("tinymp", momentum=0.5)
+    tm = tinymp.Trainer(m, pm, lr=0.1, period=2)
+    print("with momentum", tm.load(PATH), logits(tm) == trained, "plan's selection", tm.selection == pm.channels)
+    tm.step(xs[0], ys[0])
+    print("and trains", logits(tm) != trained)
+    del tm
 
     # corrupted / truncated / empty / foreign files: ValueError, nothing changes
     bad = bytearray(blob)

@@ -370,16 +370,23 @@ tmp_status tmp_trainer_fit(tmp_trainer *t, uint32_t n, uint32_t epochs, uint32_t
 
 /* Personalised parameters as a self-checking blob (docs/TRAINING.md, "saved parameters"): the
  * trained arrays and, from format version 2 on, the training state (momentum, the APU selections
- * and importances, the counters and the rounding generator), so a loaded trainer goes on exactly
- * as the saved one would have. Version 1 blobs (parameters only) still load. */
+ * and importances, the counters and the rounding generator), so a loaded trainer of the same plan
+ * goes on exactly as the saved one would have. Version 1 blobs (parameters only) still load. */
 
 /** Bytes of the blob of this trainer's parameters. */
 uint32_t tmp_trainer_params_size(const tmp_trainer *t);
 /** Serialise the parameters into buf (size >= tmp_trainer_params_size()). */
 tmp_status tmp_trainer_params_save(const tmp_trainer *t, uint8_t *buf, uint32_t size);
-/** Check a blob completely, then load it. On any error nothing changes; *msg says why. */
+/**
+ * Check a blob completely, then load it. On any error nothing changes; *msg says why.
+ * The parameters always load. The training state loads when the blob holds it for exactly this
+ * plan (*state_loaded = 1, may be NULL); a version-1 blob, or one saved with other momentum or
+ * ratio (momentum / selection records absent, extra or of another size), loads its parameters
+ * and the trainer starts a new run's state on them: zero momentum, the plan's selection, a new
+ * period; its step counters and rounding generator go on (*state_loaded = 0).
+ */
 tmp_status tmp_trainer_params_load(tmp_trainer *t, const uint8_t *buf, uint32_t size,
-    const char **msg);
+    const char **msg, int *state_loaded);
 
 /*
  * The same blob in pieces, for a binding that writes or reads a file through a small buffer
@@ -412,6 +419,8 @@ typedef struct {
     uint64_t end;         /**< header + payload (known once the header is whole) */
     uint32_t crc;         /**< CRC-32 of the bytes before `end` fed so far */
     uint32_t roff;        /**< bytes of the current record fed, its header included */
+    uint32_t rbytes;      /**< the current record's data bytes (its header's) */
+    uint32_t fkey;        /**< the last record's (layer, kind) order key (records ascend) */
     uint32_t nrec;        /**< records complete */
     int32_t pos;          /**< the record expected next (internal cursor; < 0: none left) */
     int32_t layer;        /**< the expected record: layer, kind, bytes, its arena offset */
@@ -425,6 +434,9 @@ typedef struct {
     int32_t prev;         /**< the last selected channel read (-1: none yet) */
     uint8_t state[20];    /**< the state record, applied at the end of a copying pass */
     int copy;             /**< 1: records are written into the arena as they arrive */
+    int skip;             /**< the current record is another plan's training state: not read */
+    int fresh;            /**< some state record was skipped or missing: the state starts afresh */
+    int state_loaded;     /**< after a successful end: 1 if the blob's training state was taken */
     int parse;            /**< 0: the header is not this format's, later bytes are only counted */
     tmp_status err_st;    /**< the first error found in the records (TMP_OK: none so far) */
     const char *err;      /**< its message */
@@ -443,7 +455,9 @@ tmp_status tmp_trainer_params_feed(tmp_trainer *t, tmp_params_reader *r, const u
 /**
  * The verdict on everything fed: TMP_OK, or the error tmp_trainer_params_load would give for the
  * same bytes (*msg says why). After a copying pass that succeeds, the masters' int8 copies are
- * requantised: the parameters are loaded. Any piece boundaries give the same results.
+ * requantised and the training state taken or started afresh (r->state_loaded says which, as
+ * for tmp_trainer_params_load): the parameters are loaded. Any piece boundaries give the same
+ * results.
  */
 tmp_status tmp_trainer_params_end(tmp_trainer *t, tmp_params_reader *r, const char **msg);
 

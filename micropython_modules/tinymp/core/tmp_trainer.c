@@ -128,6 +128,44 @@ static uint32_t tables_crc(const tmp_model *m) {
 
 /* ---------------------------------------------------------------- set-up */
 
+/* The training state as a new run starts it: zero momentum; each selection the plan's, with no
+ * importances or ages and the selected channels excluded for a full window; a new period. The
+ * parameters, the Fisher sums, the step counters and the rounding generator are left alone. */
+static tmp_status reset_state(tmp_trainer *t) {
+    const tmp_train_plan *p = t->p;
+    for (int32_t i = 0; i < p->num_layers; i++) {
+        static const uint8_t mom[2] = { TMP_LB_VW, TMP_LB_VB };
+        for (int q = 0; q < 2; q++) {
+            const tmp_buf *bb = lbuf(t, mom[q], i);
+            if (bb->size != 0) {
+                memset(t->arena + bb->offset, 0, bb->size);
+            }
+        }
+        const tmp_buf *sb = lbuf(t, TMP_LB_SEL, i);
+        if (sb->size == 0) {
+            continue;
+        }
+        tmp_layer l;
+        tmp_tensor tin;
+        if (tmp_model_layer(t->m, i, &l, NULL) != TMP_OK || tmp_model_tensor(t->m, l.in0, &tin, NULL) != TMP_OK) {
+            return TMP_ERR_FORMAT;
+        }
+        const uint32_t cin = cin_of(&l, &tin), k = p->k[i];
+        sel_t s = sel_of(t, i, cin);
+        /* padding included, so a saved selection's bytes are defined (zero) */
+        memset(t->arena + sb->offset, 0, sb->size);
+        memcpy(s.ch, p->channels + p->chan_off[i], 2u * k);
+        if (s.excl != NULL) {
+            const uint8_t full = excl_full(p);
+            for (uint32_t j = 0; j < k; j++) {
+                s.excl[s.ch[j]] = full;
+            }
+        }
+    }
+    t->period_steps = 0;
+    return TMP_OK;
+}
+
 tmp_status tmp_trainer_reset(tmp_trainer *t) {
     if (t == NULL || t->p == NULL) {
         return TMP_ERR_ARG;
@@ -157,27 +195,6 @@ tmp_status tmp_trainer_reset(tmp_trainer *t) {
                     wm[e] = (float)w[e] * s;
                 }
             }
-            float *vw = (float *)lb_ptr(t, TMP_LB_VW, i);
-            if (vw != NULL) {
-                memset(vw, 0, 4u * wc);
-            }
-            sel_t s = sel_of(t, i, cin);
-            const uint32_t k = p->k[i];
-            if (s.ch != NULL) {
-                /* padding included, so a saved selection's bytes are defined (zero) */
-                memset(s.ch, 0, lbuf(t, TMP_LB_SEL, i)->size);
-                memcpy(s.ch, p->channels + p->chan_off[i], 2u * k);
-            }
-            if (s.ibar != NULL) {
-                const uint8_t full = excl_full(p);
-                memset(s.ibar, 0, 4u * cin);
-                memset(s.iacc, 0, 4u * cin);
-                memset(s.age, 0, 2u * cin);
-                memset(s.excl, 0, cin);
-                for (uint32_t j = 0; j < k; j++) {
-                    s.excl[s.ch[j]] = full;
-                }
-            }
         }
         if (f & TMP_TL_B) {
             int32_t *b = (int32_t *)lb_ptr(t, TMP_LB_B, i);
@@ -188,18 +205,17 @@ tmp_status tmp_trainer_reset(tmp_trainer *t) {
                     bm[o] = (float)b[o] * tin.scale * l.wscale[o];
                 }
             }
-            float *vb = (float *)lb_ptr(t, TMP_LB_VB, i);
-            if (vb != NULL) {
-                memset(vb, 0, 4u * cout);
-            }
         }
         float *fish = (float *)lb_ptr(t, TMP_LB_FISH, i);
         if (fish != NULL) {
             memset(fish, 0, 4u * cout);
         }
     }
+    tmp_status st = reset_state(t);
+    if (st != TMP_OK) {
+        return st;
+    }
     t->rng = t->seed != 0 ? t->seed : 0x9E3779B9u;
-    t->period_steps = 0;
     t->fisher_samples = 0; /* the Fisher sums were zeroed above */
     return TMP_OK;
 }
@@ -1258,6 +1274,14 @@ tmp_status tmp_trainer_params_save(const tmp_trainer *t, uint8_t *buf, uint32_t 
     return st != TMP_OK ? st : n == need ? TMP_OK : TMP_ERR_SIZE;
 }
 
+static int all_zero(const uint8_t *d, uint32_t n) {
+    uint8_t o = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        o |= d[i];
+    }
+    return o == 0;
+}
+
 static tmp_status bad(const char **msg, const char *why) {
     if (msg != NULL) {
         *msg = why;
@@ -1276,12 +1300,12 @@ static void reader_fail(tmp_params_reader *r, tmp_status st, const char *why) {
 }
 
 static const char *const PARAMS_BAD_SEL = "the saved channel selection is invalid";
+static const char *const PARAMS_RESERVED = "a reserved byte of the parameters file is not zero";
 
 /* Expect the next record of the plan (r->pos) for the blob's version, or none. */
 static void reader_next(const tmp_trainer *t, tmp_params_reader *r) {
     rec_t rec;
     r->pos = r->pos < 0 ? -1 : next_record(t, r->version, r->pos, &rec);
-    r->roff = 0;
     if (r->pos >= 0) {
         r->layer = rec.layer;
         r->kind = rec.kind;
@@ -1290,10 +1314,43 @@ static void reader_next(const tmp_trainer *t, tmp_params_reader *r) {
     }
 }
 
-/* A record's header is whole: is it the record this plan expects, inside the payload? */
+/* A record's order in a blob: by layer, then kind (the state record, layer 0xFFFF, last). */
+static uint32_t rec_key(uint32_t layer, uint32_t kind) {
+    return layer * 256u + kind;
+}
+
+static int is_state_kind(uint32_t kind) {
+    return kind == REC_VW || kind == REC_VB || kind == REC_SEL;
+}
+
+/* A record's header is whole. Parameter records and the final state record must be the plan's;
+ * a momentum or selection record the plan lacks, or has at another size (the blob was saved with
+ * other momentum or ratio), is skipped, as is one of the plan's the blob lacks: the parameters
+ * load and the training state starts afresh (r->fresh). */
 static void reader_record_header(const tmp_trainer *t, tmp_params_reader *r, uint64_t at) {
-    if (rd16(r->rec) != (uint32_t)r->layer || r->rec[2] != r->kind || rd32(r->rec + 4) != r->bytes ||
-        at + 8u + r->bytes > r->end) {
+    const uint32_t layer = rd16(r->rec), kind = r->rec[2], bytes = rd32(r->rec + 4), key = rec_key(layer, kind);
+    r->rbytes = bytes;
+    r->skip = 0;
+    if (r->rec[3] != 0) {
+        reader_fail(r, TMP_ERR_FORMAT, PARAMS_RESERVED);
+        return;
+    }
+    if (key <= r->fkey || at + 8u + bytes > r->end) { /* out of order, repeated, or past the payload */
+        reader_fail(r, TMP_ERR_FORMAT, PARAMS_OTHER_PLAN);
+        return;
+    }
+    r->fkey = key;
+    while (r->pos >= 0 && rec_key((uint32_t)r->layer, r->kind) < key && is_state_kind(r->kind)) {
+        r->fresh = 1; /* a state record of the plan's that the blob does not hold */
+        reader_next(t, r);
+    }
+    const int expected = r->pos >= 0 && rec_key((uint32_t)r->layer, r->kind) == key;
+    if (!expected || bytes != r->bytes) {
+        if (r->version >= 2u && is_state_kind(kind) && layer < (uint32_t)t->p->num_layers) {
+            r->skip = 1; /* (the plan's record of that key, if any, is passed over at the next) */
+            r->fresh = 1;
+            return;
+        }
         reader_fail(r, TMP_ERR_FORMAT, PARAMS_OTHER_PLAN);
         return;
     }
@@ -1389,7 +1446,7 @@ static void reader_state(tmp_params_reader *r) {
 static void reader_records(const tmp_trainer *t, tmp_params_reader *r, const uint8_t *d, uint32_t n) {
     uint64_t at = r->total; /* blob offset of d[0] */
     while (n > 0 && r->err_st == TMP_OK) {
-        if (r->pos < 0) {
+        if (r->roff == 0 && r->pos < 0) {
             reader_fail(r, TMP_ERR_FORMAT, PARAMS_OTHER_PLAN); /* more payload than records */
             return;
         }
@@ -1402,8 +1459,10 @@ static void reader_records(const tmp_trainer *t, tmp_params_reader *r, const uin
             }
         } else {
             const uint32_t i = r->roff - 8u; /* offset in the record's data */
-            k = r->bytes - i < n ? r->bytes - i : n;
-            if (r->kind == REC_SEL) {
+            k = r->rbytes - i < n ? r->rbytes - i : n;
+            if (r->skip) {
+                /* another plan's state: counted and CRC'd only */
+            } else if (r->kind == REC_SEL) {
                 for (uint32_t j = 0; j < k; j++) {
                     reader_sel_byte(r, i + j, d[j]);
                 }
@@ -1427,7 +1486,7 @@ static void reader_records(const tmp_trainer *t, tmp_params_reader *r, const uin
                     r->word[(i + j) & 3u] = d[j];
                 }
             }
-            if (r->copy && r->err_st == TMP_OK && r->kind != REC_STATE) {
+            if (r->copy && r->err_st == TMP_OK && !r->skip && r->kind != REC_STATE) {
                 memcpy(t->arena + r->offset + i, d, k);
             }
         }
@@ -1435,9 +1494,14 @@ static void reader_records(const tmp_trainer *t, tmp_params_reader *r, const uin
         d += k;
         n -= k;
         at += k;
-        if (r->err_st == TMP_OK && r->roff == 8u + r->bytes) {
+        if (r->err_st == TMP_OK && r->roff == 8u + r->rbytes) {
             r->nrec++;
-            reader_next(t, r);
+            r->roff = 0;
+            if (r->skip) {
+                r->skip = 0; /* the plan's expected record is still to come */
+            } else {
+                reader_next(t, r);
+            }
         }
     }
 }
@@ -1545,6 +1609,9 @@ tmp_status tmp_trainer_params_end(tmp_trainer *t, tmp_params_reader *r, const ch
     if (r->crc != rd32(r->tail)) {
         return bad(msg, "CRC-32 mismatch: the parameters file is corrupted");
     }
+    if (r->head[7] != 0 || !all_zero(r->head + 20, PARAMS_HEADER - 20u)) {
+        return bad(msg, PARAMS_RESERVED);
+    }
     if (rd32(r->head + 8) != t->m->crc) {
         return bad(msg, "the parameters were saved for another model");
     }
@@ -1558,20 +1625,27 @@ tmp_status tmp_trainer_params_end(tmp_trainer *t, tmp_params_reader *r, const ch
     if (r->pos >= 0 || r->nrec != rd32(r->head + 12)) {
         return bad(msg, PARAMS_OTHER_PLAN);
     }
+    r->state_loaded = r->version >= 2u && !r->fresh;
     if (r->copy) {
         params_requant(t);
-        if (r->version >= 2u) { /* the counters: the run goes on where it was saved */
+        if (r->state_loaded) { /* the counters: the run goes on where it was saved */
             t->rng = rd32(r->state);
             t->steps = rd32(r->state + 4);
             t->stalled_steps = rd32(r->state + 8);
             t->periods = rd32(r->state + 12);
             t->period_steps = rd32(r->state + 16);
+        } else { /* parameters only: a new run's training state on them; the counters go on */
+            tmp_status st = reset_state(t);
+            if (st != TMP_OK) {
+                return st;
+            }
         }
     }
     return TMP_OK;
 }
 
-tmp_status tmp_trainer_params_load(tmp_trainer *t, const uint8_t *buf, uint32_t size, const char **msg) {
+tmp_status tmp_trainer_params_load(tmp_trainer *t, const uint8_t *buf, uint32_t size, const char **msg,
+    int *state_loaded) {
     if (t == NULL || t->p == NULL || buf == NULL) {
         return TMP_ERR_ARG;
     }
@@ -1584,6 +1658,9 @@ tmp_status tmp_trainer_params_load(tmp_trainer *t, const uint8_t *buf, uint32_t 
         if (st != TMP_OK) {
             return st;
         }
+    }
+    if (state_loaded != NULL) {
+        *state_loaded = r.state_loaded;
     }
     return TMP_OK;
 }
