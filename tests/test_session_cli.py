@@ -173,8 +173,9 @@ def test_train_says_when_steps_trained_nothing(tmp_path, capsys):
 
 
 def test_train_says_when_the_saved_run_cannot_go_on(tmp_path, capsys):
-    # the saved file's training state belongs to its plan: another momentum starts afresh, and
-    # the command says so on stderr
+    # another momentum: the saved parameters go on with a new training state, which a note says;
+    # another storage: the saved file is another plan's, the run starts from the pretrained
+    # model, and a warning says so (both on stderr)
     s = str(tmp_path / "s")
     assert cli.main(["push", DEMO, "--port", "sim", "--session", s, "-q"]) == 0
     assert cli.main(["collect", "--from", SCENE, "--port", "sim", "--session", s, "-q"]) == 0
@@ -183,8 +184,14 @@ def test_train_says_when_the_saved_run_cannot_go_on(tmp_path, capsys):
     assert cli.main(["train", "--port", "sim", "--session", s, "--steps", "5"]) == 0
     assert "warning" not in capsys.readouterr().err  # the same options: it goes on
     assert cli.main(["train", "--port", "sim", "--session", s, "--steps", "5", "--momentum", "0.9"]) == 0
-    warn = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("warning:")]
-    assert len(warn) == 1 and "not from the saved run" in warn[0] and "another plan" in warn[0]
+    err = capsys.readouterr().err
+    note = [ln for ln in err.splitlines() if ln.startswith("note:")]
+    assert "warning" not in err and len(note) == 1 and "parameters" in note[0] and "momentum" in note[0]
+    assert cli.main(["train", "--port", "sim", "--session", s, "--steps", "5", "--storage", "fp32"]) == 0
+    err = capsys.readouterr().err
+    warn = [ln for ln in err.splitlines() if ln.startswith("warning:")]
+    assert "note:" not in err
+    assert len(warn) == 1 and "not from the saved run" in warn[0] and "storage" in warn[0]
 
 
 def _tree(path):

@@ -442,11 +442,18 @@ def test_a_second_run_goes_on_from_the_saved_training_state(sess):
     # the saved period position (25 = 3 x 7 + 4) carries over: 4 + 10 steps end 2 periods
     assert (s2["steps"], s2["periods"]) == (10, 2)
     assert 0 <= s2["stalled_steps"] <= 10
-    # other momentum: the file's training state is another plan's; the run says so
+    assert two["start"]["resumed_state"] and report.train_summary(two)["resumed_state"]
+    # other momentum: the parameters go on, the training state starts afresh (tests of the
+    # trainer check what that means)
     with open_sim(sess) as b:
         three = C.train(b, ds, dict(opts, momentum=0.9), steps=3, show=False)
-    assert not three["start"]["resumed"]
-    assert "another plan" in report.train_summary(three)["resume_error"]
+    s3 = report.train_summary(three)
+    assert three["start"]["resumed"] and s3["resumed_state"] is False and s3["resume_error"] is None
+    # other storage: the file holds other arrays, so the run starts from the pretrained model
+    with open_sim(sess) as b:
+        four = C.train(b, ds, dict(opts, storage="fp32"), steps=3, show=False)
+    assert not four["start"]["resumed"]
+    assert "storage" in report.train_summary(four)["resume_error"]
 
 
 def test_save_rollback_reset(sess):

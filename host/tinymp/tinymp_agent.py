@@ -1055,17 +1055,18 @@ class Agent:
         if gc is not None:
             gc.collect()
         plan, tr, heap0, heap1 = self._make_trainer(opts)
-        resumed, resume_error = False, None
+        resumed, resumed_state, resume_error = False, False, None
         saved = self._read_opt()
         if not opts.get("fresh") and saved and saved.get("saved") and \
                 saved.get("model") == self._model_sha() and \
                 saved.get("options", {}).get("method") == opts.get("method"):
             try:
-                tr.load(self._p("params.bin"))
+                # False: saved with other momentum or ratio, only the parameters go on
+                resumed_state = bool(tr.load(self._p("params.bin")))
                 resumed = True
             except (ValueError, OSError) as e:
-                # e.g. other momentum or ratio: the file's training state is another plan's
-                resumed, resume_error = False, str(e)
+                # e.g. another storage or budget: other trained layers
+                resume_error = str(e)
         steps = _need(opts, "steps", int)
         if steps < 0:
             raise Fail("bad_request", "steps must be >= 0")
@@ -1078,7 +1079,8 @@ class Agent:
         self.report = None
         # support_samples: how many of the first samples the plan's selection pass read (the
         # host's Cortex-M7 estimate replays the same ones)
-        return {"plan": self._plan_dict(plan), "resumed": resumed, "resume_error": resume_error,
+        return {"plan": self._plan_dict(plan), "resumed": resumed, "resumed_state": resumed_state,
+                "resume_error": resume_error,
                 "heap_before": heap0,
                 "heap_after": heap1, "samples": self.store.count, "steps": steps,
                 "support_samples": self.support_used}

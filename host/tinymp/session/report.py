@@ -51,6 +51,9 @@ def train_summary(run):
         "options": run.get("options"),
         "plan": plan,
         "resumed": run["start"].get("resumed"),
+        # whether the saved training state (momentum, selections, period) came with the
+        # parameters (False: saved with other momentum or ratio; None: an older board)
+        "resumed_state": run["start"].get("resumed_state"),
         # why the saved run could not be continued (None: it was, or there was none)
         "resume_error": run["start"].get("resume_error"),
         # None: a run recorded before boards reported it

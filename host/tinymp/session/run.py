@@ -213,6 +213,10 @@ def cmd_train(args):
               f"{t['resume_error']}. Train with the saved run's options to go on from it; "
               "once this run has saved, `tinymp params rollback` brings the saved run back",
               file=sys.stderr)
+    elif t.get("resumed") and t.get("resumed_state") is False:
+        print("note: went on from the saved run's parameters; it was trained with other "
+              "--momentum or --ratio, so the momentum and channel selection start afresh",
+              file=sys.stderr)
     stalled = t.get("stalled_steps")
     if stalled:  # on stderr, in text and JSON mode alike
         lr = (t.get("options") or {}).get("lr")
