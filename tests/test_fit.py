@@ -138,6 +138,45 @@ def test_shuffled_fit_is_deterministic_and_visits_every_sample():
     assert all(0.0 <= a <= 1.0 for a in r1["accuracy"]) and all(math.isfinite(v) for v in r1["loss"])
 
 
+def test_fits_in_pieces_go_on_as_one_fit(tmp_path):
+    """The shuffle follows the trainer's seed and steps, not the call's epoch index: two fits of 2
+    epochs, and a fit after saving and loading in between (a trainer of the same seed), equal one
+    fit of 4 (losses, accuracy, parameters); an epoch's order is a permutation that differs from
+    the previous epoch's."""
+    m = H.demo_model()
+    xs, ys = samples(m, 10)
+    p = m.plan(method="tinymp")
+    one = tinymp.Trainer(m, p, lr=0.002, seed=9, period=3)
+    r = one.fit(xs, ys, epochs=4)
+    two = tinymp.Trainer(m, p, lr=0.002, seed=9, period=3)
+    a, b = two.fit(xs, ys, epochs=2), two.fit(xs, ys, epochs=2)
+    assert a["loss"] + b["loss"] == r["loss"] and a["accuracy"] + b["accuracy"] == r["accuracy"]
+    np.testing.assert_array_equal(logits_of(two, xs), logits_of(one, xs))
+    three = tinymp.Trainer(m, p, lr=0.002, seed=9, period=3)
+    three.fit(xs, ys, epochs=2)
+    path = str(tmp_path / "p.tmpp")
+    three.save(path)
+    four = tinymp.Trainer(m, p, lr=0.002, seed=9, period=3)  # the seed orders the epochs
+    assert four.load(path) is True
+    assert four.fit(xs, ys, epochs=2)["loss"] == r["loss"][2:]
+    np.testing.assert_array_equal(logits_of(four, xs), logits_of(one, xs))
+    # the orders, seen through the samples fit() reads (first all of them in order, to check
+    # them; then one per step): fit(epochs=1) three times gives three different permutations
+    class Recorder(list):
+        def __getitem__(self, i):
+            read.append(i)
+            return list.__getitem__(self, i)
+    t = tinymp.Trainer(m, m.plan(method="last"), lr=0.002, seed=9)
+    orders = []
+    for _ in range(3):
+        read = []
+        t.fit(Recorder(xs), ys, epochs=1)
+        assert read[:10] == list(range(10))
+        orders.append(read[10:])
+    assert all(sorted(o) == list(range(10)) for o in orders)
+    assert orders[0] != orders[1] != orders[2] != orders[0]
+
+
 def test_cache_under_a_budget_takes_what_fits():
     m = H.demo_model()
     base = m.plan(method="last")

@@ -923,7 +923,10 @@ tmp_status tmp_trainer_fit(tmp_trainer *t, uint32_t n, uint32_t epochs, uint32_t
     for (uint32_t e = 0; e < epochs && !st.stopped; e++) {
         uint32_t a = 1, b = 0;
         if (!(flags & TMP_FIT_NO_SHUFFLE) && n > 1) {
-            uint32_t rs = (t->seed ^ 0x5EEDF17Du) * 2654435761u + (e + 1u) * 0x9E3779B9u;
+            /* the order follows from the seed and the steps taken so far, not from e: fits of a
+             * few epochs each (or after a load) go on as one long fit would, never repeating
+             * one epoch's order */
+            uint32_t rs = (t->seed ^ 0x5EEDF17Du) * 2654435761u + (t->steps + 1u) * 0x9E3779B9u;
             rs = rs != 0 ? rs : 1u;
             a = 1u + xorshift(&rs) % (n - 1u);
             while (gcd_u32(a, n) != 1u) {
