@@ -170,8 +170,11 @@ static uint32_t up4(uint32_t n) {
 
 /* A selection record (docs/TRAINING.md): k channels (u16, strictly ascending, below cin), padding,
  * two importance arrays of cin floats (finite, >= 0), cin ages (u16 below 0x8000), padding, cin
- * exclusion counts (u8, at most min(ceil(1/ratio) - 1, 255)), padding; padding bytes are 0. */
-static int ref_sel_ok(const tmp_trainer *t, int32_t layer, const uint8_t *d, uint32_t bytes) {
+ * exclusion counts (u8, at most min(ceil(1/ratio) - 1, 255)), padding; padding bytes are 0.
+ * Returns -1 when the record is invalid for any plan (an importance, an age, the padding after
+ * ages or exclusion counts), else 1 when it is another ratio's (the channels, their padding or an
+ * exclusion count break this plan's rules), else 0. */
+static int ref_sel(const tmp_trainer *t, int32_t layer, const uint8_t *d, uint32_t bytes) {
     tmp_layer l;
     tmp_tensor tin;
     tmp_model_layer(&g_m, layer, &l, NULL);
@@ -182,42 +185,47 @@ static int ref_sel_ok(const tmp_trainer *t, int32_t layer, const uint8_t *d, uin
     const uint32_t emax = m <= 1u ? 0u : m - 1u > 255u ? 255u : m - 1u;
     const uint32_t ch = 0, imp = up4(2u * k), age = imp + 8u * cin, excl = age + up4(2u * cin);
     if (bytes != excl + up4(cin)) {
-        return 0;
-    }
-    for (uint32_t j = 0; j < k; j++) {
-        const uint32_t c = get16(d + ch + 2u * j);
-        if (c >= cin || (j > 0 && c <= get16(d + ch + 2u * j - 2u))) {
-            return 0;
-        }
+        return -1; /* (never: the reader compares the size first) */
     }
     for (uint32_t j = 0; j < 2u * cin; j++) {
         float f;
         memcpy(&f, d + imp + 4u * j, 4);
         if (!isfinite(f) || f < 0.0f) {
-            return 0;
+            return -1;
         }
     }
     for (uint32_t j = 0; j < cin; j++) {
-        if (get16(d + age + 2u * j) >= 0x8000u || d[excl + j] > emax) {
-            return 0;
-        }
-    }
-    for (uint32_t j = 2u * k; j < imp; j++) {
-        if (d[j] != 0) {
-            return 0;
+        if (get16(d + age + 2u * j) >= 0x8000u) {
+            return -1;
         }
     }
     for (uint32_t j = age + 2u * cin; j < excl; j++) {
         if (d[j] != 0) {
-            return 0;
+            return -1;
         }
     }
     for (uint32_t j = excl + cin; j < bytes; j++) {
         if (d[j] != 0) {
-            return 0;
+            return -1;
         }
     }
-    return 1;
+    for (uint32_t j = 0; j < k; j++) {
+        const uint32_t c = get16(d + ch + 2u * j);
+        if (c >= cin || (j > 0 && c <= get16(d + ch + 2u * j - 2u))) {
+            return 1;
+        }
+    }
+    for (uint32_t j = 2u * k; j < imp; j++) {
+        if (d[j] != 0) {
+            return 1;
+        }
+    }
+    for (uint32_t j = 0; j < cin; j++) {
+        if (d[excl + j] > emax) {
+            return 1;
+        }
+    }
+    return 0;
 }
 
 #define PLAN_MSG "the parameters were saved with another plan (other trainable layers)"
@@ -312,9 +320,13 @@ static tmp_status ref_verdict(const tmp_trainer *t, const uint8_t *b, uint32_t n
                 continue;
             }
             const uint8_t *d = b + off + 8u;
-            if (rec[c].kind == 7u && !ref_sel_ok(t, rec[c].layer, d, rec[c].bytes)) {
-                *msg = "the saved channel selection is invalid";
-                return TMP_ERR_FORMAT;
+            if (rec[c].kind == 7u) {
+                const int sel = ref_sel(t, rec[c].layer, d, rec[c].bytes);
+                if (sel < 0) {
+                    *msg = "the saved channel selection is invalid";
+                    return TMP_ERR_FORMAT;
+                }
+                fresh |= sel > 0;
             }
             if (rec[c].kind == 8u && (get32(d) == 0 || get32(d + 8) > get32(d + 4) || get32(d + 16) > get32(d + 4))) {
                 *msg = "the saved training state is invalid";
@@ -836,12 +848,14 @@ static int check(const char *name, tmp_train_options o, uint32_t steps, uint32_t
     /* blobs of the same method saved with other momentum, or another ratio (other selection
      * sizes): the parameters load, the training state starts afresh */
     uint32_t foreign = 0;
-    for (int other = 0; other < 2; other++) {
+    for (int other = 0; other < 3; other++) {
         tmp_train_options o2 = o;
         if (other == 0) {
             o2.momentum = o.momentum > 0.0f ? 0.0f : 0.9f;
-        } else {
+        } else if (other == 1) {
             o2.ratio = o.ratio == 0.5f ? 0.3f : 0.5f;
+        } else { /* near the default 0.25: selection records often of the same size */
+            o2.ratio = o.ratio == 0.2f ? 0.24f : 0.2f;
         }
         tmp_train_plan p2;
         void *ws2 = calloc(1, wsz + 8u);
@@ -860,11 +874,13 @@ static int check(const char *name, tmp_train_options o, uint32_t steps, uint32_t
         const int differs = size3 != size || memcmp(blob3, whole, 32) != 0 ||
             blob_records(blob3, size3, roff, rkind, rbytes, 8 * 256 + 1) != nr;
         snprintf(what, sizeof what, "%s, saved with %s", name, other == 0 ? "other momentum" : "another ratio");
-        if (check_blob(&t, blob3, size3, orig, want, p.arena_bytes, what, differs ? LOADS_FRESH : NULL, &loaded,
-            &verdict)) {
+        /* (a selection of the same size may fit this plan: then its state is taken) */
+        if (check_blob(&t, blob3, size3, orig, want, p.arena_bytes, what, differs && other < 2 ? LOADS_FRESH : NULL,
+            &loaded, &verdict)) {
             return 1;
         }
-        foreign += differs;
+        CHECK(verdict == NULL, "%s: '%s'", what, verdict);
+        foreign += differs && other < 2;
         free(blob3);
         free(arena3);
         free(ws2);
@@ -891,11 +907,13 @@ static int check(const char *name, tmp_train_options o, uint32_t steps, uint32_t
             b[at + 8u + o] = (uint8_t)(1u << (o % 8u));
             fix_crc(b, size);
             snprintf(what, sizeof what, "%s, layer %d padding byte %u", name, (int)g_rec[j].layer, (unsigned)o);
-            if (check_blob(&t, b, size, orig, want, p.arena_bytes, what, "the saved channel selection is invalid",
-                &loaded, &verdict)) {
+            /* after the channels: another ratio's channel list (a state started afresh); after
+             * ages or exclusion counts: no plan's */
+            if (check_blob(&t, b, size, orig, want, p.arena_bytes, what, o < imp ? LOADS_FRESH :
+                "the saved channel selection is invalid", &loaded, &verdict)) {
                 return 1;
             }
-            bad_sel++;
+            bad_sel += o >= imp;
             pads++;
         }
     }

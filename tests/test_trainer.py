@@ -427,6 +427,10 @@ OTHER_OPTIONS = [
     ("momentum off", dict(momentum=0.5), dict()),
     ("momentum on", dict(), dict(momentum=0.5)),
     ("other ratio", dict(), dict(ratio=0.5)),
+    # selection records of the same size, their channel lists one longer or shorter
+    ("ratio 0.2 to 0.25", dict(ratio=0.2), dict()),
+    ("ratio 0.25 to 0.2", dict(), dict(ratio=0.2)),
+    ("ratio 0.1 to 0.125", dict(ratio=0.1), dict(ratio=0.125)),
     ("fp32, momentum on", dict(storage="fp32"), dict(storage="fp32", momentum=0.9)),
 ]
 
@@ -471,8 +475,6 @@ def _edit_record(blob, kind, fn):
 
 
 STATE_DAMAGE = [
-    ("a channel out of range", 7, lambda d: struct.pack_into("<H", d, 0, 0xFFFF), "channel selection"),
-    ("channels not ascending", 7, lambda d: d.__setitem__(slice(0, 4), bytes(d[2:4] + d[0:2])), "channel selection"),
     ("a negative importance", 7, lambda d: struct.pack_into("<f", d, len(d) // 3 // 4 * 4, -1.0), "channel selection"),
     ("no rounding state", 8, lambda d: struct.pack_into("<I", d, 0, 0), "training state"),
     ("more stalled steps than steps", 8, lambda d: struct.pack_into("<I", d, 8, 1 << 30), "training state"),
@@ -492,6 +494,23 @@ def test_load_of_a_damaged_training_state_raises_and_changes_nothing(tmp_path, s
     # the undamaged blob, rebuilt the same way, loads
     open(path, "wb").write(_edit_record(saved_blob, kind, lambda d: None))
     t.load(path)
+
+
+# channel lists this plan's ratio cannot hold: another ratio's selection, so the parameters load
+# and the training state starts afresh
+FOREIGN_SELECTION = [
+    ("a channel out of range", lambda d: struct.pack_into("<H", d, 0, 0xFFFF)),
+    ("channels not ascending", lambda d: d.__setitem__(slice(0, 4), bytes(d[2:4] + d[0:2]))),
+]
+
+
+@pytest.mark.parametrize("what,fn", FOREIGN_SELECTION, ids=[c[0] for c in FOREIGN_SELECTION])
+def test_load_of_another_ratios_selection_takes_the_parameters_only(tmp_path, saved_blob, what, fn):
+    path = str(tmp_path / "p.tmpp")
+    open(path, "wb").write(_edit_record(saved_blob, 7, fn))
+    t = trained(steps=20, period=4)
+    assert t.load(path) is False
+    assert t.selection == t.plan.channels and t.stats()["steps"] == 20
 
 
 def _no_tmp_left(directory):

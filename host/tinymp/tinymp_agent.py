@@ -1061,7 +1061,7 @@ class Agent:
                 saved.get("model") == self._model_sha() and \
                 saved.get("options", {}).get("method") == opts.get("method"):
             try:
-                # False: saved with other momentum or ratio, only the parameters go on
+                # False: another ratio, momentum on / off, or an old file: parameters only
                 resumed_state = bool(tr.load(self._p("params.bin")))
                 resumed = True
             except (ValueError, OSError) as e:

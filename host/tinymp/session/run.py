@@ -214,8 +214,9 @@ def cmd_train(args):
               "once this run has saved, `tinymp params rollback` brings the saved run back",
               file=sys.stderr)
     elif t.get("resumed") and t.get("resumed_state") is False:
-        print("note: went on from the saved run's parameters; it was trained with other "
-              "--momentum or --ratio, so the momentum and channel selection start afresh",
+        print("note: went on from the saved run's parameters; its training state (momentum, "
+              "channel selection) does not fit this run's options (another --ratio, --momentum "
+              "switched on or off) or was not saved (older firmware), so that starts afresh",
               file=sys.stderr)
     stalled = t.get("stalled_steps")
     if stalled:  # on stderr, in text and JSON mode alike

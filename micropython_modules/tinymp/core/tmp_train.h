@@ -381,11 +381,13 @@ uint32_t tmp_trainer_params_size(const tmp_trainer *t);
 tmp_status tmp_trainer_params_save(const tmp_trainer *t, uint8_t *buf, uint32_t size);
 /**
  * Check a blob completely, then load it. On any error nothing changes; *msg says why.
- * The parameters always load. The training state loads when the blob holds it for exactly this
- * plan (*state_loaded = 1, may be NULL); a version-1 blob, or one saved with other momentum or
- * ratio (momentum / selection records absent, extra or of another size), loads its parameters
- * and the trainer starts a new run's state on them: zero momentum, the plan's selection, a new
- * period; its step counters and rounding generator go on (*state_loaded = 0).
+ * The parameters always load. The training state loads when the blob's momentum and selection
+ * records are ones this plan could have written (*state_loaded = 1, may be NULL); a version-1
+ * blob, or one saved with another ratio or with momentum switched on or off (those records
+ * absent, extra, of another size, or a channel list or exclusion count this plan's ratio cannot
+ * hold), loads its parameters and the trainer starts a new run's state on them: zero momentum,
+ * the plan's selection, a new period; its step counters and rounding generator go on
+ * (*state_loaded = 0).
  */
 tmp_status tmp_trainer_params_load(tmp_trainer *t, const uint8_t *buf, uint32_t size,
     const char **msg, int *state_loaded);

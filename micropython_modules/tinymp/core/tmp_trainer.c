@@ -1328,8 +1328,8 @@ static int is_state_kind(uint32_t kind) {
 
 /* A record's header is whole. Parameter records and the final state record must be the plan's;
  * a momentum or selection record the plan lacks, or has at another size (the blob was saved with
- * other momentum or ratio), is skipped, as is one of the plan's the blob lacks: the parameters
- * load and the training state starts afresh (r->fresh). */
+ * momentum switched on or off, or another ratio), is skipped, as is one of the plan's the blob
+ * lacks: the parameters load and the training state starts afresh (r->fresh). */
 static void reader_record_header(const tmp_trainer *t, tmp_params_reader *r, uint64_t at) {
     const uint32_t layer = rd16(r->rec), kind = r->rec[2], bytes = rd32(r->rec + 4), key = rec_key(layer, kind);
     r->rbytes = bytes;
@@ -1391,9 +1391,13 @@ static void reader_value(tmp_params_reader *r, const uint8_t *v) {
     }
 }
 
-/* Byte i of a selection record, laid out as the SEL buffer (sel_of): channels u16[k] ascending
- * below cin | importances f32[2 cin] finite and >= 0 | ages u16[cin] below 0x8000 | exclusion
- * counts u8[cin] at most excl_max; each part padded with zeros to 4 bytes. */
+/* Byte i of a selection record, laid out as the SEL buffer (sel_of): channels u16[k] | importances
+ * f32[2 cin] finite and >= 0 | ages u16[cin] below 0x8000 | exclusion counts u8[cin]; each part
+ * padded with zeros to 4 bytes. Importances, ages and the last two paddings are the same for any
+ * ratio: a bad one is an error. The channels (k strictly ascending below cin, then zeros) and
+ * the exclusion counts (at most excl_max) follow from the ratio: a record of the plan's size that
+ * breaks them was saved with another ratio (its k differs by one, hidden in the padding, or its
+ * window is longer), so it is another plan's training state and starts afresh (r->fresh). */
 static void reader_sel_byte(tmp_params_reader *r, uint32_t i, uint8_t b) {
     const uint32_t k = r->k, cin = r->cin, a = (uint32_t)al4(2u * k), g = a + 8u * cin,
                    e = g + (uint32_t)al4(2u * cin);
@@ -1407,7 +1411,9 @@ static void reader_sel_byte(tmp_params_reader *r, uint32_t i, uint8_t b) {
     } else if (i >= e && i < e + cin) {
         start = e, size = 1;
     } else { /* padding */
-        if (b != 0) {
+        if (b != 0 && i < a) {
+            r->fresh = 1;
+        } else if (b != 0) {
             reader_fail(r, TMP_ERR_FORMAT, PARAMS_BAD_SEL);
         }
         return;
@@ -1417,22 +1423,22 @@ static void reader_sel_byte(tmp_params_reader *r, uint32_t i, uint8_t b) {
     if (j != size - 1u) {
         return;
     }
-    int ok;
     if (start == 0) {
         const uint32_t c = rd16(r->word);
-        ok = c < cin && (int32_t)c > r->prev;
+        if (c >= cin || (int32_t)c <= r->prev) {
+            r->fresh = 1;
+        }
         r->prev = (int32_t)c;
-    } else if (size == 4) {
+    } else if (size == 1) {
+        if (b > r->excl_max) {
+            r->fresh = 1;
+        }
+    } else {
         float x;
         memcpy(&x, r->word, 4);
-        ok = isfinite(x) && x >= 0.0f;
-    } else if (size == 2) {
-        ok = rd16(r->word) < 0x8000u;
-    } else {
-        ok = b <= r->excl_max;
-    }
-    if (!ok) {
-        reader_fail(r, TMP_ERR_FORMAT, PARAMS_BAD_SEL);
+        if (size == 4 ? !(isfinite(x) && x >= 0.0f) : rd16(r->word) >= 0x8000u) {
+            reader_fail(r, TMP_ERR_FORMAT, PARAMS_BAD_SEL);
+        }
     }
 }
 
