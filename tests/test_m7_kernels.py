@@ -103,16 +103,16 @@ def test_the_m7_build_really_takes_the_dsp_path():
         assert "smla" in dsp, kernel
         assert "smlad" not in port, kernel
     # the clamp mask (a training kernel, linked from source): SSUB8/SEL on the DSP path only
-    for elf, want, fpv5 in (("kernel_check.elf", True, True), ("kernel_check_fpv4.elf", True, False),
-                            ("kernel_check_portable.elf", False, False)):
+    for elf, want in (("kernel_check.elf", True), ("kernel_check_fpv4.elf", True),
+                      ("kernel_check_portable.elf", False)):
         text = run([objdump, "-d", os.path.join(BUILD, elf)])
         body = text.split("<tmp_mask_s8>:", 1)[1].split("\n\n", 1)[0]
         assert ("ssub8" in body) == want, elf
-        # the int8 weight update's asm block (round-to-nearest conversion, SSAT clamps), with
-        # FPv5's round-up test (VCVTP) only where the build says the FPU is FPv5
+        # the int8 weight update's asm block (round-to-nearest conversion, QADD, SSAT clamp),
+        # the same on FPv4 and FPv5, with no division left in the loop
         body = text.split("<tmp_sgd_s8_stochastic_at>:", 1)[1].split("\n\n", 1)[0]
-        assert ("vcvtr.s32.f32" in body and "ssat" in body) == want, elf
-        assert ("vcvtp.u32.f32" in body) == fpv5, elf
+        assert ("vcvtr.s32.f32" in body and "qadd" in body and "ssat" in body) == want, elf
+        assert body.count("vdiv.f32") <= 1, elf
 
 
 def parse_tables(text):

@@ -543,15 +543,38 @@ def sr_model(w, t, state, lo, hi):
     return np.array(out), state
 
 
+def sr8_model(w, g, lr, scale, state):
+    """Python model of the int8 update's rounding (tmp_sgd_s8_stochastic, TRAINING.md section 2):
+    the step in 2^-23 LSB, x = g * k with k = (-lr / scale) * 2^23 in float32, rounded to the
+    nearest integer T (ties to even; 0 when x is not finite; saturated to int32); the weight moves
+    by floor((T + v) / 2^23), the sum saturated to int32, v = the next xorshift32 state >> 9."""
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        k = np.float32(np.float32(-np.float32(lr) / np.float32(scale)) * np.float32(2.0 ** 23))
+        out = []
+        for wi, gi in zip(w, g):
+            state = xorshift32(state)
+            x = np.float32(np.float32(gi) * k)
+            if not np.isfinite(x):
+                big = 0
+            elif x >= 2.0 ** 31:
+                big = 2 ** 31 - 1
+            elif x <= -2.0 ** 31:
+                big = -2 ** 31
+            else:
+                big = int(np.rint(np.float64(x)))
+            big = min(big + (state >> 9), 2 ** 31 - 1)
+            out.append(min(max(int(wi) + (big >> 23), -127), 127))
+    return np.array(out), state
+
+
 def test_sgd_s8_stochastic_exact_model_and_determinism(tk, rng):
     n = 300
     w = rng.integers(-127, 128, size=n).astype(np.int8)
     g = (rng.standard_normal(n) * 3).astype(np.float32)
     lr, scale = np.float32(0.01), np.float32(0.004)
-    t = (-lr * g) / scale                       # float32, as the kernel computes it
     seed = 0x12345678
     got, st, _ = tk.sgd_s8(w, g, lr, scale, seed)
-    want, wst = sr_model(w, t, seed, -127, 127)
+    want, wst = sr8_model(w, g, lr, scale, seed)
     np.testing.assert_array_equal(got, want)
     assert st == wst
     again, st2, _ = tk.sgd_s8(w, g, lr, scale, seed)
@@ -559,9 +582,11 @@ def test_sgd_s8_stochastic_exact_model_and_determinism(tk, rng):
     assert st2 == st
     other, _, _ = tk.sgd_s8(w, g, lr, scale, seed + 1)
     assert np.any(other != got)
-    # each result is floor or ceil of the real update
-    real = w.astype(np.float64) + t.astype(np.float64)
-    ok = (got == np.clip(np.floor(real), -127, 127)) | (got == np.clip(np.ceil(real), -127, 127))
+    # each result is floor or ceil of the real update, within the 2^-24 of the fixed point
+    t = (-lr * g.astype(np.float64)) / scale
+    real = w.astype(np.float64) + t
+    ok = (got >= np.clip(np.floor(real - 2.0 ** -22), -127, 127)) & \
+        (got <= np.clip(np.ceil(real + 2.0 ** -22), -127, 127))
     assert ok.all()
     with pytest.raises(tkc.KernelError):
         tk.sgd_s8(w, g, lr, scale, 0)
@@ -589,10 +614,7 @@ def test_sgd_s8_stochastic_at_in_place(tk, rng, geometry):
     got, st, sq = tk.sgd_s8_at(w0, idx, stride, g, lr, scale, seed, sq=sq0)
     if idx is None:
         got = np.concatenate([base[:3], got])
-    with np.errstate(invalid="ignore", over="ignore"):
-        t = np.clip((-lr * g) / scale, -512, 512)
-    t[~np.isfinite((-lr * g) / scale)] = np.nan
-    want_vals, wst = sr_model(base[pos], t, seed, -127, 127)
+    want_vals, wst = sr8_model(base[pos], g, lr, scale, seed)
     want = base.copy()
     want[pos] = want_vals
     np.testing.assert_array_equal(got, want)
@@ -616,6 +638,86 @@ def test_sgd_s8_stochastic_at_in_place(tk, rng, geometry):
     assert pst == st
     with pytest.raises(tkc.KernelError):
         tk.sgd_s8_at(base, None, 0, g, lr, scale, seed)
+
+
+def test_sgd_s8_rounding_edges_against_the_model(tk, rng):
+    """The fixed point's edges, checked against sr8_model: with lr = scale = 1 the step is
+    t = -g and t * 2^23 = x exactly; ties of x half-way between integers (to even), steps
+    around +-255 / +-256 LSB where the int32 sums saturate, huge and non-finite steps, on
+    weights at both ends; with momentum, the step uses v = 0.9 v + g."""
+    two23 = 2.0 ** 23
+    ts = [0.0, 0.5 / two23, 1.5 / two23, 2.5 / two23, -0.5 / two23, -1.5 / two23,
+          1.0 - 0.5 / two23, -1.0 + 0.5 / two23, 3 + 0.5 / two23, -3 - 0.5 / two23,
+          254.5, 254.999, 255.0, 255.5, 256.0, 256.5, 300.0, 511.0, 1e10, 3e38,
+          -254.5, -254.999, -255.0, -255.5, -256.0, -256.5, -300.0, -1e10, -3e38,
+          np.inf, -np.inf, np.nan]
+    g = -np.array(ts, np.float32)
+    for w0 in (-128, -127, -1, 0, 1, 126, 127):
+        w = np.full(g.size, w0, np.int8)
+        for seed in (1, 0xFFFFFFFF, int(rng.integers(1, 2 ** 32))):
+            got, st, _ = tk.sgd_s8(w, g, 1.0, 1.0, seed)
+            want, wst = sr8_model(w, g, 1.0, 1.0, seed)
+            np.testing.assert_array_equal(got, want, err_msg="w %d seed %d" % (w0, seed))
+            assert st == wst
+    # the same against random scales and rates, gradients of every size
+    for _ in range(20):
+        n = 200
+        w = rng.integers(-128, 128, size=n).astype(np.int8)
+        g = (rng.standard_normal(n) * 10.0 ** rng.integers(-6, 6, size=n)).astype(np.float32)
+        lr = np.float32(10.0 ** rng.uniform(-6, 0))
+        scale = np.float32(10.0 ** rng.uniform(-7, -1))
+        seed = int(rng.integers(1, 2 ** 32))
+        got, st, _ = tk.sgd_s8(w, g, lr, scale, seed)
+        want, wst = sr8_model(w, g, lr, scale, seed)
+        np.testing.assert_array_equal(got, want)
+        assert st == wst
+        v = rng.standard_normal(n).astype(np.float32)
+        got, st, v1 = tk.sgd_s8(w, g, lr, scale, seed, momentum=0.9, v=v.copy())
+        vw = (np.float32(0.9) * v + g).astype(np.float32)
+        want, wst = sr8_model(w, vw, lr, scale, seed)
+        np.testing.assert_array_equal(v1, vw)
+        np.testing.assert_array_equal(got, want)
+        assert st == wst
+
+
+def xorshift32_inverse(y):
+    """The state whose xorshift32 step gives y (each of the three steps undone in turn)."""
+    def undo_left(y, s):
+        x = y
+        for _ in range(32 // s + 1):
+            x = y ^ ((x << s) & 0xFFFFFFFF)
+        return x
+
+    def undo_right(y, s):
+        x = y
+        for _ in range(32 // s + 1):
+            x = y ^ (x >> s)
+        return x
+    return undo_left(undo_right(undo_left(y, 5), 17), 13)
+
+
+def test_sgd_s8_rounding_decision_at_the_draw(tk, rng):
+    """The rounding decision where it flips: the state is chosen so that the call's draw v
+    (the next state >> 9) is one below, at and one above the point where T + v reaches the next
+    multiple of 2^23, T being x rounded half to even (Python's round); x = t * 2^23 exact with
+    lr = scale = 1. Checked against the rule written out here, not against sr8_model."""
+    assert xorshift32(xorshift32_inverse(0x80000001)) == 0x80000001
+    two23 = 2 ** 23
+    for x in (0.5, 1.5, 2.5, -0.5, -1.5, 3.25, -3.75, 1234567.5, -1234566.5, 8388607.5,
+              -8388607.5, 8388608.0 * 3 + 4, 2.0 ** 30 + 128, -(2.0 ** 30) - 384):
+        big = round(x)  # half to even
+        frac = big % two23
+        flip = two23 - frac  # the smallest v that rounds up (2^23: never)
+        for v in (flip - 1, flip, flip + 1):
+            if not 0 <= v < two23:
+                continue
+            state = xorshift32_inverse((v << 9) | int(rng.integers(1, 512)))
+            g = np.array([-x / two23], np.float32)
+            assert float(g[0]) * -two23 == x
+            for w0 in (-100, 0, 100):
+                got, _, _ = tk.sgd_s8(np.array([w0], np.int8), g, 1.0, 1.0, state)
+                want = min(max(w0 + (big + v) // two23, -127), 127)
+                assert int(got[0]) == want, (x, v, w0)
 
 
 @pytest.mark.parametrize("step", [0.01, 0.3, 0.5, -0.77, 2.25, -3.9])
@@ -779,6 +881,6 @@ def test_sgd_s8_every_stepped_weight_ends_in_range(tk):
     g = np.array([0.0, np.nan, np.inf, -np.inf, 1.0], np.float32)
     got, st, _ = tk.sgd_s8(w, g, 0.01, 0.004, 99)
     np.testing.assert_array_equal(got, [-127] * 5)
-    want, wst = sr_model(w, (-np.float32(0.01) * g) / np.float32(0.004), 99, -127, 127)
+    want, wst = sr8_model(w, g, 0.01, 0.004, 99)
     np.testing.assert_array_equal(got, want)
     assert st == wst

@@ -501,7 +501,8 @@ static void check_mask(void) {
 }
 
 /* a float for the update's gradients: mostly ordinary, sometimes the values its rounding path
- * treats specially (NaN, infinities, huge, tiny, exact integers, steps at and past +-512 LSB) */
+ * treats specially (NaN, infinities, huge, tiny, exact integers, steps around +-255 and +-256
+ * LSB, where the clamp and the fixed point's int32 saturate, and at +-512) */
 static float sgd_value(float lr, float scale) {
     const float unit = scale / lr; /* g = -unit * t gives a step of t LSB */
     switch (rr(0, 19)) {
@@ -517,6 +518,8 @@ static float sgd_value(float lr, float scale) {
             return -unit * (float)rr(-600, 600); /* a whole number of LSB */
         case 5:
             return -unit * (chance(50) ? 512.0f : -512.0f) * (chance(50) ? 1.0f : 1.0000001f);
+        case 7:
+            return -unit * (chance(50) ? 1.0f : -1.0f) * (254.0f + (float)rr(0, 16) * 0.125f);
         case 6:
             return -unit * ((float)rr(-1000, 1000) * 1e-6f); /* tiny steps, both signs */
         default: {
@@ -587,44 +590,59 @@ static void check_sgd(void) {
     }
 }
 
-/* the update's rounding decision at its edge: with lr = scale = 1 the step is t = -g exactly,
- * and t is set so that frac(t) * 2^24 is u, u - 1/2 or u + 1/2, u being the draw the call makes
- * (the top 24 bits of the next xorshift32 state). Stochastic rounding goes up only when u is
- * below frac(t) * 2^24: for t >= 0 only the third one adds 1. Checked against that rule
- * directly, not only by the digest. t in [0, 1) for draws below 2^23, t in [-1, 0) above. */
+/* the state whose xorshift32 step gives y: each of the three steps undone in turn */
+static uint32_t xorshift32_undo(uint32_t y) {
+    uint32_t x = y;
+    for (int i = 0; i < 7; i++) { /* x ^= x << 5 */
+        x = y ^ (x << 5);
+    }
+    y = x;
+    for (int i = 0; i < 2; i++) { /* x ^= x >> 17 */
+        x = y ^ (x >> 17);
+    }
+    y = x;
+    for (int i = 0; i < 3; i++) { /* x ^= x << 13 */
+        x = y ^ (x << 13);
+    }
+    return x;
+}
+
+/* the update's rounding decision at its edge (tmp_tr_sgd_s8_one): with lr = scale = 1 the step
+ * in 2^-23 LSB is x = -g * 2^23, exact; x is a whole number or a tie (n + 1/2, rounded to even),
+ * and the state is chosen so that the call's draw v (the next state >> 9) is one below, at or one
+ * above the point where T + v reaches the next multiple of 2^23. Checked against the rule written
+ * out here (floor((T + v) / 2^23), T = round half to even of x), not only by the digest. */
 static void check_sgd_round(void) {
     for (int n = 0; n < CASES_PER_KERNEL * 4; n++) {
-        const uint32_t state = rnd() | 1u;
-        uint32_t x = state;
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        const int32_t u = (int32_t)(x >> 8);
-        if (u == 0 || u == (1 << 23)) {
-            continue;
+        /* x = half / 2 with |half| < 2^24: exact in a float, and so is x / 2^23 */
+        const int32_t half = (int32_t)(rnd() % (1u << 25)) - (1 << 24);
+        const float x = (float)half * 0.5f;
+        int32_t big = half >> 1; /* floor(x) */
+        if ((half & 1) && (big & 1)) {
+            big++; /* a tie goes to the even neighbour */
         }
-        const int neg = u > (1 << 23);
+        const int32_t frac = big & ((1 << 23) - 1);
+        const int32_t flip = (1 << 23) - frac; /* the smallest draw that rounds up */
         for (int d = -1; d <= 1; d++) {
-            const int32_t whole = neg ? u - (1 << 24) : u; /* t * 2^24 - d / 2, |.| < 2^23 */
-            const float t = ((float)whole + 0.5f * (float)d) / 16777216.0f;
-            if ((double)t * 16777216.0 != (double)whole + 0.5 * (double)d) {
-                printf("error: sgd_round case %d: t not exact\n", n);
-                g_errors++;
-                return;
+            const int32_t v = flip + d;
+            if (v < 0 || v >= (1 << 23)) {
+                continue;
             }
-            /* the rule of tmp_sgd_s8_stochastic.c with frac = t - floor(t) in float: exact for
-             * t >= 0; for t < 0 it rounds u +- 1/2 to an even integer, which is the edge too */
-            const float fr = t - floorf(t);
+            const uint32_t next = ((uint32_t)v << 9) | (rnd() & 511u) | 1u;
+            const uint32_t state = xorshift32_undo(next);
             int8_t w = (int8_t)rr(-100, 100);
-            const int32_t want = w + (neg ? -1 : 0) + ((double)u < (double)fr * 16777216.0 ? 1 : 0);
-            const float g = -t;
+            /* floor((big + v) / 2^23) without shifting a negative value */
+            const int32_t up = (int32_t)(((int64_t)big + v + (256LL << 23)) >> 23) - 256;
+            int32_t want = w + up;
+            want = want > 127 ? 127 : (want < -127 ? -127 : want);
+            const float g = -x / 8388608.0f;
             uint32_t st = state;
             const tmp_status r = tmp_sgd_s8_stochastic(1, &w, &g, 1.0f, 1.0f, 0.0f, NULL, &st);
             hash_i32((int32_t)r);
             hash_i32((int32_t)w);
-            if (r != TMP_OK || st != x || w != want) {
-                printf("error: sgd_round case %d (u %ld, %+d/2): %d, want %ld\n", n, (long)u, d,
-                    (int)w, (long)want);
+            if (r != TMP_OK || st != next || w != want) {
+                printf("error: sgd_round case %d (x %ld/2, v %ld): %d, want %ld\n", n,
+                    (long)half, (long)v, (int)w, (long)want);
                 g_errors++;
             }
         }

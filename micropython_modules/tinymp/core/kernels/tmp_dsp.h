@@ -44,7 +44,8 @@
  * a build says so with -DTMP_FPV5 (the module's micropython.mk does for a build whose CFLAGS
  * carry -mfpu=fpv5..., as OpenMV's H7 build). A double-precision FPU on an M-profile core is
  * FPv5 or later (MicroPython's stm32 port builds the H7 and the F76x with -mfpu=fpv5-d16), so
- * that needs nothing. */
+ * that needs nothing. No kernel uses it at present (the int8 update's VCVTP test went with its
+ * fixed-point rounding); the builds keep telling the core, so a kernel can take it up again. */
 #if TMP_DSP_FP && (defined(TMP_FPV5) || ((__ARM_FP & 8) && defined(__ARM_ARCH_PROFILE) && \
     __ARM_ARCH_PROFILE == 'M'))
 #define TMP_DSP_FPV5 1

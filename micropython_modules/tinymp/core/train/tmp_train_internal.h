@@ -291,88 +291,80 @@ static inline int64_t tmp_tr_stochastic_round(float t, uint32_t *state) {
     return base + (((float)u < frac * 16777216.0f) ? 1 : 0);
 }
 
+/** 2^23: the int8 update's fixed point (tmp_tr_sgd_s8_one). */
+#define TMP_TR_SR_ONE 8388608.0f
+
+/** The int8 update's step factor: k = (-lr / scale) * 2^23, once per row (one scale). */
+static inline float tmp_tr_sgd_s8_factor(float lr, float scale) {
+    return (-lr / scale) * TMP_TR_SR_ONE;
+}
+
 /**
- * One weight of tmp_sgd_s8_stochastic (TRAINING.md section 2): w + SR(nlr * d / scale) clamped
- * to [-127, 127], nlr = -lr, with one draw from *st. A non-finite step moves nothing (the draw is
- * still made; w is only clamped, like every stepped weight). The test |t| <= 512 takes the usual
- * case in one compare: a NaN or infinite t and one that the +-512 clamp changes both fail it.
+ * One weight of tmp_sgd_s8_stochastic (TRAINING.md section 2) in 2^-23 LSB fixed point, with one
+ * draw from *st and k = tmp_tr_sgd_s8_factor(lr, scale):
+ *     T = d * k rounded to the nearest integer (ties to even), saturated to int32; 0 when d * k
+ *         is not finite (NaN or infinite)
+ *     v = xorshift32(*st) >> 9                      (uniform in [0, 2^23))
+ *     w <- clamp(w + floor(sat32(T + v) / 2^23), -127, 127)
+ * so the weight moves by floor(t) + 1 with probability frac(t) for the step t = T / 2^23 (within
+ * 2^-24 of -lr * d / scale): unbiased, and steps far below one LSB survive on average. A
+ * non-finite step moves nothing (the draw is still made; w is only clamped, like every stepped
+ * weight): every stepped weight ends in [-127, 127].
  *
- * The Cortex-M path (TMP_DSP_FP) gives the same result for every input with about 7 fewer
- * instructions per weight, 10 on FPv5 (21 or 18 in the asm block, which also replaces the range
- * test; `make bench-kernels`, sgd_s8_at: 43.6 -> 36.6, and 33.6 with FPv5, per weight with the
- * loop and the call):
- * - floor(t) becomes an integer as round-to-nearest(t - frac), which is floor(t) itself for a
- *   finite t (t - frac is within half an ulp of frac of the integer floor(t)) and NaN -> 0 for a
- *   non-finite one (frac = inf - inf or NaN), where frac * 2^24 is NaN and never beats u either:
- *   the weight is only clamped, as above;
- * - VCVT saturates and SSAT #10 brings that integer to [-512, 511], which cannot change a clamped
- *   result: w + 511 >= 383 and w - 512 + 1 <= -384 (the C clamps t at +-512 instead);
- * - on FPv5 (TMP_DSP_FPV5) the round-up test u < frac * 2^24 (u an integer below 2^24,
- *   frac * 2^24 exact) is u < c with c = ceil(frac * 2^24) from VCVTP, taken as the sign bit of
- *   u - c in the integer registers, with no FPU compare and flag transfer; a NaN frac gives
- *   c = 0, never up (kernel-check's sgd_round batch tries u at and next to frac * 2^24, on both
- *   variants);
- * - the clamp is SSAT #8 with -128 moved to -127.
- * It assumes the FPU's default round-to-nearest mode, as all of the core's float code does.
+ * The saturations cannot change a result: T is exact while |t| < 256, and from |t| >= 255 on the
+ * clamped weight is +-127 whatever w in [-128, 127] and the draw are. The Cortex-M path
+ * (TMP_DSP_FP) is one asm block of 14 instructions (x + (x - x) is x, or NaN for a non-finite
+ * x, which VCVTR turns into 0; QADD; SSAT with -128 moved to -127) that
+ * gives the same result for every input; kernel-check's sgd and sgd_round batches compare the two
+ * on the M7. It assumes the FPU's default round-to-nearest mode, as all of the core's float code
+ * does.
  */
-static inline int32_t tmp_tr_sgd_s8_one(int32_t w, float d, float nlr, float scale, uint32_t *st) {
-    float t = nlr * d / scale;
+static inline int32_t tmp_tr_sgd_s8_one(int32_t w, float d, float k, uint32_t *st) {
+    float x = d * k;
 #if TMP_DSP_FP
-    const float fl = floorf(t);
-    float fr, bk;
     int32_t q;
-    uint32_t x = *st, u;
+    uint32_t s = *st, v;
+    float z;
     __asm__(
-        "vsub.f32 %[fr], %[t], %[fl]\n\t"      /* frac */
-        "vsub.f32 %[bk], %[t], %[fr]\n\t"      /* floor(t) again, or NaN */
-        "vcvtr.s32.f32 %[bk], %[bk]\n\t"
-        "vmul.f32 %[fr], %[fr], %[two24]\n\t"  /* frac * 2^24, exact */
-#if TMP_DSP_FPV5
-        "vcvtp.u32.f32 %[fr], %[fr]\n\t"       /* c = its ceiling (NaN -> 0) */
-        "vmov %[q], %[bk]\n\t"
-        "vmov %[u], %[fr]\n\t"
-        "eor %[x], %[x], %[x], lsl #13\n\t"    /* xorshift32 */
-        "eor %[x], %[x], %[x], lsr #17\n\t"
-        "eor %[x], %[x], %[x], lsl #5\n\t"
-        "ssat %[q], #10, %[q]\n\t"
-        "rsb %[u], %[u], %[x], lsr #8\n\t"     /* (x >> 8) - c, both in [0, 2^24] */
-        "add %[q], %[q], %[w]\n\t"
-        "add %[q], %[q], %[u], lsr #31\n\t"    /* u < frac * 2^24, i.e. u < c: round up */
-#else
-        "vmov %[q], %[bk]\n\t"
-        "eor %[x], %[x], %[x], lsl #13\n\t"    /* xorshift32 */
-        "eor %[x], %[x], %[x], lsr #17\n\t"
-        "eor %[x], %[x], %[x], lsl #5\n\t"
-        "ssat %[q], #10, %[q]\n\t"
-        "lsr %[u], %[x], #8\n\t"
-        "vmov %[bk], %[u]\n\t"
-        "vcvt.f32.u32 %[bk], %[bk]\n\t"
-        "add %[q], %[q], %[w]\n\t"
-        "vcmpe.f32 %[bk], %[fr]\n\t"           /* u < frac * 2^24: round up */
-        "vmrs APSR_nzcv, fpscr\n\t"
-        "it mi\n\t"
-        "addmi %[q], %[q], #1\n\t"
-#endif
+        "vsub.f32 %[z], %[x], %[x]\n\t"         /* 0, or NaN for a non-finite x */
+        "vadd.f32 %[x], %[x], %[z]\n\t"
+        "vcvtr.s32.f32 %[x], %[x]\n\t"          /* T, saturated, NaN -> 0 */
+        "eor %[s], %[s], %[s], lsl #13\n\t"     /* xorshift32 */
+        "eor %[s], %[s], %[s], lsr #17\n\t"
+        "eor %[s], %[s], %[s], lsl #5\n\t"
+        "vmov %[q], %[x]\n\t"
+        "lsr %[v], %[s], #9\n\t"
+        "qadd %[q], %[q], %[v]\n\t"             /* sat32(T + v) */
+        "add %[q], %[w], %[q], asr #23\n\t"
         "ssat %[q], #8, %[q]\n\t"
         "cmn %[q], #128\n\t"
         "it eq\n\t"
         "mvneq %[q], #126\n\t"
-        : [q] "=&r"(q), [x] "+r"(x), [u] "=&r"(u), [fr] "=&t"(fr), [bk] "=&t"(bk)
-        : [t] "t"(t), [fl] "t"(fl), [w] "r"(w), [two24] "t"(16777216.0f)
+        : [q] "=&r"(q), [s] "+r"(s), [v] "=&r"(v), [x] "+t"(x), [z] "=&t"(z)
+        : [w] "r"(w)
         : "cc");
-    *st = x;
+    *st = s;
     return q;
 #else
-    if (!(fabsf(t) <= 512.0f)) {
-        t = isfinite(t) ? (t > 0.0f ? 512.0f : -512.0f) : 0.0f;
+    const uint32_t v = tmp_tr_xorshift32(st) >> 9;
+    int64_t T;
+    if (!(x - x == 0.0f)) {
+        T = 0; /* NaN or infinite */
+    } else if (x >= 2147483648.0f) {
+        T = INT32_MAX;
+    } else if (x > -2147483648.0f) {
+        /* the nearest integer, ties to even: the float addition of 2^23 rounds there (below
+         * 2^23 in magnitude; above, x is a whole number already); no libm call */
+        const float r = x >= 8388608.0f || x <= -8388608.0f ? x
+            : (x >= 0.0f ? (x + 8388608.0f) - 8388608.0f : (x - 8388608.0f) + 8388608.0f);
+        T = (int64_t)r;
+    } else {
+        T = INT32_MIN;
     }
-    const float fl = floorf(t);
-    const float frac = t - fl;
-    const uint32_t u = tmp_tr_xorshift32(st) >> 8;
-    int32_t q = w + (int32_t)fl;
-    if ((float)u < frac * 16777216.0f) { /* SR as in tmp_tr_stochastic_round, in int32 */
-        q++;
-    }
+    T += v; /* no int32 saturation in 64 bits: it changes nothing once |t| >= 255 clamps */
+    /* floor(T / 2^23) without shifting a negative value */
+    const int32_t fl = (int32_t)((T + 256 * 8388608LL) / 8388608LL) - 256;
+    const int32_t q = w + fl;
     return q > 127 ? 127 : (q < -127 ? -127 : q);
 #endif
 }

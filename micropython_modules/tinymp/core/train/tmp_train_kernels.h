@@ -288,10 +288,12 @@ tmp_status tmp_softmax_xent_s8(int32_t n, const int8_t *logits, int32_t zero_poi
  * SGD on int8 weights in LSB units (QAS, TRAINING.md section 2), stochastic rounding:
  *     d = (v != NULL ? (v[i] = momentum*v[i] + g[i]) : g[i])
  *     w[i] <- clamp(w[i] + SR(-lr * d / scale), -127, 127)
- * SR(t) = floor(t) + (u < t - floor(t)), u uniform in [0, 1) from 24 bits of xorshift32
- * (x ^= x << 13; x ^= x >> 17; x ^= x << 5) on *state, one draw per element, so the result is
- * unbiased (E[SR(t)] = t up to 2^-24) and deterministic for a given state. *state must be
- * non-zero and is advanced. A non-finite step moves nothing (the weight is only clamped).
+ * SR(t) is floor(t) or floor(t) + 1, up with probability t - floor(t), in 2^-23 fixed point:
+ * T = round-to-nearest(d * k), k = (-lr / scale) * 2^23 (0 when d * k is not finite), v = the
+ * top 23 bits of one xorshift32 step (x ^= x << 13; x ^= x >> 17; x ^= x << 5) on *state per
+ * element, and SR = floor((T + v) / 2^23); so the result is unbiased (E[SR(t)] = t up to 2^-24)
+ * and deterministic for a given state. *state must be non-zero and is advanced. A non-finite
+ * step moves nothing (the weight is only clamped). The exact rule: tmp_tr_sgd_s8_one.
  * @param w [n] int8 (one output channel's row: one scale), g [n], v [n] or NULL
  */
 tmp_status tmp_sgd_s8_stochastic(int32_t n, int8_t *w, const float *g, float lr, float scale,
