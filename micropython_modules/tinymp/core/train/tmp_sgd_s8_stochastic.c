@@ -15,7 +15,7 @@
  * (also for a skipped element, so the stream depends on n only), and the weight moves by
  * floor((T + v) / 2^23) (tmp_tr_sgd_s8_one in tmp_train_internal.h, the exact rule). E[SR(t)] = t
  * within 2^-24, so updates far below one LSB survive on average. Deterministic for a given *state
- * (non-zero, advanced in place). A NaN step moves nothing (the weight is only clamped to
+ * (non-zero, advanced in place). A non-finite step moves nothing (the weight is only clamped to
  * [-127, 127] like every stepped weight). The M7 build runs each element as one asm block with
  * the same results.
  *
