@@ -3,7 +3,7 @@ the bare-metal bench runs (firmware/bench, QEMU mps2-an500).
 
 firmware/bench/kernel_check.c runs the same seeded, randomised cases of every kernel and prints a
 digest per kernel; it is built four times - for the M7 with the DSP path (run under QEMU), the
-same without -DTMP_FPV5 (the asm variants for an FPv4 FPU, as on a Cortex-M4F), for the M7 with
+same without -DTMP_FPV5 (as a Cortex-M4F build; no asm block differs at present), for the M7 with
 the portable path (-DTMP_NO_DSP, under QEMU), and for the host (portable path) - and the four
 printouts must be identical. The host suite (test_kernels.py) ties the portable path to
 the numpy reference, so this closes the chain for the DSP path.
