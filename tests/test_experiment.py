@@ -199,6 +199,23 @@ def test_validation_images_come_from_the_training_split():
     assert r["evaluated"] == 300 and r["phase"] == "validation"
 
 
+def test_task_models_ship_as_package_data():
+    """An installed wheel holds only the package and its package data: every task model must be
+    inside host/tinymp/models and matched by pyproject's package-data globs."""
+    import fnmatch
+    import tomllib
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "pyproject.toml"), "rb") as f:
+        globs = tomllib.load(f)["tool"]["setuptools"]["package-data"]["tinymp"]
+    pkg = os.path.dirname(os.path.abspath(tinymp.__file__))
+    assert os.path.samefile(ex.MODELS_DIR, os.path.join(pkg, "models"))
+    for name, fname in ex.MODEL_FILES.items():
+        assert os.path.isfile(os.path.join(pkg, "models", fname)), name
+        assert any(fnmatch.fnmatch("models/" + fname, g) for g in globs), (fname, globs)
+    for t in ex.TASKS:
+        assert t.model == "demo" or t.model in ex.MODEL_FILES, t.name
+
+
 def test_new_class_model_knows_only_digits_0_to_4():
     m = ex.model("digits0to4")
     x, y = digits(32, "test", seed=0)

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Train the "old classes" model of the accuracy harness's new-classes task and write
-experiments/models/digits0to4.tmpm.
+host/tinymp/models/digits0to4.tmpm (package data, so an installed tinymp runs the task).
 
 How to run (from the repository root, CPU only, about half a minute)::
 
@@ -36,7 +36,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--classes", default="0,1,2,3,4", help="digits the model is trained on")
     ap.add_argument("--epochs", type=int, default=40)
-    ap.add_argument("--out-dir", default=os.path.join(ROOT, "experiments", "models"))
+    ap.add_argument("--out-dir", default=os.path.join(ROOT, "host", "tinymp", "models"))
     ap.add_argument("--name", default=None, help="file stem (default digits<first>to<last>)")
     args = ap.parse_args(argv)
     keep = sorted({int(c) for c in args.classes.split(",")})

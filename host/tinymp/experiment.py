@@ -42,8 +42,8 @@ from collections import OrderedDict
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-MODELS_DIR = os.path.join(ROOT, "experiments", "models")
+# the task models ship inside the package (package data), so an installed wheel runs every task
+MODELS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models")
 
 EPOCHS = 10
 POOL = 20
@@ -164,9 +164,9 @@ def model_bytes(name):
         else:
             path = os.path.join(MODELS_DIR, MODEL_FILES[name])
             if not os.path.exists(path):
-                raise ExperimentError("tinymp: the model %s is missing (%s); it is made by "
-                                      "tools/train_digits_subset.py and lives in the repository's "
-                                      "experiments/models/" % (name, path))
+                raise ExperimentError("tinymp: the model %s is missing (%s); it ships with the "
+                                      "package (reinstall tinymp) and is made by the repository's "
+                                      "tools/train_digits_subset.py" % (name, path))
             with open(path, "rb") as f:
                 _CACHE[key] = f.read()
     return _CACHE[key]
