@@ -79,7 +79,7 @@ CORE_HDR := $(wildcard $(CORE)/*.h $(CORE)/*/*.h)
 
 $(BUILD)/m7/%.o: $(CORE)/%.c $(CORE_HDR)
 	@mkdir -p $(dir $@)
-	$(ARM_CC) $(CORE_WARN) -O2 $(M7_FLAGS) -DTMP_FPV5 -ffunction-sections -fdata-sections -I$(CORE) -c $< -o $@
+	$(ARM_CC) $(CORE_WARN) -O2 $(M7_FLAGS) -ffunction-sections -fdata-sections -I$(CORE) -c $< -o $@
 
 M7_OBJ := $(patsubst $(CORE)/%.c,$(BUILD)/m7/%.o,$(CORE_SRC))
 

@@ -186,7 +186,7 @@ def usermod_cflags(tmp_path, env_cflags=None, *args):
                      "$(info CFLAGS_USERMOD=$(CFLAGS_USERMOD))\nall: ;\n"
                      % os.path.join(TINYMP, "micropython.mk"))
     env = {k: v for k, v in os.environ.items()
-           if k not in ("MAKEFLAGS", "MFLAGS", "CFLAGS", "TINYMP_FPV5")}
+           if k not in ("MAKEFLAGS", "MFLAGS", "CFLAGS")}
     if env_cflags is not None:
         env["CFLAGS"] = env_cflags
     r = subprocess.run(["make", "--no-print-directory", "-s", "-f", str(probe), *args],
@@ -196,19 +196,14 @@ def usermod_cflags(tmp_path, env_cflags=None, *args):
     return line.split("=", 1)[1].split()
 
 
-def test_usermod_tells_the_core_about_an_fpv5_fpu(tmp_path):
-    # OpenMV's H7 build: FPU=fpv5-sp-d16, exported in CFLAGS (GCC's macros cannot tell it from
-    # FPv4, so without the flag the core would take its FPv4 code on the OpenMV Cam)
-    omv = "-mthumb -mcpu=cortex-m7 -mtune=cortex-m7 -mfpu=fpv5-sp-d16 -mfloat-abi=hard"
-    assert "-DTMP_FPV5" in usermod_cflags(tmp_path, omv)
-    assert "-DTMP_FPV5" in usermod_cflags(tmp_path, "-mfpu=fpv5-d16")
-    # a Cortex-M4F, the unix port, no flags: not FPv5
-    for flags in ("-mthumb -mcpu=cortex-m4 -mfpu=fpv4-sp-d16 -mfloat-abi=hard", "-O2", None):
-        got = usermod_cflags(tmp_path, flags)
-        assert "-DTMP_FPV5" not in got and "-I/mod/tinymp/core" in got, (flags, got)
-    # the build's own say, on the command line
-    assert "-DTMP_FPV5" in usermod_cflags(tmp_path, None, "TINYMP_FPV5=1")
-    assert "-DTMP_FPV5" not in usermod_cflags(tmp_path, omv, "TINYMP_FPV5=0")
+def test_usermod_adds_only_the_core_include_whatever_the_fpu(tmp_path):
+    # the core picks its code paths from the compiler's own macros (core/kernels/tmp_dsp.h), so
+    # the module adds no flag of its own for OpenMV's H7 (FPU=fpv5-sp-d16, exported in CFLAGS),
+    # MicroPython's H7 (fpv5-d16), a Cortex-M4F or the unix port
+    for flags in ("-mthumb -mcpu=cortex-m7 -mtune=cortex-m7 -mfpu=fpv5-sp-d16 -mfloat-abi=hard",
+                  "-mfpu=fpv5-d16", "-mthumb -mcpu=cortex-m4 -mfpu=fpv4-sp-d16 -mfloat-abi=hard",
+                  "-O2", None):
+        assert usermod_cflags(tmp_path, flags) == ["-I/mod/tinymp/core"], flags
 
 
 def test_openmv_flash_says_what_to_do():

@@ -2,10 +2,9 @@
 the bare-metal bench runs (firmware/bench, QEMU mps2-an500).
 
 firmware/bench/kernel_check.c runs the same seeded, randomised cases of every kernel and prints a
-digest per kernel; it is built four times - for the M7 with the DSP path (run under QEMU), the
-same without -DTMP_FPV5 (as a Cortex-M4F build; no asm block differs at present), for the M7 with
-the portable path (-DTMP_NO_DSP, under QEMU), and for the host (portable path) - and the four
-printouts must be identical. The host suite (test_kernels.py) ties the portable path to
+digest per kernel; it is built three times - for the M7 with the DSP path (run under QEMU), for
+the M7 with the portable path (-DTMP_NO_DSP, under QEMU), and for the host (portable path) - and
+the three printouts must be identical. The host suite (test_kernels.py) ties the portable path to
 the numpy reference, so this closes the chain for the DSP path.
 
 `make bench-kernels` prints instruction counts; this test only checks that it runs, prints a row
@@ -59,11 +58,10 @@ def run(cmd, timeout=300):
 
 @pytest.fixture(scope="module")
 def kernel_check_outputs():
-    make("build/bench/kernel_check.elf", "build/bench/kernel_check_fpv4.elf",
-         "build/bench/kernel_check_portable.elf", "build/bench/kernel_check_host")
+    make("build/bench/kernel_check.elf", "build/bench/kernel_check_portable.elf",
+         "build/bench/kernel_check_host")
     return {
         "m7-dsp": run(QEMU + ["-kernel", os.path.join(BUILD, "kernel_check.elf")]),
-        "m7-fpv4": run(QEMU + ["-kernel", os.path.join(BUILD, "kernel_check_fpv4.elf")]),
         "m7-portable": run(QEMU + ["-kernel", os.path.join(BUILD, "kernel_check_portable.elf")]),
         "host": run([os.path.join(BUILD, "kernel_check_host")]),
     }
@@ -83,7 +81,7 @@ def test_kernel_check_runs_every_kernel_without_errors(kernel_check_outputs):
 
 def test_dsp_path_matches_portable_path_bit_for_bit(kernel_check_outputs):
     host = digests(kernel_check_outputs["host"])
-    for name in ("m7-dsp", "m7-fpv4", "m7-portable"):
+    for name in ("m7-dsp", "m7-portable"):
         got = digests(kernel_check_outputs[name])
         differing = sorted(k for k in host if got.get(k) != host[k])
         assert not differing, f"{name} differs from the host's portable kernels on: {differing}"
@@ -92,8 +90,7 @@ def test_dsp_path_matches_portable_path_bit_for_bit(kernel_check_outputs):
 
 def test_the_m7_build_really_takes_the_dsp_path():
     """The DSP objects contain SMLAD, the portable ones do not (else the comparison is moot)."""
-    make("build/bench/kernel_check.elf", "build/bench/kernel_check_fpv4.elf",
-         "build/bench/kernel_check_portable.elf")
+    make("build/bench/kernel_check.elf", "build/bench/kernel_check_portable.elf")
     objdump = shutil.which("arm-none-eabi-objdump")
     if objdump is None:
         pytest.skip("arm-none-eabi-objdump not installed")
@@ -103,13 +100,12 @@ def test_the_m7_build_really_takes_the_dsp_path():
         assert "smla" in dsp, kernel
         assert "smlad" not in port, kernel
     # the clamp mask (a training kernel, linked from source): SSUB8/SEL on the DSP path only
-    for elf, want in (("kernel_check.elf", True), ("kernel_check_fpv4.elf", True),
-                      ("kernel_check_portable.elf", False)):
+    for elf, want in (("kernel_check.elf", True), ("kernel_check_portable.elf", False)):
         text = run([objdump, "-d", os.path.join(BUILD, elf)])
         body = text.split("<tmp_mask_s8>:", 1)[1].split("\n\n", 1)[0]
         assert ("ssub8" in body) == want, elf
-        # the int8 weight update's asm block (round-to-nearest conversion, QADD, SSAT clamp),
-        # the same on FPv4 and FPv5, with no division left in the loop
+        # the int8 weight update's asm block (round-to-nearest conversion, QADD, SSAT clamp,
+        # FPv4 instructions only), with no division left in the loop
         body = text.split("<tmp_sgd_s8_stochastic_at>:", 1)[1].split("\n\n", 1)[0]
         assert ("vcvtr.s32.f32" in body and "qadd" in body and "ssat" in body) == want, elf
         assert body.count("vdiv.f32") <= 1, elf

@@ -4,9 +4,8 @@
 #   make bench-kernels   instructions per MAC of every int8 forward kernel, DSP path and portable C
 #                        path, and of the fp32 condensed backward kernels (r = 4, r = 2; in the
 #                        DSP program only), counted under QEMU -icount (build/bench/)
-#   make kernel-check    the same randomised kernel cases on the M7 (DSP path, its FPv4 variant,
-#                        and portable path) and on the host (portable path): the output digests
-#                        must be identical
+#   make kernel-check    the same randomised kernel cases on the M7 (DSP path and portable path)
+#                        and on the host (portable path): the output digests must be identical
 #
 # Needs Debian's gcc-arm-none-eabi, libnewlib-arm-none-eabi and qemu-system-arm.
 
@@ -17,11 +16,8 @@ BENCH_ARM_CC ?= arm-none-eabi-gcc
 BENCH_HOST_CC ?= gcc
 BENCH_M7 := -mcpu=cortex-m7 -mthumb -mfpu=fpv5-sp-d16 -mfloat-abi=hard
 BENCH_WARN := -std=c99 -Wall -Wextra -Werror
-# -DTMP_FPV5: the M7's single-precision FPU is FPv5, which GCC cannot tell from FPv4 by the flags
-# (core/kernels/tmp_dsp.h); kernel_check_fpv4.elf leaves it out to run the FPv4 variants.
-BENCH_CFLAGS_FPV4 := $(BENCH_WARN) -O2 $(BENCH_M7) -ffunction-sections -fdata-sections \
+BENCH_CFLAGS := $(BENCH_WARN) -O2 $(BENCH_M7) -ffunction-sections -fdata-sections \
     -I$(BENCH_CORE) -I$(BENCH_DIR)
-BENCH_CFLAGS := $(BENCH_CFLAGS_FPV4) -DTMP_FPV5
 BENCH_LDFLAGS := $(BENCH_M7) -T $(BENCH_DIR)/link.ld --specs=nano.specs --specs=rdimon.specs \
     -Wl,--gc-sections
 BENCH_QEMU ?= qemu-system-arm
@@ -76,10 +72,6 @@ $(BENCH_BUILD)/kernel_check.elf: $(BENCH_START) $(BENCH_DIR)/kernel_check.c $(BE
 $(BENCH_BUILD)/kernel_check_portable.elf: $(BENCH_START) $(BENCH_DIR)/kernel_check.c $(BENCH_HARNESS_HDR) $(BENCH_OBJ_PORT) $(BENCH_CHECK_TRAIN_SRC) $(BENCH_CHECK_TRAIN_HDR) $(BENCH_DIR)/link.ld
 	$(BENCH_ARM_CC) $(BENCH_CFLAGS) -DTMP_NO_DSP $(BENCH_LDFLAGS) $(BENCH_START) $(BENCH_DIR)/kernel_check.c $(BENCH_CHECK_TRAIN_SRC) $(BENCH_OBJ_PORT) -lm -o $@
 
-# the Cortex-M4F variants of the training kernels' asm (no -DTMP_FPV5), run on the M7
-$(BENCH_BUILD)/kernel_check_fpv4.elf: $(BENCH_START) $(BENCH_DIR)/kernel_check.c $(BENCH_HARNESS_HDR) $(BENCH_OBJ_DSP) $(BENCH_CHECK_TRAIN_SRC) $(BENCH_CHECK_TRAIN_HDR) $(BENCH_DIR)/link.ld
-	$(BENCH_ARM_CC) $(BENCH_CFLAGS_FPV4) $(BENCH_LDFLAGS) $(BENCH_START) $(BENCH_DIR)/kernel_check.c $(BENCH_CHECK_TRAIN_SRC) $(BENCH_OBJ_DSP) -lm -o $@
-
 # the host copy: the same kernel_check.c with the portable kernels, built by the host compiler
 $(BENCH_BUILD)/kernel_check_host: $(BENCH_DIR)/kernel_check.c $(BENCH_KERNEL_SRC) $(BENCH_KERNEL_HDR) $(BENCH_CHECK_TRAIN_SRC) $(BENCH_CHECK_TRAIN_HDR) $(BENCH_HARNESS_HDR)
 	@mkdir -p $(dir $@)
@@ -107,24 +99,21 @@ bench-tools:
 	@command -v $(BENCH_QEMU) >/dev/null || { echo "error: $(BENCH_QEMU) not found (apt-get install qemu-system-arm)"; exit 1; }
 
 bench-build: bench-tools $(BENCH_BUILD)/bench_kernels.elf $(BENCH_BUILD)/bench_kernels_portable.elf \
-    $(BENCH_BUILD)/kernel_check.elf $(BENCH_BUILD)/kernel_check_fpv4.elf $(BENCH_BUILD)/kernel_check_portable.elf \
-    $(BENCH_BUILD)/kernel_check_host
+    $(BENCH_BUILD)/kernel_check.elf $(BENCH_BUILD)/kernel_check_portable.elf $(BENCH_BUILD)/kernel_check_host
 
 bench-kernels: bench-tools $(BENCH_BUILD)/bench_kernels.elf $(BENCH_BUILD)/bench_kernels_portable.elf
 	@echo "== bench-kernels: Cortex-M7 (arm-none-eabi-gcc $$($(BENCH_ARM_CC) -dumpversion) -O2), QEMU $$($(BENCH_QEMU) --version | head -1 | sed 's/.*version //') mps2-an500 =="
 	@$(BENCH_QEMU_RUN) $(BENCH_BUILD)/bench_kernels.elf
 	@$(BENCH_QEMU_RUN) $(BENCH_BUILD)/bench_kernels_portable.elf
 
-kernel-check: bench-tools $(BENCH_BUILD)/kernel_check.elf $(BENCH_BUILD)/kernel_check_fpv4.elf $(BENCH_BUILD)/kernel_check_portable.elf $(BENCH_BUILD)/kernel_check_host
+kernel-check: bench-tools $(BENCH_BUILD)/kernel_check.elf $(BENCH_BUILD)/kernel_check_portable.elf $(BENCH_BUILD)/kernel_check_host
 	@$(BENCH_QEMU_RUN) $(BENCH_BUILD)/kernel_check.elf > $(BENCH_BUILD)/kernel_check.m7-dsp.txt
-	@$(BENCH_QEMU_RUN) $(BENCH_BUILD)/kernel_check_fpv4.elf > $(BENCH_BUILD)/kernel_check.m7-fpv4.txt
 	@$(BENCH_QEMU_RUN) $(BENCH_BUILD)/kernel_check_portable.elf > $(BENCH_BUILD)/kernel_check.m7-portable.txt
 	@$(BENCH_BUILD)/kernel_check_host > $(BENCH_BUILD)/kernel_check.host.txt
 	@cmp -s $(BENCH_BUILD)/kernel_check.m7-dsp.txt $(BENCH_BUILD)/kernel_check.host.txt && \
-	  cmp -s $(BENCH_BUILD)/kernel_check.m7-fpv4.txt $(BENCH_BUILD)/kernel_check.host.txt && \
 	  cmp -s $(BENCH_BUILD)/kernel_check.m7-portable.txt $(BENCH_BUILD)/kernel_check.host.txt && \
-	  { tail -n 1 $(BENCH_BUILD)/kernel_check.host.txt; echo "kernel-check: M7 DSP path (FPv5 and FPv4 variants), M7 portable path and host portable path agree"; } || \
-	  { for v in m7-dsp m7-fpv4 m7-portable; do diff $(BENCH_BUILD)/kernel_check.$$v.txt $(BENCH_BUILD)/kernel_check.host.txt | head -10; done; echo "kernel-check: outputs differ"; exit 1; }
+	  { tail -n 1 $(BENCH_BUILD)/kernel_check.host.txt; echo "kernel-check: M7 DSP path, M7 portable path and host portable path agree"; } || \
+	  { for v in m7-dsp m7-portable; do diff $(BENCH_BUILD)/kernel_check.$$v.txt $(BENCH_BUILD)/kernel_check.host.txt | head -10; done; echo "kernel-check: outputs differ"; exit 1; }
 
 # make bench: every method on MobileNetV2-w0.35@128, MCUNet@128 and the demo model under QEMU,
 # compared with the host build; writes bench/results.json, bench/RESULTS.md, bench/RESULTS.png.

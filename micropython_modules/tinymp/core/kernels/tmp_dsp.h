@@ -38,21 +38,6 @@
 #define TMP_DSP_FP 0
 #endif
 
-/* TMP_DSP_FPV5 is 1 when that FPU is FPv5 (Cortex-M7) or later, with ARMv8's directed-rounding
- * conversions (VCVTP and the like). GCC's macros do not tell a single-precision FPv5
- * (-mfpu=fpv5-sp-d16, the bench's flags) from FPv4 (Cortex-M4F): both give __ARM_FP 4, so such
- * a build says so with -DTMP_FPV5 (the module's micropython.mk does for a build whose CFLAGS
- * carry -mfpu=fpv5..., as OpenMV's H7 build). A double-precision FPU on an M-profile core is
- * FPv5 or later (MicroPython's stm32 port builds the H7 and the F76x with -mfpu=fpv5-d16), so
- * that needs nothing. No kernel uses it at present (the int8 update's VCVTP test went with its
- * fixed-point rounding); the builds keep telling the core, so a kernel can take it up again. */
-#if TMP_DSP_FP && (defined(TMP_FPV5) || ((__ARM_FP & 8) && defined(__ARM_ARCH_PROFILE) && \
-    __ARM_ARCH_PROFILE == 'M'))
-#define TMP_DSP_FPV5 1
-#else
-#define TMP_DSP_FPV5 0
-#endif
-
 /** keeps a large-framed helper out of its caller's frame (stack peak = max, not sum) */
 #if defined(__GNUC__)
 #define TMP_NOINLINE __attribute__((noinline))
