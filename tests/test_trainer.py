@@ -477,8 +477,30 @@ def _edit_record(blob, kind, fn):
 STATE_DAMAGE = [
     ("a negative importance", 7, lambda d: struct.pack_into("<f", d, len(d) // 3 // 4 * 4, -1.0), "channel selection"),
     ("no rounding state", 8, lambda d: struct.pack_into("<I", d, 0, 0), "training state"),
-    ("more stalled steps than steps", 8, lambda d: struct.pack_into("<I", d, 8, 1 << 30), "training state"),
 ]
+
+
+def test_load_takes_counters_as_they_are_after_a_wrap(tmp_path, saved_blob):
+    """The u32 counters wrap: a trainer's own save past 2^32 steps has fewer steps than stalled
+    steps or steps into the period. Such a state loads as it is, the next step counts on modulo
+    2^32, and steps into the period past this plan's period end the period at that step."""
+    t0 = trained(steps=40, period=25)
+    logits0 = logits_of(t0, PROBES[:3])
+    for steps, stalled, periods, into in ((5, 1 << 30, 7, 0xFFFFFFF0), (0xFFFFFFFF, 3, 0xFFFFFFFF, 2)):
+        path = str(tmp_path / "p.tmpp")
+        open(path, "wb").write(_edit_record(
+            saved_blob, 8, lambda d: struct.pack_into("<IIII", d, 4, steps, stalled, periods, into)))
+        t = trained(steps=3, period=4)
+        assert t.load(path) is True
+        s = t.stats()
+        assert (s["steps"], s["stalled_steps"], s["periods"]) == (steps, stalled, periods)
+        assert np.array_equal(logits_of(t, PROBES[:3]), logits0)  # the parameters came too
+        x, y = H.digits_q("train", "invert")
+        t.step(x[0], y[0])
+        s = t.stats()
+        ended = into + 1 >= 4
+        assert s["steps"] == (steps + 1) % (1 << 32)
+        assert s["periods"] == (periods + ended) % (1 << 32), (steps, into)
 
 
 @pytest.mark.parametrize("what,kind,fn,msg", STATE_DAMAGE, ids=[c[0] for c in STATE_DAMAGE])

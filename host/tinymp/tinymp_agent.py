@@ -1156,11 +1156,12 @@ class Agent:
         if t is None or self.trainer is None:
             raise Fail("state", "no training run")
         tr = self.trainer
-        # this run's counts: a resumed trainer's counters go on from the saved file's
+        # this run's counts: a resumed trainer's counters go on from the saved file's (u32s
+        # that wrap, so the difference is taken modulo 2^32)
         stats, start = self._stats(tr), t.get("stats0") or {}
         for k in ("steps", "stalled_steps", "periods"):
             if isinstance(stats.get(k), int) and isinstance(start.get(k), int):
-                stats[k] -= start[k]
+                stats[k] = (stats[k] - start[k]) % 0x100000000
         rep = {"plan": self._plan_dict(t["plan"]), "stats": stats,
                "high_water": tr.high_water, "steps": t["done"],
                "heap_before": t["heap0"], "heap_after": t["heap1"], "heap_end": _mem_free(),
