@@ -8,8 +8,10 @@
  * The reference is an independent reading of the format (docs/TRAINING.md, "saved parameters"):
  * ref_blob() lays out a trainer's parameters and training state as the format says (version 2,
  * or the parameters alone as version 1), ref_verdict() applies the checks in their documented
- * order. For every configuration below a trainer takes a few steps with APU periods of two
- * steps, so its parameters and state differ from the model's and the plan's. Then:
+ * order. For every configuration below (and for two plans the TinyTrain selection pass chose
+ * from six random samples: tinytrain's, and tinymp's with support samples) a trainer takes a
+ * few steps with APU periods of two steps, so its parameters and state differ from the model's
+ * and the plan's. Then:
  * - a second trainer that loads the blob and the saved one take the same five further steps:
  *   equal losses and equal blobs after (the uninterrupted run is the reference);
  * - a version-1 blob, loaded into that trainer, writes only its records (and their int8 copies)
@@ -22,7 +24,8 @@
  *   record left out or all of them twice, values in the momentum, selection and state records,
  *   a momentum or selection record resized or repeated, a record of an unknown kind, damage to
  *   the version-1 blob, each also with its CRC made valid again; every padding byte of every
- *   selection record), tmp_trainer_params_load on the whole buffer gives ref_verdict()'s status and
+ *   selection record; a state record without a generator, and one with the counters a wrap
+ *   past 2^32 leaves), tmp_trainer_params_load on the whole buffer gives ref_verdict()'s status and
  *   message, and so does reading it in random pieces; the checking pass never changes the
  *   trainer, a failed load changes nothing, and a load that succeeds writes what the format
  *   says (the records it takes, the training state or a fresh one, the counters) and the same
@@ -994,8 +997,32 @@ int main(int argc, char **argv) {
         o.momentum = cfg[j].momentum ? 0.9f : 0.0f;
         o.ratio = cfg[j].ratio;
         if (check(cfg[j].name, o, steps, 2u, 1500u)) {
-            break;
+            free(data);
+            return g_fail;
         }
+    }
+    /* plans chosen by the TinyTrain selection pass over a few samples: tinytrain's own, and
+     * tinymp's initial selection from support samples */
+    const int32_t fm[] = { TMP_METHOD_TINYTRAIN, TMP_METHOD_TINYMP };
+    for (size_t j = 0; j < sizeof fm / sizeof fm[0] && g_fail == 0; j++) {
+        tmp_train_options o = tmp_train_options_default(fm[j]);
+        const tmp_train_options so = tmp_train_selection_options(&o);
+        tmp_train_plan sp;
+        tmp_train_error err;
+        const size_t wsz = tmp_train_workspace_size(&g_m);
+        void *ws = calloc(1, wsz + 8u);
+        CHECK(ws != NULL && tmp_train_plan_make(&g_m, &so, ws, wsz, &sp, &err) == TMP_OK, "selection plan: %s",
+            text(err.msg));
+        uint8_t *sarena = calloc(1, sp.arena_bytes + 8u);
+        tmp_trainer ft;
+        CHECK(sarena != NULL && tmp_trainer_init(&ft, &g_m, &sp, sarena, sp.arena_bytes, 0.05f, 7u) == TMP_OK,
+            "selection trainer");
+        if (run_steps(&ft, 6u, NULL) == 0) {
+            o.fisher = &ft;
+            check(j == 0 ? "tinytrain" : "tinymp r=4 support", o, steps, 2u, 1500u);
+        }
+        free(sarena);
+        free(ws);
     }
     free(data);
     return g_fail;
