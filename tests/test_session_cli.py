@@ -277,6 +277,22 @@ def test_bad_train_and_eval_requests(tmp_path, ready, capsys):
     assert "no samples to train on" in one_line(capsys.readouterr().err)
     assert cli.main(["train", "--budget", "-3", "--port", "sim", "--session", ready]) == 2
     assert "--budget must be a positive" in one_line(capsys.readouterr().err)
+    # values out of the board's range stop before the board is asked (the board's own check,
+    # the same ranges, is test_session_sim's): one line, status 2, nothing written
+    before = _tree(ready)
+    for argv, needle in ((["--lr", "nan"], "--lr must be in (0, 1e+06], got nan"),
+                         (["--lr", "1e9"], "--lr must be in (0, 1e+06]"),
+                         (["--lr", "0"], "--lr must be in (0, 1e+06], got 0.0"),
+                         (["--seed", "-1"], "--seed must be in [0, 4.29497e+09], got -1"),
+                         (["--period", "-1"], "--period must be in [0,"),
+                         (["--r", "16"], "--r must be in [1, 15], got 16"),
+                         (["--ratio", "0"], "--ratio must be in (0, 1]"),
+                         (["--momentum", "1"], "--momentum must be in [0, 0.999]"),
+                         (["--steps", "0"], "--steps must be in [1,"),
+                         (["--epochs", "0"], "--epochs must be in [1,")):
+        assert cli.main(["train", *argv, "--port", "sim", "--session", ready]) == 2, argv
+        assert needle in one_line(capsys.readouterr().err), argv
+    assert _tree(ready) == before
     assert cli.main(["eval", "--port", "sim", "--session", ready]) == 2
     assert "nothing to evaluate on" in one_line(capsys.readouterr().err)
     empty = str(tmp_path / "empty")
@@ -299,4 +315,44 @@ def test_bad_session_configs(tmp_path, capsys):
     (tmp_path / "c.json").write_text("{nope")
     assert cli.main(["session", str(tmp_path / "c.json")]) == 2
     assert "cannot read" in one_line(capsys.readouterr().err)
+    # train values, and a flow with nothing to train on: refused before the board is started
+    # or the session folder written
+    collect = [{"from": HELD}]
+    for cfg, needle in (({"train": {"lr": -1}, "collect": collect}, "train.lr must be in (0, 1e+06]"),
+                        ({"train": {"ratio": 0}, "collect": collect}, "train.ratio must be in (0, 1]"),
+                        ({"train": {"seed": "x"}, "collect": collect}, "train.seed must be an integer"),
+                        ({"train": {"method": "fast"}, "collect": collect}, "train.method must be one of"),
+                        ({"train": {"fresh": 1}, "collect": collect}, "train.fresh must be true or false"),
+                        ({"train": {"budget_kb": 0}, "collect": collect}, "train.budget_kb must be a positive"),
+                        ({}, "nothing to train on")):
+        p = tmp_path / "c.json"
+        p.write_text(json.dumps(dict(cfg, model=DEMO, port="sim", session="s")))
+        assert cli.main(["session", str(p)]) == 2, cfg
+        assert needle in one_line(capsys.readouterr().err), cfg
     assert not os.path.exists(tmp_path / "s")
+
+
+def test_params_save_from_the_command_line_says_what_to_do(ready, capsys):
+    # each command starts the board's agent afresh: RAM holds no trainer to save
+    before = _tree(ready)
+    assert cli.main(["params", "save", "--port", "sim", "--session", ready]) == 2
+    line = one_line(capsys.readouterr().err)
+    assert "no trained parameters in the board's RAM" in line and "--no-save" in line
+    assert _tree(ready) == before
+
+
+def test_model_paths_that_are_folders_and_closed_pipes(tmp_path):
+    for cmd in ("info", "plan", "push"):
+        code, _, err = tinymp_cmd(cmd, str(tmp_path), *(["--port", "sim", "--session", str(tmp_path / "s")]
+                                                         if cmd == "push" else []))
+        assert code == 2 and "is a folder, not a model file" in one_line(err), cmd
+    # the reader of a pipe is gone before the output comes (`tinymp plan --zoo | head -1` once
+    # head has its line): no traceback, the status of a closed pipe
+    for argv in (["plan", "--zoo"], ["info", DEMO, "--layers"]):
+        p = subprocess.Popen([sys.executable, "-m", "tinymp.cli", *argv], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+        p.stdout.close()
+        err = p.stderr.read().decode()
+        assert p.wait(timeout=120) == 141 and err == "", err
+    code, out, _ = tinymp_cmd("--version")
+    assert code == 0 and out.startswith(f"tinymp {tinymp.__version__} ")

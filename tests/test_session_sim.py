@@ -278,6 +278,19 @@ def _import(sess, b, n):
     return meta, ds
 
 
+def test_the_board_refuses_bad_trainer_options_as_a_user_error(sess):
+    """Values the CLI checks up front, sent straight to the agent: the Trainer's ValueError is a
+    refused request (exit 2), not a board failure, and the board trains afterwards."""
+    pushed(sess)
+    with open_sim(sess) as b:
+        meta, ds = _import(sess, b, 10)
+        for opts in ({"lr": 1e9}, {"seed": -1}, {"period": -1}):
+            with pytest.raises(C.SessionError) as e:
+                C.train(b, ds, dict(method="last", **opts), steps=2, show=False)
+            assert e.value.code == 2 and "cannot start training" in str(e.value), opts
+        assert len(C.train(b, ds, {"method": "last"}, steps=2, show=False)["events"]) == 2
+
+
 def test_import_and_sync_resume(sess):
     pushed(sess)
     with open_sim(sess) as b:

@@ -34,7 +34,8 @@ The personalisation session (docs/SESSION.md; the work is in tinymp.session):
     tinymp report [--png DIR] [--m7]           --m7: a Cortex-M7 estimate (emulated)
     tinymp session CONFIG.json                 the whole flow from one config file
 
---port is a serial device, 'sim' (the default when no board is attached) or 'qemu'.
+--port is a serial device, 'sim' or 'sim:PROFILE' (a simulated board), 'qemu', or 'auto' (the
+default: the one attached MicroPython board, else 'sim').
 
 Errors in user input (a missing or corrupted model, a bad argument) print one line starting with
 "tinymp:" and exit with status 2; nothing is written. A failure of the board or the link prints
@@ -53,15 +54,9 @@ class UserError(Exception):
 
 
 def _load(path):
-    import tinymp
-    if not os.path.exists(path):
-        raise UserError(f"tinymp: no such model file: {path}")
-    with open(path, "rb") as f:
-        data = f.read()
-    try:
-        return tinymp.Model(data), data
-    except ValueError as e:
-        raise UserError(f"{e} (in {path})") from None
+    from .session.commands import read_model  # the same checks and messages as `tinymp push`
+    data, m = read_model(path)
+    return m, data
 
 
 def cmd_info(args):
@@ -401,6 +396,7 @@ def cmd_experiment(args):
 def build_parser():
     p = argparse.ArgumentParser(prog="tinymp", description="tinymp: on-device CNN personalisation "
                                 "for microcontrollers (PC tools)")
+    p.add_argument("--version", action="version", version=_version())
     sub = p.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="describe a .tmpm model and what it costs")
     info.add_argument("model")
@@ -453,7 +449,24 @@ def build_parser():
     return p
 
 
+def _version():
+    import tinymp
+    return f"tinymp {tinymp.__version__} (Python {sys.version.split()[0]})"
+
+
 def main(argv=None):
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit
+        return code
+    except BrokenPipeError:
+        # the reader went away (`tinymp plan --zoo | head -1`): stop quietly, as a shell tool
+        # does, and keep Python from reporting the pipe again when it flushes stdout at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+
+
+def _main(argv):
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bench"]:
         from . import bench

@@ -1027,7 +1027,9 @@ class Agent:
         try:
             tr = self.tinymp.Trainer(m, plan, lr=opts.get("lr", 0.01), arena=arena,
                                      seed=opts.get("seed", 1), period=opts.get("period", 0))
-        except (ValueError, MemoryError) as e:
+        except ValueError as e:  # an option out of range: what was asked for, not the board
+            raise Fail("bad_request", "cannot start training: %s" % e)
+        except MemoryError as e:
             raise Fail("trainer", "cannot start training: %s" % e)
         heap1 = _mem_free()
         return plan, tr, heap0, heap1

@@ -151,8 +151,11 @@ def read_model(path):
         raise user_error(f"tinymp: no such model file: {path}")
     if os.path.isdir(path):
         raise user_error(f"tinymp: {path} is a folder, not a model file")
-    with open(path, "rb") as f:
-        data = f.read()
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise user_error(f"tinymp: cannot read {path}: {e.strerror or e}") from None
     try:
         return data, tinymp.Model(data)
     except ValueError as e:
@@ -387,6 +390,46 @@ def import_samples(ds, x, y, sources, board_name=None, show=True):
 
 TRAIN_KEYS = ("method", "budget", "r", "ratio", "storage", "momentum", "n_bias", "macs", "lr",
               "seed", "period", "fresh", "track_accuracy")
+TRAIN_METHODS = ("none", "last", "bias", "sparse", "tinytrain", "full", "tinymp")
+
+# What the board's `plan()` and `Trainer()` accept (docs/API.md), checked here as well so that a
+# bad value stops before anything is sent or written: (kind, low, high, low excluded)
+_TRAIN_RANGES = {
+    "budget": (int, 1, 0xFFFFFFFF, False), "r": (int, 1, 15, False),
+    "ratio": (float, 0.0, 1.0, True), "momentum": (float, 0.0, 0.999, False),
+    "n_bias": (int, -1, 65535, False), "macs": (int, 1, 1 << 62, False),
+    "lr": (float, 0.0, 1e6, True), "seed": (int, 0, 0xFFFFFFFF, False),
+    "period": (int, 0, 0xFFFFFFFF, False), "steps": (int, 1, 1 << 31, False),
+    "epochs": (int, 1, 1 << 20, False),
+}
+
+
+def check_train_options(opts, name=lambda k: "--" + k.replace("_", "-")):
+    """Raise a user error (exit 2) for the first training option (TRAIN_KEYS, steps, epochs) of
+    the wrong type or out of the board's range; None values are the defaults. `name` spells an
+    option as the user wrote it."""
+    for k, v in opts.items():
+        if v is None:
+            continue
+        if k == "method":
+            if v not in TRAIN_METHODS:
+                raise user_error(f"tinymp: {name(k)} must be one of {', '.join(TRAIN_METHODS)}, "
+                                 f"got {v!r}")
+        elif k == "storage":
+            if v not in ("int8", "fp32"):
+                raise user_error(f"tinymp: {name(k)} must be 'int8' or 'fp32', got {v!r}")
+        elif k in ("fresh", "track_accuracy", "save"):
+            if not isinstance(v, bool):
+                raise user_error(f"tinymp: {name(k)} must be true or false, got {v!r}")
+        elif k in _TRAIN_RANGES:
+            kind, lo, hi, open_lo = _TRAIN_RANGES[k]
+            ok_type = isinstance(v, int) if kind is int else isinstance(v, (int, float))
+            if isinstance(v, bool) or not ok_type:
+                raise user_error(f"tinymp: {name(k)} must be {'an integer' if kind is int else 'a number'}"
+                                 f", got {v!r}")
+            if not ((lo < v if open_lo else lo <= v) and v <= hi):  # NaN fails both
+                what = f"{'(' if open_lo else '['}{lo:g}, {hi:g}]"
+                raise user_error(f"tinymp: {name(k)} must be in {what}, got {v!r}")
 
 
 def train(board, ds, options, steps=None, epochs=None, save=True, show=True, session=None):

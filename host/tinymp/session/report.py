@@ -10,6 +10,7 @@ everywhere, and it is shown only when the emulator made the same plan as the boa
 """
 import hashlib
 import os
+import shlex
 import subprocess
 import textwrap
 
@@ -250,8 +251,17 @@ def format_text(rep):
     return "\n".join(lines)
 
 
-M7_HINT = ("Cortex-M7 estimate: run `tinymp report --m7` (emulated; needs qemu-system-arm, "
-           "`make bench-train-elf`)")
+def m7_hint(session_path=None):
+    """The line that says how to get the Cortex-M7 estimate of this session: the command names
+    the session folder unless it is the default one in the current folder."""
+    cmd = "tinymp report --m7"
+    if session_path:
+        here = os.path.abspath("tinymp-session")
+        if os.path.abspath(session_path) != here:
+            rel = os.path.relpath(session_path)
+            cmd += " --session " + shlex.quote(session_path if rel.startswith("..") else rel)
+    return (f"Cortex-M7 estimate: run `{cmd}` (emulated; needs qemu-system-arm, "
+            "`make bench-train-elf`)")
 
 
 def _m7_lines(rep):
@@ -259,7 +269,7 @@ def _m7_lines(rep):
     if not rep.get("train"):
         return []
     if est is None:
-        return [M7_HINT]
+        return [m7_hint(rep.get("session"))]
     if "error" in est:
         return ["", f"Cortex-M7 estimate: not available: {est['error']}"]
     ins, ms = est["instructions"], est["estimate"]

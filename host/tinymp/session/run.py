@@ -9,7 +9,7 @@ import time
 from .. import boards, summary
 from . import commands as C
 from . import protocol as P
-from .dataset import DatasetError
+from .dataset import Dataset, DatasetError
 from .link import BoardError, LinkError
 
 
@@ -181,21 +181,16 @@ def _train_options(args):
          "ratio": args.ratio, "storage": args.storage, "momentum": args.momentum,
          "period": args.period, "fresh": args.fresh or None}
     if args.budget is not None:
-        if args.budget <= 0:
-            raise C.user_error("tinymp: --budget must be a positive number of KB")
+        if not args.budget > 0 or args.budget * 1024 > 0xFFFFFFFF:
+            raise C.user_error("tinymp: --budget must be a positive number of KB (below 4 TB)")
         o["budget"] = int(args.budget * 1024)
-    if args.lr is not None and not args.lr > 0:
-        raise C.user_error("tinymp: --lr must be > 0")
+    C.check_train_options(dict(o, steps=args.steps, epochs=args.epochs))
     return o
 
 
 def cmd_train(args):
     session = _session(args)
     opts = _train_options(args)
-    if args.steps is not None and args.steps < 1:
-        raise C.user_error("tinymp: --steps must be >= 1")
-    if args.epochs is not None and args.epochs < 1:
-        raise C.user_error("tinymp: --epochs must be >= 1")
     with _open(args, session) as board:
         meta = C.model_meta(board.info)
         ds = C.open_dataset(session, meta, _board_name(board))
@@ -279,6 +274,11 @@ def cmd_params(args):
         try:
             rep = board.request(req)
         except BoardError as e:
+            if args.action == "save" and e.code == "state":
+                # every command starts the board's agent afresh, so RAM holds no trainer here
+                raise C.user_error("tinymp: save: no trained parameters in the board's RAM: each "
+                                   "tinymp command starts the board afresh, and `tinymp train` "
+                                   "saves its result itself unless given --no-save") from None
             raise C.SessionError(f"tinymp: {args.action}: {e.msg}") from None
     if args.json:
         _emit(args, rep)
@@ -368,6 +368,14 @@ def load_config(path):
     bad = set(tr) - allowed
     if bad:
         raise C.user_error(f"tinymp: {path}: unknown train options {', '.join(sorted(bad))}")
+    # every value now, before the board is touched or anything is written
+    kb = tr.get("budget_kb")
+    if kb is not None and (isinstance(kb, bool) or not isinstance(kb, (int, float)) or
+                           not 0 < kb <= 0xFFFFFFFF / 1024):
+        raise C.user_error(f"tinymp: {path}: train.budget_kb must be a positive number of KB, "
+                           f"got {kb!r}")
+    C.check_train_options({k: v for k, v in tr.items() if k != "budget_kb"},
+                          name=lambda k: f"{path}: train.{k}")
     return cfg
 
 
@@ -388,6 +396,9 @@ def run_session(cfg, args, out=print):
             raise C.user_error(f"tinymp: no such samples file: {c['from']}")
     if eval_src and not os.path.exists(eval_src):
         raise C.user_error(f"tinymp: no such samples file: {eval_src}")
+    if not cfg.get("collect") and not _dataset_size(session.dataset_dir):
+        raise C.user_error(f"tinymp: nothing to train on: the config collects no samples and "
+                           f"{session.path} holds none; add a 'collect' item")
     ns = _ns(args, port=cfg.get("port", getattr(args, "port", "auto")),
              board=cfg.get("board", getattr(args, "board", boards.DEFAULT_SIM)),
              scene=cfg.get("scene"))
@@ -473,6 +484,17 @@ def run_session(cfg, args, out=print):
     return rep
 
 
+def _dataset_size(path):
+    """Samples in the dataset folder at `path`: 0 when there is none, -1 when it cannot be read
+    (the flow then says why)."""
+    if not os.path.exists(os.path.join(path, "manifest.json")):
+        return 0
+    try:
+        return len(Dataset.open(path))
+    except DatasetError:
+        return -1
+
+
 def _ns(args, **kw):
     import argparse
     d = dict(vars(args))
@@ -549,8 +571,8 @@ def cmd_demo(args):
 
 def _board_args(p, json_flag=True):
     p.add_argument("--port", default="auto",
-                   help="serial device, 'sim' (simulated board; the default when no board is "
-                        "attached) or 'qemu'")
+                   help="serial device, 'sim' or 'sim:PROFILE' (simulated board), 'qemu', or "
+                        "'auto' (default: the one attached MicroPython board, else 'sim')")
     p.add_argument("--board", default=boards.DEFAULT_SIM,
                    help=f"board profile of the simulated board (default {boards.DEFAULT_SIM})")
     p.add_argument("--session", default="tinymp-session",
@@ -600,7 +622,9 @@ def add_parsers(sub):
     p.add_argument("--momentum", type=float)
     p.add_argument("--period", type=int, help="APU period in steps")
     p.add_argument("--fresh", action="store_true", help="start from the pretrained weights")
-    p.add_argument("--no-save", action="store_true", help="keep the result in RAM only")
+    p.add_argument("--no-save", action="store_true",
+                   help="a trial run: do not save the result (the board keeps its last saved "
+                        "parameters; the trained ones are gone when the command ends)")
     _board_args(p)
     p.set_defaults(func=cmd_train)
 
