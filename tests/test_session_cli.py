@@ -74,6 +74,30 @@ def test_demo_personalises_the_model(demo_run):
     assert {r["source"] for r in ds.records} == {"capture"}
 
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_readme_quotes_the_demo_as_it_prints(demo_run):
+    """README's "What `make demo` prints" block: its accuracy lines are the demo's own (the PC
+    build's figures are the same on every run)."""
+    _, out = demo_run
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = f.read()
+    quoted = [ln for ln in readme.splitlines()
+              if ln.startswith(("train      600 steps", "evaluate   after:"))]
+    assert len(quoted) == 2, quoted
+    for ln in quoted:
+        assert ln in out.splitlines(), ln
+
+
+def test_readme_plan_table_is_what_plan_prints(capsys):
+    assert cli.main(["plan", "--zoo"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    with open(os.path.join(ROOT, "README.md")) as f:
+        block = f.read().split("`make plan` prints", 1)[1].split("```", 2)[1].strip().splitlines()
+    assert len(block) >= 9 and all(ln.rstrip() in (p.rstrip() for p in printed) for ln in block)
+
+
 def test_demo_folder_rules(demo_run, tmp_path):
     # the demo folder is replaced on a second run (--json prints the report); another folder is
     # never touched
