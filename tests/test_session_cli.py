@@ -307,7 +307,7 @@ def test_bad_train_and_eval_requests(tmp_path, ready, capsys):
     for argv, needle in ((["--lr", "nan"], "--lr must be in (0, 1e+06], got nan"),
                          (["--lr", "1e9"], "--lr must be in (0, 1e+06]"),
                          (["--lr", "0"], "--lr must be in (0, 1e+06], got 0.0"),
-                         (["--seed", "-1"], "--seed must be in [0, 4.29497e+09], got -1"),
+                         (["--seed", "-1"], "--seed must be in [0, 4294967295], got -1"),
                          (["--period", "-1"], "--period must be in [0,"),
                          (["--r", "16"], "--r must be in [1, 15], got 16"),
                          (["--ratio", "0"], "--ratio must be in (0, 1]"),

@@ -428,7 +428,8 @@ def check_train_options(opts, name=lambda k: "--" + k.replace("_", "-")):
                 raise user_error(f"tinymp: {name(k)} must be {'an integer' if kind is int else 'a number'}"
                                  f", got {v!r}")
             if not ((lo < v if open_lo else lo <= v) and v <= hi):  # NaN fails both
-                what = f"{'(' if open_lo else '['}{lo:g}, {hi:g}]"
+                span = f"{lo}, {hi}" if kind is int else f"{lo:g}, {hi:g}"
+                what = f"{'(' if open_lo else '['}{span}]"
                 raise user_error(f"tinymp: {name(k)} must be in {what}, got {v!r}")
 
 
