@@ -182,7 +182,7 @@ def _train_options(args):
          "period": args.period, "fresh": args.fresh or None}
     if args.budget is not None:
         if not args.budget > 0 or args.budget * 1024 > 0xFFFFFFFF:
-            raise C.user_error("tinymp: --budget must be a positive number of KB (below 4 TB)")
+            raise C.user_error("tinymp: --budget must be a positive number of KB, at most 4,194,303")
         o["budget"] = int(args.budget * 1024)
     C.check_train_options(dict(o, steps=args.steps, epochs=args.epochs))
     return o
