@@ -339,9 +339,25 @@ def test_bad_session_configs(tmp_path, capsys):
     (tmp_path / "c.json").write_text("{nope")
     assert cli.main(["session", str(tmp_path / "c.json")]) == 2
     assert "cannot read" in one_line(capsys.readouterr().err)
-    # train values, and a flow with nothing to train on: refused before the board is started
-    # or the session folder written
+    # train values, samples files whose content is wrong (for training or for evaluation), and
+    # a flow with nothing to train on: refused before the board is started or the session
+    # folder written
     collect = [{"from": HELD}]
+    np.savez(tmp_path / "labels.npz", x=np.zeros((2, 32, 32), np.uint8), y=np.array([0, 10]))
+    np.savez(tmp_path / "shape.npz", x=np.zeros((2, 28, 28), np.uint8), y=np.zeros(2, int))
+    (tmp_path / "junk.npz").write_bytes(b"not numpy")
+    for cfg, needle in (({"collect": [{"from": str(tmp_path / "labels.npz")}]},
+                         "label 10 of sample 1 is out of range 0..9"),
+                        ({"collect": collect + [{"from": str(tmp_path / "junk.npz")}]},
+                         "cannot read samples"),
+                        ({"collect": collect, "eval": str(tmp_path / "shape.npz")},
+                         "have shape (28, 28, 1)"),
+                        ({"collect": collect, "eval": str(tmp_path / "none.npz")},
+                         "no such samples file")):
+        p = tmp_path / "c.json"
+        p.write_text(json.dumps(dict(cfg, model=DEMO, port="sim", session="s")))
+        assert cli.main(["session", str(p)]) == 2, cfg
+        assert needle in one_line(capsys.readouterr().err), cfg
     for cfg, needle in (({"train": {"lr": -1}, "collect": collect}, "train.lr must be in (0, 1e+06]"),
                         ({"train": {"ratio": 0}, "collect": collect}, "train.ratio must be in (0, 1]"),
                         ({"train": {"seed": "x"}, "collect": collect}, "train.seed must be an integer"),

@@ -391,11 +391,17 @@ def run_session(cfg, args, out=print):
     epochs, steps = tr.pop("epochs", None), tr.pop("steps", None)
     save = tr.pop("save", True)
     eval_src = cfg.get("eval")
-    for c in cfg.get("collect") or []:  # check every input before the board is touched
-        if "from" in c and not os.path.exists(c["from"]):
-            raise C.user_error(f"tinymp: no such samples file: {c['from']}")
-    if eval_src and not os.path.exists(eval_src):
-        raise C.user_error(f"tinymp: no such samples file: {eval_src}")
+    # read every samples file now, against the model file's input and classes, so that a bad
+    # file stops the flow before the board is touched or anything is written
+    loaded = {}
+    for src in [c["from"] for c in cfg.get("collect") or [] if "from" in c] + \
+            ([eval_src] if eval_src else []):
+        if src not in loaded:
+            try:
+                loaded[src] = C.load_samples(src, m.input_shape, m.input_scale,
+                                             m.input_zero_point, m.num_classes)
+            except DatasetError as e:
+                raise C.user_error(str(e)) from None
     if not cfg.get("collect") and not _dataset_size(session.dataset_dir):
         raise C.user_error(f"tinymp: nothing to train on: the config collects no samples and "
                            f"{session.path} holds none; add a 'collect' item")
@@ -429,11 +435,7 @@ def run_session(cfg, args, out=print):
         ds = C.open_dataset(session, meta, name)
         for c in cfg.get("collect") or []:
             if "from" in c:
-                try:
-                    x, y, src = C.load_samples(c["from"], meta["input_shape"], meta["input_scale"],
-                                               meta["input_zero_point"], meta["num_classes"])
-                except DatasetError as e:
-                    raise C.user_error(str(e)) from None
+                x, y, src = loaded[c["from"]]
                 added = C.import_samples(ds, x, y, src, board_name=name, show=show)
                 out(f"collect    {added} samples from {os.path.basename(c['from'])}")
             else:
@@ -449,11 +451,7 @@ def run_session(cfg, args, out=print):
                     f"{' '.join(str(int(v)) for v in ds.counts())}")
         C.sync_samples(board, ds, show=show)
         if eval_src:
-            try:
-                xe, ye, srce = C.load_samples(eval_src, meta["input_shape"], meta["input_scale"],
-                                              meta["input_zero_point"], meta["num_classes"])
-            except DatasetError as e:
-                raise C.user_error(str(e)) from None
+            xe, ye, srce = loaded[eval_src]
             eds = C.open_dataset(session, meta, name, session.eval_dir)
             C.import_samples(eds, xe, ye, srce, board_name=name, show=show)
         x, y, what = C.eval_data(session, meta, None)
