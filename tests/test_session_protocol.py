@@ -199,3 +199,26 @@ def test_value_decoders_refuse_bombs():
             P.unpack(blob)
         with pytest.raises(ValueError):
             A.decode(blob)
+
+
+def test_the_agent_is_pasted_in_pieces_that_compile_alone():
+    # a board without the frozen agent compiles it piece by piece (the raw REPL keeps one set of
+    # globals): the pieces are the whole source, each compiles on its own, and run one after
+    # the other they define what the module defines
+    from tinymp.session import link
+    src = link._agent_source()
+    pieces = link.agent_chunks(most=8192)
+    assert b"".join(pieces) == src and len(pieces) > 1
+    import ast
+    assert all(len(p) <= 8192 or len(ast.parse(p).body) == 1
+               for p in pieces)  # only a single long statement (the Agent class) goes over
+    g = {"__name__": "__main__"}
+    for p in pieces:
+        exec(compile(p, "<board>", "exec"), g)
+    names = {k for k in vars(A) if not k.startswith("__")}
+    assert names <= set(g) and g["AGENT_VERSION"] == A.AGENT_VERSION
+    assert set(g["Agent"].HANDLERS) == set(A.Agent.HANDLERS)
+    # a source whose statements are all short: every piece within the limit
+    small = b"".join(b"x%d = %d\n" % (i, i) for i in range(2000))
+    cut = link.agent_chunks(small, most=1000)
+    assert b"".join(cut) == small and max(map(len, cut)) <= 1000 and len(cut) > 10

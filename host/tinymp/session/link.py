@@ -311,6 +311,30 @@ def _agent_source():
         return f.read()
 
 
+def agent_chunks(source=None, most=8192):
+    """The agent's source cut between top-level statements into pieces of about `most` bytes
+    (a statement longer than that, such as the Agent class, is one piece). The raw REPL compiles
+    each piece on its own into the same globals, so a board needs the heap for the largest
+    piece's parse tree, not the whole module's: QEMU's 140 KB heap could not compile the module
+    at once."""
+    import ast
+    src = _agent_source() if source is None else source
+    lines = src.splitlines(True)
+    starts = [min([n.lineno] + [d.lineno for d in getattr(n, "decorator_list", [])]) - 1
+              for n in ast.parse(src).body]
+    starts = [0] + starts[1:] + [len(lines)]
+    pieces, cur = [], b""
+    for a, b in zip(starts, starts[1:]):
+        part = b"".join(lines[a:b])
+        if cur and len(cur) + len(part) > most:
+            pieces.append(cur)
+            cur = b""
+        cur += part
+    if cur:
+        pieces.append(cur)
+    return pieces
+
+
 def start_agent(transport, soft_reset=True):
     """Through mpremote's transport: enter the raw REPL and start the agent (the frozen
     `tinymp_agent` when the firmware has it, else the PC's copy pasted in). Returns whether the
@@ -321,7 +345,9 @@ def start_agent(transport, soft_reset=True):
     if b"TMA1" in probe:
         transport.exec_raw_no_follow("import tinymp_agent\ntinymp_agent.main()\n")
         return False
-    transport.exec_raw_no_follow(_agent_source() + b"\nmain()\n")
+    for piece in agent_chunks():
+        transport.exec(piece)  # raises TransportExecError with the board's traceback
+    transport.exec_raw_no_follow(b"main()\n")
     return True
 
 
