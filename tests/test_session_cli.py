@@ -2,6 +2,7 @@
 before), a session from a config file, report/--json/--png, devices, and bad user input: one
 clear line, a non-zero exit, nothing half-written."""
 import json
+import re
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import pytest
 
 import tinymp
 from tinymp import cli, zoo
+from tinymp.session import commands as C
 from tinymp.session import dataset as D
 
 MODELS = os.path.join(os.path.dirname(tinymp.__file__), "models")
@@ -372,13 +374,47 @@ def test_bad_session_configs(tmp_path, capsys):
     assert not os.path.exists(tmp_path / "s")
 
 
-def test_params_save_from_the_command_line_says_what_to_do(ready, capsys):
-    # each command starts the board's agent afresh: RAM holds no trainer to save
-    before = _tree(ready)
-    assert cli.main(["params", "save", "--port", "sim", "--session", ready]) == 2
+def test_a_trial_run_from_the_command_line(tmp_path, capsys):
+    # train --no-save keeps the run aside; a later command measures it and saves it
+    s = str(tmp_path / "s")
+    assert cli.main(["push", DEMO, "--port", "sim", "--session", s, "-q"]) == 0
+    assert cli.main(["collect", "--from", HELD, "--port", "sim", "--session", s, "-q"]) == 0
+    capsys.readouterr()
+    before = _tree(s)
+    assert cli.main(["params", "save", "--port", "sim", "--session", s]) == 2
     line = one_line(capsys.readouterr().err)
-    assert "no trained parameters in the board's RAM" in line and "--no-save" in line
-    assert _tree(ready) == before
+    assert "nothing unsaved to save" in line and "--no-save" in line
+    assert cli.main(["eval", "--trial", "--port", "sim", "--session", s, "-q"]) == 2
+    assert "holds no trial run" in one_line(capsys.readouterr().err)
+    assert _tree(s) == before
+    assert cli.main(["train", "--no-save", "--method", "full", "--lr", "0.001", "--port", "sim",
+                     "--session", s, "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "NOT saved, kept as a trial run" in out and "tinymp eval --trial" in out
+    accuracy = lambda text: re.search(r"accuracy ([\d.]+)% \((\w+) parameters", text).groups()  # noqa: E731
+    assert cli.main(["eval", "--port", "sim", "--session", s, "-q"]) == 0
+    assert accuracy(capsys.readouterr().out)[1] == "pretrained"  # nothing saved yet
+    assert cli.main(["eval", "--trial", "--port", "sim", "--session", s, "-q"]) == 0
+    acc, used = accuracy(capsys.readouterr().out)
+    assert used == "trial"
+    assert cli.main(["params", "save", "--port", "sim", "--session", s]) == 0
+    assert "the trial run is now the board's saved parameters" in capsys.readouterr().out
+    assert cli.main(["eval", "--port", "sim", "--session", s, "-q"]) == 0
+    assert accuracy(capsys.readouterr().out) == (acc, "personalised")
+
+
+def test_an_older_agent_is_refused_what_it_would_misread():
+    # a frozen agent of version 1 reads params="trial" as "personalised": refuse, do not ask
+    class Old:
+        info = {"agent": "1"}
+    with pytest.raises(C.SessionError) as e:
+        C.need_agent(Old, 2, "trial runs")
+    assert e.value.code == 2 and "version 2 or later; this board runs version 1" in str(e.value)
+    Old.info = {"agent": "2"}
+    C.need_agent(Old, 2, "trial runs")
+    Old.info = {}
+    with pytest.raises(C.SessionError):
+        C.need_agent(Old, 2, "trial runs")
 
 
 def test_model_paths_that_are_folders_and_closed_pipes(tmp_path):

@@ -85,6 +85,16 @@ def test_agent_on_micropython(tmp_path, bitwise_crc):
             rec = C.train(b, ds, {"method": "tinymp", "lr": 0.002, "seed": 5}, steps=30,
                           show=False)
             ev_after = C.evaluate(b, x, y, "personalised", show=False, num_classes=10)
+            # a trial run on MicroPython's filesystem: kept aside, measured, then saved
+            trial = C.train(b, ds, {"method": "tinymp", "lr": 0.002, "seed": 6}, steps=5,
+                            save=False, show=False)
+            assert trial["end"]["trial"] is True
+            assert (tmp_path / "flash" / "params.try").exists()
+            kept = (tmp_path / "flash" / "params.bin").read_bytes()
+            assert C.evaluate(b, x[:8], y[:8], "trial", show=False, num_classes=10)["params"] == "trial"
+            assert b.request(P.PARAMS_SAVE) == {"saved": True, "from": "trial"}
+            assert not (tmp_path / "flash" / "params.try").exists()
+            assert (tmp_path / "flash" / "params.prev").read_bytes() == kept
     with open(tmp_path / "flash" / "model.tmpm", "rb") as f:
         assert f.read() == data
     m = tinymp.Model(data)

@@ -495,6 +495,71 @@ def test_save_rollback_reset(sess):
         assert e.value.code == "nothing"
 
 
+def test_a_trial_run_is_kept_aside_until_saved(sess):
+    """`train --no-save` keeps the run as a trial (params.try) next to the saved parameters: a
+    later connection (each command starts the agent afresh) evaluates it and PARAMS_SAVE makes
+    it the saved one; anything that changes the saved parameters drops it."""
+    pushed(sess)
+    fl = flash(sess)
+    with open_sim(sess) as b:
+        meta, ds = _import(sess, b, 80)
+        xe, ye = held_out(meta, 80)
+        pre = C.evaluate(b, xe, ye, "pretrained", show=False)
+        C.train(b, ds, {"method": "full", "lr": 0.001, "seed": 1}, epochs=1, show=False)
+        one = C.evaluate(b, xe, ye, "personalised", show=False)
+    saved = open(os.path.join(fl, "params.bin"), "rb").read()
+    with open_sim(sess) as b:
+        with pytest.raises(link.BoardError) as e:  # none yet
+            C.evaluate(b, xe, ye, "trial", show=False)
+        assert e.value.code == "nothing"
+        run = C.train(b, ds, {"method": "full", "lr": 0.001, "seed": 2}, epochs=1, save=False,
+                      show=False)
+        assert run["end"]["saved"] is False and run["end"]["trial"] is True
+        assert report.train_summary(run)["trial"] is True
+        ram = C.evaluate(b, xe, ye, "trial", show=False)
+    assert ram["params"] == "trial"
+    assert ram["confusion"] != one["confusion"] and ram["confusion"] != pre["confusion"]
+    assert open(os.path.join(fl, "params.bin"), "rb").read() == saved
+    assert b.info["trial"] is None  # INFO was read before the run
+    with open_sim(sess) as b:  # a fresh agent: the trial from its file, the saved run untouched
+        assert b.info["trial"]["options"]["seed"] == 2
+        assert C.evaluate(b, xe, ye, "personalised", show=False)["confusion"] == one["confusion"]
+        assert C.evaluate(b, xe, ye, "trial", show=False)["confusion"] == ram["confusion"]
+    with open_sim(sess) as b:
+        assert b.request(P.PARAMS_SAVE) == {"saved": True, "from": "trial"}
+        assert C.evaluate(b, xe, ye, "personalised", show=False)["confusion"] == ram["confusion"]
+        with pytest.raises(link.BoardError) as e:  # promoted: no trial left
+            b.request(P.PARAMS_SAVE)
+        assert e.value.code == "state"
+        b.request(P.PARAMS_ROLLBACK)  # the run saved before the trial
+        assert C.evaluate(b, xe, ye, "personalised", show=False)["confusion"] == one["confusion"]
+    assert not os.path.exists(os.path.join(fl, "params.try"))
+    # a saved run, a reset and a rollback each drop the trial (it started from what was saved)
+    for drop in ("train", P.PARAMS_RESET, P.PARAMS_ROLLBACK):
+        with open_sim(sess) as b:
+            C.train(b, ds, {"method": "full", "lr": 0.001, "seed": 3}, steps=5, save=False,
+                    show=False)
+            assert os.path.exists(os.path.join(fl, "params.try"))
+            if drop == "train":
+                C.train(b, ds, {"method": "full", "lr": 0.001, "seed": 4}, steps=5, show=False)
+            else:
+                b.request(drop)
+            with pytest.raises(link.BoardError) as e:
+                C.evaluate(b, xe, ye, "trial", show=False)
+            assert e.value.code == "nothing", drop
+        assert not os.path.exists(os.path.join(fl, "params.try")), drop
+    # no room for the trial (here: its name is taken): the run is reported, nothing else changes
+    os.mkdir(os.path.join(fl, "params.try"))
+    saved = open(os.path.join(fl, "params.bin"), "rb").read()
+    with open_sim(sess) as b:
+        run = C.train(b, ds, {"method": "full", "lr": 0.001, "seed": 5}, steps=5, save=False,
+                      show=False)
+        assert run["end"]["trial"] is False and run["end"]["trial_error"]
+        # this connection still holds the run in RAM, and can save it from there
+        assert b.request(P.PARAMS_SAVE) == {"saved": True, "from": "ram"}
+    assert open(os.path.join(fl, "params.prev"), "rb").read() == saved
+
+
 def test_training_budget_is_the_profiles(sess):
     pushed(sess)
     with open_sim(sess) as b:

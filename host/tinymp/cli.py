@@ -29,7 +29,7 @@ The personalisation session (docs/SESSION.md; the work is in tinymp.session):
     tinymp push MODEL [--port P]               push a model to the board
     tinymp collect --label L --count N | --from FILE [--eval]
     tinymp train [--method M] [--budget KB] [--epochs E]
-    tinymp eval [--data FILE] [--pretrained|--both]
+    tinymp eval [--data FILE] [--pretrained|--both|--trial]
     tinymp params save|rollback|reset
     tinymp report [--png DIR] [--m7]           --m7: a Cortex-M7 estimate (emulated)
     tinymp session CONFIG.json                 the whole flow from one config file

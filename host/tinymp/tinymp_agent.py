@@ -42,10 +42,11 @@ try:
 except ImportError:  # pragma: no cover
     hashlib = None
 
-AGENT_VERSION = "1"
+AGENT_VERSION = "2"  # 2: trial runs (params.try)
 PROTOCOL = 1
 MAGIC = b"\xa5T"
 HEADER = 12
+TRIAL_FILES = ("params.try", "params.try.opt")  # a run trained without saving, kept for PARAMS_SAVE
 MAX_PAYLOAD = 65536  # the largest frame payload the agent ever accepts; INFO says what it takes
 
 # request types
@@ -541,6 +542,8 @@ class Agent:
         self.model_data = None
         self.model_sha = None
         self.trainer = None
+        self.trainer_unsaved = False  # self.trainer holds a run that was not saved
+        self.trial = None        # a Trainer with the kept trial run loaded (for PREDICT)
         self.support_used = 0
         self.trainer_opts = None
         self.push = None
@@ -593,7 +596,7 @@ class Agent:
         new, cur = self._p("model.new"), self._p("model.tmpm")
         if _exists(new):
             _replace(new, cur)
-        for name in ("params.bin", "params.opt"):
+        for name in ("params.bin", "params.opt", "params.try", "params.try.opt"):
             p = self._p(name)
             if _exists(p + ".tmp") and not _exists(p):
                 _remove(p + ".tmp")
@@ -656,7 +659,7 @@ class Agent:
             return {"present": present, "written": False, "in_place": False,
                     "state": "unwritable" if present else "absent", "warning": None,
                     "image_bytes": None, "segment_bytes": None}
-        self.model = self.trainer = self.train = None  # nothing may read the segment meanwhile
+        self.model = self.trainer = self.train = self.trial = None  # nothing may read the segment meanwhile
         if gc is not None:
             gc.collect()
         return self.rom.commit(sha, size, self._p("model.tmpm"))
@@ -715,6 +718,7 @@ class Agent:
             "samples": {"count": self.store.count, "last_id": self.store.last_id,
                         "dataset": self.store.uid, "bytes": self.store.size},
             "params": params,
+            "trial": self._read_trial(),
         }
 
     def do_bye(self, req):
@@ -803,7 +807,7 @@ class Agent:
                            "board has %d" % (m.inference_arena_bytes, budget))
             m = None
         # commit: the previous model stays in place until this rename
-        self.model = self.trainer = self.train = None
+        self.model = self.trainer = self.train = self.trial = None
         if gc is not None:
             gc.collect()
         new = self._p("model.new")
@@ -812,7 +816,7 @@ class Agent:
         self.model_sha = p["sha"]
         self.push = None
         # personalised parameters belong to the previous model
-        for name in ("params.bin", "params.prev", "params.opt", "train.rep"):
+        for name in ("params.bin", "params.prev", "params.opt", "train.rep") + TRIAL_FILES:
             _remove(self._p(name))
         # the model is committed; a copy in ROMFS is an addition that may fail on its own
         rom = self._romfs_commit(p["sha"], p["size"])
@@ -985,6 +989,23 @@ class Agent:
         v["previous"] = _exists(self._p("params.prev"))
         return v
 
+    def _read_trial(self):
+        """The kept trial run's record (model, options, time), or None: a run trained without
+        saving (TRAIN_END save=False) that PARAMS_SAVE can still keep."""
+        if not _exists(self._p("params.try")):
+            return None
+        try:
+            with open(self._p("params.try.opt"), "rb") as f:
+                v = decode(f.read())
+        except (OSError, ValueError):
+            return None
+        return v if isinstance(v, dict) else None
+
+    def _drop_trial(self):
+        self.trial = None
+        for name in TRIAL_FILES:
+            _remove(self._p(name))
+
     def _plan_options(self, opts):
         kw = {}
         for k in ("method", "budget", "r", "ratio", "storage", "momentum", "n_bias", "macs"):
@@ -1053,7 +1074,8 @@ class Agent:
         opts = req if isinstance(req, dict) else {}
         if self.store.count == 0:
             raise Fail("no_samples", "the board holds no samples: collect some first")
-        self.trainer = self.train = None
+        self.trainer = self.train = self.trial = None
+        self.trainer_unsaved = False
         if gc is not None:
             gc.collect()
         plan, tr, heap0, heap1 = self._make_trainer(opts)
@@ -1074,6 +1096,7 @@ class Agent:
             raise Fail("bad_request", "steps must be >= 0")
         self.trainer = tr
         self.trainer_opts = opts
+        self.trainer_unsaved = True
         self.train = {"plan": plan, "opts": opts, "done": 0, "total": steps,
                       "rng": Rng(opts.get("seed", 1)), "order": [], "heap0": heap0,
                       "heap1": heap1, "buf": bytearray(self._sample_bytes(self.model)),
@@ -1141,17 +1164,34 @@ class Agent:
             n -= 1
         return {"events": events, "done": t["done"], "total": t["total"]}
 
-    def _save_params(self, opts):
-        p, prev = self._p("params.bin"), self._p("params.prev")
-        if _exists(p):
-            _replace(p, prev)
-        self.trainer.save(p)
+    def _opt_record(self, opts):
         o = {}
         for k in opts:
             if k not in ("support",):
                 o[k] = opts[k]
-        _write_file(self._p("params.opt"), encode({"model": self._model_sha(), "options": o,
-                                                   "time": _now()}))
+        return encode({"model": self._model_sha(), "options": o, "time": _now()})
+
+    def _save_params(self, opts):
+        # a trial belongs to the saved parameters it started from: once they change, it goes
+        self._drop_trial()
+        p, prev = self._p("params.bin"), self._p("params.prev")
+        if _exists(p):
+            _replace(p, prev)
+        self.trainer.save(p)
+        _write_file(self._p("params.opt"), self._opt_record(opts))
+
+    def _keep_trial(self, opts):
+        """Keep the trainer's parameters as the trial run (params.try), which PARAMS_SAVE can
+        make the saved ones later. Returns None, or why they could not be kept (e.g. no room);
+        the saved parameters are never touched."""
+        self._drop_trial()
+        try:
+            self.trainer.save(self._p("params.try"))
+            _write_file(self._p("params.try.opt"), self._opt_record(opts))
+        except (OSError, ValueError) as e:
+            self._drop_trial()
+            return str(e) or type(e).__name__
+        return None
 
     def do_train_end(self, req):
         t = self.train
@@ -1170,7 +1210,15 @@ class Agent:
                "clock": self.board.get("clock", "board"), "saved": False}
         if isinstance(req, dict) and req.get("save", True):
             self._save_params(t["opts"])
+            self.trainer_unsaved = False
             rep["saved"] = True
+        else:
+            why = self._keep_trial(t["opts"])
+            rep["trial"] = why is None
+            if why is None:
+                self.trial = tr  # the trial's parameters, already in RAM
+            else:
+                rep["trial_error"] = why
         self.report = rep
         try:
             _write_file(self._p("train.rep"), encode(rep))
@@ -1181,11 +1229,13 @@ class Agent:
 
     def _trainer_for_eval(self):
         if self.trainer is not None:
-            return self.trainer, "personalised"
+            # a run of this connection that was not saved is the trial, not the saved parameters
+            return self.trainer, "trial" if self.trainer_unsaved else "personalised"
         saved = self._read_opt()
         if not saved or not saved.get("saved") or saved.get("model") != self._model_sha():
             return None, "pretrained"
         opts = saved.get("options") or {}
+        self.trial = None  # one training arena at a time
         plan, tr, _, _ = self._make_trainer(opts)
         try:
             tr.load(self._p("params.bin"))
@@ -1195,6 +1245,23 @@ class Agent:
         self.trainer_opts = opts
         return tr, "personalised"
 
+    def _trainer_for_trial(self):
+        trial = self._read_trial()
+        if trial is None or trial.get("model") != self._model_sha():
+            raise Fail("nothing", "no trial run on the board (train with save off first)")
+        if self.trial is None:
+            if not self.trainer_unsaved:  # one training arena at a time; keep an unsaved run
+                self.trainer = None
+            if gc is not None:
+                gc.collect()
+            plan, tr, _, _ = self._make_trainer(trial.get("options") or {})
+            try:
+                tr.load(self._p("params.try"))
+            except (ValueError, OSError) as e:
+                raise Fail("params", "the trial run's parameters do not load: %s" % e)
+            self.trial = tr
+        return self.trial
+
     def do_predict(self, req):
         m = self._load_model()
         size = self._sample_bytes(m)
@@ -1203,8 +1270,12 @@ class Agent:
             raise Fail("bad_shape", "%d bytes is not a whole number of %d-byte samples"
                        % (len(data), size))
         use = req.get("params", "personalised")
+        if use not in ("pretrained", "personalised", "trial"):
+            raise Fail("bad_request", "params must be pretrained, personalised or trial")
         runner, used = m, "pretrained"
-        if use != "pretrained":
+        if use == "trial":
+            runner, used = self._trainer_for_trial(), "trial"
+        elif use != "pretrained":
             tr, used = self._trainer_for_eval()
             if tr is not None:
                 runner = tr
@@ -1228,17 +1299,39 @@ class Agent:
                 "clock": self.board.get("clock", "board")}
 
     def do_params_save(self, req):
-        if self.trainer is None:
-            raise Fail("state", "no personalised parameters in RAM to save: train first")
-        self._save_params(self.trainer_opts or {})
-        return {"saved": True}
+        trial = self._read_trial()
+        if trial is not None and trial.get("model") == self._model_sha():
+            # the trial becomes the saved parameters; the saved ones the previous (rollback)
+            self.trainer = self.train = self.trial = None
+            self.trainer_unsaved = False
+            p, prev = self._p("params.bin"), self._p("params.prev")
+            if _exists(p):
+                _replace(p, prev)
+            _replace(self._p("params.try"), p)
+            _replace(self._p("params.try.opt"), self._p("params.opt"))
+            return {"saved": True, "from": "trial"}
+        if self.trainer is not None and self.trainer_unsaved:
+            # a run of this connection whose trial could not be kept (e.g. no room)
+            self._save_params(self.trainer_opts or {})
+            self.trainer_unsaved = False
+            return {"saved": True, "from": "ram"}
+        raise Fail("state", "no unsaved trained parameters: no trial run on the board and none "
+                            "in RAM")
+        p, prev = self._p("params.bin"), self._p("params.prev")
+        if _exists(p):
+            _replace(p, prev)
+        _replace(self._p("params.try"), p)
+        _replace(self._p("params.try.opt"), self._p("params.opt"))
+        return {"saved": True, "from": "trial"}
 
     def do_params_rollback(self, req):
         p, prev = self._p("params.bin"), self._p("params.prev")
         if not _exists(prev):
             raise Fail("nothing", "no earlier parameters to roll back to")
         _replace(prev, p)
+        self._drop_trial()  # it started from the parameters that were saved until now
         self.trainer = self.train = None
+        self.trainer_unsaved = False
         return {"restored": True}
 
     def do_params_reset(self, req):
@@ -1247,7 +1340,9 @@ class Agent:
             self.trainer.reset()
         if _exists(p):
             _replace(p, prev)
+        self._drop_trial()
         self.trainer = self.train = None
+        self.trainer_unsaved = False
         return {"reset": True, "can_roll_back": _exists(prev)}
 
     HANDLERS = {

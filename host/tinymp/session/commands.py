@@ -137,6 +137,19 @@ def slow_timeout(board):
     return 4 * board.link.timeout if board.simulated else max(board.link.timeout, 60.0)
 
 
+def need_agent(board, version, what):
+    """Refuse (status 2) what the board's agent is too old for: an older firmware's frozen agent
+    would do something else with the request, not fail."""
+    v = board.info.get("agent")
+    try:
+        ok = int(v) >= version
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise user_error(f"tinymp: {what} needs the board's agent version {version} or later; "
+                         f"this board runs version {v} (flash a newer firmware)")
+
+
 def refresh_info(board):
     board.info = board.request(P.INFO)
     return board.info

@@ -78,6 +78,10 @@ def train_summary(run):
         "heap_after": end.get("heap_after"),
         "heap_end": end.get("heap_end"),
         "saved": end.get("saved"),
+        # an unsaved run kept on the board as the trial (`tinymp params save` keeps it; None: a
+        # saved run, or a board whose agent has no trial runs) and why it could not be kept
+        "trial": end.get("trial"),
+        "trial_error": end.get("trial_error"),
         # steps whose gradient the logits' int8 limits stopped whole (None: a board that does
         # not report it)
         "stalled_steps": (end.get("stats") or {}).get("stalled_steps"),

@@ -227,11 +227,21 @@ def cmd_train(args):
           f"{report._pct(t['first_running_accuracy'])} -> {report._pct(t['final_running_accuracy'])}, "
           f"loss {t['final_loss']:.3f}; arena {report._num(t['arena_bytes'])} bytes planned, "
           f"{report._num(t['high_water'])} touched; "
-          + ("parameters saved on the board" if t["saved"] else "parameters NOT saved"))
+          + ("parameters saved on the board" if t["saved"] else _unsaved_text(t)))
     print(f"log: {run.get('file')}")
     if t["clock"] == "host":
         print(f"times: {report.SIM_NOTE}")
     return 0
+
+
+def _unsaved_text(t):
+    if t.get("trial"):
+        return ("parameters NOT saved, kept as a trial run: `tinymp eval --trial` measures them, "
+                "`tinymp params save` keeps them")
+    if t.get("trial_error"):
+        return (f"parameters NOT saved, and not kept as a trial run ({t['trial_error']}); the "
+                "board keeps its last saved parameters")
+    return "parameters NOT saved"
 
 
 # --- eval -----------------------------------------------------------------------------------
@@ -241,12 +251,22 @@ def cmd_eval(args):
     with _open(args, session) as board:
         meta = C.model_meta(board.info)
         x, y, what = C.eval_data(session, meta, args.data)
+        if args.trial:
+            C.need_agent(board, 2, "trial runs (`train --no-save` then `eval --trial`)")
         kinds = ["pretrained", "personalised"] if args.both else \
-            ["pretrained" if args.pretrained else "personalised"]
+            ["pretrained" if args.pretrained else "trial" if args.trial else "personalised"]
         out = []
         for k in kinds:
-            rec = C.evaluate(board, x, y, params=k, show=_show(args),
-                             num_classes=meta["num_classes"], session=session, source=what)
+            try:
+                rec = C.evaluate(board, x, y, params=k, show=_show(args),
+                                 num_classes=meta["num_classes"], session=session, source=what)
+            except BoardError as e:
+                if e.code == "nothing":
+                    raise C.user_error("tinymp: eval --trial: the board holds no trial run: "
+                                       "`tinymp train --no-save` makes one (a saved run, "
+                                       "`params save`, `rollback`, `reset` or a new model "
+                                       "drops it)") from None
+                raise
             out.append(rec)
     if args.json:
         _emit(args, [{k: r[k] for k in ("accuracy", "n", "params", "confusion", "source", "file")}
@@ -271,19 +291,22 @@ def cmd_params(args):
     session = _session(args)
     req = {"save": P.PARAMS_SAVE, "rollback": P.PARAMS_ROLLBACK, "reset": P.PARAMS_RESET}[args.action]
     with _open(args, session) as board:
+        if args.action == "save":
+            C.need_agent(board, 2, "`params save` of a trial run")
         try:
             rep = board.request(req)
         except BoardError as e:
             if args.action == "save" and e.code == "state":
-                # every command starts the board's agent afresh, so RAM holds no trainer here
-                raise C.user_error("tinymp: save: no trained parameters in the board's RAM: each "
-                                   "tinymp command starts the board afresh, and `tinymp train` "
-                                   "saves its result itself unless given --no-save") from None
+                raise C.user_error("tinymp: save: nothing unsaved to save: `tinymp train` saves "
+                                   "its result itself; `tinymp train --no-save` keeps a trial "
+                                   "run that `params save` can save later") from None
             raise C.SessionError(f"tinymp: {args.action}: {e.msg}") from None
     if args.json:
         _emit(args, rep)
     else:
-        print({"save": "personalised parameters saved on the board",
+        print({"save": "the trial run is now the board's saved parameters (rollback brings the "
+                       "earlier ones back)" if rep.get("from") == "trial" else
+                       "personalised parameters saved on the board",
                "rollback": "the board's personalised parameters are back to their previous "
                            "saved version",
                "reset": "the board is back to the pretrained weights (rollback undoes this)"}
@@ -465,7 +488,8 @@ def run_session(cfg, args, out=print):
         out(f"train      {t['steps']} steps of method {t['plan'].get('method')} on the board: "
             f"running accuracy {report._pct(t['first_running_accuracy'])} -> "
             f"{report._pct(t['final_running_accuracy'])}"
-            + (", parameters saved" if t["saved"] else ""))
+            + (", parameters saved" if t["saved"] else
+               ", parameters kept as a trial run (not saved)" if t.get("trial") else ""))
         after = C.evaluate(board, x, y, "personalised", show, meta["num_classes"], "after",
                            session, what)
         out(f"evaluate   after:  {after['accuracy'] * 100:.1f}% ({after['params']} weights) on "
@@ -621,8 +645,8 @@ def add_parsers(sub):
     p.add_argument("--period", type=int, help="APU period in steps")
     p.add_argument("--fresh", action="store_true", help="start from the pretrained weights")
     p.add_argument("--no-save", action="store_true",
-                   help="a trial run: do not save the result (the board keeps its last saved "
-                        "parameters; the trained ones are gone when the command ends)")
+                   help="a trial run: the board keeps its saved parameters and keeps this "
+                        "run aside, for `eval --trial` and `params save`")
     _board_args(p)
     p.set_defaults(func=cmd_train)
 
@@ -631,6 +655,8 @@ def add_parsers(sub):
     g = p.add_mutually_exclusive_group()
     g.add_argument("--pretrained", action="store_true", help="the pretrained weights")
     g.add_argument("--both", action="store_true", help="pretrained and personalised")
+    g.add_argument("--trial", action="store_true",
+                   help="the trial run kept by `train --no-save` (not saved yet)")
     p.add_argument("--confusion", action="store_true", help="print the confusion matrix")
     _board_args(p)
     p.set_defaults(func=cmd_eval)
