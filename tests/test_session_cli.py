@@ -306,9 +306,9 @@ def test_bad_train_and_eval_requests(tmp_path, ready, capsys):
     # values out of the board's range stop before the board is asked (the board's own check,
     # the same ranges, is test_session_sim's): one line, status 2, nothing written
     before = _tree(ready)
-    for argv, needle in ((["--lr", "nan"], "--lr must be in (0, 1e+06], got nan"),
-                         (["--lr", "1e9"], "--lr must be in (0, 1e+06]"),
-                         (["--lr", "0"], "--lr must be in (0, 1e+06], got 0.0"),
+    for argv, needle in ((["--lr", "nan"], "--lr must be in [0, 1e+06], got nan"),
+                         (["--lr", "1e9"], "--lr must be in [0, 1e+06]"),
+                         (["--lr", "-0.5"], "--lr must be in [0, 1e+06], got -0.5"),
                          (["--seed", "-1"], "--seed must be in [0, 4294967295], got -1"),
                          (["--period", "-1"], "--period must be in [0,"),
                          (["--r", "16"], "--r must be in [1, 15], got 16"),
@@ -360,7 +360,7 @@ def test_bad_session_configs(tmp_path, capsys):
         p.write_text(json.dumps(dict(cfg, model=DEMO, port="sim", session="s")))
         assert cli.main(["session", str(p)]) == 2, cfg
         assert needle in one_line(capsys.readouterr().err), cfg
-    for cfg, needle in (({"train": {"lr": -1}, "collect": collect}, "train.lr must be in (0, 1e+06]"),
+    for cfg, needle in (({"train": {"lr": -1}, "collect": collect}, "train.lr must be in [0, 1e+06]"),
                         ({"train": {"ratio": 0}, "collect": collect}, "train.ratio must be in (0, 1]"),
                         ({"train": {"seed": "x"}, "collect": collect}, "train.seed must be an integer"),
                         ({"train": {"method": "fast"}, "collect": collect}, "train.method must be one of"),
@@ -401,6 +401,45 @@ def test_a_trial_run_from_the_command_line(tmp_path, capsys):
     assert "the trial run is now the board's saved parameters" in capsys.readouterr().out
     assert cli.main(["eval", "--port", "sim", "--session", s, "-q"]) == 0
     assert accuracy(capsys.readouterr().out) == (acc, "personalised")
+
+
+def test_the_pre_check_refuses_exactly_what_the_binding_refuses():
+    # the PC tool's ranges come from the binding's table; here each bound is tried against the
+    # binding's own plan() / Trainer() (the board's binding holds the same, tests/device)
+    m = tinymp.Model(DEMO)
+    p = m.plan("last")
+
+    def binding_takes(k, v):
+        try:
+            if k in ("lr", "seed", "period"):
+                tinymp.Trainer(m, p, **{k: v})
+            else:
+                m.plan("tinymp", **{k: v})
+        except ValueError as e:
+            return "must be" not in str(e)  # a range refusal, not e.g. a budget too small
+        return True
+
+    def cli_takes(k, v):
+        try:
+            C.check_train_options({k: v})
+        except C.SessionError as e:
+            assert e.code == 2
+            return False
+        return True
+
+    ranges = tinymp._tinymp._option_ranges()
+    checked = 0
+    for k in C.TRAIN_KEYS:
+        if k not in ranges:
+            continue
+        kind, lo, hi, lo_open = ranges[k]
+        step = 1 if kind == "int" else max(abs(hi), 1) * 1e-6
+        below = lo - (0 if lo_open else (1 if kind == "int" else 1e-6))
+        for v in (lo, hi, below, hi + step):
+            assert cli_takes(k, v) == binding_takes(k, v), (k, v)
+        assert not cli_takes(k, below) and not cli_takes(k, hi + step), k
+        checked += 1
+    assert checked == 9  # budget r ratio momentum n_bias macs lr seed period
 
 
 def test_an_older_agent_is_refused_what_it_would_misread():

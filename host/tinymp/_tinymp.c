@@ -9,6 +9,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <math.h>
 #include <string.h>
 
 #include "tinymp.h"
@@ -834,6 +835,70 @@ static int opt_float(PyObject *v, const char *name, double lo, double hi, int lo
     return 0;
 }
 
+/* The ranges of the options of plan() and Trainer(): the checks here read them, and
+ * _option_ranges() hands them to the PC tool (tinymp.session.commands), which refuses a bad value
+ * before any board is involved. The MicroPython binding checks the same ranges with the same
+ * messages (tests/device/train_errors.py runs on both). */
+typedef struct {
+    const char *name;
+    int integer;
+    double lo, hi;
+    int lo_open;
+} option_range;
+
+static const option_range OPTION_RANGES[] = {
+    {"budget", 1, 1.0, 4294967295.0, 0},
+    {"r", 1, 1.0, (double)TMP_MAX_R, 0},
+    {"ratio", 0, 0.0, 1.0, 1},
+    {"momentum", 0, 0.0, 0.999, 0},
+    {"n_bias", 1, -1.0, 65535.0, 0},
+    {"macs", 1, 1.0, 4611686018427387904.0, 0}, /* 2**62 */
+    {"step_share", 0, 0.0, HUGE_VAL, 1},
+    {"cache", 1, 0.0, 4294967295.0, 0},
+    {"lr", 0, 0.0, 1e6, 0},
+    {"seed", 1, 0.0, 4294967295.0, 0},
+    {"period", 1, 0.0, 4294967295.0, 0},
+};
+
+static const option_range *range_of(const char *name) {
+    for (size_t i = 0; i < sizeof OPTION_RANGES / sizeof OPTION_RANGES[0]; i++) {
+        if (strcmp(OPTION_RANGES[i].name, name) == 0) {
+            return &OPTION_RANGES[i];
+        }
+    }
+    return NULL; /* not reached: every caller names a row of the table */
+}
+
+/* An option of the table: an integer (opt_long) or a number (opt_float) in its range. */
+static int opt_ranged_long(PyObject *v, const char *name, long long dflt, long long *out) {
+    const option_range *o = range_of(name);
+    return opt_long(v, name, (long long)o->lo, (long long)o->hi, dflt, out);
+}
+
+static int opt_ranged_float(PyObject *v, const char *name, double dflt, double *out) {
+    const option_range *o = range_of(name);
+    return opt_float(v, name, o->lo, o->hi, o->lo_open, dflt, out);
+}
+
+static PyObject *mod_option_ranges(PyObject *self, PyObject *noargs) {
+    (void)self;
+    (void)noargs;
+    PyObject *d = PyDict_New();
+    for (size_t i = 0; d != NULL && i < sizeof OPTION_RANGES / sizeof OPTION_RANGES[0]; i++) {
+        const option_range *o = &OPTION_RANGES[i];
+        PyObject *t = o->integer
+            ? Py_BuildValue("(sLLO)", "int", (long long)o->lo, (long long)o->hi, o->lo_open ? Py_True : Py_False)
+            : Py_BuildValue("(sddO)", "float", o->lo, o->hi, o->lo_open ? Py_True : Py_False);
+        if (t == NULL || PyDict_SetItemString(d, o->name, t) < 0) {
+            Py_XDECREF(t);
+            Py_DECREF(d);
+            return NULL;
+        }
+        Py_DECREF(t);
+    }
+    return d;
+}
+
 /* The core's clock for per-phase times: microseconds from a monotonic clock. */
 #include <time.h>
 static uint32_t clock_us(void *ctx) {
@@ -989,35 +1054,35 @@ static PyObject *Model_train_plan(ModelObject *self, PyObject *args, PyObject *k
     tmp_train_options o = tmp_train_options_default(mi);
     long long v;
     double d;
-    if (opt_long(budget, "budget", 1, 0xFFFFFFFFLL, 0, &v) < 0) {
+    if (opt_ranged_long(budget, "budget", 0, &v) < 0) {
         return NULL;
     }
     o.budget = (uint32_t)v;
-    if (opt_long(r, "r", 1, TMP_MAX_R, 0, &v) < 0) {
+    if (opt_ranged_long(r, "r", 0, &v) < 0) {
         return NULL;
     }
     o.r = (int32_t)v;
-    if (opt_float(ratio, "ratio", 0.0, 1.0, 1, 0.0, &d) < 0) {
+    if (opt_ranged_float(ratio, "ratio", 0.0, &d) < 0) {
         return NULL;
     }
     o.ratio = (float)d;
-    if (opt_float(momentum, "momentum", 0.0, 0.999, 0, 0.0, &d) < 0) {
+    if (opt_ranged_float(momentum, "momentum", 0.0, &d) < 0) {
         return NULL;
     }
     o.momentum = (float)d;
-    if (opt_long(n_bias, "n_bias", -1, 65535, -2, &v) < 0) {
+    if (opt_ranged_long(n_bias, "n_bias", -2, &v) < 0) {
         return NULL;
     }
     o.n_bias = (int32_t)v;
-    if (opt_long(macs, "macs", 1, (long long)1 << 62, 0, &v) < 0) {
+    if (opt_ranged_long(macs, "macs", 0, &v) < 0) {
         return NULL;
     }
     o.mac_budget = (uint64_t)v;
-    if (opt_float(step_share, "step_share", 0.0, Py_HUGE_VAL, 1, 0.0, &d) < 0) {
+    if (opt_ranged_float(step_share, "step_share", 0.0, &d) < 0) {
         return NULL;
     }
     o.step_share = d >= 8.0 ? 8.0f : (float)d;
-    if (opt_long(cache, "cache", 0, 0xFFFFFFFFLL, 0, &v) < 0) {
+    if (opt_ranged_long(cache, "cache", 0, &v) < 0) {
         return NULL;
     }
     o.cache_samples = (uint32_t)v;
@@ -1574,8 +1639,8 @@ static PyObject *Trainer_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     }
     double lr;
     long long seed, period;
-    if (opt_float(lr_o, "lr", 0.0, 1e6, 0, 0.01, &lr) < 0 || opt_long(seed_o, "seed", 0, 0xFFFFFFFFLL, 1, &seed) < 0 ||
-        opt_long(period_o, "period", 0, 0xFFFFFFFFLL, 0, &period) < 0) {
+    if (opt_ranged_float(lr_o, "lr", 0.01, &lr) < 0 || opt_ranged_long(seed_o, "seed", 1, &seed) < 0 ||
+        opt_ranged_long(period_o, "period", 0, &period) < 0) {
         return NULL;
     }
     TrainerObject *self = PyObject_GC_New(TrainerObject, type);
@@ -2030,7 +2095,7 @@ static int Trainer_set_lr(TrainerObject *self, PyObject *v, void *c) {
         PyErr_SetString(PyExc_TypeError, "tinymp: lr must be a number, not 'NoneType'");
         return -1;
     }
-    if (opt_float(v, "lr", 0.0, 1e6, 0, 0.0, &lr) < 0) {
+    if (opt_ranged_float(v, "lr", 0.0, &lr) < 0) {
         return -1;
     }
     self->t.lr = (float)lr;
@@ -2400,6 +2465,9 @@ static PyObject *mod_crc32(PyObject *mod, PyObject *args) {
 
 static PyMethodDef module_methods[] = {
     {"crc32", (PyCFunction)mod_crc32, METH_VARARGS, "crc32(data, crc=0) -> int: CRC-32 (as zlib)"},
+    {"_option_ranges", (PyCFunction)mod_option_ranges, METH_NOARGS,
+     "_option_ranges() -> {name: (kind, low, high, low excluded)}: the ranges plan() and Trainer() "
+     "accept (PC only)"},
     {NULL, NULL, 0, NULL},
 };
 

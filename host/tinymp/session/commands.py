@@ -405,22 +405,25 @@ TRAIN_KEYS = ("method", "budget", "r", "ratio", "storage", "momentum", "n_bias",
               "seed", "period", "fresh", "track_accuracy")
 TRAIN_METHODS = ("none", "last", "bias", "sparse", "tinytrain", "full", "tinymp")
 
-# What the board's `plan()` and `Trainer()` accept (docs/API.md), checked here as well so that a
-# bad value stops before anything is sent or written: (kind, low, high, low excluded)
-_TRAIN_RANGES = {
-    "budget": (int, 1, 0xFFFFFFFF, False), "r": (int, 1, 15, False),
-    "ratio": (float, 0.0, 1.0, True), "momentum": (float, 0.0, 0.999, False),
-    "n_bias": (int, -1, 65535, False), "macs": (int, 1, 1 << 62, False),
-    "lr": (float, 0.0, 1e6, True), "seed": (int, 0, 0xFFFFFFFF, False),
-    "period": (int, 0, 0xFFFFFFFF, False), "steps": (int, 1, 1 << 31, False),
-    "epochs": (int, 1, 1 << 20, False),
-}
+# What the board's `plan()` and `Trainer()` accept, from the PC build of the binding (its checks
+# read the same table; the board's are the same, tests/device/train_errors.py), checked here as
+# well so that a bad value stops before anything is sent or written; steps and epochs are this
+# tool's own: {name: (kind, low, high, low excluded)}
+def _train_ranges():
+    from tinymp import _tinymp
+    kinds = {"int": int, "float": float}
+    out = {k: (kinds[kind], lo, hi, lo_open)
+           for k, (kind, lo, hi, lo_open) in _tinymp._option_ranges().items() if k in TRAIN_KEYS}
+    out["steps"] = (int, 1, 1 << 31, False)
+    out["epochs"] = (int, 1, 1 << 20, False)
+    return out
 
 
 def check_train_options(opts, name=lambda k: "--" + k.replace("_", "-")):
     """Raise a user error (exit 2) for the first training option (TRAIN_KEYS, steps, epochs) of
     the wrong type or out of the board's range; None values are the defaults. `name` spells an
     option as the user wrote it."""
+    ranges = _train_ranges()
     for k, v in opts.items():
         if v is None:
             continue
@@ -434,8 +437,8 @@ def check_train_options(opts, name=lambda k: "--" + k.replace("_", "-")):
         elif k in ("fresh", "track_accuracy", "save"):
             if not isinstance(v, bool):
                 raise user_error(f"tinymp: {name(k)} must be true or false, got {v!r}")
-        elif k in _TRAIN_RANGES:
-            kind, lo, hi, open_lo = _TRAIN_RANGES[k]
+        elif k in ranges:
+            kind, lo, hi, open_lo = ranges[k]
             ok_type = isinstance(v, int) if kind is int else isinstance(v, (int, float))
             if isinstance(v, bool) or not ok_type:
                 raise user_error(f"tinymp: {name(k)} must be {'an integer' if kind is int else 'a number'}"
