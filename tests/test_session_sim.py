@@ -548,6 +548,18 @@ def test_a_trial_run_is_kept_aside_until_saved(sess):
                 C.evaluate(b, xe, ye, "trial", show=False)
             assert e.value.code == "nothing", drop
         assert not os.path.exists(os.path.join(fl, "params.try")), drop
+    # a PARAMS_SAVE cut short by a reset after the trial's parameters moved: the next agent
+    # finishes it (the options follow the parameters they belong to)
+    with open_sim(sess) as b:
+        C.train(b, ds, {"method": "full", "lr": 0.001, "seed": 7}, steps=5, save=False,
+                show=False)
+        cut = C.evaluate(b, xe, ye, "trial", show=False)
+    os.replace(os.path.join(fl, "params.bin"), os.path.join(fl, "params.prev"))
+    os.replace(os.path.join(fl, "params.try"), os.path.join(fl, "params.bin"))
+    with open_sim(sess) as b:
+        assert b.info["params"]["options"]["seed"] == 7 and b.info["trial"] is None
+        assert C.evaluate(b, xe, ye, "personalised", show=False)["confusion"] == cut["confusion"]
+    assert not os.path.exists(os.path.join(fl, "params.try.opt"))
     # no room for the trial (here: its name is taken): the run is reported, nothing else changes
     os.mkdir(os.path.join(fl, "params.try"))
     saved = open(os.path.join(fl, "params.bin"), "rb").read()

@@ -600,6 +600,10 @@ class Agent:
             p = self._p(name)
             if _exists(p + ".tmp") and not _exists(p):
                 _remove(p + ".tmp")
+        # a trial's promotion (PARAMS_SAVE) cut short after its parameters became params.bin:
+        # its options follow them (a trial is written parameters first, dropped options first)
+        if _exists(self._p("params.try.opt")) and not _exists(self._p("params.try")):
+            _replace(self._p("params.try.opt"), self._p("params.opt"))
 
     # --- engine
     def _need_engine(self):
@@ -1003,8 +1007,9 @@ class Agent:
 
     def _drop_trial(self):
         self.trial = None
-        for name in TRIAL_FILES:
-            _remove(self._p(name))
+        # the options first: options without parameters mean a promotion cut short (_recover)
+        _remove(self._p("params.try.opt"))
+        _remove(self._p("params.try"))
 
     def _plan_options(self, opts):
         kw = {}
@@ -1317,12 +1322,6 @@ class Agent:
             return {"saved": True, "from": "ram"}
         raise Fail("state", "no unsaved trained parameters: no trial run on the board and none "
                             "in RAM")
-        p, prev = self._p("params.bin"), self._p("params.prev")
-        if _exists(p):
-            _replace(p, prev)
-        _replace(self._p("params.try"), p)
-        _replace(self._p("params.try.opt"), self._p("params.opt"))
-        return {"saved": True, "from": "trial"}
 
     def do_params_rollback(self, req):
         p, prev = self._p("params.bin"), self._p("params.prev")
