@@ -835,61 +835,56 @@ static int opt_float(PyObject *v, const char *name, double lo, double hi, int lo
     return 0;
 }
 
-/* The ranges of the options of plan() and Trainer(): the checks here read them, and
- * _option_ranges() hands them to the PC tool (tinymp.session.commands), which refuses a bad value
- * before any board is involved. The MicroPython binding checks the same ranges with the same
- * messages (tests/device/train_errors.py runs on both). */
+/* The options of plan(), Trainer() and fit() are checked against the core's tables
+ * (core/tmp_options.h), which the board's binding expands too; _option_ranges() hands them to the
+ * PC tool (tinymp.session.commands), which refuses a bad value before any board is involved. */
 typedef struct {
     const char *name;
-    int integer;
+    long long lo, hi, dflt;
+} int_option;
+
+typedef struct {
+    const char *name;
     double lo, hi;
     int lo_open;
-} option_range;
+    double dflt;
+} float_option;
 
-static const option_range OPTION_RANGES[] = {
-    {"budget", 1, 1.0, 4294967295.0, 0},
-    {"r", 1, 1.0, (double)TMP_MAX_R, 0},
-    {"ratio", 0, 0.0, 1.0, 1},
-    {"momentum", 0, 0.0, 0.999, 0},
-    {"n_bias", 1, -1.0, 65535.0, 0},
-    {"macs", 1, 1.0, 4611686018427387904.0, 0}, /* 2**62 */
-    {"step_share", 0, 0.0, HUGE_VAL, 1},
-    {"cache", 1, 0.0, 4294967295.0, 0},
-    {"lr", 0, 0.0, 1e6, 0},
-    {"seed", 1, 0.0, 4294967295.0, 0},
-    {"period", 1, 0.0, 4294967295.0, 0},
-};
+#define INT_ROW(name, lo, hi, dflt) {#name, (lo), (hi), (dflt)},
+#define FLOAT_ROW(name, lo, hi, lo_open, dflt, text) {#name, (lo), (hi), (lo_open), (dflt)},
+static const int_option INT_OPTIONS[TMP_N_INT_OPTIONS] = {TMP_INT_OPTIONS(INT_ROW)};
+static const float_option FLOAT_OPTIONS[TMP_N_FLOAT_OPTIONS] = {TMP_FLOAT_OPTIONS(FLOAT_ROW)};
+#undef INT_ROW
+#undef FLOAT_ROW
 
-static const option_range *range_of(const char *name) {
-    for (size_t i = 0; i < sizeof OPTION_RANGES / sizeof OPTION_RANGES[0]; i++) {
-        if (strcmp(OPTION_RANGES[i].name, name) == 0) {
-            return &OPTION_RANGES[i];
-        }
-    }
-    return NULL; /* not reached: every caller names a row of the table */
+/* An option of the tables (TMP_IOPT_x, TMP_FOPT_x): None or absent -> its default. */
+static int opt_ranged_long(PyObject *v, int i, long long *out) {
+    const int_option *o = &INT_OPTIONS[i];
+    return opt_long(v, o->name, o->lo, o->hi, o->dflt, out);
 }
 
-/* An option of the table: an integer (opt_long) or a number (opt_float) in its range. */
-static int opt_ranged_long(PyObject *v, const char *name, long long dflt, long long *out) {
-    const option_range *o = range_of(name);
-    return opt_long(v, name, (long long)o->lo, (long long)o->hi, dflt, out);
-}
-
-static int opt_ranged_float(PyObject *v, const char *name, double dflt, double *out) {
-    const option_range *o = range_of(name);
-    return opt_float(v, name, o->lo, o->hi, o->lo_open, dflt, out);
+static int opt_ranged_float(PyObject *v, int i, double *out) {
+    const float_option *o = &FLOAT_OPTIONS[i];
+    return opt_float(v, o->name, o->lo, o->hi, o->lo_open, o->dflt, out);
 }
 
 static PyObject *mod_option_ranges(PyObject *self, PyObject *noargs) {
     (void)self;
     (void)noargs;
     PyObject *d = PyDict_New();
-    for (size_t i = 0; d != NULL && i < sizeof OPTION_RANGES / sizeof OPTION_RANGES[0]; i++) {
-        const option_range *o = &OPTION_RANGES[i];
-        PyObject *t = o->integer
-            ? Py_BuildValue("(sLLO)", "int", (long long)o->lo, (long long)o->hi, o->lo_open ? Py_True : Py_False)
-            : Py_BuildValue("(sddO)", "float", o->lo, o->hi, o->lo_open ? Py_True : Py_False);
-        if (t == NULL || PyDict_SetItemString(d, o->name, t) < 0) {
+    for (int i = 0; d != NULL && i < TMP_N_INT_OPTIONS + TMP_N_FLOAT_OPTIONS; i++) {
+        PyObject *t;
+        const char *name;
+        if (i < TMP_N_INT_OPTIONS) {
+            const int_option *o = &INT_OPTIONS[i];
+            name = o->name;
+            t = Py_BuildValue("(sLLO)", "int", o->lo, o->hi, Py_False);
+        } else {
+            const float_option *o = &FLOAT_OPTIONS[i - TMP_N_INT_OPTIONS];
+            name = o->name;
+            t = Py_BuildValue("(sddO)", "float", o->lo, o->hi, o->lo_open ? Py_True : Py_False);
+        }
+        if (t == NULL || PyDict_SetItemString(d, name, t) < 0) {
             Py_XDECREF(t);
             Py_DECREF(d);
             return NULL;
@@ -1054,35 +1049,35 @@ static PyObject *Model_train_plan(ModelObject *self, PyObject *args, PyObject *k
     tmp_train_options o = tmp_train_options_default(mi);
     long long v;
     double d;
-    if (opt_ranged_long(budget, "budget", 0, &v) < 0) {
+    if (opt_ranged_long(budget, TMP_IOPT_budget, &v) < 0) {
         return NULL;
     }
     o.budget = (uint32_t)v;
-    if (opt_ranged_long(r, "r", 0, &v) < 0) {
+    if (opt_ranged_long(r, TMP_IOPT_r, &v) < 0) {
         return NULL;
     }
     o.r = (int32_t)v;
-    if (opt_ranged_float(ratio, "ratio", 0.0, &d) < 0) {
+    if (opt_ranged_float(ratio, TMP_FOPT_ratio, &d) < 0) {
         return NULL;
     }
     o.ratio = (float)d;
-    if (opt_ranged_float(momentum, "momentum", 0.0, &d) < 0) {
+    if (opt_ranged_float(momentum, TMP_FOPT_momentum, &d) < 0) {
         return NULL;
     }
     o.momentum = (float)d;
-    if (opt_ranged_long(n_bias, "n_bias", -2, &v) < 0) {
+    if (opt_ranged_long(n_bias, TMP_IOPT_n_bias, &v) < 0) {
         return NULL;
     }
     o.n_bias = (int32_t)v;
-    if (opt_ranged_long(macs, "macs", 0, &v) < 0) {
+    if (opt_ranged_long(macs, TMP_IOPT_macs, &v) < 0) {
         return NULL;
     }
     o.mac_budget = (uint64_t)v;
-    if (opt_ranged_float(step_share, "step_share", 0.0, &d) < 0) {
+    if (opt_ranged_float(step_share, TMP_FOPT_step_share, &d) < 0) {
         return NULL;
     }
     o.step_share = d >= 8.0 ? 8.0f : (float)d;
-    if (opt_ranged_long(cache, "cache", 0, &v) < 0) {
+    if (opt_ranged_long(cache, TMP_IOPT_cache, &v) < 0) {
         return NULL;
     }
     o.cache_samples = (uint32_t)v;
@@ -1141,7 +1136,8 @@ static PyObject *Model_train_plan(ModelObject *self, PyObject *args, PyObject *k
                 goto out;
             }
             for (Py_ssize_t j = 0; j < n; j++) {
-                if (opt_float(PySequence_Fast_GET_ITEM(rs, j), "a sparse ratio", 0.0, 1.0, 1, 1.0, &d) < 0) {
+                if (opt_float(PySequence_Fast_GET_ITEM(rs, j), "a sparse ratio", FLOAT_OPTIONS[TMP_FOPT_ratio].lo,
+                        FLOAT_OPTIONS[TMP_FOPT_ratio].hi, FLOAT_OPTIONS[TMP_FOPT_ratio].lo_open, 1.0, &d) < 0) {
                     Py_DECREF(rs);
                     goto out;
                 }
@@ -1639,8 +1635,8 @@ static PyObject *Trainer_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     }
     double lr;
     long long seed, period;
-    if (opt_ranged_float(lr_o, "lr", 0.01, &lr) < 0 || opt_ranged_long(seed_o, "seed", 1, &seed) < 0 ||
-        opt_ranged_long(period_o, "period", 0, &period) < 0) {
+    if (opt_ranged_float(lr_o, TMP_FOPT_lr, &lr) < 0 || opt_ranged_long(seed_o, TMP_IOPT_seed, &seed) < 0 ||
+        opt_ranged_long(period_o, TMP_IOPT_period, &period) < 0) {
         return NULL;
     }
     TrainerObject *self = PyObject_GC_New(TrainerObject, type);
@@ -2095,7 +2091,7 @@ static int Trainer_set_lr(TrainerObject *self, PyObject *v, void *c) {
         PyErr_SetString(PyExc_TypeError, "tinymp: lr must be a number, not 'NoneType'");
         return -1;
     }
-    if (opt_ranged_float(v, "lr", 0.0, &lr) < 0) {
+    if (opt_ranged_float(v, TMP_FOPT_lr, &lr) < 0) {
         return -1;
     }
     self->t.lr = (float)lr;
@@ -2235,7 +2231,7 @@ static PyObject *Trainer_fit(TrainerObject *self, PyObject *args, PyObject *kwds
         return NULL;
     }
     long long ep;
-    if (opt_long(epochs_o, "epochs", 1, 100000, 1, &ep) < 0) {
+    if (opt_ranged_long(epochs_o, TMP_IOPT_epochs, &ep) < 0) {
         return NULL;
     }
     if (progress != Py_None && !PyCallable_Check(progress)) {

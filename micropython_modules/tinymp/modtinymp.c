@@ -609,6 +609,37 @@ static mp_float_t opt_float(mp_obj_t v, const char *name, mp_float_t lo, mp_floa
     return x;
 }
 
+// The options of plan(), Trainer() and fit(): ranges, defaults and message texts from the core's
+// tables (core/tmp_options.h), which the PC binding expands too.
+typedef struct {
+    const char *name;
+    long long lo, hi, dflt;
+} int_option_t;
+
+typedef struct {
+    const char *name;
+    mp_float_t lo, hi, dflt;
+    bool lo_open;
+    const char *text;
+} float_option_t;
+
+#define INT_ROW(name, lo, hi, dflt) {#name, (lo), (hi), (dflt)},
+#define FLOAT_ROW(name, lo, hi, lo_open, dflt, text) {#name, (mp_float_t)(lo), (mp_float_t)(hi), (mp_float_t)(dflt), (lo_open), text},
+static const int_option_t int_options[TMP_N_INT_OPTIONS] = {TMP_INT_OPTIONS(INT_ROW)};
+static const float_option_t float_options[TMP_N_FLOAT_OPTIONS] = {TMP_FLOAT_OPTIONS(FLOAT_ROW)};
+#undef INT_ROW
+#undef FLOAT_ROW
+
+static long long opt_ranged_long(mp_obj_t v, int i) {
+    const int_option_t *o = &int_options[i];
+    return opt_long(v, o->name, o->lo, o->hi, o->dflt);
+}
+
+static mp_float_t opt_ranged_float(mp_obj_t v, int i) {
+    const float_option_t *o = &float_options[i];
+    return opt_float(v, o->name, o->lo, o->hi, o->lo_open, o->dflt, o->text);
+}
+
 // Items of a sequence argument: a tuple or list in place, any other iterable as a new list;
 // not iterable -> TypeError(msg) (CPython's PySequence_Fast()).
 static void get_sequence(mp_obj_t o, const char *msg, size_t *n, mp_obj_t **items) {
@@ -788,16 +819,14 @@ static mp_obj_t tinymp_model_train_plan(size_t n_args, const mp_obj_t *pos_args,
             "tinymp: unknown method '%s' (none, last, bias, sparse, tinytrain, full, tinymp)", method);
     }
     tmp_train_options o = tmp_train_options_default(mi);
-    o.budget = (uint32_t)opt_long(args[ARG_budget].u_obj, "budget", 1, 0xFFFFFFFFLL, 0);
-    o.r = (int32_t)opt_long(args[ARG_r].u_obj, "r", 1, TMP_MAX_R, 0);
-    o.ratio = (float)opt_float(args[ARG_ratio].u_obj, "ratio", 0, 1, true, 0, "(0, 1]");
-    o.momentum = (float)opt_float(args[ARG_momentum].u_obj, "momentum", 0, (mp_float_t)0.999, false, 0,
-        "[0, 0.999]");
-    o.n_bias = (int32_t)opt_long(args[ARG_n_bias].u_obj, "n_bias", -1, 65535, -2);
-    o.mac_budget = (uint64_t)opt_long(args[ARG_macs].u_obj, "macs", 1, (long long)1 << 62, 0);
-    o.cache_samples = (uint32_t)opt_long(args[ARG_cache].u_obj, "cache", 0, 0xFFFFFFFFLL, 0);
-    mp_float_t share = opt_float(args[ARG_step_share].u_obj, "step_share", 0, (mp_float_t)INFINITY, true, 0,
-        "(0, inf]");
+    o.budget = (uint32_t)opt_ranged_long(args[ARG_budget].u_obj, TMP_IOPT_budget);
+    o.r = (int32_t)opt_ranged_long(args[ARG_r].u_obj, TMP_IOPT_r);
+    o.ratio = (float)opt_ranged_float(args[ARG_ratio].u_obj, TMP_FOPT_ratio);
+    o.momentum = (float)opt_ranged_float(args[ARG_momentum].u_obj, TMP_FOPT_momentum);
+    o.n_bias = (int32_t)opt_ranged_long(args[ARG_n_bias].u_obj, TMP_IOPT_n_bias);
+    o.mac_budget = (uint64_t)opt_ranged_long(args[ARG_macs].u_obj, TMP_IOPT_macs);
+    o.cache_samples = (uint32_t)opt_ranged_long(args[ARG_cache].u_obj, TMP_IOPT_cache);
+    mp_float_t share = opt_ranged_float(args[ARG_step_share].u_obj, TMP_FOPT_step_share);
     o.step_share = share >= 8 ? 8.0f : (float)share;
     mp_obj_t storage = args[ARG_storage].u_obj;
     if (storage != mp_const_none) {
@@ -830,7 +859,9 @@ static mp_obj_t tinymp_model_train_plan(size_t n_args, const mp_obj_t *pos_args,
                 raise_fmt(&mp_type_ValueError, "tinymp: %u layers but %u ratios", (unsigned)n_lay, (unsigned)nr);
             }
             for (size_t j = 0; j < n_lay; j++) {
-                rat[j] = (float)opt_float(items[j], "a sparse ratio", 0, 1, true, 1, "(0, 1]");
+                rat[j] = (float)opt_float(items[j], "a sparse ratio", float_options[TMP_FOPT_ratio].lo,
+                    float_options[TMP_FOPT_ratio].hi, float_options[TMP_FOPT_ratio].lo_open, 1,
+                    float_options[TMP_FOPT_ratio].text);
             }
         }
         o.n_layers = (int32_t)n_lay;
@@ -1168,9 +1199,9 @@ static mp_obj_t tinymp_trainer_make_new(const mp_obj_type_t *type, size_t n_args
     if (p->model != model) {
         mp_raise_ValueError(MP_ERROR_TEXT("tinymp: this plan was made for another model"));
     }
-    float lr = (float)opt_float(args[ARG_lr].u_obj, "lr", 0, (mp_float_t)1e6, false, (mp_float_t)0.01, "[0, 1e+06]");
-    uint32_t seed = (uint32_t)opt_long(args[ARG_seed].u_obj, "seed", 0, 0xFFFFFFFFLL, 1);
-    uint32_t period = (uint32_t)opt_long(args[ARG_period].u_obj, "period", 0, 0xFFFFFFFFLL, 0);
+    float lr = (float)opt_ranged_float(args[ARG_lr].u_obj, TMP_FOPT_lr);
+    uint32_t seed = (uint32_t)opt_ranged_long(args[ARG_seed].u_obj, TMP_IOPT_seed);
+    uint32_t period = (uint32_t)opt_ranged_long(args[ARG_period].u_obj, TMP_IOPT_period);
 
     // Not yet reachable from Python: if anything below raises, the GC reclaims it all.
     tinymp_trainer_obj_t *self = mp_obj_malloc(tinymp_trainer_obj_t, type);
@@ -1597,7 +1628,7 @@ static void tinymp_trainer_attr(mp_obj_t self_in, qstr attr, mp_obj_t *dest) {
             if (dest[1] == mp_const_none) { // opt_float() would read None as "the default"
                 mp_raise_TypeError(MP_ERROR_TEXT("tinymp: lr must be a number, not 'NoneType'"));
             }
-            self->t.lr = (float)opt_float(dest[1], "lr", 0, (mp_float_t)1e6, false, 0, "[0, 1e+06]");
+            self->t.lr = (float)opt_ranged_float(dest[1], TMP_FOPT_lr);
             dest[0] = MP_OBJ_NULL; // done
         }
         return;
@@ -1710,7 +1741,7 @@ static mp_obj_t tinymp_trainer_fit(size_t n_args, const mp_obj_t *pos_args, mp_m
     mp_arg_val_t args[MP_ARRAY_SIZE(allowed_args)];
     mp_arg_parse_all(n_args - 1, pos_args + 1, kw_args, MP_ARRAY_SIZE(allowed_args), allowed_args, args);
     trainer_check(self);
-    uint32_t epochs = (uint32_t)opt_long(args[ARG_epochs].u_obj, "epochs", 1, 100000, 1);
+    uint32_t epochs = (uint32_t)opt_ranged_long(args[ARG_epochs].u_obj, TMP_IOPT_epochs);
     mp_obj_t progress = args[ARG_progress].u_obj;
     if (progress != mp_const_none && !mp_obj_is_callable(progress)) {
         mp_raise_TypeError(MP_ERROR_TEXT("tinymp: progress must be callable or None"));

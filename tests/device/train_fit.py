@@ -121,7 +121,7 @@ p = m.plan("last")
 t = tinymp.Trainer(m, p, lr=0.05, seed=7)
 before = [list(t.logits(x)) for x in xs]
 for args, kw in ((( xs, ys[:-1]), {}), ((xs[:-1] + [b"x"], ys[:-1] + [0]), {}),
-                 ((xs, ys[:-1] + [99]), {}), ((xs, ys), {"epochs": 0}),
+                 ((xs, ys[:-1] + [99]), {}), ((xs, ys), {"epochs": 0}), ((xs, ys), {"epochs": 100001}),
                  ((xs, ys), {"cache": bytearray(3)}), ((xs, ys), {"cache": 5}),
                  ((xs, ys), {"progress": 3})):
     try:

@@ -10,5 +10,6 @@
 #include "tmp_plan.h"
 #include "tmp_infer.h"
 #include "tmp_train.h"
+#include "tmp_options.h"
 
 #endif /* TINYMP_H */
