@@ -71,7 +71,7 @@ def test_the_users_model_within_the_users_budget(elf, tmp_path):
 @pytest.mark.parametrize("args,needle", [
     (["--model", "no-such-file.tmpm"], "cannot read no-such-file.tmpm"),
     (["--model", "README.md"], "README.md is not a usable tinymp model"),
-    (["--model", DEMO, "--budget", "0"], "--budget must be a positive number of bytes"),
+    (["--model", DEMO, "--budget", "0"], "--budget must be a number of bytes from 1"),
     (["--models", "nosuch"], "unknown model nosuch"),
 ])
 def test_bad_input_is_one_line_before_anything_runs(args, needle, tmp_path):
@@ -80,3 +80,69 @@ def test_bad_input_is_one_line_before_anything_runs(args, needle, tmp_path):
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("tinymp bench:") and needle in lines[0], err
     assert not (tmp_path / "out").exists()
+
+
+def _conv_flatten_fc(path):
+    """A model ending conv -> fc on a 4x4 map: the planner trains through such an fc only at
+    r = 1, so the condensed tinymp plans are refused and the other methods are not."""
+    import numpy as np
+    from tinymp import builder
+    rng = np.random.default_rng(3)
+    g = builder.Graph((8, 8, 3))
+    x = g.conv(g.input, rng.normal(0, 0.3, (8, 3, 3, 3)), rng.normal(0, 0.1, 8), stride=2, act="relu")
+    g.fc(x, rng.normal(0, 0.1, (10, 4 * 4 * 8)), rng.normal(0, 0.1, 10))
+    path.write_bytes(g.quantize(rng.random((16, 8, 8, 3), dtype=np.float32)))
+    m = tinymp.Model(path.read_bytes())
+    with pytest.raises(ValueError):
+        m.plan(method="tinymp", r=4)
+    m.plan(method="tinymp", r=1)
+    return m
+
+
+@needs_tools
+def test_a_method_the_planner_refuses_is_skipped_not_fatal(elf, tmp_path):
+    mine = tmp_path / "flat.tmpm"
+    _conv_flatten_fc(mine)
+    out = tmp_path / "out"
+    code, stdout, err = bench("--model", str(mine), "--out", str(out), cwd=str(tmp_path))
+    assert code == 0, err
+    (model,) = json.loads((out / "results.json").read_text())["models"]
+    ran = [c["label"] for c in model["configs"]]
+    skipped = {s["label"]: s["why"] for s in model["skipped"]}
+    assert "tinymp r=4" in skipped and "tinymp r=1" in ran and "last" in ran
+    assert not set(ran) & set(skipped)
+    # the engine's own prefix is not doubled behind the bench's
+    assert not any(w.startswith("tinymp:") for w in skipped.values()), skipped
+
+
+def test_results_of_a_users_model_never_land_in_the_projects_bench_folder(tmp_path, monkeypatch):
+    from tinymp import bench as B
+    seen = {}
+
+    def fake_tools(root):  # stop right after the argument checks
+        seen["out_exists"] = os.path.isdir(os.path.join(str(tmp_path), "bench-models"))
+        raise B.BenchError("stop here")
+    monkeypatch.setattr(B, "find_tools", fake_tools)
+    monkeypatch.chdir(tmp_path)
+    assert B.main(["--model", DEMO]) == 1
+    assert seen == {"out_exists": True} and not (tmp_path / "bench").exists()
+
+
+@pytest.mark.parametrize("case", ["file", "huge-budget"])
+def test_a_bad_out_or_budget_stops_before_the_run(case, tmp_path):
+    args = ["--model", DEMO]
+    if case == "file":
+        f = tmp_path / "taken"
+        f.write_text("mine")
+        args += ["--out", str(f)]
+        needle = "cannot write results to"
+    else:
+        args += ["--budget", str(2 ** 32), "--out", str(tmp_path / "o")]
+        needle = "--budget must be a number of bytes from 1 to 4,294,967,295"
+    code, out, err = bench(*args)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], err
+    assert "==" not in out  # nothing was benched
+    if case == "file":
+        assert (tmp_path / "taken").read_text() == "mine"

@@ -92,3 +92,11 @@ def test_plan_training_method_prints_the_plan_and_fits_the_budget():
     code, out, err = run("plan", zoo.DEMO_PATH, "--method", "full", "--json")
     assert code == 0
     assert json.loads(out)[0]["arena_bytes"] == tinymp.Model(zoo.demo()).plan(method="full").arena_bytes
+
+
+@pytest.mark.parametrize("budget", ["nan", "inf", "-1", "0", "4194304"])
+@pytest.mark.parametrize("method", [None, "tinymp"])
+def test_plan_budget_outside_the_range_is_one_line(budget, method):
+    code, out, err = run("plan", zoo.DEMO_PATH, "--budget", budget, *(["--method", method] if method else []))
+    assert code == 2 and out == ""
+    assert err.strip() == "tinymp: --budget must be a positive number of KB, at most 4,194,303", err

@@ -75,3 +75,119 @@ def test_convert_bad_input_one_line_nothing_written(tmp_path, case):
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("tinymp"), err
     assert not out.exists() and not list(tmp_path.glob("out.tmpm.tmp-*"))
+
+
+def _onnx_pair(onnx, tmp_path):
+    """Two exports named model.onnx in folders A and B with different weights, each keeping its
+    weights beside it in model.onnx.data (as PyTorch's exporter does), and B's inline bytes."""
+    import test_convert_torch_onnx as t
+    inline = {}
+    for name, seed in (("A", 1), ("B", 2)):
+        model = t._handmade_onnx(onnx, "reducemean")
+        rng = np.random.default_rng(seed)
+        for init in model.graph.initializer:  # other weights per folder
+            if init.name in ("w1", "wd", "wm"):
+                a = onnx.numpy_helper.to_array(init)
+                init.CopyFrom(onnx.numpy_helper.from_array(
+                    rng.normal(0, 0.5, a.shape).astype(np.float32), init.name))
+        inline[name] = model.SerializeToString()
+        d = tmp_path / name
+        d.mkdir()
+        onnx.save_model(model, str(d / "model.onnx"), save_as_external_data=True,
+                        all_tensors_to_one_file=True, location="model.onnx.data", size_threshold=0)
+    return inline
+
+
+def test_onnx_weights_in_a_separate_file_come_from_the_models_folder(tmp_path):
+    onnx = pytest.importorskip("onnx", reason="needs the onnx package")
+    pytest.importorskip("onnxruntime", reason="needs onnxruntime")
+    from tinymp.convert import ConversionError, convert
+    inline = _onnx_pair(onnx, tmp_path)
+    x = np.random.default_rng(0).random((16, 3, 8, 8), dtype=np.float32)
+    np.save(tmp_path / "calib.npy", x)
+    want = convert(inline["B"], x)          # the same model with its weights inside
+    assert want != convert(inline["A"], x)
+    # run from A's folder, convert B: B's weights, not those of the model.onnx.data beside us
+    r = subprocess.run([sys.executable, "-m", "tinymp.cli", "convert", "../B/model.onnx", "-o",
+                        "../B.tmpm", "--calib", "../calib.npy"], capture_output=True, text=True,
+                       cwd=str(tmp_path / "A"))
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "B.tmpm").read_bytes() == want
+    # bytes cannot say where their weights are: one clear error
+    with pytest.raises(ConversionError, match="separate file .*model.onnx.data.*path of the .onnx"):
+        convert((tmp_path / "B" / "model.onnx").read_bytes(), x)
+    # the weights file missing: one line, nothing written
+    (tmp_path / "B" / "model.onnx.data").unlink()
+    code, _, err = run(str(tmp_path / "B" / "model.onnx"), "-o", str(tmp_path / "C.tmpm"),
+                       "--calib", str(tmp_path / "calib.npy"))
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "model.onnx.data" in err, err
+    assert not (tmp_path / "C.tmpm").exists()
+
+
+def test_onnx_with_a_fixed_batch_and_a_remainder_of_samples(tmp_path):
+    onnx = pytest.importorskip("onnx", reason="needs the onnx package")
+    pytest.importorskip("onnxruntime", reason="needs onnxruntime")
+    import test_convert_torch_onnx as t
+    model = t._handmade_onnx(onnx, "reducemean")
+    for v in (model.graph.input[0], model.graph.output[0]):
+        v.type.tensor_type.shape.dim[0].dim_value = 4       # a batch of 4, fixed
+    src = tmp_path / "b4.onnx"
+    src.write_bytes(model.SerializeToString())
+    np.save(tmp_path / "c10.npy", np.random.default_rng(0).random((10, 3, 8, 8), dtype=np.float32))
+    code, _, err = run(str(src), "-o", str(tmp_path / "b4.tmpm"), "--calib", str(tmp_path / "c10.npy"))
+    assert code == 0, err
+    assert tinymp.Model((tmp_path / "b4.tmpm").read_bytes()).num_classes == 5
+
+
+@pytest.mark.parametrize("case", ["npz", "same-file", "constant", "bool", "complex"])
+def test_calibration_and_output_mistakes_are_one_line(tmp_path, case):
+    onnx = pytest.importorskip("onnx", reason="needs the onnx package")
+    pytest.importorskip("onnxruntime", reason="needs onnxruntime")
+    import test_convert_torch_onnx as t
+    src = tmp_path / "m.onnx"
+    src.write_bytes(t._handmade_onnx(onnx, "reducemean").SerializeToString())
+    good = np.random.default_rng(0).random((8, 3, 8, 8), dtype=np.float32)
+    out = tmp_path / "out.tmpm"
+    calib = tmp_path / "c.npy"
+    needle = {"npz": "is an .npz archive (x)", "same-file": "is the source model",
+              "constant": "are all 0.5", "bool": "must hold real numbers, got dtype bool",
+              "complex": "must hold real numbers, got dtype complex64"}[case]
+    if case == "npz":
+        calib = tmp_path / "c.npz"
+        np.savez(calib, x=good)
+    else:
+        np.save(calib, {"same-file": good, "constant": np.full_like(good, 0.5), "bool": good > 0.5,
+                        "complex": good.astype(np.complex64)}[case])
+    if case == "same-file":
+        out = src
+    before = src.read_bytes()
+    code, _, err = run(str(src), "-o", str(out), "--calib", str(calib))
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], err
+    assert src.read_bytes() == before
+    assert case == "same-file" or not out.exists()
+
+
+def test_tflite_with_calibration_samples_converts(tmp_path):
+    # calib (and its layout) are not needed for a quantised model: accepted and ignored
+    pytest.importorskip("tflite", reason="needs the tflite package")
+    pytest.importorskip("ai_edge_litert.interpreter", reason="needs ai-edge-litert")
+    import test_convert_tflite as t
+    src = tmp_path / "a.tflite"
+    src.write_bytes(t.model_a()[0])
+    np.save(tmp_path / "c.npy", np.random.default_rng(0).random((4, 3, 8, 8), dtype=np.float32))
+    code, _, err = run(str(src), "-o", str(tmp_path / "a.tmpm"), "--calib", str(tmp_path / "c.npy"))
+    assert code == 0, err
+    code, _, err = run(str(src), "-o", str(tmp_path / "b.tmpm"))
+    assert (tmp_path / "a.tmpm").read_bytes() == (tmp_path / "b.tmpm").read_bytes()
+
+
+def test_class_names_as_one_string_is_refused():
+    onnx = pytest.importorskip("onnx", reason="needs the onnx package")
+    pytest.importorskip("onnxruntime", reason="needs onnxruntime")
+    import test_convert_torch_onnx as t
+    from tinymp.convert import ConversionError, convert
+    x = np.random.default_rng(0).random((8, 3, 8, 8), dtype=np.float32)
+    with pytest.raises(ConversionError, match="list of names, not a single string"):
+        convert(t._handmade_onnx(onnx, "reducemean").SerializeToString(), x, class_names="abcde")

@@ -58,6 +58,16 @@ class BenchError(Exception):
     """A clear one-line reason the bench cannot run."""
 
 
+class UserModelError(BenchError):
+    """A user's model (or its budget) that no method can run: the user's input, exit status 2."""
+
+
+def _reason(e):
+    """An engine message without its own "tinymp: " prefix (the bench adds its own)."""
+    text = str(e)
+    return text[len("tinymp: "):] if text.startswith("tinymp: ") else text
+
+
 def repo_root():
     here = os.path.dirname(os.path.abspath(__file__))
     return os.path.dirname(os.path.dirname(here))
@@ -116,15 +126,25 @@ def exact_twin_options(m, plan):
     return {"method": "sparse", "layers": layers, "ratios": ratios, "n_bias": n_bias, "r": 1}
 
 
-def configs(m, key, quick=False, budget=None):
+def configs(m, key, quick=False, budget=None, skipped=None):
     """(label, plan options, support count) of every configuration for model m (a user's model:
-    `budget` given, else BUDGET)."""
+    `budget` given, else BUDGET). With a `skipped` list (a user's model), a configuration the
+    planner refuses is left out and noted there ({"label", "why"}) instead of raising."""
     if budget is None:
         budget = BUDGET if key != "demo" else 16 * 1024
     out = []
     if quick:
         return [("last", {"method": "last"}, 0),
                 ("tinymp r=4", {"method": "tinymp", "budget": budget}, 0)]
+
+    def planned(label, make):
+        try:
+            return make()
+        except ValueError as e:
+            if skipped is None:
+                raise
+            skipped.append({"label": label, "why": _reason(e)})
+            return None
     out.append(("full", {"method": "full"}, 0))
     out.append(("last", {"method": "last"}, 0))
     out.append(("bias", {"method": "bias"}, 0))
@@ -132,15 +152,17 @@ def configs(m, key, quick=False, budget=None):
     if sbudget is not None:
         out.append(("sparse", dict(method="sparse", budget=sbudget, **sopts), 0))
     else:
-        sp = m.plan(method="sparse", **sopts)
-        out.append(("sparse", dict(method="sparse", **sopts), 0))
-        # sparse does not fit the budget: tinymp at sparse's own size, for the same-memory run
-        out.append(("tinymp r=4 @ sparse's size", {"method": "tinymp", "budget": sp.arena_bytes}, 0))
+        sp = planned("sparse", lambda: m.plan(method="sparse", **sopts))
+        if sp is not None:
+            out.append(("sparse", dict(method="sparse", **sopts), 0))
+            # sparse does not fit the budget: tinymp at sparse's own size, for the same-memory run
+            out.append(("tinymp r=4 @ sparse's size", {"method": "tinymp", "budget": sp.arena_bytes}, 0))
     out.append(("tinytrain", {"method": "tinytrain", "budget": budget}, 8))
     for r in (1, 2, 4):
         out.append(("tinymp r=%d" % r, {"method": "tinymp", "budget": budget, "r": r}, 0))
-    p = m.plan(method="tinymp", budget=budget)
-    out.append(("exact (tinymp r=4's set)", exact_twin_options(m, p), 0))
+    p = planned("exact (tinymp r=4's set)", lambda: m.plan(method="tinymp", budget=budget))
+    if p is not None:
+        out.append(("exact (tinymp r=4's set)", exact_twin_options(m, p), 0))
     return out
 
 
@@ -303,11 +325,10 @@ def bench_model(key, root, qemu, elf, workdir, quick=False, full_runs=False, pro
     rows = []
     epochs = RUN_EPOCHS if not quick else 2
     n = n_run if not quick else 10
-    try:
-        todo = configs(m, key, quick, budget)
-    except ValueError as e:  # a user's model: no plan within the budget
-        raise BenchError("%s: %s" % (title, e)) from None
     skipped = []
+    todo = configs(m, key, quick, budget, skipped if user is not None else None)
+    for s in skipped:
+        progress("  %-26s skipped: %s" % (s["label"], s["why"]))
     for label, opts, support in todo:
         t0 = time.time()
         execute = key == "demo" or full_runs
@@ -321,8 +342,8 @@ def bench_model(key, root, qemu, elf, workdir, quick=False, full_runs=False, pro
                 raise
             # a user's model may not suit every method (e.g. no plan within the budget): the
             # others are still worth a table
-            skipped.append({"label": label, "why": str(e)})
-            progress("  %-26s skipped: %s" % (label, e))
+            skipped.append({"label": label, "why": _reason(e)})
+            progress("  %-26s skipped: %s" % (label, _reason(e)))
             continue
         r.update(label=label, options={k: v for k, v in opts.items()}, support=support)
         r["composed_run"] = compose_run(r, n, epochs)
@@ -340,7 +361,7 @@ def bench_model(key, root, qemu, elf, workdir, quick=False, full_runs=False, pro
             format(r["run_instructions"], ","), "" if r["run_executed"] else " (composed)",
             time.time() - t0))
     if not rows:
-        raise BenchError("%s: no method could run (%s)" % (title, skipped[0]["why"] if skipped else "-"))
+        raise UserModelError("%s: no method could run (%s)" % (title, skipped[0]["why"] if skipped else "-"))
     return {"title": title, "key": key, "model_bytes": len(data), "configs": rows,
             "run": {"samples": n, "epochs": epochs}, "skipped": skipped}
 
@@ -522,7 +543,8 @@ def main(argv=None):
     ap.add_argument("--budget", type=int, default=BUDGET, metavar="BYTES",
                     help="arena budget for --model files (default %d: 256 KiB less 4 KiB of "
                          "stack)" % BUDGET)
-    ap.add_argument("--out", default="bench", help="output directory (default: bench)")
+    ap.add_argument("--out", default=None, help="output directory (default: bench, or "
+                                                "bench-models when --model is given)")
     ap.add_argument("--quick", action="store_true", help="two methods, short runs (the test suite's)")
     ap.add_argument("--full-runs", action="store_true",
                     help="execute every whole run in the emulator instead of composing the 128x128 ones")
@@ -537,8 +559,8 @@ def main(argv=None):
         print("tinymp bench: unknown model %s (choose from %s)" % (",".join(bad) or "''", ", ".join(MODELS)),
               file=sys.stderr)
         return 2
-    if a.budget < 1:
-        print("tinymp bench: --budget must be a positive number of bytes", file=sys.stderr)
+    if not 1 <= a.budget <= 0xFFFFFFFF:
+        print("tinymp bench: --budget must be a number of bytes from 1 to 4,294,967,295", file=sys.stderr)
         return 2
     users = []
     for path in a.model:
@@ -555,6 +577,16 @@ def main(argv=None):
         except (OSError, UnicodeDecodeError) as e:
             print("tinymp bench: cannot read --notes %s: %s" % (a.notes, e), file=sys.stderr)
             return 2
+    if a.out is None:
+        # a user's models never overwrite the project's own bench/ results
+        a.out = "bench-models" if a.model else "bench"
+    try:  # before the run, which can take an hour: a bad --out would otherwise lose it
+        os.makedirs(a.out, exist_ok=True)
+        if not os.access(a.out, os.W_OK):
+            raise PermissionError("not writable")
+    except OSError as e:
+        print("tinymp bench: cannot write results to %s: %s" % (a.out, e.strerror or e), file=sys.stderr)
+        return 2
     root = repo_root()
     try:
         qemu, elf = find_tools(root)
@@ -577,8 +609,7 @@ def main(argv=None):
                                                      budget=a.budget))
     except (BenchError, subprocess.TimeoutExpired, OSError) as e:
         print("tinymp bench: %s" % e, file=sys.stderr)
-        return 1
-    os.makedirs(a.out, exist_ok=True)
+        return 2 if isinstance(e, UserModelError) else 1
     from ._files import atomic_write
     atomic_write(os.path.join(a.out, "results.json"), (json.dumps(results, indent=1) + "\n").encode())
     cmd = "tinymp bench" + ("" if a.models is None else " --models " + a.models) + \

@@ -101,8 +101,8 @@ def cmd_plan(args):
     import tinymp
     if not args.models and not args.zoo:
         raise UserError("tinymp: give model files or --zoo")
-    if args.budget is not None and args.budget <= 0:
-        raise UserError("tinymp: --budget must be a positive number of KB")
+    if args.budget is not None and (not args.budget > 0 or args.budget * 1024 > 0xFFFFFFFF):
+        raise UserError("tinymp: --budget must be a positive number of KB, at most 4,194,303")
     items = []
     for path in args.models:
         m, data = _load(path)
@@ -233,12 +233,18 @@ def cmd_convert(args):
     from . import convert as conv
     if not os.path.exists(args.source):
         raise UserError(f"tinymp: no such model file: {args.source}")
+    if os.path.exists(args.output) and os.path.samefile(args.source, args.output):
+        raise UserError(f"tinymp: the output {args.output} is the source model; name another file")
     calib = None
     if args.calib is not None:
         try:
             calib = np.load(args.calib)
         except (OSError, ValueError) as e:
             raise UserError(f"tinymp: cannot read calibration samples {args.calib}: {e}") from None
+        if not isinstance(calib, np.ndarray):
+            names = ", ".join(calib.files) if hasattr(calib, "files") else "?"
+            raise UserError(f"tinymp: {args.calib} is an .npz archive ({names}); save the "
+                            "calibration samples as one array with numpy.save (.npy)")
         if calib.ndim != 4 or calib.shape[0] < 1:
             raise UserError(f"tinymp: calibration samples must be a 4-D array [N, ...], got shape {calib.shape}")
     names = [n.strip() for n in args.classes.split(",")] if args.classes else None

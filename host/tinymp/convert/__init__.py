@@ -133,6 +133,7 @@ def convert(source, calib=None, class_names=None, input_range=None, **kw) -> byt
         if input_range is not None:
             raise ConversionError("tinymp convert: input_range does not apply to a TFLite model "
                                   "(it is already quantised)")
+        kw.pop("input_layout", None)  # describes calib, which a quantised model does not need
         return from_tflite(source, class_names=class_names, **kw)
     if calib is None:
         what = "PyTorch" if kind == "torch" else "ONNX"
@@ -233,6 +234,10 @@ def _as_batch(calib, layout: str, what: str) -> np.ndarray:
                               f"got {layout!r}")
     if hasattr(calib, "detach"):          # a torch tensor, without importing torch
         calib = calib.detach().cpu().numpy()
+    kind = np.asarray(calib).dtype.kind
+    if kind not in "iuf":
+        raise ConversionError(f"tinymp convert: {what} must hold real numbers, got dtype "
+                              f"{np.asarray(calib).dtype}")
     x = np.asarray(calib, dtype=np.float32)
     if x.ndim == 3:
         x = x[None]
@@ -243,6 +248,9 @@ def _as_batch(calib, layout: str, what: str) -> np.ndarray:
         x = x.transpose(0, 3, 1, 2)
     if not np.isfinite(x).all():
         raise ConversionError(f"tinymp convert: {what} contains non-finite values")
+    if x.min() == x.max():
+        raise ConversionError(f"tinymp convert: {what} are all {float(x.min()):g}: samples that "
+                              "vary are needed to fix the model's input range")
     return np.ascontiguousarray(x)
 
 
@@ -250,6 +258,9 @@ def _quantize(graph, calib_nchw: np.ndarray, class_names, input_range) -> bytes:
     """Graph.quantize with the converter's error handling."""
     nc = graph.output.c
     if class_names is not None:
+        if isinstance(class_names, (str, bytes)):
+            raise ConversionError("tinymp convert: class_names must be a list of names, not a "
+                                  "single string")
         class_names = [str(c) for c in class_names]
         if len(class_names) != nc:
             raise ConversionError(f"tinymp convert: {len(class_names)} class names given, the "

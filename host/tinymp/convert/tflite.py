@@ -648,6 +648,9 @@ class _Converter:
         num_classes = last.c
         names = None
         if self.class_names is not None:
+            if isinstance(self.class_names, (str, bytes)):
+                raise ConversionError("tinymp convert: class_names must be a list of names, not "
+                                      "a single string")
             names = [str(c) for c in self.class_names]
             if len(names) != num_classes:
                 raise ConversionError(f"tinymp convert: {len(names)} class names for "
