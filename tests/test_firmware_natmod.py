@@ -96,6 +96,7 @@ def calls(mod):
     o = array.array("f", [0.0] * m.num_classes)
     out.append(res(lambda: (m.logits(x, out=o) is o, list(o))))
     out.append(res(lambda: list(m.logits(x, out=bytearray(4 * m.num_classes)))))
+    out.append(res(lambda: list(m.logits(x=x)) == list(m.logits(x))))  # the documented name
     out.append(res(lambda: mod.Model(memoryview(bytearray(1) + bytearray(MODEL))[1:]).predict(x)))
     ba = bytearray(MODEL)
     mb = mod.Model(ba)

@@ -1663,8 +1663,15 @@ static PyObject *Trainer_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         uintptr_t a = (uintptr_t)self->arena_view.buf;
         size_t skip = (size_t)((4u - (a & 3u)) & 3u); /* use the 4-byte aligned part */
         if ((size_t)self->arena_view.len < skip + need) {
-            PyErr_Format(PyExc_MemoryError, "tinymp: the arena has %zd bytes, the plan needs %lu%s",
-                self->arena_view.len, (unsigned long)need, skip ? " (after 4-byte alignment)" : "");
+            if (skip != 0) {
+                PyErr_Format(PyExc_MemoryError, "tinymp: the arena has %zd bytes, %zd after 4-byte alignment; "
+                    "the plan needs %lu", self->arena_view.len,
+                    self->arena_view.len > (Py_ssize_t)skip ? self->arena_view.len - (Py_ssize_t)skip : (Py_ssize_t)0,
+                    (unsigned long)need);
+            } else {
+                PyErr_Format(PyExc_MemoryError, "tinymp: the arena has %zd bytes, the plan needs %lu",
+                    self->arena_view.len, (unsigned long)need);
+            }
             goto fail;
         }
         self->arena = (uint8_t *)self->arena_view.buf + skip;
@@ -2159,14 +2166,19 @@ static int fit_store(void *ctx, uint32_t i, uint32_t offset, const int8_t *src, 
         f->error = 1;
         return -1;
     }
+    /* a file that stores less (or returns None): this sample is not cached; one that raises:
+     * the run stops after this step (fit_progress) and fit() raises it, as on the board */
     PyObject *r = PyObject_CallMethod(f->file, "write", "y#", (const char *)src, (Py_ssize_t)n);
-    int ok = r != NULL && PyLong_Check(r) && PyLong_AsLongLong(r) == (long long)n;
-    Py_XDECREF(r);
-    if (!ok) {
+    if (r == NULL) {
         f->error = 1;
         return -1;
     }
-    return 0;
+    int ok = PyLong_Check(r) && PyLong_AsLongLong(r) == (long long)n;
+    if (!ok && PyErr_Occurred()) {
+        PyErr_Clear(); /* an int too large for long long: not n */
+    }
+    Py_DECREF(r);
+    return ok ? 0 : -1;
 }
 
 static int fit_load(void *ctx, uint32_t i, uint32_t offset, int8_t *dst, uint32_t n) {
@@ -2203,6 +2215,9 @@ static int fit_progress(void *ctx, uint32_t epoch, uint32_t done, float loss, in
     f->loss_sum[epoch] += (double)loss;
     f->correct[epoch] += correct ? 1u : 0u;
     f->count[epoch]++;
+    if (f->error) {
+        return 1; /* a cache file raised during this step: stop, fit() raises it */
+    }
     if (f->progress == NULL || f->progress == Py_None) {
         return 0;
     }

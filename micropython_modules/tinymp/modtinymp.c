@@ -453,7 +453,7 @@ static mp_obj_t tinymp_model_logits(size_t n_args, const mp_obj_t *pos_args, mp_
     tmp_dequantize_output(&self->model, q, (float *)arr->items);
     return MP_OBJ_FROM_PTR(arr);
 }
-static MP_DEFINE_CONST_FUN_OBJ_KW(tinymp_model_logits_obj, 2, tinymp_model_logits);
+static MP_DEFINE_CONST_FUN_OBJ_KW(tinymp_model_logits_obj, 1, tinymp_model_logits);
 
 static mp_obj_t u32_list(const uint32_t *a, size_t n) {
     mp_obj_t l = mp_obj_new_list(n, NULL);
@@ -1221,8 +1221,12 @@ static mp_obj_t tinymp_trainer_make_new(const mp_obj_type_t *type, size_t n_args
         }
         size_t skip = (size_t)((4u - ((uintptr_t)bi.buf & 3u)) & 3u); // use the 4-byte aligned part
         if (bi.len < skip + need) {
-            raise_fmt(&mp_type_MemoryError, "tinymp: the arena has %u bytes, the plan needs %u%s", (unsigned)bi.len,
-                (unsigned)need, skip ? " (after 4-byte alignment)" : "");
+            if (skip != 0) {
+                raise_fmt(&mp_type_MemoryError, "tinymp: the arena has %u bytes, %u after 4-byte alignment; the "
+                    "plan needs %u", (unsigned)bi.len, (unsigned)(bi.len > skip ? bi.len - skip : 0), (unsigned)need);
+            }
+            raise_fmt(&mp_type_MemoryError, "tinymp: the arena has %u bytes, the plan needs %u", (unsigned)bi.len,
+                (unsigned)need);
         }
         self->arena_owner = arena;
         self->arena_skip = skip;
@@ -1303,7 +1307,7 @@ static mp_obj_t tinymp_trainer_step(size_t n_args, const mp_obj_t *pos_args, mp_
     }
     return mp_obj_new_float((mp_float_t)loss);
 }
-static MP_DEFINE_CONST_FUN_OBJ_KW(tinymp_trainer_step_obj, 3, tinymp_trainer_step);
+static MP_DEFINE_CONST_FUN_OBJ_KW(tinymp_trainer_step_obj, 1, tinymp_trainer_step);
 
 // Inference with the trained parameters; returns the int8 output inside the arena.
 static const int8_t *trainer_forward(tinymp_trainer_obj_t *self, mp_obj_t x) {
@@ -1355,7 +1359,7 @@ static mp_obj_t tinymp_trainer_logits(size_t n_args, const mp_obj_t *pos_args, m
     memcpy(arr->items, self->logits_buf, sizeof(float) * n);
     return MP_OBJ_FROM_PTR(arr);
 }
-static MP_DEFINE_CONST_FUN_OBJ_KW(tinymp_trainer_logits_obj, 2, tinymp_trainer_logits);
+static MP_DEFINE_CONST_FUN_OBJ_KW(tinymp_trainer_logits_obj, 1, tinymp_trainer_logits);
 
 // end_period(): close an APU period (re-select the channels).
 static mp_obj_t tinymp_trainer_end_period(mp_obj_t self_in) {
@@ -1654,23 +1658,60 @@ static void tinymp_trainer_attr(mp_obj_t self_in, qstr attr, mp_obj_t *dest) {
 
 
 // ---- fit(): a whole personalisation run in the core (tmp_trainer_fit)
+//
+// Python runs inside the core's loop: the sequences' __getitem__, the progress callback, the
+// scheduler and a cache file's methods. Any of them may resize the model's or the arena's
+// bytearray, or the cache buffer. Between steps (after a sample is fetched, after progress) a
+// moved arena or model is followed as step() follows it; inside a step (a cache file's methods)
+// the step's pointers cannot follow, so a move there stops the run; a caller's cache buffer is
+// looked up again before every copy.
 
 typedef struct {
     tinymp_trainer_obj_t *self;
     mp_obj_t xs, ys, file, progress;
-    uint8_t *cache;          // a buffer cache (caller's or ours), or NULL
+    mp_obj_t cache_obj;      // a caller's cache buffer, or MP_OBJ_NULL
+    uint8_t *own_cache;      // our heap buffer for the samples the arena does not hold, or NULL
     uint32_t cache_bytes;
-    mp_float_t *loss_sum;
-    uint32_t *correct, *count;
+    uint32_t n;
+    mp_obj_t pending;        // an exception a cache file raised: the run stops after that step
+    mp_obj_t losses, accs;   // per-epoch means, appended as each epoch ends
+    uint32_t epoch, correct, count;
+    mp_float_t loss_sum;
 } fit_ctx;
 
 static const int8_t *fit_sample(void *ctx, uint32_t i, int32_t *label) {
     fit_ctx *f = (fit_ctx *)ctx;
     mp_obj_t idx = MP_OBJ_NEW_SMALL_INT(i);
-    *label = parse_label(trainer_model(f->self), mp_obj_subscr(f->ys, idx, MP_OBJ_SENTINEL), "label");
+    mp_obj_t y = mp_obj_subscr(f->ys, idx, MP_OBJ_SENTINEL);
+    mp_obj_t x = mp_obj_subscr(f->xs, idx, MP_OBJ_SENTINEL);
+    trainer_check(f->self); // Python ran: follow a moved arena or model before the step
+    *label = parse_label(trainer_model(f->self), y, "label");
     mp_buffer_info_t bi;
-    get_input(trainer_model(f->self), mp_obj_subscr(f->xs, idx, MP_OBJ_SENTINEL), &bi);
+    get_input(trainer_model(f->self), x, &bi);
     return (const int8_t *)bi.buf; // the sequence keeps the object alive
+}
+
+// Inside a step, after a cache file's method ran: the step's pointers into the arena and the
+// model are fixed, so a resized buffer stops the run.
+static void fit_check_unmoved(fit_ctx *f) {
+    tinymp_trainer_obj_t *self = f->self;
+    const uint8_t *arena = self->arena, *model = trainer_model(self)->data;
+    trainer_check(self);
+    if (self->arena != arena || trainer_model(self)->data != model) {
+        mp_raise_ValueError(MP_ERROR_TEXT("tinymp: the arena or model buffer was resized during a fit() step"));
+    }
+}
+
+// The caller's cache buffer as it is now (looked up before every copy: Python may have resized it).
+static uint8_t *fit_cache_buffer(fit_ctx *f) {
+    if (f->own_cache != NULL) {
+        return f->own_cache;
+    }
+    mp_buffer_info_t cb;
+    if (!mp_get_buffer(f->cache_obj, &cb, MP_BUFFER_WRITE) || cb.len < (size_t)f->n * f->cache_bytes) {
+        mp_raise_ValueError(MP_ERROR_TEXT("tinymp: the cache buffer was resized during fit()"));
+    }
+    return (uint8_t *)cb.buf;
 }
 
 static void fit_seek(fit_ctx *f, uint32_t i, uint32_t offset) {
@@ -1682,22 +1723,36 @@ static void fit_seek(fit_ctx *f, uint32_t i, uint32_t offset) {
 
 static int fit_store(void *ctx, uint32_t i, uint32_t offset, const int8_t *src, uint32_t n) {
     fit_ctx *f = (fit_ctx *)ctx;
-    if (f->cache != NULL) {
-        memcpy(f->cache + (size_t)i * f->cache_bytes + offset, src, n);
+    if (f->file == MP_OBJ_NULL) {
+        memcpy(fit_cache_buffer(f) + (size_t)i * f->cache_bytes + offset, src, n);
         return 0;
     }
-    fit_seek(f, i, offset);
-    mp_obj_t dest[3];
-    mp_load_method(f->file, MP_QSTR_write, dest);
-    dest[2] = mp_obj_new_memoryview('B', n, (void *)(uintptr_t)src);
-    mp_obj_t r = mp_call_method_n_kw(1, 0, dest);
-    return (r != mp_const_none && mp_obj_get_int(r) == (mp_int_t)n) ? 0 : -1;
+    if (f->pending != MP_OBJ_NULL) {
+        return -1;
+    }
+    // a file that fails to store: this sample is not cached; one that raises: the run stops
+    // after this step (which still trains) and fit() raises it, as the PC binding does
+    bool stored = false;
+    nlr_buf_t nlr;
+    if (nlr_push(&nlr) == 0) {
+        fit_seek(f, i, offset);
+        mp_obj_t dest[3];
+        mp_load_method(f->file, MP_QSTR_write, dest);
+        dest[2] = mp_obj_new_memoryview('B', n, (void *)(uintptr_t)src);
+        mp_obj_t r = mp_call_method_n_kw(1, 0, dest);
+        stored = mp_obj_is_int(r) && mp_obj_get_int(r) == (mp_int_t)n;
+        nlr_pop();
+    } else {
+        f->pending = MP_OBJ_FROM_PTR(nlr.ret_val);
+    }
+    fit_check_unmoved(f);
+    return stored ? 0 : -1;
 }
 
 static int fit_load(void *ctx, uint32_t i, uint32_t offset, int8_t *dst, uint32_t n) {
     fit_ctx *f = (fit_ctx *)ctx;
-    if (f->cache != NULL) {
-        memcpy(dst, f->cache + (size_t)i * f->cache_bytes + offset, n);
+    if (f->file == MP_OBJ_NULL) {
+        memcpy(dst, fit_cache_buffer(f) + (size_t)i * f->cache_bytes + offset, n);
         return 0;
     }
     fit_seek(f, i, offset);
@@ -1705,23 +1760,46 @@ static int fit_load(void *ctx, uint32_t i, uint32_t offset, int8_t *dst, uint32_
     mp_load_method(f->file, MP_QSTR_readinto, dest);
     dest[2] = mp_obj_new_memoryview('B' | MP_OBJ_ARRAY_TYPECODE_FLAG_RW, n, dst);
     mp_obj_t r = mp_call_method_n_kw(1, 0, dest);
+    fit_check_unmoved(f);
     if (r == mp_const_none || mp_obj_get_int(r) != (mp_int_t)n) {
         mp_raise_msg(&mp_type_OSError, MP_ERROR_TEXT("tinymp: the feature cache file returned fewer bytes than were stored"));
     }
     return 0;
 }
 
+// The mean loss and accuracy of the epoch that just ended, appended to the result's lists.
+static void fit_close_epoch(fit_ctx *f) {
+    if (f->count != 0) {
+        mp_obj_list_append(f->losses, mp_obj_new_float(f->loss_sum / (mp_float_t)f->count));
+        mp_obj_list_append(f->accs, mp_obj_new_float((mp_float_t)f->correct / (mp_float_t)f->count));
+    }
+    f->loss_sum = 0;
+    f->correct = 0;
+    f->count = 0;
+}
+
 static int fit_progress(void *ctx, uint32_t epoch, uint32_t done, float loss, int correct) {
     fit_ctx *f = (fit_ctx *)ctx;
-    f->loss_sum[epoch] += (mp_float_t)loss;
-    f->correct[epoch] += correct ? 1u : 0u;
-    f->count[epoch]++;
-    if (f->progress == mp_const_none) {
-        return 0;
+    if (epoch != f->epoch) {
+        fit_close_epoch(f);
+        f->epoch = epoch;
     }
-    mp_obj_t a[4] = { mp_obj_new_int_from_uint(epoch), mp_obj_new_int_from_uint(done),
-                      mp_obj_new_float((mp_float_t)loss), mp_obj_new_bool(correct) };
-    return mp_obj_is_true(mp_call_function_n_kw(f->progress, 4, 0, a)) ? 1 : 0;
+    f->loss_sum += (mp_float_t)loss;
+    f->correct += correct ? 1u : 0u;
+    f->count++;
+    if (f->pending != MP_OBJ_NULL) {
+        return 1;
+    }
+    int stop = 0;
+    if (f->progress != mp_const_none) {
+        mp_obj_t a[4] = { mp_obj_new_int_from_uint(epoch), mp_obj_new_int_from_uint(done),
+                          mp_obj_new_float((mp_float_t)loss), mp_obj_new_bool(correct) };
+        stop = mp_obj_is_true(mp_call_function_n_kw(f->progress, 4, 0, a)) ? 1 : 0;
+    }
+    // a long fit() stays interruptible on a board (Ctrl-C, KeyboardInterrupt), between steps
+    mp_handle_pending(true);
+    trainer_check(f->self); // Python ran: follow a moved arena or model before the next step
+    return stop;
 }
 
 // fit(xs, ys, epochs=1, cache=True, shuffle=True, progress=None) -> dict: a personalisation run.
@@ -1747,10 +1825,15 @@ static mp_obj_t tinymp_trainer_fit(size_t n_args, const mp_obj_t *pos_args, mp_m
         mp_raise_TypeError(MP_ERROR_TEXT("tinymp: progress must be callable or None"));
     }
     mp_obj_t xs = args[ARG_xs].u_obj, ys = args[ARG_ys].u_obj;
-    if (mp_obj_is_str_or_bytes(xs)) {
+    mp_obj_t n_obj = MP_OBJ_NULL, ny_obj = MP_OBJ_NULL;
+    if (!mp_obj_is_str_or_bytes(xs)) {
+        n_obj = mp_obj_len_maybe(xs);
+        ny_obj = mp_obj_len_maybe(ys);
+    }
+    if (n_obj == MP_OBJ_NULL || ny_obj == MP_OBJ_NULL) {
         mp_raise_TypeError(MP_ERROR_TEXT("tinymp: fit() takes a sequence of inputs and a sequence of labels"));
     }
-    mp_int_t n = mp_obj_get_int(mp_obj_len(xs)), ny = mp_obj_get_int(mp_obj_len(ys));
+    mp_int_t n = mp_obj_get_int(n_obj), ny = mp_obj_get_int(ny_obj);
     if (n != ny) {
         mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("tinymp: %d inputs but %d labels"), (int)n, (int)ny);
     }
@@ -1758,11 +1841,29 @@ static mp_obj_t tinymp_trainer_fit(size_t n_args, const mp_obj_t *pos_args, mp_m
         mp_raise_ValueError(MP_ERROR_TEXT("tinymp: fit() needs at least one sample"));
     }
     const tmp_train_plan *p = &trainer_plan(self)->plan;
-    fit_ctx f = { self, xs, ys, MP_OBJ_NULL, progress, NULL, p->cache_bytes, NULL, NULL, NULL };
-    // every sample is checked before the first step: bad input changes nothing
+    fit_ctx f = { self, xs, ys, MP_OBJ_NULL, progress, MP_OBJ_NULL, NULL, p->cache_bytes, (uint32_t)n,
+                  MP_OBJ_NULL, MP_OBJ_NULL, MP_OBJ_NULL, 0, 0, 0, 0 };
+    // every sample is checked before the first step: bad input changes nothing, and the error
+    // names the sample as the PC binding's does
     for (mp_int_t i = 0; i < n; i++) {
         int32_t label;
-        fit_sample(&f, (uint32_t)i, &label);
+        nlr_buf_t nlr;
+        if (nlr_push(&nlr) == 0) {
+            fit_sample(&f, (uint32_t)i, &label);
+            nlr_pop();
+        } else {
+            mp_obj_t e = MP_OBJ_FROM_PTR(nlr.ret_val);
+            const mp_obj_type_t *et = mp_obj_get_type(e);
+            mp_obj_t v = mp_obj_exception_get_value(e);
+            if (!mp_obj_is_str(v) || !mp_obj_is_subclass_fast(MP_OBJ_FROM_PTR(et), MP_OBJ_FROM_PTR(&mp_type_Exception))) {
+                nlr_jump(nlr.ret_val);
+            }
+            const char *text = mp_obj_str_get_str(v);
+            if (strncmp(text, "tinymp: ", 8) == 0) {
+                text += 8;
+            }
+            mp_raise_msg_varg(et, MP_ERROR_TEXT("tinymp: fit() sample %d: %s"), (int)i, text);
+        }
     }
     uint32_t flags = args[ARG_shuffle].u_bool ? 0u : TMP_FIT_NO_SHUFFLE;
     tmp_fit_io io = { fit_sample, NULL, NULL, fit_progress, &f };
@@ -1772,7 +1873,7 @@ static mp_obj_t tinymp_trainer_fit(size_t n_args, const mp_obj_t *pos_args, mp_m
         flags |= TMP_FIT_NO_CACHE;
     } else if (cache == mp_const_true) {
         if (p->cache_bytes != 0 && (uint32_t)n > p->cache_samples && epochs > 1) {
-            f.cache = m_new_maybe(uint8_t, need); // no room: those samples run the prefix again
+            f.own_cache = m_new_maybe(uint8_t, need); // no room: those samples run the prefix again
         }
     } else {
         mp_buffer_info_t cb;
@@ -1782,36 +1883,37 @@ static mp_obj_t tinymp_trainer_fit(size_t n_args, const mp_obj_t *pos_args, mp_m
                     "%d samples need %u (plan.cache_bytes = %u per sample)"), (unsigned)cb.len, (int)n,
                     (unsigned)need, (unsigned)p->cache_bytes);
             }
-            f.cache = (uint8_t *)cb.buf;
+            f.cache_obj = cache;
         } else {
-            mp_obj_t dest[2];
-            mp_load_method_maybe(cache, MP_QSTR_readinto, dest);
-            if (dest[0] == MP_OBJ_NULL) {
-                mp_raise_TypeError(MP_ERROR_TEXT("tinymp: cache must be True, False, a writable buffer or a file"));
+            static const qstr file_methods[] = { MP_QSTR_seek, MP_QSTR_write, MP_QSTR_readinto };
+            for (size_t k = 0; k < MP_ARRAY_SIZE(file_methods); k++) {
+                mp_obj_t dest[2];
+                mp_load_method_maybe(cache, file_methods[k], dest);
+                if (dest[0] == MP_OBJ_NULL) {
+                    mp_raise_TypeError(MP_ERROR_TEXT("tinymp: cache must be True, False, a writable buffer or a file"));
+                }
             }
             f.file = cache;
         }
     }
-    if (f.cache != NULL || f.file != MP_OBJ_NULL) {
+    if (f.own_cache != NULL || f.cache_obj != MP_OBJ_NULL || f.file != MP_OBJ_NULL) {
         io.cache_store = fit_store;
         io.cache_load = fit_load;
     }
-    f.loss_sum = m_new0(mp_float_t, epochs);
-    f.correct = m_new0(uint32_t, epochs);
-    f.count = m_new0(uint32_t, epochs);
+    f.losses = mp_obj_new_list(0, NULL);
+    f.accs = mp_obj_new_list(0, NULL);
     tmp_fit_stats st;
     tmp_status s = tmp_trainer_fit(&self->t, (uint32_t)n, epochs, flags, &io, &st);
-    trainer_status(self, s, "fit");
-    mp_obj_t losses = mp_obj_new_list(0, NULL), accs = mp_obj_new_list(0, NULL);
-    for (uint32_t e = 0; e < epochs && f.count[e] != 0; e++) {
-        mp_obj_list_append(losses, mp_obj_new_float(f.loss_sum[e] / (mp_float_t)f.count[e]));
-        mp_obj_list_append(accs, mp_obj_new_float((mp_float_t)f.correct[e] / (mp_float_t)f.count[e]));
+    if (f.pending != MP_OBJ_NULL) {
+        nlr_raise(f.pending);
     }
-    mp_obj_t d = mp_obj_new_dict(10);
+    trainer_status(self, s, "fit");
+    fit_close_epoch(&f);
+    mp_obj_t d = new_ordered_dict(10);
     mp_obj_dict_store(d, MP_OBJ_NEW_QSTR(MP_QSTR_epochs), mp_obj_new_int_from_uint(st.epochs));
     mp_obj_dict_store(d, MP_OBJ_NEW_QSTR(MP_QSTR_steps), mp_obj_new_int_from_uint(st.steps));
-    mp_obj_dict_store(d, MP_OBJ_NEW_QSTR(MP_QSTR_loss), losses);
-    mp_obj_dict_store(d, MP_OBJ_NEW_QSTR(MP_QSTR_accuracy), accs);
+    mp_obj_dict_store(d, MP_OBJ_NEW_QSTR(MP_QSTR_loss), f.losses);
+    mp_obj_dict_store(d, MP_OBJ_NEW_QSTR(MP_QSTR_accuracy), f.accs);
     mp_obj_dict_store(d, MP_OBJ_NEW_QSTR(MP_QSTR_cached_steps), mp_obj_new_int_from_uint(st.cached_steps));
     mp_obj_dict_store(d, MP_OBJ_NEW_QSTR(MP_QSTR_cache_in_arena), mp_obj_new_int_from_uint(st.in_arena));
     mp_obj_dict_store(d, MP_OBJ_NEW_QSTR(MP_QSTR_cache_outside), mp_obj_new_int_from_uint(st.outside));
@@ -1820,7 +1922,7 @@ static mp_obj_t tinymp_trainer_fit(size_t n_args, const mp_obj_t *pos_args, mp_m
     mp_obj_dict_store(d, MP_OBJ_NEW_QSTR(MP_QSTR_stalled_steps), mp_obj_new_int_from_uint(st.stalled));
     return d;
 }
-static MP_DEFINE_CONST_FUN_OBJ_KW(tinymp_trainer_fit_obj, 3, tinymp_trainer_fit);
+static MP_DEFINE_CONST_FUN_OBJ_KW(tinymp_trainer_fit_obj, 1, tinymp_trainer_fit);
 
 static void tinymp_trainer_print(const mp_print_t *print, mp_obj_t self_in, mp_print_kind_t kind) {
     (void)kind;

@@ -152,3 +152,154 @@ print("stalled", a["stalled_steps"] + b["stalled_steps"] == t.stats()["stalled_s
       b["stalled_steps"] == b["steps"], b["loss"][0] == b["loss"][-1])
 ok = tinymp.Trainer(m, m.plan("last"), lr=0.05, seed=7).fit(xs, ys, epochs=2)
 print("not stalled", ok["stalled_steps"])
+
+# Python that runs inside fit() -- a progress callback, a sequence's __getitem__, a cache file's
+# methods -- may resize the arena, the model's buffer or the cache buffer. MicroPython lets a
+# bytearray grow while the engine uses it (the binding follows the moved buffer between steps);
+# CPython refuses while the buffer is exported (BufferError). Either way the run must train
+# exactly as an undisturbed one.
+import gc
+
+try:
+    BufferError
+except NameError:  # MicroPython has none: its bytearrays resize whoever uses them
+    class BufferError(Exception):
+        pass
+
+
+def trained(t, r):
+    return r["loss"], r["accuracy"], [list(t.logits(x)) for x in xs]
+
+
+def grow(buf, times=[0]):
+    # a few grows, each followed by allocations that take the space behind the buffer and any
+    # block it left: small enough for a board's heap
+    times[0] += 1
+    if times[0] % 3 == 0:
+        try:
+            buf.extend(bytes(256))
+        except BufferError:
+            pass
+        gc.collect()
+        junk = [bytearray(b"\xa5" * 128) for _ in range(16)]
+        return junk is None
+
+
+def reference(model=m):
+    t = tinymp.Trainer(model, model.plan("last"), lr=0.05, seed=7)
+    return trained(t, t.fit(xs, ys, epochs=3, cache=False))
+
+
+ref = reference()
+p = m.plan("last")
+arena = bytearray(p.arena_bytes)
+t = tinymp.Trainer(m, p, lr=0.05, seed=7, arena=arena)
+print("arena grown by progress", trained(t, t.fit(xs, ys, epochs=3, progress=lambda *a: grow(arena))) == ref)
+
+
+class Growing:
+    def __init__(self, items, buf):
+        self.items, self.buf = items, buf
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        grow(self.buf)
+        return self.items[i]
+
+
+arena = bytearray(p.arena_bytes)
+t = tinymp.Trainer(m, p, lr=0.05, seed=7, arena=arena)
+print("arena grown by __getitem__", trained(t, t.fit(Growing(xs, arena), ys, epochs=3)) == ref)
+
+mb = bytearray(MODEL)
+mm = tinymp.Model(mb)
+t = tinymp.Trainer(mm, mm.plan("last"), lr=0.05, seed=7)
+print("model grown by progress", trained(t, t.fit(xs, ys, epochs=3, progress=lambda *a: grow(mb))) == ref)
+
+cb = bytearray(len(xs) * p.cache_bytes)
+t = tinymp.Trainer(m, p, lr=0.05, seed=7)
+r = t.fit(xs, ys, epochs=3, cache=cb, progress=lambda *a: grow(cb))
+print("cache grown by progress", trained(t, r) == ref, r["cache_outside"], r["cached_steps"])
+
+
+refused = []
+
+
+def shrink(buf):
+    try:
+        buf[len(buf) // 2:] = b""
+    except BufferError:  # CPython: an exported buffer cannot shrink
+        refused.append(True)
+
+
+cb = bytearray(len(xs) * p.cache_bytes)
+t = tinymp.Trainer(m, p, lr=0.05, seed=7)
+try:
+    t.fit(xs, ys, epochs=3, cache=cb, progress=lambda *a: shrink(cb))
+    print("cache shrunk ->", "refused" if refused else "no error")
+except ValueError as e:  # MicroPython: the binding looks the buffer up before every copy
+    print("cache shrunk ->", "refused" if "resized during fit()" in str(e) else e)
+
+
+# a feature cache file: one that stores nothing (write() returns None) caches nothing and
+# changes nothing; one that raises stops the run after that step, and fit() raises it
+class MemFile:
+    def __init__(self, mode):
+        self.mode, self.buf, self.pos = mode, bytearray(), 0
+
+    def seek(self, pos):
+        self.pos = pos
+
+    def write(self, b):
+        if self.mode == "full":
+            raise OSError(28)
+        end = self.pos + len(b)
+        if len(self.buf) < end:
+            self.buf.extend(bytes(end - len(self.buf)))
+        self.buf[self.pos:end] = b
+        self.pos = end
+        return None if self.mode == "none" else len(b)
+
+    def readinto(self, mv):
+        n = len(mv)
+        mv[:] = self.buf[self.pos:self.pos + n]
+        self.pos += n
+        return n
+
+
+for mode in ("ok", "none", "full"):
+    t = tinymp.Trainer(m, p, lr=0.05, seed=7)
+    try:
+        r = t.fit(xs, ys, epochs=3, cache=MemFile(mode))
+        print("file", mode, trained(t, r) == ref, r["cache_outside"], r["cached_steps"])
+    except OSError as e:
+        print("file", mode, "->", type(e).__name__, e.args[0] == 28, "steps", t.stats()["steps"])
+
+
+class ReadOnly:
+    def readinto(self, mv):
+        return 0
+
+
+try:
+    t.fit(xs, ys, epochs=2, cache=ReadOnly())
+except TypeError as e:
+    print("file without seek/write ->", e)
+
+# the documented parameter names work as keywords, on both bindings
+t = tinymp.Trainer(m, p, lr=0.05, seed=7)
+print("keywords", type(t.step(x=xs[0], y=ys[0])).__name__, type(t.step(xs[0], y=ys[0])).__name__,
+      list(m.logits(x=xs[1])) == list(m.logits(xs[1])), list(t.logits(x=xs[1])) == list(t.logits(xs[1])),
+      t.fit(xs=xs, ys=ys)["steps"])
+r = t.fit(xs, ys)
+print("result keys", list(r))
+try:
+    t.fit(xs, ys[:2] + [99] + ys[3:])
+except ValueError as e:
+    print("bad sample ->", e)
+
+# a long run stopped early by progress reserves nothing per epoch it never reaches
+r = t.fit(xs, ys, epochs=100000, progress=lambda e, d, l, c: e == 1 and d == 2)
+print("long run stopped", r["steps"], r["epochs"], len(r["loss"]), len(r["accuracy"]))

@@ -438,7 +438,7 @@ static mp_obj_t tinymp_model_logits(size_t n_args, const mp_obj_t *pos_args, mp_
     };
     return mp_call_function_n_kw(mp_load_attr(mod, MP_QSTR_array), 2, 0, cargs);
 }
-static MP_DEFINE_CONST_FUN_OBJ_KW(tinymp_model_logits_obj, 2, tinymp_model_logits);
+static MP_DEFINE_CONST_FUN_OBJ_KW(tinymp_model_logits_obj, 1, tinymp_model_logits);
 
 /* ---------------------------------------------------------------- attributes */
 
