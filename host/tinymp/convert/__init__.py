@@ -248,15 +248,15 @@ def _as_batch(calib, layout: str, what: str) -> np.ndarray:
         x = x.transpose(0, 3, 1, 2)
     if not np.isfinite(x).all():
         raise ConversionError(f"tinymp convert: {what} contains non-finite values")
-    if x.min() == x.max():
-        raise ConversionError(f"tinymp convert: {what} are all {float(x.min()):g}: samples that "
-                              "vary are needed to fix the model's input range")
     return np.ascontiguousarray(x)
 
 
 def _quantize(graph, calib_nchw: np.ndarray, class_names, input_range) -> bytes:
     """Graph.quantize with the converter's error handling."""
     nc = graph.output.c
+    if calib_nchw.min() == calib_nchw.max():
+        raise ConversionError(f"tinymp convert: calib are all {float(calib_nchw.min()):g}: samples "
+                              "that vary are needed to fix the model's input range")
     if class_names is not None:
         if isinstance(class_names, (str, bytes)):
             raise ConversionError("tinymp convert: class_names must be a list of names, not a "
