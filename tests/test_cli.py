@@ -99,4 +99,18 @@ def test_plan_training_method_prints_the_plan_and_fits_the_budget():
 def test_plan_budget_outside_the_range_is_one_line(budget, method):
     code, out, err = run("plan", zoo.DEMO_PATH, "--budget", budget, *(["--method", method] if method else []))
     assert code == 2 and out == ""
-    assert err.strip() == "tinymp: --budget must be a positive number of KB, at most 4,194,303", err
+    assert err.strip() == "tinymp: --budget must be a positive number of KB (1 KB = 1024 bytes), at most 4,194,303", err
+
+
+def test_every_command_reads_a_budget_in_kb_the_same_way():
+    from tinymp import summary
+    # the engine's budget is a 32-bit byte count: the largest KB that still fits, and no further
+    assert summary.budget_bytes(4194303) == 4194303 * 1024
+    assert summary.budget_bytes(4194303.999) == int(4194303.999 * 1024) <= 0xFFFFFFFF
+    assert summary.budget_bytes(4194304) is None
+    assert summary.budget_bytes(252) == 252 * 1024
+    assert summary.budget_bytes(11.71875) == 12000
+    # a tiny budget is one byte (too small for any plan), never 0, which the engine reads as "none"
+    assert summary.budget_bytes(1e-9) == 1
+    for bad in (0, -1, float("nan"), float("inf"), True, "252", None):
+        assert summary.budget_bytes(bad) is None, bad

@@ -32,7 +32,7 @@ import time
 
 import numpy as np
 
-from . import costmodel
+from . import costmodel, summary
 
 # Peak SRAM is the arena plus the stack: the planner's arena budget leaves 4 KiB of the 256 KiB for
 # the stack (the bench measures about 1.7 KB), so arena + stack stays within 256 KiB.
@@ -540,9 +540,9 @@ def main(argv=None):
     ap.add_argument("--model", action="append", default=[], metavar="FILE",
                     help="also a .tmpm model file of your own (repeatable): every method on it, "
                          "planned within --budget")
-    ap.add_argument("--budget", type=int, default=BUDGET, metavar="BYTES",
-                    help="arena budget for --model files (default %d: 256 KiB less 4 KiB of "
-                         "stack)" % BUDGET)
+    ap.add_argument("--budget", type=float, default=BUDGET / 1024, metavar="KB",
+                    help="arena budget in KB for --model files, as `tinymp plan` and `tinymp "
+                         "train` take it (default %g: 256 KB less 4 KB of stack)" % (BUDGET / 1024))
     ap.add_argument("--out", default=None, help="output directory (default: bench, or "
                                                 "bench-models when --model is given)")
     ap.add_argument("--quick", action="store_true", help="two methods, short runs (the test suite's)")
@@ -559,8 +559,9 @@ def main(argv=None):
         print("tinymp bench: unknown model %s (choose from %s)" % (",".join(bad) or "''", ", ".join(MODELS)),
               file=sys.stderr)
         return 2
-    if not 1 <= a.budget <= 0xFFFFFFFF:
-        print("tinymp bench: --budget must be a number of bytes from 1 to 4,294,967,295", file=sys.stderr)
+    budget = summary.budget_bytes(a.budget)
+    if budget is None:
+        print("tinymp bench: --budget must be " + summary.BUDGET_KB_RULE, file=sys.stderr)
         return 2
     users = []
     for path in a.model:
@@ -603,10 +604,11 @@ def main(argv=None):
                 results["models"].append(bench_model(k, root, qemu, elf, wd, quick=a.quick,
                                                      full_runs=a.full_runs))
             for user in users:
-                print("== %s (budget %s bytes)" % (user[0], format(a.budget, ",")), flush=True)
+                print("== %s (budget %g KB = %s bytes)" % (user[0], a.budget, format(budget, ",")),
+                      flush=True)
                 results["models"].append(bench_model("file", root, qemu, elf, wd, quick=a.quick,
                                                      full_runs=a.full_runs, user=user,
-                                                     budget=a.budget))
+                                                     budget=budget))
     except (BenchError, subprocess.TimeoutExpired, OSError) as e:
         print("tinymp bench: %s" % e, file=sys.stderr)
         return 2 if isinstance(e, UserModelError) else 1
@@ -614,7 +616,7 @@ def main(argv=None):
     atomic_write(os.path.join(a.out, "results.json"), (json.dumps(results, indent=1) + "\n").encode())
     cmd = "tinymp bench" + ("" if a.models is None else " --models " + a.models) + \
         "".join(" --model " + p for p in a.model) + \
-        (" --budget %d" % a.budget if a.model and a.budget != BUDGET else "") + \
+        (" --budget %g" % a.budget if a.model and budget != BUDGET else "") + \
         (" --quick" if a.quick else "") + (" --full-runs" if a.full_runs else "")
     write_markdown(results, os.path.join(a.out, "RESULTS.md"), cmd, notes)
     png = write_png(results, os.path.join(a.out, "RESULTS.png"))

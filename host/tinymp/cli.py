@@ -17,7 +17,7 @@
                                                the personalisation-accuracy harness: every
                                                training method of the engine on shifted and
                                                new-class digit tasks (docs/EXPERIMENT.md)
-    tinymp bench [--models mbv2,mcunet,demo] [--model FILE] [--budget BYTES] [--quick]
+    tinymp bench [--models mbv2,mcunet,demo] [--model FILE] [--budget KB] [--quick]
                  [--out DIR] [--full-runs]
                                                every method on an emulated Cortex-M7, on the
                                                zoo models or a model file of yours
@@ -101,8 +101,8 @@ def cmd_plan(args):
     import tinymp
     if not args.models and not args.zoo:
         raise UserError("tinymp: give model files or --zoo")
-    if args.budget is not None and (not args.budget > 0 or args.budget * 1024 > 0xFFFFFFFF):
-        raise UserError("tinymp: --budget must be a positive number of KB, at most 4,194,303")
+    if args.budget is not None and summary.budget_bytes(args.budget) is None:
+        raise UserError("tinymp: --budget must be " + summary.BUDGET_KB_RULE)
     items = []
     for path in args.models:
         m, data = _load(path)
@@ -146,7 +146,7 @@ def _training_plans(args, items):
                         "(m.plan(method='tinytrain', support=(samples, labels))) or `tinymp train`")
     kw = {"method": args.method, "storage": args.storage}
     if args.budget is not None:
-        kw["budget"] = int(args.budget * 1024)
+        kw["budget"] = summary.budget_bytes(args.budget)
     if args.r is not None:
         kw["r"] = args.r
     if args.ratio is not None:

@@ -71,3 +71,20 @@ def format_table(headers, rows, aligns=None):
 
 def kib(n):
     return f"{n / 1024:.1f} KB"
+
+
+# --- budgets ---------------------------------------------------------------------------------
+
+BUDGET_KB_MAX = 0xFFFFFFFF // 1024
+BUDGET_KB_RULE = "a positive number of KB (1 KB = 1024 bytes), at most {:,}".format(BUDGET_KB_MAX)
+
+
+def budget_bytes(kb):
+    """The arena budget in bytes for `kb` KB, as every command takes it (`plan`, `train`, `bench`
+    and a session file's `budget_kb`), or None when `kb` is not BUDGET_KB_RULE (the engine's
+    budget is a 32-bit byte count)."""
+    if isinstance(kb, bool) or not isinstance(kb, (int, float)):
+        return None
+    if not 0 < kb <= BUDGET_KB_MAX + 1023 / 1024:   # also refuses nan and inf
+        return None
+    return max(1, int(kb * 1024))

@@ -181,9 +181,9 @@ def _train_options(args):
          "ratio": args.ratio, "storage": args.storage, "momentum": args.momentum,
          "period": args.period, "fresh": args.fresh or None}
     if args.budget is not None:
-        if not args.budget > 0 or args.budget * 1024 > 0xFFFFFFFF:
-            raise C.user_error("tinymp: --budget must be a positive number of KB, at most 4,194,303")
-        o["budget"] = int(args.budget * 1024)
+        o["budget"] = summary.budget_bytes(args.budget)
+        if o["budget"] is None:
+            raise C.user_error("tinymp: --budget must be " + summary.BUDGET_KB_RULE)
     C.check_train_options(dict(o, steps=args.steps, epochs=args.epochs))
     return o
 
@@ -393,9 +393,8 @@ def load_config(path):
         raise C.user_error(f"tinymp: {path}: unknown train options {', '.join(sorted(bad))}")
     # every value now, before the board is touched or anything is written
     kb = tr.get("budget_kb")
-    if kb is not None and (isinstance(kb, bool) or not isinstance(kb, (int, float)) or
-                           not 0 < kb <= 0xFFFFFFFF / 1024):
-        raise C.user_error(f"tinymp: {path}: train.budget_kb must be a positive number of KB, "
+    if kb is not None and summary.budget_bytes(kb) is None:
+        raise C.user_error(f"tinymp: {path}: train.budget_kb must be {summary.BUDGET_KB_RULE}, "
                            f"got {kb!r}")
     C.check_train_options({k: v for k, v in tr.items() if k != "budget_kb"},
                           name=lambda k: f"{path}: train.{k}")
@@ -410,7 +409,7 @@ def run_session(cfg, args, out=print):
     data, m = C.read_model(cfg["model"])
     tr = dict(cfg.get("train") or {})
     if "budget_kb" in tr:
-        tr["budget"] = int(tr.pop("budget_kb") * 1024)
+        tr["budget"] = summary.budget_bytes(tr.pop("budget_kb"))
     epochs, steps = tr.pop("epochs", None), tr.pop("steps", None)
     save = tr.pop("save", True)
     eval_src = cfg.get("eval")
