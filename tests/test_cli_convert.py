@@ -191,3 +191,51 @@ def test_class_names_as_one_string_is_refused():
     x = np.random.default_rng(0).random((8, 3, 8, 8), dtype=np.float32)
     with pytest.raises(ConversionError, match="list of names, not a single string"):
         convert(t._handmade_onnx(onnx, "reducemean").SerializeToString(), x, class_names="abcde")
+
+
+@pytest.mark.parametrize("lo,hi", [(0.0, 1.0), (-1.0, 1.0)])
+def test_input_range_fixes_the_input_quantisation(tmp_path, lo, hi):
+    # calibration samples that never reach the ends of the range the model is fed: with
+    # --input-range, int8 -128 and 127 stand for lo and hi (real = (q - zero_point) * scale)
+    onnx = pytest.importorskip("onnx", reason="needs the onnx package")
+    pytest.importorskip("onnxruntime", reason="needs onnxruntime")
+    from tinymp import reference
+    import test_convert_torch_onnx as t
+    src = tmp_path / "m.onnx"
+    src.write_bytes(t._handmade_onnx(onnx, "reducemean").SerializeToString())
+    calib = tmp_path / "calib.npy"
+    x = np.random.default_rng(0).uniform(lo + 0.2, hi - 0.2, (16, 3, 8, 8)).astype(np.float32)
+    np.save(calib, x)
+    inputs = {}
+    for given in (True, False):
+        out = tmp_path / f"{given}.tmpm"
+        extra = ["--input-range", repr(lo), repr(hi)] if given else []
+        code, stdout, err = run(str(src), "-o", str(out), "--calib", str(calib), *extra)
+        assert code == 0, err
+        inputs[given] = reference.read_model(out.read_bytes()).tensors[0]
+    t0 = inputs[True]
+    assert abs((-128 - t0.zero_point) * t0.scale - lo) <= t0.scale
+    assert abs((127 - t0.zero_point) * t0.scale - hi) <= t0.scale
+    # without it the calibration samples' narrower range is used
+    assert inputs[False].scale < t0.scale * 0.8
+
+
+@pytest.mark.parametrize("rng", [["1", "0"], ["nan", "1"], ["0", "inf"], ["2", "2"]])
+def test_a_bad_input_range_is_one_line(tmp_path, rng):
+    out = tmp_path / "out.tmpm"
+    src = tmp_path / "m.onnx"
+    src.write_bytes(b"\x00")
+    code, stdout, err = run(str(src), "-o", str(out), "--input-range", *rng)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "--input-range must be two finite numbers LO HI with LO < HI" in lines[0]
+    assert not out.exists()
+
+
+def test_input_range_is_refused_for_an_int8_tflite(tmp_path):
+    src = tmp_path / "m.tflite"
+    src.write_bytes(b"\x1c\x00\x00\x00TFL3" + b"\x00" * 64)
+    code, stdout, err = run(str(src), "-o", str(tmp_path / "o.tmpm"), "--input-range", "0", "1")
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "input_range does not apply to a TFLite model" in lines[0], err

@@ -463,8 +463,9 @@ def small_model(variant):
     # global pool + classifier
     tp = m.act([1, 1, 1, m.shape(last)[3]], qa)
     m.op(OPS.MEAN, [last, m.const(np.array([1, 2], np.int32), INT32)], [tp], reducer_opts(True))
-    y = m.act([1, 3], (0.05, 0))
-    add_fc(m, tp, rng.normal(0, 0.5, (3, m.shape(last)[3])), np.zeros(3), y, NONE)
+    nc = 1 if variant == "one_class" else 3
+    y = m.act([1, nc], (0.05, 0))
+    add_fc(m, tp, rng.normal(0, 0.5, (nc, m.shape(last)[3])), np.zeros(nc), y, NONE)
     return m.finish([x], [y])
 
 
@@ -757,6 +758,12 @@ def test_unsupported_op_is_named(variant, op, name):
 def test_unsupported_uses_are_rejected(variant, pattern):
     with pytest.raises(ConversionError, match=pattern):
         from_tflite(small_model(variant))
+
+
+def test_rejects_a_single_output():
+    # softmax cross-entropy over one output is 0: such a model would convert and never train
+    with pytest.raises(ConversionError, match="has 1 output.*at least 2 classes.*2 outputs"):
+        from_tflite(small_model("one_class"))
 
 
 def test_small_model_converts_and_agrees():

@@ -400,6 +400,40 @@ def test_torch_output_must_be_logits():
         convert(model, torch.rand(2, 3, 8, 8))
 
 
+@pytest.mark.parametrize("outputs", [1, 2])
+def test_one_output_is_refused_two_outputs_convert(outputs):
+    # a one-logit (sigmoid) binary classifier: softmax cross-entropy over it is always 0, so it
+    # would convert and never train; the same model with two outputs converts
+    torch = _torch()
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(),
+                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                torch.nn.Linear(4, outputs)).eval()
+    x = torch.rand(8, 3, 8, 8)
+    if outputs == 1:
+        with pytest.raises(ConversionError, match="has 1 output.*at least 2 classes"):
+            convert(model, x)
+    else:
+        assert tinymp.Model(convert(model, x)).num_classes == 2
+
+
+@pytest.mark.parametrize("shape,layout", [((8, 1, 8, 8), "NCHW"), ((8, 8, 8, 3), "NCHW"),
+                                          ((8, 3, 8, 8), "NHWC")])
+def test_calibration_the_model_cannot_take_is_one_line(shape, layout):
+    # samples with the wrong channel count, or in the other layout: one line that says how the
+    # samples were read, not PyTorch's graph dump
+    torch = _torch()
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten(), torch.nn.Linear(4, 3)).eval()
+    with pytest.raises(ConversionError) as e:
+        convert(model, torch.rand(*shape), input_layout=layout)
+    msg = str(e.value)
+    assert "\n" not in msg and "expected input" in msg and "channels" in msg, msg
+    nchw = list(shape) if layout == "NCHW" else [shape[0], shape[3], shape[1], shape[2]]
+    assert f"read as {layout}, i.e. [N, C, H, W] = {nchw}" in msg, msg
+    assert "input_layout='%s'" % ("NHWC" if layout == "NCHW" else "NCHW") in msg
+
+
 def test_float_check_catches_a_mapping_bug(monkeypatch):
     """A wrong mapping (here: spatially flipped kernels) must not pass silently."""
     torch = _torch()
@@ -493,9 +527,11 @@ def test_onnx_export_of_shape_dependent_padding():
     assert g.nodes[1].pad == builder.same_padding(32, 32, 3, 3, 2, 2)
 
 
-@pytest.mark.parametrize("which", ["mobilenet", "train_demo", "constructs"])
+@pytest.mark.parametrize("which", ["mobilenet", "train_demo", "constructs", "flatten_batch2"])
 def test_onnx_from_the_dynamo_exporter(which):
-    """torch.onnx.export's default (torch.export-based) exporter, which needs onnxscript."""
+    """torch.onnx.export's default (torch.export-based) exporter, which needs onnxscript.
+    flatten_batch2: exported with a batch of 2, which the exporter fixes, and spells out in the
+    Flatten's Reshape target ([2, 256]); 7 samples are not a whole number of such batches."""
     torch = _torch()
     _onnx()
     pytest.importorskip("onnxscript", reason="torch.onnx.export(dynamo=True) needs onnxscript")
@@ -505,6 +541,10 @@ def test_onnx_from_the_dynamo_exporter(which):
         model, x = _mobilenet(torch), torch.rand(8, 3, 32, 32)
     elif which == "constructs":
         model, x = _construct_zoo(torch), torch.rand(8, 3, 16, 16)
+    elif which == "flatten_batch2":
+        model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(),
+                                    torch.nn.Flatten(), torch.nn.Linear(4 * 8 * 8, 3))
+        x = torch.rand(7, 3, 8, 8)
     else:
         sys.path.insert(0, os.path.join(ROOT, "tools"))
         try:
@@ -515,8 +555,12 @@ def test_onnx_from_the_dynamo_exporter(which):
     model = _randomize_bn(torch, model, seed=6).eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        prog = torch.onnx.export(model, (x[:1],), dynamo=True, verbose=False)
+        prog = torch.onnx.export(model, (x[:2 if which == "flatten_batch2" else 1],),
+                                 dynamo=True, verbose=False)
     data = prog.model_proto.SerializeToString()
+    if which == "flatten_batch2":
+        dims = prog.model_proto.graph.input[0].type.tensor_type.shape.dim
+        assert dims[0].dim_value == 2 and "Reshape" in {n.op_type for n in prog.model_proto.graph.node}
     g = to_graph(data, x.numpy())                   # checked against onnxruntime inside
     with torch.no_grad():
         ref = model(x).numpy()

@@ -43,6 +43,7 @@ one line and exits with status 1.
 """
 import argparse
 import json
+import math
 import os
 import sys
 
@@ -251,6 +252,12 @@ def cmd_convert(args):
     kw = {}
     if calib is not None:
         kw["input_layout"] = args.layout
+    if args.input_range is not None:
+        lo, hi = args.input_range
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            raise UserError(f"tinymp: --input-range must be two finite numbers LO HI with LO < HI, "
+                            f"got {lo:g} {hi:g}")
+        kw["input_range"] = (lo, hi)
     try:
         data = conv.convert(args.source, calib=calib, class_names=names, **kw)
     except conv.ConversionError as e:
@@ -427,6 +434,10 @@ def build_parser():
     conv.add_argument("--calib", help=".npy float array of calibration samples [N, C, H, W] (or NHWC)")
     conv.add_argument("--layout", choices=["NCHW", "NHWC"], default="NCHW", help="layout of --calib")
     conv.add_argument("--classes", help="comma-separated class names")
+    conv.add_argument("--input-range", nargs=2, type=float, metavar=("LO", "HI"),
+                      help="the real input range that int8 -128 ... 127 maps onto (widened to "
+                           "include 0), e.g. 0 1 for a model fed pixels / 255; default: the "
+                           "range of --calib. ONNX only (an int8 .tflite fixes its own)")
     conv.set_defaults(func=cmd_convert)
     exp = sub.add_parser("experiment", help="personalisation accuracy of every training method "
                          "(the C engine on shifted and new-class digits)")

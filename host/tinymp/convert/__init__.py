@@ -43,7 +43,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .errors import ConversionError
+from .errors import ConversionError, check_classes
 
 __all__ = ["convert", "ConversionError"]
 _LAZY = {"from_torch": "torch", "from_onnx": "onnx", "from_tflite": "tflite"}
@@ -638,6 +638,7 @@ class _Net:
             raise _err(out.name, out.optype, f"produces the model output with shape "
                        f"{('N',) + out.shape}", "a tinymp model ends in [N, num_classes] logits "
                        "(e.g. global average pool, flatten and Linear)")
+        check_classes(out.src[0])
         self._fuse(out)
         c, h, w = self.input.shape
         g = builder.Graph(input_shape=(h, w, c))

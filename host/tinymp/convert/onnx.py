@@ -559,7 +559,10 @@ class _Converter:
     def _op_Reshape(self, node, a):
         name, op = self._where(node)
         x = self._act_in(node)
-        target = self._const_in(node, 1, required=True)
+        target = [int(v) for v in np.asarray(self._const_in(node, 1, required=True)).reshape(-1)]
+        if self.input_batch is not None and self.input_batch > 1 and target[:1] == [self.input_batch]:
+            # an export with a fixed batch B spells it out ([B, -1]); tinymp's batch is 1
+            target[0] = 1
         out = self._reshape_target((1,) + x.shape, target, a.get("allowzero", 0))
         if out[0] != 1:
             raise _err(name, op, f"reshapes {['N'] + list(x.shape)} to {list(out)}",

@@ -108,7 +108,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..modelfile import Layer, Tensor, quantize_multiplier, write_model
-from .errors import ConversionError
+from .errors import ConversionError, check_classes
 
 __all__ = ["from_tflite", "convert_tflite", "TFLiteConversion"]
 
@@ -646,6 +646,7 @@ class _Converter:
                                   f"{last.c}; tinymp models end in a 1 x 1 x num_classes "
                                   f"classifier output (add a global pool / FULLY_CONNECTED)")
         num_classes = last.c
+        check_classes(num_classes)
         names = None
         if self.class_names is not None:
             if isinstance(self.class_names, (str, bytes)):

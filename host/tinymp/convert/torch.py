@@ -73,17 +73,20 @@ def from_torch(module, calib, input_range=None, class_names=None, input_layout="
     within ``float_tolerance * max(1, max |logit|)``.
     """
     x = _as_batch(calib, input_layout, "calib")
-    graph = _to_graph(module, x, float_tolerance)
+    graph = _to_graph(module, x, float_tolerance, ("calib", input_layout))
     return _quantize(graph, x, class_names, input_range)
 
 
 def to_graph(module, sample, input_layout="NCHW", *, float_tolerance: float = FLOAT_TOLERANCE):
     """The float :class:`tinymp.builder.Graph` of a PyTorch model (checked against torch on
     ``sample``, which also fixes the input resolution)."""
-    return _to_graph(module, _as_batch(sample, input_layout, "sample"), float_tolerance)
+    return _to_graph(module, _as_batch(sample, input_layout, "sample"), float_tolerance,
+                     ("sample", input_layout))
 
 
-def _to_graph(module, x: np.ndarray, tolerance: float):
+def _to_graph(module, x: np.ndarray, tolerance: float, given=("calib", "NCHW")):
+    """``given``: (the argument's name, its layout), for the message when the model cannot run
+    on the samples."""
     torch = _import_torch()
     if not isinstance(module, torch.nn.Module):
         raise ConversionError(f"tinymp convert: from_torch needs a torch.nn.Module, got "
@@ -99,7 +102,7 @@ def _to_graph(module, x: np.ndarray, tolerance: float):
         example = xt[:2] if len(xt) >= 2 else torch.cat([xt[:1], xt[:1]])
         with torch.no_grad():
             gm = _trace(torch, module, example)
-            values = _record(torch, gm, example)
+            values = _record(torch, gm, example, given, x.shape)
             conv = _Converter(torch, gm, values, x.shape[1:])
             out = conv.run()
             graph = conv.net.build(out)
@@ -138,7 +141,7 @@ def _trace(torch, module, example):
             "pass must not branch on tensor values") from None
 
 
-def _record(torch, gm, example):
+def _record(torch, gm, example, given, shape):
     """Run the traced graph once and keep every node's value (shapes, constants)."""
     values = {}
 
@@ -153,8 +156,15 @@ def _record(torch, gm, example):
     except ConversionError:
         raise
     except Exception as e:
-        raise ConversionError(f"tinymp convert: running the traced model failed: "
-                              f"{type(e).__name__}: {e}") from None
+        # PyTorch's message (first line: the rest is a graph dump) and what the model was given;
+        # the usual cause is samples of another shape or layout than the model takes
+        first = (str(e).strip().splitlines() or [""])[0]
+        name, layout = given
+        other = "NHWC" if layout == "NCHW" else "NCHW"
+        raise ConversionError(
+            f"tinymp convert: the model cannot run on {name} ({type(e).__name__}: {first}); "
+            f"{name} was read as {layout}, i.e. [N, C, H, W] = {list(shape)} -- check its "
+            f"channels and size, or give input_layout='{other}' if it is {other}") from None
     return values
 
 
