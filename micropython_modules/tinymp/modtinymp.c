@@ -1664,7 +1664,9 @@ static void tinymp_trainer_attr(mp_obj_t self_in, qstr attr, mp_obj_t *dest) {
 // bytearray, or the cache buffer. Between steps (after a sample is fetched, after progress) a
 // moved arena or model is followed as step() follows it; inside a step (a cache file's methods)
 // the step's pointers cannot follow, so a move there stops the run; a caller's cache buffer is
-// looked up again before every copy.
+// looked up again before every copy. A sample's own buffer needs no such check: a step reads it
+// only before its first cache-file call (the planner caches nothing when a layer at or after the
+// first trainable one reads the input itself, and a step from the cache does not read it at all).
 
 typedef struct {
     tinymp_trainer_obj_t *self;
