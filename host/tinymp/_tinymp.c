@@ -2191,14 +2191,16 @@ static int fit_load(void *ctx, uint32_t i, uint32_t offset, int8_t *dst, uint32_
         f->error = 1;
         return -1;
     }
-    PyObject *mv = PyMemoryView_FromMemory((char *)dst, (Py_ssize_t)n, PyBUF_WRITE);
-    PyObject *r = mv != NULL ? PyObject_CallMethod(f->file, "readinto", "O", mv) : NULL;
-    int ok = r != NULL && PyLong_Check(r) && PyLong_AsLongLong(r) == (long long)n;
-    if (mv != NULL) {
-        PyObject *rel = PyObject_CallMethod(mv, "release", NULL);
-        Py_XDECREF(rel);
-        Py_DECREF(mv);
+    /* the file reads into a bytearray of its own, never into the arena: a view of engine memory
+     * (even one released after the call) can be sliced or wrapped and kept past the trainer */
+    PyObject *buf = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)n);
+    PyObject *r = buf != NULL ? PyObject_CallMethod(f->file, "readinto", "O", buf) : NULL;
+    int ok = r != NULL && PyLong_Check(r) && PyLong_AsLongLong(r) == (long long)n &&
+        PyByteArray_GET_SIZE(buf) == (Py_ssize_t)n;
+    if (ok) {
+        memcpy(dst, PyByteArray_AS_STRING(buf), n);
     }
+    Py_XDECREF(buf);
     if (r != NULL && !ok) {
         PyErr_SetString(PyExc_OSError, "tinymp: the feature cache file returned fewer bytes than were stored");
     }

@@ -1679,6 +1679,7 @@ typedef struct {
     mp_obj_t losses, accs;   // per-epoch means, appended as each epoch ends
     uint32_t epoch, correct, count;
     mp_float_t loss_sum;
+    uint8_t *io_buf;         // a cache file reads and writes this heap block, never the arena
 } fit_ctx;
 
 static const int8_t *fit_sample(void *ctx, uint32_t i, int32_t *label) {
@@ -1740,7 +1741,8 @@ static int fit_store(void *ctx, uint32_t i, uint32_t offset, const int8_t *src, 
         fit_seek(f, i, offset);
         mp_obj_t dest[3];
         mp_load_method(f->file, MP_QSTR_write, dest);
-        dest[2] = mp_obj_new_memoryview('B', n, (void *)(uintptr_t)src);
+        memcpy(f->io_buf, src, n);
+        dest[2] = mp_obj_new_memoryview('B', n, f->io_buf);
         mp_obj_t r = mp_call_method_n_kw(1, 0, dest);
         stored = mp_obj_is_int(r) && mp_obj_get_int(r) == (mp_int_t)n;
         nlr_pop();
@@ -1760,12 +1762,13 @@ static int fit_load(void *ctx, uint32_t i, uint32_t offset, int8_t *dst, uint32_
     fit_seek(f, i, offset);
     mp_obj_t dest[3];
     mp_load_method(f->file, MP_QSTR_readinto, dest);
-    dest[2] = mp_obj_new_memoryview('B' | MP_OBJ_ARRAY_TYPECODE_FLAG_RW, n, dst);
+    dest[2] = mp_obj_new_memoryview('B' | MP_OBJ_ARRAY_TYPECODE_FLAG_RW, n, f->io_buf);
     mp_obj_t r = mp_call_method_n_kw(1, 0, dest);
     fit_check_unmoved(f);
     if (r == mp_const_none || mp_obj_get_int(r) != (mp_int_t)n) {
         mp_raise_msg(&mp_type_OSError, MP_ERROR_TEXT("tinymp: the feature cache file returned fewer bytes than were stored"));
     }
+    memcpy(dst, f->io_buf, n);
     return 0;
 }
 
@@ -1844,7 +1847,7 @@ static mp_obj_t tinymp_trainer_fit(size_t n_args, const mp_obj_t *pos_args, mp_m
     }
     const tmp_train_plan *p = &trainer_plan(self)->plan;
     fit_ctx f = { self, xs, ys, MP_OBJ_NULL, progress, MP_OBJ_NULL, NULL, p->cache_bytes, (uint32_t)n,
-                  MP_OBJ_NULL, MP_OBJ_NULL, MP_OBJ_NULL, 0, 0, 0, 0 };
+                  MP_OBJ_NULL, MP_OBJ_NULL, MP_OBJ_NULL, 0, 0, 0, 0, NULL };
     // every sample is checked before the first step: bad input changes nothing, and the error
     // names the sample as the PC binding's does
     for (mp_int_t i = 0; i < n; i++) {
@@ -1896,6 +1899,9 @@ static mp_obj_t tinymp_trainer_fit(size_t n_args, const mp_obj_t *pos_args, mp_m
                 }
             }
             f.file = cache;
+            // the file's methods get views of this block (its start: a kept slice keeps it
+            // alive), never of the arena, which a kept view would outlive
+            f.io_buf = m_new(uint8_t, p->cache_bytes != 0 ? p->cache_bytes : 1);
         }
     }
     if (f.own_cache != NULL || f.cache_obj != MP_OBJ_NULL || f.file != MP_OBJ_NULL) {

@@ -278,6 +278,30 @@ for mode in ("ok", "none", "full"):
         print("file", mode, "->", type(e).__name__, e.args[0] == 28, "steps", t.stats()["steps"])
 
 
+# the buffers a cache file is handed are its own: views it keeps past the call and writes
+# through later touch neither the arena nor the training (they were views of the arena)
+class Keeper(MemFile):
+    def __init__(self):
+        MemFile.__init__(self, "ok")
+        self.kept = []
+
+    def readinto(self, mv):
+        n = MemFile.readinto(self, mv)
+        self.kept.append(mv[1:])
+        return n
+
+
+arena = bytearray(p.arena_bytes)
+t = tinymp.Trainer(m, p, lr=0.05, seed=7, arena=arena)
+f = Keeper()
+r = t.fit(xs, ys, epochs=3, cache=f)
+before = trained(t, r)
+snap = bytes(arena)
+for v in f.kept:
+    v[:] = b"\x5a" * len(v)
+print("views kept by a cache file", len(f.kept) > 0, bytes(arena) == snap, trained(t, r) == before == ref)
+
+
 class ReadOnly:
     def readinto(self, mv):
         return 0
