@@ -151,6 +151,25 @@ def test_model_bad_crc(data):
         tinymp.Model(bytes(bad))
 
 
+def test_model_with_a_dead_layer_is_refused():
+    # the demo's first add (layer 4) reads tensor 1 where it read tensor 4: layer 3's output is
+    # never read. Such a model used to load, infer and plan, and then fail to train with a
+    # message saying the data had changed; the loader refuses it, as the reference reader and
+    # the writer do (tests/test_reference.py, tests/test_builder.py)
+    from tinymp import modelfile, reference, zoo
+    data = zoo.demo()
+    lt = struct.unpack_from("<I", data, 40)[0]
+    assert struct.unpack_from("<BB", data, lt + 64 * 4)[0] == 4          # an add
+    assert struct.unpack_from("<H", data, lt + 64 * 4 + 12)[0] == 4      # its in0
+    bad = bytearray(data)
+    struct.pack_into("<H", bad, lt + 64 * 4 + 12, 1)
+    bad = modelfile.fix_crc(bytes(bad))
+    with pytest.raises(ValueError, match=r"^tinymp: .*tensor 4.*never read by a layer"):
+        tinymp.Model(bad)
+    with pytest.raises(ValueError, match="tensor 4: never read"):
+        reference.read_model(bad)
+
+
 def test_model_layer_error_names_layer():
     with pytest.raises(ValueError, match=r"^tinymp: layer 1 \(fc\): "):
         tinymp.Model(tiny_model(fc_flags=1))

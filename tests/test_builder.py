@@ -195,11 +195,12 @@ def _arrays(rng, n, wshape):
 
 
 def small_model(rng=None):
-    """A hand-made 7-layer model using every layer type: (tensors, layers)."""
+    """A hand-made 8-layer model using every layer type, fc on a map and on a vector, and an add
+    at each end: (tensors, layers). Every tensor but the output is read (a FORMAT.md rule)."""
     rng = rng or np.random.default_rng(0)
     tensors = [Tensor(8, 8, 3, 0.02, -3), Tensor(4, 4, 8, 0.05, -128), Tensor(4, 4, 8, 0.04, 5),
                Tensor(4, 4, 8, 0.03, -2), Tensor(4, 4, 8, 0.06, 0), Tensor(1, 1, 8, 0.02, 1),
-               Tensor(1, 1, 5, 0.1, 7), Tensor(1, 1, 5, 0.1, 7)]
+               Tensor(1, 1, 5, 0.1, 7), Tensor(1, 1, 5, 0.1, 7), Tensor(1, 1, 5, 0.2, -4)]
     layers = [
         Layer("conv", 0, kh=3, kw=3, stride_h=2, stride_w=2, pad=(0, 0, 1, 1), act_min=-128,
               **_arrays(rng, 8, (8, 3, 3, 3))),
@@ -210,6 +211,7 @@ def small_model(rng=None):
         Layer("avgpool", 4, params=(1 << 30, -4, 0, 0, 0, 0)),
         Layer("fc", 5, **_arrays(rng, 5, (5, 8))),
         Layer("fc", 4, **_arrays(rng, 5, (5, 128))),
+        Layer("add", 6, 7, params=(1 << 30, -1, 1 << 30, -1, 1 << 30, -1)),
     ]
     return tensors, layers
 
@@ -222,8 +224,8 @@ def test_writer_roundtrip():
     hdr, pt, pl, pnames = check_file(blob)
     assert len(blob) % 16 == 0
     assert hdr["input"] == (8, 8, 3) and hdr["num_classes"] == 5
-    assert hdr["num_layers"] == 7 and hdr["num_tensors"] == 8
-    assert hdr["tensor_off"] == 64 and hdr["layer_off"] == 64 + 16 * 8
+    assert hdr["num_layers"] == 8 and hdr["num_tensors"] == 9
+    assert hdr["tensor_off"] == 64 and hdr["layer_off"] == 64 + 16 * 9
     assert hdr["input_scale"] == np.float32(0.02) and hdr["input_zp"] == -3
     assert pnames == names
     assert hdr["names_size"] == len("\0".join(names).encode("utf-8")) + 1
@@ -231,14 +233,14 @@ def test_writer_roundtrip():
         assert (p["h"], p["w"], p["c"], p["zp"]) == (t.h, t.w, t.c, t.zero_point)
         assert p["scale"] == np.float32(t.scale)
     codes = [L["type"] for L in pl]
-    assert codes == ["conv", "dwconv", "pwconv", "add", "avgpool", "fc", "fc"]
+    assert codes == ["conv", "dwconv", "pwconv", "add", "avgpool", "fc", "fc", "add"]
     assert pl[0]["pad"] == (0, 0, 1, 1) and pl[0]["stride"] == (2, 2)
     assert (pl[0]["kh"], pl[0]["kw"]) == (3, 3)
     assert (pl[2]["kh"], pl[2]["kw"], pl[2]["stride"]) == (1, 1, (1, 1))   # pwconv filled in
     assert pl[1]["act"] == (5, 100)
     assert (pl[3]["in0"], pl[3]["in1"]) == (1, 3) and pl[3]["params"] == (1 << 30, -1, 1 << 30, -2, 1 << 30, -18)
     assert pl[4]["params"] == (1 << 30, -4, 0, 0, 0, 0)
-    assert pl[6]["in0"] == 4
+    assert pl[6]["in0"] == 4 and (pl[7]["in0"], pl[7]["in1"]) == (6, 7)
     for L, P in zip(layers, pl):
         if L.weights is None:
             continue
@@ -255,7 +257,7 @@ def test_writer_roundtrip():
                                 ("wscale_off", 4 * L.wscale.size)))
     for (a0, a1), (b0, b1) in zip(spans, spans[1:]):
         assert a1 <= b0
-    assert spans[0][0] >= hdr["layer_off"] + 64 * 7
+    assert spans[0][0] >= hdr["layer_off"] + 64 * 8
     # deterministic
     assert write_model(tensors, layers, 5, class_names=names) == blob
 
@@ -310,7 +312,8 @@ def _broken(mutate):
     (lambda t, l: setattr(t[3], "zero_point", 128), "zero_point"),
     (lambda t, l: setattr(t[3], "c", 7), None),
     (lambda t, l: setattr(t[5], "h", 2), "avg"),
-    (lambda t, l: setattr(t[7], "c", 6), "num_classes"),
+    (lambda t, l: setattr(t[8], "c", 6), "num_classes"),
+    (lambda t, l: setattr(l[7], "in1", 6), "tensor 7: never read"),
     (lambda t, l: l.pop(), "tensors"),
 ])
 def test_writer_validation(mutate, message):
@@ -366,7 +369,7 @@ def test_layer_types_and_header_helper():
     tensors, layers = small_model()
     blob = write_model(tensors, layers, 5)
     h = modelfile.read_header(blob)
-    assert h["magic"] == b"TMPM" and h["num_layers"] == 7 and h["total_size"] == len(blob)
+    assert h["magic"] == b"TMPM" and h["num_layers"] == 8 and h["total_size"] == len(blob)
 
 
 # --------------------------------------------------------------------------------------------

@@ -903,6 +903,7 @@ REJECT_CASES = {
     "avgpool_shift_low": lambda d: patch(d, _layer_off(d, 4) + 44, "<i", -32),
     "class_names_count": lambda d: patch(d, 48, "<I", struct.unpack_from("<I", d, 48)[0] - 5),
     "class_names_half": lambda d: patch(d, 44, "<I", 0),
+    "tensor_never_read": lambda d: patch(d, _layer_off(d, 3) + 14, "<H", 1),
 }
 
 
@@ -918,6 +919,16 @@ REJECT_CASES.update({
     "conv_bias_bound": lambda d: _array_patch(d, 0, 24, 3, "<i", I32_MAX - 32640 * 18 + 1),
     "fc_bias_bound_neg": lambda d: _array_patch(d, 5, 24, 0, "<i", -(I32_MAX - 32640 * 4 + 1)),
 })
+
+
+def test_a_tensor_nothing_reads_is_refused():
+    # the add reads tensor 1 twice: the pointwise layer's output (tensor 3) is dead; inference
+    # could skip it, but the trainer would find no gradient for it
+    bad = patch(GOOD, _layer_off(GOOD, 3) + 14, "<H", 1)
+    with pytest.raises(ValueError, match="tensor 3: never read"):
+        ref.read_model(bad)
+    # the engine's loader: tests/test_binding.py (test_model_with_a_dead_layer_is_refused)
+    # the writer's rule: tests/test_builder.py (test_writer_validation, "never read")
 
 
 @pytest.mark.parametrize("case", sorted(REJECT_CASES))

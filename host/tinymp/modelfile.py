@@ -221,6 +221,11 @@ def validate_model(tensors: Sequence[Tensor], layers: Sequence[Layer], num_class
 
     for i, L in enumerate(layers):
         _validate_layer(i, L, tensors)
+    read = {L.in0 for L in layers} | {L.in1 for L in layers if L.type == "add"}
+    for t in range(nl):
+        if t not in read:
+            raise ValueError(f"tensor {t}: never read by a layer (only the output may be); "
+                             "a layer whose output nothing uses must be removed")
 
 
 def _validate_layer(i: int, L: Layer, tensors: Sequence[Tensor]) -> None:

@@ -579,6 +579,12 @@ def read_model(data) -> RefModel:
                 check_mult_shift(params[0:1], params[1:2])
         layers.append(layer)
 
+    # every tensor but the output is read by a layer (a layer whose output nothing reads is dead)
+    read = {L.in0 for L in layers} | {L.in1 for L in layers if L.in1 is not None}
+    for t in range(num_layers):
+        if t not in read:
+            _fail(f"tensor {t}: never read by a layer (only the output may be)")
+
     # ---- class names
     class_names: Optional[List[str]] = None
     if cn_off == 0 and cn_size == 0:

@@ -473,11 +473,23 @@ tmp_status tmp_model_init(tmp_model *m, const void *data, size_t size, tmp_error
     if (t.dims.h != 1 || t.dims.w != 1 || t.dims.c != m->num_classes) {
         return fail(err, -1, -1, m->num_layers, "output tensor is not 1 x 1 x num_classes");
     }
+    /* every tensor but the output is read by a later layer: a layer whose output nothing reads
+     * would run for nothing and leave the trainer a tensor without a gradient */
+    uint32_t read[(TMP_MAX_LAYERS + 32) / 32] = { 0 };
     tmp_layer l;
     for (int32_t i = 0; i < (int32_t)m->num_layers; i++) {
         tmp_status s = tmp_model_layer(m, i, &l, err);
         if (s != TMP_OK) {
             return s;
+        }
+        read[l.in0 / 32u] |= 1u << (l.in0 % 32u);
+        if (l.in1 != TMP_NO_TENSOR) {
+            read[l.in1 / 32u] |= 1u << (l.in1 % 32u);
+        }
+    }
+    for (uint32_t t = 0; t < m->num_layers; t++) {
+        if (!(read[t / 32u] & (1u << (t % 32u)))) {
+            return fail(err, -1, -1, (int32_t)t, "tensor is never read by a layer (only the output may be)");
         }
     }
     return class_names_ok(m, err);
