@@ -187,6 +187,19 @@ def test_cache_under_a_budget_takes_what_fits():
         assert p.arena_bytes - base.arena_bytes in (extra * base.cache_bytes, extra * base.cache_bytes + 2)
 
 
+def test_a_cache_larger_than_an_arena_can_hold_takes_what_fits():
+    # without a budget the arena is capped at 2^31 - 1 bytes: a larger request keeps as many
+    # samples as fit below the cap (it used to keep none, silently)
+    m = H.demo_model()
+    base = m.plan()
+    start = (base.arena_bytes + 3) // 4 * 4
+    most = (2 ** 31 - 1 - start) // base.cache_bytes
+    for n in (most, most + 1, 2 ** 32 - 1):
+        p = m.plan(cache=n)
+        assert p.cache_samples == most and p.arena_bytes == start + most * base.cache_bytes
+    assert m.plan(cache=most - 1).cache_samples == most - 1
+
+
 @pytest.mark.parametrize("args,kw,exc", [
     (lambda xs, ys: (xs, ys[:-1]), {}, ValueError),
     (lambda xs, ys: (xs[:-1] + [b"\x00" * 5], ys), {}, ValueError),

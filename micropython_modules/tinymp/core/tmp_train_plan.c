@@ -636,7 +636,13 @@ static void add_cache(ctx_t *c) {
         uint64_t room = c->o->budget > base ? c->o->budget - base : 0;
         n = n < room / p->cache_bytes ? n : room / p->cache_bytes;
     }
-    if (n == 0 || base + n * p->cache_bytes > INT32_MAX) {
+    if (base < INT32_MAX) { /* as many as an arena of at most 2^31 - 1 bytes holds */
+        const uint64_t most = (INT32_MAX - base) / p->cache_bytes;
+        n = n < most ? n : most;
+    } else {
+        n = 0;
+    }
+    if (n == 0) {
         return;
     }
     const uint32_t bytes = (uint32_t)(n * p->cache_bytes);
