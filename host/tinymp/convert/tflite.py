@@ -1037,7 +1037,16 @@ class _Converter:
 def convert_tflite(model: Union[bytes, bytearray, memoryview, str, os.PathLike],
                    class_names: Optional[Sequence[str]] = None) -> TFLiteConversion:
     """Convert an int8 TFLite classifier; returns the .tmpm bytes, the tensor map and notes."""
-    return _Converter(_load(model), class_names).run()
+    buf = _load(model)
+    try:
+        return _Converter(buf, class_names).run()
+    except ConversionError:
+        raise
+    except Exception as e:
+        # the flatbuffer accessors read lazily: a corrupt offset or length surfaces in whichever
+        # op handler reads it first (IndexError, struct.error, numpy's ValueError, ...)
+        raise ConversionError(f"tinymp convert: cannot read the TFLite model; the file is "
+                              f"corrupt ({type(e).__name__}: {str(e)[:200]})") from e
 
 
 def from_tflite(model: Union[bytes, bytearray, memoryview, str, os.PathLike],
