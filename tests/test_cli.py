@@ -114,3 +114,13 @@ def test_every_command_reads_a_budget_in_kb_the_same_way():
     assert summary.budget_bytes(1e-9) == 1
     for bad in (0, -1, float("nan"), float("inf"), True, "252", None):
         assert summary.budget_bytes(bad) is None, bad
+
+
+@pytest.mark.parametrize("opts", [["--r", "2"], ["--ratio", "0.5"], ["--storage", "fp32"]])
+def test_training_options_without_a_method_are_refused(demo_file, opts):
+    # they only shape a training plan: without --method they would be ignored
+    code, out, err = run("plan", str(demo_file), *opts)
+    assert code == 2 and out == ""
+    assert err.strip() == f"tinymp: {opts[0]} only applies to a training plan: add --method", err
+    code, out, err = run("plan", str(demo_file), *opts, "--method", "tinymp", "--json")
+    assert code == 0, err

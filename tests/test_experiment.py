@@ -238,10 +238,15 @@ def test_new_class_model_knows_only_digits_0_to_4():
     (["--lr", "2"], ["--lr"]),
     (["--epochs", "0"], ["--epochs"]),
     (["--jobs", "0"], ["--jobs"]),
+    (["--jobs", "65"], ["--jobs", "between 1 and 64"]),
     (["--notes", "/nonexistent/notes.md"], ["--notes", "/nonexistent/notes.md"]),
+    (["--notes", "BINARY"], ["--notes", "not UTF-8 text"]),
 ])
 def test_bad_arguments_give_one_line_and_status_2(tmp_path, capsys, argv, words):
     out = tmp_path / "never"
+    if "BINARY" in argv:
+        (tmp_path / "calib.npy").write_bytes(b"\x93NUMPY\x01\x00\xff\xfe")
+        argv = [str(tmp_path / "calib.npy") if a == "BINARY" else a for a in argv]
     rc = cli.main(["experiment", "--out", str(out)] + argv)
     err = capsys.readouterr().err
     assert rc == 2

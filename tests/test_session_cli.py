@@ -116,6 +116,28 @@ def test_demo_inference_only():
     code, out, err = tinymp_cmd("demo", "--inference")
     assert code == 0, err
     assert "inference arena" in out
+    acc, n = re.search(r"accuracy +([0-9.]+)% on (\d+) held-out", out).groups()
+    # --json gives the same figures as data
+    code, out, err = tinymp_cmd("demo", "--inference", "--json")
+    assert code == 0, err
+    rep = json.loads(out)
+    assert f"{rep['accuracy'] * 100:.1f}" == acc and rep["n"] == int(n)
+    assert rep["model"]["arena_bytes"] == tinymp.Model(zoo.demo()).inference_arena_bytes
+
+
+def test_demo_folder_that_cannot_be_made_is_one_line(tmp_path):
+    f = tmp_path / "a-file"
+    f.write_text("x")
+    code, out, err = tinymp_cmd("demo", "--session", str(f / "sub"))
+    assert code == 2 and "cannot make the demo folder" in one_line(err)
+    assert f.read_text() == "x"
+
+
+@pytest.mark.parametrize("value", ["-1", "0", "nan", "inf", "soon"])
+def test_a_timeout_must_be_positive_seconds(value):
+    for cmd in (["demo"], ["push", DEMO, "--port", "sim"]):
+        code, out, err = tinymp_cmd(*cmd, "--timeout", value)
+        assert code == 2 and "--timeout: must be a positive number of seconds" in err, err
 
 
 def test_step_by_step_commands(tmp_path):

@@ -114,6 +114,9 @@ def cmd_plan(args):
             items.append((label, tinymp.Model(data), data))
     if args.method is not None:
         return _training_plans(args, items)
+    given = [f"--{k}" for k in ("r", "ratio", "storage") if getattr(args, k) is not None]
+    if given:
+        raise UserError(f"tinymp: {', '.join(given)} only applies to a training plan: add --method")
     out = []
     for label, m, data in items:
         s = summary.model_summary(m, len(data))
@@ -145,7 +148,7 @@ def _training_plans(args, items):
     if args.method == "tinytrain":
         raise UserError("tinymp: method 'tinytrain' needs support samples; use it from Python "
                         "(m.plan(method='tinytrain', support=(samples, labels))) or `tinymp train`")
-    kw = {"method": args.method, "storage": args.storage}
+    kw = {"method": args.method, "storage": args.storage or "int8"}
     if args.budget is not None:
         kw["budget"] = summary.budget_bytes(args.budget)
     if args.r is not None:
@@ -198,6 +201,11 @@ def cmd_demo_inference(args):
     acc = float((preds == y).mean())
     s = summary.model_summary(m, len(data))
     h, w, c = m.input_shape
+    if args.json:
+        print(json.dumps({"model": s, "accuracy": acc, "n": int(len(y)),
+                          "examples": [[int(t), int(p)] for t, p in zip(y[:12], preds[:12])]},
+                         indent=2))
+        return 0
     print("tinymp demo: a small MobileNetV2-style CNN trained on scikit-learn's handwritten digits,")
     print("run by the tinymp C engine (PC build of the same core that runs on the board).\n")
     print(f"model      {h}x{w}x{c} int8 input, {m.num_classes} classes, {s['layers']} layers, "
@@ -334,8 +342,8 @@ def cmd_experiment(args):
         raise UserError(f"tinymp: --epochs must be between 1 and 1000, got {epochs}")
     if lr is not None and not 0 < lr <= 1:
         raise UserError(f"tinymp: --lr must be in (0, 1], got {lr:g}")
-    if jobs < 1:
-        raise UserError(f"tinymp: --jobs must be at least 1, got {jobs}")
+    if not 1 <= jobs <= 64:
+        raise UserError(f"tinymp: --jobs must be between 1 and 64, got {jobs}")
     out = args.out or os.path.join("build", "experiment")
     if os.path.exists(out) and not os.path.isdir(out):
         raise UserError(f"tinymp: --out {out} exists and is not a directory")
@@ -346,6 +354,9 @@ def cmd_experiment(args):
                 notes = f.read()
         except OSError as e:
             raise UserError(f"tinymp: cannot read --notes {args.notes}: {e.strerror or e}") from None
+        except UnicodeDecodeError:
+            raise UserError(f"tinymp: --notes {args.notes} is not UTF-8 text (a Markdown file is "
+                            "expected)") from None
     try:
         os.makedirs(out, exist_ok=True)
     except OSError as e:
@@ -371,7 +382,7 @@ def cmd_experiment(args):
             try:
                 with open(args.notes, encoding="utf-8") as f:
                     notes = f.read()
-            except OSError:
+            except (OSError, UnicodeDecodeError):
                 pass  # keep the copy read at the start
         paths = ex.write_outputs(res, out, command, notes)
     except ex.ExperimentError as e:
@@ -425,7 +436,8 @@ def build_parser():
                       help="plan training instead of inference (sparse: use Python for its layer list)")
     plan.add_argument("--r", type=int, help="Gradient Condensing patch size (1 = exact)")
     plan.add_argument("--ratio", type=float, help="fraction of input channels updated per period")
-    plan.add_argument("--storage", choices=["int8", "fp32"], default="int8")
+    plan.add_argument("--storage", choices=["int8", "fp32"], default=None,
+                      help="how trained weights are kept (with --method; default int8)")
     plan.add_argument("--json", action="store_true")
     plan.set_defaults(func=cmd_plan)
     conv = sub.add_parser("convert", help="convert an int8 .tflite or an .onnx model to .tmpm")

@@ -564,9 +564,14 @@ def cmd_demo(args):
         if not os.path.exists(marker):
             raise C.user_error(f"tinymp: {session_dir} exists and is not a demo folder; give "
                                "another --session")
-        shutil.rmtree(session_dir)
-    os.makedirs(session_dir)
-    open(marker, "w").close()
+    try:
+        if os.path.exists(session_dir):
+            shutil.rmtree(session_dir)
+        os.makedirs(session_dir)
+        open(marker, "w").close()
+    except OSError as e:
+        raise C.user_error(f"tinymp: cannot make the demo folder {session_dir}: "
+                           f"{e.strerror or e}") from None
     cfg = demo_config(session_dir)
     out = (lambda *a: None) if args.json else print
     out("tinymp demo: personalise the shipped digits model on a simulated OpenMV Cam H7.")
@@ -590,6 +595,19 @@ def cmd_demo(args):
 
 # --- parsers --------------------------------------------------------------------------------
 
+def _seconds(text):
+    """argparse type of --timeout: a positive, finite number of seconds."""
+    import argparse
+    import math
+    try:
+        v = float(text)
+    except ValueError:
+        v = float("nan")
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return v
+
+
 def _board_args(p, json_flag=True):
     p.add_argument("--port", default="auto",
                    help="serial device, 'sim' or 'sim:PROFILE' (simulated board), 'qemu', or "
@@ -598,7 +616,7 @@ def _board_args(p, json_flag=True):
                    help=f"board profile of the simulated board (default {boards.DEFAULT_SIM})")
     p.add_argument("--session", default="tinymp-session",
                    help="session folder (dataset, runs, simulated board); default ./tinymp-session")
-    p.add_argument("--timeout", type=float, default=None, help="seconds per try of a request")
+    p.add_argument("--timeout", type=_seconds, default=None, help="seconds per try of a request")
     if json_flag:
         p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -686,7 +704,7 @@ def add_parsers(sub):
                    help="only run the demo model on real digits and show its memory plan")
     p.add_argument("--json", action="store_true")
     p.add_argument("-q", "--quiet", action="store_true")
-    p.add_argument("--timeout", type=float, default=None)
+    p.add_argument("--timeout", type=_seconds, default=None, help="seconds per try of a request")
     _m7_arg(p)
     p.set_defaults(func=cmd_demo, port="sim", board=boards.DEFAULT_SIM)
 
