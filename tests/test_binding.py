@@ -15,6 +15,7 @@ Error policy checked here:
   - `out` not a writable float32/byte buffer                  -> TypeError; wrong size -> ValueError
 """
 import array
+import os
 import gc
 import pathlib
 import re
@@ -483,3 +484,51 @@ def test_model_from_modelfile_writer(model, x):
     assert m.input_shape == model.input_shape
     assert m.logits(x) == model.logits(x)
     assert m._layers() == model._layers()
+
+
+def test_numpy_numbers_are_options_like_python_numbers(tmp_path):
+    # a value computed with numpy (np.int64, np.float32) is taken as the int or float it holds
+    from tinymp import zoo
+    m = tinymp.Model(zoo.demo())
+    a = m.plan(method="tinymp", budget=np.int64(20000), ratio=np.float32(0.5), r=np.int32(2))
+    b = m.plan(method="tinymp", budget=20000, ratio=float(np.float32(0.5)), r=2)
+    assert (a.arena_bytes, a.layers, a.describe()) == (b.arena_bytes, b.layers, b.describe())
+    t = tinymp.Trainer(m, a, lr=np.float32(0.01), seed=np.int64(5))
+    assert t.lr == float(np.float32(0.01))
+    t.lr = np.float64(0.02)
+    assert t.lr == float(np.float32(0.02))     # kept as float32, as every lr
+    for bad in (True, np.bool_(True), "2", 2.0):
+        with pytest.raises(TypeError, match="^tinymp: r must be an int"):
+            m.plan(method="tinymp", r=bad)
+    with pytest.raises(TypeError, match="^tinymp: ratio must be a number"):
+        m.plan(method="tinymp", ratio="0.5")
+
+
+@pytest.mark.parametrize("kw,exc,pattern", [
+    ({"ratio": 10 ** 400}, ValueError, r"^tinymp: ratio must be in"),
+    ({"ratio": -10 ** 400}, ValueError, r"^tinymp: ratio must be in"),
+    ({"r": 10 ** 30}, ValueError, r"^tinymp: r must be between"),
+    ({"budget": -10 ** 30}, ValueError, r"^tinymp: budget must be between"),
+])
+def test_huge_option_values_are_out_of_range_not_overflow(kw, exc, pattern):
+    from tinymp import zoo
+    with pytest.raises(exc, match=pattern):
+        tinymp.Model(zoo.demo()).plan(method="tinymp", **kw)
+
+
+def test_a_strided_model_buffer_and_a_bytes_path_are_tinymp_errors(tmp_path):
+    from tinymp import zoo
+    data = np.repeat(np.frombuffer(zoo.demo(), np.uint8), 2)[::2]   # the model, strided
+    with pytest.raises(ValueError, match="^tinymp: the model must be one contiguous buffer"):
+        tinymp.Model(data)
+    assert tinymp.Model(np.ascontiguousarray(data)).num_classes == 10
+    m = tinymp.Model(zoo.demo())
+    t = tinymp.Trainer(m, m.plan(method="last"))
+    for bad in (str(tmp_path / "p.tmpp").encode(), 3):
+        with pytest.raises(TypeError, match="^tinymp: path must be a str or os.PathLike"):
+            t.save(bad)
+        with pytest.raises(TypeError, match="^tinymp: path must be a str or os.PathLike"):
+            t.load(bad)
+    assert os.listdir(tmp_path) == []
+    t.save(tmp_path / "p.tmpp")
+    assert t.load(str(tmp_path / "p.tmpp")) is True

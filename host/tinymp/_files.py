@@ -3,10 +3,18 @@ the same with MicroPython's os module)."""
 import os
 
 
+def _path(path):
+    """A file name as the board takes it: a str (or an os.PathLike of one)."""
+    p = os.fspath(path) if isinstance(path, (str, os.PathLike)) else None
+    if not isinstance(p, str):
+        raise TypeError(f"tinymp: path must be a str or os.PathLike, not '{type(path).__name__}'")
+    return p
+
+
 def atomic_write(path, data):
     """Write `data` to `path` so that a crash leaves either the old file or the new one whole:
     write a temporary file next to it, flush and fsync it, then rename it over `path`."""
-    path = os.fspath(path)
+    path = _path(path)
     tmp = path + ".tmp"
     try:
         with open(tmp, "wb") as f:
@@ -34,5 +42,5 @@ def atomic_write(path, data):
 
 
 def read_bytes(path):
-    with open(os.fspath(path), "rb") as f:
+    with open(_path(path), "rb") as f:
         return f.read()

@@ -214,6 +214,11 @@ static PyObject *read_file(PyObject *path) {
 /* Point self->data at the model bytes of `obj` (a buffer exporter), copying if misaligned. */
 static int attach_buffer(ModelObject *self, PyObject *obj) {
     if (PyObject_GetBuffer(obj, &self->view, PyBUF_C_CONTIGUOUS) < 0) {
+        if (PyErr_ExceptionMatches(PyExc_ValueError) || PyErr_ExceptionMatches(PyExc_BufferError)) {
+            PyErr_Clear(); /* e.g. a strided numpy view: the engine reads the model in place */
+            PyErr_Format(PyExc_ValueError, "tinymp: the model must be one contiguous buffer (bytes, "
+                "bytearray, a contiguous array), not a strided '%.200s'", Py_TYPE(obj)->tp_name);
+        }
         return -1;
     }
     self->has_view = 1;
@@ -794,14 +799,23 @@ static int opt_long(PyObject *v, const char *name, long long lo, long long hi, l
         *out = dflt;
         return 0;
     }
-    if (!PyLong_Check(v) || PyBool_Check(v)) {
+    /* an int or an integer-like object (numpy.int64 ...), never a bool */
+    if (PyBool_Check(v) || !PyIndex_Check(v)) {
         PyErr_Format(PyExc_TypeError, "tinymp: %s must be an int, not '%.200s'", name, Py_TYPE(v)->tp_name);
         return -1;
     }
-    long long x = PyLong_AsLongLong(v);
+    PyObject *iv = PyNumber_Index(v);
+    if (iv == NULL) {
+        return -1;
+    }
+    int overflow = 0;
+    long long x = PyLong_AsLongLongAndOverflow(iv, &overflow);
+    Py_DECREF(iv);
     if (x == -1 && PyErr_Occurred()) {
-        PyErr_Clear();
-        x = hi + 1;
+        return -1;
+    }
+    if (overflow != 0) {
+        x = overflow < 0 ? lo - 1 : hi + 1;
     }
     if (x < lo || x > hi) {
         PyErr_Format(PyExc_ValueError, "tinymp: %s must be between %lld and %lld, got %S", name, lo, hi, v);
@@ -816,13 +830,19 @@ static int opt_float(PyObject *v, const char *name, double lo, double hi, int lo
         *out = dflt;
         return 0;
     }
-    if (!PyFloat_Check(v) && !(PyLong_Check(v) && !PyBool_Check(v))) {
+    /* a real number: float, int or anything with __float__ / __index__ (numpy.float32 ...) */
+    PyNumberMethods *nm = Py_TYPE(v)->tp_as_number;
+    if (PyBool_Check(v) || !(PyFloat_Check(v) || PyIndex_Check(v) || (nm != NULL && nm->nb_float != NULL))) {
         PyErr_Format(PyExc_TypeError, "tinymp: %s must be a number, not '%.200s'", name, Py_TYPE(v)->tp_name);
         return -1;
     }
     double x = PyFloat_AsDouble(v);
     if (x == -1.0 && PyErr_Occurred()) {
-        return -1;
+        if (!PyErr_ExceptionMatches(PyExc_OverflowError)) {
+            return -1;
+        }
+        PyErr_Clear(); /* an int beyond any double: outside every range */
+        x = NAN;
     }
     if (!(x <= hi) || !(lo_open ? x > lo : x >= lo)) {
         /* PyErr_Format has no %g: format the bounds here */
