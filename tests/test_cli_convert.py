@@ -179,6 +179,7 @@ def test_tflite_with_calibration_samples_converts(tmp_path):
     np.save(tmp_path / "c.npy", np.random.default_rng(0).random((4, 3, 8, 8), dtype=np.float32))
     code, _, err = run(str(src), "-o", str(tmp_path / "a.tmpm"), "--calib", str(tmp_path / "c.npy"))
     assert code == 0, err
+    assert "--calib is not needed and is ignored" in err    # said, not silent
     code, _, err = run(str(src), "-o", str(tmp_path / "b.tmpm"))
     assert (tmp_path / "a.tmpm").read_bytes() == (tmp_path / "b.tmpm").read_bytes()
 

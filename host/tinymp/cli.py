@@ -267,6 +267,9 @@ def cmd_convert(args):
                             f"got {lo:g} {hi:g}")
         kw["input_range"] = (lo, hi)
     try:
+        if calib is not None and conv._kind_of(args.source) == "tflite":
+            print(f"tinymp: note: {args.source} is already quantised: --calib is not needed and "
+                  "is ignored", file=sys.stderr)
         data = conv.convert(args.source, calib=calib, class_names=names, **kw)
     except conv.ConversionError as e:
         raise UserError(str(e)) from None
