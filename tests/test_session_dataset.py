@@ -71,6 +71,26 @@ def test_a_crash_mid_append_is_undone_on_reopen(tmp_path):
     assert again.append(sample(9), 2) == 3 and D.Dataset.open(ds.path).sample(3) == sample(9)
 
 
+@pytest.mark.parametrize("bad", [b'{"i": 1, "label" 0}', b'{"i": 7, "label": 0}', b'{"i": 1, "label": 9}'])
+def test_a_damaged_line_in_the_middle_is_refused_and_nothing_is_dropped(tmp_path, bad):
+    # only a torn last line is an interrupted append; a whole bad line before good ones is
+    # damage, and the samples after it must not be cut off (they were, silently, by any command)
+    ds = make(tmp_path)
+    for i in range(5):
+        ds.append(sample(i), i % 3)
+    log = os.path.join(ds.path, "samples.jsonl")
+    lines = open(log, "rb").read().split(b"\n")
+    lines[1] = bad
+    damaged = b"\n".join(lines)
+    with open(log, "wb") as f:
+        f.write(damaged)
+    shard = open(os.path.join(ds.path, "shard-00000.bin"), "rb").read()
+    with pytest.raises(D.DatasetError, match="line 2 of samples.jsonl is not sample record 1"):
+        D.Dataset.open(ds.path)
+    assert open(log, "rb").read() == damaged
+    assert open(os.path.join(ds.path, "shard-00000.bin"), "rb").read() == shard
+
+
 @pytest.mark.parametrize("fail_at", [1, 2])
 def test_a_full_disk_leaves_the_dataset_as_it_was(tmp_path, monkeypatch, fail_at):
     ds = make(tmp_path)

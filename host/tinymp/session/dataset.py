@@ -145,9 +145,9 @@ class Dataset:
                 raw = f.read()
         except FileNotFoundError:
             raw = b""
-        good = 0
         recs = []
-        for line in raw.split(b"\n")[:-1]:  # the last piece is "" or a line cut short
+        *lines, tail = raw.split(b"\n")   # tail: "" or the line an interrupted append cut short
+        for n, line in enumerate(lines):
             try:
                 r = json.loads(line)
                 ok = isinstance(r, dict) and r.get("i") == len(recs) and \
@@ -155,12 +155,16 @@ class Dataset:
             except ValueError:
                 ok = False
             if not ok:
-                break
+                # a whole line that is not the next record is damage (an edit, another program),
+                # not a torn append: say where, and change nothing (the samples after it stay)
+                raise DatasetError(f"tinymp: dataset {self.path} is damaged: line {n + 1} of "
+                                   f"samples.jsonl is not sample record {len(recs)} "
+                                   f"({line[:60].decode('utf-8', 'replace')!r}); nothing was "
+                                   "changed: repair or remove that line")
             recs.append(r)
-            good += len(line) + 1
-        if good != len(raw):
+        if tail:
             with open(log, "r+b") as f:
-                f.truncate(good)
+                f.truncate(len(raw) - len(tail))
         # shards: whole samples only, as many as the log names
         n = len(recs)
         k = 0
