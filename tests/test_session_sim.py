@@ -586,3 +586,51 @@ def test_training_budget_is_the_profiles(sess):
         with pytest.raises(link.BoardError) as e:
             b.request(P.TRAIN_STEPS, {"n": 1})
         assert e.value.code == "state"
+
+
+class _RecordingLink:
+    def __init__(self):
+        self.sent, self.closed = [], False
+
+    def request(self, kind, *a, **kw):
+        self.sent.append(kind)
+        return {}
+
+    def close(self):
+        self.closed = True
+
+
+@pytest.mark.parametrize("exc,bye", [(None, True), (link.BoardError(3, "no model"), True),
+                                     (KeyboardInterrupt(), True), (C.user_error("bad"), True),
+                                     (link.LinkError("gone"), False)])
+def test_a_command_that_fails_still_says_bye(exc, bye):
+    # the agent ignores Ctrl-C: without BYE it keeps the board's REPL after a refused request or
+    # an interruption, and the next command cannot start it (a real board until reset); only a
+    # failed link is closed without BYE, which could only time out there
+    lk = _RecordingLink()
+    try:
+        with link.Board(lk, "serial", {}):
+            if exc is not None:
+                raise exc
+    except BaseException as e:
+        assert e is exc
+    assert (lk.sent == [P.BYE]) == bye and lk.closed
+
+
+def test_a_board_that_stops_reading_fails_the_write(sess, monkeypatch):
+    # writes have a deadline (they had none: a stalled board hung tinymp forever on a large frame)
+    with open_sim(sess) as b:
+        assert b.link.port.write_timeout == link.WRITE_TIMEOUT
+
+        class Stalled:
+            def write(self, data):
+                import serial
+                raise serial.SerialTimeoutException("Write timeout")
+
+            def close(self):
+                pass
+        real = b.link.port
+        b.link.port = Stalled()
+        with pytest.raises(link.LinkError, match="cannot write to the link"):
+            b.request(P.INFO)
+        b.link.port = real

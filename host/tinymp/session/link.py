@@ -16,6 +16,9 @@ import time
 from . import protocol as P
 
 
+# seconds a write to the board may block: a board that stopped reading is a failed link
+WRITE_TIMEOUT = 10.0
+
 class LinkError(Exception):
     """The link failed: no answer, or the board went away. The message is one line."""
 
@@ -207,7 +210,10 @@ class Board:
         return self
 
     def __exit__(self, *exc):
-        self.close(bye=exc[0] is None)
+        # say BYE after an error too (a refused request, Ctrl-C): the agent, which ignores Ctrl-C,
+        # would otherwise keep the board's REPL and the next command could not start; not when the
+        # link itself failed (BYE could only time out)
+        self.close(bye=exc[0] is None or not issubclass(exc[0], LinkError))
 
 
 MICROPYTHON_USB_IDS = {
@@ -286,7 +292,8 @@ def open_board(port="auto", profile=None, sim_dir=None, timeout=None, faults=Non
         sim = SimBoard(profile=prof, sim_dir=sim_dir, scene=scene, faults=board_faults)
         path = sim.start()
         try:
-            ser = serial.Serial(path, baudrate=115200, timeout=0.02, exclusive=True)
+            ser = serial.Serial(path, baudrate=115200, timeout=0.02, write_timeout=WRITE_TIMEOUT,
+                                exclusive=True)
             sim.release_slave()
             raw = ser
             if faults or before_write:
@@ -368,9 +375,12 @@ def open_serial(device, timeout=None, faults=None, before_write=None):
         start_agent(t)
     except Exception as e:
         t.close()
-        raise LinkError(f"tinymp: could not start the agent on {device}: {e}") from None
+        raise LinkError(f"tinymp: could not start the agent on {device}: {e} (if an earlier "
+                        "command was cut off, the agent may still hold the board: reset it)") \
+            from None
     ser = t.serial
     ser.timeout = 0.02
+    ser.write_timeout = WRITE_TIMEOUT  # a board that stops reading must not block a write forever
     raw = FaultyPort(ser, before_write=before_write, **(faults or {})) if (faults or before_write) else ser
     link = Link(raw, name=device, timeout=timeout or 5.0)
     info = _hello(link, "board")
