@@ -355,7 +355,10 @@ def test_bad_session_configs(tmp_path, capsys):
                         ({"model": DEMO, "colect": []}, "unknown keys colect"),
                         ({"model": DEMO, "collect": [{"count": 3}]}, "needs 'from'"),
                         ({"model": DEMO, "train": {"epoch": 3}}, "unknown train options epoch"),
-                        ({"model": "nope.tmpm", "session": "s"}, "no such model file")):
+                        ({"model": "nope.tmpm", "session": "s"}, "no such model file"),
+                        ({"model": 5}, "'model' must be a string, not int"),
+                        ({"model": DEMO, "port": 5}, "'port' must be a string, not int"),
+                        ({"model": DEMO, "collect": [{"from": 5}]}, "'from' must be a path")):
         p = tmp_path / "c.json"
         p.write_text(json.dumps(cfg))
         assert cli.main(["session", str(p)]) == 2
@@ -388,12 +391,26 @@ def test_bad_session_configs(tmp_path, capsys):
                         ({"train": {"method": "fast"}, "collect": collect}, "train.method must be one of"),
                         ({"train": {"fresh": 1}, "collect": collect}, "train.fresh must be true or false"),
                         ({"train": {"budget_kb": 0}, "collect": collect}, "train.budget_kb must be a positive"),
+                        ({"collect": [{"label": 12, "count": 3}]}, "collect label 12 is not a class"),
+                        ({"collect": [{"label": [1, "a"], "count": 3}]}, "collect label 'a' is not a class"),
+                        ({"collect": [{"label": 1, "count": "x"}]}, "collect count 'x' must be a whole"),
                         ({}, "nothing to train on")):
         p = tmp_path / "c.json"
         p.write_text(json.dumps(dict(cfg, model=DEMO, port="sim", session="s")))
         assert cli.main(["session", str(p)]) == 2, cfg
         assert needle in one_line(capsys.readouterr().err), cfg
     assert not os.path.exists(tmp_path / "s")
+    # a session whose samples were quantised for another model's input: refused before the
+    # push that would replace the board's model and its saved parameters
+    m = tinymp.Model(zoo.demo())
+    D.Dataset.create(str(tmp_path / "s2" / "dataset"), shape=m.input_shape,
+                     scale=m.input_scale * 2, zero_point=m.input_zero_point,
+                     num_classes=m.num_classes)
+    p = tmp_path / "c.json"
+    p.write_text(json.dumps({"model": DEMO, "port": "sim", "session": "s2", "collect": collect}))
+    assert cli.main(["session", str(p)]) == 2
+    assert "holds samples quantised with input scale" in one_line(capsys.readouterr().err)
+    assert os.listdir(tmp_path / "s2") == ["dataset"]      # no board was started
 
 
 def test_a_trial_run_from_the_command_line(tmp_path, capsys):

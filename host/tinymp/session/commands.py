@@ -569,7 +569,7 @@ def eval_data(session, meta, path=None):
         if os.path.exists(os.path.join(d, "manifest.json")):
             try:
                 ds = Dataset.open(d)
-                ds.check_compatible(shape, nc)
+                ds.check_compatible(shape, nc, meta["input_scale"], meta["input_zero_point"])
             except DatasetError as e:
                 raise user_error(str(e)) from None
             if len(ds):

@@ -123,16 +123,30 @@ class Dataset:
     def open_or_create(cls, path, **kw):
         if os.path.exists(os.path.join(path, "manifest.json")):
             ds = cls.open(path)
-            ds.check_compatible(kw["shape"], kw["num_classes"])
+            ds.check_compatible(kw["shape"], kw["num_classes"], kw["scale"], kw["zero_point"])
             return ds
         return cls.create(path, **kw)
 
-    def check_compatible(self, shape, num_classes):
+    def check_compatible(self, shape, num_classes, scale=None, zero_point=None):
+        """The samples suit a model of this input and classes; with `scale` and `zero_point`,
+        also its input quantisation (the stored samples are int8 in the model's terms)."""
         if tuple(shape) != self.shape or num_classes != self.num_classes:
             raise DatasetError(
                 f"tinymp: dataset {self.path} holds {'x'.join(map(str, self.shape))} samples of "
                 f"{self.num_classes} classes; the model takes {'x'.join(map(str, shape))} and "
                 f"{num_classes} classes (use another --session)")
+        s = self.manifest["sample"]
+        try:
+            have = float(s.get("scale"))
+        except (TypeError, ValueError):
+            have = float("nan")
+        # a board prints its floats with fewer digits than a float32 needs: equal to 1e-5
+        if scale is not None and (not np.isclose(have, scale, rtol=1e-5, atol=0)
+                                  or s.get("zero_point") != int(zero_point)):
+            raise DatasetError(
+                f"tinymp: dataset {self.path} holds samples quantised with input scale "
+                f"{s.get('scale')!r} and zero point {s.get('zero_point')!r}; the model takes "
+                f"{float(np.float32(scale))!r} and {int(zero_point)} (use another --session)")
 
     def _shard_path(self, k):
         return os.path.join(self.path, f"shard-{k:05d}.bin")
@@ -282,7 +296,7 @@ def load_samples(path, shape, scale, zero_point, num_classes):
     quantised; [N, H, W] is taken as one channel. DatasetError names what is wrong."""
     if os.path.isdir(path):
         ds = Dataset.open(path)
-        ds.check_compatible(shape, num_classes)
+        ds.check_compatible(shape, num_classes, scale, zero_point)
         x, y = ds.arrays()
         return x, y, [f"{ds.uid}:{i}" for i in range(len(y))]
     if not os.path.exists(path):

@@ -367,6 +367,10 @@ def load_config(path):
                            f"(known: {', '.join(sorted(CONFIG_KEYS))})")
     if "model" not in cfg:
         raise C.user_error(f"tinymp: {path} names no model")
+    for key in ("model", "scene", "session", "port", "board", "eval"):
+        if cfg.get(key) is not None and not isinstance(cfg[key], str):
+            raise C.user_error(f"tinymp: {path}: '{key}' must be a string, not "
+                               f"{type(cfg[key]).__name__}")
     base = os.path.dirname(os.path.abspath(path))
     rel = lambda p: p if p is None or os.path.isabs(p) else os.path.join(base, p)  # noqa: E731
     cfg["model"] = rel(cfg["model"])
@@ -381,6 +385,8 @@ def load_config(path):
             raise C.user_error(f"tinymp: {path}: each 'collect' item needs 'from', or 'label' "
                                "and 'count'")
         if "from" in c:
+            if not isinstance(c["from"], str):
+                raise C.user_error(f"tinymp: {path}: a collect item's 'from' must be a path")
             c["from"] = rel(c["from"])
     if "session" in cfg:
         cfg["session"] = rel(cfg["session"])
@@ -424,6 +430,26 @@ def run_session(cfg, args, out=print):
                                              m.input_zero_point, m.num_classes)
             except DatasetError as e:
                 raise C.user_error(str(e)) from None
+    # the session's samples and the collect items must suit this model: found now, not after the
+    # push (which replaces the board's model and its saved parameters)
+    if os.path.exists(os.path.join(session.dataset_dir, "manifest.json")):
+        try:
+            Dataset.open(session.dataset_dir).check_compatible(
+                m.input_shape, m.num_classes, m.input_scale, m.input_zero_point)
+        except DatasetError as e:
+            raise C.user_error(str(e)) from None
+    for c in cfg.get("collect") or []:
+        if "label" in c:
+            labels = c["label"] if isinstance(c["label"], list) else [c["label"]]
+            for lab in labels:
+                if isinstance(lab, bool) or not isinstance(lab, int) or \
+                        not 0 <= lab < m.num_classes:
+                    raise C.user_error(f"tinymp: collect label {lab!r} is not a class of the "
+                                       f"model (0..{m.num_classes - 1})")
+            n = c["count"]
+            if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+                raise C.user_error(f"tinymp: collect count {n!r} must be a whole number >= 0 "
+                                   "(samples per class)")
     if not cfg.get("collect") and not _dataset_size(session.dataset_dir):
         raise C.user_error(f"tinymp: nothing to train on: the config collects no samples and "
                            f"{session.path} holds none; add a 'collect' item")
