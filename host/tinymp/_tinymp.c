@@ -793,13 +793,9 @@ static const char *storage_name(int32_t s) {
     return s == TMP_STORAGE_FP32 ? "fp32" : "int8";
 }
 
-/* Parse an optional non-negative integer keyword (None -> dflt). */
-static int opt_long(PyObject *v, const char *name, long long lo, long long hi, long long dflt, long long *out) {
-    if (v == NULL || v == Py_None) {
-        *out = dflt;
-        return 0;
-    }
-    /* an int or an integer-like object (numpy.int64 ...), never a bool */
+/* An int or an integer-like object (numpy.int64 ...), never a bool, as a long long; `overflow`
+ * is set (-1 / +1) for one beyond long long. `name` names it in the TypeError. */
+static int int_value(PyObject *v, const char *name, long long *x, int *overflow) {
     if (PyBool_Check(v) || !PyIndex_Check(v)) {
         PyErr_Format(PyExc_TypeError, "tinymp: %s must be an int, not '%.200s'", name, Py_TYPE(v)->tp_name);
         return -1;
@@ -808,10 +804,21 @@ static int opt_long(PyObject *v, const char *name, long long lo, long long hi, l
     if (iv == NULL) {
         return -1;
     }
-    int overflow = 0;
-    long long x = PyLong_AsLongLongAndOverflow(iv, &overflow);
+    *overflow = 0;
+    *x = PyLong_AsLongLongAndOverflow(iv, overflow);
     Py_DECREF(iv);
-    if (x == -1 && PyErr_Occurred()) {
+    return *x == -1 && PyErr_Occurred() ? -1 : 0;
+}
+
+/* Parse an optional non-negative integer keyword (None -> dflt). */
+static int opt_long(PyObject *v, const char *name, long long lo, long long hi, long long dflt, long long *out) {
+    if (v == NULL || v == Py_None) {
+        *out = dflt;
+        return 0;
+    }
+    int overflow = 0;
+    long long x;
+    if (int_value(v, name, &x, &overflow) < 0) {
         return -1;
     }
     if (overflow != 0) {
@@ -927,18 +934,9 @@ static uint32_t clock_us(void *ctx) {
  * [0, num_classes). `what` names it in messages ("label", "support label"). */
 static int parse_label(ModelObject *model, PyObject *y, const char *what, int32_t *label) {
     const int n = (int)model->model.num_classes;
-    if (PyBool_Check(y) || !PyIndex_Check(y)) {
-        PyErr_Format(PyExc_TypeError, "tinymp: %s must be an int, not '%.200s'", what, Py_TYPE(y)->tp_name);
-        return -1;
-    }
-    PyObject *i = PyNumber_Index(y);
-    if (i == NULL) {
-        return -1;
-    }
     int overflow = 0;
-    long long v = PyLong_AsLongLongAndOverflow(i, &overflow);
-    Py_DECREF(i);
-    if (v == -1 && PyErr_Occurred()) {
+    long long v;
+    if (int_value(y, what, &v, &overflow) < 0) {
         return -1;
     }
     if (overflow != 0 || v < 0 || v >= n) {
