@@ -45,6 +45,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 
 from . import summary
@@ -498,8 +499,22 @@ def main(argv=None):
         return 141
 
 
+# a negative number in exponent form, which argparse would take for an option ("-1e0")
+_NEG_EXP = re.compile(r"-(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
+
+
+def _plain_negatives(argv):
+    """argparse reads a token that starts with '-' as an option unless it looks like -1 or -1.5,
+    so `--input-range -1e0 1` failed; such tokens are spelled out as plain decimals (the same
+    float: both are the same decimal number). No option of this tool looks like a number."""
+    from decimal import Decimal
+    # beyond 1e±400 a double is 0 or infinite anyway: left alone, not spelled out in full
+    return [format(Decimal(a), "f") if _NEG_EXP.fullmatch(a) and
+            abs(Decimal(a).adjusted()) <= 400 else a for a in argv]
+
+
 def _main(argv):
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = _plain_negatives(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bench"]:
         from . import bench
         return bench.main(argv[1:])

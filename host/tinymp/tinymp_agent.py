@@ -46,6 +46,7 @@ AGENT_VERSION = "2"  # 2: trial runs (params.try)
 PROTOCOL = 1
 MAGIC = b"\xa5T"
 HEADER = 12
+DEFAULT_METHOD = "tinymp"  # what m.plan() trains without a method (docs/API.md)
 TRIAL_FILES = ("params.try", "params.try.opt")  # a run trained without saving, kept for PARAMS_SAVE
 MAX_PAYLOAD = 65536  # the largest frame payload the agent ever accepts; INFO says what it takes
 
@@ -1087,15 +1088,21 @@ class Agent:
         resumed, resumed_state, resume_error = False, False, None
         saved = self._read_opt()
         if not opts.get("fresh") and saved and saved.get("saved") and \
-                saved.get("model") == self._model_sha() and \
-                saved.get("options", {}).get("method") == opts.get("method"):
-            try:
-                # False: another ratio, momentum on / off, or an old file: parameters only
-                resumed_state = bool(tr.load(self._p("params.bin")))
-                resumed = True
-            except (ValueError, OSError) as e:
-                # e.g. another storage or budget: other trained layers
-                resume_error = str(e)
+                saved.get("model") == self._model_sha():
+            # an unnamed method is the engine's default: the same run as one that names it
+            o = saved.get("options")
+            was = (o.get("method") if isinstance(o, dict) else None) or DEFAULT_METHOD
+            now = opts.get("method") or DEFAULT_METHOD
+            if was != now:
+                resume_error = "it was trained with method %s, this run is %s" % (was, now)
+            else:
+                try:
+                    # False: another ratio, momentum on / off, or an old file: parameters only
+                    resumed_state = bool(tr.load(self._p("params.bin")))
+                    resumed = True
+                except (ValueError, OSError) as e:
+                    # e.g. another storage or budget: other trained layers
+                    resume_error = str(e)
         steps = _need(opts, "steps", int)
         if steps < 0:
             raise Fail("bad_request", "steps must be >= 0")

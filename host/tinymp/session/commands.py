@@ -10,9 +10,11 @@
 Failures raise `SessionError` (one line; `code` 2 for what the user gave, 1 for the board or the
 link); the CLI prints it and exits with that status.
 """
+import contextlib
 import hashlib
 import json
 import os
+import re
 import time
 
 import numpy as np
@@ -63,6 +65,9 @@ def progress(total, desc, unit="it", enabled=True, unit_scale=False):
 class Session:
     def __init__(self, path):
         self.path = os.path.abspath(path)
+        if os.path.exists(self.path) and not os.path.isdir(self.path):
+            raise user_error(f"tinymp: {path} is a file, not a session folder: give a folder "
+                             "with --session (it is made when missing)")
         self.state_path = os.path.join(self.path, "session.json")
         self.state = {}
         if os.path.exists(self.state_path):
@@ -96,28 +101,88 @@ class Session:
             os.fsync(f.fileno())
         os.replace(tmp, self.state_path)
 
+    @contextlib.contextmanager
+    def lock(self):
+        """Hold the session folder for one command: a second command on the same folder (which
+        would interleave its samples, runs and the simulated board's flash with this one's)
+        stops with one line instead. An advisory lock on SESSION/.lock, released by the system
+        when the process ends however it ends; none where fcntl is missing (Windows)."""
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover
+            yield
+            return
+        try:
+            os.makedirs(self.path, exist_ok=True)
+            f = open(os.path.join(self.path, ".lock"), "a+")
+        except OSError as e:
+            raise user_error(f"tinymp: cannot use the session folder {self.path}: "
+                             f"{e.strerror or e}") from None
+        with f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                f.seek(0)
+                who = f.read().strip()
+                raise SessionError(f"tinymp: another tinymp command ({who or 'a process'}) is "
+                                   f"using the session folder {self.path}; wait for it to "
+                                   "finish, or give another --session") from None
+            f.truncate(0)
+            f.write(f"pid {os.getpid()}\n")
+            f.flush()
+            try:
+                yield
+            finally:
+                f.truncate(0)
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def _run_numbers(self, kind):
+        out = {}
+        if os.path.isdir(self.runs_dir):
+            for name in os.listdir(self.runs_dir):
+                m = re.fullmatch(re.escape(kind) + r"-(\d+)\.json", name)
+                if m:
+                    out[int(m.group(1))] = name
+        return out
+
     def new_run(self, kind, record):
+        """Write a run record as runs/KIND-NNNN.json, numbered after the highest one there (a
+        deleted record never makes a new one overwrite another); the file appears whole."""
         os.makedirs(self.runs_dir, exist_ok=True)
-        n = len([f for f in os.listdir(self.runs_dir) if f.startswith(kind + "-")]) + 1
-        path = os.path.join(self.runs_dir, f"{kind}-{n:04d}.json")
-        tmp = path + ".tmp"
+        n = max(self._run_numbers(kind), default=0) + 1
+        tmp = os.path.join(self.runs_dir, f".{kind}-{os.getpid()}.tmp")
         with open(tmp, "w") as f:
             json.dump(record, f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-        return path
+        try:
+            while True:
+                path = os.path.join(self.runs_dir, f"{kind}-{n:04d}.json")
+                try:
+                    os.link(tmp, path)  # fails, rather than replaces, when the name is taken
+                    return path
+                except FileExistsError:
+                    n += 1
+        finally:
+            os.unlink(tmp)
 
     def runs(self, kind):
-        if not os.path.isdir(self.runs_dir):
-            return []
+        """The run records of `kind`, oldest first (by number); SessionError names a record
+        that cannot be read."""
         out = []
-        for name in sorted(os.listdir(self.runs_dir)):
-            if name.startswith(kind + "-") and name.endswith(".json"):
-                with open(os.path.join(self.runs_dir, name)) as f:
+        for n, name in sorted(self._run_numbers(kind).items()):
+            path = os.path.join(self.runs_dir, name)
+            try:
+                with open(path) as f:
                     rec = json.load(f)
-                rec["file"] = name
-                out.append(rec)
+            except (OSError, ValueError) as e:
+                raise user_error(f"tinymp: cannot read the run record {path}: {e}; move it out "
+                                 "of the runs folder") from None
+            if not isinstance(rec, dict):
+                raise user_error(f"tinymp: {path} is not a run record; move it out of the runs "
+                                 "folder")
+            rec["file"] = name
+            out.append(rec)
         return out
 
 
@@ -377,7 +442,8 @@ def _manifest(ds):
 
 def import_samples(ds, x, y, sources, board_name=None, show=True):
     """Append samples not already in `ds` (by source id). Returns how many were added."""
-    seen = ds.sources()
+    # its own samples count as there: `collect --from SESSION/dataset` adds nothing
+    seen = ds.sources() | {f"{ds.uid}:{i}" for i in range(len(ds))}
     bar = progress(len(y), "save samples", "sample", show)
     added = 0
     try:
@@ -391,6 +457,7 @@ def import_samples(ds, x, y, sources, board_name=None, show=True):
                         f"tinymp: cannot save a sample in {ds.path}: {why}; {added} new samples "
                         f"saved ({len(ds)} in all), none lost; make room and run collect again "
                         "to resume") from None
+                seen.add(src)
                 added += 1
             bar.update()
     finally:
@@ -424,6 +491,8 @@ def check_train_options(opts, name=lambda k: "--" + k.replace("_", "-")):
     the wrong type or out of the board's range; None values are the defaults. `name` spells an
     option as the user wrote it."""
     ranges = _train_ranges()
+    if opts.get("steps") is not None and opts.get("epochs") is not None:
+        raise user_error(f"tinymp: give {name('steps')} or {name('epochs')}, not both")
     for k, v in opts.items():
         if v is None:
             continue

@@ -298,7 +298,11 @@ def load_samples(path, shape, scale, zero_point, num_classes):
         ds = Dataset.open(path)
         ds.check_compatible(shape, num_classes, scale, zero_point)
         x, y = ds.arrays()
-        return x, y, [f"{ds.uid}:{i}" for i in range(len(y))]
+        # a sample imported from a file keeps that file's id, so that importing the file and a
+        # dataset made from it adds it once; a captured one is named by this dataset
+        ids = [r.get("source") if r.get("source") not in (None, "capture") else f"{ds.uid}:{i}"
+               for i, r in enumerate(ds.records)]
+        return x, y, ids
     if not os.path.exists(path):
         raise DatasetError(f"tinymp: no such samples file: {path}")
     try:

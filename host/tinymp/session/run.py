@@ -1,5 +1,6 @@
 """The session sub-commands of `tinymp` (argument parsing and printing; the work is in
 commands.py): devices, push, collect, train, eval, params, report, session, demo."""
+import contextlib
 import json
 import os
 import shutil
@@ -27,28 +28,52 @@ def _session(args):
     return C.Session(args.session)
 
 
+SIM_SUFFIX = " (simulated)"  # simboard.board_config: a simulated board's name
+
+
+def _sim_profile(args, session):
+    """The simulated board's profile: --board, else the one this session's model was pushed to
+    (its flash is in SESSION/sim/PROFILE), else the default."""
+    if getattr(args, "board", None):
+        return args.board
+    b = session.state.get("board") or {}
+    name = b.get("board") or ""
+    if b.get("simulated") and isinstance(name, str) and name.endswith(SIM_SUFFIX):
+        prof = name[:-len(SIM_SUFFIX)]
+        if os.path.isdir(session.sim_dir(prof)):
+            return prof
+    return boards.DEFAULT_SIM
+
+
+@contextlib.contextmanager
 def _open(args, session, scene=None):
-    """Connect to the board --port names (sim: the --board profile, its flash in the session)."""
+    """Connect to the board --port names (sim: the --board profile, its flash in the session),
+    holding the session folder (Session.lock) until the command is done with it."""
     from . import link
+    from .simboard import check_scene
     port = link.resolve_port(args.port)
+    kw = {"timeout": args.timeout}
     if port == "sim" or port.startswith("sim:"):
-        prof = port[4:] if port.startswith("sim:") else args.board
+        prof = port[4:] if port.startswith("sim:") else _sim_profile(args, session)
         try:
             boards.load(prof)
         except boards.ProfileError as e:
             raise C.user_error(str(e)) from None
         if scene is None:
             scene = getattr(args, "scene", None) or default_scene()
-        if scene and not os.path.isfile(scene):
-            raise C.user_error(f"tinymp: no such scene file: {scene}")
-        return link.open_board("sim:" + prof, sim_dir=session.sim_dir(prof), timeout=args.timeout,
-                               scene=scene)
-    if port == "qemu":
-        return link.open_board("qemu", timeout=args.timeout)
-    if not os.path.exists(port):
+        if scene:
+            try:
+                check_scene(scene)
+            except ValueError as e:
+                raise C.user_error(f"tinymp: bad scene file {scene}: {e}") from None
+        port = "sim:" + prof
+        kw.update(sim_dir=session.sim_dir(prof), scene=scene)
+    elif port != "qemu" and not os.path.exists(port):
         raise C.user_error(f"tinymp: no such port {port!r}: give a serial device (see "
                            "`tinymp devices`), 'sim' or 'qemu'")
-    return link.open_board(port, timeout=args.timeout)
+    with session.lock():
+        with link.open_board(port, **kw) as board:
+            yield board
 
 
 def default_scene():
@@ -300,7 +325,10 @@ def cmd_params(args):
                 raise C.user_error("tinymp: save: nothing unsaved to save: `tinymp train` saves "
                                    "its result itself; `tinymp train --no-save` keeps a trial "
                                    "run that `params save` can save later") from None
-            raise C.SessionError(f"tinymp: {args.action}: {e.msg}") from None
+            # nothing to roll back to: the request does not fit the board's state (status 2,
+            # as `save` with nothing unsaved)
+            code = 2 if e.code in ("nothing", "state") else 1
+            raise C.SessionError(f"tinymp: {args.action}: {e.msg}", code) from None
     if args.json:
         _emit(args, rep)
     else:
@@ -454,7 +482,7 @@ def run_session(cfg, args, out=print):
         raise C.user_error(f"tinymp: nothing to train on: the config collects no samples and "
                            f"{session.path} holds none; add a 'collect' item")
     ns = _ns(args, port=cfg.get("port", getattr(args, "port", "auto")),
-             board=cfg.get("board", getattr(args, "board", boards.DEFAULT_SIM)),
+             board=cfg.get("board", getattr(args, "board", None)),
              scene=cfg.get("scene"))
     t_all = time.perf_counter()
     with _open(ns, session, scene=cfg.get("scene")) as board:
@@ -638,8 +666,9 @@ def _board_args(p, json_flag=True):
     p.add_argument("--port", default="auto",
                    help="serial device, 'sim' or 'sim:PROFILE' (simulated board), 'qemu', or "
                         "'auto' (default: the one attached MicroPython board, else 'sim')")
-    p.add_argument("--board", default=boards.DEFAULT_SIM,
-                   help=f"board profile of the simulated board (default {boards.DEFAULT_SIM})")
+    p.add_argument("--board", default=None,
+                   help="board profile of the simulated board (default: the one this session's "
+                        f"model was pushed to, else {boards.DEFAULT_SIM})")
     p.add_argument("--session", default="tinymp-session",
                    help="session folder (dataset, runs, simulated board); default ./tinymp-session")
     p.add_argument("--timeout", type=_seconds, default=None, help="seconds per try of a request")
@@ -677,8 +706,9 @@ def add_parsers(sub):
                    choices=["none", "last", "bias", "sparse", "tinytrain", "full", "tinymp"])
     p.add_argument("--budget", type=float, help="KB of RAM the training step may use "
                                                 "(default: the board's)")
-    p.add_argument("--epochs", type=int, help="passes over the samples (default 1)")
-    p.add_argument("--steps", type=int, help="number of steps (instead of --epochs)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--epochs", type=int, help="passes over the samples (default 1)")
+    g.add_argument("--steps", type=int, help="number of steps (instead of --epochs)")
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--r", type=int, help="Gradient Condensing patch size")

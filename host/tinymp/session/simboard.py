@@ -149,6 +149,31 @@ class SimImage:
         return self._data
 
 
+def check_scene(path):
+    """The images and labels of a scene file (uint8 x [N, H, W], integer y [N]); ValueError
+    saying what is wrong. The PC checks a scene with this before it starts the simulated board,
+    so that a bad file is the user's error, not a board that failed to start."""
+    import numpy as np
+    if not os.path.isfile(path):
+        raise ValueError("no such file")
+    try:
+        with np.load(path, allow_pickle=False) as d:
+            if "x" not in d or "y" not in d:
+                raise ValueError("it must hold arrays 'x' (uint8 images [N, H, W]) and 'y' "
+                                 "(labels)")
+            x, y = d["x"], d["y"]
+    except ValueError:
+        raise
+    except Exception as e:  # zipfile, pickle and format errors: whatever numpy raises
+        raise ValueError(f"not a readable .npz ({type(e).__name__}: {e})") from None
+    if x.dtype != np.uint8 or x.ndim != 3 or 0 in x.shape:
+        raise ValueError(f"'x' must be uint8 images [N, H, W], not {x.dtype} {list(x.shape)}")
+    if not np.issubdtype(y.dtype, np.integer) or y.shape != (len(x),):
+        raise ValueError(f"'y' must be one integer label per image, not {y.dtype} "
+                         f"{list(y.shape)}")
+    return x, y.astype(int)
+
+
 class SimSensor:
     """A stand-in for OpenMV's `sensor` module: grayscale snapshots of the scene."""
     GRAYSCALE, RGB565 = 1, 2
@@ -156,11 +181,7 @@ class SimSensor:
 
     def __init__(self, scene, state_dir):
         import numpy as np
-        with np.load(scene) as d:
-            self.x = np.asarray(d["x"], dtype=np.uint8)
-            self.y = np.asarray(d["y"]).astype(int)
-        if self.x.ndim != 3:
-            raise ValueError("scene images must be [N, H, W] uint8")
+        self.x, self.y = check_scene(scene)
         self.state_dir = state_dir
         self.np = np
 

@@ -1,0 +1,238 @@
+"""The session folder and the commands' rules around it, against the simulated board: run
+records numbered past deletions, one command per folder at a time, a file given as the folder,
+a bad scene file, importing a dataset into itself, the simulated board a session was pushed to,
+the saved run's method on resume, --epochs with --steps, rollback with nothing earlier, and
+negative numbers in exponent form on the command line."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+import tinymp
+from tinymp import boards, cli
+from tinymp.session import commands as C
+from tinymp.session import dataset as D
+from tinymp.session import link
+
+MODELS = os.path.join(os.path.dirname(tinymp.__file__), "models")
+SCENE = os.path.join(MODELS, "digits_shifted.npz")
+DEMO = os.path.join(MODELS, "demo.tmpm")
+
+
+def one_line(capsys):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("tinymp:"), err
+    return err[0]
+
+
+def _tree(path):
+    out = []
+    for root, _, files in os.walk(path):
+        for f in files:
+            out.append(os.path.relpath(os.path.join(root, f), path))
+    return sorted(out)
+
+
+@pytest.fixture(scope="module")
+def ready(tmp_path_factory):
+    """A session whose simulated board holds the demo model and the scene's samples."""
+    s = str(tmp_path_factory.mktemp("ready") / "s")
+    assert cli.main(["push", DEMO, "--port", "sim", "--session", s, "-q"]) == 0
+    assert cli.main(["collect", "--from", SCENE, "--port", "sim", "--session", s, "-q"]) == 0
+    return s
+
+
+# --- run records ----------------------------------------------------------------------------
+
+def test_run_records_are_numbered_after_the_highest_not_counted(tmp_path):
+    s = C.Session(str(tmp_path / "s"))
+    paths = [s.new_run("eval", {"n": i}) for i in range(3)]
+    assert [os.path.basename(p) for p in paths] == ["eval-0001.json", "eval-0002.json",
+                                                   "eval-0003.json"]
+    os.remove(paths[1])
+    # counting files would name the next one eval-0003 and overwrite the newest record
+    nxt = s.new_run("eval", {"n": 3})
+    assert os.path.basename(nxt) == "eval-0004.json"
+    assert [r["n"] for r in s.runs("eval")] == [0, 2, 3]
+    assert s.new_run("train", {"n": 9}).endswith("train-0001.json")  # kinds are apart
+    assert not [f for f in os.listdir(s.runs_dir) if f.endswith(".tmp")]
+
+
+def test_run_records_are_read_in_number_order_and_a_bad_one_is_named(tmp_path):
+    s = C.Session(str(tmp_path / "s"))
+    os.makedirs(s.runs_dir)
+    for n in (9999, 10000, 2):  # past 9999 the name sorts before eval-9999
+        with open(os.path.join(s.runs_dir, f"eval-{n:04d}.json"), "w") as f:
+            json.dump({"n": n}, f)
+    assert [r["n"] for r in s.runs("eval")] == [2, 9999, 10000]
+    assert os.path.basename(s.new_run("eval", {"n": 0})) == "eval-10001.json"
+    with open(os.path.join(s.runs_dir, "eval-0003.json"), "w") as f:
+        f.write('{"n": ')  # cut short
+    with pytest.raises(C.SessionError) as e:
+        s.runs("eval")
+    assert e.value.code == 2 and "eval-0003.json" in str(e.value)
+
+
+def test_a_file_given_as_the_session_folder_is_one_line(tmp_path, capsys):
+    f = tmp_path / "notes.txt"
+    f.write_text("mine")
+    for argv in (["push", DEMO, "--port", "sim", "--session", str(f)],
+                 ["report", "--session", str(f)]):
+        assert cli.main(argv) == 2
+        assert "is a file, not a session folder" in one_line(capsys)
+    assert f.read_text() == "mine"
+
+
+# --- one command per session folder ---------------------------------------------------------
+
+def test_a_second_command_on_a_busy_session_folder_stops(ready, capsys):
+    before = _tree(ready)
+    with C.Session(ready).lock():  # another command holds the folder
+        assert cli.main(["eval", "--port", "sim", "--session", ready]) == 1
+        line = one_line(capsys)
+        assert "another tinymp command" in line and f"pid {os.getpid()}" in line
+    assert _tree(ready) == before
+    # once it is done, the folder is free again
+    assert cli.main(["eval", "--port", "sim", "--session", ready, "--json"]) == 0
+    capsys.readouterr()
+
+
+# --- the simulated camera's scene -----------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["garbage", "nokeys", "float", "flat", "labels"])
+def test_a_bad_scene_file_is_the_users_error(tmp_path, kind, capsys):
+    bad = tmp_path / "scene.npz"
+    x = np.zeros((4, 8, 8), np.uint8)
+    if kind == "garbage":
+        bad.write_bytes(b"PK\x03\x04 not a zip")
+    elif kind == "nokeys":
+        np.savez(bad, images=x)
+    elif kind == "float":
+        np.savez(bad, x=x.astype(np.float32), y=np.zeros(4, int))
+    elif kind == "flat":
+        np.savez(bad, x=x.reshape(4, 64), y=np.zeros(4, int))
+    else:
+        np.savez(bad, x=x, y=np.zeros(3, int))
+    s = tmp_path / "s"
+    code = cli.main(["collect", "--label", "0", "--count", "1", "--scene", str(bad),
+                     "--port", "sim", "--session", str(s)])
+    assert code == 2  # was 1: the simulated board failed to start, reported as a link failure
+    assert f"bad scene file {bad}" in one_line(capsys)
+    assert not s.exists()
+
+
+# --- importing samples ----------------------------------------------------------------------
+
+def test_importing_the_sessions_own_dataset_adds_nothing(ready, tmp_path, capsys):
+    ds_dir = os.path.join(ready, "dataset")
+    n = len(D.Dataset.open(ds_dir))
+    assert cli.main(["collect", "--from", ds_dir, "--port", "sim", "--session", ready,
+                     "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert (res["added"], res["total"]) == (0, n)
+    # a copy of it (another folder, the same samples) adds nothing either: its samples keep
+    # the ids of the file they came from
+    other = C.Session(str(tmp_path / "other"))
+    with link.open_board("sim:OPENMV_H7", sim_dir=other.sim_dir("OPENMV_H7"), scene=SCENE) as b:
+        C.push(b, open(DEMO, "rb").read(), show=False)
+        meta = C.model_meta(b.info)
+    x, y, src = D.load_samples(ds_dir, meta["input_shape"], meta["input_scale"],
+                               meta["input_zero_point"], meta["num_classes"])
+    ods = C.open_dataset(other, meta, "sim")
+    assert C.import_samples(ods, x, y, src, show=False) == n
+    x2, y2, src2 = D.load_samples(SCENE, meta["input_shape"], meta["input_scale"],
+                                  meta["input_zero_point"], meta["num_classes"])
+    assert C.import_samples(ods, x2, y2, src2, show=False) == 0
+    assert len(ods) == n
+    # and the same sample twice in one import is added once
+    ods2 = C.open_dataset(C.Session(str(tmp_path / "third")), meta, "sim")
+    assert C.import_samples(ods2, x2[:3].repeat(2, 0), y2[:3].repeat(2), src2[:3] * 2,
+                            show=False) == 3
+
+
+# --- the simulated board the session was pushed to ------------------------------------------
+
+def test_the_session_keeps_its_simulated_board(tmp_path, capsys):
+    other = next(p for p in boards.names() if p != boards.DEFAULT_SIM
+                 and boards.load(p)["model_flash_bytes"] >= os.path.getsize(DEMO))
+    s = str(tmp_path / "s")
+    assert cli.main(["push", DEMO, "--port", "sim", "--board", other, "--session", s, "-q"]) == 0
+    capsys.readouterr()
+    # no --board: the board the model went to, not the default's empty flash
+    assert cli.main(["eval", "--port", "sim", "--session", s, "--data", SCENE, "--pretrained",
+                     "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["n"] == 200
+    assert not os.path.exists(os.path.join(s, "sim", boards.DEFAULT_SIM))
+    # --board still picks another one (whose flash holds no model)
+    assert cli.main(["eval", "--port", "sim", "--board", boards.DEFAULT_SIM, "--session", s,
+                     "--data", SCENE]) != 0
+    assert "model" in capsys.readouterr().err
+
+
+# --- resuming a saved run -------------------------------------------------------------------
+
+def test_a_saved_run_goes_on_only_with_its_method(tmp_path):
+    sess = C.Session(str(tmp_path / "s"))
+    with link.open_board("sim:OPENMV_H7", sim_dir=sess.sim_dir("OPENMV_H7"), scene=SCENE) as b:
+        C.push(b, open(DEMO, "rb").read(), show=False)
+        meta = C.model_meta(b.info)
+        x, y, src = D.load_samples(SCENE, meta["input_shape"], meta["input_scale"],
+                                   meta["input_zero_point"], meta["num_classes"])
+        ds = C.open_dataset(sess, meta, "sim")
+        C.import_samples(ds, x[:8], y[:8], src[:8], show=False)
+        first = C.train(b, ds, {"method": "tinymp"}, steps=3, show=False)
+        assert not first["start"]["resumed"]
+        # no method is the default one: the same run, which goes on (was: a silent fresh start)
+        again = C.train(b, ds, {}, steps=3, show=False)
+        assert again["start"]["resumed"] and again["start"]["resume_error"] is None
+        # another method does not go on, and says why
+        other = C.train(b, ds, {"method": "last"}, steps=3, show=False)
+        st = other["start"]
+        assert not st["resumed"]
+        assert st["resume_error"] == "it was trained with method tinymp, this run is last"
+
+
+def test_train_warns_when_another_method_starts_afresh(ready, capsys):
+    assert cli.main(["train", "--port", "sim", "--session", ready, "--steps", "3", "-q",
+                     "--method", "bias"]) == 0
+    capsys.readouterr()
+    assert cli.main(["train", "--port", "sim", "--session", ready, "--steps", "3", "-q"]) == 0
+    warn = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("warning:")]
+    assert len(warn) == 1 and "method bias, this run is tinymp" in warn[0]
+
+
+# --- command-line rules ---------------------------------------------------------------------
+
+def test_epochs_and_steps_together_are_refused(ready, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["train", "--port", "sim", "--session", ready, "--steps", "3", "--epochs", "2"])
+    assert e.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"model": DEMO, "train": {"steps": 3, "epochs": 2}}))
+    before = _tree(ready)
+    assert cli.main(["session", str(cfg), "--port", "sim", "--session", ready]) == 2
+    assert "train.steps or" in one_line(capsys)
+    assert _tree(ready) == before
+
+
+def test_rollback_with_nothing_earlier_is_the_users_error(tmp_path, capsys):
+    s = str(tmp_path / "s")
+    assert cli.main(["push", DEMO, "--port", "sim", "--session", s, "-q"]) == 0
+    assert cli.main(["params", "rollback", "--port", "sim", "--session", s]) == 2
+    assert "no earlier parameters to roll back to" in one_line(capsys)
+
+
+def test_negative_numbers_in_exponent_form_are_numbers():
+    pn = cli._plain_negatives
+    assert pn(["--input-range", "-1e0", "1"]) == ["--input-range", "-1", "1"]
+    for tok in ("-1.5e-3", "-.5E2", "-2e+1", "-7.25e-300"):
+        out = pn([tok])[0]
+        assert "e" not in out.lower() and float(out) == float(tok)
+    # what is not such a number is left alone
+    assert pn(["-1", "-x", "-1e", "a-1e5", "-1e999999"]) == ["-1", "-x", "-1e", "a-1e5",
+                                                             "-1e999999"]
+    # and the converter's parser reads the rewritten pair as the range
+    args = cli.build_parser().parse_args(pn(["convert", "m.onnx", "-o", "o.tmpm",
+                                             "--input-range", "-1e0", "1e0"]))
+    assert args.input_range == [-1.0, 1.0]
