@@ -33,6 +33,24 @@ def _stats(values):
     return {"mean": sum(vals) / n, "median": mid, "min": vals[0], "max": vals[-1], "n": n}
 
 
+def accuracy_window(run):
+    """Steps averaged for the first and last running accuracy (and the final loss): an epoch
+    (at least 10 steps), but at most half of the run, so that the two never share a step and
+    "X -> Y" compares the start with the end; the whole run when it has one step."""
+    n = len(run["events"])
+    if n < 2:
+        return n
+    return max(1, min(max(10, run.get("samples", 10)), n // 2))
+
+
+def accuracy_change(t):
+    """"first -> last" running accuracy of a train summary, or only the last for a run too short
+    for two windows."""
+    if t.get("first_running_accuracy") is None:
+        return _pct(t.get("final_running_accuracy"))
+    return f"{_pct(t['first_running_accuracy'])} -> {_pct(t['final_running_accuracy'])}"
+
+
 def train_summary(run):
     """Figures of one train run record (commands.train)."""
     f = {name: i for i, name in enumerate(run["fields"])}
@@ -42,8 +60,9 @@ def train_summary(run):
     plan = end.get("plan") or run["start"].get("plan") or {}
     board = run.get("board") or {}
     simulated = bool(board.get("simulated"))
-    window = max(1, min(len(ev), max(10, run.get("samples", 10))))
-    tail = ev[-window:]
+    window = accuracy_window(run)
+    tail = ev[-window:] if window else []
+    head = ev[:window] if len(ev) >= 2 else []  # one step: no first window to compare with
     lat = {ph: _stats(col(ph + "_us")) for ph in ("forward", "backward", "update", "step")}
     cycles = _stats(col("step_cycles")) if not simulated else None
     return {
@@ -62,8 +81,10 @@ def train_summary(run):
         "final_loss": sum(e[f["loss"]] for e in tail) / len(tail) if tail else None,
         "final_running_accuracy": (sum(1 for e in tail if e[f["pred"]] == e[f["label"]]) / len(tail)
                                    if tail and tail[0][f["pred"]] >= 0 else None),
-        "first_running_accuracy": (sum(1 for e in ev[:window] if e[f["pred"]] == e[f["label"]])
-                                   / len(ev[:window]) if ev and ev[0][f["pred"]] >= 0 else None),
+        "first_running_accuracy": (sum(1 for e in head if e[f["pred"]] == e[f["label"]])
+                                   / len(head) if head and head[0][f["pred"]] >= 0 else None),
+        # steps in each of the first and last windows (and the plot's moving window)
+        "accuracy_window": window,
         "latency_us": lat,
         "step_cycles": cycles,
         "clock": "host" if simulated else "board",
@@ -208,10 +229,13 @@ def format_text(rep):
         o = t.get("options") or {}
         p = t.get("plan") or {}
         loss = "-" if t["final_loss"] is None else f"{t['final_loss']:.3f}"
+        w = t.get("accuracy_window")
+        span = ("" if t["final_running_accuracy"] is None or not w else
+                f" (first and last {w} steps)" if t["first_running_accuracy"] is not None else
+                f" (last {w} step{'s' if w != 1 else ''})")
         lines.append(f"training   method {p.get('method', o.get('method'))}, {t['steps']} steps over "
                      f"{t['samples']} samples, lr {o.get('lr', '-')}; running accuracy "
-                     f"{_pct(t['first_running_accuracy'])} -> {_pct(t['final_running_accuracy'])}, "
-                     f"final loss {loss}"
+                     f"{accuracy_change(t)}{span}, final loss {loss}"
                      + ("" if t.get("saved") else "; parameters not saved"))
         lines.append("")
         rows = []
@@ -317,7 +341,7 @@ def plots(rep, train_run, outdir):
         ev = train_run["events"]
         steps = [e[f["step"]] for e in ev]
         loss = [e[f["loss"]] for e in ev]
-        w = max(1, min(len(ev), max(10, train_run.get("samples", 10))))
+        w = max(1, accuracy_window(train_run))  # the summary's windows, labelled below
         smooth, acc = [], []
         for i in range(len(ev)):
             part = ev[max(0, i - w + 1):i + 1]

@@ -249,8 +249,8 @@ def cmd_train(args):
         _emit(args, t)
         return 0
     print(f"trained {t['steps']} steps on {_board_name(board)}: running accuracy "
-          f"{report._pct(t['first_running_accuracy'])} -> {report._pct(t['final_running_accuracy'])}, "
-          f"loss {t['final_loss']:.3f}; arena {report._num(t['arena_bytes'])} bytes planned, "
+          f"{report.accuracy_change(t)}, loss {t['final_loss']:.3f}; arena "
+          f"{report._num(t['arena_bytes'])} bytes planned, "
           f"{report._num(t['high_water'])} touched; "
           + ("parameters saved on the board" if t["saved"] else _unsaved_text(t)))
     print(f"log: {run.get('file')}")
@@ -539,8 +539,7 @@ def run_session(cfg, args, out=print):
                       session=session)
         t = report.train_summary(run)
         out(f"train      {t['steps']} steps of method {t['plan'].get('method')} on the board: "
-            f"running accuracy {report._pct(t['first_running_accuracy'])} -> "
-            f"{report._pct(t['final_running_accuracy'])}"
+            f"running accuracy {report.accuracy_change(t)}"
             + (", parameters saved" if t["saved"] else
                ", parameters kept as a trial run (not saved)" if t.get("trial") else ""))
         after = C.evaluate(board, x, y, "personalised", show, meta["num_classes"], "after",

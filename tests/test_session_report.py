@@ -1,0 +1,127 @@
+"""`tinymp report` against the simulated board, after the commands a person runs. Expected
+figures are computed here from the run and eval records the commands wrote (the board's own
+events and predictions), not read off the report."""
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+
+import tinymp
+from tinymp import cli
+
+MODELS = os.path.join(os.path.dirname(tinymp.__file__), "models")
+DEMO = os.path.join(MODELS, "demo.tmpm")
+OTHER = os.path.join(MODELS, "digits0to4.tmpm")  # another model with the same input and classes
+SCENE = os.path.join(MODELS, "digits_shifted.npz")
+HELD = os.path.join(MODELS, "digits_shifted_test.npz")
+
+
+def tm(capsys, *args):
+    """`tinymp ARGS` in this process: (exit status, stdout, stderr)."""
+    capsys.readouterr()
+    code = cli.main(list(args))
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err
+
+
+def sim(capsys, s, *args):
+    code, out, err = tm(capsys, *args, "--port", "sim", "--session", s)
+    assert code == 0, err
+    return out
+
+
+def sim_json(capsys, s, *args):
+    return json.loads(sim(capsys, s, *args, "--json"))
+
+
+def report(capsys, s):
+    """(the report as JSON, the report as text)"""
+    code, js, err = tm(capsys, "report", "--session", s, "--json")
+    assert code == 0, err
+    code, text, err = tm(capsys, "report", "--session", s)
+    assert code == 0, err
+    return json.loads(js), text
+
+
+def line(text, head):
+    (found,) = [ln for ln in text.splitlines() if ln.startswith(head)]
+    return found
+
+
+def run_record(s, name):
+    with open(os.path.join(s, "runs", name)) as f:
+        return json.load(f)
+
+
+def rec_name(path):
+    """A record's name: eval --json gives its path, the report its name."""
+    return os.path.basename(path)
+
+
+def pct(x):
+    return f"{x * 100:.1f}%"
+
+
+# --- running accuracy: a first and a last window that share no step ------------------------------
+
+@pytest.fixture(scope="module")
+def one_epoch(tmp_path_factory):
+    """A session trained one epoch over the 339 held-out digits."""
+    s = str(tmp_path_factory.mktemp("epoch") / "s")
+    for args in (["push", DEMO], ["collect", "--from", HELD], ["train", "--epochs", "1"]):
+        assert cli.main(args + ["--port", "sim", "--session", s, "-q"]) == 0
+    return s
+
+
+def _hits(events, fields):
+    f = {k: i for i, k in enumerate(fields)}
+    return [e[f["pred"]] == e[f["label"]] for e in events]
+
+
+def test_one_epoch_compares_windows_that_share_no_step(one_epoch, capsys, monkeypatch):
+    (name,) = [n for n in os.listdir(os.path.join(one_epoch, "runs")) if n.startswith("train-")]
+    run = run_record(one_epoch, name)
+    hits = _hits(run["events"], run["fields"])
+    assert len(hits) == 339
+    rep, text = report(capsys, one_epoch)
+    t = rep["train"]
+    w = t.get("accuracy_window")  # steps in each window
+    assert w is not None and 1 <= w and 2 * w <= len(hits)  # disjoint first and last windows
+    first, last = sum(hits[:w]) / w, sum(hits[-w:]) / w
+    assert t["first_running_accuracy"] == pytest.approx(first)
+    assert t["final_running_accuracy"] == pytest.approx(last)
+    assert f"running accuracy {pct(first)} -> {pct(last)} (first and last {w} steps)" in \
+        line(text, "training   ")
+
+    # the plot's moving window is the same, and its legend says so
+    import matplotlib.figure
+    legends = []
+    save = matplotlib.figure.Figure.savefig
+
+    def keep_legend(fig, *a, **kw):
+        for ax in fig.axes:
+            if ax.get_legend():
+                legends.extend(x.get_text() for x in ax.get_legend().get_texts())
+        return save(fig, *a, **kw)
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", keep_legend)
+    png = os.path.join(os.path.dirname(one_epoch), "png")
+    assert cli.main(["report", "--session", one_epoch, "--png", png]) == 0
+    assert f"running accuracy (last {w})" in legends and f"loss (mean of {w})" in legends
+
+
+def test_a_one_step_run_shows_only_its_final_accuracy(tmp_path, capsys):
+    s = str(tmp_path / "s")
+    sim(capsys, s, "push", DEMO, "-q")
+    sim(capsys, s, "collect", "--from", HELD, "-q")
+    out = sim(capsys, s, "train", "--steps", "1")
+    run = run_record(s, "train-0001.json")
+    (hit,) = _hits(run["events"], run["fields"])
+    one = pct(float(hit))
+    assert re.search(rf"running accuracy {re.escape(one)}, loss", out), out
+    rep, text = report(capsys, s)
+    assert rep["train"]["first_running_accuracy"] is None
+    assert rep["train"]["final_running_accuracy"] == float(hit)
+    train = line(text, "training   ")
+    assert f"running accuracy {one} (last 1 step)" in train and "->" not in train
