@@ -64,7 +64,7 @@ def pct(x):
     return f"{x * 100:.1f}%"
 
 
-# --- running accuracy: a first and a last window that share no step ------------------------------
+# --- a session trained for one epoch (--png, running accuracy) -----------------------------------
 
 @pytest.fixture(scope="module")
 def one_epoch(tmp_path_factory):
@@ -74,6 +74,24 @@ def one_epoch(tmp_path_factory):
         assert cli.main(args + ["--port", "sim", "--session", s, "-q"]) == 0
     return s
 
+
+# --- --png ---------------------------------------------------------------------------------------
+
+def test_png_on_a_file_is_one_line_and_status_2(one_epoch, tmp_path, capsys):
+    f = tmp_path / "notes.txt"
+    f.write_text("keep me")
+    for bad in (f, f / "plots"):
+        code, out, err = tm(capsys, "report", "--session", one_epoch, "--png", str(bad))
+        lines = err.strip().splitlines()
+        assert code == 2 and out == "", err
+        assert len(lines) == 1 and lines[0].startswith("tinymp:") and str(f) in lines[0], err
+    assert f.read_text() == "keep me" and os.listdir(tmp_path) == ["notes.txt"]
+    code, out, err = tm(capsys, "report", "--session", one_epoch, "--png", str(tmp_path / "png"))
+    assert code == 0, err
+    assert sorted(os.listdir(tmp_path / "png")) == ["memory.png", "training.png"]
+
+
+# --- running accuracy: a first and a last window that share no step ------------------------------
 
 def _hits(events, fields):
     f = {k: i for i, k in enumerate(fields)}

@@ -349,6 +349,10 @@ def cmd_report(args):
     session = _session(args)
     if not os.path.exists(session.state_path) and not session.runs("train"):
         raise C.user_error(f"tinymp: {session.path} holds no session (push, collect, train first)")
+    if args.png and os.path.exists(args.png) and not os.path.isdir(args.png):
+        # found before any work; the file is left as it is
+        raise C.user_error(f"tinymp: --png {args.png} is a file, not a folder: give a folder "
+                           "for the plots")
     rep = report.build(session, m7=args.m7)
     pngs = []
     if args.png:
@@ -357,6 +361,9 @@ def cmd_report(args):
             pngs = report.plots(rep, trains[-1] if trains else None, args.png)
         except ImportError:
             raise C.user_error("tinymp: plots need matplotlib (pip install 'tinymp[plot]')") from None
+        except OSError as e:  # no permission, a parent that is a file, a full disk
+            raise C.user_error(f"tinymp: cannot write the plots in {args.png}: "
+                               f"{e.strerror or e}") from None
     rep["plots"] = pngs
     if args.json:
         _emit(args, rep)
@@ -553,6 +560,9 @@ def run_session(cfg, args, out=print):
             pngs = report.plots(rep, run, os.path.join(session.path, "plots"))
         except ImportError:
             out("(no plots: pip install 'tinymp[plot]' for PNGs)")
+        except OSError as e:  # the flow's results stay: only the plots are missing
+            out(f"(no plots: cannot write them in {os.path.join(session.path, 'plots')}: "
+                f"{e.strerror or e})")
     rep["plots"] = pngs
     rep["seconds"] = time.perf_counter() - t_all
     return rep
