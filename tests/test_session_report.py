@@ -64,6 +64,55 @@ def pct(x):
     return f"{x * 100:.1f}%"
 
 
+# --- where the parameters are after params save / rollback / reset -------------------------------
+
+def test_params_save_of_a_trial_run_shows_in_the_report(tmp_path, capsys):
+    s = str(tmp_path / "s")
+    sim(capsys, s, "push", DEMO, "-q")
+    sim(capsys, s, "collect", "--from", HELD, "-q")
+    sim(capsys, s, "train", "--no-save", "--steps", "20", "-q")
+    unsaved, text = report(capsys, s)
+    assert "parameters not saved" in line(text, "training   ")
+    (trial,) = sim_json(capsys, s, "eval", "--trial")
+    assert trial["params"] == "trial"
+
+    sim(capsys, s, "params", "save")
+    rep, text = report(capsys, s)
+    train = line(text, "training   ")
+    assert "parameters saved by `tinymp params save`" in train and "not saved" not in train
+    assert rep["train"]["saved"] and rep["train"]["params"]["state"] == "saved"
+    assert unsaved["train"]["params"]["state"] == "trial" and not unsaved["train"]["saved"]
+    (post,) = sim_json(capsys, s, "eval")
+    assert post["params"] == "personalised" and post["accuracy"] == trial["accuracy"]
+
+
+def test_params_rollback_and_reset_leave_the_report_true(tmp_path, capsys):
+    s = str(tmp_path / "s")
+    sim(capsys, s, "push", DEMO, "-q")
+    sim(capsys, s, "collect", "--from", HELD, "-q")
+    sim(capsys, s, "train", "--steps", "30", "-q")
+    sim(capsys, s, "train", "--steps", "30", "-q")  # the first run's parameters: the previous
+    (mine,) = sim_json(capsys, s, "eval")
+    sim(capsys, s, "params", "rollback")
+    rep, text = report(capsys, s)
+    assert "replaced by `tinymp params rollback`: no longer on the board" in \
+        line(text, "training   ")
+    assert rep["train"]["params"]["state"] == "gone" and rep["train"]["saved"]
+
+    # a reset sets a run's parameters aside, and a rollback brings them back
+    sim(capsys, s, "train", "--steps", "30", "-q")
+    sim(capsys, s, "params", "reset")
+    rep, text = report(capsys, s)
+    assert "set aside by `tinymp params reset`" in line(text, "training   ")
+    assert rep["train"]["params"]["state"] == "previous"
+    (during,) = sim_json(capsys, s, "eval")
+    assert during["params"] == "pretrained"  # the board holds no personalised parameters
+    sim(capsys, s, "params", "rollback")
+    rep, text = report(capsys, s)
+    assert "brought back by `tinymp params rollback`" in line(text, "training   ")
+    assert rep["train"]["params"]["state"] == "saved"
+
+
 # --- a session trained for one epoch (--png, running accuracy) -----------------------------------
 
 @pytest.fixture(scope="module")

@@ -186,6 +186,18 @@ class Session:
         return out
 
 
+def log_params(session, action, board, reply=None):
+    """Note in session.json what changed the board's saved parameters after the fact (`params
+    save|rollback|reset`, a push of a new model, which removes them): run records keep what the
+    board said when the run ended, and the report replays this log to say where they are now."""
+    entry = {"action": action, "time": time.time(),
+             "model_sha256": (board.info.get("model") or {}).get("sha256")}
+    if reply and reply.get("from"):
+        entry["from"] = reply["from"]
+    session.state.setdefault("params_log", []).append(entry)
+    session.save()
+
+
 def model_meta(info):
     """The board's model (from INFO), or SessionError when it has none."""
     m = info.get("model")

@@ -172,18 +172,92 @@ def m7_estimate(session, rep, train_run):
     return est
 
 
+def _model_of(rec):
+    """SHA-256 of the model a train or eval record was made with (its board summary; None: not
+    recorded)."""
+    return (rec.get("board") or {}).get("model_sha256")
+
+
+# where a run's parameters go on each later board change of the session's log
+# (commands.log_params), as the agent moves its files; pairs not listed leave them in place
+_PARAMS_NEXT = {
+    ("saved", "rollback"): "gone",      # the previous parameters are written over them
+    ("saved", "reset"): "previous",     # set aside: a rollback brings them back
+    ("previous", "rollback"): "saved",
+    ("trial", "save"): "saved",
+    ("trial", "rollback"): "gone",      # a trial goes with the saved parameters it started from
+    ("trial", "reset"): "gone",
+}
+
+
+def params_timeline(run, log):
+    """[(time, state, command)] of a train run's parameters from its end on: `saved` (the board's
+    saved parameters), `trial` (kept as the trial run), `unsaved` (neither), `previous` (set aside
+    by a reset) or `gone`; command: the log's action that moved them there (None at the end)."""
+    end = run.get("end") or {}
+    state = "saved" if end.get("saved") else "trial" if end.get("trial") else "unsaved"
+    t0 = run.get("time") or 0
+    out = [(t0, state, None)]
+    sha = _model_of(run)
+    for e in sorted(log, key=lambda e: e.get("time") or 0):
+        if (e.get("time") or 0) <= t0:
+            continue
+        act = e.get("action")
+        other = sha and e.get("model_sha256") and e["model_sha256"] != sha
+        if act == "push" or other:  # a new model: the board removed all of the old one's
+            new, act = ("gone" if state != "unsaved" else state), "push"
+        else:
+            new = _PARAMS_NEXT.get((state, act), state)
+        if new != state:
+            state = new
+            out.append((e.get("time") or 0, state, act))
+    return out
+
+
+def params_status(run, log):
+    """Where a train run's parameters are now: {state, by (the command that put them there, None:
+    the run itself), saved (saved on the board, at the run's end or later), text}."""
+    line = params_timeline(run, log)
+    _, state, by = line[-1]
+    saved = any(s == "saved" for _, s, _ in line)  # now, or before a reset, rollback or push
+    cmd = f"`tinymp params {by}`" if by in ("save", "rollback", "reset") else None
+    end = run.get("end") or {}
+    if state == "saved":
+        text = ("parameters saved" if not cmd else f"parameters saved by {cmd}" if by == "save"
+                else f"parameters saved (brought back by {cmd})")
+    elif state == "previous":
+        text = (f"parameters saved, then set aside by {cmd} (`tinymp params rollback` brings "
+                "them back)")
+    elif state == "trial":
+        text = "parameters not saved, kept as a trial run (`tinymp params save` keeps them)"
+    elif state == "unsaved":
+        text = "parameters not saved" + (f" (not kept as a trial run: {end['trial_error']})"
+                                         if end.get("trial_error") else "")
+    elif by == "push":
+        text = "parameters no longer on the board: a new model was pushed since"
+    elif saved:
+        text = f"parameters saved, then replaced by {cmd}: no longer on the board"
+    else:
+        text = f"parameters not saved; the trial run was dropped by {cmd}"
+    return {"state": state, "by": by, "saved": saved, "text": text}
+
+
 def build(session, m7=False):
     """The report of a session folder: its latest train run and its eval runs (and, with m7, the
     Cortex-M7 estimate of its training configuration)."""
     trains = session.runs("train")
     evals = session.runs("eval")
     st = session.state
+    log = st.get("params_log") or []
     rep = {"session": session.path, "model": st.get("model"), "board": st.get("board")}
     if trains:
         t = trains[-1]
         rep["train"] = train_summary(t)
         rep["train"]["file"] = t.get("file")
         rep["board"] = t.get("board") or rep["board"]
+        # where its parameters are now (`params save`, `rollback`, ... after the run)
+        rep["train"]["params"] = params_status(t, log)
+        rep["train"]["saved"] = rep["train"]["params"]["saved"]
     before = [e for e in evals if e.get("params") == "pretrained"]
     after = [e for e in evals if e.get("params") == "personalised"]
     pick = lambda lst: {k: lst[-1][k] for k in ("accuracy", "n", "params", "source", "file",  # noqa: E731
@@ -233,10 +307,11 @@ def format_text(rep):
         span = ("" if t["final_running_accuracy"] is None or not w else
                 f" (first and last {w} steps)" if t["first_running_accuracy"] is not None else
                 f" (last {w} step{'s' if w != 1 else ''})")
+        status = (t.get("params") or {}).get("text") or \
+            ("parameters saved" if t.get("saved") else "parameters not saved")
         lines.append(f"training   method {p.get('method', o.get('method'))}, {t['steps']} steps over "
                      f"{t['samples']} samples, lr {o.get('lr', '-')}; running accuracy "
-                     f"{accuracy_change(t)}{span}, final loss {loss}"
-                     + ("" if t.get("saved") else "; parameters not saved"))
+                     f"{accuracy_change(t)}{span}, final loss {loss}; {status}")
         lines.append("")
         rows = []
         budget = (rep.get("board") or {}).get("arena_budget")

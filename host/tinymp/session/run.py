@@ -133,6 +133,8 @@ def cmd_push(args):
     meta["path"] = os.path.abspath(args.model)
     session.state["model"] = meta
     session.state["board"] = C._board_summary(board)
+    if not res["skipped"]:  # the board dropped the previous model's parameters
+        C.log_params(session, "push", board)
     session.save()
     res["board"] = _board_name(board)
     if args.json:
@@ -329,6 +331,7 @@ def cmd_params(args):
             # as `save` with nothing unsaved)
             code = 2 if e.code in ("nothing", "state") else 1
             raise C.SessionError(f"tinymp: {args.action}: {e.msg}", code) from None
+        C.log_params(session, args.action, board, rep)
     if args.json:
         _emit(args, rep)
     else:
@@ -514,6 +517,8 @@ def run_session(cfg, args, out=print):
         meta["name"] = os.path.basename(cfg["model"])
         meta["path"] = cfg["model"]
         session.state.update({"model": meta, "board": C._board_summary(board)})
+        if not res["skipped"]:  # the board dropped the previous model's parameters
+            C.log_params(session, "push", board)
         session.save()
         ds = C.open_dataset(session, meta, name)
         for c in cfg.get("collect") or []:
