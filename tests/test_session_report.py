@@ -64,6 +64,67 @@ def pct(x):
     return f"{x * 100:.1f}%"
 
 
+# --- before -> after: the trained model, the run's own parameters, the same samples --------------
+
+def test_accuracy_pairs_only_evals_of_the_trained_model_on_the_same_samples(tmp_path, capsys):
+    s = str(tmp_path / "s")
+    sim(capsys, s, "push", DEMO, "-q")
+    sim(capsys, s, "collect", "--from", SCENE, "-q")
+    sim(capsys, s, "collect", "--from", HELD, "--eval", "-q")
+    (pre,) = sim_json(capsys, s, "eval", "--pretrained")
+    sim(capsys, s, "train", "--epochs", "1", "--lr", "0.002", "-q")
+    (post,) = sim_json(capsys, s, "eval")
+    assert (pre["params"], post["params"]) == ("pretrained", "personalised")
+    # a later eval of the same parameters on other samples, which have no pretrained eval
+    d = np.load(HELD)
+    few = str(tmp_path / "few.npz")
+    np.savez(few, x=d["x"][:30], y=d["y"][:30])
+    (other_data,) = sim_json(capsys, s, "eval", "--data", few)
+    assert other_data["n"] == 30
+
+    rep, text = report(capsys, s)
+    ab, aa = rep["accuracy_before"], rep["accuracy_after"]
+    assert (ab["file"], aa["file"]) == (rec_name(pre["file"]), rec_name(post["file"]))
+    assert ab["n"] == aa["n"] == 339 and ab["data_sha256"] == aa["data_sha256"]
+    acc = line(text, "accuracy   ")
+    assert f"before {pct(pre['accuracy'])}" in acc and f"after {pct(post['accuracy'])}" in acc
+    assert "on 339 samples" in acc
+
+    # eval records from before they kept their samples' SHA-256 pair by source and count
+    for name in os.listdir(os.path.join(s, "runs")):
+        if name.startswith("eval-"):
+            rec = run_record(s, name)
+            del rec["data_sha256"]
+            with open(os.path.join(s, "runs", name), "w") as f:
+                json.dump(rec, f)
+    old, _ = report(capsys, s)
+    assert (old["accuracy_before"]["file"], old["accuracy_after"]["file"]) == \
+        (rec_name(pre["file"]), rec_name(post["file"]))
+
+    # a new model: its own pretrained eval never stands beside the trained model's figure
+    sim(capsys, s, "push", OTHER, "-q")
+    (other_pre,) = sim_json(capsys, s, "eval", "--pretrained")
+    rep, text = report(capsys, s)
+    assert (rep["accuracy_before"]["file"], rep["accuracy_after"]["file"]) == \
+        (rec_name(pre["file"]), rec_name(post["file"]))
+    assert "not of the model last pushed" in text
+    # and the push removed the trained parameters from the board
+    assert rep["train"]["params"]["state"] == "gone"
+    assert "a new model was pushed since" in line(text, "training   ")
+
+    # the new model trained, not evaluated since: "-", not the other model's figure
+    sim(capsys, s, "train", "--steps", "20", "-q")
+    rep, text = report(capsys, s)
+    assert rep["accuracy_after"] is None
+    assert rep["accuracy_before"]["file"] == rec_name(other_pre["file"])
+    assert "no eval of the latest training run" in rep["accuracy_missing"]["after"]
+    acc = line(text, "accuracy   ")
+    assert f"before {pct(other_pre['accuracy'])}" in acc
+    assert "after - (no eval of the latest training run's parameters" in acc
+    assert pct(post["accuracy"]) not in acc
+    assert "not of the model last pushed" not in text
+
+
 # --- where the parameters are after params save / rollback / reset -------------------------------
 
 def test_params_save_of_a_trial_run_shows_in_the_report(tmp_path, capsys):
@@ -82,8 +143,13 @@ def test_params_save_of_a_trial_run_shows_in_the_report(tmp_path, capsys):
     assert "parameters saved by `tinymp params save`" in train and "not saved" not in train
     assert rep["train"]["saved"] and rep["train"]["params"]["state"] == "saved"
     assert unsaved["train"]["params"]["state"] == "trial" and not unsaved["train"]["saved"]
+    # the trial eval measured this run's parameters, which are now the saved ones
+    assert rep["accuracy_after"]["file"] == rec_name(trial["file"])
+    assert "(trial run)" in line(text, "accuracy   ")
     (post,) = sim_json(capsys, s, "eval")
     assert post["params"] == "personalised" and post["accuracy"] == trial["accuracy"]
+    rep, _ = report(capsys, s)
+    assert rep["accuracy_after"]["file"] == rec_name(post["file"])
 
 
 def test_params_rollback_and_reset_leave_the_report_true(tmp_path, capsys):
@@ -98,6 +164,11 @@ def test_params_rollback_and_reset_leave_the_report_true(tmp_path, capsys):
     assert "replaced by `tinymp params rollback`: no longer on the board" in \
         line(text, "training   ")
     assert rep["train"]["params"]["state"] == "gone" and rep["train"]["saved"]
+    # an eval now measures the first run's parameters: not the latest run's "after"
+    (earlier,) = sim_json(capsys, s, "eval")
+    assert earlier["params"] == "personalised"
+    rep, _ = report(capsys, s)
+    assert rep["accuracy_after"]["file"] == rec_name(mine["file"])
 
     # a reset sets a run's parameters aside, and a rollback brings them back
     sim(capsys, s, "train", "--steps", "30", "-q")
@@ -107,10 +178,15 @@ def test_params_rollback_and_reset_leave_the_report_true(tmp_path, capsys):
     assert rep["train"]["params"]["state"] == "previous"
     (during,) = sim_json(capsys, s, "eval")
     assert during["params"] == "pretrained"  # the board holds no personalised parameters
+    rep, text = report(capsys, s)
+    assert rep["accuracy_after"] is None
+    assert rep["accuracy_before"]["file"] == rec_name(during["file"])
     sim(capsys, s, "params", "rollback")
+    (back,) = sim_json(capsys, s, "eval")
     rep, text = report(capsys, s)
     assert "brought back by `tinymp params rollback`" in line(text, "training   ")
     assert rep["train"]["params"]["state"] == "saved"
+    assert rep["accuracy_after"]["file"] == rec_name(back["file"])
 
 
 # --- a session trained for one epoch (--png, running accuracy) -----------------------------------

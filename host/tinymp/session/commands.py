@@ -630,10 +630,18 @@ def evaluate(board, x, y, params="personalised", show=True, num_classes=None, st
            "accuracy": float((preds == y).mean()) if len(y) else 0.0,
            "params": used, "asked": params, "stage": stage, "confusion": conf.tolist(),
            "predict_us_per_sample": us / max(1, len(y)), "source": source,
-           "board": _board_summary(board)}
+           "data_sha256": data_sha256(x, y), "board": _board_summary(board)}
     if session is not None:
         rec["file"] = session.new_run("eval", rec)
     return rec
+
+
+def data_sha256(x, y):
+    """SHA-256 of samples and labels: the report pairs a before and an after eval only when they
+    saw the same samples (a source's name says nothing of what it held then)."""
+    h = hashlib.sha256(np.ascontiguousarray(x, dtype=np.int8).tobytes())
+    h.update(np.asarray(y, dtype="<i8").tobytes())
+    return h.hexdigest()
 
 
 def eval_data(session, meta, path=None):

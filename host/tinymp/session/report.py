@@ -178,6 +178,14 @@ def _model_of(rec):
     return (rec.get("board") or {}).get("model_sha256")
 
 
+def _same_data(a, b):
+    """Whether two eval records saw the same samples: by their SHA-256 when both record it, else
+    (records written before they did) by source and count."""
+    if a.get("data_sha256") and b.get("data_sha256"):
+        return a["data_sha256"] == b["data_sha256"]
+    return (a.get("source"), a.get("n")) == (b.get("source"), b.get("n"))
+
+
 # where a run's parameters go on each later board change of the session's log
 # (commands.log_params), as the agent moves its files; pairs not listed leave them in place
 _PARAMS_NEXT = {
@@ -242,33 +250,84 @@ def params_status(run, log):
     return {"state": state, "by": by, "saved": saved, "text": text}
 
 
+def _eval_fields(e):
+    out = {k: e.get(k) for k in ("accuracy", "n", "params", "source", "file",
+                                 "predict_us_per_sample", "data_sha256")}
+    out["model_sha256"] = _model_of(e)
+    return out
+
+
+def pair_evals(evals, run, sha, log):
+    """(before, after, missing) for the accuracy line: `after` is the latest eval of the run's
+    own parameters (the saved ones while they were this run's, or its trial run) on the run's
+    model, preferring one that has a pretrained eval of that model on the same samples, which is
+    `before`; `missing` says why either is None. Without a train run `after` is a personalised
+    eval of `sha`."""
+    mine = [e for e in evals if _model_of(e) == sha]  # records without one pair only alike
+    if run is not None:
+        line = params_timeline(run, log)
+
+        def of_run(e):
+            when = e.get("time") or 0
+            if when <= line[0][0]:
+                return False  # before the run: older parameters
+            state = [st for t, st, _ in line if t < when][-1]
+            return (e.get("params") == "personalised" and state == "saved") or \
+                (e.get("params") == "trial" and state in ("trial", "unsaved"))
+        after = [e for e in mine if of_run(e)]
+    else:
+        after = [e for e in mine if e.get("params") == "personalised"]
+    before = [e for e in mine if e.get("params") == "pretrained"]
+    if after:
+        # the latest after-eval with a pretrained one on the same samples, else the latest
+        paired = [a for a in after if any(_same_data(b, a) for b in before)]
+        after = paired or after
+        before = [e for e in before if _same_data(e, after[-1])]
+    missing = {"before": None, "after": None}
+    if not after:
+        hint = ""
+        if run is not None:
+            state = params_timeline(run, log)[-1][1]
+            hint = {"saved": ": `tinymp eval`", "trial": ": `tinymp eval --trial`"}.get(state, "")
+        missing["after"] = ("no eval of the latest training run's parameters" if run is not None
+                            else "no eval with personalised parameters") + hint
+    if not before:
+        missing["before"] = ("no pretrained eval on the same samples" if after else
+                             f"no pretrained eval of this model (sha256 {(sha or '?')[:12]})")
+    return (_eval_fields(before[-1]) if before else None,
+            _eval_fields(after[-1]) if after else None, missing)
+
+
 def build(session, m7=False):
-    """The report of a session folder: its latest train run and its eval runs (and, with m7, the
-    Cortex-M7 estimate of its training configuration)."""
+    """The report of a session folder: its latest train run, the evals that measure that run's
+    model (and parameters) and, with m7, the Cortex-M7 estimate of its training configuration."""
     trains = session.runs("train")
     evals = session.runs("eval")
     st = session.state
     log = st.get("params_log") or []
     rep = {"session": session.path, "model": st.get("model"), "board": st.get("board")}
-    if trains:
-        t = trains[-1]
-        rep["train"] = train_summary(t)
-        rep["train"]["file"] = t.get("file")
-        rep["board"] = t.get("board") or rep["board"]
+    run = trains[-1] if trains else None
+    sha = (st.get("model") or {}).get("sha256")
+    if run:
+        rep["train"] = train_summary(run)
+        rep["train"]["file"] = run.get("file")
+        rep["board"] = run.get("board") or rep["board"]
+        # the run's model, which a later push may have replaced
+        sha = rep["train"]["model_sha256"] = _model_of(run)
         # where its parameters are now (`params save`, `rollback`, ... after the run)
-        rep["train"]["params"] = params_status(t, log)
+        rep["train"]["params"] = params_status(run, log)
         rep["train"]["saved"] = rep["train"]["params"]["saved"]
-    before = [e for e in evals if e.get("params") == "pretrained"]
-    after = [e for e in evals if e.get("params") == "personalised"]
-    pick = lambda lst: {k: lst[-1][k] for k in ("accuracy", "n", "params", "source", "file",  # noqa: E731
-                                                 "predict_us_per_sample")} if lst else None
-    rep["accuracy_before"] = pick(before)
-    rep["accuracy_after"] = pick(after)
+    if run or evals:
+        (rep["accuracy_before"], rep["accuracy_after"],
+         rep["accuracy_missing"]) = pair_evals(evals, run, sha, log)
+    else:
+        rep["accuracy_before"] = rep["accuracy_after"] = None
+        rep["accuracy_missing"] = {"before": None, "after": None}
     b = rep.get("board") or {}
     rep["simulated"] = bool(b.get("simulated"))
     rep["timing_note"] = SIM_NOTE if rep["simulated"] else "measured on the board"
     if m7:
-        rep["m7_estimate"] = m7_estimate(session, rep, trains[-1] if trains else None)
+        rep["m7_estimate"] = m7_estimate(session, rep, run)
     return rep
 
 
@@ -292,13 +351,15 @@ def format_text(rep):
         lines.append(f"model      {m.get('name', '?')}: {summary.kib(m.get('bytes') or 0)} of "
                      f"flash{src}, inference arena {_num(m.get('inference_arena_bytes'))} bytes, "
                      f"sha256 {(m.get('sha256') or '')[:12]}")
-    ab, aa = rep.get("accuracy_before"), rep.get("accuracy_after")
-    if ab or aa:
-        src = (aa or ab).get("source")
-        lines.append(f"accuracy   before {_pct(ab and ab['accuracy'])} (pretrained)  ->  after "
-                     f"{_pct(aa and aa['accuracy'])} (personalised), on {(aa or ab)['n']} samples"
-                     + (f" of {src}" if src else ""))
     t = rep.get("train")
+    trained = (t or {}).get("model_sha256")
+    if m and trained and m.get("sha256") and trained != m["sha256"]:
+        lines.append(f"note       the training and accuracy below are of an earlier model (sha256 "
+                     f"{trained[:12]}), not of the model last pushed")
+        b = rep.get("board") or {}  # the run's board summary: the model it trained
+        m = {"bytes": b.get("model_bytes"), "served_from": b.get("model_served_from"),
+             "inference_arena_bytes": b.get("inference_arena_bytes")}
+    lines += _accuracy_lines(rep)
     if t:
         o = t.get("options") or {}
         p = t.get("plan") or {}
@@ -352,6 +413,24 @@ def format_text(rep):
             lines.append(f"times: {SIM_NOTE}")
     lines += _m7_lines(rep)
     return "\n".join(lines)
+
+
+def _accuracy_lines(rep):
+    """The accuracy line: before -> after on the same samples, "-" and why for a missing side."""
+    ab, aa = rep.get("accuracy_before"), rep.get("accuracy_after")
+    why = rep.get("accuracy_missing") or {}
+    if not (ab or aa):
+        if not (why.get("before") or why.get("after")):
+            return []  # nothing trained or evaluated yet
+        return [f"accuracy   before -  ->  after -: {why['after']}; {why['before']}"]
+    before = f"{_pct(ab['accuracy'])} (pretrained)" if ab else f"- ({why.get('before')})"
+    after = f"- ({why.get('after')})"
+    if aa:
+        used = "trial run" if aa["params"] == "trial" else aa["params"]
+        after = f"{_pct(aa['accuracy'])} ({used})"
+    src = (aa or ab).get("source")
+    return [f"accuracy   before {before}  ->  after {after}, on {(aa or ab)['n']} samples"
+            + (f" of {src}" if src else "")]
 
 
 def m7_hint(session_path=None):
