@@ -236,3 +236,34 @@ def test_negative_numbers_in_exponent_form_are_numbers():
     args = cli.build_parser().parse_args(pn(["convert", "m.onnx", "-o", "o.tmpm",
                                              "--input-range", "-1e0", "1e0"]))
     assert args.input_range == [-1.0, 1.0]
+
+
+def test_rollback_and_reset_bring_back_the_parameters_with_their_options(tmp_path):
+    # a run of another method, then rollback: the board must use the earlier run's options to
+    # make the trainer its parameters belong to (was: the newer run's, so they did not load)
+    sess = C.Session(str(tmp_path / "s"))
+    with link.open_board("sim:OPENMV_H7", sim_dir=sess.sim_dir("OPENMV_H7"), scene=SCENE) as b:
+        C.push(b, open(DEMO, "rb").read(), show=False)
+        meta = C.model_meta(b.info)
+        x, y, src = D.load_samples(SCENE, meta["input_shape"], meta["input_scale"],
+                                   meta["input_zero_point"], meta["num_classes"])
+        ds = C.open_dataset(sess, meta, "sim")
+        C.import_samples(ds, x[:20], y[:20], src[:20], show=False)
+        C.train(b, ds, {"method": "last", "lr": 0.05}, steps=20, show=False)
+        first = C.evaluate(b, x, y, show=False)
+        C.train(b, ds, {"method": "bias", "lr": 0.05}, steps=20, show=False)
+        assert C.evaluate(b, x, y, show=False)["params"] == "personalised"
+        b.request(C.P.PARAMS_ROLLBACK)
+        back = C.evaluate(b, x, y, show=False)
+        assert back["params"] == "personalised"
+        assert back["accuracy"] == first["accuracy"]
+        assert back["confusion"] == first["confusion"]
+        # a new train of the first run's method goes on from it, with no warning
+        again = C.train(b, ds, {"method": "last", "lr": 0.05}, steps=2, show=False)
+        assert again["start"]["resumed"] and again["start"]["resume_error"] is None
+        # reset shelves them with their options; rollback brings both back
+        b.request(C.P.PARAMS_RESET)
+        assert C.evaluate(b, x, y, show=False)["params"] == "pretrained"
+        b.request(C.P.PARAMS_ROLLBACK)
+        assert C.evaluate(b, x, y, show=False)["params"] == "personalised"
+        assert C.train(b, ds, {"method": "last"}, steps=1, show=False)["start"]["resumed"]

@@ -597,7 +597,8 @@ class Agent:
         new, cur = self._p("model.new"), self._p("model.tmpm")
         if _exists(new):
             _replace(new, cur)
-        for name in ("params.bin", "params.opt", "params.try", "params.try.opt"):
+        for name in ("params.bin", "params.opt", "params.try", "params.try.opt",
+                     "params.prev.opt"):
             p = self._p(name)
             if _exists(p + ".tmp") and not _exists(p):
                 _remove(p + ".tmp")
@@ -605,6 +606,10 @@ class Agent:
         # its options follow them (a trial is written parameters first, dropped options first)
         if _exists(self._p("params.try.opt")) and not _exists(self._p("params.try")):
             _replace(self._p("params.try.opt"), self._p("params.opt"))
+        # saved parameters shelved (_shelve_saved) before their options: these follow them
+        if _exists(self._p("params.opt")) and not _exists(self._p("params.bin")) and \
+                _exists(self._p("params.prev")):
+            _replace(self._p("params.opt"), self._p("params.prev.opt"))
 
     # --- engine
     def _need_engine(self):
@@ -821,7 +826,8 @@ class Agent:
         self.model_sha = p["sha"]
         self.push = None
         # personalised parameters belong to the previous model
-        for name in ("params.bin", "params.prev", "params.opt", "train.rep") + TRIAL_FILES:
+        for name in ("params.bin", "params.prev", "params.opt", "params.prev.opt",
+                     "train.rep") + TRIAL_FILES:
             _remove(self._p(name))
         # the model is committed; a copy in ROMFS is an addition that may fail on its own
         rom = self._romfs_commit(p["sha"], p["size"])
@@ -1183,12 +1189,23 @@ class Agent:
                 o[k] = opts[k]
         return encode({"model": self._model_sha(), "options": o, "time": _now()})
 
+    def _shelve_saved(self):
+        """The saved parameters become the previous ones (rollback), their options with them:
+        params.opt always describes params.bin, params.prev.opt params.prev."""
+        p, prev = self._p("params.bin"), self._p("params.prev")
+        if not _exists(p):
+            return
+        _replace(p, prev)
+        if _exists(self._p("params.opt")):
+            _replace(self._p("params.opt"), self._p("params.prev.opt"))
+        else:
+            _remove(self._p("params.prev.opt"))
+
     def _save_params(self, opts):
         # a trial belongs to the saved parameters it started from: once they change, it goes
         self._drop_trial()
-        p, prev = self._p("params.bin"), self._p("params.prev")
-        if _exists(p):
-            _replace(p, prev)
+        p = self._p("params.bin")
+        self._shelve_saved()
         self.trainer.save(p)
         _write_file(self._p("params.opt"), self._opt_record(opts))
 
@@ -1316,9 +1333,8 @@ class Agent:
             # the trial becomes the saved parameters; the saved ones the previous (rollback)
             self.trainer = self.train = self.trial = None
             self.trainer_unsaved = False
-            p, prev = self._p("params.bin"), self._p("params.prev")
-            if _exists(p):
-                _replace(p, prev)
+            p = self._p("params.bin")
+            self._shelve_saved()
             _replace(self._p("params.try"), p)
             _replace(self._p("params.try.opt"), self._p("params.opt"))
             return {"saved": True, "from": "trial"}
@@ -1335,17 +1351,19 @@ class Agent:
         if not _exists(prev):
             raise Fail("nothing", "no earlier parameters to roll back to")
         _replace(prev, p)
+        # their own options (a params.prev from an older agent has none: the current ones stay)
+        if _exists(self._p("params.prev.opt")):
+            _replace(self._p("params.prev.opt"), self._p("params.opt"))
         self._drop_trial()  # it started from the parameters that were saved until now
         self.trainer = self.train = None
         self.trainer_unsaved = False
         return {"restored": True}
 
     def do_params_reset(self, req):
-        p, prev = self._p("params.bin"), self._p("params.prev")
+        prev = self._p("params.prev")
         if self.trainer is not None:
             self.trainer.reset()
-        if _exists(p):
-            _replace(p, prev)
+        self._shelve_saved()
         self._drop_trial()
         self.trainer = self.train = None
         self.trainer_unsaved = False
