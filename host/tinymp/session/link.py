@@ -3,7 +3,9 @@
 `Link.request(type, value)` sends one request frame and returns the decoded reply value. Damaged
 or lost frames in either direction are retransmitted (the agent answers a retransmission with its
 cached reply, never by running the request twice); a refusal by the board raises `BoardError`;
-a link that stays silent through every retry, or a board that goes away, raises `LinkError`.
+a link that stays silent through every retry, or a board that goes away, raises `LinkError`; a
+reply without what the PC reads of it (protocol.reply_problem: a field missing or of another
+type) raises `ReplyError`, a LinkError of a link that works.
 
 `open_board(port, ...)` gives a connected `Board`: `sim` starts the simulated board (a CPython
 process on a pseudo-terminal, see simboard.py), `qemu` the QEMU Cortex-M7 firmware, anything else
@@ -21,6 +23,12 @@ WRITE_TIMEOUT = 10.0
 
 class LinkError(Exception):
     """The link failed: no answer, or the board went away. The message is one line."""
+
+
+class ReplyError(LinkError):
+    """The board answered, but not as the protocol says: a reply without a field the PC reads, a
+    field of another type, a transfer that does not advance. The link itself works (the session
+    still says BYE); its agent misbehaves. The message is one line, and names the request."""
 
 
 class BoardError(Exception):
@@ -46,6 +54,10 @@ class Link:
         self.max_payload = max_payload
         self.stats = {"requests": 0, "retransmissions": 0, "bad_frames": 0, "stale": 0,
                       "bytes_out": 0, "bytes_in": 0}
+
+    def agent_error(self, what):
+        """ReplyError "NAME: the board's agent WHAT" (what names the request)."""
+        return ReplyError(f"{self.name}: the board's agent {what}")
 
     def _next_seq(self):
         self.seq = (self.seq + 1) % 0xFFFF  # 0xFFFF is NO_SEQ
@@ -89,7 +101,8 @@ class Link:
                     raise LinkError(f"{self.name}: {why}")
         return self.queue.pop(0)
 
-    def request(self, ftype, value=None, timeout=None, retries=None):
+    def request(self, ftype, value=None, timeout=None, retries=None, check=True):
+        """The reply's value; with `check`, ReplyError unless it has what the PC reads of it."""
         payload = P.pack(value) if value is not None else b""
         seq = self._next_seq()
         data = P.encode_frame(ftype, seq, payload)
@@ -127,6 +140,10 @@ class Link:
                 if ev.type != (ftype | P.REPLY):
                     self.stats["bad_frames"] += 1
                     continue
+                problem = P.reply_problem(ftype, value) if check else None
+                if problem:  # the agent would send the same again: no retry
+                    raise self.agent_error(f"sent a bad {P.NAMES.get(ftype, hex(ftype))} reply: "
+                                           f"{problem}")
                 return value
             # the board answered nothing usable for seq
             if self.alive is not None:
@@ -212,8 +229,9 @@ class Board:
     def __exit__(self, *exc):
         # say BYE after an error too (a refused request, Ctrl-C): the agent, which ignores Ctrl-C,
         # would otherwise keep the board's REPL and the next command could not start; not when the
-        # link itself failed (BYE could only time out)
-        self.close(bye=exc[0] is None or not issubclass(exc[0], LinkError))
+        # link itself failed (BYE could only time out), but after a bad reply (ReplyError)
+        self.close(bye=exc[0] is None or not issubclass(exc[0], LinkError)
+                   or issubclass(exc[0], ReplyError))
 
 
 MICROPYTHON_USB_IDS = {
@@ -270,12 +288,21 @@ def resolve_port(port):
 
 def _hello(link, kind):
     try:
-        info = link.request(P.INFO)
+        info = link.request(P.INFO, check=False)
     except LinkError as e:
         raise LinkError(f"{e} (is the tinymp agent running on the {kind}?)") from None
-    if not isinstance(info, dict) or info.get("protocol") != 1:
+    if isinstance(info, dict) and info.get("protocol") != 1:
         raise LinkError(f"{link.name}: the agent speaks protocol {info.get('protocol')!r}, "
                         "this tinymp speaks 1")
+    problem = P.reply_problem(P.INFO, info)
+    if problem:
+        # it answers: send it back to the REPL, which it holds until BYE (a serial board could
+        # not start the next command before a reset)
+        try:
+            link.request(P.BYE, timeout=1.0, retries=1)
+        except (LinkError, BoardError):
+            pass
+        raise link.agent_error(f"sent a bad INFO reply: {problem}")
     return info
 
 

@@ -249,3 +249,191 @@ class Decoder:
                 self.noise += raw[:1]
                 continue
             out.append(Frame(ftype, seq, raw[HEADER:HEADER + n], c))
+
+
+# --- replies: what the PC reads of each -----------------------------------------------------
+#
+# The PC does not trust the board's agent: `reply_problem(type, value)` checks a reply against
+# what the PC reads of it, before any command uses it. A spec is one of
+#   a kind name: "int" (not a bool), "count" (an int >= 0), "pos" (an int >= 1), "id" (an int
+#       >= -1), "num" (an int or a float), "scale" (a finite number > 0), "str", "bool",
+#       "bytes", "dict", "list", "any"; with a trailing "?" the key may be absent or None;
+#   {key: spec}: a dict holding at least those keys (others are let through as they are);
+#   Opt(spec): absent or None, or spec; ListOf(spec, n): a list (of n items) of spec;
+#   Row(spec, ...): a list of exactly these items; DictOf(spec): a dict of any keys whose values
+#   are spec; Either(spec, ...): the first spec that fits (the last one's problem is reported).
+# Only what the PC reads is required; the agent may send more (a newer agent, more fields).
+
+class Opt:
+    def __init__(self, spec):
+        self.spec = spec
+
+
+class ListOf:
+    def __init__(self, spec, n=None):
+        self.spec, self.n = spec, n
+
+
+class Row:
+    def __init__(self, *specs):
+        self.specs = specs
+
+
+class DictOf:
+    def __init__(self, spec):
+        self.spec = spec
+
+
+class Either:
+    def __init__(self, *specs):
+        self.specs = specs
+
+
+def _int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+_KINDS = {
+    "int": (_int, "an integer"),
+    "count": (lambda v: _int(v) and v >= 0, "an integer >= 0"),
+    "pos": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
+    "id": (lambda v: _int(v) and v >= -1, "an integer >= -1"),
+    "num": (_number, "a number"),
+    "scale": (lambda v: _number(v) and 0 < v < float("inf"), "a number > 0"),
+    "str": (lambda v: isinstance(v, str), "a string"),
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "bytes": (lambda v: isinstance(v, bytes), "bytes"),
+    "dict": (lambda v: isinstance(v, dict), "a dict"),
+    "list": (lambda v: isinstance(v, list), "a list"),
+    "any": (lambda v: True, "anything"),
+}
+
+
+def describe(v):
+    """A value in a few words, for an error line."""
+    if v is None or isinstance(v, bool):
+        return repr(v) if v is None else f"a bool ({v})"
+    if isinstance(v, int):
+        return f"an int ({v})"
+    if isinstance(v, float):
+        return f"a float ({v!r})"
+    if isinstance(v, str):
+        return f"a str ({v if len(v) <= 20 else v[:20] + '...'!r})"
+    if isinstance(v, bytes):
+        return f"{len(v)} bytes"
+    if isinstance(v, list):
+        return f"a list of {len(v)} item{'s' if len(v) != 1 else ''}"
+    if isinstance(v, dict):
+        return "a dict"
+    return type(v).__name__
+
+
+def _where(path):
+    return f"'{path}'" if path else "the reply"
+
+
+def _problem(spec, v, path):
+    if isinstance(spec, str) and spec.endswith("?"):
+        spec = Opt(spec[:-1])
+    if isinstance(spec, Opt):
+        return None if v is None else _problem(spec.spec, v, path)
+    if isinstance(spec, str):
+        ok, what = _KINDS[spec]
+        return None if ok(v) else f"{_where(path)} is {describe(v)}, not {what}"
+    if isinstance(spec, dict):
+        if not isinstance(v, dict):
+            return f"{_where(path)} is {describe(v)}, not a dict"
+        for k, sub in spec.items():
+            at = f"{path}.{k}" if path else k
+            if k not in v:
+                if isinstance(sub, Opt) or (isinstance(sub, str) and sub.endswith("?")):
+                    continue
+                return f"'{at}' is missing"
+            p = _problem(sub, v[k], at)
+            if p:
+                return p
+        return None
+    if isinstance(spec, DictOf):
+        if not isinstance(v, dict):
+            return f"{_where(path)} is {describe(v)}, not a dict"
+        for k, x in v.items():
+            p = _problem(spec.spec, x, f"{path}.{k}" if path else k)
+            if p:
+                return p
+        return None
+    if isinstance(spec, (ListOf, Row)):
+        n = spec.n if isinstance(spec, ListOf) else len(spec.specs)
+        if not isinstance(v, list):
+            want = "a list" if n is None else f"a list of {n}"
+            return f"{_where(path)} is {describe(v)}, not {want}"
+        if n is not None and len(v) != n:
+            return f"{_where(path)} is {describe(v)}, not {n}"
+        for i, x in enumerate(v):
+            p = _problem(spec.spec if isinstance(spec, ListOf) else spec.specs[i], x,
+                         f"{path}[{i}]")
+            if p:
+                return p
+        return None
+    if isinstance(spec, Either):
+        for s in spec.specs:
+            p = _problem(s, v, path)
+            if p is None:
+                return None
+        return p
+    raise TypeError(f"not a reply spec: {spec!r}")  # pragma: no cover
+
+
+# a training plan (TRAIN_START, TRAIN_END): what the report and the Cortex-M7 estimate read
+PLAN = {"arena_bytes": "count?", "method": "str?", "forward_macs": "count?",
+        "backward_macs": "count?", "table_bytes": "count?", "breakdown": Opt(DictOf("num?"))}
+# PUSH_COMMIT's and PUSH_ROMFS's "romfs" (commands.romfs_text)
+ROMFS = {"present": "bool?", "in_place": "bool?", "state": "str?", "warning": "str?"}
+
+REPLIES = {
+    INFO: {
+        "protocol": "int", "agent": "any?", "board": "str?", "simulated": "bool?",
+        "implementation": "str?", "firmware": "str?", "tinymp": "str?", "clock": "str?",
+        "mem_free": "num?", "mem_total": "num?", "arena_budget": "count?",
+        "model_flash": "count?", "max_payload": "pos?", "romfs": "bool?", "camera": "bool?",
+        "romfs_state": Opt({"bytes": "count", "retry": "bool?", "serving": "bool?",
+                            "state": "str?", "note": "str?"}),
+        # None (no model), a model that does not load (its error), or the model's description
+        "model": Opt(Either(
+            {"error": "str", "bytes": "int?"},
+            {"sha256": "str", "bytes": "count", "input_shape": ListOf("pos", 3),
+             "num_classes": "pos", "class_names": Opt(ListOf("str")), "input_scale": "scale",
+             "input_zero_point": "int", "inference_arena_bytes": "count?",
+             "served_from": "str?"})),
+    },
+    PUSH_BEGIN: {"offset": "count"},
+    PUSH_DATA: {"offset": "count"},
+    PUSH_COMMIT: {"sha256": "str", "bytes": "count", "romfs": Opt(ROMFS)},
+    PUSH_ROMFS: ROMFS,
+    SAMPLES_STATUS: {"last_id": "id", "dataset": "any", "bytes": "any"},
+    SAMPLES_PUT: {"last_id": "id"},
+    CAPTURE: {"data": "bytes"},
+    TRAIN_START: {"plan": Opt(PLAN), "resumed": "bool?", "resumed_state": "bool?",
+                  "resume_error": "str?", "support_samples": "count?"},
+    # a row of EVENT_FIELDS: the report reads every column (times: None when not measured)
+    TRAIN_STEPS: {"events": ListOf(Row("count", "int", "int", "int", "num", "num?", "num?",
+                                       "num?", "num?", "num?", "num?"))},
+    TRAIN_END: {"plan": Opt(PLAN), "stats": Opt({"stalled_steps": "count?"}),
+                "high_water": "num?", "heap_before": "num?", "heap_after": "num?",
+                "heap_end": "num?", "saved": "bool?", "trial": "bool?", "trial_error": "str?"},
+    PREDICT: {"pred": "bytes", "params": "str", "us": "num"},
+    PARAMS_SAVE: {"from": "str?"},
+    PARAMS_ROLLBACK: {},
+    PARAMS_RESET: {},
+}
+assert len(EVENT_FIELDS) == len(REPLIES[TRAIN_STEPS]["events"].spec.specs)
+
+
+def reply_problem(ftype, value):
+    """None when `value` has what the PC reads of a reply to request `ftype` (a request the
+    table does not name is not checked), else what is wrong, in a few words."""
+    spec = REPLIES.get(ftype)
+    return None if spec is None else _problem(spec, value, "")
