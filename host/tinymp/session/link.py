@@ -54,6 +54,11 @@ class Link:
         self.max_payload = max_payload
         self.stats = {"requests": 0, "retransmissions": 0, "bad_frames": 0, "stale": 0,
                       "bytes_out": 0, "bytes_in": 0}
+        self.failed = False  # a LinkError said the link itself failed: no BYE then
+
+    def _failed(self, msg):
+        self.failed = True
+        return LinkError(msg)
 
     def agent_error(self, what):
         """ReplyError "NAME: the board's agent WHAT" (what names the request)."""
@@ -69,7 +74,7 @@ class Link:
             if hasattr(self.port, "flush"):
                 self.port.flush()
         except Exception as e:  # serial.SerialException, OSError
-            raise LinkError(self._gone(f"cannot write to the link ({e})")) from None
+            raise self._failed(self._gone(f"cannot write to the link ({e})")) from None
         self.stats["bytes_out"] += len(data)
 
     def _gone(self, fallback):
@@ -91,14 +96,14 @@ class Link:
                 n = self.port.in_waiting
                 data = self.port.read(n if n else 1)
             except Exception as e:
-                raise LinkError(self._gone(f"the link closed ({e})")) from None
+                raise self._failed(self._gone(f"the link closed ({e})")) from None
             if data:
                 self.stats["bytes_in"] += len(data)
                 self.queue.extend(self.dec.feed(data))
             elif self.alive is not None:
                 why = self.alive()
                 if why:
-                    raise LinkError(f"{self.name}: {why}")
+                    raise self._failed(f"{self.name}: {why}")
         return self.queue.pop(0)
 
     def request(self, ftype, value=None, timeout=None, retries=None, check=True):
@@ -149,8 +154,8 @@ class Link:
             if self.alive is not None:
                 why = self.alive()
                 if why:
-                    raise LinkError(f"{self.name}: {why}")
-        raise LinkError(self._gone(f"no answer to {P.NAMES.get(ftype, hex(ftype))} after "
+                    raise self._failed(f"{self.name}: {why}")
+        raise self._failed(self._gone(f"no answer to {P.NAMES.get(ftype, hex(ftype))} after "
                                    f"{retries + 1} tries ({timeout:g} s each)"))
 
     def close(self):
@@ -214,7 +219,7 @@ class Board:
         return self.link.request(*a, **kw)
 
     def close(self, bye=True):
-        if bye:
+        if bye and not getattr(self.link, "failed", False):
             try:
                 self.link.request(P.BYE, timeout=1.0, retries=1)
             except (LinkError, BoardError):
@@ -229,7 +234,8 @@ class Board:
     def __exit__(self, *exc):
         # say BYE after an error too (a refused request, Ctrl-C): the agent, which ignores Ctrl-C,
         # would otherwise keep the board's REPL and the next command could not start; not when the
-        # link itself failed (BYE could only time out), but after a bad reply (ReplyError)
+        # link itself failed (BYE could only time out; also when a command turned that LinkError
+        # into its own message: the link remembers), but after a bad reply (ReplyError)
         self.close(bye=exc[0] is None or not issubclass(exc[0], LinkError)
                    or issubclass(exc[0], ReplyError))
 
