@@ -8,7 +8,9 @@
     SESSION/sim/<BOARD>/     the simulated board's flash, when --port sim
 
 Failures raise `SessionError` (one line; `code` 2 for what the user gave, 1 for the board or the
-link); the CLI prints it and exits with that status.
+link); the CLI prints it and exits with that status. The board's replies are not trusted: the link
+checks each against what the PC reads of it (protocol.reply_problem), and the loops here check
+that each reply advances the transfer; a bad reply is a `ReplyError` (a LinkError, status 1).
 """
 import contextlib
 import hashlib
@@ -21,7 +23,7 @@ import numpy as np
 
 from . import protocol as P
 from .dataset import Dataset, DatasetError, disk_full, load_samples
-from .link import BoardError, LinkError
+from .link import BoardError, LinkError, ReplyError
 
 
 class SessionError(Exception):
@@ -199,11 +201,11 @@ def log_params(session, action, board, reply=None):
 
 
 def model_meta(info):
-    """The board's model (from INFO), or SessionError when it has none."""
+    """The board's model (from INFO, checked by the link), or SessionError when it has none."""
     m = info.get("model")
     if not m:
         raise SessionError("tinymp: the board has no model: run `tinymp push MODEL` first")
-    if m.get("error"):
+    if m.get("error") is not None:
         raise SessionError(f"tinymp: the model on the board is unusable: {m['error']}")
     return m
 
@@ -283,24 +285,45 @@ def push(board, data, show=True, chunk=None):
         raise SessionError(f"tinymp: the board refused the model: {e.msg}",
                            2 if e.code in ("too_big", "no_space") else 1) from None
     off = rep["offset"]
+    if off > len(data):
+        raise board.link.agent_error(f"replied offset {off} to PUSH_BEGIN, past the model's "
+                                     f"{len(data)} bytes")
     start = off
     bar = progress(len(data), "push", "B", show, unit_scale=True)
     bar.update(off)
     mv = memoryview(data)
-    while off < len(data):
-        n = min(chunk, len(data) - off)
-        rep = board.request(P.PUSH_DATA, {"offset": off, "data": mv[off:off + n]})
-        new = rep["offset"]
-        bar.update(new - off)
-        off = new
-    bar.close()
+    try:
+        while off < len(data):
+            n = min(chunk, len(data) - off)
+            rep = board.request(P.PUSH_DATA, {"offset": off, "data": mv[off:off + n]})
+            new = rep["offset"]
+            # each reply must move on, or this loop would send the same chunk for ever
+            if new > len(data):
+                raise board.link.agent_error(f"replied offset {new} to PUSH_DATA, past the "
+                                             f"model's {len(data)} bytes")
+            if new <= off:
+                raise board.link.agent_error(f"did not advance past offset {off} of PUSH_DATA "
+                                             f"(it replied offset {new})")
+            bar.update(new - off)
+            off = new
+    finally:
+        bar.close()
     try:
         rep = board.request(P.PUSH_COMMIT, timeout=slow_timeout(board))
+        if rep["sha256"] != sha or rep["bytes"] != len(data):
+            raise board.link.agent_error(
+                f"replied to PUSH_COMMIT with {rep['bytes']} bytes of sha256 "
+                f"{rep['sha256'][:12]}; the model sent is {len(data)} bytes of {sha[:12]}")
+        dt = time.perf_counter() - t0
+        refresh_info(board)
     except BoardError as e:
         raise SessionError(f"tinymp: the board did not commit the model: {e.msg}",
                            2 if e.code in ("too_big", "bad_model") else 1) from None
-    dt = time.perf_counter() - t0
-    refresh_info(board)
+    except ReplyError as e:
+        # after the commit was asked for: the board may hold either model
+        raise SessionError(f"tinymp: push: {e}; whether the board committed the model is not "
+                           "known: run push again (it sends nothing when the board holds it)") \
+            from None
     return {"sha256": rep["sha256"], "bytes": rep["bytes"], "seconds": dt,
             "resumed_from": start or None, "skipped": False, "romfs": rep.get("romfs")}
 
@@ -358,6 +381,8 @@ def romfs_board_text(info):
 
 
 def push_link_error(e, board_name="the board"):
+    if isinstance(e, ReplyError):  # before the commit; sending again would meet the same agent
+        return SessionError(f"tinymp: push stopped: {e}; {board_name} keeps its previous model")
     return SessionError(f"tinymp: push interrupted: {e}; {board_name} keeps its previous model; "
                         "run push again to resume")
 
@@ -399,6 +424,15 @@ def sync_samples(board, ds, show=True):
                                             "labels": [int(v) for v in labels[i:i + n]],
                                             "data": x.tobytes()})
         done = rep["last_id"] + 1
+        # each reply must move on, or this loop would send the same samples for ever
+        if done <= i:
+            bar.close()
+            raise board.link.agent_error(f"did not advance past sample {i} of SAMPLES_PUT (it "
+                                         f"replied last_id {rep['last_id']})")
+        if done > i + n:
+            bar.close()
+            raise board.link.agent_error(f"replied last_id {rep['last_id']} to SAMPLES_PUT of "
+                                         f"samples {i}..{i + n - 1}")
         bar.update(done - i)
         i = done
     bar.close()
@@ -424,6 +458,10 @@ def collect_capture(board, ds, label, count, show=True, board_name=None):
             if board.sim is not None:
                 board.sim.show(label)
             rep = board.request(P.CAPTURE, {"label": label, "id": i, "dataset": ds.uid})
+            if len(rep["data"]) != ds.sample_bytes:
+                raise board.link.agent_error(
+                    f"sent a bad CAPTURE reply: 'data' holds {len(rep['data'])} bytes; a sample "
+                    f"of the model is {ds.sample_bytes}")
             try:
                 ds.append(rep["data"], label, source="capture", board=board_name)
                 added += 1
@@ -558,8 +596,13 @@ def train(board, ds, options, steps=None, epochs=None, save=True, show=True, ses
         rep = board.request(P.TRAIN_STEPS, {"n": k}, timeout=wait)
         dt = time.perf_counter() - t0
         got = rep["events"]
-        if not got:
-            break
+        # the board runs the steps asked for, at most the `steps` TRAIN_START announced: fewer
+        # (none) before that would leave a short run, more a run of steps not asked for
+        want = min(k, steps - len(events))
+        if not got or len(got) > want:
+            bar.close()
+            raise board.link.agent_error(f"answered TRAIN_STEPS n={k} with {len(got)} events, "
+                                         f"after {len(events)} of {steps} steps")
         events.extend(got)
         per_step = dt / len(got)
         k = int(max(1, min(64, 0.2 / max(per_step, 1e-6))))
@@ -569,7 +612,14 @@ def train(board, ds, options, steps=None, epochs=None, save=True, show=True, ses
         bar.update(len(got))
         bar.set_postfix_str(f"loss {loss:.3f} acc {acc * 100:.0f}%")
     bar.close()
-    end = board.request(P.TRAIN_END, {"save": bool(save)}, timeout=slow_timeout(board))
+    try:
+        end = board.request(P.TRAIN_END, {"save": bool(save)}, timeout=slow_timeout(board))
+    except ReplyError as e:
+        # the board ended the run before it replied: not "keeps its last saved parameters"
+        kept = ("saved this run's parameters (`tinymp params rollback` brings the earlier ones "
+                "back)" if save else "kept this run as the trial run")
+        raise SessionError(f"tinymp: training ended with a bad reply: {e}; the board may have "
+                           f"{kept}; no run recorded") from None
     rec = {"kind": "train", "time": time.time(), "options": opts, "start": start,
            "fields": list(P.EVENT_FIELDS), "events": events, "end": end,
            "board": _board_summary(board), "dataset": ds.path, "samples": n}
@@ -605,6 +655,7 @@ def evaluate(board, x, y, params="personalised", show=True, num_classes=None, st
     us = 0
     per_sample = None
     bar = progress(len(y), f"evaluate ({params})", "sample", show)
+    classes = num_classes or (board.info.get("model") or {}).get("num_classes")
     i = 0
     while i < len(y):
         # the first batch is small and measures the board; then batches of about 0.2 s
@@ -612,9 +663,20 @@ def evaluate(board, x, y, params="personalised", show=True, num_classes=None, st
         wait = slow_timeout(board) if per_sample is None else \
             board.link.timeout + 3 * per_sample * per
         t0 = time.perf_counter()
-        rep = board.request(P.PREDICT, {"data": x[i:i + per].tobytes(), "params": params},
+        batch = x[i:i + per]
+        rep = board.request(P.PREDICT, {"data": batch.tobytes(), "params": params},
                             timeout=wait)
         n = len(rep["pred"])
+        # one prediction per sample sent, each a class of the model: no other count moves this
+        # loop on (none would repeat the batch for ever)
+        if n != len(batch):
+            bar.close()
+            raise board.link.agent_error(f"answered PREDICT of {len(batch)} samples with {n} "
+                                         "predictions")
+        if classes and max(rep["pred"]) >= classes:
+            bar.close()
+            raise board.link.agent_error(f"predicted class {max(rep['pred'])} in its PREDICT "
+                                         f"reply; the model has {classes} classes")
         per_sample = (time.perf_counter() - t0) / max(1, n)
         preds.extend(rep["pred"])
         used = rep["params"]

@@ -128,7 +128,7 @@ def cmd_push(args):
         except LinkError as e:
             raise C.push_link_error(e, _board_name(board)) from None
         info = C.refresh_info(board)
-    meta = dict(info["model"])
+    meta = dict(info.get("model") or {})  # {bytes, error} on a board whose engine cannot load it
     meta["name"] = os.path.basename(args.model)
     meta["path"] = os.path.abspath(args.model)
     session.state["model"] = meta
@@ -498,7 +498,8 @@ def run_session(cfg, args, out=print):
     with _open(ns, session, scene=cfg.get("scene")) as board:
         name = _board_name(board)
         i = board.info
-        out(f"board      {name}: {i['implementation']} {i['firmware']}, tinymp {i['tinymp']}, "
+        out(f"board      {name}: {i.get('implementation')} {i.get('firmware')}, tinymp "
+            f"{i.get('tinymp')}, "
             f"arena budget {report._num(i.get('arena_budget'))} B, model flash "
             f"{report._num(i.get('model_flash'))} B, {C.romfs_board_text(i)}, camera "
             f"{'yes' if i.get('camera') else 'no'}" + (" [simulated]" if board.simulated else ""))
@@ -513,7 +514,7 @@ def run_session(cfg, args, out=print):
                f" in {res['seconds']:.2f} s ({rate:.0f} KB/s), SHA-256 checked, ")
             + C.romfs_text(res["romfs"]))
         info = C.refresh_info(board)
-        meta = dict(info["model"])
+        meta = dict(C.model_meta(info))
         meta["name"] = os.path.basename(cfg["model"])
         meta["path"] = cfg["model"]
         session.state.update({"model": meta, "board": C._board_summary(board)})
