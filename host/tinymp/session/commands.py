@@ -96,12 +96,7 @@ class Session:
 
     def save(self):
         os.makedirs(self.path, exist_ok=True)
-        tmp = self.state_path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(self.state, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.state_path)
+        _write_json(self.state_path, self.state, indent=1)
 
     @contextlib.contextmanager
     def lock(self):
@@ -153,10 +148,7 @@ class Session:
         os.makedirs(self.runs_dir, exist_ok=True)
         n = max(self._run_numbers(kind), default=0) + 1
         tmp = os.path.join(self.runs_dir, f".{kind}-{os.getpid()}.tmp")
-        with open(tmp, "w") as f:
-            json.dump(record, f)
-            f.flush()
-            os.fsync(f.fileno())
+        _write_json(tmp, record)
         try:
             while True:
                 path = os.path.join(self.runs_dir, f"{kind}-{n:04d}.json")
@@ -198,6 +190,38 @@ def log_params(session, action, board, reply=None):
         entry["from"] = reply["from"]
     session.state.setdefault("params_log", []).append(entry)
     session.save()
+
+
+def _json_default(v):
+    """What json cannot write, as it can: bytes as hex (a reply may hold some where the PC reads
+    nothing, and the run record keeps the reply), numpy numbers as numbers, else the str."""
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        return bytes(v).hex()
+    if isinstance(v, np.integer):
+        return int(v)
+    if isinstance(v, np.floating):
+        return float(v)
+    return str(v)
+
+
+def _write_json(path, obj, indent=None):
+    """Write `obj` to `path` whole or not at all: the text is made before the file is touched (a
+    value json cannot write once stopped json.dump half-way through the .tmp), then written to a
+    .tmp, flushed to the disk and renamed; a failure leaves no .tmp behind."""
+    text = json.dumps(obj, indent=indent, default=_json_default)
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def model_meta(info):
