@@ -256,8 +256,10 @@ class Decoder:
 # The PC does not trust the board's agent: `reply_problem(type, value)` checks a reply against
 # what the PC reads of it, before any command uses it. A spec is one of
 #   a kind name: "int" (not a bool), "count" (an int >= 0), "pos" (an int >= 1), "id" (an int
-#       >= -1), "num" (an int or a float), "scale" (a finite number > 0), "str", "bool",
-#       "bytes", "dict", "list", "any"; with a trailing "?" the key may be absent or None;
+#       >= -1), "num" (a finite int or float: sizes and times, which the report rounds), "loss"
+#       (any number: a training that diverged has NaN losses), "scale" (a finite number > 0),
+#       "str", "bool", "bytes", "dict", "list", "any"; with a trailing "?" the key may be absent
+#       or None;
 #   {key: spec}: a dict holding at least those keys (others are let through as they are);
 #   Opt(spec): absent or None, or spec; ListOf(spec, n): a list (of n items) of spec;
 #   Row(spec, ...): a list of exactly these items; DictOf(spec): a dict of any keys whose values
@@ -297,13 +299,18 @@ def _number(v):
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def _finite(v):
+    return _number(v) and abs(v) < float("inf")  # NaN fails the comparison too
+
+
 _KINDS = {
     "int": (_int, "an integer"),
     "count": (lambda v: _int(v) and v >= 0, "an integer >= 0"),
     "pos": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
     "id": (lambda v: _int(v) and v >= -1, "an integer >= -1"),
-    "num": (_number, "a number"),
-    "scale": (lambda v: _number(v) and 0 < v < float("inf"), "a number > 0"),
+    "num": (_finite, "a finite number"),
+    "loss": (_number, "a number"),
+    "scale": (lambda v: _finite(v) and v > 0, "a finite number > 0"),
     "str": (lambda v: isinstance(v, str), "a string"),
     "bool": (lambda v: isinstance(v, bool), "true or false"),
     "bytes": (lambda v: isinstance(v, bytes), "bytes"),
@@ -419,7 +426,7 @@ REPLIES = {
     TRAIN_START: {"plan": Opt(PLAN), "resumed": "bool?", "resumed_state": "bool?",
                   "resume_error": "str?", "support_samples": "count?"},
     # a row of EVENT_FIELDS: the report reads every column (times: None when not measured)
-    TRAIN_STEPS: {"events": ListOf(Row("count", "int", "int", "int", "num", "num?", "num?",
+    TRAIN_STEPS: {"events": ListOf(Row("count", "int", "int", "int", "loss", "num?", "num?",
                                        "num?", "num?", "num?", "num?"))},
     TRAIN_END: {"plan": Opt(PLAN), "stats": Opt({"stalled_steps": "count?"}),
                 "high_water": "num?", "heap_before": "num?", "heap_after": "num?",
