@@ -1,0 +1,614 @@
+"""The PC does not trust the board's agent. Every reply a command reads is checked (its fields
+and their types: protocol.reply_problem; the progress of the transfers that loop: commands.py),
+and a bad one ends the command with one line on stderr and exit status 1 (a `ReplyError`, a
+LinkError), the session closed with BYE, and nothing in the session folder lost or half-written.
+
+The board here is the real agent in this process (`AgentPort`, no serial link, no subprocess),
+with a hook that changes its replies. A command that loops without end meets `Runaway` after
+LIMIT requests (and `no_hang` guards the time), so the old code fails these tests instead of
+hanging them."""
+import copy
+import io
+import json
+import os
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+import tinymp
+from tinymp import boards, zoo
+from tinymp import tinymp_agent as A
+from tinymp.session import commands as C
+from tinymp.session import dataset as D
+from tinymp.session import link, run
+from tinymp.session import protocol as P
+from tinymp.session.simboard import SimSensor, board_config, sim_romfs
+
+MODELS = os.path.join(os.path.dirname(tinymp.__file__), "models")
+SCENE = os.path.join(MODELS, "digits_shifted.npz")
+HELD = os.path.join(MODELS, "digits_shifted_test.npz")
+DEMO = zoo.demo()
+PROFILE = "OPENMV_H7"
+LIMIT = 400  # requests a fake board answers before it calls the command a loop without end
+
+
+class Runaway(BaseException):
+    """A command kept asking without end (a BaseException: no `except Exception` of the link
+    turns it into a link failure)."""
+
+
+class AgentPort:
+    """A pyserial-like port to the board's agent running in this process: each frame written is
+    answered at once. `tamper(ftype, request, reply)` gives the reply value sent instead (replies
+    only, not refusals); `fail(ftype)` true makes that write and every later one fail, as a
+    link that went away; `sent` lists the request types written."""
+
+    def __init__(self, agent, tamper=None, fail=None, limit=LIMIT):
+        self.agent, self.tamper, self.fail, self.limit = agent, tamper, fail, limit
+        self.buf = bytearray()
+        self.sent = []
+        self.dead = False
+
+    def write(self, data):
+        ftype, seq, payload, crc = A.FrameReader(io.BytesIO(bytes(data))).read()
+        self.sent.append(ftype)
+        if self.limit is not None and len(self.sent) > self.limit:
+            self.limit = None  # once: BYE afterwards is answered
+            raise Runaway(f"{len(self.sent)} requests, the last {P.NAMES.get(ftype)}")
+        if self.dead or (self.fail is not None and self.fail(ftype)):
+            self.dead = True
+            raise OSError(5, "Input/output error")
+        out = bytes(self.agent.handle(ftype, seq, payload, crc))
+        if self.tamper is not None:
+            (fr,) = P.Decoder().feed(out)
+            if fr.type == ftype | P.REPLY:
+                req = P.unpack(payload) if payload else None
+                out = P.encode_frame(fr.type, fr.seq, P.pack(self.tamper(ftype, req, fr.value())))
+        self.buf += out
+        return len(data)
+
+    @property
+    def in_waiting(self):
+        return len(self.buf)
+
+    def read(self, n=1):
+        out = bytes(self.buf[:n])
+        del self.buf[:n]
+        return out
+
+    def close(self):
+        pass
+
+
+def open_fake(where, tamper=None, fail=None, limit=LIMIT, ports=None):
+    """A connected Board: the agent on the flash folder `where`/flash, with the profile's ROMFS
+    (where/romfs0.bin), as open_board does for a simulated board. The port is appended to
+    `ports`, also when the hello fails."""
+    prof = boards.load(PROFILE)
+    cfg = board_config(prof)
+    rom = sim_romfs(prof, str(where))
+    if rom is not None:
+        cfg["rom_ioctl"] = rom.rom_ioctl
+    port = AgentPort(A.Agent(root=os.path.join(str(where), "flash"), board=cfg), tamper, fail,
+                     limit)
+    if ports is not None:
+        ports.append(port)
+    lk = link.Link(port, name="fake board", timeout=0.2, retries=1)
+    info = link._hello(lk, "board")
+    lk.max_payload = info.get("max_payload")
+    return link.Board(lk, "sim", info)
+
+
+def only(ftype, change):
+    """A tamper that changes the replies to `ftype` with change(request, reply)."""
+    def tamper(t, req, rep):
+        return change(req, rep) if t == ftype else rep
+    return tamper
+
+
+def edit(rep, **kw):
+    out = dict(rep)
+    out.update(kw)
+    return out
+
+
+def no_hang(fn, seconds=60):
+    """fn() in a thread: its value, or its exception; fails when it runs on (a loop without
+    progress; the daemon thread is left behind) or asks the board without end (Runaway)."""
+    box = {}
+
+    def go():
+        try:
+            box["value"] = fn()
+        except BaseException as e:  # noqa: BLE001 - handed to the test
+            box["error"] = e
+    t = threading.Thread(target=go, daemon=True)
+    t.start()
+    t.join(seconds)
+    assert not t.is_alive(), f"still running after {seconds} s: a loop without progress"
+    err = box.get("error")
+    if isinstance(err, Runaway):
+        pytest.fail(f"the command asked the board without end: {err}")
+    if err is not None:
+        raise err
+    return box.get("value")
+
+
+def folder_state(path):
+    """{relative path: bytes} of every file under path."""
+    out = {}
+    for dirpath, _, names in os.walk(path):
+        for n in names:
+            p = os.path.join(dirpath, n)
+            with open(p, "rb") as f:
+                out[os.path.relpath(p, path)] = f.read()
+    return out
+
+
+def check_folder(path):
+    """Nothing half-written: no temporary file, every JSON file whole."""
+    for name, data in folder_state(path).items():
+        assert not name.endswith(".tmp"), name
+        if name.endswith(".json"):
+            json.loads(data)
+
+
+class Rig:
+    """A board folder holding the demo model, a session with 12 samples in its dataset, 24
+    held-out samples in a file, and the CLI commands run against fake boards (`tamper`)."""
+
+    def __init__(self, tmp, monkeypatch, capsys):
+        self.tmp, self.capsys = tmp, capsys
+        self.where = tmp / "board"
+        self.where.mkdir()
+        self.session = C.Session(str(tmp / "session"))
+        self.tamper = self.fail = None
+        self.ports = []
+        with open_fake(self.where) as b:
+            C.push(b, DEMO, show=False)
+            self.meta = C.model_meta(b.info)
+            x, y, src = D.load_samples(SCENE, *self._fmt())
+            ds = C.open_dataset(self.session, self.meta, b.info["board"])
+            C.import_samples(ds, x[:12], y[:12], src[:12], show=False)
+        x, y, _ = D.load_samples(HELD, *self._fmt())
+        self.held = str(tmp / "held.npz")
+        np.savez(self.held, x=x[:24], y=y[:24])
+        self.model = str(tmp / "demo.tmpm")
+        with open(self.model, "wb") as f:
+            f.write(DEMO)
+        monkeypatch.setattr(link, "open_board", self._open)
+
+    def _fmt(self):
+        m = self.meta
+        return m["input_shape"], m["input_scale"], m["input_zero_point"], m["num_classes"]
+
+    def _open(self, *a, **kw):
+        return open_fake(self.where, self.tamper, self.fail, ports=self.ports)
+
+    @property
+    def port(self):
+        """The port of the board the last command opened."""
+        return self.ports[-1]
+
+    def args(self, **kw):
+        import argparse
+        d = dict(port="sim", board=PROFILE, session=self.session.path, timeout=None, json=True,
+                 quiet=True, scene=None)
+        d.update(kw)
+        return argparse.Namespace(**d)
+
+    def cli(self, name, **kw):
+        """Run `tinymp NAME` (handle_errors): (exit status, stdout, stderr lines)."""
+        defaults = {
+            "push": dict(model=self.model),
+            "collect": dict(source=None, label=None, count=None, eval=False),
+            "train": dict(method="tinymp", budget=None, epochs=None, steps=3, lr=0.01, seed=1,
+                          r=None, ratio=None, storage=None, momentum=None, period=None,
+                          fresh=False, no_save=False),
+            "eval": dict(data=self.held, pretrained=False, both=False, trial=False,
+                         confusion=False),
+            "params": dict(action="save"),
+            "report": dict(png=None, m7=False),
+        }[name]
+        args = self.args(**dict(defaults, **kw))
+        self.capsys.readouterr()
+        rc = no_hang(lambda: run.handle_errors(getattr(run, "cmd_" + name), args))
+        out, err = self.capsys.readouterr()
+        return rc, out, err.strip().splitlines()
+
+
+@pytest.fixture
+def rig(tmp_path, monkeypatch, capsys):
+    return Rig(tmp_path, monkeypatch, capsys)
+
+
+def one_line(lines):
+    assert len(lines) == 1 and lines[0].startswith("tinymp:"), lines
+    return lines[0]
+
+
+# --- 1. loops without progress --------------------------------------------------------------
+
+@pytest.mark.parametrize("change,says", [
+    (lambda req, rep: {"offset": req["offset"]},
+     "fake board: the board's agent did not advance past offset 0 of PUSH_DATA (it replied "
+     "offset 0)"),
+    (lambda req, rep: {"offset": 0 if req["offset"] else rep["offset"]},
+     "fake board: the board's agent did not advance past offset 1024 of PUSH_DATA (it replied "
+     "offset 0)"),
+    (lambda req, rep: {"offset": len(DEMO) + 5},
+     f"fake board: the board's agent replied offset {len(DEMO) + 5} to PUSH_DATA, past the "
+     f"model's {len(DEMO)} bytes"),
+], ids=["stays", "goes-back", "past-the-end"])
+def test_push_data_that_does_not_advance_stops(tmp_path, change, says):
+    with open_fake(tmp_path, only(P.PUSH_DATA, change)) as b:
+        with pytest.raises(link.LinkError) as e:
+            no_hang(lambda: C.push(b, DEMO, show=False, chunk=1024))
+        assert str(e.value) == says
+        assert b.link.port.sent.count(P.PUSH_DATA) <= 2
+    # the board never got a commit: it holds no model
+    with open_fake(tmp_path) as b:
+        assert b.info["model"] is None
+
+
+@pytest.mark.parametrize("change,says", [
+    (lambda req, rep: edit(rep, pred=b""),
+     "fake board: the board's agent answered PREDICT of 4 samples with 0 predictions"),
+    (lambda req, rep: edit(rep, pred=rep["pred"] + b"\x01"),
+     "fake board: the board's agent answered PREDICT of 4 samples with 5 predictions"),
+    (lambda req, rep: edit(rep, pred=bytes([200]) * len(rep["pred"])),
+     "fake board: the board's agent predicted class 200 in its PREDICT reply; the model has "
+     "10 classes"),
+], ids=["none", "one-too-many", "no-such-class"])
+def test_predict_replies_of_the_wrong_size_stop(rig, change, says):
+    x, y, _ = D.load_samples(rig.held, *rig._fmt())
+    with open_fake(rig.where, only(P.PREDICT, change)) as b:
+        with pytest.raises(link.LinkError) as e:
+            no_hang(lambda: C.evaluate(b, x, y, "pretrained", show=False, num_classes=10,
+                                       session=rig.session))
+        assert str(e.value) == says
+    assert not os.path.exists(rig.session.runs_dir)  # no eval run recorded
+
+
+@pytest.mark.parametrize("change,says", [
+    (lambda req, rep: edit(rep, last_id=req["first"] - 1),
+     "fake board: the board's agent did not advance past sample 0 of SAMPLES_PUT (it replied "
+     "last_id -1)"),
+    (lambda req, rep: edit(rep, last_id=req["first"] + len(req["labels"]) + 3),
+     "fake board: the board's agent replied last_id 15 to SAMPLES_PUT of samples 0..11"),
+], ids=["stays", "ahead"])
+def test_samples_put_that_does_not_advance_stops(rig, change, says):
+    ds = D.Dataset.open(rig.session.dataset_dir)
+    with open_fake(rig.where, only(P.SAMPLES_PUT, change)) as b:
+        with pytest.raises(link.LinkError) as e:
+            no_hang(lambda: C.sync_samples(b, ds, show=False))
+        assert str(e.value) == says
+
+
+# --- 2. malformed replies, and 3. the session closed cleanly, nothing lost ------------------
+
+def _plan_x(req, rep):
+    return edit(rep, plan="x")
+
+
+CASES = [
+    # (command, its options, the request whose reply is bad, change, what the line says)
+    ("push", {}, P.PUSH_DATA, lambda req, rep: {"offset": req["offset"]},
+     "did not advance past offset 0 of PUSH_DATA"),
+    ("eval", {}, P.PREDICT, lambda req, rep: edit(rep, pred=b""),
+     "answered PREDICT of 4 samples with 0 predictions"),
+    ("eval", {}, P.PREDICT, lambda req, rep: edit(rep, us="12"),
+     "bad PREDICT reply: 'us' is a str ('12'), not a finite number"),
+    ("collect", {"source": "HELD"}, P.SAMPLES_PUT,
+     lambda req, rep: edit(rep, last_id=req["first"] - 1), "did not advance past sample 0"),
+    ("train", {}, P.SAMPLES_STATUS, lambda req, rep: edit(rep, last_id="none"),
+     "bad SAMPLES_STATUS reply: 'last_id' is a str ('none'), not an integer >= -1"),
+    ("train", {}, P.TRAIN_START, _plan_x, "bad TRAIN_START reply: 'plan' is a str ('x'), "
+     "not a dict"),
+    ("train", {}, P.TRAIN_STEPS, lambda req, rep: edit(rep, events=[]),
+     "answered TRAIN_STEPS n=1 with 0 events, after 0 of 3 steps"),  # once a short run
+    ("train", {}, P.TRAIN_STEPS, lambda req, rep: edit(rep, events=rep["events"] * 2),
+     "answered TRAIN_STEPS n=1 with 2 events, after 0 of 3 steps"),
+    ("train", {}, P.TRAIN_STEPS, lambda req, rep: edit(rep, events=[e[:3] for e in rep["events"]]),
+     "bad TRAIN_STEPS reply: 'events[0]' is a list of 3 items, not 11"),
+    ("train", {}, P.TRAIN_STEPS, lambda req, rep: edit(rep, events=[[str(v) for v in e]
+                                                                     for e in rep["events"]]),
+     "bad TRAIN_STEPS reply: 'events[0][0]' is a str ('0'), not an integer >= 0"),
+    ("train", {}, P.TRAIN_END, _plan_x, "bad TRAIN_END reply: 'plan' is a str ('x'), not a "
+     "dict; the board may have saved this run's parameters"),
+    ("train", {}, P.TRAIN_END, lambda req, rep: edit(rep, heap_end="lots"),
+     "bad TRAIN_END reply: 'heap_end' is a str ('lots'), not a finite number"),
+    ("train", {}, P.INFO, lambda req, rep: edit(rep, max_payload="big"),
+     "bad INFO reply: 'max_payload' is a str ('big'), not an integer >= 1"),
+    ("eval", {}, P.INFO, lambda req, rep: edit(rep, model=edit(rep["model"], num_classes="10")),
+     "bad INFO reply: 'model.num_classes' is a str ('10'), not an integer >= 1"),
+    ("eval", {}, P.INFO, lambda req, rep: edit(rep, model=edit(rep["model"], input_shape=[32, 32])),
+     "bad INFO reply: 'model.input_shape' is a list of 2 items, not 3"),
+    ("collect", {"source": "HELD"}, P.INFO, lambda req, rep: edit(rep, model={}),
+     "bad INFO reply: 'model.sha256' is missing"),
+    ("push", {}, P.INFO, lambda req, rep: ["not", "a", "dict"],
+     "bad INFO reply: the reply is a list of 3 items, not a dict"),
+]
+
+
+@pytest.mark.parametrize("name,opts,ftype,change,says", CASES,
+                         ids=[f"{c[0]}-{P.NAMES[c[2]]}-{i}" for i, c in enumerate(CASES)])
+def test_a_bad_reply_is_one_line_status_1_bye_and_nothing_lost(rig, name, opts, ftype, change,
+                                                                 says):
+    opts = {k: (rig.held if v == "HELD" else v) for k, v in opts.items()}
+    if name == "push":  # a board without the model, so that the push sends it
+        rig.where = rig.tmp / "blank"
+        rig.where.mkdir()
+    before = folder_state(rig.session.path)
+    rig.tamper = only(ftype, change)
+    rc, out, err = rig.cli(name, **opts)
+    line = one_line(err)
+    assert rc == 1 and says in line, line
+    assert out == ""
+    # the link works: the session said goodbye, and the board took it
+    assert rig.port.sent[-1] == P.BYE and not rig.port.agent.running
+    check_folder(rig.session.path)
+    after = folder_state(rig.session.path)
+    if name == "collect":  # the imported samples are kept on the PC, none lost
+        for k, v in before.items():
+            if k.startswith("dataset") and "manifest" not in k:
+                assert after[k].startswith(v), k
+        assert len(D.Dataset.open(rig.session.dataset_dir)) == (12 if ftype == P.INFO else 36)
+        before = {k: v for k, v in before.items() if not k.startswith("dataset")}
+        after = {k: v for k, v in after.items() if not k.startswith(("dataset", "eval"))}
+    assert after == before  # no run recorded, session.json as it was
+    # and the same board, answering properly, serves the next command
+    rig.tamper = None
+    rc, out, err = rig.cli(name, **opts)
+    assert rc == 0, err
+
+
+def test_params_save_with_a_bad_reply(rig):
+    rc, _, err = rig.cli("train", no_save=True)
+    assert rc == 0, err
+    rig.tamper = only(P.PARAMS_SAVE, lambda req, rep: "saved")
+    rc, out, err = rig.cli("params", action="save", json=False)
+    line = one_line(err)
+    assert rc == 1 and "bad PARAMS_SAVE reply: the reply is a str ('saved'), not a dict" in line
+    assert rig.port.sent[-1] == P.BYE
+
+
+def test_a_capture_of_the_wrong_size_is_not_stored(rig, monkeypatch):
+    monkeypatch.setitem(sys.modules, "sensor", SimSensor(SCENE, str(rig.where)))
+    rig.tamper = only(P.CAPTURE, lambda req, rep: edit(rep, data=rep["data"][:-1]))
+    before = folder_state(rig.session.path)
+    rc, _, err = rig.cli("collect", label=3, count=5)
+    line = one_line(err)
+    assert rc == 1 and "bad CAPTURE reply: 'data' holds 1023 bytes; a sample of the model is " \
+        "1024" in line and "collect interrupted" in line and "none lost" in line, line
+    assert P.CAPTURE_KEEP not in rig.port.sent and rig.port.sent[-1] == P.BYE
+    ds = D.Dataset.open(rig.session.dataset_dir)
+    assert len(ds) == 12  # nothing stored of the bad sample
+    check_folder(rig.session.path)
+    assert {k: v for k, v in folder_state(rig.session.path).items() if "manifest" not in k} == \
+        {k: v for k, v in before.items() if "manifest" not in k}
+
+
+def test_a_link_that_fails_during_a_command_gets_no_bye(rig):
+    # a failed link is closed without BYE (it could only time out), also when the command turns
+    # the LinkError into its own message; a bad reply (above) is not a failed link
+    rig.fail = lambda t: t == P.TRAIN_STEPS
+    rc, _, err = rig.cli("train")
+    line = one_line(err)
+    assert rc == 1 and "training interrupted" in line and "cannot write to the link" in line
+    sent = rig.port.sent
+    assert sent[-1] == P.TRAIN_STEPS and P.BYE not in sent
+
+
+def test_reply_fields_the_json_files_cannot_hold_are_written_whole(rig):
+    # values the PC does not read go into the run record as they came; bytes among them once
+    # stopped json.dump half-way through runs/train-0001.json.tmp (a traceback)
+    rig.tamper = only(P.TRAIN_END, lambda req, rep: edit(rep, stats=edit(rep["stats"],
+                                                                          blob=b"\x01\xff")))
+    rc, _, err = rig.cli("train")
+    assert rc == 0, err
+    check_folder(rig.session.path)
+    (rec,) = rig.session.runs("train")
+    assert rec["end"]["stats"]["blob"] == "01ff"
+
+
+# --- fuzz: every field of the INFO, TRAIN_* and PREDICT replies, dropped or of another type --
+
+# values of another type or range; a place that holds a number, a bool or nothing may well hold
+# the first few (None: not reported), a place the PC reads never the GARBAGE ones
+GARBAGE = ["x", b"\x00", {}, [1, 2, 3]]
+ODD = [None, -1, 2.5, True, float("nan")] + GARBAGE
+
+
+def _places(v, at=()):
+    """The places of a reply value: its dicts' keys, the items of its lists (the first of a long
+    one: the events of a TRAIN_STEPS reply are alike), nested."""
+    if isinstance(v, dict):
+        for k, x in v.items():
+            yield at + (k,)
+            yield from _places(x, at + (k,))
+    elif isinstance(v, list):
+        for i, x in enumerate(v[:1] if len(v) > 16 or at == ("events",) else v):
+            yield at + (i,)
+            yield from _places(x, at + (i,))
+
+
+def _mutants(sample):
+    """(description, function of a reply value giving the mutant, strict) for every place of
+    `sample`: dropped, and replaced by each ODD value; the whole reply replaced too. A strict
+    mutant must be refused or change nothing the commands report."""
+    for odd in ODD:
+        yield f"reply = {odd!r}", (lambda odd: lambda v: odd)(odd), True
+    for place in _places(sample):
+        def setter(place, odd=None, drop=False):
+            def f(v):
+                v = copy.deepcopy(v)
+                cur = v
+                for k in place[:-1]:
+                    try:
+                        cur = cur[k]
+                    except (KeyError, IndexError, TypeError):
+                        return v  # not in this reply (e.g. a later, shorter one)
+                try:
+                    if drop:
+                        del cur[place[-1]]
+                    else:
+                        cur[place[-1]] = odd
+                except (KeyError, IndexError, TypeError):
+                    pass
+                return v
+            return f
+        yield f"drop {place}", setter(place, drop=True), False
+        for odd in ODD:
+            yield f"{place} = {odd!r}", setter(place, odd), any(odd is g for g in GARBAGE)
+
+
+def _samples(rig):
+    """A clean run's replies, one of each type (the last)."""
+    seen = {}
+
+    def record(t, req, rep):
+        seen[t] = copy.deepcopy(rep)
+        return rep
+    rig.tamper = record
+    assert rig.cli("train")[0] == 0
+    assert rig.cli("eval")[0] == 0
+    rig.tamper = None
+    return seen
+
+
+def _fuzz(rig, ftype, commands):
+    """Each mutant of ftype's reply, given on every reply of that type, through `commands`:
+    each ends with one line and status 1 or 2, or with status 0 and a well-formed result (a
+    strict mutant: that of a clean run); no other exception, nothing half-written."""
+    sample = _samples(rig)[ftype]
+    clean = []
+    for name, opts in commands:
+        rc, out, err = rig.cli(name, **opts)
+        assert rc == 0, err
+        clean.append(_result(name, out))
+    n = bad = 0
+    first = commands[0]
+    keep = set(os.listdir(rig.session.runs_dir))
+    for what, mutate, strict in _mutants(sample):
+        rig.tamper = (lambda mutate: lambda t, req, rep: mutate(rep) if t == ftype else rep)(mutate)
+        refused = False
+        for (name, opts), want in zip(commands, clean):
+            try:
+                rc, out, err = rig.cli(name, **opts)
+            except Exception as e:  # noqa: BLE001 - what the test is about
+                pytest.fail(f"{P.NAMES[ftype]} {what}: `{name}` raised {type(e).__name__}: {e}")
+            n += 1
+            if rc == 0:
+                got = _result(name, out)
+                assert got == want or not strict, (P.NAMES[ftype], what, name)
+            else:
+                # 1: a bad reply; 2: a well-formed one that disagrees with the user's files
+                # (a model input of another shape than the samples'), which the PC cannot tell
+                bad += 1
+                refused = True
+                assert rc in (1, 2), (P.NAMES[ftype], what, name, err)
+                one_line(err)
+            check_folder(rig.session.path)
+        rig.tamper = None
+        if refused:  # the board, answering properly again, serves the next command
+            rc, out, err = rig.cli(first[0], **first[1])
+            assert rc == 0 and _result(first[0], out) == clean[0], (what, err)
+        for f in set(os.listdir(rig.session.runs_dir)) - keep:  # checked; not read again
+            os.remove(os.path.join(rig.session.runs_dir, f))
+    assert bad
+    return n
+
+
+def _result(name, out):
+    """What a command's --json output says that a reply's unread fields must not change (None:
+    its text output, which holds the host's times)."""
+    if not out.lstrip().startswith(("{", "[")):
+        return None
+    v = json.loads(out)
+    if name == "eval":
+        return [(r["accuracy"], r["n"], r["confusion"]) for r in v]
+    if name == "train":
+        return v["steps"], v["final_loss"], v["final_running_accuracy"]
+    if name == "collect":
+        return v["total"], v["per_class"]
+    if name == "report":
+        return v["train"]["steps"] if v.get("train") else None
+    return v.get("sha256")
+
+
+def test_fuzz_info_replies(rig):
+    # eval --pretrained: a mutant that makes push send the model again drops the personalised
+    # parameters (a new model), which would change their accuracy
+    assert _fuzz(rig, P.INFO, [("push", {}), ("eval", {"pretrained": True}),
+                               ("collect", {"source": rig.held, "eval": True}),
+                               ("push", {"json": False})]) > 1000
+
+
+def test_a_session_config_reads_only_what_info_must_hold(rig):
+    # the board line of `tinymp session` indexed INFO's implementation, firmware and tinymp
+    # version, which the table does not require (KeyError); a bad field stops the flow before the
+    # push, the session folder as it was
+    cfg = rig.tmp / "session.json"
+    cfg.write_text(json.dumps({"model": rig.model, "port": "sim", "session": rig.session.path,
+                               "collect": [{"from": rig.held}], "eval": rig.held,
+                               "train": {"steps": 3}, "plots": False}))
+    args = rig.args(config=str(cfg), m7=False)
+
+    def drop(req, rep):
+        return {k: v for k, v in rep.items() if k not in ("implementation", "firmware", "tinymp")}
+    rig.tamper = only(P.INFO, drop)
+    rig.capsys.readouterr()
+    assert no_hang(lambda: run.handle_errors(run.cmd_session, args)) == 0
+    rep = json.loads(rig.capsys.readouterr().out)
+    assert rep["train"]["steps"] == 3 and rep["accuracy_after"]["n"] == 24
+    before = folder_state(rig.session.path)
+    rig.tamper = only(P.INFO, lambda req, rep: edit(rep, romfs_state=edit(rep["romfs_state"],
+                                                                          bytes="64K")))
+    assert no_hang(lambda: run.handle_errors(run.cmd_session, args)) == 1
+    line = one_line(rig.capsys.readouterr().err.strip().splitlines())
+    assert "bad INFO reply: 'romfs_state.bytes' is a str ('64K'), not an integer >= 0" in line
+    assert folder_state(rig.session.path) == before
+
+
+def test_fuzz_predict_replies(rig):
+    assert _fuzz(rig, P.PREDICT, [("eval", {})]) >= 39
+
+
+@pytest.mark.parametrize("ftype", [P.TRAIN_START, P.TRAIN_STEPS, P.TRAIN_END],
+                         ids=["TRAIN_START", "TRAIN_STEPS", "TRAIN_END"])
+def test_fuzz_train_replies(rig, ftype):
+    # train --fresh: every run starts from the pretrained model, so a clean run's figures are the
+    # same each time; the report reads the run records back, and prints them
+    assert _fuzz(rig, ftype, [("train", {"fresh": True}), ("report", {}),
+                              ("report", {"json": False})]) > 100
+
+
+def test_the_checks_pass_what_the_agent_sends(rig, monkeypatch):
+    # every reply the table names, as the agent sends it in a whole session, passes; a type the
+    # table does not name is not checked
+    monkeypatch.setitem(sys.modules, "sensor", SimSensor(SCENE, str(rig.where)))
+    seen = {}
+
+    def record(t, req, rep):
+        seen.setdefault(t, []).append(copy.deepcopy(rep))
+        return rep
+    rig.tamper = record
+    rig.where = rig.tmp / "blank"
+    rig.where.mkdir()
+    for name, opts in (("push", {}), ("collect", {"source": rig.held}),
+                       ("collect", {"label": 3, "count": 5}), ("train", {}),
+                       ("train", {"no_save": True}),
+                       ("eval", {"trial": True}), ("params", {"action": "save"}),
+                       ("params", {"action": "rollback"}), ("params", {"action": "reset"})):
+        rc, _, err = rig.cli(name, **opts)
+        assert rc == 0, (name, err)
+    assert set(P.REPLIES) - {P.PUSH_ROMFS} <= set(seen)
+    for t, reps in seen.items():
+        for rep in reps:
+            assert P.reply_problem(t, rep) is None, (P.NAMES[t], rep)
+    assert P.reply_problem(P.PUSH_BEGIN, {"offset": True}) == \
+        "'offset' is a bool (True), not an integer >= 0"
+    assert P.reply_problem(0x7E, "anything") is None and P.reply_problem(P.BYE, None) is None
