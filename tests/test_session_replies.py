@@ -137,10 +137,13 @@ def no_hang(fn, seconds=60):
 
 
 def folder_state(path):
-    """{relative path: bytes} of every file under path."""
+    """{relative path: bytes} of every file under path (but the empty lock file a command leaves:
+    Session.lock)."""
     out = {}
     for dirpath, _, names in os.walk(path):
         for n in names:
+            if n == ".lock" and dirpath == path:
+                continue
             p = os.path.join(dirpath, n)
             with open(p, "rb") as f:
                 out[os.path.relpath(p, path)] = f.read()
