@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 import pytest
+from test_session_cli import _tree
 
 import tinymp
 from tinymp import boards, cli
@@ -26,12 +27,23 @@ def one_line(capsys):
     return err[0]
 
 
-def _tree(path):
-    out = []
-    for root, _, files in os.walk(path):
-        for f in files:
-            out.append(os.path.relpath(os.path.join(root, f), path))
-    return sorted(out)
+def sim_board(tmp_path):
+    """A simulated board (session folder tmp_path/s) holding the demo model."""
+    sess = C.Session(str(tmp_path / "s"))
+    b = link.open_board("sim:OPENMV_H7", sim_dir=sess.sim_dir("OPENMV_H7"), scene=SCENE)
+    C.push(b, open(DEMO, "rb").read(), show=False)
+    return b
+
+
+def with_samples(b, tmp_path, n):
+    """The scene's samples in the board model's format (x, y) and a session dataset holding
+    the first n of them."""
+    meta = C.model_meta(b.info)
+    x, y, src = D.load_samples(SCENE, meta["input_shape"], meta["input_scale"],
+                               meta["input_zero_point"], meta["num_classes"])
+    ds = C.open_dataset(C.Session(str(tmp_path / "s")), meta, "sim")
+    C.import_samples(ds, x[:n], y[:n], src[:n], show=False)
+    return x, y, ds
 
 
 @pytest.fixture(scope="module")
@@ -173,14 +185,8 @@ def test_the_session_keeps_its_simulated_board(tmp_path, capsys):
 # --- resuming a saved run -------------------------------------------------------------------
 
 def test_a_saved_run_goes_on_only_with_its_method(tmp_path):
-    sess = C.Session(str(tmp_path / "s"))
-    with link.open_board("sim:OPENMV_H7", sim_dir=sess.sim_dir("OPENMV_H7"), scene=SCENE) as b:
-        C.push(b, open(DEMO, "rb").read(), show=False)
-        meta = C.model_meta(b.info)
-        x, y, src = D.load_samples(SCENE, meta["input_shape"], meta["input_scale"],
-                                   meta["input_zero_point"], meta["num_classes"])
-        ds = C.open_dataset(sess, meta, "sim")
-        C.import_samples(ds, x[:8], y[:8], src[:8], show=False)
+    with sim_board(tmp_path) as b:
+        x, y, ds = with_samples(b, tmp_path, 8)
         first = C.train(b, ds, {"method": "tinymp"}, steps=3, show=False)
         assert not first["start"]["resumed"]
         # no method is the default one: the same run, which goes on (was: a silent fresh start)
@@ -241,14 +247,8 @@ def test_negative_numbers_in_exponent_form_are_numbers():
 def test_rollback_and_reset_bring_back_the_parameters_with_their_options(tmp_path):
     # a run of another method, then rollback: the board must use the earlier run's options to
     # make the trainer its parameters belong to (was: the newer run's, so they did not load)
-    sess = C.Session(str(tmp_path / "s"))
-    with link.open_board("sim:OPENMV_H7", sim_dir=sess.sim_dir("OPENMV_H7"), scene=SCENE) as b:
-        C.push(b, open(DEMO, "rb").read(), show=False)
-        meta = C.model_meta(b.info)
-        x, y, src = D.load_samples(SCENE, meta["input_shape"], meta["input_scale"],
-                                   meta["input_zero_point"], meta["num_classes"])
-        ds = C.open_dataset(sess, meta, "sim")
-        C.import_samples(ds, x[:20], y[:20], src[:20], show=False)
+    with sim_board(tmp_path) as b:
+        x, y, ds = with_samples(b, tmp_path, 20)
         C.train(b, ds, {"method": "last", "lr": 0.05}, steps=20, show=False)
         first = C.evaluate(b, x, y, show=False)
         C.train(b, ds, {"method": "bias", "lr": 0.05}, steps=20, show=False)

@@ -21,6 +21,7 @@ import time
 
 import numpy as np
 
+from .._files import atomic_write
 from . import protocol as P
 from .dataset import Dataset, DatasetError, disk_full, load_samples
 from .link import BoardError, LinkError, ReplyError
@@ -206,22 +207,9 @@ def _json_default(v):
 
 def _write_json(path, obj, indent=None):
     """Write `obj` to `path` whole or not at all: the text is made before the file is touched (a
-    value json cannot write once stopped json.dump half-way through the .tmp), then written to a
-    .tmp, flushed to the disk and renamed; a failure leaves no .tmp behind."""
-    text = json.dumps(obj, indent=indent, default=_json_default)
-    tmp = path + ".tmp"
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
-        raise
+    value json cannot write once stopped json.dump half-way through the .tmp), then written
+    atomically (_files.atomic_write: a .tmp, fsync, rename; a failure leaves no .tmp)."""
+    atomic_write(path, json.dumps(obj, indent=indent, default=_json_default).encode())
 
 
 def model_meta(info):
