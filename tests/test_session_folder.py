@@ -267,3 +267,17 @@ def test_rollback_and_reset_bring_back_the_parameters_with_their_options(tmp_pat
         b.request(C.P.PARAMS_ROLLBACK)
         assert C.evaluate(b, x, y, show=False)["params"] == "personalised"
         assert C.train(b, ds, {"method": "last"}, steps=1, show=False)["start"]["resumed"]
+
+
+def test_a_folder_that_cannot_be_locked_is_used_unlocked(tmp_path, monkeypatch):
+    # e.g. an NFS mount without locks (ENOLCK): not "another command", which is not there
+    import errno
+    import fcntl
+
+    def no_locks(f, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    ran = []
+    with C.Session(str(tmp_path / "s")).lock():
+        ran.append(True)
+    assert ran == [True]

@@ -13,6 +13,7 @@ checks each against what the PC reads of it (protocol.reply_problem), and the lo
 that each reply advances the transfer; a bad reply is a `ReplyError` (a LinkError, status 1).
 """
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -119,7 +120,12 @@ class Session:
         with f:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
+            except OSError as e:
+                if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    # a filesystem without locks (ENOLCK on some NFS mounts): go on unlocked
+                    # rather than report a command that is not there
+                    yield
+                    return
                 f.seek(0)
                 who = f.read().strip()
                 raise SessionError(f"tinymp: another tinymp command ({who or 'a process'}) is "

@@ -28,12 +28,10 @@ def _session(args):
     return C.Session(args.session)
 
 
-SIM_SUFFIX = " (simulated)"  # simboard.board_config: a simulated board's name
-
-
 def _sim_profile(args, session):
     """The simulated board's profile: --board, else the one this session's model was pushed to
     (its flash is in SESSION/sim/PROFILE), else the default."""
+    from .simboard import SIM_SUFFIX
     if getattr(args, "board", None):
         return args.board
     b = session.state.get("board") or {}

@@ -34,6 +34,7 @@ import tty
 
 from .. import boards
 
+SIM_SUFFIX = " (simulated)"  # a simulated board's name: its profile's name and this
 SCALE = 3  # simulated camera frames: scene images enlarged SCALE times
 
 
@@ -287,7 +288,7 @@ def sim_romfs(profile, sim_dir, crash=None):
 def board_config(profile):
     p = profile
     return {
-        "name": p["name"] + " (simulated)",
+        "name": p["name"] + SIM_SUFFIX,
         "simulated": True,
         "arena_budget": p["arena_budget_bytes"],
         "model_flash": p["model_flash_bytes"],
