@@ -2238,18 +2238,23 @@ static int fit_progress(void *ctx, uint32_t epoch, uint32_t done, float loss, in
     if (f->error) {
         return 1; /* a cache file raised during this step: stop, fit() raises it */
     }
-    if (f->progress == NULL || f->progress == Py_None) {
-        return 0;
+    int stop = 0;
+    if (f->progress != NULL && f->progress != Py_None) {
+        PyObject *r = PyObject_CallFunction(f->progress, "IIdO", epoch, done, (double)loss,
+            correct ? Py_True : Py_False);
+        if (r == NULL) {
+            f->error = 1;
+            return 1;
+        }
+        stop = PyObject_IsTrue(r);
+        Py_DECREF(r);
+        if (stop < 0) {
+            f->error = 1;
+            return 1;
+        }
     }
-    PyObject *r = PyObject_CallFunction(f->progress, "IIdO", epoch, done, (double)loss,
-        correct ? Py_True : Py_False);
-    if (r == NULL) {
-        f->error = 1;
-        return 1;
-    }
-    int stop = PyObject_IsTrue(r);
-    Py_DECREF(r);
-    if (stop < 0) {
+    /* Ctrl-C stops a long fit() between steps, as on the board (it raises KeyboardInterrupt) */
+    if (PyErr_CheckSignals() < 0) {
         f->error = 1;
         return 1;
     }

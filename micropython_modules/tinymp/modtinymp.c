@@ -75,6 +75,27 @@ MP_WEAK float logf(float x) {
 }
 #endif
 
+// The unix port (MICROPY_ASYNC_KBD_INTR) raises KeyboardInterrupt from its SIGINT handler in
+// whatever C code runs at that moment. A step cut there leaves the parameters, their momentum and
+// the APU state half updated, so SIGINT is held while the engine changes a trainer and taken when
+// that call is over (in fit(): between steps, where a board takes Ctrl-C). Other ports only
+// schedule the exception, which runs at the next mp_handle_pending().
+#if MICROPY_ASYNC_KBD_INTR && !defined(_WIN32)
+#include <signal.h>
+static void kbd_hold(bool hold) {
+    sigset_t s;
+    sigemptyset(&s);
+    sigaddset(&s, SIGINT);
+    sigprocmask(hold ? SIG_BLOCK : SIG_UNBLOCK, &s, NULL);
+}
+#define KBD_ASYNC (1)
+#else
+static inline void kbd_hold(bool hold) {
+    (void)hold;
+}
+#define KBD_ASYNC (0)
+#endif
+
 typedef struct _tinymp_model_obj_t {
     mp_obj_base_t base;
     mp_obj_t owner;          // object whose memory holds the model (user's object, file, or copy)
@@ -1299,7 +1320,9 @@ static mp_obj_t tinymp_trainer_step(size_t n_args, const mp_obj_t *pos_args, mp_
     }
     #endif
     float loss = 0.0f;
+    kbd_hold(true);
     tmp_status st = tmp_trainer_step(&self->t, (const int8_t *)xb.buf, label, &loss);
+    kbd_hold(false);
     trainer_status(self, st, "training step");
     if (out != mp_const_none) {
         memcpy(ob.buf, &loss, sizeof loss); // `out` may be misaligned
@@ -1365,7 +1388,10 @@ static MP_DEFINE_CONST_FUN_OBJ_KW(tinymp_trainer_logits_obj, 1, tinymp_trainer_l
 static mp_obj_t tinymp_trainer_end_period(mp_obj_t self_in) {
     tinymp_trainer_obj_t *self = MP_OBJ_TO_PTR(self_in);
     trainer_check(self);
-    trainer_status(self, tmp_trainer_end_period(&self->t), "end of period");
+    kbd_hold(true);
+    tmp_status st = tmp_trainer_end_period(&self->t);
+    kbd_hold(false);
+    trainer_status(self, st, "end of period");
     return mp_const_none;
 }
 static MP_DEFINE_CONST_FUN_OBJ_1(tinymp_trainer_end_period_obj, tinymp_trainer_end_period);
@@ -1374,7 +1400,10 @@ static MP_DEFINE_CONST_FUN_OBJ_1(tinymp_trainer_end_period_obj, tinymp_trainer_e
 static mp_obj_t tinymp_trainer_reset(mp_obj_t self_in) {
     tinymp_trainer_obj_t *self = MP_OBJ_TO_PTR(self_in);
     trainer_check(self);
-    trainer_status(self, tmp_trainer_reset(&self->t), "reset");
+    kbd_hold(true);
+    tmp_status st = tmp_trainer_reset(&self->t);
+    kbd_hold(false);
+    trainer_status(self, st, "reset");
     return mp_const_none;
 }
 static MP_DEFINE_CONST_FUN_OBJ_1(tinymp_trainer_reset_obj, tinymp_trainer_reset);
@@ -1541,7 +1570,9 @@ static void params_reset_after_failure(tinymp_trainer_obj_t *self) {
     nlr_buf_t nlr;
     if (nlr_push(&nlr) == 0) {
         trainer_check(self);
+        kbd_hold(true);
         tmp_trainer_reset(&self->t);
+        kbd_hold(false);
         nlr_pop();
     }
 }
@@ -1796,6 +1827,7 @@ static int fit_progress(void *ctx, uint32_t epoch, uint32_t done, float loss, in
         return 1;
     }
     int stop = 0;
+    kbd_hold(false); // the step is over: a held SIGINT raises here
     if (f->progress != mp_const_none) {
         mp_obj_t a[4] = { mp_obj_new_int_from_uint(epoch), mp_obj_new_int_from_uint(done),
                           mp_obj_new_float((mp_float_t)loss), mp_obj_new_bool(correct) };
@@ -1804,6 +1836,7 @@ static int fit_progress(void *ctx, uint32_t epoch, uint32_t done, float loss, in
     // a long fit() stays interruptible on a board (Ctrl-C, KeyboardInterrupt), between steps
     mp_handle_pending(true);
     trainer_check(f->self); // Python ran: follow a moved arena or model before the next step
+    kbd_hold(true);
     return stop;
 }
 
@@ -1911,7 +1944,21 @@ static mp_obj_t tinymp_trainer_fit(size_t n_args, const mp_obj_t *pos_args, mp_m
     f.losses = mp_obj_new_list(0, NULL);
     f.accs = mp_obj_new_list(0, NULL);
     tmp_fit_stats st;
-    tmp_status s = tmp_trainer_fit(&self->t, (uint32_t)n, epochs, flags, &io, &st);
+    tmp_status s;
+    #if KBD_ASYNC
+    nlr_buf_t nlr;
+    kbd_hold(true);
+    if (nlr_push(&nlr) == 0) {
+        s = tmp_trainer_fit(&self->t, (uint32_t)n, epochs, flags, &io, &st);
+        nlr_pop();
+        kbd_hold(false);
+    } else { // a sample, the cache file or progress raised (or Ctrl-C between steps)
+        kbd_hold(false);
+        nlr_jump(nlr.ret_val);
+    }
+    #else
+    s = tmp_trainer_fit(&self->t, (uint32_t)n, epochs, flags, &io, &st);
+    #endif
     if (f.pending != MP_OBJ_NULL) {
         nlr_raise(f.pending);
     }
