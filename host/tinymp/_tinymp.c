@@ -1769,6 +1769,12 @@ static int step_error(TrainerObject *self, tmp_status st, const char *what) {
     if (st == TMP_ERR_FORMAT || st == TMP_ERR_SIZE) {
         PyErr_Format(PyExc_ValueError, "tinymp: the model data changed after loading (%s: %s)", what,
             tmp_status_name(st));
+    } else if (st == TMP_ERR_ARG && self->own_arena == NULL) {
+        /* the arguments were checked before the call: what the engine refused is the training
+         * state it keeps in the caller's arena */
+        PyErr_Format(PyExc_RuntimeError, "tinymp: %s failed: the training state in the arena is not "
+            "valid (the arena buffer given to Trainer() was written to); reset() goes back to the "
+            "pretrained parameters", what);
     } else {
         PyErr_Format(PyExc_RuntimeError, "tinymp: %s failed (%s)", what, tmp_status_name(st));
     }

@@ -1190,6 +1190,12 @@ static void trainer_status(tinymp_trainer_obj_t *self, tmp_status st, const char
         mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("tinymp: the model data changed after loading (%s: %s)"),
             what, tmp_status_name(st));
     }
+    if (st == TMP_ERR_ARG && self->own_arena == NULL) {
+        // the arguments were checked before the call: what the engine refused is the training
+        // state it keeps in the caller's arena
+        mp_raise_msg_varg(&mp_type_RuntimeError, MP_ERROR_TEXT("tinymp: %s failed: the training state in the arena is "
+            "not valid (the arena buffer given to Trainer() was written to); reset() goes back to the pretrained parameters"), what);
+    }
     mp_raise_msg_varg(&mp_type_RuntimeError, MP_ERROR_TEXT("tinymp: %s failed (%s)"), what, tmp_status_name(st));
 }
 

@@ -272,6 +272,17 @@ del ta
 gc.collect()
 print("plan outlives its trainer", pa.arena_bytes, pa.method)
 
+print("-- a caller's arena written to between steps")
+pw = m.plan("tinymp")
+buf = bytearray(pw.arena_bytes)
+tw = tinymp.Trainer(m, pw, lr=0.05, arena=buf)
+tw.step(xs[0], ys[0])
+buf[:] = b"\xff" * len(buf)  # the trained weights and the APU state live in the arena
+show("step", tw.step, xs[0], ys[0])
+tw.reset()
+tr = tinymp.Trainer(m, pw, lr=0.05)
+print("reset() starts again", [tw.step(xs[i], ys[i]) for i in range(4)] == [tr.step(xs[i], ys[i]) for i in range(4)])
+
 print("-- crc32")
 print(tinymp.crc32(b""), tinymp.crc32(b"123456789") == 0xCBF43926,
       tinymp.crc32(b"6789", tinymp.crc32(b"12345")) == 0xCBF43926,
