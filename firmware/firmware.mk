@@ -22,13 +22,16 @@
 #   make natmod ARCH=armv7emsp|x64      tinymp.mpy, a dynamic native module -> build/natmod-ARCH/tinymp.mpy
 #
 # MICROPY_DIR: a MicroPython source tree (default build/micropython, cloned at MICROPY_VERSION when
-# absent; set it to an existing tree to build offline). The unix and qemu builds need no git
-# submodule with the options used here; NUCLEO_H743ZI2 needs lib/stm32lib, lib/tinyusb and
-# lib/micropython-lib, ESP32_S3 lib/berkeley-db-1.xx and lib/micropython-lib (FW_SUBMODULES): in
-# the cloned tree the Makefile fetches them, in a tree of yours it names the command. FW_PYTHON
-# runs MicroPython's Python tools (run-tests.py and pydfu need pyserial / pyusb; mpy_ld.py for
-# natmod needs pyelftools). DRY_RUN=1 prints the commands of firmware/flash for NUCLEO_H743ZI2, OPENMV_H7 and
-# ESP32_S3 instead of running them (no tree, toolchain or device needed).
+# absent; set it to an existing tree to build offline). Nothing is written into
+# that tree: the outputs, and mpy-cross (which MicroPython builds inside its own tree by default),
+# go under BUILD (default build/), and MicroPython's Python tools write no __pycache__ there.
+# The unix and qemu builds need no git submodule with the options used here; NUCLEO_H743ZI2 needs
+# lib/stm32lib, lib/tinyusb and lib/micropython-lib, ESP32_S3 lib/berkeley-db-1.xx and
+# lib/micropython-lib (FW_SUBMODULES): in the cloned tree the Makefile fetches them, in a tree of
+# yours it names the command. FW_PYTHON runs MicroPython's Python tools (run-tests.py and pydfu
+# need pyserial / pyusb; mpy_ld.py for natmod needs pyelftools). DRY_RUN=1 prints the commands of
+# firmware/flash for NUCLEO_H743ZI2, OPENMV_H7 and ESP32_S3 instead of running them (no tree,
+# toolchain or device needed).
 
 MICROPY_VERSION ?= v1.28.0
 MICROPY_REPO ?= https://github.com/micropython/micropython
@@ -41,6 +44,15 @@ FW_PY := $(if $(findstring /,$(FW_PYTHON)),$(abspath $(FW_PYTHON)),$(FW_PYTHON))
 
 FW_MODULES := $(abspath micropython_modules)
 FW_MP := $(abspath $(MICROPY_DIR))
+# Every output under BUILD (the top-level Makefile's, default build): a firmware in a folder per
+# board, mpy-cross (MicroPython's cross-compiler, which freezing needs) in mpy-cross/.
+FW_OUTDIR := $(abspath $(or $(BUILD),build))
+FW_MPYCROSS_BUILD := $(FW_OUTDIR)/mpy-cross
+FW_MPYCROSS := $(FW_MPYCROSS_BUILD)/mpy-cross
+# The sub-makes: none of this make's command-line variables (MAKEFLAGS), no __pycache__ written
+# into MICROPY_DIR by its Python tools, and our mpy-cross (MICROPY_MPYCROSS: py/mkenv.mk, the
+# esp32 port's CMake and tools/makemanifest.py read it from the environment).
+FW_SUBMAKE := env -u MAKEFLAGS PYTHONDONTWRITEBYTECODE=1 MICROPY_MPYCROSS=$(FW_MPYCROSS) $(MAKE)
 FW_TESTS := $(abspath tests/device)
 FW_BOARDS := UNIX UNIX_FLOAT QEMU_M7 QEMU_M7_FLOAT NUCLEO_H743ZI2 OPENMV_H7 ESP32_S3
 
@@ -59,18 +71,18 @@ FW_USERMOD := $(FW_MODULES)
 FW_SUBMODULES :=
 FW_KIND := micropython
 ifeq ($(BOARD),UNIX)
-FW_BUILD := $(abspath build/unix)
+FW_BUILD := $(FW_OUTDIR)/unix
 FW_OUT := $(FW_BUILD)/micropython
 FW_MAKE := -C $(FW_MP)/ports/unix $(FW_UNIX_OPTS)
 FW_RUN_TESTS := MICROPY_MICROPYTHON=$(FW_OUT) $(FW_PY) ./run-tests.py -t unix
 else ifeq ($(BOARD),UNIX_FLOAT)
-FW_BUILD := $(abspath build/unix-float)
+FW_BUILD := $(FW_OUTDIR)/unix-float
 FW_OUT := $(FW_BUILD)/micropython
 FW_MAKE := -C $(FW_MP)/ports/unix $(FW_UNIX_OPTS) \
     CFLAGS_EXTRA=-DMICROPY_FLOAT_IMPL=MICROPY_FLOAT_IMPL_FLOAT
 FW_RUN_TESTS := MICROPY_MICROPYTHON=$(FW_OUT) $(FW_PY) ./run-tests.py -t unix
 else ifneq ($(filter QEMU_M7 QEMU_M7_FLOAT,$(BOARD)),)
-FW_BUILD := $(abspath build/$(if $(filter QEMU_M7,$(BOARD)),qemu-m7,qemu-m7-float))
+FW_BUILD := $(FW_OUTDIR)/$(if $(filter QEMU_M7,$(BOARD)),qemu-m7,qemu-m7-float)
 FW_OUT := $(FW_BUILD)/firmware.elf
 FW_MAKE := -C $(FW_MP)/ports/qemu BOARD=MPS2_AN500 FROZEN_MANIFEST= \
     $(if $(filter QEMU_M7_FLOAT,$(BOARD)),MICROPY_FLOAT_IMPL=float)
@@ -81,14 +93,14 @@ else ifeq ($(BOARD),NUCLEO_H743ZI2)
 # stm32 port with our out-of-tree board folder (flash layout with a ROMFS partition, frozen
 # helpers). No networking: stm32lib, tinyusb and micropython-lib (which freezing always checks for)
 # are the only submodules needed.
-FW_BUILD := $(abspath build/nucleo-h743zi2)
+FW_BUILD := $(FW_OUTDIR)/nucleo-h743zi2
 FW_OUT := $(FW_BUILD)/firmware.dfu
 FW_MAKE := -C $(FW_MP)/ports/stm32 BOARD_DIR=$(abspath boards/NUCLEO_H743ZI2)
 FW_SUBMODULES := lib/stm32lib lib/tinyusb lib/micropython-lib
 FW_NEEDS_ARM := 1
 else ifeq ($(BOARD),ESP32_S3)
 # esp32 port (CMake under ESP-IDF's idf.py): USER_C_MODULES names the top-level CMake file.
-FW_BUILD := $(abspath build/esp32-s3)
+FW_BUILD := $(FW_OUTDIR)/esp32-s3
 FW_OUT := $(FW_BUILD)/firmware.bin
 FW_MAKE := -C $(FW_MP)/ports/esp32 BOARD_DIR=$(abspath boards/ESP32_S3)
 FW_USERMOD := $(FW_MODULES)/micropython.cmake
@@ -136,7 +148,8 @@ micropython-submodules: micropython-tree
 	fi
 
 # The sub-makes get all their variables on their own command line: `env -u MAKEFLAGS` keeps this
-# make's command-line variables (BOARD=UNIX, ...) away from MicroPython's Makefiles.
+# make's command-line variables (BOARD=UNIX, ...) from being re-read as MicroPython's own (make
+# still exports them to the environment, which the sub-makes' command lines override).
 ifdef FW_BAD_BOARD
 firmware firmware-test firmware-size flash:
 	@echo "error: unknown BOARD=$(BOARD); use one of $(FW_BOARDS)"; exit 1
@@ -154,15 +167,16 @@ ifndef FW_DRY
 	  echo "       '. <esp-idf>/export.sh' in this shell (see the README's firmware section)"; \
 	  exit 1; fi
 endif
-	$(FW_RUN) env -u MAKEFLAGS $(MAKE) -j$(FW_JOBS) -C $(FW_MP)/mpy-cross
-	$(FW_RUN) env -u MAKEFLAGS $(MAKE) -j$(FW_JOBS) $(FW_MAKE) USER_C_MODULES=$(FW_USERMOD) BUILD=$(FW_BUILD)
+	$(FW_RUN) $(FW_SUBMAKE) -j$(FW_JOBS) -C $(FW_MP)/mpy-cross BUILD=$(FW_MPYCROSS_BUILD) USER_C_MODULES=
+	$(FW_RUN) $(FW_SUBMAKE) -j$(FW_JOBS) $(FW_MAKE) USER_C_MODULES=$(FW_USERMOD) BUILD=$(FW_BUILD) \
+	    MICROPY_MPYCROSS=$(FW_MPYCROSS)
 	@echo "firmware BOARD=$(BOARD): $(FW_OUT)"
 
 # run-tests.py runs every tests/device/*.py on the target and compares with its .py.exp
 # (make_models.py is the generator of the embedded models, not a test).
 ifdef FW_RUN_TESTS
 firmware-test: firmware
-	cd $(FW_MP)/tests && $(FW_RUN_TESTS) -r $(FW_BUILD)/test-results -e make_models -d $(FW_TESTS)
+	cd $(FW_MP)/tests && PYTHONDONTWRITEBYTECODE=1 $(FW_RUN_TESTS) -r $(FW_BUILD)/test-results -e make_models -d $(FW_TESTS)
 else
 firmware-test:
 	@echo "error: firmware-test runs on UNIX, UNIX_FLOAT, QEMU_M7 and QEMU_M7_FLOAT (BOARD=$(BOARD) needs its device)"; exit 1
@@ -180,7 +194,7 @@ endif
 # ------------------------------------------------------------------ dynamic native module
 
 ARCH ?= armv7emsp
-NATMOD_BUILD := $(abspath build/natmod-$(ARCH))
+NATMOD_BUILD := $(FW_OUTDIR)/natmod-$(ARCH)
 NATMOD_MAKEFILE := $(abspath micropython_modules/tinymp/natmod/Makefile)
 
 natmod: micropython-tree
@@ -189,6 +203,6 @@ natmod: micropython-tree
 	@$(FW_PY) -c "import elftools" 2>/dev/null || { \
 	  echo "error: MicroPython's mpy_ld.py needs pyelftools: $(FW_PY) -m pip install pyelftools"; exit 1; }
 	@mkdir -p $(NATMOD_BUILD)
-	env -u MAKEFLAGS $(MAKE) -C $(NATMOD_BUILD) -f $(NATMOD_MAKEFILE) MPY_DIR=$(FW_MP) ARCH=$(ARCH) \
-	    PYTHON=$(FW_PY)
+	$(FW_SUBMAKE) -C $(NATMOD_BUILD) -f $(NATMOD_MAKEFILE) MPY_DIR=$(FW_MP) ARCH=$(ARCH) \
+	    PYTHON=$(FW_PY) BUILD=obj
 	@echo "natmod ARCH=$(ARCH): $(NATMOD_BUILD)/tinymp.mpy"

@@ -25,7 +25,7 @@ OPENMV_ABS := $(abspath $(OPENMV_DIR))
 OPENMV_BIN := $(OPENMV_ABS)/build/$(OPENMV_TARGET)/bin
 OPENMV_MANIFEST := $(abspath boards/OPENMV_H7/manifest.py)
 OPENMV_LINK := $(OPENMV_ABS)/tinymp
-FW_BUILD := $(abspath build/openmv-h7)
+FW_BUILD := $(FW_OUTDIR)/openmv-h7
 FW_OUT := $(FW_BUILD)/firmware.bin
 
 # OpenMV's firmware.bin is linked behind its bootloader, at OMV_FIRM_ADDR of boards/OPENMV4.

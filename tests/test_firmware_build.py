@@ -37,13 +37,38 @@ def nucleo():
                     f"(git -C {MICROPY_DIR} submodule update --init {' '.join(missing)})")
     if shutil.which("arm-none-eabi-gcc") is None:
         pytest.skip("needs arm-none-eabi-gcc (apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi)")
-    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS")}
+    # as in a maker's shell: Python writes __pycache__ folders unless told not to
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MAKEFLAGS", "MFLAGS", "PYTHONDONTWRITEBYTECODE")}
+    before = tree_files(MICROPY_DIR)
     r = subprocess.run(["make", "-C", ROOT, "firmware", "BOARD=NUCLEO_H743ZI2",
                         f"MICROPY_DIR={MICROPY_DIR}", f"FW_PYTHON={sys.executable}"],
                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, timeout=3600)
     log = r.stdout.decode("utf-8", "replace")
     assert r.returncode == 0, log[-5000:]
+    TREE_CHANGES.update(changed=sorted(set(tree_files(MICROPY_DIR).items()) - set(before.items())))
     return os.path.join(BUILD, "firmware.elf")
+
+
+TREE_CHANGES = {}
+
+
+def tree_files(top):
+    """{path: mtime} of every file and folder of a MicroPython tree but its .git."""
+    out = {}
+    for d, dirs, files in os.walk(top):
+        dirs[:] = [x for x in dirs if not (d == top and x == ".git")]
+        for name in dirs + files:
+            p = os.path.join(d, name)
+            out[os.path.relpath(p, top)] = os.lstat(p).st_mtime_ns
+    return out
+
+
+def test_micropython_dir_is_left_as_it_was(nucleo):
+    """The build writes only under build/: not mpy-cross/build nor __pycache__ in MICROPY_DIR
+    (which may be shared, or not the maker's to write)."""
+    assert TREE_CHANGES["changed"] == [], "the build wrote into MICROPY_DIR: %s" % (
+        [p for p, _ in TREE_CHANGES["changed"]][:20])
 
 
 def tool(name, *args):

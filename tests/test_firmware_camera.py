@@ -370,8 +370,11 @@ def test_examples_compile_for_micropython():
     assert len(files) == 4
     for f in files:
         compile(open(f).read(), f, "exec")
-    cross = os.path.join(MICROPY_DIR or "", "mpy-cross", "build", "mpy-cross")
-    if MICROPY_DIR and os.path.isfile(cross):
+    # mpy-cross as `make firmware` builds it (under build/), else where MicroPython's own make puts it
+    crosses = [os.path.join(ROOT, "build", "mpy-cross", "mpy-cross"),
+               os.path.join(MICROPY_DIR or "", "mpy-cross", "build", "mpy-cross")]
+    cross = next((c for c in crosses if os.path.isfile(c)), None)
+    if MICROPY_DIR and cross:
         for f in files:
             r = subprocess.run([cross, "-o", os.devnull, f], stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT)

@@ -18,8 +18,9 @@ TINYMP = os.path.join(ROOT, "micropython_modules", "tinymp")
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 
 
-def make(*args, ok=True):
-    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "BOARD", "PORT")}
+def make(*args, ok=True, env=None):
+    base = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "BOARD", "PORT")}
+    env = dict(base, **(env or {}))
     r = subprocess.run(["make", "--no-print-directory", "-C", ROOT] + list(args),
                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, timeout=120)
     out = r.stdout.decode()
@@ -34,6 +35,21 @@ def line_with(out, word):
     lines = [ln for ln in out.splitlines() if word in ln.split()[:4] or ln.startswith(word)]
     assert lines, f"no command line with {word!r} in:\n{out}"
     return shlex.split(lines[0])
+
+
+def fake_tree(path, version=(1, 28, 0), submodules=()):
+    """A stand-in MicroPython source tree: the files the Makefile reads to recognise a tree and
+    its version, and the submodule folders asked for, not empty."""
+    (path / "py").mkdir(parents=True)
+    (path / "py" / "mkenv.mk").write_text("")
+    (path / "py" / "mpconfig.h").write_text(
+        "#define MICROPY_VERSION_MAJOR %d\n#define MICROPY_VERSION_MINOR %d\n"
+        "#define MICROPY_VERSION_MICRO %d\n#define MICROPY_VERSION_PRERELEASE 0\n"
+        "#if MICROPY_VERSION_PRERELEASE\n#endif\n" % version)
+    for sub in submodules:
+        (path / sub).mkdir(parents=True)
+        (path / sub / "README.md").write_text("x")
+    return path
 
 
 # ------------------------------------------------------------------ NUCLEO-H743ZI2
@@ -319,3 +335,81 @@ def test_esp32_board_cmake_and_the_sdkconfig_it_makes(tmp_path):
         assert settings["CONFIG_SPIRAM_MODE_OCT"] == "y" and settings["CONFIG_SPIRAM_MODE_QUAD"] == ""
         assert settings["CONFIG_ESP_DEFAULT_CPU_FREQ_MHZ"] == "240"
         assert settings["CONFIG_SPIRAM"] == "y"
+
+
+# ------------------------------------------------------------------ a maker's failure paths
+#
+# What a maker meets when something is missing: one line starting with "error:" that names the
+# fix (make's own "make: *** [...] Error 1" trailer aside), never a traceback or a tool's usage.
+
+
+
+# MicroPython's Makefiles, played by stand-ins that do what the real ones do with what they are
+# given: build into BUILD (default: a folder inside the tree), run a Python tool of the tree (which
+# leaves a __pycache__ beside it unless PYTHONDONTWRITEBYTECODE is set) and note which mpy-cross
+# the build would use.
+STANDIN_MPY_CROSS = """BUILD ?= build
+all:
+\tmkdir -p $(BUILD) && echo mpy-cross > $(BUILD)/mpy-cross
+"""
+STANDIN_PORT = """TOP := $(abspath ../..)
+BUILD ?= build-standard
+all:
+\tmkdir -p $(BUILD)
+\tpython3 -c "import sys; sys.path.insert(0, '$(TOP)/py'); import maketool"
+\techo "mpy-cross=$${MICROPY_MPYCROSS:-$(TOP)/mpy-cross/build/mpy-cross}" > $(BUILD)/micropython
+"""
+
+
+def standin_tree(path, version=(1, 28, 0)):
+    mp = fake_tree(path, version)
+    (mp / "py" / "maketool.py").write_text("X = 1\n")
+    (mp / "mpy-cross").mkdir()
+    (mp / "mpy-cross" / "Makefile").write_text(STANDIN_MPY_CROSS)
+    (mp / "ports" / "unix").mkdir(parents=True)
+    (mp / "ports" / "unix" / "Makefile").write_text(STANDIN_PORT)
+    return mp
+
+
+def files_under(path):
+    return sorted(os.path.relpath(os.path.join(d, f), path)
+                  for d, dirs, fs in os.walk(path) for f in fs + dirs)
+
+
+def test_build_writes_nothing_into_micropython_dir(tmp_path):
+    """A maker's tree (perhaps shared, or not theirs to write) stays as it was: mpy-cross and the
+    firmware go under BUILD, MicroPython's Python tools write no __pycache__ there, and the port
+    uses that mpy-cross."""
+    if shutil.which("gcc") is None:
+        pytest.skip("the firmware target needs the host's gcc")
+    mp = standin_tree(tmp_path / "mp")
+    before = files_under(mp)
+    build = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    r = subprocess.run(["make", "--no-print-directory", "-C", ROOT, "firmware", "BOARD=UNIX",
+                        f"MICROPY_DIR={mp}", f"BUILD={build}"],
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120,
+                       env={k: v for k, v in env.items() if k not in ("MAKEFLAGS", "MFLAGS")})
+    out = r.stdout.decode()
+    assert r.returncode == 0, out
+    assert files_under(mp) == before, "written into MICROPY_DIR: %s" % (
+        sorted(set(files_under(mp)) - set(before)))
+    assert (build / "mpy-cross" / "mpy-cross").is_file()
+    assert (build / "unix" / "micropython").read_text().strip() == \
+        f"mpy-cross={build}/mpy-cross/mpy-cross"
+    assert f"firmware BOARD=UNIX: {build}/unix/micropython" in out
+
+
+def test_build_dir_moves_every_output(tmp_path):
+    out = make("firmware", "BOARD=NUCLEO_H743ZI2", "MICROPY_DIR=/opt/mp", "DRY_RUN=1",
+               f"BUILD={tmp_path}")
+    cmds = [shlex.split(ln) for ln in out.splitlines() if ln.startswith("env ")]
+    assert [c for c in cmds[0] if c.startswith("BUILD=")] == [f"BUILD={tmp_path}/mpy-cross"]
+    assert f"BUILD={tmp_path}/nucleo-h743zi2" in cmds[1]
+    assert f"MICROPY_MPYCROSS={tmp_path}/mpy-cross/mpy-cross" in cmds[1]
+    out = make("flash", "BOARD=NUCLEO_H743ZI2", "FLASH_TOOL=dfu-util", "DRY_RUN=1",
+               f"BUILD={tmp_path}")
+    assert f"{tmp_path}/nucleo-h743zi2/firmware.dfu" in out
+    out = make("-n", "natmod", "ARCH=x64", "MICROPY_DIR=/opt/mp", f"BUILD={tmp_path}")
+    assert f"{tmp_path}/natmod-x64/tinymp.mpy" in out
+
