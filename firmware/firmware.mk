@@ -22,7 +22,7 @@
 #   make natmod ARCH=armv7emsp|x64      tinymp.mpy, a dynamic native module -> build/natmod-ARCH/tinymp.mpy
 #
 # MICROPY_DIR: a MicroPython source tree (default build/micropython, cloned at MICROPY_VERSION when
-# absent; set it to an existing tree to build offline). Nothing is written into
+# absent; set it to an existing tree of that version to build offline). Nothing is written into
 # that tree: the outputs, and mpy-cross (which MicroPython builds inside its own tree by default),
 # go under BUILD (default build/), and MicroPython's Python tools write no __pycache__ there.
 # The unix and qemu builds need no git submodule with the options used here; NUCLEO_H743ZI2 needs
@@ -113,20 +113,34 @@ endif
 
 .PHONY: firmware firmware-test firmware-size flash natmod micropython-tree micropython-submodules
 
+# MICROPY_DIR must be the MicroPython release the board folders and the binding are written for
+# (MICROPY_VERSION, read from its py/mpconfig.h); MICROPY_VERSION_CHECK=0 builds with another one
+# anyway, at your own risk.
+MICROPY_VERSION_CHECK ?= 1
+FW_WANT_VERSION := $(patsubst v%,%,$(MICROPY_VERSION))
+
 micropython-tree:
-	@if [ -f "$(FW_MP)/py/mkenv.mk" ]; then \
+	@if [ -f "$(FW_MP)/py/mkenv.mk" ] && [ -f "$(FW_MP)/py/mpconfig.h" ]; then \
 	  true; \
 	elif [ "$(MICROPY_DIR)" != "build/micropython" ]; then \
-	  echo "error: MICROPY_DIR=$(MICROPY_DIR) is not a MicroPython source tree (no py/mkenv.mk)"; exit 1; \
+	  echo "error: MICROPY_DIR=$(MICROPY_DIR) is not a MicroPython source tree (no py/mkenv.mk): point it at a MicroPython $(MICROPY_VERSION) checkout"; exit 1; \
 	else \
 	  echo "cloning MicroPython $(MICROPY_VERSION) into $(MICROPY_DIR)"; \
 	  mkdir -p $(dir $(FW_MP)); \
 	  git clone --depth 1 --branch $(MICROPY_VERSION) $(MICROPY_REPO) $(FW_MP) || { \
 	    rm -rf $(FW_MP); \
-	    echo "error: could not clone $(MICROPY_REPO) at $(MICROPY_VERSION) (no network?)."; \
-	    echo "       Point MICROPY_DIR at an existing MicroPython $(MICROPY_VERSION) tree:"; \
-	    echo "       make firmware BOARD=$(BOARD) MICROPY_DIR=/path/to/micropython"; \
+	    echo "error: could not clone $(MICROPY_REPO) at $(MICROPY_VERSION) (no network?): point MICROPY_DIR at a MicroPython $(MICROPY_VERSION) tree, make firmware BOARD=$(BOARD) MICROPY_DIR=/path/to/micropython"; \
 	    exit 1; }; \
+	fi
+	@v=$$(awk '$$1 ~ /define$$/ && $$2 ~ /^MICROPY_VERSION_(MAJOR|MINOR|MICRO)$$/ { v = v s $$3; s = "." } \
+	          $$1 ~ /define$$/ && $$2 == "MICROPY_VERSION_PRERELEASE" && $$3 != "0" { p = "-preview" } \
+	          END { print v p }' $(FW_MP)/py/mpconfig.h); \
+	if [ "$$v" = "$(FW_WANT_VERSION)" ] || [ "$(MICROPY_VERSION_CHECK)" = 0 ]; then \
+	  true; \
+	elif [ "$(MICROPY_DIR)" = "build/micropython" ]; then \
+	  echo "error: $(MICROPY_DIR) holds MicroPython $$v, not $(MICROPY_VERSION): remove it (rm -rf $(MICROPY_DIR)) and make clones $(MICROPY_VERSION)"; exit 1; \
+	else \
+	  echo "error: MICROPY_DIR=$(MICROPY_DIR) is MicroPython $$v, tinymp builds against $(MICROPY_VERSION): check that out (git -C $(FW_MP) checkout $(MICROPY_VERSION)), or MICROPY_VERSION_CHECK=0 to try $$v"; exit 1; \
 	fi
 
 # The submodules a port needs: fetched into the tree the Makefile cloned; in a tree of yours, the
@@ -142,8 +156,7 @@ micropython-submodules: micropython-tree
 	  git -C $(FW_MP) submodule update --init --depth 1 $$missing || { \
 	    echo "error: could not fetch$$missing (no network?)"; exit 1; }; \
 	else \
-	  echo "error: BOARD=$(BOARD) needs the MicroPython submodules$$missing in MICROPY_DIR=$(MICROPY_DIR)."; \
-	  echo "       Fetch them with: git -C $(FW_MP) submodule update --init$$missing"; \
+	  echo "error: BOARD=$(BOARD) needs the MicroPython submodules$$missing in MICROPY_DIR=$(MICROPY_DIR): git -C $(FW_MP) submodule update --init$$missing"; \
 	  exit 1; \
 	fi
 

@@ -37,6 +37,14 @@ def line_with(out, word):
     return shlex.split(lines[0])
 
 
+def the_error(out):
+    """The one line the maker reads: every line but make's own trailer is that error line."""
+    lines = [ln for ln in out.splitlines() if ln.strip() and not ln.startswith("make")]
+    assert len(lines) == 1 and lines[0].startswith("error: "), out
+    assert "Traceback" not in out, out
+    return lines[0]
+
+
 def fake_tree(path, version=(1, 28, 0), submodules=()):
     """A stand-in MicroPython source tree: the files the Makefile reads to recognise a tree and
     its version, and the submodule folders asked for, not empty."""
@@ -116,12 +124,7 @@ def test_esp32_build_command_uses_the_cmake_glue():
 def test_esp32_build_needs_esp_idf(tmp_path):
     if shutil.which("idf.py"):
         pytest.skip("ESP-IDF is installed here: the missing-IDF message cannot be shown")
-    mp = tmp_path / "mp"
-    (mp / "py").mkdir(parents=True)
-    (mp / "py" / "mkenv.mk").write_text("")
-    for sub in ("lib/berkeley-db-1.xx", "lib/micropython-lib"):
-        (mp / sub).mkdir(parents=True)
-        (mp / sub / "README.md").write_text("x")
+    mp = fake_tree(tmp_path / "mp", submodules=("lib/berkeley-db-1.xx", "lib/micropython-lib"))
     out = make("firmware", "BOARD=ESP32_S3", f"MICROPY_DIR={mp}", ok=False)
     assert "needs ESP-IDF" in out and "export.sh" in out
 
@@ -243,9 +246,7 @@ def test_unknown_board_and_nothing_to_flash():
 
 
 def test_user_tree_without_submodules_is_named(tmp_path):
-    mp = tmp_path / "mp"
-    (mp / "py").mkdir(parents=True)
-    (mp / "py" / "mkenv.mk").write_text("")
+    mp = fake_tree(tmp_path / "mp")
     out = make("firmware", "BOARD=NUCLEO_H743ZI2", f"MICROPY_DIR={mp}", ok=False)
     assert "lib/stm32lib lib/tinyusb lib/micropython-lib" in out
     assert f"git -C {mp} submodule update --init" in out
@@ -412,4 +413,45 @@ def test_build_dir_moves_every_output(tmp_path):
     assert f"{tmp_path}/nucleo-h743zi2/firmware.dfu" in out
     out = make("-n", "natmod", "ARCH=x64", "MICROPY_DIR=/opt/mp", f"BUILD={tmp_path}")
     assert f"{tmp_path}/natmod-x64/tinymp.mpy" in out
+
+
+def test_micropython_dir_that_is_not_a_tree(tmp_path):
+    for where in (tmp_path / "nothing-here", tmp_path):
+        err = the_error(make("firmware", "BOARD=UNIX", f"MICROPY_DIR={where}", ok=False))
+        assert f"MICROPY_DIR={where} is not a MicroPython source tree" in err
+        assert "v1.28.0" in err
+
+
+def test_micropython_dir_of_another_version_is_refused(tmp_path):
+    mp = standin_tree(tmp_path / "mp", version=(1, 22, 2))
+    err = the_error(make("firmware", "BOARD=UNIX", f"MICROPY_DIR={mp}", f"BUILD={tmp_path}/out",
+                         ok=False))
+    assert f"MICROPY_DIR={mp} is MicroPython 1.22.2" in err
+    assert f"git -C {mp} checkout v1.28.0" in err and "MICROPY_VERSION_CHECK=0" in err
+    assert not (tmp_path / "out").exists(), "nothing is built from the wrong tree"
+    # a pre-release of the pinned version is another version too
+    pre = fake_tree(tmp_path / "pre")
+    (pre / "py" / "mpconfig.h").write_text(
+        (pre / "py" / "mpconfig.h").read_text().replace("PRERELEASE 0", "PRERELEASE 1"))
+    assert "is MicroPython 1.28.0-preview" in the_error(
+        make("firmware", "BOARD=UNIX", f"MICROPY_DIR={pre}", ok=False))
+    # the maker may insist
+    if shutil.which("gcc"):
+        out = make("firmware", "BOARD=UNIX", f"MICROPY_DIR={mp}", f"BUILD={tmp_path}/out",
+                   "MICROPY_VERSION_CHECK=0")
+        assert f"firmware BOARD=UNIX: {tmp_path}/out/unix/micropython" in out
+
+
+def test_micropython_dir_of_the_pinned_version_is_accepted():
+    mp = os.environ.get("MICROPY_DIR")
+    if not mp:
+        pytest.skip("MICROPY_DIR is not set: the version check is tried on stand-in trees only")
+    out = make("micropython-tree", f"MICROPY_DIR={mp}")
+    assert "error" not in out
+
+
+def test_missing_submodules_are_one_line(tmp_path):
+    mp = fake_tree(tmp_path / "mp", submodules=("lib/tinyusb",))
+    err = the_error(make("firmware", "BOARD=NUCLEO_H743ZI2", f"MICROPY_DIR={mp}", ok=False))
+    assert err.endswith(f"git -C {mp} submodule update --init lib/stm32lib lib/micropython-lib")
 
