@@ -170,16 +170,26 @@ else ifeq ($(FW_KIND),openmv)
 include firmware/openmv.mk
 else
 
-firmware: $(if $(FW_DRY),,micropython-submodules)
-ifndef FW_DRY
-	@if [ -n "$(FW_NEEDS_ARM)" ] && ! command -v arm-none-eabi-gcc >/dev/null; then \
-	  echo "error: BOARD=$(BOARD) needs arm-none-eabi-gcc (apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi)"; \
-	  exit 1; fi
-	@if [ "$(BOARD)" = ESP32_S3 ] && ! command -v idf.py >/dev/null; then \
-	  echo "error: BOARD=ESP32_S3 needs ESP-IDF v5.5.1 (idf.py): install it, then run"; \
-	  echo "       '. <esp-idf>/export.sh' in this shell (see the README's firmware section)"; \
-	  exit 1; fi
+# The compilers a board's build needs, checked before a MicroPython tree is cloned or fetched:
+# the host's (mpy-cross, the unix port), arm-none-eabi-gcc with its C library (the stm32 and qemu
+# ports include newlib's headers), ESP-IDF.
+.PHONY: firmware-tools
+firmware-tools:
+	@command -v gcc >/dev/null || { \
+	  echo "error: BOARD=$(BOARD) needs the host's C compiler for mpy-cross (apt-get install gcc)"; exit 1; }
+ifdef FW_NEEDS_ARM
+	@command -v arm-none-eabi-gcc >/dev/null || { \
+	  echo "error: BOARD=$(BOARD) needs arm-none-eabi-gcc (apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi)"; exit 1; }
+	@echo '#include <string.h>' | arm-none-eabi-gcc -E -x c - -o /dev/null 2>/dev/null || { \
+	  echo "error: BOARD=$(BOARD) needs arm-none-eabi-gcc's C library (apt-get install libnewlib-arm-none-eabi)"; exit 1; }
 endif
+ifeq ($(BOARD),ESP32_S3)
+	@command -v idf.py >/dev/null || { \
+	  echo "error: BOARD=ESP32_S3 needs ESP-IDF v5.5.1 (idf.py): install it (README, ESP32-S3 camera boards), then run '. <esp-idf>/export.sh' in this shell"; \
+	  exit 1; }
+endif
+
+firmware: $(if $(FW_DRY),,firmware-tools micropython-submodules)
 	$(FW_RUN) $(FW_SUBMAKE) -j$(FW_JOBS) -C $(FW_MP)/mpy-cross BUILD=$(FW_MPYCROSS_BUILD) USER_C_MODULES=
 	$(FW_RUN) $(FW_SUBMAKE) -j$(FW_JOBS) $(FW_MAKE) USER_C_MODULES=$(FW_USERMOD) BUILD=$(FW_BUILD) \
 	    MICROPY_MPYCROSS=$(FW_MPYCROSS)

@@ -455,3 +455,48 @@ def test_missing_submodules_are_one_line(tmp_path):
     err = the_error(make("firmware", "BOARD=NUCLEO_H743ZI2", f"MICROPY_DIR={mp}", ok=False))
     assert err.endswith(f"git -C {mp} submodule update --init lib/stm32lib lib/micropython-lib")
 
+
+def path_without(tmp_path, prefix):
+    """A PATH with every program of this one but those whose names start with prefix."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for d in os.environ.get("PATH", "").split(os.pathsep):
+        if not os.path.isdir(d):
+            continue
+        for name in os.listdir(d):
+            src = os.path.join(d, name)
+            if not name.startswith(prefix) and not (bin_dir / name).exists() \
+                    and os.access(src, os.X_OK) and os.path.isfile(src):
+                (bin_dir / name).symlink_to(src)
+    return str(bin_dir)
+
+
+@pytest.mark.parametrize("board", ["NUCLEO_H743ZI2", "QEMU_M7"])
+def test_missing_cross_compiler_is_named_first(tmp_path, board):
+    """No arm-none-eabi-gcc: said before anything else is tried (a clone of MicroPython would
+    take minutes only to fail at the first compile)."""
+    path = path_without(tmp_path, "arm-none-eabi-")
+    err = the_error(make("firmware", f"BOARD={board}", f"MICROPY_DIR={tmp_path}/no-tree",
+                         ok=False, env={"PATH": path}))
+    assert err == (f"error: BOARD={board} needs arm-none-eabi-gcc "
+                   "(apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi)")
+
+
+def test_cross_compiler_without_its_c_library(tmp_path):
+    """Debian's gcc-arm-none-eabi without libnewlib-arm-none-eabi: no <string.h> for the ports."""
+    path = path_without(tmp_path, "arm-none-eabi-")
+    fake = tmp_path / "bin" / "arm-none-eabi-gcc"
+    fake.write_text("#!/bin/sh\necho 'fatal error: string.h: No such file or directory' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    err = the_error(make("firmware", "BOARD=NUCLEO_H743ZI2", f"MICROPY_DIR={tmp_path}/no-tree",
+                         ok=False, env={"PATH": path}))
+    assert "apt-get install libnewlib-arm-none-eabi" in err
+
+
+def test_esp_idf_missing_is_one_line(tmp_path):
+    if shutil.which("idf.py"):
+        pytest.skip("ESP-IDF is installed here: the missing-IDF message cannot be shown")
+    err = the_error(make("firmware", "BOARD=ESP32_S3", f"MICROPY_DIR={tmp_path}/no-tree",
+                         ok=False))
+    assert "needs ESP-IDF v5.5.1" in err and "export.sh" in err
+
