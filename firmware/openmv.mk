@@ -86,6 +86,8 @@ else ifeq ($(FLASH_TOOL),dfu-util)
 flash:
 ifndef FW_DRY
 	@test -f $(FW_OUT) || { echo "error: $(FW_OUT) not found: make firmware BOARD=OPENMV_H7 first"; exit 1; }
+	@command -v $(DFU_UTIL) >/dev/null || { \
+	  echo "error: FLASH_TOOL=dfu-util needs $(DFU_UTIL) (apt-get install dfu-util); or flash with OpenMV IDE (make flash BOARD=OPENMV_H7)"; exit 1; }
 	@echo "Recovery only: the camera must be in the STM32 ROM DFU bootloader (BOOT pin to 3.3 V at reset),"
 	@echo "and OpenMV's bootloader at 0x08000000 must be intact (this writes the firmware behind it)."
 endif

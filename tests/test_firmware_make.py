@@ -9,6 +9,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -499,4 +500,123 @@ def test_esp_idf_missing_is_one_line(tmp_path):
     err = the_error(make("firmware", "BOARD=ESP32_S3", f"MICROPY_DIR={tmp_path}/no-tree",
                          ok=False))
     assert "needs ESP-IDF v5.5.1" in err and "export.sh" in err
+
+
+# make flash: the built image in BUILD, the flashing tools played by stand-ins.
+
+FAKE_PYDFU = "import sys\nprint('pydfu ran:', ' '.join(sys.argv[1:]))\n"
+FAKE_USB_CORE = """import os
+class NoBackendError(ValueError):
+    pass
+class USBError(IOError):
+    pass
+class Device:
+    bus, address = 1, 99
+def find(find_all=False, **kw):
+    mode = os.environ["FAKE_USB"]
+    if mode == "nobackend":
+        raise NoBackendError("No backend available")
+    return [Device() for _ in range({"none": 0, "one": 1, "two": 2}[mode])]
+"""
+
+
+def flash_setup(tmp_path, pyusb=True):
+    """BUILD with a built NUCLEO image, a MicroPython tree with tools/pydfu.py, and on
+    PYTHONPATH a stand-in pyusb whose find() answers as FAKE_USB says (or an uninstalled one)."""
+    build = tmp_path / "out" / "nucleo-h743zi2"
+    build.mkdir(parents=True)
+    (build / "firmware.dfu").write_bytes(b"DfuSe")
+    (build / "firmware.bin").write_bytes(b"\0" * 8)
+    mp = fake_tree(tmp_path / "mp")
+    (mp / "tools").mkdir()
+    (mp / "tools" / "pydfu.py").write_text(FAKE_PYDFU)
+    usb = tmp_path / "site" / "usb"
+    usb.mkdir(parents=True)
+    if pyusb:
+        (usb / "__init__.py").write_text("")
+        (usb / "core.py").write_text(FAKE_USB_CORE)
+    else:
+        (usb / "__init__.py").write_text("raise ImportError('No module named usb')\n")
+    args = ["flash", "BOARD=NUCLEO_H743ZI2", f"BUILD={tmp_path}/out", f"MICROPY_DIR={mp}",
+            f"FW_PYTHON={sys.executable}"]
+    return args, {"PYTHONPATH": str(tmp_path / "site")}
+
+
+def test_flash_pydfu_without_pyusb(tmp_path):
+    args, env = flash_setup(tmp_path, pyusb=False)
+    err = the_error(make(*args, ok=False, env=env))
+    assert err == (f"error: FLASH_TOOL=pydfu needs pyusb: {sys.executable} -m pip install pyusb "
+                   "(or FLASH_TOOL=dfu-util)")
+
+
+@pytest.mark.parametrize("mode,expect", [
+    ("nobackend", "pyusb finds no libusb: apt-get install libusb-1.0-0"),
+    ("none", "no board in DFU mode on USB (0483:df11). The board must be in its DFU bootloader"),
+    ("two", "2 boards in DFU mode on USB (0483:df11): leave only the one to flash plugged in"),
+])
+def test_flash_pydfu_without_one_board(tmp_path, mode, expect):
+    args, env = flash_setup(tmp_path)
+    err = the_error(make(*args, ok=False, env=dict(env, FAKE_USB=mode)))
+    assert expect in err
+    if mode == "none":
+        assert "machine.bootloader()" in err and "CN13" in err
+
+
+def test_flash_pydfu_with_the_board_there(tmp_path):
+    args, env = flash_setup(tmp_path)
+    out = make(*args, env=dict(env, FAKE_USB="one"))
+    assert f"pydfu ran: --vid 0x0483 --pid 0xDF11 -u {tmp_path}/out/nucleo-h743zi2/firmware.dfu" in out
+
+
+def test_flash_pydfu_without_micropython_tree(tmp_path):
+    args, env = flash_setup(tmp_path)
+    args = [a for a in args if not a.startswith("MICROPY_DIR=")] + [f"MICROPY_DIR={tmp_path}/gone"]
+    err = the_error(make(*args, ok=False, env=dict(env, FAKE_USB="one")))
+    assert f"{tmp_path}/gone/tools/pydfu.py not found" in err and "FLASH_TOOL=dfu-util" in err
+
+
+def test_flash_dfu_util(tmp_path):
+    args, env = flash_setup(tmp_path)
+    err = the_error(make(*args, "FLASH_TOOL=dfu-util", f"DFU_UTIL={tmp_path}/no/dfu-util",
+                         ok=False))
+    assert "needs" in err and "apt-get install dfu-util" in err
+    tool = tmp_path / "dfu-util"
+    tool.write_text('#!/bin/sh\nif [ "$1" = -l ]; then cat "$0.list"; else echo "dfu-util ran: $*"; fi\n')
+    tool.chmod(0o755)
+    (tmp_path / "dfu-util.list").write_text("dfu-util 0.11\n")
+    err = the_error(make(*args, "FLASH_TOOL=dfu-util", f"DFU_UTIL={tool}", ok=False))
+    assert err.startswith("error: no board in DFU mode on USB (0483:DF11)") and "BOOT0" in err
+    (tmp_path / "dfu-util.list").write_text(
+        'Found DFU: [0483:df11] ver=0200, devnum=7, cfg=1, intf=0, path="1-2", alt=0, '
+        'name="@Internal Flash  /0x08000000/16*128Kg", serial="200364500000"\n')
+    out = make(*args, "FLASH_TOOL=dfu-util", f"DFU_UTIL={tool}")
+    assert f"dfu-util ran: -a 0 -d 0483:DF11 -D {tmp_path}/out/nucleo-h743zi2/firmware.dfu" in out
+
+
+def test_flash_st_flash_missing(tmp_path):
+    args, env = flash_setup(tmp_path)
+    err = the_error(make(*args, "FLASH_TOOL=st-flash", f"ST_FLASH={tmp_path}/no/st-flash",
+                         ok=False))
+    assert "apt-get install stlink-tools" in err
+
+
+def test_flash_esp32_port_and_esptool(tmp_path):
+    build = tmp_path / "out" / "esp32-s3"
+    build.mkdir(parents=True)
+    (build / "firmware.bin").write_bytes(b"\xe9")
+    args = ["flash", "BOARD=ESP32_S3", f"BUILD={tmp_path}/out", f"FW_PYTHON={sys.executable}"]
+    err = the_error(make(*args, f"PORT={tmp_path}/ttyACM9", ok=False))
+    assert f"PORT={tmp_path}/ttyACM9 does not exist" in err
+    (tmp_path / "ttyACM9").write_text("")
+    site = tmp_path / "site" / "esptool"
+    site.mkdir(parents=True)
+    (site / "__init__.py").write_text("raise ImportError('No module named esptool')\n")
+    err = the_error(make(*args, f"PORT={tmp_path}/ttyACM9", ok=False,
+                         env={"PYTHONPATH": str(tmp_path / "site")}))
+    assert err == f"error: flashing BOARD=ESP32_S3 needs esptool: {sys.executable} -m pip install esptool"
+
+
+def test_flash_without_a_board_to_flash():
+    err = the_error(make("flash", ok=False))
+    assert "nothing to flash" in err and "BOARD=NUCLEO_H743ZI2" in err
 
