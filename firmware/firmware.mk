@@ -37,7 +37,9 @@ MICROPY_VERSION ?= v1.28.0
 MICROPY_REPO ?= https://github.com/micropython/micropython
 MICROPY_DIR ?= build/micropython
 BOARD ?= UNIX
-FW_PYTHON ?= python3
+# FW_PYTHON runs MicroPython's Python tools: the project's virtualenv (make venv) when there is one,
+# so that what is installed there (pyusb, esptool, pyelftools, pyserial) is what they find.
+FW_PYTHON ?= $(if $(wildcard $(or $(VENV),.venv)/bin/python),$(or $(VENV),.venv)/bin/python,python3)
 FW_JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 # FW_PYTHON as an absolute path when it is a path (recipes cd into the MicroPython tree)
 FW_PY := $(if $(findstring /,$(FW_PYTHON)),$(abspath $(FW_PYTHON)),$(FW_PYTHON))

@@ -620,3 +620,16 @@ def test_flash_without_a_board_to_flash():
     err = the_error(make("flash", ok=False))
     assert "nothing to flash" in err and "BOARD=NUCLEO_H743ZI2" in err
 
+
+def test_tools_run_with_the_project_virtualenv(tmp_path):
+    """pydfu, esptool, mpy_ld.py and run-tests.py need packages that `make venv` installs (the
+    README: `.venv/bin/pip install pyusb`): with a virtualenv there, they run with its Python."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").symlink_to(sys.executable)
+    out = make("flash", "BOARD=NUCLEO_H743ZI2", "MICROPY_DIR=/opt/mp", "DRY_RUN=1", f"VENV={venv}")
+    assert shlex.split(out.strip().splitlines()[-1])[0] == f"{venv}/bin/python"
+    out = make("flash", "BOARD=NUCLEO_H743ZI2", "MICROPY_DIR=/opt/mp", "DRY_RUN=1",
+               f"VENV={tmp_path}/none")
+    assert shlex.split(out.strip().splitlines()[-1])[0] == "python3"
+
