@@ -27,6 +27,20 @@ help:
 	@echo "make size        Cortex-M7 code size of the core (arm-none-eabi-gcc)"
 	@echo "make core-check  host -Werror build of the core and the no-allocator check (nm)"
 	@echo "make fuzz        the model-parser fuzz test under AddressSanitizer + UBSan"
+	@echo "make venv        only .venv: the PC package with its test extras (mpremote, esptool, pyelftools)"
+	@echo "make experiment  personalisation accuracy of every method (about 11 min; experiments/RESULTS.md)"
+	@echo "make bench-kernels / kernel-check   forward kernels on the emulated Cortex-M7 (firmware/bench)"
+	@echo ""
+	@echo "MicroPython firmware with tinymp built in (README, 'import tinymp on MicroPython'):"
+	@echo "make firmware BOARD=NAME   NAME: $(FW_BOARDS)"
+	@echo "                           (it prints the output's path, e.g. build/nucleo-h743zi2/firmware.dfu);"
+	@echo "                           MICROPY_DIR=<a MicroPython $(MICROPY_VERSION) tree> builds offline,"
+	@echo "                           else it is cloned into build/micropython"
+	@echo "make firmware-test BOARD=UNIX|UNIX_FLOAT|QEMU_M7|QEMU_M7_FLOAT   build, then tests/device on it"
+	@echo "make firmware-size BOARD=NUCLEO_H743ZI2   flash and RAM use, tinymp's share"
+	@echo "make flash BOARD=NUCLEO_H743ZI2|ESP32_S3|OPENMV_H7 [FLASH_TOOL=...] [PORT=...]   load it"
+	@echo "make natmod ARCH=armv7emsp|x64   tinymp.mpy, the native module (inference only, no reflash)"
+	@echo "DRY_RUN=1 prints the firmware/flash commands instead of running them"
 
 $(VENV)/.installed: pyproject.toml setup.py $(CORE_SRC) $(wildcard $(CORE)/*.h) host/tinymp/_tinymp.c
 	$(PYTHON) -m venv $(VENV)

@@ -633,3 +633,12 @@ def test_tools_run_with_the_project_virtualenv(tmp_path):
                f"VENV={tmp_path}/none")
     assert shlex.split(out.strip().splitlines()[-1])[0] == "python3"
 
+
+def test_help_lists_the_firmware_targets():
+    out = make("help")
+    for target in ("make firmware BOARD=", "make firmware-test", "make firmware-size",
+                   "make flash BOARD=", "make natmod ARCH=", "make venv"):
+        assert target in out, target
+    for board in ("UNIX", "UNIX_FLOAT", "QEMU_M7", "QEMU_M7_FLOAT", "NUCLEO_H743ZI2", "OPENMV_H7",
+                  "ESP32_S3"):
+        assert board in out.split(), board
