@@ -187,7 +187,8 @@ def main(argv=None):
     print("%s firmware: %s" % (r["board"] or "MicroPython", os.path.relpath(a.elf)))
     print()
     print("arm-none-eabi-size:")
-    print(r["size"].rstrip())
+    # the ELF named as on the line above (make passes an absolute path)
+    print(r["size"].rstrip().replace(a.elf, os.path.relpath(a.elf)))
     print()
     print("memory regions (linker script)        used        size    use   (.text/.data/.bss...)")
     for u in r["regions"]:

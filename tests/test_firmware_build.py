@@ -149,6 +149,9 @@ def test_firmware_size_report(nucleo):
     out = r.stdout.decode()
     assert r.returncode == 0, out
     assert "arm-none-eabi-size:" in out and "text" in out and "tinymp's share" in out
+    # the ELF as the README shows it: relative to the checkout, as on the report's first line
+    size_row = out.splitlines()[out.splitlines().index("arm-none-eabi-size:") + 2].split()
+    assert size_row[-1] == "build/nucleo-h743zi2/firmware.elf", out
     sys.path.insert(0, os.path.join(ROOT, "firmware"))
     try:
         import fw_size
