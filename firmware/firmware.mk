@@ -222,11 +222,20 @@ ARCH ?= armv7emsp
 NATMOD_BUILD := $(FW_OUTDIR)/natmod-$(ARCH)
 NATMOD_MAKEFILE := $(abspath micropython_modules/tinymp/natmod/Makefile)
 
-natmod: micropython-tree
-	@if [ "$(ARCH)" != x64 ] && [ "$(ARCH)" != x86 ] && ! command -v arm-none-eabi-gcc >/dev/null; then \
-	  echo "error: ARCH=$(ARCH) needs its cross compiler (for armv7emsp: apt-get install gcc-arm-none-eabi)"; exit 1; fi
+# The compiler of ARCH (py/dynruntime.mk: gcc for x64/x86, arm-none-eabi-gcc for the armv* ones;
+# other architectures' compilers are left to that build to name) and pyelftools, checked before
+# a MicroPython tree is cloned.
+NATMOD_CC := $(if $(filter x64 x86,$(ARCH)),gcc,$(if $(filter armv%,$(ARCH)),arm-none-eabi-gcc))
+.PHONY: natmod-tools
+natmod-tools:
+ifneq ($(NATMOD_CC),)
+	@command -v $(NATMOD_CC) >/dev/null || { \
+	  echo "error: ARCH=$(ARCH) needs $(NATMOD_CC) (apt-get install $(if $(filter gcc,$(NATMOD_CC)),gcc,gcc-arm-none-eabi))"; exit 1; }
+endif
 	@$(FW_PY) -c "import elftools" 2>/dev/null || { \
 	  echo "error: MicroPython's mpy_ld.py needs pyelftools: $(FW_PY) -m pip install pyelftools"; exit 1; }
+
+natmod: natmod-tools micropython-tree
 	@mkdir -p $(NATMOD_BUILD)
 	$(FW_SUBMAKE) -C $(NATMOD_BUILD) -f $(NATMOD_MAKEFILE) MPY_DIR=$(FW_MP) ARCH=$(ARCH) \
 	    PYTHON=$(FW_PY) BUILD=obj

@@ -642,3 +642,20 @@ def test_help_lists_the_firmware_targets():
     for board in ("UNIX", "UNIX_FLOAT", "QEMU_M7", "QEMU_M7_FLOAT", "NUCLEO_H743ZI2", "OPENMV_H7",
                   "ESP32_S3"):
         assert board in out.split(), board
+
+
+def test_natmod_names_what_is_missing_before_any_clone(tmp_path):
+    """make natmod: the cross compiler, then pyelftools, each in one line and before the
+    MicroPython tree is looked for (or cloned)."""
+    path = path_without(tmp_path, "arm-none-eabi-")
+    err = the_error(make("natmod", "ARCH=armv7emsp", f"MICROPY_DIR={tmp_path}/no-tree", ok=False,
+                         env={"PATH": path}))
+    assert err == "error: ARCH=armv7emsp needs arm-none-eabi-gcc (apt-get install gcc-arm-none-eabi)"
+    site = tmp_path / "site" / "elftools"
+    site.mkdir(parents=True)
+    (site / "__init__.py").write_text("raise ImportError('No module named elftools')\n")
+    err = the_error(make("natmod", "ARCH=x64", f"MICROPY_DIR={tmp_path}/no-tree",
+                         f"FW_PYTHON={sys.executable}", ok=False,
+                         env={"PYTHONPATH": str(tmp_path / "site")}))
+    assert err == (f"error: MicroPython's mpy_ld.py needs pyelftools: {sys.executable} -m pip "
+                   "install pyelftools")
