@@ -43,10 +43,13 @@ class AgentPort:
     """A pyserial-like port to the board's agent running in this process: each frame written is
     answered at once. `tamper(ftype, request, reply)` gives the reply value sent instead (replies
     only, not refusals); `fail(ftype)` true makes that write and every later one fail, as a
-    link that went away; `sent` lists the request types written."""
+    link that went away; `gone(ftype)` true lets the agent run that request, then loses its
+    reply and fails every later write (a link that went away while the board acted); `sent`
+    lists the request types written."""
 
-    def __init__(self, agent, tamper=None, fail=None, limit=LIMIT):
+    def __init__(self, agent, tamper=None, fail=None, limit=LIMIT, gone=None):
         self.agent, self.tamper, self.fail, self.limit = agent, tamper, fail, limit
+        self.gone = gone
         self.buf = bytearray()
         self.sent = []
         self.dead = False
@@ -61,6 +64,9 @@ class AgentPort:
             self.dead = True
             raise OSError(5, "Input/output error")
         out = bytes(self.agent.handle(ftype, seq, payload, crc))
+        if self.gone is not None and self.gone(ftype):
+            self.dead = True
+            return len(data)
         if self.tamper is not None:
             (fr,) = P.Decoder().feed(out)
             if fr.type == ftype | P.REPLY:
@@ -82,7 +88,7 @@ class AgentPort:
         pass
 
 
-def open_fake(where, tamper=None, fail=None, limit=LIMIT, ports=None):
+def open_fake(where, tamper=None, fail=None, limit=LIMIT, ports=None, gone=None):
     """A connected Board: the agent on the flash folder `where`/flash, with the profile's ROMFS
     (where/romfs0.bin), as open_board does for a simulated board. The port is appended to
     `ports`, also when the hello fails."""
@@ -92,7 +98,7 @@ def open_fake(where, tamper=None, fail=None, limit=LIMIT, ports=None):
     if rom is not None:
         cfg["rom_ioctl"] = rom.rom_ioctl
     port = AgentPort(A.Agent(root=os.path.join(str(where), "flash"), board=cfg), tamper, fail,
-                     limit)
+                     limit, gone)
     if ports is not None:
         ports.append(port)
     lk = link.Link(port, name="fake board", timeout=0.2, retries=1)
@@ -167,7 +173,7 @@ class Rig:
         self.where = tmp / "board"
         self.where.mkdir()
         self.session = C.Session(str(tmp / "session"))
-        self.tamper = self.fail = None
+        self.tamper = self.fail = self.gone = None
         self.ports = []
         with open_fake(self.where) as b:
             C.push(b, DEMO, show=False)
@@ -188,7 +194,7 @@ class Rig:
         return m["input_shape"], m["input_scale"], m["input_zero_point"], m["num_classes"]
 
     def _open(self, *a, **kw):
-        return open_fake(self.where, self.tamper, self.fail, ports=self.ports)
+        return open_fake(self.where, self.tamper, self.fail, ports=self.ports, gone=self.gone)
 
     @property
     def port(self):
@@ -403,6 +409,89 @@ def test_a_link_that_fails_during_a_command_gets_no_bye(rig):
     assert rc == 1 and "training interrupted" in line and "cannot write to the link" in line
     sent = rig.port.sent
     assert sent[-1] == P.TRAIN_STEPS and P.BYE not in sent
+
+
+def _board_info(rig):
+    with open_fake(rig.where) as b:
+        return b.info
+
+
+def test_a_link_lost_at_the_commit_says_the_model_on_the_board_is_not_known(rig):
+    # the board commits, then the link goes before its reply: the line said "keeps its previous
+    # model", while the board held the new one
+    rig.where = rig.tmp / "blank"
+    rig.where.mkdir()
+    rig.gone = lambda t: t == P.PUSH_COMMIT
+    rc, out, err = rig.cli("push")
+    line = one_line(err)
+    assert rc == 1 and out == ""
+    assert "push interrupted at the commit" in line and "cannot write to the link" in line
+    assert "whether OPENMV_H7 (simulated) committed the model is not known: run push again" \
+        in line, line
+    assert "keeps its previous model" not in line
+    assert P.BYE not in rig.port.sent  # a failed link: no BYE
+    assert _board_info(rig)["model"]["sha256"] == C.hashlib.sha256(DEMO).hexdigest()
+    # what the line says to run finds it there
+    rig.gone = None
+    rc, out, err = rig.cli("push")
+    assert rc == 0 and json.loads(out)["skipped"], err
+
+
+def test_a_link_lost_before_the_commit_keeps_the_previous_model(rig):
+    rig.where = rig.tmp / "blank"
+    rig.where.mkdir()
+    rig.gone = lambda t: t == P.PUSH_DATA
+    rc, _, err = rig.cli("push")
+    line = one_line(err)
+    assert rc == 1 and "push interrupted" in line and "keeps its previous model; run push " \
+        "again to resume" in line and "not known" not in line, line
+    assert _board_info(rig)["model"] is None
+
+
+def test_a_link_lost_during_the_romfs_write_says_its_outcome_is_not_known(rig):
+    # the board's ROMFS copy changed behind its back: push sends PUSH_ROMFS to write it again
+    with open(rig.where / "romfs0.bin", "r+b") as f:
+        f.seek(64 + 100)
+        v = f.read(1)[0]
+        f.seek(64 + 100)
+        f.write(bytes([v ^ 0xFF]))
+    assert _board_info(rig)["romfs_state"]["retry"]
+    rig.gone = lambda t: t == P.PUSH_ROMFS
+    rc, _, err = rig.cli("push")
+    line = one_line(err)
+    assert rc == 1 and "writing the model into ROMFS" in line
+    assert "holds the model on its filesystem; whether the ROMFS write finished is not known: " \
+        "run push again" in line, line
+    assert "keeps its previous model" not in line
+    rig.gone = None
+    rc, out, err = rig.cli("push")
+    assert rc == 0, err
+    res = json.loads(out)
+    assert res["skipped"] and res["romfs"]["in_place"]
+
+
+@pytest.mark.parametrize("save", [True, False], ids=["save", "no-save"])
+def test_a_link_lost_at_the_end_of_training_says_what_is_not_known(rig, save):
+    # the board saves (or keeps the trial run), then the link goes before its reply: the line
+    # said "the board keeps its last saved parameters", while it held this run's
+    rig.gone = lambda t: t == P.TRAIN_END
+    rc, out, err = rig.cli("train", no_save=not save)
+    line = one_line(err)
+    assert rc == 1 and out == "" and "training interrupted at its end" in line
+    assert "keeps its last saved parameters" not in line
+    if save:
+        assert "whether the board saved this run's parameters is not known" in line, line
+        assert "`tinymp eval` measures" in line and "rollback" not in line
+    else:
+        assert "whether the board kept this run as the trial run is not known" in line, line
+        assert "`tinymp eval --trial`" in line
+    assert "no run recorded" in line and not os.path.exists(rig.session.runs_dir)
+    assert P.BYE not in rig.port.sent
+    info = _board_info(rig)
+    if save:
+        assert info["params"]["saved"]  # it had saved them
+    else:
+        assert info["trial"] is not None and not (info["params"] or {}).get("saved")
 
 
 def test_reply_fields_the_json_files_cannot_hold_are_written_whole(rig):

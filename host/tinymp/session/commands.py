@@ -326,22 +326,31 @@ def push(board, data, show=True, chunk=None):
             off = new
     finally:
         bar.close()
+    name = board.info.get("board") or "the board"
     try:
         rep = board.request(P.PUSH_COMMIT, timeout=slow_timeout(board))
         if rep["sha256"] != sha or rep["bytes"] != len(data):
             raise board.link.agent_error(
                 f"replied to PUSH_COMMIT with {rep['bytes']} bytes of sha256 "
                 f"{rep['sha256'][:12]}; the model sent is {len(data)} bytes of {sha[:12]}")
-        dt = time.perf_counter() - t0
-        refresh_info(board)
     except BoardError as e:
         raise SessionError(f"tinymp: the board did not commit the model: {e.msg}",
                            2 if e.code in ("too_big", "bad_model") else 1) from None
-    except ReplyError as e:
-        # after the commit was asked for: the board may hold either model
-        raise SessionError(f"tinymp: push: {e}; whether the board committed the model is not "
-                           "known: run push again (it sends nothing when the board holds it)") \
+    except LinkError as e:
+        # the commit was asked for, and the board commits before it replies: a reply that is bad,
+        # or lost with the link, leaves either model on the board (not "its previous model")
+        what = "stopped" if isinstance(e, ReplyError) else "interrupted"
+        raise SessionError(f"tinymp: push {what} at the commit: {e}; whether {name} committed "
+                           "the model is not known: run push again, which says so and sends "
+                           "nothing when the board holds the model, and else resumes the push") \
             from None
+    dt = time.perf_counter() - t0
+    try:
+        refresh_info(board)
+    except LinkError as e:
+        raise SessionError(f"tinymp: push: {name} committed the model (sha256 {sha[:12]}), then: "
+                           f"{e}; run push again to see where the board uses it from (it "
+                           "sends nothing)") from None
     return {"sha256": rep["sha256"], "bytes": rep["bytes"], "seconds": dt,
             "resumed_from": start or None, "skipped": False, "romfs": rep.get("romfs")}
 
@@ -369,9 +378,17 @@ def finish_romfs(board):
     if st.get("retry"):
         try:
             rep = board.request(P.PUSH_ROMFS, timeout=slow_timeout(board))
+            refresh_info(board)
         except BoardError as e:
             raise SessionError(f"tinymp: the board did not write the model into ROMFS: {e.msg}")
-        refresh_info(board)
+        except LinkError as e:
+            # the model is committed (this is a model the board holds); the board writes ROMFS
+            # before it replies, so how far that write got is not known
+            name = board.info.get("board") or "the board"
+            raise SessionError(f"tinymp: push: writing the model into ROMFS: {e}; {name} holds "
+                               "the model on its filesystem; whether the ROMFS write finished is "
+                               "not known: run push again, which says where the board uses the "
+                               "model from and finishes the write if it is not done") from None
         return rep
     return {"present": True, "in_place": bool(st.get("serving")), "state": st.get("state"),
             "warning": st.get("note"), "segment_bytes": st.get("bytes")}
@@ -399,6 +416,8 @@ def romfs_board_text(info):
 
 
 def push_link_error(e, board_name="the board"):
+    """The line of a push stopped before its commit was asked for (push() words the failures of
+    the commit and of the ROMFS write itself: after those the board may hold the new model)."""
     if isinstance(e, ReplyError):  # before the commit; sending again would meet the same agent
         return SessionError(f"tinymp: push stopped: {e}; {board_name} keeps its previous model")
     return SessionError(f"tinymp: push interrupted: {e}; {board_name} keeps its previous model; "
@@ -638,6 +657,20 @@ def train(board, ds, options, steps=None, epochs=None, save=True, show=True, ses
                 "back)" if save else "kept this run as the trial run")
         raise SessionError(f"tinymp: training ended with a bad reply: {e}; the board may have "
                            f"{kept}; no run recorded") from None
+    except LinkError as e:
+        # the link failed with TRAIN_END asked for: the board may have ended the run (it saves
+        # before it replies) or never got the request, so neither "kept" nor "saved" is known;
+        # and no rollback advice, which would undo the earlier parameters if it did not save
+        if save:
+            what = ("whether the board saved this run's parameters is not known (it saves "
+                    "before it replies): `tinymp eval` measures the parameters it holds now, "
+                    "this run's if it saved them")
+        else:
+            what = ("whether the board kept this run as the trial run is not known (it keeps it "
+                    "before it replies); its saved parameters are as they were: `tinymp eval "
+                    "--trial` measures the trial run it holds, if any")
+        raise SessionError(f"tinymp: training interrupted at its end: {e}; {what}; no run "
+                           "recorded: train again to record one") from None
     rec = {"kind": "train", "time": time.time(), "options": opts, "start": start,
            "fields": list(P.EVENT_FIELDS), "events": events, "end": end,
            "board": _board_summary(board), "dataset": ds.path, "samples": n}
