@@ -494,6 +494,117 @@ def test_a_link_lost_at_the_end_of_training_says_what_is_not_known(rig, save):
         assert info["trial"] is not None and not (info["params"] or {}).get("saved")
 
 
+class FakeTransport:
+    """mpremote's SerialTransport with the agent already running behind `serial` (an AgentPort,
+    or any pyserial-like port); records whether it was closed."""
+    made = []
+
+    def __init__(self, port):
+        self.serial = port
+        self.closed = False
+        FakeTransport.made.append(self)
+
+    def enter_raw_repl(self, soft_reset=True):
+        pass
+
+    def exec(self, code):
+        return b"TMA1"  # the frozen agent is there
+
+    def exec_raw_no_follow(self, code):
+        pass
+
+    def exit_raw_repl(self):
+        pass
+
+    def close(self):
+        self.closed = True
+
+
+class SilentPort:
+    """A port where nothing answers."""
+    timeout = write_timeout = None
+    in_waiting = 0
+
+    def write(self, data):
+        return len(data)
+
+    def read(self, n=1):
+        return b""
+
+
+@pytest.mark.parametrize("case", ["silent", "gone", "bad-info", "interrupted"])
+def test_a_serial_board_whose_hello_fails_releases_the_port(tmp_path, monkeypatch, case):
+    # open_serial closed mpremote's transport when the agent would not start, but not when the
+    # first INFO failed: the port stayed open in this process
+    import mpremote.transport_serial
+    dev = tmp_path / "ttyACM9"
+    dev.write_text("")
+
+    def agent(**kw):
+        return AgentPort(A.Agent(root=str(tmp_path / "flash"), board=board_config(
+            boards.load(PROFILE))), **kw)
+    port = {"silent": lambda: SilentPort(),
+            "gone": lambda: agent(fail=lambda t: True),
+            "bad-info": lambda: agent(tamper=only(P.INFO, lambda req, rep: edit(rep, protocol=2))),
+            "interrupted": lambda: agent(tamper=only(P.INFO, _interrupt))}[case]()
+    FakeTransport.made = []
+    monkeypatch.setattr(mpremote.transport_serial, "SerialTransport",
+                        lambda device, baudrate=115200: FakeTransport(port))
+    want = KeyboardInterrupt if case == "interrupted" else link.LinkError
+    with pytest.raises(want) as e:
+        no_hang(lambda: link.open_serial(str(dev), timeout=0.05))
+    (t,) = FakeTransport.made
+    assert t.closed
+    if want is link.LinkError:
+        msg = str(e.value)
+        assert "\n" not in msg and msg.startswith(str(dev)) and {
+            "silent": "no answer to INFO after 9 tries (0.05 s each) (is the tinymp agent "
+                      "running on the board?)",
+            "gone": "cannot write to the link",
+            "bad-info": "the agent speaks protocol 2, this tinymp speaks 1"}[case] in msg, msg
+    # and a board that answers is opened, its port closed with it
+    monkeypatch.setattr(mpremote.transport_serial, "SerialTransport",
+                        lambda device, baudrate=115200: FakeTransport(agent()))
+    with link.open_serial(str(dev), timeout=0.05) as b:
+        assert b.info["protocol"] == 1 and not FakeTransport.made[-1].closed
+    assert FakeTransport.made[-1].closed
+
+
+def test_a_qemu_board_whose_hello_fails_releases_the_pty(monkeypatch):
+    import subprocess
+
+    import mpremote.transport_serial
+    from tinymp.session import qemu
+
+    class Proc:
+        killed = False
+        stdout = io.BytesIO(b"char device redirected to /dev/pts/77 (label serial0)\n")
+
+        def kill(self):
+            self.killed = True
+
+        def wait(self):
+            return -9
+
+        def poll(self):
+            return -9 if self.killed else None
+    proc = Proc()
+    monkeypatch.setattr(qemu, "qemu_firmware", lambda: "firmware.elf")
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **kw: proc)
+    FakeTransport.made = []
+    monkeypatch.setattr(mpremote.transport_serial, "SerialTransport",
+                        lambda device, baudrate=115200: FakeTransport(SilentPort()))
+    with pytest.raises(link.LinkError) as e:
+        no_hang(lambda: qemu.start_qemu(timeout=0.05))
+    assert "no answer to INFO" in str(e.value)
+    (t,) = FakeTransport.made
+    assert t.closed and proc.killed
+
+
+def _interrupt(req, rep):
+    raise KeyboardInterrupt
+
+
 def test_reply_fields_the_json_files_cannot_hold_are_written_whole(rig):
     # values the PC does not read go into the run record as they came; bytes among them once
     # stopped json.dump half-way through runs/train-0001.json.tmp (a traceback)

@@ -407,25 +407,36 @@ def open_serial(device, timeout=None, faults=None, before_write=None):
     try:
         start_agent(t)
     except Exception as e:
-        t.close()
+        _close_transport(t)
         raise LinkError(f"tinymp: could not start the agent on {device}: {e} (if an earlier "
                         "command was cut off, the agent may still hold the board: reset it)") \
             from None
-    ser = t.serial
-    ser.timeout = 0.02
-    ser.write_timeout = WRITE_TIMEOUT  # a board that stops reading must not block a write forever
-    raw = FaultyPort(ser, before_write=before_write, **(faults or {})) if (faults or before_write) else ser
-    link = Link(raw, name=device, timeout=timeout or 5.0)
-    info = _hello(link, "board")
-    link.max_payload = info.get("max_payload")
+    try:
+        ser = t.serial
+        ser.timeout = 0.02
+        ser.write_timeout = WRITE_TIMEOUT  # a board that stops reading must not block a write
+        raw = FaultyPort(ser, before_write=before_write, **(faults or {})) \
+            if (faults or before_write) else ser
+        link = Link(raw, name=device, timeout=timeout or 5.0)
+        info = _hello(link, "board")
+        link.max_payload = info.get("max_payload")
+    except BaseException:
+        # no Board to close it: release the port here (a silent agent, a bad INFO reply, Ctrl-C),
+        # or this process keeps it open and the next open of it fails (exclusive)
+        _close_transport(t)
+        raise
 
     def closer():
         try:
             t.exit_raw_repl()
         except Exception:
             pass
-        try:
-            t.close()
-        except Exception:
-            pass
+        _close_transport(t)
     return Board(link, "serial", info, closer=closer, port_name=device)
+
+
+def _close_transport(t):
+    try:
+        t.close()
+    except Exception:
+        pass

@@ -8,7 +8,8 @@ to store a model; its times are instruction counts of an emulator, not hardware 
 import re
 import subprocess
 
-from .link import Board, FaultyPort, Link, LinkError, _hello, qemu_firmware, start_agent
+from .link import (Board, FaultyPort, Link, LinkError, _close_transport, _hello, qemu_firmware,
+                   start_agent)
 
 
 def start_qemu(timeout=None, faults=None, before_write=None):
@@ -38,6 +39,7 @@ def start_qemu(timeout=None, faults=None, before_write=None):
         rc = proc.poll()
         return None if rc is None else f"QEMU exited (status {rc})"
 
+    t = None
     try:
         t = SerialTransport(dev, baudrate=115200)
         start_agent(t, soft_reset=False)
@@ -48,10 +50,12 @@ def start_qemu(timeout=None, faults=None, before_write=None):
         link = Link(raw, name="QEMU Cortex-M7", timeout=timeout or 5.0, alive=why_dead)
         info = _hello(link, "QEMU board")
         link.max_payload = info.get("max_payload")
-    except Exception as e:
+    except BaseException as e:
+        if t is not None:
+            _close_transport(t)  # the pty's PC end: kept open by this process otherwise
         proc.kill()
         proc.wait()
-        if isinstance(e, LinkError):
+        if isinstance(e, LinkError) or not isinstance(e, Exception):
             raise
         raise LinkError(f"tinymp: could not start the agent in QEMU: {e}") from None
 
