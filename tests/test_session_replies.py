@@ -281,6 +281,44 @@ def test_predict_replies_of_the_wrong_size_stop(rig, change, says):
     assert not os.path.exists(rig.session.runs_dir)  # no eval run recorded
 
 
+@pytest.mark.parametrize("cut,says", [
+    (lambda x, y: (x[:3], y[:5]), "3 samples and 5 labels: give one label per sample"),
+    (lambda x, y: (x[:5], y[:3]), "5 samples and 3 labels: give one label per sample"),
+    (lambda x, y: (x[:0], y[:0]), "no samples to evaluate on"),
+    (lambda x, y: (x[:4], y[:4, None]), "the labels must be a list of N integers, got shape "
+                                        "(4, 1)"),
+    (lambda x, y: (x[:4], y[:4] + 0.5), "the labels must be integers, got float64"),
+    (lambda x, y: (x[:4], y[:4] * 0 + 10), "label 10 is not a class of the model (0..9)"),
+    (lambda x, y: (x[:4], y[:4] * 0 - 1), "label -1 is not a class of the model (0..9)"),
+    (lambda x, y: (x[:4, :16], y[:4]), "samples of shape [16, 32, 1]; the board's model takes "
+                                       "[32, 32, 1]"),
+    (lambda x, y: (x[0, 0, 0], y[:1]), "the samples must be an array of samples [N, H, W, C], "
+                                       "got shape (1,)"),
+], ids=["fewer-samples", "fewer-labels", "none", "2-d-labels", "float-labels", "past-the-classes",
+        "negative", "other-shape", "1-d-samples"])
+def test_evaluate_refuses_samples_and_labels_that_do_not_fit(rig, cut, says):
+    # evaluate() moves on by the predictions of each batch: with fewer samples than labels it sent
+    # empty batches for ever; the others broke later (numpy errors, a ReplyError blaming the board)
+    x, y, _ = D.load_samples(rig.held, *rig._fmt())
+    xc, yc = cut(x, y)
+    with open_fake(rig.where) as b:
+        with pytest.raises(C.SessionError) as e:
+            no_hang(lambda: C.evaluate(b, xc, yc, "pretrained", show=False,
+                                       session=rig.session))
+        assert P.PREDICT not in b.link.port.sent
+    assert e.value.code == 2 and str(e.value) == "tinymp: evaluate: " + says
+    assert not os.path.exists(rig.session.runs_dir)  # nothing recorded
+
+
+def test_eval_of_an_empty_samples_file_is_one_line(rig):
+    x, y, _ = D.load_samples(rig.held, *rig._fmt())
+    empty = str(rig.tmp / "empty.npz")
+    np.savez(empty, x=x[:0], y=y[:0])
+    rc, out, err = rig.cli("eval", data=empty)
+    assert rc == 2 and out == "" and one_line(err) == "tinymp: evaluate: no samples to evaluate on"
+    assert not os.path.exists(rig.session.runs_dir)
+
+
 @pytest.mark.parametrize("change,says", [
     (lambda req, rep: edit(rep, last_id=req["first"] - 1),
      "fake board: the board's agent did not advance past sample 0 of SAMPLES_PUT (it replied "

@@ -696,8 +696,10 @@ def _board_summary(board):
 
 def evaluate(board, x, y, params="personalised", show=True, num_classes=None, stage=None,
              session=None, source=None):
-    """Predictions of the board on samples x (int8 [N, H, W, C]) against labels y."""
-    x = np.ascontiguousarray(x, dtype=np.int8)
+    """Predictions of the board on samples x (int8 [N, H, W, C]) against labels y (N integers,
+    classes of the model). Samples and labels that do not fit each other or the board's model
+    are a user error (SessionError, status 2) before anything is sent."""
+    x, y = _check_eval_arrays(x, y, board.info.get("model") or {}, num_classes)
     size = int(np.prod(x.shape[1:]))
     maxp = board.link.max_payload or 4096
     most = max(1, min(128, (maxp - 64) // size))
@@ -747,6 +749,38 @@ def evaluate(board, x, y, params="personalised", show=True, num_classes=None, st
     if session is not None:
         rec["file"] = session.new_run("eval", rec)
     return rec
+
+
+def _check_eval_arrays(x, y, meta, num_classes=None):
+    """(x as contiguous int8, y as int64) after checking them: the loop of evaluate() moves on by
+    the predictions of each batch, so fewer samples than labels sent empty batches for ever, and
+    a label past the classes or a sample of another size broke it later with no clear line."""
+    x = np.asarray(x)
+    y = np.asarray(y)
+    if x.ndim < 2:
+        raise user_error(f"tinymp: evaluate: the samples must be an array of samples [N, H, W, "
+                         f"C], got shape {x.shape}")
+    if y.ndim != 1:
+        raise user_error(f"tinymp: evaluate: the labels must be a list of N integers, got shape "
+                         f"{y.shape}")
+    if len(x) != len(y):
+        raise user_error(f"tinymp: evaluate: {len(x)} samples and {len(y)} labels: give one "
+                         "label per sample")
+    if not len(y):
+        raise user_error("tinymp: evaluate: no samples to evaluate on")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise user_error(f"tinymp: evaluate: the labels must be integers, got {y.dtype}")
+    y = y.astype(np.int64)
+    classes = num_classes or meta.get("num_classes")
+    if y.min() < 0 or (classes and y.max() >= classes):
+        bad = int(y.min() if y.min() < 0 else y.max())
+        raise user_error(f"tinymp: evaluate: label {bad} is not a class of the model"
+                         + (f" (0..{classes - 1})" if classes else ""))
+    shape = meta.get("input_shape")
+    if shape and int(np.prod(x.shape[1:])) != int(np.prod(shape)):
+        raise user_error(f"tinymp: evaluate: samples of shape {list(x.shape[1:])}; the board's "
+                         f"model takes {list(shape)}")
+    return np.ascontiguousarray(x, dtype=np.int8), y
 
 
 def data_sha256(x, y):
