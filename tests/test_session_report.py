@@ -268,3 +268,153 @@ def test_a_one_step_run_shows_only_its_final_accuracy(tmp_path, capsys):
     assert rep["train"]["final_running_accuracy"] == float(hit)
     train = line(text, "training   ")
     assert f"running accuracy {one} (last 1 step)" in train and "->" not in train
+
+
+# --- damaged run records: named, never a traceback -----------------------------------------------
+
+ODD = [None, -1, 2.5, True, float("nan"), "x", {}, [], [1, 2, 3]]
+# where the plots read a train record (the --png runs are slow: only these places get them)
+PLOTTED = (("events",), ("fields",), ("start", "plan"), ("end", "plan"), ("end", "high_water"),
+           ("board", "arena_budget"))
+PLOT_ODD = ("dropped", "None", "'x'")  # and only these mutants there
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory):
+    """A session with a pretrained eval, a 12-step train run and an eval of it."""
+    base = tmp_path_factory.mktemp("recorded")
+    s = str(base / "s")
+    d = np.load(HELD)
+    few = str(base / "few.npz")
+    np.savez(few, x=d["x"][:20], y=d["y"][:20])
+    for args in (["push", DEMO], ["collect", "--from", few], ["collect", "--from", few, "--eval"],
+                 ["eval", "--pretrained"], ["train", "--steps", "12"], ["eval"]):
+        assert cli.main(args + ["--port", "sim", "--session", s, "-q"]) == 0
+    assert sorted(os.listdir(os.path.join(s, "runs"))) == ["eval-0001.json", "eval-0002.json",
+                                                          "train-0001.json"]
+    return s
+
+
+def _record_places(v, at=()):
+    """Every place of a record: its dicts' keys, the items of its lists (the first only of a list
+    longer than 3: the events are alike), nested."""
+    if isinstance(v, dict):
+        for k, x in v.items():
+            yield at + (k,)
+            yield from _record_places(x, at + (k,))
+    elif isinstance(v, list):
+        for i, x in enumerate(v[:1] if len(v) > 3 else v):
+            yield at + (i,)
+            yield from _record_places(x, at + (i,))
+
+
+def _record_mutants(rec):
+    """(description, place, mutant record): the whole record replaced, and every place dropped
+    or replaced by each ODD value."""
+    for odd in ODD:
+        yield f"record = {odd!r}", (), odd
+    for place in _record_places(rec):
+        for odd in ["drop"] + ODD:
+            m = json.loads(json.dumps(rec))
+            cur = m
+            for k in place[:-1]:
+                cur = cur[k]
+            if odd == "drop":
+                del cur[place[-1]]
+            else:
+                cur[place[-1]] = odd
+            yield f"{place} {'dropped' if odd == 'drop' else '= ' + repr(odd)}", place, m
+
+
+def test_a_damaged_run_record_is_named_never_a_traceback(recorded, tmp_path, capsys, monkeypatch):
+    # records written by older code from bad board replies (a field missing, of another type)
+    # parsed as JSON and then broke the report with a traceback
+    import shutil
+
+    from tinymp import bench
+    s = str(tmp_path / "s")
+    shutil.copytree(recorded, s)
+
+    def no_emulator(*a, **kw):  # --m7 reads the record up to the emulator run, not that run
+        raise bench.BenchError("no emulator in this test")
+    monkeypatch.setattr(bench, "estimate_training", no_emulator)
+    import matplotlib.figure
+    save = matplotlib.figure.Figure.savefig
+    # the figures are drawn whole, only small (time)
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig",
+                        lambda fig, p, dpi=None, **kw: save(fig, p, dpi=8, **kw))
+    from tinymp.session import run
+    png = str(tmp_path / "png")
+
+    def report_cmd(*extra):
+        """`tinymp report --session s EXTRA` without the parser: (exit status, stdout, stderr)"""
+        import argparse
+        args = argparse.Namespace(session=s, json="--json" in extra, m7="--m7" in extra,
+                                  png=png if "--png" in extra else None)
+        capsys.readouterr()
+        code = run.handle_errors(run.cmd_report, args)
+        cap = capsys.readouterr()
+        return code, cap.out, cap.err
+    # the same as the command line's
+    assert report_cmd("--json")[:2] == tm(capsys, "report", "--session", s, "--json")[:2]
+    seen = {0: 0, 2: 0}
+    for name in ("train-0001.json", "eval-0001.json", "eval-0002.json"):
+        path = os.path.join(s, "runs", name)
+        with open(path) as f:
+            clean = f.read()
+        for what, place, rec in _record_mutants(json.loads(clean)):
+            with open(path, "w") as f:
+                json.dump(rec, f)
+            runs = [["--json"], []]
+            if name.startswith("train"):
+                runs.append(["--m7"])
+                if (place[:2] in PLOTTED or place[:1] in PLOTTED or not place) and \
+                        what.endswith(PLOT_ODD):
+                    runs.append(["--png"])
+            for extra in runs:
+                try:
+                    code, out, err = report_cmd(*extra)
+                except Exception as e:  # noqa: BLE001 - what the test is about
+                    pytest.fail(f"{name} {what}: report {extra} raised {type(e).__name__}: {e}")
+                assert code in (0, 2), (name, what, extra, err)
+                seen[code] += 1
+                if code == 2:
+                    lines = err.strip().splitlines()
+                    assert out == "" and len(lines) == 1, (name, what, extra, err)
+                    # "... is damaged: what", or "... is not a run record" (not a dict)
+                    assert lines[0].startswith((f"tinymp: the run record {path} is damaged: ",
+                                                f"tinymp: {path} is not a run record")) \
+                        and lines[0].endswith("; move it out of the runs folder"), lines
+                elif extra == ["--json"]:
+                    json.loads(out)
+                else:
+                    assert out.startswith("board "), (name, what, extra, out)
+        with open(path, "w") as f:
+            f.write(clean)
+    assert seen[0] > 500 and seen[2] > 500, seen
+
+
+def test_a_damaged_run_record_says_what_is_wrong_and_the_rest_is_reported(recorded, tmp_path,
+                                                                          capsys):
+    import shutil
+    s = str(tmp_path / "s")
+    shutil.copytree(recorded, s)
+    path = os.path.join(s, "runs", "train-0001.json")
+    rec = run_record(s, "train-0001.json")
+    rec["end"]["plan"] = "x"
+    with open(path, "w") as f:
+        json.dump(rec, f)
+    code, out, err = tm(capsys, "report", "--session", s)
+    assert code == 2 and out == ""
+    assert err == (f"tinymp: the run record {path} is damaged: 'end.plan' is a str ('x'), not a "
+                   "dict; move it out of the runs folder\n")
+    rec["end"]["plan"] = None
+    rec["events"][3] = rec["events"][3][:5]
+    with open(path, "w") as f:
+        json.dump(rec, f)
+    code, out, err = tm(capsys, "report", "--session", s)
+    assert code == 2 and "is damaged: 'events[3]' is a list of 5 items, not 11;" in err, err
+    # moved out, as the line says: the evals are reported
+    os.rename(path, str(tmp_path / "train-0001.json"))
+    rep, text = report(capsys, s)
+    assert "train" not in rep and rep["accuracy_after"]["file"] == "eval-0002.json"

@@ -15,6 +15,7 @@ import subprocess
 import textwrap
 
 from .. import summary
+from . import protocol as P
 
 # the estimate runs the bench over the session's first ESTIMATE_SAMPLES samples (or more, when the
 # board's plan read more for its selection pass)
@@ -22,6 +23,45 @@ ESTIMATE_SAMPLES = 32
 # runs recorded before boards reported support_samples: the agent's TinyTrain pass read this many
 LEGACY_SUPPORT = 32
 SIM_NOTE = "simulated board, host CPU times (not measured on the board)"
+
+
+# --- what the report reads of a run record (commands.train / commands.evaluate) --------------
+# Records are the board's replies as they came (TRAIN_START's in "start", TRAIN_END's in "end",
+# the TRAIN_STEPS events), checked with the protocol's specs; records written before the PC
+# checked replies, or edited by hand, may hold anything, and the report says which one.
+
+# the board summary a record keeps (commands._board_summary): the fields the report reads
+BOARD = {"board": "str?", "model_sha256": "str?", "arena_budget": "count?",
+         "model_bytes": "count?", "inference_arena_bytes": "count?", "model_served_from": "str?"}
+# the event columns the report and the plots read
+EVENT_COLUMNS = ("step", "label", "pred", "loss", "forward_us", "backward_us", "update_us",
+                 "step_us", "step_cycles")
+_EVENT_KINDS = dict(zip(P.EVENT_FIELDS, P.REPLIES[P.TRAIN_STEPS]["events"].spec.specs))
+TRAIN_RECORD = {
+    "time": "num?", "samples": "count?", "dataset": "str?",
+    "options": P.Opt({"method": "str?", "lr": "num?", "budget": "count?", "period": "count?"}),
+    "fields": P.ListOf("str"),
+    "start": P.REPLIES[P.TRAIN_START], "end": P.Opt(P.REPLIES[P.TRAIN_END]),
+    "board": P.Opt(BOARD),
+}
+EVAL_RECORD = {
+    "time": "num?", "n": "count?", "accuracy": "num?", "params": "str?", "source": "str?",
+    "data_sha256": "str?", "predict_us_per_sample": "num?", "board": P.Opt(BOARD),
+}
+
+
+def record_problem(kind, rec):
+    """None when a run record of `kind` ('train', 'eval') holds what the report reads of it, in
+    the types it reads, else what is wrong, in a few words."""
+    problem = P._problem(TRAIN_RECORD if kind == "train" else EVAL_RECORD, rec, "")
+    if problem or kind != "train":
+        return problem
+    fields = rec["fields"]
+    missing = [c for c in EVENT_COLUMNS if c not in fields]
+    if missing:
+        return f"'fields' lacks {', '.join(repr(c) for c in missing)}"
+    row = P.Row(*[_EVENT_KINDS.get(name, "any") for name in fields])
+    return P._problem({"events": P.ListOf(row)}, rec, "")
 
 
 def _stats(values):
@@ -40,7 +80,7 @@ def accuracy_window(run):
     n = len(run["events"])
     if n < 2:
         return n
-    return max(1, min(max(10, run.get("samples", 10)), n // 2))
+    return max(1, min(max(10, run.get("samples") or 10), n // 2))
 
 
 def accuracy_change(t):
@@ -298,11 +338,25 @@ def pair_evals(evals, run, sha, log):
             _eval_fields(after[-1]) if after else None, missing)
 
 
+def checked_runs(session, kind):
+    """session.runs(kind), each holding what the report reads; SessionError (one line, status
+    2, as for a record that is not JSON) names the first that does not."""
+    from .commands import user_error
+    runs = session.runs(kind)
+    for rec in runs:
+        problem = record_problem(kind, rec)
+        if problem:
+            path = os.path.join(session.runs_dir, rec["file"])
+            raise user_error(f"tinymp: the run record {path} is damaged: {problem}; move it out "
+                             "of the runs folder")
+    return runs
+
+
 def build(session, m7=False):
     """The report of a session folder: its latest train run, the evals that measure that run's
     model (and parameters) and, with m7, the Cortex-M7 estimate of its training configuration."""
-    trains = session.runs("train")
-    evals = session.runs("eval")
+    trains = checked_runs(session, "train")
+    evals = checked_runs(session, "eval")
     st = session.state
     log = st.get("params_log") or []
     rep = {"session": session.path, "model": st.get("model"), "board": st.get("board")}
@@ -540,7 +594,7 @@ def plots(rep, train_run, outdir):
         ax.set_xlabel("KB of the training arena (live bytes at the peak step)")
         ax.set_xlim(0, max(left, budget or 0) / 1024 * 1.05)
         ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
-        ax.set_title(f"training memory: planned arena {t['arena_bytes']:,} B "
+        ax.set_title(f"training memory: planned arena {_num(t['arena_bytes'])} B "
                      f"({(t.get('plan') or {}).get('method', '')})", fontsize=10)
         fig.tight_layout()
         p = os.path.join(outdir, "memory.png")

@@ -357,7 +357,7 @@ def cmd_report(args):
     rep = report.build(session, m7=args.m7)
     pngs = []
     if args.png:
-        trains = session.runs("train")
+        trains = report.checked_runs(session, "train")
         try:
             pngs = report.plots(rep, trains[-1] if trains else None, args.png)
         except ImportError:
