@@ -8,6 +8,7 @@ with a hook that changes its replies. A command that loops without end meets `Ru
 LIMIT requests (and `no_hang` guards the time), so the old code fails these tests instead of
 hanging them."""
 import copy
+import errno
 import io
 import json
 import os
@@ -653,6 +654,107 @@ def test_reply_fields_the_json_files_cannot_hold_are_written_whole(rig):
     check_folder(rig.session.path)
     (rec,) = rig.session.runs("train")
     assert rec["end"]["stats"]["blob"] == "01ff"
+
+
+# --- a session file that cannot be written (a full disk, ...): one line, nothing lost ---------
+
+FULL = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk is full",
+        errno.EROFS: "Read-only file system", errno.EACCES: "Permission denied"}
+
+
+def fix(code):
+    return "make room" if code in (errno.ENOSPC, errno.EDQUOT) else \
+        "make the session folder writable"
+
+
+def fail_writes_in(monkeypatch, folder, code=errno.ENOSPC):
+    """Writes of files under `folder` fail with `code` where a full disk shows (the fsync of the
+    .tmp, when the data leaves the page cache); other files (the board's flash) are written."""
+    real = os.fsync
+
+    def fsync(fd):
+        try:
+            name = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            name = ""
+        if name.startswith(str(folder) + os.sep) and name.endswith(".tmp"):
+            raise OSError(code, os.strerror(code))
+        return real(fd)
+    monkeypatch.setattr(os, "fsync", fsync)
+    return lambda: monkeypatch.setattr(os, "fsync", real)  # room again
+
+
+@pytest.mark.parametrize("code", list(FULL), ids=[errno.errorcode[c] for c in FULL])
+def test_a_run_record_that_cannot_be_written_is_one_line(rig, monkeypatch, code):
+    rc, _, err = rig.cli("train")  # a first run, recorded
+    assert rc == 0, err
+    before = folder_state(rig.session.path)
+    room = fail_writes_in(monkeypatch, rig.session.path, code)
+    rc, out, err = rig.cli("train")
+    line = one_line(err)
+    path = os.path.join(rig.session.runs_dir, "train-0002.json")
+    assert rc == 1 and out == ""
+    assert line == (f"tinymp: cannot write {path}: {FULL[code]}; no run record written; the "
+                    "board saved this run's parameters, but the run is not recorded (the report "
+                    f"does not show it): {fix(code)} before training again"), line
+    assert rig.port.sent[-1] == P.BYE  # the board is fine: said goodbye
+    check_folder(rig.session.path)
+    assert folder_state(rig.session.path) == before  # nothing half-written, nothing lost
+    assert _board_info(rig)["params"]["saved"]
+    rc, out, err = rig.cli("eval")
+    line = one_line(err)
+    assert rc == 1 and line.startswith(f"tinymp: cannot write "
+                                       f"{os.path.join(rig.session.runs_dir, 'eval-0001.json')}: "
+                                       f"{FULL[code]}; no run record written; accuracy "), line
+    assert line.endswith(f"% (personalised parameters) on 24 samples, not recorded: {fix(code)} "
+                         "and run eval again to record it"), line
+    assert folder_state(rig.session.path) == before
+    room()
+    assert rig.cli("eval")[0] == 0  # with room again
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS],
+                         ids=[errno.errorcode[c] for c in (errno.ENOSPC, errno.EROFS)])
+def test_a_session_json_that_cannot_be_written_is_one_line_and_kept(rig, monkeypatch, code):
+    rc, out, err = rig.cli("push")  # the board holds it: the session records the model
+    assert rc == 0 and json.loads(out)["skipped"], err
+    rc, _, err = rig.cli("train")
+    assert rc == 0, err
+    rc, _, err = rig.cli("params", action="reset")  # session.json: its log of one reset
+    assert rc == 0, err
+    with open(rig.session.state_path, "rb") as f:
+        kept = f.read()
+    before = folder_state(rig.session.path)
+    room = fail_writes_in(monkeypatch, rig.session.path, code)
+    rc, out, err = rig.cli("params", action="rollback")
+    line = one_line(err)
+    assert rc == 1 and out == "" and line == (
+        f"tinymp: cannot write {rig.session.state_path}: {FULL[code]}; it is as it was; "
+        "OPENMV_H7 (simulated) did `params rollback`, which the session does not record (the "
+        f"report may say its runs' parameters are where they were): {fix(code)}"), line
+    with open(rig.session.state_path, "rb") as f:
+        assert f.read() == kept  # the previous session.json, whole
+    check_folder(rig.session.path)
+    assert folder_state(rig.session.path) == before
+    # a push: the board holds the new model; pushed again with room, the session records it,
+    # and the push in its log (the board dropped the earlier model's parameters)
+    other = os.path.join(MODELS, "digits0to4.tmpm")
+    rc, out, err = rig.cli("push", model=other)
+    line = one_line(err)
+    assert rc == 1 and line == (
+        f"tinymp: cannot write {rig.session.state_path}: {FULL[code]}; it is as it was; "
+        f"OPENMV_H7 (simulated) holds the new model, which the session does not record: "
+        f"{fix(code)} and run push again to record it (it sends nothing)"), line
+    assert folder_state(rig.session.path) == before
+    assert _board_info(rig)["model"]["sha256"] == C.hashlib.sha256(
+        open(other, "rb").read()).hexdigest()
+    room()
+    rc, out, err = rig.cli("push", model=other)
+    assert rc == 0 and json.loads(out)["skipped"], err
+    with open(rig.session.state_path) as f:
+        state = json.load(f)
+    assert state["model"]["name"] == "digits0to4.tmpm"
+    assert [e["action"] for e in state["params_log"]] == ["reset", "push"]
 
 
 # --- fuzz: every field of the INFO, TRAIN_* and PREDICT replies, dropped or of another type --

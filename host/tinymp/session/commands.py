@@ -38,6 +38,23 @@ def user_error(msg):
     return SessionError(msg, 2)
 
 
+class WriteError(SessionError):
+    """A session file that could not be written (a full disk, a quota, a read-only folder, no
+    permission), status 1 as a full disk in collect. The file is as it was and no .tmp is left
+    (_files.atomic_write). `with_context(what)` adds what the board did that the file would
+    have recorded; `fix` says what the user does about it."""
+
+    def __init__(self, path, err, kept):
+        self.path = path
+        full = disk_full(err)
+        self.why = "the disk is full" if full else (err.strerror or str(err))
+        self.fix = "make room" if full else "make the session folder writable"
+        super().__init__(f"tinymp: cannot write {path}: {self.why}; {kept}")
+
+    def with_context(self, what):
+        return SessionError(f"{self}; {what}", self.code)
+
+
 class _NoBar:
     def __init__(self, *a, **kw):
         pass
@@ -97,8 +114,12 @@ class Session:
         return os.path.join(self.path, "sim", profile)
 
     def save(self):
-        os.makedirs(self.path, exist_ok=True)
-        _write_json(self.state_path, self.state, indent=1)
+        """Write session.json whole or not at all; WriteError names it when it cannot be."""
+        try:
+            os.makedirs(self.path, exist_ok=True)
+            _write_json(self.state_path, self.state, indent=1)
+        except OSError as e:
+            raise WriteError(self.state_path, e, "it is as it was") from None
 
     @contextlib.contextmanager
     def lock(self):
@@ -152,10 +173,14 @@ class Session:
     def new_run(self, kind, record):
         """Write a run record as runs/KIND-NNNN.json, numbered after the highest one there (a
         deleted record never makes a new one overwrite another); the file appears whole."""
-        os.makedirs(self.runs_dir, exist_ok=True)
         n = max(self._run_numbers(kind), default=0) + 1
+        path = os.path.join(self.runs_dir, f"{kind}-{n:04d}.json")
         tmp = os.path.join(self.runs_dir, f".{kind}-{os.getpid()}.tmp")
-        _write_json(tmp, record)
+        try:
+            os.makedirs(self.runs_dir, exist_ok=True)
+            _write_json(tmp, record)  # nothing left behind when it fails
+        except OSError as e:
+            raise WriteError(path, e, "no run record written") from None
         try:
             while True:
                 path = os.path.join(self.runs_dir, f"{kind}-{n:04d}.json")
@@ -164,6 +189,8 @@ class Session:
                     return path
                 except FileExistsError:
                     n += 1
+        except OSError as e:
+            raise WriteError(path, e, "no run record written") from None
         finally:
             os.unlink(tmp)
 
@@ -196,7 +223,26 @@ def log_params(session, action, board, reply=None):
     if reply and reply.get("from"):
         entry["from"] = reply["from"]
     session.state.setdefault("params_log", []).append(entry)
-    session.save()
+    try:
+        session.save()
+    except WriteError as e:
+        name = board.info.get("board") or "the board"
+        if action == "push":
+            what = (f"{name} holds the new model, which the session does not record: {e.fix} "
+                    "and run push again to record it (it sends nothing)")
+        else:
+            what = (f"{name} did `params {action}`, which the session does not record (the "
+                    f"report may say its runs' parameters are where they were): {e.fix}")
+        raise e.with_context(what) from None
+
+
+def push_not_logged(session, res):
+    """Whether a push that found its model already on the board (`res` of push()) must still be
+    logged: the session records another model, so the push that put this one there was not
+    recorded (its session.json could not be written, or it was made from another folder) and
+    the board dropped the recorded model's parameters since."""
+    before = (session.state.get("model") or {}).get("sha256")
+    return bool(res["skipped"] and before and before != res["sha256"])
 
 
 def _json_default(v):
@@ -675,7 +721,14 @@ def train(board, ds, options, steps=None, epochs=None, save=True, show=True, ses
            "fields": list(P.EVENT_FIELDS), "events": events, "end": end,
            "board": _board_summary(board), "dataset": ds.path, "samples": n}
     if session is not None:
-        rec["file"] = session.new_run("train", rec)
+        try:
+            rec["file"] = session.new_run("train", rec)
+        except WriteError as e:
+            kept = ("the board saved this run's parameters" if end.get("saved") else
+                    "the board kept this run as the trial run, its saved parameters as they were"
+                    if end.get("trial") else "the board keeps its last saved parameters")
+            raise e.with_context(f"{kept}, but the run is not recorded (the report does not "
+                                 f"show it): {e.fix} before training again") from None
     return rec
 
 
@@ -747,7 +800,12 @@ def evaluate(board, x, y, params="personalised", show=True, num_classes=None, st
            "predict_us_per_sample": us / max(1, len(y)), "source": source,
            "data_sha256": data_sha256(x, y), "board": _board_summary(board)}
     if session is not None:
-        rec["file"] = session.new_run("eval", rec)
+        try:
+            rec["file"] = session.new_run("eval", rec)
+        except WriteError as e:
+            raise e.with_context(f"accuracy {rec['accuracy'] * 100:.1f}% ({used} parameters) on "
+                                 f"{rec['n']} samples, not recorded: {e.fix} and run eval "
+                                 "again to record it") from None
     return rec
 
 

@@ -129,9 +129,10 @@ def cmd_push(args):
     meta = dict(info.get("model") or {})  # {bytes, error} on a board whose engine cannot load it
     meta["name"] = os.path.basename(args.model)
     meta["path"] = os.path.abspath(args.model)
+    missed = C.push_not_logged(session, res)
     session.state["model"] = meta
     session.state["board"] = C._board_summary(board)
-    if not res["skipped"]:  # the board dropped the previous model's parameters
+    if not res["skipped"] or missed:  # the board dropped the previous model's parameters
         C.log_params(session, "push", board)
     session.save()
     res["board"] = _board_name(board)
@@ -515,8 +516,9 @@ def run_session(cfg, args, out=print):
         meta = dict(C.model_meta(info))
         meta["name"] = os.path.basename(cfg["model"])
         meta["path"] = cfg["model"]
+        missed = C.push_not_logged(session, res)
         session.state.update({"model": meta, "board": C._board_summary(board)})
-        if not res["skipped"]:  # the board dropped the previous model's parameters
+        if not res["skipped"] or missed:  # the board dropped the previous model's parameters
             C.log_params(session, "push", board)
         session.save()
         ds = C.open_dataset(session, meta, name)
