@@ -281,3 +281,44 @@ def test_a_folder_that_cannot_be_locked_is_used_unlocked(tmp_path, monkeypatch):
     with C.Session(str(tmp_path / "s")).lock():
         ran.append(True)
     assert ran == [True]
+
+
+def test_a_full_disk_does_not_stop_the_lock(tmp_path, monkeypatch):
+    # the pid written into SESSION/.lock once met a full disk with a traceback; the lock holds
+    # all the same (the pid only names the holder to a second command)
+    import builtins
+    import errno
+
+    class Full:
+        def __init__(self, f):
+            self.f = f
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return self.f.__exit__(*exc)
+
+        def write(self, data):
+            return len(data)  # buffered: the disk is found full at the flush
+
+        def flush(self):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    real = builtins.open
+    monkeypatch.setattr(C, "open", lambda *a, **kw: Full(real(*a, **kw)), raising=False)
+    s = C.Session(str(tmp_path / "s"))
+    ran = []
+    with s.lock():
+        ran.append(True)
+        with pytest.raises(C.SessionError) as e:  # held: a second command stops
+            with C.Session(s.path).lock():
+                pass
+        assert "another tinymp command (a process)" in str(e.value)
+    assert ran == [True]
+    monkeypatch.undo()
+    with s.lock():  # released
+        pass

@@ -152,13 +152,19 @@ class Session:
                 raise SessionError(f"tinymp: another tinymp command ({who or 'a process'}) is "
                                    f"using the session folder {self.path}; wait for it to "
                                    "finish, or give another --session") from None
-            f.truncate(0)
-            f.write(f"pid {os.getpid()}\n")
-            f.flush()
+            try:
+                f.truncate(0)
+                f.write(f"pid {os.getpid()}\n")
+                f.flush()
+            except OSError:
+                pass  # a full disk: held all the same; a second command names no pid
             try:
                 yield
             finally:
-                f.truncate(0)
+                try:
+                    f.truncate(0)
+                except OSError:
+                    pass
                 fcntl.flock(f, fcntl.LOCK_UN)
 
     def _run_numbers(self, kind):
