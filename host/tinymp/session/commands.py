@@ -38,6 +38,13 @@ def user_error(msg):
     return SessionError(msg, 2)
 
 
+class WordedLinkError(LinkError):
+    """A failed link (status 1, no BYE) whose message, one line starting 'tinymp:', already says
+    what the board may hold: the link went after the board was asked to act (commit a model,
+    write ROMFS, end a training run), which it does before it replies. Callers that word a
+    LinkError as 'keeps its previous model' pass this one on unchanged."""
+
+
 class WriteError(SessionError):
     """A session file that could not be written (a full disk, a quota, a read-only folder, no
     permission), status 1 as a full disk in collect. The file is as it was and no .tmp is left
@@ -391,18 +398,18 @@ def push(board, data, show=True, chunk=None):
     except LinkError as e:
         # the commit was asked for, and the board commits before it replies: a reply that is bad,
         # or lost with the link, leaves either model on the board (not "its previous model")
-        what = "stopped" if isinstance(e, ReplyError) else "interrupted"
-        raise SessionError(f"tinymp: push {what} at the commit: {e}; whether {name} committed "
-                           "the model is not known: run push again, which says so and sends "
-                           "nothing when the board holds the model, and else resumes the push") \
-            from None
+        bad = isinstance(e, ReplyError)  # the link works: a SessionError, and BYE
+        raise (SessionError if bad else WordedLinkError)(
+            f"tinymp: push {'stopped' if bad else 'interrupted'} at the commit: {e}; whether "
+            f"{name} committed the model is not known: run push again, which says so and sends "
+            "nothing when the board holds the model, and else resumes the push") from None
     dt = time.perf_counter() - t0
     try:
         refresh_info(board)
     except LinkError as e:
-        raise SessionError(f"tinymp: push: {name} committed the model (sha256 {sha[:12]}), then: "
-                           f"{e}; run push again to see where the board uses it from (it "
-                           "sends nothing)") from None
+        raise (SessionError if isinstance(e, ReplyError) else WordedLinkError)(
+            f"tinymp: push: {name} committed the model (sha256 {sha[:12]}), then: {e}; run push "
+            "again to see where the board uses it from (it sends nothing)") from None
     return {"sha256": rep["sha256"], "bytes": rep["bytes"], "seconds": dt,
             "resumed_from": start or None, "skipped": False, "romfs": rep.get("romfs")}
 
@@ -437,10 +444,11 @@ def finish_romfs(board):
             # the model is committed (this is a model the board holds); the board writes ROMFS
             # before it replies, so how far that write got is not known
             name = board.info.get("board") or "the board"
-            raise SessionError(f"tinymp: push: writing the model into ROMFS: {e}; {name} holds "
-                               "the model on its filesystem; whether the ROMFS write finished is "
-                               "not known: run push again, which says where the board uses the "
-                               "model from and finishes the write if it is not done") from None
+            raise (SessionError if isinstance(e, ReplyError) else WordedLinkError)(
+                f"tinymp: push: writing the model into ROMFS: {e}; {name} holds the model on its "
+                "filesystem; whether the ROMFS write finished is not known: run push again, "
+                "which says where the board uses the model from and finishes the write if it is "
+                "not done") from None
         return rep
     return {"present": True, "in_place": bool(st.get("serving")), "state": st.get("state"),
             "warning": st.get("note"), "segment_bytes": st.get("bytes")}
@@ -469,7 +477,10 @@ def romfs_board_text(info):
 
 def push_link_error(e, board_name="the board"):
     """The line of a push stopped before its commit was asked for (push() words the failures of
-    the commit and of the ROMFS write itself: after those the board may hold the new model)."""
+    the commit and of the ROMFS write itself, WordedLinkError: after those the board may hold the
+    new model)."""
+    if isinstance(e, WordedLinkError):
+        return e
     if isinstance(e, ReplyError):  # before the commit; sending again would meet the same agent
         return SessionError(f"tinymp: push stopped: {e}; {board_name} keeps its previous model")
     return SessionError(f"tinymp: push interrupted: {e}; {board_name} keeps its previous model; "
@@ -721,8 +732,8 @@ def train(board, ds, options, steps=None, epochs=None, save=True, show=True, ses
             what = ("whether the board kept this run as the trial run is not known (it keeps it "
                     "before it replies); its saved parameters are as they were: `tinymp eval "
                     "--trial` measures the trial run it holds, if any")
-        raise SessionError(f"tinymp: training interrupted at its end: {e}; {what}; no run "
-                           "recorded: train again to record one") from None
+        raise WordedLinkError(f"tinymp: training interrupted at its end: {e}; {what}; no run "
+                              "recorded: train again to record one") from None
     rec = {"kind": "train", "time": time.time(), "options": opts, "start": start,
            "fields": list(P.EVENT_FIELDS), "events": events, "end": end,
            "board": _board_summary(board), "dataset": ds.path, "samples": n}

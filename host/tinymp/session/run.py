@@ -223,6 +223,8 @@ def cmd_train(args):
         try:
             run = C.train(board, ds, opts, steps=args.steps, epochs=args.epochs,
                           save=not args.no_save, show=_show(args), session=session)
+        except C.WordedLinkError:
+            raise  # the link went at TRAIN_END: it says what is not known
         except (LinkError, BoardError) as e:
             msg = e.msg if isinstance(e, BoardError) else str(e)
             raise C.SessionError(f"tinymp: training interrupted: {msg}; the board keeps its last "
