@@ -42,7 +42,7 @@ try:
 except ImportError:  # pragma: no cover
     hashlib = None
 
-AGENT_VERSION = "2"  # 2: trial runs (params.try)
+AGENT_VERSION = "3"  # 2: trial runs (params.try); 3: INFO params also without saved options
 PROTOCOL = 1
 MAGIC = b"\xa5T"
 HEADER = 12
@@ -703,6 +703,11 @@ class Agent:
             rom_state = self.rom.state(_size(self._p("model.tmpm")),
                                        self.model is not None and self.model_from == "romfs")
         params = self._read_opt()
+        if params is None and (_exists(self._p("params.bin")) or _exists(self._p("params.prev"))):
+            # no options record: e.g. after PARAMS_RESET, which shelves them with the parameters;
+            # whether parameters are kept (a rollback) is still worth saying
+            params = {"saved": _exists(self._p("params.bin")),
+                      "previous": _exists(self._p("params.prev"))}
         return {
             "agent": AGENT_VERSION, "protocol": PROTOCOL,
             "board": b.get("name") or machine or sys.platform,
