@@ -399,6 +399,13 @@ PLAN = {"arena_bytes": "count?", "method": "str?", "forward_macs": "count?",
         "backward_macs": "count?", "table_bytes": "count?", "breakdown": Opt(DictOf("num?"))}
 # PUSH_COMMIT's and PUSH_ROMFS's "romfs" (commands.romfs_text)
 ROMFS = {"present": "bool?", "in_place": "bool?", "state": "str?", "warning": "str?"}
+# the training options a saved or trial run's record keeps (INFO "params" and "trial": the options
+# TRAIN_START was sent), as `tinymp status` shows them (commands.options_text)
+RUN_OPTIONS = {"method": "str?", "steps": "count?", "lr": "num?", "seed": "int?",
+               "budget": "count?", "r": "count?", "ratio": "num?", "storage": "str?",
+               "momentum": "num?", "period": "count?", "fresh": "bool?"}
+# a run's record: the model it trained, its options, the board's clock when it ended
+RUN_RECORD = {"model": "str?", "options": Opt(RUN_OPTIONS), "time": "num?"}
 
 REPLIES = {
     INFO: {
@@ -415,6 +422,12 @@ REPLIES = {
              "num_classes": "pos", "class_names": Opt(ListOf("str")), "input_scale": "scale",
              "input_zero_point": "int", "inference_arena_bytes": "count?",
              "served_from": "str?"})),
+        # what `tinymp status` reads (an older agent sends no params or trial: None)
+        "samples": Opt({"count": "count", "last_id": "id", "dataset": "any", "bytes": "count?"}),
+        # the saved parameters' record, "saved" (params.bin is there) and "previous" (params.prev,
+        # for a rollback); from agent 3 also without a record, then only those two
+        "params": Opt(dict(RUN_RECORD, saved="bool?", previous="bool?")),
+        "trial": Opt(RUN_RECORD),
     },
     PUSH_BEGIN: {"offset": "count"},
     PUSH_DATA: {"offset": "count"},
