@@ -220,6 +220,7 @@ class Rig:
             "eval": dict(data=self.held, pretrained=False, both=False, trial=False,
                          confusion=False),
             "params": dict(action="save"),
+            "status": dict(),
             "report": dict(png=None, m7=False),
         }[name]
         args = self.args(**dict(defaults, **kw))
@@ -378,6 +379,18 @@ CASES = [
      "bad INFO reply: 'model.sha256' is missing"),
     ("push", {}, P.INFO, lambda req, rep: ["not", "a", "dict"],
      "bad INFO reply: the reply is a list of 3 items, not a dict"),
+    # what `tinymp status` reads of the saved parameters', the trial run's and the samples' records
+    ("status", {}, P.INFO, lambda req, rep: edit(rep, params=edit(rep["params"] or {},
+                                                                   options={"steps": "200"})),
+     "bad INFO reply: 'params.options.steps' is a str ('200'), not an integer >= 0"),
+    ("status", {}, P.INFO, lambda req, rep: edit(rep, params={"saved": "yes"}),
+     "bad INFO reply: 'params.saved' is a str ('yes'), not true or false"),
+    ("status", {}, P.INFO, lambda req, rep: edit(rep, trial={"model": "x", "time": "noon"}),
+     "bad INFO reply: 'trial.time' is a str ('noon'), not a finite number"),
+    ("status", {}, P.INFO, lambda req, rep: edit(rep, trial=[1]),
+     "bad INFO reply: 'trial' is a list of 1 item, not a dict"),
+    ("train", {}, P.INFO, lambda req, rep: edit(rep, samples=edit(rep["samples"], count=-1)),
+     "bad INFO reply: 'samples.count' is an int (-1), not an integer >= 0"),
 ]
 
 
@@ -879,6 +892,8 @@ def _result(name, out):
         return v["total"], v["per_class"]
     if name == "report":
         return v["train"]["steps"] if v.get("train") else None
+    if name == "status":  # it shows the board's values as they come: its shape, not its figures
+        return sorted(v), sorted(v["board"]), sorted(v["params"])
     return v.get("sha256")
 
 
@@ -887,7 +902,8 @@ def test_fuzz_info_replies(rig):
     # parameters (a new model), which would change their accuracy
     assert _fuzz(rig, P.INFO, [("push", {}), ("eval", {"pretrained": True}),
                                ("collect", {"source": rig.held, "eval": True}),
-                               ("push", {"json": False})]) > 1000
+                               ("push", {"json": False}), ("status", {}),
+                               ("status", {"json": False})]) > 1000
 
 
 def test_a_session_config_reads_only_what_info_must_hold(rig):
@@ -945,10 +961,12 @@ def test_the_checks_pass_what_the_agent_sends(rig, monkeypatch):
                        ("collect", {"label": 3, "count": 5}), ("train", {}),
                        ("train", {"no_save": True}),
                        ("eval", {"trial": True}), ("params", {"action": "save"}),
-                       ("params", {"action": "rollback"}), ("params", {"action": "reset"})):
+                       ("params", {"action": "rollback"}), ("params", {"action": "reset"}),
+                       ("status", {})):  # its INFO: after a reset, params without options
         rc, _, err = rig.cli(name, **opts)
         assert rc == 0, (name, err)
     assert set(P.REPLIES) - {P.PUSH_ROMFS} <= set(seen)
+    assert seen[P.INFO][-1]["params"] == {"saved": False, "previous": True}
     for t, reps in seen.items():
         for rep in reps:
             assert P.reply_problem(t, rep) is None, (P.NAMES[t], rep)

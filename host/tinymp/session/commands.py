@@ -1,4 +1,4 @@
-"""What `tinymp push|collect|train|eval|params|report|session|demo` do, against a connected
+"""What `tinymp push|collect|train|eval|params|status|report|session|demo` do, against a connected
 `Board` (link.py) and a session folder on the PC:
 
     SESSION/session.json     the model last pushed, the board, what has been run
@@ -13,9 +13,11 @@ checks each against what the PC reads of it (protocol.reply_problem), and the lo
 that each reply advances the transfer; a bad reply is a `ReplyError` (a LinkError, status 1).
 """
 import contextlib
+import datetime
 import errno
 import hashlib
 import json
+import math
 import os
 import re
 import time
@@ -888,3 +890,132 @@ def eval_data(session, meta, path=None):
                 return x, y, f"{d} ({what})"
     raise user_error("tinymp: nothing to evaluate on: give --data FILE.npz|DIR, or collect "
                      "with --eval first")
+
+
+# --- status ---------------------------------------------------------------------------------
+
+DEFAULT_METHOD = "tinymp"  # what the board trains when TRAIN_START names no method (the agent's)
+# A run record's time is the board's clock (time.time()) when the run ended: CPython and
+# MicroPython's unix port count it from 1970, its embedded ports from 2000-01-01, and a board
+# whose clock was never set from its power-up (or its RTC's default date). It is shown as a date
+# only when it is one, from either epoch, between CLOCK_SET and about now.
+EPOCH_2000 = 946684800
+CLOCK_SET = 1500000000  # 2017-07-14
+
+
+def clock_text(t, simulated, now=None):
+    """(ISO-8601 UTC or None, words) of the time `t` a record on the board was written: the
+    simulated board's clock is this PC's; a board's is shown as a date only when it is one."""
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t):
+        return None, "at a time not recorded"
+    now = time.time() if now is None else now
+    for off in (0,) if simulated else (0, EPOCH_2000):
+        if not simulated and not CLOCK_SET <= t + off <= now + 2 * 86400:
+            continue
+        try:
+            when = datetime.datetime.fromtimestamp(t + off, datetime.timezone.utc)
+        except (OverflowError, OSError, ValueError):
+            break
+        iso = when.strftime("%Y-%m-%dT%H:%M:%SZ")
+        if simulated:
+            return iso, when.astimezone().strftime("%Y-%m-%d %H:%M:%S") + " (this PC's clock)"
+        return iso, when.strftime("%Y-%m-%d %H:%M:%S") + " UTC (the board's clock)"
+    return None, f"at a time the board's clock does not tell (it reads {t:.0f} s, not a date)"
+
+
+def options_text(o):
+    """A run record's options in a few words: 'method tinymp, 200 steps (lr 0.01, seed 1)'."""
+    out = f"method {o.get('method') or DEFAULT_METHOD + ' (the default)'}"
+    if o.get("steps") is not None:
+        out += f", {o['steps']:,} step{'s' if o['steps'] != 1 else ''}"
+    extra = []
+    for k in ("lr", "seed", "budget", "r", "ratio", "storage", "momentum", "period"):
+        v = o.get(k)
+        if v is None:
+            continue
+        extra.append(f"budget {v:,} B" if k == "budget" else
+                     f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}")
+    if o.get("fresh"):
+        extra.append("started from the pretrained weights")
+    return out + (f" ({', '.join(extra)})" if extra else "")
+
+
+def _run_status(rec, sha, simulated):
+    """A saved or trial run's record from INFO (checked: protocol.RUN_RECORD), for status."""
+    o = rec.get("options")
+    iso, when = clock_text(rec.get("time"), simulated)
+    return {"options": o, "method": (o.get("method") or DEFAULT_METHOD) if o is not None else None,
+            "steps": o.get("steps") if o is not None else None,
+            "model_sha256": rec.get("model"),
+            "for_model": None if rec.get("model") is None or sha is None else rec["model"] == sha,
+            "time": rec.get("time"), "ended_utc": iso, "ended": when}
+
+
+def _session_samples(session):
+    """(dataset id, samples) of the session's dataset, read without opening it (which drops what
+    an interrupted append left: status changes nothing), or (None, None)."""
+    try:
+        with open(os.path.join(session.dataset_dir, "manifest.json")) as f:
+            uid = json.load(f).get("uid")
+        with open(os.path.join(session.dataset_dir, "samples.jsonl"), "rb") as f:
+            n = f.read().count(b"\n")  # whole records: a torn last line is not one
+    except (OSError, ValueError, AttributeError):
+        return None, None
+    return uid, n
+
+
+def board_status(board, session):
+    """What the board holds now, from its INFO (the hello's, checked by the link: nothing more is
+    asked), set against what the session folder recorded: the model it last pushed (session.json)
+    and its dataset. Reads only; `tinymp status` prints it."""
+    i = board.info
+    sim = board.simulated
+    try:
+        agent = int(i.get("agent"))
+    except (TypeError, ValueError):
+        agent = None
+    state = session.state if isinstance(session.state, dict) else {}
+    rec = state.get("model") if isinstance(state.get("model"), dict) else {}
+    pushed = {"name": rec.get("name"), "sha256": rec["sha256"]} \
+        if isinstance(rec.get("sha256"), str) else None
+    m = i.get("model")
+    model = sha = None
+    if m is not None and m.get("error") is not None:
+        model = {"error": m["error"], "bytes": m.get("bytes"), "session_model": None}
+    elif m is not None:
+        sha = m["sha256"]
+        here = pushed is not None and pushed["sha256"] == sha
+        model = {"sha256": sha, "bytes": m["bytes"], "served_from": m.get("served_from"),
+                 "input_shape": m["input_shape"], "num_classes": m["num_classes"],
+                 "name": pushed["name"] if here else None, "session_model": here}
+    p = i.get("params") or {}
+    saved = bool(p.get("saved"))
+    params = dict(_run_status(p, sha, sim) if saved else
+                  {k: None for k in ("options", "method", "steps", "model_sha256", "for_model",
+                                     "time", "ended_utc", "ended")}, saved=saved)
+    # earlier parameters kept for a rollback: an agent before 3 sends no params after a reset
+    params["previous"] = p.get("previous") if "previous" in p else \
+        (False if agent is not None and agent >= 3 else None)
+    t = i.get("trial")
+    s = i.get("samples")
+    samples = None
+    if s is not None:
+        uid, n = _session_samples(session)
+        samples = {"count": s["count"], "last_id": s["last_id"], "dataset": s["dataset"],
+                   "bytes": s.get("bytes"),
+                   # the board's samples are the session dataset's (by its id)
+                   "session_dataset": None if uid is None or not s["count"] else
+                   s["dataset"] == uid, "session_samples": n}
+    return {
+        "board": {"name": i.get("board"), "simulated": sim, "port": board.port_name,
+                  "implementation": i.get("implementation"), "firmware": i.get("firmware"),
+                  "tinymp": i.get("tinymp"), "agent": i.get("agent"),
+                  "mem_free": i.get("mem_free"), "arena_budget": i.get("arena_budget"),
+                  "romfs": i.get("romfs"), "romfs_state": i.get("romfs_state")},
+        "session": session.path,
+        "model": model,
+        "session_model": pushed,
+        "params": params,
+        "trial": None if t is None else _run_status(t, sha, sim),
+        "samples": samples,
+    }

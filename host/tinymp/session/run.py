@@ -1,5 +1,6 @@
 """The session sub-commands of `tinymp` (argument parsing and printing; the work is in
-commands.py): devices, push, collect, train, eval, params, report, session, demo."""
+commands.py): devices, push, collect, train, eval, params, status, report, session,
+demo."""
 import contextlib
 import json
 import os
@@ -344,6 +345,113 @@ def cmd_params(args):
                "reset": "the board is back to the pretrained weights (rollback undoes this)"}
               [args.action])
     return 0
+
+
+# --- status ---------------------------------------------------------------------------------
+
+def cmd_status(args):
+    """What the board holds now: its INFO (asked at the hello, nothing more), set against the
+    session folder; changes nothing on the board or in the folder."""
+    session = _session(args)
+    with _open(args, session) as board:
+        st = C.board_status(board, session)
+    if args.json:
+        _emit(args, st)
+        return 0
+    for line in status_lines(st):
+        print(line)
+    return 0
+
+
+def _b(n):
+    return "-" if n is None else f"{n:,} B"
+
+
+def status_lines(st):
+    """`tinymp status` in text: one line each for the board, its model, its saved parameters,
+    its trial run and its samples."""
+    from .simboard import SIM_SUFFIX
+    b, m, pushed = st["board"], st["model"], st["session_model"]
+    name = b["name"] or "the board"
+    sim = b["simulated"] and not str(name).endswith(SIM_SUFFIX)
+    out = [f"board       {name}{' (simulated)' if sim else ''}: {b['implementation'] or '?'} "
+           f"{b['firmware'] or '?'}, tinymp {b['tinymp'] or '-'}, agent {b['agent'] or '?'}; "
+           f"memory free {_b(b['mem_free'])}"
+           + (" (the profile's)" if b["simulated"] else "")
+           + f", arena budget {_b(b['arena_budget'])}"]
+    if pushed is None:
+        mine = "this session folder records no pushed model"
+    else:
+        mine = f"{pushed['name'] or 'a model'}, sha256 {pushed['sha256'][:12]}"
+    if m is None:
+        out.append("model       none: `tinymp push MODEL` sends one"
+                   + (f" (this session last pushed {mine})" if pushed else ""))
+    elif m.get("error") is not None:
+        size = "a model" if m["bytes"] is None else f"a model of {m['bytes']:,} bytes"
+        out.append(f"model       {size} the board cannot use: {m['error']}")
+    else:
+        out.append(f"model       {m['name'] + ', ' if m['name'] else ''}sha256 {m['sha256'][:12]}, "
+                   f"{m['bytes']:,} bytes, {_served(m, b)}; "
+                   + ("the model this session last pushed" if m["session_model"] else
+                      f"not the model this session last pushed ({mine})" if pushed else mine))
+    p = st["params"]
+    back = {True: "earlier ones kept: `tinymp params rollback` brings them back",
+            False: "no earlier ones kept for `tinymp params rollback`",
+            None: f"whether earlier ones are kept for `tinymp params rollback` this board's "
+                  f"agent (version {b['agent']}) does not say"}[p["previous"]]
+    if p["saved"]:
+        # without the options that rebuild their plan, eval and train do not load them
+        what = "saved without their options record: eval and train use the pretrained " \
+            "weights" if p["options"] is None else \
+            f"saved: {C.options_text(p['options'])}, run ended {p['ended']}"
+        if p["for_model"] is False:
+            what += " (trained on another model: eval uses the pretrained weights)"
+        out.append(f"parameters  {what}; {back}")
+    elif m is None:
+        out.append("parameters  none" + ("" if p["previous"] is False else f"; {back}"))
+    else:
+        out.append(f"parameters  none: the pretrained weights; {back}")
+    t = st["trial"]
+    if t is None:
+        out.append("trial run   none")
+    else:
+        what = "options not recorded" if t["options"] is None else \
+            f"{C.options_text(t['options'])}, run ended {t['ended']}"
+        out.append(f"trial run   {what}: " +
+                   ("trained on another model, not usable" if t["for_model"] is False else
+                    "`tinymp eval --trial` measures it, `tinymp params save` keeps it"))
+    s = st["samples"]
+    if s is None:
+        out.append("samples     not reported by this board's agent")
+    else:
+        n = s["session_samples"]
+        held = f"this session's dataset holds {n:,}" if n is not None else \
+            "this session folder holds no dataset"
+        if not s["count"]:
+            out.append(f"samples     none on the board; {held}")
+        elif s["session_dataset"]:
+            out.append(f"samples     {s['count']:,} on the board ({_b(s['bytes'])} each), of this "
+                       f"session's dataset, which holds {n:,}"
+                       + ("; train sends the rest" if n > s["count"] else ""))
+        else:
+            out.append(f"samples     {s['count']:,} on the board ({_b(s['bytes'])} each); {held}"
+                       + ("; they are another dataset's: collect or train replaces them"
+                          if n is not None else ""))
+    return out
+
+
+def _served(m, b):
+    """Where the board uses its model from, and why not ROMFS when it could."""
+    if m["served_from"] == "romfs":
+        return "served from ROMFS (in place)"
+    if m["served_from"] is None:
+        return "served from where the agent does not say"
+    rs = b["romfs_state"]
+    if rs is None:
+        return "served from the " + m["served_from"] + \
+            (" (ROMFS: present, not writable by the agent)" if b["romfs"] else "")
+    why = rs.get("note") or C.ROMFS_STATES.get(rs.get("state"), rs.get("state") or "not used")
+    return f"served from the {m['served_from']} (ROMFS: {why})"
 
 
 # --- report ---------------------------------------------------------------------------------
@@ -755,6 +863,11 @@ def add_parsers(sub):
     p.add_argument("action", choices=["save", "rollback", "reset"])
     _board_args(p)
     p.set_defaults(func=cmd_params)
+
+    p = sub.add_parser("status", help="what the board holds now: its model, saved parameters, "
+                                      "trial run and samples (changes nothing)")
+    _board_args(p)
+    p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("report", help="accuracy, memory and latency of the session")
     p.add_argument("--session", default="tinymp-session")
