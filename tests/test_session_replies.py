@@ -14,6 +14,7 @@ import json
 import os
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -478,15 +479,25 @@ def test_a_link_lost_at_the_commit_says_the_model_on_the_board_is_not_known(rig)
     line = one_line(err)
     assert rc == 1 and out == ""
     assert "push interrupted at the commit" in line and "cannot write to the link" in line
-    assert "whether OPENMV_H7 (simulated) committed the model is not known: run push again" \
-        in line, line
+    sha = C.hashlib.sha256(DEMO).hexdigest()
+    assert "whether OPENMV_H7 (simulated) committed the model is not known: `tinymp status` " \
+        f"shows the model it holds (this one is sha256 {sha[:12]}); run push again" in line, line
     assert "keeps its previous model" not in line
     assert P.BYE not in rig.port.sent  # a failed link: no BYE
-    assert _board_info(rig)["model"]["sha256"] == C.hashlib.sha256(DEMO).hexdigest()
-    # what the line says to run finds it there
+    assert _board_info(rig)["model"]["sha256"] == sha
+    # what the line says to run finds it there: status names it, and the session does not
+    # record it yet; push again sends nothing and records it
     rig.gone = None
+    rc, out, err = rig.cli("status")
+    assert rc == 0, err
+    st = json.loads(out)
+    assert st["model"]["sha256"] == sha and st["model"]["session_model"] is False
+    assert st["session_model"] is None
     rc, out, err = rig.cli("push")
     assert rc == 0 and json.loads(out)["skipped"], err
+    rc, out, err = rig.cli("status", json=False)
+    assert rc == 0 and f"model       demo.tmpm, sha256 {sha[:12]}, {len(DEMO):,} bytes" in out
+    assert "the model this session last pushed" in out
 
 
 def test_a_link_lost_before_the_commit_keeps_the_previous_model(rig):
@@ -513,9 +524,13 @@ def test_a_link_lost_during_the_romfs_write_says_its_outcome_is_not_known(rig):
     line = one_line(err)
     assert rc == 1 and "writing the model into ROMFS" in line
     assert "holds the model on its filesystem; whether the ROMFS write finished is not known: " \
-        "run push again" in line, line
+        "`tinymp status` shows where the board uses the model from; run push again" in line, line
     assert "keeps its previous model" not in line
     rig.gone = None
+    # the board finished the write before its reply was lost: status says it serves the model
+    # from ROMFS
+    rc, out, err = rig.cli("status")
+    assert rc == 0 and json.loads(out)["model"]["served_from"] == "romfs", err
     rc, out, err = rig.cli("push")
     assert rc == 0, err
     res = json.loads(out)
@@ -527,16 +542,22 @@ def test_a_link_lost_at_the_end_of_training_says_what_is_not_known(rig, save):
     # the board saves (or keeps the trial run), then the link goes before its reply: the line
     # said "the board keeps its last saved parameters", while it held this run's
     rig.gone = lambda t: t == P.TRAIN_END
-    rc, out, err = rig.cli("train", no_save=not save)
+    t0 = int(time.time())
+    rc, out, err = rig.cli("train", no_save=not save, method="last", steps=4)
     line = one_line(err)
     assert rc == 1 and out == "" and "training interrupted at its end" in line
     assert "keeps its last saved parameters" not in line
+    # the options the line names are the run's: the ones the test gave
+    this = "method last, 4 steps (lr 0.01, seed 1)"
     if save:
         assert "whether the board saved this run's parameters is not known" in line, line
-        assert "`tinymp eval` measures" in line and "rollback" not in line
+        assert "`tinymp status` shows the options of the saved parameters and when their run " \
+            f"ended, to set against this run's options: {this}; no run recorded" in line, line
+        assert "rollback" not in line
     else:
         assert "whether the board kept this run as the trial run is not known" in line, line
-        assert "`tinymp eval --trial`" in line
+        assert "`tinymp status` shows the trial run it holds, if any, and when it ended, to set " \
+            f"against this run's options: {this}; no run recorded" in line, line
     assert "no run recorded" in line and not os.path.exists(rig.session.runs_dir)
     assert P.BYE not in rig.port.sent
     info = _board_info(rig)
@@ -544,6 +565,17 @@ def test_a_link_lost_at_the_end_of_training_says_what_is_not_known(rig, save):
         assert info["params"]["saved"]  # it had saved them
     else:
         assert info["trial"] is not None and not (info["params"] or {}).get("saved")
+    # status answers it: the record of this run, ended after the test started it
+    rig.gone = None
+    rc, out, err = rig.cli("status")
+    assert rc == 0, err
+    st = json.loads(out)
+    rec = st["params" if save else "trial"]
+    assert rec["method"] == "last" and rec["steps"] == 4 and rec["time"] >= t0
+    assert st["params"]["saved"] is save and (st["trial"] is None) is save
+    rc, out, err = rig.cli("status", json=False)
+    assert rc == 0 and f"{'parameters  saved: ' if save else 'trial run   '}{this}, run ended " \
+        in out, out
 
 
 class FakeTransport:

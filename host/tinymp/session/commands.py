@@ -403,8 +403,9 @@ def push(board, data, show=True, chunk=None):
         bad = isinstance(e, ReplyError)  # the link works: a SessionError, and BYE
         raise (SessionError if bad else WordedLinkError)(
             f"tinymp: push {'stopped' if bad else 'interrupted'} at the commit: {e}; whether "
-            f"{name} committed the model is not known: run push again, which says so and sends "
-            "nothing when the board holds the model, and else resumes the push") from None
+            f"{name} committed the model is not known: `tinymp status` shows the model it holds "
+            f"(this one is sha256 {sha[:12]}); run push again, which sends nothing when the "
+            "board holds it, and else resumes the push") from None
     dt = time.perf_counter() - t0
     try:
         refresh_info(board)
@@ -448,9 +449,9 @@ def finish_romfs(board):
             name = board.info.get("board") or "the board"
             raise (SessionError if isinstance(e, ReplyError) else WordedLinkError)(
                 f"tinymp: push: writing the model into ROMFS: {e}; {name} holds the model on its "
-                "filesystem; whether the ROMFS write finished is not known: run push again, "
-                "which says where the board uses the model from and finishes the write if it is "
-                "not done") from None
+                "filesystem; whether the ROMFS write finished is not known: `tinymp status` shows "
+                "where the board uses the model from; run push again, which finishes the write "
+                "if it is not done") from None
         return rep
     return {"present": True, "in_place": bool(st.get("serving")), "state": st.get("state"),
             "warning": st.get("note"), "segment_bytes": st.get("bytes")}
@@ -725,15 +726,20 @@ def train(board, ds, options, steps=None, epochs=None, save=True, show=True, ses
     except LinkError as e:
         # the link failed with TRAIN_END asked for: the board may have ended the run (it saves
         # before it replies) or never got the request, so neither "kept" nor "saved" is known;
-        # and no rollback advice, which would undo the earlier parameters if it did not save
+        # and no rollback advice, which would undo the earlier parameters if it did not save.
+        # `tinymp status` shows the record the board keeps of its saved (trial) run: its options
+        # and the board's clock when it ended, to set against this run's
+        run = options_text(opts)
         if save:
             what = ("whether the board saved this run's parameters is not known (it saves "
-                    "before it replies): `tinymp eval` measures the parameters it holds now, "
-                    "this run's if it saved them")
+                    "before it replies): `tinymp status` shows the options of the saved "
+                    "parameters and when their run ended, to set against this run's options: "
+                    f"{run}")
         else:
             what = ("whether the board kept this run as the trial run is not known (it keeps it "
-                    "before it replies); its saved parameters are as they were: `tinymp eval "
-                    "--trial` measures the trial run it holds, if any")
+                    "before it replies); its saved parameters are as they were: `tinymp status` "
+                    "shows the trial run it holds, if any, and when it ended, to set against "
+                    f"this run's options: {run}")
         raise WordedLinkError(f"tinymp: training interrupted at its end: {e}; {what}; no run "
                               "recorded: train again to record one") from None
     rec = {"kind": "train", "time": time.time(), "options": opts, "start": start,
