@@ -31,6 +31,7 @@ The personalisation session (docs/SESSION.md; the work is in tinymp.session):
     tinymp train [--method M] [--budget KB] [--epochs E]
     tinymp eval [--data FILE] [--pretrained|--both|--trial]
     tinymp params save|rollback|reset
+    tinymp status [--json]                     what the board holds now (changes nothing)
     tinymp report [--png DIR] [--m7]           --m7: a Cortex-M7 estimate (emulated)
     tinymp session CONFIG.json                 the whole flow from one config file
 
