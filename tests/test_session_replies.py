@@ -390,7 +390,7 @@ CASES = [
      "bad INFO reply: 'trial.time' is a str ('noon'), not a finite number"),
     ("status", {}, P.INFO, lambda req, rep: edit(rep, trial=[1]),
      "bad INFO reply: 'trial' is a list of 1 item, not a dict"),
-    ("train", {}, P.INFO, lambda req, rep: edit(rep, samples=edit(rep["samples"], count=-1)),
+    ("status", {}, P.INFO, lambda req, rep: edit(rep, samples=edit(rep["samples"], count=-1)),
      "bad INFO reply: 'samples.count' is an int (-1), not an integer >= 0"),
 ]
 

@@ -290,3 +290,23 @@ def test_an_older_agent_that_says_less(sess):
 ])
 def test_clock_text(t, simulated, says):
     assert C.clock_text(t, simulated, now=1_900_000_000) == says
+
+
+def test_a_malformed_params_record_leaves_the_other_commands_working(sess):
+    # only status reads the records: push, eval and `params reset` (which clears the record)
+    # still take a board whose params.opt is damaged, and status works again after the reset
+    sess.ok("push", DEMO)
+    sess.ok("collect", "--from", HELD)
+    sess.ok("train", "--steps", "3")
+    opt = os.path.join(sess.path, "sim", PROFILE, "flash", "params.opt")
+    with open(opt, "rb") as f:
+        rec = A.decode(f.read())
+    rec["options"]["steps"] = "3"
+    with open(opt, "wb") as f:
+        f.write(A.encode(rec))
+    assert sess.run("status")[0] == 1
+    sess.ok("push", DEMO)
+    sess.ok("eval", "--data", HELD)
+    sess.ok("params", "reset")
+    st, _ = sess.status()
+    assert st["params"]["saved"] is False and st["params"]["previous"] is True

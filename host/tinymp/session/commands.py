@@ -975,6 +975,9 @@ def board_status(board, session):
     asked), set against what the session folder recorded: the model it last pushed (session.json)
     and its dataset. Reads only; `tinymp status` prints it."""
     i = board.info
+    problem = P.status_problem(i)
+    if problem:  # only status reads these: the other commands still work (and can replace them)
+        raise board.link.agent_error(f"sent a bad INFO reply: {problem}")
     sim = board.simulated
     try:
         agent = int(i.get("agent"))

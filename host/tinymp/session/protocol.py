@@ -422,12 +422,6 @@ REPLIES = {
              "num_classes": "pos", "class_names": Opt(ListOf("str")), "input_scale": "scale",
              "input_zero_point": "int", "inference_arena_bytes": "count?",
              "served_from": "str?"})),
-        # what `tinymp status` reads (an older agent sends no params or trial: None)
-        "samples": Opt({"count": "count", "last_id": "id", "dataset": "any", "bytes": "count?"}),
-        # the saved parameters' record, "saved" (params.bin is there) and "previous" (params.prev,
-        # for a rollback); from agent 3 also without a record, then only those two
-        "params": Opt(dict(RUN_RECORD, saved="bool?", previous="bool?")),
-        "trial": Opt(RUN_RECORD),
     },
     PUSH_BEGIN: {"offset": "count"},
     PUSH_DATA: {"offset": "count"},
@@ -450,6 +444,23 @@ REPLIES = {
     PARAMS_RESET: {},
 }
 assert len(EVENT_FIELDS) == len(REPLIES[TRAIN_STEPS]["events"].spec.specs)
+
+
+# What `tinymp status` reads of INFO besides REPLIES[INFO] (an older agent sends no params or
+# trial: None). Checked by status only: a board whose records are damaged must still take the
+# commands that replace them (push, train, params reset).
+STATUS_INFO = {
+    "samples": Opt({"count": "count", "last_id": "id", "dataset": "any", "bytes": "count?"}),
+    # the saved parameters' record, "saved" (params.bin is there) and "previous" (params.prev, for
+    # a rollback); from agent 3 also without a record, then only those two
+    "params": Opt(dict(RUN_RECORD, saved="bool?", previous="bool?")),
+    "trial": Opt(RUN_RECORD),
+}
+
+
+def status_problem(info):
+    """None when INFO has what `tinymp status` reads, else what is wrong, in a few words."""
+    return _problem(STATUS_INFO, info, "")
 
 
 def reply_problem(ftype, value):
