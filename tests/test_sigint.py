@@ -103,41 +103,54 @@ print("fits", n, "interrupts", interrupts, "steps", k)
 '''
 
 
-def _storm(tmp_path, method, mode, delay, storm_s=2.0, secs=3.0):
-    script = tmp_path / "storm.py"
-    script.write_text(SCRIPT)
-    out = str(tmp_path / "state")
-    proc = subprocess.Popen([MICROPYTHON, "-X", "heapsize=32M", str(script), DEMO, method, mode, out,
-                             str(secs)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def _run(argv, out, signal_it):
+    """Run a script that prints "ready" before its work, let `signal_it(proc)` send the
+    SIGINTs, wait for the end; (stdout, the interrupted trainer's file, its replay's file, or
+    None for a file not written)."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
-        time.sleep(delay)
-        sent = 0
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < storm_s and proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            sent += 1
-            time.sleep(0.002)
+        signal_it(proc)
         stdout, stderr = proc.communicate(timeout=300)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
     assert proc.returncode == 0, stdout + stderr
+    return stdout, _read(out + ".a"), _read(out + ".b")
+
+
+def _read(path):
+    if not os.path.exists(path):  # the script was not interrupted
+        return None
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _storm(tmp_path, method, mode, storm_s=2.0, secs=3.0):
+    script = tmp_path / "storm.py"
+    script.write_text(SCRIPT)
+    out = str(tmp_path / "state")
+    sent = [0]
+
+    def storm(proc):
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < storm_s and proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            sent[0] += 1
+            time.sleep(0.002)
+
+    stdout, a, b = _run([MICROPYTHON, "-X", "heapsize=32M", str(script), DEMO, method, mode, out,
+                         str(secs)], out, storm)
     words = stdout.split()
     interrupts, steps = int(words[words.index("interrupts") + 1]), int(words[-1])
-    with open(out + ".a", "rb") as f:
-        a = f.read()
-    with open(out + ".b", "rb") as f:
-        b = f.read()
-    return sent, interrupts, steps, a, b
+    return sent[0], interrupts, steps, a, b
 
 
 @needs_mp
 @pytest.mark.parametrize("method", ["tinymp", "full"])
 def test_steps_under_a_sigint_storm_are_whole(tmp_path, method):
-    sent, interrupts, steps, a, b = _storm(tmp_path, method, "step", delay=0.0)
+    sent, interrupts, steps, a, b = _storm(tmp_path, method, "step")
     # the storm really hit the steps: hundreds of interrupts while thousands of steps ran
     assert interrupts > 50 and steps > 20, (sent, interrupts, steps)
     assert a == b, f"{method}: the state after {interrupts} interrupts is not that of {steps} steps"
@@ -146,7 +159,7 @@ def test_steps_under_a_sigint_storm_are_whole(tmp_path, method):
 @needs_mp
 def test_fit_stops_between_steps_on_sigint(tmp_path):
     # fit() again after every interrupt: each call stops where a SIGINT reached it
-    sent, interrupts, steps, a, b = _storm(tmp_path, "tinymp", "fit", delay=0.0)
+    sent, interrupts, steps, a, b = _storm(tmp_path, "tinymp", "fit")
     assert interrupts > 50 and steps > 20, (sent, interrupts, steps)
     assert a == b, f"the state after {interrupts} interrupted fit() calls is not that of {steps} steps"
 
@@ -182,21 +195,11 @@ def test_pc_fit_stops_on_sigint_between_steps(tmp_path):
     script = tmp_path / "pcfit.py"
     script.write_text(PC_SCRIPT)
     out = str(tmp_path / "state")
-    proc = subprocess.Popen([sys.executable, str(script), DEMO, out], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
+
+    def one(proc):
         time.sleep(0.3)
         proc.send_signal(signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0, stdout + stderr
+
+    stdout, a, b = _run([sys.executable, str(script), DEMO, out], out, one)
     assert "interrupted after" in stdout, stdout
-    with open(out + ".a", "rb") as f:
-        a = f.read()
-    with open(out + ".b", "rb") as f:
-        b = f.read()
     assert a == b, "the interrupted fit() is not its first steps, whole"
