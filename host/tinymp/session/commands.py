@@ -28,6 +28,7 @@ from .._files import atomic_write
 from . import protocol as P
 from .dataset import Dataset, DatasetError, disk_full, load_samples
 from .link import BoardError, LinkError, ReplyError
+from ..tinymp_agent import DEFAULT_METHOD  # what the board trains when no method is named
 
 
 class SessionError(Exception):
@@ -900,7 +901,6 @@ def eval_data(session, meta, path=None):
 
 # --- status ---------------------------------------------------------------------------------
 
-DEFAULT_METHOD = "tinymp"  # what the board trains when TRAIN_START names no method (the agent's)
 # A run record's time is the board's clock (time.time()) when the run ended: CPython and
 # MicroPython's unix port count it from 1970, its embedded ports from 2000-01-01, and a board
 # whose clock was never set from its power-up (or its RTC's default date). It is shown as a date
@@ -957,19 +957,6 @@ def _run_status(rec, sha, simulated):
             "time": rec.get("time"), "ended_utc": iso, "ended": when}
 
 
-def _session_samples(session):
-    """(dataset id, samples) of the session's dataset, read without opening it (which drops what
-    an interrupted append left: status changes nothing), or (None, None)."""
-    try:
-        with open(os.path.join(session.dataset_dir, "manifest.json")) as f:
-            uid = json.load(f).get("uid")
-        with open(os.path.join(session.dataset_dir, "samples.jsonl"), "rb") as f:
-            n = f.read().count(b"\n")  # whole records: a torn last line is not one
-    except (OSError, ValueError, AttributeError):
-        return None, None
-    return uid, n
-
-
 def board_status(board, session):
     """What the board holds now, from its INFO (the hello's, checked by the link: nothing more is
     asked), set against what the session folder recorded: the model it last pushed (session.json)
@@ -1009,7 +996,7 @@ def board_status(board, session):
     s = i.get("samples")
     samples = None
     if s is not None:
-        uid, n = _session_samples(session)
+        uid, n = Dataset.peek(session.dataset_dir)
         samples = {"count": s["count"], "last_id": s["last_id"], "dataset": s["dataset"],
                    "bytes": s.get("bytes"),
                    # the board's samples are the session dataset's (by its id)

@@ -94,6 +94,20 @@ class Dataset:
         open(os.path.join(path, "samples.jsonl"), "ab").close()
         return cls(path, manifest)
 
+    @staticmethod
+    def peek(path):
+        """(uid, samples) of the dataset folder `path`, read without opening it (open() drops what
+        an interrupted append left, and a reader must change nothing), or (None, None) when it
+        is not one. A torn last line is not counted."""
+        try:
+            with open(os.path.join(path, "manifest.json")) as f:
+                uid = json.load(f).get("uid")
+            with open(os.path.join(path, "samples.jsonl"), "rb") as f:
+                n = f.read().count(b"\n")
+        except (OSError, ValueError, AttributeError):
+            return None, None
+        return uid, n
+
     @classmethod
     def open(cls, path):
         mpath = os.path.join(path, "manifest.json")
