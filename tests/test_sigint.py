@@ -36,8 +36,9 @@ def _has_trainer():
 needs_mp = pytest.mark.skipif(not _has_trainer(), reason="needs build/unix/micropython with "
                                 "tinymp (make firmware BOARD=UNIX MICROPY_DIR=...)")
 
-# The storm's KeyboardInterrupts land anywhere in the script, even in its own handlers: every
-# statement that must run once sits behind `state`, and each pass of the loop catches twice. The
+# The storm's KeyboardInterrupts land anywhere in the script, even in its own handlers and in
+# the print("ready") that starts the storm: every statement that must run once sits behind a
+# flag, and each pass of the loop catches twice. The
 # storm loop allocates nothing and the collector is off: a SIGINT inside MicroPython's own
 # gc_collect() leaves the heap locked for good on this port, whatever the module does.
 SCRIPT = r'''
@@ -65,11 +66,14 @@ def time_up(epoch, j, loss, correct):
     return time.ticks_diff(time.ticks_ms(), t0) >= ms
 
 
-print("ready")
+said = 0
 state = 0
 while state < 2:
     try:
         try:
+            if not said:  # the storm starts once "ready" is read, maybe before print returns
+                said = 1
+                print("ready")
             while time.ticks_diff(time.ticks_ms(), t0) < ms:
                 if mode == "step":
                     t.step(xs[0], ys[0], out=loss)

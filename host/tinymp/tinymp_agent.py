@@ -341,6 +341,9 @@ def _remove(path):
         pass
 
 
+_ENOSPC = 28  # errno of a full filesystem (POSIX, littlefs and MicroPython's FAT alike)
+
+
 def _sync(f):
     f.flush()
     fsync = getattr(os, "fsync", None)
@@ -364,10 +367,15 @@ def _replace(src, dst):
 
 
 def _write_file(path, data):
+    """data as the file `path`, whole or not at all (a failed write leaves no temporary file)."""
     tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        _sync(f)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            _sync(f)
+    except BaseException:
+        _remove(tmp)
+        raise
     _replace(tmp, path)
 
 
@@ -598,7 +606,7 @@ class Agent:
         if _exists(new):
             _replace(new, cur)
         for name in ("params.bin", "params.opt", "params.try", "params.try.opt",
-                     "params.prev.opt"):
+                     "params.prev.opt", "params.new", "params.new.opt"):
             p = self._p(name)
             if _exists(p + ".tmp") and not _exists(p):
                 _remove(p + ".tmp")
@@ -610,6 +618,16 @@ class Agent:
         if _exists(self._p("params.opt")) and not _exists(self._p("params.bin")) and \
                 _exists(self._p("params.prev")):
             _replace(self._p("params.opt"), self._p("params.prev.opt"))
+        # a save (_save_params) cut short: written whole (both params.new files) with the saved
+        # parameters shelved, it is finished; otherwise the new files go and nothing changed
+        new, new_opt = self._p("params.new"), self._p("params.new.opt")
+        if _exists(new) and _exists(new_opt) and not _exists(self._p("params.bin")):
+            _replace(new, self._p("params.bin"))
+        if _exists(new_opt) and not _exists(new) and _exists(self._p("params.bin")) and \
+                not _exists(self._p("params.opt")):
+            _replace(new_opt, self._p("params.opt"))
+        _remove(new)
+        _remove(new_opt)
 
     # --- engine
     def _need_engine(self):
@@ -1206,13 +1224,45 @@ class Agent:
         else:
             _remove(self._p("params.prev.opt"))
 
+    def _write_new_params(self, opts):
+        """The trainer's parameters and their record as params.new and params.new.opt (each
+        written whole: a temporary file renamed), touching no other file. OSError when they do
+        not fit; then neither is left behind."""
+        try:
+            self.trainer.save(self._p("params.new"))
+            _write_file(self._p("params.new.opt"), self._opt_record(opts))
+        except (OSError, ValueError):
+            _remove(self._p("params.new"))
+            _remove(self._p("params.new.opt"))
+            raise
+
     def _save_params(self, opts):
+        """The trainer's parameters become the saved ones, the saved ones the previous (rollback).
+        Nothing changes until the new file and its record are written whole (params.new*), so a
+        write that fails leaves the saved parameters saved: the reason is returned (None when
+        saved). With no room for a third copy, the previous parameters, which a save drops
+        anyway, are dropped first and the write tried again."""
+        try:
+            self._write_new_params(opts)
+        except (OSError, ValueError) as e:
+            if not (isinstance(e, OSError) and e.args and e.args[0] == _ENOSPC and
+                    _exists(self._p("params.prev"))):
+                return str(e) or type(e).__name__
+            # a save ends with the previous parameters gone: make their room first
+            _remove(self._p("params.prev.opt"))
+            _remove(self._p("params.prev"))
+            try:
+                self._write_new_params(opts)
+            except (OSError, ValueError) as e2:
+                return ((str(e2) or type(e2).__name__) + "; the earlier parameters (for a "
+                        "rollback) were dropped to make room, and still they did not fit")
         # a trial belongs to the saved parameters it started from: once they change, it goes
         self._drop_trial()
-        p = self._p("params.bin")
         self._shelve_saved()
-        self.trainer.save(p)
-        _write_file(self._p("params.opt"), self._opt_record(opts))
+        # parameters first, then their record (_recover finishes a pair cut short by a reset)
+        _replace(self._p("params.new"), self._p("params.bin"))
+        _replace(self._p("params.new.opt"), self._p("params.opt"))
+        return None
 
     def _keep_trial(self, opts):
         """Keep the trainer's parameters as the trial run (params.try), which PARAMS_SAVE can
@@ -1243,9 +1293,11 @@ class Agent:
                "heap_before": t["heap0"], "heap_after": t["heap1"], "heap_end": _mem_free(),
                "clock": self.board.get("clock", "board"), "saved": False}
         if isinstance(req, dict) and req.get("save", True):
-            self._save_params(t["opts"])
-            self.trainer_unsaved = False
-            rep["saved"] = True
+            why = self._save_params(t["opts"])
+            self.trainer_unsaved = why is not None
+            rep["saved"] = why is None
+            if why is not None:
+                rep["save_error"] = why
         else:
             why = self._keep_trial(t["opts"])
             rep["trial"] = why is None
@@ -1345,7 +1397,10 @@ class Agent:
             return {"saved": True, "from": "trial"}
         if self.trainer is not None and self.trainer_unsaved:
             # a run of this connection whose trial could not be kept (e.g. no room)
-            self._save_params(self.trainer_opts or {})
+            why = self._save_params(self.trainer_opts or {})
+            if why is not None:
+                raise Fail("storage", "the parameters could not be written: %s; the saved ones "
+                           "are as they were" % why)
             self.trainer_unsaved = False
             return {"saved": True, "from": "ram"}
         raise Fail("state", "no unsaved trained parameters: no trial run on the board and none "

@@ -1470,7 +1470,7 @@ static void params_write_file(tinymp_trainer_obj_t *self, mp_obj_t path) {
             mp_obj_t buf = k == PARAMS_PIECE ? whole : mp_obj_new_memoryview('B', k, piece);
             mp_obj_t r = call_method(f, MP_QSTR_write, 1, &buf);
             if (r != mp_const_none && mp_obj_get_int(r) != (mp_int_t)k) {
-                mp_raise_OSError(MP_EIO); // a short write: the medium is full
+                mp_raise_OSError(MP_ENOSPC); // a short write: the medium is full
             }
         }
         mp_obj_t fo = f;

@@ -139,6 +139,9 @@ def train_summary(run):
         "heap_after": end.get("heap_after"),
         "heap_end": end.get("heap_end"),
         "saved": end.get("saved"),
+        # why a run asked to save was not (its parameters could not be written; the saved ones
+        # stay as they were)
+        "save_error": end.get("save_error"),
         # an unsaved run kept on the board as the trial (`tinymp params save` keeps it; None: a
         # saved run, or a board whose agent has no trial runs) and why it could not be kept
         "trial": end.get("trial"),
@@ -279,8 +282,10 @@ def params_status(run, log):
     elif state == "trial":
         text = "parameters not saved, kept as a trial run (`tinymp params save` keeps them)"
     elif state == "unsaved":
-        text = "parameters not saved" + (f" (not kept as a trial run: {end['trial_error']})"
-                                         if end.get("trial_error") else "")
+        text = "parameters not saved" + (
+            f" (the board could not write them: {end['save_error']})" if end.get("save_error")
+            else f" (not kept as a trial run: {end['trial_error']})" if end.get("trial_error")
+            else "")
     elif by == "push":
         text = "parameters no longer on the board: a new model was pushed since"
     elif saved:

@@ -249,9 +249,15 @@ def cmd_train(args):
               "at their int8 limits, where no gradient passes; a high learning rate drives them "
               "there. Try a smaller --lr" + (f" (this run: {lr:g})" if lr else "") +
               " with --fresh.", file=sys.stderr)
+    # asked to save, the board could not: the run is recorded, the command fails (status 1)
+    status = 1 if t.get("save_error") else 0
+    if status:  # on stderr, in text and JSON mode alike
+        print(f"error: the board could not save this run's parameters: {t['save_error']}; it "
+              "keeps its last saved parameters. The run is recorded; make room on the board's "
+              "filesystem and train again", file=sys.stderr)
     if args.json:
         _emit(args, t)
-        return 0
+        return status
     print(f"trained {t['steps']} steps on {_board_name(board)}: running accuracy "
           f"{report.accuracy_change(t)}, loss {t['final_loss']:.3f}; arena "
           f"{report._num(t['arena_bytes'])} bytes planned, "
@@ -260,10 +266,13 @@ def cmd_train(args):
     print(f"log: {run.get('file')}")
     if t["clock"] == "host":
         print(f"times: {report.SIM_NOTE}")
-    return 0
+    return status
 
 
 def _unsaved_text(t):
+    if t.get("save_error"):
+        return (f"parameters NOT saved: the board could not write them ({t['save_error']}); "
+                "it keeps its last saved parameters")
     if t.get("trial"):
         return ("parameters NOT saved, kept as a trial run: `tinymp eval --trial` measures them, "
                 "`tinymp params save` keeps them")
@@ -664,7 +673,10 @@ def run_session(cfg, args, out=print):
         out(f"train      {t['steps']} steps of method {t['plan'].get('method')} on the board: "
             f"running accuracy {report.accuracy_change(t)}"
             + (", parameters saved" if t["saved"] else
+               f", parameters NOT saved: the board could not write them ({t['save_error']})"
+               if t.get("save_error") else
                ", parameters kept as a trial run (not saved)" if t.get("trial") else ""))
+        save_error = t.get("save_error")
         after = C.evaluate(board, x, y, "personalised", show, meta["num_classes"], "after",
                            session, what)
         out(f"evaluate   after:  {after['accuracy'] * 100:.1f}% ({after['params']} weights) on "
@@ -681,6 +693,7 @@ def run_session(cfg, args, out=print):
                 f"{e.strerror or e})")
     rep["plots"] = pngs
     rep["seconds"] = time.perf_counter() - t_all
+    rep["save_error"] = save_error
     return rep
 
 
@@ -708,14 +721,20 @@ def cmd_session(args):
     cfg = load_config(args.config)
     out = (lambda *a: None) if args.json else print
     rep = run_session(cfg, args, out)
+    # the train step asked to save and the board could not: the flow's results stand, it fails
+    status = 1 if rep.get("save_error") else 0
+    if status:
+        print(f"error: the board could not save the trained parameters: {rep['save_error']}; it "
+              "keeps its last saved parameters; make room on the board's filesystem and run "
+              "the flow again", file=sys.stderr)
     if args.json:
         _emit(args, rep)
-        return 0
+        return status
     print()
     print(report.format_text(rep))
     for p in rep["plots"]:
         print(f"plot: {p}")
-    return 0
+    return status
 
 
 def demo_config(session_dir):
