@@ -547,17 +547,19 @@ def test_a_link_lost_at_the_end_of_training_says_what_is_not_known(rig, save):
     line = one_line(err)
     assert rc == 1 and out == "" and "training interrupted at its end" in line
     assert "keeps its last saved parameters" not in line
-    # the options the line names are the run's: the ones the test gave
+    # the options and the run's name the line gives are the run's: the ones the test gave, and
+    # the name the board keeps with what it saved (below)
     this = "method last, 4 steps (lr 0.01, seed 1)"
+    run_name = line.split(f"this one is {this}, run ")[1].split(";")[0]
     if save:
         assert "whether the board saved this run's parameters is not known" in line, line
-        assert "`tinymp status` shows the options of the saved parameters and when their run " \
-            f"ended, to set against this run's options: {this}; no run recorded" in line, line
+        assert "`tinymp status` names the run of the saved parameters; this one is " \
+            f"{this}, run {run_name}; no run recorded" in line, line
         assert "rollback" not in line
     else:
         assert "whether the board kept this run as the trial run is not known" in line, line
-        assert "`tinymp status` shows the trial run it holds, if any, and when it ended, to set " \
-            f"against this run's options: {this}; no run recorded" in line, line
+        assert "`tinymp status` names the trial run it holds, if any; this one is " \
+            f"{this}, run {run_name}; no run recorded" in line, line
     assert "no run recorded" in line and not os.path.exists(rig.session.runs_dir)
     assert P.BYE not in rig.port.sent
     info = _board_info(rig)
@@ -572,10 +574,12 @@ def test_a_link_lost_at_the_end_of_training_says_what_is_not_known(rig, save):
     st = json.loads(out)
     rec = st["params" if save else "trial"]
     assert rec["method"] == "last" and rec["steps"] == 4 and rec["time"] >= t0
+    assert rec["run"] == run_name and rec["run_file"] is None
     assert st["params"]["saved"] is save and (st["trial"] is None) is save
     rc, out, err = rig.cli("status", json=False)
     assert rc == 0 and f"{'parameters  saved: ' if save else 'trial run   '}{this}, run ended " \
         in out, out
+    assert f", run {run_name}, which this session folder does not record" in out, out
 
 
 class FakeTransport:

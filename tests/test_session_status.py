@@ -145,9 +145,14 @@ def test_status_follows_a_session(sess):
     assert int(t0) <= p["time"] <= t1
     assert p["previous"] is False and st["trial"] is None
     local = datetime.datetime.fromtimestamp(p["time"]).strftime("%Y-%m-%d %H:%M:%S")
+    # the run record they came from, found by the run's name the board keeps with them
+    first = sorted(os.listdir(os.path.join(sess.path, "runs")))[-1]
+    with open(os.path.join(sess.path, "runs", first)) as f:
+        assert json.load(f)["options"]["run"] == p["run"]
+    assert p["run_file"] == first and len(p["run"]) == 12
     assert text["parameters"] == (f"saved: method last, 7 steps (lr 0.005, seed 3), run ended "
-                                  f"{local} (this PC's clock); no earlier ones kept for "
-                                  "`tinymp params rollback`")
+                                  f"{local} (this PC's clock), recorded in runs/{first}; no "
+                                  "earlier ones kept for `tinymp params rollback`")
     saved_first = p["time"]
 
     # after train --no-save: the trial run beside the saved parameters, which stay
@@ -160,6 +165,9 @@ def test_status_follows_a_session(sess):
     assert (st["params"]["method"], st["params"]["steps"], st["params"]["time"]) == \
         ("last", 7, saved_first)
     assert text["trial run"].startswith("method full, 5 steps (lr 0.001, seed 1), run ended ")
+    trial_file = sorted(os.listdir(os.path.join(sess.path, "runs")))[-1]
+    assert trial_file != first and t["run_file"] == trial_file != st["params"]["run_file"]
+    assert f", recorded in runs/{trial_file}: " in text["trial run"]
     assert text["trial run"].endswith(": `tinymp eval --trial` measures it, `tinymp params "
                                       "save` keeps it")
 
@@ -176,6 +184,13 @@ def test_status_follows_a_session(sess):
     st, text = sess.status()
     p = st["params"]
     assert (p["method"], p["steps"], p["time"], p["previous"]) == ("last", 7, saved_first, False)
+    assert p["run_file"] == first
+    # a record this folder no longer holds: the run is named, and said not to be recorded
+    os.rename(os.path.join(sess.path, "runs", first), os.path.join(sess.path, first))
+    st, text = sess.status()
+    assert st["params"]["run_file"] is None and st["params"]["run"] == p["run"]
+    assert f", run {p['run']}, which this session folder does not record; " in text["parameters"]
+    os.rename(os.path.join(sess.path, first), os.path.join(sess.path, "runs", first))
 
     # reset: the pretrained weights, and the board says a rollback can bring them back
     sess.ok("params", "reset")

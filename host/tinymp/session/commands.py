@@ -683,6 +683,10 @@ def train(board, ds, options, steps=None, epochs=None, save=True, show=True, ses
         steps = (epochs or 1) * n
     opts = {k: v for k, v in options.items() if k in TRAIN_KEYS and v is not None}
     opts["steps"] = int(steps)
+    # the run's name: the board keeps it in the record of the parameters it saves (or keeps as
+    # the trial), so `tinymp status` finds the run record they came from, even when the link
+    # went before the run was recorded (an agent ignores options it does not plan with)
+    opts["run"] = os.urandom(6).hex()
     try:
         start = board.request(P.TRAIN_START, opts, timeout=slow_timeout(board))
     except BoardError as e:
@@ -730,17 +734,15 @@ def train(board, ds, options, steps=None, epochs=None, save=True, show=True, ses
         # and no rollback advice, which would undo the earlier parameters if it did not save.
         # `tinymp status` shows the record the board keeps of its saved (trial) run: its options
         # and the board's clock when it ended, to set against this run's
-        run = options_text(opts)
+        run = f"{options_text(opts)}, run {opts['run']}"
         if save:
             what = ("whether the board saved this run's parameters is not known (it saves "
-                    "before it replies): `tinymp status` shows the options of the saved "
-                    "parameters and when their run ended, to set against this run's options: "
-                    f"{run}")
+                    "before it replies): `tinymp status` names the run of the saved "
+                    f"parameters; this one is {run}")
         else:
             what = ("whether the board kept this run as the trial run is not known (it keeps it "
                     "before it replies); its saved parameters are as they were: `tinymp status` "
-                    "shows the trial run it holds, if any, and when it ended, to set against "
-                    f"this run's options: {run}")
+                    f"names the trial run it holds, if any; this one is {run}")
         raise WordedLinkError(f"tinymp: training interrupted at its end: {e}; {what}; no run "
                               "recorded: train again to record one") from None
     rec = {"kind": "train", "time": time.time(), "options": opts, "start": start,
@@ -946,15 +948,35 @@ def options_text(o):
     return out + (f" ({', '.join(extra)})" if extra else "")
 
 
-def _run_status(rec, sha, simulated):
-    """A saved or trial run's record from INFO (checked: protocol.RUN_RECORD), for status."""
+def _run_status(rec, sha, simulated, records):
+    """A saved or trial run's record from INFO (checked: protocol.RUN_RECORD), for status;
+    `records`: the session's train run records by their run name (commands.train)."""
     o = rec.get("options")
     iso, when = clock_text(rec.get("time"), simulated)
+    run = o.get("run") if o is not None else None
     return {"options": o, "method": (o.get("method") or DEFAULT_METHOD) if o is not None else None,
             "steps": o.get("steps") if o is not None else None,
             "model_sha256": rec.get("model"),
             "for_model": None if rec.get("model") is None or sha is None else rec["model"] == sha,
-            "time": rec.get("time"), "ended_utc": iso, "ended": when}
+            "time": rec.get("time"), "ended_utc": iso, "ended": when,
+            # the run's name (None: trained from a tinymp that gave none) and its record here
+            "run": run, "run_file": records.get(run) if run is not None else None}
+
+
+def _train_records(session):
+    """{run name: run record file} of the session's train runs; status reads them only to name
+    the runs, so a record it cannot read (which `report` names) is left out."""
+    out = {}
+    for n, name in sorted(session._run_numbers("train").items()):
+        try:
+            with open(os.path.join(session.runs_dir, name)) as f:
+                rec = json.load(f)
+            run = rec["options"]["run"]
+        except (OSError, ValueError, TypeError, KeyError):
+            continue
+        if isinstance(run, str):
+            out[run] = name
+    return out
 
 
 def board_status(board, session):
@@ -986,9 +1008,11 @@ def board_status(board, session):
                  "name": pushed["name"] if here else None, "session_model": here}
     p = i.get("params") or {}
     saved = bool(p.get("saved"))
-    params = dict(_run_status(p, sha, sim) if saved else
+    records = _train_records(session)
+    params = dict(_run_status(p, sha, sim, records) if saved else
                   {k: None for k in ("options", "method", "steps", "model_sha256", "for_model",
-                                     "time", "ended_utc", "ended")}, saved=saved)
+                                     "time", "ended_utc", "ended", "run", "run_file")},
+                  saved=saved)
     # earlier parameters kept for a rollback: an agent before 3 sends no params after a reset
     params["previous"] = p.get("previous") if "previous" in p else \
         (False if agent is not None and agent >= 3 else None)
@@ -1012,6 +1036,6 @@ def board_status(board, session):
         "model": model,
         "session_model": pushed,
         "params": params,
-        "trial": None if t is None else _run_status(t, sha, sim),
+        "trial": None if t is None else _run_status(t, sha, sim, records),
         "samples": samples,
     }

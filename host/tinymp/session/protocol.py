@@ -403,7 +403,7 @@ ROMFS = {"present": "bool?", "in_place": "bool?", "state": "str?", "warning": "s
 # TRAIN_START was sent), as `tinymp status` shows them (commands.options_text)
 RUN_OPTIONS = {"method": "str?", "steps": "count?", "lr": "num?", "seed": "int?",
                "budget": "count?", "r": "count?", "ratio": "num?", "storage": "str?",
-               "momentum": "num?", "period": "count?", "fresh": "bool?"}
+               "momentum": "num?", "period": "count?", "fresh": "bool?", "run": "str?"}
 # a run's record: the model it trained, its options, the board's clock when it ended
 RUN_RECORD = {"model": "str?", "options": Opt(RUN_OPTIONS), "time": "num?"}
 

@@ -412,7 +412,7 @@ def status_lines(st):
         # without the options that rebuild their plan, eval and train do not load them
         what = "saved without their options record: eval and train use the pretrained " \
             "weights" if p["options"] is None else \
-            f"saved: {C.options_text(p['options'])}, run ended {p['ended']}"
+            f"saved: {C.options_text(p['options'])}, run ended {p['ended']}{_run_name(p)}"
         if p["for_model"] is False:
             what += " (trained on another model: eval uses the pretrained weights)"
         out.append(f"parameters  {what}; {back}")
@@ -425,7 +425,7 @@ def status_lines(st):
         out.append("trial run   none")
     else:
         what = "options not recorded" if t["options"] is None else \
-            f"{C.options_text(t['options'])}, run ended {t['ended']}"
+            f"{C.options_text(t['options'])}, run ended {t['ended']}{_run_name(t)}"
         out.append(f"trial run   {what}: " +
                    ("trained on another model, not usable" if t["for_model"] is False else
                     "`tinymp eval --trial` measures it, `tinymp params save` keeps it"))
@@ -447,6 +447,15 @@ def status_lines(st):
                        + ("; they are another dataset's: collect or train replaces them"
                           if n is not None else ""))
     return out
+
+
+def _run_name(r):
+    """Which run a saved or trial run is: its record in this session, or its name."""
+    if r["run_file"] is not None:
+        return f", recorded in runs/{r['run_file']}"
+    if r["run"] is not None:
+        return f", run {r['run']}, which this session folder does not record"
+    return ""
 
 
 def _served(m, b):
