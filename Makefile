@@ -15,7 +15,7 @@ M7_FLAGS := -mcpu=cortex-m7 -mthumb -mfpu=fpv5-sp-d16 -mfloat-abi=hard
 CORE_WARN := -std=c99 -Wall -Wextra -Werror
 DEBIAN_PKGS := gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm
 
-.PHONY: help venv debian-deps test demo plan bench-plan size core-check fuzz clean
+.PHONY: help venv debian-deps test demo plan bench-plan size core-check fuzz clean distclean
 
 help:
 	@echo "make test        install what is needed (venv, Debian packages when root) and run every test"
@@ -29,6 +29,8 @@ help:
 	@echo "make fuzz        the model-parser fuzz test under AddressSanitizer + UBSan"
 	@echo "make venv        only .venv: the PC package with its test extras (mpremote, esptool, pyelftools)"
 	@echo "make experiment  personalisation accuracy of every method (about 11 min; experiments/RESULTS.md)"
+	@echo "make clean       remove build outputs (keeps .venv and the MicroPython clone in build/micropython)"
+	@echo "make distclean   remove build/ and .venv entirely"
 	@echo "make bench-kernels / kernel-check   forward kernels on the emulated Cortex-M7 (firmware/bench)"
 	@echo ""
 	@echo "MicroPython firmware with tinymp built in (README, 'import tinymp on MicroPython'):"
@@ -111,8 +113,14 @@ core-check:
 fuzz: venv
 	$(VPY) -m pytest tests/test_fuzz.py -q -ra
 
+# clean keeps what took the network to get: the MicroPython clone (build/micropython) and .venv;
+# distclean removes them too
 clean:
-	rm -rf $(BUILD) $(VENV) *.egg-info host/*.egg-info
+	@if [ -d $(BUILD) ]; then find $(BUILD) -mindepth 1 -maxdepth 1 ! -name micropython -exec rm -rf {} +; fi
+	rm -rf *.egg-info host/*.egg-info
+
+distclean: clean
+	rm -rf $(BUILD) $(VENV)
 
 include firmware/firmware.mk
 include firmware/bench/bench.mk

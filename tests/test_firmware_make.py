@@ -659,3 +659,28 @@ def test_natmod_names_what_is_missing_before_any_clone(tmp_path):
                          env={"PYTHONPATH": str(tmp_path / "site")}))
     assert err == (f"error: MicroPython's mpy_ld.py needs pyelftools: {sys.executable} -m pip "
                    "install pyelftools")
+
+
+def test_clean_keeps_the_venv_and_the_micropython_clone(tmp_path):
+    # in a copy of the make files: clean must not touch this checkout's build or .venv
+    shutil.copy(os.path.join(ROOT, "Makefile"), tmp_path)
+    for mk in ("firmware/firmware.mk", "firmware/bench/bench.mk"):
+        (tmp_path / mk).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(os.path.join(ROOT, mk), tmp_path / mk)
+    kept = ["build/micropython/py/mpconfig.h", ".venv/bin/python"]
+    gone = ["build/unix/micropython", "build/bench/bench_train.elf", "build/core.o",
+            "tinymp.egg-info/PKG-INFO"]
+    for f in kept + gone:
+        (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / f).write_text("x")
+
+    def run(target):
+        r = subprocess.run(["make", "--no-print-directory", "-C", str(tmp_path), target],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)
+        assert r.returncode == 0, r.stdout.decode()
+    run("clean")
+    assert [f for f in kept if not (tmp_path / f).exists()] == []
+    assert [f for f in gone if (tmp_path / f).exists()] == []
+    run("distclean")
+    assert not (tmp_path / "build").exists() and not (tmp_path / ".venv").exists()
+    run("clean")  # nothing left to clean: still fine
