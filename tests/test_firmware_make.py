@@ -664,9 +664,12 @@ def test_natmod_names_what_is_missing_before_any_clone(tmp_path):
 def test_clean_keeps_the_venv_and_the_micropython_clone(tmp_path):
     # in a copy of the make files: clean must not touch this checkout's build or .venv
     shutil.copy(os.path.join(ROOT, "Makefile"), tmp_path)
-    for mk in ("firmware/firmware.mk", "firmware/bench/bench.mk"):
-        (tmp_path / mk).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(os.path.join(ROOT, mk), tmp_path / mk)
+    for d, _, names in os.walk(os.path.join(ROOT, "firmware")):
+        for n in names:
+            if n.endswith(".mk"):
+                rel = os.path.relpath(os.path.join(d, n), ROOT)
+                (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(os.path.join(ROOT, rel), tmp_path / rel)
     kept = ["build/micropython/py/mpconfig.h", ".venv/bin/python"]
     gone = ["build/unix/micropython", "build/bench/bench_train.elf", "build/core.o",
             "tinymp.egg-info/PKG-INFO"]
