@@ -124,6 +124,127 @@ def test_agent_on_micropython(tmp_path, bitwise_crc):
     assert ev_after["accuracy"] == pytest.approx(float((here == y).mean()))
 
 
+# The agent on a RAM disk of MicroPython's own filesystems (FAT, whose rename refuses an existing
+# name, and littlefs), filled so that a save of trained parameters finds no room: the binding's
+# write and the agent's save meet a real "no space" from the filesystem, not a stand-in.
+FULL_DISK = r"""
+import os, sys, vfs
+sys.path.insert(0, AGENT_DIR)
+import tinymp_agent as A
+
+
+class RAM:
+    def __init__(self, n):
+        self.data = bytearray(n * 512)
+        self.n = n
+
+    def readblocks(self, b, buf, off=0):
+        a = b * 512 + off
+        buf[:] = self.data[a:a + len(buf)]
+
+    def writeblocks(self, b, buf, off=None):
+        a = b * 512 + (off or 0)
+        self.data[a:a + len(buf)] = buf
+
+    def ioctl(self, op, arg):
+        if op == 4:
+            return self.n
+        if op == 5:
+            return 512
+        if op == 6:
+            return 0
+
+
+dev = RAM(512)
+FS.mkfs(dev)
+vfs.mount(FS(dev), "/ram")
+root = "/ram/t"
+ag = A.Agent(root=root, board={"name": "ram", "arena_budget": 262144})
+A._write_file(root + "/model.tmpm", open(MODEL, "rb").read())
+m = ag._load_model()
+size = ag._sample_bytes(m)
+ag.store.reset(size, 7)
+for k in range(6):
+    ag.store.append(k, k % m.num_classes, bytes(((i * 31 + k * 7) & 0xFF) for i in range(size)))
+
+
+def run(seed):
+    ag.do_train_start({"method": "full", "steps": 3, "seed": seed, "lr": 0.01})
+    ag.do_train_steps({"n": 3})
+    return ag.do_train_end({"save": True})
+
+
+def read(name):
+    try:
+        with open(root + "/" + name, "rb") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def free():
+    st = os.statvfs("/ram")
+    return st[0] * st[4]
+
+
+def fill(leave):
+    # ballast so that about `leave` bytes stay free
+    A._remove("/ram/ballast")
+    n = free() - leave
+    with open("/ram/ballast", "wb") as f:
+        while n > 0:
+            k = min(n, 512)
+            f.write(bytes(k))
+            n -= k
+
+
+def names():
+    return sorted(n for n in os.listdir(root) if n.startswith("params"))
+
+
+def seed_of(name):
+    return A.decode(read(name))["options"]["seed"]
+
+
+run(1)
+run(2)
+P = len(read("params.bin"))
+bin2, opt2 = read("params.bin"), read("params.opt")
+# room for one copy once the rollback's goes: the save drops it and goes through
+fill(P // 2)
+r = run(3)
+print("fits-once-dropped", r["saved"], r.get("save_error"), read("params.prev") == bin2,
+      seed_of("params.opt"), seed_of("params.prev.opt"), names())
+# no rollback to drop and no room: the saved parameters stay, whole
+ag.do_params_rollback({})
+bin2, opt2 = read("params.bin"), read("params.opt")
+fill(P // 2)
+r = run(4)
+print("no-room", r["saved"], r.get("save_error") == "no room left on the board's filesystem",
+      read("params.bin") == bin2, read("params.opt") == opt2, names())
+# a board that starts again finds the same files
+A.Agent(root=root, board={"name": "ram"})
+print("restart", read("params.bin") == bin2, names())
+"""
+
+
+@needs_mp
+@pytest.mark.parametrize("fs", ["VfsFat", "VfsLfs2"])
+def test_a_save_with_no_room_on_micropython_filesystems(tmp_path, fs):
+    script = tmp_path / "full.py"
+    script.write_text("AGENT_DIR = %r\nMODEL = %r\nimport vfs\nFS = vfs.%s\n" % (
+        AGENT_DIR, os.path.join(AGENT_DIR, "models", "demo.tmpm"), fs) + FULL_DISK)
+    r = subprocess.run([MICROPYTHON, "-X", "heapsize=8M", str(script)], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = {ln.split()[0]: ln.split(None, 1)[1] for ln in r.stdout.splitlines()}
+    four = "['params.bin', 'params.opt', 'params.prev', 'params.prev.opt']"
+    two = "['params.bin', 'params.opt']"
+    assert lines["fits-once-dropped"] == f"True None True 3 2 {four}", r.stdout
+    assert lines["no-room"] == f"False True True True {two}", r.stdout
+    assert lines["restart"] == f"True {two}", r.stdout
+
+
 @pytest.mark.skipif(link.qemu_firmware() is None or not os.path.exists("/usr/bin/qemu-system-arm"),
                     reason="needs the QEMU firmware (make firmware BOARD=QEMU_M7) and qemu-system-arm")
 def test_agent_pasted_into_qemu_cortex_m7():

@@ -86,7 +86,7 @@ def test_a_save_with_no_room_keeps_the_saved_parameters_and_the_rollback(rig, mo
     assert rc == 1
     assert len(err) == 1 and err[0].startswith("error: the board could not save this run's "
                                                "parameters: "), err
-    assert "No space left on device" in err[0] and "keeps its last saved parameters" in err[0]
+    assert "no room left on the board's filesystem" in err[0] and "keeps its last saved parameters" in err[0]
     assert "parameters NOT saved: the board could not write them" in out
     # it tried, dropped the rollback to make room, tried again
     assert calls == ["params.new", "params.new"]
@@ -103,7 +103,7 @@ def test_a_save_with_no_room_keeps_the_saved_parameters_and_the_rollback(rig, mo
     runs = sorted(os.listdir(rig.session.runs_dir))
     with open(os.path.join(rig.session.runs_dir, runs[-1])) as f:
         rec = json.load(f)
-    assert rec["end"]["saved"] is False and "No space" in rec["end"]["save_error"]
+    assert rec["end"]["saved"] is False and "no room left" in rec["end"]["save_error"]
     rc, out, err = rig.cli("report", json=False)
     assert rc == 0, err
     assert "the board could not write them" in out
@@ -150,7 +150,7 @@ def test_a_record_that_does_not_fit_leaves_no_new_parameters(rig, monkeypatch):
         return real(path, data)
     monkeypatch.setattr(A, "_write_file", write)
     rc, out, err = rig.cli("train", method="last", steps=3, seed=3)
-    assert rc == 1 and "No space left on device" in err[0]
+    assert rc == 1 and "no room left on the board's filesystem" in err[0]
     after = params_files(rig)
     assert {k: after.get(k) for k in ("params.bin", "params.opt")} == \
         {k: before[k] for k in ("params.bin", "params.opt")}
@@ -166,7 +166,7 @@ def test_params_save_from_ram_with_no_room_is_one_line(rig, monkeypatch):
         ds = D.Dataset.open(rig.session.dataset_dir)
         run = C.train(b, ds, {"method": "last", "lr": 0.01, "seed": 3}, steps=3, save=False,
                       show=False)
-        assert run["end"]["trial"] is False and "No space" in run["end"]["trial_error"]
+        assert run["end"]["trial"] is False and "no room left" in run["end"]["trial_error"]
         from tinymp.session import link
         with pytest.raises(link.BoardError) as e:
             b.request(P.PARAMS_SAVE)

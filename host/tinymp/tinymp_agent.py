@@ -344,6 +344,17 @@ def _remove(path):
 _ENOSPC = 28  # errno of a full filesystem (POSIX, littlefs and MicroPython's FAT alike)
 
 
+def _no_room(e):
+    return isinstance(e, OSError) and bool(e.args) and e.args[0] == _ENOSPC
+
+
+def _why(e):
+    """An error in words for the PC (MicroPython's OSError prints as its bare number)."""
+    if _no_room(e):
+        return "no room left on the board's filesystem"
+    return str(e) or type(e).__name__
+
+
 def _sync(f):
     f.flush()
     fsync = getattr(os, "fsync", None)
@@ -1245,17 +1256,16 @@ class Agent:
         try:
             self._write_new_params(opts)
         except (OSError, ValueError) as e:
-            if not (isinstance(e, OSError) and e.args and e.args[0] == _ENOSPC and
-                    _exists(self._p("params.prev"))):
-                return str(e) or type(e).__name__
+            if not (_no_room(e) and _exists(self._p("params.prev"))):
+                return _why(e)
             # a save ends with the previous parameters gone: make their room first
             _remove(self._p("params.prev.opt"))
             _remove(self._p("params.prev"))
             try:
                 self._write_new_params(opts)
             except (OSError, ValueError) as e2:
-                return ((str(e2) or type(e2).__name__) + "; the earlier parameters (for a "
-                        "rollback) were dropped to make room, and still they did not fit")
+                return _why(e2) + ("; the earlier parameters (for a rollback) were dropped to "
+                                   "make room, and still they did not fit")
         # a trial belongs to the saved parameters it started from: once they change, it goes
         self._drop_trial()
         self._shelve_saved()
@@ -1274,7 +1284,7 @@ class Agent:
             _write_file(self._p("params.try.opt"), self._opt_record(opts))
         except (OSError, ValueError) as e:
             self._drop_trial()
-            return str(e) or type(e).__name__
+            return _why(e)
         return None
 
     def do_train_end(self, req):
