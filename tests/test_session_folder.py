@@ -8,7 +8,9 @@ import os
 
 import numpy as np
 import pytest
+import test_session_replies as R
 from test_session_cli import _tree
+from test_session_replies import Rig, folder_state
 
 import tinymp
 from tinymp import boards, cli
@@ -322,3 +324,133 @@ def test_a_full_disk_does_not_stop_the_lock(tmp_path, monkeypatch):
     monkeypatch.undo()
     with s.lock():  # released
         pass
+
+
+# --- a session.json of the wrong shape --------------------------------------------------------
+
+@pytest.fixture
+def rig(tmp_path, monkeypatch, capsys):
+    return Rig(tmp_path, monkeypatch, capsys)
+
+
+def _damaged(path):
+    """The start and end of the line that refuses a session.json of the wrong shape."""
+    return (f"tinymp: {path} is damaged: ",
+            "; correct it, or move it out of the session folder (the next `tinymp push` writes "
+            "a new one)")
+
+
+def test_a_session_json_of_the_wrong_shape_is_one_line(rig):
+    # valid JSON of another shape broke report, push and status with a traceback (an int where a
+    # dict was read, a params_log entry that is not one, a time that is a string)
+    path = rig.session.state_path
+    head, tail = _damaged(path)
+    for text, what in (("[1]", "it holds a list of 1 item, not a JSON object"),
+                       ("5", "it holds an int (5), not a JSON object"),
+                       ('{"model": 5}', "'model' is an int (5), not a dict"),
+                       ('{"params_log": {}}', "'params_log' is a dict, not a list"),
+                       ('{"board": []}', "'board' is a list of 0 items, not a dict"),
+                       ('{"params_log": [3]}', "'params_log[0]' is an int (3), not a dict"),
+                       ('{"params_log": [{"action": "save", "time": "noon"}]}',
+                        "'params_log[0].time' is a str ('noon'), not a finite number"),
+                       ('{"model": {"path": 3}}', "'model.path' is an int (3), not a string"),
+                       ("[" * 100000 + "]" * 100000, None)):  # json.load: RecursionError
+        with open(path, "w") as f:
+            f.write(text)
+        before = folder_state(rig.session.path)
+        for name in ("report", "push", "status", "train", "eval", "params"):
+            rc, out, err = rig.cli(name)
+            line = R.one_line(err)
+            assert rc == 2 and out == "", (text[:20], name, err)
+            if what is None:
+                assert line.startswith(f"tinymp: cannot read {path}: "), line
+            else:
+                assert line == head + what + tail, line
+            assert folder_state(rig.session.path) == before  # nothing written, nothing rewritten
+    # what the code lets be null or absent, and fields it does not read, are used as they are
+    for text in ('{"model": null, "board": null, "params_log": null}', '{"future": [1]}',
+                 '{"params_log": [{"action": "push"}, {"time": 5}, {"note": 1}]}'):
+        with open(path, "w") as f:
+            f.write(text)
+        for name in ("report", "status", "params", "push"):
+            rc, out, err = rig.cli(name, action="reset") if name == "params" else rig.cli(name)
+            assert rc == 0, (text, name, err)
+    with open(path) as f:
+        state = json.load(f)
+    assert state["params_log"][-1]["action"] == "reset" and state["model"]["sha256"]
+
+
+def test_fuzz_session_json(rig, monkeypatch):
+    # a real session.json (a push, a trial run saved by `params save`, a reset: a model, a board,
+    # a params_log), each of its places dropped or of another type (test_session_replies'
+    # mutants): every command that reads it works, or stops with one line and the session folder
+    # byte for byte as it was; never a traceback
+    from tinymp import bench
+    from tinymp.session import simboard
+
+    def no_emulator(*a, **kw):  # report --m7 reads the session up to the emulator run
+        raise bench.BenchError("no emulator in this test")
+    monkeypatch.setattr(bench, "estimate_training", no_emulator)
+    d = np.load(rig.held)
+    few = str(rig.tmp / "few.npz")
+    np.savez(few, x=d["x"][:4], y=d["y"][:4])
+    for name, opts in (("push", {}), ("train", {"no_save": True}), ("params", {"action": "save"}),
+                       ("eval", {}), ("params", {"action": "reset"})):
+        rc, _, err = rig.cli(name, **opts)
+        assert rc == 0, (name, err)
+    path = rig.session.state_path
+    with open(path, "rb") as f:
+        clean = f.read()
+    sample = json.loads(clean)
+    assert [e["action"] for e in sample["params_log"]] == ["save", "reset"]
+    assert sample["board"]["board"].endswith(simboard.SIM_SUFFIX)
+    # the commands below run without --board: the simulated board's profile is then the one
+    # session.json names, when the session holds its flash folder (run._sim_profile)
+    os.makedirs(rig.session.sim_dir(R.PROFILE))
+    clean_runs = set(os.listdir(rig.session.runs_dir))
+    head, tail = _damaged(path)
+    # the readers first; push last, as it writes a new session.json (params reset adds to it)
+    commands = [("report", {}), ("report", {"json": False}),
+                ("report", {"json": False, "m7": True}), ("status", {"json": False}),
+                ("status", {}), ("eval", {"data": few}), ("train", {"steps": 1}),
+                ("params", {"action": "reset"}), ("push", {})]
+    n = refused = worked = 0
+    for what, mutate, _ in R._mutants(sample):
+        try:
+            text = json.dumps(mutate(sample))
+        except TypeError:
+            continue  # bytes: not JSON, a session.json cannot hold them
+        with open(path, "w") as f:
+            f.write(text)
+        n += 1
+        lines = []
+        for name, opts in commands:
+            before = folder_state(rig.session.path)
+            try:
+                rc, out, err = rig.cli(name, board=None, **opts)
+            except Exception as e:  # noqa: BLE001 - what the test is about
+                pytest.fail(f"session.json {what}: `{name}` raised {type(e).__name__}: {e}")
+            if rc == 0:
+                if opts.get("json", True):
+                    json.loads(out)
+                lines.append(None)
+                continue
+            line = R.one_line(err)
+            assert rc in (1, 2), (what, name, err)
+            assert folder_state(rig.session.path) == before, (what, name, line)
+            if line.startswith(head):
+                assert rc == 2 and line.endswith(tail), line
+            lines.append(line)
+        if lines[0] and lines[0].startswith(head):
+            # refused by every command alike: the file is checked where it is read
+            assert lines == lines[:1] * len(commands), (what, lines)
+            refused += 1
+        else:
+            assert not any(x and x.startswith(head) for x in lines), (what, lines)
+            worked += 1
+        with open(path, "wb") as f:
+            f.write(clean)
+        for f in set(os.listdir(rig.session.runs_dir)) - clean_runs:
+            os.remove(os.path.join(rig.session.runs_dir, f))
+    print(f"{n} mutants: {refused} refused, {worked} used")
+    assert refused > 100 and worked > 100, (refused, worked)

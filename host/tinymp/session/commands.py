@@ -28,6 +28,7 @@ from .._files import atomic_write
 from . import protocol as P
 from .dataset import Dataset, DatasetError, disk_full, load_samples
 from .link import BoardError, LinkError, ReplyError
+from .report import BOARD
 from ..tinymp_agent import DEFAULT_METHOD  # what the board trains when no method is named
 
 
@@ -93,6 +94,32 @@ def progress(total, desc, unit="it", enabled=True, unit_scale=False):
 
 # --- the session folder ---------------------------------------------------------------------
 
+# What the commands read of session.json (Session.state), in the types they read it. A file
+# edited by hand or written by another program may hold anything that is JSON; checked once where
+# it is read, it is one line naming the field, not a traceback in whichever command reads that
+# field first. Other fields, and the rest of these dicts, are let through as they are.
+STATE = {
+    # the model last pushed (INFO's model, its file's name and path): push compares its sha256,
+    # status and the report print these, and `report --m7` reads the model file at path
+    "model": P.Opt({"sha256": "str?", "name": "str?", "path": "str?", "bytes": "num?",
+                    "served_from": "str?", "inference_arena_bytes": "count?"}),
+    # the board it was pushed to (_board_summary): the report's board line and, without a run
+    # record, its budget; the simulated board's profile (run._sim_profile)
+    "board": P.Opt(BOARD),
+    # log_params: the report replays it against each run's time (an entry without a time is
+    # older than every run, one without an action changes nothing)
+    "params_log": P.Opt(P.ListOf({"action": "str?", "time": "num?", "model_sha256": "str?"})),
+}
+
+
+def state_problem(state):
+    """None when `state` (session.json as read) holds what the commands read of it (STATE),
+    else what is wrong, in a few words."""
+    if not isinstance(state, dict):
+        return f"it holds {P.describe(state)}, not a JSON object"
+    return P._problem(STATE, state, "")
+
+
 class Session:
     def __init__(self, path):
         self.path = os.path.abspath(path)
@@ -105,8 +132,15 @@ class Session:
             try:
                 with open(self.state_path) as f:
                     self.state = json.load(f)
-            except (OSError, ValueError) as e:
+            except (OSError, ValueError, RecursionError) as e:  # RecursionError: nested too deep
                 raise user_error(f"tinymp: cannot read {self.state_path}: {e}") from None
+            problem = state_problem(self.state)
+            if problem:
+                # refused here, before any command reads it or writes anything: the file stays
+                # as the user has it (not rewritten without what tinymp could not read)
+                raise user_error(f"tinymp: {self.state_path} is damaged: {problem}; correct it, "
+                                 "or move it out of the session folder (the next `tinymp push` "
+                                 "writes a new one)")
 
     @property
     def dataset_dir(self):
@@ -238,7 +272,8 @@ def log_params(session, action, board, reply=None):
              "model_sha256": (board.info.get("model") or {}).get("sha256")}
     if reply and reply.get("from"):
         entry["from"] = reply["from"]
-    session.state.setdefault("params_log", []).append(entry)
+    # not setdefault: the log may be null (STATE lets it be, as the report reads it)
+    session.state["params_log"] = (session.state.get("params_log") or []) + [entry]
     try:
         session.save()
     except WriteError as e:
