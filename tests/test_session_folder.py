@@ -1,10 +1,13 @@
 """The session folder and the commands' rules around it, against the simulated board: run
-records numbered past deletions, one command per folder at a time, a file given as the folder,
+records numbered past deletions and never in place of another, with or without hard links, a
+session.json of the wrong shape, one command per folder at a time, a file given as the folder,
 a bad scene file, importing a dataset into itself, the simulated board a session was pushed to,
 the saved run's method on resume, --epochs with --steps, rollback with nothing earlier, and
 negative numbers in exponent form on the command line."""
+import errno
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -16,7 +19,7 @@ import tinymp
 from tinymp import boards, cli
 from tinymp.session import commands as C
 from tinymp.session import dataset as D
-from tinymp.session import link
+from tinymp.session import link, run
 
 MODELS = os.path.join(os.path.dirname(tinymp.__file__), "models")
 SCENE = os.path.join(MODELS, "digits_shifted.npz")
@@ -86,6 +89,121 @@ def test_run_records_are_read_in_number_order_and_a_bad_one_is_named(tmp_path):
     with pytest.raises(C.SessionError) as e:
         s.runs("eval")
     assert e.value.code == 2 and "eval-0003.json" in str(e.value)
+
+
+# os.link on a filesystem without hard links (FAT, exFAT, some network shares)
+NO_LINKS = {"EPERM": errno.EPERM, "ENOTSUP": errno.ENOTSUP}
+
+
+def naming(monkeypatch, no_links=None):
+    """Spies on how run records get their names: [(call, src, dst)] of os.link (failing with
+    errno `no_links`, as such a filesystem does) and of os.replace onto a record's name."""
+    calls = []
+    real_link, real_replace = os.link, os.replace
+
+    def link_(src, dst, *a, **kw):
+        calls.append(("link", src, dst))
+        if no_links is not None:
+            raise OSError(no_links, os.strerror(no_links))
+        return real_link(src, dst, *a, **kw)
+
+    def replace(src, dst, *a, **kw):
+        if re.fullmatch(r"(train|eval)-\d+\.json", os.path.basename(dst)):
+            calls.append(("replace", src, dst))
+        return real_replace(src, dst, *a, **kw)
+    monkeypatch.setattr(os, "link", link_)
+    monkeypatch.setattr(os, "replace", replace)
+    return calls
+
+
+@pytest.mark.parametrize("no_links", [None] + list(NO_LINKS.values()),
+                         ids=["hard-links"] + list(NO_LINKS))
+def test_run_records_never_replace_one_with_or_without_hard_links(tmp_path, monkeypatch,
+                                                                  no_links):
+    # without hard links os.link failed and no run was recorded (a WriteError); with or without,
+    # a record appears whole, numbered past the highest, never in place of another
+    calls = naming(monkeypatch, no_links)
+    s = C.Session(str(tmp_path / "s"))
+    paths = [s.new_run("eval", {"n": i}) for i in range(3)]
+    assert [os.path.basename(p) for p in paths] == ["eval-0001.json", "eval-0002.json",
+                                                   "eval-0003.json"]
+    os.remove(paths[1])
+    assert os.path.basename(s.new_run("eval", {"n": 3})) == "eval-0004.json"
+    # names taken after the listing was read (as by another writer; the folder lock keeps
+    # tinymp's own out) and a dangling link: passed over, never written through
+    monkeypatch.setattr(s, "_run_numbers", lambda kind: {})
+    taken = folder_state(s.runs_dir)
+    os.symlink("nowhere", os.path.join(s.runs_dir, "eval-0002.json"))
+    assert os.path.basename(s.new_run("eval", {"n": 5})) == "eval-0005.json"
+    for name, data in taken.items():
+        with open(os.path.join(s.runs_dir, name), "rb") as f:
+            assert f.read() == data, name
+    assert os.readlink(os.path.join(s.runs_dir, "eval-0002.json")) == "nowhere"
+    os.remove(os.path.join(s.runs_dir, "eval-0002.json"))
+    monkeypatch.undo()
+    assert [r["n"] for r in s.runs("eval")] == [0, 2, 3, 5]
+    assert not [f for f in os.listdir(s.runs_dir) if f.endswith(".tmp")]
+    named = [(how, os.path.basename(dst)) for how, _, dst in calls]
+    if no_links is None:  # the hard link names every record
+        assert named == [("link", f"eval-{n:04d}.json") for n in (1, 2, 3, 4, 1, 2, 3, 4, 5)]
+    else:  # each name is tried with a link first, then renamed to once found free
+        assert [x for x in named if x[0] == "replace"] == [
+            ("replace", f"eval-{n:04d}.json") for n in (1, 2, 3, 4, 5)]
+        # a rename that fails too (a read-only stick) is the usual one line, nothing left
+        naming(monkeypatch, no_links)
+        before = folder_state(s.runs_dir)
+
+        def read_only(src, dst, *a, **kw):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+        monkeypatch.setattr(os, "replace", read_only)
+        with pytest.raises(C.WriteError) as e:
+            s.new_run("eval", {"n": 6})
+        monkeypatch.undo()
+        assert str(e.value) == (f"tinymp: cannot write {s.runs_dir}{os.sep}eval-0006.json: "
+                                "Read-only file system; no run record written")
+        assert folder_state(s.runs_dir) == before
+
+
+@pytest.mark.parametrize("no_links", list(NO_LINKS.values()), ids=list(NO_LINKS))
+def test_commands_record_their_runs_without_hard_links_holding_the_folder(
+        tmp_path, monkeypatch, capsys, no_links):
+    # train, eval and the session flow: each record is renamed to a name found free while the
+    # command holds the session folder, which is what makes the free name stay free
+    import fcntl
+    rig = Rig(tmp_path, monkeypatch, capsys)
+    calls = naming(monkeypatch, no_links)
+    held = []
+    real_replace = os.replace
+
+    def replace(src, dst, *a, **kw):
+        if os.path.dirname(dst) == rig.session.runs_dir and dst.endswith(".json"):
+            with open(os.path.join(rig.session.path, ".lock")) as f:
+                try:  # another open file: refused while the command holds its own
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    held.append(False)
+                    fcntl.flock(f, fcntl.LOCK_UN)
+                except BlockingIOError:
+                    held.append(True)
+        return real_replace(src, dst, *a, **kw)
+    monkeypatch.setattr(os, "replace", replace)
+    rc, out, err = rig.cli("train")
+    assert rc == 0 and json.loads(out)["steps"] == 3, err
+    rc, out, err = rig.cli("eval", both=True)
+    assert rc == 0 and len(json.loads(out)) == 2, err
+    cfg = tmp_path / "flow.json"
+    cfg.write_text(json.dumps({"model": rig.model, "port": "sim", "session": rig.session.path,
+                               "eval": rig.held, "train": {"steps": 2}, "plots": False}))
+    rig.capsys.readouterr()
+    assert R.no_hang(lambda: run.handle_errors(run.cmd_session, rig.args(config=str(cfg),
+                                                                          m7=False))) == 0
+    rep = json.loads(rig.capsys.readouterr().out)
+    assert rep["train"]["file"] == "train-0002.json"
+    assert rep["accuracy_after"]["file"] == "eval-0004.json"
+    assert sorted(os.listdir(rig.session.runs_dir)) == [
+        "eval-0001.json", "eval-0002.json", "eval-0003.json", "eval-0004.json",
+        "train-0001.json", "train-0002.json"]
+    assert [len(t["events"]) for t in rig.session.runs("train")] == [3, 2]  # whole
+    assert held == [True] * 6 and len([c for c in calls if c[0] == "link"]) == 6
 
 
 def test_a_file_given_as_the_session_folder_is_one_line(tmp_path, capsys):

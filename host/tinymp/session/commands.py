@@ -222,7 +222,19 @@ class Session:
 
     def new_run(self, kind, record):
         """Write a run record as runs/KIND-NNNN.json, numbered after the highest one there (a
-        deleted record never makes a new one overwrite another); the file appears whole."""
+        deleted record never makes a new one overwrite another); the file appears whole, and
+        never in place of another record.
+
+        The record is written whole to a .tmp, then named with os.link, which fails rather than
+        replaces when the name is taken. Where the filesystem has no hard links (FAT and exFAT
+        USB sticks, some network shares: EPERM, ENOTSUP, ENOSYS, ...) it is renamed with
+        os.replace to a name found free just before. That relies on Session.lock: the commands
+        that record runs (train, eval, the session flow) hold the folder, so no other tinymp
+        command takes the name between the check and the rename (a folder that cannot be locked
+        runs unlocked, and two commands at once there could race for it). Not a reservation of
+        the name with O_EXCL, then a rename over it: the empty file under the record's name
+        meanwhile, or left by a crash, is a damaged record to `tinymp report`, which reads the
+        runs without the lock."""
         n = max(self._run_numbers(kind), default=0) + 1
         path = os.path.join(self.runs_dir, f"{kind}-{n:04d}.json")
         tmp = os.path.join(self.runs_dir, f".{kind}-{os.getpid()}.tmp")
@@ -231,18 +243,31 @@ class Session:
             _write_json(tmp, record)  # nothing left behind when it fails
         except OSError as e:
             raise WriteError(path, e, "no run record written") from None
+        links = True
         try:
             while True:
                 path = os.path.join(self.runs_dir, f"{kind}-{n:04d}.json")
-                try:
-                    os.link(tmp, path)  # fails, rather than replaces, when the name is taken
-                    return path
-                except FileExistsError:
+                if links:
+                    try:
+                        os.link(tmp, path)  # fails, rather than replaces, when the name is taken
+                        return path
+                    except FileExistsError:
+                        n += 1
+                    except OSError:
+                        links = False  # no hard links here: the same name, the other way
+                # asked of the filesystem, not of the listing: a dangling link, or on FAT a name
+                # that differs only in case, is taken too
+                elif os.path.lexists(path):
                     n += 1
+                else:
+                    os.replace(tmp, path)
+                    return path
         except OSError as e:
             raise WriteError(path, e, "no run record written") from None
         finally:
-            os.unlink(tmp)
+            # gone once renamed; one that cannot be removed is a hidden .tmp, not a record
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
 
     def runs(self, kind):
         """The run records of `kind`, oldest first (by number); SessionError names a record
