@@ -89,6 +89,11 @@ def test_run_records_are_read_in_number_order_and_a_bad_one_is_named(tmp_path):
     with pytest.raises(C.SessionError) as e:
         s.runs("eval")
     assert e.value.code == 2 and "eval-0003.json" in str(e.value)
+    with open(os.path.join(s.runs_dir, "eval-0003.json"), "w") as f:
+        f.write("[" * 100000 + "]" * 100000)  # JSON, nested past what json.load takes
+    with pytest.raises(C.SessionError) as e:
+        s.runs("eval")
+    assert e.value.code == 2 and "eval-0003.json" in str(e.value)
 
 
 # os.link on a filesystem without hard links (FAT, exFAT, some network shares)

@@ -278,7 +278,7 @@ class Session:
             try:
                 with open(path) as f:
                     rec = json.load(f)
-            except (OSError, ValueError) as e:
+            except (OSError, ValueError, RecursionError) as e:  # RecursionError: nested too deep
                 raise user_error(f"tinymp: cannot read the run record {path}: {e}; move it out "
                                  "of the runs folder") from None
             if not isinstance(rec, dict):
