@@ -150,6 +150,12 @@ def test_status_follows_a_session(sess):
     with open(os.path.join(sess.path, "runs", first)) as f:
         assert json.load(f)["options"]["run"] == p["run"]
     assert p["run_file"] == first and len(p["run"]) == 12
+    # a run record status cannot read (the report names it) only goes unmatched
+    for junk in ("[" * 100000, "{", '{"options": 3}', "[]"):
+        with open(os.path.join(sess.path, "runs", "train-0099.json"), "w") as f:
+            f.write(junk)
+        assert sess.status()[0]["params"]["run_file"] == first
+    os.remove(os.path.join(sess.path, "runs", "train-0099.json"))
     assert text["parameters"] == (f"saved: method last, 7 steps (lr 0.005, seed 3), run ended "
                                   f"{local} (this PC's clock), recorded in runs/{first}; no "
                                   "earlier ones kept for `tinymp params rollback`")

@@ -1032,7 +1032,7 @@ def _train_records(session):
             with open(os.path.join(session.runs_dir, name)) as f:
                 rec = json.load(f)
             run = rec["options"]["run"]
-        except (OSError, ValueError, TypeError, KeyError):
+        except (OSError, ValueError, TypeError, KeyError, RecursionError):
             continue
         if isinstance(run, str):
             out[run] = name
