@@ -477,7 +477,8 @@ def test_a_session_json_of_the_wrong_shape_is_one_line(rig):
                        ('{"params_log": [{"action": "save", "time": "noon"}]}',
                         "'params_log[0].time' is a str ('noon'), not a finite number"),
                        ('{"model": {"path": 3}}', "'model.path' is an int (3), not a string"),
-                       ("[" * 100000 + "]" * 100000, None)):  # json.load: RecursionError
+                       ("[" * 100000 + "]" * 100000, None),  # json.load: RecursionError
+                       ('{"model": ', None)):  # not JSON
         with open(path, "w") as f:
             f.write(text)
         before = folder_state(rig.session.path)
@@ -487,6 +488,7 @@ def test_a_session_json_of_the_wrong_shape_is_one_line(rig):
             assert rc == 2 and out == "", (text[:20], name, err)
             if what is None:
                 assert line.startswith(f"tinymp: cannot read {path}: "), line
+                assert line.endswith(tail), line  # what to do, as for a file of another shape
             else:
                 assert line == head + what + tail, line
             assert folder_state(rig.session.path) == before  # nothing written, nothing rewritten

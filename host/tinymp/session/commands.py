@@ -133,7 +133,9 @@ class Session:
                 with open(self.state_path) as f:
                     self.state = json.load(f)
             except (OSError, ValueError, RecursionError) as e:  # RecursionError: nested too deep
-                raise user_error(f"tinymp: cannot read {self.state_path}: {e}") from None
+                raise user_error(f"tinymp: cannot read {self.state_path}: {e}; correct it, or "
+                                 "move it out of the session folder (the next `tinymp push` "
+                                 "writes a new one)") from None
             problem = state_problem(self.state)
             if problem:
                 # refused here, before any command reads it or writes anything: the file stays
