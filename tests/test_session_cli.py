@@ -296,7 +296,7 @@ def test_bad_samples(tmp_path, ready, capsys):
         "shape.npz": (dict(x=np.zeros((5, 28, 28), np.uint8), y=np.zeros(5, int)), "have shape (28, 28, 1)"),
         "count.npz": (dict(x=x, y=np.zeros(4, int)), "one label per sample"),
         "float_labels.npz": (dict(x=x, y=np.zeros(5)), "labels must be integers"),
-        "nokeys.npz": (dict(images=x), "must hold arrays 'x'"),
+        "nokeys.npz": (dict(images=x), "holds no array 'x' or 'y' (it holds 'images')"),
         "nan.npz": (dict(x=np.full((5, 32, 32), np.nan, np.float32), y=np.zeros(5, int)), "NaN"),
     }
     for name, (arrays, needle) in cases.items():

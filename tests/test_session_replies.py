@@ -318,7 +318,8 @@ def test_eval_of_an_empty_samples_file_is_one_line(rig):
     empty = str(rig.tmp / "empty.npz")
     np.savez(empty, x=x[:0], y=y[:0])
     rc, out, err = rig.cli("eval", data=empty)
-    assert rc == 2 and out == "" and one_line(err) == "tinymp: evaluate: no samples to evaluate on"
+    assert rc == 2 and out == "" and \
+        one_line(err) == f"tinymp: {empty} holds no samples ('x' has shape (0, 32, 32, 1))"
     assert not os.path.exists(rig.session.runs_dir)
 
 

@@ -19,6 +19,8 @@ import time
 
 import numpy as np
 
+from .._arrayfiles import ArrayFileError, read_npz
+
 FORMAT = "tinymp-dataset"
 VERSION = 1
 SHARD = 4096
@@ -115,7 +117,9 @@ class Dataset:
             with open(mpath) as f:
                 manifest = json.load(f)
         except FileNotFoundError:
-            raise DatasetError(f"tinymp: {path} is not a dataset folder (no manifest.json)") from None
+            raise DatasetError(f"tinymp: {path} is not a dataset folder (no manifest.json): give "
+                               "an .npz of samples or a dataset folder tinymp made (a session's "
+                               "dataset or eval folder)") from None
         except (OSError, ValueError) as e:
             raise DatasetError(f"tinymp: cannot read {mpath}: {e}") from None
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
@@ -311,6 +315,8 @@ def load_samples(path, shape, scale, zero_point, num_classes):
     if os.path.isdir(path):
         ds = Dataset.open(path)
         ds.check_compatible(shape, num_classes, scale, zero_point)
+        if not len(ds):
+            raise DatasetError(f"tinymp: the dataset {path} holds no samples")
         x, y = ds.arrays()
         # a sample imported from a file keeps that file's id, so that importing the file and a
         # dataset made from it adds it once; a captured one is named by this dataset
@@ -319,15 +325,15 @@ def load_samples(path, shape, scale, zero_point, num_classes):
         return x, y, ids
     if not os.path.exists(path):
         raise DatasetError(f"tinymp: no such samples file: {path}")
+    if not os.path.isfile(path):  # a fifo or a device: reading it could wait for ever
+        raise DatasetError(f"tinymp: {path} is not a file or a dataset folder")
     try:
-        with np.load(path, allow_pickle=False) as d:
-            if "x" not in d or "y" not in d:
-                raise DatasetError(f"tinymp: {path} must hold arrays 'x' (samples) and 'y' (labels)")
-            x, y = d["x"], d["y"]
-    except DatasetError:
-        raise
-    except (OSError, ValueError) as e:
-        raise DatasetError(f"tinymp: cannot read samples from {path}: {e}") from None
+        arrays = read_npz(path, ("x", "y"))
+    except ArrayFileError as e:
+        hint = "" if e.damaged else ("; give an .npz of samples x and labels y, as "
+                                     "numpy.savez(FILE, x=..., y=...) writes, or a dataset folder")
+        raise DatasetError(f"tinymp: cannot read samples from {path}: {e}{hint}") from None
+    x, y = arrays["x"], arrays["y"]
     if x.ndim == 3:
         x = x[..., None]
     h, w, c = shape
@@ -337,6 +343,8 @@ def load_samples(path, shape, scale, zero_point, num_classes):
     if y.ndim != 1 or len(y) != len(x):
         raise DatasetError(f"tinymp: {path}: 'y' must hold one label per sample "
                            f"({len(x)} samples, labels of shape {y.shape})")
+    if not len(x):
+        raise DatasetError(f"tinymp: {path} holds no samples ('x' has shape {x.shape})")
     if not np.issubdtype(y.dtype, np.integer):
         raise DatasetError(f"tinymp: {path}: labels must be integers, not {y.dtype}")
     bad = np.flatnonzero((y < 0) | (y >= num_classes))
@@ -355,8 +363,11 @@ def load_samples(path, shape, scale, zero_point, num_classes):
     else:
         raise DatasetError(f"tinymp: {path}: samples must be uint8, int8 or float, not {x.dtype}")
     import hashlib
-    with open(path, "rb") as f:
-        tag = hashlib.sha256(f.read()).hexdigest()[:12]
+    try:
+        with open(path, "rb") as f:
+            tag = hashlib.sha256(f.read()).hexdigest()[:12]
+    except OSError as e:  # gone or changed since it was read
+        raise DatasetError(f"tinymp: cannot read samples from {path}: {e.strerror or e}") from None
     name = os.path.basename(path)
     return (np.ascontiguousarray(q), y.astype(np.int64),
             [f"{name}@{tag}:{i}" for i in range(len(y))])

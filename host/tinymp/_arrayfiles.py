@@ -1,0 +1,166 @@
+"""Reading the .npy and .npz files a user gives (samples, calibration samples, a scene), with
+every header checked before any data is read. np.load trusts a file: it allocates what the header
+declares (terabytes for a damaged one), lets zipfile's errors through for a damaged .npz, and
+returns one array where an archive was asked for. Here each problem is an ArrayFileError whose
+message, one line without the file's name, says what is wrong; the caller names the file."""
+import math
+import os
+import struct
+import tokenize
+import warnings
+import zipfile
+import zlib
+
+from numpy.lib import format as npformat
+
+NPY_MAGIC = b"\x93NUMPY"
+
+
+class ArrayFileError(ValueError):
+    """What is wrong with an array file, in words; `damaged`: it is cut short or corrupted (else
+    it is readable but not what was asked for)."""
+
+    def __init__(self, msg, damaged=False):
+        super().__init__(msg)
+        self.damaged = damaged
+
+
+# what zipfile and zlib raise for a damaged archive, besides OSError
+_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, struct.error,
+               NotImplementedError, RuntimeError, ValueError, OverflowError)
+
+
+def _checked_header(f, size):
+    """The dtype and shape of the array stream `f` (of `size` bytes) after checking that its
+    header is one, that it holds no Python objects, and that the bytes after it are exactly those
+    of the shape it declares."""
+    try:
+        # a damaged header is parsed as Python source: its SyntaxWarnings would be more lines
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            version = npformat.read_magic(f)
+            if version == (1, 0):
+                shape, _, dtype = npformat.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, _, dtype = npformat.read_array_header_2_0(f)
+            else:  # 3.0 only names structured fields beyond Latin-1: not an array of numbers
+                raise ArrayFileError(f"it is numpy array format {version[0]}.{version[1]}, "
+                                     "which tinymp does not read")
+    except ArrayFileError:
+        raise
+    except (ValueError, SyntaxError, TypeError, RecursionError, MemoryError,
+            tokenize.TokenError) as e:  # numpy parses the header as Python literals
+        raise ArrayFileError(f"it is not a numpy array ({_one_line(e)})", True) from None
+    if dtype.hasobject:
+        raise ArrayFileError("it holds Python objects (pickled data), which tinymp does not load: "
+                             "save arrays of numbers")
+    need = math.prod(shape) * dtype.itemsize
+    have = size - f.tell()
+    if need != have:
+        raise ArrayFileError(f"its header declares a {dtype} array of shape {tuple(shape)} "
+                             f"({need:,} bytes of data) but {have:,} bytes follow it: the file "
+                             "is truncated or damaged", True)
+    return dtype, tuple(shape)
+
+
+def _one_line(e, most=160):
+    """An exception's words on one line, cut short (numpy quotes a whole bad header)."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= most else text[:most - 3] + "..."
+
+
+def _read_array(f, what):
+    try:
+        return npformat.read_array(f, allow_pickle=False)
+    except MemoryError:
+        raise ArrayFileError(f"{what} is too large to load into memory") from None
+
+
+def read_npy(path):
+    """The one array of the .npy file `path`."""
+    f = _open(path)
+    with f:
+        try:
+            if f.read(4) == b"PK\x03\x04":
+                names = npz_names(path)
+                raise ArrayFileError("it is an .npz archive" +
+                                     (f" ({', '.join(names)})" if names else "") +
+                                     ", not a single array (.npy)")
+            f.seek(0)
+            _checked_header(f, os.fstat(f.fileno()).st_size)
+            f.seek(0)
+            return _read_array(f, "the array")
+        except ArrayFileError:
+            raise
+        except (OSError, ValueError) as e:  # a read error, or a file that changed meanwhile
+            raise ArrayFileError(f"it is truncated or damaged ({_one_line(e)})", True) from None
+
+
+def _open(path):
+    try:
+        return open(path, "rb")
+    except OSError as e:
+        raise ArrayFileError(f"cannot read it: {e.strerror or e}") from None
+
+
+def npz_names(path):
+    """The array names of the .npz archive `path`, or None when it is not a readable one."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return [n[:-4] if n.endswith(".npy") else n for n in z.namelist()]
+    except (OSError,) + _ZIP_ERRORS:
+        return None
+
+
+def read_npz(path, names):
+    """{name: array} of the arrays `names` of the .npz archive `path` (as numpy.savez writes
+    them: members NAME.npy); the archive's other members are not read."""
+    member = None
+    f = _open(path)
+    with f:
+        try:
+            if f.read(len(NPY_MAGIC)) == NPY_MAGIC:
+                raise ArrayFileError("it is a single numpy array (.npy), not an .npz archive")
+            f.seek(0)
+            zipped = f.read(4) == b"PK\x03\x04"
+            f.seek(0)
+            try:
+                z = zipfile.ZipFile(f)
+            except (OSError,) + _ZIP_ERRORS as e:
+                if zipped:
+                    raise ArrayFileError(f"it is a zip archive that is truncated or damaged "
+                                         f"({_one_line(e)})", True) from None
+                raise ArrayFileError(f"it is not an .npz archive (a zip of .npy arrays): "
+                                     f"{_one_line(e)}") from None
+            with z:
+                held = z.namelist()
+                found = {}
+                for n in names:
+                    for m in (n + ".npy", n):
+                        if m in held:
+                            found[n] = m
+                            break
+                missing = [n for n in names if n not in found]
+                if missing:
+                    have = ", ".join(repr(h[:-4] if h.endswith(".npy") else h)
+                                     for h in held[:8]) or "nothing"
+                    raise ArrayFileError(
+                        f"it holds no array {' or '.join(repr(n) for n in missing)} (it holds "
+                        f"{have}{', ...' if len(held) > 8 else ''})")
+                out = {}
+                for n in names:
+                    member = found[n]
+                    info = z.getinfo(member)
+                    with z.open(info) as m:
+                        try:
+                            _checked_header(m, info.file_size)
+                        except ArrayFileError as e:
+                            raise ArrayFileError(f"array '{n}': {e}", e.damaged) from None
+                    with z.open(info) as m:
+                        out[n] = _read_array(m, f"array '{n}'")
+                return out
+        except ArrayFileError:
+            raise
+        except (OSError,) + _ZIP_ERRORS as e:
+            where = f"its member {member}" if member else "the archive"
+            raise ArrayFileError(f"{where} is damaged ({_one_line(e)})", True) from None
