@@ -65,10 +65,32 @@ def test_a_crash_mid_append_is_undone_on_reopen(tmp_path):
         f.write(sample(3)[:9])
     with open(os.path.join(ds.path, "samples.jsonl"), "ab") as f:
         f.write(b'{"i": 3, "lab')
+    shard, log = (os.path.join(ds.path, n) for n in ("shard-00000.bin", "samples.jsonl"))
+    left = os.path.getsize(shard), os.path.getsize(log)
     again = D.Dataset.open(ds.path)
     assert len(again) == 3
-    assert os.path.getsize(os.path.join(ds.path, "shard-00000.bin")) == 3 * 16
+    # opening writes nothing (eval and `collect --from` read other folders); the append drops it
+    assert (os.path.getsize(shard), os.path.getsize(log)) == left
     assert again.append(sample(9), 2) == 3 and D.Dataset.open(ds.path).sample(3) == sample(9)
+    assert os.path.getsize(shard) == 4 * 16
+    assert [json.loads(s)["i"] for s in open(log, "rb").read().splitlines()] == [0, 1, 2, 3]
+
+
+def test_a_whole_last_record_without_its_newline_is_kept(tmp_path):
+    # an editor that drops the file's last newline must not cost the last sample
+    ds = make(tmp_path)
+    for i in range(3):
+        ds.append(sample(i), i)
+    log = os.path.join(ds.path, "samples.jsonl")
+    with open(log, "rb") as f:
+        raw = f.read()
+    with open(log, "wb") as f:
+        f.write(raw.rstrip(b"\n"))
+    again = D.Dataset.open(ds.path)
+    assert len(again) == 3 and again.sample(2) == sample(2)
+    assert again.append(sample(7), 1) == 3
+    assert [r["i"] for r in D.Dataset.open(ds.path).records] == [0, 1, 2, 3]
+    assert open(log, "rb").read().startswith(raw)
 
 
 @pytest.mark.parametrize("bad", [b'{"i": 1, "label" 0}', b'{"i": 7, "label": 0}', b'{"i": 1, "label": 9}'])

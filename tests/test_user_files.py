@@ -5,10 +5,14 @@ of a good file from a fixed-seed generator:
 
     samples files     `collect --from`, `eval --data` and the `collect`/`eval` items of
                       `tinymp session` (dataset.load_samples)
+    dataset folders   the session's dataset (manifest.json, samples.jsonl, the shards) through
+                      collect, train, eval, report, status and the session flow (Dataset.open)
 """
 import io
 import json
+import math
 import os
+import shutil
 import tracemalloc
 import zipfile
 
@@ -29,15 +33,18 @@ def restore(path, state):
         os.remove(os.path.join(path, name))
     for name, data in state.items():
         p = os.path.join(path, name)
+        if os.path.isdir(p):  # a mutant put a folder where the file was
+            shutil.rmtree(p)
         os.makedirs(os.path.dirname(p), exist_ok=True)
         with open(p, "wb") as f:
             f.write(data)
 
 
-def check_refusal(what, fn, folder, before, problems, memory=False):
+def check_refusal(what, fn, folder, before, problems, memory=False, kept=None):
     """Run fn() (a command: (status, stdout, stderr lines)); a refusal must be status 2, one line
     starting 'tinymp:', no traceback and the session folder as it was; a command that is let
-    through is undone (restore). Whatever is wrong is added to `problems`. Returns the status."""
+    through must leave kept() true (nothing lost), and is undone (restore). Whatever is wrong is
+    added to `problems`. Returns the status."""
     if memory:
         tracemalloc.start()
     try:
@@ -53,6 +60,8 @@ def check_refusal(what, fn, folder, before, problems, memory=False):
             if peak > 64 << 20:
                 problems.append(f"{what}: allocated {peak:,} bytes")
     if rc == 0:  # a mutant that is still a good file (a changed byte no one reads)
+        if kept is not None and not kept():
+            problems.append(f"{what}: status 0, and samples were lost")
         restore(folder, before)
         return rc
     text = out + "".join(err)
@@ -269,3 +278,220 @@ def test_samples_file_messages(rig):
     assert rc == 2 and one_line(err) == f"tinymp: {tmp / 'plain'} is not a dataset folder (no " \
         "manifest.json): give an .npz of samples or a dataset folder tinymp made (a session's " \
         "dataset or eval folder)"
+
+
+# --- 2. dataset folders (Dataset.open) ------------------------------------------------------
+
+ODD = [None, True, False, 0, -1, 1, 16, 2 ** 31, 2 ** 64, 1.5, math.nan, "text", [], {}, [32, 32]]
+FOLDER = object()  # a folder where the file was
+
+
+def _places(v, at=()):
+    """The places of a JSON value: its keys and its lists' items (the first of a long list)."""
+    if isinstance(v, dict):
+        for k, x in v.items():
+            yield at + (k,)
+            yield from _places(x, at + (k,))
+    elif isinstance(v, list):
+        for i, x in enumerate(v[:1] if len(v) > 3 else v):
+            yield at + (i,)
+            yield from _places(x, at + (i,))
+
+
+def _set(v, place, odd, drop=False):
+    import copy
+    v = copy.deepcopy(v)
+    cur = v
+    for k in place[:-1]:
+        cur = cur[k]
+    if drop:
+        del cur[place[-1]]
+    else:
+        cur[place[-1]] = odd
+    return v
+
+
+def _json_mutants(good, rng, cuts=10, flips=10):
+    """(description, bytes) of a JSON object: each place dropped and set to each ODD value, the
+    whole replaced, cut short, bytes changed, not UTF-8, nested past Python's limit."""
+    for place in _places(good):
+        yield f"drop {place}", json.dumps(_set(good, place, None, True)).encode()
+        for odd in ODD:
+            yield f"{place} = {odd!r}", json.dumps(_set(good, place, odd)).encode()
+    for odd in ODD + ["", 7]:
+        yield f"= {odd!r}", json.dumps(odd).encode()
+    text = json.dumps(good, indent=1).encode()
+    yield from byte_mutants(text, rng, cuts, flips)
+    yield "not UTF-8", text.replace(b'"', b'"\xff', 1)
+    yield "nested too deep", b"[" * 100000 + b"]" * 100000
+    yield "a NUL byte", b"\0" + text
+
+
+def _dataset_mutants(ds_dir, rng):
+    """(description, {file of the dataset folder: bytes, None (removed) or FOLDER})."""
+    def read(name):
+        with open(os.path.join(ds_dir, name), "rb") as f:
+            return f.read()
+    manifest, log, shard = read("manifest.json"), read("samples.jsonl"), read("shard-00000.bin")
+    for what, data in _json_mutants(json.loads(manifest), rng):
+        yield f"manifest {what}", {"manifest.json": data}
+    yield "manifest missing", {"manifest.json": None}
+    yield "manifest a folder", {"manifest.json": FOLDER}
+    lines = log.splitlines(keepends=True)
+    rec = json.loads(lines[5])
+    for what, data in _json_mutants(rec, rng, cuts=4, flips=4):
+        if b"\n" not in data:  # one line: a whole record of another shape
+            yield f"record 5 {what}", {"samples.jsonl": b"".join(lines[:5]) + data + b"\n" +
+                                       b"".join(lines[6:])}
+    for what, data in byte_mutants(log, rng, 12, 12):
+        yield f"samples.jsonl {what}", {"samples.jsonl": data}
+    extra = json.dumps({"i": 12, "label": 0, "t": 1, "board": None, "source": None}).encode()
+    yield "a record without its sample", {"samples.jsonl": log + extra + b"\n"}
+    yield "the log without its last newline", {"samples.jsonl": log[:-1]}
+    yield "samples.jsonl missing", {"samples.jsonl": None}
+    yield "samples.jsonl empty", {"samples.jsonl": b""}
+    yield "samples.jsonl a folder", {"samples.jsonl": FOLDER}
+    yield "manifest and samples.jsonl missing", {"manifest.json": None, "samples.jsonl": None}
+    for n in (0, 1, 1023, 1024, 6000, len(shard) - 1):
+        yield f"shard cut at {n}", {"shard-00000.bin": shard[:n]}
+    for n in (1, 1023, 1024, 5000):
+        yield f"shard {n} bytes long", {"shard-00000.bin": shard + rng.bytes(n)}
+    yield "shard missing", {"shard-00000.bin": None}
+    yield "shard a folder", {"shard-00000.bin": FOLDER}
+    yield "a stray second shard", {"shard-00001.bin": rng.bytes(3000)}
+
+
+def _apply(ds_dir, changes):
+    for name, data in changes.items():
+        p = os.path.join(ds_dir, name)
+        if os.path.isdir(p):
+            shutil.rmtree(p)
+        elif os.path.exists(p):
+            os.remove(p)
+        if data is FOLDER:
+            os.mkdir(p)
+        elif data is not None:
+            with open(p, "wb") as f:
+                f.write(data)
+
+
+def test_fuzz_dataset_folders(rig):
+    # collect appends to the dataset (it opens it to write), train sends it, eval reads it (as
+    # the session's or as --data), the session flow checks it before the board; status and
+    # report name it. A refused command changes nothing; one let through keeps every sample the
+    # mutant's log still names in whole, and all but the last of the shard's
+    assert rig.cli("train")[0] == 0  # a run for report to read
+    rng = np.random.default_rng(SEED + 1)
+    folder = rig.session.path
+    ds_dir = rig.session.dataset_dir
+    clean = folder_state(folder)
+    cfg = str(rig.tmp / "flow.json")
+    with open(cfg, "w") as f:
+        json.dump({"model": rig.model, "port": "sim", "board": PROFILE, "session": folder,
+                   "collect": [{"from": rig.held}], "train": {"steps": 1}, "plots": False}, f)
+    others = [("train", lambda: rig.cli("train")),
+              ("eval", lambda: rig.cli("eval", data=None)),
+              ("eval --data DATASET", lambda: rig.cli("eval", data=ds_dir)),
+              ("status", lambda: rig.cli("status")),
+              ("report", lambda: rig.cli("report")),
+              ("session", lambda: _flow(rig, cfg))]
+    n = refused = 0
+    problems = []
+    for k, (what, changes) in enumerate(_dataset_mutants(ds_dir, rng)):
+        _apply(ds_dir, changes)
+        before = folder_state(folder)
+        log = before.get("dataset/samples.jsonl", b"")
+        whole = min(12, log.count(b"\n"))
+        # an interrupted append leaves at most one sample's bytes past the log's samples: only
+        # those may go
+        shard = before.get("dataset/shard-00000.bin", b"")
+        shard = shard[:max(whole, len(shard) // 1024 - 1) * 1024]
+
+        def kept():
+            now = folder_state(folder)
+            return now.get("dataset/shard-00000.bin", b"").startswith(shard) and \
+                now.get("dataset/samples.jsonl", b"").startswith(
+                    b"".join(log.splitlines(keepends=True)[:whole]))
+        for name, fn in [("collect", lambda: rig.cli("collect", source=rig.held)),
+                         others[k % len(others)]]:
+            rc = check_refusal(f"{what}: {name}", fn, folder, before, problems, kept=kept)
+            n += 1
+            refused += rc != 0
+        restore(folder, clean)
+    no_problems(problems, n)
+    assert n > 500 and refused > n / 3, (n, refused)
+
+
+def test_dataset_folder_messages(rig):
+    # what the user reads, and that nothing was changed: a manifest that says another sample
+    # size made opening the folder cut every shard to that size before the model was compared
+    folder = rig.session.path
+    ds_dir = rig.session.dataset_dir
+    man = os.path.join(ds_dir, "manifest.json")
+    clean = folder_state(folder)
+    with open(man) as f:
+        good = json.load(f)
+    cases = [
+        ({"manifest.json": json.dumps(_set(good, ("sample", "shape"), [16, 32, 1])).encode()},
+         "collect", f"tinymp: dataset {ds_dir} is damaged: {ds_dir}/shard-00000.bin holds 12,288 "
+                    "bytes, more than the 6,144 of the 12 samples samples.jsonl names for it "
+                    "(16x32x1 int8 each, as manifest.json says); restore the file that is wrong, "
+                    "or move the folder away to start a new dataset"),
+        ({"manifest.json": json.dumps(_set(good, ("sample", "shape"), [32, 32, 3])).encode()},
+         "eval", f"tinymp: dataset {ds_dir} is damaged: {ds_dir}/shard-00000.bin holds 12,288 "
+                 "bytes, less than the 36,864 of the 12 samples samples.jsonl names for it "
+                 "(32x32x3 int8 each, as manifest.json says); restore the file that is wrong, "
+                 "or move the folder away to start a new dataset"),
+        ({"manifest.json": json.dumps(_set(good, ("num_classes",), 20)).encode()},
+         "collect", f"tinymp: dataset {ds_dir} holds 32x32x1 samples of 20 classes; the model "
+                    "takes 32x32x1 and 10 classes (use another --session)"),
+        ({"manifest.json": json.dumps(_set(good, ("uid",), -1)).encode()},
+         "collect", f"tinymp: {man}: 'uid' must be a whole number 1..2147483647, not -1; repair "
+                    "that value (the samples themselves are in samples.jsonl and the shard files)"),
+        ({"manifest.json": json.dumps(_set(good, ("sample", "scale"), "1/255")).encode()},
+         "train", f"tinymp: {man}: 'sample.scale' must be a number > 0, not '1/255'; repair that "
+                  "value (the samples themselves are in samples.jsonl and the shard files)"),
+        ({"manifest.json": None}, "collect",
+         f"tinymp: {ds_dir} holds samples (samples.jsonl) but no manifest.json: restore the "
+         "manifest, or move the folder away to start a new dataset"),
+        ({"samples.jsonl": b""}, "eval",
+         f"tinymp: dataset {ds_dir} is damaged: {ds_dir}/shard-00000.bin holds 12,288 bytes, more "
+         "than the 0 of the 0 samples samples.jsonl names for it (32x32x1 int8 each, as "
+         "manifest.json says); restore the file that is wrong, or move the folder away to start "
+         "a new dataset"),
+        ({"shard-00000.bin": b"\0" * 5000}, "train",
+         f"tinymp: dataset {ds_dir} is damaged: {ds_dir}/shard-00000.bin holds 5,000 bytes, less "
+         "than the 12,288 of the 12 samples samples.jsonl names for it (32x32x1 int8 each, as "
+         "manifest.json says); restore the file that is wrong, or move the folder away to start "
+         "a new dataset"),
+        ({"samples.jsonl": None}, "collect",
+         f"tinymp: dataset {ds_dir} is damaged: samples.jsonl (the list of its samples) is "
+         "missing; restore it, or move the folder away to start a new dataset"),
+    ]
+    for changes, name, says in cases:
+        _apply(ds_dir, changes)
+        before = folder_state(folder)
+        rc, out, err = rig.cli(name, **({"data": None} if name == "eval" else
+                                        {"source": rig.held} if name == "collect" else {}))
+        assert rc == 2 and one_line(err) == says, (changes.keys(), err)
+        assert folder_state(folder) == before
+        restore(folder, clean)
+
+
+def test_a_torn_last_line_is_dropped_by_the_next_append_only(rig):
+    # what a crash leaves (a line cut short, its sample's bytes) is not counted; readers (eval)
+    # leave it, the next collect replaces it
+    ds_dir = rig.session.dataset_dir
+    log = os.path.join(ds_dir, "samples.jsonl")
+    with open(log, "rb") as f:
+        raw = f.read()
+    with open(log, "wb") as f:
+        f.write(raw[:-20])
+    before = folder_state(ds_dir)
+    rc, out, err = rig.cli("eval", data=ds_dir)
+    assert rc == 0 and json.loads(out)[0]["n"] == 11, err
+    assert folder_state(ds_dir) == before
+    rc, out, err = rig.cli("collect", source=rig.held)
+    assert rc == 0 and json.loads(out)["total"] == 11 + 24, err
+    with open(log, "rb") as f:
+        assert f.read().startswith(raw[:raw.rindex(b"\n", 0, len(raw) - 1) + 1])

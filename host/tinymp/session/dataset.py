@@ -8,11 +8,13 @@
                          model's input layout H x W x C
 
 `append` writes the sample's bytes, then its line, each flushed to the disk (fsync) before it
-returns: only then is the board told the sample was received. Reopening drops what a crash left
-half-written (bytes without a line, a line cut short).
+returns: only then is the board told the sample was received. Opening a dataset changes nothing:
+what a crash left half-written (bytes without a line, a line cut short) is not counted, and the
+next append drops it.
 """
 import errno
 import json
+import math
 import os
 import random
 import time
@@ -61,13 +63,45 @@ def quantize_lut(scale, zero_point):
     return out
 
 
+def _short(v):
+    r = repr(v)
+    return r if len(r) <= 40 else r[:37] + "..."
+
+
+def _whole(v, lo, hi=None):
+    return type(v) is int and v >= lo and (hi is None or v <= hi)
+
+
+def _manifest_problem(m):
+    """What is wrong with the values of a dataset manifest that the PC reads, or None."""
+    s = m.get("sample")
+    if not isinstance(s, dict):
+        return f"'sample' must be an object (the samples' format), not {_short(s)}"
+    shape = s.get("shape")
+    if not (isinstance(shape, list) and len(shape) == 3 and all(_whole(d, 1) for d in shape)):
+        return f"'sample.shape' must be 3 whole numbers > 0 (H, W, C), not {_short(shape)}"
+    if s.get("dtype") != "int8":
+        return f"'sample.dtype' must be \"int8\", not {_short(s.get('dtype'))}"
+    scale = s.get("scale")
+    if type(scale) not in (int, float) or not (math.isfinite(scale) and scale > 0):
+        return f"'sample.scale' must be a number > 0, not {_short(scale)}"
+    if not _whole(s.get("zero_point"), -128, 127):
+        return f"'sample.zero_point' must be a whole number -128..127, not " \
+               f"{_short(s.get('zero_point'))}"
+    if not _whole(m.get("num_classes"), 1):
+        return f"'num_classes' must be a whole number > 0, not {_short(m.get('num_classes'))}"
+    if not _whole(m.get("uid"), 1, (1 << 31) - 1):  # the board keeps it in 32 bits
+        return f"'uid' must be a whole number 1..{(1 << 31) - 1}, not {_short(m.get('uid'))}"
+    return None
+
+
 class Dataset:
     def __init__(self, path, manifest):
         self.path = path
         self.manifest = manifest
         s = manifest["sample"]
         self.shape = tuple(s["shape"])
-        self.sample_bytes = int(np.prod(self.shape))
+        self.sample_bytes = math.prod(self.shape)  # not np.prod: a damaged shape must not wrap
         self.num_classes = manifest["num_classes"]
         self.uid = manifest["uid"]
         self.records = []
@@ -79,6 +113,13 @@ class Dataset:
                model_sha256=None, note=None):
         if os.path.exists(os.path.join(path, "manifest.json")):
             raise DatasetError(f"tinymp: {path} already holds a dataset")
+        for name in ("samples.jsonl", "shard-00000.bin"):
+            # a new manifest would adopt them with another shape, and the next append cut them
+            p = os.path.join(path, name)
+            if os.path.isdir(p) or (os.path.isfile(p) and os.path.getsize(p)):
+                raise DatasetError(f"tinymp: {path} holds samples ({name}) but no manifest.json: "
+                                   "restore the manifest, or move the folder away to start a new "
+                                   "dataset")
         os.makedirs(path, exist_ok=True)
         manifest = {
             "format": FORMAT, "version": VERSION,
@@ -98,43 +139,41 @@ class Dataset:
 
     @staticmethod
     def peek(path):
-        """(uid, samples) of the dataset folder `path`, read without opening it (open() drops what
-        an interrupted append left, and a reader must change nothing), or (None, None) when it
-        is not one. A torn last line is not counted."""
+        """(uid, samples) of the dataset folder `path`, read without opening it (open() checks
+        every sample), or (None, None) when it is not one. A torn last line is not counted."""
         try:
             with open(os.path.join(path, "manifest.json")) as f:
                 uid = json.load(f).get("uid")
             with open(os.path.join(path, "samples.jsonl"), "rb") as f:
                 n = f.read().count(b"\n")
-        except (OSError, ValueError, AttributeError):
+        except (OSError, ValueError, AttributeError, RecursionError):
             return None, None
         return uid, n
 
     @classmethod
     def open(cls, path):
+        """The dataset folder `path`, checked; opening it writes nothing."""
         mpath = os.path.join(path, "manifest.json")
         try:
-            with open(mpath) as f:
+            with open(mpath, encoding="utf-8") as f:
                 manifest = json.load(f)
         except FileNotFoundError:
             raise DatasetError(f"tinymp: {path} is not a dataset folder (no manifest.json): give "
                                "an .npz of samples or a dataset folder tinymp made (a session's "
                                "dataset or eval folder)") from None
-        except (OSError, ValueError) as e:
-            raise DatasetError(f"tinymp: cannot read {mpath}: {e}") from None
+        except (OSError, ValueError, RecursionError) as e:
+            why = e.strerror if isinstance(e, OSError) and e.strerror else \
+                "too deeply nested" if isinstance(e, RecursionError) else e
+            raise DatasetError(f"tinymp: cannot read {mpath}: {why}") from None
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
             raise DatasetError(f"tinymp: {mpath} is not a tinymp dataset manifest")
         if manifest.get("version") != VERSION:
-            raise DatasetError(f"tinymp: {mpath} has version {manifest.get('version')}, "
+            raise DatasetError(f"tinymp: {mpath} has version {manifest.get('version')!r}, "
                                f"this tinymp reads {VERSION}")
-        try:
-            shape = manifest["sample"]["shape"]
-            assert len(shape) == 3 and all(isinstance(d, int) and d > 0 for d in shape)
-            assert manifest["sample"]["dtype"] == "int8"
-            assert isinstance(manifest["num_classes"], int) and manifest["num_classes"] > 0
-            assert isinstance(manifest["uid"], int)
-        except (KeyError, TypeError, AssertionError):
-            raise DatasetError(f"tinymp: {mpath}: malformed sample format") from None
+        problem = _manifest_problem(manifest)
+        if problem:
+            raise DatasetError(f"tinymp: {mpath}: {problem}; repair that value (the samples "
+                               "themselves are in samples.jsonl and the shard files)")
         return cls(path, manifest)
 
     @classmethod
@@ -170,52 +209,76 @@ class Dataset:
         return os.path.join(self.path, f"shard-{k:05d}.bin")
 
     def _load(self):
-        """Read the sample log; drop what an interrupted append left behind."""
+        """Read the sample log and check that the shards hold its samples. Nothing is written: a
+        line an interrupted append cut short, and the sample's bytes before it, are left for the
+        next append to drop."""
         log = os.path.join(self.path, "samples.jsonl")
         try:
             with open(log, "rb") as f:
                 raw = f.read()
         except FileNotFoundError:
+            if os.path.exists(self._shard_path(0)):
+                raise DatasetError(f"tinymp: dataset {self.path} is damaged: samples.jsonl (the "
+                                   "list of its samples) is missing; restore it, or move the "
+                                   "folder away to start a new dataset") from None
             raw = b""
+        except OSError as e:
+            raise DatasetError(f"tinymp: cannot read {log}: {e.strerror or e}") from None
         recs = []
         *lines, tail = raw.split(b"\n")   # tail: "" or the line an interrupted append cut short
         for n, line in enumerate(lines):
-            try:
-                r = json.loads(line)
-                ok = isinstance(r, dict) and r.get("i") == len(recs) and \
-                    isinstance(r.get("label"), int) and 0 <= r["label"] < self.num_classes
-            except ValueError:
-                ok = False
-            if not ok:
+            if not self._next_record(line, recs):
                 # a whole line that is not the next record is damage (an edit, another program),
                 # not a torn append: say where, and change nothing (the samples after it stay)
                 raise DatasetError(f"tinymp: dataset {self.path} is damaged: line {n + 1} of "
                                    f"samples.jsonl is not sample record {len(recs)} "
                                    f"({line[:60].decode('utf-8', 'replace')!r}); nothing was "
                                    "changed: repair or remove that line")
-            recs.append(r)
-        if tail:
-            with open(log, "r+b") as f:
-                f.truncate(len(raw) - len(tail))
-        # shards: whole samples only, as many as the log names
+        # a whole last record without its newline (an editor drops it) is kept, not cut
+        self._log_newline = bool(tail) and self._next_record(tail, recs)
+        self._log_end = len(raw) if self._log_newline else len(raw) - len(tail)
         n = len(recs)
         k = 0
         while True:
             p = self._shard_path(k)
-            want = max(0, min(SHARD, n - k * SHARD)) * self.sample_bytes
+            first, last = k * SHARD, min(n, (k + 1) * SHARD) - 1
+            want = max(0, last - first + 1) * self.sample_bytes
+            # what an interrupted append leaves: the bytes of one sample more, in the shard of
+            # the next sample; more than that is not a crash's leftover, and the next append
+            # would cut it
+            most = want + (self.sample_bytes if k == n // SHARD else 0)
             if not os.path.exists(p):
                 if want:
-                    raise DatasetError(f"tinymp: dataset {self.path} is damaged: {p} is missing")
+                    raise DatasetError(f"tinymp: dataset {self.path} is damaged: {p} (samples "
+                                       f"{first}..{last}) is missing; restore it, or move the "
+                                       "folder away to start a new dataset")
                 break
-            have = os.path.getsize(p)
-            if have < want:
-                raise DatasetError(f"tinymp: dataset {self.path} is damaged: {p} is shorter "
-                                   "than its samples")
-            if have > want:
-                with open(p, "r+b") as f:
-                    f.truncate(want)
+            have = os.path.getsize(p) if os.path.isfile(p) else -1
+            if have < 0:
+                raise DatasetError(f"tinymp: dataset {self.path} is damaged: {p} is not a file")
+            if have < want or have > most:
+                size = "x".join(map(str, self.shape))
+                raise DatasetError(
+                    f"tinymp: dataset {self.path} is damaged: {p} holds {have:,} bytes, "
+                    f"{'less' if have < want else 'more'} than the {want:,} of the "
+                    f"{max(0, last - first + 1)} samples samples.jsonl names for it ({size} int8 "
+                    "each, as manifest.json says); restore the file that is wrong, or move the "
+                    "folder away to start a new dataset")
             k += 1
         self.records = recs
+
+    def _next_record(self, line, recs):
+        """Append the log line `line` to `recs` when it is the next sample record."""
+        try:
+            r = json.loads(line)
+        except (ValueError, RecursionError):
+            return False
+        ok = isinstance(r, dict) and type(r.get("i")) is int and r["i"] == len(recs) and \
+            type(r.get("label")) is int and 0 <= r["label"] < self.num_classes and \
+            isinstance(r.get("source"), (str, type(None)))  # a set holds the sources
+        if ok:
+            recs.append(r)
+        return ok
 
     # --- reading
     def __len__(self):
@@ -232,9 +295,23 @@ class Dataset:
         if not 0 <= i < len(self.records):
             raise IndexError(i)
         k, j = divmod(i, SHARD)
-        with open(self._shard_path(k), "rb") as f:
-            f.seek(j * self.sample_bytes)
-            return f.read(self.sample_bytes)
+        return self._read(k, j, 1)
+
+    def _read(self, k, j, n):
+        """n samples' bytes from shard k, from its sample j; DatasetError when they are not
+        there (the shard changed since the dataset was opened)."""
+        p = self._shard_path(k)
+        try:
+            with open(p, "rb") as f:
+                f.seek(j * self.sample_bytes)
+                data = f.read(n * self.sample_bytes)
+        except OSError as e:
+            raise DatasetError(f"tinymp: cannot read the samples of dataset {self.path}: {p}: "
+                               f"{e.strerror or e}") from None
+        if len(data) != n * self.sample_bytes:
+            raise DatasetError(f"tinymp: dataset {self.path} is damaged: {p} ends before sample "
+                               f"{k * SHARD + j + n - 1}")
+        return data
 
     def samples(self, start=0, stop=None):
         """int8 array [n, H, W, C] of samples start..stop-1."""
@@ -244,9 +321,7 @@ class Dataset:
         while i < stop:
             k, j = divmod(i, SHARD)
             n = min(stop - i, SHARD - j)
-            with open(self._shard_path(k), "rb") as f:
-                f.seek(j * self.sample_bytes)
-                parts.append(np.frombuffer(f.read(n * self.sample_bytes), dtype=np.int8))
+            parts.append(np.frombuffer(self._read(k, j, n), dtype=np.int8))
             i += n
         flat = np.concatenate(parts) if parts else np.zeros(0, np.int8)
         return flat.reshape((-1,) + self.shape)
@@ -274,7 +349,12 @@ class Dataset:
         rec = {"i": i, "label": int(label), "t": round(time.time() if t is None else t, 3),
                "board": board, "source": source}
         line = (json.dumps(rec, separators=(",", ":")) + "\n").encode()
-        log_size = os.path.getsize(log)
+        if self._log_newline:
+            line = b"\n" + line
+        elif os.path.getsize(log) != self._log_end:
+            with open(log, "r+b") as f:  # a line an interrupted append cut short
+                f.truncate(self._log_end)
+        log_size = self._log_end
         try:
             with open(shard, "ab") as f:
                 if f.tell() != j * self.sample_bytes:
@@ -291,6 +371,8 @@ class Dataset:
                 except OSError:
                     pass
             raise
+        self._log_end += len(line)
+        self._log_newline = False
         self.records.append(rec)
         return i
 
