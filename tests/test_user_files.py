@@ -7,6 +7,7 @@ of a good file from a fixed-seed generator:
                       `tinymp session` (dataset.load_samples)
     dataset folders   the session's dataset (manifest.json, samples.jsonl, the shards) through
                       collect, train, eval, report, status and the session flow (Dataset.open)
+    calibration       `tinymp convert MODEL.onnx --calib FILE.npy`
 """
 import io
 import json
@@ -20,6 +21,7 @@ import numpy as np
 import pytest
 
 from test_session_replies import PROFILE, folder_state, no_hang, one_line, rig  # noqa: F401
+from tinymp import cli
 from tinymp.session import run
 
 SEED = 20240607
@@ -495,3 +497,129 @@ def test_a_torn_last_line_is_dropped_by_the_next_append_only(rig):
     assert rc == 0 and json.loads(out)["total"] == 11 + 24, err
     with open(log, "rb") as f:
         assert f.read().startswith(raw[:raw.rindex(b"\n", 0, len(raw) - 1) + 1])
+
+
+# --- 3. calibration samples (tinymp convert --calib) ----------------------------------------
+
+def _onnx_model(tmp):
+    """A small float ONNX model, or (without onnx and onnxruntime) a file that only stands for
+    one: the samples are read and checked before the model is, so each bad file is refused the
+    same way, and a good one then meets the missing package (one line too)."""
+    try:
+        import onnx
+        import onnxruntime  # noqa: F401
+        import test_convert_torch_onnx as t
+        data = t._handmade_onnx(onnx, "reducemean").SerializeToString()
+    except ImportError:
+        data = b"an onnx model"
+    p = tmp / "m.onnx"
+    p.write_bytes(data)
+    return str(p)
+
+
+def _calib_mutants(rng):
+    good = rng.random((8, 3, 8, 8), dtype=np.float32)
+    gb = npy(good)
+    yield from byte_mutants(gb, rng, 30, 70, hot=[(0, 128)])
+    crafted = {
+        "empty file": b"",
+        "random bytes": rng.bytes(2000),
+        "a zip's signature, then garbage": b"PK\x03\x04garbage",
+        "an .npz": zipped({"x.npy": gb}),
+        "an .npz cut short": zipped({"x.npy": gb})[:300],
+        "objects": npy(np.array([{}, 1], dtype=object), allow_pickle=True),
+        "complex": npy(good.astype(np.complex64)),
+        "bool": npy(good > 0.5),
+        "text": npy(good.astype("U3")),
+        "structured": npy(np.zeros(8, [("a", "<f4"), ("b", "<f4")])),
+        "dates": npy(np.zeros((8, 3, 8, 8), "datetime64[s]")),
+        "NaN": npy(np.where(good > 0.5, np.nan, good)),
+        "infinite": npy(np.where(good > 0.5, np.inf, good)),
+        "no samples": npy(good[:0]),
+        "3-D": npy(good[0]),
+        "2-D": npy(good.reshape(8, -1)),
+        "a number": npy(np.float32(1)),
+        "a channel of 0": npy(good[:, :0]),
+        "other channels": npy(good[:, :2]),
+        "declares 8 TB": npy_header("<f8", (10 ** 9, 3, 8, 128), gb[-500:]),
+        "declares 4 GB": npy_header("<f4", (1 << 20, 3, 8, 40), gb[-500:]),
+        "declares a negative size": npy_header("<f4", (-8, 3, 8, 8), gb[128:]),
+        "format 3.0": b"\x93NUMPY\x03\x00" + gb[8:],
+        "format 9.9": b"\x93NUMPY\x09\x09" + gb[8:],
+        "big-endian": npy(good.astype(">f4")),
+        "float16": npy(good.astype(np.float16)),
+        "uint8 pixels": npy((good * 255).astype(np.uint8)),
+        "Fortran order": npy(np.asfortranarray(good)),
+        "longer than its header": gb + b"\0" * 64,
+    }
+    yield from crafted.items()
+
+
+def test_fuzz_calibration_files(tmp_path, capsys):
+    rng = np.random.default_rng(SEED + 2)
+    src = _onnx_model(tmp_path)
+    model = open(src, "rb").read()
+    out = tmp_path / "out.tmpm"
+    problems = []
+    n = refused = 0
+    for k, (what, data) in enumerate(_calib_mutants(rng)):
+        calib = tmp_path / f"c{k}.npy"
+        calib.write_bytes(data)
+        capsys.readouterr()
+        memory = "declares" in what
+        if memory:
+            tracemalloc.start()
+        try:
+            rc = cli.main(["convert", src, "-o", str(out), "--calib", str(calib)])
+        except Exception as e:  # noqa: BLE001 - what the test is about
+            problems.append(f"{what}: {type(e).__name__} escaped: {str(e)[:200]}")
+            continue
+        finally:
+            if memory:
+                peak = tracemalloc.get_traced_memory()[1]
+                tracemalloc.stop()
+                if peak > 64 << 20:
+                    problems.append(f"{what}: allocated {peak:,} bytes")
+        o, e = capsys.readouterr()
+        err = e.strip().splitlines()
+        n += 1
+        if rc == 0:
+            out.unlink()
+            continue
+        refused += 1
+        if rc != 2 or len(err) != 1 or not err[0].startswith("tinymp:") or "Traceback" in o + e:
+            problems.append(f"{what}: status {rc}, stderr {err[:3]}")
+        if out.exists() or list(tmp_path.glob("out.tmpm.tmp-*")):
+            problems.append(f"{what}: refused, and an output was written")
+        assert open(src, "rb").read() == model
+    no_problems(problems, n)
+    assert n > 120 and refused > n / 2, (n, refused)
+
+
+def test_calibration_file_messages(tmp_path, capsys):
+    src = _onnx_model(tmp_path)
+    cases = {
+        "cut.npy": (b"PK\x03\x04garbage", "cannot read calibration samples {p}: it is an .npz "
+                                          "archive, not a single array (.npy); save the "
+                                          "calibration samples as one array with numpy.save "
+                                          "(.npy)"),
+        "short.npy": (npy(np.zeros((8, 3, 8, 8), np.float32))[:-4],
+                      "cannot read calibration samples {p}: its header declares a float32 array "
+                      "of shape (8, 3, 8, 8) (6,144 bytes of data) but 6,140 bytes follow it: the "
+                      "file is truncated or damaged"),
+        "pickled.npy": (npy(np.array([{}], dtype=object), allow_pickle=True),
+                        "cannot read calibration samples {p}: it holds Python objects (pickled "
+                        "data), which tinymp does not load: save arrays of numbers; save the "
+                        "calibration samples as one array with numpy.save (.npy)"),
+        "bool.npy": (npy(np.zeros((8, 3, 8, 8), bool)),
+                     "calib must hold real numbers, got dtype bool"),
+    }
+    for name, (data, says) in cases.items():
+        p = tmp_path / name
+        p.write_bytes(data)
+        capsys.readouterr()
+        rc = cli.main(["convert", src, "-o", str(tmp_path / "o.tmpm"), "--calib", str(p)])
+        err = one_line(capsys.readouterr().err.strip().splitlines())
+        if name == "bool.npy" and src and open(src, "rb").read() == b"an onnx model":
+            continue  # without onnx the model's package is missed first
+        assert rc == 2 and err == "tinymp: " + says.format(p=p), err

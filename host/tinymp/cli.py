@@ -238,8 +238,6 @@ def _write_atomically(path, data):
 
 
 def cmd_convert(args):
-    import numpy as np
-
     import tinymp
     from . import convert as conv
     if not os.path.exists(args.source):
@@ -248,14 +246,16 @@ def cmd_convert(args):
         raise UserError(f"tinymp: the output {args.output} is the source model; name another file")
     calib = None
     if args.calib is not None:
+        from ._arrayfiles import ArrayFileError, read_npy
+        if os.path.exists(args.calib) and not os.path.isfile(args.calib):
+            raise UserError(f"tinymp: the calibration samples {args.calib} are not a file: give "
+                            "an .npy of samples (numpy.save)")
         try:
-            calib = np.load(args.calib)
-        except (OSError, ValueError) as e:
-            raise UserError(f"tinymp: cannot read calibration samples {args.calib}: {e}") from None
-        if not isinstance(calib, np.ndarray):
-            names = ", ".join(calib.files) if hasattr(calib, "files") else "?"
-            raise UserError(f"tinymp: {args.calib} is an .npz archive ({names}); save the "
-                            "calibration samples as one array with numpy.save (.npy)")
+            calib = read_npy(args.calib)
+        except ArrayFileError as e:
+            raise UserError(f"tinymp: cannot read calibration samples {args.calib}: {e}" +
+                            ("" if e.damaged else "; save the calibration samples as one array "
+                             "with numpy.save (.npy)")) from None
         if calib.ndim != 4 or calib.shape[0] < 1:
             raise UserError(f"tinymp: calibration samples must be a 4-D array [N, ...], got shape {calib.shape}")
     names = [n.strip() for n in args.classes.split(",")] if args.classes else None
@@ -274,12 +274,13 @@ def cmd_convert(args):
                   "is ignored", file=sys.stderr)
         data = conv.convert(args.source, calib=calib, class_names=names, **kw)
     except conv.ConversionError as e:
-        raise UserError(str(e)) from None
+        # the converter's words start 'tinymp convert:'; the command's errors start 'tinymp:'
+        raise UserError("tinymp: " + str(e).removeprefix("tinymp convert: ")) from None
     except ImportError as e:
         raise UserError(f"tinymp: converting this model needs an optional package ({e.name or e}); "
                         "pip install 'tinymp[tflite]' or 'tinymp[onnx]'") from None
     except (TypeError, ValueError) as e:
-        raise UserError(f"tinymp convert: {e}") from None
+        raise UserError(f"tinymp: {e}") from None
     m = tinymp.Model(data)  # the engine validates what it will run
     _write_atomically(args.output, data)
     s = summary.model_summary(m, len(data))
