@@ -353,19 +353,21 @@ def test_bad_train_and_eval_requests(tmp_path, ready, capsys):
 def test_bad_session_configs(tmp_path, capsys):
     for cfg, needle in (({"port": "sim"}, "names no model"),
                         ({"model": DEMO, "colect": []}, "unknown keys colect"),
-                        ({"model": DEMO, "collect": [{"count": 3}]}, "needs 'from'"),
+                        ({"model": DEMO, "collect": [{"count": 3}]},
+                         'collect item 1 must be {"from": FILE} or {"label": L, "count": N}'),
                         ({"model": DEMO, "train": {"epoch": 3}}, "unknown train options epoch"),
                         ({"model": "nope.tmpm", "session": "s"}, "no such model file"),
-                        ({"model": 5}, "'model' must be a string, not int"),
-                        ({"model": DEMO, "port": 5}, "'port' must be a string, not int"),
-                        ({"model": DEMO, "collect": [{"from": 5}]}, "'from' must be a path")):
+                        ({"model": 5}, "'model' must be a string, not a number"),
+                        ({"model": DEMO, "port": 5}, "'port' must be a string, not a number"),
+                        ({"model": DEMO, "collect": [{"from": 5}]},
+                         "'from' must be the path of a samples")):
         p = tmp_path / "c.json"
         p.write_text(json.dumps(cfg))
         assert cli.main(["session", str(p)]) == 2
         assert needle in one_line(capsys.readouterr().err)
     (tmp_path / "c.json").write_text("{nope")
     assert cli.main(["session", str(tmp_path / "c.json")]) == 2
-    assert "cannot read" in one_line(capsys.readouterr().err)
+    assert "is not valid JSON" in one_line(capsys.readouterr().err)
     # train values, samples files whose content is wrong (for training or for evaluation), and
     # a flow with nothing to train on: refused before the board is started or the session
     # folder written
@@ -392,8 +394,10 @@ def test_bad_session_configs(tmp_path, capsys):
                         ({"train": {"fresh": 1}, "collect": collect}, "train.fresh must be true or false"),
                         ({"train": {"budget_kb": 0}, "collect": collect}, "train.budget_kb must be a positive"),
                         ({"collect": [{"label": 12, "count": 3}]}, "collect label 12 is not a class"),
-                        ({"collect": [{"label": [1, "a"], "count": 3}]}, "collect label 'a' is not a class"),
-                        ({"collect": [{"label": 1, "count": "x"}]}, "collect count 'x' must be a whole"),
+                        ({"collect": [{"label": [1, "a"], "count": 3}]},
+                         "'label' must be a class number or a list of them, not [1, \"a\"]"),
+                        ({"collect": [{"label": 1, "count": "x"}]},
+                         "'count' must be a whole number >= 0 (samples per class), not \"x\""),
                         ({}, "nothing to train on")):
         p = tmp_path / "c.json"
         p.write_text(json.dumps(dict(cfg, model=DEMO, port="sim", session="s")))

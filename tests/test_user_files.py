@@ -8,21 +8,25 @@ of a good file from a fixed-seed generator:
     dataset folders   the session's dataset (manifest.json, samples.jsonl, the shards) through
                       collect, train, eval, report, status and the session flow (Dataset.open)
     calibration       `tinymp convert MODEL.onnx --calib FILE.npy`
+    session configs   `tinymp session CONFIG` (JSON or TOML: run.load_config)
 """
 import io
 import json
 import math
 import os
 import shutil
+import sys
 import tracemalloc
 import zipfile
 
 import numpy as np
 import pytest
 
-from test_session_replies import PROFILE, folder_state, no_hang, one_line, rig  # noqa: F401
+from test_session_replies import (PROFILE, SCENE, folder_state, no_hang, one_line,  # noqa: F401
+                                  rig)
 from tinymp import cli
 from tinymp.session import run
+from tinymp.session.simboard import SimSensor
 
 SEED = 20240607
 
@@ -623,3 +627,166 @@ def test_calibration_file_messages(tmp_path, capsys):
         if name == "bool.npy" and src and open(src, "rb").read() == b"an onnx model":
             continue  # without onnx the model's package is missed first
         assert rc == 2 and err == "tinymp: " + says.format(p=p), err
+
+
+# --- 4. session configs (tinymp session CONFIG) ---------------------------------------------
+
+CONFIG_ODD = [None, True, 0, -1, 1.5, math.nan, "text", "", [], {}, [1, 2], {"a": 1}]
+
+
+def _toml(v, at=""):
+    """A config as TOML (tomllib reads, nothing here writes it): scalars, lists and tables."""
+    def value(x):
+        if isinstance(x, bool):
+            return "true" if x else "false"
+        if isinstance(x, float) and math.isnan(x):
+            return "nan"
+        if isinstance(x, (int, float)):
+            return repr(x)
+        if isinstance(x, str):
+            return json.dumps(x)
+        if isinstance(x, list):
+            return "[" + ", ".join(value(i) for i in x) + "]"
+        return "{" + ", ".join(f"{json.dumps(k)} = {value(i)}" for k, i in x.items()) + "}"
+    lines = [f"{json.dumps(k)} = {value(x)}" for k, x in v.items()
+             if x is not None and not isinstance(x, dict)]
+    for k, x in v.items():
+        if isinstance(x, dict):
+            lines.append(f"[{json.dumps(k)}]")
+            lines += [f"{json.dumps(kk)} = {value(xx)}" for kk, xx in x.items() if xx is not None]
+    return ("\n".join(lines) + "\n").encode()
+
+
+# what each place of the good config may hold (None: null, the default); another type must be
+# refused, with one line and nothing written
+CONFIG_TYPES = {
+    ("model",): (str,), ("port",): (str, None), ("board",): (str, None),
+    ("session",): (str, None), ("eval",): (str, None), ("collect",): (list, None),
+    ("collect", 0): (dict,), ("collect", 0, "from"): (str,), ("collect", 1): (dict,),
+    ("collect", 1, "label"): (int, list), ("collect", 1, "label", 0): (int,),
+    ("collect", 1, "label", 1): (int,), ("collect", 1, "count"): (int,),
+    ("train",): (dict, None), ("train", "steps"): (int, None), ("train", "lr"): (float, int, None),
+    ("train", "method"): (str, None), ("train", "save"): (bool, None), ("plots",): (bool, None),
+}
+REQUIRED = {("model",), ("collect", 0, "from"), ("collect", 1, "label"), ("collect", 1, "count")}
+
+
+def _wrong(place, v):
+    types = CONFIG_TYPES[place]
+    if v is None:
+        return None not in types
+    if isinstance(v, bool):
+        return bool not in types
+    if isinstance(v, float) and math.isnan(v):
+        return True
+    return not isinstance(v, tuple(t for t in types if t is not None and t is not bool))
+
+
+def _config_mutants(good, rng):
+    """(description, file name, bytes, strict) of configs: each key of a good config dropped or
+    given each odd value, unknown keys at each level, then bytes that are not JSON or TOML. A
+    strict one must be refused."""
+    for place in _places(good):
+        yield (f"drop {place}", "c.json", json.dumps(_set(good, place, None, True)).encode(),
+               place in REQUIRED)
+        for odd in CONFIG_ODD:
+            yield (f"{place} = {odd!r}", "c.json", json.dumps(_set(good, place, odd)).encode(),
+                   _wrong(place, odd))
+    for where in [(), ("train",), ("collect", 0), ("collect", 1)]:
+        v = _set(good, where + ("colour",), "blue") if where else dict(good, colour="blue")
+        yield f"unknown key at {where}", "c.json", json.dumps(v).encode(), True
+    yield ("collect item with both", "c.json",
+           json.dumps(_set(good, ("collect", 0, "label"), 3)).encode(), True)
+    for odd in CONFIG_ODD:
+        yield f"config = {odd!r}", "c.json", json.dumps(odd).encode(), odd != {}
+    text = json.dumps(good, indent=1).encode()
+    for what, data in byte_mutants(text, rng, 12, 20):
+        yield f"json {what}", "c.json", data, False
+    toml = _toml(good)
+    for what, data in byte_mutants(toml, rng, 12, 20):
+        yield f"toml {what}", "c.toml", data, False
+    for place in [("train", "steps"), ("plots",), ("collect",), ("model",)]:
+        for odd in ("text", 1.5, [], {"a": 1}):
+            yield (f"toml {place} = {odd!r}", "c.toml", _toml(_set(good, place, odd)),
+                   _wrong(place, odd))
+    for what, data in [("not UTF-8", text.replace(b'"', b'"\xff', 1)),
+                       ("latin-1 text", text.replace(PROFILE.encode(), b"\xd6PENMV")),
+                       ("nested too deep", b'{"train": ' + b"[" * 100000 + b"]" * 100000 + b"}"),
+                       ("a NUL byte", b"\0" + text), ("empty", b""), ("TOML", toml)]:
+        yield f"JSON {what}", "c.json", data, True
+    for what, data in [("not UTF-8", toml.replace(b'"', b'"\xff', 1)),
+                       ("nested too deep", b"a = " + b"[" * 100000 + b"]" * 100000 + b"\n"),
+                       ("JSON", text)]:
+        yield f"TOML {what}", "c.toml", data, True
+
+
+def test_fuzz_session_configs(rig, monkeypatch):
+    # a board with a camera (the simulated one's), for the config's capture item
+    monkeypatch.setitem(sys.modules, "sensor", SimSensor(SCENE, str(rig.where)))
+    folder = rig.session.path
+    before = folder_state(folder)
+    cfg_dir = rig.tmp / "configs"
+    cfg_dir.mkdir()
+    good = {"model": rig.model, "port": "sim", "board": PROFILE, "session": folder,
+            "collect": [{"from": rig.held}, {"label": [1, 2], "count": 1}], "eval": rig.held,
+            "train": {"steps": 1, "lr": 0.01, "method": "tinymp", "save": True},
+            "plots": False}
+    rng = np.random.default_rng(SEED + 3)
+    problems = []
+    n = refused = 0
+    for k, (what, name, data, strict) in enumerate(_config_mutants(good, rng)):
+        p = cfg_dir / f"{k}-{name}"
+        p.write_bytes(data)
+        rc = check_refusal(what, lambda: _flow(rig, str(p)), folder, before, problems)
+        if strict and rc == 0:
+            problems.append(f"{what}: let through")
+        n += 1
+        refused += rc != 0
+        if rc and folder_state(cfg_dir) != {p.name: data}:
+            problems.append(f"{what}: refused, and the config's folder changed")
+        shutil.rmtree(cfg_dir)  # a config let through may have made its session there
+        cfg_dir.mkdir()
+    no_problems(problems, n)
+    assert n > 300 and refused > n / 2, (n, refused)
+
+
+def test_session_config_messages(rig):
+    folder = rig.session.path
+    before = folder_state(folder)
+    good = {"model": rig.model, "port": "sim", "board": PROFILE, "session": folder,
+            "collect": [{"from": rig.held}], "train": {"steps": 1}, "plots": False}
+    cfg = rig.tmp / "c.json"
+    cases = [
+        (b"\xef\xbb\xbf" + json.dumps(dict(good, plots="no")).encode(),
+         f"tinymp: {cfg}: 'plots' must be true/false, not a string"),
+        (json.dumps(_set(good, ("collect", 0, "lable"), 3)).encode(),
+         f"tinymp: {cfg}: collect item 1 must be {{\"from\": FILE}} or {{\"label\": L, \"count\": "
+         "N} (unknown keys lable)"),
+        (json.dumps(_set(good, ("collect", 0), {"from": rig.held, "label": 1,
+                                                 "count": 2})).encode(),
+         f"tinymp: {cfg}: collect item 1 must be {{\"from\": FILE}} or {{\"label\": L, \"count\": "
+         "N}, not keys count, from, label"),
+        (json.dumps(dict(good, collect=[{"label": [1, "2"], "count": 3}])).encode(),
+         f"tinymp: {cfg}: collect item 1: 'label' must be a class number or a list of them, not "
+         "[1, \"2\"]"),
+        (json.dumps(dict(good, train=[])).encode(),
+         f"tinymp: {cfg}: 'train' must be an object, not a list"),
+        (json.dumps(dict(good, model=None)).encode(),
+         f"tinymp: {cfg}: 'model' must be a string, not null"),
+        (b'{"model": "\xff.tmpm"}', f"tinymp: {cfg} is not UTF-8 text (byte 11); save it as UTF-8"),
+        (b"[" * 100000, f"tinymp: {cfg} is nested too deeply to be a session config"),
+        (b'{"model": m.tmpm}', f"tinymp: {cfg} is not valid JSON: Expecting value: line 1 "
+                               "column 11 (char 10)"),
+        (b'model = "m.tmpm"\n[train]\nsteps = \n', None),
+        # the simulated board here has no camera: found before the push, not after it
+        (json.dumps(dict(good, collect=[{"from": rig.held}, {"label": 1, "count": 2}])).encode(),
+         "tinymp: OPENMV_H7 (simulated) has no camera, which the config's collect items with "
+         "'label' and 'count' capture with; collect with 'from' (a samples file) instead"),
+    ]
+    for data, says in cases:
+        p = cfg if says else cfg.with_suffix(".toml")
+        p.write_bytes(data)
+        rc, out, err = _flow(rig, str(p))
+        assert rc == 2 and one_line(err) == (says or f"tinymp: {p} is not valid TOML: Invalid "
+                                             "value (at line 3, column 9)"), err
+        assert folder_state(folder) == before

@@ -509,64 +509,104 @@ def cmd_report(args):
 CONFIG_KEYS = {"model", "port", "board", "session", "collect", "eval", "train", "plots", "scene"}
 
 
+def _kind(v):
+    """A value's type in the config's own words."""
+    return {type(None): "null", bool: "true/false", int: "a number", float: "a number",
+            str: "a string", list: "a list", dict: "an object"}.get(type(v), type(v).__name__)
+
+
+def _whole_number(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 def load_config(path):
+    """The session config `path` (JSON, or TOML by its .toml name), with every value checked and
+    relative paths made the file's; a user error (one line) names the first thing wrong."""
     if not os.path.isfile(path):
         raise C.user_error(f"tinymp: no such session config: {path}")
+    toml = path.endswith(".toml")
     try:
-        if path.endswith(".toml"):
+        if toml:
             import tomllib
             with open(path, "rb") as f:
                 cfg = tomllib.load(f)
         else:
-            with open(path) as f:
+            with open(path, encoding="utf-8-sig") as f:  # -sig: a BOM some editors write
                 cfg = json.load(f)
     except ImportError:
         raise C.user_error("tinymp: TOML configs need Python 3.11; use JSON") from None
-    except (OSError, ValueError) as e:
-        raise C.user_error(f"tinymp: cannot read {path}: {e}") from None
+    except OSError as e:
+        raise C.user_error(f"tinymp: cannot read {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise C.user_error(f"tinymp: {path} is not UTF-8 text (byte {e.start}); save it as "
+                           "UTF-8") from None
+    except RecursionError:
+        raise C.user_error(f"tinymp: {path} is nested too deeply to be a session config") from None
+    except ValueError as e:  # json.JSONDecodeError, tomllib.TOMLDecodeError
+        raise C.user_error(f"tinymp: {path} is not valid {'TOML' if toml else 'JSON'}: "
+                           f"{' '.join(str(e).split())}") from None
+
+    def bad(what):
+        return C.user_error(f"tinymp: {path}: {what}")
     if not isinstance(cfg, dict):
-        raise C.user_error(f"tinymp: {path} must hold an object")
+        raise bad(f"it must hold an object of settings, not {_kind(cfg)}")
     unknown = set(cfg) - CONFIG_KEYS
     if unknown:
-        raise C.user_error(f"tinymp: {path}: unknown keys {', '.join(sorted(unknown))} "
-                           f"(known: {', '.join(sorted(CONFIG_KEYS))})")
+        raise bad(f"unknown keys {', '.join(sorted(map(str, unknown)))} (known: "
+                  f"{', '.join(sorted(CONFIG_KEYS))})")
     if "model" not in cfg:
-        raise C.user_error(f"tinymp: {path} names no model")
+        raise bad("it names no model ('model': the .tmpm file)")
     for key in ("model", "scene", "session", "port", "board", "eval"):
-        if cfg.get(key) is not None and not isinstance(cfg[key], str):
-            raise C.user_error(f"tinymp: {path}: '{key}' must be a string, not "
-                               f"{type(cfg[key]).__name__}")
+        v = cfg.get(key)
+        if v is None and key != "model":
+            continue
+        if not isinstance(v, str):
+            raise bad(f"'{key}' must be a string, not {_kind(v)}")
+        if not v and key not in ("port", "board"):  # "" would be the config's own folder
+            raise bad(f"'{key}' must be a path, not empty")
+    for key in ("collect", "train", "plots"):
+        want = {"collect": list, "train": dict, "plots": bool}[key]
+        if cfg.get(key) is not None and not isinstance(cfg[key], want):
+            raise bad(f"'{key}' must be {_kind(want())}, not {_kind(cfg[key])}")
     base = os.path.dirname(os.path.abspath(path))
     rel = lambda p: p if p is None or os.path.isabs(p) else os.path.join(base, p)  # noqa: E731
     cfg["model"] = rel(cfg["model"])
     cfg["scene"] = rel(cfg.get("scene"))
-    if isinstance(cfg.get("eval"), str):
-        cfg["eval"] = rel(cfg["eval"])
-    coll = cfg.get("collect") or []
-    if not isinstance(coll, list):
-        raise C.user_error(f"tinymp: {path}: 'collect' must be a list")
-    for c in coll:
-        if not isinstance(c, dict) or not (("from" in c) or ("label" in c and "count" in c)):
-            raise C.user_error(f"tinymp: {path}: each 'collect' item needs 'from', or 'label' "
-                               "and 'count'")
-        if "from" in c:
-            if not isinstance(c["from"], str):
-                raise C.user_error(f"tinymp: {path}: a collect item's 'from' must be a path")
-            c["from"] = rel(c["from"])
-    if "session" in cfg:
+    cfg["eval"] = rel(cfg.get("eval"))
+    if cfg.get("session") is not None:
         cfg["session"] = rel(cfg["session"])
+    for i, c in enumerate(cfg.get("collect") or []):
+        where = f"collect item {i + 1}"
+        if not isinstance(c, dict) or set(c) not in ({"from"}, {"label", "count"}):
+            extra = sorted(map(str, set(c) - {"from", "label", "count"})) \
+                if isinstance(c, dict) else []
+            raise bad(f"{where} must be {{\"from\": FILE}} or {{\"label\": L, \"count\": N}}" +
+                      (f", not {_kind(c)}" if not isinstance(c, dict) else
+                       f" (unknown keys {', '.join(extra)})" if extra else
+                       f", not keys {', '.join(sorted(map(str, c))) or 'none'}"))
+        if "from" in c:
+            if not isinstance(c["from"], str) or not c["from"]:
+                raise bad(f"{where}: 'from' must be the path of a samples file or folder, not "
+                          f"{_kind(c['from']) if c['from'] != '' else 'empty'}")
+            c["from"] = rel(c["from"])
+            continue
+        labels = c["label"] if isinstance(c["label"], list) else [c["label"]]
+        if not labels or not all(_whole_number(v) for v in labels):
+            raise bad(f"{where}: 'label' must be a class number or a list of them, not "
+                      f"{json.dumps(c['label']) if labels else 'an empty list'}")
+        if not _whole_number(c["count"]) or c["count"] < 0:
+            raise bad(f"{where}: 'count' must be a whole number >= 0 (samples per class), not "
+                      f"{json.dumps(c['count'])}")
     tr = cfg.get("train") or {}
-    if not isinstance(tr, dict):
-        raise C.user_error(f"tinymp: {path}: 'train' must be an object")
     allowed = set(C.TRAIN_KEYS) | {"epochs", "steps", "budget_kb", "save"}
-    bad = set(tr) - allowed
-    if bad:
-        raise C.user_error(f"tinymp: {path}: unknown train options {', '.join(sorted(bad))}")
+    unknown = set(tr) - allowed
+    if unknown:
+        raise bad(f"unknown train options {', '.join(sorted(map(str, unknown)))} (known: "
+                  f"{', '.join(sorted(allowed))})")
     # every value now, before the board is touched or anything is written
     kb = tr.get("budget_kb")
     if kb is not None and summary.budget_bytes(kb) is None:
-        raise C.user_error(f"tinymp: {path}: train.budget_kb must be {summary.BUDGET_KB_RULE}, "
-                           f"got {kb!r}")
+        raise bad(f"train.budget_kb must be {summary.BUDGET_KB_RULE}, got {kb!r}")
     C.check_train_options({k: v for k, v in tr.items() if k != "budget_kb"},
                           name=lambda k: f"{path}: train.{k}")
     return cfg
@@ -630,6 +670,11 @@ def run_session(cfg, args, out=print):
             f"arena budget {report._num(i.get('arena_budget'))} B, model flash "
             f"{report._num(i.get('model_flash'))} B, {C.romfs_board_text(i)}, camera "
             f"{'yes' if i.get('camera') else 'no'}" + (" [simulated]" if board.simulated else ""))
+        if not i.get("camera") and any("label" in c for c in cfg.get("collect") or []):
+            # found now, not after the push and the other collect items
+            raise C.user_error(f"tinymp: {name} has no camera, which the config's collect items "
+                               "with 'label' and 'count' capture with; collect with 'from' (a "
+                               "samples file) instead")
         C.check_fits(board, data, m)
         try:
             res = C.push(board, data, show=show)
