@@ -9,6 +9,7 @@ of a good file from a fixed-seed generator:
                       collect, train, eval, report, status and the session flow (Dataset.open)
     calibration       `tinymp convert MODEL.onnx --calib FILE.npy`
     session configs   `tinymp session CONFIG` (JSON or TOML: run.load_config)
+    scenes            the simulated camera's `--scene FILE.npz` (simboard.check_scene)
 """
 import io
 import json
@@ -790,3 +791,41 @@ def test_session_config_messages(rig):
         assert rc == 2 and one_line(err) == (says or f"tinymp: {p} is not valid TOML: Invalid "
                                              "value (at line 3, column 9)"), err
         assert folder_state(folder) == before
+
+
+# --- 5. scenes of the simulated camera (--scene) --------------------------------------------
+
+def test_fuzz_scene_files(rig):
+    # status and collect check the scene before the simulated board starts; a good one lets
+    # status through, and collect meets the camera this test's board lacks (one line too)
+    rng = np.random.default_rng(SEED + 4)
+    folder = rig.session.path
+    before = folder_state(folder)
+    x = rng.integers(0, 256, (6, 24, 24), dtype=np.uint8)
+    y = np.arange(6)
+    good = zipped({"x.npy": npy(x), "y.npy": npy(y)})
+    mutants = list(byte_mutants(good, rng, 20, 40, hot=[(0, 200), (len(good) - 250, len(good))]))
+    mutants += [("empty", b""), ("a .npy", npy(x)), ("cut zip", b"PK\x03\x04garbage"),
+                ("objects", zipped({"x.npy": npy(np.array([{}], dtype=object),
+                                                 allow_pickle=True), "y.npy": npy(y)})),
+                ("declares 4 GB", zipped({"x.npy": npy_header("|u1", (1 << 22, 32, 32)),
+                                          "y.npy": npy(y)})),
+                ("no images", zipped({"x.npy": npy(x[:0]), "y.npy": npy(y[:0])})),
+                ("float images", zipped({"x.npy": npy(x / 255), "y.npy": npy(y)}))]
+    problems = []
+    n = 0
+    for k, (what, data) in enumerate(mutants):
+        p = rig.tmp / f"scene{k}.npz"
+        p.write_bytes(data)
+        for name, fn in [("status", lambda: rig.cli("status", scene=str(p))),
+                         ("collect", lambda: rig.cli("collect", label=0, count=1,
+                                                     scene=str(p)))]:
+            check_refusal(f"{what}: {name}", fn, folder, before, problems,
+                          memory="declares" in what)
+            n += 1
+    no_problems(problems, n)
+    rig.tmp.joinpath("s.npz").write_bytes(npy(x))
+    rc, out, err = rig.cli("status", scene=str(rig.tmp / "s.npz"))
+    assert rc == 2 and one_line(err) == f"tinymp: bad scene file {rig.tmp / 's.npz'}: it is a " \
+        "single numpy array (.npy), not an .npz archive; it must hold arrays 'x' (uint8 images " \
+        "[N, H, W]) and 'y' (labels)"

@@ -155,18 +155,16 @@ def check_scene(path):
     saying what is wrong. The PC checks a scene with this before it starts the simulated board,
     so that a bad file is the user's error, not a board that failed to start."""
     import numpy as np
+
+    from .._arrayfiles import ArrayFileError, read_npz
     if not os.path.isfile(path):
         raise ValueError("no such file")
     try:
-        with np.load(path, allow_pickle=False) as d:
-            if "x" not in d or "y" not in d:
-                raise ValueError("it must hold arrays 'x' (uint8 images [N, H, W]) and 'y' "
-                                 "(labels)")
-            x, y = d["x"], d["y"]
-    except ValueError:
-        raise
-    except Exception as e:  # zipfile, pickle and format errors: whatever numpy raises
-        raise ValueError(f"not a readable .npz ({type(e).__name__}: {e})") from None
+        arrays = read_npz(path, ("x", "y"))
+    except ArrayFileError as e:  # headers checked before any data is read
+        raise ValueError(f"{e}" + ("" if e.damaged else "; it must hold arrays 'x' (uint8 "
+                                   "images [N, H, W]) and 'y' (labels)")) from None
+    x, y = arrays["x"], arrays["y"]
     if x.dtype != np.uint8 or x.ndim != 3 or 0 in x.shape:
         raise ValueError(f"'x' must be uint8 images [N, H, W], not {x.dtype} {list(x.shape)}")
     if not np.issubdtype(y.dtype, np.integer) or y.shape != (len(x),):
