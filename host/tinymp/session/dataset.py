@@ -113,13 +113,7 @@ class Dataset:
                model_sha256=None, note=None):
         if os.path.exists(os.path.join(path, "manifest.json")):
             raise DatasetError(f"tinymp: {path} already holds a dataset")
-        for name in ("samples.jsonl", "shard-00000.bin"):
-            # a new manifest would adopt them with another shape, and the next append cut them
-            p = os.path.join(path, name)
-            if os.path.isdir(p) or (os.path.isfile(p) and os.path.getsize(p)):
-                raise DatasetError(f"tinymp: {path} holds samples ({name}) but no manifest.json: "
-                                   "restore the manifest, or move the folder away to start a new "
-                                   "dataset")
+        cls.check_new(path)
         os.makedirs(path, exist_ok=True)
         manifest = {
             "format": FORMAT, "version": VERSION,
@@ -136,6 +130,17 @@ class Dataset:
         _atomic_json(os.path.join(path, "manifest.json"), manifest)
         open(os.path.join(path, "samples.jsonl"), "ab").close()
         return cls(path, manifest)
+
+    @staticmethod
+    def check_new(path):
+        """DatasetError when `path`, which has no manifest.json, holds samples all the same: a
+        new manifest would adopt them with another shape, and the next append cut them."""
+        for name in ("samples.jsonl", "shard-00000.bin"):
+            p = os.path.join(path, name)
+            if os.path.isdir(p) or (os.path.isfile(p) and os.path.getsize(p)):
+                raise DatasetError(f"tinymp: {path} holds samples ({name}) but no manifest.json: "
+                                   "restore the manifest, or move the folder away to start a new "
+                                   "dataset")
 
     @staticmethod
     def peek(path):

@@ -637,10 +637,13 @@ def run_session(cfg, args, out=print):
                 raise C.user_error(str(e)) from None
     # the session's samples and the collect items must suit this model: found now, not after the
     # push (which replaces the board's model and its saved parameters)
-    if os.path.exists(os.path.join(session.dataset_dir, "manifest.json")):
+    for d in [session.dataset_dir] + ([session.eval_dir] if eval_src else []):
         try:
-            Dataset.open(session.dataset_dir).check_compatible(
-                m.input_shape, m.num_classes, m.input_scale, m.input_zero_point)
+            if os.path.exists(os.path.join(d, "manifest.json")):
+                Dataset.open(d).check_compatible(
+                    m.input_shape, m.num_classes, m.input_scale, m.input_zero_point)
+            else:
+                Dataset.check_new(d)
         except DatasetError as e:
             raise C.user_error(str(e)) from None
     for c in cfg.get("collect") or []:
