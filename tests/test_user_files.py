@@ -23,13 +23,17 @@ import zipfile
 import numpy as np
 import pytest
 
-from test_session_replies import (PROFILE, SCENE, folder_state, no_hang, one_line,  # noqa: F401
-                                  rig)
+from test_session_replies import PROFILE, SCENE, Rig, folder_state, no_hang, one_line
 from tinymp import cli
 from tinymp.session import run
 from tinymp.session.simboard import SimSensor
 
 SEED = 20240607
+
+
+@pytest.fixture
+def rig(tmp_path, monkeypatch, capsys):
+    return Rig(tmp_path, monkeypatch, capsys)
 
 
 # --- helpers --------------------------------------------------------------------------------
