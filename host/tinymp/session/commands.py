@@ -130,7 +130,7 @@ class Session:
         self.state = {}
         if os.path.exists(self.state_path):
             try:
-                with open(self.state_path) as f:
+                with open(self.state_path, encoding="utf-8") as f:  # as _write_json writes it
                     self.state = json.load(f)
             except (OSError, ValueError, RecursionError) as e:  # RecursionError: nested too deep
                 raise user_error(f"tinymp: cannot read {self.state_path}: {e}; correct it, or "
