@@ -11,6 +11,7 @@ of a good file from a fixed-seed generator:
     session configs   `tinymp session CONFIG` (JSON or TOML: run.load_config)
     scenes            the simulated camera's `--scene FILE.npz` (simboard.check_scene)
 """
+import contextlib
 import io
 import json
 import math
@@ -51,25 +52,35 @@ def restore(path, state):
             f.write(data)
 
 
+@contextlib.contextmanager
+def memory_cap(what, problems, on=True):
+    """With `on`, adds to `problems` when the block allocated more than 64 MB (a header that
+    declares gigabytes must be refused from the header, not read)."""
+    if not on:
+        yield
+        return
+    tracemalloc.start()
+    try:
+        yield
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        if peak > 64 << 20:
+            problems.append(f"{what}: allocated {peak:,} bytes")
+
+
 def check_refusal(what, fn, folder, before, problems, memory=False, kept=None):
     """Run fn() (a command: (status, stdout, stderr lines)); a refusal must be status 2, one line
     starting 'tinymp:', no traceback and the session folder as it was; a command that is let
     through must leave kept() true (nothing lost), and is undone (restore). Whatever is wrong is
     added to `problems`. Returns the status."""
-    if memory:
-        tracemalloc.start()
     try:
-        rc, out, err = no_hang(fn)
+        with memory_cap(what, problems, memory):
+            rc, out, err = no_hang(fn)
     except Exception as e:  # noqa: BLE001 - what these tests are about
         problems.append(f"{what}: {type(e).__name__} escaped: {str(e)[:200]}")
         restore(folder, before)
         return None
-    finally:
-        if memory:
-            peak = tracemalloc.get_traced_memory()[1]
-            tracemalloc.stop()
-            if peak > 64 << 20:
-                problems.append(f"{what}: allocated {peak:,} bytes")
     if rc == 0:  # a mutant that is still a good file (a changed byte no one reads)
         if kept is not None and not kept():
             problems.append(f"{what}: status 0, and samples were lost")
@@ -597,19 +608,12 @@ def test_fuzz_calibration_files(tmp_path, capsys):
         calib.write_bytes(data)
         capsys.readouterr()
         memory = "declares" in what
-        if memory:
-            tracemalloc.start()
         try:
-            rc = cli.main(["convert", src, "-o", str(out), "--calib", str(calib)])
+            with memory_cap(what, problems, memory):
+                rc = cli.main(["convert", src, "-o", str(out), "--calib", str(calib)])
         except Exception as e:  # noqa: BLE001 - what the test is about
             problems.append(f"{what}: {type(e).__name__} escaped: {str(e)[:200]}")
             continue
-        finally:
-            if memory:
-                peak = tracemalloc.get_traced_memory()[1]
-                tracemalloc.stop()
-                if peak > 64 << 20:
-                    problems.append(f"{what}: allocated {peak:,} bytes")
         o, e = capsys.readouterr()
         err = e.strip().splitlines()
         n += 1
