@@ -271,9 +271,9 @@ class Session:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
 
-    def runs(self, kind):
+    def runs(self, kind, skip_damaged=False):
         """The run records of `kind`, oldest first (by number); SessionError names a record
-        that cannot be read."""
+        that cannot be read (with skip_damaged, it is left out)."""
         out = []
         for n, name in sorted(self._run_numbers(kind).items()):
             path = os.path.join(self.runs_dir, name)
@@ -281,9 +281,13 @@ class Session:
                 with open(path) as f:
                     rec = json.load(f)
             except (OSError, ValueError, RecursionError) as e:  # RecursionError: nested too deep
+                if skip_damaged:
+                    continue
                 raise user_error(f"tinymp: cannot read the run record {path}: {e}; move it out "
                                  "of the runs folder") from None
             if not isinstance(rec, dict):
+                if skip_damaged:
+                    continue
                 raise user_error(f"tinymp: {path} is not a run record; move it out of the runs "
                                  "folder")
             rec["file"] = name
@@ -1029,15 +1033,11 @@ def _train_records(session):
     """{run name: run record file} of the session's train runs; status reads them only to name
     the runs, so a record it cannot read (which `report` names) is left out."""
     out = {}
-    for n, name in sorted(session._run_numbers("train").items()):
-        try:
-            with open(os.path.join(session.runs_dir, name)) as f:
-                rec = json.load(f)
-            run = rec["options"]["run"]
-        except (OSError, ValueError, TypeError, KeyError, RecursionError):
-            continue
+    for rec in session.runs("train", skip_damaged=True):
+        o = rec.get("options")
+        run = o.get("run") if isinstance(o, dict) else None
         if isinstance(run, str):
-            out[run] = name
+            out[run] = rec["file"]
     return out
 
 
@@ -1054,8 +1054,7 @@ def board_status(board, session):
         agent = int(i.get("agent"))
     except (TypeError, ValueError):
         agent = None
-    state = session.state if isinstance(session.state, dict) else {}
-    rec = state.get("model") if isinstance(state.get("model"), dict) else {}
+    rec = session.state.get("model") or {}  # its shape checked by Session (STATE)
     pushed = {"name": rec.get("name"), "sha256": rec["sha256"]} \
         if isinstance(rec.get("sha256"), str) else None
     m = i.get("model")
