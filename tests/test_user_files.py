@@ -140,6 +140,21 @@ def byte_mutants(good, rng, cuts, flips, hot=()):
         yield f"flip {k}", bytes(d)
 
 
+
+def bomb(head, n, rest=()):
+    """A deflated .npz whose member x.npy is the .npy header `head` followed by `n` zero bytes
+    (a few hundred KB on disk that inflate to `n`), with the members `rest` ({name: bytes})."""
+    b = io.BytesIO()
+    with zipfile.ZipFile(b, "w", zipfile.ZIP_DEFLATED) as z:
+        with z.open("x.npy", "w", force_zip64=True) as m:
+            m.write(head)
+            zeros = bytes(1 << 20)
+            for k in range(0, n, len(zeros)):
+                m.write(zeros[:n - k])
+        for name, data in rest:
+            z.writestr(name, data)
+    return b.getvalue()
+
 # --- 1. samples files (load_samples) --------------------------------------------------------
 
 def _samples_mutants(rig, rng):
@@ -268,6 +283,37 @@ def _flow(rig, cfg):
     out, err = rig.capsys.readouterr()
     return rc, out, err.strip().splitlines()
 
+
+def test_a_zip_bomb_is_refused_from_its_headers(rig, monkeypatch):
+    # a small archive that inflates to 100 MB: of a shape the model does not take, it is refused
+    # from the headers without inflating (allocating) anything; of the right shape but more than
+    # this computer's memory (made 50 MB here), refused the same way
+    from tinymp import _arrayfiles
+    (h, w, c), _, _, _ = rig._fmt()
+    folder = rig.session.path
+    before = folder_state(folder)
+    count = (100 << 20) // (h * w * c)
+    n = count * h * w * c
+    y = npy(np.zeros(count, np.int64))
+    cases = [("wrong.npz", bomb(npy_header("|u1", (count, h * w * c)), n, [("y.npy", y)]),
+              f"tinymp: samples in {rig.tmp / 'wrong.npz'} have shape ({h * w * c},); the model "
+              f"takes {h}x{w}x{c} (H x W x C)"),
+             ("big.npz", bomb(npy_header("|u1", (count, h, w, c)), n, [("y.npy", y)]),
+              f"tinymp: cannot read samples from {rig.tmp / 'big.npz'}: its arrays hold "
+              f"{n + 8 * count:,} bytes of data, more than this computer's memory "
+              f"({50 << 20:,} bytes)")]
+    assert all(len(data) < 2 << 20 for _, data, _ in cases)
+    monkeypatch.setattr(_arrayfiles, "_memory_bytes", lambda: 50 << 20)
+    problems = []
+    for name, data, says in cases:
+        p = rig.tmp / name
+        p.write_bytes(data)
+        for cmd, fn in [("collect", lambda: rig.cli("collect", source=str(p))),
+                        ("eval", lambda: rig.cli("eval", data=str(p)))]:
+            check_refusal(f"{name}: {cmd}", fn, folder, before, problems, memory=True)
+            rc, out, err = fn()
+            assert one_line(err) == says, (name, cmd, err)
+    no_problems(problems, 2 * len(cases))
 
 def test_samples_file_messages(rig):
     # what the user reads for the usual mistakes
@@ -839,6 +885,9 @@ def test_fuzz_scene_files(rig):
                                                  allow_pickle=True), "y.npy": npy(y)})),
                 ("declares 4 GB", zipped({"x.npy": npy_header("|u1", (1 << 22, 32, 32)),
                                           "y.npy": npy(y)})),
+                ("declares 100 MB of floats, in a zip bomb",
+                 bomb(npy_header("<f4", (25600, 32, 32)), 100 << 20,
+                      [("y.npy", npy(np.zeros(25600, int)))])),
                 ("no images", zipped({"x.npy": npy(x[:0]), "y.npy": npy(y[:0])})),
                 ("float images", zipped({"x.npy": npy(x / 255), "y.npy": npy(y)}))]
     problems = []

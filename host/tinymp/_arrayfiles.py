@@ -3,6 +3,7 @@ every header checked before any data is read. np.load trusts a file: it allocate
 declares (terabytes for a damaged one), lets zipfile's errors through for a damaged .npz, and
 returns one array where an archive was asked for. Here each problem is an ArrayFileError whose
 message, one line without the file's name, says what is wrong; the caller names the file."""
+import contextlib
 import math
 import os
 import struct
@@ -17,12 +18,19 @@ NPY_MAGIC = b"\x93NUMPY"
 
 
 class ArrayFileError(ValueError):
-    """What is wrong with an array file, in words; `damaged`: it is cut short or corrupted (else
-    it is readable but not what was asked for)."""
+    """What is wrong with an array file, in words; `damaged`: it is cut short or corrupted;
+    `too_large`: its arrays do not fit in memory (else it is readable but not what was asked
+    for: only then does a hint about the file's format help)."""
 
-    def __init__(self, msg, damaged=False):
+    def __init__(self, msg, damaged=False, too_large=False):
         super().__init__(msg)
         self.damaged = damaged
+        self.too_large = too_large
+
+    @property
+    def wrong_kind(self):
+        """A readable file, but not the arrays asked for."""
+        return not (self.damaged or self.too_large)
 
 
 # what zipfile and zlib raise for a damaged archive, besides OSError
@@ -73,7 +81,7 @@ def _read_array(f, what):
     try:
         return npformat.read_array(f, allow_pickle=False)
     except MemoryError:
-        raise ArrayFileError(f"{what} is too large to load into memory") from None
+        raise ArrayFileError(f"{what} is too large to load into memory", too_large=True) from None
 
 
 def read_npy(path):
@@ -112,13 +120,41 @@ def npz_names(path):
         return None
 
 
-def read_npz(path, names):
+def _memory_bytes():
+    """This computer's physical memory in bytes, or None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+@contextlib.contextmanager
+def _zip_errors(where):
+    """zipfile's and zlib's errors as one ArrayFileError naming `where()` (the member being
+    read, or the archive)."""
+    try:
+        yield
+    except ArrayFileError:
+        raise
+    except (OSError,) + _ZIP_ERRORS as e:
+        raise ArrayFileError(f"{where()} is damaged ({_one_line(e)})", True) from None
+
+
+def read_npz(path, names, check=None):
     """{name: array} of the arrays `names` of the .npz archive `path` (as numpy.savez writes
-    them: members NAME.npy); the archive's other members are not read."""
+    them: members NAME.npy); the archive's other members are not read.
+
+    Every array's header is checked before any data is read, then `check({name: (dtype,
+    shape)})`, when given, may refuse what the caller cannot use: its exception passes through
+    unchanged. So an array of the wrong shape is never inflated, nor one that could not fit in
+    this computer's memory (a small archive can declare gigabytes of compressed zeros)."""
     member = None
+
+    def where():
+        return f"its member {member}" if member else "the archive"
     f = _open(path)
     with f:
-        try:
+        with _zip_errors(where):
             if f.read(len(NPY_MAGIC)) == NPY_MAGIC:
                 raise ArrayFileError("it is a single numpy array (.npy), not an .npz archive")
             f.seek(0)
@@ -132,7 +168,8 @@ def read_npz(path, names):
                                          f"({_one_line(e)})", True) from None
                 raise ArrayFileError(f"it is not an .npz archive (a zip of .npy arrays): "
                                      f"{_one_line(e)}") from None
-            with z:
+        with z:
+            with _zip_errors(where):
                 held = z.namelist()
                 found = {}
                 for n in names:
@@ -147,20 +184,28 @@ def read_npz(path, names):
                     raise ArrayFileError(
                         f"it holds no array {' or '.join(repr(n) for n in missing)} (it holds "
                         f"{have}{', ...' if len(held) > 8 else ''})")
-                out = {}
+                heads = {}
                 for n in names:
                     member = found[n]
                     info = z.getinfo(member)
                     with z.open(info) as m:
                         try:
-                            _checked_header(m, info.file_size)
+                            heads[n] = _checked_header(m, info.file_size)
                         except ArrayFileError as e:
                             raise ArrayFileError(f"array '{n}': {e}", e.damaged) from None
-                    with z.open(info) as m:
+                member = None
+            if check is not None:
+                check(heads)
+            need = sum(math.prod(shape) * dtype.itemsize for dtype, shape in heads.values())
+            have = _memory_bytes()
+            if have is not None and need > have:
+                raise ArrayFileError(
+                    f"its arrays hold {need:,} bytes of data, more than this computer's memory "
+                    f"({have:,} bytes)", too_large=True)
+            out = {}
+            with _zip_errors(where):
+                for n in names:
+                    member = found[n]
+                    with z.open(found[n]) as m:
                         out[n] = _read_array(m, f"array '{n}'")
-                return out
-        except ArrayFileError:
-            raise
-        except (OSError,) + _ZIP_ERRORS as e:
-            where = f"its member {member}" if member else "the archive"
-            raise ArrayFileError(f"{where} is damaged ({_one_line(e)})", True) from None
+            return out

@@ -254,7 +254,7 @@ def cmd_convert(args):
             calib = read_npy(args.calib)
         except ArrayFileError as e:
             raise UserError(f"tinymp: cannot read calibration samples {args.calib}: {e}" +
-                            ("" if e.damaged else "; save the calibration samples as one array "
+                            ("" if not e.wrong_kind else "; save the calibration samples as one array "
                              "with numpy.save (.npy)")) from None
         if calib.ndim != 4 or calib.shape[0] < 1:
             raise UserError(f"tinymp: calibration samples must be a 4-D array [N, ...], got shape {calib.shape}")

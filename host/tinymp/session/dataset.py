@@ -395,6 +395,27 @@ def disk_full(e):
 
 # --- samples from files ---------------------------------------------------------------------
 
+def _check_sample_arrays(path, heads, shape):
+    """Refuse, from the headers of an .npz's arrays alone ({name: (dtype, shape)}), samples the
+    model cannot take: so no data of a wrong file is read (it may declare gigabytes)."""
+    (xt, xs), (yt, ys) = heads["x"], heads["y"]
+    if len(xs) == 3:
+        xs += (1,)
+    h, w, c = shape
+    if len(xs) != 4 or xs[1:] != (h, w, c):
+        raise DatasetError(f"tinymp: samples in {path} have shape {xs[1:]}; the model "
+                           f"takes {h}x{w}x{c} (H x W x C)")
+    if len(ys) != 1 or ys[0] != xs[0]:
+        raise DatasetError(f"tinymp: {path}: 'y' must hold one label per sample "
+                           f"({xs[0]} samples, labels of shape {ys})")
+    if not xs[0]:
+        raise DatasetError(f"tinymp: {path} holds no samples ('x' has shape {xs})")
+    if not np.issubdtype(yt, np.integer):
+        raise DatasetError(f"tinymp: {path}: labels must be integers, not {yt}")
+    if not (xt in (np.uint8, np.int8) or np.issubdtype(xt, np.floating)):
+        raise DatasetError(f"tinymp: {path}: samples must be uint8, int8 or float, not {xt}")
+
+
 def load_samples(path, shape, scale, zero_point, num_classes):
     """Labelled samples from an .npz (arrays `x`, `y`) or a dataset folder, as (int8 [N, H, W, C],
     int64 [N], source ids). `x` may be uint8 pixels (0..255), floats in [0, 1] or int8 already
@@ -415,25 +436,15 @@ def load_samples(path, shape, scale, zero_point, num_classes):
     if not os.path.isfile(path):  # a fifo or a device: reading it could wait for ever
         raise DatasetError(f"tinymp: {path} is not a file or a dataset folder")
     try:
-        arrays = read_npz(path, ("x", "y"))
+        arrays = read_npz(path, ("x", "y"), lambda heads: _check_sample_arrays(
+            path, heads, shape))
     except ArrayFileError as e:
-        hint = "" if e.damaged else ("; give an .npz of samples x and labels y, as "
+        hint = "" if not e.wrong_kind else ("; give an .npz of samples x and labels y, as "
                                      "numpy.savez(FILE, x=..., y=...) writes, or a dataset folder")
         raise DatasetError(f"tinymp: cannot read samples from {path}: {e}{hint}") from None
     x, y = arrays["x"], arrays["y"]
     if x.ndim == 3:
         x = x[..., None]
-    h, w, c = shape
-    if x.ndim != 4 or tuple(x.shape[1:]) != (h, w, c):
-        raise DatasetError(f"tinymp: samples in {path} have shape {tuple(x.shape[1:])}; the model "
-                           f"takes {h}x{w}x{c} (H x W x C)")
-    if y.ndim != 1 or len(y) != len(x):
-        raise DatasetError(f"tinymp: {path}: 'y' must hold one label per sample "
-                           f"({len(x)} samples, labels of shape {y.shape})")
-    if not len(x):
-        raise DatasetError(f"tinymp: {path} holds no samples ('x' has shape {x.shape})")
-    if not np.issubdtype(y.dtype, np.integer):
-        raise DatasetError(f"tinymp: {path}: labels must be integers, not {y.dtype}")
     bad = np.flatnonzero((y < 0) | (y >= num_classes))
     if len(bad):
         raise DatasetError(f"tinymp: {path}: label {int(y[bad[0]])} of sample {int(bad[0])} is out "
@@ -442,13 +453,11 @@ def load_samples(path, shape, scale, zero_point, num_classes):
         q = quantize_lut(scale, zero_point)[x]
     elif x.dtype == np.int8:
         q = x
-    elif np.issubdtype(x.dtype, np.floating):
+    else:  # a float: the only other kind _check_sample_arrays lets through
         if not np.all(np.isfinite(x)):
             raise DatasetError(f"tinymp: {path}: samples hold NaN or infinity")
         from ..builder import quantize_input
         q = quantize_input(x, (scale, zero_point))
-    else:
-        raise DatasetError(f"tinymp: {path}: samples must be uint8, int8 or float, not {x.dtype}")
     import hashlib
     try:
         with open(path, "rb") as f:

@@ -150,6 +150,10 @@ class SimImage:
         return self._data
 
 
+class _SceneError(Exception):
+    """What check_scene finds wrong in a scene's array headers (passed through read_npz)."""
+
+
 def check_scene(path):
     """The images and labels of a scene file (uint8 x [N, H, W], integer y [N]); ValueError
     saying what is wrong. The PC checks a scene with this before it starts the simulated board,
@@ -159,17 +163,21 @@ def check_scene(path):
     from .._arrayfiles import ArrayFileError, read_npz
     if not os.path.isfile(path):
         raise ValueError("no such file")
+
+    def check(heads):  # from the headers alone: a wrong file's data is never read
+        (xt, xs), (yt, ys) = heads["x"], heads["y"]
+        if xt != np.uint8 or len(xs) != 3 or 0 in xs:
+            raise _SceneError(f"'x' must be uint8 images [N, H, W], not {xt} {list(xs)}")
+        if not np.issubdtype(yt, np.integer) or ys != xs[:1]:
+            raise _SceneError(f"'y' must be one integer label per image, not {yt} {list(ys)}")
     try:
-        arrays = read_npz(path, ("x", "y"))
+        arrays = read_npz(path, ("x", "y"), check)
     except ArrayFileError as e:  # headers checked before any data is read
-        raise ValueError(f"{e}" + ("" if e.damaged else "; it must hold arrays 'x' (uint8 "
+        raise ValueError(f"{e}" + ("" if not e.wrong_kind else "; it must hold arrays 'x' (uint8 "
                                    "images [N, H, W]) and 'y' (labels)")) from None
+    except _SceneError as e:
+        raise ValueError(str(e)) from None
     x, y = arrays["x"], arrays["y"]
-    if x.dtype != np.uint8 or x.ndim != 3 or 0 in x.shape:
-        raise ValueError(f"'x' must be uint8 images [N, H, W], not {x.dtype} {list(x.shape)}")
-    if not np.issubdtype(y.dtype, np.integer) or y.shape != (len(x),):
-        raise ValueError(f"'y' must be one integer label per image, not {y.dtype} "
-                         f"{list(y.shape)}")
     return x, y.astype(int)
 
 
