@@ -866,6 +866,13 @@ def test_session_config_messages(rig):
         assert rc == 2 and one_line(err) == (says or f"tinymp: {p} is not valid TOML: Invalid "
                                              "value (at line 3, column 9)"), err
         assert folder_state(folder) == before
+    # a BOM (Windows' Notepad writes one) before TOML too: the file is read, its mistake named
+    p = cfg.with_suffix(".toml")
+    p.write_bytes(b"\xef\xbb\xbf" + f'model = {json.dumps(rig.model)}\nplots = "no"\n'.encode())
+    rc, out, err = _flow(rig, str(p))
+    assert rc == 2 and one_line(err) == f"tinymp: {p}: 'plots' must be true/false, not a string", \
+        err
+    assert folder_state(folder) == before
 
 
 # --- 5. scenes of the simulated camera (--scene) --------------------------------------------

@@ -528,11 +528,9 @@ def load_config(path):
     try:
         if toml:
             import tomllib
-            with open(path, "rb") as f:
-                cfg = tomllib.load(f)
-        else:
-            with open(path, encoding="utf-8-sig") as f:  # -sig: a BOM some editors write
-                cfg = json.load(f)
+        # -sig: a byte-order mark, which some editors write, is dropped (JSON and TOML allow none)
+        with open(path, encoding="utf-8-sig") as f:
+            cfg = tomllib.loads(f.read()) if toml else json.load(f)
     except ImportError:
         raise C.user_error("tinymp: TOML configs need Python 3.11; use JSON") from None
     except OSError as e:
