@@ -470,7 +470,9 @@ def _need(req, key, kind=None):
 
 # ---------------------------------------------------------------------------------------------
 # The sample store: samples.bin = 16-byte header (b"TMPS", version, sample bytes, dataset id)
-# then records of (u32 id, u16 label, u16 0, sample bytes), appended in id order.
+# then records of (u32 id, u16 label, u16 0, sample bytes), appended in id order. Only whole
+# records count: one cut short (a full filesystem, a reset) is written over by the next append,
+# in place, so the store is never copied (no room for that on a full filesystem, nor in RAM).
 
 STORE_HEAD = 16
 
@@ -502,6 +504,22 @@ class Store:
         except OSError:
             pass
 
+    def holds(self):
+        return "the board holds %d samples" % self.count + \
+            (" (ids 0..%d)" % self.last_id if self.count and self.last_id == self.count - 1 else "")
+
+    def _failed(self, e, what):
+        """After a write that failed (e): the store as the file holds it (what a fresh start
+        reads), and for an OSError the refusal that says why, what was not written, and what the
+        store holds now."""
+        self._open()
+        if not isinstance(e, OSError):
+            return e
+        if _no_room(e):
+            return Fail("no_space", "no room left on the board's filesystem: %s; %s"
+                        % (what, self.holds()))
+        return Fail("storage", "%s: %s; %s" % (what, _why(e), self.holds()))
+
     def reset(self, size, uid):
         with open(self.path, "wb") as f:
             f.write(b"TMPS" + struct.pack("<III", 1, size, uid))
@@ -509,22 +527,18 @@ class Store:
         self._open()
 
     def append(self, sid, label, data):
-        rec = 8 + self.size
-        # drop a record cut short by a reset, then append
-        want = STORE_HEAD + self.count * rec
-        if _size(self.path) != want:
-            self._truncate(want)
-        with open(self.path, "ab") as f:
-            f.write(struct.pack("<IHH", sid, label, 0))
-            f.write(data)
-            _sync(f)
+        """One record after the last whole one, or Fail (the count and last id are then again
+        what the file holds)."""
+        try:
+            with open(self.path, "r+b") as f:
+                f.seek(STORE_HEAD + self.count * (8 + self.size))
+                f.write(struct.pack("<IHH", sid, label, 0))
+                f.write(data)
+                _sync(f)
+        except BaseException as e:
+            raise self._failed(e, "sample %d was not stored" % sid)
         self.count += 1
         self.last_id = sid
-
-    def _truncate(self, n):
-        with open(self.path, "rb") as f:
-            data = f.read(n)
-        _write_file(self.path, data)
 
     def get(self, i, buf):
         rec = 8 + self.size

@@ -1,0 +1,216 @@
+"""The board's sample store (samples.bin) when its filesystem is full, and after a reset mid-write.
+
+samples.bin is a 16-byte header then fixed-size records (tinymp_agent.Store). Whatever cuts a
+write short (no room, a reset), the store keeps every whole record, counts only those, and writes
+the next record over a torn one in place (never a copy of the store, which a full filesystem has
+no room for); the agent's count and last id are what a fresh start reads from the file; the
+refusal says there is no room and how many samples the board holds; the PC says so in one line
+and keeps the dataset it sent from. A new store (another dataset) is written whole or not at all;
+a clear that cannot remove the store says so.
+
+The board is the real agent in this process (test_session_replies); a full filesystem is
+`Disk`: the agent's file writes under its folder write what fits in the room left, then raise
+ENOSPC, as MicroPython's FAT and littlefs writes do (tests/test_session_micropython.py runs the
+same on MicroPython's own filesystems)."""
+import errno
+import io
+import json
+import os
+import struct
+import sys
+
+import pytest
+
+from tinymp import tinymp_agent as A
+from tinymp.session import dataset as D
+from tinymp.session import link
+from tinymp.session import protocol as P
+from tinymp.session.simboard import SimSensor
+
+from test_session_replies import SCENE, Rig, check_folder, folder_state, one_line, open_fake
+
+SAMPLE = 1024  # the demo model's input: 32 x 32 x 1 int8
+REC = 8 + SAMPLE
+
+
+@pytest.fixture
+def rig(tmp_path, monkeypatch, capsys):
+    return Rig(tmp_path, monkeypatch, capsys)
+
+
+def flash(rig):
+    return str(rig.where / "flash")
+
+
+def store_path(rig):
+    return os.path.join(flash(rig), "samples.bin")
+
+
+def _used(root):
+    return sum(os.path.getsize(os.path.join(d, n)) for d, _, ns in os.walk(root) for n in ns)
+
+
+class Disk:
+    """The board's folder `root` as a filesystem with `room` bytes free: a write under it that
+    would grow its files past that writes the bytes that fit, then raises ENOSPC. `cut(n)`: the
+    next write writes n bytes at most, then raises ENOSPC, whatever the room."""
+
+    def __init__(self, monkeypatch, root, room):
+        self.root = root
+        self.cap = _used(root) + room
+        self.cut_at = None
+        disk = self
+
+        class File(io.FileIO):
+            def write(self, b):
+                b = bytes(b)
+                size = os.fstat(self.fileno()).st_size
+                pos = size if "a" in self.mode else self.tell()
+                fits = max(0, disk.cap - _used(disk.root) + size - pos)
+                if disk.cut_at is not None:
+                    fits, disk.cut_at = min(fits, disk.cut_at), None
+                if len(b) > fits:
+                    if fits:
+                        io.FileIO.write(self, b[:fits])
+                    raise OSError(errno.ENOSPC, "No space left on device")
+                return io.FileIO.write(self, b)
+
+        real = open
+
+        def fake_open(path, mode="r", *a, **kw):
+            if "b" in mode and set(mode) & set("wa+") and \
+                    os.path.abspath(path).startswith(os.path.abspath(root) + os.sep):
+                return File(path, mode.replace("b", ""))
+            return real(path, mode, *a, **kw)
+        monkeypatch.setattr(A, "open", fake_open, raising=False)
+
+    def room(self, n):
+        self.cap = _used(self.root) + n
+
+    def cut(self, n):
+        self.cut_at = n
+
+
+def records(path):
+    """(header fields, [(id, label, sample bytes)] of the whole records, bytes of a torn tail)."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    head = struct.unpack_from("<4sIII", raw)
+    body = raw[16:]
+    n = len(body) // REC
+    recs = []
+    for k in range(n):
+        sid, lab, _ = struct.unpack_from("<IHH", body, k * REC)
+        recs.append((sid, lab, body[k * REC + 8:(k + 1) * REC]))
+    return head, recs, len(body) - n * REC
+
+
+def fresh_status(rig):
+    """What a board that starts again reads from its store."""
+    with open_fake(rig.where) as b:
+        return b.request(P.SAMPLES_STATUS)
+
+
+def the_dataset(rig):
+    return D.Dataset.open(rig.session.dataset_dir)
+
+
+def put(b, ds, first, n):
+    return b.request(P.SAMPLES_PUT, {"dataset": ds.uid, "first": first,
+                                     "labels": [int(v) for v in ds.labels[first:first + n]],
+                                     "data": ds.samples(first, first + n).tobytes()})
+
+
+def assert_board_holds_the_dataset(rig, ds, n):
+    head, recs, _ = records(store_path(rig))
+    assert head == (b"TMPS", 1, SAMPLE, ds.uid)
+    assert len(recs) == n
+    x, y = ds.samples(0, n), ds.labels[:n]
+    for k, (sid, lab, data) in enumerate(recs):
+        assert (sid, lab, data) == (k, int(y[k]), x[k].tobytes()), k
+
+
+# --- a batch of samples that does not fit -----------------------------------------------------
+
+def test_a_batch_cut_short_by_no_room_keeps_the_whole_samples_and_says_how_many(rig, monkeypatch):
+    ds = the_dataset(rig)
+    with open_fake(rig.where) as b:
+        assert put(b, ds, 0, 2)["count"] == 2
+        disk = Disk(monkeypatch, flash(rig), 3 * REC + REC // 2)  # 3 1/2 records
+        with pytest.raises(link.BoardError) as e:
+            put(b, ds, 2, 8)
+        assert e.value.code == "no_space", e.value
+        assert e.value.msg == ("no room left on the board's filesystem: sample 5 was not "
+                               "stored; the board holds 5 samples (ids 0..4)"), e.value.msg
+        # the agent's count is the file's: what a board that starts again reads
+        st = b.request(P.SAMPLES_STATUS)
+        assert (st["count"], st["last_id"]) == (5, 4)
+        assert fresh_status(rig) == st
+        _, recs, torn = records(store_path(rig))
+        assert len(recs) == 5 and torn == REC // 2  # the half record that fitted
+        # room again: the PC sends from where the board stopped, over the torn record
+        disk.room(10 * REC)
+        assert put(b, ds, 5, 5) == {"count": 10, "last_id": 9}
+    assert os.path.getsize(store_path(rig)) == 16 + 10 * REC
+    assert_board_holds_the_dataset(rig, ds, 10)
+
+
+def test_a_capture_the_board_has_no_room_for_is_kept_on_the_pc(rig, monkeypatch):
+    monkeypatch.setitem(sys.modules, "sensor", SimSensor(SCENE, str(rig.where)))
+    disk = Disk(monkeypatch, flash(rig), 16 + 14 * REC + 100)
+    rc, out, err = rig.cli("collect", label=3, count=50)
+    line = one_line(err)
+    assert rc == 1
+    ds = the_dataset(rig)
+    # the dataset's 12 samples, 2 captures kept by the board, a third saved on the PC only
+    assert len(ds) == 15
+    assert "collect interrupted: no room left on the board's filesystem: sample 14 was not " \
+        "stored; the board holds 14 samples (ids 0..13)" in line and "none lost" in line, line
+    assert_board_holds_the_dataset(rig, ds, 14)
+    st = fresh_status(rig)
+    assert (st["count"], st["last_id"]) == (14, 13)
+    disk.room(100 * REC)
+    rc, out, err = rig.cli("collect", label=3, count=int(ds.counts()[3]) + 2)
+    assert rc == 0, err
+    ds = the_dataset(rig)
+    assert len(ds) == 17
+    assert_board_holds_the_dataset(rig, ds, 17)
+
+
+# --- a record torn by a reset -------------------------------------------------------------------
+
+@pytest.mark.parametrize("torn", [3, 8, 600, REC - 1])
+def test_a_torn_record_is_not_counted_and_is_written_over_in_place(rig, monkeypatch, torn):
+    ds = the_dataset(rig)
+    with open_fake(rig.where) as b:
+        put(b, ds, 0, 6)
+    # a reset while sample 6 was written: part of its record is in the file
+    with open(store_path(rig), "ab") as f:
+        f.write(struct.pack("<IHH", 6, int(ds.labels[6]), 0)[:torn] + b"\x55" * max(0, torn - 8))
+    # room for that record and a little, not for a copy of the store
+    Disk(monkeypatch, flash(rig), REC - torn + 64)
+    with open_fake(rig.where) as b:
+        st = b.request(P.SAMPLES_STATUS)
+        assert (st["count"], st["last_id"]) == (6, 5) and b.info["samples"]["count"] == 6
+        assert put(b, ds, 6, 1) == {"count": 7, "last_id": 6}
+    assert os.path.getsize(store_path(rig)) == 16 + 7 * REC
+    assert_board_holds_the_dataset(rig, ds, 7)
+    assert not [n for n in os.listdir(flash(rig)) if n.endswith(".tmp")]
+
+
+def test_training_reads_only_the_whole_records(rig):
+    ds = the_dataset(rig)
+    with open_fake(rig.where) as b:
+        put(b, ds, 0, 12)
+    with open(store_path(rig), "ab") as f:
+        f.write(b"\x07" * 500)  # a torn thirteenth record
+    rc, out, err = rig.cli("train", steps=24)
+    assert rc == 0, err
+    (name,) = os.listdir(rig.session.runs_dir)
+    with open(os.path.join(rig.session.runs_dir, name)) as f:
+        rec = json.load(f)
+    col = rec["fields"].index("sample")
+    assert rec["start"]["samples"] == 12
+    assert sorted(e[col] for e in rec["events"]) == sorted(list(range(12)) * 2)
+    head, recs, torn = records(store_path(rig))
+    assert len(recs) == 12 and torn == 500  # training writes nothing to the store
