@@ -214,3 +214,47 @@ def test_training_reads_only_the_whole_records(rig):
     assert sorted(e[col] for e in rec["events"]) == sorted(list(range(12)) * 2)
     head, recs, torn = records(store_path(rig))
     assert len(recs) == 12 and torn == 500  # training writes nothing to the store
+
+
+# --- a new store, and a clear ---------------------------------------------------------------------
+
+def test_a_new_store_cut_short_keeps_the_old_one(rig, monkeypatch):
+    ds = the_dataset(rig)
+    with open_fake(rig.where) as b:
+        put(b, ds, 0, 4)
+    with open(store_path(rig), "rb") as f:
+        old = f.read()
+    disk = Disk(monkeypatch, flash(rig), 10 * REC)
+    with open_fake(rig.where) as b:
+        disk.cut(8)  # the new store's header is cut short
+        with pytest.raises(link.BoardError) as e:
+            b.request(P.SAMPLES_PUT, {"dataset": ds.uid + 1, "first": 0,
+                                      "labels": [1], "data": bytes(SAMPLE)})
+        assert e.value.code == "no_space" and "the new sample store was not written; the " \
+            "board holds 4 samples (ids 0..3)" in e.value.msg, e.value.msg
+        st = b.request(P.SAMPLES_STATUS)
+        assert (st["count"], st["last_id"], st["dataset"]) == (4, 3, ds.uid)
+        # and the old store takes more of its samples
+        assert put(b, ds, 4, 1) == {"count": 5, "last_id": 4}
+    with open(store_path(rig), "rb") as f:
+        assert f.read()[:len(old)] == old
+    assert fresh_status(rig)["count"] == 5
+    assert not [n for n in os.listdir(flash(rig)) if n.endswith(".tmp")]
+
+
+def test_a_new_store_renamed_halfway_is_finished_at_the_next_start(rig):
+    ds = the_dataset(rig)
+    with open_fake(rig.where) as b:
+        put(b, ds, 0, 3)
+    # FAT: a store written whole as samples.bin.tmp, the old samples.bin removed, then a reset
+    # before the rename
+    os.rename(store_path(rig), store_path(rig) + ".tmp")
+    st = fresh_status(rig)
+    assert (st["count"], st["last_id"], st["dataset"]) == (3, 2, ds.uid)
+    assert_board_holds_the_dataset(rig, ds, 3)
+    # one cut short beside the store it was to replace: the store stays, the rest goes
+    with open(store_path(rig) + ".tmp", "wb") as f:
+        f.write(b"TMPS\x01\x00")
+    st = fresh_status(rig)
+    assert (st["count"], st["last_id"], st["dataset"]) == (3, 2, ds.uid)
+    assert not os.path.exists(store_path(rig) + ".tmp")

@@ -484,6 +484,16 @@ class Store:
         self.uid = 0
         self.count = 0
         self.last_id = -1
+        # a new store written whole but not yet renamed (FAT's rename removes the old file
+        # first): it is the store
+        try:
+            if _exists(path + ".tmp"):
+                if _exists(path):
+                    _remove(path + ".tmp")
+                else:
+                    _replace(path + ".tmp", path)
+        except OSError:
+            pass
         self._open()
 
     def _open(self):
@@ -521,9 +531,12 @@ class Store:
         return Fail("storage", "%s: %s; %s" % (what, _why(e), self.holds()))
 
     def reset(self, size, uid):
-        with open(self.path, "wb") as f:
-            f.write(b"TMPS" + struct.pack("<III", 1, size, uid))
-            _sync(f)
+        """An empty store for samples of `size` bytes of dataset `uid`, written whole (a
+        temporary file renamed): when it cannot be written, the old store stays as it was."""
+        try:
+            _write_file(self.path, b"TMPS" + struct.pack("<III", 1, size, uid))
+        except BaseException as e:
+            raise self._failed(e, "the new sample store was not written")
         self._open()
 
     def append(self, sid, label, data):
