@@ -218,6 +218,20 @@ def test_training_reads_only_the_whole_records(rig):
 
 # --- a new store, and a clear ---------------------------------------------------------------------
 
+def test_a_new_store_with_no_room_leaves_no_file(rig, monkeypatch):
+    ds = the_dataset(rig)
+    Disk(monkeypatch, flash(rig), 0)
+    with open_fake(rig.where) as b:
+        with pytest.raises(link.BoardError) as e:
+            put(b, ds, 0, 2)
+        assert e.value.code == "no_space"
+        assert e.value.msg == ("no room left on the board's filesystem: the new sample store "
+                               "was not written; the board holds 0 samples"), e.value.msg
+        st = b.request(P.SAMPLES_STATUS)
+        assert (st["count"], st["last_id"], st["dataset"]) == (0, -1, 0)
+    assert not [n for n in os.listdir(flash(rig)) if n.startswith("samples")]
+
+
 def test_a_new_store_cut_short_keeps_the_old_one(rig, monkeypatch):
     ds = the_dataset(rig)
     with open_fake(rig.where) as b:
@@ -258,3 +272,18 @@ def test_a_new_store_renamed_halfway_is_finished_at_the_next_start(rig):
     st = fresh_status(rig)
     assert (st["count"], st["last_id"], st["dataset"]) == (3, 2, ds.uid)
     assert not os.path.exists(store_path(rig) + ".tmp")
+
+
+def test_a_full_board_clears_its_store(rig, monkeypatch):
+    ds = the_dataset(rig)
+    with open_fake(rig.where) as b:
+        put(b, ds, 0, 4)
+    Disk(monkeypatch, flash(rig), 0)
+    with open_fake(rig.where) as b:
+        # a filesystem with no room is a writable one, not "no writable filesystem"
+        assert b.info["storage"] is True
+        assert b.request(P.SAMPLES_CLEAR) == {"count": 0}
+        assert b.request(P.SAMPLES_STATUS)["count"] == 0
+        # the room the store had holds a new one
+        assert put(b, ds, 0, 4) == {"count": 4, "last_id": 3}
+    assert_board_holds_the_dataset(rig, ds, 4)

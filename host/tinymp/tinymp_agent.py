@@ -630,8 +630,10 @@ class Agent:
                 f.write(b"1")
             os.remove(probe)
             return True
-        except OSError:
-            return False
+        except OSError as e:
+            # a full filesystem is a writable one (a store to clear, parameters to drop)
+            _remove(probe)
+            return _no_room(e)
 
     def _need_storage(self):
         if not self.storage:
