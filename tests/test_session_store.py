@@ -274,6 +274,34 @@ def test_a_new_store_renamed_halfway_is_finished_at_the_next_start(rig):
     assert not os.path.exists(store_path(rig) + ".tmp")
 
 
+def test_a_clear_that_cannot_remove_the_store_says_so(rig, monkeypatch):
+    ds = the_dataset(rig)
+    with open_fake(rig.where) as b:
+        put(b, ds, 0, 4)
+        real = os.remove
+
+        def remove(path, *a, **kw):
+            if os.path.basename(str(path)) == "samples.bin":
+                raise OSError(errno.ENOSPC, "No space left on device")  # a full littlefs
+            return real(path, *a, **kw)
+        monkeypatch.setattr(os, "remove", remove)
+        with pytest.raises(link.BoardError) as e:
+            b.request(P.SAMPLES_CLEAR)
+        assert e.value.code == "storage" and e.value.msg == (
+            "the samples could not be removed: no room left on the board's filesystem; the "
+            "board holds 4 samples (ids 0..3)"), e.value.msg
+        st = b.request(P.SAMPLES_STATUS)
+        assert (st["count"], st["last_id"]) == (4, 3)
+        monkeypatch.setattr(os, "remove", real)
+        # a new store whose write failed and whose clean-up failed too is not taken for the store
+        with open(store_path(rig) + ".tmp", "wb") as f:
+            f.write(b"TMPS" + struct.pack("<III", 1, SAMPLE, ds.uid + 1))
+        assert b.request(P.SAMPLES_CLEAR) == {"count": 0}
+        st = b.request(P.SAMPLES_STATUS)
+        assert (st["count"], st["last_id"], st["dataset"]) == (0, -1, 0)
+    assert not [n for n in os.listdir(flash(rig)) if n.startswith("samples")]
+
+
 def test_a_full_board_clears_its_store(rig, monkeypatch):
     ds = the_dataset(rig)
     with open_fake(rig.where) as b:

@@ -947,9 +947,16 @@ class Agent:
         return {"count": self.store.count, "last_id": self.store.last_id}
 
     def do_samples_clear(self, req):
-        _remove(self.store.path)
+        _remove(self.store.path + ".tmp")  # not to be taken for the store by Store()
+        try:
+            os.remove(self.store.path)
+        except OSError as e:
+            self.store._open()
+            if self.store.count or _exists(self.store.path):
+                raise Fail("storage", "the samples could not be removed: %s; %s"
+                           % (_why(e), self.store.holds()))
         self.store = Store(self.store.path)
-        return {"count": 0}
+        return {"count": self.store.count}
 
     def _has_camera(self):
         if self.board.get("camera") is False:
