@@ -155,6 +155,57 @@ def test_a_batch_cut_short_by_no_room_keeps_the_whole_samples_and_says_how_many(
     assert_board_holds_the_dataset(rig, ds, 10)
 
 
+def test_collect_on_a_full_board_is_one_line_and_keeps_everything(rig, monkeypatch):
+    Disk(monkeypatch, flash(rig), 16 + 20 * REC + 300)
+    before = folder_state(rig.session.dataset_dir)
+    rc, out, err = rig.cli("collect", source=rig.held)
+    line = one_line(err)
+    assert rc == 1 and out == ""
+    ds = the_dataset(rig)
+    assert len(ds) == 36
+    assert line == (f"tinymp: sending samples stopped: no room left on the board's filesystem: "
+                    f"sample 20 was not stored; the board holds 20 samples (ids 0..19); all 36 "
+                    f"samples are saved in {ds.path}; make room on the board's filesystem and "
+                    f"run collect again to send the rest"), line
+    # the dataset's samples are there as they were, the new ones after them
+    check_folder(rig.session.path)
+    after = folder_state(rig.session.dataset_dir)
+    for name, data in before.items():
+        if "manifest" not in name:
+            assert after[name][:len(data)] == data, name
+    assert_board_holds_the_dataset(rig, ds, 20)
+    st = fresh_status(rig)
+    assert (st["count"], st["last_id"], st["dataset"]) == (20, 19, ds.uid)
+    # with room, collect again sends the rest
+    Disk(monkeypatch, flash(rig), 100 * REC)
+    rc, out, err = rig.cli("collect", source=rig.held)
+    assert rc == 0, err
+    assert os.path.getsize(store_path(rig)) == 16 + 36 * REC
+    assert_board_holds_the_dataset(rig, the_dataset(rig), 36)
+
+
+def test_session_flow_on_a_full_board_is_one_line(rig, monkeypatch):
+    from tinymp.session import run
+    Disk(monkeypatch, flash(rig), 16 + 5 * REC)
+    cfg = rig.tmp / "flow.json"
+    cfg.write_text(json.dumps({"model": rig.model, "port": "sim", "session": rig.session.path,
+                               "collect": [{"from": rig.held}], "train": {"steps": 3},
+                               "plots": False}))
+    rig.capsys.readouterr()
+    rc = run.handle_errors(run.cmd_session, rig.args(config=str(cfg), m7=False))
+    out, err = rig.capsys.readouterr()
+    line = one_line(err.strip().splitlines())
+    assert rc == 1 and out == ""
+    ds = the_dataset(rig)
+    assert len(ds) == 36
+    assert line == (f"tinymp: sending samples stopped: no room left on the board's filesystem: "
+                    f"sample 5 was not stored; the board holds 5 samples (ids 0..4); all 36 "
+                    f"samples are saved in {ds.path}; make room on the board's filesystem and "
+                    f"run collect again to send the rest"), line
+    assert_board_holds_the_dataset(rig, ds, 5)
+    assert not os.path.exists(rig.session.runs_dir) or not os.listdir(rig.session.runs_dir)
+
+
 def test_a_capture_the_board_has_no_room_for_is_kept_on_the_pc(rig, monkeypatch):
     monkeypatch.setitem(sys.modules, "sensor", SimSensor(SCENE, str(rig.where)))
     disk = Disk(monkeypatch, flash(rig), 16 + 14 * REC + 100)

@@ -153,6 +153,21 @@ def cmd_push(args):
 
 # --- collect --------------------------------------------------------------------------------
 
+def _send_samples(board, ds, show):
+    """C.sync_samples; when it fails, one line that says why and that the dataset keeps every
+    sample (a board with no room for them all keeps those it stored: the rest go later)."""
+    try:
+        return C.sync_samples(board, ds, show=show)
+    except (LinkError, BoardError) as e:
+        msg = e.msg if isinstance(e, BoardError) else str(e)
+        if isinstance(e, BoardError) and e.code == "no_space":
+            raise C.SessionError(f"tinymp: sending samples stopped: {msg}; all {len(ds)} samples "
+                                 f"are saved in {ds.path}; make room on the board's filesystem "
+                                 "and run collect again to send the rest") from None
+        raise C.SessionError(f"tinymp: sending samples interrupted: {msg}; all {len(ds)} samples "
+                             f"are saved in {ds.path}; run collect again to resume") from None
+
+
 def cmd_collect(args):
     session = _session(args)
     if args.source is None and (args.label is None or args.count is None):
@@ -171,15 +186,7 @@ def cmd_collect(args):
                 raise C.user_error(str(e)) from None
             ds = C.open_dataset(session, meta, name, session.eval_dir if args.eval else None)
             added = C.import_samples(ds, x, y, src, board_name=name, show=_show(args))
-            sent = 0
-            if not args.eval:
-                try:
-                    sent = C.sync_samples(board, ds, show=_show(args))
-                except (LinkError, BoardError) as e:
-                    msg = e.msg if isinstance(e, BoardError) else str(e)
-                    raise C.SessionError(f"tinymp: sending samples interrupted: {msg}; all "
-                                         f"{len(ds)} samples are saved in {ds.path}; run collect "
-                                         "again to resume") from None
+            sent = 0 if args.eval else _send_samples(board, ds, _show(args))
             res = {"added": added, "total": len(ds), "sent_to_board": sent, "dataset": ds.path,
                    "per_class": [int(c) for c in ds.counts()]}
             _say(args, f"{added} new samples from {args.source} ({len(y) - added} already there); "
@@ -712,7 +719,7 @@ def run_session(cfg, args, out=print):
                     f"({'simulated, ' if board.simulated else ''}{time.perf_counter() - t0:.1f} s); "
                     f"dataset {ds.path}: {len(ds)} samples, per class "
                     f"{' '.join(str(int(v)) for v in ds.counts())}")
-        C.sync_samples(board, ds, show=show)
+        _send_samples(board, ds, show)
         if eval_src:
             xe, ye, srce = loaded[eval_src]
             eds = C.open_dataset(session, meta, name, session.eval_dir)
