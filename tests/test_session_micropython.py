@@ -125,9 +125,9 @@ def test_agent_on_micropython(tmp_path, bitwise_crc):
 
 
 # The agent on a RAM disk of MicroPython's own filesystems (FAT, whose rename refuses an existing
-# name, and littlefs), filled so that a save of trained parameters finds no room: the binding's
-# write and the agent's save meet a real "no space" from the filesystem, not a stand-in.
-FULL_DISK = r"""
+# name, and littlefs), filled so that a save of trained parameters, or samples, find no room: the
+# binding's write and the agent's meet a real "no space" from the filesystem, not a stand-in.
+RAM_DISK = r"""
 import os, sys, vfs
 sys.path.insert(0, AGENT_DIR)
 import tinymp_agent as A
@@ -163,15 +163,10 @@ ag = A.Agent(root=root, board={"name": "ram", "arena_budget": 262144})
 A._write_file(root + "/model.tmpm", open(MODEL, "rb").read())
 m = ag._load_model()
 size = ag._sample_bytes(m)
-ag.store.reset(size, 7)
-for k in range(6):
-    ag.store.append(k, k % m.num_classes, bytes(((i * 31 + k * 7) & 0xFF) for i in range(size)))
 
 
-def run(seed):
-    ag.do_train_start({"method": "full", "steps": 3, "seed": seed, "lr": 0.01})
-    ag.do_train_steps({"n": 3})
-    return ag.do_train_end({"save": True})
+def sample(k):
+    return bytes(((i * 31 + k * 7) & 0xFF) for i in range(size))
 
 
 def read(name):
@@ -196,6 +191,18 @@ def fill(leave):
             k = min(n, 512)
             f.write(bytes(k))
             n -= k
+"""
+
+FULL_DISK = RAM_DISK + r"""
+ag.store.reset(size, 7)
+for k in range(6):
+    ag.store.append(k, k % m.num_classes, sample(k))
+
+
+def run(seed):
+    ag.do_train_start({"method": "full", "steps": 3, "seed": seed, "lr": 0.01})
+    ag.do_train_steps({"n": 3})
+    return ag.do_train_end({"save": True})
 
 
 def names():
@@ -243,6 +250,109 @@ def test_a_save_with_no_room_on_micropython_filesystems(tmp_path, fs):
     assert lines["fits-once-dropped"] == f"True None True 3 2 {four}", r.stdout
     assert lines["no-room"] == f"False True True True {two}", r.stdout
     assert lines["restart"] == f"True {two}", r.stdout
+
+
+# The sample store on the same RAM disks: filled by SAMPLES_PUT until there is no room, with a
+# record torn by a reset and the room left for one record only (the store is written in place,
+# never copied), on a board that starts full (it clears its store and takes a new one).
+FULL_STORE = RAM_DISK + r"""
+REC = 8 + size
+
+
+def put(first, n, uid=7):
+    return ag.do_samples_put({"dataset": uid, "first": first,
+                              "labels": [k % m.num_classes for k in range(first, first + n)],
+                              "data": b"".join(sample(k) for k in range(first, first + n))})
+
+
+def attempt(first, n, uid=7):
+    # the count the put leaves, or the refusal's code (or another exception's name)
+    try:
+        return put(first, n, uid)["count"]
+    except A.Fail as e:
+        return e.args[0]
+    except Exception as e:
+        return type(e).__name__
+
+
+def whole():
+    # the store as a board that starts again reads it: count, last id, whole records right,
+    # bytes of a torn record
+    s = A.Store(root + "/samples.bin")
+    buf = bytearray(size)
+    ok = all(s.get(k, buf) == (k, k % m.num_classes) and bytes(buf) == sample(k)
+             for k in range(s.count))
+    raw = read("samples.bin")
+    return s.count, s.last_id, ok, None if raw is None else len(raw) - 16 - s.count * REC
+
+
+def fill_up():
+    # ballast until the filesystem refuses more (each piece synced: littlefs keeps what a sync
+    # committed)
+    A._remove("/ram/ballast")
+    try:
+        with open("/ram/ballast", "wb") as f:
+            while True:
+                f.write(bytes(512))
+                f.flush()
+    except OSError as e:
+        if e.args[0] != 28:
+            raise
+
+
+fill(40 * REC)
+n, why = 0, None
+while why is None:
+    try:
+        n = put(n, 8)["last_id"] + 1
+    except Exception as e:
+        why = e.args if isinstance(e, A.Fail) else (type(e).__name__, str(e))
+held = ag.store.count
+print("full", why[0], why[1] == "no room left on the board's filesystem: sample %d was not "
+      "stored; the board holds %d samples (ids 0..%d)" % (held, held, held - 1),
+      20 < held < 60, whole()[:3] == (held, held - 1, True), ag.store.last_id == held - 1)
+# room again: the rest goes on after the whole records (on FAT, over the part of the record
+# that did not fit: a torn record)
+A._remove("/ram/ballast")
+print("resumed", attempt(held, 3) == held + 3, whole() == (held + 3, held + 2, True, 0))
+# a record torn by a reset, and room for about one record more: written over in place
+with open(root + "/samples.bin", "ab") as f:
+    f.write(bytes(500))
+A._write_file("/ram/spare", bytes(REC + 1024))
+fill_up()
+os.remove("/ram/spare")
+ag = A.Agent(root=root, board={"name": "ram"})
+print("torn", ag.store.count == held + 3, attempt(held + 3, 1) == held + 4,
+      whole() == (held + 4, held + 3, True, 0))
+# a board that starts with no room at all: still a board with storage, whose store clears
+fill_up()
+ag = A.Agent(root=root, board={"name": "ram"})
+print("start-full", ag.storage, ag.store.count == held + 4)
+print("clear", ag.do_samples_clear({}), read("samples.bin"), ag.store.count)
+fill_up()
+new = attempt(0, 1, uid=8)
+print("new-store", "stored" if new == 1 else new, whole()[:2] == (ag.store.count, ag.store.last_id),
+      sorted(n for n in os.listdir(root) if n.endswith(".tmp")))
+"""
+
+
+@needs_mp
+@pytest.mark.parametrize("fs", ["VfsFat", "VfsLfs2"])
+def test_samples_with_no_room_on_micropython_filesystems(tmp_path, fs):
+    script = tmp_path / "store.py"
+    script.write_text("AGENT_DIR = %r\nMODEL = %r\nimport vfs\nFS = vfs.%s\n" % (
+        AGENT_DIR, os.path.join(AGENT_DIR, "models", "demo.tmpm"), fs) + FULL_STORE)
+    r = subprocess.run([MICROPYTHON, "-X", "heapsize=8M", str(script)], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = {ln.split()[0]: ln.split(None, 1)[1] for ln in r.stdout.splitlines()}
+    assert lines["full"] == "no_space True True True True", r.stdout
+    assert lines["resumed"] == "True True", r.stdout
+    assert lines["torn"] == "True True True", r.stdout
+    assert lines["start-full"] == "True True", r.stdout
+    assert lines["clear"] == "{'count': 0} None 0", r.stdout
+    # a 16-byte header fits or not (littlefs keeps it in its metadata); either way nothing torn
+    assert lines["new-store"] in ("stored True []", "no_space True []"), r.stdout
 
 
 @pytest.mark.skipif(link.qemu_firmware() is None or not os.path.exists("/usr/bin/qemu-system-arm"),
