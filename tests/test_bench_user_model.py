@@ -84,6 +84,41 @@ def test_bad_input_is_one_line_before_anything_runs(args, needle, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def _one_line(code, err, needle):
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tinymp bench:") and needle in lines[0], err
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo") or not os.path.exists("/dev/zero"),
+                    reason="needs POSIX FIFOs and /dev/zero")
+@pytest.mark.parametrize("what", ["--model"])
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_a_file_that_is_not_a_regular_one_is_refused_unread(what, kind, tmp_path):
+    # a FIFO would block the read for ever, /dev/zero never ends (the whole read took memory
+    # without bound, then died with MemoryError): both are refused before they are read
+    if kind == "fifo":
+        path = str(tmp_path / "pipe")
+        os.mkfifo(path)
+    else:
+        path = "/dev/zero"
+    args = ["--model", path] if what == "--model" else ["--model", DEMO, "--notes", path]
+    code, out, err = bench(*args, "--out", str(tmp_path / "out"))
+    _one_line(code, err, f"{what + ' ' if what == '--notes' else ''}{path} is not a regular file")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_model_file_larger_than_the_emulated_board_is_refused(tmp_path):
+    big = tmp_path / "big.tmpm"
+    with open(big, "wb") as f:  # the demo model, then zeros up to one byte past 16 MiB
+        with open(DEMO, "rb") as d:
+            f.write(d.read())
+        f.truncate((16 << 20) + 1)
+    code, out, err = bench("--model", str(big), "--out", str(tmp_path / "out"))
+    _one_line(code, err, f"{big} is larger than the 16 MiB the emulated Cortex-M7 has")
+    assert not (tmp_path / "out").exists()
+
+
 def _conv_flatten_fc(path):
     """A model ending conv -> fc on a 4x4 map: the planner trains through such an fc only at
     r = 1, so the condensed tinymp plans are refused and the other methods are not."""
