@@ -92,7 +92,7 @@ def _one_line(code, err, needle):
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo") or not os.path.exists("/dev/zero"),
                     reason="needs POSIX FIFOs and /dev/zero")
-@pytest.mark.parametrize("what", ["--model"])
+@pytest.mark.parametrize("what", ["--model", "--notes"])
 @pytest.mark.parametrize("kind", ["fifo", "device"])
 def test_a_file_that_is_not_a_regular_one_is_refused_unread(what, kind, tmp_path):
     # a FIFO would block the read for ever, /dev/zero never ends (the whole read took memory
@@ -116,6 +116,24 @@ def test_a_model_file_larger_than_the_emulated_board_is_refused(tmp_path):
         f.truncate((16 << 20) + 1)
     code, out, err = bench("--model", str(big), "--out", str(tmp_path / "out"))
     _one_line(code, err, f"{big} is larger than the 16 MiB the emulated Cortex-M7 has")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("notes,needle", [
+    ("", "cannot read --notes : No such file or directory"),
+    ("BINARY", "is not UTF-8 text"),
+    ("LONG", "is longer than 1,048,576 characters"),
+])
+def test_a_bad_notes_file_is_one_line(notes, needle, tmp_path):
+    # an empty --notes was taken for no notes at all; a reading past the cap is not one
+    if notes == "BINARY":
+        notes = str(tmp_path / "notes.md")
+        open(notes, "wb").write(b"## Reading\n\xff\xfe\n")
+    elif notes == "LONG":
+        notes = str(tmp_path / "notes.md")
+        open(notes, "w").write("x" * (1 << 20) + "\n")
+    code, out, err = bench("--model", DEMO, "--notes", notes, "--out", str(tmp_path / "out"))
+    _one_line(code, err, needle)
     assert not (tmp_path / "out").exists()
 
 

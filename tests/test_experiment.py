@@ -289,3 +289,55 @@ def test_notes_edited_during_the_run_are_the_ones_written(tmp_path, monkeypatch)
                      "--out", str(out), "--notes", str(notes)]) == 0
     text = (out / "RESULTS.md").read_text()
     assert "\nnew\n" in text and "\nold\n" not in text
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "long", "empty-path"])
+def test_notes_that_are_not_a_reading_stop_before_the_run(tmp_path, capsys, monkeypatch, kind):
+    """--notes is read whole into RESULTS.md: a FIFO would block the read for ever, /dev/zero
+    never ends (the read took memory without bound, then died with MemoryError), a file far past
+    any hand-written reading is not one. Each is one line, status 2, before the run and --out."""
+    if kind == "fifo":
+        if not hasattr(os, "mkfifo"):
+            pytest.skip("no FIFOs here")
+        path = str(tmp_path / "pipe")
+        os.mkfifo(path)
+        words = [f"--notes {path} is not a regular file (a Markdown file is expected)"]
+    elif kind == "device":
+        if not os.path.exists("/dev/zero"):
+            pytest.skip("no /dev/zero here")
+        path = "/dev/zero"
+        words = ["--notes /dev/zero is not a regular file"]
+    elif kind == "long":
+        path = str(tmp_path / "READING.md")
+        with open(path, "w") as f:
+            f.write("## Reading\n" + "x" * (1 << 20))
+        words = [f"--notes {path} is longer than 1,048,576 characters"]
+    else:
+        path = ""
+        words = ["cannot read --notes : No such file or directory"]
+    monkeypatch.setattr(ex, "run", lambda **kw: pytest.fail("the run started"))
+    out = tmp_path / "never"
+    rc = cli.main(["experiment", "--quick", "--out", str(out), "--notes", path])
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert rc == 2 and len(lines) == 1 and lines[0].startswith("tinymp:"), err
+    for w in words:
+        assert w in lines[0], lines[0]
+    assert not out.exists()
+
+
+def test_notes_that_turn_bad_during_the_run_keep_the_first_reading(tmp_path, monkeypatch):
+    notes = tmp_path / "READING.md"
+    notes.write_text("## Reading\n\nfirst\n")
+    real_run = ex.run
+
+    def run_and_spoil(**kw):
+        res = real_run(**kw)
+        notes.write_text("x" * ((1 << 20) + 1))
+        return res
+    monkeypatch.setattr(ex, "run", run_and_spoil)
+    out = tmp_path / "out"
+    assert cli.main(["experiment", "--quick", "--tasks", "invert", "--methods", "none", "--seeds", "1",
+                     "--out", str(out), "--notes", str(notes)]) == 0
+    text = (out / "RESULTS.md").read_text()
+    assert "\nfirst\n" in text and "xxxx" not in text

@@ -584,12 +584,12 @@ def main(argv=None):
             print("tinymp bench: %s" % e, file=sys.stderr)
             return 2
     notes = None
-    if a.notes:
+    if a.notes is not None:
+        from .experiment import read_notes
         try:
-            with open(a.notes, encoding="utf-8") as f:
-                notes = f.read()
-        except (OSError, UnicodeDecodeError) as e:
-            print("tinymp bench: cannot read --notes %s: %s" % (a.notes, e), file=sys.stderr)
+            notes = read_notes(a.notes)
+        except ValueError as e:
+            print("tinymp bench: %s" % e, file=sys.stderr)
             return 2
     if a.out is None:
         # a user's models never overwrite the project's own bench/ results

@@ -356,13 +356,9 @@ def cmd_experiment(args):
     notes = None
     if args.notes is not None:
         try:
-            with open(args.notes, encoding="utf-8") as f:
-                notes = f.read()
-        except OSError as e:
-            raise UserError(f"tinymp: cannot read --notes {args.notes}: {e.strerror or e}") from None
-        except UnicodeDecodeError:
-            raise UserError(f"tinymp: --notes {args.notes} is not UTF-8 text (a Markdown file is "
-                            "expected)") from None
+            notes = ex.read_notes(args.notes)
+        except ValueError as e:
+            raise UserError(f"tinymp: {e}") from None
     try:
         os.makedirs(out, exist_ok=True)
     except OSError as e:
@@ -386,9 +382,8 @@ def cmd_experiment(args):
         if args.notes is not None:
             # read again: the reading may have been edited while the run went on (minutes)
             try:
-                with open(args.notes, encoding="utf-8") as f:
-                    notes = f.read()
-            except (OSError, UnicodeDecodeError):
+                notes = ex.read_notes(args.notes)
+            except ValueError:
                 pass  # keep the copy read at the start
         paths = ex.write_outputs(res, out, command, notes)
     except ex.ExperimentError as e:

@@ -136,6 +136,30 @@ class ExperimentError(Exception):
     """Bad options or missing inputs: one line for the user."""
 
 
+NOTES_MAX = 1 << 20  # characters of a --notes reading (the project's own are a few thousand)
+
+
+def read_notes(path):
+    """The text of a --notes file (a hand-written Markdown reading appended to RESULTS.md; `tinymp
+    bench` takes one too). ValueError with one line, without the command's prefix, when it is not
+    one: missing or unreadable, not a regular file (a FIFO would block, /dev/zero never ends),
+    longer than NOTES_MAX characters, not UTF-8."""
+    import stat
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise ValueError(f"--notes {path} is not a regular file (a Markdown file is expected)")
+        with open(path, encoding="utf-8") as f:
+            text = f.read(NOTES_MAX + 1)
+    except OSError as e:
+        raise ValueError(f"cannot read --notes {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"--notes {path} is not UTF-8 text (a Markdown file is expected)") from None
+    if len(text) > NOTES_MAX:
+        raise ValueError(f"--notes {path} is longer than {NOTES_MAX:,} characters (a hand-written "
+                         "reading in Markdown is expected)")
+    return text
+
+
 def task_by_name(name):
     for t in TASKS:
         if t.name == name:
