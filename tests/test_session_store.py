@@ -206,6 +206,21 @@ def test_session_flow_on_a_full_board_is_one_line(rig, monkeypatch):
     assert not os.path.exists(rig.session.runs_dir) or not os.listdir(rig.session.runs_dir)
 
 
+def test_train_on_a_board_with_no_room_for_the_samples_is_one_line(rig, monkeypatch):
+    # train sends the dataset's samples first: the board's refusal, in one line, nothing trained
+    Disk(monkeypatch, flash(rig), 16 + 7 * REC)
+    before = folder_state(rig.session.path)
+    rc, out, err = rig.cli("train", steps=3)
+    line = one_line(err)
+    assert rc == 1 and out == ""
+    assert line == ("tinymp: training interrupted: no room left on the board's filesystem: sample "
+                    "7 was not stored; the board holds 7 samples (ids 0..6); the board keeps its "
+                    "last saved parameters"), line
+    assert folder_state(rig.session.path) == before
+    assert_board_holds_the_dataset(rig, the_dataset(rig), 7)
+    assert not [n for n in os.listdir(flash(rig)) if n.startswith("params")]
+
+
 def test_a_capture_the_board_has_no_room_for_is_kept_on_the_pc(rig, monkeypatch):
     monkeypatch.setitem(sys.modules, "sensor", SimSensor(SCENE, str(rig.where)))
     disk = Disk(monkeypatch, flash(rig), 16 + 14 * REC + 100)
