@@ -122,7 +122,7 @@ def test_a_model_file_larger_than_the_emulated_board_is_refused(tmp_path):
 @pytest.mark.parametrize("notes,needle", [
     ("", "cannot read --notes : No such file or directory"),
     ("BINARY", "is not UTF-8 text"),
-    ("LONG", "is longer than 1,048,576 characters"),
+    ("LONG", "is larger than 1 MiB (a hand-written reading"),
 ])
 def test_a_bad_notes_file_is_one_line(notes, needle, tmp_path):
     # an empty --notes was taken for no notes at all; a reading past the cap is not one

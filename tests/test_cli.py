@@ -65,6 +65,37 @@ def test_bad_model_file_one_line_exit_2(tmp_path, make_bad, needle):
     assert len(lines) == 1 and lines[0].startswith("tinymp:") and needle in lines[0], err
 
 
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo") or not os.path.exists("/dev/zero"),
+                    reason="needs POSIX FIFOs and /dev/zero")
+@pytest.mark.parametrize("kind", ["fifo", "device", "folder"])
+def test_a_model_path_that_is_not_a_file_is_refused_unread(tmp_path, kind):
+    # `info`, `plan`, `push` and the session flow read models the same way: a FIFO blocked the
+    # read for ever, /dev/zero was read until memory ran out (a MemoryError traceback)
+    path = {"fifo": str(tmp_path / "pipe"), "device": "/dev/zero", "folder": str(tmp_path)}[kind]
+    if kind == "fifo":
+        os.mkfifo(path)
+    r = subprocess.run([sys.executable, "-m", "tinymp.cli", "info", path], capture_output=True,
+                       text=True, timeout=60)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and r.stdout == "" and len(lines) == 1, r.stderr[-2000:]
+    assert lines[0] == (f"tinymp: {path} is a folder, not a model file" if kind == "folder" else
+                        f"tinymp: {path} is not a regular file (a model file is expected)")
+
+
+def test_a_model_file_past_the_bound_is_refused(tmp_path, monkeypatch, capsys):
+    from tinymp.session import commands
+    p = tmp_path / "big.tmpm"
+    p.write_bytes(zoo.demo() + bytes(100))  # trailing bytes are allowed by the format
+    bound = len(zoo.demo()) + 99
+    monkeypatch.setattr(commands, "MODEL_FILE_MAX", bound)
+    assert cli.main(["info", str(p)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"tinymp: {p} is larger than {bound:,} bytes: no microcontroller holds such "
+                   "a model"]
+    monkeypatch.setattr(commands, "MODEL_FILE_MAX", bound + 1)
+    assert cli.main(["info", str(p)]) == 0
+
 def test_plan_needs_something(capsys):
     assert cli.main(["plan"]) == 2
     assert "give model files or --zoo" in capsys.readouterr().err

@@ -311,7 +311,7 @@ def test_notes_that_are_not_a_reading_stop_before_the_run(tmp_path, capsys, monk
         path = str(tmp_path / "READING.md")
         with open(path, "w") as f:
             f.write("## Reading\n" + "x" * (1 << 20))
-        words = [f"--notes {path} is longer than 1,048,576 characters"]
+        words = [f"--notes {path} is larger than 1 MiB (a hand-written reading"]
     else:
         path = ""
         words = ["cannot read --notes : No such file or directory"]

@@ -44,3 +44,21 @@ def atomic_write(path, data):
 def read_bytes(path):
     with open(_path(path), "rb") as f:
         return f.read()
+
+
+def read_regular(path, most, what, too_large):
+    """The bytes of a file a user named, read only when it is a regular file of at most `most`
+    bytes: a FIFO would block the read for ever and /dev/zero never ends. ValueError, one line
+    naming `path`: a folder or another kind of file ("... not `what`"), or a larger file ("is
+    larger than `too_large`"). OSError (no such file, no permission) is the caller's to word."""
+    import stat
+    st = os.stat(path)
+    if stat.S_ISDIR(st.st_mode):
+        raise ValueError(f"{path} is a folder, not {what}")
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError(f"{path} is not a regular file ({what} is expected)")
+    with open(path, "rb") as f:
+        data = f.read(most + 1)  # a file that grew since the stat is caught here
+    if len(data) > most:
+        raise ValueError(f"{path} is larger than {too_large}")
+    return data

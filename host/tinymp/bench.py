@@ -390,18 +390,17 @@ def load_user_model(path):
     """The bytes of a user's .tmpm file, checked by the engine; BenchError with one line if not
     (also for what is not a regular file, e.g. a FIFO that would block or /dev/zero, which never
     ends, and for a file larger than USER_MODEL_MAX: read no further than that)."""
-    import stat
     import tinymp
+
+    from ._files import read_regular
     try:
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            raise BenchError("%s is not a regular file (a .tmpm model file is expected)" % path)
-        with open(path, "rb") as f:
-            data = f.read(USER_MODEL_MAX + 1)
+        data = read_regular(path, USER_MODEL_MAX, "a .tmpm model file",
+                            "the %d MiB the emulated Cortex-M7 has for a model, its samples and "
+                            "arenas" % (USER_MODEL_MAX >> 20))
     except OSError as e:
         raise BenchError("cannot read %s: %s" % (path, e.strerror or e)) from None
-    if len(data) > USER_MODEL_MAX:
-        raise BenchError("%s is larger than the %d MiB the emulated Cortex-M7 has for a model, its "
-                         "samples and arenas" % (path, USER_MODEL_MAX >> 20))
+    except ValueError as e:
+        raise BenchError(str(e)) from None
     try:
         tinymp.Model(data)
     except ValueError as e:

@@ -136,28 +136,27 @@ class ExperimentError(Exception):
     """Bad options or missing inputs: one line for the user."""
 
 
-NOTES_MAX = 1 << 20  # characters of a --notes reading (the project's own are a few thousand)
+NOTES_MAX = 1 << 20  # bytes of a --notes reading (the project's own are a few thousand)
 
 
 def read_notes(path):
     """The text of a --notes file (a hand-written Markdown reading appended to RESULTS.md; `tinymp
     bench` takes one too). ValueError with one line, without the command's prefix, when it is not
     one: missing or unreadable, not a regular file (a FIFO would block, /dev/zero never ends),
-    longer than NOTES_MAX characters, not UTF-8."""
-    import stat
+    larger than NOTES_MAX bytes, not UTF-8."""
+    from ._files import read_regular
     try:
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            raise ValueError(f"--notes {path} is not a regular file (a Markdown file is expected)")
-        with open(path, encoding="utf-8") as f:
-            text = f.read(NOTES_MAX + 1)
+        data = read_regular(path, NOTES_MAX, "a Markdown file",
+                            f"{NOTES_MAX >> 20} MiB (a hand-written reading in Markdown is "
+                            "expected)")
+        # as a text-mode read would: Windows' line ends become "\n" in RESULTS.md
+        return data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
     except OSError as e:
         raise ValueError(f"cannot read --notes {path}: {e.strerror or e}") from None
     except UnicodeDecodeError:
         raise ValueError(f"--notes {path} is not UTF-8 text (a Markdown file is expected)") from None
-    if len(text) > NOTES_MAX:
-        raise ValueError(f"--notes {path} is longer than {NOTES_MAX:,} characters (a hand-written "
-                         "reading in Markdown is expected)")
-    return text
+    except ValueError as e:
+        raise ValueError(f"--notes {e}") from None
 
 
 def task_by_name(name):

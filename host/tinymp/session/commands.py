@@ -382,18 +382,24 @@ def refresh_info(board):
 
 # --- push -----------------------------------------------------------------------------------
 
+# the largest model file the commands read: far beyond any board's flash (the OpenMV Cam H7 has
+# 2 MB), only a bound on what a mistaken path makes the PC read
+MODEL_FILE_MAX = 256 << 20
+
+
 def read_model(path):
     """(bytes, tinymp.Model) of a model file; SessionError(2) naming what is wrong."""
     import tinymp
+    from .._files import read_regular
     if not os.path.exists(path):
         raise user_error(f"tinymp: no such model file: {path}")
-    if os.path.isdir(path):
-        raise user_error(f"tinymp: {path} is a folder, not a model file")
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        data = read_regular(path, MODEL_FILE_MAX, "a model file",
+                            f"{MODEL_FILE_MAX:,} bytes: no microcontroller holds such a model")
     except OSError as e:
         raise user_error(f"tinymp: cannot read {path}: {e.strerror or e}") from None
+    except ValueError as e:
+        raise user_error(f"tinymp: {e}") from None
     try:
         return data, tinymp.Model(data)
     except ValueError as e:

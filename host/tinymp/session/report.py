@@ -167,11 +167,14 @@ def m7_estimate(session, rep, train_run):
     want = board.get("model_sha256") or model.get("sha256")
     if not path:
         return {"error": "the session does not record the model file"}
+    from .._files import read_regular
+    from .commands import MODEL_FILE_MAX
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        data = read_regular(path, MODEL_FILE_MAX, "a model file", f"{MODEL_FILE_MAX:,} bytes")
     except OSError as e:
         return {"error": f"cannot read the model file {path}: {e.strerror or e}"}
+    except ValueError as e:
+        return {"error": str(e)}
     if want and hashlib.sha256(data).hexdigest() != want:
         return {"error": f"{path} is no longer the model the board trained (sha256 differs)"}
     opts = dict(train_run.get("options") or {})
