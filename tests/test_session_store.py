@@ -213,9 +213,10 @@ def test_train_on_a_board_with_no_room_for_the_samples_is_one_line(rig, monkeypa
     rc, out, err = rig.cli("train", steps=3)
     line = one_line(err)
     assert rc == 1 and out == ""
-    assert line == ("tinymp: training interrupted: no room left on the board's filesystem: sample "
-                    "7 was not stored; the board holds 7 samples (ids 0..6); the board keeps its "
-                    "last saved parameters"), line
+    assert line == ("tinymp: cannot train: no room left on the board's filesystem: sample 7 was "
+                    "not stored; the board holds 7 samples (ids 0..6); the dataset's 12 samples "
+                    f"are all kept in {rig.session.dataset_dir}; make room on the board's "
+                    "filesystem and train again; the board keeps its last saved parameters"), line
     assert folder_state(rig.session.path) == before
     assert_board_holds_the_dataset(rig, the_dataset(rig), 7)
     assert not [n for n in os.listdir(flash(rig)) if n.startswith("params")]
@@ -230,8 +231,10 @@ def test_a_capture_the_board_has_no_room_for_is_kept_on_the_pc(rig, monkeypatch)
     ds = the_dataset(rig)
     # the dataset's 12 samples, 2 captures kept by the board, a third saved on the PC only
     assert len(ds) == 15
-    assert "collect interrupted: no room left on the board's filesystem: sample 14 was not " \
-        "stored; the board holds 14 samples (ids 0..13)" in line and "none lost" in line, line
+    assert line == ("tinymp: collect stopped: no room left on the board's filesystem: sample 14 "
+                    "was not stored; the board holds 14 samples (ids 0..13); 3 new samples saved "
+                    f"(15 in {ds.path}), none lost; make room on the board's filesystem and run "
+                    "collect again to send the rest"), line
     assert_board_holds_the_dataset(rig, ds, 14)
     st = fresh_status(rig)
     assert (st["count"], st["last_id"]) == (14, 13)
@@ -242,6 +245,21 @@ def test_a_capture_the_board_has_no_room_for_is_kept_on_the_pc(rig, monkeypatch)
     assert len(ds) == 17
     assert_board_holds_the_dataset(rig, ds, 17)
 
+
+
+def test_a_capture_that_meets_a_full_board_while_sending_the_dataset_is_one_line(rig, monkeypatch):
+    # capture first sends the dataset's samples the board lacks: no room there stops it the same
+    monkeypatch.setitem(sys.modules, "sensor", SimSensor(SCENE, str(rig.where)))
+    Disk(monkeypatch, flash(rig), 16 + 7 * REC)
+    before = folder_state(rig.session.path)
+    rc, out, err = rig.cli("collect", label=3, count=50)
+    assert rc == 1 and one_line(err) == (
+        "tinymp: collect stopped: no room left on the board's filesystem: sample 7 was not "
+        f"stored; the board holds 7 samples (ids 0..6); 0 new samples saved (12 in "
+        f"{rig.session.dataset_dir}), none lost; make room on the board's filesystem and run "
+        "collect again to send the rest"), err
+    assert folder_state(rig.session.path) == before
+    assert_board_holds_the_dataset(rig, the_dataset(rig), 7)
 
 # --- a record torn by a reset -------------------------------------------------------------------
 

@@ -615,6 +615,15 @@ def sync_samples(board, ds, show=True):
     return todo
 
 
+def board_full(e):
+    """True for the board's refusal of a sample it has no room to store (SAMPLES_PUT,
+    CAPTURE_KEEP: error no_space, whose message says how many samples the board holds)."""
+    return isinstance(e, BoardError) and e.code == "no_space"
+
+
+MAKE_ROOM = "make room on the board's filesystem"
+
+
 def collect_capture(board, ds, label, count, show=True, board_name=None):
     """Capture with the board's camera until `ds` holds `count` samples of `label`. Each sample is
     on the PC's disk before the board is told to keep it. Returns {"added", "total"}."""
@@ -623,12 +632,12 @@ def collect_capture(board, ds, label, count, show=True, board_name=None):
         raise user_error(f"tinymp: label {label} is out of range 0..{nc - 1}")
     if not board.info.get("camera"):
         raise user_error(f"tinymp: {board.info.get('board')} has no camera; collect with --from FILE")
-    sync_samples(board, ds, show)
-    have = int(ds.counts()[label])
-    todo = max(0, count - have)
     added = 0
-    bar = progress(todo, f"capture label {label}", "sample", show)
+    bar = None
     try:
+        sync_samples(board, ds, show)
+        todo = max(0, count - int(ds.counts()[label]))
+        bar = progress(todo, f"capture label {label}", "sample", show)
         for _ in range(todo):
             i = len(ds)
             if board.sim is not None:
@@ -651,11 +660,17 @@ def collect_capture(board, ds, label, count, show=True, board_name=None):
             bar.update()
     except (LinkError, BoardError) as e:
         msg = e.msg if isinstance(e, BoardError) else str(e)
-        raise SessionError(f"tinymp: collect interrupted: {msg}; {added} new samples saved "
-                           f"({len(ds)} in {ds.path}), none lost; run collect again to resume") from None
+        kept = f"{added} new samples saved ({len(ds)} in {ds.path}), none lost"
+        if board_full(e):
+            raise SessionError(f"tinymp: collect stopped: {msg}; {kept}; {MAKE_ROOM} and run "
+                               "collect again to send the rest") from None
+        raise SessionError(f"tinymp: collect interrupted: {msg}; {kept}; run collect again to "
+                           "resume") from None
     finally:
-        bar.close()
-        _manifest(ds)
+        if bar is not None:
+            bar.close()
+        if added:
+            _manifest(ds)
     return {"added": added, "total": len(ds), "label_total": int(ds.counts()[label])}
 
 

@@ -160,10 +160,10 @@ def _send_samples(board, ds, show):
         return C.sync_samples(board, ds, show=show)
     except (LinkError, BoardError) as e:
         msg = e.msg if isinstance(e, BoardError) else str(e)
-        if isinstance(e, BoardError) and e.code == "no_space":
+        if C.board_full(e):
             raise C.SessionError(f"tinymp: sending samples stopped: {msg}; all {len(ds)} samples "
-                                 f"are saved in {ds.path}; make room on the board's filesystem "
-                                 "and run collect again to send the rest") from None
+                                 f"are saved in {ds.path}; {C.MAKE_ROOM} and run collect again "
+                                 "to send the rest") from None
         raise C.SessionError(f"tinymp: sending samples interrupted: {msg}; all {len(ds)} samples "
                              f"are saved in {ds.path}; run collect again to resume") from None
 
@@ -235,6 +235,11 @@ def cmd_train(args):
             raise  # the link went at TRAIN_END: it says what is not known
         except (LinkError, BoardError) as e:
             msg = e.msg if isinstance(e, BoardError) else str(e)
+            if C.board_full(e):  # the dataset's samples go to the board before training
+                raise C.SessionError(f"tinymp: cannot train: {msg}; the dataset's {len(ds)} "
+                                     f"samples are all kept in {ds.path}; {C.MAKE_ROOM} and "
+                                     "train again; the board keeps its last saved "
+                                     "parameters") from None
             raise C.SessionError(f"tinymp: training interrupted: {msg}; the board keeps its last "
                                  "saved parameters") from None
     from . import report
