@@ -235,16 +235,22 @@ print("restart", read("params.bin") == bin2, names())
 """
 
 
-@needs_mp
-@pytest.mark.parametrize("fs", ["VfsFat", "VfsLfs2"])
-def test_a_save_with_no_room_on_micropython_filesystems(tmp_path, fs):
-    script = tmp_path / "full.py"
+def run_on_a_ram_disk(tmp_path, fs, body):
+    """Run the script `body` under the unix MicroPython with AGENT_DIR, MODEL and FS (the
+    filesystem class `fs` of module vfs) defined: (the process, {first word: rest} of each line
+    it printed)."""
+    script = tmp_path / "script.py"
     script.write_text("AGENT_DIR = %r\nMODEL = %r\nimport vfs\nFS = vfs.%s\n" % (
-        AGENT_DIR, os.path.join(AGENT_DIR, "models", "demo.tmpm"), fs) + FULL_DISK)
+        AGENT_DIR, os.path.join(AGENT_DIR, "models", "demo.tmpm"), fs) + body)
     r = subprocess.run([MICROPYTHON, "-X", "heapsize=8M", str(script)], capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
-    lines = {ln.split()[0]: ln.split(None, 1)[1] for ln in r.stdout.splitlines()}
+    return r, {ln.split()[0]: ln.split(None, 1)[1] for ln in r.stdout.splitlines()}
+
+@needs_mp
+@pytest.mark.parametrize("fs", ["VfsFat", "VfsLfs2"])
+def test_a_save_with_no_room_on_micropython_filesystems(tmp_path, fs):
+    r, lines = run_on_a_ram_disk(tmp_path, fs, FULL_DISK)
     four = "['params.bin', 'params.opt', 'params.prev', 'params.prev.opt']"
     two = "['params.bin', 'params.opt']"
     assert lines["fits-once-dropped"] == f"True None True 3 2 {four}", r.stdout
@@ -339,13 +345,7 @@ print("new-store", "stored" if new == 1 else new, whole()[:2] == (ag.store.count
 @needs_mp
 @pytest.mark.parametrize("fs", ["VfsFat", "VfsLfs2"])
 def test_samples_with_no_room_on_micropython_filesystems(tmp_path, fs):
-    script = tmp_path / "store.py"
-    script.write_text("AGENT_DIR = %r\nMODEL = %r\nimport vfs\nFS = vfs.%s\n" % (
-        AGENT_DIR, os.path.join(AGENT_DIR, "models", "demo.tmpm"), fs) + FULL_STORE)
-    r = subprocess.run([MICROPYTHON, "-X", "heapsize=8M", str(script)], capture_output=True,
-                       text=True, timeout=300)
-    assert r.returncode == 0, r.stdout + r.stderr
-    lines = {ln.split()[0]: ln.split(None, 1)[1] for ln in r.stdout.splitlines()}
+    r, lines = run_on_a_ram_disk(tmp_path, fs, FULL_STORE)
     assert lines["full"] == "no_space True True True True", r.stdout
     assert lines["resumed"] == "True True", r.stdout
     assert lines["torn"] == "True True True", r.stdout
