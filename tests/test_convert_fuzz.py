@@ -117,3 +117,57 @@ def test_a_conversion_error_is_always_one_line():
     e = ConversionError("tinymp convert: layer 'a\nb' failed:\n  \x1b[1;31mError\x1b[m\rin\x00x")
     assert str(e) == "tinymp convert: layer 'a b' failed: Error in\\x00x"
     assert isinstance(e, ValueError)
+
+
+# --------------------------------------------------------------------------------------------
+# calibration samples and float weights
+# --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("scale", [1e30, 1e20])
+def test_huge_calibration_values_name_the_layer_and_the_range(capfd, tmp_path, scale):
+    # the first layer's input range is ~1e30 wide, its output (ReLU6) 6: the requantisation
+    # multiplier cannot be stored. The message said 'quantize_multiplier: multiplier
+    # np.float64(1.8e+27) too large (shift 91 > 30)'.
+    line = refuse_onnx(capfd, tmp_path, _handmade(), _calib(scale=scale))
+    assert line.startswith("tinymp: layer 'conv_same+bn+relu6' (op Conv) cannot be quantised: "
+                           "its input range [")
+    assert f"the calibration samples span [{_calib(scale=scale).min():.3g}, " in line
+    assert "pixels / 255" in line and "shift" not in line and "np.float64" not in line
+
+
+def test_an_input_range_too_wide_is_named(capfd, tmp_path):
+    line = refuse_onnx(capfd, tmp_path, _handmade(), extra=["--input-range", "0", "1e30"])
+    assert line.startswith("tinymp: layer 'conv_same+bn+relu6' (op Conv) cannot be quantised")
+    assert "the input range given is [0, 1e+30] (input_range / --input-range)" in line
+
+
+def test_calibration_values_beyond_float32(capfd, tmp_path):
+    # float64 samples of 1e300 became float32 infinity with a RuntimeWarning printed first
+    line = refuse_onnx(capfd, tmp_path, _handmade(), _calib(scale=1e300, dtype=np.float64))
+    assert line.startswith("tinymp: calib holds values up to 1e+300, beyond float32")
+
+
+def test_calibration_values_that_overflow_inside_the_model(capfd, tmp_path):
+    # finite float32 samples near its maximum overflow in the first convolution: the warnings
+    # of the float forward pass came first, then a message that did not say why
+    line = refuse_onnx(capfd, tmp_path, _handmade(), _calib(scale=3e38))
+    assert line.startswith("tinymp: the ONNX model outputs non-finite values (infinity or NaN) "
+                           "on the calibration samples, which span [")
+    assert "pixels / 255" in line
+
+
+def test_nan_in_calibration_says_which_sample(capfd, tmp_path):
+    x = _calib()
+    x[3, 1, 2, 2] = np.nan
+    x[5, 0, 0, 0] = -np.inf
+    line = refuse_onnx(capfd, tmp_path, _handmade(), x)
+    assert line == ("tinymp: calib contains 2 non-finite values (NaN or infinity), the first in "
+                    "sample 3: remove or repair those samples")
+
+
+def test_calibration_too_narrow_to_quantise(capfd, tmp_path):
+    # every sample within 1e-8 of 0: quantised to int8 they would all be the same input, and
+    # the model converted without a word
+    line = refuse_onnx(capfd, tmp_path, _handmade(), _calib(scale=1e-8))
+    assert line.startswith("tinymp: calib span only [")
+    assert "every sample would be the same input" in line

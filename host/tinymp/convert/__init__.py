@@ -37,13 +37,16 @@ its fusion passes and its lowering onto a :class:`tinymp.builder.Graph`.
 
 from __future__ import annotations
 
+import functools
+import math
 import os
 import sys
+import weakref
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .errors import ConversionError, check_classes
+from .errors import ConversionError, check_classes, shown
 
 __all__ = ["convert", "ConversionError"]
 _LAZY = {"from_torch": "torch", "from_onnx": "onnx", "from_tflite": "tflite"}
@@ -53,6 +56,7 @@ _LAZY = {"from_torch": "torch", "from_onnx": "onnx", "from_tflite": "tflite"}
 FLOAT_TOLERANCE = 1e-3
 # at most this many calibration samples are used for that check
 FLOAT_CHECK_SAMPLES = 128
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def __getattr__(name):
@@ -150,8 +154,19 @@ def convert(source, calib=None, class_names=None, input_range=None, **kw) -> byt
 # helpers shared by the importers
 # --------------------------------------------------------------------------------------------
 
+def quiet_numpy(fn):
+    """Run ``fn`` with numpy's floating-point warnings off: a model or samples with huge values
+    overflow float32 on the way, and every such case is checked and reported as one
+    ConversionError; the warnings would only add lines of output before it."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kw):
+        with np.errstate(all="ignore"):
+            return fn(*args, **kw)
+    return wrapper
+
+
 def _err(name, op, what="is not supported", hint=None) -> ConversionError:
-    msg = f"tinymp convert: layer '{name}' (op {op}) {what}"
+    msg = f"tinymp convert: layer '{shown(name)}' (op {shown(op)}) {what}"
     if hint:
         msg += f": {hint}"
     return ConversionError(msg)
@@ -209,14 +224,22 @@ def _check_float(graph, x_nhwc: np.ndarray, ref: np.ndarray, tolerance: float, s
                  ) -> float:
     """Raise ConversionError unless Graph.forward(x) agrees with the source model's output
     ``ref`` ([N, num_classes]); returns max |diff|."""
-    got = np.asarray(graph.forward(x_nhwc), dtype=np.float64).reshape(len(x_nhwc), -1)
+    with np.errstate(all="ignore"):
+        got = np.asarray(graph.forward(x_nhwc), dtype=np.float64).reshape(len(x_nhwc), -1)
     ref = np.asarray(ref, dtype=np.float64).reshape(len(x_nhwc), -1)
     if got.shape != ref.shape:
         raise ConversionError(f"tinymp convert: the converted graph outputs {got.shape[1]} "
                               f"values per sample, the {source} model {ref.shape[1]}")
     if not np.isfinite(ref).all():
-        raise ConversionError(f"tinymp convert: the {source} model outputs non-finite values on "
-                              "the calibration samples")
+        raise ConversionError(
+            f"tinymp convert: the {source} model outputs non-finite values (infinity or NaN) "
+            f"on the calibration samples, {_span(x_nhwc)}: {_SCALE_HINT}, or check the "
+            "model's weights")
+    if not np.isfinite(got).all():
+        raise ConversionError(
+            f"tinymp convert: the converted float graph overflows float32 on the calibration "
+            f"samples, {_span(x_nhwc)} (the {source} model does not, but folding BatchNorm into "
+            f"the weights changes where values overflow): {_SCALE_HINT}")
     diff = float(np.max(np.abs(got - ref))) if got.size else 0.0
     tol = tolerance * max(1.0, float(np.max(np.abs(ref))) if ref.size else 1.0)
     if not (diff <= tol):
@@ -227,6 +250,14 @@ def _check_float(graph, x_nhwc: np.ndarray, ref: np.ndarray, tolerance: float, s
     return diff
 
 
+_SCALE_HINT = ("give samples scaled as the model's training data was (e.g. pixels / 255 "
+               "for a model trained on [0, 1], not raw 0 ... 255 values)")
+
+
+def _span(x) -> str:
+    return f"which span [{float(np.min(x)):.3g}, {float(np.max(x)):.3g}]"
+
+
 def _as_batch(calib, layout: str, what: str) -> np.ndarray:
     """Calibration samples as float32 NCHW numpy [N, C, H, W]."""
     if layout not in ("NCHW", "NHWC"):
@@ -234,29 +265,50 @@ def _as_batch(calib, layout: str, what: str) -> np.ndarray:
                               f"got {layout!r}")
     if hasattr(calib, "detach"):          # a torch tensor, without importing torch
         calib = calib.detach().cpu().numpy()
-    kind = np.asarray(calib).dtype.kind
-    if kind not in "iuf":
+    a = np.asarray(calib)
+    if a.dtype.kind not in "iuf":
         raise ConversionError(f"tinymp convert: {what} must hold real numbers, got dtype "
-                              f"{np.asarray(calib).dtype}")
-    x = np.asarray(calib, dtype=np.float32)
-    if x.ndim == 3:
-        x = x[None]
-    if x.ndim != 4 or x.shape[0] < 1 or min(x.shape) < 1:
+                              f"{a.dtype}")
+    if a.ndim == 3:
+        a = a[None]
+    if a.ndim != 4 or a.shape[0] < 1 or min(a.shape) < 1:
         raise ConversionError(f"tinymp convert: {what} must be a float batch [N, C, H, W] "
                               f"({layout}), got shape {tuple(np.shape(calib))}")
+    if a.dtype.kind == "f":
+        bad = ~np.isfinite(a)
+        if bad.any():
+            k = int(np.count_nonzero(bad))
+            sample = int(np.argmax(bad.reshape(len(a), -1).any(axis=1)))
+            raise ConversionError(
+                f"tinymp convert: {what} contains {k} non-finite value{'s' if k > 1 else ''} "
+                f"(NaN or infinity), the first in sample {sample}: remove or repair those "
+                "samples")
+    # wider floats (float64 samples) may hold finite values that float32 cannot
+    big = max(-float(a.min()), float(a.max())) if a.dtype.kind == "f" else 0.0
+    if big > _FLOAT32_MAX:
+        raise ConversionError(
+            f"tinymp convert: {what} holds values up to {big:.3g}, beyond float32 (at most "
+            f"{_FLOAT32_MAX:.3g}): {_SCALE_HINT}")
+    x = a.astype(np.float32)
     if layout == "NHWC":
         x = x.transpose(0, 3, 1, 2)
-    if not np.isfinite(x).all():
-        raise ConversionError(f"tinymp convert: {what} contains non-finite values")
     return np.ascontiguousarray(x)
 
 
 def _quantize(graph, calib_nchw: np.ndarray, class_names, input_range) -> bytes:
     """Graph.quantize with the converter's error handling."""
     nc = graph.output.c
-    if calib_nchw.min() == calib_nchw.max():
-        raise ConversionError(f"tinymp convert: calib are all {float(calib_nchw.min()):g}: samples "
+    lo, hi = float(calib_nchw.min()), float(calib_nchw.max())
+    if lo == hi:
+        raise ConversionError(f"tinymp convert: calib are all {lo:g}: samples "
                               "that vary are needed to fix the model's input range")
+    if input_range is None and max(hi, 0.0) - min(lo, 0.0) < 1e-6:
+        # builder.act_qparams widens a range this narrow to [0, 1]: every sample would become
+        # the same int8 input
+        raise ConversionError(
+            f"tinymp convert: calib span only [{lo:.3g}, {hi:.3g}], less than 1e-6 (with 0): "
+            "quantised to int8 every sample would be the same input; give samples in the range "
+            "the model is fed (or the input range with input_range / --input-range)")
     if class_names is not None:
         if isinstance(class_names, (str, bytes)):
             raise ConversionError("tinymp convert: class_names must be a list of names, not a "
@@ -265,11 +317,93 @@ def _quantize(graph, calib_nchw: np.ndarray, class_names, input_range) -> bytes:
         if len(class_names) != nc:
             raise ConversionError(f"tinymp convert: {len(class_names)} class names given, the "
                                   f"model has {nc} outputs")
+    x = calib_nchw.transpose(0, 2, 3, 1)
     try:
-        return graph.quantize(calib_nchw.transpose(0, 2, 3, 1), num_classes=nc,
-                              class_names=class_names, input_range=input_range)
+        with np.errstate(all="ignore"):
+            return graph.quantize(x, num_classes=nc, class_names=class_names,
+                                  input_range=input_range)
     except ValueError as e:
-        raise ConversionError(f"tinymp convert: quantisation failed: {e}") from None
+        raise _quantize_error(graph, x, input_range, e) from None
+
+
+# builder.Graph -> {node index: (source layer name, source op)}, filled by _Net.build
+_SOURCE_NAMES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _node_ranges(graph, x) -> List[List[float]]:
+    """[lo, hi] of every node's float values over the samples x (NHWC)."""
+    ranges = [[math.inf, -math.inf] for _ in graph.nodes]
+    with np.errstate(all="ignore"):
+        for s in range(0, len(x), 16):
+            for r, v in zip(ranges, graph.forward(x[s:s + 16], all_nodes=True)):
+                if v.size and not np.isfinite(v).all():
+                    r[:] = [math.nan, math.nan]
+                elif v.size and not math.isnan(r[0]):
+                    r[0] = min(r[0], float(v.min()))
+                    r[1] = max(r[1], float(v.max()))
+    return ranges
+
+
+def _quantize_error(graph, x, input_range, e) -> ConversionError:
+    """Say which layer cannot be quantised and what in the input causes it, in place of
+    builder's 'node 3 (conv): multiplier ... too large (shift 67 > 30)'."""
+    from ..builder import act_qparams, quantize_weights
+    from ..modelfile import quantize_multiplier
+    fallback = ConversionError(f"tinymp convert: quantisation failed: {e}")
+    names = _SOURCE_NAMES.get(graph, {})
+
+    def err(n, what, hint):
+        name, op = names.get(n.index, (f"node {n.index}", n.op))
+        return _err(name, op, what, hint)
+
+    try:
+        ranges = _node_ranges(graph, x)
+    except Exception:               # pragma: no cover - the forward pass ran before
+        return fallback
+    given = f"the calibration samples span [{float(x.min()):.3g}, {float(x.max()):.3g}]"
+    hint = f"{given}; {_SCALE_HINT}"
+    for n in graph.nodes[1:]:
+        if math.isnan(ranges[n.index][0]):
+            return err(n, "produces values beyond float32 (infinity or NaN) on the calibration "
+                       "samples", hint)
+    if input_range is not None:
+        ranges[0] = [float(v) for v in input_range]
+        given = f"the input range given is [{ranges[0][0]:.3g}, {ranges[0][1]:.3g}]"
+        hint = (f"{given} (input_range / --input-range); give the range of the values the "
+                "model is fed")
+    try:
+        qp = [act_qparams(lo, hi) for lo, hi in ranges]
+    except ValueError:              # pragma: no cover - the ranges are finite here
+        return fallback
+    for n in graph.nodes[1:]:
+        s_in, s_out = qp[n.inputs[0]][0], qp[n.index][0]
+        weights = ""
+        if n.op in ("conv", "dwconv", "pwconv", "fc"):
+            wmax = float(np.max(np.abs(n.w))) if n.w.size else 0.0
+            try:
+                _, ws = quantize_weights(n.w, 2 if n.op == "dwconv" else 0)
+            except ValueError:
+                return err(n, f"has weights too small to quantise (the largest |w| is "
+                           f"{wmax:.3g}: their int8 scale underflows float32)",
+                           "check the model's weights")
+            m = s_in * float(np.max(ws)) / s_out
+            weights = f" with weights up to |w| = {wmax:.3g}"
+        elif n.op == "add":
+            m = 2.0 * max(s_in, qp[n.inputs[1]][0]) / ((1 << 20) * s_out)
+        elif n.op == "avgpool":
+            src = graph.nodes[n.inputs[0]]
+            m = s_in / (s_out * src.h * src.width)
+        else:                       # pragma: no cover
+            continue
+        try:
+            quantize_multiplier(m)
+        except ValueError:
+            (lo_i, hi_i), (lo_o, hi_o) = ranges[n.inputs[0]], ranges[n.index]
+            return err(n, f"cannot be quantised: its input range [{lo_i:.3g}, {hi_i:.3g}]"
+                       f"{weights} against its output range [{lo_o:.3g}, {hi_o:.3g}] needs a "
+                       f"requantisation multiplier of {m:.3g}, beyond the 2^30 a .tmpm model "
+                       "can hold", hint)
+    return fallback
 
 
 # --------------------------------------------------------------------------------------------
@@ -643,6 +777,7 @@ class _Net:
         c, h, w = self.input.shape
         g = builder.Graph(input_shape=(h, w, c))
         node = {}
+        names = {}
         for op in self._reachable(out):
             try:
                 node[op.index] = self._lower(g, op, node)
@@ -650,6 +785,8 @@ class _Net:
                 if isinstance(e, ConversionError):
                     raise
                 raise _err(op.name, op.optype, f"cannot be mapped onto tinymp: {e}") from None
+            names.setdefault(node[op.index].index, (op.name, op.optype))
+        _SOURCE_NAMES[g] = names
         if len(g.nodes) < 2:
             raise ConversionError("tinymp convert: the model has no layers that tinymp runs")
         if node[out.index] is not g.output:    # pragma: no cover - reachability guarantees it

@@ -47,7 +47,7 @@ import operator
 import numpy as np
 
 from . import (FLOAT_CHECK_SAMPLES, FLOAT_TOLERANCE, ConversionError, _as_batch, _check_float,
-               _err, _Net, _Op, _quantize, _unsupported)
+               _err, _Net, _Op, _quantize, _unsupported, quiet_numpy)
 
 __all__ = ["from_torch", "to_graph"]
 
@@ -62,6 +62,7 @@ def _import_torch():
     return torch
 
 
+@quiet_numpy
 def from_torch(module, calib, input_range=None, class_names=None, input_layout="NCHW", *,
                float_tolerance: float = FLOAT_TOLERANCE) -> bytes:
     """Convert a float PyTorch model to ``.tmpm`` bytes (see the module documentation).
@@ -77,6 +78,7 @@ def from_torch(module, calib, input_range=None, class_names=None, input_layout="
     return _quantize(graph, x, class_names, input_range)
 
 
+@quiet_numpy
 def to_graph(module, sample, input_layout="NCHW", *, float_tolerance: float = FLOAT_TOLERANCE):
     """The float :class:`tinymp.builder.Graph` of a PyTorch model (checked against torch on
     ``sample``, which also fixes the input resolution)."""
