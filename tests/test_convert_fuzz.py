@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 from tinymp import cli
-from tinymp.convert import ConversionError
+from tinymp.convert import ConversionError, convert
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
@@ -171,3 +171,47 @@ def test_calibration_too_narrow_to_quantise(capfd, tmp_path):
     line = refuse_onnx(capfd, tmp_path, _handmade(), _calib(scale=1e-8))
     assert line.startswith("tinymp: calib span only [")
     assert "every sample would be the same input" in line
+
+
+@pytest.mark.parametrize("init,value,layer", [
+    ("w1", np.nan, "'conv_same' (op Conv)"),
+    ("wm", np.inf, "'matmul' (op MatMul)"),
+    ("b1", -np.inf, "'conv_same' (op Conv)"),
+])
+def test_non_finite_onnx_weights_name_the_layer(capfd, tmp_path, init, value, layer):
+    # said 'the ONNX model outputs non-finite values on the calibration samples'
+    from onnx import numpy_helper
+    model = _handmade()
+    w = numpy_helper.to_array(_init(model, init)).copy()
+    w.reshape(-1)[1] = value
+    _set_init(model, init, w)
+    line = refuse_onnx(capfd, tmp_path, model)
+    assert line.startswith(f"tinymp: layer {layer} has non-finite weights or bias (NaN or "
+                           "infinity)")
+
+
+def test_weights_beyond_float32_once_batchnorm_is_folded(capfd, tmp_path):
+    # a BatchNorm scale of 3e38 over a small variance: the folded weights are ~1e40; the float
+    # check saw NaN and blamed the converter ('an operator was mapped wrongly - please report')
+    model = _handmade()
+    _set_init(model, "bn_s", np.full(8, 3e38, np.float32))
+    _set_init(model, "bn_v", np.full(8, 1e-6, np.float32))
+    line = refuse_onnx(capfd, tmp_path, model)
+    assert line.startswith("tinymp: layer 'conv_same+bn+relu6' (op Conv) has weights or a bias "
+                           "beyond float32")
+    assert "please report" not in line
+
+
+def test_non_finite_pytorch_weights_name_the_layer():
+    torch = pytest.importorskip("torch", reason="PyTorch is optional")
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(),
+                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                torch.nn.Linear(4, 3))
+    with torch.no_grad():
+        model[4].weight[1, 2] = float("nan")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ConversionError) as e:
+            convert(model, _calib())
+    assert str(e.value).startswith("tinymp convert: layer '4' (op Linear) has non-finite "
+                                   "weights or bias")

@@ -439,8 +439,29 @@ class _Op:
         return f"<_Op {self.kind} {self.name!r} {self.shape}>"
 
 
+def _real(v, what, name, optype) -> np.ndarray:
+    """A constant of the model as float64, refusing what is not real numbers (complex, text)
+    instead of warning about it or failing inside numpy."""
+    a = np.asarray(v)
+    if a.dtype.kind in "cSUOMm":
+        raise _err(name, optype, f"has {what} of type {a.dtype}", "expected real numbers")
+    try:
+        with np.errstate(all="ignore"):
+            return a.astype(np.float64)
+    except (TypeError, ValueError):
+        raise _err(name, optype, f"has {what} of type {a.dtype}", "expected real numbers") \
+            from None
+
+
+def _finite(name, optype, what, *arrays) -> None:
+    for a in arrays:
+        if a is not None and not np.isfinite(a).all():
+            raise _err(name, optype, f"has non-finite {what} (NaN or infinity)",
+                       "the model file is damaged, or its training diverged")
+
+
 def _vec(v, n, what, name, optype):
-    a = np.asarray(v, dtype=np.float64)
+    a = _real(v, what, name, optype)
     try:
         return np.broadcast_to(a.reshape(-1) if a.size == n else a, (n,)).astype(np.float64)
     except ValueError:
@@ -480,10 +501,10 @@ class _Net:
     def conv(self, x, w, b, stride, pad, groups, name, optype, dilation=(1, 1)) -> _Op:
         """w float [Cout, Cin/groups, kh, kw] (torch / ONNX layout); pad (t, l, b, r)."""
         x = self._need_map(x, name, optype)
-        w = np.asarray(w, dtype=np.float64)
+        w = _real(w, "weights", name, optype)
         if w.ndim != 4:
-            raise _err(name, optype, f"has {w.ndim - 2}-D kernels", "only 2-D convolutions "
-                       "(Conv2d) are supported")
+            raise _err(name, optype, f"has weights of shape {w.shape}", "only 2-D convolutions "
+                       "(Conv2d, weights [out, in, kh, kw]) are supported")
         cout, cin_g, kh, kw = w.shape
         c, h, wd = x.shape
         groups = int(groups)
@@ -505,8 +526,11 @@ class _Net:
                        "ones (groups = in channels = out channels); replace the grouped "
                        "convolution")
         b = np.zeros(cout) if b is None else _vec(b, cout, "bias", name, optype)
-        sh, sw = (int(s) for s in (stride if isinstance(stride, (list, tuple))
-                                   else (stride, stride)))
+        _finite(name, optype, "weights or bias", w, b)
+        stride = tuple(stride) if isinstance(stride, (list, tuple)) else (stride, stride)
+        if len(stride) != 2:
+            raise _err(name, optype, f"has strides {list(stride)}", "expected 2 strides")
+        sh, sw = (int(s) for s in stride)
         pad = tuple(int(p) for p in pad)
         if len(pad) != 4 or min(pad) < 0:
             raise _err(name, optype, f"has padding {pad}", "padding must be non-negative")
@@ -528,12 +552,13 @@ class _Net:
         if x.is_map:
             raise _err(name, optype, f"is applied to a 4-D tensor {('N',) + x.shape}",
                        "flatten the feature map first (torch.flatten(x, 1) / nn.Flatten)")
-        w = np.asarray(w, dtype=np.float64)
+        w = _real(w, "weights", name, optype)
         if w.ndim != 2 or w.shape[1] != x.shape[0]:
             raise _err(name, optype, f"has weights {w.shape} for an input of {x.shape[0]} "
                        "features")
         o = w.shape[0]
         b = np.zeros(o) if b is None else _vec(b, o, "bias", name, optype)
+        _finite(name, optype, "weights or bias", w, b)
         return self._new("linear", [x], (o,), name, optype, w=w, b=b)
 
     def affine(self, x, scale, shift, name, optype) -> _Op:
@@ -793,6 +818,22 @@ class _Net:
             raise ConversionError("tinymp convert: internal error: output is not the last layer")
         return g
 
+    @staticmethod
+    def _float32(op, *arrays):
+        """The arrays as float32, refusing values float32 cannot hold (folding a BatchNorm
+        with a tiny variance, or a huge constant factor, can multiply weights past 3.4e38)."""
+        out = []
+        for a in arrays:
+            with np.errstate(all="ignore"):
+                a32 = np.asarray(a).astype(np.float32)
+            if not np.isfinite(a32).all():
+                big = float(np.max(np.abs(np.asarray(a, np.float64))))
+                raise _err(op.name, op.optype, f"has weights or a bias beyond float32 (up to "
+                           f"{big:.3g}) once BatchNorm and constant factors are folded in",
+                           "check the model's weights and BatchNorm statistics")
+            out.append(a32)
+        return out
+
     def _lower(self, g, op, node):
         if op.kind == "input":
             return g.input
@@ -800,8 +841,7 @@ class _Net:
         if op.kind == "view":
             return x
         if op.kind == "conv":
-            w = op.w.astype(np.float32)
-            b = op.b.astype(np.float32)
+            w, b = self._float32(op, op.w, op.b)
             kh, kw = w.shape[2:]
             if op.depthwise:
                 return g.dwconv(x, w[:, 0].transpose(1, 2, 0), b, stride=op.stride,
@@ -815,7 +855,8 @@ class _Net:
             w = op.w
             if h * wd > 1:   # NCHW flattening -> tinymp's HWC flattening
                 w = w.reshape(w.shape[0], c, h, wd).transpose(0, 2, 3, 1).reshape(w.shape[0], -1)
-            return g.fc(x, w.astype(np.float32), op.b.astype(np.float32), act=op.act)
+            w, b = self._float32(op, w, op.b)
+            return g.fc(x, w, b, act=op.act)
         if op.kind in ("affine", "act"):
             c, h, wd = op.src
             if op.kind == "affine":
@@ -830,8 +871,9 @@ class _Net:
             else:
                 scale, shift = np.ones(c), np.zeros(c)
             # a standalone per-channel affine / activation: a 1x1 depthwise convolution
-            return g.dwconv(x, scale.astype(np.float32).reshape(1, 1, c),
-                            shift.astype(np.float32), stride=1, padding="valid", act=op.act)
+            scale, shift = self._float32(op, scale, shift)
+            return g.dwconv(x, scale.reshape(1, 1, c), shift, stride=1, padding="valid",
+                            act=op.act)
         if op.kind == "add":
             return g.add(x, node[op.inputs[1].index], act=op.act)
         if op.kind == "gap":
