@@ -19,6 +19,7 @@ onnxruntime, tflite and PyTorch are optional: what needs one is skipped without 
 """
 import os
 import sys
+import tracemalloc
 import warnings
 
 import numpy as np
@@ -215,3 +216,22 @@ def test_non_finite_pytorch_weights_name_the_layer():
             convert(model, _calib())
     assert str(e.value).startswith("tinymp convert: layer '4' (op Linear) has non-finite "
                                    "weights or bias")
+
+
+@pytest.mark.parametrize("pad", [10 ** 12, 3_000_000])
+def test_padding_no_tensor_can_hold_is_refused_at_once(capfd, tmp_path, pad):
+    # a damaged Pad gave a feature map of 8 x 6 x 10^12; the per-channel check of the Mul after
+    # it compared that broadcast in full: a MemoryError traceback (a pad of 3 million was
+    # carried through the graph and refused later, as an add of mismatched shapes)
+    model = _handmade()
+    _set_init(model, "pads", np.array([0, 0, 1, pad, 0, 0, 1, 1], np.int64))
+    tracemalloc.start()
+    try:
+        line = refuse_onnx(capfd, tmp_path, model)
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert line.startswith(f"tinymp: layer 'pad' (op Pad) gives a tensor of shape ('N', 8, 6, "
+                           f"{pad + 5}): tinymp tensors have 1 ... 65535 rows, columns and "
+                           "channels and at most 2^24 values"), line
+    assert peak < MAX_ALLOCATED, f"{peak:,} bytes allocated"

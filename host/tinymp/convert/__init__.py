@@ -56,6 +56,9 @@ _LAZY = {"from_torch": "torch", "from_onnx": "onnx", "from_tflite": "tflite"}
 FLOAT_TOLERANCE = 1e-3
 # at most this many calibration samples are used for that check
 FLOAT_CHECK_SAMPLES = 128
+# what a .tmpm tensor can hold (docs/FORMAT.md): every dimension 1 ... 65535, h*w*c <= 2^24
+MAX_DIM = 0xFFFF
+MAX_VALUES = 1 << 24
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
@@ -482,6 +485,18 @@ class _Net:
 
     def _new(self, kind, inputs, shape, name, optype, **attrs) -> _Op:
         op = _Op(kind, inputs, shape, name, optype, **attrs)
+        # refuse what no .tmpm tensor can hold as soon as it appears, before anything is
+        # computed with it (a damaged padding or shape must not make numpy allocate gigabytes)
+        n = math.prod(op.shape)
+        if (min(op.shape + op.src) < 1 or max(op.src) > MAX_DIM or n > MAX_VALUES
+                or math.prod(op.src) != n):
+            limits = (f"tinymp tensors have 1 ... {MAX_DIM} rows, columns and channels and at "
+                      f"most 2^24 values")
+            if kind == "input":
+                raise ConversionError(f"tinymp convert: the calibration samples are "
+                                      f"{' x '.join(map(str, op.shape))} (C x H x W) images; "
+                                      f"{limits}")
+            raise _err(name, optype, f"gives a tensor of shape {('N',) + op.shape}", limits)
         op.index = len(self.ops)
         self.ops.append(op)
         return op
@@ -664,22 +679,23 @@ class _Net:
 
     @staticmethod
     def _per_channel(x, c, name, optype) -> np.ndarray:
-        c = np.asarray(c, dtype=np.float64)
-        full = (1,) + x.shape
+        c = _real(c, "a constant", name, optype)
+        _finite(name, optype, "constant", c)
+        full, given = (1,) + x.shape, c.shape
         if c.ndim > len(full):
-            raise _err(name, optype, f"has a constant of shape {c.shape}")
-        try:
-            cb = np.broadcast_to(c, full)
-        except ValueError:
-            raise _err(name, optype, f"has a constant of shape {c.shape} that does not "
-                       f"broadcast to {('N',) + x.shape}") from None
+            raise _err(name, optype, f"has a constant of shape {given}")
+        # the constant with full's rank; its checks run on its own values, never on the
+        # constant broadcast to the activation's shape (which may be large)
+        c = c.reshape((1,) * (len(full) - c.ndim) + c.shape)
+        if any(k not in (1, n) for k, n in zip(c.shape, full)):
+            raise _err(name, optype, f"has a constant of shape {given} that does not "
+                       f"broadcast to {('N',) + x.shape}")
         if x.is_map:
-            per = cb[0, :, 0, 0]
-            if not np.array_equal(cb[0], np.broadcast_to(per[:, None, None], x.shape)):
+            if not (c == c[:, :, :1, :1]).all():
                 raise _err(name, optype, "has a constant that varies over H and W",
                            "only scalar or per-channel constants are supported")
-            return per.copy()
-        return cb[0].copy()
+            return np.broadcast_to(c[0, :, 0, 0], (x.shape[0],)).copy()
+        return np.broadcast_to(c[0], x.shape).copy()
 
     # -- fusion and lowering ----------------------------------------------------------------
 
