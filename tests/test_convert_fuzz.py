@@ -235,3 +235,12 @@ def test_padding_no_tensor_can_hold_is_refused_at_once(capfd, tmp_path, pad):
                            f"{pad + 5}): tinymp tensors have 1 ... 65535 rows, columns and "
                            "channels and at most 2^24 values"), line
     assert peak < MAX_ALLOCATED, f"{peak:,} bytes allocated"
+
+
+def test_a_saved_pytorch_model_is_recognised(capfd, tmp_path):
+    src = tmp_path / "model.pt"
+    src.write_bytes(b"PK\x03\x04" + bytes(60))       # torch.save writes a zip archive
+    np.save(tmp_path / "c.npy", _calib())
+    line = refused(capfd, tmp_path, [src, "--calib", tmp_path / "c.npy"], tmp_path / "o.tmpm")
+    assert line.startswith(f"tinymp: '{src}' looks like a saved PyTorch model (.pt / .pth)")
+    assert "tinymp.convert.convert(model, calib)" in line

@@ -119,6 +119,14 @@ def _kind_of(source) -> str:
         return "tflite"
     if _looks_like_onnx(head):
         return "onnx"
+    if head[:4] == b"PK\x03\x04" or head[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04",
+                                               b"\x80\x05"):
+        # torch.save writes a zip archive (older versions a pickle, protocol 2 ... 5)
+        raise ConversionError(
+            f"tinymp convert: {where} looks like a saved PyTorch model (.pt / .pth), which "
+            "holds Python objects, not a graph: load the model in Python and call "
+            "tinymp.convert.convert(model, calib), or export it with torch.onnx.export and "
+            "convert the .onnx file")
     raise ConversionError(f"tinymp convert: {where} is neither a TFLite flatbuffer ('TFL3' at "
                           "offset 4) nor an ONNX model")
 
