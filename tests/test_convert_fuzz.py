@@ -19,6 +19,7 @@ onnxruntime, tflite and PyTorch are optional: what needs one is skipped without 
 """
 import os
 import sys
+import time
 import tracemalloc
 import warnings
 
@@ -244,3 +245,105 @@ def test_a_saved_pytorch_model_is_recognised(capfd, tmp_path):
     line = refused(capfd, tmp_path, [src, "--calib", tmp_path / "c.npy"], tmp_path / "o.tmpm")
     assert line.startswith(f"tinymp: '{src}' looks like a saved PyTorch model (.pt / .pth)")
     assert "tinymp.convert.convert(model, calib)" in line
+
+
+# --------------------------------------------------------------------------------------------
+# damaged .onnx files, one damage at a time
+# --------------------------------------------------------------------------------------------
+
+def _damage(case):
+    """The hand-written model with one damage, and the start of the expected line."""
+    model = _handmade("gemm" if case == "reshape_beyond_rank" else "reducemean")
+    if case == "not_utf8_op_type":
+        # protobuf returns a string that is not UTF-8 as bytes: TypeError inside the converter
+        data = model.SerializeToString().replace(b"Relu", b"R\xe9lu")
+        return data, "tinymp: layer 'relu' (op R\ufffdlu) is not supported"
+    if case == "newline_in_name":
+        n = _node(model, "relu")
+        n.name, n.op_type = "bad\nname", "HardSwish"
+        return model, "tinymp: layer 'bad\\nname' (op HardSwish) is not supported"
+    if case == "unknown_data_type":
+        _init(model, "w1").data_type = 82              # KeyError traceback
+        return model, "tinymp: the ONNX initializer 'w1' cannot be read, the file is damaged"
+    if case == "dims_larger_than_data":
+        del _init(model, "b1").dims[:]
+        _init(model, "b1").dims.append(10)
+        return model, "tinymp: the ONNX initializer 'b1' cannot be read, the file is damaged"
+    if case == "negative_dims":
+        init = _init(model, "b1")
+        del init.dims[:]
+        init.dims.append(-1)
+        return model, "tinymp: the ONNX initializer 'b1' has the shape [-1]"
+    if case == "zero_stride":
+        a = next(a for a in _node(model, "conv_same").attribute if a.name == "strides")
+        a.ints[0] = 0                                  # ZeroDivisionError traceback
+        return model, "tinymp: layer 'conv_same' (op Conv) has strides [0, 2]"
+    if case == "zero_batch":
+        model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 0
+        return model, "tinymp: the ONNX input 'x' has the shape [0, 3, 8, 8]"
+    if case == "double_input":
+        # onnxruntime refused the float32 samples in run(): a traceback, after a log line of
+        # its own on stderr
+        model.graph.input[0].type.tensor_type.elem_type = 11
+        return model, "tinymp: the ONNX input 'x' holds DOUBLE values; tinymp converts models " \
+                      "with a float32 input"
+    if case == "negative_variance":
+        _set_init(model, "bn_v", np.array([1, 1, -5, 1, 1, 1, 1, 1], np.float32))
+        return model, "tinymp: layer 'bn' (op BatchNormalization) has a variance + epsilon " \
+                      "that is not positive"
+    if case == "reshape_beyond_rank":
+        _set_init(model, "shape", np.array([0, 0, 0, 0, 0], np.int64))
+        return model, "tinymp: layer 'reshape' (op Reshape) cannot be converted: ValueError: " \
+                      "reshape target [0, 0, 0, 0, 0] copies dimension 4 of a 4-D input"
+    if case == "complex_weights":
+        from onnx import numpy_helper
+        w = numpy_helper.to_array(_init(model, "wd")).astype(np.complex64)
+        _set_init(model, "wd", w)
+        return model, "tinymp: layer 'dw' (op Conv) has weights of type complex64"
+    raise AssertionError(case)
+
+
+DAMAGES = ["not_utf8_op_type", "newline_in_name", "unknown_data_type", "dims_larger_than_data",
+           "negative_dims", "zero_stride", "zero_batch", "double_input", "negative_variance",
+           "reshape_beyond_rank", "complex_weights"]
+
+
+@pytest.mark.parametrize("case", DAMAGES)
+def test_damaged_onnx_is_refused_in_one_line(capfd, tmp_path, case):
+    model, start = _damage(case)
+    t0 = time.perf_counter()
+    tracemalloc.start()
+    try:
+        line = refuse_onnx(capfd, tmp_path, model)
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert line.startswith(start), line
+    assert len(line) < 1000, len(line)
+    assert time.perf_counter() - t0 < MAX_SECONDS
+    assert peak < MAX_ALLOCATED, f"{peak:,} bytes allocated"
+
+
+@pytest.mark.parametrize("case", ["not_utf8_op_type", "dims_larger_than_data"])
+def test_damaged_onnx_raises_conversion_error_in_python(case):
+    # the Python API promises ConversionError; these raised TypeError / ValueError
+    model, start = _damage(case)
+    data = model if isinstance(model, bytes) else model.SerializeToString()
+    with pytest.raises(ConversionError) as e:
+        convert(data, _calib())
+    assert str(e.value).startswith(start.replace("tinymp:", "tinymp convert:", 1))
+
+
+def test_onnxruntime_failing_on_the_samples_is_one_line(monkeypatch):
+    # an error of onnxruntime's run() escaped as a traceback
+    ort = pytest.importorskip("onnxruntime")
+    model = _handmade()
+
+    def run(self, *args, **kw):
+        raise RuntimeError("[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : bad input\n index: 0")
+    monkeypatch.setattr(ort.InferenceSession, "run", run)
+    with pytest.raises(ConversionError) as e:
+        convert(model.SerializeToString(), _calib())
+    assert str(e.value) == ("tinymp convert: onnxruntime cannot run the model on the "
+                            "calibration samples: RuntimeError: [ONNXRuntimeError] : 2 : "
+                            "INVALID_ARGUMENT : bad input index: 0")

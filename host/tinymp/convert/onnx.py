@@ -27,16 +27,33 @@ convolution), ``Identity``, ``Dropout``; ``Constant``, ``Shape``, ``Gather``, ``
 
 from __future__ import annotations
 
+import math
 import os
 
 import numpy as np
 
 from . import (FLOAT_CHECK_SAMPLES, FLOAT_TOLERANCE, ConversionError, _as_batch, _check_float,
-               _err, _Net, _Op, _quantize, _unsupported)
+               _err, _Net, _Op, _quantize, _real, _unsupported, quiet_numpy)
+from .errors import detail, shown
 
 __all__ = ["from_onnx", "to_graph"]
 
 _CLIP_INF = 3.0e38       # Clip bounds at or beyond this are "no bound" (float32 max 3.4e38)
+_MAX_RANK = 64            # numpy's limit: no shape or list of axes is longer
+
+
+def _ints(v, what="a shape") -> list:
+    """A shape, axes or pads constant as Python ints; refused when longer than any shape can
+    be (a damaged file could hand a loop here millions of values)."""
+    a = np.asarray(v).reshape(-1)
+    if a.size > _MAX_RANK:
+        raise ValueError(f"{what} of {a.size} values (at most {_MAX_RANK})")
+    return [int(x) for x in a]
+
+
+def _text(v) -> str:
+    """A string field of the model (protobuf gives bytes when it is not valid UTF-8)."""
+    return bytes(v).decode("utf-8", "replace") if isinstance(v, (bytes, bytearray)) else str(v)
 
 
 def _import_onnx():
@@ -49,6 +66,7 @@ def _import_onnx():
     return onnx
 
 
+@quiet_numpy
 def from_onnx(model_bytes_or_path, calib, input_range=None, class_names=None,
               input_layout="NCHW", *, float_tolerance: float = FLOAT_TOLERANCE) -> bytes:
     """Convert a float ONNX model to ``.tmpm`` bytes (see the module documentation).
@@ -62,6 +80,7 @@ def from_onnx(model_bytes_or_path, calib, input_range=None, class_names=None,
     return _quantize(graph, x, class_names, input_range)
 
 
+@quiet_numpy
 def to_graph(model_bytes_or_path, sample, input_layout="NCHW", *,
              float_tolerance: float = FLOAT_TOLERANCE):
     """The float :class:`tinymp.builder.Graph` of an ONNX model (checked against onnxruntime
@@ -80,7 +99,8 @@ def _load(onnx, src):
             with open(src, "rb") as f:
                 data = f.read()
         except OSError as e:
-            raise ConversionError(f"tinymp convert: cannot read {os.fspath(src)!r}: {e}") \
+            raise ConversionError(f"tinymp convert: cannot read {os.fspath(src)!r}: "
+                                  f"{e.strerror or e}") \
                 from None
     else:
         raise ConversionError(f"tinymp convert: from_onnx needs ONNX bytes, a path or an "
@@ -88,7 +108,7 @@ def _load(onnx, src):
     try:
         model = onnx.load_model_from_string(data)
     except Exception as e:
-        raise ConversionError(f"tinymp convert: not a valid ONNX model: {e}") from None
+        raise ConversionError(f"tinymp convert: not a valid ONNX model ({detail(e)})") from None
     if len(model.graph.node) == 0:
         raise ConversionError("tinymp convert: the ONNX model has no nodes (not an ONNX model?)")
     external = _external_files(onnx, model)
@@ -107,7 +127,7 @@ def _load(onnx, src):
         except Exception as e:
             raise ConversionError(
                 f"tinymp convert: cannot read the weights of {os.fspath(src)!r} from "
-                f"{', '.join(external)} in {folder}: {e}") from None
+                f"{', '.join(external)} in {folder}: {detail(e)}") from None
         data = model.SerializeToString()
     return model, data
 
@@ -147,11 +167,13 @@ def _run_onnxruntime(data: bytes, input_name: str, batch, x: np.ndarray) -> np.n
         raise ImportError("tinymp.convert.from_onnx needs onnxruntime to check the converted "
                           f"model: pip install onnxruntime ({e})") from e
     opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4        # fatal only: its errors become our one-line message
+    run_opts = ort.RunOptions()
+    run_opts.log_severity_level = 4
     try:
         sess = ort.InferenceSession(data, sess_options=opts, providers=["CPUExecutionProvider"])
     except Exception as e:
-        raise ConversionError(f"tinymp convert: onnxruntime cannot load the model: {e}") \
+        raise ConversionError(f"tinymp convert: onnxruntime cannot load the model: {detail(e)}") \
             from None
     step = batch if isinstance(batch, int) and batch > 0 else 64
     outs = []
@@ -159,8 +181,16 @@ def _run_onnxruntime(data: bytes, input_name: str, batch, x: np.ndarray) -> np.n
         xb = x[s:s + step]
         if len(xb) < step and isinstance(batch, int) and batch > 0:
             break
-        y = sess.run(None, {input_name: xb})[0]
-        outs.append(np.asarray(y, np.float64).reshape(len(xb), -1))
+        try:
+            y = sess.run(None, {input_name: xb}, run_opts)[0]
+        except Exception as e:
+            raise ConversionError(f"tinymp convert: onnxruntime cannot run the model on the "
+                                  f"calibration samples: {detail(e)}") from None
+        y = np.asarray(y)
+        if y.dtype.kind not in "biuf" or y.size % len(xb):
+            raise ConversionError(f"tinymp convert: the ONNX model outputs a {y.dtype} tensor "
+                                  f"of shape {y.shape} for {len(xb)} samples")
+        outs.append(y.astype(np.float64).reshape(len(xb), -1))
     if not outs:
         raise ConversionError(f"tinymp convert: the ONNX model has a fixed batch of {batch}, "
                               f"more than the {len(x)} calibration samples")
@@ -180,25 +210,38 @@ class _Converter:
                 self.opset = imp.version
         self.consts = {}
         for init in self.graph.initializer:
-            self.consts[init.name] = numpy_helper.to_array(init)
+            self.consts[init.name] = self._initializer(init)
         inputs = [i for i in self.graph.input if i.name not in self.consts]
         if len(inputs) != 1:
             raise ConversionError(f"tinymp convert: the ONNX model has {len(inputs)} inputs "
-                                  f"({', '.join(i.name for i in inputs)}); tinymp models take "
-                                  "one image")
+                                  f"({', '.join(shown(i.name) for i in inputs)}); tinymp models "
+                                  "take one image")
         inp = inputs[0]
         self.input_name = inp.name
+        elem = inp.type.tensor_type.elem_type
+        if elem != onnx.TensorProto.FLOAT:
+            try:
+                elem = onnx.TensorProto.DataType.Name(elem)
+            except ValueError:
+                pass
+            raise ConversionError(f"tinymp convert: the ONNX input '{shown(inp.name)}' holds "
+                                  f"{elem} values; tinymp converts models with a float32 input "
+                                  "(export the model in float32)")
         dims = []
         for d in inp.type.tensor_type.shape.dim:
             dims.append(d.dim_value if d.HasField("dim_value") else None)
         if len(dims) != 4:
-            raise ConversionError(f"tinymp convert: the ONNX input '{inp.name}' has rank "
+            raise ConversionError(f"tinymp convert: the ONNX input '{shown(inp.name)}' has rank "
                                   f"{len(dims)}; expected an NCHW image batch")
+        if any(d is not None and d < 1 for d in dims):
+            raise ConversionError(f"tinymp convert: the ONNX input '{shown(inp.name)}' has the "
+                                  f"shape {['?' if d is None else d for d in dims]}; every "
+                                  "dimension must be at least 1 (or left open)")
         for got, want, what in zip(dims[1:], input_chw, ("channels", "height", "width")):
             if got is not None and got != want:
-                raise ConversionError(f"tinymp convert: the ONNX input '{inp.name}' has {got} "
-                                      f"{what} but the calibration samples have {want} (calib "
-                                      f"must be NCHW {['N'] + dims[1:]})")
+                raise ConversionError(f"tinymp convert: the ONNX input '{shown(inp.name)}' has "
+                                      f"{got} {what} but the calibration samples have {want} "
+                                      f"(calib must be NCHW {['N'] + dims[1:]})")
         self.input_batch = dims[0]
         self.net = _Net(input_chw, name=inp.name)
         self.vals = {inp.name: self.net.input}
@@ -206,12 +249,27 @@ class _Converter:
 
     # -- helpers --------------------------------------------------------------------------
 
+    def _initializer(self, init):
+        """An initializer's values; a damaged one (data that does not fill its dims, an unknown
+        data type, negative dims) is refused naming it."""
+        where = f"tinymp convert: the ONNX initializer '{shown(init.name)}'"
+        dims = [int(d) for d in init.dims]
+        if any(d < 0 for d in dims):
+            raise ConversionError(f"{where} has the shape {dims}; dimensions cannot be negative")
+        if math.prod(dims) > (1 << 31):
+            raise ConversionError(f"{where} declares {math.prod(dims):,} values")
+        try:
+            return self.nh.to_array(init)
+        except Exception as e:
+            raise ConversionError(f"{where} cannot be read, the file is damaged "
+                                  f"({detail(e)})") from None
+
     def _attrs(self, node):
-        return {a.name: self.onnx.helper.get_attribute_value(a) for a in node.attribute}
+        return {_text(a.name): self.onnx.helper.get_attribute_value(a) for a in node.attribute}
 
     def _where(self, node):
         name = node.name or (node.output[0] if node.output else "?")
-        return name, node.op_type
+        return _text(name), _text(node.op_type)
 
     def _act_in(self, node, i=0):
         name, op = self._where(node)
@@ -231,12 +289,13 @@ class _Converter:
             return self.consts[nm]
         name, op = self._where(node)
         if nm in self.secondary:
-            raise _err(*self.secondary[nm], f"has its secondary output '{nm}' used by "
-                       f"'{name}' ({op})", "only the main output of this operator is supported")
+            raise _err(*self.secondary[nm], f"has its secondary output '{shown(nm)}' used by "
+                       f"'{shown(name)}' ({shown(op)})",
+                       "only the main output of this operator is supported")
         if nm in self.vals:
-            raise _err(name, op, f"has an activation as input {i} ('{nm}') where a constant "
-                       "(weights, shape) is expected")
-        raise _err(name, op, f"uses an unknown value '{nm}'")
+            raise _err(name, op, f"has an activation as input {i} ('{shown(nm)}') where a "
+                       "constant (weights, shape) is expected")
+        raise _err(name, op, f"uses an unknown value '{shown(nm)}'")
 
     def _arg(self, node, i):
         nm = node.input[i]
@@ -264,23 +323,23 @@ class _Converter:
                 continue
             name, op = self._where(node)
             if node.domain not in ("", "ai.onnx"):
-                raise _unsupported(name, f"{node.domain}.{op}")
+                raise _unsupported(name, f"{_text(node.domain)}.{op}")
             acts = [i for i in node.input if i in self.vals]
-            if node.op_type == "Shape" and acts:
-                self._shape(node)
-                continue
-            if not acts:
-                self._const_node(node)
-                continue
-            handler = getattr(self, "_op_" + node.op_type, None)
-            if handler is None:
-                raise _unsupported(name, op)
             try:
+                if op == "Shape" and acts:
+                    self._shape(node)
+                    continue
+                if not acts:
+                    self._const_node(node)
+                    continue
+                handler = getattr(self, "_op_" + op, None)
+                if handler is None:
+                    raise _unsupported(name, op)
                 res = handler(node, self._attrs(node))
             except ConversionError:
                 raise
-            except (ValueError, TypeError, KeyError, IndexError) as e:
-                raise _err(name, op, f"cannot be converted: {e}") from None
+            except Exception as e:      # a damaged attribute or shape, whatever it breaks
+                raise _err(name, op, f"cannot be converted: {detail(e)}") from None
             self.vals[node.output[0]] = res
             for extra in node.output[1:]:
                 if extra:
@@ -289,8 +348,8 @@ class _Converter:
         if out in self.secondary:
             raise _err(*self.secondary[out], "has its secondary output as the model output")
         if out not in self.vals:
-            raise ConversionError(f"tinymp convert: the ONNX output '{out}' does not depend on "
-                                  "the input")
+            raise ConversionError(f"tinymp convert: the ONNX output '{shown(out)}' does not "
+                                  "depend on the input")
         return self.vals[out]
 
     # -- constants ------------------------------------------------------------------------
@@ -325,15 +384,15 @@ class _Converter:
             elif t == "Gather":
                 r = np.take(ins[0], ins[1].astype(np.int64), axis=a.get("axis", 0))
             elif t == "Unsqueeze":
-                axes = a.get("axes") if "axes" in a else ins[1]
+                axes = _ints(a.get("axes") if "axes" in a else ins[1], "axes")
                 r = ins[0]
                 nd = r.ndim + len(axes)
-                for ax in sorted(int(v) % nd for v in axes):
+                for ax in sorted(v % nd for v in axes):
                     r = np.expand_dims(r, ax)
             elif t == "Squeeze":
                 axes = a.get("axes") if "axes" in a else (ins[1] if len(ins) > 1 else None)
                 r = np.squeeze(ins[0], axis=None if axes is None else
-                               tuple(int(v) for v in axes))
+                               tuple(_ints(axes, "axes")))
             elif t == "Concat":
                 r = np.concatenate([np.atleast_1d(v) for v in ins], axis=a["axis"])
             elif t == "Reshape":
@@ -355,7 +414,7 @@ class _Converter:
             elif t == "Size":
                 r = np.array(np.size(ins[0]), dtype=np.int64)
             elif t == "Expand":
-                r = ins[0] * np.ones(tuple(int(v) for v in ins[1]), dtype=ins[0].dtype)
+                r = ins[0] * np.ones(tuple(_ints(ins[1])), dtype=ins[0].dtype)
             elif t == "Range":
                 r = np.arange(ins[0].item(), ins[1].item(), ins[2].item(), dtype=ins[0].dtype)
             elif t in ("Floor", "Ceil", "Abs"):
@@ -370,13 +429,13 @@ class _Converter:
                 r = self._slice(node, a, ins)
             elif t == "ConstantOfShape":
                 v = self.nh.to_array(a["value"]) if "value" in a else np.zeros(1, np.float32)
-                r = np.full(tuple(int(s) for s in ins[0]), v.reshape(-1)[0], dtype=v.dtype)
+                r = np.full(tuple(_ints(ins[0])), v.reshape(-1)[0], dtype=v.dtype)
             else:
                 raise _unsupported(name, op)
         except ConversionError:
             raise
         except Exception as e:
-            raise _err(name, op, f"cannot be evaluated on constants: {e}") from None
+            raise _err(name, op, f"cannot be evaluated on constants: {detail(e)}") from None
         self.consts[node.output[0]] = np.asarray(r)
 
     def _slice(self, node, a, ins):
@@ -388,8 +447,9 @@ class _Converter:
             starts, ends = ins[1], ins[2]
             axes = ins[3] if len(ins) > 3 and ins[3] is not None else None
             steps = ins[4] if len(ins) > 4 and ins[4] is not None else None
-        axes = list(range(len(starts))) if axes is None else [int(v) for v in axes]
-        steps = [1] * len(starts) if steps is None else [int(v) for v in steps]
+        starts, ends = _ints(starts, "starts"), _ints(ends, "ends")
+        axes = list(range(len(starts))) if axes is None else _ints(axes, "axes")
+        steps = [1] * len(starts) if steps is None else _ints(steps, "steps")
         idx = [slice(None)] * data.ndim
         for s, e, ax, st in zip(starts, ends, axes, steps):
             idx[ax] = slice(int(s), int(e), st)
@@ -397,19 +457,26 @@ class _Converter:
 
     @staticmethod
     def _reshape_target(in_shape, target, allowzero=0):
-        target = [int(v) for v in np.asarray(target).reshape(-1)]
+        target = _ints(target, "a reshape target")
         out = []
         for i, v in enumerate(target):
-            out.append(in_shape[i] if v == 0 and not allowzero else v)
+            if v == 0 and not allowzero:
+                if i >= len(in_shape):
+                    raise ValueError(f"reshape target {target} copies dimension {i} of a "
+                                     f"{len(in_shape)}-D input")
+                v = in_shape[i]
+            if v < -1:
+                raise ValueError(f"reshape target {target} has a negative dimension")
+            out.append(v)
         if out.count(-1) > 1:
             raise ValueError(f"reshape target {target} has more than one -1")
+        total = math.prod(int(v) for v in in_shape)
         if -1 in out:
-            known = int(np.prod([v for v in out if v != -1]))
-            total = int(np.prod(in_shape))
+            known = math.prod(v for v in out if v != -1)
             if known == 0 or total % known:
                 raise ValueError(f"cannot reshape {tuple(in_shape)} to {target}")
             out[out.index(-1)] = total // known
-        if int(np.prod(out)) != int(np.prod(in_shape)):
+        if math.prod(out) != total:
             raise ValueError(f"cannot reshape {tuple(in_shape)} to {target}")
         return tuple(out)
 
@@ -418,23 +485,24 @@ class _Converter:
     def _op_Conv(self, node, a):
         name, op = self._where(node)
         x = self._act_in(node)
-        w = np.asarray(self._const_in(node, 1, required=True), np.float64)
+        w = _real(self._const_in(node, 1, required=True), "weights", name, op)
         b = self._const_in(node, 2)
         if w.ndim != 4:
-            raise _err(name, op, f"has {w.ndim - 2}-D kernels", "only 2-D convolutions are "
-                       "supported")
+            raise _err(name, op, f"has weights of shape {w.shape}", "only 2-D convolutions "
+                       "(weights [out, in, kh, kw]) are supported")
         kh, kw = w.shape[2:]
         if "kernel_shape" in a and tuple(a["kernel_shape"]) != (kh, kw):
             raise _err(name, op, f"has kernel_shape {a['kernel_shape']} but weights {w.shape}")
-        strides = tuple(a.get("strides", (1, 1)))
+        strides = tuple(_ints(a.get("strides", (1, 1)), "strides"))
+        if len(strides) != 2 or min(strides) < 1:
+            raise _err(name, op, f"has strides {list(strides)}", "expected two strides >= 1")
         dil = tuple(a.get("dilations", (1, 1)))
         if dil != (1, 1):
             raise _err(name, op, f"has dilations {list(dil)}", "dilated convolutions are not "
                        "supported")
-        auto = a.get("auto_pad", b"NOTSET")
-        auto = auto.decode() if isinstance(auto, bytes) else str(auto)
+        auto = _text(a.get("auto_pad", b"NOTSET"))
         if auto == "NOTSET":
-            p = tuple(int(v) for v in a.get("pads", (0, 0, 0, 0)))
+            p = tuple(_ints(a.get("pads", (0, 0, 0, 0)), "pads"))
             if len(p) != 4:
                 raise _err(name, op, f"has pads {list(p)}")
             pad = (p[0], p[1], p[2], p[3])         # x1_begin, x2_begin, x1_end, x2_end
@@ -448,7 +516,7 @@ class _Converter:
                 pad.append((small, big) if auto == "SAME_UPPER" else (big, small))
             pad = (pad[0][0], pad[1][0], pad[0][1], pad[1][1])
         else:
-            raise _err(name, op, f"has auto_pad {auto!r}")
+            raise _err(name, op, f"has auto_pad {shown(auto)!r}")
         return self.net.conv(x, w, b, strides, pad, a.get("group", 1), name, op)
 
     def _op_BatchNormalization(self, node, a):
@@ -456,9 +524,14 @@ class _Converter:
         x = self._act_in(node)
         if a.get("training_mode", 0):
             raise _err(name, op, "is in training mode", "export the model in eval mode")
-        scale, bias, mean, var = (np.asarray(self._const_in(node, i, required=True), np.float64)
-                                  for i in range(1, 5))
-        s = scale / np.sqrt(var + float(a.get("epsilon", 1e-5)))
+        scale, bias, mean, var = (_real(self._const_in(node, i, required=True), what, name, op)
+                                  for i, what in enumerate(("a scale", "a bias", "a mean",
+                                                            "a variance"), 1))
+        var = var + float(a.get("epsilon", 1e-5))
+        if not (var > 0).all():
+            raise _err(name, op, "has a variance + epsilon that is not positive",
+                       "the model file is damaged")
+        s = scale / np.sqrt(var)
         return self.net.affine(x, s, bias - mean * s, name, op)
 
     def _op_Relu(self, node, a):
@@ -487,9 +560,9 @@ class _Converter:
         if not isinstance(a, _Op) and isinstance(b, _Op) and kind in ("add", "mul"):
             a, b = b, a
         if isinstance(a, _Op) and not isinstance(b, _Op):
-            b = self._unbatch(np.asarray(b, np.float64), a, name, op)
+            b = self._unbatch(_real(b, "a constant", name, op), a, name, op)
         elif isinstance(b, _Op) and not isinstance(a, _Op):
-            a = self._unbatch(np.asarray(a, np.float64), b, name, op)
+            a = self._unbatch(_real(a, "a constant", name, op), b, name, op)
         return self.net.binary(kind, a, b, name, op)
 
     @staticmethod
@@ -530,7 +603,7 @@ class _Converter:
         if axes is None or len(np.asarray(axes).reshape(-1)) == 0:
             raise _err(name, op, "reduces over all dimensions",
                        "only the mean over H and W (axes [2, 3]) is supported")
-        axes = sorted(int(v) % 4 for v in np.asarray(axes).reshape(-1))
+        axes = sorted(v % 4 for v in _ints(axes, "axes"))
         if not x.is_map or axes != [2, 3]:
             raise _err(name, op, f"reduces over axes {axes}",
                        "only the mean over H and W (axes [2, 3]) is supported")
@@ -541,8 +614,7 @@ class _Converter:
         x = self._act_in(node)
         k = tuple(a.get("kernel_shape", ()))
         pads = tuple(a.get("pads", (0, 0, 0, 0)))
-        auto = a.get("auto_pad", b"NOTSET")
-        auto = auto.decode() if isinstance(auto, bytes) else str(auto)
+        auto = _text(a.get("auto_pad", b"NOTSET"))
         if x.is_map and k == x.shape[1:] and not any(pads) and auto in ("NOTSET", "VALID"):
             return self.net.gap(x, True, name, op)
         raise _unsupported(name, op, "only global average pooling (kernel = the whole map, "
@@ -559,7 +631,7 @@ class _Converter:
     def _op_Reshape(self, node, a):
         name, op = self._where(node)
         x = self._act_in(node)
-        target = [int(v) for v in np.asarray(self._const_in(node, 1, required=True)).reshape(-1)]
+        target = _ints(self._const_in(node, 1, required=True), "a reshape target")
         if self.input_batch is not None and self.input_batch > 1 and target[:1] == [self.input_batch]:
             # an export with a fixed batch B spells it out ([B, -1]); tinymp's batch is 1
             target[0] = 1
@@ -577,7 +649,7 @@ class _Converter:
         if axes is None:
             raise _err(name, op, "squeezes every unit dimension, the batch too",
                        "give the axes (e.g. [2, 3])")
-        axes = {int(v) % len(full) for v in np.asarray(axes).reshape(-1)}
+        axes = {v % len(full) for v in _ints(axes, "axes")}
         if 0 in axes or any(full[ax] != 1 for ax in axes):
             raise _err(name, op, f"squeezes axes {sorted(axes)} of {['N'] + list(x.shape)}")
         return self.net.reshape(x, tuple(s for i, s in enumerate(full) if i not in axes)[1:],
@@ -588,8 +660,9 @@ class _Converter:
         x = self._act_in(node)
         axes = a.get("axes") if self.opset < 13 else self._const_in(node, 1, required=True)
         shape = list((1,) + x.shape)
-        nd = len(shape) + len(np.asarray(axes).reshape(-1))
-        for ax in sorted(int(v) % nd for v in np.asarray(axes).reshape(-1)):
+        axes = _ints(axes, "axes")
+        nd = len(shape) + len(axes)
+        for ax in sorted(v % nd for v in axes):
             if ax == 0:
                 raise _err(name, op, "adds a dimension before the batch")
             shape.insert(ax, 1)
@@ -601,21 +674,21 @@ class _Converter:
         if a.get("transA", 0):
             raise _err(name, op, "has transA=1", "the activation must be the first, "
                        "untransposed operand")
-        w = np.asarray(self._const_in(node, 1, required=True), np.float64)
+        w = _real(self._const_in(node, 1, required=True), "weights", name, op)
         if w.ndim != 2:
             raise _err(name, op, f"has {w.ndim}-D weights")
         w = (w if a.get("transB", 0) else w.T) * float(a.get("alpha", 1.0))
         c = self._const_in(node, 2)
         b = None
         if c is not None:
-            b = np.broadcast_to(np.asarray(c, np.float64) * float(a.get("beta", 1.0)),
+            b = np.broadcast_to(_real(c, "a bias", name, op) * float(a.get("beta", 1.0)),
                                 (1, w.shape[0])).reshape(-1)
         return self.net.linear(x, w, b, name, op)
 
     def _op_MatMul(self, node, a):
         name, op = self._where(node)
         x = self._act_in(node)
-        w = np.asarray(self._const_in(node, 1, required=True), np.float64)
+        w = _real(self._const_in(node, 1, required=True), "weights", name, op)
         if w.ndim != 2:
             raise _err(name, op, f"multiplies by a {w.ndim}-D constant")
         return self.net.linear(x, w.T, None, name, op)
@@ -623,10 +696,9 @@ class _Converter:
     def _op_Pad(self, node, a):
         name, op = self._where(node)
         x = self._act_in(node)
-        mode = a.get("mode", b"constant")
-        mode = mode.decode() if isinstance(mode, bytes) else str(mode)
+        mode = _text(a.get("mode", b"constant"))
         if mode != "constant":
-            raise _err(name, op, f"pads in mode {mode!r}", "only zero padding is supported")
+            raise _err(name, op, f"pads in mode {shown(mode)!r}", "only zero padding is supported")
         if self.opset < 11:
             pads, value, axes = a.get("pads"), a.get("value", 0.0), None
         else:
@@ -637,10 +709,10 @@ class _Converter:
         if value != 0.0:
             raise _err(name, op, f"pads with the value {value}", "only zero padding is "
                        "supported")
-        pads = [int(v) for v in np.asarray(pads).reshape(-1)]
+        pads = _ints(pads, "pads")
         if axes is None:
             axes = list(range(len(pads) // 2))
-        axes = [int(v) % 4 for v in np.asarray(axes).reshape(-1)]
+        axes = [v % 4 for v in _ints(axes, "axes")]
         begin = dict(zip(axes, pads[:len(axes)]))
         end = dict(zip(axes, pads[len(axes):]))
         if any(begin.get(d, 0) or end.get(d, 0) for d in (0, 1)):
