@@ -251,9 +251,36 @@ def test_a_saved_pytorch_model_is_recognised(capfd, tmp_path):
 # damaged .onnx files, one damage at a time
 # --------------------------------------------------------------------------------------------
 
+def _insert_const(model, op, inputs, feeds, extra_inits, **attrs):
+    """Insert a node computing a constant from new initializers; it replaces the input
+    ``feeds`` = (node name, input index) of an existing node."""
+    from onnx import helper, numpy_helper
+    for k, v in extra_inits.items():
+        model.graph.initializer.append(numpy_helper.from_array(np.asarray(v), k))
+    model.graph.node.insert(0, helper.make_node(op, inputs, ["big"], name="big", **attrs))
+    node, i = feeds
+    _node(model, node).input[i] = "big"
+
+
 def _damage(case):
     """The hand-written model with one damage, and the start of the expected line."""
     model = _handmade("gemm" if case == "reshape_beyond_rank" else "reducemean")
+    if case == "constant_of_shape":
+        _insert_const(model, "ConstantOfShape", ["shp"], ("mul", 1),
+                      {"shp": np.array([1 << 31, 1 << 31], np.int64)})
+        return model, "tinymp: layer 'big' (op ConstantOfShape) computes a constant of " \
+                      "4,611,686,018,427,387,904 values"
+    if case == "expand":
+        _insert_const(model, "Expand", ["bn_b", "shp"], ("mul", 1),
+                      {"shp": np.array([1 << 20, 1 << 20, 1], np.int64)})
+        return model, "tinymp: layer 'big' (op Expand) computes a constant of"
+    if case == "range":
+        # a Range of 5 million values as a reshape target: seconds of Python loops, and a
+        # message holding all five million
+        _insert_const(model, "Range", ["r0", "r1", "r2"], ("mean", 1),
+                      {"r0": np.array(0, np.int64), "r1": np.array(5_000_000, np.int64),
+                       "r2": np.array(1, np.int64)})
+        return model, "tinymp: layer 'big' (op Range) computes a constant of 5,000,000 values"
     if case == "not_utf8_op_type":
         # protobuf returns a string that is not UTF-8 as bytes: TypeError inside the converter
         data = model.SerializeToString().replace(b"Relu", b"R\xe9lu")
@@ -303,8 +330,9 @@ def _damage(case):
     raise AssertionError(case)
 
 
-DAMAGES = ["not_utf8_op_type", "newline_in_name", "unknown_data_type", "dims_larger_than_data",
-           "negative_dims", "zero_stride", "zero_batch", "double_input", "negative_variance",
+DAMAGES = ["constant_of_shape", "expand", "range", "not_utf8_op_type",
+           "newline_in_name", "unknown_data_type", "dims_larger_than_data", "negative_dims",
+           "zero_stride", "zero_batch", "double_input", "negative_variance",
            "reshape_beyond_rank", "complex_weights"]
 
 
@@ -347,3 +375,18 @@ def test_onnxruntime_failing_on_the_samples_is_one_line(monkeypatch):
     assert str(e.value) == ("tinymp convert: onnxruntime cannot run the model on the "
                             "calibration samples: RuntimeError: [ONNXRuntimeError] : 2 : "
                             "INVALID_ARGUMENT : bad input index: 0")
+
+
+def test_a_large_shape_constant_is_refused_before_it_is_made():
+    # 4096 x 4096 zeros (64 MB): allocated, then found not to broadcast
+    model = _handmade()
+    _insert_const(model, "ConstantOfShape", ["shp"], ("mul", 1),
+                  {"shp": np.array([4096, 4096], np.int64)})
+    tracemalloc.start()
+    try:
+        with pytest.raises(ConversionError, match="computes a constant of 16,777,216 values"):
+            convert(model.SerializeToString(), _calib())
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert peak < 32 << 20, f"{peak:,} bytes allocated"

@@ -39,6 +39,13 @@ from .errors import detail, shown
 __all__ = ["from_onnx", "to_graph"]
 
 _CLIP_INF = 3.0e38       # Clip bounds at or beyond this are "no bound" (float32 max 3.4e38)
+# Constants computed here (shape arithmetic: ConstantOfShape, Expand, Range, broadcasting ...)
+# hold at most this many values: the sizes come from the file, and a damaged or hostile one
+# must be refused before numpy allocates gigabytes for it. Real shape computations are tiny,
+# and weights are read from the file, not computed.
+MAX_CONST_VALUES = 1 << 22
+
+
 _MAX_RANK = 64            # numpy's limit: no shape or list of axes is longer
 
 
@@ -195,6 +202,19 @@ def _run_onnxruntime(data: bytes, input_name: str, batch, x: np.ndarray) -> np.n
         raise ConversionError(f"tinymp convert: the ONNX model has a fixed batch of {batch}, "
                               f"more than the {len(x)} calibration samples")
     return np.concatenate(outs)
+
+
+def _broadcast_shape(*shapes):
+    """numpy's broadcasting of the shapes, computed on the numbers (no array is made)."""
+    shapes = [tuple(int(d) for d in s) for s in shapes]
+    nd = max((len(s) for s in shapes), default=0)
+    out = []
+    for ds in zip(*((1,) * (nd - len(s)) + s for s in shapes)):
+        big = {d for d in ds if d != 1}
+        if len(big) > 1:
+            raise ValueError(f"shapes {shapes} do not broadcast")
+        out.append(big.pop() if big else 1)
+    return out
 
 
 class _Converter:
@@ -366,8 +386,11 @@ class _Converter:
         name, op = self._where(node)
         a = self._attrs(node)
         ins = [self._const_in(node, i) for i in range(len(node.input))]
-        t = node.op_type
+        t = op
         try:
+            n = self._planned_size(t, a, ins)
+            if n > MAX_CONST_VALUES:
+                raise self._too_large(name, op, n)
             if t == "Constant":
                 if "value" in a:
                     r = self.nh.to_array(a["value"])
@@ -436,7 +459,46 @@ class _Converter:
             raise
         except Exception as e:
             raise _err(name, op, f"cannot be evaluated on constants: {detail(e)}") from None
-        self.consts[node.output[0]] = np.asarray(r)
+        r = np.asarray(r)
+        if r.size > MAX_CONST_VALUES:
+            raise self._too_large(name, op, r.size)
+        self.consts[node.output[0]] = r
+
+    @staticmethod
+    def _too_large(name, op, n):
+        return _err(name, op, f"computes a constant of {n:,} values",
+                    f"tinymp evaluates shape computations of at most {MAX_CONST_VALUES:,} "
+                    "values; the model's shape constants are damaged")
+
+    @staticmethod
+    def _planned_size(t, a, ins) -> int:
+        """How many values constant op ``t`` is about to compute, for the ops whose result can
+        be far larger than their inputs (0 for the others); raises ValueError for a shape that
+        cannot be."""
+        def dims(v):
+            d = _ints(v)
+            if any(s < 0 for s in d):
+                raise ValueError(f"negative dimension in {d}")
+            return d
+
+        if t == "ConstantOfShape":
+            return math.prod(dims(ins[0]))
+        if t == "Expand":
+            return math.prod(_broadcast_shape(np.shape(ins[0]), dims(ins[1])))
+        if t == "Range":
+            start, limit, delta = (float(np.asarray(v).reshape(-1)[0]) for v in ins[:3])
+            if delta == 0 or not all(map(math.isfinite, (start, limit, delta))):
+                raise ValueError(f"Range({start:g}, {limit:g}, {delta:g})")
+            return max(0, math.ceil((limit - start) / delta))
+        if t in ("Add", "Sub", "Mul", "Div", "Equal", "Where", "Max", "Min"):
+            return math.prod(_broadcast_shape(*(np.shape(v) for v in ins if v is not None)))
+        if t == "Gather" and len(ins) > 1 and np.ndim(ins[0]) > 0:
+            d = np.shape(ins[0])
+            axis = int(a.get("axis", 0)) % len(d)
+            return math.prod(d[:axis] + d[axis + 1:]) * int(np.size(ins[1]))
+        if t == "Concat":
+            return sum(int(np.size(v)) for v in ins if v is not None)
+        return 0
 
     def _slice(self, node, a, ins):
         data = ins[0]
