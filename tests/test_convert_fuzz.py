@@ -17,6 +17,7 @@ The command runs in this process (tinymp.cli.main) with output captured at the f
 level, so a line a native library (onnxruntime) writes to stderr counts as well. onnx,
 onnxruntime, tflite and PyTorch are optional: what needs one is skipped without it.
 """
+import copy
 import os
 import sys
 import time
@@ -390,3 +391,111 @@ def test_a_large_shape_constant_is_refused_before_it_is_made():
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
     assert peak < 32 << 20, f"{peak:,} bytes allocated"
+
+
+# --------------------------------------------------------------------------------------------
+# damaged .tflite files
+# --------------------------------------------------------------------------------------------
+
+_WRITERS = {}
+
+
+def _tflite_with(fn, make="model_a"):
+    """A test_convert_tflite model with its writer's tables edited by ``fn(writer, inputs,
+    outputs)`` (lists it may change) just before serialisation."""
+    tt = _tflite_tests()
+    if make not in _WRITERS:        # the writer as the model function leaves it (built once)
+        orig = tt.TFLiteWriter.finish
+
+        def keep(self, inputs, outputs):
+            _WRITERS[make] = (copy.deepcopy(self), list(inputs), list(outputs))
+            return orig(self, inputs, outputs)
+        tt.TFLiteWriter.finish = keep
+        try:
+            getattr(tt, make)()
+        finally:
+            tt.TFLiteWriter.finish = orig
+    w, inputs, outputs = copy.deepcopy(_WRITERS[make])
+    fn(w, inputs, outputs)
+    return tt.TFLiteWriter.finish(w, inputs, outputs)
+
+
+def refuse_tflite(capfd, tmp_path, data):
+    src = tmp_path / "m.tflite"
+    src.write_bytes(data)
+    t0 = time.perf_counter()
+    line = refused(capfd, tmp_path, [src], tmp_path / "out.tmpm")
+    assert time.perf_counter() - t0 < MAX_SECONDS
+    return line
+
+
+def test_a_tflite_path_that_is_a_folder(capfd, tmp_path):
+    # IsADirectoryError traceback, status 1
+    (tmp_path / "m.tflite").mkdir()
+    line = refused(capfd, tmp_path, [tmp_path / "m.tflite"], tmp_path / "o.tmpm")
+    assert line == f"tinymp: cannot read '{tmp_path / 'm.tflite'}': Is a directory"
+
+
+@pytest.mark.parametrize("index", [-1, 17, 2 ** 31 - 1])
+def test_tflite_graph_output_out_of_range(capfd, tmp_path, index):
+    # -1 picked the last tensor (Python indexing) and converted; 17 was an IndexError
+    def f(w, ins, outs):
+        outs[0] = index
+    line = refuse_tflite(capfd, tmp_path, _tflite_with(f))
+    assert line == (f"tinymp: the model's outputs refer to tensor {index}, the model has 17 "
+                    "tensors; the file is damaged")
+
+
+def test_tflite_op_input_out_of_range(capfd, tmp_path):
+    def f(w, ins, outs):
+        code, inputs, outputs, opts = w.ops[2]
+        w.ops[2] = (code, [inputs[0], 99, inputs[2]], outputs, opts)
+    line = refuse_tflite(capfd, tmp_path, _tflite_with(f))
+    assert line == ("tinymp: op 2 (CONV_2D): its inputs refer to tensor 99, the model has 17 "
+                    "tensors; the file is damaged")
+
+
+def test_tflite_constant_data_shorter_than_its_shape(capfd, tmp_path):
+    def f(w, ins, outs):
+        b = w.tensors[8]["buffer"]                    # the 1x1 convolution's weights
+        w.buffers[b] = w.buffers[b][:100]
+    line = refuse_tflite(capfd, tmp_path, _tflite_with(f))
+    assert line == ("tinymp: tensor 8 't8' holds 100 bytes of data, its shape [16, 1, 1, 16] of "
+                    "int8 needs 256; the file is damaged")
+
+
+def test_tflite_vectors_that_overlap_are_refused_quickly(capfd, tmp_path):
+    # 2000 tensors whose shapes are the same 2000-entry vector: 4 million reads of a 40 kB file
+    _tflite_tests()
+    import flatbuffers
+    import tflite as T
+    b = flatbuffers.Builder(1 << 16)
+    T.TensorStartShapeVector(b, 2000)
+    for _ in range(2000):
+        b.PrependInt32(1)
+    shape = b.EndVector()
+    tensors = []
+    for _ in range(2000):
+        T.TensorStart(b)
+        T.TensorAddShape(b, shape)
+        T.TensorAddType(b, 9)
+        tensors.append(T.TensorEnd(b))
+    T.SubGraphStartTensorsVector(b, len(tensors))
+    for t in reversed(tensors):
+        b.PrependUOffsetTRelative(t)
+    tv = b.EndVector()
+    T.SubGraphStart(b)
+    T.SubGraphAddTensors(b, tv)
+    sg = T.SubGraphEnd(b)
+    T.ModelStartSubgraphsVector(b, 1)
+    b.PrependUOffsetTRelative(sg)
+    sgv = b.EndVector()
+    T.ModelStart(b)
+    T.ModelAddVersion(b, 3)
+    T.ModelAddSubgraphs(b, sgv)
+    b.Finish(T.ModelEnd(b), file_identifier=b"TFL3")
+    data = bytes(b.Output())
+    assert len(data) < 64 << 10
+    line = refuse_tflite(capfd, tmp_path, data)
+    assert line == (f"tinymp: the TFLite file declares more dimensions than its {len(data)} "
+                    "bytes can hold; the file is damaged")

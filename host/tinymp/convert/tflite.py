@@ -108,7 +108,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..modelfile import Layer, Tensor, quantize_multiplier, write_model
-from .errors import ConversionError, check_classes
+from .errors import ConversionError, check_classes, detail, shown
 
 __all__ = ["from_tflite", "convert_tflite", "TFLiteConversion"]
 
@@ -180,6 +180,13 @@ class _T:
         return int(np.prod(self.shape)) if self.shape else 1
 
     def values(self, dtype) -> np.ndarray:
+        need = self.size * np.dtype(dtype).itemsize
+        if self.data is None or self.data.size != need:
+            have = 0 if self.data is None else self.data.size
+            raise ConversionError(
+                f"tinymp convert: tensor {self.index} '{shown(self.name)}' holds {have} bytes of "
+                f"data, its shape {list(self.shape)} of {self.type_name} needs {need}; the file "
+                "is damaged")
         return np.frombuffer(self.data.tobytes(), dtype=dtype).reshape(self.shape)
 
 
@@ -203,8 +210,12 @@ class TFLiteConversion:
 
 def _load(model) -> bytes:
     if isinstance(model, (str, os.PathLike)):
-        with open(model, "rb") as f:
-            return f.read()
+        try:
+            with open(model, "rb") as f:
+                return f.read()
+        except OSError as e:        # a folder, no permission, a vanished file
+            raise ConversionError(f"tinymp convert: cannot read {shown(os.fspath(model))!r}: "
+                                  f"{e.strerror or e}") from None
     if isinstance(model, (bytes, bytearray, memoryview)):
         return bytes(model)
     raise TypeError(f"from_tflite: expected bytes or a path, got {type(model).__name__}")
@@ -220,12 +231,31 @@ def _parse(buf: bytes):
     except ConversionError:
         raise
     except Exception as e:   # a corrupt flatbuffer fails inside the generated accessors
-        raise ConversionError(f"tinymp convert: cannot read the TFLite flatbuffer "
-                              f"({type(e).__name__}: {e})") from e
+        raise ConversionError(f"tinymp convert: cannot read the TFLite flatbuffer, the file is "
+                              f"damaged or truncated ({detail(e, 200)})") from e
+
+
+class _Budget:
+    """Counts the vector entries the parser reads. In a well-formed flatbuffer every entry has
+    bytes of its own (4 or more here), so a file of n bytes has fewer than n of them; damaged
+    lengths or offsets that make vectors overlap must not make the parser loop for hours."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.left = size + 1024
+
+    def __call__(self, n: int, what: str) -> int:
+        n = int(n)
+        self.left -= n
+        if n < 0 or self.left < 0:
+            raise ConversionError(f"tinymp convert: the TFLite file declares more {what} than "
+                                  f"its {self.size} bytes can hold; the file is damaged")
+        return n
 
 
 def _parse_fb(tfl, buf: bytes):
     from tflite.utils import BUILTIN_OPCODE2NAME
+    count = _Budget(len(buf))
     m = tfl.Model.GetRootAs(buf, 0)
     nsub = m.SubgraphsLength()
     if nsub < 1:
@@ -233,7 +263,7 @@ def _parse_fb(tfl, buf: bytes):
     sg = m.Subgraphs(0)
 
     opnames = []
-    for j in range(m.OperatorCodesLength()):
+    for j in range(count(m.OperatorCodesLength(), "operator codes")):
         oc = m.OperatorCodes(j)
         code = max(int(oc.BuiltinCode()), int(oc.DeprecatedBuiltinCode()))
         name = BUILTIN_OPCODE2NAME.get(code, f"BUILTIN_{code}")
@@ -243,40 +273,74 @@ def _parse_fb(tfl, buf: bytes):
         opnames.append((code, name))
 
     tensors: List[_T] = []
-    for j in range(sg.TensorsLength()):
+    nbuf = m.BuffersLength()
+    for j in range(count(sg.TensorsLength(), "tensors")):
         t = sg.Tensors(j)
-        shape = tuple(int(t.Shape(k)) for k in range(t.ShapeLength()))
+        name = t.Name()
+        name = name.decode("utf-8", "replace") if name else f"t{j}"
+        shape = tuple(int(t.Shape(k)) for k in range(count(t.ShapeLength(), "dimensions")))
+        if any(d < 0 for d in shape):
+            raise ConversionError(f"tinymp convert: tensor {j} '{shown(name)}' has the shape "
+                                  f"{list(shape)}; dimensions cannot be negative")
         data = None
         bi = int(t.Buffer())
-        if 0 < bi < m.BuffersLength():
+        if bi >= nbuf and bi != 0:
+            raise ConversionError(f"tinymp convert: tensor {j} '{shown(name)}' refers to buffer "
+                                  f"{bi}, the model has {nbuf}; the file is damaged")
+        if 0 < bi:
             b = m.Buffers(bi)
             off = int(b.Offset()) if hasattr(b, "Offset") else 0
             if off > 1:                       # large models keep their data outside the table
-                data = np.frombuffer(buf, np.uint8, int(b.Size()), off)
+                size = int(b.Size())
+                if off + size > len(buf):
+                    raise ConversionError(f"tinymp convert: buffer {bi} lies at bytes {off} ... "
+                                          f"{off + size} of a {len(buf)}-byte file; the file is "
+                                          "damaged or truncated")
+                data = np.frombuffer(buf, np.uint8, size, off)
             elif b.DataLength() > 0:
                 data = b.DataAsNumpy()
         scales = zps = None
         qdim = 0
         q = t.Quantization()
         if q is not None and q.ScaleLength() > 0:
-            scales = np.array([q.Scale(k) for k in range(q.ScaleLength())], np.float32)
-            zps = np.array([q.ZeroPoint(k) for k in range(q.ZeroPointLength())], np.int64)
+            scales = np.array([q.Scale(k) for k in range(count(q.ScaleLength(), "scales"))],
+                              np.float32)
+            zps = np.array([q.ZeroPoint(k)
+                            for k in range(count(q.ZeroPointLength(), "zero points"))], np.int64)
             if zps.size == 0:
                 zps = np.zeros(scales.size, np.int64)
             qdim = int(q.QuantizedDimension())
-        name = t.Name()
-        tensors.append(_T(j, name.decode("utf-8", "replace") if name else f"t{j}", int(t.Type()),
-                          shape, data, scales, zps, qdim))
+        tensors.append(_T(j, name, int(t.Type()), shape, data, scales, zps, qdim))
+
+    nt = len(tensors)
+
+    def indices(vec, n, what, optional=False):
+        out = [int(vec(k)) for k in range(count(n, what))]
+        for i in out:
+            if not (0 <= i < nt or (optional and i == -1)):
+                raise ValueError(f"{what} refer to tensor {i}, the model has {nt} tensors")
+        return out
 
     ops: List[_Op] = []
-    for j in range(sg.OperatorsLength()):
+    for j in range(count(sg.OperatorsLength(), "operators")):
         o = sg.Operators(j)
-        code, name = opnames[int(o.OpcodeIndex())]
-        ops.append(_Op(j, code, name,
-                       [int(o.Inputs(k)) for k in range(o.InputsLength())],
-                       [int(o.Outputs(k)) for k in range(o.OutputsLength())], o))
-    ins = [int(sg.Inputs(k)) for k in range(sg.InputsLength())]
-    outs = [int(sg.Outputs(k)) for k in range(sg.OutputsLength())]
+        k = int(o.OpcodeIndex())
+        if not 0 <= k < len(opnames):
+            raise ConversionError(f"tinymp convert: op {j} has operator code {k}, the model has "
+                                  f"{len(opnames)}; the file is damaged")
+        code, name = opnames[k]
+        try:
+            op_ins = indices(o.Inputs, o.InputsLength(), "inputs", optional=True)
+            op_outs = indices(o.Outputs, o.OutputsLength(), "outputs")
+        except ValueError as e:
+            raise ConversionError(f"tinymp convert: op {j} ({name}): its {e}; the file is "
+                                  "damaged") from None
+        ops.append(_Op(j, code, name, op_ins, op_outs, o))
+    try:
+        ins = indices(sg.Inputs, sg.InputsLength(), "inputs")
+        outs = indices(sg.Outputs, sg.OutputsLength(), "outputs")
+    except ValueError as e:
+        raise ConversionError(f"tinymp convert: the model's {e}; the file is damaged") from None
     return tfl, tensors, ops, ins, outs, nsub
 
 
@@ -414,20 +478,21 @@ class _Converter:
         """An int8 per-tensor-quantised activation tensor."""
         t = self.T[ti]
         if t.type != _INT8:
-            raise self.err(op, f"{what} tensor {ti} '{t.name}' is {t.type_name}",
+            raise self.err(op, f"{what} tensor {ti} '{shown(t.name)}' is {t.type_name}",
                            "tinymp runs int8 models only: convert with full-integer int8 "
                            "quantisation (not uint8, int16 or float)")
         if t.scales is None:
-            raise self.err(op, f"{what} tensor {ti} '{t.name}' has no quantisation parameters")
+            raise self.err(op, f"{what} tensor {ti} '{shown(t.name)}' has no quantisation "
+                               "parameters")
         if t.scales.size != 1:
-            raise self.err(op, f"{what} tensor {ti} '{t.name}' is quantised per channel",
+            raise self.err(op, f"{what} tensor {ti} '{shown(t.name)}' is quantised per channel",
                            "activations must have one scale and zero point")
         s = float(t.scales[0])
         zp = int(t.zero_points[0]) if t.zero_points.size else 0
         if not (math.isfinite(s) and s > 0):
-            raise self.err(op, f"{what} tensor {ti} '{t.name}' has scale {s}")
+            raise self.err(op, f"{what} tensor {ti} '{shown(t.name)}' has scale {s}")
         if not -128 <= zp <= 127:
-            raise self.err(op, f"{what} tensor {ti} '{t.name}' has zero point {zp}")
+            raise self.err(op, f"{what} tensor {ti} '{shown(t.name)}' has zero point {zp}")
         return t
 
     @staticmethod
@@ -442,9 +507,9 @@ class _Converter:
         if v is None:
             t = self.T[ti]
             if t.data is not None:
-                raise self.err(op, f"input {k} (tensor {ti} '{t.name}') is a constant",
+                raise self.err(op, f"input {k} (tensor {ti} '{shown(t.name)}') is a constant",
                                "tinymp layers take constants only as weights and biases")
-            raise self.err(op, f"input {k} (tensor {ti} '{t.name}') is not produced by a "
+            raise self.err(op, f"input {k} (tensor {ti} '{shown(t.name)}') is not produced by a "
                                f"supported op")
         if v.pad_op is not None and not allow_pad:
             pop = self.ops[v.pad_op]
@@ -472,10 +537,10 @@ class _Converter:
             raise self.err(op, f"{what} missing")
         t = self.T[op.inputs[k]]
         if t.data is None:
-            raise self.err(op, f"{what} (tensor {t.index} '{t.name}') is not a constant",
+            raise self.err(op, f"{what} (tensor {t.index} '{shown(t.name)}') is not a constant",
                            "tinymp needs constant weights")
         if t.type != _INT8:
-            raise self.err(op, f"{what} (tensor {t.index} '{t.name}') are {t.type_name}",
+            raise self.err(op, f"{what} (tensor {t.index} '{shown(t.name)}') are {t.type_name}",
                            "weights must be int8 (full-integer quantisation; not float16, "
                            "int4 or dynamic-range models)")
         if len(t.shape) != ndim:
@@ -633,7 +698,7 @@ class _Converter:
 
         if go not in self.val:
             raise ConversionError(f"tinymp convert: the model output (tensor {go} "
-                                  f"'{self.T[go].name}') is not computed by a supported op")
+                                  f"'{shown(self.T[go].name)}') is not computed by a supported op")
         v = self.val[go]
         if not self.layers:
             raise ConversionError("tinymp convert: the model has no layer to convert")
@@ -687,8 +752,8 @@ class _Converter:
                 t = qt
             else:
                 raise ConversionError(f"tinymp convert: the model input (tensor {gi} "
-                                      f"'{t.name}') is {t.type_name}; tinymp needs an int8 input "
-                                      f"(or a float input whose only consumer is QUANTIZE)")
+                                      f"'{shown(t.name)}') is {t.type_name}; tinymp needs an int8 "
+                                      f"input (or a float input whose only consumer is QUANTIZE)")
         dummy = _Op(-1, -1, "INPUT", [], [], None)
         self.act_tensor(dummy, src, "model input")
         if len(t.shape) != 4:
@@ -1039,14 +1104,15 @@ def convert_tflite(model: Union[bytes, bytearray, memoryview, str, os.PathLike],
     """Convert an int8 TFLite classifier; returns the .tmpm bytes, the tensor map and notes."""
     buf = _load(model)
     try:
-        return _Converter(buf, class_names).run()
+        with np.errstate(all="ignore"):     # every overflow that matters is checked
+            return _Converter(buf, class_names).run()
     except ConversionError:
         raise
     except Exception as e:
         # the flatbuffer accessors read lazily: a corrupt offset or length surfaces in whichever
         # op handler reads it first (IndexError, struct.error, numpy's ValueError, ...)
         raise ConversionError(f"tinymp convert: cannot read the TFLite model; the file is "
-                              f"corrupt ({type(e).__name__}: {str(e)[:200]})") from e
+                              f"corrupt ({detail(e, 200)})") from e
 
 
 def from_tflite(model: Union[bytes, bytearray, memoryview, str, os.PathLike],
