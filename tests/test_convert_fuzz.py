@@ -464,6 +464,18 @@ def test_tflite_constant_data_shorter_than_its_shape(capfd, tmp_path):
                     "int8 needs 256; the file is damaged")
 
 
+def test_tflite_scales_that_overflow_the_multiplier(capfd, tmp_path):
+    # said 'requantisation multiplier 3.9e+27 cannot be encoded (quantize_multiplier:
+    # multiplier ... too large (shift 92 > 30))'
+    def f(w, ins, outs):
+        w.tensors[1]["scale"] = np.array([1e-30], np.float32)
+    line = refuse_tflite(capfd, tmp_path, _tflite_with(f))
+    assert line.startswith("tinymp: op 0 (CONV_2D): its requantisation multiplier (input scale "
+                           "0.00784 x weight scale ")
+    assert "/ output scale 1e-30) is " in line and "beyond the 2^30 a .tmpm model can hold" in line
+    assert "shift" not in line
+
+
 def test_tflite_vectors_that_overlap_are_refused_quickly(capfd, tmp_path):
     # 2000 tensors whose shapes are the same 2000-entry vector: 4 million reads of a 40 kB file
     _tflite_tests()

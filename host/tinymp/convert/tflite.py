@@ -590,15 +590,21 @@ class _Converter:
         shift = np.empty(wscales.size, np.int32)
         for o, sw in enumerate(wscales):
             real = float(s_in) * float(sw) / float(s_out)
-            mult[o], shift[o] = self.qm(op, real)
+            mult[o], shift[o] = self.qm(
+                op, real, f"input scale {float(s_in):.3g} x weight scale {float(sw):.3g} "
+                          f"(channel {o}) / output scale {float(s_out):.3g}")
         return mult, shift
 
-    def qm(self, op: _Op, real: float) -> Tuple[int, int]:
+    def qm(self, op: _Op, real: float, what: str = "") -> Tuple[int, int]:
         try:
             return quantize_multiplier(real)
-        except ValueError as e:
-            raise self.err(op, f"requantisation multiplier {real!r} cannot be encoded ({e})",
-                           "the tensor scales are inconsistent") from e
+        except ValueError:
+            made = f" ({what})" if what else ""
+            raise self.err(op, f"its requantisation multiplier{made} is {real:.3g}, beyond the "
+                               "2^30 a .tmpm model can hold",
+                           "the model's quantisation scales are inconsistent (a damaged file, or "
+                           "a converter that calibrated on values far outside the model's range)"
+                           ) from None
 
     def check_bias(self, op: _Op, bias: np.ndarray, red: int) -> None:
         bound = INT32_MAX - _ACC_PER_TERM * red
@@ -917,7 +923,8 @@ class _Converter:
         twice_max = 2.0 * max(s0, s1)
         params = []
         for real in (s0 / twice_max, s1 / twice_max, twice_max / ((1 << 20) * so)):
-            params.extend(self.qm(op, real))
+            params.extend(self.qm(op, real, f"2 x max(input scales {s0:.3g}, {s1:.3g}) / "
+                                            f"(2^20 x output scale {so:.3g})"))
         layer = Layer("add", in0=v0.tid, in1=v1.tid, act_min=amin, act_max=amax,
                       params=tuple(int(p) for p in params))
         self.emit(op, layer, out, view0)
@@ -948,7 +955,9 @@ class _Converter:
         c = view[2]
         if out.size != c:
             raise self.err(op, f"output shape {list(out.shape)} for {c} channels")
-        M, sh = _mean_multiplier(self.qm(op, float(self.qp(xin)[0]) / float(self.qp(out)[0])),
+        s_in, s_out = float(self.qp(xin)[0]), float(self.qp(out)[0])
+        M, sh = _mean_multiplier(self.qm(op, s_in / s_out, f"input scale {s_in:.3g} / output "
+                                                           f"scale {s_out:.3g}"),
                                  view[0] * view[1])
         self._avgpool(op, v, view, out, 0, M, sh,
                       "global mean over H, W with TFLite's MEAN multiplier (bit-exact with "
