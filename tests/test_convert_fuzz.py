@@ -27,6 +27,7 @@ import warnings
 import numpy as np
 import pytest
 
+import tinymp
 from tinymp import cli
 from tinymp.convert import ConversionError, convert
 
@@ -474,6 +475,23 @@ def test_tflite_scales_that_overflow_the_multiplier(capfd, tmp_path):
                            "0.00784 x weight scale ")
     assert "/ output scale 1e-30) is " in line and "beyond the 2^30 a .tmpm model can hold" in line
     assert "shift" not in line
+
+
+def test_a_long_chain_of_reshapes_converts(tmp_path):
+    # 1000 RESHAPEs after the SOFTMAX: a recursion per op, RecursionError, 'the file is corrupt'
+    tt = _tflite_tests()
+
+    def f(w, ins, outs):
+        last = outs[0]
+        for _ in range(1000):
+            t = w.act(w.shape(last), w.qp(last))
+            w.op(tt.OPS.RESHAPE, [last], [t])
+            last = t
+        outs[0] = last
+    data = _tflite_with(f)
+    conv = tt.convert_tflite(data)
+    assert tinymp.Model(conv.data).num_classes == 6
+    assert conv.data == tt.from_tflite(tt.model_a()[0])
 
 
 def test_tflite_vectors_that_overlap_are_refused_quickly(capfd, tmp_path):

@@ -449,6 +449,7 @@ class _Converter:
         self.val: Dict[int, _Val] = {}
         self.producer: Dict[int, int] = {}
         self.consumers: Dict[int, List[int]] = {}
+        self.tail_memo: Dict[int, bool] = {}     # is_tail's answers
         for op in self.ops:
             for t in op.outputs:
                 self.producer[t] = op.index
@@ -628,20 +629,43 @@ class _Converter:
 
     # -- graph-level ---------------------------------------------------------------------
 
-    def is_tail(self, ti: int, seen=None) -> bool:
-        """True when tensor ti reaches the graph output only through ops that may be dropped."""
-        if ti in self.outs:
-            return not self.consumers.get(ti)
-        cons = self.consumers.get(ti, [])
-        if not cons:
-            return False
-        for j in cons:
-            op = self.ops[j]
-            if op.name not in ("SOFTMAX", "DEQUANTIZE", "QUANTIZE", "RESHAPE", "SQUEEZE"):
-                return False
-            if op.inputs[0] != ti or not all(self.is_tail(o) for o in op.outputs):
-                return False
-        return True
+    def is_tail(self, ti: int) -> bool:
+        """True when tensor ti reaches the graph output only through ops that may be dropped.
+
+        Iterative (a file may hold a chain of thousands of RESHAPEs: no recursion limit) and
+        memoised; a tensor met again while its own answer is pending (a cycle) is not a tail.
+        """
+        memo = self.tail_memo
+        pending = set()
+        stack = [ti]
+        while stack:
+            t = stack[-1]
+            if t in memo:
+                stack.pop()
+                continue
+            pending.add(t)
+            if t in self.outs or not self.consumers.get(t):
+                memo[t] = t in self.outs and not self.consumers.get(t)
+                continue
+            answer, todo = True, []
+            for j in self.consumers[t]:
+                op = self.ops[j]
+                if (op.name not in ("SOFTMAX", "DEQUANTIZE", "QUANTIZE", "RESHAPE", "SQUEEZE")
+                        or op.inputs[0] != t):
+                    answer = False
+                    break
+                for o in op.outputs:
+                    if o in memo:
+                        answer = answer and memo[o]
+                    elif o in pending:
+                        answer = False
+                    else:
+                        todo.append(o)
+            if answer and todo:
+                stack.extend(todo)
+            else:
+                memo[t] = answer
+        return memo[ti]
 
     def order(self, out_t: int) -> List[_Op]:
         """The ops the output depends on, in a topological order (stored order when valid)."""
