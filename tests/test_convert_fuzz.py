@@ -12,13 +12,20 @@ file left behind, no allocation or run time driven by a damaged size or count in
   names that are not UTF-8 or hold a newline, graphs onnxruntime refuses to run;
 * damaged .tflite files: tensor indices out of range, constant data shorter than its shape,
   inconsistent quantisation scales, vectors that overlap, long chains of ops;
+* a seeded mutation fuzz of small valid .onnx and .tflite files (built the way
+  tests/test_convert_torch_onnx.py and tests/test_convert_tflite.py build them): byte flips,
+  truncation, inserted bytes, 32-bit fields set to extreme values, long varints, copied blocks,
+  and edits of the model's structure (dims, attributes, indices, data types, cycles).
 
 The command runs in this process (tinymp.cli.main) with output captured at the file-descriptor
 level, so a line a native library (onnxruntime) writes to stderr counts as well. onnx,
 onnxruntime, tflite and PyTorch are optional: what needs one is skipped without it.
 """
 import copy
+import math
 import os
+import random
+import struct
 import sys
 import time
 import tracemalloc
@@ -529,3 +536,247 @@ def test_tflite_vectors_that_overlap_are_refused_quickly(capfd, tmp_path):
     line = refuse_tflite(capfd, tmp_path, data)
     assert line == (f"tinymp: the TFLite file declares more dimensions than its {len(data)} "
                     "bytes can hold; the file is damaged")
+
+
+# --------------------------------------------------------------------------------------------
+# the mutation fuzz
+# --------------------------------------------------------------------------------------------
+
+# mutants per model: (byte-level, structural); 20 ... 50 ms each with allocation tracing,
+# some 15 s in all
+ONNX_MUTANTS = (80, 80)
+TFLITE_MUTANTS = (70, 50)
+
+_EXTREME32 = [0, 1, 3, 0xFF, 0xFFFF, 0x10000, 1 << 20, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFE,
+              0xFFFFFFFF]
+_VARINTS = [b"\xff\xff\xff\xff\x0f", b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01",
+            b"\x80\x80\x80\x80\x08", b"\xff\xff\x03"]
+
+
+def mutate_bytes(rnd, data: bytes) -> bytes:
+    """One random damage of a file: byte flips, truncation, inserted bytes, an aligned 32-bit
+    field set to an extreme value (a flatbuffer offset, length or dimension), a byte replaced by
+    a long varint (a protobuf length or dimension), a block copied over another."""
+    d = bytearray(data)
+    kind = rnd.randrange(6)
+    if kind == 0:
+        for _ in range(rnd.choice((1, 1, 2, 4))):
+            d[rnd.randrange(len(d))] = rnd.randrange(256)
+    elif kind == 1:
+        del d[rnd.randrange(len(d)):]
+    elif kind == 2:
+        p = rnd.randrange(len(d) + 1)
+        d[p:p] = bytes(rnd.randrange(256) for _ in range(rnd.choice((1, 2, 5, 10))))
+    elif kind == 3:
+        p = rnd.randrange(len(d) - 4) & ~3
+        d[p:p + 4] = struct.pack("<I", rnd.choice(_EXTREME32))
+    elif kind == 4:
+        p = rnd.randrange(len(d))
+        d[p:p + 1] = rnd.choice(_VARINTS)
+    else:
+        p, q, n = rnd.randrange(len(d)), rnd.randrange(len(d)), rnd.randrange(1, 32)
+        d[p:p + n] = d[q:q + n]
+    return bytes(d)
+
+
+_BIG = [0, -1, -7, 1, 2, 65535, 65536, 1 << 20, 1 << 31, 1 << 62, -(1 << 62), 2 ** 63 - 1]
+
+
+def mutate_onnx(rnd, model):
+    """One random edit of an ONNX model's structure."""
+    from onnx import helper, numpy_helper
+    g = model.graph
+    kind = rnd.randrange(8)
+    if kind == 0:                                   # an initializer's dims
+        init = rnd.choice(g.initializer)
+        if init.dims:
+            init.dims[rnd.randrange(len(init.dims))] = rnd.choice(_BIG)
+    elif kind == 1:                                 # an attribute
+        a = rnd.choice([a for n in g.node for a in n.attribute])
+        if a.ints:
+            a.ints[rnd.randrange(len(a.ints))] = rnd.choice(_BIG)
+        elif a.type == a.INT:
+            a.i = rnd.choice(_BIG)
+        elif a.type == a.FLOAT:
+            a.f = rnd.choice([math.nan, math.inf, -1.0, 0.0, 1e38])
+    elif kind == 2:                                 # an input rewired (cycles, unknown names)
+        n = rnd.choice(g.node)
+        names = [o for m in g.node for o in m.output] + [i.name for i in g.initializer]
+        n.input[rnd.randrange(len(n.input))] = rnd.choice(names + ["x", "", "nope"])
+    elif kind == 3:                                 # a value
+        init = rnd.choice(g.initializer)
+        try:
+            a = numpy_helper.to_array(init).copy()
+        except ValueError:                          # its dims were edited before
+            return
+        if a.size:
+            a.reshape(-1)[rnd.randrange(a.size)] = rnd.choice(
+                [np.nan, np.inf, -np.inf, 1e38, 1e-45, 0.0] if a.dtype.kind == "f" else
+                [0, -1, 2 ** 62, -2 ** 62, 10 ** 6])
+            init.CopyFrom(numpy_helper.from_array(a, init.name))
+    elif kind == 4:                                 # a data type
+        rnd.choice(g.initializer).data_type = rnd.choice([0, 2, 5, 7, 8, 9, 10, 11, 16, 40, 999])
+    elif kind == 5:                                 # the input's or output's dims
+        v = rnd.choice([g.input[0], g.output[0]])
+        dims = v.type.tensor_type.shape.dim
+        dims[rnd.randrange(len(dims))].dim_value = rnd.choice(_BIG)
+    elif kind == 6:                                 # an op type
+        rnd.choice(g.node).op_type = rnd.choice(
+            ["Expand", "ConstantOfShape", "Range", "Gather", "Concat", "Reshape", "Where", "Max",
+             "Squeeze", "Unsqueeze", "Flatten", "Conv", "Add", "Mul", "Div", "Slice", "Shape",
+             "Cast", "Transpose", "AveragePool", "Gemm", "MatMul", "Pad", "Clip"])
+    else:                                           # a shape computation of extreme size
+        shp = np.array([rnd.choice(_BIG) for _ in range(rnd.randrange(1, 4))], np.int64)
+        g.initializer.append(numpy_helper.from_array(shp, "fz_shape"))
+        op = rnd.choice(["ConstantOfShape", "Expand"])
+        ins = ["fz_shape"] if op == "ConstantOfShape" else ["bn_b", "fz_shape"]
+        g.node.insert(0, helper.make_node(op, ins, ["fz_big"]))
+        target = rnd.choice([n for n in g.node if n.input and n.output[0] != "fz_big"])
+        target.input[rnd.randrange(len(target.input))] = "fz_big"
+
+
+def mutate_tflite(rnd, w, ins, outs):
+    """One random edit of a TFLiteWriter's tables (see test_convert_tflite.TFLiteWriter)."""
+    nt = len(w.tensors)
+    big = [0, -1, -2, 1, 2, 65535, 65536, 1 << 20, 2 ** 31 - 1, -2 ** 31]
+    kind = rnd.randrange(7)
+    t = rnd.choice(w.tensors)
+    if kind == 0 and t["shape"]:                    # a dimension
+        t["shape"][rnd.randrange(len(t["shape"]))] = rnd.choice(big)
+    elif kind == 1:                                 # the rank
+        if t["shape"] and rnd.random() < 0.5:
+            t["shape"].pop()
+        else:
+            t["shape"].append(rnd.choice(big))
+    elif kind == 2:                                 # the type
+        t["type"] = rnd.choice([0, 1, 2, 3, 4, 7, 9, 10, 17, 99])
+    elif kind == 3 and t["scale"] is not None:      # quantisation
+        t["scale"] = t["scale"].copy()
+        t["scale"][rnd.randrange(t["scale"].size)] = rnd.choice(
+            [0.0, np.nan, np.inf, 1e-45, 1e38, -1.0, 1e-30])
+        t["zp"] = t["zp"].copy()
+        t["zp"][rnd.randrange(t["zp"].size)] = rnd.choice([-129, 128, 2 ** 40, 5, 0])
+        t["qdim"] = rnd.choice([0, 3, 4, 2 ** 31 - 1])
+    elif kind == 4:                                 # a buffer index or its data
+        if rnd.random() < 0.5:
+            t["buffer"] = rnd.choice([0, len(w.buffers), 2 ** 31 - 1,
+                                      rnd.randrange(len(w.buffers))])
+        else:
+            k = rnd.randrange(1, len(w.buffers))
+            data = w.buffers[k]
+            w.buffers[k] = data[:rnd.randrange(len(data) + 1)] + bytes(rnd.randrange(3) * 8)
+    elif kind == 5:                                 # an op's input / output / code index
+        j = rnd.randrange(len(w.ops))
+        code, inputs, outputs, opts = w.ops[j]
+        inputs, outputs = list(inputs), list(outputs)
+        value = rnd.choice([-2, -1, nt, 2 ** 31 - 1, rnd.randrange(nt)] + outputs)
+        if inputs and rnd.random() < 0.7:
+            inputs[rnd.randrange(len(inputs))] = value
+        else:
+            outputs[rnd.randrange(len(outputs))] = value
+        if rnd.random() < 0.1:
+            code = rnd.choice([len(w.codes), 2 ** 31 - 1, -1])
+        w.ops[j] = (code, inputs, outputs, opts)
+    else:                                           # the graph's inputs / outputs
+        lst = rnd.choice([ins, outs])
+        lst[0] = rnd.choice([-1, nt, 2 ** 31 - 1, rnd.randrange(nt)])
+        if rnd.random() < 0.3:
+            lst.append(rnd.randrange(nt))
+
+
+class _Fuzz:
+    """Runs mutants through the command and collects what breaks the rule."""
+
+    def __init__(self, capfd, tmp_path, ext, calib=None):
+        self.capfd, self.tmp = capfd, tmp_path
+        self.src, self.out = tmp_path / f"m{ext}", tmp_path / "out.tmpm"
+        self.args = [self.src, "-o", self.out]
+        if calib is not None:
+            np.save(tmp_path / "c.npy", calib)
+            self.args += ["--calib", tmp_path / "c.npy"]
+        self.problems, self.outcomes = [], {0: 0, 2: 0}
+
+    def run(self, what, data):
+        self.src.write_bytes(data)
+        if self.out.exists():
+            self.out.unlink()
+        t0 = time.perf_counter()
+        tracemalloc.start()
+        try:
+            status, stdout, err, warned = run_cli(self.capfd, *self.args)
+        except BaseException as e:   # noqa: BLE001 - an escaping exception is what we look for
+            status, err, warned = f"{type(e).__name__}: {str(e)[:150]}", [], []
+        finally:
+            peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+        seconds = time.perf_counter() - t0
+        bad = []
+        if status == 0:
+            try:
+                tinymp.Model(self.out.read_bytes())
+            except Exception as e:   # noqa: BLE001
+                bad.append(f"wrote a model the engine refuses: {e}")
+        elif status == 2:
+            if len(err) != 1 or not err[0].startswith("tinymp:"):
+                bad.append(f"stderr {err[:3]}")
+            if self.out.exists() or [p for p in os.listdir(self.tmp) if ".tmp-" in p]:
+                bad.append("left a file behind")
+        else:
+            bad.append(f"status {status}")
+        if any("Traceback" in line for line in err):
+            bad.append("traceback")
+        if warned:
+            bad.append(f"warnings {warned[:2]}")
+        if seconds > MAX_SECONDS:
+            bad.append(f"took {seconds:.1f} s")
+        if peak > MAX_ALLOCATED:
+            bad.append(f"allocated {peak:,} bytes")
+        if bad:
+            self.problems.append(f"{what}: {'; '.join(bad)} | {err[:1]}")
+        if status in self.outcomes:
+            self.outcomes[status] += 1
+
+    def check(self, n):
+        assert not self.problems, (f"{len(self.problems)} of {n} mutants broke the rule:\n"
+                                   + "\n".join(self.problems[:15]))
+
+
+@pytest.mark.parametrize("variant", ["reducemean", "gemm"])
+def test_fuzz_onnx(capfd, tmp_path, variant):
+    onnx = _onnx()
+    good = _handmade(variant)
+    data = good.SerializeToString()
+    fuzz = _Fuzz(capfd, tmp_path, ".onnx", _calib(4))
+    rnd = random.Random(f"onnx-{variant}")
+    for k in range(ONNX_MUTANTS[0]):
+        fuzz.run(f"bytes {k}", mutate_bytes(rnd, data))
+    for k in range(ONNX_MUTANTS[1]):
+        model = onnx.ModelProto()
+        model.CopyFrom(good)
+        for _ in range(rnd.choice((1, 1, 2))):
+            mutate_onnx(rnd, model)
+        fuzz.run(f"edit {k}", model.SerializeToString())
+    fuzz.check(sum(ONNX_MUTANTS))
+    assert min(fuzz.outcomes.values()) >= 5, fuzz.outcomes    # both outcomes occur
+
+
+@pytest.mark.parametrize("make", ["model_a", "model_b", "model_c"])
+def test_fuzz_tflite(capfd, tmp_path, make):
+    tt = _tflite_tests()
+    good = getattr(tt, make)()
+    good = good[0] if isinstance(good, tuple) else good
+    fuzz = _Fuzz(capfd, tmp_path, ".tflite")
+    rnd = random.Random(f"tflite-{make}")
+    for k in range(TFLITE_MUTANTS[0]):
+        fuzz.run(f"bytes {k}", mutate_bytes(rnd, good))
+    for k in range(TFLITE_MUTANTS[1]):
+        def edit(w, ins, outs):
+            for _ in range(rnd.choice((1, 1, 2))):
+                mutate_tflite(rnd, w, ins, outs)
+        try:
+            data = _tflite_with(edit, make)
+        except (struct.error, ValueError, TypeError, IndexError, OverflowError):
+            continue                                # an edit the writer itself cannot write
+        fuzz.run(f"edit {k}", data)
+    fuzz.check(sum(TFLITE_MUTANTS))
+    assert min(fuzz.outcomes.values()) >= 5, fuzz.outcomes
