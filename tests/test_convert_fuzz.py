@@ -184,6 +184,24 @@ def test_calibration_too_narrow_to_quantise(capfd, tmp_path):
     assert "every sample would be the same input" in line
 
 
+@pytest.mark.parametrize("given,says", [
+    (["--input-range", "0", "1e-9"], "tinymp: the input range [0, 1e-09] is less than 1e-6 wide"),
+    ((0.0, math.inf), "tinymp convert: input_range must be two finite numbers (lo, hi) with "
+                      "lo < hi, got (0, inf)"),
+    ((0.0, "one"), "tinymp convert: input_range must be two numbers (lo, hi), got (0.0, 'one')"),
+])
+def test_an_input_range_that_cannot_quantise_is_refused(capfd, tmp_path, given, says):
+    # a range narrower than 1e-6 was widened to [0, 1] without a word; infinite or text
+    # bounds failed deep in the quantiser ('activation range [0.0, inf] is not finite')
+    if isinstance(given, list):
+        line = refuse_onnx(capfd, tmp_path, _handmade(), extra=given)
+    else:
+        with pytest.raises(ConversionError) as e:
+            convert(_handmade().SerializeToString(), _calib(), input_range=given)
+        line = str(e.value)
+    assert line.startswith(says), line
+
+
 @pytest.mark.parametrize("init,value,layer", [
     ("w1", np.nan, "'conv_same' (op Conv)"),
     ("wm", np.inf, "'matmul' (op MatMul)"),

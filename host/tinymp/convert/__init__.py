@@ -320,6 +320,21 @@ def _quantize(graph, calib_nchw: np.ndarray, class_names, input_range) -> bytes:
             f"tinymp convert: calib span only [{lo:.3g}, {hi:.3g}], less than 1e-6 (with 0): "
             "quantised to int8 every sample would be the same input; give samples in the range "
             "the model is fed (or the input range with input_range / --input-range)")
+    if input_range is not None:
+        try:
+            rlo, rhi = (float(v) for v in input_range)
+        except (TypeError, ValueError):
+            raise ConversionError(f"tinymp convert: input_range must be two numbers (lo, hi), "
+                                  f"got {input_range!r}") from None
+        if not (math.isfinite(rlo) and math.isfinite(rhi) and rlo < rhi):
+            raise ConversionError(f"tinymp convert: input_range must be two finite numbers "
+                                  f"(lo, hi) with lo < hi, got ({rlo:g}, {rhi:g})")
+        if max(rhi, 0.0) - min(rlo, 0.0) < 1e-6:
+            raise ConversionError(
+                f"tinymp convert: the input range [{rlo:.3g}, {rhi:.3g}] is less than 1e-6 "
+                "wide (with 0): quantised to int8 every input would be the same value; give "
+                "the range of the values the model is fed")
+        input_range = (rlo, rhi)
     if class_names is not None:
         if isinstance(class_names, (str, bytes)):
             raise ConversionError("tinymp convert: class_names must be a list of names, not a "
