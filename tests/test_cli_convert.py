@@ -240,3 +240,22 @@ def test_input_range_is_refused_for_an_int8_tflite(tmp_path):
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "input_range does not apply to a TFLite model" in lines[0], err
+
+
+def test_a_converted_model_the_engine_refuses_is_one_line_and_nothing_written(tmp_path,
+                                                                                monkeypatch,
+                                                                                capsys):
+    # a converter fault (here: a model cut short on its way out) must not be a traceback
+    from tinymp import convert as conv
+    real = conv.convert
+    monkeypatch.setattr(conv, "convert", lambda *a, **kw: real(*a, **kw)[:-16])
+    out = tmp_path / "m.tmpm"
+    pytest.importorskip("tflite", reason="needs the tflite package")
+    import test_convert_tflite as t
+    from tinymp import cli
+    src = tmp_path / "m.tflite"
+    src.write_bytes(t.model_a()[0])
+    assert cli.main(["convert", str(src), "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("tinymp: the engine refuses the converted model ("), err
+    assert "please report it" in err[0] and not out.exists()

@@ -280,8 +280,13 @@ def cmd_convert(args):
         raise UserError(f"tinymp: converting this model needs an optional package ({e.name or e}); "
                         "pip install 'tinymp[tflite]' or 'tinymp[onnx]'") from None
     except (TypeError, ValueError) as e:
-        raise UserError(f"tinymp: {e}") from None
-    m = tinymp.Model(data)  # the engine validates what it will run
+        raise UserError(f"tinymp: {' '.join(str(e).split())}") from None
+    try:
+        m = tinymp.Model(data)  # the engine validates what it will run
+    except ValueError as e:  # nothing written: a converter fault, not the user's
+        raise UserError(f"tinymp: the engine refuses the converted model ({e}); nothing was "
+                        "written; this is a fault of the converter: please report it with the "
+                        "model") from None
     _write_atomically(args.output, data)
     s = summary.model_summary(m, len(data))
     h, w, c = m.input_shape
