@@ -57,8 +57,17 @@ def read_regular(path, most, what, too_large):
         raise ValueError(f"{path} is a folder, not {what}")
     if not stat.S_ISREG(st.st_mode):
         raise ValueError(f"{path} is not a regular file ({what} is expected)")
-    with open(path, "rb") as f:
-        data = f.read(most + 1)  # a file that grew since the stat is caught here
-    if len(data) > most:
+    if st.st_size > most:
         raise ValueError(f"{path} is larger than {too_large}")
-    return data
+    # in pieces: read(most + 1) would allocate `most` bytes up front; and a file that grew since
+    # the stat is caught here
+    pieces, n = [], 0
+    with open(path, "rb") as f:
+        while True:
+            piece = f.read(min(1 << 20, most + 1 - n))
+            if not piece:
+                return b"".join(pieces)
+            pieces.append(piece)
+            n += len(piece)
+            if n > most:
+                raise ValueError(f"{path} is larger than {too_large}")
