@@ -155,3 +155,27 @@ def test_training_options_without_a_method_are_refused(demo_file, opts):
     assert err.strip() == f"tinymp: {opts[0]} only applies to a training plan: add --method", err
     code, out, err = run("plan", str(demo_file), *opts, "--method", "tinymp", "--json")
     assert code == 0, err
+
+
+@pytest.mark.parametrize("argv, says", [
+    ([], "tinymp: the following arguments are required: command (`tinymp --help` shows the "
+         "options)"),
+    (["frobnicate"], "tinymp: argument command: invalid choice: 'frobnicate'"),
+    (["info"], "tinymp: info: the following arguments are required: model (`tinymp info --help` "
+               "shows the options)"),
+    (["info", "m.tmpm", "--bad"], "tinymp: unrecognized arguments: --bad"),
+    (["experiment", "--seeds", "abc"], "tinymp: experiment: argument --seeds: invalid int value: "
+                                       "'abc' (`tinymp experiment --help` shows the options)"),
+    (["plan", "--method", "nope"], "tinymp: plan: argument --method: invalid choice: 'nope'"),
+    (["collect", "--count"], "tinymp: collect: argument --count: expected one argument"),
+    (["bench", "--budget", "x"], "tinymp: bench: argument --budget: invalid float value: 'x' "
+                                 "(`tinymp bench --help` shows the options)"),
+])
+def test_a_bad_command_line_is_one_line(argv, says, capsys):
+    # argparse printed its whole usage first: several lines burying the one that matters
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert e.value.code == 2 and out == "" and len(lines) == 1, err
+    assert lines[0].startswith(says), lines[0]

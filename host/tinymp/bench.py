@@ -543,7 +543,8 @@ def _versions(qemu):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="tinymp bench", description=(
+    from .cli import Parser  # one-line errors, as every tinymp command's
+    ap = Parser(prog="tinymp bench", description=(
         "every method on an emulated Cortex-M7 (QEMU mps2-an500): instructions, peak SRAM, stack, "
         "flash; build first with `make bench-train-elf` (make bench does both)"))
     ap.add_argument("--models", default=None,

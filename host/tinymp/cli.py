@@ -423,8 +423,20 @@ def cmd_experiment(args):
     return 0
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse's parser whose errors (an unknown option, a missing or badly typed value) are
+    one line starting 'tinymp:' and status 2, like every other refusal of the tool; argparse
+    prints the whole usage before its message, several lines that bury it."""
+
+    def error(self, message):
+        cmd = self.prog.split(None, 1)[1] if " " in self.prog else ""
+        print(f"tinymp: {cmd + ': ' if cmd else ''}{' '.join(message.split())} "
+              f"(`{self.prog} --help` shows the options)", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def build_parser():
-    p = argparse.ArgumentParser(prog="tinymp", description="tinymp: on-device CNN personalisation "
+    p = Parser(prog="tinymp", description="tinymp: on-device CNN personalisation "
                                 "for microcontrollers (PC tools)")
     p.add_argument("--version", action="version", version=_version())
     sub = p.add_subparsers(dest="command", required=True)
