@@ -165,6 +165,10 @@ def test_quantize_multiplier_doc_cases():
     for bad in (-0.1, float("nan"), float("inf"), 2.0 ** 30):
         with pytest.raises(ValueError):
             quantize_multiplier(bad)
+    # a numpy scalar is named as a number, not as its repr ("np.float64(...)")
+    with pytest.raises(ValueError, match=r"^quantize_multiplier: multiplier 1e\+30 too large "
+                                         r"\(shift 100 > 30\)$"):
+        quantize_multiplier(np.float64(1e30))
 
 
 def test_quantize_multiplier_accuracy():

@@ -135,7 +135,7 @@ def quantize_multiplier(real: float) -> Tuple[int, int]:
     """
     m = float(real)
     if not math.isfinite(m) or m < 0.0:
-        raise ValueError(f"quantize_multiplier: multiplier must be finite and >= 0, got {real!r}")
+        raise ValueError(f"quantize_multiplier: multiplier must be finite and >= 0, got {m!r}")
     if m == 0.0:
         return 0, 0
     q, e = math.frexp(m)
@@ -146,7 +146,7 @@ def quantize_multiplier(real: float) -> Tuple[int, int]:
     if e < -31:
         return 0, 0
     if e > 30:
-        raise ValueError(f"quantize_multiplier: multiplier {real!r} too large (shift {e} > 30)")
+        raise ValueError(f"quantize_multiplier: multiplier {m:.6g} too large (shift {e} > 30)")
     return int(M), int(e)
 
 
