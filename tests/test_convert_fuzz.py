@@ -21,6 +21,7 @@ The command runs in this process (tinymp.cli.main) with output captured at the f
 level, so a line a native library (onnxruntime) writes to stderr counts as well. onnx,
 onnxruntime, tflite and PyTorch are optional: what needs one is skipped without it.
 """
+import contextlib
 import copy
 import math
 import os
@@ -54,6 +55,19 @@ def _onnx():
     onnx = pytest.importorskip("onnx", reason="onnx is optional (pip install onnx onnxruntime)")
     pytest.importorskip("onnxruntime", reason="onnxruntime is optional")
     return onnx
+
+
+@contextlib.contextmanager
+def traced():
+    """Trace Python's and numpy's allocations in the block: the list it gives holds their peak
+    in bytes once the block is left."""
+    peak = []
+    tracemalloc.start()
+    try:
+        yield peak
+    finally:
+        peak.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
 
 
 def _tflite_tests():
@@ -253,12 +267,9 @@ def test_padding_no_tensor_can_hold_is_refused_at_once(capfd, tmp_path, pad):
     # carried through the graph and refused later, as an add of mismatched shapes)
     model = _handmade()
     _set_init(model, "pads", np.array([0, 0, 1, pad, 0, 0, 1, 1], np.int64))
-    tracemalloc.start()
-    try:
+    with traced() as peak:
         line = refuse_onnx(capfd, tmp_path, model)
-    finally:
-        peak = tracemalloc.get_traced_memory()[1]
-        tracemalloc.stop()
+    peak = peak[0]
     assert line.startswith(f"tinymp: layer 'pad' (op Pad) gives a tensor of shape ('N', 8, 6, "
                            f"{pad + 5}): tinymp tensors have 1 ... 65535 rows, columns and "
                            "channels and at most 2^24 values"), line
@@ -367,12 +378,9 @@ DAMAGES = ["constant_of_shape", "expand", "range", "not_utf8_op_type",
 def test_damaged_onnx_is_refused_in_one_line(capfd, tmp_path, case):
     model, start = _damage(case)
     t0 = time.perf_counter()
-    tracemalloc.start()
-    try:
+    with traced() as peak:
         line = refuse_onnx(capfd, tmp_path, model)
-    finally:
-        peak = tracemalloc.get_traced_memory()[1]
-        tracemalloc.stop()
+    peak = peak[0]
     assert line.startswith(start), line
     assert len(line) < 1000, len(line)
     assert time.perf_counter() - t0 < MAX_SECONDS
@@ -425,13 +433,10 @@ def test_a_large_shape_constant_is_refused_before_it_is_made():
     model = _handmade()
     _insert_const(model, "ConstantOfShape", ["shp"], ("mul", 1),
                   {"shp": np.array([4096, 4096], np.int64)})
-    tracemalloc.start()
-    try:
+    with traced() as peak:
         with pytest.raises(ConversionError, match="computes a constant of 16,777,216 values"):
             convert(model.SerializeToString(), _calib())
-    finally:
-        peak = tracemalloc.get_traced_memory()[1]
-        tracemalloc.stop()
+    peak = peak[0]
     assert peak < 32 << 20, f"{peak:,} bytes allocated"
 
 
@@ -736,14 +741,12 @@ class _Fuzz:
         if self.out.exists():
             self.out.unlink()
         t0 = time.perf_counter()
-        tracemalloc.start()
-        try:
-            status, stdout, err, warned = run_cli(self.capfd, *self.args)
-        except BaseException as e:   # noqa: BLE001 - an escaping exception is what we look for
-            status, err, warned = f"{type(e).__name__}: {str(e)[:150]}", [], []
-        finally:
-            peak = tracemalloc.get_traced_memory()[1]
-            tracemalloc.stop()
+        with traced() as peak:
+            try:
+                status, stdout, err, warned = run_cli(self.capfd, *self.args)
+            except BaseException as e:   # noqa: BLE001 - an escaping exception is what we look for
+                status, err, warned = f"{type(e).__name__}: {str(e)[:150]}", [], []
+        peak = peak[0]
         seconds = time.perf_counter() - t0
         bad = []
         if status == 0:
