@@ -538,7 +538,7 @@ class _Converter:
             raise self.err(op, f"{what} missing")
         t = self.T[op.inputs[k]]
         if t.data is None:
-            raise self.err(op, f"{what} (tensor {t.index} '{shown(t.name)}') is not a constant",
+            raise self.err(op, f"{what} (tensor {t.index} '{shown(t.name)}') are not constant",
                            "tinymp needs constant weights")
         if t.type != _INT8:
             raise self.err(op, f"{what} (tensor {t.index} '{shown(t.name)}') are {t.type_name}",
@@ -844,7 +844,7 @@ class _Converter:
         if cin != view[2]:
             raise self.err(op, f"filter has {cin} input channels for a {view[2]}-channel input",
                            "grouped convolutions are not supported")
-        w, ws = self.weights(op, 1, 4, 0, cout, "filter")
+        w, ws = self.weights(op, 1, 4, 0, cout, "filter weights")
         bias = self.bias(op, 2, cout)
         stride, pad, (oh, ow) = self._spatial(op, o, v, view, kh, kw, out, cout)
         s_in, _ = self.qp(xin)
@@ -878,7 +878,7 @@ class _Converter:
         if cout != c:
             raise self.err(op, f"depth multiplier {cout // c if c else '?'} ({c} -> {cout} "
                                f"channels)", "tinymp depthwise convolutions have multiplier 1")
-        w, ws = self.weights(op, 1, 4, 3, c, "filter")
+        w, ws = self.weights(op, 1, 4, 3, c, "filter weights")
         bias = self.bias(op, 2, c)
         stride, pad, (oh, ow) = self._spatial(op, o, v, view, kh, kw, out, c)
         s_in, _ = self.qp(xin)
