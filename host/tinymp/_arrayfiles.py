@@ -206,6 +206,6 @@ def read_npz(path, names, check=None):
             with _zip_errors(where):
                 for n in names:
                     member = found[n]
-                    with z.open(found[n]) as m:
+                    with z.open(member) as m:
                         out[n] = _read_array(m, f"array '{n}'")
             return out

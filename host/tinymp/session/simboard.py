@@ -150,10 +150,6 @@ class SimImage:
         return self._data
 
 
-class _SceneError(Exception):
-    """What check_scene finds wrong in a scene's array headers (passed through read_npz)."""
-
-
 def check_scene(path):
     """The images and labels of a scene file (uint8 x [N, H, W], integer y [N]); ValueError
     saying what is wrong. The PC checks a scene with this before it starts the simulated board,
@@ -164,19 +160,18 @@ def check_scene(path):
     if not os.path.isfile(path):
         raise ValueError("no such file")
 
-    def check(heads):  # from the headers alone: a wrong file's data is never read
+    def check(heads):  # from the headers alone: a wrong file's data is never read; read_npz
+        # passes this ValueError through as it is
         (xt, xs), (yt, ys) = heads["x"], heads["y"]
         if xt != np.uint8 or len(xs) != 3 or 0 in xs:
-            raise _SceneError(f"'x' must be uint8 images [N, H, W], not {xt} {list(xs)}")
+            raise ValueError(f"'x' must be uint8 images [N, H, W], not {xt} {list(xs)}")
         if not np.issubdtype(yt, np.integer) or ys != xs[:1]:
-            raise _SceneError(f"'y' must be one integer label per image, not {yt} {list(ys)}")
+            raise ValueError(f"'y' must be one integer label per image, not {yt} {list(ys)}")
     try:
         arrays = read_npz(path, ("x", "y"), check)
     except ArrayFileError as e:  # headers checked before any data is read
         raise ValueError(f"{e}" + ("" if not e.wrong_kind else "; it must hold arrays 'x' (uint8 "
                                    "images [N, H, W]) and 'y' (labels)")) from None
-    except _SceneError as e:
-        raise ValueError(str(e)) from None
     x, y = arrays["x"], arrays["y"]
     return x, y.astype(int)
 
