@@ -1814,35 +1814,87 @@ static int get_loss_out(PyObject *out, Py_buffer *v) {
     return 0;
 }
 
-/* step(x, y, out=None) -> float. With `out` the loss is stored in out[0] and `out` is returned
- * (as logits(x, out=...)): nothing is allocated, which the board needs under heap_lock(). */
-static PyObject *Trainer_step(TrainerObject *self, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"x", "y", "out", NULL};
-    PyObject *x, *y, *out = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|O:step", kwlist, &x, &y, &out) || Trainer_check(self) < 0) {
-        return NULL;
+/* A step's `cache`: a buffer of exactly plan.cache_bytes (writable for step(), which fills it;
+ * readable for step_cached()). */
+static int get_step_cache(TrainerObject *self, PyObject *cache, int writable, Py_buffer *v) {
+    const uint32_t need = self->plan->plan.cache_bytes;
+    if (need == 0) {
+        PyErr_SetString(PyExc_ValueError, "tinymp: this plan has nothing to cache (plan.cache_bytes is 0: "
+            "it trains from the first layer on, or a trained layer reads the input)");
+        return -1;
     }
-    Py_buffer ov;
-    int have_out = out != Py_None;
-    if (have_out && get_loss_out(out, &ov) < 0) {
-        return NULL;
-    }
-    int32_t label;
-    Py_buffer v;
-    if (get_label(self, y, &label) < 0 || get_input(self->model, x, &v) < 0) {
-        if (have_out) {
-            PyBuffer_Release(&ov);
+    int flags = PyBUF_C_CONTIGUOUS | (writable ? PyBUF_WRITABLE : 0);
+    if (!PyObject_CheckBuffer(cache) || PyObject_GetBuffer(cache, v, flags) < 0) {
+        if (PyErr_Occurred() && !PyErr_ExceptionMatches(PyExc_BufferError) &&
+            !PyErr_ExceptionMatches(PyExc_TypeError) && !PyErr_ExceptionMatches(PyExc_ValueError)) {
+            return -1;
         }
+        PyErr_Clear();
+        PyErr_Format(PyExc_TypeError, "tinymp: cache must be a %sC-contiguous buffer of plan.cache_bytes "
+            "bytes, not '%.200s'", writable ? "writable " : "", Py_TYPE(cache)->tp_name);
+        return -1;
+    }
+    if (v->len != (Py_ssize_t)need) {
+        PyErr_Format(PyExc_ValueError, "tinymp: cache has %zd bytes, expected plan.cache_bytes = %u",
+            v->len, (unsigned)need);
+        PyBuffer_Release(v);
+        return -1;
+    }
+    return 0;
+}
+
+/* step(x, y, out=None, cache=None) and step_cached(cache, y, out=None): one training step on a
+ * sample or on the frozen-prefix features step(..., cache=) kept of it. With `out` the loss is
+ * stored in out[0] and `out` is returned (as logits(x, out=...)): nothing is allocated, which the
+ * board needs under heap_lock(). */
+static PyObject *trainer_step_any(TrainerObject *self, PyObject *x, PyObject *y, PyObject *out,
+    PyObject *cache, int from_cache) {
+    if (Trainer_check(self) < 0) {
         return NULL;
+    }
+    Py_buffer ov, cv, v;
+    int have_out = 0, have_cache = 0, have_x = 0;
+    int32_t label;
+    if (out != Py_None) {
+        if (get_loss_out(out, &ov) < 0) {
+            goto fail;
+        }
+        have_out = 1;
+    }
+    if (cache != Py_None) {
+        if (get_step_cache(self, cache, !from_cache, &cv) < 0) {
+            goto fail;
+        }
+        have_cache = 1;
+    }
+    if (get_label(self, y, &label) < 0) {
+        goto fail;
+    }
+    if (!from_cache) {
+        if (get_input(self->model, x, &v) < 0) {
+            goto fail;
+        }
+        have_x = 1;
     }
     float loss = 0.0f;
-    tmp_status st = tmp_trainer_step(&self->t, (const int8_t *)v.buf, label, &loss);
-    PyBuffer_Release(&v);
+    tmp_status st;
+    if (from_cache) {
+        st = tmp_trainer_step_cached(&self->t, (const int8_t *)cv.buf, label, &loss);
+    } else if (have_cache) {
+        st = tmp_trainer_step_fill(&self->t, (const int8_t *)v.buf, label, (int8_t *)cv.buf, &loss);
+    } else {
+        st = tmp_trainer_step(&self->t, (const int8_t *)v.buf, label, &loss);
+    }
+    if (have_x) {
+        PyBuffer_Release(&v);
+        have_x = 0;
+    }
+    if (have_cache) {
+        PyBuffer_Release(&cv);
+        have_cache = 0;
+    }
     if (step_error(self, st, "training step") < 0) {
-        if (have_out) {
-            PyBuffer_Release(&ov);
-        }
-        return NULL;
+        goto fail;
     }
     if (have_out) {
         memcpy(ov.buf, &loss, sizeof loss); /* `out` may be misaligned */
@@ -1851,6 +1903,35 @@ static PyObject *Trainer_step(TrainerObject *self, PyObject *args, PyObject *kwd
         return out;
     }
     return PyFloat_FromDouble((double)loss);
+fail:
+    if (have_out) {
+        PyBuffer_Release(&ov);
+    }
+    if (have_cache) {
+        PyBuffer_Release(&cv);
+    }
+    if (have_x) {
+        PyBuffer_Release(&v);
+    }
+    return NULL;
+}
+
+static PyObject *Trainer_step(TrainerObject *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"x", "y", "out", "cache", NULL};
+    PyObject *x, *y, *out = Py_None, *cache = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|OO:step", kwlist, &x, &y, &out, &cache)) {
+        return NULL;
+    }
+    return trainer_step_any(self, x, y, out, cache, 0);
+}
+
+static PyObject *Trainer_step_cached(TrainerObject *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"cache", "y", "out", NULL};
+    PyObject *cache, *y, *out = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|O:step_cached", kwlist, &cache, &y, &out)) {
+        return NULL;
+    }
+    return trainer_step_any(self, NULL, y, out, cache, 1);
 }
 
 static int trainer_forward(TrainerObject *self, PyObject *x, const int8_t **out) {
@@ -2104,6 +2185,14 @@ static PyObject *Trainer_grads(TrainerObject *self, PyObject *args) {
     PyObject *r = Py_BuildValue("(dO)", (double)loss, g);
     Py_DECREF(g);
     return r;
+}
+
+static PyObject *Trainer_get_prediction(TrainerObject *self, void *c) {
+    (void)c;
+    if (Trainer_check(self) < 0) {
+        return NULL;
+    }
+    return PyLong_FromLong((long)self->t.last_pred);
 }
 
 static PyObject *Trainer_get_lr(TrainerObject *self, void *c) {
@@ -2439,6 +2528,8 @@ fail:
 
 static PyGetSetDef Trainer_getset[] = {
     {"high_water", (getter)Trainer_get_high_water, NULL, "arena bytes actually touched so far", NULL},
+    {"prediction", (getter)Trainer_get_prediction, NULL,
+        "the class the last step's forward pass predicted (before its update); -1 before a step", NULL},
     {"selection", (getter)Trainer_get_selection, NULL, "dict layer -> input channels updated this period", NULL},
     {"lr", (getter)Trainer_get_lr, (setter)Trainer_set_lr, "learning rate", NULL},
     {"plan", (getter)Trainer_get_plan, NULL, "the plan", NULL},
@@ -2447,8 +2538,12 @@ static PyGetSetDef Trainer_getset[] = {
 
 static PyMethodDef Trainer_methods[] = {
     {"step", (PyCFunction)(void (*)(void))Trainer_step, METH_VARARGS | METH_KEYWORDS,
-        "step(x, y, out=None) -> loss: one SGD step (with out, a buffer of one float32: the loss is\n"
-        "stored in out[0] and out is returned; nothing is allocated)"},
+        "step(x, y, out=None, cache=None) -> loss: one SGD step (with out, a buffer of one float32: the\n"
+        "loss is stored in out[0] and out is returned; nothing is allocated). With cache, a writable\n"
+        "buffer of plan.cache_bytes, the sample's frozen-prefix features are kept in it"},
+    {"step_cached", (PyCFunction)(void (*)(void))Trainer_step_cached, METH_VARARGS | METH_KEYWORDS,
+        "step_cached(cache, y, out=None) -> loss: the step on a sample from the features that\n"
+        "step(x, y, cache=cache) kept of it (the frozen prefix is skipped; identical result)"},
     {"predict", (PyCFunction)Trainer_predict, METH_O, "predict(x) -> int, with the trained parameters"},
     {"fit", (PyCFunction)(void (*)(void))Trainer_fit, METH_VARARGS | METH_KEYWORDS,
         "fit(xs, ys, epochs=1, cache=True, shuffle=True, progress=None) -> dict: a personalisation run\n"

@@ -22,9 +22,9 @@
  *                    .storage, .r, .ratio, .momentum, .first, .layers, .channels,
  *                    .forward_macs, .backward_macs, .step_macs, .step_share, .describe() -> str
  *   Trainer(model, plan, lr=0.01, arena=None, seed=1, period=0)
- *     .step(x, y, out=None) -> float (or `out`), .predict(x), .logits(x, out=None),
- *     .end_period(), .reset(), .save(path), .load(path), .stats() -> dict,
- *     .high_water, .selection, .lr (settable), .plan
+ *     .step(x, y, out=None, cache=None) -> float (or `out`), .step_cached(cache, y, out=None),
+ *     .predict(x), .logits(x, out=None), .fit(...), .end_period(), .reset(), .save(path),
+ *     .load(path), .stats() -> dict, .high_water, .prediction, .selection, .lr (settable), .plan
  *   crc32(data, crc=0) -> int
  *   __version__
  *
@@ -1283,21 +1283,32 @@ static mp_obj_t tinymp_trainer_make_new(const mp_obj_type_t *type, size_t n_args
     return MP_OBJ_FROM_PTR(self);
 }
 
-// step(x, y, out=None) -> float: one SGD step; returns the loss. With `out` (a writable buffer
-// of one float32, e.g. array('f', [0.0])) the loss is stored in out[0] and `out` is returned:
-// then nothing is allocated (micropython.heap_lock()).
-static mp_obj_t tinymp_trainer_step(size_t n_args, const mp_obj_t *pos_args, mp_map_t *kw_args) {
-    enum { ARG_x, ARG_y, ARG_out };
-    static const mp_arg_t allowed_args[] = {
-        { MP_QSTR_x, MP_ARG_REQUIRED | MP_ARG_OBJ, {.u_obj = MP_OBJ_NULL} },
-        { MP_QSTR_y, MP_ARG_REQUIRED | MP_ARG_OBJ, {.u_obj = MP_OBJ_NULL} },
-        { MP_QSTR_out, MP_ARG_OBJ, {.u_obj = mp_const_none} },
-    };
-    tinymp_trainer_obj_t *self = MP_OBJ_TO_PTR(pos_args[0]);
-    mp_arg_val_t args[MP_ARRAY_SIZE(allowed_args)];
-    mp_arg_parse_all(n_args - 1, pos_args + 1, kw_args, MP_ARRAY_SIZE(allowed_args), allowed_args, args);
-    mp_obj_t out = args[ARG_out].u_obj;
-    mp_buffer_info_t ob, xb;
+// A step's `cache`: a buffer of exactly plan.cache_bytes (writable for step(), which fills it;
+// readable for step_cached()).
+static void get_step_cache(tinymp_trainer_obj_t *self, mp_obj_t cache, bool writable, mp_buffer_info_t *cb) {
+    const uint32_t need = trainer_plan(self)->plan.cache_bytes;
+    if (need == 0) {
+        mp_raise_ValueError(MP_ERROR_TEXT("tinymp: this plan has nothing to cache (plan.cache_bytes is 0: "
+            "it trains from the first layer on, or a trained layer reads the input)"));
+    }
+    if (!mp_get_buffer(cache, cb, writable ? MP_BUFFER_WRITE : MP_BUFFER_READ)) {
+        mp_raise_msg_varg(&mp_type_TypeError,
+            MP_ERROR_TEXT("tinymp: cache must be a %sC-contiguous buffer of plan.cache_bytes bytes, not '%s'"),
+            writable ? "writable " : "", mp_obj_get_type_str(cache));
+    }
+    if (cb->len != need) {
+        mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("tinymp: cache has %u bytes, expected plan.cache_bytes = %u"),
+            (unsigned)cb->len, (unsigned)need);
+    }
+}
+
+// step(x, y, out=None, cache=None) and step_cached(cache, y, out=None) -> float: one SGD step on a
+// sample, or on the frozen-prefix features that step(..., cache=) kept of it; returns the loss.
+// With `out` (a writable buffer of one float32, e.g. array('f', [0.0])) the loss is stored in
+// out[0] and `out` is returned: then nothing is allocated (micropython.heap_lock()).
+static mp_obj_t trainer_step_any(tinymp_trainer_obj_t *self, mp_obj_t x, mp_obj_t y, mp_obj_t out, mp_obj_t cache,
+    bool from_cache) {
+    mp_buffer_info_t ob, xb, cb;
     if (out != mp_const_none) {
         if (!mp_get_buffer(out, &ob, MP_BUFFER_WRITE)) {
             mp_raise_msg_varg(&mp_type_TypeError,
@@ -1314,8 +1325,13 @@ static mp_obj_t tinymp_trainer_step(size_t n_args, const mp_obj_t *pos_args, mp_
                 (unsigned)ob.len);
         }
     }
-    int32_t label = parse_label(trainer_model(self), args[ARG_y].u_obj, "label");
-    get_input(trainer_model(self), args[ARG_x].u_obj, &xb);
+    int32_t label = parse_label(trainer_model(self), y, "label");
+    if (!from_cache) {
+        get_input(trainer_model(self), x, &xb);
+    }
+    if (cache != mp_const_none) {
+        get_step_cache(self, cache, !from_cache, &cb);
+    }
     trainer_check(self);
     #if MICROPY_ENABLE_GC && MICROPY_OBJ_REPR != MICROPY_OBJ_REPR_C && MICROPY_OBJ_REPR != MICROPY_OBJ_REPR_D
     // Floats are boxed on this port: returning the loss allocates. Under heap_lock() fail before
@@ -1326,8 +1342,15 @@ static mp_obj_t tinymp_trainer_step(size_t n_args, const mp_obj_t *pos_args, mp_
     }
     #endif
     float loss = 0.0f;
+    tmp_status st;
     kbd_hold(true);
-    tmp_status st = tmp_trainer_step(&self->t, (const int8_t *)xb.buf, label, &loss);
+    if (from_cache) {
+        st = tmp_trainer_step_cached(&self->t, (const int8_t *)cb.buf, label, &loss);
+    } else if (cache != mp_const_none) {
+        st = tmp_trainer_step_fill(&self->t, (const int8_t *)xb.buf, label, (int8_t *)cb.buf, &loss);
+    } else {
+        st = tmp_trainer_step(&self->t, (const int8_t *)xb.buf, label, &loss);
+    }
     kbd_hold(false);
     trainer_status(self, st, "training step");
     if (out != mp_const_none) {
@@ -1336,7 +1359,35 @@ static mp_obj_t tinymp_trainer_step(size_t n_args, const mp_obj_t *pos_args, mp_
     }
     return mp_obj_new_float((mp_float_t)loss);
 }
+
+static mp_obj_t tinymp_trainer_step(size_t n_args, const mp_obj_t *pos_args, mp_map_t *kw_args) {
+    enum { ARG_x, ARG_y, ARG_out, ARG_cache };
+    static const mp_arg_t allowed_args[] = {
+        { MP_QSTR_x, MP_ARG_REQUIRED | MP_ARG_OBJ, {.u_obj = MP_OBJ_NULL} },
+        { MP_QSTR_y, MP_ARG_REQUIRED | MP_ARG_OBJ, {.u_obj = MP_OBJ_NULL} },
+        { MP_QSTR_out, MP_ARG_OBJ, {.u_obj = mp_const_none} },
+        { MP_QSTR_cache, MP_ARG_OBJ, {.u_obj = mp_const_none} },
+    };
+    mp_arg_val_t args[MP_ARRAY_SIZE(allowed_args)];
+    mp_arg_parse_all(n_args - 1, pos_args + 1, kw_args, MP_ARRAY_SIZE(allowed_args), allowed_args, args);
+    return trainer_step_any(MP_OBJ_TO_PTR(pos_args[0]), args[ARG_x].u_obj, args[ARG_y].u_obj, args[ARG_out].u_obj,
+        args[ARG_cache].u_obj, false);
+}
 static MP_DEFINE_CONST_FUN_OBJ_KW(tinymp_trainer_step_obj, 1, tinymp_trainer_step);
+
+static mp_obj_t tinymp_trainer_step_cached(size_t n_args, const mp_obj_t *pos_args, mp_map_t *kw_args) {
+    enum { ARG_cache, ARG_y, ARG_out };
+    static const mp_arg_t allowed_args[] = {
+        { MP_QSTR_cache, MP_ARG_REQUIRED | MP_ARG_OBJ, {.u_obj = MP_OBJ_NULL} },
+        { MP_QSTR_y, MP_ARG_REQUIRED | MP_ARG_OBJ, {.u_obj = MP_OBJ_NULL} },
+        { MP_QSTR_out, MP_ARG_OBJ, {.u_obj = mp_const_none} },
+    };
+    mp_arg_val_t args[MP_ARRAY_SIZE(allowed_args)];
+    mp_arg_parse_all(n_args - 1, pos_args + 1, kw_args, MP_ARRAY_SIZE(allowed_args), allowed_args, args);
+    return trainer_step_any(MP_OBJ_TO_PTR(pos_args[0]), mp_const_none, args[ARG_y].u_obj, args[ARG_out].u_obj,
+        args[ARG_cache].u_obj, true);
+}
+static MP_DEFINE_CONST_FUN_OBJ_KW(tinymp_trainer_step_cached_obj, 1, tinymp_trainer_step_cached);
 
 // Inference with the trained parameters; returns the int8 output inside the arena.
 static const int8_t *trainer_forward(tinymp_trainer_obj_t *self, mp_obj_t x) {
@@ -1678,6 +1729,10 @@ static void tinymp_trainer_attr(mp_obj_t self_in, qstr attr, mp_obj_t *dest) {
         case MP_QSTR_high_water:
             dest[0] = mp_obj_new_int_from_uint(tmp_trainer_high_water(&self->t));
             break;
+        case MP_QSTR_prediction:
+            trainer_check(self);
+            dest[0] = MP_OBJ_NEW_SMALL_INT(self->t.last_pred);
+            break;
         case MP_QSTR_selection:
             dest[0] = trainer_selection(self);
             break;
@@ -1995,6 +2050,7 @@ static void tinymp_trainer_print(const mp_print_t *print, mp_obj_t self_in, mp_p
 
 static const mp_rom_map_elem_t tinymp_trainer_locals_dict_table[] = {
     { MP_ROM_QSTR(MP_QSTR_step), MP_ROM_PTR(&tinymp_trainer_step_obj) },
+    { MP_ROM_QSTR(MP_QSTR_step_cached), MP_ROM_PTR(&tinymp_trainer_step_cached_obj) },
     { MP_ROM_QSTR(MP_QSTR_predict), MP_ROM_PTR(&tinymp_trainer_predict_obj) },
     { MP_ROM_QSTR(MP_QSTR_fit), MP_ROM_PTR(&tinymp_trainer_fit_obj) },
     { MP_ROM_QSTR(MP_QSTR_logits), MP_ROM_PTR(&tinymp_trainer_logits_obj) },

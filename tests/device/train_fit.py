@@ -327,3 +327,51 @@ except ValueError as e:
 # a long run stopped early by progress reserves nothing per epoch it never reaches
 r = t.fit(xs, ys, epochs=100000, progress=lambda e, d, l, c: e == 1 and d == 2)
 print("long run stopped", r["steps"], r["epochs"], len(r["loss"]), len(r["accuracy"]))
+
+# One step at a time, as the session agent trains: step(x, y, cache=buf) trains on a sample and
+# keeps its frozen-prefix features in buf; step_cached(buf, y) trains on the sample from them,
+# skipping the prefix. Losses, predictions and trained outputs are those of plain steps, and
+# `prediction` (the class the step's forward pass gave, before its update) is what predict()
+# says just before the step.
+for method, kw in (("last", {}), ("sparse", {"layers": [2], "ratios": [0.5]})):
+    p = m.plan(method, **kw)
+    a = tinymp.Trainer(m, p, lr=0.05, seed=7)
+    b = tinymp.Trainer(m, p, lr=0.05, seed=7)
+    bufs = [bytearray(p.cache_bytes) for _ in xs]
+    same_loss = same_pred = True
+    print(method, "prediction before any step", a.prediction)
+    for e in range(3):
+        for i in range(len(xs)):
+            want = b.predict(xs[i])
+            lb = b.step(xs[i], ys[i])
+            la = a.step(xs[i], ys[i], cache=bufs[i]) if e == 0 else a.step_cached(bufs[i], ys[i])
+            same_loss = same_loss and la == lb
+            same_pred = same_pred and a.prediction == want and b.prediction == want
+        a.end_period()
+        b.end_period()
+    print("  same losses", same_loss, "same predictions", same_pred, "same outputs",
+          [list(a.logits(x)) for x in xs] == [list(b.logits(x)) for x in xs])
+    prefix = p.forward_macs - (p.step_macs - p.backward_macs)
+    print("  prefix skipped in the cached steps",
+          b.stats()["forward_macs"] - a.stats()["forward_macs"] == 2 * len(xs) * prefix, prefix > 0)
+    o = bytearray(4)
+    print("  out=", a.step_cached(bufs[0], ys[0], out=o) is o, a.step(xs[1], ys[1], o, bufs[1]) is o)
+
+# bad input: one error each, nothing trained
+p = m.plan("last")
+t = tinymp.Trainer(m, p, lr=0.05, seed=7)
+good = bytearray(p.cache_bytes)
+t.step(xs[0], ys[0], cache=good)
+before = [list(t.logits(x)) for x in xs]
+for call in (lambda: t.step_cached(bytearray(p.cache_bytes - 1), 1),
+             lambda: t.step_cached(good, 99),
+             lambda: t.step(xs[0], 1, cache=bytes(p.cache_bytes)),
+             lambda: t.step(xs[0], 1, cache=bytearray(p.cache_bytes + 1)),
+             lambda: t.step(xs[0], 1, cache=5),
+             lambda: tinymp.Trainer(m, m.plan("full")).step_cached(bytearray(4), 1)):
+    try:
+        call()
+        print("no error")
+    except (ValueError, TypeError) as e:
+        print(type(e).__name__, e)
+print("unchanged", [list(t.logits(x)) for x in xs] == before, t.stats()["steps"])

@@ -241,6 +241,7 @@ tmp_status tmp_trainer_init(tmp_trainer *t, const tmp_model *m, const tmp_train_
     t->beta = 0.9f;
     t->tau = 0.1f;
     t->seed = seed;
+    t->last_pred = -1;
     t->tables_crc = tables_crc(m);
     memset(t->arena, TMP_ARENA_PAINT, p->arena_bytes);
     return tmp_trainer_reset(t);
@@ -792,12 +793,10 @@ static tmp_status step_impl(tmp_trainer *t, const int8_t *x, int32_t label, floa
     tmp_tensor to;
     tmp_model_tensor(t->m, T - 1, &to, NULL);
     const int8_t *logits = act_ptr(t, T - 1, x);
+    /* the class the parameters before this step predict: what predict() would have said */
+    t->last_pred = tmp_argmax_s8(logits, to.dims.c);
     if (pred != NULL) {
-        int32_t best = 0;
-        for (int32_t c = 1; c < to.dims.c; c++) {
-            best = logits[c] > logits[best] ? c : best;
-        }
-        *pred = best;
+        *pred = t->last_pred;
     }
     float l = 0.0f;
     if (p->first < L) {
