@@ -42,6 +42,8 @@ class MicroPythonBoard:
         tty.setraw(slave)
         code = ("import sys\nsys.path.insert(0, %r)\nimport tinymp_agent\n" % AGENT_DIR
                 + ("tinymp_agent.crc32 = tinymp_agent._crc32_bitwise\n" if bitwise_crc else "")
+                # ... and a heap too short for a training run's feature cache: it goes to a file
+                + ("tinymp_agent.Features.RESERVE = 1 << 30\n" if bitwise_crc else "")
                 + "tinymp_agent.main(root=%r, board={'name': 'unix MicroPython', "
                   "'arena_budget': 262144})\n" % root)
         self.proc = subprocess.Popen([MICROPYTHON, "-X", "heapsize=8M", "-c", code],
@@ -117,6 +119,12 @@ def test_agent_on_micropython(tmp_path, bitwise_crc):
         assert e[f["pred"]] == tr.predict(x[i].tobytes())
         assert e[f["loss"]] == pytest.approx(tr.step(x[i].tobytes(), int(y[i])), rel=1e-5)
     assert rec["end"]["plan"]["arena_bytes"] == plan.arena_bytes
+    # steps 21-30 came round to samples a second time: from their kept features, in RAM or (the
+    # bitwise-CRC board, whose heap is made to look short) in a file on MicroPython's filesystem
+    assert rec["end"]["features"] == {"where": "file" if bitwise_crc else "ram",
+                                      "bytes": 20 * plan.cache_bytes,
+                                      "sample_bytes": plan.cache_bytes, "cached_steps": 10}
+    assert not (tmp_path / "flash" / "features.bin").exists()
     assert rec["end"]["clock"] == "board"  # measured with time.ticks_us on this "board"
     assert all(e[f["step_us"]] > 0 and e[f["step_cycles"]] is not None for e in rec["events"])
     here = np.array([tr.predict(v.tobytes()) for v in x])

@@ -42,7 +42,9 @@ try:
 except ImportError:  # pragma: no cover
     hashlib = None
 
-AGENT_VERSION = "3"  # 2: trial runs (params.try); 3: INFO params also without saved options
+# 2: trial runs (params.try); 3: INFO params also without saved options; 4: training runs keep
+# the samples' frozen-prefix features (Features) and take the prediction from the step
+AGENT_VERSION = "4"
 PROTOCOL = 1
 MAGIC = b"\xa5T"
 HEADER = 12
@@ -437,6 +439,91 @@ def _mem_free():
     return None
 
 
+class Features:
+    """The frozen-prefix features of a training run's samples (plan.cache_bytes each), kept at a
+    sample's first step (Trainer.step(x, y, cache=...)) so that its later steps start from them
+    (Trainer.step_cached) and skip the prefix layers and the read of the sample: the same
+    parameters, losses and predictions, far fewer instructions per step. In RAM when the heap
+    has room for them, else in a file beside the sample store; a sample whose features could not
+    be kept (the file full or unreadable) is simply stepped from its input."""
+
+    RESERVE = 48 * 1024  # heap left for replies and evaluation after a cache in RAM
+
+    def __init__(self, n, size, path):
+        from array import array
+        self.n, self.size, self.path = n, size, path
+        self.kept = bytearray(n)  # 1: sample i's features are kept
+        self.sid = array("i", bytearray(4 * n))  # ...and its store id and label
+        self.label = array("i", bytearray(4 * n))
+        self.buf = self.f = None
+        self.full = False  # the file could not take more
+        self.cached = 0  # steps that started from kept features
+        free = _mem_free()
+        if free is None or free - n * size >= self.RESERVE:
+            try:
+                self.buf = bytearray(n * size)
+                self.where = "ram"
+                return
+            except MemoryError:
+                pass
+        self.tmp = bytearray(size)
+        try:
+            self.f = open(path, "w+b")
+            self.where = "file"
+        except OSError:
+            self.where = None
+
+    def slot(self, i):
+        """Where the step of sample i writes its features (None: they are not kept)."""
+        if i >= self.n:
+            return None
+        if self.buf is not None:
+            return memoryview(self.buf)[i * self.size:(i + 1) * self.size]
+        return self.tmp if self.f is not None and not self.full else None
+
+    def keep(self, i, sid, label):
+        """After the step that filled slot(i): sample i's features are kept."""
+        if self.f is not None:
+            try:
+                self.f.seek(i * self.size)
+                if self.f.write(self.tmp) != self.size:
+                    raise OSError(_ENOSPC)
+            except OSError:
+                # the filesystem is full: the features kept so far stay, the samples still to
+                # come are stepped from their inputs (the run's end removes the file before it
+                # saves the parameters)
+                self.full = True
+                return
+        self.kept[i] = 1
+        self.sid[i], self.label[i] = sid, label
+
+    def load(self, i):
+        """Sample i's kept features, or None."""
+        if i >= self.n or not self.kept[i]:
+            return None
+        if self.buf is not None:
+            return memoryview(self.buf)[i * self.size:(i + 1) * self.size]
+        try:
+            self.f.seek(i * self.size)
+            if self.f.readinto(self.tmp) == self.size:
+                return self.tmp
+        except (OSError, AttributeError):
+            pass
+        self.kept[i] = 0
+        return None
+
+    def close(self):
+        if self.f is not None:
+            try:
+                self.f.close()
+            except OSError:
+                pass
+            self.f = None
+        self.buf = None
+        self.kept = bytearray(self.n)
+        _remove(self.path)
+
+
 class Rng:
     """xorshift32: the same sequence on every port."""
 
@@ -727,6 +814,7 @@ class Agent:
             return {"present": present, "written": False, "in_place": False,
                     "state": "unwritable" if present else "absent", "warning": None,
                     "image_bytes": None, "segment_bytes": None}
+        self._end_features()
         self.model = self.trainer = self.train = self.trial = None  # nothing may read the segment meanwhile
         if gc is not None:
             gc.collect()
@@ -880,6 +968,7 @@ class Agent:
                            "board has %d" % (m.inference_arena_bytes, budget))
             m = None
         # commit: the previous model stays in place until this rename
+        self._end_features()
         self.model = self.trainer = self.train = self.trial = None
         if gc is not None:
             gc.collect()
@@ -926,6 +1015,7 @@ class Agent:
             raise Fail("bad_label", "label %r is out of range 0..%d" % (label, m.num_classes - 1))
 
     def do_samples_put(self, req):
+        self._end_features()  # a run's kept features must match the store
         uid = _need(req, "dataset", int)
         first = _need(req, "first", int)
         labels = _need(req, "labels", list)
@@ -947,6 +1037,7 @@ class Agent:
         return {"count": self.store.count, "last_id": self.store.last_id}
 
     def do_samples_clear(self, req):
+        self._end_features()  # a run's kept features must match the store
         _remove(self.store.path + ".tmp")  # not to be taken for the store by Store()
         try:
             os.remove(self.store.path)
@@ -1045,6 +1136,7 @@ class Agent:
                 "capture_us": _ticks_diff(_ticks_us(), t0)}
 
     def do_capture_keep(self, req):
+        self._end_features()  # a run's kept features must match the store
         sid = _need(req, "id", int)
         if sid <= self.store.last_id:
             return {"count": self.store.count, "last_id": self.store.last_id}
@@ -1156,6 +1248,7 @@ class Agent:
         opts = req if isinstance(req, dict) else {}
         if self.store.count == 0:
             raise Fail("no_samples", "the board holds no samples: collect some first")
+        self._end_features()
         self.trainer = self.train = self.trial = None
         self.trainer_unsaved = False
         if gc is not None:
@@ -1188,7 +1281,8 @@ class Agent:
         self.train = {"plan": plan, "opts": opts, "done": 0, "total": steps,
                       "rng": Rng(opts.get("seed", 1)), "order": [], "heap0": heap0,
                       "heap1": heap1, "buf": bytearray(self._sample_bytes(self.model)),
-                      "stats": self._stats(tr), "stats0": self._stats(tr)}
+                      "stats": self._stats(tr), "stats0": self._stats(tr),
+                      "features": self._features(plan, tr, steps)}
         self.report = None
         # support_samples: how many of the first samples the plan's selection pass read (the
         # host's Cortex-M7 estimate replays the same ones)
@@ -1196,7 +1290,33 @@ class Agent:
                 "resume_error": resume_error,
                 "heap_before": heap0,
                 "heap_after": heap1, "samples": self.store.count, "steps": steps,
-                "support_samples": self.support_used}
+                "support_samples": self.support_used, "features": self._features_dict()}
+
+    def _features(self, plan, tr, steps):
+        """The run's feature cache (Features), or None: the plan has no frozen prefix to skip,
+        no sample comes round twice, or the engine cannot step from features."""
+        _remove(self._p("features.bin"))  # one a reset left behind
+        size = getattr(plan, "cache_bytes", 0)
+        n = self.store.count
+        if not size or steps <= n or not hasattr(tr, "step_cached"):
+            return None
+        f = Features(n, size, self._p("features.bin"))
+        return f if f.where else None
+
+    def _features_dict(self):
+        f = self.train and self.train.get("features")
+        if f is None:
+            return None
+        return {"where": f.where, "bytes": f.n * f.size, "sample_bytes": f.size,
+                "cached_steps": f.cached}
+
+    def _end_features(self):
+        """Drop the run's feature cache (its file too): at the run's end, before a new run, and
+        whenever the sample store changes under it."""
+        f = self.train and self.train.get("features")
+        if f is not None:
+            f.close()
+            self.train["features"] = None
 
     def _stats(self, tr):
         try:
@@ -1229,15 +1349,37 @@ class Agent:
         track = t["opts"].get("track_accuracy", True)
         events = []
         buf = t["buf"]
+        # the step's own forward pass says what the parameters before it predict (an engine
+        # before Trainer.prediction: a separate inference)
+        own = hasattr(tr, "prediction")
+        feats = t.get("features")
         while n > 0 and t["done"] < t["total"]:
-            sid, label = self.store.get(self._next_index(t), buf)
-            pred = tr.predict(buf) if track else -1
+            i = self._next_index(t)
+            kept = feats.load(i) if feats is not None else None
+            slot = None
+            if kept is not None:
+                sid, label = feats.sid[i], feats.label[i]
+            else:
+                sid, label = self.store.get(i, buf)
+                slot = feats.slot(i) if feats is not None else None
+            pred = tr.predict(buf) if track and not own else -1
             before = t["stats"]
             c0 = _ticks_cpu()
             t0 = _ticks_us()
-            loss = tr.step(buf, label)
+            if kept is not None:
+                loss = tr.step_cached(kept, label)
+            elif slot is not None:
+                loss = tr.step(buf, label, cache=slot)
+            else:
+                loss = tr.step(buf, label)
             t1 = _ticks_us()
             c1 = _ticks_cpu()
+            if kept is not None:
+                feats.cached += 1
+            elif slot is not None:
+                feats.keep(i, sid, label)
+            if track and own:
+                pred = tr.prediction
             s = self._stats(tr)
             t["stats"] = s
             cyc = None
@@ -1334,7 +1476,9 @@ class Agent:
         for k in ("steps", "stalled_steps", "periods"):
             if isinstance(stats.get(k), int) and isinstance(start.get(k), int):
                 stats[k] = (stats[k] - start[k]) % 0x100000000
-        rep = {"plan": self._plan_dict(t["plan"]), "stats": stats,
+        features = self._features_dict()
+        self._end_features()  # before a save: its file takes room the parameters may need
+        rep = {"plan": self._plan_dict(t["plan"]), "stats": stats, "features": features,
                "high_water": tr.high_water, "steps": t["done"],
                "heap_before": t["heap0"], "heap_after": t["heap1"], "heap_end": _mem_free(),
                "clock": self.board.get("clock", "board"), "saved": False}
@@ -1434,6 +1578,7 @@ class Agent:
         trial = self._read_trial()
         if trial is not None and trial.get("model") == self._model_sha():
             # the trial becomes the saved parameters; the saved ones the previous (rollback)
+            self._end_features()
             self.trainer = self.train = self.trial = None
             self.trainer_unsaved = False
             p = self._p("params.bin")
@@ -1461,6 +1606,7 @@ class Agent:
         if _exists(self._p("params.prev.opt")):
             _replace(self._p("params.prev.opt"), self._p("params.opt"))
         self._drop_trial()  # it started from the parameters that were saved until now
+        self._end_features()
         self.trainer = self.train = None
         self.trainer_unsaved = False
         return {"restored": True}
@@ -1471,6 +1617,7 @@ class Agent:
             self.trainer.reset()
         self._shelve_saved()
         self._drop_trial()
+        self._end_features()
         self.trainer = self.train = None
         self.trainer_unsaved = False
         return {"reset": True, "can_roll_back": _exists(prev)}

@@ -399,6 +399,8 @@ PLAN = {"arena_bytes": "count?", "method": "str?", "forward_macs": "count?",
         "backward_macs": "count?", "table_bytes": "count?", "breakdown": Opt(DictOf("num?"))}
 # PUSH_COMMIT's and PUSH_ROMFS's "romfs" (commands.romfs_text)
 ROMFS = {"present": "bool?", "in_place": "bool?", "state": "str?", "warning": "str?"}
+# TRAIN_START's and TRAIN_END's "features": the run's feature cache (None: none kept)
+FEATURES = {"where": "str?", "bytes": "count?", "sample_bytes": "count?", "cached_steps": "count?"}
 # the training options a saved or trial run's record keeps (INFO "params" and "trial": the options
 # TRAIN_START was sent), as `tinymp status` shows them (commands.options_text)
 RUN_OPTIONS = {"method": "str?", "steps": "count?", "lr": "num?", "seed": "int?",
@@ -431,14 +433,14 @@ REPLIES = {
     SAMPLES_PUT: {"last_id": "id"},
     CAPTURE: {"data": "bytes"},
     TRAIN_START: {"plan": Opt(PLAN), "resumed": "bool?", "resumed_state": "bool?",
-                  "resume_error": "str?", "support_samples": "count?"},
+                  "resume_error": "str?", "support_samples": "count?", "features": Opt(FEATURES)},
     # a row of EVENT_FIELDS: the report reads every column (times: None when not measured)
     TRAIN_STEPS: {"events": ListOf(Row("count", "int", "int", "int", "loss", "num?", "num?",
                                        "num?", "num?", "num?", "num?"))},
     TRAIN_END: {"plan": Opt(PLAN), "stats": Opt({"stalled_steps": "count?"}),
                 "high_water": "num?", "heap_before": "num?", "heap_after": "num?",
                 "heap_end": "num?", "saved": "bool?", "save_error": "str?", "trial": "bool?",
-                "trial_error": "str?"},
+                "trial_error": "str?", "features": Opt(FEATURES)},
     PREDICT: {"pred": "bytes", "params": "str", "us": "num"},
     PARAMS_SAVE: {"from": "str?"},
     PARAMS_ROLLBACK: {},

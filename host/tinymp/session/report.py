@@ -149,7 +149,20 @@ def train_summary(run):
         # steps whose gradient the logits' int8 limits stopped whole (None: a board that does
         # not report it)
         "stalled_steps": (end.get("stats") or {}).get("stalled_steps"),
+        # the frozen-prefix features the board kept ({where, bytes, sample_bytes, cached_steps};
+        # None: none kept, or a board before agent 4)
+        "features": end.get("features"),
     }
+
+
+def features_text(t):
+    """How many of a train summary's steps started from kept features, or None."""
+    fe = t.get("features")
+    if not fe:
+        return None
+    where = "in RAM" if fe.get("where") == "ram" else "in a file on the board"
+    return (f"{fe.get('cached_steps')} of {t['steps']} steps started from the samples' kept "
+            f"frozen-prefix features ({summary.kib(fe.get('bytes') or 0)} {where})")
 
 
 def m7_estimate(session, rep, train_run):
@@ -447,6 +460,11 @@ def format_text(rep):
         rows.append(["arena high water (touched)", _num(hw), share])
         if t.get("table_bytes") is not None:
             rows.append(["plan tables", _num(t["table_bytes"]), "kept beside the arena"])
+        fe = t.get("features")
+        if fe:
+            rows.append(["feature cache", _num(fe.get("bytes")),
+                         f"{'in RAM' if fe.get('where') == 'ram' else 'in a file'}: "
+                         f"{fe.get('cached_steps')} of {t['steps']} steps skipped the prefix"])
         if m:
             rows.append(["inference arena", _num(m.get("inference_arena_bytes")), ""])
             if m.get("served_from") == "filesystem":
@@ -522,7 +540,7 @@ def _m7_lines(rep):
     for k, name in (("plan", "plan() (and the selection pass, if any)"), ("inference", "inference"),
                     ("forward", "forward"), ("backward", "backward"),
                     ("update", "update"), ("step", "whole step"),
-                    ("cached_step", "step from the feature cache (fit)"),
+                    ("cached_step", "step from the feature cache"),
                     ("end_period", f"APU period end (every {period} steps)" if period else
                      "APU period end (once per epoch)")):
         if k in ins:

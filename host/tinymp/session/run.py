@@ -275,6 +275,8 @@ def cmd_train(args):
           f"{report._num(t['arena_bytes'])} bytes planned, "
           f"{report._num(t['high_water'])} touched; "
           + ("parameters saved on the board" if t["saved"] else _unsaved_text(t)))
+    if report.features_text(t):
+        print(f"feature cache: {report.features_text(t)}")
     print(f"log: {run.get('file')}")
     if t["clock"] == "host":
         print(f"times: {report.SIM_NOTE}")

@@ -1,0 +1,183 @@
+"""`tinymp train` on the board starts a sample's later steps from its frozen-prefix features.
+
+At a sample's first step of a run the agent keeps the features the trained region reads
+(Trainer.step(x, y, cache=...), plan.cache_bytes each; tinymp_agent.Features): in RAM when the
+heap has room, else in a file beside the sample store. Its later steps start from them
+(Trainer.step_cached) and skip the prefix layers, and every step's prediction is the one of its
+own forward pass (Trainer.prediction) instead of a second inference. None of this may change the
+run: the reference is the same run written here as plain Trainer.step() calls, with predict()
+before each, in the board's sample order; the board's saved parameters must be byte for byte the
+reference trainer's save().
+
+The board is the real agent in this process (test_session_replies.open_fake).
+"""
+import errno
+import io
+import json
+import os
+
+import pytest
+
+import tinymp
+from tinymp import tinymp_agent as A
+from tinymp.session import commands as C
+from tinymp.session import dataset as D
+from tinymp.session import protocol as P
+
+from test_session_replies import DEMO, Rig, open_fake
+from test_session_sim import _replica_order
+
+OPTS = {"method": "tinymp", "lr": 0.01, "seed": 5}
+EPOCHS = 3
+
+
+@pytest.fixture
+def rig(tmp_path, monkeypatch, capsys):
+    return Rig(tmp_path, monkeypatch, capsys)
+
+
+def features_file(rig):
+    return os.path.join(str(rig.where), "flash", "features.bin")
+
+
+def reference(ds, budget, opts, steps, tmp):
+    """(events as (sample, label, pred, loss), the saved parameters' bytes, the plan) of the run
+    written as plain steps."""
+    m = tinymp.Model(DEMO)
+    plan = m.plan(method=opts["method"], budget=budget)
+    tr = tinymp.Trainer(m, plan, lr=opts["lr"], seed=opts["seed"])
+    xs, ys = ds.arrays()
+    events = []
+    for k, i in enumerate(_replica_order(len(ys), opts["seed"], steps)):
+        if k > 0 and k % len(ys) == 0:
+            tr.end_period()  # the agent closes an APU period at every epoch
+        x = xs[i].tobytes()
+        pred = tr.predict(x)
+        events.append((i, int(ys[i]), pred, tr.step(x, int(ys[i]))))
+    path = os.path.join(str(tmp), "reference.bin")
+    tr.save(path)
+    with open(path, "rb") as f:
+        return events, f.read(), plan
+
+
+def train_and_check(rig, where, cached):
+    ds = D.Dataset.open(rig.session.dataset_dir)
+    n = len(ds)
+    with open_fake(rig.where) as b:
+        rec = C.train(b, ds, OPTS, epochs=EPOCHS, show=False)
+        budget = b.info["arena_budget"]
+    events, saved, plan = reference(ds, budget, OPTS, EPOCHS * n, rig.tmp)
+    f = {k: i for i, k in enumerate(rec["fields"])}
+    got = [(e[f["sample"]], e[f["label"]], e[f["pred"]], e[f["loss"]]) for e in rec["events"]]
+    assert [g[:3] for g in got] == [e[:3] for e in events]
+    assert [g[3] for g in got] == pytest.approx([e[3] for e in events], rel=1e-6)
+    with open(os.path.join(str(rig.where), "flash", "params.bin"), "rb") as fh:
+        assert fh.read() == saved
+    assert plan.cache_bytes > 0
+    want = None if where is None else {"where": where, "bytes": n * plan.cache_bytes,
+                                       "sample_bytes": plan.cache_bytes, "cached_steps": cached}
+    assert rec["end"]["features"] == want
+    assert rec["start"]["features"] == (None if want is None else dict(want, cached_steps=0))
+    # the prefix layers ran once per sample whose features were kept, not once per step
+    prefix = plan.forward_macs - (plan.step_macs - plan.backward_macs)
+    assert rec["end"]["stats"]["forward_macs"] == EPOCHS * n * plan.forward_macs - cached * prefix
+    assert not os.path.exists(features_file(rig))  # the run's end removed it
+    return rec
+
+
+def test_in_ram(rig):
+    n = 12
+    train_and_check(rig, "ram", (EPOCHS - 1) * n)
+
+
+def test_in_a_file_when_the_heap_has_no_room(rig, monkeypatch):
+    monkeypatch.setattr(A, "_mem_free", lambda: 4096)  # less than features + Features.RESERVE
+    n = 12
+    train_and_check(rig, "file", (EPOCHS - 1) * n)
+
+
+def test_the_same_run_without_them(rig, monkeypatch):
+    monkeypatch.setattr(A.Agent, "_features", lambda self, plan, tr, steps: None)
+    train_and_check(rig, None, 0)
+
+
+def test_one_epoch_keeps_none(rig):
+    ds = D.Dataset.open(rig.session.dataset_dir)
+    with open_fake(rig.where) as b:
+        rec = C.train(b, ds, OPTS, epochs=1, show=False)
+    assert rec["start"]["features"] is None and rec["end"]["features"] is None
+
+
+def test_a_filesystem_that_fills_up_keeps_what_it_took(rig, monkeypatch):
+    """The file takes 5 samples' features, then the filesystem is full: those 5 start from them
+    in later epochs, the others are stepped from their inputs, the run is the same."""
+    monkeypatch.setattr(A, "_mem_free", lambda: 4096)
+    real = open
+
+    class Filling(io.FileIO):
+        writes = 0
+
+        def write(self, b):
+            Filling.writes += 1
+            if Filling.writes > 5:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return io.FileIO.write(self, b)
+
+    def fake_open(path, mode="r", *a, **kw):
+        if path.endswith("/features.bin"):
+            return Filling(path, mode.replace("b", ""))
+        return real(path, mode, *a, **kw)
+    monkeypatch.setattr(A, "open", fake_open, raising=False)
+    train_and_check(rig, "file", (EPOCHS - 1) * 5)
+
+
+def test_a_file_that_cannot_be_read_back_costs_only_time(rig, monkeypatch):
+    monkeypatch.setattr(A, "_mem_free", lambda: 4096)
+    real = open
+
+    class Forgetful(io.FileIO):
+        def readinto(self, b):
+            return 0  # as a read that comes back short
+
+    def fake_open(path, mode="r", *a, **kw):
+        if path.endswith("/features.bin"):
+            return Forgetful(path, mode.replace("b", ""))
+        return real(path, mode, *a, **kw)
+    monkeypatch.setattr(A, "open", fake_open, raising=False)
+    train_and_check(rig, "file", 0)
+
+
+def test_samples_sent_during_a_run_drop_the_features(rig, monkeypatch):
+    monkeypatch.setattr(A, "_mem_free", lambda: 4096)  # in a file, to see it go
+    ds = D.Dataset.open(rig.session.dataset_dir)
+    with open_fake(rig.where) as b:
+        C.sync_samples(b, ds, False)
+        start = b.request(P.TRAIN_START, dict(OPTS, steps=36))
+        assert start["features"]["where"] == "file"
+        assert len(b.request(P.TRAIN_STEPS, {"n": 14})["events"]) == 14
+        assert os.path.exists(features_file(rig))
+        # the same sample again: nothing is stored, and still the features go (the store was
+        # written to)
+        b.request(P.SAMPLES_PUT, {"dataset": ds.uid, "first": 0, "labels": [int(ds.labels[0])],
+                                  "data": ds.samples(0, 1).tobytes()})
+        assert not os.path.exists(features_file(rig))
+        assert len(b.request(P.TRAIN_STEPS, {"n": 22})["events"]) == 22
+        end = b.request(P.TRAIN_END, {"save": False})
+    assert end["features"] is None and end["stats"]["steps"] == 36
+    assert not os.path.exists(features_file(rig))
+
+
+def test_train_and_report_say_how_many_steps_skipped_the_prefix(rig):
+    rc, out, err = rig.cli("train", steps=None, epochs=3)
+    assert rc == 0, err
+    fe = json.loads(out)["features"]
+    assert fe["where"] == "ram" and fe["cached_steps"] == 24 and fe["bytes"] == 12 * fe["sample_bytes"]
+    rc, out, err = rig.cli("train", steps=None, epochs=3, json=False)
+    assert rc == 0, err
+    line = [ln for ln in out.splitlines() if ln.startswith("feature cache:")]
+    assert line == [f"feature cache: 24 of 36 steps started from the samples' kept frozen-prefix "
+                    f"features ({fe['bytes'] / 1024:.1f} KB in RAM)"], out
+    rc, out, err = rig.cli("report", json=False)
+    assert rc == 0, err
+    row = [ln for ln in out.splitlines() if ln.startswith("feature cache")]
+    assert len(row) == 1 and f"{fe['bytes']:,}" in row[0] and "in RAM: 24 of 36 steps" in row[0], out
