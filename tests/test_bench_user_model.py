@@ -80,14 +80,14 @@ def test_bad_input_is_one_line_before_anything_runs(args, needle, tmp_path):
     code, out, err = bench(*args, "--out", str(tmp_path / "out"))
     assert code == 2
     lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("tinymp bench:") and needle in lines[0], err
+    assert len(lines) == 1 and lines[0].startswith("tinymp: bench:") and needle in lines[0], err
     assert not (tmp_path / "out").exists()
 
 
 def _one_line(code, err, needle):
     assert code == 2
     lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("tinymp bench:") and needle in lines[0], err
+    assert len(lines) == 1 and lines[0].startswith("tinymp: bench:") and needle in lines[0], err
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo") or not os.path.exists("/dev/zero"),

@@ -569,19 +569,19 @@ def main(argv=None):
     keys = [k.strip() for k in models.split(",") if k.strip()]
     bad = [k for k in keys if k not in MODELS]
     if bad or (not keys and not a.model):
-        print("tinymp bench: unknown model %s (choose from %s)" % (",".join(bad) or "''", ", ".join(MODELS)),
+        print("tinymp: bench: unknown model %s (choose from %s)" % (",".join(bad) or "''", ", ".join(MODELS)),
               file=sys.stderr)
         return 2
     budget = summary.budget_bytes(a.budget)
     if budget is None:
-        print("tinymp bench: --budget must be " + summary.BUDGET_KB_RULE, file=sys.stderr)
+        print("tinymp: bench: --budget must be " + summary.BUDGET_KB_RULE, file=sys.stderr)
         return 2
     users = []
     for path in a.model:
         try:
             users.append((os.path.basename(path), load_user_model(path)))
         except BenchError as e:
-            print("tinymp bench: %s" % e, file=sys.stderr)
+            print("tinymp: bench: %s" % e, file=sys.stderr)
             return 2
     notes = None
     if a.notes is not None:
@@ -589,7 +589,7 @@ def main(argv=None):
         try:
             notes = read_notes(a.notes)
         except ValueError as e:
-            print("tinymp bench: %s" % e, file=sys.stderr)
+            print("tinymp: bench: %s" % e, file=sys.stderr)
             return 2
     if a.out is None:
         # a user's models never overwrite the project's own bench/ results
@@ -599,7 +599,7 @@ def main(argv=None):
         if not os.access(a.out, os.W_OK):
             raise PermissionError("not writable")
     except OSError as e:
-        print("tinymp bench: cannot write results to %s: %s" % (a.out, e.strerror or e), file=sys.stderr)
+        print("tinymp: bench: cannot write results to %s: %s" % (a.out, e.strerror or e), file=sys.stderr)
         return 2
     root = repo_root()
     try:
@@ -623,7 +623,7 @@ def main(argv=None):
                                                      full_runs=a.full_runs, user=user,
                                                      budget=budget))
     except (BenchError, subprocess.TimeoutExpired, OSError) as e:
-        print("tinymp bench: %s" % e, file=sys.stderr)
+        print("tinymp: bench: %s" % e, file=sys.stderr)
         return 2 if isinstance(e, UserModelError) else 1
     from ._files import atomic_write
     atomic_write(os.path.join(a.out, "results.json"), (json.dumps(results, indent=1) + "\n").encode())
@@ -641,7 +641,7 @@ def main(argv=None):
     if a.json:
         print(json.dumps(results))
     if bad_host:
-        print("tinymp bench: the M7 and host builds disagree on %s" % bad_host, file=sys.stderr)
+        print("tinymp: bench: the M7 and host builds disagree on %s" % bad_host, file=sys.stderr)
         return 1
     for res in results["models"]:
         h = headline(res)
