@@ -235,3 +235,25 @@ def test_progress_exception_propagates_after_whole_steps():
     with pytest.raises(KeyError):
         t.fit(xs, ys, epochs=2, progress=boom)
     assert t.stats()["steps"] == 3
+
+
+def test_prediction_is_the_steps_own_and_goes_with_reset_and_load(tmp_path):
+    """Trainer.prediction: predict() just before the step, for every step of a run with APU
+    periods ending inside steps; -1 before any step and after reset() or load()."""
+    m = model_of("demo")
+    xs, ys = samples(m, 6)
+    t = tinymp.Trainer(m, m.plan(method="tinymp", budget=16 * 1024), lr=0.01, seed=3, period=4)
+    assert t.prediction == -1
+    for k in range(15):
+        x, y = xs[k % 6], ys[k % 6]
+        want = t.predict(x)
+        t.step(x, y)
+        assert t.prediction == want, k
+    path = str(tmp_path / "p.bin")
+    t.save(path)
+    t.reset()
+    assert t.prediction == -1
+    t.step(xs[0], ys[0])
+    assert t.prediction >= 0
+    t.load(path)
+    assert t.prediction == -1

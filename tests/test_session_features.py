@@ -31,6 +31,11 @@ OPTS = {"method": "tinymp", "lr": 0.01, "seed": 5}
 EPOCHS = 3
 
 
+def SHORT():
+    """A heap with room for one sample's features beside the reserve, not for all 12."""
+    return A.Features.RESERVE + 4096
+
+
 @pytest.fixture
 def rig(tmp_path, monkeypatch, capsys):
     return Rig(tmp_path, monkeypatch, capsys)
@@ -91,13 +96,18 @@ def test_in_ram(rig):
 
 
 def test_in_a_file_when_the_heap_has_no_room(rig, monkeypatch):
-    monkeypatch.setattr(A, "_mem_free", lambda: 4096)  # less than features + Features.RESERVE
+    monkeypatch.setattr(A, "_mem_free", SHORT)
     n = 12
     train_and_check(rig, "file", (EPOCHS - 1) * n)
 
 
 def test_the_same_run_without_them(rig, monkeypatch):
     monkeypatch.setattr(A.Agent, "_features", lambda self, plan, tr, steps: None)
+    train_and_check(rig, None, 0)
+
+
+def test_no_room_for_even_one_sample_goes_without(rig, monkeypatch):
+    monkeypatch.setattr(A, "_mem_free", lambda: A.Features.RESERVE)
     train_and_check(rig, None, 0)
 
 
@@ -111,7 +121,7 @@ def test_one_epoch_keeps_none(rig):
 def test_a_filesystem_that_fills_up_keeps_what_it_took(rig, monkeypatch):
     """The file takes 5 samples' features, then the filesystem is full: those 5 start from them
     in later epochs, the others are stepped from their inputs, the run is the same."""
-    monkeypatch.setattr(A, "_mem_free", lambda: 4096)
+    monkeypatch.setattr(A, "_mem_free", SHORT)
     real = open
 
     class Filling(io.FileIO):
@@ -132,7 +142,7 @@ def test_a_filesystem_that_fills_up_keeps_what_it_took(rig, monkeypatch):
 
 
 def test_a_file_that_cannot_be_read_back_costs_only_time(rig, monkeypatch):
-    monkeypatch.setattr(A, "_mem_free", lambda: 4096)
+    monkeypatch.setattr(A, "_mem_free", SHORT)
     real = open
 
     class Forgetful(io.FileIO):
@@ -148,7 +158,7 @@ def test_a_file_that_cannot_be_read_back_costs_only_time(rig, monkeypatch):
 
 
 def test_samples_sent_during_a_run_drop_the_features(rig, monkeypatch):
-    monkeypatch.setattr(A, "_mem_free", lambda: 4096)  # in a file, to see it go
+    monkeypatch.setattr(A, "_mem_free", SHORT)  # in a file, to see it go
     ds = D.Dataset.open(rig.session.dataset_dir)
     with open_fake(rig.where) as b:
         C.sync_samples(b, ds, False)
@@ -181,3 +191,21 @@ def test_train_and_report_say_how_many_steps_skipped_the_prefix(rig):
     assert rc == 0, err
     row = [ln for ln in out.splitlines() if ln.startswith("feature cache")]
     assert len(row) == 1 and f"{fe['bytes']:,}" in row[0] and "in RAM: 24 of 36 steps" in row[0], out
+
+
+def test_a_run_the_pc_leaves_or_a_reset_cuts_short_leaves_no_file(rig, monkeypatch):
+    monkeypatch.setattr(A, "_mem_free", SHORT)
+    ds = D.Dataset.open(rig.session.dataset_dir)
+    with open_fake(rig.where) as b:
+        C.sync_samples(b, ds, False)
+        b.request(P.TRAIN_START, dict(OPTS, steps=36))
+        b.request(P.TRAIN_STEPS, {"n": 14})
+        assert os.path.getsize(features_file(rig)) > 0
+    # the PC said goodbye in the middle of the run: the file takes no room after it
+    assert not os.path.exists(features_file(rig))
+    # one that a reset left behind goes when the agent starts
+    with open(features_file(rig), "wb") as f:
+        f.write(b"\x01" * 1000)
+    with open_fake(rig.where) as b:
+        assert not os.path.exists(features_file(rig))
+        assert b.request(P.SAMPLES_STATUS)["count"] == 12

@@ -42,8 +42,10 @@ class MicroPythonBoard:
         tty.setraw(slave)
         code = ("import sys\nsys.path.insert(0, %r)\nimport tinymp_agent\n" % AGENT_DIR
                 + ("tinymp_agent.crc32 = tinymp_agent._crc32_bitwise\n" if bitwise_crc else "")
-                # ... and a heap too short for a training run's feature cache: it goes to a file
-                + ("tinymp_agent.Features.RESERVE = 1 << 30\n" if bitwise_crc else "")
+                # ... and a heap with room for one sample's features beside the agent's reserve,
+                # not for a training run's whole feature cache: it goes to a file
+                + ("tinymp_agent._mem_free = lambda: tinymp_agent.Features.RESERVE + 4096\n"
+                   if bitwise_crc else "")
                 + "tinymp_agent.main(root=%r, board={'name': 'unix MicroPython', "
                   "'arena_budget': 262144})\n" % root)
         self.proc = subprocess.Popen([MICROPYTHON, "-X", "heapsize=8M", "-c", code],

@@ -1861,12 +1861,6 @@ static PyObject *trainer_step_any(TrainerObject *self, PyObject *x, PyObject *y,
         }
         have_out = 1;
     }
-    if (cache != Py_None) {
-        if (get_step_cache(self, cache, !from_cache, &cv) < 0) {
-            goto fail;
-        }
-        have_cache = 1;
-    }
     if (get_label(self, y, &label) < 0) {
         goto fail;
     }
@@ -1875,6 +1869,13 @@ static PyObject *trainer_step_any(TrainerObject *self, PyObject *x, PyObject *y,
             goto fail;
         }
         have_x = 1;
+    }
+    /* step_cached() needs its buffer (None is refused); step() keeps features only when asked */
+    if (from_cache || cache != Py_None) {
+        if (get_step_cache(self, cache, !from_cache, &cv) < 0) {
+            goto fail;
+        }
+        have_cache = 1;
     }
     float loss = 0.0f;
     tmp_status st;

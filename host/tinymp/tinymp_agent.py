@@ -450,12 +450,14 @@ class Features:
     RESERVE = 48 * 1024  # heap left for replies and evaluation after a cache in RAM
 
     def __init__(self, n, size, path):
-        from array import array
+        """where: "ram", "file", or None (no room for either: the run goes without). Raises
+        MemoryError when even the bookkeeping does not fit."""
         self.n, self.size, self.path = n, size, path
         self.kept = bytearray(n)  # 1: sample i's features are kept
-        self.sid = array("i", bytearray(4 * n))  # ...and its store id and label
-        self.label = array("i", bytearray(4 * n))
-        self.buf = self.f = None
+        self.sid = [0] * n  # ...and its store id and label
+        self.label = [0] * n
+        self.buf = self.f = self.tmp = None
+        self.where = None
         self.full = False  # the file could not take more
         self.cached = 0  # steps that started from kept features
         free = _mem_free()
@@ -466,12 +468,14 @@ class Features:
                 return
             except MemoryError:
                 pass
+        if free is not None and free - size < self.RESERVE:
+            return  # not even one sample's staging buffer beside the reserve
         self.tmp = bytearray(size)
         try:
             self.f = open(path, "w+b")
             self.where = "file"
         except OSError:
-            self.where = None
+            pass
 
     def slot(self, i):
         """Where the step of sample i writes its features (None: they are not kept)."""
@@ -485,8 +489,9 @@ class Features:
         """After the step that filled slot(i): sample i's features are kept."""
         if self.f is not None:
             try:
-                self.f.seek(i * self.size)
-                if self.f.write(self.tmp) != self.size:
+                # a full FAT clips a seek past its end: no slot there either
+                if self.f.seek(i * self.size) != i * self.size or \
+                        self.f.write(self.tmp) != self.size:
                     raise OSError(_ENOSPC)
             except OSError:
                 # the filesystem is full: the features kept so far stay, the samples still to
@@ -504,8 +509,8 @@ class Features:
         if self.buf is not None:
             return memoryview(self.buf)[i * self.size:(i + 1) * self.size]
         try:
-            self.f.seek(i * self.size)
-            if self.f.readinto(self.tmp) == self.size:
+            if self.f.seek(i * self.size) == i * self.size and \
+                    self.f.readinto(self.tmp) == self.size:
                 return self.tmp
         except (OSError, AttributeError):
             pass
@@ -728,6 +733,9 @@ class Agent:
                        "samples")
 
     def _recover(self):
+        # a training run's feature cache that a reset or a lost link left behind (it only
+        # takes room: a run starts a new one)
+        _remove(self._p("features.bin"))
         # a commit cut short between removing the old model and renaming the new one (FAT)
         new, cur = self._p("model.new"), self._p("model.tmpm")
         if _exists(new):
@@ -884,6 +892,7 @@ class Agent:
 
     def do_bye(self, req):
         self.running = False
+        self._end_features()
         return {"ok": True}
 
     # push: PUSH_BEGIN {size, sha256} -> {offset}; PUSH_DATA {offset, data} -> {offset};
@@ -1300,7 +1309,10 @@ class Agent:
         n = self.store.count
         if not size or steps <= n or not hasattr(tr, "step_cached"):
             return None
-        f = Features(n, size, self._p("features.bin"))
+        try:
+            f = Features(n, size, self._p("features.bin"))
+        except MemoryError:  # the run goes without: slower, the same result
+            return None
         return f if f.where else None
 
     def _features_dict(self):
@@ -1587,7 +1599,9 @@ class Agent:
             _replace(self._p("params.try.opt"), self._p("params.opt"))
             return {"saved": True, "from": "trial"}
         if self.trainer is not None and self.trainer_unsaved:
-            # a run of this connection whose trial could not be kept (e.g. no room)
+            # a run of this connection whose trial could not be kept (e.g. no room); a feature
+            # cache file would take room the parameters may need
+            self._end_features()
             why = self._save_params(self.trainer_opts or {})
             if why is not None:
                 raise Fail("storage", "the parameters could not be written: %s; the saved ones "
@@ -1669,17 +1683,20 @@ class Agent:
 def serve(inp, out, agent):
     """Serve requests until BYE or the end of the input stream."""
     reader = FrameReader(inp, agent.max_payload)
-    while agent.running:
-        try:
-            ftype, seq, payload, crc = reader.read()
-            rep = agent.handle(ftype, seq, payload, crc)
-        except EOFError:
-            break
-        except ProtocolError as e:
-            rep = agent.error(e.args[2], e.args[0], e.args[1])
-        out.write(rep)
-        if hasattr(out, "flush"):
-            out.flush()
+    try:
+        while agent.running:
+            try:
+                ftype, seq, payload, crc = reader.read()
+                rep = agent.handle(ftype, seq, payload, crc)
+            except EOFError:
+                break
+            except ProtocolError as e:
+                rep = agent.error(e.args[2], e.args[0], e.args[1])
+            out.write(rep)
+            if hasattr(out, "flush"):
+                out.flush()
+    finally:
+        agent._end_features()  # a run cut short by the PC leaving: its file goes
 
 
 def main(inp=None, out=None, root=None, board=None):

@@ -1291,7 +1291,8 @@ static void get_step_cache(tinymp_trainer_obj_t *self, mp_obj_t cache, bool writ
         mp_raise_ValueError(MP_ERROR_TEXT("tinymp: this plan has nothing to cache (plan.cache_bytes is 0: "
             "it trains from the first layer on, or a trained layer reads the input)"));
     }
-    if (!mp_get_buffer(cache, cb, writable ? MP_BUFFER_WRITE : MP_BUFFER_READ)) {
+    // str exports its UTF-8 bytes in MicroPython, but is not a bytes-like object in CPython
+    if (mp_obj_is_str(cache) || !mp_get_buffer(cache, cb, writable ? MP_BUFFER_WRITE : MP_BUFFER_READ)) {
         mp_raise_msg_varg(&mp_type_TypeError,
             MP_ERROR_TEXT("tinymp: cache must be a %sC-contiguous buffer of plan.cache_bytes bytes, not '%s'"),
             writable ? "writable " : "", mp_obj_get_type_str(cache));
@@ -1329,7 +1330,8 @@ static mp_obj_t trainer_step_any(tinymp_trainer_obj_t *self, mp_obj_t x, mp_obj_
     if (!from_cache) {
         get_input(trainer_model(self), x, &xb);
     }
-    if (cache != mp_const_none) {
+    // step_cached() needs its buffer (None is refused); step() keeps features only when asked
+    if (from_cache || cache != mp_const_none) {
         get_step_cache(self, cache, !from_cache, &cb);
     }
     trainer_check(self);
@@ -1337,8 +1339,9 @@ static mp_obj_t trainer_step_any(tinymp_trainer_obj_t *self, mp_obj_t x, mp_obj_
     // Floats are boxed on this port: returning the loss allocates. Under heap_lock() fail before
     // the step rather than after it has changed the parameters.
     if (out == mp_const_none && gc_is_locked()) {
-        mp_raise_msg(&mp_type_MemoryError,
-            MP_ERROR_TEXT("tinymp: step() returns a new float, which the locked heap cannot hold: pass out=array('f', [0.0])"));
+        mp_raise_msg_varg(&mp_type_MemoryError,
+            MP_ERROR_TEXT("tinymp: %s() returns a new float, which the locked heap cannot hold: pass out=array('f', [0.0])"),
+            from_cache ? "step_cached" : "step");
     }
     #endif
     float loss = 0.0f;

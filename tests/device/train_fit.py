@@ -368,6 +368,12 @@ for call in (lambda: t.step_cached(bytearray(p.cache_bytes - 1), 1),
              lambda: t.step(xs[0], 1, cache=bytes(p.cache_bytes)),
              lambda: t.step(xs[0], 1, cache=bytearray(p.cache_bytes + 1)),
              lambda: t.step(xs[0], 1, cache=5),
+             lambda: t.step_cached(None, 1),
+             lambda: t.step_cached("x" * p.cache_bytes, 1),
+             # several bad arguments: the same first error on both bindings
+             lambda: t.step(xs[0], 99, cache=bytearray(1)),
+             lambda: t.step(b"ab", 1, cache=bytearray(1)),
+             lambda: t.step_cached(bytearray(1), 99),
              lambda: tinymp.Trainer(m, m.plan("full")).step_cached(bytearray(4), 1)):
     try:
         call()
@@ -375,3 +381,10 @@ for call in (lambda: t.step_cached(bytearray(p.cache_bytes - 1), 1),
     except (ValueError, TypeError) as e:
         print(type(e).__name__, e)
 print("unchanged", [list(t.logits(x)) for x in xs] == before, t.stats()["steps"])
+
+# `prediction` belongs to the parameters that made it: none after reset() (nor load())
+want = t.predict(xs[2])
+t.step(xs[2], ys[2])
+print("prediction after a step", t.prediction == want)
+t.reset()
+print("after reset", t.prediction)

@@ -263,7 +263,8 @@ typedef struct tmp_trainer_s {
     uint32_t steps;
     uint32_t stalled_steps; /**< steps whose loss gradient the logits' clamp mask stopped whole */
     uint32_t fisher_samples; /**< selection pass: samples accumulated */
-    int32_t last_pred;      /**< argmax of the last step's logits (before its update); -1 before a step */
+    int32_t last_pred;      /**< argmax of the last step's logits (before its update); -1 before a step,
+                             after a reset and after parameters are loaded */
     uint32_t tables_crc;    /**< CRC of the model's tensor and layer tables at init */
     uint64_t macs[TMP_PHASE_COUNT];
     uint64_t ticks[TMP_PHASE_COUNT];

@@ -170,6 +170,7 @@ tmp_status tmp_trainer_reset(tmp_trainer *t) {
     if (t == NULL || t->p == NULL) {
         return TMP_ERR_ARG;
     }
+    t->last_pred = -1;
     const tmp_train_plan *p = t->p;
     tmp_layer l;
     tmp_tensor tin, tout;
@@ -241,7 +242,6 @@ tmp_status tmp_trainer_init(tmp_trainer *t, const tmp_model *m, const tmp_train_
     t->beta = 0.9f;
     t->tau = 0.1f;
     t->seed = seed;
-    t->last_pred = -1;
     t->tables_crc = tables_crc(m);
     memset(t->arena, TMP_ARENA_PAINT, p->arena_bytes);
     return tmp_trainer_reset(t);
@@ -794,9 +794,9 @@ static tmp_status step_impl(tmp_trainer *t, const int8_t *x, int32_t label, floa
     tmp_model_tensor(t->m, T - 1, &to, NULL);
     const int8_t *logits = act_ptr(t, T - 1, x);
     /* the class the parameters before this step predict: what predict() would have said */
-    t->last_pred = tmp_argmax_s8(logits, to.dims.c);
+    const int32_t best = tmp_argmax_s8(logits, to.dims.c);
     if (pred != NULL) {
-        *pred = t->last_pred;
+        *pred = best;
     }
     float l = 0.0f;
     if (p->first < L) {
@@ -854,6 +854,7 @@ static tmp_status step_impl(tmp_trainer *t, const int8_t *x, int32_t label, floa
     if (loss != NULL) {
         *loss = l;
     }
+    t->last_pred = best;
     t->period_steps++;
     if (t->period != 0 && t->period_steps >= t->period) {
         return tmp_trainer_end_period(t);
@@ -1637,6 +1638,7 @@ tmp_status tmp_trainer_params_end(tmp_trainer *t, tmp_params_reader *r, const ch
     r->state_loaded = r->version >= 2u && !r->fresh;
     if (r->copy) {
         params_requant(t);
+        t->last_pred = -1; /* other parameters: no step of theirs has predicted yet */
         if (r->state_loaded) { /* the counters: the run goes on where it was saved */
             t->rng = rd32(r->state);
             t->steps = rd32(r->state + 4);
