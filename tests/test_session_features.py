@@ -45,6 +45,18 @@ def features_file(rig):
     return os.path.join(str(rig.where), "flash", "features.bin")
 
 
+def features_file_as(monkeypatch, cls):
+    """The agent opens its features.bin as `cls` (an io.FileIO that misbehaves), other files as
+    usual."""
+    real = open
+
+    def fake_open(path, mode="r", *a, **kw):
+        if path.endswith("/features.bin"):
+            return cls(path, mode.replace("b", ""))
+        return real(path, mode, *a, **kw)
+    monkeypatch.setattr(A, "open", fake_open, raising=False)
+
+
 def reference(ds, budget, opts, steps, tmp):
     """(events as (sample, label, pred, loss), the saved parameters' bytes, the plan) of the run
     written as plain steps."""
@@ -122,7 +134,6 @@ def test_a_filesystem_that_fills_up_keeps_what_it_took(rig, monkeypatch):
     """The file takes 5 samples' features, then the filesystem is full: those 5 start from them
     in later epochs, the others are stepped from their inputs, the run is the same."""
     monkeypatch.setattr(A, "_mem_free", SHORT)
-    real = open
 
     class Filling(io.FileIO):
         writes = 0
@@ -132,28 +143,17 @@ def test_a_filesystem_that_fills_up_keeps_what_it_took(rig, monkeypatch):
             if Filling.writes > 5:
                 raise OSError(errno.ENOSPC, "No space left on device")
             return io.FileIO.write(self, b)
-
-    def fake_open(path, mode="r", *a, **kw):
-        if path.endswith("/features.bin"):
-            return Filling(path, mode.replace("b", ""))
-        return real(path, mode, *a, **kw)
-    monkeypatch.setattr(A, "open", fake_open, raising=False)
+    features_file_as(monkeypatch, Filling)
     train_and_check(rig, "file", (EPOCHS - 1) * 5)
 
 
 def test_a_file_that_cannot_be_read_back_costs_only_time(rig, monkeypatch):
     monkeypatch.setattr(A, "_mem_free", SHORT)
-    real = open
 
     class Forgetful(io.FileIO):
         def readinto(self, b):
             return 0  # as a read that comes back short
-
-    def fake_open(path, mode="r", *a, **kw):
-        if path.endswith("/features.bin"):
-            return Forgetful(path, mode.replace("b", ""))
-        return real(path, mode, *a, **kw)
-    monkeypatch.setattr(A, "open", fake_open, raising=False)
+    features_file_as(monkeypatch, Forgetful)
     train_and_check(rig, "file", 0)
 
 

@@ -130,6 +130,21 @@ def assert_board_holds_the_dataset(rig, ds, n):
         assert (sid, lab, data) == (k, int(y[k]), x[k].tobytes()), k
 
 
+def collect_stopped_line(ds, held):
+    """The PC's one line when a full board stored `held` of the dataset's 36 samples."""
+    return (f"tinymp: sending samples stopped: no room left on the board's filesystem: sample "
+            f"{held} was not stored; the board holds {held} samples (ids 0..{held - 1}); all 36 "
+            f"samples are saved in {ds.path}; make room on the board's filesystem and run "
+            f"collect again to send the rest")
+
+
+def assert_holds_nothing(rig, b):
+    """The board says it holds no samples, and no store file (nor a half-written one) is left."""
+    st = b.request(P.SAMPLES_STATUS)
+    assert (st["count"], st["last_id"], st["dataset"]) == (0, -1, 0)
+    assert not [n for n in os.listdir(flash(rig)) if n.startswith("samples")]
+
+
 # --- a batch of samples that does not fit -----------------------------------------------------
 
 def test_a_batch_cut_short_by_no_room_keeps_the_whole_samples_and_says_how_many(rig, monkeypatch):
@@ -163,10 +178,7 @@ def test_collect_on_a_full_board_is_one_line_and_keeps_everything(rig, monkeypat
     assert rc == 1 and out == ""
     ds = the_dataset(rig)
     assert len(ds) == 36
-    assert line == (f"tinymp: sending samples stopped: no room left on the board's filesystem: "
-                    f"sample 20 was not stored; the board holds 20 samples (ids 0..19); all 36 "
-                    f"samples are saved in {ds.path}; make room on the board's filesystem and "
-                    f"run collect again to send the rest"), line
+    assert line == collect_stopped_line(ds, 20), line
     # the dataset's samples are there as they were, the new ones after them
     check_folder(rig.session.path)
     after = folder_state(rig.session.dataset_dir)
@@ -198,10 +210,7 @@ def test_session_flow_on_a_full_board_is_one_line(rig, monkeypatch):
     assert rc == 1 and out == ""
     ds = the_dataset(rig)
     assert len(ds) == 36
-    assert line == (f"tinymp: sending samples stopped: no room left on the board's filesystem: "
-                    f"sample 5 was not stored; the board holds 5 samples (ids 0..4); all 36 "
-                    f"samples are saved in {ds.path}; make room on the board's filesystem and "
-                    f"run collect again to send the rest"), line
+    assert line == collect_stopped_line(ds, 5), line
     assert_board_holds_the_dataset(rig, ds, 5)
     assert not os.path.exists(rig.session.runs_dir) or not os.listdir(rig.session.runs_dir)
 
@@ -311,9 +320,7 @@ def test_a_new_store_with_no_room_leaves_no_file(rig, monkeypatch):
         assert e.value.code == "no_space"
         assert e.value.msg == ("no room left on the board's filesystem: the new sample store "
                                "was not written; the board holds 0 samples"), e.value.msg
-        st = b.request(P.SAMPLES_STATUS)
-        assert (st["count"], st["last_id"], st["dataset"]) == (0, -1, 0)
-    assert not [n for n in os.listdir(flash(rig)) if n.startswith("samples")]
+        assert_holds_nothing(rig, b)
 
 
 def test_a_new_store_cut_short_keeps_the_old_one(rig, monkeypatch):
@@ -381,9 +388,7 @@ def test_a_clear_that_cannot_remove_the_store_says_so(rig, monkeypatch):
         with open(store_path(rig) + ".tmp", "wb") as f:
             f.write(b"TMPS" + struct.pack("<III", 1, SAMPLE, ds.uid + 1))
         assert b.request(P.SAMPLES_CLEAR) == {"count": 0}
-        st = b.request(P.SAMPLES_STATUS)
-        assert (st["count"], st["last_id"], st["dataset"]) == (0, -1, 0)
-    assert not [n for n in os.listdir(flash(rig)) if n.startswith("samples")]
+        assert_holds_nothing(rig, b)
 
 
 def test_a_full_board_clears_its_store(rig, monkeypatch):
