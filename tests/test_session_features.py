@@ -77,7 +77,10 @@ def reference(ds, budget, opts, steps, tmp):
         return events, f.read(), plan
 
 
-def train_and_check(rig, where, cached):
+def train_and_check(rig, where, cached, kept=None):
+    """Train EPOCHS epochs on the board and check the run against plain steps; `cached`: the
+    steps that should start from kept features, `kept`: how many samples' features were kept
+    (the first ones stepped; all by default)."""
     ds = D.Dataset.open(rig.session.dataset_dir)
     n = len(ds)
     with open_fake(rig.where) as b:
@@ -88,6 +91,16 @@ def train_and_check(rig, where, cached):
     got = [(e[f["sample"]], e[f["label"]], e[f["pred"]], e[f["loss"]]) for e in rec["events"]]
     assert [g[:3] for g in got] == [e[:3] for e in events]
     assert [g[3] for g in got] == pytest.approx([e[3] for e in events], rel=1e-6)
+    # each event says whether its step started from kept features: a sample seen before in
+    # the run, whose features were kept (the first `kept` samples stepped)
+    firsts = list(dict.fromkeys(e[0] for e in events))
+    kept_ids = set(firsts[:n if kept is None else kept]) if where else set()
+    seen, want_flags = set(), []
+    for e in events:
+        want_flags.append(e[0] in seen and e[0] in kept_ids)
+        seen.add(e[0])
+    assert [e[f["cached"]] for e in rec["events"]] == want_flags
+    assert sum(want_flags) == cached
     with open(os.path.join(str(rig.where), "flash", "params.bin"), "rb") as fh:
         assert fh.read() == saved
     assert plan.cache_bytes > 0
@@ -144,7 +157,7 @@ def test_a_filesystem_that_fills_up_keeps_what_it_took(rig, monkeypatch):
                 raise OSError(errno.ENOSPC, "No space left on device")
             return io.FileIO.write(self, b)
     features_file_as(monkeypatch, Filling)
-    train_and_check(rig, "file", (EPOCHS - 1) * 5)
+    train_and_check(rig, "file", (EPOCHS - 1) * 5, kept=5)
 
 
 def test_a_file_that_cannot_be_read_back_costs_only_time(rig, monkeypatch):
@@ -154,7 +167,7 @@ def test_a_file_that_cannot_be_read_back_costs_only_time(rig, monkeypatch):
         def readinto(self, b):
             return 0  # as a read that comes back short
     features_file_as(monkeypatch, Forgetful)
-    train_and_check(rig, "file", 0)
+    train_and_check(rig, "file", 0, kept=0)
 
 
 def test_samples_sent_during_a_run_drop_the_features(rig, monkeypatch):
@@ -191,6 +204,90 @@ def test_train_and_report_say_how_many_steps_skipped_the_prefix(rig):
     assert rc == 0, err
     row = [ln for ln in out.splitlines() if ln.startswith("feature cache")]
     assert len(row) == 1 and f"{fe['bytes']:,}" in row[0] and "in RAM: 24 of 36 steps" in row[0], out
+
+
+def latency_rows(out):
+    """The latency table's rows of a text report: {name: [cells after it]}."""
+    lines = out.splitlines()
+    at = next(i for i, ln in enumerate(lines) if ln.startswith("latency per step"))
+    rows = {}
+    for ln in lines[at + 2:]:
+        if not ln.strip() or ln.startswith("times:"):
+            break
+        cells = [c for c in ln.split("  ") if c.strip()]
+        rows[cells[0].strip()] = [c.strip() for c in cells[1:]]
+    return rows
+
+
+def test_the_report_shows_steps_from_the_input_and_from_kept_features_apart(rig):
+    rc, out, err = rig.cli("train", steps=None, epochs=3)
+    assert rc == 0, err
+    rc, out, err = rig.cli("report")
+    assert rc == 0, err
+    t = json.loads(out)["train"]
+    by = t["latency_by_start"]
+    assert sorted(by) == ["features", "input"]
+    assert by["input"]["steps"] == 12 and by["features"]["steps"] == 24
+    run = json.load(open(os.path.join(rig.session.runs_dir, sorted(os.listdir(
+        rig.session.runs_dir))[-1])))
+    f = {k: i for i, k in enumerate(run["fields"])}
+    for kind, cached in (("input", False), ("features", True)):
+        times = sorted(e[f["step_us"]] for e in run["events"] if e[f["cached"]] == cached)
+        s = by[kind]["latency_us"]["step"]
+        assert (s["n"], s["min"], s["max"]) == (len(times), times[0], times[-1])
+        assert s["mean"] == pytest.approx(sum(times) / len(times))
+    # all steps together, as before
+    assert t["latency_us"]["step"]["n"] == 36
+    rc, out, err = rig.cli("report", json=False)
+    assert rc == 0, err
+    rows = latency_rows(out)
+    assert rows["whole step, from the input"][0] == "12", out
+    assert rows["whole step, from kept features"][0] == "24", out
+    assert {"forward, from the input", "forward, from kept features", "backward, from the input",
+            "update, from kept features"} <= set(rows), out
+
+
+def test_a_board_that_does_not_say_which_steps_were_cached_gets_one_table(rig):
+    # an agent before version 5 sends 11 columns: accepted, recorded as such, one table
+    def as_agent_4(t, req, rep):
+        if t == P.TRAIN_STEPS:
+            rep = dict(rep, events=[e[:len(P.EVENT_FIELDS_4)] for e in rep["events"]])
+        return rep
+    rig.tamper = as_agent_4
+    rc, out, err = rig.cli("train", steps=None, epochs=3)
+    assert rc == 0, err
+    rig.tamper = None
+    run = json.load(open(os.path.join(rig.session.runs_dir, sorted(os.listdir(
+        rig.session.runs_dir))[-1])))
+    assert run["fields"] == list(P.EVENT_FIELDS_4)
+    assert {len(e) for e in run["events"]} == {11}
+    rc, out, err = rig.cli("report")
+    assert rc == 0, err
+    t = json.loads(out)["train"]
+    assert t["latency_by_start"] is None and t["latency_us"]["step"]["n"] == 36
+    rc, out, err = rig.cli("report", json=False)
+    assert rc == 0, err
+    rows = latency_rows(out)
+    assert "whole step" in rows and not any("kept features" in k for k in rows), out
+
+
+def test_a_newer_boards_extra_columns_are_let_through_and_not_kept(rig):
+    def with_more(t, req, rep):
+        if t == P.TRAIN_STEPS:
+            rep = dict(rep, events=[e + ["new", 7] for e in rep["events"]])
+        return rep
+    rig.tamper = with_more
+    rc, out, err = rig.cli("train", steps=None, epochs=2)
+    assert rc == 0, err
+    run = json.load(open(os.path.join(rig.session.runs_dir, sorted(os.listdir(
+        rig.session.runs_dir))[-1])))
+    assert run["fields"] == list(P.EVENT_FIELDS)
+    assert {len(e) for e in run["events"]} == {len(P.EVENT_FIELDS)}
+    # a "cached" that is not a bool is a bad reply
+    assert P.reply_problem(P.TRAIN_STEPS, {"events": [run["events"][0][:11] + [1]]}) == \
+        "'events[0][11]' is an int (1), not true or false"
+    assert P.reply_problem(P.TRAIN_STEPS, {"events": [run["events"][0][:10]]}) == \
+        "'events[0]' is a list of 10 items, not 11 or more"
 
 
 def test_a_run_the_pc_leaves_or_a_reset_cuts_short_leaves_no_file(rig, monkeypatch):

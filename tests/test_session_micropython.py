@@ -126,6 +126,8 @@ def test_agent_on_micropython(tmp_path, bitwise_crc):
     assert rec["end"]["features"] == {"where": "file" if bitwise_crc else "ram",
                                       "bytes": 20 * plan.cache_bytes,
                                       "sample_bytes": plan.cache_bytes, "cached_steps": 10}
+    # and each event says so: the first 20 steps from the inputs, the last 10 from the features
+    assert [e[f["cached"]] for e in rec["events"]] == [False] * 20 + [True] * 10
     assert not (tmp_path / "flash" / "features.bin").exists()
     assert rec["end"]["clock"] == "board"  # measured with time.ticks_us on this "board"
     assert all(e[f["step_us"]] > 0 and e[f["step_cycles"]] is not None for e in rec["events"])

@@ -413,7 +413,7 @@ def test_a_damaged_run_record_says_what_is_wrong_and_the_rest_is_reported(record
     with open(path, "w") as f:
         json.dump(rec, f)
     code, out, err = tm(capsys, "report", "--session", s)
-    assert code == 2 and "is damaged: 'events[3]' is a list of 5 items, not 11;" in err, err
+    assert code == 2 and "is damaged: 'events[3]' is a list of 5 items, not 12;" in err, err
     # moved out, as the line says: the evals are reported
     os.rename(path, str(tmp_path / "train-0001.json"))
     rep, text = report(capsys, s)

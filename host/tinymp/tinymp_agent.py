@@ -43,8 +43,9 @@ except ImportError:  # pragma: no cover
     hashlib = None
 
 # 2: trial runs (params.try); 3: INFO params also without saved options; 4: training runs keep
-# the samples' frozen-prefix features (Features) and take the prediction from the step
-AGENT_VERSION = "4"
+# the samples' frozen-prefix features (Features) and take the prediction from the step; 5: each
+# training event says whether its step started from kept features ("cached")
+AGENT_VERSION = "5"
 PROTOCOL = 1
 MAGIC = b"\xa5T"
 HEADER = 12
@@ -75,9 +76,10 @@ T_PARAMS_RESET = 0x62
 T_ERROR = 0xFF
 REPLY = 0x80
 
-# the fields of one training event (a row of TRAIN_STEPS' "events")
+# the fields of one training event (a row of TRAIN_STEPS' "events"); "cached": the step started
+# from the sample's kept features (the prefix layers skipped), so its times are not a full step's
 EVENT_FIELDS = ("step", "sample", "label", "pred", "loss", "forward_us", "backward_us",
-                "update_us", "step_us", "step_cycles", "high_water")
+                "update_us", "step_us", "step_cycles", "high_water", "cached")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1401,7 +1403,7 @@ class Agent:
                            s.get("forward_us", 0) - before.get("forward_us", 0),
                            s.get("backward_us", 0) - before.get("backward_us", 0),
                            s.get("update_us", 0) - before.get("update_us", 0),
-                           _ticks_diff(t1, t0), cyc, tr.high_water])
+                           _ticks_diff(t1, t0), cyc, tr.high_water, kept is not None])
             t["done"] += 1
             n -= 1
         return {"events": events, "done": t["done"], "total": t["total"]}

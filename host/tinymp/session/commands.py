@@ -832,8 +832,12 @@ def train(board, ds, options, steps=None, epochs=None, save=True, show=True, ses
                     f"names the trial run it holds, if any; this one is {run}")
         raise WordedLinkError(f"tinymp: training interrupted at its end: {e}; {what}; no run "
                               "recorded: train again to record one") from None
+    # the columns this board's agent sent (before agent 5: no "cached"); a newer agent's extra
+    # columns are not kept, as the record could not name them
+    width = min(len(P.EVENT_FIELDS), *(len(e) for e in events))
+    events = [e[:width] for e in events]
     rec = {"kind": "train", "time": time.time(), "options": opts, "start": start,
-           "fields": list(P.EVENT_FIELDS), "events": events, "end": end,
+           "fields": list(P.EVENT_FIELDS[:width]), "events": events, "end": end,
            "board": _board_summary(board), "dataset": ds.path, "samples": n}
     if session is not None:
         try:

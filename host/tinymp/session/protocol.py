@@ -40,7 +40,9 @@ NAMES = {v: k for k, v in dict(
 
 # the columns of a training event row (TRAIN_STEPS reply "events")
 EVENT_FIELDS = ("step", "sample", "label", "pred", "loss", "forward_us", "backward_us",
-                "update_us", "step_us", "step_cycles", "high_water")
+                "update_us", "step_us", "step_cycles", "high_water", "cached")
+# the columns an agent before version 5 sends (no "cached")
+EVENT_FIELDS_4 = EVENT_FIELDS[:11]
 
 # error codes the link layer retries (the frame was damaged on the way, not refused)
 TRANSPORT_ERRORS = frozenset({"crc", "header", "too_long"})
@@ -262,8 +264,11 @@ class Decoder:
 #       or None;
 #   {key: spec}: a dict holding at least those keys (others are let through as they are);
 #   Opt(spec): absent or None, or spec; ListOf(spec, n): a list (of n items) of spec;
-#   Row(spec, ...): a list of exactly these items; DictOf(spec): a dict of any keys whose values
-#   are spec; Either(spec, ...): the first spec that fits (the last one's problem is reported).
+#   Row(spec, ..., least=k, more=False): a list of these items, of which the first k (all, by
+#       default) are required and the others checked when present; with more=True, items past
+#       them are let through unchecked (a newer agent's columns);
+#   DictOf(spec): a dict of any keys whose values are spec; Either(spec, ...): the first spec
+#   that fits (the last one's problem is reported).
 # Only what the PC reads is required; the agent may send more (a newer agent, more fields).
 
 class Opt:
@@ -277,8 +282,9 @@ class ListOf:
 
 
 class Row:
-    def __init__(self, *specs):
-        self.specs = specs
+    def __init__(self, *specs, least=None, more=False):
+        self.specs, self.more = specs, more
+        self.least = len(specs) if least is None else least
 
 
 class DictOf:
@@ -373,13 +379,18 @@ def _problem(spec, v, path):
                 return p
         return None
     if isinstance(spec, (ListOf, Row)):
-        n = spec.n if isinstance(spec, ListOf) else len(spec.specs)
+        if isinstance(spec, ListOf):
+            lo = hi = spec.n
+        else:
+            lo, hi = spec.least, None if spec.more else len(spec.specs)
+        n = (None if lo is None else f"{lo}" if lo == hi else f"{lo} or more" if hi is None
+             else f"{lo} to {hi}")
         if not isinstance(v, list):
             want = "a list" if n is None else f"a list of {n}"
             return f"{_where(path)} is {describe(v)}, not {want}"
-        if n is not None and len(v) != n:
+        if lo is not None and not (lo <= len(v) and (hi is None or len(v) <= hi)):
             return f"{_where(path)} is {describe(v)}, not {n}"
-        for i, x in enumerate(v):
+        for i, x in enumerate(v if isinstance(spec, ListOf) else v[:len(spec.specs)]):
             p = _problem(spec.spec if isinstance(spec, ListOf) else spec.specs[i], x,
                          f"{path}[{i}]")
             if p:
@@ -434,9 +445,11 @@ REPLIES = {
     CAPTURE: {"data": "bytes"},
     TRAIN_START: {"plan": Opt(PLAN), "resumed": "bool?", "resumed_state": "bool?",
                   "resume_error": "str?", "support_samples": "count?", "features": Opt(FEATURES)},
-    # a row of EVENT_FIELDS: the report reads every column (times: None when not measured)
+    # a row of EVENT_FIELDS: the report reads every column (times: None when not measured);
+    # agent 4 sends no "cached", and a newer one may send columns after it
     TRAIN_STEPS: {"events": ListOf(Row("count", "int", "int", "int", "loss", "num?", "num?",
-                                       "num?", "num?", "num?", "num?"))},
+                                       "num?", "num?", "num?", "num?", "bool",
+                                       least=len(EVENT_FIELDS_4), more=True))},
     TRAIN_END: {"plan": Opt(PLAN), "stats": Opt({"stalled_steps": "count?"}),
                 "high_water": "num?", "heap_before": "num?", "heap_after": "num?",
                 "heap_end": "num?", "saved": "bool?", "save_error": "str?", "trial": "bool?",

@@ -73,6 +73,28 @@ def _stats(values):
     return {"mean": sum(vals) / n, "median": mid, "min": vals[0], "max": vals[-1], "n": n}
 
 
+PHASES = ("forward", "backward", "update", "step")
+
+
+def _latency(f, ev, simulated):
+    """Per-phase time statistics of the events `ev` (columns `f`), and the CPU cycles'."""
+    col = lambda name: [e[f[name]] for e in ev]  # noqa: E731
+    return {"steps": len(ev),
+            "latency_us": {ph: _stats(col(ph + "_us")) for ph in PHASES},
+            "step_cycles": _stats(col("step_cycles")) if not simulated else None}
+
+
+def _latency_by_start(f, ev, simulated):
+    if "cached" not in f:
+        return None
+    out = {}
+    for kind, cached in (("input", False), ("features", True)):
+        part = [e for e in ev if bool(e[f["cached"]]) == cached]
+        if part:
+            out[kind] = _latency(f, part, simulated)
+    return out
+
+
 def accuracy_window(run):
     """Steps averaged for the first and last running accuracy (and the final loss): an epoch
     (at least 10 steps), but at most half of the run, so that the two never share a step and
@@ -103,8 +125,7 @@ def train_summary(run):
     window = accuracy_window(run)
     tail = ev[-window:] if window else []
     head = ev[:window] if len(ev) >= 2 else []  # one step: no first window to compare with
-    lat = {ph: _stats(col(ph + "_us")) for ph in ("forward", "backward", "update", "step")}
-    cycles = _stats(col("step_cycles")) if not simulated else None
+    lat = _latency(f, ev, simulated)
     return {
         "steps": len(ev),
         "samples": run.get("samples"),
@@ -125,8 +146,12 @@ def train_summary(run):
                                    / len(head) if head and head[0][f["pred"]] >= 0 else None),
         # steps in each of the first and last windows (and the plot's moving window)
         "accuracy_window": window,
-        "latency_us": lat,
-        "step_cycles": cycles,
+        "latency_us": lat["latency_us"],
+        "step_cycles": lat["step_cycles"],
+        # the same, apart for the steps from the input and those from kept features (which skip
+        # the prefix layers): {"input": ..., "features": ...}, each with its "steps"; None for a
+        # run whose board did not say (an agent before version 5)
+        "latency_by_start": _latency_by_start(f, ev, simulated),
         "clock": "host" if simulated else "board",
         "timing_note": SIM_NOTE if simulated else "measured on the board (time.ticks_us, "
                                                   "time.ticks_cpu)",
@@ -478,21 +503,36 @@ def format_text(rep):
                          f"{_num(t['heap_before'])} / {_num(t['heap_after'])}", note])
         lines.append(summary.format_table(["memory", "bytes", ""], rows, "lrl"))
         lines.append("")
-        rows = []
-        for ph in ("forward", "backward", "update", "step"):
-            s = t["latency_us"].get(ph)
-            if s:
-                rows.append([ph if ph != "step" else "whole step", _num(s["mean"]),
-                             _num(s["median"]), _num(s["max"])])
-        if t.get("step_cycles"):
-            s = t["step_cycles"]
-            rows.append(["step (CPU cycles)", _num(s["mean"]), _num(s["median"]), _num(s["max"])])
         head = "latency per step, us" + (" (host CPU, simulated board)" if sim else " (board)")
-        lines.append(summary.format_table([head, "mean", "median", "max"], rows, "lrrr"))
+        by = t.get("latency_by_start") or {}
+        if len(by) == 2:
+            # a step from kept features skips the prefix layers: the two kinds apart, as their
+            # times differ by that much and the first epoch's steps would be the max of every phase
+            rows = []
+            for kind, name in (("input", "from the input"), ("features", "from kept features")):
+                rows += _latency_rows(by[kind], f", {name}", by[kind]["steps"])
+            lines.append(summary.format_table([head, "steps", "mean", "median", "max"], rows,
+                                              "lrrrr"))
+        else:
+            rows = _latency_rows(t, "", None)
+            lines.append(summary.format_table([head, "mean", "median", "max"], rows, "lrrr"))
         if sim:
             lines.append(f"times: {SIM_NOTE}")
     lines += _m7_lines(rep)
     return "\n".join(lines)
+
+
+def _latency_rows(lat, suffix, steps):
+    """Rows of the latency table for one set of steps (`steps`: a column of its count)."""
+    rows = []
+    sets = [((ph if ph != "step" else "whole step") + suffix, lat["latency_us"].get(ph))
+            for ph in PHASES]
+    sets.append(("step (CPU cycles)" + suffix, lat.get("step_cycles")))
+    for name, s in sets:
+        if s:
+            rows.append([name] + ([_num(steps)] if steps is not None else [])
+                        + [_num(s["mean"]), _num(s["median"]), _num(s["max"])])
+    return rows
 
 
 def _accuracy_lines(rep):
