@@ -449,6 +449,38 @@ def test_a_full_disk_does_not_stop_the_lock(tmp_path, monkeypatch):
         pass
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+def test_a_full_disk_does_not_fail_the_command_when_it_ends(tmp_path, monkeypatch):
+    # a pid a full disk refused was kept in the file's buffer and written again when the lock
+    # file closed after the command, which then ended with a traceback. /dev/full refuses every
+    # write as a full disk does; being a device it cannot be truncated, which a file can
+    import builtins
+
+    class OnDevFull:
+        def __init__(self, f):
+            self.f = f
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return self.f.__exit__(*exc)
+
+        def truncate(self, size=None):
+            return 0
+
+    real = builtins.open
+    monkeypatch.setattr(C, "open", lambda path, *a, **kw: OnDevFull(real("/dev/full", *a, **kw)),
+                        raising=False)
+    ran = []
+    with C.Session(str(tmp_path / "s")).lock():
+        ran.append(True)
+    assert ran == [True]
+
+
 # --- a session.json of the wrong shape --------------------------------------------------------
 
 @pytest.fixture

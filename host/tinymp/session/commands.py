@@ -180,7 +180,8 @@ class Session:
             return
         try:
             os.makedirs(self.path, exist_ok=True)
-            f = open(os.path.join(self.path, ".lock"), "a+")
+            # unbuffered: a pid refused by a full disk is not kept to fail again at the close
+            f = open(os.path.join(self.path, ".lock"), "a+b", buffering=0)
         except OSError as e:
             raise user_error(f"tinymp: cannot use the session folder {self.path}: "
                              f"{e.strerror or e}") from None
@@ -194,13 +195,13 @@ class Session:
                     yield
                     return
                 f.seek(0)
-                who = f.read().strip()
+                who = f.read().decode(errors="replace").strip()
                 raise SessionError(f"tinymp: another tinymp command ({who or 'a process'}) is "
                                    f"using the session folder {self.path}; wait for it to "
                                    "finish, or give another --session") from None
             try:
                 f.truncate(0)
-                f.write(f"pid {os.getpid()}\n")
+                f.write(f"pid {os.getpid()}\n".encode())
                 f.flush()
             except OSError:
                 pass  # a full disk: held all the same; a second command names no pid
