@@ -1,13 +1,17 @@
 """The session folder and the commands' rules around it, against the simulated board: run
 records numbered past deletions and never in place of another, with or without hard links, a
-session.json of the wrong shape, one command per folder at a time, a file given as the folder,
-a bad scene file, importing a dataset into itself, the simulated board a session was pushed to,
-the saved run's method on resume, --epochs with --steps, rollback with nothing earlier, and
-negative numbers in exponent form on the command line."""
+session.json of the wrong shape, one command per folder at a time (on Windows too, with a
+simulated msvcrt), a file given as the folder, a bad scene file, importing a dataset into itself,
+the simulated board a session was pushed to, the saved run's method on resume, --epochs with
+--steps, rollback with nothing earlier, and negative numbers in exponent form on the command
+line."""
 import errno
 import json
+import multiprocessing
 import os
 import re
+import sys
+import types
 
 import numpy as np
 import pytest
@@ -475,6 +479,106 @@ def test_a_full_disk_does_not_fail_the_command_when_it_ends(tmp_path, monkeypatc
     real = builtins.open
     monkeypatch.setattr(C, "open", lambda path, *a, **kw: OnDevFull(real("/dev/full", *a, **kw)),
                         raising=False)
+    ran = []
+    with C.Session(str(tmp_path / "s")).lock():
+        ran.append(True)
+    assert ran == [True]
+
+
+# --- the folder lock on Windows (msvcrt.locking), simulated ------------------------------------
+
+class FakeMsvcrt(types.ModuleType):
+    """msvcrt.locking as Windows documents it, for the tests here (no Windows machine runs
+    them): lock or unlock nbytes from the fd's position, which it does not move; LK_NBLCK
+    fails at once with EACCES on a byte another process holds; the lock goes when the file
+    closes or the process ends. Taken with POSIX byte-range locks (the real fcntl.lockf),
+    which are per process, and which closing any of the process's fds of the file drops: the
+    other holder must be another process. `calls` records (mode, position, nbytes)."""
+    LK_UNLCK, LK_LOCK, LK_NBLCK, LK_RLCK, LK_NBRLCK = range(5)
+
+    def __init__(self, fcntl):
+        super().__init__("msvcrt")
+        self.fcntl = fcntl
+        self.calls = []
+
+    def locking(self, fd, mode, nbytes):
+        at = os.lseek(fd, 0, os.SEEK_CUR)
+        self.calls.append((mode, at, nbytes))
+        op = {self.LK_NBLCK: self.fcntl.LOCK_EX | self.fcntl.LOCK_NB,
+              self.LK_UNLCK: self.fcntl.LOCK_UN}[mode]
+        try:
+            self.fcntl.lockf(fd, op, nbytes, at, os.SEEK_SET)
+        except OSError as e:
+            if e.errno in (errno.EACCES, errno.EAGAIN):
+                raise OSError(errno.EACCES, "Permission denied") from None
+            raise
+
+
+@pytest.fixture
+def windows(monkeypatch):
+    """Session.lock as on Windows: no fcntl, and msvcrt's locking (FakeMsvcrt)."""
+    fake = FakeMsvcrt(pytest.importorskip("fcntl"))
+    monkeypatch.setitem(sys.modules, "fcntl", None)
+    monkeypatch.setitem(sys.modules, "msvcrt", fake)
+    return fake
+
+
+def _hold_folder(path, held, release):
+    with C.Session(path).lock():
+        held.set()
+        release.wait(60)
+
+
+@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="no fork")
+def test_windows_a_second_command_on_a_busy_session_folder_stops(ready, windows, capsys):
+    # another process holds the folder (a forked child, with FakeMsvcrt too; was: no lock at
+    # all on Windows)
+    ctx = multiprocessing.get_context("fork")
+    held, release = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=_hold_folder, args=(ready, held, release))
+    holder.start()
+    try:
+        assert held.wait(30)
+        before = _tree(ready)
+        assert cli.main(["eval", "--port", "sim", "--session", ready]) == 1
+        # the holder's pid, read while it holds the lock: the lock's byte is not the pid's
+        assert one_line(capsys) == (
+            f"tinymp: another tinymp command (pid {holder.pid}) is using the session folder "
+            f"{ready}; wait for it to finish, or give another --session")
+        assert _tree(ready) == before
+    finally:
+        release.set()
+        holder.join(30)
+    assert holder.exitcode == 0
+    # once it is done, the folder is free again
+    assert cli.main(["eval", "--port", "sim", "--session", ready, "--json"]) == 0
+    capsys.readouterr()
+
+
+def test_windows_the_lock_is_one_byte_past_the_pid(tmp_path, windows):
+    s = C.Session(str(tmp_path / "s"))
+    lock = os.path.join(s.path, ".lock")
+    with s.lock():
+        pid = f"pid {os.getpid()}\n".encode()
+        with open(lock, "rb") as f:
+            assert f.read() == pid
+        [(mode, at, n)] = windows.calls
+        assert mode == windows.LK_NBLCK and n == 1 and at >= len(pid)
+    # unlocked where it was locked, and no pid left to name
+    assert windows.calls == [(windows.LK_NBLCK, at, 1), (windows.LK_UNLCK, at, 1)]
+    assert os.path.getsize(lock) == 0
+
+
+@pytest.mark.parametrize("no_lock", ["refused", "no msvcrt"])
+def test_windows_a_folder_that_cannot_be_locked_is_used_unlocked(tmp_path, windows, monkeypatch,
+                                                                 no_lock):
+    # a share that refuses locks (an error other than EACCES), or no msvcrt at all
+    def refused(fd, mode, nbytes):
+        raise OSError(errno.EINVAL, "Invalid argument")
+    if no_lock == "refused":
+        monkeypatch.setattr(windows, "locking", refused)
+    else:
+        monkeypatch.setitem(sys.modules, "msvcrt", None)
     ran = []
     with C.Session(str(tmp_path / "s")).lock():
         ran.append(True)

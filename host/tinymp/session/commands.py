@@ -120,6 +120,56 @@ def state_problem(state):
     return P._problem(STATE, state, "")
 
 
+_HELD, _BUSY, _UNLOCKED = "held", "busy", "unlocked"
+
+# The byte of SESSION/.lock that msvcrt.locking holds. Windows refuses other processes a read of a
+# locked byte, and a second command reads the holder's "pid N" line from the file's start: the
+# lock is on one byte far past it (locking past the end of a file is allowed and does not grow it).
+_MSVCRT_LOCK_AT = 1 << 20
+
+
+def _try_lock(f):
+    """Lock SESSION/.lock (f, open) for this process without waiting: _HELD, _BUSY (another
+    command holds it) or _UNLOCKED (it cannot be locked: a filesystem without locks, or neither
+    fcntl nor msvcrt). flock where there is fcntl (POSIX); else msvcrt.locking (Windows), which
+    locks bytes from the file's position and fails at once with EACCES on a byte another
+    process holds (EDEADLOCK after the retries of its waiting mode). Both go when the file
+    closes."""
+    try:
+        import fcntl
+    except ImportError:
+        fcntl = None
+    if fcntl is not None:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return _HELD
+        except OSError as e:
+            return _BUSY if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN) else _UNLOCKED
+    try:
+        import msvcrt
+    except ImportError:
+        return _UNLOCKED
+    try:
+        f.seek(_MSVCRT_LOCK_AT)
+        msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
+        return _HELD
+    except OSError as e:
+        return _BUSY if e.errno in (errno.EACCES, errno.EDEADLK) else _UNLOCKED  # = EDEADLOCK
+
+
+def _unlock(f):
+    """Release what _try_lock held. Closing the file would too, but Windows asks for an explicit
+    unlock: it may release the locks of a closed file only later."""
+    try:
+        import fcntl
+    except ImportError:
+        import msvcrt
+        f.seek(_MSVCRT_LOCK_AT)
+        msvcrt.locking(f.fileno(), msvcrt.LK_UNLCK, 1)
+    else:
+        fcntl.flock(f, fcntl.LOCK_UN)
+
+
 class Session:
     def __init__(self, path):
         self.path = os.path.abspath(path)
@@ -171,29 +221,26 @@ class Session:
     def lock(self):
         """Hold the session folder for one command: a second command on the same folder (which
         would interleave its samples, runs and the simulated board's flash with this one's)
-        stops with one line instead. An advisory lock on SESSION/.lock, released by the system
-        when the process ends however it ends; none where fcntl is missing (Windows)."""
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover
-            yield
-            return
+        stops with one line instead, naming the holder by the pid it wrote into SESSION/.lock.
+        The lock is on that file (_try_lock: flock, or msvcrt.locking on Windows) and goes when
+        the process ends however it ends; a folder that cannot be locked is used unlocked."""
         try:
             os.makedirs(self.path, exist_ok=True)
-            # unbuffered: a pid refused by a full disk is not kept to fail again at the close
+            # "a+": made when missing, never emptied before it is locked (it names the holder),
+            # written at its end (the start, once emptied; the position is the lock's byte on
+            # Windows); unbuffered: a pid a full disk refused is not kept to fail at the close
             f = open(os.path.join(self.path, ".lock"), "a+b", buffering=0)
         except OSError as e:
             raise user_error(f"tinymp: cannot use the session folder {self.path}: "
                              f"{e.strerror or e}") from None
         with f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as e:
-                if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                    # a filesystem without locks (ENOLCK on some NFS mounts): go on unlocked
-                    # rather than report a command that is not there
-                    yield
-                    return
+            got = _try_lock(f)
+            if got == _UNLOCKED:
+                # a filesystem without locks (ENOLCK on some NFS mounts): go on unlocked rather
+                # than report a command that is not there
+                yield
+                return
+            if got == _BUSY:
                 f.seek(0)
                 who = f.read().decode(errors="replace").strip()
                 raise SessionError(f"tinymp: another tinymp command ({who or 'a process'}) is "
@@ -212,7 +259,7 @@ class Session:
                     f.truncate(0)
                 except OSError:
                     pass
-                fcntl.flock(f, fcntl.LOCK_UN)
+                _unlock(f)
 
     def _run_numbers(self, kind):
         out = {}
