@@ -131,6 +131,21 @@ def test_the_same_run_without_them(rig, monkeypatch):
     train_and_check(rig, None, 0)
 
 
+@pytest.mark.parametrize("spare, where", [(0, "ram"), (-1, "file")])
+def test_a_board_that_measures_no_heap_goes_by_its_profile(rig, monkeypatch, spare, where):
+    # the simulated board has no gc.mem_free: its profile's heap (INFO's mem_free) less the
+    # run's arena decides, as a real board's heap would; a cache that leaves 48 KB beside it in
+    # RAM, one byte more in a file
+    import test_session_replies as R
+    budget = R.board_config(R.boards.load(R.PROFILE))["arena_budget"]
+    plan = tinymp.Model(DEMO).plan(method=OPTS["method"], budget=budget)
+    heap = plan.arena_bytes + 12 * plan.cache_bytes + A.Features.RESERVE + spare
+    real = R.board_config
+    monkeypatch.setattr(R, "board_config", lambda prof: dict(real(prof), mem_free=heap))
+    assert A._mem_free() is None  # CPython: no heap figure of its own
+    train_and_check(rig, where, (EPOCHS - 1) * 12)
+
+
 def test_no_room_for_even_one_sample_goes_without(rig, monkeypatch):
     monkeypatch.setattr(A, "_mem_free", lambda: A.Features.RESERVE)
     train_and_check(rig, None, 0)

@@ -451,9 +451,10 @@ class Features:
 
     RESERVE = 48 * 1024  # heap left for replies and evaluation after a cache in RAM
 
-    def __init__(self, n, size, path):
-        """where: "ram", "file", or None (no room for either: the run goes without). Raises
-        MemoryError when even the bookkeeping does not fit."""
+    def __init__(self, n, size, path, free=None):
+        """where: "ram", "file", or None (no room for either: the run goes without); `free`: the
+        heap's free bytes (None: not known, RAM is tried). Raises MemoryError when even the
+        bookkeeping does not fit."""
         self.n, self.size, self.path = n, size, path
         self.kept = bytearray(n)  # 1: sample i's features are kept
         self.sid = [0] * n  # ...and its store id and label
@@ -462,7 +463,6 @@ class Features:
         self.where = None
         self.full = False  # the file could not take more
         self.cached = 0  # steps that started from kept features
-        free = _mem_free()
         if free is None or free - n * size >= self.RESERVE:
             try:
                 self.buf = bytearray(n * size)
@@ -1311,8 +1311,13 @@ class Agent:
         n = self.store.count
         if not size or steps <= n or not hasattr(tr, "step_cached"):
             return None
+        free = _mem_free()
+        if free is None and self.board.get("mem_free") is not None:
+            # a board that measures no heap (the simulated one): the heap its profile stands for
+            # (INFO's mem_free), less this run's arena, as a real board's heap would be
+            free = max(0, self.board["mem_free"] - getattr(plan, "arena_bytes", 0))
         try:
-            f = Features(n, size, self._p("features.bin"))
+            f = Features(n, size, self._p("features.bin"), free)
         except MemoryError:  # the run goes without: slower, the same result
             return None
         return f if f.where else None
