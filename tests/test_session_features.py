@@ -286,6 +286,20 @@ def test_a_board_that_does_not_say_which_steps_were_cached_gets_one_table(rig):
     assert "whole step" in rows and not any("kept features" in k for k in rows), out
 
 
+def test_an_older_pc_gets_the_rows_it_checks(rig):
+    # a PC before agent 5 checks rows of exactly 11 columns and does not ask for "cached": an
+    # agent-5 firmware still trains for it
+    ds = D.Dataset.open(rig.session.dataset_dir)
+    with open_fake(rig.where) as b:
+        C.sync_samples(b, ds, False)
+        b.request(P.TRAIN_START, dict(OPTS, steps=24))
+        rep = b.request(P.TRAIN_STEPS, {"n": 24})
+        b.request(P.TRAIN_END, {"save": False})
+    old = P.REPLIES[P.TRAIN_STEPS]["events"].spec.specs[:len(P.EVENT_FIELDS_4)]
+    assert P._problem({"events": P.ListOf(P.Row(*old))}, rep, "") is None
+    assert {len(e) for e in rep["events"]} == {11}
+
+
 def test_a_newer_boards_extra_columns_are_let_through_and_not_kept(rig):
     def with_more(t, req, rep):
         if t == P.TRAIN_STEPS:

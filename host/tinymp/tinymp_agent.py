@@ -44,7 +44,8 @@ except ImportError:  # pragma: no cover
 
 # 2: trial runs (params.try); 3: INFO params also without saved options; 4: training runs keep
 # the samples' frozen-prefix features (Features) and take the prediction from the step; 5: each
-# training event says whether its step started from kept features ("cached")
+# training event says whether its step started from kept features ("cached"), when TRAIN_START
+# asks for it ("mark_cached": a PC before it checks rows of exactly 11 columns)
 AGENT_VERSION = "5"
 PROTOCOL = 1
 MAGIC = b"\xa5T"
@@ -451,10 +452,11 @@ class Features:
 
     RESERVE = 48 * 1024  # heap left for replies and evaluation after a cache in RAM
 
-    def __init__(self, n, size, path, free=None):
-        """where: "ram", "file", or None (no room for either: the run goes without); `free`: the
-        heap's free bytes (None: not known, RAM is tried). Raises MemoryError when even the
-        bookkeeping does not fit."""
+    def __init__(self, n, size, path, stand_in=None):
+        """where: "ram", "file", or None (no room for either: the run goes without). The heap's
+        free bytes are measured after the bookkeeping; a board that measures none goes by
+        `stand_in` (None: RAM is tried). Raises MemoryError when even the bookkeeping does not
+        fit."""
         self.n, self.size, self.path = n, size, path
         self.kept = bytearray(n)  # 1: sample i's features are kept
         self.sid = [0] * n  # ...and its store id and label
@@ -463,6 +465,9 @@ class Features:
         self.where = None
         self.full = False  # the file could not take more
         self.cached = 0  # steps that started from kept features
+        free = _mem_free()
+        if free is None:
+            free = stand_in
         if free is None or free - n * size >= self.RESERVE:
             try:
                 self.buf = bytearray(n * size)
@@ -1311,13 +1316,13 @@ class Agent:
         n = self.store.count
         if not size or steps <= n or not hasattr(tr, "step_cached"):
             return None
-        free = _mem_free()
-        if free is None and self.board.get("mem_free") is not None:
-            # a board that measures no heap (the simulated one): the heap its profile stands for
-            # (INFO's mem_free), less this run's arena, as a real board's heap would be
-            free = max(0, self.board["mem_free"] - getattr(plan, "arena_bytes", 0))
+        # for a board that measures no heap (the simulated one): INFO's stand-in for its free
+        # heap (the profile's arena budget), less this run's arena
+        stand_in = self.board.get("mem_free")
+        if stand_in is not None:
+            stand_in = max(0, stand_in - getattr(plan, "arena_bytes", 0))
         try:
-            f = Features(n, size, self._p("features.bin"), free)
+            f = Features(n, size, self._p("features.bin"), stand_in)
         except MemoryError:  # the run goes without: slower, the same result
             return None
         return f if f.where else None
@@ -1366,6 +1371,7 @@ class Agent:
         n = _need(req, "n", int)
         tr = self.trainer
         track = t["opts"].get("track_accuracy", True)
+        mark = t["opts"].get("mark_cached", False)
         events = []
         buf = t["buf"]
         # the step's own forward pass says what the parameters before it predict (an engine
@@ -1404,11 +1410,14 @@ class Agent:
             cyc = None
             if c0 is not None and c1 is not None:
                 cyc = _ticks_diff(c1, c0) if hasattr(time, "ticks_diff") else c1 - c0
-            events.append([t["done"], sid, label, pred, float(loss),
-                           s.get("forward_us", 0) - before.get("forward_us", 0),
-                           s.get("backward_us", 0) - before.get("backward_us", 0),
-                           s.get("update_us", 0) - before.get("update_us", 0),
-                           _ticks_diff(t1, t0), cyc, tr.high_water, kept is not None])
+            row = [t["done"], sid, label, pred, float(loss),
+                   s.get("forward_us", 0) - before.get("forward_us", 0),
+                   s.get("backward_us", 0) - before.get("backward_us", 0),
+                   s.get("update_us", 0) - before.get("update_us", 0),
+                   _ticks_diff(t1, t0), cyc, tr.high_water]
+            if mark:
+                row.append(kept is not None)
+            events.append(row)
             t["done"] += 1
             n -= 1
         return {"events": events, "done": t["done"], "total": t["total"]}

@@ -822,6 +822,8 @@ def train(board, ds, options, steps=None, epochs=None, save=True, show=True, ses
     # the trial), so `tinymp status` finds the run record they came from, even when the link
     # went before the run was recorded (an agent ignores options it does not plan with)
     opts["run"] = os.urandom(6).hex()
+    # each event says whether its step started from kept features (agent 5; older ones ignore it)
+    opts["mark_cached"] = True
     try:
         start = board.request(P.TRAIN_START, opts, timeout=slow_timeout(board))
     except BoardError as e:
@@ -882,7 +884,7 @@ def train(board, ds, options, steps=None, epochs=None, save=True, show=True, ses
                               "recorded: train again to record one") from None
     # the columns this board's agent sent (before agent 5: no "cached"); a newer agent's extra
     # columns are not kept, as the record could not name them
-    width = min(len(P.EVENT_FIELDS), *(len(e) for e in events))
+    width = min([len(P.EVENT_FIELDS)] + [len(e) for e in events])
     events = [e[:width] for e in events]
     rec = {"kind": "train", "time": time.time(), "options": opts, "start": start,
            "fields": list(P.EVENT_FIELDS[:width]), "events": events, "end": end,
