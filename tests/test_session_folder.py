@@ -412,25 +412,29 @@ def test_a_folder_that_cannot_be_locked_is_used_unlocked(tmp_path, monkeypatch):
     assert ran == [True]
 
 
+class LockFile:
+    """The session's lock file, open as usual, with methods a test replaces."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return self.f.__exit__(*exc)
+
+
 def test_a_full_disk_does_not_stop_the_lock(tmp_path, monkeypatch):
     # the pid written into SESSION/.lock once met a full disk with a traceback; the lock holds
     # all the same (the pid only names the holder to a second command)
     import builtins
     import errno
 
-    class Full:
-        def __init__(self, f):
-            self.f = f
-
-        def __getattr__(self, name):
-            return getattr(self.f, name)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return self.f.__exit__(*exc)
-
+    class Full(LockFile):
         def write(self, data):
             return len(data)  # buffered: the disk is found full at the flush
 
@@ -460,19 +464,7 @@ def test_a_full_disk_does_not_fail_the_command_when_it_ends(tmp_path, monkeypatc
     # write as a full disk does; being a device it cannot be truncated, which a file can
     import builtins
 
-    class OnDevFull:
-        def __init__(self, f):
-            self.f = f
-
-        def __getattr__(self, name):
-            return getattr(self.f, name)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return self.f.__exit__(*exc)
-
+    class OnDevFull(LockFile):
         def truncate(self, size=None):
             return 0
 
