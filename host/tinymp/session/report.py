@@ -117,7 +117,6 @@ def train_summary(run):
     """Figures of one train run record (commands.train)."""
     f = {name: i for i, name in enumerate(run["fields"])}
     ev = run["events"]
-    col = lambda name: [e[f[name]] for e in ev]  # noqa: E731
     end = run.get("end") or {}
     plan = end.get("plan") or run["start"].get("plan") or {}
     board = run.get("board") or {}
