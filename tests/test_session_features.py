@@ -243,8 +243,7 @@ def test_the_report_shows_steps_from_the_input_and_from_kept_features_apart(rig)
     by = t["latency_by_start"]
     assert sorted(by) == ["features", "input"]
     assert by["input"]["steps"] == 12 and by["features"]["steps"] == 24
-    run = json.load(open(os.path.join(rig.session.runs_dir, sorted(os.listdir(
-        rig.session.runs_dir))[-1])))
+    run = rig.session.runs("train")[-1]
     f = {k: i for i, k in enumerate(run["fields"])}
     for kind, cached in (("input", False), ("features", True)):
         times = sorted(e[f["step_us"]] for e in run["events"] if e[f["cached"]] == cached)
@@ -272,8 +271,7 @@ def test_a_board_that_does_not_say_which_steps_were_cached_gets_one_table(rig):
     rc, out, err = rig.cli("train", steps=None, epochs=3)
     assert rc == 0, err
     rig.tamper = None
-    run = json.load(open(os.path.join(rig.session.runs_dir, sorted(os.listdir(
-        rig.session.runs_dir))[-1])))
+    run = rig.session.runs("train")[-1]
     assert run["fields"] == list(P.EVENT_FIELDS_4)
     assert {len(e) for e in run["events"]} == {11}
     rc, out, err = rig.cli("report")
@@ -308,8 +306,7 @@ def test_a_newer_boards_extra_columns_are_let_through_and_not_kept(rig):
     rig.tamper = with_more
     rc, out, err = rig.cli("train", steps=None, epochs=2)
     assert rc == 0, err
-    run = json.load(open(os.path.join(rig.session.runs_dir, sorted(os.listdir(
-        rig.session.runs_dir))[-1])))
+    run = rig.session.runs("train")[-1]
     assert run["fields"] == list(P.EVENT_FIELDS)
     assert {len(e) for e in run["events"]} == {len(P.EVENT_FIELDS)}
     # a "cached" that is not a bool is a bad reply
