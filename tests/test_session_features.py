@@ -133,15 +133,25 @@ def test_the_same_run_without_them(rig, monkeypatch):
 
 @pytest.mark.parametrize("spare, where", [(0, "ram"), (-1, "file")])
 def test_a_board_that_measures_no_heap_goes_by_its_profile(rig, monkeypatch, spare, where):
-    # the simulated board has no gc.mem_free: its profile's heap (INFO's mem_free) less the
-    # run's arena decides, as a real board's heap would; a cache that leaves 48 KB beside it in
-    # RAM, one byte more in a file
+    # the simulated board has no gc.mem_free: its profile's heap (heap_bytes, INFO's mem_free)
+    # less the run's arena decides, as a real board's heap would; a cache that leaves 48 KB
+    # beside it in RAM, one byte more in a file. The profile is a copy of the board's with
+    # another heap, found first through $TINYMP_BOARDS
     import test_session_replies as R
-    budget = R.board_config(R.boards.load(R.PROFILE))["arena_budget"]
-    plan = tinymp.Model(DEMO).plan(method=OPTS["method"], budget=budget)
+    prof = R.boards.load(R.PROFILE)
+    plan = tinymp.Model(DEMO).plan(method=OPTS["method"], budget=prof["arena_budget_bytes"])
     heap = plan.arena_bytes + 12 * plan.cache_bytes + A.Features.RESERVE + spare
-    real = R.board_config
-    monkeypatch.setattr(R, "board_config", lambda prof: dict(real(prof), mem_free=heap))
+    # a profile's arena budget is within its heap: the budget is the run's arena here (the plan
+    # under it the same), so that the budget alone would put the cache nowhere
+    budget = plan.arena_bytes
+    again = tinymp.Model(DEMO).plan(method=OPTS["method"], budget=budget)
+    assert (again.arena_bytes, again.cache_bytes) == (plan.arena_bytes, plan.cache_bytes)
+    folder = rig.tmp / "profiles"
+    os.makedirs(folder / R.PROFILE)
+    (folder / R.PROFILE / "profile.json").write_text(
+        json.dumps(dict(prof, heap_bytes=heap, arena_budget_bytes=budget)))
+    monkeypatch.setenv("TINYMP_BOARDS", str(folder))
+    assert R.board_config(R.boards.load(R.PROFILE))["mem_free"] == heap
     assert A._mem_free() is None  # CPython: no heap figure of its own
     train_and_check(rig, where, (EPOCHS - 1) * 12)
 

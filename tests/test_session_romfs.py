@@ -633,11 +633,21 @@ def test_profiles_romfs_fields(tmp_path, monkeypatch):
     base = dict(boards.load("OPENMV_H7"))
     for k in ("romfs_bytes", "romfs_write"):
         base.pop(k)
+    # without a heap figure the heap is the arena budget (what INFO's mem_free was before)
+    nb = {k: v for k, v in base.items() if k != "heap_bytes"}
+    monkeypatch.setenv("TINYMP_BOARDS", str(tmp_path))
+    os.makedirs(tmp_path / "NOHEAP")
+    (tmp_path / "NOHEAP" / "profile.json").write_text(json.dumps(dict(nb, name="NOHEAP")))
+    assert boards.load("NOHEAP")["heap_bytes"] == base["arena_budget_bytes"]
     cases = [({}, None), ({"romfs_bytes": "1"}, "'romfs_bytes' must be int"),
              ({"romfs_write": 1}, "'romfs_write' must be bool"),
              ({"romfs": False, "romfs_bytes": 4096}, "need 'romfs': true"),
              ({"romfs_bytes": 0}, "must be > 0"),
-             ({"romfs_bytes": 4 << 20}, "larger than 'flash_bytes'")]
+             ({"romfs_bytes": 4 << 20}, "larger than 'flash_bytes'"),
+             ({"heap_bytes": base["arena_budget_bytes"] - 1}, "'heap_bytes' is smaller than"),
+             ({"heap_bytes": -1}, "'heap_bytes' is smaller than"),
+             ({"heap_bytes": 1.5}, "'heap_bytes' must be int"),
+             ({"heap_bytes": True}, "'heap_bytes' must be int")]
     monkeypatch.setenv("TINYMP_BOARDS", str(tmp_path))
     for k, (change, err) in enumerate(cases):
         name = f"B{k}"
@@ -647,6 +657,7 @@ def test_profiles_romfs_fields(tmp_path, monkeypatch):
         if err is None:
             got = boards.load(name)  # the defaults: the model flash, writable
             assert got["romfs_bytes"] == base["model_flash_bytes"] and got["romfs_write"] is True
+            assert got["heap_bytes"] == base["heap_bytes"]
         else:
             with pytest.raises(boards.ProfileError, match=err.replace("(", r"\(")):
                 boards.load(name)

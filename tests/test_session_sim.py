@@ -74,6 +74,8 @@ def test_info_reports_the_profile(sess):
     assert i["arena_budget"] == prof["arena_budget_bytes"] == 262144
     assert i["model_flash"] == prof["model_flash_bytes"]
     assert i["mem_total"] == prof["sram_bytes"] and i["romfs"] is prof["romfs"]
+    # the heap the camera's MicroPython starts with (PLATFORM: OpenMV firmware v5, 64 KB + 264 KB)
+    assert i["mem_free"] == prof["heap_bytes"] == (64 + 264) * 1024
     assert i["clock"] == "host" and i["tinymp"] == tinymp.__version__
     assert i["camera"] is True and i["model"] is None and i["storage"] is True
 

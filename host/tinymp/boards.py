@@ -20,8 +20,10 @@ KEYS = {
 # Optional keys and their defaults (from the profile): the size of the ROMFS segment the session
 # agent writes models into (default: the model flash, when the board has ROMFS), and whether the
 # agent can write it through `vfs.rom_ioctl` (MicroPython's stm32 port can; esp32's segment is a
-# partition object the agent does not write).
-OPTIONAL = {"romfs_bytes": int, "romfs_write": bool}
+# partition object the agent does not write), and the MicroPython heap the board starts with, in
+# which the binding takes its training arena (default: the arena budget; the simulated board gives
+# it as INFO's mem_free, the free heap by which the agent places a run's feature cache).
+OPTIONAL = {"romfs_bytes": int, "romfs_write": bool, "heap_bytes": int}
 
 
 class ProfileError(ValueError):
@@ -83,6 +85,10 @@ def load(name):
     romfs = prof["romfs"]
     prof.setdefault("romfs_bytes", prof["model_flash_bytes"] if romfs else 0)
     prof.setdefault("romfs_write", romfs)
+    prof.setdefault("heap_bytes", prof["arena_budget_bytes"])
+    if prof["heap_bytes"] < prof["arena_budget_bytes"]:
+        raise ProfileError(f"tinymp: board profile {path}: 'heap_bytes' is smaller than "
+                           "'arena_budget_bytes' (the training arena is taken from the heap)")
     if romfs and prof["romfs_bytes"] < 1:
         raise ProfileError(f"tinymp: board profile {path}: 'romfs_bytes' must be > 0 when "
                            "'romfs' is true")

@@ -1317,7 +1317,7 @@ class Agent:
         if not size or steps <= n or not hasattr(tr, "step_cached"):
             return None
         # for a board that measures no heap (the simulated one): INFO's stand-in for its free
-        # heap (the profile's arena budget), less this run's arena
+        # heap (the profile's heap, in which a board takes the arena), less this run's arena
         stand_in = self.board.get("mem_free")
         if stand_in is not None:
             stand_in = max(0, stand_in - getattr(plan, "arena_bytes", 0))

@@ -497,7 +497,7 @@ def format_text(rep):
             else:
                 rows.append(["model flash", _num(m.get("bytes")), "weights read in place"])
         if t.get("heap_before") is not None:
-            note = "simulated: the profile's budget" if sim else "gc.mem_free()"
+            note = "simulated: the profile's heap" if sim else "gc.mem_free()"
             rows.append(["heap free before / after Trainer",
                          f"{_num(t['heap_before'])} / {_num(t['heap_after'])}", note])
         lines.append(summary.format_table(["memory", "bytes", ""], rows, "lrl"))
