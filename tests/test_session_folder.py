@@ -239,6 +239,32 @@ def test_a_second_command_on_a_busy_session_folder_stops(ready, capsys):
     capsys.readouterr()
 
 
+def test_the_demo_does_not_empty_a_folder_another_command_holds(tmp_path, capsys, monkeypatch):
+    # `tinymp demo` empties its folder before it runs; it once did so without the lock, under a
+    # `tinymp train --session` still using that folder
+    d = tmp_path / "tinymp-demo"
+    (d / "runs").mkdir(parents=True)
+    (d / ".tinymp-demo").write_text("")
+    (d / "runs" / "train-0001.json").write_text("{}")
+    (d / "session.json").write_text("{}")
+    before = folder_state(str(d))
+    with C.Session(str(d)).lock():
+        assert cli.main(["demo", "--session", str(d), "-q"]) == 1
+        line = one_line(capsys)
+        assert "another tinymp command" in line and f"pid {os.getpid()}" in line
+    assert folder_state(str(d)) == before
+    # free again: emptied (but its marker), then the flow; stopped here, not run
+    seen = []
+
+    def flow(cfg, args, out):
+        seen.append(sorted(os.listdir(d)))
+        raise C.user_error("tinymp: stop here")
+    monkeypatch.setattr(run, "run_session", flow)
+    assert cli.main(["demo", "--session", str(d), "-q"]) == 2
+    capsys.readouterr()
+    assert seen == [[".lock", ".tinymp-demo"]]
+
+
 # --- the simulated camera's scene -----------------------------------------------------------
 
 @pytest.mark.parametrize("kind", ["garbage", "nokeys", "float", "flat", "labels"])

@@ -170,6 +170,51 @@ def _unlock(f):
         fcntl.flock(f, fcntl.LOCK_UN)
 
 
+@contextlib.contextmanager
+def hold_folder(path):
+    """Hold the session folder `path` for one command: a second command on the same folder (which
+    would interleave its samples, runs and the simulated board's flash with this one's)
+    stops with one line instead, naming the holder by the pid it wrote into SESSION/.lock.
+    The lock is on that file (_try_lock: flock, or msvcrt.locking on Windows) and goes when
+    the process ends however it ends; a folder that cannot be locked is used unlocked."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        # "a+": made when missing, never emptied before it is locked (it names the holder),
+        # written at its end (the start, once emptied; the position is the lock's byte on
+        # Windows); unbuffered: a pid a full disk refused is not kept to fail at the close
+        f = open(os.path.join(path, ".lock"), "a+b", buffering=0)
+    except OSError as e:
+        raise user_error(f"tinymp: cannot use the session folder {path}: "
+                         f"{e.strerror or e}") from None
+    with f:
+        got = _try_lock(f)
+        if got == _UNLOCKED:
+            # a filesystem without locks (ENOLCK on some NFS mounts): go on unlocked rather
+            # than report a command that is not there
+            yield
+            return
+        if got == _BUSY:
+            f.seek(0)
+            who = f.read().decode(errors="replace").strip()
+            raise SessionError(f"tinymp: another tinymp command ({who or 'a process'}) is "
+                               f"using the session folder {path}; wait for it to "
+                               "finish, or give another --session") from None
+        try:
+            f.truncate(0)
+            f.write(f"pid {os.getpid()}\n".encode())
+            f.flush()
+        except OSError:
+            pass  # a full disk: held all the same; a second command names no pid
+        try:
+            yield
+        finally:
+            try:
+                f.truncate(0)
+            except OSError:
+                pass
+            _unlock(f)
+
+
 class Session:
     def __init__(self, path):
         self.path = os.path.abspath(path)
@@ -217,49 +262,9 @@ class Session:
         except OSError as e:
             raise WriteError(self.state_path, e, "it is as it was") from None
 
-    @contextlib.contextmanager
     def lock(self):
-        """Hold the session folder for one command: a second command on the same folder (which
-        would interleave its samples, runs and the simulated board's flash with this one's)
-        stops with one line instead, naming the holder by the pid it wrote into SESSION/.lock.
-        The lock is on that file (_try_lock: flock, or msvcrt.locking on Windows) and goes when
-        the process ends however it ends; a folder that cannot be locked is used unlocked."""
-        try:
-            os.makedirs(self.path, exist_ok=True)
-            # "a+": made when missing, never emptied before it is locked (it names the holder),
-            # written at its end (the start, once emptied; the position is the lock's byte on
-            # Windows); unbuffered: a pid a full disk refused is not kept to fail at the close
-            f = open(os.path.join(self.path, ".lock"), "a+b", buffering=0)
-        except OSError as e:
-            raise user_error(f"tinymp: cannot use the session folder {self.path}: "
-                             f"{e.strerror or e}") from None
-        with f:
-            got = _try_lock(f)
-            if got == _UNLOCKED:
-                # a filesystem without locks (ENOLCK on some NFS mounts): go on unlocked rather
-                # than report a command that is not there
-                yield
-                return
-            if got == _BUSY:
-                f.seek(0)
-                who = f.read().decode(errors="replace").strip()
-                raise SessionError(f"tinymp: another tinymp command ({who or 'a process'}) is "
-                                   f"using the session folder {self.path}; wait for it to "
-                                   "finish, or give another --session") from None
-            try:
-                f.truncate(0)
-                f.write(f"pid {os.getpid()}\n".encode())
-                f.flush()
-            except OSError:
-                pass  # a full disk: held all the same; a second command names no pid
-            try:
-                yield
-            finally:
-                try:
-                    f.truncate(0)
-                except OSError:
-                    pass
-                _unlock(f)
+        """Hold the session folder for one command (hold_folder)."""
+        return hold_folder(self.path)
 
     def _run_numbers(self, kind):
         out = {}

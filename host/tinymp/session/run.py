@@ -831,14 +831,22 @@ def cmd_demo(args):
         if not os.path.exists(marker):
             raise C.user_error(f"tinymp: {session_dir} exists and is not a demo folder; give "
                                "another --session")
-    try:
-        if os.path.exists(session_dir):
-            shutil.rmtree(session_dir)
-        os.makedirs(session_dir)
-        open(marker, "w").close()
-    except OSError as e:
-        raise C.user_error(f"tinymp: cannot make the demo folder {session_dir}: "
-                           f"{e.strerror or e}") from None
+    # emptied while held: another command still using the folder (a `tinymp train --session`
+    # on the demo's folder) stops this one instead of losing it
+    with C.hold_folder(session_dir):
+        try:
+            for name in os.listdir(session_dir):
+                if name in (".lock", ".tinymp-demo"):
+                    continue
+                p = os.path.join(session_dir, name)
+                if os.path.isdir(p) and not os.path.islink(p):
+                    shutil.rmtree(p)
+                else:
+                    os.remove(p)
+            open(marker, "w").close()
+        except OSError as e:
+            raise C.user_error(f"tinymp: cannot make the demo folder {session_dir}: "
+                               f"{e.strerror or e}") from None
     cfg = demo_config(session_dir)
     out = (lambda *a: None) if args.json else print
     out("tinymp demo: personalise the shipped digits model on a simulated OpenMV Cam H7.")
