@@ -323,6 +323,62 @@ def test_bad_samples(tmp_path, ready, capsys):
     assert not os.path.exists(ds_dir) or len(D.Dataset.open(ds_dir)) == 0
 
 
+def test_collect_from_a_file_or_the_camera_not_both(tmp_path, ready, capsys):
+    # `--from` with `--label/--count` once dropped the capture, and `--eval` with a capture put
+    # the photos into the training set; both are one line now, nothing written
+    before = _tree(ready)
+    for extra, needle in ((["--from", SCENE, "--label", "3", "--count", "2"], "not both"),
+                          (["--from", SCENE, "--count", "2"], "not both"),
+                          (["--eval", "--label", "3", "--count", "2"],
+                           "--eval holds out samples from a file")):
+        assert cli.main(["collect", *extra, "--port", "sim", "--session", ready]) == 2
+        assert needle in one_line(capsys.readouterr().err)
+    assert _tree(ready) == before
+    # what the line advises: photos captured in another session, held out here
+    other = str(tmp_path / "other")
+    assert cli.main(["push", DEMO, "--port", "sim", "--session", other, "-q"]) == 0
+    assert cli.main(["collect", "--label", "3", "--count", "4", "--port", "sim",
+                     "--session", other, "-q"]) == 0
+    here = str(tmp_path / "here")
+    assert cli.main(["push", DEMO, "--port", "sim", "--session", here, "-q"]) == 0
+    capsys.readouterr()
+    assert cli.main(["collect", "--from", os.path.join(other, "dataset"), "--eval", "--port",
+                     "sim", "--session", here, "--json", "-q"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["added"] == 4 and got["sent_to_board"] == 0 and got["per_class"][3] == 4
+    held = D.Dataset.open(os.path.join(here, "eval"))
+    theirs = D.Dataset.open(os.path.join(other, "dataset"))
+    assert (held.samples() == theirs.samples()).all() and list(held.labels) == [3] * 4
+    assert not os.path.exists(os.path.join(here, "dataset"))
+
+
+def test_samples_held_out_and_trained_on_are_called_so(tmp_path, capsys):
+    # the same file imported into both sets: its samples' held-out accuracy is not held out
+    s = str(tmp_path / "s")
+    assert cli.main(["push", DEMO, "--port", "sim", "--session", s, "-q"]) == 0
+    assert cli.main(["collect", "--from", HELD, "--port", "sim", "--session", s, "-q"]) == 0
+    capsys.readouterr()
+    n = len(np.load(HELD)["y"])
+    assert cli.main(["collect", "--from", HELD, "--eval", "--port", "sim", "--session", s,
+                     "-q"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"warning: {n} of these samples are also in the session's training set "
+                   "(imported from the same file): the held-out accuracy of those is not held "
+                   "out"]
+    # ... and the other way round: the held-out set imported into the training set
+    assert cli.main(["collect", "--from", os.path.join(s, "eval"), "--port", "sim",
+                     "--session", s, "-q"]) == 0
+    assert f"warning: {n} of these samples are also in the session's held-out set" in \
+        capsys.readouterr().err
+    # a file of other samples: no warning
+    t = str(tmp_path / "t")
+    assert cli.main(["push", DEMO, "--port", "sim", "--session", t, "-q"]) == 0
+    assert cli.main(["collect", "--from", SCENE, "--port", "sim", "--session", t, "-q"]) == 0
+    assert cli.main(["collect", "--from", HELD, "--eval", "--port", "sim", "--session", t,
+                     "-q"]) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
 def test_bad_train_and_eval_requests(tmp_path, ready, capsys):
     assert cli.main(["train", "--port", "sim", "--session", ready]) == 2
     assert "no samples to train on" in one_line(capsys.readouterr().err)

@@ -175,6 +175,15 @@ def cmd_collect(args):
                            "(capture with the board's camera)")
     if args.count is not None and args.count < 0:
         raise C.user_error("tinymp: --count must be >= 0")
+    if args.source is not None and (args.label is not None or args.count is not None):
+        raise C.user_error("tinymp: collect takes samples from a file (--from) or from the "
+                           "camera (--label and --count), not both: run collect once for each")
+    if args.eval and args.source is None:
+        # the camera's samples go to the board as they are taken: training samples only
+        raise C.user_error("tinymp: --eval holds out samples from a file (--from); the camera's "
+                           "captures are training samples. To hold out photos, capture them in "
+                           "another session folder (--session OTHER) and import them with "
+                           "`tinymp collect --from OTHER/dataset --eval`")
     with _open(args, session) as board:
         meta = C.model_meta(board.info)
         name = _board_name(board)
@@ -186,6 +195,11 @@ def cmd_collect(args):
                 raise C.user_error(str(e)) from None
             ds = C.open_dataset(session, meta, name, session.eval_dir if args.eval else None)
             added = C.import_samples(ds, x, y, src, board_name=name, show=_show(args))
+            both = _in_the_other_set(session, ds, src)
+            if both:
+                print(f"warning: {both} of these samples are also in the session's "
+                      f"{'training' if args.eval else 'held-out'} set (imported from the same "
+                      "file): the held-out accuracy of those is not held out", file=sys.stderr)
             sent = 0 if args.eval else _send_samples(board, ds, _show(args))
             res = {"added": added, "total": len(ds), "sent_to_board": sent, "dataset": ds.path,
                    "per_class": [int(c) for c in ds.counts()]}
@@ -206,6 +220,20 @@ def cmd_collect(args):
                        f"{ds.path} holds {res['label_total']} of that label, {res['total']} in all")
     _emit(args, res)
     return 0
+
+
+def _in_the_other_set(session, ds, sources):
+    """How many of `sources` (the ids of samples just imported into `ds`, the session's training
+    or held-out set) the other of the two sets holds too."""
+    other = session.eval_dir if ds.path == session.dataset_dir else session.dataset_dir
+    if not os.path.exists(os.path.join(other, "manifest.json")):
+        return 0
+    try:
+        o = Dataset.open(other)
+    except DatasetError:
+        return 0  # the command that reads it says what is wrong with it
+    theirs = o.sources() | {f"{o.uid}:{i}" for i in range(len(o))}
+    return len(set(sources) & theirs)
 
 
 # --- train ----------------------------------------------------------------------------------
@@ -831,6 +859,11 @@ def cmd_demo(args):
         if not os.path.exists(marker):
             raise C.user_error(f"tinymp: {session_dir} exists and is not a demo folder; give "
                                "another --session")
+    try:
+        os.makedirs(session_dir, exist_ok=True)
+    except OSError as e:
+        raise C.user_error(f"tinymp: cannot make the demo folder {session_dir}: "
+                           f"{e.strerror or e}") from None
     # emptied while held: another command still using the folder (a `tinymp train --session`
     # on the demo's folder) stops this one instead of losing it
     with C.hold_folder(session_dir):
