@@ -379,6 +379,32 @@ def test_samples_held_out_and_trained_on_are_called_so(tmp_path, capsys):
     assert "warning" not in capsys.readouterr().err
 
 
+def test_params_reset_says_whether_rollback_can_undo_it(tmp_path, capsys):
+    s = str(tmp_path / "s")
+    # no model on the board: no parameters of it either; nothing written
+    assert cli.main(["params", "reset", "--port", "sim", "--session", s]) != 0
+    assert "the board has no model" in one_line(capsys.readouterr().err)
+    assert not os.path.exists(os.path.join(s, "session.json"))
+    assert cli.main(["push", DEMO, "--port", "sim", "--session", s, "-q"]) == 0
+    capsys.readouterr()
+    # nothing saved: the reset keeps nothing that rollback could bring back
+    assert cli.main(["params", "reset", "--port", "sim", "--session", s]) == 0
+    assert capsys.readouterr().out.strip() == ("the board is back to the pretrained weights (it "
+                                               "kept no earlier parameters: there is nothing to "
+                                               "roll back to)")
+    assert cli.main(["params", "rollback", "--port", "sim", "--session", s]) == 2
+    assert "no earlier parameters to roll back to" in one_line(capsys.readouterr().err)
+    # a trained run saved: reset, then rollback brings it back
+    assert cli.main(["collect", "--from", HELD, "--port", "sim", "--session", s, "-q"]) == 0
+    assert cli.main(["train", "--steps", "3", "--port", "sim", "--session", s, "-q"]) == 0
+    capsys.readouterr()
+    assert cli.main(["params", "reset", "--port", "sim", "--session", s]) == 0
+    assert capsys.readouterr().out.strip() == ("the board is back to the pretrained weights "
+                                               "(`params rollback` undoes this)")
+    assert cli.main(["params", "rollback", "--port", "sim", "--session", s]) == 0
+    capsys.readouterr()
+
+
 def test_bad_train_and_eval_requests(tmp_path, ready, capsys):
     assert cli.main(["train", "--port", "sim", "--session", ready]) == 2
     assert "no samples to train on" in one_line(capsys.readouterr().err)
@@ -452,6 +478,12 @@ def test_bad_session_configs(tmp_path, capsys):
                         ({"train": {"method": "fast"}, "collect": collect}, "train.method must be one of"),
                         ({"train": {"fresh": 1}, "collect": collect}, "train.fresh must be true or false"),
                         ({"train": {"budget_kb": 0}, "collect": collect}, "train.budget_kb must be a positive"),
+                        # the host's engine: the demo model's smallest tinymp plan needs more
+                        ({"train": {"budget_kb": 1}, "collect": collect},
+                         "train.budget_kb 1 fits no training plan of demo.tmpm (method 'tinymp' "
+                         "does not fit a budget of 1024 bytes"),
+                        ({"train": {"budget_kb": 1, "method": "last"}, "collect": collect},
+                         "(method 'last' does not fit"),
                         ({"collect": [{"label": 12, "count": 3}]}, "collect label 12 is not a class"),
                         ({"collect": [{"label": [1, "a"], "count": 3}]},
                          "'label' must be a class number or a list of them, not [1, \"a\"]"),

@@ -371,6 +371,7 @@ def cmd_params(args):
     session = _session(args)
     req = {"save": P.PARAMS_SAVE, "rollback": P.PARAMS_ROLLBACK, "reset": P.PARAMS_RESET}[args.action]
     with _open(args, session) as board:
+        C.model_meta(board.info)  # a board without a model has no parameters of it either
         if args.action == "save":
             C.need_agent(board, 2, "`params save` of a trial run")
         try:
@@ -393,7 +394,9 @@ def cmd_params(args):
                        "personalised parameters saved on the board",
                "rollback": "the board's personalised parameters are back to their previous "
                            "saved version",
-               "reset": "the board is back to the pretrained weights (rollback undoes this)"}
+               "reset": "the board is back to the pretrained weights " + (
+                   "(`params rollback` undoes this)" if rep.get("can_roll_back") else
+                   "(it kept no earlier parameters: there is nothing to roll back to)")}
               [args.action])
     return 0
 
@@ -660,7 +663,23 @@ def run_session(cfg, args, out=print):
     data, m = C.read_model(cfg["model"])
     tr = dict(cfg.get("train") or {})
     if "budget_kb" in tr:
-        tr["budget"] = summary.budget_bytes(tr.pop("budget_kb"))
+        kb = tr.pop("budget_kb")
+        tr["budget"] = summary.budget_bytes(kb)
+        # a budget no plan of the model fits: found now (the host's engine plans as the board's
+        # does), not after the push, the collect and the first evaluation. TinyTrain's plan
+        # depends on the samples, so it is left to the board
+        if tr.get("method") != "tinytrain" and not tr.get("support"):
+            kw = {k: tr[k] for k in ("method", "budget", "r", "ratio", "storage", "momentum")
+                  if tr.get(k) is not None}
+            try:
+                m.plan(**kw)
+            except ValueError as e:
+                why = str(e)
+                why = why[len("tinymp: "):] if why.startswith("tinymp: ") else why
+                raise C.user_error(f"tinymp: the config's train.budget_kb {kb:g} fits no "
+                                   f"training plan of {os.path.basename(cfg['model'])} "
+                                   f"({why}); raise it or choose another "
+                                   "method") from None
     epochs, steps = tr.pop("epochs", None), tr.pop("steps", None)
     save = tr.pop("save", True)
     eval_src = cfg.get("eval")
