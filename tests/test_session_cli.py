@@ -88,8 +88,9 @@ def test_readme_quotes_the_demo_as_it_prints(demo_run):
         readme = f.read()
     quoted = [ln for ln in readme.splitlines()
               if ln.startswith(("train      600 steps", "evaluate   after:", "feature cache   ",
-                                "latency per step, us"))]
-    assert len(quoted) == 4, quoted
+                                "latency per step, us", "plan tables   ",
+                                "arena high water", "training arena (planned)"))]
+    assert len(quoted) == 7, quoted
     words = lambda text: " ".join(text.split())  # noqa: E731
     for ln in quoted:
         assert words(ln) in [words(o) for o in out.splitlines()], ln
