@@ -101,6 +101,14 @@ def test_plan_needs_something(capsys):
     assert "give model files or --zoo" in capsys.readouterr().err
 
 
+def test_demo_inference_has_no_folder(tmp_path, capsys):
+    assert cli.main(["demo", "--inference", "--session", str(tmp_path / "d")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "tinymp: demo --inference writes no folder: --session is for the session demo "
+        "(`tinymp demo --session DIR`)")
+    assert not os.path.exists(tmp_path / "d")
+
+
 def test_demo_runs():
     code, out, err = run("demo", "--inference")
     assert code == 0, err
@@ -163,7 +171,10 @@ def test_training_options_without_a_method_are_refused(demo_file, opts):
     (["frobnicate"], "tinymp: argument command: invalid choice: 'frobnicate'"),
     (["info"], "tinymp: info: the following arguments are required: model (`tinymp info --help` "
                "shows the options)"),
-    (["info", "m.tmpm", "--bad"], "tinymp: unrecognized arguments: --bad"),
+    (["info", "m.tmpm", "--bad"], "tinymp: info: unrecognized arguments: --bad (`tinymp info "
+                                  "--help` shows the options)"),
+    (["eval", "--sesion", "s"], "tinymp: eval: unrecognized arguments: --sesion s (`tinymp eval "
+                                "--help` shows the options)"),
     (["experiment", "--seeds", "abc"], "tinymp: experiment: argument --seeds: invalid int value: "
                                        "'abc' (`tinymp experiment --help` shows the options)"),
     (["plan", "--method", "nope"], "tinymp: plan: argument --method: invalid choice: 'nope'"),

@@ -181,6 +181,9 @@ def cmd_demo(args):
     if not args.inference:
         from .session import run
         return run.cmd_demo(args)
+    if args.session is not None:
+        raise UserError("tinymp: demo --inference writes no folder: --session is for the session "
+                        "demo (`tinymp demo --session DIR`)")
     return cmd_demo_inference(args)
 
 
@@ -532,7 +535,12 @@ def _main(argv):
     if argv[:1] == ["bench"]:
         from . import bench
         return bench.main(argv[1:])
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # refused by the command's own parser, whose line points at its own --help
+        subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        subs.choices[args.command].error("unrecognized arguments: " + " ".join(extra))
     from .session import run
     try:
         return run.handle_errors(args.func, args)
