@@ -289,6 +289,16 @@ def test_unknown_port_and_board(ready, capsys):
     assert "no such port '/dev/ttyNOPE9'" in one_line(capsys.readouterr().err)
     assert cli.main(["push", DEMO, "--port", "sim", "--board", "PDP11", "--session", ready]) == 2
     assert "no board profile 'PDP11'" in one_line(capsys.readouterr().err)
+    before = _tree(ready)
+    assert cli.main(["status", "--port", "sim:OPENMV_H7", "--board", "NUCLEO_H743ZI2",
+                     "--session", ready]) == 2
+    assert one_line(capsys.readouterr().err) == (
+        "tinymp: --port sim:OPENMV_H7 and --board NUCLEO_H743ZI2 name two boards: give one of "
+        "them")
+    assert _tree(ready) == before
+    assert cli.main(["status", "--port", "sim:OPENMV_H7", "--board", "OPENMV_H7",
+                     "--session", ready, "--json"]) == 0
+    capsys.readouterr()
 
 
 def test_bad_samples(tmp_path, ready, capsys):

@@ -54,6 +54,10 @@ def _open(args, session, scene=None):
     kw = {"timeout": args.timeout}
     if port == "sim" or port.startswith("sim:"):
         prof = port[4:] if port.startswith("sim:") else _sim_profile(args, session)
+        asked = getattr(args, "board", None)
+        if port.startswith("sim:") and asked and asked != prof:
+            raise C.user_error(f"tinymp: --port {port} and --board {asked} name two boards: give "
+                               "one of them")
         try:
             boards.load(prof)
         except boards.ProfileError as e:
