@@ -185,3 +185,33 @@ def test_load_samples_quantises_like_the_builder(tmp_path):
     assert np.array_equal(xi[..., 0], (u8.astype(np.int16) - 128).astype(np.int8))
     lut = D.quantize_lut(scale, zp)
     assert np.array_equal(lut[u8][..., None], want)
+
+
+@pytest.mark.parametrize("what, x", [
+    ("0..255 pixels as floats", lambda u8: u8.astype(np.float32)),
+    ("-1..1", lambda u8: u8.astype(np.float32) / 127.5 - 1),
+    ("just above 1", lambda u8: u8.astype(np.float64) / 255 + 1e-3),
+], ids=["0..255", "-1..1", "above 1"])
+def test_load_samples_refuses_floats_outside_0_1(tmp_path, what, x):
+    # clipping them into the model's int8 range would store a few distinct values per sample
+    rng = np.random.default_rng(1)
+    u8 = rng.integers(0, 256, size=(5, 4, 4), dtype=np.uint8)
+    u8[0, 0, 0], u8[0, 0, 1] = 0, 255
+    xs = x(u8)
+    p = str(tmp_path / "f.npz")
+    np.savez(p, x=xs, y=np.array([0, 1, 2, 0, 1]))
+    with pytest.raises(D.DatasetError) as e:
+        D.load_samples(p, SHAPE, SCALE, ZP, 3)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(f"tinymp: {p}: ")
+    assert f"{float(xs.min()):g}..{float(xs.max()):g}" in msg and "[0, 1]" in msg
+    assert "divide 0..255 pixels by 255" in msg and "uint8" in msg
+
+
+def test_load_samples_takes_floats_at_both_ends_of_0_1(tmp_path):
+    x = np.zeros((2, 4, 4), np.float32)
+    x[1] = 1.0
+    p = str(tmp_path / "ends.npz")
+    np.savez(p, x=x, y=np.array([0, 1]))
+    xq, _, _ = D.load_samples(p, SHAPE, SCALE, ZP, 3)
+    assert np.array_equal(xq, quantize_input(x[..., None], (SCALE, ZP)))

@@ -418,8 +418,8 @@ def _check_sample_arrays(path, heads, shape):
 
 def load_samples(path, shape, scale, zero_point, num_classes):
     """Labelled samples from an .npz (arrays `x`, `y`) or a dataset folder, as (int8 [N, H, W, C],
-    int64 [N], source ids). `x` may be uint8 pixels (0..255), floats in [0, 1] or int8 already
-    quantised; [N, H, W] is taken as one channel. DatasetError names what is wrong."""
+    int64 [N], source ids). `x` may be uint8 pixels (0..255), floats in [0, 1] (others are refused,
+    not clipped) or int8 already quantised; [N, H, W] is taken as one channel. DatasetError names what is wrong."""
     if os.path.isdir(path):
         ds = Dataset.open(path)
         ds.check_compatible(shape, num_classes, scale, zero_point)
@@ -456,6 +456,15 @@ def load_samples(path, shape, scale, zero_point, num_classes):
     else:  # a float: the only other kind _check_sample_arrays lets through
         if not np.all(np.isfinite(x)):
             raise DatasetError(f"tinymp: {path}: samples hold NaN or infinity")
+        # float samples mean 0..1, bounds included and no tolerance: u8 / 255 lands in it
+        # exactly, and anything else (0..255 pixels, -1..1, standardised) would be clipped into
+        # a few int8 values without a word
+        lo, hi = float(x.min()), float(x.max())
+        if lo < 0 or hi > 1:
+            raise DatasetError(
+                f"tinymp: {path}: float samples must be in [0, 1], these range {lo:g}..{hi:g}; "
+                "divide 0..255 pixels by 255, or give uint8 pixels (0..255) or int8 samples "
+                "already quantised for the model")
         from ..builder import quantize_input
         q = quantize_input(x, (scale, zero_point))
     import hashlib
