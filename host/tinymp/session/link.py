@@ -375,20 +375,105 @@ def agent_chunks(source=None, most=8192):
     return pieces
 
 
-def start_agent(transport, soft_reset=True):
+# seconds to wait for each of the raw REPL's prompts when the command gives no --timeout
+# (mpremote's own default); a shorter --timeout than RAW_REPL_LEAST is raised to it: a board's
+# soft reset runs its boot.py
+RAW_REPL_WAIT = 10.0
+RAW_REPL_LEAST = 1.0
+
+
+def start_agent(transport, soft_reset=True, timeout=None):
     """Through mpremote's transport: enter the raw REPL and start the agent (the frozen
     `tinymp_agent` when the firmware has it, else the PC's copy pasted in). Returns whether the
-    agent was pasted."""
-    transport.enter_raw_repl(soft_reset=soft_reset)
-    probe = transport.exec("try:\n import tinymp_agent\n print('TMA1')\nexcept ImportError:\n"
-                           " print('TMA0')\n")
-    if b"TMA1" in probe:
-        transport.exec_raw_no_follow("import tinymp_agent\ntinymp_agent.main()\n")
-        return False
-    for piece in agent_chunks():
-        transport.exec(piece)  # raises TransportExecError with the board's traceback
-    transport.exec_raw_no_follow(b"main()\n")
-    return True
+    agent was pasted.
+
+    `timeout` (seconds, at least RAW_REPL_LEAST; RAW_REPL_WAIT when None) bounds each wait for the
+    raw REPL's prompts, where this mpremote takes a limit (`timeout_overall`, mpremote 1.25 on;
+    older ones wait 10 s after each byte), and each read of the port. mpremote prints what it read
+    to stdout when the prompt does not come (a line like `b''`): that is kept from the terminal
+    (it would spoil --json) and said in the exception instead."""
+    import contextlib
+    import inspect
+    import io
+
+    wait = RAW_REPL_WAIT if timeout is None else max(float(timeout), RAW_REPL_LEAST)
+    try:  # a pty is read byte by byte, blocking: with pyserial's default (None), for ever
+        transport.serial.timeout = wait
+    except Exception:  # a port that takes no timeout
+        pass
+    try:
+        limited = "timeout_overall" in inspect.signature(transport.enter_raw_repl).parameters
+    except (TypeError, ValueError):
+        limited = False
+    heard = io.StringIO()
+    port = transport.serial
+    try:
+        with contextlib.redirect_stdout(heard):
+            # mpremote looks at its limit only when no byte came: a port that never stops
+            # talking (a program printing, read from a pty) would hold it for ever
+            transport.serial = _Deadline(port, wait)
+            try:
+                if limited:
+                    transport.enter_raw_repl(soft_reset=soft_reset, timeout_overall=wait)
+                else:
+                    transport.enter_raw_repl(soft_reset=soft_reset)
+            finally:
+                transport.serial = port
+            probe = transport.exec("try:\n import tinymp_agent\n print('TMA1')\n"
+                                   "except ImportError:\n print('TMA0')\n")
+            if b"TMA1" in probe:
+                transport.exec_raw_no_follow("import tinymp_agent\ntinymp_agent.main()\n")
+                return False
+            for piece in agent_chunks():
+                transport.exec(piece)  # raises TransportExecError with the board's traceback
+            transport.exec_raw_no_follow(b"main()\n")
+            return True
+    except Exception as e:
+        said = heard.getvalue().strip().splitlines()
+        if not said:
+            raise
+        last = said[-1]
+        if last in ("b''", 'b""'):
+            what = f"nothing answered in {wait:g} s" if limited else "nothing answered"
+        else:
+            what = f"it answered {last if len(last) <= 60 else last[:57] + '...'}"
+        raise AgentStartError(f"{e} ({what})") from None
+
+
+class _Deadline:
+    """The port, silent from `seconds` after the last write on: mpremote's reads then come back
+    empty, and it gives up at its own limit. (It writes before each wait but the last, which
+    waits for a soft reset's boot.py with the one before it.)"""
+
+    def __init__(self, port, seconds):
+        self._port = port
+        self._seconds = seconds
+        self._end = time.monotonic() + seconds
+
+    def write(self, data):
+        n = self._port.write(data)
+        self._end = time.monotonic() + self._seconds
+        return n
+
+    def _over(self):
+        return time.monotonic() >= self._end
+
+    def read(self, n=1):
+        return b"" if self._over() else self._port.read(n)
+
+    def inWaiting(self):  # noqa: N802 (pyserial's name, which mpremote calls)
+        return 0 if self._over() else self._port.inWaiting()
+
+    @property
+    def in_waiting(self):
+        return 0 if self._over() else self._port.in_waiting
+
+    def __getattr__(self, name):
+        return getattr(self._port, name)
+
+
+class AgentStartError(Exception):
+    """mpremote could not start the agent; the message is one line and says what it read."""
 
 
 def open_serial(device, timeout=None, faults=None, before_write=None):
@@ -405,12 +490,12 @@ def open_serial(device, timeout=None, faults=None, before_write=None):
     except (TransportError, OSError) as e:
         raise LinkError(f"tinymp: cannot open {device}: {e}") from None
     try:
-        start_agent(t)
+        start_agent(t, timeout=timeout)
     except Exception as e:
         _close_transport(t)
-        raise LinkError(f"tinymp: could not start the agent on {device}: {e} (if an earlier "
-                        "command was cut off, the agent may still hold the board: reset it)") \
-            from None
+        raise LinkError(f"tinymp: could not start the agent on {device}: {e}; is it a "
+                        "MicroPython board (see `tinymp devices`)? If an earlier command was cut "
+                        "off, the agent may still hold the board: reset it") from None
     try:
         ser = t.serial
         ser.timeout = 0.02
