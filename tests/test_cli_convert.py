@@ -259,3 +259,48 @@ def test_a_converted_model_the_engine_refuses_is_one_line_and_nothing_written(tm
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("tinymp: the engine refuses the converted model ("), err
     assert "please report it" in err[0] and not out.exists()
+
+
+def _refused_one_line(tmp_path, *args):
+    out = tmp_path / "out.tmpm"
+    code, stdout, err = run(*map(str, args), "-o", str(out))
+    assert code == 2, (stdout, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tinymp: "), err
+    assert not out.exists() and not list(tmp_path.glob("out.tmpm.tmp-*"))
+    return lines[0]
+
+
+@pytest.mark.parametrize("case", ["npz", "compressed", "cut short", "npy", "shipped scene"])
+def test_a_samples_file_is_not_taken_for_a_model(tmp_path, case):
+    # an .npz is a zip archive, as torch.save writes: it was called a saved PyTorch model
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 256, (20, 8, 8), dtype=np.uint8), np.arange(20) % 3
+    src = tmp_path / ("s.npy" if case == "npy" else "s.npz")
+    if case == "npz":
+        np.savez(src, x=x, y=y)
+    elif case == "compressed":
+        np.savez_compressed(src, x=x, y=y)
+    elif case == "cut short":
+        np.savez(tmp_path / "whole.npz", x=x, y=y)
+        whole = (tmp_path / "whole.npz").read_bytes()
+        src.write_bytes(whole[:len(whole) // 2])
+    elif case == "npy":
+        np.save(src, x.astype(np.float32) / 255)
+    else:
+        src = os.path.join(os.path.dirname(tinymp.__file__), "models", "digits_shifted.npz")
+    line = _refused_one_line(tmp_path, src)
+    kind = "a single numpy array (.npy)" if case == "npy" else "a numpy .npz archive"
+    assert line.startswith(f"tinymp: '{src}' is {kind}"), line
+    assert "samples rather than a model" in line and "PyTorch model (.pt" not in line
+    assert "tinymp collect --from FILE.npz" in line and "--calib FILE.npy" in line
+
+
+def test_a_torch_save_archive_is_still_a_saved_pytorch_model(tmp_path):
+    import zipfile
+    src = tmp_path / "model.pt"
+    with zipfile.ZipFile(src, "w") as z:  # the members torch.save writes
+        z.writestr("model/data.pkl", b"\x80\x02}q\x00.")
+        z.writestr("model/version", b"3\n")
+    line = _refused_one_line(tmp_path, src)
+    assert line.startswith(f"tinymp: '{src}' looks like a saved PyTorch model (.pt / .pth)"), line

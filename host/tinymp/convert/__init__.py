@@ -88,6 +88,13 @@ def _looks_like_onnx(head: bytes) -> bool:
     return len(head) >= 2 and head[0] == 0x08 and 1 <= head[1] < 0x80
 
 
+def _first_zip_member(head: bytes) -> str:
+    """The name of the first member of the zip archive whose first bytes are `head`, from its
+    local header (also there when the archive is cut short), or ''."""
+    n = int.from_bytes(head[26:28], "little")
+    return head[30:30 + n].decode("utf-8", "replace") if len(head) >= 30 + n else ""
+
+
 def _kind_of(source) -> str:
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(source, torch.nn.Module):
@@ -104,12 +111,12 @@ def _kind_of(source) -> str:
             return "tflite"
         try:
             with open(path, "rb") as f:
-                head = f.read(8)
+                head = f.read(512)  # a zip's first member name too
         except OSError as e:
             raise ConversionError(f"tinymp convert: cannot read {path!r}: {e}") from None
         where = repr(path)
     elif isinstance(source, (bytes, bytearray, memoryview)):
-        head = bytes(memoryview(source)[:8])
+        head = bytes(memoryview(source)[:512])
         where = "the given bytes"
     else:
         raise ConversionError(
@@ -119,6 +126,18 @@ def _kind_of(source) -> str:
         return "tflite"
     if _looks_like_onnx(head):
         return "onnx"
+    samples = None
+    if head[:6] == b"\x93NUMPY":
+        samples = "a single numpy array (.npy)"
+    elif head[:4] == b"PK\x03\x04" and _first_zip_member(head).endswith(".npy"):
+        # numpy.savez's members are x.npy, ...; torch.save's archive/data.pkl, ...
+        samples = "a numpy .npz archive of arrays"
+    if samples:
+        raise ConversionError(
+            f"tinymp convert: {where} is {samples}, samples rather than a model: convert takes a "
+            "model (an int8 .tflite, an .onnx, or a PyTorch module in Python); labelled samples "
+            "for a session go to `tinymp collect --from FILE.npz`, calibration samples to "
+            "`tinymp convert MODEL --calib FILE.npy` (one array, numpy.save)")
     if head[:4] == b"PK\x03\x04" or head[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04",
                                                b"\x80\x05"):
         # torch.save writes a zip archive (older versions a pickle, protocol 2 ... 5)
