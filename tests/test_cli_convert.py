@@ -304,3 +304,45 @@ def test_a_torch_save_archive_is_still_a_saved_pytorch_model(tmp_path):
         z.writestr("model/version", b"3\n")
     line = _refused_one_line(tmp_path, src)
     assert line.startswith(f"tinymp: '{src}' looks like a saved PyTorch model (.pt / .pth)"), line
+
+
+def test_onnx_without_calibration_names_the_option(tmp_path):
+    onnx = pytest.importorskip("onnx", reason="needs the onnx package")
+    import test_convert_torch_onnx as t
+    src = tmp_path / "m.onnx"
+    src.write_bytes(t._handmade_onnx(onnx, "reducemean").SerializeToString())
+    line = _refused_one_line(tmp_path, src)
+    assert line.startswith("tinymp: converting an ONNX model needs calibration samples"), line
+    assert "give --calib FILE.npy" in line and "--layout NHWC" in line
+
+
+@pytest.mark.parametrize("given, layout", [("NHWC", "NCHW"), ("NCHW", "NHWC"), ("other", "NCHW"),
+                                           ("other", "NHWC")])
+def test_calibration_samples_in_the_other_layout_say_which_option(tmp_path, given, layout):
+    # samples saved [N, H, W, C] and given without --layout: the error said "calib must be NCHW"
+    onnx = pytest.importorskip("onnx", reason="needs the onnx package")
+    import test_convert_torch_onnx as t
+    model = t._handmade_onnx(onnx, "reducemean")
+    dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim[1:]]
+    c, h, w = dims
+    src = tmp_path / "m.onnx"
+    src.write_bytes(model.SerializeToString())
+    shape = {"NHWC": (8, h, w, c), "NCHW": (8, c, h, w), "other": (8, c + 2, h, w)}[given]
+    calib = tmp_path / "c.npy"
+    np.save(calib, np.random.default_rng(0).random(shape, dtype=np.float32))
+    line = _refused_one_line(tmp_path, src, "--calib", calib, *(
+        ["--layout", "NHWC"] if layout == "NHWC" else []))
+    assert f"(read as {layout}" in line, line
+    if given == "NHWC":
+        assert "they fit as NHWC" in line and "give --layout NHWC" in line, line
+    elif given == "NCHW":
+        assert "they fit as NCHW" in line and "leave out --layout NHWC" in line, line
+    else:
+        assert f"the model takes [N, C, H, W] = [N, {c}, {h}, {w}], or [N, {h}, {w}, {c}] with " \
+            "--layout NHWC" in line, line
+    if given in ("NHWC", "NCHW"):  # and as the error says, the file converts
+        pytest.importorskip("onnxruntime", reason="needs onnxruntime")
+        out = tmp_path / "ok.tmpm"
+        code, _, err = run(str(src), "-o", str(out), "--calib", str(calib),
+                           *(["--layout", "NHWC"] if given == "NHWC" else []))
+        assert code == 0 and out.exists(), err

@@ -170,9 +170,14 @@ def convert(source, calib=None, class_names=None, input_range=None, **kw) -> byt
         kw.pop("input_layout", None)  # describes calib, which a quantised model does not need
         return from_tflite(source, class_names=class_names, **kw)
     if calib is None:
-        what = "PyTorch" if kind == "torch" else "ONNX"
-        raise ConversionError(f"tinymp convert: converting a {what} model needs calibration "
-                              "samples (calib=...)")
+        if kind == "torch":  # a module: only in Python
+            raise ConversionError("tinymp convert: converting a PyTorch model needs calibration "
+                                  "samples: convert(model, calib) with a float batch [N, C, H, W]")
+        # the same words for `tinymp convert` and for Python
+        raise ConversionError("tinymp convert: converting an ONNX model needs calibration "
+                              "samples, in the range the model is fed: give --calib FILE.npy, "
+                              "a float array [N, C, H, W] saved with numpy.save (or [N, H, W, C] "
+                              "with --layout NHWC); in Python, convert(model, calib)")
     if kind == "torch":
         from .torch import from_torch
         return from_torch(source, calib, input_range=input_range, class_names=class_names, **kw)

@@ -83,7 +83,7 @@ def from_onnx(model_bytes_or_path, calib, input_range=None, class_names=None,
     input quantisation (default: the calibration range); ``class_names``: one per output.
     """
     x = _as_batch(calib, input_layout, "calib")
-    graph = _to_graph(model_bytes_or_path, x, float_tolerance)
+    graph = _to_graph(model_bytes_or_path, x, float_tolerance, input_layout)
     return _quantize(graph, x, class_names, input_range)
 
 
@@ -93,7 +93,7 @@ def to_graph(model_bytes_or_path, sample, input_layout="NCHW", *,
     """The float :class:`tinymp.builder.Graph` of an ONNX model (checked against onnxruntime
     on ``sample``, which also fixes the input resolution)."""
     return _to_graph(model_bytes_or_path, _as_batch(sample, input_layout, "sample"),
-                     float_tolerance)
+                     float_tolerance, input_layout)
 
 
 def _load(onnx, src):
@@ -155,10 +155,11 @@ def _external_files(onnx, model):
     return sorted(files)
 
 
-def _to_graph(src, x: np.ndarray, tolerance: float):
+def _to_graph(src, x: np.ndarray, tolerance: float, layout="NCHW"):
+    """``x``: the samples as NCHW, given in ``layout`` (for the message when they do not fit)."""
     onnx = _import_onnx()
     model, data = _load(onnx, src)
-    conv = _Converter(onnx, model, x.shape[1:])
+    conv = _Converter(onnx, model, x.shape[1:], layout)
     out = conv.run()
     graph = conv.net.build(out)
     ref = _run_onnxruntime(conv.pruned(data), conv.input_name, conv.input_batch,
@@ -218,8 +219,27 @@ def _broadcast_shape(*shapes):
     return out
 
 
+def _layout_hint(model_chw, chw, layout) -> str:
+    """What to do when samples read in `layout` as C x H x W = `chw` do not fit the model's
+    input `model_chw` (None: left open); the same words for `tinymp convert` and for Python."""
+    c, h, w = chw
+    # the same array read in the other layout: [N, a, b, c] is C=a, H=b, W=c as NCHW and
+    # H=a, W=b, C=c as NHWC
+    other = "NHWC" if layout == "NCHW" else "NCHW"
+    alt = (w, c, h) if layout == "NCHW" else (h, w, c)
+    mc, mh, mw = ("?" if d is None else d for d in model_chw)
+    if all(m is None or m == a for m, a in zip(model_chw, alt)):
+        if other == "NHWC":
+            return ("(read as NCHW, [N, C, H, W]); they fit as NHWC, [N, H, W, C]: give "
+                    "--layout NHWC (input_layout='NHWC' in Python)")
+        return ("(read as NHWC, [N, H, W, C]); they fit as NCHW, [N, C, H, W]: leave out "
+                "--layout NHWC (input_layout='NCHW' in Python)")
+    return (f"(read as {layout}); the model takes [N, C, H, W] = [N, {mc}, {mh}, {mw}], or "
+            f"[N, {mh}, {mw}, {mc}] with --layout NHWC (input_layout='NHWC' in Python)")
+
+
 class _Converter:
-    def __init__(self, onnx, model, input_chw):
+    def __init__(self, onnx, model, input_chw, layout="NCHW"):
         from onnx import numpy_helper
         self.onnx = onnx
         self.nh = numpy_helper
@@ -262,7 +282,7 @@ class _Converter:
             if got is not None and got != want:
                 raise ConversionError(f"tinymp convert: the ONNX input '{shown(inp.name)}' has "
                                       f"{got} {what} but the calibration samples have {want} "
-                                      f"(calib must be NCHW {['N'] + dims[1:]})")
+                                      f"{_layout_hint(dims[1:], input_chw, layout)}")
         self.input_batch = dims[0]
         self.net = _Net(input_chw, name=inp.name)
         self.vals = {inp.name: self.net.input}
