@@ -215,3 +215,47 @@ def test_load_samples_takes_floats_at_both_ends_of_0_1(tmp_path):
     np.savez(p, x=x, y=np.array([0, 1]))
     xq, _, _ = D.load_samples(p, SHAPE, SCALE, ZP, 3)
     assert np.array_equal(xq, quantize_input(x[..., None], (SCALE, ZP)))
+
+
+@pytest.mark.parametrize("text", ['{"format": ', "[" * 100000 + "]" * 100000, "\x00\x01"],
+                         ids=["cut short", "too deeply nested", "binary"])
+def test_a_manifest_that_is_not_json_says_what_to_do(tmp_path, text):
+    ds = make(tmp_path)
+    ds.append(sample(0), 0)
+    man = os.path.join(ds.path, "manifest.json")
+    with open(man, "w") as f:
+        f.write(text)
+    before = {n: open(os.path.join(ds.path, n), "rb").read() for n in os.listdir(ds.path)}
+    with pytest.raises(D.DatasetError) as e:
+        D.Dataset.open(ds.path)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(f"tinymp: cannot read {man}: "), msg
+    assert msg.endswith("restore manifest.json from a backup, or move the folder away to start "
+                        "a new dataset"), msg
+    assert {n: open(os.path.join(ds.path, n), "rb").read() for n in os.listdir(ds.path)} == before
+
+
+def test_another_programs_manifest_says_what_to_do(tmp_path):
+    os.makedirs(tmp_path / "other")
+    man = tmp_path / "other" / "manifest.json"
+    man.write_text('{"name": "photos"}')
+    with pytest.raises(D.DatasetError) as e:
+        D.Dataset.open(str(tmp_path / "other"))
+    assert str(e.value).startswith(f"tinymp: {man} is not a tinymp dataset manifest")
+    assert "give a dataset folder tinymp made" in str(e.value)
+
+
+@pytest.mark.parametrize("cut", [0.5, 0.9])
+def test_a_damaged_samples_file_says_what_to_do(tmp_path, cut):
+    whole = tmp_path / "whole.npz"
+    np.savez(whole, x=np.zeros((3, 4, 4), np.uint8), y=np.array([0, 1, 2]))
+    data = whole.read_bytes()
+    p = tmp_path / "cut.npz"
+    p.write_bytes(data[:int(len(data) * cut)])
+    with pytest.raises(D.DatasetError) as e:
+        D.load_samples(str(p), SHAPE, SCALE, ZP, 3)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(f"tinymp: cannot read samples from {p}: "), msg
+    assert "truncated or damaged" in msg or "is damaged" in msg, msg
+    assert msg.endswith("copy the file again, or save the samples again with "
+                        "numpy.savez(FILE, x=..., y=...)"), msg

@@ -32,6 +32,12 @@ class DatasetError(Exception):
     """A dataset folder that cannot be used as asked; the message is one line."""
 
 
+# what to do about a manifest.json that is not one: the samples themselves are in the log and
+# the shards, but their shape and quantisation are only in the manifest
+_MANIFEST_DAMAGED = ("the dataset's manifest is damaged: restore manifest.json from a backup, or "
+                     "move the folder away to start a new dataset")
+
+
 def _write_all(f, data):
     """Every byte written to the disk goes through here (the tests inject a full disk)."""
     f.write(data)
@@ -166,12 +172,17 @@ class Dataset:
             raise DatasetError(f"tinymp: {path} is not a dataset folder (no manifest.json): give "
                                "an .npz of samples or a dataset folder tinymp made (a session's "
                                "dataset or eval folder)") from None
-        except (OSError, ValueError, RecursionError) as e:
-            why = e.strerror if isinstance(e, OSError) and e.strerror else \
-                "too deeply nested" if isinstance(e, RecursionError) else e
-            raise DatasetError(f"tinymp: cannot read {mpath}: {why}") from None
+        except OSError as e:
+            raise DatasetError(f"tinymp: cannot read {mpath}: {e.strerror or e}; make it a file "
+                               "this user can read") from None
+        except (ValueError, RecursionError) as e:  # not JSON: cut short, edited, overwritten
+            why = "too deeply nested" if isinstance(e, RecursionError) else e
+            raise DatasetError(f"tinymp: cannot read {mpath}: {why}; {_MANIFEST_DAMAGED}") \
+                from None
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-            raise DatasetError(f"tinymp: {mpath} is not a tinymp dataset manifest")
+            raise DatasetError(f"tinymp: {mpath} is not a tinymp dataset manifest (no 'format': "
+                               f"\"{FORMAT}\"): give a dataset folder tinymp made, or restore "
+                               "this one's manifest.json from a backup")
         if manifest.get("version") != VERSION:
             raise DatasetError(f"tinymp: {mpath} has version {manifest.get('version')!r}, "
                                f"this tinymp reads {VERSION}")
@@ -439,8 +450,10 @@ def load_samples(path, shape, scale, zero_point, num_classes):
         arrays = read_npz(path, ("x", "y"), lambda heads: _check_sample_arrays(
             path, heads, shape))
     except ArrayFileError as e:
-        hint = "" if not e.wrong_kind else ("; give an .npz of samples x and labels y, as "
-                                     "numpy.savez(FILE, x=..., y=...) writes, or a dataset folder")
+        hint = "; copy the file again, or save the samples again with numpy.savez(FILE, x=..., " \
+            "y=...)" if e.damaged else "" if not e.wrong_kind else (
+                "; give an .npz of samples x and labels y, as numpy.savez(FILE, x=..., y=...) "
+                "writes, or a dataset folder")
         raise DatasetError(f"tinymp: cannot read samples from {path}: {e}{hint}") from None
     x, y = arrays["x"], arrays["y"]
     if x.ndim == 3:
