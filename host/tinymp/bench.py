@@ -404,7 +404,7 @@ def load_user_model(path):
     try:
         tinymp.Model(data)
     except ValueError as e:
-        raise BenchError("%s is not a usable tinymp model: %s" % (path, e)) from None
+        raise BenchError("%s is not a usable tinymp model: %s" % (path, _reason(e))) from None
     return data
 
 

@@ -42,6 +42,17 @@ def user_error(msg):
     return SessionError(msg, 2)
 
 
+# a message that starts "tinymp: " (the engine's, the agent's, a link's), or holds one after ": "
+_INNER_PREFIX = re.compile(r"(^|: )tinymp: ")
+
+
+def embedded(msg):
+    """`msg` (an exception or its text: the board's, the engine's or the link's words) as part of
+    a line that has its own "tinymp:" at its start: without the inner "tinymp: " prefixes, which
+    would read "tinymp: ...: tinymp: ..."."""
+    return _INNER_PREFIX.sub(r"\1", str(msg))
+
+
 class WordedLinkError(LinkError):
     """A failed link (status 1, no BYE) whose message, one line starting 'tinymp:', already says
     what the board may hold: the link went after the board was asked to act (commit a model,
@@ -487,7 +498,7 @@ def push(board, data, show=True, chunk=None):
     try:
         rep = board.request(P.PUSH_BEGIN, {"size": len(data), "sha256": sha})
     except BoardError as e:
-        raise SessionError(f"tinymp: the board refused the model: {e.msg}",
+        raise SessionError(f"tinymp: the board refused the model: {embedded(e.msg)}",
                            2 if e.code in ("too_big", "no_space") else 1) from None
     off = rep["offset"]
     if off > len(data):
@@ -521,24 +532,24 @@ def push(board, data, show=True, chunk=None):
                 f"replied to PUSH_COMMIT with {rep['bytes']} bytes of sha256 "
                 f"{rep['sha256'][:12]}; the model sent is {len(data)} bytes of {sha[:12]}")
     except BoardError as e:
-        raise SessionError(f"tinymp: the board did not commit the model: {e.msg}",
+        raise SessionError(f"tinymp: the board did not commit the model: {embedded(e.msg)}",
                            2 if e.code in ("too_big", "bad_model") else 1) from None
     except LinkError as e:
         # the commit was asked for, and the board commits before it replies: a reply that is bad,
         # or lost with the link, leaves either model on the board (not "its previous model")
         bad = isinstance(e, ReplyError)  # the link works: a SessionError, and BYE
         raise (SessionError if bad else WordedLinkError)(
-            f"tinymp: push {'stopped' if bad else 'interrupted'} at the commit: {e}; whether "
-            f"{name} committed the model is not known: `tinymp status` shows the model it holds "
-            f"(this one is sha256 {sha[:12]}); run push again, which sends nothing when the "
-            "board holds it, and else resumes the push") from None
+            f"tinymp: push {'stopped' if bad else 'interrupted'} at the commit: {embedded(e)}; "
+            f"whether {name} committed the model is not known: `tinymp status` shows the model it "
+            f"holds (this one is sha256 {sha[:12]}); run push again, which sends nothing when "
+            "the board holds it, and else resumes the push") from None
     dt = time.perf_counter() - t0
     try:
         refresh_info(board)
     except LinkError as e:
         raise (SessionError if isinstance(e, ReplyError) else WordedLinkError)(
-            f"tinymp: push: {name} committed the model (sha256 {sha[:12]}), then: {e}; run push "
-            "again to see where the board uses it from (it sends nothing)") from None
+            f"tinymp: push: {name} committed the model (sha256 {sha[:12]}), then: {embedded(e)}; "
+            "run push again to see where the board uses it from (it sends nothing)") from None
     return {"sha256": rep["sha256"], "bytes": rep["bytes"], "seconds": dt,
             "resumed_from": start or None, "skipped": False, "romfs": rep.get("romfs")}
 
@@ -568,16 +579,17 @@ def finish_romfs(board):
             rep = board.request(P.PUSH_ROMFS, timeout=slow_timeout(board))
             refresh_info(board)
         except BoardError as e:
-            raise SessionError(f"tinymp: the board did not write the model into ROMFS: {e.msg}")
+            raise SessionError("tinymp: the board did not write the model into ROMFS: "
+                               f"{embedded(e.msg)}")
         except LinkError as e:
             # the model is committed (this is a model the board holds); the board writes ROMFS
             # before it replies, so how far that write got is not known
             name = board.info.get("board") or "the board"
             raise (SessionError if isinstance(e, ReplyError) else WordedLinkError)(
-                f"tinymp: push: writing the model into ROMFS: {e}; {name} holds the model on its "
-                "filesystem; whether the ROMFS write finished is not known: `tinymp status` shows "
-                "where the board uses the model from; run push again, which finishes the write "
-                "if it is not done") from None
+                f"tinymp: push: writing the model into ROMFS: {embedded(e)}; {name} holds the "
+                "model on its filesystem; whether the ROMFS write finished is not known: `tinymp "
+                "status` shows where the board uses the model from; run push again, which "
+                "finishes the write if it is not done") from None
         return rep
     return {"present": True, "in_place": bool(st.get("serving")), "state": st.get("state"),
             "warning": st.get("note"), "segment_bytes": st.get("bytes")}
@@ -611,9 +623,10 @@ def push_link_error(e, board_name="the board"):
     if isinstance(e, WordedLinkError):
         return e
     if isinstance(e, ReplyError):  # before the commit; sending again would meet the same agent
-        return SessionError(f"tinymp: push stopped: {e}; {board_name} keeps its previous model")
-    return SessionError(f"tinymp: push interrupted: {e}; {board_name} keeps its previous model; "
-                        "run push again to resume")
+        return SessionError(f"tinymp: push stopped: {embedded(e)}; {board_name} keeps its "
+                            "previous model")
+    return SessionError(f"tinymp: push interrupted: {embedded(e)}; {board_name} keeps its "
+                        "previous model; run push again to resume")
 
 
 # --- samples --------------------------------------------------------------------------------
@@ -712,7 +725,7 @@ def collect_capture(board, ds, label, count, show=True, board_name=None):
             board.request(P.CAPTURE_KEEP, {"id": i})
             bar.update()
     except (LinkError, BoardError) as e:
-        msg = e.msg if isinstance(e, BoardError) else str(e)
+        msg = embedded(e.msg if isinstance(e, BoardError) else e)
         kept = f"{added} new samples saved ({len(ds)} in {ds.path}), none lost"
         if board_full(e):
             raise SessionError(f"tinymp: collect stopped: {msg}; {kept}; {MAKE_ROOM} and run "
@@ -833,7 +846,7 @@ def train(board, ds, options, steps=None, epochs=None, save=True, show=True, ses
         start = board.request(P.TRAIN_START, opts, timeout=slow_timeout(board))
     except BoardError as e:
         code = 2 if e.code in ("budget", "bad_request") else 1
-        raise SessionError(f"tinymp: the board cannot train: {e.msg}", code) from None
+        raise SessionError(f"tinymp: the board cannot train: {embedded(e.msg)}", code) from None
     events = []
     bar = progress(steps, "train", "step", show)
     per_step = None
@@ -868,8 +881,8 @@ def train(board, ds, options, steps=None, epochs=None, save=True, show=True, ses
         # the board ended the run before it replied: not "keeps its last saved parameters"
         kept = ("saved this run's parameters (`tinymp params rollback` brings the earlier ones "
                 "back)" if save else "kept this run as the trial run")
-        raise SessionError(f"tinymp: training ended with a bad reply: {e}; the board may have "
-                           f"{kept}; no run recorded") from None
+        raise SessionError(f"tinymp: training ended with a bad reply: {embedded(e)}; the board "
+                           f"may have {kept}; no run recorded") from None
     except LinkError as e:
         # the link failed with TRAIN_END asked for: the board may have ended the run (it saves
         # before it replies) or never got the request, so neither "kept" nor "saved" is known;
@@ -885,8 +898,8 @@ def train(board, ds, options, steps=None, epochs=None, save=True, show=True, ses
             what = ("whether the board kept this run as the trial run is not known (it keeps it "
                     "before it replies); its saved parameters are as they were: `tinymp status` "
                     f"names the trial run it holds, if any; this one is {run}")
-        raise WordedLinkError(f"tinymp: training interrupted at its end: {e}; {what}; no run "
-                              "recorded: train again to record one") from None
+        raise WordedLinkError(f"tinymp: training interrupted at its end: {embedded(e)}; {what}; "
+                              "no run recorded: train again to record one") from None
     # the columns this board's agent sent (before agent 5: no "cached"); a newer agent's extra
     # columns are not kept, as the record could not name them
     width = min([len(P.EVENT_FIELDS)] + [len(e) for e in events])

@@ -10,6 +10,7 @@ everywhere, and it is shown only when the emulator made the same plan as the boa
 """
 import hashlib
 import os
+import re
 import shlex
 import subprocess
 import textwrap
@@ -113,6 +114,22 @@ def accuracy_change(t):
     return f"{_pct(t['first_running_accuracy'])} -> {_pct(t['final_running_accuracy'])}"
 
 
+# the board's files named in its messages ("cannot load '/flash/tinymp/params.bin': ..."), in the
+# words the user knows them by: the path is the board's (or the simulated board's flash folder)
+BOARD_FILES = {"params.bin": "the board's saved parameters", "params.try": "the board's trial run"}
+_BOARD_FILE = re.compile(r"""(['"])[^'"]*?\b(%s)\1""" % "|".join(re.escape(k) for k in BOARD_FILES))
+
+
+def board_words(msg):
+    """A board's message (why a run did not resume, save or keep its trial) as part of a line of
+    the PC: without its inner "tinymp: " prefixes, and the board's parameter files by what they
+    hold, not by their path on the board. None stays None."""
+    if msg is None:
+        return None
+    from .commands import embedded
+    return _BOARD_FILE.sub(lambda m: BOARD_FILES[m.group(2)], embedded(msg))
+
+
 def train_summary(run):
     """Figures of one train run record (commands.train)."""
     f = {name: i for i, name in enumerate(run["fields"])}
@@ -135,7 +152,7 @@ def train_summary(run):
         # parameters (False: saved with other momentum or ratio; None: an older board)
         "resumed_state": run["start"].get("resumed_state"),
         # why the saved run could not be continued (None: it was, or there was none)
-        "resume_error": run["start"].get("resume_error"),
+        "resume_error": board_words(run["start"].get("resume_error")),
         # None: a run recorded before boards reported it
         "support_samples": run["start"].get("support_samples"),
         "final_loss": sum(e[f["loss"]] for e in tail) / len(tail) if tail else None,
@@ -165,11 +182,11 @@ def train_summary(run):
         "saved": end.get("saved"),
         # why a run asked to save was not (its parameters could not be written; the saved ones
         # stay as they were)
-        "save_error": end.get("save_error"),
+        "save_error": board_words(end.get("save_error")),
         # an unsaved run kept on the board as the trial (`tinymp params save` keeps it; None: a
         # saved run, or a board whose agent has no trial runs) and why it could not be kept
         "trial": end.get("trial"),
-        "trial_error": end.get("trial_error"),
+        "trial_error": board_words(end.get("trial_error")),
         # steps whose gradient the logits' int8 limits stopped whole (None: a board that does
         # not report it)
         "stalled_steps": (end.get("stats") or {}).get("stalled_steps"),

@@ -1,0 +1,120 @@
+"""The session commands as a new user meets them, against the simulated board: what `report`
+says of a run's budget and learning rate and before any run, the methods `train` offers, the
+exit status and the words of a refusal. Expected figures come from the user's own arguments and
+from the board's INFO (`tinymp status --json`), not from the report."""
+import hashlib
+import json
+import os
+import re
+import shutil
+
+import numpy as np
+import pytest
+
+import tinymp
+from tinymp import cli
+
+MODELS = os.path.join(os.path.dirname(tinymp.__file__), "models")
+DEMO = os.path.join(MODELS, "demo.tmpm")
+HELD = os.path.join(MODELS, "digits_shifted_test.npz")
+SESSION_METHODS = "none, last, bias, tinytrain, full, tinymp"
+
+
+def tm(capsys, *args):
+    """`tinymp ARGS` in this process: (exit status, stdout, stderr)."""
+    capsys.readouterr()
+    code = cli.main(list(args))
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err
+
+
+def sim(capsys, s, *args):
+    code, out, err = tm(capsys, *args, "--port", "sim", "--session", s)
+    assert code == 0, err
+    return out, err
+
+
+def one_line(err):
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tinymp:"), err
+    return lines[0]
+
+
+def report(capsys, s, *args):
+    """(the report as JSON, the report as text)"""
+    code, js, err = tm(capsys, "report", "--session", s, "--json", *args)
+    assert code == 0, err
+    code, text, err = tm(capsys, "report", "--session", s, *args)
+    assert code == 0, err
+    return json.loads(js), text
+
+
+def line(text, head):
+    (found,) = [ln for ln in text.splitlines() if ln.startswith(head)]
+    return found
+
+
+def contents(path):
+    """{file: sha256} of a session folder, without the lock and the simulated board's log (which
+    every connection writes to)."""
+    out = {}
+    for root, _, files in os.walk(path):
+        for f in files:
+            rel = os.path.relpath(os.path.join(root, f), path)
+            if f not in (".lock", "board.log"):
+                with open(os.path.join(root, f), "rb") as fh:
+                    out[rel] = hashlib.sha256(fh.read()).hexdigest()
+    return out
+
+
+def board_budget(capsys, s):
+    """The board's arena budget, from its INFO."""
+    out, _ = sim(capsys, s, "status", "--json")
+    return json.loads(out)["board"]["arena_budget"]
+
+
+@pytest.fixture(scope="module")
+def pushed(tmp_path_factory):
+    """A session whose simulated board holds the demo model and 20 of the held-out digits."""
+    base = tmp_path_factory.mktemp("pushed")
+    d = np.load(HELD)
+    few = str(base / "few.npz")
+    np.savez(few, x=d["x"][:20], y=d["y"][:20])
+    s = str(base / "s")
+    for args in (["push", DEMO], ["collect", "--from", few]):
+        assert cli.main(args + ["--port", "sim", "--session", s, "-q"]) == 0
+    return s
+
+
+@pytest.fixture
+def session(pushed, tmp_path):
+    """A copy of `pushed` (its simulated board's flash included) for one test to change."""
+    s = str(tmp_path / "s")
+    shutil.copytree(pushed, s)
+    return s
+
+
+# --- one "tinymp:" a line, and the board's words, not its paths ---------------------------------
+
+def test_board_and_engine_messages_are_embedded_without_their_prefix(session, tmp_path, capsys):
+    # the board's plan refuses the budget: the engine's message inside the PC's line
+    code, _, err = tm(capsys, "train", "--budget", "1", "--steps", "1", "--port", "sim",
+                      "--session", session)
+    msg = one_line(err)
+    assert code == 2 and "does not fit" in msg and msg.count("tinymp:") == 1, msg
+
+    # the saved run (int8 storage) cannot be loaded into an fp32 run: a warning, in the user's
+    # words (the simulated board's flash is in the session folder: no path of it either)
+    sim(capsys, session, "train", "--steps", "1", "-q")
+    _, err = sim(capsys, session, "train", "--steps", "1", "--storage", "fp32", "-q")
+    (warn,) = [ln for ln in err.splitlines() if ln.startswith("warning:")]
+    assert "started from the pretrained model" in warn
+    assert "the board's saved parameters" in warn, warn
+    assert "tinymp:" not in warn and "params.bin" not in warn and session not in warn, warn
+
+    # bench: a file that is no model
+    bad = tmp_path / "rand.tmpm"
+    bad.write_bytes(np.random.default_rng(1).integers(0, 256, 3000, dtype=np.uint8).tobytes())
+    code, _, err = tm(capsys, "bench", "--model", str(bad))
+    msg = one_line(err)
+    assert code == 2 and "not a usable tinymp model" in msg and msg.count("tinymp:") == 1, msg
