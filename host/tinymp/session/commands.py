@@ -777,7 +777,9 @@ def import_samples(ds, x, y, sources, board_name=None, show=True):
 
 TRAIN_KEYS = ("method", "budget", "r", "ratio", "storage", "momentum", "n_bias", "macs", "lr",
               "seed", "period", "fresh", "track_accuracy")
-TRAIN_METHODS = ("none", "last", "bias", "sparse", "tinytrain", "full", "tinymp")
+# the methods a session trains: the engine's (docs/API.md) but 'sparse', whose plan needs a list
+# of layers (layers=[...]) that neither the command line nor a session config can give
+TRAIN_METHODS = ("none", "last", "bias", "tinytrain", "full", "tinymp")
 
 # What the board's `plan()` and `Trainer()` accept, from the PC build of the binding (its checks
 # read the same table; the board's are the same, tests/device/train_errors.py), checked here as
@@ -804,6 +806,10 @@ def check_train_options(opts, name=lambda k: "--" + k.replace("_", "-")):
         if v is None:
             continue
         if k == "method":
+            if v == "sparse":
+                raise user_error(f"tinymp: {name(k)}: a session cannot train method 'sparse', "
+                                 "which needs a list of layers (m.plan(method='sparse', layers="
+                                 "[...]) in Python); give one of " + ", ".join(TRAIN_METHODS))
             if v not in TRAIN_METHODS:
                 raise user_error(f"tinymp: {name(k)} must be one of {', '.join(TRAIN_METHODS)}, "
                                  f"got {v!r}")
