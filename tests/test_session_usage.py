@@ -151,3 +151,13 @@ def test_board_and_engine_messages_are_embedded_without_their_prefix(session, tm
     code, _, err = tm(capsys, "bench", "--model", str(bad))
     msg = one_line(err)
     assert code == 2 and "not a usable tinymp model" in msg and msg.count("tinymp:") == 1, msg
+
+
+# --- no model on the board: the user pushes one (status 2) ---------------------------------------
+
+def test_commands_before_a_push_are_usage_errors_that_say_to_push(tmp_path, capsys):
+    empty = str(tmp_path / "empty")
+    for args in (["train"], ["eval"], ["collect", "--from", HELD]):
+        code, _, err = tm(capsys, *args, "--port", "sim", "--session", empty)
+        msg = one_line(err)
+        assert code == 2 and "`tinymp push MODEL` first" in msg, (args, msg)

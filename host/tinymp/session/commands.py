@@ -411,10 +411,11 @@ def _write_json(path, obj, indent=None):
 
 
 def model_meta(info):
-    """The board's model (from INFO, checked by the link), or SessionError when it has none."""
+    """The board's model (from INFO, checked by the link), or SessionError when it has none (a
+    user error, status 2: the user pushes one)."""
     m = info.get("model")
     if not m:
-        raise SessionError("tinymp: the board has no model: run `tinymp push MODEL` first")
+        raise user_error("tinymp: the board has no model: run `tinymp push MODEL` first")
     if m.get("error") is not None:
         raise SessionError(f"tinymp: the model on the board is unusable: {m['error']}")
     return m
