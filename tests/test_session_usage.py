@@ -94,6 +94,25 @@ def session(pushed, tmp_path):
     return s
 
 
+# --- the budget: the run's, or the board's, and which -------------------------------------------
+
+def test_a_budget_above_the_boards_is_refused_before_anything_is_sent(session, capsys):
+    board = board_budget(capsys, session)
+    assert board % 1024 == 0
+    kb = board // 1024
+    before = contents(session)
+    code, out, err = tm(capsys, "train", "--budget", str(kb + 1), "--port", "sim",
+                        "--session", session)
+    msg = one_line(err)
+    assert code == 2 and out == ""
+    assert f"{kb + 1:,} KB" in msg and f"{kb:,} KB" in msg and f"{board:,} bytes" in msg, msg
+    assert contents(session) == before  # no run, no samples sent, no parameters
+    # the board's own budget is a budget the user may give
+    sim(capsys, session, "train", "--budget", str(kb), "--steps", "1", "-q")
+    with open(os.path.join(session, "runs", "train-0001.json")) as f:
+        assert json.load(f)["options"]["budget"] == board
+
+
 # --- methods: 'sparse' needs a layer list, which a session cannot give ----------------------------
 
 def test_sparse_is_refused_up_front_naming_the_methods_a_session_trains(session, tmp_path,

@@ -832,9 +832,24 @@ def check_train_options(opts, name=lambda k: "--" + k.replace("_", "-")):
                 raise user_error(f"tinymp: {name(k)} must be in {what}, got {v!r}")
 
 
+def check_budget(board, budget):
+    """Refuse (status 2) a training budget (bytes; None: the board's) above the board's arena
+    budget, before anything is sent: the board would plan within its own budget instead, which
+    is not the run the user asked for."""
+    limit = board.info.get("arena_budget")
+    if budget is None or limit is None or budget <= limit:
+        return
+    name = board.info.get("board") or "the board"
+    raise user_error(f"tinymp: a training budget of {budget / 1024:,.10g} KB ({budget:,} bytes) is "
+                     f"more than the {limit / 1024:,.10g} KB ({limit:,} bytes) arena budget of "
+                     f"{name}: give at most {limit / 1024:,.10g} KB, or no budget to plan within "
+                     "the board's")
+
+
 def train(board, ds, options, steps=None, epochs=None, save=True, show=True, session=None):
     """Train on the board over its sample store (synced from `ds` first). Returns the run record
     (options, plan, events, report)."""
+    check_budget(board, options.get("budget"))
     sync_samples(board, ds, show)
     n = len(ds)
     if n == 0:
