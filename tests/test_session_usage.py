@@ -96,6 +96,36 @@ def session(pushed, tmp_path):
 
 # --- the budget: the run's, or the board's, and which -------------------------------------------
 
+def test_report_shows_the_runs_budget_and_says_whose(session, capsys):
+    board = board_budget(capsys, session)
+    sim(capsys, session, "train", "--budget", "12", "--steps", "1", "-q")
+    rep, text = report(capsys, session)
+    row = line(text, "training arena (planned)")
+    assert row.rstrip().endswith(f"run's budget {12 * 1024:,}"), row
+    assert f"{board:,}" not in row
+    assert (rep["train"]["budget"], rep["train"]["budget_from"]) == (12 * 1024, "run")
+    assert rep["train"]["options"]["budget"] == 12 * 1024  # kept as it was
+
+    sim(capsys, session, "train", "--fresh", "--steps", "1", "-q")  # no --budget
+    rep, text = report(capsys, session)
+    row = line(text, "training arena (planned)")
+    assert row.rstrip().endswith(f"board's budget {board:,}"), row
+    assert (rep["train"]["budget"], rep["train"]["budget_from"]) == (board, "board")
+
+    # a run recorded before the PC refused budgets above the board's: the board planned within
+    # its own, and the report says so
+    path = os.path.join(session, "runs", "train-0002.json")
+    with open(path) as f:
+        rec = json.load(f)
+    rec["options"]["budget"] = board + 1024
+    with open(path, "w") as f:
+        json.dump(rec, f)
+    rep, text = report(capsys, session)
+    row = line(text, "training arena (planned)")
+    assert row.rstrip().endswith(f"board's budget {board:,} (the run asked {board + 1024:,})"), row
+    assert (rep["train"]["budget"], rep["train"]["budget_from"]) == (board, "board")
+
+
 def test_a_budget_above_the_boards_is_refused_before_anything_is_sent(session, capsys):
     board = board_budget(capsys, session)
     assert board % 1024 == 0

@@ -142,10 +142,17 @@ def train_summary(run):
     tail = ev[-window:] if window else []
     head = ev[:window] if len(ev) >= 2 else []  # one step: no first window to compare with
     lat = _latency(f, ev, simulated)
+    opts = run.get("options")
+    budget, budget_from = run_budget(opts, board.get("arena_budget"))
     return {
         "steps": len(ev),
         "samples": run.get("samples"),
-        "options": run.get("options"),
+        "options": opts,
+        # the arena budget the board planned within (bytes) and whose it was: "run" (the run's
+        # own, --budget or a session config's budget_kb), "board" (the board's arena budget: no
+        # budget given, or one above it, which the agent caps) or None (not recorded)
+        "budget": budget,
+        "budget_from": budget_from,
         "plan": plan,
         "resumed": run["start"].get("resumed"),
         # whether the saved training state (momentum, selections, period) came with the
@@ -194,6 +201,17 @@ def train_summary(run):
         # None: none kept, or a board before agent 4)
         "features": end.get("features"),
     }
+
+
+def run_budget(opts, board_budget):
+    """(bytes, "run" | "board" | None): the arena budget a run with options `opts` was planned
+    within on a board of `board_budget` bytes; the agent plans within the smaller of the two."""
+    asked = (opts or {}).get("budget")
+    if asked is not None and (board_budget is None or asked <= board_budget):
+        return asked, "run"
+    if board_budget is not None:
+        return board_budget, "board"
+    return None, None
 
 
 def features_text(t):
@@ -491,9 +509,7 @@ def format_text(rep):
                      f"{accuracy_change(t)}{span}, final loss {loss}; {status}")
         lines.append("")
         rows = []
-        budget = (rep.get("board") or {}).get("arena_budget")
-        rows.append(["training arena (planned)", _num(t["arena_bytes"]),
-                     f"budget {_num(budget)}" if budget else ""])
+        rows.append(["training arena (planned)", _num(t["arena_bytes"]), budget_text(t)])
         for k, v in (t.get("breakdown") or {}).items():
             rows.append([f"  {k}", _num(v), "at the peak step"])
         hw = t.get("high_water")
@@ -536,6 +552,17 @@ def format_text(rep):
             lines.append(f"times: {SIM_NOTE}")
     lines += _m7_lines(rep)
     return "\n".join(lines)
+
+
+def budget_text(t):
+    """The budget column of the training arena: the run's budget, or the board's, and which."""
+    budget, whose = t.get("budget"), t.get("budget_from")
+    if budget is None:
+        return ""
+    if whose == "run":
+        return f"run's budget {_num(budget)}"
+    asked = (t.get("options") or {}).get("budget")
+    return f"board's budget {_num(budget)}" + (f" (the run asked {_num(asked)})" if asked else "")
 
 
 def _latency_rows(lat, suffix, steps):
@@ -669,9 +696,10 @@ def plots(rep, train_run, outdir):
         if t.get("high_water"):
             ax.axvline(t["high_water"] / 1024, color="k", ls="--", lw=1,
                        label=f"high water: {t['high_water']:,} B")
-        budget = (rep.get("board") or {}).get("arena_budget")
+        budget = t.get("budget")
         if budget:
-            ax.axvline(budget / 1024, color="r", lw=1.5, label=f"board budget: {budget:,} B")
+            whose = "run's" if t.get("budget_from") == "run" else "board's"
+            ax.axvline(budget / 1024, color="r", lw=1.5, label=f"{whose} budget: {budget:,} B")
         ax.set_yticks([])
         ax.set_xlabel("KB of the training arena (live bytes at the peak step)")
         ax.set_xlim(0, max(left, budget or 0) / 1024 * 1.05)
