@@ -210,3 +210,53 @@ def test_commands_before_a_push_are_usage_errors_that_say_to_push(tmp_path, caps
         code, _, err = tm(capsys, *args, "--port", "sim", "--session", empty)
         msg = one_line(err)
         assert code == 2 and "`tinymp push MODEL` first" in msg, (args, msg)
+
+
+# --- the report's words ----------------------------------------------------------------------------
+
+def _depth(text):
+    """The deepest nesting of parentheses in `text`."""
+    d = most = 0
+    for c in text:
+        d += (c == "(") - (c == ")")
+        most = max(most, d)
+    return most
+
+
+def test_report_of_one_step_in_singular_without_nested_parentheses(session, capsys):
+    sim(capsys, session, "train", "--steps", "1", "-q")
+    _, text = report(capsys, session)
+    train = line(text, "training   ")
+    assert "method tinymp, 1 step over 20 samples," in train, train
+    for ln in text.splitlines():
+        assert _depth(ln) <= 1, ln
+
+
+def test_a_run_without_lr_reports_the_rate_it_trained_with(tmp_path, capsys):
+    d = np.load(HELD)
+    few = str(tmp_path / "few.npz")
+    np.savez(few, x=d["x"][:20], y=d["y"][:20])
+    s = str(tmp_path / "s")
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"model": DEMO, "port": "sim", "session": s,
+                               "collect": [{"from": few}], "train": {"steps": 6, "seed": 1},
+                               "plots": False}))
+    code, _, err = tm(capsys, "session", str(cfg), "-q")
+    assert code == 0, err
+    rep, text = report(capsys, s)
+    assert "lr 0.01 (the default);" in line(text, "training   ")
+    assert rep["train"]["lr"] == 0.01
+
+    # the rate it trained with is 0.01: the same run with --lr 0.01 makes the same steps, one
+    # with another rate does not
+    def losses(name):
+        with open(os.path.join(s, "runs", name)) as f:
+            rec = json.load(f)
+        i = rec["fields"].index("loss")
+        return [e[i] for e in rec["events"]]
+    sim(capsys, s, "train", "--fresh", "--steps", "6", "--seed", "1", "--lr", "0.01", "-q")
+    sim(capsys, s, "train", "--fresh", "--steps", "6", "--seed", "1", "--lr", "0.05", "-q")
+    assert losses("train-0002.json") == losses("train-0001.json")
+    assert losses("train-0003.json") != losses("train-0001.json")
+    rep, text = report(capsys, s)
+    assert "lr 0.05;" in line(text, "training   ") and rep["train"]["lr"] == 0.05

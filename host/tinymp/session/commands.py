@@ -28,7 +28,7 @@ from .._files import atomic_write
 from . import protocol as P
 from .dataset import Dataset, DatasetError, disk_full, load_samples
 from .link import BoardError, LinkError, ReplyError
-from .report import BOARD
+from .report import BOARD, plural
 from ..tinymp_agent import DEFAULT_METHOD  # what the board trains when no method is named
 
 
@@ -720,14 +720,14 @@ def collect_capture(board, ds, label, count, show=True, board_name=None):
             except OSError as e:
                 why = "the disk is full" if disk_full(e) else (e.strerror or str(e))
                 raise SessionError(
-                    f"tinymp: cannot save sample {i} in {ds.path}: {why}; {added} new samples "
-                    f"saved ({len(ds)} in all), none lost; make room and run collect again to "
-                    "resume") from None
+                    f"tinymp: cannot save sample {i} in {ds.path}: {why}; "
+                    f"{plural(added, 'new sample')} saved ({len(ds)} in all), none lost; make room "
+                    "and run collect again to resume") from None
             board.request(P.CAPTURE_KEEP, {"id": i})
             bar.update()
     except (LinkError, BoardError) as e:
         msg = embedded(e.msg if isinstance(e, BoardError) else e)
-        kept = f"{added} new samples saved ({len(ds)} in {ds.path}), none lost"
+        kept = f"{plural(added, 'new sample')} saved ({len(ds)} in {ds.path}), none lost"
         if board_full(e):
             raise SessionError(f"tinymp: collect stopped: {msg}; {kept}; {MAKE_ROOM} and run "
                                "collect again to send the rest") from None
@@ -762,9 +762,9 @@ def import_samples(ds, x, y, sources, board_name=None, show=True):
                 except OSError as e:
                     why = "the disk is full" if disk_full(e) else (e.strerror or str(e))
                     raise SessionError(
-                        f"tinymp: cannot save a sample in {ds.path}: {why}; {added} new samples "
-                        f"saved ({len(ds)} in all), none lost; make room and run collect again "
-                        "to resume") from None
+                        f"tinymp: cannot save a sample in {ds.path}: {why}; "
+                        f"{plural(added, 'new sample')} saved ({len(ds)} in all), none lost; "
+                        "make room and run collect again to resume") from None
                 seen.add(src)
                 added += 1
             bar.update()

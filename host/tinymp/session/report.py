@@ -23,7 +23,10 @@ from . import protocol as P
 ESTIMATE_SAMPLES = 32
 # runs recorded before boards reported support_samples: the agent's TinyTrain pass read this many
 LEGACY_SUPPORT = 32
-SIM_NOTE = "simulated board, host CPU times (not measured on the board)"
+SIM_NOTE = "simulated board, host CPU times, not measured on the board"
+# the learning rate of a run whose options name none: the agent's (tinymp_agent, _make_trainer:
+# opts.get("lr", 0.01)), which is the engine's Trainer default (docs/API.md)
+DEFAULT_LR = 0.01
 
 
 # --- what the report reads of a run record (commands.train / commands.evaluate) --------------
@@ -148,6 +151,9 @@ def train_summary(run):
         "steps": len(ev),
         "samples": run.get("samples"),
         "options": opts,
+        # the learning rate the run trained with: its options', else the board's default (None:
+        # a record without options)
+        "lr": None if opts is None else opts.get("lr", DEFAULT_LR),
         # the arena budget the board planned within (bytes) and whose it was: "run" (the run's
         # own, --budget or a session config's budget_kb), "board" (the board's arena budget: no
         # budget given, or one above it, which the agent caps) or None (not recorded)
@@ -214,14 +220,21 @@ def run_budget(opts, board_budget):
     return None, None
 
 
+def plural(n, word):
+    """'1 step', '2 steps', '1,024 samples' ('-' for a count not recorded)."""
+    if n is None:
+        return f"- {word}s"
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
 def features_text(t):
     """How many of a train summary's steps started from kept features, or None."""
     fe = t.get("features")
     if not fe:
         return None
     where = "in RAM" if fe.get("where") == "ram" else "in a file on the board"
-    return (f"{fe.get('cached_steps')} of {t['steps']} steps started from the samples' kept "
-            f"frozen-prefix features ({summary.kib(fe.get('bytes') or 0)} {where})")
+    return (f"{fe.get('cached_steps')} of {plural(t['steps'], 'step')} started from the "
+            f"samples' kept frozen-prefix features ({summary.kib(fe.get('bytes') or 0)} {where})")
 
 
 def m7_estimate(session, rep, train_run):
@@ -413,7 +426,7 @@ def pair_evals(evals, run, sha, log):
                             else "no eval with personalised parameters") + hint
     if not before:
         missing["before"] = ("no pretrained eval on the same samples" if after else
-                             f"no pretrained eval of this model (sha256 {(sha or '?')[:12]})")
+                             f"no pretrained eval of this model, sha256 {(sha or '?')[:12]}")
     return (_eval_fields(before[-1]) if before else None,
             _eval_fields(after[-1]) if after else None, missing)
 
@@ -500,12 +513,15 @@ def format_text(rep):
         loss = "-" if t["final_loss"] is None else f"{t['final_loss']:.3f}"
         w = t.get("accuracy_window")
         span = ("" if t["final_running_accuracy"] is None or not w else
-                f" (first and last {w} steps)" if t["first_running_accuracy"] is not None else
-                f" (last {w} step{'s' if w != 1 else ''})")
+                f" (first and last {plural(w, 'step')})" if t["first_running_accuracy"] is not None
+                else f" (last {plural(w, 'step')})")
         status = (t.get("params") or {}).get("text") or \
             ("parameters saved" if t.get("saved") else "parameters not saved")
-        lines.append(f"training   method {p.get('method', o.get('method'))}, {t['steps']} steps over "
-                     f"{t['samples']} samples, lr {o.get('lr', '-')}; running accuracy "
+        lr = t.get("lr")
+        lr = "-" if lr is None else f"{lr:g}" + ("" if "lr" in o else " (the default)")
+        lines.append(f"training   method {p.get('method', o.get('method'))}, "
+                     f"{plural(t['steps'], 'step')} over {plural(t['samples'], 'sample')}, "
+                     f"lr {lr}; running accuracy "
                      f"{accuracy_change(t)}{span}, final loss {loss}; {status}")
         lines.append("")
         rows = []
@@ -521,7 +537,8 @@ def format_text(rep):
         if fe:
             rows.append(["feature cache", _num(fe.get("bytes")),
                          f"{'in RAM' if fe.get('where') == 'ram' else 'in a file'}: "
-                         f"{fe.get('cached_steps')} of {t['steps']} steps skipped the prefix"])
+                         f"{fe.get('cached_steps')} of {plural(t['steps'], 'step')} skipped "
+                         "the prefix"])
         if m:
             rows.append(["inference arena", _num(m.get("inference_arena_bytes")), ""])
             if m.get("served_from") == "filesystem":
@@ -592,7 +609,7 @@ def _accuracy_lines(rep):
         used = "trial run" if aa["params"] == "trial" else aa["params"]
         after = f"{_pct(aa['accuracy'])} ({used})"
     src = (aa or ab).get("source")
-    return [f"accuracy   before {before}  ->  after {after}, on {(aa or ab)['n']} samples"
+    return [f"accuracy   before {before}  ->  after {after}, on {plural((aa or ab)['n'], 'sample')}"
             + (f" of {src}" if src else "")]
 
 
@@ -624,7 +641,7 @@ def _m7_lines(rep):
                     ("forward", "forward"), ("backward", "backward"),
                     ("update", "update"), ("step", "whole step"),
                     ("cached_step", "step from the feature cache"),
-                    ("end_period", f"APU period end (every {period} steps)" if period else
+                    ("end_period", f"APU period end (every {plural(period, 'step')})" if period else
                      "APU period end (once per epoch)")):
         if k in ins:
             lo, hi = ms[k]["ms_range"]
@@ -635,8 +652,8 @@ def _m7_lines(rep):
         [head, "instructions", "ms", f"ms at CPI {cm['cpi_range'][0]}-{cm['cpi_range'][1]}"],
         rows, "lrrr")]
     note = (f"estimate: the board's model and plan on an emulated Cortex-M7 (QEMU "
-            f"{est['emulator']}, mean of {est['steps']} steps), time = instructions x CPI "
-            f"{cm['cpi']} / {cm['clock_hz'] / 1e6:.0f} MHz (cost model {cm['name']}); not "
+            f"{est['emulator']}, mean of {plural(est['steps'], 'step')}), time = instructions x "
+            f"CPI {cm['cpi']} / {cm['clock_hz'] / 1e6:.0f} MHz (cost model {cm['name']}); not "
             f"measured on a board. Emulated arena high water {_num(est['high_water'])} B + "
             f"stack {_num(est['stack_bytes'])} B.")
     lines += textwrap.wrap(note, 100, subsequent_indent="  ")
