@@ -260,3 +260,23 @@ def test_a_run_without_lr_reports_the_rate_it_trained_with(tmp_path, capsys):
     assert losses("train-0003.json") != losses("train-0001.json")
     rep, text = report(capsys, s)
     assert "lr 0.05;" in line(text, "training   ") and rep["train"]["lr"] == 0.05
+
+
+# --- a report before any training run --------------------------------------------------------------
+
+def test_report_before_training_says_what_to_run(session, tmp_path, capsys):
+    rep, text = report(capsys, session)
+    train = line(text, "training   ")
+    assert "no training run recorded" in train and "`tinymp train --session " in train, text
+    assert "no training run recorded" in rep["train_missing"]
+
+    png = tmp_path / "png"
+    code, out, err = tm(capsys, "report", "--session", session, "--png", str(png))
+    msg = one_line(err)
+    assert code == 2 and out == "" and "tinymp train" in msg, msg
+    assert not png.exists()
+
+    # --m7 has nothing to estimate: the same line says so (test_report_m7: no estimate line)
+    code, out, err = tm(capsys, "report", "--session", session, "--m7")
+    assert code == 0, err
+    assert "no training run recorded" in line(out, "training   ")

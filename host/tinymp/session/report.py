@@ -227,6 +227,23 @@ def plural(n, word):
     return f"{n:,} {word}{'' if n == 1 else 's'}"
 
 
+def command(cmd, session_path=None):
+    """`cmd` for this session: with --session, unless it is the default one in the current
+    folder."""
+    if session_path:
+        here = os.path.abspath("tinymp-session")
+        if os.path.abspath(session_path) != here:
+            rel = os.path.relpath(session_path)
+            cmd += " --session " + shlex.quote(session_path if rel.startswith("..") else rel)
+    return cmd
+
+
+def no_train_text(session_path):
+    """Why a report has no training part, and what to run."""
+    cmd = command("tinymp train", session_path)
+    return f"no training run recorded in this session: run `{cmd}` first"
+
+
 def features_text(t):
     """How many of a train summary's steps started from kept features, or None."""
     fe = t.get("features")
@@ -464,6 +481,9 @@ def build(session, m7=False):
         # where its parameters are now (`params save`, `rollback`, ... after the run)
         rep["train"]["params"] = params_status(run, log)
         rep["train"]["saved"] = rep["train"]["params"]["saved"]
+    else:
+        # what the report lacks and what to run: its text says it (with --m7 too), --png refuses
+        rep["train_missing"] = no_train_text(session.path)
     if run or evals:
         (rep["accuracy_before"], rep["accuracy_after"],
          rep["accuracy_missing"]) = pair_evals(evals, run, sha, log)
@@ -567,6 +587,8 @@ def format_text(rep):
             lines.append(summary.format_table([head, "mean", "median", "max"], rows, "lrrr"))
         if sim:
             lines.append(f"times: {SIM_NOTE}")
+    elif rep.get("train_missing"):
+        lines.append(f"training   {rep['train_missing']}")
     lines += _m7_lines(rep)
     return "\n".join(lines)
 
@@ -616,12 +638,7 @@ def _accuracy_lines(rep):
 def m7_hint(session_path=None):
     """The line that says how to get the Cortex-M7 estimate of this session: the command names
     the session folder unless it is the default one in the current folder."""
-    cmd = "tinymp report --m7"
-    if session_path:
-        here = os.path.abspath("tinymp-session")
-        if os.path.abspath(session_path) != here:
-            rel = os.path.relpath(session_path)
-            cmd += " --session " + shlex.quote(session_path if rel.startswith("..") else rel)
+    cmd = command("tinymp report --m7", session_path)
     return (f"Cortex-M7 estimate: run `{cmd}` (emulated; needs qemu-system-arm, "
             "`make bench-train-elf`)")
 
@@ -629,7 +646,7 @@ def m7_hint(session_path=None):
 def _m7_lines(rep):
     est = rep.get("m7_estimate")
     if not rep.get("train"):
-        return []
+        return []  # the training line says what to run first
     if est is None:
         return [m7_hint(rep.get("session"))]
     if "error" in est:
@@ -662,7 +679,12 @@ def _m7_lines(rep):
 
 def plots(rep, train_run, outdir):
     """loss/accuracy curves and a memory breakdown as PNGs in outdir; returns their paths.
-    Needs matplotlib (pip install 'tinymp[plot]')."""
+    Needs matplotlib (pip install 'tinymp[plot]'). A report with no training run has nothing to
+    plot: a user error (one line, status 2) before the folder is made."""
+    if not (train_run and rep.get("train")):
+        from .commands import user_error
+        why = rep.get("train_missing") or no_train_text(rep.get("session"))
+        raise user_error(f"tinymp: no plots to write: {why}")
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
