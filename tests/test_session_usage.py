@@ -280,3 +280,14 @@ def test_report_before_training_says_what_to_run(session, tmp_path, capsys):
     code, out, err = tm(capsys, "report", "--session", session, "--m7")
     assert code == 0, err
     assert "no training run recorded" in line(out, "training   ")
+
+
+# --- --help --------------------------------------------------------------------------------------
+
+def test_info_help_explains_its_arguments(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["info", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for arg in ("model", "--json", "--layers"):
+        assert re.search(rf"^\s+{re.escape(arg)}\s+\S", out, re.M), (arg, out)

@@ -444,9 +444,10 @@ def build_parser():
     p.add_argument("--version", action="version", version=_version())
     sub = p.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="describe a .tmpm model and what it costs")
-    info.add_argument("model")
+    info.add_argument("model", help="the .tmpm model file (`tinymp convert` makes one)")
     info.add_argument("--layers", action="store_true", help="per-layer table")
-    info.add_argument("--json", action="store_true")
+    info.add_argument("--json", action="store_true",
+                      help="machine-readable output: one JSON object (with --layers, the table too)")
     info.set_defaults(func=cmd_info)
     plan = sub.add_parser("plan", help="inference arena of models")
     plan.add_argument("models", nargs="*")
