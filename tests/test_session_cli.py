@@ -440,7 +440,7 @@ def test_bad_train_and_eval_requests(tmp_path, ready, capsys):
     assert cli.main(["eval", "--port", "sim", "--session", ready]) == 2
     assert "nothing to evaluate on" in one_line(capsys.readouterr().err)
     empty = str(tmp_path / "empty")
-    assert cli.main(["eval", "--port", "sim", "--session", empty]) == 1
+    assert cli.main(["eval", "--port", "sim", "--session", empty]) == 2
     assert "the board has no model" in one_line(capsys.readouterr().err)
     assert cli.main(["report", "--session", empty]) == 2
     assert "holds no session" in one_line(capsys.readouterr().err)

@@ -578,10 +578,15 @@ def test_training_budget_is_the_profiles(sess):
     pushed(sess)
     with open_sim(sess) as b:
         meta, ds = _import(sess, b, 10)
-        # asking for more than the board has gives the board's budget
-        rec = C.train(b, ds, {"method": "full", "budget": 10 << 20}, steps=2, show=False,
-                      save=False)
-        assert rec["start"]["plan"]["arena_bytes"] <= 262144
+        # asking for more than the board has: the PC refuses it before anything is sent
+        with pytest.raises(C.SessionError) as e:
+            C.train(b, ds, {"method": "full", "budget": 10 << 20}, steps=2, show=False,
+                    save=False)
+        assert e.value.code == 2 and "262,144 bytes" in str(e.value)
+        # and the board, asked directly, plans within its own budget
+        C.sync_samples(b, ds, show=False)
+        start = b.request(P.TRAIN_START, {"method": "full", "budget": 10 << 20, "steps": 2})
+        assert start["plan"]["arena_bytes"] <= 262144
         with pytest.raises(C.SessionError) as e:
             C.train(b, ds, {"method": "full", "budget": 4096}, steps=2, show=False)
         assert e.value.code == 2 and "budget" in str(e.value)

@@ -167,13 +167,30 @@ def test_sparse_is_refused_up_front_naming_the_methods_a_session_trains(session,
     assert not fresh.exists()
 
 
-@pytest.mark.xfail(strict=True, reason="the --method choices are in session/run.py "
-                                       "(add_parsers), still the engine's list")
-def test_train_help_offers_only_the_methods_a_session_trains(capsys):
+def test_train_and_report_help_offer_what_works_and_explain_every_option(capsys):
     with pytest.raises(SystemExit):
         cli.main(["train", "--help"])
     out = capsys.readouterr().out
     assert "sparse" not in out
+    for opt in ("--method", "--lr", "--seed", "--momentum", "--storage", "--period"):
+        assert re.search(rf"^\s+{opt}\b.*\n?.*default", out, re.M), (opt, out)
+    with pytest.raises(SystemExit):
+        cli.main(["report", "--help"])
+    out = capsys.readouterr().out
+    assert re.search(r"^\s+--session SESSION\s+\S", out, re.M), out
+
+
+def test_a_config_budget_above_the_boards_is_refused_before_the_push(tmp_path, capsys):
+    cfg = tmp_path / "cfg.json"
+    fresh = tmp_path / "fresh"
+    cfg.write_text(json.dumps({"model": DEMO, "port": "sim", "session": str(fresh),
+                               "collect": [{"from": HELD}],
+                               "train": {"budget_kb": 100000, "steps": 1}, "plots": False}))
+    code, out, err = tm(capsys, "session", str(cfg))
+    msg = one_line(err)
+    assert code == 2 and "100,000 KB" in msg, msg
+    assert "push" not in out  # the board line only: nothing pushed, collected or trained
+    assert not os.path.exists(os.path.join(fresh, "runs"))
 
 
 # --- one "tinymp:" a line, and the board's words, not its paths ---------------------------------

@@ -79,7 +79,8 @@ def cmd_info(args):
     print(f"layers       {s['layers']}   parameters {s['params']:,}   MACs {s['macs']:,}")
     print(f"flash        {summary.kib(len(data))} (weights are read in place)")
     print(f"RAM arena    {s['arena_bytes']:,} bytes ({summary.kib(s['arena_bytes'])}) for one inference; "
-          f"lower bound {s['lower_bound_bytes']:,}; {s['in_place_layers']} layers in place")
+          f"lower bound {s['lower_bound_bytes']:,}; {s['in_place_layers']} "
+          f"layer{'' if s['in_place_layers'] == 1 else 's'} in place")
     if args.layers:
         rows = [(r["index"], r["type"], "x".join(map(str, r["in"])), "x".join(map(str, r["out"])),
                  r["kernel"], f"{r['params']:,}", f"{r['macs']:,}", "yes" if r["in_place"] else "",
@@ -220,7 +221,7 @@ def cmd_demo_inference(args):
     print(f"examples   true->predicted: {shown}")
     print(f"flash      {summary.kib(len(data))} of weights, read in place")
     print(f"RAM        {s['arena_bytes']:,} bytes of inference arena (lower bound {s['lower_bound_bytes']:,}), "
-          f"{s['in_place_layers']} layers in place")
+          f"{s['in_place_layers']} layer{'' if s['in_place_layers'] == 1 else 's'} in place")
     print("\nThe whole personalisation session against a simulated board: tinymp demo")
     return 0
 

@@ -163,7 +163,7 @@ def _send_samples(board, ds, show):
     try:
         return C.sync_samples(board, ds, show=show)
     except (LinkError, BoardError) as e:
-        msg = e.msg if isinstance(e, BoardError) else str(e)
+        msg = C.embedded(e.msg if isinstance(e, BoardError) else e)
         if C.board_full(e):
             raise C.SessionError(f"tinymp: sending samples stopped: {msg}; all {len(ds)} samples "
                                  f"are saved in {ds.path}; {C.MAKE_ROOM} and run collect again "
@@ -266,7 +266,7 @@ def cmd_train(args):
         except C.WordedLinkError:
             raise  # the link went at TRAIN_END: it says what is not known
         except (LinkError, BoardError) as e:
-            msg = e.msg if isinstance(e, BoardError) else str(e)
+            msg = C.embedded(e.msg if isinstance(e, BoardError) else e)
             if C.board_full(e):  # the dataset's samples go to the board before training
                 raise C.SessionError(f"tinymp: cannot train: {msg}; the dataset's {len(ds)} "
                                      f"samples are all kept in {ds.path}; {C.MAKE_ROOM} and "
@@ -288,7 +288,7 @@ def cmd_train(args):
               file=sys.stderr)
     stalled = t.get("stalled_steps")
     if stalled:  # on stderr, in text and JSON mode alike
-        lr = (t.get("options") or {}).get("lr")
+        lr = t.get("lr")
         print(f"warning: {stalled} of {t['steps']} steps trained nothing: the model's outputs sat "
               "at their int8 limits, where no gradient passes; a high learning rate drives them "
               "there. Try a smaller --lr" + (f" (this run: {lr:g})" if lr else "") +
@@ -302,7 +302,7 @@ def cmd_train(args):
     if args.json:
         _emit(args, t)
         return status
-    print(f"trained {t['steps']} steps on {_board_name(board)}: running accuracy "
+    print(f"trained {report.plural(t['steps'], 'step')} on {_board_name(board)}: running accuracy "
           f"{report.accuracy_change(t)}, loss {t['final_loss']:.3f}; arena "
           f"{report._num(t['arena_bytes'])} bytes planned, "
           f"{report._num(t['high_water'])} touched; "
@@ -357,7 +357,7 @@ def cmd_eval(args):
                      for r in out])
         return 0
     for r in out:
-        note = " (the board holds no personalised parameters)" \
+        note = ": the board holds no personalised ones" \
             if r["asked"] == "personalised" and r["params"] == "pretrained" else ""
         print(f"accuracy {r['accuracy'] * 100:.1f}% ({r['params']} parameters{note}) on {r['n']} "
               f"samples of {what}")
@@ -388,7 +388,7 @@ def cmd_params(args):
             # nothing to roll back to: the request does not fit the board's state (status 2,
             # as `save` with nothing unsaved)
             code = 2 if e.code in ("nothing", "state") else 1
-            raise C.SessionError(f"tinymp: {args.action}: {e.msg}", code) from None
+            raise C.SessionError(f"tinymp: {args.action}: {C.embedded(e.msg)}", code) from None
         C.log_params(session, args.action, board, rep)
     if args.json:
         _emit(args, rep)
@@ -742,6 +742,7 @@ def run_session(cfg, args, out=print):
                                "with 'label' and 'count' capture with; collect with 'from' (a "
                                "samples file) instead")
         C.check_fits(board, data, m)
+        C.check_budget(board, tr.get("budget"))  # before the push, not at the train step
         try:
             res = C.push(board, data, show=show)
         except LinkError as e:
@@ -979,20 +980,27 @@ def add_parsers(sub):
     p.set_defaults(func=cmd_collect)
 
     p = sub.add_parser("train", help="train on the board over the collected samples")
-    p.add_argument("--method", default="tinymp",
-                   choices=["none", "last", "bias", "sparse", "tinytrain", "full", "tinymp"])
+    # no choices: check_train_options refuses another method, 'sparse' with why
+    p.add_argument("--method", default="tinymp", metavar="{" + ",".join(C.TRAIN_METHODS) + "}",
+                   help="what the board trains (default: tinymp; docs/TRAINING.md)")
     p.add_argument("--budget", type=float, help="KB of RAM the training step may use "
                                                 "(default: the board's)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--epochs", type=int, help="passes over the samples (default 1)")
     g.add_argument("--steps", type=int, help="number of steps (instead of --epochs)")
-    p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--r", type=int, help="Gradient Condensing patch size")
-    p.add_argument("--ratio", type=float, help="fraction of channels updated per period")
-    p.add_argument("--storage", choices=["int8", "fp32"])
-    p.add_argument("--momentum", type=float)
-    p.add_argument("--period", type=int, help="APU period in steps")
+    p.add_argument("--lr", type=float, default=0.01, help="learning rate (default 0.01)")
+    p.add_argument("--seed", type=int, default=1,
+                   help="seed of the sample order and the rounding of int8 updates (default 1)")
+    p.add_argument("--r", type=int, help="Gradient Condensing patch size, 1 = exact (default: 4 "
+                                         "for tinymp, else 1)")
+    p.add_argument("--ratio", type=float, help="fraction of channels updated per period "
+                                               "(default: 1/4 for tinymp and tinytrain, else 1)")
+    p.add_argument("--storage", choices=["int8", "fp32"],
+                   help="trained weights as int8 (default) or fp32 master copies")
+    p.add_argument("--momentum", type=float, help="SGD momentum, 0 to 0.999 (default 0: none)")
+    p.add_argument("--period", type=int,
+                   help="APU period in steps (default 0: a period ends after each pass over the "
+                        "samples)")
     p.add_argument("--fresh", action="store_true", help="start from the pretrained weights")
     p.add_argument("--no-save", action="store_true",
                    help="a trial run: the board keeps its saved parameters and keeps this "
@@ -1022,9 +1030,10 @@ def add_parsers(sub):
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("report", help="accuracy, memory and latency of the session")
-    p.add_argument("--session", default="tinymp-session")
+    p.add_argument("--session", default="tinymp-session",
+                   help="session folder to report on; default ./tinymp-session")
     p.add_argument("--png", metavar="DIR", help="write loss/accuracy and memory plots there")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     _m7_arg(p)
     p.set_defaults(func=cmd_report)
 
@@ -1072,7 +1081,7 @@ def handle_errors(func, args):
         print(msg if msg.startswith("tinymp:") else f"tinymp: {msg}", file=sys.stderr)
         return 1
     except BoardError as e:
-        print(f"tinymp: the board refused: {e.msg}", file=sys.stderr)
+        print(f"tinymp: the board refused: {C.embedded(e.msg)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("tinymp: interrupted", file=sys.stderr)
