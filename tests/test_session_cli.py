@@ -267,7 +267,9 @@ def test_missing_and_invalid_model_files(tmp_path, ready, capsys):
     bad.write_bytes(zoo.demo()[:3000])
     before = _tree(ready)
     for path, needle in ((str(tmp_path / "none.tmpm"), "no such model file"),
-                         (str(bad), "truncated"), (str(tmp_path), "is a folder")):
+                         (str(bad), f"truncated (shorter than the size in its header) (in {bad}); "
+                                    "copy or convert the model again"),
+                         (str(tmp_path), "is a folder")):
         assert cli.main(["push", path, "--port", "sim", "--session", ready]) == 2
         assert needle in one_line(capsys.readouterr().err)
     assert _tree(ready) == before

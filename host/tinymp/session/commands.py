@@ -468,7 +468,9 @@ def read_model(path):
     try:
         return data, tinymp.Model(data)
     except ValueError as e:
-        raise user_error(f"{e} (in {path})") from None
+        fix = "; copy or convert the model again" if any(
+            w in str(e) for w in ("truncated", "CRC-32")) else ""
+        raise user_error(f"{e} (in {path}){fix}") from None
 
 
 def check_fits(board, data, m):
