@@ -13,19 +13,12 @@ import pytest
 
 import tinymp
 from tinymp import cli
+from test_session_report import tm
 
 MODELS = os.path.join(os.path.dirname(tinymp.__file__), "models")
 DEMO = os.path.join(MODELS, "demo.tmpm")
 HELD = os.path.join(MODELS, "digits_shifted_test.npz")
 SESSION_METHODS = "none, last, bias, tinytrain, full, tinymp"
-
-
-def tm(capsys, *args):
-    """`tinymp ARGS` in this process: (exit status, stdout, stderr)."""
-    capsys.readouterr()
-    code = cli.main(list(args))
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
 
 
 def sim(capsys, s, *args):
