@@ -521,6 +521,25 @@ def test_bad_session_configs(tmp_path, capsys):
     assert os.listdir(tmp_path / "s2") == ["dataset"]      # no board was started
 
 
+def test_a_config_budget_is_planned_with_every_plan_option(tmp_path, capsys):
+    # the up-front check planned without n_bias and macs, which make the board's plan smaller:
+    # a budget between the two plans was refused although the board fits it
+    m = tinymp.Model(zoo.demo())
+    with pytest.raises(ValueError) as e:
+        m.plan(method="tinymp", budget=1)
+    least = int(re.search(r"needs (\d+) bytes", str(e.value)).group(1))  # without n_bias
+    budget = least - 8
+    with pytest.raises(ValueError):
+        m.plan(method="tinymp", budget=budget)
+    assert m.plan(method="tinymp", budget=budget, n_bias=0).arena_bytes <= budget
+    p = tmp_path / "c.json"
+    p.write_text(json.dumps({"model": DEMO, "port": "sim", "session": "s", "plots": False,
+                             "collect": [{"from": HELD}],
+                             "train": {"n_bias": 0, "budget_kb": budget / 1024, "steps": 2}}))
+    assert cli.main(["session", str(p), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["train"]["steps"] == 2
+
+
 def test_a_trial_run_from_the_command_line(tmp_path, capsys):
     # train --no-save keeps the run aside; a later command measures it and saves it
     s = str(tmp_path / "s")

@@ -233,7 +233,10 @@ def command(cmd, session_path=None):
     if session_path:
         here = os.path.abspath("tinymp-session")
         if os.path.abspath(session_path) != here:
-            rel = os.path.relpath(session_path)
+            try:
+                rel = os.path.relpath(session_path)
+            except ValueError:  # Windows: another drive than the current folder's
+                rel = ".."
             cmd += " --session " + shlex.quote(session_path if rel.startswith("..") else rel)
     return cmd
 

@@ -673,7 +673,8 @@ def run_session(cfg, args, out=print):
         # does), not after the push, the collect and the first evaluation. TinyTrain's plan
         # depends on the samples, so it is left to the board
         if tr.get("method") != "tinytrain" and not tr.get("support"):
-            kw = {k: tr[k] for k in ("method", "budget", "r", "ratio", "storage", "momentum")
+            kw = {k: tr[k] for k in ("method", "budget", "r", "ratio", "storage", "momentum",
+                                     "n_bias", "macs")
                   if tr.get(k) is not None}
             try:
                 m.plan(**kw)
