@@ -521,6 +521,15 @@ def test_bad_session_configs(tmp_path, capsys):
     assert os.listdir(tmp_path / "s2") == ["dataset"]      # no board was started
 
 
+def test_the_pc_plans_with_the_options_the_board_plans_with():
+    # the session's up-front plan takes C.PLAN_KEYS; the agent's plan() gets exactly these
+    from tinymp import tinymp_agent as A
+    agent = A.Agent.__new__(A.Agent)
+    agent.board = {}
+    opts = {k: 1 for k in C.TRAIN_KEYS}
+    assert tuple(agent._plan_options(opts)) == C.PLAN_KEYS
+
+
 def test_a_config_budget_is_planned_with_every_plan_option(tmp_path, capsys):
     # the up-front check planned without n_bias and macs, which make the board's plan smaller:
     # a budget between the two plans was refused although the board fits it

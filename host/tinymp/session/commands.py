@@ -778,8 +778,10 @@ def import_samples(ds, x, y, sources, board_name=None, show=True):
 
 # --- train ----------------------------------------------------------------------------------
 
-TRAIN_KEYS = ("method", "budget", "r", "ratio", "storage", "momentum", "n_bias", "macs", "lr",
-              "seed", "period", "fresh", "track_accuracy")
+# the options the board plans with (the agent's _plan_options passes these to plan()), then the
+# trainer's and the run's
+PLAN_KEYS = ("method", "budget", "r", "ratio", "storage", "momentum", "n_bias", "macs")
+TRAIN_KEYS = PLAN_KEYS + ("lr", "seed", "period", "fresh", "track_accuracy")
 # the methods a session trains: the engine's (docs/API.md) but 'sparse', whose plan needs a list
 # of layers (layers=[...]) that neither the command line nor a session config can give
 TRAIN_METHODS = ("none", "last", "bias", "tinytrain", "full", "tinymp")

@@ -673,17 +673,12 @@ def run_session(cfg, args, out=print):
         # does), not after the push, the collect and the first evaluation. TinyTrain's plan
         # depends on the samples, so it is left to the board
         if tr.get("method") != "tinytrain" and not tr.get("support"):
-            kw = {k: tr[k] for k in ("method", "budget", "r", "ratio", "storage", "momentum",
-                                     "n_bias", "macs")
-                  if tr.get(k) is not None}
             try:
-                m.plan(**kw)
+                m.plan(**{k: tr[k] for k in C.PLAN_KEYS if tr.get(k) is not None})
             except ValueError as e:
-                why = str(e)
-                why = why[len("tinymp: "):] if why.startswith("tinymp: ") else why
                 raise C.user_error(f"tinymp: the config's train.budget_kb {kb:g} fits no "
                                    f"training plan of {os.path.basename(cfg['model'])} "
-                                   f"({why}); raise it or choose another "
+                                   f"({C.embedded(e)}); raise it or choose another "
                                    "method") from None
     epochs, steps = tr.pop("epochs", None), tr.pop("steps", None)
     save = tr.pop("save", True)
