@@ -5,6 +5,9 @@
                                                inference arena of models (every zoo model with --zoo)
     tinymp plan MODEL --method M [--budget KB] [--r R] [--ratio X] [--storage int8|fp32] [--json]
                                                a training plan: per-layer table, memory by part
+    tinymp plan MODEL --method sparse --layers I,J,... [--ratios X,Y,...] [--budget KB] [--r R]
+                                               sparse: the layers to train (indices from
+                                               `tinymp info MODEL --layers`), a ratio each
     tinymp demo [--inference]                  the whole session against the simulated board:
                                                push the demo model, collect shifted digits with
                                                the simulated camera, train on the board, report
@@ -47,6 +50,7 @@ import json
 import math
 import os
 import re
+import shlex
 import sys
 
 from . import summary
@@ -107,6 +111,7 @@ def cmd_plan(args):
         raise UserError("tinymp: give model files or --zoo")
     if args.budget is not None and summary.budget_bytes(args.budget) is None:
         raise UserError("tinymp: --budget must be " + summary.BUDGET_KB_RULE)
+    sparse = _sparse_options(args)  # a bad layer list is refused before any model is read
     items = []
     for path in args.models:
         m, data = _load(path)
@@ -116,7 +121,7 @@ def cmd_plan(args):
             data = build()
             items.append((label, tinymp.Model(data), data))
     if args.method is not None:
-        return _training_plans(args, items)
+        return _training_plans(args, items, sparse)
     given = [f"--{k}" for k in ("r", "ratio", "storage") if getattr(args, k) is not None]
     if given:
         raise UserError(f"tinymp: {', '.join(given)} only applies to a training plan: add --method")
@@ -146,12 +151,86 @@ def cmd_plan(args):
     return 0
 
 
-def _training_plans(args, items):
-    """tinymp plan --method: the training plan of each model (Model.plan, docs/API.md)."""
+_LAYER_INDEX = re.compile(r"[0-9]+")
+_DECIMAL = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+
+
+def _items(text, what, example):
+    """The comma-separated items of --layers / --ratios; an empty one (`10,,14`, `10,`) is refused
+    rather than skipped, so a slip in a list never plans other layers than the user meant."""
+    if not text.strip():
+        raise UserError(f"tinymp: --{what} needs a comma-separated list, e.g. --{what} {example}")
+    items = [t.strip() for t in text.split(",")]
+    if "" in items:
+        raise UserError(f"tinymp: --{what} {text!r} has an empty item: give values separated by "
+                        f"commas, e.g. --{what} {example}")
+    return items
+
+
+def _sparse_options(args):
+    """The engine's `layers` and `ratios` options (docs/API.md) from --layers / --ratios, which
+    only method 'sparse' takes: {} for the other methods and for an inference plan."""
+    given = [f"--{k}" for k in ("layers", "ratios") if getattr(args, k) is not None]
+    if args.method is None:
+        if given:
+            raise UserError(f"tinymp: {', '.join(given)} only applies to a training plan of method "
+                            "sparse: add --method sparse")
+        return {}
+    if args.method != "sparse":
+        if given:
+            # the engine refuses them too, but one model at a time and in its own words
+            raise UserError(f"tinymp: {', '.join(given)} only applies to method 'sparse', not "
+                            f"'{args.method}'")
+        return {}
+    if args.layers is None:
+        model = shlex.quote(args.models[0]) if len(args.models) == 1 and not args.zoo else "MODEL"
+        raise UserError("tinymp: method 'sparse' needs --layers: the indices of the layers to train, "
+                        f"comma-separated (`tinymp info {model} --layers` lists each layer's index "
+                        "and type; conv, dwconv, pwconv and fc layers can be trained)")
+    if args.ratio is not None:
+        # the engine takes `ratio` with method 'sparse' and reports it as the plan's ratio, but the
+        # channels it trains follow the per-layer ratios alone
+        raise UserError("tinymp: method 'sparse' takes a ratio per layer: give --ratios "
+                        "(one per layer of --layers), not --ratio")
+    layers, seen = [], set()
+    for t in _items(args.layers, "layers", "10,14,15"):
+        if not _LAYER_INDEX.fullmatch(t):
+            raise UserError(f"tinymp: --layers: {t!r} is not a layer index (a whole number, the # "
+                            "column of `tinymp info MODEL --layers`)")
+        digits = t.lstrip("0") or "0"
+        if len(digits) > 6:
+            # past any model (docs/FORMAT.md: at most 1024 layers), and past what int() reads
+            # when it has thousands of digits; the engine names the model's own range otherwise
+            shown = digits if len(digits) <= 20 else f"{digits[:10]}... ({len(digits)} digits)"
+            raise UserError(f"tinymp: --layers: {shown} is not a layer of any model (a model has "
+                            "at most 1024 layers)")
+        if int(digits) in seen:
+            raise UserError(f"tinymp: --layers: layer {int(digits)} is given twice")
+        seen.add(int(digits))
+        layers.append(int(digits))
+    out = {"layers": layers}
+    if args.ratios is not None:
+        ratios = []
+        for t in _items(args.ratios, "ratios", "0.25,0.5,1"):
+            if not _DECIMAL.fullmatch(t):
+                raise UserError(f"tinymp: --ratios: {t!r} is not a number (a ratio in (0, 1])")
+            ratios.append(float(t))
+        if len(ratios) != len(layers):
+            n, k = len(ratios), len(layers)
+            raise UserError(f"tinymp: --ratios gives {n} ratio{'' if n == 1 else 's'} for {k} "
+                            f"layer{'' if k == 1 else 's'}: give one per layer of --layers, in the "
+                            "same order")
+        out["ratios"] = ratios
+    return out
+
+
+def _training_plans(args, items, sparse):
+    """tinymp plan --method: the training plan of each model (Model.plan, docs/API.md); `sparse`
+    holds the layer list of method 'sparse' (_sparse_options)."""
     if args.method == "tinytrain":
         raise UserError("tinymp: method 'tinytrain' needs support samples; use it from Python "
                         "(m.plan(method='tinytrain', support=(samples, labels))) or `tinymp train`")
-    kw = {"method": args.method, "storage": args.storage or "int8"}
+    kw = {"method": args.method, "storage": args.storage or "int8", **sparse}
     if args.budget is not None:
         kw["budget"] = summary.budget_bytes(args.budget)
     if args.r is not None:
@@ -169,6 +248,8 @@ def _training_plans(args, items):
         print(json.dumps([{"model": label, "method": p.method, "r": p.r, "ratio": p.ratio,
                            "storage": p.storage, "arena_bytes": p.arena_bytes,
                            "breakdown": p.breakdown, "layers": p.layers,
+                           # input channels trained per layer with weights (a sparse plan's ratios)
+                           "channels": {str(i): len(c) for i, c in sorted(p.channels.items())},
                            "forward_macs": p.forward_macs, "backward_macs": p.backward_macs}
                           for label, p in out], indent=2))
         return 0
@@ -456,7 +537,15 @@ def build_parser():
     plan.add_argument("--budget", type=float, help="RAM budget in KB: say whether each model fits "
                       "(with --method: the budget the training plan must fit)")
     plan.add_argument("--method", choices=["none", "last", "bias", "sparse", "tinytrain", "full", "tinymp"],
-                      help="plan training instead of inference (sparse: use Python for its layer list)")
+                      help="plan training instead of inference (sparse needs --layers; tinytrain "
+                           "needs support samples: use it from Python or `tinymp train`)")
+    plan.add_argument("--layers", metavar="I,J,...",
+                      help="with --method sparse: the indices of the layers whose weights are "
+                           "trained, comma-separated (the # column of `tinymp info MODEL --layers`); "
+                           "the classifier is trained as well")
+    plan.add_argument("--ratios", metavar="X,Y,...",
+                      help="with --layers: the fraction of input channels trained in each listed "
+                           "layer, one per layer, each in (0, 1] (default 1)")
     plan.add_argument("--r", type=int, help="Gradient Condensing patch size (1 = exact)")
     plan.add_argument("--ratio", type=float, help="fraction of input channels updated per period")
     plan.add_argument("--storage", choices=["int8", "fp32"], default=None,
