@@ -2,6 +2,7 @@
 one clear line and exit status 2."""
 import json
 import os
+import shlex
 import subprocess
 import sys
 
@@ -190,3 +191,97 @@ def test_a_bad_command_line_is_one_line(argv, says, capsys):
     lines = err.strip().splitlines()
     assert e.value.code == 2 and out == "" and len(lines) == 1, err
     assert lines[0].startswith(says), lines[0]
+
+
+def _demo_layers(*types):
+    """Indices of the demo model's layers of these types, read from the model itself."""
+    return [i for i, l in enumerate(tinymp.Model(zoo.demo())._layers()) if l["type"] in types]
+
+
+@pytest.mark.parametrize("case", ["ratios", "budget"])
+def test_plan_sparse_is_the_engine_plan_of_the_listed_layers(demo_file, case, capsys):
+    # `--method sparse` always failed: the command could not pass the layer list the engine needs
+    m = tinymp.Model(zoo.demo())
+    if case == "ratios":
+        # the last three conv-like layers, listed out of order: each ratio goes with its layer
+        layers = _demo_layers("conv", "dwconv", "pwconv")[-3:][::-1]
+        ratios, opts, kw = [1.0, 0.5, 0.25], [], {}
+    else:
+        # three late pointwise layers whole, in a budget just below their own size: the planner
+        # shrinks the plan to fit, the same way for the command as for Model.plan
+        layers, ratios = _demo_layers("pwconv")[-4:-1], None
+        kb = m.plan(method="sparse", layers=layers).arena_bytes // 1024
+        opts, kw = ["--budget", str(kb)], {"budget": kb * 1024}
+    expected = m.plan(method="sparse", layers=layers, ratios=ratios, **kw)
+    if case == "budget":
+        assert expected.arena_bytes < m.plan(method="sparse", layers=layers).arena_bytes
+    argv = ["plan", demo_file, "--method", "sparse", "--layers", ",".join(map(str, layers)), *opts]
+    if ratios is not None:
+        argv += ["--ratios", ",".join(map(str, ratios))]
+    assert cli.main(argv + ["--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["method"] == "sparse" and row["arena_bytes"] == expected.arena_bytes
+    # the listed layers and the classifier, each with the channels of its ratio
+    assert row["layers"] == expected.layers == sorted(layers + _demo_layers("fc")[-1:])
+    assert row["channels"] == {str(i): len(c) for i, c in expected.channels.items()}
+    assert (row["r"], row["ratio"], row["breakdown"]) == (expected.r, expected.ratio, expected.breakdown)
+    assert cli.main(argv) == 0
+    assert capsys.readouterr().out == f"{demo_file}:\n{expected.describe()}\n"
+
+
+@pytest.mark.parametrize("opts, says", [
+    (["--method", "sparse"], "tinymp: method 'sparse' needs --layers: the indices of the layers to "
+                             "train, comma-separated (`tinymp info {model} --layers` lists each "
+                             "layer's index and type; conv, dwconv, pwconv and fc layers can be trained)"),
+    (["--method", "sparse", "--ratios", "1"], "tinymp: method 'sparse' needs --layers:"),
+    (["--layers", "10"], "tinymp: --layers only applies to a training plan of method sparse: add "
+                         "--method sparse"),
+    (["--method", "full", "--layers", "10"], "tinymp: --layers only applies to method 'sparse', "
+                                             "not 'full'"),
+    (["--method", "tinymp", "--layers", "10", "--ratios", "0.5"],
+     "tinymp: --layers, --ratios only applies to method 'sparse', not 'tinymp'"),
+    (["--method", "sparse", "--layers", "10", "--ratio", "0.5"],
+     "tinymp: method 'sparse' takes a ratio per layer: give --ratios"),
+    (["--method", "sparse", "--layers", ""], "tinymp: --layers needs a comma-separated list"),
+    (["--method", "sparse", "--layers", "10,,14"], "tinymp: --layers '10,,14' has an empty item"),
+    (["--method", "sparse", "--layers", "10,"], "tinymp: --layers '10,' has an empty item"),
+    (["--method", "sparse", "--layers", "10,x"], "tinymp: --layers: 'x' is not a layer index"),
+    (["--method", "sparse", "--layers", "1.5"], "tinymp: --layers: '1.5' is not a layer index"),
+    (["--method", "sparse", "--layers=-1"], "tinymp: --layers: '-1' is not a layer index"),
+    (["--method", "sparse", "--layers", "1_0"], "tinymp: --layers: '1_0' is not a layer index"),
+    (["--method", "sparse", "--layers", "10,14,010"], "tinymp: --layers: layer 10 is given twice"),
+    (["--method", "sparse", "--layers", "9" * 5000], "tinymp: --layers: 9999999999... (5000 digits) "
+                                                     "is not a layer of any model"),
+    (["--method", "sparse", "--layers", "10,14", "--ratios", "0.5"],
+     "tinymp: --ratios gives 1 ratio for 2 layers: give one per layer of --layers"),
+    (["--method", "sparse", "--layers", "10", "--ratios", "0.5,0.5"],
+     "tinymp: --ratios gives 2 ratios for 1 layer"),
+    (["--method", "sparse", "--layers", "10,14", "--ratios", "0.5,"], "tinymp: --ratios '0.5,' has "
+                                                                      "an empty item"),
+    (["--method", "sparse", "--layers", "10,14", "--ratios", "0.5,nan"],
+     "tinymp: --ratios: 'nan' is not a number"),
+])
+def test_plan_sparse_options_refused_in_one_line(demo_file, opts, says, capsys):
+    assert cli.main(["plan", demo_file, *opts]) == 2
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert out == "" and len(lines) == 1, err
+    assert lines[0].startswith(says.format(model=shlex.quote(demo_file))), lines[0]
+
+
+def test_plan_sparse_layers_the_engine_refuses_name_the_model(demo_file, capsys):
+    n = len(tinymp.Model(zoo.demo())._layers())
+    (add, *_), (pw, *_) = _demo_layers("add"), _demo_layers("pwconv")
+    for opts, says in [
+        (["--layers", str(add)], f"tinymp: layer {add}: sparse: a listed layer has no weights"),
+        (["--layers", str(n)], f"tinymp: a sparse layer index must be between 0 and {n - 1}, got {n}"),
+        (["--layers", str(pw), "--ratios", "1.5"], "tinymp: a sparse ratio must be in (0, 1], got 1.5"),
+        (["--layers", str(pw), "--ratios", "0"], "tinymp: a sparse ratio must be in (0, 1], got 0"),
+        (["--layers", str(pw), "--budget", "1"], "tinymp: method 'sparse' does not fit a budget of "
+                                                 "1024 bytes"),
+    ]:
+        assert cli.main(["plan", demo_file, "--method", "sparse", *opts]) == 2
+        out, err = capsys.readouterr()
+        lines = err.strip().splitlines()
+        assert out == "" and len(lines) == 1, err
+        assert lines[0].startswith(says) and lines[0].endswith(f" ({demo_file})"), lines[0]
