@@ -18,6 +18,7 @@ from test_session_report import tm
 MODELS = os.path.join(os.path.dirname(tinymp.__file__), "models")
 DEMO = os.path.join(MODELS, "demo.tmpm")
 HELD = os.path.join(MODELS, "digits_shifted_test.npz")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SESSION_METHODS = "none, last, bias, tinytrain, full, tinymp"
 
 
@@ -242,34 +243,55 @@ def test_report_of_one_step_in_singular_without_nested_parentheses(session, caps
         assert _depth(ln) <= 1, ln
 
 
-def test_a_run_without_lr_reports_the_rate_it_trained_with(tmp_path, capsys):
+@pytest.mark.parametrize("method", ["tinymp", "full"])
+def test_a_run_without_lr_reports_the_rate_it_trained_with(tmp_path, capsys, method):
+    # the method's own rate: the one `tinymp experiment` chose for it (its results, not the
+    # engine's table); full diverges at tinymp's 0.01
+    with open(os.path.join(ROOT, "experiments", "results.json")) as f:
+        rate = json.load(f)["settings"]["lrs"][method]
     d = np.load(HELD)
     few = str(tmp_path / "few.npz")
     np.savez(few, x=d["x"][:20], y=d["y"][:20])
     s = str(tmp_path / "s")
     cfg = tmp_path / "cfg.json"
     cfg.write_text(json.dumps({"model": DEMO, "port": "sim", "session": s,
-                               "collect": [{"from": few}], "train": {"steps": 6, "seed": 1},
+                               "collect": [{"from": few}],
+                               "train": {"steps": 6, "seed": 1, "method": method},
                                "plots": False}))
     code, _, err = tm(capsys, "session", str(cfg), "-q")
     assert code == 0, err
     rep, text = report(capsys, s)
-    assert "lr 0.01 (the default);" in line(text, "training   ")
-    assert rep["train"]["lr"] == 0.01
+    assert f"lr {rate:g} (the default);" in line(text, "training   ")
+    assert rep["train"]["lr"] == rate
 
-    # the rate it trained with is 0.01: the same run with --lr 0.01 makes the same steps, one
-    # with another rate does not
+    # the rate it trained with is that one: the same run with --lr of it makes the same steps,
+    # one with another rate does not
     def losses(name):
         with open(os.path.join(s, "runs", name)) as f:
             rec = json.load(f)
         i = rec["fields"].index("loss")
         return [e[i] for e in rec["events"]]
-    sim(capsys, s, "train", "--fresh", "--steps", "6", "--seed", "1", "--lr", "0.01", "-q")
-    sim(capsys, s, "train", "--fresh", "--steps", "6", "--seed", "1", "--lr", "0.05", "-q")
+    for lr in (rate, 0.05):
+        sim(capsys, s, "train", "--method", method, "--fresh", "--steps", "6", "--seed", "1",
+            "--lr", str(lr), "-q")
     assert losses("train-0002.json") == losses("train-0001.json")
     assert losses("train-0003.json") != losses("train-0001.json")
     rep, text = report(capsys, s)
     assert "lr 0.05;" in line(text, "training   ") and rep["train"]["lr"] == 0.05
+
+
+def test_train_help_gives_the_engines_rate_of_each_method():
+    sub = next(a for a in cli.build_parser()._actions if hasattr(a, "choices") and
+               isinstance(a.choices, dict))
+    help_lr = next(a.help for a in sub.choices["train"]._actions if "--lr" in a.option_strings)
+    named = dict(re.findall(r"(\w+) ([0-9.]+)[,)]", help_lr.split("chose:")[1]))
+    assert set(named) == {"tinymp", "last", "bias", "tinytrain", "full"}, help_lr
+    with open(DEMO, "rb") as f:
+        m = tinymp.Model(f.read())
+    h, w, c = m.input_shape
+    for method, rate in named.items():
+        kw = {"support": ([bytes(h * w * c)] * 2, [0, 1])} if method == "tinytrain" else {}
+        assert tinymp.Trainer(m, m.plan(method=method, **kw)).lr == pytest.approx(float(rate)), method
 
 
 # --- a report before any training run --------------------------------------------------------------

@@ -1205,3 +1205,21 @@ def test_lr_property():
     assert np.array_equal(logits_of(t, [x]), before)  # lr 0: nothing moves
     assert t.plan.method == "last"
     assert "method=last" in repr(t)
+
+
+def test_the_default_lr_is_the_rate_the_experiment_chose_for_the_method():
+    # independent of the engine's table: the per-method rates `tinymp experiment`'s validation
+    # chose (experiments/results.json, settings.lrs); 'none' trains nothing and keeps tinymp's
+    import json
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "experiments", "results.json")) as f:
+        chosen = json.load(f)["settings"]["lrs"]
+    m = H.demo_model()
+    support = (H.random_inputs(m, 4), [0, 1, 2, 3])
+    for method in ("last", "bias", "sparse", "tinytrain", "full", "tinymp", "none"):
+        kw = {"support": support} if method == "tinytrain" else \
+            {"layers": [12, 13]} if method == "sparse" else {}
+        t = tinymp.Trainer(m, m.plan(method=method, **kw))
+        want = chosen["tinymp" if method == "none" else method]
+        assert t.lr == pytest.approx(want, rel=1e-6), method
+        assert tinymp.Trainer(m, m.plan(method=method, **kw), lr=0.05).lr == pytest.approx(0.05)

@@ -1657,6 +1657,9 @@ static PyObject *Trainer_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         opt_ranged_long(period_o, TMP_IOPT_period, &period) < 0) {
         return NULL;
     }
+    if (lr < 0.0) { /* None: the plan's method's own rate */
+        lr = tmp_method_lr(p->plan.method);
+    }
     TrainerObject *self = PyObject_GC_New(TrainerObject, type);
     if (self == NULL) {
         return NULL;
@@ -2579,7 +2582,7 @@ static PyTypeObject Trainer_Type = {
     .tp_dealloc = (destructor)Trainer_dealloc,
     .tp_repr = (reprfunc)Trainer_repr,
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_doc = "Trainer(model, plan, lr=0.01, arena=None, seed=1, period=0): on-device training (docs/API.md).",
+    .tp_doc = "Trainer(model, plan, lr=None, arena=None, seed=1, period=0): on-device training (docs/API.md).",
     .tp_traverse = (traverseproc)Trainer_traverse,
     .tp_clear = (inquiry)Trainer_clear,
     .tp_methods = Trainer_methods,

@@ -45,8 +45,9 @@ except ImportError:  # pragma: no cover
 # 2: trial runs (params.try); 3: INFO params also without saved options; 4: training runs keep
 # the samples' frozen-prefix features (Features) and take the prediction from the step; 5: each
 # training event says whether its step started from kept features ("cached"), when TRAIN_START
-# asks for it ("mark_cached": a PC before it checks rows of exactly 11 columns)
-AGENT_VERSION = "5"
+# asks for it ("mark_cached": a PC before it checks rows of exactly 11 columns); 6: a run that
+# names no lr trains with the engine's rate for its method, which TRAIN_START's reply says ("lr")
+AGENT_VERSION = "6"
 PROTOCOL = 1
 MAGIC = b"\xa5T"
 HEADER = 12
@@ -1236,7 +1237,8 @@ class Agent:
         except MemoryError:
             raise Fail("memory", "cannot allocate the %d-byte training arena" % plan.arena_bytes)
         try:
-            tr = self.tinymp.Trainer(m, plan, lr=opts.get("lr", 0.01), arena=arena,
+            # no lr: the engine's rate for the plan's method (agent 6; before, always 0.01)
+            tr = self.tinymp.Trainer(m, plan, lr=opts.get("lr"), arena=arena,
                                      seed=opts.get("seed", 1), period=opts.get("period", 0))
         except ValueError as e:  # an option out of range: what was asked for, not the board
             raise Fail("bad_request", "cannot start training: %s" % e)
@@ -1301,8 +1303,9 @@ class Agent:
                       "features": self._features(plan, tr, steps)}
         self.report = None
         # support_samples: how many of the first samples the plan's selection pass read (the
-        # host's Cortex-M7 estimate replays the same ones)
-        return {"plan": self._plan_dict(plan), "resumed": resumed, "resumed_state": resumed_state,
+        # host's Cortex-M7 estimate replays the same ones); lr: the rate the run trains with
+        return {"plan": self._plan_dict(plan), "lr": tr.lr,
+                "resumed": resumed, "resumed_state": resumed_state,
                 "resume_error": resume_error,
                 "heap_before": heap0,
                 "heap_after": heap1, "samples": self.store.count, "steps": steps,

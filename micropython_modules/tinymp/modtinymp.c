@@ -21,7 +21,7 @@
  *   Plan             .arena_bytes, .peak_live_bytes, .breakdown, .category_peaks, .method,
  *                    .storage, .r, .ratio, .momentum, .first, .layers, .channels,
  *                    .forward_macs, .backward_macs, .step_macs, .step_share, .describe() -> str
- *   Trainer(model, plan, lr=0.01, arena=None, seed=1, period=0)
+ *   Trainer(model, plan, lr=None, arena=None, seed=1, period=0)
  *     .step(x, y, out=None, cache=None) -> float (or `out`), .step_cached(cache, y, out=None),
  *     .predict(x), .logits(x, out=None), .fit(...), .end_period(), .reset(), .save(path),
  *     .load(path), .stats() -> dict, .high_water, .prediction, .selection, .lr (settable), .plan
@@ -1199,7 +1199,7 @@ static void trainer_status(tinymp_trainer_obj_t *self, tmp_status st, const char
     mp_raise_msg_varg(&mp_type_RuntimeError, MP_ERROR_TEXT("tinymp: %s failed (%s)"), what, tmp_status_name(st));
 }
 
-// Trainer(model, plan, lr=0.01, arena=None, seed=1, period=0)
+// Trainer(model, plan, lr=None, arena=None, seed=1, period=0)
 static mp_obj_t tinymp_trainer_make_new(const mp_obj_type_t *type, size_t n_args, size_t n_kw,
     const mp_obj_t *all_args) {
     enum { ARG_model, ARG_plan, ARG_lr, ARG_arena, ARG_seed, ARG_period };
@@ -1227,6 +1227,9 @@ static mp_obj_t tinymp_trainer_make_new(const mp_obj_type_t *type, size_t n_args
         mp_raise_ValueError(MP_ERROR_TEXT("tinymp: this plan was made for another model"));
     }
     float lr = (float)opt_ranged_float(args[ARG_lr].u_obj, TMP_FOPT_lr);
+    if (lr < 0.0f) { // None: the plan's method's own rate
+        lr = tmp_method_lr(p->plan.method);
+    }
     uint32_t seed = (uint32_t)opt_ranged_long(args[ARG_seed].u_obj, TMP_IOPT_seed);
     uint32_t period = (uint32_t)opt_ranged_long(args[ARG_period].u_obj, TMP_IOPT_period);
 

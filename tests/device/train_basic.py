@@ -204,6 +204,10 @@ print("lr", round(t1.lr, 4))
 t1.step(xs[0], 1)
 print("steps", t1.stats()["steps"])
 
+# no lr: the plan's method's own rate (the same on the board and on the PC)
+print("default lr", [(k, round(tinymp.Trainer(m, m.plan(k)).lr, 4))
+                     for k in ("none", "last", "bias", "full", "tinymp")])
+
 # 'none' trains nothing: the loss stays the same
 p = m.plan("none")
 t = tinymp.Trainer(m, p)

@@ -443,7 +443,7 @@ REPLIES = {
     SAMPLES_STATUS: {"last_id": "id", "dataset": "any", "bytes": "any"},
     SAMPLES_PUT: {"last_id": "id"},
     CAPTURE: {"data": "bytes"},
-    TRAIN_START: {"plan": Opt(PLAN), "resumed": "bool?", "resumed_state": "bool?",
+    TRAIN_START: {"plan": Opt(PLAN), "lr": "num?", "resumed": "bool?", "resumed_state": "bool?",
                   "resume_error": "str?", "support_samples": "count?", "features": Opt(FEATURES)},
     # a row of EVENT_FIELDS: the report reads every column (times: None when not measured);
     # agent 4 sends no "cached", and a newer one may send columns after it

@@ -24,9 +24,23 @@ ESTIMATE_SAMPLES = 32
 # runs recorded before boards reported support_samples: the agent's TinyTrain pass read this many
 LEGACY_SUPPORT = 32
 SIM_NOTE = "simulated board, host CPU times, not measured on the board"
-# the learning rate of a run whose options name none: the agent's (tinymp_agent, _make_trainer:
-# opts.get("lr", 0.01)), which is the engine's Trainer default (docs/API.md)
-DEFAULT_LR = 0.01
+# the learning rate of a run whose options name none, recorded from a board whose TRAIN_START
+# reply does not say it (agent 5 and before: tinymp_agent's opts.get("lr", 0.01)); from agent 6
+# the reply holds the rate the trainer took, the engine's own for the method (docs/API.md)
+LEGACY_LR = 0.01
+
+
+def run_lr(run):
+    """The learning rate a recorded run trained with: the one its options gave, else the one the
+    board's TRAIN_START reply said the trainer took (float32, shown to 7 digits), else, for a
+    board that did not say, its agent's default; None for a record without options or reply."""
+    opts = run.get("options")
+    if isinstance(opts, dict) and opts.get("lr") is not None:
+        return opts["lr"]
+    said = (run.get("start") or {}).get("lr")
+    if said is not None:
+        return float("%.7g" % said)
+    return None if opts is None else LEGACY_LR
 
 
 # --- what the report reads of a run record (commands.train / commands.evaluate) --------------
@@ -151,9 +165,9 @@ def train_summary(run):
         "steps": len(ev),
         "samples": run.get("samples"),
         "options": opts,
-        # the learning rate the run trained with: its options', else the board's default (None:
-        # a record without options)
-        "lr": None if opts is None else opts.get("lr", DEFAULT_LR),
+        # the learning rate the run trained with: its options', else the one the board said it
+        # took, else an older agent's default (None: a record without options)
+        "lr": run_lr(run),
         # the arena budget the board planned within (bytes) and whose it was: "run" (the run's
         # own, --budget or a session config's budget_kb), "board" (the board's arena budget: no
         # budget given, or one above it, which the agent caps) or None (not recorded)

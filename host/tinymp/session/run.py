@@ -984,7 +984,9 @@ def add_parsers(sub):
     g = p.add_mutually_exclusive_group()
     g.add_argument("--epochs", type=int, help="passes over the samples (default 1)")
     g.add_argument("--steps", type=int, help="number of steps (instead of --epochs)")
-    p.add_argument("--lr", type=float, default=0.01, help="learning rate (default 0.01)")
+    p.add_argument("--lr", type=float, help="learning rate (default: the method's own, which "
+                                            "`tinymp experiment` chose: tinymp 0.01, last 0.01, "
+                                            "bias 0.005, tinytrain 0.005, full 0.002)")
     p.add_argument("--seed", type=int, default=1,
                    help="seed of the sample order and the rounding of int8 updates (default 1)")
     p.add_argument("--r", type=int, help="Gradient Condensing patch size, 1 = exact (default: 4 "

@@ -32,12 +32,13 @@
 /* Number options: X(name, lo, hi, lo_open, dflt, text). `lo_open`: lo itself is refused; `text`
  * is the interval as the PC binding prints it ("%s%g, %g]" of these bounds), for the board's
  * messages (tests/device/train_errors.py holds both to the same output). 0 as a default of ratio,
- * momentum and step_share means "the method's own". */
+ * momentum and step_share means "the method's own", and so does -1 for lr (tmp_method_lr(), which
+ * the bindings apply: the core's trainer takes a rate >= 0). */
 #define TMP_FLOAT_OPTIONS(X)                          \
     X(ratio, 0.0, 1.0, 1, 0.0, "(0, 1]")              \
     X(momentum, 0.0, 0.999, 0, 0.0, "[0, 0.999]")     \
     X(step_share, 0.0, INFINITY, 1, 0.0, "(0, inf]")  \
-    X(lr, 0.0, 1e6, 0, 0.01, "[0, 1e+06]")
+    X(lr, 0.0, 1e6, 0, -1.0, "[0, 1e+06]")
 
 #define TMP_OPT_ENUM_I_(name, lo, hi, dflt) TMP_IOPT_##name,
 #define TMP_OPT_ENUM_F_(name, lo, hi, lo_open, dflt, text) TMP_FOPT_##name,

@@ -224,6 +224,8 @@ tmp_status tmp_train_min_budget(const tmp_model *m, const tmp_train_options *o, 
 /** Name of a method / storage / category ("tinymp", "int8", "activations", ...). */
 const char *tmp_method_name(int32_t method);
 const char *tmp_category_name(int32_t cat);
+/** The learning rate a trainer of this method takes when none is given (Trainer(lr=None)). */
+float tmp_method_lr(int32_t method);
 /** Method from its name; -1 when unknown. */
 int32_t tmp_method_from_name(const char *name);
 

@@ -108,6 +108,22 @@ int32_t tmp_method_from_name(const char *name) {
     return -1;
 }
 
+/* The experiment's validated rates (tinymp experiment on the demo model, experiments/RESULTS.md
+ * "Learning-rate choice"): training every weight diverges at the rate the classifier and
+ * tinymp's few channels want. Methods that update nothing keep tinymp's rate. */
+float tmp_method_lr(int32_t method) {
+    switch (method) {
+        case TMP_METHOD_BIAS:
+        case TMP_METHOD_SPARSE:
+        case TMP_METHOD_TINYTRAIN:
+            return 0.005f;
+        case TMP_METHOD_FULL:
+            return 0.002f;
+        default:
+            return 0.01f;
+    }
+}
+
 tmp_train_options tmp_train_options_default(int32_t method) {
     tmp_train_options o;
     memset(&o, 0, sizeof o);
