@@ -240,8 +240,6 @@ def test_plan_sparse_is_the_engine_plan_of_the_listed_layers(demo_file, case, ca
                                              "not 'full'"),
     (["--method", "tinymp", "--layers", "10", "--ratios", "0.5"],
      "tinymp: --layers, --ratios only applies to method 'sparse', not 'tinymp'"),
-    (["--method", "sparse", "--layers", "10", "--ratio", "0.5"],
-     "tinymp: method 'sparse' takes a ratio per layer: give --ratios"),
     (["--method", "sparse", "--layers", ""], "tinymp: --layers needs a comma-separated list"),
     (["--method", "sparse", "--layers", "10,,14"], "tinymp: --layers '10,,14' has an empty item"),
     (["--method", "sparse", "--layers", "10,"], "tinymp: --layers '10,' has an empty item"),
@@ -277,6 +275,8 @@ def test_plan_sparse_layers_the_engine_refuses_name_the_model(demo_file, capsys)
         (["--layers", str(n)], f"tinymp: a sparse layer index must be between 0 and {n - 1}, got {n}"),
         (["--layers", str(pw), "--ratios", "1.5"], "tinymp: a sparse ratio must be in (0, 1], got 1.5"),
         (["--layers", str(pw), "--ratios", "0"], "tinymp: a sparse ratio must be in (0, 1], got 0"),
+        (["--layers", str(pw), "--ratio", "0.5"], "tinymp: method 'sparse' takes a ratio per listed "
+                                                  "layer (ratios): ratio must be 1"),
         (["--layers", str(pw), "--budget", "1"], "tinymp: method 'sparse' does not fit a budget of "
                                                  "1024 bytes"),
     ]:

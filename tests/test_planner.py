@@ -108,3 +108,28 @@ def test_random_chains_plan_soundly(seed):
     m, plan = check_plan(model)
     high, guard_ok = m._probe(bytes(int(np.prod(m.input_shape))))
     assert guard_ok and high <= plan["arena_bytes"]
+
+
+@pytest.mark.parametrize("method", ["none", "last", "bias", "full", "sparse"])
+def test_a_ratio_is_refused_by_methods_that_do_not_pick_channels_by_it(method):
+    # their plans train every channel of their layers (sparse: each listed layer's own ratio):
+    # a ratio below 1 was reported as the plan's while the same channels were trained
+    from tinymp import zoo
+    m = tinymp.Model(zoo.demo())
+    kw = {"layers": [12, 13], "ratios": [0.5, 1.0]} if method == "sparse" else {}
+    with pytest.raises(ValueError, match="ratio must be 1"):
+        m.plan(method=method, ratio=0.5, **kw)
+    p, q = m.plan(method=method, ratio=1, **kw), m.plan(method=method, **kw)
+    assert p.ratio == q.ratio == 1.0 and p.channels == q.channels and p.arena_bytes == q.arena_bytes
+    if method == "sparse":  # the per-layer ratio sets the channels: half of layer 12's inputs
+        assert len(p.channels[12]) * 2 == len(m.plan(method="sparse", layers=[12]).channels[12])
+
+
+def test_a_ratio_sets_the_channels_of_tinymp_and_tinytrain():
+    from tinymp import zoo
+    m = tinymp.Model(zoo.demo())
+    support = ([bytes(32 * 32)] * 2, [0, 1])
+    for method, kw in (("tinymp", {}), ("tinytrain", {"support": support})):
+        half, quarter = m.plan(method=method, ratio=0.5, **kw), m.plan(method=method, ratio=0.25, **kw)
+        assert half.ratio == 0.5
+        assert sum(map(len, half.channels.values())) > sum(map(len, quarter.channels.values()))

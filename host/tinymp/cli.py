@@ -187,11 +187,6 @@ def _sparse_options(args):
         raise UserError("tinymp: method 'sparse' needs --layers: the indices of the layers to train, "
                         f"comma-separated (`tinymp info {model} --layers` lists each layer's index "
                         "and type; conv, dwconv, pwconv and fc layers can be trained)")
-    if args.ratio is not None:
-        # the engine takes `ratio` with method 'sparse' and reports it as the plan's ratio, but the
-        # channels it trains follow the per-layer ratios alone
-        raise UserError("tinymp: method 'sparse' takes a ratio per layer: give --ratios "
-                        "(one per layer of --layers), not --ratio")
     layers, seen = [], set()
     for t in _items(args.layers, "layers", "10,14,15"):
         if not _LAYER_INDEX.fullmatch(t):
@@ -547,7 +542,8 @@ def build_parser():
                       help="with --layers: the fraction of input channels trained in each listed "
                            "layer, one per layer, each in (0, 1] (default 1)")
     plan.add_argument("--r", type=int, help="Gradient Condensing patch size (1 = exact)")
-    plan.add_argument("--ratio", type=float, help="fraction of input channels updated per period")
+    plan.add_argument("--ratio", type=float, help="fraction of input channels updated per period "
+                      "(tinymp, tinytrain; sparse takes --ratios)")
     plan.add_argument("--storage", choices=["int8", "fp32"], default=None,
                       help="how trained weights are kept (with --method; default int8)")
     plan.add_argument("--json", action="store_true")

@@ -991,8 +991,9 @@ def add_parsers(sub):
                    help="seed of the sample order and the rounding of int8 updates (default 1)")
     p.add_argument("--r", type=int, help="Gradient Condensing patch size, 1 = exact (default: 4 "
                                          "for tinymp, else 1)")
-    p.add_argument("--ratio", type=float, help="fraction of channels updated per period "
-                                               "(default: 1/4 for tinymp and tinytrain, else 1)")
+    p.add_argument("--ratio", type=float, help="fraction of channels updated per period, for "
+                                               "tinymp and tinytrain (default 1/4); the other "
+                                               "methods train every channel")
     p.add_argument("--storage", choices=["int8", "fp32"],
                    help="trained weights as int8 (default) or fp32 master copies")
     p.add_argument("--momentum", type=float, help="SGD momentum, 0 to 0.999 (default 0: none)")

@@ -1082,6 +1082,14 @@ tmp_status tmp_train_plan_make(const tmp_model *m, const tmp_train_options *o, v
     if (o->method == TMP_METHOD_FULL && p->r != 1) {
         return fail(err, "method 'full' is exact backprop: r must be 1", -1);
     }
+    /* only tinymp and tinytrain pick channels by `ratio`; a ratio given to another method would be
+     * reported as the plan's and change nothing (sparse scales its own `ratios` by ratio / the
+     * given ratio when it shrinks to a budget, so the given one cancels out) */
+    if (p->ratio != 1.0f && o->method != TMP_METHOD_TINYMP && o->method != TMP_METHOD_TINYTRAIN) {
+        return fail(err, o->method == TMP_METHOD_SPARSE
+            ? "method 'sparse' takes a ratio per listed layer (ratios): ratio must be 1"
+            : "methods none, last, bias and full train every channel of their layers: ratio must be 1", -1);
+    }
     if (o->method == TMP_METHOD_TINYTRAIN && o->fisher == NULL) {
         return fail(err, "method 'tinytrain' needs support samples for its selection pass", -1);
     }
