@@ -1062,13 +1062,15 @@ def data_sha256(x, y):
     return h.hexdigest()
 
 
-def eval_data(session, meta, path=None):
-    """(x, y, description) to evaluate on: `path` (a dataset folder or .npz), else the session's
-    eval/ folder, else its dataset/ (then it is training accuracy, and says so)."""
+def eval_data(session, meta, path=None, dataset=None):
+    """(x, y, description) to evaluate on: `path` (a dataset folder or .npz; `dataset`: that
+    folder as check_samples opened it), else the session's eval/ folder, else its dataset/ (then
+    it is training accuracy, and says so)."""
     shape, nc = meta["input_shape"], meta["num_classes"]
     if path:
         try:
-            x, y, _ = load_samples(path, shape, meta["input_scale"], meta["input_zero_point"], nc)
+            x, y, _ = load_samples(path, shape, meta["input_scale"], meta["input_zero_point"], nc,
+                                   dataset=dataset)
         except DatasetError as e:
             raise user_error(str(e)) from None
         return x, y, path

@@ -406,16 +406,19 @@ def disk_full(e):
 
 # --- samples from files ---------------------------------------------------------------------
 
-def _check_sample_arrays(path, heads, shape):
-    """Refuse, from the headers of an .npz's arrays alone ({name: (dtype, shape)}), samples the
-    model cannot take: so no data of a wrong file is read (it may declare gigabytes)."""
-    (xt, xs), (yt, ys) = heads["x"], heads["y"]
-    if len(xs) == 3:
-        xs += (1,)
-    h, w, c = shape
-    if len(xs) != 4 or xs[1:] != (h, w, c):
-        raise DatasetError(f"tinymp: samples in {path} have shape {xs[1:]}; the model "
-                           f"takes {h}x{w}x{c} (H x W x C)")
+def _x_head(heads):
+    """The dtype and shape of an .npz's `x`, [N, H, W] taken as [N, H, W, 1]."""
+    xt, xs = heads["x"]
+    return xt, xs + (1,) if len(xs) == 3 else xs
+
+
+def _check_sample_kinds(path, heads):
+    """What _check_sample_arrays refuses that does not depend on the model: labels that are not
+    one integer per sample, no samples, samples of a type load_samples does not take. An `x` of
+    no dimensions is left to the shape check (which names the model's input)."""
+    (xt, xs), (yt, ys) = _x_head(heads), heads["y"]
+    if not xs:
+        return
     if len(ys) != 1 or ys[0] != xs[0]:
         raise DatasetError(f"tinymp: {path}: 'y' must hold one label per sample "
                            f"({xs[0]} samples, labels of shape {ys})")
@@ -427,34 +430,83 @@ def _check_sample_arrays(path, heads, shape):
         raise DatasetError(f"tinymp: {path}: samples must be uint8, int8 or float, not {xt}")
 
 
-def load_samples(path, shape, scale, zero_point, num_classes):
-    """Labelled samples from an .npz (arrays `x`, `y`) or a dataset folder, as (int8 [N, H, W, C],
-    int64 [N], source ids). `x` may be uint8 pixels (0..255), floats in [0, 1] (others are refused,
-    not clipped) or int8 already quantised; [N, H, W] is taken as one channel. DatasetError names what is wrong."""
-    if os.path.isdir(path):
-        ds = Dataset.open(path)
-        ds.check_compatible(shape, num_classes, scale, zero_point)
-        if not len(ds):
-            raise DatasetError(f"tinymp: the dataset {path} holds no samples")
-        x, y = ds.arrays()
-        # a sample imported from a file keeps that file's id, so that importing the file and a
-        # dataset made from it adds it once; a captured one is named by this dataset
-        ids = [r.get("source") if r.get("source") not in (None, "capture") else f"{ds.uid}:{i}"
-               for i, r in enumerate(ds.records)]
-        return x, y, ids
+def _check_sample_arrays(path, heads, shape):
+    """Refuse, from the headers of an .npz's arrays alone ({name: (dtype, shape)}), samples the
+    model cannot take: so no data of a wrong file is read (it may declare gigabytes)."""
+    _, xs = _x_head(heads)
+    h, w, c = shape
+    if len(xs) != 4 or xs[1:] != (h, w, c):
+        raise DatasetError(f"tinymp: samples in {path} have shape {xs[1:]}; the model "
+                           f"takes {h}x{w}x{c} (H x W x C)")
+    _check_sample_kinds(path, heads)
+
+
+class _HeadersChecked(Exception):
+    """Stops read_npz once check_samples has judged the headers (before any data is read)."""
+
+
+def _read_samples_file(path, check):
+    """read_npz of the arrays x and y of the samples file `path`, `check` judging their headers;
+    DatasetError saying what is wrong."""
     if not os.path.exists(path):
         raise DatasetError(f"tinymp: no such samples file: {path}")
     if not os.path.isfile(path):  # a fifo or a device: reading it could wait for ever
         raise DatasetError(f"tinymp: {path} is not a file or a dataset folder")
     try:
-        arrays = read_npz(path, ("x", "y"), lambda heads: _check_sample_arrays(
-            path, heads, shape))
+        return read_npz(path, ("x", "y"), check)
     except ArrayFileError as e:
         hint = "; copy the file again, or save the samples again with numpy.savez(FILE, x=..., " \
             "y=...)" if e.damaged else "" if not e.wrong_kind else (
                 "; give an .npz of samples x and labels y, as numpy.savez(FILE, x=..., y=...) "
                 "writes, or a dataset folder")
         raise DatasetError(f"tinymp: cannot read samples from {path}: {e}{hint}") from None
+
+
+def _has_samples(ds):
+    if not len(ds):
+        raise DatasetError(f"tinymp: the dataset {ds.path} holds no samples")
+
+
+def check_samples(path):
+    """What load_samples checks of `path` that needs no model, so that a command refuses a bad
+    file before it opens the board: it exists; a folder is a dataset (Dataset.open) with samples;
+    a file is an .npz whose arrays x and y have sound headers, one integer label per sample and
+    samples of a type load_samples takes. Its data is not read here (the file may be of a shape
+    the model does not take, and declare gigabytes): load_samples reads it, and refuses what
+    needs the model (the samples' shape, a label past the classes) or the data (a damaged
+    member, floats outside [0, 1]). DatasetError as load_samples says it. Returns the folder's
+    Dataset, for load_samples' `dataset` (so it is not read twice), or None for a file."""
+    if os.path.isdir(path):
+        ds = Dataset.open(path)
+        _has_samples(ds)
+        return ds
+
+    def check(heads):
+        _check_sample_kinds(path, heads)
+        raise _HeadersChecked
+    try:
+        _read_samples_file(path, check)
+    except _HeadersChecked:
+        pass
+    return None
+
+
+def load_samples(path, shape, scale, zero_point, num_classes, dataset=None):
+    """Labelled samples from an .npz (arrays `x`, `y`) or a dataset folder, as (int8 [N, H, W, C],
+    int64 [N], source ids). `x` may be uint8 pixels (0..255), floats in [0, 1] (others are refused,
+    not clipped) or int8 already quantised; [N, H, W] is taken as one channel. `dataset`: the
+    folder `path` as check_samples opened it. DatasetError names what is wrong."""
+    if dataset is not None or os.path.isdir(path):
+        ds = dataset if dataset is not None else Dataset.open(path)
+        ds.check_compatible(shape, num_classes, scale, zero_point)
+        _has_samples(ds)
+        x, y = ds.arrays()
+        # a sample imported from a file keeps that file's id, so that importing the file and a
+        # dataset made from it adds it once; a captured one is named by this dataset
+        ids = [r.get("source") if r.get("source") not in (None, "capture") else f"{ds.uid}:{i}"
+               for i, r in enumerate(ds.records)]
+        return x, y, ids
+    arrays = _read_samples_file(path, lambda heads: _check_sample_arrays(path, heads, shape))
     x, y = arrays["x"], arrays["y"]
     if x.ndim == 3:
         x = x[..., None]

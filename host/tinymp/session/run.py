@@ -11,7 +11,7 @@ import time
 from .. import boards, summary
 from . import commands as C
 from . import protocol as P
-from .dataset import Dataset, DatasetError
+from .dataset import Dataset, DatasetError, check_samples
 from .link import BoardError, LinkError
 
 
@@ -77,6 +77,17 @@ def _open(args, session, scene=None):
     with session.lock():
         with link.open_board(port, **kw) as board:
             yield board
+
+
+def _early_samples(path):
+    """check_samples of a samples file or folder the user gave, before the board is opened: a
+    file that load_samples would refuse whatever the board's model is stops the command there
+    (status 2), not after the board was started or reset. Returns what load_samples takes as
+    `dataset`."""
+    try:
+        return check_samples(path)
+    except DatasetError as e:
+        raise C.user_error(str(e)) from None
 
 
 def default_scene():
@@ -188,13 +199,15 @@ def cmd_collect(args):
                            "captures are training samples. To hold out photos, capture them in "
                            "another session folder (--session OTHER) and import them with "
                            "`tinymp collect --from OTHER/dataset --eval`")
+    source = _early_samples(args.source) if args.source is not None else None
     with _open(args, session) as board:
         meta = C.model_meta(board.info)
         name = _board_name(board)
         if args.source is not None:
             try:
                 x, y, src = C.load_samples(args.source, meta["input_shape"], meta["input_scale"],
-                                           meta["input_zero_point"], meta["num_classes"])
+                                           meta["input_zero_point"], meta["num_classes"],
+                                           dataset=source)
             except DatasetError as e:
                 raise C.user_error(str(e)) from None
             ds = C.open_dataset(session, meta, name, session.eval_dir if args.eval else None)
@@ -332,9 +345,10 @@ def _unsaved_text(t):
 
 def cmd_eval(args):
     session = _session(args)
+    data = _early_samples(args.data) if args.data else None
     with _open(args, session) as board:
         meta = C.model_meta(board.info)
-        x, y, what = C.eval_data(session, meta, args.data)
+        x, y, what = C.eval_data(session, meta, args.data, dataset=data)
         if args.trial:
             C.need_agent(board, 2, "trial runs (`train --no-save` then `eval --trial`)")
         kinds = ["pretrained", "personalised"] if args.both else \

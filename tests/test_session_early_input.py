@@ -1,0 +1,170 @@
+"""What the user gives a session command is judged before the board is opened, as far as it can
+be without the board's model: a missing, unreadable or corrupt samples file, a folder that is not
+a dataset, a bad scene or model file stops the command with the one line (status 2) the check
+after the board gave, and the simulated board is not started (a real one would be soft-reset)."""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+import tinymp
+from tinymp import boards, cli
+from tinymp.session import dataset as D
+from test_session_report import tm
+
+MODELS = os.path.join(os.path.dirname(tinymp.__file__), "models")
+DEMO = os.path.join(MODELS, "demo.tmpm")
+HELD = os.path.join(MODELS, "digits_shifted_test.npz")
+BOARD = boards.DEFAULT_SIM
+UP = b" up, flash "  # the line a simulated board writes to its board.log when it starts
+
+
+def one_line(err):
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tinymp:"), err
+    return lines[0]
+
+
+def starts(session):
+    """{profile: times its simulated board started} of a session folder, from the boards' logs."""
+    root = os.path.join(session, "sim")
+    out = {}
+    for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+        try:
+            with open(os.path.join(root, name, "board.log"), "rb") as f:
+                out[name] = f.read().count(UP)
+        except FileNotFoundError:
+            out[name] = 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def pushed(tmp_path_factory):
+    """A session whose simulated board holds the demo model, and the demo model's input format
+    (the late check's arguments)."""
+    s = str(tmp_path_factory.mktemp("early") / "s")
+    assert cli.main(["push", DEMO, "--port", "sim", "--session", s, "-q"]) == 0
+    m = tinymp.Model(open(DEMO, "rb").read())
+    return s, (m.input_shape, m.input_scale, m.input_zero_point, m.num_classes)
+
+
+@pytest.fixture(scope="module")
+def bad(tmp_path_factory, pushed):
+    """{what: path} of samples inputs that no model takes (an empty dataset is of the model's
+    format, so that it has one thing wrong)."""
+    d = tmp_path_factory.mktemp("bad")
+    with open(HELD, "rb") as f:
+        good = f.read()
+    with np.load(HELD) as a:
+        x, y = a["x"], a["y"]
+    (d / "cut.npz").write_bytes(good[:len(good) // 2])  # a copy cut short
+    (d / "text.npz").write_bytes(b"x,y\n1,2\n")
+    np.save(d / "one.npy", x)
+    np.savez(d / "short_y.npz", x=x, y=y[:-1])
+    np.savez(d / "none.npz", x=x[:0], y=y[:0])
+    np.savez(d / "float_y.npz", x=x, y=y + 0.5)
+    os.mkdir(d / "plain")
+    (d / "plain" / "notes.txt").write_text("not a dataset")
+    D.Dataset.create(str(d / "empty_ds"), *pushed[1])
+    os.mkdir(d / "damaged_ds")
+    (d / "damaged_ds" / "manifest.json").write_text('{"format": "tinymp-dataset", ')
+    return {"missing": str(d / "missing.npz"), "cut": str(d / "cut.npz"),
+            "text": str(d / "text.npz"), "npy": str(d / "one.npy"),
+            "short y": str(d / "short_y.npz"), "no samples": str(d / "none.npz"),
+            "float labels": str(d / "float_y.npz"), "not a dataset": str(d / "plain"),
+            "empty dataset": str(d / "empty_ds"), "damaged manifest": str(d / "damaged_ds")}
+
+
+def late_line(path, fmt):
+    """The line the check after the board gives for `path`: load_samples against the model."""
+    with pytest.raises(D.DatasetError) as e:
+        D.load_samples(path, *fmt)
+    return str(e.value)
+
+
+@pytest.mark.parametrize("cmd", [["collect", "--from"], ["collect", "--eval", "--from"],
+                                 ["eval", "--data"], ["eval", "--both", "--data"]])
+def test_a_bad_samples_input_is_refused_before_the_board_starts(pushed, bad, cmd, capsys):
+    s, fmt = pushed
+    for what, path in bad.items():
+        before = starts(s)
+        code, out, err = tm(capsys, *cmd, path, "--port", "sim", "--session", s)
+        assert code == 2 and one_line(err) == late_line(path, fmt), (what, err)
+        assert out == "" and starts(s) == before, what
+
+
+def test_a_new_session_folder_is_not_made_for_a_bad_input(tmp_path, bad, capsys):
+    # before the fix the folder, its lock and an empty simulated board were made, and the line
+    # was that the board holds no model
+    s = str(tmp_path / "new")
+    for args in (["collect", "--from", bad["missing"]], ["collect", "--from", bad["cut"]],
+                 ["eval", "--data", bad["not a dataset"]],
+                 ["collect", "--label", "0", "--count", "1", "--scene", bad["text"]],
+                 ["push", str(tmp_path / "missing.tmpm")]):
+        code, _, err = tm(capsys, *args, "--port", "sim", "--session", s)
+        assert code == 2, (args, err)
+        one_line(err)
+        assert not os.path.exists(s), args
+
+
+def test_scene_model_and_config_files_are_refused_before_the_board_starts(pushed, bad, tmp_path,
+                                                                          capsys):
+    s, _ = pushed
+    cfg = tmp_path / "flow.json"
+    cfg.write_text(json.dumps({"model": DEMO, "port": "sim", "session": s,
+                               "collect": [{"from": bad["cut"]}], "plots": False}))
+    for args, says in (
+            (["collect", "--label", "0", "--count", "1", "--scene", bad["cut"]],
+             f"tinymp: bad scene file {bad['cut']}: "),
+            (["push", bad["text"]], "tinymp: "),
+            (["push", bad["missing"]], f"tinymp: no such model file: {bad['missing']}"),
+            (["session", str(cfg)], f"tinymp: cannot read samples from {bad['cut']}: ")):
+        before = starts(s)
+        code, _, err = tm(capsys, *args, "--port", "sim", "--session", s)
+        assert code == 2 and one_line(err).startswith(says), (args, err)
+        assert starts(s) == before, args
+
+
+def test_what_needs_the_model_is_still_refused_after_the_board_starts(pushed, tmp_path, capsys):
+    # the samples' shape and a label past the classes are the board's model's: the board is
+    # asked, then the file refused with the line it always had
+    s, fmt = pushed
+    with np.load(HELD) as a:
+        x, y = a["x"], a["y"]
+    for name, arrays in (("shape.npz", dict(x=x[:, :4], y=y)),
+                         ("labels.npz", dict(x=x, y=y * 0 + fmt[3]))):
+        p = str(tmp_path / name)
+        np.savez(p, **arrays)
+        before = starts(s)
+        code, _, err = tm(capsys, "collect", "--from", p, "--port", "sim", "--session", s)
+        assert code == 2 and one_line(err) == late_line(p, fmt), err
+        assert starts(s)[BOARD] == before[BOARD] + 1
+
+
+def test_a_dataset_folder_is_read_once(pushed, tmp_path, monkeypatch, capsys):
+    # checked before the board is opened, imported after: the folder is opened (its sample log
+    # read) once
+    s0, fmt = pushed
+    s = str(tmp_path / "s")
+    shutil.copytree(s0, s)
+    shape, scale, zp, nc = fmt
+    ds = D.Dataset.create(str(tmp_path / "src"), shape, scale, zp, nc)
+    q, labels, _ = D.load_samples(HELD, *fmt)
+    for i in range(12):
+        ds.append(q[i], int(labels[i]), source=f"held:{i}")
+    opened = []
+    load = D.Dataset._load
+
+    def counting(self):
+        if os.path.abspath(self.path) == os.path.abspath(ds.path):
+            opened.append(self.path)
+        return load(self)
+    monkeypatch.setattr(D.Dataset, "_load", counting)
+    for args in (["collect", "--eval", "--from", ds.path], ["eval", "--data", ds.path]):
+        opened.clear()
+        code, out, err = tm(capsys, *args, "--port", "sim", "--session", s, "--json", "-q")
+        assert code == 0, err
+        assert len(opened) == 1, (args, opened)
+    assert json.loads(out)[0]["n"] == 12
