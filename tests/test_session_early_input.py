@@ -1,7 +1,9 @@
 """What the user gives a session command is judged before the board is opened, as far as it can
 be without the board's model: a missing, unreadable or corrupt samples file, a folder that is not
 a dataset, a bad scene or model file stops the command with the one line (status 2) the check
-after the board gave, and the simulated board is not started (a real one would be soft-reset)."""
+after the board gave, and the simulated board is not started (a real one would be soft-reset).
+And a simulated board of another profile than the session's, made for the first time, is said on
+stderr (a mistyped --board would otherwise start an empty board without a word)."""
 import json
 import os
 import shutil
@@ -18,6 +20,7 @@ MODELS = os.path.join(os.path.dirname(tinymp.__file__), "models")
 DEMO = os.path.join(MODELS, "demo.tmpm")
 HELD = os.path.join(MODELS, "digits_shifted_test.npz")
 BOARD = boards.DEFAULT_SIM
+OTHER = "NUCLEO_H743ZI2"
 UP = b" up, flash "  # the line a simulated board writes to its board.log when it starts
 
 
@@ -168,3 +171,39 @@ def test_a_dataset_folder_is_read_once(pushed, tmp_path, monkeypatch, capsys):
         assert code == 0, err
         assert len(opened) == 1, (args, opened)
     assert json.loads(out)[0]["n"] == 12
+
+
+# --- a simulated board made for the first time next to the session's others ------------------
+
+def test_a_new_simulated_board_beside_the_sessions_is_said_on_stderr(pushed, tmp_path, capsys):
+    s0, _ = pushed
+    s = str(tmp_path / "s")
+    shutil.copytree(s0, s)
+    # the mistyped --board: status is fine (JSON on stdout), the note says what happened
+    code, out, err = tm(capsys, "status", "--port", "sim", "--board", OTHER, "--session", s,
+                        "--json")
+    assert code == 0 and json.loads(out)["model"] is None
+    lines = err.strip().splitlines()
+    assert lines == [f"note: starting a new simulated {OTHER} in "
+                     f"{os.path.join(s, 'sim', OTHER)}, empty (no model, no samples); this "
+                     f"session's other simulated board is {BOARD}: choose with --board {BOARD}"]
+    # once made, it is one of the session's boards: no note again
+    code, out, err = tm(capsys, "status", "--port", "sim", "--board", OTHER, "--session", s,
+                        "--json")
+    assert code == 0 and err == ""
+    # a third: both others named; chosen with --port sim:PROFILE, the note says that way
+    code, out, err = tm(capsys, "eval", "--port", "sim:ESP32_S3", "--session", s, "--data", HELD)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 2 and "no model" in lines[1], err
+    assert lines[0].startswith("note: starting a new simulated ESP32_S3 in ")
+    assert lines[0].endswith(f"this session's other simulated boards are {OTHER}, {BOARD}: "
+                             "choose with --port sim:NAME"), lines[0]
+    # the session's own board: no note
+    code, out, err = tm(capsys, "status", "--port", "sim", "--session", s, "--json")
+    assert code == 0 and err == "" and json.loads(out)["model"] is not None
+
+
+def test_the_first_simulated_board_of_a_session_is_not_noted(tmp_path, capsys):
+    s = str(tmp_path / "s")
+    code, _, err = tm(capsys, "status", "--port", "sim", "--board", OTHER, "--session", s)
+    assert code == 0 and err == ""

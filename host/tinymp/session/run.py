@@ -52,6 +52,7 @@ def _open(args, session, scene=None):
     from .simboard import check_scene
     port = link.resolve_port(args.port)
     kw = {"timeout": args.timeout}
+    new_sim = None  # the simulated board's (profile, how to choose another) for _note_new_sim
     if port == "sim" or port.startswith("sim:"):
         prof = port[4:] if port.startswith("sim:") else _sim_profile(args, session)
         asked = getattr(args, "board", None)
@@ -69,14 +70,38 @@ def _open(args, session, scene=None):
                 check_scene(scene)
             except ValueError as e:
                 raise C.user_error(f"tinymp: bad scene file {scene}: {e}") from None
+        # the note on a new simulated board says to choose another as this command chose it
+        new_sim = (prof, "--port sim:" if port.startswith("sim:") else "--board ")
         port = "sim:" + prof
         kw.update(sim_dir=session.sim_dir(prof), scene=scene)
     elif port != "qemu" and not os.path.exists(port):
         raise C.user_error(f"tinymp: no such port {port!r}: give a serial device (see "
                            "`tinymp devices`), 'sim' or 'qemu'")
     with session.lock():
+        if new_sim:
+            _note_new_sim(session, *new_sim)
         with link.open_board(port, **kw) as board:
             yield board
+
+
+def _note_new_sim(session, prof, choose):
+    """One `note:` line on stderr when the simulated board `prof` is about to be made in a session
+    that has the folders of other simulated boards: a mistyped --board (a profile that exists,
+    not the one the user worked with) would otherwise start an empty board without a word, and
+    the next command fail with no model on it."""
+    if os.path.isdir(session.sim_dir(prof)):
+        return
+    root = os.path.dirname(session.sim_dir(prof))
+    try:
+        others = sorted(n for n in os.listdir(root) if os.path.isdir(os.path.join(root, n)))
+    except OSError:  # no sim/ folder yet: this is the session's first simulated board
+        return
+    if not others:
+        return
+    which = f"board is {others[0]}" if len(others) == 1 else f"boards are {', '.join(others)}"
+    print(f"note: starting a new simulated {prof} in {session.sim_dir(prof)}, empty (no model, "
+          f"no samples); this session's other simulated {which}: choose with "
+          f"{choose}{others[0] if len(others) == 1 else 'NAME'}", file=sys.stderr)
 
 
 def _early_samples(path):
