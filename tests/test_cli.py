@@ -285,3 +285,55 @@ def test_plan_sparse_layers_the_engine_refuses_name_the_model(demo_file, capsys)
         lines = err.strip().splitlines()
         assert out == "" and len(lines) == 1, err
         assert lines[0].startswith(says) and lines[0].endswith(f" ({demo_file})"), lines[0]
+
+
+@pytest.mark.parametrize("method, n", [("tinytrain", 40), ("tinytrain", 5), ("tinymp", 40)])
+def test_plan_with_support_is_the_engine_plan_over_the_first_samples(demo_file, tmp_path, capsys,
+                                                                     method, n):
+    # tinytrain could not be planned from the command at all: its selection pass needs samples.
+    # int8 samples are taken as they are, so the expected support is the file's own bytes
+    import numpy as np
+    m = tinymp.Model(zoo.demo())
+    rng = np.random.default_rng(7)
+    x = rng.integers(-128, 128, size=(n, *m.input_shape), dtype=np.int8)
+    y = rng.integers(0, m.num_classes, size=n)
+    f = tmp_path / "support.npz"
+    np.savez(f, x=x, y=y)
+    k = min(n, 32)  # as many as the board's agent reads of its store
+    expected = m.plan(method=method, support=([x[i].tobytes() for i in range(k)],
+                                              [int(v) for v in y[:k]]))
+    argv = ["plan", demo_file, "--method", method, "--support", str(f)]
+    assert cli.main(argv + ["--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["arena_bytes"] == expected.arena_bytes and row["layers"] == expected.layers
+    assert row["channels"] == {str(i): len(c) for i, c in expected.channels.items()}
+    assert cli.main(argv) == 0
+    assert capsys.readouterr().out == f"{demo_file}:\n{expected.describe()}\n"
+    if n > 32 and method == "tinytrain":
+        # a pass over all the samples would have chosen other channels: the 33rd on did not count
+        every = m.plan(method=method, support=([x[i].tobytes() for i in range(n)], [int(v) for v in y]))
+        assert every.channels != expected.channels
+
+
+@pytest.mark.parametrize("opts, says", [
+    (["--method", "tinytrain"], "tinymp: method 'tinytrain' needs support samples for its "
+                                "selection pass: give --support"),
+    (["--method", "last", "--support", "s.npz"], "tinymp: --support only applies to methods "
+                                                 "tinytrain and tinymp, not 'last'"),
+    (["--support", "s.npz"], "tinymp: --support only applies to a training plan: add --method"),
+    (["--method", "tinytrain", "--support", "missing.npz"], "tinymp: no such samples file: "
+                                                            "missing.npz ("),
+])
+def test_plan_support_refusals_are_one_line(demo_file, capsys, opts, says):
+    assert cli.main(["plan", demo_file, *opts]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1 and err.startswith(says), err
+
+
+def test_plan_support_of_another_shape_names_the_model(demo_file, tmp_path, capsys):
+    import numpy as np
+    f = tmp_path / "s.npz"
+    np.savez(f, x=np.zeros((3, 8, 8), np.uint8), y=np.zeros(3, np.int64))
+    assert cli.main(["plan", demo_file, "--method", "tinytrain", "--support", str(f)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "have shape (8, 8, 1); the model takes 32x32x1" in err and err.endswith(f"({demo_file})")

@@ -8,6 +8,9 @@
     tinymp plan MODEL --method sparse --layers I,J,... [--ratios X,Y,...] [--budget KB] [--r R]
                                                sparse: the layers to train (indices from
                                                `tinymp info MODEL --layers`), a ratio each
+    tinymp plan MODEL --method tinytrain --support FILE|DIR [--budget KB]
+                                               tinytrain: its selection pass over the first 32
+                                               samples of FILE (.npz) or a dataset folder
     tinymp demo [--inference]                  the whole session against the simulated board:
                                                push the demo model, collect shifted digits with
                                                the simulated camera, train on the board, report
@@ -122,7 +125,7 @@ def cmd_plan(args):
             items.append((label, tinymp.Model(data), data))
     if args.method is not None:
         return _training_plans(args, items, sparse)
-    given = [f"--{k}" for k in ("r", "ratio", "storage") if getattr(args, k) is not None]
+    given = [f"--{k}" for k in ("r", "ratio", "storage", "support") if getattr(args, k) is not None]
     if given:
         raise UserError(f"tinymp: {', '.join(given)} only applies to a training plan: add --method")
     out = []
@@ -219,12 +222,35 @@ def _sparse_options(args):
     return out
 
 
+# the samples a plan's selection pass reads: as many as the board's agent reads of its sample
+# store (tinymp_agent, _support)
+SUPPORT_SAMPLES = 32
+
+
+def _support(path, m, label):
+    """The selection pass's samples for model `m` from --support (an .npz of x and y, or a
+    dataset folder, read and checked as `tinymp collect --from` reads them): the first
+    SUPPORT_SAMPLES, as (inputs, labels) for Model.plan(support=...)."""
+    from .session.dataset import DatasetError, load_samples
+    h, w, c = m.input_shape
+    try:
+        x, y, _ = load_samples(path, (h, w, c), m.input_scale, m.input_zero_point, m.num_classes)
+    except DatasetError as e:
+        raise UserError(f"{e} ({label})") from None
+    n = min(len(y), SUPPORT_SAMPLES)
+    return [x[i].tobytes() for i in range(n)], [int(v) for v in y[:n]]
+
+
 def _training_plans(args, items, sparse):
     """tinymp plan --method: the training plan of each model (Model.plan, docs/API.md); `sparse`
     holds the layer list of method 'sparse' (_sparse_options)."""
-    if args.method == "tinytrain":
-        raise UserError("tinymp: method 'tinytrain' needs support samples; use it from Python "
-                        "(m.plan(method='tinytrain', support=(samples, labels))) or `tinymp train`")
+    if args.method == "tinytrain" and args.support is None:
+        raise UserError("tinymp: method 'tinytrain' needs support samples for its selection pass: "
+                        "give --support FILE.npz or a dataset folder (its first "
+                        f"{SUPPORT_SAMPLES} samples, as the board takes its sample store's)")
+    if args.support is not None and args.method not in ("tinytrain", "tinymp"):
+        raise UserError(f"tinymp: --support only applies to methods tinytrain and tinymp, not "
+                        f"'{args.method}'")
     kw = {"method": args.method, "storage": args.storage or "int8", **sparse}
     if args.budget is not None:
         kw["budget"] = summary.budget_bytes(args.budget)
@@ -234,6 +260,8 @@ def _training_plans(args, items, sparse):
         kw["ratio"] = args.ratio
     out = []
     for label, m, _ in items:
+        if args.support is not None:
+            kw["support"] = _support(args.support, m, label)
         try:
             p = m.plan(**kw)
         except ValueError as e:
@@ -532,8 +560,12 @@ def build_parser():
     plan.add_argument("--budget", type=float, help="RAM budget in KB: say whether each model fits "
                       "(with --method: the budget the training plan must fit)")
     plan.add_argument("--method", choices=["none", "last", "bias", "sparse", "tinytrain", "full", "tinymp"],
-                      help="plan training instead of inference (sparse needs --layers; tinytrain "
-                           "needs support samples: use it from Python or `tinymp train`)")
+                      help="plan training instead of inference (sparse needs --layers, tinytrain "
+                           "--support)")
+    plan.add_argument("--support", metavar="FILE|DIR",
+                      help="with --method tinytrain (which needs it) or tinymp: labelled samples "
+                           "(.npz of x and y, or a dataset folder) whose first "
+                           f"{SUPPORT_SAMPLES} the selection pass reads")
     plan.add_argument("--layers", metavar="I,J,...",
                       help="with --method sparse: the indices of the layers whose weights are "
                            "trained, comma-separated (the # column of `tinymp info MODEL --layers`); "
