@@ -57,6 +57,8 @@ import shlex
 import sys
 
 from . import summary
+# the samples a plan's selection pass reads: as many as the board's agent reads of its store
+from .tinymp_agent import SUPPORT_SAMPLES
 
 
 class UserError(Exception):
@@ -221,10 +223,6 @@ def _sparse_options(args):
         out["ratios"] = ratios
     return out
 
-
-# the samples a plan's selection pass reads: as many as the board's agent reads of its sample
-# store (tinymp_agent, _support)
-SUPPORT_SAMPLES = 32
 
 
 def _support(path, m, label):

@@ -53,6 +53,7 @@ MAGIC = b"\xa5T"
 HEADER = 12
 DEFAULT_METHOD = "tinymp"  # what m.plan() trains without a method (docs/API.md)
 TRIAL_FILES = ("params.try", "params.try.opt")  # a run trained without saving, kept for PARAMS_SAVE
+SUPPORT_SAMPLES = 32  # the first samples of the store a plan's selection pass reads (tinytrain)
 MAX_PAYLOAD = 65536  # the largest frame payload the agent ever accepts; INFO says what it takes
 
 # request types
@@ -1207,7 +1208,7 @@ class Agent:
             kw["budget"] = min(kw.get("budget", budget), budget)
         return kw
 
-    def _support(self, m, n=32):
+    def _support(self, m, n=SUPPORT_SAMPLES):
         size = self._sample_bytes(m)
         xs, ys = [], []
         buf = bytearray(size)
