@@ -322,7 +322,7 @@ def test_plan_with_support_is_the_engine_plan_over_the_first_samples(demo_file, 
                                                  "tinytrain and tinymp, not 'last'"),
     (["--support", "s.npz"], "tinymp: --support only applies to a training plan: add --method"),
     (["--method", "tinytrain", "--support", "missing.npz"], "tinymp: no such samples file: "
-                                                            "missing.npz ("),
+                                                            "missing.npz"),
 ])
 def test_plan_support_refusals_are_one_line(demo_file, capsys, opts, says):
     assert cli.main(["plan", demo_file, *opts]) == 2
@@ -336,4 +336,7 @@ def test_plan_support_of_another_shape_names_the_model(demo_file, tmp_path, caps
     np.savez(f, x=np.zeros((3, 8, 8), np.uint8), y=np.zeros(3, np.int64))
     assert cli.main(["plan", demo_file, "--method", "tinytrain", "--support", str(f)]) == 2
     err = capsys.readouterr().err.strip()
-    assert "have shape (8, 8, 1); the model takes 32x32x1" in err and err.endswith(f"({demo_file})")
+    assert "have shape (8, 8, 1); the model takes 32x32x1" in err and err.endswith(f", for {demo_file}")
+    # a model-independent fault is said once, before any model is read, without a model's name
+    assert cli.main(["plan", demo_file, "--method", "tinytrain", "--support", "missing.npz"]) == 2
+    assert capsys.readouterr().err.strip() == "tinymp: no such samples file: missing.npz"

@@ -207,3 +207,14 @@ def test_the_first_simulated_board_of_a_session_is_not_noted(tmp_path, capsys):
     s = str(tmp_path / "s")
     code, _, err = tm(capsys, "status", "--port", "sim", "--board", OTHER, "--session", s)
     assert code == 0 and err == ""
+
+
+def test_push_to_a_new_simulated_board_is_not_noted(pushed, tmp_path, capsys):
+    # push fills the board it starts: the user chose it on purpose, nothing is empty after it
+    s0, _ = pushed
+    s = str(tmp_path / "s")
+    shutil.copytree(s0, s)
+    code, out, err = tm(capsys, "push", DEMO, "--port", "sim", "--board", OTHER, "--session", s,
+                        "-q")
+    assert code == 0 and "note:" not in err, err
+    assert os.path.isdir(os.path.join(s, "sim", OTHER))

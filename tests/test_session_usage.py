@@ -323,3 +323,108 @@ def test_info_help_explains_its_arguments(capsys):
     out = capsys.readouterr().out
     for arg in ("model", "--json", "--layers"):
         assert re.search(rf"^\s+{re.escape(arg)}\s+\S", out, re.M), (arg, out)
+
+
+@pytest.mark.parametrize("agent, sent", [("5", True), ("6", False)])
+def test_a_board_before_agent_6_is_sent_the_methods_own_rate(monkeypatch, agent, sent):
+    # an agent before 6 trains at 0.01 when no lr is named, whatever the method; the PC names
+    # the method's own rate (the experiment's choice for it) to such a board, and leaves a newer
+    # agent to take it itself
+    from tinymp.session import commands as C
+    from tinymp.session import protocol as P
+    from tinymp.session.link import BoardError
+    with open(os.path.join(ROOT, "experiments", "results.json")) as f:
+        rate = json.load(f)["settings"]["lrs"]["full"]
+    asked = []
+
+    class Board:
+        info = {"agent": agent}
+        simulated = True
+        link = type("L", (), {"timeout": 1.0})()
+
+        def request(self, kind, payload=None, timeout=None):
+            asked.append((kind, dict(payload)))
+            raise BoardError("bad_request", "stop here")
+
+    monkeypatch.setattr(C, "sync_samples", lambda board, ds, show: None)
+    ds = type("D", (), {"__len__": lambda self: 4})()
+    for opts in ({"method": "full"}, {"method": "full", "lr": 0.05}):
+        with pytest.raises(C.SessionError):
+            C.train(Board(), ds, opts, steps=1, show=False)
+        kind, payload = asked.pop()
+        assert kind == P.TRAIN_START
+        if "lr" in opts:
+            assert payload["lr"] == 0.05  # a rate the user named goes as named
+        elif sent:
+            assert payload["lr"] == rate
+        else:
+            assert "lr" not in payload
+
+
+def test_a_ratio_for_a_method_that_trains_every_channel_is_refused_before_the_board(tmp_path, capsys):
+    s = str(tmp_path / "s")
+    code, out, err = tm(capsys, "train", "--method", "bias", "--ratio", "0.5", "--port", "sim",
+                        "--session", s)
+    assert code == 2 and out == ""
+    assert one_line(err) == "tinymp: --ratio is for methods tinymp and tinytrain: method bias " \
+                            "trains every channel of its layers"
+    assert not os.path.exists(s)  # no board was started, no folder made
+    # the engine refuses it too (the board's planner), and takes ratio 1
+    with open(DEMO, "rb") as f:
+        m = tinymp.Model(f.read())
+    with pytest.raises(ValueError, match="ratio must be 1"):
+        m.plan(method="bias", ratio=0.5)
+    assert m.plan(method="bias", ratio=1).channels == m.plan(method="bias").channels
+
+
+def test_parameters_saved_with_a_ratio_an_older_agent_ignored_still_evaluate(session, capsys):
+    # an agent before 6 took --ratio 0.5 with method bias (and trained every channel): the
+    # options it saved with the parameters name that ratio, which the engine now refuses
+    from tinymp import tinymp_agent as A
+    sim(capsys, session, "train", "--method", "bias", "--steps", "3", "-q")
+    before = json.loads(sim(capsys, session, "eval", "--json")[0])
+    (opt,) = [os.path.join(d, "params.opt") for d, _, files in os.walk(session)
+              if "params.opt" in files]
+    with open(opt, "rb") as f:
+        saved = A.decode(f.read())
+    saved["options"]["ratio"] = 0.5
+    with open(opt, "wb") as f:
+        f.write(A.encode(saved))
+    after = json.loads(sim(capsys, session, "eval", "--json")[0])
+
+    def seen(results):  # what the parameters did (not the times)
+        return [(r["params"], r["accuracy"], r["confusion"]) for r in results]
+    assert seen(after) == seen(before)  # the same parameters, through the same plan
+
+
+def test_the_agents_ratio_methods_are_the_engines():
+    # the PC refuses --ratio, and the agent drops an old record's ratio, by RATIO_METHODS: the
+    # methods whose plans the engine lets a ratio change
+    from tinymp import tinymp_agent as A
+    with open(DEMO, "rb") as f:
+        m = tinymp.Model(f.read())
+    support = ([bytes(32 * 32)] * 2, [0, 1])
+    for method in ("none", "last", "bias", "sparse", "tinytrain", "full", "tinymp"):
+        kw = {"support": support} if method == "tinytrain" else \
+            {"layers": [12]} if method == "sparse" else {}
+        try:
+            m.plan(method=method, ratio=0.5, **kw)
+            takes = True
+        except ValueError:
+            takes = False
+        assert takes == (method in A.RATIO_METHODS), method
+
+
+def test_a_config_whose_options_make_no_plan_is_refused_before_the_push(tmp_path, capsys):
+    d = np.load(HELD)
+    few = str(tmp_path / "few.npz")
+    np.savez(few, x=d["x"][:8], y=d["y"][:8])
+    s = str(tmp_path / "s")
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"model": DEMO, "port": "sim", "session": s,
+                               "collect": [{"from": few}],
+                               "train": {"steps": 2, "method": "full", "r": 2}, "plots": False}))
+    code, out, err = tm(capsys, "session", str(cfg), "-q")
+    assert code == 2 and one_line(err) == "tinymp: the config's train options make no training " \
+        "plan of demo.tmpm: method 'full' is exact backprop: r must be 1"
+    assert not os.path.exists(os.path.join(s, "sim"))  # no board started, nothing pushed

@@ -921,6 +921,25 @@ static PyObject *mod_option_ranges(PyObject *self, PyObject *noargs) {
     return d;
 }
 
+/* _method_lr(name): the rate a Trainer of this method takes when given no lr (the core's
+ * tmp_method_lr), for the PC tool, which sends it to a board whose agent predates it. */
+static PyObject *mod_method_lr(PyObject *self, PyObject *arg) {
+    (void)self;
+    const char *name = PyUnicode_Check(arg) ? PyUnicode_AsUTF8(arg) : NULL;
+    if (name == NULL) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_TypeError, "tinymp: method must be a str");
+        }
+        return NULL;
+    }
+    int32_t method = tmp_method_from_name(name);
+    if (method < 0) {
+        PyErr_Format(PyExc_ValueError, "tinymp: unknown method '%s'", name);
+        return NULL;
+    }
+    return PyFloat_FromDouble((double)tmp_method_lr(method));
+}
+
 /* The core's clock for per-phase times: microseconds from a monotonic clock. */
 #include <time.h>
 static uint32_t clock_us(void *ctx) {
@@ -2609,6 +2628,8 @@ static PyMethodDef module_methods[] = {
     {"_option_ranges", (PyCFunction)mod_option_ranges, METH_NOARGS,
      "_option_ranges() -> {name: (kind, low, high, low excluded)}: the ranges plan() and Trainer() "
      "accept (PC only)"},
+    {"_method_lr", (PyCFunction)mod_method_lr, METH_O,
+     "_method_lr(method) -> float: the rate a Trainer of this method takes when given no lr (PC only)"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -117,6 +117,7 @@ def cmd_plan(args):
     if args.budget is not None and summary.budget_bytes(args.budget) is None:
         raise UserError("tinymp: --budget must be " + summary.BUDGET_KB_RULE)
     sparse = _sparse_options(args)  # a bad layer list is refused before any model is read
+    support = _support_source(args)  # ... and a samples file that no model could take
     items = []
     for path in args.models:
         m, data = _load(path)
@@ -126,8 +127,8 @@ def cmd_plan(args):
             data = build()
             items.append((label, tinymp.Model(data), data))
     if args.method is not None:
-        return _training_plans(args, items, sparse)
-    given = [f"--{k}" for k in ("r", "ratio", "storage", "support") if getattr(args, k) is not None]
+        return _training_plans(args, items, sparse, support)
+    given = [f"--{k}" for k in ("r", "ratio", "storage") if getattr(args, k) is not None]
     if given:
         raise UserError(f"tinymp: {', '.join(given)} only applies to a training plan: add --method")
     out = []
@@ -225,30 +226,45 @@ def _sparse_options(args):
 
 
 
-def _support(path, m, label):
+def _support_source(args):
+    """--support checked as far as it can be without a model (check_samples: it exists, it is an
+    .npz of x and y or a dataset folder with samples); what load_samples takes as `dataset`."""
+    if args.support is None:
+        return None
+    if args.method is None:
+        raise UserError("tinymp: --support only applies to a training plan: add --method")
+    if args.method not in ("tinytrain", "tinymp"):
+        raise UserError(f"tinymp: --support only applies to methods tinytrain and tinymp, not "
+                        f"'{args.method}'")
+    from .session.dataset import DatasetError, check_samples
+    try:
+        return check_samples(args.support)
+    except DatasetError as e:
+        raise UserError(str(e)) from None
+
+
+def _support(path, dataset, m, label):
     """The selection pass's samples for model `m` from --support (an .npz of x and y, or a
     dataset folder, read and checked as `tinymp collect --from` reads them): the first
     SUPPORT_SAMPLES, as (inputs, labels) for Model.plan(support=...)."""
     from .session.dataset import DatasetError, load_samples
     h, w, c = m.input_shape
     try:
-        x, y, _ = load_samples(path, (h, w, c), m.input_scale, m.input_zero_point, m.num_classes)
-    except DatasetError as e:
-        raise UserError(f"{e} ({label})") from None
+        x, y, _ = load_samples(path, (h, w, c), m.input_scale, m.input_zero_point, m.num_classes,
+                               dataset=dataset)
+    except DatasetError as e:  # what does not suit this model: named, as engine errors are
+        raise UserError(f"{e}, for {label}") from None
     n = min(len(y), SUPPORT_SAMPLES)
     return [x[i].tobytes() for i in range(n)], [int(v) for v in y[:n]]
 
 
-def _training_plans(args, items, sparse):
+def _training_plans(args, items, sparse, support=None):
     """tinymp plan --method: the training plan of each model (Model.plan, docs/API.md); `sparse`
     holds the layer list of method 'sparse' (_sparse_options)."""
     if args.method == "tinytrain" and args.support is None:
         raise UserError("tinymp: method 'tinytrain' needs support samples for its selection pass: "
                         "give --support FILE.npz or a dataset folder (its first "
                         f"{SUPPORT_SAMPLES} samples, as the board takes its sample store's)")
-    if args.support is not None and args.method not in ("tinytrain", "tinymp"):
-        raise UserError(f"tinymp: --support only applies to methods tinytrain and tinymp, not "
-                        f"'{args.method}'")
     kw = {"method": args.method, "storage": args.storage or "int8", **sparse}
     if args.budget is not None:
         kw["budget"] = summary.budget_bytes(args.budget)
@@ -259,7 +275,7 @@ def _training_plans(args, items, sparse):
     out = []
     for label, m, _ in items:
         if args.support is not None:
-            kw["support"] = _support(args.support, m, label)
+            kw["support"] = _support(args.support, support, m, label)
         try:
             p = m.plan(**kw)
         except ValueError as e:

@@ -53,6 +53,9 @@ MAGIC = b"\xa5T"
 HEADER = 12
 DEFAULT_METHOD = "tinymp"  # what m.plan() trains without a method (docs/API.md)
 TRIAL_FILES = ("params.try", "params.try.opt")  # a run trained without saving, kept for PARAMS_SAVE
+# the methods whose plans pick channels by `ratio`; the engine refuses a ratio other than 1 for the
+# others (from agent 6; before, it took one and trained the same channels as without it)
+RATIO_METHODS = ("tinymp", "tinytrain")
 SUPPORT_SAMPLES = 32  # the first samples of the store a plan's selection pass reads (tinytrain)
 MAX_PAYLOAD = 65536  # the largest frame payload the agent ever accepts; INFO says what it takes
 
@@ -1198,11 +1201,16 @@ class Agent:
         _remove(self._p("params.try.opt"))
         _remove(self._p("params.try"))
 
-    def _plan_options(self, opts):
+    def _plan_options(self, opts, saved=False):
+        """The plan() options of a TRAIN_START request, or (saved) of the options kept with saved
+        parameters: a run saved by an agent before 6 may name a ratio for a method that took and
+        ignored it, which the engine now refuses; its plan is the one without it."""
         kw = {}
         for k in ("method", "budget", "r", "ratio", "storage", "momentum", "n_bias", "macs"):
             if opts.get(k) is not None:
                 kw[k] = opts[k]
+        if saved and (kw.get("method") or DEFAULT_METHOD) not in RATIO_METHODS:
+            kw.pop("ratio", None)
         budget = self._budget()
         if budget is not None:
             kw["budget"] = min(kw.get("budget", budget), budget)
@@ -1218,12 +1226,12 @@ class Agent:
             ys.append(lab)
         return xs, ys
 
-    def _make_trainer(self, opts):
+    def _make_trainer(self, opts, saved=False):
         self._need_engine()
         if not hasattr(self.tinymp, "Trainer"):
             raise Fail("no_trainer", "this tinymp has no Trainer (training engine not built)")
         m = self._load_model()
-        kw = self._plan_options(opts)
+        kw = self._plan_options(opts, saved)
         self.support_used = 0
         if kw.get("method") == "tinytrain" or (opts.get("support") and self.store.count):
             kw["support"] = self._support(m)
@@ -1544,7 +1552,7 @@ class Agent:
             return None, "pretrained"
         opts = saved.get("options") or {}
         self.trial = None  # one training arena at a time
-        plan, tr, _, _ = self._make_trainer(opts)
+        plan, tr, _, _ = self._make_trainer(opts, saved=True)
         try:
             tr.load(self._p("params.bin"))
         except (ValueError, OSError) as e:
@@ -1562,7 +1570,7 @@ class Agent:
                 self.trainer = None
             if gc is not None:
                 gc.collect()
-            plan, tr, _, _ = self._make_trainer(trial.get("options") or {})
+            plan, tr, _, _ = self._make_trainer(trial.get("options") or {}, saved=True)
             try:
                 tr.load(self._p("params.try"))
             except (ValueError, OSError) as e:

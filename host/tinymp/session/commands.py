@@ -30,6 +30,7 @@ from .dataset import Dataset, DatasetError, disk_full, load_samples
 from .link import BoardError, LinkError, ReplyError
 from .report import BOARD, plural
 from ..tinymp_agent import DEFAULT_METHOD  # what the board trains when no method is named
+from ..tinymp_agent import RATIO_METHODS  # the methods whose plans pick channels by a ratio
 
 
 class SessionError(Exception):
@@ -427,15 +428,19 @@ def slow_timeout(board):
     return 4 * board.link.timeout if board.simulated else max(board.link.timeout, 60.0)
 
 
+def agent_at_least(board, version):
+    """Whether the board's agent (INFO's "agent") is `version` or later."""
+    try:
+        return int(board.info.get("agent")) >= version
+    except (TypeError, ValueError):
+        return False
+
+
 def need_agent(board, version, what):
     """Refuse (status 2) what the board's agent is too old for: an older firmware's frozen agent
     would do something else with the request, not fail."""
     v = board.info.get("agent")
-    try:
-        ok = int(v) >= version
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
+    if not agent_at_least(board, version):
         raise user_error(f"tinymp: {what} needs the board's agent version {version} or later; "
                          f"this board runs version {v} (flash a newer firmware)")
 
@@ -807,6 +812,13 @@ def check_train_options(opts, name=lambda k: "--" + k.replace("_", "-")):
     ranges = _train_ranges()
     if opts.get("steps") is not None and opts.get("epochs") is not None:
         raise user_error(f"tinymp: give {name('steps')} or {name('epochs')}, not both")
+    method = opts.get("method") or DEFAULT_METHOD
+    ratio = opts.get("ratio")
+    if isinstance(ratio, (int, float)) and not isinstance(ratio, bool) and ratio != 1 and \
+            method in TRAIN_METHODS and method not in RATIO_METHODS:
+        # the board's planner refuses it too, but after the samples went to the board
+        raise user_error(f"tinymp: {name('ratio')} is for methods {' and '.join(RATIO_METHODS)}: "
+                         f"method {method} trains every channel of its layers")
     for k, v in opts.items():
         if v is None:
             continue
@@ -861,6 +873,11 @@ def train(board, ds, options, steps=None, epochs=None, save=True, show=True, ses
     if steps is None:
         steps = (epochs or 1) * n
     opts = {k: v for k, v in options.items() if k in TRAIN_KEYS and v is not None}
+    if "lr" not in opts and not agent_at_least(board, 6):
+        # an agent before 6 trains at 0.01 when no rate is named, whatever the method: name the
+        # method's own, as this tool's engine has it (the run's record names it as given)
+        from .. import _tinymp
+        opts["lr"] = float("%.7g" % _tinymp._method_lr(opts.get("method") or DEFAULT_METHOD))
     opts["steps"] = int(steps)
     # the run's name: the board keeps it in the record of the parameters it saves (or keeps as
     # the trial), so `tinymp status` finds the run record they came from, even when the link

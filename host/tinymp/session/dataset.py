@@ -200,14 +200,16 @@ class Dataset:
             return ds
         return cls.create(path, **kw)
 
-    def check_compatible(self, shape, num_classes, scale=None, zero_point=None):
+    def check_compatible(self, shape, num_classes, scale=None, zero_point=None,
+                         hint="use another --session"):
         """The samples suit a model of this input and classes; with `scale` and `zero_point`,
-        also its input quantisation (the stored samples are int8 in the model's terms)."""
+        also its input quantisation (the stored samples are int8 in the model's terms). `hint`
+        ends the message: what to do (the session's own dataset: another session folder)."""
         if tuple(shape) != self.shape or num_classes != self.num_classes:
             raise DatasetError(
                 f"tinymp: dataset {self.path} holds {'x'.join(map(str, self.shape))} samples of "
                 f"{self.num_classes} classes; the model takes {'x'.join(map(str, shape))} and "
-                f"{num_classes} classes (use another --session)")
+                f"{num_classes} classes ({hint})")
         s = self.manifest["sample"]
         try:
             have = float(s.get("scale"))
@@ -219,7 +221,7 @@ class Dataset:
             raise DatasetError(
                 f"tinymp: dataset {self.path} holds samples quantised with input scale "
                 f"{s.get('scale')!r} and zero point {s.get('zero_point')!r}; the model takes "
-                f"{float(np.float32(scale))!r} and {int(zero_point)} (use another --session)")
+                f"{float(np.float32(scale))!r} and {int(zero_point)} ({hint})")
 
     def _shard_path(self, k):
         return os.path.join(self.path, f"shard-{k:05d}.bin")
@@ -498,7 +500,8 @@ def load_samples(path, shape, scale, zero_point, num_classes, dataset=None):
     folder `path` as check_samples opened it. DatasetError names what is wrong."""
     if dataset is not None or os.path.isdir(path):
         ds = dataset if dataset is not None else Dataset.open(path)
-        ds.check_compatible(shape, num_classes, scale, zero_point)
+        ds.check_compatible(shape, num_classes, scale, zero_point,
+                            hint="it was collected for another model")
         _has_samples(ds)
         x, y = ds.arrays()
         # a sample imported from a file keeps that file's id, so that importing the file and a

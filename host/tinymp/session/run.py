@@ -45,7 +45,7 @@ def _sim_profile(args, session):
 
 
 @contextlib.contextmanager
-def _open(args, session, scene=None):
+def _open(args, session, scene=None, note_new_sim=True):
     """Connect to the board --port names (sim: the --board profile, its flash in the session),
     holding the session folder (Session.lock) until the command is done with it."""
     from . import link
@@ -78,7 +78,7 @@ def _open(args, session, scene=None):
         raise C.user_error(f"tinymp: no such port {port!r}: give a serial device (see "
                            "`tinymp devices`), 'sim' or 'qemu'")
     with session.lock():
-        if new_sim:
+        if new_sim and note_new_sim:  # not for push and a session config: they fill the board
             _note_new_sim(session, *new_sim)
         with link.open_board(port, **kw) as board:
             yield board
@@ -160,7 +160,7 @@ def cmd_devices(args):
 def cmd_push(args):
     data, m = C.read_model(args.model)
     session = _session(args)
-    with _open(args, session) as board:
+    with _open(args, session, note_new_sim=False) as board:
         C.check_fits(board, data, m)
         try:
             res = C.push(board, data, show=_show(args))
@@ -705,20 +705,27 @@ def run_session(cfg, args, out=print):
     session = C.Session(cfg.get("session") or args.session)
     data, m = C.read_model(cfg["model"])
     tr = dict(cfg.get("train") or {})
-    if "budget_kb" in tr:
-        kb = tr.pop("budget_kb")
+    kb = tr.pop("budget_kb", None)
+    if kb is not None:
         tr["budget"] = summary.budget_bytes(kb)
-        # a budget no plan of the model fits: found now (the host's engine plans as the board's
-        # does), not after the push, the collect and the first evaluation. TinyTrain's plan
-        # depends on the samples, so it is left to the board
-        if tr.get("method") != "tinytrain" and not tr.get("support"):
-            try:
-                m.plan(**{k: tr[k] for k in C.PLAN_KEYS if tr.get(k) is not None})
-            except ValueError as e:
-                raise C.user_error(f"tinymp: the config's train.budget_kb {kb:g} fits no "
-                                   f"training plan of {os.path.basename(cfg['model'])} "
-                                   f"({C.embedded(e)}); raise it or choose another "
-                                   "method") from None
+    # options, or a budget, no plan of the model takes: found now (the host's engine plans as the
+    # board's does), not after the push, the collect and the first evaluation. TinyTrain's plan
+    # depends on the samples, so it is left to the board
+    if tr.get("method") != "tinytrain" and not tr.get("support"):
+        given = {k: tr[k] for k in C.PLAN_KEYS if tr.get(k) is not None}
+        name = os.path.basename(cfg["model"])
+        try:
+            m.plan(**{k: v for k, v in given.items() if k != "budget"})
+        except ValueError as e:
+            raise C.user_error(f"tinymp: the config's train options make no training plan of "
+                               f"{name}: {C.embedded(e)}") from None
+        try:
+            if kb is not None:
+                m.plan(**given)
+        except ValueError as e:
+            raise C.user_error(f"tinymp: the config's train.budget_kb {kb:g} fits no "
+                               f"training plan of {name} ({C.embedded(e)}); raise it or choose "
+                               "another method") from None
     epochs, steps = tr.pop("epochs", None), tr.pop("steps", None)
     save = tr.pop("save", True)
     eval_src = cfg.get("eval")
@@ -763,7 +770,7 @@ def run_session(cfg, args, out=print):
              board=cfg.get("board", getattr(args, "board", None)),
              scene=cfg.get("scene"))
     t_all = time.perf_counter()
-    with _open(ns, session, scene=cfg.get("scene")) as board:
+    with _open(ns, session, scene=cfg.get("scene"), note_new_sim=False) as board:
         name = _board_name(board)
         i = board.info
         out(f"board      {name}: {i.get('implementation')} {i.get('firmware')}, tinymp "
