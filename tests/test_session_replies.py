@@ -7,8 +7,10 @@ The board here is the real agent in this process (`AgentPort`, no serial link, n
 with a hook that changes its replies. A command that loops without end meets `Runaway` after
 LIMIT requests (and `no_hang` guards the time), so the old code fails these tests instead of
 hanging them."""
+import contextlib
 import copy
 import errno
+import gc
 import io
 import json
 import os
@@ -142,6 +144,28 @@ def no_hang(fn, seconds=60):
     if err is not None:
         raise err
     return box.get("value")
+
+
+@contextlib.contextmanager
+def gc_frozen():
+    """The objects that exist now left out of the garbage collector's walks (gc.freeze) until the
+    block ends. The board's agent calls gc.collect() before each training run and model commit (to
+    make room in MicroPython's heap); here it runs in the test process, where a full collection
+    walks every object the process holds: with the whole suite loaded (torch, onnx, matplotlib,
+    what earlier tests keep), 0.1 s and more each, so the fuzzers, which train and push hundreds
+    of times, took ten times as long in the suite as alone. The agent's collections still run,
+    over what the block creates; nothing the tests check depends on which objects they walk."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
+@pytest.fixture
+def frozen_heap():
+    with gc_frozen():
+        yield
 
 
 def folder_state(path):
@@ -934,7 +958,7 @@ def _result(name, out):
     return v.get("sha256")
 
 
-def test_fuzz_info_replies(rig):
+def test_fuzz_info_replies(rig, frozen_heap):
     # eval --pretrained: a mutant that makes push send the model again drops the personalised
     # parameters (a new model), which would change their accuracy
     assert _fuzz(rig, P.INFO, [("push", {}), ("eval", {"pretrained": True}),
@@ -969,13 +993,13 @@ def test_a_session_config_reads_only_what_info_must_hold(rig):
     assert folder_state(rig.session.path) == before
 
 
-def test_fuzz_predict_replies(rig):
+def test_fuzz_predict_replies(rig, frozen_heap):
     assert _fuzz(rig, P.PREDICT, [("eval", {})]) >= 39
 
 
 @pytest.mark.parametrize("ftype", [P.TRAIN_START, P.TRAIN_STEPS, P.TRAIN_END],
                          ids=["TRAIN_START", "TRAIN_STEPS", "TRAIN_END"])
-def test_fuzz_train_replies(rig, ftype):
+def test_fuzz_train_replies(rig, ftype, frozen_heap):
     # train --fresh: every run starts from the pretrained model, so a clean run's figures are the
     # same each time; the report reads the run records back, and prints them
     assert _fuzz(rig, ftype, [("train", {"fresh": True}), ("report", {}),
