@@ -220,6 +220,9 @@ class Rig:
         return m["input_shape"], m["input_scale"], m["input_zero_point"], m["num_classes"]
 
     def _open(self, *a, **kw):
+        # only the last board is kept (`port`): each one holds its agent, model and ROMFS mapping,
+        # thousands of them in a fuzzer, which every gc.collect() of the agent walked again
+        del self.ports[:]
         return open_fake(self.where, self.tamper, self.fail, ports=self.ports, gone=self.gone)
 
     @property
