@@ -662,12 +662,14 @@ def test_a_session_json_of_the_wrong_shape_is_one_line(rig):
 
 
 @pytest.fixture
-def frozen_heap():
-    with R.gc_frozen():  # the agent's gc.collect() calls walk only what the test creates
+def fuzzing(monkeypatch):
+    """test_session_replies' `fuzzing`: what the fuzzer's thousands of commands need not redo."""
+    R.scene_checked_once(monkeypatch)
+    with R.gc_frozen():
         yield
 
 
-def test_fuzz_session_json(rig, monkeypatch, frozen_heap):
+def test_fuzz_session_json(rig, monkeypatch, fuzzing):
     # a real session.json (a push, a trial run saved by `params save`, a reset: a model, a board,
     # a params_log), each of its places dropped or of another type (test_session_replies'
     # mutants): every command that reads it works, or stops with one line and the session folder

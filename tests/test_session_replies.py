@@ -162,8 +162,25 @@ def gc_frozen():
         gc.unfreeze()
 
 
+def scene_checked_once(monkeypatch):
+    """Each path's scene file checked once (simboard.check_scene), its answer kept. A command on a
+    simulated board checks the camera's scene first (run._open), reading the whole file: ~1 ms,
+    thousands of times in a fuzzer, for the package's scene, which does not change, and which the
+    fake boards here never show (they have no camera). A bad file is not kept: checked again."""
+    from tinymp.session import simboard
+    real, seen = simboard.check_scene, {}
+
+    def check_scene(path):
+        if path not in seen:
+            seen[path] = real(path)
+        return seen[path]
+    monkeypatch.setattr(simboard, "check_scene", check_scene)
+
+
 @pytest.fixture
-def frozen_heap():
+def fuzzing(monkeypatch):
+    """What the fuzzers' thousands of commands need not redo (gc_frozen, scene_checked_once)."""
+    scene_checked_once(monkeypatch)
     with gc_frozen():
         yield
 
@@ -961,7 +978,7 @@ def _result(name, out):
     return v.get("sha256")
 
 
-def test_fuzz_info_replies(rig, frozen_heap):
+def test_fuzz_info_replies(rig, fuzzing):
     # eval --pretrained: a mutant that makes push send the model again drops the personalised
     # parameters (a new model), which would change their accuracy
     assert _fuzz(rig, P.INFO, [("push", {}), ("eval", {"pretrained": True}),
@@ -996,13 +1013,13 @@ def test_a_session_config_reads_only_what_info_must_hold(rig):
     assert folder_state(rig.session.path) == before
 
 
-def test_fuzz_predict_replies(rig, frozen_heap):
+def test_fuzz_predict_replies(rig, fuzzing):
     assert _fuzz(rig, P.PREDICT, [("eval", {})]) >= 39
 
 
 @pytest.mark.parametrize("ftype", [P.TRAIN_START, P.TRAIN_STEPS, P.TRAIN_END],
                          ids=["TRAIN_START", "TRAIN_STEPS", "TRAIN_END"])
-def test_fuzz_train_replies(rig, ftype, frozen_heap):
+def test_fuzz_train_replies(rig, ftype, fuzzing):
     # train --fresh: every run starts from the pretrained model, so a clean run's figures are the
     # same each time; the report reads the run records back, and prints them
     assert _fuzz(rig, ftype, [("train", {"fresh": True}), ("report", {}),
