@@ -853,6 +853,9 @@ static int check(const char *name, tmp_train_options o, uint32_t steps, uint32_t
     uint32_t foreign = 0;
     for (int other = 0; other < 3; other++) {
         tmp_train_options o2 = o;
+        if (other > 0 && o.method != TMP_METHOD_TINYMP && o.method != TMP_METHOD_TINYTRAIN) {
+            continue; /* the other methods train every channel: the planner takes no other ratio */
+        }
         if (other == 0) {
             o2.momentum = o.momentum > 0.0f ? 0.0f : 0.9f;
         } else if (other == 1) {
