@@ -243,21 +243,26 @@ def test_report_of_one_step_in_singular_without_nested_parentheses(session, caps
         assert _depth(ln) <= 1, ln
 
 
+def _config(tmp_path, n, train):
+    """(a session config on the simulated board that imports the first n held-out digits and
+    trains with `train`, its session folder)"""
+    d = np.load(HELD)
+    few = str(tmp_path / "few.npz")
+    np.savez(few, x=d["x"][:n], y=d["y"][:n])
+    s = str(tmp_path / "s")
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"model": DEMO, "port": "sim", "session": s,
+                               "collect": [{"from": few}], "train": train, "plots": False}))
+    return cfg, s
+
+
 @pytest.mark.parametrize("method", ["tinymp", "full"])
 def test_a_run_without_lr_reports_the_rate_it_trained_with(tmp_path, capsys, method):
     # the method's own rate: the one `tinymp experiment` chose for it (its results, not the
     # engine's table); full diverges at tinymp's 0.01
     with open(os.path.join(ROOT, "experiments", "results.json")) as f:
         rate = json.load(f)["settings"]["lrs"][method]
-    d = np.load(HELD)
-    few = str(tmp_path / "few.npz")
-    np.savez(few, x=d["x"][:20], y=d["y"][:20])
-    s = str(tmp_path / "s")
-    cfg = tmp_path / "cfg.json"
-    cfg.write_text(json.dumps({"model": DEMO, "port": "sim", "session": s,
-                               "collect": [{"from": few}],
-                               "train": {"steps": 6, "seed": 1, "method": method},
-                               "plots": False}))
+    cfg, s = _config(tmp_path, 20, {"steps": 6, "seed": 1, "method": method})
     code, _, err = tm(capsys, "session", str(cfg), "-q")
     assert code == 0, err
     rep, text = report(capsys, s)
@@ -416,14 +421,7 @@ def test_the_agents_ratio_methods_are_the_engines():
 
 
 def test_a_config_whose_options_make_no_plan_is_refused_before_the_push(tmp_path, capsys):
-    d = np.load(HELD)
-    few = str(tmp_path / "few.npz")
-    np.savez(few, x=d["x"][:8], y=d["y"][:8])
-    s = str(tmp_path / "s")
-    cfg = tmp_path / "cfg.json"
-    cfg.write_text(json.dumps({"model": DEMO, "port": "sim", "session": s,
-                               "collect": [{"from": few}],
-                               "train": {"steps": 2, "method": "full", "r": 2}, "plots": False}))
+    cfg, s = _config(tmp_path, 8, {"steps": 2, "method": "full", "r": 2})
     code, out, err = tm(capsys, "session", str(cfg), "-q")
     assert code == 2 and one_line(err) == "tinymp: the config's train options make no training " \
         "plan of demo.tmpm: method 'full' is exact backprop: r must be 1"

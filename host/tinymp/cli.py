@@ -225,7 +225,6 @@ def _sparse_options(args):
     return out
 
 
-
 def _support_source(args):
     """--support checked as far as it can be without a model (check_samples: it exists, it is an
     .npz of x and y or a dataset folder with samples); what load_samples takes as `dataset`."""

@@ -56,6 +56,16 @@ TRIAL_FILES = ("params.try", "params.try.opt")  # a run trained without saving, 
 # the methods whose plans pick channels by `ratio`; the engine refuses a ratio other than 1 for the
 # others (from agent 6; before, it took one and trained the same channels as without it)
 RATIO_METHODS = ("tinymp", "tinytrain")
+
+
+def drop_ignored_ratio(opts):
+    """`opts` (a dict of plan options saved with a run) without the ratio an agent before 6 took
+    and ignored for a method outside RATIO_METHODS: the plan that run trained with, which the
+    engine now makes only without it. Changes `opts` and returns it."""
+    if (opts.get("method") or DEFAULT_METHOD) not in RATIO_METHODS:
+        opts.pop("ratio", None)
+    return opts
+
 SUPPORT_SAMPLES = 32  # the first samples of the store a plan's selection pass reads (tinytrain)
 MAX_PAYLOAD = 65536  # the largest frame payload the agent ever accepts; INFO says what it takes
 
@@ -1209,8 +1219,8 @@ class Agent:
         for k in ("method", "budget", "r", "ratio", "storage", "momentum", "n_bias", "macs"):
             if opts.get(k) is not None:
                 kw[k] = opts[k]
-        if saved and (kw.get("method") or DEFAULT_METHOD) not in RATIO_METHODS:
-            kw.pop("ratio", None)
+        if saved:
+            drop_ignored_ratio(kw)
         budget = self._budget()
         if budget is not None:
             kw["budget"] = min(kw.get("budget", budget), budget)

@@ -16,7 +16,7 @@ import subprocess
 import textwrap
 
 from .. import summary
-from ..tinymp_agent import DEFAULT_METHOD, RATIO_METHODS
+from ..tinymp_agent import drop_ignored_ratio
 from . import protocol as P
 
 # the estimate runs the bench over the session's first ESTIMATE_SAMPLES samples (or more, when the
@@ -297,11 +297,8 @@ def m7_estimate(session, rep, train_run):
         return {"error": str(e)}
     if want and hashlib.sha256(data).hexdigest() != want:
         return {"error": f"{path} is no longer the model the board trained (sha256 differs)"}
-    opts = dict(train_run.get("options") or {})
-    if (opts.get("method") or DEFAULT_METHOD) not in RATIO_METHODS:
-        # a run recorded before agent 6 may name a ratio its method took and ignored, which
-        # the engine now refuses: its plan is the one without it (as the agent rebuilds it)
-        opts.pop("ratio", None)
+    # a run recorded before agent 6 may name a ratio its method took and ignored
+    opts = drop_ignored_ratio(dict(train_run.get("options") or {}))
     try:
         # the session folder's own dataset (it may have moved since the run recorded its path)
         where = session.dataset_dir

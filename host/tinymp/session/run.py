@@ -719,13 +719,13 @@ def run_session(cfg, args, out=print):
         except ValueError as e:
             raise C.user_error(f"tinymp: the config's train options make no training plan of "
                                f"{name}: {C.embedded(e)}") from None
-        try:
-            if kb is not None:
+        if kb is not None:
+            try:
                 m.plan(**given)
-        except ValueError as e:
-            raise C.user_error(f"tinymp: the config's train.budget_kb {kb:g} fits no "
-                               f"training plan of {name} ({C.embedded(e)}); raise it or choose "
-                               "another method") from None
+            except ValueError as e:
+                raise C.user_error(f"tinymp: the config's train.budget_kb {kb:g} fits no "
+                                   f"training plan of {name} ({C.embedded(e)}); raise it or "
+                                   "choose another method") from None
     epochs, steps = tr.pop("epochs", None), tr.pop("steps", None)
     save = tr.pop("save", True)
     eval_src = cfg.get("eval")
