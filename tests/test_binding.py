@@ -516,6 +516,36 @@ def test_huge_option_values_are_out_of_range_not_overflow(kw, exc, pattern):
         tinymp.Model(zoo.demo()).plan(method="tinymp", **kw)
 
 
+def test_number_options_are_checked_as_the_float32_the_engine_gets():
+    # the engine computes in float32: a value in range as a double but not as the float32 it
+    # becomes (numpy's conversion is the reference) is refused, and says so; one that becomes a
+    # float32 in range is taken as that float32
+    from tinymp import zoo
+    m = tinymp.Model(zoo.demo())
+    assert np.float32(1e-50) == 0 and np.float32(0.9990001) > np.float32(0.999)
+    assert np.float32(1 + 1e-9) == 1 and np.float32(1.0001) > 1
+    for kw, name in (({"ratio": 1e-50}, "ratio"), ({"step_share": 1e-50}, "step_share")):
+        as32 = repr(float(np.float32(next(iter(kw.values())))))
+        with pytest.raises(ValueError, match=rf"^tinymp: {name} must be in .*, got "
+                           rf"{re.escape(repr(next(iter(kw.values()))))} \({re.escape(as32)} as a "
+                           r"32-bit float\)$"):
+            m.plan(method="tinymp", **kw)
+    with pytest.raises(ValueError, match=r"^tinymp: a sparse ratio must be in \(0, 1\], got 1e-50 "
+                       r"\(0.0 as a 32-bit float\)$"):
+        m.plan(method="sparse", layers=[12], ratios=[1e-50])
+    # full's ratio of 1e-50 was taken as 0, "the method's own", and passed the ratio-1 rule
+    with pytest.raises(ValueError, match="^tinymp: ratio must be in"):
+        m.plan(method="full", ratio=1e-50)
+    # the bounds are float32 too: momentum 0.999 is its own upper bound, 1 + 1e-9 is ratio 1
+    assert m.plan(method="tinymp", momentum=0.999).momentum == float(np.float32(0.999))
+    assert m.plan(method="tinymp", ratio=1 + 1e-9).ratio == 1.0
+    with pytest.raises(ValueError, match=r"^tinymp: momentum must be in \[0, 0.999\], got 0.9990001$"):
+        m.plan(method="tinymp", momentum=0.9990001)
+    with pytest.raises(ValueError, match=r"^tinymp: ratio must be in \(0, 1\], got 1.0001$"):
+        m.plan(method="tinymp", ratio=1.0001)
+    assert m.plan(method="tinymp", ratio=1e-40).ratio == float(np.float32(1e-40)) > 0
+
+
 def test_a_strided_model_buffer_and_a_bytes_path_are_tinymp_errors(tmp_path):
     from tinymp import zoo
     data = np.repeat(np.frombuffer(zoo.demo(), np.uint8), 2)[::2]   # the model, strided

@@ -433,6 +433,9 @@ def test_bad_train_and_eval_requests(tmp_path, ready, capsys):
                          (["--period", "-1"], "--period must be in [0,"),
                          (["--r", "16"], "--r must be in [1, 15], got 16"),
                          (["--ratio", "0"], "--ratio must be in (0, 1]"),
+                         # the board's engine would get 0 (float32), which is no ratio
+                         (["--ratio", "1e-50"],
+                          "--ratio must be in (0, 1], got 1e-50 (0.0 as a 32-bit float)"),
                          (["--momentum", "1"], "--momentum must be in [0, 0.999]"),
                          (["--steps", "0"], "--steps must be in [1,"),
                          (["--epochs", "0"], "--epochs must be in [1,")):

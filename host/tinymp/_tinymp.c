@@ -851,14 +851,25 @@ static int opt_float(PyObject *v, const char *name, double lo, double hi, int lo
         PyErr_Clear(); /* an int beyond any double: outside every range */
         x = NAN;
     }
-    if (!(x <= hi) || !(lo_open ? x > lo : x >= lo)) {
+    /* the range holds for the float32 the engine gets (TMP_OPT_F32), not only for the double */
+    double x32 = (double)TMP_OPT_F32(x), lo32 = (double)TMP_OPT_F32(lo), hi32 = (double)TMP_OPT_F32(hi);
+    if (!(x32 <= hi32) || !(lo_open ? x32 > lo32 : x32 >= lo32)) {
         /* PyErr_Format has no %g: format the bounds here */
         char range[96];
         PyOS_snprintf(range, sizeof range, "%s%g, %g]", lo_open ? "(" : "[", lo, hi);
+        if (x <= hi && (lo_open ? x > lo : x >= lo)) { /* in range as a double: say what the engine gets */
+            PyObject *f = PyFloat_FromDouble(x32);
+            if (f != NULL) {
+                PyErr_Format(PyExc_ValueError, "tinymp: %s must be in %s, got %R (%R as a 32-bit float)", name,
+                    range, v, f);
+                Py_DECREF(f);
+            }
+            return -1;
+        }
         PyErr_Format(PyExc_ValueError, "tinymp: %s must be in %s, got %R", name, range, v);
         return -1;
     }
-    *out = x;
+    *out = x32;
     return 0;
 }
 

@@ -623,11 +623,17 @@ static mp_float_t opt_float(mp_obj_t v, const char *name, mp_float_t lo, mp_floa
     if (!mp_obj_is_float(v) && !(mp_obj_is_int(v) && !mp_obj_is_bool(v))) {
         raise_fmt(&mp_type_TypeError, "tinymp: %s must be a number, not '%s'", name, mp_obj_get_type_str(v));
     }
+    // the range holds for the float32 the engine gets (TMP_OPT_F32), also in a double build
     mp_float_t x = mp_obj_get_float(v);
-    if (!(x <= hi) || !(lo_open ? x > lo : x >= lo)) {
+    mp_float_t x32 = (mp_float_t)TMP_OPT_F32(x), lo32 = (mp_float_t)TMP_OPT_F32(lo), hi32 = (mp_float_t)TMP_OPT_F32(hi);
+    if (!(x32 <= hi32) || !(lo_open ? x32 > lo32 : x32 >= lo32)) {
+        if (x <= hi && (lo_open ? x > lo : x >= lo)) { // in range as a double: say what the engine gets
+            raise_fmt(&mp_type_ValueError, "tinymp: %s must be in %s, got %s (%s as a 32-bit float)", name, range,
+                obj_text(v, PRINT_REPR), obj_text(mp_obj_new_float(x32), PRINT_REPR));
+        }
         raise_fmt(&mp_type_ValueError, "tinymp: %s must be in %s, got %s", name, range, obj_text(v, PRINT_REPR));
     }
-    return x;
+    return x32;
 }
 
 // The options of plan(), Trainer() and fit(): ranges, defaults and message texts from the core's

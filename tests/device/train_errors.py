@@ -106,6 +106,9 @@ show("ratio 0", m.plan, ratio=0)
 show("ratio 1.5", m.plan, "tinymp", ratio=1.5)
 show("ratio str", m.plan, ratio="x")
 show("ratio full", m.plan, "full", ratio=0.5)
+# 0 as the engine's float32 (a float32 runtime reads the literal as 0.0 already, a double one
+# checks the float32 it would pass on): the type only, as the message shows the literal
+kind("ratio 1e-50", m.plan, "full", ratio=1e-50)
 show("r 0", m.plan, r=0)
 show("r 16", m.plan, r=16)
 show("r float", m.plan, r=2.0)

@@ -20,6 +20,7 @@ import json
 import math
 import os
 import re
+import struct
 import time
 
 import numpy as np
@@ -842,10 +843,22 @@ def check_train_options(opts, name=lambda k: "--" + k.replace("_", "-")):
             if isinstance(v, bool) or not ok_type:
                 raise user_error(f"tinymp: {name(k)} must be {'an integer' if kind is int else 'a number'}"
                                  f", got {v!r}")
-            if not ((lo < v if open_lo else lo <= v) and v <= hi):  # NaN fails both
+            # a number is checked as the float32 the board's engine gets (1e-50 is its 0)
+            x, lo32, hi32 = (v, lo, hi) if kind is int else map(_float32, (v, lo, hi))
+            if not ((lo32 < x if open_lo else lo32 <= x) and x <= hi32):  # NaN fails both
                 span = f"{lo}, {hi}" if kind is int else f"{lo:g}, {hi:g}"
                 what = f"{'(' if open_lo else '['}{span}]"
-                raise user_error(f"tinymp: {name(k)} must be in {what}, got {v!r}")
+                in64 = (lo < v if open_lo else lo <= v) and v <= hi  # then the float32 is not
+                as32 = f" ({x!r} as a 32-bit float)" if kind is float and in64 else ""
+                raise user_error(f"tinymp: {name(k)} must be in {what}, got {v!r}{as32}")
+
+
+def _float32(v):
+    """The float32 nearest `v` (an infinity beyond its range), as the bindings' TMP_OPT_F32."""
+    try:
+        return struct.unpack("f", struct.pack("f", float(v)))[0]
+    except OverflowError:
+        return math.inf if v > 0 else -math.inf
 
 
 def check_budget(board, budget):

@@ -12,6 +12,7 @@
 #ifndef TMP_OPTIONS_H
 #define TMP_OPTIONS_H
 
+#include <float.h>
 #include <math.h>
 
 #include "tmp_train.h"
@@ -39,6 +40,14 @@
     X(momentum, 0.0, 0.999, 0, 0.0, "[0, 0.999]")     \
     X(step_share, 0.0, INFINITY, 1, 0.0, "(0, inf]")  \
     X(lr, 0.0, 1e6, 0, -1.0, "[0, 1e+06]")
+
+/* The value a number option takes in the engine, which computes in float32: the bindings check the
+ * ranges above on it, so that 1e-50 is refused as the 0 the engine would get (a ratio of 0 would
+ * read as "the method's own"). Beyond float's range it is an infinity (a plain conversion of such
+ * a double is undefined in C); NaN stays NaN and fails every range. */
+#define TMP_OPT_F32(x)                                                                                    \
+    ((double)(x) > (double)FLT_MAX ? (float)INFINITY : (double)(x) < -(double)FLT_MAX ? -(float)INFINITY \
+                                                                                       : (float)(x))
 
 #define TMP_OPT_ENUM_I_(name, lo, hi, dflt) TMP_IOPT_##name,
 #define TMP_OPT_ENUM_F_(name, lo, hi, lo_open, dflt, text) TMP_FOPT_##name,
