@@ -12,6 +12,7 @@ import warnings
 import zipfile
 import zlib
 
+import numpy as np
 from numpy.lib import format as npformat
 
 NPY_MAGIC = b"\x93NUMPY"
@@ -128,6 +129,38 @@ def _memory_bytes():
         return None
 
 
+def memory_problem(heads):
+    """Why arrays of these headers ({name: (dtype, shape)}) cannot be loaded (more data than this
+    computer's memory), or None."""
+    need = sum(math.prod(shape) * dtype.itemsize for dtype, shape in heads.values())
+    have = _memory_bytes()
+    if have is not None and need > have:
+        return f"its arrays hold {need:,} bytes of data, more than this computer's memory " \
+            f"({have:,} bytes)"
+    return None
+
+
+# the most of an array's data read_npz holds at once when it streams the array
+CHUNK_BYTES = 4 << 20
+
+
+def _stream_array(m, size, each):
+    """Pass the data of the .npy stream `m` (of `size` bytes, header included) to `each` as 1-D
+    arrays of its dtype of at most CHUNK_BYTES, in the file's order (a Fortran-ordered array's
+    too), reading it to its end: a zip member's CRC is checked there. `each` records what it
+    finds: an error it raised would be taken for damage."""
+    dtype, shape = _checked_header(m, size)
+    left = math.prod(shape) * dtype.itemsize
+    step = max(1, CHUNK_BYTES // max(1, dtype.itemsize)) * dtype.itemsize
+    while left:
+        n = min(step, left)
+        data = m.read(n)
+        if len(data) != n:  # zipfile checks a member's length and CRC itself: not expected
+            raise EOFError(f"its data ends {left - len(data):,} bytes short of its header's size")
+        each(np.frombuffer(data, dtype))
+        left -= n
+
+
 @contextlib.contextmanager
 def _zip_errors(where):
     """zipfile's and zlib's errors as one ArrayFileError naming `where()` (the member being
@@ -140,14 +173,20 @@ def _zip_errors(where):
         raise ArrayFileError(f"{where()} is damaged ({_one_line(e)})", True) from None
 
 
-def read_npz(path, names, check=None):
+def read_npz(path, names, check=None, stream=None):
     """{name: array} of the arrays `names` of the .npz archive `path` (as numpy.savez writes
     them: members NAME.npy); the archive's other members are not read.
 
     Every array's header is checked before any data is read, then `check({name: (dtype,
     shape)})`, when given, may refuse what the caller cannot use: its exception passes through
     unchanged. So an array of the wrong shape is never inflated, nor one that could not fit in
-    this computer's memory (a small archive can declare gigabytes of compressed zeros)."""
+    this computer's memory (a small archive can declare gigabytes of compressed zeros).
+
+    `stream`: {name: each} of arrays of `names` that are not held, but read piece by piece, each
+    piece passed to `each` (see _stream_array), so that a caller can check data it loads later
+    without holding it; such an array is not in the result. It counts against this computer's
+    memory all the same: what could not be loaded is refused before it is streamed."""
+    stream = stream or {}
     member = None
 
     def where():
@@ -196,16 +235,16 @@ def read_npz(path, names, check=None):
                 member = None
             if check is not None:
                 check(heads)
-            need = sum(math.prod(shape) * dtype.itemsize for dtype, shape in heads.values())
-            have = _memory_bytes()
-            if have is not None and need > have:
-                raise ArrayFileError(
-                    f"its arrays hold {need:,} bytes of data, more than this computer's memory "
-                    f"({have:,} bytes)", too_large=True)
+            problem = memory_problem(heads)
+            if problem:
+                raise ArrayFileError(problem, too_large=True)
             out = {}
             with _zip_errors(where):
                 for n in names:
                     member = found[n]
                     with z.open(member) as m:
-                        out[n] = _read_array(m, f"array '{n}'")
+                        if n in stream:
+                            _stream_array(m, z.getinfo(member).file_size, stream[n])
+                        else:
+                            out[n] = _read_array(m, f"array '{n}'")
             return out
