@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from .._arrayfiles import ArrayFileError, read_npz
+from .._arrayfiles import ArrayFileError, memory_problem, read_npz
 
 FORMAT = "tinymp-dataset"
 VERSION = 1
@@ -443,19 +443,64 @@ def _check_sample_arrays(path, heads, shape):
     _check_sample_kinds(path, heads)
 
 
+def _check_labels(path, y, num_classes=None):
+    """Refuse a label of `y` that is no class: a negative one first, then, given `num_classes`
+    (which check_samples does not know), one past the last class."""
+    neg = np.flatnonzero(y < 0)
+    if len(neg):
+        i = int(neg[0])
+        raise DatasetError(f"tinymp: {path}: label {int(y[i])} of sample {i} is negative: labels "
+                           "number the classes from 0")
+    past = np.flatnonzero(y >= num_classes) if num_classes is not None else ()
+    if len(past):
+        i = int(past[0])
+        raise DatasetError(f"tinymp: {path}: label {int(y[i])} of sample {i} is out of range "
+                           f"0..{num_classes - 1}")
+
+
+class _Floats:
+    """Whether float samples are all finite, and their least and greatest value: given the
+    samples whole (load_samples) or piece by piece (check_samples streams them); samples of
+    another type are not looked at. `check` refuses what load_samples does not take."""
+
+    def __init__(self):
+        self.finite, self.lo, self.hi = True, math.inf, -math.inf
+
+    def __call__(self, x):
+        if not (self.finite and np.issubdtype(x.dtype, np.floating) and x.size):
+            return
+        if not np.all(np.isfinite(x)):
+            self.finite = False
+            return
+        self.lo, self.hi = min(self.lo, float(x.min())), max(self.hi, float(x.max()))
+
+    def check(self, path):
+        if not self.finite:
+            raise DatasetError(f"tinymp: {path}: samples hold NaN or infinity")
+        # float samples mean 0..1, bounds included and no tolerance: u8 / 255 lands in it
+        # exactly, and anything else (0..255 pixels, -1..1, standardised) would be clipped into
+        # a few int8 values without a word
+        if self.lo < 0 or self.hi > 1:
+            raise DatasetError(
+                f"tinymp: {path}: float samples must be in [0, 1], these range "
+                f"{self.lo:g}..{self.hi:g}; divide 0..255 pixels by 255, or give uint8 pixels "
+                "(0..255) or int8 samples already quantised for the model")
+
+
 class _HeadersChecked(Exception):
-    """Stops read_npz once check_samples has judged the headers (before any data is read)."""
+    """Stops read_npz when check_samples, from the headers, leaves a file's data to load_samples
+    (before any of it is read)."""
 
 
-def _read_samples_file(path, check):
-    """read_npz of the arrays x and y of the samples file `path`, `check` judging their headers;
-    DatasetError saying what is wrong."""
+def _read_samples_file(path, check, stream=None):
+    """read_npz of the arrays x and y of the samples file `path`, `check` judging their headers,
+    the arrays of `stream` streamed (read_npz); DatasetError saying what is wrong."""
     if not os.path.exists(path):
         raise DatasetError(f"tinymp: no such samples file: {path}")
     if not os.path.isfile(path):  # a fifo or a device: reading it could wait for ever
         raise DatasetError(f"tinymp: {path} is not a file or a dataset folder")
     try:
-        return read_npz(path, ("x", "y"), check)
+        return read_npz(path, ("x", "y"), check, stream)
     except ArrayFileError as e:
         hint = "; copy the file again, or save the samples again with numpy.savez(FILE, x=..., " \
             "y=...)" if e.damaged else "" if not e.wrong_kind else (
@@ -473,11 +518,13 @@ def check_samples(path):
     """What load_samples checks of `path` that needs no model, so that a command refuses a bad
     file before it opens the board: it exists; a folder is a dataset (Dataset.open) with samples;
     a file is an .npz whose arrays x and y have sound headers, one integer label per sample and
-    samples of a type load_samples takes. Its data is not read here (the file may be of a shape
-    the model does not take, and declare gigabytes): load_samples reads it, and refuses what
-    needs the model (the samples' shape, a label past the classes) or the data (a damaged
-    member, floats outside [0, 1]). DatasetError as load_samples says it. Returns the folder's
-    Dataset, for load_samples' `dataset` (so it is not read twice), or None for a file."""
+    samples of a type load_samples takes, then, from its data, that no member is damaged, no
+    label is negative and float samples are finite and in [0, 1]. The labels are read whole, the
+    samples streamed (the file may be of a shape the model does not take). A file whose arrays
+    would not fit in memory is not read: load_samples refuses it for its shape or its size, as
+    the model says. What needs the model (the samples' shape, a label past the classes) is left
+    to load_samples. DatasetError as load_samples says it. Returns the folder's Dataset, for
+    load_samples' `dataset` (so it is not read twice), or None for a file."""
     if os.path.isdir(path):
         ds = Dataset.open(path)
         _has_samples(ds)
@@ -485,11 +532,17 @@ def check_samples(path):
 
     def check(heads):
         _check_sample_kinds(path, heads)
-        raise _HeadersChecked
+        if not _x_head(heads)[1] or memory_problem(heads):
+            # x of no dimensions is refused by the shape check, and arrays too large by it or
+            # by their size: which one, the model says
+            raise _HeadersChecked
+    floats = _Floats()
     try:
-        _read_samples_file(path, check)
+        y = _read_samples_file(path, check, {"x": floats})["y"]
     except _HeadersChecked:
-        pass
+        return None
+    _check_labels(path, y)
+    floats.check(path)
     return None
 
 
@@ -513,26 +566,15 @@ def load_samples(path, shape, scale, zero_point, num_classes, dataset=None):
     x, y = arrays["x"], arrays["y"]
     if x.ndim == 3:
         x = x[..., None]
-    bad = np.flatnonzero((y < 0) | (y >= num_classes))
-    if len(bad):
-        raise DatasetError(f"tinymp: {path}: label {int(y[bad[0]])} of sample {int(bad[0])} is out "
-                           f"of range 0..{num_classes - 1}")
+    _check_labels(path, y, num_classes)
     if x.dtype == np.uint8:
         q = quantize_lut(scale, zero_point)[x]
     elif x.dtype == np.int8:
         q = x
     else:  # a float: the only other kind _check_sample_arrays lets through
-        if not np.all(np.isfinite(x)):
-            raise DatasetError(f"tinymp: {path}: samples hold NaN or infinity")
-        # float samples mean 0..1, bounds included and no tolerance: u8 / 255 lands in it
-        # exactly, and anything else (0..255 pixels, -1..1, standardised) would be clipped into
-        # a few int8 values without a word
-        lo, hi = float(x.min()), float(x.max())
-        if lo < 0 or hi > 1:
-            raise DatasetError(
-                f"tinymp: {path}: float samples must be in [0, 1], these range {lo:g}..{hi:g}; "
-                "divide 0..255 pixels by 255, or give uint8 pixels (0..255) or int8 samples "
-                "already quantised for the model")
+        floats = _Floats()
+        floats(x)
+        floats.check(path)
         from ..builder import quantize_input
         q = quantize_input(x, (scale, zero_point))
     import hashlib
