@@ -259,3 +259,115 @@ def test_a_damaged_samples_file_says_what_to_do(tmp_path, cut):
     assert "truncated or damaged" in msg or "is damaged" in msg, msg
     assert msg.endswith("copy the file again, or save the samples again with "
                         "numpy.savez(FILE, x=..., y=...)"), msg
+
+
+# --- check_samples reads the data in pieces ---------------------------------------------------
+
+def late_line(path, num_classes=3):
+    with pytest.raises(D.DatasetError) as e:
+        D.load_samples(path, SHAPE, SCALE, ZP, num_classes)
+    return str(e.value)
+
+
+@pytest.fixture
+def pieces(monkeypatch):
+    """The sizes in bytes of the pieces of samples check_samples looks at, read in pieces of at
+    most 1001 bytes (rounded down to whole values by the reader)."""
+    from tinymp import _arrayfiles
+    monkeypatch.setattr(_arrayfiles, "CHUNK_BYTES", 1001)
+    seen = []
+    look = D._Floats.__call__
+
+    def spy(self, x):
+        seen.append(x.nbytes)
+        return look(self, x)
+    monkeypatch.setattr(D._Floats, "__call__", spy)
+    return seen
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int8])
+def test_check_samples_streams_a_file_of_many_pieces(tmp_path, pieces, dtype):
+    from test_session_early_input import flipped
+    rng = np.random.default_rng(2)
+    n = 1000
+    x = rng.integers(0, 100, size=(n, 4, 4)).astype(dtype)
+    if x.dtype.kind == "f":
+        x /= 100
+    y = np.arange(n) % 3
+    good = str(tmp_path / "good.npz")
+    np.savez(good, x=x, y=y)
+    assert D.check_samples(good) is None
+    per = 1001 // x.itemsize * x.itemsize
+    assert sum(pieces) == x.nbytes and len(pieces) == -(-x.nbytes // per) > 5
+    assert max(pieces) == per and pieces[-1] == x.nbytes - (len(pieces) - 1) * per
+    # a fault in the last piece, as load_samples says it
+    cases = {"crc.npz": (flipped(x, y, "x.npy", 1), "its member x.npy is damaged (Bad CRC-32")}
+    if x.dtype.kind == "f":
+        nan, wide = x.copy(), x.copy()
+        nan[-1, -1, -1] = np.nan
+        wide[0, 0, 0], wide[-1, -1, -1] = -0.25, 1.5  # the least in the first piece
+        cases["nan.npz"] = (dict(x=nan, y=y), "samples hold NaN or infinity")
+        cases["wide.npz"] = (dict(x=wide, y=y), "float samples must be in [0, 1], these range "
+                                                "-0.25..1.5; divide")
+    for name, (data, says) in cases.items():
+        p = tmp_path / name
+        if isinstance(data, dict):
+            np.savez(p, **data)
+        else:
+            p.write_bytes(data)
+        late = late_line(str(p))
+        assert says in late, late
+        pieces.clear()
+        with pytest.raises(D.DatasetError) as e:
+            D.check_samples(str(p))
+        assert str(e.value) == late and len(pieces) > 5, name
+
+
+def test_check_samples_holds_a_few_pieces_of_a_large_file(tmp_path):
+    # 64 MB of float samples (as the default pieces of 4 MB), checked holding a fraction of it
+    import tracemalloc
+    x = np.full((16384, 32, 32), 0.5, np.float32)
+    x[-1, -1, -1] = 2.0
+    p = str(tmp_path / "large.npz")
+    np.savez(p, x=x, y=np.zeros(len(x), np.int64))
+    del x
+    tracemalloc.start()
+    try:
+        with pytest.raises(D.DatasetError) as e:
+            D.check_samples(p)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert "these range 0.5..2" in str(e.value)
+    assert peak < 16 << 20, f"{peak:,} bytes"
+
+
+def test_a_file_too_large_for_memory_is_left_to_load_samples_unread(tmp_path, monkeypatch,
+                                                                    pieces):
+    # whether it is refused for its shape or its size depends on the model: not read here
+    from tinymp import _arrayfiles
+    x = np.full((200, 4, 4), np.nan, np.float32)
+    p = str(tmp_path / "big.npz")
+    np.savez(p, x=x, y=np.zeros(200, np.int64))
+    monkeypatch.setattr(_arrayfiles, "_memory_bytes", lambda: 10_000)
+    assert D.check_samples(p) is None and pieces == []
+    assert "more than this computer's memory (10,000 bytes)" in late_line(p)
+
+
+def test_labels_negative_or_past_the_classes_are_refused(tmp_path):
+    # check_samples knows no classes: a negative label is refused with the words load_samples
+    # gives, one past the classes left to load_samples
+    x = np.zeros((5, 4, 4), np.uint8)
+    for y, says, early in (([0, 1, 5, -2, 2], "label -2 of sample 3 is negative: labels number "
+                            "the classes from 0", True),
+                           ([0, 1, 3, 2, 2], "label 3 of sample 2 is out of range 0..2", False)):
+        p = str(tmp_path / "y.npz")
+        np.savez(p, x=x, y=np.array(y))
+        late = late_line(p)
+        assert late == f"tinymp: {p}: {says}"
+        if early:
+            with pytest.raises(D.DatasetError) as e:
+                D.check_samples(p)
+            assert str(e.value) == late
+        else:
+            assert D.check_samples(p) is None
