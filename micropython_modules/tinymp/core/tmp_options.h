@@ -12,7 +12,6 @@
 #ifndef TMP_OPTIONS_H
 #define TMP_OPTIONS_H
 
-#include <float.h>
 #include <math.h>
 
 #include "tmp_train.h"
@@ -45,9 +44,10 @@
  * ranges above on it, so that 1e-50 is refused as the 0 the engine would get (a ratio of 0 would
  * read as "the method's own"). Beyond float's range it is an infinity (a plain conversion of such
  * a double is undefined in C); NaN stays NaN and fails every range. */
-#define TMP_OPT_F32(x)                                                                                    \
-    ((double)(x) > (double)FLT_MAX ? (float)INFINITY : (double)(x) < -(double)FLT_MAX ? -(float)INFINITY \
-                                                                                       : (float)(x))
+#define TMP_OPT_F32_MAX 0x1.fffffep+127 /* FLT_MAX, the largest finite float32 */
+#define TMP_OPT_F32(x)                                                                                \
+    ((double)(x) > TMP_OPT_F32_MAX ? (float)INFINITY : (double)(x) < -TMP_OPT_F32_MAX ? -(float)INFINITY \
+                                                                                     : (float)(x))
 
 #define TMP_OPT_ENUM_I_(name, lo, hi, dflt) TMP_IOPT_##name,
 #define TMP_OPT_ENUM_F_(name, lo, hi, lo_open, dflt, text) TMP_FOPT_##name,
