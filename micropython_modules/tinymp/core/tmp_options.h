@@ -44,7 +44,8 @@
  * ranges above on it, so that 1e-50 is refused as the 0 the engine would get (a ratio of 0 would
  * read as "the method's own"). Beyond float's range it is an infinity (a plain conversion of such
  * a double is undefined in C); NaN stays NaN and fails every range. */
-#define TMP_OPT_F32_MAX 0x1.fffffep+127 /* FLT_MAX, the largest finite float32 */
+/* FLT_MAX, the largest finite float32 (cast: a port may build with -fsingle-precision-constant) */
+#define TMP_OPT_F32_MAX ((double)0x1.fffffep+127)
 #define TMP_OPT_F32(x)                                                                                \
     ((double)(x) > TMP_OPT_F32_MAX ? (float)INFINITY : (double)(x) < -TMP_OPT_F32_MAX ? -(float)INFINITY \
                                                                                      : (float)(x))
