@@ -177,6 +177,32 @@ def test_fits_in_pieces_go_on_as_one_fit(tmp_path):
     assert orders[0] != orders[1] != orders[2] != orders[0]
 
 
+@pytest.mark.parametrize("stop_epoch", [0, 1])
+def test_a_stop_on_an_epochs_last_step_completes_that_epoch(stop_epoch):
+    """progress() stopping the run on the last step of an epoch leaves that epoch complete: it
+    counts and its APU period ends (the trainer has no period of its own), so a later fit goes on
+    as one uninterrupted fit would (the reference: one fit of 4 epochs)."""
+    m = H.demo_model()
+    xs, ys = samples(m, 6)
+    p = m.plan(method="tinymp")
+    one = tinymp.Trainer(m, p, lr=0.002, seed=4)
+    r = one.fit(xs, ys, epochs=4)
+    assert one.stats()["periods"] == 4
+    two = tinymp.Trainer(m, p, lr=0.002, seed=4)
+    a = two.fit(xs, ys, epochs=4,
+                progress=lambda e, done, loss, ok: e == stop_epoch and done == len(xs))
+    assert a["stopped"] and a["steps"] == (stop_epoch + 1) * len(xs)
+    assert a["epochs"] == stop_epoch + 1 == len(a["loss"]) == two.stats()["periods"]
+    b = two.fit(xs, ys, epochs=4 - a["epochs"])
+    assert a["loss"] + b["loss"] == r["loss"]
+    assert two.stats()["periods"] == 4
+    np.testing.assert_array_equal(logits_of(two, xs), logits_of(one, xs))
+    # one step short of the epoch's end: not complete, no period ended
+    three = tinymp.Trainer(m, p, lr=0.002, seed=4)
+    c = three.fit(xs, ys, epochs=4, progress=lambda e, done, loss, ok: done == len(xs) - 1)
+    assert (c["epochs"], c["steps"], three.stats()["periods"]) == (0, len(xs) - 1, 0)
+
+
 def test_cache_under_a_budget_takes_what_fits():
     m = H.demo_model()
     base = m.plan(method="last")

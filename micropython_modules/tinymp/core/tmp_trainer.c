@@ -934,7 +934,8 @@ tmp_status tmp_trainer_fit(tmp_trainer *t, uint32_t n, uint32_t epochs, uint32_t
             }
             b = xorshift(&rs) % n;
         }
-        for (uint32_t j = 0; j < n; j++) {
+        uint32_t j = 0;
+        for (; j < n; j++) {
             const uint32_t i = (uint32_t)(((uint64_t)a * j + b) % n);
             int32_t label = -1;
             const int8_t *x = io->sample(io->ctx, i, &label);
@@ -968,13 +969,16 @@ tmp_status tmp_trainer_fit(tmp_trainer *t, uint32_t n, uint32_t epochs, uint32_t
             st.steps++;
             if (io->progress != NULL && io->progress(io->ctx, e, j + 1u, loss, pred == label) != 0) {
                 st.stopped = 1;
+                j++; /* this step is done */
                 break;
             }
         }
         if (s != TMP_OK) {
             break;
         }
-        if (!st.stopped) {
+        /* an epoch whose last step ran is complete, also when the run stops after that step: it
+         * counts and ends its period, so a later fit goes on as one uninterrupted run would */
+        if (j == n) {
             st.epochs++;
             if (apu && t->period == 0 && p->method != TMP_METHOD_FISHER) {
                 s = tmp_trainer_end_period(t);
