@@ -2055,6 +2055,10 @@ static PyObject *Trainer_save(TrainerObject *self, PyObject *path) {
     if (Trainer_check(self) < 0) {
         return NULL;
     }
+    /* never a file a load would refuse, over a good one: the arena's state is checked first */
+    if (step_error(self, tmp_trainer_check_state(&self->t), "save") < 0) {
+        return NULL;
+    }
     uint32_t n = tmp_trainer_params_size(&self->t);
     PyObject *bytes = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)n);
     if (bytes == NULL) {
@@ -2114,7 +2118,7 @@ static PyObject *Trainer_get_high_water(TrainerObject *self, void *c) {
 
 static PyObject *Trainer_get_selection(TrainerObject *self, void *c) {
     (void)c;
-    if (Trainer_check(self) < 0) {
+    if (Trainer_check(self) < 0 || step_error(self, tmp_trainer_check_state(&self->t), "selection") < 0) {
         return NULL;
     }
     PyObject *d = PyDict_New();

@@ -1511,6 +1511,9 @@ static mp_obj_t os_call(qstr fn, size_t n_args, const mp_obj_t *a) {
 // VFS's rename replaces an existing file). On any error the temporary file is removed and the
 // error raised.
 static void params_write_file(tinymp_trainer_obj_t *self, mp_obj_t path) {
+    // never a file a load would refuse, over a good one: the arena's state is checked first
+    trainer_check(self);
+    trainer_status(self, tmp_trainer_check_state(&self->t), "save");
     mp_obj_t tmp = mp_binary_op(MP_BINARY_OP_ADD, path, mp_obj_new_str(".tmp", 4));
     // write() gets a memoryview of a heap block, which Python can neither resize nor free (a
     // VFS must copy what it keeps, as from any caller that reuses its buffer)
@@ -1709,6 +1712,8 @@ static mp_obj_t tinymp_trainer_stats(mp_obj_t self_in) {
 static MP_DEFINE_CONST_FUN_OBJ_1(tinymp_trainer_stats_obj, tinymp_trainer_stats);
 
 static mp_obj_t trainer_selection(tinymp_trainer_obj_t *self) {
+    trainer_check(self);
+    trainer_status(self, tmp_trainer_check_state(&self->t), "selection");
     mp_obj_t d = new_ordered_dict(4);
     const int32_t nl = trainer_plan(self)->plan.num_layers;
     for (int32_t i = 0; i < nl; i++) {

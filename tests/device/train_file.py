@@ -255,6 +255,22 @@ try:
     print("and trains", logits(tm) != trained)
     del tm
 
+    # a caller's arena written to: save() refuses before it opens anything, so the good file
+    # stays, and selection says so too (they read the same state)
+    buf = bytearray(p.arena_bytes)
+    tw = tinymp.Trainer(m, p, lr=0.1, period=2, arena=buf)
+    print("loads into a caller's arena", tw.load(PATH), logits(tw) == trained)
+    buf[:] = bytes((i * 131 + 7) & 0xFF for i in range(len(buf)))
+    show("save over a good file", tw.save, PATH)
+    show("selection", lambda: tw.selection)
+    print("the good file stays", read(PATH) == blob, "no .tmp", not exists(PATH + ".tmp"))
+    tw.reset()
+    show("save after reset", tw.save, PATH + "2")
+    print("reset's file loads", t2.load(PATH + "2"), logits(t2) == pre)
+    os.remove(PATH + "2")
+    del tw, buf
+    print("reloaded again", t2.load(PATH), logits(t2) == trained)
+
     # corrupted / truncated / empty / foreign files: ValueError, nothing changes
     bad = bytearray(blob)
     bad[len(bad) // 2] ^= 0x40

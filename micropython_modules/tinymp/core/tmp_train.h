@@ -379,9 +379,19 @@ tmp_status tmp_trainer_fit(tmp_trainer *t, uint32_t n, uint32_t epochs, uint32_t
  * and importances, the counters and the rounding generator), so a loaded trainer of the same plan
  * goes on exactly as the saved one would have. Version 1 blobs (parameters only) still load. */
 
+/**
+ * Whether the parameters and training state in the arena are ones this trainer could have made:
+ * their blob passes every check tmp_trainer_params_load makes and keeps its training state.
+ * TMP_ERR_ARG when not (a channel selection out of range, a NaN importance: the arena was
+ * written to by someone else); TMP_ERR_FORMAT when the model's tables changed. Saving checks
+ * this first, so a save never writes a blob that a load would refuse.
+ */
+tmp_status tmp_trainer_check_state(const tmp_trainer *t);
+
 /** Bytes of the blob of this trainer's parameters. */
 uint32_t tmp_trainer_params_size(const tmp_trainer *t);
-/** Serialise the parameters into buf (size >= tmp_trainer_params_size()). */
+/** Serialise the parameters into buf (size >= tmp_trainer_params_size()); first
+ *  tmp_trainer_check_state(), whose error it returns. */
 tmp_status tmp_trainer_params_save(const tmp_trainer *t, uint8_t *buf, uint32_t size);
 /**
  * Check a blob completely, then load it. On any error nothing changes; *msg says why.

@@ -1199,11 +1199,8 @@ uint32_t tmp_trainer_params_size(const tmp_trainer *t) {
     return PARAMS_HEADER + payload + 4u;
 }
 
-tmp_status tmp_trainer_params_write(const tmp_trainer *t, tmp_params_writer *w, uint8_t *dst,
-    uint32_t cap, uint32_t *n) {
-    if (t == NULL || t->p == NULL || w == NULL || n == NULL || (dst == NULL && cap > 0)) {
-        return TMP_ERR_ARG;
-    }
+static tmp_status params_write(const tmp_trainer *t, tmp_params_writer *w, uint8_t *dst, uint32_t cap,
+    uint32_t *n) {
     *n = 0;
     uint8_t h[PARAMS_HEADER];
     uint32_t payload;
@@ -1265,6 +1262,49 @@ tmp_status tmp_trainer_params_write(const tmp_trainer *t, tmp_params_writer *w, 
         *n += k;
     }
     return TMP_OK;
+}
+
+tmp_status tmp_trainer_params_write(const tmp_trainer *t, tmp_params_writer *w, uint8_t *dst,
+    uint32_t cap, uint32_t *n) {
+    if (t == NULL || t->p == NULL || w == NULL || n == NULL || (dst == NULL && cap > 0)) {
+        return TMP_ERR_ARG;
+    }
+    if (w->off == 0u) { /* a new blob: only of a state a load would take back */
+        *n = 0;
+        tmp_status s = tmp_trainer_check_state(t);
+        if (s != TMP_OK) {
+            return s;
+        }
+    }
+    return params_write(t, w, dst, cap, n);
+}
+
+tmp_status tmp_trainer_check_state(const tmp_trainer *t) {
+    if (t == NULL || t->p == NULL) {
+        return TMP_ERR_ARG;
+    }
+    tmp_status s = check_model(t);
+    if (s != TMP_OK) {
+        return s;
+    }
+    /* the blob of the arena's parameters and state, through a checking read (copy = 0: it
+     * writes nothing into the trainer), in pieces of a small buffer */
+    tmp_trainer *rt = (tmp_trainer *)(uintptr_t)t;
+    tmp_params_reader r;
+    tmp_params_writer w = { 0u, 0u };
+    uint8_t piece[64];
+    uint32_t k = 0;
+    s = tmp_trainer_params_begin(t, &r, 0);
+    while (s == TMP_OK && (s = params_write(t, &w, piece, sizeof piece, &k)) == TMP_OK && k != 0u) {
+        s = tmp_trainer_params_feed(rt, &r, piece, k);
+    }
+    if (s != TMP_OK) {
+        return s;
+    }
+    const char *msg = NULL;
+    /* a state of its own that a load would refuse, or take for another plan's: not one this
+     * trainer made (its arena was written to) */
+    return tmp_trainer_params_end(rt, &r, &msg) == TMP_OK && r.state_loaded ? TMP_OK : TMP_ERR_ARG;
 }
 
 tmp_status tmp_trainer_params_save(const tmp_trainer *t, uint8_t *buf, uint32_t size) {
