@@ -17,6 +17,7 @@ Error policy checked here:
 import array
 import os
 import gc
+import math
 import pathlib
 import re
 import struct
@@ -514,6 +515,17 @@ def test_huge_option_values_are_out_of_range_not_overflow(kw, exc, pattern):
     from tinymp import zoo
     with pytest.raises(exc, match=pattern):
         tinymp.Model(zoo.demo()).plan(method="tinymp", **kw)
+
+
+def test_an_int_beyond_any_double_is_an_infinity_as_on_micropython():
+    # MicroPython reads 2**2000 as a float infinity: step_share's range (0, inf] takes it there,
+    # and so does the PC (it was refused as NaN); the plan is the one of step_share=inf
+    from tinymp import zoo
+    m = tinymp.Model(zoo.demo())
+    a, b = m.plan(method="tinymp", step_share=2 ** 2000), m.plan(method="tinymp", step_share=math.inf)
+    assert (a.describe(), a.arena_bytes, a.layers) == (b.describe(), b.arena_bytes, b.layers)
+    with pytest.raises(ValueError, match=r"^tinymp: step_share must be in \(0, inf\], got -1"):
+        m.plan(method="tinymp", step_share=-2 ** 2000)
 
 
 def test_number_options_are_checked_as_the_float32_the_engine_gets():

@@ -848,8 +848,12 @@ static int opt_float(PyObject *v, const char *name, double lo, double hi, int lo
         if (!PyErr_ExceptionMatches(PyExc_OverflowError)) {
             return -1;
         }
-        PyErr_Clear(); /* an int beyond any double: outside every range */
-        x = NAN;
+        PyErr_Clear(); /* an int beyond any double: an infinity, as MicroPython reads it */
+        int neg = PyObject_RichCompareBool(v, Py_False, Py_LT); /* False == 0 */
+        if (neg < 0) {
+            return -1;
+        }
+        x = neg ? -INFINITY : INFINITY;
     }
     /* the range holds for the float32 the engine gets (TMP_OPT_F32), not only for the double */
     double x32 = (double)TMP_OPT_F32(x), lo32 = (double)TMP_OPT_F32(lo), hi32 = (double)TMP_OPT_F32(hi);
