@@ -1130,6 +1130,11 @@ tmp_status tmp_train_plan_make(const tmp_model *m, const tmp_train_options *o, v
             if (o->ratios != NULL && !(o->ratios[j] > 0.0f && o->ratios[j] <= 1.0f)) {
                 return fail(err, "sparse: a ratio is outside (0, 1]", i);
             }
+            for (int32_t k = 0; k < j; k++) {
+                if (o->layers[k] == i) { /* which of its ratios would count? */
+                    return fail(err, "sparse: a layer is listed twice", i);
+                }
+            }
         }
     }
     fisher_scores(&c);
