@@ -250,6 +250,66 @@ def test_bad_input_changes_nothing(args, kw, exc):
     assert t.stats()["steps"] == 0
 
 
+class _ReadsFiles:
+    """A sequence whose items come from somewhere that can fail (a file): item 2 raises `err`."""
+
+    def __init__(self, items, err):
+        self.items, self.err = items, err
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        if i == 2:
+            raise self.err
+        return self.items[i]
+
+
+class _MyError(Exception):
+    pass
+
+
+class _MyValueError(ValueError):
+    pass
+
+
+@pytest.mark.parametrize("err", [OSError(5, "Input/output error"), _MyError("mine"),
+                                 _MyValueError("tinymp: looks like ours"), IndexError("gone")],
+                         ids=["oserror", "own-class", "valueerror-subclass", "indexerror"])
+@pytest.mark.parametrize("which", ["xs", "ys"])
+def test_an_items_own_exception_propagates_unchanged(err, which):
+    # the check before the first step re-raises what the sequence raised, as it is (the board
+    # does the same: it used to build an exception of the caller's class there and crash, and
+    # the PC turned OSError(5) into OSError('tinymp: fit() sample 2: ...'), errno lost)
+    m = H.demo_model()
+    xs, ys = samples(m, 6)
+    t = tinymp.Trainer(m, m.plan(method="last"), lr=0.01, seed=1)
+    before = logits_of(t, xs)
+    args = (_ReadsFiles(xs, err), ys) if which == "xs" else (xs, _ReadsFiles(ys, err))
+    with pytest.raises(type(err)) as info:
+        t.fit(*args, epochs=2)
+    assert info.value is err and info.value.args == err.args
+    if isinstance(err, OSError):
+        assert info.value.errno == 5
+    np.testing.assert_array_equal(logits_of(t, xs), before)
+    assert t.stats()["steps"] == 0
+
+
+@pytest.mark.parametrize("bad,exc,text", [
+    (None, TypeError, "input must be a bytes-like object"),
+    (b"\x00" * 5, ValueError, "input has 5 bytes"),
+])
+def test_the_bindings_own_sample_errors_name_the_sample(bad, exc, text):
+    m = H.demo_model()
+    xs, ys = samples(m, 6)
+    t = tinymp.Trainer(m, m.plan(method="last"), lr=0.01, seed=1)
+    with pytest.raises(exc) as info:
+        t.fit(xs[:4] + [bad] + xs[5:], ys, epochs=2)
+    assert type(info.value) is exc
+    assert str(info.value).startswith("tinymp: fit() sample 4: " + text)
+    assert t.stats()["steps"] == 0
+
+
 def test_progress_exception_propagates_after_whole_steps():
     m = H.demo_model()
     xs, ys = samples(m, 6)

@@ -2440,25 +2440,32 @@ static PyObject *Trainer_fit(TrainerObject *self, PyObject *args, PyObject *kwds
     f.epochs = (uint32_t)ep;
     const tmp_train_plan *p = &self->plan->plan;
     f.cache_bytes = p->cache_bytes;
-    /* every sample is checked before the first step: bad input changes nothing */
+    /* every sample is checked before the first step: bad input changes nothing. Our own error
+     * about a sample (a TypeError or ValueError "tinymp: ...") is raised again naming the sample,
+     * as on the board; any other exception (the sequence's own, an OSError of a file it reads)
+     * propagates unchanged, errno and class included */
     for (Py_ssize_t i = 0; i < n; i++) {
         int32_t label;
         if (fit_sample(&f, (uint32_t)i, &label) == NULL) {
-            /* the same exception, naming the sample */
             PyObject *et, *ev, *tb;
             PyErr_Fetch(&et, &ev, &tb);
             PyErr_NormalizeException(&et, &ev, &tb);
-            PyObject *msg = ev != NULL ? PyObject_Str(ev) : NULL;
-            const char *text = msg != NULL ? PyUnicode_AsUTF8(msg) : NULL;
-            if (text != NULL && strncmp(text, "tinymp: ", 8) == 0) {
-                text += 8;
+            PyObject *msg = NULL;
+            const char *text = NULL;
+            if ((et == PyExc_TypeError || et == PyExc_ValueError) && ev != NULL) {
+                msg = PyObject_Str(ev);
+                text = msg != NULL ? PyUnicode_AsUTF8(msg) : NULL;
+                PyErr_Clear();
             }
-            PyErr_Format(et != NULL ? et : PyExc_ValueError, "tinymp: fit() sample %zd: %s", i,
-                text != NULL ? text : "invalid");
+            if (text != NULL && strncmp(text, "tinymp: ", 8) == 0) {
+                PyErr_Format(et, "tinymp: fit() sample %zd: %s", i, text + 8);
+                Py_XDECREF(et);
+                Py_XDECREF(ev);
+                Py_XDECREF(tb);
+            } else {
+                PyErr_Restore(et, ev, tb);
+            }
             Py_XDECREF(msg);
-            Py_XDECREF(et);
-            Py_XDECREF(ev);
-            Py_XDECREF(tb);
             goto fail;
         }
     }

@@ -1959,8 +1959,10 @@ static mp_obj_t tinymp_trainer_fit(size_t n_args, const mp_obj_t *pos_args, mp_m
     const tmp_train_plan *p = &trainer_plan(self)->plan;
     fit_ctx f = { self, xs, ys, MP_OBJ_NULL, progress, MP_OBJ_NULL, NULL, p->cache_bytes, (uint32_t)n,
                   MP_OBJ_NULL, MP_OBJ_NULL, MP_OBJ_NULL, 0, 0, 0, 0, NULL };
-    // every sample is checked before the first step: bad input changes nothing, and the error
-    // names the sample as the PC binding's does
+    // every sample is checked before the first step: bad input changes nothing. Our own error
+    // about a sample (a TypeError or ValueError "tinymp: ...") is raised again naming the sample,
+    // as the PC binding does; any other exception (the sequence's own, an OSError of a file it
+    // reads) propagates unchanged: an exception of the caller's class is never built here
     for (mp_int_t i = 0; i < n; i++) {
         int32_t label;
         nlr_buf_t nlr;
@@ -1971,14 +1973,11 @@ static mp_obj_t tinymp_trainer_fit(size_t n_args, const mp_obj_t *pos_args, mp_m
             mp_obj_t e = MP_OBJ_FROM_PTR(nlr.ret_val);
             const mp_obj_type_t *et = mp_obj_get_type(e);
             mp_obj_t v = mp_obj_exception_get_value(e);
-            if (!mp_obj_is_str(v) || !mp_obj_is_subclass_fast(MP_OBJ_FROM_PTR(et), MP_OBJ_FROM_PTR(&mp_type_Exception))) {
+            if ((et != &mp_type_TypeError && et != &mp_type_ValueError) || !mp_obj_is_str(v) ||
+                strncmp(mp_obj_str_get_str(v), "tinymp: ", 8) != 0) {
                 nlr_jump(nlr.ret_val);
             }
-            const char *text = mp_obj_str_get_str(v);
-            if (strncmp(text, "tinymp: ", 8) == 0) {
-                text += 8;
-            }
-            mp_raise_msg_varg(et, MP_ERROR_TEXT("tinymp: fit() sample %d: %s"), (int)i, text);
+            mp_raise_msg_varg(et, MP_ERROR_TEXT("tinymp: fit() sample %d: %s"), (int)i, mp_obj_str_get_str(v) + 8);
         }
     }
     uint32_t flags = args[ARG_shuffle].u_bool ? 0u : TMP_FIT_NO_SHUFFLE;

@@ -323,6 +323,47 @@ try:
     t.fit(xs, ys[:2] + [99] + ys[3:])
 except ValueError as e:
     print("bad sample ->", e)
+try:
+    t.fit(xs[:5] + [None], ys)
+except TypeError as e:
+    print("bad sample ->", e)
+
+
+# an exception the sequences raise for an item in the check before the first step propagates
+# unchanged (the same object: its class, args and errno), whatever its class; only the binding's
+# own errors about a sample (above) name the sample
+class MyErr(Exception):
+    pass
+
+
+class BadValue(ValueError):
+    pass
+
+
+class Raising:
+    def __init__(self, items, err):
+        self.items, self.err = items, err
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        if i == 3:
+            raise self.err
+        return self.items[i]
+
+
+for err, which in ((MyErr("mine"), "xs"), (BadValue("tinymp: not ours"), "xs"), (OSError(5), "xs"),
+                   (MyErr("label"), "ys")):
+    t = tinymp.Trainer(m, p, lr=0.05, seed=7)
+    try:
+        if which == "xs":
+            t.fit(Raising(xs, err), ys, epochs=2)
+        else:
+            t.fit(xs, Raising(ys, err), epochs=2)
+        print("no error")
+    except Exception as e:
+        print("item of", which, "raises", type(e).__name__, e is err, e.args, "steps", t.stats()["steps"])
 
 # a long run stopped early by progress reserves nothing per epoch it never reaches
 r = t.fit(xs, ys, epochs=100000, progress=lambda e, d, l, c: e == 1 and d == 2)
