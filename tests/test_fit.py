@@ -6,6 +6,9 @@ prefix worked out from the model's layer table in Python.
 """
 import io
 import math
+import os
+import subprocess
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -102,6 +105,40 @@ def test_fit_equals_a_loop_of_steps_with_and_without_cache(kind, method, opts):
                 assert p.arena_bytes <= opts.get("budget", p.arena_bytes)
                 if k:  # the cache region is used: the high water reaches into it
                     assert t.high_water > p.arena_bytes - k * p.cache_bytes
+
+
+def test_cache_true_takes_room_only_for_the_samples_beyond_the_arena():
+    # plan(cache=K) keeps K samples' features in the arena; fit(cache=True) allocates a buffer
+    # for the other N - K only (it used to allocate N * cache_bytes, the arena's share unused),
+    # seen as the memory the run holds at its first step; the run trains exactly as one
+    # without any cache
+    m = H.demo_model()
+    n, k, epochs = 12, 9, 3
+    opts = {"method": "sparse", "layers": [12, 15], "ratios": [0.5, 0.25]}
+    xs, ys = samples(m, n)
+    ref = tinymp.Trainer(m, m.plan(**opts), lr=0.002, seed=5)
+    want = ref.fit(xs, ys, epochs=epochs, cache=False)
+    p = m.plan(cache=k, **opts)
+    cb = p.cache_bytes
+    assert p.cache_samples == k and cb >= 1024
+    t = tinymp.Trainer(m, p, lr=0.002, seed=5)
+    held = []
+
+    def progress(epoch, done, loss, correct):
+        if not held:
+            held.append(tracemalloc.get_traced_memory()[0])
+    tracemalloc.start()
+    try:
+        start = tracemalloc.get_traced_memory()[0]
+        r = t.fit(xs, ys, epochs=epochs, progress=progress)
+    finally:
+        tracemalloc.stop()
+    assert r["cache_in_arena"] == k and r["cache_outside"] == n - k
+    assert r["cached_steps"] == n * (epochs - 1)
+    # the buffer of N - K samples, and less than one more sample's worth of anything else
+    assert (n - k) * cb <= held[0] - start < (n - k + 1) * cb
+    assert r["loss"] == want["loss"] and r["accuracy"] == want["accuracy"]
+    np.testing.assert_array_equal(logits_of(t, xs), logits_of(ref, xs))
 
 
 def test_cache_skips_the_prefix_macs():
@@ -343,3 +380,82 @@ def test_prediction_is_the_steps_own_and_goes_with_reset_and_load(tmp_path):
     assert t.prediction >= 0
     t.load(path)
     assert t.prediction == -1
+
+
+# ---- on MicroPython: fit(cache=True) when the heap cannot hold every sample's features
+#
+# These run build/unix/micropython (and build/unix-float/micropython) with tinymp, as
+# tests/test_sigint.py does (make firmware BOARD=UNIX MICROPY_DIR=..., which
+# tests/test_micropython.py runs), and are skipped without it.
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEMO = os.path.join(ROOT, "host", "tinymp", "models", "demo.tmpm")
+FIT_HEAP_RESERVE = 2048  # what the buffer of cache=True leaves free for the run (docs/API.md)
+
+# Fills the heap but for one hole of HOLE bytes, then runs fit(cache=True): the binding's buffer
+# must come out of that hole. The reference is the same run without any cache.
+HEAP_SCRIPT = r'''
+import gc, sys, tinymp
+m = tinymp.Model(open(sys.argv[1], "rb").read())
+N, K, E, HOLE = int(sys.argv[2]), int(sys.argv[3]), 3, int(sys.argv[4])
+opts = {"method": "sparse", "layers": [12, 15], "ratios": [0.5, 0.25]}
+h, w, c = m.input_shape
+xs = [bytes(((i * 37 + k * 11) & 0xFF) for i in range(h * w * c)) for k in range(N)]
+ys = [k % m.num_classes for k in range(N)]
+t0 = tinymp.Trainer(m, m.plan(**opts), lr=0.002, seed=5)
+r0 = t0.fit(xs, ys, epochs=E, cache=False)
+out0 = [list(t0.logits(x)) for x in xs]
+p = m.plan(cache=K, **opts)
+t = tinymp.Trainer(m, p, lr=0.002, seed=5)
+junk = [None] * 4096
+gc.collect()
+hole = bytearray(HOLE)
+j = 0
+size = 1 << 16
+while size >= 16:
+    try:
+        junk[j] = bytearray(size)
+        j += 1
+    except MemoryError:
+        size //= 2
+hole = None
+r = t.fit(xs, ys, epochs=E)
+junk = None
+gc.collect()
+out = [list(t.logits(x)) for x in xs]
+print(p.cache_bytes, p.cache_samples, r["cache_in_arena"], r["cache_outside"], r["cached_steps"],
+      r["loss"] == r0["loss"], r["accuracy"] == r0["accuracy"], out == out0)
+'''
+
+
+def _micropythons():
+    found = []
+    for sub in ("unix", "unix-float"):
+        exe = os.path.join(ROOT, "build", sub, "micropython")
+        if os.path.isfile(exe) and subprocess.run([exe, "-c", "import tinymp; tinymp.Trainer.fit"],
+                                                  capture_output=True, timeout=30).returncode == 0:
+            found.append(exe)
+    return found
+
+
+@pytest.mark.parametrize("exe", _micropythons() or [None],
+                         ids=lambda e: "none" if e is None else os.path.basename(os.path.dirname(e)))
+def test_micropython_cache_true_takes_what_the_heap_has(exe, tmp_path):
+    if exe is None:
+        pytest.skip("needs build/unix/micropython with tinymp (make firmware BOARD=UNIX MICROPY_DIR=...)")
+    script = tmp_path / "heap.py"
+    script.write_text(HEAP_SCRIPT)
+    n, k, cb = 12, 2, 1024
+    # room for 4.5 samples beyond the reserve: 4 of the 10 samples the arena does not hold
+    hole = FIT_HEAP_RESERVE + 4 * cb + cb // 2
+    r = subprocess.run([exe, "-X", "heapsize=512k", str(script), DEMO, str(n), str(k), str(hole)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    got = r.stdout.split()
+    assert got[:3] == [str(cb), str(k), str(k)], got
+    outside, cached = int(got[3]), int(got[4])
+    # as many as the hole holds (the board used to ask for all 12 samples' room at once, and
+    # got none), not all of them, and the run trains exactly as one without the cache
+    assert (hole - FIT_HEAP_RESERVE) // cb <= outside < n - k
+    assert cached == (k + outside) * 2
+    assert got[5:] == ["True", "True", "True"]

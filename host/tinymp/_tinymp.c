@@ -2274,8 +2274,10 @@ typedef struct {
     PyObject *xs, *ys;
     Py_buffer cur;          /* the current sample's input */
     int has_cur;
-    Py_buffer cache;        /* caller's or our buffer cache */
+    Py_buffer cache;        /* a caller's buffer cache (sample i at i * cache_bytes) */
     int has_cache;
+    uint8_t *own;           /* cache=True: our buffer for the samples the arena does not hold, */
+    uint32_t base;          /* sample i at (i - base) * cache_bytes (base: the arena's samples) */
     PyObject *file;         /* a file-like cache (seek/write/readinto) */
     PyObject *progress;
     uint32_t cache_bytes;
@@ -2313,6 +2315,10 @@ static int fit_file_seek(fit_ctx *f, uint32_t i, uint32_t offset) {
 
 static int fit_store(void *ctx, uint32_t i, uint32_t offset, const int8_t *src, uint32_t n) {
     fit_ctx *f = (fit_ctx *)ctx;
+    if (f->own != NULL) {
+        memcpy(f->own + (size_t)(i - f->base) * f->cache_bytes + offset, src, n);
+        return 0;
+    }
     if (f->has_cache) {
         memcpy((uint8_t *)f->cache.buf + (size_t)i * f->cache_bytes + offset, src, n);
         return 0;
@@ -2338,6 +2344,10 @@ static int fit_store(void *ctx, uint32_t i, uint32_t offset, const int8_t *src, 
 
 static int fit_load(void *ctx, uint32_t i, uint32_t offset, int8_t *dst, uint32_t n) {
     fit_ctx *f = (fit_ctx *)ctx;
+    if (f->own != NULL) {
+        memcpy(dst, f->own + (size_t)(i - f->base) * f->cache_bytes + offset, n);
+        return 0;
+    }
     if (f->has_cache) {
         memcpy(dst, (const uint8_t *)f->cache.buf + (size_t)i * f->cache_bytes + offset, n);
         return 0;
@@ -2396,6 +2406,43 @@ static int fit_progress(void *ctx, uint32_t epoch, uint32_t done, float loss, in
         return 1;
     }
     return stop;
+}
+
+/* Bytes the buffer of cache=True leaves free for the run itself, as on the board (modtinymp.c). */
+#define FIT_HEAP_RESERVE 2048u
+
+/* Can the heap give `bytes` now? (a block is taken and given back) */
+static int fit_heap_has(uint64_t bytes) {
+    if (bytes > (uint64_t)PY_SSIZE_T_MAX / 2) {
+        return 0;
+    }
+    void *b = PyMem_Malloc((size_t)bytes);
+    PyMem_Free(b);
+    return b != NULL;
+}
+
+/* cache=True: a buffer for the `want` samples the arena does not hold, or, when the heap cannot
+ * give that and FIT_HEAP_RESERVE more, for as many of them as it can -- the board's rule
+ * (modtinymp.c, fit_own_cache); a PC seldom runs short. *count: the samples it holds; NULL when
+ * none. */
+static uint8_t *fit_own_cache(uint32_t want, uint32_t cache_bytes, uint32_t *count) {
+    uint32_t lo = 0, hi = want; /* lo samples fit, more than hi do not */
+    if (fit_heap_has((uint64_t)want * cache_bytes + FIT_HEAP_RESERVE)) {
+        lo = want;
+    } else {
+        hi = want - 1u;
+    }
+    while (lo < hi) {
+        const uint32_t mid = lo + (hi - lo + 1u) / 2u;
+        if (fit_heap_has((uint64_t)mid * cache_bytes + FIT_HEAP_RESERVE)) {
+            lo = mid;
+        } else {
+            hi = mid - 1u;
+        }
+    }
+    uint8_t *b = lo != 0 ? (uint8_t *)PyMem_Malloc((size_t)lo * cache_bytes) : NULL;
+    *count = b != NULL ? lo : 0u;
+    return b;
 }
 
 /* fit(xs, ys, epochs=1, cache=True, shuffle=True, progress=None) -> dict */
@@ -2470,23 +2517,18 @@ static PyObject *Trainer_fit(TrainerObject *self, PyObject *args, PyObject *kwds
         }
     }
     uint32_t flags = shuffle ? 0u : TMP_FIT_NO_SHUFFLE;
-    tmp_fit_io io = { fit_sample, NULL, NULL, fit_progress, &f };
+    tmp_fit_io io = { fit_sample, NULL, NULL, fit_progress, &f, 0 };
     int want_outside = p->cache_bytes != 0 && (uint32_t)n > p->cache_samples && ep > 1;
     if (cache == Py_False || cache == Py_None) {
         flags |= TMP_FIT_NO_CACHE;
     } else if (cache == Py_True) {
         if (want_outside) {
-            /* the PC has the room: a buffer for the samples the arena does not hold */
-            PyObject *buf = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)n * (Py_ssize_t)p->cache_bytes);
-            if (buf == NULL) {
-                goto fail;
-            }
-            int r = PyObject_GetBuffer(buf, &f.cache, PyBUF_WRITABLE);
-            Py_DECREF(buf); /* the view keeps it alive */
-            if (r < 0) {
-                goto fail;
-            }
-            f.has_cache = 1;
+            /* room for the samples beyond the arena's, as many as the heap has (as on the board):
+             * the rest run the prefix again */
+            uint32_t count = 0;
+            f.own = fit_own_cache((uint32_t)n - p->cache_samples, p->cache_bytes, &count);
+            f.base = p->cache_samples;
+            io.cache_end = p->cache_samples + count;
         }
     } else if (PyObject_CheckBuffer(cache)) {
         if (PyObject_GetBuffer(cache, &f.cache, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) {
@@ -2508,7 +2550,7 @@ static PyObject *Trainer_fit(TrainerObject *self, PyObject *args, PyObject *kwds
         PyErr_SetString(PyExc_TypeError, "tinymp: cache must be True, False, a writable buffer or a file");
         goto fail;
     }
-    if (f.has_cache || f.file != NULL) {
+    if (f.own != NULL || f.has_cache || f.file != NULL) {
         io.cache_store = fit_store;
         io.cache_load = fit_load;
     }
@@ -2558,6 +2600,7 @@ static PyObject *Trainer_fit(TrainerObject *self, PyObject *args, PyObject *kwds
     if (f.has_cache) {
         PyBuffer_Release(&f.cache);
     }
+    PyMem_Free(f.own);
     PyMem_Free(f.loss_sum);
     PyMem_Free(f.correct);
     PyMem_Free(f.count);
@@ -2569,6 +2612,7 @@ fail:
     if (f.has_cache) {
         PyBuffer_Release(&f.cache);
     }
+    PyMem_Free(f.own);
     PyMem_Free(f.loss_sum);
     PyMem_Free(f.correct);
     PyMem_Free(f.count);

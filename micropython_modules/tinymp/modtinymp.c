@@ -1782,6 +1782,8 @@ typedef struct {
     mp_obj_t xs, ys, file, progress;
     mp_obj_t cache_obj;      // a caller's cache buffer, or MP_OBJ_NULL
     uint8_t *own_cache;      // our heap buffer for the samples the arena does not hold, or NULL
+    uint32_t base;           // own_cache holds sample i at (i - base) * cache_bytes (base: the
+                             // arena's samples); a caller's buffer or file at i * cache_bytes
     uint32_t cache_bytes;
     uint32_t n;
     mp_obj_t pending;        // an exception a cache file raised: the run stops after that step
@@ -1820,7 +1822,7 @@ static uint8_t *fit_cache_buffer(fit_ctx *f) {
         return f->own_cache;
     }
     mp_buffer_info_t cb;
-    if (!mp_get_buffer(f->cache_obj, &cb, MP_BUFFER_WRITE) || cb.len < (size_t)f->n * f->cache_bytes) {
+    if (!mp_get_buffer(f->cache_obj, &cb, MP_BUFFER_WRITE) || (uint64_t)cb.len < (uint64_t)f->n * f->cache_bytes) {
         mp_raise_ValueError(MP_ERROR_TEXT("tinymp: the cache buffer was resized during fit()"));
     }
     return (uint8_t *)cb.buf;
@@ -1836,7 +1838,7 @@ static void fit_seek(fit_ctx *f, uint32_t i, uint32_t offset) {
 static int fit_store(void *ctx, uint32_t i, uint32_t offset, const int8_t *src, uint32_t n) {
     fit_ctx *f = (fit_ctx *)ctx;
     if (f->file == MP_OBJ_NULL) {
-        memcpy(fit_cache_buffer(f) + (size_t)i * f->cache_bytes + offset, src, n);
+        memcpy(fit_cache_buffer(f) + (size_t)(i - f->base) * f->cache_bytes + offset, src, n);
         return 0;
     }
     if (f->pending != MP_OBJ_NULL) {
@@ -1865,7 +1867,7 @@ static int fit_store(void *ctx, uint32_t i, uint32_t offset, const int8_t *src, 
 static int fit_load(void *ctx, uint32_t i, uint32_t offset, int8_t *dst, uint32_t n) {
     fit_ctx *f = (fit_ctx *)ctx;
     if (f->file == MP_OBJ_NULL) {
-        memcpy(dst, fit_cache_buffer(f) + (size_t)i * f->cache_bytes + offset, n);
+        memcpy(dst, fit_cache_buffer(f) + (size_t)(i - f->base) * f->cache_bytes + offset, n);
         return 0;
     }
     fit_seek(f, i, offset);
@@ -1918,9 +1920,51 @@ static int fit_progress(void *ctx, uint32_t epoch, uint32_t done, float loss, in
     return stop;
 }
 
+// Heap bytes the buffer of cache=True leaves free for the run itself: the per-epoch figures, a
+// progress callback's objects (a buffer that took the whole heap would make them fail mid-run).
+#define FIT_HEAP_RESERVE 2048u
+
+// Can the heap give `bytes` now? (a block is taken and given back)
+static bool fit_heap_has(uint64_t bytes) {
+    if (bytes > SIZE_MAX / 2) {
+        return false;
+    }
+    uint8_t *b = m_new_maybe(uint8_t, (size_t)bytes);
+    if (b == NULL) {
+        return false;
+    }
+    m_del(uint8_t, b, (size_t)bytes);
+    return true;
+}
+
+// cache=True: a heap buffer for the `want` samples the arena does not hold, or, when the heap
+// cannot give that and FIT_HEAP_RESERVE more, for as many of them as it can (the largest count
+// found by halving the interval; each failed try collects the heap once). *count: the samples it
+// holds; NULL when none.
+static uint8_t *fit_own_cache(uint32_t want, uint32_t cache_bytes, uint32_t *count) {
+    uint32_t lo = 0, hi = want; // lo samples fit, more than hi do not
+    if (fit_heap_has((uint64_t)want * cache_bytes + FIT_HEAP_RESERVE)) {
+        lo = want;
+    } else {
+        hi = want - 1u;
+    }
+    while (lo < hi) {
+        const uint32_t mid = lo + (hi - lo + 1u) / 2u;
+        if (fit_heap_has((uint64_t)mid * cache_bytes + FIT_HEAP_RESERVE)) {
+            lo = mid;
+        } else {
+            hi = mid - 1u;
+        }
+    }
+    uint8_t *b = lo != 0 ? m_new_maybe(uint8_t, (size_t)lo * cache_bytes) : NULL;
+    *count = b != NULL ? lo : 0u;
+    return b;
+}
+
 // fit(xs, ys, epochs=1, cache=True, shuffle=True, progress=None) -> dict: a personalisation run.
-// cache: True (the arena's cache region, then a heap buffer if one can be had), False, a
-// writable buffer of len(xs) * plan.cache_bytes, or a file opened 'w+b' (seek/write/readinto).
+// cache: True (the arena's cache region, then a heap buffer for as many of the other samples as
+// the heap has room for), False, a writable buffer of len(xs) * plan.cache_bytes, or a file
+// opened 'w+b' (seek/write/readinto).
 static mp_obj_t tinymp_trainer_fit(size_t n_args, const mp_obj_t *pos_args, mp_map_t *kw_args) {
     enum { ARG_xs, ARG_ys, ARG_epochs, ARG_cache, ARG_shuffle, ARG_progress };
     static const mp_arg_t allowed_args[] = {
@@ -1957,7 +2001,7 @@ static mp_obj_t tinymp_trainer_fit(size_t n_args, const mp_obj_t *pos_args, mp_m
         mp_raise_ValueError(MP_ERROR_TEXT("tinymp: fit() needs at least one sample"));
     }
     const tmp_train_plan *p = &trainer_plan(self)->plan;
-    fit_ctx f = { self, xs, ys, MP_OBJ_NULL, progress, MP_OBJ_NULL, NULL, p->cache_bytes, (uint32_t)n,
+    fit_ctx f = { self, xs, ys, MP_OBJ_NULL, progress, MP_OBJ_NULL, NULL, 0, p->cache_bytes, (uint32_t)n,
                   MP_OBJ_NULL, MP_OBJ_NULL, MP_OBJ_NULL, 0, 0, 0, 0, NULL };
     // every sample is checked before the first step: bad input changes nothing. Our own error
     // about a sample (a TypeError or ValueError "tinymp: ...") is raised again naming the sample,
@@ -1981,19 +2025,24 @@ static mp_obj_t tinymp_trainer_fit(size_t n_args, const mp_obj_t *pos_args, mp_m
         }
     }
     uint32_t flags = args[ARG_shuffle].u_bool ? 0u : TMP_FIT_NO_SHUFFLE;
-    tmp_fit_io io = { fit_sample, NULL, NULL, fit_progress, &f };
+    tmp_fit_io io = { fit_sample, NULL, NULL, fit_progress, &f, 0 };
     mp_obj_t cache = args[ARG_cache].u_obj;
-    const size_t need = (size_t)n * p->cache_bytes;
+    const uint64_t need = (uint64_t)n * p->cache_bytes;
+    uint32_t own_count = 0;
     if (cache == mp_const_false || cache == mp_const_none) {
         flags |= TMP_FIT_NO_CACHE;
     } else if (cache == mp_const_true) {
         if (p->cache_bytes != 0 && (uint32_t)n > p->cache_samples && epochs > 1) {
-            f.own_cache = m_new_maybe(uint8_t, need); // no room: those samples run the prefix again
+            // room for the samples beyond the arena's, as many as the heap has: the rest (all of
+            // them when it has none) run the prefix again
+            f.own_cache = fit_own_cache((uint32_t)n - p->cache_samples, p->cache_bytes, &own_count);
+            f.base = p->cache_samples;
+            io.cache_end = p->cache_samples + own_count;
         }
     } else {
         mp_buffer_info_t cb;
         if (mp_get_buffer(cache, &cb, MP_BUFFER_WRITE)) {
-            if (cb.len < need) {
+            if ((uint64_t)cb.len < need) {
                 mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("tinymp: the cache buffer has %u bytes; "
                     "%d samples need %u (plan.cache_bytes = %u per sample)"), (unsigned)cb.len, (int)n,
                     (unsigned)need, (unsigned)p->cache_bytes);
@@ -2036,6 +2085,10 @@ static mp_obj_t tinymp_trainer_fit(size_t n_args, const mp_obj_t *pos_args, mp_m
     #else
     s = tmp_trainer_fit(&self->t, (uint32_t)n, epochs, flags, &io, &st);
     #endif
+    if (f.own_cache != NULL) { // given back now, not at the next collection
+        m_del(uint8_t, f.own_cache, (size_t)own_count * p->cache_bytes);
+        f.own_cache = NULL;
+    }
     if (f.pending != MP_OBJ_NULL) {
         nlr_raise(f.pending);
     }

@@ -107,6 +107,42 @@ for method, kw in (("last", {}), ("sparse", {"layers": [2], "ratios": [0.5]}), (
             name, r["loss"] == r0["loss"], o == o0, r["cached_steps"], r["cache_in_arena"],
             r["cache_outside"], p.arena_bytes - p0.arena_bytes))
 
+# cache=True with plan(cache=3) and 6 samples: the binding's buffer takes room for the 3 samples
+# the arena does not hold, not for all 6 (what the run holds at its first step: gc.mem_alloc()
+# on MicroPython, tracemalloc on CPython)
+import gc
+
+try:
+    from gc import mem_alloc
+
+    def trace(on):
+        gc.collect()
+except ImportError:
+    import tracemalloc
+
+    def mem_alloc():
+        return tracemalloc.get_traced_memory()[0]
+
+    def trace(on):
+        (tracemalloc.start if on else tracemalloc.stop)()
+
+p = m.plan("sparse", layers=[2], ratios=[0.5], cache=3)
+t = tinymp.Trainer(m, p, lr=0.05, seed=7)
+held = []
+
+
+def first_step(*a):
+    if not held:
+        held.append(mem_alloc() - start)
+
+
+trace(True)
+start = mem_alloc()
+r = t.fit(xs, ys, epochs=4, progress=first_step)
+trace(False)
+print("heap buffer for the samples beyond the arena's:", r["cache_in_arena"], r["cache_outside"],
+      3 * p.cache_bytes <= held[0] < 5 * p.cache_bytes, r["loss"] == run("sparse", False, layers=[2], ratios=[0.5])[2]["loss"])
+
 # a plan's cache region is counted in its breakdown and in arena_bytes
 p = m.plan("last", cache=4)
 print("cache region", p.cache_samples, p.breakdown["cache"] == 4 * p.cache_bytes,

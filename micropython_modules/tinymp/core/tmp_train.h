@@ -346,6 +346,10 @@ typedef struct {
      *  pass predicted the label. Non-zero stops the fit (it returns TMP_OK). */
     int (*progress)(void *ctx, uint32_t epoch, uint32_t done, float loss, int correct);
     void *ctx;
+    /** The caller's cache holds samples plan->cache_samples <= i < cache_end only (a binding's
+     *  buffer with room for fewer than all of them); the rest run the prefix again. 0: it holds
+     *  every sample the arena does not. */
+    uint32_t cache_end;
 } tmp_fit_io;
 
 #define TMP_FIT_NO_CACHE 0x1u   /**< never use the cache (the reference path) */
