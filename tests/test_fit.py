@@ -4,6 +4,7 @@ The references are independent of fit(): the same run written as a plain loop of
 calls (and end_period() after every epoch, as fit() documents), and the boundary of the frozen
 prefix worked out from the model's layer table in Python.
 """
+import errno
 import io
 import math
 import os
@@ -345,6 +346,106 @@ def test_the_bindings_own_sample_errors_name_the_sample(bad, exc, text):
     assert type(info.value) is exc
     assert str(info.value).startswith("tinymp: fit() sample 4: " + text)
     assert t.stats()["steps"] == 0
+
+
+@pytest.mark.parametrize("held", [b"", b"\x00" * 4096, b"\xa5" * 4096], ids=["empty", "zeros", "a5"])
+@pytest.mark.parametrize("mode", ["wb", "rb", "ab", "a+b"])
+def test_a_cache_file_not_read_and_written_in_place_trains_nothing(mode, held, tmp_path):
+    # 'wb' (an easy slip for 'w+b') trained a whole epoch and then failed on the first read back;
+    # 'rb' failed after one step; 'a+b' (every write appends) trained on the wrong features, in
+    # silence. The file is now tried before the first step, whatever it held before.
+    m = H.demo_model()
+    xs, ys = samples(m, 6)
+    t = tinymp.Trainer(m, m.plan(method="last"), lr=0.01, seed=1)
+    before = logits_of(t, xs)
+    path = tmp_path / "cache.bin"
+    path.write_bytes(held)
+    with open(path, mode) as f:
+        with pytest.raises(ValueError, match=r"^tinymp: fit\(\) cache file must be opened 'w\+b' or 'r\+b' "
+                                             r"\(read and written in place\)$"):
+            t.fit(xs, ys, epochs=3, cache=f)
+    assert t.stats()["steps"] == 0
+    np.testing.assert_array_equal(logits_of(t, xs), before)
+
+
+@pytest.mark.parametrize("mode", ["w+b", "r+b"])
+def test_a_cache_file_open_for_both_trains_as_without_a_cache(mode, tmp_path):
+    m = H.demo_model()
+    xs, ys = samples(m, 6)
+    p = m.plan(method="last")
+    ref = tinymp.Trainer(m, p, lr=0.01, seed=1)
+    want = ref.fit(xs, ys, epochs=3, cache=False)
+    t = tinymp.Trainer(m, p, lr=0.01, seed=1)
+    path = tmp_path / "cache.bin"
+    path.write_bytes(b"")
+    with open(path, mode) as f:
+        r = t.fit(xs, ys, epochs=3, cache=f)
+    assert r["loss"] == want["loss"] and r["cache_outside"] == 6 and r["cached_steps"] == 12
+    np.testing.assert_array_equal(logits_of(t, xs), logits_of(ref, xs))
+
+
+def test_a_text_cache_file_is_refused(tmp_path):
+    m = H.demo_model()
+    xs, ys = samples(m, 6)
+    t = tinymp.Trainer(m, m.plan(method="last"), lr=0.01, seed=1)
+    with open(tmp_path / "cache.txt", "w+") as f:
+        with pytest.raises(TypeError, match="a writable buffer or a binary file"):
+            t.fit(xs, ys, epochs=3, cache=f)
+    assert t.stats()["steps"] == 0
+
+
+class _FailingFile(io.BytesIO):
+    def __init__(self, err, on="write"):
+        super().__init__()
+        self.err, self.on = err, on
+
+    def write(self, b):
+        if self.on == "write":
+            raise self.err
+        return super().write(b)
+
+    def readinto(self, b):
+        if self.on == "readinto":
+            raise self.err
+        return super().readinto(b)
+
+
+@pytest.mark.parametrize("err,on,mode_error", [
+    (OSError(errno.EBADF, "Bad file descriptor"), "readinto", True),
+    (OSError(errno.EBADF), "readinto", True),  # MicroPython's OSError(errno), as a script raises it
+    (OSError(errno.EACCES, "Permission denied"), "write", True),  # a FAT file opened 'rb'
+    (OSError(errno.ENOSPC, "No space left on device"), "write", False),
+    (_MyError("mine"), "write", False),
+], ids=["ebadf", "ebadf-one-arg", "eacces", "enospc", "own-class"])
+def test_a_cache_file_that_fails_its_try_trains_nothing(err, on, mode_error):
+    # the file's way of saying it is not open for this becomes the one ValueError; anything else
+    # (a full disk, the object's own exception) propagates unchanged, before the first step
+    m = H.demo_model()
+    xs, ys = samples(m, 6)
+    t = tinymp.Trainer(m, m.plan(method="last"), lr=0.01, seed=1)
+    before = logits_of(t, xs)
+    with pytest.raises(Exception) as info:
+        t.fit(xs, ys, epochs=3, cache=_FailingFile(err, on))
+    if mode_error:
+        assert type(info.value) is ValueError and "must be opened 'w+b' or 'r+b'" in str(info.value)
+    else:
+        assert info.value is err
+    assert t.stats()["steps"] == 0
+    np.testing.assert_array_equal(logits_of(t, xs), before)
+
+
+def test_a_cache_file_is_not_tried_when_it_will_not_be_used(tmp_path):
+    # one epoch (or every sample in the arena): nothing goes to the file, so it is left alone
+    m = H.demo_model()
+    xs, ys = samples(m, 6)
+    path = tmp_path / "cache.bin"
+    path.write_bytes(b"keep")
+    for epochs, plan in ((1, m.plan(method="last")), (3, m.plan(method="last", cache=6))):
+        t = tinymp.Trainer(m, plan, lr=0.01, seed=1)
+        with open(path, "rb") as f:
+            r = t.fit(xs, ys, epochs=epochs, cache=f)
+        assert r["steps"] == 6 * epochs and r["cache_outside"] == 0
+    assert path.read_bytes() == b"keep"
 
 
 def test_progress_exception_propagates_after_whole_steps():

@@ -9,6 +9,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <errno.h>
 #include <math.h>
 #include <string.h>
 
@@ -2377,6 +2378,115 @@ static int fit_load(void *ctx, uint32_t i, uint32_t offset, int8_t *dst, uint32_
     return 0;
 }
 
+/* Is the pending exception a file's way of saying it is not open for this or cannot seek
+ * (io.UnsupportedOperation, or an OSError EBADF, EACCES or ESPIPE as MicroPython's filesystems
+ * raise)? */
+static int fit_file_mode_error(void) {
+    PyObject *et, *ev, *tb;
+    PyErr_Fetch(&et, &ev, &tb);
+    PyErr_NormalizeException(&et, &ev, &tb);
+    int mode = 0;
+    if (ev != NULL && PyErr_GivenExceptionMatches(et, PyExc_OSError)) {
+        PyObject *io = PyImport_ImportModule("io");
+        PyObject *uo = io != NULL ? PyObject_GetAttrString(io, "UnsupportedOperation") : NULL;
+        mode = uo != NULL && PyObject_IsInstance(ev, uo) == 1;
+        Py_XDECREF(uo);
+        Py_XDECREF(io);
+        PyObject *no = mode ? NULL : PyObject_GetAttrString(ev, "errno");
+        if (no == Py_None) {
+            /* MicroPython's OSError(errno): one argument, which CPython does not take as errno */
+            PyObject *args = PyObject_GetAttrString(ev, "args");
+            if (args != NULL && PyTuple_Check(args) && PyTuple_GET_SIZE(args) == 1) {
+                PyObject *a0 = PyTuple_GET_ITEM(args, 0);
+                Py_INCREF(a0);
+                Py_DECREF(no);
+                no = a0;
+            }
+            Py_XDECREF(args);
+        }
+        if (no != NULL && PyLong_Check(no)) {
+            const long v = PyLong_AsLong(no);
+            mode = v == EBADF || v == EACCES || v == ESPIPE;
+        }
+        Py_XDECREF(no);
+        PyErr_Clear();
+    }
+    PyErr_Restore(et, ev, tb);
+    return mode;
+}
+
+/* A cache file is tried before the first step (every input is), where fit() would first store:
+ * one sample's worth of zeros written (and flushed) and read back, then of 0xA5 -- as on the board
+ * (modtinymp.c, fit_probe_file). A file that cannot be read and written in place raises one
+ * ValueError that says so, and nothing trains: one not open for both ('rb', 'wb'), one that cannot
+ * seek, one whose writes go elsewhere ('a+b': every write appends, so at least one of the two
+ * reads finds other bytes, whatever the file held before). Any other exception (a full disk, the
+ * file object's own) propagates unchanged. A write that stores less is no error (those samples
+ * are just not cached, as in fit_store). */
+#define FIT_PROBE_BYTE 0xA5
+
+/* The count the file's `method` returned for buf at the probe's place; -1: not a count; -2: it
+ * raised (pending). A write is followed by flush() when the file has one: a buffered file would
+ * otherwise give the bytes back from its buffer, wherever its writes really go ('a+b'). */
+static long long fit_probe_call(fit_ctx *f, uint32_t offset, const char *method, PyObject *buf) {
+    if (fit_file_seek(f, 0, offset) < 0) {
+        return -2;
+    }
+    PyObject *r = PyObject_CallMethod(f->file, method, "O", buf);
+    if (r == NULL) {
+        return -2;
+    }
+    if (strcmp(method, "write") == 0 && PyObject_HasAttrString(f->file, "flush")) {
+        PyObject *fr = PyObject_CallMethod(f->file, "flush", NULL);
+        if (fr == NULL) {
+            Py_DECREF(r);
+            return -2;
+        }
+        Py_DECREF(fr);
+    }
+    long long v = PyLong_Check(r) ? PyLong_AsLongLong(r) : -1;
+    PyErr_Clear(); /* an int too large for long long: not a count */
+    Py_DECREF(r);
+    return v < 0 ? -1 : v;
+}
+
+static int fit_probe_file(fit_ctx *f, uint32_t offset) {
+    const Py_ssize_t n = (Py_ssize_t)f->cache_bytes;
+    PyObject *buf = PyByteArray_FromStringAndSize(NULL, n);
+    if (buf == NULL) {
+        return -1;
+    }
+    int bad = 0, stored = 1;
+    long long r = 0;
+    for (unsigned pattern = 0; pattern <= FIT_PROBE_BYTE && stored && !bad; pattern += FIT_PROBE_BYTE) {
+        bad = PyByteArray_GET_SIZE(buf) != n; /* the file's methods may have resized it */
+        if (bad) {
+            break;
+        }
+        memset(PyByteArray_AS_STRING(buf), (int)pattern, (size_t)n);
+        r = fit_probe_call(f, offset, "write", buf);
+        stored = r == n;
+        if (stored && PyByteArray_GET_SIZE(buf) == n) {
+            memset(PyByteArray_AS_STRING(buf), (int)(pattern ^ 0xFFu), (size_t)n);
+            r = fit_probe_call(f, offset, "readinto", buf);
+            bad = r != n || PyByteArray_GET_SIZE(buf) != n;
+            for (Py_ssize_t k = 0; k < n && !bad; k++) {
+                bad = (uint8_t)PyByteArray_AS_STRING(buf)[k] != pattern;
+            }
+        }
+    }
+    Py_DECREF(buf);
+    if (r == -2 && !fit_file_mode_error()) {
+        return -1; /* its own exception, unchanged */
+    }
+    if (r == -2 || bad) {
+        PyErr_Clear();
+        PyErr_SetString(PyExc_ValueError, "tinymp: fit() cache file must be opened 'w+b' or 'r+b' (read and written in place)");
+        return -1;
+    }
+    return 0;
+}
+
 static int fit_progress(void *ctx, uint32_t epoch, uint32_t done, float loss, int correct) {
     fit_ctx *f = (fit_ctx *)ctx;
     f->loss_sum[epoch] += (double)loss;
@@ -2533,7 +2643,7 @@ static PyObject *Trainer_fit(TrainerObject *self, PyObject *args, PyObject *kwds
     } else if (PyObject_CheckBuffer(cache)) {
         if (PyObject_GetBuffer(cache, &f.cache, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) {
             PyErr_Clear();
-            PyErr_SetString(PyExc_TypeError, "tinymp: cache must be True, False, a writable buffer or a file");
+            PyErr_SetString(PyExc_TypeError, "tinymp: cache must be True, False, a writable buffer or a binary file");
             goto fail;
         }
         f.has_cache = 1;
@@ -2546,8 +2656,11 @@ static PyObject *Trainer_fit(TrainerObject *self, PyObject *args, PyObject *kwds
     } else if (PyObject_HasAttrString(cache, "readinto") && PyObject_HasAttrString(cache, "write") &&
                PyObject_HasAttrString(cache, "seek")) {
         f.file = cache;
+        if (want_outside && fit_probe_file(&f, p->cache_samples * p->cache_bytes) < 0) { /* where the first store would go */
+            goto fail;
+        }
     } else {
-        PyErr_SetString(PyExc_TypeError, "tinymp: cache must be True, False, a writable buffer or a file");
+        PyErr_SetString(PyExc_TypeError, "tinymp: cache must be True, False, a writable buffer or a binary file");
         goto fail;
     }
     if (f.own != NULL || f.has_cache || f.file != NULL) {

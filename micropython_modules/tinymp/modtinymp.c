@@ -1791,6 +1791,7 @@ typedef struct {
     uint32_t epoch, correct, count;
     mp_float_t loss_sum;
     uint8_t *io_buf;         // a cache file reads and writes this heap block, never the arena
+    uint32_t probe_offset;   // where fit_probe_file tries a cache file
 } fit_ctx;
 
 static const int8_t *fit_sample(void *ctx, uint32_t i, int32_t *label) {
@@ -1881,6 +1882,69 @@ static int fit_load(void *ctx, uint32_t i, uint32_t offset, int8_t *dst, uint32_
     }
     memcpy(dst, f->io_buf, n);
     return 0;
+}
+
+// A cache file is tried before the first step (every input is), where fit() would first store:
+// one sample's worth of zeros written (and flushed) and read back, then of 0xA5. A file that
+// cannot be read and written in place raises one ValueError that says so, and nothing trains: one
+// not open for both ('rb', 'wb': an OSError EBADF on the unix port and littlefs, EACCES on FAT; on
+// the PC io.UnsupportedOperation), one that cannot seek (ESPIPE), one whose writes go elsewhere
+// ('a+b': every write appends, so at least one of the two reads finds other bytes, whatever the
+// file held before). Any other exception (a full disk, the file object's own) propagates
+// unchanged. A write that stores less is no error (those samples are just not cached, as in
+// fit_store).
+#define FIT_PROBE_BYTE 0xA5u
+
+// write or readinto io_buf at the probe's place: the count it returned (-1: not a count). A write
+// is followed by flush() when the file has one: a buffered file (CPython's) would otherwise give
+// the bytes back from its buffer, wherever its writes really go.
+static mp_int_t fit_probe_call(fit_ctx *f, qstr method, byte typecode) {
+    fit_seek(f, 0, f->probe_offset);
+    mp_obj_t dest[3];
+    mp_load_method(f->file, method, dest);
+    dest[2] = mp_obj_new_memoryview(typecode, f->cache_bytes, f->io_buf);
+    mp_obj_t r = mp_call_method_n_kw(1, 0, dest);
+    if (method == MP_QSTR_write) {
+        mp_load_method_maybe(f->file, MP_QSTR_flush, dest);
+        if (dest[0] != MP_OBJ_NULL) {
+            mp_call_method_n_kw(0, 0, dest);
+        }
+    }
+    return mp_obj_is_int(r) ? mp_obj_get_int(r) : -1;
+}
+
+static void fit_probe_file(fit_ctx *f) {
+    const mp_int_t n = (mp_int_t)f->cache_bytes;
+    bool bad = false;
+    nlr_buf_t nlr;
+    if (nlr_push(&nlr) == 0) {
+        bool stored = true;
+        for (unsigned pattern = 0; pattern <= FIT_PROBE_BYTE && stored && !bad; pattern += FIT_PROBE_BYTE) {
+            memset(f->io_buf, (int)pattern, (size_t)n);
+            stored = fit_probe_call(f, MP_QSTR_write, 'B') == n;
+            if (stored) {
+                memset(f->io_buf, (int)(pattern ^ 0xFFu), (size_t)n);
+                bad = fit_probe_call(f, MP_QSTR_readinto, 'B' | MP_OBJ_ARRAY_TYPECODE_FLAG_RW) != n;
+                for (mp_int_t k = 0; k < n && !bad; k++) {
+                    bad = f->io_buf[k] != pattern;
+                }
+            }
+        }
+        nlr_pop();
+    } else {
+        mp_obj_t e = MP_OBJ_FROM_PTR(nlr.ret_val);
+        if (mp_obj_is_subclass_fast(MP_OBJ_FROM_PTR(mp_obj_get_type(e)), MP_OBJ_FROM_PTR(&mp_type_OSError))) {
+            mp_obj_t v = mp_obj_exception_get_value(e);
+            bad = v == MP_OBJ_NEW_SMALL_INT(MP_EBADF) || v == MP_OBJ_NEW_SMALL_INT(MP_EACCES) ||
+                v == MP_OBJ_NEW_SMALL_INT(MP_ESPIPE);
+        }
+        if (!bad) {
+            nlr_jump(nlr.ret_val);
+        }
+    }
+    if (bad) {
+        mp_raise_ValueError(MP_ERROR_TEXT("tinymp: fit() cache file must be opened 'w+b' or 'r+b' (read and written in place)"));
+    }
 }
 
 // The mean loss and accuracy of the epoch that just ended, appended to the result's lists.
@@ -2002,7 +2066,7 @@ static mp_obj_t tinymp_trainer_fit(size_t n_args, const mp_obj_t *pos_args, mp_m
     }
     const tmp_train_plan *p = &trainer_plan(self)->plan;
     fit_ctx f = { self, xs, ys, MP_OBJ_NULL, progress, MP_OBJ_NULL, NULL, 0, p->cache_bytes, (uint32_t)n,
-                  MP_OBJ_NULL, MP_OBJ_NULL, MP_OBJ_NULL, 0, 0, 0, 0, NULL };
+                  MP_OBJ_NULL, MP_OBJ_NULL, MP_OBJ_NULL, 0, 0, 0, 0, NULL, 0 };
     // every sample is checked before the first step: bad input changes nothing. Our own error
     // about a sample (a TypeError or ValueError "tinymp: ...") is raised again naming the sample,
     // as the PC binding does; any other exception (the sequence's own, an OSError of a file it
@@ -2049,18 +2113,27 @@ static mp_obj_t tinymp_trainer_fit(size_t n_args, const mp_obj_t *pos_args, mp_m
             }
             f.cache_obj = cache;
         } else {
+            // a text file: CPython's has no readinto (refused just below there); MicroPython's
+            // has, so it is refused by its type, and both say the same
+            const qstr type_name = mp_obj_get_type(cache)->name;
+            bool ok = type_name != MP_QSTR_TextIOWrapper && type_name != MP_QSTR_StringIO;
             static const qstr file_methods[] = { MP_QSTR_seek, MP_QSTR_write, MP_QSTR_readinto };
-            for (size_t k = 0; k < MP_ARRAY_SIZE(file_methods); k++) {
+            for (size_t k = 0; k < MP_ARRAY_SIZE(file_methods) && ok; k++) {
                 mp_obj_t dest[2];
                 mp_load_method_maybe(cache, file_methods[k], dest);
-                if (dest[0] == MP_OBJ_NULL) {
-                    mp_raise_TypeError(MP_ERROR_TEXT("tinymp: cache must be True, False, a writable buffer or a file"));
-                }
+                ok = dest[0] != MP_OBJ_NULL;
+            }
+            if (!ok) {
+                mp_raise_TypeError(MP_ERROR_TEXT("tinymp: cache must be True, False, a writable buffer or a binary file"));
             }
             f.file = cache;
             // the file's methods get views of this block (its start: a kept slice keeps it
             // alive), never of the arena, which a kept view would outlive
             f.io_buf = m_new(uint8_t, p->cache_bytes != 0 ? p->cache_bytes : 1);
+            if (p->cache_bytes != 0 && (uint32_t)n > p->cache_samples && epochs > 1) {
+                f.probe_offset = p->cache_samples * p->cache_bytes; // where the first store would go
+                fit_probe_file(&f);
+            }
         }
     }
     if (f.own_cache != NULL || f.cache_obj != MP_OBJ_NULL || f.file != MP_OBJ_NULL) {

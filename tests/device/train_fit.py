@@ -280,17 +280,29 @@ except ValueError as e:  # MicroPython: the binding looks the buffer up before e
 
 
 # a feature cache file: one that stores nothing (write() returns None) caches nothing and
-# changes nothing; one that raises stops the run after that step, and fit() raises it
+# changes nothing; one that raises stops the run after that step, and fit() raises it. Before the
+# first step the file is tried (one sample's bytes written and read back): one that raises there
+# trains nothing -- a file not open for reading and writing (as MicroPython's own files say it:
+# OSError EBADF on the unix port, EACCES on FAT) with one ValueError, anything else unchanged
+class FileErr(Exception):
+    pass
+
+
 class MemFile:
     def __init__(self, mode):
-        self.mode, self.buf, self.pos = mode, bytearray(), 0
+        self.mode, self.buf, self.pos, self.writes = mode, bytearray(), 0, 0
 
     def seek(self, pos):
         self.pos = pos
 
     def write(self, b):
-        if self.mode == "full":
+        self.writes += 1
+        if self.mode == "full" or (self.mode == "fills" and self.writes > 3):
             raise OSError(28)
+        if self.mode == "rb":
+            raise OSError(13)
+        if self.mode == "mine":
+            raise FileErr("my file")
         end = self.pos + len(b)
         if len(self.buf) < end:
             self.buf.extend(bytes(end - len(self.buf)))
@@ -299,19 +311,35 @@ class MemFile:
         return None if self.mode == "none" else len(b)
 
     def readinto(self, mv):
+        if self.mode == "wb":
+            raise OSError(9)
         n = len(mv)
         mv[:] = self.buf[self.pos:self.pos + n]
         self.pos += n
         return n
 
 
-for mode in ("ok", "none", "full"):
+for mode in ("ok", "none", "full", "fills", "wb", "rb", "mine"):
     t = tinymp.Trainer(m, p, lr=0.05, seed=7)
     try:
         r = t.fit(xs, ys, epochs=3, cache=MemFile(mode))
         print("file", mode, trained(t, r) == ref, r["cache_outside"], r["cached_steps"])
     except OSError as e:
         print("file", mode, "->", type(e).__name__, e.args[0] == 28, "steps", t.stats()["steps"])
+    except (ValueError, FileErr) as e:
+        print("file", mode, "->", type(e).__name__, e, "steps", t.stats()["steps"])
+try:
+    from io import StringIO
+except ImportError:
+    StringIO = None
+if StringIO is not None:  # a text file: refused on both (CPython's has no readinto)
+    try:
+        tinymp.Trainer(m, p, lr=0.05, seed=7).fit(xs, ys, epochs=3, cache=StringIO())
+        print("no error")
+    except TypeError as e:
+        print("text file ->", e)
+else:
+    print("text file -> tinymp: cache must be True, False, a writable buffer or a binary file")
 
 
 # the buffers a cache file is handed are its own: views it keeps past the call and writes
