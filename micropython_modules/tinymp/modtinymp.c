@@ -1786,7 +1786,7 @@ typedef struct {
                              // arena's samples); a caller's buffer or file at i * cache_bytes
     uint32_t cache_bytes;
     uint32_t n;
-    mp_obj_t pending;        // an exception a cache file raised: the run stops after that step
+    mp_obj_t pending;        // an exception a cache file or progress raised: the run stops after that step
     mp_obj_t losses, accs;   // per-epoch means, appended as each epoch ends
     uint32_t epoch, correct, count;
     mp_float_t loss_sum;
@@ -1970,17 +1970,30 @@ static int fit_progress(void *ctx, uint32_t epoch, uint32_t done, float loss, in
     if (f->pending != MP_OBJ_NULL) {
         return 1;
     }
-    int stop = 0;
-    kbd_hold(false); // the step is over: a held SIGINT raises here
-    if (f->progress != mp_const_none) {
-        mp_obj_t a[4] = { mp_obj_new_int_from_uint(epoch), mp_obj_new_int_from_uint(done),
-                          mp_obj_new_float((mp_float_t)loss), mp_obj_new_bool(correct) };
-        stop = mp_obj_is_true(mp_call_function_n_kw(f->progress, 4, 0, a)) ? 1 : 0;
+    int volatile stop = 0; // volatile: set between nlr_push and a jump back to it
+    // What raises here (progress, Ctrl-C) stops the run after this step and is raised when the
+    // engine has returned, as on the PC: the engine first finishes the epoch if this step was its
+    // last (counts it, ends its period), so the trainer is that of a run stopped by progress here.
+    nlr_buf_t nlr;
+    if (nlr_push(&nlr) == 0) {
+        kbd_hold(false); // the step is over: a held SIGINT raises here
+        if (f->progress != mp_const_none) {
+            mp_obj_t a[4] = { mp_obj_new_int_from_uint(epoch), mp_obj_new_int_from_uint(done),
+                              mp_obj_new_float((mp_float_t)loss), mp_obj_new_bool(correct) };
+            stop = mp_obj_is_true(mp_call_function_n_kw(f->progress, 4, 0, a)) ? 1 : 0;
+        }
+        // a long fit() stays interruptible on a board (Ctrl-C, KeyboardInterrupt), between steps
+        mp_handle_pending(true);
+        kbd_hold(true); // before nlr_pop(): a SIGINT after it would jump past the engine
+        nlr_pop();
+    } else {
+        kbd_hold(true);
+        f->pending = MP_OBJ_FROM_PTR(nlr.ret_val);
+        stop = 1;
     }
-    // a long fit() stays interruptible on a board (Ctrl-C, KeyboardInterrupt), between steps
-    mp_handle_pending(true);
-    trainer_check(f->self); // Python ran: follow a moved arena or model before the next step
-    kbd_hold(true);
+    // Python ran: follow a moved arena or model before the engine goes on. Its error (a resized
+    // buffer) is not caught: it jumps past the engine, which must not touch that arena again.
+    trainer_check(f->self);
     return stop;
 }
 

@@ -179,6 +179,38 @@ def progress(epoch, done, loss, correct):
 r = t.fit(xs, ys, epochs=3, progress=progress)
 print("stopped", r["stopped"], r["steps"], r["epochs"], seen[-1], len(seen))
 
+# a stop on an epoch's last step completes the epoch (counted, its APU period ended), whether
+# progress returns True there or raises (as Ctrl-C does): the same trainer, as one fit of 2
+class Stop(Exception):
+    pass
+
+
+def last_of_first(epoch, done, loss, correct):
+    return epoch == 0 and done == len(xs)
+
+
+def raise_at_end(epoch, done, loss, correct):
+    if epoch == 0 and done == len(xs):
+        raise Stop()
+
+
+pt = m.plan("tinymp")
+one = tinymp.Trainer(m, pt, seed=5)
+one.fit(xs, ys, epochs=2)
+ta = tinymp.Trainer(m, pt, seed=5)
+ra = ta.fit(xs, ys, epochs=3, progress=last_of_first)
+tb = tinymp.Trainer(m, pt, seed=5)
+try:
+    tb.fit(xs, ys, epochs=3, progress=raise_at_end)
+    print("no raise")
+except Stop:
+    pass
+print("epoch end stop", ra["epochs"], ta.stats()["periods"], tb.stats()["periods"], tb.stats()["steps"])
+ta.fit(xs, ys, epochs=1)
+tb.fit(xs, ys, epochs=1)
+print("as one fit", [list(ta.logits(x)) for x in xs] == [list(one.logits(x)) for x in xs] ==
+      [list(tb.logits(x)) for x in xs], ta.stats()["periods"] == tb.stats()["periods"] == 2)
+
 # stalled steps: at a far too high learning rate the logits end up at their int8 limits, where
 # the clamp mask stops the whole gradient; fit() and stats() count such steps
 t = tinymp.Trainer(m, m.plan("last"), lr=50.0, seed=7)
