@@ -2532,24 +2532,11 @@ static int fit_heap_has(uint64_t bytes) {
 }
 
 /* cache=True: a buffer for the `want` samples the arena does not hold, or, when the heap cannot
- * give that and FIT_HEAP_RESERVE more, for as many of them as it can -- the board's rule
- * (modtinymp.c, fit_own_cache); a PC seldom runs short. *count: the samples it holds; NULL when
- * none. */
+ * give that and FIT_HEAP_RESERVE more, for as many of them as it can -- the rule both bindings
+ * take from the core (tmp_fit_cache_count); a PC seldom runs short. *count: the samples it
+ * holds; NULL when none. */
 static uint8_t *fit_own_cache(uint32_t want, uint32_t cache_bytes, uint32_t *count) {
-    uint32_t lo = 0, hi = want; /* lo samples fit, more than hi do not */
-    if (fit_heap_has((uint64_t)want * cache_bytes + FIT_HEAP_RESERVE)) {
-        lo = want;
-    } else {
-        hi = want - 1u;
-    }
-    while (lo < hi) {
-        const uint32_t mid = lo + (hi - lo + 1u) / 2u;
-        if (fit_heap_has((uint64_t)mid * cache_bytes + FIT_HEAP_RESERVE)) {
-            lo = mid;
-        } else {
-            hi = mid - 1u;
-        }
-    }
+    const uint32_t lo = tmp_fit_cache_count(want, cache_bytes, FIT_HEAP_RESERVE, fit_heap_has);
     uint8_t *b = lo != 0 ? (uint8_t *)PyMem_Malloc((size_t)lo * cache_bytes) : NULL;
     *count = b != NULL ? lo : 0u;
     return b;

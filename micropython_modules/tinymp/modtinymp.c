@@ -2002,37 +2002,24 @@ static int fit_progress(void *ctx, uint32_t epoch, uint32_t done, float loss, in
 #define FIT_HEAP_RESERVE 2048u
 
 // Can the heap give `bytes` now? (a block is taken and given back)
-static bool fit_heap_has(uint64_t bytes) {
+static int fit_heap_has(uint64_t bytes) {
     if (bytes > SIZE_MAX / 2) {
-        return false;
+        return 0;
     }
     uint8_t *b = m_new_maybe(uint8_t, (size_t)bytes);
     if (b == NULL) {
-        return false;
+        return 0;
     }
     m_del(uint8_t, b, (size_t)bytes);
-    return true;
+    return 1;
 }
 
 // cache=True: a heap buffer for the `want` samples the arena does not hold, or, when the heap
-// cannot give that and FIT_HEAP_RESERVE more, for as many of them as it can (the largest count
-// found by halving the interval; each failed try collects the heap once). *count: the samples it
+// cannot give that and FIT_HEAP_RESERVE more, for as many of them as it can (tmp_fit_cache_count,
+// the rule both bindings share; each failed try collects the heap once). *count: the samples it
 // holds; NULL when none.
 static uint8_t *fit_own_cache(uint32_t want, uint32_t cache_bytes, uint32_t *count) {
-    uint32_t lo = 0, hi = want; // lo samples fit, more than hi do not
-    if (fit_heap_has((uint64_t)want * cache_bytes + FIT_HEAP_RESERVE)) {
-        lo = want;
-    } else {
-        hi = want - 1u;
-    }
-    while (lo < hi) {
-        const uint32_t mid = lo + (hi - lo + 1u) / 2u;
-        if (fit_heap_has((uint64_t)mid * cache_bytes + FIT_HEAP_RESERVE)) {
-            lo = mid;
-        } else {
-            hi = mid - 1u;
-        }
-    }
+    const uint32_t lo = tmp_fit_cache_count(want, cache_bytes, FIT_HEAP_RESERVE, fit_heap_has);
     uint8_t *b = lo != 0 ? m_new_maybe(uint8_t, (size_t)lo * cache_bytes) : NULL;
     *count = b != NULL ? lo : 0u;
     return b;

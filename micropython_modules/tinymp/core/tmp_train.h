@@ -352,6 +352,31 @@ typedef struct {
     uint32_t cache_end;
 } tmp_fit_io;
 
+/**
+ * How many samples of `cache_bytes` each (at most `want`) a binding's fit() buffer for the
+ * samples beyond the arena's cache should hold: all of them when has(want * cache_bytes +
+ * reserve) says the heap can give that now, else the largest count for which it can (halving the
+ * interval; each failed try is one has()). The bindings share this rule (a header function: no
+ * core code unless a binding calls it); has() tries the caller's heap.
+ */
+static inline uint32_t tmp_fit_cache_count(uint32_t want, uint32_t cache_bytes, uint32_t reserve,
+    int (*has)(uint64_t bytes)) {
+    uint32_t lo = 0, hi = want; /* lo samples fit, more than hi do not */
+    if (want == 0u || has((uint64_t)want * cache_bytes + reserve)) {
+        return want;
+    }
+    hi = want - 1u;
+    while (lo < hi) {
+        const uint32_t mid = lo + (hi - lo + 1u) / 2u;
+        if (has((uint64_t)mid * cache_bytes + reserve)) {
+            lo = mid;
+        } else {
+            hi = mid - 1u;
+        }
+    }
+    return lo;
+}
+
 #define TMP_FIT_NO_CACHE 0x1u   /**< never use the cache (the reference path) */
 #define TMP_FIT_NO_SHUFFLE 0x2u /**< visit samples in order every epoch */
 
