@@ -2518,8 +2518,6 @@ static int fit_progress(void *ctx, uint32_t epoch, uint32_t done, float loss, in
     return stop;
 }
 
-/* Bytes the buffer of cache=True leaves free for the run itself, as on the board (modtinymp.c). */
-#define FIT_HEAP_RESERVE 2048u
 
 /* Can the heap give `bytes` now? (a block is taken and given back) */
 static int fit_heap_has(uint64_t bytes) {
@@ -2532,11 +2530,11 @@ static int fit_heap_has(uint64_t bytes) {
 }
 
 /* cache=True: a buffer for the `want` samples the arena does not hold, or, when the heap cannot
- * give that and FIT_HEAP_RESERVE more, for as many of them as it can -- the rule both bindings
+ * give that and TMP_FIT_HEAP_RESERVE more, for as many of them as it can -- the rule both bindings
  * take from the core (tmp_fit_cache_count); a PC seldom runs short. *count: the samples it
  * holds; NULL when none. */
 static uint8_t *fit_own_cache(uint32_t want, uint32_t cache_bytes, uint32_t *count) {
-    const uint32_t lo = tmp_fit_cache_count(want, cache_bytes, FIT_HEAP_RESERVE, fit_heap_has);
+    const uint32_t lo = tmp_fit_cache_count(want, cache_bytes, TMP_FIT_HEAP_RESERVE, fit_heap_has);
     uint8_t *b = lo != 0 ? (uint8_t *)PyMem_Malloc((size_t)lo * cache_bytes) : NULL;
     *count = b != NULL ? lo : 0u;
     return b;

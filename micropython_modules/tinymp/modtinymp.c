@@ -1915,7 +1915,7 @@ static mp_int_t fit_probe_call(fit_ctx *f, qstr method, byte typecode) {
 
 static void fit_probe_file(fit_ctx *f) {
     const mp_int_t n = (mp_int_t)f->cache_bytes;
-    bool bad = false;
+    bool volatile bad = false; // volatile: set between nlr_push and a jump back to it
     nlr_buf_t nlr;
     if (nlr_push(&nlr) == 0) {
         bool stored = true;
@@ -1997,10 +1997,6 @@ static int fit_progress(void *ctx, uint32_t epoch, uint32_t done, float loss, in
     return stop;
 }
 
-// Heap bytes the buffer of cache=True leaves free for the run itself: the per-epoch figures, a
-// progress callback's objects (a buffer that took the whole heap would make them fail mid-run).
-#define FIT_HEAP_RESERVE 2048u
-
 // Can the heap give `bytes` now? (a block is taken and given back)
 static int fit_heap_has(uint64_t bytes) {
     if (bytes > SIZE_MAX / 2) {
@@ -2015,11 +2011,11 @@ static int fit_heap_has(uint64_t bytes) {
 }
 
 // cache=True: a heap buffer for the `want` samples the arena does not hold, or, when the heap
-// cannot give that and FIT_HEAP_RESERVE more, for as many of them as it can (tmp_fit_cache_count,
+// cannot give that and TMP_FIT_HEAP_RESERVE more, for as many of them as it can (tmp_fit_cache_count,
 // the rule both bindings share; each failed try collects the heap once). *count: the samples it
 // holds; NULL when none.
 static uint8_t *fit_own_cache(uint32_t want, uint32_t cache_bytes, uint32_t *count) {
-    const uint32_t lo = tmp_fit_cache_count(want, cache_bytes, FIT_HEAP_RESERVE, fit_heap_has);
+    const uint32_t lo = tmp_fit_cache_count(want, cache_bytes, TMP_FIT_HEAP_RESERVE, fit_heap_has);
     uint8_t *b = lo != 0 ? m_new_maybe(uint8_t, (size_t)lo * cache_bytes) : NULL;
     *count = b != NULL ? lo : 0u;
     return b;

@@ -352,6 +352,11 @@ typedef struct {
     uint32_t cache_end;
 } tmp_fit_io;
 
+/** Heap bytes a binding's fit() buffer (cache=True) leaves free for the run itself: the per-epoch
+ *  figures, a progress callback's objects (a buffer that took the whole heap would make them fail
+ *  mid-run). */
+#define TMP_FIT_HEAP_RESERVE 2048u
+
 /**
  * How many samples of `cache_bytes` each (at most `want`) a binding's fit() buffer for the
  * samples beyond the arena's cache should hold: all of them when has(want * cache_bytes +
