@@ -2060,18 +2060,15 @@ static PyObject *Trainer_save(TrainerObject *self, PyObject *path) {
     if (Trainer_check(self) < 0) {
         return NULL;
     }
-    /* never a file a load would refuse, over a good one: the arena's state is checked first */
-    if (step_error(self, tmp_trainer_check_state(&self->t), "save") < 0) {
-        return NULL;
-    }
     uint32_t n = tmp_trainer_params_size(&self->t);
     PyObject *bytes = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)n);
     if (bytes == NULL) {
         return NULL;
     }
-    if (tmp_trainer_params_save(&self->t, (uint8_t *)PyBytes_AS_STRING(bytes), n) != TMP_OK) {
+    /* the engine checks the arena's state first (tmp_trainer_check_state), so a file a load
+     * would refuse never replaces a good one: its refusal is the state error */
+    if (step_error(self, tmp_trainer_params_save(&self->t, (uint8_t *)PyBytes_AS_STRING(bytes), n), "save") < 0) {
         Py_DECREF(bytes);
-        PyErr_SetString(PyExc_RuntimeError, "tinymp: cannot serialise the parameters");
         return NULL;
     }
     PyObject *r = call_files("atomic_write", path, bytes);
