@@ -2108,6 +2108,7 @@ static mp_obj_t tinymp_trainer_fit(size_t n_args, const mp_obj_t *pos_args, mp_m
                     (unsigned)need, (unsigned)p->cache_bytes);
             }
             f.cache_obj = cache;
+            io.cache_end = (uint32_t)n;
         } else {
             // a text file: CPython's has no readinto (refused just below there); MicroPython's
             // has, so it is refused by its type, and both say the same
@@ -2123,6 +2124,7 @@ static mp_obj_t tinymp_trainer_fit(size_t n_args, const mp_obj_t *pos_args, mp_m
                 mp_raise_TypeError(MP_ERROR_TEXT("tinymp: cache must be True, False, a writable buffer or a binary file"));
             }
             f.file = cache;
+            io.cache_end = (uint32_t)n;
             // the file's methods get views of this block (its start: a kept slice keeps it
             // alive), never of the arena, which a kept view would outlive
             f.io_buf = m_new(uint8_t, p->cache_bytes != 0 ? p->cache_bytes : 1);

@@ -346,9 +346,9 @@ typedef struct {
      *  pass predicted the label. Non-zero stops the fit (it returns TMP_OK). */
     int (*progress)(void *ctx, uint32_t epoch, uint32_t done, float loss, int correct);
     void *ctx;
-    /** The caller's cache holds samples plan->cache_samples <= i < cache_end only (a binding's
-     *  buffer with room for fewer than all of them); the rest run the prefix again. 0: it holds
-     *  every sample the arena does not. */
+    /** The caller's cache holds samples plan->cache_samples <= i < cache_end (n when it has room
+     *  for every sample the arena does not; less for a binding's buffer with room for fewer); the
+     *  rest run the prefix again. 0: it holds none, whatever the callbacks. */
     uint32_t cache_end;
 } tmp_fit_io;
 

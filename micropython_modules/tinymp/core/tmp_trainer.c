@@ -945,7 +945,7 @@ tmp_status tmp_trainer_fit(tmp_trainer *t, uint32_t n, uint32_t epochs, uint32_t
             }
             cache_op op = { CACHE_NONE, NULL, io, i, 0 };
             const int in_arena = use && i < p->cache_samples;
-            if (in_arena || (ext && (io->cache_end == 0 || i < io->cache_end))) {
+            if (in_arena || (ext && i < io->cache_end)) {
                 op.mode = e == 0 ? CACHE_FILL : CACHE_FROM;
                 op.mem = in_arena ? (int8_t *)(t->arena + p->cache_offset + (size_t)i * p->cache_bytes) : NULL;
             }
