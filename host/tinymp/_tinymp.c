@@ -2280,8 +2280,9 @@ typedef struct {
     PyObject *progress;
     uint32_t cache_bytes;
     uint32_t epochs;
-    double *loss_sum;
-    uint32_t *correct, *count;
+    PyObject *losses, *accs; /* per epoch, appended as epochs end: nothing reserved up front */
+    double loss_sum;         /* the current epoch's so far */
+    uint32_t correct, count, epoch;
     int error;              /* a Python exception is pending */
 } fit_ctx;
 
@@ -2484,11 +2485,35 @@ static int fit_probe_file(fit_ctx *f, uint32_t offset) {
     return 0;
 }
 
+/* The mean loss and accuracy of the epoch that just ended, appended to the result's lists;
+ * -1 with MemoryError. */
+static int fit_close_epoch(fit_ctx *f) {
+    int bad = 0;
+    if (f->count != 0) {
+        PyObject *a = PyFloat_FromDouble(f->loss_sum / f->count);
+        PyObject *b = PyFloat_FromDouble((double)f->correct / f->count);
+        bad = a == NULL || b == NULL || PyList_Append(f->losses, a) < 0 || PyList_Append(f->accs, b) < 0;
+        Py_XDECREF(a);
+        Py_XDECREF(b);
+    }
+    f->loss_sum = 0.0;
+    f->correct = 0;
+    f->count = 0;
+    return bad ? -1 : 0;
+}
+
 static int fit_progress(void *ctx, uint32_t epoch, uint32_t done, float loss, int correct) {
     fit_ctx *f = (fit_ctx *)ctx;
-    f->loss_sum[epoch] += (double)loss;
-    f->correct[epoch] += correct ? 1u : 0u;
-    f->count[epoch]++;
+    if (epoch != f->epoch) {
+        f->epoch = epoch;
+        if (fit_close_epoch(f) < 0) {
+            f->error = 1;
+            return 1;
+        }
+    }
+    f->loss_sum += (double)loss;
+    f->correct += correct ? 1u : 0u;
+    f->count++;
     if (f->error) {
         return 1; /* a cache file raised during this step: stop, fit() raises it */
     }
@@ -2629,6 +2654,7 @@ static PyObject *Trainer_fit(TrainerObject *self, PyObject *args, PyObject *kwds
             goto fail;
         }
         f.has_cache = 1;
+        io.cache_end = (uint32_t)n;
         if (f.cache.len < (Py_ssize_t)n * (Py_ssize_t)p->cache_bytes) {
             PyErr_Format(PyExc_ValueError, "tinymp: the cache buffer has %zd bytes; %zd samples need %zd "
                 "(plan.cache_bytes = %u per sample)", f.cache.len, n, n * (Py_ssize_t)p->cache_bytes,
@@ -2638,6 +2664,7 @@ static PyObject *Trainer_fit(TrainerObject *self, PyObject *args, PyObject *kwds
     } else if (PyObject_HasAttrString(cache, "readinto") && PyObject_HasAttrString(cache, "write") &&
                PyObject_HasAttrString(cache, "seek")) {
         f.file = cache;
+        io.cache_end = (uint32_t)n;
         if (want_outside && fit_probe_file(&f, p->cache_samples * p->cache_bytes) < 0) { /* where the first store would go */
             goto fail;
         }
@@ -2649,11 +2676,9 @@ static PyObject *Trainer_fit(TrainerObject *self, PyObject *args, PyObject *kwds
         io.cache_store = fit_store;
         io.cache_load = fit_load;
     }
-    f.loss_sum = (double *)PyMem_Calloc((size_t)ep, sizeof(double));
-    f.correct = (uint32_t *)PyMem_Calloc((size_t)ep, sizeof(uint32_t));
-    f.count = (uint32_t *)PyMem_Calloc((size_t)ep, sizeof(uint32_t));
-    if (f.loss_sum == NULL || f.correct == NULL || f.count == NULL) {
-        PyErr_NoMemory();
+    f.losses = PyList_New(0);
+    f.accs = PyList_New(0);
+    if (f.losses == NULL || f.accs == NULL) {
         goto fail;
     }
     tmp_fit_stats st;
@@ -2664,29 +2689,11 @@ static PyObject *Trainer_fit(TrainerObject *self, PyObject *args, PyObject *kwds
     if (step_error(self, s, "fit") < 0) {
         goto fail;
     }
-    PyObject *losses = PyList_New(0), *accs = PyList_New(0);
-    if (losses == NULL || accs == NULL) {
-        Py_XDECREF(losses);
-        Py_XDECREF(accs);
+    if (fit_close_epoch(&f) < 0) {
         goto fail;
     }
-    for (uint32_t e = 0; e < (uint32_t)ep; e++) {
-        if (f.count[e] == 0) {
-            break;
-        }
-        PyObject *a = PyFloat_FromDouble(f.loss_sum[e] / f.count[e]);
-        PyObject *b = PyFloat_FromDouble((double)f.correct[e] / f.count[e]);
-        int bad = a == NULL || b == NULL || PyList_Append(losses, a) < 0 || PyList_Append(accs, b) < 0;
-        Py_XDECREF(a);
-        Py_XDECREF(b);
-        if (bad) {
-            Py_DECREF(losses);
-            Py_DECREF(accs);
-            goto fail;
-        }
-    }
-    PyObject *result = Py_BuildValue("{s:I,s:I,s:N,s:N,s:I,s:I,s:I,s:I,s:O,s:I}", "epochs", st.epochs, "steps",
-        st.steps, "loss", losses, "accuracy", accs, "cached_steps", st.cached_steps, "cache_in_arena",
+    PyObject *result = Py_BuildValue("{s:I,s:I,s:O,s:O,s:I,s:I,s:I,s:I,s:O,s:I}", "epochs", st.epochs, "steps",
+        st.steps, "loss", f.losses, "accuracy", f.accs, "cached_steps", st.cached_steps, "cache_in_arena",
         st.in_arena, "cache_outside", st.outside, "cache_bytes", p->cache_bytes, "stopped",
         st.stopped ? Py_True : Py_False, "stalled_steps", st.stalled);
     if (f.has_cur) {
@@ -2696,9 +2703,8 @@ static PyObject *Trainer_fit(TrainerObject *self, PyObject *args, PyObject *kwds
         PyBuffer_Release(&f.cache);
     }
     PyMem_Free(f.own);
-    PyMem_Free(f.loss_sum);
-    PyMem_Free(f.correct);
-    PyMem_Free(f.count);
+    Py_XDECREF(f.losses);
+    Py_XDECREF(f.accs);
     return result;
 fail:
     if (f.has_cur) {
@@ -2708,9 +2714,8 @@ fail:
         PyBuffer_Release(&f.cache);
     }
     PyMem_Free(f.own);
-    PyMem_Free(f.loss_sum);
-    PyMem_Free(f.correct);
-    PyMem_Free(f.count);
+    Py_XDECREF(f.losses);
+    Py_XDECREF(f.accs);
     return NULL;
 }
 
