@@ -111,6 +111,13 @@ def test_other_methods_have_no_limit(models):
         assert m.plan(method=method).step_share is None
     p = m.plan(method="sparse", layers=[6, 14], ratios=[0.5, 0.5])
     assert p.step_share is None and p.first == 6
+    # nor do they take one: it would be reported as theirs and change nothing
+    for method, kw in (("last", {}), ("bias", {}), ("full", {}), ("none", {}),
+                       ("sparse", {"layers": [6, 14]})):
+        with pytest.raises(ValueError, match=r"^tinymp: step_share limits the layer selection of "
+                           r"methods tinymp and tinytrain; methods none, last, bias, sparse and "
+                           r"full select no layers$"):
+            m.plan(method=method, step_share=0.5, **kw)
     # the limit is tinymp's default, and an option of both selecting methods
     sup = [bytes(np.zeros(32 * 32, np.int8))] * 2
     assert m.plan(method="tinytrain", support=(sup, [0, 1])).step_share is None

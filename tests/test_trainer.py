@@ -948,7 +948,8 @@ def test_support_labels_are_checked_like_step_labels(live, label, exc):
 BUDGET_MSG = re.compile(r"does not fit a budget of (\d+) bytes: its smallest setting needs (\d+) bytes "
                         r"\(largest part: (\w+), (\d+) bytes\)")
 BUDGET_METHODS = [("none", {}), ("last", {}), ("bias", {}), ("sparse", "last3"), ("full", {}), ("tinymp", {}),
-                  ("tinymp", {"storage": "fp32", "momentum": 0.5}), ("tinymp", {"r": 1}), ("tinytrain", "support")]
+                  ("tinymp", {"storage": "fp32", "momentum": 0.5}), ("tinymp", {"r": 1}), ("tinytrain", "support"),
+                  ("tinytrain", "support-selection-opts")]
 BUDGET_MODELS = [("demo", None, None), ("mobilenetv2", "mobilenetv2", {"width": 0.35, "resolution": 128}),
                  ("mcunet", "mcunet", {"resolution": 128, "config": "5fps"})]
 
@@ -958,6 +959,10 @@ def _budget_opts(m, opts):
         return {"layers": H.weighted_layers(m)[-3:]}
     if opts == "support":
         return {"support": (H.random_inputs(m, 2, seed=5), [0, 1])}
+    if opts == "support-selection-opts":
+        # its smallest table trains the last layer alone, where a ratio or a region limit means
+        # nothing: the smallest budget used to leave out that table (method last refused them)
+        return {"support": (H.random_inputs(m, 2, seed=5), [0, 1]), "ratio": 0.5, "step_share": 0.5}
     return dict(opts)
 
 

@@ -133,6 +133,11 @@ show("step_share 0", m.plan, step_share=0)
 show("step_share neg", m.plan, step_share=-0.5)
 show("step_share nan", m.plan, step_share=float("nan"))
 show("step_share str", m.plan, step_share="1/4")
+# only tinymp and tinytrain select layers: the region limit given to another method is refused
+# (it used to be reported as the plan's and change nothing); the MAC budget holds for every
+# method, a plan over it is refused
+show("step_share last", m.plan, "last", step_share=0.5)
+show("macs last", m.plan, "last", macs=1)
 show("sparse no layers", m.plan, "sparse")
 show("sparse layer", m.plan, "sparse", layers=[0, 9])
 show("sparse layers int", m.plan, "sparse", layers=5)

@@ -1090,6 +1090,12 @@ tmp_status tmp_train_plan_make(const tmp_model *m, const tmp_train_options *o, v
             ? "method 'sparse' takes a ratio per listed layer (ratios): ratio must be 1"
             : "methods none, last, bias and full train every channel of their layers: ratio must be 1", -1);
     }
+    /* the region limit bounds the layer selection, which only tinymp and tinytrain make: given to
+     * another method it would be reported as the plan's and change nothing */
+    if (o->step_share != 0.0f && o->method != TMP_METHOD_TINYMP && o->method != TMP_METHOD_TINYTRAIN) {
+        return fail(err, "step_share limits the layer selection of methods tinymp and tinytrain; "
+            "methods none, last, bias, sparse and full select no layers", -1);
+    }
     if (o->method == TMP_METHOD_TINYTRAIN && o->fisher == NULL) {
         return fail(err, "method 'tinytrain' needs support samples for its selection pass", -1);
     }
@@ -1252,9 +1258,13 @@ tmp_status tmp_train_min_budget(const tmp_model *m, const tmp_train_options *o, 
     t.fisher = NULL;
     t.budget = 1;
     if (t.method == TMP_METHOD_TINYTRAIN) {
+        /* its smallest table trains the last layer alone, every channel: the options of its
+         * selection (ratio, step_share) mean nothing there, and `last` refuses them */
         t.method = TMP_METHOD_LAST;
         t.r = o->r != 0 ? o->r : 1;
         t.n_bias = o->n_bias != -2 ? o->n_bias : 0;
+        t.ratio = 0.0f;
+        t.step_share = 0.0f;
     }
     tmp_status st = tmp_train_plan_make(m, &t, ws, ws_size, &p, &e);
     if (st != TMP_ERR_SIZE) {
