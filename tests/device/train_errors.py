@@ -169,6 +169,13 @@ except AttributeError:
     print("set plan attribute -> AttributeError")
 kind("Plan()", tinymp.Plan)
 
+# None is an option's default (docs/API.md), for every option but method
+nones = m.plan(budget=None, r=None, ratio=None, storage=None, momentum=None, n_bias=None, layers=None,
+               ratios=None, macs=None, step_share=None, support=None, cache=None)
+dflt = m.plan()
+print("plan None options", [getattr(nones, a) == getattr(dflt, a) for a in
+                            ("method", "arena_bytes", "first", "r", "ratio", "layers", "step_share", "cache_samples")])
+
 print("-- Trainer()")
 other = tinymp.Model(bytes(MODEL))
 show("model int", tinymp.Trainer, 1, p)
@@ -178,6 +185,11 @@ show("plan of another model", tinymp.Trainer, other, p)
 show("lr", tinymp.Trainer, m, p, lr=-1)
 show("lr str", tinymp.Trainer, m, p, lr="0.1")
 show("seed", tinymp.Trainer, m, p, seed=-1)
+a, b = tinymp.Trainer(m, p, lr=None, seed=None, period=None), tinymp.Trainer(m, p)
+for k in range(3):  # the rounding (seed), the rate (lr) and the periods (period) show after steps
+    a.step(xs[k], ys[k])
+    b.step(xs[k], ys[k])
+print("Trainer None options", list(a.logits(x)) == list(b.logits(x)), a.stats()["periods"] == b.stats()["periods"])
 show("seed big", tinymp.Trainer, m, p, seed=2 ** 32)
 show("period", tinymp.Trainer, m, p, period=1.5)
 show("period big", tinymp.Trainer, m, p, period=2 ** 32)
