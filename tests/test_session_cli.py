@@ -2,6 +2,7 @@
 before), a session from a config file, report/--json/--png, devices, and bad user input: one
 clear line, a non-zero exit, nothing half-written."""
 import json
+import math
 import re
 import os
 import subprocess
@@ -416,6 +417,20 @@ def test_params_reset_says_whether_rollback_can_undo_it(tmp_path, capsys):
                                                "(`params rollback` undoes this)")
     assert cli.main(["params", "rollback", "--port", "sim", "--session", s]) == 0
     capsys.readouterr()
+
+
+def test_options_are_checked_as_the_bindings_float32():
+    # the bindings' TMP_OPT_F32: a value within float32's range is the float32 nearest it
+    # (numpy's conversion), anything beyond the largest finite float32 is an infinity, also the
+    # doubles just above it that rounding to nearest would bring back to FLT_MAX
+    flt_max = float(np.finfo(np.float32).max)
+    for v in (0.25, 1e-50, -1e-50, 1e-40, 0.9990001, flt_max, -flt_max, 1e38, 3):
+        assert C._float32(v) == float(np.float32(v)), v
+    above = np.nextafter(flt_max, math.inf)
+    assert float(np.float32(above)) == flt_max  # rounding would keep it finite
+    assert C._float32(above) == math.inf and C._float32(-above) == -math.inf
+    assert C._float32(1e300) == math.inf and C._float32(2 ** 2000) == math.inf
+    assert C._float32(-2 ** 2000) == -math.inf and math.isnan(C._float32(math.nan))
 
 
 def test_bad_train_and_eval_requests(tmp_path, ready, capsys):

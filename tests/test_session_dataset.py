@@ -178,7 +178,10 @@ def test_load_samples_quantises_like_the_builder(tmp_path):
     xq, yq, src = D.load_samples(str(tmp_path / "u8.npz"), SHAPE, scale, zp, 3)
     want = quantize_input(u8.astype(np.float64)[..., None] / 255.0, (scale, zp))
     assert np.array_equal(xq, want) and list(yq) == list(y)
-    assert src[0].startswith("u8.npz@") and src[5].endswith(":5")
+    # each sample is named by the file's name and content (its SHA-256), and its index
+    import hashlib
+    tag = hashlib.sha256((tmp_path / "u8.npz").read_bytes()).hexdigest()[:12]
+    assert src == [f"u8.npz@{tag}:{i}" for i in range(6)]
     xf, _, _ = D.load_samples(str(tmp_path / "f.npz"), SHAPE, scale, zp, 3)
     assert np.array_equal(xf, quantize_input(u8.astype(np.float32)[..., None] / 255, (scale, zp)))
     xi, _, _ = D.load_samples(str(tmp_path / "i8.npz"), SHAPE, scale, zp, 3)

@@ -853,12 +853,20 @@ def check_train_options(opts, name=lambda k: "--" + k.replace("_", "-")):
                 raise user_error(f"tinymp: {name(k)} must be in {what}, got {v!r}{as32}")
 
 
+_FLT_MAX = struct.unpack("<f", b"\xff\xff\x7f\x7f")[0]
+
+
 def _float32(v):
-    """The float32 nearest `v` (an infinity beyond its range), as the bindings' TMP_OPT_F32."""
+    """The float32 nearest `v`, an infinity beyond its largest finite value, as the bindings'
+    TMP_OPT_F32 (a value just above FLT_MAX is an infinity there, where rounding would give
+    FLT_MAX)."""
     try:
-        return struct.unpack("f", struct.pack("f", float(v)))[0]
-    except OverflowError:
+        x = float(v)
+    except OverflowError:  # an int beyond any double
         return math.inf if v > 0 else -math.inf
+    if x > _FLT_MAX or x < -_FLT_MAX:
+        return math.copysign(math.inf, x)
+    return struct.unpack("f", struct.pack("f", x))[0]
 
 
 def check_budget(board, budget):

@@ -579,8 +579,11 @@ def load_samples(path, shape, scale, zero_point, num_classes, dataset=None):
         q = quantize_input(x, (scale, zero_point))
     import hashlib
     try:
-        with open(path, "rb") as f:
-            tag = hashlib.sha256(f.read()).hexdigest()[:12]
+        h = hashlib.sha256()
+        with open(path, "rb") as f:  # in pieces: the file may be larger than its arrays' room
+            for piece in iter(lambda: f.read(1 << 20), b""):
+                h.update(piece)
+        tag = h.hexdigest()[:12]
     except OSError as e:  # gone or changed since it was read
         raise DatasetError(f"tinymp: cannot read samples from {path}: {e.strerror or e}") from None
     name = os.path.basename(path)
