@@ -2,7 +2,9 @@
 
 MicroPython's unix port raises KeyboardInterrupt from its SIGINT handler in whatever C code runs
 at that moment (MICROPY_ASYNC_KBD_INTR). The binding holds SIGINT while the engine changes a
-trainer, so an interrupt lands between steps, as Ctrl-C does on a board. The check: a trainer
+trainer, and fit() replaces the port's handler with one that only schedules the interrupt for
+the next step boundary (a second SIGINT just after a first one was caught used to be able to jump
+past the end of an epoch), so an interrupt lands between steps, as Ctrl-C does on a board. The check: a trainer
 hit by a storm of SIGINTs ends in exactly the state (its `save()` file, byte for byte) of a
 trainer of the same seed that ran the same steps with no interrupt at all. Before the fix every
 storm left a state that no whole number of steps gives. These need build/unix/micropython with

@@ -89,6 +89,46 @@ static void kbd_hold(bool hold) {
     sigprocmask(hold ? SIG_BLOCK : SIG_UNBLOCK, &s, NULL);
 }
 #define KBD_ASYNC (1)
+
+// fit() runs many steps and Python code (progress, a cache file) between them. There SIGINT gets
+// a handler that only schedules the KeyboardInterrupt, raised where fit_progress handles pending
+// events, inside its catch: the port's own handler raises at once, so a second SIGINT landing
+// just after a first one was caught (the port's handler unblocks SIGINT before it jumps) would
+// jump past the engine's end of an epoch. Only when the port has its handler installed (a
+// SIGINT that would end the process is left alone); should that handler not be replaced, SIGINT
+// is held for the whole fit(). Returns what kbd_undefer undoes: 0 nothing, 1 the handler, 2 the
+// hold.
+static void kbd_schedule(int sig) {
+    (void)sig;
+    mp_sched_keyboard_interrupt();
+}
+
+static int kbd_defer(struct sigaction *old) {
+    struct sigaction sa;
+    if (sigaction(SIGINT, NULL, old) != 0) {
+        kbd_hold(true);
+        return 2;
+    }
+    if (old->sa_handler == SIG_DFL || old->sa_handler == SIG_IGN) {
+        return 0;
+    }
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = kbd_schedule;
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(SIGINT, &sa, NULL) != 0) {
+        kbd_hold(true);
+        return 2;
+    }
+    return 1;
+}
+
+static void kbd_undefer(int deferred, const struct sigaction *old) {
+    if (deferred == 1) {
+        sigaction(SIGINT, old, NULL);
+    } else if (deferred == 2) {
+        kbd_hold(false);
+    }
+}
 #else
 static inline void kbd_hold(bool hold) {
     (void)hold;
@@ -1976,18 +2016,16 @@ static int fit_progress(void *ctx, uint32_t epoch, uint32_t done, float loss, in
     // last (counts it, ends its period), so the trainer is that of a run stopped by progress here.
     nlr_buf_t nlr;
     if (nlr_push(&nlr) == 0) {
-        kbd_hold(false); // the step is over: a held SIGINT raises here
         if (f->progress != mp_const_none) {
             mp_obj_t a[4] = { mp_obj_new_int_from_uint(epoch), mp_obj_new_int_from_uint(done),
                               mp_obj_new_float((mp_float_t)loss), mp_obj_new_bool(correct) };
             stop = mp_obj_is_true(mp_call_function_n_kw(f->progress, 4, 0, a)) ? 1 : 0;
         }
-        // a long fit() stays interruptible on a board (Ctrl-C, KeyboardInterrupt), between steps
+        // a long fit() stays interruptible (Ctrl-C, KeyboardInterrupt), between steps: on a board
+        // and, with fit's SIGINT handler (kbd_defer), on the unix port
         mp_handle_pending(true);
-        kbd_hold(true); // before nlr_pop(): a SIGINT after it would jump past the engine
         nlr_pop();
     } else {
-        kbd_hold(true);
         f->pending = MP_OBJ_FROM_PTR(nlr.ret_val);
         stop = 1;
     }
@@ -2143,14 +2181,17 @@ static mp_obj_t tinymp_trainer_fit(size_t n_args, const mp_obj_t *pos_args, mp_m
     tmp_fit_stats st;
     tmp_status s;
     #if KBD_ASYNC
+    // SIGINT only schedules a KeyboardInterrupt while the engine runs (kbd_defer); fit_progress
+    // raises it between steps
     nlr_buf_t nlr;
-    kbd_hold(true);
+    struct sigaction old_sigint;
+    const int deferred = kbd_defer(&old_sigint);
     if (nlr_push(&nlr) == 0) {
         s = tmp_trainer_fit(&self->t, (uint32_t)n, epochs, flags, &io, &st);
         nlr_pop();
-        kbd_hold(false);
-    } else { // a sample, the cache file or progress raised (or Ctrl-C between steps)
-        kbd_hold(false);
+        kbd_undefer(deferred, &old_sigint);
+    } else { // a sample or the cache file raised
+        kbd_undefer(deferred, &old_sigint);
         nlr_jump(nlr.ret_val);
     }
     #else
