@@ -399,8 +399,9 @@ typedef struct {
  * A personalisation run: `epochs` passes over samples 0..n-1 (shuffled per epoch by the trainer's
  * seed and its step count at the epoch's start unless TMP_FIT_NO_SHUFFLE, so two fits of a few
  * epochs, or a fit after a load of a saved run by a trainer of the same seed, go on as one longer
- * fit), one training step each; closes an APU period after every epoch when the trainer has no
- * step period. In the first epoch each sample's boundary tensors go
+ * fit), one training step each; ends a period (tmp_trainer_end_period: the APU re-selection)
+ * after every epoch when the trainer has no step period, for every method, so `periods` counts
+ * as in a step loop that ends one per epoch. In the first epoch each sample's boundary tensors go
  * into the arena's cache region (plan->cache_samples) or the caller's cache; later epochs start
  * from them and skip the frozen prefix. The cache is used only when it pays (epochs > 1, a
  * non-empty prefix); the parameters, losses and predictions are identical with and without it.

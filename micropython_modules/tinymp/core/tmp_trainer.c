@@ -910,10 +910,6 @@ tmp_status tmp_trainer_fit(tmp_trainer *t, uint32_t n, uint32_t epochs, uint32_t
         return TMP_ERR_ARG;
     }
     const tmp_train_plan *p = t->p;
-    int apu = 0;
-    for (int32_t i = 0; i < p->num_layers; i++) {
-        apu |= (p->flags[i] & TMP_TL_APU) != 0;
-    }
     /* the cache pays when a later epoch can skip a non-empty prefix */
     const int use = !(flags & TMP_FIT_NO_CACHE) && p->cache_bytes != 0 && epochs > 1 &&
         p->method != TMP_METHOD_FISHER;
@@ -980,7 +976,9 @@ tmp_status tmp_trainer_fit(tmp_trainer *t, uint32_t n, uint32_t epochs, uint32_t
          * counts and ends its period, so a later fit goes on as one uninterrupted run would */
         if (j == n) {
             st.epochs++;
-            if (apu && t->period == 0 && p->method != TMP_METHOD_FISHER) {
+            /* every method, as a step loop with end_period() per epoch (the session agent's) counts
+             * its periods; only APU layers have anything to re-select */
+            if (t->period == 0 && p->method != TMP_METHOD_FISHER) {
                 s = tmp_trainer_end_period(t);
                 if (s != TMP_OK) {
                     break;
