@@ -2683,7 +2683,8 @@ static PyObject *Trainer_fit(TrainerObject *self, PyObject *args, PyObject *kwds
     }
     tmp_fit_stats st;
     tmp_status s = tmp_trainer_fit(&self->t, (uint32_t)n, (uint32_t)ep, flags, &io, &st);
-    if (f.error) {
+    /* a Ctrl-C after the last step (in the run's last period end) is fit()'s own, as on the board */
+    if (f.error || PyErr_CheckSignals() < 0) {
         goto fail;
     }
     if (step_error(self, s, "fit") < 0) {

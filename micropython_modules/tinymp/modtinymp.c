@@ -91,13 +91,15 @@ static void kbd_hold(bool hold) {
 #define KBD_ASYNC (1)
 
 // fit() runs many steps and Python code (progress, a cache file) between them. There SIGINT gets
-// a handler that only schedules the KeyboardInterrupt, raised where fit_progress handles pending
-// events, inside its catch: the port's own handler raises at once, so a second SIGINT landing
-// just after a first one was caught (the port's handler unblocks SIGINT before it jumps) would
-// jump past the engine's end of an epoch. Only when the port has its handler installed (a
-// SIGINT that would end the process is left alone); should that handler not be replaced, SIGINT
-// is held for the whole fit(). Returns what kbd_undefer undoes: 0 nothing, 1 the handler, 2 the
-// hold.
+// a handler that only schedules the KeyboardInterrupt, raised between steps: where fit_progress
+// handles pending events, inside its catch, or in Python code the engine calls (a sample's
+// __getitem__, a cache file's methods: before the next step changes anything). The port's own
+// handler raises at once, so a second SIGINT landing just after a first one was caught (the
+// port's handler unblocks SIGINT before it jumps) would jump past the engine's end of an epoch.
+// Any handler but the default and "ignore" is replaced (a SIGINT that would end the process is
+// left alone); should sigaction fail, SIGINT is held for the whole fit(). Returns what
+// kbd_undefer undoes: 0 nothing, 1 the handler, 2 the hold. sigaction is process-wide: two
+// threads in fit() at once may restore each other's handler (see NOTES.md).
 static void kbd_schedule(int sig) {
     (void)sig;
     mp_sched_keyboard_interrupt();
@@ -2190,7 +2192,7 @@ static mp_obj_t tinymp_trainer_fit(size_t n_args, const mp_obj_t *pos_args, mp_m
         s = tmp_trainer_fit(&self->t, (uint32_t)n, epochs, flags, &io, &st);
         nlr_pop();
         kbd_undefer(deferred, &old_sigint);
-    } else { // a sample or the cache file raised
+    } else { // a sample or the cache file raised (or a Ctrl-C scheduled in their Python code)
         kbd_undefer(deferred, &old_sigint);
         nlr_jump(nlr.ret_val);
     }
@@ -2204,6 +2206,9 @@ static mp_obj_t tinymp_trainer_fit(size_t n_args, const mp_obj_t *pos_args, mp_m
     if (f.pending != MP_OBJ_NULL) {
         nlr_raise(f.pending);
     }
+    // a Ctrl-C after the last step (in the run's last period end) is fit()'s own, with the
+    // trainer whole, not the caller's next statement's (which may be past its `except`)
+    mp_handle_pending(true);
     trainer_status(self, s, "fit");
     fit_close_epoch(&f);
     mp_obj_t d = new_ordered_dict(10);

@@ -976,8 +976,8 @@ tmp_status tmp_trainer_fit(tmp_trainer *t, uint32_t n, uint32_t epochs, uint32_t
          * counts and ends its period, so a later fit goes on as one uninterrupted run would */
         if (j == n) {
             st.epochs++;
-            /* every method, as a step loop with end_period() per epoch (the session agent's) counts
-             * its periods; only APU layers have anything to re-select */
+            /* every method counts its periods, as a step loop with end_period() after each epoch
+             * does; only APU layers have anything to re-select */
             if (t->period == 0 && p->method != TMP_METHOD_FISHER) {
                 s = tmp_trainer_end_period(t);
                 if (s != TMP_OK) {
