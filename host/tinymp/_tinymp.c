@@ -2279,7 +2279,6 @@ typedef struct {
     PyObject *file;         /* a file-like cache (seek/write/readinto) */
     PyObject *progress;
     uint32_t cache_bytes;
-    uint32_t epochs;
     PyObject *losses, *accs; /* per epoch, appended as epochs end: nothing reserved up front */
     double loss_sum;         /* the current epoch's so far */
     uint32_t correct, count, epoch;
@@ -2601,7 +2600,6 @@ static PyObject *Trainer_fit(TrainerObject *self, PyObject *args, PyObject *kwds
     f.xs = xs;
     f.ys = ys;
     f.progress = progress;
-    f.epochs = (uint32_t)ep;
     const tmp_train_plan *p = &self->plan->plan;
     f.cache_bytes = p->cache_bytes;
     /* every sample is checked before the first step: bad input changes nothing. Our own error
