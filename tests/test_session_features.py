@@ -127,7 +127,7 @@ def test_in_a_file_when_the_heap_has_no_room(rig, monkeypatch):
 
 
 def test_the_same_run_without_them(rig, monkeypatch):
-    monkeypatch.setattr(A.Agent, "_features", lambda self, plan, tr, steps: None)
+    monkeypatch.setattr(A.Agent, "_features", lambda self, plan, tr, steps, keep=False: None)
     train_and_check(rig, None, 0)
 
 

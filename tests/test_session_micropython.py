@@ -136,6 +136,41 @@ def test_agent_on_micropython(tmp_path, bitwise_crc):
     assert ev_after["accuracy"] == pytest.approx(float((here == y).mean()))
 
 
+@needs_mp
+@pytest.mark.parametrize("bitwise_crc", [False, True])
+def test_features_kept_between_runs_on_micropython(tmp_path, bitwise_crc):
+    """--keep-features on MicroPython (in RAM, then written after the run; or, on the board
+    whose heap looks short, in features.kept during it): the second run starts every step from
+    the first run's features and trains exactly as the first did from the inputs."""
+    data = zoo.demo()
+    mp = MicroPythonBoard(str(tmp_path / "flash"), bitwise_crc)
+    opts = {"method": "tinymp", "lr": 0.002, "seed": 5, "keep_features": True, "fresh": True}
+    with mp.board() as b:
+        C.push(b, data, show=False)
+        meta = C.model_meta(b.info)
+        x, y, src = D.load_samples(HELD, meta["input_shape"], meta["input_scale"],
+                                   meta["input_zero_point"], meta["num_classes"])
+        ds = C.open_dataset(C.Session(str(tmp_path / "s")), meta, "mp")
+        C.import_samples(ds, x[:10], y[:10], src[:10], show=False)
+        runs = [C.train(b, ds, opts, steps=20, show=False) for _ in range(2)]
+    plan = tinymp.Model(data).plan(method="tinymp", budget=262144)
+    where = "file" if bitwise_crc else "ram"
+    f = {k: i for i, k in enumerate(runs[0]["fields"])}
+    cols = [f[k] for k in ("sample", "label", "pred", "loss")]
+    assert [[e[c] for c in cols] for e in runs[1]["events"]] == \
+        [[e[c] for c in cols] for e in runs[0]["events"]]
+    assert [e[f["cached"]] for e in runs[0]["events"]] == [False] * 10 + [True] * 10
+    assert [e[f["cached"]] for e in runs[1]["events"]] == [True] * 20
+    for r, reused in zip(runs, (0, 10)):
+        assert r["end"]["features"] == {"where": where, "bytes": 10 * plan.cache_bytes,
+                                        "sample_bytes": plan.cache_bytes,
+                                        "cached_steps": 20 - 10 + reused, "reused": reused,
+                                        "kept": True}
+    kept = (tmp_path / "flash" / "features.kept").read_bytes()
+    assert len(kept) == 96 + 10 * (12 + plan.cache_bytes)
+    assert not (tmp_path / "flash" / "features.bin").exists()
+
+
 # The agent on a RAM disk of MicroPython's own filesystems (FAT, whose rename refuses an existing
 # name, and littlefs), filled so that a save of trained parameters, or samples, find no room: the
 # binding's write and the agent's meet a real "no space" from the filesystem, not a stand-in.

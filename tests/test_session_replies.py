@@ -261,7 +261,7 @@ class Rig:
             "collect": dict(source=None, label=None, count=None, eval=False),
             "train": dict(method="tinymp", budget=None, epochs=None, steps=3, lr=0.01, seed=1,
                           r=None, ratio=None, storage=None, momentum=None, period=None,
-                          fresh=False, no_save=False),
+                          fresh=False, no_save=False, keep_features=False),
             "eval": dict(data=self.held, pretrained=False, both=False, trial=False,
                          confusion=False),
             "params": dict(action="save"),

@@ -46,8 +46,9 @@ except ImportError:  # pragma: no cover
 # the samples' frozen-prefix features (Features) and take the prediction from the step; 5: each
 # training event says whether its step started from kept features ("cached"), when TRAIN_START
 # asks for it ("mark_cached": a PC before it checks rows of exactly 11 columns); 6: a run that
-# names no lr trains with the engine's rate for its method, which TRAIN_START's reply says ("lr")
-AGENT_VERSION = "6"
+# names no lr trains with the engine's rate for its method, which TRAIN_START's reply says ("lr");
+# 7: TRAIN_START keep_features keeps a run's features for later runs (features.kept)
+AGENT_VERSION = "7"
 PROTOCOL = 1
 MAGIC = b"\xa5T"
 HEADER = 12
@@ -457,29 +458,58 @@ def _mem_free():
     return None
 
 
+# features.kept: a training run's frozen-prefix features kept for later runs (TRAIN_START
+# keep_features, agent 7). A header of KEPT_HEAD bytes says what they are the features of (b"TMPF",
+# u32 version, u32 the plan's first trained layer, u32 bytes per sample, u32 the sample store's
+# dataset id, u32 its sample bytes, u32 the CRC-32 of the engine's version, u32 0, the model's
+# SHA-256 in 64 hex digits); then one record per sample in store order: u32 id, u32 label, u32 the CRC-32 of the
+# features, the features. A record that does not match the store or its CRC is recomputed.
+KEPT_FILE = "features.kept"
+KEPT_MAGIC = b"TMPF"
+KEPT_VERSION = 1
+KEPT_HEAD = 96
+KEPT_REC = 12
+
+
 class Features:
     """The frozen-prefix features of a training run's samples (plan.cache_bytes each), kept at a
     sample's first step (Trainer.step(x, y, cache=...)) so that its later steps start from them
     (Trainer.step_cached) and skip the prefix layers and the read of the sample: the same
     parameters, losses and predictions, far fewer instructions per step. In RAM when the heap
     has room for them, else in a file beside the sample store; a sample whose features could not
-    be kept (the file full or unreadable) is simply stepped from its input."""
+    be kept (the file full or unreadable) is simply stepped from its input.
+
+    With `head` (the kept file's header, the run keeping its features for later runs) `path` is
+    features.kept: the records it holds for the store's samples are this run's from the start
+    (`reused`), and the features kept during the run are written there, during the run (file) or
+    by persist() after it (RAM)."""
 
     RESERVE = 48 * 1024  # heap left for replies and evaluation after a cache in RAM
 
-    def __init__(self, n, size, path, stand_in=None):
+    def __init__(self, n, size, path, stand_in=None, head=None, store=None):
         """where: "ram", "file", or None (no room for either: the run goes without). The heap's
         free bytes are measured after the bookkeeping; a board that measures none goes by
         `stand_in` (None: RAM is tried). Raises MemoryError when even the bookkeeping does not
-        fit."""
-        self.n, self.size, self.path = n, size, path
+        fit. `store`: the sample store whose first n samples these are (with `head`)."""
+        self.n, self.size, self.path, self.head = n, size, path, head
+        self.pre = KEPT_REC if head else 0  # bytes before a sample's features in the file
+        self.base = KEPT_HEAD if head else 0
         self.kept = bytearray(n)  # 1: sample i's features are kept
         self.sid = [0] * n  # ...and its store id and label
         self.label = [0] * n
+        self.new = bytearray(n) if head else None  # kept in RAM this run, not yet in the file
+        self.old = bytearray(n) if head else None  # kept from the start: the file's record
         self.buf = self.f = self.tmp = None
         self.where = None
         self.full = False  # the file could not take more
         self.cached = 0  # steps that started from kept features
+        self.reused = 0  # samples whose features the kept file held at the start
+        self.persisted = None  # after persist(): whether the kept file holds them for later runs
+        heads = None
+        if head:
+            heads = store.heads(n)
+            if not self._kept_file_matches():
+                _remove(path)  # another model, plan or store's: it only takes room
         free = _mem_free()
         if free is None:
             free = stand_in
@@ -487,17 +517,66 @@ class Features:
             try:
                 self.buf = bytearray(n * size)
                 self.where = "ram"
-                return
             except MemoryError:
                 pass
-        if free is not None and free - size < self.RESERVE:
-            return  # not even one sample's staging buffer beside the reserve
-        self.tmp = bytearray(size)
+        if self.where is None:
+            if free is not None and free - size < self.RESERVE:
+                return  # not even one sample's staging buffer beside the reserve
+            self.tmp = bytearray(self.pre + size)
+            try:
+                if head and _exists(path):
+                    self.f = open(path, "r+b")
+                else:
+                    self.f = open(path, "w+b")
+                    if head and self.f.write(head) != KEPT_HEAD:
+                        raise OSError(_ENOSPC)
+                self.where = "file"
+            except OSError:
+                self._close_file()
+                _remove(path)
+                return
+        if heads:
+            self._reuse(heads)
+
+    def _kept_file_matches(self):
         try:
-            self.f = open(path, "w+b")
-            self.where = "file"
+            with open(self.path, "rb") as f:
+                return f.read(KEPT_HEAD) == self.head
+        except OSError:
+            return False
+
+    def _reuse(self, heads):
+        """Mark the samples whose records the kept file holds (in RAM: read and CRC-checked
+        now; in the file: checked as each is read)."""
+        rec = self.pre + self.size
+        have = (_size(self.path) - KEPT_HEAD) // rec if _exists(self.path) else 0
+        if have <= 0:
+            return
+        f = self.f
+        try:
+            if f is None:
+                f = open(self.path, "rb")
+            h = bytearray(KEPT_REC)
+            for i in range(min(have, self.n)):
+                if heads[i] is None:
+                    continue
+                if f.seek(KEPT_HEAD + i * rec) != KEPT_HEAD + i * rec or f.readinto(h) != KEPT_REC:
+                    break
+                sid, label, crc = struct.unpack("<III", h)
+                if (sid, label) != heads[i]:
+                    continue
+                if self.buf is not None:
+                    mv = memoryview(self.buf)[i * self.size:(i + 1) * self.size]
+                    if f.readinto(mv) != self.size or crc32(mv) != crc:
+                        continue
+                self.kept[i] = self.old[i] = 1
+                self.sid[i], self.label[i] = sid, label
+                self.reused += 1
         except OSError:
             pass
+        finally:
+            if f is not self.f:
+                f.close()
 
     def slot(self, i):
         """Where the step of sample i writes its features (None: they are not kept)."""
@@ -505,22 +584,29 @@ class Features:
             return None
         if self.buf is not None:
             return memoryview(self.buf)[i * self.size:(i + 1) * self.size]
-        return self.tmp if self.f is not None and not self.full else None
+        if self.f is None or self.full:
+            return None
+        return memoryview(self.tmp)[self.pre:]
 
     def keep(self, i, sid, label):
         """After the step that filled slot(i): sample i's features are kept."""
         if self.f is not None:
+            at = self.base + i * (self.pre + self.size)
+            if self.pre:
+                struct.pack_into("<III", self.tmp, 0, sid, label,
+                                 crc32(memoryview(self.tmp)[self.pre:]))
             try:
                 # a full FAT clips a seek past its end: no slot there either
-                if self.f.seek(i * self.size) != i * self.size or \
-                        self.f.write(self.tmp) != self.size:
+                if self.f.seek(at) != at or self.f.write(self.tmp) != len(self.tmp):
                     raise OSError(_ENOSPC)
             except OSError:
                 # the filesystem is full: the features kept so far stay, the samples still to
-                # come are stepped from their inputs (the run's end removes the file before it
-                # saves the parameters)
+                # come are stepped from their inputs (the run's end removes a run's own file
+                # before it saves the parameters)
                 self.full = True
                 return
+        elif self.new is not None:
+            self.new[i] = 1
         self.kept[i] = 1
         self.sid[i], self.label[i] = sid, label
 
@@ -530,25 +616,73 @@ class Features:
             return None
         if self.buf is not None:
             return memoryview(self.buf)[i * self.size:(i + 1) * self.size]
+        at = self.base + i * (self.pre + self.size)
         try:
-            if self.f.seek(i * self.size) == i * self.size and \
-                    self.f.readinto(self.tmp) == self.size:
-                return self.tmp
+            if self.f.seek(at) == at and self.f.readinto(self.tmp) == len(self.tmp):
+                mv = memoryview(self.tmp)[self.pre:]
+                if not self.pre or struct.unpack_from("<III", self.tmp) == \
+                        (self.sid[i], self.label[i], crc32(mv)):
+                    return mv
         except (OSError, AttributeError):
             pass
-        self.kept[i] = 0
+        self.kept[i] = 0  # stepped from its input, and kept again from that step
+        if self.old is not None and self.old[i]:
+            self.old[i] = 0
+            self.reused -= 1  # a damaged record: not one the file held after all
         return None
 
-    def close(self):
+    def persist(self):
+        """After a run that keeps its features: write those kept in RAM during the run to the
+        kept file (whose earlier records stay). The file is removed when it cannot be written:
+        it is only a cache, and the room is the user's. Sets and returns `persisted`."""
+        self._close_file()
+        ok = False
+        # a file that filled the filesystem is not kept: the room is for the user's samples
+        if self.head and self.where is not None and not self.full:
+            try:
+                if self.buf is not None and any(self.new):
+                    self._write_new()
+                ok = _exists(self.path)
+            except OSError:
+                pass
+        if not ok:
+            _remove(self.path)
+        self.persisted = ok
+        self.buf = None
+        return ok
+
+    def _write_new(self):
+        rec = bytearray(KEPT_REC)
+        mode = "r+b" if _exists(self.path) and self._kept_file_matches() else "w+b"
+        with open(self.path, mode) as f:
+            if mode == "w+b" and f.write(self.head) != KEPT_HEAD:
+                raise OSError(_ENOSPC)
+            for i in range(self.n):
+                if not self.new[i]:
+                    continue
+                mv = memoryview(self.buf)[i * self.size:(i + 1) * self.size]
+                struct.pack_into("<III", rec, 0, self.sid[i], self.label[i], crc32(mv))
+                at = KEPT_HEAD + i * (KEPT_REC + self.size)
+                if f.seek(at) != at or f.write(rec) != KEPT_REC or f.write(mv) != self.size:
+                    raise OSError(_ENOSPC)
+            _sync(f)
+
+    def _close_file(self):
         if self.f is not None:
             try:
                 self.f.close()
             except OSError:
                 pass
             self.f = None
+
+    def close(self):
+        """The end of the run's cache: a run's own file goes; the kept file stays (its records
+        are each checked when read)."""
+        self._close_file()
         self.buf = None
         self.kept = bytearray(self.n)
-        _remove(self.path)
+        if not self.head:
+            _remove(self.path)
 
 
 class Rng:
@@ -677,6 +811,24 @@ class Store:
             raise Fail("io", "sample %d of the store is unreadable" % i)
         sid, label, _ = struct.unpack("<IHH", h)
         return sid, label
+
+    def heads(self, n):
+        """[(id, label)] of the first n samples (None for one that cannot be read), without
+        their bytes."""
+        rec = 8 + self.size
+        out = [None] * n
+        h = bytearray(8)
+        try:
+            with open(self.path, "rb") as f:
+                for i in range(min(n, self.count)):
+                    at = STORE_HEAD + i * rec
+                    if f.seek(at) != at or f.readinto(h) != 8:
+                        break
+                    sid, label, _ = struct.unpack("<IHH", h)
+                    out[i] = (sid, label)
+        except OSError:
+            pass
+        return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -999,7 +1151,7 @@ class Agent:
                            "board has %d" % (m.inference_arena_bytes, budget))
             m = None
         # commit: the previous model stays in place until this rename
-        self._end_features()
+        self._end_features(drop_kept=True)  # features of the model going
         self.model = self.trainer = self.train = self.trial = None
         if gc is not None:
             gc.collect()
@@ -1038,6 +1190,7 @@ class Agent:
         m = self._load_model()
         size = self._sample_bytes(m)
         if self.store.uid != uid or self.store.size != size:
+            self._end_features(drop_kept=True)  # features of the samples going
             self.store.reset(size, uid)
         return m, size
 
@@ -1068,7 +1221,8 @@ class Agent:
         return {"count": self.store.count, "last_id": self.store.last_id}
 
     def do_samples_clear(self, req):
-        self._end_features()  # a run's kept features must match the store
+        # a run's kept features must match the store; those kept for later runs go with it
+        self._end_features(drop_kept=True)
         _remove(self.store.path + ".tmp")  # not to be taken for the store by Store()
         try:
             os.remove(self.store.path)
@@ -1319,7 +1473,8 @@ class Agent:
                       "rng": Rng(opts.get("seed", 1)), "order": [], "heap0": heap0,
                       "heap1": heap1, "buf": bytearray(self._sample_bytes(self.model)),
                       "stats": self._stats(tr), "stats0": self._stats(tr),
-                      "features": self._features(plan, tr, steps)}
+                      "features": self._features(plan, tr, steps,
+                                                 bool(opts.get("keep_features")))}
         self.report = None
         # support_samples: how many of the first samples the plan's selection pass read (the
         # host's Cortex-M7 estimate replays the same ones); lr: the rate the run trains with
@@ -1330,13 +1485,18 @@ class Agent:
                 "heap_after": heap1, "samples": self.store.count, "steps": steps,
                 "support_samples": self.support_used, "features": self._features_dict()}
 
-    def _features(self, plan, tr, steps):
+    def _features(self, plan, tr, steps, keep=False):
         """The run's feature cache (Features), or None: the plan has no frozen prefix to skip,
-        no sample comes round twice, or the engine cannot step from features."""
+        no sample comes round twice (and the run does not keep them for later runs), or the
+        engine cannot step from features. `keep` (TRAIN_START keep_features): features.kept
+        supplies the features it holds for this plan and store and takes this run's."""
         _remove(self._p("features.bin"))  # one a reset left behind
         size = getattr(plan, "cache_bytes", 0)
         n = self.store.count
-        if not size or steps <= n or not hasattr(tr, "step_cached"):
+        head = self._kept_head(plan) if keep else None
+        if head is None:
+            _remove(self._p(KEPT_FILE))  # a run that keeps none frees their room
+        if not size or not hasattr(tr, "step_cached") or (steps <= n and head is None):
             return None
         # for a board that measures no heap (the simulated one): INFO's stand-in for its free
         # heap (the profile's heap, in which a board takes the arena), less this run's arena
@@ -1344,25 +1504,47 @@ class Agent:
         if stand_in is not None:
             stand_in = max(0, stand_in - getattr(plan, "arena_bytes", 0))
         try:
-            f = Features(n, size, self._p("features.bin"), stand_in)
+            f = Features(n, size, self._p(KEPT_FILE if head else "features.bin"), stand_in,
+                         head, self.store)
         except MemoryError:  # the run goes without: slower, the same result
             return None
         return f if f.where else None
+
+    def _kept_head(self, plan):
+        """The header of features.kept for this plan's features of the store's samples, or None
+        when they cannot be told apart from others' (no model hash, no first layer)."""
+        sha = self._model_sha()
+        first = getattr(plan, "first", None)
+        if sha is None or not isinstance(first, int) or len(sha) != 64:
+            return None
+        version = getattr(self.tinymp, "__version__", None) or ""
+        return KEPT_MAGIC + struct.pack(
+            "<7I", KEPT_VERSION, first, plan.cache_bytes, self.store.uid, self.store.size,
+            crc32(version.encode()), 0) + sha.encode()
 
     def _features_dict(self):
         f = self.train and self.train.get("features")
         if f is None:
             return None
-        return {"where": f.where, "bytes": f.n * f.size, "sample_bytes": f.size,
-                "cached_steps": f.cached}
+        d = {"where": f.where, "bytes": f.n * f.size, "sample_bytes": f.size,
+             "cached_steps": f.cached}
+        if f.head:
+            # agent 7: how many samples' features a run kept earlier supplied, and (at the end)
+            # whether this run's are kept for later runs
+            d["reused"] = f.reused
+            d["kept"] = f.persisted
+        return d
 
-    def _end_features(self):
-        """Drop the run's feature cache (its file too): at the run's end, before a new run, and
-        whenever the sample store changes under it."""
+    def _end_features(self, drop_kept=False):
+        """Drop the run's feature cache (its own file too): at the run's end, before a new run,
+        and whenever the sample store changes under it. The features kept for later runs stay,
+        unless `drop_kept` (another model, or a store emptied)."""
         f = self.train and self.train.get("features")
         if f is not None:
             f.close()
             self.train["features"] = None
+        if drop_kept:
+            _remove(self._p(KEPT_FILE))
 
     def _stats(self, tr):
         try:
@@ -1526,25 +1708,46 @@ class Agent:
         for k in ("steps", "stalled_steps", "periods"):
             if isinstance(stats.get(k), int) and isinstance(start.get(k), int):
                 stats[k] = (stats[k] - start[k]) % 0x100000000
+        feats = t.get("features")
+        keeping = feats is not None and bool(feats.head)
         features = self._features_dict()
-        self._end_features()  # before a save: its file takes room the parameters may need
+        if keeping:
+            feats._close_file()  # the kept file stays; features kept in RAM follow the save
+        else:
+            self._end_features()  # before a save: its file takes room the parameters may need
         rep = {"plan": self._plan_dict(t["plan"]), "stats": stats, "features": features,
                "high_water": tr.high_water, "steps": t["done"],
                "heap_before": t["heap0"], "heap_after": t["heap1"], "heap_end": _mem_free(),
                "clock": self.board.get("clock", "board"), "saved": False}
-        if isinstance(req, dict) and req.get("save", True):
-            why = self._save_params(t["opts"])
+        save = not isinstance(req, dict) or req.get("save", True)
+        for attempt in (0, 1):
+            if save:
+                why = self._save_params(t["opts"])
+            else:
+                why = self._keep_trial(t["opts"])
+            if why is None or not keeping or attempt or not _exists(feats.path):
+                break
+            # the parameters come before the features kept for later runs: their room first
+            _remove(feats.path)
+        if save:
             self.trainer_unsaved = why is not None
             rep["saved"] = why is None
             if why is not None:
                 rep["save_error"] = why
         else:
-            why = self._keep_trial(t["opts"])
             rep["trial"] = why is None
             if why is None:
                 self.trial = tr  # the trial's parameters, already in RAM
             else:
                 rep["trial_error"] = why
+        if keeping:
+            if why is None:
+                feats.persist()
+            else:  # the filesystem took no parameters: no features either
+                feats.persisted = False
+                _remove(feats.path)
+            rep["features"] = self._features_dict()
+            self._end_features()
         self.report = rep
         try:
             _write_file(self._p("train.rep"), encode(rep))

@@ -787,7 +787,7 @@ def import_samples(ds, x, y, sources, board_name=None, show=True):
 # the options the board plans with (the agent's _plan_options passes these to plan()), then the
 # trainer's and the run's
 PLAN_KEYS = ("method", "budget", "r", "ratio", "storage", "momentum", "n_bias", "macs")
-TRAIN_KEYS = PLAN_KEYS + ("lr", "seed", "period", "fresh", "track_accuracy")
+TRAIN_KEYS = PLAN_KEYS + ("lr", "seed", "period", "fresh", "track_accuracy", "keep_features")
 # the methods a session trains: the engine's (docs/API.md) but 'sparse', whose plan needs a list
 # of layers (layers=[...]) that neither the command line nor a session config can give
 TRAIN_METHODS = ("none", "last", "bias", "tinytrain", "full", "tinymp")
@@ -834,7 +834,7 @@ def check_train_options(opts, name=lambda k: "--" + k.replace("_", "-")):
         elif k == "storage":
             if v not in ("int8", "fp32"):
                 raise user_error(f"tinymp: {name(k)} must be 'int8' or 'fp32', got {v!r}")
-        elif k in ("fresh", "track_accuracy", "save"):
+        elif k in ("fresh", "track_accuracy", "save", "keep_features"):
             if not isinstance(v, bool):
                 raise user_error(f"tinymp: {name(k)} must be true or false, got {v!r}")
         elif k in ranges:
@@ -887,6 +887,9 @@ def train(board, ds, options, steps=None, epochs=None, save=True, show=True, ses
     """Train on the board over its sample store (synced from `ds` first). Returns the run record
     (options, plan, events, report)."""
     check_budget(board, options.get("budget"))
+    if options.get("keep_features"):
+        # an older agent ignores the option: the run would keep nothing, silently
+        need_agent(board, 7, "keeping the samples' features between runs (--keep-features)")
     sync_samples(board, ds, show)
     n = len(ds)
     if n == 0:

@@ -411,12 +411,16 @@ PLAN = {"arena_bytes": "count?", "method": "str?", "forward_macs": "count?",
 # PUSH_COMMIT's and PUSH_ROMFS's "romfs" (commands.romfs_text)
 ROMFS = {"present": "bool?", "in_place": "bool?", "state": "str?", "warning": "str?"}
 # TRAIN_START's and TRAIN_END's "features": the run's feature cache (None: none kept)
-FEATURES = {"where": "str?", "bytes": "count?", "sample_bytes": "count?", "cached_steps": "count?"}
+FEATURES = {"where": "str?", "bytes": "count?", "sample_bytes": "count?", "cached_steps": "count?",
+            # a run that keeps its features for later runs (agent 7): how many samples' features
+            # an earlier run had kept, and whether this run's are kept (TRAIN_END)
+            "reused": "count?", "kept": "bool?"}
 # the training options a saved or trial run's record keeps (INFO "params" and "trial": the options
 # TRAIN_START was sent), as `tinymp status` shows them (commands.options_text)
 RUN_OPTIONS = {"method": "str?", "steps": "count?", "lr": "num?", "seed": "int?",
                "budget": "count?", "r": "count?", "ratio": "num?", "storage": "str?",
-               "momentum": "num?", "period": "count?", "fresh": "bool?", "run": "str?"}
+               "momentum": "num?", "period": "count?", "fresh": "bool?", "run": "str?",
+               "keep_features": "bool?"}
 # a run's record: the model it trained, its options, the board's clock when it ended
 RUN_RECORD = {"model": "str?", "options": Opt(RUN_OPTIONS), "time": "num?"}
 

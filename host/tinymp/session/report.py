@@ -268,8 +268,22 @@ def features_text(t):
     if not fe:
         return None
     where = "in RAM" if fe.get("where") == "ram" else "in a file on the board"
-    return (f"{fe.get('cached_steps')} of {plural(t['steps'], 'step')} started from the "
+    text = (f"{fe.get('cached_steps')} of {plural(t['steps'], 'step')} started from the "
             f"samples' kept frozen-prefix features ({summary.kib(fe.get('bytes') or 0)} {where})")
+    return text + kept_text(fe)
+
+
+def kept_text(fe):
+    """What a run that keeps its features for later runs (--keep-features) took from earlier
+    runs and left for later ones; "" for a run that keeps none."""
+    if fe.get("reused") is None and fe.get("kept") is None:
+        return ""
+    out = f"; the features of {plural(fe.get('reused') or 0, 'sample')} from an earlier run"
+    if fe.get("kept"):
+        return out + "; kept on the board for later runs"
+    if fe.get("kept") is False:
+        return out + "; NOT kept for later runs (the board's filesystem did not take them)"
+    return out
 
 
 def m7_estimate(session, rep, train_run):
@@ -577,7 +591,7 @@ def format_text(rep):
             rows.append(["feature cache", _num(fe.get("bytes")),
                          f"{'in RAM' if fe.get('where') == 'ram' else 'in a file'}: "
                          f"{fe.get('cached_steps')} of {plural(t['steps'], 'step')} skipped "
-                         "the prefix"])
+                         "the prefix" + kept_text(fe)])
         if m:
             rows.append(["inference arena", _num(m.get("inference_arena_bytes")), ""])
             if m.get("served_from") == "filesystem":

@@ -283,7 +283,8 @@ def _in_the_other_set(session, ds, sources):
 def _train_options(args):
     o = {"method": args.method, "lr": args.lr, "seed": args.seed, "r": args.r,
          "ratio": args.ratio, "storage": args.storage, "momentum": args.momentum,
-         "period": args.period, "fresh": args.fresh or None}
+         "period": args.period, "fresh": args.fresh or None,
+         "keep_features": args.keep_features or None}
     if args.budget is not None:
         o["budget"] = summary.budget_bytes(args.budget)
         if o["budget"] is None:
@@ -324,6 +325,11 @@ def cmd_train(args):
               "channel selection) does not fit this run's options (another --ratio, --momentum "
               "switched on or off) or was not saved (older firmware), so that starts afresh",
               file=sys.stderr)
+    fe = t.get("features") or {}
+    if opts.get("keep_features") and fe.get("kept") is None:
+        print("note: no features were kept for later runs: the plan trains from the model's "
+              "first layer (no frozen prefix), or the board had no room for even one sample's "
+              "features, or cannot tell its model apart (no hashlib)", file=sys.stderr)
     stalled = t.get("stalled_steps")
     if stalled:  # on stderr, in text and JSON mode alike
         lr = t.get("lr")
@@ -1047,6 +1053,10 @@ def add_parsers(sub):
                    help="APU period in steps (default 0: a period ends after each pass over the "
                         "samples)")
     p.add_argument("--fresh", action="store_true", help="start from the pretrained weights")
+    p.add_argument("--keep-features", action="store_true",
+                   help="keep the samples' frozen-prefix features in a file on the board, so that "
+                   "later runs with this option skip the prefix layers for them from their first "
+                   "step (a run without it removes the file)")
     p.add_argument("--no-save", action="store_true",
                    help="a trial run: the board keeps its saved parameters and keeps this "
                         "run aside, for `eval --trial` and `params save`")

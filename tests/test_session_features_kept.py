@@ -1,0 +1,276 @@
+"""`tinymp train --keep-features`: a run keeps its samples' frozen-prefix features on the board
+(features.kept) and a later run with the option starts every sample it holds from them, from its
+first step (tinymp_agent.Features with a header, agent 7).
+
+None of this may change a run: the reference is the run written as plain Trainer.step() calls
+from the pretrained weights (test_session_features.reference), and the board's saved parameters
+must be byte for byte the reference trainer's save(). The board is the real agent in this
+process.
+"""
+import errno
+import json
+import os
+import struct
+
+import pytest
+
+from tinymp import tinymp_agent as A
+from tinymp.session import commands as C
+from tinymp.session import dataset as D
+from tinymp.session import protocol as P
+
+from test_session_features import OPTS, SHORT, reference
+from test_session_replies import Rig, open_fake
+
+KEEP = dict(OPTS, keep_features=True)
+
+
+@pytest.fixture
+def rig(tmp_path, monkeypatch, capsys):
+    return Rig(tmp_path, monkeypatch, capsys)
+
+
+def kept_file(rig):
+    return os.path.join(str(rig.where), "flash", A.KEPT_FILE)
+
+
+def run_file(rig):
+    return os.path.join(str(rig.where), "flash", "features.bin")
+
+
+def train(rig, opts, epochs):
+    ds = D.Dataset.open(rig.session.dataset_dir)
+    with open_fake(rig.where) as b:
+        rec = C.train(b, ds, opts, epochs=epochs, show=False)
+        budget = b.info["arena_budget"]
+    return ds, budget, rec
+
+
+def check_run(rig, opts, epochs, reused, where, damaged=0):
+    """Train `epochs` epochs from the pretrained weights and check the run against plain steps:
+    its events, its saved parameters, which steps started from kept features (a sample's first
+    step when the kept file held it, `reused` of them, `damaged` more were damaged; every later
+    one) and how many prefix passes it saved."""
+    ds, budget, rec = train(rig, dict(opts, fresh=True), epochs)
+    n = len(ds)
+    events, saved, plan = reference(ds, budget, opts, epochs * n, rig.tmp)
+    f = {k: i for i, k in enumerate(rec["fields"])}
+    got = [(e[f["sample"]], e[f["label"]], e[f["pred"]], e[f["loss"]]) for e in rec["events"]]
+    assert [g[:3] for g in got] == [e[:3] for e in events]
+    assert [g[3] for g in got] == pytest.approx([e[3] for e in events], rel=1e-6)
+    with open(os.path.join(str(rig.where), "flash", "params.bin"), "rb") as fh:
+        assert fh.read() == saved
+    fe = rec["end"]["features"]
+    assert fe["where"] == where and fe["reused"] == reused and fe["kept"] is True
+    # at the start: the records that match the store (in RAM their CRCs are checked then, in a
+    # file as each is read: a damaged one is found at its sample's first step)
+    assert rec["start"]["features"]["reused"] == (reused + damaged if where == "file" else reused)
+    flags = [e[f["cached"]] for e in rec["events"]]
+    # every step after a sample's first one, and the first ones of the samples the file held
+    assert sum(flags[:n]) == reused and all(flags[n:])
+    cached = sum(flags)
+    assert fe["cached_steps"] == cached
+    prefix = plan.forward_macs - (plan.step_macs - plan.backward_macs)
+    assert rec["end"]["stats"]["forward_macs"] == epochs * n * plan.forward_macs - cached * prefix
+    # the file holds every sample's features for the next run, and no run's own file is left
+    assert os.path.getsize(kept_file(rig)) == A.KEPT_HEAD + n * (A.KEPT_REC + plan.cache_bytes)
+    assert not os.path.exists(run_file(rig))
+    return rec, plan
+
+
+@pytest.mark.parametrize("where", ["ram", "file"])
+def test_a_later_run_starts_every_sample_from_the_kept_features(rig, monkeypatch, where):
+    if where == "file":
+        monkeypatch.setattr(A, "_mem_free", SHORT)
+    check_run(rig, KEEP, 2, 0, where)
+    rec, plan = check_run(rig, KEEP, 2, 12, where)
+    assert rec["end"]["features"]["cached_steps"] == 24  # not one prefix pass in the run
+
+
+def test_one_epoch_keeps_them_when_asked(rig):
+    # without the option one epoch keeps nothing (test_session_features); with it, the run fills
+    # the file and the next one-epoch run skips the prefix at every step
+    check_run(rig, KEEP, 1, 0, "ram")
+    rec, _ = check_run(rig, KEEP, 1, 12, "ram")
+    assert rec["end"]["features"]["cached_steps"] == 12
+
+
+def test_the_features_on_file_are_the_engines(rig):
+    """Each record is the sample's id, label, CRC-32 and the features Trainer.step(cache=...)
+    writes for it, checked against the host build's own step."""
+    import tinymp
+    check_run(rig, KEEP, 1, 0, "ram")
+    ds = D.Dataset.open(rig.session.dataset_dir)
+    xs, ys = ds.arrays()
+    m = tinymp.Model(open(rig.model, "rb").read())
+    with open_fake(rig.where) as b:
+        budget = b.info["arena_budget"]
+    plan = m.plan(method="tinymp", budget=budget)
+    with open(kept_file(rig), "rb") as f:
+        data = f.read()
+    assert data[:4] == b"TMPF"
+    first, size = struct.unpack_from("<II", data, 8)
+    assert (first, size) == (plan.first, plan.cache_bytes)
+    rec = A.KEPT_REC + size
+    for i in range(len(ys)):
+        tr = tinymp.Trainer(m, plan, lr=0.01)
+        buf = bytearray(size)
+        tr.step(xs[i].tobytes(), int(ys[i]), cache=buf)
+        sid, label, crc = struct.unpack_from("<III", data, A.KEPT_HEAD + i * rec)
+        at = A.KEPT_HEAD + i * rec + A.KEPT_REC
+        assert (sid, label) == (i, int(ys[i]))
+        assert data[at:at + size] == bytes(buf)
+        import zlib
+        assert crc == zlib.crc32(buf)
+
+
+@pytest.mark.parametrize("where", ["ram", "file"])
+def test_a_damaged_record_is_recomputed_and_rewritten(rig, monkeypatch, where):
+    if where == "file":
+        monkeypatch.setattr(A, "_mem_free", SHORT)
+    _, plan = check_run(rig, KEEP, 1, 0, where)
+    rec = A.KEPT_REC + plan.cache_bytes
+    with open(kept_file(rig), "r+b") as f:
+        f.seek(A.KEPT_HEAD + 3 * rec + A.KEPT_REC + 5)
+        b = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([b[0] ^ 0x40]))
+    # sample 3 is stepped from its input (the same run), and its record written again
+    check_run(rig, KEEP, 2, 11, where, damaged=1)
+    check_run(rig, KEEP, 1, 12, where)
+
+
+def test_samples_added_later_are_computed_and_added(rig):
+    check_run(rig, KEEP, 1, 0, "ram")
+    from test_session_replies import SCENE
+    x, y, src = D.load_samples(SCENE, *rig._fmt())
+    ds = D.Dataset.open(rig.session.dataset_dir)
+    C.import_samples(ds, x[12:16], y[12:16], src[12:16], show=False)
+    check_run(rig, KEEP, 2, 12, "ram")  # 16 samples now, 12 of them from the file
+    check_run(rig, KEEP, 1, 16, "ram")
+
+
+@pytest.mark.parametrize("change", ["no option", "another plan", "another model",
+                                    "samples cleared"])
+def test_what_makes_them_go(rig, change):
+    check_run(rig, KEEP, 1, 0, "ram")
+    assert os.path.exists(kept_file(rig))
+    if change == "no option":
+        _, _, rec = train(rig, OPTS, 2)
+        assert "reused" not in rec["end"]["features"]
+        assert not os.path.exists(kept_file(rig))  # a run that keeps none frees the room
+    elif change == "another plan":
+        # features at another layer: the file is not this plan's, and is written anew
+        last = dict(KEEP, method="last", fresh=True)
+        _, _, rec = train(rig, last, 1)
+        assert rec["start"]["features"]["reused"] == 0 and rec["end"]["features"]["kept"]
+        _, _, rec = train(rig, last, 1)
+        assert rec["end"]["features"]["reused"] == 12
+        # and back: tinymp's were replaced
+        _, _, rec = train(rig, dict(KEEP, fresh=True), 1)
+        assert rec["end"]["features"]["reused"] == 0
+    elif change == "another model":
+        other = os.path.join(os.path.dirname(A.__file__), "models", "digits0to4.tmpm")
+        with open_fake(rig.where) as b:
+            C.push(b, open(other, "rb").read(), show=False)
+        assert not os.path.exists(kept_file(rig))
+    else:
+        with open_fake(rig.where) as b:
+            b.request(P.SAMPLES_CLEAR)
+        assert not os.path.exists(kept_file(rig))
+
+
+def test_a_header_of_another_model_is_not_taken(rig, monkeypatch):
+    check_run(rig, KEEP, 1, 0, "ram")
+    monkeypatch.setattr(A.Agent, "_model_sha", lambda self: "ab" * 32)
+    _, _, rec = train(rig, dict(KEEP, fresh=True), 1)
+    assert rec["end"]["features"]["reused"] == 0
+
+
+def test_the_parameters_come_first_on_a_full_filesystem(rig, monkeypatch):
+    """A save that finds no room while the kept file is there: the file goes, the save is tried
+    again and succeeds; the run's features are not kept."""
+    monkeypatch.setattr(A, "_mem_free", SHORT)  # in the file during the run
+    check_run(rig, KEEP, 1, 0, "file")
+    real = A.Agent._save_params
+
+    def needs_room(self, opts):
+        if os.path.exists(kept_file(rig)):
+            return "no room left on the board's filesystem"
+        return real(self, opts)
+    monkeypatch.setattr(A.Agent, "_save_params", needs_room)
+    _, _, rec = train(rig, dict(KEEP, fresh=True), 2)
+    assert rec["end"]["saved"] and rec["end"]["features"]["kept"] is False
+    assert not os.path.exists(kept_file(rig))
+
+
+def test_features_that_do_not_fit_after_the_run_are_dropped(rig, monkeypatch):
+    def no_room(self):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(A.Features, "_write_new", no_room)
+    _, _, rec = train(rig, dict(KEEP, fresh=True), 2)
+    assert rec["end"]["saved"] and rec["end"]["features"]["kept"] is False
+    assert not os.path.exists(kept_file(rig))
+
+
+def test_an_agent_before_7_is_refused_before_anything_is_sent(rig):
+    def as_agent_6(t, req, rep):
+        if t == P.INFO:
+            rep = dict(rep, agent="6")
+        return rep
+    rig.tamper = as_agent_6
+    rc, out, err = rig.cli("train", keep_features=True)
+    assert rc == 2
+    assert err == ["tinymp: keeping the samples' features between runs (--keep-features) needs "
+                   "the board's agent version 7 or later; this board runs version 6 (flash a "
+                   "newer firmware)"]
+
+
+def test_train_and_report_say_what_was_kept(rig):
+    rc, out, err = rig.cli("train", steps=None, epochs=2, keep_features=True, json=False)
+    assert rc == 0, err
+    line = [ln for ln in out.splitlines() if ln.startswith("feature cache:")]
+    assert len(line) == 1 and line[0].endswith(
+        "; the features of 0 samples from an earlier run; kept on the board for later runs"), out
+    rc, out, err = rig.cli("train", steps=None, epochs=2, keep_features=True)
+    assert rc == 0, err
+    fe = json.loads(out)["features"]
+    assert fe["reused"] == 12 and fe["kept"] is True and fe["cached_steps"] == 24
+    rc, out, err = rig.cli("report", json=False)
+    assert rc == 0, err
+    row = [ln for ln in out.splitlines() if ln.startswith("feature cache")]
+    assert len(row) == 1 and "24 of 24 steps skipped the prefix; the features of 12 samples " \
+        "from an earlier run; kept on the board for later runs" in row[0], out
+
+
+def test_a_session_config_can_ask_for_it(rig, tmp_path):
+    from tinymp.session import run
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"model": rig.model, "train": {"keep_features": "yes"}}))
+    with pytest.raises(C.SessionError) as e:
+        run.load_config(str(cfg))
+    assert "train.keep_features must be true or false" in str(e.value)
+
+
+def test_records_of_other_samples_are_not_taken(rig):
+    """Records 0 and 1 swapped (each whole, its CRC right): neither is sample 0's or 1's, so
+    both samples are stepped from their inputs, and their records written again."""
+    _, plan = check_run(rig, KEEP, 1, 0, "ram")
+    rec = A.KEPT_REC + plan.cache_bytes
+    with open(kept_file(rig), "r+b") as f:
+        f.seek(A.KEPT_HEAD)
+        two = f.read(2 * rec)
+        f.seek(A.KEPT_HEAD)
+        f.write(two[rec:] + two[:rec])
+    check_run(rig, KEEP, 1, 10, "ram")
+    check_run(rig, KEEP, 1, 12, "ram")
+
+
+def test_a_plan_without_a_prefix_keeps_none_and_says_so(rig):
+    rc, out, err = rig.cli("train", method="bias", lr=0.001, keep_features=True)
+    assert rc == 0, err
+    assert json.loads(out)["features"] is None
+    assert err == ["note: no features were kept for later runs: the plan trains from the model's "
+                   "first layer (no frozen prefix), or the board had no room for even one "
+                   "sample's features, or cannot tell its model apart (no hashlib)"]
+    assert not os.path.exists(kept_file(rig))
