@@ -834,507 +834,11 @@ class Store:
 # ---------------------------------------------------------------------------------------------
 # The agent
 
-class Agent:
-    def __init__(self, root=None, board=None):
-        try:
-            import tinymp
-        except ImportError:
-            tinymp = None
-        self.tinymp = tinymp
-        self.board = board or {}
-        if root is None:
-            root = self.board.get("root") or self._default_root()
-        self.root = root
-        try:
-            os.mkdir(root)
-        except OSError:
-            pass
-        self.store = Store(self._p("samples.bin"))
-        self.model = None        # tinymp.Model of the committed model (loaded on demand)
-        self.model_from = None   # where self.model reads its bytes: "romfs" or "filesystem"
-        self.model_data = None
-        self.model_sha = None
-        self.trainer = None
-        self.trainer_unsaved = False  # self.trainer holds a run that was not saved
-        self.trial = None        # a Trainer with the kept trial run loaded (for PREDICT)
-        self.support_used = 0
-        self.trainer_opts = None
-        self.push = None
-        self.train = None        # state of the current training run
-        self.pending = None      # a captured sample waiting for the PC's "kept"
-        self.sensor = None
-        self.last = None         # (seq, crc, reply bytes) of the last request served
-        self.report = None
-        self.heap0 = _mem_free()
-        self.running = True
-        # frames up to an eighth of the free heap, between 1 KB and MAX_PAYLOAD
-        free = self.board.get("mem_free", self.heap0)
-        self.max_payload = MAX_PAYLOAD if free is None else \
-            max(1024, min(MAX_PAYLOAD, (free // 8) & ~1023))
-        self.storage = self._probe_storage()
-        if self.storage:
-            self._recover()
-        self.rom = None          # tinymp_romfs.Store: the board's ROMFS segment, when writable
-        romfs = _romfs_module() if self.storage else None
-        if romfs is not None:
-            self.rom = romfs.open_store(self.board, self._p("romfs.rec"))
+class _Runs:
+    """The agent's training runs, evaluation and saved parameters (Agent's requests from
+    _read_opt on): a class of its own only so that a board compiling the pasted agent piece by
+    piece (link.agent_chunks) never holds the whole Agent's source and parse tree at once."""
 
-    # --- files
-    def _default_root(self):
-        for base in ("/sd", "/flash"):
-            if _exists(base):
-                return base + "/tinymp"
-        return "tinymp"
-
-    def _p(self, name):
-        return self.root + "/" + name
-
-    def _probe_storage(self):
-        probe = self._p("probe.tmp")
-        try:
-            with open(probe, "wb") as f:
-                f.write(b"1")
-            os.remove(probe)
-            return True
-        except OSError as e:
-            # a full filesystem is a writable one (a store to clear, parameters to drop)
-            _remove(probe)
-            return _no_room(e)
-
-    def _need_storage(self):
-        if not self.storage:
-            raise Fail("no_storage", "this board has no writable filesystem for models and "
-                       "samples")
-
-    def _recover(self):
-        # a training run's feature cache that a reset or a lost link left behind (it only
-        # takes room: a run starts a new one)
-        _remove(self._p("features.bin"))
-        # a commit cut short between removing the old model and renaming the new one (FAT)
-        new, cur = self._p("model.new"), self._p("model.tmpm")
-        if _exists(new):
-            _replace(new, cur)
-        for name in ("params.bin", "params.opt", "params.try", "params.try.opt",
-                     "params.prev.opt", "params.new", "params.new.opt"):
-            p = self._p(name)
-            if _exists(p + ".tmp") and not _exists(p):
-                _remove(p + ".tmp")
-        # a trial's promotion (PARAMS_SAVE) cut short after its parameters became params.bin:
-        # its options follow them (a trial is written parameters first, dropped options first)
-        if _exists(self._p("params.try.opt")) and not _exists(self._p("params.try")):
-            _replace(self._p("params.try.opt"), self._p("params.opt"))
-        # saved parameters shelved (_shelve_saved) before their options: these follow them
-        if _exists(self._p("params.opt")) and not _exists(self._p("params.bin")) and \
-                _exists(self._p("params.prev")):
-            _replace(self._p("params.opt"), self._p("params.prev.opt"))
-        # a save (_save_params) cut short: written whole (both params.new files) with the saved
-        # parameters shelved, it is finished; otherwise the new files go and nothing changed
-        new, new_opt = self._p("params.new"), self._p("params.new.opt")
-        if _exists(new) and _exists(new_opt) and not _exists(self._p("params.bin")):
-            _replace(new, self._p("params.bin"))
-        if _exists(new_opt) and not _exists(new) and _exists(self._p("params.bin")) and \
-                not _exists(self._p("params.opt")):
-            _replace(new_opt, self._p("params.opt"))
-        _remove(new)
-        _remove(new_opt)
-
-    # --- engine
-    def _need_engine(self):
-        if self.tinymp is None:
-            raise Fail("no_engine", "this firmware has no tinymp module")
-
-    def _load_model(self):
-        self._need_engine()
-        if self.model is None:
-            path = self._p("model.tmpm")
-            if not _exists(path):
-                raise Fail("no_model", "no model on the board: push one first")
-            # the committed model is the file; ROMFS serves it in place when it holds a copy
-            # whose bytes were read back and match the file's SHA-256
-            rom = self.rom.copy(self._model_sha()) if self.rom is not None else None
-            if rom is not None:
-                try:
-                    self.model = self.tinymp.Model(rom)
-                    self.model_from = "romfs"
-                except (ValueError, OSError):
-                    self.model = None
-            if self.model is None:
-                try:
-                    self.model = self.tinymp.Model(path)
-                    self.model_from = "filesystem"
-                except (ValueError, OSError) as e:
-                    raise Fail("bad_model", "the model on the board does not load: %s" % e)
-        return self.model
-
-    def _model_sha(self):
-        if self.model_sha is None and _exists(self._p("model.tmpm")):
-            if hashlib is not None:
-                self.model_sha = _hex(_sha256_file(self._p("model.tmpm")))
-        return self.model_sha
-
-    def _sample_bytes(self, m):
-        h, w, c = m.input_shape
-        return h * w * c
-
-    def _budget(self):
-        b = self.board.get("arena_budget")
-        if b is None:
-            free = _mem_free()
-            b = max(0, free - 32768) if free is not None else None
-        return b
-
-    # --- ROMFS: the committed model's copy in the board's ROMFS segment (tinymp_romfs)
-    def _romfs_present(self):
-        romfs = self.rom is not None or self.board.get("romfs")
-        return _exists("/rom") if romfs is None else bool(romfs)
-
-    def _romfs_commit(self, sha, size):
-        """After the filesystem commit: the copy in ROMFS, which may fail on its own (the
-        reply's warning) and then leaves the filesystem serving the model."""
-        if self.rom is None:  # none, or one the agent cannot map or reach
-            present = self._romfs_present()
-            return {"present": present, "written": False, "in_place": False,
-                    "state": "unwritable" if present else "absent", "warning": None,
-                    "image_bytes": None, "segment_bytes": None}
-        self._end_features()
-        self.model = self.trainer = self.train = self.trial = None  # nothing may read the segment meanwhile
-        if gc is not None:
-            gc.collect()
-        return self.rom.commit(sha, size, self._p("model.tmpm"))
-
-    # --- requests
-    def do_info(self, req):
-        model = None
-        if _exists(self._p("model.tmpm")):
-            try:
-                m = self._load_model()
-                h, w, c = m.input_shape
-                model = {"bytes": _size(self._p("model.tmpm")), "sha256": self._model_sha(),
-                         "input_shape": [h, w, c], "num_classes": m.num_classes,
-                         "class_names": m.class_names, "input_scale": m.input_scale,
-                         "input_zero_point": m.input_zero_point,
-                         "inference_arena_bytes": m.inference_arena_bytes,
-                         "served_from": self.model_from}
-            except Fail as e:
-                model = {"bytes": _size(self._p("model.tmpm")), "error": e.args[1]}
-        impl = sys.implementation
-        uname = getattr(os, "uname", None)
-        machine = getattr(impl, "_machine", None)
-        if uname is not None:
-            try:
-                machine = uname().machine
-            except Exception:
-                pass
-        b = self.board
-        rom_state = None
-        if self.rom is not None:
-            rom_state = self.rom.state(_size(self._p("model.tmpm")),
-                                       self.model is not None and self.model_from == "romfs")
-        params = self._read_opt()
-        if params is None and (_exists(self._p("params.bin")) or _exists(self._p("params.prev"))):
-            # no options record: e.g. after PARAMS_RESET, which shelves them with the parameters;
-            # whether parameters are kept (a rollback) is still worth saying
-            params = {"saved": _exists(self._p("params.bin")),
-                      "previous": _exists(self._p("params.prev"))}
-        return {
-            "agent": AGENT_VERSION, "protocol": PROTOCOL,
-            "board": b.get("name") or machine or sys.platform,
-            "simulated": bool(b.get("simulated")),
-            "implementation": impl.name,
-            "firmware": ".".join(str(x) for x in impl.version[:3]),
-            "platform": sys.platform,
-            "tinymp": getattr(self.tinymp, "__version__", None) if self.tinymp else None,
-            "trainer": self.tinymp is not None and hasattr(self.tinymp, "Trainer"),
-            "mem_free": b.get("mem_free", _mem_free()),
-            "mem_total": b.get("mem_total"),
-            "arena_budget": self._budget(),
-            "model_flash": b.get("model_flash"),
-            "romfs": self._romfs_present(),
-            "romfs_state": rom_state,
-            "camera": self._has_camera(),
-            "clock": b.get("clock", "board"),
-            "crc": "binascii" if crc32 is not _crc32_bitwise else "bitwise",
-            "max_payload": self.max_payload,
-            "root": self.root,
-            "storage": self.storage,
-            "model": model,
-            "samples": {"count": self.store.count, "last_id": self.store.last_id,
-                        "dataset": self.store.uid, "bytes": self.store.size},
-            "params": params,
-            "trial": self._read_trial(),
-        }
-
-    def do_bye(self, req):
-        self.running = False
-        self._end_features()
-        return {"ok": True}
-
-    # push: PUSH_BEGIN {size, sha256} -> {offset}; PUSH_DATA {offset, data} -> {offset};
-    # PUSH_COMMIT {} -> {sha256, bytes}
-    def _part(self, sha):
-        return self._p("push-" + sha[:16] + ".part")
-
-    def do_push_begin(self, req):
-        size = _need(req, "size", int)
-        sha = _need(req, "sha256", str)
-        self._need_storage()
-        if hashlib is None or not hasattr(hashlib, "sha256"):
-            raise Fail("no_sha256", "this firmware has no hashlib.sha256")
-        if len(sha) != 64:
-            raise Fail("bad_request", "sha256 must be 64 hex digits")
-        limit = self.board.get("model_flash")
-        if limit is not None and size > limit:
-            raise Fail("too_big", "model of %d bytes is larger than the %d bytes of model flash "
-                       "on this board" % (size, limit))
-        if size < 1:
-            raise Fail("bad_request", "empty model")
-        # one push at a time: drop other partial pushes
-        keep = "push-" + sha[:16] + ".part"
-        for name in os.listdir(self.root):
-            if name.startswith("push-") and name != keep:
-                _remove(self._p(name))
-        part = self._part(sha)
-        have = _size(part)
-        if have < 0 or have > size:
-            with open(part, "wb") as f:
-                _sync(f)
-            have = 0
-        free = _free_bytes(self.root)
-        if free is not None and size - have > free:
-            raise Fail("no_space", "the model (%d bytes) needs %d more bytes on the board's "
-                       "filesystem, which has %d free (a model is committed there first, even "
-                       "on a board with ROMFS)" % (size, size - have, free))
-        self.push = {"size": size, "sha": sha, "part": part, "offset": have}
-        return {"offset": have, "resumed": have > 0}
-
-    def do_push_data(self, req):
-        p = self.push
-        if not p:
-            raise Fail("state", "no push in progress")
-        off = _need(req, "offset", int)
-        data = _need(req, "data", bytes)
-        if off != p["offset"]:
-            # a retransmission of data already written, or a gap: say where we are
-            return {"offset": p["offset"]}
-        if off + len(data) > p["size"]:
-            raise Fail("bad_request", "data past the declared model size")
-        with open(p["part"], "ab") as f:
-            f.write(data)
-            _sync(f)
-        p["offset"] = off + len(data)
-        return {"offset": p["offset"]}
-
-    def do_push_commit(self, req):
-        p = self.push
-        if not p:
-            raise Fail("state", "no push in progress")
-        if _size(p["part"]) != p["size"]:
-            raise Fail("incomplete", "the model is incomplete: %d of %d bytes"
-                       % (max(0, _size(p["part"])), p["size"]))
-        got = _hex(_sha256_file(p["part"]))
-        if got != p["sha"]:
-            _remove(p["part"])
-            self.push = None
-            raise Fail("sha256", "SHA-256 of the received model does not match; push again")
-        if self.tinymp is not None:
-            try:
-                m = self.tinymp.Model(p["part"])
-            except (ValueError, OSError) as e:
-                _remove(p["part"])
-                self.push = None
-                raise Fail("bad_model", "the engine refuses the model: %s" % e)
-            budget = self._budget()
-            if budget is not None and m.inference_arena_bytes > budget:
-                _remove(p["part"])
-                self.push = None
-                raise Fail("too_big", "the model needs %d bytes of RAM for one inference; this "
-                           "board has %d" % (m.inference_arena_bytes, budget))
-            m = None
-        # commit: the previous model stays in place until this rename
-        self._end_features(drop_kept=True)  # features of the model going
-        self.model = self.trainer = self.train = self.trial = None
-        if gc is not None:
-            gc.collect()
-        new = self._p("model.new")
-        _replace(p["part"], new)
-        _replace(new, self._p("model.tmpm"))
-        self.model_sha = p["sha"]
-        self.push = None
-        # personalised parameters belong to the previous model
-        for name in ("params.bin", "params.prev", "params.opt", "params.prev.opt",
-                     "train.rep") + TRIAL_FILES:
-            _remove(self._p(name))
-        # the model is committed; a copy in ROMFS is an addition that may fail on its own
-        rom = self._romfs_commit(p["sha"], p["size"])
-        return {"sha256": self.model_sha, "bytes": p["size"], "romfs": rom}
-
-    def do_push_romfs(self, req):
-        """Write the committed model into ROMFS (PUSH_COMMIT does; this finishes one that a
-        reset or a failure cut short). The reply is PUSH_COMMIT's "romfs"."""
-        self._need_storage()
-        size = _size(self._p("model.tmpm"))
-        if size < 0:
-            raise Fail("no_model", "no model on the board: push one first")
-        sha = self._model_sha()
-        if sha is None:
-            raise Fail("no_sha256", "this firmware has no hashlib.sha256")
-        return self._romfs_commit(sha, size)
-
-    # samples
-    def do_samples_status(self, req):
-        return {"count": self.store.count, "last_id": self.store.last_id,
-                "dataset": self.store.uid, "bytes": self.store.size}
-
-    def _store_for(self, uid):
-        self._need_storage()
-        m = self._load_model()
-        size = self._sample_bytes(m)
-        if self.store.uid != uid or self.store.size != size:
-            self._end_features(drop_kept=True)  # features of the samples going
-            self.store.reset(size, uid)
-        return m, size
-
-    def _check_label(self, m, label):
-        if not isinstance(label, int) or label < 0 or label >= m.num_classes:
-            raise Fail("bad_label", "label %r is out of range 0..%d" % (label, m.num_classes - 1))
-
-    def do_samples_put(self, req):
-        self._end_features()  # a run's kept features must match the store
-        uid = _need(req, "dataset", int)
-        first = _need(req, "first", int)
-        labels = _need(req, "labels", list)
-        data = _need(req, "data", bytes)
-        m, size = self._store_for(uid)
-        if len(data) != size * len(labels):
-            raise Fail("bad_shape", "%d bytes for %d samples of %d bytes"
-                       % (len(data), len(labels), size))
-        for lab in labels:
-            self._check_label(m, lab)
-        mv = memoryview(data)
-        for k in range(len(labels)):
-            sid = first + k
-            if sid <= self.store.last_id:
-                continue  # already stored (a retransmission)
-            if sid != self.store.last_id + 1:
-                raise Fail("gap", "sample %d after %d" % (sid, self.store.last_id))
-            self.store.append(sid, labels[k], mv[k * size:(k + 1) * size])
-        return {"count": self.store.count, "last_id": self.store.last_id}
-
-    def do_samples_clear(self, req):
-        # a run's kept features must match the store; those kept for later runs go with it
-        self._end_features(drop_kept=True)
-        _remove(self.store.path + ".tmp")  # not to be taken for the store by Store()
-        try:
-            os.remove(self.store.path)
-        except OSError as e:
-            self.store._open()
-            if self.store.count or _exists(self.store.path):
-                raise Fail("storage", "the samples could not be removed: %s; %s"
-                           % (_why(e), self.store.holds()))
-        self.store = Store(self.store.path)
-        return {"count": self.store.count}
-
-    def _has_camera(self):
-        if self.board.get("camera") is False:
-            return False
-        try:
-            import sensor  # noqa: F401
-            return True
-        except ImportError:
-            return False
-
-    def _camera(self):
-        if self.sensor is None:
-            try:
-                import sensor
-            except ImportError:
-                raise Fail("no_camera", "this board has no camera (no sensor module)")
-            m = self._load_model()
-            c = m.input_shape[2]
-            sensor.reset()
-            sensor.set_pixformat(sensor.GRAYSCALE if c == 1 else sensor.RGB565)
-            sensor.set_framesize(sensor.QQVGA)
-            if hasattr(sensor, "skip_frames"):
-                sensor.skip_frames(time=500)
-            self.sensor = sensor
-        return self.sensor
-
-    def _frame_to_input(self, img, m):
-        """A camera frame -> the model's int8 input: centre square crop, box-average resize to
-        H x W, quantised with the model's input scale and zero point (pixel 0..255 -> 0..1)."""
-        h, w, c = m.input_shape
-        fw, fh = img.width(), img.height()
-        raw = img.bytearray()
-        gray = len(raw) == fw * fh
-        side = min(fw, fh)
-        x0, y0 = (fw - side) // 2, (fh - side) // 2
-        scale, zp = m.input_scale, m.input_zero_point
-        lut = []
-        for v in range(256):
-            q = int(v / 255.0 / scale + 0.5) + zp  # round half away from zero (v >= 0)
-            lut.append(-128 if q < -128 else 127 if q > 127 else q)
-        out = bytearray(h * w * c)
-        k = 0
-        for oy in range(h):
-            ya, yb = y0 + oy * side // h, y0 + max((oy + 1) * side // h, oy * side // h + 1)
-            for ox in range(w):
-                xa, xb = x0 + ox * side // w, x0 + max((ox + 1) * side // w, ox * side // w + 1)
-                acc = [0, 0, 0]
-                n = 0
-                for yy in range(ya, yb):
-                    row = yy * fw
-                    for xx in range(xa, xb):
-                        if gray:
-                            v = raw[row + xx]
-                            acc[0] += v
-                        else:  # RGB565, big-endian
-                            i = 2 * (row + xx)
-                            p = (raw[i] << 8) | raw[i + 1]
-                            acc[0] += ((p >> 11) & 31) * 255 // 31
-                            acc[1] += ((p >> 5) & 63) * 255 // 63
-                            acc[2] += (p & 31) * 255 // 31
-                        n += 1
-                if c == 1:
-                    if not gray:
-                        acc[0] = (acc[0] * 77 + acc[1] * 150 + acc[2] * 29) >> 8
-                    out[k] = lut[(acc[0] + n // 2) // n] & 0xFF
-                    k += 1
-                else:
-                    for ch in range(c):
-                        v = acc[0] if gray else acc[ch]
-                        out[k] = lut[(v + n // 2) // n] & 0xFF
-                        k += 1
-        return out
-
-    def do_capture(self, req):
-        label = _need(req, "label", int)
-        sid = _need(req, "id", int)
-        uid = _need(req, "dataset", int)
-        m, size = self._store_for(uid)
-        self._check_label(m, label)
-        cam = self._camera()
-        t0 = _ticks_us()
-        img = cam.snapshot()
-        x = self._frame_to_input(img, m)
-        self.pending = (sid, label, x)
-        return {"id": sid, "label": label, "data": bytes(x),
-                "capture_us": _ticks_diff(_ticks_us(), t0)}
-
-    def do_capture_keep(self, req):
-        self._end_features()  # a run's kept features must match the store
-        sid = _need(req, "id", int)
-        if sid <= self.store.last_id:
-            return {"count": self.store.count, "last_id": self.store.last_id}
-        if self.pending is None or self.pending[0] != sid:
-            raise Fail("state", "no captured sample %d waiting" % sid)
-        if sid != self.store.last_id + 1:
-            raise Fail("gap", "sample %d after %d" % (sid, self.store.last_id))
-        _, label, x = self.pending
-        self.store.append(sid, label, x)
-        self.pending = None
-        return {"count": self.store.count, "last_id": self.store.last_id}
-
-    # training
     def _read_opt(self):
         try:
             with open(self._p("params.opt"), "rb") as f:
@@ -1877,6 +1381,508 @@ class Agent:
         self.trainer_unsaved = False
         return {"reset": True, "can_roll_back": _exists(prev)}
 
+
+class Agent(_Runs):
+    def __init__(self, root=None, board=None):
+        try:
+            import tinymp
+        except ImportError:
+            tinymp = None
+        self.tinymp = tinymp
+        self.board = board or {}
+        if root is None:
+            root = self.board.get("root") or self._default_root()
+        self.root = root
+        try:
+            os.mkdir(root)
+        except OSError:
+            pass
+        self.store = Store(self._p("samples.bin"))
+        self.model = None        # tinymp.Model of the committed model (loaded on demand)
+        self.model_from = None   # where self.model reads its bytes: "romfs" or "filesystem"
+        self.model_data = None
+        self.model_sha = None
+        self.trainer = None
+        self.trainer_unsaved = False  # self.trainer holds a run that was not saved
+        self.trial = None        # a Trainer with the kept trial run loaded (for PREDICT)
+        self.support_used = 0
+        self.trainer_opts = None
+        self.push = None
+        self.train = None        # state of the current training run
+        self.pending = None      # a captured sample waiting for the PC's "kept"
+        self.sensor = None
+        self.last = None         # (seq, crc, reply bytes) of the last request served
+        self.report = None
+        self.heap0 = _mem_free()
+        self.running = True
+        # frames up to an eighth of the free heap, between 1 KB and MAX_PAYLOAD
+        free = self.board.get("mem_free", self.heap0)
+        self.max_payload = MAX_PAYLOAD if free is None else \
+            max(1024, min(MAX_PAYLOAD, (free // 8) & ~1023))
+        self.storage = self._probe_storage()
+        if self.storage:
+            self._recover()
+        self.rom = None          # tinymp_romfs.Store: the board's ROMFS segment, when writable
+        romfs = _romfs_module() if self.storage else None
+        if romfs is not None:
+            self.rom = romfs.open_store(self.board, self._p("romfs.rec"))
+
+    # --- files
+    def _default_root(self):
+        for base in ("/sd", "/flash"):
+            if _exists(base):
+                return base + "/tinymp"
+        return "tinymp"
+
+    def _p(self, name):
+        return self.root + "/" + name
+
+    def _probe_storage(self):
+        probe = self._p("probe.tmp")
+        try:
+            with open(probe, "wb") as f:
+                f.write(b"1")
+            os.remove(probe)
+            return True
+        except OSError as e:
+            # a full filesystem is a writable one (a store to clear, parameters to drop)
+            _remove(probe)
+            return _no_room(e)
+
+    def _need_storage(self):
+        if not self.storage:
+            raise Fail("no_storage", "this board has no writable filesystem for models and "
+                       "samples")
+
+    def _recover(self):
+        # a training run's feature cache that a reset or a lost link left behind (it only
+        # takes room: a run starts a new one)
+        _remove(self._p("features.bin"))
+        # a commit cut short between removing the old model and renaming the new one (FAT)
+        new, cur = self._p("model.new"), self._p("model.tmpm")
+        if _exists(new):
+            _replace(new, cur)
+        for name in ("params.bin", "params.opt", "params.try", "params.try.opt",
+                     "params.prev.opt", "params.new", "params.new.opt"):
+            p = self._p(name)
+            if _exists(p + ".tmp") and not _exists(p):
+                _remove(p + ".tmp")
+        # a trial's promotion (PARAMS_SAVE) cut short after its parameters became params.bin:
+        # its options follow them (a trial is written parameters first, dropped options first)
+        if _exists(self._p("params.try.opt")) and not _exists(self._p("params.try")):
+            _replace(self._p("params.try.opt"), self._p("params.opt"))
+        # saved parameters shelved (_shelve_saved) before their options: these follow them
+        if _exists(self._p("params.opt")) and not _exists(self._p("params.bin")) and \
+                _exists(self._p("params.prev")):
+            _replace(self._p("params.opt"), self._p("params.prev.opt"))
+        # a save (_save_params) cut short: written whole (both params.new files) with the saved
+        # parameters shelved, it is finished; otherwise the new files go and nothing changed
+        new, new_opt = self._p("params.new"), self._p("params.new.opt")
+        if _exists(new) and _exists(new_opt) and not _exists(self._p("params.bin")):
+            _replace(new, self._p("params.bin"))
+        if _exists(new_opt) and not _exists(new) and _exists(self._p("params.bin")) and \
+                not _exists(self._p("params.opt")):
+            _replace(new_opt, self._p("params.opt"))
+        _remove(new)
+        _remove(new_opt)
+
+    # --- engine
+    def _need_engine(self):
+        if self.tinymp is None:
+            raise Fail("no_engine", "this firmware has no tinymp module")
+
+    def _load_model(self):
+        self._need_engine()
+        if self.model is None:
+            path = self._p("model.tmpm")
+            if not _exists(path):
+                raise Fail("no_model", "no model on the board: push one first")
+            # the committed model is the file; ROMFS serves it in place when it holds a copy
+            # whose bytes were read back and match the file's SHA-256
+            rom = self.rom.copy(self._model_sha()) if self.rom is not None else None
+            if rom is not None:
+                try:
+                    self.model = self.tinymp.Model(rom)
+                    self.model_from = "romfs"
+                except (ValueError, OSError):
+                    self.model = None
+            if self.model is None:
+                try:
+                    self.model = self.tinymp.Model(path)
+                    self.model_from = "filesystem"
+                except (ValueError, OSError) as e:
+                    raise Fail("bad_model", "the model on the board does not load: %s" % e)
+        return self.model
+
+    def _model_sha(self):
+        if self.model_sha is None and _exists(self._p("model.tmpm")):
+            if hashlib is not None:
+                self.model_sha = _hex(_sha256_file(self._p("model.tmpm")))
+        return self.model_sha
+
+    def _sample_bytes(self, m):
+        h, w, c = m.input_shape
+        return h * w * c
+
+    def _budget(self):
+        b = self.board.get("arena_budget")
+        if b is None:
+            free = _mem_free()
+            b = max(0, free - 32768) if free is not None else None
+        return b
+
+    # --- ROMFS: the committed model's copy in the board's ROMFS segment (tinymp_romfs)
+    def _romfs_present(self):
+        romfs = self.rom is not None or self.board.get("romfs")
+        return _exists("/rom") if romfs is None else bool(romfs)
+
+    def _romfs_commit(self, sha, size):
+        """After the filesystem commit: the copy in ROMFS, which may fail on its own (the
+        reply's warning) and then leaves the filesystem serving the model."""
+        if self.rom is None:  # none, or one the agent cannot map or reach
+            present = self._romfs_present()
+            return {"present": present, "written": False, "in_place": False,
+                    "state": "unwritable" if present else "absent", "warning": None,
+                    "image_bytes": None, "segment_bytes": None}
+        self._end_features()
+        self.model = self.trainer = self.train = self.trial = None  # nothing may read the segment meanwhile
+        if gc is not None:
+            gc.collect()
+        return self.rom.commit(sha, size, self._p("model.tmpm"))
+
+    # --- requests
+    def do_info(self, req):
+        model = None
+        if _exists(self._p("model.tmpm")):
+            try:
+                m = self._load_model()
+                h, w, c = m.input_shape
+                model = {"bytes": _size(self._p("model.tmpm")), "sha256": self._model_sha(),
+                         "input_shape": [h, w, c], "num_classes": m.num_classes,
+                         "class_names": m.class_names, "input_scale": m.input_scale,
+                         "input_zero_point": m.input_zero_point,
+                         "inference_arena_bytes": m.inference_arena_bytes,
+                         "served_from": self.model_from}
+            except Fail as e:
+                model = {"bytes": _size(self._p("model.tmpm")), "error": e.args[1]}
+        impl = sys.implementation
+        uname = getattr(os, "uname", None)
+        machine = getattr(impl, "_machine", None)
+        if uname is not None:
+            try:
+                machine = uname().machine
+            except Exception:
+                pass
+        b = self.board
+        rom_state = None
+        if self.rom is not None:
+            rom_state = self.rom.state(_size(self._p("model.tmpm")),
+                                       self.model is not None and self.model_from == "romfs")
+        params = self._read_opt()
+        if params is None and (_exists(self._p("params.bin")) or _exists(self._p("params.prev"))):
+            # no options record: e.g. after PARAMS_RESET, which shelves them with the parameters;
+            # whether parameters are kept (a rollback) is still worth saying
+            params = {"saved": _exists(self._p("params.bin")),
+                      "previous": _exists(self._p("params.prev"))}
+        return {
+            "agent": AGENT_VERSION, "protocol": PROTOCOL,
+            "board": b.get("name") or machine or sys.platform,
+            "simulated": bool(b.get("simulated")),
+            "implementation": impl.name,
+            "firmware": ".".join(str(x) for x in impl.version[:3]),
+            "platform": sys.platform,
+            "tinymp": getattr(self.tinymp, "__version__", None) if self.tinymp else None,
+            "trainer": self.tinymp is not None and hasattr(self.tinymp, "Trainer"),
+            "mem_free": b.get("mem_free", _mem_free()),
+            "mem_total": b.get("mem_total"),
+            "arena_budget": self._budget(),
+            "model_flash": b.get("model_flash"),
+            "romfs": self._romfs_present(),
+            "romfs_state": rom_state,
+            "camera": self._has_camera(),
+            "clock": b.get("clock", "board"),
+            "crc": "binascii" if crc32 is not _crc32_bitwise else "bitwise",
+            "max_payload": self.max_payload,
+            "root": self.root,
+            "storage": self.storage,
+            "model": model,
+            "samples": {"count": self.store.count, "last_id": self.store.last_id,
+                        "dataset": self.store.uid, "bytes": self.store.size},
+            "params": params,
+            "trial": self._read_trial(),
+        }
+
+    def do_bye(self, req):
+        self.running = False
+        self._end_features()
+        return {"ok": True}
+
+    # push: PUSH_BEGIN {size, sha256} -> {offset}; PUSH_DATA {offset, data} -> {offset};
+    # PUSH_COMMIT {} -> {sha256, bytes}
+    def _part(self, sha):
+        return self._p("push-" + sha[:16] + ".part")
+
+    def do_push_begin(self, req):
+        size = _need(req, "size", int)
+        sha = _need(req, "sha256", str)
+        self._need_storage()
+        if hashlib is None or not hasattr(hashlib, "sha256"):
+            raise Fail("no_sha256", "this firmware has no hashlib.sha256")
+        if len(sha) != 64:
+            raise Fail("bad_request", "sha256 must be 64 hex digits")
+        limit = self.board.get("model_flash")
+        if limit is not None and size > limit:
+            raise Fail("too_big", "model of %d bytes is larger than the %d bytes of model flash "
+                       "on this board" % (size, limit))
+        if size < 1:
+            raise Fail("bad_request", "empty model")
+        # one push at a time: drop other partial pushes
+        keep = "push-" + sha[:16] + ".part"
+        for name in os.listdir(self.root):
+            if name.startswith("push-") and name != keep:
+                _remove(self._p(name))
+        part = self._part(sha)
+        have = _size(part)
+        if have < 0 or have > size:
+            with open(part, "wb") as f:
+                _sync(f)
+            have = 0
+        free = _free_bytes(self.root)
+        if free is not None and size - have > free:
+            raise Fail("no_space", "the model (%d bytes) needs %d more bytes on the board's "
+                       "filesystem, which has %d free (a model is committed there first, even "
+                       "on a board with ROMFS)" % (size, size - have, free))
+        self.push = {"size": size, "sha": sha, "part": part, "offset": have}
+        return {"offset": have, "resumed": have > 0}
+
+    def do_push_data(self, req):
+        p = self.push
+        if not p:
+            raise Fail("state", "no push in progress")
+        off = _need(req, "offset", int)
+        data = _need(req, "data", bytes)
+        if off != p["offset"]:
+            # a retransmission of data already written, or a gap: say where we are
+            return {"offset": p["offset"]}
+        if off + len(data) > p["size"]:
+            raise Fail("bad_request", "data past the declared model size")
+        with open(p["part"], "ab") as f:
+            f.write(data)
+            _sync(f)
+        p["offset"] = off + len(data)
+        return {"offset": p["offset"]}
+
+    def do_push_commit(self, req):
+        p = self.push
+        if not p:
+            raise Fail("state", "no push in progress")
+        if _size(p["part"]) != p["size"]:
+            raise Fail("incomplete", "the model is incomplete: %d of %d bytes"
+                       % (max(0, _size(p["part"])), p["size"]))
+        got = _hex(_sha256_file(p["part"]))
+        if got != p["sha"]:
+            _remove(p["part"])
+            self.push = None
+            raise Fail("sha256", "SHA-256 of the received model does not match; push again")
+        if self.tinymp is not None:
+            try:
+                m = self.tinymp.Model(p["part"])
+            except (ValueError, OSError) as e:
+                _remove(p["part"])
+                self.push = None
+                raise Fail("bad_model", "the engine refuses the model: %s" % e)
+            budget = self._budget()
+            if budget is not None and m.inference_arena_bytes > budget:
+                _remove(p["part"])
+                self.push = None
+                raise Fail("too_big", "the model needs %d bytes of RAM for one inference; this "
+                           "board has %d" % (m.inference_arena_bytes, budget))
+            m = None
+        # commit: the previous model stays in place until this rename
+        self._end_features(drop_kept=True)  # features of the model going
+        self.model = self.trainer = self.train = self.trial = None
+        if gc is not None:
+            gc.collect()
+        new = self._p("model.new")
+        _replace(p["part"], new)
+        _replace(new, self._p("model.tmpm"))
+        self.model_sha = p["sha"]
+        self.push = None
+        # personalised parameters belong to the previous model
+        for name in ("params.bin", "params.prev", "params.opt", "params.prev.opt",
+                     "train.rep") + TRIAL_FILES:
+            _remove(self._p(name))
+        # the model is committed; a copy in ROMFS is an addition that may fail on its own
+        rom = self._romfs_commit(p["sha"], p["size"])
+        return {"sha256": self.model_sha, "bytes": p["size"], "romfs": rom}
+
+    def do_push_romfs(self, req):
+        """Write the committed model into ROMFS (PUSH_COMMIT does; this finishes one that a
+        reset or a failure cut short). The reply is PUSH_COMMIT's "romfs"."""
+        self._need_storage()
+        size = _size(self._p("model.tmpm"))
+        if size < 0:
+            raise Fail("no_model", "no model on the board: push one first")
+        sha = self._model_sha()
+        if sha is None:
+            raise Fail("no_sha256", "this firmware has no hashlib.sha256")
+        return self._romfs_commit(sha, size)
+
+    # samples
+    def do_samples_status(self, req):
+        return {"count": self.store.count, "last_id": self.store.last_id,
+                "dataset": self.store.uid, "bytes": self.store.size}
+
+    def _store_for(self, uid):
+        self._need_storage()
+        m = self._load_model()
+        size = self._sample_bytes(m)
+        if self.store.uid != uid or self.store.size != size:
+            self._end_features(drop_kept=True)  # features of the samples going
+            self.store.reset(size, uid)
+        return m, size
+
+    def _check_label(self, m, label):
+        if not isinstance(label, int) or label < 0 or label >= m.num_classes:
+            raise Fail("bad_label", "label %r is out of range 0..%d" % (label, m.num_classes - 1))
+
+    def do_samples_put(self, req):
+        self._end_features()  # a run's kept features must match the store
+        uid = _need(req, "dataset", int)
+        first = _need(req, "first", int)
+        labels = _need(req, "labels", list)
+        data = _need(req, "data", bytes)
+        m, size = self._store_for(uid)
+        if len(data) != size * len(labels):
+            raise Fail("bad_shape", "%d bytes for %d samples of %d bytes"
+                       % (len(data), len(labels), size))
+        for lab in labels:
+            self._check_label(m, lab)
+        mv = memoryview(data)
+        for k in range(len(labels)):
+            sid = first + k
+            if sid <= self.store.last_id:
+                continue  # already stored (a retransmission)
+            if sid != self.store.last_id + 1:
+                raise Fail("gap", "sample %d after %d" % (sid, self.store.last_id))
+            self.store.append(sid, labels[k], mv[k * size:(k + 1) * size])
+        return {"count": self.store.count, "last_id": self.store.last_id}
+
+    def do_samples_clear(self, req):
+        # a run's kept features must match the store; those kept for later runs go with it
+        self._end_features(drop_kept=True)
+        _remove(self.store.path + ".tmp")  # not to be taken for the store by Store()
+        try:
+            os.remove(self.store.path)
+        except OSError as e:
+            self.store._open()
+            if self.store.count or _exists(self.store.path):
+                raise Fail("storage", "the samples could not be removed: %s; %s"
+                           % (_why(e), self.store.holds()))
+        self.store = Store(self.store.path)
+        return {"count": self.store.count}
+
+    def _has_camera(self):
+        if self.board.get("camera") is False:
+            return False
+        try:
+            import sensor  # noqa: F401
+            return True
+        except ImportError:
+            return False
+
+    def _camera(self):
+        if self.sensor is None:
+            try:
+                import sensor
+            except ImportError:
+                raise Fail("no_camera", "this board has no camera (no sensor module)")
+            m = self._load_model()
+            c = m.input_shape[2]
+            sensor.reset()
+            sensor.set_pixformat(sensor.GRAYSCALE if c == 1 else sensor.RGB565)
+            sensor.set_framesize(sensor.QQVGA)
+            if hasattr(sensor, "skip_frames"):
+                sensor.skip_frames(time=500)
+            self.sensor = sensor
+        return self.sensor
+
+    def _frame_to_input(self, img, m):
+        """A camera frame -> the model's int8 input: centre square crop, box-average resize to
+        H x W, quantised with the model's input scale and zero point (pixel 0..255 -> 0..1)."""
+        h, w, c = m.input_shape
+        fw, fh = img.width(), img.height()
+        raw = img.bytearray()
+        gray = len(raw) == fw * fh
+        side = min(fw, fh)
+        x0, y0 = (fw - side) // 2, (fh - side) // 2
+        scale, zp = m.input_scale, m.input_zero_point
+        lut = []
+        for v in range(256):
+            q = int(v / 255.0 / scale + 0.5) + zp  # round half away from zero (v >= 0)
+            lut.append(-128 if q < -128 else 127 if q > 127 else q)
+        out = bytearray(h * w * c)
+        k = 0
+        for oy in range(h):
+            ya, yb = y0 + oy * side // h, y0 + max((oy + 1) * side // h, oy * side // h + 1)
+            for ox in range(w):
+                xa, xb = x0 + ox * side // w, x0 + max((ox + 1) * side // w, ox * side // w + 1)
+                acc = [0, 0, 0]
+                n = 0
+                for yy in range(ya, yb):
+                    row = yy * fw
+                    for xx in range(xa, xb):
+                        if gray:
+                            v = raw[row + xx]
+                            acc[0] += v
+                        else:  # RGB565, big-endian
+                            i = 2 * (row + xx)
+                            p = (raw[i] << 8) | raw[i + 1]
+                            acc[0] += ((p >> 11) & 31) * 255 // 31
+                            acc[1] += ((p >> 5) & 63) * 255 // 63
+                            acc[2] += (p & 31) * 255 // 31
+                        n += 1
+                if c == 1:
+                    if not gray:
+                        acc[0] = (acc[0] * 77 + acc[1] * 150 + acc[2] * 29) >> 8
+                    out[k] = lut[(acc[0] + n // 2) // n] & 0xFF
+                    k += 1
+                else:
+                    for ch in range(c):
+                        v = acc[0] if gray else acc[ch]
+                        out[k] = lut[(v + n // 2) // n] & 0xFF
+                        k += 1
+        return out
+
+    def do_capture(self, req):
+        label = _need(req, "label", int)
+        sid = _need(req, "id", int)
+        uid = _need(req, "dataset", int)
+        m, size = self._store_for(uid)
+        self._check_label(m, label)
+        cam = self._camera()
+        t0 = _ticks_us()
+        img = cam.snapshot()
+        x = self._frame_to_input(img, m)
+        self.pending = (sid, label, x)
+        return {"id": sid, "label": label, "data": bytes(x),
+                "capture_us": _ticks_diff(_ticks_us(), t0)}
+
+    def do_capture_keep(self, req):
+        self._end_features()  # a run's kept features must match the store
+        sid = _need(req, "id", int)
+        if sid <= self.store.last_id:
+            return {"count": self.store.count, "last_id": self.store.last_id}
+        if self.pending is None or self.pending[0] != sid:
+            raise Fail("state", "no captured sample %d waiting" % sid)
+        if sid != self.store.last_id + 1:
+            raise Fail("gap", "sample %d after %d" % (sid, self.store.last_id))
+        _, label, x = self.pending
+        self.store.append(sid, label, x)
+        self.pending = None
+        return {"count": self.store.count, "last_id": self.store.last_id}
+
+    # training
     HANDLERS = {
         T_INFO: "do_info", T_BYE: "do_bye",
         T_PUSH_BEGIN: "do_push_begin", T_PUSH_DATA: "do_push_data",
