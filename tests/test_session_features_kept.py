@@ -8,9 +8,12 @@ must be byte for byte the reference trainer's save(). The board is the real agen
 process.
 """
 import errno
+import io
+import zlib
 import json
 import os
 import struct
+import types
 
 import pytest
 
@@ -120,8 +123,9 @@ def test_the_features_on_file_are_the_engines(rig):
         at = A.KEPT_HEAD + i * rec + A.KEPT_REC
         assert (sid, label) == (i, int(ys[i]))
         assert data[at:at + size] == bytes(buf)
-        import zlib
-        assert crc == zlib.crc32(buf)
+        # the CRC covers the file's salt, the id and the label too
+        salt = struct.unpack_from("<I", data, 28)[0]
+        assert crc == zlib.crc32(buf, zlib.crc32(struct.pack("<III", salt, i, int(ys[i]))))
 
 
 @pytest.mark.parametrize("where", ["ram", "file"])
@@ -273,4 +277,94 @@ def test_a_plan_without_a_prefix_keeps_none_and_says_so(rig):
     assert err == ["note: no features were kept for later runs: the plan trains from the model's "
                    "first layer (no frozen prefix), or the board had no room for even one "
                    "sample's features, or cannot tell its model apart (no hashlib)"]
+    assert not os.path.exists(kept_file(rig))
+
+
+def test_an_earlier_files_records_in_a_grown_file_are_not_taken(rig):
+    """A file grown past its end to reach a record (a run that stepped one sample) may hold, on
+    FAT, what an earlier file left in the clusters it gets: whole records with their CRCs right
+    for that file. Here they are put there by hand, with other features than this store's: they
+    must not pass (the CRC covers each file's own salt)."""
+    _, plan = check_run(rig, KEEP, 1, 0, "ram")
+    rec = A.KEPT_REC + plan.cache_bytes
+    with open(kept_file(rig), "rb") as f:
+        old = f.read()
+    salt = struct.unpack_from("<I", old, A.KEPT_SALT)[0]
+    # the earlier file's records, of other features (as if of other samples), CRCs right for it
+    foreign = []
+    for i in range(12):
+        at = A.KEPT_HEAD + i * rec
+        sid, label, _ = struct.unpack_from("<III", old, at)
+        feats = bytes(b ^ 0x11 for b in old[at + A.KEPT_REC:at + rec])
+        # the CRC as the agent wrote it in that file (test_the_features_on_file_are_the_engines
+        # checks the agent's CRC against zlib's)
+        crc = A.Features._crc(types.SimpleNamespace(salt=salt), sid, label, feats)
+        foreign.append(struct.pack("<III", sid, label, crc) + feats)
+    os.remove(kept_file(rig))
+    # a run of one step: a new file, with its one record at its sample's place
+    ds = D.Dataset.open(rig.session.dataset_dir)
+    with open_fake(rig.where) as b:
+        C.train(b, ds, dict(KEEP, fresh=True), steps=1, show=False)
+    with open(kept_file(rig), "rb") as f:
+        new = bytearray(f.read())
+    assert struct.unpack_from("<I", new, A.KEPT_SALT)[0] != salt
+    one = [i for i in range(12) if len(new) >= A.KEPT_HEAD + (i + 1) * rec and
+           any(new[A.KEPT_HEAD + i * rec:A.KEPT_HEAD + (i + 1) * rec])]
+    assert len(one) == 1
+    new.extend(bytes(A.KEPT_HEAD + 12 * rec - len(new)))
+    for i in range(12):
+        if i != one[0]:
+            new[A.KEPT_HEAD + i * rec:A.KEPT_HEAD + (i + 1) * rec] = foreign[i]
+    with open(kept_file(rig), "wb") as f:
+        f.write(new)
+    # only the run's own record is taken; the run trains as plain steps do
+    check_run(rig, KEEP, 2, 1, "ram")
+
+
+def test_a_file_that_filled_the_filesystem_goes_when_the_pc_leaves(rig, monkeypatch):
+    monkeypatch.setattr(A, "_mem_free", SHORT)  # in the file during the run
+
+    class Filling(io.FileIO):
+        writes = 0
+
+        def write(self, b):
+            Filling.writes += 1
+            if Filling.writes > 4:  # the header and 3 records
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return io.FileIO.write(self, b)
+    real = open
+
+    def fake_open(path, mode="r", *a, **kw):
+        if path.endswith("/" + A.KEPT_FILE) and "+" in mode:
+            return Filling(path, mode.replace("b", ""))
+        return real(path, mode, *a, **kw)
+    monkeypatch.setattr(A, "open", fake_open, raising=False)
+    ds = D.Dataset.open(rig.session.dataset_dir)
+    with open_fake(rig.where) as b:
+        C.sync_samples(b, ds, False)
+        b.request(P.TRAIN_START, dict(KEEP, steps=24))
+        b.request(P.TRAIN_STEPS, {"n": 14})
+        assert os.path.exists(kept_file(rig))
+    # the PC left in the middle of the run: a file that filled the filesystem takes no room
+    assert not os.path.exists(kept_file(rig))
+
+
+def test_samples_that_need_the_room_get_it(rig, monkeypatch):
+    """A sample the filesystem has no room for while the kept file is there: the file goes and
+    the sample is stored."""
+    check_run(rig, KEEP, 1, 0, "ram")
+    real = A.Store.append
+
+    def needs_room(self, sid, label, data):
+        if os.path.exists(kept_file(rig)):
+            raise A.Fail("no_space", "no room left on the board's filesystem")
+        return real(self, sid, label, data)
+    monkeypatch.setattr(A.Store, "append", needs_room)
+    from test_session_replies import SCENE
+    x, y, src = D.load_samples(SCENE, *rig._fmt())
+    ds = D.Dataset.open(rig.session.dataset_dir)
+    C.import_samples(ds, x[12:14], y[12:14], src[12:14], show=False)
+    with open_fake(rig.where) as b:
+        assert C.sync_samples(b, ds, False) == 2
+        assert b.request(P.SAMPLES_STATUS)["count"] == 14
     assert not os.path.exists(kept_file(rig))

@@ -402,6 +402,58 @@ def test_samples_with_no_room_on_micropython_filesystems(tmp_path, fs):
     assert lines["new-store"] in ("stored True []", "no_space True []"), r.stdout
 
 
+# Features kept between runs on the same RAM disks, nearly full: a store cleared and filled again
+# with other samples of the same labels, a run of one step whose record makes the new file grow
+# past its end, and a run after it that must take that record only and train as without the file
+# (test_session_features_kept has the case of a file grown over an earlier file's records).
+KEPT_DISK = RAM_DISK + r"""
+N = 8
+LEAVE = 8192
+
+
+def put(base):
+    return ag.do_samples_put({"dataset": 7, "first": 0, "labels": [k % 3 for k in range(N)],
+                              "data": b"".join(sample(base + k) for k in range(N))})
+
+
+def run(steps, keep=True):
+    opts = {"method": "tinymp", "steps": steps, "seed": 3, "lr": 0.01, "fresh": True}
+    if keep:
+        opts["keep_features"] = True
+    start = ag.do_train_start(opts)
+    losses = [e[4] for e in ag.do_train_steps({"n": steps})["events"]]
+    end = ag.do_train_end({"save": True})
+    return start["features"], end["features"], losses
+
+
+put(0)
+a = run(N)
+print("first", a[1]["reused"], a[1]["kept"], len(read("features.kept")))
+fill(LEAVE)
+ag.do_samples_clear({})
+put(100)
+b = run(1)
+print("one-step", b[1]["kept"], len(read("features.kept")))
+c = run(2 * N)
+d = run(2 * N, keep=False)
+print("again", c[0]["reused"], c[2] == d[2], read("features.kept") is None)
+"""
+
+
+@needs_mp
+@pytest.mark.parametrize("fs", ["VfsFat", "VfsLfs2"])
+def test_kept_features_on_micropython_filesystems(tmp_path, fs):
+    r, lines = run_on_a_ram_disk(tmp_path, fs, KEPT_DISK)
+    rec = 12 + tinymp.Model(zoo.demo()).plan(method="tinymp", budget=262144).cache_bytes
+    assert lines["first"] == f"0 True {96 + 8 * rec}", r.stdout
+    # one record written, at its sample's place: the file grew past its end to get there
+    kept, length = lines["one-step"].split()
+    assert kept == "True" and int(length) > 96 + rec, r.stdout
+    # only that one record is taken; the run trains as it does without the file, and a run
+    # without the option removes the file
+    assert lines["again"] == "1 True True", r.stdout
+
+
 @pytest.mark.skipif(link.qemu_firmware() is None or not os.path.exists("/usr/bin/qemu-system-arm"),
                     reason="needs the QEMU firmware (make firmware BOARD=QEMU_M7) and qemu-system-arm")
 def test_agent_pasted_into_qemu_cortex_m7():

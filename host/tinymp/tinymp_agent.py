@@ -461,14 +461,26 @@ def _mem_free():
 # features.kept: a training run's frozen-prefix features kept for later runs (TRAIN_START
 # keep_features, agent 7). A header of KEPT_HEAD bytes says what they are the features of (b"TMPF",
 # u32 version, u32 the plan's first trained layer, u32 bytes per sample, u32 the sample store's
-# dataset id, u32 its sample bytes, u32 the CRC-32 of the engine's version, u32 0, the model's
-# SHA-256 in 64 hex digits); then one record per sample in store order: u32 id, u32 label, u32 the CRC-32 of the
-# features, the features. A record that does not match the store or its CRC is recomputed.
+# dataset id, u32 its sample bytes, u32 the CRC-32 of the engine's version, u32 the file's salt,
+# the model's SHA-256 in 64 hex digits); then one record per sample in store order: u32 id, u32
+# label, u32 CRC-32 of (salt, id, label, features), the features. A record that does not match the
+# store or its CRC is recomputed. The salt, new with each file, keeps out bytes a file system
+# leaves where a file grows past its end (FAT gives it clusters as an earlier file left them).
+def _salt():
+    """A u32 that differs from file to file: os.urandom where the port has it, else the clocks."""
+    try:
+        return struct.unpack("<I", os.urandom(4))[0]
+    except (AttributeError, OSError, NotImplementedError, ValueError):
+        t = _ticks_us() ^ (_ticks_cpu() or 0) * 2654435761
+        return t & 0xFFFFFFFF
+
+
 KEPT_FILE = "features.kept"
 KEPT_MAGIC = b"TMPF"
 KEPT_VERSION = 1
 KEPT_HEAD = 96
 KEPT_REC = 12
+KEPT_SALT = 28  # the salt's offset in the header
 
 
 class Features:
@@ -510,6 +522,9 @@ class Features:
             heads = store.heads(n)
             if not self._kept_file_matches():
                 _remove(path)  # another model, plan or store's: it only takes room
+                self.salt = _salt()
+                self.head = head[:KEPT_SALT] + struct.pack("<I", self.salt) + \
+                    head[KEPT_SALT + 4:]
         free = _mem_free()
         if free is None:
             free = stand_in
@@ -528,7 +543,7 @@ class Features:
                     self.f = open(path, "r+b")
                 else:
                     self.f = open(path, "w+b")
-                    if head and self.f.write(head) != KEPT_HEAD:
+                    if head and self.f.write(self.head) != KEPT_HEAD:
                         raise OSError(_ENOSPC)
                 self.where = "file"
             except OSError:
@@ -539,11 +554,21 @@ class Features:
             self._reuse(heads)
 
     def _kept_file_matches(self):
+        """Whether the kept file is of these features; takes its salt when it is."""
         try:
             with open(self.path, "rb") as f:
-                return f.read(KEPT_HEAD) == self.head
+                h = f.read(KEPT_HEAD)
         except OSError:
             return False
+        if len(h) != KEPT_HEAD or h[:KEPT_SALT] != self.head[:KEPT_SALT] or \
+                h[KEPT_SALT + 4:] != self.head[KEPT_SALT + 4:]:
+            return False
+        self.head = h
+        self.salt = struct.unpack_from("<I", h, KEPT_SALT)[0]
+        return True
+
+    def _crc(self, sid, label, mv):
+        return crc32(mv, crc32(struct.pack("<III", self.salt, sid, label)))
 
     def _reuse(self, heads):
         """Mark the samples whose records the kept file holds (in RAM: read and CRC-checked
@@ -567,7 +592,7 @@ class Features:
                     continue
                 if self.buf is not None:
                     mv = memoryview(self.buf)[i * self.size:(i + 1) * self.size]
-                    if f.readinto(mv) != self.size or crc32(mv) != crc:
+                    if f.readinto(mv) != self.size or self._crc(sid, label, mv) != crc:
                         continue
                 self.kept[i] = self.old[i] = 1
                 self.sid[i], self.label[i] = sid, label
@@ -594,7 +619,7 @@ class Features:
             at = self.base + i * (self.pre + self.size)
             if self.pre:
                 struct.pack_into("<III", self.tmp, 0, sid, label,
-                                 crc32(memoryview(self.tmp)[self.pre:]))
+                                 self._crc(sid, label, memoryview(self.tmp)[self.pre:]))
             try:
                 # a full FAT clips a seek past its end: no slot there either
                 if self.f.seek(at) != at or self.f.write(self.tmp) != len(self.tmp):
@@ -621,7 +646,7 @@ class Features:
             if self.f.seek(at) == at and self.f.readinto(self.tmp) == len(self.tmp):
                 mv = memoryview(self.tmp)[self.pre:]
                 if not self.pre or struct.unpack_from("<III", self.tmp) == \
-                        (self.sid[i], self.label[i], crc32(mv)):
+                        (self.sid[i], self.label[i], self._crc(self.sid[i], self.label[i], mv)):
                     return mv
         except (OSError, AttributeError):
             pass
@@ -654,6 +679,15 @@ class Features:
     def _write_new(self):
         rec = bytearray(KEPT_REC)
         mode = "r+b" if _exists(self.path) and self._kept_file_matches() else "w+b"
+        if mode == "w+b":
+            # a new file (the earlier one gone or another's): a new salt, as any new file has
+            self.salt = _salt()
+            self.head = self.head[:KEPT_SALT] + struct.pack("<I", self.salt) + \
+                self.head[KEPT_SALT + 4:]
+            # features kept in RAM from the old file's records must be written too
+            for i in range(self.n):
+                if self.kept[i]:
+                    self.new[i] = 1
         with open(self.path, mode) as f:
             if mode == "w+b" and f.write(self.head) != KEPT_HEAD:
                 raise OSError(_ENOSPC)
@@ -661,7 +695,8 @@ class Features:
                 if not self.new[i]:
                     continue
                 mv = memoryview(self.buf)[i * self.size:(i + 1) * self.size]
-                struct.pack_into("<III", rec, 0, self.sid[i], self.label[i], crc32(mv))
+                struct.pack_into("<III", rec, 0, self.sid[i], self.label[i],
+                                 self._crc(self.sid[i], self.label[i], mv))
                 at = KEPT_HEAD + i * (KEPT_REC + self.size)
                 if f.seek(at) != at or f.write(rec) != KEPT_REC or f.write(mv) != self.size:
                     raise OSError(_ENOSPC)
@@ -677,11 +712,11 @@ class Features:
 
     def close(self):
         """The end of the run's cache: a run's own file goes; the kept file stays (its records
-        are each checked when read)."""
+        are each checked when read) unless it filled the filesystem."""
         self._close_file()
         self.buf = None
         self.kept = bytearray(self.n)
-        if not self.head:
+        if not self.head or self.full:  # one that filled the filesystem: the room is the user's
             _remove(self.path)
 
 
@@ -1223,7 +1258,8 @@ class _Runs:
                "high_water": tr.high_water, "steps": t["done"],
                "heap_before": t["heap0"], "heap_after": t["heap1"], "heap_end": _mem_free(),
                "clock": self.board.get("clock", "board"), "saved": False}
-        save = not isinstance(req, dict) or req.get("save", True)
+        save = isinstance(req, dict) and req.get("save", True)
+        made_room = False
         for attempt in (0, 1):
             if save:
                 why = self._save_params(t["opts"])
@@ -1233,6 +1269,7 @@ class _Runs:
                 break
             # the parameters come before the features kept for later runs: their room first
             _remove(feats.path)
+            made_room = True
         if save:
             self.trainer_unsaved = why is not None
             rep["saved"] = why is None
@@ -1245,9 +1282,9 @@ class _Runs:
             else:
                 rep["trial_error"] = why
         if keeping:
-            if why is None:
+            if why is None and not made_room:
                 feats.persist()
-            else:  # the filesystem took no parameters: no features either
+            else:  # the filesystem had no room for the parameters: none for features either
                 feats.persisted = False
                 _remove(feats.path)
             rep["features"] = self._features_dict()
@@ -1641,6 +1678,10 @@ class Agent(_Runs):
         for name in os.listdir(self.root):
             if name.startswith("push-") and name != keep:
                 _remove(self._p(name))
+        if sha != self._model_sha():
+            # another model: the features kept for later runs are not its (its commit drops
+            # them anyway), and their room may be needed for it
+            self._end_features(drop_kept=True)
         part = self._part(sha)
         have = _size(part)
         if have < 0 or have > size:
@@ -1765,8 +1806,19 @@ class Agent(_Runs):
                 continue  # already stored (a retransmission)
             if sid != self.store.last_id + 1:
                 raise Fail("gap", "sample %d after %d" % (sid, self.store.last_id))
-            self.store.append(sid, labels[k], mv[k * size:(k + 1) * size])
+            self._append(sid, labels[k], mv[k * size:(k + 1) * size])
         return {"count": self.store.count, "last_id": self.store.last_id}
+
+    def _append(self, sid, label, data):
+        """Store a sample; a filesystem with no room for it gives up the features kept for
+        later runs first (a cache: the room is the user's)."""
+        try:
+            self.store.append(sid, label, data)
+        except Fail as e:
+            if e.args[0] != "no_space" or not _exists(self._p(KEPT_FILE)):
+                raise
+            _remove(self._p(KEPT_FILE))
+            self.store.append(sid, label, data)
 
     def do_samples_clear(self, req):
         # a run's kept features must match the store; those kept for later runs go with it
@@ -1878,7 +1930,7 @@ class Agent(_Runs):
         if sid != self.store.last_id + 1:
             raise Fail("gap", "sample %d after %d" % (sid, self.store.last_id))
         _, label, x = self.pending
-        self.store.append(sid, label, x)
+        self._append(sid, label, x)
         self.pending = None
         return {"count": self.store.count, "last_id": self.store.last_id}
 
