@@ -191,11 +191,14 @@ def test_a_header_of_another_model_is_not_taken(rig, monkeypatch):
     assert rec["end"]["features"]["reused"] == 0
 
 
-def test_the_parameters_come_first_on_a_full_filesystem(rig, monkeypatch):
+@pytest.mark.parametrize("where", ["ram", "file"])
+def test_the_parameters_come_first_on_a_full_filesystem(rig, monkeypatch, where):
     """A save that finds no room while the kept file is there: the file goes, the save is tried
-    again and succeeds; the run's features are not kept."""
-    monkeypatch.setattr(A, "_mem_free", SHORT)  # in the file during the run
-    check_run(rig, KEEP, 1, 0, "file")
+    again and succeeds; the run's features are not kept (in RAM: not written after the save
+    either, into the room the parameters needed)."""
+    if where == "file":
+        monkeypatch.setattr(A, "_mem_free", SHORT)  # in the file during the run
+    check_run(rig, KEEP, 1, 0, where)
     real = A.Agent._save_params
 
     def needs_room(self, opts):
@@ -368,3 +371,51 @@ def test_samples_that_need_the_room_get_it(rig, monkeypatch):
         assert C.sync_samples(b, ds, False) == 2
         assert b.request(P.SAMPLES_STATUS)["count"] == 14
     assert not os.path.exists(kept_file(rig))
+
+
+def test_a_push_of_another_model_drops_them_before_it_is_committed(rig):
+    check_run(rig, KEEP, 1, 0, "ram")
+    other = os.path.join(os.path.dirname(A.__file__), "models", "digits0to4.tmpm")
+    import hashlib
+    data = open(other, "rb").read()
+    with open_fake(rig.where) as b:
+        # the same model again: nothing to drop
+        b.request(P.PUSH_BEGIN, {"size": len(rig_model(rig)), "sha256":
+                                 hashlib.sha256(rig_model(rig)).hexdigest()})
+        assert os.path.exists(kept_file(rig))
+        b.request(P.PUSH_BEGIN, {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()})
+        assert not os.path.exists(kept_file(rig))  # the push may need the room
+
+
+def rig_model(rig):
+    with open(rig.model, "rb") as f:
+        return f.read()
+
+
+def test_a_train_end_without_options_keeps_a_trial(rig):
+    # as before agent 7: a TRAIN_END that says nothing saves nothing
+    ds = D.Dataset.open(rig.session.dataset_dir)
+    with open_fake(rig.where) as b:
+        C.sync_samples(b, ds, False)
+        b.request(P.TRAIN_START, dict(KEEP, steps=12))
+        b.request(P.TRAIN_STEPS, {"n": 12})
+        end = b.request(P.TRAIN_END)
+    assert end["saved"] is False and end["trial"] is True and end["features"]["kept"] is True
+    assert not os.path.exists(os.path.join(str(rig.where), "flash", "params.bin"))
+
+
+def test_a_file_gone_during_a_run_in_ram_is_written_whole_after_it(rig):
+    """Features taken from the file into RAM at the start, and the file gone before the run's
+    end: the new file holds them all, not only the ones the run computed."""
+    _, plan = check_run(rig, KEEP, 1, 0, "ram")
+    ds = D.Dataset.open(rig.session.dataset_dir)
+    with open_fake(rig.where) as b:
+        C.sync_samples(b, ds, False)
+        start = b.request(P.TRAIN_START, dict(KEEP, steps=6, fresh=True))
+        assert start["features"]["reused"] == 12
+        os.remove(kept_file(rig))
+        b.request(P.TRAIN_STEPS, {"n": 6})
+        end = b.request(P.TRAIN_END, {"save": True})
+    assert end["features"]["kept"] is True
+    assert os.path.getsize(kept_file(rig)) == A.KEPT_HEAD + 12 * (A.KEPT_REC + plan.cache_bytes)
+    check_run(rig, KEEP, 1, 12, "ram")

@@ -477,7 +477,7 @@ def _salt():
 
 KEPT_FILE = "features.kept"
 KEPT_MAGIC = b"TMPF"
-KEPT_VERSION = 1
+KEPT_VERSION = 2  # 2: the salt in the records' CRCs
 KEPT_HEAD = 96
 KEPT_REC = 12
 KEPT_SALT = 28  # the salt's offset in the header
@@ -665,8 +665,8 @@ class Features:
         # a file that filled the filesystem is not kept: the room is for the user's samples
         if self.head and self.where is not None and not self.full:
             try:
-                if self.buf is not None and any(self.new):
-                    self._write_new()
+                if self.buf is not None:
+                    self._write_new()  # the new records; all kept ones into a new file
                 ok = _exists(self.path)
             except OSError:
                 pass
