@@ -238,7 +238,7 @@ def test_train_and_report_say_what_was_kept(rig):
     assert rc == 0, err
     line = [ln for ln in out.splitlines() if ln.startswith("feature cache:")]
     assert len(line) == 1 and line[0].endswith(
-        "; the features of 0 samples from an earlier run; kept on the board for later runs"), out
+        "; none from an earlier run; kept on the board for later runs"), out
     rc, out, err = rig.cli("train", steps=None, epochs=2, keep_features=True)
     assert rc == 0, err
     fe = json.loads(out)["features"]

@@ -278,7 +278,9 @@ def kept_text(fe):
     runs and left for later ones; "" for a run that keeps none."""
     if fe.get("reused") is None and fe.get("kept") is None:
         return ""
-    out = f"; the features of {plural(fe.get('reused') or 0, 'sample')} from an earlier run"
+    n = fe.get("reused") or 0
+    out = f"; the features of {plural(n, 'sample')} from an earlier run" if n else \
+        "; none from an earlier run"
     if fe.get("kept"):
         return out + "; kept on the board for later runs"
     if fe.get("kept") is False:
