@@ -419,3 +419,57 @@ def test_a_file_gone_during_a_run_in_ram_is_written_whole_after_it(rig):
     assert end["features"]["kept"] is True
     assert os.path.getsize(kept_file(rig)) == A.KEPT_HEAD + 12 * (A.KEPT_REC + plan.cache_bytes)
     check_run(rig, KEEP, 1, 12, "ram")
+
+
+def status(rig):
+    from tinymp.session import run
+    with open_fake(rig.where) as b:
+        st = C.board_status(b, rig.session)
+    return st["features"], run.status_lines(st)[-1]
+
+
+def test_status_says_what_the_board_keeps(rig):
+    """`tinymp status` (INFO "features", agent 8): the kept file's size on the board, how many
+    samples it holds, the layer and bytes per sample of the plan that kept them, checked against
+    the file and the host engine's plan; a file of another engine or a damaged one is said to be
+    unused; none after a run without the option."""
+    f, line = status(rig)
+    assert f is None and line == ("features    none kept: `tinymp train --keep-features` keeps "
+                                  "the samples' features for later runs")
+    _, plan = check_run(rig, KEEP, 1, 0, "ram")
+    size = os.path.getsize(kept_file(rig))
+    f, line = status(rig)
+    assert f == {"bytes": size, "samples": 12, "first": plan.first,
+                 "sample_bytes": plan.cache_bytes, "current": True}
+    assert line == (f"features    of 12 samples ({size:,} B on the board), kept by a run with "
+                    f"--keep-features that trained from layer {plan.first}: a later one with "
+                    "the same plan starts them from these")
+    with open(kept_file(rig), "rb") as fh:
+        head = fh.read()
+    # another engine's features (its version's CRC in the header): not used, and said so
+    with open(kept_file(rig), "r+b") as fh:
+        fh.seek(24)
+        fh.write(struct.pack("<I", zlib.crc32(b"0.0.0")))
+    f, line = status(rig)
+    assert f["current"] is False and f["samples"] == 12 and f["bytes"] == size
+    assert line.startswith(f"features    a file of {size:,} B of another model, samples or "
+                           "engine: not used")
+    _, _, rec = train(rig, dict(KEEP, fresh=True), 1)
+    assert rec["end"]["features"]["reused"] == 0  # status was right: the run did not use them
+    # a damaged header
+    with open(kept_file(rig), "wb") as fh:
+        fh.write(b"TMPX" + head[4:50])
+    f, _ = status(rig)
+    assert f == {"bytes": 50, "samples": 0, "current": False}
+    # a run without the option removes them; status says none
+    train(rig, OPTS, 1)
+    assert status(rig)[0] is None
+
+
+def test_status_of_an_agent_before_8(rig):
+    from tinymp.session import run
+    with open_fake(rig.where) as b:
+        st = C.board_status(b, rig.session)
+    st["board"]["agent"] = "7"
+    assert run.status_lines(st)[-1] == ("features    whether any are kept this board's agent "
+                                        "(version 7) does not say")

@@ -169,6 +169,11 @@ def test_features_kept_between_runs_on_micropython(tmp_path, bitwise_crc):
     kept = (tmp_path / "flash" / "features.kept").read_bytes()
     assert len(kept) == 96 + 10 * (12 + plan.cache_bytes)
     assert not (tmp_path / "flash" / "features.bin").exists()
+    # and `tinymp status` reads what the file holds from MicroPython's INFO (agent 8)
+    with MicroPythonBoard(str(tmp_path / "flash"), bitwise_crc).board() as b:
+        st = C.board_status(b, C.Session(str(tmp_path / "s")))
+    assert st["features"] == {"bytes": len(kept), "samples": 10, "first": plan.first,
+                              "sample_bytes": plan.cache_bytes, "current": True}
 
 
 # The agent on a RAM disk of MicroPython's own filesystems (FAT, whose rename refuses an existing

@@ -78,7 +78,8 @@ class Sess:
         assert files(self.path) == made
         lines = text.splitlines()
         assert [ln[:12] for ln in lines] == ["board       ", "model       ", "parameters  ",
-                                             "trial run   ", "samples     "], text
+                                             "trial run   ", "samples     ",
+                                             "features    "], text
         return st, dict((ln[:12].strip(), ln[12:]) for ln in lines)
 
 
@@ -91,7 +92,8 @@ def test_status_follows_a_session(sess):
     prof = boards.load(PROFILE)
     # a fresh board: nothing on it
     st, text = sess.status()
-    assert set(st) == {"board", "session", "model", "session_model", "params", "trial", "samples"}
+    assert set(st) == {"board", "session", "model", "session_model", "params", "trial", "samples",
+                       "features"}
     assert st["board"]["name"] == f"{PROFILE} (simulated)" and st["board"]["simulated"]
     assert st["board"]["arena_budget"] == prof["arena_budget_bytes"]
     assert st["board"]["agent"] == A.AGENT_VERSION
@@ -106,6 +108,8 @@ def test_status_follows_a_session(sess):
     assert text["parameters"] == "none"
     assert text["trial run"] == "none"
     assert text["samples"] == "none on the board; this session folder holds no dataset"
+    assert st["features"] is None  # test_session_features_kept checks a board that keeps some
+    assert text["features"].startswith("none kept: `tinymp train --keep-features` keeps ")
     assert not os.path.exists(os.path.join(sess.path, "session.json"))
 
     # after a push: the model of the file pushed, named as the session recorded it
@@ -293,6 +297,8 @@ def test_an_older_agent_that_says_less(sess):
     assert lines[2] == ("parameters  none; whether earlier ones are kept for `tinymp params "
                         "rollback` this board's agent (version 2) does not say")
     assert lines[4] == "samples     not reported by this board's agent"
+    assert lines[5] == ("features    whether any are kept this board's agent (version 2) does "
+                        "not say")
     assert not os.path.exists(sess.path)
 
 

@@ -47,8 +47,9 @@ except ImportError:  # pragma: no cover
 # training event says whether its step started from kept features ("cached"), when TRAIN_START
 # asks for it ("mark_cached": a PC before it checks rows of exactly 11 columns); 6: a run that
 # names no lr trains with the engine's rate for its method, which TRAIN_START's reply says ("lr");
-# 7: TRAIN_START keep_features keeps a run's features for later runs (features.kept)
-AGENT_VERSION = "7"
+# 7: TRAIN_START keep_features keeps a run's features for later runs (features.kept); 8: INFO
+# "features" says what features.kept holds (from its header), for `tinymp status`
+AGENT_VERSION = "8"
 PROTOCOL = 1
 MAGIC = b"\xa5T"
 HEADER = 12
@@ -1647,7 +1648,37 @@ class Agent(_Runs):
                         "dataset": self.store.uid, "bytes": self.store.size},
             "params": params,
             "trial": self._read_trial(),
+            "features": self._kept_info(),
         }
+
+    def _kept_info(self):
+        """INFO "features" (agent 8): what features.kept holds, from its header and size alone
+        (its records' CRCs are checked when a run reads them), or None when there is none."""
+        p = self._p(KEPT_FILE)
+        if not _exists(p):
+            return None
+        size = max(0, _size(p))
+        h = b""
+        try:
+            with open(p, "rb") as f:
+                h = f.read(KEPT_HEAD)
+        except OSError:
+            pass
+        if len(h) != KEPT_HEAD or h[:4] != KEPT_MAGIC:
+            return {"bytes": size, "samples": 0, "current": False}
+        version, first, each, uid, sbytes, vcrc = struct.unpack_from("<6I", h, 4)
+        try:
+            sha = bytes(h[32:]).decode()
+        except (UnicodeError, ValueError):
+            sha = None
+        engine = getattr(self.tinymp, "__version__", None) or ""
+        # current: of this model, this sample store and this engine; a later run with
+        # keep_features whose plan starts at `first` starts its samples from them
+        current = version == KEPT_VERSION and sha is not None and sha == self._model_sha() and \
+            uid == self.store.uid and sbytes == self.store.size and vcrc == crc32(engine.encode())
+        n = (size - KEPT_HEAD) // (KEPT_REC + each) if each else 0
+        return {"bytes": size, "samples": min(n, self.store.count) if current else n,
+                "first": first, "sample_bytes": each, "current": current}
 
     def do_bye(self, req):
         self.running = False

@@ -1261,4 +1261,7 @@ def board_status(board, session):
         "params": params,
         "trial": None if t is None else _run_status(t, sha, sim, records),
         "samples": samples,
+        # features.kept (train --keep-features): None when the board has none or its agent
+        # (before 8) does not say, which "agent" tells apart
+        "features": i.get("features"),
     }

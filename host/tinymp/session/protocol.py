@@ -475,6 +475,11 @@ STATUS_INFO = {
     # a rollback); from agent 3 also without a record, then only those two
     "params": Opt(dict(RUN_RECORD, saved="bool?", previous="bool?")),
     "trial": Opt(RUN_RECORD),
+    # what features.kept holds (agent 8; None: no file, or an older agent): its bytes, the samples
+    # it has records for, the plan's first trained layer and bytes per sample of the run that
+    # kept them, and whether they are of the board's model, samples and engine ("current")
+    "features": Opt({"bytes": "count", "samples": "count", "first": "count?",
+                     "sample_bytes": "count?", "current": "bool"}),
 }
 
 

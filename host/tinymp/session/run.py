@@ -472,7 +472,7 @@ def _b(n):
 
 def status_lines(st):
     """`tinymp status` in text: one line each for the board, its model, its saved parameters,
-    its trial run and its samples."""
+    its trial run, its samples and the features kept for later runs."""
     from .simboard import SIM_SUFFIX
     b, m, pushed = st["board"], st["model"], st["session_model"]
     name = b["name"] or "the board"
@@ -540,7 +540,27 @@ def status_lines(st):
             out.append(f"samples     {s['count']:,} on the board ({_b(s['bytes'])} each); {held}"
                        + ("; they are another dataset's: collect or train replaces them"
                           if n is not None else ""))
+    out.append("features    " + _kept_text(st["features"], b["agent"]))
     return out
+
+
+def _kept_text(f, agent):
+    """The features a `train --keep-features` run kept on the board, for status."""
+    try:
+        says = int(agent) >= 8
+    except (TypeError, ValueError):
+        says = False
+    if f is None:
+        return "none kept: `tinymp train --keep-features` keeps the samples' features for " \
+            "later runs" if says else f"whether any are kept this board's agent (version " \
+            f"{agent}) does not say"
+    if not f["current"]:
+        return f"a file of {f['bytes']:,} B of another model, samples or engine: not used; " \
+            "the next `train --keep-features` replaces it, a run without the option removes it"
+    n = f["samples"]
+    return f"of {n:,} sample{'s' if n != 1 else ''} ({f['bytes']:,} B on the board), kept " \
+        f"by a run with --keep-features that trained from layer {f['first']}: a later one " \
+        "with the same plan starts them from these"
 
 
 def _run_name(r):
