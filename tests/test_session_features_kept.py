@@ -473,3 +473,27 @@ def test_status_of_an_agent_before_8(rig):
     st["board"]["agent"] = "7"
     assert run.status_lines(st)[-1] == ("features    whether any are kept this board's agent "
                                         "(version 7) does not say")
+
+
+@pytest.mark.parametrize("how", ["bye", "end of input", "another run"])
+def test_a_run_in_ram_the_pc_leaves_keeps_the_features_it_computed(rig, how):
+    """A run in RAM that ends without TRAIN_END (the PC says goodbye, its input ends, or it
+    starts another run) writes the features of the samples it stepped to the kept file: the
+    next run starts those from them, and trains as plain steps do."""
+    ds = D.Dataset.open(rig.session.dataset_dir)
+    b = open_fake(rig.where)
+    C.sync_samples(b, ds, False)
+    start = b.request(P.TRAIN_START, dict(KEEP, steps=24, fresh=True))
+    assert start["features"]["where"] == "ram" and start["features"]["reused"] == 0
+    events = b.request(P.TRAIN_STEPS, {"n": 9})["events"]
+    stepped = len({e[0] for e in events})  # the first epoch's order: 9 distinct samples
+    assert stepped == 9 and not os.path.exists(kept_file(rig))
+    if how == "another run":
+        start = b.request(P.TRAIN_START, dict(KEEP, steps=24, fresh=True))
+        assert start["features"]["reused"] == stepped
+    if how == "end of input":
+        A.serve(io.BytesIO(b""), io.BytesIO(), b.link.port.agent)
+        b.close(bye=False)
+    else:
+        b.close()
+    check_run(rig, KEEP, 1, stepped, "ram")

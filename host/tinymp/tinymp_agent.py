@@ -979,7 +979,7 @@ class _Runs:
         opts = req if isinstance(req, dict) else {}
         if self.store.count == 0:
             raise Fail("no_samples", "the board holds no samples: collect some first")
-        self._end_features()
+        self._end_features(keep=True)  # an unfinished run's kept features are this one's too
         self.trainer = self.train = self.trial = None
         self.trainer_unsaved = False
         if gc is not None:
@@ -1075,13 +1075,19 @@ class _Runs:
             d["kept"] = f.persisted
         return d
 
-    def _end_features(self, drop_kept=False):
+    def _end_features(self, drop_kept=False, keep=False):
         """Drop the run's feature cache (its own file too): at the run's end, before a new run,
         and whenever the sample store changes under it. The features kept for later runs stay,
-        unless `drop_kept` (another model, or a store emptied)."""
+        unless `drop_kept` (another model, or a store emptied). `keep`: a run that keeps its
+        features and ends without TRAIN_END (the PC left, or started another run) writes the
+        ones it holds in RAM to the kept file too: they are the pretrained prefix's, whatever
+        became of the run."""
         f = self.train and self.train.get("features")
         if f is not None:
-            f.close()
+            if keep and f.head and not drop_kept:
+                f.persist()
+            else:
+                f.close()
             self.train["features"] = None
         if drop_kept:
             _remove(self._p(KEPT_FILE))
@@ -1682,7 +1688,7 @@ class Agent(_Runs):
 
     def do_bye(self, req):
         self.running = False
-        self._end_features()
+        self._end_features(keep=True)
         return {"ok": True}
 
     # push: PUSH_BEGIN {size, sha256} -> {offset}; PUSH_DATA {offset, data} -> {offset};
@@ -2026,7 +2032,9 @@ def serve(inp, out, agent):
             if hasattr(out, "flush"):
                 out.flush()
     finally:
-        agent._end_features()  # a run cut short by the PC leaving: its file goes
+        # a run cut short by the PC leaving: its own file goes, the features it keeps for later
+        # runs are written
+        agent._end_features(keep=True)
 
 
 def main(inp=None, out=None, root=None, board=None):
