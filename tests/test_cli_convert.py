@@ -346,3 +346,22 @@ def test_calibration_samples_in_the_other_layout_say_which_option(tmp_path, give
         code, _, err = run(str(src), "-o", str(out), "--calib", str(calib),
                            *(["--layout", "NHWC"] if given == "NHWC" else []))
         assert code == 0 and out.exists(), err
+
+
+def test_a_missing_tflite_package_is_not_called_a_corrupt_file(tmp_path, monkeypatch, capsys):
+    # any .tflite, sound or not, needs the optional package first: say that, not "corrupt"
+    from tinymp import cli
+    from tinymp.convert import tflite as T
+
+    def missing():
+        raise ImportError("tinymp.convert.tflite needs the 'tflite' and 'flatbuffers' packages "
+                          "(pip install tflite flatbuffers)")
+    monkeypatch.setattr(T, "_import_tflite", missing)
+    src = tmp_path / "m.tflite"
+    src.write_bytes(b"\x1c\x00\x00\x00TFL3" + bytes(64))
+    out = tmp_path / "m.tmpm"
+    assert cli.main(["convert", str(src), "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("tinymp: converting this model needs an optional package") and \
+        "'tflite' and 'flatbuffers'" in err and "corrupt" not in err, err
+    assert not out.exists()

@@ -1139,8 +1139,8 @@ def convert_tflite(model: Union[bytes, bytearray, memoryview, str, os.PathLike],
     try:
         with np.errstate(all="ignore"):     # every overflow that matters is checked
             return _Converter(buf, class_names).run()
-    except ConversionError:
-        raise
+    except (ConversionError, ImportError):
+        raise  # an optional package missing is not a corrupt file (the CLI says which)
     except Exception as e:
         # the flatbuffer accessors read lazily: a corrupt offset or length surfaces in whichever
         # op handler reads it first (IndexError, struct.error, numpy's ValueError, ...)
