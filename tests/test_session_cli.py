@@ -481,6 +481,10 @@ def test_bad_session_configs(tmp_path, capsys):
         p.write_text(json.dumps(cfg))
         assert cli.main(["session", str(p)]) == 2
         assert needle in one_line(capsys.readouterr().err)
+    assert cli.main(["session", str(tmp_path)]) == 2
+    assert one_line(capsys.readouterr().err) == (
+        f"tinymp: {tmp_path} is a folder, not a session config: give the config file (JSON, "
+        "or TOML; docs/SESSION.md shows one)")
     (tmp_path / "c.json").write_text("{nope")
     assert cli.main(["session", str(tmp_path / "c.json")]) == 2
     assert "is not valid JSON" in one_line(capsys.readouterr().err)
@@ -515,6 +519,12 @@ def test_bad_session_configs(tmp_path, capsys):
                          "does not fit a budget of 1024 bytes"),
                         ({"train": {"budget_kb": 1, "method": "last"}, "collect": collect},
                          "(method 'last' does not fit"),
+                        # a budget in bytes is checked the same way
+                        ({"train": {"budget": 200}, "collect": collect},
+                         "train.budget 200 (bytes) fits no training plan of demo.tmpm (method "
+                         "'tinymp' does not fit a budget of 200 bytes"),
+                        ({"train": {"steps": 5, "epochs": 1}, "collect": collect},
+                         "c.json: give train.steps or train.epochs, not both"),
                         ({"collect": [{"label": 12, "count": 3}]}, "collect label 12 is not a class"),
                         ({"collect": [{"label": [1, "a"], "count": 3}]},
                          "'label' must be a class number or a list of them, not [1, \"a\"]"),

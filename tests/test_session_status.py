@@ -337,3 +337,20 @@ def test_a_malformed_params_record_leaves_the_other_commands_working(sess):
     sess.ok("params", "reset")
     st, _ = sess.status()
     assert st["params"]["saved"] is False and st["params"]["previous"] is True
+
+
+def test_a_run_that_cannot_go_on_from_the_saved_one_says_what_becomes_of_it(sess):
+    # a run with another method starts from the pretrained weights: a saved run warns that a
+    # rollback brings the earlier one back, a trial run that the saved one stays as it is
+    sess.ok("push", DEMO)
+    sess.ok("collect", "--from", HELD)
+    sess.ok("train", "--method", "tinymp", "--steps", "3")
+    rc, _, err = sess.run("train", "--no-save", "--method", "last", "--steps", "2", "-q")
+    assert rc == 0 and "warning: started from the pretrained model, not from the saved run: " \
+        "it was trained with method tinymp, this run is last" in err, err
+    assert err.rstrip().endswith("this trial run leaves the saved run as it is"), err
+    assert sess.status()[0]["params"]["method"] == "tinymp"
+    rc, _, err = sess.run("train", "--method", "last", "--steps", "2", "-q")
+    assert rc == 0 and err.rstrip().endswith(
+        "once this run has saved, `tinymp params rollback` brings the saved run back"), err
+    assert sess.status()[0]["params"]["previous"] is True

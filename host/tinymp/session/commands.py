@@ -812,7 +812,10 @@ def check_train_options(opts, name=lambda k: "--" + k.replace("_", "-")):
     option as the user wrote it."""
     ranges = _train_ranges()
     if opts.get("steps") is not None and opts.get("epochs") is not None:
-        raise user_error(f"tinymp: give {name('steps')} or {name('epochs')}, not both")
+        a, b = name("steps"), name("epochs")
+        where, _, a = a.rpartition(": ")  # a config's "FILE: train.steps": FILE said once
+        b = b[len(where) + 2:] if where and b.startswith(where + ": ") else b
+        raise user_error(f"tinymp: {where + ': ' if where else ''}give {a} or {b}, not both")
     method = opts.get("method") or DEFAULT_METHOD
     ratio = opts.get("ratio")
     if isinstance(ratio, (int, float)) and not isinstance(ratio, bool) and ratio != 1 and \

@@ -318,7 +318,8 @@ def cmd_train(args):
     if t.get("resume_error"):  # on stderr, in text and JSON mode alike
         print(f"warning: started from the pretrained model, not from the saved run: "
               f"{t['resume_error']}. Train with the saved run's options to go on from it; "
-              "once this run has saved, `tinymp params rollback` brings the saved run back",
+              + ("this trial run leaves the saved run as it is" if args.no_save else
+                 "once this run has saved, `tinymp params rollback` brings the saved run back"),
               file=sys.stderr)
     elif t.get("resumed") and t.get("resumed_state") is False:
         print("note: went on from the saved run's parameters; its training state (momentum, "
@@ -636,6 +637,9 @@ def _whole_number(v):
 def load_config(path):
     """The session config `path` (JSON, or TOML by its .toml name), with every value checked and
     relative paths made the file's; a user error (one line) names the first thing wrong."""
+    if os.path.isdir(path):
+        raise C.user_error(f"tinymp: {path} is a folder, not a session config: give the config "
+                           "file (JSON, or TOML; docs/SESSION.md shows one)")
     if not os.path.isfile(path):
         raise C.user_error(f"tinymp: no such session config: {path}")
     toml = path.endswith(".toml")
@@ -745,13 +749,15 @@ def run_session(cfg, args, out=print):
         except ValueError as e:
             raise C.user_error(f"tinymp: the config's train options make no training plan of "
                                f"{name}: {C.embedded(e)}") from None
-        if kb is not None:
+        if given.get("budget") is not None:  # budget_kb, or budget in bytes
+            said = f"train.budget_kb {kb:g}" if kb is not None else \
+                f"train.budget {given['budget']:,} (bytes)"
             try:
                 m.plan(**given)
             except ValueError as e:
-                raise C.user_error(f"tinymp: the config's train.budget_kb {kb:g} fits no "
-                                   f"training plan of {name} ({C.embedded(e)}); raise it or "
-                                   "choose another method") from None
+                raise C.user_error(f"tinymp: the config's {said} fits no training plan of "
+                                   f"{name} ({C.embedded(e)}); raise it or choose another "
+                                   "method") from None
     epochs, steps = tr.pop("epochs", None), tr.pop("steps", None)
     save = tr.pop("save", True)
     eval_src = cfg.get("eval")
