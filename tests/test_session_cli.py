@@ -152,9 +152,15 @@ def test_step_by_step_commands(tmp_path):
     assert json.loads(out)["bytes"] == os.path.getsize(DEMO)
     code, out, err = tinymp_cmd("collect", "--from", SCENE, "--port", "sim", "--session", s, "-q")
     assert code == 0, err
+    # -q drops the progress bars, not the result line (as in push, train and eval)
+    n = len(np.load(SCENE)["y"])
+    assert out == (f"{n} new samples from {SCENE} (0 already there); "
+                   f"{os.path.join(os.path.abspath(s), 'dataset')} holds {n}; {n} sent to the "
+                   "board\n"), out
     code, out, err = tinymp_cmd("collect", "--from", HELD, "--eval", "--port", "sim",
                                 "--session", s, "--json")
-    assert code == 0, err and json.loads(out)["total"] == 339
+    assert code == 0, err
+    assert json.loads(out)["total"] == len(np.load(HELD)["y"])
     code, out, err = tinymp_cmd("train", "--port", "sim", "--session", s, "--epochs", "2",
                                 "--lr", "0.002", "--json")
     assert code == 0, err

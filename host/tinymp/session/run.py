@@ -16,7 +16,9 @@ from .link import BoardError, LinkError
 
 
 def _say(args, *lines):
-    if not getattr(args, "json", False) and not getattr(args, "quiet", False):
+    """A command's result line(s): printed unless --json (-q drops only the progress bars, as
+    in push, train and eval)."""
+    if not getattr(args, "json", False):
         for line in lines:
             print(line)
 
