@@ -354,3 +354,28 @@ def test_a_run_that_cannot_go_on_from_the_saved_one_says_what_becomes_of_it(sess
     assert rc == 0 and err.rstrip().endswith(
         "once this run has saved, `tinymp params rollback` brings the saved run back"), err
     assert sess.status()[0]["params"]["previous"] is True
+
+
+@pytest.mark.parametrize("damage", ["manifest", "sample log"])
+def test_status_says_the_session_dataset_is_damaged_as_train_does(sess, damage):
+    # status read the dataset without checking it: a damaged manifest was "no dataset", a
+    # damaged line of the sample log a sample more ("train sends the rest")
+    sess.ok("push", DEMO)
+    sess.ok("collect", "--from", HELD)
+    ds = os.path.join(sess.path, "dataset")
+    if damage == "manifest":
+        with open(os.path.join(ds, "manifest.json"), "w") as f:
+            f.write('{"format": ')
+    else:
+        with open(os.path.join(ds, "samples.jsonl"), "a") as f:
+            f.write('{"not": "a sample"}\n')
+    rc, _, err = sess.run("train", "--steps", "1")
+    assert rc == 2
+    problem = err.strip().removeprefix("tinymp: ")
+    st, text = sess.status()
+    assert st["samples"]["dataset_problem"] == problem
+    assert st["samples"]["session_samples"] is None and st["samples"]["session_dataset"] is None
+    n = len(np.load(HELD)["y"])
+    assert text["samples"] == (f"{n:,} on the board ({st['samples']['bytes']:,} B each); this "
+                               f"session's dataset cannot be read: {problem}")
+    assert ("manifest.json" if damage == "manifest" else "samples.jsonl") in problem

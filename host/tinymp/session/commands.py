@@ -1206,6 +1206,19 @@ def _train_records(session):
     return out
 
 
+def _session_dataset(path):
+    """(uid, samples, None) of the session's dataset folder, as collect and train open it (its
+    manifest and sample log checked, not the samples' bytes); (None, None, None) when the folder
+    holds none; (None, None, what is wrong) when collect and train would refuse it."""
+    if not any(os.path.exists(os.path.join(path, f)) for f in ("manifest.json", "samples.jsonl")):
+        return None, None, None
+    try:
+        ds = Dataset.open(path)
+    except DatasetError as e:
+        return None, None, str(e).removeprefix("tinymp: ")
+    return ds.uid, len(ds), None
+
+
 def board_status(board, session):
     """What the board holds now, from its INFO (the hello's, checked by the link: nothing more is
     asked), set against what the session folder recorded: the model it last pushed (session.json)
@@ -1246,12 +1259,14 @@ def board_status(board, session):
     s = i.get("samples")
     samples = None
     if s is not None:
-        uid, n = Dataset.peek(session.dataset_dir)
+        uid, n, damaged = _session_dataset(session.dataset_dir)
         samples = {"count": s["count"], "last_id": s["last_id"], "dataset": s["dataset"],
                    "bytes": s.get("bytes"),
                    # the board's samples are the session dataset's (by its id)
                    "session_dataset": None if uid is None or not s["count"] else
-                   s["dataset"] == uid, "session_samples": n}
+                   s["dataset"] == uid, "session_samples": n,
+                   # what the command that reads the dataset would say of it (None: sound)
+                   "dataset_problem": damaged}
     return {
         "board": {"name": i.get("board"), "simulated": sim, "port": board.port_name,
                   "implementation": i.get("implementation"), "firmware": i.get("firmware"),

@@ -148,19 +148,6 @@ class Dataset:
                                    "restore the manifest, or move the folder away to start a new "
                                    "dataset")
 
-    @staticmethod
-    def peek(path):
-        """(uid, samples) of the dataset folder `path`, read without opening it (open() checks
-        every sample), or (None, None) when it is not one. A torn last line is not counted."""
-        try:
-            with open(os.path.join(path, "manifest.json")) as f:
-                uid = json.load(f).get("uid")
-            with open(os.path.join(path, "samples.jsonl"), "rb") as f:
-                n = f.read().count(b"\n")
-        except (OSError, ValueError, AttributeError, RecursionError):
-            return None, None
-        return uid, n
-
     @classmethod
     def open(cls, path):
         """The dataset folder `path`, checked; opening it writes nothing."""

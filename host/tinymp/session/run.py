@@ -532,7 +532,8 @@ def status_lines(st):
     else:
         n = s["session_samples"]
         held = f"this session's dataset holds {n:,}" if n is not None else \
-            "this session folder holds no dataset"
+            f"this session's dataset cannot be read: {s['dataset_problem']}" \
+            if s.get("dataset_problem") else "this session folder holds no dataset"
         if not s["count"]:
             out.append(f"samples     none on the board; {held}")
         elif s["session_dataset"]:
