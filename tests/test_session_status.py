@@ -379,3 +379,25 @@ def test_status_says_the_session_dataset_is_damaged_as_train_does(sess, damage):
     assert text["samples"] == (f"{n:,} on the board ({st['samples']['bytes']:,} B each); this "
                                f"session's dataset cannot be read: {problem}")
     assert ("manifest.json" if damage == "manifest" else "samples.jsonl") in problem
+
+
+def test_a_run_at_learning_rate_0_warns(sess):
+    sess.ok("push", DEMO)
+    sess.ok("collect", "--from", HELD)
+    rc, _, err = sess.run("train", "--lr", "0", "--steps", "4", "-q")
+    assert rc == 0 and err.strip() == ("warning: the learning rate was 0: the run changed no "
+                                       "parameter, so the board's saved parameters are the ones "
+                                       "it started from"), err
+    # and it did not change them: eval of the saved parameters equals the pretrained model's
+    m = tinymp.Model(DEMO)
+    rc, out, err = sess.run("eval", "--data", HELD, "--json")
+    assert rc == 0, err
+    (ev,) = json.loads(out)
+    assert ev["params"] == "personalised"
+    from tinymp.session import dataset as D
+    q, y, _ = D.load_samples(HELD, m.input_shape, m.input_scale, m.input_zero_point,
+                             m.num_classes)
+    here = np.array([m.predict(v.tobytes()) for v in q])
+    assert ev["accuracy"] == pytest.approx(float((here == y).mean()))
+    rc, _, err = sess.run("train", "--no-save", "--lr", "0.002", "--steps", "2", "-q")
+    assert rc == 0 and "learning rate was 0" not in err

@@ -333,6 +333,11 @@ def cmd_train(args):
         print("note: no features were kept for later runs: the plan trains from the model's "
               "first layer (no frozen prefix), or the board had no room for even one sample's "
               "features, or cannot tell its model apart (no hashlib)", file=sys.stderr)
+    lr0 = t.get("lr") if t.get("lr") is not None else opts.get("lr")
+    if lr0 == 0:  # allowed (a run that only measures), but rarely what was meant
+        print("warning: the learning rate was 0: the run changed no parameter" +
+              (", so the board's saved parameters are the ones it started from" if t["saved"]
+               else ""), file=sys.stderr)
     stalled = t.get("stalled_steps")
     if stalled:  # on stderr, in text and JSON mode alike
         lr = t.get("lr")
