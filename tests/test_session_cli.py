@@ -680,3 +680,22 @@ def test_model_paths_that_are_folders_and_closed_pipes(tmp_path):
         assert p.wait(timeout=120) == 141 and err == "", err
     code, out, _ = tinymp_cmd("--version")
     assert code == 0 and out.startswith(f"tinymp {tinymp.__version__} ")
+
+
+def test_the_command_line_wins_over_the_config(tmp_path, capsys):
+    # --session, --port and --board given on the command line are taken over the config's;
+    # without them the config's are (they were the config's either way)
+    cfg = {"model": DEMO, "port": "auto", "board": "OPENMV_H7", "session": "cfg-s",
+           "collect": [{"from": HELD}], "train": {"method": "last", "steps": 2}}
+    p = tmp_path / "c.json"
+    p.write_text(json.dumps(cfg))
+    cli_s = tmp_path / "cli-s"
+    assert cli.main(["session", str(p), "--session", str(cli_s), "--port", "sim",
+                     "--board", "NUCLEO_H743ZI2", "--json"]) == 0, capsys.readouterr().err
+    assert not (tmp_path / "cfg-s").exists()
+    assert os.listdir(cli_s / "sim") == ["NUCLEO_H743ZI2"]
+    capsys.readouterr()
+    cfg["port"] = "sim"
+    p.write_text(json.dumps(cfg))
+    assert cli.main(["session", str(p), "--json"]) == 0, capsys.readouterr().err
+    assert os.listdir(tmp_path / "cfg-s" / "sim") == ["OPENMV_H7"]

@@ -740,7 +740,8 @@ def run_session(cfg, args, out=print):
     """The whole flow: push, collect, evaluate, train, evaluate, report."""
     from . import report
     show = _show(args)
-    session = C.Session(cfg.get("session") or args.session)
+    # the command line's --session, --port and --board over the config's
+    session = C.Session(getattr(args, "session", None) or cfg.get("session") or "tinymp-session")
     data, m = C.read_model(cfg["model"])
     tr = dict(cfg.get("train") or {})
     kb = tr.pop("budget_kb", None)
@@ -806,8 +807,8 @@ def run_session(cfg, args, out=print):
     if not cfg.get("collect") and not _dataset_size(session.dataset_dir):
         raise C.user_error(f"tinymp: nothing to train on: the config collects no samples and "
                            f"{session.path} holds none; add a 'collect' item")
-    ns = _ns(args, port=cfg.get("port", getattr(args, "port", "auto")),
-             board=cfg.get("board", getattr(args, "board", None)),
+    ns = _ns(args, port=getattr(args, "port", None) or cfg.get("port") or "auto",
+             board=getattr(args, "board", None) or cfg.get("board"),
              scene=cfg.get("scene"))
     t_all = time.perf_counter()
     with _open(ns, session, scene=cfg.get("scene"), note_new_sim=False) as board:
@@ -992,7 +993,7 @@ def cmd_demo(args):
     out("The camera sees digits rotated, shrunk and shifted (a 'shifted' copy of scikit-learn's")
     out(f"digits, shipped with tinymp); {DEMO_PER_CLASS} photos per digit are taken with the "
         "simulated camera and the board trains on them.\n")
-    rep = run_session(cfg, args, out)
+    rep = run_session(cfg, _ns(args, session=None), out)  # the folder made above: cfg's
     if args.json:
         _emit(args, rep)
         return 0
@@ -1022,15 +1023,19 @@ def _seconds(text):
     return v
 
 
-def _board_args(p, json_flag=True):
-    p.add_argument("--port", default="auto",
+def _board_args(p, json_flag=True, config=False):
+    """The options of a command that opens the board; `config` (tinymp session): their defaults
+    are None, so that the config's port, board and session are taken where the command line
+    gives none (run_session), and the command line's where it does."""
+    p.add_argument("--port", default=None if config else "auto",
                    help="serial device, 'sim' or 'sim:PROFILE' (simulated board), 'qemu', or "
                         "'auto' (default: the one attached MicroPython board, else 'sim')")
     p.add_argument("--board", default=None,
                    help="board profile of the simulated board (default: the one this session's "
                         f"model was pushed to, else {boards.DEFAULT_SIM})")
-    p.add_argument("--session", default="tinymp-session",
-                   help="session folder (dataset, runs, simulated board); default ./tinymp-session")
+    p.add_argument("--session", default=None if config else "tinymp-session",
+                   help="session folder (dataset, runs, simulated board); default ./tinymp-session"
+                        + (" (the config's 'session', when it has one)" if config else ""))
     p.add_argument("--timeout", type=_seconds, default=None, help="seconds per try of a request")
     if json_flag:
         p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -1128,7 +1133,7 @@ def add_parsers(sub):
 
     p = sub.add_parser("session", help="the whole flow from one config file (JSON or TOML)")
     p.add_argument("config")
-    _board_args(p)
+    _board_args(p, config=True)
     _m7_arg(p)
     p.set_defaults(func=cmd_session)
 
