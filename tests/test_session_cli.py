@@ -699,3 +699,42 @@ def test_the_command_line_wins_over_the_config(tmp_path, capsys):
     p.write_text(json.dumps(cfg))
     assert cli.main(["session", str(p), "--json"]) == 0, capsys.readouterr().err
     assert os.listdir(tmp_path / "cfg-s" / "sim") == ["OPENMV_H7"]
+
+
+def test_a_failed_command_leaves_no_new_session_folder(tmp_path, capsys):
+    """A mistyped --session: the command fails (the new folder's simulated board has no model)
+    and the folders it made for the session are gone; a folder that was there stays, and so
+    does a new one that holds anything a command wrote."""
+    new = tmp_path / "a" / "b" / "typo"
+    for cmd in (["eval"], ["train", "--steps", "1"], ["collect", "--label", "0", "--count", "1"]):
+        assert cli.main([*cmd, "--port", "sim", "--session", str(new)]) == 2
+        assert "the board has no model" in capsys.readouterr().err
+        assert os.listdir(tmp_path) == []
+    (tmp_path / "there").mkdir()
+    assert cli.main(["eval", "--port", "sim", "--session", str(tmp_path / "there")]) == 2
+    assert os.listdir(tmp_path / "there") == [".lock", "sim"]
+    # a status that succeeds makes the folder and its board, as documented
+    assert cli.main(["status", "--port", "sim", "--session", str(new), "--json"]) == 0
+    assert sorted(os.listdir(new)) == [".lock", "sim"]
+
+
+@pytest.mark.parametrize("written", ["flash file", "romfs", "dataset", "log only"])
+def test_only_an_untouched_new_folder_is_dropped(tmp_path, written):
+    from tinymp.session import run
+    made = tmp_path / "new"
+    path = made / "s"
+    board = path / "sim" / "OPENMV_H7"
+    (board / "flash").mkdir(parents=True)
+    (path / ".lock").write_bytes(b"")
+    (board / "board.log").write_text("up\n")
+    rom = bytearray(b"\xff" * 200000)
+    if written == "romfs":
+        rom[150000] = 0
+    (board / "romfs0.bin").write_bytes(bytes(rom))
+    if written == "flash file":
+        (board / "flash" / "push-ab.part").write_bytes(b"x")
+    elif written == "dataset":
+        (path / "dataset").mkdir()
+    run._drop_if_untouched(str(path), str(made))
+    assert os.path.exists(made) == (written != "log only")
+    assert os.path.exists(tmp_path)

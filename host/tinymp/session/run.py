@@ -79,11 +79,57 @@ def _open(args, session, scene=None, note_new_sim=True):
     elif port != "qemu" and not os.path.exists(port):
         raise C.user_error(f"tinymp: no such port {port!r}: give a serial device (see "
                            "`tinymp devices`), 'sim' or 'qemu'")
-    with session.lock():
-        if new_sim and note_new_sim:  # not for push and a session config: they fill the board
-            _note_new_sim(session, *new_sim)
-        with link.open_board(port, **kw) as board:
-            yield board
+    # the first folder of the session's path that is not there yet (None: the folder is)
+    fresh, up = None, os.path.abspath(session.path)
+    while not os.path.lexists(up) and os.path.dirname(up) != up:
+        fresh, up = up, os.path.dirname(up)
+    done = False
+    try:
+        with session.lock():
+            if new_sim and note_new_sim:  # not for push and a session config: they fill the board
+                _note_new_sim(session, *new_sim)
+            with link.open_board(port, **kw) as board:
+                yield board
+        done = True
+    finally:
+        if fresh is not None and not done:
+            _drop_if_untouched(os.path.abspath(session.path), fresh)
+
+
+def _erased(path):
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 16), b""):
+            if chunk.strip(b"\xff"):
+                return False
+    return True
+
+
+def _drop_if_untouched(path, made):
+    """Remove the session folder a failed command made (a mistyped --session must not leave a
+    folder behind), and the folders above it it made up to `made`, when it holds nothing but its
+    lock and the empty simulated boards started in it: no model, samples or run record, no flash
+    file, a ROMFS never written (erased)."""
+    try:
+        for root, dirs, files in os.walk(path):
+            rel = os.path.relpath(root, path).split(os.sep)
+            for f in files:
+                p = os.path.join(root, f)
+                if rel == ["."] and f == ".lock" or \
+                        len(rel) == 2 and rel[0] == "sim" and f == "board.log":
+                    continue
+                if len(rel) == 2 and rel[0] == "sim" and f == "romfs0.bin" and _erased(p):
+                    continue
+                return
+            if not (rel == ["."] and set(dirs) <= {"sim"} or rel == ["sim"] or
+                    len(rel) == 2 and rel[0] == "sim" and set(dirs) <= {"flash"} or
+                    len(rel) == 3 and rel[0] == "sim" and rel[2] == "flash" and not dirs):
+                return
+        shutil.rmtree(path)
+        while path != made:
+            path = os.path.dirname(path)
+            os.rmdir(path)  # empty: this command made it for the session folder
+    except OSError:
+        pass  # it stays: nothing is lost
 
 
 def _note_new_sim(session, prof, choose):
