@@ -699,6 +699,15 @@ def test_the_command_line_wins_over_the_config(tmp_path, capsys):
     p.write_text(json.dumps(cfg))
     assert cli.main(["session", str(p), "--json"]) == 0, capsys.readouterr().err
     assert os.listdir(tmp_path / "cfg-s" / "sim") == ["OPENMV_H7"]
+    # a --port that names its board is not set against the config's board, and a --board
+    # against the config's sim:PROFILE port takes the simulated board it names
+    for argv, profile in ((["--port", "sim:QEMU_M7"], "QEMU_M7"), (["--board", "UNIX"], "UNIX")):
+        if profile == "UNIX":
+            cfg["port"] = "sim:OPENMV_H7"
+            p.write_text(json.dumps(cfg))
+        assert cli.main(["session", str(p), "--json", *argv]) == 0, capsys.readouterr().err
+        assert profile in os.listdir(tmp_path / "cfg-s" / "sim")
+    capsys.readouterr()
 
 
 def test_a_failed_command_leaves_no_new_session_folder(tmp_path, capsys):
@@ -712,7 +721,7 @@ def test_a_failed_command_leaves_no_new_session_folder(tmp_path, capsys):
         assert os.listdir(tmp_path) == []
     (tmp_path / "there").mkdir()
     assert cli.main(["eval", "--port", "sim", "--session", str(tmp_path / "there")]) == 2
-    assert os.listdir(tmp_path / "there") == [".lock", "sim"]
+    assert sorted(os.listdir(tmp_path / "there")) == [".lock", "sim"]
     # a status that succeeds makes the folder and its board, as documented
     assert cli.main(["status", "--port", "sim", "--session", str(new), "--json"]) == 0
     assert sorted(os.listdir(new)) == [".lock", "sim"]
@@ -735,6 +744,24 @@ def test_only_an_untouched_new_folder_is_dropped(tmp_path, written):
         (board / "flash" / "push-ab.part").write_bytes(b"x")
     elif written == "dataset":
         (path / "dataset").mkdir()
-    run._drop_if_untouched(str(path), str(made))
-    assert os.path.exists(made) == (written != "log only")
-    assert os.path.exists(tmp_path)
+    before = sorted(os.path.relpath(os.path.join(r, f), path)
+                    for r, ds, fs in os.walk(path) for f in fs + ds)
+    cleared = run._clear_if_untouched(str(path))
+    assert cleared == (written == "log only")
+    if cleared:  # the lock released: the lock file, the folder and the one made above it
+        assert os.listdir(path) == [".lock"]
+        run._drop_made(str(path), str(made))
+        assert not os.path.exists(made) and os.path.exists(tmp_path)
+    else:  # nothing changed
+        assert sorted(os.path.relpath(os.path.join(r, f), path)
+                      for r, ds, fs in os.walk(path) for f in fs + ds) == before
+
+
+def test_a_folder_another_command_took_meanwhile_stays(tmp_path):
+    # after the lock is released, a command that took the folder wrote its pid into the lock
+    from tinymp.session import run
+    made = tmp_path / "s"
+    made.mkdir()
+    (made / ".lock").write_bytes(b"pid 1\n")
+    run._drop_made(str(made), str(made))
+    assert os.listdir(made) == [".lock"]

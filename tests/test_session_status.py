@@ -356,7 +356,7 @@ def test_a_run_that_cannot_go_on_from_the_saved_one_says_what_becomes_of_it(sess
     assert sess.status()[0]["params"]["previous"] is True
 
 
-@pytest.mark.parametrize("damage", ["manifest", "sample log"])
+@pytest.mark.parametrize("damage", ["manifest", "sample log", "no manifest"])
 def test_status_says_the_session_dataset_is_damaged_as_train_does(sess, damage):
     # status read the dataset without checking it: a damaged manifest was "no dataset", a
     # damaged line of the sample log a sample more ("train sends the rest")
@@ -366,6 +366,8 @@ def test_status_says_the_session_dataset_is_damaged_as_train_does(sess, damage):
     if damage == "manifest":
         with open(os.path.join(ds, "manifest.json"), "w") as f:
             f.write('{"format": ')
+    elif damage == "no manifest":
+        os.remove(os.path.join(ds, "manifest.json"))
     else:
         with open(os.path.join(ds, "samples.jsonl"), "a") as f:
             f.write('{"not": "a sample"}\n')
@@ -378,7 +380,7 @@ def test_status_says_the_session_dataset_is_damaged_as_train_does(sess, damage):
     n = len(np.load(HELD)["y"])
     assert text["samples"] == (f"{n:,} on the board ({st['samples']['bytes']:,} B each); this "
                                f"session's dataset cannot be read: {problem}")
-    assert ("manifest.json" if damage == "manifest" else "samples.jsonl") in problem
+    assert ("samples.jsonl" if damage == "sample log" else "manifest.json") in problem
 
 
 def test_a_run_at_learning_rate_0_warns(sess):

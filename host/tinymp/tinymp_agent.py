@@ -1683,12 +1683,37 @@ class Agent(_Runs):
         current = version == KEPT_VERSION and sha is not None and sha == self._model_sha() and \
             uid == self.store.uid and sbytes == self.store.size and vcrc == crc32(engine.encode())
         n = (size - KEPT_HEAD) // (KEPT_REC + each) if each else 0
-        return {"bytes": size, "samples": min(n, self.store.count) if current else n,
-                "first": first, "sample_bytes": each, "current": current}
+        if current and n:
+            n = self._kept_records(p, min(n, self.store.count), each)
+        return {"bytes": size, "samples": n, "first": first, "sample_bytes": each,
+                "current": current}
+
+    def _kept_records(self, path, n, each):
+        """How many of the first n records of features.kept are the store's samples' (their id
+        and label; a run that did not step every sample leaves gaps; CRCs are checked when a
+        run reads them)."""
+        heads = self.store.heads(n)
+        h = bytearray(8)
+        found = 0
+        try:
+            with open(path, "rb") as f:
+                for i in range(n):
+                    at = KEPT_HEAD + i * (KEPT_REC + each)
+                    if heads[i] is None or f.seek(at) != at or f.readinto(h) != 8:
+                        continue
+                    if struct.unpack("<II", h) == heads[i]:
+                        found += 1
+        except OSError:
+            pass
+        return found
 
     def do_bye(self, req):
         self.running = False
-        self._end_features(keep=True)
+        f = self.train and self.train.get("features")
+        if not (f is not None and f.head and f.where == "ram"):
+            self._end_features()
+        # else serve() writes them once this reply is sent: that can take seconds of flash
+        # writes, longer than the PC waits for the reply to BYE
         return {"ok": True}
 
     # push: PUSH_BEGIN {size, sha256} -> {offset}; PUSH_DATA {offset, data} -> {offset};

@@ -1210,9 +1210,10 @@ def _session_dataset(path):
     """(uid, samples, None) of the session's dataset folder, as collect and train open it (its
     manifest and sample log checked, not the samples' bytes); (None, None, None) when the folder
     holds none; (None, None, what is wrong) when collect and train would refuse it."""
-    if not any(os.path.exists(os.path.join(path, f)) for f in ("manifest.json", "samples.jsonl")):
-        return None, None, None
     try:
+        if not os.path.exists(os.path.join(path, "manifest.json")):
+            Dataset.check_new(path)  # what collect says of a folder it would start afresh
+            return None, None, None
         ds = Dataset.open(path)
     except DatasetError as e:
         return None, None, str(e).removeprefix("tinymp: ")

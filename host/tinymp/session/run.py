@@ -83,17 +83,23 @@ def _open(args, session, scene=None, note_new_sim=True):
     fresh, up = None, os.path.abspath(session.path)
     while not os.path.lexists(up) and os.path.dirname(up) != up:
         fresh, up = up, os.path.dirname(up)
-    done = False
+    dropped = False
     try:
         with session.lock():
-            if new_sim and note_new_sim:  # not for push and a session config: they fill the board
-                _note_new_sim(session, *new_sim)
-            with link.open_board(port, **kw) as board:
-                yield board
-        done = True
+            try:
+                if new_sim and note_new_sim:  # not for push and a session config: they fill it
+                    _note_new_sim(session, *new_sim)
+                with link.open_board(port, **kw) as board:
+                    yield board
+            except C.SessionError as e:
+                # refused (status 2) in a folder this command made, the board closed: its empty
+                # simulated board goes while the folder is held, the lock and folder after
+                if fresh is not None and e.code == 2:
+                    dropped = _clear_if_untouched(session.path)
+                raise
     finally:
-        if fresh is not None and not done:
-            _drop_if_untouched(os.path.abspath(session.path), fresh)
+        if dropped:
+            _drop_made(session.path, fresh)
 
 
 def _erased(path):
@@ -104,11 +110,11 @@ def _erased(path):
     return True
 
 
-def _drop_if_untouched(path, made):
-    """Remove the session folder a failed command made (a mistyped --session must not leave a
-    folder behind), and the folders above it it made up to `made`, when it holds nothing but its
-    lock and the empty simulated boards started in it: no model, samples or run record, no flash
-    file, a ROMFS never written (erased)."""
+def _clear_if_untouched(path):
+    """In the session folder a refused command made (a mistyped --session must not leave a
+    folder behind), held by it: remove the simulated boards started there and return True when
+    the folder holds nothing but its lock and those boards, empty (no model, samples or run
+    record, no flash file, a ROMFS never written: erased); else change nothing."""
     try:
         for root, dirs, files in os.walk(path):
             rel = os.path.relpath(root, path).split(os.sep)
@@ -119,17 +125,32 @@ def _drop_if_untouched(path, made):
                     continue
                 if len(rel) == 2 and rel[0] == "sim" and f == "romfs0.bin" and _erased(p):
                     continue
-                return
+                return False
             if not (rel == ["."] and set(dirs) <= {"sim"} or rel == ["sim"] or
                     len(rel) == 2 and rel[0] == "sim" and set(dirs) <= {"flash"} or
                     len(rel) == 3 and rel[0] == "sim" and rel[2] == "flash" and not dirs):
-                return
-        shutil.rmtree(path)
+                return False
+        if os.path.isdir(os.path.join(path, "sim")):
+            shutil.rmtree(os.path.join(path, "sim"))
+        return True
+    except OSError:
+        return False  # what is left stays: nothing is lost
+
+
+def _drop_made(path, made):
+    """After _clear_if_untouched, the lock released: the folder's empty lock file, the folder and
+    the folders above it this command made, up to `made`. Each goes only while empty: a command
+    that took the folder meanwhile wrote its pid into the lock and keeps it all."""
+    try:
+        lock = os.path.join(path, ".lock")
+        if os.path.exists(lock) and os.path.getsize(lock) == 0:
+            os.remove(lock)
+        os.rmdir(path)
         while path != made:
             path = os.path.dirname(path)
-            os.rmdir(path)  # empty: this command made it for the session folder
+            os.rmdir(path)
     except OSError:
-        pass  # it stays: nothing is lost
+        pass
 
 
 def _note_new_sim(session, prof, choose):
@@ -853,8 +874,7 @@ def run_session(cfg, args, out=print):
     if not cfg.get("collect") and not _dataset_size(session.dataset_dir):
         raise C.user_error(f"tinymp: nothing to train on: the config collects no samples and "
                            f"{session.path} holds none; add a 'collect' item")
-    ns = _ns(args, port=getattr(args, "port", None) or cfg.get("port") or "auto",
-             board=getattr(args, "board", None) or cfg.get("board"),
+    ns = _ns(args, **_port_and_board(args, cfg),
              scene=cfg.get("scene"))
     t_all = time.perf_counter()
     with _open(ns, session, scene=cfg.get("scene"), note_new_sim=False) as board:
@@ -956,6 +976,19 @@ def _dataset_size(path):
         return len(Dataset.open(path))
     except DatasetError:
         return -1
+
+
+def _port_and_board(args, cfg):
+    """The session flow's port and board: the command line's over the config's. A --port given
+    drops the config's board too, which went with the config's port (a sim:PROFILE port names
+    its own); a --board given makes a config's sim:PROFILE port plain sim."""
+    port, board = getattr(args, "port", None), getattr(args, "board", None)
+    if port:
+        return {"port": port, "board": board}
+    port = cfg.get("port") or "auto"
+    if board and port.startswith("sim:"):
+        port = "sim"
+    return {"port": port, "board": board or cfg.get("board")}
 
 
 def _ns(args, **kw):
