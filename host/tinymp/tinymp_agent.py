@@ -484,6 +484,12 @@ KEPT_REC = 12
 KEPT_SALT = 28  # the salt's offset in the header
 
 
+def _same_kept(h, head):
+    """Whether the kept file's header `h` is the one `head` describes (the salt aside)."""
+    return len(h) == KEPT_HEAD and h[:KEPT_SALT] == head[:KEPT_SALT] and \
+        h[KEPT_SALT + 4:] == head[KEPT_SALT + 4:]
+
+
 class Features:
     """The frozen-prefix features of a training run's samples (plan.cache_bytes each), kept at a
     sample's first step (Trainer.step(x, y, cache=...)) so that its later steps start from them
@@ -561,8 +567,7 @@ class Features:
                 h = f.read(KEPT_HEAD)
         except OSError:
             return False
-        if len(h) != KEPT_HEAD or h[:KEPT_SALT] != self.head[:KEPT_SALT] or \
-                h[KEPT_SALT + 4:] != self.head[KEPT_SALT + 4:]:
+        if not _same_kept(h, self.head):
             return False
         self.head = h
         self.salt = struct.unpack_from("<I", h, KEPT_SALT)[0]
@@ -1033,7 +1038,7 @@ class _Runs:
         _remove(self._p("features.bin"))  # one a reset left behind
         size = getattr(plan, "cache_bytes", 0)
         n = self.store.count
-        head = self._kept_head(plan) if keep else None
+        head = self._kept_head(getattr(plan, "first", None), plan.cache_bytes) if keep else None
         if head is None:
             _remove(self._p(KEPT_FILE))  # a run that keeps none frees their room
         if not size or not hasattr(tr, "step_cached") or (steps <= n and head is None):
@@ -1050,16 +1055,16 @@ class _Runs:
             return None
         return f if f.where else None
 
-    def _kept_head(self, plan):
-        """The header of features.kept for this plan's features of the store's samples, or None
-        when they cannot be told apart from others' (no model hash, no first layer)."""
+    def _kept_head(self, first, cache_bytes):
+        """The header of features.kept for the features at layer `first` (cache_bytes each) of
+        the store's samples, or None when they cannot be told apart from others' (no model hash,
+        no first layer)."""
         sha = self._model_sha()
-        first = getattr(plan, "first", None)
         if sha is None or not isinstance(first, int) or len(sha) != 64:
             return None
         version = getattr(self.tinymp, "__version__", None) or ""
         return KEPT_MAGIC + struct.pack(
-            "<7I", KEPT_VERSION, first, plan.cache_bytes, self.store.uid, self.store.size,
+            "<7I", KEPT_VERSION, first, cache_bytes, self.store.uid, self.store.size,
             crc32(version.encode()), 0) + sha.encode()
 
     def _features_dict(self):
@@ -1672,16 +1677,12 @@ class Agent(_Runs):
             pass
         if len(h) != KEPT_HEAD or h[:4] != KEPT_MAGIC:
             return {"bytes": size, "samples": 0, "current": False}
-        version, first, each, uid, sbytes, vcrc = struct.unpack_from("<6I", h, 4)
-        try:
-            sha = bytes(h[32:]).decode()
-        except (UnicodeError, ValueError):
-            sha = None
-        engine = getattr(self.tinymp, "__version__", None) or ""
-        # current: of this model, this sample store and this engine; a later run with
-        # keep_features whose plan starts at `first` starts its samples from them
-        current = version == KEPT_VERSION and sha is not None and sha == self._model_sha() and \
-            uid == self.store.uid and sbytes == self.store.size and vcrc == crc32(engine.encode())
+        first, each = struct.unpack_from("<II", h, 8)
+        # current: of this model, this sample store and this engine (the header a run at
+        # layer `first` would write); a later run with keep_features whose plan starts there
+        # starts its samples from them
+        want = self._kept_head(first, each)
+        current = want is not None and _same_kept(h, want)
         n = (size - KEPT_HEAD) // (KEPT_REC + each) if each else 0
         if current and n:
             n = self._kept_records(p, min(n, self.store.count), each)
