@@ -765,3 +765,30 @@ def test_a_folder_another_command_took_meanwhile_stays(tmp_path):
     (made / ".lock").write_bytes(b"pid 1\n")
     run._drop_made(str(made), str(made))
     assert os.listdir(made) == [".lock"]
+
+
+@pytest.mark.parametrize("cmd", [("status",), ("push", DEMO), ("train", "--steps", "1")])
+def test_qemu_port_without_its_firmware_is_refused_up_front(tmp_path, cmd):
+    # the QEMU firmware is something to build, as a serial port is something to plug in: a user
+    # error (status 2) before the session folder is made, like a mistyped serial device
+    env = dict(os.environ, TINYMP_QEMU_FIRMWARE=str(tmp_path / "none.elf"))
+    sess = tmp_path / "new" / "sess"
+    r = subprocess.run([sys.executable, "-m", "tinymp.cli", *cmd, "--port", "qemu",
+                        "--session", str(sess)], capture_output=True, text=True, env=env,
+                       timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert "needs the QEMU firmware: make firmware BOARD=QEMU_M7" in one_line(r.stderr)
+    assert not (tmp_path / "new").exists()
+
+
+def test_qemu_port_without_qemu_is_refused_up_front(tmp_path):
+    fw = tmp_path / "firmware.elf"
+    fw.write_bytes(b"\x7fELF")
+    # a PATH holding only this Python's folder: no qemu-system-arm
+    env = dict(os.environ, TINYMP_QEMU_FIRMWARE=str(fw), PATH=os.path.dirname(sys.executable))
+    r = subprocess.run([sys.executable, "-m", "tinymp.cli", "status", "--port", "qemu",
+                        "--session", str(tmp_path / "s")], capture_output=True, text=True,
+                       env=env, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert "needs qemu-system-arm" in one_line(r.stderr)
+    assert not (tmp_path / "s").exists()

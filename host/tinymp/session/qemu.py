@@ -6,17 +6,28 @@ USB. The QEMU board has no filesystem, so it answers INFO and PREDICT-free reque
 to store a model; its times are instruction counts of an emulator, not hardware measurements.
 """
 import re
+import shutil
 import subprocess
 
 from .link import (Board, FaultyPort, Link, LinkError, _close_transport, _hello, qemu_firmware,
                    start_agent)
 
 
+def missing():
+    """What --port qemu lacks on this machine (the firmware or QEMU itself), as the line to
+    print, or None: the commands refuse the port with it before they hold the session folder."""
+    if qemu_firmware() is None:
+        return ("tinymp: --port qemu needs the QEMU firmware: make firmware BOARD=QEMU_M7 "
+                "(build/qemu-m7/firmware.elf, or TINYMP_QEMU_FIRMWARE=PATH)")
+    if shutil.which("qemu-system-arm") is None:
+        return "tinymp: --port qemu needs qemu-system-arm (apt-get install qemu-system-arm)"
+    return None
+
+
 def start_qemu(timeout=None, faults=None, before_write=None):
     fw = qemu_firmware()
     if fw is None:
-        raise LinkError("tinymp: --port qemu needs the QEMU firmware: make firmware BOARD=QEMU_M7 "
-                        "(build/qemu-m7/firmware.elf)")
+        raise LinkError(missing())
     try:
         from mpremote.transport_serial import SerialTransport
     except ImportError:  # pragma: no cover

@@ -76,7 +76,11 @@ def _open(args, session, scene=None, note_new_sim=True):
         new_sim = (prof, "--port sim:" if port.startswith("sim:") else "--board ")
         port = "sim:" + prof
         kw.update(sim_dir=session.sim_dir(prof), scene=scene)
-    elif port != "qemu" and not os.path.exists(port):
+    elif port == "qemu":
+        from .qemu import missing
+        if missing():
+            raise C.user_error(missing())
+    elif not os.path.exists(port):
         raise C.user_error(f"tinymp: no such port {port!r}: give a serial device (see "
                            "`tinymp devices`), 'sim' or 'qemu'")
     # the first folder of the session's path that is not there yet (None: the folder is)
