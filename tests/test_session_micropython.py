@@ -359,6 +359,9 @@ def fill_up():
 
 
 fill(40 * REC)
+# the room the agent says it has (agent 9), set against what the filesystem then takes
+st0, free0 = ag.do_samples_status(None), free()
+room0 = st0["free"] // (size + st0["record_extra"])
 n, why = 0, None
 while why is None:
     try:
@@ -369,6 +372,8 @@ held = ag.store.count
 print("full", why[0], why[1] == "no room left on the board's filesystem: sample %d was not "
       "stored; the board holds %d samples (ids 0..%d)" % (held, held, held - 1),
       20 < held < 60, whole()[:3] == (held, held - 1, True), ag.store.last_id == held - 1)
+print("room", st0["free"] == free0, st0["store_bytes"], st0["record_extra"] == REC - size,
+      room0 - held)
 # room again: the rest goes on after the whole records (on FAT, over the part of the record
 # that did not fit: a torn record)
 A._remove("/ram/ballast")
@@ -399,6 +404,11 @@ print("new-store", "stored" if new == 1 else new, whole()[:2] == (ag.store.count
 def test_samples_with_no_room_on_micropython_filesystems(tmp_path, fs):
     r, lines = run_on_a_ram_disk(tmp_path, fs, FULL_STORE)
     assert lines["full"] == "no_space True True True True", r.stdout
+    # SAMPLES_STATUS's room (agent 9): the filesystem's own free bytes, no store yet; its
+    # estimate is from above (the PC never refuses samples that would fit) and close
+    same, store, extra, over = lines["room"].split()
+    assert (same, store, extra) == ("True", "0", "True"), r.stdout
+    assert 0 <= int(over) <= 2, r.stdout
     assert lines["resumed"] == "True True", r.stdout
     assert lines["torn"] == "True True True", r.stdout
     assert lines["start-full"] == "True True", r.stdout
@@ -471,3 +481,4 @@ def test_agent_pasted_into_qemu_cortex_m7():
             with pytest.raises(link.BoardError) as e:
                 b.request(P.PUSH_BEGIN, {"size": 100, "sha256": "0" * 64})
             assert e.value.code == "no_storage"
+

@@ -19,10 +19,12 @@ import os
 import struct
 import sys
 
+import numpy as np
 import pytest
 
 from tinymp import tinymp_agent as A
 from tinymp.session import dataset as D
+from tinymp.session import commands as C
 from tinymp.session import link
 from tinymp.session import protocol as P
 from tinymp.session.simboard import SimSensor
@@ -269,6 +271,98 @@ def test_a_capture_that_meets_a_full_board_while_sending_the_dataset_is_one_line
         "collect again to send the rest"), err
     assert folder_state(rig.session.path) == before
     assert_board_holds_the_dataset(rig, the_dataset(rig), 7)
+
+# --- the room the board says it has (SAMPLES_STATUS, agent 9) ----------------------------------
+
+def says_room(monkeypatch, disk):
+    """The agent's statvfs reads the Disk's room (the host's own free bytes otherwise)."""
+    monkeypatch.setattr(A, "_free_bytes", lambda path: disk.cap - _used(disk.root))
+
+
+def test_status_says_the_room_for_more_samples(rig, monkeypatch):
+    ds = the_dataset(rig)
+    with open_fake(rig.where) as b:
+        put(b, ds, 0, 3)
+        says_room(monkeypatch, Disk(monkeypatch, flash(rig), 5000))
+        st = b.request(P.SAMPLES_STATUS)
+    assert (st["free"], st["store_bytes"], st["record_extra"]) == (5000, 16 + 3 * REC, 8)
+    assert os.path.getsize(store_path(rig)) == st["store_bytes"]
+
+
+def test_a_capture_count_the_board_has_no_room_for_is_refused_up_front(rig, monkeypatch):
+    monkeypatch.setitem(sys.modules, "sensor", SimSensor(SCENE, str(rig.where)))
+    says_room(monkeypatch, Disk(monkeypatch, flash(rig), 20 * REC + 300))
+    before = folder_state(rig.session.path)
+    board_before = folder_state(flash(rig))
+    ds = the_dataset(rig)
+    need = 50 - int(ds.counts()[3])
+    rc, out, err = rig.cli("collect", label=3, count=50)
+    assert rc == 2 and out == ""
+    # 12 dataset samples to send + `need` captures > 20 records' room
+    assert one_line(err) == (
+        f"tinymp: --count 50 needs {need} more samples of label 3 (and the 12 the board lacks "
+        f"of the dataset) on the board, whose filesystem has room for about 20 "
+        f"({20 * REC + 300:,} bytes free): give a smaller --count or make room on the board's "
+        "filesystem; nothing was sent or captured"), err
+    assert folder_state(rig.session.path) == before
+    assert folder_state(flash(rig)) == board_before  # no store made, no sample sent
+
+
+def test_a_capture_count_that_just_fits_is_taken(rig, monkeypatch):
+    monkeypatch.setitem(sys.modules, "sensor", SimSensor(SCENE, str(rig.where)))
+    ds = the_dataset(rig)
+    count = int(ds.counts()[3]) + 4
+    # the store's header, the 12 samples to send and the 4 captures: exactly that room
+    says_room(monkeypatch, Disk(monkeypatch, flash(rig), 16 + 16 * REC))
+    rc, out, err = rig.cli("collect", label=3, count=count)
+    assert rc == 0, err
+    assert_board_holds_the_dataset(rig, the_dataset(rig), 16)
+
+
+@pytest.mark.parametrize("cmd", ["collect", "train"])
+def test_samples_the_board_has_no_room_for_are_not_sent(rig, monkeypatch, cmd):
+    says_room(monkeypatch, Disk(monkeypatch, flash(rig), 10 * REC))
+    before = folder_state(flash(rig))
+    if cmd == "collect":
+        rc, out, err = rig.cli("collect", source=rig.held)  # 36 samples in all
+        n, tail = 36, (f"all 36 samples are saved in {rig.session.dataset_dir}; make room on the "
+                       "board's filesystem and run collect again to send the rest")
+        head = "tinymp: sending samples stopped"
+    else:
+        rc, out, err = rig.cli("train", steps=3)
+        n, tail = 12, (f"the dataset's 12 samples are all kept in {rig.session.dataset_dir}; "
+                       "make room on the board's filesystem and train again; the board keeps "
+                       "its last saved parameters")
+        head = "tinymp: cannot train"
+    assert rc == 1 and out == ""
+    assert one_line(err) == (f"{head}: the board's filesystem has room for about 10 more "
+                             f"samples ({10 * REC:,} bytes free), not the {n} to send; nothing "
+                             f"was sent; {tail}"), err
+    assert folder_state(flash(rig)) == before
+
+
+@pytest.mark.parametrize("free_records, fits", [(8, True), (1, False)])
+def test_the_store_of_other_samples_counts_as_room(rig, monkeypatch, free_records, fits):
+    ds = the_dataset(rig)
+    with open_fake(rig.where) as b:  # 10 samples of another dataset on the board
+        b.request(P.SAMPLES_PUT, {"dataset": ds.uid + 1, "first": 0, "labels": [1] * 10,
+                                  "data": bytes(10 * SAMPLE)})
+    # the free records, and 10 more once that store goes: room for the dataset's 12 or not
+    says_room(monkeypatch, Disk(monkeypatch, flash(rig), free_records * REC + 100))
+    with open_fake(rig.where) as b:
+        assert C.room_for(b.request(P.SAMPLES_STATUS), SAMPLE, again=True) == free_records + 10
+    two = str(rig.tmp / "two.npz")  # two new samples: 14 to send
+    with np.load(rig.held) as f:
+        np.savez(two, x=f["x"][:2], y=f["y"][:2])
+    rc, out, err = rig.cli("collect", source=two)
+    if fits:
+        assert rc == 0, err
+        assert_board_holds_the_dataset(rig, the_dataset(rig), 14)
+    else:
+        assert rc == 1 and "room for about 11 more samples" in one_line(err), err
+        st = fresh_status(rig)
+        assert (st["dataset"], st["count"]) == (ds.uid + 1, 10)  # the old store is as it was
+
 
 # --- a record torn by a reset -------------------------------------------------------------------
 

@@ -48,8 +48,9 @@ except ImportError:  # pragma: no cover
 # asks for it ("mark_cached": a PC before it checks rows of exactly 11 columns); 6: a run that
 # names no lr trains with the engine's rate for its method, which TRAIN_START's reply says ("lr");
 # 7: TRAIN_START keep_features keeps a run's features for later runs (features.kept); 8: INFO
-# "features" says what features.kept holds (from its header), for `tinymp status`
-AGENT_VERSION = "8"
+# "features" says what features.kept holds (from its header), for `tinymp status`; 9:
+# SAMPLES_STATUS says the room for more samples (free, store_bytes, record_extra)
+AGENT_VERSION = "9"
 PROTOCOL = 1
 MAGIC = b"\xa5T"
 HEADER = 12
@@ -764,6 +765,7 @@ def _need(req, key, kind=None):
 # in place, so the store is never copied (no room for that on a full filesystem, nor in RAM).
 
 STORE_HEAD = 16
+REC_HEAD = 8  # a stored sample's id (u32), label (u16) and a spare u16 before its bytes
 
 
 class Store:
@@ -794,7 +796,7 @@ class Store:
                 if len(h) < STORE_HEAD or h[:4] != b"TMPS":
                     return
                 _v, self.size, self.uid = struct.unpack_from("<III", h, 4)
-                rec = 8 + self.size
+                rec = REC_HEAD + self.size
                 total = _size(self.path) - STORE_HEAD
                 self.count = total // rec
                 if self.count:
@@ -833,7 +835,7 @@ class Store:
         what the file holds)."""
         try:
             with open(self.path, "r+b") as f:
-                f.seek(STORE_HEAD + self.count * (8 + self.size))
+                f.seek(STORE_HEAD + self.count * (REC_HEAD + self.size))
                 f.write(struct.pack("<IHH", sid, label, 0))
                 f.write(data)
                 _sync(f)
@@ -843,12 +845,12 @@ class Store:
         self.last_id = sid
 
     def get(self, i, buf):
-        rec = 8 + self.size
+        rec = REC_HEAD + self.size
         with open(self.path, "rb") as f:
             f.seek(STORE_HEAD + i * rec)
-            h = f.read(8)
+            h = f.read(REC_HEAD)
             n = f.readinto(buf)
-        if len(h) < 8 or n != self.size:
+        if len(h) < REC_HEAD or n != self.size:
             raise Fail("io", "sample %d of the store is unreadable" % i)
         sid, label, _ = struct.unpack("<IHH", h)
         return sid, label
@@ -856,14 +858,14 @@ class Store:
     def heads(self, n):
         """[(id, label)] of the first n samples (None for one that cannot be read), without
         their bytes."""
-        rec = 8 + self.size
+        rec = REC_HEAD + self.size
         out = [None] * n
-        h = bytearray(8)
+        h = bytearray(REC_HEAD)
         try:
             with open(self.path, "rb") as f:
                 for i in range(min(n, self.count)):
                     at = STORE_HEAD + i * rec
-                    if f.seek(at) != at or f.readinto(h) != 8:
+                    if f.seek(at) != at or f.readinto(h) != REC_HEAD:
                         break
                     sid, label, _ = struct.unpack("<IHH", h)
                     out[i] = (sid, label)
@@ -1655,8 +1657,7 @@ class Agent(_Runs):
             "root": self.root,
             "storage": self.storage,
             "model": model,
-            "samples": {"count": self.store.count, "last_id": self.store.last_id,
-                        "dataset": self.store.uid, "bytes": self.store.size},
+            "samples": self.do_samples_status(None),
             "params": params,
             "trial": self._read_trial(),
             "features": self._kept_info(),
@@ -1834,8 +1835,14 @@ class Agent(_Runs):
 
     # samples
     def do_samples_status(self, req):
-        return {"count": self.store.count, "last_id": self.store.last_id,
-                "dataset": self.store.uid, "bytes": self.store.size}
+        # from agent 9 also the room for more, so that the PC refuses what cannot fit before it
+        # sends or captures any: the filesystem's free bytes (None when the port cannot say),
+        # the store file's bytes (freed when a store for other samples replaces it) and what
+        # each stored sample takes beside its own bytes
+        st = self.store
+        return {"count": st.count, "last_id": st.last_id, "dataset": st.uid, "bytes": st.size,
+                "free": _free_bytes(self.root) if self.storage else None,
+                "store_bytes": max(0, _size(st.path)), "record_extra": REC_HEAD}
 
     def _store_for(self, uid):
         self._need_storage()

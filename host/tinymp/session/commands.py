@@ -652,15 +652,49 @@ def open_dataset(session, meta, board_name, path=None):
         raise user_error(str(e)) from None
 
 
-def sync_samples(board, ds, show=True):
-    """Make the board's sample store hold every sample of `ds` (resumes where it stopped).
-    Returns how many were sent."""
-    st = board.request(P.SAMPLES_STATUS)
+def _store_plan(st, ds):
+    """From a SAMPLES_STATUS reply: (whether the board's store starts again for `ds`, how many
+    of ds's samples it holds)."""
     have = st["last_id"] + 1
-    if st["dataset"] != ds.uid or st["bytes"] != ds.sample_bytes or have > len(ds):
-        board.request(P.SAMPLES_CLEAR)
-        have = 0
+    again = st["dataset"] != ds.uid or st["bytes"] != ds.sample_bytes or have > len(ds)
+    return again, 0 if again else have
+
+
+def room_for(st, sample_bytes, again=False):
+    """How many more samples of `sample_bytes` the board's filesystem has room for, from its
+    SAMPLES_STATUS reply or INFO's samples (agent 9 on; None when the board does not say): its
+    free bytes, plus the store's own when a new store replaces it (`again`), over the bytes a
+    stored sample takes. An estimate from above (a filesystem keeps some blocks for itself):
+    more than this surely does not fit."""
+    if st.get("free") is None or st.get("record_extra") is None:
+        return None
+    freed = (st.get("store_bytes") or 0) if again else 0
+    return (st["free"] + freed) // (sample_bytes + st["record_extra"])
+
+
+class NoRoom(BoardError):
+    """The board said it has no room for the samples a command would store, before any was sent
+    or captured (`board_full` takes it as the board's own no_space)."""
+
+    def __init__(self, msg, room, free, sending):
+        super().__init__("no_space", msg)
+        self.room, self.free, self.sending = room, free, sending
+
+
+def sync_samples(board, ds, show=True, then=0):
+    """Make the board's sample store hold every sample of `ds` (resumes where it stopped).
+    Returns how many were sent. `then`: how many more the caller stores after these (captures);
+    when the board says it has no room for them all, nothing is sent: NoRoom."""
+    st = board.request(P.SAMPLES_STATUS)
+    again, have = _store_plan(st, ds)
     todo = len(ds) - have
+    room = room_for(st, ds.sample_bytes, again)
+    if room is not None and todo + then > room:
+        raise NoRoom(f"the board's filesystem has room for about {plural(room, 'more sample')} "
+                     f"({st['free']:,} bytes free), not the {todo:,} to send; nothing was sent",
+                     room, st["free"], todo)
+    if again:
+        board.request(P.SAMPLES_CLEAR)
     if todo <= 0:
         return 0
     maxp = board.link.max_payload or 4096
@@ -710,8 +744,16 @@ def collect_capture(board, ds, label, count, show=True, board_name=None):
     added = 0
     bar = None
     try:
-        sync_samples(board, ds, show)
         todo = max(0, count - int(ds.counts()[label]))
+        try:
+            sync_samples(board, ds, show, then=todo)
+        except NoRoom as e:
+            raise user_error(
+                f"tinymp: --count {count} needs {plural(todo, 'more sample')} of label {label} "
+                + (f"(and the {e.sending} the board lacks of the dataset) " if e.sending else "")
+                + f"on the board, whose filesystem has room for about {e.room:,} ({e.free:,} bytes "
+                "free): give a smaller --count or make room on the board's filesystem; nothing "
+                "was sent or captured") from None
         bar = progress(todo, f"capture label {label}", "sample", show)
         for _ in range(todo):
             i = len(ds)
@@ -1261,8 +1303,14 @@ def board_status(board, session):
     samples = None
     if s is not None:
         uid, n, damaged = _session_dataset(session.dataset_dir)
+        each = int(np.prod(m["input_shape"])) if model is not None and "error" not in model \
+            else None
         samples = {"count": s["count"], "last_id": s["last_id"], "dataset": s["dataset"],
                    "bytes": s.get("bytes"),
+                   # how many more of the model's samples fit (None: the board does not say),
+                   # with the room of a store collect would replace (another dataset's)
+                   "room": None if each is None else
+                   room_for(s, each, again=uid is not None and s["dataset"] != uid),
                    # the board's samples are the session dataset's (by its id)
                    "session_dataset": None if uid is None or not s["count"] else
                    s["dataset"] == uid, "session_samples": n,

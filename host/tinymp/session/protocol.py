@@ -444,7 +444,9 @@ REPLIES = {
     PUSH_DATA: {"offset": "count"},
     PUSH_COMMIT: {"sha256": "str", "bytes": "count", "romfs": Opt(ROMFS)},
     PUSH_ROMFS: ROMFS,
-    SAMPLES_STATUS: {"last_id": "id", "dataset": "any", "bytes": "any"},
+    # free, store_bytes, record_extra: the room for more samples (agent 9; older agents: None)
+    SAMPLES_STATUS: {"last_id": "id", "dataset": "any", "bytes": "any", "free": "count?",
+                     "store_bytes": "count?", "record_extra": "count?"},
     SAMPLES_PUT: {"last_id": "id"},
     CAPTURE: {"data": "bytes"},
     TRAIN_START: {"plan": Opt(PLAN), "lr": "num?", "resumed": "bool?", "resumed_state": "bool?",
@@ -470,7 +472,8 @@ assert len(EVENT_FIELDS) == len(REPLIES[TRAIN_STEPS]["events"].spec.specs)
 # trial: None). Checked by status only: a board whose records are damaged must still take the
 # commands that replace them (push, train, params reset).
 STATUS_INFO = {
-    "samples": Opt({"count": "count", "last_id": "id", "dataset": "any", "bytes": "count?"}),
+    "samples": Opt({"count": "count", "last_id": "id", "dataset": "any", "bytes": "count?",
+                    "free": "count?", "store_bytes": "count?", "record_extra": "count?"}),
     # the saved parameters' record, "saved" (params.bin is there) and "previous" (params.prev, for
     # a rollback); from agent 3 also without a record, then only those two
     "params": Opt(dict(RUN_RECORD, saved="bool?", previous="bool?")),

@@ -610,16 +610,19 @@ def status_lines(st):
         held = f"this session's dataset holds {n:,}" if n is not None else \
             f"this session's dataset cannot be read: {s['dataset_problem']}" \
             if s.get("dataset_problem") else "this session folder holds no dataset"
+        # the room for more (agent 9): what `collect --count` can ask for
+        room = "" if s.get("room") is None else \
+            f"; room for about {s['room']:,} more on its filesystem"
         if not s["count"]:
-            out.append(f"samples     none on the board; {held}")
+            out.append(f"samples     none on the board; {held}{room}")
         elif s["session_dataset"]:
             out.append(f"samples     {s['count']:,} on the board ({_b(s['bytes'])} each), of this "
                        f"session's dataset, which holds {n:,}"
-                       + ("; train sends the rest" if n > s["count"] else ""))
+                       + ("; train sends the rest" if n > s["count"] else "") + room)
         else:
             out.append(f"samples     {s['count']:,} on the board ({_b(s['bytes'])} each); {held}"
                        + ("; they are another dataset's: collect or train replaces them"
-                          if n is not None else ""))
+                          if n is not None else "") + room)
     out.append("features    " + _kept_text(st["features"], b["agent"]))
     return out
 
