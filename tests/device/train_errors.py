@@ -10,6 +10,7 @@ except (ImportError, AttributeError):
     raise SystemExit
 
 import gc
+import struct
 from array import array
 
 # BEGIN MODEL (written by make_models.py)
@@ -301,9 +302,24 @@ tw = tinymp.Trainer(m, pw, lr=0.05, arena=buf)
 tw.step(xs[0], ys[0])
 buf[:] = b"\xff" * len(buf)  # the trained weights and the APU state live in the arena
 show("step", tw.step, xs[0], ys[0])
+show("end_period", tw.end_period)
 tw.reset()
 tr = tinymp.Trainer(m, pw, lr=0.05)
 print("reset() starts again", [tw.step(xs[i], ys[i]) for i in range(4)] == [tr.step(xs[i], ys[i]) for i in range(4)])
+
+print("-- a channel selection in a caller's arena written to")
+# only one selected channel's index, past its layer's channels: without the engine's check the
+# update and the period's re-selection would index past the layer's weights and scores
+tw.reset()
+sel = tw.selection
+li = min(sel)
+at = bytes(buf).find(struct.pack("<%dH" % len(sel[li]), *sel[li]))
+print("found", at >= 0)
+buf[at:at + 2] = b"\xff\xff"
+show("step", tw.step, xs[0], ys[0])
+show("end_period", tw.end_period)
+tw.reset()
+print("reset() again", tw.selection == sel)
 
 print("-- crc32")
 print(tinymp.crc32(b""), tinymp.crc32(b"123456789") == 0xCBF43926,
