@@ -743,8 +743,9 @@ static PyGetSetDef Model_getset[] = {
 
 static PyObject *Model_train_plan(ModelObject *self, PyObject *args, PyObject *kwds);
 PyDoc_STRVAR(model_plan_short_doc,
-"plan(method='tinymp', budget=None, r=None, ratio=None, storage='int8', momentum=0.0,\n"
-"     n_bias=None, layers=None, ratios=None, macs=None, support=None) -> Plan\n\n"
+"plan(method='tinymp', budget=None, *, r=None, ratio=None, storage='int8', momentum=0.0,\n"
+"     n_bias=None, layers=None, ratios=None, macs=None, support=None, cache=None,\n"
+"     step_share=None) -> Plan\n\n"
 "A training plan (docs/API.md).");
 
 static PyMethodDef Model_methods[] = {
@@ -1086,7 +1087,7 @@ static PyObject *Model_train_plan(ModelObject *self, PyObject *args, PyObject *k
     const char *method = "tinymp";
     PyObject *budget = NULL, *r = NULL, *ratio = NULL, *storage = NULL, *momentum = NULL, *n_bias = NULL;
     PyObject *layers = NULL, *ratios = NULL, *macs = NULL, *support = NULL, *cache = NULL, *step_share = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|sOOOOOOOOOOOO:plan", kwlist, &method, &budget, &r, &ratio,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|sO$OOOOOOOOOOO:plan", kwlist, &method, &budget, &r, &ratio,
             &storage, &momentum, &n_bias, &layers, &ratios, &macs, &support, &cache, &step_share)) {
         return NULL;
     }

@@ -849,7 +849,7 @@ static void run_selection(tinymp_model_obj_t *model, tinymp_plan_obj_t *po, cons
     }
 }
 
-// Model.plan(method='tinymp', budget=None, r=None, ratio=None, storage='int8', momentum=0.0,
+// Model.plan(method='tinymp', budget=None, *, r=None, ratio=None, storage='int8', momentum=0.0,
 //            n_bias=None, layers=None, ratios=None, macs=None, support=None, cache=None,
 //            step_share=None) -> Plan
 static mp_obj_t tinymp_model_train_plan(size_t n_args, const mp_obj_t *pos_args, mp_map_t *kw_args) {
@@ -858,17 +858,17 @@ static mp_obj_t tinymp_model_train_plan(size_t n_args, const mp_obj_t *pos_args,
     static const mp_arg_t allowed_args[] = {
         { MP_QSTR_method, MP_ARG_OBJ, {.u_obj = MP_OBJ_NULL} },
         { MP_QSTR_budget, MP_ARG_OBJ, {.u_obj = mp_const_none} },
-        { MP_QSTR_r, MP_ARG_OBJ, {.u_obj = mp_const_none} },
-        { MP_QSTR_ratio, MP_ARG_OBJ, {.u_obj = mp_const_none} },
-        { MP_QSTR_storage, MP_ARG_OBJ, {.u_obj = mp_const_none} },
-        { MP_QSTR_momentum, MP_ARG_OBJ, {.u_obj = mp_const_none} },
-        { MP_QSTR_n_bias, MP_ARG_OBJ, {.u_obj = mp_const_none} },
-        { MP_QSTR_layers, MP_ARG_OBJ, {.u_obj = mp_const_none} },
-        { MP_QSTR_ratios, MP_ARG_OBJ, {.u_obj = mp_const_none} },
-        { MP_QSTR_macs, MP_ARG_OBJ, {.u_obj = mp_const_none} },
-        { MP_QSTR_support, MP_ARG_OBJ, {.u_obj = mp_const_none} },
-        { MP_QSTR_cache, MP_ARG_OBJ, {.u_obj = mp_const_none} },
-        { MP_QSTR_step_share, MP_ARG_OBJ, {.u_obj = mp_const_none} },
+        { MP_QSTR_r, MP_ARG_OBJ | MP_ARG_KW_ONLY, {.u_obj = mp_const_none} },
+        { MP_QSTR_ratio, MP_ARG_OBJ | MP_ARG_KW_ONLY, {.u_obj = mp_const_none} },
+        { MP_QSTR_storage, MP_ARG_OBJ | MP_ARG_KW_ONLY, {.u_obj = mp_const_none} },
+        { MP_QSTR_momentum, MP_ARG_OBJ | MP_ARG_KW_ONLY, {.u_obj = mp_const_none} },
+        { MP_QSTR_n_bias, MP_ARG_OBJ | MP_ARG_KW_ONLY, {.u_obj = mp_const_none} },
+        { MP_QSTR_layers, MP_ARG_OBJ | MP_ARG_KW_ONLY, {.u_obj = mp_const_none} },
+        { MP_QSTR_ratios, MP_ARG_OBJ | MP_ARG_KW_ONLY, {.u_obj = mp_const_none} },
+        { MP_QSTR_macs, MP_ARG_OBJ | MP_ARG_KW_ONLY, {.u_obj = mp_const_none} },
+        { MP_QSTR_support, MP_ARG_OBJ | MP_ARG_KW_ONLY, {.u_obj = mp_const_none} },
+        { MP_QSTR_cache, MP_ARG_OBJ | MP_ARG_KW_ONLY, {.u_obj = mp_const_none} },
+        { MP_QSTR_step_share, MP_ARG_OBJ | MP_ARG_KW_ONLY, {.u_obj = mp_const_none} },
     };
     tinymp_model_obj_t *self = MP_OBJ_TO_PTR(pos_args[0]);
     mp_arg_val_t args[MP_ARRAY_SIZE(allowed_args)];
