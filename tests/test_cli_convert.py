@@ -362,6 +362,44 @@ def test_a_missing_tflite_package_is_not_called_a_corrupt_file(tmp_path, monkeyp
     out = tmp_path / "m.tmpm"
     assert cli.main(["convert", str(src), "-o", str(out)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("tinymp: converting this model needs an optional package") and \
-        "'tflite' and 'flatbuffers'" in err and "corrupt" not in err, err
+    assert err.startswith("tinymp: converting this TFLite model needs an optional package") and \
+        "'tflite' and 'flatbuffers'" in err and err.endswith("pip install 'tinymp[tflite]'") \
+        and "corrupt" not in err, err
     assert not out.exists()
+
+
+def test_a_fifo_is_refused_not_read(tmp_path, capsys):
+    # a FIFO with no writer would block the read for ever (info and plan refuse it the same way)
+    from tinymp import cli
+    fifo = tmp_path / "m.tmpm"
+    os.mkfifo(fifo)
+    out = tmp_path / "out.tmpm"
+    assert cli.main(["convert", str(fifo), "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"tinymp: {str(fifo)!r} is not a regular file, not a model file", err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("name, content, words", [
+    ("demo.onnx", "tmpm", "is already a tinymp model (.tmpm): nothing to convert"),
+    ("demo.tflite", "tmpm", "is already a tinymp model (.tmpm): nothing to convert"),
+    ("s.tflite", "npy", "is a single numpy array (.npy), samples rather than a model"),
+    ("s.onnx", "npy", "is a single numpy array (.npy), samples rather than a model"),
+    ("junk.tflite", "junk", "is neither a TFLite flatbuffer ('TFL3' at offset 4) nor an ONNX model"),
+])
+def test_a_file_is_judged_by_what_it_holds_before_its_name(tmp_path, capsys, name, content, words):
+    # the walkthrough's renamed files got "needs an optional package" (the name's converter)
+    from tinymp import cli, zoo
+    src = tmp_path / name
+    if content == "tmpm":
+        src.write_bytes(zoo.demo())
+    elif content == "npy":
+        with open(src, "wb") as f:
+            np.save(f, np.zeros((2, 3, 8, 8), np.float32))
+    else:
+        src.write_bytes(b"\x00" * 64)
+    out = tmp_path / "out.tmpm"
+    assert cli.main(["convert", str(src), "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"tinymp: {str(src)!r} {words}"), err
+    assert len(err.splitlines()) == 1 and not out.exists()

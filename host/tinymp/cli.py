@@ -389,8 +389,10 @@ def cmd_convert(args):
             raise UserError(f"tinymp: --input-range must be two finite numbers LO HI with LO < HI, "
                             f"got {lo:g} {hi:g}")
         kw["input_range"] = (lo, hi)
+    kind = None
     try:
-        if calib is not None and conv._kind_of(args.source) == "tflite":
+        kind = conv._kind_of(args.source)
+        if calib is not None and kind == "tflite":
             print(f"tinymp: note: {args.source} is already quantised: --calib is not needed and "
                   "is ignored", file=sys.stderr)
         data = conv.convert(args.source, calib=calib, class_names=names, **kw)
@@ -398,8 +400,10 @@ def cmd_convert(args):
         # the converter's words start 'tinymp convert:'; the command's errors start 'tinymp:'
         raise UserError("tinymp: " + str(e).removeprefix("tinymp convert: ")) from None
     except ImportError as e:
-        raise UserError(f"tinymp: converting this model needs an optional package ({e.name or e}); "
-                        "pip install 'tinymp[tflite]' or 'tinymp[onnx]'") from None
+        name = {"tflite": "TFLite ", "onnx": "ONNX "}.get(kind, "")
+        extra = f"'tinymp[{kind}]'" if name else "'tinymp[tflite]' or 'tinymp[onnx]'"
+        raise UserError(f"tinymp: converting this {name}model needs an optional package "
+                        f"({e.name or e}); pip install {extra}") from None
     except (TypeError, ValueError) as e:
         raise UserError(f"tinymp: {' '.join(str(e).split())}") from None
     try:

@@ -102,14 +102,18 @@ def _kind_of(source) -> str:
     onnx = sys.modules.get("onnx")
     if onnx is not None and isinstance(source, onnx.ModelProto):
         return "onnx"
+    ext = None
     if isinstance(source, (str, os.PathLike)):
+        import stat
         path = os.fspath(source)
         ext = os.path.splitext(path)[1].lower()
-        if ext == ".onnx":
-            return "onnx"
-        if ext == ".tflite":
-            return "tflite"
         try:
+            st = os.stat(path)
+            if not stat.S_ISREG(st.st_mode):  # a FIFO would block the read for ever
+                raise ConversionError(
+                    f"tinymp convert: {path!r} is " + ("a folder" if stat.S_ISDIR(st.st_mode)
+                                                       else "not a regular file") +
+                    ", not a model file")
             with open(path, "rb") as f:
                 head = f.read(512)  # a zip's first member name too
         except OSError as e:
@@ -122,10 +126,16 @@ def _kind_of(source) -> str:
         raise ConversionError(
             f"tinymp convert: cannot convert a {type(source).__name__}: expected a "
             "torch.nn.Module, an onnx.ModelProto, model bytes or a path to a .onnx / .tflite file")
+    # by what the file holds, then by its name: a file named .onnx or .tflite that is something
+    # else gets the words for what it is, not the optional package's
     if _looks_like_tflite(head):
         return "tflite"
     if _looks_like_onnx(head):
         return "onnx"
+    if head[:4] == b"TMPM":
+        raise ConversionError(
+            f"tinymp convert: {where} is already a tinymp model (.tmpm): nothing to convert; "
+            "`tinymp info` describes it, `tinymp push` sends it to the board")
     samples = None
     if head[:6] == b"\x93NUMPY":
         samples = "a single numpy array (.npy)"
@@ -146,6 +156,8 @@ def _kind_of(source) -> str:
             "holds Python objects, not a graph: load the model in Python and call "
             "tinymp.convert.convert(model, calib), or export it with torch.onnx.export and "
             "convert the .onnx file")
+    if ext == ".onnx":  # the content test is a heuristic: onnx's parser has the last word
+        return "onnx"
     raise ConversionError(f"tinymp convert: {where} is neither a TFLite flatbuffer ('TFL3' at "
                           "offset 4) nor an ONNX model")
 
