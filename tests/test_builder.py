@@ -609,6 +609,24 @@ def test_quantize_input():
                                                                    h["input_zero_point"])))
 
 
+
+@pytest.mark.parametrize("x, qp, words", [
+    ([0.5, float("nan")], (0.5, 3), "must be finite"),
+    ([0.5, float("inf")], (0.5, 3), "must be finite"),
+    ([0.5], (0.0, 3), "scale must be a finite number > 0"),
+    ([0.5], (-0.5, 3), "scale must be a finite number > 0"),
+    ([0.5], (float("nan"), 3), "scale must be a finite number > 0"),
+    ([0.5], (1e-50, 3), "scale must be a finite number > 0"),  # 0 as float32
+    ([0.5], (0.5, 500), "zero point must be an integer in -128..127"),
+    ([0.5], (0.5, 1.5), "zero point must be an integer in -128..127"),
+    ([0.5], (0.5, True), "zero point must be an integer in -128..127"),
+])
+def test_quantize_input_refuses_what_has_no_int8_value(x, qp, words):
+    # each of these gave an array of 0s or 127s (a numpy warning at most) before
+    with pytest.raises(ValueError, match=words):
+        builder.quantize_input(x, qp)
+
+
 def _cosines(f, q):
     return (f * q).sum(1) / (np.linalg.norm(f, axis=1) * np.linalg.norm(q, axis=1) + 1e-12)
 

@@ -138,6 +138,8 @@ def quantize_input(x, model_or_qparams) -> np.ndarray:
 
     ``model_or_qparams`` is .tmpm bytes (the header is read) or a ``(scale, zero_point)``
     pair. Returns ``clamp(round(x / scale) + zp, -128, 127)`` as int8 (same shape as x).
+    ValueError for a value that is not finite, a scale that is not finite and > 0 as float32,
+    or a zero point that is not an integer in -128..127.
     """
     if isinstance(model_or_qparams, (bytes, bytearray, memoryview)):
         if len(model_or_qparams) < HEADER_SIZE:
@@ -147,7 +149,15 @@ def quantize_input(x, model_or_qparams) -> np.ndarray:
     else:
         scale, zp = model_or_qparams
     scale = float(np.float32(scale))
-    q = _round_away(np.asarray(x, dtype=np.float64) / scale) + int(zp)
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"the input scale must be a finite number > 0 (as float32), got {scale!r}")
+    if isinstance(zp, (bool, np.bool_)) or not isinstance(zp, (int, np.integer)) \
+            or not -128 <= zp <= 127:
+        raise ValueError(f"the input zero point must be an integer in -128..127, got {zp!r}")
+    x = np.asarray(x, dtype=np.float64)
+    if not np.isfinite(x).all():
+        raise ValueError("the input values must be finite (a NaN or an infinity has no int8 value)")
+    q = _round_away(x / scale) + int(zp)
     return np.clip(q, -128, 127).astype(np.int8)
 
 
