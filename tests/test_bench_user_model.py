@@ -50,6 +50,18 @@ def test_the_users_model_within_the_users_budget(elf, tmp_path):
         # --budget is in KB, as plan and train take it; these byte counts are exact in KB
         code, stdout, err = bench("--quick", "--model", str(mine), "--budget", repr(budget / 1024),
                                   "--out", str(out))
+        if expect == ["last"]:
+            # `last` is a baseline at its own size: with no method that plans within the budget
+            # benched, the budget is what failed (status 2), and nothing is written
+            assert code == 2, err
+            last = err.strip().splitlines()[-1]
+            assert last.startswith(f"tinymp: bench: mine.tmpm: no method that plans within the "
+                                   f"budget ({budget:,} bytes) could run ("), err
+            # the emulated planner's smallest size is the host planner's
+            assert f"(smallest {m_smallest(m, budget)} bytes)" in last, err
+            assert "tinymp r=4" in stdout and "skipped" in stdout
+            assert not out.exists()
+            continue
         assert code == 0, err
         res = json.loads((out / "results.json").read_text())
         (model,) = res["models"]
@@ -61,15 +73,58 @@ def test_the_users_model_within_the_users_budget(elf, tmp_path):
             p = m.plan(**opts)
             assert c["arena_bytes"] == p.arena_bytes <= (budget if "budget" in opts else p.arena_bytes)
             assert c["host"]["high_water_equal"]
-        if expect == ["last"]:
-            (sk,) = model["skipped"]
-            assert sk["label"] == "tinymp r=4" and "budget" in sk["why"]
-            assert "tinymp r=4" in stdout and "skipped" in stdout
         md = (out / "RESULTS.md").read_text()
         assert "## mine.tmpm" in md and "--model" in md
 
 
+def m_smallest(m, budget):
+    """The bytes the host planner says a tinymp plan needs at least (it does not fit `budget`)."""
+    import re
+    try:
+        m.plan(method="tinymp", budget=budget)
+    except ValueError as e:
+        return int(re.search(r"smallest setting needs (\d+) bytes", str(e)).group(1))
+    raise AssertionError("it fits")
+
+
+@needs_tools
+def test_json_is_alone_on_stdout(elf, tmp_path):
+    code, stdout, err = bench("--quick", "--models", "demo", "--json", "--out", str(tmp_path / "o"))
+    assert code == 0, err
+    res = json.loads(stdout)  # the whole of stdout: progress and headlines went to stderr
+    assert res == json.loads((tmp_path / "o" / "results.json").read_text())
+    assert "== demo" in err and err.strip().splitlines()[-1].startswith("wrote ")
+
+
+@needs_tools
+def test_the_bench_program_from_another_folder(elf, tmp_path):
+    # a `pip install .` copy cannot see the checkout: the program in the current folder's
+    # build/bench, or TINYMP_BENCH_ELF
+    r = subprocess.run([sys.executable, "-m", "tinymp.bench", "--quick", "--models", "demo",
+                        "--out", "o"], capture_output=True, text=True, timeout=900,
+                       cwd=str(tmp_path),
+                       env=dict(os.environ, TINYMP_BENCH_ELF=os.path.join(
+                           ROOT, "build", "bench", "bench_train.elf")))
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "o" / "results.json").exists()
+
+
+def test_a_missing_bench_program_says_how_and_writes_nothing(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "tinymp.bench", "--quick", "--models", "demo",
+                        "--out", str(tmp_path / "a" / "b")], capture_output=True, text=True,
+                       timeout=120, cwd=str(tmp_path),
+                       env=dict(os.environ, TINYMP_BENCH_ELF=str(tmp_path / "none.elf"),
+                                BENCH_QEMU=sys.executable))
+    assert r.returncode == 1
+    assert r.stderr.strip() == (
+        "tinymp: bench: the bench program build/bench/bench_train.elf is missing: run `make "
+        "bench-train-elf` in the tinymp checkout and this command there (or set "
+        "TINYMP_BENCH_ELF to the program)"), r.stderr
+    assert os.listdir(tmp_path) == []
+
+
 @pytest.mark.parametrize("args,needle", [
+    (["--budget", "64"], "--budget plans the methods on --model files"),
     (["--model", "no-such-file.tmpm"], "cannot read no-such-file.tmpm"),
     (["--model", "README.md"], "README.md is not a usable tinymp model"),
     (["--model", DEMO, "--budget", "0"], "--budget must be a positive number of KB"),
@@ -174,13 +229,17 @@ def test_results_of_a_users_model_never_land_in_the_projects_bench_folder(tmp_pa
     from tinymp import bench as B
     seen = {}
 
-    def fake_tools(root):  # stop right after the argument checks
+    def fake_run(a, *rest):  # stop right where the bench would start
+        seen["out"] = a.out
         seen["out_exists"] = os.path.isdir(os.path.join(str(tmp_path), "bench-models"))
-        raise B.BenchError("stop here")
-    monkeypatch.setattr(B, "find_tools", fake_tools)
+        return 1, None
+    monkeypatch.setattr(B, "find_tools", lambda root: ("qemu", "elf"))
+    monkeypatch.setattr(B, "_run", fake_run)
     monkeypatch.chdir(tmp_path)
     assert B.main(["--model", DEMO]) == 1
-    assert seen == {"out_exists": True} and not (tmp_path / "bench").exists()
+    assert seen == {"out": "bench-models", "out_exists": True}
+    # and a run that wrote nothing takes the folder it made away again
+    assert os.listdir(tmp_path) == []
 
 
 @pytest.mark.parametrize("case", ["file", "huge-budget"])

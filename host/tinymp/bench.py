@@ -22,6 +22,7 @@ mean of measured calls. tests/test_bench.py checks on the demo model that the co
 the executed fit to within 0.1 %.
 """
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -175,14 +176,29 @@ def _args_for(opts):
     return a
 
 
+def find_elf(root):
+    """The bench program: TINYMP_BENCH_ELF, else build/bench/bench_train.elf of the checkout this
+    package runs from (an editable install) or of the current folder (a checkout where the
+    package was installed with `pip install .`). None when there is none."""
+    env = os.environ.get("TINYMP_BENCH_ELF")
+    if env:
+        return env if os.path.isfile(env) else None
+    for base in (root, os.getcwd()):
+        elf = os.path.join(base, "build", "bench", "bench_train.elf")
+        if os.path.isfile(elf):
+            return elf
+    return None
+
+
 def find_tools(root):
-    elf = os.path.join(root, "build", "bench", "bench_train.elf")
     qemu = shutil.which(os.environ.get("BENCH_QEMU", "qemu-system-arm"))
     if qemu is None:
         raise BenchError("qemu-system-arm not found (apt-get install qemu-system-arm)")
-    if not os.path.exists(elf):
-        raise BenchError("%s is missing: run `make bench` (or `make bench-train-elf`) from the "
-                         "repository first" % os.path.relpath(elf))
+    elf = find_elf(root)
+    if elf is None:
+        raise BenchError("the bench program build/bench/bench_train.elf is missing: run `make "
+                         "bench-train-elf` in the tinymp checkout and this command there (or set "
+                         "TINYMP_BENCH_ELF to the program)")
     return qemu, elf
 
 
@@ -360,6 +376,12 @@ def bench_model(key, root, qemu, elf, workdir, quick=False, full_runs=False, pro
             label, format(r["arena_bytes"], ","), format(r["step"]["mean"], ","),
             format(r["run_instructions"], ","), "" if r["run_executed"] else " (composed)",
             time.time() - t0))
+    # full, last and bias train a fixed set at their own size (baselines); the others choose
+    # theirs within the budget, which is the user's: when none of those could, say so
+    if user is not None and not any("budget" in r["options"] for r in rows):
+        why = next((s["why"] for s in skipped), "-")
+        raise UserModelError("%s: no method that plans within the budget (%s bytes) could run (%s)"
+                             % (title, format(budget, ","), why))
     if not rows:
         raise UserModelError("%s: no method could run (%s)" % (title, skipped[0]["why"] if skipped else "-"))
     return {"title": title, "key": key, "model_bytes": len(data), "configs": rows,
@@ -367,11 +389,12 @@ def bench_model(key, root, qemu, elf, workdir, quick=False, full_runs=False, pro
 
 
 def core_flash(root):
-    """Bytes of the core's code and constants for the M7 (text + data of the bench objects)."""
+    """Bytes of the core's code and constants for the M7 (text + data of the bench objects under
+    `root`, the bench program's build folder)."""
     size = shutil.which("arm-none-eabi-size")
     objs = []
     for base in ("core", "dsp"):
-        d = os.path.join(root, "build", "bench", base)
+        d = os.path.join(root, base)
         for dirpath, _, files in os.walk(d):
             objs += [os.path.join(dirpath, f) for f in files if f.endswith(".o")]
     if size is None or not objs:
@@ -553,7 +576,7 @@ def main(argv=None):
     ap.add_argument("--model", action="append", default=[], metavar="FILE",
                     help="also a .tmpm model file of your own (repeatable): every method on it, "
                          "planned within --budget")
-    ap.add_argument("--budget", type=float, default=BUDGET / 1024, metavar="KB",
+    ap.add_argument("--budget", type=float, default=None, metavar="KB",
                     help="arena budget in KB for --model files, as `tinymp plan` and `tinymp "
                          "train` take it (default %g: 256 KB less 4 KB of stack)" % (BUDGET / 1024))
     ap.add_argument("--out", default=None, help="output directory (default: bench, or "
@@ -572,6 +595,12 @@ def main(argv=None):
         print("tinymp: bench: unknown model %s (choose from %s)" % (",".join(bad) or "''", ", ".join(MODELS)),
               file=sys.stderr)
         return 2
+    if a.budget is not None and not a.model:
+        print("tinymp: bench: --budget plans the methods on --model files; the zoo models are "
+              "benched at the project's own budget (give --model FILE)", file=sys.stderr)
+        return 2
+    if a.budget is None:
+        a.budget = BUDGET / 1024
     budget = summary.budget_bytes(a.budget)
     if budget is None:
         print("tinymp: bench: --budget must be " + summary.BUDGET_KB_RULE, file=sys.stderr)
@@ -594,6 +623,13 @@ def main(argv=None):
     if a.out is None:
         # a user's models never overwrite the project's own bench/ results
         a.out = "bench-models" if a.model else "bench"
+    root = repo_root()
+    try:
+        qemu, elf = find_tools(root)
+    except BenchError as e:
+        print("tinymp: bench: %s" % e, file=sys.stderr)
+        return 1
+    made = _missing_dirs(a.out)
     try:  # before the run, which can take an hour: a bad --out would otherwise lose it
         os.makedirs(a.out, exist_ok=True)
         if not os.access(a.out, os.W_OK):
@@ -601,15 +637,46 @@ def main(argv=None):
     except OSError as e:
         print("tinymp: bench: cannot write results to %s: %s" % (a.out, e.strerror or e), file=sys.stderr)
         return 2
-    root = repo_root()
+    # with --json, stdout holds the JSON alone: progress, the file lines and the headlines go to
+    # stderr
+    say = sys.stderr if a.json else sys.stdout
     try:
-        qemu, elf = find_tools(root)
+        with contextlib.redirect_stdout(say):
+            code, results = _run(a, keys, users, budget, root, qemu, elf, notes)
+    finally:
+        if not os.path.exists(os.path.join(a.out, "results.json")):
+            _drop_dirs(made)  # nothing written: the folders this run made go
+    if a.json and results is not None:
+        print(json.dumps(results))
+    return code
+
+
+def _missing_dirs(path):
+    """The folders of `path` that do not exist yet, deepest first."""
+    out, p = [], os.path.abspath(path)
+    while not os.path.exists(p) and os.path.dirname(p) != p:
+        out.append(p)
+        p = os.path.dirname(p)
+    return out
+
+
+def _drop_dirs(dirs):
+    for d in dirs:
+        try:
+            os.rmdir(d)  # only when empty
+        except OSError:
+            return
+
+
+def _run(a, keys, users, budget, root, qemu, elf, notes):
+    """The bench proper: (exit status, results or None)."""
+    try:
         qv, gv = _versions(qemu)
         results = {"meta": {"date": time.strftime("%Y-%m-%d"), "qemu": qv, "gcc": gv,
                             "method": "QEMU -icount shift=0, CMSDK timer0 (1 tick = 40 instructions), "
                                       "edge-synchronised; emulated instruction counts",
                             "budget": BUDGET, "lr": LR, "seed": SEED,
-                            "cost_model": costmodel.ASSUMPTIONS, "core_flash": core_flash(root)},
+                            "cost_model": costmodel.ASSUMPTIONS, "core_flash": core_flash(os.path.dirname(elf))},
                    "models": []}
         with tempfile.TemporaryDirectory() as wd:
             for k in keys:
@@ -624,7 +691,7 @@ def main(argv=None):
                                                      budget=budget))
     except (BenchError, subprocess.TimeoutExpired, OSError) as e:
         print("tinymp: bench: %s" % e, file=sys.stderr)
-        return 2 if isinstance(e, UserModelError) else 1
+        return (2 if isinstance(e, UserModelError) else 1), None
     from ._files import atomic_write
     atomic_write(os.path.join(a.out, "results.json"), (json.dumps(results, indent=1) + "\n").encode())
     cmd = "tinymp bench" + ("" if a.models is None else " --models " + a.models) + \
@@ -638,11 +705,9 @@ def main(argv=None):
                 or c["host"]["logits_max_diff_lsb"] > LOGIT_TOLERANCE_LSB]
     print("wrote %s/results.json, %s/RESULTS.md%s" % (a.out, a.out, ", %s" % png if png else
                                                      " (no PNG: pip install matplotlib)"))
-    if a.json:
-        print(json.dumps(results))
     if bad_host:
         print("tinymp: bench: the M7 and host builds disagree on %s" % bad_host, file=sys.stderr)
-        return 1
+        return 1, results
     for res in results["models"]:
         h = headline(res)
         if h and res["key"] != "mbv2":
@@ -650,7 +715,7 @@ def main(argv=None):
     mb = next((r for r in results["models"] if r["key"] == "mbv2"), None)
     if mb is not None and headline(mb):
         print(headline(mb))
-    return 0
+    return 0, results
 
 
 if __name__ == "__main__":

@@ -750,31 +750,6 @@ static tmp_status check_model(const tmp_trainer *t) {
     return tables_crc(t->m) == t->tables_crc ? TMP_OK : TMP_ERR_FORMAT;
 }
 
-/* Every channel selection in the arena names channels of its layer. The arena is the caller's:
- * one written over would make the updates and the period's re-selection index past the layer's
- * weights and scores. TMP_ERR_ARG when one does not. */
-static tmp_status check_selections(const tmp_trainer *t) {
-    const tmp_train_plan *p = t->p;
-    for (int32_t i = 0; i < p->num_layers; i++) {
-        const uint16_t *ch = (const uint16_t *)lb_ptr(t, TMP_LB_SEL, i);
-        if (ch == NULL) {
-            continue;
-        }
-        tmp_layer l;
-        tmp_tensor tin;
-        if (tmp_model_layer(t->m, i, &l, NULL) != TMP_OK || tmp_model_tensor(t->m, l.in0, &tin, NULL) != TMP_OK) {
-            return TMP_ERR_FORMAT;
-        }
-        const uint32_t cin = cin_of(&l, &tin);
-        for (uint32_t j = 0; j < p->k[i]; j++) {
-            if (ch[j] >= cin) {
-                return TMP_ERR_ARG;
-            }
-        }
-    }
-    return TMP_OK;
-}
-
 /* One step; op (may be NULL) fills or uses the sample's cache entry; *pred = argmax of the
  * forward pass's logits. */
 static tmp_status step_impl(tmp_trainer *t, const int8_t *x, int32_t label, float *loss, cache_op *op,
@@ -790,9 +765,6 @@ static tmp_status step_impl(tmp_trainer *t, const int8_t *x, int32_t label, floa
         return TMP_ERR_ARG;
     }
     tmp_status s = check_model(t);
-    if (s == TMP_OK) {
-        s = check_selections(t);
-    }
     if (s != TMP_OK) {
         return s;
     }
@@ -1043,13 +1015,6 @@ tmp_status tmp_trainer_end_period(tmp_trainer *t) {
     if (t == NULL || t->p == NULL) {
         return TMP_ERR_ARG;
     }
-    tmp_status st = check_model(t);
-    if (st == TMP_OK) {
-        st = check_selections(t);
-    }
-    if (st != TMP_OK) {
-        return st;
-    }
     const tmp_train_plan *p = t->p;
     const uint8_t full = excl_full(p);
     tmp_layer l;
@@ -1063,6 +1028,13 @@ tmp_status tmp_trainer_end_period(tmp_trainer *t) {
         }
         const uint32_t cin = cin_of(&l, &tin), k = p->k[i];
         sel_t s = sel_of(t, i, cin);
+        /* the selection lives in the caller's arena: one written over would index past the
+         * layer's scores (a step's forward refuses it in its channel-saving kernels) */
+        for (uint32_t j = 0; j < k; j++) {
+            if (s.ch[j] >= cin) {
+                return TMP_ERR_ARG;
+            }
+        }
         /* smooth the importance of the channels updated this period; others keep their score */
         for (uint32_t j = 0; j < k; j++) {
             uint16_t c = s.ch[j];
