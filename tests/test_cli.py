@@ -340,3 +340,25 @@ def test_plan_support_of_another_shape_names_the_model(demo_file, tmp_path, caps
     # a model-independent fault is said once, before any model is read, without a model's name
     assert cli.main(["plan", demo_file, "--method", "tinytrain", "--support", "missing.npz"]) == 2
     assert capsys.readouterr().err.strip() == "tinymp: no such samples file: missing.npz"
+
+
+def test_an_experiment_refused_for_a_missing_package_makes_no_folder(tmp_path):
+    # scikit-learn hidden: the refusal comes before --out is made (it was made, then left empty)
+    out = tmp_path / "a" / "b"
+    code = ("import sys; sys.modules['sklearn'] = None; from tinymp import cli; "
+            f"sys.exit(cli.main(['experiment', '--quick', '--out', {str(out)!r}]))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert r.stderr.strip() == ("tinymp: the experiment needs scikit-learn for its digits "
+                                "(pip install scikit-learn)"), r.stderr
+    assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.parametrize("opt, value", [("--shots", "5,,10"), ("--methods", "last,"),
+                                        ("--tasks", ",shift")])
+def test_an_empty_list_item_is_refused(opt, value, tmp_path):
+    # it was dropped silently: "5,,10" ran shots 5 and 10 (plan --layers refused the same)
+    code, out, err = run("experiment", "--quick", opt, value, "--out", str(tmp_path / "o"))
+    assert code == 2 and out == ""
+    assert err.strip() == f"tinymp: {opt}: {value!r} has an empty item", err
+    assert not (tmp_path / "o").exists()

@@ -424,6 +424,8 @@ def _csv(text, what, conv=str):
     items = [t.strip() for t in text.split(",") if t.strip()]
     if not items:
         raise UserError(f"tinymp: --{what} needs a comma-separated list")
+    if len(items) != len(text.split(",")):  # "5,,10" or a trailing comma: a value left out?
+        raise UserError(f"tinymp: --{what}: {text!r} has an empty item")
     try:
         return [conv(t) for t in items]
     except ValueError:
@@ -489,10 +491,6 @@ def cmd_experiment(args):
             notes = ex.read_notes(args.notes)
         except ValueError as e:
             raise UserError(f"tinymp: {e}") from None
-    try:
-        os.makedirs(out, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"tinymp: cannot create {out}: {e.strerror or e}") from None
     if "clutter" in tasks:
         try:
             import PIL  # noqa: F401  (scikit-learn decodes its sample photographs with Pillow)
@@ -503,6 +501,10 @@ def cmd_experiment(args):
     except ImportError:
         raise UserError("tinymp: the experiment needs scikit-learn for its digits "
                         "(pip install scikit-learn)") from None
+    try:  # after the checks above: a refused run makes no folder
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"tinymp: cannot create {out}: {e.strerror or e}") from None
     command = _experiment_command(args)
     print(f"{command}: {len(tasks)} task(s), {len(methods)} method(s), shots {shots}, "
           f"{seeds} seed(s), {epochs} passes, {jobs} worker(s)", file=sys.stderr, flush=True)
@@ -571,7 +573,7 @@ def build_parser():
     info.add_argument("--json", action="store_true",
                       help="machine-readable output: one JSON object (with --layers, the table too)")
     info.set_defaults(func=cmd_info)
-    plan = sub.add_parser("plan", help="inference arena of models")
+    plan = sub.add_parser("plan", help="inference arena of models, or a training plan")
     plan.add_argument("models", nargs="*")
     plan.add_argument("--zoo", action="store_true", help="every zoo model")
     plan.add_argument("--budget", type=float, help="RAM budget in KB: say whether each model fits "
