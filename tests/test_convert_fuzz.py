@@ -480,7 +480,7 @@ def test_a_tflite_path_that_is_a_folder(capfd, tmp_path):
     # IsADirectoryError traceback, status 1
     (tmp_path / "m.tflite").mkdir()
     line = refused(capfd, tmp_path, [tmp_path / "m.tflite"], tmp_path / "o.tmpm")
-    assert line == f"tinymp: cannot read '{tmp_path / 'm.tflite'}': Is a directory"
+    assert line == f"tinymp: '{tmp_path / 'm.tflite'}' is a folder, not a model file"
 
 
 @pytest.mark.parametrize("index", [-1, 17, 2 ** 31 - 1])

@@ -706,9 +706,14 @@ def test_convert_dispatches_tflite_lazily(monkeypatch, tmp_path):
     p.write_bytes(blob)                               # no extension: sniffed
     assert convert(str(p)) == b"ok"
     p2 = tmp_path / "m.tflite"
-    p2.write_bytes(b"whatever")
+    p2.write_bytes(blob)                              # by its content, whatever its name
     assert convert(p2) == b"ok"
     assert calls[0] == (blob, ["a"]) and len(calls) == 3
+    p3 = tmp_path / "n.tflite"
+    p3.write_bytes(b"whatever")                       # a name is not a TFLite flatbuffer
+    with pytest.raises(ConversionError, match="neither a TFLite flatbuffer"):
+        convert(p3)
+    assert len(calls) == 3
     import tinymp.convert as tc
     assert tc.from_tflite is fake.from_tflite
 
