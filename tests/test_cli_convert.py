@@ -376,7 +376,7 @@ def test_a_fifo_is_refused_not_read(tmp_path, capsys):
     out = tmp_path / "out.tmpm"
     assert cli.main(["convert", str(fifo), "-o", str(out)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == f"tinymp: {str(fifo)!r} is not a regular file, not a model file", err
+    assert err == f"tinymp: {str(fifo)!r} is not a regular file (a model file is expected)", err
     assert not out.exists()
 
 

@@ -104,7 +104,8 @@ class Sess:
         --json call (other processes change them: within 1 %), and the text line's figure; the
         line's room part is then dropped from `text` for the tests' exact comparisons."""
         s, m = st["samples"], st["model"]
-        tail = re.search(r"; room for about ([\d,]+) more on its filesystem$", text["samples"])
+        tail = re.search(r"; the board's filesystem has room for about ([\d,]+) samples "
+                         r"\(this PC's disk\)$", text["samples"])
         if s is None or m is None or "error" in m:
             assert tail is None and (s is None or s["room"] is None), text
             return

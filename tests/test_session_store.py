@@ -279,7 +279,7 @@ def says_room(monkeypatch, disk):
     monkeypatch.setattr(A, "_free_bytes", lambda path: disk.cap - _used(disk.root))
 
 
-def test_status_says_the_room_for_more_samples(rig, monkeypatch):
+def test_samples_status_says_the_room_for_more_samples(rig, monkeypatch):
     ds = the_dataset(rig)
     with open_fake(rig.where) as b:
         put(b, ds, 0, 3)
@@ -359,7 +359,9 @@ def test_the_store_of_other_samples_counts_as_room(rig, monkeypatch, free_record
         assert rc == 0, err
         assert_board_holds_the_dataset(rig, the_dataset(rig), 14)
     else:
-        assert rc == 1 and "room for about 11 more samples" in one_line(err), err
+        assert rc == 1 and (f"room for about 11 more samples ({REC + 100:,} bytes free and "
+                            f"{16 + 10 * REC:,} once the board's samples of another dataset go)"
+                            ) in one_line(err), err
         st = fresh_status(rig)
         assert (st["dataset"], st["count"]) == (ds.uid + 1, 10)  # the old store is as it was
 
@@ -498,3 +500,30 @@ def test_a_full_board_clears_its_store(rig, monkeypatch):
         # the room the store had holds a new one
         assert put(b, ds, 0, 4) == {"count": 4, "last_id": 3}
     assert_board_holds_the_dataset(rig, ds, 4)
+
+
+def test_a_capture_count_already_met_is_not_blamed_when_the_dataset_does_not_fit(rig, monkeypatch):
+    # label 3's count is met: no capture to make smaller, the dataset's own samples do not fit
+    monkeypatch.setitem(sys.modules, "sensor", SimSensor(SCENE, str(rig.where)))
+    says_room(monkeypatch, Disk(monkeypatch, flash(rig), 5 * REC))
+    have = int(the_dataset(rig).counts()[3])
+    rc, out, err = rig.cli("collect", label=3, count=have)
+    assert rc == 1
+    line = one_line(err)
+    assert line.startswith("tinymp: collect stopped: the board's filesystem has room for about 5 "
+                           "more samples") and "--count" not in line, line
+
+
+def test_an_agent_that_does_not_say_its_room_is_not_refused(rig, monkeypatch):
+    # an agent before 9 sends no free/record_extra: nothing is refused up front, and the board's
+    # own no_space still stops a send that does not fit
+    def older(req_type, req, rep):
+        if req_type in (P.SAMPLES_STATUS, P.INFO):
+            s = rep if req_type == P.SAMPLES_STATUS else rep.get("samples")
+            for k in ("free", "store_bytes", "record_extra"):
+                s.pop(k, None)
+        return rep
+    rig.tamper = older
+    says_room(monkeypatch, Disk(monkeypatch, flash(rig), 16 + 7 * REC))  # agent 9 would refuse
+    rc, out, err = rig.cli("train", steps=3)
+    assert rc == 1 and "sample 7 was not stored" in one_line(err), err

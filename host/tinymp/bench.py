@@ -195,6 +195,9 @@ def find_tools(root):
     if qemu is None:
         raise BenchError("qemu-system-arm not found (apt-get install qemu-system-arm)")
     elf = find_elf(root)
+    if elf is None and os.environ.get("TINYMP_BENCH_ELF"):
+        raise BenchError("TINYMP_BENCH_ELF names %s, which is not a file: `make bench-train-elf` "
+                         "builds it (build/bench/bench_train.elf)" % os.environ["TINYMP_BENCH_ELF"])
     if elf is None:
         raise BenchError("the bench program build/bench/bench_train.elf is missing: run `make "
                          "bench-train-elf` in the tinymp checkout and this command there (or set "
@@ -378,8 +381,10 @@ def bench_model(key, root, qemu, elf, workdir, quick=False, full_runs=False, pro
             time.time() - t0))
     # full, last and bias train a fixed set at their own size (baselines); the others choose
     # theirs within the budget, which is the user's: when none of those could, say so
-    if user is not None and not any("budget" in r["options"] for r in rows):
-        why = next((s["why"] for s in skipped), "-")
+    # (tinymp at sparse's size has sparse's budget, not the user's)
+    if user is not None and not any(r["options"].get("budget") == budget for r in rows):
+        why = next((s["why"] for s in skipped if s["label"].startswith(("tinymp", "tinytrain"))),
+                   next((s["why"] for s in skipped), "-"))
         raise UserModelError("%s: no method that plans within the budget (%s bytes) could run (%s)"
                              % (title, format(budget, ","), why))
     if not rows:
@@ -584,7 +589,7 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="two methods, short runs (the test suite's)")
     ap.add_argument("--full-runs", action="store_true",
                     help="execute every whole run in the emulator instead of composing the 128x128 ones")
-    ap.add_argument("--json", action="store_true", help="print results.json to stdout as well")
+    ap.add_argument("--json", action="store_true", help="print results.json alone on stdout (progress and headlines on stderr)")
     ap.add_argument("--notes", help="a Markdown file appended to RESULTS.md (the hand-written reading; "
                                     "make bench passes bench/READING.md)")
     a = ap.parse_args(argv)
@@ -635,6 +640,7 @@ def main(argv=None):
         if not os.access(a.out, os.W_OK):
             raise PermissionError("not writable")
     except OSError as e:
+        _drop_dirs(made)
         print("tinymp: bench: cannot write results to %s: %s" % (a.out, e.strerror or e), file=sys.stderr)
         return 2
     # with --json, stdout holds the JSON alone: progress, the file lines and the headlines go to
@@ -693,13 +699,24 @@ def _run(a, keys, users, budget, root, qemu, elf, notes):
         print("tinymp: bench: %s" % e, file=sys.stderr)
         return (2 if isinstance(e, UserModelError) else 1), None
     from ._files import atomic_write
-    atomic_write(os.path.join(a.out, "results.json"), (json.dumps(results, indent=1) + "\n").encode())
+    try:
+        atomic_write(os.path.join(a.out, "results.json"),
+                     (json.dumps(results, indent=1) + "\n").encode())
+    except OSError as e:
+        print("tinymp: bench: cannot write %s: %s; the run's figures were not kept"
+              % (os.path.join(a.out, "results.json"), e.strerror or e), file=sys.stderr)
+        return 1, None
     cmd = "tinymp bench" + ("" if a.models is None else " --models " + a.models) + \
         "".join(" --model " + p for p in a.model) + \
         (" --budget %g" % a.budget if a.model and budget != BUDGET else "") + \
         (" --quick" if a.quick else "") + (" --full-runs" if a.full_runs else "")
-    write_markdown(results, os.path.join(a.out, "RESULTS.md"), cmd, notes)
-    png = write_png(results, os.path.join(a.out, "RESULTS.png"))
+    try:
+        write_markdown(results, os.path.join(a.out, "RESULTS.md"), cmd, notes)
+        png = write_png(results, os.path.join(a.out, "RESULTS.png"))
+    except OSError as e:
+        print("tinymp: bench: cannot write the table or chart in %s: %s; the figures are in "
+              "%s/results.json" % (a.out, e.strerror or e, a.out), file=sys.stderr)
+        return 1, results
     bad_host = [(r["title"], c["label"]) for r in results["models"] for c in r["configs"]
                 if not c["host"]["high_water_equal"] or not c["host"]["table_bytes_equal"]
                 or c["host"]["logits_max_diff_lsb"] > LOGIT_TOLERANCE_LSB]

@@ -1837,12 +1837,13 @@ class Agent(_Runs):
     def do_samples_status(self, req):
         # from agent 9 also the room for more, so that the PC refuses what cannot fit before it
         # sends or captures any: the filesystem's free bytes (None when the port cannot say),
-        # the store file's bytes (freed when a store for other samples replaces it) and what
-        # each stored sample takes beside its own bytes
+        # what a store for other samples frees (this store and the features kept of its
+        # samples: SAMPLES_CLEAR removes both) and what each stored sample takes beside its bytes
         st = self.store
+        freed = max(0, _size(st.path)) + max(0, _size(self._p(KEPT_FILE)))
         return {"count": st.count, "last_id": st.last_id, "dataset": st.uid, "bytes": st.size,
                 "free": _free_bytes(self.root) if self.storage else None,
-                "store_bytes": max(0, _size(st.path)), "record_extra": REC_HEAD}
+                "store_bytes": freed, "record_extra": REC_HEAD}
 
     def _store_for(self, uid):
         self._need_storage()

@@ -15,8 +15,9 @@
  *     .class_names
  *     .predict(x) -> int
  *     .logits(x, out=None) -> array('f')
- *     .plan(method='tinymp', budget=None, r=None, ratio=None, storage='int8', momentum=0.0,
- *           n_bias=None, layers=None, ratios=None, macs=None, support=None) -> Plan
+ *     .plan(method='tinymp', budget=None, *, r=None, ratio=None, storage='int8', momentum=0.0,
+ *           n_bias=None, layers=None, ratios=None, macs=None, support=None, cache=None,
+ *           step_share=None) -> Plan
  *     ._plan() -> dict                     (test hook, as on the PC)
  *   Plan             .arena_bytes, .peak_live_bytes, .breakdown, .category_peaks, .method,
  *                    .storage, .r, .ratio, .momentum, .first, .layers, .channels,

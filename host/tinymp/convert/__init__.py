@@ -111,9 +111,10 @@ def _kind_of(source) -> str:
             st = os.stat(path)
             if not stat.S_ISREG(st.st_mode):  # a FIFO would block the read for ever
                 raise ConversionError(
-                    f"tinymp convert: {path!r} is " + ("a folder" if stat.S_ISDIR(st.st_mode)
-                                                       else "not a regular file") +
-                    ", not a model file")
+                    f"tinymp convert: {path!r} is " + ("a folder, not a model file"
+                                                       if stat.S_ISDIR(st.st_mode) else
+                                                       "not a regular file (a model file is "
+                                                       "expected)"))
             with open(path, "rb") as f:
                 head = f.read(512)  # a zip's first member name too
         except OSError as e:

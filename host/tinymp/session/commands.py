@@ -672,6 +672,13 @@ def room_for(st, sample_bytes, again=False):
     return (st["free"] + freed) // (sample_bytes + st["record_extra"])
 
 
+def room_bytes(st, again):
+    """The bytes room_for counted, in words."""
+    freed = (st.get("store_bytes") or 0) if again else 0
+    return f"{st['free']:,} bytes free" + \
+        (f" and {freed:,} once the board's samples of another dataset go" if freed else "")
+
+
 class NoRoom(BoardError):
     """The board said it has no room for the samples a command would store, before any was sent
     or captured (`board_full` takes it as the board's own no_space)."""
@@ -691,8 +698,8 @@ def sync_samples(board, ds, show=True, then=0):
     room = room_for(st, ds.sample_bytes, again)
     if room is not None and todo + then > room:
         raise NoRoom(f"the board's filesystem has room for about {plural(room, 'more sample')} "
-                     f"({st['free']:,} bytes free), not the {todo:,} to send; nothing was sent",
-                     room, st["free"], todo)
+                     f"({room_bytes(st, again)}), not the {todo:,} to send; nothing was sent",
+                     room, room_bytes(st, again), todo)
     if again:
         board.request(P.SAMPLES_CLEAR)
     if todo <= 0:
@@ -748,12 +755,14 @@ def collect_capture(board, ds, label, count, show=True, board_name=None):
         try:
             sync_samples(board, ds, show, then=todo)
         except NoRoom as e:
+            if not todo:
+                raise  # the dataset's own samples do not fit: as when they are sent
             raise user_error(
                 f"tinymp: --count {count} needs {plural(todo, 'more sample')} of label {label} "
                 + (f"(and the {e.sending} the board lacks of the dataset) " if e.sending else "")
-                + f"on the board, whose filesystem has room for about {e.room:,} ({e.free:,} bytes "
-                "free): give a smaller --count or make room on the board's filesystem; nothing "
-                "was sent or captured") from None
+                + f"on the board, whose filesystem has room for about {e.room:,} ({e.free}): "
+                "give a smaller --count or make room on the board's filesystem; nothing was sent "
+                "or captured") from None
         bar = progress(todo, f"capture label {label}", "sample", show)
         for _ in range(todo):
             i = len(ds)
@@ -1307,10 +1316,11 @@ def board_status(board, session):
             else None
         samples = {"count": s["count"], "last_id": s["last_id"], "dataset": s["dataset"],
                    "bytes": s.get("bytes"),
-                   # how many more of the model's samples fit (None: the board does not say),
-                   # with the room of a store collect would replace (another dataset's)
+                   # how many of the model's samples its free room holds (None: the board does
+                   # not say), with the room of a store collect or train would replace
                    "room": None if each is None else
-                   room_for(s, each, again=uid is not None and s["dataset"] != uid),
+                   room_for(s, each, again=uid is None or s["dataset"] != uid
+                            or s.get("bytes") != each or s["last_id"] + 1 > (n or 0)),
                    # the board's samples are the session dataset's (by its id)
                    "session_dataset": None if uid is None or not s["count"] else
                    s["dataset"] == uid, "session_samples": n,

@@ -78,8 +78,9 @@ def _open(args, session, scene=None, note_new_sim=True):
         kw.update(sim_dir=session.sim_dir(prof), scene=scene)
     elif port == "qemu":
         from .qemu import missing
-        if missing():
-            raise C.user_error(missing())
+        lacking = missing()
+        if lacking:
+            raise C.user_error(lacking)
     elif not os.path.exists(port):
         raise C.user_error(f"tinymp: no such port {port!r}: give a serial device (see "
                            "`tinymp devices`), 'sim' or 'qemu'")
@@ -610,9 +611,11 @@ def status_lines(st):
         held = f"this session's dataset holds {n:,}" if n is not None else \
             f"this session's dataset cannot be read: {s['dataset_problem']}" \
             if s.get("dataset_problem") else "this session folder holds no dataset"
-        # the room for more (agent 9): what `collect --count` can ask for
+        # the board's free room in samples of the model (agent 9): a simulated board's
+        # filesystem is this PC's disk
         room = "" if s.get("room") is None else \
-            f"; room for about {s['room']:,} more on its filesystem"
+            f"; the board's filesystem has room for about {s['room']:,} samples" + \
+            (" (this PC's disk)" if b["simulated"] else "")
         if not s["count"]:
             out.append(f"samples     none on the board; {held}{room}")
         elif s["session_dataset"]:
