@@ -350,7 +350,7 @@ def test_the_store_of_other_samples_counts_as_room(rig, monkeypatch, free_record
     # the free records, and 10 more once that store goes: room for the dataset's 12 or not
     says_room(monkeypatch, Disk(monkeypatch, flash(rig), free_records * REC + 100))
     with open_fake(rig.where) as b:
-        assert C.room_for(b.request(P.SAMPLES_STATUS), SAMPLE, again=True) == free_records + 10
+        assert C.room_for(b.request(P.SAMPLES_STATUS), SAMPLE, again=True)[0] == free_records + 10
     two = str(rig.tmp / "two.npz")  # two new samples: 14 to send
     with np.load(rig.held) as f:
         np.savez(two, x=f["x"][:2], y=f["y"][:2])

@@ -46,17 +46,45 @@ def read_bytes(path):
         return f.read()
 
 
-def read_regular(path, most, what, too_large):
-    """The bytes of a file a user named, read only when it is a regular file of at most `most`
-    bytes: a FIFO would block the read for ever and /dev/zero never ends. ValueError, one line
-    naming `path`: a folder or another kind of file ("... not `what`"), or a larger file ("is
-    larger than `too_large`"). OSError (no such file, no permission) is the caller's to word."""
+def check_regular(path, what, shown=None):
+    """os.stat(path) of a file a user named, when it is a regular file: a FIFO would block a read
+    for ever and /dev/zero never ends. ValueError, one line naming it (as `shown`, else `path`):
+    a folder or another kind of file ("... not `what`"). OSError is the caller's to word."""
     import stat
     st = os.stat(path)
+    shown = path if shown is None else shown
     if stat.S_ISDIR(st.st_mode):
-        raise ValueError(f"{path} is a folder, not {what}")
+        raise ValueError(f"{shown} is a folder, not {what}")
     if not stat.S_ISREG(st.st_mode):
-        raise ValueError(f"{path} is not a regular file ({what} is expected)")
+        raise ValueError(f"{shown} is not a regular file ({what} is expected)")
+    return st
+
+
+def missing_dirs(path):
+    """The folders of `path` that do not exist yet, deepest first (what a makedirs would make)."""
+    out, p = [], os.path.abspath(path)
+    while not os.path.lexists(p) and os.path.dirname(p) != p:
+        out.append(p)
+        p = os.path.dirname(p)
+    return out
+
+
+def remove_empty_dirs(dirs):
+    """Remove the folders `dirs` (deepest first) while they are empty; stop at the first that
+    is not."""
+    for d in dirs:
+        try:
+            os.rmdir(d)
+        except OSError:
+            return
+
+
+def read_regular(path, most, what, too_large):
+    """The bytes of a file a user named, read only when it is a regular file of at most `most`
+    bytes (check_regular). ValueError, one line naming `path`: a folder or another kind of file
+    ("... not `what`"), or a larger file ("is larger than `too_large`"). OSError (no such file,
+    no permission) is the caller's to word."""
+    st = check_regular(path, what)
     if st.st_size > most:
         raise ValueError(f"{path} is larger than {too_large}")
     # in pieces: read(most + 1) would allocate `most` bytes up front; and a file that grew since

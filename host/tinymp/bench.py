@@ -34,6 +34,7 @@ import time
 import numpy as np
 
 from . import costmodel, summary
+from ._files import missing_dirs, remove_empty_dirs
 
 # Peak SRAM is the arena plus the stack: the planner's arena budget leaves 4 KiB of the 256 KiB for
 # the stack (the bench measures about 1.7 KB), so arena + stack stays within 256 KiB.
@@ -634,13 +635,13 @@ def main(argv=None):
     except BenchError as e:
         print("tinymp: bench: %s" % e, file=sys.stderr)
         return 1
-    made = _missing_dirs(a.out)
+    made = missing_dirs(a.out)
     try:  # before the run, which can take an hour: a bad --out would otherwise lose it
         os.makedirs(a.out, exist_ok=True)
         if not os.access(a.out, os.W_OK):
             raise PermissionError("not writable")
     except OSError as e:
-        _drop_dirs(made)
+        remove_empty_dirs(made)
         print("tinymp: bench: cannot write results to %s: %s" % (a.out, e.strerror or e), file=sys.stderr)
         return 2
     # with --json, stdout holds the JSON alone: progress, the file lines and the headlines go to
@@ -651,27 +652,10 @@ def main(argv=None):
             code, results = _run(a, keys, users, budget, root, qemu, elf, notes)
     finally:
         if not os.path.exists(os.path.join(a.out, "results.json")):
-            _drop_dirs(made)  # nothing written: the folders this run made go
+            remove_empty_dirs(made)  # nothing written: the folders this run made go
     if a.json and results is not None:
         print(json.dumps(results))
     return code
-
-
-def _missing_dirs(path):
-    """The folders of `path` that do not exist yet, deepest first."""
-    out, p = [], os.path.abspath(path)
-    while not os.path.exists(p) and os.path.dirname(p) != p:
-        out.append(p)
-        p = os.path.dirname(p)
-    return out
-
-
-def _drop_dirs(dirs):
-    for d in dirs:
-        try:
-            os.rmdir(d)  # only when empty
-        except OSError:
-            return
 
 
 def _run(a, keys, users, budget, root, qemu, elf, notes):

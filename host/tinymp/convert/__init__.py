@@ -104,19 +104,15 @@ def _kind_of(source) -> str:
         return "onnx"
     ext = None
     if isinstance(source, (str, os.PathLike)):
-        import stat
+        from .._files import check_regular
         path = os.fspath(source)
         ext = os.path.splitext(path)[1].lower()
         try:
-            st = os.stat(path)
-            if not stat.S_ISREG(st.st_mode):  # a FIFO would block the read for ever
-                raise ConversionError(
-                    f"tinymp convert: {path!r} is " + ("a folder, not a model file"
-                                                       if stat.S_ISDIR(st.st_mode) else
-                                                       "not a regular file (a model file is "
-                                                       "expected)"))
+            check_regular(path, "a model file", shown=repr(path))
             with open(path, "rb") as f:
                 head = f.read(512)  # a zip's first member name too
+        except ValueError as e:
+            raise ConversionError(f"tinymp convert: {e}") from None
         except OSError as e:
             raise ConversionError(f"tinymp convert: cannot read {path!r}: {e}") from None
         where = repr(path)

@@ -652,40 +652,36 @@ def open_dataset(session, meta, board_name, path=None):
         raise user_error(str(e)) from None
 
 
-def _store_plan(st, ds):
-    """From a SAMPLES_STATUS reply: (whether the board's store starts again for `ds`, how many
-    of ds's samples it holds)."""
+def _store_plan(st, uid, sample_bytes, n):
+    """From a SAMPLES_STATUS reply (or INFO's samples): (whether the board's store starts again
+    for a dataset `uid` of `n` samples of `sample_bytes` (uid None: one not made yet), how many
+    of its samples the store holds)."""
     have = st["last_id"] + 1
-    again = st["dataset"] != ds.uid or st["bytes"] != ds.sample_bytes or have > len(ds)
+    again = uid is None or st["dataset"] != uid or st.get("bytes") != sample_bytes or have > n
     return again, 0 if again else have
 
 
 def room_for(st, sample_bytes, again=False):
-    """How many more samples of `sample_bytes` the board's filesystem has room for, from its
-    SAMPLES_STATUS reply or INFO's samples (agent 9 on; None when the board does not say): its
-    free bytes, plus the store's own when a new store replaces it (`again`), over the bytes a
-    stored sample takes. An estimate from above (a filesystem keeps some blocks for itself):
-    more than this surely does not fit."""
+    """(how many more samples of `sample_bytes` the board's filesystem has room for, the bytes
+    counted in words), from its SAMPLES_STATUS reply or INFO's samples (agent 9 on; (None, None)
+    when the board does not say): its free bytes, plus what a new store frees when one replaces
+    it (`again`), over the bytes a stored sample takes. An estimate from above (a filesystem
+    keeps some blocks for itself): more than this surely does not fit."""
     if st.get("free") is None or st.get("record_extra") is None:
-        return None
+        return None, None
     freed = (st.get("store_bytes") or 0) if again else 0
-    return (st["free"] + freed) // (sample_bytes + st["record_extra"])
-
-
-def room_bytes(st, again):
-    """The bytes room_for counted, in words."""
-    freed = (st.get("store_bytes") or 0) if again else 0
-    return f"{st['free']:,} bytes free" + \
+    words = f"{st['free']:,} bytes free" + \
         (f" and {freed:,} once the board's samples of another dataset go" if freed else "")
+    return (st["free"] + freed) // (sample_bytes + st["record_extra"]), words
 
 
 class NoRoom(BoardError):
     """The board said it has no room for the samples a command would store, before any was sent
     or captured (`board_full` takes it as the board's own no_space)."""
 
-    def __init__(self, msg, room, free, sending):
+    def __init__(self, msg, room, counted, sending):
         super().__init__("no_space", msg)
-        self.room, self.free, self.sending = room, free, sending
+        self.room, self.counted, self.sending = room, counted, sending
 
 
 def sync_samples(board, ds, show=True, then=0):
@@ -693,13 +689,13 @@ def sync_samples(board, ds, show=True, then=0):
     Returns how many were sent. `then`: how many more the caller stores after these (captures);
     when the board says it has no room for them all, nothing is sent: NoRoom."""
     st = board.request(P.SAMPLES_STATUS)
-    again, have = _store_plan(st, ds)
+    again, have = _store_plan(st, ds.uid, ds.sample_bytes, len(ds))
     todo = len(ds) - have
-    room = room_for(st, ds.sample_bytes, again)
+    room, counted = room_for(st, ds.sample_bytes, again)
     if room is not None and todo + then > room:
         raise NoRoom(f"the board's filesystem has room for about {plural(room, 'more sample')} "
-                     f"({room_bytes(st, again)}), not the {todo:,} to send; nothing was sent",
-                     room, room_bytes(st, again), todo)
+                     f"({counted}), not the {todo:,} to send; nothing was sent",
+                     room, counted, todo)
     if again:
         board.request(P.SAMPLES_CLEAR)
     if todo <= 0:
@@ -760,7 +756,7 @@ def collect_capture(board, ds, label, count, show=True, board_name=None):
             raise user_error(
                 f"tinymp: --count {count} needs {plural(todo, 'more sample')} of label {label} "
                 + (f"(and the {e.sending} the board lacks of the dataset) " if e.sending else "")
-                + f"on the board, whose filesystem has room for about {e.room:,} ({e.free}): "
+                + f"on the board, whose filesystem has room for about {e.room:,} ({e.counted}): "
                 "give a smaller --count or make room on the board's filesystem; nothing was sent "
                 "or captured") from None
         bar = progress(todo, f"capture label {label}", "sample", show)
@@ -1319,8 +1315,7 @@ def board_status(board, session):
                    # how many of the model's samples its free room holds (None: the board does
                    # not say), with the room of a store collect or train would replace
                    "room": None if each is None else
-                   room_for(s, each, again=uid is None or s["dataset"] != uid
-                            or s.get("bytes") != each or s["last_id"] + 1 > (n or 0)),
+                   room_for(s, each, _store_plan(s, uid, each, n or 0)[0])[0],
                    # the board's samples are the session dataset's (by its id)
                    "session_dataset": None if uid is None or not s["count"] else
                    s["dataset"] == uid, "session_samples": n,

@@ -9,6 +9,7 @@ import sys
 import time
 
 from .. import boards, summary
+from .._files import missing_dirs, remove_empty_dirs
 from . import commands as C
 from . import protocol as P
 from .dataset import Dataset, DatasetError, check_samples
@@ -85,9 +86,8 @@ def _open(args, session, scene=None, note_new_sim=True):
         raise C.user_error(f"tinymp: no such port {port!r}: give a serial device (see "
                            "`tinymp devices`), 'sim' or 'qemu'")
     # the first folder of the session's path that is not there yet (None: the folder is)
-    fresh, up = None, os.path.abspath(session.path)
-    while not os.path.lexists(up) and os.path.dirname(up) != up:
-        fresh, up = up, os.path.dirname(up)
+    made = missing_dirs(session.path)
+    fresh = made[-1] if made else None
     dropped = False
     try:
         with session.lock():
@@ -150,12 +150,12 @@ def _drop_made(path, made):
         lock = os.path.join(path, ".lock")
         if os.path.exists(lock) and os.path.getsize(lock) == 0:
             os.remove(lock)
-        os.rmdir(path)
-        while path != made:
-            path = os.path.dirname(path)
-            os.rmdir(path)
     except OSError:
-        pass
+        return
+    dirs = [os.path.abspath(path)]
+    while dirs[-1] != made and os.path.dirname(dirs[-1]) != dirs[-1]:
+        dirs.append(os.path.dirname(dirs[-1]))
+    remove_empty_dirs(dirs)
 
 
 def _note_new_sim(session, prof, choose):
