@@ -460,6 +460,16 @@ def test_other_ops_forward():
     assert g.num_params() == 36 + 6 + 3 * 72 + 3
 
 
+@pytest.mark.parametrize("seed", [-1, 1.5, True, "3", None])
+def test_zoo_seed_is_checked(seed):
+    # numpy's own words ("expected non-negative integer") did not say which argument
+    for build in (lambda: zoo.mcunet(resolution=32, seed=seed),
+                  lambda: zoo.mobilenetv2(resolution=32, seed=seed),
+                  lambda: zoo.calibration_batch(32, seed=seed)):
+        with pytest.raises(ValueError, match=r"^seed must be an integer >= 0, got "):
+            build()
+
+
 def test_graph_errors():
     g = Graph((8, 8, 3))
     with pytest.raises(ValueError):

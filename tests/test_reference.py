@@ -795,6 +795,23 @@ def test_read_model_fields():
     assert ref.read_model(make_model(class_names=None)[0]).class_names is None
 
 
+def test_a_model_by_file_name(tmp_path):
+    # as tinymp.Model takes it: a file name (str or os.PathLike) reads that file
+    data = make_model(3)[0]
+    path = tmp_path / "m.tmpm"
+    path.write_bytes(data)
+    x = np.arange(-36, 36, dtype=np.int8)
+    assert ref.read_model(path).raw == ref.read_model(str(path)).raw == data
+    np.testing.assert_array_equal(ref.logits(str(path), x), ref.logits(data, x))
+    assert ref.predict(path, x) == ref.predict(data, x)
+    with pytest.raises(ValueError, match="is not a .tmpm model file"):
+        ref.read_model(tmp_path)
+    with pytest.raises(TypeError, match="its file name, not 'int'"):
+        ref.read_model(3)
+    with pytest.raises(FileNotFoundError):
+        ref.read_model(tmp_path / "none.tmpm")
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_run_matches_loop_chain(seed):
     data, tensors, layers = make_model(seed)

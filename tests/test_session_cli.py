@@ -4,6 +4,7 @@ clear line, a non-zero exit, nothing half-written."""
 import json
 import math
 import re
+import shutil
 import os
 import subprocess
 import sys
@@ -792,3 +793,25 @@ def test_qemu_port_without_qemu_is_refused_up_front(tmp_path):
     assert r.returncode == 2, r.stderr
     assert "needs qemu-system-arm" in one_line(r.stderr)
     assert not (tmp_path / "s").exists()
+
+
+def test_devices_says_what_qemu_lacks(tmp_path):
+    # `tinymp devices` offers the qemu port only when `--port qemu` would start: the firmware
+    # and qemu-system-arm both present; otherwise its row says what is missing
+    fw = tmp_path / "firmware.elf"
+    fw.write_bytes(b"\x7fELF")
+    cases = [(dict(TINYMP_QEMU_FIRMWARE=str(tmp_path / "none.elf")), "needs the QEMU firmware"),
+             (dict(TINYMP_QEMU_FIRMWARE=str(fw), PATH=os.path.dirname(sys.executable)),
+              "needs qemu-system-arm")]
+    if shutil.which("qemu-system-arm"):
+        cases.append((dict(TINYMP_QEMU_FIRMWARE=str(fw)), None))
+    for extra, words in cases:
+        r = subprocess.run([sys.executable, "-m", "tinymp.cli", "devices", "--json"],
+                           capture_output=True, text=True, env=dict(os.environ, **extra),
+                           timeout=120)
+        assert r.returncode == 0, r.stderr
+        row = [x for x in json.loads(r.stdout) if x["port"] == "qemu"][0]
+        if words is None:
+            assert row["board"] == "emulated" and row["description"].endswith(str(fw))
+        else:
+            assert row["board"] is None and words in row["description"], row

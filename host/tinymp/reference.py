@@ -34,7 +34,7 @@ Kernels (int8 HWC arrays in, int8 arrays out)::
 
 Model::
 
-    read_model(data) -> RefModel
+    read_model(data) -> RefModel                 # data: a .tmpm file's bytes or its file name
     run(model, x, upto=None) -> list of int8 arrays (index i = output tensor of layer i)
     logits(model, x) -> float32 array of num_classes
     predict(model, x) -> int
@@ -400,9 +400,28 @@ def _fail(msg: str):
     raise ValueError("tinymp: " + msg)
 
 
+def _model_bytes(data) -> bytes:
+    """The bytes of a model given as bytes-like or, as tinymp.Model takes it, as a file name."""
+    import os
+    import stat
+    if isinstance(data, (str, os.PathLike)):
+        # this module stands alone (the tests load it without the package): its own check that
+        # the name is a file, so a folder or a FIFO is refused rather than read
+        if not stat.S_ISREG(os.stat(data).st_mode):
+            raise ValueError(f"tinymp: {os.fspath(data)} is not a .tmpm model file")
+        with open(data, "rb") as f:
+            return f.read()
+    try:
+        return bytes(memoryview(data))
+    except TypeError:
+        raise TypeError("tinymp: a model is a .tmpm file's bytes or its file name, not "
+                        f"'{type(data).__name__}'") from None
+
+
 def read_model(data) -> RefModel:
-    """Parse and validate a .tmpm model (bytes-like). Raises ValueError on a rule violation."""
-    buf = bytes(data)
+    """Parse and validate a .tmpm model (bytes-like, or a file name). Raises ValueError on a
+    rule violation."""
+    buf = _model_bytes(data)
     if len(buf) < 64:
         _fail(f"file too short for a header ({len(buf)} bytes)")
     (magic, version, header_size, total_size, crc, in_h, in_w, in_c, num_classes,
@@ -615,7 +634,7 @@ def read_model(data) -> RefModel:
 # --------------------------------------------------------------------------------------------
 
 
-def _as_model(model: Union[RefModel, bytes, bytearray, memoryview]) -> RefModel:
+def _as_model(model: Union[RefModel, bytes, bytearray, memoryview, str]) -> RefModel:
     return model if isinstance(model, RefModel) else read_model(model)
 
 

@@ -202,7 +202,13 @@ class _Init:
         return self._normal((o, n), n, False), self.bias(o)
 
 
-def _check_common(resolution, num_classes):
+def _check_seed(seed):
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+
+
+def _check_common(resolution, num_classes, seed):
+    _check_seed(seed)
     if int(resolution) != resolution or resolution < 32:
         raise ValueError(f"resolution must be an integer >= 32, got {resolution!r}")
     if int(num_classes) != num_classes or not 1 <= num_classes <= 65535:
@@ -232,7 +238,7 @@ def _head(g: Graph, x, init: _Init, last_channels: int, num_classes: int):
 
 def _mbnet(resolution, num_classes, seed, stem, blocks, last_channels) -> Graph:
     """stem conv3x3/2 + ReLU6, inverted residual blocks (k, expand, cout, stride), head."""
-    _check_common(resolution, num_classes)
+    _check_common(resolution, num_classes, seed)
     init = _Init(np.random.default_rng(seed))
     g = Graph((int(resolution), int(resolution), 3))
     x = g.conv(g.input, *init.conv(stem, 3, 3), stride=2, padding="same", act="relu6")
@@ -245,6 +251,7 @@ def _mbnet(resolution, num_classes, seed, stem, blocks, last_channels) -> Graph:
 def calibration_batch(resolution: int, n: int = 8, seed: int = 0, channels: int = 3
                       ) -> np.ndarray:
     """A seeded batch of ``n`` images uniform in [-1, 1], float32 [n, r, r, channels]."""
+    _check_seed(seed)
     rng = np.random.default_rng([int(seed), 0xCA11B])
     return rng.uniform(-1.0, 1.0, size=(n, resolution, resolution, channels)).astype(np.float32)
 

@@ -13,15 +13,22 @@ from .link import (Board, FaultyPort, Link, LinkError, _close_transport, _hello,
                    start_agent)
 
 
-def missing():
-    """What --port qemu lacks on this machine (the firmware or QEMU itself), as the line to
-    print, or None: the commands refuse the port with it before they hold the session folder."""
+def lacks():
+    """What --port qemu lacks on this machine (the firmware or QEMU itself), as the words after
+    "needs", or None."""
     if qemu_firmware() is None:
-        return ("tinymp: --port qemu needs the QEMU firmware: make firmware BOARD=QEMU_M7 "
+        return ("the QEMU firmware: make firmware BOARD=QEMU_M7 "
                 "(build/qemu-m7/firmware.elf, or TINYMP_QEMU_FIRMWARE=PATH)")
     if shutil.which("qemu-system-arm") is None:
-        return "tinymp: --port qemu needs qemu-system-arm (apt-get install qemu-system-arm)"
+        return "qemu-system-arm (apt-get install qemu-system-arm)"
     return None
+
+
+def missing():
+    """lacks() as the line to print, or None: the commands refuse the port with it before they
+    hold the session folder."""
+    lack = lacks()
+    return None if lack is None else "tinymp: --port qemu needs " + lack
 
 
 def start_qemu(timeout=None, faults=None, before_write=None):

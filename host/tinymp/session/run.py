@@ -213,10 +213,11 @@ def cmd_devices(args):
         rows.append({"port": dev, "description": desc, "board": kind})
     rows.append({"port": "sim", "description": "simulated board (CPython process on a pty), "
                  f"profiles: {', '.join(boards.names())}", "board": "simulated"})
-    fw = link.qemu_firmware()
-    rows.append({"port": "qemu", "description": ("QEMU MPS2-AN500 Cortex-M7: " + fw) if fw else
-                 "QEMU Cortex-M7: firmware not built (make firmware BOARD=QEMU_M7)",
-                 "board": "emulated" if fw else None})
+    from .qemu import lacks
+    lack = lacks()
+    rows.append({"port": "qemu", "description": "QEMU Cortex-M7: needs " + lack if lack else
+                 "QEMU MPS2-AN500 Cortex-M7: " + link.qemu_firmware(),
+                 "board": None if lack else "emulated"})
     default = link.resolve_port("auto")
     for r in rows:
         r["default"] = r["port"] == default
