@@ -99,8 +99,17 @@ def test_outputs_and_headline(quick):
     assert "Emulated instruction counts" in text and "tinymp-m7-cpi-v1" in text
     # the hand-written reading (--notes) closes the file, as given
     assert text.endswith("\n## Reading\n\nwritten by hand 0\n")
-    res, _ = configs(out)
+    res, cs = configs(out)
     assert res["meta"]["cost_model"]["name"] == "tinymp-m7-cpi-v1"
+    # the table says which budget each method was planned within: `last` is a baseline at its
+    # own size; tinymp's is the demo's 16 KB, and its arena is within it
+    lines = [ln for ln in text.splitlines() if ln.startswith("| ")]
+    head = [x.strip() for x in lines[0].strip("|").split("|")]
+    rows = {r[0]: dict(zip(head, r)) for r in
+            ([x.strip() for x in ln.strip("|").split("|")] for ln in lines[1:])}
+    assert rows["last"]["budget B"] == "own size"
+    assert rows["tinymp r=4"]["budget B"] == "16,384" == format(cs[1]["options"]["budget"], ",")
+    assert int(rows["tinymp r=4"]["arena B"].replace(",", "")) == cs[1]["arena_bytes"] <= 16384
     assert stdout.strip().splitlines()[-1].startswith("wrote ")  # --quick has no exact twin: no headline
 
 

@@ -57,8 +57,8 @@ def test_the_users_model_within_the_users_budget(elf, tmp_path):
             last = err.strip().splitlines()[-1]
             assert last.startswith(f"tinymp: bench: mine.tmpm: no method that plans within the "
                                    f"budget ({budget:,} bytes) could run ("), err
-            # the emulated planner's smallest size is the host planner's
-            assert f"(smallest {m_smallest(m, budget)} bytes)" in last, err
+            # the host planner's words (it plans every configuration before the emulator runs)
+            assert f"smallest setting needs {m_smallest(m, budget)} bytes" in last, err
             assert "tinymp r=4" in stdout and "skipped" in stdout
             assert not out.exists()
             continue
@@ -120,6 +120,43 @@ def test_a_missing_bench_program_says_how_and_writes_nothing(tmp_path):
         f"tinymp: bench: TINYMP_BENCH_ELF names {tmp_path / 'none.elf'}, which is not a file: "
         "`make bench-train-elf` builds it (build/bench/bench_train.elf)"), r.stderr
     assert os.listdir(tmp_path) == []
+
+
+def _support_samples(m):
+    from tinymp import bench as B
+    return B.make_samples(m, 8)
+
+
+@pytest.mark.parametrize("quick", [True, False])
+def test_a_budget_nothing_fits_is_refused_before_any_emulator_run(quick, tmp_path):
+    # the host build plans every configuration first: with a budget no budgeted method fits,
+    # the emulator (here a stand-in that notes each start) is never started, in the full bench
+    # (whose baselines take minutes each on a large model) as in --quick
+    m = tinymp.Model(DEMO)
+    small = 4096  # below every method's smallest plan (the host planner says so below)
+    qemu = tmp_path / "qemu"
+    started = tmp_path / "started"
+    qemu.write_text("#!/bin/sh\n[ \"$1\" = --version ] && exit 0\necho \"$@\" >> '%s'\n"
+                    "exit 1\n" % started)
+    qemu.chmod(0o755)
+    elf = tmp_path / "bench.elf"
+    elf.write_bytes(b"\x7fELF")
+    r = subprocess.run([sys.executable, "-m", "tinymp.bench", *(["--quick"] if quick else []),
+                        "--model", DEMO, "--budget", repr(small / 1024), "--out",
+                        str(tmp_path / "o")], capture_output=True, text=True, timeout=300,
+                       cwd=str(tmp_path), env=dict(os.environ, TINYMP_BENCH_ELF=str(elf),
+                                                   BENCH_QEMU=str(qemu)))
+    assert r.returncode == 2, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"tinymp: bench: demo.tmpm: no method that plans within the budget "
+                           f"({small:,} bytes) could run ("), r.stderr
+    assert "smallest setting needs" in last, last
+    with pytest.raises(ValueError, match="smallest setting needs"):
+        m.plan("tinytrain", small, support=_support_samples(m))
+    assert not started.exists()
+    assert not (tmp_path / "o").exists()
+    skipped = [ln.split()[0:2] for ln in r.stdout.splitlines() if "skipped:" in ln]
+    assert ["tinymp", "r=4"] in skipped and (quick or ["tinytrain", "skipped:"] in skipped)
 
 
 @pytest.mark.parametrize("args,needle", [

@@ -324,6 +324,34 @@ def compare(r, host):
             "table_bytes_equal": r.get("table_bytes") == host["table_bytes"]}
 
 
+def _host_plans(m, config, xs, ys, skipped):
+    """Whether the host build plans `config` (label, options, support count); when it does
+    not, the reason goes to `skipped`."""
+    label, opts, support = config
+    kw = dict(opts)
+    if support:
+        kw["support"] = (xs[:support], ys[:support])
+    try:
+        m.plan(**kw)
+    except ValueError as e:
+        skipped.append({"label": label, "why": _reason(e)})
+        return False
+    return True
+
+
+def _check_budgeted(title, budget, options, skipped):
+    """full, last and bias train a fixed set at their own size (baselines); the others choose
+    theirs within the budget, which is the user's: UserModelError when none of `options` (the
+    configurations to run, or that ran) is one of those (tinymp at sparse's size has sparse's
+    budget, not the user's)."""
+    if any(o.get("budget") == budget for o in options):
+        return
+    why = next((s["why"] for s in skipped if s["label"].startswith(("tinymp", "tinytrain"))),
+               next((s["why"] for s in skipped), "-"))
+    raise UserModelError("%s: no method that plans within the budget (%s bytes) could run (%s)"
+                         % (title, format(budget, ","), why))
+
+
 def bench_model(key, root, qemu, elf, workdir, quick=False, full_runs=False, progress=print,
                 user=None, budget=None):
     """Every configuration of one model. `user` = (title, model bytes) benches a model file of
@@ -347,8 +375,15 @@ def bench_model(key, root, qemu, elf, workdir, quick=False, full_runs=False, pro
     n = n_run if not quick else 10
     skipped = []
     todo = configs(m, key, quick, budget, skipped if user is not None else None)
+    if user is not None:
+        # a user's model: the host build plans every configuration first (the emulated planner
+        # is the same code, and its plans are checked equal below), so what the planner refuses
+        # and a budget nothing fits are known before any emulator run
+        todo = [c for c in todo if _host_plans(m, c, xs, ys, skipped)]
     for s in skipped:
         progress("  %-26s skipped: %s" % (s["label"], s["why"]))
+    if user is not None:
+        _check_budgeted(title, budget, [opts for _, opts, _ in todo], skipped)
     for label, opts, support in todo:
         t0 = time.time()
         execute = key == "demo" or full_runs
@@ -380,14 +415,8 @@ def bench_model(key, root, qemu, elf, workdir, quick=False, full_runs=False, pro
             label, format(r["arena_bytes"], ","), format(r["step"]["mean"], ","),
             format(r["run_instructions"], ","), "" if r["run_executed"] else " (composed)",
             time.time() - t0))
-    # full, last and bias train a fixed set at their own size (baselines); the others choose
-    # theirs within the budget, which is the user's: when none of those could, say so
-    # (tinymp at sparse's size has sparse's budget, not the user's)
-    if user is not None and not any(r["options"].get("budget") == budget for r in rows):
-        why = next((s["why"] for s in skipped if s["label"].startswith(("tinymp", "tinytrain"))),
-                   next((s["why"] for s in skipped), "-"))
-        raise UserModelError("%s: no method that plans within the budget (%s bytes) could run (%s)"
-                             % (title, format(budget, ","), why))
+    if user is not None:
+        _check_budgeted(title, budget, [r["options"] for r in rows], skipped)
     if not rows:
         raise UserModelError("%s: no method could run (%s)" % (title, skipped[0]["why"] if skipped else "-"))
     return {"title": title, "key": key, "model_bytes": len(data), "configs": rows,
@@ -487,15 +516,17 @@ def write_markdown(results, path, command, notes=None):
         L.append("\n## %s (model %s bytes; runs: %d samples x %d epochs; planning workspace %s bytes)\n" % (
             res["title"], format(res["model_bytes"], ","), res["run"]["samples"], res["run"]["epochs"],
             format(ws, ",")))
-        L.append("| method | r | ratio | first | arena B | high water B | stack B | peak SRAM KB | plan tables B | "
-                 "inference | plan | step | forward | backward | update | step from cache | run | est. step ms | host |")
-        L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        L.append("| method | r | ratio | first | budget B | arena B | high water B | stack B | peak SRAM KB | "
+                 "plan tables B | inference | plan | step | forward | backward | update | step from cache | "
+                 "run | est. step ms | host |")
+        L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for c in res["configs"]:
             ph = c["step"]["phases"]
             cs = c.get("cached_step", {}).get("mean")
-            L.append("| %s | %d | 1/%d | %d | %s | %s | %s | %.0f | %s | %s | %s | %s | %s | %s | %s | %s | %s%s | %.1f | %s |" % (
+            budget = c["options"].get("budget")
+            L.append("| %s | %d | 1/%d | %d | %s | %s | %s | %s | %.0f | %s | %s | %s | %s | %s | %s | %s | %s | %s%s | %.1f | %s |" % (
                 c["label"], c["r"], round(1e6 / max(1, c["ratio_x1e6"])), c["first"],
-                format(c["arena_bytes"], ","), format(c["high_water"], ","), format(c["stack_bytes"], ","),
+                format(budget, ",") if budget is not None else "own size", format(c["arena_bytes"], ","), format(c["high_water"], ","), format(c["stack_bytes"], ","),
                 c["peak_sram"] / 1024.0, format(c.get("table_bytes", 0), ","), format(c["inference"], ","),
                 format(c.get("setup_instructions", 0), ","), format(c["step"]["mean"], ","),
                 format(ph[0], ","), format(ph[1], ","), format(ph[2], ","),
@@ -511,7 +542,10 @@ def write_markdown(results, path, command, notes=None):
             L.append("Forward-pass bound: were the backward and update phases of `%s` free, its run "
                      "would be %.2fx fewer instructions than `sparse`'s (its set-up, its fill steps' and "
                      "cached steps' forward phases and its period ends alone).\n" % (b[1], b[0]))
-    L.append("\nColumns: instructions of one call (inference: the trainer's forward pass; step: forward "
+    L.append("\nColumns: *budget*: the arena budget a method was planned within; *own size*: a "
+             "baseline that trains a fixed set (full, last, bias; sparse when its set does not fit "
+             "the budget) planned at that set's own size, over the budget when it needs more. "
+             "Instructions of one call (inference: the trainer's forward pass; step: forward "
              "with saving, loss, backward, updates; the phase split comes from a 40-instruction timer "
              "through the trainer's clock hook, so it is within ±40 per phase boundary); *step from "
              "cache*: a step whose frozen prefix comes from the feature cache; *plan*: the set-up on "
