@@ -289,6 +289,30 @@ def test_samples_status_says_the_room_for_more_samples(rig, monkeypatch):
     assert os.path.getsize(store_path(rig)) == st["store_bytes"]
 
 
+@pytest.mark.parametrize("stored, records", [(0, 20), (5, 20), (0, 10)])
+def test_status_says_what_of_the_room_the_dataset_would_take(rig, monkeypatch, stored, records):
+    # the session's dataset holds 12 samples; `stored` of them are on the board already: train
+    # would send the rest first, out of the room status reports
+    ds = the_dataset(rig)
+    if stored:
+        with open_fake(rig.where) as b:
+            put(b, ds, 0, stored)
+    says_room(monkeypatch, Disk(monkeypatch, flash(rig), records * REC))
+    rc, out, err = rig.cli("status")
+    assert rc == 0, err
+    s = json.loads(out)["samples"]
+    assert (s["room"], s["to_send"]) == (records, 12 - stored)
+    rc, out, err = rig.cli("status", json=False)
+    assert rc == 0, err
+    line = [ln for ln in out.splitlines() if ln.startswith("samples")][0]
+    # (a simulated board's filesystem is this PC's disk, here the test's Disk)
+    room = f"the board's filesystem has room for about {records} samples (this PC's disk)"
+    assert line.endswith(f"; {room}, {12 - stored} of them for the dataset's samples train would "
+                         "still send" if records >= 12 - stored else
+                         f"; {room}: too few for the 12 dataset samples train would send (make "
+                         "room on the board's filesystem)"), line
+
+
 def test_a_capture_count_the_board_has_no_room_for_is_refused_up_front(rig, monkeypatch):
     monkeypatch.setitem(sys.modules, "sensor", SimSensor(SCENE, str(rig.where)))
     says_room(monkeypatch, Disk(monkeypatch, flash(rig), 20 * REC + 300))

@@ -1310,12 +1310,15 @@ def board_status(board, session):
         uid, n, damaged = _session_dataset(session.dataset_dir)
         each = int(np.prod(m["input_shape"])) if model is not None and "error" not in model \
             else None
+        again, have = _store_plan(s, uid, each, n or 0) if each is not None else (None, 0)
         samples = {"count": s["count"], "last_id": s["last_id"], "dataset": s["dataset"],
                    "bytes": s.get("bytes"),
                    # how many of the model's samples its free room holds (None: the board does
                    # not say), with the room of a store collect or train would replace
-                   "room": None if each is None else
-                   room_for(s, each, _store_plan(s, uid, each, n or 0)[0])[0],
+                   "room": None if each is None else room_for(s, each, again)[0],
+                   # the dataset's samples collect or train would send first (the room's first
+                   # call)
+                   "to_send": max(0, (n or 0) - have) if each is not None else None,
                    # the board's samples are the session dataset's (by its id)
                    "session_dataset": None if uid is None or not s["count"] else
                    s["dataset"] == uid, "session_samples": n,

@@ -614,9 +614,13 @@ def status_lines(st):
             if s.get("dataset_problem") else "this session folder holds no dataset"
         # the board's free room in samples of the model (agent 9): a simulated board's
         # filesystem is this PC's disk
-        room = "" if s.get("room") is None else \
-            f"; the board's filesystem has room for about {s['room']:,} samples" + \
-            (" (this PC's disk)" if b["simulated"] else "")
+        room, send = s.get("room"), s.get("to_send") or 0
+        room = "" if room is None else \
+            f"; the board's filesystem has room for about {room:,} samples" + \
+            (" (this PC's disk)" if b["simulated"] else "") + \
+            ("" if not send else f", {send:,} of them for the dataset's samples train would "
+             "still send" if send <= room else f": too few for the {send:,} dataset samples "
+             "train would send (make room on the board's filesystem)")
         if not s["count"]:
             out.append(f"samples     none on the board; {held}{room}")
         elif s["session_dataset"]:
