@@ -332,6 +332,40 @@ def test_a_capture_count_the_board_has_no_room_for_is_refused_up_front(rig, monk
     assert folder_state(flash(rig)) == board_before  # no store made, no sample sent
 
 
+def test_a_config_capture_item_is_checked_whole_before_its_first_capture(rig, monkeypatch):
+    # `tinymp session`'s collect item with several labels: the room for all its captures is
+    # checked before the first, not label by label (which captured the first labels, then
+    # stopped part way)
+    from tinymp.session import run
+    from tinymp.session.simboard import SimSensor
+    from test_session_replies import PROFILE
+    monkeypatch.setitem(sys.modules, "sensor", SimSensor(SCENE, str(rig.where)))
+    ds = the_dataset(rig)
+    count = int(ds.counts()[1:4].max()) + 3
+    need = sum(count - int(v) for v in ds.counts()[1:4])
+    # room for the dataset's 12 and one label's captures, not the three labels'
+    says_room(monkeypatch, Disk(monkeypatch, flash(rig), 16 + (12 + need - 2) * REC))
+    cfg = rig.tmp / "c.json"
+    cfg.write_text(json.dumps({"model": rig.model, "port": "sim", "board": PROFILE,
+                               "session": rig.session.path, "plots": False,
+                               "collect": [{"label": [1, 2, 3], "count": count}],
+                               "train": {"steps": 1}}))
+    before = folder_state(rig.session.path)
+    board_before = folder_state(flash(rig))
+    rig.capsys.readouterr()
+    rc = run.handle_errors(run.cmd_session, rig.args(config=str(cfg), m7=False, json=False))
+    out, err = rig.capsys.readouterr()
+    assert rc == 2, err
+    assert one_line(err.strip().splitlines()) == (
+        f"tinymp: the config's collect item (count {count}) needs {need} more samples of labels "
+        f"1, 2, 3 (and the 12 the board lacks of the dataset) on the board, whose filesystem "
+        f"has room for about {12 + need - 2} ({16 + (12 + need - 2) * REC:,} bytes free): give "
+        "a smaller count or make room on the board's filesystem; nothing was sent or captured")
+    assert the_dataset(rig).counts().tolist() == ds.counts().tolist()  # nothing captured
+    assert folder_state(flash(rig)) == board_before
+    assert {k: v for k, v in folder_state(rig.session.path).items() if k in before} == before
+
+
 def test_a_capture_count_that_just_fits_is_taken(rig, monkeypatch):
     monkeypatch.setitem(sys.modules, "sensor", SimSensor(SCENE, str(rig.where)))
     ds = the_dataset(rig)

@@ -736,29 +736,51 @@ def board_full(e):
 MAKE_ROOM = "make room on the board's filesystem"
 
 
-def collect_capture(board, ds, label, count, show=True, board_name=None):
+def _check_label(ds, label):
+    if not 0 <= label < ds.num_classes:
+        raise user_error(f"tinymp: label {label} is out of range 0..{ds.num_classes - 1}")
+
+
+def capture_need(ds, labels, count):
+    """How many captures make `ds` hold `count` samples of each of `labels`."""
+    for lab in labels:
+        _check_label(ds, lab)
+    have = ds.counts()
+    return sum(max(0, count - int(have[lab])) for lab in labels)
+
+
+def sync_for_captures(board, ds, need, asked, of_what, knob, show=True):
+    """sync_samples before `need` captures: when the board has clearly no room for them and the
+    dataset's samples it lacks, nothing is sent or captured and the user is told that `asked`
+    (e.g. "--count 50") needs them (`of_what`: "of label 3"), and to give a smaller `knob`."""
+    try:
+        sync_samples(board, ds, show, then=need)
+    except NoRoom as e:
+        if not need:
+            raise  # the dataset's own samples do not fit: as when they are sent
+        raise user_error(
+            f"tinymp: {asked} needs {plural(need, 'more sample')} {of_what} "
+            + (f"(and the {e.sending} the board lacks of the dataset) " if e.sending else "")
+            + f"on the board, whose filesystem has room for about {e.room:,} ({e.counted}): "
+            f"give a smaller {knob} or make room on the board's filesystem; nothing was sent "
+            "or captured") from None
+
+
+def collect_capture(board, ds, label, count, show=True, board_name=None, synced=False):
     """Capture with the board's camera until `ds` holds `count` samples of `label`. Each sample is
-    on the PC's disk before the board is told to keep it. Returns {"added", "total"}."""
-    nc = ds.num_classes
-    if not 0 <= label < nc:
-        raise user_error(f"tinymp: label {label} is out of range 0..{nc - 1}")
+    on the PC's disk before the board is told to keep it. Returns {"added", "total"}. `synced`:
+    the caller made the board's store hold the dataset and checked the room for these captures
+    (sync_for_captures)."""
+    _check_label(ds, label)
     if not board.info.get("camera"):
         raise user_error(f"tinymp: {board.info.get('board')} has no camera; collect with --from FILE")
     added = 0
     bar = None
     try:
         todo = max(0, count - int(ds.counts()[label]))
-        try:
-            sync_samples(board, ds, show, then=todo)
-        except NoRoom as e:
-            if not todo:
-                raise  # the dataset's own samples do not fit: as when they are sent
-            raise user_error(
-                f"tinymp: --count {count} needs {plural(todo, 'more sample')} of label {label} "
-                + (f"(and the {e.sending} the board lacks of the dataset) " if e.sending else "")
-                + f"on the board, whose filesystem has room for about {e.room:,} ({e.counted}): "
-                "give a smaller --count or make room on the board's filesystem; nothing was sent "
-                "or captured") from None
+        if not synced:
+            sync_for_captures(board, ds, todo, f"--count {count}", f"of label {label}",
+                              "--count", show)
         bar = progress(todo, f"capture label {label}", "sample", show)
         for _ in range(todo):
             i = len(ds)

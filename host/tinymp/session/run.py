@@ -268,11 +268,12 @@ def cmd_push(args):
 
 # --- collect --------------------------------------------------------------------------------
 
-def _send_samples(board, ds, show):
-    """C.sync_samples; when it fails, one line that says why and that the dataset keeps every
-    sample (a board with no room for them all keeps those it stored: the rest go later)."""
+def _send_samples(board, ds, show, sync=None):
+    """C.sync_samples (or `sync()`, which calls it); when it fails, one line that says why and
+    that the dataset keeps every sample (a board with no room for them all keeps those it
+    stored: the rest go later)."""
     try:
-        return C.sync_samples(board, ds, show=show)
+        return sync() if sync else C.sync_samples(board, ds, show=show)
     except (LinkError, BoardError) as e:
         msg = C.embedded(e.msg if isinstance(e, BoardError) else e)
         if C.board_full(e):
@@ -932,12 +933,19 @@ def run_session(cfg, args, out=print):
                 added = C.import_samples(ds, x, y, src, board_name=name, show=show)
                 out(f"collect    {added} samples from {os.path.basename(c['from'])}")
             else:
-                labels = c["label"] if isinstance(c["label"], list) else [c["label"]]
+                labels = [int(v) for v in (c["label"] if isinstance(c["label"], list) else
+                                           [c["label"]])]
                 t0 = time.perf_counter()
                 added = 0
+                # the room for the whole item, before its first capture
+                need = C.capture_need(ds, labels, int(c["count"]))
+                _send_samples(board, ds, show, lambda: C.sync_for_captures(
+                    board, ds, need, f"the config's collect item (count {int(c['count'])})",
+                    f"of {'label' if len(labels) == 1 else 'labels'} "
+                    f"{', '.join(map(str, labels))}", "count", show))
                 for lab in labels:
-                    added += C.collect_capture(board, ds, int(lab), int(c["count"]), show=show,
-                                               board_name=name)["added"]
+                    added += C.collect_capture(board, ds, lab, int(c["count"]), show=show,
+                                               board_name=name, synced=True)["added"]
                 out(f"collect    {added} samples captured with the board's camera "
                     f"({'simulated, ' if board.simulated else ''}{time.perf_counter() - t0:.1f} s); "
                     f"dataset {ds.path}: {len(ds)} samples, per class "
