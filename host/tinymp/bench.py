@@ -543,8 +543,9 @@ def write_markdown(results, path, command, notes=None):
                      "would be %.2fx fewer instructions than `sparse`'s (its set-up, its fill steps' and "
                      "cached steps' forward phases and its period ends alone).\n" % (b[1], b[0]))
     L.append("\nColumns: *budget*: the arena budget a method was planned within; *own size*: a "
-             "baseline that trains a fixed set (full, last, bias; sparse when its set does not fit "
-             "the budget) planned at that set's own size, over the budget when it needs more. "
+             "method that trains a fixed set (full, last, bias, exact backprop over tinymp's set; "
+             "sparse when its set does not fit the budget) planned at that set's own size, over "
+             "the budget when it needs more. "
              "Instructions of one call (inference: the trainer's forward pass; step: forward "
              "with saving, loss, backward, updates; the phase split comes from a 40-instruction timer "
              "through the trainer's clock hook, so it is within ±40 per phase boundary); *step from "
