@@ -9,6 +9,11 @@ VPY := $(VENV)/bin/python
 CORE := micropython_modules/tinymp/core
 CORE_SRC := $(sort $(wildcard $(CORE)/*.c $(CORE)/*/*.c))
 BUILD := build
+ifneq ($(word 2,$(BUILD)),)
+# make splits words at spaces: its rules cannot name such a folder (firmware/firmware.mk checks
+# the other paths)
+$(error BUILD=$(BUILD): a path with a space in it, which make cannot build with: use a path without spaces)
+endif
 ARM_CC ?= arm-none-eabi-gcc
 ARM_SIZE ?= arm-none-eabi-size
 M7_FLAGS := -mcpu=cortex-m7 -mthumb -mfpu=fpv5-sp-d16 -mfloat-abi=hard
@@ -29,12 +34,13 @@ help:
 	@echo "make fuzz        the model-parser fuzz test under AddressSanitizer + UBSan"
 	@echo "make venv        only .venv: the PC package with its test extras (mpremote, esptool, pyelftools)"
 	@echo "make experiment  personalisation accuracy of every method (about 11 min; experiments/RESULTS.md)"
-	@echo "make clean       remove build outputs (keeps .venv and the MicroPython clone in build/micropython)"
+	@echo "make clean       remove build outputs (keeps .venv and the MicroPython and OpenMV clones in build/)"
 	@echo "make distclean   remove build/ and .venv entirely"
-	@echo "make bench-kernels / kernel-check   forward kernels on the emulated Cortex-M7 (firmware/bench)"
+	@echo "make bench-kernels / kernel-check   every kernel (forward and backward) on the emulated Cortex-M7 (firmware/bench)"
+	@echo "make bench-train-elf   only the bench program (build/bench/bench_train.elf), which tinymp bench runs"
 	@echo ""
 	@echo "MicroPython firmware with tinymp built in (README, 'import tinymp on MicroPython'):"
-	@echo "make firmware BOARD=NAME   NAME: $(FW_BOARDS)"
+	@echo "make firmware BOARD=NAME   NAME: $(FW_BOARDS) (default UNIX)"
 	@echo "                           (it prints the output's path, e.g. build/nucleo-h743zi2/firmware.dfu);"
 	@echo "                           MICROPY_DIR=<a MicroPython $(MICROPY_VERSION) tree> builds offline,"
 	@echo "                           else it is cloned into build/micropython"
@@ -113,10 +119,10 @@ core-check:
 fuzz: venv
 	$(VPY) -m pytest tests/test_fuzz.py -q -ra
 
-# clean keeps what took the network to get: the MicroPython clone (build/micropython) and .venv;
-# distclean removes them too
+# clean keeps what took the network to get: the MicroPython and OpenMV clones (build/micropython,
+# build/openmv) and .venv; distclean removes them too
 clean:
-	@if [ -d $(BUILD) ]; then find $(BUILD) -mindepth 1 -maxdepth 1 ! -name micropython -exec rm -rf {} +; fi
+	@if [ -d "$(BUILD)" ]; then find "$(BUILD)" -mindepth 1 -maxdepth 1 ! -name micropython ! -name openmv -exec rm -rf {} +; fi
 	rm -rf *.egg-info host/*.egg-info
 
 distclean: clean

@@ -91,6 +91,7 @@ FW_MAKE := -C $(FW_MP)/ports/qemu BOARD=MPS2_AN500 FROZEN_MANIFEST= \
 FW_QEMU := qemu-system-arm -machine mps2-an500 -nographic -monitor null -semihosting
 FW_RUN_TESTS := $(FW_PY) ./run-tests.py -t execpty:"$(FW_QEMU) -serial pty -kernel $(FW_OUT)"
 FW_NEEDS_ARM := 1
+FW_TEST_NEEDS_QEMU := 1
 else ifeq ($(BOARD),NUCLEO_H743ZI2)
 # stm32 port with our out-of-tree board folder (flash layout with a ROMFS partition, frozen
 # helpers). No networking: stm32lib, tinyusb and micropython-lib (which freezing always checks for)
@@ -113,7 +114,17 @@ else
 FW_BAD_BOARD := 1
 endif
 
-.PHONY: firmware firmware-test firmware-size flash natmod micropython-tree micropython-submodules
+.PHONY: firmware firmware-test firmware-size flash natmod micropython-tree micropython-submodules \
+    fw-paths
+
+# make splits words at spaces: a checkout, MICROPY_DIR, BUILD or OPENMV_DIR with a space in its
+# path would be taken as two paths (a failed clone's clean-up once removed the folder named by the
+# part before the space). Every firmware target refuses such a path first.
+FW_SPACED = $(strip $(if $(word 2,$(CURDIR)),this checkout ($(CURDIR))) \
+    $(foreach v,MICROPY_DIR BUILD OPENMV_DIR,$(if $(word 2,$($(v))),$(v)=$($(v)))))
+fw-paths:
+	@if [ -n "$(FW_SPACED)" ]; then \
+	  echo "error: $(FW_SPACED): a path with a space in it, which make cannot build with: use a path without spaces (e.g. move the folder, or a symbolic link to it)"; exit 1; fi
 
 # MICROPY_DIR must be the MicroPython release the board folders and the binding are written for
 # (MICROPY_VERSION, read from its py/mpconfig.h); MICROPY_VERSION_CHECK=0 builds with another one
@@ -121,16 +132,18 @@ endif
 MICROPY_VERSION_CHECK ?= 1
 FW_WANT_VERSION := $(patsubst v%,%,$(MICROPY_VERSION))
 
-micropython-tree:
+micropython-tree: fw-paths
 	@if [ -f "$(FW_MP)/py/mkenv.mk" ] && [ -f "$(FW_MP)/py/mpconfig.h" ]; then \
 	  true; \
 	elif [ "$(MICROPY_DIR)" != "build/micropython" ]; then \
 	  echo "error: MICROPY_DIR=$(MICROPY_DIR) is not a MicroPython source tree (no py/mkenv.mk): point it at a MicroPython $(MICROPY_VERSION) checkout"; exit 1; \
+	elif [ -e "$(FW_MP)" ]; then \
+	  echo "error: $(MICROPY_DIR) is there but is not a MicroPython source tree (no py/mkenv.mk; a clone cut short?): remove it (rm -rf $(MICROPY_DIR)) and make clones $(MICROPY_VERSION) again"; exit 1; \
 	else \
 	  echo "cloning MicroPython $(MICROPY_VERSION) into $(MICROPY_DIR)"; \
-	  mkdir -p $(dir $(FW_MP)); \
-	  git clone --depth 1 --branch $(MICROPY_VERSION) $(MICROPY_REPO) $(FW_MP) || { \
-	    rm -rf $(FW_MP); \
+	  mkdir -p "$(dir $(FW_MP))"; \
+	  git clone --depth 1 --branch $(MICROPY_VERSION) $(MICROPY_REPO) "$(FW_MP)" || { \
+	    rm -rf "$(FW_MP)"; \
 	    echo "error: could not clone $(MICROPY_REPO) at $(MICROPY_VERSION) (no network?): point MICROPY_DIR at a MicroPython $(MICROPY_VERSION) tree, make firmware BOARD=$(BOARD) MICROPY_DIR=/path/to/micropython"; \
 	    exit 1; }; \
 	fi
@@ -191,7 +204,7 @@ ifeq ($(BOARD),ESP32_S3)
 	  exit 1; }
 endif
 
-firmware: $(if $(FW_DRY),,firmware-tools micropython-submodules)
+firmware: fw-paths $(if $(FW_DRY),,firmware-tools micropython-submodules)
 	$(FW_RUN) $(FW_SUBMAKE) -j$(FW_JOBS) -C $(FW_MP)/mpy-cross BUILD=$(FW_MPYCROSS_BUILD) USER_C_MODULES=
 	$(FW_RUN) $(FW_SUBMAKE) -j$(FW_JOBS) $(FW_MAKE) USER_C_MODULES=$(FW_USERMOD) BUILD=$(FW_BUILD) \
 	    MICROPY_MPYCROSS=$(FW_MPYCROSS)
@@ -200,7 +213,18 @@ firmware: $(if $(FW_DRY),,firmware-tools micropython-submodules)
 # run-tests.py runs every tests/device/*.py on the target and compares with its .py.exp
 # (make_models.py is the generator of the embedded models, not a test).
 ifdef FW_RUN_TESTS
-firmware-test: firmware
+# what run-tests.py needs to reach a qemu board (it talks to it through pyboard.py, which needs
+# pyserial), checked before the build
+.PHONY: firmware-test-tools
+firmware-test-tools:
+ifdef FW_TEST_NEEDS_QEMU
+	@command -v qemu-system-arm >/dev/null || { \
+	  echo "error: firmware-test BOARD=$(BOARD) needs qemu-system-arm (apt-get install qemu-system-arm)"; exit 1; }
+	@$(FW_PY) -c "import serial" 2>/dev/null || { \
+	  echo "error: firmware-test BOARD=$(BOARD) needs pyserial for MicroPython's run-tests.py: $(FW_PY) -m pip install pyserial (or make venv)"; exit 1; }
+endif
+
+firmware-test: firmware-test-tools firmware
 	cd $(FW_MP)/tests && PYTHONDONTWRITEBYTECODE=1 $(FW_RUN_TESTS) -r $(FW_BUILD)/test-results -e make_models -d $(FW_TESTS)
 else
 firmware-test:
@@ -208,7 +232,10 @@ firmware-test:
 endif
 
 # Flash and RAM use of a built firmware, and tinymp's share of it (from the linker map).
-firmware-size:
+firmware-size: fw-paths
+ifneq ($(filter UNIX UNIX_FLOAT,$(BOARD)),)
+	@echo "error: firmware-size reports on a microcontroller's firmware (BOARD=NUCLEO_H743ZI2, QEMU_M7, QEMU_M7_FLOAT); BOARD=$(BOARD) is a program for this computer"; exit 1
+endif
 	@test -f $(FW_BUILD)/firmware.elf || { \
 	  echo "error: $(FW_BUILD)/firmware.elf not found: make firmware BOARD=$(BOARD) first"; exit 1; }
 	@$(FW_PY) firmware/fw_size.py --board $(BOARD) $(FW_BUILD)/firmware.elf
@@ -235,7 +262,7 @@ endif
 	@$(FW_PY) -c "import elftools" 2>/dev/null || { \
 	  echo "error: MicroPython's mpy_ld.py needs pyelftools: $(FW_PY) -m pip install pyelftools"; exit 1; }
 
-natmod: natmod-tools micropython-tree
+natmod: fw-paths natmod-tools micropython-tree
 	@mkdir -p $(NATMOD_BUILD)
 	$(FW_SUBMAKE) -C $(NATMOD_BUILD) -f $(NATMOD_MAKEFILE) MPY_DIR=$(FW_MP) ARCH=$(ARCH) \
 	    PYTHON=$(FW_PY) BUILD=obj

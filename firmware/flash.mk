@@ -67,7 +67,7 @@ FLASH_ERROR := BOARD=$(BOARD) runs on this computer (or in qemu): there is nothi
     make flash BOARD=NUCLEO_H743ZI2, ESP32_S3 or OPENMV_H7
 endif
 
-flash:
+flash: fw-paths
 ifdef FLASH_ERROR
 	@echo "error: $(FLASH_ERROR)"; exit 1
 else

@@ -27,8 +27,18 @@ import sys
 CROSS = os.environ.get("CROSS_COMPILE", "arm-none-eabi-")
 
 
-def run(*cmd):
-    return subprocess.run(cmd, check=True, stdout=subprocess.PIPE, universal_newlines=True).stdout
+def run(*cmd, quiet=False):
+    """A binutils command's output; `quiet`: its warnings (stderr) are not shown."""
+    return subprocess.run(cmd, check=True, stdout=subprocess.PIPE,
+                          stderr=subprocess.DEVNULL if quiet else None,
+                          universal_newlines=True).stdout
+
+
+def missing_tool():
+    """The first binutils program this script runs that is not on PATH, or None."""
+    import shutil
+    return next((CROSS + t for t in ("size", "objdump", "nm") if shutil.which(CROSS + t) is None),
+                None)
 
 
 def sections(elf):
@@ -93,7 +103,8 @@ def symbol(elf, name):
 def gc_blocks(elf):
     """Extra heap blocks [(address, size)] from .gc.blocks.table, if any."""
     try:
-        out = run(CROSS + "objdump", "-s", "-j", ".gc.blocks.table", elf)
+        # quiet: a firmware without a split heap has no such section, which objdump warns of
+        out = run(CROSS + "objdump", "-s", "-j", ".gc.blocks.table", elf, quiet=True)
     except subprocess.CalledProcessError:
         return []
     words = []
@@ -178,6 +189,11 @@ def main(argv=None):
     ap.add_argument("--board", default="")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
+    tool = missing_tool()
+    if tool:
+        print("error: firmware-size needs %s (apt-get install binutils-arm-none-eabi, which "
+              "gcc-arm-none-eabi brings)" % tool, file=sys.stderr)
+        return 1
     r = report(a.elf, a.board)
     if a.json:
         r = dict(r)

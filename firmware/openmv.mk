@@ -35,23 +35,25 @@ DFU_UTIL ?= dfu-util
 
 .PHONY: openmv-tree
 
-openmv-tree:
+openmv-tree: fw-paths
 	@if [ -f "$(OPENMV_ABS)/Makefile" ] && [ -d "$(OPENMV_ABS)/boards/$(OPENMV_TARGET)" ]; then \
 	  true; \
 	elif [ "$(OPENMV_DIR)" != "build/openmv" ]; then \
 	  echo "error: OPENMV_DIR=$(OPENMV_DIR) is not an OpenMV checkout with boards/$(OPENMV_TARGET)"; exit 1; \
+	elif [ -e "$(OPENMV_ABS)" ]; then \
+	  echo "error: $(OPENMV_DIR) is there but is not an OpenMV checkout with boards/$(OPENMV_TARGET) (a clone cut short?): remove it (rm -rf $(OPENMV_DIR)) and make clones $(OPENMV_VERSION) again"; exit 1; \
 	else \
 	  echo "cloning OpenMV $(OPENMV_VERSION) into $(OPENMV_DIR) (with submodules)"; \
-	  mkdir -p $(dir $(OPENMV_ABS)); \
-	  { git clone --depth 1 --branch $(OPENMV_VERSION) $(OPENMV_REPO) $(OPENMV_ABS) && \
-	    git -C $(OPENMV_ABS) submodule update --init --depth 1 && \
-	    git -C $(OPENMV_ABS)/lib/micropython submodule update --init --depth 1; } || { \
-	    rm -rf $(OPENMV_ABS); \
+	  mkdir -p "$(dir $(OPENMV_ABS))"; \
+	  { git clone --depth 1 --branch $(OPENMV_VERSION) $(OPENMV_REPO) "$(OPENMV_ABS)" && \
+	    git -C "$(OPENMV_ABS)" submodule update --init --depth 1 && \
+	    git -C "$(OPENMV_ABS)/lib/micropython" submodule update --init --depth 1; } || { \
+	    rm -rf "$(OPENMV_ABS)"; \
 	    echo "error: could not clone $(OPENMV_REPO) at $(OPENMV_VERSION) (no network?)."; \
 	    echo "       Point OPENMV_DIR at an OpenMV checkout with its submodules."; exit 1; }; \
 	fi
 
-firmware: $(if $(FW_DRY),,openmv-tree)
+firmware: fw-paths $(if $(FW_DRY),,openmv-tree)
 ifndef FW_DRY
 	@if [ -e "$(OPENMV_LINK)" ] && [ ! -L "$(OPENMV_LINK)" ]; then \
 	  echo "error: $(OPENMV_LINK) exists and is not our link; move it away"; exit 1; fi
@@ -68,7 +70,7 @@ endif
 firmware-test:
 	@echo "error: firmware-test runs on UNIX, UNIX_FLOAT, QEMU_M7 and QEMU_M7_FLOAT"; exit 1
 
-firmware-size:
+firmware-size: fw-paths
 	@test -f $(FW_BUILD)/firmware.elf || { \
 	  echo "error: $(FW_BUILD)/firmware.elf not found: make firmware BOARD=OPENMV_H7 first"; exit 1; }
 	@$(FW_PY) firmware/fw_size.py --board OPENMV_H7 $(FW_BUILD)/firmware.elf
@@ -76,14 +78,17 @@ firmware-size:
 # The OpenMV Cam is flashed by OpenMV IDE through OpenMV's USB bootloader; there is no command
 # line tool for that bootloader, so by default this prints the steps.
 ifeq ($(FLASH_TOOL),ide)
-flash:
+flash: fw-paths
+ifndef FW_DRY
+	@test -f $(FW_OUT) || { echo "error: $(FW_OUT) not found: make firmware BOARD=OPENMV_H7 first"; exit 1; }
+endif
 	@echo "Flash $(FW_OUT) with OpenMV IDE (https://openmv.io/pages/download):"
 	@echo "  1. Unplug the camera. In OpenMV IDE: Tools > Run Bootloader (Load Firmware)."
 	@echo "  2. Select $(FW_OUT); leave 'Erase internal file system' unticked to keep your files."
 	@echo "  3. Click Run, then plug the camera in when the IDE asks (it flashes over USB, ~1 min)."
 	@echo "  4. Connect (the plug icon), open the serial terminal and check: import tinymp"
 else ifeq ($(FLASH_TOOL),dfu-util)
-flash:
+flash: fw-paths
 ifndef FW_DRY
 	@test -f $(FW_OUT) || { echo "error: $(FW_OUT) not found: make firmware BOARD=OPENMV_H7 first"; exit 1; }
 	@command -v $(DFU_UTIL) >/dev/null || { \

@@ -362,6 +362,19 @@ def test_examples_capture_personalise_and_restore(tmp_path, monkeypatch):
     assert labels == [names[k % 2] for k in range(8)], labels
 
 
+@pytest.mark.parametrize("example", ["2_personalise", "3_live"])
+def test_examples_that_train_say_so_on_the_native_module(tmp_path, monkeypatch, example):
+    # tinymp.mpy on stock firmware has Model but no Trainer (and no Model.plan): one clear error
+    # before anything is read, not an AttributeError part way
+    native = types.ModuleType("tinymp")
+    native.Model = lambda path: pytest.fail("the model was opened")
+    monkeypatch.setitem(sys.modules, "tinymp", native)
+    with pytest.raises(RuntimeError, match=r"^this example trains on the camera, which needs the "
+                       r"tinymp firmware \(README: make firmware BOARD=OPENMV_H7, then make "
+                       r"flash\); tinymp.mpy on stock firmware runs inference only$"):
+        run_example(example, monkeypatch, fake_sensor([]))
+
+
 def test_examples_compile_for_micropython():
     """Every example and the helper module use only syntax MicroPython compiles (checked by
     mpy-cross when MICROPY_DIR is set, by CPython's compiler always)."""

@@ -226,8 +226,16 @@ def test_usermod_adds_only_the_core_include_whatever_the_fpu(tmp_path):
         assert usermod_cflags(tmp_path, flags) == ["-I/mod/tinymp/core"], flags
 
 
-def test_openmv_flash_says_what_to_do():
-    out = make("flash", "BOARD=OPENMV_H7")
+def test_openmv_flash_says_what_to_do(tmp_path):
+    built = tmp_path / "openmv-h7" / "firmware.bin"
+    # nothing built: that is what it says (not steps that name a file that is not there)
+    err = the_error(make("flash", "BOARD=OPENMV_H7", f"BUILD={tmp_path}", ok=False))
+    assert err == f"error: {built} not found: make firmware BOARD=OPENMV_H7 first"
+    built.parent.mkdir()
+    built.write_bytes(b"x")
+    out = make("flash", "BOARD=OPENMV_H7", f"BUILD={tmp_path}")
+    assert "Tools > Run Bootloader" in out and str(built) in out
+    out = make("flash", "BOARD=OPENMV_H7", "DRY_RUN=1")
     assert "Tools > Run Bootloader" in out
     assert os.path.join(ROOT, "build", "openmv-h7", "firmware.bin") in out
     out = make("flash", "BOARD=OPENMV_H7", "FLASH_TOOL=dfu-util", "DRY_RUN=1")
@@ -483,6 +491,42 @@ def test_missing_cross_compiler_is_named_first(tmp_path, board):
                    "(apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi)")
 
 
+@pytest.mark.parametrize("board", ["QEMU_M7", "QEMU_M7_FLOAT"])
+def test_firmware_test_names_what_it_needs_before_the_build(tmp_path, board):
+    # run-tests.py reaches a qemu board through qemu-system-arm and pyboard.py (pyserial): both
+    # were tracebacks after a whole build
+    path = path_without(tmp_path, "qemu-system-arm")
+    err = the_error(make("firmware-test", f"BOARD={board}", f"MICROPY_DIR={tmp_path}/no-tree",
+                         ok=False, env={"PATH": path}))
+    assert err == (f"error: firmware-test BOARD={board} needs qemu-system-arm (apt-get install "
+                   "qemu-system-arm)")
+    fake = tmp_path / "bin" / "qemu-system-arm"
+    fake.write_text("#!/bin/sh\nexit 0\n")
+    fake.chmod(0o755)
+    noserial = tmp_path / "py"  # a Python without pyserial
+    noserial.write_text("#!/bin/sh\nexit 1\n")
+    noserial.chmod(0o755)
+    err = the_error(make("firmware-test", f"BOARD={board}", f"MICROPY_DIR={tmp_path}/no-tree",
+                         f"FW_PYTHON={noserial}", ok=False, env={"PATH": path}))
+    assert err == (f"error: firmware-test BOARD={board} needs pyserial for MicroPython's "
+                   f"run-tests.py: {noserial} -m pip install pyserial (or make venv)")
+
+
+def test_firmware_size_names_a_missing_tool_and_a_board_it_cannot_size(tmp_path):
+    err = the_error(make("firmware-size", "BOARD=UNIX", ok=False))
+    assert err == ("error: firmware-size reports on a microcontroller's firmware "
+                   "(BOARD=NUCLEO_H743ZI2, QEMU_M7, QEMU_M7_FLOAT); BOARD=UNIX is a program for "
+                   "this computer")
+    elf = tmp_path / "qemu-m7" / "firmware.elf"
+    elf.parent.mkdir()
+    elf.write_bytes(b"\x7fELF")
+    path = path_without(tmp_path, "arm-none-eabi-")
+    err = the_error(make("firmware-size", "BOARD=QEMU_M7", f"BUILD={tmp_path}", ok=False,
+                         env={"PATH": path}))
+    assert err == ("error: firmware-size needs arm-none-eabi-size (apt-get install "
+                   "binutils-arm-none-eabi, which gcc-arm-none-eabi brings)")
+
+
 def test_cross_compiler_without_its_c_library(tmp_path):
     """Debian's gcc-arm-none-eabi without libnewlib-arm-none-eabi: no <string.h> for the ports."""
     path = path_without(tmp_path, "arm-none-eabi-")
@@ -661,16 +705,83 @@ def test_natmod_names_what_is_missing_before_any_clone(tmp_path):
                    "install pyelftools")
 
 
-def test_clean_keeps_the_venv_and_the_micropython_clone(tmp_path):
-    # in a copy of the make files: clean must not touch this checkout's build or .venv
-    shutil.copy(os.path.join(ROOT, "Makefile"), tmp_path)
+def copy_make_files(to):
+    """The make files of this checkout in `to`: make run there cannot touch this checkout."""
+    to.mkdir(parents=True, exist_ok=True)
+    shutil.copy(os.path.join(ROOT, "Makefile"), to)
     for d, _, names in os.walk(os.path.join(ROOT, "firmware")):
         for n in names:
             if n.endswith(".mk"):
                 rel = os.path.relpath(os.path.join(d, n), ROOT)
-                (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy(os.path.join(ROOT, rel), tmp_path / rel)
-    kept = ["build/micropython/py/mpconfig.h", ".venv/bin/python"]
+                (to / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(os.path.join(ROOT, rel), to / rel)
+
+
+@pytest.mark.parametrize("where,args", [
+    ("tinymp copy", ["BOARD=UNIX"]),            # would clone MicroPython into build/micropython
+    ("tinymp copy", ["BOARD=OPENMV_H7"]),       # would clone OpenMV into build/openmv
+    ("tinymp", ["BOARD=UNIX", "MICROPY_DIR={tmp}/my mp"]),
+    ("tinymp", ["BOARD=UNIX", "BUILD={tmp}/out dir"]),
+    ("tinymp", ["BOARD=OPENMV_H7", "OPENMV_DIR={tmp}/my openmv"]),
+])
+@pytest.mark.parametrize("target", ["firmware", "natmod", "flash", "firmware-size"])
+def test_a_path_with_a_space_is_refused_before_anything_runs(tmp_path, where, args, target):
+    # make splits a path at its spaces: a failed clone's clean-up in "tinymp copy" removed the
+    # folder "tinymp" next to it (the part before the space). Refused, one line, nothing touched.
+    tree = tmp_path / where
+    copy_make_files(tree)
+    for d in ("tinymp", "my", "out"):  # the folders named by the parts before a space
+        (tmp_path / d).mkdir(exist_ok=True)
+        (tmp_path / d / "keep").write_text("mine")
+    args = [a.format(tmp=tmp_path) for a in args]
+    spaced = str(tree) if where != "tinymp" else args[-1].split("=", 1)[1]
+    if target == "natmod":
+        args = [a for a in args if not a.startswith("BOARD=")] + ["ARCH=x64"]
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "BOARD")}
+    r = subprocess.run(["make", "--no-print-directory", "-C", str(tree), target, *args],
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, timeout=60)
+    out = r.stdout.decode()
+    assert r.returncode != 0, out
+    if any(a.startswith("BUILD=") for a in args):
+        # the top-level Makefile's own rules name BUILD: make stops as it reads it
+        (err,) = [ln for ln in out.splitlines() if "***" in ln]
+        assert err.startswith("Makefile:") and err.endswith(".  Stop."), out
+    else:
+        err = the_error(out)
+    assert "a path with a space in it" in err and "use a path without spaces" in err, err
+    assert spaced in err, err
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before
+    for d in ("tinymp", "my", "out"):
+        assert (tmp_path / d / "keep").read_text() == "mine"
+
+
+@pytest.mark.parametrize("board,folder,what", [
+    ("UNIX", "build/micropython", "a MicroPython source tree (no py/mkenv.mk"),
+    ("OPENMV_H7", "build/openmv", "an OpenMV checkout with boards/OPENMV4"),
+])
+def test_a_clone_folder_that_is_not_one_is_named_not_cloned_over(tmp_path, board, folder, what):
+    # a clone cut short (or a folder of the user's) where the Makefile clones: said, and left
+    # as it is (a failed clone into it removed it)
+    copy_make_files(tmp_path)
+    (tmp_path / folder).mkdir(parents=True)
+    (tmp_path / folder / "mine").write_text("x")
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "BOARD")}
+    r = subprocess.run(["make", "--no-print-directory", "-C", str(tmp_path), "firmware",
+                        f"BOARD={board}"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       env=env, timeout=60)
+    out = r.stdout.decode()
+    assert r.returncode != 0
+    err = the_error(out)
+    assert err.startswith(f"error: {folder} is there but is not {what}") and \
+        f"remove it (rm -rf {folder})" in err, err
+    assert (tmp_path / folder / "mine").read_text() == "x"
+
+
+def test_clean_keeps_the_venv_and_the_micropython_clone(tmp_path):
+    # in a copy of the make files: clean must not touch this checkout's build or .venv
+    copy_make_files(tmp_path)
+    kept = ["build/micropython/py/mpconfig.h", "build/openmv/Makefile", ".venv/bin/python"]
     gone = ["build/unix/micropython", "build/bench/bench_train.elf", "build/core.o",
             "tinymp.egg-info/PKG-INFO"]
     for f in kept + gone:

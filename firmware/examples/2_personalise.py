@@ -1,9 +1,11 @@
 # tinymp camera example 2 of 3: personalise the model on the captured samples, on the camera.
 #
-# Trains with tinymp's default method (sparse, memory-bounded updates; docs/TRAINING.md) inside a
-# fixed RAM budget, prints the loss and the accuracy on the samples after each epoch, and saves
-# the personalised parameters to tinymp_personal.bin (only the trained parameters, CRC-checked).
-# Example 3 restores them, also after a reset or power cycle.
+# Trains with the method `tinymp` (gradient condensing and alternant partial updates;
+# docs/TRAINING.md) inside a fixed RAM budget, prints the loss and the accuracy on the samples
+# after each epoch, and saves the personalised parameters to tinymp_personal.bin (only the
+# trained parameters, CRC-checked).
+# Example 3 restores them, also after a reset or power cycle. Needs the tinymp firmware (training
+# is not in the native module tinymp.mpy).
 import tinymp
 import tinymp_camera
 
@@ -22,6 +24,7 @@ def accuracy(predict, store):
 
 
 def main(epochs=EPOCHS, lr=LR, plan_options=PLAN):
+    tinymp_camera.need_training(tinymp)
     model = tinymp.Model(tinymp_camera.find("model.tmpm"))
     store = tinymp_camera.SampleStore(tinymp_camera.find("tinymp_samples.bin"), model)
     print("samples per class:", store.counts(model.num_classes))

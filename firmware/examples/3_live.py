@@ -3,7 +3,8 @@
 # Restores the parameters example 2 saved (tinymp_personal.bin) into a Trainer built with the
 # same plan, so the personalisation survives resets and power cycles; without the file it runs
 # the pretrained model. Prints and draws the predicted class of every frame. Save this script as
-# main.py on the camera to start it at every power-up.
+# main.py on the camera to start it at every power-up. Needs the tinymp firmware (the Trainer that
+# holds the personalised parameters is not in the native module tinymp.mpy).
 import sensor
 
 import tinymp
@@ -13,6 +14,7 @@ PLAN = {"method": "tinymp", "budget": 256 * 1024}   # as in example 2
 
 
 def main(frames=None, plan_options=PLAN):
+    tinymp_camera.need_training(tinymp)
     model = tinymp.Model(tinymp_camera.find("model.tmpm"))
     trainer = tinymp.Trainer(model, model.plan(**plan_options))
     try:

@@ -209,6 +209,15 @@ def order(n, seed=1):
     return idx
 
 
+def need_training(tinymp):
+    """Raise one clear error when `tinymp` cannot train: the native module tinymp.mpy (stock
+    firmware) runs inference only; Model.plan and Trainer come with the tinymp firmware."""
+    if not hasattr(tinymp, "Trainer"):
+        raise RuntimeError("this example trains on the camera, which needs the tinymp firmware "
+                           "(README: make firmware BOARD=OPENMV_H7, then make flash); "
+                           "tinymp.mpy on stock firmware runs inference only")
+
+
 def _exists(path):
     try:
         os.stat(path)
