@@ -119,7 +119,8 @@ endif
 
 # make splits words at spaces: a checkout, MICROPY_DIR, BUILD or OPENMV_DIR with a space in its
 # path would be taken as two paths (a failed clone's clean-up once removed the folder named by the
-# part before the space). Every firmware target refuses such a path first.
+# part before the space). Every firmware target refuses such a path first. (The top-level
+# Makefile stops at a BUILD with a space as it reads it; the check here is for this file alone.)
 FW_SPACED = $(strip $(if $(word 2,$(CURDIR)),this checkout ($(CURDIR))) \
     $(foreach v,MICROPY_DIR BUILD OPENMV_DIR,$(if $(word 2,$($(v))),$(v)=$($(v)))))
 fw-paths:
@@ -138,7 +139,7 @@ micropython-tree: fw-paths
 	elif [ "$(MICROPY_DIR)" != "build/micropython" ]; then \
 	  echo "error: MICROPY_DIR=$(MICROPY_DIR) is not a MicroPython source tree (no py/mkenv.mk): point it at a MicroPython $(MICROPY_VERSION) checkout"; exit 1; \
 	elif [ -e "$(FW_MP)" ]; then \
-	  echo "error: $(MICROPY_DIR) is there but is not a MicroPython source tree (no py/mkenv.mk; a clone cut short?): remove it (rm -rf $(MICROPY_DIR)) and make clones $(MICROPY_VERSION) again"; exit 1; \
+	  echo "error: $(MICROPY_DIR) is there but is not a MicroPython source tree (no py/mkenv.mk; a clone cut short?): remove it (rm -rf $(MICROPY_DIR)), then make clones MicroPython $(MICROPY_VERSION) there again"; exit 1; \
 	else \
 	  echo "cloning MicroPython $(MICROPY_VERSION) into $(MICROPY_DIR)"; \
 	  mkdir -p "$(dir $(FW_MP))"; \
@@ -216,7 +217,7 @@ ifdef FW_RUN_TESTS
 # what run-tests.py needs to reach a qemu board (it talks to it through pyboard.py, which needs
 # pyserial), checked before the build
 .PHONY: firmware-test-tools
-firmware-test-tools:
+firmware-test-tools: fw-paths
 ifdef FW_TEST_NEEDS_QEMU
 	@command -v qemu-system-arm >/dev/null || { \
 	  echo "error: firmware-test BOARD=$(BOARD) needs qemu-system-arm (apt-get install qemu-system-arm)"; exit 1; }
@@ -234,7 +235,10 @@ endif
 # Flash and RAM use of a built firmware, and tinymp's share of it (from the linker map).
 firmware-size: fw-paths
 ifneq ($(filter UNIX UNIX_FLOAT,$(BOARD)),)
-	@echo "error: firmware-size reports on a microcontroller's firmware (BOARD=NUCLEO_H743ZI2, QEMU_M7, QEMU_M7_FLOAT); BOARD=$(BOARD) is a program for this computer"; exit 1
+	@echo "error: firmware-size reports on a Cortex-M firmware (BOARD=NUCLEO_H743ZI2, OPENMV_H7, QEMU_M7, QEMU_M7_FLOAT); BOARD=$(BOARD) is a program for this computer"; exit 1
+endif
+ifeq ($(BOARD),ESP32_S3)
+	@echo "error: firmware-size reports on a Cortex-M firmware (BOARD=NUCLEO_H743ZI2, OPENMV_H7, QEMU_M7, QEMU_M7_FLOAT), read with arm-none-eabi's tools; for BOARD=ESP32_S3, ESP-IDF's idf.py size in the build folder"; exit 1
 endif
 	@test -f $(FW_BUILD)/firmware.elf || { \
 	  echo "error: $(FW_BUILD)/firmware.elf not found: make firmware BOARD=$(BOARD) first"; exit 1; }

@@ -40,8 +40,10 @@ openmv-tree: fw-paths
 	  true; \
 	elif [ "$(OPENMV_DIR)" != "build/openmv" ]; then \
 	  echo "error: OPENMV_DIR=$(OPENMV_DIR) is not an OpenMV checkout with boards/$(OPENMV_TARGET)"; exit 1; \
+	elif [ -f "$(OPENMV_ABS)/Makefile" ]; then \
+	  echo "error: $(OPENMV_DIR) has no boards/$(OPENMV_TARGET): OPENMV_TARGET names a board of OpenMV $(OPENMV_VERSION) (OPENMV4 is the OpenMV Cam H7)"; exit 1; \
 	elif [ -e "$(OPENMV_ABS)" ]; then \
-	  echo "error: $(OPENMV_DIR) is there but is not an OpenMV checkout with boards/$(OPENMV_TARGET) (a clone cut short?): remove it (rm -rf $(OPENMV_DIR)) and make clones $(OPENMV_VERSION) again"; exit 1; \
+	  echo "error: $(OPENMV_DIR) is there but is not an OpenMV checkout with boards/$(OPENMV_TARGET) (a clone cut short?): remove it (rm -rf $(OPENMV_DIR)), then make clones OpenMV $(OPENMV_VERSION) there again"; exit 1; \
 	else \
 	  echo "cloning OpenMV $(OPENMV_VERSION) into $(OPENMV_DIR) (with submodules)"; \
 	  mkdir -p "$(dir $(OPENMV_ABS))"; \

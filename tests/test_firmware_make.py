@@ -514,9 +514,11 @@ def test_firmware_test_names_what_it_needs_before_the_build(tmp_path, board):
 
 def test_firmware_size_names_a_missing_tool_and_a_board_it_cannot_size(tmp_path):
     err = the_error(make("firmware-size", "BOARD=UNIX", ok=False))
-    assert err == ("error: firmware-size reports on a microcontroller's firmware "
-                   "(BOARD=NUCLEO_H743ZI2, QEMU_M7, QEMU_M7_FLOAT); BOARD=UNIX is a program for "
-                   "this computer")
+    assert err == ("error: firmware-size reports on a Cortex-M firmware (BOARD=NUCLEO_H743ZI2, "
+                   "OPENMV_H7, QEMU_M7, QEMU_M7_FLOAT); BOARD=UNIX is a program for this "
+                   "computer")
+    err = the_error(make("firmware-size", "BOARD=ESP32_S3", ok=False))
+    assert "ESP-IDF's idf.py size" in err, err
     elf = tmp_path / "qemu-m7" / "firmware.elf"
     elf.parent.mkdir()
     elf.write_bytes(b"\x7fELF")
@@ -705,6 +707,14 @@ def test_natmod_names_what_is_missing_before_any_clone(tmp_path):
                    "install pyelftools")
 
 
+def clean_env():
+    """This environment without the variables the make files read (a suite run with MICROPY_DIR
+    set would otherwise build with that tree)."""
+    return {k: v for k, v in os.environ.items()
+            if k not in ("MAKEFLAGS", "MFLAGS", "BOARD", "PORT", "MICROPY_DIR", "OPENMV_DIR",
+                         "BUILD")}
+
+
 def copy_make_files(to):
     """The make files of this checkout in `to`: make run there cannot touch this checkout."""
     to.mkdir(parents=True, exist_ok=True)
@@ -738,7 +748,7 @@ def test_a_path_with_a_space_is_refused_before_anything_runs(tmp_path, where, ar
     if target == "natmod":
         args = [a for a in args if not a.startswith("BOARD=")] + ["ARCH=x64"]
     before = sorted(str(p) for p in tmp_path.rglob("*"))
-    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "BOARD")}
+    env = clean_env()
     r = subprocess.run(["make", "--no-print-directory", "-C", str(tree), target, *args],
                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, timeout=60)
     out = r.stdout.decode()
@@ -766,7 +776,7 @@ def test_a_clone_folder_that_is_not_one_is_named_not_cloned_over(tmp_path, board
     copy_make_files(tmp_path)
     (tmp_path / folder).mkdir(parents=True)
     (tmp_path / folder / "mine").write_text("x")
-    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "BOARD")}
+    env = clean_env()
     r = subprocess.run(["make", "--no-print-directory", "-C", str(tmp_path), "firmware",
                         f"BOARD={board}"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                        env=env, timeout=60)
@@ -776,6 +786,19 @@ def test_a_clone_folder_that_is_not_one_is_named_not_cloned_over(tmp_path, board
     assert err.startswith(f"error: {folder} is there but is not {what}") and \
         f"remove it (rm -rf {folder})" in err, err
     assert (tmp_path / folder / "mine").read_text() == "x"
+
+
+def test_an_openmv_clone_without_the_target_board_is_not_called_broken(tmp_path):
+    copy_make_files(tmp_path)
+    (tmp_path / "build" / "openmv").mkdir(parents=True)
+    (tmp_path / "build" / "openmv" / "Makefile").write_text("all:\n")
+    r = subprocess.run(["make", "--no-print-directory", "-C", str(tmp_path), "firmware",
+                        "BOARD=OPENMV_H7", "OPENMV_TARGET=NOSUCH"], stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, env=clean_env(), timeout=60)
+    assert r.returncode != 0
+    assert the_error(r.stdout.decode()).startswith(
+        "error: build/openmv has no boards/NOSUCH: OPENMV_TARGET names a board of OpenMV ")
+    assert (tmp_path / "build" / "openmv" / "Makefile").exists()
 
 
 def test_clean_keeps_the_venv_and_the_micropython_clone(tmp_path):

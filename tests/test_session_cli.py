@@ -782,11 +782,18 @@ def test_qemu_port_without_its_firmware_is_refused_up_front(tmp_path, cmd):
     assert not (tmp_path / "new").exists()
 
 
+def empty_bin(tmp_path):
+    """A folder for PATH with no program in it (qemu-system-arm may sit next to python)."""
+    d = tmp_path / "empty-bin"
+    d.mkdir(exist_ok=True)
+    return d
+
+
 def test_qemu_port_without_qemu_is_refused_up_front(tmp_path):
     fw = tmp_path / "firmware.elf"
     fw.write_bytes(b"\x7fELF")
-    # a PATH holding only this Python's folder: no qemu-system-arm
-    env = dict(os.environ, TINYMP_QEMU_FIRMWARE=str(fw), PATH=os.path.dirname(sys.executable))
+    # a PATH without qemu-system-arm (the command runs this Python by its full path)
+    env = dict(os.environ, TINYMP_QEMU_FIRMWARE=str(fw), PATH=str(empty_bin(tmp_path)))
     r = subprocess.run([sys.executable, "-m", "tinymp.cli", "status", "--port", "qemu",
                         "--session", str(tmp_path / "s")], capture_output=True, text=True,
                        env=env, timeout=120)
@@ -801,7 +808,7 @@ def test_devices_says_what_qemu_lacks(tmp_path):
     fw = tmp_path / "firmware.elf"
     fw.write_bytes(b"\x7fELF")
     cases = [(dict(TINYMP_QEMU_FIRMWARE=str(tmp_path / "none.elf")), "needs the QEMU firmware"),
-             (dict(TINYMP_QEMU_FIRMWARE=str(fw), PATH=os.path.dirname(sys.executable)),
+             (dict(TINYMP_QEMU_FIRMWARE=str(fw), PATH=str(empty_bin(tmp_path))),
               "needs qemu-system-arm")]
     if shutil.which("qemu-system-arm"):
         cases.append((dict(TINYMP_QEMU_FIRMWARE=str(fw)), None))

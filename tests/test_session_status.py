@@ -105,15 +105,17 @@ class Sess:
         line's room part is then dropped from `text` for the tests' exact comparisons."""
         s, m = st["samples"], st["model"]
         tail = re.search(r"; the board's filesystem has room for about ([\d,]+) samples "
-                         r"\(this PC's disk\)(, ([\d,]+) of them for the dataset's samples train "
-                         r"would still send)?$", text["samples"])
+                         r"\(this PC's disk\)(, ([\d,]+) of them for the dataset's samples the "
+                         r"next collect or train sends first)?$", text["samples"])
         if s is None or m is None or "error" in m:
             assert tail is None and (s is None or s["room"] is None), text
             return
         # the dataset's samples train would send first: those the board's store lacks of it
-        n = s["session_samples"] or 0
-        assert s["to_send"] == (n - s["count"] if s["session_dataset"] else n), s
-        assert (tail.group(3) or "0").replace(",", "") == str(s["to_send"]), text
+        # (None: no dataset this session can read)
+        n = s["session_samples"]
+        assert s["to_send"] == (None if n is None else n - s["count"] if s["session_dataset"]
+                                else n), s
+        assert (tail.group(3) or "0").replace(",", "") == str(s["to_send"] or 0), text
         each = int(np.prod(m["input_shape"])) + A.REC_HEAD
         store = os.path.join(self.flash, "samples.bin")
         mine = os.path.getsize(store) if os.path.exists(store) else 0

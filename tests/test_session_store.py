@@ -307,10 +307,10 @@ def test_status_says_what_of_the_room_the_dataset_would_take(rig, monkeypatch, s
     line = [ln for ln in out.splitlines() if ln.startswith("samples")][0]
     # (a simulated board's filesystem is this PC's disk, here the test's Disk)
     room = f"the board's filesystem has room for about {records} samples (this PC's disk)"
-    assert line.endswith(f"; {room}, {12 - stored} of them for the dataset's samples train would "
-                         "still send" if records >= 12 - stored else
-                         f"; {room}: too few for the 12 dataset samples train would send (make "
-                         "room on the board's filesystem)"), line
+    assert line.endswith(f"; {room}, {12 - stored} of them for the dataset's samples the next "
+                         "collect or train sends first" if records >= 12 - stored else
+                         f"; {room}: too few for the 12 dataset samples the next collect or "
+                         "train sends first (make room on the board's filesystem)"), line
 
 
 def test_a_capture_count_the_board_has_no_room_for_is_refused_up_front(rig, monkeypatch):
@@ -335,7 +335,7 @@ def test_a_capture_count_the_board_has_no_room_for_is_refused_up_front(rig, monk
 def test_a_config_capture_item_is_checked_whole_before_its_first_capture(rig, monkeypatch):
     # `tinymp session`'s collect item with several labels: the room for all its captures is
     # checked before the first, not label by label (which captured the first labels, then
-    # stopped part way)
+    # stopped part way); a label given twice is counted once
     from tinymp.session import run
     from tinymp.session.simboard import SimSensor
     from test_session_replies import PROFILE
@@ -348,7 +348,7 @@ def test_a_config_capture_item_is_checked_whole_before_its_first_capture(rig, mo
     cfg = rig.tmp / "c.json"
     cfg.write_text(json.dumps({"model": rig.model, "port": "sim", "board": PROFILE,
                                "session": rig.session.path, "plots": False,
-                               "collect": [{"label": [1, 2, 3], "count": count}],
+                               "collect": [{"label": [1, 2, 1, 3], "count": count}],
                                "train": {"steps": 1}}))
     before = folder_state(rig.session.path)
     board_before = folder_state(flash(rig))

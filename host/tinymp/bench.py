@@ -226,13 +226,19 @@ def run_m7(qemu, elf, model_path, samples_path, opts, support, steps, cached, ru
     return json.loads(line)
 
 
-def run_host(m, opts, support, xs, ys, steps, cached, run, apu):
-    """The same calls on the host build: returns high water and trained float logits."""
-    import tinymp
+def _plan_kwargs(opts, support, xs, ys):
+    """Model.plan's arguments for a configuration: its options, and its first `support` samples
+    for the selection pass."""
     kw = dict(opts)
     if support:
         kw["support"] = (xs[:support], ys[:support])
-    plan = m.plan(**kw)
+    return kw
+
+
+def run_host(m, opts, support, xs, ys, steps, cached, run, apu):
+    """The same calls on the host build: returns high water and trained float logits."""
+    import tinymp
+    plan = m.plan(**_plan_kwargs(opts, support, xs, ys))
     t = tinymp.Trainer(m, plan, lr=LR, seed=SEED)
     t.logits(xs[0])
     for i in range(steps):
@@ -328,11 +334,8 @@ def _host_plans(m, config, xs, ys, skipped):
     """Whether the host build plans `config` (label, options, support count); when it does
     not, the reason goes to `skipped`."""
     label, opts, support = config
-    kw = dict(opts)
-    if support:
-        kw["support"] = (xs[:support], ys[:support])
     try:
-        m.plan(**kw)
+        m.plan(**_plan_kwargs(opts, support, xs, ys))
     except ValueError as e:
         skipped.append({"label": label, "why": _reason(e)})
         return False

@@ -1338,9 +1338,10 @@ def board_status(board, session):
                    # how many of the model's samples its free room holds (None: the board does
                    # not say), with the room of a store collect or train would replace
                    "room": None if each is None else room_for(s, each, again)[0],
-                   # the dataset's samples collect or train would send first (the room's first
-                   # call)
-                   "to_send": max(0, (n or 0) - have) if each is not None else None,
+                   # the dataset's samples the next collect or train sends first (the room's
+                   # first call; None: no model or no readable dataset)
+                   "to_send": max(0, n - have) if each is not None and n is not None
+                   else None,
                    # the board's samples are the session dataset's (by its id)
                    "session_dataset": None if uid is None or not s["count"] else
                    s["dataset"] == uid, "session_samples": n,

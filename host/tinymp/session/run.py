@@ -619,9 +619,10 @@ def status_lines(st):
         room = "" if room is None else \
             f"; the board's filesystem has room for about {room:,} samples" + \
             (" (this PC's disk)" if b["simulated"] else "") + \
-            ("" if not send else f", {send:,} of them for the dataset's samples train would "
-             "still send" if send <= room else f": too few for the {send:,} dataset samples "
-             "train would send (make room on the board's filesystem)")
+            ("" if not send else f", {send:,} of them for the dataset's samples the next "
+             "collect or train sends first" if send <= room else f": too few for the {send:,} "
+             "dataset samples the next collect or train sends first (make room on the board's "
+             "filesystem)")
         if not s["count"]:
             out.append(f"samples     none on the board; {held}{room}")
         elif s["session_dataset"]:
@@ -933,8 +934,9 @@ def run_session(cfg, args, out=print):
                 added = C.import_samples(ds, x, y, src, board_name=name, show=show)
                 out(f"collect    {added} samples from {os.path.basename(c['from'])}")
             else:
-                labels = [int(v) for v in (c["label"] if isinstance(c["label"], list) else
-                                           [c["label"]])]
+                # each label once, in the config's order (a repeated one needs no more captures)
+                labels = list(dict.fromkeys(int(v) for v in (
+                    c["label"] if isinstance(c["label"], list) else [c["label"]])))
                 t0 = time.perf_counter()
                 added = 0
                 # the room for the whole item, before its first capture
