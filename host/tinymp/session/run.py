@@ -615,12 +615,12 @@ def status_lines(st):
             if s.get("dataset_problem") else "this session folder holds no dataset"
         # the board's free room in samples of the model (agent 9): a simulated board's
         # filesystem is this PC's disk
-        room, send = s.get("room"), s.get("to_send") or 0
-        room = "" if room is None else \
-            f"; the board's filesystem has room for about {room:,} samples" + \
+        fits, send = s.get("room"), s.get("to_send") or 0
+        room = "" if fits is None else \
+            f"; the board's filesystem has room for about {fits:,} samples" + \
             (" (this PC's disk)" if b["simulated"] else "") + \
             ("" if not send else f", {send:,} of them for the dataset's samples the next "
-             "collect or train sends first" if send <= room else f": too few for the {send:,} "
+             "collect or train sends first" if send <= fits else f": too few for the {send:,} "
              "dataset samples the next collect or train sends first (make room on the board's "
              "filesystem)")
         if not s["count"]:
