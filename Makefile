@@ -3,6 +3,12 @@
 # Host side: a virtualenv in .venv with the PC package installed in editable mode.
 # Cortex-M7 side: Debian's gcc-arm-none-eabi, libnewlib-arm-none-eabi and qemu-system-arm.
 
+# Every path in the make files is relative to the checkout: make runs there (`make -f
+# elsewhere/Makefile` from another folder would not find the files they name).
+ifeq ($(wildcard firmware/firmware.mk),)
+$(error make runs in the tinymp checkout, whose files these make files name: make -C $(patsubst %/,%,$(dir $(firstword $(MAKEFILE_LIST)))) $(MAKECMDGOALS))
+endif
+
 PYTHON ?= python3
 VENV ?= .venv
 VPY := $(VENV)/bin/python
@@ -99,7 +105,18 @@ experiment: venv
 
 CORE_HDR := $(wildcard $(CORE)/*.h $(CORE)/*/*.h)
 
-$(BUILD)/m7/%.o: $(CORE)/%.c $(CORE_HDR)
+# arm-none-eabi-gcc with its C library (the core includes newlib's string.h and math.h) and
+# arm-none-eabi-size, named before the first compile
+.PHONY: m7-tools
+m7-tools:
+	@command -v $(ARM_CC) >/dev/null || { \
+	  echo "error: the Cortex-M7 build needs $(ARM_CC) (apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi)"; exit 1; }
+	@echo '#include <string.h>' | $(ARM_CC) -E -x c - -o /dev/null 2>/dev/null || { \
+	  echo "error: the Cortex-M7 build needs $(ARM_CC)'s C library (apt-get install libnewlib-arm-none-eabi)"; exit 1; }
+	@command -v $(ARM_SIZE) >/dev/null || { \
+	  echo "error: make size needs $(ARM_SIZE) (apt-get install gcc-arm-none-eabi)"; exit 1; }
+
+$(BUILD)/m7/%.o: $(CORE)/%.c $(CORE_HDR) | m7-tools
 	@mkdir -p $(dir $@)
 	$(ARM_CC) $(CORE_WARN) -O2 $(M7_FLAGS) -ffunction-sections -fdata-sections -I$(CORE) -c $< -o $@
 

@@ -46,6 +46,9 @@ FW_PY := $(if $(findstring /,$(FW_PYTHON)),$(abspath $(FW_PYTHON)),$(FW_PYTHON))
 
 FW_MODULES := $(abspath micropython_modules)
 FW_MP := $(abspath $(MICROPY_DIR))
+# MICROPY_DIR as the errors name it: with the folder it resolved to when that reads differently
+# (a relative path is taken from the checkout, also under make -C)
+FW_MP_NAMED := MICROPY_DIR=$(MICROPY_DIR)$(if $(filter-out $(MICROPY_DIR),$(FW_MP)), (that is $(FW_MP)))
 # Every output under BUILD (the top-level Makefile's, default build): a firmware in a folder per
 # board, mpy-cross (MicroPython's cross-compiler, which freezing needs) in mpy-cross/.
 FW_OUTDIR := $(abspath $(or $(BUILD),build))
@@ -137,7 +140,7 @@ micropython-tree: fw-paths
 	@if [ -f "$(FW_MP)/py/mkenv.mk" ] && [ -f "$(FW_MP)/py/mpconfig.h" ]; then \
 	  true; \
 	elif [ "$(MICROPY_DIR)" != "build/micropython" ]; then \
-	  echo "error: MICROPY_DIR=$(MICROPY_DIR) is not a MicroPython source tree (no py/mkenv.mk): point it at a MicroPython $(MICROPY_VERSION) checkout"; exit 1; \
+	  echo "error: $(FW_MP_NAMED) is not a MicroPython source tree (no py/mkenv.mk): point it at a MicroPython $(MICROPY_VERSION) checkout"; exit 1; \
 	elif [ -e "$(FW_MP)" ]; then \
 	  echo "error: $(MICROPY_DIR) is there but is not a MicroPython source tree (no py/mkenv.mk; a clone cut short?): remove it (rm -rf $(MICROPY_DIR)), then make clones MicroPython $(MICROPY_VERSION) there again"; exit 1; \
 	else \
@@ -156,7 +159,7 @@ micropython-tree: fw-paths
 	elif [ "$(MICROPY_DIR)" = "build/micropython" ]; then \
 	  echo "error: $(MICROPY_DIR) holds MicroPython $$v, not $(MICROPY_VERSION): remove it (rm -rf $(MICROPY_DIR)) and make clones $(MICROPY_VERSION)"; exit 1; \
 	else \
-	  echo "error: MICROPY_DIR=$(MICROPY_DIR) is MicroPython $$v, tinymp builds against $(MICROPY_VERSION): check that out (git -C $(FW_MP) checkout $(MICROPY_VERSION)), or MICROPY_VERSION_CHECK=0 to try $$v"; exit 1; \
+	  echo "error: $(FW_MP_NAMED) is MicroPython $$v, tinymp builds against $(MICROPY_VERSION): check that out (git -C $(FW_MP) checkout $(MICROPY_VERSION)), or MICROPY_VERSION_CHECK=0 to try $$v"; exit 1; \
 	fi
 
 # The submodules a port needs: fetched into the tree the Makefile cloned; in a tree of yours, the
@@ -172,7 +175,7 @@ micropython-submodules: micropython-tree
 	  git -C $(FW_MP) submodule update --init --depth 1 $$missing || { \
 	    echo "error: could not fetch$$missing (no network?)"; exit 1; }; \
 	else \
-	  echo "error: BOARD=$(BOARD) needs the MicroPython submodules$$missing in MICROPY_DIR=$(MICROPY_DIR): git -C $(FW_MP) submodule update --init$$missing"; \
+	  echo "error: BOARD=$(BOARD) needs the MicroPython submodules$$missing in $(FW_MP_NAMED): git -C $(FW_MP) submodule update --init$$missing"; \
 	  exit 1; \
 	fi
 
@@ -205,11 +208,14 @@ ifeq ($(BOARD),ESP32_S3)
 	  exit 1; }
 endif
 
-firmware: fw-paths $(if $(FW_DRY),,firmware-tools micropython-submodules)
+# under firmware-test, what the tests need is checked before the build (a prerequisite of the
+# build, not beside it, so that make -j keeps the order)
+FW_TEST_FIRST := $(if $(FW_RUN_TESTS),$(if $(filter firmware-test,$(MAKECMDGOALS)),firmware-test-tools))
+firmware: fw-paths $(FW_TEST_FIRST) $(if $(FW_DRY),,firmware-tools micropython-submodules)
 	$(FW_RUN) $(FW_SUBMAKE) -j$(FW_JOBS) -C $(FW_MP)/mpy-cross BUILD=$(FW_MPYCROSS_BUILD) USER_C_MODULES=
 	$(FW_RUN) $(FW_SUBMAKE) -j$(FW_JOBS) $(FW_MAKE) USER_C_MODULES=$(FW_USERMOD) BUILD=$(FW_BUILD) \
 	    MICROPY_MPYCROSS=$(FW_MPYCROSS)
-	@echo "firmware BOARD=$(BOARD): $(FW_OUT)"
+	@echo "firmware BOARD=$(BOARD): $(FW_OUT)$(if $(FW_DRY), (DRY_RUN: not built))"
 
 # run-tests.py runs every tests/device/*.py on the target and compares with its .py.exp
 # (make_models.py is the generator of the embedded models, not a test).

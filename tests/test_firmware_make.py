@@ -137,7 +137,7 @@ def test_esp32_flash_command():
     assert cmd[cmd.index("--chip") + 1] == "esp32s3"
     assert cmd[cmd.index("--port") + 1] == "/dev/ttyACM0"
     assert cmd[cmd.index("--baud") + 1] == "460800"
-    i = cmd.index("write_flash")
+    i = cmd.index("write-flash")  # esptool 5's spelling (write_flash is deprecated there)
     assert cmd[i + 1] == "0"   # the merged image (bootloader, partition table, app) at offset 0
     assert cmd[i + 2] == os.path.join(ROOT, "build", "esp32-s3", "firmware.bin")
 
@@ -158,6 +158,7 @@ def test_esp32_flash_command_is_accepted_by_esptool():
     text = r.stdout.decode()
     assert r.returncode != 0
     assert "usage:" not in text.lower() or "error: argument" not in text.lower(), text
+    assert "deprecated" not in text.lower(), text
     assert re.search(r"nonexistent|could not open|No such file|port", text, re.I), text
 
 
@@ -660,6 +661,13 @@ def test_flash_esp32_port_and_esptool(tmp_path):
     err = the_error(make(*args, f"PORT={tmp_path}/ttyACM9", ok=False,
                          env={"PYTHONPATH": str(tmp_path / "site")}))
     assert err == f"error: flashing BOARD=ESP32_S3 needs esptool: {sys.executable} -m pip install esptool"
+    # esptool 4 has no write-flash (its spelling was write_flash, deprecated in 5): named before
+    # its usage text
+    (site / "__init__.py").write_text("__version__ = '4.8.1'\n")
+    err = the_error(make(*args, f"PORT={tmp_path}/ttyACM9", ok=False,
+                         env={"PYTHONPATH": str(tmp_path / "site")}))
+    assert err == ("error: flashing BOARD=ESP32_S3 needs esptool 5 or newer (its write-flash "
+                   f"command): {sys.executable} -m pip install -U esptool")
 
 
 def test_flash_without_a_board_to_flash():
@@ -821,3 +829,74 @@ def test_clean_keeps_the_venv_and_the_micropython_clone(tmp_path):
     run("distclean")
     assert not (tmp_path / "build").exists() and not (tmp_path / ".venv").exists()
     run("clean")  # nothing left to clean: still fine
+
+
+# ------------------------------------------------------------------ how make is called
+
+
+def test_make_from_another_folder_says_where_it_runs(tmp_path):
+    # `make -f tinymp/Makefile` from elsewhere could not find the make files it includes (make's
+    # own "No such file" line); now one line naming the command that works
+    r = subprocess.run(["make", "--no-print-directory", "-f", os.path.join(ROOT, "Makefile"),
+                        "help"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       env=clean_env(), timeout=60)
+    out = r.stdout.decode()
+    assert r.returncode != 0, out
+    (line,) = [ln for ln in out.splitlines() if ln.strip()]
+    assert line.endswith(f"*** make runs in the tinymp checkout, whose files these make files "
+                         f"name: make -C {ROOT} help.  Stop."), out
+    # -f naming the Makefile in the checkout itself is fine
+    r = subprocess.run(["make", "--no-print-directory", "-f", "./Makefile", "help"], cwd=ROOT,
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=clean_env(),
+                       timeout=60)
+    assert r.returncode == 0 and b"make test" in r.stdout, r.stdout
+
+
+def test_a_relative_micropython_dir_is_named_with_the_folder_it_resolved_to(tmp_path):
+    # under make -C, a relative MICROPY_DIR is taken from the checkout, not from where the
+    # maker typed it: the error shows which folder that was
+    rel = os.path.relpath(tmp_path / "no-tree", ROOT)
+    err = the_error(make("firmware", "BOARD=UNIX", f"MICROPY_DIR={rel}", ok=False))
+    assert err.startswith(f"error: MICROPY_DIR={rel} (that is {tmp_path}/no-tree) is not a "
+                          "MicroPython source tree"), err
+    old = standin_tree(tmp_path / "old", version=(1, 22, 2))
+    rel = os.path.relpath(old, ROOT)
+    err = the_error(make("firmware", "BOARD=UNIX", f"MICROPY_DIR={rel}",
+                         f"BUILD={tmp_path}/out", ok=False))
+    assert err.startswith(f"error: MICROPY_DIR={rel} (that is {old}) is MicroPython 1.22.2"), err
+    # an absolute path is named once
+    err = the_error(make("firmware", "BOARD=UNIX", f"MICROPY_DIR={old}", ok=False))
+    assert err.startswith(f"error: MICROPY_DIR={old} is MicroPython"), err
+
+
+def test_dry_run_does_not_say_built(tmp_path):
+    out = make("firmware", "BOARD=ESP32_S3", "MICROPY_DIR=/opt/mp", "DRY_RUN=1",
+               f"BUILD={tmp_path}")
+    assert out.splitlines()[-1] == \
+        f"firmware BOARD=ESP32_S3: {tmp_path}/esp32-s3/firmware.bin (DRY_RUN: not built)"
+
+
+def test_size_names_a_missing_cross_compiler(tmp_path):
+    path = path_without(tmp_path, "arm-none-eabi-")
+    err = the_error(make("size", f"BUILD={tmp_path}/out", ok=False, env={"PATH": path}))
+    assert err == ("error: the Cortex-M7 build needs arm-none-eabi-gcc (apt-get install "
+                   "gcc-arm-none-eabi libnewlib-arm-none-eabi)")
+    assert not (tmp_path / "out").exists()
+
+
+def test_firmware_test_checks_its_tools_before_the_build_under_make_j(tmp_path):
+    if shutil.which("gcc") is None or shutil.which("arm-none-eabi-gcc") is None:
+        pytest.skip("the QEMU_M7 firmware target needs gcc and arm-none-eabi-gcc")
+    mp = standin_tree(tmp_path / "mp")
+    path = path_without(tmp_path, "qemu-system-arm")
+    fake = tmp_path / "bin" / "qemu-system-arm"
+    fake.write_text("#!/bin/sh\nexit 0\n")
+    fake.chmod(0o755)
+    slow = tmp_path / "py"  # a Python without pyserial that takes its time to say so: under -j
+    slow.write_text("#!/bin/sh\nsleep 2\nexit 1\n")  # the build must wait for it all the same
+    slow.chmod(0o755)
+    err = the_error(make("-j4", "firmware-test", "BOARD=QEMU_M7", f"MICROPY_DIR={mp}",
+                         f"BUILD={tmp_path}/out", f"FW_PYTHON={slow}", ok=False,
+                         env={"PATH": path}))
+    assert err.startswith("error: firmware-test BOARD=QEMU_M7 needs pyserial"), err
+    assert not (tmp_path / "out" / "mpy-cross").exists(), "the build ran beside the check"
