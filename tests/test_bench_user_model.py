@@ -296,3 +296,34 @@ def test_a_bad_out_or_budget_stops_before_the_run(case, tmp_path):
     assert "==" not in out  # nothing was benched
     if case == "file":
         assert (tmp_path / "taken").read_text() == "mine"
+
+
+def test_the_host_plans_each_configuration_once(tmp_path, monkeypatch):
+    # the plans made up front (the budget check before any emulator run) are the ones the host
+    # build's comparison run trains with: planned once, not again (tinytrain's includes its
+    # selection pass over the support samples)
+    from tinymp import bench as B
+    m = tinymp.Model(DEMO)
+    given = []
+
+    def fake_host(m_, opts, support, xs, ys, steps, cached, run, apu, plan=None):
+        given.append((dict(opts), support, plan))
+        raise ValueError("stopped here by the test")
+
+    made = []
+    real_kwargs = B._plan_kwargs
+    monkeypatch.setattr(B, "_plan_kwargs", lambda *a: made.append(a[0]) or real_kwargs(*a))
+    monkeypatch.setattr(B, "run_m7", lambda *a, **kw: {})
+    monkeypatch.setattr(B, "run_host", fake_host)
+    budget = 12000
+    with pytest.raises(B.UserModelError):  # nothing ran to the end: the test stopped each one
+        B.bench_model("file", ROOT, "qemu", "elf", str(tmp_path), quick=False,
+                      progress=lambda *a: None, user=("mine.tmpm", open(DEMO, "rb").read()),
+                      budget=budget)
+    labels = [c[0] for c in B.configs(m, "file", budget=budget, skipped=[])]
+    assert len(given) == len(labels) == len(made) >= 8, (given, labels)
+    xs, ys = B.make_samples(m, min(B.RUN_CLASSES, m.num_classes) * B.RUN_PER_CLASS)
+    for opts, support, plan in given:
+        assert plan is not None, opts
+        again = m.plan(**dict(opts, **({"support": (xs[:support], ys[:support])} if support else {})))
+        assert (plan.arena_bytes, plan.table_bytes) == (again.arena_bytes, again.table_bytes), opts

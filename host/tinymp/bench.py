@@ -235,10 +235,12 @@ def _plan_kwargs(opts, support, xs, ys):
     return kw
 
 
-def run_host(m, opts, support, xs, ys, steps, cached, run, apu):
-    """The same calls on the host build: returns high water and trained float logits."""
+def run_host(m, opts, support, xs, ys, steps, cached, run, apu, plan=None):
+    """The same calls on the host build: returns high water and trained float logits. `plan`:
+    the configuration's plan when the host build has made it already."""
     import tinymp
-    plan = m.plan(**_plan_kwargs(opts, support, xs, ys))
+    if plan is None:
+        plan = m.plan(**_plan_kwargs(opts, support, xs, ys))
     t = tinymp.Trainer(m, plan, lr=LR, seed=SEED)
     t.logits(xs[0])
     for i in range(steps):
@@ -330,16 +332,15 @@ def compare(r, host):
             "table_bytes_equal": r.get("table_bytes") == host["table_bytes"]}
 
 
-def _host_plans(m, config, xs, ys, skipped):
-    """Whether the host build plans `config` (label, options, support count); when it does
-    not, the reason goes to `skipped`."""
+def _host_plan(m, config, xs, ys, skipped):
+    """The host build's plan of `config` (label, options, support count), or None with the
+    reason in `skipped` when it does not plan it."""
     label, opts, support = config
     try:
-        m.plan(**_plan_kwargs(opts, support, xs, ys))
+        return m.plan(**_plan_kwargs(opts, support, xs, ys))
     except ValueError as e:
         skipped.append({"label": label, "why": _reason(e)})
-        return False
-    return True
+        return None
 
 
 def _check_budgeted(title, budget, options, skipped):
@@ -378,11 +379,14 @@ def bench_model(key, root, qemu, elf, workdir, quick=False, full_runs=False, pro
     n = n_run if not quick else 10
     skipped = []
     todo = configs(m, key, quick, budget, skipped if user is not None else None)
+    plans = {}  # the host build's plans made up front, used again for its comparison run
     if user is not None:
         # a user's model: the host build plans every configuration first (the emulated planner
         # is the same code, and its plans are checked equal below), so what the planner refuses
         # and a budget nothing fits are known before any emulator run
-        todo = [c for c in todo if _host_plans(m, c, xs, ys, skipped)]
+        for c in todo:
+            plans[c[0]] = _host_plan(m, c, xs, ys, skipped)
+        todo = [c for c in todo if plans[c[0]] is not None]
     for s in skipped:
         progress("  %-26s skipped: %s" % (s["label"], s["why"]))
     if user is not None:
@@ -394,7 +398,7 @@ def bench_model(key, root, qemu, elf, workdir, quick=False, full_runs=False, pro
         try:
             r = run_m7(qemu, elf, mpath, spath, opts, support, steps=3, cached=3, run=run)
             apu = "end_period" in r
-            host = run_host(m, opts, support, xs, ys, 3, 3, run, apu)
+            host = run_host(m, opts, support, xs, ys, 3, 3, run, apu, plan=plans.pop(label, None))
         except (BenchError, ValueError) as e:
             if user is None:
                 raise
