@@ -57,3 +57,19 @@ def test_embedded_models_match_the_generator():
         (r.stdout + r.stderr).decode("utf-8", "replace")
         + "\nrun `python tests/device/make_models.py`, then regenerate each .py.exp with"
         " `python tests/device/NAME.py > tests/device/NAME.py.exp`")
+
+
+def test_every_public_name_is_documented():
+    """api_surface.py prints the public names of the module, a Model, a Plan and a Trainer (the
+    same on MicroPython: its .py.exp is shared); each is in docs/API.md, as `name` or .name."""
+    import ast
+    import re
+    with open(os.path.join(DEVICE, "api_surface.py.exp"), encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    with open(os.path.join(os.path.dirname(HERE), "docs", "API.md"), encoding="utf-8") as f:
+        doc = f.read()
+    names = [(kind, n) for kind, rest in (ln.split(" ", 1) for ln in lines)
+             for n in ast.literal_eval(rest)]
+    assert [k for k, _ in names if k == "Trainer"], lines
+    missing = [f"{k}.{n}" for k, n in names if not re.search(r"[`.]%s\b" % re.escape(n), doc)]
+    assert not missing, f"public names not in docs/API.md: {missing}"
