@@ -143,10 +143,11 @@ class ApuReplay:
 
     The engine keeps, per APU layer: the smoothed importance Ibar (float32), the importance
     accumulated over the current period I[c] = sum of dW[..., c]^2 over the period's steps,
-    and ages. Conventions (docs/TRAINING.md section 6, reference_train decision 8): the plan's
-    initial selection is period 0's selection (ages 0, the channels excluded for the next m - 1
-    periods); at the end of a period only the channels selected in it get Ibar <- 0.9 Ibar +
-    0.1 I, then the oracle's apu_select picks the next selection.
+    and ages. Conventions (docs/TRAINING.md section 6, reference_train decisions 8 and 9): the
+    plan's initial selection is period 0's selection (ages 0, the channels excluded for the next
+    period); at the end of a period only the channels selected in it get Ibar <- 0.9 Ibar +
+    0.1 I (Ibar <- I at a channel's first measurement; 2**-126 for a measured 0), then the
+    oracle's apu_select picks the next selection.
 
     The sums are replayed in float32 in the engine's order (output channel by output channel,
     then slice element by slice element), so I and Ibar are bit-identical to the engine's; the
@@ -219,14 +220,16 @@ class ApuReplay:
         for i in self.layers:
             sel = np.asarray(self.current(i), dtype=np.int64)
             ib = self.ibar[i]
-            ib[sel] = self.BETA * ib[sel] + (np.float32(1.0) - self.BETA) * self.iacc[i][sel]
+            new = np.where(ib[sel] == 0, self.iacc[i][sel],
+                           self.BETA * ib[sel] + (np.float32(1.0) - self.BETA) * self.iacc[i][sel])
+            ib[sel] = np.where(new > 0, new, np.float32(rt.MEASURED_ZERO)).astype(np.float32)
             self.iacc[i][:] = 0
             expected, _ = rt.apu_select(ib.astype(np.float64), self.age[i], self.ratio,
                                         history=self.history[i], tau=self.TAU)
             out[i] = [int(c) for c in expected]
             # would other values of the importances known so far have chosen differently? (if
-            # not, the choice was forced by the exclusion window and the index order among the
-            # channels never measured, and agreeing with the oracle shows little)
+            # not, the choice was forced by the exclusion of the previous period and the index
+            # order among the channels never measured, and agreeing with the oracle shows little)
             other = np.where(ib > 0, self._rng.random(ib.size) + 1.0, 0.0)
             alt, _ = rt.apu_select(other, self.age[i], self.ratio, history=self.history[i], tau=self.TAU)
             if [int(c) for c in alt] != out[i]:
@@ -260,6 +263,22 @@ class ApuReplay:
         self.age[i] = np.where(chosen, 0.0, self.age[i] + 1.0)
         self.history[i].append(list(engine))
         return msg
+
+
+def first_window_misses(selections, m, cin):
+    """The channels the first m selections (the plan's and the next m - 1) leave out."""
+    seen = set()
+    for sel in selections[:m]:
+        seen.update(sel)
+    return sorted(set(range(cin)) - seen)
+
+
+def repeats(selections, k, cin):
+    """Periods whose selection shares a channel with the previous one although 2k <= cin (the
+    previous period's channels are excluded, and enough others are eligible)."""
+    if 2 * k > cin:
+        return []
+    return [p for p in range(1, len(selections)) if set(selections[p]) & set(selections[p - 1])]
 
 
 def windows_cover(selections, m, cin):

@@ -71,7 +71,7 @@ APU (section 2)::
 
     channel_count(ratio, C) -> k = ceil(ratio * C);  apu_window(ratio) -> m = ceil(1 / ratio)
     apu_select(ibar, age, ratio, history=(), tau=0.1) -> (selection, new_age)
-    smooth_importance(ibar, I, beta=0.9) -> beta * ibar + (1 - beta) * I
+    smooth_importance(ibar, I, beta=0.9) -> beta * ibar + (1 - beta) * I (I where ibar is 0)
 
 Design decisions fixed here (where ALGORITHMS.md leaves a choice)
 ----------------------------------------------------------------
@@ -125,17 +125,26 @@ Design decisions fixed here (where ALGORITHMS.md leaves a choice)
    budgets, skipping (not stopping at) one that does not**.  Top-k channels by ``Delta``: ties
    broken by lower index.  For APU's *input*-channel selection of layer ``l``, apply the
    potential to ``l``'s input tensor (the output of the layer that produced it).
-8. **APU exclusion.**  ALGORITHMS.md says the previous period's channels are excluded "so
-   every channel is visited within ceil(1/rho) periods"; excluding only the previous period does
-   not guarantee that for rho <= 1/4 (a channel may wait indefinitely behind high-importance
-   channels).  Here the excluded set is the union of the selections of the **last
-   ``m - 1`` periods, ``m = ceil(1/rho)``** (for rho = 1/2 and rho in (1/2, 1) that is exactly
-   the previous period), and when fewer than ``k`` channels remain eligible, all eligible ones
-   are taken and the rest is **filled from the excluded channels by score** (ties: lower
-   index).  With ``k = ceil(rho*C)`` this guarantees that every window of ``m`` consecutive
-   periods visits every channel (checked exhaustively for C <= 8 and by random tests).
-   ``rho = 1`` selects every channel.  Ages: a selected channel's age becomes 0, every other
-   channel's age grows by 1 (``age`` = periods since last selected; start from zeros).
+8. **APU exclusion and channels not yet measured.**  As ALGORITHMS.md says, the channels
+   selected in the previous period are excluded when ``rho < 1``; when fewer than ``k``
+   channels remain eligible (``rho > 1/2``), all eligible ones are taken and the rest is
+   **filled from the excluded channels by score** (ties: lower index).  ALGORITHMS.md's
+   "so every channel is visited within ceil(1/rho) periods" does not follow from that rule
+   (a channel may wait behind better-scored ones), and excluding the last ``m - 1`` periods
+   instead (the reading before session 42) made the choice a fixed rotation whenever
+   ``k * m == C``: the importances decided nothing.  Here a channel **never measured**
+   (``ibar == 0``) ranks before every measured one (ties: lower index), so the first
+   ``m = ceil(1/rho)`` periods visit every channel (``ceil(C / k) <= m``) whatever the
+   scores; after that, ``TopK(ibar * (1 + tau * age))`` decides, and the age term brings back
+   a channel that waits.  ``rho = 1`` selects every channel.  Ages: a selected channel's age
+   becomes 0, every other channel's age grows by 1 (``age`` = periods since last selected;
+   start from zeros).
+9. **The smoothed importance starts at the first measurement.**  ``Ibar <- beta * Ibar +
+   (1 - beta) * I`` from ``Ibar = 0`` would rank a channel by how often it was measured
+   (after n measurements of the same ``I``, ``(1 - beta^n) * I``); a channel's first
+   measurement is taken as it is, later ones are smoothed.  A measured channel whose
+   importance is still 0 (no gradient reached it) gets the smallest normal float32,
+   ``2**-126``, so that it counts as measured and ranks below every channel with a gradient.
 """
 
 from __future__ import annotations
@@ -1011,26 +1020,30 @@ def _ratio(ratio) -> Fraction:
     return q
 
 
+# the importance of a channel measured without a gradient (decision 9): float32's smallest normal
+MEASURED_ZERO = 2.0 ** -126
+
+
 def channel_count(ratio, C: int) -> int:
     """k = ceil(ratio * C) (ratio taken as an exact fraction: 1/8, 0.25, ...)."""
     return int(math.ceil(_ratio(ratio) * int(C)))
 
 
 def apu_window(ratio) -> int:
-    """m = ceil(1 / ratio): every channel is visited in every m consecutive periods."""
+    """m = ceil(1 / ratio): the first m periods visit every channel (decision 8)."""
     return int(math.ceil(1 / _ratio(ratio)))
 
 
 def apu_select(ibar, age, ratio, history: Sequence[Sequence[int]] = (), tau: float = 0.1):
-    """One APU period's channel selection (a pure function).
+    """One APU period's channel selection (a pure function; decision 8).
 
-    ibar: smoothed importance [C]; age [C] (periods since last selected); ratio rho;
-    history: the previous periods' selections, oldest first (only the last m - 1 are used,
-    m = ceil(1/rho)).  score = ibar * (1 + tau * age); k = ceil(rho * C).
-    rho = 1: every channel.  rho < 1: the k best-scored channels not selected in the last
-    m - 1 periods; if fewer than k are eligible, all of them plus the best-scored excluded
-    ones (ties: lower index).  Returns (selection: sorted int array, new_age) with new_age = 0
-    for the selected channels and age + 1 for the others.
+    ibar: smoothed importance [C] (0: never measured); age [C] (periods since last selected);
+    ratio rho; history: the previous periods' selections, oldest first (only the last one is
+    used).  score = ibar * (1 + tau * age); k = ceil(rho * C).  rho = 1: every channel.
+    rho < 1: the channels never measured first, then the best-scored, among those not
+    selected in the previous period; if fewer than k are eligible, all of them plus the
+    best-scored excluded ones (ties: lower index).  Returns (selection: sorted int array,
+    new_age) with new_age = 0 for the selected channels and age + 1 for the others.
     """
     ibar = np.asarray(ibar, dtype=np.float64).reshape(-1)
     age = np.asarray(age, dtype=np.float64).reshape(-1)
@@ -1038,13 +1051,12 @@ def apu_select(ibar, age, ratio, history: Sequence[Sequence[int]] = (), tau: flo
     if age.size != C:
         raise ValueError("apu_select: ibar and age sizes differ")
     k = channel_count(ratio, C)
-    m = apu_window(ratio)
     score = ibar * (1.0 + tau * age)
-    order = sorted(range(C), key=lambda c: (-score[c], c))
+    order = sorted(range(C), key=lambda c: (bool(ibar[c] != 0), -score[c], c))
     if k >= C:
         sel = list(range(C))
     else:
-        recent = list(history)[-(m - 1):] if m > 1 else []
+        recent = list(history)[-1:]
         excluded = set(int(c) for s in recent for c in s)
         eligible = [c for c in order if c not in excluded]
         sel = eligible[:k]
@@ -1058,6 +1070,9 @@ def apu_select(ibar, age, ratio, history: Sequence[Sequence[int]] = (), tau: flo
 
 
 def smooth_importance(ibar, I, beta: float = 0.9) -> np.ndarray:
-    """Ibar <- beta * Ibar + (1 - beta) * I."""
-    return beta * np.asarray(ibar, dtype=np.float64) + (1.0 - beta) * np.asarray(I,
-                                                                                 dtype=np.float64)
+    """Ibar <- beta * Ibar + (1 - beta) * I, and Ibar <- I where Ibar is 0 (the first
+    measurement); a result of 0 becomes 2**-126 (measured, no gradient; decision 9)."""
+    ibar = np.asarray(ibar, dtype=np.float64)
+    I = np.asarray(I, dtype=np.float64)
+    out = np.where(ibar == 0, I, beta * ibar + (1.0 - beta) * I)
+    return np.where(out > 0, out, MEASURED_ZERO)

@@ -115,10 +115,16 @@ static uint32_t apu_window(float ratio) {
     return m < 1.0f ? 1u : (uint32_t)m;
 }
 
-/* The exclusion count of a channel just selected: the periods it sits out, m - 1 (at most 255). */
-static uint8_t excl_full(const tmp_train_plan *p) {
+/* The largest exclusion count a saved selection may hold: m - 1 (at most 255), what engines
+ * before session 42 wrote (they excluded a selection for the next m - 1 periods). */
+static uint8_t excl_max_of(const tmp_train_plan *p) {
     const uint32_t m = apu_window(p->ratio);
     return (uint8_t)(m > 1 ? (m - 1 > 255 ? 255 : m - 1) : 0);
+}
+
+/* The exclusion count of a channel just selected: it sits out the next period (ratio < 1). */
+static uint8_t excl_next(const tmp_train_plan *p) {
+    return apu_window(p->ratio) > 1 ? 1u : 0u;
 }
 
 static uint32_t tables_crc(const tmp_model *m) {
@@ -129,7 +135,7 @@ static uint32_t tables_crc(const tmp_model *m) {
 /* ---------------------------------------------------------------- set-up */
 
 /* The training state as a new run starts it: zero momentum; each selection the plan's, with no
- * importances or ages and the selected channels excluded for a full window; a new period. The
+ * importances or ages and the selected channels excluded for the next period; a new period. The
  * parameters, the Fisher sums, the step counters and the rounding generator are left alone. */
 static tmp_status reset_state(tmp_trainer *t) {
     const tmp_train_plan *p = t->p;
@@ -156,9 +162,9 @@ static tmp_status reset_state(tmp_trainer *t) {
         memset(t->arena + sb->offset, 0, sb->size);
         memcpy(s.ch, p->channels + p->chan_off[i], 2u * k);
         if (s.excl != NULL) {
-            const uint8_t full = excl_full(p);
+            const uint8_t next = excl_next(p);
             for (uint32_t j = 0; j < k; j++) {
-                s.excl[s.ch[j]] = full;
+                s.excl[s.ch[j]] = next;
             }
         }
     }
@@ -1016,7 +1022,7 @@ tmp_status tmp_trainer_end_period(tmp_trainer *t) {
         return TMP_ERR_ARG;
     }
     const tmp_train_plan *p = t->p;
-    const uint8_t full = excl_full(p);
+    const uint8_t next = excl_next(p);
     tmp_layer l;
     tmp_tensor tin;
     for (int32_t i = 0; i < p->num_layers; i++) {
@@ -1035,13 +1041,18 @@ tmp_status tmp_trainer_end_period(tmp_trainer *t) {
                 return TMP_ERR_ARG;
             }
         }
-        /* smooth the importance of the channels updated this period; others keep their score */
+        /* smooth the importance of the channels updated this period; others keep their score.
+         * A channel's first measurement is taken as it is (smoothing from 0 would rank channels
+         * by how often they were measured); a measured 0 becomes float's smallest normal value,
+         * so that 0 keeps meaning "never measured" */
         for (uint32_t j = 0; j < k; j++) {
             uint16_t c = s.ch[j];
-            s.ibar[c] = t->beta * s.ibar[c] + (1.0f - t->beta) * s.iacc[c];
+            float v = s.ibar[c] == 0.0f ? s.iacc[c] : t->beta * s.ibar[c] + (1.0f - t->beta) * s.iacc[c];
+            s.ibar[c] = v > 0.0f ? v : 1.17549435e-38f;
         }
-        /* chosen: k best by ibar * (1 + tau * age) among the channels not selected in the last
-         * m - 1 periods (excl > 0), filled from the excluded ones when too few are eligible */
+        /* chosen: the channels never measured (ibar 0) first, lower index first, then the best
+         * by ibar * (1 + tau * age), among those not selected in the previous period (excl > 0);
+         * filled from the excluded ones by score when too few are eligible (ratio > 1/2) */
         uint32_t taken = 0;
         for (int pass = 0; pass < 2 && taken < k; pass++) {
             while (taken < k) {
@@ -1051,7 +1062,7 @@ tmp_status tmp_trainer_end_period(tmp_trainer *t) {
                     if ((s.age[c] & 0x8000u) || (pass == 0 && s.excl[c] > 0)) {
                         continue; /* high bit marks "taken in this selection" */
                     }
-                    float sc = s.ibar[c] * (1.0f + t->tau * (float)s.age[c]);
+                    float sc = s.ibar[c] == 0.0f ? INFINITY : s.ibar[c] * (1.0f + t->tau * (float)s.age[c]);
                     if (best < 0 || sc > bs) {
                         best = (int32_t)c;
                         bs = sc;
@@ -1069,7 +1080,7 @@ tmp_status tmp_trainer_end_period(tmp_trainer *t) {
             if (s.age[c] & 0x8000u) {
                 s.ch[w++] = (uint16_t)c;
                 s.age[c] = 0;
-                s.excl[c] = full;
+                s.excl[c] = next;
             } else {
                 if (s.age[c] < 0x7FFFu) {
                     s.age[c]++;
@@ -1418,7 +1429,7 @@ static void reader_record_header(const tmp_trainer *t, tmp_params_reader *r, uin
         } else {
             r->cin = cin_of(&l, &tin);
             r->k = t->p->k[r->layer];
-            r->excl_max = excl_full(t->p);
+            r->excl_max = excl_max_of(t->p);
             r->prev = -1;
         }
     }
