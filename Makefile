@@ -6,7 +6,7 @@
 # Every path in the make files is relative to the checkout: make runs there (`make -f
 # elsewhere/Makefile` from another folder would not find the files they name).
 ifeq ($(wildcard firmware/firmware.mk),)
-$(error make runs in the tinymp checkout, whose files these make files name: make -C $(patsubst %/,%,$(dir $(firstword $(MAKEFILE_LIST)))) $(MAKECMDGOALS))
+$(error make runs in the tinymp checkout, whose files these make files name: make -C $(patsubst %/,%,$(dir $(lastword $(MAKEFILE_LIST)))) $(MAKECMDGOALS))
 endif
 
 PYTHON ?= python3

@@ -231,8 +231,9 @@ ifdef FW_TEST_NEEDS_QEMU
 	  echo "error: firmware-test BOARD=$(BOARD) needs pyserial for MicroPython's run-tests.py: $(FW_PY) -m pip install pyserial (or make venv)"; exit 1; }
 endif
 
+FW_TEST_CMD = cd $(FW_MP)/tests && PYTHONDONTWRITEBYTECODE=1 $(FW_RUN_TESTS) -r $(FW_BUILD)/test-results -e make_models -d $(FW_TESTS)
 firmware-test: firmware-test-tools firmware
-	cd $(FW_MP)/tests && PYTHONDONTWRITEBYTECODE=1 $(FW_RUN_TESTS) -r $(FW_BUILD)/test-results -e make_models -d $(FW_TESTS)
+	$(if $(FW_DRY),@echo '$(FW_TEST_CMD)',$(FW_TEST_CMD))
 else
 firmware-test:
 	@echo "error: firmware-test runs on UNIX, UNIX_FLOAT, QEMU_M7 and QEMU_M7_FLOAT (BOARD=$(BOARD) needs its device)"; exit 1

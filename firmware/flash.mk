@@ -7,7 +7,7 @@
 #   FLASH_TOOL=dfu-util  dfu-util (apt-get install dfu-util)
 #   FLASH_TOOL=st-flash  through the on-board ST-LINK (USB connector CN1; apt-get install stlink-tools)
 # ESP32_S3 (ROM bootloader over the USB serial port):
-#   PORT=/dev/ttyACM0 (required)  BAUD=460800  ESPTOOL="python3 -m esptool" (pip install "esptool>=5")
+#   PORT=/dev/ttyACM0 (required)  BAUD=460800  ESPTOOL="python3 -m esptool" (pip install esptool)
 #
 # Before flashing, FLASH_CHECK makes sure the tool is installed and, where it can tell, that a board
 # is there to take the image (dfu_probe.py for pydfu, `dfu-util -l`, the serial port's device
@@ -51,15 +51,13 @@ FLASH_ERROR := FLASH_TOOL=$(FLASH_TOOL) is not one of pydfu, dfu-util, st-flash
 endif
 else ifeq ($(BOARD),ESP32_S3)
 FLASH_FILE := $(FW_BUILD)/firmware.bin
-FLASH_CMD := $(ESPTOOL) --chip esp32s3 --port $(PORT) --baud $(BAUD) write-flash 0 $(FLASH_FILE)
+FLASH_CMD := $(ESPTOOL) --chip esp32s3 --port $(PORT) --baud $(BAUD) write_flash 0 $(FLASH_FILE)
 FLASH_HINT := If the board does not answer, hold BOOT, press RESET, release BOOT (ROM bootloader).
 FLASH_CHECK := test -e $(PORT) || { \
     echo "error: PORT=$(PORT) does not exist: plug the board in, or name its serial port (ls /dev/ttyACM* /dev/ttyUSB*)"; exit 1; }
 ifeq ($(ESPTOOL),$(FW_PY) -m esptool)
 FLASH_CHECK += ; $(FW_PY) -c "import esptool" 2>/dev/null || { \
-    echo "error: flashing BOARD=ESP32_S3 needs esptool: $(FW_PY) -m pip install esptool"; exit 1; }; \
-  $(FW_PY) -c "import esptool, sys; sys.exit(int(esptool.__version__.split('.')[0]) < 5)" 2>/dev/null || { \
-    echo "error: flashing BOARD=ESP32_S3 needs esptool 5 or newer (its write-flash command): $(FW_PY) -m pip install -U esptool"; exit 1; }
+    echo "error: flashing BOARD=ESP32_S3 needs esptool: $(FW_PY) -m pip install esptool"; exit 1; }
 endif
 ifeq ($(PORT),)
 FLASH_ERROR := BOARD=ESP32_S3 needs PORT=<serial device>, e.g. make flash BOARD=ESP32_S3 PORT=/dev/ttyACM0

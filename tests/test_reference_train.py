@@ -944,8 +944,8 @@ def test_apu_first_periods_visit_every_channel(ratio, C):
 
 def test_apu_importance_decides_and_age_brings_channels_back():
     """After the first periods, fixed importances decide: the more important a channel, the more
-    often it is updated; the least important still comes back, again and again (its age term
-    grows until it outscores the others)."""
+    often it is updated; with importances within a factor 8 the least important still comes
+    back, again and again (its age term grows until it outscores the others)."""
     C, ratio = 8, 1 / 4
     scores = np.array([8.0, 1.0, 6.0, 2.0, 4.0, 1.5, 3.0, 5.0])
     history, _ = _run_apu(C, ratio, 200, None, scores=scores)
@@ -957,6 +957,17 @@ def test_apu_importance_decides_and_age_brings_channels_back():
     # the rotation before session 42 (the last m - 1 periods excluded) updated every channel
     # equally often whatever its importance
     assert len(set(counts.tolist())) > 1
+
+
+def test_apu_channels_far_below_the_others_wait_for_good():
+    """The other side of the carried scores (docs/TRAINING.md section 6): a channel measured at 0
+    is never selected again while others had a gradient, and one 5,000 times below those it
+    competes with waits beyond 200 periods (its score grows by tau * ibar per period)."""
+    scores = np.array([0.0, 1e-3, 5.0, 6.0, 7.0, 8.0, 1e6, 9.0])
+    history, _ = _run_apu(8, 1 / 4, 200, None, scores=scores)
+    counts = [sum(c in s for s in history[4:]) for c in range(8)]
+    assert counts[0] == 0 and counts[1] == 0, counts
+    assert all(counts[c] > 0 for c in range(2, 8)), counts
 
 
 def test_smooth_importance():

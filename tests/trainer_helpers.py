@@ -250,7 +250,11 @@ class ApuReplay:
             only_o = sorted(set(expected) - set(engine))
             worst_engine = min(sc[c] for c in only_e)
             best_other = max(sc[c] for c in only_o)
-            tie = math.isclose(worst_engine, best_other, rel_tol=1e-5, abs_tol=1e-30)
+            # never-measured channels (Ibar 0) rank before every measured one, whatever the
+            # scores: a choice across that line is never a float tie
+            measured = {bool(self.ibar[i][c] != 0) for c in only_e + only_o}
+            tie = len(measured) == 1 and math.isclose(worst_engine, best_other, rel_tol=1e-5,
+                                                      abs_tol=1e-30)
             if tie:
                 self.ties += 1
             else:

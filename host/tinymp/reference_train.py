@@ -135,8 +135,9 @@ Design decisions fixed here (where ALGORITHMS.md leaves a choice)
    ``k * m == C``: the importances decided nothing.  Here a channel **never measured**
    (``ibar == 0``) ranks before every measured one (ties: lower index), so the first
    ``m = ceil(1/rho)`` periods visit every channel (``ceil(C / k) <= m``) whatever the
-   scores; after that, ``TopK(ibar * (1 + tau * age))`` decides, and the age term brings back
-   a channel that waits.  ``rho = 1`` selects every channel.  Ages: a selected channel's age
+   scores; after that, ``TopK(ibar * (1 + tau * age))`` decides.  A waiting channel's score
+   grows by ``tau * ibar`` per period (its ibar is carried), so one measured far below the
+   others waits very long, in effect for good (a measured 0 for good).  ``rho = 1`` selects every channel.  Ages: a selected channel's age
    becomes 0, every other channel's age grows by 1 (``age`` = periods since last selected;
    start from zeros).
 9. **The smoothed importance starts at the first measurement.**  ``Ibar <- beta * Ibar +
