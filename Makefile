@@ -105,14 +105,17 @@ experiment: venv
 
 CORE_HDR := $(wildcard $(CORE)/*.h $(CORE)/*/*.h)
 
-# arm-none-eabi-gcc with its C library (the core includes newlib's string.h and math.h) and
-# arm-none-eabi-size, named before the first compile
+# $(call arm_cc_check,WHO,COMPILER): a shell command that names a missing cross compiler or its C
+# library (newlib: the core and the ports include its string.h) in one line, "error: WHO needs ..."
+arm_cc_check = command -v $(2) >/dev/null || { \
+  echo "error: $(1) needs $(2) (apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi)"; exit 1; }; \
+  echo '\#include <string.h>' | $(2) -E -x c - -o /dev/null 2>/dev/null || { \
+  echo "error: $(1) needs $(2)'s C library (apt-get install libnewlib-arm-none-eabi)"; exit 1; }
+
+# the cross compiler and arm-none-eabi-size, named before the first compile
 .PHONY: m7-tools
 m7-tools:
-	@command -v $(ARM_CC) >/dev/null || { \
-	  echo "error: the Cortex-M7 build needs $(ARM_CC) (apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi)"; exit 1; }
-	@echo '#include <string.h>' | $(ARM_CC) -E -x c - -o /dev/null 2>/dev/null || { \
-	  echo "error: the Cortex-M7 build needs $(ARM_CC)'s C library (apt-get install libnewlib-arm-none-eabi)"; exit 1; }
+	@$(call arm_cc_check,the Cortex-M7 build,$(ARM_CC))
 	@command -v $(ARM_SIZE) >/dev/null || { \
 	  echo "error: make size needs $(ARM_SIZE) (apt-get install gcc-arm-none-eabi)"; exit 1; }
 

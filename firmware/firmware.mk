@@ -197,10 +197,7 @@ firmware-tools:
 	@command -v gcc >/dev/null || { \
 	  echo "error: BOARD=$(BOARD) needs the host's C compiler for mpy-cross (apt-get install gcc)"; exit 1; }
 ifdef FW_NEEDS_ARM
-	@command -v arm-none-eabi-gcc >/dev/null || { \
-	  echo "error: BOARD=$(BOARD) needs arm-none-eabi-gcc (apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi)"; exit 1; }
-	@echo '#include <string.h>' | arm-none-eabi-gcc -E -x c - -o /dev/null 2>/dev/null || { \
-	  echo "error: BOARD=$(BOARD) needs arm-none-eabi-gcc's C library (apt-get install libnewlib-arm-none-eabi)"; exit 1; }
+	@$(call arm_cc_check,BOARD=$(BOARD),arm-none-eabi-gcc)
 endif
 ifeq ($(BOARD),ESP32_S3)
 	@command -v idf.py >/dev/null || { \
