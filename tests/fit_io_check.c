@@ -100,7 +100,7 @@ static int run(const tmp_train_plan *p, uint32_t epochs, uint32_t flags, int cal
     CHECK(arena != NULL, "arena");
     tmp_trainer t;
     CHECK(tmp_trainer_init(&t, &g_m, p, arena, p->arena_bytes, 0.02f, 7u) == TMP_OK, "trainer init");
-    tmp_fit_io io = { sample, callbacks ? store : NULL, callbacks ? load : NULL, progress, c, cache_end };
+    tmp_fit_io io = { sample, callbacks ? store : NULL, callbacks ? load : NULL, progress, c, cache_end, 0 };
     CHECK(tmp_trainer_fit(&t, N_SAMPLES, epochs, flags, &io, st) == TMP_OK, "fit");
     const uint32_t nc = (uint32_t)g_m.num_classes;
     for (uint32_t i = 0; i < N_SAMPLES; i++) {

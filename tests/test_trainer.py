@@ -46,6 +46,7 @@ from hypothesis import strategies as st
 
 import tinymp
 import tinymp._files
+from tinymp import reference_train as rt
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -1157,6 +1158,171 @@ def test_apu_on_a_zoo_model(zoo_models, ratio):
     assert rep.sensitive > 0
     for i in rep.layers:
         assert H.first_window_misses(history[i], win, rep.geom[i][3]) == []
+
+
+def _apu_records(t, m, plan, tmp_path):
+    """Each APU layer's saved state (docs/TRAINING.md's format): {layer: (channels, ibar, age)}."""
+    path = str(tmp_path / "apu.tmpp")
+    t.save(path)
+    with open(path, "rb") as f:
+        blob = f.read()
+    info = plan._layers()
+    out = {}
+    for layer, kind, data in _records(blob):
+        if kind != 7 or not info[layer]["apu"]:
+            continue
+        k = info[layer]["k"]
+        cin = H.ApuReplay._cin(m, layer)
+        a = (2 * k + 3) & ~3
+        ch = list(struct.unpack_from("<%dH" % k, data, 0))
+        ibar = np.frombuffer(data, np.float32, cin, a)
+        age = np.frombuffer(data, np.uint16, cin, a + 8 * cin)
+        out[layer] = (ch, ibar.copy(), age.copy())
+    return out
+
+
+@pytest.mark.parametrize("count", [12, 4])
+def test_apu_probe_measures_what_a_full_selection_measures(tmp_path, count):
+    """ALGORITHMS section 2's probe variant, checked against the gradients of a plan that updates
+    every channel. With lr = 0 nothing moves, so the period's steps (its selected channels, all
+    12 samples) and the probe (every other channel, on samples j * 12 / count, its sums scaled by
+    12 / count) measure what a ratio-1 plan over the same layers computes, sample by sample:
+    ||dW[:, c]||^2 summed over the samples (the ratio-1 trainer's slices, summed here in
+    float64). Each channel's first importance is that sum; the next selection is then the
+    oracle's top k by importance, outside the period's channels."""
+    m = H.demo_model()
+    xs, ys = H.digits_q("train", "invert")
+    n = 12
+    xs, ys = xs[:n], ys[:n]
+    plan = m.plan(method="tinymp")
+    full = m.plan(method="tinymp", ratio=1.0)
+    assert full.layers == plan.layers and full.r == plan.r
+    ref = tinymp.Trainer(m, full, lr=0.0, seed=SEED)
+    apu = [i for i, d in enumerate(plan._layers()) if d["apu"]]
+    cins = {i: H.ApuReplay._cin(m, i) for i in apu}
+    per = {i: np.zeros((n, cins[i])) for i in apu}  # per sample
+    for s, (x, y) in enumerate(zip(xs, ys)):
+        _, g = ref._grads(x, y, False)
+        for i in apu:
+            kind = m._layers()[i]["type"]
+            for o, raw in g[i].items():
+                if o == "db":
+                    continue
+                dw = np.frombuffer(raw, np.float32).astype(np.float64)
+                if kind == "dwconv":
+                    per[i][s, o] += np.sum(dw * dw)
+                elif kind == "conv":
+                    per[i][s] += np.sum((dw * dw).reshape(-1, cins[i]), axis=0)
+                else:
+                    per[i][s] += dw * dw
+    probed = [j * n // count for j in range(count)]
+    t = tinymp.Trainer(m, plan, lr=0.0, seed=SEED)
+    r = t.fit(xs, ys, epochs=1, shuffle=False, probe=count)
+    assert r["steps"] == n and t.stats()["steps"] == n and t.stats()["periods"] == 1
+    state = _apu_records(t, m, plan, tmp_path)
+    for i in apu:
+        ch, ibar, age = state[i]
+        want = per[i][probed].sum(axis=0) * (n / count)
+        want[plan.channels[i]] = per[i].sum(axis=0)[plan.channels[i]]
+        assert np.all(ibar > 0), "every channel is measured at the first period end"
+        assert np.allclose(ibar, want, rtol=2e-5, atol=0), i
+        expected, _ = rt.apu_select(ibar.astype(np.float64), np.zeros(cins[i]), plan.ratio,
+                                    history=[plan.channels[i]], tau=0.1)
+        assert ch == [int(c) for c in expected]
+        assert not set(ch) & set(plan.channels[i])  # the previous period's channels sit out
+    # the carry variant measured only the period's channels
+    c = tinymp.Trainer(m, plan, lr=0.0, seed=SEED)
+    c.fit(xs, ys, epochs=1, shuffle=False)
+    for i, (ch, ibar, age) in _apu_records(c, m, plan, tmp_path).items():
+        assert sorted(np.flatnonzero(ibar).tolist()) == plan.channels[i]
+
+
+def test_apu_probe_changes_no_parameter_and_counts_no_step(tmp_path):
+    """A probe updates nothing: two trainers that differ only in probe= have the same
+    parameters, losses and counters after the first period end (where only the importances and
+    the next selection differ), and the probe's passes count in the MACs, not in the steps."""
+    m = H.demo_model()
+    xs, ys = H.digits_q("train", "invert")
+    xs, ys = xs[:20], ys[:20]
+    plan = m.plan(method="tinymp")
+    a, b = (tinymp.Trainer(m, plan, lr=LR, seed=SEED) for _ in range(2))
+    ra = a.fit(xs, ys, epochs=1, probe=5)
+    rb = b.fit(xs, ys, epochs=1)
+    assert ra["loss"] == rb["loss"]
+    assert np.array_equal(logits_of(a, PROBES[:10]), logits_of(b, PROBES[:10]))
+    sa, sb = a.stats(), b.stats()
+    assert (sa["steps"], sa["periods"]) == (sb["steps"], sb["periods"]) == (20, 1)
+    assert sa["forward_macs"] > sb["forward_macs"]
+    passes = max(math.ceil((H.ApuReplay._cin(m, i) - d["k"]) / d["k"])
+                 for i, d in enumerate(plan._layers()) if d["apu"])
+    assert sa["forward_macs"] == sb["forward_macs"] + 5 * passes * plan.forward_macs
+    assert a.selection != b.selection
+
+
+@pytest.mark.parametrize("period", [0, 7])
+def test_apu_probe_runs_are_the_same_with_and_without_the_cache_and_in_pieces(period):
+    """fit(probe=) with the frozen-prefix cache (its probes start from the arena's features after
+    the first epoch), without it, and as three fit(epochs=1) calls: one run, the same parameters
+    and selections; with a step period the probe runs at every period end inside the epochs."""
+    m = H.demo_model()
+    xs, ys = H.digits_q("train", "invert")
+    xs, ys = xs[:30], ys[:30]
+    plan = m.plan(method="tinymp", cache=8)
+    assert plan.cache_bytes > 0
+    runs = []
+    for how in ("cache", "nocache", "pieces"):
+        t = tinymp.Trainer(m, plan, lr=LR, seed=SEED, period=period)
+        if how == "pieces":
+            for _ in range(3):
+                t.fit(xs, ys, epochs=1, probe=6)
+        else:
+            r = t.fit(xs, ys, epochs=3, probe=6, cache=how == "cache")
+            assert (r["cached_steps"] > 0) == (how == "cache")
+        s = t.stats()
+        assert s["steps"] == 90 and s["periods"] == (90 // period if period else 3)
+        runs.append((t.selection, logits_of(t, PROBES[:10])))
+    for sel, lg in runs[1:]:
+        assert sel == runs[0][0]
+        assert np.array_equal(lg, runs[0][1])
+
+
+def test_apu_probe_measures_afresh_what_the_carried_scores_keep(tmp_path):
+    """The starvation of the carry variant (docs/TRAINING.md section 6): a channel whose score is
+    a measured 0 (2**-126) is never chosen again, since its score stays. Planted in a saved state
+    (a channel not selected, the file's CRC made anew): after one more period the carry variant
+    still holds 2**-126 for it; the probe variant has measured it (0.9 * 2**-126 + 0.1 * I)."""
+    m = H.demo_model()
+    xs, ys = H.digits_q("train", "invert")
+    xs, ys = xs[:20], ys[:20]
+    plan = m.plan(method="tinymp")
+    t = tinymp.Trainer(m, plan, lr=LR, seed=SEED)
+    t.fit(xs, ys, epochs=1)
+    path = str(tmp_path / "s.tmpp")
+    t.save(path)
+    with open(path, "rb") as f:
+        blob = f.read()
+    layer = min(i for i, d in enumerate(plan._layers()) if d["apu"])
+    k, cin = plan._layers()[layer]["k"], H.ApuReplay._cin(m, layer)
+    chan = min(set(range(cin)) - set(t.selection[layer]))
+    recs = []
+    for li, kind, data in _records(blob):
+        if li == layer and kind == 7:
+            data = bytearray(data)
+            struct.pack_into("<f", data, ((2 * k + 3) & ~3) + 4 * chan, rt.MEASURED_ZERO)
+            data = bytes(data)
+        recs.append((li, kind, data))
+    head = struct.unpack_from("<HBBI", blob, 4)
+    with open(path, "wb") as f:
+        f.write(_blob(head[0], head[1], head[3], recs))
+    after = {}
+    for probe in (0, len(xs)):
+        u = tinymp.Trainer(m, plan, lr=LR, seed=SEED)
+        assert u.load(path) is True
+        u.fit(xs, ys, epochs=1, probe=probe)
+        assert chan not in u.selection[layer] or probe
+        after[probe] = _apu_records(u, m, plan, tmp_path)[layer][1][chan]
+    assert after[0] == np.float32(rt.MEASURED_ZERO)
+    assert after[len(xs)] > 1e-20
 
 
 # =============================================================================== 7. stats

@@ -287,7 +287,7 @@ typedef struct {
 static void run_fit(const void *arg) {
     fit_arg *f = (fit_arg *)(uintptr_t)arg;
     tmp_fit_io io = { fit_sample, g_cache != NULL ? fit_store : NULL, g_cache != NULL ? fit_load : NULL, NULL, NULL,
-        g_cache != NULL ? f->n : 0u };
+        g_cache != NULL ? f->n : 0u, 0u };
     g_status = tmp_trainer_fit(&g_t, f->n, f->epochs, 0u, &io, &f->st);
 }
 

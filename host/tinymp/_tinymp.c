@@ -2562,17 +2562,17 @@ static uint8_t *fit_own_cache(uint32_t want, uint32_t cache_bytes, uint32_t *cou
     return b;
 }
 
-/* fit(xs, ys, epochs=1, cache=True, shuffle=True, progress=None) -> dict */
+/* fit(xs, ys, epochs=1, cache=True, shuffle=True, progress=None, probe=0) -> dict */
 static PyObject *Trainer_fit(TrainerObject *self, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"xs", "ys", "epochs", "cache", "shuffle", "progress", NULL};
-    PyObject *xs, *ys, *epochs_o = NULL, *cache = Py_True, *progress = Py_None;
+    static char *kwlist[] = {"xs", "ys", "epochs", "cache", "shuffle", "progress", "probe", NULL};
+    PyObject *xs, *ys, *epochs_o = NULL, *cache = Py_True, *progress = Py_None, *probe_o = NULL;
     int shuffle = 1;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|OOpO:fit", kwlist, &xs, &ys, &epochs_o, &cache, &shuffle,
-            &progress) || Trainer_check(self) < 0) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|OOpOO:fit", kwlist, &xs, &ys, &epochs_o, &cache, &shuffle,
+            &progress, &probe_o) || Trainer_check(self) < 0) {
         return NULL;
     }
-    long long ep;
-    if (opt_ranged_long(epochs_o, TMP_IOPT_epochs, &ep) < 0) {
+    long long ep, probe;
+    if (opt_ranged_long(epochs_o, TMP_IOPT_epochs, &ep) < 0 || opt_ranged_long(probe_o, TMP_IOPT_probe, &probe) < 0) {
         return NULL;
     }
     if (progress != Py_None && !PyCallable_Check(progress)) {
@@ -2633,7 +2633,7 @@ static PyObject *Trainer_fit(TrainerObject *self, PyObject *args, PyObject *kwds
         }
     }
     uint32_t flags = shuffle ? 0u : TMP_FIT_NO_SHUFFLE;
-    tmp_fit_io io = { fit_sample, NULL, NULL, fit_progress, &f, 0 };
+    tmp_fit_io io = { fit_sample, NULL, NULL, fit_progress, &f, 0, (uint32_t)probe };
     int want_outside = p->cache_bytes != 0 && (uint32_t)n > p->cache_samples && ep > 1;
     if (cache == Py_False || cache == Py_None) {
         flags |= TMP_FIT_NO_CACHE;
@@ -2739,11 +2739,12 @@ static PyMethodDef Trainer_methods[] = {
         "step(x, y, cache=cache) kept of it (the frozen prefix is skipped; identical result)"},
     {"predict", (PyCFunction)Trainer_predict, METH_O, "predict(x) -> int, with the trained parameters"},
     {"fit", (PyCFunction)(void (*)(void))Trainer_fit, METH_VARARGS | METH_KEYWORDS,
-        "fit(xs, ys, epochs=1, cache=True, shuffle=True, progress=None) -> dict: a personalisation run\n"
+        "fit(xs, ys, epochs=1, cache=True, shuffle=True, progress=None, probe=0) -> dict: a personalisation run\n"
         "(epochs over the samples; the frozen prefix runs once per sample when the plan has one).\n"
         "cache: True (the arena's cache region, then a buffer), False, a writable buffer of\n"
         "len(xs) * plan.cache_bytes, or a binary file (seek/write/readinto). progress(epoch, done,\n"
-        "loss, correct) is called after every step; a true return value stops the run."},
+        "loss, correct) is called after every step; a true return value stops the run. probe: APU's\n"
+        "probe variant, the channels a period did not update measured on this many samples."},
     {"logits", (PyCFunction)(void (*)(void))Trainer_logits, METH_VARARGS | METH_KEYWORDS,
         "logits(x, out=None) -> array('f'), with the trained parameters"},
     {"end_period", (PyCFunction)Trainer_end_period, METH_NOARGS, "close an APU period: re-select channels"},

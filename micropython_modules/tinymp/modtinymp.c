@@ -1849,6 +1849,22 @@ static const int8_t *fit_sample(void *ctx, uint32_t i, int32_t *label) {
     return (const int8_t *)bi.buf; // the sequence keeps the object alive
 }
 
+// fit_sample for the engine: an exception (the sequence's own, a Ctrl-C scheduled in its Python
+// code) is kept for fit() to raise, and the engine gets NULL, so it never jumps out of the middle of
+// an APU probe (docs/TRAINING.md section 6), whose channel marks must be cleared.
+static const int8_t *fit_sample_in_run(void *ctx, uint32_t i, int32_t *label) {
+    fit_ctx *f = (fit_ctx *)ctx;
+    const int8_t *x = NULL;
+    nlr_buf_t nlr;
+    if (nlr_push(&nlr) == 0) {
+        x = fit_sample(f, i, label);
+        nlr_pop();
+    } else if (f->pending == MP_OBJ_NULL) {
+        f->pending = MP_OBJ_FROM_PTR(nlr.ret_val);
+    }
+    return x;
+}
+
 // Inside a step, after a cache file's method ran: the step's pointers into the arena and the
 // model are fixed, so a resized buffer stops the run.
 static void fit_check_unmoved(fit_ctx *f) {
@@ -2062,12 +2078,12 @@ static uint8_t *fit_own_cache(uint32_t want, uint32_t cache_bytes, uint32_t *cou
     return b;
 }
 
-// fit(xs, ys, epochs=1, cache=True, shuffle=True, progress=None) -> dict: a personalisation run.
+// fit(xs, ys, epochs=1, cache=True, shuffle=True, progress=None, probe=0) -> dict: a personalisation run.
 // cache: True (the arena's cache region, then a heap buffer for as many of the other samples as
 // the heap has room for), False, a writable buffer of len(xs) * plan.cache_bytes, or a file
 // opened 'w+b' (seek/write/readinto).
 static mp_obj_t tinymp_trainer_fit(size_t n_args, const mp_obj_t *pos_args, mp_map_t *kw_args) {
-    enum { ARG_xs, ARG_ys, ARG_epochs, ARG_cache, ARG_shuffle, ARG_progress };
+    enum { ARG_xs, ARG_ys, ARG_epochs, ARG_cache, ARG_shuffle, ARG_progress, ARG_probe };
     static const mp_arg_t allowed_args[] = {
         { MP_QSTR_xs, MP_ARG_REQUIRED | MP_ARG_OBJ, {.u_obj = MP_OBJ_NULL} },
         { MP_QSTR_ys, MP_ARG_REQUIRED | MP_ARG_OBJ, {.u_obj = MP_OBJ_NULL} },
@@ -2075,12 +2091,14 @@ static mp_obj_t tinymp_trainer_fit(size_t n_args, const mp_obj_t *pos_args, mp_m
         { MP_QSTR_cache, MP_ARG_OBJ, {.u_obj = mp_const_true} },
         { MP_QSTR_shuffle, MP_ARG_BOOL, {.u_bool = true} },
         { MP_QSTR_progress, MP_ARG_OBJ, {.u_obj = mp_const_none} },
+        { MP_QSTR_probe, MP_ARG_OBJ, {.u_obj = mp_const_none} },
     };
     tinymp_trainer_obj_t *self = MP_OBJ_TO_PTR(pos_args[0]);
     mp_arg_val_t args[MP_ARRAY_SIZE(allowed_args)];
     mp_arg_parse_all(n_args - 1, pos_args + 1, kw_args, MP_ARRAY_SIZE(allowed_args), allowed_args, args);
     trainer_check(self);
     uint32_t epochs = (uint32_t)opt_ranged_long(args[ARG_epochs].u_obj, TMP_IOPT_epochs);
+    const uint32_t probe = (uint32_t)opt_ranged_long(args[ARG_probe].u_obj, TMP_IOPT_probe);
     mp_obj_t progress = args[ARG_progress].u_obj;
     if (progress != mp_const_none && !mp_obj_is_callable(progress)) {
         mp_raise_TypeError(MP_ERROR_TEXT("tinymp: progress must be callable or None"));
@@ -2126,7 +2144,7 @@ static mp_obj_t tinymp_trainer_fit(size_t n_args, const mp_obj_t *pos_args, mp_m
         }
     }
     uint32_t flags = args[ARG_shuffle].u_bool ? 0u : TMP_FIT_NO_SHUFFLE;
-    tmp_fit_io io = { fit_sample, NULL, NULL, fit_progress, &f, 0 };
+    tmp_fit_io io = { fit_sample_in_run, NULL, NULL, fit_progress, &f, 0, probe };
     mp_obj_t cache = args[ARG_cache].u_obj;
     const uint64_t need = (uint64_t)n * p->cache_bytes;
     uint32_t own_count = 0;

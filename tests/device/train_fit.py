@@ -525,3 +525,64 @@ t.step(xs[2], ys[2])
 print("prediction after a step", t.prediction == want)
 t.reset()
 print("after reset", t.prediction)
+
+# APU's probe variant (fit(probe=k)): the channels a period did not update are measured on k of
+# the samples at every period end. The same run with and without the cache and in pieces; it
+# updates nothing itself (the first epoch's losses are those of the carry variant); bad values
+# are refused; a sequence that raises during a probe leaves a whole trainer (k channels each).
+pt = m.plan("tinymp", cache=6)
+
+
+def probe_run(cache, epochs, pieces=1, **kw):
+    t = tinymp.Trainer(m, pt, lr=0.05, seed=3, **kw)
+    losses = []
+    for _ in range(pieces):
+        losses += t.fit(xs, ys, epochs=epochs, cache=cache, probe=3)["loss"]
+    return t, losses
+
+
+t0, l0 = probe_run(False, 3)
+t1, l1 = probe_run(True, 3)
+t2, l2 = probe_run(False, 1, pieces=3)
+carry = tinymp.Trainer(m, pt, lr=0.05, seed=3)
+lc = carry.fit(xs, ys, epochs=3)["loss"]
+print("probe: same run cached and in pieces", l0 == l1 == l2, t0.selection == t1.selection == t2.selection,
+      [list(t0.logits(x)) for x in xs] == [list(t1.logits(x)) for x in xs])
+print("probe: first epoch as carry", l0[0] == lc[0], "steps", t0.stats()["steps"], "periods", t0.stats()["periods"])
+print("probe: selection", sorted(t0.selection.items()))
+tp, lp = probe_run(False, 2, period=4)
+print("probe: step periods", tp.stats()["periods"], len(lp))
+for bad in (-1, 2 ** 32, 1.5, "3"):
+    try:
+        tinymp.Trainer(m, pt).fit(xs, ys, probe=bad)
+        print("no error")
+    except (ValueError, TypeError) as e:
+        print("probe=%r" % (bad,), type(e).__name__)
+
+
+class Flaky:
+    def __init__(self, items, fail_at):
+        self.items, self.calls, self.fail_at = items, 0, fail_at
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise Stop()
+        return self.items[i]
+
+
+# 6 checks, 6 steps, 3 probe checks, then the probe's samples: the 17th access is inside the probe
+tf = tinymp.Trainer(m, pt, lr=0.05, seed=3)
+try:
+    tf.fit(Flaky(xs, 17), ys, epochs=1, probe=3)
+    print("no raise")
+except Stop:
+    ks = dict((i, len(c)) for i, c in tf.selection.items())
+    print("raised inside a probe: periods", tf.stats()["periods"], "steps", tf.stats()["steps"],
+          "selections whole", all(c == sorted(set(c)) for c in tf.selection.values()),
+          ks == dict((i, len(c)) for i, c in pt.channels.items()))
+    tf.fit(xs, ys, epochs=1, probe=3)
+    print("  and trains on", tf.stats()["periods"], all(len(c) == ks[i] for i, c in tf.selection.items()))

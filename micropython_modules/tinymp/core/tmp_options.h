@@ -27,7 +27,8 @@
     X(cache, 0, 0xFFFFFFFFLL, 0)             \
     X(seed, 0, 0xFFFFFFFFLL, 1)              \
     X(period, 0, 0xFFFFFFFFLL, 0)            \
-    X(epochs, 1, 100000, 1)
+    X(epochs, 1, 100000, 1)                  \
+    X(probe, 0, 0xFFFFFFFFLL, 0)
 
 /* Number options: X(name, lo, hi, lo_open, dflt, text). `lo_open`: lo itself is refused; `text`
  * is the interval as the PC binding prints it ("%s%g, %g]" of these bounds), for the board's

@@ -350,7 +350,24 @@ typedef struct {
      *  for every sample the arena does not; less for a binding's buffer with room for fewer); the
      *  rest run the prefix again. 0: it holds none, whatever the callbacks. */
     uint32_t cache_end;
+    /** APU's probe variant (docs/TRAINING.md section 6): at every period end the channels the
+     *  period did not update are measured on this many of the samples (at most n, spread over
+     *  them) before the next selection; 0 (the default): their scores are carried. */
+    uint32_t probe;
 } tmp_fit_io;
+
+/**
+ * Close an APU period with a probe (ALGORITHMS section 2's probe variant): the period's channels
+ * are smoothed as by tmp_trainer_end_period; every other channel of an APU layer is measured,
+ * without updating anything, on `count` of the samples 0..n-1 that io->sample gives (sample
+ * j * n / count; its importance sum is scaled by the period's steps / count); then the channels
+ * are re-selected. Each sample takes ceil((Cin - k) / k) forward and backward passes (the largest
+ * over the APU layers), with the plan's own buffers: no extra memory. TMP_ERR_ARG, with nothing
+ * changed, for count > n or a sample that is NULL or has a bad label. A pass that fails later
+ * (the model bytes changed) still ends the period, measuring nothing, and returns its error.
+ * io's cache callbacks are not used; count 0 is tmp_trainer_end_period.
+ */
+tmp_status tmp_trainer_end_period_probe(tmp_trainer *t, const tmp_fit_io *io, uint32_t n, uint32_t count);
 
 /** Heap bytes a binding's fit() buffer (cache=True) leaves free for the run itself: the per-epoch
  *  figures, a progress callback's objects (a buffer that took the whole heap would make them fail
@@ -401,7 +418,8 @@ typedef struct {
  * epochs, or a fit after a load of a saved run by a trainer of the same seed, go on as one longer
  * fit), one training step each; ends a period (tmp_trainer_end_period: the APU re-selection)
  * after every epoch when the trainer has no step period, for every method, so `periods` counts
- * as in a step loop that ends one per epoch. In the first epoch each sample's boundary tensors go
+ * as in a step loop that ends one per epoch. With io->probe, every period end (step periods
+ * too) is tmp_trainer_end_period_probe on io->probe of the n samples. In the first epoch each sample's boundary tensors go
  * into the arena's cache region (plan->cache_samples) or the caller's cache; later epochs start
  * from them and skip the frozen prefix. The cache is used only when it pays (epochs > 1, a
  * non-empty prefix); the parameters, losses and predictions are identical with and without it.

@@ -84,6 +84,10 @@ typedef struct {
     uint8_t *excl;
 } sel_t;
 
+/* A transient mark in an APU channel's age (saved ages stay below it): "taken" while
+ * end_period chooses, "to be measured" while a probe runs. */
+#define APU_PENDING 0x8000u
+
 static size_t al4(size_t n) {
     return (n + 3u) & ~(size_t)3u;
 }
@@ -542,7 +546,10 @@ static tmp_status apply_slice(tmp_trainer *t, int32_t i, const slice_geom *g, ui
     return TMP_OK;
 }
 
-static tmp_status backward_layer(tmp_trainer *t, int32_t i, uint32_t *upd) {
+/* The backward pass of layer i. A probe pass (probe != 0) updates nothing: it computes only the
+ * weight gradients of APU layers and adds their input channels' squared sums to iacc, for the
+ * channels marked pending (APU_PENDING in their age); every other layer passes its gradient on. */
+static tmp_status backward_layer(tmp_trainer *t, int32_t i, uint32_t *upd, int probe) {
     const tmp_train_plan *p = t->p;
     const int32_t r = p->r;
     const uint8_t f = p->flags[i];
@@ -563,7 +570,7 @@ static tmp_status backward_layer(tmp_trainer *t, int32_t i, uint32_t *upd) {
     tmp_status s;
 
     /* selection pass: Fisher sums of the output, from g = dL/da before the clamp mask */
-    float *fish = (float *)lb_ptr(t, TMP_LB_FISH, i);
+    float *fish = probe ? NULL : (float *)lb_ptr(t, TMP_LB_FISH, i);
     if (fish != NULL) {
         const void *asum = lb_ptr(t, TMP_LB_ASUM, i);
         const tmp_xs_type at = tmp_gc_xs_type(r, 1, 1);
@@ -640,7 +647,7 @@ static tmp_status backward_layer(tmp_trainer *t, int32_t i, uint32_t *upd) {
         }
     }
     uint32_t t0 = now(t);
-    if (f & TMP_TL_B) {
+    if ((f & TMP_TL_B) && !probe) {
         int32_t *b = (int32_t *)lb_ptr(t, TMP_LB_B, i);
         float *bm = (float *)lb_ptr(t, TMP_LB_BM, i);
         float *vb = (float *)lb_ptr(t, TMP_LB_VB, i);
@@ -661,11 +668,20 @@ static tmp_status backward_layer(tmp_trainer *t, int32_t i, uint32_t *upd) {
         clamp_bias(b, cout, bias_limit(&l, cin));
     }
     *upd += (uint32_t)(now(t) - t0);
-    if (!(f & TMP_TL_W)) {
+    if (!(f & TMP_TL_W) || (probe && !(f & TMP_TL_APU))) {
         return TMP_OK;
     }
     const uint32_t k = p->k[i];
     sel_t sel = sel_of(t, i, cin);
+    if (probe) { /* nothing of this layer is measured in this pass */
+        uint32_t j = 0;
+        while (j < k && !(sel.age[sel.ch[j]] & APU_PENDING)) {
+            j++;
+        }
+        if (j == k) {
+            return TMP_OK;
+        }
+    }
     const void *saved = lb_ptr(t, TMP_LB_SAVED, i);
     float *dw = (float *)lb_ptr(t, TMP_LB_DW, i);
     const uint32_t n = l.type == TMP_LAYER_CONV ? (uint32_t)l.kh * l.kw * k
@@ -694,6 +710,9 @@ static tmp_status backward_layer(tmp_trainer *t, int32_t i, uint32_t *upd) {
     }
     for (uint32_t oo = 0; oo < outer; oo++) {
         const uint32_t o = l.type == TMP_LAYER_DWCONV ? (sel.ch != NULL ? sel.ch[oo] : oo) : oo;
+        if (probe && l.type == TMP_LAYER_DWCONV && !(sel.age[o] & APU_PENDING)) {
+            continue;
+        }
         switch (l.type) {
             case TMP_LAYER_CONV:
             case TMP_LAYER_PWCONV:
@@ -717,6 +736,15 @@ static tmp_status backward_layer(tmp_trainer *t, int32_t i, uint32_t *upd) {
         }
         if (s != TMP_OK) {
             return s;
+        }
+        if (probe) { /* the pending channels' importance; the weights stay */
+            for (uint32_t e = 0; e < n; e++) {
+                uint32_t c = l.type == TMP_LAYER_DWCONV ? o : sel.ch[l.type == TMP_LAYER_CONV ? e % k : e];
+                if (sel.age[c] & APU_PENDING) {
+                    sel.iacc[c] += dw[e] * dw[e];
+                }
+            }
+            continue;
         }
         if (t->hook != NULL) {
             t->hook(t->hook_ctx, i, (int32_t)o, dw, (int32_t)n, NULL, 0);
@@ -757,9 +785,10 @@ static tmp_status check_model(const tmp_trainer *t) {
 }
 
 /* One step; op (may be NULL) fills or uses the sample's cache entry; *pred = argmax of the
- * forward pass's logits. */
+ * forward pass's logits. A probe pass (probe != 0): the forward and backward passes of a step
+ * that update nothing and count no step (backward_layer); its MACs and time are counted. */
 static tmp_status step_impl(tmp_trainer *t, const int8_t *x, int32_t label, float *loss, cache_op *op,
-    int32_t *pred) {
+    int32_t *pred, int probe) {
     const int from_cache = op != NULL && op->mode == CACHE_FROM;
     if (t == NULL || t->p == NULL || (x == NULL && !from_cache)) {
         return TMP_ERR_ARG;
@@ -836,14 +865,14 @@ static tmp_status step_impl(tmp_trainer *t, const int8_t *x, int32_t label, floa
     }
     for (int32_t i = L - 1; i >= p->first; i--) {
         uint32_t a = now(t), upd = 0;
-        s = backward_layer(t, i, &upd);
+        s = backward_layer(t, i, &upd, probe);
         uint32_t total = (uint32_t)(now(t) - a);
         t->ticks[TMP_PHASE_BACKWARD] += total - (upd < total ? upd : total);
         t->ticks[TMP_PHASE_UPDATE] += upd;
         if (s != TMP_OK) {
             return s;
         }
-        if (i == L - 1 && wants) { /* the logits' gradient after the mask, before it is reused */
+        if (i == L - 1 && wants && !probe) { /* the logits' gradient after the mask, before it is reused */
             int any = 0;
             for (int32_t c = 0; c < nl; c++) {
                 any |= gl[c] != 0.0f;
@@ -853,6 +882,9 @@ static tmp_status step_impl(tmp_trainer *t, const int8_t *x, int32_t label, floa
     }
     t->macs[TMP_PHASE_FORWARD] += p->forward_macs - (from_cache ? prefix_macs(p) : 0u);
     t->macs[TMP_PHASE_BACKWARD] += p->backward_macs;
+    if (probe) {
+        return TMP_OK;
+    }
     t->steps++;
     if (p->method == TMP_METHOD_FISHER) {
         t->fisher_samples++;
@@ -869,7 +901,7 @@ static tmp_status step_impl(tmp_trainer *t, const int8_t *x, int32_t label, floa
 }
 
 tmp_status tmp_trainer_step(tmp_trainer *t, const int8_t *x, int32_t label, float *loss) {
-    return step_impl(t, x, label, loss, NULL, NULL);
+    return step_impl(t, x, label, loss, NULL, NULL, 0);
 }
 
 tmp_status tmp_trainer_step_fill(tmp_trainer *t, const int8_t *x, int32_t label, int8_t *cache, float *loss) {
@@ -877,7 +909,7 @@ tmp_status tmp_trainer_step_fill(tmp_trainer *t, const int8_t *x, int32_t label,
         return TMP_ERR_ARG;
     }
     cache_op op = { CACHE_FILL, cache, NULL, 0, 0 };
-    return step_impl(t, x, label, loss, &op, NULL);
+    return step_impl(t, x, label, loss, &op, NULL, 0);
 }
 
 tmp_status tmp_trainer_step_cached(tmp_trainer *t, const int8_t *cache, int32_t label, float *loss) {
@@ -885,7 +917,7 @@ tmp_status tmp_trainer_step_cached(tmp_trainer *t, const int8_t *cache, int32_t 
         return TMP_ERR_ARG;
     }
     cache_op op = { CACHE_FROM, (int8_t *)(uintptr_t)cache, NULL, 0, 0 };
-    return step_impl(t, NULL, label, loss, &op, NULL);
+    return step_impl(t, NULL, label, loss, &op, NULL, 0);
 }
 
 static uint32_t gcd_u32(uint32_t a, uint32_t b) {
@@ -905,6 +937,9 @@ static uint32_t xorshift(uint32_t *s) {
     return *s = x;
 }
 
+static tmp_status end_period_probe(tmp_trainer *t, const tmp_fit_io *io, uint32_t n, uint32_t count,
+    uint32_t in_arena);
+
 tmp_status tmp_trainer_fit(tmp_trainer *t, uint32_t n, uint32_t epochs, uint32_t flags, const tmp_fit_io *io,
     tmp_fit_stats *stats) {
     tmp_fit_stats st;
@@ -920,6 +955,11 @@ tmp_status tmp_trainer_fit(tmp_trainer *t, uint32_t n, uint32_t epochs, uint32_t
     const int use = !(flags & TMP_FIT_NO_CACHE) && p->cache_bytes != 0 && epochs > 1 &&
         p->method != TMP_METHOD_FISHER;
     int ext = use && io->cache_store != NULL && io->cache_load != NULL;
+    /* the probe variant: fit ends every period itself, step periods too (the probe needs the
+     * samples); after the first epoch its probes start from the arena's cached features */
+    const uint32_t probe = p->method == TMP_METHOD_FISHER ? 0u : io->probe < n ? io->probe : n;
+    const uint32_t per = t->period;
+    uint32_t probe_cached = 0; /* samples below it: their features are in the arena */
     tmp_status s = TMP_OK;
     const uint32_t stalled0 = t->stalled_steps;
     for (uint32_t e = 0; e < epochs && !st.stopped; e++) {
@@ -953,7 +993,11 @@ tmp_status tmp_trainer_fit(tmp_trainer *t, uint32_t n, uint32_t epochs, uint32_t
             }
             float loss = 0.0f;
             int32_t pred = -1;
-            s = step_impl(t, x, label, &loss, &op, &pred);
+            if (probe != 0) {
+                t->period = 0;
+            }
+            s = step_impl(t, x, label, &loss, &op, &pred, 0);
+            t->period = per;
             if (s != TMP_OK) {
                 break;
             }
@@ -969,6 +1013,12 @@ tmp_status tmp_trainer_fit(tmp_trainer *t, uint32_t n, uint32_t epochs, uint32_t
             }
             st.cached_steps += op.mode == CACHE_FROM;
             st.steps++;
+            if (probe != 0 && per != 0 && t->period_steps >= per) {
+                s = end_period_probe(t, io, n, probe, probe_cached);
+                if (s != TMP_OK) {
+                    break;
+                }
+            }
             if (io->progress != NULL && io->progress(io->ctx, e, j + 1u, loss, pred == label) != 0) {
                 st.stopped = 1;
                 j++; /* this step is done */
@@ -982,10 +1032,11 @@ tmp_status tmp_trainer_fit(tmp_trainer *t, uint32_t n, uint32_t epochs, uint32_t
          * counts and ends its period, so a later fit goes on as one uninterrupted run would */
         if (j == n) {
             st.epochs++;
+            probe_cached = use ? (p->cache_samples < n ? p->cache_samples : n) : 0u;
             /* every method counts its periods, as a step loop with end_period() after each epoch
              * does; only APU layers have anything to re-select */
             if (t->period == 0 && p->method != TMP_METHOD_FISHER) {
-                s = tmp_trainer_end_period(t);
+                s = probe != 0 ? end_period_probe(t, io, n, probe, probe_cached) : tmp_trainer_end_period(t);
                 if (s != TMP_OK) {
                     break;
                 }
@@ -1017,84 +1068,249 @@ tmp_status tmp_trainer_forward(tmp_trainer *t, const int8_t *x, const int8_t **o
 
 /* ---------------------------------------------------------------- APU */
 
+/* Layer i's APU state, its selection checked: the selection lives in the caller's arena, and one
+ * written over would index past the layer's scores (a step's forward refuses it in its
+ * channel-saving kernels). */
+static tmp_status apu_layer(const tmp_trainer *t, int32_t i, uint32_t *cin, sel_t *s) {
+    tmp_layer l;
+    tmp_tensor tin;
+    if (tmp_model_layer(t->m, i, &l, NULL) != TMP_OK || tmp_model_tensor(t->m, l.in0, &tin, NULL) != TMP_OK) {
+        return TMP_ERR_FORMAT;
+    }
+    *cin = cin_of(&l, &tin);
+    *s = sel_of(t, i, *cin);
+    for (uint32_t j = 0; j < t->p->k[i]; j++) {
+        if (s->ch[j] >= *cin) {
+            return TMP_ERR_ARG;
+        }
+    }
+    return TMP_OK;
+}
+
+/* A measurement I of channel c goes into its smoothed importance. A channel's first measurement
+ * is taken as it is (smoothing from 0 would rank channels by how often they were measured); a
+ * measured 0 becomes float's smallest normal value, so that 0 keeps meaning "never measured". */
+static void apu_measured(const tmp_trainer *t, sel_t *s, uint32_t c, float I) {
+    float v = s->ibar[c] == 0.0f ? I : t->beta * s->ibar[c] + (1.0f - t->beta) * I;
+    s->ibar[c] = v > 0.0f ? v : 1.17549435e-38f;
+}
+
+/* The next selection of an APU layer: the channels never measured (ibar 0) first, lower index
+ * first, then the best by ibar * (1 + tau * age), among those not selected in the previous period
+ * (excl > 0); filled from the excluded ones by score when too few are eligible (ratio > 1/2).
+ * Ages and exclusions move on; the importance sums start again. */
+static void apu_choose(const tmp_trainer *t, sel_t *s, uint32_t cin, uint32_t k) {
+    const uint8_t next = excl_next(t->p);
+    uint32_t taken = 0;
+    for (int pass = 0; pass < 2 && taken < k; pass++) {
+        while (taken < k) {
+            int32_t best = -1;
+            float bs = 0.0f;
+            for (uint32_t c = 0; c < cin; c++) {
+                if ((s->age[c] & APU_PENDING) || (pass == 0 && s->excl[c] > 0)) {
+                    continue; /* the mark: taken in this selection */
+                }
+                float sc = s->ibar[c] == 0.0f ? INFINITY : s->ibar[c] * (1.0f + t->tau * (float)s->age[c]);
+                if (best < 0 || sc > bs) {
+                    best = (int32_t)c;
+                    bs = sc;
+                }
+            }
+            if (best < 0) {
+                break;
+            }
+            s->age[best] |= APU_PENDING;
+            taken++;
+        }
+    }
+    uint32_t w = 0;
+    for (uint32_t c = 0; c < cin; c++) {
+        if (s->age[c] & APU_PENDING) {
+            s->ch[w++] = (uint16_t)c;
+            s->age[c] = 0;
+            s->excl[c] = next;
+        } else {
+            if (s->age[c] < 0x7FFFu) {
+                s->age[c]++;
+            }
+            if (s->excl[c] > 0) {
+                s->excl[c]--;
+            }
+        }
+        s->iacc[c] = 0.0f;
+    }
+}
+
 tmp_status tmp_trainer_end_period(tmp_trainer *t) {
     if (t == NULL || t->p == NULL) {
         return TMP_ERR_ARG;
     }
     const tmp_train_plan *p = t->p;
-    const uint8_t next = excl_next(p);
-    tmp_layer l;
-    tmp_tensor tin;
     for (int32_t i = 0; i < p->num_layers; i++) {
         if (!(p->flags[i] & TMP_TL_APU)) {
             continue;
         }
-        if (tmp_model_layer(t->m, i, &l, NULL) != TMP_OK || tmp_model_tensor(t->m, l.in0, &tin, NULL) != TMP_OK) {
-            return TMP_ERR_FORMAT;
+        uint32_t cin;
+        sel_t s;
+        tmp_status st = apu_layer(t, i, &cin, &s);
+        if (st != TMP_OK) {
+            return st;
         }
-        const uint32_t cin = cin_of(&l, &tin), k = p->k[i];
-        sel_t s = sel_of(t, i, cin);
-        /* the selection lives in the caller's arena: one written over would index past the
-         * layer's scores (a step's forward refuses it in its channel-saving kernels) */
-        for (uint32_t j = 0; j < k; j++) {
-            if (s.ch[j] >= cin) {
-                return TMP_ERR_ARG;
-            }
+        /* the channels updated this period: their summed importance; the others keep theirs */
+        for (uint32_t j = 0; j < p->k[i]; j++) {
+            apu_measured(t, &s, s.ch[j], s.iacc[s.ch[j]]);
         }
-        /* smooth the importance of the channels updated this period; others keep their score.
-         * A channel's first measurement is taken as it is (smoothing from 0 would rank channels
-         * by how often they were measured); a measured 0 becomes float's smallest normal value,
-         * so that 0 keeps meaning "never measured" */
-        for (uint32_t j = 0; j < k; j++) {
-            uint16_t c = s.ch[j];
-            float v = s.ibar[c] == 0.0f ? s.iacc[c] : t->beta * s.ibar[c] + (1.0f - t->beta) * s.iacc[c];
-            s.ibar[c] = v > 0.0f ? v : 1.17549435e-38f;
-        }
-        /* chosen: the channels never measured (ibar 0) first, lower index first, then the best
-         * by ibar * (1 + tau * age), among those not selected in the previous period (excl > 0);
-         * filled from the excluded ones by score when too few are eligible (ratio > 1/2) */
-        uint32_t taken = 0;
-        for (int pass = 0; pass < 2 && taken < k; pass++) {
-            while (taken < k) {
-                int32_t best = -1;
-                float bs = 0.0f;
-                for (uint32_t c = 0; c < cin; c++) {
-                    if ((s.age[c] & 0x8000u) || (pass == 0 && s.excl[c] > 0)) {
-                        continue; /* high bit marks "taken in this selection" */
-                    }
-                    float sc = s.ibar[c] == 0.0f ? INFINITY : s.ibar[c] * (1.0f + t->tau * (float)s.age[c]);
-                    if (best < 0 || sc > bs) {
-                        best = (int32_t)c;
-                        bs = sc;
-                    }
-                }
-                if (best < 0) {
-                    break;
-                }
-                s.age[best] |= 0x8000u;
-                taken++;
-            }
-        }
-        uint32_t w = 0;
-        for (uint32_t c = 0; c < cin; c++) {
-            if (s.age[c] & 0x8000u) {
-                s.ch[w++] = (uint16_t)c;
-                s.age[c] = 0;
-                s.excl[c] = next;
-            } else {
-                if (s.age[c] < 0x7FFFu) {
-                    s.age[c]++;
-                }
-                if (s.excl[c] > 0) {
-                    s.excl[c]--;
-                }
-            }
-            s.iacc[c] = 0.0f;
-        }
+        apu_choose(t, &s, cin, p->k[i]);
     }
     t->periods++;
     t->period_steps = 0;
     return TMP_OK;
+}
+
+/* Probe sample j of count among samples 0..n-1: spread over the indices (a caller's samples often
+ * come class by class). */
+static uint32_t probe_index(uint32_t j, uint32_t n, uint32_t count) {
+    return (uint32_t)(((uint64_t)j * n) / count);
+}
+
+/* Layer i's selection for probe pass g: its pending channels g*k .. g*k + k - 1 (ascending, the
+ * pending ones in order), filled up to k with channels not pending (the k the period updated). */
+static void probe_group(const tmp_trainer *t, int32_t i, uint32_t g) {
+    uint32_t cin;
+    sel_t s;
+    apu_layer(t, i, &cin, &s);
+    const uint32_t k = t->p->k[i], lo = g * k;
+    uint32_t pending = 0;
+    for (uint32_t c = 0; c < cin; c++) {
+        pending += (s.age[c] & APU_PENDING) != 0;
+    }
+    const uint32_t mine = pending <= lo ? 0u : (pending - lo < k ? pending - lo : k);
+    uint32_t seen = 0, filled = 0, w = 0;
+    for (uint32_t c = 0; c < cin && w < k; c++) {
+        if (s.age[c] & APU_PENDING) {
+            if (seen >= lo && seen < lo + mine) {
+                s.ch[w++] = (uint16_t)c;
+            }
+            seen++;
+        } else if (filled < k - mine) {
+            s.ch[w++] = (uint16_t)c;
+            filled++;
+        }
+    }
+}
+
+/* The probe variant of a period end (docs/TRAINING.md section 6). `in_arena`: the samples below
+ * it have their features in the arena's cache region (fit, after its first epoch; 0: none). */
+static tmp_status end_period_probe(tmp_trainer *t, const tmp_fit_io *io, uint32_t n, uint32_t count,
+    uint32_t in_arena) {
+    const tmp_train_plan *p = t->p;
+    if (io == NULL || io->sample == NULL || count > n) {
+        return TMP_ERR_ARG;
+    }
+    /* every probe sample is valid, and every selection, before anything changes */
+    for (uint32_t j = 0; j < count; j++) {
+        int32_t label = -1;
+        if (io->sample(io->ctx, probe_index(j, n, count), &label) == NULL || label < 0 ||
+            label >= (int32_t)t->m->num_classes) {
+            return TMP_ERR_ARG;
+        }
+    }
+    uint32_t passes = 0;
+    for (int32_t i = 0; i < p->num_layers; i++) {
+        if (!(p->flags[i] & TMP_TL_APU)) {
+            continue;
+        }
+        uint32_t cin;
+        sel_t s;
+        tmp_status st = apu_layer(t, i, &cin, &s);
+        if (st != TMP_OK) {
+            return st;
+        }
+        const uint32_t k = p->k[i], g = (cin - k + k - 1u) / k;
+        passes = g > passes ? g : passes;
+    }
+    if (count == 0 || passes == 0) {
+        return tmp_trainer_end_period(t);
+    }
+    /* the period's own measurements; every other channel is pending */
+    for (int32_t i = 0; i < p->num_layers; i++) {
+        if (!(p->flags[i] & TMP_TL_APU)) {
+            continue;
+        }
+        uint32_t cin;
+        sel_t s;
+        apu_layer(t, i, &cin, &s);
+        for (uint32_t c = 0; c < cin; c++) {
+            s.age[c] |= APU_PENDING;
+        }
+        for (uint32_t j = 0; j < p->k[i]; j++) {
+            const uint16_t c = s.ch[j];
+            apu_measured(t, &s, c, s.iacc[c]);
+            s.age[c] &= (uint16_t)~APU_PENDING;
+        }
+        for (uint32_t c = 0; c < cin; c++) {
+            s.iacc[c] = 0.0f;
+        }
+    }
+    /* each sample: one pass per group of k pending channels of every layer at once */
+    tmp_status st = TMP_OK;
+    for (uint32_t j = 0; j < count && st == TMP_OK; j++) {
+        const uint32_t idx = probe_index(j, n, count);
+        int32_t label = -1;
+        const int8_t *x = io->sample(io->ctx, idx, &label);
+        if (x == NULL || label < 0 || label >= (int32_t)t->m->num_classes) {
+            st = TMP_ERR_ARG;
+            break;
+        }
+        for (uint32_t g = 0; g < passes && st == TMP_OK; g++) {
+            for (int32_t i = 0; i < p->num_layers; i++) {
+                if (p->flags[i] & TMP_TL_APU) {
+                    probe_group(t, i, g);
+                }
+            }
+            cache_op op = { CACHE_NONE, NULL, io, idx, 0 };
+            if (idx < in_arena) {
+                op.mode = CACHE_FROM;
+                op.mem = (int8_t *)(t->arena + p->cache_offset + (size_t)idx * p->cache_bytes);
+            }
+            st = step_impl(t, x, label, NULL, &op, NULL, 1);
+        }
+    }
+    /* a probe's sum over `count` samples, on the scale of the period's sums over its steps; a
+     * probe that failed measures nothing */
+    const float scale = (float)(t->period_steps != 0 ? t->period_steps : 1u) / (float)count;
+    for (int32_t i = 0; i < p->num_layers; i++) {
+        if (!(p->flags[i] & TMP_TL_APU)) {
+            continue;
+        }
+        uint32_t cin;
+        sel_t s;
+        apu_layer(t, i, &cin, &s); /* the probe's selections are in range */
+        for (uint32_t c = 0; c < cin; c++) {
+            if (s.age[c] & APU_PENDING) {
+                if (st == TMP_OK) {
+                    apu_measured(t, &s, c, s.iacc[c] * scale);
+                }
+                s.age[c] &= (uint16_t)~APU_PENDING;
+            }
+        }
+        /* the period ends as without a probe, from the importances now known */
+        apu_choose(t, &s, cin, p->k[i]);
+    }
+    t->periods++;
+    t->period_steps = 0;
+    return st;
+}
+
+tmp_status tmp_trainer_end_period_probe(tmp_trainer *t, const tmp_fit_io *io, uint32_t n, uint32_t count) {
+    if (t == NULL || t->p == NULL) {
+        return TMP_ERR_ARG;
+    }
+    tmp_status s = check_model(t);
+    if (s != TMP_OK) {
+        return s;
+    }
+    return end_period_probe(t, io, n, count, 0);
 }
 
 /* ---------------------------------------------------------------- saved parameters */
