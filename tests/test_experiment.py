@@ -330,3 +330,23 @@ def test_notes_that_are_not_a_reading_stop_before_the_run(tmp_path, capsys, monk
     assert not out.exists()
 
 
+
+
+def test_probe_method_runs_the_same_steps_as_the_step_loop(monkeypatch):
+    """tinymp-probe trains each pass with fit(order, epochs=1, shuffle=False, probe=...): with
+    probe=0 that is exactly the step loop of `tinymp` (the same steps, the periods ended after
+    each pass instead of before the next, which changes no parameter), so the accuracy and the
+    final loss agree; with the probe the run trains and differs only through its selections."""
+    import copy
+    base = ex.run_one("invert", "tinymp", 2, 1, 0.005, 3)
+    zero = copy.copy(ex.method_by_name("tinymp-probe"))
+    zero.probe = 0
+    monkeypatch.setattr(ex, "method_by_name", lambda name: zero if name == "tinymp-probe" else
+                        next(m for m in ex.METHODS if m.name == name))
+    same = ex.run_one("invert", "tinymp-probe", 2, 1, 0.005, 3)
+    assert same["correct"] == base["correct"]
+    assert same["final_loss"] == pytest.approx(base["final_loss"], rel=1e-9)
+    assert same["periods"] == base["periods"] + 1  # fit also ends the last pass's period
+    monkeypatch.undo()
+    probe = ex.run_one("invert", "tinymp-probe", 2, 1, 0.005, 3)
+    assert probe["finite"] and probe["periods"] == 3 and probe["steps"] == base["steps"]

@@ -23,6 +23,8 @@ split the demo model was pretrained with).
   support set; pass ``e`` visits it in the order ``rng.permutation(n)`` of one generator
   ``numpy.random.default_rng([s, K])`` (drawn once per pass). APU period: one pass (before every
   pass but the first, ``end_period()``), or every P steps (``period=P``), or never, by method.
+  ``tinymp-probe`` runs each pass as ``fit(that order, epochs=1, shuffle=False, probe=PROBE)``:
+  the same steps, its periods ended by fit with APU's probe variant.
   ``tinytrain`` and ``tinymp-fisher`` get the K-shot support set as ``support=``.
 * **Accuracy**: ``Trainer.predict`` over the held-out images after the last pass.
 * **Memory**: ``plan.arena_bytes`` (the planned peak of one training step, exact) and the
@@ -87,9 +89,13 @@ SPARSE = {"layers": [12, 13, 14, 15, 17], "ratios": [0.5, 1.0, 0.5, 0.5, 1.0], "
 LAST_BLOCK = {"layers": [12, 13, 14, 15, 17], "ratios": [1.0] * 5, "n_bias": 2}
 
 
+PROBE = 10  # samples of tinymp-probe's probe at every period end
+
+
 class Method:
-    def __init__(self, name, plan, apu="epoch", support=False, text=""):
+    def __init__(self, name, plan, apu="epoch", support=False, text="", probe=None):
         self.name, self.plan, self.apu, self.support, self.text = name, plan, apu, support, text
+        self.probe = probe  # passes run by fit(probe=...): samples probed at every period end
 
 
 METHODS = [
@@ -113,6 +119,9 @@ METHODS = [
            text="tinymp defaults with the Fisher initial selection (support set)"),
     Method("tinymp-p10", {"method": "tinymp"}, apu=10,
            text="tinymp defaults, APU period = 10 steps"),
+    Method("tinymp-probe", {"method": "tinymp"}, probe=PROBE,
+           text="tinymp defaults, APU's probe variant: at every period end the channels not "
+                "updated are measured on %d of the support samples (fit(probe=%d))" % (PROBE, PROBE)),
     Method("tinymp-norot", {"method": "tinymp"}, apu=None,
            text="tinymp defaults, APU never re-selects (fixed channels)"),
     Method("tinymp-half", {"method": "tinymp", "ratio": 0.5}, text="tinymp, ratio 1/2"),
@@ -268,10 +277,19 @@ def run_one(task_name, method_name, shots, seed, lr, epochs, phase="test"):
     order = np.random.default_rng([seed, shots])
     losses = []
     for e in range(epochs):
+        perm = order.permutation(len(sx))
+        if meth.probe is not None:
+            # the same steps as the loop below, one fit() per pass in this order: fit ends the
+            # pass's period with the probe (after the last pass too, which changes only the
+            # selection, not the parameters the evaluation uses)
+            r = tr.fit([sx[i] for i in perm], [sy[i] for i in perm], epochs=1, shuffle=False,
+                       probe=meth.probe)
+            losses.append(r["loss"][0])
+            continue
         if e and meth.apu == "epoch":
             tr.end_period()
         total = 0.0
-        for i in order.permutation(len(sx)):
+        for i in perm:
             total += tr.step(sx[i], sy[i])
         losses.append(total / len(sx))
     t1 = time.perf_counter()
@@ -734,8 +752,8 @@ def _verdict_text(v):
 
 # ------------------------------------------------------------------------------ plot
 
-VARIANTS = ("tinymp-fisher", "tinymp-p10", "tinymp-norot", "tinymp-half", "tinymp-all",
-            "lastblock-r4")
+VARIANTS = ("tinymp-fisher", "tinymp-p10", "tinymp-probe", "tinymp-norot", "tinymp-half",
+            "tinymp-all", "lastblock-r4")
 
 
 def plot(res, path):
