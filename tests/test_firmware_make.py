@@ -877,6 +877,22 @@ def test_size_names_a_missing_cross_compiler(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("target", ["bench-kernels", "kernel-check"])
+def test_bench_names_a_missing_cross_compiler_and_its_c_library(tmp_path, target):
+    # the same check as make size's (arm_cc_check): the compiler, then newlib's headers
+    path = path_without(tmp_path, "arm-none-eabi-")
+    err = the_error(make(target, f"BUILD={tmp_path}/out", ok=False, env={"PATH": path}))
+    assert err == ("error: make bench needs arm-none-eabi-gcc (apt-get install "
+                   "gcc-arm-none-eabi libnewlib-arm-none-eabi)")
+    fake = tmp_path / "bin" / "arm-none-eabi-gcc"  # a compiler without its C library
+    fake.write_text("#!/bin/sh\nexit 1\n")
+    fake.chmod(0o755)
+    err = the_error(make(target, f"BUILD={tmp_path}/out", ok=False, env={"PATH": path}))
+    assert err == ("error: make bench needs arm-none-eabi-gcc's C library (apt-get install "
+                   "libnewlib-arm-none-eabi)")
+    assert not (tmp_path / "out").exists()
+
+
 def test_firmware_test_checks_its_tools_before_the_build_under_make_j(tmp_path):
     if shutil.which("gcc") is None or shutil.which("arm-none-eabi-gcc") is None:
         pytest.skip("the QEMU_M7 firmware target needs gcc and arm-none-eabi-gcc")

@@ -95,7 +95,7 @@ $(BENCH_BUILD)/bench_train.elf: $(BENCH_START) $(BENCH_DIR)/bench.c $(BENCH_DIR)
 bench-train-elf: bench-tools $(BENCH_BUILD)/bench_train.elf
 
 bench-tools:
-	@command -v $(BENCH_ARM_CC) >/dev/null || { echo "error: $(BENCH_ARM_CC) not found (apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi)"; exit 1; }
+	@$(call arm_cc_check,make bench,$(BENCH_ARM_CC))
 	@command -v $(BENCH_QEMU) >/dev/null || { echo "error: $(BENCH_QEMU) not found (apt-get install qemu-system-arm)"; exit 1; }
 
 bench-build: bench-tools $(BENCH_BUILD)/bench_kernels.elf $(BENCH_BUILD)/bench_kernels_portable.elf \
