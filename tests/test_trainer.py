@@ -1325,6 +1325,53 @@ def test_apu_probe_measures_afresh_what_the_carried_scores_keep(tmp_path):
     assert after[len(xs)] > 1e-20
 
 
+def test_apu_never_measured_channels_come_before_an_infinite_score(tmp_path):
+    """Channels never measured rank first (reference decision 9), also before a measured channel
+    whose score Ibar * (1 + tau * age) overflows to infinity (Ibar = FLT_MAX, age 5): planted in
+    a saved state, among the channels not selected (k at FLT_MAX, the next k never measured, lower
+    indices first, the rest 1.0, nothing excluded). The next selection is the never-measured k, as
+    the reference's apu_select says; before, the infinite scores tied with them and the lower
+    indices won."""
+    m = H.demo_model()
+    xs, ys = H.digits_q("train", "invert")
+    plan = m.plan(method="tinymp")
+    t = tinymp.Trainer(m, plan, lr=LR, seed=SEED)
+    t.fit(xs[:20], ys[:20], epochs=2)
+    path = str(tmp_path / "s.tmpp")
+    t.save(path)
+    with open(path, "rb") as f:
+        blob = f.read()
+    layer = min(i for i, d in enumerate(plan._layers()) if d["apu"])
+    k, cin = plan._layers()[layer]["k"], H.ApuReplay._cin(m, layer)
+    sel = t.selection[layer]
+    free = [c for c in range(cin) if c not in sel]
+    big, fresh = free[:k], free[k:2 * k]
+    ibar = np.ones(cin, np.float32)
+    ibar[big] = np.finfo(np.float32).max
+    ibar[fresh] = 0
+    age = np.zeros(cin, np.uint16)
+    age[free] = 5
+    recs = []
+    for li, kind, data in _records(blob):
+        if li == layer and kind == 7:
+            a = (2 * k + 3) & ~3
+            data = (data[:a] + ibar.tobytes() + np.zeros(cin, np.float32).tobytes() + age.tobytes()
+                    + data[a + 10 * cin:a + 10 * cin + (-2 * cin) % 4] + bytes(cin)
+                    + data[a + 10 * cin + (-2 * cin) % 4 + cin:])
+        recs.append((li, kind, data))
+    head = struct.unpack_from("<HBBI", blob, 4)
+    with open(path, "wb") as f:
+        f.write(_blob(head[0], head[1], head[3], recs))
+    u = tinymp.Trainer(m, plan, lr=LR, seed=SEED)
+    assert u.load(path) is True
+    assert _apu_records(u, m, plan, tmp_path)[layer][1].tolist() == ibar.tolist()
+    u.end_period()
+    want, _ = rt.apu_select(np.where(np.isin(np.arange(cin), sel), 0.9 * ibar, ibar).astype(np.float64),
+                            age.astype(np.float64), plan.ratio, history=[], tau=0.1)
+    assert sorted(int(c) for c in want) == fresh
+    assert u.selection[layer] == fresh
+
+
 # =============================================================================== 7. stats
 
 @pytest.mark.parametrize("method,opts,period", [("none", {}, 0), ("last", {}, 0), ("tinymp", {}, 4),

@@ -1092,7 +1092,8 @@ static tmp_status apu_layer(const tmp_trainer *t, int32_t i, uint32_t *cin, sel_
  * measured 0 becomes float's smallest normal value, so that 0 keeps meaning "never measured". */
 static void apu_measured(const tmp_trainer *t, sel_t *s, uint32_t c, float I) {
     float v = s->ibar[c] == 0.0f ? I : t->beta * s->ibar[c] + (1.0f - t->beta) * I;
-    s->ibar[c] = v > 0.0f ? v : 1.17549435e-38f;
+    /* a sum that overflowed stays finite (a saved importance must be), a NaN counts as 0 */
+    s->ibar[c] = v > 0.0f ? (v < 3.40282347e+38f ? v : 3.40282347e+38f) : 1.17549435e-38f;
 }
 
 /* The next selection of an APU layer: the channels never measured (ibar 0) first, lower index
@@ -1105,14 +1106,18 @@ static void apu_choose(const tmp_trainer *t, sel_t *s, uint32_t cin, uint32_t k)
     for (int pass = 0; pass < 2 && taken < k; pass++) {
         while (taken < k) {
             int32_t best = -1;
+            int bnew = 0;
             float bs = 0.0f;
             for (uint32_t c = 0; c < cin; c++) {
                 if ((s->age[c] & APU_PENDING) || (pass == 0 && s->excl[c] > 0)) {
                     continue; /* the mark: taken in this selection */
                 }
-                float sc = s->ibar[c] == 0.0f ? INFINITY : s->ibar[c] * (1.0f + t->tau * (float)s->age[c]);
-                if (best < 0 || sc > bs) {
+                /* never measured before any measured one, even one whose score is infinite */
+                const int fresh = s->ibar[c] == 0.0f;
+                const float sc = fresh ? 0.0f : s->ibar[c] * (1.0f + t->tau * (float)s->age[c]);
+                if (best < 0 || (fresh && !bnew) || (!fresh && !bnew && sc > bs)) {
                     best = (int32_t)c;
+                    bnew = fresh;
                     bs = sc;
                 }
             }
