@@ -432,6 +432,30 @@ static int check_loaded(const tmp_trainer *t, const tmp_trainer *before, const u
         }
     }
     const tmp_train_plan *p = t->p;
+    /* a loaded state's exclusion counts: at most 1 (0 at ratio 1), whatever an older file held */
+    const uint8_t emax_now = ceilf(1.0f / p->ratio - 1e-4f) > 1.0f ? 1u : 0u;
+    for (uint32_t j = 0; j < take->n && take->state; j++) {
+        if (take->kind[j] != 7u) {
+            continue;
+        }
+        for (int32_t i = 0; i < p->num_layers; i++) {
+            const tmp_buf *bb = tmp_train_plan_buf(p, TMP_LB_SEL * p->num_layers + i);
+            if (bb->offset != take->to[j] || !(p->flags[i] & TMP_TL_APU)) {
+                continue;
+            }
+            tmp_layer l;
+            tmp_tensor tin;
+            tmp_model_layer(t->m, i, &l, NULL);
+            tmp_model_tensor(t->m, l.in0, &tin, NULL);
+            const uint32_t cin = l.type == TMP_LAYER_FC ? (uint32_t)(tin.dims.h * tin.dims.w * tin.dims.c)
+                                                        : (uint32_t)tin.dims.c;
+            const uint32_t imp = up4(2u * p->k[i]);
+            uint8_t *e = want + take->to[j] + imp + 8u * cin + up4(2u * cin);
+            for (uint32_t c = 0; c < cin; c++) {
+                e[c] = e[c] > emax_now ? emax_now : e[c];
+            }
+        }
+    }
     for (int32_t i = 0; i < p->num_layers; i++) {
         static const int st[3] = { TMP_LB_VW, TMP_LB_VB, TMP_LB_SEL }, cp[2] = { TMP_LB_W, TMP_LB_B };
         for (int q = 0; q < 3 && !take->state; q++) {

@@ -1372,6 +1372,44 @@ def test_apu_never_measured_channels_come_before_an_infinite_score(tmp_path):
     assert u.selection[layer] == fresh
 
 
+def test_an_older_files_exclusion_counts_go_down_to_todays_rule_on_load(tmp_path):
+    """Engines before session 42 excluded a selection for the next ceil(1/ratio) - 1 periods and
+    saved counts up to 3 at ratio 1/4. Such a file still loads with its state, and the counts go
+    down to 1 (the next period end only, today's rule): saved again, none is above 1."""
+    m = H.demo_model()
+    xs, ys = H.digits_q("train", "invert")
+    plan = m.plan(method="tinymp")
+    t = tinymp.Trainer(m, plan, lr=LR, seed=SEED)
+    t.fit(xs[:20], ys[:20], epochs=2)
+    path = str(tmp_path / "old.tmpp")
+    t.save(path)
+    with open(path, "rb") as f:
+        blob = f.read()
+    info = plan._layers()
+    recs, planted = [], 0
+    for li, kind, data in _records(blob):
+        if kind == 7 and info[li]["apu"]:
+            k, cin = info[li]["k"], H.ApuReplay._cin(m, li)
+            e = ((2 * k + 3) & ~3) + 8 * cin + ((2 * cin + 3) & ~3)
+            data = data[:e] + bytes(3 if c not in t.selection[li] else 1 for c in range(cin)) + data[e + cin:]
+            planted += 1
+        recs.append((li, kind, data))
+    assert planted
+    head = struct.unpack_from("<HBBI", blob, 4)
+    with open(path, "wb") as f:
+        f.write(_blob(head[0], head[1], head[3], recs))
+    u = tinymp.Trainer(m, plan, lr=LR, seed=SEED)
+    assert u.load(path) is True and u.selection == t.selection
+    again = str(tmp_path / "again.tmpp")
+    u.save(again)
+    with open(again, "rb") as f:
+        for li, kind, data in _records(f.read()):
+            if kind == 7 and info[li]["apu"]:
+                k, cin = info[li]["k"], H.ApuReplay._cin(m, li)
+                e = ((2 * k + 3) & ~3) + 8 * cin + ((2 * cin + 3) & ~3)
+                assert set(data[e:e + cin]) == {1}, li
+
+
 # =============================================================================== 7. stats
 
 @pytest.mark.parametrize("method,opts,period", [("none", {}, 0), ("last", {}, 0), ("tinymp", {}, 4),

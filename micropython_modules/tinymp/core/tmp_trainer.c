@@ -1926,6 +1926,19 @@ tmp_status tmp_trainer_params_end(tmp_trainer *t, tmp_params_reader *r, const ch
             t->stalled_steps = rd32(r->state + 8);
             t->periods = rd32(r->state + 12);
             t->period_steps = rd32(r->state + 16);
+            /* exclusion counts above this engine's (an older engine's, up to ceil(1/ratio) - 1)
+             * go down to it: the run follows today's rule from its next period end */
+            const uint8_t mx = excl_next(t->p);
+            for (int32_t i = 0; i < t->p->num_layers; i++) {
+                uint32_t cin;
+                sel_t s;
+                if (!(t->p->flags[i] & TMP_TL_APU) || apu_layer(t, i, &cin, &s) != TMP_OK) {
+                    continue;
+                }
+                for (uint32_t c = 0; c < cin; c++) {
+                    s.excl[c] = s.excl[c] > mx ? mx : s.excl[c];
+                }
+            }
         } else { /* parameters only: a new run's training state on them; the counters go on */
             tmp_status st = reset_state(t);
             if (st != TMP_OK) {
