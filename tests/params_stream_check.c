@@ -432,8 +432,10 @@ static int check_loaded(const tmp_trainer *t, const tmp_trainer *before, const u
         }
     }
     const tmp_train_plan *p = t->p;
-    /* a loaded state's exclusion counts: at most 1 (0 at ratio 1), whatever an older file held */
-    const uint8_t emax_now = ceilf(1.0f / p->ratio - 1e-4f) > 1.0f ? 1u : 0u;
+    /* a loaded state's exclusion counts: an older engine's record (a count above 1) becomes
+     * today's, 1 for the channels at its largest count m - 1 (m = ceil(1/ratio)), else 0 */
+    const float mw = ceilf(1.0f / p->ratio - 1e-4f);
+    const uint32_t emax_old = mw > 256.0f ? 255u : mw < 1.0f ? 0u : (uint32_t)mw - 1u;
     for (uint32_t j = 0; j < take->n && take->state; j++) {
         if (take->kind[j] != 7u) {
             continue;
@@ -451,8 +453,12 @@ static int check_loaded(const tmp_trainer *t, const tmp_trainer *before, const u
                                                         : (uint32_t)tin.dims.c;
             const uint32_t imp = up4(2u * p->k[i]);
             uint8_t *e = want + take->to[j] + imp + 8u * cin + up4(2u * cin);
+            uint32_t most = 0;
             for (uint32_t c = 0; c < cin; c++) {
-                e[c] = e[c] > emax_now ? emax_now : e[c];
+                most = e[c] > most ? e[c] : most;
+            }
+            for (uint32_t c = 0; c < cin && most > 1u; c++) {
+                e[c] = e[c] == emax_old ? 1u : 0u;
             }
         }
     }

@@ -1373,9 +1373,10 @@ def test_apu_never_measured_channels_come_before_an_infinite_score(tmp_path):
 
 
 def test_an_older_files_exclusion_counts_go_down_to_todays_rule_on_load(tmp_path):
-    """Engines before session 42 excluded a selection for the next ceil(1/ratio) - 1 periods and
-    saved counts up to 3 at ratio 1/4. Such a file still loads with its state, and the counts go
-    down to 1 (the next period end only, today's rule): saved again, none is above 1."""
+    """Engines before session 42 excluded a selection for the next ceil(1/ratio) - 1 periods:
+    at ratio 1/4 the last period's channels held 3, those of the periods before 2 and 1. Such a
+    file still loads with its state, in today's terms (the last period's channels sit out the
+    next period end, no other): saved again, 1 for the selection, 0 elsewhere."""
     m = H.demo_model()
     xs, ys = H.digits_q("train", "invert")
     plan = m.plan(method="tinymp")
@@ -1391,7 +1392,7 @@ def test_an_older_files_exclusion_counts_go_down_to_todays_rule_on_load(tmp_path
         if kind == 7 and info[li]["apu"]:
             k, cin = info[li]["k"], H.ApuReplay._cin(m, li)
             e = ((2 * k + 3) & ~3) + 8 * cin + ((2 * cin + 3) & ~3)
-            data = data[:e] + bytes(3 if c not in t.selection[li] else 1 for c in range(cin)) + data[e + cin:]
+            data = data[:e] + bytes(3 if c in t.selection[li] else c % 3 for c in range(cin)) + data[e + cin:]
             planted += 1
         recs.append((li, kind, data))
     assert planted
@@ -1407,7 +1408,7 @@ def test_an_older_files_exclusion_counts_go_down_to_todays_rule_on_load(tmp_path
             if kind == 7 and info[li]["apu"]:
                 k, cin = info[li]["k"], H.ApuReplay._cin(m, li)
                 e = ((2 * k + 3) & ~3) + 8 * cin + ((2 * cin + 3) & ~3)
-                assert set(data[e:e + cin]) == {1}, li
+                assert list(data[e:e + cin]) == [int(c in t.selection[li]) for c in range(cin)], li
 
 
 # =============================================================================== 7. stats

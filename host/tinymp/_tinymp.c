@@ -2292,11 +2292,22 @@ static const int8_t *fit_sample(void *ctx, uint32_t i, int32_t *label) {
         PyBuffer_Release(&f->cur);
         f->has_cur = 0;
     }
+    /* an exception already set (progress raised on an epoch's last step, whose period end still
+     * probes) is put aside while Python runs, and stays the one fit() raises */
+    PyObject *et = NULL, *ev = NULL, *tb = NULL;
+    const int held = f->error && PyErr_Occurred() != NULL;
+    if (held) {
+        PyErr_Fetch(&et, &ev, &tb);
+    }
     PyObject *x = PySequence_GetItem(f->xs, (Py_ssize_t)i);
     PyObject *y = x != NULL ? PySequence_GetItem(f->ys, (Py_ssize_t)i) : NULL;
     int ok = y != NULL && get_label(f->self, y, label) == 0 && get_input(f->self->model, x, &f->cur) == 0;
     Py_XDECREF(x);
     Py_XDECREF(y);
+    if (held) {
+        PyErr_Clear(); /* a second error: the first is raised */
+        PyErr_Restore(et, ev, tb);
+    }
     if (!ok) {
         f->error = 1;
         return NULL;

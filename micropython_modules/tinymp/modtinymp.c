@@ -1849,20 +1849,39 @@ static const int8_t *fit_sample(void *ctx, uint32_t i, int32_t *label) {
     return (const int8_t *)bi.buf; // the sequence keeps the object alive
 }
 
-// fit_sample for the engine: an exception (the sequence's own, a Ctrl-C scheduled in its Python
-// code) is kept for fit() to raise, and the engine gets NULL, so it never jumps out of the middle of
-// an APU probe (docs/TRAINING.md section 6), whose channel marks must be cleared.
+// fit_sample for the engine: an exception of the sequence or the sample (its own, a Ctrl-C
+// scheduled in its Python code) is kept for fit() to raise, and the engine gets NULL, so it never
+// jumps out of the middle of an APU probe (docs/TRAINING.md section 6), whose channel marks must be
+// cleared. trainer_check's error (a resized arena or model) is not caught: it jumps past the
+// engine, which must not touch that arena again. An earlier exception (progress raised on an
+// epoch's last step) stays the one fit() raises; the probe of that epoch's end still runs.
 static const int8_t *fit_sample_in_run(void *ctx, uint32_t i, int32_t *label) {
     fit_ctx *f = (fit_ctx *)ctx;
-    const int8_t *x = NULL;
+    mp_obj_t idx = MP_OBJ_NEW_SMALL_INT(i);
+    mp_obj_t volatile x = MP_OBJ_NULL, y = MP_OBJ_NULL;
+    const int8_t *volatile got = NULL;
     nlr_buf_t nlr;
     if (nlr_push(&nlr) == 0) {
-        x = fit_sample(f, i, label);
+        y = mp_obj_subscr(f->ys, idx, MP_OBJ_SENTINEL);
+        x = mp_obj_subscr(f->xs, idx, MP_OBJ_SENTINEL);
         nlr_pop();
     } else if (f->pending == MP_OBJ_NULL) {
         f->pending = MP_OBJ_FROM_PTR(nlr.ret_val);
     }
-    return x;
+    trainer_check(f->self); // Python ran: follow a moved arena or model before the step
+    if (x == MP_OBJ_NULL || y == MP_OBJ_NULL) {
+        return NULL;
+    }
+    if (nlr_push(&nlr) == 0) {
+        *label = parse_label(trainer_model(f->self), y, "label");
+        mp_buffer_info_t bi;
+        get_input(trainer_model(f->self), x, &bi);
+        got = (const int8_t *)bi.buf; // the sequence keeps the object alive
+        nlr_pop();
+    } else if (f->pending == MP_OBJ_NULL) {
+        f->pending = MP_OBJ_FROM_PTR(nlr.ret_val);
+    }
+    return got;
 }
 
 // Inside a step, after a cache file's method ran: the step's pointers into the arena and the

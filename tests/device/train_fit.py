@@ -574,15 +574,28 @@ class Flaky:
         return self.items[i]
 
 
-# 6 checks, 6 steps, 3 probe checks, then the probe's samples: the 17th access is inside the probe
-tf = tinymp.Trainer(m, pt, lr=0.05, seed=3)
+# 6 checks, 6 steps, the probe's 3 checks (accesses 13-15), then its samples (16-18): a failure
+# in either part ends the period without the probe, and fit() raises it
+for fail_at in (14, 17):
+    tf = tinymp.Trainer(m, pt, lr=0.05, seed=3)
+    try:
+        tf.fit(Flaky(xs, fail_at), ys, epochs=1, probe=3)
+        print("no raise")
+    except Stop:
+        ks = dict((i, len(c)) for i, c in tf.selection.items())
+        print("raised inside a probe (access %d): periods" % fail_at, tf.stats()["periods"], "steps",
+              tf.stats()["steps"], "selections whole", all(c == sorted(set(c)) for c in tf.selection.values()),
+              ks == dict((i, len(c)) for i, c in pt.channels.items()))
+        tf.fit(xs, ys, epochs=1, probe=3)
+        print("  and trains on", tf.stats()["periods"], all(len(c) == ks[i] for i, c in tf.selection.items()))
+
+# progress raising on an epoch's last step: that epoch's period end still probes, and the
+# exception raised is progress's own: the trainer is that of a one-epoch run
+ts = tinymp.Trainer(m, pt, lr=0.05, seed=3)
 try:
-    tf.fit(Flaky(xs, 17), ys, epochs=1, probe=3)
+    ts.fit(xs, ys, epochs=3, progress=raise_at_end, probe=3)
     print("no raise")
 except Stop:
-    ks = dict((i, len(c)) for i, c in tf.selection.items())
-    print("raised inside a probe: periods", tf.stats()["periods"], "steps", tf.stats()["steps"],
-          "selections whole", all(c == sorted(set(c)) for c in tf.selection.values()),
-          ks == dict((i, len(c)) for i, c in pt.channels.items()))
-    tf.fit(xs, ys, epochs=1, probe=3)
-    print("  and trains on", tf.stats()["periods"], all(len(c) == ks[i] for i, c in tf.selection.items()))
+    t1e = tinymp.Trainer(m, pt, lr=0.05, seed=3)
+    t1e.fit(xs, ys, epochs=1, probe=3)
+    print("probe at a stopped epoch's end", ts.stats()["periods"], ts.selection == t1e.selection)

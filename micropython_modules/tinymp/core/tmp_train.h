@@ -362,9 +362,10 @@ typedef struct {
  * without updating anything, on `count` of the samples 0..n-1 that io->sample gives (sample
  * j * n / count; its importance sum is scaled by the period's steps / count); then the channels
  * are re-selected. Each sample takes ceil((Cin - k) / k) forward and backward passes (the largest
- * over the APU layers), with the plan's own buffers: no extra memory. TMP_ERR_ARG, with nothing
- * changed, for count > n or a sample that is NULL or has a bad label. A pass that fails later
- * (the model bytes changed) still ends the period, measuring nothing, and returns its error.
+ * over the APU layers), with the plan's own buffers: no extra memory. TMP_ERR_ARG with nothing
+ * changed for count > n; a probe sample that is NULL or has a bad label (each is fetched twice:
+ * checked before anything is marked, then used) ends the period as tmp_trainer_end_period does,
+ * measuring nothing, and returns TMP_ERR_ARG; TMP_ERR_FORMAT when the model's tables changed.
  * io's cache callbacks are not used; count 0 is tmp_trainer_end_period.
  */
 tmp_status tmp_trainer_end_period_probe(tmp_trainer *t, const tmp_fit_io *io, uint32_t n, uint32_t count);

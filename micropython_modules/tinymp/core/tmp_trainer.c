@@ -784,11 +784,15 @@ static tmp_status check_model(const tmp_trainer *t) {
     return tables_crc(t->m) == t->tables_crc ? TMP_OK : TMP_ERR_FORMAT;
 }
 
+/* step_impl's modes */
+#define PASS_PROBE 1       /* update nothing, count no step (backward_layer); MACs and time count */
+#define PASS_NO_PERIOD 2   /* a step that leaves its period's end to the caller (fit with a probe) */
+
 /* One step; op (may be NULL) fills or uses the sample's cache entry; *pred = argmax of the
- * forward pass's logits. A probe pass (probe != 0): the forward and backward passes of a step
- * that update nothing and count no step (backward_layer); its MACs and time are counted. */
+ * forward pass's logits; mode: 0 or PASS_* above. */
 static tmp_status step_impl(tmp_trainer *t, const int8_t *x, int32_t label, float *loss, cache_op *op,
-    int32_t *pred, int probe) {
+    int32_t *pred, int mode) {
+    const int probe = (mode & PASS_PROBE) != 0;
     const int from_cache = op != NULL && op->mode == CACHE_FROM;
     if (t == NULL || t->p == NULL || (x == NULL && !from_cache)) {
         return TMP_ERR_ARG;
@@ -894,7 +898,7 @@ static tmp_status step_impl(tmp_trainer *t, const int8_t *x, int32_t label, floa
     }
     t->last_pred = best;
     t->period_steps++;
-    if (t->period != 0 && t->period_steps >= t->period) {
+    if (t->period != 0 && t->period_steps >= t->period && !(mode & PASS_NO_PERIOD)) {
         return tmp_trainer_end_period(t);
     }
     return TMP_OK;
@@ -958,7 +962,6 @@ tmp_status tmp_trainer_fit(tmp_trainer *t, uint32_t n, uint32_t epochs, uint32_t
     /* the probe variant: fit ends every period itself, step periods too (the probe needs the
      * samples); after the first epoch its probes start from the arena's cached features */
     const uint32_t probe = p->method == TMP_METHOD_FISHER ? 0u : io->probe < n ? io->probe : n;
-    const uint32_t per = t->period;
     uint32_t probe_cached = 0; /* samples below it: their features are in the arena */
     tmp_status s = TMP_OK;
     const uint32_t stalled0 = t->stalled_steps;
@@ -993,11 +996,7 @@ tmp_status tmp_trainer_fit(tmp_trainer *t, uint32_t n, uint32_t epochs, uint32_t
             }
             float loss = 0.0f;
             int32_t pred = -1;
-            if (probe != 0) {
-                t->period = 0;
-            }
-            s = step_impl(t, x, label, &loss, &op, &pred, 0);
-            t->period = per;
+            s = step_impl(t, x, label, &loss, &op, &pred, probe != 0 ? PASS_NO_PERIOD : 0);
             if (s != TMP_OK) {
                 break;
             }
@@ -1013,7 +1012,7 @@ tmp_status tmp_trainer_fit(tmp_trainer *t, uint32_t n, uint32_t epochs, uint32_t
             }
             st.cached_steps += op.mode == CACHE_FROM;
             st.steps++;
-            if (probe != 0 && per != 0 && t->period_steps >= per) {
+            if (probe != 0 && t->period != 0 && t->period_steps >= t->period) {
                 s = end_period_probe(t, io, n, probe, probe_cached);
                 if (s != TMP_OK) {
                     break;
@@ -1130,11 +1129,13 @@ static void apu_choose(const tmp_trainer *t, sel_t *s, uint32_t cin, uint32_t k)
     }
     uint32_t w = 0;
     for (uint32_t c = 0; c < cin; c++) {
-        if (s->age[c] & APU_PENDING) {
+        /* k at most, whatever marks a caller left (end_period() called from inside a probe) */
+        if ((s->age[c] & APU_PENDING) && w < k) {
             s->ch[w++] = (uint16_t)c;
             s->age[c] = 0;
             s->excl[c] = next;
         } else {
+            s->age[c] &= (uint16_t)~APU_PENDING;
             if (s->age[c] < 0x7FFFu) {
                 s->age[c]++;
             }
@@ -1149,6 +1150,9 @@ static void apu_choose(const tmp_trainer *t, sel_t *s, uint32_t cin, uint32_t k)
 tmp_status tmp_trainer_end_period(tmp_trainer *t) {
     if (t == NULL || t->p == NULL) {
         return TMP_ERR_ARG;
+    }
+    if (check_model(t) != TMP_OK) { /* other tables: other channel counts, other offsets */
+        return TMP_ERR_FORMAT;
     }
     const tmp_train_plan *p = t->p;
     for (int32_t i = 0; i < p->num_layers; i++) {
@@ -1183,7 +1187,9 @@ static uint32_t probe_index(uint32_t j, uint32_t n, uint32_t count) {
 static void probe_group(const tmp_trainer *t, int32_t i, uint32_t g) {
     uint32_t cin;
     sel_t s;
-    apu_layer(t, i, &cin, &s);
+    if (apu_layer(t, i, &cin, &s) != TMP_OK) {
+        return;
+    }
     const uint32_t k = t->p->k[i], lo = g * k;
     uint32_t pending = 0;
     for (uint32_t c = 0; c < cin; c++) {
@@ -1212,13 +1218,8 @@ static tmp_status end_period_probe(tmp_trainer *t, const tmp_fit_io *io, uint32_
     if (io == NULL || io->sample == NULL || count > n) {
         return TMP_ERR_ARG;
     }
-    /* every probe sample is valid, and every selection, before anything changes */
-    for (uint32_t j = 0; j < count; j++) {
-        int32_t label = -1;
-        if (io->sample(io->ctx, probe_index(j, n, count), &label) == NULL || label < 0 ||
-            label >= (int32_t)t->m->num_classes) {
-            return TMP_ERR_ARG;
-        }
+    if (check_model(t) != TMP_OK) {
+        return TMP_ERR_FORMAT;
     }
     uint32_t passes = 0;
     for (int32_t i = 0; i < p->num_layers; i++) {
@@ -1237,14 +1238,27 @@ static tmp_status end_period_probe(tmp_trainer *t, const tmp_fit_io *io, uint32_
     if (count == 0 || passes == 0) {
         return tmp_trainer_end_period(t);
     }
+    /* every probe sample can be had before anything is marked: one that cannot ends the period
+     * as without the probe */
+    for (uint32_t j = 0; j < count; j++) {
+        int32_t label = -1;
+        if (io->sample(io->ctx, probe_index(j, n, count), &label) == NULL || label < 0 ||
+            label >= (int32_t)t->m->num_classes) {
+            tmp_status st = tmp_trainer_end_period(t);
+            return st != TMP_OK ? st : TMP_ERR_ARG;
+        }
+    }
+    /* Python may have run: the tables must still be the ones the selections were made for */
+    if (check_model(t) != TMP_OK) {
+        return TMP_ERR_FORMAT;
+    }
     /* the period's own measurements; every other channel is pending */
     for (int32_t i = 0; i < p->num_layers; i++) {
-        if (!(p->flags[i] & TMP_TL_APU)) {
-            continue;
-        }
         uint32_t cin;
         sel_t s;
-        apu_layer(t, i, &cin, &s);
+        if (!(p->flags[i] & TMP_TL_APU) || apu_layer(t, i, &cin, &s) != TMP_OK) {
+            continue;
+        }
         for (uint32_t c = 0; c < cin; c++) {
             s.age[c] |= APU_PENDING;
         }
@@ -1268,7 +1282,8 @@ static tmp_status end_period_probe(tmp_trainer *t, const tmp_fit_io *io, uint32_
             break;
         }
         for (uint32_t g = 0; g < passes && st == TMP_OK; g++) {
-            for (int32_t i = 0; i < p->num_layers; i++) {
+            st = check_model(t); /* step_impl checks it too, after probe_group has read it */
+            for (int32_t i = 0; i < p->num_layers && st == TMP_OK; i++) {
                 if (p->flags[i] & TMP_TL_APU) {
                     probe_group(t, i, g);
                 }
@@ -1278,19 +1293,23 @@ static tmp_status end_period_probe(tmp_trainer *t, const tmp_fit_io *io, uint32_
                 op.mode = CACHE_FROM;
                 op.mem = (int8_t *)(t->arena + p->cache_offset + (size_t)idx * p->cache_bytes);
             }
-            st = step_impl(t, x, label, NULL, &op, NULL, 1);
+            if (st == TMP_OK) {
+                st = step_impl(t, x, label, NULL, &op, NULL, PASS_PROBE);
+            }
         }
+    }
+    if (check_model(t) != TMP_OK) {
+        return TMP_ERR_FORMAT; /* other tables: the marks cannot be found again (nothing works) */
     }
     /* a probe's sum over `count` samples, on the scale of the period's sums over its steps; a
      * probe that failed measures nothing */
     const float scale = (float)(t->period_steps != 0 ? t->period_steps : 1u) / (float)count;
     for (int32_t i = 0; i < p->num_layers; i++) {
-        if (!(p->flags[i] & TMP_TL_APU)) {
-            continue;
-        }
         uint32_t cin;
         sel_t s;
-        apu_layer(t, i, &cin, &s); /* the probe's selections are in range */
+        if (!(p->flags[i] & TMP_TL_APU) || apu_layer(t, i, &cin, &s) != TMP_OK) {
+            continue;
+        }
         for (uint32_t c = 0; c < cin; c++) {
             if (s.age[c] & APU_PENDING) {
                 if (st == TMP_OK) {
@@ -1926,17 +1945,23 @@ tmp_status tmp_trainer_params_end(tmp_trainer *t, tmp_params_reader *r, const ch
             t->stalled_steps = rd32(r->state + 8);
             t->periods = rd32(r->state + 12);
             t->period_steps = rd32(r->state + 16);
-            /* exclusion counts above this engine's (an older engine's, up to ceil(1/ratio) - 1)
-             * go down to it: the run follows today's rule from its next period end */
-            const uint8_t mx = excl_next(t->p);
-            for (int32_t i = 0; i < t->p->num_layers; i++) {
+            /* an older engine's exclusion counts (it excluded a selection for the next
+             * ceil(1/ratio) - 1 periods, and every layer holds that count for the last period's
+             * channels, above 1 when ratio < 1/2) say today's exactly: the last period's
+             * channels sit out the next period end (1), the others none (0) */
+            const uint8_t old = excl_max_of(t->p);
+            for (int32_t i = 0; i < t->p->num_layers && old > 1u; i++) {
                 uint32_t cin;
                 sel_t s;
                 if (!(t->p->flags[i] & TMP_TL_APU) || apu_layer(t, i, &cin, &s) != TMP_OK) {
                     continue;
                 }
+                uint8_t most = 0;
                 for (uint32_t c = 0; c < cin; c++) {
-                    s.excl[c] = s.excl[c] > mx ? mx : s.excl[c];
+                    most = s.excl[c] > most ? s.excl[c] : most;
+                }
+                for (uint32_t c = 0; c < cin && most > 1u; c++) {
+                    s.excl[c] = s.excl[c] == old ? 1u : 0u;
                 }
             }
         } else { /* parameters only: a new run's training state on them; the counters go on */
