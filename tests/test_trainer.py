@@ -1286,6 +1286,30 @@ def test_apu_probe_runs_are_the_same_with_and_without_the_cache_and_in_pieces(pe
         assert np.array_equal(lg, runs[0][1])
 
 
+def _saved_with_sel(t, m, plan, tmp_path, edit):
+    """t's saved file, each APU layer's selection record passed through edit(layer, k, cin, data)
+    (docs/TRAINING.md's format; the CRC made anew); returns its path."""
+    path = str(tmp_path / "edited.tmpp")
+    t.save(path)
+    with open(path, "rb") as f:
+        blob = f.read()
+    info = plan._layers()
+    recs = []
+    for li, kind, data in _records(blob):
+        if kind == 7 and info[li]["apu"]:
+            data = edit(li, info[li]["k"], H.ApuReplay._cin(m, li), data)
+        recs.append((li, kind, data))
+    version, storage, _, crc = struct.unpack_from("<HBBI", blob, 4)
+    with open(path, "wb") as f:
+        f.write(_blob(version, storage, crc, recs))
+    return path
+
+
+def _excl_at(k, cin):
+    """Offset of the exclusion counts in a selection record."""
+    return ((2 * k + 3) & ~3) + 8 * cin + ((2 * cin + 3) & ~3)
+
+
 def test_apu_probe_measures_afresh_what_the_carried_scores_keep(tmp_path):
     """The starvation of the carry variant (docs/TRAINING.md section 6): a channel whose score is
     a measured 0 (2**-126) is never chosen again, since its score stays. Planted in a saved state
@@ -1297,23 +1321,16 @@ def test_apu_probe_measures_afresh_what_the_carried_scores_keep(tmp_path):
     plan = m.plan(method="tinymp")
     t = tinymp.Trainer(m, plan, lr=LR, seed=SEED)
     t.fit(xs, ys, epochs=1)
-    path = str(tmp_path / "s.tmpp")
-    t.save(path)
-    with open(path, "rb") as f:
-        blob = f.read()
     layer = min(i for i, d in enumerate(plan._layers()) if d["apu"])
-    k, cin = plan._layers()[layer]["k"], H.ApuReplay._cin(m, layer)
-    chan = min(set(range(cin)) - set(t.selection[layer]))
-    recs = []
-    for li, kind, data in _records(blob):
-        if li == layer and kind == 7:
-            data = bytearray(data)
+    chan = min(set(range(H.ApuReplay._cin(m, layer))) - set(t.selection[layer]))
+
+    def plant(li, k, cin, data):
+        data = bytearray(data)
+        if li == layer:
             struct.pack_into("<f", data, ((2 * k + 3) & ~3) + 4 * chan, rt.MEASURED_ZERO)
-            data = bytes(data)
-        recs.append((li, kind, data))
-    head = struct.unpack_from("<HBBI", blob, 4)
-    with open(path, "wb") as f:
-        f.write(_blob(head[0], head[1], head[3], recs))
+        return bytes(data)
+
+    path = _saved_with_sel(t, m, plan, tmp_path, plant)
     after = {}
     for probe in (0, len(xs)):
         u = tinymp.Trainer(m, plan, lr=LR, seed=SEED)
@@ -1337,10 +1354,6 @@ def test_apu_never_measured_channels_come_before_an_infinite_score(tmp_path):
     plan = m.plan(method="tinymp")
     t = tinymp.Trainer(m, plan, lr=LR, seed=SEED)
     t.fit(xs[:20], ys[:20], epochs=2)
-    path = str(tmp_path / "s.tmpp")
-    t.save(path)
-    with open(path, "rb") as f:
-        blob = f.read()
     layer = min(i for i, d in enumerate(plan._layers()) if d["apu"])
     k, cin = plan._layers()[layer]["k"], H.ApuReplay._cin(m, layer)
     sel = t.selection[layer]
@@ -1351,17 +1364,15 @@ def test_apu_never_measured_channels_come_before_an_infinite_score(tmp_path):
     ibar[fresh] = 0
     age = np.zeros(cin, np.uint16)
     age[free] = 5
-    recs = []
-    for li, kind, data in _records(blob):
-        if li == layer and kind == 7:
-            a = (2 * k + 3) & ~3
-            data = (data[:a] + ibar.tobytes() + np.zeros(cin, np.float32).tobytes() + age.tobytes()
-                    + data[a + 10 * cin:a + 10 * cin + (-2 * cin) % 4] + bytes(cin)
-                    + data[a + 10 * cin + (-2 * cin) % 4 + cin:])
-        recs.append((li, kind, data))
-    head = struct.unpack_from("<HBBI", blob, 4)
-    with open(path, "wb") as f:
-        f.write(_blob(head[0], head[1], head[3], recs))
+
+    def plant(li, k_, cin_, data):
+        if li != layer:
+            return data
+        a, e = (2 * k + 3) & ~3, _excl_at(k, cin)
+        return (data[:a] + ibar.tobytes() + np.zeros(cin, np.float32).tobytes() + age.tobytes()
+                + data[a + 10 * cin:e] + bytes(cin) + data[e + cin:])
+
+    path = _saved_with_sel(t, m, plan, tmp_path, plant)
     u = tinymp.Trainer(m, plan, lr=LR, seed=SEED)
     assert u.load(path) is True
     assert _apu_records(u, m, plan, tmp_path)[layer][1].tolist() == ibar.tolist()
@@ -1382,23 +1393,16 @@ def test_an_older_files_exclusion_counts_go_down_to_todays_rule_on_load(tmp_path
     plan = m.plan(method="tinymp")
     t = tinymp.Trainer(m, plan, lr=LR, seed=SEED)
     t.fit(xs[:20], ys[:20], epochs=2)
-    path = str(tmp_path / "old.tmpp")
-    t.save(path)
-    with open(path, "rb") as f:
-        blob = f.read()
     info = plan._layers()
-    recs, planted = [], 0
-    for li, kind, data in _records(blob):
-        if kind == 7 and info[li]["apu"]:
-            k, cin = info[li]["k"], H.ApuReplay._cin(m, li)
-            e = ((2 * k + 3) & ~3) + 8 * cin + ((2 * cin + 3) & ~3)
-            data = data[:e] + bytes(3 if c in t.selection[li] else c % 3 for c in range(cin)) + data[e + cin:]
-            planted += 1
-        recs.append((li, kind, data))
+    planted = []
+
+    def plant(li, k, cin, data):
+        planted.append(li)
+        e = _excl_at(k, cin)
+        return data[:e] + bytes(3 if c in t.selection[li] else c % 3 for c in range(cin)) + data[e + cin:]
+
+    path = _saved_with_sel(t, m, plan, tmp_path, plant)
     assert planted
-    head = struct.unpack_from("<HBBI", blob, 4)
-    with open(path, "wb") as f:
-        f.write(_blob(head[0], head[1], head[3], recs))
     u = tinymp.Trainer(m, plan, lr=LR, seed=SEED)
     assert u.load(path) is True and u.selection == t.selection
     again = str(tmp_path / "again.tmpp")
@@ -1407,7 +1411,7 @@ def test_an_older_files_exclusion_counts_go_down_to_todays_rule_on_load(tmp_path
         for li, kind, data in _records(f.read()):
             if kind == 7 and info[li]["apu"]:
                 k, cin = info[li]["k"], H.ApuReplay._cin(m, li)
-                e = ((2 * k + 3) & ~3) + 8 * cin + ((2 * cin + 3) & ~3)
+                e = _excl_at(k, cin)
                 assert list(data[e:e + cin]) == [int(c in t.selection[li]) for c in range(cin)], li
 
 
