@@ -1105,18 +1105,17 @@ static void apu_choose(const tmp_trainer *t, sel_t *s, uint32_t cin, uint32_t k)
     for (int pass = 0; pass < 2 && taken < k; pass++) {
         while (taken < k) {
             int32_t best = -1;
-            int bnew = 0;
             float bs = 0.0f;
             for (uint32_t c = 0; c < cin; c++) {
                 if ((s->age[c] & APU_PENDING) || (pass == 0 && s->excl[c] > 0)) {
                     continue; /* the mark: taken in this selection */
                 }
-                /* never measured before any measured one, even one whose score is infinite */
-                const int fresh = s->ibar[c] == 0.0f;
-                const float sc = fresh ? 0.0f : s->ibar[c] * (1.0f + t->tau * (float)s->age[c]);
-                if (best < 0 || (fresh && !bnew) || (!fresh && !bnew && sc > bs)) {
+                /* never measured: above every measured score, which stops at FLT_MAX (one that
+                 * overflowed would tie with them and win by its lower index) */
+                float sc = s->ibar[c] * (1.0f + t->tau * (float)s->age[c]);
+                sc = s->ibar[c] == 0.0f ? INFINITY : sc < 3.40282347e+38f ? sc : 3.40282347e+38f;
+                if (best < 0 || sc > bs) {
                     best = (int32_t)c;
-                    bnew = fresh;
                     bs = sc;
                 }
             }
