@@ -1150,10 +1150,15 @@ tmp_status tmp_trainer_end_period(tmp_trainer *t) {
     if (t == NULL || t->p == NULL) {
         return TMP_ERR_ARG;
     }
-    if (check_model(t) != TMP_OK) { /* other tables: other channel counts, other offsets */
+    const tmp_train_plan *p = t->p;
+    int32_t apu = 0;
+    for (int32_t i = 0; i < p->num_layers && !apu; i++) {
+        apu = (p->flags[i] & TMP_TL_APU) != 0;
+    }
+    /* other tables: other channel counts, other offsets (a plan without APU layers touches none) */
+    if (apu && check_model(t) != TMP_OK) {
         return TMP_ERR_FORMAT;
     }
-    const tmp_train_plan *p = t->p;
     for (int32_t i = 0; i < p->num_layers; i++) {
         if (!(p->flags[i] & TMP_TL_APU)) {
             continue;
