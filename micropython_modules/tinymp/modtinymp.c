@@ -1837,25 +1837,13 @@ typedef struct {
     uint32_t probe_offset;   // where fit_probe_file tries a cache file
 } fit_ctx;
 
-static const int8_t *fit_sample(void *ctx, uint32_t i, int32_t *label) {
-    fit_ctx *f = (fit_ctx *)ctx;
-    mp_obj_t idx = MP_OBJ_NEW_SMALL_INT(i);
-    mp_obj_t y = mp_obj_subscr(f->ys, idx, MP_OBJ_SENTINEL);
-    mp_obj_t x = mp_obj_subscr(f->xs, idx, MP_OBJ_SENTINEL);
-    trainer_check(f->self); // Python ran: follow a moved arena or model before the step
-    *label = parse_label(trainer_model(f->self), y, "label");
-    mp_buffer_info_t bi;
-    get_input(trainer_model(f->self), x, &bi);
-    return (const int8_t *)bi.buf; // the sequence keeps the object alive
-}
-
-// fit_sample for the engine: an exception of the sequence or the sample (its own, a Ctrl-C
-// scheduled in its Python code) is kept for fit() to raise, and the engine gets NULL, so it never
-// jumps out of the middle of an APU probe (docs/TRAINING.md section 6), whose channel marks must be
+// Sample i for the engine and fit()'s first check: an exception of the sequence or the sample
+// (its own, a Ctrl-C scheduled in its Python code) is kept in f->pending for fit() to raise, and
+// the caller gets NULL, so the engine never jumps out of the middle of an APU probe (docs/TRAINING.md section 6), whose channel marks must be
 // cleared. trainer_check's error (a resized arena or model) is not caught: it jumps past the
 // engine, which must not touch that arena again. An earlier exception (progress raised on an
 // epoch's last step) stays the one fit() raises; the probe of that epoch's end still runs.
-static const int8_t *fit_sample_in_run(void *ctx, uint32_t i, int32_t *label) {
+static const int8_t *fit_sample(void *ctx, uint32_t i, int32_t *label) {
     fit_ctx *f = (fit_ctx *)ctx;
     mp_obj_t idx = MP_OBJ_NEW_SMALL_INT(i);
     mp_obj_t volatile x = MP_OBJ_NULL, y = MP_OBJ_NULL;
@@ -2147,23 +2135,19 @@ static mp_obj_t tinymp_trainer_fit(size_t n_args, const mp_obj_t *pos_args, mp_m
     // reads) propagates unchanged: an exception of the caller's class is never built here
     for (mp_int_t i = 0; i < n; i++) {
         int32_t label;
-        nlr_buf_t nlr;
-        if (nlr_push(&nlr) == 0) {
-            fit_sample(&f, (uint32_t)i, &label);
-            nlr_pop();
-        } else {
-            mp_obj_t e = MP_OBJ_FROM_PTR(nlr.ret_val);
+        if (fit_sample(&f, (uint32_t)i, &label) == NULL) {
+            mp_obj_t e = f.pending;
             const mp_obj_type_t *et = mp_obj_get_type(e);
             mp_obj_t v = mp_obj_exception_get_value(e);
             if ((et != &mp_type_TypeError && et != &mp_type_ValueError) || !mp_obj_is_str(v) ||
                 strncmp(mp_obj_str_get_str(v), "tinymp: ", 8) != 0) {
-                nlr_jump(nlr.ret_val);
+                nlr_raise(e);
             }
             mp_raise_msg_varg(et, MP_ERROR_TEXT("tinymp: fit() sample %d: %s"), (int)i, mp_obj_str_get_str(v) + 8);
         }
     }
     uint32_t flags = args[ARG_shuffle].u_bool ? 0u : TMP_FIT_NO_SHUFFLE;
-    tmp_fit_io io = { fit_sample_in_run, NULL, NULL, fit_progress, &f, 0, probe };
+    tmp_fit_io io = { fit_sample, NULL, NULL, fit_progress, &f, 0, probe };
     mp_obj_t cache = args[ARG_cache].u_obj;
     const uint64_t need = (uint64_t)n * p->cache_bytes;
     uint32_t own_count = 0;

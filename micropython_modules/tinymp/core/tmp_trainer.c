@@ -1285,9 +1285,11 @@ static tmp_status end_period_probe(tmp_trainer *t, const tmp_fit_io *io, uint32_
             st = TMP_ERR_ARG;
             break;
         }
+        /* only the caller's code (io->sample) can change the tables: checked once it has run,
+         * before probe_group reads them */
+        st = check_model(t);
         for (uint32_t g = 0; g < passes && st == TMP_OK; g++) {
-            st = check_model(t); /* step_impl checks it too, after probe_group has read it */
-            for (int32_t i = 0; i < p->num_layers && st == TMP_OK; i++) {
+            for (int32_t i = 0; i < p->num_layers; i++) {
                 if (p->flags[i] & TMP_TL_APU) {
                     probe_group(t, i, g);
                 }
@@ -1297,9 +1299,7 @@ static tmp_status end_period_probe(tmp_trainer *t, const tmp_fit_io *io, uint32_
                 op.mode = CACHE_FROM;
                 op.mem = (int8_t *)(t->arena + p->cache_offset + (size_t)idx * p->cache_bytes);
             }
-            if (st == TMP_OK) {
-                st = step_impl(t, x, label, NULL, &op, NULL, PASS_PROBE);
-            }
+            st = step_impl(t, x, label, NULL, &op, NULL, PASS_PROBE);
         }
     }
     if (check_model(t) != TMP_OK) {
