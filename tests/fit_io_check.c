@@ -11,6 +11,12 @@
  * callbacks may touch only samples cache_samples <= i < cache_end: store each of them once in
  * the first epoch (until a store fails), load them in later epochs, never anything else.
  *
+ * Callbacks that call the trainer they run in (a binding's user code does that): between steps
+ * (progress, a sample) a call that only reads it (forward, save) works and a call that changes it
+ * (a step, fit, a period end, reset, load) is refused with TMP_ERR_BUSY; inside a step (the cache
+ * callbacks) or an APU probe (its samples) every call is refused. The run ends as the same run
+ * without those calls does, and the trainer is usable after it.
+ *
  * usage: fit_io_check MODEL.tmpm EPOCHS   prints one line per case, exit 0 when all hold,
  * 1 with "FAIL ..." otherwise.
  */
@@ -39,10 +45,63 @@ typedef struct {
     int fail_after;          /* stores of entries that succeed before one fails; -1: never */
     float losses[N_SAMPLES * MAX_EPOCHS];
     uint32_t n_losses;
+    uint32_t probe;          /* tmp_fit_io.probe of the run */
+    int pokes;               /* the callbacks call the trainer (the re-entry case) */
+    tmp_trainer *poke;       /* that trainer, while its fit runs */
+    uint32_t calls[4];       /* callbacks called: sample, store, load, progress */
+    uint32_t read_ok, read_busy, change_ok, change_busy; /* what the calls on the trainer returned */
 } io_ctx;
 
+static uint8_t g_blob[1u << 16];
+
+static const int8_t *sample(void *ctx, uint32_t i, int32_t *label);
+
+/* Callback `which` (an index of calls[]) runs: with c->poke, it calls the trainer, three calls
+ * that only read it and nine that would change it, and counts what they return. */
+static void poke(io_ctx *c, int which) {
+    if (c == NULL) {
+        return;
+    }
+    c->calls[which]++;
+    tmp_trainer *t = c->poke;
+    if (t == NULL) {
+        return;
+    }
+    const int8_t *out = NULL;
+    const uint32_t size = tmp_trainer_params_size(t);
+    const tmp_status reads[3] = {
+        tmp_trainer_forward(t, g_x, &out),
+        size <= sizeof g_blob ? tmp_trainer_params_save(t, g_blob, size) : TMP_ERR_SIZE,
+        tmp_trainer_check_state(t),
+    };
+    for (int j = 0; j < 3; j++) {
+        c->read_ok += reads[j] == TMP_OK;
+        c->read_busy += reads[j] == TMP_ERR_BUSY;
+    }
+    int8_t cache[1u << 12];
+    tmp_params_reader r;
+    tmp_fit_stats st;
+    tmp_fit_io io = { sample, NULL, NULL, NULL, NULL, 0, 0 }; /* a whole io: only the guard refuses */
+    const char *msg = NULL;
+    const tmp_status ch[9] = {
+        tmp_trainer_step(t, g_x, g_y[0], NULL),
+        t->p->cache_bytes <= sizeof cache ? tmp_trainer_step_fill(t, g_x, g_y[0], cache, NULL) : TMP_ERR_BUSY,
+        t->p->cache_bytes <= sizeof cache ? tmp_trainer_step_cached(t, cache, g_y[0], NULL) : TMP_ERR_BUSY,
+        tmp_trainer_end_period(t),
+        tmp_trainer_end_period_probe(t, &io, 1u, 1u),
+        tmp_trainer_reset(t),
+        size <= sizeof g_blob ? tmp_trainer_params_load(t, g_blob, size, &msg, NULL) : TMP_ERR_BUSY,
+        tmp_trainer_params_begin(t, &r, 1),
+        tmp_trainer_fit(t, 1u, 2u, 0u, &io, &st),
+    };
+    for (int j = 0; j < 9; j++) {
+        c->change_ok += ch[j] == TMP_OK;
+        c->change_busy += ch[j] == TMP_ERR_BUSY;
+    }
+}
+
 static const int8_t *sample(void *ctx, uint32_t i, int32_t *label) {
-    (void)ctx;
+    poke((io_ctx *)ctx, 0);
     if (i >= N_SAMPLES) {
         return NULL;
     }
@@ -52,6 +111,7 @@ static const int8_t *sample(void *ctx, uint32_t i, int32_t *label) {
 
 static int store(void *ctx, uint32_t i, uint32_t off, const int8_t *src, uint32_t n) {
     io_ctx *c = (io_ctx *)ctx;
+    poke(c, 1);
     if (i >= N_SAMPLES || off + n > c->cache_bytes || off + n < off) {
         c->bad++;
         return 1;
@@ -71,6 +131,7 @@ static int store(void *ctx, uint32_t i, uint32_t off, const int8_t *src, uint32_
 
 static int load(void *ctx, uint32_t i, uint32_t off, int8_t *dst, uint32_t n) {
     io_ctx *c = (io_ctx *)ctx;
+    poke(c, 2);
     if (i >= N_SAMPLES || off + n > c->cache_bytes || off + n < off) {
         c->bad++;
         return 1;
@@ -87,6 +148,7 @@ static int progress(void *ctx, uint32_t epoch, uint32_t done, float loss, int co
     (void)epoch;
     (void)done;
     (void)correct;
+    poke(c, 3);
     if (c->n_losses < N_SAMPLES * MAX_EPOCHS) {
         c->losses[c->n_losses++] = loss;
     }
@@ -98,16 +160,19 @@ static int run(const tmp_train_plan *p, uint32_t epochs, uint32_t flags, int cal
     io_ctx *c, tmp_fit_stats *st, int8_t *logits) {
     uint8_t *arena = calloc(1, p->arena_bytes + 8u);
     CHECK(arena != NULL, "arena");
-    tmp_trainer t;
+    static tmp_trainer t; /* a poking callback's calls see it */
     CHECK(tmp_trainer_init(&t, &g_m, p, arena, p->arena_bytes, 0.02f, 7u) == TMP_OK, "trainer init");
-    tmp_fit_io io = { sample, callbacks ? store : NULL, callbacks ? load : NULL, progress, c, cache_end, 0 };
+    tmp_fit_io io = { sample, callbacks ? store : NULL, callbacks ? load : NULL, progress, c, cache_end, c->probe };
+    c->poke = c->pokes ? &t : NULL;
     CHECK(tmp_trainer_fit(&t, N_SAMPLES, epochs, flags, &io, st) == TMP_OK, "fit");
+    c->poke = NULL;
     const uint32_t nc = (uint32_t)g_m.num_classes;
     for (uint32_t i = 0; i < N_SAMPLES; i++) {
         const int8_t *out = NULL;
         CHECK(tmp_trainer_forward(&t, g_x + (size_t)i * g_in_bytes, &out) == TMP_OK, "forward");
         memcpy(logits + (size_t)i * nc, out, nc);
     }
+    CHECK(tmp_trainer_step(&t, g_x, g_y[0], NULL) == TMP_OK, "a step after the fit");
     free(arena);
     return 0;
 }
@@ -209,6 +274,53 @@ int main(int argc, char **argv) {
         printf("%-32s ok: %u stores, %u loads, %u cached steps, outside %u\n", cases[j].name, (unsigned)stores,
             (unsigned)loads, (unsigned)st.cached_steps, (unsigned)st.outside);
         free(c.cache);
+    }
+
+    /* re-entry: every callback calls the trainer; with and without APU's probe (whose samples
+     * are fetched inside it: twice per probed sample, once checked, once used) */
+    for (uint32_t probe = 0; probe <= 2u && !g_fail; probe += 2u) {
+        io_ctx pref;
+        memset(&pref, 0, sizeof pref);
+        pref.fail_after = -1;
+        pref.probe = probe;
+        int8_t *want = ref_logits;
+        const io_ctx *wantc = &ref;
+        if (probe != 0) {
+            want = malloc((size_t)N_SAMPLES * nc);
+            if (run(&p, epochs, TMP_FIT_NO_CACHE, 0, 0, &pref, &rst, want)) {
+                break;
+            }
+            wantc = &pref;
+        }
+        memset(&c, 0, sizeof c);
+        c.cache_bytes = p.cache_bytes;
+        c.cache = calloc(N_SAMPLES, p.cache_bytes);
+        c.fail_after = -1;
+        c.probe = probe;
+        c.pokes = 1;
+        if (run(&p, epochs, 0u, 1, N_SAMPLES, &c, &st, logits)) {
+            break;
+        }
+        const uint32_t steps = N_SAMPLES * epochs, probed = epochs * 2u * probe;
+        const uint32_t all = c.calls[0] + c.calls[1] + c.calls[2] + c.calls[3];
+        CHECK(c.calls[0] == steps + probed && c.calls[3] == steps && c.calls[1] != 0 && c.calls[2] != 0,
+            "re-entry, probe %u: %u sample, %u store, %u load, %u progress calls", (unsigned)probe,
+            (unsigned)c.calls[0], (unsigned)c.calls[1], (unsigned)c.calls[2], (unsigned)c.calls[3]);
+        /* between steps (progress, fit's own samples) the reads work; in a step or probe not */
+        CHECK(c.read_ok == 3u * (steps + c.calls[3]) && c.read_busy == 3u * (c.calls[1] + c.calls[2] + probed),
+            "re-entry, probe %u: reads %u worked, %u refused", (unsigned)probe, (unsigned)c.read_ok,
+            (unsigned)c.read_busy);
+        CHECK(c.change_ok == 0 && c.change_busy == 9u * all, "re-entry, probe %u: changes %u worked, %u refused of %u",
+            (unsigned)probe, (unsigned)c.change_ok, (unsigned)c.change_busy, (unsigned)(9u * all));
+        CHECK(c.n_losses == wantc->n_losses && memcmp(c.losses, wantc->losses, sizeof(float) * wantc->n_losses) == 0 &&
+            memcmp(logits, want, (size_t)N_SAMPLES * nc) == 0,
+            "re-entry, probe %u: the run differs from the same run without the calls", (unsigned)probe);
+        printf("%-32s ok: probe %u, %u calls in callbacks, %u refused\n", "callbacks call the trainer",
+            (unsigned)probe, (unsigned)(12u * all), (unsigned)(c.read_busy + c.change_busy));
+        free(c.cache);
+        if (want != ref_logits) {
+            free(want);
+        }
     }
     free(ref_logits);
     free(logits);

@@ -586,3 +586,35 @@ def test_micropython_cache_true_takes_what_the_heap_has(exe, tmp_path):
     assert (hole - FIT_HEAP_RESERVE) // cb <= outside < n - k
     assert cached == (k + outside) * 2
     assert got[5:] == ["True", "True", "True"]
+
+
+def test_progress_can_checkpoint_but_not_change_the_trainer(tmp_path):
+    """A save() from progress is a checkpoint of the steps so far: the file a loop of step()
+    calls saves at the same point. A call that changes the trainer is refused (load() before it
+    reads its file) and the run goes on as without it."""
+    m = H.demo_model()
+    xs, ys = samples(m, 6)
+    plan = m.plan(method="tinymp", budget=16 * 1024)
+    ck = tmp_path / "ck.tmps"
+    got = []
+
+    def progress(epoch, done, loss, correct):
+        if (epoch, done) == (1, 4):
+            t.save(str(ck))
+            for call in (lambda: t.load(str(tmp_path / "absent.tmps")), lambda: t.step(xs[0], ys[0]),
+                         lambda: t.fit(xs, ys), t.reset, t.end_period):
+                with pytest.raises(RuntimeError, match="refused: this trainer's fit\\(\\) is running") as e:
+                    call()
+                got.append(str(e.value).split(" refused")[0])
+
+    t = tinymp.Trainer(m, plan, lr=0.002, seed=5)
+    t.fit(xs, ys, epochs=3, shuffle=False, progress=progress)
+    assert got == ["tinymp: load()", "tinymp: training step", "tinymp: fit()", "tinymp: reset", "tinymp: end of period"]
+    ref, _ = manual_run(m, plan, xs, ys, 1)
+    for x, y in zip(xs[:4], ys[:4]):
+        ref.step(x, y)
+    ref.save(str(tmp_path / "ref.tmps"))
+    assert ck.read_bytes() == (tmp_path / "ref.tmps").read_bytes()
+    undisturbed, _ = manual_run(m, plan, xs, ys, 3)
+    np.testing.assert_array_equal(logits_of(t, xs), logits_of(undisturbed, xs))
+    t.step(xs[0], ys[0])  # usable once fit() returned

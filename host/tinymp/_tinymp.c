@@ -1796,6 +1796,23 @@ static void Trainer_dealloc(TrainerObject *self) {
     PyObject_GC_Del(self);
 }
 
+/* A call on a trainer from inside its own fit() (one of fit's callbacks: xs[i], ys[i], progress,
+ * a cache file's methods): refused by the engine (tmp_trainer_usable) with this error. */
+static void busy_error(const char *what) {
+    PyErr_Format(PyExc_RuntimeError, "tinymp: %s refused: this trainer's fit() is running (its callbacks may "
+        "only read the trainer between steps: predict(), logits(), save(), selection; inside a step or an APU "
+        "probe, not even that)", what);
+}
+
+/* The engine's rule, asked before a call does work of its own (reads a file, a sample). */
+static int trainer_usable(TrainerObject *self, int changes, const char *what) {
+    if (tmp_trainer_usable(&self->t, changes) != TMP_OK) {
+        busy_error(what);
+        return -1;
+    }
+    return 0;
+}
+
 /* Map a core status of a step to an exception. */
 static int step_error(TrainerObject *self, tmp_status st, const char *what) {
     if (!trainer_guard_intact(self)) {
@@ -1804,6 +1821,10 @@ static int step_error(TrainerObject *self, tmp_status st, const char *what) {
     }
     if (st == TMP_OK) {
         return 0;
+    }
+    if (st == TMP_ERR_BUSY) {
+        busy_error(what);
+        return -1;
     }
     if (st == TMP_ERR_FORMAT || st == TMP_ERR_SIZE) {
         PyErr_Format(PyExc_ValueError, "tinymp: the model data changed after loading (%s: %s)", what,
@@ -2078,7 +2099,7 @@ static PyObject *Trainer_save(TrainerObject *self, PyObject *path) {
 }
 
 static PyObject *Trainer_load(TrainerObject *self, PyObject *path) {
-    if (Trainer_check(self) < 0) {
+    if (Trainer_check(self) < 0 || trainer_usable(self, 1, "load()") < 0) {
         return NULL;
     }
     PyObject *data = call_files("read_bytes", path, NULL);
@@ -2193,7 +2214,8 @@ PyDoc_STRVAR(grads_doc,
 static PyObject *Trainer_grads(TrainerObject *self, PyObject *args) {
     PyObject *x, *y;
     int apply = 0;
-    if (!PyArg_ParseTuple(args, "OO|p:_grads", &x, &y, &apply) || Trainer_check(self) < 0) {
+    if (!PyArg_ParseTuple(args, "OO|p:_grads", &x, &y, &apply) || Trainer_check(self) < 0 ||
+        trainer_usable(self, 1, "training step") < 0) {
         return NULL;
     }
     int32_t label;
@@ -2579,7 +2601,7 @@ static PyObject *Trainer_fit(TrainerObject *self, PyObject *args, PyObject *kwds
     PyObject *xs, *ys, *epochs_o = NULL, *cache = Py_True, *progress = Py_None, *probe_o = NULL;
     int shuffle = 1;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|OOpOO:fit", kwlist, &xs, &ys, &epochs_o, &cache, &shuffle,
-            &progress, &probe_o) || Trainer_check(self) < 0) {
+            &progress, &probe_o) || Trainer_check(self) < 0 || trainer_usable(self, 1, "fit()") < 0) {
         return NULL;
     }
     long long ep, probe;

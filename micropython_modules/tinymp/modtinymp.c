@@ -1226,6 +1226,21 @@ static void trainer_check(tinymp_trainer_obj_t *self) {
     }
 }
 
+// A call on a trainer from inside its own fit() (one of fit's callbacks: xs[i], ys[i], progress,
+// a cache file's methods): refused by the engine (tmp_trainer_usable) with this error.
+static MP_NORETURN void busy_error(const char *what) {
+    mp_raise_msg_varg(&mp_type_RuntimeError, MP_ERROR_TEXT("tinymp: %s refused: this trainer's fit() is running "
+        "(its callbacks may only read the trainer between steps: predict(), logits(), save(), selection; inside a "
+        "step or an APU probe, not even that)"), what);
+}
+
+// The engine's rule, asked before a call does work of its own (reads a file, a sample).
+static void trainer_usable(tinymp_trainer_obj_t *self, int changes, const char *what) {
+    if (tmp_trainer_usable(&self->t, changes) != TMP_OK) {
+        busy_error(what);
+    }
+}
+
 // Map a core status of a trainer call to an exception (and check the guard of our arena).
 static void trainer_status(tinymp_trainer_obj_t *self, tmp_status st, const char *what) {
     if (!trainer_guard_intact(self)) {
@@ -1234,6 +1249,9 @@ static void trainer_status(tinymp_trainer_obj_t *self, tmp_status st, const char
     }
     if (st == TMP_OK) {
         return;
+    }
+    if (st == TMP_ERR_BUSY) {
+        busy_error(what);
     }
     if (st == TMP_ERR_FORMAT || st == TMP_ERR_SIZE) {
         mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("tinymp: the model data changed after loading (%s: %s)"),
@@ -1705,6 +1723,7 @@ static mp_obj_t tinymp_trainer_load(mp_obj_t self_in, mp_obj_t path) {
     check_path(path);
     #if MICROPY_PY_IO
     trainer_check(self);
+    trainer_usable(self, 1, "load()");
     uint8_t *piece = m_new(uint8_t, PARAMS_PIECE);
     const char *msg = NULL;
     int state = 0;
@@ -2104,6 +2123,7 @@ static mp_obj_t tinymp_trainer_fit(size_t n_args, const mp_obj_t *pos_args, mp_m
     mp_arg_val_t args[MP_ARRAY_SIZE(allowed_args)];
     mp_arg_parse_all(n_args - 1, pos_args + 1, kw_args, MP_ARRAY_SIZE(allowed_args), allowed_args, args);
     trainer_check(self);
+    trainer_usable(self, 1, "fit()");
     uint32_t epochs = (uint32_t)opt_ranged_long(args[ARG_epochs].u_obj, TMP_IOPT_epochs);
     const uint32_t probe = (uint32_t)opt_ranged_long(args[ARG_probe].u_obj, TMP_IOPT_probe);
     mp_obj_t progress = args[ARG_progress].u_obj;
@@ -2204,23 +2224,28 @@ static mp_obj_t tinymp_trainer_fit(size_t n_args, const mp_obj_t *pos_args, mp_m
     f.accs = mp_obj_new_list(0, NULL);
     tmp_fit_stats st;
     tmp_status s;
+    nlr_buf_t nlr;
     #if KBD_ASYNC
     // SIGINT only schedules a KeyboardInterrupt while the engine runs (kbd_defer); fit_progress
     // raises it between steps
-    nlr_buf_t nlr;
     struct sigaction old_sigint;
     const int deferred = kbd_defer(&old_sigint);
+    #endif
     if (nlr_push(&nlr) == 0) {
         s = tmp_trainer_fit(&self->t, (uint32_t)n, epochs, flags, &io, &st);
         nlr_pop();
+        #if KBD_ASYNC
         kbd_undefer(deferred, &old_sigint);
-    } else { // a sample or the cache file raised (or a Ctrl-C scheduled in their Python code)
+        #endif
+    } else {
+        // the engine was left by a jump (a cache file's error, a resized arena or cache buffer,
+        // no heap for a view): the trainer must not stay marked busy
+        tmp_trainer_unwind(&self->t);
+        #if KBD_ASYNC
         kbd_undefer(deferred, &old_sigint);
+        #endif
         nlr_jump(nlr.ret_val);
     }
-    #else
-    s = tmp_trainer_fit(&self->t, (uint32_t)n, epochs, flags, &io, &st);
-    #endif
     if (f.own_cache != NULL) { // given back now, not at the next collection
         m_del(uint8_t, f.own_cache, (size_t)own_count * p->cache_bytes);
         f.own_cache = NULL;

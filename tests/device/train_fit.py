@@ -599,3 +599,96 @@ except Stop:
     t1e = tinymp.Trainer(m, pt, lr=0.05, seed=3)
     t1e.fit(xs, ys, epochs=1, probe=3)
     print("probe at a stopped epoch's end", ts.stats()["periods"], ts.selection == t1e.selection)
+
+# Calls on a trainer from inside its own fit(): between steps (progress, xs[i]) the calls that only
+# read it work and leave the run as it would have been; a call that would change it is refused
+# with one RuntimeError; inside a step (a cache file's methods) or an APU probe (its xs[i]) every
+# call is refused. The trainer is usable once fit() returns, however the run ended.
+def refused(f):
+    try:
+        f()
+        return "ran"
+    except RuntimeError as e:
+        return "refused" if "refused: this trainer's fit() is running" in str(e) else str(e)
+
+
+tq = tinymp.Trainer(m, p, lr=0.05, seed=7)
+seen = []
+cb = bytearray(p.cache_bytes)
+
+
+def reads_and_changes(epoch, done, loss, correct):
+    seen.append((tq.predict(xs[0]), list(tq.logits(xs[1])), tq.stats()["steps"], len(tq.selection)))
+    if epoch == 0 and done == 1:
+        seen.append([refused(f) for f in (lambda: tq.step(xs[0], ys[0]), lambda: tq.step(xs[0], ys[0], cache=cb),
+                                          lambda: tq.step_cached(cb, ys[0]), lambda: tq.fit(xs, ys),
+                                          lambda: tq.end_period(), lambda: tq.reset())])
+
+
+r = tq.fit(xs, ys, epochs=3, progress=reads_and_changes)
+reads = [s for s in seen if isinstance(s, tuple)]
+print("calls from progress: changes", seen[1], "reads", len(reads), "run as without them",
+      trained(tq, r) == ref, "steps", tq.stats()["steps"], [s[2] for s in reads[:3]])
+
+
+class Peeking:  # its items call predict() on the trainer, an error propagates
+    def __init__(self, t):
+        self.t, self.ran = t, 0
+
+    def __len__(self):
+        return len(xs)
+
+    def __getitem__(self, i):
+        self.t.predict(xs[i])
+        self.ran += 1
+        return xs[i]
+
+
+# 6 items checked before the first step, 6 steps, then the probe's first item raises
+for probe in (0, 3):
+    tq = tinymp.Trainer(m, pt, lr=0.05, seed=3)
+    seq = Peeking(tq)
+    try:
+        tq.fit(seq, ys, epochs=1, probe=probe)
+        print("xs[i] calls predict, probe %d: ran" % probe, seq.ran)
+    except RuntimeError as e:
+        print("xs[i] calls predict, probe %d: ran" % probe, seq.ran, "then", "refused" in str(e), "; after it",
+              refused(lambda: tq.predict(xs[0])),
+              "and fit()", refused(lambda: tq.fit(xs, ys)), "; steps", tq.stats()["steps"], "periods", tq.stats()["periods"])
+
+
+class Poking(MemFile):
+    def __init__(self, t, at):
+        MemFile.__init__(self, "ok")
+        self.t, self.at, self.got = t, at, []
+
+    def write(self, b):
+        if self.at == "write":
+            self.got.append(refused(lambda: self.t.predict(xs[0])))
+        return MemFile.write(self, b)
+
+    def readinto(self, mv):
+        if self.at == "readinto":
+            self.got.append(refused(lambda: self.t.predict(xs[0])))
+        self.reads = getattr(self, "reads", 0) + 1
+        if self.at == "readinto, uncaught" and self.reads > 2:
+            self.t.predict(xs[0])  # not in the try before the first step (its 2 reads)
+        return MemFile.readinto(self, mv)
+
+
+for at in ("write", "readinto"):
+    tq = tinymp.Trainer(m, p, lr=0.05, seed=7)
+    f = Poking(tq, at)
+    r = tq.fit(xs, ys, epochs=3, cache=f)
+    print("a cache file's", at, "calls predict:", sorted(set(f.got)), "run as without it", trained(tq, r) == ref)
+    tq.step(xs[0], ys[0])
+    print("  a step after it:", tq.stats()["steps"])
+# the refusal raised inside a step (the board's engine is left by a jump there)
+tq = tinymp.Trainer(m, p, lr=0.05, seed=7)
+try:
+    tq.fit(xs, ys, epochs=3, cache=Poking(tq, "readinto, uncaught"))
+    print("no raise")
+except RuntimeError as e:
+    print("a cache file's readinto raises the refusal:", "refused" in str(e), "steps", tq.stats()["steps"])
+    tq.step(xs[0], ys[0])
+    print("  a step after it:", tq.stats()["steps"], refused(lambda: tq.fit(xs, ys, epochs=2)))

@@ -20,6 +20,7 @@ typedef enum {
     TMP_ERR_ARG = -1,    /**< invalid argument (NULL pointer, bad dims, unsupported params) */
     TMP_ERR_FORMAT = -2, /**< malformed model data */
     TMP_ERR_SIZE = -3,   /**< a caller buffer is too small */
+    TMP_ERR_BUSY = -4,   /**< a trainer called from inside its own fit, step or probe (a callback) */
 } tmp_status;
 
 /** A short English description of a status ("invalid argument", ...), for error messages. */
@@ -33,6 +34,8 @@ static inline const char *tmp_status_name(tmp_status st) {
             return "malformed model data";
         case TMP_ERR_SIZE:
             return "buffer too small";
+        case TMP_ERR_BUSY:
+            return "trainer busy";
     }
     return "unknown status";
 }

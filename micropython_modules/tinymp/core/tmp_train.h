@@ -274,7 +274,33 @@ typedef struct tmp_trainer_s {
     void *clock_ctx;
     tmp_grad_hook hook;
     void *hook_ctx;
+    uint32_t busy;          /**< TMP_BUSY_*: what the engine is in while a caller's callback runs */
 } tmp_trainer;
+
+/* What a trainer is in while it calls a caller's code (fit's sample, cache and progress
+ * callbacks, the hooks), and what that code may call on the same trainer then
+ * (tmp_trainer_usable): */
+#define TMP_BUSY_FIT 1u  /**< tmp_trainer_fit, between its steps: calls that only read it */
+#define TMP_BUSY_STEP 2u /**< inside a step or an APU probe: none */
+
+/**
+ * TMP_ERR_BUSY when a call on t must be refused because it comes from a callback of t's own fit,
+ * step or probe: any call that changes the trainer (`changes` non-zero: a step, fit, period end,
+ * reset, load), and inside a step or probe any call that uses the arena (forward, save); else
+ * TMP_OK. The core's entry points check it; a binding can ask before it does work of its own.
+ */
+static inline tmp_status tmp_trainer_usable(const tmp_trainer *t, int changes) {
+    return t != NULL && t->busy > (changes ? 0u : TMP_BUSY_FIT) ? TMP_ERR_BUSY : TMP_OK;
+}
+
+/**
+ * For a binding whose callback left the engine by a long jump (MicroPython's nlr) instead of
+ * returning: the trainer is no longer busy. Call it before re-raising; an APU probe cut short
+ * this way keeps its channel marks until a reset or a load.
+ */
+static inline void tmp_trainer_unwind(tmp_trainer *t) {
+    t->busy = 0u;
+}
 
 /** The byte written over the whole arena at init; high water = highest byte that differs. */
 #define TMP_ARENA_PAINT 0xA5u

@@ -180,6 +180,9 @@ tmp_status tmp_trainer_reset(tmp_trainer *t) {
     if (t == NULL || t->p == NULL) {
         return TMP_ERR_ARG;
     }
+    if (tmp_trainer_usable(t, 1) != TMP_OK) {
+        return TMP_ERR_BUSY;
+    }
     t->last_pred = -1;
     const tmp_train_plan *p = t->p;
     tmp_layer l;
@@ -784,13 +787,15 @@ static tmp_status check_model(const tmp_trainer *t) {
     return tables_crc(t->m) == t->tables_crc ? TMP_OK : TMP_ERR_FORMAT;
 }
 
+static tmp_status end_period(tmp_trainer *t);
+
 /* step_impl's modes */
 #define PASS_PROBE 1       /* update nothing, count no step (backward_layer); MACs and time count */
 #define PASS_NO_PERIOD 2   /* a step that leaves its period's end to the caller (fit with a probe) */
 
 /* One step; op (may be NULL) fills or uses the sample's cache entry; *pred = argmax of the
  * forward pass's logits; mode: 0 or PASS_* above. */
-static tmp_status step_impl(tmp_trainer *t, const int8_t *x, int32_t label, float *loss, cache_op *op,
+static tmp_status step_body(tmp_trainer *t, const int8_t *x, int32_t label, float *loss, cache_op *op,
     int32_t *pred, int mode) {
     const int probe = (mode & PASS_PROBE) != 0;
     const int from_cache = op != NULL && op->mode == CACHE_FROM;
@@ -899,18 +904,37 @@ static tmp_status step_impl(tmp_trainer *t, const int8_t *x, int32_t label, floa
     t->last_pred = best;
     t->period_steps++;
     if (t->period != 0 && t->period_steps >= t->period && !(mode & PASS_NO_PERIOD)) {
-        return tmp_trainer_end_period(t);
+        return end_period(t);
     }
     return TMP_OK;
 }
 
+/* step_body, the trainer marked busy while it runs (the caller's cache callbacks run inside) */
+static tmp_status step_impl(tmp_trainer *t, const int8_t *x, int32_t label, float *loss, cache_op *op,
+    int32_t *pred, int mode) {
+    if (t == NULL) {
+        return TMP_ERR_ARG;
+    }
+    const uint32_t was = t->busy;
+    t->busy = TMP_BUSY_STEP;
+    const tmp_status s = step_body(t, x, label, loss, op, pred, mode);
+    t->busy = was;
+    return s;
+}
+
 tmp_status tmp_trainer_step(tmp_trainer *t, const int8_t *x, int32_t label, float *loss) {
+    if (tmp_trainer_usable(t, 1) != TMP_OK) {
+        return TMP_ERR_BUSY;
+    }
     return step_impl(t, x, label, loss, NULL, NULL, 0);
 }
 
 tmp_status tmp_trainer_step_fill(tmp_trainer *t, const int8_t *x, int32_t label, int8_t *cache, float *loss) {
     if (cache == NULL) {
         return TMP_ERR_ARG;
+    }
+    if (tmp_trainer_usable(t, 1) != TMP_OK) {
+        return TMP_ERR_BUSY;
     }
     cache_op op = { CACHE_FILL, cache, NULL, 0, 0 };
     return step_impl(t, x, label, loss, &op, NULL, 0);
@@ -919,6 +943,9 @@ tmp_status tmp_trainer_step_fill(tmp_trainer *t, const int8_t *x, int32_t label,
 tmp_status tmp_trainer_step_cached(tmp_trainer *t, const int8_t *cache, int32_t label, float *loss) {
     if (cache == NULL) {
         return TMP_ERR_ARG;
+    }
+    if (tmp_trainer_usable(t, 1) != TMP_OK) {
+        return TMP_ERR_BUSY;
     }
     cache_op op = { CACHE_FROM, (int8_t *)(uintptr_t)cache, NULL, 0, 0 };
     return step_impl(t, NULL, label, loss, &op, NULL, 0);
@@ -943,8 +970,28 @@ static uint32_t xorshift(uint32_t *s) {
 
 static tmp_status end_period_probe(tmp_trainer *t, const tmp_fit_io *io, uint32_t n, uint32_t count,
     uint32_t in_arena);
+static tmp_status fit_run(tmp_trainer *t, uint32_t n, uint32_t epochs, uint32_t flags, const tmp_fit_io *io,
+    tmp_fit_stats *stats);
 
 tmp_status tmp_trainer_fit(tmp_trainer *t, uint32_t n, uint32_t epochs, uint32_t flags, const tmp_fit_io *io,
+    tmp_fit_stats *stats) {
+    if (tmp_trainer_usable(t, 1) != TMP_OK) {
+        if (stats != NULL) {
+            memset(stats, 0, sizeof *stats);
+        }
+        return TMP_ERR_BUSY;
+    }
+    if (t == NULL) {
+        return fit_run(t, n, epochs, flags, io, stats);
+    }
+    /* between steps its callbacks may read the trainer, not change it */
+    t->busy = TMP_BUSY_FIT;
+    const tmp_status s = fit_run(t, n, epochs, flags, io, stats);
+    t->busy = 0u;
+    return s;
+}
+
+static tmp_status fit_run(tmp_trainer *t, uint32_t n, uint32_t epochs, uint32_t flags, const tmp_fit_io *io,
     tmp_fit_stats *stats) {
     tmp_fit_stats st;
     memset(&st, 0, sizeof st);
@@ -1035,7 +1082,7 @@ tmp_status tmp_trainer_fit(tmp_trainer *t, uint32_t n, uint32_t epochs, uint32_t
             /* every method counts its periods, as a step loop with end_period() after each epoch
              * does; only APU layers have anything to re-select */
             if (t->period == 0 && p->method != TMP_METHOD_FISHER) {
-                s = probe != 0 ? end_period_probe(t, io, n, probe, probe_cached) : tmp_trainer_end_period(t);
+                s = probe != 0 ? end_period_probe(t, io, n, probe, probe_cached) : end_period(t);
                 if (s != TMP_OK) {
                     break;
                 }
@@ -1052,6 +1099,9 @@ tmp_status tmp_trainer_fit(tmp_trainer *t, uint32_t n, uint32_t epochs, uint32_t
 tmp_status tmp_trainer_forward(tmp_trainer *t, const int8_t *x, const int8_t **out) {
     if (t == NULL || t->p == NULL || x == NULL || out == NULL) {
         return TMP_ERR_ARG;
+    }
+    if (tmp_trainer_usable(t, 0) != TMP_OK) {
+        return TMP_ERR_BUSY;
     }
     tmp_status s = check_model(t);
     if (s != TMP_OK) {
@@ -1150,6 +1200,13 @@ tmp_status tmp_trainer_end_period(tmp_trainer *t) {
     if (t == NULL || t->p == NULL) {
         return TMP_ERR_ARG;
     }
+    if (tmp_trainer_usable(t, 1) != TMP_OK) {
+        return TMP_ERR_BUSY;
+    }
+    return end_period(t);
+}
+
+static tmp_status end_period(tmp_trainer *t) {
     const tmp_train_plan *p = t->p;
     int32_t apu = 0;
     for (int32_t i = 0; i < p->num_layers && !apu; i++) {
@@ -1216,7 +1273,7 @@ static void probe_group(const tmp_trainer *t, int32_t i, uint32_t g) {
 
 /* The probe variant of a period end (docs/TRAINING.md section 6). `in_arena`: the samples below
  * it have their features in the arena's cache region (fit, after its first epoch; 0: none). */
-static tmp_status end_period_probe(tmp_trainer *t, const tmp_fit_io *io, uint32_t n, uint32_t count,
+static tmp_status probe_body(tmp_trainer *t, const tmp_fit_io *io, uint32_t n, uint32_t count,
     uint32_t in_arena) {
     const tmp_train_plan *p = t->p;
     if (io == NULL || io->sample == NULL || count > n) {
@@ -1240,7 +1297,7 @@ static tmp_status end_period_probe(tmp_trainer *t, const tmp_fit_io *io, uint32_
         passes = g > passes ? g : passes;
     }
     if (count == 0 || passes == 0) {
-        return tmp_trainer_end_period(t);
+        return end_period(t);
     }
     /* every probe sample can be had before anything is marked: one that cannot ends the period
      * as without the probe */
@@ -1248,7 +1305,7 @@ static tmp_status end_period_probe(tmp_trainer *t, const tmp_fit_io *io, uint32_
         int32_t label = -1;
         if (io->sample(io->ctx, probe_index(j, n, count), &label) == NULL || label < 0 ||
             label >= (int32_t)t->m->num_classes) {
-            tmp_status st = tmp_trainer_end_period(t);
+            tmp_status st = end_period(t);
             return st != TMP_OK ? st : TMP_ERR_ARG;
         }
     }
@@ -1330,9 +1387,22 @@ static tmp_status end_period_probe(tmp_trainer *t, const tmp_fit_io *io, uint32_
     return st;
 }
 
+/* probe_body, the trainer marked busy while it runs (io->sample runs inside, with marks set) */
+static tmp_status end_period_probe(tmp_trainer *t, const tmp_fit_io *io, uint32_t n, uint32_t count,
+    uint32_t in_arena) {
+    const uint32_t was = t->busy;
+    t->busy = TMP_BUSY_STEP;
+    const tmp_status s = probe_body(t, io, n, count, in_arena);
+    t->busy = was;
+    return s;
+}
+
 tmp_status tmp_trainer_end_period_probe(tmp_trainer *t, const tmp_fit_io *io, uint32_t n, uint32_t count) {
     if (t == NULL || t->p == NULL) {
         return TMP_ERR_ARG;
+    }
+    if (tmp_trainer_usable(t, 1) != TMP_OK) {
+        return TMP_ERR_BUSY;
     }
     tmp_status s = check_model(t);
     if (s != TMP_OK) {
@@ -1529,6 +1599,9 @@ tmp_status tmp_trainer_params_write(const tmp_trainer *t, tmp_params_writer *w, 
     if (t == NULL || t->p == NULL || w == NULL || n == NULL || (dst == NULL && cap > 0)) {
         return TMP_ERR_ARG;
     }
+    if (tmp_trainer_usable(t, 0) != TMP_OK) {
+        return TMP_ERR_BUSY;
+    }
     if (w->off == 0u) { /* a new blob: only of a state a load would take back */
         *n = 0;
         tmp_status s = tmp_trainer_check_state(t);
@@ -1542,6 +1615,9 @@ tmp_status tmp_trainer_params_write(const tmp_trainer *t, tmp_params_writer *w, 
 tmp_status tmp_trainer_check_state(const tmp_trainer *t) {
     if (t == NULL || t->p == NULL) {
         return TMP_ERR_ARG;
+    }
+    if (tmp_trainer_usable(t, 0) != TMP_OK) {
+        return TMP_ERR_BUSY;
     }
     tmp_status s = check_model(t);
     if (s != TMP_OK) {
@@ -1830,6 +1906,9 @@ tmp_status tmp_trainer_params_begin(const tmp_trainer *t, tmp_params_reader *r, 
     r->err = NULL;
     r->pos = 0;
     r->version = PARAMS_VERSION; /* until the header says */
+    if (tmp_trainer_usable(t, r->copy) != TMP_OK) {
+        return TMP_ERR_BUSY; /* feed and end refuse it too */
+    }
     reader_next(t, r);
     return TMP_OK;
 }
@@ -1837,6 +1916,9 @@ tmp_status tmp_trainer_params_begin(const tmp_trainer *t, tmp_params_reader *r, 
 tmp_status tmp_trainer_params_feed(tmp_trainer *t, tmp_params_reader *r, const uint8_t *d, uint32_t n) {
     if (t == NULL || t->p == NULL || r == NULL || (d == NULL && n > 0)) {
         return TMP_ERR_ARG;
+    }
+    if (tmp_trainer_usable(t, r->copy) != TMP_OK) {
+        return TMP_ERR_BUSY;
     }
     while (n > 0) {
         uint64_t k;
@@ -1910,6 +1992,10 @@ tmp_status tmp_trainer_params_end(tmp_trainer *t, tmp_params_reader *r, const ch
     if (t == NULL || t->p == NULL || r == NULL) {
         return TMP_ERR_ARG;
     }
+    if (tmp_trainer_usable(t, r->copy) != TMP_OK) {
+        (void)bad(msg, "the trainer is busy (called from inside its own fit(), step or probe)");
+        return TMP_ERR_BUSY;
+    }
     /* the checks in this order, whatever order the bytes revealed them in */
     if (r->total < PARAMS_HEADER + 4u || memcmp(r->head, PARAMS_MAGIC, 4) != 0) {
         return bad(msg, "not a tinymp parameters file");
@@ -1982,6 +2068,9 @@ tmp_status tmp_trainer_params_load(tmp_trainer *t, const uint8_t *buf, uint32_t 
     int *state_loaded) {
     if (t == NULL || t->p == NULL || buf == NULL) {
         return TMP_ERR_ARG;
+    }
+    if (tmp_trainer_usable(t, 1) != TMP_OK) {
+        return TMP_ERR_BUSY;
     }
     /* all checked, then copied: nothing changes on an error */
     tmp_params_reader r;
