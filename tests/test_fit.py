@@ -618,3 +618,35 @@ def test_progress_can_checkpoint_but_not_change_the_trainer(tmp_path):
     undisturbed, _ = manual_run(m, plan, xs, ys, 3)
     np.testing.assert_array_equal(logits_of(t, xs), logits_of(undisturbed, xs))
     t.step(xs[0], ys[0])  # usable once fit() returned
+
+
+def test_a_save_from_inside_a_probe_is_refused_and_writes_nothing(tmp_path):
+    """During an APU probe the selections are probe groups: a save() from the items the probe
+    fetches would write them, so it is refused before any file is opened; fit() raises that error
+    after ending the period as without the probe, and the trainer saves once fit() returned."""
+    m = H.demo_model()
+    xs, ys = samples(m, 6)
+    plan = m.plan(method="tinymp", budget=16 * 1024)
+    path = tmp_path / "inside.tmps"
+    calls = []
+
+    class Saving:
+        def __len__(self):
+            return len(xs)
+
+        def __getitem__(self, i):
+            calls.append(i)
+            if len(calls) > 2 * len(xs):  # the check before the run, the epoch, then the probe
+                t.save(str(path))
+            return xs[i]
+
+    t = tinymp.Trainer(m, plan, lr=0.002, seed=5)
+    with pytest.raises(RuntimeError, match="^tinymp: save refused: this trainer's fit\\(\\) is running"):
+        t.fit(Saving(), ys, epochs=1, probe=2)
+    assert not path.exists() and not list(tmp_path.iterdir())
+    assert t.stats()["steps"] == len(xs) and t.stats()["periods"] == 1
+    carry = tinymp.Trainer(m, plan, lr=0.002, seed=5)
+    carry.fit(xs, ys, epochs=1)  # the period ended as without the probe
+    assert t.selection == carry.selection
+    t.save(str(path))
+    assert path.exists()

@@ -1799,9 +1799,9 @@ static void Trainer_dealloc(TrainerObject *self) {
 /* A call on a trainer from inside its own fit() (one of fit's callbacks: xs[i], ys[i], progress,
  * a cache file's methods): refused by the engine (tmp_trainer_usable) with this error. */
 static void busy_error(const char *what) {
-    PyErr_Format(PyExc_RuntimeError, "tinymp: %s refused: this trainer's fit() is running (its callbacks may "
-        "only read the trainer between steps: predict(), logits(), save(), selection; inside a step or an APU "
-        "probe, not even that)", what);
+    PyErr_Format(PyExc_RuntimeError, "tinymp: %s refused: this trainer's fit() is running (between steps its "
+        "callbacks may only read the trainer -- predict(), logits(), save(), selection, stats() -- and set lr; "
+        "inside a step or an APU probe, not even that)", what);
 }
 
 /* The engine's rule, asked before a call does work of its own (reads a file, a sample). */
@@ -1909,7 +1909,7 @@ static int get_step_cache(TrainerObject *self, PyObject *cache, int writable, Py
  * board needs under heap_lock(). */
 static PyObject *trainer_step_any(TrainerObject *self, PyObject *x, PyObject *y, PyObject *out,
     PyObject *cache, int from_cache) {
-    if (Trainer_check(self) < 0) {
+    if (Trainer_check(self) < 0 || trainer_usable(self, 1, "training step") < 0) {
         return NULL;
     }
     Py_buffer ov, cv, v;
@@ -2079,7 +2079,7 @@ static PyObject *call_files(const char *fn, PyObject *a, PyObject *b) {
 }
 
 static PyObject *Trainer_save(TrainerObject *self, PyObject *path) {
-    if (Trainer_check(self) < 0) {
+    if (Trainer_check(self) < 0 || trainer_usable(self, 0, "save") < 0) {
         return NULL;
     }
     uint32_t n = tmp_trainer_params_size(&self->t);
@@ -2111,6 +2111,10 @@ static PyObject *Trainer_load(TrainerObject *self, PyObject *path) {
     tmp_status st = tmp_trainer_params_load(&self->t, (const uint8_t *)PyBytes_AS_STRING(data),
         (uint32_t)PyBytes_GET_SIZE(data), &msg, &state);
     Py_DECREF(data);
+    if (st == TMP_ERR_BUSY) {
+        busy_error("load()");
+        return NULL;
+    }
     if (st != TMP_OK) {
         PyErr_Format(PyExc_ValueError, "tinymp: cannot load %R: %s", path, msg != NULL ? msg : tmp_status_name(st));
         return NULL;
@@ -2274,7 +2278,7 @@ static int Trainer_set_lr(TrainerObject *self, PyObject *v, void *c) {
         PyErr_SetString(PyExc_TypeError, "tinymp: lr must be a number, not 'NoneType'");
         return -1;
     }
-    if (opt_ranged_float(v, TMP_FOPT_lr, &lr) < 0) {
+    if (opt_ranged_float(v, TMP_FOPT_lr, &lr) < 0 || trainer_usable(self, 0, "setting lr") < 0) {
         return -1;
     }
     self->t.lr = (float)lr;

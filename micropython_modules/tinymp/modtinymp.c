@@ -1230,8 +1230,8 @@ static void trainer_check(tinymp_trainer_obj_t *self) {
 // a cache file's methods): refused by the engine (tmp_trainer_usable) with this error.
 static MP_NORETURN void busy_error(const char *what) {
     mp_raise_msg_varg(&mp_type_RuntimeError, MP_ERROR_TEXT("tinymp: %s refused: this trainer's fit() is running "
-        "(its callbacks may only read the trainer between steps: predict(), logits(), save(), selection; inside a "
-        "step or an APU probe, not even that)"), what);
+        "(between steps its callbacks may only read the trainer -- predict(), logits(), save(), selection, stats() "
+        "-- and set lr; inside a step or an APU probe, not even that)"), what);
 }
 
 // The engine's rule, asked before a call does work of its own (reads a file, a sample).
@@ -1379,6 +1379,7 @@ static void get_step_cache(tinymp_trainer_obj_t *self, mp_obj_t cache, bool writ
 // out[0] and `out` is returned: then nothing is allocated (micropython.heap_lock()).
 static mp_obj_t trainer_step_any(tinymp_trainer_obj_t *self, mp_obj_t x, mp_obj_t y, mp_obj_t out, mp_obj_t cache,
     bool from_cache) {
+    trainer_usable(self, 1, "training step");
     mp_buffer_info_t ob, xb, cb;
     if (out != mp_const_none) {
         if (!mp_get_buffer(out, &ob, MP_BUFFER_WRITE)) {
@@ -1687,6 +1688,7 @@ static tmp_status params_read_file(tinymp_trainer_obj_t *self, mp_obj_t path, in
 static mp_obj_t tinymp_trainer_save(mp_obj_t self_in, mp_obj_t path) {
     tinymp_trainer_obj_t *self = MP_OBJ_TO_PTR(self_in);
     check_path(path);
+    trainer_usable(self, 0, "save");
     trainer_check(self);
     #if MICROPY_PY_IO
     params_write_file(self, path);
@@ -1721,9 +1723,9 @@ static void params_reset_after_failure(tinymp_trainer_obj_t *self) {
 static mp_obj_t tinymp_trainer_load(mp_obj_t self_in, mp_obj_t path) {
     tinymp_trainer_obj_t *self = MP_OBJ_TO_PTR(self_in);
     check_path(path);
+    trainer_usable(self, 1, "load()");
     #if MICROPY_PY_IO
     trainer_check(self);
-    trainer_usable(self, 1, "load()");
     uint8_t *piece = m_new(uint8_t, PARAMS_PIECE);
     const char *msg = NULL;
     int state = 0;
@@ -1740,6 +1742,9 @@ static mp_obj_t tinymp_trainer_load(mp_obj_t self_in, mp_obj_t path) {
         if (st != TMP_OK) {
             params_reset_after_failure(self);
         }
+    }
+    if (st == TMP_ERR_BUSY) {
+        busy_error("load()");
     }
     if (st != TMP_OK) {
         raise_fmt(&mp_type_ValueError, "tinymp: cannot load %s: %s", obj_text(path, PRINT_REPR),
@@ -1799,7 +1804,9 @@ static void tinymp_trainer_attr(mp_obj_t self_in, qstr attr, mp_obj_t *dest) {
             if (dest[1] == mp_const_none) { // opt_float() would read None as "the default"
                 mp_raise_TypeError(MP_ERROR_TEXT("tinymp: lr must be a number, not 'NoneType'"));
             }
-            self->t.lr = (float)opt_ranged_float(dest[1], TMP_FOPT_lr);
+            const float lr = (float)opt_ranged_float(dest[1], TMP_FOPT_lr);
+            trainer_usable(self, 0, "setting lr");
+            self->t.lr = lr;
             dest[0] = MP_OBJ_NULL; // done
         }
         return;

@@ -619,10 +619,12 @@ cb = bytearray(p.cache_bytes)
 
 def reads_and_changes(epoch, done, loss, correct):
     seen.append((tq.predict(xs[0]), list(tq.logits(xs[1])), tq.stats()["steps"], len(tq.selection)))
+    tq.lr = tq.lr  # a schedule may set it here
     if epoch == 0 and done == 1:
         seen.append([refused(f) for f in (lambda: tq.step(xs[0], ys[0]), lambda: tq.step(xs[0], ys[0], cache=cb),
                                           lambda: tq.step_cached(cb, ys[0]), lambda: tq.fit(xs, ys),
-                                          lambda: tq.end_period(), lambda: tq.reset())])
+                                          lambda: tq.end_period(), lambda: tq.reset(),
+                                          lambda: tq.load("no such file"), lambda: tq.step(None, None))])
 
 
 r = tq.fit(xs, ys, epochs=3, progress=reads_and_changes)
@@ -662,14 +664,20 @@ class Poking(MemFile):
         MemFile.__init__(self, "ok")
         self.t, self.at, self.got = t, at, []
 
+    def calls(self):  # predict, selection, setting lr (to what it is), the plain figures
+        t = self.t
+        self.got.append(tuple(refused(f) for f in (lambda: t.predict(xs[0]), lambda: t.selection,
+                                                   lambda: setattr(t, "lr", t.lr),
+                                                   lambda: t.stats()["steps"] + t.high_water)))
+
     def write(self, b):
         if self.at == "write":
-            self.got.append(refused(lambda: self.t.predict(xs[0])))
+            self.calls()
         return MemFile.write(self, b)
 
     def readinto(self, mv):
         if self.at == "readinto":
-            self.got.append(refused(lambda: self.t.predict(xs[0])))
+            self.calls()
         self.reads = getattr(self, "reads", 0) + 1
         if self.at == "readinto, uncaught" and self.reads > 2:
             self.t.predict(xs[0])  # not in the try before the first step (its 2 reads)
@@ -680,7 +688,9 @@ for at in ("write", "readinto"):
     tq = tinymp.Trainer(m, p, lr=0.05, seed=7)
     f = Poking(tq, at)
     r = tq.fit(xs, ys, epochs=3, cache=f)
-    print("a cache file's", at, "calls predict:", sorted(set(f.got)), "run as without it", trained(tq, r) == ref)
+    # its first calls are in the try before the first step, the others inside steps
+    print("a cache file's", at, "calls the trainer:", f.got[0], sorted(set(f.got[1:])), "run as without it",
+          trained(tq, r) == ref)
     tq.step(xs[0], ys[0])
     print("  a step after it:", tq.stats()["steps"])
 # the refusal raised inside a step (the board's engine is left by a jump there)

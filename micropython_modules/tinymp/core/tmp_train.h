@@ -288,6 +288,8 @@ typedef struct tmp_trainer_s {
  * step or probe: any call that changes the trainer (`changes` non-zero: a step, fit, period end,
  * reset, load), and inside a step or probe any call that uses the arena (forward, save); else
  * TMP_OK. The core's entry points check it; a binding can ask before it does work of its own.
+ * The rule covers the engine's callbacks only: a binding that runs Python between the pieces of
+ * a streaming save or load (tmp_trainer_params_write / _feed) marks nothing busy there.
  */
 static inline tmp_status tmp_trainer_usable(const tmp_trainer *t, int changes) {
     return t != NULL && t->busy > (changes ? 0u : TMP_BUSY_FIT) ? TMP_ERR_BUSY : TMP_OK;
@@ -299,7 +301,9 @@ static inline tmp_status tmp_trainer_usable(const tmp_trainer *t, int changes) {
  * this way keeps its channel marks until a reset or a load.
  */
 static inline void tmp_trainer_unwind(tmp_trainer *t) {
-    t->busy = 0u;
+    if (t != NULL) {
+        t->busy = 0u;
+    }
 }
 
 /** The byte written over the whole arena at init; high water = highest byte that differs. */
@@ -309,7 +313,8 @@ static inline void tmp_trainer_unwind(tmp_trainer *t) {
  * Set up a trainer: paints the arena, copies the trainable parameters from the model, the
  * initial channel selections, zeroes optimizer and APU state. `arena` must be 4-byte aligned and
  * hold at least p->arena_bytes. TMP_ERR_ARG when the plan was made for another model or an
- * argument is invalid, TMP_ERR_SIZE when the arena is too small.
+ * argument is invalid, TMP_ERR_SIZE when the arena is too small. Never on a trainer whose fit,
+ * step or probe is running (it cannot be refused: t may be uninitialised memory).
  */
 tmp_status tmp_trainer_init(tmp_trainer *t, const tmp_model *m, const tmp_train_plan *p,
     void *arena, size_t arena_size, float lr, uint32_t seed);
@@ -329,6 +334,9 @@ tmp_status tmp_trainer_forward(tmp_trainer *t, const int8_t *x, const int8_t **o
 
 /** Close an APU period: smooth importances, re-select channels (layers with TMP_TL_APU). */
 tmp_status tmp_trainer_end_period(tmp_trainer *t);
+
+/* The three readers below check nothing (no TMP_ERR_BUSY): their figures are the trainer's own
+ * when tmp_trainer_usable(t, 0) holds (inside an APU probe the selection is a probe group). */
 
 /** Current selection of layer `layer`: k entries at *channels (inside the arena; NULL when all
  *  k == Cin channels are selected for good), or k = 0 when the layer's weights are not trained. */
@@ -358,7 +366,9 @@ tmp_status tmp_trainer_step_fill(tmp_trainer *t, const int8_t *x, int32_t label,
  */
 tmp_status tmp_trainer_step_cached(tmp_trainer *t, const int8_t *cache, int32_t label, float *loss);
 
-/** Where tmp_trainer_fit gets samples and keeps the features the arena has no room for. */
+/** Where tmp_trainer_fit gets samples and keeps the features the arena has no room for. The
+ *  callbacks may call the trainer only as tmp_trainer_usable allows (sample and progress: calls
+ *  that read it, except during a probe; the cache callbacks run inside a step: none). */
 typedef struct {
     /** Sample i: its int8 input (valid until the next call) and *label; NULL stops the fit with
      *  TMP_ERR_ARG. */
