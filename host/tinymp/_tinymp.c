@@ -1801,7 +1801,7 @@ static void Trainer_dealloc(TrainerObject *self) {
 static void busy_error(const char *what) {
     PyErr_Format(PyExc_RuntimeError, "tinymp: %s refused: this trainer's fit() is running (between steps its "
         "callbacks may only read the trainer -- predict(), logits(), save(), selection, stats() -- and set lr; "
-        "inside a step or an APU probe, not even that)", what);
+        "inside a step or an APU probe, only stats())", what);
 }
 
 /* The engine's rule, asked before a call does work of its own (reads a file, a sample). */
@@ -2274,11 +2274,14 @@ static int Trainer_set_lr(TrainerObject *self, PyObject *v, void *c) {
         PyErr_SetString(PyExc_AttributeError, "tinymp: cannot delete lr");
         return -1;
     }
+    if (trainer_usable(self, 0, "setting lr") < 0) {
+        return -1;
+    }
     if (v == Py_None) { /* opt_float() would read None as "the default" */
         PyErr_SetString(PyExc_TypeError, "tinymp: lr must be a number, not 'NoneType'");
         return -1;
     }
-    if (opt_ranged_float(v, TMP_FOPT_lr, &lr) < 0 || trainer_usable(self, 0, "setting lr") < 0) {
+    if (opt_ranged_float(v, TMP_FOPT_lr, &lr) < 0) {
         return -1;
     }
     self->t.lr = (float)lr;

@@ -1231,7 +1231,7 @@ static void trainer_check(tinymp_trainer_obj_t *self) {
 static MP_NORETURN void busy_error(const char *what) {
     mp_raise_msg_varg(&mp_type_RuntimeError, MP_ERROR_TEXT("tinymp: %s refused: this trainer's fit() is running "
         "(between steps its callbacks may only read the trainer -- predict(), logits(), save(), selection, stats() "
-        "-- and set lr; inside a step or an APU probe, not even that)"), what);
+        "-- and set lr; inside a step or an APU probe, only stats())"), what);
 }
 
 // The engine's rule, asked before a call does work of its own (reads a file, a sample).
@@ -1687,8 +1687,8 @@ static tmp_status params_read_file(tinymp_trainer_obj_t *self, mp_obj_t path, in
 // save(path): the personalised parameters (versioned, CRC-checked), written atomically.
 static mp_obj_t tinymp_trainer_save(mp_obj_t self_in, mp_obj_t path) {
     tinymp_trainer_obj_t *self = MP_OBJ_TO_PTR(self_in);
-    check_path(path);
     trainer_usable(self, 0, "save");
+    check_path(path);
     trainer_check(self);
     #if MICROPY_PY_IO
     params_write_file(self, path);
@@ -1722,8 +1722,8 @@ static void params_reset_after_failure(tinymp_trainer_obj_t *self) {
 // starts a new run's state on them).
 static mp_obj_t tinymp_trainer_load(mp_obj_t self_in, mp_obj_t path) {
     tinymp_trainer_obj_t *self = MP_OBJ_TO_PTR(self_in);
-    check_path(path);
     trainer_usable(self, 1, "load()");
+    check_path(path);
     #if MICROPY_PY_IO
     trainer_check(self);
     uint8_t *piece = m_new(uint8_t, PARAMS_PIECE);
@@ -1801,12 +1801,11 @@ static void tinymp_trainer_attr(mp_obj_t self_in, qstr attr, mp_obj_t *dest) {
             if (dest[1] == MP_OBJ_NULL) {
                 mp_raise_msg(&mp_type_AttributeError, MP_ERROR_TEXT("tinymp: cannot delete lr"));
             }
+            trainer_usable(self, 0, "setting lr");
             if (dest[1] == mp_const_none) { // opt_float() would read None as "the default"
                 mp_raise_TypeError(MP_ERROR_TEXT("tinymp: lr must be a number, not 'NoneType'"));
             }
-            const float lr = (float)opt_ranged_float(dest[1], TMP_FOPT_lr);
-            trainer_usable(self, 0, "setting lr");
-            self->t.lr = lr;
+            self->t.lr = (float)opt_ranged_float(dest[1], TMP_FOPT_lr);
             dest[0] = MP_OBJ_NULL; // done
         }
         return;
