@@ -31,12 +31,16 @@ XS_TYPES = {np.dtype(np.int16): 2, np.dtype(np.int32): 4}
 MASK_NONE, MASK_BITS, MASK_COUNTS = 0, 1, 2
 
 
-def build_check_program(source, exe, cc="gcc"):
+def build_check_program(source, exe, cc="gcc", includes=()):
     """Compile a C test program (tests/..._check.c) with the whole core under the address and
-    undefined-behaviour sanitizers into exe; returns the environment to run it in."""
+    undefined-behaviour sanitizers into exe; returns the environment to run it in. `includes`:
+    core files (relative to the core folder) the program #includes itself, so not linked."""
     # the compiler and the program must not run under a sanitizer runtime preloaded here
     env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
-    r = subprocess.run([cc, *CFLAGS[2:], *SANITIZE, "-I", CORE, source, *SOURCES, "-lm", "-o", exe],
+    skip = {os.path.join(CORE, f) for f in includes}
+    sources = [s for s in SOURCES if s not in skip]
+    assert len(sources) == len(SOURCES) - len(skip), "no such core file among " + ", ".join(includes)
+    r = subprocess.run([cc, *CFLAGS[2:], *SANITIZE, "-I", CORE, source, *sources, "-lm", "-o", exe],
                        capture_output=True, text=True, env=env)
     if r.returncode != 0:
         raise RuntimeError("building %s failed:\n%s" % (os.path.basename(source), r.stderr))

@@ -6,7 +6,9 @@
  * size functions, lifetimes on the timeline fwd(i) = i, bwd(i) = 2L-1-i -- places them with the
  * greedy placement shared with inference (tmp_place), trying depthwise/add layers in place, and
  * measures the breakdown at the peak step. The methods fill the table; budget fitting walks
- * settings (fewer layers, lower ratios, larger r) and keeps the first that fits.
+ * settings (fewer layers, lower ratios, larger r) and keeps the first that fits. A table whose
+ * live bytes at some step already exceed the budget (arena_lower_bound) is turned down before
+ * any placement.
  */
 #include <math.h>
 #include <string.h>
@@ -35,7 +37,15 @@ typedef struct {
     uint32_t sum_c;
     const tmp_train_options *o;
     uint32_t step_live[TMP_CAT_COUNT];
+    int unplaced; /* the last evaluate() stopped at its limit, before placing */
 } ctx_t;
+
+/* The budget at which evaluate() may stop before placing a table that cannot fit. Plans are the
+ * same with and without it (tests/plan_bound_check.c defines it to compare the two); it only
+ * saves the placements. */
+#ifndef TMP_PLAN_LIMIT
+#define TMP_PLAN_LIMIT(budget) (budget)
+#endif
 
 static size_t align4(size_t n) {
     return (n + 3u) & ~(size_t)3u;
@@ -571,30 +581,103 @@ static void measure(ctx_t *c, uint64_t arena) {
     }
 }
 
+/* The in-place choice evaluate() tries for layer l (index i): 1 (the output overwrites in0),
+ * 2 (in1) or 0 (none: the input is read later, or is the caller's input). */
+static uint8_t in_place_choice(const ctx_t *c, const tmp_layer *l, int32_t i) {
+    if (l->type == TMP_LAYER_DWCONV && l->in0 != 0 && c->last_use[l->in0] == i) {
+        return 1;
+    }
+    if (l->type == TMP_LAYER_ADD) {
+        if (l->in1 != 0 && l->in1 != l->in0 && c->last_use[l->in1] == i) {
+            return 2;
+        }
+        if (l->in0 != 0 && l->in0 != l->in1 && c->last_use[l->in0] == i) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/*
+ * A lower bound of the arena evaluate() would place for the current table, whatever in-place
+ * choices it keeps, without placing anything (build() with no in-place choice, so the table's
+ * buffers are as evaluate's first placement finds them). Buffers live at the same step never
+ * share bytes, so any placement needs at least the live bytes of every step. An in-place choice
+ * at layer i changes only step i's sum: its input and output become one buffer of the larger
+ * size (later steps hold that size, never less than before), and a depthwise layer's scratch may
+ * change. So step i counts the smaller of the two tensors and the smaller scratch off.
+ * O(steps x buffers): a few percent of one placement, which sorts and scans every buffer.
+ */
+static tmp_status arena_lower_bound(ctx_t *c, uint64_t *bound) {
+    tmp_train_plan *p = c->p;
+    tmp_status s = build(c);
+    if (s != TMP_OK) {
+        return s;
+    }
+    const int32_t L = c->L, A = LBN * L, steps = 2 * L;
+    uint16_t *nz = c->order; /* free until the next placement, as in measure() */
+    int32_t n = 0;
+    for (int32_t i = 0; i < c->NB; i++) {
+        if (p->bufs[i].size) {
+            nz[n++] = (uint16_t)i;
+        }
+    }
+    uint64_t best = 0;
+    tmp_layer l;
+    for (int32_t st = 0; st < steps; st++) {
+        uint64_t tot = 0;
+        for (int32_t j = 0; j < n; j++) {
+            const tmp_buf *b = &p->bufs[nz[j]];
+            if (b->first <= st && st <= b->last) {
+                tot += b->size;
+            }
+        }
+        if (st < L && tmp_model_layer_shape(c->m, st, &l) == TMP_OK) {
+            const uint8_t choice = in_place_choice(c, &l, st);
+            if (choice != 0) {
+                const uint32_t v = p->bufs[A + (choice == 2 ? l.in1 : l.in0)].size;
+                const uint32_t o = p->bufs[A + l.out].size;
+                tot -= v < o ? v : o;
+                const uint32_t s0 = p->bufs[st].size, s1 = (uint32_t)align4(tmp_plan_layer_scratch(c->m, &l, choice));
+                tot -= s1 < s0 ? s0 - s1 : 0u;
+            }
+        }
+        best = tot > best ? tot : best;
+    }
+    *bound = best;
+    return TMP_OK;
+}
+
 /* Plan the current table: region, in-place choices (greedy, kept when the arena shrinks),
- * placement, breakdown. */
-static tmp_status evaluate(ctx_t *c, uint64_t *arena_out) {
+ * placement, breakdown. With `limit` (0: none), a table whose arena_lower_bound() is above it
+ * is not placed: TMP_ERR_SIZE with c->unplaced set, *arena_out = that bound, and nothing of the
+ * plan is measured. */
+static tmp_status evaluate(ctx_t *c, uint64_t *arena_out, uint64_t limit) {
     tmp_train_plan *p = c->p;
     derive_region(c);
     memset(p->in_place, 0, (size_t)(uint32_t)c->L);
     uint64_t best;
-    tmp_status s = place_once(c, &best);
+    tmp_status s;
+    c->unplaced = 0;
+    if (limit != 0) {
+        s = arena_lower_bound(c, &best);
+        if (s != TMP_OK) {
+            return s;
+        }
+        if (best > limit) {
+            *arena_out = best;
+            c->unplaced = 1;
+            return TMP_ERR_SIZE;
+        }
+    }
+    s = place_once(c, &best);
     if (s != TMP_OK) {
         return s;
     }
     tmp_layer l;
     for (int32_t i = 0; i < c->L; i++) {
         tmp_model_layer_shape(c->m, i, &l);
-        uint8_t choice = 0;
-        if (l.type == TMP_LAYER_DWCONV && l.in0 != 0 && c->last_use[l.in0] == i) {
-            choice = 1;
-        } else if (l.type == TMP_LAYER_ADD) {
-            if (l.in1 != 0 && l.in1 != l.in0 && c->last_use[l.in1] == i) {
-                choice = 2;
-            } else if (l.in0 != 0 && l.in0 != l.in1 && c->last_use[l.in0] == i) {
-                choice = 1;
-            }
-        }
+        const uint8_t choice = in_place_choice(c, &l, i);
         if (choice == 0) {
             continue;
         }
@@ -802,7 +885,7 @@ static tmp_status table_for(ctx_t *c, float ratio, uint64_t *arena) {
     if (s != TMP_OK) {
         return s;
     }
-    s = evaluate(c, arena);
+    s = evaluate(c, arena, 0);
     if (s != TMP_OK) {
         return s;
     }
@@ -818,7 +901,7 @@ static tmp_status table_for(ctx_t *c, float ratio, uint64_t *arena) {
             }
         }
         uint64_t a;
-        s = evaluate(c, &a);
+        s = evaluate(c, &a, 0);
         if (s != TMP_OK || !fits(c, a)) {
             *arena = a;
             return s;
@@ -833,12 +916,12 @@ static tmp_status table_for(ctx_t *c, float ratio, uint64_t *arena) {
                 nb--;
             }
             p->flags[i] |= TMP_TL_B;
-            if (evaluate(c, &a) != TMP_OK || !fits(c, a)) {
+            if (evaluate(c, &a, 0) != TMP_OK || !fits(c, a)) {
                 p->flags[i] &= (uint8_t)~TMP_TL_B;
                 break; /* an earlier bias extends the backward region: it costs more */
             }
         }
-        return evaluate(c, arena);
+        return evaluate(c, arena, 0);
     }
     if (!greedy || !fits(c, *arena)) {
         return TMP_OK; /* fixed table, or the base does not fit: the caller tries the next setting */
@@ -856,19 +939,20 @@ static tmp_status table_for(ctx_t *c, float ratio, uint64_t *arena) {
             continue;
         }
         /* The region limit and the MAC budget depend on the table alone (derive_region,
-         * count_macs): a candidate that breaks either is rejected before any placement. */
+         * count_macs): a candidate that breaks either is rejected before any placement; one
+         * whose arena cannot fit the budget (arena_lower_bound) too. */
         derive_region(c);
         count_macs(c);
         uint64_t a;
         if (too_slow(c, kept_first) || (c->o->mac_budget != 0 && p->backward_macs > c->o->mac_budget) ||
-            evaluate(c, &a) != TMP_OK || !fits(c, a)) {
+            evaluate(c, &a, TMP_PLAN_LIMIT(c->o->budget)) != TMP_OK || !fits(c, a)) {
             p->flags[i] = old_f;
             p->k[i] = old_k;
         } else {
             kept_first = p->first;
         }
     }
-    return evaluate(c, arena);
+    return evaluate(c, arena, 0);
 }
 
 /* ---------------------------------------------------------------- channels */
@@ -1145,32 +1229,46 @@ tmp_status tmp_train_plan_make(const tmp_model *m, const tmp_train_options *o, v
     }
     fisher_scores(&c);
 
-    /* The selection pass: the earliest region start that fits the budget. */
+    /* The selection pass: the earliest region start that fits the budget. Starts whose arena
+     * cannot fit (arena_lower_bound) are not placed; when none fits, a second scan places every
+     * start, for the smallest arena the error reports (as without the bound). */
     if (o->method == TMP_METHOD_FISHER) {
         memset(p->flags, 0, (size_t)(uint32_t)L);
         memset(p->k, 0, 2u * (size_t)(uint32_t)L);
         uint64_t a = 0, amin = UINT64_MAX;
         int32_t fmin = 0;
-        for (int32_t f = 0; f < L; f++) {
-            p->first = f;
-            tmp_status s = evaluate(&c, &a);
-            if (s == TMP_ERR_ARG) {
-                continue; /* e.g. an fc on a spatial input inside a condensed region */
+        for (int pass = o->budget != 0 ? 0 : 1; pass < 2; pass++) {
+            int skipped = 0;
+            amin = UINT64_MAX; /* the earliest start of the smallest arena, from this scan alone */
+            fmin = 0;
+            for (int32_t f = 0; f < L; f++) {
+                p->first = f;
+                tmp_status s = evaluate(&c, &a, pass == 0 ? TMP_PLAN_LIMIT(o->budget) : 0u);
+                if (s == TMP_ERR_SIZE && c.unplaced) {
+                    skipped = 1;
+                    continue;
+                }
+                if (s == TMP_ERR_ARG) {
+                    continue; /* e.g. an fc on a spatial input inside a condensed region */
+                }
+                if (s != TMP_OK) {
+                    return s;
+                }
+                if (a < amin) {
+                    amin = a;
+                    fmin = f;
+                }
+                if (o->budget == 0 || a <= o->budget) {
+                    choose_channels(&c);
+                    return TMP_OK;
+                }
             }
-            if (s != TMP_OK) {
-                return s;
-            }
-            if (a < amin) {
-                amin = a;
-                fmin = f;
-            }
-            if (o->budget == 0 || a <= o->budget) {
-                choose_channels(&c);
-                return TMP_OK;
+            if (!skipped) {
+                break;
             }
         }
         p->first = fmin;
-        evaluate(&c, &a);
+        evaluate(&c, &a, 0);
         choose_channels(&c);
         if (err != NULL) {
             err->msg = "the selection pass does not fit the budget";
