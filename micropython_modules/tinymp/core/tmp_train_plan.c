@@ -502,13 +502,14 @@ static tmp_status build(ctx_t *c) {
 }
 
 /* Build and place for the current in-place choices; *arena = placed size. */
-static tmp_status place_once(ctx_t *c, uint64_t *arena) {
-    tmp_status s = build(c);
-    if (s != TMP_OK) {
-        return s;
-    }
+static tmp_status place_built(ctx_t *c, uint64_t *arena) {
     *arena = tmp_place(c->p->bufs, c->NB, c->order, c->placed);
     return *arena == UINT64_MAX ? TMP_ERR_SIZE : TMP_OK;
+}
+
+static tmp_status place_once(ctx_t *c, uint64_t *arena) {
+    tmp_status s = build(c);
+    return s != TMP_OK ? s : place_built(c, arena);
 }
 
 /* MACs per layer and of the step, from the table and the region (derive_region); no placement. */
@@ -600,20 +601,17 @@ static uint8_t in_place_choice(const ctx_t *c, const tmp_layer *l, int32_t i) {
 
 /*
  * A lower bound of the arena evaluate() would place for the current table, whatever in-place
- * choices it keeps, without placing anything (build() with no in-place choice, so the table's
- * buffers are as evaluate's first placement finds them). Buffers live at the same step never
+ * choices it keeps, without placing anything: from the buffers build() made with no in-place
+ * choice (as evaluate's first placement finds them). Buffers live at the same step never
  * share bytes, so any placement needs at least the live bytes of every step. An in-place choice
  * at layer i changes only step i's sum: its input and output become one buffer of the larger
  * size (later steps hold that size, never less than before), and a depthwise layer's scratch may
  * change. So step i counts the smaller of the two tensors and the smaller scratch off.
- * O(steps x buffers): a few percent of one placement, which sorts and scans every buffer.
+ * O(steps x buffers), less than one placement; it returns as soon as a step's bound is above
+ * `limit` (the steps from the forward/backward turn on, where every saved tensor is live).
  */
-static tmp_status arena_lower_bound(ctx_t *c, uint64_t *bound) {
+static uint64_t arena_lower_bound(ctx_t *c, uint64_t limit) {
     tmp_train_plan *p = c->p;
-    tmp_status s = build(c);
-    if (s != TMP_OK) {
-        return s;
-    }
     const int32_t L = c->L, A = LBN * L, steps = 2 * L;
     uint16_t *nz = c->order; /* free until the next placement, as in measure() */
     int32_t n = 0;
@@ -624,7 +622,9 @@ static tmp_status arena_lower_bound(ctx_t *c, uint64_t *bound) {
     }
     uint64_t best = 0;
     tmp_layer l;
-    for (int32_t st = 0; st < steps; st++) {
+    /* from the turn of the step (every saved tensor live) on, stopping above `limit` */
+    for (int32_t k = 0; k < steps && best <= limit; k++) {
+        const int32_t st = (L - 1 + k) % steps;
         uint64_t tot = 0;
         for (int32_t j = 0; j < n; j++) {
             const tmp_buf *b = &p->bufs[nz[j]];
@@ -644,8 +644,7 @@ static tmp_status arena_lower_bound(ctx_t *c, uint64_t *bound) {
         }
         best = tot > best ? tot : best;
     }
-    *bound = best;
-    return TMP_OK;
+    return best;
 }
 
 /* Plan the current table: region, in-place choices (greedy, kept when the arena shrinks),
@@ -657,20 +656,17 @@ static tmp_status evaluate(ctx_t *c, uint64_t *arena_out, uint64_t limit) {
     derive_region(c);
     memset(p->in_place, 0, (size_t)(uint32_t)c->L);
     uint64_t best;
-    tmp_status s;
     c->unplaced = 0;
-    if (limit != 0) {
-        s = arena_lower_bound(c, &best);
-        if (s != TMP_OK) {
-            return s;
-        }
-        if (best > limit) {
-            *arena_out = best;
-            c->unplaced = 1;
-            return TMP_ERR_SIZE;
-        }
+    tmp_status s = build(c);
+    if (s != TMP_OK) {
+        return s;
     }
-    s = place_once(c, &best);
+    if (limit != 0 && (best = arena_lower_bound(c, limit)) > limit) {
+        *arena_out = best;
+        c->unplaced = 1;
+        return TMP_ERR_SIZE;
+    }
+    s = place_built(c, &best);
     if (s != TMP_OK) {
         return s;
     }
