@@ -812,6 +812,25 @@ def test_a_model_by_file_name(tmp_path):
         ref.read_model(tmp_path / "none.tmpm")
 
 
+def test_an_input_as_bytes_like_the_board_takes_it():
+    # Model.predict/logits take the input as an int8 buffer (bytes, bytearray, memoryview,
+    # array('b')); the reference reads the same buffers as int8, and agrees with the C engine
+    import array
+    import tinymp
+    data = make_model(3)[0]
+    x = np.arange(-36, 36, dtype=np.int8)
+    raw = x.tobytes()
+    want = ref.logits(data, x)
+    for given in (raw, bytearray(raw), memoryview(raw), array.array("b", raw)):
+        np.testing.assert_array_equal(ref.logits(data, given), want)
+        assert ref.predict(data, given) == ref.predict(data, x)
+    np.testing.assert_array_equal(np.array(tinymp.Model(data).logits(raw), np.float32), want)
+    with pytest.raises(ValueError, match="input has 71 values"):
+        ref.logits(data, raw[:-1])
+    with pytest.raises(TypeError, match="int8 input expected"):
+        ref.logits(data, "a string")
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_run_matches_loop_chain(seed):
     data, tensors, layers = make_model(seed)

@@ -670,7 +670,8 @@ def run_layer(model: RefModel, layer: RefLayer, tensors: Sequence[np.ndarray]) -
 
 
 def _input_array(model: RefModel, x) -> np.ndarray:
-    arr = np.asarray(x)
+    # bytes-like inputs are int8 buffers, as Model.predict/logits take them on the board
+    arr = np.frombuffer(x, dtype=np.int8) if isinstance(x, (bytes, bytearray, memoryview)) else np.asarray(x)
     if arr.dtype.kind not in "iu":
         raise TypeError(f"int8 input expected, got dtype {arr.dtype}")
     if arr.size != int(np.prod(model.input_shape)):
