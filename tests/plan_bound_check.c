@@ -8,8 +8,8 @@
  *    momentum, the selection pass) and random subsets of the in-place choices evaluate() may
  *    keep, the bound never exceeds the placed arena, nor that table's peak of live bytes.
  * 2. It changes no plan: every method over a sweep of budgets (including ones that do not fit,
- *    and the smallest one that does) gives the same status, error, and plan field for field with
- *    the bound as without it. The bound makes the planner skip placements; it must not change
+ *    the smallest one that does, and budgets equal to the arenas it places) gives the same
+ *    status, error, and plan field for field with the bound as without it. The bound makes the planner skip placements; it must not change
  *    what it chooses.
  *
  * usage: plan_bound_check MODEL.tmpm TABLES   prints a summary line per part, exit 0 when every
@@ -179,8 +179,10 @@ static int same_plans(const char *what, const tmp_train_plan *a, const tmp_train
     return 0;
 }
 
-/* Plan o with and without the bound; same status, error and plan. *st = the status. */
-static int same_both_ways(const char *name, const tmp_train_options *o, tmp_status *st, uint32_t *min_budget) {
+/* Plan o with and without the bound; same status, error and plan. *st = the status, *min_budget
+ * the error's smallest budget, *arena the plan's arena. */
+static int same_both_ways(const char *name, const tmp_train_options *o, tmp_status *st, uint32_t *min_budget,
+    uint32_t *arena) {
     tmp_train_plan p[2];
     tmp_train_error e[2];
     tmp_status s[2];
@@ -202,6 +204,7 @@ static int same_both_ways(const char *name, const tmp_train_options *o, tmp_stat
     }
     *st = s[0];
     *min_budget = e[0].min_budget;
+    *arena = p[0].arena_bytes;
     return 0;
 }
 
@@ -280,9 +283,9 @@ static int check_plans(void) {
         }
         /* the smallest budget (a budget of 1 byte reports it), either side of it, then a sweep */
         tmp_status st;
-        uint32_t least = 0, ignored;
+        uint32_t least = 0, ignored, arena = 0;
         o.budget = 1;
-        if (same_both_ways(cfg[j].name, &o, &st, &least)) {
+        if (same_both_ways(cfg[j].name, &o, &st, &least, &arena)) {
             return 1;
         }
         plans++;
@@ -290,7 +293,7 @@ static int check_plans(void) {
         const uint32_t edge[] = { least - 1, least, least + 1 };
         for (size_t e = 0; e < 3; e++) {
             o.budget = edge[e];
-            if (same_both_ways(cfg[j].name, &o, &st, &ignored)) {
+            if (same_both_ways(cfg[j].name, &o, &st, &ignored, &arena)) {
                 return 1;
             }
             plans++;
@@ -298,14 +301,23 @@ static int check_plans(void) {
         }
         for (uint32_t b = least / 2 + 4u; b < 8u * least; b += b / 3u + 4u) {
             o.budget = b & ~3u;
-            if (same_both_ways(cfg[j].name, &o, &st, &ignored)) {
+            if (same_both_ways(cfg[j].name, &o, &st, &ignored, &arena)) {
                 return 1;
             }
             plans++;
             fitted += st == TMP_OK;
+            /* a budget equal to an arena the planner placed: a table that fits exactly */
+            if (st == TMP_OK && arena != o.budget) {
+                o.budget = arena;
+                if (same_both_ways(cfg[j].name, &o, &st, &ignored, &arena)) {
+                    return 1;
+                }
+                plans++;
+                fitted += st == TMP_OK;
+            }
         }
         o.budget = 0;
-        if (same_both_ways(cfg[j].name, &o, &st, &ignored)) {
+        if (same_both_ways(cfg[j].name, &o, &st, &ignored, &arena)) {
             return 1;
         }
         plans++;
