@@ -8,12 +8,10 @@ it) plans exactly as the planner does without the bound: status, error, and ever
 Planning on the board is where it pays: see the *plan* column of bench/RESULTS.md."""
 import os
 import re
-import subprocess
 
 import pytest
 
 import train_kernels_ctypes as tkc
-from tinymp import bench
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -29,21 +27,16 @@ def checker(tmp_path_factory):
 
 @pytest.mark.parametrize("key,tables", [("demo", 300), ("mcunet", 40), ("mbv2", 40)])
 def test_bound_holds_and_changes_no_plan(checker, key, tables):
-    out, exe, env = checker
-    path = out / (key + ".tmpm")
-    path.write_bytes(bench.model_bytes(key))
-    r = subprocess.run([exe, str(path), str(tables)], capture_output=True, text=True, env=env,
-                       timeout=1800)
-    assert r.returncode == 0 and "FAIL" not in r.stdout, r.stdout + r.stderr
+    text = tkc.run_check_on_model(checker, key, tables, timeout=1800)
     b = re.search(r"bounds: (\d+) tables, (\d+) placements, bound/arena mean ([\d.]+), lowest ([\d.]+)",
-                  r.stdout)
-    assert b and int(b.group(1)) == tables and int(b.group(2)) == 6 * tables, r.stdout
+                  text)
+    assert b and int(b.group(1)) == tables and int(b.group(2)) == 6 * tables, text
     # a bound far below the arena would never turn a table down
-    assert 0.5 < float(b.group(3)) <= 1.0, r.stdout
+    assert 0.5 < float(b.group(3)) <= 1.0, text
     p = re.search(r"plans: (\d+) planned both ways \((\d+) fit their budget\), all the same; "
-                  r"placements (\d+) without the bound, (\d+) with it", r.stdout)
-    assert p, r.stdout
+                  r"placements (\d+) without the bound, (\d+) with it", text)
+    assert p, text
     planned, fitted, without, with_bound = map(int, p.groups())
-    assert planned > 100 and 0 < fitted < planned, r.stdout
+    assert planned > 100 and 0 < fitted < planned, text
     # the point of the bound: fewer placements for the same plans
-    assert with_bound < without, r.stdout
+    assert with_bound < without, text

@@ -7,7 +7,6 @@ cached steps) and requires equal losses and arenas bit for bit, with the plannin
 poisoned before the compact plan's trainer runs. The bindings keep only the compact tables:
 their size is what Plan.table_bytes reports."""
 import os
-import subprocess
 
 import pytest
 
@@ -27,16 +26,12 @@ def checker(tmp_path_factory):
 
 @pytest.mark.parametrize("key,steps", [("demo", 12), ("mcunet", 2), ("mbv2", 2)])
 def test_compact_plan_reads_and_trains_as_the_dense_plan(checker, key, steps):
-    out, exe, env = checker
-    path = out / (key + ".tmpm")
-    path.write_bytes(bench.model_bytes(key))
-    r = subprocess.run([exe, str(path), str(steps)], capture_output=True, text=True, env=env, timeout=1200)
-    assert r.returncode == 0 and "FAIL" not in r.stdout, r.stdout + r.stderr
-    lines = [l for l in r.stdout.splitlines() if not l.startswith(" ")]
-    assert len(lines) == 9, r.stdout
+    text = tkc.run_check_on_model(checker, key, steps, timeout=1200)
+    lines = [l for l in text.splitlines() if not l.startswith(" ")]
+    assert len(lines) == 9, text
     ok = [l for l in lines if " ok: " in l]
     # every method plans on these models (no budget is given)
-    assert len(ok) == 9, r.stdout
+    assert len(ok) == 9, text
     for l in ok:
         ws = int(l.split("workspace ")[1].split(" B")[0])
         tables = int(l.split("tables ")[1].split(" B")[0])

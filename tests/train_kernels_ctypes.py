@@ -47,6 +47,20 @@ def build_check_program(source, exe, cc="gcc", includes=()):
     return env
 
 
+def run_check_on_model(checker, key, arg, timeout):
+    """Run a check program from build_check_program (checker = (folder, exe, env)) on the bench
+    model `key` ('demo', 'mcunet', 'mbv2') with its second argument; asserts that it passed and
+    returns its stdout."""
+    from tinymp import bench
+    out, exe, env = checker
+    path = os.path.join(str(out), key + ".tmpm")
+    with open(path, "wb") as f:
+        f.write(bench.model_bytes(key))
+    r = subprocess.run([exe, path, str(arg)], capture_output=True, text=True, env=env, timeout=timeout)
+    assert r.returncode == 0 and "FAIL" not in r.stdout, r.stdout + r.stderr
+    return r.stdout
+
+
 def build_library(outdir, sanitize=False, cc="gcc", sources=None):
     """Compile core .c files (default: every one; the training kernels need only train/) into
     one shared library in outdir, one compiler process per file in parallel; returns its path."""
