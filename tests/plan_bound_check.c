@@ -9,8 +9,8 @@
  *    keep, the bound never exceeds the placed arena, nor that table's peak of live bytes.
  * 2. It changes no plan: every method over a sweep of budgets (including ones that do not fit,
  *    the smallest one that does, and budgets equal to the arenas it places) gives the same
- *    status, error, and plan field for field with the bound as without it. The bound makes the planner skip placements; it must not change
- *    what it chooses.
+ *    status, error, and plan field for field with the bound as without it. The bound makes the
+ *    planner skip placements; it must not change what it chooses.
  *
  * usage: plan_bound_check MODEL.tmpm TABLES   prints a summary line per part, exit 0 when every
  * check holds, 1 with "FAIL ..." otherwise.
