@@ -3,8 +3,9 @@
 choice could save there). tests/plan_bound_check.c, built with the core under the address and
 undefined-behaviour sanitizers, checks on the demo model, MCUNet and MobileNetV2 that the bound
 never exceeds the placed arena of a random table under random in-place choices, and that every
-method over a sweep of budgets (the smallest that fits, either side of it, and up to eight times
-it) plans exactly as the planner does without the bound: status, error, and every plan field.
+method over a sweep of budgets (the smallest that fits, either side of it, up to eight times it,
+and budgets equal to the arenas it placed) plans exactly as the planner does without the bound:
+status, error, and every plan field.
 Planning on the board is where it pays: see the *plan* column of bench/RESULTS.md."""
 import os
 import re
