@@ -109,6 +109,10 @@ print("fits", n, "interrupts", interrupts, "steps", k)
 '''
 
 
+class _Escaped(Exception):
+    """The storm script died of a KeyboardInterrupt that no `try` of it could catch."""
+
+
 def _run(argv, out, signal_it):
     """Run a script that prints "ready" before its work, let `signal_it(proc)` send the
     SIGINTs, wait for the end; (stdout, the interrupted trainer's file, its replay's file, or
@@ -122,6 +126,16 @@ def _run(argv, out, signal_it):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+    # A storm can end the script with a KeyboardInterrupt that no `try` of it catches (exit
+    # status 130, "KeyboardInterrupt:" its output's last line): one landing in the few bytecodes
+    # between a handler and the loop's next `try` (with a traceback line), or in MicroPython's
+    # own exception dispatch, which runs outside the VM's nlr_push (a bare line, no traceback).
+    # Either way the run says nothing about the module: a step cut in half shows as a state no
+    # whole number of steps gives, never as an escape. Under load about one storm in thirty ends
+    # so; the caller storms again.
+    if proc.returncode == 130 and (stdout + stderr).rstrip().endswith("KeyboardInterrupt:") \
+            and MICROPYTHON in argv:
+        raise _Escaped(stdout + stderr)
     assert proc.returncode == 0, stdout + stderr
     return stdout, _read(out + ".a"), _read(out + ".b")
 
@@ -146,8 +160,18 @@ def _storm(tmp_path, method, mode, storm_s=2.0, secs=3.0):
             sent[0] += 1
             time.sleep(0.002)
 
-    stdout, a, b = _run([MICROPYTHON, "-X", "heapsize=32M", str(script), DEMO, method, mode, out,
-                         str(secs)], out, storm)
+    for attempt in range(3):  # a storm the port's own race ended (see _run) is run again
+        for f in (out + ".a", out + ".b"):
+            if os.path.exists(f):
+                os.remove(f)
+        sent[0] = 0
+        try:
+            stdout, a, b = _run([MICROPYTHON, "-X", "heapsize=32M", str(script), DEMO, method,
+                                 mode, out, str(secs)], out, storm)
+            break
+        except _Escaped:
+            if attempt == 2:
+                raise
     words = stdout.split()
     interrupts, steps = int(words[words.index("interrupts") + 1]), int(words[-1])
     return sent[0], interrupts, steps, a, b
