@@ -505,3 +505,26 @@ def test_a_run_in_ram_the_pc_leaves_keeps_the_features_it_computed(rig, how):
     f, _ = status(rig)
     assert f["samples"] == stepped and f["current"]
     check_run(rig, KEEP, 1, stepped, "ram")
+
+
+@pytest.mark.parametrize("where", ["ram", "file"])
+def test_a_gap_is_not_counted_for_a_sample_of_id_0_and_label_0(rig, monkeypatch, where):
+    """A record no step wrote is zero: the id 0 and label 0 that the first sample of a store
+    may have. Neither status nor a run in a file (which checks CRCs only as it reads) may count
+    it as that sample's features (status said one sample more than the next run used)."""
+    if where == "file":
+        monkeypatch.setattr(A, "_mem_free", SHORT)
+    _, plan = check_run(rig, KEEP, 1, 0, where)
+    rec = A.KEPT_REC + plan.cache_bytes
+    with open(kept_file(rig), "r+b") as f:  # sample 0's record as a run that skipped it leaves it
+        f.seek(A.KEPT_HEAD)
+        f.write(bytes(rec))
+    heads = A.Store.heads
+    monkeypatch.setattr(A.Store, "heads", lambda self, n: [(0, 0)] + heads(self, n)[1:])
+    f, _ = status(rig)
+    assert f["samples"] == 11 and f["current"]
+    ds = D.Dataset.open(rig.session.dataset_dir)
+    with open_fake(rig.where) as b:
+        C.sync_samples(b, ds, False)
+        start = b.request(P.TRAIN_START, dict(KEEP, steps=12, fresh=True))
+    assert start["features"]["reused"] == 11

@@ -743,3 +743,21 @@ def test_fuzz_session_json(rig, monkeypatch, fuzzing):
             os.remove(os.path.join(rig.session.runs_dir, f))
     print(f"{n} mutants: {refused} refused, {worked} used")
     assert refused > 100 and worked > 100, (refused, worked)
+
+
+@pytest.mark.parametrize("code", [errno.EROFS, errno.EACCES])
+def test_a_session_folder_the_pc_cannot_write_is_status_1(tmp_path, capsys, monkeypatch, code):
+    # as any session file the PC cannot write (docs/SESSION.md): it was status 2, the user's
+    # error, which a file given as the folder still is (above). Root writes through modes, so
+    # the lock file's open is made to fail as a read-only mount makes it.
+    real = open
+
+    def ro_open(path, *a, **kw):
+        if str(path).endswith(".lock"):
+            raise OSError(code, os.strerror(code), str(path))
+        return real(path, *a, **kw)
+
+    monkeypatch.setattr(C, "open", ro_open, raising=False)
+    s = str(tmp_path / "s")
+    assert cli.main(["status", "--port", "sim", "--session", s]) == 1
+    assert one_line(capsys) == f"tinymp: cannot use the session folder {s}: {os.strerror(code)}"

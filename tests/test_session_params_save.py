@@ -176,6 +176,19 @@ def test_params_save_from_ram_with_no_room_is_one_line(rig, monkeypatch):
     assert after["params.bin"] == before["params.bin"]
 
 
+def test_a_trial_run_the_board_cannot_keep_fails_the_command(rig, monkeypatch):
+    # `train --no-save` with no room for params.try said "not kept as a trial run" and exited 0,
+    # where a saved run that cannot be written exits 1
+    before = two_saved_runs(rig)
+    no_room(monkeypatch, lambda name, calls: True)
+    rc, out, err = rig.cli("train", method="last", steps=3, seed=3, no_save=True, json=False)
+    assert rc == 1
+    assert len(err) == 1 and err[0].startswith("error: the board could not keep this run as a "
+                                               "trial run: no room left"), err
+    assert "parameters NOT saved, and not kept as a trial run" in out
+    assert params_files(rig) == before
+
+
 # --- a reset cut into the save ----------------------------------------------------------------
 
 def _save_steps(root):

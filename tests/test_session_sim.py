@@ -641,3 +641,64 @@ def test_a_board_that_stops_reading_fails_the_write(sess, monkeypatch):
         with pytest.raises(link.LinkError, match="cannot write to the link"):
             b.request(P.INFO)
         b.link.port = real
+
+
+def _small_model(size, channels):
+    """A model of size x size x channels inputs (conv stride 2, average pool, fc; a few KB)."""
+    from tinymp import builder
+    rng = np.random.default_rng(5)
+    g = builder.Graph((size, size, channels))
+    x = g.conv(g.input, rng.normal(0, 0.3, (4, 3, 3, channels)), rng.normal(0, 0.1, 4),
+               stride=2, act="relu")
+    g.fc(g.avgpool(x), rng.normal(0, 0.5, (10, 4)), rng.normal(0, 0.1, 10))
+    return g.quantize(rng.random((8, size, size, channels), dtype=np.float32))
+
+
+def test_the_simulated_camera_refuses_an_rgb_model_before_a_capture(sess):
+    # its scene is grayscale: every capture failed as a board error ("collect interrupted:
+    # ValueError: ...; run collect again to resume"), status 1
+    pushed(sess, _small_model(16, 3))
+    with open_sim(sess) as b:
+        ds = C.open_dataset(sess, meta_of(b), "sim")
+        with pytest.raises(C.SessionError) as e:
+            C.collect_capture(b, ds, 1, 3, show=False)
+        assert e.value.code == 2 and "camera gives grayscale frames and the model takes 3 " \
+            "channels (16x16x3); collect with --from FILE" in str(e.value)
+        assert b.request(P.SAMPLES_STATUS)["count"] == 0 and len(ds) == 0
+
+
+def test_a_sample_larger_than_an_eighth_of_the_heap_goes_in_a_frame_of_its_own(sess):
+    """One 128x128 RGB sample (48 KB) is more than an eighth of the OpenMV H7's heap (40 KB
+    frames), so every SAMPLES_PUT and PREDICT was dropped as too long and taken for link damage.
+    From agent 10 a board takes one sample of its model per frame as far as a quarter of its
+    heap goes; a PC facing a board that does not is refused up front, status 2."""
+    with open_sim(sess) as b:
+        free = b.info["mem_free"]
+        assert b.info["max_payload"] == (free // 8) & ~1023 < 128 * 128 * 3  # no model yet
+        C.push(b, _small_model(128, 3), show=False)
+        assert b.link.max_payload == b.info["max_payload"] == 49 * 1024 <= free // 4
+        meta = meta_of(b)
+        rng = np.random.default_rng(0)
+        x = rng.integers(-128, 128, (3, 128, 128, 3), dtype=np.int8)
+        y = np.array([1, 2, 3])
+        ds = C.open_dataset(sess, meta, "sim")
+        C.import_samples(ds, x, y, [f"s{i}" for i in range(3)], show=False)
+        assert C.sync_samples(b, ds, show=False) == 3
+        with open(os.path.join(flash(sess), "samples.bin"), "rb") as f:
+            raw = f.read()[A.STORE_HEAD:]
+        rec = 8 + 128 * 128 * 3
+        assert [raw[i * rec + 8:(i + 1) * rec] for i in range(3)] == [s.tobytes() for s in x]
+        m = tinymp.Model(_small_model(128, 3))
+        got = C.evaluate(b, x, y, params="pretrained", show=False, num_classes=10)
+        want = np.zeros((10, 10), dtype=int)
+        for s, label in zip(x, y):
+            want[label, m.predict(s.tobytes())] += 1
+        assert got["n"] == 3 and got["confusion"] == want.tolist()
+        # a board whose frames are smaller than one sample: one clear refusal, nothing sent
+        b.link.max_payload = 40 * 1024
+        with pytest.raises(C.SessionError) as e:
+            C.evaluate(b, x, y, params="pretrained", show=False)
+        assert e.value.code == 2 and "one sample of the model is 49,152 bytes, more than the " \
+            "board takes in one frame" in str(e.value)
+    with open_sim(sess) as b:  # a new connection: INFO says the same limit
+        assert b.info["max_payload"] == 49 * 1024

@@ -422,8 +422,38 @@ def test_status_says_the_session_dataset_is_damaged_as_train_does(sess, damage):
     assert st["samples"]["session_samples"] is None and st["samples"]["session_dataset"] is None
     n = len(np.load(HELD)["y"])
     assert text["samples"] == (f"{n:,} on the board ({st['samples']['bytes']:,} B each); this "
-                               f"session's dataset cannot be read: {problem}")
+                               f"session's dataset cannot be used: {problem}")
     assert ("samples.jsonl" if damage == "sample log" else "manifest.json") in problem
+
+
+def rgb_model():
+    """A small model of 8x8 RGB inputs and 10 classes."""
+    from tinymp import builder
+    rng = np.random.default_rng(3)
+    g = builder.Graph((8, 8, 3))
+    x = g.conv(g.input, rng.normal(0, 0.3, (8, 3, 3, 3)), rng.normal(0, 0.1, 8), stride=2,
+               act="relu")
+    g.fc(x, rng.normal(0, 0.1, (10, 4 * 4 * 8)), rng.normal(0, 0.1, 10))
+    return g.quantize(rng.random((16, 8, 8, 3), dtype=np.float32))
+
+
+def test_status_says_the_session_dataset_does_not_suit_the_boards_model(sess, tmp_path):
+    # a model of another input pushed after the samples were collected: status said the dataset
+    # was the board's samples and fine ("train sends the rest"), train then refused it
+    sess.ok("push", DEMO)
+    sess.ok("collect", "--from", HELD)
+    rgb = tmp_path / "rgb.tmpm"
+    rgb.write_bytes(rgb_model())
+    sess.ok("push", str(rgb))
+    rc, _, err = sess.run("train", "--steps", "1")
+    assert rc == 2 and "32x32x1 samples" in err and "takes 8x8x3" in err, err
+    problem = err.strip().removeprefix("tinymp: ")
+    st, text = sess.status()
+    assert st["samples"]["dataset_problem"] == problem
+    assert st["samples"]["session_samples"] is None and st["samples"]["to_send"] is None
+    n = len(np.load(HELD)["y"])
+    assert text["samples"] == (f"{n:,} on the board ({st['samples']['bytes']:,} B each); this "
+                               f"session's dataset cannot be used: {problem}")
 
 
 def test_a_run_at_learning_rate_0_warns(sess):

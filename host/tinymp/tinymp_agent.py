@@ -49,8 +49,10 @@ except ImportError:  # pragma: no cover
 # names no lr trains with the engine's rate for its method, which TRAIN_START's reply says ("lr");
 # 7: TRAIN_START keep_features keeps a run's features for later runs (features.kept); 8: INFO
 # "features" says what features.kept holds (from its header), for `tinymp status`; 9:
-# SAMPLES_STATUS says the room for more samples (free, store_bytes, record_extra)
-AGENT_VERSION = "9"
+# SAMPLES_STATUS says the room for more samples (free, store_bytes, record_extra); 10: frames
+# (max_payload) take at least one sample of the committed model, as far as a quarter of the heap
+# goes (a 128x128 RGB sample did not fit an eighth of a NUCLEO's or an ESP32's heap)
+AGENT_VERSION = "10"
 PROTOCOL = 1
 MAGIC = b"\xa5T"
 HEADER = 12
@@ -482,6 +484,13 @@ KEPT_MAGIC = b"TMPF"
 KEPT_VERSION = 2  # 2: the salt in the records' CRCs
 KEPT_HEAD = 96
 KEPT_REC = 12
+
+
+def _gap(rec):
+    """A record of features.kept that no step wrote (a run that skipped a sample leaves its
+    record's bytes zero): id 0 and label 0, which sample 0 may have, with a CRC of 0, which
+    its written record has only once in 2**32 times (its features are then made again)."""
+    return not any(rec[:KEPT_REC])
 KEPT_SALT = 28  # the salt's offset in the header
 
 
@@ -595,7 +604,7 @@ class Features:
                 if f.seek(KEPT_HEAD + i * rec) != KEPT_HEAD + i * rec or f.readinto(h) != KEPT_REC:
                     break
                 sid, label, crc = struct.unpack("<III", h)
-                if (sid, label) != heads[i]:
+                if (sid, label) != heads[i] or _gap(h):
                     continue
                 if self.buf is not None:
                     mv = memoryview(self.buf)[i * self.size:(i + 1) * self.size]
@@ -1466,10 +1475,8 @@ class Agent(_Runs):
         self.report = None
         self.heap0 = _mem_free()
         self.running = True
-        # frames up to an eighth of the free heap, between 1 KB and MAX_PAYLOAD
-        free = self.board.get("mem_free", self.heap0)
-        self.max_payload = MAX_PAYLOAD if free is None else \
-            max(1024, min(MAX_PAYLOAD, (free // 8) & ~1023))
+        self.max_payload = None
+        self._frame_limit(0)
         self.storage = self._probe_storage()
         if self.storage:
             self._recover()
@@ -1575,6 +1582,21 @@ class Agent(_Runs):
         h, w, c = m.input_shape
         return h * w * c
 
+    def _frame_limit(self, sample):
+        """The largest frame payload taken (INFO's max_payload): an eighth of the heap the
+        agent started with, between 1 KB and MAX_PAYLOAD, and at least one sample of `sample`
+        bytes (the committed model's) with 1 KB for the request around it, as far as a quarter
+        of that heap goes: SAMPLES_PUT and PREDICT send whole samples, and one of a 128x128 RGB
+        model is 48 KB."""
+        free = self.board.get("mem_free", self.heap0)
+        if free is None:
+            self.max_payload = MAX_PAYLOAD
+            return
+        n = (free // 8) & ~1023
+        if sample:
+            n = max(n, min(free // 4, (sample + 2047) & ~1023))
+        self.max_payload = max(1024, min(MAX_PAYLOAD, n))
+
     def _budget(self):
         b = self.board.get("arena_budget")
         if b is None:
@@ -1608,6 +1630,7 @@ class Agent(_Runs):
             try:
                 m = self._load_model()
                 h, w, c = m.input_shape
+                self._frame_limit(h * w * c)
                 model = {"bytes": _size(self._p("model.tmpm")), "sha256": self._model_sha(),
                          "input_shape": [h, w, c], "num_classes": m.num_classes,
                          "class_names": m.class_names, "input_scale": m.input_scale,
@@ -1695,15 +1718,15 @@ class Agent(_Runs):
         and label; a run that did not step every sample leaves gaps; CRCs are checked when a
         run reads them)."""
         heads = self.store.heads(n)
-        h = bytearray(8)
+        h = bytearray(KEPT_REC)
         found = 0
         try:
             with open(path, "rb") as f:
                 for i in range(n):
                     at = KEPT_HEAD + i * (KEPT_REC + each)
-                    if heads[i] is None or f.seek(at) != at or f.readinto(h) != 8:
+                    if heads[i] is None or f.seek(at) != at or f.readinto(h) != KEPT_REC:
                         continue
-                    if struct.unpack("<II", h) == heads[i]:
+                    if struct.unpack_from("<II", h) == heads[i] and not _gap(h):
                         found += 1
         except OSError:
             pass
@@ -1802,7 +1825,10 @@ class Agent(_Runs):
                 self.push = None
                 raise Fail("too_big", "the model needs %d bytes of RAM for one inference; this "
                            "board has %d" % (m.inference_arena_bytes, budget))
+            sample = self._sample_bytes(m)
             m = None
+        else:
+            sample = 0
         # commit: the previous model stays in place until this rename
         self._end_features(drop_kept=True)  # features of the model going
         self.model = self.trainer = self.train = self.trial = None
@@ -1817,6 +1843,7 @@ class Agent(_Runs):
         for name in ("params.bin", "params.prev", "params.opt", "params.prev.opt",
                      "train.rep") + TRIAL_FILES:
             _remove(self._p(name))
+        self._frame_limit(sample)  # the PC reads it again from INFO
         # the model is committed; a copy in ROMFS is an addition that may fail on its own
         rom = self._romfs_commit(p["sha"], p["size"])
         return {"sha256": self.model_sha, "bytes": p["size"], "romfs": rom}
@@ -2056,6 +2083,7 @@ def serve(inp, out, agent):
     try:
         while agent.running:
             try:
+                reader.max_payload = agent.max_payload  # INFO and PUSH_COMMIT may raise it
                 ftype, seq, payload, crc = reader.read()
                 rep = agent.handle(ftype, seq, payload, crc)
             except EOFError:

@@ -197,8 +197,12 @@ def hold_folder(path):
         # Windows); unbuffered: a pid a full disk refused is not kept to fail at the close
         f = open(os.path.join(path, ".lock"), "a+b", buffering=0)
     except OSError as e:
-        raise user_error(f"tinymp: cannot use the session folder {path}: "
-                         f"{e.strerror or e}") from None
+        # a folder the PC cannot write (read-only, no permission, full) is status 1, as any
+        # session file it cannot write; a path that is no folder (a file) is the user's, 2
+        cannot_write = e.errno in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC,
+                                   getattr(errno, "EDQUOT", errno.ENOSPC))
+        raise SessionError(f"tinymp: cannot use the session folder {path}: "
+                           f"{e.strerror or e}", 1 if cannot_write else 2) from None
     with f:
         got = _try_lock(f)
         if got == _UNLOCKED:
@@ -448,7 +452,27 @@ def need_agent(board, version, what):
 
 def refresh_info(board):
     board.info = board.request(P.INFO)
+    if board.info.get("max_payload"):  # agent 10 takes larger frames once a model needs them
+        board.link.max_payload = board.info["max_payload"]
     return board.info
+
+
+def frame_room(board, sample_bytes, extra, what):
+    """The board's largest frame payload, after refusing (status 2, before anything is sent)
+    samples of which not even one fits a frame with `extra` bytes of request around it: the
+    board would drop every such frame as too long, which the PC cannot tell from a damaged
+    link."""
+    maxp = board.link.max_payload or 4096
+    if sample_bytes + extra > maxp:
+        why = ("it takes one sample as far as a quarter of its free memory goes, at most 64 KB"
+               if agent_at_least(board, 10) else
+               f"its agent, version {board.info.get('agent')}, takes an eighth of its free "
+               "memory; one of version 10 or later (a newer firmware) takes one sample as far "
+               "as a quarter of it goes")
+        raise user_error(f"tinymp: cannot {what}: one sample of the model is {sample_bytes:,} "
+                         f"bytes, more than the board takes in one frame ({maxp - extra:,} "
+                         f"bytes: {why})")
+    return maxp
 
 
 # --- push -----------------------------------------------------------------------------------
@@ -700,7 +724,7 @@ def sync_samples(board, ds, show=True, then=0):
         board.request(P.SAMPLES_CLEAR)
     if todo <= 0:
         return 0
-    maxp = board.link.max_payload or 4096
+    maxp = frame_room(board, ds.sample_bytes, 128 + 9, "send the samples")
     per = max(1, min(64, (maxp - 128) // (ds.sample_bytes + 9)))  # 9: a label's encoding
     bar = progress(todo, "send samples", "sample", show)
     labels = ds.labels
@@ -774,6 +798,12 @@ def collect_capture(board, ds, label, count, show=True, board_name=None, synced=
     _check_label(ds, label)
     if not board.info.get("camera"):
         raise user_error(f"tinymp: {board.info.get('board')} has no camera; collect with --from FILE")
+    shape = (board.info.get("model") or {}).get("input_shape")
+    if board.sim is not None and shape and shape[2] != 1:
+        # its scene is grayscale images: the agent's RGB565 request would fail at every capture
+        raise user_error(f"tinymp: the simulated board's camera gives grayscale frames and the "
+                         f"model takes {shape[2]} channels ({'x'.join(map(str, shape))}); "
+                         "collect with --from FILE")
     added = 0
     bar = None
     try:
@@ -1080,7 +1110,7 @@ def evaluate(board, x, y, params="personalised", show=True, num_classes=None, st
     are a user error (SessionError, status 2) before anything is sent."""
     x, y = _check_eval_arrays(x, y, board.info.get("model") or {}, num_classes)
     size = int(np.prod(x.shape[1:]))
-    maxp = board.link.max_payload or 4096
+    maxp = frame_room(board, size, 64, "evaluate")
     most = max(1, min(128, (maxp - 64) // size))
     preds = []
     used = None
@@ -1275,15 +1305,19 @@ def _train_records(session):
     return out
 
 
-def _session_dataset(path):
+def _session_dataset(path, model=None):
     """(uid, samples, None) of the session's dataset folder, as collect and train open it (its
-    manifest and sample log checked, not the samples' bytes); (None, None, None) when the folder
-    holds none; (None, None, what is wrong) when collect and train would refuse it."""
+    manifest and sample log checked, not the samples' bytes) and, given the board's `model` (INFO's
+    model), check it against that model; (None, None, None) when the folder holds none; (None,
+    None, what is wrong) when collect and train would refuse it."""
     try:
         if not os.path.exists(os.path.join(path, "manifest.json")):
             Dataset.check_new(path)  # what collect says of a folder it would start afresh
             return None, None, None
         ds = Dataset.open(path)
+        if model is not None:
+            ds.check_compatible(model["input_shape"], model["num_classes"],
+                                model["input_scale"], model["input_zero_point"])
     except DatasetError as e:
         return None, None, str(e).removeprefix("tinymp: ")
     return ds.uid, len(ds), None
@@ -1329,9 +1363,9 @@ def board_status(board, session):
     s = i.get("samples")
     samples = None
     if s is not None:
-        uid, n, damaged = _session_dataset(session.dataset_dir)
-        each = int(np.prod(m["input_shape"])) if model is not None and "error" not in model \
-            else None
+        usable = model is not None and "error" not in model
+        uid, n, damaged = _session_dataset(session.dataset_dir, m if usable else None)
+        each = int(np.prod(m["input_shape"])) if usable else None
         again, have = _store_plan(s, uid, each, n or 0) if each is not None else (None, 0)
         samples = {"count": s["count"], "last_id": s["last_id"], "dataset": s["dataset"],
                    "bytes": s.get("bytes"),

@@ -419,12 +419,17 @@ def cmd_train(args):
               "at their int8 limits, where no gradient passes; a high learning rate drives them "
               "there. Try a smaller --lr" + (f" (this run: {lr:g})" if lr else "") +
               " with --fresh.", file=sys.stderr)
-    # asked to save, the board could not: the run is recorded, the command fails (status 1)
-    status = 1 if t.get("save_error") else 0
-    if status:  # on stderr, in text and JSON mode alike
+    # asked to save, or (--no-save) to keep a trial run, the board could not: the run is
+    # recorded, the command fails (status 1)
+    status = 1 if t.get("save_error") or t.get("trial_error") else 0
+    if t.get("save_error"):  # on stderr, in text and JSON mode alike
         print(f"error: the board could not save this run's parameters: {t['save_error']}; it "
               "keeps its last saved parameters. The run is recorded; make room on the board's "
               "filesystem and train again", file=sys.stderr)
+    elif status:
+        print(f"error: the board could not keep this run as a trial run: {t['trial_error']}; "
+              "it keeps its last saved parameters. The run is recorded; make room on the "
+              "board's filesystem and train again", file=sys.stderr)
     if args.json:
         _emit(args, t)
         return status
@@ -611,7 +616,7 @@ def status_lines(st):
     else:
         n = s["session_samples"]
         held = f"this session's dataset holds {n:,}" if n is not None else \
-            f"this session's dataset cannot be read: {s['dataset_problem']}" \
+            f"this session's dataset cannot be used: {s['dataset_problem']}" \
             if s.get("dataset_problem") else "this session folder holds no dataset"
         # the board's free room in samples of the model (agent 9): a simulated board's
         # filesystem is this PC's disk
