@@ -831,6 +831,40 @@ def test_an_input_as_bytes_like_the_board_takes_it():
         ref.logits(data, "a string")
 
 
+
+def test_a_buffer_input_is_read_as_model_reads_it():
+    # Model.logits reads any buffer of one-byte items as raw int8 bytes and refuses wider items
+    # with a TypeError naming the item size: so does the reference (it used to read an
+    # array('B') by value, refusing bytes >= 0x80 as out of int8, and a view of array('h') as its
+    # raw bytes). numpy arrays and lists are still read by value.
+    import array
+    import tinymp
+    data = make_model(3)[0]
+    model = tinymp.Model(data)
+    x = np.arange(-36, 36, dtype=np.int8)
+    raw = x.tobytes()
+    want = ref.logits(data, x)
+    wide = array.array("h", raw[:36])
+    strided = memoryview(bytes(v for b in raw for v in (b, 0)))[::2]  # the binding copies it
+    for given in (array.array("B", raw), strided, memoryview(raw).cast("B", (8, 9))):
+        np.testing.assert_array_equal(ref.logits(data, given), want)
+        np.testing.assert_array_equal(np.array(model.logits(given), np.float32), want)
+        assert ref.predict(data, given) == model.predict(given) == ref.predict(data, x)
+    for given in (wide, memoryview(wide)):
+        with pytest.raises(TypeError) as engine:
+            model.logits(given)
+        with pytest.raises(TypeError) as reference:
+            ref.logits(data, given)
+        assert str(reference.value) == str(engine.value)
+        assert "itemsize 1" in str(reference.value)
+        with pytest.raises(TypeError, match="itemsize 1"):
+            ref.predict(data, given)
+    # by value: an int8 array, an uint8 array of int8 values, a list
+    np.testing.assert_array_equal(ref.logits(data, x.astype(np.int16)), want)
+    np.testing.assert_array_equal(ref.logits(data, x.tolist()), want)
+    with pytest.raises(ValueError, match="outside int8"):
+        ref.logits(data, x.view(np.uint8))
+
 @pytest.mark.parametrize("seed", range(6))
 def test_run_matches_loop_chain(seed):
     data, tensors, layers = make_model(seed)

@@ -669,9 +669,29 @@ def run_layer(model: RefModel, layer: RefLayer, tensors: Sequence[np.ndarray]) -
     return y
 
 
+def _raw_int8(x) -> Optional[np.ndarray]:
+    """The bytes of a non-numpy buffer (bytes, bytearray, memoryview, array.array, ...) as int8,
+    read as Model.predict/logits read an input (get_input in the bindings): raw bytes whatever its
+    format when its items are one byte each (array('B', [200]) is the int8 -56), refused with
+    Model's own TypeError when they are not (a memoryview of array('h')); None for what is no
+    buffer, or a numpy array or scalar, which are read by value."""
+    if isinstance(x, (np.ndarray, np.generic)):
+        return None
+    try:
+        view = memoryview(x)
+    except TypeError:
+        return None
+    with view:
+        if view.itemsize != 1:
+            raise TypeError("tinymp: input must hold int8 bytes (itemsize 1), got items of "
+                            f"{view.itemsize} bytes (format '{view.format}')")
+        # tobytes(): C order, so a strided view reads as the binding's contiguous copy of it
+        return np.frombuffer(view.tobytes(), dtype=np.int8)
+
+
 def _input_array(model: RefModel, x) -> np.ndarray:
-    # bytes-like inputs are int8 buffers, as Model.predict/logits take them on the board
-    arr = np.frombuffer(x, dtype=np.int8) if isinstance(x, (bytes, bytearray, memoryview)) else np.asarray(x)
+    raw = _raw_int8(x)
+    arr = raw if raw is not None else np.asarray(x)
     if arr.dtype.kind not in "iu":
         raise TypeError(f"int8 input expected, got dtype {arr.dtype}")
     if arr.size != int(np.prod(model.input_shape)):
