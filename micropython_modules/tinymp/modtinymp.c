@@ -1875,8 +1875,10 @@ static const int8_t *fit_sample(void *ctx, uint32_t i, int32_t *label) {
     const int8_t *volatile got = NULL;
     nlr_buf_t nlr;
     if (nlr_push(&nlr) == 0) {
-        y = mp_obj_subscr(f->ys, idx, MP_OBJ_SENTINEL);
+        // xs[i] before ys[i], as the PC binding fetches them: the items' side effects come in the
+        // same order, and when both would raise, the exception fit() raises is xs[i]'s on both
         x = mp_obj_subscr(f->xs, idx, MP_OBJ_SENTINEL);
+        y = mp_obj_subscr(f->ys, idx, MP_OBJ_SENTINEL);
         nlr_pop();
     } else if (f->pending == MP_OBJ_NULL) {
         f->pending = MP_OBJ_FROM_PTR(nlr.ret_val);
