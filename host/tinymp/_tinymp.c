@@ -2352,6 +2352,33 @@ static int fit_file_seek(fit_ctx *f, uint32_t i, uint32_t offset) {
     return r == NULL ? -1 : 0;
 }
 
+/* Did a cache file's write/readinto return the count n (an int equal to n; one too large for
+ * long long is not n)? */
+static int fit_count_is(PyObject *r, uint32_t n) {
+    if (!PyLong_Check(r)) {
+        return 0;
+    }
+    int overflow = 0;
+    const long long v = PyLong_AsLongLongAndOverflow(r, &overflow); /* an int: cannot fail */
+    return overflow == 0 && v == (long long)n;
+}
+
+/* A memoryview over a new buffer of n bytes (a copy of src, read-only, for write; writable, for
+ * readinto, with *owner the bytearray it views), as the board hands a cache file views of a heap
+ * block of its own: never a view of engine memory, which a slice the file keeps would outlive
+ * (it could write into a freed arena); this call's buffer lives as long as any view of it. */
+static PyObject *fit_file_view(const int8_t *src, uint32_t n, PyObject **owner) {
+    PyObject *b = src != NULL ? PyBytes_FromStringAndSize((const char *)src, (Py_ssize_t)n)
+                              : PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)n);
+    PyObject *v = b != NULL ? PyMemoryView_FromObject(b) : NULL;
+    if (v != NULL && owner != NULL) {
+        *owner = b;
+    } else {
+        Py_XDECREF(b);
+    }
+    return v;
+}
+
 static int fit_store(void *ctx, uint32_t i, uint32_t offset, const int8_t *src, uint32_t n) {
     fit_ctx *f = (fit_ctx *)ctx;
     if (f->own != NULL) {
@@ -2368,15 +2395,14 @@ static int fit_store(void *ctx, uint32_t i, uint32_t offset, const int8_t *src, 
     }
     /* a file that stores less (or returns None): this sample is not cached; one that raises:
      * the run stops after this step (fit_progress) and fit() raises it, as on the board */
-    PyObject *r = PyObject_CallMethod(f->file, "write", "y#", (const char *)src, (Py_ssize_t)n);
+    PyObject *view = fit_file_view(src, n, NULL);
+    PyObject *r = view != NULL ? PyObject_CallMethod(f->file, "write", "O", view) : NULL;
+    Py_XDECREF(view);
     if (r == NULL) {
         f->error = 1;
         return -1;
     }
-    int ok = PyLong_Check(r) && PyLong_AsLongLong(r) == (long long)n;
-    if (!ok && PyErr_Occurred()) {
-        PyErr_Clear(); /* an int too large for long long: not n */
-    }
+    const int ok = fit_count_is(r, n);
     Py_DECREF(r);
     return ok ? 0 : -1;
 }
@@ -2395,12 +2421,14 @@ static int fit_load(void *ctx, uint32_t i, uint32_t offset, int8_t *dst, uint32_
         f->error = 1;
         return -1;
     }
-    /* the file reads into a bytearray of its own, never into the arena: a view of engine memory
-     * (even one released after the call) can be sliced or wrapped and kept past the trainer */
-    PyObject *buf = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)n);
-    PyObject *r = buf != NULL ? PyObject_CallMethod(f->file, "readinto", "O", buf) : NULL;
-    int ok = r != NULL && PyLong_Check(r) && PyLong_AsLongLong(r) == (long long)n &&
-        PyByteArray_GET_SIZE(buf) == (Py_ssize_t)n;
+    /* the file reads into a view of a bytearray of its own, never into the arena (fit_file_view);
+     * a view cannot change size, so `m[:k] = shorter` raises in the file as on the board. The
+     * size check stays: a file may release the view and resize the bytearray (m.obj) */
+    PyObject *buf = NULL;
+    PyObject *view = fit_file_view(NULL, n, &buf);
+    PyObject *r = view != NULL ? PyObject_CallMethod(f->file, "readinto", "O", view) : NULL;
+    Py_XDECREF(view);
+    int ok = r != NULL && fit_count_is(r, n) && PyByteArray_GET_SIZE(buf) == (Py_ssize_t)n;
     if (ok) {
         memcpy(dst, PyByteArray_AS_STRING(buf), n);
     }
@@ -2463,61 +2491,72 @@ static int fit_file_mode_error(void) {
  * are just not cached, as in fit_store). */
 #define FIT_PROBE_BYTE 0xA5
 
-/* The count the file's `method` returned for buf at the probe's place; -1: not a count; -2: it
- * raised (pending). A write is followed by flush() when the file has one: a buffered file would
- * otherwise give the bytes back from its buffer, wherever its writes really go ('a+b'). */
-static long long fit_probe_call(fit_ctx *f, uint32_t offset, const char *method, PyObject *buf) {
+/* One call of the file's `method` at the probe's place on a view of a buffer of its own
+ * (fit_file_view, as fit_store and fit_load): a write of n bytes of `pattern`, or a readinto
+ * (into bytes that are not the pattern) whose bytes are copied to io (n bytes). 1: it returned the
+ * count n (fit_count_is); 0: anything else; -1: it raised (pending). A write is followed by
+ * flush() when the file has one: a buffered file would otherwise give the bytes back from its
+ * buffer, wherever its writes really go ('a+b'). */
+static int fit_probe_call(fit_ctx *f, uint32_t offset, const char *method, unsigned pattern, uint8_t *io) {
+    const uint32_t n = f->cache_bytes;
     if (fit_file_seek(f, 0, offset) < 0) {
-        return -2;
+        return -1;
     }
-    PyObject *r = PyObject_CallMethod(f->file, method, "O", buf);
-    if (r == NULL) {
-        return -2;
+    const int write = strcmp(method, "write") == 0;
+    PyObject *buf = NULL;
+    if (write) {
+        memset(io, (int)pattern, n);
     }
-    if (strcmp(method, "write") == 0 && PyObject_HasAttrString(f->file, "flush")) {
+    PyObject *view = fit_file_view(write ? (const int8_t *)io : NULL, n, write ? NULL : &buf);
+    if (buf != NULL) {
+        memset(PyByteArray_AS_STRING(buf), (int)(pattern ^ 0xFFu), n);
+    }
+    PyObject *r = view != NULL ? PyObject_CallMethod(f->file, method, "O", view) : NULL;
+    Py_XDECREF(view);
+    if (r != NULL && write && PyObject_HasAttrString(f->file, "flush")) {
         PyObject *fr = PyObject_CallMethod(f->file, "flush", NULL);
         if (fr == NULL) {
-            Py_DECREF(r);
-            return -2;
+            Py_CLEAR(r);
         }
-        Py_DECREF(fr);
+        Py_XDECREF(fr);
     }
-    long long v = PyLong_Check(r) ? PyLong_AsLongLong(r) : -1;
-    PyErr_Clear(); /* an int too large for long long: not a count */
-    Py_DECREF(r);
-    return v < 0 ? -1 : v;
+    int ok = r == NULL ? -1 : fit_count_is(r, n);
+    if (ok == 1 && buf != NULL) {
+        /* the file may have let go of the view and resized its bytearray (m.obj): not read back */
+        ok = PyByteArray_GET_SIZE(buf) == (Py_ssize_t)n;
+        if (ok) {
+            memcpy(io, PyByteArray_AS_STRING(buf), n);
+        }
+    }
+    Py_XDECREF(buf);
+    Py_XDECREF(r);
+    return ok;
 }
 
 static int fit_probe_file(fit_ctx *f, uint32_t offset) {
-    const Py_ssize_t n = (Py_ssize_t)f->cache_bytes;
-    PyObject *buf = PyByteArray_FromStringAndSize(NULL, n);
-    if (buf == NULL) {
+    const uint32_t n = f->cache_bytes;
+    uint8_t *io = PyMem_Malloc(n);
+    if (io == NULL) {
+        PyErr_NoMemory();
         return -1;
     }
-    int bad = 0, stored = 1;
-    long long r = 0;
+    int bad = 0, stored = 1, r = 0;
     for (unsigned pattern = 0; pattern <= FIT_PROBE_BYTE && stored && !bad; pattern += FIT_PROBE_BYTE) {
-        bad = PyByteArray_GET_SIZE(buf) != n; /* the file's methods may have resized it */
-        if (bad) {
-            break;
-        }
-        memset(PyByteArray_AS_STRING(buf), (int)pattern, (size_t)n);
-        r = fit_probe_call(f, offset, "write", buf);
-        stored = r == n;
-        if (stored && PyByteArray_GET_SIZE(buf) == n) {
-            memset(PyByteArray_AS_STRING(buf), (int)(pattern ^ 0xFFu), (size_t)n);
-            r = fit_probe_call(f, offset, "readinto", buf);
-            bad = r != n || PyByteArray_GET_SIZE(buf) != n;
-            for (Py_ssize_t k = 0; k < n && !bad; k++) {
-                bad = (uint8_t)PyByteArray_AS_STRING(buf)[k] != pattern;
+        r = fit_probe_call(f, offset, "write", pattern, io);
+        stored = r == 1;
+        if (stored) {
+            r = fit_probe_call(f, offset, "readinto", pattern, io);
+            bad = r != 1;
+            for (uint32_t k = 0; k < n && !bad; k++) {
+                bad = io[k] != pattern;
             }
         }
     }
-    Py_DECREF(buf);
-    if (r == -2 && !fit_file_mode_error()) {
+    PyMem_Free(io);
+    if (r == -1 && !fit_file_mode_error()) {
         return -1; /* its own exception, unchanged */
     }
-    if (r == -2 || bad) {
+    if (r == -1 || bad) {
         PyErr_Clear();
         PyErr_SetString(PyExc_ValueError, "tinymp: fit() cache file must be opened 'w+b' or 'r+b' (read and written in place)");
         return -1;

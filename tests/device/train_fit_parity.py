@@ -128,3 +128,55 @@ try:
     print("no error")
 except Exception as e:
     print("both raise:", type(e).__name__, log[-2:], "steps", t.stats()["steps"])
+
+
+# ---- a cache file's write and readinto get memoryview objects on both (the PC passed bytes and
+# bytearrays), each over a buffer of the binding's own, never the arena: a view cannot change
+# size, so a short slice assignment into it raises the view's own ValueError on both
+class MemFile:
+    def __init__(self, wret=None, rret=None, after=0, short=False):
+        self.buf, self.pos, self.got = bytearray(), 0, []
+        self.wret, self.rret, self.after, self.short, self.reads = wret, rret, after, short, 0
+
+    def seek(self, pos):
+        self.pos = pos
+
+    def write(self, b):
+        self.got.append("write " + type(b).__name__)
+        end = self.pos + len(b)
+        if len(self.buf) < end:
+            self.buf.extend(bytes(end - len(self.buf)))
+        self.buf[self.pos:end] = b
+        self.pos = end
+        return len(b) if self.wret is None else self.wret(len(b))
+
+    def readinto(self, mv):
+        self.got.append("readinto " + type(mv).__name__)
+        self.reads += 1
+        k = len(mv)
+        if self.short and self.reads > self.after:
+            mv[:k] = self.buf[self.pos:self.pos + k - 1]  # a view does not change size: raises
+        else:
+            mv[:] = self.buf[self.pos:self.pos + k]
+        self.pos += k
+        if self.rret is None or self.reads <= self.after:
+            return k
+        return self.rret(k)
+
+
+f = MemFile()
+t = tinymp.Trainer(m, p, lr=0.05, seed=7)
+r = t.fit(xs, ys, epochs=3, cache=f)
+got = []
+for g in f.got:
+    if g not in got:
+        got.append(g)
+print("file methods get", got, trained(t, r) == ref, r["cached_steps"])
+for after in (0, 2):  # in the try before the first step, in a step
+    t = tinymp.Trainer(m, p, lr=0.05, seed=7)
+    try:
+        t.fit(xs, ys, epochs=3, cache=MemFile(short=True, after=after))
+        print("no error")
+    except ValueError as e:  # the view's own error, not tinymp's
+        print("a short slice assignment into the view raises", type(e).__name__,
+              str(e).startswith("tinymp"), "steps", t.stats()["steps"])
