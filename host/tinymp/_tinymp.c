@@ -2352,14 +2352,17 @@ static int fit_file_seek(fit_ctx *f, uint32_t i, uint32_t offset) {
     return r == NULL ? -1 : 0;
 }
 
-/* Did a cache file's write/readinto return the count n (an int equal to n; one too large for
- * long long is not n)? */
+/* Did a cache file's write/readinto return the count n? Only an int equal to n counts: None, a
+ * bool, a float, a str, an int subclass, a negative or a huge int is "fewer bytes", the one rule
+ * both bindings apply (fit_count_is in modtinymp.c, where MicroPython's int check excludes bool
+ * and subclasses as PyLong_CheckExact does), so no value the method returns raises an error of its
+ * own here. */
 static int fit_count_is(PyObject *r, uint32_t n) {
-    if (!PyLong_Check(r)) {
+    if (!PyLong_CheckExact(r)) {
         return 0;
     }
     int overflow = 0;
-    const long long v = PyLong_AsLongLongAndOverflow(r, &overflow); /* an int: cannot fail */
+    const long long v = PyLong_AsLongLongAndOverflow(r, &overflow); /* an exact int: cannot fail */
     return overflow == 0 && v == (long long)n;
 }
 
@@ -2393,8 +2396,9 @@ static int fit_store(void *ctx, uint32_t i, uint32_t offset, const int8_t *src, 
         f->error = 1;
         return -1;
     }
-    /* a file that stores less (or returns None): this sample is not cached; one that raises:
-     * the run stops after this step (fit_progress) and fit() raises it, as on the board */
+    /* a file that stores less (or returns anything but n, fit_count_is): this sample is not
+     * cached and the core stores nothing more in the file; one that raises: the run stops after
+     * this step (fit_progress) and fit() raises it, as on the board */
     PyObject *view = fit_file_view(src, n, NULL);
     PyObject *r = view != NULL ? PyObject_CallMethod(f->file, "write", "O", view) : NULL;
     Py_XDECREF(view);

@@ -1929,6 +1929,16 @@ static void fit_seek(fit_ctx *f, uint32_t i, uint32_t offset) {
     mp_call_method_n_kw(1, 0, dest);
 }
 
+// Did a cache file's write/readinto return the count n? Only an int equal to n counts: None, a
+// bool, a float, a str, an int subclass, a negative or a huge int (which mp_obj_get_int would
+// refuse with OverflowError) is "fewer bytes", the one rule both bindings apply (fit_count_is in
+// the PC binding), so no value the method returns raises an error of its own here.
+static bool fit_count_is(mp_obj_t r, uint32_t n) {
+    // n fits a small int (no allocation) unless a sample's features are gigabytes; mp_obj_equal
+    // compares a big int without converting it
+    return mp_obj_is_int(r) && mp_obj_equal(r, mp_obj_new_int_from_uint(n));
+}
+
 static int fit_store(void *ctx, uint32_t i, uint32_t offset, const int8_t *src, uint32_t n) {
     fit_ctx *f = (fit_ctx *)ctx;
     if (f->file == MP_OBJ_NULL) {
@@ -1949,7 +1959,7 @@ static int fit_store(void *ctx, uint32_t i, uint32_t offset, const int8_t *src, 
         memcpy(f->io_buf, src, n);
         dest[2] = mp_obj_new_memoryview('B', n, f->io_buf);
         mp_obj_t r = mp_call_method_n_kw(1, 0, dest);
-        stored = mp_obj_is_int(r) && mp_obj_get_int(r) == (mp_int_t)n;
+        stored = fit_count_is(r, n); // anything but n: a short write, the file is off for the run
         nlr_pop();
     } else {
         f->pending = MP_OBJ_FROM_PTR(nlr.ret_val);
@@ -1970,7 +1980,7 @@ static int fit_load(void *ctx, uint32_t i, uint32_t offset, int8_t *dst, uint32_
     dest[2] = mp_obj_new_memoryview('B' | MP_OBJ_ARRAY_TYPECODE_FLAG_RW, n, f->io_buf);
     mp_obj_t r = mp_call_method_n_kw(1, 0, dest);
     fit_check_unmoved(f);
-    if (r == mp_const_none || mp_obj_get_int(r) != (mp_int_t)n) {
+    if (!fit_count_is(r, n)) {
         mp_raise_msg(&mp_type_OSError, MP_ERROR_TEXT("tinymp: the feature cache file returned fewer bytes than were stored"));
     }
     memcpy(dst, f->io_buf, n);
@@ -1988,10 +1998,10 @@ static int fit_load(void *ctx, uint32_t i, uint32_t offset, int8_t *dst, uint32_
 // fit_store).
 #define FIT_PROBE_BYTE 0xA5u
 
-// write or readinto io_buf at the probe's place: the count it returned (-1: not a count). A write
-// is followed by flush() when the file has one: a buffered file (CPython's) would otherwise give
-// the bytes back from its buffer, wherever its writes really go.
-static mp_int_t fit_probe_call(fit_ctx *f, qstr method, byte typecode) {
+// write or readinto io_buf at the probe's place: whether it returned the count cache_bytes
+// (fit_count_is). A write is followed by flush() when the file has one: a buffered file
+// (CPython's) would otherwise give the bytes back from its buffer, wherever its writes really go.
+static bool fit_probe_call(fit_ctx *f, qstr method, byte typecode) {
     fit_seek(f, 0, f->probe_offset);
     mp_obj_t dest[3];
     mp_load_method(f->file, method, dest);
@@ -2003,7 +2013,7 @@ static mp_int_t fit_probe_call(fit_ctx *f, qstr method, byte typecode) {
             mp_call_method_n_kw(0, 0, dest);
         }
     }
-    return mp_obj_is_int(r) ? mp_obj_get_int(r) : -1;
+    return fit_count_is(r, f->cache_bytes);
 }
 
 static void fit_probe_file(fit_ctx *f) {
@@ -2014,10 +2024,10 @@ static void fit_probe_file(fit_ctx *f) {
         bool stored = true;
         for (unsigned pattern = 0; pattern <= FIT_PROBE_BYTE && stored && !bad; pattern += FIT_PROBE_BYTE) {
             memset(f->io_buf, (int)pattern, (size_t)n);
-            stored = fit_probe_call(f, MP_QSTR_write, 'B') == n;
+            stored = fit_probe_call(f, MP_QSTR_write, 'B');
             if (stored) {
                 memset(f->io_buf, (int)(pattern ^ 0xFFu), (size_t)n);
-                bad = fit_probe_call(f, MP_QSTR_readinto, 'B' | MP_OBJ_ARRAY_TYPECODE_FLAG_RW) != n;
+                bad = !fit_probe_call(f, MP_QSTR_readinto, 'B' | MP_OBJ_ARRAY_TYPECODE_FLAG_RW);
                 for (mp_int_t k = 0; k < n && !bad; k++) {
                     bad = f->io_buf[k] != pattern;
                 }

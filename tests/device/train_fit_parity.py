@@ -180,3 +180,54 @@ for after in (0, 2):  # in the try before the first step, in a step
     except ValueError as e:  # the view's own error, not tinymp's
         print("a short slice assignment into the view raises", type(e).__name__,
               str(e).startswith("tinymp"), "steps", t.stats()["steps"])
+
+
+# ---- what write and readinto return counts only when it is an int equal to the bytes given;
+# anything else (None, a bool, a float, a str, a negative or huge int) is a short write, which
+# turns the file off for the run, or a short read: an OSError in a step, the ValueError of a file
+# not open for reading and writing in the try before the first step. The board raised
+# OverflowError for 2**70 and TypeError for a float or a str from readinto.
+class Odd:  # what __index__ would make an int: still not an int
+    def __index__(self):
+        return 1
+
+
+class Count(int):  # an int subclass (as bool is): not an int either
+    pass
+
+
+# returned values that are not the count; 2**70 and n + 2**64 do not fit a machine word
+odd = (("None", lambda k: None), ("str", lambda k: str(k)), ("float", lambda k: float(k)),
+       ("True", lambda k: True), ("negative", lambda k: -k), ("2**70", lambda k: 2 ** 70),
+       ("n+2**64", lambda k: k + 2 ** 64), ("n-1", lambda k: k - 1), ("__index__", lambda k: Odd()),
+       ("int subclass", lambda k: Count(k)))
+for name, ret in odd:
+    t = tinymp.Trainer(m, p, lr=0.05, seed=7)
+    r = t.fit(xs, ys, epochs=3, cache=MemFile(wret=ret))
+    line = ["write", name, "-> short write:", trained(t, r) == ref, r["cache_outside"], r["cached_steps"]]
+    for after, where in ((0, "try"), (2, "step")):
+        t = tinymp.Trainer(m, p, lr=0.05, seed=7)
+        try:
+            t.fit(xs, ys, epochs=3, cache=MemFile(rret=ret, after=after))
+            line.append("readinto in %s: no error" % where)
+        except (OSError, ValueError) as e:
+            line.append("readinto in %s: %s %s steps %d" % (where, type(e).__name__, e, t.stats()["steps"]))
+    print(*line)
+
+
+class MyErr(Exception):
+    pass
+
+
+def boom(k):
+    raise err
+
+
+for after in (0, 2):  # an exception of the method's own propagates unchanged
+    err = MyErr("mine")
+    t = tinymp.Trainer(m, p, lr=0.05, seed=7)
+    try:
+        t.fit(xs, ys, epochs=3, cache=MemFile(rret=boom, after=after))
+        print("no error")
+    except Exception as e:
+        print("readinto raises:", type(e).__name__, e is err, "steps", t.stats()["steps"])
