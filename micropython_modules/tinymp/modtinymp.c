@@ -45,6 +45,8 @@
 #include "py/binary.h"
 #include "py/objarray.h"
 #include "py/objstr.h"
+#include "py/objtuple.h"
+#include "py/objtype.h"
 #include "py/builtin.h"
 #include "py/stream.h"
 #include "py/objint.h"
@@ -2122,6 +2124,45 @@ static uint8_t *fit_own_cache(uint32_t want, uint32_t cache_bytes, uint32_t *cou
     return b;
 }
 
+// Can an object of type t be subscripted (o[i])? A native type by its subscr slot; a class of
+// Python code always has that slot (instance_subscr, which fails at the call when nothing defines
+// __getitem__), so by a __getitem__ of its own or of a base's, native bases by their slot.
+static bool fit_type_subscriptable(const mp_obj_type_t *t) {
+    if (!mp_obj_is_instance_type(t)) {
+        return MP_OBJ_TYPE_HAS_SLOT(t, subscr);
+    }
+    if (MP_OBJ_TYPE_HAS_SLOT(t, locals_dict) && mp_map_lookup(&MP_OBJ_TYPE_GET_SLOT(t, locals_dict)->map,
+        MP_OBJ_NEW_QSTR(MP_QSTR___getitem__), MP_MAP_LOOKUP) != NULL) {
+        return true;
+    }
+    if (!MP_OBJ_TYPE_HAS_SLOT(t, parent)) {
+        return false;
+    }
+    const void *parent = MP_OBJ_TYPE_GET_SLOT(t, parent);
+    #if MICROPY_MULTIPLE_INHERITANCE
+    if (((const mp_obj_base_t *)parent)->type == &mp_type_tuple) {
+        const mp_obj_tuple_t *bases = parent;
+        for (size_t k = 0; k < bases->len; k++) {
+            if (fit_type_subscriptable(MP_OBJ_TO_PTR(bases->items[k]))) {
+                return true;
+            }
+        }
+        return false;
+    }
+    #endif
+    return fit_type_subscriptable(parent);
+}
+
+// Is o a sequence for fit()'s xs and ys? What the PC binding asks of them (CPython's
+// PySequence_Check): it can be subscripted and is no dict. A dict (an OrderedDict, a subclass of
+// either) indexed by int keys would train here and be refused there; a set or a generator would
+// fail at its first item with this runtime's own message. Runs no Python code.
+static bool fit_is_sequence(mp_obj_t o) {
+    const mp_obj_type_t *t = mp_obj_get_type(o);
+    return !mp_obj_is_subclass_fast(MP_OBJ_FROM_PTR(t), MP_OBJ_FROM_PTR(&mp_type_dict)) &&
+        fit_type_subscriptable(t);
+}
+
 // fit(xs, ys, epochs=1, cache=True, shuffle=True, progress=None, probe=0) -> dict: a personalisation run.
 // cache: True (the arena's cache region, then a heap buffer for as many of the other samples as
 // the heap has room for), False, a writable buffer of len(xs) * plan.cache_bytes, or a file
@@ -2150,7 +2191,7 @@ static mp_obj_t tinymp_trainer_fit(size_t n_args, const mp_obj_t *pos_args, mp_m
     }
     mp_obj_t xs = args[ARG_xs].u_obj, ys = args[ARG_ys].u_obj;
     mp_obj_t n_obj = MP_OBJ_NULL, ny_obj = MP_OBJ_NULL;
-    if (!mp_obj_is_str_or_bytes(xs)) {
+    if (!mp_obj_is_str_or_bytes(xs) && fit_is_sequence(xs) && fit_is_sequence(ys)) {
         n_obj = mp_obj_len_maybe(xs);
         ny_obj = mp_obj_len_maybe(ys);
     }

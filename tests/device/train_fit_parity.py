@@ -231,3 +231,53 @@ for after in (0, 2):  # an exception of the method's own propagates unchanged
         print("no error")
     except Exception as e:
         print("readinto raises:", type(e).__name__, e is err, "steps", t.stats()["steps"])
+
+
+# ---- xs and ys must be sequences: a dict (an OrderedDict, a subclass) indexed by int keys
+# trained on the board and was refused on the PC, a set failed there with MicroPython's own
+# "'set' object isn't subscriptable"; both now refuse them, and any object that cannot be
+# subscripted, with one TypeError before anything is fetched
+try:
+    from collections import OrderedDict
+except ImportError:
+    OrderedDict = None
+
+
+fetched = []
+
+
+class Dict(dict):  # even with a __getitem__ of its own
+    def __getitem__(self, i):
+        fetched.append(i)
+        return xs[i]
+
+
+class LenOnly:
+    def __len__(self):
+        return len(xs)
+
+
+def mapping(cls):
+    d = cls()
+    for i in range(len(xs)):
+        d[i] = xs[i]
+    return d
+
+
+cases = [("dict xs", mapping(dict), ys), ("dict ys", xs, dict((i, y) for i, y in enumerate(ys))),
+         ("dict subclass", mapping(Dict), ys), ("OrderedDict", mapping(OrderedDict) if OrderedDict else None, ys),
+         ("set", xs, set(ys)), ("no __getitem__", LenOnly(), ys), ("generator", (x for x in xs), ys)]
+for name, a, b in cases:
+    t = tinymp.Trainer(m, p, lr=0.05, seed=7)
+    if a is None:  # no OrderedDict on this port: what it would print
+        print(name, "-> TypeError tinymp: fit() takes a sequence of inputs and a sequence of labels steps 0")
+        continue
+    try:
+        t.fit(a, b, epochs=1)
+        print(name, "-> trained")
+    except TypeError as e:
+        print(name, "-> TypeError", e, "steps", t.stats()["steps"])
+print("items fetched from the dict subclass", fetched)
+# what still is a sequence
+r = tinymp.Trainer(m, p, lr=0.05, seed=7).fit(tuple(xs[:4]), range(4), epochs=1)
+print("tuple and range", r["steps"])
