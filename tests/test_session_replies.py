@@ -1054,3 +1054,71 @@ def test_the_checks_pass_what_the_agent_sends(rig, monkeypatch):
     assert P.reply_problem(P.PUSH_BEGIN, {"offset": True}) == \
         "'offset' is a bool (True), not an integer >= 0"
     assert P.reply_problem(0x7E, "anything") is None and P.reply_problem(P.BYE, None) is None
+
+
+def ctrl_c_at(ftype, nth=1):
+    """A `fail` hook: Ctrl-C (KeyboardInterrupt) as the nth request of type `ftype` is written,
+    once; the requests after it (BYE) go through."""
+    seen = [0]
+
+    def fail(t):
+        if t == ftype:
+            seen[0] += 1
+            if seen[0] == nth:
+                raise KeyboardInterrupt
+        return False
+    return fail
+
+
+def test_ctrl_c_in_a_capture_says_what_was_kept(rig, monkeypatch):
+    # it printed only "tinymp: interrupted" (status 130): the samples were kept, the line did
+    # not say so, nor that collect resumes
+    monkeypatch.setitem(sys.modules, "sensor", SimSensor(SCENE, str(rig.where)))
+    rig.fail = ctrl_c_at(P.CAPTURE, 4)
+    rc, _, err = rig.cli("collect", label=3, count=5)
+    ds = D.Dataset.open(rig.session.dataset_dir)
+    assert rc == 130 and len(ds) == 15
+    assert one_line(err) == (f"tinymp: collect interrupted (Ctrl-C): 3 new samples saved (15 in "
+                             f"{ds.path}), none lost; run collect again to resume")
+    assert rig.port.sent[-1] == P.BYE
+    rig.fail = None
+    rc, _, err = rig.cli("collect", label=3, count=5)  # goes on: 2 more, all 17 on the board
+    assert rc == 0 and len(D.Dataset.open(rig.session.dataset_dir)) == 17
+    with open_fake(rig.where) as b:
+        assert b.request(P.SAMPLES_STATUS)["count"] == 17
+
+
+def test_ctrl_c_while_samples_are_sent_says_they_are_kept(rig):
+    rig.fail = ctrl_c_at(P.SAMPLES_PUT)
+    rc, _, err = rig.cli("collect", source=rig.held)
+    ds = D.Dataset.open(rig.session.dataset_dir)
+    assert rc == 130 and len(ds) == 36
+    assert one_line(err) == (f"tinymp: sending samples interrupted (Ctrl-C): all 36 samples are "
+                             f"saved in {ds.path}; run collect again to resume")
+
+
+@pytest.mark.parametrize("where", ["sync", "steps", "end"])
+def test_ctrl_c_in_training_says_what_the_board_keeps(rig, where):
+    before = folder_state(os.path.join(str(rig.where), "flash"))
+    rig.fail = ctrl_c_at({"sync": P.SAMPLES_PUT, "steps": P.TRAIN_STEPS,
+                          "end": P.TRAIN_END}[where], 2 if where == "steps" else 1)
+    rc, _, err = rig.cli("train", steps=40, json=False)
+    line = one_line(err)
+    runs = rig.session.runs_dir
+    assert rc == 130 and not (os.path.isdir(runs) and os.listdir(runs))  # no run recorded
+    if where == "sync":
+        assert line == (f"tinymp: training interrupted (Ctrl-C) while the dataset's samples were "
+                        f"sent: all 12 are saved in {rig.session.dataset_dir}; the board keeps "
+                        "its last saved parameters; no run recorded")
+    elif where == "steps":
+        # the first TRAIN_STEPS asks for one step; the Ctrl-C is at the second request
+        assert line == ("tinymp: training interrupted (Ctrl-C) after 1 step of 40: the board "
+                        "keeps its last saved parameters; no run recorded")
+    else:
+        assert line.startswith("tinymp: training interrupted (Ctrl-C) at its end: whether the "
+                               "board saved this run's parameters is not known") and \
+            line.endswith("no run recorded: train again to record one")
+    if where != "end":  # no parameters written
+        after = folder_state(os.path.join(str(rig.where), "flash"))
+        assert {k: v for k, v in after.items() if k.startswith("params")} == \
+            {k: v for k, v in before.items() if k.startswith("params")}

@@ -44,6 +44,12 @@ def user_error(msg):
     return SessionError(msg, 2)
 
 
+def interrupted(msg):
+    """Ctrl-C (KeyboardInterrupt) in a long command: its one line, saying what was kept, and
+    the exit status 130 of any interrupted command."""
+    return SessionError(msg, 130)
+
+
 # a message that starts "tinymp: " (the engine's, the agent's, a link's), or holds one after ": "
 _INNER_PREFIX = re.compile(r"(^|: )tinymp: ")
 
@@ -832,6 +838,10 @@ def collect_capture(board, ds, label, count, show=True, board_name=None, synced=
                     "and run collect again to resume") from None
             board.request(P.CAPTURE_KEEP, {"id": i})
             bar.update()
+    except KeyboardInterrupt:
+        raise interrupted(f"tinymp: collect interrupted (Ctrl-C): {plural(added, 'new sample')} "
+                          f"saved ({len(ds)} in {ds.path}), none lost; run collect again to "
+                          "resume") from None
     except (LinkError, BoardError) as e:
         msg = embedded(e.msg if isinstance(e, BoardError) else e)
         kept = f"{plural(added, 'new sample')} saved ({len(ds)} in {ds.path}), none lost"
@@ -992,7 +1002,12 @@ def train(board, ds, options, steps=None, epochs=None, save=True, show=True, ses
     if options.get("keep_features"):
         # an older agent ignores the option: the run would keep nothing, silently
         need_agent(board, 7, "keeping the samples' features between runs (--keep-features)")
-    sync_samples(board, ds, show)
+    try:
+        sync_samples(board, ds, show)
+    except KeyboardInterrupt:
+        raise interrupted(f"tinymp: training interrupted (Ctrl-C) while the dataset's samples "
+                          f"were sent: all {len(ds)} are saved in {ds.path}; the board keeps "
+                          "its last saved parameters; no run recorded") from None
     n = len(ds)
     if n == 0:
         raise user_error("tinymp: no samples to train on: run `tinymp collect` first")
@@ -1011,13 +1026,64 @@ def train(board, ds, options, steps=None, epochs=None, save=True, show=True, ses
     opts["run"] = os.urandom(6).hex()
     # each event says whether its step started from kept features (agent 5; older ones ignore it)
     opts["mark_cached"] = True
+    events = []
+    bars = []
+    try:
+        start = _train_steps(board, opts, steps, n, events, bars, show)
+    except KeyboardInterrupt:
+        for bar in bars:
+            bar.close()
+        raise interrupted(f"tinymp: training interrupted (Ctrl-C) after "
+                          f"{plural(len(events), 'step')} of {steps:,}: the board keeps its last "
+                          "saved parameters; no run recorded") from None
+    try:
+        end = board.request(P.TRAIN_END, {"save": bool(save)}, timeout=slow_timeout(board))
+    except KeyboardInterrupt:
+        raise interrupted(f"tinymp: training interrupted (Ctrl-C) at its end: "
+                          f"{_end_unknown(opts, save)}; no run recorded: train again to record "
+                          "one") from None
+    except ReplyError as e:
+        # the board ended the run before it replied: not "keeps its last saved parameters"
+        kept = ("saved this run's parameters (`tinymp params rollback` brings the earlier ones "
+                "back)" if save else "kept this run as the trial run")
+        raise SessionError(f"tinymp: training ended with a bad reply: {embedded(e)}; the board "
+                           f"may have {kept}; no run recorded") from None
+    except LinkError as e:
+        # the link failed with TRAIN_END asked for: the board may have ended the run (it saves
+        # before it replies) or never got the request, so neither "kept" nor "saved" is known;
+        # and no rollback advice, which would undo the earlier parameters if it did not save
+        raise WordedLinkError(f"tinymp: training interrupted at its end: {embedded(e)}; "
+                              f"{_end_unknown(opts, save)}; no run recorded: train again to "
+                              "record one") from None
+    # the columns this board's agent sent (before agent 5: no "cached"); a newer agent's extra
+    # columns are not kept, as the record could not name them
+    width = min([len(P.EVENT_FIELDS)] + [len(e) for e in events])
+    events = [e[:width] for e in events]
+    rec = {"kind": "train", "time": time.time(), "options": opts, "start": start,
+           "fields": list(P.EVENT_FIELDS[:width]), "events": events, "end": end,
+           "board": _board_summary(board), "dataset": ds.path, "samples": n}
+    if session is not None:
+        try:
+            rec["file"] = session.new_run("train", rec)
+        except WriteError as e:
+            kept = ("the board saved this run's parameters" if end.get("saved") else
+                    "the board kept this run as the trial run, its saved parameters as they were"
+                    if end.get("trial") else "the board keeps its last saved parameters")
+            raise e.with_context(f"{kept}, but the run is not recorded (the report does not "
+                                 f"show it): {e.fix} before training again") from None
+    return rec
+
+
+def _train_steps(board, opts, steps, n, events, bars, show):
+    """TRAIN_START, then TRAIN_STEPS until `steps` events are in `events` (the progress bar in
+    `bars`, for the caller to close when Ctrl-C stops this). Returns TRAIN_START's reply."""
     try:
         start = board.request(P.TRAIN_START, opts, timeout=slow_timeout(board))
     except BoardError as e:
         code = 2 if e.code in ("budget", "bad_request") else 1
         raise SessionError(f"tinymp: the board cannot train: {embedded(e.msg)}", code) from None
-    events = []
     bar = progress(steps, "train", "step", show)
+    bars.append(bar)
     per_step = None
     k = 1
     window = max(10, min(n, 100))
@@ -1044,48 +1110,22 @@ def train(board, ds, options, steps=None, epochs=None, save=True, show=True, ses
         bar.update(len(got))
         bar.set_postfix_str(f"loss {loss:.3f} acc {acc * 100:.0f}%")
     bar.close()
-    try:
-        end = board.request(P.TRAIN_END, {"save": bool(save)}, timeout=slow_timeout(board))
-    except ReplyError as e:
-        # the board ended the run before it replied: not "keeps its last saved parameters"
-        kept = ("saved this run's parameters (`tinymp params rollback` brings the earlier ones "
-                "back)" if save else "kept this run as the trial run")
-        raise SessionError(f"tinymp: training ended with a bad reply: {embedded(e)}; the board "
-                           f"may have {kept}; no run recorded") from None
-    except LinkError as e:
-        # the link failed with TRAIN_END asked for: the board may have ended the run (it saves
-        # before it replies) or never got the request, so neither "kept" nor "saved" is known;
-        # and no rollback advice, which would undo the earlier parameters if it did not save.
-        # `tinymp status` shows the record the board keeps of its saved (trial) run: its options
-        # and the board's clock when it ended, to set against this run's
-        run = f"{options_text(opts)}, run {opts['run']}"
-        if save:
-            what = ("whether the board saved this run's parameters is not known (it saves "
-                    "before it replies): `tinymp status` names the run of the saved "
-                    f"parameters; this one is {run}")
-        else:
-            what = ("whether the board kept this run as the trial run is not known (it keeps it "
-                    "before it replies); its saved parameters are as they were: `tinymp status` "
-                    f"names the trial run it holds, if any; this one is {run}")
-        raise WordedLinkError(f"tinymp: training interrupted at its end: {embedded(e)}; {what}; "
-                              "no run recorded: train again to record one") from None
-    # the columns this board's agent sent (before agent 5: no "cached"); a newer agent's extra
-    # columns are not kept, as the record could not name them
-    width = min([len(P.EVENT_FIELDS)] + [len(e) for e in events])
-    events = [e[:width] for e in events]
-    rec = {"kind": "train", "time": time.time(), "options": opts, "start": start,
-           "fields": list(P.EVENT_FIELDS[:width]), "events": events, "end": end,
-           "board": _board_summary(board), "dataset": ds.path, "samples": n}
-    if session is not None:
-        try:
-            rec["file"] = session.new_run("train", rec)
-        except WriteError as e:
-            kept = ("the board saved this run's parameters" if end.get("saved") else
-                    "the board kept this run as the trial run, its saved parameters as they were"
-                    if end.get("trial") else "the board keeps its last saved parameters")
-            raise e.with_context(f"{kept}, but the run is not recorded (the report does not "
-                                 f"show it): {e.fix} before training again") from None
-    return rec
+    return start
+
+
+def _end_unknown(opts, save):
+    """What is known of a run whose TRAIN_END was asked for and not answered: the board may have
+    ended it (it saves before it replies) or never got the request. `tinymp status` shows the
+    record the board keeps of its saved (trial) run, its options and the board's clock when it
+    ended, to set against this run's."""
+    run = f"{options_text(opts)}, run {opts['run']}"
+    if save:
+        return ("whether the board saved this run's parameters is not known (it saves before it "
+                "replies): `tinymp status` names the run of the saved parameters; this one is "
+                f"{run}")
+    return ("whether the board kept this run as the trial run is not known (it keeps it before "
+            "it replies); its saved parameters are as they were: `tinymp status` names the "
+            f"trial run it holds, if any; this one is {run}")
 
 
 def _board_summary(board):

@@ -274,6 +274,9 @@ def _send_samples(board, ds, show, sync=None):
     stored: the rest go later)."""
     try:
         return sync() if sync else C.sync_samples(board, ds, show=show)
+    except KeyboardInterrupt:
+        raise C.interrupted(f"tinymp: sending samples interrupted (Ctrl-C): all {len(ds)} samples "
+                            f"are saved in {ds.path}; run collect again to resume") from None
     except (LinkError, BoardError) as e:
         msg = C.embedded(e.msg if isinstance(e, BoardError) else e)
         if C.board_full(e):
