@@ -414,16 +414,24 @@ def test_status_says_the_session_dataset_is_damaged_as_train_does(sess, damage):
     else:
         with open(os.path.join(ds, "samples.jsonl"), "a") as f:
             f.write('{"not": "a sample"}\n')
+    problem = says_what_train_says(sess)
+    assert ("samples.jsonl" if damage == "sample log" else "manifest.json") in problem
+
+
+def says_what_train_says(sess):
+    """train refuses the session's dataset (status 2); status reports that line as the
+    dataset's problem, with HELD's samples on the board. Returns the problem."""
     rc, _, err = sess.run("train", "--steps", "1")
-    assert rc == 2
+    assert rc == 2, err
     problem = err.strip().removeprefix("tinymp: ")
     st, text = sess.status()
-    assert st["samples"]["dataset_problem"] == problem
-    assert st["samples"]["session_samples"] is None and st["samples"]["session_dataset"] is None
+    s = st["samples"]
+    assert s["dataset_problem"] == problem
+    assert s["session_samples"] is None and s["session_dataset"] is None and s["to_send"] is None
     n = len(np.load(HELD)["y"])
-    assert text["samples"] == (f"{n:,} on the board ({st['samples']['bytes']:,} B each); this "
-                               f"session's dataset cannot be used: {problem}")
-    assert ("samples.jsonl" if damage == "sample log" else "manifest.json") in problem
+    assert text["samples"] == (f"{n:,} on the board ({s['bytes']:,} B each); this session's "
+                               f"dataset cannot be used: {problem}")
+    return problem
 
 
 def rgb_model():
@@ -445,15 +453,8 @@ def test_status_says_the_session_dataset_does_not_suit_the_boards_model(sess, tm
     rgb = tmp_path / "rgb.tmpm"
     rgb.write_bytes(rgb_model())
     sess.ok("push", str(rgb))
-    rc, _, err = sess.run("train", "--steps", "1")
-    assert rc == 2 and "32x32x1 samples" in err and "takes 8x8x3" in err, err
-    problem = err.strip().removeprefix("tinymp: ")
-    st, text = sess.status()
-    assert st["samples"]["dataset_problem"] == problem
-    assert st["samples"]["session_samples"] is None and st["samples"]["to_send"] is None
-    n = len(np.load(HELD)["y"])
-    assert text["samples"] == (f"{n:,} on the board ({st['samples']['bytes']:,} B each); this "
-                               f"session's dataset cannot be used: {problem}")
+    problem = says_what_train_says(sess)
+    assert "32x32x1 samples" in problem and "takes 8x8x3" in problem, problem
 
 
 def test_a_run_at_learning_rate_0_warns(sess):
