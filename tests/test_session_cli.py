@@ -822,3 +822,36 @@ def test_devices_says_what_qemu_lacks(tmp_path):
             assert row["board"] == "emulated" and row["description"].endswith(str(fw))
         else:
             assert row["board"] is None and words in row["description"], row
+
+
+def test_a_flow_whose_trial_run_the_board_cannot_keep_fails(tmp_path, capsys, monkeypatch):
+    # "save": false and no room for the trial on the board: the flow said nothing and exited 0,
+    # where `train --no-save` exits 1
+    from tinymp.session import run
+    monkeypatch.setattr(run, "load_config", lambda path: {})
+    monkeypatch.setattr(run, "run_session", lambda cfg, args, out: {
+        "save_error": None, "trial_error": "no room left on the board's filesystem"})
+    monkeypatch.setattr(run, "_emit", lambda args, rep: None)
+    import argparse
+    assert run.cmd_session(argparse.Namespace(config="c.json", json=True)) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: the board could not keep the run as a trial run: no room left on the "
+                   "board's filesystem; it keeps its last saved parameters; make room on the "
+                   "board's filesystem and run the flow again"]
+
+
+def test_a_flow_capturing_for_an_rgb_model_on_the_simulated_camera_is_refused_first(tmp_path,
+                                                                                   capsys):
+    # refused at the capture, after the push and the other collect items had run
+    from test_session_sim import _small_model
+    model = tmp_path / "rgb.tmpm"
+    model.write_bytes(_small_model(16, 3))
+    p = tmp_path / "c.json"
+    p.write_text(json.dumps({"model": str(model), "port": "sim", "session": "s", "plots": False,
+                             "collect": [{"label": 1, "count": 2}], "train": {"steps": 2}}))
+    assert cli.main(["session", str(p)]) == 2
+    assert one_line(capsys.readouterr().err) == (
+        "tinymp: the simulated board's camera gives grayscale frames and the model takes 3 "
+        "channels (16x16x3); collect with --from FILE")
+    flash = [os.path.join(r, f) for r, _, fs in os.walk(tmp_path / "s") for f in fs]
+    assert not [f for f in flash if f.endswith("model.tmpm")], flash

@@ -222,3 +222,41 @@ def test_the_agent_is_pasted_in_pieces_that_compile_alone():
     small = b"".join(b"x%d = %d\n" % (i, i) for i in range(2000))
     cut = link.agent_chunks(small, most=1000)
     assert b"".join(cut) == small and max(map(len, cut)) <= 1000 and len(cut) > 10
+
+
+def test_a_frame_the_heap_cannot_hold_is_dropped_with_one_error():
+    # a frame the agent's limit allows can still find no room on a full or cut-up heap: the
+    # MemoryError left serve() and the agent went, the PC saw a dead link. Now its bytes are
+    # dropped in small pieces, the request gets a "memory" error, the next frame is read whole.
+    big = P.encode_frame(P.SAMPLES_PUT, 7, bytes(range(256)) * 20)
+    after = P.encode_frame(P.INFO, 8, b"")
+
+    class Tight(A.FrameReader):
+        def _read(self, n):
+            if n > 4096:
+                raise MemoryError
+            return super()._read(n)
+
+    r = Tight(io.BytesIO(big + after))
+    with pytest.raises(A.ProtocolError) as e:
+        r.read()
+    assert e.value.args == ("memory", "no memory for a frame of 5120 bytes", 7)
+    ftype, seq, payload, _ = r.read()
+    assert (ftype, seq, bytes(payload)) == (P.INFO, 8, b"")
+    # serve() answers it as an error of that request and goes on
+    out = io.BytesIO()
+    agent = A.Agent.__new__(A.Agent)
+    agent.running = True
+    agent.max_payload = 1 << 16
+    agent.last = None
+    replies = []
+    agent.handle = lambda *a: replies.append(a[:2]) or b""
+    agent.error = lambda seq, code, msg: replies.append((code, seq)) or b""
+    agent._end_features = lambda keep=False: None
+    real = A.FrameReader
+    A.FrameReader = Tight
+    try:
+        A.serve(io.BytesIO(big + after), out, agent)
+    finally:
+        A.FrameReader = real
+    assert replies == [("memory", 7), (P.INFO, 8)]

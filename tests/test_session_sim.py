@@ -702,3 +702,7 @@ def test_a_sample_larger_than_an_eighth_of_the_heap_goes_in_a_frame_of_its_own(s
             "board takes in one frame" in str(e.value)
     with open_sim(sess) as b:  # a new connection: INFO says the same limit
         assert b.info["max_payload"] == 49 * 1024
+        # a model of smaller samples does not lower it while the agent runs: a PC before agent
+        # 10 reads the limit once, at the hello, and goes on sending frames of that size
+        C.push(b, DEMO, show=False)
+        assert b.info["max_payload"] == 49 * 1024

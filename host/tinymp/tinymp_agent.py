@@ -308,7 +308,16 @@ class FrameReader:
             # never swallow what may be the next frames: resynchronise after this header
             raise ProtocolError("too_long", "frame payload of %d bytes is over the limit of %d"
                                 % (n, self.max_payload), seq)
-        body = self._read(n + 4)
+        try:
+            body = self._read(n + 4)
+        except MemoryError:
+            # a frame the limit allows, on a heap too full or too cut up for it: drop its bytes
+            # in small pieces and say so (the agent stays up; the PC gets one clear refusal)
+            body = None
+            left = n + 4
+            while left:
+                left -= len(self._read(min(left, 256)))
+            raise ProtocolError("memory", "no memory for a frame of %d bytes" % n, seq)
         payload = memoryview(body)[:n]  # no copy of a large payload on a small heap
         c = crc32(payload, crc32(head))
         if c != struct.unpack_from("<I", body, n)[0]:
@@ -1595,7 +1604,9 @@ class Agent(_Runs):
         n = (free // 8) & ~1023
         if sample:
             n = max(n, min(free // 4, (sample + 2047) & ~1023))
-        self.max_payload = max(1024, min(MAX_PAYLOAD, n))
+        # never lower while the agent runs: a PC that read a higher limit (a PC before agent 10
+        # reads it once, at the hello) may send frames of that size after a smaller model's push
+        self.max_payload = max(self.max_payload or 0, 1024, min(MAX_PAYLOAD, n))
 
     def _budget(self):
         b = self.board.get("arena_budget")

@@ -470,11 +470,11 @@ def frame_room(board, sample_bytes, extra, what):
     link."""
     maxp = board.link.max_payload or 4096
     if sample_bytes + extra > maxp:
-        why = ("it takes one sample as far as a quarter of its free memory goes, at most 64 KB"
-               if agent_at_least(board, 10) else
-               f"its agent, version {board.info.get('agent')}, takes an eighth of its free "
-               "memory; one of version 10 or later (a newer firmware) takes one sample as far "
-               "as a quarter of it goes")
+        why = ("it takes one sample as far as a quarter of the heap its agent started with "
+               "goes, at most 64 KB" if agent_at_least(board, 10) else
+               f"its agent, version {board.info.get('agent')}, takes an eighth of the heap it "
+               "started with; one of version 10 or later (a newer firmware) takes one sample as "
+               "far as a quarter of it goes")
         raise user_error(f"tinymp: cannot {what}: one sample of the model is {sample_bytes:,} "
                          f"bytes, more than the board takes in one frame ({maxp - extra:,} "
                          f"bytes: {why})")
@@ -796,6 +796,16 @@ def sync_for_captures(board, ds, need, asked, of_what, knob, show=True):
             "or captured") from None
 
 
+def check_sim_camera(board, shape):
+    """Refuse (status 2) captures on the simulated board for a model of `shape` whose inputs are
+    not grayscale: its scene is grayscale images, and the agent's RGB565 request would fail at
+    every capture."""
+    if board.sim is not None and shape and shape[2] != 1:
+        raise user_error(f"tinymp: the simulated board's camera gives grayscale frames and the "
+                         f"model takes {shape[2]} channels ({'x'.join(map(str, shape))}); "
+                         "collect with --from FILE")
+
+
 def collect_capture(board, ds, label, count, show=True, board_name=None, synced=False):
     """Capture with the board's camera until `ds` holds `count` samples of `label`. Each sample is
     on the PC's disk before the board is told to keep it. Returns {"added", "total"}. `synced`:
@@ -804,12 +814,7 @@ def collect_capture(board, ds, label, count, show=True, board_name=None, synced=
     _check_label(ds, label)
     if not board.info.get("camera"):
         raise user_error(f"tinymp: {board.info.get('board')} has no camera; collect with --from FILE")
-    shape = (board.info.get("model") or {}).get("input_shape")
-    if board.sim is not None and shape and shape[2] != 1:
-        # its scene is grayscale images: the agent's RGB565 request would fail at every capture
-        raise user_error(f"tinymp: the simulated board's camera gives grayscale frames and the "
-                         f"model takes {shape[2]} channels ({'x'.join(map(str, shape))}); "
-                         "collect with --from FILE")
+    check_sim_camera(board, (board.info.get("model") or {}).get("input_shape"))
     added = 0
     bar = None
     try:

@@ -915,6 +915,8 @@ def run_session(cfg, args, out=print):
             raise C.user_error(f"tinymp: {name} has no camera, which the config's collect items "
                                "with 'label' and 'count' capture with; collect with 'from' (a "
                                "samples file) instead")
+        if any("label" in c for c in cfg.get("collect") or []):
+            C.check_sim_camera(board, m.input_shape)  # also before the push
         C.check_fits(board, data, m)
         C.check_budget(board, tr.get("budget"))  # before the push, not at the train step
         try:
@@ -978,8 +980,11 @@ def run_session(cfg, args, out=print):
             + (", parameters saved" if t["saved"] else
                f", parameters NOT saved: the board could not write them ({t['save_error']})"
                if t.get("save_error") else
-               ", parameters kept as a trial run (not saved)" if t.get("trial") else ""))
+               ", parameters kept as a trial run (not saved)" if t.get("trial") else
+               f", parameters NOT saved, and not kept as a trial run ({t['trial_error']})"
+               if t.get("trial_error") else ""))
         save_error = t.get("save_error")
+        trial_error = None if save_error else t.get("trial_error")
         after = C.evaluate(board, x, y, "personalised", show, meta["num_classes"], "after",
                            session, what)
         out(f"evaluate   after:  {after['accuracy'] * 100:.1f}% ({after['params']} weights) on "
@@ -997,6 +1002,7 @@ def run_session(cfg, args, out=print):
     rep["plots"] = pngs
     rep["seconds"] = time.perf_counter() - t_all
     rep["save_error"] = save_error
+    rep["trial_error"] = trial_error
     return rep
 
 
@@ -1037,11 +1043,16 @@ def cmd_session(args):
     cfg = load_config(args.config)
     out = (lambda *a: None) if args.json else print
     rep = run_session(cfg, args, out)
-    # the train step asked to save and the board could not: the flow's results stand, it fails
-    status = 1 if rep.get("save_error") else 0
-    if status:
+    # the train step asked to save (or, "save": false, to keep a trial run) and the board could
+    # not: the flow's results stand, it fails
+    status = 1 if rep.get("save_error") or rep.get("trial_error") else 0
+    if rep.get("save_error"):
         print(f"error: the board could not save the trained parameters: {rep['save_error']}; it "
               "keeps its last saved parameters; make room on the board's filesystem and run "
+              "the flow again", file=sys.stderr)
+    elif status:
+        print(f"error: the board could not keep the run as a trial run: {rep['trial_error']}; "
+              "it keeps its last saved parameters; make room on the board's filesystem and run "
               "the flow again", file=sys.stderr)
     if args.json:
         _emit(args, rep)
