@@ -313,7 +313,6 @@ class FrameReader:
         except MemoryError:
             # a frame the limit allows, on a heap too full or too cut up for it: drop its bytes
             # in small pieces and say so (the agent stays up; the PC gets one clear refusal)
-            body = None
             left = n + 4
             while left:
                 left -= len(self._read(min(left, 256)))
@@ -493,6 +492,7 @@ KEPT_MAGIC = b"TMPF"
 KEPT_VERSION = 2  # 2: the salt in the records' CRCs
 KEPT_HEAD = 96
 KEPT_REC = 12
+KEPT_SALT = 28  # the salt's offset in the header
 
 
 def _gap(rec):
@@ -500,7 +500,6 @@ def _gap(rec):
     record's bytes zero): id 0 and label 0, which sample 0 may have, with a CRC of 0, which
     its written record has only once in 2**32 times (its features are then made again)."""
     return not any(rec[:KEPT_REC])
-KEPT_SALT = 28  # the salt's offset in the header
 
 
 def _same_kept(h, head):
