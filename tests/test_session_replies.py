@@ -1122,3 +1122,70 @@ def test_ctrl_c_in_training_says_what_the_board_keeps(rig, where):
         after = folder_state(os.path.join(str(rig.where), "flash"))
         assert {k: v for k, v in after.items() if k.startswith("params")} == \
             {k: v for k, v in before.items() if k.startswith("params")}
+
+
+def _blank_board(rig):
+    rig.where = rig.tmp / "blank"
+    rig.where.mkdir()
+
+
+@pytest.mark.parametrize("where", ["begin", "data", "commit", "info", "romfs"])
+def test_ctrl_c_in_a_push_says_what_the_board_holds(rig, monkeypatch, where):
+    # it printed only "tinymp: interrupted": not whether the board kept its model, committed the
+    # new one or how to go on
+    sha = C.hashlib.sha256(DEMO).hexdigest()
+    name = "OPENMV_H7 (simulated)"
+    push = C.push
+    monkeypatch.setattr(C, "push", lambda *a, **kw: push(*a, chunk=4096, **kw))
+    if where == "romfs":  # the board holds the model; its ROMFS copy changed behind its back
+        with open(rig.where / "romfs0.bin", "r+b") as f:
+            f.seek(64 + 100)
+            v = f.read(1)[0]
+            f.seek(64 + 100)
+            f.write(bytes([v ^ 0xFF]))
+    else:
+        _blank_board(rig)
+    rig.fail = ctrl_c_at({"begin": P.PUSH_BEGIN, "data": P.PUSH_DATA, "commit": P.PUSH_COMMIT,
+                          "info": P.INFO, "romfs": P.PUSH_ROMFS}[where],
+                         {"data": 3, "info": 2}.get(where, 1))
+    rc, out, err = rig.cli("push")
+    line = one_line(err)
+    assert rc == 130 and out == ""
+    assert rig.port.sent[-1] == P.BYE
+    recorded = C.Session(rig.session.path).state.get("model")
+    assert recorded is None or where == "romfs", recorded  # the session records no push
+    check_folder(rig.session.path)
+    held = _board_info(rig)["model"]
+    committed = {"begin": False, "data": False, "commit": False, "info": True, "romfs": True}
+    assert (held is not None and held["sha256"] == sha) == committed[where], held
+    if where == "begin":
+        assert line == (f"tinymp: push interrupted (Ctrl-C) as it began: {name} keeps its "
+                        "previous model; run push again")
+    elif where == "data":  # two 4 KB chunks were acknowledged before the third was sent
+        assert line == (f"tinymp: push interrupted (Ctrl-C) after 8,192 of {len(DEMO):,} bytes "
+                        f"reached the board: {name} keeps its previous model; run push again "
+                        "to resume")
+    elif where == "commit":  # the same as a link lost at the commit: either model may be there
+        assert line == (f"tinymp: push interrupted (Ctrl-C) at the commit: whether {name} "
+                        "committed the model is not known: `tinymp status` shows the model it "
+                        f"holds (this one is sha256 {sha[:12]}); run push again, which sends "
+                        "nothing when the board holds it, and else resumes the push")
+    elif where == "info":
+        assert line == (f"tinymp: push interrupted (Ctrl-C) after {name} committed the model "
+                        f"(sha256 {sha[:12]}): run push again to see where the board uses it "
+                        "from (it sends nothing)")
+    else:
+        assert line == (f"tinymp: push interrupted (Ctrl-C) while the board wrote the model into "
+                        f"ROMFS: {name} holds the model on its filesystem; whether the ROMFS "
+                        "write finished is not known: `tinymp status` shows where the board uses "
+                        "the model from; run push again, which finishes the write if it is not "
+                        "done")
+    # what the line says to run does it: push again resumes, or sends nothing
+    rig.fail = None
+    rc, out, err = rig.cli("push")
+    assert rc == 0, err
+    res = json.loads(out)
+    assert res["skipped"] == committed[where]
+    assert res["resumed_from"] == {"data": 8192, "commit": len(DEMO)}.get(where)
+    assert _board_info(rig)["model"]["sha256"] == sha
+    assert C.Session(rig.session.path).state["model"]["sha256"] == sha

@@ -533,12 +533,16 @@ def push(board, data, show=True, chunk=None):
                 "skipped": True, "romfs": finish_romfs(board)}
     maxp = board.link.max_payload or 4096
     chunk = chunk or max(256, min(maxp - 64, 32768))
+    name = board.info.get("board") or "the board"
     t0 = time.perf_counter()
     try:
         rep = board.request(P.PUSH_BEGIN, {"size": len(data), "sha256": sha})
     except BoardError as e:
         raise SessionError(f"tinymp: the board refused the model: {embedded(e.msg)}",
                            2 if e.code in ("too_big", "no_space") else 1) from None
+    except KeyboardInterrupt:
+        raise interrupted(f"tinymp: push interrupted (Ctrl-C) as it began: {name} keeps its "
+                          "previous model; run push again") from None
     off = rep["offset"]
     if off > len(data):
         raise board.link.agent_error(f"replied offset {off} to PUSH_BEGIN, past the model's "
@@ -561,9 +565,13 @@ def push(board, data, show=True, chunk=None):
                                              f"(it replied offset {new})")
             bar.update(new - off)
             off = new
+    except KeyboardInterrupt:
+        # the board holds what it acknowledged and resumes from there; it commits nothing yet
+        raise interrupted(f"tinymp: push interrupted (Ctrl-C) after {off:,} of {len(data):,} "
+                          f"bytes reached the board: {name} keeps its previous model; run push "
+                          "again to resume") from None
     finally:
         bar.close()
-    name = board.info.get("board") or "the board"
     try:
         rep = board.request(P.PUSH_COMMIT, timeout=slow_timeout(board))
         if rep["sha256"] != sha or rep["bytes"] != len(data):
@@ -579,16 +587,21 @@ def push(board, data, show=True, chunk=None):
         bad = isinstance(e, ReplyError)  # the link works: a SessionError, and BYE
         raise (SessionError if bad else WordedLinkError)(
             f"tinymp: push {'stopped' if bad else 'interrupted'} at the commit: {embedded(e)}; "
-            f"whether {name} committed the model is not known: `tinymp status` shows the model it "
-            f"holds (this one is sha256 {sha[:12]}); run push again, which sends nothing when "
-            "the board holds it, and else resumes the push") from None
+            f"{_commit_unknown(name, sha)}") from None
+    except KeyboardInterrupt:  # as the lost link: the request may have reached the board
+        raise interrupted(f"tinymp: push interrupted (Ctrl-C) at the commit: "
+                          f"{_commit_unknown(name, sha)}") from None
     dt = time.perf_counter() - t0
+    again = "run push again to see where the board uses it from (it sends nothing)"
     try:
         refresh_info(board)
     except LinkError as e:
         raise (SessionError if isinstance(e, ReplyError) else WordedLinkError)(
             f"tinymp: push: {name} committed the model (sha256 {sha[:12]}), then: {embedded(e)}; "
-            "run push again to see where the board uses it from (it sends nothing)") from None
+            f"{again}") from None
+    except KeyboardInterrupt:
+        raise interrupted(f"tinymp: push interrupted (Ctrl-C) after {name} committed the model "
+                          f"(sha256 {sha[:12]}): {again}") from None
     return {"sha256": rep["sha256"], "bytes": rep["bytes"], "seconds": dt,
             "resumed_from": start or None, "skipped": False, "romfs": rep.get("romfs")}
 
@@ -604,6 +617,21 @@ ROMFS_STATES = {
     "too_big": "the model does not fit the ROMFS segment",
     "foreign": "the segment holds other files, left as they are",
 }
+
+
+def _commit_unknown(name, sha):
+    """What a push whose PUSH_COMMIT went unanswered says of the model on the board."""
+    return (f"whether {name} committed the model is not known: `tinymp status` shows the model "
+            f"it holds (this one is sha256 {sha[:12]}); run push again, which sends nothing when "
+            "the board holds it, and else resumes the push")
+
+
+def _romfs_unknown(board):
+    """What a push whose PUSH_ROMFS went unanswered says of the board's ROMFS copy."""
+    name = board.info.get("board") or "the board"
+    return (f"{name} holds the model on its filesystem; whether the ROMFS write finished is not "
+            "known: `tinymp status` shows where the board uses the model from; run push again, "
+            "which finishes the write if it is not done")
 
 
 def finish_romfs(board):
@@ -623,12 +651,12 @@ def finish_romfs(board):
         except LinkError as e:
             # the model is committed (this is a model the board holds); the board writes ROMFS
             # before it replies, so how far that write got is not known
-            name = board.info.get("board") or "the board"
             raise (SessionError if isinstance(e, ReplyError) else WordedLinkError)(
-                f"tinymp: push: writing the model into ROMFS: {embedded(e)}; {name} holds the "
-                "model on its filesystem; whether the ROMFS write finished is not known: `tinymp "
-                "status` shows where the board uses the model from; run push again, which "
-                "finishes the write if it is not done") from None
+                f"tinymp: push: writing the model into ROMFS: {embedded(e)}; "
+                f"{_romfs_unknown(board)}") from None
+        except KeyboardInterrupt:
+            raise interrupted("tinymp: push interrupted (Ctrl-C) while the board wrote the model "
+                              f"into ROMFS: {_romfs_unknown(board)}") from None
         return rep
     return {"present": True, "in_place": bool(st.get("serving")), "state": st.get("state"),
             "warning": st.get("note"), "segment_bytes": st.get("bytes")}
