@@ -2645,6 +2645,15 @@ static uint8_t *fit_own_cache(uint32_t want, uint32_t cache_bytes, uint32_t *cou
     return b;
 }
 
+/* Has o a length (a __len__, of a class or a native type)? One without is no sequence for fit(),
+ * as on the board (mp_obj_len_maybe); a __len__ that raises or returns no int still fails with
+ * the runtime's own error. Runs no Python code. */
+static int fit_has_len(PyObject *o) {
+    const PySequenceMethods *s = Py_TYPE(o)->tp_as_sequence;
+    const PyMappingMethods *m = Py_TYPE(o)->tp_as_mapping;
+    return (s != NULL && s->sq_length != NULL) || (m != NULL && m->mp_length != NULL);
+}
+
 /* fit(xs, ys, epochs=1, cache=True, shuffle=True, progress=None, probe=0) -> dict */
 static PyObject *Trainer_fit(TrainerObject *self, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"xs", "ys", "epochs", "cache", "shuffle", "progress", "probe", NULL};
@@ -2662,7 +2671,8 @@ static PyObject *Trainer_fit(TrainerObject *self, PyObject *args, PyObject *kwds
         PyErr_SetString(PyExc_TypeError, "tinymp: progress must be callable or None");
         return NULL;
     }
-    if (!PySequence_Check(xs) || !PySequence_Check(ys) || PyUnicode_Check(xs) || PyBytes_Check(xs)) {
+    if (!PySequence_Check(xs) || !PySequence_Check(ys) || PyUnicode_Check(xs) || PyBytes_Check(xs) ||
+            !fit_has_len(xs) || !fit_has_len(ys)) {
         PyErr_SetString(PyExc_TypeError, "tinymp: fit() takes a sequence of inputs and a sequence of labels");
         return NULL;
     }

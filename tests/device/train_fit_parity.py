@@ -257,6 +257,11 @@ class LenOnly:
         return len(xs)
 
 
+class GetOnly:  # subscriptable, no __len__: the PC said CPython's "has no len()"
+    def __getitem__(self, i):
+        return xs[i]
+
+
 def mapping(cls):
     d = cls()
     for i in range(len(xs)):
@@ -266,7 +271,8 @@ def mapping(cls):
 
 cases = [("dict xs", mapping(dict), ys), ("dict ys", xs, dict((i, y) for i, y in enumerate(ys))),
          ("dict subclass", mapping(Dict), ys), ("OrderedDict", mapping(OrderedDict) if OrderedDict else None, ys),
-         ("set", xs, set(ys)), ("no __getitem__", LenOnly(), ys), ("generator", (x for x in xs), ys)]
+         ("set", xs, set(ys)), ("no __getitem__", LenOnly(), ys), ("no __len__", GetOnly(), ys),
+         ("generator", (x for x in xs), ys)]
 for name, a, b in cases:
     t = tinymp.Trainer(m, p, lr=0.05, seed=7)
     if a is None:  # no OrderedDict on this port: what it would print
