@@ -51,7 +51,7 @@ except ImportError:  # pragma: no cover
 # "features" says what features.kept holds (from its header), for `tinymp status`; 9:
 # SAMPLES_STATUS says the room for more samples (free, store_bytes, record_extra); 10: frames
 # (max_payload) take at least one sample of the committed model, as far as a quarter of the heap
-# goes (a 128x128 RGB sample did not fit an eighth of a NUCLEO's or an ESP32's heap)
+# goes (a 128x128 RGB sample did not fit an eighth of an OpenMV H7's or an ESP32's heap)
 AGENT_VERSION = "10"
 PROTOCOL = 1
 MAGIC = b"\xa5T"
