@@ -51,13 +51,16 @@ except ImportError:  # pragma: no cover
 # "features" says what features.kept holds (from its header), for `tinymp status`; 9:
 # SAMPLES_STATUS says the room for more samples (free, store_bytes, record_extra); 10: frames
 # (max_payload) take at least one sample of the committed model, as far as a quarter of the heap
-# goes (a 128x128 RGB sample did not fit an eighth of an OpenMV H7's or an ESP32's heap)
-AGENT_VERSION = "10"
+# goes (a 128x128 RGB sample did not fit an eighth of an OpenMV H7's or an ESP32's heap); 11: a
+# change of several files (a save, promotion, rollback or reset of the parameters, a model's
+# commit) is journalled (JOURNAL) and finished by the next start after a reset cuts it short
+AGENT_VERSION = "11"
 PROTOCOL = 1
 MAGIC = b"\xa5T"
 HEADER = 12
 DEFAULT_METHOD = "tinymp"  # what m.plan() trains without a method (docs/API.md)
 TRIAL_FILES = ("params.try", "params.try.opt")  # a run trained without saving, kept for PARAMS_SAVE
+JOURNAL = "files.op"  # the steps of a change of several files under way (Agent._change)
 # the methods whose plans pick channels by `ratio`; the engine refuses a ratio other than 1 for the
 # others (from agent 6; before, it took one and trained the same channels as without it)
 RATIO_METHODS = ("tinymp", "tinytrain")
@@ -1203,17 +1206,75 @@ class _Runs:
                 o[k] = opts[k]
         return encode({"model": self._model_sha(), "options": o, "time": _now()})
 
-    def _shelve_saved(self):
-        """The saved parameters become the previous ones (rollback), their options with them:
-        params.opt always describes params.bin, params.prev.opt params.prev."""
-        p, prev = self._p("params.bin"), self._p("params.prev")
-        if not _exists(p):
-            return
-        _replace(p, prev)
-        if _exists(self._p("params.opt")):
-            _replace(self._p("params.opt"), self._p("params.prev.opt"))
+    def _change(self, steps):
+        """Change several files as one: `steps` (("mv", src, dst) renames src over dst, ("rm",
+        name) removes; names in the root) are written to the journal, done in order, and the
+        journal removed. A reset anywhere leaves the journal, and the next start finishes the
+        change (_redo), so the board holds the files as before it or as after it, never a mix.
+        A step is redone when its source is still there (an "rm": always), which is right as
+        long as no later step made that name again: before such a step the journal records
+        where to go on from."""
+        if steps:
+            steps = [list(t) for t in steps]
+            _write_file(self._p(JOURNAL), encode({"steps": steps, "next": 0}))
+            self._redo(steps, 0)
+
+    def _redo(self, steps, start):
+        done = start
+        for i in range(start, len(steps)):
+            t = steps[i]
+            if t[0] == "mv" and any(u[1] == t[2] for u in steps[done:i]):
+                # this makes a name an earlier step (not done again) took away
+                _write_file(self._p(JOURNAL), encode({"steps": steps, "next": i}))
+                done = i
+            if t[0] == "mv":
+                if _exists(self._p(t[1])):
+                    _replace(self._p(t[1]), self._p(t[2]))
+            else:
+                _remove(self._p(t[1]))
+        _remove(self._p(JOURNAL))
+
+    def _finish_change(self):
+        """At the start: a change (_change) a reset cut short is finished. The journal is
+        written whole to a temporary file and synced before it is renamed; where a rename cannot
+        replace a file (FAT) the old journal is removed first, so a temporary one without a
+        journal beside it is that whole newer journal, or a first one cut short, which does not
+        read. A journal that does not read (only a damaged flash leaves one) is dropped."""
+        path = self._p(JOURNAL)
+        if _exists(path):
+            _remove(path + ".tmp")
+        elif _exists(path + ".tmp"):
+            _replace(path + ".tmp", path)  # the rename the reset cut short
         else:
-            _remove(self._p("params.prev.opt"))
+            return
+        try:
+            with open(path, "rb") as f:
+                j = decode(f.read())
+            steps, start = j["steps"], j["next"]
+            ok = isinstance(steps, list) and isinstance(start, int) and \
+                0 <= start <= len(steps) and all(
+                    isinstance(t, list) and len(t) == (3 if t[0] == "mv" else 2) and
+                    t[0] in ("mv", "rm") and all(isinstance(n, str) and n and "/" not in n
+                                                 for n in t[1:]) for t in steps)
+        except (OSError, ValueError, KeyError, TypeError, IndexError):
+            ok = False
+        if ok:
+            self._redo(steps, start)
+        _remove(path)
+
+    def _drop_trial_steps(self):
+        # the options first: options without parameters mean a promotion cut short (_recover,
+        # of a board whose agent had no journal)
+        return [("rm", "params.try.opt"), ("rm", "params.try")]
+
+    def _shelve_steps(self):
+        """The steps by which the saved parameters become the previous ones (rollback), their
+        options with them: params.opt always describes params.bin, params.prev.opt params.prev."""
+        if not _exists(self._p("params.bin")):
+            return []
+        return [("mv", "params.bin", "params.prev"),
+                ("mv", "params.opt", "params.prev.opt") if _exists(self._p("params.opt"))
+                else ("rm", "params.prev.opt")]
 
     def _write_new_params(self, opts):
         """The trainer's parameters and their record as params.new and params.new.opt (each
@@ -1247,11 +1308,9 @@ class _Runs:
                 return _why(e2) + ("; the earlier parameters (for a rollback) were dropped to "
                                    "make room, and still they did not fit")
         # a trial belongs to the saved parameters it started from: once they change, it goes
-        self._drop_trial()
-        self._shelve_saved()
-        # parameters first, then their record (_recover finishes a pair cut short by a reset)
-        _replace(self._p("params.new"), self._p("params.bin"))
-        _replace(self._p("params.new.opt"), self._p("params.opt"))
+        self.trial = None
+        self._change(self._drop_trial_steps() + self._shelve_steps() +
+                     [("mv", "params.new", "params.bin"), ("mv", "params.new.opt", "params.opt")])
         return None
 
     def _keep_trial(self, opts):
@@ -1406,10 +1465,8 @@ class _Runs:
             self._end_features()
             self.trainer = self.train = self.trial = None
             self.trainer_unsaved = False
-            p = self._p("params.bin")
-            self._shelve_saved()
-            _replace(self._p("params.try"), p)
-            _replace(self._p("params.try.opt"), self._p("params.opt"))
+            self._change(self._shelve_steps() + [("mv", "params.try", "params.bin"),
+                                                 ("mv", "params.try.opt", "params.opt")])
             return {"saved": True, "from": "trial"}
         if self.trainer is not None and self.trainer_unsaved:
             # a run of this connection whose trial could not be kept (e.g. no room); a feature
@@ -1425,14 +1482,15 @@ class _Runs:
                             "in RAM")
 
     def do_params_rollback(self, req):
-        p, prev = self._p("params.bin"), self._p("params.prev")
-        if not _exists(prev):
+        if not _exists(self._p("params.prev")):
             raise Fail("nothing", "no earlier parameters to roll back to")
-        _replace(prev, p)
-        # their own options (a params.prev from an older agent has none: the current ones stay)
-        if _exists(self._p("params.prev.opt")):
-            _replace(self._p("params.prev.opt"), self._p("params.opt"))
-        self._drop_trial()  # it started from the parameters that were saved until now
+        # the trial goes: it started from the parameters that were saved until now; their own
+        # options come back with them (a params.prev from an older agent has none: the current
+        # ones stay)
+        self.trial = None
+        self._change(self._drop_trial_steps() + [("mv", "params.prev", "params.bin")] +
+                     ([("mv", "params.prev.opt", "params.opt")]
+                      if _exists(self._p("params.prev.opt")) else []))
         self._end_features()
         self.trainer = self.train = None
         self.trainer_unsaved = False
@@ -1442,8 +1500,8 @@ class _Runs:
         prev = self._p("params.prev")
         if self.trainer is not None:
             self.trainer.reset()
-        self._shelve_saved()
-        self._drop_trial()
+        self.trial = None
+        self._change(self._drop_trial_steps() + self._shelve_steps())
         self._end_features()
         self.trainer = self.train = None
         self.trainer_unsaved = False
@@ -1524,6 +1582,9 @@ class Agent(_Runs):
         # a training run's feature cache that a reset or a lost link left behind (it only
         # takes room: a run starts a new one)
         _remove(self._p("features.bin"))
+        # a change of several files cut short: finished. What follows finishes what agents
+        # before 11, which had no journal, left cut short
+        self._finish_change()
         # a commit cut short between removing the old model and renaming the new one (FAT)
         new, cur = self._p("model.new"), self._p("model.tmpm")
         if _exists(new):
@@ -1537,7 +1598,7 @@ class Agent(_Runs):
         # its options follow them (a trial is written parameters first, dropped options first)
         if _exists(self._p("params.try.opt")) and not _exists(self._p("params.try")):
             _replace(self._p("params.try.opt"), self._p("params.opt"))
-        # saved parameters shelved (_shelve_saved) before their options: these follow them
+        # saved parameters shelved before their options: these follow them
         if _exists(self._p("params.opt")) and not _exists(self._p("params.bin")) and \
                 _exists(self._p("params.prev")):
             _replace(self._p("params.opt"), self._p("params.prev.opt"))
@@ -1545,6 +1606,9 @@ class Agent(_Runs):
         # parameters shelved, it is finished; otherwise the new files go and nothing changed
         new, new_opt = self._p("params.new"), self._p("params.new.opt")
         if _exists(new) and _exists(new_opt) and not _exists(self._p("params.bin")):
+            # (from agent 11 only a first save whose journal was not written yet: its trial
+            # goes as the save's would)
+            self._drop_trial()
             _replace(new, self._p("params.bin"))
         if _exists(new_opt) and not _exists(new) and _exists(self._p("params.bin")) and \
                 not _exists(self._p("params.opt")):
@@ -1753,8 +1817,12 @@ class Agent(_Runs):
 
     # push: PUSH_BEGIN {size, sha256} -> {offset}; PUSH_DATA {offset, data} -> {offset};
     # PUSH_COMMIT {} -> {sha256, bytes}
+    @staticmethod
+    def _part_name(sha):
+        return "push-" + sha[:16] + ".part"
+
     def _part(self, sha):
-        return self._p("push-" + sha[:16] + ".part")
+        return self._p(self._part_name(sha))
 
     def do_push_begin(self, req):
         size = _need(req, "size", int)
@@ -1771,7 +1839,7 @@ class Agent(_Runs):
         if size < 1:
             raise Fail("bad_request", "empty model")
         # one push at a time: drop other partial pushes
-        keep = "push-" + sha[:16] + ".part"
+        keep = self._part_name(sha)
         for name in os.listdir(self.root):
             if name.startswith("push-") and name != keep:
                 _remove(self._p(name))
@@ -1844,15 +1912,13 @@ class Agent(_Runs):
         self.model = self.trainer = self.train = self.trial = None
         if gc is not None:
             gc.collect()
-        new = self._p("model.new")
-        _replace(p["part"], new)
-        _replace(new, self._p("model.tmpm"))
+        # the model, and the personalised parameters of the previous one gone, as one change
+        self._change([("mv", self._part_name(p["sha"]), "model.new"), ("mv", "model.new", "model.tmpm")] +
+                     self._drop_trial_steps() +
+                     [("rm", n) for n in ("params.bin", "params.prev", "params.opt",
+                                          "params.prev.opt", "train.rep")])
         self.model_sha = p["sha"]
         self.push = None
-        # personalised parameters belong to the previous model
-        for name in ("params.bin", "params.prev", "params.opt", "params.prev.opt",
-                     "train.rep") + TRIAL_FILES:
-            _remove(self._p(name))
         self._frame_limit(sample)  # the PC reads it again from INFO
         # the model is committed; a copy in ROMFS is an addition that may fail on its own
         rom = self._romfs_commit(p["sha"], p["size"])
