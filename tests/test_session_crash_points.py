@@ -724,14 +724,20 @@ def test_a_reset_at_any_change_leaves_a_board_that_recovers(tmp_path, power, nam
     assert not problems, "\n".join(problems)
 
 
+def journal(steps, nxt=0):
+    """A journal as the agent writes it: the step to go on from, then the steps."""
+    return bytes([nxt]) + A.encode(steps)
+
+
+MV = ["mv", "params.bin", "params.prev"]
+
+
 @pytest.mark.parametrize("journal", [
-    b"", b"\x00garbage", A.encode([["mv", "params.bin", "params.prev"]]), A.encode({"steps": 3}),
-    A.encode({"steps": [["mv", "params.bin", "params.prev"]], "next": 2}),
-    A.encode({"steps": [["mv", "params.bin", "../params.prev"]], "next": 0}),
-    A.encode({"steps": [["mv", "params.bin", ""]], "next": 0}),
-    A.encode({"steps": [["cp", "params.bin", "params.prev"]], "next": 0}),
-    A.encode({"steps": [["rm"]], "next": 0}), A.encode({"steps": [[]], "next": 0}),
-    A.encode({"steps": [["rm", 5]], "next": 0}), A.encode({"steps": [], "next": True}),
+    b"", b"\x00", b"\x00garbage", journal({"steps": [MV]}), journal([MV], 1), journal([MV], 200),
+    journal([]), journal(MV), journal([["mv", "params.bin", "../params.prev"]]),
+    journal([["mv", "params.bin", "x/params.prev"]]), journal([["mv", "params.bin", ""]]),
+    journal([["cp", "params.bin", "params.prev"]]), journal([["rm"]]), journal([[]]),
+    journal([["rm", 5]]), journal([MV + ["x"]]), journal([MV] * 256),
 ], ids=lambda j: j[:24].hex())
 def test_a_damaged_journal_is_dropped_and_changes_nothing(tmp_path, journal):
     # only a damaged flash leaves one (it is written whole, then renamed): the board starts, with
@@ -746,3 +752,111 @@ def test_a_damaged_journal_is_dropped_and_changes_nothing(tmp_path, journal):
     assert {p.name: p.read_bytes() for p in root.iterdir()} == \
         {"params.bin": b"OLD", "params.opt": files["params.opt"]}
     assert not (tmp_path / "params.prev").exists()
+
+
+def _saved_pair(root):
+    files = {"params.bin": b"RUN2", "params.opt": A.encode({"options": {"seed": 2}}),
+             "params.prev": b"RUN1", "params.prev.opt": A.encode({"options": {"seed": 1}})}
+    for n, v in files.items():
+        (root / n).write_bytes(v)
+    return files
+
+
+def _files_in(root):
+    return {p.name: p.read_bytes() for p in root.iterdir()}
+
+
+def test_no_room_for_the_journal_changes_nothing(tmp_path, monkeypatch):
+    # a full filesystem: the journal is the change's only new file; without room for it the
+    # request is refused and the files stay as they were (it was a mix, or an agent that could
+    # not start, when a journal rewrite needed a second file)
+    root = tmp_path / "flash"
+    root.mkdir()
+    before = _saved_pair(root)
+    a = A.Agent(root=str(root), board={})
+    write = A._write_file
+
+    def full(path, data):
+        if path.endswith(A.JOURNAL):
+            raise OSError(errno.ENOSPC, "no room")
+        return write(path, data)
+    monkeypatch.setattr(A, "_write_file", full)
+    for req in (a.do_params_rollback, a.do_params_reset):
+        with pytest.raises(A.Fail) as e:
+            req({})
+        assert e.value.args[0] == "storage" and "nothing changed" in e.value.args[1]
+        assert _files_in(root) == before
+
+
+def test_a_step_that_fails_is_finished_at_the_next_change_or_start(tmp_path, monkeypatch):
+    root = tmp_path / "flash"
+    root.mkdir()
+    before = _saved_pair(root)
+    replace, broken = A._replace, [True]
+
+    def flaky(src, dst):  # the second rename of the rollback fails while `broken`
+        if broken[0] and src.endswith("params.prev.opt"):
+            raise OSError(errno.EIO, "I/O error")
+        return replace(src, dst)
+    monkeypatch.setattr(A, "_replace", flaky)
+    a = A.Agent(root=str(root), board={})
+    with pytest.raises(A.Fail) as e:
+        a.do_params_rollback({})
+    assert e.value.args[0] == "storage" and "finishes the change" in e.value.args[1]
+    assert (root / A.JOURNAL).exists()
+    # a start that still cannot finish it: the board starts, the journal stays, and the next
+    # change is refused before it changes anything
+    A.Agent(root=str(root), board={})
+    assert (root / A.JOURNAL).exists()
+    with pytest.raises(A.Fail) as e:
+        A.Agent(root=str(root), board={}).do_params_reset({})
+    assert "earlier change" in e.value.args[1] and (root / "params.bin").exists()
+    # once it can: the rollback is finished (the earlier parameters with their own record)
+    broken[0] = False
+    A.Agent(root=str(root), board={})
+    assert _files_in(root) == {"params.bin": before["params.prev"],
+                               "params.opt": before["params.prev.opt"]}
+
+
+class _FullOnce:
+    """A trainer whose first save finds the filesystem full."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def save(self, path):
+        self.calls += 1
+        if self.calls == 1:
+            raise OSError(errno.ENOSPC, "no room")
+        with open(path, "wb") as f:
+            f.write(b"RUN3")
+
+
+def test_a_save_making_room_never_leaves_the_previous_parameters_under_no_record(tmp_path,
+                                                                                  monkeypatch):
+    # a reset between the two removals that make room: params.prev without its options, which a
+    # rollback then brought back under the saved parameters' record (seed 2 for RUN1's seed 1)
+    root = tmp_path / "flash"
+    root.mkdir()
+    before = _saved_pair(root)
+    a = A.Agent(root=str(root), board={})
+    a.trainer = _FullOnce()
+    remove = A._remove
+
+    def cut(path):  # the power goes after the first removal that makes room
+        remove(path)
+        if os.path.basename(path).startswith("params.prev"):
+            raise Reset("after the first removal")
+    monkeypatch.setattr(A, "_remove", cut)
+    with pytest.raises(Reset):
+        a._save_params({"seed": 3})
+    monkeypatch.setattr(A, "_remove", remove)
+    b = A.Agent(root=str(root), board={})
+    try:
+        b.do_params_rollback({})
+    except A.Fail as e:  # nothing to roll back to: the earlier parameters went first
+        assert e.args[0] == "nothing"
+    got = _files_in(root)
+    assert (got["params.bin"], got["params.opt"]) in \
+        ((before["params.bin"], before["params.opt"]),
+         (before["params.prev"], before["params.prev.opt"]))

@@ -1162,9 +1162,9 @@ def test_ctrl_c_in_a_push_says_what_the_board_holds(rig, monkeypatch, where):
         assert line == (f"tinymp: push interrupted (Ctrl-C) as it began: {name} keeps its "
                         "previous model; run push again")
     elif where == "data":  # two 4 KB chunks were acknowledged before the third was sent
-        assert line == (f"tinymp: push interrupted (Ctrl-C) after 8,192 of {len(DEMO):,} bytes "
-                        f"reached the board: {name} keeps its previous model; run push again "
-                        "to resume")
+        assert line == (f"tinymp: push interrupted (Ctrl-C) with at least 8,192 of "
+                        f"{len(DEMO):,} bytes on the board: {name} keeps its previous model; "
+                        "run push again to resume")
     elif where == "commit":  # the same as a link lost at the commit: either model may be there
         assert line == (f"tinymp: push interrupted (Ctrl-C) at the commit: whether {name} "
                         "committed the model is not known: `tinymp status` shows the model it "
@@ -1189,3 +1189,14 @@ def test_ctrl_c_in_a_push_says_what_the_board_holds(rig, monkeypatch, where):
     assert res["resumed_from"] == {"data": 8192, "commit": len(DEMO)}.get(where)
     assert _board_info(rig)["model"]["sha256"] == sha
     assert C.Session(rig.session.path).state["model"]["sha256"] == sha
+
+
+def test_push_asks_info_once_after_the_commit(rig):
+    # cmd_push asked INFO again after push() had: a Ctrl-C there printed only "tinymp:
+    # interrupted" while the board held the new model and session.json did not record it
+    _blank_board(rig)
+    rc, out, err = rig.cli("push")
+    assert rc == 0, err
+    assert rig.port.sent.count(P.INFO) == 2  # when the board is opened, and after the commit
+    meta = C.Session(rig.session.path).state["model"]
+    assert meta["sha256"] == C.hashlib.sha256(DEMO).hexdigest() and meta["bytes"] == len(DEMO)

@@ -1213,11 +1213,30 @@ class _Runs:
         change (_redo), so the board holds the files as before it or as after it, never a mix.
         A step is redone when its source is still there (an "rm": always), which is right as
         long as no later step made that name again: before such a step the journal records
-        where to go on from."""
-        if steps:
-            steps = [list(t) for t in steps]
-            _write_file(self._p(JOURNAL), encode({"steps": steps, "next": 0}))
+        where to go on from, in its first byte, written in place (no room needed).
+        OSError when the journal cannot be written (no room): nothing changed. Fail when a
+        step fails (the journal stays: the change is finished before the next one, or at the
+        next start)."""
+        if not steps:
+            return
+        self._pending_change()
+        steps = [list(t) for t in steps]
+        _write_file(self._p(JOURNAL), bytes([0]) + encode(steps))
+        try:
             self._redo(steps, 0)
+        except OSError as e:
+            raise Fail("storage", "the board could not finish changing its files (%s); it "
+                       "finishes the change before its next one, or when it starts again"
+                       % _why(e))
+
+    def _pending_change(self):
+        """A change an error left part way (the journal is still there) is finished now; Fail
+        when it still cannot be."""
+        try:
+            self._finish_change()
+        except OSError as e:
+            raise Fail("storage", "the board could not finish an earlier change of its files "
+                       "(%s); nothing else changed" % _why(e))
 
     def _redo(self, steps, start):
         done = start
@@ -1225,7 +1244,9 @@ class _Runs:
             t = steps[i]
             if t[0] == "mv" and any(u[1] == t[2] for u in steps[done:i]):
                 # this makes a name an earlier step (not done again) took away
-                _write_file(self._p(JOURNAL), encode({"steps": steps, "next": i}))
+                with open(self._p(JOURNAL), "r+b") as f:
+                    f.write(bytes([i]))
+                    _sync(f)
                 done = i
             if t[0] == "mv":
                 if _exists(self._p(t[1])):
@@ -1249,18 +1270,25 @@ class _Runs:
             return
         try:
             with open(path, "rb") as f:
-                j = decode(f.read())
-            steps, start = j["steps"], j["next"]
-            ok = isinstance(steps, list) and isinstance(start, int) and \
-                0 <= start <= len(steps) and all(
+                data = f.read()
+            steps, start = decode(data[1:]), data[0]
+            ok = isinstance(steps, list) and 0 < len(steps) < 256 and start < len(steps) and all(
                     isinstance(t, list) and len(t) == (3 if t[0] == "mv" else 2) and
                     t[0] in ("mv", "rm") and all(isinstance(n, str) and n and "/" not in n
                                                  for n in t[1:]) for t in steps)
         except (OSError, ValueError, KeyError, TypeError, IndexError):
             ok = False
         if ok:
-            self._redo(steps, start)
+            self._redo(steps, start)  # OSError: the journal stays
         _remove(path)
+
+    def _change_or_fail(self, steps):
+        """_change, its journal's OSError (no room) a Fail saying nothing changed."""
+        try:
+            self._change(steps)
+        except OSError as e:
+            raise Fail("storage", "the board has no room to record the change of its files "
+                       "(%s); nothing changed" % _why(e))
 
     def _drop_trial_steps(self):
         # the options first: options without parameters mean a promotion cut short (_recover,
@@ -1299,18 +1327,25 @@ class _Runs:
         except (OSError, ValueError) as e:
             if not (_no_room(e) and _exists(self._p("params.prev"))):
                 return _why(e)
-            # a save ends with the previous parameters gone: make their room first
-            _remove(self._p("params.prev.opt"))
+            # a save ends with the previous parameters gone: make their room first (the
+            # parameters first: options without them are dropped by the shelving)
             _remove(self._p("params.prev"))
+            _remove(self._p("params.prev.opt"))
             try:
                 self._write_new_params(opts)
             except (OSError, ValueError) as e2:
                 return _why(e2) + ("; the earlier parameters (for a rollback) were dropped to "
                                    "make room, and still they did not fit")
         # a trial belongs to the saved parameters it started from: once they change, it goes
+        try:
+            self._change(self._drop_trial_steps() + self._shelve_steps() +
+                         [("mv", "params.new", "params.bin"),
+                          ("mv", "params.new.opt", "params.opt")])
+        except OSError as e:  # no room for the journal: nothing changed
+            _remove(self._p("params.new"))
+            _remove(self._p("params.new.opt"))
+            return _why(e)
         self.trial = None
-        self._change(self._drop_trial_steps() + self._shelve_steps() +
-                     [("mv", "params.new", "params.bin"), ("mv", "params.new.opt", "params.opt")])
         return None
 
     def _keep_trial(self, opts):
@@ -1465,8 +1500,8 @@ class _Runs:
             self._end_features()
             self.trainer = self.train = self.trial = None
             self.trainer_unsaved = False
-            self._change(self._shelve_steps() + [("mv", "params.try", "params.bin"),
-                                                 ("mv", "params.try.opt", "params.opt")])
+            self._change_or_fail(self._shelve_steps() + [("mv", "params.try", "params.bin"),
+                                                         ("mv", "params.try.opt", "params.opt")])
             return {"saved": True, "from": "trial"}
         if self.trainer is not None and self.trainer_unsaved:
             # a run of this connection whose trial could not be kept (e.g. no room); a feature
@@ -1488,9 +1523,9 @@ class _Runs:
         # options come back with them (a params.prev from an older agent has none: the current
         # ones stay)
         self.trial = None
-        self._change(self._drop_trial_steps() + [("mv", "params.prev", "params.bin")] +
-                     ([("mv", "params.prev.opt", "params.opt")]
-                      if _exists(self._p("params.prev.opt")) else []))
+        self._change_or_fail(self._drop_trial_steps() + [("mv", "params.prev", "params.bin")] +
+                             ([("mv", "params.prev.opt", "params.opt")]
+                              if _exists(self._p("params.prev.opt")) else []))
         self._end_features()
         self.trainer = self.train = None
         self.trainer_unsaved = False
@@ -1501,7 +1536,7 @@ class _Runs:
         if self.trainer is not None:
             self.trainer.reset()
         self.trial = None
-        self._change(self._drop_trial_steps() + self._shelve_steps())
+        self._change_or_fail(self._drop_trial_steps() + self._shelve_steps())
         self._end_features()
         self.trainer = self.train = None
         self.trainer_unsaved = False
@@ -1582,9 +1617,14 @@ class Agent(_Runs):
         # a training run's feature cache that a reset or a lost link left behind (it only
         # takes room: a run starts a new one)
         _remove(self._p("features.bin"))
-        # a change of several files cut short: finished. What follows finishes what agents
-        # before 11, which had no journal, left cut short
-        self._finish_change()
+        # a change of several files cut short: finished (when an error stops that, the journal
+        # stays for the next change, and the rules below, which would read its files as cut
+        # short, wait too). What follows finishes what agents before 11, which had no journal,
+        # left cut short
+        try:
+            self._finish_change()
+        except OSError:
+            return
         # a commit cut short between removing the old model and renaming the new one (FAT)
         new, cur = self._p("model.new"), self._p("model.tmpm")
         if _exists(new):
@@ -1913,10 +1953,11 @@ class Agent(_Runs):
         if gc is not None:
             gc.collect()
         # the model, and the personalised parameters of the previous one gone, as one change
-        self._change([("mv", self._part_name(p["sha"]), "model.new"), ("mv", "model.new", "model.tmpm")] +
-                     self._drop_trial_steps() +
-                     [("rm", n) for n in ("params.bin", "params.prev", "params.opt",
-                                          "params.prev.opt", "train.rep")])
+        part = self._part_name(p["sha"])
+        self._change_or_fail([("mv", part, "model.new"), ("mv", "model.new", "model.tmpm")] +
+                             self._drop_trial_steps() +
+                             [("rm", n) for n in ("params.bin", "params.prev", "params.opt",
+                                                  "params.prev.opt", "train.rep")])
         self.model_sha = p["sha"]
         self.push = None
         self._frame_limit(sample)  # the PC reads it again from INFO

@@ -567,9 +567,9 @@ def push(board, data, show=True, chunk=None):
             off = new
     except KeyboardInterrupt:
         # the board holds what it acknowledged and resumes from there; it commits nothing yet
-        raise interrupted(f"tinymp: push interrupted (Ctrl-C) after {off:,} of {len(data):,} "
-                          f"bytes reached the board: {name} keeps its previous model; run push "
-                          "again to resume") from None
+        raise interrupted(f"tinymp: push interrupted (Ctrl-C) with at least {off:,} of "
+                          f"{len(data):,} bytes on the board: {name} keeps its previous model; "
+                          "run push again to resume") from None
     finally:
         bar.close()
     try:

@@ -241,7 +241,7 @@ def cmd_push(args):
             res = C.push(board, data, show=_show(args))
         except LinkError as e:
             raise C.push_link_error(e, _board_name(board)) from None
-        info = C.refresh_info(board)
+        info = board.info  # push() read it again after a commit or a ROMFS write
     meta = dict(info.get("model") or {})  # {bytes, error} on a board whose engine cannot load it
     meta["name"] = os.path.basename(args.model)
     meta["path"] = os.path.abspath(args.model)
@@ -928,7 +928,7 @@ def run_session(cfg, args, out=print):
             + (" (already on the board), " if res["skipped"] else
                f" in {res['seconds']:.2f} s ({rate:.0f} KB/s), SHA-256 checked, ")
             + C.romfs_text(res["romfs"]))
-        info = C.refresh_info(board)
+        info = board.info  # push() read it again after a commit or a ROMFS write
         meta = dict(C.model_meta(info))
         meta["name"] = os.path.basename(cfg["model"])
         meta["path"] = cfg["model"]
