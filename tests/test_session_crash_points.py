@@ -72,10 +72,12 @@ class Power:
         self.n = 0
         self.trace = []
         self.fat = False  # renames refuse an existing target, as FAT's
+        self.error = False  # the at-th change fails with an I/O error instead (power stays on)
 
-    def arm(self, at=None, torn=False):
+    def arm(self, at=None, torn=False, error=False):
         self.counting, self.at, self.torn, self.off, self.n, self.trace = \
             True, at, torn, False, 0, []
+        self.error = error
 
     def disarm(self):
         self.counting, self.at, self.off = False, None, False
@@ -96,6 +98,8 @@ class Power:
             return False
         self.n += 1
         self.trace.append("%s %s" % (kind, os.path.basename(path)))
+        if self.n == self.at and self.error:
+            raise OSError(errno.EIO, "I/O error at change %d: %s" % (self.n, self.trace[-1]))
         if self.n == self.at:
             if self.torn and kind == "write":
                 return True
@@ -724,20 +728,20 @@ def test_a_reset_at_any_change_leaves_a_board_that_recovers(tmp_path, power, nam
     assert not problems, "\n".join(problems)
 
 
-def journal(steps, nxt=0):
-    """A journal as the agent writes it: the step to go on from, then the steps."""
-    return bytes([nxt]) + A.encode(steps)
+def journal(steps):
+    """A journal as the agent writes it: its steps."""
+    return A.encode(steps)
 
 
 MV = ["mv", "params.bin", "params.prev"]
 
 
 @pytest.mark.parametrize("journal", [
-    b"", b"\x00", b"\x00garbage", journal({"steps": [MV]}), journal([MV], 1), journal([MV], 200),
-    journal([]), journal(MV), journal([["mv", "params.bin", "../params.prev"]]),
+    b"", b"\x00", b"\x00garbage", journal({"steps": [MV]}), journal([]), journal(MV),
+    journal([["mv", "params.bin", "../params.prev"]]), journal([["mv", "..", "params.prev"]]),
     journal([["mv", "params.bin", "x/params.prev"]]), journal([["mv", "params.bin", ""]]),
     journal([["cp", "params.bin", "params.prev"]]), journal([["rm"]]), journal([[]]),
-    journal([["rm", 5]]), journal([MV + ["x"]]), journal([MV] * 256),
+    journal([["rm", 5]]), journal([MV + ["x"]]), journal([MV])[:-1],
 ], ids=lambda j: j[:24].hex())
 def test_a_damaged_journal_is_dropped_and_changes_nothing(tmp_path, journal):
     # only a damaged flash leaves one (it is written whole, then renamed): the board starts, with
@@ -860,3 +864,41 @@ def test_a_save_making_room_never_leaves_the_previous_parameters_under_no_record
     assert (got["params.bin"], got["params.opt"]) in \
         ((before["params.bin"], before["params.opt"]),
          (before["params.prev"], before["params.prev.opt"]))
+
+
+def io_cases():
+    out = []
+    for name in SCENARIOS:
+        with tempfile.TemporaryDirectory() as d:
+            _, _, trace = reference(name, pathlib.Path(d))
+        out += [pytest.param(name, k, id="%s-%02d-%s" % (name, k, what.replace(" ", "-")))
+                for k, what in enumerate(trace, 1)]
+    return out
+
+
+@pytest.mark.parametrize("name, k", io_cases())
+def test_an_io_error_at_any_change_leaves_a_board_that_serves_on(tmp_path, power, name, k):
+    # an error (not a reset) at any change: the request may be refused, then the same agent,
+    # not started again, must hold the files as before or after it at its next request (a
+    # change left part way is finished first) and serve the follow-up as a fresh board would
+    old, new, trace = reference(name, tmp_path / "ref")
+    sc = SCENARIOS[name]
+    b = Board(tmp_path, power, sc.heap)
+    os.mkdir(b.root)
+    b.put_files(*old)
+    b.start()
+    sc.prepare(b)
+    power.arm(at=k, error=True)
+    try:
+        sc.act(b)
+    except (Refused, AssertionError):  # refused, or a reply the act did not expect
+        pass
+    power.disarm()
+    b(A.T_SAMPLES_STATUS)
+    files = b.files()
+    assert A.JOURNAL not in files and A.JOURNAL + ".tmp" not in files
+    h = holding(files)
+    ho, hn = holding(old[0]), holding(new[0])
+    assert h in [ho, hn] + sc.extra(ho, hn), (trace[k - 1], describe(h))
+    assert samples_ok(samples(files), samples(old[0]), samples(new[0]))
+    sc.follow(b, h)

@@ -562,8 +562,9 @@ def test_a_trial_run_is_kept_aside_until_saved(sess):
         assert b.info["params"]["options"]["seed"] == 7 and b.info["trial"] is None
         assert C.evaluate(b, xe, ye, "personalised", show=False)["confusion"] == cut["confusion"]
     assert not os.path.exists(os.path.join(fl, "params.try.opt"))
-    # no room for the trial (here: its name is taken): the run is reported, nothing else changes
-    os.mkdir(os.path.join(fl, "params.try"))
+    # no room for the trial (here: the name of the file it is written to first is taken): the
+    # run is reported, nothing else changes
+    os.mkdir(os.path.join(fl, "params.try.tmp"))
     saved = open(os.path.join(fl, "params.bin"), "rb").read()
     with open_sim(sess) as b:
         run = C.train(b, ds, {"method": "full", "lr": 0.001, "seed": 5}, steps=5, save=False,

@@ -426,6 +426,30 @@ def _write_file(path, data):
     _replace(tmp, path)
 
 
+def _redo(p, steps):
+    """Make the steps of a journal (Agent._change), `p` the path of a name, and remove the
+    journal. Done again after a reset, each step is made only when it was not yet: an "rm" is
+    always made again; an "mv" when its source is there, unless a later step, already made (its
+    source gone), has made that source again (a save moves params.bin aside, then params.new
+    to params.bin: after a reset, that params.bin is the new one). In every journal a name is
+    made again at most once, so this tells each step's state from the files alone."""
+    for i in range(len(steps)):
+        t = steps[i]
+        if t[0] == "rm":
+            try:
+                os.remove(p(t[1]))
+            except OSError:
+                if _exists(p(t[1])):  # not "no such file": the step failed
+                    raise
+            continue
+        if not _exists(p(t[1])):
+            continue
+        if any(u[0] == "mv" and u[2] == t[1] and not _exists(p(u[1])) for u in steps[i + 1:]):
+            continue  # its source is a later step's result
+        _replace(p(t[1]), p(t[2]))
+    _remove(p(JOURNAL))
+
+
 def _sha256_file(path):
     h = hashlib.sha256()
     buf = bytearray(4096)
@@ -1209,78 +1233,75 @@ class _Runs:
     def _change(self, steps):
         """Change several files as one: `steps` (("mv", src, dst) renames src over dst, ("rm",
         name) removes; names in the root) are written to the journal, done in order, and the
-        journal removed. A reset anywhere leaves the journal, and the next start finishes the
-        change (_redo), so the board holds the files as before it or as after it, never a mix.
-        A step is redone when its source is still there (an "rm": always), which is right as
-        long as no later step made that name again: before such a step the journal records
-        where to go on from, in its first byte, written in place (no room needed).
-        OSError when the journal cannot be written (no room): nothing changed. Fail when a
-        step fails (the journal stays: the change is finished before the next one, or at the
-        next start)."""
+        journal removed. A reset anywhere leaves the journal, and the next start (or request)
+        finishes the change (_redo), so the board holds the files as before it or as after it,
+        never a mix. The journal is the change's only new file and is written once.
+        OSError when it cannot be written (no room): nothing changed. Fail when a step fails
+        (the journal stays: the change is finished before the next request, or at the next
+        start); the RAM state is then dropped, to be read again from the files."""
         if not steps:
             return
         self._pending_change()
         steps = [list(t) for t in steps]
-        _write_file(self._p(JOURNAL), bytes([0]) + encode(steps))
         try:
-            self._redo(steps, 0)
+            _write_file(self._p(JOURNAL), encode(steps))
+        except OSError:
+            _remove(self._p(JOURNAL) + ".tmp")  # not renamed: no change to finish later
+            _remove(self._p(JOURNAL))
+            raise
+        try:
+            _redo(self._p, steps)
         except OSError as e:
+            self._forget()
             raise Fail("storage", "the board could not finish changing its files (%s); it "
-                       "finishes the change before its next one, or when it starts again"
+                       "finishes the change before its next request, or when it starts again"
                        % _why(e))
 
+    def _forget(self):
+        """After files changed under it: the model, trainer, run and trial in RAM are read again
+        from the files when next needed."""
+        self.model = self.trainer = self.train = self.trial = None
+        self.trainer_unsaved = False
+        self.model_sha = None
+        self.push = None
+
     def _pending_change(self):
-        """A change an error left part way (the journal is still there) is finished now; Fail
-        when it still cannot be."""
+        """A change an error left part way (its journal is still there) is finished now, the
+        RAM state dropped; Fail when it still cannot be."""
+        if not _exists(self._p(JOURNAL)):
+            return
         try:
             self._finish_change()
         except OSError as e:
             raise Fail("storage", "the board could not finish an earlier change of its files "
-                       "(%s); nothing else changed" % _why(e))
-
-    def _redo(self, steps, start):
-        done = start
-        for i in range(start, len(steps)):
-            t = steps[i]
-            if t[0] == "mv" and any(u[1] == t[2] for u in steps[done:i]):
-                # this makes a name an earlier step (not done again) took away
-                with open(self._p(JOURNAL), "r+b") as f:
-                    f.write(bytes([i]))
-                    _sync(f)
-                done = i
-            if t[0] == "mv":
-                if _exists(self._p(t[1])):
-                    _replace(self._p(t[1]), self._p(t[2]))
-            else:
-                _remove(self._p(t[1]))
-        _remove(self._p(JOURNAL))
+                       "(%s); nothing else changed: make room on its filesystem, or check it"
+                       % _why(e))
+        self._forget()
 
     def _finish_change(self):
-        """At the start: a change (_change) a reset cut short is finished. The journal is
-        written whole to a temporary file and synced before it is renamed; where a rename cannot
-        replace a file (FAT) the old journal is removed first, so a temporary one without a
-        journal beside it is that whole newer journal, or a first one cut short, which does not
-        read. A journal that does not read (only a damaged flash leaves one) is dropped."""
+        """At the start: a change (_change) a reset cut short is finished. A temporary journal
+        is one whose rename did not happen: its change never started, and it is dropped. A
+        journal that does not decode to steps (only a damaged flash leaves one) is dropped; one
+        that cannot be read (OSError) stays, as does one whose steps fail."""
         path = self._p(JOURNAL)
-        if _exists(path):
-            _remove(path + ".tmp")
-        elif _exists(path + ".tmp"):
-            _replace(path + ".tmp", path)  # the rename the reset cut short
-        else:
+        _remove(path + ".tmp")
+        if not _exists(path):
             return
+        with open(path, "rb") as f:
+            data = f.read()
         try:
-            with open(path, "rb") as f:
-                data = f.read()
-            steps, start = decode(data[1:]), data[0]
-            ok = isinstance(steps, list) and 0 < len(steps) < 256 and start < len(steps) and all(
-                    isinstance(t, list) and len(t) == (3 if t[0] == "mv" else 2) and
-                    t[0] in ("mv", "rm") and all(isinstance(n, str) and n and "/" not in n
-                                                 for n in t[1:]) for t in steps)
-        except (OSError, ValueError, KeyError, TypeError, IndexError):
+            steps = decode(data)
+            ok = isinstance(steps, list) and 0 < len(steps) and all(
+                isinstance(t, list) and len(t) == (3 if t[0] == "mv" else 2) and
+                t[0] in ("mv", "rm") and all(isinstance(n, str) and n and "/" not in n and
+                                             n not in (".", "..") for n in t[1:])
+                for t in steps)
+        except (ValueError, KeyError, TypeError, IndexError):
             ok = False
         if ok:
-            self._redo(steps, start)  # OSError: the journal stays
-        _remove(path)
+            _redo(self._p, steps)
+        else:
+            _remove(path)
 
     def _change_or_fail(self, steps):
         """_change, its journal's OSError (no room) a Fail saying nothing changed."""
@@ -1533,10 +1554,10 @@ class _Runs:
 
     def do_params_reset(self, req):
         prev = self._p("params.prev")
+        self._change_or_fail(self._drop_trial_steps() + self._shelve_steps())
         if self.trainer is not None:
             self.trainer.reset()
         self.trial = None
-        self._change_or_fail(self._drop_trial_steps() + self._shelve_steps())
         self._end_features()
         self.trainer = self.train = None
         self.trainer_unsaved = False
@@ -2179,6 +2200,10 @@ class Agent(_Runs):
         except ValueError as e:
             return self.error(seq, "bad_payload", "undecodable request: %s" % e)
         try:
+            if ftype != T_INFO and ftype != T_BYE and self.storage:
+                # a change of its files an error left part way is finished first: no request
+                # reads or changes them half changed (INFO says what is there, as it is)
+                self._pending_change()
             rep = getattr(self, name)(req)
             out = frame(ftype | REPLY, seq, encode(rep))
         except Fail as e:
